@@ -1,0 +1,21 @@
+//! Wire types of modelship and their translation to and from the inference vocabulary.
+//!
+//! - [`v2`]: the Open Inference Protocol V2 REST JSON shapes (what Triton, KServe and MLServer speak).
+//! - [`v1`]: the seed's simple `POST /v1/predict` API.
+//! - [`json_tensor`]: typed decoding of JSON tensor data (nested or flat) for every OIP datatype,
+//!   and encoding of output tensors, without going through a generic JSON tree.
+//!
+//! Decoding happens once, here; the server only ever sees [`modelship_inference::InferRequest`].
+
+mod error;
+pub mod json_tensor;
+pub mod v1;
+pub mod v2;
+
+pub use error::DecodeError;
+
+/// The error body of every modelship HTTP API: `{"error": "..."}`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: String,
+}

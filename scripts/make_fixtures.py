@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Regenerates the example model and the test fixtures, deterministically (fixed seeds).
+
+Writes:
+  examples/models/fraud.onnx            GradientBoostingClassifier, 100 trees of depth 3, input `input` FP32 [N, 30]
+  testdata/models/*.onnx                the other fixture models (see MODELS below, plus dtypes.onnx and slow.onnx)
+  testdata/reference/*.json             inputs and the outputs of onnxruntime in Python for each classifier
+
+The committed files are what the tests use; run this only to change them:
+  python3 -m venv .venv && .venv/bin/pip install -r scripts/requirements-fixtures.txt
+  .venv/bin/python scripts/make_fixtures.py
+"""
+import json
+import pathlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+from sklearn.datasets import make_classification
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MODELS = ROOT / "testdata" / "models"
+REFERENCE = ROOT / "testdata" / "reference"
+N_FEATURES = 30
+OPSET = {"": 17, "ai.onnx.ml": 3}
+
+
+def data():
+    x, y = make_classification(
+        n_samples=4000, n_features=N_FEATURES, n_informative=12, n_redundant=6,
+        weights=[0.9, 0.1], random_state=42,
+    )
+    return x.astype(np.float32), y
+
+
+def sklearn_to_onnx(model, path):
+    onx = convert_sklearn(
+        model,
+        initial_types=[("input", FloatTensorType([None, N_FEATURES]))],
+        options={id(model): {"zipmap": False}},
+        target_opset=OPSET,
+    )
+    # skl2onnx names the outputs label / probabilities; keep them, they are what the seed expects.
+    path.write_bytes(onx.SerializeToString())
+
+
+def xgboost_to_onnx(model, path):
+    import onnxmltools
+    from onnxmltools.convert.common.data_types import FloatTensorType as MlFloat
+
+    onx = onnxmltools.convert_xgboost(
+        model, initial_types=[("input", MlFloat([None, N_FEATURES]))], target_opset=15
+    )
+    path.write_bytes(onx.SerializeToString())
+
+
+def reference(name, path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    outputs = session.run(None, {session.get_inputs()[0].name: x})
+    doc = {
+        "model": str(path.relative_to(ROOT)),
+        "onnxruntime": ort.__version__,
+        "input": {"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                  "data": [float(v) for v in x.ravel()]},
+        "outputs": [
+            {"name": n, "datatype": {np.dtype("float32"): "FP32", np.dtype("int64"): "INT64"}[o.dtype],
+             "shape": list(o.shape), "data": [v.item() for v in o.ravel()]}
+            for n, o in zip(names, outputs)
+        ],
+    }
+    (REFERENCE / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def dtypes_model(path):
+    """One Identity per OIP datatype: input in_<T> [N] -> output out_<T> [N]."""
+    types = {
+        "BOOL": TensorProto.BOOL, "UINT8": TensorProto.UINT8, "UINT16": TensorProto.UINT16,
+        "UINT32": TensorProto.UINT32, "UINT64": TensorProto.UINT64, "INT8": TensorProto.INT8,
+        "INT16": TensorProto.INT16, "INT32": TensorProto.INT32, "INT64": TensorProto.INT64,
+        "FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE,
+        "BYTES": TensorProto.STRING,
+    }
+    inputs, outputs, nodes = [], [], []
+    for name, t in types.items():
+        low = name.lower()
+        inputs.append(helper.make_tensor_value_info(f"in_{low}", t, ["N"]))
+        outputs.append(helper.make_tensor_value_info(f"out_{low}", t, ["N"]))
+        nodes.append(helper.make_node("Identity", [f"in_{low}"], [f"out_{low}"]))
+    graph = helper.make_graph(nodes, "dtypes", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="modelship-fixtures", ir_version=8)
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+
+
+def slow_model(path, size=128):
+    """A deliberately slow model: `iterations` (INT64 scalar) rounds of v = tanh(v @ W), then the sum.
+
+    Tests use it for in-flight work of a chosen duration (graceful drain, overload), with no test
+    hooks in the server.
+    """
+    rng = np.random.default_rng(7)
+    w = (rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32)
+    v0 = np.eye(size, dtype=np.float32)
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["v_in", "W"], ["prod"]),
+            helper.make_node("Tanh", ["prod"], ["v_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [size, size]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [size, size]),
+        ],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["cond"], value=helper.make_tensor("c", TensorProto.BOOL, [], [True])),
+            helper.make_node("Loop", ["iterations", "cond", "V0"], ["v_final"], body=body),
+            helper.make_node("ReduceSum", ["v_final"], ["sum"], keepdims=0),
+        ],
+        "slow",
+        [helper.make_tensor_value_info("iterations", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("sum", TensorProto.FLOAT, [])],
+        initializer=[
+            helper.make_tensor("W", TensorProto.FLOAT, [size, size], w.ravel().tolist()),
+            helper.make_tensor("V0", TensorProto.FLOAT, [size, size], v0.ravel().tolist()),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="modelship-fixtures", ir_version=8)
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+
+
+def main():
+    MODELS.mkdir(parents=True, exist_ok=True)
+    REFERENCE.mkdir(parents=True, exist_ok=True)
+    (ROOT / "examples" / "models").mkdir(parents=True, exist_ok=True)
+    x, y = data()
+    x_train, y_train, x_ref = x[:3000], y[:3000], x[3000:3016]
+
+    import xgboost
+
+    classifiers = {
+        # The example model is also the gradient-boosting fixture: the same file the README serves.
+        "gradient_boosting": (GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=0),
+                              ROOT / "examples" / "models" / "fraud.onnx", sklearn_to_onnx),
+        "random_forest": (RandomForestClassifier(n_estimators=20, max_depth=6, random_state=0),
+                          MODELS / "random_forest.onnx", sklearn_to_onnx),
+        "logistic_regression": (LogisticRegression(max_iter=500, random_state=0),
+                                MODELS / "logistic_regression.onnx", sklearn_to_onnx),
+        "mlp": (MLPClassifier(hidden_layer_sizes=(64, 32), max_iter=300, random_state=0),
+                MODELS / "mlp.onnx", sklearn_to_onnx),
+        "xgboost": (xgboost.XGBClassifier(n_estimators=40, max_depth=4, random_state=0, n_jobs=1),
+                    MODELS / "xgboost.onnx", xgboost_to_onnx),
+    }
+    for name, (model, path, convert) in classifiers.items():
+        model.fit(x_train, y_train)
+        convert(model, path)
+        reference(name, path, x_ref)
+        print(f"{name}: {path.relative_to(ROOT)} ({path.stat().st_size} bytes)")
+    dtypes_model(MODELS / "dtypes.onnx")
+    slow_model(MODELS / "slow.onnx")
+    print("dtypes, slow: done")
+
+
+if __name__ == "__main__":
+    main()
