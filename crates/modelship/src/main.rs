@@ -1,1 +1,18 @@
-fn main() {}
+//! The `modelship` command: parses arguments, reads configuration, installs logging, and hands
+//! over to the library crates. Only this crate uses `anyhow`.
+
+mod cli;
+mod config;
+mod logging;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::Serve(args) => serve::main(args),
+    }
+}

@@ -1,0 +1,450 @@
+//! Serving configuration: raw layers (file, environment, flags) merged by precedence, then one
+//! pure [`resolve`] that checks everything and reports every problem at once.
+//!
+//! Precedence, lowest first: built-in defaults < config file < environment < command line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::{LogFormatArg, ServeArgs};
+
+/// The config file, in the seed's `serving.yaml` shape. Every key optional; unknown keys are
+/// collected (with their full path) and reported by [`load_file`].
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub model: RawModel,
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub features: Option<RawFeatures>,
+    #[serde(default)]
+    pub logging: RawLogging,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RawModel {
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub path: Option<PathBuf>,
+    pub intra_op_threads: Option<usize>,
+    pub max_queue: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RawServer {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub workers: Option<usize>,
+    pub max_body_bytes: Option<usize>,
+    pub shutdown_grace_seconds: Option<f64>,
+    pub shutdown_delay_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RawFeatures {
+    pub store_url: Option<String>,
+    pub cache_ttl: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RawLogging {
+    pub level: Option<String>,
+    pub format: Option<String>,
+}
+
+/// A fully checked serving configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeConfig {
+    pub model_name: String,
+    pub model_version: String,
+    pub model_path: PathBuf,
+    pub intra_op_threads: usize,
+    pub max_queue: usize,
+    pub host: String,
+    pub port: u16,
+    pub workers: usize,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub shutdown_delay: Duration,
+    pub log: LogConfig,
+    pub ort_lib: Option<PathBuf>,
+    pub features: Option<FeaturesConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeaturesConfig {
+    pub store_url: String,
+    pub cache_ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub level: tracing::Level,
+    pub json: bool,
+    /// Fields added to every log line (`pod_name`, `pod_namespace` when set).
+    pub static_fields: BTreeMap<&'static str, String>,
+}
+
+/// Every problem found in the configuration, one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// Reads a config file. Unknown keys are errors that name the key with its full path.
+pub fn load_file(path: &Path) -> Result<RawConfig, ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors(vec![format!("cannot read config file {}: {e}", path.display())]))?;
+    parse_file(&text).map_err(|problems| {
+        ConfigErrors(problems.into_iter().map(|p| format!("{}: {p}", path.display())).collect())
+    })
+}
+
+fn parse_file(text: &str) -> Result<RawConfig, Vec<String>> {
+    if text.trim().is_empty() {
+        return Ok(RawConfig::default());
+    }
+    let mut unknown = Vec::new();
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    let raw: RawConfig = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
+        .map_err(|e| vec![e.to_string()])?;
+    if unknown.is_empty() {
+        Ok(raw)
+    } else {
+        Err(unknown
+            .into_iter()
+            .map(|k| format!("unknown key '{k}' (known sections: model, server, features, logging; see `modelship serve --help`)"))
+            .collect())
+    }
+}
+
+/// The environment, as a lookup function, so tests never touch the process environment.
+pub trait Env {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Env for BTreeMap<&str, &str> {
+    fn get(&self, key: &str) -> Option<String> {
+        BTreeMap::get(self, key).map(|v| (*v).to_owned())
+    }
+}
+
+/// Which config file to read: `--config`, else `CONFIG_PATH`.
+pub fn config_path(args: &ServeArgs, env: &dyn Env) -> Option<PathBuf> {
+    args.config.clone().or_else(|| env.get("CONFIG_PATH").map(PathBuf::from))
+}
+
+/// Merges the layers by precedence and checks the result.
+pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<ServeConfig, ConfigErrors> {
+    let mut problems = Vec::new();
+    let mut raw = file;
+
+    // Environment over file.
+    if let Some(v) = env.get("MODEL_PATH") {
+        raw.model.path = Some(v.into());
+    }
+    if let Some(v) = env.get("MODEL_NAME") {
+        raw.model.name = Some(v);
+    }
+    if let Some(v) = env.get("MODEL_VERSION") {
+        raw.model.version = Some(v);
+    }
+    if let Some(v) = env.get("LOG_LEVEL") {
+        raw.logging.level = Some(v);
+    }
+    if let Some(v) = env.get("LOG_FORMAT") {
+        raw.logging.format = Some(v);
+    }
+    let mut ort_lib = env.get("ORT_DYLIB_PATH").map(PathBuf::from);
+
+    // Flags over environment.
+    let a = args.clone();
+    overlay(&mut raw.model.path, a.model);
+    overlay(&mut raw.model.name, a.name);
+    overlay(&mut raw.model.version, a.model_version);
+    overlay(&mut raw.model.intra_op_threads, a.intra_op_threads);
+    overlay(&mut raw.model.max_queue, a.max_queue);
+    overlay(&mut raw.server.host, a.host);
+    overlay(&mut raw.server.port, a.port);
+    overlay(&mut raw.server.workers, a.workers);
+    overlay(&mut raw.server.max_body_bytes, a.max_body_bytes);
+    overlay(&mut raw.server.shutdown_grace_seconds, a.shutdown_grace);
+    overlay(&mut raw.server.shutdown_delay_seconds, a.shutdown_delay);
+    overlay(&mut raw.logging.level, a.log_level);
+    overlay(
+        &mut raw.logging.format,
+        a.log_format.map(|f| match f {
+            LogFormatArg::Json => "json".to_owned(),
+            LogFormatArg::Text => "text".to_owned(),
+        }),
+    );
+    overlay(&mut ort_lib, a.ort_lib);
+
+    // Checks.
+    let model_path = raw.model.path.clone().unwrap_or_else(|| {
+        problems.push(
+            "no model given: pass MODEL.onnx (`modelship serve model.onnx`), set model.path in the config file, or set MODEL_PATH"
+                .to_owned(),
+        );
+        PathBuf::new()
+    });
+    let model_name = raw.model.name.clone().unwrap_or_else(|| default_name(&model_path));
+    check_name("model name", &model_name, &mut problems);
+    let model_version = raw.model.version.clone().unwrap_or_else(|| "1".to_owned());
+    check_name("model version", &model_version, &mut problems);
+
+    let workers = raw.server.workers.unwrap_or_else(default_workers);
+    check_range("server.workers", workers, 1, 256, &mut problems);
+    let intra_op_threads = raw.model.intra_op_threads.unwrap_or(1);
+    check_range("model.intra_op_threads", intra_op_threads, 1, 256, &mut problems);
+    let max_queue = raw.model.max_queue.unwrap_or(128);
+    check_range("model.max_queue", max_queue, 1, 1_000_000, &mut problems);
+    let max_body_bytes = raw.server.max_body_bytes.unwrap_or(16 * 1024 * 1024);
+    check_range("server.max_body_bytes", max_body_bytes, 1024, 1 << 31, &mut problems);
+    let shutdown_grace = seconds("server.shutdown_grace_seconds", raw.server.shutdown_grace_seconds.unwrap_or(30.0), &mut problems);
+    let shutdown_delay = seconds("server.shutdown_delay_seconds", raw.server.shutdown_delay_seconds.unwrap_or(0.0), &mut problems);
+
+    let host = raw.server.host.clone().unwrap_or_else(|| "0.0.0.0".to_owned());
+    if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
+        problems.push(format!("server.host '{host}' is not an address or host name"));
+    }
+    let port = raw.server.port.unwrap_or(8000);
+
+    let level = raw.logging.level.as_deref().unwrap_or("info");
+    let level = parse_level(level).unwrap_or_else(|| {
+        problems.push(format!("logging.level '{level}' is not one of error, warn, info, debug, trace"));
+        tracing::Level::INFO
+    });
+    let json = match raw.logging.format.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("json") => true,
+        Some("text") => false,
+        Some(other) => {
+            problems.push(format!("logging.format '{other}' is not json or text"));
+            true
+        }
+    };
+    let mut static_fields = BTreeMap::new();
+    for (key, var) in [("pod_name", "POD_NAME"), ("pod_namespace", "POD_NAMESPACE")] {
+        if let Some(v) = env.get(var) {
+            static_fields.insert(key, v);
+        }
+    }
+
+    let features = raw.features.as_ref().and_then(|f| {
+        let url = f.store_url.clone()?;
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            problems.push(format!("features.store_url '{}' must start with redis:// or rediss://", redact_url(&url)));
+        }
+        Some(FeaturesConfig { store_url: url, cache_ttl: Duration::from_secs(f.cache_ttl.unwrap_or(300)) })
+    });
+
+    if !problems.is_empty() {
+        return Err(ConfigErrors(problems));
+    }
+    Ok(ServeConfig {
+        model_name,
+        model_version,
+        model_path,
+        intra_op_threads,
+        max_queue,
+        host,
+        port,
+        workers,
+        max_body_bytes,
+        shutdown_grace,
+        shutdown_delay,
+        log: LogConfig { level, json, static_fields },
+        ort_lib,
+        features,
+    })
+}
+
+fn overlay<T>(slot: &mut Option<T>, value: Option<T>) {
+    if value.is_some() {
+        *slot = value;
+    }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The model's file name without `.onnx`, made into a valid name.
+fn default_name(path: &Path) -> String {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' })
+        .collect();
+    if name.is_empty() { "model".to_owned() } else { name }
+}
+
+/// Names and versions appear in URLs, metric labels and (later) registry paths: letters, digits,
+/// `.`, `_` and `-`, starting with a letter or digit, at most 128 characters.
+pub fn check_name(what: &str, value: &str, problems: &mut Vec<String>) {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !ok {
+        problems.push(format!(
+            "{what} '{value}' is not valid: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        ));
+    }
+}
+
+fn check_range(what: &str, value: usize, min: usize, max: usize, problems: &mut Vec<String>) {
+    if !(min..=max).contains(&value) {
+        problems.push(format!("{what} is {value}; it must be between {min} and {max}"));
+    }
+}
+
+fn seconds(what: &str, value: f64, problems: &mut Vec<String>) -> Duration {
+    Duration::try_from_secs_f64(value).unwrap_or_else(|_| {
+        problems.push(format!("{what} is {value}; it must be a number of seconds, 0 or more"));
+        Duration::ZERO
+    })
+}
+
+/// Accepts the seed's Python-style names too (`INFO`, `WARNING`).
+fn parse_level(level: &str) -> Option<tracing::Level> {
+    Some(match level.to_ascii_lowercase().as_str() {
+        "error" | "critical" | "fatal" => tracing::Level::ERROR,
+        "warn" | "warning" => tracing::Level::WARN,
+        "info" => tracing::Level::INFO,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        _ => return None,
+    })
+}
+
+/// A URL with any password replaced, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = "\
+model:
+  name: fraud-detection
+  version: v1.2.0
+  path: /models/model.onnx
+server:
+  host: 0.0.0.0
+  port: 8000
+  workers: 4
+features:
+  store_url: redis://redis:6379
+  cache_ttl: 300
+logging:
+  level: INFO
+  format: json
+";
+
+    fn env(pairs: &[(&'static str, &'static str)]) -> BTreeMap<&'static str, &'static str> {
+        pairs.iter().copied().collect()
+    }
+
+    fn check(file: &str, env_pairs: &[(&'static str, &'static str)], args: &[&str]) -> Result<ServeConfig, String> {
+        use clap::Parser;
+        let raw = parse_file(file).map_err(|p| p.join("\n"))?;
+        let cli = crate::cli::Cli::try_parse_from(["modelship", "serve"].iter().chain(args)).map_err(|e| e.to_string())?;
+        let crate::cli::Command::Serve(serve) = cli.command;
+        resolve(raw, &env(env_pairs), &serve).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_seed_configmap_is_accepted_as_is() {
+        let c = check(SEED, &[], &[]).unwrap();
+        assert_eq!(
+            (c.model_name.as_str(), c.model_version.as_str(), c.model_path.as_path(), c.host.as_str(), c.port, c.workers),
+            ("fraud-detection", "v1.2.0", Path::new("/models/model.onnx"), "0.0.0.0", 8000, 4)
+        );
+        assert_eq!(c.log.level, tracing::Level::INFO);
+        assert!(c.log.json);
+        assert_eq!(
+            c.features,
+            Some(FeaturesConfig { store_url: "redis://redis:6379".to_owned(), cache_ttl: Duration::from_secs(300) })
+        );
+    }
+
+    #[test]
+    fn precedence_is_default_file_env_flags() {
+        let c = check("", &[("MODEL_PATH", "/env.onnx")], &[]).unwrap();
+        assert_eq!((c.model_path.to_str().unwrap(), c.model_name.as_str(), c.model_version.as_str(), c.port), ("/env.onnx", "env", "1", 8000));
+        let c = check(SEED, &[("MODEL_PATH", "/env.onnx"), ("MODEL_VERSION", "v9"), ("LOG_LEVEL", "DEBUG")], &[]).unwrap();
+        assert_eq!((c.model_path.to_str().unwrap(), c.model_version.as_str(), c.log.level), ("/env.onnx", "v9", tracing::Level::DEBUG));
+        let c = check(
+            SEED,
+            &[("MODEL_PATH", "/env.onnx"), ("MODEL_VERSION", "v9")],
+            &["/flag.onnx", "--model-version", "v10", "--port", "0", "--log-level", "warn", "--log-format", "text"],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.model_path.to_str().unwrap(), c.model_version.as_str(), c.port, c.log.level, c.log.json),
+            ("/flag.onnx", "v10", 0, tracing::Level::WARN, false)
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_path() {
+        let err = check("model:\n  pth: /m.onnx\nserver:\n  prot: 80\nextra: 1\n", &[], &[]).unwrap_err();
+        assert_eq!(
+            err,
+            "unknown key 'model.pth' (known sections: model, server, features, logging; see `modelship serve --help`)\n\
+             unknown key 'server.prot' (known sections: model, server, features, logging; see `modelship serve --help`)\n\
+             unknown key 'extra' (known sections: model, server, features, logging; see `modelship serve --help`)"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = check(
+            "server: {workers: 0}\nlogging: {level: LOUD, format: xml}\nfeatures: {store_url: 'http://user:secret@host'}\n",
+            &[],
+            &["--name", "../etc", "--shutdown-grace", "-1"],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "invalid configuration:\n  \
+             - no model given: pass MODEL.onnx (`modelship serve model.onnx`), set model.path in the config file, or set MODEL_PATH\n  \
+             - model name '../etc' is not valid: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit\n  \
+             - server.workers is 0; it must be between 1 and 256\n  \
+             - server.shutdown_grace_seconds is -1; it must be a number of seconds, 0 or more\n  \
+             - logging.level 'LOUD' is not one of error, warn, info, debug, trace\n  \
+             - logging.format 'xml' is not json or text\n  \
+             - features.store_url 'http://***@host' must start with redis:// or rediss://"
+        );
+    }
+
+    #[test]
+    fn wrong_value_types_name_the_key() {
+        let err = check("server:\n  port: eighty\n", &[], &[]).unwrap_err();
+        assert!(err.starts_with("server.port: invalid type: string \"eighty\", expected u16"), "{err}");
+    }
+
+    #[test]
+    fn pod_identity_goes_into_log_fields() {
+        let c = check("", &[("MODEL_PATH", "m.onnx"), ("POD_NAME", "fraud-7d9"), ("POD_NAMESPACE", "ml")], &[]).unwrap();
+        assert_eq!(c.log.static_fields.get("pod_name").map(String::as_str), Some("fraud-7d9"));
+        assert_eq!(c.log.static_fields.get("pod_namespace").map(String::as_str), Some("ml"));
+    }
+}

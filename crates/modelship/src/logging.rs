@@ -1,0 +1,79 @@
+//! Log output: one JSON object per line (or human text) on standard error.
+//!
+//! The JSON shape is flat, `{"timestamp", "level", "target", "message", ...fields}`, plus the
+//! static fields of the deployment (`pod_name`, `pod_namespace`) on every line, so log pipelines
+//! need no parsing rules.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::config::LogConfig;
+
+pub fn init(config: &LogConfig) {
+    let filter = LevelFilter::from_level(config.level);
+    let builder = tracing_subscriber::fmt().with_max_level(filter).with_writer(std::io::stderr);
+    let result = if config.json {
+        builder.event_format(JsonLines { static_fields: config.static_fields.clone() }).try_init()
+    } else {
+        builder.with_target(false).try_init()
+    };
+    // A second init (tests calling in twice) keeps the first subscriber.
+    let _ = result;
+}
+
+struct JsonLines {
+    static_fields: BTreeMap<&'static str, String>,
+}
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let mut timestamp = String::with_capacity(32);
+        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
+        let meta = event.metadata();
+        let mut object = Map::new();
+        object.insert("timestamp".to_owned(), Value::String(timestamp));
+        object.insert("level".to_owned(), Value::String(meta.level().as_str().to_owned()));
+        object.insert("target".to_owned(), Value::String(meta.target().to_owned()));
+        for (key, value) in &self.static_fields {
+            object.insert((*key).to_owned(), Value::String(value.clone()));
+        }
+        event.record(&mut JsonVisitor(&mut object));
+        writeln!(writer, "{}", Value::Object(object))
+    }
+}
+
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl Visit for JsonVisitor<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0.insert(field.name().to_owned(), Value::String(format!("{value:?}")));
+    }
+}

@@ -1,0 +1,169 @@
+//! `modelship serve`: load one model and serve it until SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use modelship_inference::{Backend, LoadOptions};
+use modelship_onnx::OnnxBackend;
+use modelship_server::model::{LoadedModel, ModelSlot, ModelSpec};
+use modelship_server::pool::PoolConfig;
+use modelship_server::{AppState, Drain, DrainOutcome, Limits};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::cli::ServeArgs;
+use crate::config::{self, ProcessEnv, ServeConfig};
+
+pub fn main(args: ServeArgs) -> ExitCode {
+    let started = Instant::now();
+    let env = ProcessEnv;
+    let file = match config::config_path(&args, &env) {
+        Some(path) => match config::load_file(&path) {
+            Ok(raw) => raw,
+            Err(e) => return usage_error(&e.to_string()),
+        },
+        None => config::RawConfig::default(),
+    };
+    let config = match config::resolve(file, &env, &args) {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    crate::logging::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("modelship-io").build() {
+        Ok(rt) => rt,
+        Err(e) => return failure(&anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(run(config, started)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failure(&e),
+    }
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+fn failure(error: &anyhow::Error) -> ExitCode {
+    tracing::error!(error = %format!("{error:#}"), "modelship stopped");
+    eprintln!("error: {error:#}");
+    ExitCode::FAILURE
+}
+
+async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
+    if let Some(features) = &config.features {
+        tracing::warn!(
+            store_url = %config::redact_url(&features.store_url),
+            "features.store_url is set, but feature-store enrichment is not available in this version; requests must carry all features"
+        );
+    }
+    let model = read_model(&config)?;
+    let backend: Arc<dyn Backend> = Arc::new(OnnxBackend::new(config.ort_lib.as_deref())?);
+    let listener = TcpListener::bind((config.host.as_str(), config.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+    let address = listener.local_addr().context("cannot read the bound address")?;
+
+    let state = AppState::new(Limits { max_body_bytes: config.max_body_bytes });
+    let spec = ModelSpec {
+        name: config.model_name.clone(),
+        version: config.model_version.clone(),
+        pool: PoolConfig {
+            workers: config.workers,
+            max_queue: config.max_queue,
+            load: LoadOptions { intra_op_threads: config.intra_op_threads },
+        },
+    };
+    state.models.set(&spec.name, ModelSlot::Loading { version: spec.version.clone() });
+
+    // The listener serves probes while the model loads: /health/startup says "starting" until then.
+    let load_failed = Arc::new(Notify::new());
+    let stop = {
+        let load_failed = Arc::clone(&load_failed);
+        async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = load_failed.notified() => {}
+            }
+        }
+    };
+    let drain = Drain { delay: config.shutdown_delay, grace: config.shutdown_grace };
+    let server = tokio::spawn(modelship_server::serve(listener, state.clone(), stop, drain));
+    tracing::info!(%address, model = %spec.name, version = %spec.version, path = %config.model_path.display(), "loading model");
+
+    let loaded = {
+        let (backend, metrics, spec) = (Arc::clone(&backend), Arc::clone(&state.metrics), spec.clone());
+        tokio::task::spawn_blocking(move || LoadedModel::load(backend, model, &spec, &metrics)).await
+    };
+    let load_error = match loaded {
+        Ok(Ok(model)) => {
+            tracing::info!(
+                model = %model.name, version = %model.version, load_seconds = model.load_seconds,
+                inputs = ?model.info.signature.input_names(), outputs = ?model.info.signature.output_names(),
+                skipped_outputs = ?model.info.skipped_outputs, "model loaded"
+            );
+            state.models.set(&spec.name, ModelSlot::Ready(Arc::new(model)));
+            let startup_seconds = state.health.mark_started().max(started.elapsed().as_secs_f64());
+            announce_ready(address, &spec, startup_seconds);
+            None
+        }
+        Ok(Err(e)) => Some(anyhow::anyhow!("cannot load model {}: {e}", config.model_path.display())),
+        Err(e) => Some(anyhow::anyhow!("model loading stopped unexpectedly: {e}")),
+    };
+    if let Some(e) = &load_error {
+        state.models.set(&spec.name, ModelSlot::Failed { version: spec.version.clone(), error: e.to_string() });
+        load_failed.notify_one();
+    }
+
+    let outcome = server.await.context("the server task failed")?.context("the server failed")?;
+    if let Some(e) = load_error {
+        return Err(e);
+    }
+    match outcome {
+        DrainOutcome::Complete => tracing::info!("drained; exiting"),
+        DrainOutcome::GraceExpired => tracing::warn!(
+            grace_s = config.shutdown_grace.as_secs_f64(),
+            "the shutdown grace period ran out; requests still in flight were cut off"
+        ),
+    }
+    Ok(())
+}
+
+/// Reads the model file whole, refusing what is clearly not a model before any runtime is involved.
+fn read_model(config: &ServeConfig) -> anyhow::Result<Arc<[u8]>> {
+    let path = &config.model_path;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read model file {}", path.display()))?;
+    if bytes.is_empty() {
+        bail!("model file {} is empty", path.display());
+    }
+    Ok(bytes.into())
+}
+
+/// The one machine-readable line on standard output: where the server listens, once it is ready.
+fn announce_ready(address: std::net::SocketAddr, spec: &ModelSpec, startup_seconds: f64) {
+    use std::io::Write;
+    let line = serde_json::json!({
+        "event": "ready",
+        "http": address.to_string(),
+        "model": spec.name,
+        "version": spec.version,
+        "startup_seconds": startup_seconds,
+    });
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+    }
+}

@@ -1,0 +1,38 @@
+//! Probe state: startup, readiness and drain.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+pub struct Health {
+    started: Instant,
+    startup_seconds: OnceLock<f64>,
+    draining: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health { started: Instant::now(), startup_seconds: OnceLock::new(), draining: AtomicBool::new(false) }
+    }
+}
+
+impl Health {
+    /// Startup is complete: models are loaded and listeners are bound. Idempotent.
+    pub fn mark_started(&self) -> f64 {
+        *self.startup_seconds.get_or_init(|| self.started.elapsed().as_secs_f64())
+    }
+
+    /// Seconds from process start to [`Health::mark_started`], once it happened.
+    pub fn startup_seconds(&self) -> Option<f64> {
+        self.startup_seconds.get().copied()
+    }
+
+    /// Shutdown began: readiness fails from now on.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,146 @@
+//! Loaded model versions and the table of models a server answers for.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use modelship_inference::{Backend, InferError, InferRequest, ModelInfo, Tensor};
+use prometheus::Histogram;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::pool::{PoolConfig, WorkerPool};
+
+/// What to load: a model's name and version, and how to run it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub name: String,
+    pub version: String,
+    pub pool: PoolConfig,
+}
+
+/// One model version, loaded and ready to answer.
+pub struct LoadedModel {
+    pub name: String,
+    pub version: String,
+    pub info: ModelInfo,
+    pub load_seconds: f64,
+    pool: WorkerPool,
+    inference_time: Histogram,
+    queue_time: Histogram,
+}
+
+impl LoadedModel {
+    /// Loads `model` (blocking: call it off the reactor) and registers its metrics.
+    pub fn load(backend: Arc<dyn Backend>, model: Arc<[u8]>, spec: &ModelSpec, metrics: &Metrics) -> Result<Self, InferError> {
+        let started = Instant::now();
+        let (pool, info) = WorkerPool::start(backend, model, &spec.pool, &format!("infer-{}", spec.name))?;
+        let load_seconds = started.elapsed().as_secs_f64();
+        let labels = [spec.name.as_str(), spec.version.as_str()];
+        metrics.model_load_seconds.with_label_values(&labels).set(load_seconds);
+        metrics
+            .model_info
+            .with_label_values(&[&spec.name, &spec.version, &info.platform, &pool.workers().to_string()])
+            .set(1);
+        Ok(LoadedModel {
+            name: spec.name.clone(),
+            version: spec.version.clone(),
+            info,
+            load_seconds,
+            pool,
+            inference_time: metrics.inference_duration.with_label_values(&labels),
+            queue_time: metrics.queue_duration.with_label_values(&labels),
+        })
+    }
+
+    /// Validates `request` against the model, runs it on a worker and returns the outputs.
+    pub async fn infer(&self, request: InferRequest) -> Result<Vec<Tensor>, ApiError> {
+        let prepared = self.info.signature.prepare(request)?;
+        let output = self
+            .pool
+            .submit(prepared)
+            .map_err(|full| ApiError::Overloaded { model: self.name.clone(), queued: full.queued })?
+            .await
+            .map_err(|_| ApiError::Internal("the inference worker stopped before answering".to_owned()))?;
+        self.queue_time.observe(output.queued.as_secs_f64());
+        self.inference_time.observe(output.inference.as_secs_f64());
+        Ok(output.result?)
+    }
+
+    pub fn queued(&self) -> usize {
+        self.pool.queued()
+    }
+}
+
+/// The state of one model name on this server.
+#[derive(Clone)]
+pub enum ModelSlot {
+    Loading { version: String },
+    Ready(Arc<LoadedModel>),
+    Failed { version: String, error: String },
+}
+
+/// Models by name. Read on every request, written rarely: readers take a snapshot without locks.
+#[derive(Default)]
+pub struct ModelTable {
+    slots: ArcSwap<BTreeMap<String, ModelSlot>>,
+}
+
+impl ModelTable {
+    pub fn set(&self, name: &str, slot: ModelSlot) {
+        self.slots.rcu(|current| {
+            let mut next = BTreeMap::clone(current);
+            next.insert(name.to_owned(), slot.clone());
+            next
+        });
+    }
+
+    pub fn snapshot(&self) -> Arc<BTreeMap<String, ModelSlot>> {
+        self.slots.load_full()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.slots.load().keys().cloned().collect()
+    }
+
+    /// True when at least one model is declared and every declared model is loaded.
+    pub fn all_ready(&self) -> bool {
+        let slots = self.slots.load();
+        !slots.is_empty() && slots.values().all(|s| matches!(s, ModelSlot::Ready(_)))
+    }
+
+    /// The loaded model `name`, at `version` when one is asked for.
+    pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, ApiError> {
+        let slots = self.slots.load();
+        let Some(slot) = slots.get(name) else {
+            return Err(ApiError::UnknownModel { name: name.to_owned(), available: slots.keys().cloned().collect() });
+        };
+        let (current, model) = match slot {
+            ModelSlot::Ready(model) => (model.version.as_str(), Some(model)),
+            ModelSlot::Loading { version } | ModelSlot::Failed { version, .. } => (version.as_str(), None),
+        };
+        if let Some(v) = version
+            && v != current
+        {
+            return Err(ApiError::UnknownVersion {
+                name: name.to_owned(),
+                version: v.to_owned(),
+                available: vec![current.to_owned()],
+            });
+        }
+        model.cloned().ok_or_else(|| ApiError::NotReady(name.to_owned()))
+    }
+
+    /// The only model, when the server has exactly one (what `/v1/predict` answers with).
+    pub fn single(&self) -> Result<Arc<LoadedModel>, ApiError> {
+        let names = self.names();
+        match names.as_slice() {
+            [only] => self.get(only, None),
+            _ => Err(ApiError::Decode(modelship_protocol::DecodeError(format!(
+                "/v1/predict needs a server with exactly one model; this one serves {}: use /v2/models/{{model}}/infer",
+                names.join(", ")
+            )))),
+        }
+    }
+}

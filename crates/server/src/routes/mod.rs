@@ -1,0 +1,126 @@
+//! HTTP routes. Each module exposes `routes()`; [`app`] composes them with the fallbacks.
+
+mod ops;
+mod v1;
+mod v2;
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use prometheus::IntGauge;
+
+use crate::error::ApiError;
+use crate::model::LoadedModel;
+use crate::request_id;
+use crate::state::AppState;
+
+/// The whole HTTP API, ready to serve or to call in tests with `tower::ServiceExt::oneshot`.
+pub fn app(state: AppState) -> Router {
+    let limit = state.limits.max_body_bytes;
+    Router::new()
+        .merge(v2::routes())
+        .merge(v1::routes())
+        .merge(ops::routes())
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn no_route(request: Request) -> Response {
+    ApiError::NoRoute { method: request.method().to_string(), path: request.uri().path().to_owned() }.into_response()
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    ApiError::MethodNotAllowed { method: request.method().to_string(), path: request.uri().path().to_owned() }
+        .into_response()
+}
+
+/// Turns a body that could not be read into the matching error.
+fn body_error(state: &AppState, rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::BodyTooLarge { limit: state.limits.max_body_bytes }
+    } else {
+        ApiError::Body(rejection.body_text())
+    }
+}
+
+/// One inference call from arrival to response: request id, in-flight gauge, metrics and the log
+/// line, the same for every inference endpoint.
+struct Call<'a> {
+    state: &'a AppState,
+    endpoint: &'static str,
+    request_id: String,
+    started: Instant,
+    _in_flight: InFlight,
+}
+
+struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl<'a> Call<'a> {
+    fn start(state: &'a AppState, endpoint: &'static str, headers: &HeaderMap) -> Self {
+        let gauge = state.metrics.in_flight.with_label_values(&[endpoint]);
+        gauge.inc();
+        Call {
+            state,
+            endpoint,
+            request_id: state.ids.for_request(headers),
+            started: Instant::now(),
+            _in_flight: InFlight(gauge),
+        }
+    }
+
+    fn finish(self, model: Option<&LoadedModel>, result: Result<Response, ApiError>) -> Response {
+        let elapsed = self.started.elapsed();
+        // Unknown model names from clients never become label values.
+        let (name, version) = model.map_or(("unknown", ""), |m| (m.name.as_str(), m.version.as_str()));
+        let metrics = &self.state.metrics;
+        let (mut response, error) = match result {
+            Ok(response) => (response, None),
+            Err(e) => {
+                let (_, code) = e.status_and_code();
+                metrics.errors.with_label_values(&[name, version, self.endpoint, code]).inc();
+                let message = e.to_string();
+                (e.into_response(), Some((code, message)))
+            }
+        };
+        let status = response.status();
+        metrics.requests.with_label_values(&[name, version, self.endpoint, status.as_str()]).inc();
+        metrics.request_duration.with_label_values(&[name, version, self.endpoint]).observe(elapsed.as_secs_f64());
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        match &error {
+            None => tracing::info!(
+                request_id = %self.request_id, model = name, version, endpoint = self.endpoint,
+                status = status.as_u16(), latency_ms, "inference"
+            ),
+            Some((code, message)) if status.is_server_error() => tracing::error!(
+                request_id = %self.request_id, model = name, version, endpoint = self.endpoint,
+                status = status.as_u16(), latency_ms, error = code, message = %message, "inference failed"
+            ),
+            Some((code, message)) => tracing::info!(
+                request_id = %self.request_id, model = name, version, endpoint = self.endpoint,
+                status = status.as_u16(), latency_ms, error = code, message = %message, "inference rejected"
+            ),
+        }
+        let headers = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
+            headers.insert(request_id::HEADER, v);
+        }
+        if let Some(m) = model
+            && let Ok(v) = HeaderValue::from_str(&m.version)
+        {
+            headers.insert("x-model-version", v);
+        }
+        response
+    }
+}

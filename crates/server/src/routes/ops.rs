@@ -1,0 +1,94 @@
+//! Probes (the seed's `/health/*` and V2's `/v2/health/*`) and `/metrics`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderValue, StatusCode, header};
+use serde_json::json;
+
+use crate::error::json_response;
+use crate::model::ModelSlot;
+use crate::state::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/health/startup", get(startup))
+        .route("/v2/health/live", get(v2_live))
+        .route("/v2/health/ready", get(v2_ready))
+        .route("/metrics", get(metrics))
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response {
+    json_response(status, body.to_string().into_bytes())
+}
+
+async fn live() -> Response {
+    json(StatusCode::OK, json!({"status": "alive"}))
+}
+
+/// Each readiness check by name, and whether all pass.
+fn readiness(state: &AppState) -> (bool, serde_json::Value) {
+    let model_loaded = state.models.all_ready();
+    let startup_complete = state.health.startup_seconds().is_some();
+    let draining = state.health.is_draining();
+    let ready = model_loaded && startup_complete && !draining;
+    let mut checks = json!({"model_loaded": model_loaded, "startup_complete": startup_complete});
+    if draining {
+        checks["shutting_down"] = json!(true);
+    }
+    (ready, checks)
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let (ready, checks) = readiness(&state);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let label = if ready { "ready" } else if state.health.is_draining() { "shutting down" } else { "not ready" };
+    let mut body = json!({"status": label, "checks": checks});
+    let failures: Vec<String> = state
+        .models
+        .snapshot()
+        .iter()
+        .filter_map(|(name, slot)| match slot {
+            ModelSlot::Failed { version, error } => Some(format!("{name}:{version}: {error}")),
+            _ => None,
+        })
+        .collect();
+    if !failures.is_empty() {
+        body["errors"] = json!(failures);
+    }
+    json(status, body)
+}
+
+async fn startup(State(state): State<AppState>) -> Response {
+    match state.health.startup_seconds() {
+        Some(seconds) => json(StatusCode::OK, json!({"status": "started", "startup_time_seconds": seconds})),
+        None => json(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "starting"})),
+    }
+}
+
+async fn v2_live() -> Response {
+    json(StatusCode::OK, json!({"live": true}))
+}
+
+async fn v2_ready(State(state): State<AppState>) -> Response {
+    let (ready, _) = readiness(&state);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json(status, json!({"ready": ready}))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    for slot in state.models.snapshot().values() {
+        if let ModelSlot::Ready(model) = slot {
+            let queued = i64::try_from(model.queued()).unwrap_or(i64::MAX);
+            state.metrics.queue_length.with_label_values(&[&model.name, &model.version]).set(queued);
+        }
+    }
+    let mut response = state.metrics.render().into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}
