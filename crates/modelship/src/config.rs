@@ -419,7 +419,7 @@ logging:
         let err = check(
             "server: {workers: 0}\nlogging: {level: LOUD, format: xml}\nfeatures: {store_url: 'http://user:secret@host'}\n",
             &[],
-            &["--name", "../etc", "--shutdown-grace", "-1"],
+            &["--name", "../etc", "--shutdown-grace=-1"],
         )
         .unwrap_err();
         assert_eq!(

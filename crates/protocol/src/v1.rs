@@ -83,6 +83,9 @@ pub fn prediction_value(output: &Tensor) -> Value {
             TensorData::Int64(v) => Value::from(v[i]),
             TensorData::Int32(v) => Value::from(v[i]),
             TensorData::Uint64(v) => Value::from(v[i]),
+            // Widening f32 to f64 would print digits the model never produced (0.054461777 as
+            // 0.0544617772102356); go through f32's shortest representation instead, as V2 does.
+            TensorData::Fp32(v) => v[i].to_string().parse::<f64>().map_or(Value::Null, Value::from),
             other => other.get_f64(i).map(Value::from).unwrap_or(Value::Null),
         }
     };

@@ -1,0 +1,10 @@
+//! End-to-end tests: each one runs the real `modelship` binary and talks to it over HTTP.
+//! One test binary for all of them, so the binary and the harness build once.
+
+mod support;
+
+mod api;
+mod bad_input;
+mod lifecycle;
+mod models;
+mod startup;

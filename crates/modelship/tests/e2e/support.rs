@@ -1,0 +1,188 @@
+//! Running the real `modelship` binary on 127.0.0.1:0 and talking HTTP to it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The workspace root: the child runs there, so `./.venv` (made by scripts/setup.sh) is found.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+pub fn model(name: &str) -> String {
+    let path = if name == "fraud" { root().join("examples/models/fraud.onnx") } else { root().join(format!("testdata/models/{name}.onnx")) };
+    path.to_string_lossy().into_owned()
+}
+
+pub fn command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modelship"));
+    cmd.current_dir(root());
+    // The tests choose these themselves.
+    for var in ["MODEL_PATH", "CONFIG_PATH", "MODEL_VERSION", "MODEL_NAME", "LOG_LEVEL", "LOG_FORMAT", "POD_NAME", "POD_NAMESPACE"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    pub ready: Value,
+    stderr: Arc<Mutex<String>>,
+    agent: ureq::Agent,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: ureq::http::HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+impl Server {
+    /// Starts `modelship serve ARGS --host 127.0.0.1 --port 0` and waits for its ready line.
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_with(args, &[])
+    }
+
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = command();
+        cmd.arg("serve").args(args).args(["--host", "127.0.0.1", "--port", "0"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn modelship");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().unwrap();
+        let sink = Arc::clone(&stderr);
+        thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                thread::sleep(Duration::from_millis(200));
+                panic!("modelship did not become ready; stderr:\n{}", stderr.lock().unwrap());
+            }
+        };
+        let ready: Value = serde_json::from_str(&line).expect("ready line is JSON");
+        assert_eq!(ready["event"], "ready", "{line}");
+        let addr = ready["http"].as_str().unwrap().to_owned();
+        Server { child, addr, ready, stderr, agent: agent() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        reply(self.agent.get(&self.url(path)).call().expect("GET"))
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Reply {
+        self.post_with(path, body, &[])
+    }
+
+    pub fn post_with(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = self.agent.post(&self.url(path)).header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        reply(req.send(body).expect("POST"))
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.pid().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "modelship did not exit within {limit:?}; stderr:\n{}", self.stderr());
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The value of one sample in the /metrics text, e.g. `modelship_requests_total{...}`.
+    pub fn metric(&self, prefix: &str, labels: &[&str]) -> Option<f64> {
+        let text = self.get("/metrics").text;
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && labels.iter().all(|lab| l.contains(lab)))
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+}
+
+pub fn reply(mut response: ureq::http::Response<ureq::Body>) -> Reply {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    Reply { status, headers, text }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A V2 infer body for the fraud-style models: `rows` rows of 30 features.
+pub fn fraud_body(rows: usize) -> String {
+    let data: Vec<f32> = (0..rows * 30).map(|i| ((i % 17) as f32 - 8.0) / 4.0).collect();
+    serde_json::json!({"inputs": [{"name": "input", "shape": [rows, 30], "datatype": "FP32", "data": data}]}).to_string()
+}
+
+/// A body for the slow model: `iterations` rounds of a 128x128 matrix product (about 40 µs each).
+pub fn slow_body(iterations: i64) -> String {
+    serde_json::json!({"inputs": [{"name": "iterations", "shape": [], "datatype": "INT64", "data": [iterations]}]}).to_string()
+}

@@ -1,0 +1,23 @@
+//! A bare HTTP server on the same stack as modelship (tokio, hyper, axum) that reads the request
+//! body and answers a fixed JSON body: the cost of one loopback HTTP round trip, with no
+//! decoding and no inference. Used by bench/run.sh as the other half of the latency floor.
+//!
+//!   cargo run --release -p modelship-server --example loopback -- PORT
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::routing::post;
+
+const ANSWER: &str = r#"{"model_name":"fraud","model_version":"1","outputs":[{"name":"label","datatype":"INT64","shape":[1],"data":[0]},{"name":"probabilities","datatype":"FP32","shape":[1,2],"data":[0.9,0.1]}]}"#;
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let port: u16 = std::env::args().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let app = Router::new().fallback(post(|body: Bytes| async move {
+        std::hint::black_box(body);
+        ([("content-type", "application/json")], ANSWER)
+    }));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("{}", listener.local_addr()?);
+    axum::serve(listener, app).await
+}
