@@ -10,7 +10,10 @@ use std::fmt;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -19,12 +22,17 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::config::LogConfig;
 
 pub fn init(config: &LogConfig) {
-    let filter = LevelFilter::from_level(config.level);
-    let builder = tracing_subscriber::fmt().with_max_level(filter).with_writer(std::io::stderr);
+    let level = LevelFilter::from_level(config.level);
+    // ONNX Runtime narrates every session it creates at info level; its warnings and errors are
+    // what an operator needs, unless they asked for debug output.
+    let runtime = if level >= LevelFilter::DEBUG { level } else { level.min(LevelFilter::WARN) };
+    let filter = Targets::new().with_default(level).with_target("ort", runtime);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let result = if config.json {
-        builder.event_format(JsonLines { static_fields: config.static_fields.clone() }).try_init()
+        let layer = layer.event_format(JsonLines { static_fields: config.static_fields.clone() });
+        tracing_subscriber::registry().with(layer.with_filter(filter)).try_init()
     } else {
-        builder.with_target(false).try_init()
+        tracing_subscriber::registry().with(layer.with_target(false).with_filter(filter)).try_init()
     };
     // A second init (tests calling in twice) keeps the first subscriber.
     let _ = result;

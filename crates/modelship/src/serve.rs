@@ -60,7 +60,9 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         );
     }
     let model = read_model(&config)?;
-    let backend: Arc<dyn Backend> = Arc::new(OnnxBackend::new(config.ort_lib.as_deref())?);
+    let onnx = OnnxBackend::new(config.ort_lib.as_deref())?;
+    tracing::info!(library = %onnx.library().display(), "ONNX Runtime loaded");
+    let backend: Arc<dyn Backend> = Arc::new(onnx);
     let listener = TcpListener::bind((config.host.as_str(), config.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
