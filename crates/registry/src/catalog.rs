@@ -1,0 +1,315 @@
+//! Versions, aliases and alias history, in SQLite.
+//!
+//! Every change is one `BEGIN IMMEDIATE` transaction, so a version becomes visible all at once
+//! or not at all, and concurrent writers (threads or processes) serialize on the database lock.
+//! WAL mode lets readers (a server following an alias) proceed while a writer works.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+
+use crate::RegistryError;
+use crate::onnx_meta::OnnxMetadata;
+
+/// One immutable model version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub name: String,
+    pub version: String,
+    /// Lowercase hex SHA-256 of the artifact.
+    pub digest: String,
+    pub size: u64,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: i64,
+    pub description: Option<String>,
+    /// Where the artifact came from (a file path, `mlflow:...`).
+    pub source: Option<String>,
+    pub metrics: BTreeMap<String, f64>,
+    pub labels: BTreeMap<String, String>,
+    pub onnx: OnnxMetadata,
+    /// Aliases pointing at this version now (filled on read).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// One recorded move of an alias. `version` is `None` when the alias was removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliasMove {
+    pub id: i64,
+    pub name: String,
+    pub alias: String,
+    pub version: Option<String>,
+    pub previous: Option<String>,
+    pub at_ms: i64,
+    pub actor: String,
+}
+
+/// What an insert did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted {
+    Created,
+    /// The same name, version and bytes were already there: nothing changed.
+    Unchanged(Box<VersionRecord>),
+}
+
+pub struct Catalog {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE INDEX IF NOT EXISTS versions_digest ON versions (digest);
+CREATE TABLE IF NOT EXISTS aliases (
+    name TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    version TEXT NOT NULL,
+    PRIMARY KEY (name, alias),
+    FOREIGN KEY (name, version) REFERENCES versions (name, version)
+);
+CREATE TABLE IF NOT EXISTS alias_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    version TEXT,
+    previous TEXT,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL
+);
+";
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Self, RegistryError> {
+        let db_err = |e: rusqlite::Error| RegistryError::Database { path: path.display().to_string(), reason: e.to_string() };
+        let conn = Connection::open(path).map_err(db_err)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        Ok(Catalog { conn: Mutex::new(conn), path: path.to_path_buf() })
+    }
+
+    fn err(&self, e: rusqlite::Error) -> RegistryError {
+        RegistryError::Database { path: self.path.display().to_string(), reason: e.to_string() }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, RegistryError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn).map_err(|e| self.err(e))
+    }
+
+    pub fn setting(&self, key: &str) -> Result<Option<String>, RegistryError> {
+        self.with(|c| c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional())
+    }
+
+    /// Records `value` for `key` unless one is already there; returns the value in force.
+    pub fn setting_or_insert(&self, key: &str, value: &str) -> Result<String, RegistryError> {
+        self.with(|c| {
+            c.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?1, ?2)", params![key, value])?;
+            c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
+        })
+    }
+
+    /// Adds a version, or finds the identical one already there, or refuses a conflicting one.
+    pub fn insert(&self, record: &VersionRecord) -> Result<Inserted, RegistryError> {
+        let json = serde_json::to_string(record).map_err(|e| RegistryError::Store(e.to_string()))?;
+        let existing = self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let existing: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT digest, record FROM versions WHERE name = ?1 AND version = ?2",
+                    params![record.name, record.version],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if existing.is_none() {
+                let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM versions", [], |r| r.get(0))?;
+                tx.execute(
+                    "INSERT INTO versions (name, version, digest, size, created_ms, seq, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![record.name, record.version, record.digest, record.size as i64, record.created_ms, seq, json],
+                )?;
+            }
+            tx.commit()?;
+            Ok(existing)
+        })?;
+        match existing {
+            None => Ok(Inserted::Created),
+            Some((digest, _)) if digest != record.digest => Err(RegistryError::VersionConflict {
+                name: record.name.clone(),
+                version: record.version.clone(),
+                existing: digest,
+                pushed: record.digest.clone(),
+            }),
+            Some((_, json)) => Ok(Inserted::Unchanged(Box::new(self.decode(&json)?))),
+        }
+    }
+
+    fn decode(&self, json: &str) -> Result<VersionRecord, RegistryError> {
+        serde_json::from_str(json).map_err(|e| RegistryError::Database {
+            path: self.path.display().to_string(),
+            reason: format!("unreadable version record: {e}"),
+        })
+    }
+
+    fn with_aliases(&self, mut records: Vec<VersionRecord>) -> Result<Vec<VersionRecord>, RegistryError> {
+        let aliases: Vec<(String, String, String)> = self.with(|c| {
+            let mut stmt = c.prepare("SELECT name, version, alias FROM aliases ORDER BY alias")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect()
+        })?;
+        for r in &mut records {
+            r.aliases =
+                aliases.iter().filter(|(n, v, _)| *n == r.name && *v == r.version).map(|(_, _, a)| a.clone()).collect();
+        }
+        Ok(records)
+    }
+
+    fn query(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<VersionRecord>, RegistryError> {
+        let rows: Vec<String> = self.with(|c| {
+            let mut stmt = c.prepare(sql)?;
+            let rows = stmt.query_map(args, |r| r.get(0))?;
+            rows.collect()
+        })?;
+        let records = rows.iter().map(|j| self.decode(j)).collect::<Result<Vec<_>, _>>()?;
+        self.with_aliases(records)
+    }
+
+    /// Every version (of `name`, when given), oldest first.
+    pub fn list(&self, name: Option<&str>) -> Result<Vec<VersionRecord>, RegistryError> {
+        match name {
+            Some(n) => self.query("SELECT record FROM versions WHERE name = ?1 ORDER BY seq", &[&n]),
+            None => self.query("SELECT record FROM versions ORDER BY name, seq", &[]),
+        }
+    }
+
+    pub fn get(&self, name: &str, version: &str) -> Result<Option<VersionRecord>, RegistryError> {
+        Ok(self.query("SELECT record FROM versions WHERE name = ?1 AND version = ?2", &[&name, &version])?.pop())
+    }
+
+    pub fn latest(&self, name: &str) -> Result<Option<VersionRecord>, RegistryError> {
+        Ok(self.query("SELECT record FROM versions WHERE name = ?1 ORDER BY seq DESC LIMIT 1", &[&name])?.pop())
+    }
+
+    pub fn has_model(&self, name: &str) -> Result<bool, RegistryError> {
+        self.with(|c| c.query_row("SELECT EXISTS(SELECT 1 FROM versions WHERE name = ?1)", [name], |r| r.get(0)))
+    }
+
+    pub fn alias_target(&self, name: &str, alias: &str) -> Result<Option<String>, RegistryError> {
+        self.with(|c| {
+            c.query_row("SELECT version FROM aliases WHERE name = ?1 AND alias = ?2", params![name, alias], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    /// Points `alias` at `version` and records the move. Moving an alias to where it already points
+    /// records nothing and returns `None`.
+    pub fn set_alias(&self, name: &str, alias: &str, version: &str, actor: &str) -> Result<Option<AliasMove>, RegistryError> {
+        let at_ms = now_ms();
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let previous: Option<String> = tx
+                .query_row("SELECT version FROM aliases WHERE name = ?1 AND alias = ?2", params![name, alias], |r| r.get(0))
+                .optional()?;
+            if previous.as_deref() == Some(version) {
+                tx.commit()?;
+                return Ok(None);
+            }
+            tx.execute(
+                "INSERT INTO aliases (name, alias, version) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version",
+                params![name, alias, version],
+            )?;
+            tx.execute(
+                "INSERT INTO alias_history (name, alias, version, previous, at_ms, actor) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![name, alias, version, previous, at_ms, actor],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.commit()?;
+            Ok(Some(AliasMove {
+                id,
+                name: name.to_owned(),
+                alias: alias.to_owned(),
+                version: Some(version.to_owned()),
+                previous,
+                at_ms,
+                actor: actor.to_owned(),
+            }))
+        })
+    }
+
+    pub fn history(&self, name: &str) -> Result<Vec<AliasMove>, RegistryError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, name, alias, version, previous, at_ms, actor FROM alias_history WHERE name = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([name], |r| {
+                Ok(AliasMove {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    alias: r.get(2)?,
+                    version: r.get(3)?,
+                    previous: r.get(4)?,
+                    at_ms: r.get(5)?,
+                    actor: r.get(6)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Removes a version. Refused while aliases point at it unless `force`, which removes those
+    /// aliases too (recorded in the history). Returns the digest when no other version uses it,
+    /// so the caller can delete the artifact.
+    pub fn remove(&self, name: &str, version: &str, force: bool, actor: &str) -> Result<Option<String>, RegistryError> {
+        let at_ms = now_ms();
+        let outcome = self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let digest: Option<String> = tx
+                .query_row("SELECT digest FROM versions WHERE name = ?1 AND version = ?2", params![name, version], |r| r.get(0))
+                .optional()?;
+            let Some(digest) = digest else {
+                return Ok(Err(RegistryError::UnknownVersion { name: name.to_owned(), version: version.to_owned() }));
+            };
+            let aliases: Vec<String> = {
+                let mut stmt = tx.prepare("SELECT alias FROM aliases WHERE name = ?1 AND version = ?2 ORDER BY alias")?;
+                let rows = stmt.query_map(params![name, version], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            if !aliases.is_empty() && !force {
+                return Ok(Err(RegistryError::AliasedVersion { name: name.to_owned(), version: version.to_owned(), aliases }));
+            }
+            for alias in &aliases {
+                tx.execute("DELETE FROM aliases WHERE name = ?1 AND alias = ?2", params![name, alias])?;
+                tx.execute(
+                    "INSERT INTO alias_history (name, alias, version, previous, at_ms, actor) VALUES (?1, ?2, NULL, ?3, ?4, ?5)",
+                    params![name, alias, version, at_ms, actor],
+                )?;
+            }
+            tx.execute("DELETE FROM versions WHERE name = ?1 AND version = ?2", params![name, version])?;
+            let still_used: bool =
+                tx.query_row("SELECT EXISTS(SELECT 1 FROM versions WHERE digest = ?1)", [&digest], |r| r.get(0))?;
+            tx.commit()?;
+            Ok(Ok((!still_used).then_some(digest)))
+        })?;
+        outcome
+    }
+}

@@ -1,0 +1,25 @@
+//! The model registry: immutable model versions addressed by the SHA-256 of their artifact, with
+//! metadata read from the ONNX file, user metrics and labels, and aliases (`production`,
+//! `staging`, any name) whose every move is recorded.
+//!
+//! - [`name`]: what names, versions and aliases may look like, and `NAME[:VERSION|@ALIAS]` references.
+//! - [`onnx_meta`]: the signature, opsets and producer of an ONNX file, read without a runtime.
+//! - [`artifacts`]: the content-addressed artifact store (a local directory, or S3-compatible
+//!   object storage with the `s3` feature), written atomically and verified on every read.
+//! - [`catalog`]: versions, aliases and alias history in SQLite (one transaction per change).
+//!
+//! The only crate that knows the registry's layout on disk: `<root>/registry.db` for metadata and
+//! `<root>/artifacts/sha256/<digest>` (or `s3://bucket/prefix/sha256/<digest>`) for artifacts.
+//! A user-supplied name never becomes part of a path: artifacts are named by their digest.
+
+pub mod artifacts;
+pub mod catalog;
+mod error;
+pub mod name;
+pub mod onnx_meta;
+mod registry;
+
+pub use catalog::{AliasMove, VersionRecord};
+pub use error::RegistryError;
+pub use name::ModelRef;
+pub use registry::{NoProgress, Progress, PushOutcome, PushRequest, Registry, RegistryConfig};

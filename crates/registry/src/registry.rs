@@ -1,0 +1,235 @@
+//! The registry as a whole: the catalog and the artifact store, kept consistent.
+//!
+//! Push order makes a crash at any moment safe: the artifact is written (atomically, under its
+//! digest) before the version row is committed, so a visible version always has its artifact; a
+//! crash in between leaves at most an unreferenced artifact, which a later push of the same bytes
+//! reuses.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use crate::artifacts::{ArtifactStore, sha256_hex};
+use crate::catalog::{AliasMove, Catalog, Inserted, VersionRecord, now_ms};
+use crate::name::{ModelRef, check_alias, check_name, check_version};
+use crate::{RegistryError, onnx_meta};
+
+/// Reports progress of long transfers (a terminal progress bar in the CLI).
+pub trait Progress: Send + Sync {
+    fn start(&self, phase: &str, total_bytes: u64);
+    fn advance(&self, bytes: u64);
+    fn finish(&self);
+}
+
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _: &str, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// The registry directory: `registry.db`, and artifacts under `artifacts/` when local.
+    pub root: PathBuf,
+    /// Where artifacts go when the registry is created: `local` (default) or `s3://bucket/prefix`.
+    /// An existing registry keeps the store it was created with.
+    pub artifacts: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PushRequest {
+    pub name: String,
+    pub version: String,
+    pub metrics: BTreeMap<String, f64>,
+    pub labels: BTreeMap<String, String>,
+    pub description: Option<String>,
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PushOutcome {
+    Created(VersionRecord),
+    /// The same bytes were already registered under this name and version: nothing changed.
+    Unchanged(VersionRecord),
+}
+
+pub struct Registry {
+    catalog: Catalog,
+    artifacts: ArtifactStore,
+    root: PathBuf,
+}
+
+impl Registry {
+    pub fn open(config: &RegistryConfig) -> Result<Self, RegistryError> {
+        let root = &config.root;
+        std::fs::create_dir_all(root).map_err(RegistryError::io(format!("cannot create registry directory {}", root.display())))?;
+        let catalog = Catalog::open(&root.join("registry.db"))?;
+        let wanted = config.artifacts.clone().unwrap_or_else(|| "local".to_owned());
+        let location = catalog.setting_or_insert("artifacts", &wanted)?;
+        if config.artifacts.as_deref().is_some_and(|w| w != location) {
+            return Err(RegistryError::Config(format!(
+                "registry {} keeps its artifacts in {location}, not {wanted}; use another --registry directory for another store",
+                root.display()
+            )));
+        }
+        let artifacts = ArtifactStore::open(&location, &root.join("artifacts"))?;
+        Ok(Registry { catalog, artifacts, root: root.clone() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn artifact_location(&self) -> &str {
+        self.artifacts.location()
+    }
+
+    /// Registers `file` as `request.name:request.version`.
+    pub async fn push(&self, request: PushRequest, file: &Path, progress: &dyn Progress) -> Result<PushOutcome, RegistryError> {
+        check_name(&request.name)?;
+        check_version(&request.version)?;
+        let bytes = tokio::fs::read(file).await.map_err(RegistryError::io(format!("cannot read {}", file.display())))?;
+        let onnx = onnx_meta::read(&bytes).map_err(|reason| RegistryError::NotOnnx { path: file.display().to_string(), reason })?;
+        let digest = sha256_hex(&bytes);
+        let record = VersionRecord {
+            name: request.name.clone(),
+            version: request.version.clone(),
+            digest: digest.clone(),
+            size: bytes.len() as u64,
+            created_ms: now_ms(),
+            description: request.description,
+            source: request.source.or_else(|| Some(file.display().to_string())),
+            metrics: request.metrics,
+            labels: request.labels,
+            onnx,
+            aliases: vec![],
+        };
+        drop(bytes);
+        // Refuse a conflict before uploading anything.
+        if let Some(existing) = self.catalog.get(&record.name, &record.version)? {
+            return if existing.digest == digest {
+                Ok(PushOutcome::Unchanged(existing))
+            } else {
+                Err(RegistryError::VersionConflict { name: record.name, version: record.version, existing: existing.digest, pushed: digest })
+            };
+        }
+        self.artifacts.put_file(file, &digest, progress).await?;
+        match self.catalog.insert(&record)? {
+            Inserted::Created => Ok(PushOutcome::Created(self.catalog.get(&record.name, &record.version)?.unwrap_or(record))),
+            Inserted::Unchanged(existing) => Ok(PushOutcome::Unchanged(*existing)),
+        }
+    }
+
+    /// Registers in-memory bytes (imports from other registries).
+    pub async fn push_bytes(&self, request: PushRequest, bytes: Bytes) -> Result<PushOutcome, RegistryError> {
+        check_name(&request.name)?;
+        check_version(&request.version)?;
+        let source = request.source.clone().unwrap_or_default();
+        let onnx = onnx_meta::read(&bytes).map_err(|reason| RegistryError::NotOnnx { path: source, reason })?;
+        let record = VersionRecord {
+            name: request.name,
+            version: request.version,
+            digest: sha256_hex(&bytes),
+            size: bytes.len() as u64,
+            created_ms: now_ms(),
+            description: request.description,
+            source: request.source,
+            metrics: request.metrics,
+            labels: request.labels,
+            onnx,
+            aliases: vec![],
+        };
+        self.artifacts.put_bytes(bytes).await?;
+        match self.catalog.insert(&record)? {
+            Inserted::Created => Ok(PushOutcome::Created(record)),
+            Inserted::Unchanged(existing) => Ok(PushOutcome::Unchanged(*existing)),
+        }
+    }
+
+    pub fn list(&self, name: Option<&str>) -> Result<Vec<VersionRecord>, RegistryError> {
+        if let Some(n) = name {
+            check_name(n)?;
+            if !self.catalog.has_model(n)? {
+                return Err(RegistryError::UnknownModel(n.to_owned()));
+            }
+        }
+        self.catalog.list(name)
+    }
+
+    /// The version a reference names now.
+    pub fn resolve(&self, reference: &ModelRef) -> Result<VersionRecord, RegistryError> {
+        let name = reference.name();
+        if !self.catalog.has_model(name)? {
+            return Err(RegistryError::UnknownModel(name.to_owned()));
+        }
+        let found = match reference {
+            ModelRef::Latest(n) => self.catalog.latest(n)?,
+            ModelRef::Version(n, v) => {
+                Some(self.catalog.get(n, v)?.ok_or_else(|| RegistryError::UnknownVersion { name: n.clone(), version: v.clone() })?)
+            }
+            ModelRef::Alias(n, a) => {
+                let v = self
+                    .catalog
+                    .alias_target(n, a)?
+                    .ok_or_else(|| RegistryError::UnknownAlias { name: n.clone(), alias: a.clone() })?;
+                self.catalog.get(n, &v)?
+            }
+        };
+        found.ok_or_else(|| RegistryError::UnknownModel(name.to_owned()))
+    }
+
+    /// The version an alias points at now, without reading the record (cheap enough to poll).
+    pub fn alias_target(&self, name: &str, alias: &str) -> Result<Option<String>, RegistryError> {
+        self.catalog.alias_target(name, alias)
+    }
+
+    /// The artifact of a version, checked against its digest.
+    pub async fn artifact(&self, record: &VersionRecord, progress: &dyn Progress) -> Result<Bytes, RegistryError> {
+        self.artifacts.get(&record.digest, progress).await
+    }
+
+    /// Writes a version's artifact to `dest`, atomically (a temporary file renamed into place).
+    pub async fn pull(&self, record: &VersionRecord, dest: &Path, progress: &dyn Progress) -> Result<(), RegistryError> {
+        let bytes = self.artifact(record, progress).await?;
+        let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let file_name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.onnx".to_owned());
+        let tmp = dir.join(format!(".{file_name}.{}.partial", std::process::id()));
+        tokio::fs::write(&tmp, &bytes).await.map_err(RegistryError::io(format!("cannot write {}", tmp.display())))?;
+        tokio::fs::rename(&tmp, dest).await.map_err(RegistryError::io(format!("cannot write {}", dest.display())))?;
+        Ok(())
+    }
+
+    pub async fn remove(&self, name: &str, version: &str, force: bool, actor: &str) -> Result<(), RegistryError> {
+        check_name(name)?;
+        check_version(version)?;
+        if let Some(digest) = self.catalog.remove(name, version, force, actor)? {
+            self.artifacts.delete(&digest).await?;
+        }
+        Ok(())
+    }
+
+    pub fn set_alias(&self, name: &str, alias: &str, version: &str, actor: &str) -> Result<Option<AliasMove>, RegistryError> {
+        check_name(name)?;
+        check_alias(alias)?;
+        check_version(version)?;
+        if self.catalog.get(name, version)?.is_none() {
+            return Err(if self.catalog.has_model(name)? {
+                RegistryError::UnknownVersion { name: name.to_owned(), version: version.to_owned() }
+            } else {
+                RegistryError::UnknownModel(name.to_owned())
+            });
+        }
+        self.catalog.set_alias(name, alias, version, actor)
+    }
+
+    pub fn history(&self, name: &str) -> Result<Vec<AliasMove>, RegistryError> {
+        check_name(name)?;
+        if !self.catalog.has_model(name)? && self.catalog.history(name)?.is_empty() {
+            return Err(RegistryError::UnknownModel(name.to_owned()));
+        }
+        self.catalog.history(name)
+    }
+}

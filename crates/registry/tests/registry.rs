@@ -1,0 +1,153 @@
+//! The registry against a real local store in a temporary directory.
+
+use std::path::{Path, PathBuf};
+
+use modelship_registry::{ModelRef, NoProgress, PushOutcome, PushRequest, Registry, RegistryConfig, RegistryError};
+
+fn fixture(name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    if name == "fraud" { root.join("examples/models/fraud.onnx") } else { root.join(format!("testdata/models/{name}.onnx")) }
+}
+
+fn open(dir: &Path) -> Registry {
+    Registry::open(&RegistryConfig { root: dir.to_path_buf(), artifacts: None }).unwrap()
+}
+
+fn request(name: &str, version: &str) -> PushRequest {
+    PushRequest { name: name.into(), version: version.into(), ..Default::default() }
+}
+
+#[tokio::test]
+async fn push_records_metadata_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(dir.path());
+    let mut req = request("fraud", "1.3.0");
+    req.metrics.insert("auc".into(), 0.931);
+    req.labels.insert("team".into(), "risk".into());
+    req.description = Some("gradient boosting, 100 trees".into());
+    let PushOutcome::Created(record) = registry.push(req.clone(), &fixture("fraud"), &NoProgress).await.unwrap() else {
+        panic!("expected a new version");
+    };
+    assert_eq!(record.digest.len(), 64);
+    assert_eq!(record.metrics["auc"], 0.931);
+    assert_eq!(record.onnx.inputs[0].name, "input");
+    assert_eq!(record.onnx.outputs.len(), 2);
+    // The artifact is stored under its digest, never under a user-given name.
+    assert!(dir.path().join("artifacts/sha256").join(&record.digest).is_file());
+
+    // Same bytes again: a no-op.
+    assert!(matches!(registry.push(req.clone(), &fixture("fraud"), &NoProgress).await.unwrap(), PushOutcome::Unchanged(_)));
+    // Different bytes under the same version: refused.
+    let err = registry.push(req, &fixture("xgboost"), &NoProgress).await.unwrap_err();
+    assert!(matches!(err, RegistryError::VersionConflict { .. }), "{err}");
+    assert!(err.to_string().contains("versions are immutable"), "{err}");
+    assert_eq!(registry.list(Some("fraud")).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn aliases_move_atomically_with_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(dir.path());
+    registry.push(request("fraud", "1"), &fixture("fraud"), &NoProgress).await.unwrap();
+    registry.push(request("fraud", "2"), &fixture("xgboost"), &NoProgress).await.unwrap();
+    registry.set_alias("fraud", "production", "1", "test").unwrap();
+    registry.set_alias("fraud", "production", "2", "test").unwrap();
+    assert!(registry.set_alias("fraud", "production", "2", "test").unwrap().is_none(), "no-op move is not recorded");
+    registry.set_alias("fraud", "staging", "1", "test").unwrap();
+    let history = registry.history("fraud").unwrap();
+    let moves: Vec<_> = history.iter().map(|m| (m.alias.as_str(), m.version.as_deref(), m.previous.as_deref())).collect();
+    assert_eq!(moves, [("production", Some("1"), None), ("production", Some("2"), Some("1")), ("staging", Some("1"), None)]);
+    let prod = registry.resolve(&ModelRef::parse("fraud@production").unwrap()).unwrap();
+    assert_eq!(prod.version, "2");
+    assert_eq!(prod.aliases, ["production"]);
+    assert_eq!(registry.resolve(&ModelRef::parse("fraud").unwrap()).unwrap().version, "2", "latest");
+
+    // Unknown targets are named.
+    assert!(matches!(registry.set_alias("fraud", "production", "9", "t"), Err(RegistryError::UnknownVersion { .. })));
+    assert!(matches!(registry.set_alias("nope", "production", "1", "t"), Err(RegistryError::UnknownModel(_))));
+    assert!(matches!(registry.resolve(&ModelRef::parse("fraud@canary").unwrap()), Err(RegistryError::UnknownAlias { .. })));
+
+    // rm is refused while an alias points at the version, unless forced.
+    let err = registry.remove("fraud", "2", false, "t").await.unwrap_err();
+    assert!(err.to_string().contains("alias(es) production"), "{err}");
+    registry.remove("fraud", "2", true, "t").await.unwrap();
+    assert!(registry.resolve(&ModelRef::parse("fraud@production").unwrap()).is_err());
+    let last = registry.history("fraud").unwrap().pop().unwrap();
+    assert_eq!((last.alias.as_str(), last.version, last.previous.as_deref()), ("production", None, Some("2")));
+}
+
+#[tokio::test]
+async fn a_tampered_artifact_is_detected_on_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(dir.path());
+    let PushOutcome::Created(record) = registry.push(request("fraud", "1"), &fixture("fraud"), &NoProgress).await.unwrap() else {
+        panic!()
+    };
+    let path = dir.path().join("artifacts/sha256").join(&record.digest);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = registry.artifact(&record, &NoProgress).await.unwrap_err();
+    assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
+    assert!(err.to_string().contains(&format!("artifact {} is corrupt", record.digest)));
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(registry.artifact(&record, &NoProgress).await.unwrap_err(), RegistryError::MissingArtifact { .. }));
+}
+
+#[tokio::test]
+async fn hostile_names_never_reach_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(dir.path());
+    for name in ["../escape", "/abs", "a/b", "..", "a b", "naïve", ""] {
+        let err = registry.push(request(name, "1"), &fixture("fraud"), &NoProgress).await.unwrap_err();
+        assert!(matches!(err, RegistryError::InvalidName { .. }), "{name}: {err}");
+        let err = registry.push(request("ok", name), &fixture("fraud"), &NoProgress).await.unwrap_err();
+        assert!(matches!(err, RegistryError::InvalidName { .. }), "version {name}: {err}");
+    }
+    assert!(registry.list(None).unwrap().is_empty());
+    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(entries.iter().all(|e| e.to_string_lossy().starts_with("registry.db") || e == "artifacts"), "{entries:?}");
+}
+
+#[tokio::test]
+async fn not_onnx_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(dir.path());
+    let file = dir.path().join("notes.onnx");
+    std::fs::write(&file, "hello").unwrap();
+    let err = registry.push(request("x", "1"), &file, &NoProgress).await.unwrap_err();
+    assert!(matches!(err, RegistryError::NotOnnx { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn concurrent_pushes_of_one_version_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let root = root.clone();
+        tasks.push(tokio::spawn(async move {
+            let registry = Registry::open(&RegistryConfig { root, artifacts: None }).unwrap();
+            let file = if i % 2 == 0 { fixture("fraud") } else { fixture("xgboost") };
+            registry.push(PushRequest { name: "m".into(), version: "1".into(), ..Default::default() }, &file, &NoProgress).await
+        }));
+    }
+    let mut created = 0;
+    let mut digests = std::collections::HashSet::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(PushOutcome::Created(r)) => {
+                created += 1;
+                digests.insert(r.digest);
+            }
+            Ok(PushOutcome::Unchanged(r)) => {
+                digests.insert(r.digest);
+            }
+            Err(RegistryError::VersionConflict { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(created, 1);
+    assert_eq!(digests.len(), 1, "every success saw the same content");
+    assert_eq!(open(&root).list(Some("m")).unwrap().len(), 1);
+}
