@@ -24,6 +24,98 @@ pub enum Command {
     /// Serve a model over HTTP (Open Inference Protocol V2 and /v1/predict)
     #[command(after_help = SERVE_HELP)]
     Serve(ServeArgs),
+    /// Keep model versions: push, list, show, pull, remove, alias
+    #[command(after_help = MODELS_HELP)]
+    Models(ModelsArgs),
+}
+
+const MODELS_HELP: &str = "\
+The registry is a directory (--registry, MODELSHIP_REGISTRY, default ~/.local/share/modelship/registry):
+metadata in SQLite, artifacts addressed by their SHA-256 under artifacts/ or in S3-compatible storage
+(--artifacts s3://bucket/prefix when the registry is created; builds with the `s3` feature).
+
+Examples:
+  modelship models push fraud model.onnx --version 1.3.0 --metric auc=0.931 --label team=risk
+  modelship models ls
+  modelship models show fraud@production
+  modelship models alias fraud production 1.3.0
+  modelship models history fraud
+  modelship models pull fraud:1.3.0 -o model.onnx
+  modelship models rm fraud:1.2.0
+  modelship serve fraud@production          # follows the alias as it moves";
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelsArgs {
+    /// Registry directory [env: MODELSHIP_REGISTRY] [default: ~/.local/share/modelship/registry]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub registry: Option<PathBuf>,
+
+    /// Where a new registry keeps artifacts: `local` or s3://bucket/prefix [env: MODELSHIP_ARTIFACTS]
+    #[arg(long, global = true, value_name = "URL")]
+    pub artifacts: Option<String>,
+
+    /// Output format: tables for people, JSON for scripts
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+
+    #[command(subcommand)]
+    pub command: ModelsCommand,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ModelsCommand {
+    /// Register FILE as version VERSION of model NAME (immutable; same bytes again is a no-op)
+    Push {
+        /// Model name: letters, digits, '.', '_', '-'
+        name: String,
+        /// The ONNX file
+        file: PathBuf,
+        /// Version string, e.g. 1.3.0
+        #[arg(long = "version", short = 'v', value_name = "VERSION")]
+        version: String,
+        /// A metric of this version, KEY=NUMBER (repeatable)
+        #[arg(long = "metric", short = 'm', value_name = "KEY=NUMBER")]
+        metrics: Vec<String>,
+        /// A label of this version, KEY=VALUE (repeatable)
+        #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Free text shown by `models show`
+        #[arg(long, short = 'd')]
+        description: Option<String>,
+    },
+    /// List models and versions
+    Ls {
+        /// Only this model
+        name: Option<String>,
+    },
+    /// Show one version: NAME (latest), NAME:VERSION or NAME@ALIAS
+    Show { reference: String },
+    /// Write a version's ONNX file, checked against its digest
+    Pull {
+        /// NAME:VERSION, NAME@ALIAS or NAME (latest)
+        reference: String,
+        /// Destination file
+        #[arg(long = "out", short = 'o', value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Remove a version (refused while an alias points at it, unless --force)
+    Rm {
+        /// NAME:VERSION
+        reference: String,
+        /// Also remove the aliases that point at it
+        #[arg(long)]
+        force: bool,
+    },
+    /// Point ALIAS of model NAME at VERSION (recorded in the history)
+    Alias { name: String, alias: String, version: String },
+    /// Every alias move of a model, oldest first
+    History { name: String },
 }
 
 const SERVE_HELP: &str = "\
@@ -44,12 +136,14 @@ Examples:
   modelship serve model.onnx                       # port 8000, name from the file
   modelship serve model.onnx --port 0              # any free port; read it from the ready line
   modelship serve --config serving.yaml --workers 2
-  MODEL_PATH=/models/model.onnx modelship serve";
+  MODEL_PATH=/models/model.onnx modelship serve
+  modelship serve fraud@production                 # from the registry; follows the alias";
 
 #[derive(Debug, Clone, Args, Default)]
 pub struct ServeArgs {
-    /// The ONNX model file to serve (overrides model.path and MODEL_PATH)
-    #[arg(value_name = "MODEL.onnx")]
+    /// The ONNX file, or a registry model: NAME@ALIAS (followed as it moves), NAME:VERSION or NAME
+    /// (overrides model.path and MODEL_PATH)
+    #[arg(value_name = "MODEL")]
     pub model: Option<PathBuf>,
 
     /// Config file in the seed's serving.yaml shape (default: CONFIG_PATH when set)
@@ -103,6 +197,14 @@ pub struct ServeArgs {
     /// Log format
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormatArg>,
+
+    /// Registry directory for NAME@ALIAS models [env: MODELSHIP_REGISTRY]
+    #[arg(long, value_name = "DIR")]
+    pub registry: Option<PathBuf>,
+
+    /// Seconds between checks of a followed alias [default: 2]
+    #[arg(long, value_name = "SECONDS")]
+    pub poll_interval: Option<f64>,
 
     /// Path to ONNX Runtime's libonnxruntime.so (overrides ORT_DYLIB_PATH)
     #[arg(long, value_name = "PATH")]

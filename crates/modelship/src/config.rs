@@ -23,6 +23,14 @@ pub struct RawConfig {
     pub features: Option<RawFeatures>,
     #[serde(default)]
     pub logging: RawLogging,
+    #[serde(default)]
+    pub registry: RawRegistry,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RawRegistry {
+    pub path: Option<PathBuf>,
+    pub poll_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -73,6 +81,10 @@ pub struct ServeConfig {
     pub log: LogConfig,
     pub ort_lib: Option<PathBuf>,
     pub features: Option<FeaturesConfig>,
+    /// The registry to resolve `NAME@ALIAS` / `NAME:VERSION` models from.
+    pub registry_root: PathBuf,
+    /// How often a followed alias is checked.
+    pub registry_poll: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +128,7 @@ fn parse_file(text: &str) -> Result<RawConfig, Vec<String>> {
     } else {
         Err(unknown
             .into_iter()
-            .map(|k| format!("unknown key '{k}' (known sections: model, server, features, logging; see `modelship serve --help`)"))
+            .map(|k| format!("unknown key '{k}' (known sections: model, server, features, logging, registry; see `modelship serve --help`)"))
             .collect())
     }
 }
@@ -190,6 +202,13 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         }),
     );
     overlay(&mut ort_lib, a.ort_lib);
+    overlay(&mut raw.registry.path, a.registry);
+    overlay(&mut raw.registry.poll_seconds, a.poll_interval);
+    let registry_root = crate::registry_config::registry_root(raw.registry.path.clone(), env);
+    let registry_poll = seconds("registry.poll_seconds", raw.registry.poll_seconds.unwrap_or(2.0), &mut problems);
+    if registry_poll < Duration::from_millis(50) {
+        problems.push("registry.poll_seconds must be at least 0.05".to_owned());
+    }
 
     // Checks.
     let model_path = raw.model.path.clone().unwrap_or_else(|| {
@@ -267,6 +286,8 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         log: LogConfig { level, json, static_fields },
         ort_lib,
         features,
+        registry_root,
+        registry_poll,
     })
 }
 
@@ -280,8 +301,14 @@ fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// The model's file name without `.onnx`, made into a valid name.
+/// The registry model's name for a reference (`fraud@production`), else the file name without
+/// `.onnx`, made into a valid name.
 fn default_name(path: &Path) -> String {
+    if let Some(reference) = path.to_str().filter(|s| modelship_registry::ModelRef::looks_like_reference(s))
+        && let Ok(r) = modelship_registry::ModelRef::parse(reference)
+    {
+        return r.name().to_owned();
+    }
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let name: String = stem
         .chars()
@@ -408,9 +435,9 @@ logging:
         let err = check("model:\n  pth: /m.onnx\nserver:\n  prot: 80\nextra: 1\n", &[], &[]).unwrap_err();
         assert_eq!(
             err,
-            "unknown key 'model.pth' (known sections: model, server, features, logging; see `modelship serve --help`)\n\
-             unknown key 'server.prot' (known sections: model, server, features, logging; see `modelship serve --help`)\n\
-             unknown key 'extra' (known sections: model, server, features, logging; see `modelship serve --help`)"
+            "unknown key 'model.pth' (known sections: model, server, features, logging, registry; see `modelship serve --help`)\n\
+             unknown key 'server.prot' (known sections: model, server, features, logging, registry; see `modelship serve --help`)\n\
+             unknown key 'extra' (known sections: model, server, features, logging, registry; see `modelship serve --help`)"
         );
     }
 

@@ -4,6 +4,8 @@
 mod cli;
 mod config;
 mod logging;
+mod models;
+mod registry_config;
 mod serve;
 
 use std::process::ExitCode;
@@ -14,5 +16,6 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli.command {
         cli::Command::Serve(args) => serve::main(args),
+        cli::Command::Models(args) => models::main(args),
     }
 }

@@ -1,5 +1,6 @@
 //! `modelship serve`: load one model and serve it until SIGTERM/SIGINT.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,6 +8,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use modelship_inference::{Backend, LoadOptions};
 use modelship_onnx::OnnxBackend;
+use modelship_registry::{ModelRef, NoProgress, Registry, RegistryConfig};
+use modelship_server::follow::{Follow, follow_alias};
 use modelship_server::model::{LoadedModel, ModelSlot, ModelSpec};
 use modelship_server::pool::PoolConfig;
 use modelship_server::{AppState, Drain, DrainOutcome, Limits};
@@ -59,7 +62,8 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
             "features.store_url is set, but feature-store enrichment is not available in this version; requests must carry all features"
         );
     }
-    let model = read_model(&config)?;
+    let source = ModelSource::of(&config)?;
+    let (model, registry_version) = source.read().await?;
     let onnx = OnnxBackend::new(config.ort_lib.as_deref())?;
     tracing::info!(library = %onnx.library().display(), "ONNX Runtime loaded");
     let backend: Arc<dyn Backend> = Arc::new(onnx);
@@ -71,7 +75,7 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
     let state = AppState::new(Limits { max_body_bytes: config.max_body_bytes });
     let spec = ModelSpec {
         name: config.model_name.clone(),
-        version: config.model_version.clone(),
+        version: registry_version.unwrap_or_else(|| config.model_version.clone()),
         pool: PoolConfig {
             workers: config.workers,
             max_queue: config.max_queue,
@@ -93,7 +97,7 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
     };
     let drain = Drain { delay: config.shutdown_delay, grace: config.shutdown_grace };
     let server = tokio::spawn(modelship_server::serve(listener, state.clone(), stop, drain));
-    tracing::info!(%address, model = %spec.name, version = %spec.version, path = %config.model_path.display(), "loading model");
+    tracing::info!(%address, model = %spec.name, version = %spec.version, source = %source, "loading model");
 
     let loaded = {
         let (backend, metrics, spec) = (Arc::clone(&backend), Arc::clone(&state.metrics), spec.clone());
@@ -109,9 +113,21 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
             state.models.set(&spec.name, ModelSlot::Ready(Arc::new(model)));
             let startup_seconds = state.health.mark_started().max(started.elapsed().as_secs_f64());
             announce_ready(address, &spec, startup_seconds);
+            if let ModelSource::Registry { registry, reference: ModelRef::Alias(name, alias) } = &source {
+                let follow = Follow {
+                    registry: Arc::clone(registry),
+                    backend: Arc::clone(&backend),
+                    model: name.clone(),
+                    alias: alias.clone(),
+                    spec: spec.clone(),
+                    poll: config.registry_poll,
+                };
+                tracing::info!(model = %name, alias = %alias, poll_s = config.registry_poll.as_secs_f64(), "following the alias");
+                tokio::spawn(follow_alias(state.clone(), follow, spec.version.clone()));
+            }
             None
         }
-        Ok(Err(e)) => Some(anyhow::anyhow!("cannot load model {}: {e}", config.model_path.display())),
+        Ok(Err(e)) => Some(anyhow::anyhow!("cannot load model {source}: {e}")),
         Err(e) => Some(anyhow::anyhow!("model loading stopped unexpectedly: {e}")),
     };
     if let Some(e) = &load_error {
@@ -133,14 +149,55 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads the model file whole, refusing what is clearly not a model before any runtime is involved.
-fn read_model(config: &ServeConfig) -> anyhow::Result<Arc<[u8]>> {
-    let path = &config.model_path;
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read model file {}", path.display()))?;
-    if bytes.is_empty() {
-        bail!("model file {} is empty", path.display());
+/// Where the served model comes from: a file, or a registry reference.
+enum ModelSource {
+    File(PathBuf),
+    Registry { registry: Arc<Registry>, reference: ModelRef },
+}
+
+impl ModelSource {
+    /// A path that exists is a file; otherwise `NAME@ALIAS`, `NAME:VERSION` or `NAME` is a
+    /// registry reference.
+    fn of(config: &ServeConfig) -> anyhow::Result<Self> {
+        let path = &config.model_path;
+        if !path.exists()
+            && let Some(text) = path.to_str().filter(|t| ModelRef::looks_like_reference(t))
+        {
+            let reference = ModelRef::parse(text)?;
+            let registry = Registry::open(&RegistryConfig { root: config.registry_root.clone(), artifacts: None })
+                .with_context(|| format!("cannot open the registry at {}", config.registry_root.display()))?;
+            return Ok(ModelSource::Registry { registry: Arc::new(registry), reference });
+        }
+        Ok(ModelSource::File(path.clone()))
     }
-    Ok(bytes.into())
+
+    /// The model bytes, and the registry version when there is one. File contents are refused
+    /// when clearly not a model; registry artifacts are checked against their digest.
+    async fn read(&self) -> anyhow::Result<(Arc<[u8]>, Option<String>)> {
+        match self {
+            ModelSource::File(path) => {
+                let bytes = std::fs::read(path).with_context(|| format!("cannot read model file {}", path.display()))?;
+                if bytes.is_empty() {
+                    bail!("model file {} is empty", path.display());
+                }
+                Ok((bytes.into(), None))
+            }
+            ModelSource::Registry { registry, reference } => {
+                let record = registry.resolve(reference)?;
+                let bytes = registry.artifact(&record, &NoProgress).await?;
+                Ok((bytes.to_vec().into(), Some(record.version)))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSource::File(path) => write!(f, "{}", path.display()),
+            ModelSource::Registry { registry, reference } => write!(f, "{reference} (registry {})", registry.root().display()),
+        }
+    }
 }
 
 /// The one machine-readable line on standard output: where the server listens, once it is ready.

@@ -6,9 +6,11 @@
 //! - [`routes`]: HTTP handlers (Open Inference Protocol V2, the seed's `/v1/predict`, probes, metrics).
 //! - [`error`]: the one table from every failure to its HTTP status and stable error code.
 //! - [`health`], [`metrics`]: probe state and Prometheus metrics.
+//! - [`follow`]: follows a registry alias, swapping versions in without failing a request.
 //! - [`serve`]: runs the app on a listener until shutdown, then drains under a grace period.
 
 pub mod error;
+pub mod follow;
 pub mod health;
 pub mod metrics;
 pub mod model;

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub queue_length: IntGaugeVec,
     pub model_load_seconds: GaugeVec,
     pub model_info: IntGaugeVec,
+    /// Replacements of a served model by a new version (alias moves), by result.
+    pub model_swaps: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -104,8 +106,22 @@ impl Metrics {
                 "1 for each model version being served, with its details as labels",
                 &["model", "version", "platform", "workers"],
             ),
+            model_swaps: counter(
+                &registry,
+                "modelship_model_swaps_total",
+                "Replacements of a served model by a new version, by result (success, failure)",
+                &["model", "result"],
+            ),
             registry,
         }
+    }
+
+    /// Drops the per-version gauges of a version no longer served.
+    pub fn forget_version(&self, model: &crate::model::LoadedModel) {
+        let workers = model_workers(model);
+        let _ = self.model_info.remove_label_values(&[&model.name, &model.version, &model.info.platform, &workers]);
+        let _ = self.model_load_seconds.remove_label_values(&[&model.name, &model.version]);
+        let _ = self.queue_length.remove_label_values(&[&model.name, &model.version]);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -115,4 +131,8 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
+}
+
+fn model_workers(model: &crate::model::LoadedModel) -> String {
+    model.workers().to_string()
 }

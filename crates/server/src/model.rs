@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use modelship_inference::{Backend, InferError, InferRequest, ModelInfo, Tensor};
+use modelship_inference::{Backend, DataType, InferError, InferRequest, ModelInfo, Tensor, TensorData};
 use prometheus::Histogram;
 
 use crate::error::ApiError;
@@ -71,6 +71,49 @@ impl LoadedModel {
     pub fn queued(&self) -> usize {
         self.pool.queued()
     }
+
+    pub fn workers(&self) -> usize {
+        self.pool.workers()
+    }
+
+    /// Runs one request of zeros (dynamic dimensions as 1) through a worker, so the first real
+    /// request does not pay for lazy initialisation in the runtime.
+    pub async fn warm_up(&self) -> Result<(), ApiError> {
+        let inputs = self
+            .info
+            .signature
+            .inputs
+            .iter()
+            .map(|spec| {
+                let shape: Vec<usize> = spec.shape.iter().map(|&d| usize::try_from(d).unwrap_or(1).max(1)).collect();
+                let n: usize = shape.iter().product();
+                Tensor::new(spec.name.clone(), shape, zeros(spec.datatype, n))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.infer(InferRequest { id: None, inputs, outputs: None }).await.map(|_| ())
+    }
+}
+
+fn zeros(datatype: DataType, n: usize) -> TensorData {
+    match datatype {
+        DataType::Bool => TensorData::Bool(vec![false; n]),
+        DataType::Uint8 => TensorData::Uint8(vec![0; n]),
+        DataType::Uint16 => TensorData::Uint16(vec![0; n]),
+        DataType::Uint32 => TensorData::Uint32(vec![0; n]),
+        DataType::Uint64 => TensorData::Uint64(vec![0; n]),
+        DataType::Int8 => TensorData::Int8(vec![0; n]),
+        DataType::Int16 => TensorData::Int16(vec![0; n]),
+        DataType::Int32 => TensorData::Int32(vec![0; n]),
+        DataType::Int64 => TensorData::Int64(vec![0; n]),
+        DataType::Fp16 => TensorData::Fp16(vec![half_zero(); n]),
+        DataType::Fp32 => TensorData::Fp32(vec![0.0; n]),
+        DataType::Fp64 => TensorData::Fp64(vec![0.0; n]),
+        DataType::Bytes => TensorData::Bytes(vec![Vec::new(); n]),
+    }
+}
+
+fn half_zero() -> half::f16 {
+    half::f16::ZERO
 }
 
 /// The state of one model name on this server.
@@ -85,9 +128,23 @@ pub enum ModelSlot {
 #[derive(Default)]
 pub struct ModelTable {
     slots: ArcSwap<BTreeMap<String, ModelSlot>>,
+    /// The last failed attempt to replace a serving model, by name, until a later one succeeds.
+    reload_errors: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl ModelTable {
+    pub fn set_reload_error(&self, name: &str, error: Option<String>) {
+        let mut errors = self.reload_errors.lock().unwrap_or_else(|p| p.into_inner());
+        match error {
+            Some(e) => errors.insert(name.to_owned(), e),
+            None => errors.remove(name),
+        };
+    }
+
+    pub fn reload_errors(&self) -> BTreeMap<String, String> {
+        self.reload_errors.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn set(&self, name: &str, slot: ModelSlot) {
         self.slots.rcu(|current| {
             let mut next = BTreeMap::clone(current);

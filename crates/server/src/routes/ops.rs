@@ -47,7 +47,8 @@ async fn ready(State(state): State<AppState>) -> Response {
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let label = if ready { "ready" } else if state.health.is_draining() { "shutting down" } else { "not ready" };
     let mut body = json!({"status": label, "checks": checks});
-    let failures: Vec<String> = state
+    // Failed loads, and failed replacements of a model that keeps serving its previous version.
+    let mut failures: Vec<String> = state
         .models
         .snapshot()
         .iter()
@@ -56,6 +57,7 @@ async fn ready(State(state): State<AppState>) -> Response {
             _ => None,
         })
         .collect();
+    failures.extend(state.models.reload_errors().into_iter().map(|(name, e)| format!("{name}: {e}")));
     if !failures.is_empty() {
         body["errors"] = json!(failures);
     }

@@ -1,0 +1,281 @@
+//! `modelship models ...`: the registry from the command line.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use comfy_table::presets::NOTHING;
+use comfy_table::{ContentArrangement, Table};
+use indicatif::{ProgressBar, ProgressStyle};
+use modelship_registry::{AliasMove, ModelRef, Progress, PushOutcome, PushRequest, Registry, RegistryConfig, VersionRecord};
+use serde_json::json;
+
+use crate::cli::{ModelsArgs, ModelsCommand, OutputFormat};
+use crate::config::{Env, ProcessEnv};
+use crate::registry_config::registry_root;
+
+pub fn main(args: ModelsArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn open_registry(flag: Option<std::path::PathBuf>, artifacts: Option<String>, env: &dyn Env) -> anyhow::Result<Registry> {
+    let root = registry_root(flag, env);
+    let artifacts = artifacts.or_else(|| env.get("MODELSHIP_ARTIFACTS"));
+    Registry::open(&RegistryConfig { root: root.clone(), artifacts })
+        .with_context(|| format!("cannot open the registry at {}", root.display()))
+}
+
+/// Who made a change, for the alias history.
+fn actor(env: &dyn Env) -> String {
+    env.get("USER").map_or_else(|| "cli".to_owned(), |u| format!("cli:{u}"))
+}
+
+async fn run(args: ModelsArgs) -> anyhow::Result<()> {
+    let env = ProcessEnv;
+    let registry = open_registry(args.registry, args.artifacts, &env)?;
+    let json_out = args.output == OutputFormat::Json;
+    match args.command {
+        ModelsCommand::Push { name, file, version, metrics, labels, description } => {
+            let request = PushRequest {
+                name,
+                version,
+                metrics: parse_pairs(&metrics, "--metric")?
+                    .into_iter()
+                    .map(|(k, v)| {
+                        v.parse::<f64>()
+                            .ok()
+                            .filter(|x| x.is_finite())
+                            .map(|x| (k.clone(), x))
+                            .with_context(|| format!("--metric {k}={v}: the value must be a finite number"))
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+                labels: parse_pairs(&labels, "--label")?,
+                description,
+                source: None,
+            };
+            let bar = Bar::new();
+            let outcome = registry.push(request, &file, &bar).await?;
+            bar.clear();
+            let (status, record) = match outcome {
+                PushOutcome::Created(r) => ("created", r),
+                PushOutcome::Unchanged(r) => ("unchanged", r),
+            };
+            if json_out {
+                print_json(&json!({"status": status, "version": record}));
+            } else if status == "created" {
+                println!("pushed {}:{} (sha256:{}, {})", record.name, record.version, short(&record.digest), size(record.size));
+            } else {
+                println!("{}:{} is already registered with identical content; nothing changed", record.name, record.version);
+            }
+        }
+        ModelsCommand::Ls { name } => {
+            let records = registry.list(name.as_deref())?;
+            if json_out {
+                print_json(&records);
+            } else if records.is_empty() {
+                println!("the registry at {} is empty; add a model with `modelship models push NAME FILE --version V`", registry.root().display());
+            } else {
+                let mut table = table(&["NAME", "VERSION", "ALIASES", "SIZE", "CREATED", "METRICS", "DIGEST"]);
+                for r in &records {
+                    table.add_row(vec![
+                        r.name.clone(),
+                        r.version.clone(),
+                        r.aliases.join(", "),
+                        size(r.size),
+                        time(r.created_ms),
+                        metrics(&r.metrics),
+                        short(&r.digest).to_owned(),
+                    ]);
+                }
+                println!("{table}");
+            }
+        }
+        ModelsCommand::Show { reference } => {
+            let record = registry.resolve(&ModelRef::parse(&reference)?)?;
+            if json_out {
+                print_json(&record);
+            } else {
+                show(&record, registry.artifact_location());
+            }
+        }
+        ModelsCommand::Pull { reference, out } => {
+            let record = registry.resolve(&ModelRef::parse(&reference)?)?;
+            let bar = Bar::new();
+            registry.pull(&record, &out, &bar).await?;
+            bar.clear();
+            if json_out {
+                print_json(&json!({"pulled": format!("{}:{}", record.name, record.version), "digest": record.digest, "file": out}));
+            } else {
+                println!("wrote {}:{} to {} (sha256:{} verified)", record.name, record.version, out.display(), short(&record.digest));
+            }
+        }
+        ModelsCommand::Rm { reference, force } => {
+            let ModelRef::Version(name, version) = ModelRef::parse(&reference)? else {
+                bail!("'{reference}': name the version to remove as NAME:VERSION");
+            };
+            registry.remove(&name, &version, force, &actor(&env)).await?;
+            if json_out {
+                print_json(&json!({"removed": format!("{name}:{version}")}));
+            } else {
+                println!("removed {name}:{version}");
+            }
+        }
+        ModelsCommand::Alias { name, alias, version } => {
+            let moved = registry.set_alias(&name, &alias, &version, &actor(&env))?;
+            if json_out {
+                print_json(&json!({"alias": alias, "name": name, "version": version, "move": moved}));
+            } else {
+                match moved {
+                    Some(m) => match m.previous {
+                        Some(p) => println!("{name}@{alias}: {p} -> {version}"),
+                        None => println!("{name}@{alias} -> {version}"),
+                    },
+                    None => println!("{name}@{alias} already points at {version}; nothing changed"),
+                }
+            }
+        }
+        ModelsCommand::History { name } => {
+            let moves = registry.history(&name)?;
+            if json_out {
+                print_json(&moves);
+            } else if moves.is_empty() {
+                println!("no alias of {name} has moved yet; set one with `modelship models alias {name} production VERSION`");
+            } else {
+                let mut table = table(&["#", "TIME", "ALIAS", "FROM", "TO", "BY"]);
+                for AliasMove { id, alias, version, previous, at_ms, actor, .. } in moves {
+                    table.add_row(vec![
+                        id.to_string(),
+                        time(at_ms),
+                        alias,
+                        previous.unwrap_or_else(|| "-".to_owned()),
+                        version.unwrap_or_else(|| "(removed)".to_owned()),
+                        actor,
+                    ]);
+                }
+                println!("{table}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_pairs(pairs: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+            _ => bail!("{flag} '{p}': expected KEY=VALUE"),
+        })
+        .collect()
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_style(NOTHING).set_content_arrangement(ContentArrangement::Dynamic).set_header(header.to_vec());
+    table
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
+}
+
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+fn time(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn metrics(m: &BTreeMap<String, f64>) -> String {
+    m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+}
+
+fn show(r: &VersionRecord, location: &str) {
+    let mut about = table(&["", ""]);
+    let rows: Vec<(&str, String)> = vec![
+        ("name", r.name.clone()),
+        ("version", r.version.clone()),
+        ("aliases", r.aliases.join(", ")),
+        ("digest", format!("sha256:{}", r.digest)),
+        ("size", size(r.size)),
+        ("created", time(r.created_ms)),
+        ("description", r.description.clone().unwrap_or_default()),
+        ("source", r.source.clone().unwrap_or_default()),
+        ("metrics", metrics(&r.metrics)),
+        ("labels", r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")),
+        ("producer", r.onnx.producer.clone().unwrap_or_default()),
+        ("opsets", r.onnx.opsets.iter().map(|o| format!("{} {}", o.domain, o.version)).collect::<Vec<_>>().join(", ")),
+        ("ir version", r.onnx.ir_version.to_string()),
+        ("artifacts", location.to_owned()),
+    ];
+    for (k, v) in rows {
+        about.add_row(vec![k.to_owned(), v]);
+    }
+    println!("{about}");
+    let mut io = table(&["", "NAME", "DATATYPE", "SHAPE"]);
+    for (kind, list) in [("input", &r.onnx.inputs), ("output", &r.onnx.outputs)] {
+        for t in list {
+            io.add_row(vec![kind.to_owned(), t.name.clone(), t.datatype.clone(), format!("{:?}", t.shape)]);
+        }
+    }
+    println!("{io}");
+}
+
+/// A progress bar on standard error, drawn only when it is a terminal.
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new() -> Self {
+        let bar = ProgressBar::hidden();
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        bar.set_style(
+            ProgressStyle::with_template("{msg:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        Bar(bar)
+    }
+
+    fn clear(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, phase: &str, total: u64) {
+        self.0.set_message(phase.to_owned());
+        self.0.set_length(total);
+        self.0.set_position(0);
+    }
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+    fn finish(&self) {}
+}
