@@ -393,7 +393,7 @@ logging:
         use clap::Parser;
         let raw = parse_file(file).map_err(|p| p.join("\n"))?;
         let cli = crate::cli::Cli::try_parse_from(["modelship", "serve"].iter().chain(args)).map_err(|e| e.to_string())?;
-        let crate::cli::Command::Serve(serve) = cli.command;
+        let crate::cli::Command::Serve(serve) = cli.command else { unreachable!("parsed a serve command") };
         resolve(raw, &env(env_pairs), &serve).map_err(|e| e.to_string())
     }
 

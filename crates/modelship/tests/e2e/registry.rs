@@ -1,0 +1,355 @@
+//! The registry through the real binary: every `models` command, crash safety of push, concurrent
+//! pushes, and serving `NAME@ALIAS` while the alias moves under load.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{Server, agent, command, fraud_body, model, reply};
+
+fn models(registry: &Path, args: &[&str]) -> Output {
+    command().arg("models").arg("--registry").arg(registry).args(args).output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn err(out: &Output) -> String {
+    assert!(!out.status.success(), "unexpected success: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_str(&ok(out)).unwrap()
+}
+
+#[test]
+fn every_models_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path();
+    let fraud = model("fraud");
+    let xgb = model("xgboost");
+
+    let pushed = json(&models(reg, &["push", "fraud", &fraud, "--version", "1.2.0", "--metric", "auc=0.91", "--label", "team=risk", "--output", "json"]));
+    assert_eq!(pushed["status"], "created");
+    assert_eq!(pushed["version"]["metrics"]["auc"], 0.91);
+    assert_eq!(pushed["version"]["onnx"]["inputs"][0]["shape"], serde_json::json!([-1, 30]));
+    assert!(ok(&models(reg, &["push", "fraud", &xgb, "--version", "1.3.0", "-m", "auc=0.931", "-d", "xgboost"])).starts_with("pushed fraud:1.3.0"));
+    // Identical push: a no-op; conflicting push: refused, naming both digests.
+    assert!(ok(&models(reg, &["push", "fraud", &fraud, "--version", "1.2.0"])).contains("nothing changed"));
+    assert!(err(&models(reg, &["push", "fraud", &xgb, "--version", "1.2.0"])).contains("already exists with different content"));
+    // Bad input is named.
+    assert!(err(&models(reg, &["push", "fraud", &fraud, "--version", "2", "--metric", "auc"])).contains("expected KEY=VALUE"));
+    assert!(err(&models(reg, &["push", "fraud", &fraud, "--version", "2", "--metric", "auc=high"])).contains("finite number"));
+    assert!(err(&models(reg, &["push", "fraud", "/nonexistent.onnx", "--version", "2"])).contains("cannot read /nonexistent.onnx"));
+
+    let listed = json(&models(reg, &["ls", "--output", "json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    let table = ok(&models(reg, &["ls"]));
+    assert!(table.contains("NAME") && table.contains("1.3.0") && table.contains("auc=0.931"), "{table}");
+
+    assert!(ok(&models(reg, &["alias", "fraud", "production", "1.2.0"])).contains("fraud@production -> 1.2.0"));
+    assert!(ok(&models(reg, &["alias", "fraud", "production", "1.3.0"])).contains("1.2.0 -> 1.3.0"));
+    assert!(err(&models(reg, &["alias", "fraud", "production", "9.9"])).contains("has no version '9.9'"));
+    let shown = json(&models(reg, &["show", "fraud@production", "--output", "json"]));
+    assert_eq!((shown["version"].as_str(), shown["aliases"][0].as_str()), (Some("1.3.0"), Some("production")));
+    assert!(ok(&models(reg, &["show", "fraud:1.2.0"])).contains("team=risk"));
+    let history = json(&models(reg, &["history", "fraud", "--output", "json"]));
+    let moves: Vec<(Value, Value)> = history.as_array().unwrap().iter().map(|m| (m["previous"].clone(), m["version"].clone())).collect();
+    assert_eq!(moves, [(Value::Null, "1.2.0".into()), ("1.2.0".into(), "1.3.0".into())]);
+
+    let out = dir.path().join("pulled.onnx");
+    ok(&models(reg, &["pull", "fraud@production", "-o", out.to_str().unwrap()]));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&xgb).unwrap());
+
+    assert!(err(&models(reg, &["rm", "fraud:1.3.0"])).contains("alias(es) production"));
+    assert!(err(&models(reg, &["rm", "fraud"])).contains("NAME:VERSION"));
+    ok(&models(reg, &["rm", "fraud:1.2.0"]));
+    ok(&models(reg, &["rm", "fraud:1.3.0", "--force"]));
+    assert!(ok(&models(reg, &["ls"])).contains("is empty"));
+    assert!(err(&models(reg, &["show", "fraud"])).contains("no model named 'fraud'"));
+}
+
+#[test]
+fn hostile_names_are_refused_by_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path();
+    let fraud = model("fraud");
+    for name in ["../../etc/passwd", "/abs", "a/b", "..", "a b", "x;rm -rf", "ümlaut", "-rf"] {
+        let e = err(&models(reg, &["push", name, &fraud, "--version", "1"]));
+        assert!(e.contains("is not valid") || e.contains("unexpected argument"), "{name}: {e}");
+        let e = err(&models(reg, &["push", "ok", &fraud, "--version", name]));
+        assert!(e.contains("is not valid") || e.contains("unexpected argument"), "version {name}: {e}");
+        let e = err(&models(reg, &["show", name]));
+        assert!(e.contains("invalid model reference") || e.contains("is not valid") || e.contains("unexpected argument"), "show {name}: {e}");
+    }
+    // Nothing was written outside the registry's own files.
+    let entries: Vec<String> = std::fs::read_dir(reg).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(entries.iter().all(|e| e.starts_with("registry.db") || e == "artifacts"), "{entries:?}");
+}
+
+#[test]
+fn a_tampered_artifact_is_refused_when_pulled_and_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path();
+    let pushed = json(&models(reg, &["push", "fraud", &model("fraud"), "--version", "1", "--output", "json"]));
+    let digest = pushed["version"]["digest"].as_str().unwrap().to_owned();
+    let artifact = reg.join("artifacts/sha256").join(&digest);
+    let mut bytes = std::fs::read(&artifact).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&artifact, bytes).unwrap();
+    let out = dir.path().join("x.onnx");
+    assert!(err(&models(reg, &["pull", "fraud:1", "-o", out.to_str().unwrap()])).contains("is corrupt"));
+    assert!(!out.exists(), "nothing written");
+    let served = command().args(["serve", "fraud:1", "--port", "0", "--registry"]).arg(reg).output().unwrap();
+    assert_eq!(served.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&served.stderr).contains("is corrupt"));
+}
+
+/// A valid ONNX file of about `megabytes` MiB (one big initializer), written without any ONNX
+/// library: big enough that a push takes long enough to be killed in the middle.
+fn big_onnx(path: &Path, megabytes: usize) {
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn field(tag: u32, payload: &[u8], out: &mut Vec<u8>) {
+        varint(u64::from(tag << 3 | 2), out);
+        varint(payload.len() as u64, out);
+        out.extend_from_slice(payload);
+    }
+    fn int(tag: u32, v: u64, out: &mut Vec<u8>) {
+        varint(u64::from(tag << 3), out);
+        varint(v, out);
+    }
+    let value_info = |name: &str| {
+        let mut dim = Vec::new();
+        int(1, 1, &mut dim);
+        let mut shape = Vec::new();
+        field(1, &dim, &mut shape);
+        let mut tensor = Vec::new();
+        int(1, 1, &mut tensor);
+        field(2, &shape, &mut tensor);
+        let mut ty = Vec::new();
+        field(1, &tensor, &mut ty);
+        let mut vi = Vec::new();
+        field(1, name.as_bytes(), &mut vi);
+        field(2, &ty, &mut vi);
+        vi
+    };
+    let floats = megabytes * 1024 * 1024 / 4;
+    let mut init = Vec::new();
+    int(1, floats as u64, &mut init);
+    int(2, 1, &mut init);
+    field(8, b"w", &mut init);
+    field(9, &vec![0u8; floats * 4], &mut init);
+    let mut node = Vec::new();
+    field(1, b"x", &mut node);
+    field(2, b"y", &mut node);
+    field(4, b"Identity", &mut node);
+    let mut graph = Vec::new();
+    field(1, &node, &mut graph);
+    field(2, b"big", &mut graph);
+    field(5, &init, &mut graph);
+    field(11, &value_info("x"), &mut graph);
+    field(12, &value_info("y"), &mut graph);
+    let mut opset = Vec::new();
+    int(2, 17, &mut opset);
+    let mut model = Vec::new();
+    int(1, 8, &mut model);
+    field(8, &opset, &mut model);
+    field(7, &graph, &mut model);
+    std::fs::write(path, model).unwrap();
+}
+
+#[test]
+fn a_push_killed_at_any_moment_leaves_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path().join("registry");
+    let big = dir.path().join("big.onnx");
+    big_onnx(&big, 24);
+    // How long a whole push takes here; the kills sweep that window.
+    let started = Instant::now();
+    ok(&models(&reg, &["push", "calibrate", big.to_str().unwrap(), "--version", "1"]));
+    let window = started.elapsed();
+    const TRIALS: u32 = 24;
+    let mut killed_mid_way = 0;
+    for trial in 0..TRIALS {
+        let version = format!("v{trial}");
+        let mut child = command()
+            .args(["models", "push", "big", big.to_str().unwrap(), "--version", &version, "--registry"])
+            .arg(&reg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        thread::sleep(window * trial / TRIALS);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if !status.success() {
+            killed_mid_way += 1;
+        }
+        // The registry opens, and the version is either whole or absent.
+        let listed = json(&models(&reg, &["ls", "big", "--output", "json"]).clone_if_ok_or_empty());
+        let present = listed.as_array().is_some_and(|a| a.iter().any(|v| v["version"] == version.as_str()));
+        if present {
+            let out = dir.path().join("check.onnx");
+            ok(&models(&reg, &["pull", &format!("big:{version}"), "-o", out.to_str().unwrap()]));
+            assert_eq!(std::fs::metadata(&out).unwrap().len(), std::fs::metadata(&big).unwrap().len());
+        }
+        // And the same push completes afterwards.
+        let again = json(&models(&reg, &["push", "big", big.to_str().unwrap(), "--version", &version, "--output", "json"]));
+        assert_eq!(again["status"], if present { "unchanged" } else { "created" }, "trial {trial}");
+    }
+    assert!(killed_mid_way >= TRIALS / 3, "only {killed_mid_way} of {TRIALS} pushes were interrupted (window {window:?})");
+    assert_eq!(json(&models(&reg, &["ls", "big", "--output", "json"])).as_array().unwrap().len(), TRIALS as usize);
+}
+
+trait OrEmpty {
+    fn clone_if_ok_or_empty(self) -> Output;
+}
+
+impl OrEmpty for Output {
+    /// `models ls NAME` fails while no version of NAME exists yet; read that as an empty list.
+    fn clone_if_ok_or_empty(self) -> Output {
+        if self.status.success() {
+            self
+        } else {
+            assert!(String::from_utf8_lossy(&self.stderr).contains("no model named"), "{}", String::from_utf8_lossy(&self.stderr));
+            Output { status: Command::new("true").status().unwrap(), stdout: b"[]".to_vec(), stderr: vec![] }
+        }
+    }
+}
+
+#[test]
+fn two_processes_pushing_at_once_are_safe() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path();
+    for round in 0..3 {
+        let version = format!("{round}");
+        let spawn = |file: String| {
+            command()
+                .args(["models", "push", "m", &file, "--version", &version, "--registry"])
+                .arg(reg)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let a = spawn(model("fraud"));
+        let b = spawn(model("xgboost"));
+        let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+        assert!(a.status.success() != b.status.success(), "exactly one wins: {a:?} {b:?}");
+        let loser = if a.status.success() { &b } else { &a };
+        assert!(String::from_utf8_lossy(&loser.stderr).contains("already exists with different content"));
+        // Same bytes from two processes: both succeed, one version.
+        let same = format!("same{round}");
+        let c = command().args(["models", "push", "s", &model("fraud"), "--version", &same, "--registry"]).arg(reg).output();
+        let d = command().args(["models", "push", "s", &model("fraud"), "--version", &same, "--registry"]).arg(reg).output();
+        assert!(c.unwrap().status.success() && d.unwrap().status.success());
+    }
+    assert_eq!(json(&models(reg, &["ls", "m", "--output", "json"])).as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn serving_an_alias_follows_it_with_zero_failed_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path().to_path_buf();
+    ok(&models(&reg, &["push", "fraud", &model("fraud"), "--version", "1"]));
+    ok(&models(&reg, &["push", "fraud", &model("xgboost"), "--version", "2"]));
+    ok(&models(&reg, &["alias", "fraud", "production", "1"]));
+    let server = Server::start(&["fraud@production", "--registry", reg.to_str().unwrap(), "--poll-interval", "0.1", "--workers", "1"]);
+    assert_eq!(server.ready["version"], "1");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let last_version = Arc::new(std::sync::Mutex::new(String::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop, sent, failed, last) =
+                (server.url("/v2/models/fraud/infer"), stop.clone(), sent.clone(), failed.clone(), last_version.clone());
+            thread::spawn(move || {
+                let agent = agent();
+                let body = fraud_body(1);
+                while !stop.load(Ordering::Relaxed) {
+                    let r = agent.post(&url).header("content-type", "application/json").send(&body).map(reply);
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match r {
+                        Ok(r) if r.status == 200 => {
+                            let v = r.json()["model_version"].as_str().unwrap().to_owned();
+                            assert_eq!(r.header("x-model-version"), Some(v.as_str()));
+                            *last.lock().unwrap() = v;
+                        }
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Move the alias back and forth; each move shows up in the answers.
+    for target in ["2", "1", "2", "1", "2"] {
+        ok(&models(&reg, &["alias", "fraud", "production", target]));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while *last_version.lock().unwrap() != target {
+            assert!(Instant::now() < deadline, "the server never answered with version {target}");
+            thread::sleep(Duration::from_millis(10));
+        }
+        // Answers only from the new version now.
+        thread::sleep(Duration::from_millis(200));
+        assert_eq!(*last_version.lock().unwrap(), target);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "of {} requests", sent.load(Ordering::Relaxed));
+    assert!(sent.load(Ordering::Relaxed) > 100);
+    assert_eq!(server.metric("modelship_model_swaps_total", &[r#"result="success""#]), Some(5.0));
+    assert_eq!(server.get("/v2/models/fraud").json()["versions"][0], "2");
+    let log = server.stderr();
+    assert!(log.contains("alias moved; now serving the new version"), "{log}");
+}
+
+#[test]
+fn a_version_that_fails_to_load_leaves_the_old_one_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path().to_path_buf();
+    ok(&models(&reg, &["push", "fraud", &model("fraud"), "--version", "1"]));
+    let bad = json(&models(&reg, &["push", "fraud", &model("xgboost"), "--version", "2", "--output", "json"]));
+    ok(&models(&reg, &["alias", "fraud", "production", "1"]));
+    // Corrupt version 2's artifact: its digest check fails when the server loads it.
+    let artifact = reg.join("artifacts/sha256").join(bad["version"]["digest"].as_str().unwrap());
+    std::fs::write(&artifact, b"garbage").unwrap();
+    let server = Server::start(&["fraud@production", "--registry", reg.to_str().unwrap(), "--poll-interval", "0.1"]);
+    ok(&models(&reg, &["alias", "fraud", "production", "2"]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.metric("modelship_model_swaps_total", &[r#"result="failure""#]) != Some(1.0) {
+        assert!(Instant::now() < deadline, "the failed swap was never counted");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let reply = server.post("/v2/models/fraud/infer", &fraud_body(1));
+    assert_eq!((reply.status, reply.header("x-model-version")), (200, Some("1")));
+    let ready = server.get("/health/ready");
+    assert_eq!(ready.status, 200, "still serving version 1");
+    let errors = ready.json()["errors"][0].as_str().unwrap().to_owned();
+    assert!(errors.contains("moved to 2, which failed to load") && errors.contains("still serving 1"), "{errors}");
+    assert!(server.stderr().contains("the new version cannot be served"));
+}
