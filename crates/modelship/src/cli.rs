@@ -42,6 +42,7 @@ Examples:
   modelship models history fraud
   modelship models pull fraud:1.3.0 -o model.onnx
   modelship models rm fraud:1.2.0
+  modelship models import mlflow --tracking-uri http://mlflow:5000 fraud @champion
   modelship serve fraud@production          # follows the alias as it moves";
 
 #[derive(Debug, Clone, Args)]
@@ -116,6 +117,27 @@ pub enum ModelsCommand {
     Alias { name: String, alias: String, version: String },
     /// Every alias move of a model, oldest first
     History { name: String },
+    /// Copy a model version from another registry
+    #[command(subcommand)]
+    Import(ImportSource),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ImportSource {
+    /// From an MLflow model registry, over its REST API: the ONNX artifact, the run's metrics and
+    /// the version's tags (credentials: MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD)
+    Mlflow {
+        /// The MLflow tracking server [env: MLFLOW_TRACKING_URI]
+        #[arg(long, value_name = "URI")]
+        tracking_uri: Option<String>,
+        /// The registered model's name in MLflow
+        name: String,
+        /// An MLflow version number, or @ALIAS
+        version: String,
+        /// Register it under this name here [default: the MLflow name]
+        #[arg(long = "as", value_name = "NAME")]
+        as_name: Option<String>,
+    },
 }
 
 const SERVE_HELP: &str = "\

@@ -8,15 +8,16 @@ use anyhow::{Context, bail};
 use comfy_table::presets::NOTHING;
 use comfy_table::{ContentArrangement, Table};
 use indicatif::{ProgressBar, ProgressStyle};
+use modelship_registry::mlflow::{MlflowClient, MlflowVersion};
 use modelship_registry::{AliasMove, ModelRef, Progress, PushOutcome, PushRequest, Registry, RegistryConfig, VersionRecord};
 use serde_json::json;
 
-use crate::cli::{ModelsArgs, ModelsCommand, OutputFormat};
+use crate::cli::{ImportSource, ModelsArgs, ModelsCommand, OutputFormat};
 use crate::config::{Env, ProcessEnv};
 use crate::registry_config::registry_root;
 
 pub fn main(args: ModelsArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -148,6 +149,37 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        ModelsCommand::Import(ImportSource::Mlflow { tracking_uri, name, version, as_name }) => {
+            let uri = tracking_uri
+                .or_else(|| env.get("MLFLOW_TRACKING_URI"))
+                .context("no MLflow server given: pass --tracking-uri URL or set MLFLOW_TRACKING_URI")?;
+            let basic = env.get("MLFLOW_TRACKING_USERNAME").zip(env.get("MLFLOW_TRACKING_PASSWORD"));
+            let client = MlflowClient::new(&uri, env.get("MLFLOW_TRACKING_TOKEN"), basic)?;
+            let bar = Bar::new();
+            let wanted = MlflowVersion::parse(&version);
+            let imported = tokio::task::block_in_place(|| client.fetch(&name, &wanted, &bar))
+                .with_context(|| format!("cannot import {name} {version} from {uri}"))?;
+            bar.clear();
+            let mut request = imported.request;
+            if let Some(local) = as_name {
+                request.name = local;
+            }
+            let outcome = registry.push_bytes(request, imported.bytes).await?;
+            let (status, record) = match outcome {
+                PushOutcome::Created(r) => ("created", r),
+                PushOutcome::Unchanged(r) => ("unchanged", r),
+            };
+            if json_out {
+                print_json(&json!({"status": status, "version": record}));
+            } else if status == "created" {
+                println!(
+                    "imported MLflow {name} version {} as {}:{} (sha256:{}, {})",
+                    imported.mlflow_version, record.name, record.version, short(&record.digest), size(record.size)
+                );
+            } else {
+                println!("{}:{} is already registered with identical content; nothing changed", record.name, record.version);
+            }
+        }
         ModelsCommand::History { name } => {
             let moves = registry.history(&name)?;
             if json_out {
@@ -189,7 +221,10 @@ fn print_json<T: serde::Serialize>(value: &T) {
 
 fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
-    table.load_style(NOTHING).set_content_arrangement(ContentArrangement::Dynamic).set_header(header.to_vec());
+    table.load_style(NOTHING).set_content_arrangement(ContentArrangement::Dynamic);
+    if header.iter().any(|h| !h.is_empty()) {
+        table.set_header(header.to_vec());
+    }
     table
 }
 

@@ -25,6 +25,8 @@ pub enum RegistryError {
     MissingArtifact { digest: String },
     #[error("artifact store: {0}")]
     Store(String),
+    #[error("MLflow: {0}")]
+    Mlflow(String),
     #[error("registry database {path}: {reason}")]
     Database { path: String, reason: String },
     #[error("{context}: {source}")]

@@ -6,6 +6,7 @@
 //! - [`onnx_meta`]: the signature, opsets and producer of an ONNX file, read without a runtime.
 //! - [`artifacts`]: the content-addressed artifact store (a local directory, or S3-compatible
 //!   object storage with the `s3` feature), written atomically and verified on every read.
+//! - [`mlflow`]: importing a version from an MLflow model registry over its REST API.
 //! - [`catalog`]: versions, aliases and alias history in SQLite (one transaction per change).
 //!
 //! The only crate that knows the registry's layout on disk: `<root>/registry.db` for metadata and
@@ -15,6 +16,7 @@
 pub mod artifacts;
 pub mod catalog;
 mod error;
+pub mod mlflow;
 pub mod name;
 pub mod onnx_meta;
 mod registry;
