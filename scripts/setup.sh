@@ -1,26 +1,41 @@
 #!/usr/bin/env bash
-# Installs what modelship needs at run time and in tests, on a fresh machine. Idempotent.
+# Installs what modelship needs on a fresh machine. Idempotent: re-running skips what is there.
 #
-# - ONNX Runtime's shared library, from the `onnxruntime` wheel on PyPI, into ./.venv
-#   (modelship finds it there by itself; or point ORT_DYLIB_PATH at it).
+#   scripts/setup.sh          run time: ONNX Runtime's shared library, from the `onnxruntime`
+#                             wheel on PyPI, into ./.venv (modelship finds it there by itself)
+#   scripts/setup.sh --test   also the real servers the tests start on loopback:
+#                             s3s-fs (an S3 server, crates.io) into ./.cache/tools/bin,
+#                             MLflow (PyPI) into ./.venv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ORT_VERSION="${ORT_VERSION:-1.31.1}"
+MLFLOW_VERSION="${MLFLOW_VERSION:-3.18.0}"
+ONNX_VERSION="${ONNX_VERSION:-1.23.2}"
+S3S_FS_VERSION="${S3S_FS_VERSION:-0.14.1}"
 VENV="${VENV:-.venv}"
+pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
 
-have_ort() {
-  ls "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* >/dev/null 2>&1
-}
-
-if ! have_ort; then
-  if [ ! -x "$VENV/bin/python" ]; then
-    echo "setup: creating $VENV" >&2
-    python3 -m venv "$VENV"
-  fi
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV" >&2
+  python3 -m venv "$VENV"
+fi
+if ! ls "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* >/dev/null 2>&1; then
   echo "setup: installing onnxruntime==$ORT_VERSION into $VENV (only its shared library is used)" >&2
   # --no-deps: modelship needs the library inside the wheel, not numpy or protobuf.
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "onnxruntime==$ORT_VERSION"
+  pip_install --no-deps "onnxruntime==$ORT_VERSION"
 fi
 lib=$(ls "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)
 echo "setup: ONNX Runtime library: $lib" >&2
+
+if [ "${1:-}" = "--test" ]; then
+  if [ ! -x .cache/tools/bin/s3s-fs ]; then
+    echo "setup: cargo install s3s-fs $S3S_FS_VERSION (an S3-compatible server for the tests; a few minutes)" >&2
+    cargo install --quiet --locked s3s-fs --version "$S3S_FS_VERSION" --features binary --root .cache/tools
+  fi
+  if [ ! -x "$VENV/bin/mlflow" ]; then
+    echo "setup: installing mlflow==$MLFLOW_VERSION into $VENV (a real MLflow server for the tests)" >&2
+    pip_install "mlflow==$MLFLOW_VERSION" "onnx==$ONNX_VERSION"
+  fi
+  echo "setup: test servers: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow" >&2
+fi

@@ -8,4 +8,7 @@ mod bad_input;
 mod lifecycle;
 mod models;
 mod registry;
+mod registry_mlflow;
+#[cfg(feature = "s3")]
+mod registry_s3;
 mod startup;

@@ -22,7 +22,7 @@ pub fn model(name: &str) -> String {
 
 pub fn command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_modelship"));
-    cmd.current_dir(root());
+    cmd.current_dir(root()).stdin(Stdio::null());
     // The tests choose these themselves.
     for var in ["MODEL_PATH", "CONFIG_PATH", "MODEL_VERSION", "MODEL_NAME", "LOG_LEVEL", "LOG_FORMAT", "POD_NAME", "POD_NAMESPACE"] {
         cmd.env_remove(var);
@@ -185,4 +185,81 @@ pub fn fraud_body(rows: usize) -> String {
 /// A body for the slow model: `iterations` rounds of a 128x128 matrix product (about 40 µs each).
 pub fn slow_body(iterations: i64) -> String {
     serde_json::json!({"inputs": [{"name": "iterations", "shape": [], "datatype": "INT64", "data": [iterations]}]}).to_string()
+}
+
+/// A free loopback port (bound, read, released: another process could take it, which a retry
+/// of the test would survive).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real third-party server (S3, MLflow...) started by a test in its own process group, stopped
+/// with the whole group when dropped.
+pub struct Service {
+    child: Child,
+    pub name: &'static str,
+    log: PathBuf,
+}
+
+impl Service {
+    pub fn start(name: &'static str, mut cmd: Command, log: PathBuf) -> Service {
+        use std::os::unix::process::CommandExt;
+        let out = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({e}); run scripts/setup.sh --test first"));
+        Service { child, name, log }
+    }
+
+    /// Waits until `ready` says yes, failing with the service's log after `limit`.
+    pub fn wait_until(&mut self, limit: Duration, mut ready: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !ready() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("{} exited ({status}):\n{}", self.name, std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            assert!(Instant::now() < deadline, "{} not ready after {limit:?}:\n{}", self.name, std::fs::read_to_string(&self.log).unwrap_or_default());
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Signals a whole process group. Not through the `kill` program: procps-ng 4.0.2 (Debian 12)
+/// misreads `kill -TERM -PGID` and signals every process it can.
+#[allow(unsafe_code)]
+fn signal_group(pgid: u32, signal: i32) {
+    let Ok(pgid) = i32::try_from(pgid) else { return };
+    if pgid > 1 {
+        // SAFETY: kill(2) with a negative pid only sends a signal; it touches no memory of ours.
+        unsafe {
+            libc::kill(-pgid, signal);
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let pgid = self.child.id();
+        signal_group(pgid, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        signal_group(pgid, libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// A program installed by scripts/setup.sh --test under the workspace.
+pub fn tool(relative: &str) -> PathBuf {
+    let path = root().join(relative);
+    assert!(path.exists(), "{} is missing: run scripts/setup.sh --test (the README's test command does)", path.display());
+    path
 }
