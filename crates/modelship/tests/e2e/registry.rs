@@ -41,7 +41,9 @@ fn every_models_command() {
     assert_eq!(pushed["status"], "created");
     assert_eq!(pushed["version"]["metrics"]["auc"], 0.91);
     assert_eq!(pushed["version"]["onnx"]["inputs"][0]["shape"], serde_json::json!([-1, 30]));
-    assert!(ok(&models(reg, &["push", "fraud", &xgb, "--version", "1.3.0", "-m", "auc=0.931", "-d", "xgboost"])).starts_with("pushed fraud:1.3.0"));
+    let quiet = models(reg, &["push", "fraud", &xgb, "--version", "1.3.0", "-m", "auc=0.931", "-d", "xgboost"]);
+    assert!(ok(&quiet).starts_with("pushed fraud:1.3.0"));
+    assert!(quiet.stderr.is_empty(), "no progress bar when stderr is not a terminal");
     // Identical push: a no-op; conflicting push: refused, naming both digests.
     assert!(ok(&models(reg, &["push", "fraud", &fraud, "--version", "1.2.0"])).contains("nothing changed"));
     assert!(err(&models(reg, &["push", "fraud", &xgb, "--version", "1.2.0"])).contains("already exists with different content"));
@@ -189,6 +191,7 @@ fn a_push_killed_at_any_moment_leaves_all_or_nothing() {
     let window = started.elapsed();
     const TRIALS: u32 = 24;
     let mut killed_mid_way = 0;
+    let mut survived_kill = 0;
     for trial in 0..TRIALS {
         let version = format!("v{trial}");
         let mut child = command()
@@ -207,6 +210,9 @@ fn a_push_killed_at_any_moment_leaves_all_or_nothing() {
         // The registry opens, and the version is either whole or absent.
         let listed = json(&models(&reg, &["ls", "big", "--output", "json"]).clone_if_ok_or_empty());
         let present = listed.as_array().is_some_and(|a| a.iter().any(|v| v["version"] == version.as_str()));
+        if present && !status.success() {
+            survived_kill += 1;
+        }
         if present {
             let out = dir.path().join("check.onnx");
             ok(&models(&reg, &["pull", &format!("big:{version}"), "-o", out.to_str().unwrap()]));
@@ -216,6 +222,9 @@ fn a_push_killed_at_any_moment_leaves_all_or_nothing() {
         let again = json(&models(&reg, &["push", "big", big.to_str().unwrap(), "--version", &version, "--output", "json"]));
         assert_eq!(again["status"], if present { "unchanged" } else { "created" }, "trial {trial}");
     }
+    eprintln!(
+        "crash sweep: push window {window:?}; {killed_mid_way} of {TRIALS} pushes killed, {survived_kill} of those already committed, none partial"
+    );
     assert!(killed_mid_way >= TRIALS / 3, "only {killed_mid_way} of {TRIALS} pushes were interrupted (window {window:?})");
     assert_eq!(json(&models(&reg, &["ls", "big", "--output", "json"])).as_array().unwrap().len(), TRIALS as usize);
 }
@@ -321,6 +330,7 @@ fn serving_an_alias_follows_it_with_zero_failed_requests() {
         c.join().unwrap();
     }
     assert_eq!(failed.load(Ordering::Relaxed), 0, "of {} requests", sent.load(Ordering::Relaxed));
+    eprintln!("alias following: {} requests across 5 alias moves, 0 failed", sent.load(Ordering::Relaxed));
     assert!(sent.load(Ordering::Relaxed) > 100);
     assert_eq!(server.metric("modelship_model_swaps_total", &[r#"result="success""#]), Some(5.0));
     assert_eq!(server.get("/v2/models/fraud").json()["versions"][0], "2");
@@ -352,4 +362,28 @@ fn a_version_that_fails_to_load_leaves_the_old_one_serving() {
     let errors = ready.json()["errors"][0].as_str().unwrap().to_owned();
     assert!(errors.contains("moved to 2, which failed to load") && errors.contains("still serving 1"), "{errors}");
     assert!(server.stderr().contains("the new version cannot be served"));
+}
+
+#[test]
+fn progress_bars_show_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path().join("registry");
+    let big = dir.path().join("big.onnx");
+    big_onnx(&big, 24);
+    // Not a terminal: nothing on stderr.
+    let quiet = models(&reg, &["push", "big", big.to_str().unwrap(), "--version", "1"]);
+    assert!(quiet.status.success());
+    assert!(quiet.stderr.is_empty(), "{}", String::from_utf8_lossy(&quiet.stderr));
+    // On a terminal (a pseudo-terminal from `script`): a progress bar with byte counts.
+    let line = format!(
+        "{} models --registry {} push big {} --version 2",
+        env!("CARGO_BIN_EXE_modelship"),
+        reg.display(),
+        big.display()
+    );
+    let out = Command::new("script").args(["-qec", &line, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("upload") && screen.contains("MiB"), "no progress bar drawn:\n{screen}");
+    assert!(screen.contains("pushed big:2"));
 }
