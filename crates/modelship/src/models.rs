@@ -71,17 +71,7 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             let bar = Bar::new();
             let outcome = registry.push(request, &file, &bar).await?;
             bar.clear();
-            let (status, record) = match outcome {
-                PushOutcome::Created(r) => ("created", r),
-                PushOutcome::Unchanged(r) => ("unchanged", r),
-            };
-            if json_out {
-                print_json(&json!({"status": status, "version": record}));
-            } else if status == "created" {
-                println!("pushed {}:{} (sha256:{}, {})", record.name, record.version, short(&record.digest), size(record.size));
-            } else {
-                println!("{}:{} is already registered with identical content; nothing changed", record.name, record.version);
-            }
+            report_push(outcome, json_out, "pushed");
         }
         ModelsCommand::Ls { name } => {
             let records = registry.list(name.as_deref())?;
@@ -165,20 +155,7 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 request.name = local;
             }
             let outcome = registry.push_bytes(request, imported.bytes).await?;
-            let (status, record) = match outcome {
-                PushOutcome::Created(r) => ("created", r),
-                PushOutcome::Unchanged(r) => ("unchanged", r),
-            };
-            if json_out {
-                print_json(&json!({"status": status, "version": record}));
-            } else if status == "created" {
-                println!(
-                    "imported MLflow {name} version {} as {}:{} (sha256:{}, {})",
-                    imported.mlflow_version, record.name, record.version, short(&record.digest), size(record.size)
-                );
-            } else {
-                println!("{}:{} is already registered with identical content; nothing changed", record.name, record.version);
-            }
+            report_push(outcome, json_out, &format!("imported MLflow {name} version {} as", imported.mlflow_version));
         }
         ModelsCommand::History { name } => {
             let moves = registry.history(&name)?;
@@ -203,6 +180,21 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints what a push or an import did: `{what} NAME:VERSION (sha256:..., size)` for a new version.
+fn report_push(outcome: PushOutcome, json_out: bool, what: &str) {
+    let (status, record) = match outcome {
+        PushOutcome::Created(r) => ("created", r),
+        PushOutcome::Unchanged(r) => ("unchanged", r),
+    };
+    if json_out {
+        print_json(&json!({"status": status, "version": record}));
+    } else if status == "created" {
+        println!("{what} {}:{} (sha256:{}, {})", record.name, record.version, short(&record.digest), size(record.size));
+    } else {
+        println!("{}:{} is already registered with identical content; nothing changed", record.name, record.version);
+    }
 }
 
 fn parse_pairs(pairs: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -308,9 +300,14 @@ impl Progress for Bar {
         self.0.set_message(phase.to_owned());
         self.0.set_length(total);
         self.0.set_position(0);
+        // Draw now: a transfer may end before the first periodic refresh.
+        self.0.tick();
     }
     fn advance(&self, bytes: u64) {
         self.0.inc(bytes);
     }
-    fn finish(&self) {}
+    fn finish(&self) {
+        // Show the completed bar once before it is cleared.
+        self.0.tick();
+    }
 }

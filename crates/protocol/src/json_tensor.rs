@@ -57,9 +57,15 @@ trait Element: Sized {
     fn from_bool(_: bool) -> Result<Self, String> {
         Err("a boolean".to_owned())
     }
-    fn from_i64(v: i64) -> Result<Self, String>;
-    fn from_u64(v: u64) -> Result<Self, String>;
-    fn from_f64(v: f64) -> Result<Self, String>;
+    fn from_i64(v: i64) -> Result<Self, String> {
+        Err(format!("the number {v}"))
+    }
+    fn from_u64(v: u64) -> Result<Self, String> {
+        Err(format!("the number {v}"))
+    }
+    fn from_f64(v: f64) -> Result<Self, String> {
+        Err(format!("the number {v}"))
+    }
     fn from_str(_: &str) -> Result<Self, String> {
         Err("a string".to_owned())
     }
@@ -121,28 +127,10 @@ impl Element for bool {
     fn from_bool(v: bool) -> Result<Self, String> {
         Ok(v)
     }
-    fn from_i64(v: i64) -> Result<Self, String> {
-        Err(format!("the number {v}"))
-    }
-    fn from_u64(v: u64) -> Result<Self, String> {
-        Err(format!("the number {v}"))
-    }
-    fn from_f64(v: f64) -> Result<Self, String> {
-        Err(format!("the number {v}"))
-    }
 }
 
 impl Element for Vec<u8> {
     const DATATYPE: DataType = DataType::Bytes;
-    fn from_i64(v: i64) -> Result<Self, String> {
-        Err(format!("the number {v}"))
-    }
-    fn from_u64(v: u64) -> Result<Self, String> {
-        Err(format!("the number {v}"))
-    }
-    fn from_f64(v: f64) -> Result<Self, String> {
-        Err(format!("the number {v}"))
-    }
     fn from_str(v: &str) -> Result<Self, String> {
         Ok(v.as_bytes().to_vec())
     }

@@ -101,11 +101,29 @@ impl Catalog {
         let db_err = |e: rusqlite::Error| RegistryError::Database { path: path.display().to_string(), reason: e.to_string() };
         let conn = Connection::open(path).map_err(db_err)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(db_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
-        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        // Switching a new database to WAL takes an exclusive lock and does not wait on the busy
+        // handler: two processes creating the registry at once retry here instead of failing.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match Self::prepare(&conn) {
+                Ok(()) => break,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(db_err(e)),
+            }
+        }
         Ok(Catalog { conn: Mutex::new(conn), path: path.to_path_buf() })
+    }
+
+    fn prepare(conn: &Connection) -> rusqlite::Result<()> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)
     }
 
     fn err(&self, e: rusqlite::Error) -> RegistryError {

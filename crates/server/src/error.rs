@@ -75,6 +75,11 @@ pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     response
 }
 
+/// A JSON response serialized from `body`.
+pub fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    json_response(status, serde_json::to_vec(body).unwrap_or_default())
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, _) = self.status_and_code();

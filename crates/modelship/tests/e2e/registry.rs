@@ -185,11 +185,17 @@ fn a_push_killed_at_any_moment_leaves_all_or_nothing() {
     let reg = dir.path().join("registry");
     let big = dir.path().join("big.onnx");
     big_onnx(&big, 24);
-    // How long a whole push takes here; the kills sweep that window.
-    let started = Instant::now();
-    ok(&models(&reg, &["push", "calibrate", big.to_str().unwrap(), "--version", "1"]));
-    let window = started.elapsed();
-    const TRIALS: u32 = 24;
+    // How long a whole push takes here (the quickest of three, caches warm); the kills sweep that
+    // window evenly, from before the process has started to just before it would finish.
+    let window = (1..=3)
+        .map(|i| {
+            let started = Instant::now();
+            ok(&models(&reg, &["push", "calibrate", big.to_str().unwrap(), "--version", &i.to_string()]));
+            started.elapsed()
+        })
+        .min()
+        .unwrap();
+    const TRIALS: u32 = 30;
     let mut killed_mid_way = 0;
     let mut survived_kill = 0;
     for trial in 0..TRIALS {
@@ -225,7 +231,7 @@ fn a_push_killed_at_any_moment_leaves_all_or_nothing() {
     eprintln!(
         "crash sweep: push window {window:?}; {killed_mid_way} of {TRIALS} pushes killed, {survived_kill} of those already committed, none partial"
     );
-    assert!(killed_mid_way >= TRIALS / 3, "only {killed_mid_way} of {TRIALS} pushes were interrupted (window {window:?})");
+    assert!(killed_mid_way >= TRIALS / 2, "only {killed_mid_way} of {TRIALS} pushes were interrupted (window {window:?})");
     assert_eq!(json(&models(&reg, &["ls", "big", "--output", "json"])).as_array().unwrap().len(), TRIALS as usize);
 }
 
@@ -374,12 +380,15 @@ fn progress_bars_show_on_a_terminal_only() {
     let quiet = models(&reg, &["push", "big", big.to_str().unwrap(), "--version", "1"]);
     assert!(quiet.status.success());
     assert!(quiet.stderr.is_empty(), "{}", String::from_utf8_lossy(&quiet.stderr));
-    // On a terminal (a pseudo-terminal from `script`): a progress bar with byte counts.
+    // On a terminal (a pseudo-terminal from `script`): a progress bar with byte counts. Other
+    // bytes, so that there is something to upload.
+    let other = dir.path().join("other.onnx");
+    big_onnx(&other, 25);
     let line = format!(
         "{} models --registry {} push big {} --version 2",
         env!("CARGO_BIN_EXE_modelship"),
         reg.display(),
-        big.display()
+        other.display()
     );
     let out = Command::new("script").args(["-qec", &line, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

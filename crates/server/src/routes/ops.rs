@@ -7,7 +7,7 @@ use axum::routing::get;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::json;
 
-use crate::error::json_response;
+use crate::error::json;
 use crate::model::ModelSlot;
 use crate::state::AppState;
 
@@ -21,12 +21,8 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-fn json(status: StatusCode, body: serde_json::Value) -> Response {
-    json_response(status, body.to_string().into_bytes())
-}
-
 async fn live() -> Response {
-    json(StatusCode::OK, json!({"status": "alive"}))
+    json(StatusCode::OK, &json!({"status": "alive"}))
 }
 
 /// Each readiness check by name, and whether all pass.
@@ -61,24 +57,24 @@ async fn ready(State(state): State<AppState>) -> Response {
     if !failures.is_empty() {
         body["errors"] = json!(failures);
     }
-    json(status, body)
+    json(status, &body)
 }
 
 async fn startup(State(state): State<AppState>) -> Response {
     match state.health.startup_seconds() {
-        Some(seconds) => json(StatusCode::OK, json!({"status": "started", "startup_time_seconds": seconds})),
-        None => json(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "starting"})),
+        Some(seconds) => json(StatusCode::OK, &json!({"status": "started", "startup_time_seconds": seconds})),
+        None => json(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "starting"})),
     }
 }
 
 async fn v2_live() -> Response {
-    json(StatusCode::OK, json!({"live": true}))
+    json(StatusCode::OK, &json!({"live": true}))
 }
 
 async fn v2_ready(State(state): State<AppState>) -> Response {
     let (ready, _) = readiness(&state);
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    json(status, json!({"ready": ready}))
+    json(status, &json!({"ready": ready}))
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

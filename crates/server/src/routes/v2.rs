@@ -10,7 +10,7 @@ use http::{HeaderMap, StatusCode};
 use modelship_protocol::v2::{self, ModelMetadata, ModelReady, ServerMetadata};
 
 use super::{Call, body_error};
-use crate::error::{ApiError, json_response};
+use crate::error::{ApiError, json, json_response};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -22,10 +22,6 @@ pub fn routes() -> Router<AppState> {
         .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_version))
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_version))
-}
-
-fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
-    json_response(status, serde_json::to_vec(body).unwrap_or_default())
 }
 
 async fn server_metadata() -> Response {
