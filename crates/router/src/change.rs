@@ -1,0 +1,120 @@
+//! Operations on a routing table. Each produces a whole new table (the caller swaps it in
+//! atomically) or says why it cannot.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{BasisPoints, Candidate, Shadow, StickyKey, TrafficTable};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    /// Send `weight` of live traffic to `version` (a canary; weight 0 with the canary or pin
+    /// header is a blue-green preview).
+    Canary { version: String, weight: BasisPoints },
+    /// Change the current candidate's weight.
+    Weight { weight: BasisPoints },
+    /// Remove the candidate: all live traffic to stable.
+    Abort,
+    /// The candidate becomes stable; the old stable is kept warm as `previous`.
+    Promote,
+    /// Blue-green switch: `version` becomes stable at once; the old stable is kept warm as
+    /// `previous` (switching back is the same operation).
+    Switch { version: String },
+    /// Mirror `percent` of requests to `version`.
+    Shadow { version: String, percent: BasisPoints },
+    StopShadow,
+    /// Sticky assignment by this key, or none.
+    Sticky { key: Option<StickyKey> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    #[error("there is no candidate; start one with a canary (`traffic set MODEL --candidate V --weight 5%`)")]
+    NoCandidate,
+    #[error("version {0} is already the stable version")]
+    AlreadyStable(String),
+}
+
+impl TrafficTable {
+    pub fn apply(&self, change: &Change) -> Result<TrafficTable, ChangeError> {
+        let mut next = self.clone();
+        match change {
+            Change::Canary { version, weight } => {
+                if *version == self.stable {
+                    return Err(ChangeError::AlreadyStable(version.clone()));
+                }
+                next.candidate = Some(Candidate { version: version.clone(), weight: *weight });
+            }
+            Change::Weight { weight } => {
+                let candidate = next.candidate.as_mut().ok_or(ChangeError::NoCandidate)?;
+                candidate.weight = *weight;
+            }
+            Change::Abort => {
+                next.candidate.take().ok_or(ChangeError::NoCandidate)?;
+            }
+            Change::Promote => {
+                let candidate = next.candidate.take().ok_or(ChangeError::NoCandidate)?;
+                next.previous = Some(std::mem::replace(&mut next.stable, candidate.version));
+            }
+            Change::Switch { version } => {
+                if *version == self.stable {
+                    return Err(ChangeError::AlreadyStable(version.clone()));
+                }
+                next.previous = Some(std::mem::replace(&mut next.stable, version.clone()));
+                if next.candidate.as_ref().is_some_and(|c| c.version == *version) {
+                    next.candidate = None;
+                }
+            }
+            Change::Shadow { version, percent } => {
+                next.shadow = Some(Shadow { version: version.clone(), percent: *percent });
+            }
+            Change::StopShadow => next.shadow = None,
+            Change::Sticky { key } => next.sticky = key.clone(),
+        }
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bp(s: &str) -> BasisPoints {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn canary_then_promote_keeps_the_old_stable_warm() {
+        let t = TrafficTable::new("1");
+        let t = t.apply(&Change::Canary { version: "2".into(), weight: bp("5%") }).unwrap();
+        assert_eq!(t.weights(), vec![("1", crate::Role::Stable, bp("95%")), ("2", crate::Role::Candidate, bp("5%"))]);
+        let t = t.apply(&Change::Weight { weight: bp("50%") }).unwrap();
+        let t = t.apply(&Change::Promote).unwrap();
+        assert_eq!((t.stable.as_str(), t.candidate.is_none(), t.previous.as_deref()), ("2", true, Some("1")));
+    }
+
+    #[test]
+    fn blue_green_switch_and_back() {
+        let t = TrafficTable::new("blue").apply(&Change::Canary { version: "green".into(), weight: BasisPoints::ZERO }).unwrap();
+        let t = t.apply(&Change::Switch { version: "green".into() }).unwrap();
+        assert_eq!((t.stable.as_str(), t.previous.as_deref(), t.candidate.is_none()), ("green", Some("blue"), true));
+        let t = t.apply(&Change::Switch { version: "blue".into() }).unwrap();
+        assert_eq!((t.stable.as_str(), t.previous.as_deref()), ("blue", Some("green")));
+    }
+
+    #[test]
+    fn impossible_changes_are_refused() {
+        let t = TrafficTable::new("1");
+        assert_eq!(t.apply(&Change::Promote), Err(ChangeError::NoCandidate));
+        assert_eq!(t.apply(&Change::Weight { weight: bp("1%") }), Err(ChangeError::NoCandidate));
+        assert_eq!(t.apply(&Change::Switch { version: "1".into() }), Err(ChangeError::AlreadyStable("1".into())));
+        assert_eq!(t.apply(&Change::Canary { version: "1".into(), weight: bp("1%") }), Err(ChangeError::AlreadyStable("1".into())));
+    }
+
+    #[test]
+    fn changes_read_as_json() {
+        let c: Change = serde_json::from_str(r#"{"op": "canary", "version": "2", "weight": 500}"#).unwrap();
+        assert_eq!(c, Change::Canary { version: "2".into(), weight: bp("5%") });
+        assert!(serde_json::from_str::<Change>(r#"{"op": "canary", "version": "2", "weight": 10001}"#).is_err());
+    }
+}
