@@ -10,7 +10,7 @@ use modelship_inference::{Backend, LoadOptions};
 use modelship_onnx::OnnxBackend;
 use modelship_registry::{ModelRef, NoProgress, Registry, RegistryConfig};
 use modelship_server::follow::{Follow, follow_alias};
-use modelship_server::model::{LoadedModel, ModelSlot, ModelSpec};
+use modelship_server::model::{LoadedModel, ModelSlot, ModelSpec, Served};
 use modelship_server::pool::PoolConfig;
 use modelship_server::{AppState, Drain, DrainOutcome, Limits};
 use tokio::net::TcpListener;
@@ -72,7 +72,7 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     let address = listener.local_addr().context("cannot read the bound address")?;
 
-    let state = AppState::new(Limits { max_body_bytes: config.max_body_bytes });
+    let state = AppState::new(Limits { max_body_bytes: config.max_body_bytes, ..Limits::default() });
     let spec = ModelSpec {
         name: config.model_name.clone(),
         version: registry_version.unwrap_or_else(|| config.model_version.clone()),
@@ -110,7 +110,9 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
                 inputs = ?model.info.signature.input_names(), outputs = ?model.info.signature.output_names(),
                 skipped_outputs = ?model.info.skipped_outputs, "model loaded"
             );
-            state.models.set(&spec.name, ModelSlot::Ready(Arc::new(model)));
+            let served = Served::single(Arc::new(model));
+            state.metrics.publish_traffic(&spec.name, &served);
+            state.models.set(&spec.name, ModelSlot::Ready(Arc::new(served)));
             let startup_seconds = state.health.mark_started().max(started.elapsed().as_secs_f64());
             announce_ready(address, &spec, startup_seconds);
             if let ModelSource::Registry { registry, reference: ModelRef::Alias(name, alias) } = &source {

@@ -14,7 +14,7 @@ use modelship_inference::Backend;
 use modelship_registry::{ModelRef, NoProgress, Registry};
 use prometheus::IntCounterVec;
 
-use crate::model::{LoadedModel, ModelSlot, ModelSpec};
+use crate::model::{LoadedModel, ModelSlot, ModelSpec, Served};
 use crate::state::AppState;
 
 /// What to follow and how.
@@ -105,9 +105,13 @@ async fn swap_to(state: &AppState, follow: &Follow, version: &str) -> Result<f64
         tracing::warn!(model = %spec.name, version, error = %e, "warm-up request failed; serving anyway");
     }
     let previous = state.models.snapshot().get(&spec.name).cloned();
-    state.models.set(&spec.name, ModelSlot::Ready(Arc::new(model)));
+    let served = Served::single(Arc::new(model));
+    state.metrics.publish_traffic(&spec.name, &served);
+    state.models.set(&spec.name, ModelSlot::Ready(Arc::new(served)));
     if let Some(ModelSlot::Ready(old)) = previous {
-        state.metrics.forget_version(&old);
+        for model in old.versions.values().filter(|m| m.version != version) {
+            state.metrics.forget_version(model);
+        }
     }
     Ok(started.elapsed().as_secs_f64())
 }

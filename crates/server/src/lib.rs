@@ -7,6 +7,7 @@
 //! - [`error`]: the one table from every failure to its HTTP status and stable error code.
 //! - [`health`], [`metrics`]: probe state and Prometheus metrics.
 //! - [`follow`]: follows a registry alias, swapping versions in without failing a request.
+//! - [`shadow`]: mirrored requests, run off the client's path and compared with what it got.
 //! - [`serve`]: runs the app on a listener until shutdown, then drains under a grace period.
 
 pub mod error;
@@ -18,6 +19,7 @@ pub mod pool;
 mod request_id;
 pub mod routes;
 mod serve;
+pub mod shadow;
 mod state;
 
 pub use serve::{Drain, DrainOutcome, serve};

@@ -28,6 +28,16 @@ pub struct Metrics {
     pub model_info: IntGaugeVec,
     /// Replacements of a served model by a new version (alias moves), by result.
     pub model_swaps: IntCounterVec,
+    /// Shadow comparisons by model, shadow version and result (agree, disagree, error).
+    pub shadow_comparisons: IntCounterVec,
+    /// Mirrored requests dropped because the shadow's bound or queue was full.
+    pub shadow_dropped: IntCounterVec,
+    /// Mean absolute difference of float outputs, shadow vs served, per request.
+    pub shadow_abs_diff: HistogramVec,
+    /// Share of live traffic per version and role, in basis points.
+    pub traffic_weight: IntGaugeVec,
+    /// The routing revision in force.
+    pub traffic_revision: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -66,7 +76,7 @@ impl Metrics {
                 &registry,
                 "modelship_requests_total",
                 "Requests by model, version, endpoint and HTTP status code",
-                &["model", "version", "endpoint", "code"],
+                &["model", "version", "role", "endpoint", "code"],
             ),
             errors: counter(
                 &registry,
@@ -78,7 +88,7 @@ impl Metrics {
                 &registry,
                 "modelship_request_duration_seconds",
                 "Whole request latency, body read to response built",
-                &["model", "version", "endpoint"],
+                &["model", "version", "role", "endpoint"],
             ),
             inference_duration: histogram(
                 &registry,
@@ -112,8 +122,53 @@ impl Metrics {
                 "Replacements of a served model by a new version, by result (success, failure)",
                 &["model", "result"],
             ),
+            shadow_comparisons: counter(
+                &registry,
+                "modelship_shadow_comparisons_total",
+                "Shadow answers compared with the served answer to the same request, by result (agree, disagree, error)",
+                &["model", "version", "result"],
+            ),
+            shadow_dropped: counter(
+                &registry,
+                "modelship_shadow_dropped_total",
+                "Mirrored requests dropped because the shadow's bound or queue was full",
+                &["model", "version"],
+            ),
+            shadow_abs_diff: {
+                let opts = HistogramOpts::new(
+                    "modelship_shadow_abs_diff",
+                    "Mean absolute difference of float outputs between the shadow and the served answer, per request",
+                )
+                .buckets(vec![0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0]);
+                let m = HistogramVec::new(opts, &["model", "version"]).expect("valid metric");
+                registry.register(Box::new(m.clone())).expect("unique metric");
+                m
+            },
+            traffic_weight: gauge(
+                &registry,
+                "modelship_traffic_weight_bp",
+                "Share of live traffic per version and role, in basis points (10000 = 100%)",
+                &["model", "version", "role"],
+            ),
+            traffic_revision: gauge(&registry, "modelship_traffic_revision", "The routing revision in force", &["model"]),
             registry,
         }
+    }
+
+    /// Publishes the weights and revision of a routing table.
+    pub fn publish_traffic(&self, model: &str, served: &crate::model::Served) {
+        for v in served.versions.keys() {
+            for role in ["stable", "candidate", "shadow"] {
+                let _ = self.traffic_weight.remove_label_values(&[model, v, role]);
+            }
+        }
+        for (version, role, bp) in served.table.weights() {
+            self.traffic_weight.with_label_values(&[model, version, role.as_str()]).set(i64::from(bp.get()));
+        }
+        if let Some(s) = &served.table.shadow {
+            self.traffic_weight.with_label_values(&[model, &s.version, "shadow"]).set(i64::from(s.percent.get()));
+        }
+        self.traffic_revision.with_label_values(&[model]).set(served.revision as i64);
     }
 
     /// Drops the per-version gauges of a version no longer served.

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use modelship_inference::{Backend, DataType, InferError, InferRequest, ModelInfo, Tensor, TensorData};
+use modelship_router::{Role, RouteInput, TrafficTable};
 use prometheus::Histogram;
 
 use crate::error::ApiError;
@@ -116,11 +117,57 @@ fn half_zero() -> half::f16 {
     half::f16::ZERO
 }
 
+/// One model name as served: the loaded versions and the routing table between them. Replaced
+/// whole (never mutated) when the table or the set of loaded versions changes.
+pub struct Served {
+    pub table: TrafficTable,
+    /// The routing revision this table came from (0 before any traffic change).
+    pub revision: u64,
+    /// Every loaded version: those the table routes to, plus warm ones kept for rollback.
+    pub versions: BTreeMap<String, Arc<LoadedModel>>,
+}
+
+impl Served {
+    /// One version, all traffic.
+    pub fn single(model: Arc<LoadedModel>) -> Self {
+        let version = model.version.clone();
+        Served { table: TrafficTable::new(version.clone()), revision: 0, versions: BTreeMap::from([(version, model)]) }
+    }
+
+    pub fn stable(&self) -> Option<&Arc<LoadedModel>> {
+        self.versions.get(&self.table.stable)
+    }
+
+    /// A loaded version by name, or an error listing the loaded ones.
+    pub fn version(&self, name: &str, version: &str) -> Result<Arc<LoadedModel>, ApiError> {
+        self.versions.get(version).cloned().ok_or_else(|| ApiError::UnknownVersion {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            available: self.versions.keys().cloned().collect(),
+        })
+    }
+
+    /// The version (and role) that answers, and the version that gets a mirrored copy.
+    pub fn route(&self, name: &str, input: &RouteInput<'_>) -> Result<Routed, ApiError> {
+        let decision = self.table.route(name, input);
+        let model = self.version(name, decision.version)?;
+        let shadow = decision.shadow.and_then(|v| self.versions.get(v).cloned());
+        Ok(Routed { model, role: decision.role, shadow })
+    }
+}
+
+/// Where one request goes.
+pub struct Routed {
+    pub model: Arc<LoadedModel>,
+    pub role: Role,
+    pub shadow: Option<Arc<LoadedModel>>,
+}
+
 /// The state of one model name on this server.
 #[derive(Clone)]
 pub enum ModelSlot {
     Loading { version: String },
-    Ready(Arc<LoadedModel>),
+    Ready(Arc<Served>),
     Failed { version: String, error: String },
 }
 
@@ -167,33 +214,30 @@ impl ModelTable {
         !slots.is_empty() && slots.values().all(|s| matches!(s, ModelSlot::Ready(_)))
     }
 
-    /// The loaded model `name`, at `version` when one is asked for.
-    pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, ApiError> {
+    /// The served state of model `name`.
+    pub fn served(&self, name: &str) -> Result<Arc<Served>, ApiError> {
         let slots = self.slots.load();
-        let Some(slot) = slots.get(name) else {
-            return Err(ApiError::UnknownModel { name: name.to_owned(), available: slots.keys().cloned().collect() });
-        };
-        let (current, model) = match slot {
-            ModelSlot::Ready(model) => (model.version.as_str(), Some(model)),
-            ModelSlot::Loading { version } | ModelSlot::Failed { version, .. } => (version.as_str(), None),
-        };
-        if let Some(v) = version
-            && v != current
-        {
-            return Err(ApiError::UnknownVersion {
-                name: name.to_owned(),
-                version: v.to_owned(),
-                available: vec![current.to_owned()],
-            });
+        match slots.get(name) {
+            None => Err(ApiError::UnknownModel { name: name.to_owned(), available: slots.keys().cloned().collect() }),
+            Some(ModelSlot::Ready(served)) => Ok(Arc::clone(served)),
+            Some(ModelSlot::Loading { .. } | ModelSlot::Failed { .. }) => Err(ApiError::NotReady(name.to_owned())),
         }
-        model.cloned().ok_or_else(|| ApiError::NotReady(name.to_owned()))
+    }
+
+    /// The loaded model `name`: at `version` when one is asked for, else its stable version.
+    pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, ApiError> {
+        let served = self.served(name)?;
+        match version {
+            Some(v) => served.version(name, v),
+            None => served.version(name, &served.table.stable),
+        }
     }
 
     /// The only model, when the server has exactly one (what `/v1/predict` answers with).
-    pub fn single(&self) -> Result<Arc<LoadedModel>, ApiError> {
+    pub fn single_name(&self) -> Result<String, ApiError> {
         let names = self.names();
         match names.as_slice() {
-            [only] => self.get(only, None),
+            [only] => Ok(only.clone()),
             _ => Err(ApiError::Decode(modelship_protocol::DecodeError(format!(
                 "/v1/predict needs a server with exactly one model; this one serves {}: use /v2/models/{{model}}/infer",
                 names.join(", ")

@@ -1,19 +1,23 @@
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::ModelTable;
 use crate::request_id::RequestIds;
+use crate::shadow::Shadows;
 
 /// Bounds applied to every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    /// Mirrored requests that may run at once; past this, copies are dropped (and counted).
+    pub max_shadow_in_flight: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: 16 * 1024 * 1024 }
+        Limits { max_body_bytes: 16 * 1024 * 1024, max_shadow_in_flight: 64 }
     }
 }
 
@@ -24,7 +28,10 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    pub shadows: Arc<Shadows>,
     pub(crate) ids: Arc<RequestIds>,
+    /// Per-request numbers for weighted routing and shadow sampling.
+    pub(crate) nonces: Arc<AtomicU64>,
 }
 
 impl AppState {
@@ -34,7 +41,9 @@ impl AppState {
             health: Arc::default(),
             metrics: Arc::default(),
             limits,
+            shadows: Arc::new(Shadows::new(limits.max_shadow_in_flight)),
             ids: Arc::default(),
+            nonces: Arc::default(),
         }
     }
 }

@@ -14,7 +14,9 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use prometheus::IntGauge;
 
 use crate::error::ApiError;
-use crate::model::LoadedModel;
+use crate::model::{LoadedModel, Routed};
+use modelship_router::{Role, RouteInput, StickyKey};
+use std::sync::atomic::Ordering;
 use crate::request_id;
 use crate::state::AppState;
 
@@ -49,6 +51,44 @@ fn body_error(state: &AppState, rejection: BytesRejection) -> ApiError {
     }
 }
 
+/// Where a request goes: the version named in the URL, else the routing table (pin header,
+/// canary header, sticky key from a header or a body field, weights) and perhaps a shadow.
+fn route(state: &AppState, name: &str, pinned: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Routed, ApiError> {
+    let served = state.models.served(name)?;
+    if let Some(version) = pinned {
+        return Ok(Routed { model: served.version(name, version)?, role: Role::Pinned, shadow: None });
+    }
+    let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+    let canary = header(CANARY_HEADER).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    let sticky: Option<Vec<u8>> = match &served.table.sticky {
+        Some(StickyKey::Header(h)) => headers.get(h.as_str()).map(|v| v.as_bytes().to_vec()),
+        Some(StickyKey::Field(f)) => sticky_field(body, f),
+        None => None,
+    };
+    let input = RouteInput {
+        canary,
+        pin: header(PIN_HEADER),
+        sticky: sticky.as_deref(),
+        nonce: state.nonces.fetch_add(1, Ordering::Relaxed),
+    };
+    served.route(name, &input)
+}
+
+/// Sends the request to the candidate (`true`), when there is one.
+pub const CANARY_HEADER: &str = "x-canary";
+/// Pins a request to a loaded version.
+pub const PIN_HEADER: &str = "x-model-version";
+
+/// The sticky key from the body: `parameters.<field>` (V2), else top-level `<field>`.
+fn sticky_field(body: &[u8], field: &str) -> Option<Vec<u8>> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let found = value.get("parameters").and_then(|p| p.get(field)).or_else(|| value.get(field))?;
+    Some(match found {
+        serde_json::Value::String(s) => s.as_bytes().to_vec(),
+        other => other.to_string().into_bytes(),
+    })
+}
+
 /// One inference call from arrival to response: request id, in-flight gauge, metrics and the log
 /// line, the same for every inference endpoint.
 struct Call<'a> {
@@ -80,10 +120,11 @@ impl<'a> Call<'a> {
         }
     }
 
-    fn finish(self, model: Option<&LoadedModel>, result: Result<Response, ApiError>) -> Response {
+    fn finish(self, model: Option<&LoadedModel>, role: Option<Role>, result: Result<Response, ApiError>) -> Response {
         let elapsed = self.started.elapsed();
         // Unknown model names from clients never become label values.
         let (name, version) = model.map_or(("unknown", ""), |m| (m.name.as_str(), m.version.as_str()));
+        let role = role.map_or("", Role::as_str);
         let metrics = &self.state.metrics;
         let (mut response, error) = match result {
             Ok(response) => (response, None),
@@ -95,12 +136,12 @@ impl<'a> Call<'a> {
             }
         };
         let status = response.status();
-        metrics.requests.with_label_values(&[name, version, self.endpoint, status.as_str()]).inc();
-        metrics.request_duration.with_label_values(&[name, version, self.endpoint]).observe(elapsed.as_secs_f64());
+        metrics.requests.with_label_values(&[name, version, role, self.endpoint, status.as_str()]).inc();
+        metrics.request_duration.with_label_values(&[name, version, role, self.endpoint]).observe(elapsed.as_secs_f64());
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         match &error {
             None => tracing::info!(
-                request_id = %self.request_id, model = name, version, endpoint = self.endpoint,
+                request_id = %self.request_id, model = name, version, role, endpoint = self.endpoint,
                 status = status.as_u16(), latency_ms, "inference"
             ),
             Some((code, message)) if status.is_server_error() => tracing::error!(

@@ -79,9 +79,11 @@ async fn v2_ready(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     for slot in state.models.snapshot().values() {
-        if let ModelSlot::Ready(model) = slot {
-            let queued = i64::try_from(model.queued()).unwrap_or(i64::MAX);
-            state.metrics.queue_length.with_label_values(&[&model.name, &model.version]).set(queued);
+        if let ModelSlot::Ready(served) = slot {
+            for model in served.versions.values() {
+                let queued = i64::try_from(model.queued()).unwrap_or(i64::MAX);
+                state.metrics.queue_length.with_label_values(&[&model.name, &model.version]).set(queued);
+            }
         }
     }
     let mut response = state.metrics.render().into_response();

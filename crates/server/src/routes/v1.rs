@@ -9,7 +9,7 @@ use axum::routing::post;
 use http::{HeaderMap, StatusCode};
 use modelship_protocol::v1;
 
-use super::{Call, body_error};
+use super::{Call, body_error, route};
 use crate::error::{ApiError, json_response};
 use crate::state::AppState;
 
@@ -19,19 +19,28 @@ pub fn routes() -> Router<AppState> {
 
 async fn predict(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let call = Call::start(&state, "v1_predict", &headers);
-    let model = match state.models.single() {
-        Ok(model) => model,
-        Err(e) => return call.finish(None, Err(e)),
+    let body = match body {
+        Ok(body) => body,
+        Err(r) => return call.finish(None, None, Err(body_error(&state, r))),
     };
+    let routed = match state.models.single_name().and_then(|name| route(&state, &name, None, &headers, &body)) {
+        Ok(routed) => routed,
+        Err(e) => return call.finish(None, None, Err(e)),
+    };
+    let model = &routed.model;
     let result = async {
-        let body = body.map_err(|r| body_error(&state, r))?;
         let request = v1::decode_predict_request(&body, &model.info.signature)?;
+        let mirror = routed.shadow.as_ref().map(|_| request.clone());
         let outputs = model.infer(request).await?;
         let output = outputs
             .first()
             .ok_or_else(|| ApiError::Internal("the model returned no output".to_owned()))?;
-        Ok(json_response(StatusCode::OK, v1::encode_predict_response(&model.version, output)))
+        let body = v1::encode_predict_response(&model.version, output);
+        if let (Some(shadow), Some(copy)) = (routed.shadow.clone(), mirror) {
+            state.shadows.mirror(&state.metrics, shadow, copy, outputs);
+        }
+        Ok(json_response(StatusCode::OK, body))
     }
     .await;
-    call.finish(Some(&model), result)
+    call.finish(Some(model), Some(routed.role), result)
 }

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode};
 use modelship_protocol::v2::{self, ModelMetadata, ModelReady, ServerMetadata};
 
-use super::{Call, body_error};
+use super::{Call, body_error, route};
 use crate::error::{ApiError, json, json_response};
 use crate::state::AppState;
 
@@ -32,8 +32,15 @@ async fn server_metadata() -> Response {
 }
 
 fn metadata(state: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
-    let model = state.models.get(name, version)?;
-    Ok(json(StatusCode::OK, &ModelMetadata::new(&model.name, vec![model.version.clone()], &model.info)))
+    let served = state.models.served(name)?;
+    let model = served.version(name, version.unwrap_or(&served.table.stable))?;
+    let versions = match version {
+        Some(v) => vec![v.to_owned()],
+        None => std::iter::once(served.table.stable.clone())
+            .chain(served.versions.keys().filter(|v| **v != served.table.stable).cloned())
+            .collect(),
+    };
+    Ok(json(StatusCode::OK, &ModelMetadata::new(&model.name, versions, &model.info)))
 }
 
 async fn model_metadata(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
@@ -89,18 +96,26 @@ async fn infer_at(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let call = Call::start(state, "v2_infer", headers);
-    let model = match state.models.get(name, version) {
-        Ok(model) => model,
-        Err(e) => return call.finish(None, Err(e)),
+    let body = match body {
+        Ok(body) => body,
+        Err(r) => return call.finish(None, None, Err(body_error(state, r))),
     };
+    let routed = match route(state, name, version, headers, &body) {
+        Ok(routed) => routed,
+        Err(e) => return call.finish(None, None, Err(e)),
+    };
+    let model = &routed.model;
     let result = async {
-        let body = body.map_err(|r| body_error(state, r))?;
         let mut request = v2::decode_infer_request(&body)?;
         let id = request.id.take();
+        let mirror = routed.shadow.as_ref().map(|_| request.clone());
         let outputs = model.infer(request).await?;
         let body = v2::encode_infer_response(&model.name, &model.version, id.as_deref(), &outputs);
+        if let (Some(shadow), Some(copy)) = (routed.shadow.clone(), mirror) {
+            state.shadows.mirror(&state.metrics, shadow, copy, outputs);
+        }
         Ok(json_response(StatusCode::OK, body))
     }
     .await;
-    call.finish(Some(&model), result)
+    call.finish(Some(model), Some(routed.role), result)
 }

@@ -1,0 +1,150 @@
+//! Shadow traffic: a copy of a request run by another version, off the client's path, its answer
+//! compared with the one the client got and never returned.
+//!
+//! The copy is started after the client's answer is ready and runs on the shadow version's own
+//! workers, behind its own bound: when the bound (or that version's queue) is full the copy is
+//! dropped and counted, never queued. Each comparison pairs the two answers to the same request.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use modelship_inference::{InferRequest, Tensor, TensorData};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::metrics::Metrics;
+use crate::model::LoadedModel;
+
+/// Running totals of the comparisons of one shadow version against what clients got.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Agreement {
+    pub compared: u64,
+    /// Requests where every label-like output (integers, strings, booleans) was identical and
+    /// float outputs were within 1e-6.
+    pub agreed: u64,
+    pub dropped: u64,
+    pub failed: u64,
+    /// Sum over compared requests of the mean absolute difference of float outputs.
+    pub abs_diff_sum: f64,
+}
+
+impl Agreement {
+    pub fn rate(&self) -> Option<f64> {
+        (self.compared > 0).then(|| self.agreed as f64 / self.compared as f64)
+    }
+
+    pub fn mean_abs_diff(&self) -> Option<f64> {
+        (self.compared > 0).then(|| self.abs_diff_sum / self.compared as f64)
+    }
+}
+
+pub struct Shadows {
+    permits: Arc<Semaphore>,
+    /// By (model, shadow version).
+    stats: Mutex<BTreeMap<(String, String), Agreement>>,
+}
+
+impl Shadows {
+    pub fn new(max_in_flight: usize) -> Self {
+        Shadows { permits: Arc::new(Semaphore::new(max_in_flight.max(1))), stats: Mutex::default() }
+    }
+
+    pub fn agreement(&self, model: &str, version: &str) -> Agreement {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).get(&(model.to_owned(), version.to_owned())).cloned().unwrap_or_default()
+    }
+
+    fn update(&self, model: &str, version: &str, f: impl FnOnce(&mut Agreement)) {
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        f(stats.entry((model.to_owned(), version.to_owned())).or_default());
+    }
+
+    /// Runs `request` on `shadow` in the background and compares its outputs with `served`.
+    pub fn mirror(self: &Arc<Self>, metrics: &Arc<Metrics>, shadow: Arc<LoadedModel>, request: InferRequest, served: Vec<Tensor>) {
+        let labels = [shadow.name.clone(), shadow.version.clone()];
+        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            metrics.shadow_dropped.with_label_values(&labels).inc();
+            self.update(&labels[0], &labels[1], |a| a.dropped += 1);
+            return;
+        };
+        let (shadows, metrics) = (Arc::clone(self), Arc::clone(metrics));
+        tokio::spawn(async move {
+            let _permit = permit;
+            match shadow.infer(request).await {
+                Ok(outputs) => {
+                    let (agree, diff) = compare(&served, &outputs);
+                    let result = if agree { "agree" } else { "disagree" };
+                    metrics.shadow_comparisons.with_label_values(&[&labels[0], &labels[1], result]).inc();
+                    metrics.shadow_abs_diff.with_label_values(&labels).observe(diff);
+                    shadows.update(&labels[0], &labels[1], |a| {
+                        a.compared += 1;
+                        a.agreed += u64::from(agree);
+                        a.abs_diff_sum += diff;
+                    });
+                }
+                Err(crate::error::ApiError::Overloaded { .. }) => {
+                    metrics.shadow_dropped.with_label_values(&labels).inc();
+                    shadows.update(&labels[0], &labels[1], |a| a.dropped += 1);
+                }
+                Err(e) => {
+                    tracing::debug!(model = %labels[0], version = %labels[1], error = %e, "shadow request failed");
+                    metrics.shadow_comparisons.with_label_values(&[&labels[0], &labels[1], "error"]).inc();
+                    shadows.update(&labels[0], &labels[1], |a| a.failed += 1);
+                }
+            }
+        });
+    }
+}
+
+/// Whether two answers agree, and the mean absolute difference of their float outputs.
+pub fn compare(served: &[Tensor], shadow: &[Tensor]) -> (bool, f64) {
+    let mut agree = true;
+    let (mut diff_sum, mut diff_n) = (0.0f64, 0usize);
+    for s in served {
+        let Some(t) = shadow.iter().find(|t| t.name() == s.name()) else {
+            agree = false;
+            continue;
+        };
+        if s.shape() != t.shape() {
+            agree = false;
+            continue;
+        }
+        match (s.data(), t.data()) {
+            (TensorData::Fp16(_) | TensorData::Fp32(_) | TensorData::Fp64(_), _) => {
+                for i in 0..s.data().len() {
+                    if let (Some(a), Some(b)) = (s.data().get_f64(i), t.data().get_f64(i)) {
+                        let d = (a - b).abs();
+                        diff_sum += d;
+                        diff_n += 1;
+                        if d > 1e-6 {
+                            agree = false;
+                        }
+                    }
+                }
+            }
+            (a, b) => agree &= a == b,
+        }
+    }
+    (agree, if diff_n == 0 { 0.0 } else { diff_sum / diff_n as f64 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str, data: TensorData) -> Tensor {
+        let n = data.len();
+        Tensor::new(name, vec![n], data).unwrap()
+    }
+
+    #[test]
+    fn compares_labels_exactly_and_scores_by_difference() {
+        let a = [t("label", TensorData::Int64(vec![1, 0])), t("p", TensorData::Fp32(vec![0.9, 0.2]))];
+        assert_eq!(compare(&a, &a), (true, 0.0));
+        let other_label = [t("label", TensorData::Int64(vec![1, 1])), t("p", TensorData::Fp32(vec![0.9, 0.2]))];
+        assert!(!compare(&a, &other_label).0);
+        let shifted = [t("label", TensorData::Int64(vec![1, 0])), t("p", TensorData::Fp32(vec![0.8, 0.3]))];
+        let (agree, diff) = compare(&a, &shifted);
+        assert!(!agree && (diff - 0.1).abs() < 1e-6, "{diff}");
+        assert!(!compare(&a, &a[..1]).0, "a missing output disagrees");
+    }
+}
