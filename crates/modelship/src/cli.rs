@@ -27,6 +27,96 @@ pub enum Command {
     /// Keep model versions: push, list, show, pull, remove, alias
     #[command(after_help = MODELS_HELP)]
     Models(ModelsArgs),
+    /// Route a running server's traffic between versions: canary, shadow, blue-green, rollback
+    #[command(after_help = TRAFFIC_HELP)]
+    Traffic(TrafficArgs),
+}
+
+const TRAFFIC_HELP: &str = "\
+Talks to a running server's admin API (--admin, MODELSHIP_ADMIN_URL, default http://127.0.0.1:8001)
+with its token (MODELSHIP_ADMIN_TOKEN, else --token-file, default ~/.local/state/modelship/admin-token,
+which the server writes when no token is configured). Versions are loaded from the server's registry
+on demand. Every change is a numbered revision with time, actor and reason.
+
+Examples:
+  modelship traffic status fraud
+  modelship traffic set fraud --candidate 1.3.0 --weight 5% --reason \"canary\"
+  modelship traffic set fraud --weight 25%
+  modelship traffic set fraud --sticky-header x-user-id
+  modelship traffic promote fraud
+  modelship traffic shadow fraud --version 1.4.0 --percent 100
+  modelship traffic switch fraud 1.3.0          # blue-green: preview first with x-model-version: 1.3.0
+  modelship traffic rollback fraud              # back to the routing before the last change
+  modelship traffic history fraud";
+
+#[derive(Debug, Clone, Args)]
+pub struct TrafficArgs {
+    /// The server's admin API [env: MODELSHIP_ADMIN_URL] [default: http://127.0.0.1:8001]
+    #[arg(long, global = true, value_name = "URL")]
+    pub admin: Option<String>,
+
+    /// File with the admin token (when MODELSHIP_ADMIN_TOKEN is not set)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Why (recorded in the history)
+    #[arg(long, global = true, default_value = "")]
+    pub reason: String,
+
+    /// Output format
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+
+    #[command(subcommand)]
+    pub command: TrafficCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TrafficCommand {
+    /// Versions, weights, shadow agreement and the revision in force
+    Status { model: String },
+    /// Start or adjust a canary, or set sticky assignment
+    Set {
+        model: String,
+        /// The version under test (loaded from the registry if needed)
+        #[arg(long, value_name = "VERSION")]
+        candidate: Option<String>,
+        /// Its share of live traffic: 5%, 0.25%, 250bp
+        #[arg(long, value_name = "SHARE")]
+        weight: Option<String>,
+        /// Same user, same version: hash this request header
+        #[arg(long, value_name = "HEADER", conflicts_with = "sticky_field")]
+        sticky_header: Option<String>,
+        /// Same user, same version: hash this body field (V2: parameters.FIELD)
+        #[arg(long, value_name = "FIELD")]
+        sticky_field: Option<String>,
+    },
+    /// The candidate becomes stable; the old stable stays warm for rollback
+    Promote { model: String },
+    /// Remove the candidate: all traffic to stable
+    Abort { model: String },
+    /// Mirror a share of requests to a version whose answers are compared, never returned
+    Shadow {
+        model: String,
+        #[arg(long, value_name = "VERSION", required_unless_present = "off")]
+        version: Option<String>,
+        /// Share of requests mirrored: 100%, 10%...
+        #[arg(long, value_name = "SHARE", default_value = "100%")]
+        percent: String,
+        /// Stop mirroring
+        #[arg(long)]
+        off: bool,
+    },
+    /// Blue-green: make VERSION stable at once (the old one stays warm; switching back is the same)
+    Switch { model: String, version: String },
+    /// Restore the routing of the previous revision (or --to-revision N)
+    Rollback {
+        model: String,
+        #[arg(long, value_name = "N")]
+        to_revision: Option<u64>,
+    },
+    /// Every routing revision
+    History { model: String },
 }
 
 const MODELS_HELP: &str = "\
@@ -227,6 +317,27 @@ pub struct ServeArgs {
     /// Seconds between checks of a followed alias [default: 2]
     #[arg(long, value_name = "SECONDS")]
     pub poll_interval: Option<f64>,
+
+    /// Admin API address [default: 127.0.0.1]; it always requires the admin token
+    #[arg(long, value_name = "HOST")]
+    pub admin_host: Option<String>,
+
+    /// Admin API port [default: 8001; 0 when --port is 0]
+    #[arg(long, value_name = "PORT")]
+    pub admin_port: Option<u16>,
+
+    /// File holding the admin token (written, mode 0600, when absent and MODELSHIP_ADMIN_TOKEN is
+    /// not set) [default: STATE_DIR/admin-token]
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Directory for traffic history [env: MODELSHIP_STATE_DIR] [default: ~/.local/state/modelship]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Seconds a version replaced by a switch or promotion stays loaded for instant rollback [default: 1800]
+    #[arg(long, value_name = "SECONDS")]
+    pub keep_warm: Option<f64>,
 
     /// Path to ONNX Runtime's libonnxruntime.so (overrides ORT_DYLIB_PATH)
     #[arg(long, value_name = "PATH")]

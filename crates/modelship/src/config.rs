@@ -25,6 +25,17 @@ pub struct RawConfig {
     pub logging: RawLogging,
     #[serde(default)]
     pub registry: RawRegistry,
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RawAdmin {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub token_file: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub keep_warm_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -85,6 +96,20 @@ pub struct ServeConfig {
     pub registry_root: PathBuf,
     /// How often a followed alias is checked.
     pub registry_poll: Duration,
+    pub admin: AdminConfig,
+}
+
+/// The admin (control) API: its own listener, always behind a bearer token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub host: String,
+    pub port: u16,
+    /// `MODELSHIP_ADMIN_TOKEN`; else read from `token_file`; else generated into `token_file`.
+    pub token: Option<String>,
+    pub token_file: PathBuf,
+    /// Traffic history and other server state.
+    pub state_dir: PathBuf,
+    pub keep_warm: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +153,7 @@ fn parse_file(text: &str) -> Result<RawConfig, Vec<String>> {
     } else {
         Err(unknown
             .into_iter()
-            .map(|k| format!("unknown key '{k}' (known sections: model, server, features, logging, registry; see `modelship serve --help`)"))
+            .map(|k| format!("unknown key '{k}' (known sections: model, server, features, logging, registry, admin; see `modelship serve --help`)"))
             .collect())
     }
 }
@@ -205,6 +230,21 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     overlay(&mut raw.registry.path, a.registry);
     overlay(&mut raw.registry.poll_seconds, a.poll_interval);
     let registry_root = crate::registry_config::registry_root(raw.registry.path.clone(), env);
+    overlay(&mut raw.admin.host, a.admin_host);
+    overlay(&mut raw.admin.port, a.admin_port);
+    overlay(&mut raw.admin.token_file, a.admin_token_file);
+    overlay(&mut raw.admin.state_dir, a.state_dir);
+    overlay(&mut raw.admin.keep_warm_seconds, a.keep_warm);
+    let state_dir = raw.admin.state_dir.clone().unwrap_or_else(|| crate::registry_config::state_dir(env));
+    let admin = AdminConfig {
+        host: raw.admin.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned()),
+        // With `--port 0` (tests, several servers on one machine) the admin port is free too.
+        port: raw.admin.port.unwrap_or(if raw.server.port == Some(0) { 0 } else { 8001 }),
+        token: env.get("MODELSHIP_ADMIN_TOKEN"),
+        token_file: raw.admin.token_file.clone().unwrap_or_else(|| state_dir.join("admin-token")),
+        keep_warm: seconds("admin.keep_warm_seconds", raw.admin.keep_warm_seconds.unwrap_or(1800.0), &mut problems),
+        state_dir,
+    };
     let registry_poll = seconds("registry.poll_seconds", raw.registry.poll_seconds.unwrap_or(2.0), &mut problems);
     if registry_poll < Duration::from_millis(50) {
         problems.push("registry.poll_seconds must be at least 0.05".to_owned());
@@ -288,6 +328,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         features,
         registry_root,
         registry_poll,
+        admin,
     })
 }
 
@@ -435,9 +476,9 @@ logging:
         let err = check("model:\n  pth: /m.onnx\nserver:\n  prot: 80\nextra: 1\n", &[], &[]).unwrap_err();
         assert_eq!(
             err,
-            "unknown key 'model.pth' (known sections: model, server, features, logging, registry; see `modelship serve --help`)\n\
-             unknown key 'server.prot' (known sections: model, server, features, logging, registry; see `modelship serve --help`)\n\
-             unknown key 'extra' (known sections: model, server, features, logging, registry; see `modelship serve --help`)"
+            "unknown key 'model.pth' (known sections: model, server, features, logging, registry, admin; see `modelship serve --help`)\n\
+             unknown key 'server.prot' (known sections: model, server, features, logging, registry, admin; see `modelship serve --help`)\n\
+             unknown key 'extra' (known sections: model, server, features, logging, registry, admin; see `modelship serve --help`)"
         );
     }
 

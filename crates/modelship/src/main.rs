@@ -7,6 +7,7 @@ mod logging;
 mod models;
 mod registry_config;
 mod serve;
+mod traffic;
 
 use std::process::ExitCode;
 
@@ -17,5 +18,6 @@ fn main() -> ExitCode {
     match cli.command {
         cli::Command::Serve(args) => serve::main(args),
         cli::Command::Models(args) => models::main(args),
+        cli::Command::Traffic(args) => traffic::main(args),
     }
 }

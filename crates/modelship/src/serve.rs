@@ -9,7 +9,9 @@ use anyhow::{Context, bail};
 use modelship_inference::{Backend, LoadOptions};
 use modelship_onnx::OnnxBackend;
 use modelship_registry::{ModelRef, NoProgress, Registry, RegistryConfig};
+use modelship_server::admin::AdminState;
 use modelship_server::follow::{Follow, follow_alias};
+use modelship_server::traffic::{RevisionStore, Traffic};
 use modelship_server::model::{LoadedModel, ModelSlot, ModelSpec, Served};
 use modelship_server::pool::PoolConfig;
 use modelship_server::{AppState, Drain, DrainOutcome, Limits};
@@ -17,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::cli::ServeArgs;
-use crate::config::{self, ProcessEnv, ServeConfig};
+use crate::config::{self, AdminConfig, ProcessEnv, ServeConfig};
 
 pub fn main(args: ServeArgs) -> ExitCode {
     let started = Instant::now();
@@ -71,6 +73,12 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     let address = listener.local_addr().context("cannot read the bound address")?;
+    let admin_listener = TcpListener::bind((config.admin.host.as_str(), config.admin.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{} for the admin API (--admin-port)", config.admin.host, config.admin.port))?;
+    let admin_address = admin_listener.local_addr().context("cannot read the bound admin address")?;
+    let admin_token = admin_token(&config.admin)?;
+    let store = RevisionStore::open(&config.admin.state_dir.join("traffic.db")).map_err(|e| anyhow::anyhow!(e))?;
 
     let state = AppState::new(Limits { max_body_bytes: config.max_body_bytes, ..Limits::default() });
     let spec = ModelSpec {
@@ -86,6 +94,7 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
 
     // The listener serves probes while the model loads: /health/startup says "starting" until then.
     let load_failed = Arc::new(Notify::new());
+    let (stopping, mut stopped) = tokio::sync::watch::channel(false);
     let stop = {
         let load_failed = Arc::clone(&load_failed);
         async move {
@@ -93,7 +102,11 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
                 () = shutdown_signal() => {}
                 () = load_failed.notified() => {}
             }
+            let _ = stopping.send(true);
         }
+    };
+    let admin_stop = async move {
+        let _ = stopped.wait_for(|s| *s).await;
     };
     let drain = Drain { delay: config.shutdown_delay, grace: config.shutdown_grace };
     let server = tokio::spawn(modelship_server::serve(listener, state.clone(), stop, drain));
@@ -113,8 +126,22 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
             let served = Served::single(Arc::new(model));
             state.metrics.publish_traffic(&spec.name, &served);
             state.models.set(&spec.name, ModelSlot::Ready(Arc::new(served)));
+            let (registry, registry_model) = match &source {
+                ModelSource::Registry { registry, reference } => (Some(Arc::clone(registry)), reference.name().to_owned()),
+                ModelSource::File(_) => (None, spec.name.clone()),
+            };
+            let traffic = Arc::new(Traffic::new(registry, registry_model, Arc::clone(&backend), spec.clone(), store, config.admin.keep_warm));
+            if let Err(e) = traffic.resume(&state).await {
+                tracing::warn!(model = %spec.name, error = %e, "cannot restore the recorded routing; serving the stable version only");
+            }
+            tokio::spawn(modelship_server::serve_admin(
+                admin_listener,
+                AdminState::new(state.clone(), Arc::clone(&traffic), &admin_token),
+                admin_stop,
+            ));
+            tracing::info!(%admin_address, token_file = %config.admin.token_file.display(), "admin API listening");
             let startup_seconds = state.health.mark_started().max(started.elapsed().as_secs_f64());
-            announce_ready(address, &spec, startup_seconds);
+            announce_ready(address, admin_address, &spec, startup_seconds);
             if let ModelSource::Registry { registry, reference: ModelRef::Alias(name, alias) } = &source {
                 let follow = Follow {
                     registry: Arc::clone(registry),
@@ -149,6 +176,39 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// The admin token: `MODELSHIP_ADMIN_TOKEN`, else the token file, else a new random token
+/// written to the token file (mode 0600). The token itself is never logged.
+fn admin_token(admin: &AdminConfig) -> anyhow::Result<String> {
+    if let Some(token) = &admin.token {
+        return Ok(token.clone());
+    }
+    let path = &admin.token_file;
+    if path.exists() {
+        let token = std::fs::read_to_string(path).with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+        let token = token.trim().to_owned();
+        if token.len() < 16 {
+            bail!("the admin token in {} is shorter than 16 characters; use a longer one or delete the file to get a new one", path.display());
+        }
+        return Ok(token);
+    }
+    let mut random = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random).context("cannot read /dev/urandom")?;
+    let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write the admin token file {}", path.display()))?;
+    std::io::Write::write_all(&mut file, token.as_bytes())?;
+    tracing::info!(token_file = %path.display(), "generated an admin token");
+    Ok(token)
 }
 
 /// Where the served model comes from: a file, or a registry reference.
@@ -203,11 +263,12 @@ impl std::fmt::Display for ModelSource {
 }
 
 /// The one machine-readable line on standard output: where the server listens, once it is ready.
-fn announce_ready(address: std::net::SocketAddr, spec: &ModelSpec, startup_seconds: f64) {
+fn announce_ready(address: std::net::SocketAddr, admin: std::net::SocketAddr, spec: &ModelSpec, startup_seconds: f64) {
     use std::io::Write;
     let line = serde_json::json!({
         "event": "ready",
         "http": address.to_string(),
+        "admin": admin.to_string(),
         "model": spec.name,
         "version": spec.version,
         "startup_seconds": startup_seconds,

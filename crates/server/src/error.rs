@@ -30,6 +30,11 @@ pub enum ApiError {
     MethodNotAllowed { method: String, path: String },
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A control request that cannot be carried out in the current state.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("missing or wrong admin token: send `Authorization: Bearer <token>` (see `modelship traffic --help`)")]
+    Unauthorized,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -61,6 +66,8 @@ impl ApiError {
             ApiError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route"),
             ApiError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -3,13 +3,16 @@
 //!
 //! - [`pool`]: per-model inference workers, each owning one runtime session, behind a bounded queue.
 //! - [`model`]: a loaded model version and the table of models the server answers for.
+//! - [`admin`]: the admin API (own listener, bearer token): traffic status, changes, rollback, history.
 //! - [`routes`]: HTTP handlers (Open Inference Protocol V2, the seed's `/v1/predict`, probes, metrics).
 //! - [`error`]: the one table from every failure to its HTTP status and stable error code.
 //! - [`health`], [`metrics`]: probe state and Prometheus metrics.
 //! - [`follow`]: follows a registry alias, swapping versions in without failing a request.
 //! - [`shadow`]: mirrored requests, run off the client's path and compared with what it got.
+//! - [`traffic`]: the single writer of routing tables, with numbered, persisted revisions.
 //! - [`serve`]: runs the app on a listener until shutdown, then drains under a grace period.
 
+pub mod admin;
 pub mod error;
 pub mod follow;
 pub mod health;
@@ -20,7 +23,8 @@ mod request_id;
 pub mod routes;
 mod serve;
 pub mod shadow;
+pub mod traffic;
 mod state;
 
-pub use serve::{Drain, DrainOutcome, serve};
+pub use serve::{Drain, DrainOutcome, serve, serve_admin};
 pub use state::{AppState, Limits};

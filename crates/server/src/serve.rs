@@ -29,6 +29,15 @@ pub enum DrainOutcome {
     GraceExpired,
 }
 
+/// Serves the admin API until `shutdown` resolves; no drain delay (control requests are short).
+pub async fn serve_admin(
+    listener: TcpListener,
+    admin: crate::admin::AdminState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, crate::admin::app(admin)).with_graceful_shutdown(shutdown).await
+}
+
 /// Serves `state` on `listener` until `shutdown` resolves, then: readiness turns 503 at once,
 /// after `drain.delay` the listener closes, and in-flight requests get `drain.grace` to finish.
 pub async fn serve(

@@ -53,6 +53,11 @@ impl Shadows {
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).get(&(model.to_owned(), version.to_owned())).cloned().unwrap_or_default()
     }
 
+    /// Starts the comparisons of `model` afresh (its shadow configuration changed).
+    pub fn reset(&self, model: &str) {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).retain(|(m, _), _| m != model);
+    }
+
     fn update(&self, model: &str, version: &str, f: impl FnOnce(&mut Agreement)) {
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         f(stats.entry((model.to_owned(), version.to_owned())).or_default());

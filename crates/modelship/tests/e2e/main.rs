@@ -12,3 +12,4 @@ mod registry_mlflow;
 #[cfg(feature = "s3")]
 mod registry_s3;
 mod startup;
+mod traffic;

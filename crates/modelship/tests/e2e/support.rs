@@ -31,6 +31,8 @@ pub fn command() -> Command {
 }
 
 pub struct Server {
+    /// A private state directory (traffic history, admin token) unless the test gave one.
+    _state: Option<tempfile::TempDir>,
     child: Child,
     pub addr: String,
     pub ready: Value,
@@ -74,6 +76,10 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let state = (!env.iter().any(|(k, _)| *k == "MODELSHIP_STATE_DIR")).then(|| tempfile::tempdir().unwrap());
+        if let Some(dir) = &state {
+            cmd.env("MODELSHIP_STATE_DIR", dir.path());
+        }
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn modelship");
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().unwrap();
@@ -105,7 +111,7 @@ impl Server {
         let ready: Value = serde_json::from_str(&line).expect("ready line is JSON");
         assert_eq!(ready["event"], "ready", "{line}");
         let addr = ready["http"].as_str().unwrap().to_owned();
-        Server { child, addr, ready, stderr, agent: agent() }
+        Server { _state: state, child, addr, ready, stderr, agent: agent() }
     }
 
     pub fn url(&self, path: &str) -> String {

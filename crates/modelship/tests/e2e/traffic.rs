@@ -1,0 +1,262 @@
+//! Several versions at once through the real binary: canary weights, sticky users, pinned and
+//! canary headers, shadow, blue-green switches and rollbacks under load, the admin API's
+//! protection, and the history across a restart.
+
+use std::collections::HashMap;
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{Server, agent, command, fraud_body, model, reply};
+
+struct Fleet {
+    registry: tempfile::TempDir,
+    state: tempfile::TempDir,
+}
+
+/// A registry with fraud:1 (gradient boosting) and fraud:2 (xgboost), aliased production -> 1.
+fn fleet() -> Fleet {
+    let fleet = Fleet { registry: tempfile::tempdir().unwrap(), state: tempfile::tempdir().unwrap() };
+    for (file, version) in [("fraud", "1"), ("xgboost", "2")] {
+        let out = command()
+            .args(["models", "push", "fraud", &model(file), "--version", version, "--registry"])
+            .arg(fleet.registry.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    fleet
+}
+
+impl Fleet {
+    fn serve(&self, extra: &[&str]) -> Server {
+        let mut args = vec!["fraud:1", "--registry", self.registry.path().to_str().unwrap(), "--keep-warm", "60"];
+        args.extend_from_slice(extra);
+        Server::start_with(&args, &[("MODELSHIP_STATE_DIR", self.state.path().to_str().unwrap())])
+    }
+
+    fn traffic(&self, server: &Server, args: &[&str]) -> Output {
+        command()
+            .arg("traffic")
+            .args(args)
+            .args(["--admin", &format!("http://{}", server.ready["admin"].as_str().unwrap())])
+            .env("MODELSHIP_STATE_DIR", self.state.path())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, server: &Server, args: &[&str]) -> String {
+        let out = self.traffic(server, args);
+        assert!(out.status.success(), "traffic {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn status(&self, server: &Server) -> Value {
+        serde_json::from_str(&self.ok(server, &["status", "fraud", "--output", "json"])).unwrap()
+    }
+}
+
+fn version_of(server: &Server, headers: &[(&str, &str)]) -> String {
+    let r = server.post_with("/v2/models/fraud/infer", &fraud_body(1), headers);
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.header("x-model-version").unwrap().to_owned()
+}
+
+#[test]
+fn the_admin_api_needs_its_token_and_the_inference_port_has_none() {
+    let fleet = fleet();
+    let server = fleet.serve(&[]);
+    let admin = format!("http://{}/admin/v1/models/fraud/traffic", server.ready["admin"].as_str().unwrap());
+    let change = r#"{"change": {"op": "canary", "version": "2", "weight": 5000}}"#;
+    let a = agent();
+    for auth in [None, Some("Bearer wrong-token-000000000000"), Some("Basic abc")] {
+        let mut req = a.post(&admin).header("content-type", "application/json");
+        if let Some(v) = auth {
+            req = req.header("authorization", v);
+        }
+        let r = reply(req.send(change).unwrap());
+        assert_eq!(r.status, 401, "{auth:?}");
+        assert!(r.json()["error"].as_str().unwrap().contains("admin token"));
+    }
+    // The same request on the inference port: no such route.
+    let r = server.post("/admin/v1/models/fraud/traffic", change);
+    assert_eq!(r.status, 404);
+    assert_eq!(fleet.status(&server)["revision"], 0, "nothing changed");
+    // The token file the server wrote is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(fleet.state.path().join("admin-token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(!server.stderr().contains(std::fs::read_to_string(fleet.state.path().join("admin-token")).unwrap().trim()), "token logged");
+}
+
+#[test]
+fn canary_weights_headers_and_sticky_users() {
+    let fleet = fleet();
+    let server = fleet.serve(&[]);
+    assert!(fleet.ok(&server, &["set", "fraud", "--candidate", "2", "--weight", "30%"]).contains("2 30% (candidate)"));
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..1_000 {
+        *counts.entry(version_of(&server, &[])).or_default() += 1;
+    }
+    let share = counts.get("2").copied().unwrap_or(0) as f64 / 1_000.0;
+    assert!((share - 0.30).abs() < 0.06, "{counts:?}");
+    // Headers: the canary header goes to the candidate, the pin header to any loaded version.
+    assert!((0..20).all(|_| version_of(&server, &[("x-canary", "true")]) == "2"));
+    assert!((0..20).all(|_| version_of(&server, &[("x-model-version", "1")]) == "1"));
+    let r = server.post_with("/v2/models/fraud/infer", &fraud_body(1), &[("x-model-version", "9")]);
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].as_str().unwrap().contains("available: 1, 2"));
+    // Sticky: the same user always gets the same version, and users spread by the weight.
+    fleet.ok(&server, &["set", "fraud", "--sticky-header", "x-user-id", "--weight", "50%"]);
+    let mut per_user = HashMap::new();
+    for user in 0..200 {
+        let id = format!("user-{user}");
+        let first = version_of(&server, &[("x-user-id", &id)]);
+        for _ in 0..3 {
+            assert_eq!(version_of(&server, &[("x-user-id", &id)]), first, "{id}");
+        }
+        per_user.insert(id, first);
+    }
+    let on_candidate = per_user.values().filter(|v| *v == "2").count();
+    assert!((60..=140).contains(&on_candidate), "{on_candidate} of 200 users on the candidate at 50%");
+    // Raising the weight only moves users to the candidate.
+    fleet.ok(&server, &["set", "fraud", "--weight", "80%"]);
+    for (id, before) in &per_user {
+        if before == "2" {
+            assert_eq!(version_of(&server, &[("x-user-id", id)]), "2", "{id} moved back");
+        }
+    }
+    let metrics = server.get("/metrics").text;
+    assert!(metrics.contains(r#"modelship_traffic_weight_bp{model="fraud",role="candidate",version="2"} 8000"#), "{metrics}");
+    assert!(metrics.contains(r#"role="candidate""#) && metrics.contains(r#"role="pinned""#));
+}
+
+#[test]
+fn switches_and_rollbacks_under_load_fail_no_request() {
+    let fleet = fleet();
+    let server = fleet.serve(&["--workers", "1"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seen = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop, sent, failed, seen) = (server.url("/v2/models/fraud/infer"), stop.clone(), sent.clone(), failed.clone(), seen.clone());
+            thread::spawn(move || {
+                let agent = agent();
+                let body = fraud_body(1);
+                while !stop.load(Ordering::Relaxed) {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match agent.post(&url).header("content-type", "application/json").send(&body).map(reply) {
+                        Ok(r) if r.status == 200 => *seen.lock().unwrap().entry(r.header("x-model-version").unwrap().to_owned()).or_default() += 1,
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    for round in 0..4 {
+        fleet.ok(&server, &["set", "fraud", "--candidate", "2", "--weight", "10%", "--reason", "canary"]);
+        fleet.ok(&server, &["set", "fraud", "--weight", "60%"]);
+        fleet.ok(&server, &["promote", "fraud"]);
+        // Rollback takes effect for the very next request.
+        fleet.ok(&server, &["rollback", "fraud"]);
+        fleet.ok(&server, &["abort", "fraud"]);
+        assert_eq!(version_of(&server, &[]), "1", "round {round}");
+        // Blue-green: preview by pin header, switch, and switch back.
+        fleet.ok(&server, &["set", "fraud", "--candidate", "2", "--weight", "0%"]);
+        assert_eq!(version_of(&server, &[("x-model-version", "2")]), "2");
+        assert_eq!(version_of(&server, &[]), "1");
+        fleet.ok(&server, &["switch", "fraud", "2"]);
+        assert_eq!(version_of(&server, &[]), "2");
+        fleet.ok(&server, &["switch", "fraud", "1"]);
+        assert_eq!(version_of(&server, &[]), "1");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("traffic changes under load: {sent} requests over {:?}, {failed} failed, by version {:?}", started.elapsed(), seen.lock().unwrap());
+    assert_eq!(failed, 0, "of {sent}");
+    assert!(seen.lock().unwrap().len() == 2, "both versions answered");
+    let history: Value = serde_json::from_str(&fleet.ok(&server, &["history", "fraud", "--output", "json"])).unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 1 + 4 * 8);
+}
+
+#[test]
+fn shadow_compares_answers_and_never_returns_them() {
+    let fleet = fleet();
+    let server = fleet.serve(&[]);
+    fleet.ok(&server, &["shadow", "fraud", "--version", "2", "--percent", "100"]);
+    for i in 0..200 {
+        let body = crate::support::fraud_body(1 + i % 3);
+        let r = server.post("/v2/models/fraud/infer", &body);
+        assert_eq!((r.status, r.header("x-model-version")), (200, Some("1")));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = fleet.status(&server);
+        if status["shadow"]["compared"].as_u64().unwrap_or(0) + status["shadow"]["dropped"].as_u64().unwrap_or(0) >= 200 {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        thread::sleep(Duration::from_millis(50));
+    };
+    let shadow = &status["shadow"];
+    assert!(shadow["compared"].as_u64().unwrap() > 0);
+    // Two different models: scores differ, so the mean difference is above zero.
+    assert!(shadow["mean_abs_diff"].as_f64().unwrap() > 0.0, "{shadow}");
+    let agreement = shadow["agreement"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&agreement));
+    let text = fleet.ok(&server, &["status", "fraud"]);
+    assert!(text.contains("shadow 2:") && text.contains("agreement"), "{text}");
+    let metrics = server.get("/metrics").text;
+    assert!(metrics.contains("modelship_shadow_comparisons_total{"), "{metrics}");
+    // Shadow against itself agrees fully.
+    fleet.ok(&server, &["shadow", "fraud", "--off"]);
+    fleet.ok(&server, &["set", "fraud", "--candidate", "2", "--weight", "0%"]);
+    fleet.ok(&server, &["switch", "fraud", "2"]);
+    fleet.ok(&server, &["shadow", "fraud", "--version", "2", "--percent", "100"]);
+    for _ in 0..50 {
+        assert_eq!(server.post("/v2/models/fraud/infer", &fraud_body(1)).status, 200);
+    }
+    thread::sleep(Duration::from_millis(300));
+    let same = &fleet.status(&server)["shadow"];
+    assert_eq!(same["agreed"], same["compared"], "{same}");
+}
+
+#[test]
+fn the_routing_and_its_history_survive_a_restart() {
+    let fleet = fleet();
+    let mut server = fleet.serve(&[]);
+    fleet.ok(&server, &["set", "fraud", "--candidate", "2", "--weight", "25%", "--reason", "before restart"]);
+    server.signal("TERM");
+    assert_eq!(server.wait(Duration::from_secs(30)).code(), Some(0));
+    let server = fleet.serve(&[]);
+    let status = fleet.status(&server);
+    assert_eq!(status["revision"], 1);
+    assert_eq!(status["traffic"]["candidate"]["version"], "2");
+    assert_eq!(status["traffic"]["candidate"]["weight"], 2500);
+    assert_eq!(status["loaded_versions"], serde_json::json!(["1", "2"]));
+    let history = fleet.ok(&server, &["history", "fraud"]);
+    assert!(history.contains("before restart") && history.contains("initial routing"), "{history}");
+    // A file-served model cannot route to other versions, and says why.
+    let other = fleet.state.path().join("other");
+    let plain = Server::start_with(&[&model("fraud")], &[("MODELSHIP_STATE_DIR", other.to_str().unwrap())]);
+    let out = command()
+        .args(["traffic", "set", "fraud", "--candidate", "2", "--weight", "5%", "--admin"])
+        .arg(format!("http://{}", plain.ready["admin"].as_str().unwrap()))
+        .env("MODELSHIP_STATE_DIR", &other)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("serves a file") && err.contains("HTTP 409"), "{err}");
+}

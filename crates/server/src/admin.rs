@@ -1,0 +1,161 @@
+//! The admin (control) API: traffic status, changes, rollback and history. It is served on its
+//! own listener (127.0.0.1 by default) and every request needs the admin bearer token, so the
+//! inference port can never change traffic.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{HeaderMap, StatusCode};
+use modelship_router::{Change, Role};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::{ApiError, json};
+use crate::state::AppState;
+use crate::traffic::Traffic;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub app: AppState,
+    pub traffic: Arc<Traffic>,
+    token: Arc<str>,
+}
+
+impl AdminState {
+    pub fn new(app: AppState, traffic: Arc<Traffic>, token: &str) -> Self {
+        AdminState { app, traffic, token: Arc::from(token) }
+    }
+}
+
+/// The admin API, with bearer-token authentication on every route.
+pub fn app(state: AdminState) -> Router {
+    Router::new()
+        .route("/admin/v1/models/{name}/traffic", get(status).post(change))
+        .route("/admin/v1/models/{name}/traffic/rollback", post(rollback))
+        .route("/admin/v1/models/{name}/traffic/history", get(history))
+        .fallback(|request: Request| async move {
+            ApiError::NoRoute { method: request.method().to_string(), path: request.uri().path().to_owned() }
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}
+
+async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), state.token.as_bytes()) {
+        next.run(request).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+/// Compares without an early exit, so response time does not reveal how much of a guess matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() || b.is_empty() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn check_model(state: &AdminState, name: &str) -> Result<(), ApiError> {
+    if name == state.traffic.spec.name {
+        Ok(())
+    } else {
+        Err(ApiError::UnknownModel { name: name.to_owned(), available: vec![state.traffic.spec.name.clone()] })
+    }
+}
+
+async fn status(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    check_model(&state, &name)?;
+    let served = state.app.models.served(&name)?;
+    let weights: Vec<_> = served
+        .table
+        .weights()
+        .into_iter()
+        .map(|(version, role, bp)| json!({"version": version, "role": role, "weight_bp": bp.get(), "weight": bp.to_string()}))
+        .collect();
+    let shadow = served.table.shadow.as_ref().map(|s| {
+        let a = state.app.shadows.agreement(&name, &s.version);
+        json!({
+            "version": s.version, "percent_bp": s.percent.get(), "percent": s.percent.to_string(),
+            "compared": a.compared, "agreed": a.agreed, "dropped": a.dropped, "failed": a.failed,
+            "agreement": a.rate(), "mean_abs_diff": a.mean_abs_diff(),
+        })
+    });
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "model": name,
+            "revision": served.revision,
+            "traffic": served.table,
+            "weights": weights,
+            "shadow": shadow,
+            "loaded_versions": served.versions.keys().collect::<Vec<_>>(),
+            "roles": [Role::Stable, Role::Candidate, Role::Shadow],
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeRequest {
+    change: Change,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    actor: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    #[serde(default)]
+    to_revision: Option<u64>,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    actor: Option<String>,
+}
+
+fn actor(given: Option<String>, headers: &HeaderMap) -> String {
+    given
+        .or_else(|| headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned))
+        .map(|a| a.chars().filter(|c| !c.is_control()).take(128).collect())
+        .unwrap_or_else(|| "admin-api".to_owned())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::Decode(modelship_protocol::DecodeError::from_json(&e, body)))
+}
+
+async fn change(State(state): State<AdminState>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    check_model(&state, &name)?;
+    let request: ChangeRequest = parse(&body)?;
+    let actor = actor(request.actor, &headers);
+    let revision = state.traffic.change(&state.app, request.change, &actor, &request.reason).await?;
+    Ok(json(StatusCode::OK, &revision))
+}
+
+async fn rollback(State(state): State<AdminState>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    check_model(&state, &name)?;
+    let request: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) { RollbackRequest::default() } else { parse(&body)? };
+    let actor = actor(request.actor, &headers);
+    let revision = state.traffic.rollback(&state.app, request.to_revision, &actor, &request.reason).await?;
+    Ok(json(StatusCode::OK, &revision))
+}
+
+async fn history(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    check_model(&state, &name)?;
+    Ok(json(StatusCode::OK, &state.traffic.history()?))
+}

@@ -1,0 +1,309 @@
+//! Changing traffic: the single writer of routing tables. Each change loads what the new table
+//! needs (from the registry), swaps the table in atomically, and is recorded as a numbered
+//! revision with its time, actor and reason, in SQLite so the history survives restarts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use modelship_inference::Backend;
+use modelship_registry::{ModelRef, NoProgress, Registry};
+use modelship_router::{Change, TrafficTable};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::model::{LoadedModel, ModelSlot, ModelSpec, Served};
+use crate::state::AppState;
+
+/// One recorded routing change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revision {
+    pub model: String,
+    pub revision: u64,
+    pub at_ms: i64,
+    pub actor: String,
+    pub reason: String,
+    /// What was asked (`null` for a rollback, which restores `traffic` of an earlier revision).
+    pub change: Option<Change>,
+    pub traffic: TrafficTable,
+}
+
+/// Revisions on disk.
+pub struct RevisionStore {
+    conn: Mutex<Connection>,
+}
+
+fn db_error(e: rusqlite::Error) -> ApiError {
+    ApiError::Internal(format!("traffic history database: {e}"))
+}
+
+impl RevisionStore {
+    pub fn open(path: &Path) -> Result<Self, String> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(|e| e.to_string())?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE IF NOT EXISTS revisions (
+                 model TEXT NOT NULL, revision INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+                 actor TEXT NOT NULL, reason TEXT NOT NULL, change TEXT, traffic TEXT NOT NULL,
+                 PRIMARY KEY (model, revision));",
+        )
+        .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
+        Ok(RevisionStore { conn: Mutex::new(conn) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, ApiError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn).map_err(db_error)
+    }
+
+    pub fn record(&self, r: &Revision) -> Result<(), ApiError> {
+        let change = r.change.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default());
+        let traffic = serde_json::to_string(&r.traffic).unwrap_or_default();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO revisions (model, revision, at_ms, actor, reason, change, traffic) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![r.model, r.revision as i64, r.at_ms, r.actor, r.reason, change, traffic],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub fn history(&self, model: &str) -> Result<Vec<Revision>, ApiError> {
+        let rows: Vec<(i64, i64, String, String, Option<String>, String)> = self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT revision, at_ms, actor, reason, change, traffic FROM revisions WHERE model = ?1 ORDER BY revision",
+            )?;
+            let rows = stmt.query_map([model], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?;
+            rows.collect()
+        })?;
+        rows.into_iter()
+            .map(|(revision, at_ms, actor, reason, change, traffic)| {
+                Ok(Revision {
+                    model: model.to_owned(),
+                    revision: revision as u64,
+                    at_ms,
+                    actor,
+                    reason,
+                    change: change.and_then(|c| serde_json::from_str(&c).ok()),
+                    traffic: serde_json::from_str(&traffic).map_err(|e| ApiError::Internal(format!("unreadable revision: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
+    pub fn latest(&self, model: &str) -> Result<Option<Revision>, ApiError> {
+        let last: Option<i64> =
+            self.with(|c| c.query_row("SELECT MAX(revision) FROM revisions WHERE model = ?1", [model], |r| r.get(0)).optional())?.flatten();
+        match last {
+            None => Ok(None),
+            Some(n) => Ok(self.history(model)?.into_iter().find(|r| r.revision == n as u64)),
+        }
+    }
+}
+
+/// Everything a traffic change needs besides the app state.
+pub struct Traffic {
+    pub registry: Option<Arc<Registry>>,
+    /// The model's name in the registry (the served name may differ).
+    pub registry_model: String,
+    pub backend: Arc<dyn Backend>,
+    /// How versions are loaded; `version` is replaced per version.
+    pub spec: ModelSpec,
+    pub store: RevisionStore,
+    /// How long the version replaced by a switch or promotion stays loaded for rollback.
+    pub keep_warm: Duration,
+    /// One change at a time, per server.
+    lock: tokio::sync::Mutex<()>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Traffic {
+    pub fn new(
+        registry: Option<Arc<Registry>>,
+        registry_model: String,
+        backend: Arc<dyn Backend>,
+        spec: ModelSpec,
+        store: RevisionStore,
+        keep_warm: Duration,
+    ) -> Self {
+        Traffic { registry, registry_model, backend, spec, store, keep_warm, lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Applies `change` to the model's table; returns the new revision.
+    pub async fn change(&self, state: &AppState, change: Change, actor: &str, reason: &str) -> Result<Revision, ApiError> {
+        let _one_at_a_time = self.lock.lock().await;
+        let served = state.models.served(&self.spec.name)?;
+        let table = served.table.apply(&change).map_err(|e| ApiError::Conflict(e.to_string()))?;
+        self.install(state, &served, table, Some(change), actor, reason).await
+    }
+
+    /// Restores the table of revision `to` (default: the one before the current), as a new revision.
+    pub async fn rollback(&self, state: &AppState, to: Option<u64>, actor: &str, reason: &str) -> Result<Revision, ApiError> {
+        let _one_at_a_time = self.lock.lock().await;
+        let served = state.models.served(&self.spec.name)?;
+        let history = self.store.history(&self.spec.name)?;
+        let Some(target) = to.or_else(|| served.revision.checked_sub(1)) else {
+            return Err(ApiError::Conflict("there is no earlier revision to roll back to".to_owned()));
+        };
+        let table = history
+            .iter()
+            .find(|r| r.revision == target)
+            .map(|r| r.traffic.clone())
+            .ok_or_else(|| ApiError::Conflict(format!("there is no revision {target} of model '{}'", self.spec.name)))?;
+        let reason = if reason.is_empty() { format!("rollback to revision {target}") } else { format!("rollback to revision {target}: {reason}") };
+        self.install(state, &served, table, None, actor, &reason).await
+    }
+
+    pub fn history(&self) -> Result<Vec<Revision>, ApiError> {
+        self.store.history(&self.spec.name)
+    }
+
+    /// At startup: restores the routing of the last recorded revision (loading its versions), or
+    /// records the current routing as revision 0 when the model has no history yet.
+    pub async fn resume(&self, state: &AppState) -> Result<(), ApiError> {
+        let _one_at_a_time = self.lock.lock().await;
+        let served = state.models.served(&self.spec.name)?;
+        match self.store.latest(&self.spec.name)? {
+            None => self.store.record(&Revision {
+                model: self.spec.name.clone(),
+                revision: 0,
+                at_ms: now_ms(),
+                actor: "server".to_owned(),
+                reason: "initial routing".to_owned(),
+                change: None,
+                traffic: served.table.clone(),
+            }),
+            Some(last) => {
+                let mut versions = BTreeMap::new();
+                let mut table = last.traffic.clone();
+                for v in table.versions() {
+                    let model = match served.versions.get(v) {
+                        Some(m) => Arc::clone(m),
+                        None => self.load(state, v).await?,
+                    };
+                    versions.insert(v.to_owned(), model);
+                }
+                table.previous = None;
+                let next = Served { table, revision: last.revision, versions };
+                state.metrics.publish_traffic(&self.spec.name, &next);
+                state.models.set(&self.spec.name, ModelSlot::Ready(Arc::new(next)));
+                tracing::info!(model = %self.spec.name, revision = last.revision, "resumed the recorded routing");
+                Ok(())
+            }
+        }
+    }
+
+    /// Loads what `table` routes to, swaps it in, records it.
+    async fn install(
+        &self,
+        state: &AppState,
+        served: &Served,
+        mut table: TrafficTable,
+        change: Option<Change>,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Revision, ApiError> {
+        let mut versions = BTreeMap::new();
+        for v in table.versions() {
+            let model = match served.versions.get(v) {
+                Some(m) => Arc::clone(m),
+                None => self.load(state, v).await?,
+            };
+            versions.insert(v.to_owned(), model);
+        }
+        // The version just replaced stays loaded, for an instant rollback.
+        if let Some(prev) = &table.previous {
+            match served.versions.get(prev) {
+                Some(m) => {
+                    versions.entry(prev.clone()).or_insert_with(|| Arc::clone(m));
+                }
+                None => table.previous = None,
+            }
+        }
+        let revision = Revision {
+            model: self.spec.name.clone(),
+            revision: served.revision + 1,
+            at_ms: now_ms(),
+            actor: actor.to_owned(),
+            reason: reason.to_owned(),
+            change,
+            traffic: table.clone(),
+        };
+        self.store.record(&revision)?;
+        let next = Served { table, revision: revision.revision, versions };
+        if next.table.shadow != served.table.shadow || next.table.stable != served.table.stable {
+            // Agreement is between one shadow and one stable version: a new pair starts from zero.
+            state.shadows.reset(&self.spec.name);
+        }
+        state.metrics.publish_traffic(&self.spec.name, &next);
+        for gone in served.versions.values().filter(|m| !next.versions.contains_key(&m.version)) {
+            state.metrics.forget_version(gone);
+        }
+        state.models.set(&self.spec.name, ModelSlot::Ready(Arc::new(next)));
+        tracing::info!(
+            model = %self.spec.name, revision = revision.revision, actor, reason,
+            traffic = %serde_json::to_string(&revision.traffic).unwrap_or_default(), "traffic changed"
+        );
+        self.schedule_cool_down(state);
+        Ok(revision)
+    }
+
+    /// After `keep_warm`, unloads the warm previous version if nothing routes to it any more.
+    fn schedule_cool_down(&self, state: &AppState) {
+        let (state, name, wait) = (state.clone(), self.spec.name.clone(), self.keep_warm);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let Ok(served) = state.models.served(&name) else { return };
+            let routed = served.table.versions();
+            if served.versions.keys().all(|v| routed.contains(v.as_str())) {
+                return;
+            }
+            let versions = served.versions.iter().filter(|(v, _)| routed.contains(v.as_str())).map(|(v, m)| (v.clone(), Arc::clone(m))).collect();
+            let mut table = served.table.clone();
+            table.previous = None;
+            for gone in served.versions.values().filter(|m| !routed.contains(m.version.as_str())) {
+                state.metrics.forget_version(gone);
+                tracing::info!(model = %name, version = %gone.version, "unloaded a version nothing routes to any more");
+            }
+            // Same revision: the routing did not change, only what is kept warm.
+            state.models.set(&name, ModelSlot::Ready(Arc::new(Served { table, revision: served.revision, versions })));
+        });
+    }
+
+    async fn load(&self, state: &AppState, version: &str) -> Result<Arc<LoadedModel>, ApiError> {
+        let registry = self.registry.as_ref().ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "version {version} is not loaded, and this server serves a file; serve the model from a registry (NAME@ALIAS or NAME:VERSION) to route between versions"
+            ))
+        })?;
+        let reference = ModelRef::Version(self.registry_model.clone(), version.to_owned());
+        let record = {
+            let registry = Arc::clone(registry);
+            tokio::task::spawn_blocking(move || registry.resolve(&reference))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .map_err(|e| ApiError::Conflict(e.to_string()))?
+        };
+        let bytes = registry.artifact(&record, &NoProgress).await.map_err(|e| ApiError::Conflict(e.to_string()))?;
+        let mut spec = self.spec.clone();
+        spec.version = version.to_owned();
+        let (backend, metrics) = (Arc::clone(&self.backend), Arc::clone(&state.metrics));
+        let model = tokio::task::spawn_blocking(move || LoadedModel::load(backend, bytes.to_vec().into(), &spec, &metrics))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Conflict(format!("version {version} cannot be loaded: {e}")))?;
+        if let Err(e) = model.warm_up().await {
+            tracing::warn!(model = %self.spec.name, version, error = %e, "warm-up request failed");
+        }
+        Ok(Arc::new(model))
+    }
+}
