@@ -161,7 +161,7 @@ fn switches_and_rollbacks_under_load_fail_no_request() {
         })
         .collect();
     let started = Instant::now();
-    for round in 0..4 {
+    for round in 0..10 {
         fleet.ok(&server, &["set", "fraud", "--candidate", "2", "--weight", "10%", "--reason", "canary"]);
         fleet.ok(&server, &["set", "fraud", "--weight", "60%"]);
         fleet.ok(&server, &["promote", "fraud"]);
@@ -187,7 +187,7 @@ fn switches_and_rollbacks_under_load_fail_no_request() {
     assert_eq!(failed, 0, "of {sent}");
     assert!(seen.lock().unwrap().len() == 2, "both versions answered");
     let history: Value = serde_json::from_str(&fleet.ok(&server, &["history", "fraud", "--output", "json"])).unwrap();
-    assert_eq!(history.as_array().unwrap().len(), 1 + 4 * 8);
+    assert_eq!(history.as_array().unwrap().len(), 1 + 10 * 8);
 }
 
 #[test]
