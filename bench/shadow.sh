@@ -25,16 +25,26 @@ load() {  # load C -> "p50_us p99_us requests"
   BODY_FILE="$work/body.json" taskset -c 0 wrk -t1 -c"$1" -d2s -s bench/post.lua "http://$http/v2/models/fraud/infer" >/dev/null
   BODY_FILE="$work/body.json" taskset -c 0 wrk -t1 -c"$1" -d"${duration}s" -s bench/post.lua "http://$http/v2/models/fraud/infer" | awk '/LATENCY_US/ {print $2, $3, $4}'
 }
-echo "| concurrency | shadow | req/s | p50 µs | p99 µs |"
-echo "|---:|---|---:|---:|---:|"
-declare -A base
-for c in ${CONCURRENCY:-1 8}; do
-  read -r p50 p99 n <<<"$(load "$c")"; base[$c]="$p99"
-  echo "| $c | none | $((n / duration)) | $p50 | $p99 |"
-done
-$bin traffic shadow fraud --version 2 --percent 100 --admin "http://$admin" >/dev/null
-for c in ${CONCURRENCY:-1 8}; do
-  read -r p50 p99 n <<<"$(load "$c")"
-  echo "| $c | 100% to fraud:2 | $((n / duration)) | $p50 | $p99 (+$(( (p99 - base[$c]) * 100 / base[$c] ))%) |"
+shadow() { $bin traffic shadow fraud "$@" --admin "http://$admin" >/dev/null; }
+# Alternate without and with the shadow, ROUNDS times per concurrency, and keep the median p99 of
+# each: the machine is shared, so one pass of each would mostly measure drift.
+rounds="${ROUNDS:-3}"
+echo "| concurrency | shadow | req/s (median) | p50 µs (median) | p99 µs (median) | p99 added |"
+echo "|---:|---|---:|---:|---:|---:|"
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+for c in ${CONCURRENCY:-1 8 32}; do
+  : > "$work/none"; : > "$work/with"
+  for _ in $(seq "$rounds"); do
+    shadow --off; load "$c" >> "$work/none"
+    shadow --version 2 --percent 100; load "$c" >> "$work/with"
+  done
+  for kind in none with; do
+    p50=$(awk '{print $1}' "$work/$kind" | median); p99=$(awk '{print $2}' "$work/$kind" | median)
+    rps=$(awk -v d="$duration" '{print int($3 / d)}' "$work/$kind" | median)
+    eval "${kind}_p99=$p99"
+    label=$([ "$kind" = none ] && echo "none" || echo "100% to fraud:2")
+    added=$([ "$kind" = none ] && echo "" || echo "$(( (p99 - none_p99) * 100 / none_p99 ))%")
+    echo "| $c | $label | $rps | $p50 | $p99 | $added |"
+  done
 done
 $bin traffic status fraud --admin "http://$admin" | tail -1

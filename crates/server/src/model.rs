@@ -77,6 +77,16 @@ impl LoadedModel {
         self.pool.workers()
     }
 
+    /// Whether the queue is full (a request now would be refused).
+    pub fn is_saturated(&self) -> bool {
+        self.pool.is_full()
+    }
+
+    /// See [`WorkerPool::set_background`].
+    pub fn set_background(&self, background: bool) {
+        self.pool.set_background(background);
+    }
+
     /// Runs one request of zeros (dynamic dimensions as 1) through a worker, so the first real
     /// request does not pay for lazy initialisation in the runtime.
     pub async fn warm_up(&self) -> Result<(), ApiError> {

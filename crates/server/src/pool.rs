@@ -8,6 +8,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,8 @@ pub struct QueueFull {
 pub struct WorkerPool {
     queue: Sender<Job>,
     workers: usize,
+    /// Whether the workers run at background CPU priority (a shadow-only version).
+    background: Arc<AtomicBool>,
 }
 
 impl WorkerPool {
@@ -62,7 +65,9 @@ impl WorkerPool {
         let workers = config.workers.max(1);
         let (queue, jobs) = crossbeam_channel::bounded::<Job>(config.max_queue.max(1));
         let (loaded_tx, loaded_rx) = std::sync::mpsc::channel::<Result<ModelInfo, InferError>>();
+        let background = Arc::new(AtomicBool::new(false));
         for i in 0..workers {
+            let background = Arc::clone(&background);
             let backend = Arc::clone(&backend);
             let model = Arc::clone(&model);
             let load = config.load.clone();
@@ -81,7 +86,7 @@ impl WorkerPool {
                     drop(model);
                     let _ = loaded_tx.send(Ok(session.info().clone()));
                     drop(loaded_tx);
-                    work(session, jobs);
+                    work(session, jobs, &background);
                 })
                 .map_err(|e| InferError::Load(format!("cannot start a worker thread: {e}")))?;
         }
@@ -96,7 +101,7 @@ impl WorkerPool {
             }
         }
         let info = info.ok_or_else(|| InferError::Load("no worker loaded the model".to_owned()))?;
-        Ok((WorkerPool { queue, workers }, info))
+        Ok((WorkerPool { queue, workers, background }, info))
     }
 
     /// Queues a request; the receiver yields its output. Never blocks.
@@ -111,6 +116,11 @@ impl WorkerPool {
         }
     }
 
+    /// Whether a submission now would be refused.
+    pub fn is_full(&self) -> bool {
+        self.queue.is_full()
+    }
+
     /// Requests waiting for a worker right now.
     pub fn queued(&self) -> usize {
         self.queue.len()
@@ -119,10 +129,27 @@ impl WorkerPool {
     pub fn workers(&self) -> usize {
         self.workers
     }
+
+    /// Runs the workers at background CPU priority (or back at normal): a version that only
+    /// answers mirrored requests must not take CPU from the versions clients wait for. Each worker
+    /// applies the change before its next job.
+    pub fn set_background(&self, background: bool) {
+        self.background.store(background, Ordering::Relaxed);
+    }
 }
 
-fn work(mut session: Box<dyn Session>, jobs: Receiver<Job>) {
+/// The nice value of background workers: the lowest priority, so that under contention the
+/// scheduler gives them what the served versions leave.
+const BACKGROUND_NICE: i32 = 19;
+
+fn work(mut session: Box<dyn Session>, jobs: Receiver<Job>, background: &AtomicBool) {
+    let mut niced = false;
     for job in jobs.iter() {
+        let wanted = background.load(Ordering::Relaxed);
+        if wanted != niced {
+            set_thread_nice(if wanted { BACKGROUND_NICE } else { 0 });
+            niced = wanted;
+        }
         let queued = job.enqueued.elapsed();
         if job.reply.is_closed() {
             // The client went away while the request waited: skip the work.
@@ -132,5 +159,20 @@ fn work(mut session: Box<dyn Session>, jobs: Receiver<Job>) {
         let result = catch_unwind(AssertUnwindSafe(|| session.run(&job.request)))
             .unwrap_or_else(|_| Err(InferError::Runtime("the runtime panicked; the request was not completed".to_owned())));
         let _ = job.reply.send(JobOutput { result, queued, inference: started.elapsed() });
+    }
+}
+
+/// Sets the calling thread's nice value (Linux schedules threads individually). Raising it back
+/// to 0 needs CAP_SYS_NICE; without it the thread stays background, which only costs it speed.
+#[allow(unsafe_code)]
+fn set_thread_nice(nice: i32) {
+    // SAFETY: gettid and setpriority only read their integer arguments and set the scheduling
+    // priority of this thread; no memory is shared with the kernel.
+    let result = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if result != 0 {
+        tracing::debug!(nice, error = %std::io::Error::last_os_error(), "cannot change a worker's priority");
     }
 }

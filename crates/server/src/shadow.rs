@@ -19,8 +19,7 @@ use crate::model::LoadedModel;
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Agreement {
     pub compared: u64,
-    /// Requests where every label-like output (integers, strings, booleans) was identical and
-    /// float outputs were within 1e-6.
+    /// Requests with the same labels (classifiers), or float outputs within 1e-6 (regressors).
     pub agreed: u64,
     pub dropped: u64,
     pub failed: u64,
@@ -63,6 +62,17 @@ impl Shadows {
         f(stats.entry((model.to_owned(), version.to_owned())).or_default());
     }
 
+    /// Whether a copy for `shadow` would be run now. When not, the drop is counted here, so the
+    /// caller skips even copying the request.
+    pub fn admit(&self, metrics: &Metrics, shadow: &LoadedModel) -> bool {
+        if self.permits.available_permits() > 0 && !shadow.is_saturated() {
+            return true;
+        }
+        metrics.shadow_dropped.with_label_values(&[&shadow.name, &shadow.version]).inc();
+        self.update(&shadow.name, &shadow.version, |a| a.dropped += 1);
+        false
+    }
+
     /// Runs `request` on `shadow` in the background and compares its outputs with `served`.
     pub fn mirror(self: &Arc<Self>, metrics: &Arc<Metrics>, shadow: Arc<LoadedModel>, request: InferRequest, served: Vec<Tensor>) {
         let labels = [shadow.name.clone(), shadow.version.clone()];
@@ -101,34 +111,36 @@ impl Shadows {
 }
 
 /// Whether two answers agree, and the mean absolute difference of their float outputs.
+///
+/// When the model has label-like outputs (integers, strings, booleans: a classifier's class),
+/// agreement means the same labels; scores then only feed the difference. A model with float
+/// outputs only (a regressor) agrees when every value is within 1e-6.
 pub fn compare(served: &[Tensor], shadow: &[Tensor]) -> (bool, f64) {
-    let mut agree = true;
+    let (mut labels_seen, mut labels_equal, mut floats_close, mut complete) = (false, true, true, true);
     let (mut diff_sum, mut diff_n) = (0.0f64, 0usize);
     for s in served {
-        let Some(t) = shadow.iter().find(|t| t.name() == s.name()) else {
-            agree = false;
+        let Some(t) = shadow.iter().find(|t| t.name() == s.name()).filter(|t| t.shape() == s.shape()) else {
+            complete = false;
             continue;
         };
-        if s.shape() != t.shape() {
-            agree = false;
-            continue;
-        }
-        match (s.data(), t.data()) {
-            (TensorData::Fp16(_) | TensorData::Fp32(_) | TensorData::Fp64(_), _) => {
+        match s.data() {
+            TensorData::Fp16(_) | TensorData::Fp32(_) | TensorData::Fp64(_) => {
                 for i in 0..s.data().len() {
                     if let (Some(a), Some(b)) = (s.data().get_f64(i), t.data().get_f64(i)) {
                         let d = (a - b).abs();
                         diff_sum += d;
                         diff_n += 1;
-                        if d > 1e-6 {
-                            agree = false;
-                        }
+                        floats_close &= d <= 1e-6;
                     }
                 }
             }
-            (a, b) => agree &= a == b,
+            labels => {
+                labels_seen = true;
+                labels_equal &= labels == t.data();
+            }
         }
     }
+    let agree = complete && if labels_seen { labels_equal } else { floats_close };
     (agree, if diff_n == 0 { 0.0 } else { diff_sum / diff_n as f64 })
 }
 
@@ -147,9 +159,14 @@ mod tests {
         assert_eq!(compare(&a, &a), (true, 0.0));
         let other_label = [t("label", TensorData::Int64(vec![1, 1])), t("p", TensorData::Fp32(vec![0.9, 0.2]))];
         assert!(!compare(&a, &other_label).0);
+        // Same classes, other scores: agreement, with the difference measured.
         let shifted = [t("label", TensorData::Int64(vec![1, 0])), t("p", TensorData::Fp32(vec![0.8, 0.3]))];
         let (agree, diff) = compare(&a, &shifted);
-        assert!(!agree && (diff - 0.1).abs() < 1e-6, "{diff}");
+        assert!(agree && (diff - 0.1).abs() < 1e-6, "{diff}");
+        // A regressor agrees within 1e-6 only.
+        let r = [t("y", TensorData::Fp32(vec![1.0]))];
+        assert!(compare(&r, &r).0);
+        assert!(!compare(&r, &[t("y", TensorData::Fp32(vec![1.1]))]).0);
         assert!(!compare(&a, &a[..1]).0, "a missing output disagrees");
     }
 }

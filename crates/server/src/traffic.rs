@@ -240,6 +240,11 @@ impl Traffic {
         };
         self.store.record(&revision)?;
         let next = Served { table, revision: revision.revision, versions };
+        // Versions that only answer mirrored requests yield the CPU to the ones clients wait for.
+        let live: std::collections::BTreeSet<&str> = next.table.weights().into_iter().map(|(v, _, _)| v).collect();
+        for (v, m) in &next.versions {
+            m.set_background(!live.contains(v.as_str()));
+        }
         if next.table.shadow != served.table.shadow || next.table.stable != served.table.stable {
             // Agreement is between one shadow and one stable version: a new pair starts from zero.
             state.shadows.reset(&self.spec.name);

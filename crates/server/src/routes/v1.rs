@@ -30,7 +30,7 @@ async fn predict(State(state): State<AppState>, headers: HeaderMap, body: Result
     let model = &routed.model;
     let result = async {
         let request = v1::decode_predict_request(&body, &model.info.signature)?;
-        let mirror = routed.shadow.as_ref().map(|_| request.clone());
+        let mirror = routed.shadow.as_ref().filter(|s| state.shadows.admit(&state.metrics, s)).map(|_| request.clone());
         let outputs = model.infer(request).await?;
         let output = outputs
             .first()

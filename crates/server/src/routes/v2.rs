@@ -108,7 +108,7 @@ async fn infer_at(
     let result = async {
         let mut request = v2::decode_infer_request(&body)?;
         let id = request.id.take();
-        let mirror = routed.shadow.as_ref().map(|_| request.clone());
+        let mirror = routed.shadow.as_ref().filter(|s| state.shadows.admit(&state.metrics, s)).map(|_| request.clone());
         let outputs = model.infer(request).await?;
         let body = v2::encode_infer_response(&model.name, &model.version, id.as_deref(), &outputs);
         if let (Some(shadow), Some(copy)) = (routed.shadow.clone(), mirror) {
