@@ -169,14 +169,15 @@ fn switches_and_rollbacks_under_load_fail_no_request() {
         fleet.ok(&server, &["rollback", "fraud"]);
         fleet.ok(&server, &["abort", "fraud"]);
         assert_eq!(version_of(&server, &[]), "1", "round {round}");
-        // Blue-green: preview by pin header, switch, and switch back.
+        // Blue-green: preview by pin header, switch, and roll back: each visible on the next request.
         fleet.ok(&server, &["set", "fraud", "--candidate", "2", "--weight", "0%"]);
         assert_eq!(version_of(&server, &[("x-model-version", "2")]), "2");
         assert_eq!(version_of(&server, &[]), "1");
         fleet.ok(&server, &["switch", "fraud", "2"]);
         assert_eq!(version_of(&server, &[]), "2");
-        fleet.ok(&server, &["switch", "fraud", "1"]);
+        fleet.ok(&server, &["rollback", "fraud", "--reason", "bad latency"]);
         assert_eq!(version_of(&server, &[]), "1");
+        fleet.ok(&server, &["abort", "fraud"]);
     }
     stop.store(true, Ordering::Relaxed);
     for c in clients {
@@ -187,7 +188,8 @@ fn switches_and_rollbacks_under_load_fail_no_request() {
     assert_eq!(failed, 0, "of {sent}");
     assert!(seen.lock().unwrap().len() == 2, "both versions answered");
     let history: Value = serde_json::from_str(&fleet.ok(&server, &["history", "fraud", "--output", "json"])).unwrap();
-    assert_eq!(history.as_array().unwrap().len(), 1 + 10 * 8);
+    assert_eq!(history.as_array().unwrap().len(), 1 + 10 * 9);
+    assert!(history.as_array().unwrap().iter().any(|r| r["reason"].as_str().unwrap().contains("bad latency")));
 }
 
 #[test]
