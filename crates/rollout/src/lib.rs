@@ -1,0 +1,9 @@
+//! The rollout brain, pure: a rollout spec, observations of stable and candidate, and the time
+//! come in; actions (set weights, shadow, pause, promote, roll back, each with its reason and
+//! evidence) go out. It never does IO and never reads a clock, so every decision is replayable
+//! and tested from tables of observations.
+//!
+//! - [`stats`]: the statistics the checks use to compare candidate with stable over the same
+//!   window (Mann-Whitney U, two-proportion z, PSI, Kolmogorov-Smirnov, AUC).
+
+pub mod stats;
