@@ -91,6 +91,22 @@ pub fn proportion_greater(bad_s: u64, n_s: u64, bad_c: u64, n_c: u64) -> Option<
     Some(1.0 - normal_cdf((pc - ps) / se))
 }
 
+/// One-sided test that the candidate's rate exceeds stable's by more than `margin` (absolute):
+/// Wald z with unpooled variance (a floor of one event per side keeps zero counts testable).
+pub fn proportion_greater_by(bad_s: u64, n_s: u64, bad_c: u64, n_c: u64, margin: f64) -> Option<f64> {
+    if margin == 0.0 {
+        return proportion_greater(bad_s, n_s, bad_c, n_c);
+    }
+    if n_s == 0 || n_c == 0 {
+        return None;
+    }
+    let rate = |bad: u64, n: u64| (bad.max(1) as f64 / n as f64).min(1.0);
+    let (ps, pc) = (rate(bad_s, n_s), rate(bad_c, n_c));
+    let se = (ps * (1.0 - ps) / n_s as f64 + pc * (1.0 - pc) / n_c as f64).sqrt();
+    let diff = bad_c as f64 / n_c as f64 - bad_s as f64 / n_s as f64 - margin;
+    Some(if se == 0.0 { if diff > 0.0 { 0.0 } else { 1.0 } } else { 1.0 - normal_cdf(diff / se) })
+}
+
 /// Population stability index of `actual` against `expected`, over `bins` quantile bins of
 /// `expected` (1e-4 floor per bin so empty bins stay finite). Rule of thumb: < 0.1 stable,
 /// 0.1-0.25 moderate shift, > 0.25 large shift.
