@@ -3,9 +3,13 @@
 //! evidence) go out. It never does IO and never reads a clock, so every decision is replayable
 //! and tested from tables of observations.
 //!
+//! - [`spec`]: the rollout spec, its shorthands, and its validation into a [`spec::Plan`].
+//! - [`engine`]: the state machine: events in, decisions (action + reason + evidence) out.
 //! - [`check`]: the checks (error rate, latency, agreement, drift, quality) and their verdicts.
 //! - [`stats`]: the statistics the checks use to compare candidate with stable over the same
 //!   window (Mann-Whitney U, two-proportion z, PSI, Kolmogorov-Smirnov, AUC).
 
 pub mod check;
+pub mod engine;
+pub mod spec;
 pub mod stats;

@@ -1,0 +1,282 @@
+//! The rollout state machine. Events (time passing with a window of observations, approvals,
+//! webhook answers, operator commands) go in; actions come out, each with its reason and the
+//! check verdicts that led to it. The state is plain data: persisted by the caller after every
+//! event, and recovered after a restart with [`Rollout::recover`].
+
+use std::time::Duration;
+
+use modelship_router::BasisPoints;
+use serde::{Deserialize, Serialize};
+
+use crate::check::{Check, Verdict, Window};
+use crate::spec::{OnFailure, OnNoData, Plan, Step};
+
+/// Milliseconds on the caller's clock.
+pub type Millis = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    /// Running step `step`.
+    Progressing,
+    AwaitingApproval,
+    AwaitingWebhook,
+    Paused { reason: String },
+    /// Done: the candidate is the new stable version.
+    Promoted,
+    RolledBack { reason: String },
+}
+
+impl Phase {
+    pub fn is_done(&self) -> bool {
+        matches!(self, Phase::Promoted | Phase::RolledBack { .. })
+    }
+}
+
+/// What the caller must do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Route: `weight` of live traffic to the candidate, `shadow` of requests mirrored to it,
+    /// and the canary header reaching it when `header` is true.
+    Route { weight: BasisPoints, shadow: BasisPoints, header: bool },
+    /// Make the candidate the stable version.
+    Promote,
+    /// Send all traffic back to stable and drop the candidate.
+    Rollback,
+    /// Hold the current routing until resumed.
+    Pause,
+    /// POST the rollout's state to `url`; answer with [`Event::WebhookAnswered`].
+    CallWebhook { url: String },
+}
+
+/// An action with why it was taken.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub at: Millis,
+    pub action: Action,
+    pub reason: String,
+    /// The latest verdict of each check, when checks led to the decision.
+    pub evidence: Vec<(String, Verdict)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Time has passed; `window` is what happened since the last tick.
+    Tick { now: Millis, window: Window },
+    Approve { now: Millis },
+    WebhookAnswered { now: Millis, go: bool, detail: String },
+    Pause { now: Millis, reason: String },
+    Resume { now: Millis },
+    Abort { now: Millis, reason: String },
+}
+
+/// A rollout in progress, as data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub plan: Plan,
+    pub phase: Phase,
+    pub step: usize,
+    pub started: Millis,
+    pub step_started: Millis,
+    pub consecutive_failures: u32,
+    pub total_failures: u32,
+    /// The last verdict of each check.
+    pub verdicts: Vec<(String, Verdict)>,
+}
+
+impl Rollout {
+    /// Starts `plan` at `now`: the first step's routing.
+    pub fn start(plan: Plan, now: Millis) -> (Rollout, Vec<Decision>) {
+        let mut rollout = Rollout {
+            plan,
+            phase: Phase::Progressing,
+            step: 0,
+            started: now,
+            step_started: now,
+            consecutive_failures: 0,
+            total_failures: 0,
+            verdicts: vec![],
+        };
+        let decisions = rollout.enter(0, now, "rollout started");
+        (rollout, decisions)
+    }
+
+    /// After a restart at `now`: the failure action if the deadline passed, else the current
+    /// step's routing again (so a rollout never sits at a half-way weight unattended).
+    pub fn recover(&mut self, now: Millis) -> Vec<Decision> {
+        if self.phase.is_done() {
+            return vec![];
+        }
+        if self.past_deadline(now) {
+            return self.fail(now, "the deadline passed while the server was down".to_owned());
+        }
+        let mut decisions = vec![self.decide(now, self.route_for(self.step), "resumed after a restart")];
+        if let Some(Step::Webhook { url }) = self.plan.steps.get(self.step)
+            && self.phase == Phase::AwaitingWebhook
+        {
+            decisions.push(self.decide(now, Action::CallWebhook { url: url.clone() }, "asking the webhook again after a restart"));
+        }
+        decisions
+    }
+
+    pub fn handle(&mut self, event: Event) -> Vec<Decision> {
+        if self.phase.is_done() {
+            return vec![];
+        }
+        match event {
+            Event::Abort { now, reason } => self.end_rolled_back(now, format!("aborted: {reason}")),
+            Event::Pause { now, reason } => {
+                self.phase = Phase::Paused { reason: reason.clone() };
+                vec![self.decide(now, Action::Pause, &format!("paused: {reason}"))]
+            }
+            Event::Resume { now } => match self.phase {
+                Phase::Paused { .. } => {
+                    self.phase = Phase::Progressing;
+                    self.consecutive_failures = 0;
+                    self.enter(self.step, now, "resumed")
+                }
+                _ => vec![],
+            },
+            Event::Approve { now } => match self.phase {
+                Phase::AwaitingApproval => self.enter(self.step + 1, now, "approved"),
+                _ => vec![],
+            },
+            Event::WebhookAnswered { now, go, detail } => match (&self.phase, go) {
+                (Phase::AwaitingWebhook, true) => self.enter(self.step + 1, now, &format!("webhook said go: {detail}")),
+                (Phase::AwaitingWebhook, false) => self.fail(now, format!("webhook said no: {detail}")),
+                _ => vec![],
+            },
+            Event::Tick { now, window } => self.tick(now, &window),
+        }
+    }
+
+    fn tick(&mut self, now: Millis, window: &Window) -> Vec<Decision> {
+        if self.past_deadline(now) {
+            return self.fail(now, format!("the deadline of {} passed", humantime::format_duration(self.plan.failure.deadline.0)));
+        }
+        if self.phase != Phase::Progressing {
+            return vec![];
+        }
+        let step = self.plan.steps[self.step].clone();
+        let policy = self.plan.failure.clone();
+        self.verdicts = self
+            .plan
+            .checks
+            .iter()
+            .filter(|c| applies(c, &step))
+            .map(|c| (c.name().to_owned(), c.judge(window, policy.min_samples)))
+            .collect();
+        let failed: Vec<String> = self
+            .verdicts
+            .iter()
+            .filter_map(|(name, v)| match v {
+                Verdict::Fail { reason, .. } => Some(format!("{name}: {reason}")),
+                _ => None,
+            })
+            .collect();
+        let inconclusive = self.verdicts.iter().any(|(_, v)| matches!(v, Verdict::Inconclusive { .. }));
+        if !failed.is_empty() || (inconclusive && policy.on_no_data == OnNoData::Fail) {
+            self.consecutive_failures += 1;
+            self.total_failures += 1;
+            let why = if failed.is_empty() { "too few samples (on_no_data: fail)".to_owned() } else { failed.join("; ") };
+            if self.consecutive_failures >= policy.consecutive || self.total_failures >= policy.total {
+                return self.fail(
+                    now,
+                    format!(
+                        "{why} ({} failed analyses in a row, {} in all; limits {} and {})",
+                        self.consecutive_failures, self.total_failures, policy.consecutive, policy.total
+                    ),
+                );
+            }
+            return vec![];
+        }
+        self.consecutive_failures = 0;
+        if inconclusive {
+            // Never pass by default: wait for enough samples (the deadline still applies).
+            return vec![];
+        }
+        let hold = match step {
+            Step::Shadow { hold, .. } | Step::Header { hold } | Step::Weight { hold, .. } => hold.0,
+            Step::Approve {} | Step::Webhook { .. } => Duration::ZERO,
+        };
+        if now.saturating_sub(self.step_started) >= hold.as_millis() as u64 {
+            self.enter(self.step + 1, now, &format!("step {} held {} with every check passing", self.step + 1, humantime::format_duration(hold)))
+        } else {
+            vec![]
+        }
+    }
+
+    fn past_deadline(&self, now: Millis) -> bool {
+        now.saturating_sub(self.started) >= self.plan.failure.deadline.0.as_millis() as u64
+    }
+
+    /// Moves to step `index` (or promotes past the last one).
+    fn enter(&mut self, index: usize, now: Millis, why: &str) -> Vec<Decision> {
+        self.step = index;
+        self.step_started = now;
+        self.consecutive_failures = 0;
+        let Some(step) = self.plan.steps.get(index).cloned() else {
+            self.phase = Phase::Promoted;
+            return vec![self.decide(now, Action::Promote, &format!("{why}; every step done"))];
+        };
+        let route = self.decide(now, self.route_for(index), &format!("{why}; step {} of {}", index + 1, self.plan.steps.len()));
+        match step {
+            Step::Approve {} => {
+                self.phase = Phase::AwaitingApproval;
+                vec![route]
+            }
+            Step::Webhook { url } => {
+                self.phase = Phase::AwaitingWebhook;
+                vec![route, self.decide(now, Action::CallWebhook { url }, "waiting for the webhook's go")]
+            }
+            _ => {
+                self.phase = Phase::Progressing;
+                vec![route]
+            }
+        }
+    }
+
+    /// The routing of step `index`: gates (approve, webhook) keep the routing of the step before.
+    fn route_for(&self, index: usize) -> Action {
+        let (mut weight, mut shadow, mut header) = (BasisPoints::ZERO, BasisPoints::ZERO, false);
+        for step in self.plan.steps.iter().take(index + 1) {
+            match step {
+                Step::Shadow { percent, .. } => (shadow, weight, header) = (percent.0, BasisPoints::ZERO, false),
+                Step::Header { .. } => (shadow, weight, header) = (BasisPoints::ZERO, BasisPoints::ZERO, true),
+                Step::Weight { weight: w, .. } => (shadow, weight, header) = (BasisPoints::ZERO, w.0, true),
+                Step::Approve {} | Step::Webhook { .. } => {}
+            }
+        }
+        Action::Route { weight, shadow, header }
+    }
+
+    fn fail(&mut self, now: Millis, reason: String) -> Vec<Decision> {
+        match self.plan.on_failure {
+            OnFailure::Rollback => self.end_rolled_back(now, reason),
+            OnFailure::Pause => {
+                self.phase = Phase::Paused { reason: reason.clone() };
+                vec![self.decide(now, Action::Pause, &reason)]
+            }
+        }
+    }
+
+    fn end_rolled_back(&mut self, now: Millis, reason: String) -> Vec<Decision> {
+        self.phase = Phase::RolledBack { reason: reason.clone() };
+        vec![self.decide(now, Action::Rollback, &reason)]
+    }
+
+    fn decide(&self, at: Millis, action: Action, reason: &str) -> Decision {
+        Decision { at, action, reason: reason.to_owned(), evidence: self.verdicts.clone() }
+    }
+}
+
+/// Which checks judge which steps: agreement needs shadow traffic; the others need the candidate
+/// to answer live (or header) traffic, except drift, which shadow answers feed too.
+fn applies(check: &Check, step: &Step) -> bool {
+    match step {
+        Step::Shadow { .. } => matches!(check, Check::Agreement { .. } | Check::Drift { .. }),
+        Step::Header { .. } | Step::Weight { .. } => !matches!(check, Check::Agreement { .. }),
+        Step::Approve {} | Step::Webhook { .. } => false,
+    }
+}

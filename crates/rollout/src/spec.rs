@@ -1,0 +1,263 @@
+//! The rollout spec: what to roll out, in which steps, judged by which checks, failing how.
+//! Shorthands (`canary`, `linear`, `blue_green`) expand to steps; [`RolloutSpec::resolve`] checks
+//! everything and lists every problem before anything changes.
+
+use std::time::Duration;
+
+use modelship_router::BasisPoints;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::check::Check;
+
+/// A duration written as `30s`, `5m`, `1h30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
+pub struct Span(#[serde(serialize_with = "ser_span")] pub Duration);
+
+fn ser_span<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim())
+            .map(Span)
+            .map_err(|e| serde::de::Error::custom(format!("'{text}' is not a duration like 30s, 5m or 1h ({e})")))
+    }
+}
+
+/// A share written as `5%`, `0.5%` or `250bp` (a bare number is a percentage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Share(pub BasisPoints);
+
+impl Serialize for Share {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Share {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Number(n) => format!("{n}%"),
+            Raw::Text(t) => t,
+        };
+        text.parse().map(Share).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    /// Mirror `percent` of requests to the candidate; answers compared, never returned.
+    Shadow { percent: Share, hold: Span },
+    /// Only requests with the canary header reach the candidate (internal testers, a preview).
+    Header { hold: Span },
+    /// `weight` of live traffic to the candidate.
+    Weight { weight: Share, hold: Span },
+    /// Wait for `rollout approve`.
+    Approve {},
+    /// Wait for a POST to `url` to answer 2xx (go) or anything else (no go).
+    Webhook { url: String },
+}
+
+/// `canary: {weights: [5, 25, 50, 100], every: 5m}`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryShorthand {
+    pub weights: Vec<Share>,
+    pub every: Span,
+}
+
+/// `linear: {step: 10%, every: 1m}` (the seed's Linear10PercentEvery1Minute)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinearShorthand {
+    pub step: Share,
+    pub every: Span,
+}
+
+/// `blue_green: {preview: 10m}`: header-only preview, then everything at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlueGreenShorthand {
+    pub preview: Span,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNoData {
+    /// Too few samples: wait (the deadline still applies).
+    #[default]
+    Hold,
+    /// Too few samples counts as a failure.
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    #[default]
+    Rollback,
+    Pause,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailurePolicy {
+    /// Failing analyses in a row that end the rollout.
+    #[serde(default = "three")]
+    pub consecutive: u32,
+    /// Failing analyses in all that end the rollout.
+    #[serde(default = "five")]
+    pub total: u32,
+    /// Below this many samples a check is inconclusive.
+    #[serde(default = "min_samples")]
+    pub min_samples: u64,
+    #[serde(default)]
+    pub on_no_data: OnNoData,
+    /// The whole rollout must finish within this; past it, the failure action is taken.
+    #[serde(default = "deadline")]
+    pub deadline: Span,
+}
+
+fn three() -> u32 {
+    3
+}
+fn five() -> u32 {
+    5
+}
+fn min_samples() -> u64 {
+    100
+}
+fn deadline() -> Span {
+    Span(Duration::from_secs(2 * 3600))
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        FailurePolicy { consecutive: 3, total: 5, min_samples: 100, on_no_data: OnNoData::Hold, deadline: deadline() }
+    }
+}
+
+/// A rollout as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSpec {
+    /// The version to roll out; it replaces the current stable version.
+    pub to: String,
+    #[serde(default)]
+    pub steps: Vec<Step>,
+    #[serde(default)]
+    pub canary: Option<CanaryShorthand>,
+    #[serde(default)]
+    pub linear: Option<LinearShorthand>,
+    #[serde(default)]
+    pub blue_green: Option<BlueGreenShorthand>,
+    #[serde(default)]
+    pub checks: Vec<Check>,
+    #[serde(default)]
+    pub failure: FailurePolicy,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// How often the checks run.
+    #[serde(default = "interval")]
+    pub interval: Span,
+}
+
+fn interval() -> Span {
+    Span(Duration::from_secs(30))
+}
+
+/// A spec whose steps are expanded and checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub to: String,
+    pub steps: Vec<Step>,
+    pub checks: Vec<Check>,
+    pub failure: FailurePolicy,
+    pub on_failure: OnFailure,
+    pub interval: Span,
+}
+
+impl RolloutSpec {
+    fn expand(&self, steps: &mut Vec<Step>, problems: &mut Vec<String>) {
+        if let Some(CanaryShorthand { weights, every }) = &self.canary {
+            if weights.is_empty() {
+                problems.push("canary.weights is empty".to_owned());
+            }
+            if weights.windows(2).any(|w| w[1].0 <= w[0].0) {
+                problems.push("canary.weights must increase".to_owned());
+            }
+            *steps = weights.iter().map(|w| Step::Weight { weight: *w, hold: *every }).collect();
+        }
+        if let Some(LinearShorthand { step, every }) = &self.linear {
+            if step.0.get() == 0 {
+                problems.push("linear.step must be above 0%".to_owned());
+            } else {
+                let mut w = 0u32;
+                while w < 10_000 {
+                    w = (w + u32::from(step.0.get())).min(10_000);
+                    steps.push(Step::Weight { weight: Share(BasisPoints::new(w).unwrap_or(BasisPoints::ALL)), hold: *every });
+                }
+            }
+        }
+        if let Some(BlueGreenShorthand { preview }) = &self.blue_green {
+            *steps = vec![Step::Header { hold: *preview }, Step::Weight { weight: Share(BasisPoints::ALL), hold: Span::default() }];
+        }
+    }
+
+    /// Expands shorthands and checks the spec; every problem is listed.
+    pub fn resolve(self) -> Result<Plan, Vec<String>> {
+        let mut problems = Vec::new();
+        if self.to.trim().is_empty() {
+            problems.push("'to' names no version".to_owned());
+        }
+        let mut steps = self.steps.clone();
+        let shorthands = usize::from(self.canary.is_some()) + usize::from(self.linear.is_some()) + usize::from(self.blue_green.is_some());
+        match (shorthands, steps.is_empty()) {
+            (0, true) => problems.push("no steps: give steps, or a shorthand such as `canary: {weights: [5, 25, 50, 100], every: 5m}`".to_owned()),
+            (0, false) => {}
+            (1, true) => {}
+            _ => problems.push("give either steps or one shorthand (canary, linear, blue_green)".to_owned()),
+        }
+        if shorthands == 1 && steps.is_empty() {
+            self.expand(&mut steps, &mut problems);
+        }
+        for (i, step) in steps.iter().enumerate() {
+            if let Step::Webhook { url } = step
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                problems.push(format!("steps[{i}].webhook.url '{url}' is not an http(s) URL"));
+            }
+        }
+        if self.failure.consecutive == 0 || self.failure.total == 0 {
+            problems.push("failure.consecutive and failure.total must be at least 1".to_owned());
+        }
+        if self.interval.0 < Duration::from_millis(100) {
+            problems.push("interval must be at least 100ms".to_owned());
+        }
+        if self.failure.deadline.0 <= self.interval.0 {
+            problems.push("failure.deadline must be longer than the interval".to_owned());
+        }
+        for check in &self.checks {
+            match check {
+                Check::Agreement { min } if !(0.0..=1.0).contains(min) => problems.push(format!("agreement.min {min} is not between 0 and 1")),
+                Check::Latency { max_ratio, .. } if *max_ratio < 1.0 => problems.push(format!("latency.max_ratio {max_ratio} is below 1")),
+                Check::Drift { max_psi } if *max_psi <= 0.0 => problems.push(format!("drift.max_psi {max_psi} must be above 0")),
+                _ => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(Plan { to: self.to, steps, checks: self.checks, failure: self.failure, on_failure: self.on_failure, interval: self.interval })
+        } else {
+            Err(problems)
+        }
+    }
+}
