@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::stats;
 
 /// One analysis window: what stable and the candidate did over the same period.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Window {
     pub stable: Sample,
     pub candidate: Sample,
@@ -15,7 +15,7 @@ pub struct Window {
     pub agreed: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     pub requests: u64,
     pub errors: u64,
@@ -25,6 +25,41 @@ pub struct Sample {
     pub scores: Vec<f64>,
     /// Scores of requests whose ground-truth label has arrived, with the label.
     pub labelled: Vec<(f64, bool)>,
+}
+
+/// Samples kept per kind and version when windows are merged: enough for the rank and
+/// distribution tests, bounded so a long step does not grow the state without limit.
+pub const MAX_SAMPLES: usize = 5_000;
+
+impl Sample {
+    /// Adds `other` to this sample; per-request samples beyond [`MAX_SAMPLES`] are thinned by
+    /// keeping every other one (old and new alike), so the sample stays spread over the window.
+    pub fn merge(&mut self, other: &Sample) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        fn add<T: Clone>(into: &mut Vec<T>, more: &[T]) {
+            into.extend_from_slice(more);
+            while into.len() > MAX_SAMPLES {
+                let mut i = 0;
+                into.retain(|_| {
+                    i += 1;
+                    i % 2 == 0
+                });
+            }
+        }
+        add(&mut self.latencies, &other.latencies);
+        add(&mut self.scores, &other.scores);
+        add(&mut self.labelled, &other.labelled);
+    }
+}
+
+impl Window {
+    pub fn merge(&mut self, other: &Window) {
+        self.stable.merge(&other.stable);
+        self.candidate.merge(&other.candidate);
+        self.compared += other.compared;
+        self.agreed += other.agreed;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

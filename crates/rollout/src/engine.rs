@@ -3,6 +3,7 @@
 //! check verdicts that led to it. The state is plain data: persisted by the caller after every
 //! event, and recovered after a restart with [`Rollout::recover`].
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use modelship_router::BasisPoints;
@@ -83,6 +84,11 @@ pub struct Rollout {
     pub total_failures: u32,
     /// The last verdict of each check.
     pub verdicts: Vec<(String, Verdict)>,
+    /// The last `failure.window` intervals observed in the current step: checks judge them
+    /// together, so evidence accumulates across intervals instead of one noisy interval at a
+    /// time, and old evidence ages out.
+    #[serde(default)]
+    pub observed: VecDeque<Window>,
 }
 
 impl Rollout {
@@ -97,6 +103,7 @@ impl Rollout {
             consecutive_failures: 0,
             total_failures: 0,
             verdicts: vec![],
+            observed: VecDeque::new(),
         };
         let decisions = rollout.enter(0, now, "rollout started");
         (rollout, decisions)
@@ -160,12 +167,21 @@ impl Rollout {
         }
         let step = self.plan.steps[self.step].clone();
         let policy = self.plan.failure.clone();
+        self.observed.push_back(window.clone());
+        while self.observed.len() > policy.window.max(1) {
+            self.observed.pop_front();
+        }
+        let observed = self.observed.iter().fold(Window::default(), |mut all, w| {
+            all.merge(w);
+            all
+        });
+        let observed = &observed;
         self.verdicts = self
             .plan
             .checks
             .iter()
             .filter(|c| applies(c, &step))
-            .map(|c| (c.name().to_owned(), c.judge(window, policy.min_samples)))
+            .map(|c| (c.name().to_owned(), c.judge(observed, policy.min_samples)))
             .collect();
         let failed: Vec<String> = self
             .verdicts
@@ -216,6 +232,7 @@ impl Rollout {
         self.step = index;
         self.step_started = now;
         self.consecutive_failures = 0;
+        self.observed.clear();
         let Some(step) = self.plan.steps.get(index).cloned() else {
             self.phase = Phase::Promoted;
             return vec![self.decide(now, Action::Promote, &format!("{why}; every step done"))];

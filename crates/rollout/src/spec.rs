@@ -125,6 +125,13 @@ pub struct FailurePolicy {
     /// The whole rollout must finish within this; past it, the failure action is taken.
     #[serde(default = "deadline")]
     pub deadline: Span,
+    /// How many of the latest intervals (within the current step) the checks judge together.
+    #[serde(default = "window")]
+    pub window: usize,
+}
+
+fn window() -> usize {
+    10
 }
 
 fn three() -> u32 {
@@ -142,7 +149,7 @@ fn deadline() -> Span {
 
 impl Default for FailurePolicy {
     fn default() -> Self {
-        FailurePolicy { consecutive: 3, total: 5, min_samples: 100, on_no_data: OnNoData::Hold, deadline: deadline() }
+        FailurePolicy { consecutive: 3, total: 5, min_samples: 100, on_no_data: OnNoData::Hold, deadline: deadline(), window: window() }
     }
 }
 
