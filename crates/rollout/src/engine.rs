@@ -290,9 +290,13 @@ impl Rollout {
 
 /// Which checks judge which steps: agreement needs shadow traffic; the others need the candidate
 /// to answer live (or header) traffic, except drift, which shadow answers feed too.
+///
+/// At 100 % no live request reaches stable, so nothing can be compared: that step is a plain
+/// hold (the earlier steps carried the evidence; an operator can still roll back).
 fn applies(check: &Check, step: &Step) -> bool {
     match step {
         Step::Shadow { .. } => matches!(check, Check::Agreement { .. } | Check::Drift { .. }),
+        Step::Weight { weight, .. } if weight.0 == BasisPoints::ALL => false,
         Step::Header { .. } | Step::Weight { .. } => !matches!(check, Check::Agreement { .. }),
         Step::Approve {} | Step::Webhook { .. } => false,
     }
