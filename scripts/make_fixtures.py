@@ -144,6 +144,23 @@ def slow_model(path, size=128):
     path.write_bytes(model.SerializeToString())
 
 
+def broken_model(path):
+    """Takes the fraud models' input (`input` FP32 [N, 30]) and fails at run time (a Reshape to 7
+    elements): a candidate whose every answer is a server error, for rollback tests."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["shape"], value=helper.make_tensor("s", TensorProto.INT64, [1], [7])),
+            helper.make_node("Reshape", ["input", "shape"], ["reshaped"]),
+            helper.make_node("ReduceSum", ["reshaped"], ["probabilities"], keepdims=1),
+        ],
+        "broken",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 30])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="modelship-fixtures", ir_version=8)
+    path.write_bytes(model.SerializeToString())
+
+
 def main():
     MODELS.mkdir(parents=True, exist_ok=True)
     REFERENCE.mkdir(parents=True, exist_ok=True)
@@ -173,7 +190,8 @@ def main():
         print(f"{name}: {path.relative_to(ROOT)} ({path.stat().st_size} bytes)")
     dtypes_model(MODELS / "dtypes.onnx")
     slow_model(MODELS / "slow.onnx")
-    print("dtypes, slow: done")
+    broken_model(MODELS / "broken.onnx")
+    print("dtypes, slow, broken: done")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,81 @@ pub enum Command {
     /// Route a running server's traffic between versions: canary, shadow, blue-green, rollback
     #[command(after_help = TRAFFIC_HELP)]
     Traffic(TrafficArgs),
+    /// Roll a new version out automatically: steps, checks against stable, promotion or rollback
+    #[command(after_help = ROLLOUT_HELP)]
+    Rollout(RolloutArgs),
+}
+
+const ROLLOUT_HELP: &str = "\
+A rollout moves traffic to a new version step by step (shadow, header, weights, approval and webhook
+gates) while checks compare it with the stable version over the same window (error rate, latency
+by Mann-Whitney, shadow agreement, prediction drift, quality on delayed labels). Too few samples
+hold the rollout; failures past the policy roll it back (or pause it). Uses the same admin API
+and token as `modelship traffic`.
+
+A spec (YAML):
+  to: 1.3.0
+  canary: {weights: [5, 25, 50, 100], every: 5m}      # or linear: {step: 10%, every: 1m}, blue_green: {preview: 10m}, or steps:
+  checks: [{error_rate: {}}, {latency: {max_ratio: 1.2}}, {drift: {max_psi: 0.1}}]
+  failure: {consecutive: 3, total: 5, min_samples: 100, on_no_data: hold, deadline: 2h}
+  on_failure: rollback
+  interval: 30s
+
+Examples:
+  modelship rollout start fraud --to 1.3.0 --spec canary.yaml
+  modelship rollout status fraud --watch
+  modelship rollout approve fraud
+  modelship rollout abort fraud --reason \"latency\"
+  modelship rollout history fraud";
+
+#[derive(Debug, Clone, Args)]
+pub struct RolloutArgs {
+    /// The server's admin API [env: MODELSHIP_ADMIN_URL] [default: http://127.0.0.1:8001]
+    #[arg(long, global = true, value_name = "URL")]
+    pub admin: Option<String>,
+
+    /// File with the admin token (when MODELSHIP_ADMIN_TOKEN is not set)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Why (recorded with the decision)
+    #[arg(long, global = true, default_value = "")]
+    pub reason: String,
+
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+
+    #[command(subcommand)]
+    pub command: RolloutCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum RolloutCommand {
+    /// Start a rollout from a spec file
+    Start {
+        model: String,
+        /// The version to roll out (overrides the spec's `to`)
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+        /// The rollout spec (YAML or JSON)
+        #[arg(long, value_name = "FILE")]
+        spec: PathBuf,
+    },
+    /// Phase, step, each check's latest verdict
+    Status {
+        model: String,
+        /// Refresh every 2 s until the rollout ends
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Pass an approval gate
+    Approve { model: String },
+    Pause { model: String },
+    Resume { model: String },
+    /// Roll back now
+    Abort { model: String },
+    /// Every decision, with its reason and evidence
+    History { model: String },
 }
 
 const TRAFFIC_HELP: &str = "\

@@ -6,6 +6,7 @@ mod config;
 mod logging;
 mod models;
 mod registry_config;
+mod rollout;
 mod serve;
 mod traffic;
 
@@ -19,5 +20,6 @@ fn main() -> ExitCode {
         cli::Command::Serve(args) => serve::main(args),
         cli::Command::Models(args) => models::main(args),
         cli::Command::Traffic(args) => traffic::main(args),
+        cli::Command::Rollout(args) => rollout::main(args),
     }
 }

@@ -11,6 +11,7 @@ use modelship_onnx::OnnxBackend;
 use modelship_registry::{ModelRef, NoProgress, Registry, RegistryConfig};
 use modelship_server::admin::AdminState;
 use modelship_server::follow::{Follow, follow_alias};
+use modelship_server::rollouts::Rollouts;
 use modelship_server::traffic::{RevisionStore, Traffic};
 use modelship_server::model::{LoadedModel, ModelSlot, ModelSpec, Served};
 use modelship_server::pool::PoolConfig;
@@ -134,9 +135,16 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
             if let Err(e) = traffic.resume(&state).await {
                 tracing::warn!(model = %spec.name, error = %e, "cannot restore the recorded routing; serving the stable version only");
             }
+            let rollouts = Arc::new(
+                Rollouts::open(&config.admin.state_dir.join("traffic.db"), Arc::clone(&traffic)).map_err(|e| anyhow::anyhow!(e))?,
+            );
+            if let Err(e) = rollouts.recover(&state).await {
+                tracing::error!(model = %spec.name, error = %e, "cannot resume the rollout in progress");
+            }
+            tokio::spawn(Arc::clone(&rollouts).run(state.clone()));
             tokio::spawn(modelship_server::serve_admin(
                 admin_listener,
-                AdminState::new(state.clone(), Arc::clone(&traffic), &admin_token),
+                AdminState::new(state.clone(), Arc::clone(&traffic), rollouts, &admin_token),
                 admin_stop,
             ));
             tracing::info!(%admin_address, token_file = %config.admin.token_file.display(), "admin API listening");

@@ -22,19 +22,19 @@ pub fn main(args: TrafficArgs) -> ExitCode {
     }
 }
 
-struct Admin {
+pub struct Admin {
     base: String,
     token: String,
     agent: ureq::Agent,
 }
 
 impl Admin {
-    fn connect(args: &TrafficArgs, env: &dyn Env) -> anyhow::Result<Self> {
-        let base = args.admin.clone().or_else(|| env.get("MODELSHIP_ADMIN_URL")).unwrap_or_else(|| "http://127.0.0.1:8001".to_owned());
+    pub fn connect(admin: Option<String>, token_file: Option<std::path::PathBuf>, env: &dyn Env) -> anyhow::Result<Self> {
+        let base = admin.or_else(|| env.get("MODELSHIP_ADMIN_URL")).unwrap_or_else(|| "http://127.0.0.1:8001".to_owned());
         let token = match env.get("MODELSHIP_ADMIN_TOKEN") {
             Some(t) => t,
             None => {
-                let file = args.token_file.clone().unwrap_or_else(|| crate::registry_config::state_dir(env).join("admin-token"));
+                let file = token_file.unwrap_or_else(|| crate::registry_config::state_dir(env).join("admin-token"));
                 std::fs::read_to_string(&file)
                     .with_context(|| format!("no admin token: set MODELSHIP_ADMIN_TOKEN or pass --token-file (tried {})", file.display()))?
                     .trim()
@@ -49,7 +49,7 @@ impl Admin {
         Ok(Admin { base: base.trim_end_matches('/').to_owned(), token, agent })
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let url = format!("{}/admin/v1{path}", self.base);
         let auth = format!("Bearer {}", self.token);
         let response = match (method, body) {
@@ -74,7 +74,7 @@ impl Admin {
     }
 }
 
-fn actor() -> String {
+pub fn actor() -> String {
     ProcessEnv.get("USER").map_or_else(|| "cli".to_owned(), |u| format!("cli:{u}"))
 }
 
@@ -86,7 +86,7 @@ fn share(s: &str) -> anyhow::Result<BasisPoints> {
 }
 
 fn run(args: TrafficArgs) -> anyhow::Result<()> {
-    let admin = Admin::connect(&args, &ProcessEnv)?;
+    let admin = Admin::connect(args.admin.clone(), args.token_file.clone(), &ProcessEnv)?;
     let json_out = args.output == OutputFormat::Json;
     let change = |model: &str, change: Change| -> anyhow::Result<Value> {
         admin.call("POST", &format!("/models/{model}/traffic"), Some(json!({"change": change, "reason": args.reason, "actor": actor()})))

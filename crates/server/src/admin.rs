@@ -17,18 +17,20 @@ use serde_json::json;
 
 use crate::error::{ApiError, json};
 use crate::state::AppState;
+use crate::rollouts::Rollouts;
 use crate::traffic::Traffic;
 
 #[derive(Clone)]
 pub struct AdminState {
     pub app: AppState,
     pub traffic: Arc<Traffic>,
+    pub rollouts: Arc<Rollouts>,
     token: Arc<str>,
 }
 
 impl AdminState {
-    pub fn new(app: AppState, traffic: Arc<Traffic>, token: &str) -> Self {
-        AdminState { app, traffic, token: Arc::from(token) }
+    pub fn new(app: AppState, traffic: Arc<Traffic>, rollouts: Arc<Rollouts>, token: &str) -> Self {
+        AdminState { app, traffic, rollouts, token: Arc::from(token) }
     }
 }
 
@@ -38,6 +40,9 @@ pub fn app(state: AdminState) -> Router {
         .route("/admin/v1/models/{name}/traffic", get(status).post(change))
         .route("/admin/v1/models/{name}/traffic/rollback", post(rollback))
         .route("/admin/v1/models/{name}/traffic/history", get(history))
+        .route("/admin/v1/models/{name}/rollout", get(rollout_status).post(rollout_start))
+        .route("/admin/v1/models/{name}/rollout/history", get(rollout_history))
+        .route("/admin/v1/models/{name}/rollout/{command}", post(rollout_command))
         .fallback(|request: Request| async move {
             ApiError::NoRoute { method: request.method().to_string(), path: request.uri().path().to_owned() }
         })
@@ -158,4 +163,48 @@ async fn rollback(State(state): State<AdminState>, Path(name): Path<String>, hea
 async fn history(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_model(&state, &name)?;
     Ok(json(StatusCode::OK, &state.traffic.history()?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRequest {
+    spec: serde_json::Value,
+    #[serde(default)]
+    actor: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CommandRequest {
+    #[serde(default)]
+    reason: String,
+}
+
+async fn rollout_start(State(state): State<AdminState>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    check_model(&state, &name)?;
+    let request: StartRequest = parse(&body)?;
+    let spec: modelship_rollout::spec::RolloutSpec = serde_json::from_value(request.spec)
+        .map_err(|e| ApiError::Decode(modelship_protocol::DecodeError(format!("invalid rollout spec: {e}"))))?;
+    let actor = actor(request.actor, &headers);
+    Ok(json(StatusCode::OK, &state.rollouts.start(&state.app, spec, &actor).await?))
+}
+
+async fn rollout_status(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    check_model(&state, &name)?;
+    Ok(json(StatusCode::OK, &state.rollouts.status().await))
+}
+
+async fn rollout_history(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    check_model(&state, &name)?;
+    Ok(json(StatusCode::OK, &state.rollouts.history()?))
+}
+
+async fn rollout_command(
+    State(state): State<AdminState>,
+    Path((name, command)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_model(&state, &name)?;
+    let request: CommandRequest = if body.iter().all(u8::is_ascii_whitespace) { CommandRequest::default() } else { parse(&body)? };
+    Ok(json(StatusCode::OK, &state.rollouts.command(&state.app, &command, &request.reason).await?))
 }

@@ -9,6 +9,7 @@
 //! - [`health`], [`metrics`]: probe state and Prometheus metrics.
 //! - [`follow`]: follows a registry alias, swapping versions in without failing a request.
 //! - [`shadow`]: mirrored requests, run off the client's path and compared with what it got.
+//! - [`rollouts`]: the rollout control loop: observations in, engine decisions applied, state persisted.
 //! - [`traffic`]: the single writer of routing tables, with numbered, persisted revisions.
 //! - [`serve`]: runs the app on a listener until shutdown, then drains under a grace period.
 
@@ -18,10 +19,12 @@ pub mod follow;
 pub mod health;
 pub mod metrics;
 pub mod model;
+pub mod observe;
 pub mod pool;
 mod request_id;
 pub mod routes;
 mod serve;
+pub mod rollouts;
 pub mod shadow;
 pub mod traffic;
 mod state;

@@ -5,6 +5,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::ModelTable;
 use crate::request_id::RequestIds;
+use crate::observe::Observations;
 use crate::shadow::Shadows;
 
 /// Bounds applied to every request.
@@ -29,6 +30,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub shadows: Arc<Shadows>,
+    pub observations: Arc<Observations>,
     pub(crate) ids: Arc<RequestIds>,
     /// Per-request numbers for weighted routing and shadow sampling.
     pub(crate) nonces: Arc<AtomicU64>,
@@ -42,6 +44,7 @@ impl AppState {
             metrics: Arc::default(),
             limits,
             shadows: Arc::new(Shadows::new(limits.max_shadow_in_flight)),
+            observations: Arc::default(),
             ids: Arc::default(),
             nonces: Arc::default(),
         }

@@ -167,6 +167,36 @@ impl Traffic {
         self.store.history(&self.spec.name)
     }
 
+    /// Sets the candidate's share (`version` at `weight`, reachable by the canary header when
+    /// `header`) and the shadow percentage in one revision: what a rollout step asks for.
+    pub async fn route_to(
+        &self,
+        state: &AppState,
+        version: &str,
+        weight: modelship_router::BasisPoints,
+        shadow: modelship_router::BasisPoints,
+        header: bool,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Revision, ApiError> {
+        let _one_at_a_time = self.lock.lock().await;
+        let served = state.models.served(&self.spec.name)?;
+        let mut table = served.table.clone();
+        table.candidate = (weight.get() > 0 || header).then(|| modelship_router::Candidate { version: version.to_owned(), weight });
+        table.shadow = (shadow.get() > 0).then(|| modelship_router::Shadow { version: version.to_owned(), percent: shadow });
+        self.install(state, &served, table, None, actor, reason).await
+    }
+
+    /// All traffic back to stable: no candidate, no shadow.
+    pub async fn to_stable(&self, state: &AppState, actor: &str, reason: &str) -> Result<Revision, ApiError> {
+        let _one_at_a_time = self.lock.lock().await;
+        let served = state.models.served(&self.spec.name)?;
+        let mut table = served.table.clone();
+        table.candidate = None;
+        table.shadow = None;
+        self.install(state, &served, table, None, actor, reason).await
+    }
+
     /// At startup: restores the routing of the last recorded revision (loading its versions), or
     /// records the current routing as revision 0 when the model has no history yet.
     pub async fn resume(&self, state: &AppState) -> Result<(), ApiError> {

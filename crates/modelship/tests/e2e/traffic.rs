@@ -262,3 +262,119 @@ fn the_routing_and_its_history_survive_a_restart() {
     assert!(!out.status.success());
     assert!(err.contains("serves a file") && err.contains("HTTP 409"), "{err}");
 }
+
+/// Runs `clients` threads posting single rows until the returned flag is set; counts failures
+/// (status other than 200) that happen while `counting` is set.
+fn load(server: &Server, clients: usize) -> (Arc<AtomicBool>, Arc<AtomicBool>, Arc<AtomicUsize>, Arc<AtomicUsize>, Vec<thread::JoinHandle<()>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let counting = Arc::new(AtomicBool::new(true));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let handles = (0..clients)
+        .map(|_| {
+            let (url, stop, counting, sent, failed) = (server.url("/v2/models/fraud/infer"), stop.clone(), counting.clone(), sent.clone(), failed.clone());
+            thread::spawn(move || {
+                let agent = agent();
+                let body = fraud_body(1);
+                while !stop.load(Ordering::Relaxed) {
+                    let ok = agent.post(&url).header("content-type", "application/json").send(&body).map(reply).is_ok_and(|r| r.status == 200);
+                    if counting.load(Ordering::Relaxed) {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        failed.fetch_add(usize::from(!ok), Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    (stop, counting, sent, failed, handles)
+}
+
+fn rollout(fleet: &Fleet, server: &Server, args: &[&str]) -> Value {
+    let out = command()
+        .arg("rollout")
+        .args(args)
+        .args(["--output", "json", "--admin", &format!("http://{}", server.ready["admin"].as_str().unwrap())])
+        .env("MODELSHIP_STATE_DIR", fleet.state.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rollout {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn wait_phase(fleet: &Fleet, server: &Server, phase: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = rollout(fleet, server, &["status", "fraud"]);
+        if status["phase"]["phase"] == phase {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "never reached {phase}: {status}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_rollout_promotes_a_healthy_version_under_load() {
+    let fleet = fleet();
+    let server = fleet.serve(&["--workers", "1"]);
+    let spec = fleet.state.path().join("canary.yaml");
+    std::fs::write(
+        &spec,
+        "rollout:\n  model: fraud\n  linear: {step: 50%, every: 2s}\n  checks:\n    - error_rate: {}\n    - latency: {max_ratio: 3.0}\n  failure: {min_samples: 20, deadline: 2m}\n  interval: 500ms\n",
+    )
+    .unwrap();
+    let (stop, _, sent, failed, clients) = load(&server, 3);
+    let started = rollout(&fleet, &server, &["start", "fraud", "--to", "2", "--spec", spec.to_str().unwrap()]);
+    assert_eq!(started["phase"]["phase"], "progressing");
+    let done = wait_phase(&fleet, &server, "promoted");
+    stop.store(true, Ordering::Relaxed);
+    clients.into_iter().for_each(|c| c.join().unwrap());
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "of {} requests: {done}", sent.load(Ordering::Relaxed));
+    assert_eq!(fleet.status(&server)["traffic"]["stable"], "2");
+    assert_eq!(version_of(&server, &[]), "2");
+    let history = rollout(&fleet, &server, &["history", "fraud"]);
+    let actions: Vec<&str> = history.as_array().unwrap().iter().map(|d| d["action"]["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["route", "route", "promote"], "{history}");
+    // The traffic history shows the rollout's own revisions.
+    let revisions = fleet.ok(&server, &["history", "fraud"]);
+    assert!(revisions.contains("rollout 1:"), "{revisions}");
+}
+
+#[test]
+fn a_failing_candidate_is_rolled_back_by_itself() {
+    let fleet = fleet();
+    let out = command()
+        .args(["models", "push", "fraud", &model("broken"), "--version", "3", "--registry"])
+        .arg(fleet.registry.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = fleet.serve(&[]);
+    let spec = fleet.state.path().join("canary.yaml");
+    std::fs::write(
+        &spec,
+        "to: 3\ncanary: {weights: [20, 100], every: 1m}\nchecks: [{error_rate: {}}]\nfailure: {consecutive: 2, min_samples: 20}\ninterval: 500ms\n",
+    )
+    .unwrap();
+    let (stop, counting, sent, failed, clients) = load(&server, 3);
+    counting.store(false, Ordering::Relaxed);
+    rollout(&fleet, &server, &["start", "fraud", "--spec", spec.to_str().unwrap()]);
+    let done = wait_phase(&fleet, &server, "rolled_back");
+    assert!(done["phase"]["reason"].as_str().unwrap().contains("error_rate"), "{done}");
+    // From the rollback on, every request succeeds on stable.
+    counting.store(true, Ordering::Relaxed);
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    clients.into_iter().for_each(|c| c.join().unwrap());
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "of {} requests after the rollback", sent.load(Ordering::Relaxed));
+    let status = fleet.status(&server);
+    assert_eq!((status["traffic"]["stable"].as_str(), status["traffic"]["candidate"].is_null()), (Some("1"), true), "{status}");
+    // Invalid specs are refused with every problem, before anything changes.
+    std::fs::write(&spec, "to: 2\ncanary: {weights: [50, 10], every: 1m}\nfailure: {consecutive: 0}\n").unwrap();
+    let out = command()
+        .args(["rollout", "start", "fraud", "--spec", spec.to_str().unwrap(), "--admin", &format!("http://{}", server.ready["admin"].as_str().unwrap())])
+        .env("MODELSHIP_STATE_DIR", fleet.state.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("canary.weights must increase") && err.contains("failure.consecutive"), "{err}");
+}

@@ -51,6 +51,21 @@ fn body_error(state: &AppState, rejection: BytesRejection) -> ApiError {
     }
 }
 
+/// The score a rollout watches for drift: the first value of the model's prediction output
+/// (for a binary classifier, the probability of class 1 of the first row).
+fn score_of(model: &LoadedModel, outputs: &[modelship_inference::Tensor]) -> Option<f64> {
+    let index = modelship_protocol::v1::prediction_output(&model.info.signature)?;
+    let name = &model.info.signature.outputs[index].name;
+    let tensor = outputs.iter().find(|t| t.name() == name)?;
+    match modelship_protocol::v1::prediction_value(tensor) {
+        serde_json::Value::Array(rows) => match rows.first()? {
+            serde_json::Value::Array(row) => row.last()?.as_f64(),
+            v => v.as_f64(),
+        },
+        _ => None,
+    }
+}
+
 /// Where a request goes: the version named in the URL, else the routing table (pin header,
 /// canary header, sticky key from a header or a body field, weights) and perhaps a shadow.
 fn route(state: &AppState, name: &str, pinned: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Routed, ApiError> {
@@ -97,6 +112,8 @@ struct Call<'a> {
     request_id: String,
     started: Instant,
     _in_flight: InFlight,
+    /// The model's score for this request (first row), for rollout analysis.
+    score: Option<f64>,
 }
 
 struct InFlight(IntGauge);
@@ -117,6 +134,7 @@ impl<'a> Call<'a> {
             request_id: state.ids.for_request(headers),
             started: Instant::now(),
             _in_flight: InFlight(gauge),
+            score: None,
         }
     }
 
@@ -124,6 +142,7 @@ impl<'a> Call<'a> {
         let elapsed = self.started.elapsed();
         // Unknown model names from clients never become label values.
         let (name, version) = model.map_or(("unknown", ""), |m| (m.name.as_str(), m.version.as_str()));
+        let routed_as = role;
         let role = role.map_or("", Role::as_str);
         let metrics = &self.state.metrics;
         let (mut response, error) = match result {
@@ -136,6 +155,11 @@ impl<'a> Call<'a> {
             }
         };
         let status = response.status();
+        if let (Some(m), Some(routed_as)) = (model, routed_as)
+            && routed_as != Role::Pinned
+        {
+            self.state.observations.record(&m.name, &m.version, status.is_server_error(), elapsed.as_secs_f64(), self.score);
+        }
         metrics.requests.with_label_values(&[name, version, role, self.endpoint, status.as_str()]).inc();
         metrics.request_duration.with_label_values(&[name, version, role, self.endpoint]).observe(elapsed.as_secs_f64());
         let latency_ms = elapsed.as_secs_f64() * 1000.0;

@@ -9,7 +9,7 @@ use axum::routing::post;
 use http::{HeaderMap, StatusCode};
 use modelship_protocol::v1;
 
-use super::{Call, body_error, route};
+use super::{Call, body_error, route, score_of};
 use crate::error::{ApiError, json_response};
 use crate::state::AppState;
 
@@ -18,7 +18,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn predict(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let call = Call::start(&state, "v1_predict", &headers);
+    let mut call = Call::start(&state, "v1_predict", &headers);
     let body = match body {
         Ok(body) => body,
         Err(r) => return call.finish(None, None, Err(body_error(&state, r))),
@@ -32,6 +32,9 @@ async fn predict(State(state): State<AppState>, headers: HeaderMap, body: Result
         let request = v1::decode_predict_request(&body, &model.info.signature)?;
         let mirror = routed.shadow.as_ref().filter(|s| state.shadows.admit(&state.metrics, s)).map(|_| request.clone());
         let outputs = model.infer(request).await?;
+        if state.observations.is_recording() {
+            call.score = score_of(model, &outputs);
+        }
         let output = outputs
             .first()
             .ok_or_else(|| ApiError::Internal("the model returned no output".to_owned()))?;

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode};
 use modelship_protocol::v2::{self, ModelMetadata, ModelReady, ServerMetadata};
 
-use super::{Call, body_error, route};
+use super::{Call, body_error, route, score_of};
 use crate::error::{ApiError, json, json_response};
 use crate::state::AppState;
 
@@ -95,7 +95,7 @@ async fn infer_at(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let call = Call::start(state, "v2_infer", headers);
+    let mut call = Call::start(state, "v2_infer", headers);
     let body = match body {
         Ok(body) => body,
         Err(r) => return call.finish(None, None, Err(body_error(state, r))),
@@ -110,6 +110,9 @@ async fn infer_at(
         let id = request.id.take();
         let mirror = routed.shadow.as_ref().filter(|s| state.shadows.admit(&state.metrics, s)).map(|_| request.clone());
         let outputs = model.infer(request).await?;
+        if state.observations.is_recording() {
+            call.score = score_of(model, &outputs);
+        }
         let body = v2::encode_infer_response(&model.name, &model.version, id.as_deref(), &outputs);
         if let (Some(shadow), Some(copy)) = (routed.shadow.clone(), mirror) {
             state.shadows.mirror(&state.metrics, shadow, copy, outputs);

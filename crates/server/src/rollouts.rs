@@ -1,0 +1,281 @@
+//! The rollout control loop: feeds the pure engine with what the versions did (from
+//! [`crate::observe`] and the shadow comparisons), applies its decisions through
+//! [`crate::traffic::Traffic`], and keeps the rollout's state and every decision in SQLite so a
+//! restart resumes it (or takes its failure action when its deadline passed).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use modelship_rollout::check::Window;
+use modelship_rollout::engine::{Action, Decision, Event, Rollout};
+use modelship_rollout::spec::RolloutSpec;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::traffic::Traffic;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn db(e: rusqlite::Error) -> ApiError {
+    ApiError::Internal(format!("rollout database: {e}"))
+}
+
+struct Active {
+    id: i64,
+    rollout: Rollout,
+    /// The stable version when the rollout started (what the candidate is compared with).
+    stable: String,
+    /// Shadow comparisons counted so far, to hand the engine only what is new.
+    seen: (u64, u64),
+}
+
+/// A decision as recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recorded {
+    pub rollout: i64,
+    #[serde(flatten)]
+    pub decision: Decision,
+}
+
+pub struct Rollouts {
+    traffic: Arc<Traffic>,
+    conn: Mutex<Connection>,
+    active: tokio::sync::Mutex<Option<Active>>,
+}
+
+impl Rollouts {
+    pub fn open(path: &Path, traffic: Arc<Traffic>) -> Result<Self, String> {
+        let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(|e| e.to_string())?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS rollouts (id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL,
+                 stable TEXT NOT NULL, state TEXT NOT NULL, done INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS rollout_decisions (rollout INTEGER NOT NULL, decision TEXT NOT NULL);",
+        )
+        .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
+        Ok(Rollouts { traffic, conn: Mutex::new(conn), active: tokio::sync::Mutex::new(None) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, ApiError> {
+        f(&self.conn.lock().unwrap_or_else(|p| p.into_inner())).map_err(db)
+    }
+
+    fn model(&self) -> &str {
+        &self.traffic.spec.name
+    }
+
+    fn save(&self, active: &Active) -> Result<(), ApiError> {
+        let state = serde_json::to_string(&active.rollout).unwrap_or_default();
+        self.with(|c| {
+            c.execute(
+                "UPDATE rollouts SET state = ?1, done = ?2, updated_ms = ?3 WHERE id = ?4",
+                params![state, active.rollout.phase.is_done(), now_ms() as i64, active.id],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Starts a rollout of `spec.to` against the current stable version.
+    pub async fn start(&self, state: &AppState, spec: RolloutSpec, actor: &str) -> Result<Value, ApiError> {
+        let plan = spec.resolve().map_err(|problems| ApiError::Conflict(format!("invalid rollout spec: {}", problems.join("; "))))?;
+        let mut active = self.active.lock().await;
+        if active.as_ref().is_some_and(|a| !a.rollout.phase.is_done()) {
+            return Err(ApiError::Conflict(format!("model '{}' already has a rollout in progress; abort it first", self.model())));
+        }
+        let served = state.models.served(self.model())?;
+        if plan.to == served.table.stable {
+            return Err(ApiError::Conflict(format!("version {} is already the stable version", plan.to)));
+        }
+        let now = now_ms();
+        let (rollout, decisions) = Rollout::start(plan, now);
+        let stable = served.table.stable.clone();
+        let id = self.with(|c| {
+            c.execute(
+                "INSERT INTO rollouts (model, stable, state, done, updated_ms) VALUES (?1, ?2, ?3, 0, ?4)",
+                params![self.model(), stable, serde_json::to_string(&rollout).unwrap_or_default(), now as i64],
+            )?;
+            Ok(c.last_insert_rowid())
+        })?;
+        let agreement = state.shadows.agreement(self.model(), &rollout.plan.to);
+        let mut new = Active { id, rollout, stable, seen: (agreement.compared, agreement.agreed) };
+        state.observations.set_recording(true);
+        tracing::info!(model = %self.model(), to = %new.rollout.plan.to, actor, "rollout started");
+        self.apply(state, &mut new, decisions).await?;
+        let status = status_of(&new);
+        *active = Some(new);
+        Ok(status)
+    }
+
+    /// An operator's command: approve, pause, resume or abort.
+    pub async fn command(&self, state: &AppState, command: &str, reason: &str) -> Result<Value, ApiError> {
+        let mut guard = self.active.lock().await;
+        let active = guard.as_mut().filter(|a| !a.rollout.phase.is_done()).ok_or_else(|| {
+            ApiError::Conflict(format!("model '{}' has no rollout in progress", self.model()))
+        })?;
+        let now = now_ms();
+        let reason = if reason.is_empty() { "by an operator".to_owned() } else { reason.to_owned() };
+        let event = match command {
+            "approve" => Event::Approve { now },
+            "pause" => Event::Pause { now, reason },
+            "resume" => Event::Resume { now },
+            "abort" => Event::Abort { now, reason },
+            other => return Err(ApiError::Conflict(format!("unknown rollout command '{other}': use approve, pause, resume or abort"))),
+        };
+        let decisions = active.rollout.handle(event);
+        self.apply(state, active, decisions).await?;
+        Ok(status_of(active))
+    }
+
+    pub async fn status(&self) -> Value {
+        match self.active.lock().await.as_ref() {
+            Some(a) => status_of(a),
+            None => json!({"model": self.model(), "rollout": null}),
+        }
+    }
+
+    pub fn history(&self) -> Result<Vec<Recorded>, ApiError> {
+        let rows: Vec<(i64, String)> = self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT d.rollout, d.decision FROM rollout_decisions d JOIN rollouts r ON r.id = d.rollout WHERE r.model = ?1 ORDER BY d.rowid",
+            )?;
+            let rows = stmt.query_map([self.model()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })?;
+        Ok(rows.into_iter().filter_map(|(rollout, d)| Some(Recorded { rollout, decision: serde_json::from_str(&d).ok()? })).collect())
+    }
+
+    /// At startup: the unfinished rollout, if any, resumes at its step or takes its failure action.
+    pub async fn recover(&self, state: &AppState) -> Result<(), ApiError> {
+        let row: Option<(i64, String, String)> = self.with(|c| {
+            c.query_row(
+                "SELECT id, stable, state FROM rollouts WHERE model = ?1 AND done = 0 ORDER BY id DESC LIMIT 1",
+                [self.model()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+        })?;
+        let Some((id, stable, saved)) = row else { return Ok(()) };
+        let mut rollout: Rollout = serde_json::from_str(&saved).map_err(|e| ApiError::Internal(format!("unreadable rollout state: {e}")))?;
+        let decisions = rollout.recover(now_ms());
+        let agreement = state.shadows.agreement(self.model(), &rollout.plan.to);
+        let mut active = Active { id, rollout, stable, seen: (agreement.compared, agreement.agreed) };
+        state.observations.set_recording(!active.rollout.phase.is_done());
+        tracing::info!(model = %self.model(), rollout = id, "resuming a rollout after a restart");
+        self.apply(state, &mut active, decisions).await?;
+        *self.active.lock().await = Some(active);
+        Ok(())
+    }
+
+    /// The control loop: one analysis per interval while a rollout is in progress.
+    pub async fn run(self: Arc<Self>, state: AppState) {
+        loop {
+            let interval = {
+                let active = self.active.lock().await;
+                active.as_ref().filter(|a| !a.rollout.phase.is_done()).map(|a| a.rollout.plan.interval.0)
+            };
+            tokio::time::sleep(interval.unwrap_or(Duration::from_millis(500))).await;
+            if state.health.is_draining() {
+                return;
+            }
+            if interval.is_some()
+                && let Err(e) = self.tick(&state).await
+            {
+                tracing::error!(model = %self.model(), error = %e, "rollout analysis failed");
+            }
+        }
+    }
+
+    async fn tick(&self, state: &AppState) -> Result<(), ApiError> {
+        let mut guard = self.active.lock().await;
+        let Some(active) = guard.as_mut().filter(|a| !a.rollout.phase.is_done()) else { return Ok(()) };
+        let model = self.model().to_owned();
+        let agreement = state.shadows.agreement(&model, &active.rollout.plan.to);
+        let window = Window {
+            stable: state.observations.drain(&model, &active.stable),
+            candidate: state.observations.drain(&model, &active.rollout.plan.to),
+            compared: agreement.compared.saturating_sub(active.seen.0),
+            agreed: agreement.agreed.saturating_sub(active.seen.1),
+        };
+        active.seen = (agreement.compared, agreement.agreed);
+        let decisions = active.rollout.handle(Event::Tick { now: now_ms(), window });
+        self.apply(state, active, decisions).await
+    }
+
+    async fn apply(&self, state: &AppState, active: &mut Active, decisions: Vec<Decision>) -> Result<(), ApiError> {
+        let to = active.rollout.plan.to.clone();
+        for d in decisions {
+            let reason = format!("rollout {}: {}", active.id, d.reason);
+            tracing::info!(model = %self.model(), action = ?d.action, reason = %reason, "rollout decision");
+            match &d.action {
+                Action::Route { weight, shadow, header } => {
+                    self.traffic.route_to(state, &to, *weight, *shadow, *header, "rollout", &reason).await?;
+                }
+                Action::Promote => {
+                    self.traffic.route_to(state, &to, modelship_router::BasisPoints::ALL, Default::default(), true, "rollout", &reason).await?;
+                    self.traffic.change(state, modelship_router::Change::Promote, "rollout", &reason).await?;
+                }
+                Action::Rollback => {
+                    self.traffic.to_stable(state, "rollout", &reason).await?;
+                }
+                Action::Pause => {}
+                Action::CallWebhook { url } => {
+                    // The answer comes back as an event; the rollout waits meanwhile.
+                    let (url, body) = (url.clone(), json!({"model": self.model(), "to": to, "rollout": active.id}));
+                    let answer = tokio::task::spawn_blocking(move || call_webhook(&url, &body)).await.unwrap_or((false, "webhook task failed".into()));
+                    let more = active.rollout.handle(Event::WebhookAnswered { now: now_ms(), go: answer.0, detail: answer.1 });
+                    self.record(active.id, &d)?;
+                    Box::pin(self.apply(state, active, more)).await?;
+                    continue;
+                }
+            }
+            self.record(active.id, &d)?;
+        }
+        if active.rollout.phase.is_done() {
+            state.observations.set_recording(false);
+        }
+        self.save(active)
+    }
+
+    fn record(&self, rollout: i64, d: &Decision) -> Result<(), ApiError> {
+        let json = serde_json::to_string(d).unwrap_or_default();
+        self.with(|c| c.execute("INSERT INTO rollout_decisions (rollout, decision) VALUES (?1, ?2)", params![rollout, json]).map(|_| ()))
+    }
+}
+
+/// POSTs the rollout to a gate: 2xx is go, anything else (or no answer in 30 s) is no.
+fn call_webhook(url: &str, body: &Value) -> (bool, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    match agent.post(url).send_json(body) {
+        Ok(r) if r.status().is_success() => (true, format!("HTTP {}", r.status().as_u16())),
+        Ok(r) => (false, format!("HTTP {}", r.status().as_u16())),
+        Err(e) => (false, format!("no answer: {e}")),
+    }
+}
+
+fn status_of(a: &Active) -> Value {
+    let r = &a.rollout;
+    json!({
+        "rollout": a.id,
+        "to": r.plan.to,
+        "stable": a.stable,
+        "phase": r.phase,
+        "step": r.step + 1,
+        "steps": r.plan.steps.len(),
+        "current_step": r.plan.steps.get(r.step),
+        "started_ms": r.started,
+        "step_started_ms": r.step_started,
+        "consecutive_failures": r.consecutive_failures,
+        "total_failures": r.total_failures,
+        "checks": r.verdicts.iter().map(|(name, v)| json!({"check": name, "result": v})).collect::<Vec<_>>(),
+    })
+}
