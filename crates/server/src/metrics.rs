@@ -38,6 +38,14 @@ pub struct Metrics {
     pub traffic_weight: IntGaugeVec,
     /// The routing revision in force.
     pub traffic_revision: IntGaugeVec,
+    /// 1 for the phase the model's rollout is in.
+    pub rollout_phase: IntGaugeVec,
+    /// The rollout's current step (1-based).
+    pub rollout_step: IntGaugeVec,
+    /// Each rollout check's latest value.
+    pub rollout_check_value: GaugeVec,
+    /// Each rollout check's latest verdict: 1 pass, 0 inconclusive, -1 fail.
+    pub rollout_check_verdict: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -151,6 +159,20 @@ impl Metrics {
                 &["model", "version", "role"],
             ),
             traffic_revision: gauge(&registry, "modelship_traffic_revision", "The routing revision in force", &["model"]),
+            rollout_phase: gauge(&registry, "modelship_rollout_phase", "1 for the phase the model's rollout is in", &["model", "phase"]),
+            rollout_step: gauge(&registry, "modelship_rollout_step", "The rollout's current step, from 1", &["model"]),
+            rollout_check_value: {
+                let m = GaugeVec::new(Opts::new("modelship_rollout_check_value", "Each rollout check's latest value"), &["model", "check"])
+                    .expect("valid metric");
+                registry.register(Box::new(m.clone())).expect("unique metric");
+                m
+            },
+            rollout_check_verdict: gauge(
+                &registry,
+                "modelship_rollout_check_verdict",
+                "Each rollout check's latest verdict: 1 pass, 0 inconclusive, -1 fail",
+                &["model", "check"],
+            ),
             registry,
         }
     }

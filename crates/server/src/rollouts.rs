@@ -239,12 +239,35 @@ impl Rollouts {
         if active.rollout.phase.is_done() {
             state.observations.set_recording(false);
         }
+        publish(state, self.model(), &active.rollout);
         self.save(active)
     }
 
     fn record(&self, rollout: i64, d: &Decision) -> Result<(), ApiError> {
         let json = serde_json::to_string(d).unwrap_or_default();
         self.with(|c| c.execute("INSERT INTO rollout_decisions (rollout, decision) VALUES (?1, ?2)", params![rollout, json]).map(|_| ()))
+    }
+}
+
+/// The rollout's phase, step and check verdicts as metrics.
+fn publish(state: &AppState, model: &str, r: &Rollout) {
+    let m = &state.metrics;
+    for phase in ["progressing", "awaiting_approval", "awaiting_webhook", "paused", "promoted", "rolled_back"] {
+        let _ = m.rollout_phase.remove_label_values(&[model, phase]);
+    }
+    let phase = serde_json::to_value(&r.phase).ok().and_then(|v| v.get("phase").and_then(Value::as_str).map(str::to_owned)).unwrap_or_default();
+    m.rollout_phase.with_label_values(&[model, &phase]).set(1);
+    m.rollout_step.with_label_values(&[model]).set(r.step as i64 + 1);
+    for (check, verdict) in &r.verdicts {
+        let (value, code) = match verdict {
+            modelship_rollout::check::Verdict::Pass { value } => (Some(*value), 1),
+            modelship_rollout::check::Verdict::Fail { value, .. } => (Some(*value), -1),
+            modelship_rollout::check::Verdict::Inconclusive { .. } => (None, 0),
+        };
+        m.rollout_check_verdict.with_label_values(&[model, check]).set(code);
+        if let Some(v) = value {
+            m.rollout_check_value.with_label_values(&[model, check]).set(v);
+        }
     }
 }
 

@@ -378,3 +378,52 @@ fn a_failing_candidate_is_rolled_back_by_itself() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("canary.weights must increase") && err.contains("failure.consecutive"), "{err}");
 }
+
+#[test]
+fn quality_from_feedback_metrics_and_resume_after_restart() {
+    let fleet = fleet();
+    let mut server = fleet.serve(&[]);
+    let spec = fleet.state.path().join("quality.yaml");
+    std::fs::write(
+        &spec,
+        "to: '2'\nsteps:\n  - weight: {weight: 50%, hold: 1h}\nchecks:\n  - quality: {metric: accuracy, min_delta: -1.0, min_labels: 10}\nfailure: {min_samples: 5, deadline: 3h}\ninterval: 300ms\n",
+    )
+    .unwrap();
+    rollout(&fleet, &server, &["start", "fraud", "--spec", spec.to_str().unwrap()]);
+    // Predictions, then their labels, joined by the request id each response carried.
+    let mut labels = Vec::new();
+    for i in 0..80 {
+        let r = server.post("/v2/models/fraud/infer", &fraud_body(1 + i % 2));
+        assert_eq!(r.status, 200);
+        labels.push(serde_json::json!({"request_id": r.header("x-request-id").unwrap(), "label": i % 3 == 0}));
+    }
+    let joined = server.post("/v1/feedback", &serde_json::json!({"labels": labels}).to_string()).json();
+    assert_eq!(joined["joined"], 80, "{joined}");
+    let unknown = server.post("/v1/feedback", r#"{"request_id": "never-seen", "label": 1}"#).json();
+    assert_eq!((unknown["joined"].as_u64(), unknown["unknown"][0].as_str()), (Some(0), Some("never-seen")));
+    assert_eq!(server.post("/v1/feedback", r#"{"request_id": "x", "label": 7}"#).status, 400);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = rollout(&fleet, &server, &["status", "fraud"]);
+        if status["checks"][0]["result"]["verdict"] == "pass" {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "quality never judged: {status}");
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status["checks"][0]["check"], "quality");
+    let metrics = server.get("/metrics").text;
+    assert!(metrics.contains(r#"modelship_rollout_phase{model="fraud",phase="progressing"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"modelship_rollout_check_verdict{check="quality",model="fraud"} 1"#), "{metrics}");
+
+    // A restart resumes the rollout at its step, with its routing.
+    server.signal("TERM");
+    assert_eq!(server.wait(Duration::from_secs(30)).code(), Some(0));
+    let server = fleet.serve(&[]);
+    let status = rollout(&fleet, &server, &["status", "fraud"]);
+    assert_eq!((status["rollout"].as_i64(), status["phase"]["phase"].as_str(), status["step"].as_i64()), (Some(1), Some("progressing"), Some(1)), "{status}");
+    assert_eq!(fleet.status(&server)["traffic"]["candidate"]["weight"], 5000);
+    let aborted = rollout(&fleet, &server, &["abort", "fraud", "--reason", "enough"]);
+    assert_eq!(aborted["phase"]["phase"], "rolled_back");
+    assert!(fleet.status(&server)["traffic"]["candidate"].is_null());
+}

@@ -1,5 +1,6 @@
 //! HTTP routes. Each module exposes `routes()`; [`app`] composes them with the fallbacks.
 
+mod feedback;
 mod ops;
 mod v1;
 mod v2;
@@ -27,6 +28,7 @@ pub fn app(state: AppState) -> Router {
         .merge(v2::routes())
         .merge(v1::routes())
         .merge(ops::routes())
+        .merge(feedback::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -158,7 +160,7 @@ impl<'a> Call<'a> {
         if let (Some(m), Some(routed_as)) = (model, routed_as)
             && routed_as != Role::Pinned
         {
-            self.state.observations.record(&m.name, &m.version, status.is_server_error(), elapsed.as_secs_f64(), self.score);
+            self.state.observations.record(&self.request_id, &m.name, &m.version, status.is_server_error(), elapsed.as_secs_f64(), self.score);
         }
         metrics.requests.with_label_values(&[name, version, role, self.endpoint, status.as_str()]).inc();
         metrics.request_duration.with_label_values(&[name, version, role, self.endpoint]).observe(elapsed.as_secs_f64());
