@@ -5,7 +5,7 @@
 #                             wheel on PyPI, into ./.venv (modelship finds it there by itself)
 #   scripts/setup.sh --test   also the real servers the tests start on loopback:
 #                             s3s-fs (an S3 server, crates.io) into ./.cache/tools/bin,
-#                             MLflow (PyPI) into ./.venv
+#                             MLflow (PyPI) into ./.venv, Prometheus (Debian package)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,5 +37,11 @@ if [ "${1:-}" = "--test" ]; then
     echo "setup: installing mlflow==$MLFLOW_VERSION into $VENV (a real MLflow server for the tests)" >&2
     pip_install "mlflow==$MLFLOW_VERSION" "onnx==$ONNX_VERSION"
   fi
-  echo "setup: test servers: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow" >&2
+  if ! command -v prometheus >/dev/null 2>&1; then
+    echo "setup: apt-get install prometheus (a real Prometheus for the PromQL rollout checks)" >&2
+    sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+    $sudo_ apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  fi
+  echo "setup: test servers: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow, $(command -v prometheus)" >&2
 fi

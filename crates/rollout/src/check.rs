@@ -13,6 +13,9 @@ pub struct Window {
     /// Shadow comparisons in the window (candidate answering mirrored requests).
     pub compared: u64,
     pub agreed: u64,
+    /// Values fetched from outside for this window, by check key (PromQL results).
+    #[serde(default)]
+    pub external: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -59,6 +62,8 @@ impl Window {
         self.candidate.merge(&other.candidate);
         self.compared += other.compared;
         self.agreed += other.agreed;
+        // The latest value of an external query stands for the window.
+        self.external.extend(other.external.iter().map(|(k, v)| (k.clone(), *v)));
     }
 }
 
@@ -87,6 +92,17 @@ pub enum Check {
     Drift {
         #[serde(default = "default_psi")]
         max_psi: f64,
+    },
+    /// A PromQL query against a Prometheus server (for fleets whose replicas report there):
+    /// `{{model}}`, `{{stable}}` and `{{candidate}}` in the query are replaced by the names; the
+    /// query's value must stay within `max` (and above `min`). No value is inconclusive.
+    Prometheus {
+        url: String,
+        query: String,
+        #[serde(default)]
+        max: Option<f64>,
+        #[serde(default)]
+        min: Option<f64>,
     },
     /// Quality on delayed ground truth: the candidate's accuracy or AUC minus stable's must not
     /// fall below `min_delta`, once each has `min_labels` labels.
@@ -138,10 +154,22 @@ impl Check {
             Check::Agreement { .. } => "agreement",
             Check::Drift { .. } => "drift",
             Check::Quality { .. } => "quality",
+            Check::Prometheus { .. } => "prometheus",
         }
     }
 
     /// Judges one window; `min_samples` is the policy's floor under which nothing is concluded.
+    /// The query a Prometheus check sends, with the names filled in.
+    pub fn promql(&self, model: &str, stable: &str, candidate: &str) -> Option<(String, String)> {
+        match self {
+            Check::Prometheus { url, query, .. } => Some((
+                url.clone(),
+                query.replace("{{model}}", model).replace("{{stable}}", stable).replace("{{candidate}}", candidate),
+            )),
+            _ => None,
+        }
+    }
+
     pub fn judge(&self, w: &Window, min_samples: u64) -> Verdict {
         let few = |what: &str, have: u64| Verdict::Inconclusive { reason: format!("{have} {what}, fewer than {min_samples}") };
         match *self {
@@ -194,6 +222,16 @@ impl Check {
                     Verdict::Pass { value: psi }
                 }
             }
+            Check::Prometheus { ref query, max, min, .. } => match w.external.get(query) {
+                None => Verdict::Inconclusive { reason: "no value from Prometheus yet".to_owned() },
+                Some(&v) if max.is_some_and(|m| v > m) => {
+                    Verdict::Fail { value: v, reason: format!("{query} = {v} above {}", max.unwrap_or_default()) }
+                }
+                Some(&v) if min.is_some_and(|m| v < m) => {
+                    Verdict::Fail { value: v, reason: format!("{query} = {v} below {}", min.unwrap_or_default()) }
+                }
+                Some(&v) => Verdict::Pass { value: v },
+            },
             Check::Quality { metric, min_delta, min_labels } => {
                 let (s, c) = (&w.stable.labelled, &w.candidate.labelled);
                 if c.len() < min_labels || s.len() < min_labels {

@@ -294,6 +294,10 @@ impl Rollout {
 /// At 100 % no live request reaches stable, so nothing can be compared: that step is a plain
 /// hold (the earlier steps carried the evidence; an operator can still roll back).
 fn applies(check: &Check, step: &Step) -> bool {
+    if matches!(check, Check::Prometheus { .. }) {
+        // An absolute signal from outside: it applies wherever traffic flows.
+        return !matches!(step, Step::Approve {} | Step::Webhook { .. });
+    }
     match step {
         Step::Shadow { .. } => matches!(check, Check::Agreement { .. } | Check::Drift { .. }),
         Step::Weight { weight, .. } if weight.0 == BasisPoints::ALL => false,

@@ -258,6 +258,10 @@ impl RolloutSpec {
                 Check::Agreement { min } if !(0.0..=1.0).contains(min) => problems.push(format!("agreement.min {min} is not between 0 and 1")),
                 Check::Latency { max_ratio, .. } if *max_ratio < 1.0 => problems.push(format!("latency.max_ratio {max_ratio} is below 1")),
                 Check::Drift { max_psi } if *max_psi <= 0.0 => problems.push(format!("drift.max_psi {max_psi} must be above 0")),
+                Check::Prometheus { url, .. } if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    problems.push(format!("prometheus.url '{url}' is not an http(s) URL"))
+                }
+                Check::Prometheus { max: None, min: None, .. } => problems.push("a prometheus check needs max or min".to_owned()),
                 _ => {}
             }
         }

@@ -18,7 +18,7 @@ fn sample(requests: u64, errors: u64, latency: f64) -> Sample {
 
 /// Both versions healthy and alike.
 fn healthy() -> Window {
-    Window { stable: sample(1000, 10, 0.010), candidate: sample(1000, 10, 0.010), compared: 1000, agreed: 995 }
+    Window { stable: sample(1000, 10, 0.010), candidate: sample(1000, 10, 0.010), compared: 1000, agreed: 995, ..Default::default() }
 }
 
 fn erroring() -> Window {

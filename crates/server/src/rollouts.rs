@@ -196,12 +196,29 @@ impl Rollouts {
         let Some(active) = guard.as_mut().filter(|a| !a.rollout.phase.is_done()) else { return Ok(()) };
         let model = self.model().to_owned();
         let agreement = state.shadows.agreement(&model, &active.rollout.plan.to);
-        let window = Window {
+        let mut window = Window {
             stable: state.observations.drain(&model, &active.stable),
             candidate: state.observations.drain(&model, &active.rollout.plan.to),
             compared: agreement.compared.saturating_sub(active.seen.0),
             agreed: agreement.agreed.saturating_sub(active.seen.1),
+            external: Default::default(),
         };
+        for check in &active.rollout.plan.checks {
+            let (Some((url, query)), modelship_rollout::check::Check::Prometheus { query: key, .. }) =
+                (check.promql(&model, &active.stable, &active.rollout.plan.to), check)
+            else {
+                continue;
+            };
+            let key = key.clone();
+            match tokio::task::spawn_blocking(move || prometheus_value(&url, &query)).await {
+                Ok(Ok(Some(v))) => {
+                    window.external.insert(key, v);
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!(model = %model, error = %e, "Prometheus query failed; the check stays inconclusive"),
+                Err(_) => {}
+            }
+        }
         active.seen = (agreement.compared, agreement.agreed);
         let decisions = active.rollout.handle(Event::Tick { now: now_ms(), window });
         self.apply(state, active, decisions).await
@@ -247,6 +264,28 @@ impl Rollouts {
         let json = serde_json::to_string(d).unwrap_or_default();
         self.with(|c| c.execute("INSERT INTO rollout_decisions (rollout, decision) VALUES (?1, ?2)", params![rollout, json]).map(|_| ()))
     }
+}
+
+/// The value of an instant PromQL query: a scalar, or the first sample of a vector (`None` for an
+/// empty result, e.g. before the first scrape).
+fn prometheus_value(url: &str, query: &str) -> Result<Option<f64>, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build().into();
+    let mut response = agent
+        .get(format!("{}/api/v1/query", url.trim_end_matches('/')))
+        .query("query", query)
+        .call()
+        .map_err(|e| format!("{url}: {e}"))?;
+    let body: Value = response.body_mut().read_json().map_err(|e| format!("{url}: {e}"))?;
+    if body["status"] != "success" {
+        return Err(format!("{url}: {}", body["error"].as_str().unwrap_or("query failed")));
+    }
+    let result = &body["data"]["result"];
+    let sample = match body["data"]["resultType"].as_str() {
+        Some("scalar") => result.get(1),
+        Some("vector") => result.get(0).and_then(|s| s["value"].get(1)),
+        other => return Err(format!("{url}: a {} result; the query must give a scalar or a vector", other.unwrap_or("?"))),
+    };
+    Ok(sample.and_then(Value::as_str).and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite()))
 }
 
 /// The rollout's phase, step and check verdicts as metrics.

@@ -427,3 +427,52 @@ fn quality_from_feedback_metrics_and_resume_after_restart() {
     assert_eq!(aborted["phase"]["phase"], "rolled_back");
     assert!(fleet.status(&server)["traffic"]["candidate"].is_null());
 }
+
+#[test]
+fn a_promql_check_against_a_real_prometheus_rolls_back() {
+    use crate::support::{Service, free_port};
+    let fleet = fleet();
+    let out = command()
+        .args(["models", "push", "fraud", &model("broken"), "--version", "3", "--registry"])
+        .arg(fleet.registry.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let server = fleet.serve(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: modelship\n    static_configs: [{{targets: ['{}']}}]\n",
+            server.addr
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut cmd = std::process::Command::new("prometheus");
+    cmd.arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+    let mut prometheus = Service::start("prometheus", cmd, dir.path().join("prometheus.log"));
+    let probe = agent();
+    let url = format!("http://127.0.0.1:{port}");
+    prometheus.wait_until(Duration::from_secs(60), || probe.get(format!("{url}/-/ready")).call().is_ok_and(|r| r.status() == 200));
+
+    let spec = fleet.state.path().join("promql.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "to: '3'\ncanary: {{weights: [30, 100], every: 5m}}\nchecks:\n  - prometheus:\n      url: {url}\n      query: 'sum(modelship_requests_total{{model=\"{{{{model}}}}\",version=\"{{{{candidate}}}}\",code=\"500\"}}) or vector(0)'\n      max: 0\nfailure: {{consecutive: 2, min_samples: 5, deadline: 5m}}\ninterval: 1s\n"
+        ),
+    )
+    .unwrap();
+    let (stop, _, _, _, clients) = load(&server, 2);
+    rollout(&fleet, &server, &["start", "fraud", "--spec", spec.to_str().unwrap()]);
+    let done = wait_phase(&fleet, &server, "rolled_back");
+    stop.store(true, Ordering::Relaxed);
+    clients.into_iter().for_each(|c| c.join().unwrap());
+    let reason = done["phase"]["reason"].as_str().unwrap();
+    assert!(reason.contains("prometheus") && reason.contains("above 0"), "{done}");
+    assert!(fleet.status(&server)["traffic"]["candidate"].is_null());
+}
