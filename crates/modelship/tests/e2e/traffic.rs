@@ -476,3 +476,38 @@ fn a_promql_check_against_a_real_prometheus_rolls_back() {
     assert!(reason.contains("prometheus") && reason.contains("above 0"), "{done}");
     assert!(fleet.status(&server)["traffic"]["candidate"].is_null());
 }
+
+#[test]
+fn approval_and_webhook_gates() {
+    // A webhook that says go, and records that it was asked.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/gate", listener.local_addr().unwrap());
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut stream = stream;
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            counter.fetch_add(1, Ordering::Relaxed);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    let fleet = fleet();
+    let server = fleet.serve(&[]);
+    let spec = fleet.state.path().join("gates.yaml");
+    std::fs::write(
+        &spec,
+        format!("to: '2'\nsteps:\n  - weight: {{weight: 10%, hold: 0s}}\n  - approve: {{}}\n  - webhook: {{url: '{hook}'}}\n  - weight: {{weight: 100%, hold: 0s}}\ninterval: 200ms\n"),
+    )
+    .unwrap();
+    rollout(&fleet, &server, &["start", "fraud", "--spec", spec.to_str().unwrap()]);
+    let waiting = wait_phase(&fleet, &server, "awaiting_approval");
+    assert_eq!(waiting["step"], 2);
+    assert_eq!(asked.load(Ordering::Relaxed), 0, "the webhook waits for the approval");
+    rollout(&fleet, &server, &["approve", "fraud"]);
+    wait_phase(&fleet, &server, "promoted");
+    assert_eq!(asked.load(Ordering::Relaxed), 1);
+    assert_eq!(fleet.status(&server)["traffic"]["stable"], "2");
+}
