@@ -59,20 +59,8 @@ Examples:
 
 #[derive(Debug, Clone, Args)]
 pub struct RolloutArgs {
-    /// The server's admin API [env: MODELSHIP_ADMIN_URL] [default: http://127.0.0.1:8001]
-    #[arg(long, global = true, value_name = "URL")]
-    pub admin: Option<String>,
-
-    /// File with the admin token (when MODELSHIP_ADMIN_TOKEN is not set)
-    #[arg(long, global = true, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
-
-    /// Why (recorded with the decision)
-    #[arg(long, global = true, default_value = "")]
-    pub reason: String,
-
-    #[arg(long, global = true, value_enum, default_value = "table")]
-    pub output: OutputFormat,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 
     #[command(subcommand)]
     pub command: RolloutCommand,
@@ -124,8 +112,9 @@ Examples:
   modelship traffic rollback fraud              # back to the routing before the last change
   modelship traffic history fraud";
 
+/// How to reach a server's admin API, shared by `traffic` and `rollout`.
 #[derive(Debug, Clone, Args)]
-pub struct TrafficArgs {
+pub struct AdminArgs {
     /// The server's admin API [env: MODELSHIP_ADMIN_URL] [default: http://127.0.0.1:8001]
     #[arg(long, global = true, value_name = "URL")]
     pub admin: Option<String>,
@@ -141,6 +130,12 @@ pub struct TrafficArgs {
     /// Output format
     #[arg(long, global = true, value_enum, default_value = "table")]
     pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TrafficArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
 
     #[command(subcommand)]
     pub command: TrafficCommand,

@@ -44,8 +44,8 @@ fn read_spec(path: &std::path::Path, to: Option<String>) -> anyhow::Result<Value
 }
 
 fn run(args: RolloutArgs) -> anyhow::Result<()> {
-    let admin = Admin::connect(args.admin.clone(), args.token_file.clone(), &ProcessEnv)?;
-    let json_out = args.output == OutputFormat::Json;
+    let admin = Admin::connect(args.admin.admin.clone(), args.admin.token_file.clone(), &ProcessEnv)?;
+    let json_out = args.admin.output == OutputFormat::Json;
     let path = |model: &str, rest: &str| format!("/models/{model}/rollout{rest}");
     let result = match &args.command {
         RolloutCommand::Start { model, to, spec } => {
@@ -67,10 +67,10 @@ fn run(args: RolloutArgs) -> anyhow::Result<()> {
                 std::thread::sleep(Duration::from_secs(2));
             }
         }
-        RolloutCommand::Approve { model } => admin.call("POST", &path(model, "/approve"), Some(json!({"reason": args.reason})))?,
-        RolloutCommand::Pause { model } => admin.call("POST", &path(model, "/pause"), Some(json!({"reason": args.reason})))?,
-        RolloutCommand::Resume { model } => admin.call("POST", &path(model, "/resume"), Some(json!({"reason": args.reason})))?,
-        RolloutCommand::Abort { model } => admin.call("POST", &path(model, "/abort"), Some(json!({"reason": args.reason})))?,
+        RolloutCommand::Approve { model } => admin.call("POST", &path(model, "/approve"), Some(json!({"reason": args.admin.reason})))?,
+        RolloutCommand::Pause { model } => admin.call("POST", &path(model, "/pause"), Some(json!({"reason": args.admin.reason})))?,
+        RolloutCommand::Resume { model } => admin.call("POST", &path(model, "/resume"), Some(json!({"reason": args.admin.reason})))?,
+        RolloutCommand::Abort { model } => admin.call("POST", &path(model, "/abort"), Some(json!({"reason": args.admin.reason})))?,
         RolloutCommand::History { model } => {
             let history = admin.call("GET", &path(model, "/history"), None)?;
             if json_out {

@@ -86,10 +86,10 @@ fn share(s: &str) -> anyhow::Result<BasisPoints> {
 }
 
 fn run(args: TrafficArgs) -> anyhow::Result<()> {
-    let admin = Admin::connect(args.admin.clone(), args.token_file.clone(), &ProcessEnv)?;
-    let json_out = args.output == OutputFormat::Json;
+    let admin = Admin::connect(args.admin.admin.clone(), args.admin.token_file.clone(), &ProcessEnv)?;
+    let json_out = args.admin.output == OutputFormat::Json;
     let change = |model: &str, change: Change| -> anyhow::Result<Value> {
-        admin.call("POST", &format!("/models/{model}/traffic"), Some(json!({"change": change, "reason": args.reason, "actor": actor()})))
+        admin.call("POST", &format!("/models/{model}/traffic"), Some(json!({"change": change, "reason": args.admin.reason, "actor": actor()})))
     };
     let result = match &args.command {
         TrafficCommand::Status { model } => {
@@ -137,7 +137,7 @@ fn run(args: TrafficArgs) -> anyhow::Result<()> {
         TrafficCommand::Rollback { model, to_revision } => admin.call(
             "POST",
             &format!("/models/{model}/traffic/rollback"),
-            Some(json!({"to_revision": to_revision, "reason": args.reason, "actor": actor()})),
+            Some(json!({"to_revision": to_revision, "reason": args.admin.reason, "actor": actor()})),
         )?,
     };
     if json_out {

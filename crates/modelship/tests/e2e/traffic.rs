@@ -18,21 +18,25 @@ struct Fleet {
     state: tempfile::TempDir,
 }
 
-/// A registry with fraud:1 (gradient boosting) and fraud:2 (xgboost), aliased production -> 1.
+/// A registry with fraud:1 (gradient boosting) and fraud:2 (xgboost).
 fn fleet() -> Fleet {
     let fleet = Fleet { registry: tempfile::tempdir().unwrap(), state: tempfile::tempdir().unwrap() };
-    for (file, version) in [("fraud", "1"), ("xgboost", "2")] {
-        let out = command()
-            .args(["models", "push", "fraud", &model(file), "--version", version, "--registry"])
-            .arg(fleet.registry.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
+    fleet.push("fraud", "1");
+    fleet.push("xgboost", "2");
     fleet
 }
 
 impl Fleet {
+    /// Pushes fixture `file` as version `version` of model fraud.
+    fn push(&self, file: &str, version: &str) {
+        let out = command()
+            .args(["models", "push", "fraud", &model(file), "--version", version, "--registry"])
+            .arg(self.registry.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     fn serve(&self, extra: &[&str]) -> Server {
         let mut args = vec!["fraud:1", "--registry", self.registry.path().to_str().unwrap(), "--keep-warm", "60"];
         args.extend_from_slice(extra);
@@ -342,12 +346,7 @@ fn a_rollout_promotes_a_healthy_version_under_load() {
 #[test]
 fn a_failing_candidate_is_rolled_back_by_itself() {
     let fleet = fleet();
-    let out = command()
-        .args(["models", "push", "fraud", &model("broken"), "--version", "3", "--registry"])
-        .arg(fleet.registry.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    fleet.push("broken", "3");
     let server = fleet.serve(&[]);
     let spec = fleet.state.path().join("canary.yaml");
     std::fs::write(
@@ -432,12 +431,7 @@ fn quality_from_feedback_metrics_and_resume_after_restart() {
 fn a_promql_check_against_a_real_prometheus_rolls_back() {
     use crate::support::{Service, free_port};
     let fleet = fleet();
-    let out = command()
-        .args(["models", "push", "fraud", &model("broken"), "--version", "3", "--registry"])
-        .arg(fleet.registry.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    fleet.push("broken", "3");
     let server = fleet.serve(&[]);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("prometheus.yml");
