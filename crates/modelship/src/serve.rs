@@ -153,14 +153,15 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
             if let ModelSource::Registry { registry, reference: ModelRef::Alias(name, alias) } = &source {
                 let follow = Follow {
                     registry: Arc::clone(registry),
-                    backend: Arc::clone(&backend),
+                    traffic: Arc::clone(&traffic),
                     model: name.clone(),
                     alias: alias.clone(),
-                    spec: spec.clone(),
                     poll: config.registry_poll,
                 };
                 tracing::info!(model = %name, alias = %alias, poll_s = config.registry_poll.as_secs_f64(), "following the alias");
-                tokio::spawn(follow_alias(state.clone(), follow, spec.version.clone()));
+                // After a restart the recorded routing may serve another version than the alias names now.
+                let current = state.models.served(&spec.name).map(|s| s.table.stable.clone()).unwrap_or_else(|_| spec.version.clone());
+                tokio::spawn(follow_alias(state.clone(), follow, current));
             }
             None
         }

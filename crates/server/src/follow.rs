@@ -10,22 +10,21 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use modelship_inference::Backend;
-use modelship_registry::{ModelRef, NoProgress, Registry};
+use modelship_registry::Registry;
+use modelship_router::Change;
 use prometheus::IntCounterVec;
 
-use crate::model::{LoadedModel, ModelSlot, ModelSpec, Served};
 use crate::state::AppState;
+use crate::traffic::Traffic;
 
 /// What to follow and how.
 pub struct Follow {
     pub registry: Arc<Registry>,
-    pub backend: Arc<dyn Backend>,
+    /// Alias moves become traffic revisions (a blue-green switch), like any other change.
+    pub traffic: Arc<Traffic>,
     /// The registry model name.
     pub model: String,
     pub alias: String,
-    /// How the served model is loaded; `version` is replaced by each new target.
-    pub spec: ModelSpec,
     pub poll: Duration,
 }
 
@@ -56,22 +55,22 @@ pub async fn follow_alias(state: AppState, follow: Follow, mut current: String) 
         match swap_to(&state, &follow, &target).await {
             Ok(seconds) => {
                 tracing::info!(
-                    model = %follow.spec.name, alias = %follow.alias, from = %current, to = %target, load_seconds = seconds,
+                    model = %follow.traffic.spec.name, alias = %follow.alias, from = %current, to = %target, load_seconds = seconds,
                     "alias moved; now serving the new version"
                 );
-                record(&swaps, &follow.spec.name, "success");
-                state.models.set_reload_error(&follow.spec.name, None);
+                record(&swaps, &follow.traffic.spec.name, "success");
+                state.models.set_reload_error(&follow.traffic.spec.name, None);
                 current = target;
                 failed = None;
             }
             Err(e) => {
                 tracing::error!(
-                    model = %follow.spec.name, alias = %follow.alias, version = %target, error = %e,
+                    model = %follow.traffic.spec.name, alias = %follow.alias, version = %target, error = %e,
                     "alias moved but the new version cannot be served; keeping the current one"
                 );
-                record(&swaps, &follow.spec.name, "failure");
+                record(&swaps, &follow.traffic.spec.name, "failure");
                 state.models.set_reload_error(
-                    &follow.spec.name,
+                    &follow.traffic.spec.name,
                     Some(format!("{}@{} moved to {target}, which failed to load ({e}); still serving {current}", follow.model, follow.alias)),
                 );
                 failed = Some(target);
@@ -84,34 +83,16 @@ fn record(swaps: &IntCounterVec, model: &str, result: &str) {
     swaps.with_label_values(&[model, result]).inc();
 }
 
-/// Loads, warms and swaps in `version`; returns the load time in seconds.
+/// Switches to `version` (loaded and warmed by the traffic writer, the old one kept warm for a
+/// rollback); returns the time it took in seconds.
 async fn swap_to(state: &AppState, follow: &Follow, version: &str) -> Result<f64, String> {
     let started = Instant::now();
-    let reference = ModelRef::Version(follow.model.clone(), version.to_owned());
-    let registry = Arc::clone(&follow.registry);
-    let record = tokio::task::spawn_blocking(move || registry.resolve(&reference))
+    let reason = format!("{}@{} moved to {version}", follow.model, follow.alias);
+    follow
+        .traffic
+        .change(state, Change::Switch { version: version.to_owned() }, "registry", &reason)
         .await
-        .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let bytes = follow.registry.artifact(&record, &NoProgress).await.map_err(|e| e.to_string())?;
-    let mut spec = follow.spec.clone();
-    spec.version = version.to_owned();
-    let (backend, metrics, load_spec) = (Arc::clone(&follow.backend), Arc::clone(&state.metrics), spec.clone());
-    let model = tokio::task::spawn_blocking(move || LoadedModel::load(backend, bytes.to_vec().into(), &load_spec, &metrics))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    if let Err(e) = model.warm_up().await {
-        tracing::warn!(model = %spec.name, version, error = %e, "warm-up request failed; serving anyway");
-    }
-    let previous = state.models.snapshot().get(&spec.name).cloned();
-    let served = Served::single(Arc::new(model));
-    state.metrics.publish_traffic(&spec.name, &served);
-    state.models.set(&spec.name, ModelSlot::Ready(Arc::new(served)));
-    if let Some(ModelSlot::Ready(old)) = previous {
-        for model in old.versions.values().filter(|m| m.version != version) {
-            state.metrics.forget_version(model);
-        }
-    }
     Ok(started.elapsed().as_secs_f64())
 }
+
