@@ -23,7 +23,7 @@ pub struct Cli {
 pub enum Command {
     /// Serve a model over HTTP (Open Inference Protocol V2 and /v1/predict)
     #[command(after_help = SERVE_HELP)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Keep model versions: push, list, show, pull, remove, alias
     #[command(after_help = MODELS_HELP)]
     Models(ModelsArgs),

@@ -17,7 +17,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli.command {
-        cli::Command::Serve(args) => serve::main(args),
+        cli::Command::Serve(args) => serve::main(*args),
         cli::Command::Models(args) => models::main(args),
         cli::Command::Traffic(args) => traffic::main(args),
         cli::Command::Rollout(args) => rollout::main(args),

@@ -299,7 +299,7 @@ impl Catalog {
     /// so the caller can delete the artifact.
     pub fn remove(&self, name: &str, version: &str, force: bool, actor: &str) -> Result<Option<String>, RegistryError> {
         let at_ms = now_ms();
-        let outcome = self.with(|c| {
+        self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let digest: Option<String> = tx
                 .query_row("SELECT digest FROM versions WHERE name = ?1 AND version = ?2", params![name, version], |r| r.get(0))
@@ -327,7 +327,6 @@ impl Catalog {
                 tx.query_row("SELECT EXISTS(SELECT 1 FROM versions WHERE digest = ?1)", [&digest], |r| r.get(0))?;
             tx.commit()?;
             Ok(Ok((!still_used).then_some(digest)))
-        })?;
-        outcome
+        })?
     }
 }

@@ -311,7 +311,7 @@ mod tests {
         assert!(check(Check::Agreement { min: 0.98 }, &w).starts_with("fail: agreement 0.9500"));
         assert_eq!(check(Check::Agreement { min: 0.9 }, &w), "pass");
         let scores: Vec<f64> = (0..1000).map(|i| f64::from(i) / 1000.0).collect();
-        let shifted: Vec<f64> = scores.iter().map(|s| (s * 0.5 + 0.5)).collect();
+        let shifted: Vec<f64> = scores.iter().map(|s| s * 0.5 + 0.5).collect();
         let drift = |c: Vec<f64>| window(Sample { scores: scores.clone(), ..Default::default() }, Sample { scores: c, ..Default::default() });
         assert_eq!(check(Check::Drift { max_psi: 0.1 }, &drift(scores.clone())), "pass");
         assert!(check(Check::Drift { max_psi: 0.1 }, &drift(shifted)).starts_with("fail: prediction drift"));

@@ -15,9 +15,12 @@ const REMEMBERED: usize = 100_000;
 pub struct Observations {
     on: AtomicBool,
     samples: Mutex<HashMap<(String, String), Sample>>,
-    /// request id -> (model, version, score), for delayed ground truth.
-    predictions: Mutex<(HashMap<String, (String, String, f64)>, VecDeque<String>)>,
+    /// request id -> (model, version, score), for delayed ground truth, and the ids by age.
+    predictions: Mutex<(HashMap<String, Prediction>, VecDeque<String>)>,
 }
+
+/// Which model and version answered a request, and with what score.
+type Prediction = (String, String, f64);
 
 impl Observations {
     pub fn set_recording(&self, on: bool) {

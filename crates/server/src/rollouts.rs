@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::traffic::Traffic;
+use crate::traffic::{Split, Traffic};
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -231,10 +231,12 @@ impl Rollouts {
             tracing::info!(model = %self.model(), action = ?d.action, reason = %reason, "rollout decision");
             match &d.action {
                 Action::Route { weight, shadow, header } => {
-                    self.traffic.route_to(state, &to, *weight, *shadow, *header, "rollout", &reason).await?;
+                    let split = Split { weight: *weight, shadow: *shadow, header: *header };
+                    self.traffic.route_to(state, &to, split, "rollout", &reason).await?;
                 }
                 Action::Promote => {
-                    self.traffic.route_to(state, &to, modelship_router::BasisPoints::ALL, Default::default(), true, "rollout", &reason).await?;
+                    let all = Split { weight: modelship_router::BasisPoints::ALL, shadow: Default::default(), header: true };
+                    self.traffic.route_to(state, &to, all, "rollout", &reason).await?;
                     self.traffic.change(state, modelship_router::Change::Promote, "rollout", &reason).await?;
                 }
                 Action::Rollback => {

@@ -107,6 +107,15 @@ impl RevisionStore {
     }
 }
 
+/// A candidate's share of live traffic (reachable by the canary header when `header`, even at
+/// 0 %) and of mirrored traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    pub weight: modelship_router::BasisPoints,
+    pub shadow: modelship_router::BasisPoints,
+    pub header: bool,
+}
+
 /// Everything a traffic change needs besides the app state.
 pub struct Traffic {
     pub registry: Option<Arc<Registry>>,
@@ -167,21 +176,13 @@ impl Traffic {
         self.store.history(&self.spec.name)
     }
 
-    /// Sets the candidate's share (`version` at `weight`, reachable by the canary header when
-    /// `header`) and the shadow percentage in one revision: what a rollout step asks for.
-    pub async fn route_to(
-        &self,
-        state: &AppState,
-        version: &str,
-        weight: modelship_router::BasisPoints,
-        shadow: modelship_router::BasisPoints,
-        header: bool,
-        actor: &str,
-        reason: &str,
-    ) -> Result<Revision, ApiError> {
+    /// Sets the candidate's share and the shadow percentage in one revision: what a rollout
+    /// step asks for.
+    pub async fn route_to(&self, state: &AppState, version: &str, split: Split, actor: &str, reason: &str) -> Result<Revision, ApiError> {
         let _one_at_a_time = self.lock.lock().await;
         let served = state.models.served(&self.spec.name)?;
         let mut table = served.table.clone();
+        let Split { weight, shadow, header } = split;
         table.candidate = (weight.get() > 0 || header).then(|| modelship_router::Candidate { version: version.to_owned(), weight });
         table.shadow = (shadow.get() > 0).then(|| modelship_router::Shadow { version: version.to_owned(), percent: shadow });
         self.install(state, &served, table, None, actor, reason).await
