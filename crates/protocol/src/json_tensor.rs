@@ -240,6 +240,7 @@ impl<'de, T: Element> Visitor<'de> for Level<'_, T> {
 }
 
 /// Serializes tensor elements as a flat JSON array (FP16 widened to f32, BYTES as text).
+#[derive(Debug)]
 pub struct DataJson<'a>(pub &'a TensorData);
 
 impl Serialize for DataJson<'_> {

@@ -85,22 +85,7 @@ pub struct OutputJson<'a> {
     pub name: &'a str,
     pub datatype: &'static str,
     pub shape: &'a [usize],
-    pub data: DataJsonRef<'a>,
-}
-
-/// A `Debug`-able handle on output data for [`OutputJson`].
-pub struct DataJsonRef<'a>(pub &'a modelship_inference::TensorData);
-
-impl std::fmt::Debug for DataJsonRef<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} x {}", self.0.datatype(), self.0.len())
-    }
-}
-
-impl Serialize for DataJsonRef<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        DataJson(self.0).serialize(s)
-    }
+    pub data: DataJson<'a>,
 }
 
 /// Encodes an infer response body.
@@ -111,7 +96,7 @@ pub fn encode_infer_response(model_name: &str, model_version: &str, id: Option<&
         id,
         outputs: outputs
             .iter()
-            .map(|t| OutputJson { name: t.name(), datatype: t.datatype().as_str(), shape: t.shape(), data: DataJsonRef(t.data()) })
+            .map(|t| OutputJson { name: t.name(), datatype: t.datatype().as_str(), shape: t.shape(), data: DataJson(t.data()) })
             .collect(),
     };
     // Serializing owned, finite structures into a Vec cannot fail.

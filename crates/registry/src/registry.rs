@@ -56,6 +56,26 @@ pub enum PushOutcome {
     Unchanged(VersionRecord),
 }
 
+/// The record of `bytes` pushed as `request`: digest, size and the metadata read from the ONNX
+/// file (which must be one; the error names `request.source`).
+fn new_record(request: PushRequest, bytes: &[u8]) -> Result<VersionRecord, RegistryError> {
+    let onnx = onnx_meta::read(bytes)
+        .map_err(|reason| RegistryError::NotOnnx { path: request.source.clone().unwrap_or_default(), reason })?;
+    Ok(VersionRecord {
+        name: request.name,
+        version: request.version,
+        digest: sha256_hex(bytes),
+        size: bytes.len() as u64,
+        created_ms: now_ms(),
+        description: request.description,
+        source: request.source,
+        metrics: request.metrics,
+        labels: request.labels,
+        onnx,
+        aliases: vec![],
+    })
+}
+
 pub struct Registry {
     catalog: Catalog,
     artifacts: ArtifactStore,
@@ -92,22 +112,11 @@ impl Registry {
         check_name(&request.name)?;
         check_version(&request.version)?;
         let bytes = tokio::fs::read(file).await.map_err(RegistryError::io(format!("cannot read {}", file.display())))?;
-        let onnx = onnx_meta::read(&bytes).map_err(|reason| RegistryError::NotOnnx { path: file.display().to_string(), reason })?;
-        let digest = sha256_hex(&bytes);
-        let record = VersionRecord {
-            name: request.name.clone(),
-            version: request.version.clone(),
-            digest: digest.clone(),
-            size: bytes.len() as u64,
-            created_ms: now_ms(),
-            description: request.description,
-            source: request.source.or_else(|| Some(file.display().to_string())),
-            metrics: request.metrics,
-            labels: request.labels,
-            onnx,
-            aliases: vec![],
-        };
+        let mut request = request;
+        request.source = request.source.or_else(|| Some(file.display().to_string()));
+        let record = new_record(request, &bytes)?;
         drop(bytes);
+        let digest = record.digest.clone();
         // Refuse a conflict before uploading anything.
         if let Some(existing) = self.catalog.get(&record.name, &record.version)? {
             return if existing.digest == digest {
@@ -127,21 +136,7 @@ impl Registry {
     pub async fn push_bytes(&self, request: PushRequest, bytes: Bytes) -> Result<PushOutcome, RegistryError> {
         check_name(&request.name)?;
         check_version(&request.version)?;
-        let source = request.source.clone().unwrap_or_default();
-        let onnx = onnx_meta::read(&bytes).map_err(|reason| RegistryError::NotOnnx { path: source, reason })?;
-        let record = VersionRecord {
-            name: request.name,
-            version: request.version,
-            digest: sha256_hex(&bytes),
-            size: bytes.len() as u64,
-            created_ms: now_ms(),
-            description: request.description,
-            source: request.source,
-            metrics: request.metrics,
-            labels: request.labels,
-            onnx,
-            aliases: vec![],
-        };
+        let record = new_record(request, &bytes)?;
         self.artifacts.put_bytes(bytes).await?;
         match self.catalog.insert(&record)? {
             Inserted::Created => Ok(PushOutcome::Created(record)),

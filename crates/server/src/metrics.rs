@@ -195,7 +195,7 @@ impl Metrics {
 
     /// Drops the per-version gauges of a version no longer served.
     pub fn forget_version(&self, model: &crate::model::LoadedModel) {
-        let workers = model_workers(model);
+        let workers = model.workers().to_string();
         let _ = self.model_info.remove_label_values(&[&model.name, &model.version, &model.info.platform, &workers]);
         let _ = self.model_load_seconds.remove_label_values(&[&model.name, &model.version]);
         let _ = self.queue_length.remove_label_values(&[&model.name, &model.version]);
@@ -208,8 +208,4 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
-}
-
-fn model_workers(model: &crate::model::LoadedModel) -> String {
-    model.workers().to_string()
 }

@@ -116,15 +116,11 @@ fn zeros(datatype: DataType, n: usize) -> TensorData {
         DataType::Int16 => TensorData::Int16(vec![0; n]),
         DataType::Int32 => TensorData::Int32(vec![0; n]),
         DataType::Int64 => TensorData::Int64(vec![0; n]),
-        DataType::Fp16 => TensorData::Fp16(vec![half_zero(); n]),
+        DataType::Fp16 => TensorData::Fp16(vec![half::f16::ZERO; n]),
         DataType::Fp32 => TensorData::Fp32(vec![0.0; n]),
         DataType::Fp64 => TensorData::Fp64(vec![0.0; n]),
         DataType::Bytes => TensorData::Bytes(vec![Vec::new(); n]),
     }
-}
-
-fn half_zero() -> half::f16 {
-    half::f16::ZERO
 }
 
 /// One model name as served: the loaded versions and the routing table between them. Replaced

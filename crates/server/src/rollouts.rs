@@ -35,6 +35,14 @@ struct Active {
     seen: (u64, u64),
 }
 
+impl Active {
+    /// Shadow comparisons made before the rollout are not its evidence: count from now.
+    fn new(state: &AppState, model: &str, id: i64, rollout: Rollout, stable: String) -> Self {
+        let agreement = state.shadows.agreement(model, &rollout.plan.to);
+        Active { id, rollout, stable, seen: (agreement.compared, agreement.agreed) }
+    }
+}
+
 /// A decision as recorded.
 #[derive(Debug, Clone, Serialize)]
 pub struct Recorded {
@@ -102,8 +110,7 @@ impl Rollouts {
             )?;
             Ok(c.last_insert_rowid())
         })?;
-        let agreement = state.shadows.agreement(self.model(), &rollout.plan.to);
-        let mut new = Active { id, rollout, stable, seen: (agreement.compared, agreement.agreed) };
+        let mut new = Active::new(state, self.model(), id, rollout, stable);
         state.observations.set_recording(true);
         tracing::info!(model = %self.model(), to = %new.rollout.plan.to, actor, "rollout started");
         self.apply(state, &mut new, decisions).await?;
@@ -163,8 +170,7 @@ impl Rollouts {
         let Some((id, stable, saved)) = row else { return Ok(()) };
         let mut rollout: Rollout = serde_json::from_str(&saved).map_err(|e| ApiError::Internal(format!("unreadable rollout state: {e}")))?;
         let decisions = rollout.recover(now_ms());
-        let agreement = state.shadows.agreement(self.model(), &rollout.plan.to);
-        let mut active = Active { id, rollout, stable, seen: (agreement.compared, agreement.agreed) };
+        let mut active = Active::new(state, self.model(), id, rollout, stable);
         state.observations.set_recording(!active.rollout.phase.is_done());
         tracing::info!(model = %self.model(), rollout = id, "resuming a rollout after a restart");
         self.apply(state, &mut active, decisions).await?;

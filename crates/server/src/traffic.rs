@@ -214,15 +214,8 @@ impl Traffic {
                 traffic: served.table.clone(),
             }),
             Some(last) => {
-                let mut versions = BTreeMap::new();
                 let mut table = last.traffic.clone();
-                for v in table.versions() {
-                    let model = match served.versions.get(v) {
-                        Some(m) => Arc::clone(m),
-                        None => self.load(state, v).await?,
-                    };
-                    versions.insert(v.to_owned(), model);
-                }
+                let versions = self.routed_versions(state, &served, &table).await?;
                 table.previous = None;
                 let next = Served { table, revision: last.revision, versions };
                 state.metrics.publish_traffic(&self.spec.name, &next);
@@ -243,14 +236,7 @@ impl Traffic {
         actor: &str,
         reason: &str,
     ) -> Result<Revision, ApiError> {
-        let mut versions = BTreeMap::new();
-        for v in table.versions() {
-            let model = match served.versions.get(v) {
-                Some(m) => Arc::clone(m),
-                None => self.load(state, v).await?,
-            };
-            versions.insert(v.to_owned(), model);
-        }
+        let mut versions = self.routed_versions(state, served, &table).await?;
         // The version just replaced stays loaded, for an instant rollback.
         if let Some(prev) = &table.previous {
             match served.versions.get(prev) {
@@ -313,6 +299,24 @@ impl Traffic {
             // Same revision: the routing did not change, only what is kept warm.
             state.models.set(&name, ModelSlot::Ready(Arc::new(Served { table, revision: served.revision, versions })));
         });
+    }
+
+    /// Every version `table` routes to: the ones `served` has already, the others loaded.
+    async fn routed_versions(
+        &self,
+        state: &AppState,
+        served: &Served,
+        table: &TrafficTable,
+    ) -> Result<BTreeMap<String, Arc<LoadedModel>>, ApiError> {
+        let mut versions = BTreeMap::new();
+        for v in table.versions() {
+            let model = match served.versions.get(v) {
+                Some(m) => Arc::clone(m),
+                None => self.load(state, v).await?,
+            };
+            versions.insert(v.to_owned(), model);
+        }
+        Ok(versions)
     }
 
     async fn load(&self, state: &AppState, version: &str) -> Result<Arc<LoadedModel>, ApiError> {
