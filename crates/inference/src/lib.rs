@@ -17,4 +17,4 @@ pub use datatype::DataType;
 pub use error::InferError;
 pub use request::{InferRequest, InferResponse, PreparedRequest};
 pub use signature::{ModelInfo, Signature, TensorSpec};
-pub use tensor::{Tensor, TensorData};
+pub use tensor::{Tensor, TensorData, concat_rows, element_count};

@@ -139,6 +139,100 @@ impl Tensor {
     }
 }
 
+/// Joins tensors of the same name, datatype and row shape along the first dimension: the rows
+/// of several requests as one batch. `None` when they do not line up.
+pub fn concat_rows(parts: &[&Tensor]) -> Option<Tensor> {
+    let first = parts.first()?;
+    let row_shape = first.shape.get(1..)?;
+    let mut rows = 0usize;
+    for p in parts {
+        if p.shape.get(1..)? != row_shape || p.datatype() != first.datatype() {
+            return None;
+        }
+        rows += p.shape[0];
+    }
+    let total: usize = parts.iter().map(|p| p.data.len()).sum();
+    macro_rules! join {
+        ($variant:ident) => {{
+            let mut out = Vec::with_capacity(total);
+            for p in parts {
+                if let TensorData::$variant(v) = &p.data {
+                    out.extend_from_slice(v);
+                }
+            }
+            TensorData::$variant(out)
+        }};
+    }
+    let data = match &first.data {
+        TensorData::Bool(_) => join!(Bool),
+        TensorData::Uint8(_) => join!(Uint8),
+        TensorData::Uint16(_) => join!(Uint16),
+        TensorData::Uint32(_) => join!(Uint32),
+        TensorData::Uint64(_) => join!(Uint64),
+        TensorData::Int8(_) => join!(Int8),
+        TensorData::Int16(_) => join!(Int16),
+        TensorData::Int32(_) => join!(Int32),
+        TensorData::Int64(_) => join!(Int64),
+        TensorData::Fp16(_) => join!(Fp16),
+        TensorData::Fp32(_) => join!(Fp32),
+        TensorData::Fp64(_) => join!(Fp64),
+        TensorData::Bytes(_) => join!(Bytes),
+    };
+    let mut shape = first.shape.clone();
+    shape[0] = rows;
+    Some(Tensor { name: first.name.clone(), shape, data })
+}
+
+impl Tensor {
+    /// Splits along the first dimension into pieces of `rows[i]` rows (which must add up to the
+    /// first dimension): one batch's output back to its requests.
+    pub fn split_rows(self, rows: &[usize]) -> Result<Vec<Tensor>, InferError> {
+        let total: usize = rows.iter().sum();
+        if self.shape.first() != Some(&total) {
+            return Err(InferError::Runtime(format!(
+                "output '{}' has shape {:?}, not {total} rows for a batch of {total}: the model does not batch this output by rows; turn dynamic batching off for it",
+                self.name, self.shape
+            )));
+        }
+        let per_row = self.shape[1..].iter().product::<usize>();
+        let Tensor { name, shape, data } = self;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut start = 0;
+        with_tensor_data!(data, v => {
+            for &r in rows {
+                let mut piece_shape = shape.clone();
+                piece_shape[0] = r;
+                let end = start + r * per_row;
+                out.push(Tensor { name: name.clone(), shape: piece_shape, data: slice_as(&v[start..end]) });
+                start = end;
+            }
+        });
+        Ok(out)
+    }
+}
+
+/// Rebuilds the variant of `TensorData` a slice came from.
+fn slice_as<T: Clone + IntoData>(v: &[T]) -> TensorData {
+    T::into_data(v.to_vec())
+}
+
+trait IntoData: Sized {
+    fn into_data(v: Vec<Self>) -> TensorData;
+}
+
+macro_rules! into_data {
+    ($($t:ty => $variant:ident),*) => {$(
+        impl IntoData for $t {
+            fn into_data(v: Vec<Self>) -> TensorData {
+                TensorData::$variant(v)
+            }
+        }
+    )*};
+}
+
+into_data!(bool => Bool, u8 => Uint8, u16 => Uint16, u32 => Uint32, u64 => Uint64, i8 => Int8, i16 => Int16,
+    i32 => Int32, i64 => Int64, f16 => Fp16, f32 => Fp32, f64 => Fp64, Vec<u8> => Bytes);
+
 /// The product of the dimensions, or `None` on overflow.
 pub fn element_count(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
@@ -163,5 +257,19 @@ mod tests {
     #[test]
     fn scalar_has_one_element() {
         assert!(Tensor::new("s", vec![], TensorData::Int64(vec![7])).is_ok());
+    }
+
+    #[test]
+    fn concatenates_and_splits_rows() {
+        let a = Tensor::new("x", vec![1, 2], TensorData::Fp32(vec![1.0, 2.0])).unwrap();
+        let b = Tensor::new("x", vec![2, 2], TensorData::Fp32(vec![3.0, 4.0, 5.0, 6.0])).unwrap();
+        let joined = concat_rows(&[&a, &b]).unwrap();
+        assert_eq!(joined.shape(), &[3, 2]);
+        let parts = joined.split_rows(&[1, 2]).unwrap();
+        assert_eq!(parts, vec![a.clone(), b]);
+        let other = Tensor::new("x", vec![1, 3], TensorData::Fp32(vec![0.0; 3])).unwrap();
+        assert!(concat_rows(&[&a, &other]).is_none());
+        let err = a.split_rows(&[1, 1]).unwrap_err().to_string();
+        assert!(err.contains("not 2 rows"), "{err}");
     }
 }

@@ -360,6 +360,21 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub max_queue: Option<usize>,
 
+    /// gRPC port (Open Inference Protocol V2, Triton's `inference.GRPCInferenceService`, and
+    /// `grpc.health.v1`); 0 picks a free port [default: 8081; 0 when --port is 0]
+    #[arg(long, value_name = "PORT")]
+    pub grpc_port: Option<u16>,
+
+    /// Dynamic batching: join concurrent requests into one runtime call of up to N rows
+    /// (the model needs a dynamic first dimension on every input and output) [default: off]
+    #[arg(long, value_name = "N")]
+    pub max_batch_size: Option<usize>,
+
+    /// With --max-batch-size: how long the first request of a batch may wait for others, in
+    /// microseconds [default: 500]
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub max_queue_delay_us: Option<u64>,
+
     /// Largest accepted request body in bytes [default: 16777216]
     #[arg(long, value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,

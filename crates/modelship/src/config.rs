@@ -51,12 +51,23 @@ pub struct RawModel {
     pub path: Option<PathBuf>,
     pub intra_op_threads: Option<usize>,
     pub max_queue: Option<usize>,
+    pub dynamic_batching: Option<RawBatching>,
+}
+
+/// `model.dynamic_batching`, with Triton's field names.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RawBatching {
+    pub max_batch_size: Option<usize>,
+    pub max_queue_delay_microseconds: Option<u64>,
+    #[serde(default)]
+    pub preferred_batch_size: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct RawServer {
     pub host: Option<String>,
     pub port: Option<u16>,
+    pub grpc_port: Option<u16>,
     pub workers: Option<usize>,
     pub max_body_bytes: Option<usize>,
     pub shutdown_grace_seconds: Option<f64>,
@@ -83,8 +94,11 @@ pub struct ServeConfig {
     pub model_path: PathBuf,
     pub intra_op_threads: usize,
     pub max_queue: usize,
+    /// Dynamic batching; `None` runs each request on its own.
+    pub batching: Option<modelship_server::pool::Batching>,
     pub host: String,
     pub port: u16,
+    pub grpc_port: u16,
     pub workers: usize,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
@@ -214,6 +228,12 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     overlay(&mut raw.model.max_queue, a.max_queue);
     overlay(&mut raw.server.host, a.host);
     overlay(&mut raw.server.port, a.port);
+    overlay(&mut raw.server.grpc_port, a.grpc_port);
+    if a.max_batch_size.is_some() || a.max_queue_delay_us.is_some() {
+        let b = raw.model.dynamic_batching.get_or_insert_with(RawBatching::default);
+        overlay(&mut b.max_batch_size, a.max_batch_size);
+        overlay(&mut b.max_queue_delay_microseconds, a.max_queue_delay_us);
+    }
     overlay(&mut raw.server.workers, a.workers);
     overlay(&mut raw.server.max_body_bytes, a.max_body_bytes);
     overlay(&mut raw.server.shutdown_grace_seconds, a.shutdown_grace);
@@ -279,6 +299,31 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         problems.push(format!("server.host '{host}' is not an address or host name"));
     }
     let port = raw.server.port.unwrap_or(8000);
+    let grpc_port = raw.server.grpc_port.unwrap_or(if port == 0 { 0 } else { 8081 });
+    if grpc_port != 0 && grpc_port == port {
+        problems.push(format!("server.grpc_port {grpc_port} is the HTTP port too; give gRPC its own port"));
+    }
+    let batching = raw.model.dynamic_batching.as_ref().map(|b| {
+        let max_batch_size = b.max_batch_size.unwrap_or(32);
+        check_range("model.dynamic_batching.max_batch_size", max_batch_size, 1, 65_536, &mut problems);
+        let delay = b.max_queue_delay_microseconds.unwrap_or(500);
+        if delay > 10_000_000 {
+            problems.push(format!("model.dynamic_batching.max_queue_delay_microseconds is {delay}; it must be at most 10000000 (10 s)"));
+        }
+        let mut preferred = b.preferred_batch_size.clone();
+        preferred.sort_unstable();
+        preferred.dedup();
+        for &p in &preferred {
+            if p == 0 || p > max_batch_size {
+                problems.push(format!("model.dynamic_batching.preferred_batch_size {p} must be between 1 and max_batch_size ({max_batch_size})"));
+            }
+        }
+        modelship_server::pool::Batching {
+            max_batch_size,
+            max_queue_delay: Duration::from_micros(delay),
+            preferred_batch_sizes: preferred,
+        }
+    });
 
     let level = raw.logging.level.as_deref().unwrap_or("info");
     let level = parse_level(level).unwrap_or_else(|| {
@@ -317,8 +362,10 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         model_path,
         intra_op_threads,
         max_queue,
+        batching,
         host,
         port,
+        grpc_port,
         workers,
         max_body_bytes,
         shutdown_grace,

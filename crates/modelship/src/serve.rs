@@ -89,6 +89,7 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
             workers: config.workers,
             max_queue: config.max_queue,
             load: LoadOptions { intra_op_threads: config.intra_op_threads },
+            batching: config.batching.clone(),
         },
     };
     state.models.set(&spec.name, ModelSlot::Loading { version: spec.version.clone() });

@@ -6,6 +6,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::json_tensor::{self, DataJson};
+use crate::raw;
 use crate::DecodeError;
 
 /// `POST /v2/models/{m}/infer` body.
@@ -27,7 +28,9 @@ pub struct InputJson {
     pub datatype: String,
     #[serde(default)]
     pub parameters: Option<Map<String, Value>>,
-    pub data: Box<RawValue>,
+    /// Absent when the tensor travels in the binary part (`parameters.binary_data_size`).
+    #[serde(default)]
+    pub data: Option<Box<RawValue>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,29 +40,152 @@ pub struct RequestedOutputJson {
     pub parameters: Option<Map<String, Value>>,
 }
 
-/// Decodes an infer request body into typed tensors. Every problem message names the input.
+/// The header that carries the length of the JSON part of a body in Triton's binary tensor
+/// extension; the tensors' raw bytes follow the JSON.
+pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
+/// A decoded infer request, with what the protocol says about the response.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DecodedRequest {
+    pub request: InferRequest,
+    pub binary_outputs: BinaryOutputs,
+}
+
+/// Which outputs the client wants as raw bytes rather than JSON (the binary tensor extension):
+/// all of them with the request parameter `binary_data_output: true`, or one by one with the
+/// output parameter `binary_data` (which also overrides the request-wide choice).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BinaryOutputs {
+    pub all: bool,
+    pub overrides: Vec<(String, bool)>,
+}
+
+impl BinaryOutputs {
+    pub fn is_binary(&self, output: &str) -> bool {
+        self.overrides.iter().find(|(name, _)| name == output).map_or(self.all, |&(_, binary)| binary)
+    }
+
+    pub fn any(&self) -> bool {
+        self.all || self.overrides.iter().any(|&(_, b)| b)
+    }
+}
+
+/// Decodes a JSON infer request body into typed tensors. Every problem message names the input.
 pub fn decode_infer_request(body: &[u8]) -> Result<InferRequest, DecodeError> {
-    let json: InferRequestJson = serde_json::from_slice(body).map_err(|e| DecodeError::from_json(&e, body))?;
+    decode_request(body, None).map(|d| d.request)
+}
+
+/// Decodes an infer request body: all JSON, or (with `json_length` from
+/// [`HEADER_CONTENT_LENGTH`]) a JSON header followed by the raw bytes of the inputs that declare
+/// `parameters.binary_data_size`, in the order the inputs are listed.
+pub fn decode_request(body: &[u8], json_length: Option<usize>) -> Result<DecodedRequest, DecodeError> {
+    let (header, mut binary) = match json_length {
+        None => (body, &[][..]),
+        Some(n) if n <= body.len() => body.split_at(n),
+        Some(n) => {
+            return Err(DecodeError(format!(
+                "the {HEADER_CONTENT_LENGTH} header says {n} bytes of JSON but the body has only {}",
+                body.len()
+            )));
+        }
+    };
+    let json: InferRequestJson = serde_json::from_slice(header).map_err(|e| DecodeError::from_json(&e, header))?;
     if json.inputs.is_empty() {
         return Err(DecodeError("'inputs' is empty; give at least one input tensor".to_owned()));
     }
     let mut inputs = Vec::with_capacity(json.inputs.len());
     for input in json.inputs {
-        inputs.push(decode_input(input)?);
+        let size = binary_data_size(&input.name, input.parameters.as_ref())?;
+        let raw = match size {
+            None => None,
+            Some(_) if json_length.is_none() => {
+                return Err(DecodeError(format!(
+                    "input '{}' declares binary_data_size but the request has no {HEADER_CONTENT_LENGTH} header",
+                    input.name
+                )));
+            }
+            Some(n) if n > binary.len() => {
+                return Err(DecodeError(format!(
+                    "input '{}' declares binary_data_size {n} but only {} bytes of binary data remain",
+                    input.name,
+                    binary.len()
+                )));
+            }
+            Some(n) => {
+                let (mine, rest) = binary.split_at(n);
+                binary = rest;
+                Some(mine)
+            }
+        };
+        inputs.push(decode_input(input, raw)?);
     }
-    let outputs = json.outputs.map(|o| o.into_iter().map(|o| o.name).collect());
-    Ok(InferRequest { id: json.id, inputs, outputs })
+    if !binary.is_empty() {
+        return Err(DecodeError(format!(
+            "{} bytes of binary data follow the JSON but no input claims them (set binary_data_size on the inputs)",
+            binary.len()
+        )));
+    }
+    let mut binary_outputs = BinaryOutputs { all: bool_parameter("binary_data_output", json.parameters.as_ref())?.unwrap_or(false), overrides: vec![] };
+    let outputs = match json.outputs {
+        None => None,
+        Some(requested) => {
+            let mut names = Vec::with_capacity(requested.len());
+            for o in requested {
+                if o.parameters.as_ref().is_some_and(|p| p.contains_key("classification")) {
+                    return Err(DecodeError(format!(
+                        "output '{}': the classification extension is not supported; request the output itself",
+                        o.name
+                    )));
+                }
+                if let Some(b) = bool_parameter(&format!("output '{}' binary_data", o.name), o.parameters.as_ref())? {
+                    binary_outputs.overrides.push((o.name.clone(), b));
+                }
+                names.push(o.name);
+            }
+            Some(names)
+        }
+    };
+    Ok(DecodedRequest { request: InferRequest { id: json.id, inputs, outputs }, binary_outputs })
 }
 
-fn decode_input(input: InputJson) -> Result<Tensor, DecodeError> {
+/// `parameters.binary_data_size` of an input, checked.
+fn binary_data_size(input: &str, parameters: Option<&Map<String, Value>>) -> Result<Option<usize>, DecodeError> {
+    match parameters.and_then(|p| p.get("binary_data_size")) {
+        None => Ok(None),
+        Some(v) => v.as_u64().and_then(|n| usize::try_from(n).ok()).map(Some).ok_or_else(|| {
+            DecodeError(format!("input '{input}': binary_data_size must be a non-negative integer, not {v}"))
+        }),
+    }
+}
+
+/// A boolean parameter: `key` inside `parameters` (the last word of `what`).
+fn bool_parameter(what: &str, parameters: Option<&Map<String, Value>>) -> Result<Option<bool>, DecodeError> {
+    let key = what.rsplit(' ').next().unwrap_or(what);
+    match parameters.and_then(|p| p.get(key)) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(DecodeError(format!("{what} must be true or false, not {other}"))),
+    }
+}
+
+fn decode_input(input: InputJson, raw: Option<&[u8]>) -> Result<Tensor, DecodeError> {
     let name = input.name;
     let datatype: DataType = input
         .datatype
         .parse()
         .map_err(|e| DecodeError(format!("input '{name}': {e}")))?;
     let shape = checked_shape(&name, &input.shape)?;
-    let decoded = json_tensor::decode(&input.data, datatype, &format!("input '{name}' data"))?;
-    Tensor::new(name, shape, decoded.data).map_err(|e| DecodeError(e.to_string()))
+    match (raw, input.data) {
+        (Some(bytes), None) => raw::tensor(&name, datatype, shape, bytes),
+        (Some(_), Some(_)) => Err(DecodeError(format!(
+            "input '{name}' has both 'data' and binary_data_size; send its elements one way"
+        ))),
+        (None, None) => Err(DecodeError(format!("input '{name}' has no 'data' (and no binary_data_size)"))),
+        (None, Some(data)) => {
+            let decoded = json_tensor::decode(&data, datatype, &format!("input '{name}' data"))?;
+            Tensor::new(name, shape, decoded.data).map_err(|e| DecodeError(e.to_string()))
+        }
+    }
 }
 
 fn checked_shape(name: &str, shape: &[i64]) -> Result<Vec<usize>, DecodeError> {
@@ -85,22 +211,59 @@ pub struct OutputJson<'a> {
     pub name: &'a str,
     pub datatype: &'static str,
     pub shape: &'a [usize],
-    pub data: DataJson<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<BinarySize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataJson<'a>>,
 }
 
-/// Encodes an infer response body.
+/// `{"binary_data_size": n}`: the output's bytes follow the JSON.
+#[derive(Debug, Serialize)]
+pub struct BinarySize {
+    pub binary_data_size: usize,
+}
+
+/// Encodes an all-JSON infer response body.
 pub fn encode_infer_response(model_name: &str, model_version: &str, id: Option<&str>, outputs: &[Tensor]) -> Vec<u8> {
-    let body = InferResponseJson {
-        model_name,
-        model_version,
-        id,
-        outputs: outputs
-            .iter()
-            .map(|t| OutputJson { name: t.name(), datatype: t.datatype().as_str(), shape: t.shape(), data: DataJson(t.data()) })
-            .collect(),
-    };
+    encode_response(model_name, model_version, id, outputs, &BinaryOutputs::default()).0
+}
+
+/// Encodes an infer response body. When some outputs go as raw bytes, they follow the JSON in
+/// output order and the JSON's length is returned, for the [`HEADER_CONTENT_LENGTH`] header.
+pub fn encode_response(
+    model_name: &str,
+    model_version: &str,
+    id: Option<&str>,
+    outputs: &[Tensor],
+    binary: &BinaryOutputs,
+) -> (Vec<u8>, Option<usize>) {
+    let mut raw_parts = Vec::new();
+    let json_outputs = outputs
+        .iter()
+        .map(|t| {
+            let (parameters, data) = if binary.is_binary(t.name()) {
+                let bytes = raw::encode(t.data());
+                let size = bytes.len();
+                raw_parts.push(bytes);
+                (Some(BinarySize { binary_data_size: size }), None)
+            } else {
+                (None, Some(DataJson(t.data())))
+            };
+            OutputJson { name: t.name(), datatype: t.datatype().as_str(), shape: t.shape(), parameters, data }
+        })
+        .collect();
+    let body = InferResponseJson { model_name, model_version, id, outputs: json_outputs };
     // Serializing owned, finite structures into a Vec cannot fail.
-    serde_json::to_vec(&body).unwrap_or_default()
+    let mut out = serde_json::to_vec(&body).unwrap_or_default();
+    if raw_parts.is_empty() {
+        return (out, None);
+    }
+    let json_length = out.len();
+    out.reserve(raw_parts.iter().map(|p| p.len()).sum());
+    for part in raw_parts {
+        out.extend_from_slice(&part);
+    }
+    (out, Some(json_length))
 }
 
 /// `GET /v2` body.
@@ -214,5 +377,49 @@ mod tests {
             String::from_utf8(body).unwrap(),
             r#"{"model_name":"fraud","model_version":"1","id":"r1","outputs":[{"name":"label","datatype":"INT64","shape":[1],"data":[1]},{"name":"p","datatype":"FP32","shape":[1,2],"data":[0.25,0.75]}]}"#
         );
+    }
+
+    #[test]
+    fn decodes_binary_inputs_after_the_json() {
+        let json = br#"{"inputs":[{"name":"a","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}},{"name":"b","shape":[1],"datatype":"INT64","data":[7]},{"name":"c","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":6}}],"parameters":{"binary_data_output":true},"outputs":[{"name":"y","parameters":{"binary_data":false}},{"name":"z"}]}"#;
+        let mut body = json.to_vec();
+        body.extend_from_slice(&1.5f32.to_le_bytes());
+        body.extend_from_slice(&(-2.0f32).to_le_bytes());
+        body.extend_from_slice(b"\x02\0\0\0hi");
+        let d = decode_request(&body, Some(json.len())).unwrap();
+        assert_eq!(d.request.inputs[0].data(), &modelship_inference::TensorData::Fp32(vec![1.5, -2.0]));
+        assert_eq!(d.request.inputs[1].data(), &modelship_inference::TensorData::Int64(vec![7]));
+        assert_eq!(d.request.inputs[2].data(), &modelship_inference::TensorData::Bytes(vec![b"hi".to_vec()]));
+        assert!(!d.binary_outputs.is_binary("y") && d.binary_outputs.is_binary("z"));
+
+        let err = |body: &[u8], n: Option<usize>| decode_request(body, n).unwrap_err().to_string();
+        assert_eq!(err(json, None), "input 'a' declares binary_data_size but the request has no inference-header-content-length header");
+        assert_eq!(err(&body[..body.len() - 1], Some(json.len())), "input 'c' declares binary_data_size 6 but only 5 bytes of binary data remain");
+        let mut extra = body.clone();
+        extra.push(0);
+        assert_eq!(err(&extra, Some(json.len())), "1 bytes of binary data follow the JSON but no input claims them (set binary_data_size on the inputs)");
+        assert_eq!(err(&body, Some(body.len() + 1)), format!("the inference-header-content-length header says {} bytes of JSON but the body has only {}", body.len() + 1, body.len()));
+        let both = br#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","data":[1],"parameters":{"binary_data_size":4}}]}"#;
+        let mut b = both.to_vec();
+        b.extend_from_slice(&[0; 4]);
+        assert_eq!(err(&b, Some(both.len())), "input 'a' has both 'data' and binary_data_size; send its elements one way");
+        let bad = br#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":-4}}]}"#;
+        assert_eq!(err(bad, Some(bad.len())), "input 'a': binary_data_size must be a non-negative integer, not -4");
+    }
+
+    #[test]
+    fn encodes_binary_outputs_after_the_json() {
+        let outputs = vec![
+            Tensor::new("label", vec![1], modelship_inference::TensorData::Int64(vec![1])).unwrap(),
+            Tensor::new("p", vec![2], modelship_inference::TensorData::Fp32(vec![0.25, 0.75])).unwrap(),
+        ];
+        let binary = BinaryOutputs { all: false, overrides: vec![("p".to_owned(), true)] };
+        let (body, json_length) = encode_response("m", "1", None, &outputs, &binary);
+        let n = json_length.unwrap();
+        assert_eq!(
+            std::str::from_utf8(&body[..n]).unwrap(),
+            r#"{"model_name":"m","model_version":"1","outputs":[{"name":"label","datatype":"INT64","shape":[1],"data":[1]},{"name":"p","datatype":"FP32","shape":[2],"parameters":{"binary_data_size":8}}]}"#
+        );
+        assert_eq!(&body[n..], [0.25f32.to_le_bytes(), 0.75f32.to_le_bytes()].concat());
     }
 }

@@ -22,6 +22,10 @@ pub struct Metrics {
     pub inference_duration: HistogramVec,
     /// Time a request waited for a worker.
     pub queue_duration: HistogramVec,
+    /// Rows per runtime call: the batch sizes dynamic batching formed (1 per request without it).
+    pub batch_size: HistogramVec,
+    /// Requests joined into one runtime call.
+    pub batch_requests: HistogramVec,
     pub in_flight: IntGaugeVec,
     pub queue_length: IntGaugeVec,
     pub model_load_seconds: GaugeVec,
@@ -110,6 +114,20 @@ impl Metrics {
                 "Time requests waited for an inference worker",
                 &["model", "version"],
             ),
+            batch_size: {
+                let opts = HistogramOpts::new("modelship_batch_size", "Rows per runtime call (the batch sizes dynamic batching formed)")
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]);
+                let m = HistogramVec::new(opts, &["model", "version"]).expect("valid metric");
+                registry.register(Box::new(m.clone())).expect("unique metric");
+                m
+            },
+            batch_requests: {
+                let opts = HistogramOpts::new("modelship_batch_requests", "Requests joined into one runtime call by dynamic batching")
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]);
+                let m = HistogramVec::new(opts, &["model", "version"]).expect("valid metric");
+                registry.register(Box::new(m.clone())).expect("unique metric");
+                m
+            },
             in_flight: gauge(&registry, "modelship_requests_in_flight", "Requests being handled", &["endpoint"]),
             queue_length: gauge(
                 &registry,

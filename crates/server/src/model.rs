@@ -1,7 +1,8 @@
 //! Loaded model versions and the table of models a server answers for.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -27,9 +28,49 @@ pub struct LoadedModel {
     pub version: String,
     pub info: ModelInfo,
     pub load_seconds: f64,
+    pub pool_config: PoolConfig,
     pool: WorkerPool,
     inference_time: Histogram,
     queue_time: Histogram,
+    batch_size: Histogram,
+    batch_requests: Histogram,
+    /// Triton-style counters for the statistics extension.
+    pub stats: Statistics,
+}
+
+/// Cumulative counts and nanoseconds, as Triton's statistics extension reports them.
+#[derive(Default)]
+pub struct Statistics {
+    pub success: Duration,
+    pub fail: Duration,
+    pub queue: Duration,
+    pub compute_infer: Duration,
+    /// Rows inferred.
+    pub inference_count: AtomicU64,
+    /// Runtime calls (a formed batch counts once).
+    pub execution_count: AtomicU64,
+    /// Milliseconds since the epoch of the last inference, 0 before any.
+    pub last_inference_ms: AtomicU64,
+    /// By batch size: runtime calls and their nanoseconds.
+    pub batches: Mutex<BTreeMap<usize, (u64, u64)>>,
+}
+
+/// A count and a sum of nanoseconds.
+#[derive(Default)]
+pub struct Duration {
+    pub count: AtomicU64,
+    pub ns: AtomicU64,
+}
+
+impl Duration {
+    fn add(&self, d: std::time::Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> (u64, u64) {
+        (self.count.load(Ordering::Relaxed), self.ns.load(Ordering::Relaxed))
+    }
 }
 
 impl LoadedModel {
@@ -37,6 +78,13 @@ impl LoadedModel {
     pub fn load(backend: Arc<dyn Backend>, model: Arc<[u8]>, spec: &ModelSpec, metrics: &Metrics) -> Result<Self, InferError> {
         let started = Instant::now();
         let (pool, info) = WorkerPool::start(backend, model, &spec.pool, &format!("infer-{}", spec.name))?;
+        if spec.pool.batching.is_some() && !modelship_protocol::model_config::batches_rows(&info) {
+            return Err(InferError::Load(format!(
+                "dynamic batching needs a dynamic first dimension on every input and output, and model '{}' has none on at least one ({}); turn dynamic batching off for it",
+                spec.name,
+                info.signature.inputs.iter().chain(&info.signature.outputs).map(|t| format!("{} {:?}", t.name, t.shape)).collect::<Vec<_>>().join(", ")
+            )));
+        }
         let load_seconds = started.elapsed().as_secs_f64();
         let labels = [spec.name.as_str(), spec.version.as_str()];
         metrics.model_load_seconds.with_label_values(&labels).set(load_seconds);
@@ -49,15 +97,21 @@ impl LoadedModel {
             version: spec.version.clone(),
             info,
             load_seconds,
+            pool_config: spec.pool.clone(),
             pool,
             inference_time: metrics.inference_duration.with_label_values(&labels),
             queue_time: metrics.queue_duration.with_label_values(&labels),
+            batch_size: metrics.batch_size.with_label_values(&labels),
+            batch_requests: metrics.batch_requests.with_label_values(&labels),
+            stats: Statistics::default(),
         })
     }
 
     /// Validates `request` against the model, runs it on a worker and returns the outputs.
     pub async fn infer(&self, request: InferRequest) -> Result<Vec<Tensor>, ApiError> {
+        let started = Instant::now();
         let prepared = self.info.signature.prepare(request)?;
+        let rows = prepared.rows() as u64;
         let output = self
             .pool
             .submit(prepared)
@@ -66,7 +120,46 @@ impl LoadedModel {
             .map_err(|_| ApiError::Internal("the inference worker stopped before answering".to_owned()))?;
         self.queue_time.observe(output.queued.as_secs_f64());
         self.inference_time.observe(output.inference.as_secs_f64());
+        let stats = &self.stats;
+        stats.queue.add(output.queued);
+        if let Some(formed) = output.formed {
+            self.batch_size.observe(formed.rows as f64);
+            self.batch_requests.observe(formed.requests as f64);
+            stats.execution_count.fetch_add(1, Ordering::Relaxed);
+            stats.compute_infer.add(output.inference);
+            let mut batches = stats.batches.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = batches.entry(formed.rows).or_default();
+            entry.0 += 1;
+            entry.1 += output.inference.as_nanos() as u64;
+        }
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        stats.last_inference_ms.store(now_ms, Ordering::Relaxed);
+        match &output.result {
+            Ok(_) => {
+                stats.success.add(started.elapsed());
+                stats.inference_count.fetch_add(rows, Ordering::Relaxed);
+            }
+            Err(_) => stats.fail.add(started.elapsed()),
+        }
         Ok(output.result?)
+    }
+
+    /// What the model configuration extension tells clients about batching.
+    pub fn batching_facts(&self) -> modelship_protocol::model_config::BatchingFacts {
+        use modelship_protocol::model_config::{BatchingFacts, DynamicBatching, batches_rows};
+        let batching = self.pool_config.batching.as_ref();
+        BatchingFacts {
+            max_batch_size: match batching {
+                Some(b) => b.max_batch_size,
+                None if batches_rows(&self.info) => crate::pool::DEFAULT_MAX_BATCH_SIZE,
+                None => 0,
+            },
+            dynamic: batching.map(|b| DynamicBatching {
+                preferred_batch_size: b.preferred_batch_sizes.clone(),
+                max_queue_delay_microseconds: b.max_queue_delay.as_micros() as u64,
+            }),
+            instances: self.workers(),
+        }
     }
 
     pub fn queued(&self) -> usize {

@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode};
+use modelship_protocol::model_config::ModelConfig;
 use modelship_protocol::v2::{self, ModelMetadata, ModelReady, ServerMetadata};
 
 use super::{Call, body_error, route, score_of};
@@ -20,6 +21,11 @@ pub fn routes() -> Router<AppState> {
         .route("/v2/models/{name}/versions/{version}", get(model_metadata_version))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_version))
+        .route("/v2/models/{name}/config", get(model_config))
+        .route("/v2/models/{name}/versions/{version}/config", get(model_config_version))
+        .route("/v2/models/{name}/stats", get(model_stats))
+        .route("/v2/models/{name}/versions/{version}/stats", get(model_stats_version))
+        .route("/v2/models/stats", get(all_stats))
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_version))
 }
@@ -27,8 +33,91 @@ pub fn routes() -> Router<AppState> {
 async fn server_metadata() -> Response {
     json(
         StatusCode::OK,
-        &ServerMetadata { name: "modelship".to_owned(), version: env!("CARGO_PKG_VERSION").to_owned(), extensions: vec![] },
+        &ServerMetadata {
+            name: "modelship".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            extensions: EXTENSIONS.iter().map(|e| (*e).to_owned()).collect(),
+        },
     )
+}
+
+/// The protocol extensions this server implements (Triton's names). The repository extension is
+/// served on the admin listener only.
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "statistics", "model_repository"];
+
+async fn model_config(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let model = state.models.get(&name, None)?;
+    Ok(json(StatusCode::OK, &ModelConfig::new(&model.name, &model.info, &model.batching_facts())))
+}
+
+async fn model_config_version(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let model = state.models.get(&name, Some(&version))?;
+    Ok(json(StatusCode::OK, &ModelConfig::new(&model.name, &model.info, &model.batching_facts())))
+}
+
+async fn model_stats(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let served = state.models.served(&name)?;
+    Ok(json(StatusCode::OK, &statistics(served.versions.values())))
+}
+
+async fn model_stats_version(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let model = state.models.get(&name, Some(&version))?;
+    Ok(json(StatusCode::OK, &statistics(std::iter::once(&model))))
+}
+
+async fn all_stats(State(state): State<AppState>) -> Response {
+    let snapshot = state.models.snapshot();
+    let served: Vec<_> = snapshot.values().filter_map(|slot| match slot {
+        crate::model::ModelSlot::Ready(s) => Some(s.clone()),
+        _ => None,
+    }).collect();
+    json(StatusCode::OK, &statistics(served.iter().flat_map(|s| s.versions.values())))
+}
+
+/// Triton's statistics extension body, from each model version's counters.
+pub fn statistics<'a>(models: impl Iterator<Item = &'a std::sync::Arc<crate::model::LoadedModel>>) -> serde_json::Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let duration = |d: &crate::model::Duration| {
+        let (count, ns) = d.get();
+        serde_json::json!({"count": count, "ns": ns})
+    };
+    let stats: Vec<_> = models
+        .map(|m| {
+            let s = &m.stats;
+            let batches = s.batches.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let zero = serde_json::json!({"count": 0, "ns": 0});
+            serde_json::json!({
+                "name": m.name,
+                "version": m.version,
+                "last_inference": s.last_inference_ms.load(Relaxed),
+                "inference_count": s.inference_count.load(Relaxed),
+                "execution_count": s.execution_count.load(Relaxed),
+                "inference_stats": {
+                    "success": duration(&s.success),
+                    "fail": duration(&s.fail),
+                    "queue": duration(&s.queue),
+                    "compute_input": zero,
+                    "compute_infer": duration(&s.compute_infer),
+                    "compute_output": zero,
+                    "cache_hit": zero,
+                    "cache_miss": zero,
+                },
+                "batch_stats": batches.iter().map(|(size, (count, ns))| serde_json::json!({
+                    "batch_size": size,
+                    "compute_input": {"count": count, "ns": 0},
+                    "compute_infer": {"count": count, "ns": ns},
+                    "compute_output": {"count": count, "ns": 0},
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "model_stats": stats })
 }
 
 fn metadata(state: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
@@ -106,18 +195,36 @@ async fn infer_at(
     };
     let model = &routed.model;
     let result = async {
-        let mut request = v2::decode_infer_request(&body)?;
+        let json_length = match headers.get(v2::HEADER_CONTENT_LENGTH) {
+            None => None,
+            Some(v) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
+                ApiError::Decode(modelship_protocol::DecodeError(format!(
+                    "the {} header must be the byte length of the JSON part of the body",
+                    v2::HEADER_CONTENT_LENGTH
+                )))
+            })?),
+        };
+        let v2::DecodedRequest { mut request, binary_outputs } = v2::decode_request(&body, json_length)?;
         let id = request.id.take();
         let mirror = routed.shadow.as_ref().filter(|s| state.shadows.admit(&state.metrics, s)).map(|_| request.clone());
         let outputs = model.infer(request).await?;
         if state.observations.is_recording() {
             call.score = score_of(model, &outputs);
         }
-        let body = v2::encode_infer_response(&model.name, &model.version, id.as_deref(), &outputs);
+        let (body, json_length) = v2::encode_response(&model.name, &model.version, id.as_deref(), &outputs, &binary_outputs);
         if let (Some(shadow), Some(copy)) = (routed.shadow.clone(), mirror) {
             state.shadows.mirror(&state.metrics, shadow, copy, outputs);
         }
-        Ok(json_response(StatusCode::OK, body))
+        Ok(match json_length {
+            None => json_response(StatusCode::OK, body),
+            Some(n) => {
+                let mut response = Response::new(axum::body::Body::from(body));
+                let h = response.headers_mut();
+                h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
+                h.insert(v2::HEADER_CONTENT_LENGTH, http::HeaderValue::from(n));
+                response
+            }
+        })
     }
     .await;
     call.finish(Some(model), Some(routed.role), result)
