@@ -12,6 +12,7 @@ use modelship_registry::{ModelRef, NoProgress, Registry, RegistryConfig};
 use modelship_server::admin::AdminState;
 use modelship_server::follow::{Follow, follow_alias};
 use modelship_server::rollouts::Rollouts;
+use modelship_server::repository::Repository;
 use modelship_server::traffic::{RevisionStore, Traffic};
 use modelship_server::model::{LoadedModel, ModelSlot, ModelSpec, Served};
 use modelship_server::pool::PoolConfig;
@@ -143,9 +144,15 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
                 tracing::error!(model = %spec.name, error = %e, "cannot resume the rollout in progress");
             }
             tokio::spawn(Arc::clone(&rollouts).run(state.clone()));
+            let repository = Arc::new(Repository::new(
+                repository_registry(&source, &config),
+                Arc::clone(&backend),
+                spec.pool.clone(),
+                spec.name.clone(),
+            ));
             tokio::spawn(modelship_server::serve_admin(
                 admin_listener,
-                AdminState::new(state.clone(), Arc::clone(&traffic), rollouts, &admin_token),
+                AdminState::new(state.clone(), Arc::clone(&traffic), rollouts, repository, &admin_token),
                 admin_stop,
             ));
             tracing::info!(%admin_address, token_file = %config.admin.token_file.display(), "admin API listening");
@@ -186,6 +193,21 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// The registry the repository API loads from: the one the model came from, else the configured
+/// registry when it exists (a server of a file never creates one).
+fn repository_registry(source: &ModelSource, config: &ServeConfig) -> Option<Arc<Registry>> {
+    match source {
+        ModelSource::Registry { registry, .. } => Some(Arc::clone(registry)),
+        ModelSource::File(_) if config.registry_root.join("registry.db").exists() => {
+            Registry::open(&RegistryConfig { root: config.registry_root.clone(), artifacts: None })
+                .map_err(|e| tracing::warn!(error = %e, registry = %config.registry_root.display(), "cannot open the registry for the repository API"))
+                .ok()
+                .map(Arc::new)
+        }
+        ModelSource::File(_) => None,
+    }
 }
 
 /// The admin token: `MODELSHIP_ADMIN_TOKEN`, else the token file, else a new random token

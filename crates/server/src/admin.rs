@@ -18,6 +18,7 @@ use serde_json::json;
 use crate::error::{ApiError, json};
 use crate::state::AppState;
 use crate::rollouts::Rollouts;
+use crate::repository::Repository;
 use crate::traffic::Traffic;
 
 #[derive(Clone)]
@@ -25,13 +26,20 @@ pub struct AdminState {
     pub app: AppState,
     pub traffic: Arc<Traffic>,
     pub rollouts: Arc<Rollouts>,
+    pub repository: Arc<Repository>,
     token: Arc<str>,
 }
 
 impl AdminState {
-    pub fn new(app: AppState, traffic: Arc<Traffic>, rollouts: Arc<Rollouts>, token: &str) -> Self {
-        AdminState { app, traffic, rollouts, token: Arc::from(token) }
+    pub fn new(app: AppState, traffic: Arc<Traffic>, rollouts: Arc<Rollouts>, repository: Arc<Repository>, token: &str) -> Self {
+        AdminState { app, traffic, rollouts, repository, token: Arc::from(token) }
     }
+}
+
+/// Whether an `Authorization` header value carries the admin token.
+pub fn bearer_matches(header: Option<&str>, token: &str) -> bool {
+    let given = header.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    constant_time_eq(given.as_bytes(), token.as_bytes())
 }
 
 /// The admin API, with bearer-token authentication on every route.
@@ -43,6 +51,9 @@ pub fn app(state: AdminState) -> Router {
         .route("/admin/v1/models/{name}/rollout", get(rollout_status).post(rollout_start))
         .route("/admin/v1/models/{name}/rollout/history", get(rollout_history))
         .route("/admin/v1/models/{name}/rollout/{command}", post(rollout_command))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{name}/load", post(repository_load))
+        .route("/v2/repository/models/{name}/unload", post(repository_unload))
         .fallback(|request: Request| async move {
             ApiError::NoRoute { method: request.method().to_string(), path: request.uri().path().to_owned() }
         })
@@ -52,13 +63,8 @@ pub fn app(state: AdminState) -> Router {
 }
 
 async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    let given = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), state.token.as_bytes()) {
+    let given = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if bearer_matches(given, &state.token) {
         next.run(request).await
     } else {
         ApiError::Unauthorized.into_response()
@@ -207,4 +213,51 @@ async fn rollout_command(
     check_model(&state, &name)?;
     let request: CommandRequest = if body.iter().all(u8::is_ascii_whitespace) { CommandRequest::default() } else { parse(&body)? };
     Ok(json(StatusCode::OK, &state.rollouts.command(&state.app, &command, &request.reason).await?))
+}
+
+/// `POST /v2/repository/index` body: `{"ready": true}` lists only the models being served.
+#[derive(Deserialize, Default)]
+struct IndexRequest {
+    #[serde(default)]
+    ready: bool,
+    #[serde(default)]
+    #[allow(dead_code)]
+    repository_name: Option<String>,
+}
+
+/// `POST /v2/repository/models/{m}/load` body; `parameters.version` picks a registry version.
+#[derive(Deserialize, Default)]
+struct LoadRequest {
+    #[serde(default)]
+    parameters: serde_json::Map<String, serde_json::Value>,
+}
+
+async fn repository_index(State(state): State<AdminState>, body: Bytes) -> Result<Response, ApiError> {
+    let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) { IndexRequest::default() } else { parse(&body)? };
+    Ok(json(StatusCode::OK, &state.repository.index(&state.app, request.ready).await?))
+}
+
+async fn repository_load(State(state): State<AdminState>, Path(name): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    let request: LoadRequest = if body.iter().all(u8::is_ascii_whitespace) { LoadRequest::default() } else { parse(&body)? };
+    let version = match request.parameters.get("version") {
+        None => None,
+        Some(serde_json::Value::String(v)) => Some(v.clone()),
+        Some(other) => {
+            return Err(ApiError::Decode(modelship_protocol::DecodeError(format!(
+                "parameters.version must be a string naming a registry version, not {other}"
+            ))));
+        }
+    };
+    if let Some(key) = request.parameters.keys().find(|k| k.as_str() == "config" || k.starts_with("file:")) {
+        return Err(ApiError::Decode(modelship_protocol::DecodeError(format!(
+            "parameters.{key} is not supported: models are loaded from the registry (push them with `modelship models push`)"
+        ))));
+    }
+    let version = state.repository.load(&state.app, &name, version.as_deref()).await?;
+    Ok(json(StatusCode::OK, &json!({"model": name, "version": version, "state": "READY"})))
+}
+
+async fn repository_unload(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    state.repository.unload(&state.app, &name).await?;
+    Ok(json(StatusCode::OK, &json!({"model": name, "state": "UNAVAILABLE"})))
 }

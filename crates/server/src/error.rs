@@ -35,6 +35,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("missing or wrong admin token: send `Authorization: Bearer <token>` (see `modelship traffic --help`)")]
     Unauthorized,
+    /// Something a control request names (a registry model or version) does not exist.
+    #[error("{0}")]
+    NotFound(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -68,6 +71,7 @@ impl ApiError {
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

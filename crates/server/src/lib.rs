@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod model;
 pub mod observe;
 pub mod pool;
+pub mod repository;
 mod request_id;
 pub mod routes;
 mod serve;

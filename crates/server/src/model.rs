@@ -299,6 +299,17 @@ impl ModelTable {
         });
     }
 
+    /// Removes model `name`; returns its slot.
+    pub fn remove(&self, name: &str) -> Option<ModelSlot> {
+        let mut removed = None;
+        self.slots.rcu(|current| {
+            let mut next = BTreeMap::clone(current);
+            removed = next.remove(name);
+            next
+        });
+        removed
+    }
+
     pub fn snapshot(&self) -> Arc<BTreeMap<String, ModelSlot>> {
         self.slots.load_full()
     }
