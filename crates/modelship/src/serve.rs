@@ -79,6 +79,16 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}:{} for the admin API (--admin-port)", config.admin.host, config.admin.port))?;
     let admin_address = admin_listener.local_addr().context("cannot read the bound admin address")?;
+    // Bound now so the port is ours; served once the model is loaded (connections wait in the
+    // backlog until then).
+    #[cfg(feature = "grpc")]
+    let grpc_listener = TcpListener::bind((config.host.as_str(), config.grpc_port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{} for gRPC (--grpc-port)", config.host, config.grpc_port))?;
+    #[cfg(feature = "grpc")]
+    let grpc_address = Some(grpc_listener.local_addr().context("cannot read the bound gRPC address")?);
+    #[cfg(not(feature = "grpc"))]
+    let grpc_address: Option<std::net::SocketAddr> = None;
     let admin_token = admin_token(&config.admin)?;
     let store = RevisionStore::open(&config.admin.state_dir.join("traffic.db")).map_err(|e| anyhow::anyhow!(e))?;
 
@@ -106,6 +116,15 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
                 () = load_failed.notified() => {}
             }
             let _ = stopping.send(true);
+        }
+    };
+    #[cfg(feature = "grpc")]
+    let grpc_stop = {
+        let mut stopped = stopped.clone();
+        let delay = config.shutdown_delay;
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+            tokio::time::sleep(delay).await;
         }
     };
     let admin_stop = async move {
@@ -150,6 +169,16 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
                 spec.pool.clone(),
                 spec.name.clone(),
             ));
+            #[cfg(feature = "grpc")]
+            {
+                let grpc = modelship_server::grpc::Grpc::new(state.clone(), Some(Arc::clone(&repository)), Some(&admin_token));
+                tokio::spawn(async move {
+                    if let Err(e) = modelship_server::grpc::serve_grpc(grpc_listener, grpc, grpc_stop).await {
+                        tracing::error!(error = %e, "the gRPC server stopped");
+                    }
+                });
+                tracing::info!(grpc_address = %grpc_address.map(|a| a.to_string()).unwrap_or_default(), "gRPC listening");
+            }
             tokio::spawn(modelship_server::serve_admin(
                 admin_listener,
                 AdminState::new(state.clone(), Arc::clone(&traffic), rollouts, repository, &admin_token),
@@ -157,7 +186,7 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
             ));
             tracing::info!(%admin_address, token_file = %config.admin.token_file.display(), "admin API listening");
             let startup_seconds = state.health.mark_started().max(started.elapsed().as_secs_f64());
-            announce_ready(address, admin_address, &spec, startup_seconds);
+            announce_ready(address, admin_address, grpc_address, &spec, startup_seconds);
             if let ModelSource::Registry { registry, reference: ModelRef::Alias(name, alias) } = &source {
                 let follow = Follow {
                     registry: Arc::clone(registry),
@@ -295,11 +324,18 @@ impl std::fmt::Display for ModelSource {
 }
 
 /// The one machine-readable line on standard output: where the server listens, once it is ready.
-fn announce_ready(address: std::net::SocketAddr, admin: std::net::SocketAddr, spec: &ModelSpec, startup_seconds: f64) {
+fn announce_ready(
+    address: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    grpc: Option<std::net::SocketAddr>,
+    spec: &ModelSpec,
+    startup_seconds: f64,
+) {
     use std::io::Write;
     let line = serde_json::json!({
         "event": "ready",
         "http": address.to_string(),
+        "grpc": grpc.map(|a| a.to_string()),
         "admin": admin.to_string(),
         "model": spec.name,
         "version": spec.version,

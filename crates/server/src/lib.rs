@@ -6,6 +6,7 @@
 //! - [`admin`]: the admin API (own listener, bearer token): traffic status, changes, rollback, history.
 //! - [`routes`]: HTTP handlers (Open Inference Protocol V2, the seed's `/v1/predict`, probes, metrics).
 //! - [`error`]: the one table from every failure to its HTTP status and stable error code.
+//! - `grpc` (feature `grpc`): the same API over gRPC, as Triton's `GRPCInferenceService`.
 //! - [`health`], [`metrics`]: probe state and Prometheus metrics.
 //! - [`follow`]: follows a registry alias, swapping versions in without failing a request.
 //! - [`shadow`]: mirrored requests, run off the client's path and compared with what it got.
@@ -16,6 +17,8 @@
 pub mod admin;
 pub mod error;
 pub mod follow;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 pub mod health;
 pub mod metrics;
 pub mod model;

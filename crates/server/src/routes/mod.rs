@@ -1,9 +1,9 @@
 //! HTTP routes. Each module exposes `routes()`; [`app`] composes them with the fallbacks.
 
 mod feedback;
-mod ops;
+pub(crate) mod ops;
 mod v1;
-mod v2;
+pub(crate) mod v2;
 
 use std::time::Instant;
 
@@ -55,7 +55,7 @@ fn body_error(state: &AppState, rejection: BytesRejection) -> ApiError {
 
 /// The score a rollout watches for drift: the first value of the model's prediction output
 /// (for a binary classifier, the probability of class 1 of the first row).
-fn score_of(model: &LoadedModel, outputs: &[modelship_inference::Tensor]) -> Option<f64> {
+pub(crate) fn score_of(model: &LoadedModel, outputs: &[modelship_inference::Tensor]) -> Option<f64> {
     let index = modelship_protocol::v1::prediction_output(&model.info.signature)?;
     let name = &model.info.signature.outputs[index].name;
     let tensor = outputs.iter().find(|t| t.name() == name)?;
@@ -71,6 +71,17 @@ fn score_of(model: &LoadedModel, outputs: &[modelship_inference::Tensor]) -> Opt
 /// Where a request goes: the version named in the URL, else the routing table (pin header,
 /// canary header, sticky key from a header or a body field, weights) and perhaps a shadow.
 fn route(state: &AppState, name: &str, pinned: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Routed, ApiError> {
+    route_by(state, name, pinned, headers, &|field| sticky_field(body, field))
+}
+
+/// [`route`] with the sticky body field read by `field` (V2 `parameters` over gRPC).
+pub(crate) fn route_by(
+    state: &AppState,
+    name: &str,
+    pinned: Option<&str>,
+    headers: &HeaderMap,
+    field: &dyn Fn(&str) -> Option<Vec<u8>>,
+) -> Result<Routed, ApiError> {
     let served = state.models.served(name)?;
     if let Some(version) = pinned {
         return Ok(Routed { model: served.version(name, version)?, role: Role::Pinned, shadow: None });
@@ -79,7 +90,7 @@ fn route(state: &AppState, name: &str, pinned: Option<&str>, headers: &HeaderMap
     let canary = header(CANARY_HEADER).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
     let sticky: Option<Vec<u8>> = match &served.table.sticky {
         Some(StickyKey::Header(h)) => headers.get(h.as_str()).map(|v| v.as_bytes().to_vec()),
-        Some(StickyKey::Field(f)) => sticky_field(body, f),
+        Some(StickyKey::Field(f)) => field(f),
         None => None,
     };
     let input = RouteInput {
@@ -108,14 +119,14 @@ fn sticky_field(body: &[u8], field: &str) -> Option<Vec<u8>> {
 
 /// One inference call from arrival to response: request id, in-flight gauge, metrics and the log
 /// line, the same for every inference endpoint.
-struct Call<'a> {
+pub(crate) struct Call<'a> {
     state: &'a AppState,
     endpoint: &'static str,
-    request_id: String,
+    pub(crate) request_id: String,
     started: Instant,
     _in_flight: InFlight,
     /// The model's score for this request (first row), for rollout analysis.
-    score: Option<f64>,
+    pub(crate) score: Option<f64>,
 }
 
 struct InFlight(IntGauge);
@@ -127,7 +138,7 @@ impl Drop for InFlight {
 }
 
 impl<'a> Call<'a> {
-    fn start(state: &'a AppState, endpoint: &'static str, headers: &HeaderMap) -> Self {
+    pub(crate) fn start(state: &'a AppState, endpoint: &'static str, headers: &HeaderMap) -> Self {
         let gauge = state.metrics.in_flight.with_label_values(&[endpoint]);
         gauge.inc();
         Call {
@@ -141,22 +152,41 @@ impl<'a> Call<'a> {
     }
 
     fn finish(self, model: Option<&LoadedModel>, role: Option<Role>, result: Result<Response, ApiError>) -> Response {
+        let (mut response, error) = match result {
+            Ok(response) => (response, None),
+            Err(e) => {
+                let (_, code) = e.status_and_code();
+                let message = e.to_string();
+                (e.into_response(), Some((code, message)))
+            }
+        };
+        self.record(model, role, response.status(), error);
+        let headers = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
+            headers.insert(request_id::HEADER, v);
+        }
+        if let Some(m) = model
+            && let Ok(v) = HeaderValue::from_str(&m.version)
+        {
+            headers.insert("x-model-version", v);
+        }
+        response
+    }
+}
+
+impl Call<'_> {
+    /// Counts, times and logs the call: `status` is the HTTP status it answered with (or, over
+    /// gRPC, the HTTP status of its error), `error` its stable code and message.
+    pub(crate) fn record(&self, model: Option<&LoadedModel>, role: Option<Role>, status: StatusCode, error: Option<(&'static str, String)>) {
         let elapsed = self.started.elapsed();
         // Unknown model names from clients never become label values.
         let (name, version) = model.map_or(("unknown", ""), |m| (m.name.as_str(), m.version.as_str()));
         let routed_as = role;
         let role = role.map_or("", Role::as_str);
         let metrics = &self.state.metrics;
-        let (mut response, error) = match result {
-            Ok(response) => (response, None),
-            Err(e) => {
-                let (_, code) = e.status_and_code();
-                metrics.errors.with_label_values(&[name, version, self.endpoint, code]).inc();
-                let message = e.to_string();
-                (e.into_response(), Some((code, message)))
-            }
-        };
-        let status = response.status();
+        if let Some((code, _)) = &error {
+            metrics.errors.with_label_values(&[name, version, self.endpoint, code]).inc();
+        }
         if let (Some(m), Some(routed_as)) = (model, routed_as)
             && routed_as != Role::Pinned
         {
@@ -179,15 +209,5 @@ impl<'a> Call<'a> {
                 status = status.as_u16(), latency_ms, error = code, message = %message, "inference rejected"
             ),
         }
-        let headers = response.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
-            headers.insert(request_id::HEADER, v);
-        }
-        if let Some(m) = model
-            && let Ok(v) = HeaderValue::from_str(&m.version)
-        {
-            headers.insert("x-model-version", v);
-        }
-        response
     }
 }

@@ -26,7 +26,7 @@ async fn live() -> Response {
 }
 
 /// Each readiness check by name, and whether all pass.
-fn readiness(state: &AppState) -> (bool, serde_json::Value) {
+pub(crate) fn readiness(state: &AppState) -> (bool, serde_json::Value) {
     let model_loaded = state.models.all_ready();
     let startup_complete = state.health.startup_seconds().is_some();
     let draining = state.health.is_draining();

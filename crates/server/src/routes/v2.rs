@@ -121,6 +121,11 @@ pub fn statistics<'a>(models: impl Iterator<Item = &'a std::sync::Arc<crate::mod
 }
 
 fn metadata(state: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
+    Ok(json(StatusCode::OK, &metadata_of(state, name, version)?))
+}
+
+/// Model metadata: the stable version's signature and the loaded versions (stable first).
+pub(crate) fn metadata_of(state: &AppState, name: &str, version: Option<&str>) -> Result<ModelMetadata, ApiError> {
     let served = state.models.served(name)?;
     let model = served.version(name, version.unwrap_or(&served.table.stable))?;
     let versions = match version {
@@ -129,7 +134,7 @@ fn metadata(state: &AppState, name: &str, version: Option<&str>) -> Result<Respo
             .chain(served.versions.keys().filter(|v| **v != served.table.stable).cloned())
             .collect(),
     };
-    Ok(json(StatusCode::OK, &ModelMetadata::new(&model.name, versions, &model.info)))
+    Ok(ModelMetadata::new(&model.name, versions, &model.info))
 }
 
 async fn model_metadata(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {

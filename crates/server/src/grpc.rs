@@ -1,0 +1,476 @@
+//! Open Inference Protocol V2 over gRPC, as Triton defines it (package `inference`, service
+//! `GRPCInferenceService`), plus `grpc.health.v1.Health`. The same models, routing, metrics,
+//! logs and errors as REST: each RPC decodes its message into the inference types and goes
+//! through the code REST uses. Errors map to gRPC status codes by their HTTP status (see
+//! [`status`]); the repository RPCs need the admin bearer token in `authorization` metadata.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use http::{HeaderMap, StatusCode};
+use modelship_inference::{DataType, InferRequest, Tensor, TensorData};
+use modelship_protocol::model_config::{self, ModelConfig};
+use modelship_protocol::{DecodeError, raw};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+use crate::error::ApiError;
+use crate::model::LoadedModel;
+use crate::repository::Repository;
+use crate::routes::{Call, route_by, score_of};
+use crate::state::AppState;
+
+/// The code generated from `proto/inference.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("inference");
+}
+
+use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+
+/// The gRPC service's state: the app, and (for the repository RPCs) the repository and the
+/// admin token.
+#[derive(Clone)]
+pub struct Grpc {
+    app: AppState,
+    repository: Option<Arc<Repository>>,
+    token: Option<Arc<str>>,
+}
+
+impl Grpc {
+    pub fn new(app: AppState, repository: Option<Arc<Repository>>, token: Option<&str>) -> Self {
+        Grpc { app, repository, token: token.map(Arc::from) }
+    }
+}
+
+/// The gRPC status of an error: by its HTTP status, one rule for every error (the table is in
+/// ARCHITECTURE.md, "Errors").
+pub fn status(e: &ApiError) -> Status {
+    let (http, _) = e.status_and_code();
+    let code = match http {
+        StatusCode::BAD_REQUEST => tonic::Code::InvalidArgument,
+        StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
+        StatusCode::NOT_FOUND => tonic::Code::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => tonic::Code::Unimplemented,
+        StatusCode::CONFLICT => tonic::Code::FailedPrecondition,
+        StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::ResourceExhausted,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
+        _ => tonic::Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+fn invalid(message: String) -> ApiError {
+    ApiError::Decode(DecodeError(message))
+}
+
+/// Serves gRPC on `listener` until `shutdown` resolves; `grpc.health.v1` reports SERVING while
+/// the server is ready (checked every 250 ms).
+pub async fn serve_grpc(
+    listener: TcpListener,
+    grpc: Grpc,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let app = grpc.app.clone();
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let ready = crate::routes::ops::readiness(&app).0;
+            if last != Some(ready) {
+                let status = if ready { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+                reporter.set_service_status("", status).await;
+                reporter.set_service_status("inference.GRPCInferenceService", status).await;
+                last = Some(ready);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    });
+    let limit = grpc.app.limits.max_body_bytes;
+    let service = GrpcInferenceServiceServer::new(grpc).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(service)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// The version asked for: empty means "routed".
+fn version_of(v: &str) -> Option<&str> {
+    (!v.is_empty()).then_some(v)
+}
+
+type InferStream = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Grpc {
+    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse { ready: crate::routes::ops::readiness(&self.app).0 }))
+    }
+
+    async fn model_ready(&self, request: Request<pb::ModelReadyRequest>) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let r = request.into_inner();
+        let ready = self.app.models.get(&r.name, version_of(&r.version)).is_ok();
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(&self, _: Request<pb::ServerMetadataRequest>) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: "modelship".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            extensions: crate::routes::v2::EXTENSIONS.iter().map(|e| (*e).to_owned()).collect(),
+        }))
+    }
+
+    async fn model_metadata(&self, request: Request<pb::ModelMetadataRequest>) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let m = crate::routes::v2::metadata_of(&self.app, &r.name, version_of(&r.version)).map_err(|e| status(&e))?;
+        let tensor = |t: modelship_protocol::v2::TensorMetadata| pb::model_metadata_response::TensorMetadata {
+            name: t.name,
+            datatype: t.datatype,
+            shape: t.shape,
+        };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: m.name,
+            versions: m.versions,
+            platform: m.platform,
+            inputs: m.inputs.into_iter().map(tensor).collect(),
+            outputs: m.outputs.into_iter().map(tensor).collect(),
+        }))
+    }
+
+    async fn model_infer(&self, request: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let headers = request.metadata().clone().into_headers();
+        self.infer(request.into_inner(), &headers).await.map(Response::new)
+    }
+
+    type ModelStreamInferStream = InferStream;
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<tonic::Streaming<pb::ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let headers = Arc::new(request.metadata().clone().into_headers());
+        let this = self.clone();
+        // Requests of one stream run concurrently (up to 64 at a time); answers keep their order.
+        let answers = request
+            .into_inner()
+            .map(move |next| {
+                let (this, headers) = (this.clone(), Arc::clone(&headers));
+                async move {
+                    let r = next?;
+                    let (id, model_name, model_version) = (r.id.clone(), r.model_name.clone(), r.model_version.clone());
+                    Ok(match this.infer(r, &headers).await {
+                        Ok(response) => pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) },
+                        Err(e) => pb::ModelStreamInferResponse {
+                            error_message: e.message().to_owned(),
+                            infer_response: Some(pb::ModelInferResponse { id, model_name, model_version, ..Default::default() }),
+                        },
+                    })
+                }
+            })
+            .buffered(64);
+        Ok(Response::new(Box::pin(answers)))
+    }
+
+    async fn model_config(&self, request: Request<pb::ModelConfigRequest>) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let r = request.into_inner();
+        let model = self.app.models.get(&r.name, version_of(&r.version)).map_err(|e| status(&e))?;
+        let config = ModelConfig::new(&model.name, &model.info, &model.batching_facts());
+        Ok(Response::new(pb::ModelConfigResponse { config: Some(config_message(config, &model)) }))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let r = request.into_inner();
+        let models: Vec<Arc<LoadedModel>> = if r.name.is_empty() {
+            self.app
+                .models
+                .snapshot()
+                .values()
+                .filter_map(|slot| match slot {
+                    crate::model::ModelSlot::Ready(s) => Some(s.versions.values().cloned().collect::<Vec<_>>()),
+                    _ => None,
+                })
+                .flatten()
+                .collect()
+        } else if let Some(v) = version_of(&r.version) {
+            vec![self.app.models.get(&r.name, Some(v)).map_err(|e| status(&e))?]
+        } else {
+            self.app.models.served(&r.name).map_err(|e| status(&e))?.versions.values().cloned().collect()
+        };
+        Ok(Response::new(pb::ModelStatisticsResponse { model_stats: models.iter().map(|m| statistics_message(m)).collect() }))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let repository = self.authorized(&request)?;
+        let entries = repository.index(&self.app, request.get_ref().ready).await.map_err(|e| status(&e))?;
+        Ok(Response::new(pb::RepositoryIndexResponse {
+            models: entries
+                .into_iter()
+                .map(|e| pb::repository_index_response::ModelIndex { name: e.name, version: e.version, state: e.state, reason: e.reason })
+                .collect(),
+        }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        let repository = self.authorized(&request)?;
+        let r = request.get_ref();
+        let version = match r.parameters.get("version").and_then(|p| p.parameter_choice.as_ref()) {
+            None => None,
+            Some(pb::model_repository_parameter::ParameterChoice::StringParam(v)) => Some(v.as_str()),
+            Some(_) => return Err(status(&invalid("parameter 'version' must be a string naming a registry version".to_owned()))),
+        };
+        if let Some(key) = r.parameters.keys().find(|k| k.as_str() == "config" || k.starts_with("file:")) {
+            return Err(status(&invalid(format!(
+                "parameter '{key}' is not supported: models are loaded from the registry (push them with `modelship models push`)"
+            ))));
+        }
+        repository.load(&self.app, &r.model_name, version).await.map_err(|e| status(&e))?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        let repository = self.authorized(&request)?;
+        repository.unload(&self.app, &request.get_ref().model_name).await.map_err(|e| status(&e))?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+impl Grpc {
+    /// The repository, when the request carries the admin token.
+    fn authorized<T>(&self, request: &Request<T>) -> Result<&Arc<Repository>, Status> {
+        let (Some(repository), Some(token)) = (&self.repository, &self.token) else {
+            return Err(Status::unimplemented("this server has no repository API"));
+        };
+        let given = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        if crate::admin::bearer_matches(given, token) { Ok(repository) } else { Err(status(&ApiError::Unauthorized)) }
+    }
+
+    /// One inference: routed, run, counted and logged as REST does.
+    async fn infer(&self, r: pb::ModelInferRequest, headers: &HeaderMap) -> Result<pb::ModelInferResponse, Status> {
+        let state = &self.app;
+        let mut call = Call::start(state, "grpc_infer", headers);
+        let field = |f: &str| match r.parameters.get(f).and_then(|p| p.parameter_choice.as_ref()) {
+            Some(pb::infer_parameter::ParameterChoice::StringParam(s)) => Some(s.as_bytes().to_vec()),
+            Some(pb::infer_parameter::ParameterChoice::Int64Param(n)) => Some(n.to_string().into_bytes()),
+            Some(pb::infer_parameter::ParameterChoice::Uint64Param(n)) => Some(n.to_string().into_bytes()),
+            _ => None,
+        };
+        let routed = match route_by(state, &r.model_name, version_of(&r.model_version), headers, &field) {
+            Ok(routed) => routed,
+            Err(e) => {
+                let s = status(&e);
+                call.record(None, None, e.status_and_code().0, Some((e.status_and_code().1, e.to_string())));
+                return Err(s);
+            }
+        };
+        let model = &routed.model;
+        let result: Result<pb::ModelInferResponse, ApiError> = async {
+            let mut request = decode(r)?;
+            let id = request.id.take().unwrap_or_default();
+            let mirror = routed.shadow.as_ref().filter(|s| state.shadows.admit(&state.metrics, s)).map(|_| request.clone());
+            let outputs = model.infer(request).await?;
+            if state.observations.is_recording() {
+                call.score = score_of(model, &outputs);
+            }
+            let response = encode(&model.name, &model.version, id, &outputs);
+            if let (Some(shadow), Some(copy)) = (routed.shadow.clone(), mirror) {
+                state.shadows.mirror(&state.metrics, shadow, copy, outputs);
+            }
+            Ok(response)
+        }
+        .await;
+        match result {
+            Ok(response) => {
+                call.record(Some(model), Some(routed.role), StatusCode::OK, None);
+                Ok(response)
+            }
+            Err(e) => {
+                let (http, code) = e.status_and_code();
+                call.record(Some(model), Some(routed.role), http, Some((code, e.to_string())));
+                Err(status(&e))
+            }
+        }
+    }
+}
+
+/// A `ModelInferRequest` as an inference request: inputs from `raw_input_contents` (one entry
+/// per input, in order) or from typed `contents`.
+pub fn decode(r: pb::ModelInferRequest) -> Result<InferRequest, ApiError> {
+    if r.inputs.is_empty() {
+        return Err(invalid("'inputs' is empty; give at least one input tensor".to_owned()));
+    }
+    if !r.raw_input_contents.is_empty() && r.raw_input_contents.len() != r.inputs.len() {
+        return Err(invalid(format!(
+            "raw_input_contents has {} entries for {} inputs; give one per input, in the order of 'inputs'",
+            r.raw_input_contents.len(),
+            r.inputs.len()
+        )));
+    }
+    let mut inputs = Vec::with_capacity(r.inputs.len());
+    for (i, input) in r.inputs.into_iter().enumerate() {
+        let name = input.name;
+        let datatype: DataType = input.datatype.parse().map_err(|e| invalid(format!("input '{name}': {e}")))?;
+        let shape = input
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| invalid(format!("input '{name}': shape {:?} has a negative dimension", input.shape)))?;
+        let tensor = match r.raw_input_contents.get(i) {
+            Some(bytes) => raw::tensor(&name, datatype, shape, bytes)?,
+            None => {
+                let contents = input.contents.unwrap_or_default();
+                let data = typed_contents(&name, datatype, contents)?;
+                Tensor::new(name, shape, data)?
+            }
+        };
+        inputs.push(tensor);
+    }
+    let mut outputs = Vec::with_capacity(r.outputs.len());
+    for o in r.outputs {
+        if o.parameters.contains_key("classification") {
+            return Err(invalid(format!("output '{}': the classification extension is not supported; request the output itself", o.name)));
+        }
+        outputs.push(o.name);
+    }
+    Ok(InferRequest { id: (!r.id.is_empty()).then_some(r.id), inputs, outputs: (!outputs.is_empty()).then_some(outputs) })
+}
+
+/// Typed `contents` into tensor data, with a range check where the wire type is wider.
+fn typed_contents(name: &str, datatype: DataType, c: pb::InferTensorContents) -> Result<TensorData, ApiError> {
+    fn narrow<W: Copy + std::fmt::Display, T: TryFrom<W>>(name: &str, datatype: DataType, v: Vec<W>) -> Result<Vec<T>, ApiError> {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, x)| T::try_from(x).map_err(|_| invalid(format!("input '{name}': element {i} ({x}) is out of range for {datatype}"))))
+            .collect()
+    }
+    Ok(match datatype {
+        DataType::Bool => TensorData::Bool(c.bool_contents),
+        DataType::Uint8 => TensorData::Uint8(narrow(name, datatype, c.uint_contents)?),
+        DataType::Uint16 => TensorData::Uint16(narrow(name, datatype, c.uint_contents)?),
+        DataType::Uint32 => TensorData::Uint32(c.uint_contents),
+        DataType::Uint64 => TensorData::Uint64(c.uint64_contents),
+        DataType::Int8 => TensorData::Int8(narrow(name, datatype, c.int_contents)?),
+        DataType::Int16 => TensorData::Int16(narrow(name, datatype, c.int_contents)?),
+        DataType::Int32 => TensorData::Int32(c.int_contents),
+        DataType::Int64 => TensorData::Int64(c.int64_contents),
+        DataType::Fp16 => {
+            return Err(invalid(format!("input '{name}': FP16 has no typed contents in the protocol; send it in raw_input_contents")));
+        }
+        DataType::Fp32 => TensorData::Fp32(c.fp32_contents),
+        DataType::Fp64 => TensorData::Fp64(c.fp64_contents),
+        DataType::Bytes => TensorData::Bytes(c.bytes_contents),
+    })
+}
+
+/// Outputs as `raw_output_contents` (what Triton answers and its clients read).
+pub fn encode(model_name: &str, model_version: &str, id: String, outputs: &[Tensor]) -> pb::ModelInferResponse {
+    pb::ModelInferResponse {
+        model_name: model_name.to_owned(),
+        model_version: model_version.to_owned(),
+        id,
+        parameters: Default::default(),
+        outputs: outputs
+            .iter()
+            .map(|t| pb::model_infer_response::InferOutputTensor {
+                name: t.name().to_owned(),
+                datatype: t.datatype().as_str().to_owned(),
+                shape: t.shape().iter().map(|&d| d as i64).collect(),
+                parameters: Default::default(),
+                contents: None,
+            })
+            .collect(),
+        raw_output_contents: outputs.iter().map(|t| raw::encode(t.data()).into_owned()).collect(),
+    }
+}
+
+fn config_message(c: ModelConfig, model: &LoadedModel) -> pb::ModelConfig {
+    let data_type = |name: &str, outputs: bool| {
+        let specs = if outputs { &model.info.signature.outputs } else { &model.info.signature.inputs };
+        specs.iter().find(|s| s.name == name).map_or(0, |s| model_config::triton_type(s.datatype).1)
+    };
+    let reshape = |r: Option<model_config::Reshape>| r.map(|r| pb::ModelTensorReshape { shape: r.shape });
+    pb::ModelConfig {
+        name: c.name,
+        platform: c.platform,
+        backend: c.backend,
+        max_batch_size: c.max_batch_size as i32,
+        input: c
+            .input
+            .into_iter()
+            .map(|t| pb::ModelInput { data_type: data_type(&t.name, false), name: t.name, dims: t.dims, reshape: reshape(t.reshape) })
+            .collect(),
+        output: c
+            .output
+            .into_iter()
+            .map(|t| pb::ModelOutput { data_type: data_type(&t.name, true), name: t.name, dims: t.dims, reshape: reshape(t.reshape) })
+            .collect(),
+        instance_group: c
+            .instance_group
+            .into_iter()
+            .map(|g| pb::ModelInstanceGroup { name: g.name, count: g.count as i32, kind: pb::model_instance_group::Kind::Cpu as i32 })
+            .collect(),
+        scheduling_choice: c.dynamic_batching.map(|d| {
+            pb::model_config::SchedulingChoice::DynamicBatching(pb::ModelDynamicBatching {
+                preferred_batch_size: d.preferred_batch_size.iter().map(|&n| n as i32).collect(),
+                max_queue_delay_microseconds: d.max_queue_delay_microseconds,
+            })
+        }),
+    }
+}
+
+fn statistics_message(m: &LoadedModel) -> pb::ModelStatistics {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &m.stats;
+    let d = |d: &crate::model::Duration| {
+        let (count, ns) = d.get();
+        Some(pb::StatisticDuration { count, ns })
+    };
+    let zero = || Some(pb::StatisticDuration::default());
+    let batches = s.batches.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    pb::ModelStatistics {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        last_inference: s.last_inference_ms.load(Relaxed),
+        inference_count: s.inference_count.load(Relaxed),
+        execution_count: s.execution_count.load(Relaxed),
+        inference_stats: Some(pb::InferStatistics {
+            success: d(&s.success),
+            fail: d(&s.fail),
+            queue: d(&s.queue),
+            compute_input: zero(),
+            compute_infer: d(&s.compute_infer),
+            compute_output: zero(),
+            cache_hit: zero(),
+            cache_miss: zero(),
+        }),
+        batch_stats: batches
+            .into_iter()
+            .map(|(size, (count, ns))| pb::InferBatchStatistics {
+                batch_size: size as u64,
+                compute_input: Some(pb::StatisticDuration { count, ns: 0 }),
+                compute_infer: Some(pb::StatisticDuration { count, ns }),
+                compute_output: Some(pb::StatisticDuration { count, ns: 0 }),
+            })
+            .collect(),
+    }
+}
