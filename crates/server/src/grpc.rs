@@ -89,12 +89,9 @@ pub async fn serve_grpc(
     });
     let limit = grpc.app.limits.max_body_bytes;
     let service = GrpcInferenceServiceServer::new(grpc).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX);
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(health)
-        .add_service(service)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
-        .await
+    // No Nagle: small answers must not wait for the client's delayed ACK (a 40 ms stall).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder().add_service(health).add_service(service).serve_with_incoming_shutdown(incoming, shutdown).await
 }
 
 /// The version asked for: empty means "routed".
@@ -446,6 +443,9 @@ fn statistics_message(m: &LoadedModel) -> pb::ModelStatistics {
         Some(pb::StatisticDuration { count, ns })
     };
     let zero = || Some(pb::StatisticDuration::default());
+    // Input and output conversion happen outside the runtime call and are not timed apart; they
+    // are reported with the same count as compute_infer (clients check the counts agree).
+    let untimed = || Some(pb::StatisticDuration { count: s.compute_infer.get().0, ns: 0 });
     let batches = s.batches.lock().unwrap_or_else(|p| p.into_inner()).clone();
     pb::ModelStatistics {
         name: m.name.clone(),
@@ -457,9 +457,9 @@ fn statistics_message(m: &LoadedModel) -> pb::ModelStatistics {
             success: d(&s.success),
             fail: d(&s.fail),
             queue: d(&s.queue),
-            compute_input: zero(),
+            compute_input: untimed(),
             compute_infer: d(&s.compute_infer),
-            compute_output: zero(),
+            compute_output: untimed(),
             cache_hit: zero(),
             cache_miss: zero(),
         }),

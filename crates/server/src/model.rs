@@ -121,12 +121,13 @@ impl LoadedModel {
         self.queue_time.observe(output.queued.as_secs_f64());
         self.inference_time.observe(output.inference.as_secs_f64());
         let stats = &self.stats;
+        // Per request, as Triton counts them: each request is charged its batch's compute time.
         stats.queue.add(output.queued);
+        stats.compute_infer.add(output.inference);
         if let Some(formed) = output.formed {
             self.batch_size.observe(formed.rows as f64);
             self.batch_requests.observe(formed.requests as f64);
             stats.execution_count.fetch_add(1, Ordering::Relaxed);
-            stats.compute_infer.add(output.inference);
             let mut batches = stats.batches.lock().unwrap_or_else(|p| p.into_inner());
             let entry = batches.entry(formed.rows).or_default();
             entry.0 += 1;

@@ -92,6 +92,8 @@ pub fn statistics<'a>(models: impl Iterator<Item = &'a std::sync::Arc<crate::mod
             let s = &m.stats;
             let batches = s.batches.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let zero = serde_json::json!({"count": 0, "ns": 0});
+            // Not timed apart from inference; same count as compute_infer (clients check it).
+            let untimed = serde_json::json!({"count": s.compute_infer.get().0, "ns": 0});
             serde_json::json!({
                 "name": m.name,
                 "version": m.version,
@@ -102,9 +104,9 @@ pub fn statistics<'a>(models: impl Iterator<Item = &'a std::sync::Arc<crate::mod
                     "success": duration(&s.success),
                     "fail": duration(&s.fail),
                     "queue": duration(&s.queue),
-                    "compute_input": zero,
+                    "compute_input": untimed,
                     "compute_infer": duration(&s.compute_infer),
-                    "compute_output": zero,
+                    "compute_output": untimed,
                     "cache_hit": zero,
                     "cache_miss": zero,
                 },
