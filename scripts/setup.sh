@@ -5,7 +5,10 @@
 #                             wheel on PyPI, into ./.venv (modelship finds it there by itself)
 #   scripts/setup.sh --test   also the real servers the tests start on loopback:
 #                             s3s-fs (an S3 server, crates.io) into ./.cache/tools/bin,
-#                             MLflow (PyPI) into ./.venv, Prometheus (Debian package)
+#                             MLflow (PyPI) into ./.venv, Prometheus (Debian package),
+#                             Triton's clients (tritonclient with perf_analyzer, PyPI) into
+#                             ./.cache/triton-venv, with libcudart (PyPI) and libb64 (Debian)
+#                             that perf_analyzer links even on CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +16,9 @@ ORT_VERSION="${ORT_VERSION:-1.31.1}"
 MLFLOW_VERSION="${MLFLOW_VERSION:-3.17.2}"
 ONNX_VERSION="${ONNX_VERSION:-1.23.2}"
 S3S_FS_VERSION="${S3S_FS_VERSION:-0.14.1}"
+# 2.41.1: the last tritonclient wheel that ships the perf_analyzer binary.
+TRITONCLIENT_VERSION="${TRITONCLIENT_VERSION:-2.41.1}"
+TRITON_VENV=.cache/triton-venv
 VENV="${VENV:-.venv}"
 pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
 
@@ -37,11 +43,22 @@ if [ "${1:-}" = "--test" ]; then
     echo "setup: installing mlflow==$MLFLOW_VERSION into $VENV (a real MLflow server for the tests)" >&2
     pip_install "mlflow==$MLFLOW_VERSION" "onnx==$ONNX_VERSION"
   fi
-  if ! command -v prometheus >/dev/null 2>&1; then
-    echo "setup: apt-get install prometheus (a real Prometheus for the PromQL rollout checks)" >&2
+  if [ ! -x "$TRITON_VENV/bin/perf_analyzer" ]; then
+    # Its own venv: tritonclient's gRPC client pins protobuf < 5, which MLflow's onnx cannot use.
+    echo "setup: installing tritonclient[http,grpc]==$TRITONCLIENT_VERSION (Triton's clients and perf_analyzer) into $TRITON_VENV" >&2
+    python3 -m venv "$TRITON_VENV"
+    "$TRITON_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+      "tritonclient[http,grpc]==$TRITONCLIENT_VERSION" "nvidia-cuda-runtime-cu12==12.9.79"
+  fi
+  missing=""
+  command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
+  ldconfig -p | grep -q 'libb64.so.0d' || missing="$missing libb64-0d"
+  if [ -n "$missing" ]; then
+    echo "setup: apt-get install$missing (a real Prometheus for the PromQL rollout checks; libb64 for perf_analyzer)" >&2
     sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
     $sudo_ apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends $missing >/dev/null
   fi
-  echo "setup: test servers: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow, $(command -v prometheus)" >&2
+  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer" >&2
 fi

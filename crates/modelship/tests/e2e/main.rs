@@ -13,3 +13,5 @@ mod registry_mlflow;
 mod registry_s3;
 mod startup;
 mod traffic;
+#[cfg(feature = "grpc")]
+mod triton;
