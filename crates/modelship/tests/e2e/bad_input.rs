@@ -19,7 +19,7 @@ fn each_bad_request_is_named_and_the_server_survives() {
         ("empty body", "/v2/models/fraud/infer", String::new(), 400, "empty request body"),
         ("not an object", "/v2/models/fraud/infer", "[1,2]".to_owned(), 400, "invalid request"),
         ("missing inputs", "/v2/models/fraud/infer", "{}".to_owned(), 400, "missing field `inputs`"),
-        ("missing data", "/v2/models/fraud/infer", v2(json!([{"name": "input", "shape": [1, 30], "datatype": "FP32"}])), 400, "missing field `data`"),
+        ("missing data", "/v2/models/fraud/infer", v2(json!([{"name": "input", "shape": [1, 30], "datatype": "FP32"}])), 400, "has no 'data'"),
         ("missing datatype", "/v2/models/fraud/infer", v2(json!([{"name": "input", "shape": [1, 30], "data": row}])), 400, "missing field `datatype`"),
         ("wrong shape", "/v2/models/fraud/infer", v2(json!([{"name": "input", "shape": [1, 29], "datatype": "FP32", "data": vec![0.5; 29]}])), 400, "input 'input' has shape [1, 29] but the model expects [-1, 30]"),
         ("wrong rank", "/v2/models/fraud/infer", v2(json!([{"name": "input", "shape": [30], "datatype": "FP32", "data": row}])), 400, "has shape [30] but the model expects [-1, 30]"),
