@@ -8,7 +8,7 @@
 #                             MLflow (PyPI) into ./.venv, Prometheus (Debian package),
 #                             Triton's clients (tritonclient with perf_analyzer, PyPI) into
 #                             ./.cache/triton-venv, with libcudart (PyPI) and libb64 (Debian)
-#                             that perf_analyzer links even on CPU
+#                             that perf_analyzer links even on CPU, Redis (Debian package)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,13 +52,14 @@ if [ "${1:-}" = "--test" ]; then
   fi
   missing=""
   command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
+  command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
   ldconfig -p | grep -q 'libb64.so.0d' || missing="$missing libb64-0d"
   if [ -n "$missing" ]; then
-    echo "setup: apt-get install$missing (a real Prometheus for the PromQL rollout checks; libb64 for perf_analyzer)" >&2
+    echo "setup: apt-get install$missing (Prometheus for the PromQL rollout checks, Redis for the feature store, libb64 for perf_analyzer)" >&2
     sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
     $sudo_ apt-get update -qq >/dev/null
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends $missing >/dev/null
   fi
-  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer" >&2
+  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server)" >&2
 fi

@@ -33,6 +33,66 @@ pub enum Command {
     /// Roll a new version out automatically: steps, checks against stable, promotion or rollback
     #[command(after_help = ROLLOUT_HELP)]
     Rollout(RolloutArgs),
+    /// Work with the feature store (Redis) that enriches requests by entity
+    #[command(after_help = FEATURES_HELP)]
+    Features(FeaturesArgs),
+}
+
+const FEATURES_HELP: &str = "\
+A server with a feature store answers requests that name entities instead of carrying every
+feature: /v1/predict {\"entities\": [{\"customer_id\": \"c1\", \"amount\": 12.5}]}, or V2 infer with
+parameters.entities. `features load` fills the store from a file of entities, one row each.
+
+Examples:
+  modelship features load customers.csv --config serving.yaml
+  modelship features load customers.parquet --store redis://localhost:6379 \\
+      --key 'features:customer:{customer_id}' --storage hash
+  modelship features load customers.csv --config serving.yaml --output json";
+
+#[derive(Debug, Clone, Args)]
+pub struct FeaturesArgs {
+    /// Output format for the summary
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table, global = true)]
+    pub output: OutputFormat,
+
+    #[command(subcommand)]
+    pub command: FeaturesCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum FeaturesCommand {
+    /// Load entities from a CSV or Parquet file (one row per entity, a header of column names)
+    Load {
+        /// The file: .csv, or .parquet (with the `parquet` build feature, on by default)
+        file: std::path::PathBuf,
+        /// The serving config whose `features` section gives the store, key, storage and the
+        /// store features (their values are type-checked before anything is written)
+        #[arg(long, value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
+        /// The store, overriding the config: redis://[user:password@]host:port[/db]
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// The key pattern, overriding the config: placeholders name columns
+        #[arg(long, value_name = "PATTERN")]
+        key: Option<String>,
+        /// How an entity is stored [default: the config's, else hash]
+        #[arg(long, value_enum)]
+        storage: Option<StorageArg>,
+        /// Columns to store (default: the config's store features, else every non-key column)
+        #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
+        columns: Vec<String>,
+        /// Entities written per round trip
+        #[arg(long, default_value_t = 1000, value_name = "N")]
+        batch: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageArg {
+    /// A Redis hash per entity (HSET key field value ...)
+    Hash,
+    /// One JSON object per entity (SET key '{...}')
+    Json,
 }
 
 const ROLLOUT_HELP: &str = "\

@@ -77,7 +77,23 @@ pub struct RawServer {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct RawFeatures {
     pub store_url: Option<String>,
+    /// Seconds a fetched entity is cached.
     pub cache_ttl: Option<u64>,
+    pub cache_max_entries: Option<u64>,
+    /// The longest a request waits for the store, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// The key pattern, e.g. `features:customer:{customer_id}`.
+    pub key: Option<String>,
+    #[serde(default)]
+    pub storage: modelship_features::spec::Storage,
+    /// The model input the features build (default: the model's only input).
+    pub input: Option<String>,
+    #[serde(default)]
+    pub on_store_error: modelship_features::spec::Fallback,
+    #[serde(default)]
+    pub on_missing_entity: modelship_features::spec::Fallback,
+    #[serde(default)]
+    pub features: Vec<modelship_features::spec::FeatureDef>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -126,10 +142,15 @@ pub struct AdminConfig {
     pub keep_warm: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FeaturesConfig {
     pub store_url: String,
     pub cache_ttl: Duration,
+    pub cache_max_entries: u64,
+    pub timeout: Duration,
+    /// Checked against the model's signature once it is loaded; with no features listed, the
+    /// store is only connected (readiness follows it) and requests by entity are refused.
+    pub spec: modelship_features::spec::SpecConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -350,7 +371,25 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             problems.push(format!("features.store_url '{}' must start with redis:// or rediss://", redact_url(&url)));
         }
-        Some(FeaturesConfig { store_url: url, cache_ttl: Duration::from_secs(f.cache_ttl.unwrap_or(300)) })
+        let timeout_ms = f.timeout_ms.unwrap_or(100);
+        if !(1..=60_000).contains(&timeout_ms) {
+            problems.push(format!("features.timeout_ms is {timeout_ms}; it must be between 1 and 60000"));
+        }
+        let cache_max_entries = f.cache_max_entries.unwrap_or(100_000);
+        Some(FeaturesConfig {
+            store_url: url,
+            cache_ttl: Duration::from_secs(f.cache_ttl.unwrap_or(300)),
+            cache_max_entries,
+            timeout: Duration::from_millis(timeout_ms),
+            spec: modelship_features::spec::SpecConfig {
+                input: f.input.clone(),
+                key: f.key.clone(),
+                storage: f.storage,
+                features: f.features.clone(),
+                on_store_error: f.on_store_error,
+                on_missing_entity: f.on_missing_entity,
+            },
+        })
     });
 
     if !problems.is_empty() {
@@ -446,10 +485,7 @@ fn parse_level(level: &str) -> Option<tracing::Level> {
 
 /// A URL with any password replaced, for messages.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
+    modelship_features::store::redact(url)
 }
 
 #[cfg(test)]
@@ -496,7 +532,13 @@ logging:
         assert!(c.log.json);
         assert_eq!(
             c.features,
-            Some(FeaturesConfig { store_url: "redis://redis:6379".to_owned(), cache_ttl: Duration::from_secs(300) })
+            Some(FeaturesConfig {
+                store_url: "redis://redis:6379".to_owned(),
+                cache_ttl: Duration::from_secs(300),
+                cache_max_entries: 100_000,
+                timeout: Duration::from_millis(100),
+                spec: Default::default(),
+            })
         );
     }
 

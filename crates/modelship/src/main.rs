@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod features;
 mod logging;
 mod models;
 mod registry_config;
@@ -21,5 +22,6 @@ fn main() -> ExitCode {
         cli::Command::Models(args) => models::main(args),
         cli::Command::Traffic(args) => traffic::main(args),
         cli::Command::Rollout(args) => rollout::main(args),
+        cli::Command::Features(args) => features::main(args),
     }
 }

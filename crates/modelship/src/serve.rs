@@ -60,12 +60,6 @@ fn failure(error: &anyhow::Error) -> ExitCode {
 }
 
 async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
-    if let Some(features) = &config.features {
-        tracing::warn!(
-            store_url = %config::redact_url(&features.store_url),
-            "features.store_url is set, but feature-store enrichment is not available in this version; requests must carry all features"
-        );
-    }
     let source = ModelSource::of(&config)?;
     let (model, registry_version) = source.read().await?;
     let onnx = OnnxBackend::new(config.ort_lib.as_deref())?;
@@ -104,6 +98,9 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         },
     };
     state.models.set(&spec.name, ModelSlot::Loading { version: spec.version.clone() });
+    if config.features.is_some() {
+        state.feature_store_required.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 
     // The listener serves probes while the model loads: /health/startup says "starting" until then.
     let load_failed = Arc::new(Notify::new());
@@ -145,6 +142,11 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
                 inputs = ?model.info.signature.input_names(), outputs = ?model.info.signature.output_names(),
                 skipped_outputs = ?model.info.skipped_outputs, "model loaded"
             );
+            if let Some(features) = &config.features {
+                let service = feature_service(features, &model.info.signature, &state)?;
+                tokio::spawn(Arc::clone(&service.store).monitor());
+                let _ = state.features.set(service);
+            }
             let served = Served::single(Arc::new(model));
             state.metrics.publish_traffic(&spec.name, &served);
             state.models.set(&spec.name, ModelSlot::Ready(Arc::new(served)));
@@ -222,6 +224,39 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// The feature store and the feature spec checked against the served model's signature.
+fn feature_service(
+    features: &config::FeaturesConfig,
+    signature: &modelship_inference::Signature,
+    state: &AppState,
+) -> anyhow::Result<Arc<modelship_features::FeatureService>> {
+    let metrics = modelship_features::FeatureMetrics::register(state.metrics.registry())
+        .map_err(|e| anyhow::anyhow!("cannot register the feature metrics: {e}"))?;
+    let store = modelship_features::Store::new(
+        &modelship_features::StoreConfig {
+            url: features.store_url.clone(),
+            timeout: features.timeout,
+            cache_ttl: features.cache_ttl,
+            cache_max_entries: features.cache_max_entries,
+        },
+        metrics,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let spec = if features.spec.features.is_empty() && features.spec.key.is_none() {
+        tracing::info!(store_url = %config::redact_url(&features.store_url), "feature store connected for readiness only: no features.features are configured, so requests must carry their features");
+        None
+    } else {
+        Some(modelship_features::FeatureSpec::new(&features.spec, signature).map_err(|problems| {
+            anyhow::anyhow!("the feature spec does not fit the model:\n  - {}", problems.join("\n  - "))
+        })?)
+    };
+    tracing::info!(
+        store_url = %config::redact_url(&features.store_url), timeout_ms = features.timeout.as_millis() as u64,
+        cache_ttl_s = features.cache_ttl.as_secs(), features = spec.as_ref().map_or(0, |s| s.features.len()), "feature store configured"
+    );
+    Ok(Arc::new(modelship_features::FeatureService { spec, store }))
 }
 
 /// The registry the repository API loads from: the one the model came from, else the configured

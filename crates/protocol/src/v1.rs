@@ -17,13 +17,40 @@ use crate::DecodeError;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PredictRequestJson {
-    pub features: Box<RawValue>,
+    #[serde(default)]
+    pub features: Option<Box<RawValue>>,
+    /// Entities whose features the server assembles from its feature store.
+    #[serde(default)]
+    pub entities: Option<Vec<serde_json::Map<String, Value>>>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct PredictResponseJson {
     pub prediction: Value,
     pub model_version: String,
+    /// Entities answered with default features, and why (only when some were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults_used: Option<Value>,
+}
+
+/// A predict body: raw feature rows, or entities to enrich.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Predict {
+    Rows(InferRequest),
+    Entities(Vec<serde_json::Map<String, Value>>),
+}
+
+/// Decodes a predict body: `{"features": [[...]]}` or `{"entities": [{...}, ...]}`.
+pub fn decode_predict(body: &[u8], signature: &Signature) -> Result<Predict, DecodeError> {
+    let json: PredictRequestJson = serde_json::from_slice(body).map_err(|e| DecodeError::from_json(&e, body))?;
+    match (json.features, json.entities) {
+        (Some(features), None) => rows_request(&features, signature).map(Predict::Rows),
+        (None, Some(entities)) => Ok(Predict::Entities(entities)),
+        (Some(_), Some(_)) => Err(DecodeError("give 'features' (rows) or 'entities' (to look up), not both".to_owned())),
+        (None, None) => Err(DecodeError(
+            "give 'features' ([[f1, f2, ...], ...]) or 'entities' ([{\"customer_id\": \"...\"}, ...] with a feature store)".to_owned(),
+        )),
+    }
 }
 
 const PROBABILITY_NAMES: [&str; 4] = ["probabilities", "probability", "output_probability", "predict_proba"];
@@ -38,9 +65,22 @@ pub fn prediction_output(signature: &Signature) -> Option<usize> {
         .or_else(|| outputs.iter().position(|o| o.datatype != modelship_inference::DataType::Bytes))
 }
 
-/// Decodes a predict body into a request for the model's single input and its prediction output.
+/// Decodes a predict body of feature rows into a request for the model's single input and its
+/// prediction output.
 pub fn decode_predict_request(body: &[u8], signature: &Signature) -> Result<InferRequest, DecodeError> {
-    let json: PredictRequestJson = serde_json::from_slice(body).map_err(|e| DecodeError::from_json(&e, body))?;
+    match decode_predict(body, signature)? {
+        Predict::Rows(request) => Ok(request),
+        Predict::Entities(_) => Err(DecodeError("'entities' need a feature store; send 'features'".to_owned())),
+    }
+}
+
+/// The request for the prediction output of a model whose input is `tensor`.
+pub fn entity_request(tensor: Tensor, signature: &Signature) -> InferRequest {
+    let outputs = prediction_output(signature).map(|i| vec![signature.outputs[i].name.clone()]);
+    InferRequest { id: None, inputs: vec![tensor], outputs }
+}
+
+fn rows_request(features: &RawValue, signature: &Signature) -> Result<InferRequest, DecodeError> {
     let [input] = signature.inputs.as_slice() else {
         return Err(DecodeError(format!(
             "/v1/predict feeds a model with exactly one input, but this model has {} ({}); use /v2/models/{{model}}/infer",
@@ -54,7 +94,7 @@ pub fn decode_predict_request(body: &[u8], signature: &Signature) -> Result<Infe
             input.name, input.shape
         )));
     }
-    let decoded = json_tensor::decode(&json.features, input.datatype, "features")?;
+    let decoded = json_tensor::decode(features, input.datatype, "features")?;
     let shape = match decoded.nesting.as_slice() {
         [rows, cols] => vec![*rows, *cols],
         [cols] => vec![1, *cols],
@@ -97,7 +137,12 @@ pub fn prediction_value(output: &Tensor) -> Value {
 }
 
 pub fn encode_predict_response(model_version: &str, output: &Tensor) -> Vec<u8> {
-    let body = PredictResponseJson { prediction: prediction_value(output), model_version: model_version.to_owned() };
+    encode_predict_response_with(model_version, output, None)
+}
+
+/// [`encode_predict_response`], with the entities that got default features.
+pub fn encode_predict_response_with(model_version: &str, output: &Tensor, defaults_used: Option<Value>) -> Vec<u8> {
+    let body = PredictResponseJson { prediction: prediction_value(output), model_version: model_version.to_owned(), defaults_used };
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
@@ -132,8 +177,9 @@ mod tests {
     #[test]
     fn names_each_problem() {
         let cases = [
-            (r#"{"feature": [[1, 2, 3]]}"#, "error: invalid request: unknown field `feature`, expected `features` at line 1 column 10"),
-            (r#"{}"#, "error: invalid request: missing field `features` at line 1 column 2"),
+            (r#"{"feature": [[1, 2, 3]]}"#, "error: invalid request: unknown field `feature`, expected `features` or `entities` at line 1 column 10"),
+            (r#"{}"#, "error: give 'features' ([[f1, f2, ...], ...]) or 'entities' ([{\"customer_id\": \"...\"}, ...] with a feature store)"),
+            (r#"{"features": [[1]], "entities": []}"#, "error: give 'features' (rows) or 'entities' (to look up), not both"),
             (r#"{"features": [[1, 2], [3]]}"#, "error: features: ragged array: arrays at depth 2 have lengths 2 and 1"),
             (r#"{"features": [[[1]]]}"#, "error: features: expected an array of rows ([[f1, f2, ...], ...]) or one row ([f1, f2, ...])"),
             (r#"{"features": []}"#, "error: features: no rows given"),

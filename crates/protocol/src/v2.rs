@@ -49,6 +49,8 @@ pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
 pub struct DecodedRequest {
     pub request: InferRequest,
     pub binary_outputs: BinaryOutputs,
+    /// `parameters.entities`: entities whose features the server assembles from its store.
+    pub entities: Option<Vec<Map<String, Value>>>,
 }
 
 /// Which outputs the client wants as raw bytes rather than JSON (the binary tensor extension):
@@ -89,8 +91,22 @@ pub fn decode_request(body: &[u8], json_length: Option<usize>) -> Result<Decoded
             )));
         }
     };
-    let json: InferRequestJson = serde_json::from_slice(header).map_err(|e| DecodeError::from_json(&e, header))?;
-    if json.inputs.is_empty() {
+    let mut json: InferRequestJson = serde_json::from_slice(header).map_err(|e| DecodeError::from_json(&e, header))?;
+    let entities = match json.parameters.as_mut().and_then(|p| p.remove("entities")) {
+        None => None,
+        Some(Value::Array(items)) => Some(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| match e {
+                    Value::Object(map) => Ok(map),
+                    other => Err(DecodeError(format!("parameters.entities[{i}] is {other}; each entity is an object of its key fields"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(other) => return Err(DecodeError(format!("parameters.entities must be an array of objects, not {other}"))),
+    };
+    if json.inputs.is_empty() && entities.is_none() {
         return Err(DecodeError("'inputs' is empty; give at least one input tensor".to_owned()));
     }
     let mut inputs = Vec::with_capacity(json.inputs.len());
@@ -145,7 +161,7 @@ pub fn decode_request(body: &[u8], json_length: Option<usize>) -> Result<Decoded
             Some(names)
         }
     };
-    Ok(DecodedRequest { request: InferRequest { id: json.id, inputs, outputs }, binary_outputs })
+    Ok(DecodedRequest { request: InferRequest { id: json.id, inputs, outputs }, binary_outputs, entities })
 }
 
 /// `parameters.binary_data_size` of an input, checked.
@@ -203,6 +219,9 @@ pub struct InferResponseJson<'a> {
     pub model_version: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<&'a str>,
+    /// Response parameters (`feature_defaults` when entities got default features).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<&'a Value>,
     pub outputs: Vec<OutputJson<'a>>,
 }
 
@@ -225,7 +244,7 @@ pub struct BinarySize {
 
 /// Encodes an all-JSON infer response body.
 pub fn encode_infer_response(model_name: &str, model_version: &str, id: Option<&str>, outputs: &[Tensor]) -> Vec<u8> {
-    encode_response(model_name, model_version, id, outputs, &BinaryOutputs::default()).0
+    encode_response(model_name, model_version, id, outputs, &BinaryOutputs::default(), None).0
 }
 
 /// Encodes an infer response body. When some outputs go as raw bytes, they follow the JSON in
@@ -236,6 +255,7 @@ pub fn encode_response(
     id: Option<&str>,
     outputs: &[Tensor],
     binary: &BinaryOutputs,
+    parameters: Option<&Value>,
 ) -> (Vec<u8>, Option<usize>) {
     let mut raw_parts = Vec::new();
     let json_outputs = outputs
@@ -252,7 +272,7 @@ pub fn encode_response(
             OutputJson { name: t.name(), datatype: t.datatype().as_str(), shape: t.shape(), parameters, data }
         })
         .collect();
-    let body = InferResponseJson { model_name, model_version, id, outputs: json_outputs };
+    let body = InferResponseJson { model_name, model_version, id, parameters, outputs: json_outputs };
     // Serializing owned, finite structures into a Vec cannot fail.
     let mut out = serde_json::to_vec(&body).unwrap_or_default();
     if raw_parts.is_empty() {
@@ -414,7 +434,7 @@ mod tests {
             Tensor::new("p", vec![2], modelship_inference::TensorData::Fp32(vec![0.25, 0.75])).unwrap(),
         ];
         let binary = BinaryOutputs { all: false, overrides: vec![("p".to_owned(), true)] };
-        let (body, json_length) = encode_response("m", "1", None, &outputs, &binary);
+        let (body, json_length) = encode_response("m", "1", None, &outputs, &binary, None);
         let n = json_length.unwrap();
         assert_eq!(
             std::str::from_utf8(&body[..n]).unwrap(),

@@ -3,6 +3,7 @@
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
+use modelship_features::FeatureError;
 use modelship_inference::InferError;
 use modelship_protocol::{DecodeError, ErrorBody};
 
@@ -12,6 +13,10 @@ pub enum ApiError {
     Decode(#[from] DecodeError),
     #[error("{0}")]
     Infer(#[from] InferError),
+    #[error("{0}")]
+    Features(#[from] modelship_features::FeatureError),
+    #[error("this server has no feature store to look entities up in; send the features themselves, or configure features.store_url and features.features")]
+    NoFeatureStore,
     #[error("unknown model '{name}'; this server serves: {}", .available.join(", "))]
     UnknownModel { name: String, available: Vec<String> },
     #[error("model '{name}' has no version '{version}'; available: {}", .available.join(", "))]
@@ -60,6 +65,14 @@ impl ApiError {
                 InferError::Load(_) => (StatusCode::INTERNAL_SERVER_ERROR, "model_load_failed"),
                 InferError::Runtime(_) => (StatusCode::INTERNAL_SERVER_ERROR, "inference_failed"),
             },
+            ApiError::Features(e) => match e {
+                FeatureError::BadEntity(_) => (StatusCode::BAD_REQUEST, "invalid_entity"),
+                FeatureError::EntityNotFound { .. } => (StatusCode::NOT_FOUND, "entity_not_found"),
+                FeatureError::MissingFeature { .. } => (StatusCode::NOT_FOUND, "feature_not_found"),
+                FeatureError::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "feature_store_unavailable"),
+                FeatureError::BadStoredValue { .. } => (StatusCode::BAD_GATEWAY, "feature_data_invalid"),
+            },
+            ApiError::NoFeatureStore => (StatusCode::BAD_REQUEST, "no_feature_store"),
             ApiError::UnknownModel { .. } => (StatusCode::NOT_FOUND, "unknown_model"),
             ApiError::UnknownVersion { .. } => (StatusCode::NOT_FOUND, "unknown_version"),
             ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "model_not_ready"),

@@ -219,6 +219,11 @@ impl Metrics {
         let _ = self.queue_length.remove_label_values(&[&model.name, &model.version]);
     }
 
+    /// The registry, for metrics other crates declare (the feature store's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);

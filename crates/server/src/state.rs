@@ -34,6 +34,11 @@ pub struct AppState {
     pub(crate) ids: Arc<RequestIds>,
     /// Per-request numbers for weighted routing and shadow sampling.
     pub(crate) nonces: Arc<AtomicU64>,
+    /// The feature store, once configured (after the model loads: the spec is checked against
+    /// its signature).
+    pub features: Arc<std::sync::OnceLock<Arc<modelship_features::FeatureService>>>,
+    /// Whether readiness waits for a feature store (set before the model loads).
+    pub feature_store_required: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -47,6 +52,8 @@ impl AppState {
             observations: Arc::default(),
             ids: Arc::default(),
             nonces: Arc::default(),
+            features: Arc::default(),
+            feature_store_required: Arc::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod features;
 mod bad_input;
 mod lifecycle;
 mod models;

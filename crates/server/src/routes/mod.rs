@@ -102,6 +102,18 @@ pub(crate) fn route_by(
     served.route(name, &input)
 }
 
+/// The model input built from `entities` by the feature store, and the entities that got
+/// defaults (as a response value), when any did.
+pub(crate) async fn enrich(
+    state: &AppState,
+    entities: &[serde_json::Map<String, serde_json::Value>],
+) -> Result<(modelship_inference::Tensor, Option<serde_json::Value>), ApiError> {
+    let service = state.features.get().ok_or(ApiError::NoFeatureStore)?;
+    let enriched = service.enrich(entities).await?;
+    let defaults = (!enriched.defaulted.is_empty()).then(|| serde_json::json!(enriched.defaulted));
+    Ok((enriched.tensor, defaults))
+}
+
 /// Sends the request to the candidate (`true`), when there is one.
 pub const CANARY_HEADER: &str = "x-canary";
 /// Pins a request to a loaded version.

@@ -30,8 +30,14 @@ pub(crate) fn readiness(state: &AppState) -> (bool, serde_json::Value) {
     let model_loaded = state.models.all_ready();
     let startup_complete = state.health.startup_seconds().is_some();
     let draining = state.health.is_draining();
-    let ready = model_loaded && startup_complete && !draining;
+    let mut ready = model_loaded && startup_complete && !draining;
     let mut checks = json!({"model_loaded": model_loaded, "startup_complete": startup_complete});
+    if state.feature_store_required.load(std::sync::atomic::Ordering::Relaxed) {
+        // As the seed's probe: not ready while the feature store is unreachable.
+        let connected = state.features.get().is_some_and(|f| f.store.is_connected());
+        checks["feature_store_connected"] = json!(connected);
+        ready &= connected;
+    }
     if draining {
         checks["shutting_down"] = json!(true);
     }

@@ -29,7 +29,13 @@ async fn predict(State(state): State<AppState>, headers: HeaderMap, body: Result
     };
     let model = &routed.model;
     let result = async {
-        let request = v1::decode_predict_request(&body, &model.info.signature)?;
+        let (request, defaults) = match v1::decode_predict(&body, &model.info.signature)? {
+            v1::Predict::Rows(request) => (request, None),
+            v1::Predict::Entities(entities) => {
+                let (tensor, defaults) = super::enrich(&state, &entities).await?;
+                (v1::entity_request(tensor, &model.info.signature), defaults)
+            }
+        };
         let mirror = routed.shadow.as_ref().filter(|s| state.shadows.admit(&state.metrics, s)).map(|_| request.clone());
         let outputs = model.infer(request).await?;
         if state.observations.is_recording() {
@@ -38,7 +44,7 @@ async fn predict(State(state): State<AppState>, headers: HeaderMap, body: Result
         let output = outputs
             .first()
             .ok_or_else(|| ApiError::Internal("the model returned no output".to_owned()))?;
-        let body = v1::encode_predict_response(&model.version, output);
+        let body = v1::encode_predict_response_with(&model.version, output, defaults);
         if let (Some(shadow), Some(copy)) = (routed.shadow.clone(), mirror) {
             state.shadows.mirror(&state.metrics, shadow, copy, outputs);
         }

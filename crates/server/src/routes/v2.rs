@@ -211,14 +211,26 @@ async fn infer_at(
                 )))
             })?),
         };
-        let v2::DecodedRequest { mut request, binary_outputs } = v2::decode_request(&body, json_length)?;
+        let v2::DecodedRequest { mut request, binary_outputs, entities } = v2::decode_request(&body, json_length)?;
+        let mut parameters = None;
+        if let Some(entities) = entities {
+            let (tensor, defaults) = super::enrich(state, &entities).await?;
+            if request.inputs.iter().any(|t| t.name() == tensor.name()) {
+                return Err(ApiError::Decode(modelship_protocol::DecodeError(format!(
+                    "input '{}' is both given and built from parameters.entities; send one or the other",
+                    tensor.name()
+                ))));
+            }
+            request.inputs.push(tensor);
+            parameters = defaults.map(|d| serde_json::json!({ "feature_defaults": d }));
+        }
         let id = request.id.take();
         let mirror = routed.shadow.as_ref().filter(|s| state.shadows.admit(&state.metrics, s)).map(|_| request.clone());
         let outputs = model.infer(request).await?;
         if state.observations.is_recording() {
             call.score = score_of(model, &outputs);
         }
-        let (body, json_length) = v2::encode_response(&model.name, &model.version, id.as_deref(), &outputs, &binary_outputs);
+        let (body, json_length) = v2::encode_response(&model.name, &model.version, id.as_deref(), &outputs, &binary_outputs, parameters.as_ref());
         if let (Some(shadow), Some(copy)) = (routed.shadow.clone(), mirror) {
             state.shadows.mirror(&state.metrics, shadow, copy, outputs);
         }

@@ -1,0 +1,328 @@
+//! Feature-store enrichment against a real `redis-server` on a free loopback port: single and
+//! batched entities, the order of the model's signature, the cache's TTL, a missing entity, a type
+//! mismatch in stored data, the store going down and coming back (fail fast or fall back;
+//! readiness follows), and `modelship features load`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{Server, command, free_port, model};
+
+/// A real redis-server on 127.0.0.1, no persistence; killed on drop.
+struct Redis {
+    port: u16,
+    child: Child,
+}
+
+impl Redis {
+    fn start(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server; scripts/setup.sh --test does)");
+        let redis = Redis { port, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.cli(&["PING"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
+            thread::sleep(Duration::from_millis(50));
+        }
+        redis
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).stdin(Stdio::null()).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Feature `i` of customer `c`: distinct, deterministic values.
+fn value(c: usize, i: usize) -> f64 {
+    ((c * 31 + i * 7) % 23) as f64 / 4.0 - 2.5
+}
+
+const CUSTOMERS: usize = 4;
+
+/// A CSV of customers c0..c3 with store features f02..f29.
+fn csv(dir: &Path) -> PathBuf {
+    let path = dir.join("customers.csv");
+    let mut text = String::from("customer_id");
+    for i in 2..30 {
+        text.push_str(&format!(",f{i:02}"));
+    }
+    text.push('\n');
+    for c in 0..CUSTOMERS {
+        text.push_str(&format!("c{c}"));
+        for i in 2..30 {
+            text.push_str(&format!(",{}", value(c, i)));
+        }
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A serving config: f00 and f01 from the request, f02..f29 from the store, listed in reverse
+/// with explicit positions (the model's order is the positions', not the list's).
+fn config(dir: &Path, redis: &Redis, extra: &str) -> PathBuf {
+    let mut features = String::new();
+    for i in (0..30).rev() {
+        let source = if i < 2 { "request" } else { "store" };
+        let default = if i == 29 { ", default: 0.5" } else { "" };
+        features.push_str(&format!("    - {{name: f{i:02}, source: {source}, position: {i}{default}}}\n"));
+    }
+    let path = dir.join(format!("serving-{}.yaml", extra.len()));
+    std::fs::write(
+        &path,
+        format!(
+            "model: {{path: {}, name: lr}}\nfeatures:\n  store_url: {}\n  key: 'features:customer:{{customer_id}}'\n  timeout_ms: 200\n{extra}  features:\n{features}",
+            model("logistic_regression"),
+            redis.url()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn load(config: &Path, file: &Path) -> Value {
+    let out = command().args(["features", "load"]).arg(file).arg("--config").arg(config).args(["--output", "json"]).output().unwrap();
+    assert!(out.status.success(), "features load: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn entity(c: usize) -> Value {
+    json!({"customer_id": format!("c{c}"), "f00": c as f64, "f01": -(c as f64)})
+}
+
+/// The full row of customer `c`, in the model's order.
+fn row(c: usize) -> Vec<f64> {
+    (0..30).map(|i| if i == 0 { c as f64 } else if i == 1 { -(c as f64) } else { value(c, i) }).collect()
+}
+
+fn predict(server: &Server, body: Value) -> (u16, Value) {
+    let r = server.post("/v1/predict", &body.to_string());
+    (r.status, r.json())
+}
+
+fn prediction(server: &Server, body: Value) -> Vec<f64> {
+    let (status, body) = predict(server, body);
+    assert_eq!(status, 200, "{body}");
+    body["prediction"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+}
+
+fn ready(server: &Server) -> (u16, Value) {
+    let r = server.get("/health/ready");
+    (r.status, r.json())
+}
+
+fn wait_ready(server: &Server, want: u16) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = ready(server);
+        if status == want {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "readiness stayed {status}: {body}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn entities_are_enriched_in_the_signature_order_single_and_batched() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(free_port());
+    let cfg = config(dir.path(), &redis, "  cache_ttl: 300\n");
+    let loaded = load(&cfg, &csv(dir.path()));
+    assert_eq!(loaded["loaded"], CUSTOMERS);
+    assert_eq!(redis.cli(&["HGET", "features:customer:c2", "f07"]).trim().parse::<f64>().unwrap(), value(2, 7));
+
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let (status, body) = ready(&server);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"]["feature_store_connected"], true, "{body}");
+
+    let rows: Vec<Vec<f64>> = (0..CUSTOMERS).map(row).collect();
+    let want = prediction(&server, json!({"features": rows}));
+    // One entity at a time, then all in one request: the same predictions as the raw rows.
+    for c in 0..CUSTOMERS {
+        let got = prediction(&server, json!({"entities": [entity(c)]}));
+        assert!((got[0] - want[c]).abs() < 1e-6, "customer {c}: {got:?} vs {}", want[c]);
+    }
+    let trips_before = server.metric("modelship_feature_store_duration_seconds_count", &[]).unwrap();
+    // A batch of entities the cache has not seen costs one round trip.
+    redis.cli(&["HSET", "features:customer:c9", "f02", "1"]);
+    let hits_before = server.metric("modelship_feature_cache_requests_total", &["result=\"hit\""]).unwrap_or(0.0);
+    let batch: Vec<Value> = (0..CUSTOMERS).map(entity).collect();
+    let got = prediction(&server, json!({"entities": batch}));
+    for c in 0..CUSTOMERS {
+        assert!((got[c] - want[c]).abs() < 1e-6, "batched {got:?} vs {want:?}");
+    }
+    assert_eq!(server.metric("modelship_feature_store_duration_seconds_count", &[]).unwrap(), trips_before, "all cached: no round trip");
+    assert_eq!(server.metric("modelship_feature_cache_requests_total", &["result=\"hit\""]).unwrap(), hits_before + CUSTOMERS as f64);
+    server.post("/v2/models/lr/infer", &json!({"inputs": [], "parameters": {"entities": [{"customer_id": "c9", "f00": 0, "f01": 0}]}}).to_string());
+    assert_eq!(server.metric("modelship_feature_store_duration_seconds_count", &[]).unwrap(), trips_before + 1.0);
+
+    // V2: parameters.entities build the input; the answer equals the raw row's.
+    let r = server.post("/v2/models/lr/infer", &json!({"inputs": [], "parameters": {"entities": [entity(1), entity(3)]}}).to_string());
+    assert_eq!(r.status, 200, "{}", r.text);
+    let out = r.json()["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "probabilities").unwrap().clone();
+    let p: Vec<f64> = out["data"].as_array().unwrap().chunks(2).map(|p| p[1].as_f64().unwrap()).collect();
+    assert!((p[0] - want[1]).abs() < 1e-6 && (p[1] - want[3]).abs() < 1e-6, "{p:?}");
+    // The request's own value of a store feature wins over the store's.
+    let mut own = entity(0);
+    own["f05"] = json!(100.0);
+    let mut raw = row(0);
+    raw[5] = 100.0;
+    assert!((prediction(&server, json!({"entities": [own]}))[0] - prediction(&server, json!({"features": [raw]}))[0]).abs() < 1e-6);
+
+    // Bad requests are named.
+    let (status, body) = predict(&server, json!({"entities": [{"f00": 1, "f01": 2}]}));
+    assert_eq!((status, body["error"].as_str().unwrap()), (400, "entity 0 has no 'customer_id', which the key pattern features:customer:{customer_id} needs"));
+    let (status, body) = predict(&server, json!({"entities": [{"customer_id": "c1"}]}));
+    assert_eq!((status, body["error"].as_str().unwrap()), (400, "entity 0 has no 'f00', a request feature with no default"));
+    let (status, body) = predict(&server, json!({"entities": [{"customer_id": "../x", "f00": 1, "f01": 2}]}));
+    assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn missing_entities_bad_stored_data_and_the_cache_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(free_port());
+    let cfg = config(dir.path(), &redis, "  cache_ttl: 1\n");
+    load(&cfg, &csv(dir.path()));
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+
+    let (status, body) = predict(&server, json!({"entities": [entity(7)]}));
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("no features are stored under key 'features:customer:c7'"), "{body}");
+
+    // A field that is not stored takes its default (f29 has one) and the response says so.
+    redis.cli(&["HDEL", "features:customer:c2", "f29"]);
+    let (status, body) = predict(&server, json!({"entities": [entity(2)]}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["defaults_used"], json!([{"entity": 0, "features": ["f29"], "reason": "some fields are not stored"}]));
+    // Without a default it is an error naming the key and field.
+    redis.cli(&["HDEL", "features:customer:c2", "f10"]);
+    thread::sleep(Duration::from_millis(1100));
+    let (status, body) = predict(&server, json!({"entities": [entity(2)]}));
+    assert_eq!((status, body["error"].as_str().unwrap()), (404, "key 'features:customer:c2' has no field 'f10' (feature 'f10') and the feature has no default"));
+
+    // A stored value of the wrong type is the store's fault: 502, naming key, feature and value.
+    redis.cli(&["HSET", "features:customer:c3", "f05", "lots"]);
+    let (status, body) = predict(&server, json!({"entities": [entity(3)]}));
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"], "key 'features:customer:c3': feature 'f05' is stored as 'lots', which is not a number; fix the stored data");
+
+    // The cache serves a value until its TTL (1 s) runs out, then the store's new value.
+    let before = prediction(&server, json!({"entities": [entity(1)]}))[0];
+    redis.cli(&["HSET", "features:customer:c1", "f03", "40"]);
+    assert_eq!(prediction(&server, json!({"entities": [entity(1)]}))[0], before, "served from the cache");
+    thread::sleep(Duration::from_millis(1300));
+    let after = prediction(&server, json!({"entities": [entity(1)]}))[0];
+    assert!((after - before).abs() > 1e-6, "the new stored value is used after the TTL: {before} vs {after}");
+    let mut changed = row(1);
+    changed[3] = 40.0;
+    assert!((after - prediction(&server, json!({"features": [changed]}))[0]).abs() < 1e-6);
+}
+
+#[test]
+fn the_store_going_down_fails_fast_or_falls_back_and_readiness_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let redis = Redis::start(port);
+    let strict_cfg = config(dir.path(), &redis, "  cache_ttl: 300\n");
+    let lenient_cfg = config(
+        dir.path(),
+        &redis,
+        "  cache_ttl: 300\n  on_store_error: defaults\n  on_missing_entity: defaults\n  cache_max_entries: 2\n",
+    );
+    // Every store feature needs a default to fall back to.
+    let text = std::fs::read_to_string(&lenient_cfg).unwrap().replace("source: store, position:", "source: store, default: 0.0, position:").replace("default: 0.0, position: 29, default: 0.5", "default: 0.5, position: 29");
+    std::fs::write(&lenient_cfg, text).unwrap();
+    load(&strict_cfg, &csv(dir.path()));
+    let strict = Server::start(&["--config", strict_cfg.to_str().unwrap()]);
+    let lenient = Server::start(&["--config", lenient_cfg.to_str().unwrap()]);
+    let healthy = prediction(&strict, json!({"entities": [entity(1)]}))[0];
+    assert_eq!(prediction(&lenient, json!({"entities": [entity(1)]}))[0], healthy);
+
+    // Traffic keeps flowing while the store dies.
+    drop(redis);
+    let body = wait_ready(&strict, 503);
+    assert_eq!(body["checks"]["feature_store_connected"], false, "{body}");
+    wait_ready(&lenient, 503);
+    let started = Instant::now();
+    let (status, body) = predict(&strict, json!({"entities": [entity(2)]}));
+    assert!(started.elapsed() < Duration::from_secs(5), "a dead store must not hang requests");
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().starts_with("the feature store is unavailable"), "{body}");
+    // Cached entities still answer; raw features never needed the store.
+    assert_eq!(prediction(&strict, json!({"entities": [entity(1)]}))[0], healthy);
+    assert_eq!(prediction(&strict, json!({"features": [row(2)]})).len(), 1);
+    // The lenient server answers with defaults and says so.
+    let (status, body) = predict(&lenient, json!({"entities": [entity(3)]}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["defaults_used"][0]["entity"], 0);
+    assert!(body["defaults_used"][0]["reason"].as_str().unwrap().starts_with("feature store unavailable"), "{body}");
+    assert!(strict.metric("modelship_feature_store_errors_total", &[]).unwrap() >= 1.0);
+
+    // The store comes back (empty, then reloaded): readiness recovers by itself.
+    let redis = Redis::start(port);
+    load(&strict_cfg, &csv(dir.path()));
+    let body = wait_ready(&strict, 200);
+    assert_eq!(body["checks"]["feature_store_connected"], true);
+    wait_ready(&lenient, 200);
+    let again = prediction(&strict, json!({"entities": [entity(2)]}))[0];
+    assert!((again - prediction(&strict, json!({"features": [row(2)]}))[0]).abs() < 1e-6);
+    // A missing entity with the lenient policy: defaults, flagged.
+    let (status, body) = predict(&lenient, json!({"entities": [entity(9)]}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["defaults_used"][0]["reason"], "no features stored under key 'features:customer:c9'");
+    // The lenient server's cache holds 2 entities: a third evicts one.
+    for c in 0..CUSTOMERS {
+        prediction(&lenient, json!({"entities": [entity(c)]}));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lenient.metric("modelship_feature_cache_evictions_total", &["cause=\"size\""]).unwrap_or(0.0) < 1.0 {
+        assert!(Instant::now() < deadline, "no size eviction counted");
+        prediction(&lenient, json!({"entities": [entity(0)]}));
+        thread::sleep(Duration::from_millis(50));
+    }
+    drop(redis);
+}
+
+#[test]
+fn a_spec_that_does_not_fit_the_model_stops_the_server_with_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "model: {{path: {}}}\nfeatures:\n  store_url: redis://127.0.0.1:1\n  key: 'customer'\n  features:\n    - {{name: a}}\n    - {{name: a}}\n",
+            model("logistic_regression")
+        ),
+    )
+    .unwrap();
+    let out = command().args(["serve", "--config", cfg.to_str().unwrap(), "--port", "0"]).env("MODELSHIP_STATE_DIR", dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in ["has no placeholder", "feature 'a' is listed twice", "features build a [N, 2] input"] {
+        assert!(stderr.contains(want), "{want}: {stderr}");
+    }
+}
