@@ -209,7 +209,7 @@ impl Store {
                     }
                     pipe.query_async::<Vec<HashMap<String, String>>>(&mut conn)
                         .await
-                        .map(|maps| maps.into_iter().map(|m| (!m.is_empty()).then(|| Stored::Hash(m))).collect::<Vec<_>>())
+                        .map(|maps| maps.into_iter().map(|m| (!m.is_empty()).then_some(Stored::Hash(m))).collect::<Vec<_>>())
                 }
                 Storage::Json => redis::cmd("MGET").arg(&misses).query_async::<Vec<Option<String>>>(&mut conn).await.map(|values| {
                     values

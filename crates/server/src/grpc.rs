@@ -204,7 +204,7 @@ impl GrpcInferenceService for Grpc {
         } else {
             self.app.models.served(&r.name).map_err(|e| status(&e))?.versions.values().cloned().collect()
         };
-        Ok(Response::new(pb::ModelStatisticsResponse { model_stats: models.iter().map(|m| statistics_message(m)).collect() }))
+        Ok(Response::new(pb::ModelStatisticsResponse { model_stats: models.iter().map(|m| statistics_message(m, self.app.models.served(&m.name).ok().as_deref())).collect() }))
     }
 
     async fn repository_index(
@@ -435,7 +435,7 @@ fn config_message(c: ModelConfig, model: &LoadedModel) -> pb::ModelConfig {
     }
 }
 
-fn statistics_message(m: &LoadedModel) -> pb::ModelStatistics {
+fn statistics_message(m: &LoadedModel, served: Option<&crate::model::Served>) -> pb::ModelStatistics {
     use std::sync::atomic::Ordering::Relaxed;
     let s = &m.stats;
     let d = |d: &crate::model::Duration| {
@@ -449,7 +449,7 @@ fn statistics_message(m: &LoadedModel) -> pb::ModelStatistics {
     let batches = s.batches.lock().unwrap_or_else(|p| p.into_inner()).clone();
     pb::ModelStatistics {
         name: m.name.clone(),
-        version: m.version.clone(),
+        version: m.triton_version(served),
         last_inference: s.last_inference_ms.load(Relaxed),
         inference_count: s.inference_count.load(Relaxed),
         execution_count: s.execution_count.load(Relaxed),

@@ -145,6 +145,17 @@ impl LoadedModel {
         Ok(output.result?)
     }
 
+    /// The version as Triton's statistics extension reports it: an integer (perf_analyzer parses
+    /// it as one). An integer version is itself; any other is its 1-based position among the
+    /// versions of `served` (in the order of `versions`), else 1.
+    pub fn triton_version(&self, served: Option<&Served>) -> String {
+        if self.version.parse::<u64>().is_ok() {
+            return self.version.clone();
+        }
+        let position = served.and_then(|s| s.versions.keys().position(|v| *v == self.version)).unwrap_or(0);
+        (position + 1).to_string()
+    }
+
     /// What the model configuration extension tells clients about batching.
     pub fn batching_facts(&self) -> modelship_protocol::model_config::BatchingFacts {
         use modelship_protocol::model_config::{BatchingFacts, DynamicBatching, batches_rows};

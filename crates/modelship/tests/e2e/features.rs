@@ -171,8 +171,8 @@ fn entities_are_enriched_in_the_signature_order_single_and_batched() {
     let hits_before = server.metric("modelship_feature_cache_requests_total", &["result=\"hit\""]).unwrap_or(0.0);
     let batch: Vec<Value> = (0..CUSTOMERS).map(entity).collect();
     let got = prediction(&server, json!({"entities": batch}));
-    for c in 0..CUSTOMERS {
-        assert!((got[c] - want[c]).abs() < 1e-6, "batched {got:?} vs {want:?}");
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-6, "batched {got:?} vs {want:?}");
     }
     assert_eq!(server.metric("modelship_feature_store_duration_seconds_count", &[]).unwrap(), trips_before, "all cached: no round trip");
     assert_eq!(server.metric("modelship_feature_cache_requests_total", &["result=\"hit\""]).unwrap(), hits_before + CUSTOMERS as f64);

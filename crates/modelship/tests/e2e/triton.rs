@@ -118,7 +118,8 @@ fn tritonclient_over_http_and_grpc_matches_v2_json() {
 /// it needs the configuration and statistics extensions to run at all.
 #[test]
 fn perf_analyzer_runs_against_http_and_grpc() {
-    let server = Server::start(&[&model("fraud")]);
+    // A version that is not an integer: perf_analyzer parses the statistics' versions as integers.
+    let server = Server::start(&[&model("fraud"), "--model-version", "v1.2.0"]);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("input.json");
     std::fs::write(&input, json!({"data": [{"input": {"content": rows(1)[0], "shape": [30]}}]}).to_string()).unwrap();

@@ -60,7 +60,7 @@ async fn model_config_version(
 
 async fn model_stats(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let served = state.models.served(&name)?;
-    Ok(json(StatusCode::OK, &statistics(served.versions.values())))
+    Ok(json(StatusCode::OK, &statistics(&state, served.versions.values())))
 }
 
 async fn model_stats_version(
@@ -68,7 +68,7 @@ async fn model_stats_version(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let model = state.models.get(&name, Some(&version))?;
-    Ok(json(StatusCode::OK, &statistics(std::iter::once(&model))))
+    Ok(json(StatusCode::OK, &statistics(&state, std::iter::once(&model))))
 }
 
 async fn all_stats(State(state): State<AppState>) -> Response {
@@ -77,11 +77,12 @@ async fn all_stats(State(state): State<AppState>) -> Response {
         crate::model::ModelSlot::Ready(s) => Some(s.clone()),
         _ => None,
     }).collect();
-    json(StatusCode::OK, &statistics(served.iter().flat_map(|s| s.versions.values())))
+    json(StatusCode::OK, &statistics(&state, served.iter().flat_map(|s| s.versions.values())))
 }
 
 /// Triton's statistics extension body, from each model version's counters.
-pub fn statistics<'a>(models: impl Iterator<Item = &'a std::sync::Arc<crate::model::LoadedModel>>) -> serde_json::Value {
+/// Versions are reported as Triton's integers ([`crate::model::LoadedModel::triton_version`]).
+pub fn statistics<'a>(state: &AppState, models: impl Iterator<Item = &'a std::sync::Arc<crate::model::LoadedModel>>) -> serde_json::Value {
     use std::sync::atomic::Ordering::Relaxed;
     let duration = |d: &crate::model::Duration| {
         let (count, ns) = d.get();
@@ -96,7 +97,7 @@ pub fn statistics<'a>(models: impl Iterator<Item = &'a std::sync::Arc<crate::mod
             let untimed = serde_json::json!({"count": s.compute_infer.get().0, "ns": 0});
             serde_json::json!({
                 "name": m.name,
-                "version": m.version,
+                "version": m.triton_version(state.models.served(&m.name).ok().as_deref()),
                 "last_inference": s.last_inference_ms.load(Relaxed),
                 "inference_count": s.inference_count.load(Relaxed),
                 "execution_count": s.execution_count.load(Relaxed),
