@@ -16,20 +16,7 @@ use serde_json::json;
 use crate::cli::{FeaturesArgs, FeaturesCommand, OutputFormat, StorageArg};
 
 pub fn main(args: FeaturesArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::run_command(run(args))
 }
 
 /// A table of entities read from a file: column names and rows of text values.

@@ -25,3 +25,22 @@ fn main() -> ExitCode {
         cli::Command::Features(args) => features::main(args),
     }
 }
+
+/// Runs a command's async body on a small runtime; prints its error (with causes) and exits 1 on
+/// failure.
+pub fn run_command(body: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(body) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

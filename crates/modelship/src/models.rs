@@ -17,20 +17,7 @@ use crate::config::{Env, ProcessEnv};
 use crate::registry_config::registry_root;
 
 pub fn main(args: ModelsArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::run_command(run(args))
 }
 
 pub fn open_registry(flag: Option<std::path::PathBuf>, artifacts: Option<String>, env: &dyn Env) -> anyhow::Result<Registry> {

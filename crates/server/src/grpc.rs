@@ -281,14 +281,33 @@ impl Grpc {
         };
         let model = &routed.model;
         let result: Result<pb::ModelInferResponse, ApiError> = async {
-            let mut request = decode(r)?;
+            let entities = entities_parameter(&r)?;
+            let mut request = decode(r, entities.is_some())?;
+            let mut defaults = None;
+            if let Some(entities) = entities {
+                let (tensor, used) = crate::routes::enrich(state, &entities).await?;
+                if request.inputs.iter().any(|t| t.name() == tensor.name()) {
+                    return Err(invalid(format!(
+                        "input '{}' is both given and built from the entities parameter; send one or the other",
+                        tensor.name()
+                    )));
+                }
+                request.inputs.push(tensor);
+                defaults = used;
+            }
             let id = request.id.take().unwrap_or_default();
             let mirror = routed.shadow.as_ref().filter(|s| state.shadows.admit(&state.metrics, s)).map(|_| request.clone());
             let outputs = model.infer(request).await?;
             if state.observations.is_recording() {
                 call.score = score_of(model, &outputs);
             }
-            let response = encode(&model.name, &model.version, id, &outputs);
+            let mut response = encode(&model.name, &model.version, id, &outputs);
+            if let Some(d) = defaults {
+                response.parameters.insert(
+                    "feature_defaults".to_owned(),
+                    pb::InferParameter { parameter_choice: Some(pb::infer_parameter::ParameterChoice::StringParam(d.to_string())) },
+                );
+            }
             if let (Some(shadow), Some(copy)) = (routed.shadow.clone(), mirror) {
                 state.shadows.mirror(&state.metrics, shadow, copy, outputs);
             }
@@ -309,10 +328,23 @@ impl Grpc {
     }
 }
 
+/// The `entities` request parameter: a JSON array of entity objects, as a string (gRPC
+/// parameters are scalars). The response's `feature_defaults` parameter is JSON the same way.
+fn entities_parameter(r: &pb::ModelInferRequest) -> Result<Option<Vec<serde_json::Map<String, serde_json::Value>>>, ApiError> {
+    match r.parameters.get("entities").and_then(|p| p.parameter_choice.as_ref()) {
+        None => Ok(None),
+        Some(pb::infer_parameter::ParameterChoice::StringParam(text)) => serde_json::from_str(text)
+            .map(Some)
+            .map_err(|e| invalid(format!("parameter 'entities' must be a JSON array of objects: {e}"))),
+        Some(_) => Err(invalid("parameter 'entities' must be a string holding a JSON array of objects".to_owned())),
+    }
+}
+
 /// A `ModelInferRequest` as an inference request: inputs from `raw_input_contents` (one entry
-/// per input, in order) or from typed `contents`.
-pub fn decode(r: pb::ModelInferRequest) -> Result<InferRequest, ApiError> {
-    if r.inputs.is_empty() {
+/// per input, in order) or from typed `contents`. `entities`: inputs may be empty (the features
+/// build them).
+pub fn decode(r: pb::ModelInferRequest, entities: bool) -> Result<InferRequest, ApiError> {
+    if r.inputs.is_empty() && !entities {
         return Err(invalid("'inputs' is empty; give at least one input tensor".to_owned()));
     }
     if !r.raw_input_contents.is_empty() && r.raw_input_contents.len() != r.inputs.len() {

@@ -192,6 +192,42 @@ fn entities_are_enriched_in_the_signature_order_single_and_batched() {
     raw[5] = 100.0;
     assert!((prediction(&server, json!({"entities": [own]}))[0] - prediction(&server, json!({"features": [raw]}))[0]).abs() < 1e-6);
 
+    // Over gRPC, the `entities` parameter (a JSON string) builds the input the same way.
+    #[cfg(feature = "grpc")]
+    {
+        let script = format!(
+            "import json, tritonclient.grpc as g\n\
+             c = g.InferenceServerClient('{}')\n\
+             r = c.infer('lr', [], parameters={{'entities': json.dumps({})}})\n\
+             print(json.dumps(r.as_numpy('probabilities')[:, 1].tolist()))",
+            server.ready["grpc"].as_str().unwrap(),
+            json!([entity(0), entity(2)])
+        );
+        let out = Command::new(crate::support::tool(".cache/triton-venv/bin/python")).args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let p: Vec<f64> = serde_json::from_slice(&out.stdout).unwrap();
+        assert!((p[0] - want[0]).abs() < 1e-6 && (p[1] - want[2]).abs() < 1e-6, "{p:?} vs {want:?}");
+    }
+
+    // Parquet loads like CSV (written here by pandas + pyarrow from ./.venv).
+    let parquet = dir.path().join("more.parquet");
+    let script = format!(
+        "import pandas as pd\n\
+         pd.DataFrame({{'customer_id': ['p1', 'p2'], **{{f'f{{i:02d}}': [0.25 * i, -0.5 * i] for i in range(2, 30)}}}}).to_parquet('{}')",
+        parquet.display()
+    );
+    let out = Command::new(crate::support::tool(".venv/bin/python")).args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(load(&cfg, &parquet)["loaded"], 2);
+    assert_eq!(redis.cli(&["HGET", "features:customer:p2", "f04"]).trim().parse::<f64>().unwrap(), -2.0);
+    // A file whose values do not fit the declared types is refused before anything is written.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, format!("customer_id,{}\nz1,{}\n", (2..30).map(|i| format!("f{i:02}")).collect::<Vec<_>>().join(","), ["1"; 27].join(",") + ",abc")).unwrap();
+    let out = command().args(["features", "load"]).arg(&bad).arg("--config").arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("row 2, column 'f29'"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(redis.cli(&["EXISTS", "features:customer:z1"]).trim(), "0");
+
     // Bad requests are named.
     let (status, body) = predict(&server, json!({"entities": [{"f00": 1, "f01": 2}]}));
     assert_eq!((status, body["error"].as_str().unwrap()), (400, "entity 0 has no 'customer_id', which the key pattern features:customer:{customer_id} needs"));

@@ -66,6 +66,7 @@ fn tritonclient_over_http_and_grpc_matches_v2_json() {
 
     assert_eq!(got["http_health"], json!([true, true, true]));
     assert_eq!(got["grpc_health"], json!([true, true, true, false]));
+    assert_eq!(got["grpc_health_v1"], json!([8, 1]), "grpc.health.v1 answers SERVING");
     assert_eq!(got["http_metadata"]["inputs"], json!([{"name": "input", "datatype": "FP32", "shape": [-1, 30]}]));
     assert_eq!(got["grpc_metadata"]["inputs"], json!([{"name": "input", "datatype": "FP32", "shape": ["-1", "30"]}]));
     assert_eq!(got["server_extensions"], json!(["binary_tensor_data", "model_configuration", "statistics", "model_repository"]));

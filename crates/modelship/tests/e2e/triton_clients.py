@@ -44,6 +44,11 @@ out["grpc_health"] = [gc.is_server_live(), gc.is_server_ready(), gc.is_model_rea
 out["http_metadata"] = hc.get_model_metadata("fraud")
 grpc_meta = gc.get_model_metadata("fraud", as_json=True)
 out["grpc_metadata"] = {"name": grpc_meta["name"], "inputs": grpc_meta["inputs"], "outputs": grpc_meta["outputs"]}
+# grpc.health.v1.Health/Check with an empty service name: HealthCheckResponse{status: SERVING=1}.
+health = grpc.insecure_channel(grpc_addr).unary_unary(
+    "/grpc.health.v1.Health/Check", request_serializer=lambda b: b, response_deserializer=lambda b: b
+)
+out["grpc_health_v1"] = list(health(b""))
 out["server_extensions"] = gc.get_server_metadata(as_json=True)["extensions"]
 out["http_config"] = hc.get_model_config("fraud")
 out["grpc_config"] = gc.get_model_config("fraud", as_json=True)["config"]
