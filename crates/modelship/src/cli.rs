@@ -366,12 +366,19 @@ Configuration comes from, lowest precedence first: built-in defaults, the config
 LOG_LEVEL, LOG_FORMAT, ORT_DYLIB_PATH), then these flags.
 
 The config file is the seed's serving.yaml:
-  model:    {name: fraud-detection, version: v1.2.0, path: /models/model.onnx}
-  server:   {host: 0.0.0.0, port: 8000, workers: 4}
+  model:    {name: fraud-detection, version: v1.2.0, path: /models/model.onnx,
+             dynamic_batching: {max_batch_size: 32, max_queue_delay_microseconds: 500}}
+  server:   {host: 0.0.0.0, port: 8000, grpc_port: 8081, workers: 4}
+  features: {store_url: redis://redis:6379, cache_ttl: 300, key: 'features:customer:{customer_id}',
+             features: [{name: amount, source: request}, {name: avg_30d, source: store}]}
   logging:  {level: INFO, format: json}
 
-Once the model is loaded and the port bound, one JSON line goes to standard output:
-  {\"event\":\"ready\",\"http\":\"127.0.0.1:8000\",...}
+The model answers Open Inference Protocol V2 over REST (with Triton's binary tensor, model
+configuration and statistics extensions) and over gRPC (Triton's GRPCInferenceService, so
+tritonclient and perf_analyzer work), plus /v1/predict.
+
+Once the model is loaded and the ports bound, one JSON line goes to standard output:
+  {\"event\":\"ready\",\"http\":\"127.0.0.1:8000\",\"grpc\":\"127.0.0.1:8081\",...}
 Logs go to standard error. SIGTERM or SIGINT drains in-flight requests and exits 0.
 
 Examples:
@@ -379,7 +386,8 @@ Examples:
   modelship serve model.onnx --port 0              # any free port; read it from the ready line
   modelship serve --config serving.yaml --workers 2
   MODEL_PATH=/models/model.onnx modelship serve
-  modelship serve fraud@production                 # from the registry; follows the alias";
+  modelship serve fraud@production                 # from the registry; follows the alias
+  modelship serve mlp.onnx --max-batch-size 32     # dynamic batching of concurrent requests";
 
 #[derive(Debug, Clone, Args, Default)]
 pub struct ServeArgs {
