@@ -161,9 +161,9 @@ fn entities_are_enriched_in_the_signature_order_single_and_batched() {
     let rows: Vec<Vec<f64>> = (0..CUSTOMERS).map(row).collect();
     let want = prediction(&server, json!({"features": rows}));
     // One entity at a time, then all in one request: the same predictions as the raw rows.
-    for c in 0..CUSTOMERS {
+    for (c, w) in want.iter().enumerate() {
         let got = prediction(&server, json!({"entities": [entity(c)]}));
-        assert!((got[0] - want[c]).abs() < 1e-6, "customer {c}: {got:?} vs {}", want[c]);
+        assert!((got[0] - w).abs() < 1e-6, "customer {c}: {got:?} vs {w}");
     }
     let trips_before = server.metric("modelship_feature_store_duration_seconds_count", &[]).unwrap();
     // A batch of entities the cache has not seen costs one round trip.
