@@ -2,7 +2,7 @@
 //! entity becomes a store key, and how request fields, stored values and defaults become one row
 //! of the model input, in the order of the model's signature.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use modelship_inference::{DataType, Signature, Tensor, TensorData};
@@ -84,6 +84,35 @@ pub struct Feature {
     pub field: String,
 }
 
+impl From<&FeatureDef> for Feature {
+    fn from(def: &FeatureDef) -> Self {
+        Feature {
+            name: def.name.clone(),
+            source: def.source,
+            kind: def.kind,
+            default: def.default,
+            field: def.field.clone().unwrap_or_else(|| def.name.clone()),
+        }
+    }
+}
+
+impl Kind {
+    /// A value of this kind written as text (a Redis hash field, a CSV cell): floats must be
+    /// finite, booleans `true`/`false`/`1`/`0`. `None` when the text is not one.
+    pub fn parse_text(self, text: &str) -> Option<f64> {
+        let t = text.trim();
+        match self {
+            Kind::Float => t.parse::<f64>().ok().filter(|v| v.is_finite()),
+            Kind::Int => t.parse::<i64>().ok().map(|i| i as f64),
+            Kind::Bool => match t {
+                "true" | "1" => Some(1.0),
+                "false" | "0" => Some(0.0),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// The key pattern: literal text and `{field}` placeholders filled from the entity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPattern {
@@ -126,10 +155,6 @@ impl KeyPattern {
             ));
         }
         Ok(KeyPattern { pattern: pattern.to_owned(), parts })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.pattern
     }
 
     /// The fields an entity must carry.
@@ -313,14 +338,7 @@ impl FeatureSpec {
             {
                 problems.push(format!("feature '{}' is an int but its default {d} is not", def.name));
             }
-            let feature = Feature {
-                name: def.name.clone(),
-                source: def.source,
-                kind: def.kind,
-                default: def.default,
-                field: def.field.clone().unwrap_or_else(|| def.name.clone()),
-            };
-            if let Some(taken) = slots[position].replace(feature) {
+            if let Some(taken) = slots[position].replace(Feature::from(def)) {
                 problems.push(format!("features '{}' and '{}' both have position {position}", taken.name, def.name));
             }
         }
@@ -450,11 +468,6 @@ impl FeatureSpec {
         let tensor = Tensor::new(self.input.clone(), shape, data).map_err(|e| FeatureError::BadEntity(e.to_string()))?;
         Ok((tensor, defaulted))
     }
-
-    /// Store features by name, for loading: what `modelship features load` writes for a row.
-    pub fn store_fields(&self) -> BTreeMap<&str, &Feature> {
-        self.features.iter().filter(|f| f.source == Source::Store).map(|f| (f.field.as_str(), f)).collect()
-    }
 }
 
 /// One entity's values and key, before the fetch.
@@ -508,17 +521,7 @@ fn stored_value(key: &str, f: &Feature, stored: &Stored) -> Result<Option<f64>, 
         }),
         Stored::Hash(fields) => {
             let Some(text) = fields.get(&f.field) else { return Ok(None) };
-            let t = text.trim();
-            let parsed = match f.kind {
-                Kind::Float => t.parse::<f64>().ok().filter(|v| v.is_finite()),
-                Kind::Int => t.parse::<i64>().ok().map(|i| i as f64),
-                Kind::Bool => match t {
-                    "true" | "1" => Some(1.0),
-                    "false" | "0" => Some(0.0),
-                    _ => None,
-                },
-            };
-            parsed.map(Some).ok_or_else(|| bad(format!("'{}'", text.chars().take(64).collect::<String>())))
+            f.kind.parse_text(text).map(Some).ok_or_else(|| bad(format!("'{}'", text.chars().take(64).collect::<String>())))
         }
         Stored::Json(fields) => {
             let Some(v) = fields.get(&f.field) else { return Ok(None) };

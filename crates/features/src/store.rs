@@ -147,9 +147,11 @@ impl Store {
 
     /// Connects, pings every second, reconnects after a failure. Runs until the process ends.
     pub async fn monitor(self: Arc<Self>) {
+        // Connecting and pinging may take longer than a request may wait, not less than 500 ms.
+        let probe_timeout = self.timeout.max(Duration::from_millis(500));
         loop {
             let healthy = match self.conn.load_full() {
-                None => match tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), self.client.get_multiplexed_async_connection()).await {
+                None => match tokio::time::timeout(probe_timeout, self.client.get_multiplexed_async_connection()).await {
                     Ok(Ok(conn)) => {
                         self.conn.store(Some(Arc::new(conn)));
                         true
@@ -163,7 +165,7 @@ impl Store {
                 Some(conn) => {
                     let mut conn = (*conn).clone();
                     let ping = redis::cmd("PING");
-                    let answer = tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), ping.query_async::<String>(&mut conn)).await;
+                    let answer = tokio::time::timeout(probe_timeout, ping.query_async::<String>(&mut conn)).await;
                     matches!(answer, Ok(Ok(_)))
                 }
             };
@@ -252,12 +254,20 @@ impl Store {
         Ok(found)
     }
 
-    /// Writes entities (for `modelship features load`): one pipeline per call, no cache.
+    /// Writes entities (for `modelship features load`): one pipeline per call, no cache. The
+    /// connection is made by the first call and kept for the next ones.
     pub async fn write(&self, rows: &[(String, Vec<(String, String)>)], storage: Storage) -> Result<(), String> {
-        let mut conn = tokio::time::timeout(Duration::from_secs(10), self.client.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| format!("{} did not accept a connection within 10 s", self.shown))?
-            .map_err(|e| format!("cannot connect to {}: {e}", self.shown))?;
+        let mut conn = match self.conn.load_full() {
+            Some(conn) => (*conn).clone(),
+            None => {
+                let conn = tokio::time::timeout(Duration::from_secs(10), self.client.get_multiplexed_async_connection())
+                    .await
+                    .map_err(|_| format!("{} did not accept a connection within 10 s", self.shown))?
+                    .map_err(|e| format!("cannot connect to {}: {e}", self.shown))?;
+                self.conn.store(Some(Arc::new(conn.clone())));
+                conn
+            }
+        };
         let mut pipe = redis::pipe();
         for (key, fields) in rows {
             match storage {

@@ -45,8 +45,8 @@ async fn run(args: FeaturesArgs) -> anyhow::Result<()> {
         .iter()
         .filter(|d| d.source == modelship_features::spec::Source::Store)
         .map(|d| {
-            let field = d.field.clone().unwrap_or_else(|| d.name.clone());
-            (field.clone(), Feature { name: d.name.clone(), source: d.source, kind: d.kind, default: d.default, field })
+            let f = Feature::from(d);
+            (f.field.clone(), f)
         })
         .collect();
 
@@ -138,12 +138,7 @@ async fn run(args: FeaturesArgs) -> anyhow::Result<()> {
 }
 
 fn check_type(f: &Feature, value: &str) -> anyhow::Result<()> {
-    let ok = match f.kind {
-        Kind::Float => value.parse::<f64>().is_ok_and(f64::is_finite),
-        Kind::Int => value.parse::<i64>().is_ok(),
-        Kind::Bool => matches!(value, "true" | "false" | "0" | "1"),
-    };
-    if ok {
+    if f.kind.parse_text(value).is_some() {
         Ok(())
     } else {
         let want = match f.kind {

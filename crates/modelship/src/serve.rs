@@ -98,9 +98,6 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         },
     };
     state.models.set(&spec.name, ModelSlot::Loading { version: spec.version.clone() });
-    if config.features.is_some() {
-        state.feature_store_required.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
 
     // The listener serves probes while the model loads: /health/startup says "starting" until then.
     let load_failed = Arc::new(Notify::new());

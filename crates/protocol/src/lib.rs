@@ -4,6 +4,7 @@
 //! - [`v1`]: the seed's simple `POST /v1/predict` API.
 //! - [`json_tensor`]: typed decoding of JSON tensor data (nested or flat) for every OIP datatype,
 //!   and encoding of output tensors, without going through a generic JSON tree.
+//! - [`model_config`], [`statistics`]: Triton's model configuration and statistics extensions.
 //! - [`raw`]: tensors as raw little-endian bytes (the binary tensor extension, gRPC raw contents).
 //!
 //! Decoding happens once, here; the server only ever sees [`modelship_inference::InferRequest`].
@@ -12,6 +13,7 @@ mod error;
 pub mod json_tensor;
 pub mod model_config;
 pub mod raw;
+pub mod statistics;
 pub mod v1;
 pub mod v2;
 

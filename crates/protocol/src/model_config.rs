@@ -43,6 +43,9 @@ pub struct TensorConfig {
     pub name: String,
     /// `TYPE_FP32`, `TYPE_INT64`, ..., `TYPE_STRING`.
     pub data_type: &'static str,
+    /// The same type, for encoders that want its number (gRPC).
+    #[serde(skip)]
+    pub datatype: DataType,
     pub dims: Vec<i64>,
     /// Set when the per-row shape is a scalar: Triton then lists `dims: [1]` reshaped to `[]`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -92,7 +95,7 @@ impl ModelConfig {
         let tensor = |spec: &TensorSpec| {
             let dims = if batched { spec.shape[1..].to_vec() } else { spec.shape.clone() };
             let (dims, reshape) = if dims.is_empty() { (vec![1], Some(Reshape { shape: vec![] })) } else { (dims, None) };
-            TensorConfig { name: spec.name.clone(), data_type: triton_type(spec.datatype).0, dims, reshape }
+            TensorConfig { name: spec.name.clone(), data_type: triton_type(spec.datatype).0, datatype: spec.datatype, dims, reshape }
         };
         ModelConfig {
             name: name.to_owned(),

@@ -65,19 +65,11 @@ pub fn prediction_output(signature: &Signature) -> Option<usize> {
         .or_else(|| outputs.iter().position(|o| o.datatype != modelship_inference::DataType::Bytes))
 }
 
-/// Decodes a predict body of feature rows into a request for the model's single input and its
-/// prediction output.
-pub fn decode_predict_request(body: &[u8], signature: &Signature) -> Result<InferRequest, DecodeError> {
-    match decode_predict(body, signature)? {
-        Predict::Rows(request) => Ok(request),
-        Predict::Entities(_) => Err(DecodeError("'entities' need a feature store; send 'features'".to_owned())),
-    }
-}
-
-/// The request for the prediction output of a model whose input is `tensor`.
-pub fn entity_request(tensor: Tensor, signature: &Signature) -> InferRequest {
+/// A request for the prediction output, with no inputs yet (the feature store adds the input
+/// built from the entities).
+pub fn entity_request(signature: &Signature) -> InferRequest {
     let outputs = prediction_output(signature).map(|i| vec![signature.outputs[i].name.clone()]);
-    InferRequest { id: None, inputs: vec![tensor], outputs }
+    InferRequest { id: None, inputs: vec![], outputs }
 }
 
 fn rows_request(features: &RawValue, signature: &Signature) -> Result<InferRequest, DecodeError> {
@@ -136,12 +128,8 @@ pub fn prediction_value(output: &Tensor) -> Value {
     }
 }
 
-pub fn encode_predict_response(model_version: &str, output: &Tensor) -> Vec<u8> {
-    encode_predict_response_with(model_version, output, None)
-}
-
-/// [`encode_predict_response`], with the entities that got default features.
-pub fn encode_predict_response_with(model_version: &str, output: &Tensor, defaults_used: Option<Value>) -> Vec<u8> {
+/// The predict response body; `defaults_used` lists the entities answered with default features.
+pub fn encode_predict_response(model_version: &str, output: &Tensor, defaults_used: Option<Value>) -> Vec<u8> {
     let body = PredictResponseJson { prediction: prediction_value(output), model_version: model_version.to_owned(), defaults_used };
     serde_json::to_vec(&body).unwrap_or_default()
 }
@@ -162,8 +150,9 @@ mod tests {
     }
 
     fn check(body: &str) -> String {
-        match decode_predict_request(body.as_bytes(), &classifier()) {
-            Ok(r) => format!("ok {:?} {:?} outputs={:?}", r.inputs[0].shape(), r.inputs[0].data(), r.outputs),
+        match decode_predict(body.as_bytes(), &classifier()) {
+            Ok(Predict::Entities(e)) => format!("entities {e:?}"),
+            Ok(Predict::Rows(r)) => format!("ok {:?} {:?} outputs={:?}", r.inputs[0].shape(), r.inputs[0].data(), r.outputs),
             Err(e) => format!("error: {e}"),
         }
     }

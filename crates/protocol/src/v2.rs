@@ -66,15 +66,6 @@ impl BinaryOutputs {
     pub fn is_binary(&self, output: &str) -> bool {
         self.overrides.iter().find(|(name, _)| name == output).map_or(self.all, |&(_, binary)| binary)
     }
-
-    pub fn any(&self) -> bool {
-        self.all || self.overrides.iter().any(|&(_, b)| b)
-    }
-}
-
-/// Decodes a JSON infer request body into typed tensors. Every problem message names the input.
-pub fn decode_infer_request(body: &[u8]) -> Result<InferRequest, DecodeError> {
-    decode_request(body, None).map(|d| d.request)
 }
 
 /// Decodes an infer request body: all JSON, or (with `json_length` from
@@ -141,7 +132,7 @@ pub fn decode_request(body: &[u8], json_length: Option<usize>) -> Result<Decoded
             binary.len()
         )));
     }
-    let mut binary_outputs = BinaryOutputs { all: bool_parameter("binary_data_output", json.parameters.as_ref())?.unwrap_or(false), overrides: vec![] };
+    let mut binary_outputs = BinaryOutputs { all: bool_parameter(json.parameters.as_ref(), "binary_data_output", "binary_data_output")?.unwrap_or(false), overrides: vec![] };
     let outputs = match json.outputs {
         None => None,
         Some(requested) => {
@@ -153,7 +144,7 @@ pub fn decode_request(body: &[u8], json_length: Option<usize>) -> Result<Decoded
                         o.name
                     )));
                 }
-                if let Some(b) = bool_parameter(&format!("output '{}' binary_data", o.name), o.parameters.as_ref())? {
+                if let Some(b) = bool_parameter(o.parameters.as_ref(), "binary_data", &format!("output '{}' binary_data", o.name))? {
                     binary_outputs.overrides.push((o.name.clone(), b));
                 }
                 names.push(o.name);
@@ -174,9 +165,8 @@ fn binary_data_size(input: &str, parameters: Option<&Map<String, Value>>) -> Res
     }
 }
 
-/// A boolean parameter: `key` inside `parameters` (the last word of `what`).
-fn bool_parameter(what: &str, parameters: Option<&Map<String, Value>>) -> Result<Option<bool>, DecodeError> {
-    let key = what.rsplit(' ').next().unwrap_or(what);
+/// A boolean parameter `key` of `parameters`; `what` names it in the error.
+fn bool_parameter(parameters: Option<&Map<String, Value>>, key: &str, what: &str) -> Result<Option<bool>, DecodeError> {
     match parameters.and_then(|p| p.get(key)) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -186,11 +176,7 @@ fn bool_parameter(what: &str, parameters: Option<&Map<String, Value>>) -> Result
 
 fn decode_input(input: InputJson, raw: Option<&[u8]>) -> Result<Tensor, DecodeError> {
     let name = input.name;
-    let datatype: DataType = input
-        .datatype
-        .parse()
-        .map_err(|e| DecodeError(format!("input '{name}': {e}")))?;
-    let shape = checked_shape(&name, &input.shape)?;
+    let (datatype, shape) = input_type(&name, &input.datatype, &input.shape)?;
     match (raw, input.data) {
         (Some(bytes), None) => raw::tensor(&name, datatype, shape, bytes),
         (Some(_), Some(_)) => Err(DecodeError(format!(
@@ -204,12 +190,15 @@ fn decode_input(input: InputJson, raw: Option<&[u8]>) -> Result<Tensor, DecodeEr
     }
 }
 
-fn checked_shape(name: &str, shape: &[i64]) -> Result<Vec<usize>, DecodeError> {
-    shape
+/// An input's declared datatype and shape, checked (REST and gRPC declare them alike).
+pub fn input_type(name: &str, datatype: &str, shape: &[i64]) -> Result<(DataType, Vec<usize>), DecodeError> {
+    let datatype: DataType = datatype.parse().map_err(|e| DecodeError(format!("input '{name}': {e}")))?;
+    let shape = shape
         .iter()
         .map(|&d| usize::try_from(d))
         .collect::<Result<_, _>>()
-        .map_err(|_| DecodeError(format!("input '{name}': shape {shape:?} has a negative dimension")))
+        .map_err(|_| DecodeError(format!("input '{name}': shape {shape:?} has a negative dimension")))?;
+    Ok((datatype, shape))
 }
 
 /// `POST /v2/models/{m}/infer` response body.
@@ -240,11 +229,6 @@ pub struct OutputJson<'a> {
 #[derive(Debug, Serialize)]
 pub struct BinarySize {
     pub binary_data_size: usize,
-}
-
-/// Encodes an all-JSON infer response body.
-pub fn encode_infer_response(model_name: &str, model_version: &str, id: Option<&str>, outputs: &[Tensor]) -> Vec<u8> {
-    encode_response(model_name, model_version, id, outputs, &BinaryOutputs::default(), None).0
 }
 
 /// Encodes an infer response body. When some outputs go as raw bytes, they follow the JSON in
@@ -344,7 +328,7 @@ mod tests {
     use super::*;
 
     fn check(body: &str) -> String {
-        match decode_infer_request(body.as_bytes()) {
+        match decode_request(body.as_bytes(), None).map(|d| d.request) {
             Ok(r) => format!(
                 "ok id={:?} inputs={:?} outputs={:?}",
                 r.id,
@@ -392,7 +376,7 @@ mod tests {
             Tensor::new("label", vec![1], modelship_inference::TensorData::Int64(vec![1])).unwrap(),
             Tensor::new("p", vec![1, 2], modelship_inference::TensorData::Fp32(vec![0.25, 0.75])).unwrap(),
         ];
-        let body = encode_infer_response("fraud", "1", Some("r1"), &outputs);
+        let (body, _) = encode_response("fraud", "1", Some("r1"), &outputs, &BinaryOutputs::default(), None);
         assert_eq!(
             String::from_utf8(body).unwrap(),
             r#"{"model_name":"fraud","model_version":"1","id":"r1","outputs":[{"name":"label","datatype":"INT64","shape":[1],"data":[1]},{"name":"p","datatype":"FP32","shape":[1,2],"data":[0.25,0.75]}]}"#

@@ -248,11 +248,7 @@ async fn repository_load(State(state): State<AdminState>, Path(name): Path<Strin
             ))));
         }
     };
-    if let Some(key) = request.parameters.keys().find(|k| k.as_str() == "config" || k.starts_with("file:")) {
-        return Err(ApiError::Decode(modelship_protocol::DecodeError(format!(
-            "parameters.{key} is not supported: models are loaded from the registry (push them with `modelship models push`)"
-        ))));
-    }
+    crate::repository::refuse_overrides(request.parameters.keys().map(String::as_str))?;
     let version = state.repository.load(&state.app, &name, version.as_deref()).await?;
     Ok(json(StatusCode::OK, &json!({"model": name, "version": version, "state": "READY"})))
 }

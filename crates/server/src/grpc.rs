@@ -11,6 +11,7 @@ use futures::{Stream, StreamExt};
 use http::{HeaderMap, StatusCode};
 use modelship_inference::{DataType, InferRequest, Tensor, TensorData};
 use modelship_protocol::model_config::{self, ModelConfig};
+use modelship_protocol::statistics::{ModelStatistics, StatisticDuration};
 use modelship_protocol::{DecodeError, raw};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
@@ -180,7 +181,7 @@ impl GrpcInferenceService for Grpc {
         let r = request.into_inner();
         let model = self.app.models.get(&r.name, version_of(&r.version)).map_err(|e| status(&e))?;
         let config = ModelConfig::new(&model.name, &model.info, &model.batching_facts());
-        Ok(Response::new(pb::ModelConfigResponse { config: Some(config_message(config, &model)) }))
+        Ok(Response::new(pb::ModelConfigResponse { config: Some(config_message(config)) }))
     }
 
     async fn model_statistics(
@@ -188,23 +189,8 @@ impl GrpcInferenceService for Grpc {
         request: Request<pb::ModelStatisticsRequest>,
     ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
         let r = request.into_inner();
-        let models: Vec<Arc<LoadedModel>> = if r.name.is_empty() {
-            self.app
-                .models
-                .snapshot()
-                .values()
-                .filter_map(|slot| match slot {
-                    crate::model::ModelSlot::Ready(s) => Some(s.versions.values().cloned().collect::<Vec<_>>()),
-                    _ => None,
-                })
-                .flatten()
-                .collect()
-        } else if let Some(v) = version_of(&r.version) {
-            vec![self.app.models.get(&r.name, Some(v)).map_err(|e| status(&e))?]
-        } else {
-            self.app.models.served(&r.name).map_err(|e| status(&e))?.versions.values().cloned().collect()
-        };
-        Ok(Response::new(pb::ModelStatisticsResponse { model_stats: models.iter().map(|m| statistics_message(m, self.app.models.served(&m.name).ok().as_deref())).collect() }))
+        let stats = self.app.models.statistics((!r.name.is_empty()).then_some(r.name.as_str()), version_of(&r.version)).map_err(|e| status(&e))?;
+        Ok(Response::new(pb::ModelStatisticsResponse { model_stats: stats.into_iter().map(statistics_message).collect() }))
     }
 
     async fn repository_index(
@@ -232,11 +218,7 @@ impl GrpcInferenceService for Grpc {
             Some(pb::model_repository_parameter::ParameterChoice::StringParam(v)) => Some(v.as_str()),
             Some(_) => return Err(status(&invalid("parameter 'version' must be a string naming a registry version".to_owned()))),
         };
-        if let Some(key) = r.parameters.keys().find(|k| k.as_str() == "config" || k.starts_with("file:")) {
-            return Err(status(&invalid(format!(
-                "parameter '{key}' is not supported: models are loaded from the registry (push them with `modelship models push`)"
-            ))));
-        }
+        crate::repository::refuse_overrides(r.parameters.keys().map(String::as_str)).map_err(|e| status(&e))?;
         repository.load(&self.app, &r.model_name, version).await.map_err(|e| status(&e))?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
@@ -248,6 +230,15 @@ impl GrpcInferenceService for Grpc {
         let repository = self.authorized(&request)?;
         repository.unload(&self.app, &request.get_ref().model_name).await.map_err(|e| status(&e))?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+impl Call<'_> {
+    /// Counts and logs a failed gRPC call; returns its status.
+    fn record_error(&self, model: Option<&LoadedModel>, role: Option<modelship_router::Role>, e: &ApiError) -> Status {
+        let (http, code) = e.status_and_code();
+        self.record(model, role, http, Some((code, e.to_string())));
+        status(e)
     }
 }
 
@@ -273,28 +264,16 @@ impl Grpc {
         };
         let routed = match route_by(state, &r.model_name, version_of(&r.model_version), headers, &field) {
             Ok(routed) => routed,
-            Err(e) => {
-                let s = status(&e);
-                call.record(None, None, e.status_and_code().0, Some((e.status_and_code().1, e.to_string())));
-                return Err(s);
-            }
+            Err(e) => return Err(call.record_error(None, None, &e)),
         };
         let model = &routed.model;
         let result: Result<pb::ModelInferResponse, ApiError> = async {
             let entities = entities_parameter(&r)?;
             let mut request = decode(r, entities.is_some())?;
-            let mut defaults = None;
-            if let Some(entities) = entities {
-                let (tensor, used) = crate::routes::enrich(state, &entities).await?;
-                if request.inputs.iter().any(|t| t.name() == tensor.name()) {
-                    return Err(invalid(format!(
-                        "input '{}' is both given and built from the entities parameter; send one or the other",
-                        tensor.name()
-                    )));
-                }
-                request.inputs.push(tensor);
-                defaults = used;
-            }
+            let defaults = match entities {
+                Some(entities) => crate::routes::enrich(state, &mut request, &entities).await?,
+                None => None,
+            };
             let id = request.id.take().unwrap_or_default();
             let mirror = routed.shadow.as_ref().filter(|s| state.shadows.admit(&state.metrics, s)).map(|_| request.clone());
             let outputs = model.infer(request).await?;
@@ -319,11 +298,7 @@ impl Grpc {
                 call.record(Some(model), Some(routed.role), StatusCode::OK, None);
                 Ok(response)
             }
-            Err(e) => {
-                let (http, code) = e.status_and_code();
-                call.record(Some(model), Some(routed.role), http, Some((code, e.to_string())));
-                Err(status(&e))
-            }
+            Err(e) => Err(call.record_error(Some(model), Some(routed.role), &e)),
         }
     }
 }
@@ -357,13 +332,7 @@ pub fn decode(r: pb::ModelInferRequest, entities: bool) -> Result<InferRequest, 
     let mut inputs = Vec::with_capacity(r.inputs.len());
     for (i, input) in r.inputs.into_iter().enumerate() {
         let name = input.name;
-        let datatype: DataType = input.datatype.parse().map_err(|e| invalid(format!("input '{name}': {e}")))?;
-        let shape = input
-            .shape
-            .iter()
-            .map(|&d| usize::try_from(d))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| invalid(format!("input '{name}': shape {:?} has a negative dimension", input.shape)))?;
+        let (datatype, shape) = modelship_protocol::v2::input_type(&name, &input.datatype, &input.shape)?;
         let tensor = match r.raw_input_contents.get(i) {
             Some(bytes) => raw::tensor(&name, datatype, shape, bytes)?,
             None => {
@@ -432,11 +401,8 @@ pub fn encode(model_name: &str, model_version: &str, id: String, outputs: &[Tens
     }
 }
 
-fn config_message(c: ModelConfig, model: &LoadedModel) -> pb::ModelConfig {
-    let data_type = |name: &str, outputs: bool| {
-        let specs = if outputs { &model.info.signature.outputs } else { &model.info.signature.inputs };
-        specs.iter().find(|s| s.name == name).map_or(0, |s| model_config::triton_type(s.datatype).1)
-    };
+fn config_message(c: ModelConfig) -> pb::ModelConfig {
+    let data_type = |t: &model_config::TensorConfig| model_config::triton_type(t.datatype).1;
     let reshape = |r: Option<model_config::Reshape>| r.map(|r| pb::ModelTensorReshape { shape: r.shape });
     pb::ModelConfig {
         name: c.name,
@@ -446,12 +412,12 @@ fn config_message(c: ModelConfig, model: &LoadedModel) -> pb::ModelConfig {
         input: c
             .input
             .into_iter()
-            .map(|t| pb::ModelInput { data_type: data_type(&t.name, false), name: t.name, dims: t.dims, reshape: reshape(t.reshape) })
+            .map(|t| pb::ModelInput { data_type: data_type(&t), name: t.name, dims: t.dims, reshape: reshape(t.reshape) })
             .collect(),
         output: c
             .output
             .into_iter()
-            .map(|t| pb::ModelOutput { data_type: data_type(&t.name, true), name: t.name, dims: t.dims, reshape: reshape(t.reshape) })
+            .map(|t| pb::ModelOutput { data_type: data_type(&t), name: t.name, dims: t.dims, reshape: reshape(t.reshape) })
             .collect(),
         instance_group: c
             .instance_group
@@ -467,41 +433,33 @@ fn config_message(c: ModelConfig, model: &LoadedModel) -> pb::ModelConfig {
     }
 }
 
-fn statistics_message(m: &LoadedModel, served: Option<&crate::model::Served>) -> pb::ModelStatistics {
-    use std::sync::atomic::Ordering::Relaxed;
-    let s = &m.stats;
-    let d = |d: &crate::model::Duration| {
-        let (count, ns) = d.get();
-        Some(pb::StatisticDuration { count, ns })
-    };
-    let zero = || Some(pb::StatisticDuration::default());
-    // Input and output conversion happen outside the runtime call and are not timed apart; they
-    // are reported with the same count as compute_infer (clients check the counts agree).
-    let untimed = || Some(pb::StatisticDuration { count: s.compute_infer.get().0, ns: 0 });
-    let batches = s.batches.lock().unwrap_or_else(|p| p.into_inner()).clone();
+fn statistics_message(m: ModelStatistics) -> pb::ModelStatistics {
+    let d = |d: StatisticDuration| Some(pb::StatisticDuration { count: d.count, ns: d.ns });
+    let i = m.inference_stats;
     pb::ModelStatistics {
-        name: m.name.clone(),
-        version: m.triton_version(served),
-        last_inference: s.last_inference_ms.load(Relaxed),
-        inference_count: s.inference_count.load(Relaxed),
-        execution_count: s.execution_count.load(Relaxed),
+        name: m.name,
+        version: m.version,
+        last_inference: m.last_inference,
+        inference_count: m.inference_count,
+        execution_count: m.execution_count,
         inference_stats: Some(pb::InferStatistics {
-            success: d(&s.success),
-            fail: d(&s.fail),
-            queue: d(&s.queue),
-            compute_input: untimed(),
-            compute_infer: d(&s.compute_infer),
-            compute_output: untimed(),
-            cache_hit: zero(),
-            cache_miss: zero(),
+            success: d(i.success),
+            fail: d(i.fail),
+            queue: d(i.queue),
+            compute_input: d(i.compute_input),
+            compute_infer: d(i.compute_infer),
+            compute_output: d(i.compute_output),
+            cache_hit: d(i.cache_hit),
+            cache_miss: d(i.cache_miss),
         }),
-        batch_stats: batches
+        batch_stats: m
+            .batch_stats
             .into_iter()
-            .map(|(size, (count, ns))| pb::InferBatchStatistics {
-                batch_size: size as u64,
-                compute_input: Some(pb::StatisticDuration { count, ns: 0 }),
-                compute_infer: Some(pb::StatisticDuration { count, ns }),
-                compute_output: Some(pb::StatisticDuration { count, ns: 0 }),
+            .map(|b| pb::InferBatchStatistics {
+                batch_size: b.batch_size,
+                compute_input: d(b.compute_input),
+                compute_infer: d(b.compute_infer),
+                compute_output: d(b.compute_output),
             })
             .collect(),
     }

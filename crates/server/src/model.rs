@@ -107,6 +107,25 @@ impl LoadedModel {
         })
     }
 
+    /// Loads `model` off the reactor and sends it one warm-up request (a failed warm-up is logged,
+    /// not fatal). A model that cannot be loaded is a conflict: "`what` cannot be loaded: ...".
+    pub async fn load_warm(
+        backend: Arc<dyn Backend>,
+        model: Arc<[u8]>,
+        spec: ModelSpec,
+        metrics: Arc<Metrics>,
+        what: &str,
+    ) -> Result<Arc<LoadedModel>, ApiError> {
+        let loaded = tokio::task::spawn_blocking(move || LoadedModel::load(backend, model, &spec, &metrics))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Conflict(format!("{what} cannot be loaded: {e}")))?;
+        if let Err(e) = loaded.warm_up().await {
+            tracing::warn!(model = %loaded.name, version = %loaded.version, error = %e, "warm-up request failed");
+        }
+        Ok(Arc::new(loaded))
+    }
+
     /// Validates `request` against the model, runs it on a worker and returns the outputs.
     pub async fn infer(&self, request: InferRequest) -> Result<Vec<Tensor>, ApiError> {
         let started = Instant::now();
@@ -143,6 +162,45 @@ impl LoadedModel {
             Err(_) => stats.fail.add(started.elapsed()),
         }
         Ok(output.result?)
+    }
+
+    /// This version's counters, as the statistics extension reports them. Input and output
+    /// conversion are not timed apart from inference: they carry compute_infer's count with 0 ns
+    /// (clients check that the three counts agree).
+    pub fn statistics(&self, served: Option<&Served>) -> modelship_protocol::statistics::ModelStatistics {
+        use modelship_protocol::statistics::{BatchStatistics, InferStatistics, ModelStatistics, StatisticDuration};
+        let s = &self.stats;
+        let d = |d: &Duration| {
+            let (count, ns) = d.get();
+            StatisticDuration { count, ns }
+        };
+        let untimed = StatisticDuration { count: s.compute_infer.get().0, ns: 0 };
+        let batches = s.batches.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        ModelStatistics {
+            name: self.name.clone(),
+            version: self.triton_version(served),
+            last_inference: s.last_inference_ms.load(Ordering::Relaxed),
+            inference_count: s.inference_count.load(Ordering::Relaxed),
+            execution_count: s.execution_count.load(Ordering::Relaxed),
+            inference_stats: InferStatistics {
+                success: d(&s.success),
+                fail: d(&s.fail),
+                queue: d(&s.queue),
+                compute_input: untimed,
+                compute_infer: d(&s.compute_infer),
+                compute_output: untimed,
+                ..Default::default()
+            },
+            batch_stats: batches
+                .into_iter()
+                .map(|(size, (count, ns))| BatchStatistics {
+                    batch_size: size as u64,
+                    compute_input: StatisticDuration { count, ns: 0 },
+                    compute_infer: StatisticDuration { count, ns },
+                    compute_output: StatisticDuration { count, ns: 0 },
+                })
+                .collect(),
+        }
     }
 
     /// The version as Triton's statistics extension reports it: an integer (perf_analyzer parses
@@ -320,6 +378,32 @@ impl ModelTable {
             next
         });
         removed
+    }
+
+    /// The statistics extension's answer, the same over REST and gRPC: every loaded version of
+    /// every ready model (no name), of model `name`, or of one of its versions.
+    pub fn statistics(&self, name: Option<&str>, version: Option<&str>) -> Result<Vec<modelship_protocol::statistics::ModelStatistics>, ApiError> {
+        let served: Vec<Arc<Served>> = match name {
+            None => self
+                .slots
+                .load()
+                .values()
+                .filter_map(|slot| match slot {
+                    ModelSlot::Ready(served) => Some(Arc::clone(served)),
+                    _ => None,
+                })
+                .collect(),
+            Some(name) => vec![self.served(name)?],
+        };
+        let mut stats = Vec::new();
+        for s in &served {
+            // A version means something only for a named model.
+            match name.and(version) {
+                Some(v) => stats.push(s.version(name.unwrap_or_default(), v)?.statistics(Some(s))),
+                None => stats.extend(s.versions.values().map(|m| m.statistics(Some(s)))),
+            }
+        }
+        Ok(stats)
     }
 
     pub fn snapshot(&self) -> Arc<BTreeMap<String, ModelSlot>> {

@@ -184,8 +184,7 @@ fn work(mut session: Box<dyn Session>, jobs: Receiver<Job>, background: &AtomicB
             continue;
         }
         let started = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| session.run(&job.request)))
-            .unwrap_or_else(|_| Err(InferError::Runtime("the runtime panicked; the request was not completed".to_owned())));
+        let result = run_guarded(session.as_mut(), &job.request);
         let _ = job.reply.send(JobOutput {
             result,
             queued,
@@ -193,6 +192,12 @@ fn work(mut session: Box<dyn Session>, jobs: Receiver<Job>, background: &AtomicB
             formed: Some(Formed { requests: 1, rows: job.request.rows() }),
         });
     }
+}
+
+/// Runs one request; a panic in the runtime becomes an error for this request only.
+fn run_guarded(session: &mut dyn Session, request: &PreparedRequest) -> Result<Vec<Tensor>, InferError> {
+    catch_unwind(AssertUnwindSafe(|| session.run(request)))
+        .unwrap_or_else(|_| Err(InferError::Runtime("the runtime panicked; the request was not completed".to_owned())))
 }
 
 fn follow_priority(background: &AtomicBool, niced: &mut bool) {
@@ -260,8 +265,7 @@ fn run_batch(session: &mut dyn Session, batch: Vec<Job>, rows: usize) {
     let formed = Formed { requests: batch.len(), rows };
     if batch.len() == 1 {
         let job = batch.into_iter().next().expect("one job");
-        let result = catch_unwind(AssertUnwindSafe(|| session.run(&job.request)))
-            .unwrap_or_else(|_| Err(InferError::Runtime("the runtime panicked; the request was not completed".to_owned())));
+        let result = run_guarded(session, &job.request);
         let queued = started.duration_since(job.enqueued);
         let _ = job.reply.send(JobOutput { result, queued, inference: started.elapsed(), formed: Some(formed) });
         return;
@@ -274,11 +278,10 @@ fn run_batch(session: &mut dyn Session, batch: Vec<Job>, rows: usize) {
     let rows_of: Vec<usize> = batch.iter().map(|j| j.request.rows()).collect();
     let result = match joined {
         None => Err(InferError::Runtime("requests in one batch did not line up".to_owned())),
-        Some(request) => catch_unwind(AssertUnwindSafe(|| session.run(&request)))
-            .unwrap_or_else(|_| Err(InferError::Runtime("the runtime panicked; the request was not completed".to_owned()))),
+        Some(request) => run_guarded(session, &request),
     };
     // Each output split by rows; per request, its piece of every output.
-    let mut pieces: Vec<Result<Vec<Tensor>, InferError>> = match result.and_then(|outputs| {
+    let pieces: Vec<Result<Vec<Tensor>, InferError>> = match result.and_then(|outputs| {
         outputs.into_iter().map(|o| o.split_rows(&rows_of)).collect::<Result<Vec<_>, _>>()
     }) {
         Ok(per_output) => {
@@ -293,8 +296,7 @@ fn run_batch(session: &mut dyn Session, batch: Vec<Job>, rows: usize) {
         Err(e) => rows_of.iter().map(|_| Err(e.clone())).collect(),
     };
     let inference = started.elapsed();
-    for (i, job) in batch.into_iter().enumerate().rev() {
-        let result = pieces.pop().unwrap_or_else(|| Err(InferError::Runtime("lost a batch piece".to_owned())));
+    for (i, (job, result)) in batch.into_iter().zip(pieces).enumerate() {
         let queued = started.duration_since(job.enqueued);
         let _ = job.reply.send(JobOutput { result, queued, inference, formed: (i == 0).then_some(formed) });
     }

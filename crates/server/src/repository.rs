@@ -39,6 +39,16 @@ pub struct Repository {
     lock: tokio::sync::Mutex<()>,
 }
 
+/// Refuses Triton's load overrides (`config`, `file:...`): models come from the registry only.
+pub fn refuse_overrides<'a>(mut parameters: impl Iterator<Item = &'a str>) -> Result<(), ApiError> {
+    match parameters.find(|k| *k == "config" || k.starts_with("file:")) {
+        None => Ok(()),
+        Some(key) => Err(ApiError::Decode(modelship_protocol::DecodeError(format!(
+            "parameter '{key}' is not supported: models are loaded from the registry (push them with `modelship models push`)"
+        )))),
+    }
+}
+
 /// The alias a load serves when no version is asked for and the model has it.
 pub const DEFAULT_ALIAS: &str = "production";
 
@@ -111,29 +121,21 @@ impl Repository {
         };
         let bytes = registry.artifact(&record, &NoProgress).await.map_err(|e| ApiError::Conflict(e.to_string()))?;
         let spec = ModelSpec { name: name.to_owned(), version: record.version.clone(), pool: self.pool.clone() };
-        let (backend, metrics) = (Arc::clone(&self.backend), Arc::clone(&state.metrics));
         let replaced = state.models.served(name).ok();
         if replaced.is_none() {
             state.models.set(name, ModelSlot::Loading { version: record.version.clone() });
         }
-        let loaded = tokio::task::spawn_blocking(move || LoadedModel::load(backend, bytes.to_vec().into(), &spec, &metrics))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let model = match loaded {
+        let what = format!("version {} of '{name}'", record.version);
+        let model = match LoadedModel::load_warm(Arc::clone(&self.backend), bytes.to_vec().into(), spec, Arc::clone(&state.metrics), &what).await {
             Ok(model) => model,
             Err(e) => {
-                let error = format!("version {} of '{name}' cannot be loaded: {e}", record.version);
-                match replaced {
-                    Some(_) => {}
-                    None => state.models.set(name, ModelSlot::Failed { version: record.version.clone(), error: error.clone() }),
+                if replaced.is_none() {
+                    state.models.set(name, ModelSlot::Failed { version: record.version.clone(), error: e.to_string() });
                 }
-                return Err(ApiError::Conflict(error));
+                return Err(e);
             }
         };
-        if let Err(e) = model.warm_up().await {
-            tracing::warn!(model = %name, version = %record.version, error = %e, "warm-up request failed");
-        }
-        let served = Served::single(Arc::new(model));
+        let served = Served::single(model);
         state.metrics.publish_traffic(name, &served);
         state.models.set(name, ModelSlot::Ready(Arc::new(served)));
         if let Some(old) = replaced {

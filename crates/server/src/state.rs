@@ -35,10 +35,8 @@ pub struct AppState {
     /// Per-request numbers for weighted routing and shadow sampling.
     pub(crate) nonces: Arc<AtomicU64>,
     /// The feature store, once configured (after the model loads: the spec is checked against
-    /// its signature).
+    /// its signature); readiness follows it from then on.
     pub features: Arc<std::sync::OnceLock<Arc<modelship_features::FeatureService>>>,
-    /// Whether readiness waits for a feature store (set before the model loads).
-    pub feature_store_required: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -53,7 +51,6 @@ impl AppState {
             ids: Arc::default(),
             nonces: Arc::default(),
             features: Arc::default(),
-            feature_store_required: Arc::default(),
         }
     }
 }

@@ -336,14 +336,7 @@ impl Traffic {
         let bytes = registry.artifact(&record, &NoProgress).await.map_err(|e| ApiError::Conflict(e.to_string()))?;
         let mut spec = self.spec.clone();
         spec.version = version.to_owned();
-        let (backend, metrics) = (Arc::clone(&self.backend), Arc::clone(&state.metrics));
-        let model = tokio::task::spawn_blocking(move || LoadedModel::load(backend, bytes.to_vec().into(), &spec, &metrics))
+        LoadedModel::load_warm(Arc::clone(&self.backend), bytes.to_vec().into(), spec, Arc::clone(&state.metrics), &format!("version {version}"))
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::Conflict(format!("version {version} cannot be loaded: {e}")))?;
-        if let Err(e) = model.warm_up().await {
-            tracing::warn!(model = %self.spec.name, version, error = %e, "warm-up request failed");
-        }
-        Ok(Arc::new(model))
     }
 }

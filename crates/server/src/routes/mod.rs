@@ -102,16 +102,23 @@ pub(crate) fn route_by(
     served.route(name, &input)
 }
 
-/// The model input built from `entities` by the feature store, and the entities that got
-/// defaults (as a response value), when any did.
+/// Adds to `request` the model input the feature store builds from `entities`; returns the
+/// entities that got defaults (as a response value), when any did.
 pub(crate) async fn enrich(
     state: &AppState,
+    request: &mut modelship_inference::InferRequest,
     entities: &[serde_json::Map<String, serde_json::Value>],
-) -> Result<(modelship_inference::Tensor, Option<serde_json::Value>), ApiError> {
+) -> Result<Option<serde_json::Value>, ApiError> {
     let service = state.features.get().ok_or(ApiError::NoFeatureStore)?;
     let enriched = service.enrich(entities).await?;
-    let defaults = (!enriched.defaulted.is_empty()).then(|| serde_json::json!(enriched.defaulted));
-    Ok((enriched.tensor, defaults))
+    if request.inputs.iter().any(|t| t.name() == enriched.tensor.name()) {
+        return Err(ApiError::Decode(modelship_protocol::DecodeError(format!(
+            "input '{}' is both given and built from the request's entities; send one or the other",
+            enriched.tensor.name()
+        ))));
+    }
+    request.inputs.push(enriched.tensor);
+    Ok((!enriched.defaulted.is_empty()).then(|| serde_json::json!(enriched.defaulted)))
 }
 
 /// Sends the request to the candidate (`true`), when there is one.

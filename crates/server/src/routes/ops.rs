@@ -32,9 +32,10 @@ pub(crate) fn readiness(state: &AppState) -> (bool, serde_json::Value) {
     let draining = state.health.is_draining();
     let mut ready = model_loaded && startup_complete && !draining;
     let mut checks = json!({"model_loaded": model_loaded, "startup_complete": startup_complete});
-    if state.feature_store_required.load(std::sync::atomic::Ordering::Relaxed) {
-        // As the seed's probe: not ready while the feature store is unreachable.
-        let connected = state.features.get().is_some_and(|f| f.store.is_connected());
+    if let Some(features) = state.features.get() {
+        // As the seed's probe: not ready while the feature store is unreachable. (Before the
+        // model loads there is no store yet, and no readiness either.)
+        let connected = features.store.is_connected();
         checks["feature_store_connected"] = json!(connected);
         ready &= connected;
     }

@@ -32,8 +32,9 @@ async fn predict(State(state): State<AppState>, headers: HeaderMap, body: Result
         let (request, defaults) = match v1::decode_predict(&body, &model.info.signature)? {
             v1::Predict::Rows(request) => (request, None),
             v1::Predict::Entities(entities) => {
-                let (tensor, defaults) = super::enrich(&state, &entities).await?;
-                (v1::entity_request(tensor, &model.info.signature), defaults)
+                let mut request = v1::entity_request(&model.info.signature);
+                let defaults = super::enrich(&state, &mut request, &entities).await?;
+                (request, defaults)
             }
         };
         let mirror = routed.shadow.as_ref().filter(|s| state.shadows.admit(&state.metrics, s)).map(|_| request.clone());
@@ -44,7 +45,7 @@ async fn predict(State(state): State<AppState>, headers: HeaderMap, body: Result
         let output = outputs
             .first()
             .ok_or_else(|| ApiError::Internal("the model returned no output".to_owned()))?;
-        let body = v1::encode_predict_response_with(&model.version, output, defaults);
+        let body = v1::encode_predict_response(&model.version, output, defaults);
         if let (Some(shadow), Some(copy)) = (routed.shadow.clone(), mirror) {
             state.shadows.mirror(&state.metrics, shadow, copy, outputs);
         }

@@ -8,6 +8,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode};
 use modelship_protocol::model_config::ModelConfig;
+use modelship_protocol::statistics::StatisticsResponse;
 use modelship_protocol::v2::{self, ModelMetadata, ModelReady, ServerMetadata};
 
 use super::{Call, body_error, route, score_of};
@@ -59,68 +60,18 @@ async fn model_config_version(
 }
 
 async fn model_stats(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    let served = state.models.served(&name)?;
-    Ok(json(StatusCode::OK, &statistics(&state, served.versions.values())))
+    Ok(json(StatusCode::OK, &StatisticsResponse { model_stats: state.models.statistics(Some(&name), None)? }))
 }
 
 async fn model_stats_version(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let model = state.models.get(&name, Some(&version))?;
-    Ok(json(StatusCode::OK, &statistics(&state, std::iter::once(&model))))
+    Ok(json(StatusCode::OK, &StatisticsResponse { model_stats: state.models.statistics(Some(&name), Some(&version))? }))
 }
 
-async fn all_stats(State(state): State<AppState>) -> Response {
-    let snapshot = state.models.snapshot();
-    let served: Vec<_> = snapshot.values().filter_map(|slot| match slot {
-        crate::model::ModelSlot::Ready(s) => Some(s.clone()),
-        _ => None,
-    }).collect();
-    json(StatusCode::OK, &statistics(&state, served.iter().flat_map(|s| s.versions.values())))
-}
-
-/// Triton's statistics extension body, from each model version's counters.
-/// Versions are reported as Triton's integers ([`crate::model::LoadedModel::triton_version`]).
-pub fn statistics<'a>(state: &AppState, models: impl Iterator<Item = &'a std::sync::Arc<crate::model::LoadedModel>>) -> serde_json::Value {
-    use std::sync::atomic::Ordering::Relaxed;
-    let duration = |d: &crate::model::Duration| {
-        let (count, ns) = d.get();
-        serde_json::json!({"count": count, "ns": ns})
-    };
-    let stats: Vec<_> = models
-        .map(|m| {
-            let s = &m.stats;
-            let batches = s.batches.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let zero = serde_json::json!({"count": 0, "ns": 0});
-            // Not timed apart from inference; same count as compute_infer (clients check it).
-            let untimed = serde_json::json!({"count": s.compute_infer.get().0, "ns": 0});
-            serde_json::json!({
-                "name": m.name,
-                "version": m.triton_version(state.models.served(&m.name).ok().as_deref()),
-                "last_inference": s.last_inference_ms.load(Relaxed),
-                "inference_count": s.inference_count.load(Relaxed),
-                "execution_count": s.execution_count.load(Relaxed),
-                "inference_stats": {
-                    "success": duration(&s.success),
-                    "fail": duration(&s.fail),
-                    "queue": duration(&s.queue),
-                    "compute_input": untimed,
-                    "compute_infer": duration(&s.compute_infer),
-                    "compute_output": untimed,
-                    "cache_hit": zero,
-                    "cache_miss": zero,
-                },
-                "batch_stats": batches.iter().map(|(size, (count, ns))| serde_json::json!({
-                    "batch_size": size,
-                    "compute_input": {"count": count, "ns": 0},
-                    "compute_infer": {"count": count, "ns": ns},
-                    "compute_output": {"count": count, "ns": 0},
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    serde_json::json!({ "model_stats": stats })
+async fn all_stats(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(json(StatusCode::OK, &StatisticsResponse { model_stats: state.models.statistics(None, None)? }))
 }
 
 fn metadata(state: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
@@ -215,14 +166,7 @@ async fn infer_at(
         let v2::DecodedRequest { mut request, binary_outputs, entities } = v2::decode_request(&body, json_length)?;
         let mut parameters = None;
         if let Some(entities) = entities {
-            let (tensor, defaults) = super::enrich(state, &entities).await?;
-            if request.inputs.iter().any(|t| t.name() == tensor.name()) {
-                return Err(ApiError::Decode(modelship_protocol::DecodeError(format!(
-                    "input '{}' is both given and built from parameters.entities; send one or the other",
-                    tensor.name()
-                ))));
-            }
-            request.inputs.push(tensor);
+            let defaults = super::enrich(state, &mut request, &entities).await?;
             parameters = defaults.map(|d| serde_json::json!({ "feature_defaults": d }));
         }
         let id = request.id.take();
