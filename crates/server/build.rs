@@ -1,10 +1,11 @@
-//! With the `grpc` feature: generates the gRPC service from `proto/inference.proto`, with the
-//! `protoc` binary vendored by `protoc-bin-vendored` (no system install needed).
+//! With the `grpc` feature: generates the gRPC service of `inference.proto` over the message
+//! types the protocol crate generates from the same file (`modelship_protocol::grpc::pb`).
 
 fn main() {
     #[cfg(feature = "grpc")]
     {
-        println!("cargo:rerun-if-changed=proto/inference.proto");
+        let proto_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/proto");
+        println!("cargo:rerun-if-changed={}", proto_dir.join("inference.proto").display());
         let protoc = protoc_bin_vendored::protoc_bin_path().expect("protoc-bin-vendored has a protoc for this platform");
         // SAFETY: build scripts are single-threaded; nothing reads the environment concurrently.
         #[allow(unsafe_code)]
@@ -13,8 +14,8 @@ fn main() {
         };
         tonic_prost_build::configure()
             .build_client(false)
-            .bytes(".inference.ModelInferRequest.raw_input_contents")
-            .compile_protos(&["proto/inference.proto"], &["proto"])
-            .expect("proto/inference.proto compiles");
+            .extern_path(".inference", "::modelship_protocol::grpc::pb")
+            .compile_protos(&[proto_dir.join("inference.proto")], &[proto_dir])
+            .expect("inference.proto compiles");
     }
 }

@@ -363,12 +363,15 @@ pub enum ImportSource {
 const SERVE_HELP: &str = "\
 Configuration comes from, lowest precedence first: built-in defaults, the config file \
 (--config or CONFIG_PATH), environment variables (MODEL_PATH, MODEL_NAME, MODEL_VERSION, \
-LOG_LEVEL, LOG_FORMAT, ORT_DYLIB_PATH), then these flags.
+LOG_LEVEL, LOG_FORMAT, ORT_DYLIB_PATH, MODELSHIP_API_KEYS, MODELSHIP_ADMIN_TOKEN), then these flags.
 
 The config file is the seed's serving.yaml:
   model:    {name: fraud-detection, version: v1.2.0, path: /models/model.onnx,
              dynamic_batching: {max_batch_size: 32, max_queue_delay_microseconds: 500}}
-  server:   {host: 0.0.0.0, port: 8000, grpc_port: 8081, workers: 4}
+  server:   {host: 0.0.0.0, port: 8000, grpc_port: 8081, workers: 4,
+             tls_cert_file: cert.pem, tls_key_file: key.pem, api_keys_file: keys.txt,
+             max_body_bytes: 16777216, max_header_bytes: 65536, max_tensor_elements: 16777216,
+             max_rows: 65536, header_read_timeout_seconds: 10}
   features: {store_url: redis://redis:6379, cache_ttl: 300, key: 'features:customer:{customer_id}',
              features: [{name: amount, source: request}, {name: avg_30d, source: store}]}
   logging:  {level: INFO, format: json}
@@ -387,7 +390,11 @@ Examples:
   modelship serve --config serving.yaml --workers 2
   MODEL_PATH=/models/model.onnx modelship serve
   modelship serve fraud@production                 # from the registry; follows the alias
-  modelship serve mlp.onnx --max-batch-size 32     # dynamic batching of concurrent requests";
+  modelship serve mlp.onnx --max-batch-size 32     # dynamic batching of concurrent requests
+  modelship serve model.onnx --tls-cert cert.pem --tls-key key.pem --api-keys-file keys.txt
+
+Security: the admin API (traffic, rollouts, repository loads, labels) always needs the admin
+token; POST /v1/feedback on the inference port needs it too, since labels decide rollouts.";
 
 #[derive(Debug, Clone, Args, Default)]
 pub struct ServeArgs {
@@ -450,6 +457,25 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM [default: 30]
     #[arg(long, value_name = "SECONDS")]
     pub shutdown_grace: Option<f64>,
+
+    /// File of inference API keys, one a line (`#` comments); with keys, inference over REST
+    /// and gRPC needs `x-api-key: KEY` or `Authorization: Bearer KEY` (probes and /metrics
+    /// never do) [env: MODELSHIP_API_KEYS, comma-separated] [default: no keys]
+    #[arg(long, value_name = "FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// TLS certificate chain (PEM) for the HTTP, gRPC and admin listeners; needs --tls-key
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) for --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Seconds a client gets to send a request's headers (and finish the TLS handshake) before
+    /// the connection is closed [default: 10]
+    #[arg(long, value_name = "SECONDS")]
+    pub header_read_timeout: Option<f64>,
 
     /// Seconds to keep accepting after SIGTERM while readiness reports 503 [default: 0]
     #[arg(long, value_name = "SECONDS")]

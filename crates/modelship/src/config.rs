@@ -72,6 +72,13 @@ pub struct RawServer {
     pub max_body_bytes: Option<usize>,
     pub shutdown_grace_seconds: Option<f64>,
     pub shutdown_delay_seconds: Option<f64>,
+    pub api_keys_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub header_read_timeout_seconds: Option<f64>,
+    pub max_header_bytes: Option<usize>,
+    pub max_tensor_elements: Option<usize>,
+    pub max_rows: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -119,6 +126,12 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     pub shutdown_delay: Duration,
+    pub security: SecurityConfig,
+    /// Per-request bounds beyond the body size.
+    pub max_header_bytes: usize,
+    pub max_tensor_elements: usize,
+    pub max_rows: usize,
+    pub header_read_timeout: Duration,
     pub log: LogConfig,
     pub ort_lib: Option<PathBuf>,
     pub features: Option<FeaturesConfig>,
@@ -127,6 +140,17 @@ pub struct ServeConfig {
     /// How often a followed alias is checked.
     pub registry_poll: Duration,
     pub admin: AdminConfig,
+}
+
+/// Inference API keys and TLS. The key file is read when the server starts (`resolve` reads
+/// no files).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SecurityConfig {
+    pub api_keys_file: Option<PathBuf>,
+    /// `MODELSHIP_API_KEYS`: comma-separated keys (added to the file's).
+    pub api_keys_env: Vec<String>,
+    /// Certificate chain and private key, PEM.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The admin (control) API: its own listener, always behind a bearer token.
@@ -259,6 +283,10 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     overlay(&mut raw.server.max_body_bytes, a.max_body_bytes);
     overlay(&mut raw.server.shutdown_grace_seconds, a.shutdown_grace);
     overlay(&mut raw.server.shutdown_delay_seconds, a.shutdown_delay);
+    overlay(&mut raw.server.api_keys_file, a.api_keys_file);
+    overlay(&mut raw.server.tls_cert_file, a.tls_cert);
+    overlay(&mut raw.server.tls_key_file, a.tls_key);
+    overlay(&mut raw.server.header_read_timeout_seconds, a.header_read_timeout);
     overlay(&mut raw.logging.level, a.log_level);
     overlay(
         &mut raw.logging.format,
@@ -314,6 +342,35 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     check_range("server.max_body_bytes", max_body_bytes, 1024, 1 << 31, &mut problems);
     let shutdown_grace = seconds("server.shutdown_grace_seconds", raw.server.shutdown_grace_seconds.unwrap_or(30.0), &mut problems);
     let shutdown_delay = seconds("server.shutdown_delay_seconds", raw.server.shutdown_delay_seconds.unwrap_or(0.0), &mut problems);
+    let max_header_bytes = raw.server.max_header_bytes.unwrap_or(64 * 1024);
+    check_range("server.max_header_bytes", max_header_bytes, 1024, 1 << 20, &mut problems);
+    let max_tensor_elements = raw.server.max_tensor_elements.unwrap_or(16 * 1024 * 1024);
+    check_range("server.max_tensor_elements", max_tensor_elements, 1, 1 << 31, &mut problems);
+    let max_rows = raw.server.max_rows.unwrap_or(65_536);
+    check_range("server.max_rows", max_rows, 1, 1 << 24, &mut problems);
+    let header_read_timeout =
+        seconds("server.header_read_timeout_seconds", raw.server.header_read_timeout_seconds.unwrap_or(10.0), &mut problems);
+    if header_read_timeout < Duration::from_millis(100) {
+        problems.push("server.header_read_timeout_seconds must be at least 0.1".to_owned());
+    }
+    let tls = match (raw.server.tls_cert_file.clone(), raw.server.tls_key_file.clone()) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => {
+            problems.push("server.tls_cert_file is set but server.tls_key_file is not; TLS needs both (--tls-cert and --tls-key)".to_owned());
+            None
+        }
+        (None, Some(_)) => {
+            problems.push("server.tls_key_file is set but server.tls_cert_file is not; TLS needs both (--tls-cert and --tls-key)".to_owned());
+            None
+        }
+    };
+    let api_keys_env: Vec<String> =
+        env.get("MODELSHIP_API_KEYS").map(|v| v.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect()).unwrap_or_default();
+    if api_keys_env.iter().any(|k| k.len() < 16) {
+        problems.push("MODELSHIP_API_KEYS holds a key shorter than 16 characters; use longer keys (they are not shown)".to_owned());
+    }
+    let security = SecurityConfig { api_keys_file: raw.server.api_keys_file.clone(), api_keys_env, tls };
 
     let host = raw.server.host.clone().unwrap_or_else(|| "0.0.0.0".to_owned());
     if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
@@ -409,6 +466,11 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         max_body_bytes,
         shutdown_grace,
         shutdown_delay,
+        security,
+        max_header_bytes,
+        max_tensor_elements,
+        max_rows,
+        header_read_timeout,
         log: LogConfig { level, json, static_fields },
         ort_lib,
         features,

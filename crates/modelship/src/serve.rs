@@ -16,9 +16,10 @@ use modelship_server::repository::Repository;
 use modelship_server::traffic::{RevisionStore, Traffic};
 use modelship_server::model::{LoadedModel, ModelSlot, ModelSpec, Served};
 use modelship_server::pool::PoolConfig;
-use modelship_server::{AppState, Drain, DrainOutcome, Limits};
+use modelship_server::auth::Credentials;
+use modelship_server::{AppState, ConnectionLimits, Drain, DrainOutcome, Limits, Server, Tls};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::ServeArgs;
 use crate::config::{self, AdminConfig, ProcessEnv, ServeConfig};
@@ -60,6 +61,15 @@ fn failure(error: &anyhow::Error) -> ExitCode {
 }
 
 async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
+    // Signals are watched from the start: SIGTERM during a long model load stops the server too.
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        }
+    });
     let source = ModelSource::of(&config)?;
     let (model, registry_version) = source.read().await?;
     let onnx = OnnxBackend::new(config.ort_lib.as_deref())?;
@@ -84,9 +94,21 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
     #[cfg(not(feature = "grpc"))]
     let grpc_address: Option<std::net::SocketAddr> = None;
     let admin_token = admin_token(&config.admin)?;
+    let api_keys = api_keys(&config.security)?;
+    let tls = match &config.security.tls {
+        Some((cert, key)) => Some(Tls::from_pem_files(cert, key).map_err(|e| anyhow::anyhow!(e))?),
+        None => None,
+    };
     let store = RevisionStore::open(&config.admin.state_dir.join("traffic.db")).map_err(|e| anyhow::anyhow!(e))?;
 
-    let state = AppState::new(Limits { max_body_bytes: config.max_body_bytes, ..Limits::default() });
+    let limits = Limits {
+        max_body_bytes: config.max_body_bytes,
+        max_header_bytes: config.max_header_bytes,
+        max_tensor_elements: config.max_tensor_elements,
+        max_rows: config.max_rows,
+        ..Limits::default()
+    };
+    let state = AppState::with_credentials(limits, Credentials::new(Some(&admin_token), &api_keys));
     let spec = ModelSpec {
         name: config.model_name.clone(),
         version: registry_version.unwrap_or_else(|| config.model_version.clone()),
@@ -97,123 +119,99 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
             batching: config.batching.clone(),
         },
     };
-    state.models.set(&spec.name, ModelSlot::Loading { version: spec.version.clone() });
-
-    // The listener serves probes while the model loads: /health/startup says "starting" until then.
-    let load_failed = Arc::new(Notify::new());
-    let (stopping, mut stopped) = tokio::sync::watch::channel(false);
-    let stop = {
-        let load_failed = Arc::clone(&load_failed);
-        async move {
-            tokio::select! {
-                () = shutdown_signal() => {}
-                () = load_failed.notified() => {}
-            }
-            let _ = stopping.send(true);
-        }
-    };
-    #[cfg(feature = "grpc")]
-    let grpc_stop = {
-        let mut stopped = stopped.clone();
-        let delay = config.shutdown_delay;
-        async move {
-            let _ = stopped.wait_for(|s| *s).await;
-            tokio::time::sleep(delay).await;
-        }
-    };
-    let admin_stop = async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
     let drain = Drain { delay: config.shutdown_delay, grace: config.shutdown_grace };
-    let server = tokio::spawn(modelship_server::serve(listener, state.clone(), stop, drain));
-    tracing::info!(%address, model = %spec.name, version = %spec.version, source = %source, "loading model");
+    let connections = ConnectionLimits { header_read_timeout: config.header_read_timeout, ..ConnectionLimits::default() };
+    let mut server = Server::new(Arc::clone(&state.health), state.tasks.clone(), drain, connections);
+    state.models.set(&spec.name, ModelSlot::Loading { version: spec.version.clone() });
+    // The listener serves probes while the model loads: /health/startup says "starting" until then.
+    server.serve("http", listener, modelship_server::routes::app(state.clone()), tls.clone());
+    tracing::info!(%address, tls = tls.is_some(), model = %spec.name, version = %spec.version, source = %source, "loading model");
 
-    let loaded = {
+    let loading = {
         let (backend, metrics, spec) = (Arc::clone(&backend), Arc::clone(&state.metrics), spec.clone());
-        tokio::task::spawn_blocking(move || LoadedModel::load(backend, model, &spec, &metrics)).await
+        tokio::task::spawn_blocking(move || LoadedModel::load(backend, model, &spec, &metrics))
     };
-    let load_error = match loaded {
-        Ok(Ok(model)) => {
-            tracing::info!(
-                model = %model.name, version = %model.version, load_seconds = model.load_seconds,
-                inputs = ?model.info.signature.input_names(), outputs = ?model.info.signature.output_names(),
-                skipped_outputs = ?model.info.skipped_outputs, "model loaded"
-            );
-            if let Some(features) = &config.features {
-                let service = feature_service(features, &model.info.signature, &state)?;
-                tokio::spawn(Arc::clone(&service.store).monitor());
-                let _ = state.features.set(service);
-            }
-            let served = Served::single(Arc::new(model));
-            state.metrics.publish_traffic(&spec.name, &served);
-            state.models.set(&spec.name, ModelSlot::Ready(Arc::new(served)));
-            let (registry, registry_model) = match &source {
-                ModelSource::Registry { registry, reference } => (Some(Arc::clone(registry)), reference.name().to_owned()),
-                ModelSource::File(_) => (None, spec.name.clone()),
-            };
-            let traffic = Arc::new(Traffic::new(registry, registry_model, Arc::clone(&backend), spec.clone(), store, config.admin.keep_warm));
-            if let Err(e) = traffic.resume(&state).await {
-                tracing::warn!(model = %spec.name, error = %e, "cannot restore the recorded routing; serving the stable version only");
-            }
-            let rollouts = Arc::new(
-                Rollouts::open(&config.admin.state_dir.join("traffic.db"), Arc::clone(&traffic)).map_err(|e| anyhow::anyhow!(e))?,
-            );
-            if let Err(e) = rollouts.recover(&state).await {
-                tracing::error!(model = %spec.name, error = %e, "cannot resume the rollout in progress");
-            }
-            tokio::spawn(Arc::clone(&rollouts).run(state.clone()));
-            let repository = Arc::new(Repository::new(
-                repository_registry(&source, &config),
-                Arc::clone(&backend),
-                spec.pool.clone(),
-                spec.name.clone(),
-            ));
-            #[cfg(feature = "grpc")]
-            {
-                let grpc = modelship_server::grpc::Grpc::new(state.clone(), Some(Arc::clone(&repository)), Some(&admin_token));
-                tokio::spawn(async move {
-                    if let Err(e) = modelship_server::grpc::serve_grpc(grpc_listener, grpc, grpc_stop).await {
-                        tracing::error!(error = %e, "the gRPC server stopped");
-                    }
-                });
-                tracing::info!(grpc_address = %grpc_address.map(|a| a.to_string()).unwrap_or_default(), "gRPC listening");
-            }
-            tokio::spawn(modelship_server::serve_admin(
-                admin_listener,
-                AdminState::new(state.clone(), Arc::clone(&traffic), rollouts, repository, &admin_token),
-                admin_stop,
-            ));
-            tracing::info!(%admin_address, token_file = %config.admin.token_file.display(), "admin API listening");
-            let startup_seconds = state.health.mark_started().max(started.elapsed().as_secs_f64());
-            announce_ready(address, admin_address, grpc_address, &spec, startup_seconds);
-            if let ModelSource::Registry { registry, reference: ModelRef::Alias(name, alias) } = &source {
-                let follow = Follow {
-                    registry: Arc::clone(registry),
-                    traffic: Arc::clone(&traffic),
-                    model: name.clone(),
-                    alias: alias.clone(),
-                    poll: config.registry_poll,
-                };
-                tracing::info!(model = %name, alias = %alias, poll_s = config.registry_poll.as_secs_f64(), "following the alias");
-                // After a restart the recorded routing may serve another version than the alias names now.
-                let current = state.models.served(&spec.name).map(|s| s.table.stable.clone()).unwrap_or_else(|_| spec.version.clone());
-                tokio::spawn(follow_alias(state.clone(), follow, current));
-            }
-            None
+    let loaded = tokio::select! {
+        loaded = loading => loaded,
+        () = shutdown.cancelled() => {
+            tracing::info!("shutdown requested while the model was loading");
+            server.run_until(std::future::ready(())).await;
+            return Ok(());
         }
-        Ok(Err(e)) => Some(anyhow::anyhow!("cannot load model {source}: {e}")),
-        Err(e) => Some(anyhow::anyhow!("model loading stopped unexpectedly: {e}")),
     };
-    if let Some(e) = &load_error {
-        state.models.set(&spec.name, ModelSlot::Failed { version: spec.version.clone(), error: e.to_string() });
-        load_failed.notify_one();
+    let model = match loaded {
+        Ok(Ok(model)) => model,
+        failed => {
+            let e = match failed {
+                Ok(Err(e)) => anyhow::anyhow!("cannot load model {source}: {e}"),
+                Err(e) => anyhow::anyhow!("model loading stopped unexpectedly: {e}"),
+                Ok(Ok(_)) => unreachable!("matched above"),
+            };
+            state.models.set(&spec.name, ModelSlot::Failed { version: spec.version.clone(), error: e.to_string() });
+            server.run_until(std::future::ready(())).await;
+            return Err(e);
+        }
+    };
+    tracing::info!(
+        model = %model.name, version = %model.version, load_seconds = model.load_seconds,
+        inputs = ?model.info.signature.input_names(), outputs = ?model.info.signature.output_names(),
+        skipped_outputs = ?model.info.skipped_outputs, "model loaded"
+    );
+    if let Some(features) = &config.features {
+        let service = feature_service(features, &model.info.signature, &state)?;
+        let store = Arc::clone(&service.store);
+        state.tasks.spawn("feature-store-monitor", move |_| store.monitor());
+        let _ = state.features.set(service);
+    }
+    let served = Served::single(Arc::new(model));
+    state.metrics.publish_traffic(&spec.name, &served);
+    state.models.set(&spec.name, ModelSlot::Ready(Arc::new(served)));
+    let (registry, registry_model) = match &source {
+        ModelSource::Registry { registry, reference } => (Some(Arc::clone(registry)), reference.name().to_owned()),
+        ModelSource::File(_) => (None, spec.name.clone()),
+    };
+    let traffic = Arc::new(Traffic::new(registry, registry_model, Arc::clone(&backend), spec.clone(), store, config.admin.keep_warm));
+    if let Err(e) = traffic.resume(&state).await {
+        tracing::warn!(model = %spec.name, error = %e, "cannot restore the recorded routing; serving the stable version only");
+    }
+    let rollouts =
+        Arc::new(Rollouts::open(&config.admin.state_dir.join("traffic.db"), Arc::clone(&traffic)).map_err(|e| anyhow::anyhow!(e))?);
+    if let Err(e) = rollouts.recover(&state).await {
+        tracing::error!(model = %spec.name, error = %e, "cannot resume the rollout in progress");
+    }
+    {
+        let (rollouts, app) = (Arc::clone(&rollouts), state.clone());
+        state.tasks.spawn_cooperative("rollout-loop", move |stop| rollouts.run(app, stop));
+    }
+    let repository =
+        Arc::new(Repository::new(repository_registry(&source, &config), Arc::clone(&backend), spec.pool.clone(), spec.name.clone()));
+    #[cfg(feature = "grpc")]
+    {
+        let grpc = modelship_server::grpc::Grpc::new(state.clone(), Some(Arc::clone(&repository)));
+        server.serve("grpc", grpc_listener, modelship_server::grpc::router(grpc), tls.clone());
+        tracing::info!(grpc_address = %grpc_address.map(|a| a.to_string()).unwrap_or_default(), "gRPC listening");
+    }
+    let admin = AdminState::new(state.clone(), Arc::clone(&traffic), rollouts, repository);
+    server.serve("admin", admin_listener, modelship_server::admin::app(admin), tls.clone());
+    tracing::info!(%admin_address, token_file = %config.admin.token_file.display(), "admin API listening");
+    let startup_seconds = state.health.mark_started().max(started.elapsed().as_secs_f64());
+    announce_ready(address, admin_address, grpc_address, &spec, startup_seconds);
+    if let ModelSource::Registry { registry, reference: ModelRef::Alias(name, alias) } = &source {
+        let follow = Follow {
+            registry: Arc::clone(registry),
+            traffic: Arc::clone(&traffic),
+            model: name.clone(),
+            alias: alias.clone(),
+            poll: config.registry_poll,
+        };
+        tracing::info!(model = %name, alias = %alias, poll_s = config.registry_poll.as_secs_f64(), "following the alias");
+        // After a restart the recorded routing may serve another version than the alias names now.
+        let current = state.models.served(&spec.name).map(|s| s.table.stable.clone()).unwrap_or_else(|_| spec.version.clone());
+        let app = state.clone();
+        state.tasks.spawn("alias-follow", move |_| follow_alias(app, follow, current));
     }
 
-    let outcome = server.await.context("the server task failed")?.context("the server failed")?;
-    if let Some(e) = load_error {
-        return Err(e);
-    }
-    match outcome {
+    match server.run_until(shutdown.cancelled()).await {
         DrainOutcome::Complete => tracing::info!("drained; exiting"),
         DrainOutcome::GraceExpired => tracing::warn!(
             grace_s = config.shutdown_grace.as_secs_f64(),
@@ -221,6 +219,22 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Inference API keys: the key file's and `MODELSHIP_API_KEYS`'s. None means inference is open.
+fn api_keys(security: &config::SecurityConfig) -> anyhow::Result<Vec<String>> {
+    let mut keys = security.api_keys_env.clone();
+    if let Some(path) = &security.api_keys_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the API keys file {}", path.display()))?;
+        keys.extend(modelship_server::auth::read_api_keys(&text, &path.display().to_string()).map_err(|e| anyhow::anyhow!(e))?);
+        if keys.is_empty() {
+            bail!("the API keys file {} holds no key; add keys (one a line) or drop --api-keys-file", path.display());
+        }
+    }
+    if !keys.is_empty() {
+        tracing::info!(keys = keys.len(), "inference needs an API key");
+    }
+    Ok(keys)
 }
 
 /// The feature store and the feature spec checked against the served model's signature.

@@ -5,11 +5,14 @@
 //! - [`json_tensor`]: typed decoding of JSON tensor data (nested or flat) for every OIP datatype,
 //!   and encoding of output tensors, without going through a generic JSON tree.
 //! - [`model_config`], [`statistics`]: Triton's model configuration and statistics extensions.
+//! - `grpc` (feature `grpc`): the gRPC messages (Triton's numbering) and their conversion.
 //! - [`raw`]: tensors as raw little-endian bytes (the binary tensor extension, gRPC raw contents).
 //!
 //! Decoding happens once, here; the server only ever sees [`modelship_inference::InferRequest`].
 
 mod error;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 pub mod json_tensor;
 pub mod model_config;
 pub mod raw;

@@ -22,6 +22,9 @@ pub struct PredictRequestJson {
     /// Entities whose features the server assembles from its feature store.
     #[serde(default)]
     pub entities: Option<Vec<serde_json::Map<String, Value>>>,
+    /// Request parameters (e.g. the field a sticky routing key is read from), as in V2.
+    #[serde(default)]
+    pub parameters: Option<serde_json::Map<String, Value>>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -33,24 +36,37 @@ pub struct PredictResponseJson {
     pub defaults_used: Option<Value>,
 }
 
-/// A predict body: raw feature rows, or entities to enrich.
-#[derive(Debug, Clone, PartialEq)]
+/// A predict body, parsed once: raw feature rows (typed against the model's input once the
+/// request is routed, see [`rows_request`]), or entities to enrich.
+#[derive(Debug)]
 pub enum Predict {
-    Rows(InferRequest),
+    Rows(Box<RawValue>),
     Entities(Vec<serde_json::Map<String, Value>>),
 }
 
-/// Decodes a predict body: `{"features": [[...]]}` or `{"entities": [{...}, ...]}`.
-pub fn decode_predict(body: &[u8], signature: &Signature) -> Result<Predict, DecodeError> {
+/// A decoded predict body and its request parameters.
+#[derive(Debug)]
+pub struct DecodedPredict {
+    pub predict: Predict,
+    pub parameters: serde_json::Map<String, Value>,
+}
+
+/// Decodes a predict body: `{"features": [[...]]}` or `{"entities": [{...}, ...]}`, with optional
+/// `parameters`.
+pub fn decode_predict(body: &[u8]) -> Result<DecodedPredict, DecodeError> {
     let json: PredictRequestJson = serde_json::from_slice(body).map_err(|e| DecodeError::from_json(&e, body))?;
-    match (json.features, json.entities) {
-        (Some(features), None) => rows_request(&features, signature).map(Predict::Rows),
-        (None, Some(entities)) => Ok(Predict::Entities(entities)),
-        (Some(_), Some(_)) => Err(DecodeError("give 'features' (rows) or 'entities' (to look up), not both".to_owned())),
-        (None, None) => Err(DecodeError(
-            "give 'features' ([[f1, f2, ...], ...]) or 'entities' ([{\"customer_id\": \"...\"}, ...] with a feature store)".to_owned(),
-        )),
-    }
+    let parameters = json.parameters.unwrap_or_default();
+    let predict = match (json.features, json.entities) {
+        (Some(features), None) => Predict::Rows(features),
+        (None, Some(entities)) => Predict::Entities(entities),
+        (Some(_), Some(_)) => return Err(DecodeError("give 'features' (rows) or 'entities' (to look up), not both".to_owned())),
+        (None, None) => {
+            return Err(DecodeError(
+                "give 'features' ([[f1, f2, ...], ...]) or 'entities' ([{\"customer_id\": \"...\"}, ...] with a feature store)".to_owned(),
+            ));
+        }
+    };
+    Ok(DecodedPredict { predict, parameters })
 }
 
 const PROBABILITY_NAMES: [&str; 4] = ["probabilities", "probability", "output_probability", "predict_proba"];
@@ -72,7 +88,8 @@ pub fn entity_request(signature: &Signature) -> InferRequest {
     InferRequest { id: None, inputs: vec![], outputs }
 }
 
-fn rows_request(features: &RawValue, signature: &Signature) -> Result<InferRequest, DecodeError> {
+/// `features` rows as a request for the model's single `[N, F]` input and its prediction output.
+pub fn rows_request(features: &RawValue, signature: &Signature) -> Result<InferRequest, DecodeError> {
     let [input] = signature.inputs.as_slice() else {
         return Err(DecodeError(format!(
             "/v1/predict feeds a model with exactly one input, but this model has {} ({}); use /v2/models/{{model}}/infer",
@@ -150,9 +167,12 @@ mod tests {
     }
 
     fn check(body: &str) -> String {
-        match decode_predict(body.as_bytes(), &classifier()) {
-            Ok(Predict::Entities(e)) => format!("entities {e:?}"),
-            Ok(Predict::Rows(r)) => format!("ok {:?} {:?} outputs={:?}", r.inputs[0].shape(), r.inputs[0].data(), r.outputs),
+        match decode_predict(body.as_bytes()).and_then(|d| match d.predict {
+            Predict::Rows(rows) => rows_request(&rows, &classifier()).map(Ok),
+            Predict::Entities(e) => Ok(Err(e)),
+        }) {
+            Ok(Err(e)) => format!("entities {e:?}"),
+            Ok(Ok(r)) => format!("ok {:?} {:?} outputs={:?}", r.inputs[0].shape(), r.inputs[0].data(), r.outputs),
             Err(e) => format!("error: {e}"),
         }
     }

@@ -51,6 +51,8 @@ pub struct DecodedRequest {
     pub binary_outputs: BinaryOutputs,
     /// `parameters.entities`: entities whose features the server assembles from its store.
     pub entities: Option<Vec<Map<String, Value>>>,
+    /// The request's other parameters (e.g. the field a sticky routing key is read from).
+    pub parameters: Map<String, Value>,
 }
 
 /// Which outputs the client wants as raw bytes rather than JSON (the binary tensor extension):
@@ -152,7 +154,8 @@ pub fn decode_request(body: &[u8], json_length: Option<usize>) -> Result<Decoded
             Some(names)
         }
     };
-    Ok(DecodedRequest { request: InferRequest { id: json.id, inputs, outputs }, binary_outputs, entities })
+    let parameters = json.parameters.unwrap_or_default();
+    Ok(DecodedRequest { request: InferRequest { id: json.id, inputs, outputs }, binary_outputs, entities, parameters })
 }
 
 /// `parameters.binary_data_size` of an input, checked.

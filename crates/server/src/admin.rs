@@ -21,25 +21,19 @@ use crate::rollouts::Rollouts;
 use crate::repository::Repository;
 use crate::traffic::Traffic;
 
+/// The admin API's state; the token is the app's control credential.
 #[derive(Clone)]
 pub struct AdminState {
     pub app: AppState,
     pub traffic: Arc<Traffic>,
     pub rollouts: Arc<Rollouts>,
     pub repository: Arc<Repository>,
-    token: Arc<str>,
 }
 
 impl AdminState {
-    pub fn new(app: AppState, traffic: Arc<Traffic>, rollouts: Arc<Rollouts>, repository: Arc<Repository>, token: &str) -> Self {
-        AdminState { app, traffic, rollouts, repository, token: Arc::from(token) }
+    pub fn new(app: AppState, traffic: Arc<Traffic>, rollouts: Arc<Rollouts>, repository: Arc<Repository>) -> Self {
+        AdminState { app, traffic, rollouts, repository }
     }
-}
-
-/// Whether an `Authorization` header value carries the admin token.
-pub fn bearer_matches(header: Option<&str>, token: &str) -> bool {
-    let given = header.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-    constant_time_eq(given.as_bytes(), token.as_bytes())
 }
 
 /// The admin API, with bearer-token authentication on every route.
@@ -57,26 +51,29 @@ pub fn app(state: AdminState) -> Router {
         .fallback(|request: Request| async move {
             ApiError::NoRoute { method: request.method().to_string(), path: request.uri().path().to_owned() }
         })
+        .route("/admin/v1/models/{name}/feedback", post(feedback))
+        .method_not_allowed_fallback(|request: Request| async move {
+            ApiError::MethodNotAllowed { method: request.method().to_string(), path: request.uri().path().to_owned() }
+        })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::extract::DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
+        .layer(middleware::map_response(crate::routes::json_errors))
         .with_state(state)
 }
 
+/// Control requests are small: a change, a spec, a batch of labels.
+const ADMIN_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
 async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
     let given = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if bearer_matches(given, &state.token) {
-        next.run(request).await
-    } else {
-        ApiError::Unauthorized.into_response()
-    }
+    if state.app.credentials.is_control(given) { next.run(request).await } else { ApiError::Unauthorized.into_response() }
 }
 
-/// Compares without an early exit, so response time does not reveal how much of a guess matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() || b.is_empty() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Labels for the rollout's quality check, on the admin listener (the same as `/v1/feedback`
+/// with the admin token on the inference port).
+async fn feedback(State(state): State<AdminState>, Path(name): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    check_model(&state, &name)?;
+    crate::routes::feedback::join_labels(&state.app, &body)
 }
 
 fn check_model(state: &AdminState, name: &str) -> Result<(), ApiError> {
@@ -190,14 +187,14 @@ async fn rollout_start(State(state): State<AdminState>, Path(name): Path<String>
     check_model(&state, &name)?;
     let request: StartRequest = parse(&body)?;
     let spec: modelship_rollout::spec::RolloutSpec = serde_json::from_value(request.spec)
-        .map_err(|e| ApiError::Decode(modelship_protocol::DecodeError(format!("invalid rollout spec: {e}"))))?;
+        .map_err(|e| ApiError::Invalid(format!("invalid rollout spec: {e}")))?;
     let actor = actor(request.actor, &headers);
     Ok(json(StatusCode::OK, &state.rollouts.start(&state.app, spec, &actor).await?))
 }
 
 async fn rollout_status(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_model(&state, &name)?;
-    Ok(json(StatusCode::OK, &state.rollouts.status().await))
+    Ok(json(StatusCode::OK, &state.rollouts.status()))
 }
 
 async fn rollout_history(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
@@ -243,9 +240,9 @@ async fn repository_load(State(state): State<AdminState>, Path(name): Path<Strin
         None => None,
         Some(serde_json::Value::String(v)) => Some(v.clone()),
         Some(other) => {
-            return Err(ApiError::Decode(modelship_protocol::DecodeError(format!(
+            return Err(ApiError::Invalid(format!(
                 "parameters.version must be a string naming a registry version, not {other}"
-            ))));
+            )));
         }
     };
     crate::repository::refuse_overrides(request.parameters.keys().map(String::as_str))?;

@@ -6,13 +6,22 @@ use http::{HeaderValue, StatusCode, header};
 use modelship_features::FeatureError;
 use modelship_inference::InferError;
 use modelship_protocol::{DecodeError, ErrorBody};
+use modelship_registry::RegistryError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     Decode(#[from] DecodeError),
+    /// A request that decoded but asks for something that cannot be done as asked.
+    #[error("{0}")]
+    Invalid(String),
     #[error("{0}")]
     Infer(#[from] InferError),
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+    /// A rollout spec (or another control document) that is well-formed but not valid.
+    #[error("{0}")]
+    InvalidSpec(String),
     #[error("{0}")]
     Features(#[from] modelship_features::FeatureError),
     #[error("this server has no feature store to look entities up in; send the features themselves, or configure features.store_url and features.features")]
@@ -40,6 +49,14 @@ pub enum ApiError {
     Conflict(String),
     #[error("missing or wrong admin token: send `Authorization: Bearer <token>` (see `modelship traffic --help`)")]
     Unauthorized,
+    #[error("missing or wrong API key: send `Authorization: Bearer <key>` or `x-api-key: <key>` with a key this server accepts")]
+    NoApiKey,
+    #[error("the request's headers are larger than the limit of {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    #[error("{what} of {got} is over the limit of {limit} ({setting})")]
+    TooLarge { what: &'static str, got: usize, limit: usize, setting: &'static str },
+    #[error("unsupported content type '{got}'; send {expected}")]
+    UnsupportedMediaType { got: String, expected: &'static str },
     /// Something a control request names (a registry model or version) does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -48,44 +65,167 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// The HTTP status and stable code of each error. Exhaustive on purpose: a new variant does
-    /// not compile until it has a row here.
+    /// The HTTP status and stable code of each error.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        let (class, code) = self.class_and_code();
+        (class.http(), code)
+    }
+
+    /// The class and stable code of each error. Exhaustive on purpose: a new variant does not
+    /// compile until it has a row here, and a class has exactly one HTTP status and gRPC code.
+    pub fn class_and_code(&self) -> (Class, &'static str) {
         match self {
-            ApiError::Decode(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::Decode(_) => (Class::BadRequest, "invalid_request"),
+            ApiError::Invalid(_) => (Class::BadRequest, "invalid_request"),
+            ApiError::InvalidSpec(_) => (Class::Unprocessable, "invalid_spec"),
+            ApiError::Registry(e) => match e {
+                RegistryError::InvalidName { .. } | RegistryError::InvalidReference(_) => (Class::BadRequest, "invalid_name"),
+                RegistryError::NotOnnx { .. } => (Class::Unprocessable, "not_onnx"),
+                RegistryError::UnknownModel(_) | RegistryError::UnknownVersion { .. } | RegistryError::UnknownAlias { .. } => {
+                    (Class::NotFound, "not_found")
+                }
+                RegistryError::VersionConflict { .. } | RegistryError::AliasedVersion { .. } => (Class::Conflict, "conflict"),
+                RegistryError::DigestMismatch { .. } | RegistryError::MissingArtifact { .. } => {
+                    (Class::Internal, "artifact_corrupt")
+                }
+                RegistryError::Store(_) | RegistryError::Mlflow(_) => (Class::BadGateway, "registry_unavailable"),
+                RegistryError::Database { .. } | RegistryError::Io { .. } | RegistryError::Config(_) => {
+                    (Class::Internal, "registry_failed")
+                }
+            },
             ApiError::Infer(e) => match e {
-                InferError::InvalidInput { .. } => (StatusCode::BAD_REQUEST, "invalid_input"),
-                InferError::UnknownInput { .. } => (StatusCode::BAD_REQUEST, "unknown_input"),
-                InferError::MissingInput { .. } => (StatusCode::BAD_REQUEST, "missing_input"),
-                InferError::DuplicateInput { .. } => (StatusCode::BAD_REQUEST, "duplicate_input"),
-                InferError::DatatypeMismatch { .. } => (StatusCode::BAD_REQUEST, "datatype_mismatch"),
-                InferError::ShapeMismatch { .. } => (StatusCode::BAD_REQUEST, "shape_mismatch"),
-                InferError::UnknownOutput { .. } => (StatusCode::BAD_REQUEST, "unknown_output"),
-                InferError::DuplicateOutput { .. } => (StatusCode::BAD_REQUEST, "duplicate_output"),
-                InferError::Load(_) => (StatusCode::INTERNAL_SERVER_ERROR, "model_load_failed"),
-                InferError::Runtime(_) => (StatusCode::INTERNAL_SERVER_ERROR, "inference_failed"),
+                InferError::InvalidInput { .. } => (Class::BadRequest, "invalid_input"),
+                InferError::UnknownInput { .. } => (Class::BadRequest, "unknown_input"),
+                InferError::MissingInput { .. } => (Class::BadRequest, "missing_input"),
+                InferError::DuplicateInput { .. } => (Class::BadRequest, "duplicate_input"),
+                InferError::DatatypeMismatch { .. } => (Class::BadRequest, "datatype_mismatch"),
+                InferError::ShapeMismatch { .. } => (Class::BadRequest, "shape_mismatch"),
+                InferError::UnknownOutput { .. } => (Class::BadRequest, "unknown_output"),
+                InferError::DuplicateOutput { .. } => (Class::BadRequest, "duplicate_output"),
+                InferError::Load(_) => (Class::Internal, "model_load_failed"),
+                InferError::Runtime(_) => (Class::Internal, "inference_failed"),
             },
             ApiError::Features(e) => match e {
-                FeatureError::BadEntity(_) => (StatusCode::BAD_REQUEST, "invalid_entity"),
-                FeatureError::EntityNotFound { .. } => (StatusCode::NOT_FOUND, "entity_not_found"),
-                FeatureError::MissingFeature { .. } => (StatusCode::NOT_FOUND, "feature_not_found"),
-                FeatureError::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "feature_store_unavailable"),
-                FeatureError::BadStoredValue { .. } => (StatusCode::BAD_GATEWAY, "feature_data_invalid"),
+                FeatureError::BadEntity(_) => (Class::BadRequest, "invalid_entity"),
+                FeatureError::EntityNotFound { .. } => (Class::NotFound, "entity_not_found"),
+                FeatureError::MissingFeature { .. } => (Class::NotFound, "feature_not_found"),
+                FeatureError::StoreUnavailable(_) => (Class::Unavailable, "feature_store_unavailable"),
+                FeatureError::BadStoredValue { .. } => (Class::BadGateway, "feature_data_invalid"),
             },
-            ApiError::NoFeatureStore => (StatusCode::BAD_REQUEST, "no_feature_store"),
-            ApiError::UnknownModel { .. } => (StatusCode::NOT_FOUND, "unknown_model"),
-            ApiError::UnknownVersion { .. } => (StatusCode::NOT_FOUND, "unknown_version"),
-            ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "model_not_ready"),
-            ApiError::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
-            ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-            ApiError::Body(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
-            ApiError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route"),
-            ApiError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::NoFeatureStore => (Class::BadRequest, "no_feature_store"),
+            ApiError::UnknownModel { .. } => (Class::NotFound, "unknown_model"),
+            ApiError::UnknownVersion { .. } => (Class::NotFound, "unknown_version"),
+            ApiError::NotReady(_) => (Class::Unavailable, "model_not_ready"),
+            ApiError::Overloaded { .. } => (Class::Overloaded, "overloaded"),
+            ApiError::BodyTooLarge { .. } => (Class::TooLarge, "body_too_large"),
+            ApiError::Body(_) => (Class::BadRequest, "invalid_body"),
+            ApiError::NoRoute { .. } => (Class::NotFound, "no_route"),
+            ApiError::MethodNotAllowed { .. } => (Class::MethodNotAllowed, "method_not_allowed"),
+            ApiError::ShuttingDown => (Class::Unavailable, "shutting_down"),
+            ApiError::Conflict(_) => (Class::Conflict, "conflict"),
+            ApiError::Unauthorized => (Class::Unauthenticated, "unauthorized"),
+            ApiError::NoApiKey => (Class::Unauthenticated, "unauthorized"),
+            ApiError::HeadersTooLarge { .. } => (Class::HeadersTooLarge, "headers_too_large"),
+            ApiError::TooLarge { .. } => (Class::TooLarge, "too_large"),
+            ApiError::UnsupportedMediaType { .. } => (Class::UnsupportedMediaType, "unsupported_media_type"),
+            ApiError::NotFound(_) => (Class::NotFound, "not_found"),
+            ApiError::Internal(_) => (Class::Internal, "internal"),
+        }
+    }
+}
+
+/// What kind of failure an error is: the one place that fixes its HTTP status and gRPC code,
+/// both by exhaustive matches, so the two protocols cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    BadRequest,
+    Unauthenticated,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    TooLarge,
+    HeadersTooLarge,
+    UnsupportedMediaType,
+    Unprocessable,
+    Overloaded,
+    Unavailable,
+    BadGateway,
+    Internal,
+}
+
+impl Class {
+    pub const ALL: [Class; 13] = [
+        Class::BadRequest,
+        Class::Unauthenticated,
+        Class::NotFound,
+        Class::MethodNotAllowed,
+        Class::Conflict,
+        Class::TooLarge,
+        Class::HeadersTooLarge,
+        Class::UnsupportedMediaType,
+        Class::Unprocessable,
+        Class::Overloaded,
+        Class::Unavailable,
+        Class::BadGateway,
+        Class::Internal,
+    ];
+
+    pub fn http(self) -> StatusCode {
+        match self {
+            Class::BadRequest => StatusCode::BAD_REQUEST,
+            Class::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Class::NotFound => StatusCode::NOT_FOUND,
+            Class::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Class::Conflict => StatusCode::CONFLICT,
+            Class::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Class::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Class::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Class::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+            Class::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            Class::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Class::BadGateway => StatusCode::BAD_GATEWAY,
+            Class::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn grpc(self) -> GrpcCode {
+        match self {
+            Class::BadRequest | Class::UnsupportedMediaType | Class::Unprocessable => GrpcCode::InvalidArgument,
+            Class::Unauthenticated => GrpcCode::Unauthenticated,
+            Class::NotFound => GrpcCode::NotFound,
+            Class::MethodNotAllowed => GrpcCode::Unimplemented,
+            Class::Conflict => GrpcCode::FailedPrecondition,
+            Class::TooLarge | Class::HeadersTooLarge => GrpcCode::ResourceExhausted,
+            Class::Overloaded | Class::Unavailable | Class::BadGateway => GrpcCode::Unavailable,
+            Class::Internal => GrpcCode::Internal,
+        }
+    }
+}
+
+/// gRPC status codes (the subset errors use), named as gRPC names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcCode {
+    InvalidArgument,
+    Unauthenticated,
+    NotFound,
+    Unimplemented,
+    FailedPrecondition,
+    ResourceExhausted,
+    Unavailable,
+    Internal,
+}
+
+impl GrpcCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrpcCode::InvalidArgument => "INVALID_ARGUMENT",
+            GrpcCode::Unauthenticated => "UNAUTHENTICATED",
+            GrpcCode::NotFound => "NOT_FOUND",
+            GrpcCode::Unimplemented => "UNIMPLEMENTED",
+            GrpcCode::FailedPrecondition => "FAILED_PRECONDITION",
+            GrpcCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            GrpcCode::Unavailable => "UNAVAILABLE",
+            GrpcCode::Internal => "INTERNAL",
         }
     }
 }

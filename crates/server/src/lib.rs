@@ -4,6 +4,8 @@
 //! - [`pool`]: per-model inference workers, each owning one runtime session, behind a bounded queue.
 //! - [`model`]: a loaded model version and the table of models the server answers for.
 //! - [`admin`]: the admin API (own listener, bearer token): traffic status, changes, rollback, history.
+//! - [`pipeline`]: the one inference pipeline every entry point goes through (route, enrich,
+//!   infer, score, mirror, record).
 //! - [`routes`]: HTTP handlers (Open Inference Protocol V2, the seed's `/v1/predict`, probes, metrics).
 //! - [`error`]: the one table from every failure to its HTTP status and stable error code.
 //! - `grpc` (feature `grpc`): the same API over gRPC, as Triton's `GRPCInferenceService`.
@@ -12,9 +14,12 @@
 //! - [`shadow`]: mirrored requests, run off the client's path and compared with what it got.
 //! - [`rollouts`]: the rollout control loop: observations in, engine decisions applied, state persisted.
 //! - [`traffic`]: the single writer of routing tables, with numbered, persisted revisions.
-//! - [`serve`]: runs the app on a listener until shutdown, then drains under a grace period.
+//! - [`auth`]: the control token and inference API keys, compared in constant time.
+//! - `serve`: the [`Server`]: listeners (HTTP, gRPC, admin; TLS, connection limits), background
+//!   tasks, and the one shutdown sequence.
 
 pub mod admin;
+pub mod auth;
 pub mod error;
 pub mod follow;
 #[cfg(feature = "grpc")]
@@ -23,6 +28,7 @@ pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod observe;
+pub mod pipeline;
 pub mod pool;
 pub mod repository;
 mod request_id;
@@ -31,7 +37,11 @@ mod serve;
 pub mod rollouts;
 pub mod shadow;
 pub mod traffic;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
 mod state;
 
-pub use serve::{Drain, DrainOutcome, serve, serve_admin};
+pub use serve::{ConnectionLimits, Drain, DrainOutcome, Server, Tasks, Tls};
 pub use state::{AppState, Limits};

@@ -369,6 +369,21 @@ impl ModelTable {
         });
     }
 
+    /// Replaces `name`'s slot with `next` only while it still holds `expected` (compare and
+    /// swap); false when another write came first, which then stands.
+    pub fn replace_if(&self, name: &str, expected: &Arc<Served>, next: ModelSlot) -> bool {
+        let mut replaced = false;
+        self.slots.rcu(|current| {
+            let mut table = BTreeMap::clone(current);
+            replaced = matches!(current.get(name), Some(ModelSlot::Ready(s)) if Arc::ptr_eq(s, expected));
+            if replaced {
+                table.insert(name.to_owned(), next.clone());
+            }
+            table
+        });
+        replaced
+    }
+
     /// Removes model `name`; returns its slot.
     pub fn remove(&self, name: &str) -> Option<ModelSlot> {
         let mut removed = None;
@@ -444,10 +459,10 @@ impl ModelTable {
         let names = self.names();
         match names.as_slice() {
             [only] => Ok(only.clone()),
-            _ => Err(ApiError::Decode(modelship_protocol::DecodeError(format!(
+            _ => Err(ApiError::Invalid(format!(
                 "/v1/predict needs a server with exactly one model; this one serves {}: use /v2/models/{{model}}/infer",
                 names.join(", ")
-            )))),
+            ))),
         }
     }
 }

@@ -43,9 +43,9 @@ pub struct Repository {
 pub fn refuse_overrides<'a>(mut parameters: impl Iterator<Item = &'a str>) -> Result<(), ApiError> {
     match parameters.find(|k| *k == "config" || k.starts_with("file:")) {
         None => Ok(()),
-        Some(key) => Err(ApiError::Decode(modelship_protocol::DecodeError(format!(
+        Some(key) => Err(ApiError::Invalid(format!(
             "parameter '{key}' is not supported: models are loaded from the registry (push them with `modelship models push`)"
-        )))),
+        ))),
     }
 }
 
@@ -105,7 +105,7 @@ impl Repository {
             Some(v) => ModelRef::parse(&format!("{name}:{v}")),
             None => ModelRef::parse(name),
         }
-        .map_err(|e| ApiError::Decode(modelship_protocol::DecodeError(e.to_string())))?;
+        ?;
         let record = {
             let (registry, reference) = (Arc::clone(&registry), reference.clone());
             tokio::task::spawn_blocking(move || {
@@ -116,10 +116,9 @@ impl Repository {
                 }
             })
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::NotFound(e.to_string()))?
+            .map_err(|e| ApiError::Internal(e.to_string()))??
         };
-        let bytes = registry.artifact(&record, &NoProgress).await.map_err(|e| ApiError::Conflict(e.to_string()))?;
+        let bytes = registry.artifact(&record, &NoProgress).await?;
         let spec = ModelSpec { name: name.to_owned(), version: record.version.clone(), pool: self.pool.clone() };
         let replaced = state.models.served(name).ok();
         if replaced.is_none() {

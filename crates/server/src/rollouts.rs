@@ -51,10 +51,16 @@ pub struct Recorded {
     pub decision: Decision,
 }
 
+/// The rollout of one model. Locking rule: `active` is held only while deciding and applying
+/// (engine events, traffic revisions, SQLite writes); Prometheus queries and webhook calls run
+/// with no lock held, and `status` reads a snapshot, so it answers at once even while a
+/// webhook hangs.
 pub struct Rollouts {
     traffic: Arc<Traffic>,
     conn: Mutex<Connection>,
     active: tokio::sync::Mutex<Option<Active>>,
+    /// The status as of the last decision, for readers that must never wait.
+    snapshot: Mutex<Value>,
 }
 
 impl Rollouts {
@@ -67,7 +73,8 @@ impl Rollouts {
              CREATE TABLE IF NOT EXISTS rollout_decisions (rollout INTEGER NOT NULL, decision TEXT NOT NULL);",
         )
         .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
-        Ok(Rollouts { traffic, conn: Mutex::new(conn), active: tokio::sync::Mutex::new(None) })
+        let snapshot = Mutex::new(json!({"model": traffic.spec.name, "rollout": null}));
+        Ok(Rollouts { traffic, conn: Mutex::new(conn), active: tokio::sync::Mutex::new(None), snapshot })
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, ApiError> {
@@ -90,8 +97,8 @@ impl Rollouts {
     }
 
     /// Starts a rollout of `spec.to` against the current stable version.
-    pub async fn start(&self, state: &AppState, spec: RolloutSpec, actor: &str) -> Result<Value, ApiError> {
-        let plan = spec.resolve().map_err(|problems| ApiError::Conflict(format!("invalid rollout spec: {}", problems.join("; "))))?;
+    pub async fn start(self: &Arc<Self>, state: &AppState, spec: RolloutSpec, actor: &str) -> Result<Value, ApiError> {
+        let plan = spec.resolve().map_err(|problems| ApiError::InvalidSpec(format!("invalid rollout spec: {}", problems.join("; "))))?;
         let mut active = self.active.lock().await;
         if active.as_ref().is_some_and(|a| !a.rollout.phase.is_done()) {
             return Err(ApiError::Conflict(format!("model '{}' already has a rollout in progress; abort it first", self.model())));
@@ -120,7 +127,7 @@ impl Rollouts {
     }
 
     /// An operator's command: approve, pause, resume or abort.
-    pub async fn command(&self, state: &AppState, command: &str, reason: &str) -> Result<Value, ApiError> {
+    pub async fn command(self: &Arc<Self>, state: &AppState, command: &str, reason: &str) -> Result<Value, ApiError> {
         let mut guard = self.active.lock().await;
         let active = guard.as_mut().filter(|a| !a.rollout.phase.is_done()).ok_or_else(|| {
             ApiError::Conflict(format!("model '{}' has no rollout in progress", self.model()))
@@ -139,11 +146,9 @@ impl Rollouts {
         Ok(status_of(active))
     }
 
-    pub async fn status(&self) -> Value {
-        match self.active.lock().await.as_ref() {
-            Some(a) => status_of(a),
-            None => json!({"model": self.model(), "rollout": null}),
-        }
+    /// The rollout's status as of its last decision; never waits for the control loop.
+    pub fn status(&self) -> Value {
+        self.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn history(&self) -> Result<Vec<Recorded>, ApiError> {
@@ -158,7 +163,7 @@ impl Rollouts {
     }
 
     /// At startup: the unfinished rollout, if any, resumes at its step or takes its failure action.
-    pub async fn recover(&self, state: &AppState) -> Result<(), ApiError> {
+    pub async fn recover(self: &Arc<Self>, state: &AppState) -> Result<(), ApiError> {
         let row: Option<(i64, String, String)> = self.with(|c| {
             c.query_row(
                 "SELECT id, stable, state FROM rollouts WHERE model = ?1 AND done = 0 ORDER BY id DESC LIMIT 1",
@@ -178,14 +183,18 @@ impl Rollouts {
         Ok(())
     }
 
-    /// The control loop: one analysis per interval while a rollout is in progress.
-    pub async fn run(self: Arc<Self>, state: AppState) {
+    /// The control loop: one analysis per interval while a rollout is in progress, until `stop`
+    /// (a step being applied is finished first).
+    pub async fn run(self: Arc<Self>, state: AppState, stop: tokio_util::sync::CancellationToken) {
         loop {
             let interval = {
                 let active = self.active.lock().await;
                 active.as_ref().filter(|a| !a.rollout.phase.is_done()).map(|a| a.rollout.plan.interval.0)
             };
-            tokio::time::sleep(interval.unwrap_or(Duration::from_millis(500))).await;
+            tokio::select! {
+                () = tokio::time::sleep(interval.unwrap_or(Duration::from_millis(500))) => {}
+                () = stop.cancelled() => return,
+            }
             if state.health.is_draining() {
                 return;
             }
@@ -197,25 +206,36 @@ impl Rollouts {
         }
     }
 
-    async fn tick(&self, state: &AppState) -> Result<(), ApiError> {
-        let mut guard = self.active.lock().await;
-        let Some(active) = guard.as_mut().filter(|a| !a.rollout.phase.is_done()) else { return Ok(()) };
+    /// One analysis: the window and the PromQL queries are read under the lock, the queries run
+    /// without it, and the engine's decision is taken and applied under it again, provided the
+    /// same rollout is still at the same step.
+    async fn tick(self: &Arc<Self>, state: &AppState) -> Result<(), ApiError> {
         let model = self.model().to_owned();
-        let agreement = state.shadows.agreement(&model, &active.rollout.plan.to);
-        let mut window = Window {
-            stable: state.observations.drain(&model, &active.stable),
-            candidate: state.observations.drain(&model, &active.rollout.plan.to),
-            compared: agreement.compared.saturating_sub(active.seen.0),
-            agreed: agreement.agreed.saturating_sub(active.seen.1),
-            external: Default::default(),
-        };
-        for check in &active.rollout.plan.checks {
-            let (Some((url, query)), modelship_rollout::check::Check::Prometheus { query: key, .. }) =
-                (check.promql(&model, &active.stable, &active.rollout.plan.to), check)
-            else {
-                continue;
+        let (id, step, mut window, queries) = {
+            let mut guard = self.active.lock().await;
+            let Some(active) = guard.as_mut().filter(|a| !a.rollout.phase.is_done()) else { return Ok(()) };
+            let agreement = state.shadows.agreement(&model, &active.rollout.plan.to);
+            let window = Window {
+                stable: state.observations.drain(&model, &active.stable),
+                candidate: state.observations.drain(&model, &active.rollout.plan.to),
+                compared: agreement.compared.saturating_sub(active.seen.0),
+                agreed: agreement.agreed.saturating_sub(active.seen.1),
+                external: Default::default(),
             };
-            let key = key.clone();
+            active.seen = (agreement.compared, agreement.agreed);
+            let queries: Vec<(String, String, String)> = active
+                .rollout
+                .plan
+                .checks
+                .iter()
+                .filter_map(|check| match (check.promql(&model, &active.stable, &active.rollout.plan.to), check) {
+                    (Some((url, query)), modelship_rollout::check::Check::Prometheus { query: key, .. }) => Some((key.clone(), url, query)),
+                    _ => None,
+                })
+                .collect();
+            (active.id, active.rollout.step, window, queries)
+        };
+        for (key, url, query) in queries {
             match tokio::task::spawn_blocking(move || prometheus_value(&url, &query)).await {
                 Ok(Ok(Some(v))) => {
                     window.external.insert(key, v);
@@ -225,13 +245,37 @@ impl Rollouts {
                 Err(_) => {}
             }
         }
-        active.seen = (agreement.compared, agreement.agreed);
+        let mut guard = self.active.lock().await;
+        let Some(active) = guard.as_mut().filter(|a| a.id == id && a.rollout.step == step && !a.rollout.phase.is_done()) else {
+            return Ok(());
+        };
         let decisions = active.rollout.handle(Event::Tick { now: now_ms(), window });
         self.apply(state, active, decisions).await
     }
 
-    async fn apply(&self, state: &AppState, active: &mut Active, decisions: Vec<Decision>) -> Result<(), ApiError> {
+    /// Calls a webhook gate with no lock held; its answer is handed to the engine if the rollout
+    /// is still waiting on that same gate.
+    fn call_gate(self: &Arc<Self>, state: &AppState, id: i64, step: usize, to: &str, url: String) {
+        let (this, app) = (Arc::clone(self), state.clone());
+        let body = json!({"model": self.model(), "to": to, "rollout": id});
+        state.tasks.spawn("rollout-webhook", move |_| async move {
+            let (go, detail) = tokio::task::spawn_blocking(move || call_webhook(&url, &body)).await.unwrap_or((false, "webhook task failed".into()));
+            let mut guard = this.active.lock().await;
+            let Some(active) = guard.as_mut().filter(|a| {
+                a.id == id && a.rollout.step == step && a.rollout.phase == modelship_rollout::engine::Phase::AwaitingWebhook
+            }) else {
+                return;
+            };
+            let more = active.rollout.handle(Event::WebhookAnswered { now: now_ms(), go, detail });
+            if let Err(e) = this.apply(&app, active, more).await {
+                tracing::error!(model = %this.model(), error = %e, "cannot apply the webhook's answer");
+            }
+        });
+    }
+
+    async fn apply(self: &Arc<Self>, state: &AppState, active: &mut Active, decisions: Vec<Decision>) -> Result<(), ApiError> {
         let to = active.rollout.plan.to.clone();
+        let mut webhooks = Vec::new();
         for d in decisions {
             let reason = format!("rollout {}: {}", active.id, d.reason);
             tracing::info!(model = %self.model(), action = ?d.action, reason = %reason, "rollout decision");
@@ -250,13 +294,8 @@ impl Rollouts {
                 }
                 Action::Pause => {}
                 Action::CallWebhook { url } => {
-                    // The answer comes back as an event; the rollout waits meanwhile.
-                    let (url, body) = (url.clone(), json!({"model": self.model(), "to": to, "rollout": active.id}));
-                    let answer = tokio::task::spawn_blocking(move || call_webhook(&url, &body)).await.unwrap_or((false, "webhook task failed".into()));
-                    let more = active.rollout.handle(Event::WebhookAnswered { now: now_ms(), go: answer.0, detail: answer.1 });
-                    self.record(active.id, &d)?;
-                    Box::pin(self.apply(state, active, more)).await?;
-                    continue;
+                    // The answer comes back as an event, later; the rollout waits meanwhile.
+                    webhooks.push(url.clone());
                 }
             }
             self.record(active.id, &d)?;
@@ -265,7 +304,12 @@ impl Rollouts {
             state.observations.set_recording(false);
         }
         publish(state, self.model(), &active.rollout);
-        self.save(active)
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = status_of(active);
+        self.save(active)?;
+        for url in webhooks {
+            self.call_gate(state, active.id, active.rollout.step, &to, url);
+        }
+        Ok(())
     }
 
     fn record(&self, rollout: i64, d: &Decision) -> Result<(), ApiError> {

@@ -1,14 +1,29 @@
-//! Running the HTTP app on a listener, and draining it on shutdown.
+//! The server's lifecycle: one [`Server`] binds the listeners (HTTP, gRPC, admin), runs every
+//! background task under one tracker and one cancellation token, and owns shutdown.
+//!
+//! Shutdown, whatever asked for it: readiness turns 503 at once; after [`Drain::delay`] every
+//! listener stops accepting; HTTP, gRPC and admin connections drain together within
+//! [`Drain::grace`]; then every background task is cancelled and awaited.
+//!
+//! Connections are served by hyper-util's auto (HTTP/1.1 + HTTP/2) builder, so gRPC (which is
+//! HTTP/2) goes through the same accept loop, TLS and limits as REST.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::routes;
-use crate::state::AppState;
+use crate::health::Health;
 
 /// How the server stops once asked to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,7 +31,7 @@ pub struct Drain {
     /// Time to keep accepting after readiness turned 503, so load balancers stop sending first
     /// (Kubernetes endpoints take a few seconds to update). 0 stops accepting at once.
     pub delay: Duration,
-    /// Time in-flight requests get to finish once the listener is closed.
+    /// Time in-flight requests get to finish once the listeners are closed.
     pub grace: Duration,
 }
 
@@ -29,44 +44,237 @@ pub enum DrainOutcome {
     GraceExpired,
 }
 
-/// Serves the admin API until `shutdown` resolves; no drain delay (control requests are short).
-pub async fn serve_admin(
-    listener: TcpListener,
-    admin: crate::admin::AdminState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, crate::admin::app(admin)).with_graceful_shutdown(shutdown).await
+/// Limits applied to every connection, before any handler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A client must send its first bytes (or finish the TLS handshake) and, over HTTP/1, the
+    /// whole request head within this time; otherwise the connection is closed. This is what
+    /// stops a slowloris client from holding connections forever.
+    pub header_read_timeout: Duration,
+    /// Hyper's own cap on a request head (HTTP/1 read buffer, HTTP/2 header list); the
+    /// handler-level limit (`Limits::max_header_bytes`) answers in JSON below it.
+    pub max_head_bytes: usize,
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves, then: readiness turns 503 at once,
-/// after `drain.delay` the listener closes, and in-flight requests get `drain.grace` to finish.
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits { header_read_timeout: Duration::from_secs(10), max_head_bytes: 1 << 20 }
+    }
+}
+
+/// TLS for a listener: certificate chain and private key, both PEM files.
+#[derive(Clone)]
+pub struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls")
+    }
+}
+
+impl Tls {
+    /// Reads the certificate chain and key (PEM). HTTP/2 and HTTP/1.1 are offered by ALPN, so
+    /// gRPC clients get HTTP/2 over the same configuration.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect())
+            .map_err(|e| format!("cannot read the TLS certificate {}: {e}", cert.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{} holds no PEM certificate", cert.display()));
+        }
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("cannot read the TLS private key {}: {e}", key.display()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("the TLS certificate and key do not make a usable pair: {e}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Tls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)) })
+    }
+}
+
+/// Background work of the server: spawned under one tracker, cancelled by one token.
+#[derive(Clone, Default)]
+pub struct Tasks {
+    tracker: TaskTracker,
+    token: CancellationToken,
+}
+
+impl Tasks {
+    /// Runs `task` until it ends or shutdown cancels it (the token is handed to loops that want
+    /// to finish a step first).
+    pub fn spawn<F>(&self, name: &'static str, task: impl FnOnce(CancellationToken) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let token = self.token.clone();
+        let future = task(token.clone());
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = future => {}
+                () = token.cancelled() => tracing::debug!(task = name, "background task stopped"),
+            }
+        });
+    }
+
+    /// Runs `task`, which watches the token itself and returns once it is cancelled: for loops
+    /// that must not be stopped in the middle of a step (a rollout applying a decision).
+    pub fn spawn_cooperative<F>(&self, name: &'static str, task: impl FnOnce(CancellationToken) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let future = task(self.token.clone());
+        self.tracker.spawn(async move {
+            future.await;
+            tracing::debug!(task = name, "background task stopped");
+        });
+    }
+
+    /// Whether shutdown has cancelled background work.
+    pub fn is_stopping(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Cancels every task and waits for them all (at most `wait`); returns whether they all ended.
+    async fn stop(&self, wait: Duration) -> bool {
+        self.token.cancel();
+        self.tracker.close();
+        tokio::time::timeout(wait, self.tracker.wait()).await.is_ok()
+    }
+}
+
+/// The whole server: listeners and background tasks, and the one shutdown sequence.
+pub struct Server {
+    health: Arc<Health>,
+    tasks: Tasks,
     drain: Drain,
-) -> std::io::Result<DrainOutcome> {
-    let health = Arc::clone(&state.health);
-    let closing = Arc::new(Notify::new());
-    let closed = Arc::clone(&closing);
-    let server = axum::serve(listener, routes::app(state)).with_graceful_shutdown(async move {
+    limits: ConnectionLimits,
+    /// Cancelled when the listeners stop accepting (after the drain delay).
+    closing: CancellationToken,
+    listeners: Vec<(&'static str, JoinHandle<DrainOutcome>)>,
+}
+
+impl Server {
+    pub fn new(health: Arc<Health>, tasks: Tasks, drain: Drain, limits: ConnectionLimits) -> Self {
+        Server { health, tasks, drain, limits, closing: CancellationToken::new(), listeners: Vec::new() }
+    }
+
+    /// Starts serving `app` on `listener` now; `name` (`http`, `grpc`, `admin`) is for logs.
+    pub fn serve(&mut self, name: &'static str, listener: TcpListener, app: Router, tls: Option<Tls>) {
+        let (closing, limits, grace) = (self.closing.clone(), self.limits, self.drain.grace);
+        let handle = tokio::spawn(serve_connections(name, listener, app, tls, limits, closing, grace));
+        self.listeners.push((name, handle));
+    }
+
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
+    /// Serves until `shutdown` resolves, then drains: readiness 503, `delay`, every listener
+    /// closed and drained together within `grace`, every background task stopped.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> DrainOutcome {
         shutdown.await;
-        health.begin_drain();
-        tracing::info!(delay_s = drain.delay.as_secs_f64(), "shutdown requested; readiness is now 503");
-        tokio::time::sleep(drain.delay).await;
-        tracing::info!(grace_s = drain.grace.as_secs_f64(), "listener closed; draining in-flight requests");
-        closing.notify_one();
-    });
-    let server = server.into_future();
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => result.map(|()| DrainOutcome::Complete),
-        () = async { closed.notified().await; tokio::time::sleep(drain.grace).await } => {
-            // The server may have finished in the same instant; prefer its answer.
-            match tokio::time::timeout(Duration::from_millis(1), &mut server).await {
-                Ok(result) => result.map(|()| DrainOutcome::Complete),
-                Err(_) => Ok(DrainOutcome::GraceExpired),
+        self.shut_down().await
+    }
+
+    async fn shut_down(self) -> DrainOutcome {
+        self.health.begin_drain();
+        tracing::info!(delay_s = self.drain.delay.as_secs_f64(), "shutdown requested; readiness is now 503");
+        tokio::time::sleep(self.drain.delay).await;
+        tracing::info!(grace_s = self.drain.grace.as_secs_f64(), "listeners closed; draining in-flight requests");
+        self.closing.cancel();
+        let mut outcome = DrainOutcome::Complete;
+        for (name, handle) in self.listeners {
+            match handle.await {
+                Ok(DrainOutcome::Complete) => {}
+                Ok(DrainOutcome::GraceExpired) => outcome = DrainOutcome::GraceExpired,
+                Err(e) => {
+                    tracing::error!(listener = name, error = %e, "a listener task failed");
+                    outcome = DrainOutcome::GraceExpired;
+                }
             }
         }
+        if !self.tasks.stop(Duration::from_secs(5)).await {
+            tracing::warn!("some background tasks did not stop within 5 s");
+        }
+        outcome
+    }
+}
+
+/// Accepts connections on `listener` until `closing`, then waits (at most `grace`) for the open
+/// ones to finish their requests. Idle keep-alive connections are closed at once; HTTP/2
+/// clients get a GOAWAY.
+async fn serve_connections(
+    name: &'static str,
+    listener: TcpListener,
+    app: Router,
+    tls: Option<Tls>,
+    limits: ConnectionLimits,
+    closing: CancellationToken,
+    grace: Duration,
+) -> DrainOutcome {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_head_bytes.max(8192));
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = closing.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(listener = name, error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // No Nagle: small answers must not wait for the client's delayed ACK (a 40 ms stall).
+        let _ = stream.set_nodelay(true);
+        let (builder, service, tls) = (builder.clone(), TowerToHyperService::new(app.clone()), tls.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let timeout = limits.header_read_timeout;
+            match tls {
+                None => {
+                    // The first byte must come within the header timeout too (HTTP/2 has none).
+                    let mut first = [0u8; 1];
+                    if !matches!(tokio::time::timeout(timeout, stream.peek(&mut first)).await, Ok(Ok(n)) if n > 0) {
+                        return;
+                    }
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(connection).await {
+                        tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+                    }
+                }
+                Some(tls) => {
+                    let stream = match tokio::time::timeout(timeout, tls.acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => return tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(listener = name, %peer, "TLS handshake timed out"),
+                    };
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(connection).await {
+                        tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    match tokio::time::timeout(grace, graceful.shutdown()).await {
+        Ok(()) => DrainOutcome::Complete,
+        Err(_) => DrainOutcome::GraceExpired,
     }
 }

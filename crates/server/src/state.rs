@@ -1,24 +1,38 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use crate::auth::Credentials;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::ModelTable;
-use crate::request_id::RequestIds;
 use crate::observe::Observations;
+use crate::request_id::RequestIds;
+use crate::serve::Tasks;
 use crate::shadow::Shadows;
 
 /// Bounds applied to every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    /// The request line and headers together (413-like 431 in JSON past it).
+    pub max_header_bytes: usize,
+    /// Elements over all input tensors of one request.
+    pub max_tensor_elements: usize,
+    /// Rows (first dimension) of any input tensor of one request.
+    pub max_rows: usize,
     /// Mirrored requests that may run at once; past this, copies are dropped (and counted).
     pub max_shadow_in_flight: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: 16 * 1024 * 1024, max_shadow_in_flight: 64 }
+        Limits {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            max_tensor_elements: 16 * 1024 * 1024,
+            max_rows: 65_536,
+            max_shadow_in_flight: 64,
+        }
     }
 }
 
@@ -31,6 +45,10 @@ pub struct AppState {
     pub limits: Limits,
     pub shadows: Arc<Shadows>,
     pub observations: Arc<Observations>,
+    /// The control token and the inference API keys.
+    pub credentials: Arc<Credentials>,
+    /// Background work (shadow copies, keep-warm expiry, loops), stopped by the server's shutdown.
+    pub tasks: Tasks,
     pub(crate) ids: Arc<RequestIds>,
     /// Per-request numbers for weighted routing and shadow sampling.
     pub(crate) nonces: Arc<AtomicU64>,
@@ -41,6 +59,10 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(limits: Limits) -> Self {
+        AppState::with_credentials(limits, Credentials::default())
+    }
+
+    pub fn with_credentials(limits: Limits, credentials: Credentials) -> Self {
         AppState {
             models: Arc::default(),
             health: Arc::default(),
@@ -48,6 +70,8 @@ impl AppState {
             limits,
             shadows: Arc::new(Shadows::new(limits.max_shadow_in_flight)),
             observations: Arc::default(),
+            credentials: Arc::new(credentials),
+            tasks: Tasks::default(),
             ids: Arc::default(),
             nonces: Arc::default(),
             features: Arc::default(),

@@ -127,8 +127,23 @@ pub struct Traffic {
     pub store: RevisionStore,
     /// How long the version replaced by a switch or promotion stays loaded for rollback.
     pub keep_warm: Duration,
-    /// One change at a time, per server.
-    lock: tokio::sync::Mutex<()>,
+    /// One change at a time, per server: every write of this model's table (changes, rollbacks,
+    /// alias moves, keep-warm expiry) holds it.
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// `served` without the versions its table no longer routes to (the warm previous version), at
+/// the same revision: the routing is unchanged, only what is kept loaded. `None` when there is
+/// nothing to unload.
+fn without_unrouted(served: &Served) -> Option<Served> {
+    let routed = served.table.versions();
+    if served.versions.keys().all(|v| routed.contains(v.as_str())) {
+        return None;
+    }
+    let versions = served.versions.iter().filter(|(v, _)| routed.contains(v.as_str())).map(|(v, m)| (v.clone(), Arc::clone(m))).collect();
+    let mut table = served.table.clone();
+    table.previous = None;
+    Some(Served { table, revision: served.revision, versions })
 }
 
 fn now_ms() -> i64 {
@@ -144,7 +159,7 @@ impl Traffic {
         store: RevisionStore,
         keep_warm: Duration,
     ) -> Self {
-        Traffic { registry, registry_model, backend, spec, store, keep_warm, lock: tokio::sync::Mutex::new(()) }
+        Traffic { registry, registry_model, backend, spec, store, keep_warm, lock: Arc::default() }
     }
 
     /// Applies `change` to the model's table; returns the new revision.
@@ -280,24 +295,23 @@ impl Traffic {
     }
 
     /// After `keep_warm`, unloads the warm previous version if nothing routes to it any more.
+    /// The expiry is a write like any other: it takes the writer's lock and replaces only the
+    /// table it read (compare and swap), so it can never undo a newer revision.
     fn schedule_cool_down(&self, state: &AppState) {
-        let (state, name, wait) = (state.clone(), self.spec.name.clone(), self.keep_warm);
-        tokio::spawn(async move {
+        let (app, name, wait, lock) = (state.clone(), self.spec.name.clone(), self.keep_warm, Arc::clone(&self.lock));
+        state.tasks.spawn("keep-warm", move |_| async move {
             tokio::time::sleep(wait).await;
-            let Ok(served) = state.models.served(&name) else { return };
-            let routed = served.table.versions();
-            if served.versions.keys().all(|v| routed.contains(v.as_str())) {
-                return;
+            let _one_at_a_time = lock.lock().await;
+            let Ok(served) = app.models.served(&name) else { return };
+            let Some(next) = without_unrouted(&served) else { return };
+            let gone: Vec<Arc<LoadedModel>> =
+                served.versions.values().filter(|m| !next.versions.contains_key(&m.version)).cloned().collect();
+            if app.models.replace_if(&name, &served, ModelSlot::Ready(Arc::new(next))) {
+                for m in gone {
+                    app.metrics.forget_version(&m);
+                    tracing::info!(model = %name, version = %m.version, "unloaded a version nothing routes to any more");
+                }
             }
-            let versions = served.versions.iter().filter(|(v, _)| routed.contains(v.as_str())).map(|(v, m)| (v.clone(), Arc::clone(m))).collect();
-            let mut table = served.table.clone();
-            table.previous = None;
-            for gone in served.versions.values().filter(|m| !routed.contains(m.version.as_str())) {
-                state.metrics.forget_version(gone);
-                tracing::info!(model = %name, version = %gone.version, "unloaded a version nothing routes to any more");
-            }
-            // Same revision: the routing did not change, only what is kept warm.
-            state.models.set(&name, ModelSlot::Ready(Arc::new(Served { table, revision: served.revision, versions })));
         });
     }
 
@@ -330,10 +344,9 @@ impl Traffic {
             let registry = Arc::clone(registry);
             tokio::task::spawn_blocking(move || registry.resolve(&reference))
                 .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-                .map_err(|e| ApiError::Conflict(e.to_string()))?
+                .map_err(|e| ApiError::Internal(e.to_string()))??
         };
-        let bytes = registry.artifact(&record, &NoProgress).await.map_err(|e| ApiError::Conflict(e.to_string()))?;
+        let bytes = registry.artifact(&record, &NoProgress).await?;
         let mut spec = self.spec.clone();
         spec.version = version.to_owned();
         LoadedModel::load_warm(Arc::clone(&self.backend), bytes.to_vec().into(), spec, Arc::clone(&state.metrics), &format!("version {version}"))

@@ -132,3 +132,64 @@ fn probes_and_metadata_answer_while_every_worker_is_busy() {
     let (result, _) = busy.recv_timeout(Duration::from_secs(30)).unwrap();
     assert_eq!(result.unwrap().status, 200);
 }
+
+/// gRPC drains with HTTP: a slow `ModelInfer` in flight at SIGTERM completes (tritonclient gets
+/// its answer, not CANCELLED) and the server exits 0.
+#[cfg(feature = "grpc")]
+#[test]
+fn sigterm_drains_a_slow_grpc_request() {
+    let mut server = Server::start(&[&model("slow"), "--workers", "1"]);
+    let script = format!(
+        "import numpy as np, tritonclient.grpc as g\n\
+         c = g.InferenceServerClient('{}')\n\
+         i = g.InferInput('iterations', [], 'INT64')\n\
+         i.set_data_from_numpy(np.array({}, dtype=np.int64))\n\
+         r = c.infer('slow', [i])\n\
+         print('answered', r.get_response().model_name)",
+        server.ready["grpc"].as_str().unwrap(),
+        3 * ONE_SECOND
+    );
+    let client = std::process::Command::new(crate::support::tool(".cache/triton-venv/bin/python"))
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.metric("modelship_requests_in_flight", &[r#"endpoint="grpc_infer""#]) != Some(1.0) {
+        assert!(Instant::now() < deadline, "never saw the gRPC request in flight");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let signalled = Instant::now();
+    server.signal("TERM");
+    let status = server.wait(Duration::from_secs(30));
+    let out = client.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("answered slow"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(status.code(), Some(0), "{}", server.stderr());
+    assert!(signalled.elapsed() > Duration::from_millis(500), "the server waited for the request");
+    assert!(server.stderr().contains("drained; exiting"));
+}
+
+/// A client that opens a connection and sends nothing (or dribbles its headers) is cut off after
+/// the header timeout; the server keeps answering others.
+#[test]
+fn slow_clients_are_cut_off() {
+    use std::io::{Read, Write};
+    let server = Server::start(&[&model("fraud"), "--header-read-timeout", "0.5"]);
+    let mut silent = TcpStream::connect(&server.addr).unwrap();
+    let mut dribbling = TcpStream::connect(&server.addr).unwrap();
+    dribbling.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n").unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    let _ = dribbling.write_all(b"X-Late: 1\r\n");
+    for stream in [&mut silent, &mut dribbling] {
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 512];
+        // Closed by the server: EOF (or a reset), possibly after a 408.
+        match stream.read(&mut buf) {
+            Ok(n) => assert!(n == 0 || String::from_utf8_lossy(&buf[..n]).contains("408"), "{}", String::from_utf8_lossy(&buf[..n])),
+            Err(e) => assert!(e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut, "still open: {e}"),
+        }
+    }
+    assert_eq!(server.get("/health/live").status, 200);
+}

@@ -12,6 +12,7 @@ mod registry;
 mod registry_mlflow;
 #[cfg(feature = "s3")]
 mod registry_s3;
+mod security;
 mod startup;
 mod traffic;
 #[cfg(feature = "grpc")]

@@ -1,6 +1,10 @@
 //! Delayed ground truth: `POST /v1/feedback` joins labels to the predictions the server made
 //! (by the `x-request-id` each response carried), so rollouts can judge quality per version.
 //! Only predictions this server made during a rollout can be labelled.
+//!
+//! Labels decide promotions and rollbacks, so this endpoint needs the control (admin) token even
+//! though it is served on the inference port: reaching the data port is not enough to steer a
+//! rollout.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -40,31 +44,42 @@ enum Body {
     One(Label),
 }
 
-async fn feedback(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let parsed: Body = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::Decode(modelship_protocol::DecodeError(format!(
+async fn feedback(State(state): State<AppState>, headers: http::HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let authorization = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !state.credentials.is_control(authorization) {
+        return Err(ApiError::Unauthorized);
+    }
+    join_labels(&state, &body)
+}
+
+/// Joins a batch of labels: every label is checked before any is joined, so a bad one refuses
+/// the whole batch rather than leaving half of it applied.
+pub(crate) fn join_labels(state: &AppState, body: &[u8]) -> Result<Response, ApiError> {
+    let parsed: Body = serde_json::from_slice(body).map_err(|e| {
+        ApiError::Invalid(format!(
             "feedback must be {{\"request_id\": \"...\", \"label\": 0|1|true|false}} or {{\"labels\": [...]}}: {e}"
-        )))
+        ))
     })?;
     let labels = match parsed {
         Body::Many { labels } => labels,
         Body::One(label) => vec![label],
     };
+    let checked = labels
+        .into_iter()
+        .map(|l| match l.label {
+            LabelValue::Bool(b) => Ok((l.request_id, b)),
+            LabelValue::Number(0) => Ok((l.request_id, false)),
+            LabelValue::Number(1) => Ok((l.request_id, true)),
+            LabelValue::Number(n) => Err(ApiError::Invalid(format!("label {n} for {} is not 0 or 1", l.request_id))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut joined = 0usize;
     let mut unknown = Vec::new();
-    for l in labels {
-        let label = match l.label {
-            LabelValue::Bool(b) => b,
-            LabelValue::Number(0) => false,
-            LabelValue::Number(1) => true,
-            LabelValue::Number(n) => {
-                return Err(ApiError::Decode(modelship_protocol::DecodeError(format!("label {n} for {} is not 0 or 1", l.request_id))));
-            }
-        };
-        if state.observations.label(&l.request_id, label) {
+    for (request_id, label) in checked {
+        if state.observations.label(&request_id, label) {
             joined += 1;
         } else if unknown.len() < 100 {
-            unknown.push(l.request_id);
+            unknown.push(request_id);
         }
     }
     Ok(json(StatusCode::OK, &json!({"joined": joined, "unknown": unknown})))

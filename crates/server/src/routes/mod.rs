@@ -1,38 +1,105 @@
 //! HTTP routes. Each module exposes `routes()`; [`app`] composes them with the fallbacks.
 
-mod feedback;
+pub(crate) mod feedback;
 pub(crate) mod ops;
 mod v1;
 pub(crate) mod v2;
 
-use std::time::Instant;
-
 use axum::Router;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderValue, StatusCode};
-use prometheus::IntGauge;
+use http::{HeaderValue, StatusCode};
 
 use crate::error::ApiError;
-use crate::model::{LoadedModel, Routed};
-use modelship_router::{Role, RouteInput, StickyKey};
-use std::sync::atomic::Ordering;
+use crate::model::LoadedModel;
+use crate::pipeline::{self, Answer, Outcome};
 use crate::request_id;
 use crate::state::AppState;
 
 /// The whole HTTP API, ready to serve or to call in tests with `tower::ServiceExt::oneshot`.
+///
+/// Inference routes (V2 models and `/v1/predict`) need an API key when keys are configured;
+/// probes, `/metrics` and `/openapi.json` never do (orchestrators and scrapers call them).
+/// Every rejection, from a handler or from the framework, is `{"error": ...}`.
 pub fn app(state: AppState) -> Router {
     let limit = state.limits.max_body_bytes;
-    Router::new()
+    let inference = Router::new()
         .merge(v2::routes())
         .merge(v1::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key))
+        .route_layer(middleware::from_fn(require_json_body));
+    Router::new()
+        .merge(inference)
         .merge(ops::routes())
         .merge(feedback::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.limits.max_header_bytes, limit_headers))
+        .layer(middleware::map_response(json_errors))
         .with_state(state)
+}
+
+async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.credentials.allows_inference(request.headers()) { next.run(request).await } else { ApiError::NoApiKey.into_response() }
+}
+
+/// Request bodies are JSON (or, with the binary tensor extension, JSON followed by raw bytes).
+/// A body declared as something else is refused before it is read. `curl -d` sends
+/// `application/x-www-form-urlencoded` unless told otherwise, so that is let through: the body
+/// is still decoded as JSON and refused with a clear message when it is not.
+async fn require_json_body(request: Request, next: Next) -> Response {
+    if request.method() == http::Method::POST
+        && let Some(value) = request.headers().get(http::header::CONTENT_TYPE)
+    {
+        let text = value.to_str().unwrap_or("");
+        let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let accepted = essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json"))
+            || essence == "application/octet-stream"
+            || essence == "application/x-www-form-urlencoded";
+        if !accepted {
+            return ApiError::UnsupportedMediaType {
+                got: text.chars().filter(|c| !c.is_control()).take(100).collect(),
+                expected: "application/json (or application/octet-stream with the inference-header-content-length header)",
+            }
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Refuses a request whose line and headers together exceed `limit` bytes, in JSON (hyper's own,
+/// larger cap answers without a body).
+async fn limit_headers(State(limit): State<usize>, request: Request, next: Next) -> Response {
+    let size = request.uri().to_string().len() + request.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
+    if size > limit { ApiError::HeadersTooLarge { limit }.into_response() } else { next.run(request).await }
+}
+
+/// Makes every error response `{"error": ...}`: the framework's own rejections (a path that is
+/// not UTF-8, a failed extractor) come as plain text, and clients must not need two parsers.
+pub(crate) async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.ok().map(|b| String::from_utf8_lossy(&b).trim().to_owned()).filter(|t| !t.is_empty());
+    let message = text.unwrap_or_else(|| status.canonical_reason().unwrap_or("request refused").to_owned());
+    let mut fixed = crate::error::json(status, &modelship_protocol::ErrorBody { error: message });
+    for (name, value) in &parts.headers {
+        if name != http::header::CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
+            fixed.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    fixed
 }
 
 async fn no_route(request: Request) -> Response {
@@ -53,180 +120,26 @@ fn body_error(state: &AppState, rejection: BytesRejection) -> ApiError {
     }
 }
 
-/// The score a rollout watches for drift: the first value of the model's prediction output
-/// (for a binary classifier, the probability of class 1 of the first row).
-pub(crate) fn score_of(model: &LoadedModel, outputs: &[modelship_inference::Tensor]) -> Option<f64> {
-    let index = modelship_protocol::v1::prediction_output(&model.info.signature)?;
-    let name = &model.info.signature.outputs[index].name;
-    let tensor = outputs.iter().find(|t| t.name() == name)?;
-    match modelship_protocol::v1::prediction_value(tensor) {
-        serde_json::Value::Array(rows) => match rows.first()? {
-            serde_json::Value::Array(row) => row.last()?.as_f64(),
-            v => v.as_f64(),
-        },
-        _ => None,
-    }
-}
-
-/// Where a request goes: the version named in the URL, else the routing table (pin header,
-/// canary header, sticky key from a header or a body field, weights) and perhaps a shadow.
-fn route(state: &AppState, name: &str, pinned: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Routed, ApiError> {
-    route_by(state, name, pinned, headers, &|field| sticky_field(body, field))
-}
-
-/// [`route`] with the sticky body field read by `field` (V2 `parameters` over gRPC).
-pub(crate) fn route_by(
-    state: &AppState,
-    name: &str,
-    pinned: Option<&str>,
-    headers: &HeaderMap,
-    field: &dyn Fn(&str) -> Option<Vec<u8>>,
-) -> Result<Routed, ApiError> {
-    let served = state.models.served(name)?;
-    if let Some(version) = pinned {
-        return Ok(Routed { model: served.version(name, version)?, role: Role::Pinned, shadow: None });
-    }
-    let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
-    let canary = header(CANARY_HEADER).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-    let sticky: Option<Vec<u8>> = match &served.table.sticky {
-        Some(StickyKey::Header(h)) => headers.get(h.as_str()).map(|v| v.as_bytes().to_vec()),
-        Some(StickyKey::Field(f)) => field(f),
-        None => None,
+/// The HTTP response for a pipeline answer: `ok` encodes a success; every answer carries the
+/// request id, and once routed the version and the routing revision.
+pub(crate) fn respond(answer: Answer, ok: impl FnOnce(&LoadedModel, Outcome) -> Response) -> Response {
+    let Answer { request_id, model, revision, result } = answer;
+    let mut response = match (result, &model) {
+        (Ok(outcome), Some(m)) => ok(m, outcome),
+        (Ok(_), None) => ApiError::Internal("an answer without a model".to_owned()).into_response(),
+        (Err(e), _) => e.into_response(),
     };
-    let input = RouteInput {
-        canary,
-        pin: header(PIN_HEADER),
-        sticky: sticky.as_deref(),
-        nonce: state.nonces.fetch_add(1, Ordering::Relaxed),
-    };
-    served.route(name, &input)
-}
-
-/// Adds to `request` the model input the feature store builds from `entities`; returns the
-/// entities that got defaults (as a response value), when any did.
-pub(crate) async fn enrich(
-    state: &AppState,
-    request: &mut modelship_inference::InferRequest,
-    entities: &[serde_json::Map<String, serde_json::Value>],
-) -> Result<Option<serde_json::Value>, ApiError> {
-    let service = state.features.get().ok_or(ApiError::NoFeatureStore)?;
-    let enriched = service.enrich(entities).await?;
-    if request.inputs.iter().any(|t| t.name() == enriched.tensor.name()) {
-        return Err(ApiError::Decode(modelship_protocol::DecodeError(format!(
-            "input '{}' is both given and built from the request's entities; send one or the other",
-            enriched.tensor.name()
-        ))));
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        headers.insert(request_id::HEADER, v);
     }
-    request.inputs.push(enriched.tensor);
-    Ok((!enriched.defaulted.is_empty()).then(|| serde_json::json!(enriched.defaulted)))
-}
-
-/// Sends the request to the candidate (`true`), when there is one.
-pub const CANARY_HEADER: &str = "x-canary";
-/// Pins a request to a loaded version.
-pub const PIN_HEADER: &str = "x-model-version";
-
-/// The sticky key from the body: `parameters.<field>` (V2), else top-level `<field>`.
-fn sticky_field(body: &[u8], field: &str) -> Option<Vec<u8>> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let found = value.get("parameters").and_then(|p| p.get(field)).or_else(|| value.get(field))?;
-    Some(match found {
-        serde_json::Value::String(s) => s.as_bytes().to_vec(),
-        other => other.to_string().into_bytes(),
-    })
-}
-
-/// One inference call from arrival to response: request id, in-flight gauge, metrics and the log
-/// line, the same for every inference endpoint.
-pub(crate) struct Call<'a> {
-    state: &'a AppState,
-    endpoint: &'static str,
-    pub(crate) request_id: String,
-    started: Instant,
-    _in_flight: InFlight,
-    /// The model's score for this request (first row), for rollout analysis.
-    pub(crate) score: Option<f64>,
-}
-
-struct InFlight(IntGauge);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
+    if let Some(m) = &model
+        && let Ok(v) = HeaderValue::from_str(&m.version)
+    {
+        headers.insert(pipeline::PIN_HEADER, v);
     }
-}
-
-impl<'a> Call<'a> {
-    pub(crate) fn start(state: &'a AppState, endpoint: &'static str, headers: &HeaderMap) -> Self {
-        let gauge = state.metrics.in_flight.with_label_values(&[endpoint]);
-        gauge.inc();
-        Call {
-            state,
-            endpoint,
-            request_id: state.ids.for_request(headers),
-            started: Instant::now(),
-            _in_flight: InFlight(gauge),
-            score: None,
-        }
+    if let Some(r) = revision {
+        headers.insert(pipeline::REVISION_HEADER, HeaderValue::from(r));
     }
-
-    fn finish(self, model: Option<&LoadedModel>, role: Option<Role>, result: Result<Response, ApiError>) -> Response {
-        let (mut response, error) = match result {
-            Ok(response) => (response, None),
-            Err(e) => {
-                let (_, code) = e.status_and_code();
-                let message = e.to_string();
-                (e.into_response(), Some((code, message)))
-            }
-        };
-        self.record(model, role, response.status(), error);
-        let headers = response.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
-            headers.insert(request_id::HEADER, v);
-        }
-        if let Some(m) = model
-            && let Ok(v) = HeaderValue::from_str(&m.version)
-        {
-            headers.insert("x-model-version", v);
-        }
-        response
-    }
-}
-
-impl Call<'_> {
-    /// Counts, times and logs the call: `status` is the HTTP status it answered with (or, over
-    /// gRPC, the HTTP status of its error), `error` its stable code and message.
-    pub(crate) fn record(&self, model: Option<&LoadedModel>, role: Option<Role>, status: StatusCode, error: Option<(&'static str, String)>) {
-        let elapsed = self.started.elapsed();
-        // Unknown model names from clients never become label values.
-        let (name, version) = model.map_or(("unknown", ""), |m| (m.name.as_str(), m.version.as_str()));
-        let routed_as = role;
-        let role = role.map_or("", Role::as_str);
-        let metrics = &self.state.metrics;
-        if let Some((code, _)) = &error {
-            metrics.errors.with_label_values(&[name, version, self.endpoint, code]).inc();
-        }
-        if let (Some(m), Some(routed_as)) = (model, routed_as)
-            && routed_as != Role::Pinned
-        {
-            self.state.observations.record(&self.request_id, &m.name, &m.version, status.is_server_error(), elapsed.as_secs_f64(), self.score);
-        }
-        metrics.requests.with_label_values(&[name, version, role, self.endpoint, status.as_str()]).inc();
-        metrics.request_duration.with_label_values(&[name, version, role, self.endpoint]).observe(elapsed.as_secs_f64());
-        let latency_ms = elapsed.as_secs_f64() * 1000.0;
-        match &error {
-            None => tracing::info!(
-                request_id = %self.request_id, model = name, version, role, endpoint = self.endpoint,
-                status = status.as_u16(), latency_ms, "inference"
-            ),
-            Some((code, message)) if status.is_server_error() => tracing::error!(
-                request_id = %self.request_id, model = name, version, endpoint = self.endpoint,
-                status = status.as_u16(), latency_ms, error = code, message = %message, "inference failed"
-            ),
-            Some((code, message)) => tracing::info!(
-                request_id = %self.request_id, model = name, version, endpoint = self.endpoint,
-                status = status.as_u16(), latency_ms, error = code, message = %message, "inference rejected"
-            ),
-        }
-    }
+    response
 }

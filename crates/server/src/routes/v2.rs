@@ -1,5 +1,7 @@
 //! Open Inference Protocol V2 REST: server and model metadata, readiness, inference.
 
+use std::time::Instant;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -11,8 +13,9 @@ use modelship_protocol::model_config::ModelConfig;
 use modelship_protocol::statistics::StatisticsResponse;
 use modelship_protocol::v2::{self, ModelMetadata, ModelReady, ServerMetadata};
 
-use super::{Call, body_error, route, score_of};
+use super::{body_error, respond};
 use crate::error::{ApiError, json, json_response};
+use crate::pipeline::{self, Endpoint, Inputs};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -143,43 +146,26 @@ async fn infer_at(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let mut call = Call::start(state, "v2_infer", headers);
-    let body = match body {
-        Ok(body) => body,
-        Err(r) => return call.finish(None, None, Err(body_error(state, r))),
-    };
-    let routed = match route(state, name, version, headers, &body) {
-        Ok(routed) => routed,
-        Err(e) => return call.finish(None, None, Err(e)),
-    };
-    let model = &routed.model;
-    let result = async {
-        let json_length = match headers.get(v2::HEADER_CONTENT_LENGTH) {
-            None => None,
-            Some(v) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
-                ApiError::Decode(modelship_protocol::DecodeError(format!(
-                    "the {} header must be the byte length of the JSON part of the body",
-                    v2::HEADER_CONTENT_LENGTH
-                )))
-            })?),
-        };
-        let v2::DecodedRequest { mut request, binary_outputs, entities } = v2::decode_request(&body, json_length)?;
-        let mut parameters = None;
-        if let Some(entities) = entities {
-            let defaults = super::enrich(state, &mut request, &entities).await?;
-            parameters = defaults.map(|d| serde_json::json!({ "feature_defaults": d }));
-        }
-        let id = request.id.take();
-        let mirror = routed.shadow.as_ref().filter(|s| state.shadows.admit(&state.metrics, s)).map(|_| request.clone());
-        let outputs = model.infer(request).await?;
-        if state.observations.is_recording() {
-            call.score = score_of(model, &outputs);
-        }
-        let (body, json_length) = v2::encode_response(&model.name, &model.version, id.as_deref(), &outputs, &binary_outputs, parameters.as_ref());
-        if let (Some(shadow), Some(copy)) = (routed.shadow.clone(), mirror) {
-            state.shadows.mirror(&state.metrics, shadow, copy, outputs);
-        }
-        Ok(match json_length {
+    let received = Instant::now();
+    let mut binary_outputs = v2::BinaryOutputs::default();
+    let decoded = body.map_err(|r| body_error(state, r)).and_then(|body| {
+        let json_length = json_length(headers)?;
+        let decoded = v2::decode_request(&body, json_length)?;
+        binary_outputs = decoded.binary_outputs;
+        Ok(pipeline::Request {
+            model: Some(name.to_owned()),
+            version: version.map(str::to_owned),
+            parameters: decoded.parameters,
+            inputs: Inputs::Tensors(decoded.request),
+            entities: decoded.entities,
+        })
+    });
+    let answer = pipeline::run(state, Endpoint::V2Infer, headers, received, decoded).await;
+    respond(answer, |model, outcome| {
+        let parameters = outcome.feature_defaults.map(|d| serde_json::json!({ "feature_defaults": d }));
+        let (body, json_length) =
+            v2::encode_response(&model.name, &model.version, outcome.id.as_deref(), &outcome.outputs, &binary_outputs, parameters.as_ref());
+        match json_length {
             None => json_response(StatusCode::OK, body),
             Some(n) => {
                 let mut response = Response::new(axum::body::Body::from(body));
@@ -188,8 +174,16 @@ async fn infer_at(
                 h.insert(v2::HEADER_CONTENT_LENGTH, http::HeaderValue::from(n));
                 response
             }
-        })
+        }
+    })
+}
+
+/// The binary tensor extension's JSON length, when the header is there.
+fn json_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    match headers.get(v2::HEADER_CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).map(Some).ok_or_else(|| {
+            ApiError::Invalid(format!("the {} header must be the byte length of the JSON part of the body", v2::HEADER_CONTENT_LENGTH))
+        }),
     }
-    .await;
-    call.finish(Some(model), Some(routed.role), result)
 }

@@ -1,0 +1,114 @@
+//! TLS on every listener, inference API keys, and labels that need the control token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::support::{Server, fraud_body, model};
+
+/// A self-signed certificate for localhost, made for this test.
+fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
+    (cert_path, key_path, cert.pem())
+}
+
+fn tls_agent(cert_pem: &str) -> ureq::Agent {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let root = Certificate::from_pem(cert_pem.as_bytes()).unwrap().to_owned();
+    let tls = TlsConfig::builder().root_certs(RootCerts::Specific(Arc::new(vec![root]))).build();
+    ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).timeout_global(Some(Duration::from_secs(30))).build().into()
+}
+
+fn port(addr: &serde_json::Value) -> u16 {
+    addr.as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn tls_on_http_grpc_and_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, pem) = certificate(dir.path());
+    let server = Server::start(&[&model("fraud"), "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let agent = tls_agent(&pem);
+    let base = format!("https://localhost:{}", port(&server.ready["http"]));
+    let mut r = agent.post(&format!("{base}/v2/models/fraud/infer")).header("content-type", "application/json").send(fraud_body(1)).unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.body_mut().read_to_string().unwrap());
+    // Plain HTTP to the TLS port gets no answer.
+    assert!(crate::support::agent().get(&format!("http://127.0.0.1:{}/health/live", port(&server.ready["http"]))).call().is_err());
+    // The admin listener is TLS too (and still wants its token).
+    let admin = format!("https://localhost:{}/admin/v1/models/fraud/traffic", port(&server.ready["admin"]));
+    assert_eq!(agent.get(&admin).call().unwrap().status().as_u16(), 401);
+
+    #[cfg(feature = "grpc")]
+    {
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, &pem).unwrap();
+        let script = format!(
+            "import numpy as np, tritonclient.grpc as g\n\
+             c = g.InferenceServerClient('localhost:{}', ssl=True, root_certificates='{}')\n\
+             print('live', c.is_server_live(), 'ready', c.is_model_ready('fraud'))",
+            port(&server.ready["grpc"]),
+            ca.display()
+        );
+        let out = std::process::Command::new(crate::support::tool(".cache/triton-venv/bin/python")).args(["-c", &script]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("live True ready True"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn api_keys_from_a_file_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.txt");
+    std::fs::write(&keys, "# team fraud\nfile-key-0123456789abcdef\n").unwrap();
+    let server = Server::start_with(
+        &[&model("fraud"), "--api-keys-file", keys.to_str().unwrap()],
+        &[("MODELSHIP_API_KEYS", "env-key-0123456789abcdef")],
+    );
+    let agent = crate::support::agent();
+    let infer = server.url("/v2/models/fraud/infer");
+    let send = |key: Option<(&str, &str)>| {
+        let mut request = agent.post(&infer).header("content-type", "application/json");
+        if let Some((h, v)) = key {
+            request = request.header(h, v);
+        }
+        let mut r = request.send(fraud_body(1)).unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    let (status, body) = send(None);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("API key"), "{body}");
+    assert_eq!(send(Some(("x-api-key", "wrong-key-0123456789abcdef"))).0, 401);
+    assert_eq!(send(Some(("x-api-key", "file-key-0123456789abcdef"))).0, 200);
+    assert_eq!(send(Some(("authorization", "Bearer env-key-0123456789abcdef"))).0, 200);
+    assert_eq!(server.get("/health/ready").status, 200, "probes need no key");
+    assert_eq!(server.get("/metrics").status, 200, "metrics need no key");
+    assert!(!server.stderr().contains("key-0123456789abcdef"), "keys never reach the logs");
+
+    #[cfg(feature = "grpc")]
+    {
+        let script = format!(
+            "import tritonclient.grpc as g\n\
+             c = g.InferenceServerClient('{}')\n\
+             try:\n    c.is_model_ready('fraud'); print('open')\n\
+             except Exception as e: print('refused', e.status())\n\
+             print('keyed', c.is_model_ready('fraud', headers={{'x-api-key': 'file-key-0123456789abcdef'}}))",
+            server.ready["grpc"].as_str().unwrap()
+        );
+        let out = std::process::Command::new(crate::support::tool(".cache/triton-venv/bin/python")).args(["-c", &script]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("refused StatusCode.UNAUTHENTICATED") && stdout.contains("keyed True"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn a_bad_key_file_stops_the_server_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.txt");
+    std::fs::write(&keys, "short\n").unwrap();
+    let out = crate::support::command().args(["serve", &model("fraud"), "--port", "0", "--api-keys-file", keys.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("line 1: an API key must be at least 16") && !stderr.contains("short\n"), "{stderr}");
+}

@@ -1,0 +1,285 @@
+//! The one inference pipeline. Every entry point (REST V2, `/v1/predict`, gRPC, and anything that
+//! calls it without HTTP) decodes its wire format into a [`Request`], hands it to [`run`], and
+//! encodes the [`Answer`]. Only this module routes, enriches, infers, scores, mirrors and records.
+//!
+//! ```text
+//! decode (protocol) → Request → route → enrich → infer → score → mirror → record → Answer → encode
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use http::{HeaderMap, StatusCode};
+use modelship_inference::{InferRequest, Tensor};
+use modelship_router::{Role, RouteInput, StickyKey};
+use prometheus::IntGauge;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+use crate::model::{LoadedModel, Routed};
+use crate::state::AppState;
+
+/// Sends the request to the candidate (`true` or `1`), when there is one.
+pub const CANARY_HEADER: &str = "x-canary";
+/// Pins a request to a loaded version.
+pub const PIN_HEADER: &str = "x-model-version";
+/// Names the routing revision a response was routed under.
+pub const REVISION_HEADER: &str = "x-modelship-revision";
+
+/// Where a request came in: the `endpoint` label of metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    V1Predict,
+    V2Infer,
+    GrpcInfer,
+    /// An invocation without a listener (the Lambda adapter, tests).
+    Direct,
+}
+
+impl Endpoint {
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::V1Predict => "v1_predict",
+            Endpoint::V2Infer => "v2_infer",
+            Endpoint::GrpcInfer => "grpc_infer",
+            Endpoint::Direct => "direct",
+        }
+    }
+}
+
+/// A decoded request, whatever protocol it came by.
+#[derive(Debug)]
+pub struct Request {
+    /// The model asked for; `None` means the server's only model (`/v1/predict`).
+    pub model: Option<String>,
+    /// A version named by the request itself (URL or message), which bypasses the routing table.
+    pub version: Option<String>,
+    /// Request parameters, where a sticky routing key may be (`parameters.FIELD`).
+    pub parameters: Map<String, Value>,
+    pub inputs: Inputs,
+    /// Entities whose features the feature store adds as an input.
+    pub entities: Option<Vec<Map<String, Value>>>,
+}
+
+/// The request's tensors, or what becomes them once the routed model's signature is known.
+#[derive(Debug)]
+pub enum Inputs {
+    Tensors(InferRequest),
+    /// `/v1/predict` feature rows for the model's single `[N, F]` input.
+    Rows(Box<RawValue>),
+    /// `/v1/predict` by entities alone: the prediction output, inputs from the feature store.
+    Prediction,
+}
+
+/// What the pipeline did with one request.
+pub struct Answer {
+    /// The caller's `x-request-id` when sane, else a new one.
+    pub request_id: String,
+    /// The version that answered (or was about to), once routed.
+    pub model: Option<Arc<LoadedModel>>,
+    /// The routing revision the request was routed under.
+    pub revision: Option<u64>,
+    pub result: Result<Outcome, ApiError>,
+}
+
+/// A successful inference.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The request's own id (V2 `id`), echoed in the response.
+    pub id: Option<String>,
+    pub outputs: Vec<Tensor>,
+    /// Entities that were answered with default features, when any were.
+    pub feature_defaults: Option<Value>,
+}
+
+/// Runs one request through the pipeline. `decoded` is what the entry point made of the wire
+/// (its error is recorded like any other); `received` is when the request arrived, so decoding
+/// counts in the latency.
+pub async fn run(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, received: Instant, decoded: Result<Request, ApiError>) -> Answer {
+    let mut call = Call::start(state, endpoint, headers, received);
+    let request = match decoded {
+        Ok(request) => request,
+        Err(e) => return call.fail(None, None, e),
+    };
+    let (routed, revision) = match route(state, &request, headers) {
+        Ok(routed) => routed,
+        Err(e) => return call.fail(None, None, e),
+    };
+    let result = infer(state, &routed, request, &mut call).await;
+    let status = match &result {
+        Ok(_) => StatusCode::OK,
+        Err(e) => e.status_and_code().0,
+    };
+    call.record(Some(&routed.model), Some(routed.role), status, result.as_ref().err());
+    Answer { request_id: call.request_id, model: Some(routed.model), revision: Some(revision), result }
+}
+
+/// Where the request goes: the version it names, else the routing table (pin header, canary
+/// header, sticky key from a header or a parameter, weights), and perhaps a shadow copy.
+fn route(state: &AppState, request: &Request, headers: &HeaderMap) -> Result<(Routed, u64), ApiError> {
+    let name = match &request.model {
+        Some(name) => std::borrow::Cow::Borrowed(name.as_str()),
+        None => std::borrow::Cow::Owned(state.models.single_name()?),
+    };
+    let served = state.models.served(&name)?;
+    if let Some(version) = &request.version {
+        return Ok((Routed { model: served.version(&name, version)?, role: Role::Pinned, shadow: None }, served.revision));
+    }
+    let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+    let canary = header(CANARY_HEADER).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    let sticky: Option<std::borrow::Cow<'_, [u8]>> = match &served.table.sticky {
+        Some(StickyKey::Header(h)) => headers.get(h.as_str()).map(|v| v.as_bytes().into()),
+        Some(StickyKey::Field(f)) => request.parameters.get(f.as_str()).map(|v| match v {
+            Value::String(s) => s.as_bytes().into(),
+            other => other.to_string().into_bytes().into(),
+        }),
+        None => None,
+    };
+    let input = RouteInput {
+        canary,
+        pin: header(PIN_HEADER),
+        sticky: sticky.as_deref(),
+        nonce: state.nonces.fetch_add(1, Ordering::Relaxed),
+    };
+    Ok((served.route(&name, &input)?, served.revision))
+}
+
+/// The middle of the pipeline, once routed: tensors for the model, enrichment, inference, the
+/// score for rollout analysis, the shadow copy.
+async fn infer(state: &AppState, routed: &Routed, request: Request, call: &mut Call<'_>) -> Result<Outcome, ApiError> {
+    let model = &routed.model;
+    let signature = &model.info.signature;
+    let mut infer_request = match request.inputs {
+        Inputs::Tensors(r) => r,
+        Inputs::Rows(rows) => modelship_protocol::v1::rows_request(&rows, signature)?,
+        Inputs::Prediction => modelship_protocol::v1::entity_request(signature),
+    };
+    let feature_defaults = match &request.entities {
+        Some(entities) => enrich(state, &mut infer_request, entities).await?,
+        None => None,
+    };
+    check_size(state, &infer_request)?;
+    let id = infer_request.id.take();
+    let mirror = routed.shadow.as_ref().filter(|s| state.shadows.admit(&state.metrics, s)).map(|_| infer_request.clone());
+    let outputs = model.infer(infer_request).await?;
+    if state.observations.is_recording() {
+        call.score = score_of(model, &outputs);
+    }
+    if let (Some(shadow), Some(copy)) = (&routed.shadow, mirror) {
+        state.shadows.mirror(&state.metrics, Arc::clone(shadow), copy, outputs.clone());
+    }
+    Ok(Outcome { id, outputs, feature_defaults })
+}
+
+/// The request-size limits beyond the body's: elements over all inputs, and rows.
+fn check_size(state: &AppState, request: &InferRequest) -> Result<(), ApiError> {
+    let limits = &state.limits;
+    let elements: usize = request.inputs.iter().map(|t| t.data().len()).sum();
+    if elements > limits.max_tensor_elements {
+        return Err(ApiError::TooLarge { what: "tensor elements", got: elements, limit: limits.max_tensor_elements, setting: "server.max_tensor_elements" });
+    }
+    if let Some(rows) = request.inputs.iter().filter_map(|t| t.shape().first().copied()).max()
+        && rows > limits.max_rows
+    {
+        return Err(ApiError::TooLarge { what: "rows", got: rows, limit: limits.max_rows, setting: "server.max_rows" });
+    }
+    Ok(())
+}
+
+/// Adds to `request` the model input the feature store builds from `entities`; returns the
+/// entities that got defaults (as a response value), when any did.
+async fn enrich(state: &AppState, request: &mut InferRequest, entities: &[Map<String, Value>]) -> Result<Option<Value>, ApiError> {
+    let service = state.features.get().ok_or(ApiError::NoFeatureStore)?;
+    let enriched = service.enrich(entities).await?;
+    if request.inputs.iter().any(|t| t.name() == enriched.tensor.name()) {
+        return Err(ApiError::Invalid(format!(
+            "input '{}' is both given and built from the request's entities; send one or the other",
+            enriched.tensor.name()
+        )));
+    }
+    request.inputs.push(enriched.tensor);
+    Ok((!enriched.defaulted.is_empty()).then(|| serde_json::json!(enriched.defaulted)))
+}
+
+/// The score a rollout watches for drift: the first value of the model's prediction output
+/// (for a binary classifier, the probability of class 1 of the first row).
+pub(crate) fn score_of(model: &LoadedModel, outputs: &[Tensor]) -> Option<f64> {
+    let index = modelship_protocol::v1::prediction_output(&model.info.signature)?;
+    let name = &model.info.signature.outputs[index].name;
+    let tensor = outputs.iter().find(|t| t.name() == name)?;
+    match modelship_protocol::v1::prediction_value(tensor) {
+        Value::Array(rows) => match rows.first()? {
+            Value::Array(row) => row.last()?.as_f64(),
+            v => v.as_f64(),
+        },
+        _ => None,
+    }
+}
+
+/// One request from arrival to answer: request id, in-flight gauge, metrics, observations and
+/// the log line.
+struct Call<'a> {
+    state: &'a AppState,
+    endpoint: Endpoint,
+    request_id: String,
+    started: Instant,
+    _in_flight: InFlight,
+    /// The model's score for this request (first row), for rollout analysis.
+    score: Option<f64>,
+}
+
+struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl<'a> Call<'a> {
+    fn start(state: &'a AppState, endpoint: Endpoint, headers: &HeaderMap, received: Instant) -> Self {
+        let gauge = state.metrics.in_flight.with_label_values(&[endpoint.label()]);
+        gauge.inc();
+        Call { state, endpoint, request_id: state.ids.for_request(headers), started: received, _in_flight: InFlight(gauge), score: None }
+    }
+
+    fn fail(self, model: Option<Arc<LoadedModel>>, role: Option<Role>, e: ApiError) -> Answer {
+        self.record(model.as_deref(), role, e.status_and_code().0, Some(&e));
+        Answer { request_id: self.request_id, model, revision: None, result: Err(e) }
+    }
+
+    /// Counts, times and logs the call: `status` is the HTTP status it answers with (over gRPC,
+    /// the HTTP status of its error).
+    fn record(&self, model: Option<&LoadedModel>, role: Option<Role>, status: StatusCode, error: Option<&ApiError>) {
+        let elapsed = self.started.elapsed();
+        let endpoint = self.endpoint.label();
+        // Unknown model names from clients never become label values.
+        let (name, version) = model.map_or(("unknown", ""), |m| (m.name.as_str(), m.version.as_str()));
+        let metrics = &self.state.metrics;
+        let code = error.map(|e| e.status_and_code().1);
+        if let Some(code) = code {
+            metrics.errors.with_label_values(&[name, version, endpoint, code]).inc();
+        }
+        if let (Some(m), Some(routed_as)) = (model, role)
+            && routed_as != Role::Pinned
+        {
+            self.state.observations.record(&self.request_id, &m.name, &m.version, status.is_server_error(), elapsed.as_secs_f64(), self.score);
+        }
+        let role = role.map_or("", Role::as_str);
+        metrics.requests.with_label_values(&[name, version, role, endpoint, status.as_str()]).inc();
+        metrics.request_duration.with_label_values(&[name, version, role, endpoint]).observe(elapsed.as_secs_f64());
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        let request_id = self.request_id.as_str();
+        match (error, code) {
+            (Some(e), Some(code)) if status.is_server_error() => tracing::error!(
+                request_id, model = name, version, endpoint, status = status.as_u16(), latency_ms, error = code, message = %e, "inference failed"
+            ),
+            (Some(e), Some(code)) => tracing::info!(
+                request_id, model = name, version, endpoint, status = status.as_u16(), latency_ms, error = code, message = %e, "inference rejected"
+            ),
+            _ => tracing::info!(request_id, model = name, version, role, endpoint, status = status.as_u16(), latency_ms, "inference"),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The traffic writer and the rollout loop, in process.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use modelship_router::{BasisPoints, Candidate, Change, TrafficTable};
+
+use crate::model::{ModelSlot, Served};
+use crate::rollouts::Rollouts;
+use crate::state::{AppState, Limits};
+use crate::testing::{FakeBackend, load, spec};
+use crate::traffic::{RevisionStore, Traffic};
+
+/// A server with versions 1 (stable) and 2 (candidate at 0 %, reachable by header) loaded, and
+/// its traffic writer with `keep_warm`.
+fn two_versions(dir: &std::path::Path, keep_warm: Duration) -> (AppState, Arc<Traffic>) {
+    let state = AppState::new(Limits::default());
+    let backend = Arc::new(FakeBackend::default());
+    let one = load(&backend, "scale=1", &spec("fraud", "1", 1, 64), &state.metrics);
+    let two = load(&backend, "scale=1", &spec("fraud", "2", 1, 64), &state.metrics);
+    let mut table = TrafficTable::new("1".to_owned());
+    table.candidate = Some(Candidate { version: "2".to_owned(), weight: BasisPoints::ZERO });
+    let served = Served { table, revision: 0, versions: [("1".to_owned(), one), ("2".to_owned(), two)].into() };
+    state.models.set("fraud", ModelSlot::Ready(Arc::new(served)));
+    state.health.mark_started();
+    let store = RevisionStore::open(&dir.join("traffic.db")).unwrap();
+    let backend: Arc<dyn modelship_inference::Backend> = backend;
+    let traffic = Arc::new(Traffic::new(None, "fraud".to_owned(), backend, spec("fraud", "1", 1, 64), store, keep_warm));
+    (state, traffic)
+}
+
+/// A keep-warm expiry that comes due after a newer change leaves that change in force: it
+/// unloads only what no revision routes to, and writes only over the table it read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_warm_expiry_never_undoes_a_newer_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, traffic) = two_versions(dir.path(), Duration::from_millis(150));
+    traffic.resume(&state).await.unwrap();
+    // Revision 1: 2 is stable, 1 stays warm and its expiry is due in 150 ms.
+    traffic.change(&state, Change::Switch { version: "2".to_owned() }, "test", "switch").await.unwrap();
+    // Revision 2, before the expiry: 1 is a 10 % candidate again.
+    let newer = traffic
+        .change(&state, Change::Canary { version: "1".to_owned(), weight: BasisPoints::new(1000).unwrap() }, "test", "canary")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let served = state.models.served("fraud").unwrap();
+    assert_eq!(served.revision, newer.revision);
+    assert_eq!(served.table.candidate, newer.traffic.candidate, "the newer revision is in force");
+    assert!(served.versions.contains_key("1"), "the expiry did not unload what the newer revision routes to");
+
+    // Revision 3 drops the candidate: now nothing routes to 1 and its expiry unloads it, at the
+    // same revision (only what is kept loaded changed).
+    let last = traffic.change(&state, Change::Abort, "test", "abort").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let served = state.models.served("fraud").unwrap();
+    assert_eq!(served.revision, last.revision);
+    assert!(!served.versions.contains_key("1") && served.versions.contains_key("2"), "{:?}", served.versions.keys().collect::<Vec<_>>());
+}
+
+/// The model table's compare and swap: a writer holding a stale snapshot loses.
+#[test]
+fn a_stale_table_write_loses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, _) = two_versions(dir.path(), Duration::ZERO);
+    let stale = state.models.served("fraud").unwrap();
+    let newer = Served { table: stale.table.clone(), revision: 7, versions: stale.versions.clone() };
+    state.models.set("fraud", ModelSlot::Ready(Arc::new(newer)));
+    let stale_write = Served { table: TrafficTable::new("1".to_owned()), revision: stale.revision, versions: stale.versions.clone() };
+    assert!(!state.models.replace_if("fraud", &stale, ModelSlot::Ready(Arc::new(stale_write))));
+    assert_eq!(state.models.served("fraud").unwrap().revision, 7);
+}
+
+/// A webhook gate that never answers holds the rollout, not the admin API: status answers at
+/// once and an abort goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_answers_while_a_webhook_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, traffic) = two_versions(dir.path(), Duration::from_secs(60));
+    traffic.resume(&state).await.unwrap();
+    // Accepts, reads nothing, answers nothing.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/gate", hang.local_addr().unwrap());
+    let _held = std::thread::spawn(move || {
+        // Holds the webhook's connection, silent, well past the checks below, then lets go so the
+        // call ends (its late answer must be ignored: the rollout was aborted meanwhile).
+        let conn = hang.incoming().next();
+        std::thread::sleep(Duration::from_secs(3));
+        drop(conn);
+    });
+    let rollouts = Arc::new(Rollouts::open(&dir.path().join("traffic.db"), Arc::clone(&traffic)).unwrap());
+    let yaml: serde_json::Value =
+        serde_yaml_ng::from_str(&format!("to: '2'\nsteps:\n  - webhook: {{url: '{url}'}}\n  - weight: {{weight: 100%, hold: 0s}}\ninterval: 100ms\n")).unwrap();
+    let spec: modelship_rollout::spec::RolloutSpec = serde_json::from_value(yaml).unwrap();
+    let started = rollouts.start(&state, spec, "test").await.unwrap();
+    assert_eq!(started["phase"]["phase"], "awaiting_webhook", "{started}");
+
+    let t = Instant::now();
+    let status = rollouts.status();
+    assert_eq!(status["phase"]["phase"], "awaiting_webhook");
+    let aborted = tokio::time::timeout(Duration::from_secs(1), rollouts.command(&state, "abort", "stuck gate")).await;
+    let aborted = aborted.expect("abort answers within 1 s while the webhook hangs").unwrap();
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert_eq!(aborted["phase"]["phase"], "rolled_back", "{aborted}");
+    assert_eq!(state.models.served("fraud").unwrap().table.candidate, None);
+}

@@ -1,0 +1,6 @@
+//! In-process tests over the fake backend: requests go through the real router (`oneshot`), the
+//! real pool, traffic writer and rollout loop, with no process spawned.
+
+mod app;
+mod control;
+mod errors;
