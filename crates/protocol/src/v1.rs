@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn names_each_problem() {
         let cases = [
-            (r#"{"feature": [[1, 2, 3]]}"#, "error: invalid request: unknown field `feature`, expected `features` or `entities` at line 1 column 10"),
+            (r#"{"feature": [[1, 2, 3]]}"#, "error: invalid request: unknown field `feature`, expected one of `features`, `entities`, `parameters` at line 1 column 10"),
             (r#"{}"#, "error: give 'features' ([[f1, f2, ...], ...]) or 'entities' ([{\"customer_id\": \"...\"}, ...] with a feature store)"),
             (r#"{"features": [[1]], "entities": []}"#, "error: give 'features' (rows) or 'entities' (to look up), not both"),
             (r#"{"features": [[1, 2], [3]]}"#, "error: features: ragged array: arrays at depth 2 have lengths 2 and 1"),

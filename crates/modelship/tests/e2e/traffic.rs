@@ -396,11 +396,20 @@ fn quality_from_feedback_metrics_and_resume_after_restart() {
         assert_eq!(r.status, 200);
         labels.push(serde_json::json!({"request_id": r.header("x-request-id").unwrap(), "label": i % 3 == 0}));
     }
-    let joined = server.post("/v1/feedback", &serde_json::json!({"labels": labels}).to_string()).json();
-    assert_eq!(joined["joined"], 80, "{joined}");
-    let unknown = server.post("/v1/feedback", r#"{"request_id": "never-seen", "label": 1}"#).json();
+    // Labels decide the rollout, so the inference port alone cannot post them: without the admin
+    // token (or with an inference-side guess) they are refused and nothing is joined.
+    let batch = serde_json::json!({"labels": labels}).to_string();
+    let refused = server.post("/v1/feedback", &batch);
+    assert_eq!(refused.status, 401, "{}", refused.text);
+    assert_eq!(server.post_with("/v1/feedback", &batch, &[("authorization", "Bearer not-the-token")]).status, 401);
+    let token = std::fs::read_to_string(fleet.state.path().join("admin-token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    let post_labels = |body: &str| server.post_with("/v1/feedback", body, &[("authorization", &auth)]);
+    let joined = post_labels(&batch).json();
+    assert_eq!(joined["joined"], 80, "all 80 join: the refused attempts took none of them");
+    let unknown = post_labels(r#"{"request_id": "never-seen", "label": 1}"#).json();
     assert_eq!((unknown["joined"].as_u64(), unknown["unknown"][0].as_str()), (Some(0), Some("never-seen")));
-    assert_eq!(server.post("/v1/feedback", r#"{"request_id": "x", "label": 7}"#).status, 400);
+    assert_eq!(post_labels(r#"{"request_id": "x", "label": 7}"#).status, 400);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         let status = rollout(&fleet, &server, &["status", "fraud"]);
