@@ -5,6 +5,7 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::response::Response;
 use axum::routing::post;
 use http::StatusCode;
@@ -40,7 +41,8 @@ enum Body {
     One(Label),
 }
 
-async fn feedback(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn feedback(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let body = body.map_err(|r| super::body_error(&state, r))?;
     let parsed: Body = serde_json::from_slice(&body).map_err(|e| {
         ApiError::Decode(modelship_protocol::DecodeError(format!(
             "feedback must be {{\"request_id\": \"...\", \"label\": 0|1|true|false}} or {{\"labels\": [...]}}: {e}"

@@ -2,6 +2,7 @@
 
 mod feedback;
 pub(crate) mod ops;
+mod path;
 mod v1;
 pub(crate) mod v2;
 

@@ -3,7 +3,7 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode};
@@ -11,6 +11,7 @@ use modelship_protocol::model_config::ModelConfig;
 use modelship_protocol::statistics::StatisticsResponse;
 use modelship_protocol::v2::{self, ModelMetadata, ModelReady, ServerMetadata};
 
+use super::path::Path;
 use super::{Call, body_error, route, score_of};
 use crate::error::{ApiError, json, json_response};
 use crate::state::AppState;
