@@ -1,6 +1,7 @@
 //! HTTP routes. Each module exposes `routes()`; [`app`] composes them with the fallbacks.
 
 mod feedback;
+mod openapi;
 pub(crate) mod ops;
 mod path;
 mod v1;
@@ -30,6 +31,7 @@ pub fn app(state: AppState) -> Router {
         .merge(v1::routes())
         .merge(ops::routes())
         .merge(feedback::routes())
+        .merge(openapi::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
