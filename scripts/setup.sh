@@ -8,7 +8,8 @@
 #                             MLflow (PyPI) into ./.venv, Prometheus (Debian package),
 #                             Triton's clients (tritonclient with perf_analyzer, PyPI) into
 #                             ./.cache/triton-venv, with libcudart (PyPI) and libb64 (Debian)
-#                             that perf_analyzer links even on CPU, Redis (Debian package)
+#                             that perf_analyzer links even on CPU, Redis (Debian package),
+#                             schemathesis (PyPI, the OpenAPI fuzzer) into ./.cache/schemathesis-venv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,8 @@ S3S_FS_VERSION="${S3S_FS_VERSION:-0.14.1}"
 # 2.41.1: the last tritonclient wheel that ships the perf_analyzer binary.
 TRITONCLIENT_VERSION="${TRITONCLIENT_VERSION:-2.41.1}"
 TRITON_VENV=.cache/triton-venv
+SCHEMATHESIS_VERSION="${SCHEMATHESIS_VERSION:-4.32.5}"
+SCHEMATHESIS_VENV=.cache/schemathesis-venv
 VENV="${VENV:-.venv}"
 pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
 
@@ -50,6 +53,14 @@ if [ "${1:-}" = "--test" ]; then
     "$TRITON_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
       "tritonclient[http,grpc]==$TRITONCLIENT_VERSION" "nvidia-cuda-runtime-cu12==12.9.79"
   fi
+  if ! "$SCHEMATHESIS_VENV/bin/schemathesis" --version 2>/dev/null | grep -qF "version $SCHEMATHESIS_VERSION"; then
+    # Its own venv: schemathesis pins its own hypothesis and jsonschema, which need not agree with
+    # MLflow's. Pinned, because its checks and CLI change between releases. The e2e suite runs it
+    # against the live server's /openapi.json.
+    echo "setup: installing schemathesis==$SCHEMATHESIS_VERSION (checks the server against its OpenAPI document) into $SCHEMATHESIS_VENV" >&2
+    python3 -m venv "$SCHEMATHESIS_VENV"
+    "$SCHEMATHESIS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  fi
   missing=""
   command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
   command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
@@ -61,5 +72,5 @@ if [ "${1:-}" = "--test" ]; then
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends $missing >/dev/null
   fi
-  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server)" >&2
+  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $SCHEMATHESIS_VENV/bin/schemathesis" >&2
 fi

@@ -8,6 +8,7 @@ mod features;
 mod bad_input;
 mod lifecycle;
 mod models;
+mod openapi;
 mod registry;
 mod registry_mlflow;
 #[cfg(feature = "s3")]

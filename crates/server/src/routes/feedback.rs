@@ -9,6 +9,7 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::response::Response;
 use axum::routing::post;
 use http::StatusCode;
@@ -44,11 +45,12 @@ enum Body {
     One(Label),
 }
 
-async fn feedback(State(state): State<AppState>, headers: http::HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn feedback(State(state): State<AppState>, headers: http::HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let authorization = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     if !state.credentials.is_control(authorization) {
         return Err(ApiError::Unauthorized);
     }
+    let body = body.map_err(|r| super::body_error(&state, r))?;
     join_labels(&state, &body)
 }
 

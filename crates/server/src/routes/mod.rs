@@ -1,7 +1,9 @@
 //! HTTP routes. Each module exposes `routes()`; [`app`] composes them with the fallbacks.
 
 pub(crate) mod feedback;
+mod openapi;
 pub(crate) mod ops;
+pub(crate) mod path;
 mod v1;
 pub(crate) mod v2;
 
@@ -34,6 +36,7 @@ pub fn app(state: AppState) -> Router {
         .merge(inference)
         .merge(ops::routes())
         .merge(feedback::routes())
+        .merge(openapi::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -5,7 +5,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode};
@@ -13,6 +13,7 @@ use modelship_protocol::model_config::ModelConfig;
 use modelship_protocol::statistics::StatisticsResponse;
 use modelship_protocol::v2::{self, ModelMetadata, ModelReady, ServerMetadata};
 
+use super::path::Path;
 use super::{body_error, respond};
 use crate::error::{ApiError, json, json_response};
 use crate::pipeline::{self, Endpoint, Inputs};
