@@ -41,13 +41,14 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(limits: Limits) -> Self {
+        let observations = Arc::new(Observations::default());
         AppState {
             models: Arc::default(),
             health: Arc::default(),
             metrics: Arc::default(),
             limits,
-            shadows: Arc::new(Shadows::new(limits.max_shadow_in_flight)),
-            observations: Arc::default(),
+            shadows: Arc::new(Shadows::new(limits.max_shadow_in_flight, Arc::clone(&observations))),
+            observations,
             ids: Arc::default(),
             nonces: Arc::default(),
             features: Arc::default(),

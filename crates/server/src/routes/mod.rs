@@ -53,19 +53,9 @@ fn body_error(state: &AppState, rejection: BytesRejection) -> ApiError {
     }
 }
 
-/// The score a rollout watches for drift: the first value of the model's prediction output
-/// (for a binary classifier, the probability of class 1 of the first row).
+/// The score a rollout watches for drift: see [`crate::observe::score_of`].
 pub(crate) fn score_of(model: &LoadedModel, outputs: &[modelship_inference::Tensor]) -> Option<f64> {
-    let index = modelship_protocol::v1::prediction_output(&model.info.signature)?;
-    let name = &model.info.signature.outputs[index].name;
-    let tensor = outputs.iter().find(|t| t.name() == name)?;
-    match modelship_protocol::v1::prediction_value(tensor) {
-        serde_json::Value::Array(rows) => match rows.first()? {
-            serde_json::Value::Array(row) => row.last()?.as_f64(),
-            v => v.as_f64(),
-        },
-        _ => None,
-    }
+    crate::observe::score_of(model, outputs)
 }
 
 /// Where a request goes: the version named in the URL, else the routing table (pin header,
