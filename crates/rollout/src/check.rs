@@ -1,5 +1,6 @@
 //! Checks: each compares the candidate with stable over the same window and gives a verdict.
-//! Too few samples is *inconclusive*, never a pass.
+//! Too few samples is *inconclusive*, never a pass. A check the step gives nothing to judge is
+//! *not applicable* there: the engine decides which, by the kind of step.
 
 use fastrand::Rng;
 use serde::{Deserialize, Serialize};
