@@ -133,9 +133,10 @@ fn simulate(candidate: Behaviour, seed: u64) -> Outcome {
             sample.latencies.offer(served.latency, &mut keep);
             sample.scores.offer(served.score, &mut keep);
             pending.push((now + 120, on_candidate, served.score, truth));
-            if d.shadow.is_some() {
-                // A shadow answer is the candidate's evidence as the server records it: counted,
-                // timed and scored, but never labelled (labels join the answer the client got).
+            if d.shadow.is_some() && !served.error {
+                // As in the server: only an answered request is mirrored, and the copy's answer is
+                // the candidate's evidence, counted, timed and scored but never labelled (labels
+                // join the answer the client got).
                 let shadow = answer(candidate, x, truth, &mut rng);
                 window.compared += 1;
                 window.agreed += u64::from(shadow.class == served.class);

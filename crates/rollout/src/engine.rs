@@ -303,9 +303,10 @@ impl Rollout {
 /// step that gives both versions the evidence it reads, measured as clients would see it:
 ///
 /// - shadow: the candidate answers mirrored copies of stable's requests, so agreement, drift
-///   (its scores against stable's on the same requests) and error rate judge it; latency does
-///   not (copies run at background priority), nor does quality (labels join the answers
-///   clients got, which were stable's).
+///   (its scores against stable's on the same requests) and error rate judge it (copies are made
+///   of requests stable answered, so a failure of the candidate's own shows, one both share does
+///   not); latency does not (copies run at background priority), nor does quality (labels join
+///   the answers clients got, which were stable's).
 /// - header and weight below 100 %: the candidate answers live requests; everything but
 ///   agreement (nothing is mirrored).
 /// - weight 100 %: no live request reaches stable, so nothing is compared: the step is a plain
