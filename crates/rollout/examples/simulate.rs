@@ -95,6 +95,8 @@ struct Outcome {
 
 fn simulate(candidate: Behaviour, seed: u64) -> Outcome {
     let mut rng = Rng(seed);
+    // Picks which values the windows' reservoirs keep, as the server's observations do.
+    let mut keep = fastrand::Rng::with_seed(seed);
     let plan = spec().resolve().expect("valid plan");
     let interval = plan.interval.0.as_secs();
     let (mut rollout, decisions) = Rollout::start(plan, 0);
@@ -128,15 +130,21 @@ fn simulate(candidate: Behaviour, seed: u64) -> Outcome {
             let sample = if on_candidate { &mut window.candidate } else { &mut window.stable };
             sample.requests += 1;
             sample.errors += u64::from(served.error);
-            sample.latencies.push(served.latency);
-            sample.scores.push(served.score);
+            sample.latencies.offer(served.latency, &mut keep);
+            sample.scores.offer(served.score, &mut keep);
             pending.push((now + 120, on_candidate, served.score, truth));
-            if d.shadow.is_some() {
+            if d.shadow.is_some() && !served.error {
+                // As in the server: only an answered request is mirrored, and the copy's answer is
+                // the candidate's evidence, counted, timed and scored but never labelled (labels
+                // join the answer the client got).
                 let shadow = answer(candidate, x, truth, &mut rng);
                 window.compared += 1;
                 window.agreed += u64::from(shadow.class == served.class);
-                window.candidate.scores.push(shadow.score);
-                pending.push((now + 120, true, shadow.score, truth));
+                let c = &mut window.candidate;
+                c.requests += 1;
+                c.errors += u64::from(shadow.error);
+                c.latencies.offer(shadow.latency, &mut keep);
+                c.scores.offer(shadow.score, &mut keep);
             }
         }
         pending.retain(|&(due, on_candidate, score, truth)| {
@@ -144,7 +152,7 @@ fn simulate(candidate: Behaviour, seed: u64) -> Outcome {
                 return true;
             }
             let sample: &mut Sample = if on_candidate { &mut window.candidate } else { &mut window.stable };
-            sample.labelled.push((score, truth));
+            sample.labelled.offer((score, truth), &mut keep);
             false
         });
         for d in rollout.handle(Event::Tick { now: now * 1000, window }) {

@@ -1,11 +1,15 @@
 //! Checks: each compares the candidate with stable over the same window and gives a verdict.
-//! Too few samples is *inconclusive*, never a pass.
+//! Too few samples is *inconclusive*, never a pass. A check the step gives nothing to judge is
+//! *not applicable* there: the engine decides which, by the kind of step.
 
+use fastrand::Rng;
 use serde::{Deserialize, Serialize};
 
+pub use crate::sample::{MAX_SAMPLES, Reservoir, Sample};
 use crate::stats;
 
-/// One analysis window: what stable and the candidate did over the same period.
+/// One analysis window: what stable and the candidate did over the same period. In a shadow
+/// step the candidate's sample is its answers to the mirrored copies of stable's requests.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Window {
     pub stable: Sample,
@@ -18,48 +22,11 @@ pub struct Window {
     pub external: std::collections::BTreeMap<String, f64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Sample {
-    pub requests: u64,
-    pub errors: u64,
-    /// Per-request latencies in seconds (a sample of them is enough).
-    pub latencies: Vec<f64>,
-    /// The model's scores (e.g. the probability of the positive class), for drift.
-    pub scores: Vec<f64>,
-    /// Scores of requests whose ground-truth label has arrived, with the label.
-    pub labelled: Vec<(f64, bool)>,
-}
-
-/// Samples kept per kind and version when windows are merged: enough for the rank and
-/// distribution tests, bounded so a long step does not grow the state without limit.
-pub const MAX_SAMPLES: usize = 5_000;
-
-impl Sample {
-    /// Adds `other` to this sample; per-request samples beyond [`MAX_SAMPLES`] are thinned by
-    /// keeping every other one (old and new alike), so the sample stays spread over the window.
-    pub fn merge(&mut self, other: &Sample) {
-        self.requests += other.requests;
-        self.errors += other.errors;
-        fn add<T: Clone>(into: &mut Vec<T>, more: &[T]) {
-            into.extend_from_slice(more);
-            while into.len() > MAX_SAMPLES {
-                let mut i = 0;
-                into.retain(|_| {
-                    i += 1;
-                    i % 2 == 0
-                });
-            }
-        }
-        add(&mut self.latencies, &other.latencies);
-        add(&mut self.scores, &other.scores);
-        add(&mut self.labelled, &other.labelled);
-    }
-}
-
 impl Window {
-    pub fn merge(&mut self, other: &Window) {
-        self.stable.merge(&other.stable);
-        self.candidate.merge(&other.candidate);
+    /// Adds `other` to this window; `rng` picks which values the merged samples keep.
+    pub fn merge(&mut self, other: &Window, rng: &mut Rng) {
+        self.stable.merge(&other.stable, rng);
+        self.candidate.merge(&other.candidate, rng);
         self.compared += other.compared;
         self.agreed += other.agreed;
         // The latest value of an external query stands for the window.
@@ -144,6 +111,9 @@ pub enum Verdict {
     Pass { value: f64 },
     Fail { value: f64, reason: String },
     Inconclusive { reason: String },
+    /// The step gives the check nothing to judge (latency in a shadow step, where copies run at
+    /// background priority; agreement outside one): it neither holds nor fails the step.
+    NotApplicable { reason: String },
 }
 
 impl Check {
@@ -158,7 +128,6 @@ impl Check {
         }
     }
 
-    /// Judges one window; `min_samples` is the policy's floor under which nothing is concluded.
     /// The query a Prometheus check sends, with the names filled in.
     pub fn promql(&self, model: &str, stable: &str, candidate: &str) -> Option<(String, String)> {
         match self {
@@ -170,6 +139,8 @@ impl Check {
         }
     }
 
+    /// Judges one window; `min_samples` is the policy's floor under which nothing is concluded.
+    /// The floor counts the values seen, not the sample kept of them.
     pub fn judge(&self, w: &Window, min_samples: u64) -> Verdict {
         let few = |what: &str, have: u64| Verdict::Inconclusive { reason: format!("{have} {what}, fewer than {min_samples}") };
         match *self {
@@ -188,9 +159,10 @@ impl Check {
             }
             Check::Latency { max_ratio, alpha } => {
                 let (s, c) = (&w.stable.latencies, &w.candidate.latencies);
-                if (c.len() as u64) < min_samples || (s.len() as u64) < min_samples {
-                    return few("latency samples", c.len().min(s.len()) as u64);
+                if c.seen() < min_samples || s.seen() < min_samples {
+                    return few("latency samples", c.seen().min(s.seen()));
                 }
+                let (s, c) = (s.values(), c.values());
                 let ratio = median(c) / median(s).max(f64::MIN_POSITIVE);
                 let test = stats::mann_whitney(s, c).map_or(1.0, |t| t.p_greater);
                 if test < alpha && ratio > max_ratio {
@@ -212,10 +184,10 @@ impl Check {
             }
             Check::Drift { max_psi } => {
                 let (s, c) = (&w.stable.scores, &w.candidate.scores);
-                if (c.len() as u64) < min_samples || (s.len() as u64) < min_samples {
-                    return few("scores", c.len().min(s.len()) as u64);
+                if c.seen() < min_samples || s.seen() < min_samples {
+                    return few("scores", c.seen().min(s.seen()));
                 }
-                let psi = stats::psi(s, c, 10).unwrap_or(0.0);
+                let psi = stats::psi(s.values(), c.values(), 10).unwrap_or(0.0);
                 if psi > max_psi {
                     Verdict::Fail { value: psi, reason: format!("prediction drift PSI {psi:.3} above {max_psi}") }
                 } else {
@@ -234,11 +206,12 @@ impl Check {
             },
             Check::Quality { metric, min_delta, min_labels } => {
                 let (s, c) = (&w.stable.labelled, &w.candidate.labelled);
-                if c.len() < min_labels || s.len() < min_labels {
+                if c.seen() < min_labels as u64 || s.seen() < min_labels as u64 {
                     return Verdict::Inconclusive {
-                        reason: format!("{} labels, waiting for {min_labels}", c.len().min(s.len())),
+                        reason: format!("{} labels, waiting for {min_labels}", c.seen().min(s.seen())),
                     };
                 }
+                let (s, c) = (s.values(), c.values());
                 let score = |l: &[(f64, bool)]| match metric {
                     QualityMetric::Accuracy => l.iter().filter(|(p, y)| (*p >= 0.5) == *y).count() as f64 / l.len() as f64,
                     QualityMetric::Auc => {
@@ -280,6 +253,7 @@ mod tests {
             Verdict::Pass { .. } => "pass".into(),
             Verdict::Fail { reason, .. } => format!("fail: {reason}"),
             Verdict::Inconclusive { reason } => format!("inconclusive: {reason}"),
+            Verdict::NotApplicable { reason } => format!("not applicable: {reason}"),
         }
     }
 
@@ -299,7 +273,7 @@ mod tests {
         let c = Check::Latency { max_ratio: 1.1, alpha: 0.01 };
         let base: Vec<f64> = (0..500).map(|i| 0.001 + f64::from(i % 50) * 1e-5).collect();
         let slow: Vec<f64> = base.iter().map(|x| x * 1.3).collect();
-        let w = |c: Vec<f64>| window(Sample { latencies: base.clone(), ..Default::default() }, Sample { latencies: c, ..Default::default() });
+        let w = |c: Vec<f64>| window(Sample { latencies: base.clone().into(), ..Default::default() }, Sample { latencies: c.into(), ..Default::default() });
         assert_eq!(check(c.clone(), &w(base.clone())), "pass");
         assert!(check(c.clone(), &w(slow)).starts_with("fail: median latency 1.30x"));
         assert!(check(c, &w(base[..20].to_vec())).starts_with("inconclusive"));
@@ -312,13 +286,13 @@ mod tests {
         assert_eq!(check(Check::Agreement { min: 0.9 }, &w), "pass");
         let scores: Vec<f64> = (0..1000).map(|i| f64::from(i) / 1000.0).collect();
         let shifted: Vec<f64> = scores.iter().map(|s| s * 0.5 + 0.5).collect();
-        let drift = |c: Vec<f64>| window(Sample { scores: scores.clone(), ..Default::default() }, Sample { scores: c, ..Default::default() });
+        let drift = |c: Vec<f64>| window(Sample { scores: scores.clone().into(), ..Default::default() }, Sample { scores: c.into(), ..Default::default() });
         assert_eq!(check(Check::Drift { max_psi: 0.1 }, &drift(scores.clone())), "pass");
         assert!(check(Check::Drift { max_psi: 0.1 }, &drift(shifted)).starts_with("fail: prediction drift"));
         let good: Vec<(f64, bool)> = (0..400).map(|i| if i % 2 == 0 { (0.9, true) } else { (0.1, false) }).collect();
         let bad: Vec<(f64, bool)> = (0..400).map(|i| if i % 5 == 0 { (0.1, true) } else if i % 2 == 0 { (0.9, true) } else { (0.1, false) }).collect();
         let q = Check::Quality { metric: QualityMetric::Accuracy, min_delta: -0.01, min_labels: 200 };
-        let labelled = |c: Vec<(f64, bool)>| window(Sample { labelled: good.clone(), ..Default::default() }, Sample { labelled: c, ..Default::default() });
+        let labelled = |c: Vec<(f64, bool)>| window(Sample { labelled: good.clone().into(), ..Default::default() }, Sample { labelled: c.into(), ..Default::default() });
         assert_eq!(check(q.clone(), &labelled(good.clone())), "pass");
         assert!(check(q.clone(), &labelled(bad)).starts_with("fail: Accuracy"));
         assert_eq!(check(q, &labelled(good[..10].to_vec())), "inconclusive: 10 labels, waiting for 200");

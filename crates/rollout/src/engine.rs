@@ -62,6 +62,9 @@ pub struct Decision {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+// Events are handled one at a time and never stored in bulk: boxing the window would only add an
+// allocation per tick.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// Time has passed; `window` is what happened since the last tick.
     Tick { now: Millis, window: Window },
@@ -171,17 +174,23 @@ impl Rollout {
         while self.observed.len() > policy.window.max(1) {
             self.observed.pop_front();
         }
+        // Seeded by the tick's time, so the same events always give the same decisions.
+        let mut rng = fastrand::Rng::with_seed(now);
         let observed = self.observed.iter().fold(Window::default(), |mut all, w| {
-            all.merge(w);
+            all.merge(w, &mut rng);
             all
         });
-        let observed = &observed;
         self.verdicts = self
             .plan
             .checks
             .iter()
-            .filter(|c| applies(c, &step))
-            .map(|c| (c.name().to_owned(), c.judge(observed, policy.min_samples)))
+            .map(|c| {
+                let verdict = match not_applicable(c, &step) {
+                    Some(why) => Verdict::NotApplicable { reason: why.to_owned() },
+                    None => c.judge(&observed, policy.min_samples),
+                };
+                (c.name().to_owned(), verdict)
+            })
             .collect();
         let failed: Vec<String> = self
             .verdicts
@@ -216,11 +225,13 @@ impl Rollout {
             Step::Shadow { hold, .. } | Step::Header { hold } | Step::Weight { hold, .. } => hold.0,
             Step::Approve {} | Step::Webhook { .. } => Duration::ZERO,
         };
-        if now.saturating_sub(self.step_started) >= hold.as_millis() as u64 {
-            self.enter(self.step + 1, now, &format!("step {} held {} with every check passing", self.step + 1, humantime::format_duration(hold)))
-        } else {
-            vec![]
+        if now.saturating_sub(self.step_started) < hold.as_millis() as u64 {
+            return vec![];
         }
+        let judged = self.verdicts.iter().any(|(_, v)| !matches!(v, Verdict::NotApplicable { .. }));
+        let held = format!("step {} held {}", self.step + 1, humantime::format_duration(hold));
+        let why = if judged { format!("{held} with every applicable check passing") } else { format!("{held}; no check applies to it") };
+        self.enter(self.step + 1, now, &why)
     }
 
     fn past_deadline(&self, now: Millis) -> bool {
@@ -288,20 +299,41 @@ impl Rollout {
     }
 }
 
-/// Which checks judge which steps: agreement needs shadow traffic; the others need the candidate
-/// to answer live (or header) traffic, except drift, which shadow answers feed too.
+/// Why `check` has nothing to judge in `step`, or `None` when it judges it. A check judges a
+/// step that gives both versions the evidence it reads, measured as clients would see it:
 ///
-/// At 100 % no live request reaches stable, so nothing can be compared: that step is a plain
-/// hold (the earlier steps carried the evidence; an operator can still roll back).
-fn applies(check: &Check, step: &Step) -> bool {
+/// - shadow: the candidate answers mirrored copies of stable's requests, so agreement, drift
+///   (its scores against stable's on the same requests) and error rate judge it (copies are made
+///   of requests stable answered, so a failure of the candidate's own shows, one both share does
+///   not); latency does not (copies run at background priority), nor does quality (labels join
+///   the answers clients got, which were stable's).
+/// - header and weight below 100 %: the candidate answers live requests; everything but
+///   agreement (nothing is mirrored).
+/// - weight 100 %: no live request reaches stable, so nothing is compared: the step is a plain
+///   hold (earlier steps carried the evidence; an operator can still roll back).
+/// - Prometheus: an absolute signal from outside, judged wherever traffic flows.
+///
+/// A step none of whose checks applies advances when its hold ends; gates are never judged.
+fn not_applicable(check: &Check, step: &Step) -> Option<&'static str> {
+    let gate = "not applicable at a gate: it waits for its answer, not for evidence";
     if matches!(check, Check::Prometheus { .. }) {
-        // An absolute signal from outside: it applies wherever traffic flows.
-        return !matches!(step, Step::Approve {} | Step::Webhook { .. });
+        return matches!(step, Step::Approve {} | Step::Webhook { .. }).then_some(gate);
     }
-    match step {
-        Step::Shadow { .. } => matches!(check, Check::Agreement { .. } | Check::Drift { .. }),
-        Step::Weight { weight, .. } if weight.0 == BasisPoints::ALL => false,
-        Step::Header { .. } | Step::Weight { .. } => !matches!(check, Check::Agreement { .. }),
-        Step::Approve {} | Step::Webhook { .. } => false,
+    match (step, check) {
+        (Step::Approve {} | Step::Webhook { .. }, _) => Some(gate),
+        (Step::Shadow { .. }, Check::Latency { .. }) => {
+            Some("not applicable in a shadow step: mirrored copies run at background priority, so their latency is not what clients would see")
+        }
+        (Step::Shadow { .. }, Check::Quality { .. }) => {
+            Some("not applicable in a shadow step: labels join the answers clients got, which came from stable")
+        }
+        (Step::Shadow { .. }, _) => None,
+        (Step::Weight { weight, .. }, _) if weight.0 == BasisPoints::ALL => {
+            Some("not applicable at 100%: no live request reaches stable to compare with")
+        }
+        (Step::Header { .. } | Step::Weight { .. }, Check::Agreement { .. }) => {
+            Some("not applicable outside a shadow step: no request is mirrored to compare answers")
+        }
+        (Step::Header { .. } | Step::Weight { .. }, _) => None,
     }
 }

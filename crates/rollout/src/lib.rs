@@ -6,10 +6,13 @@
 //! - [`spec`]: the rollout spec, its shorthands, and its validation into a [`spec::Plan`].
 //! - [`engine`]: the state machine: events in, decisions (action + reason + evidence) out.
 //! - [`check`]: the checks (error rate, latency, agreement, drift, quality) and their verdicts.
+//! - [`sample`]: what a version did over a window: counts, and uniform samples (reservoirs) of
+//!   its latencies and scores that merge without bias.
 //! - [`stats`]: the statistics the checks use to compare candidate with stable over the same
 //!   window (Mann-Whitney U, two-proportion z, PSI, Kolmogorov-Smirnov, AUC).
 
 pub mod check;
 pub mod engine;
+pub mod sample;
 pub mod spec;
 pub mod stats;

@@ -1,7 +1,7 @@
 //! Table-driven tests of the rollout engine: a spec, a script of events, the transcript of what
 //! the engine decided.
 
-use modelship_rollout::check::{Sample, Window};
+use modelship_rollout::check::{Sample, Verdict, Window};
 use modelship_rollout::engine::{Action, Event, Millis, Phase, Rollout};
 use modelship_rollout::spec::RolloutSpec;
 
@@ -130,16 +130,169 @@ fn too_few_samples_hold_and_never_pass() {
     assert_eq!(t, ["t=0 route 10% +header", "t=2 rollback"]);
 }
 
-#[test]
-fn shadow_steps_judge_agreement_only() {
-    let spec = serde_json::json!({"to": "2", "steps": [{"shadow": {"percent": 100, "hold": "3m"}}, {"weight": {"weight": "50%", "hold": "1m"}}], "checks": checks()});
-    let (t, _) = run(spec.clone(), ticks(0, 10 * M, M, healthy));
-    assert_eq!(t, ["t=0 route 0% shadow 100%", "t=3 route 50% +header", "t=4 promote"]);
-    fn disagreeing() -> Window {
-        Window { compared: 1000, agreed: 900, ..healthy() }
+/// Scores spread over [0, 1), or squeezed into [0.5, 1) when `shifted`.
+fn scores(shifted: bool) -> Vec<f64> {
+    (0..1000).map(|i| f64::from(i) / 1000.0).map(|s| if shifted { s * 0.5 + 0.5 } else { s }).collect()
+}
+
+/// Labelled scores, right on every one.
+fn labels() -> Vec<(f64, bool)> {
+    (0..400).map(|i| if i % 2 == 0 { (0.9, true) } else { (0.1, false) }).collect()
+}
+
+/// Healthy, with scores and labels on both sides: every check has evidence.
+fn evidence() -> Window {
+    let mut w = healthy();
+    for s in [&mut w.stable, &mut w.candidate] {
+        s.scores = scores(false).into();
+        s.labelled = labels().into();
     }
-    let (t, _) = run(spec, ticks(0, 10 * M, M, disagreeing));
+    w
+}
+
+/// What a shadow step sees: stable's live answers, and the candidate's answers to the mirrored
+/// copies (scores, latencies, errors) but no labels (those join the answers clients got).
+fn shadowed(shifted: bool) -> Window {
+    let mut w = evidence();
+    w.candidate.labelled = Default::default();
+    w.candidate.scores = scores(shifted).into();
+    w
+}
+
+fn shadow_identical() -> Window {
+    shadowed(false)
+}
+
+fn shadow_shifted() -> Window {
+    shadowed(true)
+}
+
+/// One tick of `window` in the first step of `step` judged by every kind of check: each check's
+/// verdict, as `name: verdict (reason)`.
+fn verdicts_in(step: serde_json::Value, window: Window) -> Vec<String> {
+    let checks = serde_json::json!([
+        {"error_rate": {}}, {"latency": {"max_ratio": 1.2}}, {"agreement": {"min": 0.98}}, {"drift": {}},
+        {"quality": {"metric": "accuracy", "min_delta": -0.01}},
+        {"prometheus": {"url": "http://prometheus.local", "query": "up", "max": 1}}
+    ]);
+    let spec = serde_json::json!({"to": "2", "steps": [step, {"approve": {}}], "checks": checks});
+    let (mut rollout, _) = Rollout::start(plan(spec), 0);
+    rollout.handle(Event::Tick { now: M, window });
+    rollout
+        .verdicts
+        .iter()
+        .map(|(name, v)| match v {
+            Verdict::Pass { .. } => format!("{name}: pass"),
+            Verdict::Fail { reason, .. } => format!("{name}: fail ({reason})"),
+            Verdict::Inconclusive { reason } => format!("{name}: inconclusive ({reason})"),
+            Verdict::NotApplicable { reason } => format!("{name}: not applicable ({reason})"),
+        })
+        .collect()
+}
+
+#[test]
+fn which_checks_judge_which_steps() {
+    let na = |name: &str, why: &str| format!("{name}: not applicable ({why})");
+    let background = "not applicable in a shadow step: mirrored copies run at background priority, so their latency is not what clients would see";
+    let unlabelled = "not applicable in a shadow step: labels join the answers clients got, which came from stable";
+    let outside = "not applicable outside a shadow step: no request is mirrored to compare answers";
+    let all = "not applicable at 100%: no live request reaches stable to compare with";
+    let pass = |name: &str| format!("{name}: pass");
+    let no_value = "prometheus: inconclusive (no value from Prometheus yet)".to_owned();
+    let live = vec![pass("error_rate"), pass("latency"), na("agreement", outside), pass("drift"), pass("quality"), no_value.clone()];
+    let table = [
+        (
+            serde_json::json!({"shadow": {"percent": 100, "hold": "1h"}}),
+            shadow_identical(),
+            vec![pass("error_rate"), na("latency", background), pass("agreement"), pass("drift"), na("quality", unlabelled), no_value.clone()],
+        ),
+        (serde_json::json!({"header": {"hold": "1h"}}), evidence(), live.clone()),
+        (serde_json::json!({"weight": {"weight": "50%", "hold": "1h"}}), evidence(), live),
+        (
+            serde_json::json!({"weight": {"weight": "100%", "hold": "1h"}}),
+            evidence(),
+            vec![na("error_rate", all), na("latency", all), na("agreement", all), na("drift", all), na("quality", all), no_value],
+        ),
+    ];
+    for (step, window, expected) in table {
+        assert_eq!(verdicts_in(step.clone(), window), expected, "{step}");
+    }
+}
+
+#[test]
+fn shadow_steps_judge_the_candidates_shadow_answers() {
+    // Latency and quality have nothing to judge in the shadow step and do not hold it; drift,
+    // error rate and agreement judge the shadow answers.
+    let checks = serde_json::json!([{"error_rate": {}}, {"latency": {"max_ratio": 1.2}}, {"agreement": {"min": 0.98}}, {"drift": {}},
+        {"quality": {"metric": "accuracy", "min_delta": -0.01}}]);
+    let spec = serde_json::json!({"to": "2", "steps": [{"shadow": {"percent": 100, "hold": "3m"}}, {"weight": {"weight": "50%", "hold": "1m"}}], "checks": checks});
+    let mut events = ticks(0, 3 * M, M, shadow_identical);
+    events.extend(ticks(3 * M, 10 * M, M, evidence));
+    let (t, rollout) = run(spec.clone(), events);
+    assert_eq!(t, ["t=0 route 0% shadow 100%", "t=3 route 50% +header", "t=4 promote"]);
+    assert_eq!(rollout.phase, Phase::Promoted);
+    // The decision that left the shadow step carries its evidence, not-applicable checks included.
+    let (mut rollout, _) = Rollout::start(plan(spec.clone()), 0);
+    let left = ticks(0, 3 * M, M, shadow_identical).into_iter().flat_map(|e| rollout.handle(e)).next().unwrap();
+    let evidence: Vec<(&str, &str)> = left
+        .evidence
+        .iter()
+        .map(|(name, v)| (name.as_str(), match v { Verdict::Pass { .. } => "pass", Verdict::NotApplicable { .. } => "not applicable", _ => "other" }))
+        .collect();
+    assert_eq!(evidence, [("error_rate", "pass"), ("latency", "not applicable"), ("agreement", "pass"), ("drift", "pass"), ("quality", "not applicable")]);
+    // A candidate whose scores shift fails drift in the shadow step, before any client sees it.
+    let (t, rollout) = run(spec.clone(), ticks(0, 10 * M, M, shadow_shifted));
     assert_eq!(t, ["t=0 route 0% shadow 100%", "t=3 rollback"]);
+    let Phase::RolledBack { reason } = rollout.phase else { panic!() };
+    assert!(reason.starts_with("drift: prediction drift PSI"), "{reason}");
+    // Errors on mirrored copies count against the candidate.
+    fn shadow_erroring() -> Window {
+        Window { candidate: Sample { errors: 60, ..shadow_identical().candidate }, ..shadow_identical() }
+    }
+    let (t, rollout) = run(spec.clone(), ticks(0, 10 * M, M, shadow_erroring));
+    assert_eq!(t, ["t=0 route 0% shadow 100%", "t=3 rollback"]);
+    assert!(matches!(rollout.phase, Phase::RolledBack { reason } if reason.starts_with("error_rate")));
+    fn disagreeing() -> Window {
+        Window { compared: 1000, agreed: 900, ..shadow_identical() }
+    }
+    let (t, _) = run(spec.clone(), ticks(0, 10 * M, M, disagreeing));
+    assert_eq!(t, ["t=0 route 0% shadow 100%", "t=3 rollback"]);
+    // Without the candidate's scores drift has too few and holds: silence never passes.
+    fn no_scores() -> Window {
+        Window { candidate: Sample { scores: Default::default(), ..shadow_identical().candidate }, ..shadow_identical() }
+    }
+    let strict = serde_json::json!({"to": "2", "steps": [{"shadow": {"percent": 100, "hold": "3m"}}], "checks": [{"drift": {}}], "failure": {"deadline": "10m"}});
+    let (t, rollout) = run(strict, ticks(0, 12 * M, M, no_scores));
+    assert_eq!(t, ["t=0 route 0% shadow 100%", "t=10 rollback"]);
+    assert!(matches!(rollout.phase, Phase::RolledBack { reason } if reason.contains("deadline")));
+    assert_eq!(rollout.verdicts, [("drift".to_owned(), Verdict::Inconclusive { reason: "0 scores, fewer than 100".into() })]);
+}
+
+#[test]
+fn a_step_no_check_applies_to_is_a_plain_hold() {
+    // Even with on_no_data: fail, a check that does not apply is no missing data.
+    let spec = serde_json::json!({"to": "2", "steps": [{"shadow": {"percent": 10, "hold": "2m"}}, {"weight": {"weight": "100%", "hold": "1m"}}],
+        "checks": [{"latency": {}}, {"quality": {"metric": "auc"}}], "failure": {"on_no_data": "fail", "consecutive": 1}});
+    let (mut rollout, _) = Rollout::start(plan(spec), 0);
+    let mut reasons = Vec::new();
+    for minute in 1..=4 {
+        for d in rollout.handle(Event::Tick { now: minute * M, window: quiet() }) {
+            reasons.push(format!("t={minute} {}: {}", describe(&d.action), d.reason));
+        }
+    }
+    assert_eq!(
+        reasons,
+        [
+            "t=2 route 100% +header: step 1 held 2m; no check applies to it; step 2 of 2",
+            "t=3 promote: step 2 held 1m; no check applies to it; every step done",
+        ]
+    );
+    assert!(rollout.verdicts.iter().all(|(_, v)| matches!(v, Verdict::NotApplicable { .. })), "{:?}", rollout.verdicts);
+    // A judged step says its checks passed.
+    let spec = serde_json::json!({"to": "2", "steps": [{"weight": {"weight": "10%", "hold": "1m"}}], "checks": checks()});
+    let (mut rollout, _) = Rollout::start(plan(spec), 0);
+    let d = rollout.handle(Event::Tick { now: M, window: healthy() });
+    assert_eq!(d[0].reason, "step 1 held 1m with every applicable check passing; every step done");
 }
 
 #[test]

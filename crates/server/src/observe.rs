@@ -1,12 +1,19 @@
-//! What each version did, for rollout analysis: requests, errors, a latency sample and a score
-//! sample per version, drained into a window at every analysis. Recording costs nothing until a
-//! rollout turns it on.
+//! What each version did, for rollout analysis: requests, errors, and uniform samples of
+//! latencies and scores per version, drained into a window at every analysis. Recording costs
+//! nothing until a rollout turns it on.
+//!
+//! The answers clients got are recorded by the request pipeline ([`Observations::record`]); the
+//! answers a shadow version gave to mirrored copies by [`crate::shadow`]
+//! ([`Observations::record_shadow`]): in a shadow step those are the candidate's evidence.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use modelship_rollout::check::{MAX_SAMPLES, Sample};
+use modelship_inference::Tensor;
+use modelship_rollout::check::Sample;
+
+use crate::model::LoadedModel;
 
 /// Predictions kept for joining with labels that arrive later (the oldest are forgotten first).
 const REMEMBERED: usize = 100_000;
@@ -14,9 +21,17 @@ const REMEMBERED: usize = 100_000;
 #[derive(Default)]
 pub struct Observations {
     on: AtomicBool,
-    samples: Mutex<HashMap<(String, String), Sample>>,
+    samples: Mutex<Samples>,
     /// request id -> (model, version, score), for delayed ground truth, and the ids by age.
     predictions: Mutex<(HashMap<String, Prediction>, VecDeque<String>)>,
+}
+
+/// The samples by (model, version), and the generator that picks which values they keep
+/// (seeded from the system: which requests are kept must not follow any pattern in traffic).
+#[derive(Default)]
+struct Samples {
+    by_version: HashMap<(String, String), Sample>,
+    rng: fastrand::Rng,
 }
 
 /// Which model and version answered a request, and with what score.
@@ -26,7 +41,7 @@ impl Observations {
     pub fn set_recording(&self, on: bool) {
         self.on.store(on, Ordering::Relaxed);
         if !on {
-            self.samples.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            self.samples.lock().unwrap_or_else(|p| p.into_inner()).by_version.clear();
         }
     }
 
@@ -35,7 +50,7 @@ impl Observations {
     }
 
     /// One answered request: `failed` for a server-side failure, its latency, and the model's
-    /// score for it when it has one.
+    /// score for it when it has one (remembered for the label that may come later).
     pub fn record(&self, request_id: &str, model: &str, version: &str, failed: bool, latency: f64, score: Option<f64>) {
         if !self.is_recording() {
             return;
@@ -52,17 +67,27 @@ impl Observations {
                 }
             }
         }
-        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        let s = samples.entry((model.to_owned(), version.to_owned())).or_default();
+        self.add(model, version, failed, latency, score);
+    }
+
+    /// One mirrored copy answered (or failed) by `version`: evidence for that version like a
+    /// live answer, except that it is never joined with a label, since the label of a request
+    /// is the label of the answer its client got.
+    pub fn record_shadow(&self, model: &str, version: &str, failed: bool, latency: f64, score: Option<f64>) {
+        if self.is_recording() {
+            self.add(model, version, failed, latency, score);
+        }
+    }
+
+    fn add(&self, model: &str, version: &str, failed: bool, latency: f64, score: Option<f64>) {
+        let mut guard = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let Samples { by_version, rng } = &mut *guard;
+        let s = by_version.entry((model.to_owned(), version.to_owned())).or_default();
         s.requests += 1;
         s.errors += u64::from(failed);
-        if s.latencies.len() < MAX_SAMPLES {
-            s.latencies.push(latency);
-        }
-        if let Some(score) = score.filter(|s| s.is_finite())
-            && s.scores.len() < MAX_SAMPLES
-        {
-            s.scores.push(score);
+        s.latencies.offer(latency, rng);
+        if let Some(score) = score.filter(|s| s.is_finite()) {
+            s.scores.offer(score, rng);
         }
     }
 
@@ -71,16 +96,75 @@ impl Observations {
     pub fn label(&self, request_id: &str, label: bool) -> bool {
         let found = self.predictions.lock().unwrap_or_else(|p| p.into_inner()).0.remove(request_id);
         let Some((model, version, score)) = found else { return false };
-        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        let s = samples.entry((model, version)).or_default();
-        if s.labelled.len() < MAX_SAMPLES {
-            s.labelled.push((score, label));
-        }
+        let mut guard = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let Samples { by_version, rng } = &mut *guard;
+        by_version.entry((model, version)).or_default().labelled.offer((score, label), rng);
         true
     }
 
     /// Takes what `version` of `model` did since the last call.
     pub fn drain(&self, model: &str, version: &str) -> Sample {
-        self.samples.lock().unwrap_or_else(|p| p.into_inner()).remove(&(model.to_owned(), version.to_owned())).unwrap_or_default()
+        let mut guard = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        guard.by_version.remove(&(model.to_owned(), version.to_owned())).unwrap_or_default()
+    }
+}
+
+/// The score a rollout watches for drift: the first value of the model's prediction output
+/// (for a binary classifier, the probability of class 1 of the first row).
+pub(crate) fn score_of(model: &LoadedModel, outputs: &[Tensor]) -> Option<f64> {
+    let index = modelship_protocol::v1::prediction_output(&model.info.signature)?;
+    let name = &model.info.signature.outputs[index].name;
+    let tensor = outputs.iter().find(|t| t.name() == name)?;
+    match modelship_protocol::v1::prediction_value(tensor) {
+        serde_json::Value::Array(rows) => match rows.first()? {
+            serde_json::Value::Array(row) => row.last()?.as_f64(),
+            v => v.as_f64(),
+        },
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use modelship_rollout::check::MAX_SAMPLES;
+
+    #[test]
+    fn a_long_window_is_sampled_uniformly() {
+        // Latencies that grow through the window (a slow leak, a warming cache): the sample must
+        // see the whole window, not its first minutes.
+        const N: u32 = 200_000;
+        let o = Observations::default();
+        o.set_recording(true);
+        for i in 0..N {
+            let x = f64::from(i) / f64::from(N);
+            o.record(&i.to_string(), "m", "1", false, x, Some(x));
+        }
+        let s = o.drain("m", "1");
+        assert_eq!((s.requests, s.latencies.seen(), s.latencies.values().len(), s.scores.seen()), (200_000, 200_000, MAX_SAMPLES, 200_000));
+        let grid: Vec<f64> = (0..10_000).map(|i| f64::from(i) / 10_000.0).collect();
+        for values in [s.latencies.values(), s.scores.values()] {
+            let mean = values.iter().sum::<f64>() / values.len() as f64;
+            let (_, p) = modelship_rollout::stats::ks(values, &grid).unwrap();
+            assert!((mean - 0.5).abs() < 0.015 && p > 0.001, "mean {mean}, KS p = {p}");
+        }
+        assert_eq!(o.drain("m", "1"), Sample::default(), "drained");
+    }
+
+    #[test]
+    fn shadow_answers_are_evidence_but_never_labelled() {
+        let o = Observations::default();
+        o.record_shadow("m", "2", false, 0.01, Some(0.3));
+        assert_eq!(o.drain("m", "2"), Sample::default(), "nothing is recorded while no rollout runs");
+        o.set_recording(true);
+        o.record("req-1", "m", "1", false, 0.01, Some(0.9));
+        o.record_shadow("m", "2", false, 0.02, Some(0.3));
+        o.record_shadow("m", "2", true, 0.03, None);
+        // The label joins the answer the client got (version 1), not the shadow's.
+        assert!(o.label("req-1", true));
+        let (stable, shadow) = (o.drain("m", "1"), o.drain("m", "2"));
+        assert_eq!((stable.requests, stable.labelled.values()), (1, &[(0.9, true)][..]));
+        assert_eq!((shadow.requests, shadow.errors, shadow.scores.values(), shadow.labelled.seen()), (2, 1, &[0.3][..], 0));
+        assert_eq!(shadow.latencies.values(), [0.02, 0.03]);
     }
 }

@@ -165,7 +165,7 @@ async fn infer(state: &AppState, routed: &Routed, request: Request, call: &mut C
     let mirror = routed.shadow.as_ref().filter(|s| state.shadows.admit(&state.metrics, s)).map(|_| infer_request.clone());
     let outputs = model.infer(infer_request).await?;
     if state.observations.is_recording() {
-        call.score = score_of(model, &outputs);
+        call.score = crate::observe::score_of(model, &outputs);
     }
     if let (Some(shadow), Some(copy)) = (&routed.shadow, mirror) {
         state.shadows.mirror(&state.metrics, Arc::clone(shadow), copy, outputs.clone());
@@ -201,21 +201,6 @@ async fn enrich(state: &AppState, request: &mut InferRequest, entities: &[Map<St
     }
     request.inputs.push(enriched.tensor);
     Ok((!enriched.defaulted.is_empty()).then(|| serde_json::json!(enriched.defaulted)))
-}
-
-/// The score a rollout watches for drift: the first value of the model's prediction output
-/// (for a binary classifier, the probability of class 1 of the first row).
-pub(crate) fn score_of(model: &LoadedModel, outputs: &[Tensor]) -> Option<f64> {
-    let index = modelship_protocol::v1::prediction_output(&model.info.signature)?;
-    let name = &model.info.signature.outputs[index].name;
-    let tensor = outputs.iter().find(|t| t.name() == name)?;
-    match modelship_protocol::v1::prediction_value(tensor) {
-        Value::Array(rows) => match rows.first()? {
-            Value::Array(row) => row.last()?.as_f64(),
-            v => v.as_f64(),
-        },
-        _ => None,
-    }
 }
 
 /// One request from arrival to answer: request id, in-flight gauge, metrics, observations and

@@ -354,6 +354,12 @@ fn publish(state: &AppState, model: &str, r: &Rollout) {
             modelship_rollout::check::Verdict::Pass { value } => (Some(*value), 1),
             modelship_rollout::check::Verdict::Fail { value, .. } => (Some(*value), -1),
             modelship_rollout::check::Verdict::Inconclusive { .. } => (None, 0),
+            modelship_rollout::check::Verdict::NotApplicable { .. } => {
+                // Nothing judged in this step: no series, rather than a stale value.
+                let _ = m.rollout_check_verdict.remove_label_values(&[model, check]);
+                let _ = m.rollout_check_value.remove_label_values(&[model, check]);
+                continue;
+            }
         };
         m.rollout_check_verdict.with_label_values(&[model, check]).set(code);
         if let Some(v) = value {

@@ -4,9 +4,14 @@
 //! The copy is started after the client's answer is ready and runs on the shadow version's own
 //! workers, behind its own bound: when the bound (or that version's queue) is full the copy is
 //! dropped and counted, never queued. Each comparison pairs the two answers to the same request.
+//!
+//! While a rollout records, each copy's answer is also the shadow version's evidence
+//! ([`Observations::record_shadow`]): its latency, whether it failed, and its score, so a shadow
+//! step's drift and error-rate checks judge the candidate on the very requests stable answered.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use modelship_inference::{InferRequest, Tensor, TensorData};
 use serde::Serialize;
@@ -14,6 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
 use crate::model::LoadedModel;
+use crate::observe::{self, Observations};
 
 /// Running totals of the comparisons of one shadow version against what clients got.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -41,11 +47,13 @@ pub struct Shadows {
     permits: Arc<Semaphore>,
     /// By (model, shadow version).
     stats: Mutex<BTreeMap<(String, String), Agreement>>,
+    /// Where the copies' answers go as evidence for rollout checks.
+    observations: Arc<Observations>,
 }
 
 impl Shadows {
-    pub fn new(max_in_flight: usize) -> Self {
-        Shadows { permits: Arc::new(Semaphore::new(max_in_flight.max(1))), stats: Mutex::default() }
+    pub fn new(max_in_flight: usize, observations: Arc<Observations>) -> Self {
+        Shadows { permits: Arc::new(Semaphore::new(max_in_flight.max(1))), stats: Mutex::default(), observations }
     }
 
     pub fn agreement(&self, model: &str, version: &str) -> Agreement {
@@ -84,7 +92,11 @@ impl Shadows {
         let (shadows, metrics) = (Arc::clone(self), Arc::clone(metrics));
         tokio::spawn(async move {
             let _permit = permit;
-            match shadow.infer(request).await {
+            let started = Instant::now();
+            let result = shadow.infer(request).await;
+            let latency = started.elapsed().as_secs_f64();
+            let evidence = &shadows.observations;
+            match result {
                 Ok(outputs) => {
                     let (agree, diff) = compare(&served, &outputs);
                     let result = if agree { "agree" } else { "disagree" };
@@ -95,8 +107,12 @@ impl Shadows {
                         a.agreed += u64::from(agree);
                         a.abs_diff_sum += diff;
                     });
+                    if evidence.is_recording() {
+                        evidence.record_shadow(&labels[0], &labels[1], false, latency, observe::score_of(&shadow, &outputs));
+                    }
                 }
                 Err(crate::error::ApiError::Overloaded { .. }) => {
+                    // Never run: no evidence either way.
                     metrics.shadow_dropped.with_label_values(&labels).inc();
                     shadows.update(&labels[0], &labels[1], |a| a.dropped += 1);
                 }
@@ -104,6 +120,9 @@ impl Shadows {
                     tracing::debug!(model = %labels[0], version = %labels[1], error = %e, "shadow request failed");
                     metrics.shadow_comparisons.with_label_values(&[&labels[0], &labels[1], "error"]).inc();
                     shadows.update(&labels[0], &labels[1], |a| a.failed += 1);
+                    // The served version answered this very request, so the failure is the
+                    // shadow version's, whatever its status would have been.
+                    evidence.record_shadow(&labels[0], &labels[1], true, latency, None);
                 }
             }
         });

@@ -63,13 +63,14 @@ impl AppState {
     }
 
     pub fn with_credentials(limits: Limits, credentials: Credentials) -> Self {
+        let observations = Arc::new(Observations::default());
         AppState {
             models: Arc::default(),
             health: Arc::default(),
             metrics: Arc::default(),
             limits,
-            shadows: Arc::new(Shadows::new(limits.max_shadow_in_flight)),
-            observations: Arc::default(),
+            shadows: Arc::new(Shadows::new(limits.max_shadow_in_flight, Arc::clone(&observations))),
+            observations,
             credentials: Arc::new(credentials),
             tasks: Tasks::default(),
             ids: Arc::default(),

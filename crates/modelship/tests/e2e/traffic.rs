@@ -514,3 +514,99 @@ fn approval_and_webhook_gates() {
     assert_eq!(asked.load(Ordering::Relaxed), 1);
     assert_eq!(fleet.status(&server)["traffic"]["stable"], "2");
 }
+
+/// The body of request `r` of a fixed set of 300 distinct rows (spread over [-3, 3)), so that the
+/// models' scores have a distribution to compare.
+fn varied_body(r: u64) -> String {
+    let data: Vec<f32> = (0..30u64).map(|j| ((r * 7919 + j * 104_729 + r * j * 13) % 1009) as f32 / 1009.0 * 6.0 - 3.0).collect();
+    serde_json::json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": data}]}).to_string()
+}
+
+/// Runs a rollout of fixture `file` (pushed as version `to`) whose only step shadows every
+/// request, judged by drift (and by checks that do not apply to a shadow step), under load of
+/// varied rows; returns the final status, the decisions, and the versions clients got.
+fn shadow_drift_rollout(file: &str, to: &str, phase: &str) -> (Value, Vec<Value>, HashMap<String, usize>) {
+    let fleet = fleet();
+    fleet.push(file, to);
+    let server = fleet.serve(&[]);
+    let spec = fleet.state.path().join("shadow.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "to: '{to}'\nsteps:\n  - shadow: {{percent: 100, hold: 2s}}\nchecks:\n  - drift: {{max_psi: 0.2}}\n  - error_rate: {{}}\n  - latency: {{}}\n  - quality: {{metric: auc}}\nfailure: {{consecutive: 2, min_samples: 200, deadline: 60s}}\ninterval: 300ms\n"
+        ),
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    let clients: Vec<_> = (0..2u64)
+        .map(|c| {
+            let (url, stop, seen) = (server.url("/v2/models/fraud/infer"), stop.clone(), seen.clone());
+            thread::spawn(move || {
+                let agent = agent();
+                let bodies: Vec<String> = (0..300).map(varied_body).collect();
+                let mut i = c as usize * 150;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = reply(agent.post(&url).header("content-type", "application/json").send(&bodies[i % 300]).unwrap());
+                    assert_eq!(r.status, 200, "{}", r.text);
+                    *seen.lock().unwrap().entry(r.header("x-model-version").unwrap().to_owned()).or_default() += 1;
+                    i += 1;
+                    // Leave the CPU some room: mirrored copies run at background priority.
+                    thread::sleep(Duration::from_millis(1));
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    rollout(&fleet, &server, &["start", "fraud", "--spec", spec.to_str().unwrap()]);
+    let done = wait_phase(&fleet, &server, phase);
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    clients.into_iter().for_each(|c| c.join().unwrap());
+    let history = rollout(&fleet, &server, &["history", "fraud"]).as_array().unwrap().clone();
+    let seen = seen.lock().unwrap().clone();
+    let drift = history.last().map(|d| evidence(d)["drift"].clone()).unwrap_or_default();
+    eprintln!("shadow rollout of {file} as {to}: {phase} after {took:?}, drift {drift}, answers by version {seen:?}");
+    let traffic = fleet.status(&server)["traffic"].clone();
+    (serde_json::json!({"rollout": done, "traffic": traffic}), history, seen)
+}
+
+/// Each check's verdict in a decision's evidence, by name.
+fn evidence(decision: &Value) -> HashMap<String, Value> {
+    decision["evidence"].as_array().unwrap().iter().map(|e| (e[0].as_str().unwrap().to_owned(), e[1].clone())).collect()
+}
+
+#[test]
+fn a_shadow_step_with_drift_promotes_an_identical_candidate() {
+    // Version 3 is the same model as stable: its shadow answers have stable's score distribution.
+    let (status, history, _) = shadow_drift_rollout("fraud", "3", "promoted");
+    let actions: Vec<&str> = history.iter().map(|d| d["action"]["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["route", "promote"], "{history:?}");
+    assert_eq!(history[0]["action"]["shadow"], 10_000);
+    let promote = &history[1];
+    assert!(promote["reason"].as_str().unwrap().contains("with every applicable check passing"), "{promote}");
+    let verdicts = evidence(promote);
+    assert_eq!(verdicts["drift"]["verdict"], "pass", "{promote}");
+    assert!(verdicts["drift"]["value"].as_f64().unwrap() < 0.2, "{promote}");
+    assert_eq!(verdicts["error_rate"]["verdict"], "pass", "{promote}");
+    for check in ["latency", "quality"] {
+        assert_eq!(verdicts[check]["verdict"], "not_applicable", "{promote}");
+        assert!(verdicts[check]["reason"].as_str().unwrap().contains("shadow step"), "{promote}");
+    }
+    assert_eq!(status["traffic"]["stable"], "3", "{status}");
+}
+
+#[test]
+fn a_shadow_step_with_drift_rolls_back_a_shifted_candidate() {
+    // A random forest on the same features: its scores are spread quite differently from the
+    // gradient-boosting stable's (PSI above 1 on these rows).
+    let (status, history, seen) = shadow_drift_rollout("random_forest", "4", "rolled_back");
+    let reason = status["rollout"]["phase"]["reason"].as_str().unwrap();
+    assert!(reason.contains("drift: prediction drift PSI"), "{status}");
+    let actions: Vec<&str> = history.iter().map(|d| d["action"]["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["route", "rollback"], "{history:?}");
+    assert!(evidence(&history[1])["drift"]["value"].as_f64().unwrap() > 0.2);
+    // It was judged on mirrored copies only: no client ever got its answers.
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["1"], "{seen:?}");
+    assert!(status["traffic"]["candidate"].is_null() && status["traffic"]["shadow"].is_null(), "{status}");
+}
