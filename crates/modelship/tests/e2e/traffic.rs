@@ -515,6 +515,57 @@ fn approval_and_webhook_gates() {
     assert_eq!(fleet.status(&server)["traffic"]["stable"], "2");
 }
 
+/// A webhook gate that accepts the call and never answers holds the rollout, not the admin API:
+/// `rollout status` answers within 1 s, and an abort goes through.
+#[test]
+fn status_answers_while_a_webhook_gate_hangs() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/gate", listener.local_addr().unwrap());
+    let held = thread::spawn(move || {
+        let conn = listener.incoming().next();
+        thread::sleep(Duration::from_secs(8));
+        drop(conn);
+    });
+    let fleet = fleet();
+    let server = fleet.serve(&[]);
+    let spec = fleet.state.path().join("hang.yaml");
+    std::fs::write(&spec, format!("to: '2'\nsteps:\n  - webhook: {{url: '{hook}'}}\n  - weight: {{weight: 100%, hold: 0s}}\ninterval: 200ms\n")).unwrap();
+    rollout(&fleet, &server, &["start", "fraud", "--spec", spec.to_str().unwrap()]);
+    wait_phase(&fleet, &server, "awaiting_webhook");
+    for _ in 0..3 {
+        let asked = Instant::now();
+        let status = rollout(&fleet, &server, &["status", "fraud"]);
+        assert!(asked.elapsed() < Duration::from_secs(1), "status took {:?}", asked.elapsed());
+        assert_eq!(status["phase"]["phase"], "awaiting_webhook");
+    }
+    let asked = Instant::now();
+    let aborted = rollout(&fleet, &server, &["abort", "fraud"]);
+    assert!(asked.elapsed() < Duration::from_secs(1), "abort took {:?}", asked.elapsed());
+    assert_eq!(aborted["phase"]["phase"], "rolled_back", "{aborted}");
+    held.join().unwrap();
+}
+
+/// A version kept warm after a switch expires while a newer change routes to it again: the newer
+/// revision stays in force, with that version loaded.
+#[test]
+fn keep_warm_expiry_leaves_a_newer_revision_in_force() {
+    let fleet = fleet();
+    let server = Server::start_with(
+        &["fraud:1", "--registry", fleet.registry.path().to_str().unwrap(), "--keep-warm", "1"],
+        &[("MODELSHIP_STATE_DIR", fleet.state.path().to_str().unwrap())],
+    );
+    fleet.ok(&server, &["switch", "fraud", "2"]);
+    // Within the second 1 is kept warm: back as a 10 % candidate (no load needed).
+    fleet.ok(&server, &["set", "fraud", "--candidate", "1", "--weight", "10%"]);
+    let newer = fleet.status(&server);
+    thread::sleep(Duration::from_millis(2500));
+    let now = fleet.status(&server);
+    assert_eq!(now["revision"], newer["revision"], "{now}");
+    assert_eq!(now["traffic"]["candidate"]["version"], "1", "{now}");
+    assert!(now["loaded_versions"].as_array().unwrap().iter().any(|v| v == "1"), "{now}");
+    assert_eq!(version_of(&server, &[("x-canary", "true")]), "1");
+}
+
 /// The body of request `r` of a fixed set of 300 distinct rows (spread over [-3, 3)), so that the
 /// models' scores have a distribution to compare.
 fn varied_body(r: u64) -> String {
