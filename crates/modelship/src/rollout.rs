@@ -5,11 +5,18 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use comfy_table::Table;
+use comfy_table::presets::NOTHING;
+use modelship_protocol::admin::{CommandRequest, RolloutCommand, RolloutDecision, RolloutState, RolloutStatus, StartRequest};
+use modelship_rollout::check::Verdict;
+use modelship_rollout::engine::{Action, Phase};
+use modelship_rollout::spec::{RolloutSpec, Span, Step};
+use modelship_server::pipeline::CANARY_HEADER;
+use serde_json::Value;
 
-use crate::cli::{OutputFormat, RolloutArgs, RolloutCommand};
+use crate::cli::{self, OutputFormat, RolloutArgs};
 use crate::config::ProcessEnv;
-use crate::traffic::{Admin, actor};
+use crate::traffic::{Admin, actor, print_json, time};
 
 pub fn main(args: RolloutArgs) -> ExitCode {
     match run(args) {
@@ -22,7 +29,7 @@ pub fn main(args: RolloutArgs) -> ExitCode {
 }
 
 /// Reads a spec file (YAML or JSON), accepting the design's `rollout:` wrapper and its `model:` key.
-fn read_spec(path: &std::path::Path, to: Option<String>) -> anyhow::Result<Value> {
+fn read_spec(path: &std::path::Path, to: Option<String>) -> anyhow::Result<RolloutSpec> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the rollout spec {}", path.display()))?;
     let mut spec: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("{} is not YAML or JSON", path.display()))?;
     if let Some(inner) = spec.get("rollout").cloned() {
@@ -40,75 +47,313 @@ fn read_spec(path: &std::path::Path, to: Option<String>) -> anyhow::Result<Value
     if !object.contains_key("to") {
         anyhow::bail!("no version to roll out: pass --to VERSION or set `to:` in {}", path.display());
     }
-    Ok(spec)
+    serde_json::from_value(spec).with_context(|| format!("{} is not a rollout spec", path.display()))
 }
 
 fn run(args: RolloutArgs) -> anyhow::Result<()> {
     let admin = Admin::connect(args.admin.admin.clone(), args.admin.token_file.clone(), &ProcessEnv)?;
     let json_out = args.admin.output == OutputFormat::Json;
     let path = |model: &str, rest: &str| format!("/models/{model}/rollout{rest}");
-    let result = match &args.command {
-        RolloutCommand::Start { model, to, spec } => {
+    let command = |model: &str, command: RolloutCommand| -> anyhow::Result<RolloutStatus> {
+        admin.post(&path(model, &format!("/{command}")), &CommandRequest { reason: args.admin.reason.clone() })
+    };
+    let status = match &args.command {
+        cli::RolloutCommand::Start { model, to, spec } => {
             let spec = read_spec(spec, to.clone())?;
-            admin.call("POST", &path(model, ""), Some(json!({"spec": spec, "actor": actor()})))?
+            admin.post(&path(model, ""), &StartRequest { spec, actor: Some(actor()) })?
         }
-        RolloutCommand::Status { model, watch } => {
+        cli::RolloutCommand::Status { model, watch } => {
             let live = *watch && std::io::stdout().is_terminal() && !json_out;
             loop {
-                let status = admin.call("GET", &path(model, ""), None)?;
+                let status: RolloutStatus = admin.get(&path(model, ""))?;
                 if live {
                     print!("\x1b[2J\x1b[H");
                 }
-                show(&status, json_out);
-                let done = status.get("phase").and_then(|p| p.get("phase")).and_then(Value::as_str).is_none_or(|p| p == "promoted" || p == "rolled_back");
+                show(&status, json_out)?;
+                let done = status.rollout.as_ref().is_none_or(|r| r.phase.is_done());
                 if !watch || done {
                     return Ok(());
                 }
                 std::thread::sleep(Duration::from_secs(2));
             }
         }
-        RolloutCommand::Approve { model } => admin.call("POST", &path(model, "/approve"), Some(json!({"reason": args.admin.reason})))?,
-        RolloutCommand::Pause { model } => admin.call("POST", &path(model, "/pause"), Some(json!({"reason": args.admin.reason})))?,
-        RolloutCommand::Resume { model } => admin.call("POST", &path(model, "/resume"), Some(json!({"reason": args.admin.reason})))?,
-        RolloutCommand::Abort { model } => admin.call("POST", &path(model, "/abort"), Some(json!({"reason": args.admin.reason})))?,
-        RolloutCommand::History { model } => {
-            let history = admin.call("GET", &path(model, "/history"), None)?;
+        cli::RolloutCommand::Approve { model } => command(model, RolloutCommand::Approve)?,
+        cli::RolloutCommand::Pause { model } => command(model, RolloutCommand::Pause)?,
+        cli::RolloutCommand::Resume { model } => command(model, RolloutCommand::Resume)?,
+        cli::RolloutCommand::Abort { model } => command(model, RolloutCommand::Abort)?,
+        cli::RolloutCommand::History { model } => {
+            let history: Vec<RolloutDecision> = admin.get(&path(model, "/history"))?;
             if json_out {
-                println!("{}", serde_json::to_string_pretty(&history)?);
+                print_json(&history)?;
             } else {
-                for d in history.as_array().into_iter().flatten() {
-                    let at = d["at"].as_u64().map(|ms| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()).unwrap_or_default();
-                    println!("{at}  rollout {}  {}  {}", d["rollout"], d["action"]["action"].as_str().unwrap_or("?"), d["reason"].as_str().unwrap_or(""));
-                }
+                print!("{}", render_history(&history));
             }
             return Ok(());
         }
     };
-    show(&result, json_out);
-    Ok(())
+    show(&status, json_out)
 }
 
-fn show(status: &Value, json_out: bool) {
+fn show(status: &RolloutStatus, json_out: bool) -> anyhow::Result<()> {
     if json_out {
-        println!("{}", serde_json::to_string_pretty(status).unwrap_or_default());
-        return;
+        print_json(status)
+    } else {
+        print!("{}", render_status(status, now_ms()));
+        Ok(())
     }
-    if status.get("rollout").is_some_and(Value::is_null) {
-        println!("no rollout for model {}", status["model"].as_str().unwrap_or("?"));
-        return;
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The status for people, as of `now` (for how long the step has run):
+///
+/// ```text
+/// rollout 3 of fraud: 1 -> 2
+/// phase     progressing
+/// step      2/4: weight 25% for 5m (1m 20s in)
+/// failures  0 in a row, 1 in all
+/// CHECK       VERDICT              VALUE  REASON
+/// error_rate  pass                0.0000
+/// ```
+fn render_status(status: &RolloutStatus, now: u64) -> String {
+    let Some(r) = &status.rollout else {
+        return format!("no rollout for model {}\n", status.model);
+    };
+    let mut out = format!("rollout {} of {}: {} -> {}\n", r.id, status.model, r.stable, r.to);
+    out += &format!("phase     {}\n", phase(&status.model, r));
+    if let Some(step) = &r.current_step {
+        let running = match r.phase {
+            Phase::Progressing => format!(" ({} in)", span(Duration::from_secs(now.saturating_sub(r.step_started_ms) / 1000))),
+            _ => String::new(),
+        };
+        out += &format!("step      {}/{}: {}{running}\n", r.step, r.steps, describe_step(step));
     }
-    let phase = &status["phase"];
-    let why = phase.get("reason").and_then(Value::as_str).map(|r| format!(" ({r})")).unwrap_or_default();
-    println!(
-        "rollout {}: {} -> {}  {}{why}  step {}/{} {}  failures {} in a row, {} in all",
-        status["rollout"], status["stable"].as_str().unwrap_or("?"), status["to"].as_str().unwrap_or("?"),
-        phase["phase"].as_str().unwrap_or("?"), status["step"], status["steps"], status["current_step"],
-        status["consecutive_failures"], status["total_failures"]
-    );
-    for c in status["checks"].as_array().into_iter().flatten() {
-        let r = &c["result"];
-        let value = r.get("value").and_then(Value::as_f64).map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".to_owned());
-        let reason = r.get("reason").and_then(Value::as_str).unwrap_or("");
-        println!("  {:<11} {:<13} {value:>10}  {reason}", c["check"].as_str().unwrap_or("?"), r["verdict"].as_str().unwrap_or("?"));
+    out += &format!("failures  {} in a row, {} in all\n", r.consecutive_failures, r.total_failures);
+    if !r.checks.is_empty() {
+        let width = r.checks.iter().map(|c| c.check.len()).max().unwrap_or(0).max("CHECK".len());
+        out += &format!("{:<width$}  {:<VERDICT_WIDTH$}  {:>10}  REASON\n", "CHECK", "VERDICT", "VALUE");
+        for c in &r.checks {
+            let (name, value, reason) = verdict(&c.result);
+            let value = value.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"));
+            let line = format!("{:<width$}  {name:<VERDICT_WIDTH$}  {value:>10}  {reason}", c.check);
+            out += line.trim_end();
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Wide enough for every verdict's name, `not_applicable` included.
+const VERDICT_WIDTH: usize = 14;
+
+/// A verdict's name, value and reason.
+fn verdict(v: &Verdict) -> (&'static str, Option<f64>, &str) {
+    match v {
+        Verdict::Pass { value } => ("pass", Some(*value), ""),
+        Verdict::Fail { value, reason } => ("fail", Some(*value), reason),
+        Verdict::Inconclusive { reason } => ("inconclusive", None, reason),
+    }
+}
+
+/// The phase in words, with what it waits for or why it ended.
+fn phase(model: &str, r: &RolloutState) -> String {
+    match &r.phase {
+        Phase::Progressing => "progressing".to_owned(),
+        Phase::AwaitingApproval => format!("awaiting approval (modelship rollout approve {model})"),
+        Phase::AwaitingWebhook => "awaiting the webhook's answer".to_owned(),
+        Phase::Paused { reason } => format!("paused: {reason} (modelship rollout resume {model})"),
+        Phase::Promoted => format!("promoted to {} after {} step{}", r.to, r.steps, if r.steps == 1 { "" } else { "s" }),
+        Phase::RolledBack { reason } => format!("rolled back at step {}/{}: {reason}", r.step, r.steps),
+    }
+}
+
+/// `weight 25% for 5m`, `shadow 100% for 10m`, `header (x-canary) for 2m`, `approval`,
+/// `webhook https://...`; a step held for no time has no `for`.
+fn describe_step(step: &Step) -> String {
+    let hold = |h: &Span| if h.0.is_zero() { String::new() } else { format!(" for {}", span(h.0)) };
+    match step {
+        Step::Shadow { percent, hold: h } => format!("shadow {}{}", percent.0, hold(h)),
+        Step::Header { hold: h } => format!("header ({CANARY_HEADER}){}", hold(h)),
+        Step::Weight { weight, hold: h } => format!("weight {}{}", weight.0, hold(h)),
+        Step::Approve {} => "approval".to_owned(),
+        Step::Webhook { url } => format!("webhook {url}"),
+    }
+}
+
+fn span(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// `route 25%, canary header`, `route 0%, shadow 100%`, `promote`, `call https://...`
+fn describe_action(action: &Action) -> String {
+    match action {
+        Action::Route { weight, shadow, header } => {
+            let mut parts = vec![format!("route {weight}")];
+            if shadow.get() > 0 {
+                parts.push(format!("shadow {shadow}"));
+            }
+            if *header {
+                parts.push("canary header".to_owned());
+            }
+            parts.join(", ")
+        }
+        Action::Promote => "promote".to_owned(),
+        Action::Rollback => "rollback".to_owned(),
+        Action::Pause => "pause".to_owned(),
+        Action::CallWebhook { url } => format!("call {url}"),
+    }
+}
+
+fn render_history(history: &[RolloutDecision]) -> String {
+    let mut rows = Table::new();
+    rows.load_style(NOTHING).set_header(vec!["TIME", "ROLLOUT", "ACTION", "REASON"]);
+    for d in history {
+        let at = time(i64::try_from(d.decision.at).unwrap_or(i64::MAX));
+        rows.add_row(vec![at, d.rollout.to_string(), describe_action(&d.decision.action), d.decision.reason.clone()]);
+    }
+    format!("{rows}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use modelship_protocol::admin::CheckResult;
+
+    use super::*;
+
+    fn state(phase: Phase, step: usize, current_step: Option<&str>, checks: Vec<(&str, Verdict)>) -> RolloutStatus {
+        RolloutStatus {
+            model: "fraud".to_owned(),
+            rollout: Some(RolloutState {
+                id: 3,
+                to: "2".to_owned(),
+                stable: "1".to_owned(),
+                phase,
+                step,
+                steps: 4,
+                current_step: current_step.map(|s| serde_json::from_str(s).unwrap()),
+                started_ms: 1_000,
+                step_started_ms: 1_000,
+                consecutive_failures: 0,
+                total_failures: 1,
+                checks: checks.into_iter().map(|(check, result)| CheckResult { check: check.to_owned(), result }).collect(),
+            }),
+        }
+    }
+
+    fn reason(r: &str) -> String {
+        r.to_owned()
+    }
+
+    /// Each status as people read it, 81 s after its step started.
+    #[test]
+    fn statuses_read_as_sentences() {
+        let none = RolloutStatus { model: "fraud".to_owned(), rollout: None };
+        let cases: Vec<(RolloutStatus, &str)> = vec![
+            (none, "no rollout for model fraud\n"),
+            (
+                state(
+                    Phase::Progressing,
+                    2,
+                    Some(r#"{"weight": {"weight": "25%", "hold": "5m"}}"#),
+                    vec![
+                        ("error_rate", Verdict::Pass { value: 0.0012 }),
+                        ("latency", Verdict::Inconclusive { reason: reason("12 latency samples, fewer than 100") }),
+                        ("prometheus", Verdict::Fail { value: 3.0, reason: reason("3 is above 0") }),
+                    ],
+                ),
+                "rollout 3 of fraud: 1 -> 2\n\
+                 phase     progressing\n\
+                 step      2/4: weight 25% for 5m (1m 21s in)\n\
+                 failures  0 in a row, 1 in all\n\
+                 CHECK       VERDICT              VALUE  REASON\n\
+                 error_rate  pass                0.0012\n\
+                 latency     inconclusive             -  12 latency samples, fewer than 100\n\
+                 prometheus  fail                3.0000  3 is above 0\n",
+            ),
+            (
+                state(Phase::Progressing, 1, Some(r#"{"shadow": {"percent": "100%", "hold": "10m"}}"#), vec![]),
+                "rollout 3 of fraud: 1 -> 2\nphase     progressing\nstep      1/4: shadow 100% for 10m (1m 21s in)\nfailures  0 in a row, 1 in all\n",
+            ),
+            (
+                state(Phase::Progressing, 1, Some(r#"{"header": {"hold": "2m"}}"#), vec![]),
+                "rollout 3 of fraud: 1 -> 2\nphase     progressing\nstep      1/4: header (x-canary) for 2m (1m 21s in)\nfailures  0 in a row, 1 in all\n",
+            ),
+            (
+                state(Phase::AwaitingApproval, 3, Some(r#"{"approve": {}}"#), vec![]),
+                "rollout 3 of fraud: 1 -> 2\nphase     awaiting approval (modelship rollout approve fraud)\nstep      3/4: approval\nfailures  0 in a row, 1 in all\n",
+            ),
+            (
+                state(Phase::AwaitingWebhook, 4, Some(r#"{"webhook": {"url": "https://gate.example/go"}}"#), vec![]),
+                "rollout 3 of fraud: 1 -> 2\nphase     awaiting the webhook's answer\nstep      4/4: webhook https://gate.example/go\nfailures  0 in a row, 1 in all\n",
+            ),
+            (
+                state(Phase::Paused { reason: reason("by an operator") }, 2, Some(r#"{"weight": {"weight": "100%", "hold": "0s"}}"#), vec![]),
+                "rollout 3 of fraud: 1 -> 2\nphase     paused: by an operator (modelship rollout resume fraud)\nstep      2/4: weight 100%\nfailures  0 in a row, 1 in all\n",
+            ),
+            (
+                state(Phase::Promoted, 4, None, vec![]),
+                "rollout 3 of fraud: 1 -> 2\nphase     promoted to 2 after 4 steps\nfailures  0 in a row, 1 in all\n",
+            ),
+            (
+                state(Phase::RolledBack { reason: reason("aborted: enough") }, 2, None, vec![("error_rate", Verdict::Pass { value: 0.0 })]),
+                "rollout 3 of fraud: 1 -> 2\n\
+                 phase     rolled back at step 2/4: aborted: enough\n\
+                 failures  0 in a row, 1 in all\n\
+                 CHECK       VERDICT              VALUE  REASON\n\
+                 error_rate  pass                0.0000\n",
+            ),
+        ];
+        for (status, expected) in cases {
+            assert_eq!(render_status(&status, 82_500), expected, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn decisions_read_as_actions() {
+        let route = |weight: u32, shadow: u32, header: bool| Action::Route {
+            weight: modelship_router::BasisPoints::new(weight).unwrap(),
+            shadow: modelship_router::BasisPoints::new(shadow).unwrap(),
+            header,
+        };
+        let cases = [
+            (route(1000, 0, true), "route 10%, canary header"),
+            (route(0, 10_000, false), "route 0%, shadow 100%"),
+            (route(0, 0, false), "route 0%"),
+            (Action::Promote, "promote"),
+            (Action::Rollback, "rollback"),
+            (Action::Pause, "pause"),
+            (Action::CallWebhook { url: "https://gate.example/go".to_owned() }, "call https://gate.example/go"),
+        ];
+        for (action, expected) in cases {
+            assert_eq!(describe_action(&action), expected);
+        }
+        let history: Vec<RolloutDecision> = serde_json::from_str(
+            r#"[{"rollout":1,"at":1796156088740,"action":{"action":"route","weight":1000,"shadow":0,"header":true},"reason":"rollout started; step 1 of 2","evidence":[]}]"#,
+        )
+        .unwrap();
+        let text = render_history(&history);
+        assert!(text.contains("2026-12-01T") && text.contains("route 10%, canary header") && text.contains("rollout started; step 1 of 2"), "{text}");
+    }
+
+    /// What the CLI sends is what the server reads: a spec file survives the trip.
+    #[test]
+    fn a_spec_file_reaches_the_server_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("canary.yaml");
+        std::fs::write(
+            &file,
+            "rollout:\n  model: fraud\n  to: 2\n  canary: {weights: [5, 25, 100], every: 1m30s}\n  checks:\n    - error_rate: {}\n    - quality: {metric: auc, min_delta: -0.005}\n  failure: {min_samples: 20, deadline: 2h}\n  interval: 500ms\n",
+        )
+        .unwrap();
+        let spec = read_spec(&file, None).unwrap();
+        let sent = serde_json::to_string(&StartRequest { spec: spec.clone(), actor: Some("cli".to_owned()) }).unwrap();
+        let read: StartRequest = serde_json::from_str(&sent).unwrap();
+        assert_eq!(read.spec, spec);
+        assert_eq!(read.spec.resolve().unwrap().steps.len(), 3);
+        std::fs::write(&file, "to: 2\ncanary: {weights: [5], evry: 1m}\n").unwrap();
+        let err = format!("{:#}", read_spec(&file, None).unwrap_err());
+        assert!(err.contains("is not a rollout spec") && err.contains("evry"), "{err}");
     }
 }

@@ -7,9 +7,11 @@
 //! - [`model_config`], [`statistics`]: Triton's model configuration and statistics extensions.
 //! - `grpc` (feature `grpc`): the gRPC messages (Triton's numbering) and their conversion.
 //! - [`raw`]: tensors as raw little-endian bytes (the binary tensor extension, gRPC raw contents).
+//! - [`admin`]: the admin API's requests and answers, shared by the server and the CLI.
 //!
 //! Decoding happens once, here; the server only ever sees [`modelship_inference::InferRequest`].
 
+pub mod admin;
 mod error;
 #[cfg(feature = "grpc")]
 pub mod grpc;

@@ -1,6 +1,7 @@
 //! The admin (control) API: traffic status, changes, rollback and history. It is served on its
 //! own listener (127.0.0.1 by default) and every request needs the admin bearer token, so the
-//! inference port can never change traffic.
+//! inference port can never change traffic. Every request and answer is a type of
+//! [`modelship_protocol::admin`], which the CLI reads back.
 
 use std::sync::Arc;
 
@@ -12,9 +13,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode};
-use modelship_router::{Change, Role};
+use modelship_protocol::admin::{
+    ChangeRequest, CommandRequest, ModelLoaded, ModelState, ModelUnloaded, RollbackRequest, RolloutCommand, ShadowStatus, StartRequest,
+    TrafficStatus, Weight,
+};
+use modelship_router::Role;
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::error::{ApiError, json};
 use crate::state::AppState;
@@ -88,53 +92,31 @@ fn check_model(state: &AdminState, name: &str) -> Result<(), ApiError> {
 async fn status(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_model(&state, &name)?;
     let served = state.app.models.served(&name)?;
-    let weights: Vec<_> = served
-        .table
-        .weights()
-        .into_iter()
-        .map(|(version, role, bp)| json!({"version": version, "role": role, "weight_bp": bp.get(), "weight": bp.to_string()}))
-        .collect();
+    let weights = served.table.weights().into_iter().map(|(version, role, bp)| Weight::new(version, role, bp)).collect();
     let shadow = served.table.shadow.as_ref().map(|s| {
         let a = state.app.shadows.agreement(&name, &s.version);
-        json!({
-            "version": s.version, "percent_bp": s.percent.get(), "percent": s.percent.to_string(),
-            "compared": a.compared, "agreed": a.agreed, "dropped": a.dropped, "failed": a.failed,
-            "agreement": a.rate(), "mean_abs_diff": a.mean_abs_diff(),
-        })
+        ShadowStatus {
+            version: s.version.clone(),
+            percent_bp: s.percent,
+            percent: s.percent.to_string(),
+            compared: a.compared,
+            agreed: a.agreed,
+            dropped: a.dropped,
+            failed: a.failed,
+            agreement: a.rate(),
+            mean_abs_diff: a.mean_abs_diff(),
+        }
     });
-    Ok(json(
-        StatusCode::OK,
-        &json!({
-            "model": name,
-            "revision": served.revision,
-            "traffic": served.table,
-            "weights": weights,
-            "shadow": shadow,
-            "loaded_versions": served.versions.keys().collect::<Vec<_>>(),
-            "roles": [Role::Stable, Role::Candidate, Role::Shadow],
-        }),
-    ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChangeRequest {
-    change: Change,
-    #[serde(default)]
-    reason: String,
-    #[serde(default)]
-    actor: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RollbackRequest {
-    #[serde(default)]
-    to_revision: Option<u64>,
-    #[serde(default)]
-    reason: String,
-    #[serde(default)]
-    actor: Option<String>,
+    let status = TrafficStatus {
+        revision: served.revision,
+        traffic: served.table.clone(),
+        weights,
+        shadow,
+        loaded_versions: served.versions.keys().cloned().collect(),
+        roles: vec![Role::Stable, Role::Candidate, Role::Shadow],
+        model: name,
+    };
+    Ok(json(StatusCode::OK, &status))
 }
 
 fn actor(given: Option<String>, headers: &HeaderMap) -> String {
@@ -169,28 +151,11 @@ async fn history(State(state): State<AdminState>, Path(name): Path<String>) -> R
     Ok(json(StatusCode::OK, &state.traffic.history()?))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StartRequest {
-    spec: serde_json::Value,
-    #[serde(default)]
-    actor: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct CommandRequest {
-    #[serde(default)]
-    reason: String,
-}
-
 async fn rollout_start(State(state): State<AdminState>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     check_model(&state, &name)?;
     let request: StartRequest = parse(&body)?;
-    let spec: modelship_rollout::spec::RolloutSpec = serde_json::from_value(request.spec)
-        .map_err(|e| ApiError::Invalid(format!("invalid rollout spec: {e}")))?;
     let actor = actor(request.actor, &headers);
-    Ok(json(StatusCode::OK, &state.rollouts.start(&state.app, spec, &actor).await?))
+    Ok(json(StatusCode::OK, &state.rollouts.start(&state.app, request.spec, &actor).await?))
 }
 
 async fn rollout_status(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
@@ -203,14 +168,16 @@ async fn rollout_history(State(state): State<AdminState>, Path(name): Path<Strin
     Ok(json(StatusCode::OK, &state.rollouts.history()?))
 }
 
+/// `approve`, `pause`, `resume` or `abort`; any other segment is a route that does not exist.
 async fn rollout_command(
     State(state): State<AdminState>,
     Path((name, command)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_model(&state, &name)?;
+    let command: RolloutCommand = command.parse().map_err(|e: modelship_protocol::admin::UnknownCommand| ApiError::NotFound(e.to_string()))?;
     let request: CommandRequest = if body.iter().all(u8::is_ascii_whitespace) { CommandRequest::default() } else { parse(&body)? };
-    Ok(json(StatusCode::OK, &state.rollouts.command(&state.app, &command, &request.reason).await?))
+    Ok(json(StatusCode::OK, &state.rollouts.command(&state.app, command, &request.reason).await?))
 }
 
 /// `POST /v2/repository/index` body: `{"ready": true}` lists only the models being served.
@@ -248,10 +215,10 @@ async fn repository_load(State(state): State<AdminState>, Path(name): Path<Strin
     };
     crate::repository::refuse_overrides(request.parameters.keys().map(String::as_str))?;
     let version = state.repository.load(&state.app, &name, version.as_deref()).await?;
-    Ok(json(StatusCode::OK, &json!({"model": name, "version": version, "state": "READY"})))
+    Ok(json(StatusCode::OK, &ModelLoaded { model: name, version, state: ModelState::Ready }))
 }
 
 async fn repository_unload(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     state.repository.unload(&state.app, &name).await?;
-    Ok(json(StatusCode::OK, &json!({"model": name, "state": "UNAVAILABLE"})))
+    Ok(json(StatusCode::OK, &ModelUnloaded { model: name, state: ModelState::Unavailable }))
 }

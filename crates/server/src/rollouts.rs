@@ -7,11 +7,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use modelship_protocol::admin::{CheckResult, RolloutCommand, RolloutDecision, RolloutState, RolloutStatus};
 use modelship_rollout::check::Window;
 use modelship_rollout::engine::{Action, Decision, Event, Rollout};
 use modelship_rollout::spec::RolloutSpec;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
@@ -43,14 +43,6 @@ impl Active {
     }
 }
 
-/// A decision as recorded.
-#[derive(Debug, Clone, Serialize)]
-pub struct Recorded {
-    pub rollout: i64,
-    #[serde(flatten)]
-    pub decision: Decision,
-}
-
 /// The rollout of one model. Locking rule: `active` is held only while deciding and applying
 /// (engine events, traffic revisions, SQLite writes); Prometheus queries and webhook calls run
 /// with no lock held, and `status` reads a snapshot, so it answers at once even while a
@@ -60,7 +52,7 @@ pub struct Rollouts {
     conn: Mutex<Connection>,
     active: tokio::sync::Mutex<Option<Active>>,
     /// The status as of the last decision, for readers that must never wait.
-    snapshot: Mutex<Value>,
+    snapshot: Mutex<RolloutStatus>,
 }
 
 impl Rollouts {
@@ -73,7 +65,7 @@ impl Rollouts {
              CREATE TABLE IF NOT EXISTS rollout_decisions (rollout INTEGER NOT NULL, decision TEXT NOT NULL);",
         )
         .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
-        let snapshot = Mutex::new(json!({"model": traffic.spec.name, "rollout": null}));
+        let snapshot = Mutex::new(RolloutStatus { model: traffic.spec.name.clone(), rollout: None });
         Ok(Rollouts { traffic, conn: Mutex::new(conn), active: tokio::sync::Mutex::new(None), snapshot })
     }
 
@@ -97,7 +89,7 @@ impl Rollouts {
     }
 
     /// Starts a rollout of `spec.to` against the current stable version.
-    pub async fn start(self: &Arc<Self>, state: &AppState, spec: RolloutSpec, actor: &str) -> Result<Value, ApiError> {
+    pub async fn start(self: &Arc<Self>, state: &AppState, spec: RolloutSpec, actor: &str) -> Result<RolloutStatus, ApiError> {
         let plan = spec.resolve().map_err(|problems| ApiError::InvalidSpec(format!("invalid rollout spec: {}", problems.join("; "))))?;
         let mut active = self.active.lock().await;
         if active.as_ref().is_some_and(|a| !a.rollout.phase.is_done()) {
@@ -121,13 +113,13 @@ impl Rollouts {
         state.observations.set_recording(true);
         tracing::info!(model = %self.model(), to = %new.rollout.plan.to, actor, "rollout started");
         self.apply(state, &mut new, decisions).await?;
-        let status = status_of(&new);
+        let status = self.status_of(&new);
         *active = Some(new);
         Ok(status)
     }
 
-    /// An operator's command: approve, pause, resume or abort.
-    pub async fn command(self: &Arc<Self>, state: &AppState, command: &str, reason: &str) -> Result<Value, ApiError> {
+    /// An operator's command to the rollout in progress.
+    pub async fn command(self: &Arc<Self>, state: &AppState, command: RolloutCommand, reason: &str) -> Result<RolloutStatus, ApiError> {
         let mut guard = self.active.lock().await;
         let active = guard.as_mut().filter(|a| !a.rollout.phase.is_done()).ok_or_else(|| {
             ApiError::Conflict(format!("model '{}' has no rollout in progress", self.model()))
@@ -135,23 +127,26 @@ impl Rollouts {
         let now = now_ms();
         let reason = if reason.is_empty() { "by an operator".to_owned() } else { reason.to_owned() };
         let event = match command {
-            "approve" => Event::Approve { now },
-            "pause" => Event::Pause { now, reason },
-            "resume" => Event::Resume { now },
-            "abort" => Event::Abort { now, reason },
-            other => return Err(ApiError::Conflict(format!("unknown rollout command '{other}': use approve, pause, resume or abort"))),
+            RolloutCommand::Approve => Event::Approve { now },
+            RolloutCommand::Pause => Event::Pause { now, reason },
+            RolloutCommand::Resume => Event::Resume { now },
+            RolloutCommand::Abort => Event::Abort { now, reason },
         };
         let decisions = active.rollout.handle(event);
         self.apply(state, active, decisions).await?;
-        Ok(status_of(active))
+        Ok(self.status_of(active))
     }
 
     /// The rollout's status as of its last decision; never waits for the control loop.
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> RolloutStatus {
         self.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn history(&self) -> Result<Vec<Recorded>, ApiError> {
+    fn status_of(&self, active: &Active) -> RolloutStatus {
+        RolloutStatus { model: self.model().to_owned(), rollout: Some(state_of(active)) }
+    }
+
+    pub fn history(&self) -> Result<Vec<RolloutDecision>, ApiError> {
         let rows: Vec<(i64, String)> = self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT d.rollout, d.decision FROM rollout_decisions d JOIN rollouts r ON r.id = d.rollout WHERE r.model = ?1 ORDER BY d.rowid",
@@ -159,7 +154,7 @@ impl Rollouts {
             let rows = stmt.query_map([self.model()], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         })?;
-        Ok(rows.into_iter().filter_map(|(rollout, d)| Some(Recorded { rollout, decision: serde_json::from_str(&d).ok()? })).collect())
+        Ok(rows.into_iter().filter_map(|(rollout, d)| Some(RolloutDecision { rollout, decision: serde_json::from_str(&d).ok()? })).collect())
     }
 
     /// At startup: the unfinished rollout, if any, resumes at its step or takes its failure action.
@@ -304,7 +299,7 @@ impl Rollouts {
             state.observations.set_recording(false);
         }
         publish(state, self.model(), &active.rollout);
-        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = status_of(active);
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = self.status_of(active);
         self.save(active)?;
         for url in webhooks {
             self.call_gate(state, active.id, active.rollout.step, &to, url);
@@ -348,7 +343,7 @@ fn publish(state: &AppState, model: &str, r: &Rollout) {
     }
     let phase = serde_json::to_value(&r.phase).ok().and_then(|v| v.get("phase").and_then(Value::as_str).map(str::to_owned)).unwrap_or_default();
     m.rollout_phase.with_label_values(&[model, &phase]).set(1);
-    m.rollout_step.with_label_values(&[model]).set(r.step as i64 + 1);
+    m.rollout_step.with_label_values(&[model]).set((r.step + 1).min(r.plan.steps.len()) as i64);
     for (check, verdict) in &r.verdicts {
         let (value, code) = match verdict {
             modelship_rollout::check::Verdict::Pass { value } => (Some(*value), 1),
@@ -382,20 +377,23 @@ fn call_webhook(url: &str, body: &Value) -> (bool, String) {
     }
 }
 
-fn status_of(a: &Active) -> Value {
+/// Where the rollout is. Once it is done there is no current step, and after a promotion the
+/// step reached is the last one (the engine's index has moved past it).
+fn state_of(a: &Active) -> RolloutState {
     let r = &a.rollout;
-    json!({
-        "rollout": a.id,
-        "to": r.plan.to,
-        "stable": a.stable,
-        "phase": r.phase,
-        "step": r.step + 1,
-        "steps": r.plan.steps.len(),
-        "current_step": r.plan.steps.get(r.step),
-        "started_ms": r.started,
-        "step_started_ms": r.step_started,
-        "consecutive_failures": r.consecutive_failures,
-        "total_failures": r.total_failures,
-        "checks": r.verdicts.iter().map(|(name, v)| json!({"check": name, "result": v})).collect::<Vec<_>>(),
-    })
+    let steps = r.plan.steps.len();
+    RolloutState {
+        id: a.id,
+        to: r.plan.to.clone(),
+        stable: a.stable.clone(),
+        phase: r.phase.clone(),
+        step: (r.step + 1).min(steps),
+        steps,
+        current_step: if r.phase.is_done() { None } else { r.plan.steps.get(r.step).cloned() },
+        started_ms: r.started,
+        step_started_ms: r.step_started,
+        consecutive_failures: r.consecutive_failures,
+        total_failures: r.total_failures,
+        checks: r.verdicts.iter().map(|(check, result)| CheckResult { check: check.clone(), result: result.clone() }).collect(),
+    }
 }

@@ -11,24 +11,13 @@ use modelship_inference::Backend;
 use modelship_registry::{ModelRef, NoProgress, Registry};
 use modelship_router::{Change, TrafficTable};
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::model::{LoadedModel, ModelSlot, ModelSpec, Served};
 use crate::state::AppState;
 
-/// One recorded routing change.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Revision {
-    pub model: String,
-    pub revision: u64,
-    pub at_ms: i64,
-    pub actor: String,
-    pub reason: String,
-    /// What was asked (`null` for a rollback, which restores `traffic` of an earlier revision).
-    pub change: Option<Change>,
-    pub traffic: TrafficTable,
-}
+/// One recorded routing change: the admin API's answer to a change, and a row of its history.
+pub use modelship_protocol::admin::Revision;
 
 /// Revisions on disk.
 pub struct RevisionStore {

@@ -13,8 +13,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::response::Response;
 use axum::routing::post;
 use http::StatusCode;
+use modelship_protocol::admin::FeedbackAnswer;
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::error::{ApiError, json};
 use crate::state::AppState;
@@ -84,5 +84,5 @@ pub(crate) fn join_labels(state: &AppState, body: &[u8]) -> Result<Response, Api
             unknown.push(request_id);
         }
     }
-    Ok(json(StatusCode::OK, &json!({"joined": joined, "unknown": unknown})))
+    Ok(json(StatusCode::OK, &FeedbackAnswer { joined, unknown }))
 }

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use modelship_protocol::admin::{RolloutCommand, RolloutStatus};
+use modelship_rollout::engine::Phase;
 use modelship_router::{BasisPoints, Candidate, Change, TrafficTable};
 
 use crate::model::{ModelSlot, Served};
@@ -92,15 +94,16 @@ async fn status_answers_while_a_webhook_hangs() {
     let yaml: serde_json::Value =
         serde_yaml_ng::from_str(&format!("to: '2'\nsteps:\n  - webhook: {{url: '{url}'}}\n  - weight: {{weight: 100%, hold: 0s}}\ninterval: 100ms\n")).unwrap();
     let spec: modelship_rollout::spec::RolloutSpec = serde_json::from_value(yaml).unwrap();
+    let phase = |status: &RolloutStatus| status.rollout.as_ref().map(|r| r.phase.clone());
     let started = rollouts.start(&state, spec, "test").await.unwrap();
-    assert_eq!(started["phase"]["phase"], "awaiting_webhook", "{started}");
+    assert_eq!(phase(&started), Some(Phase::AwaitingWebhook), "{started:?}");
 
     let t = Instant::now();
-    let status = rollouts.status();
-    assert_eq!(status["phase"]["phase"], "awaiting_webhook");
-    let aborted = tokio::time::timeout(Duration::from_secs(1), rollouts.command(&state, "abort", "stuck gate")).await;
+    assert_eq!(phase(&rollouts.status()), Some(Phase::AwaitingWebhook));
+    let aborted = tokio::time::timeout(Duration::from_secs(1), rollouts.command(&state, RolloutCommand::Abort, "stuck gate")).await;
     let aborted = aborted.expect("abort answers within 1 s while the webhook hangs").unwrap();
     assert!(t.elapsed() < Duration::from_secs(1));
-    assert_eq!(aborted["phase"]["phase"], "rolled_back", "{aborted}");
+    assert_eq!(phase(&aborted), Some(Phase::RolledBack { reason: "aborted: stuck gate".to_owned() }), "{aborted:?}");
+    assert_eq!(aborted.rollout.as_ref().and_then(|r| r.current_step.as_ref()), None, "a finished rollout has no current step");
     assert_eq!(state.models.served("fraud").unwrap().table.candidate, None);
 }
