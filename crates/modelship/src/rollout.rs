@@ -154,6 +154,7 @@ fn verdict(v: &Verdict) -> (&'static str, Option<f64>, &str) {
         Verdict::Pass { value } => ("pass", Some(*value), ""),
         Verdict::Fail { value, reason } => ("fail", Some(*value), reason),
         Verdict::Inconclusive { reason } => ("inconclusive", None, reason),
+        Verdict::NotApplicable { reason } => ("not_applicable", None, reason),
     }
 }
 
@@ -261,6 +262,7 @@ mod tests {
                         ("error_rate", Verdict::Pass { value: 0.0012 }),
                         ("latency", Verdict::Inconclusive { reason: reason("12 latency samples, fewer than 100") }),
                         ("prometheus", Verdict::Fail { value: 3.0, reason: reason("3 is above 0") }),
+                        ("agreement", Verdict::NotApplicable { reason: reason("only shadow steps compare answers") }),
                     ],
                 ),
                 "rollout 3 of fraud: 1 -> 2\n\
@@ -270,7 +272,8 @@ mod tests {
                  CHECK       VERDICT              VALUE  REASON\n\
                  error_rate  pass                0.0012\n\
                  latency     inconclusive             -  12 latency samples, fewer than 100\n\
-                 prometheus  fail                3.0000  3 is above 0\n",
+                 prometheus  fail                3.0000  3 is above 0\n\
+                 agreement   not_applicable           -  only shadow steps compare answers\n",
             ),
             (
                 state(Phase::Progressing, 1, Some(r#"{"shadow": {"percent": "100%", "hold": "10m"}}"#), vec![]),

@@ -331,9 +331,11 @@ mod tests {
         assert!(matches!(state.current_step, Some(Step::Weight { .. })));
         assert_eq!(state.checks[1].result, Verdict::Pass { value: 1.0 });
         let shadow: RolloutStatus = round_trip(
-            r#"{"model":"fraud","checks":[{"check":"agreement","result":{"reason":"0 shadow comparisons, fewer than 20","verdict":"inconclusive"}}],"consecutive_failures":0,"current_step":{"shadow":{"hold":"10m","percent":"100%"}},"phase":{"phase":"progressing"},"rollout":3,"stable":"1","started_ms":1000,"step":1,"step_started_ms":1000,"steps":4,"to":"2","total_failures":0}"#,
+            r#"{"model":"fraud","checks":[{"check":"agreement","result":{"reason":"0 shadow comparisons, fewer than 20","verdict":"inconclusive"}},{"check":"quality","result":{"reason":"the candidate's answers to mirrored requests get no labels","verdict":"not_applicable"}}],"consecutive_failures":0,"current_step":{"shadow":{"hold":"10m","percent":"100%"}},"phase":{"phase":"progressing"},"rollout":3,"stable":"1","started_ms":1000,"step":1,"step_started_ms":1000,"steps":4,"to":"2","total_failures":0}"#,
         );
-        assert!(matches!(shadow.rollout.unwrap().checks[0].result, Verdict::Inconclusive { .. }));
+        let checks = shadow.rollout.unwrap().checks;
+        assert!(matches!(checks[0].result, Verdict::Inconclusive { .. }));
+        assert!(matches!(checks[1].result, Verdict::NotApplicable { .. }));
         // Done: no current step, and the step number stays within the plan.
         let promoted: RolloutStatus = round_trip(
             r#"{"model":"fraud","checks":[],"consecutive_failures":0,"current_step":null,"phase":{"phase":"promoted"},"rollout":3,"stable":"1","started_ms":1000,"step":2,"step_started_ms":3000,"steps":2,"to":"2","total_failures":0}"#,

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode};
 use modelship_protocol::admin::{
     ChangeRequest, CommandRequest, ModelLoaded, ModelState, ModelUnloaded, RollbackRequest, RolloutCommand, ShadowStatus, StartRequest,
-    TrafficStatus, Weight,
+    TrafficStatus, UnknownCommand, Weight,
 };
 use modelship_router::Role;
 use serde::Deserialize;
@@ -108,13 +108,13 @@ async fn status(State(state): State<AdminState>, Path(name): Path<String>) -> Re
         }
     });
     let status = TrafficStatus {
+        model: name,
         revision: served.revision,
         traffic: served.table.clone(),
         weights,
         shadow,
         loaded_versions: served.versions.keys().cloned().collect(),
         roles: vec![Role::Stable, Role::Candidate, Role::Shadow],
-        model: name,
     };
     Ok(json(StatusCode::OK, &status))
 }
@@ -175,7 +175,7 @@ async fn rollout_command(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_model(&state, &name)?;
-    let command: RolloutCommand = command.parse().map_err(|e: modelship_protocol::admin::UnknownCommand| ApiError::NotFound(e.to_string()))?;
+    let command: RolloutCommand = command.parse().map_err(|e: UnknownCommand| ApiError::NotFound(e.to_string()))?;
     let request: CommandRequest = if body.iter().all(u8::is_ascii_whitespace) { CommandRequest::default() } else { parse(&body)? };
     Ok(json(StatusCode::OK, &state.rollouts.command(&state.app, command, &request.reason).await?))
 }

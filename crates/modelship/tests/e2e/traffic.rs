@@ -293,15 +293,20 @@ fn load(server: &Server, clients: usize) -> (Arc<AtomicBool>, Arc<AtomicBool>, A
 }
 
 fn rollout(fleet: &Fleet, server: &Server, args: &[&str]) -> Value {
+    serde_json::from_str(&rollout_text(fleet, server, &[args, &["--output", "json"]].concat())).unwrap()
+}
+
+/// What `modelship rollout ARGS` prints (for people, unless ARGS ask for JSON).
+fn rollout_text(fleet: &Fleet, server: &Server, args: &[&str]) -> String {
     let out = command()
         .arg("rollout")
         .args(args)
-        .args(["--output", "json", "--admin", &format!("http://{}", server.ready["admin"].as_str().unwrap())])
+        .args(["--admin", &format!("http://{}", server.ready["admin"].as_str().unwrap())])
         .env("MODELSHIP_STATE_DIR", fleet.state.path())
         .output()
         .unwrap();
     assert!(out.status.success(), "rollout {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn wait_phase(fleet: &Fleet, server: &Server, phase: &str) -> Value {
@@ -508,10 +513,23 @@ fn approval_and_webhook_gates() {
     rollout(&fleet, &server, &["start", "fraud", "--spec", spec.to_str().unwrap()]);
     let waiting = wait_phase(&fleet, &server, "awaiting_approval");
     assert_eq!(waiting["step"], 2);
+    assert_eq!(waiting["current_step"], serde_json::json!({"approve": {}}));
+    let text = rollout_text(&fleet, &server, &["status", "fraud"]);
+    assert!(text.contains("awaiting approval (modelship rollout approve fraud)") && text.contains("2/4: approval"), "{text}");
     assert_eq!(asked.load(Ordering::Relaxed), 0, "the webhook waits for the approval");
     rollout(&fleet, &server, &["approve", "fraud"]);
-    wait_phase(&fleet, &server, "promoted");
+    let done = wait_phase(&fleet, &server, "promoted");
     assert_eq!(asked.load(Ordering::Relaxed), 1);
+    // Done: the last step, and no current one.
+    assert_eq!((done["step"].as_u64(), done["steps"].as_u64(), done["current_step"].is_null()), (Some(4), Some(4), true), "{done}");
+    let text = rollout_text(&fleet, &server, &["status", "fraud"]);
+    assert!(text.contains("promoted to 2 after 4 steps") && !text.lines().any(|l| l.starts_with("step")) && !text.contains("null"), "{text}");
+    // An unknown command is a route that does not exist, and says which ones do.
+    let token = std::fs::read_to_string(fleet.state.path().join("admin-token")).unwrap();
+    let url = format!("http://{}/admin/v1/models/fraud/rollout/promote", server.ready["admin"].as_str().unwrap());
+    let r = reply(agent().post(&url).header("authorization", &format!("Bearer {}", token.trim())).send("").unwrap());
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert!(r.json()["error"].as_str().unwrap().contains("use approve, pause, resume or abort"), "{}", r.text);
     assert_eq!(fleet.status(&server)["traffic"]["stable"], "2");
 }
 

@@ -107,3 +107,70 @@ async fn status_answers_while_a_webhook_hangs() {
     assert_eq!(aborted.rollout.as_ref().and_then(|r| r.current_step.as_ref()), None, "a finished rollout has no current step");
     assert_eq!(state.models.served("fraud").unwrap().table.candidate, None);
 }
+
+/// The admin API answers with the shared types, and an unknown rollout command is a route that
+/// does not exist (listing the ones that do), whether or not a rollout is in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_answers_in_its_shared_types() {
+    use modelship_protocol::admin::{RolloutDecision, TrafficStatus};
+    use tower::ServiceExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (served, traffic) = two_versions(dir.path(), Duration::from_secs(60));
+    let state = AppState::with_credentials(Limits::default(), crate::auth::Credentials::new(Some(TOKEN), &[]));
+    state.models.set("fraud", ModelSlot::Ready(served.models.served("fraud").unwrap()));
+    state.health.mark_started();
+    traffic.resume(&state).await.unwrap();
+    let rollouts = Arc::new(Rollouts::open(&dir.path().join("traffic.db"), Arc::clone(&traffic)).unwrap());
+    let backend: Arc<dyn modelship_inference::Backend> = Arc::new(FakeBackend::default());
+    let pool = crate::pool::PoolConfig { workers: 1, max_queue: 4, load: Default::default(), batching: None };
+    let repository = Arc::new(crate::repository::Repository::new(None, backend, pool, "fraud".to_owned()));
+    let admin = crate::admin::AdminState::new(state.clone(), traffic, rollouts, repository);
+    let call = |method: &'static str, path: &str, body: &str| {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("/admin/v1/models/fraud{path}"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap();
+        let app = crate::admin::app(admin.clone());
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            (status, axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap())
+        }
+    };
+    let read = |(status, body): (http::StatusCode, axum::body::Bytes)| {
+        assert_eq!(status, http::StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        body
+    };
+
+    let status: TrafficStatus = serde_json::from_slice(&read(call("GET", "/traffic", "").await)).unwrap();
+    assert_eq!((status.revision, status.traffic.stable.as_str(), status.loaded_versions.len()), (0, "1", 2));
+    let none: RolloutStatus = serde_json::from_slice(&read(call("GET", "/rollout", "").await)).unwrap();
+    assert_eq!(none, RolloutStatus { model: "fraud".to_owned(), rollout: None });
+
+    let unknown = |body: &axum::body::Bytes| String::from_utf8_lossy(body).contains("use approve, pause, resume or abort");
+    let (code, body) = call("POST", "/rollout/promote", "").await;
+    assert_eq!(code, http::StatusCode::NOT_FOUND, "{}", String::from_utf8_lossy(&body));
+    assert!(unknown(&body), "{}", String::from_utf8_lossy(&body));
+    let (code, body) = call("POST", "/rollout/abort", "").await;
+    assert_eq!(code, http::StatusCode::CONFLICT, "no rollout to abort: {}", String::from_utf8_lossy(&body));
+
+    let spec = r#"{"spec": {"to": "2", "steps": [{"weight": {"weight": "10%", "hold": "1m"}}, {"approve": {}}]}}"#;
+    let started: RolloutStatus = serde_json::from_slice(&read(call("POST", "/rollout", spec).await)).unwrap();
+    let r = started.rollout.unwrap();
+    assert_eq!((r.id, r.step, r.steps, r.phase), (1, 1, 2, Phase::Progressing));
+    let (code, body) = call("POST", "/rollout/bogus", "").await;
+    assert_eq!(code, http::StatusCode::NOT_FOUND);
+    assert!(unknown(&body), "{}", String::from_utf8_lossy(&body));
+
+    let aborted: RolloutStatus = serde_json::from_slice(&read(call("POST", "/rollout/abort", r#"{"reason": "enough"}"#).await)).unwrap();
+    let r = aborted.rollout.unwrap();
+    assert_eq!((r.phase, r.current_step), (Phase::RolledBack { reason: "aborted: enough".to_owned() }, None));
+    let history: Vec<RolloutDecision> = serde_json::from_slice(&read(call("GET", "/rollout/history", "").await)).unwrap();
+    assert_eq!(history.iter().map(|d| d.decision.reason.as_str()).collect::<Vec<_>>(), ["rollout started; step 1 of 2", "aborted: enough"]);
+}
+
+const TOKEN: &str = "control-token-0123456789";
