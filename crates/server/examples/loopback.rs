@@ -1,4 +1,5 @@
-//! A bare HTTP server on the same stack as modelship (tokio, hyper, axum) that reads the request
+//! A bare HTTP server on the same stack as modelship (tokio, hyper-util's accept loop through
+//! `modelship_server::Server`, axum) that reads the request
 //! body and answers a fixed JSON body: the cost of one loopback HTTP round trip, with no
 //! decoding and no inference. Used by bench/run.sh as the other half of the latency floor.
 //!
@@ -19,5 +20,10 @@ async fn main() -> std::io::Result<()> {
     }));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("{}", listener.local_addr()?);
-    axum::serve(listener, app).await
+    let drain = modelship_server::Drain { delay: std::time::Duration::ZERO, grace: std::time::Duration::from_secs(1) };
+    let health = std::sync::Arc::new(modelship_server::health::Health::default());
+    let mut server = modelship_server::Server::new(health, Default::default(), drain, Default::default());
+    server.serve("http", listener, app, None);
+    server.run_until(std::future::pending()).await;
+    Ok(())
 }
