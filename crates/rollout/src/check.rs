@@ -158,7 +158,6 @@ impl Check {
         }
     }
 
-    /// Judges one window; `min_samples` is the policy's floor under which nothing is concluded.
     /// The query a Prometheus check sends, with the names filled in.
     pub fn promql(&self, model: &str, stable: &str, candidate: &str) -> Option<(String, String)> {
         match self {
@@ -170,7 +169,11 @@ impl Check {
         }
     }
 
+    /// Judges one window; `min_samples` is the policy's floor under which nothing is concluded.
     pub fn judge(&self, w: &Window, min_samples: u64) -> Verdict {
+        // Nothing is concluded from no samples, whatever the floor says: an empty window has no
+        // median and no rates.
+        let min_samples = min_samples.max(1);
         let few = |what: &str, have: u64| Verdict::Inconclusive { reason: format!("{have} {what}, fewer than {min_samples}") };
         match *self {
             Check::ErrorRate { max_increase, alpha } => {
@@ -233,6 +236,7 @@ impl Check {
                 Some(&v) => Verdict::Pass { value: v },
             },
             Check::Quality { metric, min_delta, min_labels } => {
+                let min_labels = min_labels.max(1);
                 let (s, c) = (&w.stable.labelled, &w.candidate.labelled);
                 if c.len() < min_labels || s.len() < min_labels {
                     return Verdict::Inconclusive {
@@ -322,6 +326,21 @@ mod tests {
         assert_eq!(check(q.clone(), &labelled(good.clone())), "pass");
         assert!(check(q.clone(), &labelled(bad)).starts_with("fail: Accuracy"));
         assert_eq!(check(q, &labelled(good[..10].to_vec())), "inconclusive: 10 labels, waiting for 200");
+    }
+
+    #[test]
+    fn an_empty_window_is_inconclusive_even_with_no_floor() {
+        let checks = [
+            Check::ErrorRate { max_increase: 0.0, alpha: 0.01 },
+            Check::Latency { max_ratio: 1.1, alpha: 0.01 },
+            Check::Agreement { min: 0.9 },
+            Check::Drift { max_psi: 0.1 },
+            Check::Quality { metric: QualityMetric::Accuracy, min_delta: 0.0, min_labels: 0 },
+        ];
+        for c in checks {
+            let verdict = c.judge(&Window::default(), 0);
+            assert!(matches!(verdict, Verdict::Inconclusive { .. }), "{}: {verdict:?}", c.name());
+        }
     }
 
     #[test]
