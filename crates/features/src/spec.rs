@@ -128,11 +128,16 @@ enum KeyPart {
 
 impl KeyPattern {
     pub fn parse(pattern: &str) -> Result<Self, String> {
+        let unopened = || format!("features.key '{pattern}' has a '}}' without its '{{'");
         let mut parts = Vec::new();
         let mut rest = pattern;
         while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(KeyPart::Literal(rest[..open].to_owned()));
+            let literal = &rest[..open];
+            if literal.contains('}') {
+                return Err(unopened());
+            }
+            if !literal.is_empty() {
+                parts.push(KeyPart::Literal(literal.to_owned()));
             }
             let after = &rest[open + 1..];
             let close = after.find('}').ok_or_else(|| format!("features.key '{pattern}' has a '{{' without its '}}'"))?;
@@ -144,7 +149,7 @@ impl KeyPattern {
             rest = &after[close + 1..];
         }
         if rest.contains('}') {
-            return Err(format!("features.key '{pattern}' has a '}}' without its '{{'"));
+            return Err(unopened());
         }
         if !rest.is_empty() {
             parts.push(KeyPart::Literal(rest.to_owned()));
@@ -649,6 +654,10 @@ mod tests {
         let p = problems(&c, 3, DataType::Fp32);
         assert!(p.iter().any(|p| p.contains("both have position 0")), "{p:?}");
         assert!(p.iter().any(|p| p.contains("without its '}'")), "{p:?}");
+        for stray in ["features:}{customer_id}", "features:{customer_id}}"] {
+            c.key = Some(stray.to_owned());
+            assert!(problems(&c, 3, DataType::Fp32).iter().any(|p| p.contains("has a '}' without its '{'")), "{stray}");
+        }
         c.key = Some("features:static".to_owned());
         assert!(problems(&c, 3, DataType::Fp32).iter().any(|p| p.contains("has no placeholder")));
     }

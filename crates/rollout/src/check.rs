@@ -142,6 +142,9 @@ impl Check {
     /// Judges one window; `min_samples` is the policy's floor under which nothing is concluded.
     /// The floor counts the values seen, not the sample kept of them.
     pub fn judge(&self, w: &Window, min_samples: u64) -> Verdict {
+        // Nothing is concluded from no samples, whatever the floor says: an empty window has no
+        // median and no rates.
+        let min_samples = min_samples.max(1);
         let few = |what: &str, have: u64| Verdict::Inconclusive { reason: format!("{have} {what}, fewer than {min_samples}") };
         match *self {
             Check::ErrorRate { max_increase, alpha } => {
@@ -205,6 +208,7 @@ impl Check {
                 Some(&v) => Verdict::Pass { value: v },
             },
             Check::Quality { metric, min_delta, min_labels } => {
+                let min_labels = min_labels.max(1);
                 let (s, c) = (&w.stable.labelled, &w.candidate.labelled);
                 if c.seen() < min_labels as u64 || s.seen() < min_labels as u64 {
                     return Verdict::Inconclusive {
@@ -296,6 +300,21 @@ mod tests {
         assert_eq!(check(q.clone(), &labelled(good.clone())), "pass");
         assert!(check(q.clone(), &labelled(bad)).starts_with("fail: Accuracy"));
         assert_eq!(check(q, &labelled(good[..10].to_vec())), "inconclusive: 10 labels, waiting for 200");
+    }
+
+    #[test]
+    fn an_empty_window_is_inconclusive_even_with_no_floor() {
+        let checks = [
+            Check::ErrorRate { max_increase: 0.0, alpha: 0.01 },
+            Check::Latency { max_ratio: 1.1, alpha: 0.01 },
+            Check::Agreement { min: 0.9 },
+            Check::Drift { max_psi: 0.1 },
+            Check::Quality { metric: QualityMetric::Accuracy, min_delta: 0.0, min_labels: 0 },
+        ];
+        for c in checks {
+            let verdict = c.judge(&Window::default(), 0);
+            assert!(matches!(verdict, Verdict::Inconclusive { .. }), "{}: {verdict:?}", c.name());
+        }
     }
 
     #[test]

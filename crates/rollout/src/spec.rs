@@ -247,6 +247,9 @@ impl RolloutSpec {
         if self.failure.consecutive == 0 || self.failure.total == 0 {
             problems.push("failure.consecutive and failure.total must be at least 1".to_owned());
         }
+        if self.failure.min_samples == 0 {
+            problems.push("failure.min_samples must be at least 1: no check can judge an empty window".to_owned());
+        }
         if self.interval.0 < Duration::from_millis(100) {
             problems.push("interval must be at least 100ms".to_owned());
         }
@@ -262,6 +265,7 @@ impl RolloutSpec {
                     problems.push(format!("prometheus.url '{url}' is not an http(s) URL"))
                 }
                 Check::Prometheus { max: None, min: None, .. } => problems.push("a prometheus check needs max or min".to_owned()),
+                Check::Quality { min_labels: 0, .. } => problems.push("quality.min_labels must be at least 1".to_owned()),
                 _ => {}
             }
         }

@@ -370,6 +370,15 @@ fn invalid_specs_list_every_problem() {
             "latency.max_ratio 0.5 is below 1",
         ]
     );
+    let spec: RolloutSpec = serde_json::from_value(serde_json::json!({
+        "to": "2", "canary": {"weights": [5], "every": "1m"}, "failure": {"min_samples": 0},
+        "checks": [{"quality": {"metric": "auc", "min_labels": 0}}]
+    }))
+    .unwrap();
+    assert_eq!(
+        spec.resolve().unwrap_err(),
+        ["failure.min_samples must be at least 1: no check can judge an empty window", "quality.min_labels must be at least 1"]
+    );
     let err = serde_json::from_value::<RolloutSpec>(serde_json::json!({"to": "2", "canary": {"weights": [5], "every": "soon"}})).unwrap_err();
     assert!(err.to_string().contains("'soon' is not a duration"), "{err}");
 }
