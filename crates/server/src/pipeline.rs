@@ -101,11 +101,11 @@ pub async fn run(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, rece
     let mut call = Call::start(state, endpoint, headers, received);
     let request = match decoded {
         Ok(request) => request,
-        Err(e) => return call.fail(None, None, e),
+        Err(e) => return call.fail(e),
     };
     let (routed, revision) = match route(state, &request, headers) {
         Ok(routed) => routed,
-        Err(e) => return call.fail(None, None, e),
+        Err(e) => return call.fail(e),
     };
     let result = infer(state, &routed, request, &mut call).await;
     let status = match &result {
@@ -230,9 +230,10 @@ impl<'a> Call<'a> {
         Call { state, endpoint, request_id: state.ids.for_request(headers), started: received, _in_flight: InFlight(gauge), score: None }
     }
 
-    fn fail(self, model: Option<Arc<LoadedModel>>, role: Option<Role>, e: ApiError) -> Answer {
-        self.record(model.as_deref(), role, e.status_and_code().0, Some(&e));
-        Answer { request_id: self.request_id, model, revision: None, result: Err(e) }
+    /// A request that failed before it was routed (decoding, unknown model, no route).
+    fn fail(self, e: ApiError) -> Answer {
+        self.record(None, None, e.status_and_code().0, Some(&e));
+        Answer { request_id: self.request_id, model: None, revision: None, result: Err(e) }
     }
 
     /// Counts, times and logs the call: `status` is the HTTP status it answers with (over gRPC,

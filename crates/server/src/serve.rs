@@ -136,11 +136,6 @@ impl Tasks {
         });
     }
 
-    /// Whether shutdown has cancelled background work.
-    pub fn is_stopping(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
     /// Cancels every task and waits for them all (at most `wait`); returns whether they all ended.
     async fn stop(&self, wait: Duration) -> bool {
         self.token.cancel();
@@ -170,10 +165,6 @@ impl Server {
         let (closing, limits, grace) = (self.closing.clone(), self.limits, self.drain.grace);
         let handle = tokio::spawn(serve_connections(name, listener, app, tls, limits, closing, grace));
         self.listeners.push((name, handle));
-    }
-
-    pub fn tasks(&self) -> &Tasks {
-        &self.tasks
     }
 
     /// Serves until `shutdown` resolves, then drains: readiness 503, `delay`, every listener
@@ -250,25 +241,15 @@ async fn serve_connections(
                 None => {
                     // The first byte must come within the header timeout too (HTTP/2 has none).
                     let mut first = [0u8; 1];
-                    if !matches!(tokio::time::timeout(timeout, stream.peek(&mut first)).await, Ok(Ok(n)) if n > 0) {
-                        return;
-                    }
-                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(connection).await {
-                        tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+                    if matches!(tokio::time::timeout(timeout, stream.peek(&mut first)).await, Ok(Ok(n)) if n > 0) {
+                        serve_one(name, peer, &builder, TokioIo::new(stream), service, watcher).await;
                     }
                 }
-                Some(tls) => {
-                    let stream = match tokio::time::timeout(timeout, tls.acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => return tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!(listener = name, %peer, "TLS handshake timed out"),
-                    };
-                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(connection).await {
-                        tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
-                    }
-                }
+                Some(tls) => match tokio::time::timeout(timeout, tls.acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_one(name, peer, &builder, TokioIo::new(stream), service, watcher).await,
+                    Ok(Err(e)) => tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(listener = name, %peer, "TLS handshake timed out"),
+                },
             }
         });
     }
@@ -276,5 +257,21 @@ async fn serve_connections(
     match tokio::time::timeout(grace, graceful.shutdown()).await {
         Ok(()) => DrainOutcome::Complete,
         Err(_) => DrainOutcome::GraceExpired,
+    }
+}
+
+/// Serves one accepted connection (plain or TLS) until it ends, watched by the drain.
+async fn serve_one<I>(
+    name: &'static str,
+    peer: std::net::SocketAddr,
+    builder: &auto::Builder<TokioExecutor>,
+    io: TokioIo<I>,
+    service: TowerToHyperService<Router>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if let Err(e) = watcher.watch(builder.serve_connection_with_upgrades(io, service)).await {
+        tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
     }
 }
