@@ -25,8 +25,9 @@ pub trait Backend: Send + Sync + 'static {
     fn load(&self, model: &[u8], options: &LoadOptions) -> Result<Box<dyn Session>, InferError>;
 }
 
-/// A loaded model, owned by one worker thread at a time. `run` is blocking and CPU-bound: it is
-/// only ever called off the async reactor.
+/// A loaded model, used by one thread at a time. `run` is blocking and CPU-bound: it is called
+/// off the async reactor, except for a model the server measured as running in microseconds
+/// (see the server's worker pool), where a thread hand-off would cost more than the run.
 pub trait Session: Send {
     fn info(&self) -> &ModelInfo;
 

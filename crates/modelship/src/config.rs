@@ -51,6 +51,8 @@ pub struct RawModel {
     pub path: Option<PathBuf>,
     pub intra_op_threads: Option<usize>,
     pub max_queue: Option<usize>,
+    /// Requests estimated to run faster than this run on the calling thread (0: never).
+    pub inline_below_microseconds: Option<u64>,
     pub dynamic_batching: Option<RawBatching>,
 }
 
@@ -117,6 +119,8 @@ pub struct ServeConfig {
     pub model_path: PathBuf,
     pub intra_op_threads: usize,
     pub max_queue: usize,
+    /// See [`modelship_server::pool::PoolConfig::inline_below`].
+    pub inline_below: Duration,
     /// Dynamic batching; `None` runs each request on its own.
     pub batching: Option<modelship_server::pool::Batching>,
     pub host: String,
@@ -338,6 +342,15 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     check_range("model.intra_op_threads", intra_op_threads, 1, 256, &mut problems);
     let max_queue = raw.model.max_queue.unwrap_or(128);
     check_range("model.max_queue", max_queue, 1, 1_000_000, &mut problems);
+    let inline_below_us = raw
+        .model
+        .inline_below_microseconds
+        .unwrap_or(modelship_server::pool::DEFAULT_INLINE_BELOW.as_micros() as u64);
+    if inline_below_us > 1_000 {
+        problems.push(format!(
+            "model.inline_below_microseconds is {inline_below_us}; it must be at most 1000 (longer runs on the calling thread would stall other requests)"
+        ));
+    }
     let max_body_bytes = raw.server.max_body_bytes.unwrap_or(16 * 1024 * 1024);
     check_range("server.max_body_bytes", max_body_bytes, 1024, 1 << 31, &mut problems);
     let shutdown_grace = seconds("server.shutdown_grace_seconds", raw.server.shutdown_grace_seconds.unwrap_or(30.0), &mut problems);
@@ -458,6 +471,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         model_path,
         intra_op_threads,
         max_queue,
+        inline_below: Duration::from_micros(inline_below_us),
         batching,
         host,
         port,

@@ -117,6 +117,7 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
             max_queue: config.max_queue,
             load: LoadOptions { intra_op_threads: config.intra_op_threads },
             batching: config.batching.clone(),
+            inline_below: config.inline_below,
         },
     };
     let drain = Drain { delay: config.shutdown_delay, grace: config.shutdown_grace };

@@ -12,7 +12,7 @@ use prometheus::Histogram;
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::pool::{PoolConfig, WorkerPool};
+use crate::pool::{PoolConfig, Refused, WorkerPool};
 
 /// What to load: a model's name and version, and how to run it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,17 +126,16 @@ impl LoadedModel {
         Ok(Arc::new(loaded))
     }
 
-    /// Validates `request` against the model, runs it on a worker and returns the outputs.
+    /// Validates `request` against the model, runs it ([`WorkerPool::run`]: inline when the model
+    /// is tiny and the request alone, else on a worker) and returns the outputs.
     pub async fn infer(&self, request: InferRequest) -> Result<Vec<Tensor>, ApiError> {
         let started = Instant::now();
         let prepared = self.info.signature.prepare(request)?;
         let rows = prepared.rows() as u64;
-        let output = self
-            .pool
-            .submit(prepared)
-            .map_err(|full| ApiError::Overloaded { model: self.name.clone(), queued: full.queued })?
-            .await
-            .map_err(|_| ApiError::Internal("the inference worker stopped before answering".to_owned()))?;
+        let output = self.pool.run(prepared).await.map_err(|refused| match refused {
+            Refused::QueueFull(full) => ApiError::Overloaded { model: self.name.clone(), queued: full.queued },
+            Refused::WorkerGone => ApiError::Internal("the inference worker stopped before answering".to_owned()),
+        })?;
         self.queue_time.observe(output.queued.as_secs_f64());
         self.inference_time.observe(output.inference.as_secs_f64());
         let stats = &self.stats;

@@ -4,15 +4,25 @@
 //! dimension (up to a row limit, a preferred size or a queue delay) and runs them as one call,
 //! then hands each request its own rows of the outputs.
 //!
-//! Each worker is an OS thread that owns one runtime session, so CPU-bound inference never runs on
-//! the async reactor and sessions never need a lock. Requests wait in one bounded queue shared by
-//! the workers; when it is full, [`WorkerPool::submit`] fails at once and the caller answers 429
-//! instead of building an unbounded backlog. Dropping the pool closes the queue: workers finish
-//! what is queued, then exit and drop their sessions.
+//! Each worker is an OS thread with one runtime session, so CPU-bound inference stays off the
+//! async reactor. Requests wait in one bounded queue shared by the workers; when it is full,
+//! [`WorkerPool::submit`] fails at once and the caller answers 429 instead of building an
+//! unbounded backlog. Dropping the pool closes the queue: workers finish what is queued, then
+//! exit and drop their sessions.
+//!
+//! **Tiny models run inline.** Handing a request to a worker and back costs two thread wake-ups,
+//! which for a model that runs in a few microseconds is more than the inference itself. The pool
+//! keeps a running estimate of the time per row; when a request's estimate is under
+//! [`PoolConfig::inline_below`] (and batching is off, and the version is not a background one) and
+//! no other request arrived meanwhile, [`WorkerPool::run`] runs it on the caller's thread, on a
+//! worker's session that is idle at that moment (never waiting for one). A model that is slow, or
+//! not yet measured (the warm-up request goes to a worker), is always run by a worker, so it never
+//! holds the reactor.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, TryLockError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,6 +40,20 @@ pub struct PoolConfig {
     pub load: LoadOptions,
     /// Dynamic batching: concurrent requests joined along the first dimension and run as one.
     pub batching: Option<Batching>,
+    /// A request whose estimated run time is under this may run on the caller's thread (see the
+    /// module's documentation); zero sends every request to a worker.
+    pub inline_below: Duration,
+}
+
+/// The default [`PoolConfig::inline_below`]: well under the ~100 µs an async task should run
+/// between yields, and well over the few microseconds of a small tabular model.
+pub const DEFAULT_INLINE_BELOW: Duration = Duration::from_micros(50);
+
+impl PoolConfig {
+    /// `workers` sessions, a queue of `max_queue`, no batching, the default inline threshold.
+    pub fn new(workers: usize, max_queue: usize) -> Self {
+        PoolConfig { workers, max_queue, load: LoadOptions::default(), batching: None, inline_below: DEFAULT_INLINE_BELOW }
+    }
 }
 
 /// The `max_batch_size` reported for a model that takes batches of rows when dynamic batching is
@@ -68,6 +92,14 @@ struct Job {
     reply: oneshot::Sender<JobOutput>,
 }
 
+/// Why [`WorkerPool::run`] gave no output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    QueueFull(QueueFull),
+    /// The worker stopped before answering (the pool is shutting down).
+    WorkerGone,
+}
+
 /// The queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull {
@@ -76,13 +108,43 @@ pub struct QueueFull {
 
 pub struct WorkerPool {
     queue: Sender<Job>,
-    workers: usize,
+    /// One session per worker: worker `i` locks `sessions[i]` for each job; an inline caller
+    /// takes whichever is free at that moment, or none.
+    sessions: Arc<[Mutex<Box<dyn Session>>]>,
     /// Whether the workers run at background CPU priority (a shadow-only version).
     background: Arc<AtomicBool>,
+    /// Estimated nanoseconds per row of one run, `u64::MAX` until a run was measured.
+    ns_per_row: Arc<RunEstimate>,
+    /// Requests that asked to run inline, ever: how a caller sees others arrive meanwhile.
+    arrivals: AtomicU64,
+    inline_below: Duration,
+    batching: bool,
+}
+
+/// A running estimate of the time one row takes: an exponentially weighted mean of measured
+/// runs (weight 1/8), updated by whoever ran them. Races between updates lose an update, which
+/// only makes the estimate a little less smooth.
+struct RunEstimate(AtomicU64);
+
+impl RunEstimate {
+    const UNKNOWN: u64 = u64::MAX;
+
+    fn observe(&self, rows: usize, took: Duration) {
+        let sample = (took.as_nanos() as u64) / rows.max(1) as u64;
+        let old = self.0.load(Ordering::Relaxed);
+        let new = if old == Self::UNKNOWN { sample } else { old - old / 8 + sample / 8 };
+        self.0.store(new, Ordering::Relaxed);
+    }
+
+    /// The estimated run time of `rows` rows, `None` before any run was measured.
+    fn estimate(&self, rows: usize) -> Option<Duration> {
+        let per_row = self.0.load(Ordering::Relaxed);
+        (per_row != Self::UNKNOWN).then(|| Duration::from_nanos(per_row.saturating_mul(rows.max(1) as u64)))
+    }
 }
 
 impl WorkerPool {
-    /// Loads `config.workers` sessions in parallel (one per worker thread) and starts the workers.
+    /// Loads `config.workers` sessions in parallel (one thread each) and starts the workers.
     /// Fails with the first load error, after stopping any worker already started.
     pub fn start(
         backend: Arc<dyn Backend>,
@@ -91,49 +153,104 @@ impl WorkerPool {
         thread_name: &str,
     ) -> Result<(WorkerPool, ModelInfo), InferError> {
         let workers = config.workers.max(1);
+        let loaded: Vec<Result<Box<dyn Session>, InferError>> = thread::scope(|scope| {
+            let loads: Vec<_> = (0..workers).map(|_| scope.spawn(|| backend.load(&model, &config.load))).collect();
+            loads
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(InferError::Load("the runtime panicked while loading the model".to_owned()))))
+                .collect()
+        });
+        drop(model);
+        let sessions: Vec<Box<dyn Session>> = loaded.into_iter().collect::<Result<_, _>>()?;
+        let info = sessions[0].info().clone();
+        let sessions: Arc<[Mutex<Box<dyn Session>>]> = sessions.into_iter().map(Mutex::new).collect();
         let (queue, jobs) = crossbeam_channel::bounded::<Job>(config.max_queue.max(1));
-        let (loaded_tx, loaded_rx) = std::sync::mpsc::channel::<Result<ModelInfo, InferError>>();
         let background = Arc::new(AtomicBool::new(false));
+        let ns_per_row = Arc::new(RunEstimate(AtomicU64::new(RunEstimate::UNKNOWN)));
         for i in 0..workers {
-            let background = Arc::clone(&background);
-            let backend = Arc::clone(&backend);
-            let model = Arc::clone(&model);
-            let load = config.load.clone();
+            let worker = Worker {
+                index: i,
+                sessions: Arc::clone(&sessions),
+                jobs: jobs.clone(),
+                background: Arc::clone(&background),
+                ns_per_row: Arc::clone(&ns_per_row),
+            };
             let batching = config.batching.clone();
-            let jobs = jobs.clone();
-            let loaded_tx = loaded_tx.clone();
-            thread::Builder::new()
-                .name(format!("{thread_name}-{i}"))
-                .spawn(move || {
-                    let session = match backend.load(&model, &load) {
-                        Ok(session) => session,
-                        Err(e) => {
-                            let _ = loaded_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    drop(model);
-                    let _ = loaded_tx.send(Ok(session.info().clone()));
-                    drop(loaded_tx);
-                    match batching {
-                        None => work(session, jobs, &background),
-                        Some(batching) => work_batched(session, jobs, &background, &batching),
-                    }
-                })
-                .map_err(|e| InferError::Load(format!("cannot start a worker thread: {e}")))?;
+            let spawned = thread::Builder::new().name(format!("{thread_name}-{i}")).spawn(move || match batching {
+                None => worker.work(),
+                Some(batching) => worker.work_batched(&batching),
+            });
+            // Dropping `queue` on return stops the workers already started.
+            spawned.map_err(|e| InferError::Load(format!("cannot start a worker thread: {e}")))?;
         }
-        drop(loaded_tx);
-        drop(jobs);
-        let mut info = None;
-        for loaded in loaded_rx.iter() {
-            match loaded {
-                // Dropping `queue` on return stops the workers that did load.
-                Err(e) => return Err(e),
-                Ok(i) => info = Some(i),
+        let pool =
+            WorkerPool {
+            queue,
+            sessions,
+            background,
+            ns_per_row,
+            arrivals: AtomicU64::new(0),
+            inline_below: config.inline_below,
+            batching: config.batching.is_some(),
+        };
+        Ok((pool, info))
+    }
+
+    /// Runs `request` and waits for its output: inline when the model is tiny for it and this
+    /// request is alone, else on a worker. Fails at once when the queue is full.
+    ///
+    /// Alone means no other request for this pool arrived while this one yielded once to the
+    /// runtime. Under concurrent load the requests then go through the queue: the reactor reads
+    /// a run of them while a worker infers the previous run with the model's code and data warm
+    /// in its cache, which measured cheaper per request than interleaving both on one thread
+    /// (BENCHMARKS.md). A lone request skips the two thread wake-ups of the hand-off.
+    pub async fn run(&self, request: PreparedRequest) -> Result<JobOutput, Refused> {
+        let request = if self.runs_inline(request.rows()) {
+            let ticket = self.arrivals.fetch_add(1, Ordering::Relaxed) + 1;
+            tokio::task::yield_now().await;
+            if self.arrivals.load(Ordering::Relaxed) == ticket {
+                match self.try_run_inline(request) {
+                    Ok(output) => return Ok(output),
+                    Err(request) => request,
+                }
+            } else {
+                request
             }
+        } else {
+            request
+        };
+        self.submit(request).map_err(Refused::QueueFull)?.await.map_err(|_| Refused::WorkerGone)
+    }
+
+    /// Whether a request of `rows` rows is run inline (if a session is free): the model is
+    /// measured as tiny for it, batching is off and the version is not a background one.
+    pub fn runs_inline(&self, rows: usize) -> bool {
+        !self.batching && !self.background.load(Ordering::Relaxed) && self.ns_per_row.estimate(rows).is_some_and(|d| d < self.inline_below)
+    }
+
+    /// Runs `request` on the calling thread when the model is measured as tiny for its rows and a
+    /// session is idle right now; otherwise gives the request back, to be [`submit`]ted. Never
+    /// waits: it is called on the async reactor.
+    ///
+    /// [`submit`]: WorkerPool::submit
+    pub fn try_run_inline(&self, request: PreparedRequest) -> Result<JobOutput, PreparedRequest> {
+        if !self.runs_inline(request.rows()) {
+            return Err(request);
         }
-        let info = info.ok_or_else(|| InferError::Load("no worker loaded the model".to_owned()))?;
-        Ok((WorkerPool { queue, workers, background }, info))
+        for slot in self.sessions.iter() {
+            let mut session = match slot.try_lock() {
+                Ok(session) => session,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => continue,
+            };
+            let started = Instant::now();
+            let result = run_guarded(session.as_mut(), &request);
+            drop(session);
+            let inference = started.elapsed();
+            self.ns_per_row.observe(request.rows(), inference);
+            return Ok(JobOutput { result, queued: Duration::ZERO, inference, formed: Some(Formed { requests: 1, rows: request.rows() }) });
+        }
+        Err(request)
     }
 
     /// Queues a request; the receiver yields its output. Never blocks.
@@ -159,7 +276,7 @@ impl WorkerPool {
     }
 
     pub fn workers(&self) -> usize {
-        self.workers
+        self.sessions.len()
     }
 
     /// Runs the workers at background CPU priority (or back at normal): a version that only
@@ -174,23 +291,87 @@ impl WorkerPool {
 /// scheduler gives them what the served versions leave.
 const BACKGROUND_NICE: i32 = 19;
 
-fn work(mut session: Box<dyn Session>, jobs: Receiver<Job>, background: &AtomicBool) {
-    let mut niced = false;
-    for job in jobs.iter() {
-        follow_priority(background, &mut niced);
-        let queued = job.enqueued.elapsed();
-        if job.reply.is_closed() {
-            // The client went away while the request waited: skip the work.
-            continue;
-        }
+/// One worker thread: its session's index, the shared queue and the pool's shared state.
+struct Worker {
+    index: usize,
+    sessions: Arc<[Mutex<Box<dyn Session>>]>,
+    jobs: Receiver<Job>,
+    background: Arc<AtomicBool>,
+    ns_per_row: Arc<RunEstimate>,
+}
+
+impl Worker {
+    /// Runs `request` on this worker's session; waits (briefly: only a tiny model runs inline)
+    /// while an inline caller has it.
+    fn run(&self, request: &PreparedRequest) -> (Result<Vec<Tensor>, InferError>, Duration) {
+        let mut session = self.sessions[self.index].lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
-        let result = run_guarded(session.as_mut(), &job.request);
-        let _ = job.reply.send(JobOutput {
-            result,
-            queued,
-            inference: started.elapsed(),
-            formed: Some(Formed { requests: 1, rows: job.request.rows() }),
-        });
+        let result = run_guarded(session.as_mut(), request);
+        drop(session);
+        let took = started.elapsed();
+        self.ns_per_row.observe(request.rows(), took);
+        (result, took)
+    }
+
+    fn work(&self) {
+        let mut niced = false;
+        for job in self.jobs.iter() {
+            follow_priority(&self.background, &mut niced);
+            let queued = job.enqueued.elapsed();
+            if job.reply.is_closed() {
+                // The client went away while the request waited: skip the work.
+                continue;
+            }
+            let (result, inference) = self.run(&job.request);
+            let _ = job.reply.send(JobOutput { result, queued, inference, formed: Some(Formed { requests: 1, rows: job.request.rows() }) });
+        }
+    }
+
+    /// The worker loop with dynamic batching: takes the first request, gathers compatible ones until
+    /// the batch is full, reaches a preferred size or the first request's delay runs out, runs them
+    /// as one and hands each request its own rows of the outputs. A request that does not fit (other
+    /// row shape, other outputs, too many rows) starts the next batch.
+    fn work_batched(&self, batching: &Batching) {
+        let mut niced = false;
+        let mut carried: Option<Job> = None;
+        loop {
+            let first = match carried.take() {
+                Some(job) => job,
+                None => match self.jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                },
+            };
+            if first.reply.is_closed() {
+                continue;
+            }
+            follow_priority(&self.background, &mut niced);
+            let deadline = first.enqueued + batching.max_queue_delay;
+            let mut rows = first.request.rows();
+            let mut batch = vec![first];
+            while rows < batching.max_batch_size && !batching.preferred_batch_sizes.contains(&rows) {
+                let job = match self.jobs.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => match self.jobs.recv_deadline(deadline) {
+                        Ok(job) => job,
+                        Err(_) => break,
+                    },
+                };
+                if job.reply.is_closed() {
+                    continue;
+                }
+                let fits = rows + job.request.rows() <= batching.max_batch_size && fits_with(&batch[0].request, &job.request);
+                if !fits {
+                    carried = Some(job);
+                    break;
+                }
+                rows += job.request.rows();
+                batch.push(job);
+            }
+            // A batching pool never runs inline, so its session is always free here.
+            let mut session = self.sessions[self.index].lock().unwrap_or_else(|p| p.into_inner());
+            run_batch(session.as_mut(), batch, rows);
+        }
     }
 }
 
@@ -205,51 +386,6 @@ fn follow_priority(background: &AtomicBool, niced: &mut bool) {
     if wanted != *niced {
         set_thread_nice(if wanted { BACKGROUND_NICE } else { 0 });
         *niced = wanted;
-    }
-}
-
-/// The worker loop with dynamic batching: takes the first request, gathers compatible ones until
-/// the batch is full, reaches a preferred size or the first request's delay runs out, runs them
-/// as one and hands each request its own rows of the outputs. A request that does not fit (other
-/// row shape, other outputs, too many rows) starts the next batch.
-fn work_batched(mut session: Box<dyn Session>, jobs: Receiver<Job>, background: &AtomicBool, batching: &Batching) {
-    let mut niced = false;
-    let mut carried: Option<Job> = None;
-    loop {
-        let first = match carried.take() {
-            Some(job) => job,
-            None => match jobs.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            },
-        };
-        if first.reply.is_closed() {
-            continue;
-        }
-        follow_priority(background, &mut niced);
-        let deadline = first.enqueued + batching.max_queue_delay;
-        let mut rows = first.request.rows();
-        let mut batch = vec![first];
-        while rows < batching.max_batch_size && !batching.preferred_batch_sizes.contains(&rows) {
-            let job = match jobs.try_recv() {
-                Ok(job) => job,
-                Err(_) => match jobs.recv_deadline(deadline) {
-                    Ok(job) => job,
-                    Err(_) => break,
-                },
-            };
-            if job.reply.is_closed() {
-                continue;
-            }
-            let fits = rows + job.request.rows() <= batching.max_batch_size && fits_with(&batch[0].request, &job.request);
-            if !fits {
-                carried = Some(job);
-                break;
-            }
-            rows += job.request.rows();
-            batch.push(job);
-        }
-        run_batch(session.as_mut(), batch, rows);
     }
 }
 
@@ -281,20 +417,19 @@ fn run_batch(session: &mut dyn Session, batch: Vec<Job>, rows: usize) {
         Some(request) => run_guarded(session, &request),
     };
     // Each output split by rows; per request, its piece of every output.
-    let pieces: Vec<Result<Vec<Tensor>, InferError>> = match result.and_then(|outputs| {
-        outputs.into_iter().map(|o| o.split_rows(&rows_of)).collect::<Result<Vec<_>, _>>()
-    }) {
-        Ok(per_output) => {
-            let mut per_request: Vec<Vec<Tensor>> = rows_of.iter().map(|_| Vec::with_capacity(per_output.len())).collect();
-            for output in per_output {
-                for (r, piece) in output.into_iter().enumerate() {
-                    per_request[r].push(piece);
+    let pieces: Vec<Result<Vec<Tensor>, InferError>> =
+        match result.and_then(|outputs| outputs.into_iter().map(|o| o.split_rows(&rows_of)).collect::<Result<Vec<_>, _>>()) {
+            Ok(per_output) => {
+                let mut per_request: Vec<Vec<Tensor>> = rows_of.iter().map(|_| Vec::with_capacity(per_output.len())).collect();
+                for output in per_output {
+                    for (r, piece) in output.into_iter().enumerate() {
+                        per_request[r].push(piece);
+                    }
                 }
+                per_request.into_iter().map(Ok).collect()
             }
-            per_request.into_iter().map(Ok).collect()
-        }
-        Err(e) => rows_of.iter().map(|_| Err(e.clone())).collect(),
-    };
+            Err(e) => rows_of.iter().map(|_| Err(e.clone())).collect(),
+        };
     let inference = started.elapsed();
     for (i, (job, result)) in batch.into_iter().zip(pieces).enumerate() {
         let queued = started.duration_since(job.enqueued);
@@ -314,5 +449,167 @@ fn set_thread_nice(nice: i32) {
     };
     if result != 0 {
         tracing::debug!(nice, error = %std::io::Error::last_os_error(), "cannot change a worker's priority");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+    use std::thread::ThreadId;
+
+    use modelship_inference::{DataType, Signature, TensorData, TensorSpec};
+
+    use super::*;
+
+    /// A session that records the thread each run happened on, and sleeps `run` per call.
+    struct Recording {
+        info: ModelInfo,
+        run: Duration,
+        threads: Arc<StdMutex<Vec<ThreadId>>>,
+    }
+
+    impl Session for Recording {
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+
+        fn run(&mut self, request: &PreparedRequest) -> Result<Vec<Tensor>, InferError> {
+            self.threads.lock().unwrap().push(thread::current().id());
+            thread::sleep(self.run);
+            Ok(vec![request.inputs[0].clone()])
+        }
+    }
+
+    struct RecordingBackend {
+        run: Duration,
+        threads: Arc<StdMutex<Vec<ThreadId>>>,
+    }
+
+    impl Backend for RecordingBackend {
+        fn name(&self) -> &'static str {
+            "recording"
+        }
+
+        fn load(&self, _: &[u8], _: &LoadOptions) -> Result<Box<dyn Session>, InferError> {
+            let info = ModelInfo {
+                signature: Signature {
+                    inputs: vec![TensorSpec::new("x", DataType::Fp32, vec![-1, 1])],
+                    outputs: vec![TensorSpec::new("x", DataType::Fp32, vec![-1, 1])],
+                },
+                platform: "recording".to_owned(),
+                producer: None,
+                opset: None,
+                skipped_outputs: vec![],
+            };
+            Ok(Box::new(Recording { info, run: self.run, threads: Arc::clone(&self.threads) }))
+        }
+    }
+
+    fn pool(run: Duration, config: PoolConfig) -> (WorkerPool, Arc<StdMutex<Vec<ThreadId>>>) {
+        let threads = Arc::new(StdMutex::new(Vec::new()));
+        let backend = Arc::new(RecordingBackend { run, threads: Arc::clone(&threads) });
+        let (pool, _) = WorkerPool::start(backend, Arc::from(&b""[..]), &config, "test").expect("the pool starts");
+        (pool, threads)
+    }
+
+    fn request(rows: usize) -> PreparedRequest {
+        let x = Tensor::new("x", vec![rows, 1], TensorData::Fp32(vec![1.0; rows])).unwrap();
+        PreparedRequest { inputs: vec![x], outputs: vec![0] }
+    }
+
+    /// Runs one request through the queue (as the warm-up does), which measures the model.
+    fn through_worker(pool: &WorkerPool, rows: usize) -> JobOutput {
+        pool.submit(request(rows)).expect("queued").blocking_recv().expect("answered")
+    }
+
+    #[test]
+    fn a_tiny_model_runs_on_the_callers_thread_once_measured() {
+        let (pool, threads) = pool(Duration::ZERO, PoolConfig::new(1, 4));
+        assert!(pool.try_run_inline(request(1)).is_err(), "an unmeasured model goes to a worker");
+        through_worker(&pool, 1);
+        let output = pool.try_run_inline(request(1)).unwrap_or_else(|_| panic!("a measured tiny model runs inline"));
+        assert!(output.result.is_ok());
+        assert_eq!(output.queued, Duration::ZERO);
+        assert_eq!(output.formed, Some(Formed { requests: 1, rows: 1 }));
+        let threads = threads.lock().unwrap();
+        assert_ne!(threads[0], thread::current().id(), "the first run was a worker's");
+        assert_eq!(threads[1], thread::current().id(), "the second ran here");
+    }
+
+    #[test]
+    fn a_slow_model_never_runs_inline() {
+        let (pool, threads) = pool(Duration::from_millis(2), PoolConfig::new(1, 4));
+        through_worker(&pool, 1);
+        for _ in 0..3 {
+            assert!(pool.try_run_inline(request(1)).is_err());
+        }
+        assert_eq!(threads.lock().unwrap().len(), 1, "refusing ran nothing");
+    }
+
+    #[test]
+    fn the_estimate_scales_with_rows() {
+        // ~1 ms per row measured on one row; even a generous threshold refuses 100 rows.
+        let config = PoolConfig { inline_below: Duration::from_millis(5), ..PoolConfig::new(1, 4) };
+        let (pool, _) = pool(Duration::from_millis(1), config);
+        through_worker(&pool, 1);
+        assert!(pool.try_run_inline(request(1)).is_ok(), "1 row: about 1 ms, under 5 ms");
+        assert!(pool.try_run_inline(request(100)).is_err(), "100 rows: about 100 ms");
+    }
+
+    #[test]
+    fn inline_is_off_with_a_zero_threshold_with_batching_and_in_the_background() {
+        let (off, _) = pool(Duration::ZERO, PoolConfig { inline_below: Duration::ZERO, ..PoolConfig::new(1, 4) });
+        through_worker(&off, 1);
+        assert!(off.try_run_inline(request(1)).is_err());
+
+        let batching = Batching { max_batch_size: 8, max_queue_delay: Duration::from_micros(100), preferred_batch_sizes: vec![] };
+        let (batched, _) = pool(Duration::ZERO, PoolConfig { batching: Some(batching), ..PoolConfig::new(1, 4) });
+        through_worker(&batched, 1);
+        assert!(batched.try_run_inline(request(1)).is_err(), "batching pools join requests on their workers");
+
+        let (background, _) = pool(Duration::ZERO, PoolConfig::new(1, 4));
+        through_worker(&background, 1);
+        background.set_background(true);
+        assert!(background.try_run_inline(request(1)).is_err(), "a shadow-only version stays at background priority");
+    }
+
+    #[test]
+    fn a_busy_session_is_never_waited_for() {
+        let (pool, _) = pool(Duration::ZERO, PoolConfig::new(1, 4));
+        through_worker(&pool, 1);
+        let held = pool.sessions[0].lock().unwrap();
+        assert!(pool.try_run_inline(request(1)).is_err(), "the only session is busy: give the request back");
+        drop(held);
+        assert!(pool.try_run_inline(request(1)).is_ok());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lone_request_runs_inline_and_concurrent_ones_go_through_the_queue() {
+        let (pool, threads) = pool(Duration::ZERO, PoolConfig::new(1, 4));
+        pool.submit(request(1)).expect("queued").await.expect("answered");
+        let here = thread::current().id();
+        pool.run(request(1)).await.expect("answered");
+        assert_eq!(threads.lock().unwrap().last(), Some(&here), "alone: inline");
+        let (a, b) = tokio::join!(pool.run(request(1)), pool.run(request(1)));
+        assert!(a.is_ok() && b.is_ok());
+        let threads = threads.lock().unwrap();
+        assert_eq!(threads.len(), 4);
+        // The first saw the second arrive while it yielded, so a worker ran it (the second may
+        // run here, or on the worker when the session was busy; either may finish first).
+        assert!(threads[2..].iter().any(|t| *t != here), "one of the two ran on a worker: {threads:?}");
+    }
+
+    #[test]
+    fn the_running_estimate_follows_measurements() {
+        let estimate = RunEstimate(AtomicU64::new(RunEstimate::UNKNOWN));
+        assert_eq!(estimate.estimate(1), None);
+        estimate.observe(4, Duration::from_micros(8));
+        assert_eq!(estimate.estimate(1), Some(Duration::from_micros(2)), "the first sample is taken whole, per row");
+        for _ in 0..64 {
+            estimate.observe(1, Duration::from_micros(100));
+        }
+        let after = estimate.estimate(1).unwrap();
+        assert!(after > Duration::from_micros(95) && after <= Duration::from_micros(100), "converges on the new cost: {after:?}");
+        assert_eq!(estimate.estimate(0), estimate.estimate(1), "zero rows count as one");
     }
 }

@@ -36,9 +36,21 @@ impl Default for Limits {
     }
 }
 
-/// Everything a handler needs, cheap to clone.
+/// Everything a handler needs. One `Arc`: the framework clones the state for every middleware
+/// and handler a request passes through, so a clone is one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     pub models: Arc<ModelTable>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
@@ -64,7 +76,7 @@ impl AppState {
 
     pub fn with_credentials(limits: Limits, credentials: Credentials) -> Self {
         let observations = Arc::new(Observations::default());
-        AppState {
+        AppState(Arc::new(Shared {
             models: Arc::default(),
             health: Arc::default(),
             metrics: Arc::default(),
@@ -76,6 +88,6 @@ impl AppState {
             ids: Arc::default(),
             nonces: Arc::default(),
             features: Arc::default(),
-        }
+        }))
     }
 }

@@ -111,7 +111,7 @@ pub fn spec(name: &str, version: &str, workers: usize, max_queue: usize) -> Mode
     ModelSpec {
         name: name.to_owned(),
         version: version.to_owned(),
-        pool: PoolConfig { workers, max_queue, load: LoadOptions::default(), batching: None },
+        pool: PoolConfig::new(workers, max_queue),
     }
 }
 

@@ -123,7 +123,7 @@ async fn the_admin_api_answers_in_its_shared_types() {
     traffic.resume(&state).await.unwrap();
     let rollouts = Arc::new(Rollouts::open(&dir.path().join("traffic.db"), Arc::clone(&traffic)).unwrap());
     let backend: Arc<dyn modelship_inference::Backend> = Arc::new(FakeBackend::default());
-    let pool = crate::pool::PoolConfig { workers: 1, max_queue: 4, load: Default::default(), batching: None };
+    let pool = crate::pool::PoolConfig::new(1, 4);
     let repository = Arc::new(crate::repository::Repository::new(None, backend, pool, "fraud".to_owned()));
     let admin = crate::admin::AdminState::new(state.clone(), traffic, rollouts, repository);
     let call = |method: &'static str, path: &str, body: &str| {
