@@ -366,7 +366,8 @@ Configuration comes from, lowest precedence first: built-in defaults, the config
 LOG_LEVEL, LOG_FORMAT, ORT_DYLIB_PATH, MODELSHIP_API_KEYS, MODELSHIP_ADMIN_TOKEN), then these flags.
 
 The config file is the seed's serving.yaml:
-  model:    {name: fraud-detection, version: v1.2.0, path: /models/model.onnx,
+  model:    {name: fraud-detection, version: v1.2.0, path: /models/model.onnx, max_queue: 128,
+             inline_below_microseconds: 50,
              dynamic_batching: {max_batch_size: 32, max_queue_delay_microseconds: 500}}
   server:   {host: 0.0.0.0, port: 8000, grpc_port: 8081, workers: 4,
              tls_cert_file: cert.pem, tls_key_file: key.pem, api_keys_file: keys.txt,
