@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::compose_file::{self, ComposeFile, DependsOn, Deploy, Service, Volume};
+use crate::compose_file::{self, ComposeFile, DependsOn, Deploy, Mount, Service, Volume};
 use crate::description::{Deployment, STATE_DIR};
 use crate::prometheus::{self, Discovery};
 use crate::{GeneratedFile, Provenance};
@@ -18,8 +18,8 @@ pub const PROMETHEUS_FILE: &str = "prometheus.yml";
 pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
     let header = provenance.header();
     let state = format!("{}-state", d.name);
-    let mut volumes = compose_file::volumes(d);
-    volumes.push(format!("{state}:{STATE_DIR}"));
+    let mut volumes: Vec<Mount> = compose_file::volumes(d).into_iter().map(Mount::Short).collect();
+    volumes.push(Mount::Short(format!("{state}:{STATE_DIR}")));
     let mut server = Service {
         image: d.image.reference(),
         command: compose_file::command(d),
@@ -50,7 +50,7 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
             Service {
                 image: prom.image.clone(),
                 ports: vec![format!("127.0.0.1:{0}:9090", prom.port)],
-                volumes: vec![format!("./{PROMETHEUS_FILE}:/etc/prometheus/prometheus.yml:ro")],
+                volumes: vec![Mount::Short(format!("./{PROMETHEUS_FILE}:/etc/prometheus/prometheus.yml:ro"))],
                 depends_on: Some(DependsOn::List(vec![d.name.clone()])),
                 restart: Some("unless-stopped".to_owned()),
                 ..Service::default()

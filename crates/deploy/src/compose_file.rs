@@ -30,7 +30,7 @@ pub struct Service {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub volumes: Vec<String>,
+    pub volumes: Vec<Mount>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<ConfigRef>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -53,6 +53,24 @@ pub struct Service {
     pub networks: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deploy: Option<Deploy>,
+}
+
+/// A volume entry: `SOURCE:TARGET[:ro]`, or the long form for a tmpfs.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Mount {
+    Short(String),
+    Tmpfs {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        target: String,
+    },
+}
+
+impl Mount {
+    pub fn tmpfs(target: &str) -> Mount {
+        Mount::Tmpfs { kind: "tmpfs", target: target.to_owned() }
+    }
 }
 
 /// The list form works in both tools (the long form with conditions is Compose-only).
