@@ -146,7 +146,11 @@ pub struct Limits {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Volume {}
+pub struct Volume {
+    /// The engine's name for it; Swarm expands `{{.Task.Slot}}` and the like in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Network {

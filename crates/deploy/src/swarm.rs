@@ -6,14 +6,14 @@
 //! Swarm ignores `depends_on`, `restart` and `security_opt`, so they are not written. The
 //! serving config travels as a Swarm config (every node gets it); a mounted model or registry
 //! directory must exist on every node that runs a replica (bake the model, or use a registry on
-//! shared storage, for more than one node). Each replica's state directory is a tmpfs of its
-//! own. The admin API is never published: it is reached with
+//! shared storage, for more than one node). Each replica slot's state directory is a volume of
+//! its own. The admin API is never published: it is reached with
 //! `docker exec` on the replica, or over the stack's network when `ports.publish_admin` is set.
 
 use std::collections::BTreeMap;
 
 use crate::compose_file::{
-    self, ComposeFile, ConfigFile, ConfigRef, Deploy, Mount, RestartPolicy, Service, UpdateConfig, dur,
+    self, ComposeFile, ConfigFile, ConfigRef, Deploy, Mount, RestartPolicy, Service, UpdateConfig, Volume, dur,
 };
 use crate::description::{self, Deployment, STATE_DIR};
 use crate::prometheus::{self, Discovery};
@@ -40,9 +40,10 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
 
     let mut volumes: Vec<Mount> =
         compose_file::volumes(d).into_iter().filter(|v| !v.ends_with(description::CONFIG_PATH_RO)).map(Mount::Short).collect();
-    // Each replica keeps its own state (traffic history, admin token) in memory: replicas on one
-    // node must not share one SQLite history, and the fleet store is what makes them one.
-    volumes.push(Mount::tmpfs(STATE_DIR));
+    // Each replica slot keeps its own state (traffic history, admin token) in a volume of its
+    // own (`{{.Task.Slot}}` in its name): replicas on one node must not share one SQLite history,
+    // and a replaced task restores its slot's routing. The fleet store is what makes them one.
+    volumes.push(Mount::Short(format!("state:{STATE_DIR}")));
     volumes.push(Mount::tmpfs("/tmp"));
     let mut configs = BTreeMap::new();
     let mut config_refs = Vec::new();
@@ -100,7 +101,7 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
     let stack = ComposeFile {
         version: "3.8",
         services,
-        volumes: BTreeMap::new(),
+        volumes: BTreeMap::from([("state".to_owned(), Volume { name: Some(format!("{}-{{{{.Task.Slot}}}}-state", d.name)) })]),
         networks: BTreeMap::new(),
         configs,
     };
