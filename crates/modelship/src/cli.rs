@@ -36,6 +36,153 @@ pub enum Command {
     /// Work with the feature store (Redis) that enriches requests by entity
     #[command(after_help = FEATURES_HELP)]
     Features(FeaturesArgs),
+    /// Generate a Dockerfile, a Compose file or a Swarm stack from one description, and apply it
+    #[command(after_help = DEPLOY_HELP)]
+    Deploy(DeployArgs),
+    /// Exit 0 when the server on this machine is ready, 1 when not (the image's HEALTHCHECK)
+    #[command(after_help = HEALTHCHECK_HELP)]
+    Healthcheck(HealthcheckArgs),
+}
+
+const HEALTHCHECK_HELP: &str = "\
+Asks http://HOST:PORT/health/ready (every check: model loaded, startup complete, feature store
+connected where configured) and exits 0 on 200, 1 otherwise with the reason on standard error.
+It is the binary's own probe, so an image needs no curl or shell for its HEALTHCHECK.
+
+Examples:
+  modelship healthcheck                      # http://127.0.0.1:8000/health/ready
+  modelship healthcheck --port 9000 --timeout 1
+  HEALTHCHECK CMD [\"/usr/local/bin/modelship\", \"healthcheck\", \"--port\", \"8000\"]";
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// The server's HTTP port
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// The server's address
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// The probe to ask: /health/ready, /health/live or /health/startup
+    #[arg(long, default_value = "/health/ready", value_parser = ["/health/ready", "/health/live", "/health/startup"])]
+    pub path: String,
+    /// Seconds to wait for the answer
+    #[arg(long, default_value_t = 2.0)]
+    pub timeout: f64,
+}
+
+const DEPLOY_HELP: &str = "\
+One description (a YAML file, `--file`, default ./deploy.yaml when present; flags override it)
+says what runs; each target writes its files into --out (default ./deploy), every file headed by
+the command that made it. --apply then hands them to the real tool:
+  docker    Dockerfile (+ Dockerfile.gpu with --gpu) and .dockerignore; --apply stages this very
+            binary and its ONNX Runtime library beside them and runs `docker build`
+  compose   docker-compose.yml (server, Redis, Prometheus); --apply builds the image and runs
+            `docker-compose up -d`
+  swarm     stack.yml (replicas, rolling update start-first with rollback, restart policy,
+            health check, Redis, fleet store); --apply builds the image and runs
+            `docker stack deploy` (after `docker swarm init`)
+
+The description:
+  name: fraud                              # project, stack and service name
+  model: {file: models/fraud.onnx, delivery: mount}   # mount (replace the file to update) or bake
+  # model: {registry: fraud@production, registry_dir: registry}   # follow a registry alias
+  config: serving.yaml                     # mounted read-only at /etc/modelship/serving.yaml
+  image: {name: modelship, tag: 0.1.0, build: binary, gpu: false,
+          bases: {tools: debian:bookworm-slim}}        # every base image is a build argument
+  replicas: 3
+  resources: {cpus: 1.0, memory: 512M}
+  ports: {http: 8000, grpc: 8081, admin: 8001, publish_admin: false}   # admin: loopback only
+  feature_store: {service: true, image: redis:7.4-bookworm}            # REDIS_HOST=redis
+  control_store: redis://redis:6379/1      # the fleet store; emitted only when set
+  strategy: {parallelism: 1, delay: 10s, order: start-first, failure_action: rollback, monitor: 30s}
+  restart: {condition: on-failure, delay: 5s, max_attempts: 3}
+  drain: {delay: 5s, grace: 30s}           # SIGTERM: keep accepting, then drain
+  prometheus: {}                           # scrapes every replica
+
+Examples:
+  modelship deploy docker --model models/fraud.onnx --delivery bake --apply
+  modelship deploy compose --file deploy.yaml --apply
+  modelship deploy swarm --file deploy.yaml --replicas 3 --out deploy/swarm
+  modelship deploy compose --name fraud --model fraud@production --registry-dir registry --redis
+  modelship deploy docker --file deploy.yaml --output json";
+
+#[derive(Debug, Clone, Args)]
+pub struct DeployArgs {
+    #[command(subcommand)]
+    pub target: DeployTarget,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DeployTarget {
+    /// The image: a multi-stage Dockerfile ending FROM scratch (binary, ONNX Runtime, their libraries)
+    Docker(DeployOptions),
+    /// docker-compose.yml: the server, Redis, optionally Prometheus
+    Compose(DeployOptions),
+    /// A Docker Swarm stack: replicas, rolling updates with rollback, Redis, the fleet store
+    Swarm(DeployOptions),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeployOptions {
+    /// The deployment description (YAML) [default: ./deploy.yaml when it exists]
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Directory to write the files into (created if needed)
+    #[arg(long, short = 'o', value_name = "DIR", default_value = "deploy")]
+    pub out: PathBuf,
+    /// Then build the image (docker), start the services (compose) or deploy the stack (swarm)
+    #[arg(long)]
+    pub apply: bool,
+    /// With --apply for compose or swarm: use the image as it is, do not build it first
+    #[arg(long, requires = "apply")]
+    pub no_build: bool,
+    /// Deployment name: project, stack and service
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// The model: an ONNX file, or a registry reference NAME@ALIAS, NAME:VERSION
+    #[arg(long, value_name = "FILE|REF")]
+    pub model: Option<String>,
+    /// How a model file reaches the container
+    #[arg(long, value_enum)]
+    pub delivery: Option<DeliveryArg>,
+    /// With a registry model: the registry directory to mount
+    #[arg(long, value_name = "DIR")]
+    pub registry_dir: Option<PathBuf>,
+    /// Serving config to mount (the seed's serving.yaml)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Image: NAME[:TAG]
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Replicas (Swarm)
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<u32>,
+    /// Also write Dockerfile.gpu (onnxruntime-gpu on a CUDA base)
+    #[arg(long)]
+    pub gpu: bool,
+    /// Run Redis beside the server as the feature store
+    #[arg(long)]
+    pub redis: bool,
+    /// Run Prometheus beside the server, scraping every replica
+    #[arg(long)]
+    pub prometheus: bool,
+    /// The fleet control store, redis://HOST:PORT/DB (passed as MODELSHIP_CONTROL_STORE)
+    #[arg(long, value_name = "URL")]
+    pub control_store: Option<String>,
+    /// Base image of the Dockerfile's tools stage (bash, ldd, coreutils)
+    #[arg(long, value_name = "IMAGE")]
+    pub tools_image: Option<String>,
+    /// Output format for the summary
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeliveryArg {
+    /// Mount the model's directory read-only; replacing the file updates what is served
+    Mount,
+    /// Copy the model into the image
+    Bake,
 }
 
 const FEATURES_HELP: &str = "\

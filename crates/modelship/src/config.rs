@@ -267,6 +267,22 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         raw.logging.format = Some(v);
     }
     let mut ort_lib = env.get("ORT_DYLIB_PATH").map(PathBuf::from);
+    // The seeds' Compose, Swarm and Kubernetes files point the server at Redis this way.
+    if let Some(host) = env.get("REDIS_HOST") {
+        let features = raw.features.get_or_insert_with(RawFeatures::default);
+        match redis_address(features.store_url.as_deref(), &host, env.get("REDIS_PORT").as_deref()) {
+            Ok(url) => features.store_url = Some(url),
+            Err(e) => problems.push(e),
+        }
+    } else if let (Some(port), Some(features)) = (env.get("REDIS_PORT"), raw.features.as_mut())
+        && let Some(url) = features.store_url.as_deref()
+        && let Some(host) = url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned))
+    {
+        match redis_address(Some(url), &host, Some(&port)) {
+            Ok(url) => features.store_url = Some(url),
+            Err(e) => problems.push(e),
+        }
+    }
 
     // Flags over environment.
     let a = args.clone();
@@ -494,6 +510,35 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     })
 }
 
+/// The store URL with its host (and port) replaced by `REDIS_HOST` (and `REDIS_PORT`): the file's
+/// scheme, credentials and database stay; with no URL, `redis://HOST:PORT`. `REDIS_PORT` may be
+/// a number or, as Kubernetes writes it for a Service named `redis`, `tcp://ADDRESS:PORT`.
+fn redis_address(url: Option<&str>, host: &str, port: Option<&str>) -> Result<String, String> {
+    let port = match port {
+        None => None,
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .or_else(|| p.strip_prefix("tcp://").and_then(|a| a.rsplit_once(':')).and_then(|(_, p)| p.parse().ok()))
+                .filter(|&p| p != 0)
+                .ok_or_else(|| format!("REDIS_PORT '{p}' is not a port number (1-65535) or tcp://ADDRESS:PORT"))?,
+        ),
+    };
+    let mut parsed = url::Url::parse(url.unwrap_or("redis://localhost:6379"))
+        .map_err(|e| format!("features.store_url '{}' is not a URL ({e}), so REDIS_HOST cannot be applied to it", redact_url(url.unwrap_or(""))))?;
+    let bracketed = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
+    parsed.set_host(Some(&bracketed)).map_err(|e| format!("REDIS_HOST '{host}' is not a host name or address ({e})"))?;
+    if port.is_some() || url.is_none() {
+        parsed.set_port(Some(port.unwrap_or(6379))).map_err(|()| format!("cannot set the port of features.store_url to {port:?}"))?;
+    }
+    let mut text = parsed.to_string();
+    // `Url` writes an empty path as "/"; the store's URLs in messages and tests have none.
+    if parsed.path() == "/" && !url.is_some_and(|u| u.ends_with('/')) {
+        text.pop();
+    }
+    Ok(text)
+}
+
 fn overlay<T>(slot: &mut Option<T>, value: Option<T>) {
     if value.is_some() {
         *slot = value;
@@ -672,6 +717,33 @@ logging:
     fn wrong_value_types_name_the_key() {
         let err = check("server:\n  port: eighty\n", &[], &[]).unwrap_err();
         assert!(err.starts_with("server.port: invalid type: string \"eighty\", expected u16"), "{err}");
+    }
+
+    #[test]
+    fn redis_host_and_port_point_the_feature_store_like_the_seeds_files() {
+        let url = |file: &str, env_pairs: &[(&'static str, &'static str)]| {
+            check(file, &[&[("MODEL_PATH", "m.onnx")], env_pairs].concat(), &[]).map(|c| c.features.map(|f| f.store_url))
+        };
+        // The seed's ConfigMap with the seed's Compose (`redis`) and Kubernetes (`redis-service`) environment.
+        assert_eq!(url(SEED, &[("REDIS_HOST", "redis-service")]).unwrap().as_deref(), Some("redis://redis-service:6379"));
+        assert_eq!(url(SEED, &[("REDIS_HOST", "redis"), ("REDIS_PORT", "6380")]).unwrap().as_deref(), Some("redis://redis:6380"));
+        // Without a config file, REDIS_HOST alone connects the store (readiness follows it).
+        assert_eq!(url("", &[("REDIS_HOST", "redis")]).unwrap().as_deref(), Some("redis://redis:6379"));
+        // The file's scheme, credentials and database stay; flags still win over nothing here.
+        assert_eq!(
+            url("features: {store_url: 'rediss://u:pw@old:7000/2'}\n", &[("REDIS_HOST", "new")]).unwrap().as_deref(),
+            Some("rediss://u:pw@new:7000/2")
+        );
+        // Kubernetes' service link variable, and REDIS_PORT alone moving the file's store.
+        assert_eq!(url(SEED, &[("REDIS_HOST", "redis"), ("REDIS_PORT", "tcp://10.0.0.7:6390")]).unwrap().as_deref(), Some("redis://redis:6390"));
+        assert_eq!(url(SEED, &[("REDIS_PORT", "6391")]).unwrap().as_deref(), Some("redis://redis:6391"));
+        // REDIS_PORT alone never turns a store on (Kubernetes sets it for any Service named redis).
+        assert_eq!(url("", &[("REDIS_PORT", "6379")]).unwrap(), None);
+        assert_eq!(url("", &[("REDIS_HOST", "::1")]).unwrap().as_deref(), Some("redis://[::1]:6379"));
+        assert_eq!(
+            url(SEED, &[("REDIS_HOST", "redis"), ("REDIS_PORT", "sixty")]).unwrap_err(),
+            "invalid configuration:\n  - REDIS_PORT 'sixty' is not a port number (1-65535) or tcp://ADDRESS:PORT"
+        );
     }
 
     #[test]

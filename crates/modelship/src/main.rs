@@ -3,7 +3,9 @@
 
 mod cli;
 mod config;
+mod deploy;
 mod features;
+mod healthcheck;
 mod logging;
 mod models;
 mod registry_config;
@@ -23,6 +25,8 @@ fn main() -> ExitCode {
         cli::Command::Traffic(args) => traffic::main(args),
         cli::Command::Rollout(args) => rollout::main(args),
         cli::Command::Features(args) => features::main(args),
+        cli::Command::Deploy(args) => deploy::main(args),
+        cli::Command::Healthcheck(args) => healthcheck::main(&args),
     }
 }
 

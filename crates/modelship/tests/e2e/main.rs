@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod features;
 mod bad_input;
+mod docker;
 mod lifecycle;
 mod models;
 mod openapi;
@@ -15,6 +16,7 @@ mod registry_mlflow;
 mod registry_s3;
 mod security;
 mod startup;
+mod swarm;
 mod traffic;
 #[cfg(feature = "grpc")]
 mod triton;

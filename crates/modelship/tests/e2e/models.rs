@@ -9,24 +9,37 @@ use crate::support::{Server, model, root};
 const TOLERANCE: f64 = 1e-5;
 
 fn check_against_reference(reference: &str, model_file: &str) {
-    let path = root().join(format!("testdata/reference/{reference}.json"));
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let server = Server::start(&[&model(model_file), "--name", "m", "--workers", "1"]);
-    let request = json!({"inputs": [doc["input"]]});
-    let reply = server.post("/v2/models/m/infer", &request.to_string());
+    let reply = server.post("/v2/models/m/infer", &reference_request(reference).to_string());
     assert_eq!(reply.status, 200, "{reference}: {}", reply.text);
-    let reply = reply.json();
+    assert_matches_reference(reference, &reply.json());
+}
+
+/// The reference document `testdata/reference/NAME.json`: an input and onnxruntime's outputs.
+fn reference(reference: &str) -> Value {
+    let path = root().join(format!("testdata/reference/{reference}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// A V2 infer body with the reference's input.
+pub fn reference_request(name: &str) -> Value {
+    json!({"inputs": [reference(name)["input"]]})
+}
+
+/// Every output of a V2 answer equals onnxruntime-in-Python's, within [`TOLERANCE`].
+pub fn assert_matches_reference(name: &str, reply: &Value) {
+    let doc = reference(name);
     for want in doc["outputs"].as_array().unwrap() {
         let got = reply["outputs"].as_array().unwrap().iter().find(|o| o["name"] == want["name"]).unwrap_or_else(|| {
-            panic!("{reference}: no output {}", want["name"]);
+            panic!("{name}: no output {}", want["name"]);
         });
-        assert_eq!(got["datatype"], want["datatype"], "{reference} {}", want["name"]);
-        assert_eq!(got["shape"], want["shape"], "{reference} {}", want["name"]);
+        assert_eq!(got["datatype"], want["datatype"], "{name} {}", want["name"]);
+        assert_eq!(got["shape"], want["shape"], "{name} {}", want["name"]);
         let (got, want_data) = (got["data"].as_array().unwrap(), want["data"].as_array().unwrap());
         assert_eq!(got.len(), want_data.len());
         for (i, (g, w)) in got.iter().zip(want_data).enumerate() {
             let diff = (g.as_f64().unwrap() - w.as_f64().unwrap()).abs();
-            assert!(diff <= TOLERANCE, "{reference} {}[{i}]: {g} vs {w}", want["name"]);
+            assert!(diff <= TOLERANCE, "{name} {}[{i}]: {g} vs {w}", want["name"]);
         }
     }
 }

@@ -1,0 +1,351 @@
+//! `modelship deploy docker|compose|swarm`: reads the description (file, then flags), writes the
+//! files the pure generators of `modelship-deploy` render, and with `--apply` hands them to the
+//! real tool (`docker build`, `docker-compose up`, `docker stack deploy`).
+
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use modelship_deploy::description::{self, Build, Delivery, Deployment, FeatureStore, Prometheus};
+use modelship_deploy::{GeneratedFile, Provenance, Target, docker};
+use serde::Serialize;
+
+use crate::cli::{DeliveryArg, DeployArgs, DeployOptions, DeployTarget, OutputFormat};
+
+pub fn main(args: DeployArgs) -> ExitCode {
+    let (target, options) = match args.target {
+        DeployTarget::Docker(o) => (Target::Docker, o),
+        DeployTarget::Compose(o) => (Target::Compose, o),
+        DeployTarget::Swarm(o) => (Target::Swarm, o),
+    };
+    match run(target, &options) {
+        Ok(summary) => {
+            print(&summary, options.output);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What the command did, for people (`--output table`) or scripts (`--output json`).
+#[derive(Debug, Serialize)]
+struct Summary {
+    target: Target,
+    out: PathBuf,
+    files: Vec<WrittenFile>,
+    image: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    applied: Option<Applied>,
+}
+
+#[derive(Debug, Serialize)]
+struct WrittenFile {
+    path: PathBuf,
+    bytes: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Applied {
+    /// Seconds `docker build` took, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    build_seconds: Option<f64>,
+    /// The image's size as the engine reports it, in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_bytes: Option<u64>,
+    /// What was started: `docker-compose up -d` or `docker stack deploy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started: Option<String>,
+}
+
+fn run(target: Target, o: &DeployOptions) -> anyhow::Result<Summary> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let (mut deployment, base) = load(o, &cwd)?;
+    let out = normalize(&cwd.join(&o.out));
+    // Host paths: absolute first (relative to the description), then, for Compose and Swarm,
+    // relative to the output directory, where those files are read.
+    let absolute = |p: &str| normalize(&base.join(p)).to_string_lossy().into_owned();
+    let model_file = deployment.model.file.as_deref().map(absolute);
+    let relative = |p: &str| description::relative_path(&out.to_string_lossy(), &absolute(p));
+    if target != Target::Docker {
+        deployment.model.file = deployment.model.file.as_deref().map(relative);
+        deployment.model.registry_dir = deployment.model.registry_dir.as_deref().map(relative);
+        deployment.config = deployment.config.as_deref().map(relative);
+    } else if deployment.image.build == Build::Source {
+        // The repository is the context: the model is copied from where it is in it.
+        deployment.model.file = model_file.as_deref().map(|f| description::relative_path(&base.to_string_lossy(), f).trim_start_matches("./").to_owned());
+    }
+    deployment.validate()?;
+    if let Some(file) = &model_file
+        && !Path::new(file).is_file()
+    {
+        bail!("the model file {file} does not exist; give an existing .onnx file (model.file, or --model)");
+    }
+
+    let provenance = Provenance::new(command_line());
+    let files = modelship_deploy::render(target, &deployment, &provenance);
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create the output directory {}", out.display()))?;
+    let written = write(&out, &files)?;
+    let mut summary = Summary { target, out: out.clone(), files: written, image: deployment.image.reference(), applied: None };
+    if !o.apply {
+        return Ok(summary);
+    }
+    let mut applied = Applied::default();
+    if target == Target::Docker || !o.no_build {
+        let built = build_image(&deployment, target, &out, &base, model_file.as_deref())?;
+        applied.build_seconds = Some(built);
+        applied.image_bytes = image_size(&deployment.image.reference());
+    }
+    match target {
+        Target::Docker => {}
+        Target::Compose => {
+            let file = out.join(modelship_deploy::compose::FILE);
+            let mut cmd = compose_command()?;
+            cmd.args(["-p", &deployment.name, "-f"]).arg(&file).args(["up", "-d", "--remove-orphans"]);
+            run_tool(cmd, "docker-compose up", "is the Docker engine running, and the image built (drop --no-build)?")?;
+            applied.started = Some(format!("docker-compose -p {} -f {} up -d", deployment.name, file.display()));
+        }
+        Target::Swarm => {
+            let file = out.join(modelship_deploy::swarm::FILE);
+            let mut cmd = Command::new("docker");
+            cmd.args(["stack", "deploy", "--prune", "-c"]).arg(&file).arg(&deployment.name);
+            run_tool(cmd, "docker stack deploy", "is this engine a swarm manager? `docker swarm init` makes it one")?;
+            applied.started = Some(format!("docker stack deploy -c {} {}", file.display(), deployment.name));
+        }
+    }
+    summary.applied = Some(applied);
+    Ok(summary)
+}
+
+/// The description: the file (`--file`, else `./deploy.yaml` when present), then the flags.
+/// Returns it with the directory its host paths are relative to.
+fn load(o: &DeployOptions, cwd: &Path) -> anyhow::Result<(Deployment, PathBuf)> {
+    let file = o.file.clone().or_else(|| Some(PathBuf::from("deploy.yaml")).filter(|p| p.is_file()));
+    let (mut value, base) = match &file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the deployment description {}", path.display()))?;
+            let value: serde_yaml_ng::Value =
+                serde_yaml_ng::from_str(&text).with_context(|| format!("{} is not YAML", path.display()))?;
+            let dir = normalize(&cwd.join(path)).parent().map(Path::to_path_buf).unwrap_or_else(|| cwd.to_path_buf());
+            (value, dir)
+        }
+        None => (serde_yaml_ng::Value::Mapping(Default::default()), cwd.to_path_buf()),
+    };
+    if value.is_null() {
+        value = serde_yaml_ng::Value::Mapping(Default::default());
+    }
+    let mut set = |path: &[&str], v: serde_yaml_ng::Value| -> anyhow::Result<()> {
+        let mut node = &mut value;
+        for key in &path[..path.len() - 1] {
+            let map = node.as_mapping_mut().with_context(|| format!("{} in the description must be a mapping", path[..path.len() - 1].join(".")))?;
+            node = map.entry((*key).into()).or_insert_with(|| serde_yaml_ng::Value::Mapping(Default::default()));
+        }
+        let map = node.as_mapping_mut().with_context(|| format!("{} in the description must be a mapping", path[..path.len() - 1].join(".")))?;
+        map.insert(path[path.len() - 1].into(), v);
+        Ok(())
+    };
+    let text = |s: &str| serde_yaml_ng::Value::String(s.to_owned());
+    let path_text = |p: &Path| serde_yaml_ng::Value::String(cwd.join(p).to_string_lossy().into_owned());
+    if let Some(name) = &o.name {
+        set(&["name"], text(name))?;
+    }
+    if let Some(model) = &o.model {
+        if modelship_registry::ModelRef::looks_like_reference(model) && !Path::new(model).exists() {
+            set(&["model", "registry"], text(model))?;
+        } else {
+            set(&["model", "file"], path_text(Path::new(model)))?;
+        }
+    }
+    if let Some(delivery) = o.delivery {
+        set(&["model", "delivery"], text(match delivery { DeliveryArg::Mount => "mount", DeliveryArg::Bake => "bake" }))?;
+    }
+    if let Some(dir) = &o.registry_dir {
+        set(&["model", "registry_dir"], path_text(dir))?;
+    }
+    if let Some(config) = &o.config {
+        set(&["config"], path_text(config))?;
+    }
+    if let Some(image) = &o.image {
+        let (name, tag) = match image.rsplit_once(':') {
+            Some((n, t)) if !t.contains('/') => (n, Some(t)),
+            _ => (image.as_str(), None),
+        };
+        set(&["image", "name"], text(name))?;
+        if let Some(tag) = tag {
+            set(&["image", "tag"], text(tag))?;
+        }
+    }
+    if let Some(replicas) = o.replicas {
+        set(&["replicas"], serde_yaml_ng::Value::Number(replicas.into()))?;
+    }
+    if o.gpu {
+        set(&["image", "gpu"], serde_yaml_ng::Value::Bool(true))?;
+    }
+    if let Some(tools) = &o.tools_image {
+        set(&["image", "bases", "tools"], text(tools))?;
+    }
+    if let Some(url) = &o.control_store {
+        set(&["control_store"], text(url))?;
+    }
+    let mut deployment: Deployment = match serde_yaml_ng::from_value(value) {
+        Ok(d) => d,
+        Err(e) if e.to_string().contains("missing field `name`") => {
+            bail!("the deployment needs a name: pass --name NAME or set `name:` in the description ({e})")
+        }
+        Err(e) if e.to_string().contains("missing field `model`") => {
+            bail!("the deployment needs a model: pass --model FILE.onnx (or NAME@ALIAS) or set `model:` in the description ({e})")
+        }
+        Err(e) => bail!("invalid deployment description{}: {e}", file.map(|f| format!(" {}", f.display())).unwrap_or_default()),
+    };
+    if o.redis && deployment.feature_store.is_none() {
+        deployment.feature_store = Some(FeatureStore::default());
+    }
+    if o.prometheus && deployment.prometheus.is_none() {
+        deployment.prometheus = Some(Prometheus::default());
+    }
+    Ok((deployment, base))
+}
+
+/// Writes each file (atomically: a temporary file renamed), returning what was written.
+fn write(out: &Path, files: &[GeneratedFile]) -> anyhow::Result<Vec<WrittenFile>> {
+    let mut written = Vec::new();
+    for file in files {
+        let path = out.join(file.path);
+        let tmp = out.join(format!(".{}.tmp", file.path));
+        std::fs::write(&tmp, &file.contents).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        written.push(WrittenFile { path, bytes: file.contents.len() });
+    }
+    Ok(written)
+}
+
+/// Builds the image; returns the seconds `docker build` took. With `image.build: binary`, this
+/// very binary, the ONNX Runtime library it finds and a baked model are staged in `out` first.
+fn build_image(d: &Deployment, target: Target, out: &Path, base: &Path, model_file: Option<&str>) -> anyhow::Result<f64> {
+    let context = match d.image.build {
+        Build::Binary => {
+            stage(out, d, model_file)?;
+            out.to_path_buf()
+        }
+        Build::Source => base.to_path_buf(),
+    };
+    if target != Target::Docker {
+        // Compose and Swarm need the Dockerfile too; write it beside their files.
+        let files = docker::render(d, &Provenance::new(command_line()));
+        write(out, &files)?;
+    }
+    let mut cmd = Command::new("docker");
+    cmd.args(["build", "-t", &d.image.reference(), "-f"]).arg(out.join(docker::DOCKERFILE)).arg(&context);
+    let started = Instant::now();
+    run_tool(cmd, "docker build", "is the Docker engine running, and can it reach the base images? (--tools-image names a local one)")?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn stage(out: &Path, d: &Deployment, model_file: Option<&str>) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find this binary to package it")?;
+    copy(&exe, &out.join(docker::STAGED_BINARY))?;
+    let library = modelship_onnx::library::locate(std::env::var_os("ORT_DYLIB_PATH").as_deref().map(Path::new))
+        .map_err(|e| anyhow::anyhow!("the image needs ONNX Runtime's library: {e}"))?;
+    std::fs::create_dir_all(out.join("lib"))?;
+    copy(&library, &out.join(docker::STAGED_LIBRARY))?;
+    if d.model.delivery == Delivery::Bake
+        && let (Some(file), Some(name)) = (model_file, d.model_file_name())
+    {
+        std::fs::create_dir_all(out.join(docker::STAGED_MODEL_DIR))?;
+        copy(Path::new(file), &out.join(docker::STAGED_MODEL_DIR).join(name))?;
+    }
+    Ok(())
+}
+
+fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
+
+fn image_size(reference: &str) -> Option<u64> {
+    let out = Command::new("docker").args(["image", "inspect", "--format", "{{.Size}}", reference]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// `docker-compose` (1.x), else the `docker compose` plugin.
+fn compose_command() -> anyhow::Result<Command> {
+    if Command::new("docker-compose").arg("version").output().is_ok_and(|o| o.status.success()) {
+        return Ok(Command::new("docker-compose"));
+    }
+    if Command::new("docker").args(["compose", "version"]).output().is_ok_and(|o| o.status.success()) {
+        let mut cmd = Command::new("docker");
+        cmd.arg("compose");
+        return Ok(cmd);
+    }
+    bail!("neither docker-compose nor `docker compose` is installed (apt-get install docker-compose)")
+}
+
+/// Runs a tool with its output shown (build logs go to standard error), failing with what to do.
+fn run_tool(mut cmd: Command, what: &str, hint: &str) -> anyhow::Result<()> {
+    let output = cmd.stdin(std::process::Stdio::null()).output().with_context(|| format!("cannot run {what} (is docker installed?)"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let tail: Vec<&str> = stdout.lines().chain(stderr.lines()).collect();
+        let tail = tail[tail.len().saturating_sub(25)..].join("\n");
+        bail!("{what} failed ({}): {hint}\n{tail}", output.status);
+    }
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    Ok(())
+}
+
+/// The command line as typed, quoted where a shell would need it, for the files' header.
+fn command_line() -> String {
+    let mut args = std::env::args();
+    let _ = args.next();
+    std::iter::once("modelship".to_owned())
+        .chain(args.map(|a| {
+            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+".contains(c)) { a } else { format!("'{}'", a.replace('\'', "'\\''")) }
+        }))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `a/./b/../c` → `a/c`, without touching the file system.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn print(summary: &Summary, format: OutputFormat) {
+    if format == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(summary).expect("summary serializes"));
+        return;
+    }
+    for file in &summary.files {
+        println!("wrote {} ({} bytes)", file.path.display(), file.bytes);
+    }
+    if let Some(applied) = &summary.applied {
+        if let Some(seconds) = applied.build_seconds {
+            let size = applied.image_bytes.map(|b| format!(", {:.1} MB", b as f64 / 1e6)).unwrap_or_default();
+            println!("built {} in {seconds:.1} s{size}", summary.image);
+        }
+        if let Some(started) = &applied.started {
+            println!("started: {started}");
+        }
+    } else {
+        let next = match summary.target {
+            Target::Docker => "add --apply to build the image",
+            Target::Compose => "add --apply to build the image and start it (docker-compose up -d)",
+            Target::Swarm => "add --apply to build the image and deploy the stack (docker stack deploy)",
+        };
+        println!("next: {next}");
+    }
+}
