@@ -24,7 +24,7 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
         image: d.image.reference(),
         command: compose_file::command(d),
         environment: compose_file::environment(d),
-        ports: compose_file::ports(d),
+        ports: compose_file::ports(d).into_iter().map(compose_file::Port::Short).collect(),
         volumes,
         tmpfs: vec!["/tmp".to_owned()],
         read_only: Some(true),
@@ -49,7 +49,7 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
             "prometheus".to_owned(),
             Service {
                 image: prom.image.clone(),
-                ports: vec![format!("127.0.0.1:{0}:9090", prom.port)],
+                ports: vec![compose_file::Port::Short(format!("127.0.0.1:{0}:9090", prom.port))],
                 volumes: vec![Mount::Short(format!("./{PROMETHEUS_FILE}:/etc/prometheus/prometheus.yml:ro"))],
                 depends_on: Some(DependsOn::List(vec![d.name.clone()])),
                 restart: Some("unless-stopped".to_owned()),

@@ -28,7 +28,7 @@ pub struct Service {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub environment: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<String>,
+    pub ports: Vec<Port>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Mount>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -258,9 +258,19 @@ fn trim_float(v: f64) -> String {
 
 /// Published ports: HTTP and gRPC on every host interface, the admin API (when published) on the
 /// host's loopback only.
+/// A published port: `HOST:CONTAINER` or the long syntax (needed for Swarm's host mode).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Port {
+    Short(String),
+    Long { target: u16, published: u16, protocol: &'static str, mode: &'static str },
+}
+
+/// The published ports, short syntax: HTTP and gRPC unless `ports.publish` is off, the admin
+/// port on the host's loopback when `ports.publish_admin` is on.
 pub fn ports(d: &Deployment) -> Vec<String> {
     let p = &d.ports;
-    let mut ports = vec![format!("{0}:{0}", p.http), format!("{0}:{0}", p.grpc)];
+    let mut ports = if p.publish { vec![format!("{0}:{0}", p.http), format!("{0}:{0}", p.grpc)] } else { Vec::new() };
     if p.publish_admin {
         ports.push(format!("127.0.0.1:{0}:{0}", p.admin));
     }

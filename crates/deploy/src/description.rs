@@ -68,6 +68,8 @@ pub struct Deployment {
     pub healthcheck: Healthcheck,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<Prometheus>,
+    #[serde(default)]
+    pub swarm: SwarmOptions,
     /// Extra environment for the server (never secrets: they belong in files or the
     /// orchestrator's secrets).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -211,12 +213,36 @@ pub struct Ports {
     /// The admin API listens on the container's loopback unless this is set; then it listens on
     /// every interface of the container and is published on the host's loopback only.
     pub publish_admin: bool,
+    /// Publish the HTTP and gRPC ports on the host (default). Off, only clients on the
+    /// deployment's own network reach the server (a load balancer of your own, other services).
+    pub publish: bool,
 }
 
 impl Default for Ports {
     fn default() -> Self {
-        Ports { http: 8000, grpc: 8081, admin: 8001, publish_admin: false }
+        Ports { http: 8000, grpc: 8081, admin: 8001, publish_admin: false, publish: true }
     }
+}
+
+/// Swarm-only settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwarmOptions {
+    pub endpoint_mode: EndpointMode,
+}
+
+/// How Swarm spreads connections over a service's replicas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    /// One virtual IP per service and the ingress routing mesh for published ports (IPVS in
+    /// the kernel of every node).
+    #[default]
+    Vip,
+    /// The service name resolves to every replica's address, round robin; published ports are
+    /// host-mode (one replica per node and port). For kernels without IPVS, or an external
+    /// load balancer.
+    Dnsrr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

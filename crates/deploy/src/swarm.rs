@@ -1,4 +1,5 @@
-//! `stack.yml` for `docker stack deploy`: N replicas behind the routing mesh, rolling updates
+//! `stack.yml` for `docker stack deploy`: N replicas behind the routing mesh (or DNS round robin,
+//! `swarm.endpoint_mode: dnsrr`, where the kernel has no IPVS), rolling updates
 //! (`update_config`: parallelism, delay, start-first, rollback on failure, monitor), automatic
 //! rollback settings, a restart policy, the binary's own health check, Redis, and the fleet
 //! control store when the description names one.
@@ -13,9 +14,9 @@
 use std::collections::BTreeMap;
 
 use crate::compose_file::{
-    self, ComposeFile, ConfigFile, ConfigRef, Deploy, Mount, RestartPolicy, Service, UpdateConfig, Volume, dur,
+    self, ComposeFile, ConfigFile, ConfigRef, Deploy, Mount, Port, RestartPolicy, Service, UpdateConfig, Volume, dur,
 };
-use crate::description::{self, Deployment, STATE_DIR};
+use crate::description::{self, Deployment, EndpointMode, STATE_DIR};
 use crate::prometheus::{self, Discovery};
 use crate::{GeneratedFile, Provenance};
 
@@ -51,8 +52,18 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
         configs.insert("serving".to_owned(), ConfigFile { file: config.clone() });
         config_refs.push(ConfigRef { source: "serving".to_owned(), target: description::CONFIG_PATH.to_owned() });
     }
-    let mut ports = compose_file::ports(d);
-    ports.retain(|p| !p.starts_with("127.0.0.1:"));
+    let (endpoint_mode, ports) = match d.swarm.endpoint_mode {
+        EndpointMode::Vip => {
+            let mut ports: Vec<Port> = compose_file::ports(d).into_iter().map(Port::Short).collect();
+            ports.retain(|p| !matches!(p, Port::Short(s) if s.starts_with("127.0.0.1:")));
+            ("vip", ports)
+        }
+        // Swarm refuses ingress (routing-mesh) ports on a DNS round-robin service.
+        EndpointMode::Dnsrr => {
+            let host = |port: u16| Port::Long { target: port, published: port, protocol: "tcp", mode: "host" };
+            ("dnsrr", if d.ports.publish { vec![host(d.ports.http), host(d.ports.grpc)] } else { Vec::new() })
+        }
+    };
     let server = Service {
         image: d.image.reference(),
         command: compose_file::command(d),
@@ -67,7 +78,7 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
         deploy: Some(Deploy {
             mode: Some("replicated"),
             replicas: Some(d.replicas),
-            endpoint_mode: Some("vip"),
+            endpoint_mode: Some(endpoint_mode),
             update_config: Some(update),
             rollback_config: Some(rollback),
             restart_policy: Some(restart.clone()),
@@ -78,7 +89,8 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
     let mut services = BTreeMap::new();
     if let Some(store) = d.feature_store.as_ref().filter(|s| s.service) {
         let mut redis = compose_file::redis(&store.image);
-        redis.deploy = Some(Deploy { replicas: Some(1), restart_policy: Some(restart.clone()), ..Deploy::default() });
+        redis.deploy =
+            Some(Deploy { replicas: Some(1), endpoint_mode: Some(endpoint_mode), restart_policy: Some(restart.clone()), ..Deploy::default() });
         services.insert(store.host.clone(), redis);
     }
     let mut files = Vec::new();

@@ -60,3 +60,8 @@ fn registry_model_with_a_fleet_store() {
         check("registry-fleet", target);
     }
 }
+
+#[test]
+fn swarm_without_a_routing_mesh() {
+    check("swarm-dnsrr", Target::Swarm);
+}

@@ -1,18 +1,25 @@
 //! `modelship deploy swarm --apply` on a single-node swarm (`docker swarm init --advertise-addr
-//! 127.0.0.1`, left at the end with its `docker_gwbridge` removed): three replicas turn healthy
-//! behind the routing mesh, a rolling image update under load fails no request, a killed
-//! replica's task is replaced, and a model rollout through each replica's own traffic split
-//! (canary at 50 %, then promotion) reaches every replica.
+//! 127.0.0.1`, left at the end with its `docker_gwbridge` removed): three replicas turn healthy,
+//! a rolling image update under load fails no request, a killed replica's task is replaced, and a
+//! model rollout through each replica's own traffic split (canary at 50 %, then promotion)
+//! reaches every replica.
+//!
+//! The stack runs with `swarm.endpoint_mode: dnsrr` and unpublished ports, and the load comes
+//! from clients on the stack's own network (a service of the Debian test image, bash over
+//! `/dev/tcp`): these machines' kernel has no IPVS, so Swarm's virtual IPs and routing mesh
+//! (the default `vip` mode, which the golden files cover and `docker stack config` checks)
+//! accept connections and never answer. What has not run here: the routing mesh itself.
 //!
 //! Not here: a canary driven once through the fleet control store (`control_store`, issue 12),
 //! which does not exist yet; the stack passes `MODELSHIP_CONTROL_STORE` when the description
 //! sets it (see the golden files), and this test drives each replica's admin API instead.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::docker::{IMAGE, Load, REDIS_IMAGE, docker, engine, image, registry_with_two_versions, sh, wait_for, wait_ready};
+use crate::docker::{IMAGE, REDIS_IMAGE, TOOLS_IMAGE, docker, engine, image, registry_with_two_versions, sh, wait_for};
 use crate::support::{command, free_port};
 
 const STACK: &str = "msswarm";
@@ -83,7 +90,7 @@ fn swarm_rolls_an_image_update_under_load_replaces_a_killed_replica_and_splits_t
         dir.path().join("deploy.yaml"),
         format!(
             "name: {STACK}\nmodel: {{registry: fraud@production, registry_dir: registry}}\nimage: {{name: modelship-e2e, tag: test}}\n\
-             replicas: 3\nports: {{http: {http}, grpc: {grpc}, admin: {admin}}}\n\
+             replicas: 3\nports: {{http: {http}, grpc: {grpc}, admin: {admin}, publish: false}}\nswarm: {{endpoint_mode: dnsrr}}\n\
              feature_store: {{service: true, image: '{REDIS_IMAGE}'}}\n\
              strategy: {{parallelism: 1, delay: 2s, order: start-first, failure_action: rollback, monitor: 5s}}\n\
              restart: {{condition: on-failure, delay: 1s, max_attempts: 5, window: 30s}}\n\
@@ -94,14 +101,12 @@ fn swarm_rolls_an_image_update_under_load_replaces_a_killed_replica_and_splits_t
     let started = Instant::now();
     sh(command().current_dir(dir.path()).args(["deploy", "swarm", "--file", "deploy.yaml", "--out", "out", "--apply", "--no-build"]));
     wait_for("3 healthy replicas", Duration::from_secs(120), || healthy().len() == 3);
-    let base = format!("http://127.0.0.1:{http}");
-    wait_ready(&format!("{base}/health/ready"), Duration::from_secs(60), || docker(&["service", "ps", "--no-trunc", SERVICE]));
     eprintln!("swarm: 3 replicas healthy {:.1} s after `deploy swarm --apply` began", started.elapsed().as_secs_f64());
 
     // A rolling update of the image (start-first, one at a time) under load.
     docker(&["tag", IMAGE, "modelship-e2e:test-2"]);
-    let load = Load::start(&format!("{base}/v1/predict"), 4);
-    thread::sleep(Duration::from_secs(1));
+    let load = NetLoad::start(http, 4);
+    wait_for("the load flowing", Duration::from_secs(60), || load.answered() >= 20);
     let update_started = Instant::now();
     docker(&["service", "update", "--detach", "--no-resolve-image", "--image", "modelship-e2e:test-2", SERVICE]);
     wait_for("the rolling update to complete", Duration::from_secs(180), || {
@@ -133,15 +138,15 @@ fn swarm_rolls_an_image_update_under_load_replaces_a_killed_replica_and_splits_t
     for id in &replicas {
         docker(&["exec", id, "/usr/local/bin/modelship", "traffic", "set", "fraud", "--candidate", "2", "--weight", "50%", "--admin", &admin_url, "--reason", "canary"]);
     }
-    let load = Load::start(&format!("{base}/v1/predict"), 4);
+    let load = NetLoad::start(http, 4);
     wait_for("both versions answering", Duration::from_secs(30), || load.seen("1") && load.seen("2"));
     for id in &replicas {
         docker(&["exec", id, "/usr/local/bin/modelship", "traffic", "promote", "fraud", "--admin", &admin_url, "--reason", "canary passed"]);
     }
     let (_, failed, versions) = load.finish();
     assert!(failed.is_empty(), "canary: {failed:?}");
-    let load = Load::start(&format!("{base}/v1/predict"), 4);
-    thread::sleep(Duration::from_secs(2));
+    let load = NetLoad::start(http, 4);
+    wait_for("the load flowing", Duration::from_secs(60), || load.answered() >= 20);
     let (ok, failed, after) = load.finish();
     assert!(failed.is_empty(), "after promotion: {failed:?}");
     assert_eq!(after.keys().collect::<Vec<_>>(), ["2"], "every replica serves the promoted version ({ok} requests)");
@@ -152,5 +157,96 @@ fn swarm_rolls_an_image_update_under_load_replaces_a_killed_replica_and_splits_t
         assert_eq!(docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]), "inactive");
         let bridge = Command::new("docker").args(["network", "inspect", "docker_gwbridge"]).output().unwrap();
         assert!(!bridge.status.success(), "docker_gwbridge is left behind");
+    }
+}
+
+/// Clients on the stack's network: a service of the test image running `clients` bash loops
+/// that POST a row to `/v1/predict` on the server's service name (one connection per request,
+/// so DNS round robin spreads them) and write one line per request: the status and the
+/// `x-model-version` header, or `connect-failed`.
+struct NetLoad {
+    dir: tempfile::TempDir,
+    service: String,
+}
+
+const LOAD_SCRIPT: &str = r#"
+body='{"features": [[0.1, 1.2, -0.3, 0.4, 2.5, -1.6, 0.7, 0.8, -0.9, 1.0, 0.1, 0.2, 0.3, -0.4, 0.5, 0.6, -0.7, 0.8, 0.9, 1.0, -1.1, 0.2, 0.3, 0.4, 0.5, -0.6, 0.7, 0.8, 0.9, 1.0]]}'
+client() {
+  while [ ! -e /out/stop ]; do
+    if exec 3<>"/dev/tcp/$HOST/$PORT"; then
+      printf 'POST /v1/predict HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s' "$HOST" "${#body}" "$body" >&3
+      response=$(timeout 10 cat <&3 | tr -d '\r')
+      exec 3>&-
+      status=$(printf '%s\n' "$response" | head -n 1 | cut -d ' ' -f 2)
+      version=$(printf '%s\n' "$response" | grep -i '^x-model-version:' | cut -d ' ' -f 2)
+      echo "${status:-no-answer} ${version:--}" >> "/out/results-$1"
+    else
+      echo "connect-failed -" >> "/out/results-$1"
+    fi
+    sleep 0.01
+  done
+}
+for i in $(seq "$CLIENTS"); do client "$i" & done
+wait
+"#;
+
+impl Drop for NetLoad {
+    fn drop(&mut self) {
+        // Also when the test fails midway: the stack's network cannot go while this runs.
+        let _ = Command::new("docker").args(["service", "rm", &self.service]).output();
+    }
+}
+
+impl NetLoad {
+    fn start(port: u16, clients: usize) -> NetLoad {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("load.sh"), LOAD_SCRIPT).unwrap();
+        let service = format!("{STACK}-load-{}", free_port());
+        docker(&[
+            "service", "create", "--detach", "--quiet", "--name", &service, "--restart-condition", "none",
+            "--network", &format!("{STACK}_default"),
+            "--mount", &format!("type=bind,src={},dst=/out", dir.path().display()),
+            "--env", &format!("HOST={STACK}"), "--env", &format!("PORT={port}"), "--env", &format!("CLIENTS={clients}"),
+            TOOLS_IMAGE, "bash", "/out/load.sh",
+        ]);
+        NetLoad { dir, service }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("results-")) {
+                lines.extend(std::fs::read_to_string(&path).unwrap_or_default().lines().map(str::to_owned));
+            }
+        }
+        lines
+    }
+
+    fn answered(&self) -> usize {
+        self.lines().iter().filter(|l| l.starts_with("200 ")).count()
+    }
+
+    fn seen(&self, version: &str) -> bool {
+        self.lines().iter().any(|l| l == &format!("200 {version}"))
+    }
+
+    /// Stops the clients; returns (successes, failures, versions seen).
+    fn finish(self) -> (usize, Vec<String>, BTreeMap<String, usize>) {
+        std::fs::write(self.dir.path().join("stop"), b"").unwrap();
+        wait_for("the load clients to stop", Duration::from_secs(30), || {
+            docker(&["service", "ps", "--format", "{{.CurrentState}}", &self.service]).starts_with("Complete")
+        });
+        let (mut ok, mut failed, mut versions) = (0, Vec::new(), BTreeMap::new());
+        for line in self.lines() {
+            match line.split_once(' ') {
+                Some(("200", version)) => {
+                    ok += 1;
+                    *versions.entry(version.to_owned()).or_default() += 1;
+                }
+                _ => failed.push(line),
+            }
+        }
+        (ok, failed, versions)
     }
 }
