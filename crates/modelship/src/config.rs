@@ -53,6 +53,8 @@ pub struct RawModel {
     pub max_queue: Option<usize>,
     /// Requests estimated to run faster than this run on the calling thread (0: never).
     pub inline_below_microseconds: Option<u64>,
+    /// Serve a changed model file's new contents without a restart (default true).
+    pub watch: Option<bool>,
     pub dynamic_batching: Option<RawBatching>,
 }
 
@@ -121,6 +123,8 @@ pub struct ServeConfig {
     pub max_queue: usize,
     /// See [`modelship_server::pool::PoolConfig::inline_below`].
     pub inline_below: Duration,
+    /// Follow a served file's contents (`model.watch`), polled every `registry_poll`.
+    pub watch_file: bool,
     /// Dynamic batching; `None` runs each request on its own.
     pub batching: Option<modelship_server::pool::Batching>,
     pub host: String,
@@ -488,6 +492,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         intra_op_threads,
         max_queue,
         inline_below: Duration::from_micros(inline_below_us),
+        watch_file: raw.model.watch.unwrap_or(true),
         batching,
         host,
         port,

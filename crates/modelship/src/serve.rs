@@ -10,7 +10,7 @@ use modelship_inference::{Backend, LoadOptions};
 use modelship_onnx::OnnxBackend;
 use modelship_registry::{ModelRef, NoProgress, Registry, RegistryConfig};
 use modelship_server::admin::AdminState;
-use modelship_server::follow::{Follow, follow_alias};
+use modelship_server::follow::{Follow, FollowFile, follow_alias, follow_file};
 use modelship_server::rollouts::Rollouts;
 use modelship_server::repository::Repository;
 use modelship_server::traffic::{RevisionStore, Traffic};
@@ -72,6 +72,8 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
     });
     let source = ModelSource::of(&config)?;
     let (model, registry_version) = source.read().await?;
+    // A served file is followed by its contents' digest (the volume-mount workflow).
+    let file_digest = matches!(source, ModelSource::File(_)).then(|| modelship_server::follow::digest(&model));
     let onnx = OnnxBackend::new(config.ort_lib.as_deref())?;
     tracing::info!(library = %onnx.library().display(), "ONNX Runtime loaded");
     let backend: Arc<dyn Backend> = Arc::new(onnx);
@@ -210,6 +212,15 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         let current = state.models.served(&spec.name).map(|s| s.table.stable.clone()).unwrap_or_else(|_| spec.version.clone());
         let app = state.clone();
         state.tasks.spawn("alias-follow", move |_| follow_alias(app, follow, current));
+    }
+    if let (ModelSource::File(path), Some(digest)) = (&source, file_digest)
+        && config.watch_file
+    {
+        let follow =
+            FollowFile { traffic: Arc::clone(&traffic), path: path.clone(), base_version: spec.version.clone(), poll: config.registry_poll };
+        tracing::info!(path = %path.display(), poll_s = config.registry_poll.as_secs_f64(), "following the model file");
+        let app = state.clone();
+        state.tasks.spawn("file-follow", move |_| follow_file(app, follow, digest));
     }
 
     match server.run_until(shutdown.cancelled()).await {

@@ -1,5 +1,6 @@
-//! Following a registry alias: when `NAME@ALIAS` moves, load the new version, warm it up and swap
-//! it in; requests already running finish on the version they started on.
+//! Following a registry alias (when `NAME@ALIAS` moves) or a served file (when its contents
+//! change, the volume-mount workflow): load the new version, warm it up and swap it in through
+//! the traffic writer; requests already running finish on the version they started on.
 //!
 //! A swap is one atomic replacement in the model table. The old version's workers keep serving
 //! what was queued for them and stop when the last request holding the old model ends, so no
@@ -7,13 +8,15 @@
 //! the failure is logged, counted and shown in readiness, and that version is not retried until
 //! the alias moves again.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use modelship_registry::Registry;
 use modelship_router::Change;
 use prometheus::IntCounterVec;
 
+use crate::model::LoadedModel;
 use crate::state::AppState;
 use crate::traffic::Traffic;
 
@@ -96,3 +99,112 @@ async fn swap_to(state: &AppState, follow: &Follow, version: &str) -> Result<f64
     Ok(started.elapsed().as_secs_f64())
 }
 
+
+/// A served file to follow.
+pub struct FollowFile {
+    /// The new contents become a version through the traffic writer, like an alias move.
+    pub traffic: Arc<Traffic>,
+    pub path: PathBuf,
+    /// The configured version; changed contents are served as `BASE-DIGEST` (the first 12 hex
+    /// digits of their SHA-256), so responses and metrics tell the contents apart.
+    pub base_version: String,
+    pub poll: Duration,
+}
+
+/// The hex SHA-256 of a model's bytes.
+pub fn digest(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The version name of contents with `digest`, served from a file configured as `base`.
+pub fn file_version(base: &str, digest: &str) -> String {
+    format!("{base}-{}", &digest[..12.min(digest.len())])
+}
+
+/// A file's size and modification time: an unchanged stamp is not read again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+fn stamp(path: &std::path::Path) -> Option<Stamp> {
+    std::fs::metadata(path).ok().map(|m| Stamp { len: m.len(), modified: m.modified().ok() })
+}
+
+/// Polls the file until the process ends. `current` is the digest of the contents being served.
+///
+/// A file caught half-written fails to load (and is not retried with the same contents); the
+/// completed file has another stamp and digest and is loaded on a later poll. A missing file
+/// (between a delete and a rename) keeps the current version serving.
+pub async fn follow_file(state: AppState, follow: FollowFile, mut current: String) {
+    let name = follow.traffic.spec.name.clone();
+    let swaps = state.metrics.model_swaps.clone();
+    let mut seen = stamp(&follow.path);
+    let mut failed: Option<String> = None;
+    let mut ticker = tokio::time::interval(follow.poll);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if state.health.is_draining() {
+            return;
+        }
+        let now = stamp(&follow.path);
+        if now.is_none() || now == seen {
+            continue;
+        }
+        let path = follow.path.clone();
+        let bytes = match tokio::task::spawn_blocking(move || std::fs::read(&path)).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => {
+                tracing::warn!(model = %name, path = %follow.path.display(), error = %e, "cannot read the model file; keeping the current version");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        seen = now;
+        let digest = digest(&bytes);
+        if digest == current || failed.as_deref() == Some(digest.as_str()) {
+            continue;
+        }
+        let version = file_version(&follow.base_version, &digest);
+        let started = Instant::now();
+        match swap_file(&state, &follow, bytes, &version).await {
+            Ok(()) => {
+                tracing::info!(
+                    model = %name, path = %follow.path.display(), version = %version, load_seconds = started.elapsed().as_secs_f64(),
+                    "the model file changed; now serving its new contents"
+                );
+                record(&swaps, &name, "success");
+                state.models.set_reload_error(&name, None);
+                current = digest;
+                failed = None;
+            }
+            Err(e) => {
+                tracing::error!(
+                    model = %name, path = %follow.path.display(), version = %version, error = %e,
+                    "the model file changed but cannot be served; keeping the current version"
+                );
+                record(&swaps, &name, "failure");
+                state.models.set_reload_error(
+                    &name,
+                    Some(format!("{} changed (as version {version}) but failed to load ({e}); still serving the previous contents", follow.path.display())),
+                );
+                failed = Some(digest);
+            }
+        }
+    }
+}
+
+async fn swap_file(state: &AppState, follow: &FollowFile, bytes: Vec<u8>, version: &str) -> Result<(), String> {
+    let traffic = &follow.traffic;
+    let mut spec = traffic.spec.clone();
+    spec.version = version.to_owned();
+    let what = format!("the new contents of {}", follow.path.display());
+    let model = LoadedModel::load_warm(Arc::clone(&traffic.backend), bytes.into(), spec, Arc::clone(&state.metrics), &what)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reason = format!("{} changed (sha256 {})", follow.path.display(), &version[follow.base_version.len() + 1..]);
+    traffic.adopt(state, model, "file", &reason).await.map(|_| ()).map_err(|e| e.to_string())
+}

@@ -180,6 +180,17 @@ impl Traffic {
         self.store.history(&self.spec.name)
     }
 
+    /// Switches all traffic to `model`, a version loaded (and warmed) by the caller from outside
+    /// the registry: a served file whose contents changed. The version it replaces stays warm
+    /// for a rollback, as with any switch.
+    pub async fn adopt(&self, state: &AppState, model: Arc<LoadedModel>, actor: &str, reason: &str) -> Result<Revision, ApiError> {
+        let _one_at_a_time = self.lock.lock().await;
+        let served = state.models.served(&self.spec.name)?;
+        let change = Change::Switch { version: model.version.clone() };
+        let table = served.table.apply(&change).map_err(|e| ApiError::Conflict(e.to_string()))?;
+        self.install_with(state, &served, table, Some(change), actor, reason, Some(model)).await
+    }
+
     /// Sets the candidate's share and the shadow percentage in one revision: what a rollout
     /// step asks for.
     pub async fn route_to(&self, state: &AppState, version: &str, split: Split, actor: &str, reason: &str) -> Result<Revision, ApiError> {
@@ -219,7 +230,7 @@ impl Traffic {
             }),
             Some(last) => {
                 let mut table = last.traffic.clone();
-                let versions = self.routed_versions(state, &served, &table).await?;
+                let versions = self.routed_versions(state, &served, &table, None).await?;
                 table.previous = None;
                 let next = Served { table, revision: last.revision, versions };
                 state.metrics.publish_traffic(&self.spec.name, &next);
@@ -235,12 +246,27 @@ impl Traffic {
         &self,
         state: &AppState,
         served: &Served,
-        mut table: TrafficTable,
+        table: TrafficTable,
         change: Option<Change>,
         actor: &str,
         reason: &str,
     ) -> Result<Revision, ApiError> {
-        let mut versions = self.routed_versions(state, served, &table).await?;
+        self.install_with(state, served, table, change, actor, reason, None).await
+    }
+
+    /// [`Traffic::install`], with one version already loaded by the caller.
+    #[allow(clippy::too_many_arguments)]
+    async fn install_with(
+        &self,
+        state: &AppState,
+        served: &Served,
+        mut table: TrafficTable,
+        change: Option<Change>,
+        actor: &str,
+        reason: &str,
+        loaded: Option<Arc<LoadedModel>>,
+    ) -> Result<Revision, ApiError> {
+        let mut versions = self.routed_versions(state, served, &table, loaded.as_ref()).await?;
         // The version just replaced stays loaded, for an instant rollback.
         if let Some(prev) = &table.previous {
             match served.versions.get(prev) {
@@ -304,18 +330,20 @@ impl Traffic {
         });
     }
 
-    /// Every version `table` routes to: the ones `served` has already, the others loaded.
+    /// Every version `table` routes to: the ones `served` has already (or `loaded`), the others
+    /// loaded from the registry.
     async fn routed_versions(
         &self,
         state: &AppState,
         served: &Served,
         table: &TrafficTable,
+        loaded: Option<&Arc<LoadedModel>>,
     ) -> Result<BTreeMap<String, Arc<LoadedModel>>, ApiError> {
         let mut versions = BTreeMap::new();
         for v in table.versions() {
-            let model = match served.versions.get(v) {
-                Some(m) => Arc::clone(m),
-                None => self.load(state, v).await?,
+            let model = match (served.versions.get(v), loaded.filter(|m| m.version == v)) {
+                (Some(m), _) | (None, Some(m)) => Arc::clone(m),
+                (None, None) => self.load(state, v).await?,
             };
             versions.insert(v.to_owned(), model);
         }

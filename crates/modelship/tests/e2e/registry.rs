@@ -396,3 +396,80 @@ fn progress_bars_show_on_a_terminal_only() {
     assert!(screen.contains("upload") && screen.contains("MiB"), "no progress bar drawn:\n{screen}");
     assert!(screen.contains("pushed big:2"));
 }
+
+/// The seed's volume-mount workflow: the served file is replaced (renamed into place, as
+/// `kubectl cp`, `docker cp` or a sync tool does) while clients keep sending. A half-written file
+/// fails to load and the old contents keep serving; the complete file is served as `1-DIGEST`.
+#[test]
+fn serving_a_file_follows_its_contents_with_zero_failed_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("model.onnx");
+    std::fs::copy(model("fraud"), &served).unwrap();
+    let replace = |bytes: &[u8]| {
+        let next = dir.path().join("model.onnx.tmp");
+        std::fs::write(&next, bytes).unwrap();
+        std::fs::rename(&next, &served).unwrap();
+    };
+    let server = Server::start(&[served.to_str().unwrap(), "--name", "fraud", "--poll-interval", "0.1", "--workers", "1"]);
+    assert_eq!(server.ready["version"], "1");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let last_version = Arc::new(std::sync::Mutex::new(String::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop, sent, failed, last) =
+                (server.url("/v2/models/fraud/infer"), stop.clone(), sent.clone(), failed.clone(), last_version.clone());
+            thread::spawn(move || {
+                let agent = agent();
+                let body = fraud_body(1);
+                while !stop.load(Ordering::Relaxed) {
+                    let r = agent.post(&url).header("content-type", "application/json").send(&body).map(reply);
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match r {
+                        Ok(r) if r.status == 200 => *last.lock().unwrap() = r.header("x-model-version").unwrap_or("").to_owned(),
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within 30 s\n{}", server.stderr());
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    // Half a model: refused, the old contents keep serving, readiness says why.
+    let xgboost = std::fs::read(model("xgboost")).unwrap();
+    replace(&xgboost[..xgboost.len() / 2]);
+    wait_for("the broken file reported", &|| server.stderr().contains("the model file changed but cannot be served"));
+    assert_eq!(*last_version.lock().unwrap(), "1");
+    let ready = server.get("/health/ready").json();
+    assert!(ready.to_string().contains("failed to load"), "{ready}");
+
+    // The whole file: served as 1-DIGEST, the old version kept warm.
+    replace(&xgboost);
+    wait_for("the new contents served", &|| last_version.lock().unwrap().starts_with("1-"));
+    let new_version = last_version.lock().unwrap().clone();
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(*last_version.lock().unwrap(), new_version, "answers only from the new contents now");
+    assert_eq!(new_version.len(), "1-".len() + 12, "{new_version}");
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "of {} requests", sent.load(Ordering::Relaxed));
+    eprintln!("file following: {} requests across a broken and a good replacement, 0 failed", sent.load(Ordering::Relaxed));
+    assert_eq!(server.metric("modelship_model_swaps_total", &[r#"result="success""#]), Some(1.0));
+    assert_eq!(server.metric("modelship_model_swaps_total", &[r#"result="failure""#]), Some(1.0));
+    let metadata = server.get("/v2/models/fraud").json();
+    assert_eq!(metadata["versions"][0], new_version.as_str(), "{metadata}");
+    assert!(server.get("/health/ready").json()["status"] == "ready", "the reload error is cleared by a good file");
+    let history = server.stderr();
+    assert!(history.contains("now serving its new contents"), "{history}");
+}
