@@ -662,6 +662,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// Where routing revisions are committed: `embedded` (this server's state directory, one
+    /// replica) or redis://HOST:PORT[/DB], shared by every replica of a fleet, which then route
+    /// from one revisioned table [env: MODELSHIP_CONTROL_STORE] [default: embedded]
+    #[arg(long, value_name = "STORE")]
+    pub control_store: Option<String>,
+
     /// Seconds a version replaced by a switch or promotion stays loaded for instant rollback [default: 1800]
     #[arg(long, value_name = "SECONDS")]
     pub keep_warm: Option<f64>,

@@ -83,6 +83,8 @@ pub struct RawServer {
     pub max_header_bytes: Option<usize>,
     pub max_tensor_elements: Option<usize>,
     pub max_rows: Option<usize>,
+    /// Where routing revisions are committed: `embedded` or `redis://HOST:PORT[/DB]`.
+    pub control_store: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -172,6 +174,8 @@ pub struct AdminConfig {
     /// Traffic history and other server state.
     pub state_dir: PathBuf,
     pub keep_warm: Duration,
+    /// `embedded` (STATE_DIR/traffic.db) or a `redis://` URL the fleet shares.
+    pub control_store: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -270,6 +274,9 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     if let Some(v) = env.get("LOG_FORMAT") {
         raw.logging.format = Some(v);
     }
+    if let Some(v) = env.get("MODELSHIP_CONTROL_STORE") {
+        raw.server.control_store = Some(v);
+    }
     let mut ort_lib = env.get("ORT_DYLIB_PATH").map(PathBuf::from);
     // The seeds' Compose, Swarm and Kubernetes files point the server at Redis this way.
     if let Some(host) = env.get("REDIS_HOST") {
@@ -311,6 +318,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     overlay(&mut raw.server.tls_cert_file, a.tls_cert);
     overlay(&mut raw.server.tls_key_file, a.tls_key);
     overlay(&mut raw.server.header_read_timeout_seconds, a.header_read_timeout);
+    overlay(&mut raw.server.control_store, a.control_store.clone());
     overlay(&mut raw.logging.level, a.log_level);
     overlay(
         &mut raw.logging.format,
@@ -337,7 +345,11 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         token_file: raw.admin.token_file.clone().unwrap_or_else(|| state_dir.join("admin-token")),
         keep_warm: seconds("admin.keep_warm_seconds", raw.admin.keep_warm_seconds.unwrap_or(1800.0), &mut problems),
         state_dir,
+        control_store: raw.server.control_store.clone().unwrap_or_else(|| "embedded".to_owned()),
     };
+    if let Err(e) = modelship_server::control::check_setting(&admin.control_store) {
+        problems.push(format!("server.control_store: {e}"));
+    }
     let registry_poll = seconds("registry.poll_seconds", raw.registry.poll_seconds.unwrap_or(2.0), &mut problems);
     if registry_poll < Duration::from_millis(50) {
         problems.push("registry.poll_seconds must be at least 0.05".to_owned());

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use modelship_inference::{Backend, LoadOptions};
@@ -13,7 +13,7 @@ use modelship_server::admin::AdminState;
 use modelship_server::follow::{Follow, FollowFile, follow_alias, follow_file};
 use modelship_server::rollouts::Rollouts;
 use modelship_server::repository::Repository;
-use modelship_server::traffic::{RevisionStore, Traffic};
+use modelship_server::traffic::Traffic;
 use modelship_server::model::{LoadedModel, ModelSlot, ModelSpec, Served};
 use modelship_server::pool::PoolConfig;
 use modelship_server::auth::Credentials;
@@ -101,7 +101,8 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         Some((cert, key)) => Some(Tls::from_pem_files(cert, key).map_err(|e| anyhow::anyhow!(e))?),
         None => None,
     };
-    let store = RevisionStore::open(&config.admin.state_dir.join("traffic.db")).map_err(|e| anyhow::anyhow!(e))?;
+    let store = modelship_server::control::open(&config.admin.control_store, &config.admin.state_dir.join("traffic.db"))
+        .map_err(|e| anyhow::anyhow!(e))?;
 
     let limits = Limits {
         max_body_bytes: config.max_body_bytes,
@@ -173,9 +174,16 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         ModelSource::Registry { registry, reference } => (Some(Arc::clone(registry)), reference.name().to_owned()),
         ModelSource::File(_) => (None, spec.name.clone()),
     };
+    let store_kind = store.kind();
     let traffic = Arc::new(Traffic::new(registry, registry_model, Arc::clone(&backend), spec.clone(), store, config.admin.keep_warm));
     if let Err(e) = traffic.resume(&state).await {
         tracing::warn!(model = %spec.name, error = %e, "cannot restore the recorded routing; serving the stable version only");
+    }
+    if store_kind != "embedded" {
+        // Other replicas commit revisions too: apply each one (pushed, and re-read every second).
+        let (app, traffic) = (state.clone(), Arc::clone(&traffic));
+        tracing::info!(model = %spec.name, store = store_kind, "following the fleet's routing in the control store");
+        state.tasks.spawn("control-store-follow", move |_| modelship_server::control::follow(app, traffic, Duration::from_secs(1)));
     }
     let rollouts =
         Arc::new(Rollouts::open(&config.admin.state_dir.join("traffic.db"), Arc::clone(&traffic)).map_err(|e| anyhow::anyhow!(e))?);

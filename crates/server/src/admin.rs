@@ -148,7 +148,7 @@ async fn rollback(State(state): State<AdminState>, Path(name): Path<String>, hea
 
 async fn history(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_model(&state, &name)?;
-    Ok(json(StatusCode::OK, &state.traffic.history()?))
+    Ok(json(StatusCode::OK, &state.traffic.history().await?))
 }
 
 async fn rollout_start(State(state): State<AdminState>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {

@@ -60,6 +60,9 @@ pub enum ApiError {
     /// Something a control request names (a registry model or version) does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The control store (where routing revisions are committed) did not answer.
+    #[error("{0}; the routing in force is unchanged, retry once the store is back")]
+    ControlStoreUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -129,6 +132,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => (Class::TooLarge, "too_large"),
             ApiError::UnsupportedMediaType { .. } => (Class::UnsupportedMediaType, "unsupported_media_type"),
             ApiError::NotFound(_) => (Class::NotFound, "not_found"),
+            ApiError::ControlStoreUnavailable(_) => (Class::Unavailable, "control_store_unavailable"),
             ApiError::Internal(_) => (Class::Internal, "internal"),
         }
     }

@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod control;
 pub mod error;
 pub mod follow;
 #[cfg(feature = "grpc")]

@@ -1,17 +1,18 @@
 //! Changing traffic: the single writer of routing tables. Each change loads what the new table
-//! needs (from the registry), swaps the table in atomically, and is recorded as a numbered
-//! revision with its time, actor and reason, in SQLite so the history survives restarts.
+//! needs (from the registry), is committed as the next numbered revision (time, actor, reason) to
+//! the control store (`control`: this server's SQLite file, or a store the fleet shares), and only
+//! then swapped in. A commit that lost the race to another replica changes nothing here but
+//! applies the winner's revision; [`Traffic::sync`] applies revisions other replicas committed.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use modelship_inference::Backend;
 use modelship_registry::{ModelRef, NoProgress, Registry};
 use modelship_router::{Change, TrafficTable};
-use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::control::{ControlStore, StoreError};
 use crate::error::ApiError;
 use crate::model::{LoadedModel, ModelSlot, ModelSpec, Served};
 use crate::state::AppState;
@@ -19,82 +20,6 @@ use crate::state::AppState;
 /// One recorded routing change: the admin API's answer to a change, and a row of its history.
 pub use modelship_protocol::admin::Revision;
 
-/// Revisions on disk.
-pub struct RevisionStore {
-    conn: Mutex<Connection>,
-}
-
-fn db_error(e: rusqlite::Error) -> ApiError {
-    ApiError::Internal(format!("traffic history database: {e}"))
-}
-
-impl RevisionStore {
-    pub fn open(path: &Path) -> Result<Self, String> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
-        let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(|e| e.to_string())?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             CREATE TABLE IF NOT EXISTS revisions (
-                 model TEXT NOT NULL, revision INTEGER NOT NULL, at_ms INTEGER NOT NULL,
-                 actor TEXT NOT NULL, reason TEXT NOT NULL, change TEXT, traffic TEXT NOT NULL,
-                 PRIMARY KEY (model, revision));",
-        )
-        .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
-        Ok(RevisionStore { conn: Mutex::new(conn) })
-    }
-
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, ApiError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&conn).map_err(db_error)
-    }
-
-    pub fn record(&self, r: &Revision) -> Result<(), ApiError> {
-        let change = r.change.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default());
-        let traffic = serde_json::to_string(&r.traffic).unwrap_or_default();
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO revisions (model, revision, at_ms, actor, reason, change, traffic) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![r.model, r.revision as i64, r.at_ms, r.actor, r.reason, change, traffic],
-            )
-            .map(|_| ())
-        })
-    }
-
-    pub fn history(&self, model: &str) -> Result<Vec<Revision>, ApiError> {
-        let rows: Vec<(i64, i64, String, String, Option<String>, String)> = self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT revision, at_ms, actor, reason, change, traffic FROM revisions WHERE model = ?1 ORDER BY revision",
-            )?;
-            let rows = stmt.query_map([model], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?;
-            rows.collect()
-        })?;
-        rows.into_iter()
-            .map(|(revision, at_ms, actor, reason, change, traffic)| {
-                Ok(Revision {
-                    model: model.to_owned(),
-                    revision: revision as u64,
-                    at_ms,
-                    actor,
-                    reason,
-                    change: change.and_then(|c| serde_json::from_str(&c).ok()),
-                    traffic: serde_json::from_str(&traffic).map_err(|e| ApiError::Internal(format!("unreadable revision: {e}")))?,
-                })
-            })
-            .collect()
-    }
-
-    pub fn latest(&self, model: &str) -> Result<Option<Revision>, ApiError> {
-        let last: Option<i64> =
-            self.with(|c| c.query_row("SELECT MAX(revision) FROM revisions WHERE model = ?1", [model], |r| r.get(0)).optional())?.flatten();
-        match last {
-            None => Ok(None),
-            Some(n) => Ok(self.history(model)?.into_iter().find(|r| r.revision == n as u64)),
-        }
-    }
-}
 
 /// A candidate's share of live traffic (reachable by the canary header when `header`, even at
 /// 0 %) and of mirrored traffic.
@@ -113,7 +38,7 @@ pub struct Traffic {
     pub backend: Arc<dyn Backend>,
     /// How versions are loaded; `version` is replaced per version.
     pub spec: ModelSpec,
-    pub store: RevisionStore,
+    pub store: Arc<dyn ControlStore>,
     /// How long the version replaced by a switch or promotion stays loaded for rollback.
     pub keep_warm: Duration,
     /// One change at a time, per server: every write of this model's table (changes, rollbacks,
@@ -145,7 +70,7 @@ impl Traffic {
         registry_model: String,
         backend: Arc<dyn Backend>,
         spec: ModelSpec,
-        store: RevisionStore,
+        store: Arc<dyn ControlStore>,
         keep_warm: Duration,
     ) -> Self {
         Traffic { registry, registry_model, backend, spec, store, keep_warm, lock: Arc::default() }
@@ -163,7 +88,7 @@ impl Traffic {
     pub async fn rollback(&self, state: &AppState, to: Option<u64>, actor: &str, reason: &str) -> Result<Revision, ApiError> {
         let _one_at_a_time = self.lock.lock().await;
         let served = state.models.served(&self.spec.name)?;
-        let history = self.store.history(&self.spec.name)?;
+        let history = self.store.history(&self.spec.name).await?;
         let Some(target) = to.or_else(|| served.revision.checked_sub(1)) else {
             return Err(ApiError::Conflict("there is no earlier revision to roll back to".to_owned()));
         };
@@ -176,8 +101,45 @@ impl Traffic {
         self.install(state, &served, table, None, actor, &reason).await
     }
 
-    pub fn history(&self) -> Result<Vec<Revision>, ApiError> {
-        self.store.history(&self.spec.name)
+    pub async fn history(&self) -> Result<Vec<Revision>, ApiError> {
+        Ok(self.store.history(&self.spec.name).await?)
+    }
+
+    /// Applies the latest revision in the store when it is newer than the one in force (another
+    /// replica committed it): loads and warms what it routes to, then swaps it in. Returns the
+    /// revision applied, if any. A version that cannot be loaded leaves the current table serving.
+    pub async fn sync(&self, state: &AppState) -> Result<Option<u64>, ApiError> {
+        let _one_at_a_time = self.lock.lock().await;
+        self.sync_locked(state).await
+    }
+
+    async fn sync_locked(&self, state: &AppState) -> Result<Option<u64>, ApiError> {
+        let served = state.models.served(&self.spec.name)?;
+        let Some(latest) = self.store.latest(&self.spec.name).await? else { return Ok(None) };
+        if latest.revision <= served.revision && served.revision != 0 {
+            return Ok(None);
+        }
+        if latest.revision == served.revision && latest.traffic == served.table {
+            return Ok(None);
+        }
+        self.apply(state, &served, latest.traffic, latest.revision).await?;
+        tracing::info!(model = %self.spec.name, revision = latest.revision, actor = %latest.actor, reason = %latest.reason, "applied a revision from the control store");
+        Ok(Some(latest.revision))
+    }
+
+    /// Serves `table` as `revision` (already committed): loads what it routes to, keeps the
+    /// previous version warm when the table names one and it is loaded.
+    async fn apply(&self, state: &AppState, served: &Served, mut table: TrafficTable, revision: u64) -> Result<(), ApiError> {
+        let mut versions = self.routed_versions(state, served, &table, None).await?;
+        match table.previous.as_ref().and_then(|p| served.versions.get(p)) {
+            Some(m) => {
+                versions.entry(m.version.clone()).or_insert_with(|| Arc::clone(m));
+            }
+            None => table.previous = None,
+        }
+        let next = Served { table, revision, versions };
+        self.publish(state, served, next);
+        Ok(())
     }
 
     /// Switches all traffic to `model`, a version loaded (and warmed) by the caller from outside
@@ -213,13 +175,14 @@ impl Traffic {
         self.install(state, &served, table, None, actor, reason).await
     }
 
-    /// At startup: restores the routing of the last recorded revision (loading its versions), or
-    /// records the current routing as revision 0 when the model has no history yet.
+    /// At startup: applies the latest revision in the store (loading its versions), or commits
+    /// the current routing as revision 0 when the model has none yet. In a fleet the first
+    /// replica to start commits revision 0; the others apply it.
     pub async fn resume(&self, state: &AppState) -> Result<(), ApiError> {
         let _one_at_a_time = self.lock.lock().await;
         let served = state.models.served(&self.spec.name)?;
-        match self.store.latest(&self.spec.name)? {
-            None => self.store.record(&Revision {
+        if self.store.latest(&self.spec.name).await?.is_none() {
+            let initial = Revision {
                 model: self.spec.name.clone(),
                 revision: 0,
                 at_ms: now_ms(),
@@ -227,18 +190,18 @@ impl Traffic {
                 reason: "initial routing".to_owned(),
                 change: None,
                 traffic: served.table.clone(),
-            }),
-            Some(last) => {
-                let mut table = last.traffic.clone();
-                let versions = self.routed_versions(state, &served, &table, None).await?;
-                table.previous = None;
-                let next = Served { table, revision: last.revision, versions };
-                state.metrics.publish_traffic(&self.spec.name, &next);
-                state.models.set(&self.spec.name, ModelSlot::Ready(Arc::new(next)));
-                tracing::info!(model = %self.spec.name, revision = last.revision, "resumed the recorded routing");
-                Ok(())
+            };
+            match self.store.commit(&initial).await {
+                Ok(()) => return Ok(()),
+                // Another replica committed first: apply what it wrote.
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
         }
+        if let Some(revision) = self.sync_locked(state).await? {
+            tracing::info!(model = %self.spec.name, revision, "resumed the recorded routing");
+        }
+        Ok(())
     }
 
     /// Loads what `table` routes to, swaps it in, records it.
@@ -285,8 +248,26 @@ impl Traffic {
             change,
             traffic: table.clone(),
         };
-        self.store.record(&revision)?;
+        if let Err(e) = self.store.commit(&revision).await {
+            if matches!(e, StoreError::Conflict { .. })
+                && let Err(sync) = self.sync_locked(state).await
+            {
+                tracing::warn!(model = %self.spec.name, error = %sync, "cannot apply the routing another replica committed");
+            }
+            return Err(e.into());
+        }
         let next = Served { table, revision: revision.revision, versions };
+        self.publish(state, served, next);
+        tracing::info!(
+            model = %self.spec.name, revision = revision.revision, actor, reason,
+            traffic = %serde_json::to_string(&revision.traffic).unwrap_or_default(), "traffic changed"
+        );
+        Ok(revision)
+    }
+
+    /// Swaps `next` in for `served`: background priority for shadow-only versions, shadow
+    /// agreement reset for a new pair, metrics, then the table.
+    fn publish(&self, state: &AppState, served: &Served, next: Served) {
         // Versions that only answer mirrored requests yield the CPU to the ones clients wait for.
         let live: std::collections::BTreeSet<&str> = next.table.weights().into_iter().map(|(v, _, _)| v).collect();
         for (v, m) in &next.versions {
@@ -301,12 +282,7 @@ impl Traffic {
             state.metrics.forget_version(gone);
         }
         state.models.set(&self.spec.name, ModelSlot::Ready(Arc::new(next)));
-        tracing::info!(
-            model = %self.spec.name, revision = revision.revision, actor, reason,
-            traffic = %serde_json::to_string(&revision.traffic).unwrap_or_default(), "traffic changed"
-        );
         self.schedule_cool_down(state);
-        Ok(revision)
     }
 
     /// After `keep_warm`, unloads the warm previous version if nothing routes to it any more.

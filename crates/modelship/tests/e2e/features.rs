@@ -13,13 +13,13 @@ use serde_json::{Value, json};
 use crate::support::{Server, command, free_port, model};
 
 /// A real redis-server on 127.0.0.1, no persistence; killed on drop.
-struct Redis {
+pub struct Redis {
     port: u16,
     child: Child,
 }
 
 impl Redis {
-    fn start(port: u16) -> Redis {
+    pub fn start(port: u16) -> Redis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdin(Stdio::null())
@@ -36,12 +36,12 @@ impl Redis {
         redis
     }
 
-    fn cli(&self, args: &[&str]) -> String {
+    pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).stdin(Stdio::null()).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod features;
+mod fleet;
 mod bad_input;
 mod docker;
 mod lifecycle;

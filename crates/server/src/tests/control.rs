@@ -11,7 +11,7 @@ use crate::model::{ModelSlot, Served};
 use crate::rollouts::Rollouts;
 use crate::state::{AppState, Limits};
 use crate::testing::{FakeBackend, load, spec};
-use crate::traffic::{RevisionStore, Traffic};
+use crate::traffic::Traffic;
 
 /// A server with versions 1 (stable) and 2 (candidate at 0 %, reachable by header) loaded, and
 /// its traffic writer with `keep_warm`.
@@ -25,7 +25,7 @@ fn two_versions(dir: &std::path::Path, keep_warm: Duration) -> (AppState, Arc<Tr
     let served = Served { table, revision: 0, versions: [("1".to_owned(), one), ("2".to_owned(), two)].into() };
     state.models.set("fraud", ModelSlot::Ready(Arc::new(served)));
     state.health.mark_started();
-    let store = RevisionStore::open(&dir.join("traffic.db")).unwrap();
+    let store = Arc::new(crate::control::Embedded::open(&dir.join("traffic.db")).unwrap());
     let backend: Arc<dyn modelship_inference::Backend> = backend;
     let traffic = Arc::new(Traffic::new(None, "fraud".to_owned(), backend, spec("fraud", "1", 1, 64), store, keep_warm));
     (state, traffic)

@@ -63,6 +63,7 @@ fn examples() -> Vec<ApiError> {
         ApiError::TooLarge { what: "rows", got: 0, limit: 0, setting: "s" },
         ApiError::UnsupportedMediaType { got: s(), expected: "e" },
         ApiError::NotFound(s()),
+        ApiError::ControlStoreUnavailable(s()),
         ApiError::Internal(s()),
     ]
 }
