@@ -291,33 +291,8 @@ fn serving_an_alias_follows_it_with_zero_failed_requests() {
     let server = Server::start(&["fraud@production", "--registry", reg.to_str().unwrap(), "--poll-interval", "0.1", "--workers", "1"]);
     assert_eq!(server.ready["version"], "1");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let last_version = Arc::new(std::sync::Mutex::new(String::new()));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (url, stop, sent, failed, last) =
-                (server.url("/v2/models/fraud/infer"), stop.clone(), sent.clone(), failed.clone(), last_version.clone());
-            thread::spawn(move || {
-                let agent = agent();
-                let body = fraud_body(1);
-                while !stop.load(Ordering::Relaxed) {
-                    let r = agent.post(&url).header("content-type", "application/json").send(&body).map(reply);
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    match r {
-                        Ok(r) if r.status == 200 => {
-                            let v = r.json()["model_version"].as_str().unwrap().to_owned();
-                            assert_eq!(r.header("x-model-version"), Some(v.as_str()));
-                            *last.lock().unwrap() = v;
-                        }
-                        _ => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(&server, 4);
+    let last_version = Arc::clone(&load.last_version);
 
     // Move the alias back and forth; each move shows up in the answers.
     for target in ["2", "1", "2", "1", "2"] {
@@ -331,13 +306,10 @@ fn serving_an_alias_follows_it_with_zero_failed_requests() {
         thread::sleep(Duration::from_millis(200));
         assert_eq!(*last_version.lock().unwrap(), target);
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "of {} requests", sent.load(Ordering::Relaxed));
-    eprintln!("alias following: {} requests across 5 alias moves, 0 failed", sent.load(Ordering::Relaxed));
-    assert!(sent.load(Ordering::Relaxed) > 100);
+    let (sent, failed) = load.finish();
+    assert_eq!(failed, 0, "of {sent} requests");
+    eprintln!("alias following: {sent} requests across 5 alias moves, 0 failed");
+    assert!(sent > 100);
     assert_eq!(server.metric("modelship_model_swaps_total", &[r#"result="success""#]), Some(5.0));
     assert_eq!(server.get("/v2/models/fraud").json()["versions"][0], "2");
     let log = server.stderr();
@@ -413,29 +385,8 @@ fn serving_a_file_follows_its_contents_with_zero_failed_requests() {
     let server = Server::start(&[served.to_str().unwrap(), "--name", "fraud", "--poll-interval", "0.1", "--workers", "1"]);
     assert_eq!(server.ready["version"], "1");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let last_version = Arc::new(std::sync::Mutex::new(String::new()));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (url, stop, sent, failed, last) =
-                (server.url("/v2/models/fraud/infer"), stop.clone(), sent.clone(), failed.clone(), last_version.clone());
-            thread::spawn(move || {
-                let agent = agent();
-                let body = fraud_body(1);
-                while !stop.load(Ordering::Relaxed) {
-                    let r = agent.post(&url).header("content-type", "application/json").send(&body).map(reply);
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    match r {
-                        Ok(r) if r.status == 200 => *last.lock().unwrap() = r.header("x-model-version").unwrap_or("").to_owned(),
-                        _ => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(&server, 4);
+    let last_version = Arc::clone(&load.last_version);
     let wait_for = |what: &str, done: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !done() {
@@ -444,6 +395,7 @@ fn serving_a_file_follows_its_contents_with_zero_failed_requests() {
         }
     };
 
+    wait_for("the first answers", &|| !last_version.lock().unwrap().is_empty());
     // Half a model: refused, the old contents keep serving, readiness says why.
     let xgboost = std::fs::read(model("xgboost")).unwrap();
     replace(&xgboost[..xgboost.len() / 2]);
@@ -459,12 +411,9 @@ fn serving_a_file_follows_its_contents_with_zero_failed_requests() {
     thread::sleep(Duration::from_millis(300));
     assert_eq!(*last_version.lock().unwrap(), new_version, "answers only from the new contents now");
     assert_eq!(new_version.len(), "1-".len() + 12, "{new_version}");
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "of {} requests", sent.load(Ordering::Relaxed));
-    eprintln!("file following: {} requests across a broken and a good replacement, 0 failed", sent.load(Ordering::Relaxed));
+    let (sent, failed) = load.finish();
+    assert_eq!(failed, 0, "of {sent} requests");
+    eprintln!("file following: {sent} requests across a broken and a good replacement, 0 failed");
     assert_eq!(server.metric("modelship_model_swaps_total", &[r#"result="success""#]), Some(1.0));
     assert_eq!(server.metric("modelship_model_swaps_total", &[r#"result="failure""#]), Some(1.0));
     let metadata = server.get("/v2/models/fraud").json();
@@ -472,4 +421,56 @@ fn serving_a_file_follows_its_contents_with_zero_failed_requests() {
     assert!(server.get("/health/ready").json()["status"] == "ready", "the reload error is cleared by a good file");
     let history = server.stderr();
     assert!(history.contains("now serving its new contents"), "{history}");
+}
+
+/// Clients that keep sending one-row V2 requests; `last_version` is the version of the latest
+/// answer (its `model_version`, which must equal its `x-model-version`).
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    last_version: Arc<std::sync::Mutex<String>>,
+    clients: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(server: &Server, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let last_version = Arc::new(std::sync::Mutex::new(String::new()));
+        let clients = (0..clients)
+            .map(|_| {
+                let (url, stop, sent, failed, last) =
+                    (server.url("/v2/models/fraud/infer"), stop.clone(), sent.clone(), failed.clone(), last_version.clone());
+                thread::spawn(move || {
+                    let agent = agent();
+                    let body = fraud_body(1);
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = agent.post(&url).header("content-type", "application/json").send(&body).map(reply);
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        match r {
+                            Ok(r) if r.status == 200 => {
+                                let v = r.json()["model_version"].as_str().unwrap().to_owned();
+                                assert_eq!(r.header("x-model-version"), Some(v.as_str()));
+                                *last.lock().unwrap() = v;
+                            }
+                            _ => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, sent, failed, last_version, clients }
+    }
+
+    /// Stops the clients; returns (requests sent, requests failed).
+    fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.clients {
+            c.join().unwrap();
+        }
+        (self.sent.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
 }
