@@ -22,7 +22,7 @@ docker rmi -f modelship-bench:release >/dev/null 2>&1 || true
 python3 - "$out/summary.json" "$TARGET/release/modelship" <<'PY'
 import json, os, sys
 s = json.load(open(sys.argv[1]))["applied"]
-binary = os.path.getsize(sys.argv[2])
+binary = os.path.getsize(os.path.join(os.path.dirname(sys.argv[1]), "image/modelship"))  # as staged (debug info stripped)
 lib = os.path.getsize(os.path.join(os.path.dirname(sys.argv[1]), "image/lib/libonnxruntime.so"))
 print(f"build_seconds {s['build_seconds']:.1f} (uncached: a fresh tag, the tools base present)")
 print(f"image_bytes {s['image_bytes']} ({s['image_bytes']/1e6:.1f} MB): binary {binary/1e6:.1f} MB, libonnxruntime {lib/1e6:.1f} MB, the rest system libraries and the model")
