@@ -16,6 +16,9 @@ fn imports_a_version_by_number_and_by_alias() {
     let port = free_port();
     let uri = format!("http://127.0.0.1:{port}");
     let mut cmd = Command::new(tool(".venv/bin/mlflow"));
+    // MLflow 3's usage telemetry calls home (unreachable here) and once failed a client request
+    // with KeyError '_MLFLOW_TELEMETRY_SESSION_ID'; the tests never want it.
+    cmd.env("MLFLOW_DISABLE_TELEMETRY", "true").env("DO_NOT_TRACK", "true");
     cmd.args(["server", "--host", "127.0.0.1", "--port", &port.to_string(), "--workers", "1"])
         .arg("--backend-store-uri")
         .arg(format!("sqlite:///{}", dir.path().join("mlflow.db").display()))
@@ -31,6 +34,7 @@ fn imports_a_version_by_number_and_by_alias() {
 
     let register = |name: &str, file: &str, alias: Option<&str>| -> String {
         let mut cmd = Command::new(tool(".venv/bin/python"));
+        cmd.env("MLFLOW_DISABLE_TELEMETRY", "true").env("DO_NOT_TRACK", "true");
         cmd.arg(root().join("testdata/mlflow_register.py")).args([&uri, name, file]);
         if let Some(a) = alias {
             cmd.arg(a);
