@@ -204,21 +204,17 @@ impl WorkerPool {
     /// a run of them while a worker infers the previous run with the model's code and data warm
     /// in its cache, which measured cheaper per request than interleaving both on one thread
     /// (BENCHMARKS.md). A lone request skips the two thread wake-ups of the hand-off.
-    pub async fn run(&self, request: PreparedRequest) -> Result<JobOutput, Refused> {
-        let request = if self.runs_inline(request.rows()) {
+    pub async fn run(&self, mut request: PreparedRequest) -> Result<JobOutput, Refused> {
+        if self.runs_inline(request.rows()) {
             let ticket = self.arrivals.fetch_add(1, Ordering::Relaxed) + 1;
             tokio::task::yield_now().await;
             if self.arrivals.load(Ordering::Relaxed) == ticket {
                 match self.try_run_inline(request) {
                     Ok(output) => return Ok(output),
-                    Err(request) => request,
+                    Err(back) => request = back,
                 }
-            } else {
-                request
             }
-        } else {
-            request
-        };
+        }
         self.submit(request).map_err(Refused::QueueFull)?.await.map_err(|_| Refused::WorkerGone)
     }
 

@@ -116,10 +116,14 @@ impl Traffic {
     async fn sync_locked(&self, state: &AppState) -> Result<Option<u64>, ApiError> {
         let served = state.models.served(&self.spec.name)?;
         let Some(latest) = self.store.latest(&self.spec.name).await? else { return Ok(None) };
-        if latest.revision <= served.revision && served.revision != 0 {
-            return Ok(None);
-        }
-        if latest.revision == served.revision && latest.traffic == served.table {
+        // Revision 0 is also what a freshly started server holds before it read the store, so
+        // there the table decides; after that, the number does.
+        let in_force = if served.revision == 0 {
+            latest.revision == 0 && latest.traffic == served.table
+        } else {
+            latest.revision <= served.revision
+        };
+        if in_force {
             return Ok(None);
         }
         self.apply(state, &served, latest.traffic, latest.revision).await?;
@@ -130,13 +134,7 @@ impl Traffic {
     /// Serves `table` as `revision` (already committed): loads what it routes to, keeps the
     /// previous version warm when the table names one and it is loaded.
     async fn apply(&self, state: &AppState, served: &Served, mut table: TrafficTable, revision: u64) -> Result<(), ApiError> {
-        let mut versions = self.routed_versions(state, served, &table, None).await?;
-        match table.previous.as_ref().and_then(|p| served.versions.get(p)) {
-            Some(m) => {
-                versions.entry(m.version.clone()).or_insert_with(|| Arc::clone(m));
-            }
-            None => table.previous = None,
-        }
+        let versions = self.versions_for(state, served, &mut table, None).await?;
         let next = Served { table, revision, versions };
         self.publish(state, served, next);
         Ok(())
@@ -229,16 +227,7 @@ impl Traffic {
         reason: &str,
         loaded: Option<Arc<LoadedModel>>,
     ) -> Result<Revision, ApiError> {
-        let mut versions = self.routed_versions(state, served, &table, loaded.as_ref()).await?;
-        // The version just replaced stays loaded, for an instant rollback.
-        if let Some(prev) = &table.previous {
-            match served.versions.get(prev) {
-                Some(m) => {
-                    versions.entry(prev.clone()).or_insert_with(|| Arc::clone(m));
-                }
-                None => table.previous = None,
-            }
-        }
+        let versions = self.versions_for(state, served, &mut table, loaded.as_ref()).await?;
         let revision = Revision {
             model: self.spec.name.clone(),
             revision: served.revision + 1,
@@ -304,6 +293,26 @@ impl Traffic {
                 }
             }
         });
+    }
+
+    /// What `table` needs loaded: every version it routes to, plus the version it replaced
+    /// (`previous`), kept warm for an instant rollback when it is still loaded; when it is not,
+    /// `previous` is dropped from the table.
+    async fn versions_for(
+        &self,
+        state: &AppState,
+        served: &Served,
+        table: &mut TrafficTable,
+        loaded: Option<&Arc<LoadedModel>>,
+    ) -> Result<BTreeMap<String, Arc<LoadedModel>>, ApiError> {
+        let mut versions = self.routed_versions(state, served, table, loaded).await?;
+        match table.previous.as_ref().and_then(|p| served.versions.get(p)) {
+            Some(m) => {
+                versions.entry(m.version.clone()).or_insert_with(|| Arc::clone(m));
+            }
+            None => table.previous = None,
+        }
+        Ok(versions)
     }
 
     /// Every version `table` routes to: the ones `served` has already (or `loaded`), the others
