@@ -668,6 +668,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "STORE")]
     pub control_store: Option<String>,
 
+    /// This replica's name in the fleet (unique among live replicas; shown in rollout logs and
+    /// reports) [env: MODELSHIP_REPLICA, else POD_NAME] [default: HOSTNAME-PID]
+    #[arg(long, value_name = "NAME")]
+    pub replica: Option<String>,
+
+    /// Seconds the rollout leader's lease lives unless renewed: when the leading replica dies,
+    /// another takes its rollouts over within this time [default: 10]
+    #[arg(long, value_name = "SECONDS")]
+    pub lease_ttl: Option<f64>,
+
     /// Seconds a version replaced by a switch or promotion stays loaded for instant rollback [default: 1800]
     #[arg(long, value_name = "SECONDS")]
     pub keep_warm: Option<f64>,

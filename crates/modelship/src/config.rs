@@ -85,6 +85,10 @@ pub struct RawServer {
     pub max_rows: Option<usize>,
     /// Where routing revisions are committed: `embedded` or `redis://HOST:PORT[/DB]`.
     pub control_store: Option<String>,
+    /// This replica's name in the fleet.
+    pub replica: Option<String>,
+    /// Seconds the rollout leader's lease lives unless renewed.
+    pub lease_ttl_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -176,6 +180,10 @@ pub struct AdminConfig {
     pub keep_warm: Duration,
     /// `embedded` (STATE_DIR/traffic.db) or a `redis://` URL the fleet shares.
     pub control_store: String,
+    /// This replica's name in the fleet: `server.replica`, else `POD_NAME`, else HOST-PID.
+    pub replica: String,
+    /// How long a dead rollout leader holds its rollout up at most.
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -277,6 +285,9 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     if let Some(v) = env.get("MODELSHIP_CONTROL_STORE") {
         raw.server.control_store = Some(v);
     }
+    if let Some(v) = env.get("MODELSHIP_REPLICA").or_else(|| env.get("POD_NAME")) {
+        raw.server.replica = Some(v);
+    }
     let mut ort_lib = env.get("ORT_DYLIB_PATH").map(PathBuf::from);
     // The seeds' Compose, Swarm and Kubernetes files point the server at Redis this way.
     if let Some(host) = env.get("REDIS_HOST") {
@@ -319,6 +330,8 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     overlay(&mut raw.server.tls_key_file, a.tls_key);
     overlay(&mut raw.server.header_read_timeout_seconds, a.header_read_timeout);
     overlay(&mut raw.server.control_store, a.control_store.clone());
+    overlay(&mut raw.server.replica, a.replica.clone());
+    overlay(&mut raw.server.lease_ttl_seconds, a.lease_ttl);
     overlay(&mut raw.logging.level, a.log_level);
     overlay(
         &mut raw.logging.format,
@@ -346,7 +359,18 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         keep_warm: seconds("admin.keep_warm_seconds", raw.admin.keep_warm_seconds.unwrap_or(1800.0), &mut problems),
         state_dir,
         control_store: raw.server.control_store.clone().unwrap_or_else(|| "embedded".to_owned()),
+        replica: raw.server.replica.clone().unwrap_or_else(default_replica),
+        lease_ttl: seconds("server.lease_ttl_seconds", raw.server.lease_ttl_seconds.unwrap_or(10.0), &mut problems),
     };
+    if modelship_registry::name::check_name(&admin.replica).is_err() {
+        problems.push(format!(
+            "server.replica '{}' is not a usable replica name: use 1-128 letters, digits, '.', '_' or '-', starting and ending with a letter or digit",
+            admin.replica
+        ));
+    }
+    if admin.lease_ttl < Duration::from_secs(1) || admin.lease_ttl > Duration::from_secs(300) {
+        problems.push("server.lease_ttl_seconds must be between 1 and 300".to_owned());
+    }
     if let Err(e) = modelship_server::control::check_setting(&admin.control_store) {
         problems.push(format!("server.control_store: {e}"));
     }
@@ -769,4 +793,12 @@ logging:
         assert_eq!(c.log.static_fields.get("pod_name").map(String::as_str), Some("fraud-7d9"));
         assert_eq!(c.log.static_fields.get("pod_namespace").map(String::as_str), Some("ml"));
     }
+}
+
+/// A replica's default name: the host's name and this process's id (unique on one host, and a
+/// restarted process is a new replica).
+fn default_replica() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let host: String = host.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')).take(100).collect();
+    format!("{}-{}", if host.is_empty() { "replica" } else { &host }, std::process::id())
 }

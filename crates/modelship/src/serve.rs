@@ -11,7 +11,7 @@ use modelship_onnx::OnnxBackend;
 use modelship_registry::{ModelRef, NoProgress, Registry, RegistryConfig};
 use modelship_server::admin::AdminState;
 use modelship_server::follow::{Follow, FollowFile, follow_alias, follow_file};
-use modelship_server::rollouts::Rollouts;
+use modelship_server::rollouts::{FleetConfig, Rollouts};
 use modelship_server::repository::Repository;
 use modelship_server::traffic::Traffic;
 use modelship_server::model::{LoadedModel, ModelSlot, ModelSpec, Served};
@@ -181,18 +181,18 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
     }
     if store_kind != "embedded" {
         // Other replicas commit revisions too: apply each one (pushed, and re-read every second).
+        let _ = state.fleet.set((Arc::clone(&traffic.store), spec.name.clone()));
         let (app, traffic) = (state.clone(), Arc::clone(&traffic));
-        tracing::info!(model = %spec.name, store = store_kind, "following the fleet's routing in the control store");
+        tracing::info!(model = %spec.name, store = store_kind, replica = %config.admin.replica, "following the fleet's routing in the control store");
         state.tasks.spawn("control-store-follow", move |_| modelship_server::control::follow(app, traffic, Duration::from_secs(1)));
     }
-    let rollouts =
-        Arc::new(Rollouts::open(&config.admin.state_dir.join("traffic.db"), Arc::clone(&traffic)).map_err(|e| anyhow::anyhow!(e))?);
-    if let Err(e) = rollouts.recover(&state).await {
-        tracing::error!(model = %spec.name, error = %e, "cannot resume the rollout in progress");
-    }
+    let fleet = FleetConfig { replica: config.admin.replica.clone(), lease_ttl: config.admin.lease_ttl, live: Duration::from_secs(3) };
+    let rollouts = Arc::new(Rollouts::new(Arc::clone(&traffic), fleet));
     {
-        let (rollouts, app) = (Arc::clone(&rollouts), state.clone());
-        state.tasks.spawn_cooperative("rollout-loop", move |stop| rollouts.run(app, stop));
+        let (leader, app) = (Arc::clone(&rollouts), state.clone());
+        state.tasks.spawn_cooperative("rollout-loop", move |stop| leader.run(app, stop));
+        let (member, app, traffic, admin) = (Arc::clone(&rollouts), state.clone(), Arc::clone(&traffic), admin_address.to_string());
+        state.tasks.spawn("fleet-beat", move |_| modelship_server::fleet::run(app, traffic, member, Some(admin)));
     }
     let repository =
         Arc::new(Repository::new(repository_registry(&source, &config), Arc::clone(&backend), spec.pool.clone(), spec.name.clone()));

@@ -199,6 +199,16 @@ pub struct RolloutState {
     pub total_failures: u32,
     /// The latest verdict of each check that judges the current step.
     pub checks: Vec<CheckResult>,
+    /// Milliseconds between analyses.
+    #[serde(default)]
+    pub interval_ms: u64,
+    /// The routing revision that carries the rollout's current state, once committed.
+    #[serde(default)]
+    pub revision: Option<u64>,
+    /// When every live replica had applied `revision` (the step's window starts then); `None`
+    /// while the fleet is still switching.
+    #[serde(default)]
+    pub settled_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -259,8 +269,12 @@ pub struct RolloutDecision {
 pub struct FeedbackAnswer {
     /// Labels joined to a prediction.
     pub joined: usize,
-    /// Request ids with no prediction to join (the first 100).
+    /// Request ids with no prediction here to join (the first 100).
     pub unknown: Vec<String>,
+    /// Labels handed to the fleet (through the control store) for the replica that made the
+    /// prediction: the unknown ones, when this replica is one of several.
+    #[serde(default)]
+    pub forwarded: usize,
 }
 
 /// A model's state in the repository extension.

@@ -32,6 +32,17 @@ impl Window {
         // The latest value of an external query stands for the window.
         self.external.extend(other.external.iter().map(|(k, v)| (k.clone(), *v)));
     }
+
+    /// Both samples thinned to at most `n` values per reservoir ([`Sample::thin`]).
+    pub fn thin(&mut self, n: usize, rng: &mut Rng) {
+        self.stable.thin(n, rng);
+        self.candidate.thin(n, rng);
+    }
+
+    /// Nothing observed.
+    pub fn is_empty(&self) -> bool {
+        self.stable.is_empty() && self.candidate.is_empty() && self.compared == 0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

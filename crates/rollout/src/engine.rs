@@ -73,6 +73,33 @@ pub enum Event {
     Pause { now: Millis, reason: String },
     Resume { now: Millis },
     Abort { now: Millis, reason: String },
+    /// Every replica now serves the current step's routing (it acknowledged the revision): the
+    /// step's clock and its evidence start now, so a hold never counts time spent before the
+    /// whole fleet routed by the step.
+    Settled { now: Millis },
+    /// Time has passed with nothing to judge yet (the fleet has not settled on the step's
+    /// routing): only the deadline is checked.
+    Wait { now: Millis },
+    /// Something outside the checks makes the step fail: a replica cannot load the candidate.
+    /// Handled by the failure policy (`on_failure`), like a failed analysis past its limits.
+    Fault { now: Millis, reason: String },
+}
+
+impl Event {
+    /// When the event happened.
+    pub fn at(&self) -> Millis {
+        match self {
+            Event::Tick { now, .. }
+            | Event::Approve { now }
+            | Event::WebhookAnswered { now, .. }
+            | Event::Pause { now, .. }
+            | Event::Resume { now }
+            | Event::Abort { now, .. }
+            | Event::Settled { now }
+            | Event::Wait { now }
+            | Event::Fault { now, .. } => *now,
+        }
+    }
 }
 
 /// A rollout in progress, as data.
@@ -158,6 +185,31 @@ impl Rollout {
                 _ => vec![],
             },
             Event::Tick { now, window } => self.tick(now, &window),
+            Event::Settled { now } => {
+                self.step_started = now;
+                self.observed.clear();
+                vec![]
+            }
+            Event::Wait { now } if self.past_deadline(now) => {
+                self.fail(now, format!("the deadline of {} passed", humantime::format_duration(self.plan.failure.deadline.0)))
+            }
+            Event::Wait { .. } => vec![],
+            Event::Fault { now, reason } => match self.phase {
+                Phase::Paused { .. } => vec![],
+                _ => self.fail(now, reason),
+            },
+        }
+    }
+
+    /// What the routing must be for the rollout as it stands: the current step's routing while
+    /// it runs (paused or waiting at a gate included), the promotion or the rollback once done.
+    /// Applying it again is harmless, so whoever takes over a rollout can make the routing match
+    /// its state without knowing which decisions were already applied.
+    pub fn desired(&self) -> Action {
+        match self.phase {
+            Phase::Promoted => Action::Promote,
+            Phase::RolledBack { .. } => Action::Rollback,
+            _ => self.route_for(self.step.min(self.plan.steps.len().saturating_sub(1))),
         }
     }
 

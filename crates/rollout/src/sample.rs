@@ -134,6 +134,14 @@ impl<T: Clone> Reservoir<T> {
         self.values.append(&mut theirs);
     }
 
+    /// Keeps at most `n` of the sampled values, chosen uniformly: still a uniform sample of
+    /// everything offered (a sample of a uniform sample), standing for as many values as before.
+    /// For sending a sample over the network at a bounded size.
+    pub fn thin(&mut self, n: usize, rng: &mut Rng) {
+        self.seen = self.weight();
+        pick(&mut self.values, n, rng);
+    }
+
     /// The count a sample stands for: at least its own size.
     fn weight(&self) -> u64 {
         self.seen.max(self.values.len() as u64)
@@ -174,6 +182,17 @@ impl Sample {
         self.latencies.merge(&other.latencies, rng);
         self.scores.merge(&other.scores, rng);
         self.labelled.merge(&other.labelled, rng);
+    }
+
+    /// Each reservoir thinned to at most `n` values ([`Reservoir::thin`]).
+    pub fn thin(&mut self, n: usize, rng: &mut Rng) {
+        self.latencies.thin(n, rng);
+        self.scores.thin(n, rng);
+        self.labelled.thin(n, rng);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.requests == 0 && self.labelled.seen() == 0
     }
 }
 

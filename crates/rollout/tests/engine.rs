@@ -49,9 +49,7 @@ fn run(spec: serde_json::Value, events: Vec<Event>) -> (Vec<String>, Rollout) {
     let (mut rollout, first) = Rollout::start(plan(spec), 0);
     let mut transcript = vec![format!("t=0 {}", first.iter().map(|d| describe(&d.action)).collect::<Vec<_>>().join(", "))];
     for event in events {
-        let now = match &event {
-            Event::Tick { now, .. } | Event::Approve { now } | Event::WebhookAnswered { now, .. } | Event::Pause { now, .. } | Event::Resume { now } | Event::Abort { now, .. } => *now,
-        };
+        let now = event.at();
         let decisions = rollout.handle(event);
         if !decisions.is_empty() {
             transcript.push(format!("t={} {}", now / M, decisions.iter().map(|d| describe(&d.action)).collect::<Vec<_>>().join(", ")));
@@ -381,4 +379,53 @@ fn invalid_specs_list_every_problem() {
     );
     let err = serde_json::from_value::<RolloutSpec>(serde_json::json!({"to": "2", "canary": {"weights": [5], "every": "soon"}})).unwrap_err();
     assert!(err.to_string().contains("'soon' is not a duration"), "{err}");
+}
+
+/// In a fleet a step's hold counts from the moment every replica routes by it: time spent
+/// waiting for the fleet to settle is not hold time, but the deadline still runs.
+#[test]
+fn the_hold_counts_from_when_the_fleet_settled() {
+    let spec = serde_json::json!({"to": "2", "canary": {"weights": [10, 100], "every": "5m"}, "checks": checks(), "interval": "1m", "failure": {"deadline": "30m"}});
+    let mut events: Vec<Event> = (1..=4).map(|i| Event::Wait { now: i * M }).collect();
+    events.push(Event::Settled { now: 4 * M });
+    events.extend(ticks(4 * M, 12 * M, M, healthy));
+    let (t, _) = run(spec.clone(), events);
+    // Settled at t=4: the 5-minute hold ends at t=9, not t=5.
+    assert_eq!(t, ["t=0 route 10% +header", "t=9 route 100% +header"]);
+
+    // Never settled: waiting alone ends at the deadline, by the failure policy.
+    let (t, rollout) = run(spec, (1..=31).map(|i| Event::Wait { now: i * M }).collect());
+    assert_eq!(t, ["t=0 route 10% +header", "t=30 rollback"]);
+    assert!(matches!(&rollout.phase, Phase::RolledBack { reason } if reason.contains("deadline")), "{:?}", rollout.phase);
+}
+
+/// A fault (a replica cannot load the candidate) takes the failure action: roll back, or pause
+/// when the spec says so; a paused rollout ignores further faults.
+#[test]
+fn a_fault_takes_the_failure_action() {
+    let fault = |now| Event::Fault { now, reason: "replica b cannot load version 2".into() };
+    let spec = serde_json::json!({"to": "2", "canary": {"weights": [10, 100], "every": "5m"}});
+    let (t, rollout) = run(spec, vec![fault(M)]);
+    assert_eq!(t, ["t=0 route 10% +header", "t=1 rollback"]);
+    assert!(matches!(&rollout.phase, Phase::RolledBack { reason } if reason.contains("cannot load")));
+    let spec = serde_json::json!({"to": "2", "canary": {"weights": [10, 100], "every": "5m"}, "on_failure": "pause"});
+    let (t, rollout) = run(spec, vec![fault(M), fault(2 * M)]);
+    assert_eq!(t, ["t=0 route 10% +header", "t=1 pause"]);
+    assert!(matches!(rollout.phase, Phase::Paused { .. }));
+}
+
+/// The routing a rollout's state asks for, whatever decisions were applied before.
+#[test]
+fn the_desired_routing_follows_the_state() {
+    let spec = serde_json::json!({"to": "2", "steps": [{"shadow": {"percent": 100, "hold": "1m"}}, {"approve": {}}, {"weight": {"weight": "50%", "hold": "1m"}}]});
+    let (_, mut rollout) = run(spec, vec![]);
+    assert_eq!(describe(&rollout.desired()), "route 0% shadow 100%");
+    rollout.handle(Event::Tick { now: 2 * M, window: healthy() });
+    assert_eq!((rollout.phase.clone(), describe(&rollout.desired())), (Phase::AwaitingApproval, "route 0% shadow 100%".to_owned()), "a gate keeps the step before's routing");
+    rollout.handle(Event::Approve { now: 3 * M });
+    assert_eq!(describe(&rollout.desired()), "route 50% +header");
+    rollout.handle(Event::Tick { now: 5 * M, window: healthy() });
+    assert_eq!((rollout.phase.clone(), describe(&rollout.desired())), (Phase::Promoted, "promote".to_owned()));
+    rollout.handle(Event::Abort { now: 6 * M, reason: "late".into() });
+    assert_eq!(describe(&rollout.desired()), "promote", "a finished rollout stays finished");
 }

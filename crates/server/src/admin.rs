@@ -78,7 +78,7 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
 /// with the admin token on the inference port).
 async fn feedback(State(state): State<AdminState>, Path(name): Path<String>, body: Bytes) -> Result<Response, ApiError> {
     check_model(&state, &name)?;
-    crate::routes::feedback::join_labels(&state.app, &body)
+    crate::routes::feedback::join_labels(&state.app, &body).await
 }
 
 fn check_model(state: &AdminState, name: &str) -> Result<(), ApiError> {
@@ -160,12 +160,12 @@ async fn rollout_start(State(state): State<AdminState>, Path(name): Path<String>
 
 async fn rollout_status(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_model(&state, &name)?;
-    Ok(json(StatusCode::OK, &state.rollouts.status()))
+    Ok(json(StatusCode::OK, &state.rollouts.status(&state.app).await))
 }
 
 async fn rollout_history(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_model(&state, &name)?;
-    Ok(json(StatusCode::OK, &state.rollouts.history()?))
+    Ok(json(StatusCode::OK, &state.rollouts.history().await?))
 }
 
 /// `approve`, `pause`, `resume` or `abort`; any other segment is a route that does not exist.

@@ -22,6 +22,7 @@ pub mod admin;
 pub mod auth;
 pub mod control;
 pub mod error;
+pub mod fleet;
 pub mod follow;
 #[cfg(feature = "grpc")]
 pub mod grpc;

@@ -1,129 +1,138 @@
-//! The rollout control loop: feeds the pure engine with what the versions did (from
-//! [`crate::observe`] and the shadow comparisons), applies its decisions through
-//! [`crate::traffic::Traffic`], and keeps the rollout's state and every decision in SQLite so a
-//! restart resumes it (or takes its failure action when its deadline passed).
+//! A model's rollout, run by one replica of the fleet at a time.
+//!
+//! The rollout's state lives in the control store ([`StoredRollout`]), never only in a process:
+//! every change to it is a compare-and-swap write there, and the routing it asks for is then
+//! made so through [`Traffic::ensure`], which changes nothing when it already is. So:
+//!
+//! - **Operators' commands** (start, approve, pause, resume, abort) work on any replica: it
+//!   reads the record, hands the event to the engine, writes the record back (refused if
+//!   another replica wrote it meanwhile) and applies the routing.
+//! - **The control loop** runs on the replica holding the model's lease ([`ControlStore::lease`],
+//!   renewed every third of its time to live). Its writes carry the lease, so a replica that lost
+//!   it (paused, partitioned) cannot write. A replica that takes the lease over reads the record
+//!   and goes on from its step: nothing is kept only in the old leader's memory.
+//! - **A step counts from when the whole fleet routes by it.** After the routing of a step is
+//!   committed, the leader waits until every live replica reports that revision (the
+//!   acknowledgement, [`crate::fleet`]) and only then restarts the step's clock
+//!   ([`Event::Settled`]); evidence observed before is dropped. A replica that reports it cannot
+//!   apply the revision fails the step by the rollout's policy ([`Event::Fault`]).
+//! - **Evidence is the fleet's.** Every replica sends what it observed to the store's evidence
+//!   log; the leader merges everything after the record's cursor into each analysis window.
+//!
+//! Locking rule: `writing` serialises this replica's writes (commands, the loop's analysis);
+//! Prometheus queries and webhook calls run with no lock held, and `status` never waits for
+//! either.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use modelship_protocol::admin::{CheckResult, RolloutCommand, RolloutDecision, RolloutState, RolloutStatus};
 use modelship_rollout::check::Window;
-use modelship_rollout::engine::{Action, Decision, Event, Rollout};
+use modelship_rollout::engine::{Action, Decision, Event, Phase, Rollout};
 use modelship_rollout::spec::RolloutSpec;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
+use crate::control::{Applied, ControlStore, StoredRollout, Write};
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::traffic::{Split, Traffic};
+use crate::traffic::{Split, Target, Traffic};
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn db(e: rusqlite::Error) -> ApiError {
-    ApiError::Internal(format!("rollout database: {e}"))
+/// How this replica takes part in rollouts.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// This replica's name in the fleet (unique among live replicas).
+    pub replica: String,
+    /// The lease's time to live: how long a dead leader holds a rollout up at most.
+    pub lease_ttl: Duration,
+    /// A replica not heard from within this is not waited for (it left the fleet).
+    pub live: Duration,
 }
 
-struct Active {
-    id: i64,
-    rollout: Rollout,
-    /// The stable version when the rollout started (what the candidate is compared with).
-    stable: String,
-    /// Shadow comparisons counted so far, to hand the engine only what is new.
-    seen: (u64, u64),
-}
-
-impl Active {
-    /// Shadow comparisons made before the rollout are not its evidence: count from now.
-    fn new(state: &AppState, model: &str, id: i64, rollout: Rollout, stable: String) -> Self {
-        let agreement = state.shadows.agreement(model, &rollout.plan.to);
-        Active { id, rollout, stable, seen: (agreement.compared, agreement.agreed) }
+impl FleetConfig {
+    pub fn single(replica: &str) -> Self {
+        FleetConfig { replica: replica.to_owned(), lease_ttl: Duration::from_secs(10), live: Duration::from_secs(3) }
     }
 }
 
-/// The rollout of one model. Locking rule: `active` is held only while deciding and applying
-/// (engine events, traffic revisions, SQLite writes); Prometheus queries and webhook calls run
-/// with no lock held, and `status` reads a snapshot, so it answers at once even while a
-/// webhook hangs.
+/// The rollout of one model, as this replica sees and drives it.
 pub struct Rollouts {
     traffic: Arc<Traffic>,
-    conn: Mutex<Connection>,
-    active: tokio::sync::Mutex<Option<Active>>,
-    /// The status as of the last decision, for readers that must never wait.
+    pub fleet: FleetConfig,
+    writing: tokio::sync::Mutex<()>,
+    /// The status as of the last record this replica read or wrote, for readers that must never
+    /// wait.
     snapshot: Mutex<RolloutStatus>,
+    leading: AtomicBool,
+    /// Webhook gates this replica asked while leading: (rollout, step).
+    asked: Mutex<HashSet<(i64, usize)>>,
 }
 
 impl Rollouts {
-    pub fn open(path: &Path, traffic: Arc<Traffic>) -> Result<Self, String> {
-        let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(|e| e.to_string())?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS rollouts (id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL,
-                 stable TEXT NOT NULL, state TEXT NOT NULL, done INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS rollout_decisions (rollout INTEGER NOT NULL, decision TEXT NOT NULL);",
-        )
-        .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
+    pub fn new(traffic: Arc<Traffic>, fleet: FleetConfig) -> Self {
         let snapshot = Mutex::new(RolloutStatus { model: traffic.spec.name.clone(), rollout: None });
-        Ok(Rollouts { traffic, conn: Mutex::new(conn), active: tokio::sync::Mutex::new(None), snapshot })
+        Rollouts { traffic, fleet, writing: tokio::sync::Mutex::new(()), snapshot, leading: AtomicBool::new(false), asked: Mutex::default() }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, ApiError> {
-        f(&self.conn.lock().unwrap_or_else(|p| p.into_inner())).map_err(db)
+    fn store(&self) -> &dyn ControlStore {
+        self.traffic.store.as_ref()
     }
 
     fn model(&self) -> &str {
         &self.traffic.spec.name
     }
 
-    fn save(&self, active: &Active) -> Result<(), ApiError> {
-        let state = serde_json::to_string(&active.rollout).unwrap_or_default();
-        self.with(|c| {
-            c.execute(
-                "UPDATE rollouts SET state = ?1, done = ?2, updated_ms = ?3 WHERE id = ?4",
-                params![state, active.rollout.phase.is_done(), now_ms() as i64, active.id],
-            )
-            .map(|_| ())
-        })
+    /// Whether this replica holds the lease (as of its last renewal).
+    pub fn is_leading(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
     }
 
-    /// Starts a rollout of `spec.to` against the current stable version.
-    pub async fn start(self: &Arc<Self>, state: &AppState, spec: RolloutSpec, actor: &str) -> Result<RolloutStatus, ApiError> {
+    /// Starts a rollout of `spec.to` against the current stable version, from any replica.
+    pub async fn start(&self, state: &AppState, spec: RolloutSpec, actor: &str) -> Result<RolloutStatus, ApiError> {
         let plan = spec.resolve().map_err(|problems| ApiError::InvalidSpec(format!("invalid rollout spec: {}", problems.join("; "))))?;
-        let mut active = self.active.lock().await;
-        if active.as_ref().is_some_and(|a| !a.rollout.phase.is_done()) {
-            return Err(ApiError::Conflict(format!("model '{}' already has a rollout in progress; abort it first", self.model())));
+        let _one_at_a_time = self.writing.lock().await;
+        let current = self.store().rollout(self.model()).await?;
+        if let Some(c) = current.as_ref().filter(|c| !c.is_done()) {
+            return Err(ApiError::Conflict(format!("model '{}' already has a rollout in progress (rollout {}); abort it first", self.model(), c.id)));
         }
         let served = state.models.served(self.model())?;
         if plan.to == served.table.stable {
             return Err(ApiError::Conflict(format!("version {} is already the stable version", plan.to)));
         }
-        let now = now_ms();
-        let (rollout, decisions) = Rollout::start(plan, now);
-        let stable = served.table.stable.clone();
-        let id = self.with(|c| {
-            c.execute(
-                "INSERT INTO rollouts (model, stable, state, done, updated_ms) VALUES (?1, ?2, ?3, 0, ?4)",
-                params![self.model(), stable, serde_json::to_string(&rollout).unwrap_or_default(), now as i64],
-            )?;
-            Ok(c.last_insert_rowid())
-        })?;
-        let mut new = Active::new(state, self.model(), id, rollout, stable);
+        let (rollout, decisions) = Rollout::start(plan, now_ms());
+        // Evidence already in the log belongs to earlier rollouts: read on from its end.
+        let (_, evidence_cursor) = self.store().evidence(self.model(), None).await?;
+        let record = StoredRollout {
+            id: current.map_or(1, |c| c.id + 1),
+            seq: 0,
+            model: self.model().to_owned(),
+            stable: served.table.stable.clone(),
+            rollout,
+            applied: None,
+            evidence_cursor,
+        };
+        self.store().save_rollout(&record, Write::Create, &decisions).await?;
         state.observations.set_recording(true);
-        tracing::info!(model = %self.model(), to = %new.rollout.plan.to, actor, "rollout started");
-        self.apply(state, &mut new, decisions).await?;
-        let status = self.status_of(&new);
-        *active = Some(new);
-        Ok(status)
+        tracing::info!(model = %self.model(), rollout = record.id, to = %record.rollout.plan.to, actor, "rollout started");
+        log_decisions(self.model(), record.id, &decisions);
+        let record = self.reconcile(state, record, None).await?;
+        Ok(self.observe(state, Some(&record)))
     }
 
-    /// An operator's command to the rollout in progress.
-    pub async fn command(self: &Arc<Self>, state: &AppState, command: RolloutCommand, reason: &str) -> Result<RolloutStatus, ApiError> {
-        let mut guard = self.active.lock().await;
-        let active = guard.as_mut().filter(|a| !a.rollout.phase.is_done()).ok_or_else(|| {
-            ApiError::Conflict(format!("model '{}' has no rollout in progress", self.model()))
-        })?;
+    /// An operator's command to the rollout in progress, from any replica.
+    pub async fn command(&self, state: &AppState, command: RolloutCommand, reason: &str) -> Result<RolloutStatus, ApiError> {
+        let _one_at_a_time = self.writing.lock().await;
+        let mut record = self
+            .store()
+            .rollout(self.model())
+            .await?
+            .filter(|r| !r.is_done())
+            .ok_or_else(|| ApiError::Conflict(format!("model '{}' has no rollout in progress", self.model())))?;
         let now = now_ms();
         let reason = if reason.is_empty() { "by an operator".to_owned() } else { reason.to_owned() };
         let event = match command {
@@ -132,184 +141,270 @@ impl Rollouts {
             RolloutCommand::Resume => Event::Resume { now },
             RolloutCommand::Abort => Event::Abort { now, reason },
         };
-        let decisions = active.rollout.handle(event);
-        self.apply(state, active, decisions).await?;
-        Ok(self.status_of(active))
+        let decisions = record.rollout.handle(event);
+        record.seq += 1;
+        self.store().save_rollout(&record, Write::Update { leader: None }, &decisions).await?;
+        log_decisions(self.model(), record.id, &decisions);
+        let record = self.reconcile(state, record, None).await?;
+        Ok(self.observe(state, Some(&record)))
     }
 
-    /// The rollout's status as of its last decision; never waits for the control loop.
-    pub fn status(&self) -> RolloutStatus {
+    /// The rollout's status: read from the store, or as last seen when it cannot be reached.
+    pub async fn status(&self, state: &AppState) -> RolloutStatus {
+        match tokio::time::timeout(Duration::from_secs(2), self.store().rollout(self.model())).await {
+            Ok(Ok(record)) => self.observe(state, record.as_ref()),
+            _ => self.snapshot(),
+        }
+    }
+
+    /// The status as last seen; never waits.
+    pub fn snapshot(&self) -> RolloutStatus {
         self.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn status_of(&self, active: &Active) -> RolloutStatus {
-        RolloutStatus { model: self.model().to_owned(), rollout: Some(state_of(active)) }
+    pub async fn history(&self) -> Result<Vec<RolloutDecision>, ApiError> {
+        let decisions = self.store().rollout_history(self.model()).await?;
+        Ok(decisions.into_iter().map(|(rollout, decision)| RolloutDecision { rollout, decision }).collect())
     }
 
-    pub fn history(&self) -> Result<Vec<RolloutDecision>, ApiError> {
-        let rows: Vec<(i64, String)> = self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT d.rollout, d.decision FROM rollout_decisions d JOIN rollouts r ON r.id = d.rollout WHERE r.model = ?1 ORDER BY d.rowid",
-            )?;
-            let rows = stmt.query_map([self.model()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect()
-        })?;
-        Ok(rows.into_iter().filter_map(|(rollout, d)| Some(RolloutDecision { rollout, decision: serde_json::from_str(&d).ok()? })).collect())
+    /// Takes in a record read from the store: the status snapshot, the rollout metrics, and
+    /// whether this replica records observations. Returns the status.
+    pub fn observe(&self, state: &AppState, record: Option<&StoredRollout>) -> RolloutStatus {
+        let status = RolloutStatus { model: self.model().to_owned(), rollout: record.map(state_of) };
+        if let Some(r) = record {
+            publish(state, self.model(), &r.rollout);
+        }
+        let active = record.is_some_and(|r| !r.is_done());
+        if active != state.observations.is_recording() {
+            state.observations.set_recording(active);
+        }
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = status.clone();
+        status
     }
 
-    /// At startup: the unfinished rollout, if any, resumes at its step or takes its failure action.
-    pub async fn recover(self: &Arc<Self>, state: &AppState) -> Result<(), ApiError> {
-        let row: Option<(i64, String, String)> = self.with(|c| {
-            c.query_row(
-                "SELECT id, stable, state FROM rollouts WHERE model = ?1 AND done = 0 ORDER BY id DESC LIMIT 1",
-                [self.model()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-        })?;
-        let Some((id, stable, saved)) = row else { return Ok(()) };
-        let mut rollout: Rollout = serde_json::from_str(&saved).map_err(|e| ApiError::Internal(format!("unreadable rollout state: {e}")))?;
-        let decisions = rollout.recover(now_ms());
-        let mut active = Active::new(state, self.model(), id, rollout, stable);
-        state.observations.set_recording(!active.rollout.phase.is_done());
-        tracing::info!(model = %self.model(), rollout = id, "resuming a rollout after a restart");
-        self.apply(state, &mut active, decisions).await?;
-        *self.active.lock().await = Some(active);
+    /// Makes the routing what the record's state asks for, if the record does not say it was
+    /// applied already; writes the applied revision back (under the lease when `leader`).
+    async fn reconcile(&self, state: &AppState, mut record: StoredRollout, leader: Option<&str>) -> Result<StoredRollout, ApiError> {
+        let desired = record.rollout.desired();
+        if record.applied.as_ref().is_some_and(|a| a.action == desired) {
+            return Ok(record);
+        }
+        let target = match &desired {
+            Action::Route { weight, shadow, header } => Target::Split(Split { weight: *weight, shadow: *shadow, header: *header }),
+            Action::Promote => Target::Promoted,
+            _ => Target::Stable,
+        };
+        let reason = format!("rollout {}: {}", record.id, describe(&record.rollout));
+        let revision = self.traffic.ensure(state, &record.rollout.plan.to, target, "rollout", &reason).await?;
+        record.applied = Some(Applied { action: desired, revision, settled_ms: None });
+        record.seq += 1;
+        self.store().save_rollout(&record, Write::Update { leader }, &[]).await?;
+        Ok(record)
+    }
+
+    /// The control loop: keeps (or tries to take) the lease, and while this replica leads, one
+    /// analysis per interval of the rollout in progress. Gives the lease up on shutdown, so
+    /// another replica takes over at once.
+    pub async fn run(self: Arc<Self>, state: AppState, stop: tokio_util::sync::CancellationToken) {
+        let renew = self.fleet.lease_ttl / 3;
+        let mut last_analysis = std::time::Instant::now();
+        loop {
+            let interval = {
+                let snapshot = self.snapshot();
+                snapshot.rollout.filter(|r| !r.phase.is_done()).map(|r| Duration::from_millis(r.interval_ms.max(100)))
+            };
+            let wait = interval.map_or(renew, |i| i.min(renew)).max(Duration::from_millis(50));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => break,
+            }
+            if state.health.is_draining() {
+                break;
+            }
+            let lease = self.store().lease(self.model(), &self.fleet.replica, self.fleet.lease_ttl).await;
+            let leading = matches!(&lease, Ok(l) if l.mine);
+            if leading != self.leading.swap(leading, Ordering::Relaxed) {
+                match &lease {
+                    Ok(_) if leading => tracing::info!(model = %self.model(), replica = %self.fleet.replica, "this replica now leads the model's rollouts"),
+                    Ok(l) => tracing::info!(model = %self.model(), leader = %l.holder, "another replica leads the model's rollouts"),
+                    Err(e) => tracing::warn!(model = %self.model(), error = %e, "cannot renew the rollout lease; not leading until the control store answers"),
+                }
+                self.asked.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            }
+            if !leading {
+                continue;
+            }
+            let due = interval.is_none_or(|i| last_analysis.elapsed() + Duration::from_millis(20) >= i);
+            if due {
+                last_analysis = std::time::Instant::now();
+                if let Err(e) = self.tick(&state).await {
+                    tracing::warn!(model = %self.model(), error = %e, "rollout analysis skipped");
+                }
+            }
+        }
+        if self.leading.swap(false, Ordering::Relaxed)
+            && let Err(e) = self.store().release(self.model(), &self.fleet.replica).await
+        {
+            tracing::warn!(model = %self.model(), error = %e, "cannot give the rollout lease up; it expires by itself");
+        }
+    }
+
+    /// One analysis, as the leader: applies the routing the record asks for if it is not yet,
+    /// waits for the fleet to acknowledge it, then judges the fleet's evidence since then.
+    async fn tick(self: &Arc<Self>, state: &AppState) -> Result<(), ApiError> {
+        let leader = self.fleet.replica.clone();
+        let Some(record) = self.store().rollout(self.model()).await? else {
+            self.observe(state, None);
+            return Ok(());
+        };
+        if record.is_done() && record.applied.as_ref().is_some_and(|a| a.action == record.rollout.desired()) {
+            self.observe(state, Some(&record));
+            return Ok(());
+        }
+        // External queries run before the lock is taken: they may take seconds.
+        let external = self.external(&record).await;
+        let _one_at_a_time = self.writing.lock().await;
+        let Some(mut record) = self.store().rollout(self.model()).await? else { return Ok(()) };
+        let applied = match record.applied.clone() {
+            Some(a) if a.action == record.rollout.desired() => a,
+            _ => {
+                let record = self.reconcile(state, record, Some(&leader)).await?;
+                self.observe(state, Some(&record));
+                return Ok(());
+            }
+        };
+        if record.is_done() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let (evidence, cursor) = self.store().evidence(self.model(), record.evidence_cursor.as_deref()).await?;
+        record.evidence_cursor = cursor;
+        let decisions = match applied.settled_ms {
+            None => {
+                let replicas = self.store().replicas(self.model(), self.fleet.live).await?;
+                let failed = replicas.iter().find_map(|r| match &r.failed {
+                    Some((revision, why)) if *revision >= applied.revision => Some(format!("replica {} cannot apply revision {revision}: {why}", r.replica)),
+                    _ => None,
+                });
+                let behind: Vec<&str> = replicas.iter().filter(|r| r.revision < applied.revision).map(|r| r.replica.as_str()).collect();
+                if let Some(reason) = failed {
+                    record.rollout.handle(Event::Fault { now, reason })
+                } else if !replicas.is_empty() && behind.is_empty() {
+                    tracing::info!(
+                        model = %self.model(), rollout = record.id, revision = applied.revision, replicas = replicas.len(),
+                        "every live replica routes by the step; its window starts now"
+                    );
+                    record.applied = Some(Applied { settled_ms: Some(now), ..applied.clone() });
+                    record.rollout.handle(Event::Settled { now })
+                } else {
+                    tracing::debug!(model = %self.model(), revision = applied.revision, ?behind, "waiting for the fleet to apply the step's routing");
+                    record.rollout.handle(Event::Wait { now })
+                }
+            }
+            Some(_) => {
+                let mut window = fleet_window(&record, applied.revision, &evidence);
+                if record.rollout.step == external.0 {
+                    window.external = external.1;
+                }
+                record.rollout.handle(Event::Tick { now, window })
+            }
+        };
+        record.seq += 1;
+        self.store().save_rollout(&record, Write::Update { leader: Some(&leader) }, &decisions).await?;
+        log_decisions(self.model(), record.id, &decisions);
+        let record = self.reconcile(state, record, Some(&leader)).await?;
+        self.ask_gate(state, &record);
+        self.observe(state, Some(&record));
         Ok(())
     }
 
-    /// The control loop: one analysis per interval while a rollout is in progress, until `stop`
-    /// (a step being applied is finished first).
-    pub async fn run(self: Arc<Self>, state: AppState, stop: tokio_util::sync::CancellationToken) {
-        loop {
-            let interval = {
-                let active = self.active.lock().await;
-                active.as_ref().filter(|a| !a.rollout.phase.is_done()).map(|a| a.rollout.plan.interval.0)
-            };
-            tokio::select! {
-                () = tokio::time::sleep(interval.unwrap_or(Duration::from_millis(500))) => {}
-                () = stop.cancelled() => return,
-            }
-            if state.health.is_draining() {
-                return;
-            }
-            if interval.is_some()
-                && let Err(e) = self.tick(&state).await
-            {
-                tracing::error!(model = %self.model(), error = %e, "rollout analysis failed");
-            }
-        }
-    }
-
-    /// One analysis: the window and the PromQL queries are read under the lock, the queries run
-    /// without it, and the engine's decision is taken and applied under it again, provided the
-    /// same rollout is still at the same step.
-    async fn tick(self: &Arc<Self>, state: &AppState) -> Result<(), ApiError> {
+    /// The rollout's Prometheus checks, queried now, for the step it is at.
+    async fn external(&self, record: &StoredRollout) -> (usize, std::collections::BTreeMap<String, f64>) {
         let model = self.model().to_owned();
-        let (id, step, mut window, queries) = {
-            let mut guard = self.active.lock().await;
-            let Some(active) = guard.as_mut().filter(|a| !a.rollout.phase.is_done()) else { return Ok(()) };
-            let agreement = state.shadows.agreement(&model, &active.rollout.plan.to);
-            let window = Window {
-                stable: state.observations.drain(&model, &active.stable),
-                candidate: state.observations.drain(&model, &active.rollout.plan.to),
-                compared: agreement.compared.saturating_sub(active.seen.0),
-                agreed: agreement.agreed.saturating_sub(active.seen.1),
-                external: Default::default(),
-            };
-            active.seen = (agreement.compared, agreement.agreed);
-            let queries: Vec<(String, String, String)> = active
-                .rollout
-                .plan
-                .checks
-                .iter()
-                .filter_map(|check| match (check.promql(&model, &active.stable, &active.rollout.plan.to), check) {
-                    (Some((url, query)), modelship_rollout::check::Check::Prometheus { query: key, .. }) => Some((key.clone(), url, query)),
-                    _ => None,
-                })
-                .collect();
-            (active.id, active.rollout.step, window, queries)
-        };
+        let queries: Vec<(String, String, String)> = record
+            .rollout
+            .plan
+            .checks
+            .iter()
+            .filter_map(|check| match (check.promql(&model, &record.stable, &record.rollout.plan.to), check) {
+                (Some((url, query)), modelship_rollout::check::Check::Prometheus { query: key, .. }) => Some((key.clone(), url, query)),
+                _ => None,
+            })
+            .collect();
+        let mut values = std::collections::BTreeMap::new();
         for (key, url, query) in queries {
             match tokio::task::spawn_blocking(move || prometheus_value(&url, &query)).await {
                 Ok(Ok(Some(v))) => {
-                    window.external.insert(key, v);
+                    values.insert(key, v);
                 }
-                Ok(Ok(None)) => {}
+                Ok(Ok(None)) | Err(_) => {}
                 Ok(Err(e)) => tracing::warn!(model = %model, error = %e, "Prometheus query failed; the check stays inconclusive"),
-                Err(_) => {}
             }
         }
-        let mut guard = self.active.lock().await;
-        let Some(active) = guard.as_mut().filter(|a| a.id == id && a.rollout.step == step && !a.rollout.phase.is_done()) else {
-            return Ok(());
-        };
-        let decisions = active.rollout.handle(Event::Tick { now: now_ms(), window });
-        self.apply(state, active, decisions).await
+        (record.rollout.step, values)
     }
 
-    /// Calls a webhook gate with no lock held; its answer is handed to the engine if the rollout
-    /// is still waiting on that same gate.
-    fn call_gate(self: &Arc<Self>, state: &AppState, id: i64, step: usize, to: &str, url: String) {
-        let (this, app) = (Arc::clone(self), state.clone());
-        let body = json!({"model": self.model(), "to": to, "rollout": id});
+    /// Asks the webhook gate the rollout waits at, once per leader (a new leader asks again:
+    /// gates may be asked more than once and must answer the same).
+    fn ask_gate(self: &Arc<Self>, state: &AppState, record: &StoredRollout) {
+        let r = &record.rollout;
+        let Some(modelship_rollout::spec::Step::Webhook { url }) = r.plan.steps.get(r.step).filter(|_| r.phase == Phase::AwaitingWebhook) else {
+            return;
+        };
+        if !self.asked.lock().unwrap_or_else(|p| p.into_inner()).insert((record.id, r.step)) {
+            return;
+        }
+        let (this, app, url, id, step) = (Arc::clone(self), state.clone(), url.clone(), record.id, r.step);
+        let body = json!({"model": self.model(), "to": r.plan.to, "rollout": id});
         state.tasks.spawn("rollout-webhook", move |_| async move {
             let (go, detail) = tokio::task::spawn_blocking(move || call_webhook(&url, &body)).await.unwrap_or((false, "webhook task failed".into()));
-            let mut guard = this.active.lock().await;
-            let Some(active) = guard.as_mut().filter(|a| {
-                a.id == id && a.rollout.step == step && a.rollout.phase == modelship_rollout::engine::Phase::AwaitingWebhook
-            }) else {
-                return;
-            };
-            let more = active.rollout.handle(Event::WebhookAnswered { now: now_ms(), go, detail });
-            if let Err(e) = this.apply(&app, active, more).await {
+            if let Err(e) = this.answer_gate(&app, id, step, go, detail).await {
                 tracing::error!(model = %this.model(), error = %e, "cannot apply the webhook's answer");
             }
         });
     }
 
-    async fn apply(self: &Arc<Self>, state: &AppState, active: &mut Active, decisions: Vec<Decision>) -> Result<(), ApiError> {
-        let to = active.rollout.plan.to.clone();
-        let mut webhooks = Vec::new();
-        for d in decisions {
-            let reason = format!("rollout {}: {}", active.id, d.reason);
-            tracing::info!(model = %self.model(), action = ?d.action, reason = %reason, "rollout decision");
-            match &d.action {
-                Action::Route { weight, shadow, header } => {
-                    let split = Split { weight: *weight, shadow: *shadow, header: *header };
-                    self.traffic.route_to(state, &to, split, "rollout", &reason).await?;
-                }
-                Action::Promote => {
-                    let all = Split { weight: modelship_router::BasisPoints::ALL, shadow: Default::default(), header: true };
-                    self.traffic.route_to(state, &to, all, "rollout", &reason).await?;
-                    self.traffic.change(state, modelship_router::Change::Promote, "rollout", &reason).await?;
-                }
-                Action::Rollback => {
-                    self.traffic.to_stable(state, "rollout", &reason).await?;
-                }
-                Action::Pause => {}
-                Action::CallWebhook { url } => {
-                    // The answer comes back as an event, later; the rollout waits meanwhile.
-                    webhooks.push(url.clone());
-                }
-            }
-            self.record(active.id, &d)?;
-        }
-        if active.rollout.phase.is_done() {
-            state.observations.set_recording(false);
-        }
-        publish(state, self.model(), &active.rollout);
-        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = self.status_of(active);
-        self.save(active)?;
-        for url in webhooks {
-            self.call_gate(state, active.id, active.rollout.step, &to, url);
-        }
+    /// Hands a gate's answer to the engine, if the rollout still waits at that gate.
+    async fn answer_gate(&self, state: &AppState, id: i64, step: usize, go: bool, detail: String) -> Result<(), ApiError> {
+        let _one_at_a_time = self.writing.lock().await;
+        let Some(mut record) = self.store().rollout(self.model()).await?.filter(|r| {
+            r.id == id && r.rollout.step == step && r.rollout.phase == Phase::AwaitingWebhook
+        }) else {
+            return Ok(());
+        };
+        let decisions = record.rollout.handle(Event::WebhookAnswered { now: now_ms(), go, detail });
+        record.seq += 1;
+        let leader = self.fleet.replica.clone();
+        self.store().save_rollout(&record, Write::Update { leader: Some(&leader) }, &decisions).await?;
+        log_decisions(self.model(), record.id, &decisions);
+        let record = self.reconcile(state, record, Some(&leader)).await?;
+        self.observe(state, Some(&record));
         Ok(())
     }
+}
 
-    fn record(&self, rollout: i64, d: &Decision) -> Result<(), ApiError> {
-        let json = serde_json::to_string(d).unwrap_or_default();
-        self.with(|c| c.execute("INSERT INTO rollout_decisions (rollout, decision) VALUES (?1, ?2)", params![rollout, json]).map(|_| ()))
+/// The fleet's evidence for the rollout's current step: every replica's, for this rollout,
+/// observed while the step's routing (`revision`) or a later one was in force.
+fn fleet_window(record: &StoredRollout, revision: u64, evidence: &[crate::control::Evidence]) -> Window {
+    let mut rng = fastrand::Rng::new();
+    evidence.iter().filter(|e| e.rollout == record.id && e.revision >= revision).fold(Window::default(), |mut all, e| {
+        all.merge(&e.window, &mut rng);
+        all
+    })
+}
+
+fn log_decisions(model: &str, rollout: i64, decisions: &[Decision]) {
+    for d in decisions {
+        tracing::info!(model = %model, rollout, action = ?d.action, reason = %d.reason, "rollout decision");
+    }
+}
+
+/// Where a rollout is, in words (the reason of the routing revisions it commits).
+fn describe(r: &Rollout) -> String {
+    match &r.phase {
+        Phase::Promoted => "promoted".to_owned(),
+        Phase::RolledBack { reason } => format!("rolled back: {reason}"),
+        _ => format!("step {} of {}", (r.step + 1).min(r.plan.steps.len()), r.plan.steps.len()),
     }
 }
 
@@ -379,13 +474,13 @@ fn call_webhook(url: &str, body: &Value) -> (bool, String) {
 
 /// Where the rollout is. Once it is done there is no current step, and after a promotion the
 /// step reached is the last one (the engine's index has moved past it).
-fn state_of(a: &Active) -> RolloutState {
-    let r = &a.rollout;
+fn state_of(record: &StoredRollout) -> RolloutState {
+    let r = &record.rollout;
     let steps = r.plan.steps.len();
     RolloutState {
-        id: a.id,
+        id: record.id,
         to: r.plan.to.clone(),
-        stable: a.stable.clone(),
+        stable: record.stable.clone(),
         phase: r.phase.clone(),
         step: (r.step + 1).min(steps),
         steps,
@@ -395,5 +490,8 @@ fn state_of(a: &Active) -> RolloutState {
         consecutive_failures: r.consecutive_failures,
         total_failures: r.total_failures,
         checks: r.verdicts.iter().map(|(check, result)| CheckResult { check: check.clone(), result: result.clone() }).collect(),
+        interval_ms: r.plan.interval.0.as_millis() as u64,
+        revision: record.applied.as_ref().map(|a| a.revision),
+        settled_ms: record.applied.as_ref().and_then(|a| a.settled_ms),
     }
 }

@@ -67,6 +67,9 @@ pub struct Shared {
     /// The feature store, once configured (after the model loads: the spec is checked against
     /// its signature); readiness follows it from then on.
     pub features: Arc<std::sync::OnceLock<Arc<modelship_features::FeatureService>>>,
+    /// The fleet's control store and the model it serves, when this replica is one of several:
+    /// labels it cannot join are handed on through it.
+    pub fleet: Arc<std::sync::OnceLock<(Arc<dyn crate::control::ControlStore>, String)>>,
 }
 
 impl AppState {
@@ -88,6 +91,7 @@ impl AppState {
             ids: Arc::default(),
             nonces: Arc::default(),
             features: Arc::default(),
+            fleet: Arc::default(),
         }))
     }
 }

@@ -44,6 +44,20 @@ pub struct Traffic {
     /// One change at a time, per server: every write of this model's table (changes, rollbacks,
     /// alias moves, keep-warm expiry) holds it.
     lock: Arc<tokio::sync::Mutex<()>>,
+    /// The newest stored revision this replica could not apply, and why (reported to the fleet,
+    /// so a rollout never counts this replica as routing by it).
+    failure: std::sync::Mutex<Option<(u64, String)>>,
+}
+
+/// What a rollout's state asks of the routing (see [`Traffic::ensure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The candidate at this split.
+    Split(Split),
+    /// The candidate is the stable version, nothing else routed.
+    Promoted,
+    /// Stable only: no candidate, no shadow.
+    Stable,
 }
 
 /// `served` without the versions its table no longer routes to (the warm previous version), at
@@ -73,7 +87,50 @@ impl Traffic {
         store: Arc<dyn ControlStore>,
         keep_warm: Duration,
     ) -> Self {
-        Traffic { registry, registry_model, backend, spec, store, keep_warm, lock: Arc::default() }
+        Traffic { registry, registry_model, backend, spec, store, keep_warm, lock: Arc::default(), failure: std::sync::Mutex::default() }
+    }
+
+    /// The newest revision in the store this replica could not apply, and why.
+    pub fn failure(&self) -> Option<(u64, String)> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Makes the routing what `target` asks for `version`, committing a revision only when it is
+    /// not so already; returns the revision in force after. Idempotent: a replica taking over a
+    /// rollout applies its state without knowing what was applied before.
+    pub async fn ensure(&self, state: &AppState, version: &str, target: Target, actor: &str, reason: &str) -> Result<u64, ApiError> {
+        let _one_at_a_time = self.lock.lock().await;
+        // A change committed elsewhere first: decide on the latest routing.
+        if let Err(e) = self.sync_locked(state).await {
+            tracing::warn!(model = %self.spec.name, error = %e, "cannot apply the latest routing before a rollout's change");
+        }
+        let served = state.models.served(&self.spec.name)?;
+        let mut table = served.table.clone();
+        match target {
+            Target::Split(Split { weight, shadow, header }) => {
+                table.candidate = (weight.get() > 0 || header).then(|| modelship_router::Candidate { version: version.to_owned(), weight });
+                table.shadow = (shadow.get() > 0).then(|| modelship_router::Shadow { version: version.to_owned(), percent: shadow });
+                if table.candidate == served.table.candidate && table.shadow == served.table.shadow {
+                    return Ok(served.revision);
+                }
+            }
+            Target::Stable => {
+                if table.candidate.is_none() && table.shadow.is_none() {
+                    return Ok(served.revision);
+                }
+                table.candidate = None;
+                table.shadow = None;
+            }
+            Target::Promoted => {
+                if table.stable == version && table.candidate.is_none() && table.shadow.is_none() {
+                    return Ok(served.revision);
+                }
+                table.candidate = Some(modelship_router::Candidate { version: version.to_owned(), weight: modelship_router::BasisPoints::ALL });
+                table.shadow = None;
+                table = table.apply(&Change::Promote).map_err(|e| ApiError::Conflict(e.to_string()))?;
+            }
+        }
+        Ok(self.install(state, &served, table, None, actor, reason).await?.revision)
     }
 
     /// Applies `change` to the model's table; returns the new revision.
@@ -124,9 +181,14 @@ impl Traffic {
             latest.revision <= served.revision
         };
         if in_force {
+            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
             return Ok(None);
         }
-        self.apply(state, &served, latest.traffic, latest.revision).await?;
+        if let Err(e) = self.apply(state, &served, latest.traffic, latest.revision).await {
+            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some((latest.revision, e.to_string()));
+            return Err(e);
+        }
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
         tracing::info!(model = %self.spec.name, revision = latest.revision, actor = %latest.actor, reason = %latest.reason, "applied a revision from the control store");
         Ok(Some(latest.revision))
     }
@@ -149,28 +211,6 @@ impl Traffic {
         let change = Change::Switch { version: model.version.clone() };
         let table = served.table.apply(&change).map_err(|e| ApiError::Conflict(e.to_string()))?;
         self.install_with(state, &served, table, Some(change), actor, reason, Some(model)).await
-    }
-
-    /// Sets the candidate's share and the shadow percentage in one revision: what a rollout
-    /// step asks for.
-    pub async fn route_to(&self, state: &AppState, version: &str, split: Split, actor: &str, reason: &str) -> Result<Revision, ApiError> {
-        let _one_at_a_time = self.lock.lock().await;
-        let served = state.models.served(&self.spec.name)?;
-        let mut table = served.table.clone();
-        let Split { weight, shadow, header } = split;
-        table.candidate = (weight.get() > 0 || header).then(|| modelship_router::Candidate { version: version.to_owned(), weight });
-        table.shadow = (shadow.get() > 0).then(|| modelship_router::Shadow { version: version.to_owned(), percent: shadow });
-        self.install(state, &served, table, None, actor, reason).await
-    }
-
-    /// All traffic back to stable: no candidate, no shadow.
-    pub async fn to_stable(&self, state: &AppState, actor: &str, reason: &str) -> Result<Revision, ApiError> {
-        let _one_at_a_time = self.lock.lock().await;
-        let served = state.models.served(&self.spec.name)?;
-        let mut table = served.table.clone();
-        table.candidate = None;
-        table.shadow = None;
-        self.install(state, &served, table, None, actor, reason).await
     }
 
     /// At startup: applies the latest revision in the store (loading its versions), or commits

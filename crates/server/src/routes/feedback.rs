@@ -1,6 +1,7 @@
 //! Delayed ground truth: `POST /v1/feedback` joins labels to the predictions the server made
 //! (by the `x-request-id` each response carried), so rollouts can judge quality per version.
-//! Only predictions this server made during a rollout can be labelled.
+//! Only predictions made during a rollout can be labelled. In a fleet, labels for predictions
+//! another replica made are handed on through the control store, and that replica joins them.
 //!
 //! Labels decide promotions and rollbacks, so this endpoint needs the control (admin) token even
 //! though it is served on the inference port: reaching the data port is not enough to steer a
@@ -51,12 +52,12 @@ async fn feedback(State(state): State<AppState>, headers: http::HeaderMap, body:
         return Err(ApiError::Unauthorized);
     }
     let body = body.map_err(|r| super::body_error(&state, r))?;
-    join_labels(&state, &body)
+    join_labels(&state, &body).await
 }
 
 /// Joins a batch of labels: every label is checked before any is joined, so a bad one refuses
 /// the whole batch rather than leaving half of it applied.
-pub(crate) fn join_labels(state: &AppState, body: &[u8]) -> Result<Response, ApiError> {
+pub(crate) async fn join_labels(state: &AppState, body: &[u8]) -> Result<Response, ApiError> {
     let parsed: Body = serde_json::from_slice(body).map_err(|e| {
         ApiError::Invalid(format!(
             "feedback must be {{\"request_id\": \"...\", \"label\": 0|1|true|false}} or {{\"labels\": [...]}}: {e}"
@@ -76,13 +77,19 @@ pub(crate) fn join_labels(state: &AppState, body: &[u8]) -> Result<Response, Api
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut joined = 0usize;
-    let mut unknown = Vec::new();
+    let mut elsewhere = Vec::new();
     for (request_id, label) in checked {
         if state.observations.label(&request_id, label) {
             joined += 1;
-        } else if unknown.len() < 100 {
-            unknown.push(request_id);
+        } else {
+            elsewhere.push((request_id, label));
         }
     }
-    Ok(json(StatusCode::OK, &FeedbackAnswer { joined, unknown }))
+    let mut forwarded = 0;
+    if let Some((store, model)) = state.fleet.get().filter(|_| !elsewhere.is_empty()) {
+        store.push_labels(model, &elsewhere).await?;
+        forwarded = elsewhere.len();
+    }
+    let unknown = elsewhere.into_iter().take(100).map(|(id, _)| id).collect();
+    Ok(json(StatusCode::OK, &FeedbackAnswer { joined, unknown, forwarded }))
 }

@@ -39,6 +39,12 @@ pub(crate) fn readiness(state: &AppState) -> (bool, serde_json::Value) {
         checks["feature_store_connected"] = json!(connected);
         ready &= connected;
     }
+    if let Some((_, problem)) = state.health.control_store() {
+        // Reported, not required: a replica that cannot reach the fleet's store keeps serving
+        // the last routing it applied (and rollouts hold until the store is back), so taking it
+        // out of the load balancer would only turn a store outage into a serving outage.
+        checks["control_store_reachable"] = json!(problem.is_none());
+    }
     if draining {
         checks["shutting_down"] = json!(true);
     }
@@ -61,6 +67,9 @@ async fn ready(State(state): State<AppState>) -> Response {
         })
         .collect();
     failures.extend(state.models.reload_errors().into_iter().map(|(name, e)| format!("{name}: {e}")));
+    if let Some((kind, Some(problem))) = state.health.control_store() {
+        failures.push(format!("control store ({kind}): {problem}; serving the last routing applied, rollouts hold until it answers"));
+    }
     if !failures.is_empty() {
         body["errors"] = json!(failures);
     }

@@ -8,7 +8,7 @@ use modelship_rollout::engine::Phase;
 use modelship_router::{BasisPoints, Candidate, Change, TrafficTable};
 
 use crate::model::{ModelSlot, Served};
-use crate::rollouts::Rollouts;
+use crate::rollouts::{FleetConfig, Rollouts};
 use crate::state::{AppState, Limits};
 use crate::testing::{FakeBackend, load, spec};
 use crate::traffic::Traffic;
@@ -83,29 +83,36 @@ async fn status_answers_while_a_webhook_hangs() {
     // Accepts, reads nothing, answers nothing.
     let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/gate", hang.local_addr().unwrap());
+    let (asked_tx, asked) = std::sync::mpsc::channel();
     let _held = std::thread::spawn(move || {
         // Holds the webhook's connection, silent, well past the checks below, then lets go so the
         // call ends (its late answer must be ignored: the rollout was aborted meanwhile).
         let conn = hang.incoming().next();
+        let _ = asked_tx.send(());
         std::thread::sleep(Duration::from_secs(3));
         drop(conn);
     });
-    let rollouts = Arc::new(Rollouts::open(&dir.path().join("traffic.db"), Arc::clone(&traffic)).unwrap());
+    let rollouts = Arc::new(Rollouts::new(Arc::clone(&traffic), FleetConfig::single("test")));
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(Arc::clone(&rollouts).run(state.clone(), stop.clone()));
+    tokio::spawn(crate::fleet::run(state.clone(), Arc::clone(&traffic), Arc::clone(&rollouts), None));
     let yaml: serde_json::Value =
         serde_yaml_ng::from_str(&format!("to: '2'\nsteps:\n  - webhook: {{url: '{url}'}}\n  - weight: {{weight: 100%, hold: 0s}}\ninterval: 100ms\n")).unwrap();
     let spec: modelship_rollout::spec::RolloutSpec = serde_json::from_value(yaml).unwrap();
     let phase = |status: &RolloutStatus| status.rollout.as_ref().map(|r| r.phase.clone());
     let started = rollouts.start(&state, spec, "test").await.unwrap();
     assert_eq!(phase(&started), Some(Phase::AwaitingWebhook), "{started:?}");
+    tokio::task::spawn_blocking(move || asked.recv_timeout(Duration::from_secs(10))).await.unwrap().expect("the leader asks the webhook");
 
     let t = Instant::now();
-    assert_eq!(phase(&rollouts.status()), Some(Phase::AwaitingWebhook));
+    assert_eq!(phase(&rollouts.status(&state).await), Some(Phase::AwaitingWebhook));
     let aborted = tokio::time::timeout(Duration::from_secs(1), rollouts.command(&state, RolloutCommand::Abort, "stuck gate")).await;
     let aborted = aborted.expect("abort answers within 1 s while the webhook hangs").unwrap();
     assert!(t.elapsed() < Duration::from_secs(1));
     assert_eq!(phase(&aborted), Some(Phase::RolledBack { reason: "aborted: stuck gate".to_owned() }), "{aborted:?}");
     assert_eq!(aborted.rollout.as_ref().and_then(|r| r.current_step.as_ref()), None, "a finished rollout has no current step");
     assert_eq!(state.models.served("fraud").unwrap().table.candidate, None);
+    stop.cancel();
 }
 
 /// The admin API answers with the shared types, and an unknown rollout command is a route that
@@ -121,7 +128,7 @@ async fn the_admin_api_answers_in_its_shared_types() {
     state.models.set("fraud", ModelSlot::Ready(served.models.served("fraud").unwrap()));
     state.health.mark_started();
     traffic.resume(&state).await.unwrap();
-    let rollouts = Arc::new(Rollouts::open(&dir.path().join("traffic.db"), Arc::clone(&traffic)).unwrap());
+    let rollouts = Arc::new(Rollouts::new(Arc::clone(&traffic), FleetConfig::single("test")));
     let backend: Arc<dyn modelship_inference::Backend> = Arc::new(FakeBackend::default());
     let pool = crate::pool::PoolConfig::new(1, 4);
     let repository = Arc::new(crate::repository::Repository::new(None, backend, pool, "fraud".to_owned()));

@@ -1,0 +1,490 @@
+//! The control store: what the replicas of a fleet share, so that N processes act as one
+//! deployment. Selected by one setting (`--control-store`, `server.control_store`,
+//! `MODELSHIP_CONTROL_STORE`):
+//!
+//! - `embedded` (the default): this process's SQLite file (`STATE_DIR/traffic.db`); one replica.
+//! - `redis://HOST:PORT[/DB]`: a Redis server the fleet shares.
+//!
+//! What lives there, per model:
+//! - **routing revisions**, committed only as the next number after the latest stored (compare
+//!   and swap on the revision: a transaction in SQLite, a Lua script in Redis, which runs
+//!   atomically), so a replica that lost a race cannot overwrite the winner; it applies the
+//!   winner's table instead. Each commit is published; replicas also re-read the latest revision
+//!   periodically, because a published message is lost while a subscriber is disconnected;
+//! - **the rollout** ([`StoredRollout`]) and its decisions, written with compare and swap on the
+//!   record's `seq`, and, for the control loop's writes, only while the writer holds the
+//!   **lease** (one replica leads a model's rollout; the lease expires unless renewed, so when the
+//!   leader dies another takes over within its time to live);
+//! - **replica reports** ([`ReplicaReport`]): the revision each live replica routes by, or why
+//!   it cannot, the acknowledgement the leader waits for before a step's window starts;
+//! - **evidence** ([`Evidence`]): each replica's observations for the rollout, appended to a
+//!   bounded log the leader reads from a cursor kept in the rollout record, so a new leader
+//!   never counts a window twice nor skips one;
+//! - **labels** posted to one replica for predictions another made, appended to a bounded log
+//!   every replica reads.
+//!
+//! No consensus protocol of our own: every guarantee is a compare and swap, a key's time to
+//! live, or an append, done by the store.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use modelship_rollout::check::Window;
+use modelship_rollout::engine::{Action, Decision, Rollout};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+mod embedded;
+mod redis_store;
+
+pub use embedded::Embedded;
+pub use redis_store::RedisStore;
+
+/// One recorded routing change (the admin API's type).
+pub use modelship_protocol::admin::Revision;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer committed first: `latest` is the revision stored now (`None`: none yet).
+    #[error("revision {wanted} is not the next one: the store holds revision {}", latest.map_or("none".to_owned(), |l| l.to_string()))]
+    Conflict { wanted: u64, latest: Option<u64> },
+    /// The rollout record changed since it was read (another replica wrote it), or a rollout
+    /// is already in progress where one was to be created.
+    #[error("the rollout changed meanwhile: {0}")]
+    Stale(String),
+    /// A control-loop write from a replica that no longer holds the lease.
+    #[error("this replica no longer leads the rollout (the lease is held by {holder})")]
+    NotLeader { holder: String },
+    #[error("the control store ({store}) cannot be reached: {reason}")]
+    Unavailable { store: &'static str, reason: String },
+    #[error("the control store holds a record this server cannot read: {0}")]
+    Corrupt(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict { latest, .. } => ApiError::Conflict(format!(
+                "the routing was changed by another replica meanwhile (now revision {}); this replica applies it: look at the traffic again and retry the change",
+                latest.map_or("none".to_owned(), |l| l.to_string())
+            )),
+            StoreError::Stale(what) => ApiError::Conflict(format!("{what}; look at the rollout again and retry")),
+            StoreError::NotLeader { .. } => ApiError::Conflict(e.to_string()),
+            StoreError::Unavailable { .. } => ApiError::ControlStoreUnavailable(e.to_string()),
+            StoreError::Corrupt(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// A model's rollout as the fleet shares it: the engine's state plus what the fleet needs to
+/// resume it anywhere. Every write replaces the whole record and bumps `seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredRollout {
+    pub id: i64,
+    /// The compare-and-swap token: a write must carry the stored `seq` plus one.
+    pub seq: u64,
+    pub model: String,
+    /// The stable version when the rollout started (what the candidate is compared with).
+    pub stable: String,
+    pub rollout: Rollout,
+    /// The routing applied for the rollout's state, once it is.
+    #[serde(default)]
+    pub applied: Option<Applied>,
+    /// Where the leader stopped reading the evidence log.
+    #[serde(default)]
+    pub evidence_cursor: Option<String>,
+}
+
+impl StoredRollout {
+    pub fn is_done(&self) -> bool {
+        self.rollout.phase.is_done()
+    }
+}
+
+/// Which routing action was applied for a rollout's state, as which revision, and when every
+/// live replica acknowledged it (the step's evidence counts from then).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub action: Action,
+    pub revision: u64,
+    #[serde(default)]
+    pub settled_ms: Option<u64>,
+}
+
+/// How a rollout record may be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write<'a> {
+    /// A new rollout: only when none is stored or the stored one is done, with the next id and
+    /// `seq` 0.
+    Create,
+    /// A change to the stored rollout: its `seq` must be the stored one plus one, and when
+    /// `leader` is given the lease must be held by that replica (the control loop's writes;
+    /// an operator's command needs no lease).
+    Update { leader: Option<&'a str> },
+}
+
+/// What a replica tells the fleet, every heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaReport {
+    pub replica: String,
+    /// The routing revision it serves.
+    pub revision: u64,
+    /// A newer revision it cannot apply, and why (e.g. a version it cannot load).
+    #[serde(default)]
+    pub failed: Option<(u64, String)>,
+    /// Its admin address, for people reading the fleet's state.
+    #[serde(default)]
+    pub admin: Option<String>,
+}
+
+/// What one replica observed for a rollout since its last report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub rollout: i64,
+    /// The routing revision in force over the whole period (the older one when it changed
+    /// during it), so the leader can drop what was observed before the step's routing.
+    pub revision: u64,
+    pub replica: String,
+    pub window: Window,
+}
+
+/// A model's lease: who holds it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: String,
+    pub mine: bool,
+}
+
+/// Everything the fleet shares. Every method is one request to the store (or one atomic
+/// script), with a bounded wait.
+pub trait ControlStore: Send + Sync {
+    /// `embedded` or `redis`: for logs, metrics and readiness.
+    fn kind(&self) -> &'static str;
+
+    /// Whether other processes share this store (so this replica must follow it).
+    fn is_shared(&self) -> bool {
+        self.kind() != "embedded"
+    }
+
+    /// The latest revision of `model`, if any was committed.
+    fn latest<'a>(&'a self, model: &'a str) -> BoxFuture<'a, Result<Option<Revision>, StoreError>>;
+
+    /// Every revision of `model`, oldest first.
+    fn history<'a>(&'a self, model: &'a str) -> BoxFuture<'a, Result<Vec<Revision>, StoreError>>;
+
+    /// Commits `revision` if it is the next one: revision 0 into an empty history, else exactly
+    /// one after the latest. Otherwise [`StoreError::Conflict`], and nothing is written.
+    fn commit<'a>(&'a self, revision: &'a Revision) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Revision numbers of `model` as others commit them, while the connection lasts (the stream
+    /// ends when it drops). Best effort: a subscriber also re-reads [`ControlStore::latest`].
+    /// A store only this process writes returns a stream that never yields.
+    fn changes<'a>(&'a self, model: &'a str) -> BoxFuture<'a, Result<BoxStream<'static, u64>, StoreError>>;
+
+    /// The model's latest rollout (in progress or done), if it ever had one.
+    fn rollout<'a>(&'a self, model: &'a str) -> BoxFuture<'a, Result<Option<StoredRollout>, StoreError>>;
+
+    /// Writes `record` as [`Write`] allows, with the decisions that led to it appended to the
+    /// model's rollout history, all or nothing: [`StoreError::Stale`] or
+    /// [`StoreError::NotLeader`] when the write is not allowed, and nothing is written.
+    fn save_rollout<'a>(&'a self, record: &'a StoredRollout, write: Write<'a>, decisions: &'a [Decision]) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Every decision of every rollout of `model`, oldest first, with its rollout's id.
+    fn rollout_history<'a>(&'a self, model: &'a str) -> BoxFuture<'a, Result<Vec<(i64, Decision)>, StoreError>>;
+
+    /// Takes or renews the model's lease for `holder` for `ttl`, if it is free or `holder`'s;
+    /// answers who holds it after the call.
+    fn lease<'a>(&'a self, model: &'a str, holder: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Lease, StoreError>>;
+
+    /// Gives the lease up, if `holder` holds it (a replica shutting down).
+    fn release<'a>(&'a self, model: &'a str, holder: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Records this replica's report (its heartbeat).
+    fn report<'a>(&'a self, model: &'a str, report: &'a ReplicaReport) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The reports of the replicas heard from within `live` (by the store's clock where it has
+    /// one), by replica name.
+    fn replicas<'a>(&'a self, model: &'a str, live: Duration) -> BoxFuture<'a, Result<Vec<ReplicaReport>, StoreError>>;
+
+    /// Appends a replica's evidence to the model's bounded evidence log.
+    fn push_evidence<'a>(&'a self, model: &'a str, evidence: &'a Evidence) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Evidence appended after `cursor`, and the cursor to read on from; with `None`, none, only
+    /// the cursor of the log's end (a new rollout reads on from where it started).
+    fn evidence<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<(Vec<Evidence>, Option<String>), StoreError>>;
+
+    /// Appends labels (request id, label) that this replica could not join itself, for the
+    /// replica that made the prediction.
+    fn push_labels<'a>(&'a self, model: &'a str, labels: &'a [(String, bool)]) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Labels appended after `cursor`; with `None`, none, only the cursor of the log's end (a
+    /// replica reads on from where it started: labels older than its predictions join nothing).
+    fn labels<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<(Vec<(String, bool)>, Option<String>), StoreError>>;
+}
+
+/// Checks a setting without opening anything.
+pub fn check_setting(setting: &str) -> Result<(), String> {
+    if setting == "embedded" {
+        return Ok(());
+    }
+    if setting.starts_with("redis://") || setting.starts_with("rediss://") {
+        return redis::Client::open(setting).map(|_| ()).map_err(|e| format!("'{}' is not a usable Redis URL: {e}", redact(setting)));
+    }
+    if setting.starts_with("kubernetes") {
+        return Err("control store 'kubernetes' is not built yet; use 'embedded' (one replica) or redis://HOST:PORT (a fleet)".to_owned());
+    }
+    Err(format!("control store '{}' is not 'embedded' or a redis://HOST:PORT[/DB] URL", redact(setting)))
+}
+
+/// Opens the store a setting names: `embedded` (with `embedded_path`) or `redis://...`.
+pub fn open(setting: &str, embedded_path: &Path) -> Result<std::sync::Arc<dyn ControlStore>, String> {
+    check_setting(setting)?;
+    if setting == "embedded" {
+        return Ok(std::sync::Arc::new(Embedded::open(embedded_path)?));
+    }
+    Ok(std::sync::Arc::new(RedisStore::new(setting)?))
+}
+
+/// Follows the store for `traffic`'s model until shutdown: applies every newer revision, on a
+/// published change at once, else within `every` (a publish is lost while disconnected).
+pub async fn follow(state: crate::AppState, traffic: std::sync::Arc<crate::traffic::Traffic>, every: Duration) {
+    let model = traffic.spec.name.clone();
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut changes: Option<BoxStream<'static, u64>> = None;
+    loop {
+        if changes.is_none() {
+            changes = match traffic.store.changes(&model).await {
+                Ok(stream) => Some(stream),
+                Err(e) => {
+                    tracing::debug!(model = %model, error = %e, "cannot subscribe to routing changes; re-reading periodically");
+                    None
+                }
+            };
+        }
+        let pushed = async {
+            match changes.as_mut() {
+                Some(stream) => stream.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            next = pushed => {
+                if next.is_none() {
+                    changes = None;
+                }
+            }
+            _ = ticker.tick() => {}
+        }
+        if state.health.is_draining() {
+            return;
+        }
+        if let Err(e) = traffic.sync(&state).await {
+            tracing::warn!(model = %model, error = %e, "cannot apply the latest routing from the control store; serving the current one");
+        }
+    }
+}
+
+/// A URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use modelship_router::TrafficTable;
+
+    use super::*;
+
+    fn revision(model: &str, n: u64) -> Revision {
+        Revision {
+            model: model.to_owned(),
+            revision: n,
+            at_ms: n as i64,
+            actor: "test".to_owned(),
+            reason: format!("r{n}"),
+            change: None,
+            traffic: TrafficTable::new(n.to_string()),
+        }
+    }
+
+    /// What every store must do, whatever it is.
+    async fn behaves_as_a_store(store: &dyn ControlStore, model: &str) {
+        assert_eq!(store.latest(model).await.unwrap(), None);
+        assert_eq!(store.commit(&revision(model, 1)).await, Err(StoreError::Conflict { wanted: 1, latest: None }), "the first is 0");
+        store.commit(&revision(model, 0)).await.unwrap();
+        store.commit(&revision(model, 1)).await.unwrap();
+        assert_eq!(store.commit(&revision(model, 1)).await, Err(StoreError::Conflict { wanted: 1, latest: Some(1) }), "lost the race");
+        assert_eq!(store.commit(&revision(model, 3)).await, Err(StoreError::Conflict { wanted: 3, latest: Some(1) }), "no gaps");
+        assert_eq!(store.latest(model).await.unwrap(), Some(revision(model, 1)));
+        assert_eq!(store.history(model).await.unwrap(), vec![revision(model, 0), revision(model, 1)]);
+        assert_eq!(store.latest("other").await.unwrap(), None, "models are apart");
+    }
+
+    fn record(id: i64, seq: u64, done: bool) -> StoredRollout {
+        let spec: modelship_rollout::spec::RolloutSpec =
+            serde_json::from_value(serde_json::json!({"to": "2", "canary": {"weights": [10, 100], "every": "1m"}})).unwrap();
+        let (mut rollout, _) = Rollout::start(spec.resolve().unwrap(), 0);
+        if done {
+            rollout.handle(modelship_rollout::engine::Event::Abort { now: 1, reason: "test".into() });
+        }
+        StoredRollout { id, seq, model: "fraud".into(), stable: "1".into(), rollout, applied: None, evidence_cursor: None }
+    }
+
+    fn decision(reason: &str) -> Decision {
+        Decision { at: 0, action: Action::Pause, reason: reason.into(), evidence: vec![] }
+    }
+
+    /// Rollout records: one in progress at a time, every write a compare and swap on `seq`,
+    /// decisions appended with the write that made them.
+    async fn keeps_rollouts(store: &dyn ControlStore) {
+        assert_eq!(store.rollout("fraud").await.unwrap(), None);
+        let update = Write::Update { leader: None };
+        assert!(matches!(store.save_rollout(&record(1, 1, false), update, &[]).await, Err(StoreError::Stale(_))), "nothing to update");
+        assert!(matches!(store.save_rollout(&record(2, 0, false), Write::Create, &[]).await, Err(StoreError::Stale(_))), "ids start at 1");
+        store.save_rollout(&record(1, 0, false), Write::Create, &[decision("start")]).await.unwrap();
+        let e = store.save_rollout(&record(2, 0, false), Write::Create, &[]).await.unwrap_err();
+        assert!(e.to_string().contains("already has a rollout in progress (rollout 1)"), "{e}");
+        store.save_rollout(&record(1, 1, false), update, &[decision("one")]).await.unwrap();
+        // A writer that read seq 0 lost to the one above.
+        assert!(matches!(store.save_rollout(&record(1, 1, false), update, &[decision("lost")]).await, Err(StoreError::Stale(_))));
+        store.save_rollout(&record(1, 2, true), update, &[decision("abort")]).await.unwrap();
+        assert_eq!(store.rollout("fraud").await.unwrap(), Some(record(1, 2, true)));
+        store.save_rollout(&record(2, 0, false), Write::Create, &[decision("second")]).await.unwrap();
+        let history: Vec<(i64, String)> = store.rollout_history("fraud").await.unwrap().into_iter().map(|(id, d)| (id, d.reason)).collect();
+        let expected = [(1, "start"), (1, "one"), (1, "abort"), (2, "second")].map(|(id, r)| (id, r.to_owned()));
+        assert_eq!(history, expected);
+    }
+
+    /// Reports, evidence and labels as the fleet exchanges them.
+    async fn carries_the_fleet(store: &dyn ControlStore) {
+        let report = |replica: &str, revision| ReplicaReport { replica: replica.into(), revision, failed: None, admin: None };
+        store.report("fraud", &report("a", 1)).await.unwrap();
+        store.report("fraud", &report("a", 2)).await.unwrap();
+        let live = store.replicas("fraud", Duration::from_secs(3)).await.unwrap();
+        assert_eq!(live, [report("a", 2)], "the latest report of each replica");
+        assert_eq!(store.replicas("other", Duration::from_secs(3)).await.unwrap(), []);
+
+        let (none, end) = store.evidence("fraud", None).await.unwrap();
+        assert!(none.is_empty());
+        let evidence = |n: u64| Evidence { rollout: 1, revision: n, replica: "a".into(), window: Window { compared: n, ..Window::default() } };
+        store.push_evidence("fraud", &evidence(1)).await.unwrap();
+        store.push_evidence("fraud", &evidence(2)).await.unwrap();
+        let (got, cursor) = store.evidence("fraud", end.as_deref()).await.unwrap();
+        assert_eq!(got, [evidence(1), evidence(2)]);
+        store.push_evidence("fraud", &evidence(3)).await.unwrap();
+        let (got, _) = store.evidence("fraud", cursor.as_deref()).await.unwrap();
+        assert_eq!(got, [evidence(3)], "read on from the cursor: nothing twice");
+    }
+
+    #[tokio::test]
+    async fn the_embedded_store_commits_only_the_next_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Embedded::open(&dir.path().join("traffic.db")).unwrap();
+        behaves_as_a_store(&store, "fraud").await;
+        keeps_rollouts(&store).await;
+        carries_the_fleet(&store).await;
+        let lease = store.lease("fraud", "a", Duration::from_secs(1)).await.unwrap();
+        assert!(lease.mine, "one process always leads");
+    }
+
+    /// A state file written before rollouts were shared records still resumes its rollout.
+    #[tokio::test]
+    async fn an_older_state_file_keeps_its_rollout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traffic.db");
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE rollouts (id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, stable TEXT NOT NULL, state TEXT NOT NULL, done INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+             CREATE TABLE rollout_decisions (rollout INTEGER NOT NULL, decision TEXT NOT NULL);",
+        )
+        .unwrap();
+        let state = serde_json::to_string(&record(1, 0, false).rollout).unwrap();
+        old.execute("INSERT INTO rollouts (model, stable, state, done, updated_ms) VALUES ('fraud', '1', ?1, 0, 0)", [state]).unwrap();
+        drop(old);
+        let store = Embedded::open(&path).unwrap();
+        assert_eq!(store.rollout("fraud").await.unwrap(), Some(record(1, 0, false)));
+        store.save_rollout(&record(1, 1, false), Write::Update { leader: None }, &[]).await.unwrap();
+    }
+
+    #[test]
+    fn settings_name_a_store_or_say_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        assert_eq!(open("embedded", &path).unwrap().kind(), "embedded");
+        assert_eq!(open("redis://127.0.0.1:1/0", &path).unwrap().kind(), "redis", "opening does not connect");
+        assert!(open("kubernetes", &path).err().unwrap().contains("not built yet"));
+        assert!(open("etcd://x", &path).err().unwrap().contains("is not 'embedded' or a redis://"));
+        assert_eq!(redact("redis://user:secret@host:6379/1"), "redis://***@host:6379/1");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_is_unavailable_not_a_hang() {
+        let store = RedisStore::new(&format!("redis://127.0.0.1:{}/0", crate::testing::closed_port())).unwrap();
+        let started = std::time::Instant::now();
+        assert!(matches!(store.latest("fraud").await, Err(StoreError::Unavailable { store: "redis", .. })));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// Against a real redis-server (installed by `scripts/setup.sh --test`), started on a free
+    /// port for this test.
+    #[tokio::test]
+    async fn the_redis_store_commits_only_the_next_revision_and_publishes_it() {
+        let redis = crate::testing::RedisServer::start();
+        let store = RedisStore::new(&redis.url()).unwrap();
+        behaves_as_a_store(&store, "fraud").await;
+        let mut changes = store.changes("fraud").await.unwrap();
+        let other = RedisStore::new(&redis.url()).unwrap();
+        other.commit(&revision("fraud", 2)).await.unwrap();
+        let published = tokio::time::timeout(Duration::from_secs(5), changes.next()).await.expect("published within 5 s");
+        assert_eq!(published, Some(2));
+        assert_eq!(store.latest("fraud").await.unwrap().map(|r| r.revision), Some(2), "a second client sees the first's commit");
+        // Many writers racing for one revision: exactly one wins.
+        let stores: Vec<RedisStore> = (0..8).map(|_| RedisStore::new(&redis.url()).unwrap()).collect();
+        let third = revision("fraud", 3);
+        let results = futures::future::join_all(stores.iter().map(|s| s.commit(&third))).await;
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+        keeps_rollouts(&store).await;
+        carries_the_fleet(&store).await;
+    }
+
+    /// One leader at a time; its writes carry the lease, and a replica that lost it cannot write.
+    #[tokio::test]
+    async fn the_redis_lease_has_one_holder_and_fences_its_writes() {
+        let redis = crate::testing::RedisServer::start();
+        let (a, b) = (RedisStore::new(&redis.url()).unwrap(), RedisStore::new(&redis.url()).unwrap());
+        let ttl = Duration::from_millis(400);
+        assert!(a.lease("fraud", "a", ttl).await.unwrap().mine);
+        let taken = b.lease("fraud", "b", ttl).await.unwrap();
+        assert_eq!((taken.mine, taken.holder.as_str()), (false, "a"));
+        a.save_rollout(&record(1, 0, false), Write::Create, &[]).await.unwrap();
+        let e = b.save_rollout(&record(1, 1, false), Write::Update { leader: Some("b") }, &[]).await.unwrap_err();
+        assert_eq!(e, StoreError::NotLeader { holder: "a".into() });
+        a.save_rollout(&record(1, 1, false), Write::Update { leader: Some("a") }, &[]).await.unwrap();
+        // a stops renewing: within its time to live b takes over, and a's writes are refused.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(b.lease("fraud", "b", ttl).await.unwrap().mine);
+        let e = a.save_rollout(&record(1, 2, false), Write::Update { leader: Some("a") }, &[]).await.unwrap_err();
+        assert_eq!(e, StoreError::NotLeader { holder: "b".into() });
+        b.release("fraud", "a").await.unwrap();
+        assert!(!a.lease("fraud", "a", ttl).await.unwrap().mine, "only the holder gives the lease up");
+        b.release("fraud", "b").await.unwrap();
+        assert!(a.lease("fraud", "a", ttl).await.unwrap().mine, "given up: free at once");
+
+        // Labels handed on: a reader starts at the end of the log and reads on from there.
+        let (old, mut cursor) = b.labels("fraud", None).await.unwrap();
+        assert!(old.is_empty());
+        a.push_labels("fraud", &[("r1".into(), true), ("r2".into(), false)]).await.unwrap();
+        let (got, next) = b.labels("fraud", cursor.as_deref()).await.unwrap();
+        assert_eq!(got, [("r1".to_owned(), true), ("r2".to_owned(), false)]);
+        cursor = next;
+        assert_eq!(b.labels("fraud", cursor.as_deref()).await.unwrap().0, []);
+    }
+}

@@ -1,0 +1,108 @@
+//! A replica's part in the fleet, whichever replica leads: every beat it
+//!
+//! - reports the routing revision it serves, or the newer one it cannot apply and why (the
+//!   acknowledgement the rollout leader waits for before a step's window starts);
+//! - reads the model's rollout record: observations are recorded only while a rollout runs, and
+//!   the status snapshot and rollout metrics follow the record whichever replica wrote it;
+//! - sends what it observed since the last beat to the store's evidence log, stamped with the
+//!   revision in force over the whole period (so the leader drops what straddles a step change);
+//! - joins the labels other replicas handed on for predictions it made.
+//!
+//! Evidence goes through the store rather than from the leader pulling from its peers because
+//! the replicas may not reach each other (admin ports stay on loopback by default, and replicas
+//! behind a load balancer have no stable addresses), while every one of them reaches the store;
+//! and a log with a cursor kept in the rollout record lets a new leader read on exactly where
+//! the old one stopped.
+//!
+//! When the store cannot be reached, nothing here blocks serving: the beat fails, readiness
+//! reports the store, and the next beat tries again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use modelship_rollout::check::Window;
+
+use crate::control::{Evidence, ReplicaReport, StoreError};
+use crate::rollouts::Rollouts;
+use crate::state::AppState;
+use crate::traffic::Traffic;
+
+/// Values kept per reservoir in one replica's evidence (a uniform sample of its sample: the
+/// leader merges many of these per window, weighted by what each stands for).
+const EVIDENCE_VALUES: usize = 1_000;
+
+/// What a beat carries over to the next one.
+#[derive(Default)]
+struct Beat {
+    /// The revision in force when the current observation period began.
+    revision: Option<u64>,
+    /// The rollout, and its shadow comparisons counted at the last beat.
+    agreement: Option<(i64, u64, u64)>,
+    labels: Option<String>,
+}
+
+/// The beat loop, until shutdown. `admin` is this replica's admin address, for the reports.
+pub async fn run(state: AppState, traffic: Arc<Traffic>, rollouts: Arc<Rollouts>, admin: Option<String>) {
+    let mut beat = Beat::default();
+    loop {
+        let period = match rollouts.snapshot().rollout.filter(|r| !r.phase.is_done()) {
+            // Several reports per analysis, so the leader's windows are never a beat short.
+            Some(r) => Duration::from_millis(r.interval_ms / 2).clamp(Duration::from_millis(100), Duration::from_secs(1)),
+            None => Duration::from_secs(1),
+        };
+        tokio::time::sleep(period).await;
+        if state.health.is_draining() {
+            return;
+        }
+        let outcome = one_beat(&state, &traffic, &rollouts, admin.as_deref(), &mut beat).await;
+        if let Err(e) = &outcome {
+            tracing::debug!(model = %traffic.spec.name, error = %e, "fleet beat failed");
+        }
+        if traffic.store.is_shared() {
+            state.health.set_control_store(traffic.store.kind(), outcome.err().map(|e| e.to_string()));
+        }
+    }
+}
+
+async fn one_beat(state: &AppState, traffic: &Traffic, rollouts: &Rollouts, admin: Option<&str>, beat: &mut Beat) -> Result<(), StoreError> {
+    let (store, model) = (traffic.store.as_ref(), traffic.spec.name.as_str());
+    let served = state.models.served(model).ok();
+    let revision = served.as_ref().map_or(0, |s| s.revision);
+    let report = ReplicaReport { replica: rollouts.fleet.replica.clone(), revision, failed: traffic.failure(), admin: admin.map(str::to_owned) };
+    store.report(model, &report).await?;
+    let record = store.rollout(model).await?;
+    rollouts.observe(state, record.as_ref());
+    let since = beat.revision.replace(revision).unwrap_or(revision);
+    if let Some(r) = record.as_ref().filter(|r| !r.is_done()) {
+        let to = &r.rollout.plan.to;
+        let agreement = state.shadows.agreement(model, to);
+        let (compared, agreed) = match beat.agreement {
+            // Counts restart from zero when the shadow pair changes.
+            Some((id, c, a)) if id == r.id && agreement.compared >= c => (agreement.compared - c, agreement.agreed.saturating_sub(a)),
+            Some((id, _, _)) if id == r.id => (agreement.compared, agreement.agreed),
+            _ => (0, 0),
+        };
+        beat.agreement = Some((r.id, agreement.compared, agreement.agreed));
+        let mut window = Window {
+            stable: state.observations.drain(model, &r.stable),
+            candidate: state.observations.drain(model, to),
+            compared,
+            agreed,
+            external: Default::default(),
+        };
+        if !window.is_empty() {
+            window.thin(EVIDENCE_VALUES, &mut fastrand::Rng::new());
+            let evidence = Evidence { rollout: r.id, revision: since.min(revision), replica: rollouts.fleet.replica.clone(), window };
+            store.push_evidence(model, &evidence).await?;
+        }
+    } else {
+        beat.agreement = None;
+    }
+    let (labels, cursor) = store.labels(model, beat.labels.as_deref()).await?;
+    beat.labels = cursor;
+    let joined = labels.iter().filter(|(id, label)| state.observations.label(id, *label)).count();
+    if joined > 0 {
+        tracing::debug!(model, joined, "joined labels handed on by other replicas");
+    }
+    Ok(())
+}
