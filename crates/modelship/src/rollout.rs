@@ -129,6 +129,12 @@ fn render_status(status: &RolloutStatus, now: u64) -> String {
             _ => String::new(),
         };
         out += &format!("step      {}/{}: {}{running}\n", r.step, r.steps, describe_step(step));
+        if let (Some(revision), None) = (r.revision, r.settled_ms) {
+            out += &format!("routing   revision {revision}, waiting for every replica to apply it (the step's window starts then)\n");
+        }
+    }
+    if let Some(leader) = &r.leader {
+        out += &format!("leader    {leader}\n");
     }
     out += &format!("failures  {} in a row, {} in all\n", r.consecutive_failures, r.total_failures);
     if !r.checks.is_empty() {
@@ -239,6 +245,10 @@ mod tests {
                 consecutive_failures: 0,
                 total_failures: 1,
                 checks: checks.into_iter().map(|(check, result)| CheckResult { check: check.to_owned(), result }).collect(),
+                interval_ms: 1000,
+                revision: None,
+                settled_ms: None,
+                leader: None,
             }),
         }
     }

@@ -209,6 +209,9 @@ pub struct RolloutState {
     /// while the fleet is still switching.
     #[serde(default)]
     pub settled_ms: Option<u64>,
+    /// The replica whose control loop last wrote the rollout (the leader, in a fleet).
+    #[serde(default)]
+    pub leader: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -115,6 +115,7 @@ impl Rollouts {
             rollout,
             applied: None,
             evidence_cursor,
+            leader: None,
         };
         self.store().save_rollout(&record, Write::Create, &decisions).await?;
         state.observations.set_recording(true);
@@ -310,6 +311,7 @@ impl Rollouts {
             }
         };
         record.seq += 1;
+        record.leader = Some(leader.clone());
         self.store().save_rollout(&record, Write::Update { leader: Some(&leader) }, &decisions).await?;
         log_decisions(self.model(), record.id, &decisions);
         let record = self.reconcile(state, record, Some(&leader)).await?;
@@ -493,5 +495,6 @@ fn state_of(record: &StoredRollout) -> RolloutState {
         interval_ms: r.plan.interval.0.as_millis() as u64,
         revision: record.applied.as_ref().map(|a| a.revision),
         settled_ms: record.applied.as_ref().and_then(|a| a.settled_ms),
+        leader: record.leader.clone(),
     }
 }

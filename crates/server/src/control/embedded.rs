@@ -87,7 +87,7 @@ impl Embedded {
             return serde_json::from_str(&record).map_err(|e| StoreError::Corrupt(format!("rollout {id}: {e}")));
         }
         let rollout = serde_json::from_str(&state).map_err(|e| StoreError::Corrupt(format!("rollout {id}: {e}")))?;
-        Ok(StoredRollout { id, seq: 0, model: model.to_owned(), stable, rollout, applied: None, evidence_cursor: None })
+        Ok(StoredRollout { id, seq: 0, model: model.to_owned(), stable, rollout, applied: None, evidence_cursor: None, leader: None })
     }
 
     fn read(&self, model: &str, latest_only: bool) -> Result<Vec<Revision>, StoreError> {

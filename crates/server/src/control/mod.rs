@@ -97,6 +97,9 @@ pub struct StoredRollout {
     /// Where the leader stopped reading the evidence log.
     #[serde(default)]
     pub evidence_cursor: Option<String>,
+    /// The replica whose control loop wrote the record last.
+    #[serde(default)]
+    pub leader: Option<String>,
 }
 
 impl StoredRollout {
@@ -335,7 +338,7 @@ mod tests {
         if done {
             rollout.handle(modelship_rollout::engine::Event::Abort { now: 1, reason: "test".into() });
         }
-        StoredRollout { id, seq, model: "fraud".into(), stable: "1".into(), rollout, applied: None, evidence_cursor: None }
+        StoredRollout { id, seq, model: "fraud".into(), stable: "1".into(), rollout, applied: None, evidence_cursor: None, leader: None }
     }
 
     fn decision(reason: &str) -> Decision {
