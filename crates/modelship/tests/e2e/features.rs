@@ -12,28 +12,56 @@ use serde_json::{Value, json};
 
 use crate::support::{Server, command, free_port, model};
 
-/// A real redis-server on 127.0.0.1, no persistence; killed on drop.
+/// A real redis-server on 127.0.0.1, killed on drop: without persistence, or with an
+/// append-only file in `dir` (fsync on every write), so it can be stopped and started again
+/// with its data, as a production Redis restarts.
 pub struct Redis {
     port: u16,
     child: Child,
+    dir: Option<std::path::PathBuf>,
 }
 
 impl Redis {
     pub fn start(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        Redis::launch(port, None)
+    }
+
+    pub fn persistent(port: u16, dir: &std::path::Path) -> Redis {
+        Redis::launch(port, Some(dir.to_owned()))
+    }
+
+    fn launch(port: u16, dir: Option<std::path::PathBuf>) -> Redis {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
+        match &dir {
+            Some(d) => cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"]).arg(d),
+            None => cmd.args(["--appendonly", "no"]),
+        };
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (apt-get install redis-server; scripts/setup.sh --test does)");
-        let redis = Redis { port, child };
+        let redis = Redis { port, child, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while redis.cli(&["PING"]).trim() != "PONG" {
             assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
             thread::sleep(Duration::from_millis(50));
         }
         redis
+    }
+
+    /// Stops the server (SIGTERM: it finishes writing its file), for `down`, then starts it
+    /// again on the same port with the same data.
+    pub fn outage(&mut self, down: Duration) {
+        assert!(self.dir.is_some(), "an outage needs a persistent Redis");
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        thread::sleep(down);
+        let again = Redis::launch(self.port, self.dir.clone());
+        // The old child is reaped; the new one takes its place (and its drop).
+        *self = again;
     }
 
     pub fn cli(&self, args: &[&str]) -> String {

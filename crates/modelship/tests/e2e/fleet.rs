@@ -1,10 +1,17 @@
-//! Three replicas that share nothing but a real `redis-server` (the control store) and the
-//! registry's artifacts: one routing table, one revision sequence. A change made through any
-//! replica's admin API is in force on all three within 2 s, a sticky key gets the same version
-//! on every replica, and two replicas racing for one revision cannot both win.
+//! Replicas that share nothing but a real `redis-server` (the control store) and the
+//! registry's artifacts, each with its own state directory: one routing table, one revision
+//! sequence, one rollout.
 //!
-//! Not here yet (issue 12): one rollout leader under a lease, evidence from every replica, the
-//! store going down mid-rollout, artifacts without a shared disk, the Kubernetes backend.
+//! - A change made through any replica's admin API is in force on all three within 2 s; a sticky
+//!   key gets the same version on every replica; two replicas racing for one revision cannot
+//!   both win.
+//! - One replica leads a rollout under a lease and judges the whole fleet's evidence: a bad
+//!   candidate whose traffic reaches only one replica is rolled back; an identical one is
+//!   promoted, even when its leader is killed mid-rollout; labels posted to one replica join
+//!   predictions another made; Redis going away for 10 s fails no request and takes no step.
+//!
+//! Not here yet: artifacts without a shared disk (the replicas share the registry directory),
+//! the Kubernetes backend.
 
 use std::process::Output;
 use std::thread;
@@ -12,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::docker::Load;
 use crate::features::Redis;
 use crate::support::{Server, command, fraud_body, free_port, model};
 
@@ -36,14 +44,64 @@ impl Replicas {
         replicas
     }
 
-    /// Starts one more replica with its own state directory.
+    /// Pushes fixture `file` as version `version` of the model.
+    fn push(&self, file: &str, version: &str) {
+        let out = command().args(["models", "push", "fraud", &model(file), "--version", version, "--registry"]).arg(self.registry.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Starts one more replica with its own state directory, named `replica-N`, with a 2 s
+    /// rollout lease.
     fn add(&mut self, redis: &Redis) {
         let state = tempfile::tempdir().unwrap();
+        let name = format!("replica-{}", self.servers.len() + 1);
         let server = Server::start_with(
-            &["fraud:1", "--registry", self.registry.path().to_str().unwrap(), "--control-store", &redis.url(), "--workers", "1"],
+            &["fraud:1", "--registry", self.registry.path().to_str().unwrap(), "--control-store", &redis.url(), "--workers", "1", "--replica", &name, "--lease-ttl", "2"],
             &[("MODELSHIP_STATE_DIR", state.path().to_str().unwrap()), ("MODELSHIP_ADMIN_TOKEN", TOKEN)],
         );
         self.servers.push((server, state));
+    }
+
+    /// `modelship rollout ARGS --output json` through replica `i`.
+    fn rollout(&self, i: usize, args: &[&str]) -> Value {
+        let out = command()
+            .arg("rollout")
+            .args(args)
+            .args(["--output", "json", "--admin", &format!("http://{}", self.server(i).ready["admin"].as_str().unwrap())])
+            .env("MODELSHIP_ADMIN_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "replica {i}: rollout {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Writes a rollout spec into replica 1's state directory; returns its path.
+    fn spec(&self, yaml: &str) -> String {
+        let path = self.servers[0].1.path().join("rollout.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
+    /// Polls the rollout's status through replica `i` until `done` says so (at most 90 s).
+    fn wait_rollout(&self, i: usize, what: &str, mut done: impl FnMut(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let status = self.rollout(i, &["status", "fraud"]);
+            if done(&status) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "never {what}: {status}\nleader logs:\n{}", self.logs());
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.servers.iter().enumerate().map(|(i, (s, _))| format!("--- replica {}\n{}", i + 1, s.stderr())).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The index of the replica named `name`.
+    fn index_of(&self, name: &str) -> usize {
+        name.strip_prefix("replica-").and_then(|n| n.parse::<usize>().ok()).map(|n| n - 1).expect("a replica-N name")
     }
 
     fn server(&self, i: usize) -> &Server {
@@ -110,19 +168,33 @@ fn replicas_sharing_a_redis_control_store_route_from_one_revisioned_table() {
         assert_eq!(status["traffic"]["candidate"]["version"], "2", "replica {i}: {status}");
     }
 
-    // The same sticky key gets the same version on every replica; the candidate's share over
-    // all keys is the weight.
-    let keys = 600;
-    let mut candidate = 0;
-    for k in 0..keys {
-        let user = format!("user-{k}");
-        let answers: Vec<(String, u64)> = (0..3).map(|i| answer(fleet.server(i), &[("x-user", &user)])).collect();
-        assert!(answers.iter().all(|a| *a == answers[0]), "key {user}: {answers:?}");
-        assert_eq!(answers[0].1, 2, "answered under revision 2");
-        candidate += usize::from(answers[0].0 == "2");
-    }
+    // The same sticky key gets the same version on every replica (1,000 keys asked of all
+    // three); over 10,000 keys spread across the replicas the candidate's share is the weight
+    // within one point.
+    let keys = 10_000;
+    let candidate: usize = thread::scope(|scope| {
+        let fleet = &fleet;
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                scope.spawn(move || {
+                    let mut candidate = 0;
+                    for k in (w..keys).step_by(4) {
+                        let user = format!("user-{k}");
+                        let replicas: Vec<usize> = if k < 1_000 { vec![0, 1, 2] } else { vec![k % 3] };
+                        let answers: Vec<(String, u64)> = replicas.iter().map(|i| answer(fleet.server(*i), &[("x-user", &user)])).collect();
+                        assert!(answers.iter().all(|a| *a == answers[0]), "key {user}: {answers:?}");
+                        assert_eq!(answers[0].1, 2, "answered under revision 2");
+                        candidate += usize::from(answers[0].0 == "2");
+                    }
+                    candidate
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
     let share = candidate as f64 / keys as f64;
-    assert!((share - 0.30).abs() < 0.06, "candidate share over {keys} sticky keys: {share}");
+    eprintln!("fleet: candidate share over {keys} sticky keys on 3 replicas: {share:.4} (weight 0.30)");
+    assert!((share - 0.30).abs() <= 0.01, "candidate share over {keys} sticky keys: {share}");
 
     // A replica that joins late applies the current revision before it answers.
     fleet.add(&redis);
@@ -166,4 +238,157 @@ fn a_change_refused_by_the_store_changes_nothing_and_says_what_to_do() {
         fleet.converge(1);
         assert_eq!(fleet.status(0)["traffic"]["candidate"]["weight"], 1000);
     }
+}
+
+/// The reasons of rollout `id`'s decisions, oldest first.
+fn decisions(history: &Value, id: i64) -> Vec<String> {
+    history.as_array().unwrap().iter().filter(|d| d["rollout"] == id).map(|d| d["reason"].as_str().unwrap().to_owned()).collect()
+}
+
+/// A broken candidate (it fails every request) whose traffic reaches only replica 2: the leader,
+/// whichever replica it is, sees replica 2's errors through the store and rolls it back.
+#[test]
+fn a_bad_candidate_seen_by_one_replica_is_rolled_back_by_the_leader() {
+    let redis = Redis::start(free_port());
+    let fleet = Replicas::start(&redis, 3);
+    fleet.push("broken", "3");
+    fleet.converge(0);
+    let spec = fleet.spec("to: '3'\ncanary: {weights: [30, 100], every: 1m}\nchecks: [{error_rate: {}}]\nfailure: {consecutive: 2, min_samples: 20}\ninterval: 500ms\n");
+    let load = Load::start(&fleet.server(1).url("/v1/predict"), 3);
+    let started = fleet.rollout(2, &["start", "fraud", "--spec", &spec]);
+    assert_eq!(started["phase"]["phase"], "progressing", "{started}");
+    let done = fleet.wait_rollout(0, "rolled back", |s| s["phase"]["phase"] == "rolled_back");
+    let reason = done["phase"]["reason"].as_str().unwrap();
+    assert!(reason.contains("error_rate"), "{done}");
+    let leader = done["leader"].as_str().expect("the leader is named").to_owned();
+    eprintln!("fleet: {leader} rolled back a candidate only replica-2 served: {reason}");
+    // From the rollback on, replica 2 answers every request on stable.
+    fleet.converge(fleet.status(0)["revision"].as_u64().unwrap());
+    let before = load.failed.lock().unwrap().len();
+    thread::sleep(Duration::from_millis(500));
+    let (ok, failed, _) = load.finish();
+    assert_eq!(failed.len(), before, "no request failed after the rollback ({ok} succeeded)");
+    for i in 0..3 {
+        let status = fleet.status(i);
+        assert_eq!((status["traffic"]["stable"].as_str(), status["traffic"]["candidate"].is_null()), (Some("1"), true), "replica {i}: {status}");
+    }
+    let history = fleet.rollout(1, &["history", "fraud"]);
+    let reasons = decisions(&history, 1);
+    assert_eq!(reasons.len(), 2, "started, rolled back: {reasons:?}");
+}
+
+/// An identical candidate walks every step and is promoted, with load on every replica. Its
+/// leader is killed (SIGKILL) in the middle: another replica takes the lease over within its
+/// time to live plus one interval and finishes the rollout from the step it was at, entering
+/// no step twice and skipping none.
+#[test]
+fn the_leader_killed_mid_rollout_is_replaced_and_the_rollout_finishes_from_its_step() {
+    let redis = Redis::start(free_port());
+    let fleet = Replicas::start(&redis, 3);
+    fleet.push("fraud", "4");
+    fleet.converge(0);
+    let spec = fleet.spec(
+        "to: '4'\nsteps:\n  - weight: {weight: 20%, hold: 3s}\n  - weight: {weight: 50%, hold: 3s}\n  - weight: {weight: 80%, hold: 3s}\nchecks: [{error_rate: {}}]\nfailure: {min_samples: 10, deadline: 5m}\ninterval: 500ms\n",
+    );
+    let loads: Vec<Load> = (0..3).map(|i| Load::start(&fleet.server(i).url("/v1/predict"), 2)).collect();
+    fleet.rollout(0, &["start", "fraud", "--spec", &spec]);
+    // Mid-rollout: step 2 under way, its routing applied by every replica.
+    let at = fleet.wait_rollout(1, "reached step 2 settled", |s| s["step"] == 2 && !s["settled_ms"].is_null());
+    let leader = at["leader"].as_str().unwrap().to_owned();
+    let victim = fleet.index_of(&leader);
+    let mut loads: Vec<Option<Load>> = loads.into_iter().map(Some).collect();
+    // The victim's clients stop first: requests cut off by the kill are not the rollout's.
+    let (victim_ok, victim_failed, _) = loads[victim].take().unwrap().finish();
+    assert!(victim_failed.is_empty(), "{victim_failed:?}");
+    let killed = Instant::now();
+    fleet.servers[victim].0.signal("KILL");
+    let survivor = (victim + 1) % 3;
+    let took_over = fleet.wait_rollout(survivor, "taken over", |s| s["leader"].as_str().is_some_and(|l| l != leader));
+    let takeover = killed.elapsed();
+    eprintln!("fleet: {leader} killed at step {}; {} took over after {takeover:?}", at["step"], took_over["leader"]);
+    assert!(takeover < Duration::from_millis(2000 + 500 + 1000), "lease 2 s + interval 0.5 s (+1 s for polling): took {takeover:?}");
+    let done = fleet.wait_rollout(survivor, "promoted", |s| s["phase"]["phase"] == "promoted");
+    assert_eq!((done["stable"].as_str(), done["to"].as_str()), (Some("1"), Some("4")), "{done}");
+    for (i, load) in loads.into_iter().enumerate() {
+        if let Some(load) = load {
+            let (ok, failed, versions) = load.finish();
+            assert!(failed.is_empty(), "replica {i}: {} of {} failed: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(3)]);
+            assert!(versions.contains_key("4"), "replica {i} served the candidate: {versions:?}");
+        }
+    }
+    assert!(victim_ok > 0);
+    let reasons = decisions(&fleet.rollout(survivor, &["history", "fraud"]), 1);
+    // Each step entered once, in order, then the promotion: nothing repeated, nothing skipped.
+    let entered: Vec<String> = reasons.iter().filter_map(|r| r.rsplit("; ").next().filter(|s| s.ends_with(" of 3")).map(str::to_owned)).collect();
+    assert_eq!(entered, ["step 1 of 3", "step 2 of 3", "step 3 of 3"], "{reasons:?}");
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(reasons.last().unwrap().ends_with("every step done"), "{reasons:?}");
+}
+
+/// Redis stops for 10 s in the middle of a rollout: every replica keeps serving with no failed
+/// request, readiness reports the store, no step is taken while it is away, and the rollout
+/// goes on to its promotion once it is back.
+#[test]
+fn the_store_going_away_mid_rollout_fails_no_request_and_takes_no_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::persistent(free_port(), dir.path());
+    let fleet = Replicas::start(&redis, 3);
+    fleet.push("fraud", "4");
+    fleet.converge(0);
+    let spec = fleet.spec("to: '4'\nsteps:\n  - weight: {weight: 30%, hold: 2s}\n  - weight: {weight: 60%, hold: 2s}\nchecks: [{error_rate: {}}]\nfailure: {min_samples: 10, deadline: 5m}\ninterval: 500ms\n");
+    let loads: Vec<Load> = (0..3).map(|i| Load::start(&fleet.server(i).url("/v1/predict"), 2)).collect();
+    fleet.rollout(1, &["start", "fraud", "--spec", &spec]);
+    let before = fleet.wait_rollout(2, "at step 1, settled", |s| s["step"] == 1 && !s["settled_ms"].is_null());
+    let down_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let outage = thread::scope(|scope| {
+        let outage = scope.spawn(|| redis.outage(Duration::from_secs(10)));
+        // While it is away: readiness says so (and stays 200), every replica still answers.
+        thread::sleep(Duration::from_secs(4));
+        for i in 0..3 {
+            let ready = fleet.server(i).get("/health/ready");
+            assert_eq!(ready.status, 200, "replica {i}: {}", ready.text);
+            assert_eq!(ready.json()["checks"]["control_store_reachable"], false, "replica {i}: {}", ready.text);
+            assert!(ready.text.contains("rollouts hold"), "{}", ready.text);
+        }
+        outage.join().unwrap();
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    });
+    let done = fleet.wait_rollout(0, "promoted after the outage", |s| s["phase"]["phase"] == "promoted");
+    for (i, load) in loads.into_iter().enumerate() {
+        let (ok, failed, _) = load.finish();
+        assert!(failed.is_empty(), "replica {i}: {} of {} failed: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(3)]);
+    }
+    let history = fleet.rollout(0, &["history", "fraud"]);
+    let during: Vec<&Value> = history.as_array().unwrap().iter().filter(|d| (down_at..outage).contains(&d["at"].as_u64().unwrap())).collect();
+    assert!(during.is_empty(), "no decision while the store was away: {during:?}");
+    assert_eq!(decisions(&history, 1).len(), 3, "start, step 2, promotion: {history}");
+    assert_eq!(fleet.server(0).get("/health/ready").json()["checks"]["control_store_reachable"], true);
+    eprintln!("fleet: a 10 s Redis outage at step {} held the rollout; promoted at {:?}", before["step"], done["phase"]);
+}
+
+/// Labels posted to replica 3 for predictions replica 1 made are handed on through the store,
+/// joined by replica 1, and judged by the quality check wherever the leader runs.
+#[test]
+fn labels_posted_to_one_replica_join_the_predictions_of_another() {
+    let redis = Redis::start(free_port());
+    let fleet = Replicas::start(&redis, 3);
+    fleet.converge(0);
+    let spec = fleet.spec(
+        "to: '2'\nsteps:\n  - weight: {weight: 50%, hold: 1h}\nchecks:\n  - quality: {metric: accuracy, min_delta: -1.0, min_labels: 10}\nfailure: {min_samples: 5, deadline: 3h}\ninterval: 300ms\n",
+    );
+    fleet.rollout(0, &["start", "fraud", "--spec", &spec]);
+    fleet.wait_rollout(1, "settled", |s| !s["settled_ms"].is_null());
+    let mut labels = Vec::new();
+    for i in 0..80 {
+        let r = fleet.server(0).post("/v2/models/fraud/infer", &fraud_body(1 + i % 2));
+        assert_eq!(r.status, 200);
+        labels.push(serde_json::json!({"request_id": r.header("x-request-id").unwrap(), "label": i % 3 == 0}));
+    }
+    let batch = serde_json::json!({"labels": labels}).to_string();
+    let auth = format!("Bearer {TOKEN}");
+    let answer = fleet.server(2).post_with("/v1/feedback", &batch, &[("authorization", &auth)]).json();
+    assert_eq!((answer["joined"].as_u64(), answer["forwarded"].as_u64()), (Some(0), Some(80)), "{answer}");
+    let judged = fleet.wait_rollout(1, "judged on the labels", |s| s["checks"][0]["result"]["verdict"] == "pass");
+    assert_eq!(judged["checks"][0]["check"], "quality", "{judged}");
+    fleet.rollout(2, &["abort", "fraud", "--reason", "enough"]);
 }
