@@ -71,12 +71,14 @@ pub struct Rollouts {
     leading: AtomicBool,
     /// Webhook gates this replica asked while leading: (rollout, step).
     asked: Mutex<HashSet<(i64, usize)>>,
+    /// Wakes the control loop when a rollout starts here (it sleeps longer while none runs).
+    wake: tokio::sync::Notify,
 }
 
 impl Rollouts {
     pub fn new(traffic: Arc<Traffic>, fleet: FleetConfig) -> Self {
         let snapshot = Mutex::new(RolloutStatus { model: traffic.spec.name.clone(), rollout: None });
-        Rollouts { traffic, fleet, writing: tokio::sync::Mutex::new(()), snapshot, leading: AtomicBool::new(false), asked: Mutex::default() }
+        Rollouts { traffic, fleet, writing: tokio::sync::Mutex::new(()), snapshot, leading: AtomicBool::new(false), asked: Mutex::default(), wake: tokio::sync::Notify::new() }
     }
 
     fn store(&self) -> &dyn ControlStore {
@@ -93,7 +95,7 @@ impl Rollouts {
     }
 
     /// Starts a rollout of `spec.to` against the current stable version, from any replica.
-    pub async fn start(&self, state: &AppState, spec: RolloutSpec, actor: &str) -> Result<RolloutStatus, ApiError> {
+    pub async fn start(self: &Arc<Self>, state: &AppState, spec: RolloutSpec, actor: &str) -> Result<RolloutStatus, ApiError> {
         let plan = spec.resolve().map_err(|problems| ApiError::InvalidSpec(format!("invalid rollout spec: {}", problems.join("; "))))?;
         let _one_at_a_time = self.writing.lock().await;
         let current = self.store().rollout(self.model()).await?;
@@ -120,13 +122,18 @@ impl Rollouts {
         self.store().save_rollout(&record, Write::Create, &decisions).await?;
         state.observations.set_recording(true);
         tracing::info!(model = %self.model(), rollout = record.id, to = %record.rollout.plan.to, actor, "rollout started");
+        self.wake.notify_one();
         log_decisions(self.model(), record.id, &decisions);
         let record = self.reconcile(state, record, None).await?;
+        if self.is_leading() {
+            // Elsewhere the leader asks at its next analysis.
+            self.ask_gate(state, &record);
+        }
         Ok(self.observe(state, Some(&record)))
     }
 
     /// An operator's command to the rollout in progress, from any replica.
-    pub async fn command(&self, state: &AppState, command: RolloutCommand, reason: &str) -> Result<RolloutStatus, ApiError> {
+    pub async fn command(self: &Arc<Self>, state: &AppState, command: RolloutCommand, reason: &str) -> Result<RolloutStatus, ApiError> {
         let _one_at_a_time = self.writing.lock().await;
         let mut record = self
             .store()
@@ -147,6 +154,10 @@ impl Rollouts {
         self.store().save_rollout(&record, Write::Update { leader: None }, &decisions).await?;
         log_decisions(self.model(), record.id, &decisions);
         let record = self.reconcile(state, record, None).await?;
+        if self.is_leading() {
+            // Elsewhere the leader asks at its next analysis.
+            self.ask_gate(state, &record);
+        }
         Ok(self.observe(state, Some(&record)))
     }
 
@@ -209,16 +220,22 @@ impl Rollouts {
     pub async fn run(self: Arc<Self>, state: AppState, stop: tokio_util::sync::CancellationToken) {
         let renew = self.fleet.lease_ttl / 3;
         let mut last_analysis = std::time::Instant::now();
+        // The lease is tried at once, then every beat.
+        let mut first = true;
         loop {
             let interval = {
                 let snapshot = self.snapshot();
                 snapshot.rollout.filter(|r| !r.phase.is_done()).map(|r| Duration::from_millis(r.interval_ms.max(100)))
             };
             let wait = interval.map_or(renew, |i| i.min(renew)).max(Duration::from_millis(50));
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = stop.cancelled() => break,
+            if !first {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = self.wake.notified() => {}
+                    () = stop.cancelled() => break,
+                }
             }
+            first = false;
             if state.health.is_draining() {
                 break;
             }

@@ -394,6 +394,13 @@ fn quality_from_feedback_metrics_and_resume_after_restart() {
     )
     .unwrap();
     rollout(&fleet, &server, &["start", "fraud", "--spec", spec.to_str().unwrap()]);
+    // The step's evidence counts once the step's routing is in force (on every replica of a
+    // fleet; here, the one).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rollout(&fleet, &server, &["status", "fraud"])["settled_ms"].is_null() {
+        assert!(Instant::now() < deadline, "the step never settled");
+        thread::sleep(Duration::from_millis(50));
+    }
     // Predictions, then their labels, joined by the request id each response carried.
     let mut labels = Vec::new();
     for i in 0..80 {
