@@ -604,6 +604,88 @@ fn binary_quantity(size: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Target;
+    use crate::description::parse;
+
+    const DIGEST: &str = "sha256:608b7f20d1df7c0f9a312f0628d17de46bf7f86818eb8bd91288370100261c1b";
+
+    /// The problems of a Kubernetes description: a base whose top-level lines `top` adds to or
+    /// replaces, and the `kubernetes:` section.
+    fn problems(top: &str, kubernetes: &str) -> Vec<String> {
+        let base = ["name: fraud\n", "model: {registry: fraud@production}\n", "replicas: 3\n"];
+        let kept: String = base.iter().filter(|line| !top.lines().any(|t| t.split(':').next() == line.split(':').next())).copied().collect();
+        let text = format!("{kept}{top}kubernetes: {kubernetes}\n");
+        let text = text.replace("ARTIFACT", &format!("artifact: {{store: s3://models/fraud, digest: '{DIGEST}'}}"));
+        match parse(&text).and_then(|d| d.validate_for(Target::Kubernetes).map(|()| d)) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn hostile_options_are_refused_before_anything_is_written() {
+        assert_eq!(problems("", "{ARTIFACT}"), Vec::<String>::new());
+        let table: &[(&str, &str, &[&str])] = &[
+            ("", "{ARTIFACT, namespace: ML_Serving}", &["kubernetes.namespace 'ML_Serving' is not a DNS-1123 label: 1-63 lowercase letters, digits and '-', starting with a letter"]),
+            ("name: fraud.v2\n", "{ARTIFACT}", &["name 'fraud.v2' is not valid: use 1-63 lowercase letters, digits and '-', starting with a letter (it names the project, stack and services)"]),
+            (
+                "name: fraud-detection-model-serving-for-payments-in-europe\n",
+                "{ARTIFACT}",
+                &["name 'fraud-detection-model-serving-for-payments-in-europe' is longer than 49 characters; objects are named NAME-adapter-rules and the like, which must stay DNS-1123 labels (63)"],
+            ),
+            ("replicas: 0\n", "{ARTIFACT}", &[
+                "replicas is 0; it must be between 1 and 1000",
+                "kubernetes.autoscaling.min_replicas is 0; the HPA needs at least one replica",
+            ]),
+            ("ports: {http: 8000, grpc: 8000}\n", "{ARTIFACT}", &["ports.grpc 8000 is ports.http too; give each listener its own port"]),
+            ("", "{ARTIFACT, strategy: canary, traffic: {weight: 150%}, candidate: {version: '2', tag: '9'}}", &["kubernetes.traffic.weight '150%' is not between 0% and 100%"]),
+            ("", "{ARTIFACT, strategy: canary, traffic: {weight: 2.5%}, candidate: {version: '2', tag: '9'}}", &[
+                "kubernetes.traffic.weight '2.5%': Istio route weights are whole percents; use mesh: gateway-api (basis points) or none",
+            ]),
+            ("", "{ARTIFACT, strategy: canary, traffic: {weight: 100%}, candidate: {version: '2', tag: '9'}}", &[
+                "kubernetes.traffic.weight is 100%: that is a promotion, not a canary; use strategy: rolling or blue-green",
+            ]),
+            ("", "{ARTIFACT, strategy: shadow, traffic: {mirror: 101%}, candidate: {version: '2', tag: '9'}}", &["kubernetes.traffic.mirror '101%' is not between 0% and 100%"]),
+            ("", "{ARTIFACT, strategy: canary}", &["kubernetes.strategy canary runs a second version: give kubernetes.candidate {version, digest or tag}"]),
+            ("", "{ARTIFACT, strategy: blue-green, candidate: {version: '2'}}", &["kubernetes.candidate runs what stable runs: give it another digest (model) or tag (image)"]),
+            ("", "{ARTIFACT, disruption: {min_available: 3}}", &[
+                "kubernetes.disruption.min_available is 3; it must be at least 1 and below the 3 replicas there can be (at 3 or more no pod could ever be evicted and node drains would hang)",
+            ]),
+            ("", "{ARTIFACT, autoscaling: {min_replicas: 2, max_replicas: 1}}", &["kubernetes.autoscaling.max_replicas is 1; it must be between min_replicas (2) and 1000"]),
+            ("", "{ARTIFACT, autoscaling: {cpu_percent: 0, requests_per_second: fast}}", &[
+                "kubernetes.autoscaling.cpu_percent is 0; it must be between 1 and 100",
+                "kubernetes.autoscaling.requests_per_second 'fast' is not a positive quantity (e.g. 100, 2500m)",
+            ]),
+            ("", "{ARTIFACT, resources: {requests: {cpu: 2, memory: 2Gi}, limits: {cpu: 1, memory: 1Gi}}}", &[
+                "kubernetes.resources: the CPU request 2 is above the limit 1",
+                "kubernetes.resources: the memory request 2Gi is above the limit 1Gi",
+            ]),
+            ("", "{ARTIFACT, resources: {limits: {memory: 1GB}}}", &["kubernetes.resources.limits.memory '1GB' is not a positive Kubernetes quantity (e.g. 500m, 2, 512Mi, 1Gi)"]),
+            ("", "{ARTIFACT, ingress: {host: 'fraud example.com', tls_secret: Fraud_TLS}}", &[
+                "kubernetes.ingress.host 'fraud example.com' is not a host name (a DNS-1123 subdomain)",
+                "kubernetes.ingress.tls_secret 'Fraud_TLS' is not a Secret name (a DNS-1123 subdomain)",
+            ]),
+            ("", "{ARTIFACT, strategy: canary, traffic: {header: {name: 'X-Canary', value: ''}}, candidate: {version: '2', tag: '9'}}", &[
+                "kubernetes.traffic.header.name 'X-Canary' is not a lowercase HTTP header name (letters, digits, '-')",
+                "kubernetes.traffic.header.value '' must be 1-4096 characters with no control character",
+            ]),
+            ("", "{artifact: {store: 'https://bucket', digest: 'sha256:abc'}, aws: {secret: AWS}}", &[
+                "kubernetes.artifact.store 'https://bucket' is not an s3://bucket/prefix URL",
+                "kubernetes.artifact.digest 'sha256:abc' is not sha256: followed by 64 lowercase hex digits",
+                "kubernetes.aws.secret 'AWS' is not a Secret name (a DNS-1123 subdomain)",
+            ]),
+            ("", "{}", &["a registry model reaches a pod by its artifact: give kubernetes.artifact {store: s3://..., digest: sha256:...} (modelship models show NAME@ALIAS prints both)"]),
+        ];
+        for (top, kubernetes, want) in table {
+            assert_eq!(problems(top, kubernetes), *want, "{top}{kubernetes}");
+        }
+        // A host file cannot reach a pod unless it is baked.
+        let d = parse("name: fraud\nmodel: {file: models/fraud.onnx}\n").unwrap();
+        assert_eq!(d.validate_for(Target::Kubernetes).unwrap_err().0, [
+            "model.file with delivery: mount names a file on this machine, which no pod can mount: bake it (model.delivery: bake) or give kubernetes.artifact (the registry's S3 store and the digest)"
+        ]);
+        assert!(d.validate_for(Target::Compose).is_ok());
+    }
 
     #[test]
     fn quantities_parse_as_kubernetes_reads_them() {
