@@ -57,11 +57,10 @@ pub const REQUEST_COUNTER: &str = "modelship_requests_total";
 pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
     let header = provenance.header();
     let mut files = Files { header: header.clone(), files: Vec::new() };
-    let k = &d.kubernetes;
     let ns = d.namespace().to_owned();
 
     files.add("namespace.yaml", &Object { api_version: "v1", kind: "Namespace", metadata: Metadata { name: Some(ns.clone()), labels: labels(d), ..Metadata::default() }, body: Empty {} });
-    let mesh_free = matches!(k.strategy, KubeStrategy::Canary | KubeStrategy::Shadow) && k.mesh == Mesh::None;
+    let mesh_free = mesh_free(d);
     files.add("serviceaccount.yaml", &Object {
         api_version: "v1",
         kind: "ServiceAccount",
@@ -116,6 +115,11 @@ impl Files {
     pub(crate) fn add<T: Serialize>(&mut self, path: &'static str, object: &T) {
         self.files.push(GeneratedFile { path, contents: format!("{}{}", self.header, crate::yaml::to_string(object)) });
     }
+}
+
+/// Canary or shadow with no mesh: the pods split by themselves, through the control store.
+fn mesh_free(d: &Deployment) -> bool {
+    matches!(d.kubernetes.strategy, KubeStrategy::Canary | KubeStrategy::Shadow) && d.kubernetes.mesh == Mesh::None
 }
 
 /// The labels every object carries.

@@ -58,7 +58,7 @@ pub struct Kubernetes {
 pub struct Artifact {
     /// `s3://bucket[/prefix]`, as `modelship models push` wrote it (`--artifacts`).
     pub store: String,
-    /// `sha256:HEX`, as `modelship models show` prints it.
+    /// `sha256:HEX`: the version's digest (`modelship models show NAME@ALIAS --output json`).
     pub digest: String,
 }
 
@@ -299,7 +299,7 @@ impl Deployment {
                 "model.file with delivery: mount names a file on this machine, which no pod can mount: bake it (model.delivery: bake) or give kubernetes.artifact (the registry's S3 store and the digest)".to_owned(),
             ),
             (None, None, _) => p.push(
-                "a registry model reaches a pod by its artifact: give kubernetes.artifact {store: s3://..., digest: sha256:...} (modelship models show NAME@ALIAS prints both)".to_owned(),
+                "a registry model reaches a pod by its artifact: give kubernetes.artifact {store: s3://..., digest: sha256:...} (the registry's --artifacts URL and the version's digest: modelship models show NAME@ALIAS --output json)".to_owned(),
             ),
         }
         match (&self.config, &self.config_contents) {
@@ -399,12 +399,12 @@ impl Deployment {
             p.push(format!("kubernetes.traffic.header.value '{}' must be 1-4096 characters with no control character", t.header.value.escape_debug()));
         }
         let meshed = matches!(k.strategy, KubeStrategy::Canary | KubeStrategy::Shadow) && k.mesh != Mesh::None;
-        if meshed && k.mesh == Mesh::Istio {
-            if let Some(w) = weight
-                && w % 100 != 0
-            {
-                p.push(format!("kubernetes.traffic.weight '{}': Istio route weights are whole percents; use mesh: gateway-api (basis points) or none", t.weight));
-            }
+        if meshed
+            && k.mesh == Mesh::Istio
+            && let Some(w) = weight
+            && !w.is_multiple_of(100)
+        {
+            p.push(format!("kubernetes.traffic.weight '{}': Istio route weights are whole percents; use mesh: gateway-api (basis points) or none", t.weight));
         }
         if meshed && (t.replicas == 0 || t.replicas > 1000) {
             p.push(format!("kubernetes.traffic.replicas is {}; the candidate needs between 1 and 1000", t.replicas));
@@ -574,7 +574,11 @@ pub fn quantity(s: &str) -> Option<f64> {
         None => (digits, None),
     };
     let plain = |t: &str| !t.is_empty() && t.chars().filter(|c| *c == '.').count() <= 1 && t.chars().all(|c| c.is_ascii_digit() || c == '.') && t != ".";
-    if !plain(mantissa) || exponent.is_some_and(|e| !(e.strip_prefix(['+', '-']).unwrap_or(e).chars().all(|c| c.is_ascii_digit()) && !e.trim_start_matches(['+', '-']).is_empty())) {
+    let integer = |t: &str| {
+        let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
+        !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())
+    };
+    if !plain(mantissa) || exponent.is_some_and(|e| !integer(e)) {
         return None;
     }
     number.parse::<f64>().ok().map(|n| n * factor)
@@ -587,7 +591,7 @@ fn cpu_millis(s: &str) -> Option<f64> {
 /// CPUs as a quantity: `1`, `1.5` → `1500m`.
 fn cpu_quantity(cpus: f64) -> String {
     let millis = (cpus * 1000.0).round() as u64;
-    if millis % 1000 == 0 { (millis / 1000).to_string() } else { format!("{millis}m") }
+    if millis.is_multiple_of(1000) { (millis / 1000).to_string() } else { format!("{millis}m") }
 }
 
 /// A Compose size (`512M`, `1g`, `100k`, `123b`) as the binary quantity it means (`512Mi`).
@@ -674,7 +678,7 @@ mod tests {
                 "kubernetes.artifact.digest 'sha256:abc' is not sha256: followed by 64 lowercase hex digits",
                 "kubernetes.aws.secret 'AWS' is not a Secret name (a DNS-1123 subdomain)",
             ]),
-            ("", "{}", &["a registry model reaches a pod by its artifact: give kubernetes.artifact {store: s3://..., digest: sha256:...} (modelship models show NAME@ALIAS prints both)"]),
+            ("", "{}", &["a registry model reaches a pod by its artifact: give kubernetes.artifact {store: s3://..., digest: sha256:...} (the registry's --artifacts URL and the version's digest: modelship models show NAME@ALIAS --output json)"]),
         ];
         for (top, kubernetes, want) in table {
             assert_eq!(problems(top, kubernetes), *want, "{top}{kubernetes}");

@@ -167,7 +167,7 @@ fn http_route(d: &Deployment) -> Object<Spec<HttpRouteSpec>> {
     let rules = match k.strategy {
         KubeStrategy::Shadow => {
             let mirror = bp(&t.mirror);
-            let (percent, fraction) = if mirror % 100 == 0 { (Some(mirror / 100), None) } else { (None, Some(Fraction { numerator: mirror, denominator: TOTAL_BP })) };
+            let (percent, fraction) = if mirror.is_multiple_of(100) { (Some(mirror / 100), None) } else { (None, Some(Fraction { numerator: mirror, denominator: TOTAL_BP })) };
             vec![HttpRouteRule {
                 name: "shadow",
                 matches: vec![all()],

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::api::*;
-use super::{RATE_METRIC, REQUEST_COUNTER, app_selector, config_map_name, meta, track_selector};
+use super::{RATE_METRIC, REQUEST_COUNTER, app_selector, config_map_name, meta, mesh_free, track_selector};
 use crate::description::{self, Deployment, KubeStrategy, MODEL_DIR, Mesh, STATE_DIR, UID};
 
 /// One Deployment of the deployment: what it runs and how many.
@@ -89,7 +89,8 @@ pub fn deployment(d: &Deployment, t: &Track) -> Object<Spec<DeploymentSpec>> {
     let grace = description::seconds(&d.drain.grace).ceil() as u64;
     let spec = PodSpec {
         service_account_name: d.name.clone(),
-        automount_service_account_token: d.kubernetes.strategy != KubeStrategy::Rolling && d.kubernetes.strategy != KubeStrategy::BlueGreen && d.kubernetes.mesh == Mesh::None,
+        // Only the control store needs the API server.
+        automount_service_account_token: mesh_free(d),
         enable_service_links: false,
         security_context: PodSecurityContext { run_as_non_root: true, run_as_user: UID, run_as_group: UID, fs_group: UID, seccomp_profile: SeccompProfile { kind: "RuntimeDefault" } },
         // The preStop sleep, the drain, and 5 s for the process to exit.
@@ -191,7 +192,7 @@ fn server(d: &Deployment, t: &Track, delay: u64) -> Container {
         Some(v) => values.insert("MODEL_VERSION".to_owned(), v.clone()),
         None => values.remove("MODEL_VERSION"),
     };
-    if d.kubernetes.mesh == Mesh::None && matches!(d.kubernetes.strategy, KubeStrategy::Canary | KubeStrategy::Shadow) && d.control_store.is_none() {
+    if mesh_free(d) && d.control_store.is_none() {
         values.insert("MODELSHIP_CONTROL_STORE".to_owned(), "kubernetes".to_owned());
     }
     // The description's env may not replace the pod's identity.
