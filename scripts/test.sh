@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
+# Tests that use a tool setup.sh installs fail, rather than skip, when it is missing.
+export MODELSHIP_REQUIRE_TOOLS=1
 cargo test --workspace --all-features --locked "$@"

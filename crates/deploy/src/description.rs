@@ -20,6 +20,7 @@
 //! restart: {condition: on-failure, delay: 5s, max_attempts: 3}
 //! drain: {delay: 5s, grace: 30s}
 //! prometheus: {}                    # a Prometheus scraping every replica
+//! kubernetes: {namespace: ml, strategy: canary, mesh: istio}   # see [`Kubernetes`]
 //! ```
 //!
 //! Host paths are relative to the description's directory; the CLI rewrites them relative to
@@ -30,6 +31,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::Target;
+
+mod kubernetes;
+
+pub use kubernetes::*;
 
 /// Every problem found in a description, one per line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,6 +77,12 @@ pub struct Deployment {
     pub prometheus: Option<Prometheus>,
     #[serde(default)]
     pub swarm: SwarmOptions,
+    #[serde(default)]
+    pub kubernetes: Kubernetes,
+    /// The serving config's text, which the CLI reads from `config` (the Kubernetes target puts
+    /// it in a ConfigMap; the others mount the file).
+    #[serde(skip)]
+    pub config_contents: Option<String>,
     /// Extra environment for the server (never secrets: they belong in files or the
     /// orchestrator's secrets).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -402,7 +415,22 @@ impl Deployment {
     /// Checks everything and reports every problem at once.
     pub fn validate(&self) -> Result<(), DescriptionError> {
         let mut problems = Vec::new();
-        let p = &mut problems;
+        self.problems(&mut problems);
+        if problems.is_empty() { Ok(()) } else { Err(DescriptionError(problems)) }
+    }
+
+    /// [`Deployment::validate`] and what `target` alone needs (a cluster cannot mount a host
+    /// file, for one), every problem at once.
+    pub fn validate_for(&self, target: Target) -> Result<(), DescriptionError> {
+        let mut problems = Vec::new();
+        self.problems(&mut problems);
+        if target == Target::Kubernetes {
+            self.kubernetes_problems(&mut problems);
+        }
+        if problems.is_empty() { Ok(()) } else { Err(DescriptionError(problems)) }
+    }
+
+    fn problems(&self, p: &mut Vec<String>) {
         if !is_dns_label(&self.name) {
             p.push(format!(
                 "name '{}' is not valid: use 1-63 lowercase letters, digits and '-', starting with a letter (it names the project, stack and services)",
@@ -543,7 +571,6 @@ impl Deployment {
                 p.push(format!("env {key} holds a line break"));
             }
         }
-        if problems.is_empty() { Ok(()) } else { Err(DescriptionError(problems)) }
     }
 
     /// The file name of the model in the container (`fraud.onnx`), for a file model.

@@ -15,12 +15,15 @@
 //!   [`yaml`], which double-quotes every string, so that no user string is pasted into YAML
 //!   unquoted and no YAML 1.1 reader (`docker-compose`, `docker stack`) misreads `no` or `22:22`.
 //!
-//! The Kubernetes generator of a later issue reads the same [`Deployment`].
+//! - [`kubernetes`]: one manifest per object and a `kustomization.yaml`: the seed's objects, the
+//!   rolling, blue-green, canary and shadow strategies (Istio, Gateway API, or no mesh), as
+//!   typed values ([`kubernetes::api`]) written by [`yaml`] too.
 
 pub mod compose;
 pub mod compose_file;
 pub mod description;
 pub mod docker;
+pub mod kubernetes;
 pub mod prometheus;
 pub mod swarm;
 pub mod yaml;
@@ -64,6 +67,7 @@ pub enum Target {
     Docker,
     Compose,
     Swarm,
+    Kubernetes,
 }
 
 /// Renders the files of `target`.
@@ -72,5 +76,6 @@ pub fn render(target: Target, deployment: &Deployment, provenance: &Provenance) 
         Target::Docker => docker::render(deployment, provenance),
         Target::Compose => compose::render(deployment, provenance),
         Target::Swarm => swarm::render(deployment, provenance),
+        Target::Kubernetes => kubernetes::render(deployment, provenance),
     }
 }

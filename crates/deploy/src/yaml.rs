@@ -58,12 +58,36 @@ fn write_value(out: &mut String, value: &Value, indent: usize) {
                 }
             }
         }
+        Value::String(text) if is_block(text) => {
+            // A literal block: always a string, in YAML 1.1 and 1.2, whatever its lines say.
+            out.push_str(" |\n");
+            for line in text.lines() {
+                if !line.is_empty() {
+                    out.push_str(&" ".repeat(indent + 2));
+                    out.push_str(line);
+                }
+                out.push('\n');
+            }
+        }
         other => {
             out.push(' ');
             out.push_str(&scalar(other));
             out.push('\n');
         }
     }
+}
+
+/// Multi-line text (a file in a ConfigMap) reads better as a literal block. Only text a block
+/// keeps exactly: one final line break (the block's default chomping), no first line starting
+/// with a space (it would need an indentation indicator), no carriage return or other control
+/// character, no trailing whitespace on a line, which editors drop.
+fn is_block(text: &str) -> bool {
+    text.ends_with('\n')
+        && !text.ends_with("\n\n")
+        && text.trim_end_matches('\n').contains('\n')
+        && !text.starts_with([' ', '\n'])
+        && !text.chars().any(|c| c.is_control() && c != '\n')
+        && text.lines().all(|l| !l.ends_with([' ', '\t']))
 }
 
 /// A scalar, or an empty (or nested) collection in flow style, as JSON writes it: YAML reads
@@ -123,6 +147,25 @@ mod tests {
             text,
             "NUMBER: 3.5\nlist:\n  - \"no\"\n  - \"on\"\n  - \"Off\"\n  - \"y\"\n  - \"2222:22\"\n  - \"1:20\"\n  - \"~\"\n  - \"null\"\n  - \"012\"\n  - \"1_000\"\n  - \".5\"\n  - \"-\"\n  - \"\"\n  - \"a: b\"\n  - \"#x\"\n  - \"\\\"q\\\"\\n\\\\\"\n\"no\":\n  empty: {}\n  nested:\n    - a: 1\n      b: \"off\"\n    - \"x\"\n  none: []\n"
         );
+        let back: BTreeMap<String, Value> = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(back, doc);
+    }
+
+    #[test]
+    fn files_are_literal_blocks_that_read_back_unchanged() {
+        let texts = [
+            "model: {path: /m.onnx}\n# no\n\nserver:\n  port: 8000\n",
+            "--- a\n... b\n\"q\": 'x'\n",
+            " leading space\nx\n",
+            "two\nbreaks\n\n",
+            "trailing \nspace\n",
+            "one line\n",
+            "no final break\nx",
+        ];
+        let doc: BTreeMap<String, Value> = texts.iter().enumerate().map(|(i, t)| (format!("k{i}"), serde_json::json!(t))).collect();
+        let text = to_string(&doc);
+        assert!(text.starts_with("k0: |\n  model: {path: /m.onnx}\n  # no\n\n  server:\n    port: 8000\nk1: |\n  --- a\n"), "{text}");
+        assert!(text.contains("k2: \" leading space\\nx\\n\"\n") && text.contains("k5: \"one line\\n\"\n"), "{text}");
         let back: BTreeMap<String, Value> = serde_yaml_ng::from_str(&text).unwrap();
         assert_eq!(back, doc);
     }

@@ -14,10 +14,17 @@ fn golden_dir() -> PathBuf {
 fn check(case: &str, target: Target) {
     let dir = golden_dir().join(case);
     let text = std::fs::read_to_string(dir.join("deploy.yaml")).unwrap();
-    let deployment = description::parse(&text).unwrap();
-    deployment.validate().unwrap();
+    let mut deployment = description::parse(&text).unwrap();
+    if target == Target::Kubernetes
+        && let Some(config) = &deployment.config
+    {
+        // The CLI reads the serving config for the ConfigMap; so does the test, beside the case.
+        deployment.config_contents = Some(std::fs::read_to_string(dir.join(config)).unwrap());
+    }
+    deployment.validate_for(target).unwrap();
     let target_name = serde_json::to_value(target).unwrap().as_str().unwrap().to_owned();
-    let files = render(target, &deployment, &Provenance::new(format!("modelship deploy {target_name} --file deploy.yaml --out .")));
+    let command = if target == Target::Kubernetes { "k8s" } else { target_name.as_str() };
+    let files = render(target, &deployment, &Provenance::new(format!("modelship deploy {command} --file deploy.yaml --out .")));
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut stale = Vec::new();
     for file in &files {
@@ -64,4 +71,11 @@ fn registry_model_with_a_fleet_store() {
 #[test]
 fn swarm_without_a_routing_mesh() {
     check("swarm-dnsrr", Target::Swarm);
+}
+
+#[test]
+fn kubernetes_every_strategy() {
+    for case in ["k8s-rolling", "k8s-blue-green", "k8s-canary-istio", "k8s-shadow-istio", "k8s-canary-gateway", "k8s-shadow-gateway", "k8s-mesh-free"] {
+        check(case, Target::Kubernetes);
+    }
 }

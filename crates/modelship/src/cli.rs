@@ -36,7 +36,7 @@ pub enum Command {
     /// Work with the feature store (Redis) that enriches requests by entity
     #[command(after_help = FEATURES_HELP)]
     Features(FeaturesArgs),
-    /// Generate a Dockerfile, a Compose file or a Swarm stack from one description, and apply it
+    /// Generate a Dockerfile, a Compose file, a Swarm stack or Kubernetes manifests from one description
     #[command(after_help = DEPLOY_HELP)]
     Deploy(DeployArgs),
     /// Exit 0 when the server on this machine is ready, 1 when not (the image's HEALTHCHECK)
@@ -81,6 +81,9 @@ the command that made it. --apply then hands them to the real tool:
   swarm     stack.yml (replicas, rolling update start-first with rollback, restart policy,
             health check, Redis, fleet store); --apply builds the image and runs
             `docker stack deploy` (after `docker swarm init`)
+  k8s       one manifest per object and kustomization.yaml: rolling, blue-green, canary and
+            shadow (Istio, Gateway API or no mesh); `modelship deploy k8s --help`. No --apply:
+            review the files, then `kubectl apply -k DIR`
 
 The description:
   name: fraud                              # project, stack and service name
@@ -98,13 +101,15 @@ The description:
   restart: {condition: on-failure, delay: 5s, max_attempts: 3}
   drain: {delay: 5s, grace: 30s}           # SIGTERM: keep accepting, then drain
   prometheus: {}                           # scrapes every replica
+  kubernetes: {namespace: ml, strategy: canary, mesh: istio}   # `modelship deploy k8s --help`
 
 Examples:
   modelship deploy docker --model models/fraud.onnx --delivery bake --apply
   modelship deploy compose --file deploy.yaml --apply
   modelship deploy swarm --file deploy.yaml --replicas 3 --out deploy/swarm
   modelship deploy compose --name fraud --model fraud@production --registry-dir registry --redis
-  modelship deploy docker --file deploy.yaml --output json";
+  modelship deploy docker --file deploy.yaml --output json
+  modelship deploy k8s --file deploy.yaml --strategy canary --mesh istio";
 
 #[derive(Debug, Clone, Args)]
 pub struct DeployArgs {
@@ -120,6 +125,99 @@ pub enum DeployTarget {
     Compose(DeployOptions),
     /// A Docker Swarm stack: replicas, rolling updates with rollback, Redis, the fleet store
     Swarm(DeployOptions),
+    /// Kubernetes manifests and a kustomization.yaml: rolling, blue-green, canary and shadow
+    /// (Istio, Gateway API or no mesh)
+    #[command(name = "k8s", visible_alias = "kubernetes", after_help = K8S_HELP)]
+    K8s(K8sOptions),
+}
+
+const K8S_HELP: &str = "\
+Writes one file per object into --out, and kustomization.yaml listing them (kubectl apply -k DIR):
+the Namespace, a ServiceAccount, the serving config as a ConfigMap, the Deployment(s) (rolling
+update maxSurge 1 / maxUnavailable 0, probes on /health/startup, /health/ready, /health/live, a
+preStop sleep of drain.delay, non-root and read-only, anti-affinity and a zone spread, Prometheus
+annotations, POD_NAME/POD_NAMESPACE), a ClusterIP Service, an HPA on CPU and the pods metric
+http_requests_per_second, a PodDisruptionBudget, an nginx Ingress with TLS, and the Prometheus
+Adapter rule that makes modelship_requests_total that metric. Kubernetes 1.30 or newer (the
+preStop sleep action). Nothing here talks to a cluster: review the files, then kubectl apply -k.
+
+The model reaches a pod baked into the image (model.delivery: bake) or from the registry's S3
+store by digest: an init container runs this image's `modelship models fetch` (build the image
+with --features s3) with AWS keys from a Secret you create; no key is ever written:
+  kubectl -n NAMESPACE create secret generic NAME-aws \\
+      --from-literal=AWS_ACCESS_KEY_ID=... --from-literal=AWS_SECRET_ACCESS_KEY=...
+
+Strategies (--strategy, kubernetes.strategy):
+  rolling      one Deployment replaced pod by pod (the default)
+  blue-green   NAME-blue runs the model, NAME-green the candidate; the Service selects
+               kubernetes.blue_green.active, NAME-preview the other: switch by changing it
+  canary       the candidate gets kubernetes.traffic.weight (5%) and every request with the
+               header (x-canary: true)
+  shadow       the candidate gets a copy of kubernetes.traffic.mirror (100%) of the requests
+Meshes for canary and shadow (--mesh, kubernetes.mesh):
+  istio        VirtualService + DestinationRule; weights are whole percents
+  gateway-api  HTTPRoute with weighted backendRefs in basis points (of 10000) and RequestMirror
+  none         one Deployment whose pods hold both versions and split by basis points themselves
+               (modelship traffic / rollout) through the control store; its Kubernetes backend
+               (MODELSHIP_CONTROL_STORE=kubernetes) is not built yet: set control_store to a
+               Redis URL meanwhile
+
+The description's kubernetes section (every key optional):
+  kubernetes:
+    namespace: ml-serving
+    artifact: {store: s3://models/fraud, digest: sha256:HEX}
+    aws: {secret: fraud-aws, region: eu-west-1, endpoint: http://minio:9000}
+    image_digest: sha256:HEX               # run IMAGE@sha256:HEX
+    resources: {requests: {cpu: 500m, memory: 512Mi}, limits: {cpu: \"1\", memory: 1Gi}}
+    autoscaling: {min_replicas: 3, max_replicas: 20, cpu_percent: 70, requests_per_second: \"100\"}
+    disruption: {min_available: 2}
+    ingress: {host: fraud.example.com, tls_secret: fraud-tls, class: nginx}
+    strategy: canary
+    mesh: gateway-api
+    traffic: {weight: 2.5%, header: {name: x-canary, value: \"true\"}, mirror: 100%, replicas: 1}
+    candidate: {version: 1.3.0, digest: sha256:HEX, tag: 0.2.0}
+    gateway: {name: public, namespace: gateway-system, section_name: https}
+
+Examples:
+  modelship deploy k8s --file deploy.yaml --out deploy/k8s
+  modelship deploy k8s --file deploy.yaml --strategy canary --mesh istio --weight 5%
+  modelship deploy k8s --file deploy.yaml --strategy shadow --mesh gateway-api --mirror 12.5%
+  modelship deploy k8s --file deploy.yaml --namespace ml-serving --output json";
+
+#[derive(Debug, Clone, Args)]
+pub struct K8sOptions {
+    #[command(flatten)]
+    pub common: DeployOptions,
+    /// How a new version meets traffic [default: the description's kubernetes.strategy, rolling]
+    #[arg(long, value_enum)]
+    pub strategy: Option<K8sStrategyArg>,
+    /// What splits canary and shadow traffic [default: the description's kubernetes.mesh, istio]
+    #[arg(long, value_enum)]
+    pub mesh: Option<MeshArg>,
+    /// Namespace of every object [default: the description's, else the deployment's name]
+    #[arg(long, value_name = "NAME")]
+    pub namespace: Option<String>,
+    /// Canary: the candidate's share, e.g. 5% or 0.25% (Istio: whole percents)
+    #[arg(long, value_name = "PERCENT")]
+    pub weight: Option<String>,
+    /// Shadow: the share of requests copied to the candidate, e.g. 100%
+    #[arg(long, value_name = "PERCENT")]
+    pub mirror: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum K8sStrategyArg {
+    Rolling,
+    BlueGreen,
+    Canary,
+    Shadow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MeshArg {
+    Istio,
+    GatewayApi,
+    None,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -408,6 +506,7 @@ Examples:
   modelship models alias fraud production 1.3.0
   modelship models history fraud
   modelship models pull fraud:1.3.0 -o model.onnx
+  modelship models fetch --artifacts s3://models/fraud sha256:608b7f20... -o /models/model.onnx
   modelship models rm fraud:1.2.0
   modelship models import mlflow --tracking-uri http://mlflow:5000 fraud @champion
   modelship serve fraud@production          # follows the alias as it moves";
@@ -468,6 +567,16 @@ pub enum ModelsCommand {
     Pull {
         /// NAME:VERSION, NAME@ALIAS or NAME (latest)
         reference: String,
+        /// Destination file
+        #[arg(long = "out", short = 'o', value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Write one artifact straight from the artifact store (--artifacts: s3://bucket/prefix or
+    /// a directory), checked against its digest; needs no catalog (a Kubernetes init container's
+    /// way to the model)
+    Fetch {
+        /// sha256:HEX (the version's digest: `models show REF --output json`)
+        digest: String,
         /// Destination file
         #[arg(long = "out", short = 'o', value_name = "FILE")]
         out: PathBuf,

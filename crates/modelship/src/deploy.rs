@@ -1,6 +1,7 @@
-//! `modelship deploy docker|compose|swarm`: reads the description (file, then flags), writes the
-//! files the pure generators of `modelship-deploy` render, and with `--apply` hands them to the
-//! real tool (`docker build`, `docker-compose up`, `docker stack deploy`).
+//! `modelship deploy docker|compose|swarm|k8s`: reads the description (file, then flags), writes
+//! the files the pure generators of `modelship-deploy` render, and with `--apply` hands them to
+//! the real tool (`docker build`, `docker-compose up`, `docker stack deploy`). Kubernetes
+//! manifests are only written: nothing here talks to a cluster.
 
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -11,15 +12,16 @@ use modelship_deploy::description::{self, Build, Delivery, Deployment, FeatureSt
 use modelship_deploy::{GeneratedFile, Provenance, Target, docker};
 use serde::Serialize;
 
-use crate::cli::{DeliveryArg, DeployArgs, DeployOptions, DeployTarget, OutputFormat};
+use crate::cli::{DeliveryArg, DeployArgs, DeployOptions, DeployTarget, K8sOptions, K8sStrategyArg, MeshArg, OutputFormat};
 
 pub fn main(args: DeployArgs) -> ExitCode {
-    let (target, options) = match args.target {
-        DeployTarget::Docker(o) => (Target::Docker, o),
-        DeployTarget::Compose(o) => (Target::Compose, o),
-        DeployTarget::Swarm(o) => (Target::Swarm, o),
+    let (target, options, k8s) = match args.target {
+        DeployTarget::Docker(o) => (Target::Docker, o, None),
+        DeployTarget::Compose(o) => (Target::Compose, o, None),
+        DeployTarget::Swarm(o) => (Target::Swarm, o, None),
+        DeployTarget::K8s(o) => (Target::Kubernetes, o.common.clone(), Some(o)),
     };
-    match run(target, &options) {
+    match run(target, &options, k8s.as_ref()) {
         Ok(summary) => {
             print(&summary, options.output);
             ExitCode::SUCCESS
@@ -61,14 +63,18 @@ struct Applied {
     started: Option<String>,
 }
 
-fn run(target: Target, o: &DeployOptions) -> anyhow::Result<Summary> {
+fn run(target: Target, o: &DeployOptions, k8s: Option<&K8sOptions>) -> anyhow::Result<Summary> {
+    if target == Target::Kubernetes && o.apply {
+        bail!("deploy k8s writes manifests and applies nothing: review them, then `kubectl apply -k {}`", o.out.display());
+    }
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let (mut deployment, base) = load(o, &cwd)?;
+    let (mut deployment, base) = load(o, k8s, &cwd)?;
     let out = normalize(&cwd.join(&o.out));
     // Host paths: absolute first (relative to the description), then, for Compose and Swarm,
     // relative to the output directory, where those files are read.
     let absolute = |p: &str| normalize(&base.join(p)).to_string_lossy().into_owned();
     let model_file = deployment.model.file.as_deref().map(absolute);
+    let config_file = deployment.config.as_deref().map(absolute);
     let relative = |p: &str| description::relative_path(&out.to_string_lossy(), &absolute(p));
     if target != Target::Docker {
         deployment.model.file = deployment.model.file.as_deref().map(relative);
@@ -78,8 +84,16 @@ fn run(target: Target, o: &DeployOptions) -> anyhow::Result<Summary> {
         // The repository is the context: the model is copied from where it is in it.
         deployment.model.file = model_file.as_deref().map(|f| description::relative_path(&base.to_string_lossy(), f).trim_start_matches("./").to_owned());
     }
-    deployment.validate()?;
-    if let Some(file) = &model_file
+    if target == Target::Kubernetes
+        && let Some(path) = &config_file
+    {
+        // The ConfigMap carries the file itself.
+        deployment.config_contents = Some(std::fs::read_to_string(path).with_context(|| format!("cannot read the serving config {path} for its ConfigMap"))?);
+    }
+    deployment.validate_for(target)?;
+    // A Kubernetes pod gets its model from the image or the artifact store, never this machine.
+    if target != Target::Kubernetes
+        && let Some(file) = &model_file
         && !Path::new(file).is_file()
     {
         bail!("the model file {file} does not exist; give an existing .onnx file (model.file, or --model)");
@@ -100,7 +114,7 @@ fn run(target: Target, o: &DeployOptions) -> anyhow::Result<Summary> {
         applied.image_bytes = image_size(&deployment.image.reference());
     }
     match target {
-        Target::Docker => {}
+        Target::Docker | Target::Kubernetes => {}
         Target::Compose => {
             let file = out.join(modelship_deploy::compose::FILE);
             let mut cmd = compose_command()?;
@@ -122,7 +136,7 @@ fn run(target: Target, o: &DeployOptions) -> anyhow::Result<Summary> {
 
 /// The description: the file (`--file`, else `./deploy.yaml` when present), then the flags.
 /// Returns it with the directory its host paths are relative to.
-fn load(o: &DeployOptions, cwd: &Path) -> anyhow::Result<(Deployment, PathBuf)> {
+fn load(o: &DeployOptions, k8s: Option<&K8sOptions>, cwd: &Path) -> anyhow::Result<(Deployment, PathBuf)> {
     let file = o.file.clone().or_else(|| Some(PathBuf::from("deploy.yaml")).filter(|p| p.is_file()));
     let (mut value, base) = match &file {
         Some(path) => {
@@ -189,6 +203,29 @@ fn load(o: &DeployOptions, cwd: &Path) -> anyhow::Result<(Deployment, PathBuf)> 
     }
     if let Some(url) = &o.control_store {
         set(&["control_store"], text(url))?;
+    }
+    if let Some(k) = k8s {
+        if let Some(strategy) = k.strategy {
+            let name = match strategy {
+                K8sStrategyArg::Rolling => "rolling",
+                K8sStrategyArg::BlueGreen => "blue-green",
+                K8sStrategyArg::Canary => "canary",
+                K8sStrategyArg::Shadow => "shadow",
+            };
+            set(&["kubernetes", "strategy"], text(name))?;
+        }
+        if let Some(mesh) = k.mesh {
+            set(&["kubernetes", "mesh"], text(match mesh { MeshArg::Istio => "istio", MeshArg::GatewayApi => "gateway-api", MeshArg::None => "none" }))?;
+        }
+        if let Some(ns) = &k.namespace {
+            set(&["kubernetes", "namespace"], text(ns))?;
+        }
+        if let Some(weight) = &k.weight {
+            set(&["kubernetes", "traffic", "weight"], text(weight))?;
+        }
+        if let Some(mirror) = &k.mirror {
+            set(&["kubernetes", "traffic", "mirror"], text(mirror))?;
+        }
     }
     let mut deployment: Deployment = match serde_yaml_ng::from_value(value) {
         Ok(d) => d,
@@ -358,6 +395,7 @@ fn print(summary: &Summary, format: OutputFormat) {
             Target::Docker => "add --apply to build the image",
             Target::Compose => "add --apply to build the image and start it (docker-compose up -d)",
             Target::Swarm => "add --apply to build the image and deploy the stack (docker stack deploy)",
+            Target::Kubernetes => "review the files, create the Secrets they name (AWS keys, TLS), then kubectl apply -k DIR",
         };
         println!("next: {next}");
     }

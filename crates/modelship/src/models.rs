@@ -27,6 +27,38 @@ pub fn open_registry(flag: Option<std::path::PathBuf>, artifacts: Option<String>
         .with_context(|| format!("cannot open the registry at {}", root.display()))
 }
 
+/// `models fetch`: one artifact by digest from a store, with no catalog, written atomically
+/// (a temporary file beside `out`, renamed), so a half-written model is never at `out`.
+async fn fetch(store: Option<String>, digest: &str, out: &std::path::Path, json_out: bool) -> anyhow::Result<()> {
+    let Some(location) = store else {
+        bail!("models fetch needs the artifact store: --artifacts s3://bucket/prefix (or a directory), or MODELSHIP_ARTIFACTS");
+    };
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+        bail!("'{digest}' is not a digest: sha256: and 64 lowercase hex digits, the version's digest in `modelship models show REF --output json`");
+    }
+    if !location.starts_with("s3://") && !std::path::Path::new(&location).is_dir() {
+        bail!("the artifact store {location} is not a directory (or an s3://bucket/prefix URL)");
+    }
+    let store = if location.starts_with("s3://") {
+        modelship_registry::artifacts::ArtifactStore::open(&location, std::path::Path::new("."))?
+    } else {
+        modelship_registry::artifacts::ArtifactStore::local(std::path::Path::new(&location))?
+    };
+    let bar = Bar::new();
+    let bytes = store.get(hex, &bar).await.with_context(|| format!("cannot fetch sha256:{hex} from {location}"))?;
+    bar.clear();
+    let tmp = out.with_file_name(format!(".{}.tmp", out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
+    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+    if json_out {
+        print_json(&json!({"digest": format!("sha256:{hex}"), "bytes": bytes.len(), "file": out}));
+    } else {
+        println!("wrote sha256:{} ({}) to {} (digest verified)", short(hex), size(bytes.len() as u64), out.display());
+    }
+    Ok(())
+}
+
 /// Who made a change, for the alias history.
 fn actor(env: &dyn Env) -> String {
     env.get("USER").map_or_else(|| "cli".to_owned(), |u| format!("cli:{u}"))
@@ -34,8 +66,11 @@ fn actor(env: &dyn Env) -> String {
 
 async fn run(args: ModelsArgs) -> anyhow::Result<()> {
     let env = ProcessEnv;
-    let registry = open_registry(args.registry, args.artifacts, &env)?;
     let json_out = args.output == OutputFormat::Json;
+    if let ModelsCommand::Fetch { digest, out } = &args.command {
+        return fetch(args.artifacts.or_else(|| env.get("MODELSHIP_ARTIFACTS")), digest, out, json_out).await;
+    }
+    let registry = open_registry(args.registry, args.artifacts, &env)?;
     match args.command {
         ModelsCommand::Push { name, file, version, metrics, labels, description } => {
             let request = PushRequest {
@@ -101,6 +136,7 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 println!("wrote {}:{} to {} (sha256:{} verified)", record.name, record.version, out.display(), short(&record.digest));
             }
         }
+        ModelsCommand::Fetch { .. } => unreachable!("fetched above, without a catalog"),
         ModelsCommand::Rm { reference, force } => {
             let ModelRef::Version(name, version) = ModelRef::parse(&reference)? else {
                 bail!("'{reference}': name the version to remove as NAME:VERSION");
