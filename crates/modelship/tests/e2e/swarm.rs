@@ -1,18 +1,15 @@
 //! `modelship deploy swarm --apply` on a single-node swarm (`docker swarm init --advertise-addr
 //! 127.0.0.1`, left at the end with its `docker_gwbridge` removed): three replicas turn healthy,
-//! a rolling image update under load fails no request, a killed replica's task is replaced, and a
-//! model rollout through each replica's own traffic split (canary at 50 %, then promotion)
-//! reaches every replica.
+//! a rolling image update under load fails no request, a killed replica's task is replaced, and,
+//! with the stack's Redis as the fleet control store (`control_store`), a canary set through one
+//! replica's admin API splits the whole stack's traffic, and a rollout started through one
+//! replica promotes the candidate on all three.
 //!
 //! The stack runs with `swarm.endpoint_mode: dnsrr` and unpublished ports, and the load comes
 //! from clients on the stack's own network (a service of the Debian test image, bash over
 //! `/dev/tcp`): these machines' kernel has no IPVS, so Swarm's virtual IPs and routing mesh
 //! (the default `vip` mode, which the golden files cover and `docker stack config` checks)
 //! accept connections and never answer. What has not run here: the routing mesh itself.
-//!
-//! Not here: a canary driven once through the fleet control store (`control_store`, issue 12),
-//! which does not exist yet; the stack passes `MODELSHIP_CONTROL_STORE` when the description
-//! sets it (see the golden files), and this test drives each replica's admin API instead.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -91,7 +88,7 @@ fn swarm_rolls_an_image_update_under_load_replaces_a_killed_replica_and_splits_t
         format!(
             "name: {STACK}\nmodel: {{registry: fraud@production, registry_dir: registry}}\nimage: {{name: modelship-e2e, tag: test}}\n\
              replicas: 3\nports: {{http: {http}, grpc: {grpc}, admin: {admin}, publish: false}}\nswarm: {{endpoint_mode: dnsrr}}\n\
-             feature_store: {{service: true, image: '{REDIS_IMAGE}'}}\n\
+             feature_store: {{service: true, image: '{REDIS_IMAGE}'}}\ncontrol_store: redis://redis:6379/1\n\
              strategy: {{parallelism: 1, delay: 2s, order: start-first, failure_action: rollback, monitor: 5s}}\n\
              restart: {{condition: on-failure, delay: 1s, max_attempts: 5, window: 30s}}\n\
              healthcheck: {{interval: 1s, timeout: 2s, start_period: 20s, retries: 3}}\ndrain: {{delay: 3s, grace: 10s}}\n"
@@ -132,25 +129,49 @@ fn swarm_rolls_an_image_update_under_load_replaces_a_killed_replica_and_splits_t
         now.len() == 3 && !now.contains(&before[0])
     });
 
-    // A model rollout through each replica's traffic split: canary at 50 %, then promotion.
+    // A canary set once, through one replica: the fleet store carries it to all three.
     let admin_url = format!("http://127.0.0.1:{admin}");
     let replicas = healthy();
+    let through = |id: &str, args: &[&str]| {
+        let mut all = vec!["exec", id, "/usr/local/bin/modelship"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--admin", &admin_url]);
+        docker(&all)
+    };
+    through(&replicas[0], &["traffic", "set", "fraud", "--candidate", "2", "--weight", "50%", "--reason", "canary"]);
     for id in &replicas {
-        docker(&["exec", id, "/usr/local/bin/modelship", "traffic", "set", "fraud", "--candidate", "2", "--weight", "50%", "--admin", &admin_url, "--reason", "canary"]);
+        wait_for("the canary on every replica", Duration::from_secs(10), || {
+            let status: serde_json::Value = serde_json::from_str(&through(id, &["traffic", "status", "fraud", "--output", "json"])).unwrap();
+            status["traffic"]["candidate"]["version"] == "2"
+        });
     }
     let load = NetLoad::start(http, 4);
     wait_for("both versions answering", Duration::from_secs(30), || load.seen("1") && load.seen("2"));
-    for id in &replicas {
-        docker(&["exec", id, "/usr/local/bin/modelship", "traffic", "promote", "fraud", "--admin", &admin_url, "--reason", "canary passed"]);
-    }
+    through(&replicas[1], &["traffic", "abort", "fraud", "--reason", "now a rollout"]);
     let (_, failed, versions) = load.finish();
     assert!(failed.is_empty(), "canary: {failed:?}");
+
+    // A rollout started through replica 2, led by whichever replica holds the lease, judged on
+    // every replica's evidence, promotes version 2 on all three.
+    let load = NetLoad::start(http, 4);
+    let spec = "to: '2'\nsteps:\n  - weight: {weight: 50%, hold: 2s}\nchecks: [{error_rate: {}}]\nfailure: {min_samples: 10, deadline: 3m}\ninterval: 500ms\n";
+    // The image has no shell: the spec is copied in.
+    std::fs::write(dir.path().join("rollout.yaml"), spec).unwrap();
+    docker(&["cp", dir.path().join("rollout.yaml").to_str().unwrap(), &format!("{}:/rollout.yaml", replicas[1])]);
+    through(&replicas[1], &["rollout", "start", "fraud", "--spec", "/rollout.yaml"]);
+    wait_for("the rollout promoted", Duration::from_secs(90), || {
+        let status: serde_json::Value = serde_json::from_str(&through(&replicas[2], &["rollout", "status", "fraud", "--output", "json"])).unwrap();
+        assert_ne!(status["phase"]["phase"], "rolled_back", "{status}");
+        status["phase"]["phase"] == "promoted"
+    });
+    let (_, failed, _) = load.finish();
+    assert!(failed.is_empty(), "during the rollout: {failed:?}");
     let load = NetLoad::start(http, 4);
     wait_for("the load flowing", Duration::from_secs(60), || load.answered() >= 20);
     let (ok, failed, after) = load.finish();
     assert!(failed.is_empty(), "after promotion: {failed:?}");
     assert_eq!(after.keys().collect::<Vec<_>>(), ["2"], "every replica serves the promoted version ({ok} requests)");
-    eprintln!("swarm: canary on 3 replicas {versions:?}, then promoted: {after:?}");
+    eprintln!("swarm: a canary set once through the fleet store {versions:?}; a rollout promoted: {after:?}");
     let owned = swarm.owned;
     drop(swarm);
     if owned {
