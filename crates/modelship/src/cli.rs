@@ -379,7 +379,7 @@ pub enum RolloutCommand {
         /// The version to roll out (overrides the spec's `to`)
         #[arg(long, value_name = "VERSION")]
         to: Option<String>,
-        /// The rollout spec (YAML or JSON)
+        /// The rollout spec (YAML or JSON); `-` reads it from standard input
         #[arg(long, value_name = "FILE")]
         spec: PathBuf,
     },

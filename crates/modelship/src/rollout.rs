@@ -28,9 +28,14 @@ pub fn main(args: RolloutArgs) -> ExitCode {
     }
 }
 
-/// Reads a spec file (YAML or JSON), accepting the design's `rollout:` wrapper and its `model:` key.
+/// Reads a spec file (YAML or JSON; `-` is standard input), accepting the design's `rollout:`
+/// wrapper and its `model:` key.
 fn read_spec(path: &std::path::Path, to: Option<String>) -> anyhow::Result<RolloutSpec> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the rollout spec {}", path.display()))?;
+    let text = if path == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("cannot read the rollout spec from standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the rollout spec {}", path.display()))?
+    };
     let mut spec: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("{} is not YAML or JSON", path.display()))?;
     if let Some(inner) = spec.get("rollout").cloned() {
         spec = inner;

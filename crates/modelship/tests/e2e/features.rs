@@ -182,8 +182,8 @@ fn entities_are_enriched_in_the_signature_order_single_and_batched() {
     assert_eq!(redis.cli(&["HGET", "features:customer:c2", "f07"]).trim().parse::<f64>().unwrap(), value(2, 7));
 
     let server = Server::start(&["--config", cfg.to_str().unwrap()]);
-    let (status, body) = ready(&server);
-    assert_eq!(status, 200, "{body}");
+    // The store is connected in the background once the model is loaded: ready within moments.
+    let body = wait_ready(&server, 200);
     assert_eq!(body["checks"]["feature_store_connected"], true, "{body}");
 
     let rows: Vec<Vec<f64>> = (0..CUSTOMERS).map(row).collect();

@@ -53,10 +53,16 @@ impl Replicas {
     /// Starts one more replica with its own state directory, named `replica-N`, with a 2 s
     /// rollout lease.
     fn add(&mut self, redis: &Redis) {
+        let registry = self.registry.path().to_owned();
+        self.add_with(redis, &registry);
+    }
+
+    /// Starts one more replica, reading versions from `registry`.
+    fn add_with(&mut self, redis: &Redis, registry: &std::path::Path) {
         let state = tempfile::tempdir().unwrap();
         let name = format!("replica-{}", self.servers.len() + 1);
         let server = Server::start_with(
-            &["fraud:1", "--registry", self.registry.path().to_str().unwrap(), "--control-store", &redis.url(), "--workers", "1", "--replica", &name, "--lease-ttl", "2"],
+            &["fraud:1", "--registry", registry.to_str().unwrap(), "--control-store", &redis.url(), "--workers", "1", "--replica", &name, "--lease-ttl", "2"],
             &[("MODELSHIP_STATE_DIR", state.path().to_str().unwrap()), ("MODELSHIP_ADMIN_TOKEN", TOKEN)],
         );
         self.servers.push((server, state));
@@ -168,6 +174,20 @@ fn replicas_sharing_a_redis_control_store_route_from_one_revisioned_table() {
         assert_eq!(status["traffic"]["candidate"]["version"], "2", "replica {i}: {status}");
     }
 
+    // Twenty more weight changes, each through another replica: how long until all three route
+    // by it, after the CLI returned (median and max, for BENCHMARKS.md).
+    let mut spreads: Vec<Duration> = (0..20u64)
+        .map(|n| {
+            fleet.ok((n % 3) as usize, &["set", "fraud", "--candidate", "2", "--weight", &format!("{}%", 10 + n), "--reason", "propagation"]);
+            fleet.converge(3 + n)
+        })
+        .collect();
+    spreads.sort();
+    eprintln!("fleet: 20 changes reached all 3 replicas after median {:?}, max {:?}", spreads[10], spreads[19]);
+    assert!(spreads[19] < Duration::from_secs(2), "{spreads:?}");
+    fleet.ok(0, &["set", "fraud", "--candidate", "2", "--weight", "30%", "--reason", "back to 30%"]);
+    fleet.converge(23);
+
     // The same sticky key gets the same version on every replica (1,000 keys asked of all
     // three); over 10,000 keys spread across the replicas the candidate's share is the weight
     // within one point.
@@ -183,7 +203,7 @@ fn replicas_sharing_a_redis_control_store_route_from_one_revisioned_table() {
                         let replicas: Vec<usize> = if k < 1_000 { vec![0, 1, 2] } else { vec![k % 3] };
                         let answers: Vec<(String, u64)> = replicas.iter().map(|i| answer(fleet.server(*i), &[("x-user", &user)])).collect();
                         assert!(answers.iter().all(|a| *a == answers[0]), "key {user}: {answers:?}");
-                        assert_eq!(answers[0].1, 2, "answered under revision 2");
+                        assert_eq!(answers[0].1, 23, "answered under revision 23");
                         candidate += usize::from(answers[0].0 == "2");
                     }
                     candidate
@@ -198,20 +218,20 @@ fn replicas_sharing_a_redis_control_store_route_from_one_revisioned_table() {
 
     // A replica that joins late applies the current revision before it answers.
     fleet.add(&redis);
-    assert_eq!(answer(fleet.server(3), &[("x-user", "user-1")]).1, 2, "the late replica serves revision 2");
+    assert_eq!(answer(fleet.server(3), &[("x-user", "user-1")]).1, 23, "the late replica serves revision 23");
 
     // Promotion through replica 1; the history is one sequence, whoever wrote it.
     fleet.ok(0, &["promote", "fraud", "--reason", "canary passed"]);
-    fleet.converge(3);
+    fleet.converge(24);
     for i in 0..4 {
-        assert_eq!(answer(fleet.server(i), &[]), ("2".to_owned(), 3), "replica {i}");
+        assert_eq!(answer(fleet.server(i), &[]), ("2".to_owned(), 24), "replica {i}");
     }
     let history: Value = serde_json::from_str(&fleet.ok(1, &["history", "fraud", "--output", "json"])).unwrap();
     let revisions: Vec<u64> = history.as_array().unwrap().iter().map(|r| r["revision"].as_u64().unwrap()).collect();
-    assert_eq!(revisions, [0, 1, 2, 3], "{history}");
-    // Each revision is in Redis once; the latest number is 3.
-    assert_eq!(redis.cli(&["GET", "modelship:traffic:fraud:latest"]).trim(), "3");
-    assert_eq!(redis.cli(&["HLEN", "modelship:traffic:fraud:revisions"]).trim(), "4");
+    assert_eq!(revisions, (0..=24).collect::<Vec<u64>>(), "{history}");
+    // Each revision is in Redis once; the latest number is 24.
+    assert_eq!(redis.cli(&["GET", "modelship:traffic:fraud:latest"]).trim(), "24");
+    assert_eq!(redis.cli(&["HLEN", "modelship:traffic:fraud:revisions"]).trim(), "25");
 }
 
 #[test]
@@ -391,4 +411,30 @@ fn labels_posted_to_one_replica_join_the_predictions_of_another() {
     let judged = fleet.wait_rollout(1, "judged on the labels", |s| s["checks"][0]["result"]["verdict"] == "pass");
     assert_eq!(judged["checks"][0]["check"], "quality", "{judged}");
     fleet.rollout(2, &["abort", "fraud", "--reason", "enough"]);
+}
+
+/// A replica that cannot load the candidate (its registry does not have it) reports so; the
+/// leader never counts it as routing by the step and the rollout fails by its policy (here,
+/// rollback), while every replica keeps answering.
+#[test]
+fn a_replica_that_cannot_load_the_candidate_fails_the_step_by_the_policy() {
+    let redis = Redis::start(free_port());
+    let mut fleet = Replicas::start(&redis, 2);
+    let partial = tempfile::tempdir().unwrap();
+    let out = command().args(["models", "push", "fraud", &model("fraud"), "--version", "1", "--registry"]).arg(partial.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    fleet.add_with(&redis, partial.path());
+    fleet.converge(0);
+    let spec = fleet.spec("to: '2'\ncanary: {weights: [20, 100], every: 1m}\nchecks: [{error_rate: {}}]\ninterval: 500ms\n");
+    let load = Load::start(&fleet.server(2).url("/v1/predict"), 2);
+    fleet.rollout(0, &["start", "fraud", "--spec", &spec]);
+    let done = fleet.wait_rollout(1, "rolled back", |s| s["phase"]["phase"] == "rolled_back");
+    let reason = done["phase"]["reason"].as_str().unwrap();
+    assert!(reason.contains("replica-3 cannot apply revision 1") && reason.contains("no version '2'"), "{done}");
+    assert!(done["settled_ms"].is_null(), "never settled: replica 3 never routed by the step: {done}");
+    let (ok, failed, versions) = load.finish();
+    assert!(failed.is_empty() && ok > 0, "replica 3 kept answering on its last routing: {failed:?}");
+    assert_eq!(versions.keys().collect::<Vec<_>>(), ["1"], "{versions:?}");
+    fleet.converge(2);
+    eprintln!("fleet: {reason}");
 }

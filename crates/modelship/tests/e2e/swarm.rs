@@ -155,10 +155,13 @@ fn swarm_rolls_an_image_update_under_load_replaces_a_killed_replica_and_splits_t
     // every replica's evidence, promotes version 2 on all three.
     let load = NetLoad::start(http, 4);
     let spec = "to: '2'\nsteps:\n  - weight: {weight: 50%, hold: 2s}\nchecks: [{error_rate: {}}]\nfailure: {min_samples: 10, deadline: 3m}\ninterval: 500ms\n";
-    // The image has no shell: the spec is copied in.
-    std::fs::write(dir.path().join("rollout.yaml"), spec).unwrap();
-    docker(&["cp", dir.path().join("rollout.yaml").to_str().unwrap(), &format!("{}:/rollout.yaml", replicas[1])]);
-    through(&replicas[1], &["rollout", "start", "fraud", "--spec", "/rollout.yaml"]);
+    // The image has no shell and a read-only root: the spec goes in on standard input.
+    let mut start = Command::new("docker")
+        .args(["exec", "-i", &replicas[1], "/usr/local/bin/modelship", "rollout", "start", "fraud", "--spec", "-", "--admin", &admin_url])
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(spec);
+    assert!(start.status.success(), "rollout start: {}", String::from_utf8_lossy(&start.stderr));
+    start.stdout.clear();
     wait_for("the rollout promoted", Duration::from_secs(90), || {
         let status: serde_json::Value = serde_json::from_str(&through(&replicas[2], &["rollout", "status", "fraud", "--output", "json"])).unwrap();
         assert_ne!(status["phase"]["phase"], "rolled_back", "{status}");
@@ -178,6 +181,20 @@ fn swarm_rolls_an_image_update_under_load_replaces_a_killed_replica_and_splits_t
         assert_eq!(docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]), "inactive");
         let bridge = Command::new("docker").args(["network", "inspect", "docker_gwbridge"]).output().unwrap();
         assert!(!bridge.status.success(), "docker_gwbridge is left behind");
+    }
+}
+
+/// Runs a command with `input` on its standard input.
+trait WithStdin {
+    fn output_with_stdin(&mut self, input: &str) -> std::process::Output;
+}
+
+impl WithStdin for Command {
+    fn output_with_stdin(&mut self, input: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
     }
 }
 
