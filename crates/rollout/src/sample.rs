@@ -99,15 +99,20 @@ impl<T: Clone> Reservoir<T> {
         let (seen_self, seen_other) = (self.weight(), other.weight());
         self.seen = seen_self + seen_other;
         let (have_self, have_other) = (self.values.len(), other.values.len());
-        if have_self + have_other <= MAX_SAMPLES {
-            // Room for everything; when both samples are complete so is the result, and when
-            // they are not, each already stands for its side in proportion.
-            if (have_self as u64, have_other as u64) == (seen_self, seen_other) {
-                self.values.extend_from_slice(&other.values);
-                return;
-            }
+        if have_self + have_other <= MAX_SAMPLES && (have_self as u64, have_other as u64) == (seen_self, seen_other) {
+            // Room for everything, and both samples are complete: so is the result.
+            self.values.extend_from_slice(&other.values);
+            return;
         }
-        let wanted = MAX_SAMPLES.min(have_self + have_other);
+        // A side cannot give more values than its sample holds: draw only as many as each side
+        // can give in proportion to what it stands for, so a thinned busy sample (500 values for
+        // 100,000 requests) is not outweighed by a complete quiet one (100 for 100).
+        let total = u128::from(seen_self + seen_other);
+        let room = |have: usize, seen: u64| match (have, seen) {
+            (0, _) | (_, 0) => usize::MAX,
+            _ => usize::try_from(have as u128 * total / u128::from(seen)).unwrap_or(usize::MAX),
+        };
+        let wanted = MAX_SAMPLES.min(have_self + have_other).min(room(have_self, seen_self)).min(room(have_other, seen_other));
         let (mut left_self, mut left_other) = (seen_self, seen_other);
         let (mut take_self, mut take_other) = (0usize, 0usize);
         for _ in 0..wanted {
@@ -223,6 +228,26 @@ mod tests {
         let grid: Vec<f64> = (0..10_000).map(|i| f64::from(i) / 10_000.0).collect();
         let scaled: Vec<f64> = values.iter().map(|v| v / scale).collect();
         stats::ks(&scaled, &grid).expect("both non-empty").1
+    }
+
+    /// A thinned reservoir (what a replica sends the leader) is still a uniform sample standing
+    /// for everything offered, and merges with its weight.
+    #[test]
+    fn a_thinned_reservoir_stays_uniform_and_keeps_its_weight() {
+        const N: u64 = 200_000;
+        let mut busy = stream(N, 3);
+        busy.thin(500, &mut Rng::with_seed(4));
+        assert_eq!((busy.seen(), busy.values().len()), (N, 500));
+        assert!(uniform_p(busy.values(), N as f64) > 0.001);
+        let mut quiet = stream(100, 5);
+        quiet.thin(500, &mut Rng::with_seed(6));
+        assert_eq!(quiet.values().len(), 100, "nothing to thin");
+        // Merged, the quiet side contributes about its share (100 of 200,100), not half.
+        let mut merged = busy.clone();
+        merged.merge(&quiet, &mut Rng::with_seed(7));
+        assert_eq!(merged.seen(), N + 100);
+        let small = merged.values().iter().filter(|v| **v < 100.0).count();
+        assert!(small <= 3, "{small} of {} values from the quiet side", merged.values().len());
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::traffic::Traffic;
 
 /// Values kept per reservoir in one replica's evidence (a uniform sample of its sample: the
 /// leader merges many of these per window, weighted by what each stands for).
-const EVIDENCE_VALUES: usize = 1_000;
+const EVIDENCE_VALUES: usize = 500;
 
 /// What a beat carries over to the next one.
 #[derive(Default)]

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{ControlStore, Evidence, Lease, ReplicaReport, Revision, StoreError, StoredRollout, Write};
 
 /// Evidence kept for the leader to read (it reads every interval, so a few are enough).
-const EVIDENCE_KEPT: usize = 10_000;
+const EVIDENCE_KEPT: usize = 1_000;
 
 /// The one-process store: revisions in this server's SQLite file.
 pub struct Embedded {

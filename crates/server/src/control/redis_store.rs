@@ -7,7 +7,7 @@
 //! - `modelship:lease:M` (the leader's name, with a time to live);
 //! - `modelship:replicas:M` (a hash of replica → report) and `modelship:replicas:M:seen` (a
 //!   sorted set of replica → the store's time of its last report);
-//! - `modelship:evidence:M` and `modelship:labels:M`: streams capped near 10,000 and 100,000
+//! - `modelship:evidence:M` and `modelship:labels:M`: streams capped near 2,000 and 10,000
 //!   entries.
 //!
 //! Every write that must not race is one Lua script, which Redis runs atomically.
@@ -392,7 +392,7 @@ impl ControlStore for RedisStore {
     fn push_evidence<'a>(&'a self, model: &'a str, evidence: &'a Evidence) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
             let json = serde_json::to_string(evidence).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            self.append(self.key("evidence", model), 10_000, json).await
+            self.append(self.key("evidence", model), 2_000, json).await
         }
         .boxed()
     }
@@ -416,7 +416,7 @@ impl ControlStore for RedisStore {
                 return Ok(());
             }
             let json = serde_json::to_string(labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            self.append(self.key("labels", model), 100_000, json).await
+            self.append(self.key("labels", model), 10_000, json).await
         }
         .boxed()
     }
