@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the fleet costs per request: one replica with the embedded control store, the same with a
-# Redis control store, and the same with a rollout in progress (observations recorded, a beat
-# every 250 ms sending evidence to Redis), measured alternately in one run.
+# Redis control store, and each with a rollout in progress (a 50 % canary of an identical version,
+# observations recorded, a beat every 250 ms sending evidence to the store), measured alternately
+# in one run.
 # Server CPU is the process's utime+stime over the run (/proc/PID/stat) divided by the requests
 # wrk completed; the server is pinned to CPU 1, wrk to CPU 0 (wrk -c32, single-row V2 JSON).
 #
@@ -55,5 +56,6 @@ print(json.dumps({'config': sys.argv[1], 'cpu_us_per_request': round((float(sys.
 for _ in $(seq "$rounds"); do
   run embedded embedded
   run redis redis
+  run embedded+rollout embedded rollout
   run redis+rollout redis rollout
 done
