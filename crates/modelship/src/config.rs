@@ -650,6 +650,14 @@ pub fn redact_url(url: &str) -> String {
     modelship_features::store::redact(url)
 }
 
+/// A replica's default name: the host's name and this process's id (unique on one host, and a
+/// restarted process is a new replica).
+fn default_replica() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let host: String = host.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')).take(100).collect();
+    format!("{}-{}", if host.is_empty() { "replica" } else { &host }, std::process::id())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -793,12 +801,4 @@ logging:
         assert_eq!(c.log.static_fields.get("pod_name").map(String::as_str), Some("fraud-7d9"));
         assert_eq!(c.log.static_fields.get("pod_namespace").map(String::as_str), Some("ml"));
     }
-}
-
-/// A replica's default name: the host's name and this process's id (unique on one host, and a
-/// restarted process is a new replica).
-fn default_replica() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
-    let host: String = host.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')).take(100).collect();
-    format!("{}-{}", if host.is_empty() { "replica" } else { &host }, std::process::id())
 }

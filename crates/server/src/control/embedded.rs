@@ -12,7 +12,10 @@ use futures::{FutureExt, StreamExt};
 use modelship_rollout::engine::Decision;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{ControlStore, Evidence, Lease, ReplicaReport, Revision, StoreError, StoredRollout, Write};
+use super::{ControlStore, Evidence, Lease, Page, ReplicaReport, Revision, StoreError, StoredRollout, Write};
+
+/// A row of `rollouts`: id, stable version, engine state, record (absent in older files).
+type RolloutRow = (i64, String, String, Option<String>);
 
 /// Evidence kept for the leader to read (it reads every interval, so a few are enough).
 const EVIDENCE_KEPT: usize = 1_000;
@@ -72,8 +75,8 @@ impl Embedded {
         self.memory.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The latest rollout row of `model`: (id, stable, engine state, record).
-    fn latest_rollout(c: &Connection, model: &str) -> rusqlite::Result<Option<(i64, String, String, Option<String>)>> {
+    /// The latest rollout row of `model`.
+    fn latest_rollout(c: &Connection, model: &str) -> rusqlite::Result<Option<RolloutRow>> {
         c.query_row(
             "SELECT id, stable, state, record FROM rollouts WHERE model = ?1 ORDER BY id DESC LIMIT 1",
             [model],
@@ -82,7 +85,7 @@ impl Embedded {
         .optional()
     }
 
-    fn parse_rollout(model: &str, (id, stable, state, record): (i64, String, String, Option<String>)) -> Result<StoredRollout, StoreError> {
+    fn parse_rollout(model: &str, (id, stable, state, record): RolloutRow) -> Result<StoredRollout, StoreError> {
         if let Some(record) = record {
             return serde_json::from_str(&record).map_err(|e| StoreError::Corrupt(format!("rollout {id}: {e}")));
         }
@@ -175,7 +178,7 @@ impl ControlStore for Embedded {
             let state = serde_json::to_string(&record.rollout).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let decisions: Vec<String> = decisions.iter().map(|d| serde_json::to_string(d).unwrap_or_default()).collect();
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-            let outcome = self.with(|c| {
+            self.with(|c| {
                 let tx = c.transaction()?;
                 let current = Self::latest_rollout(&tx, &record.model)?;
                 let stored = current.map(|row| Self::parse_rollout(&record.model, row));
@@ -203,8 +206,7 @@ impl ControlStore for Embedded {
                 }
                 tx.commit()?;
                 Ok(Ok(()))
-            })?;
-            outcome
+            })?
         }
         .boxed()
     }
@@ -260,7 +262,7 @@ impl ControlStore for Embedded {
         .boxed()
     }
 
-    fn evidence<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<(Vec<Evidence>, Option<String>), StoreError>> {
+    fn evidence<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<Evidence>, StoreError>> {
         async move {
             let memory = self.memory();
             let Some(after) = cursor.map(|c| c.parse::<u64>().unwrap_or(0)) else {
@@ -277,7 +279,7 @@ impl ControlStore for Embedded {
         async { Ok(()) }.boxed()
     }
 
-    fn labels<'a>(&'a self, _: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<(Vec<(String, bool)>, Option<String>), StoreError>> {
+    fn labels<'a>(&'a self, _: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<(String, bool)>, StoreError>> {
         async move { Ok((vec![], cursor.map(str::to_owned))) }.boxed()
     }
 }

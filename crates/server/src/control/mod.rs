@@ -155,6 +155,9 @@ pub struct Evidence {
     pub window: Window,
 }
 
+/// A page of a log: what was appended after the cursor, and the cursor to read on from.
+pub type Page<T> = (Vec<T>, Option<String>);
+
 /// A model's lease: who holds it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -218,7 +221,7 @@ pub trait ControlStore: Send + Sync {
 
     /// Evidence appended after `cursor`, and the cursor to read on from; with `None`, none, only
     /// the cursor of the log's end (a new rollout reads on from where it started).
-    fn evidence<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<(Vec<Evidence>, Option<String>), StoreError>>;
+    fn evidence<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<Evidence>, StoreError>>;
 
     /// Appends labels (request id, label) that this replica could not join itself, for the
     /// replica that made the prediction.
@@ -226,7 +229,7 @@ pub trait ControlStore: Send + Sync {
 
     /// Labels appended after `cursor`; with `None`, none, only the cursor of the log's end (a
     /// replica reads on from where it started: labels older than its predictions join nothing).
-    fn labels<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<(Vec<(String, bool)>, Option<String>), StoreError>>;
+    fn labels<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<(String, bool)>, StoreError>>;
 }
 
 /// Checks a setting without opening anything.

@@ -20,7 +20,7 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use modelship_rollout::engine::Decision;
 
-use super::{ControlStore, Evidence, Lease, ReplicaReport, Revision, StoreError, StoredRollout, Write, redact};
+use super::{ControlStore, Evidence, Lease, Page, ReplicaReport, Revision, StoreError, StoredRollout, Write, redact};
 
 /// The store in Redis (see the module's documentation for its keys). Model names are checked
 /// names (letters, digits, `.`, `_`, `-`), so they cannot escape their keys.
@@ -397,7 +397,7 @@ impl ControlStore for RedisStore {
         .boxed()
     }
 
-    fn evidence<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<(Vec<Evidence>, Option<String>), StoreError>> {
+    fn evidence<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<Evidence>, StoreError>> {
         async move {
             let key = self.key("evidence", model);
             let Some(cursor) = cursor else { return Ok((vec![], Some(self.end_of(key).await?))) };
@@ -421,7 +421,7 @@ impl ControlStore for RedisStore {
         .boxed()
     }
 
-    fn labels<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<(Vec<(String, bool)>, Option<String>), StoreError>> {
+    fn labels<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<(String, bool)>, StoreError>> {
         async move {
             let key = self.key("labels", model);
             let Some(cursor) = cursor else { return Ok((vec![], Some(self.end_of(key).await?))) };
