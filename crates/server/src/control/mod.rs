@@ -4,6 +4,8 @@
 //!
 //! - `embedded` (the default): this process's SQLite file (`STATE_DIR/traffic.db`); one replica.
 //! - `redis://HOST:PORT[/DB]`: a Redis server the fleet shares.
+//! - `kubernetes` or `kubernetes://NAMESPACE` (the cargo feature `kubernetes`): ConfigMaps and a
+//!   `Lease` in the cluster's API server, in the pod's own namespace unless one is named.
 //!
 //! What lives there, per model:
 //! - **routing revisions**, committed only as the next number after the latest stored (compare
@@ -39,9 +41,13 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 
 mod embedded;
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
 mod redis_store;
 
 pub use embedded::Embedded;
+#[cfg(feature = "kubernetes")]
+pub use kubernetes::KubernetesStore;
 pub use redis_store::RedisStore;
 
 /// One recorded routing change (the admin API's type).
@@ -240,17 +246,46 @@ pub fn check_setting(setting: &str) -> Result<(), String> {
     if setting.starts_with("redis://") || setting.starts_with("rediss://") {
         return redis::Client::open(setting).map(|_| ()).map_err(|e| format!("'{}' is not a usable Redis URL: {e}", redact(setting)));
     }
-    if setting.starts_with("kubernetes") {
-        return Err("control store 'kubernetes' is not built yet; use 'embedded' (one replica) or redis://HOST:PORT (a fleet)".to_owned());
+    if let Some(namespace) = kubernetes_namespace(setting) {
+        namespace?;
+        if cfg!(feature = "kubernetes") {
+            return Ok(());
+        }
+        return Err("control store 'kubernetes' needs a modelship built with the cargo feature `kubernetes` (cargo build -p modelship --features kubernetes); use 'embedded' (one replica) or redis://HOST:PORT (a fleet)".to_owned());
     }
-    Err(format!("control store '{}' is not 'embedded' or a redis://HOST:PORT[/DB] URL", redact(setting)))
+    Err(format!("control store '{}' is not 'embedded', a redis://HOST:PORT[/DB] URL or kubernetes[://NAMESPACE]", redact(setting)))
 }
 
-/// Opens the store a setting names: `embedded` (with `embedded_path`) or `redis://...`.
+/// The namespace a `kubernetes` setting names: `None` for the client's own (the pod's service
+/// account, else the kubeconfig context's); `None` outright when the setting is not one.
+fn kubernetes_namespace(setting: &str) -> Option<Result<Option<&str>, String>> {
+    if setting == "kubernetes" {
+        return Some(Ok(None));
+    }
+    let namespace = setting.strip_prefix("kubernetes://")?;
+    // A namespace is a DNS-1123 label.
+    let label = !namespace.is_empty()
+        && namespace.len() <= 63
+        && namespace.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !namespace.starts_with('-')
+        && !namespace.ends_with('-');
+    Some(if label {
+        Ok(Some(namespace))
+    } else {
+        Err(format!("'{setting}' does not name a Kubernetes namespace (kubernetes://NAMESPACE: lowercase letters, digits and '-', at most 63)"))
+    })
+}
+
+/// Opens the store a setting names: `embedded` (with `embedded_path`), `redis://...` or
+/// `kubernetes[://NAMESPACE]`. Nothing is connected yet.
 pub fn open(setting: &str, embedded_path: &Path) -> Result<std::sync::Arc<dyn ControlStore>, String> {
     check_setting(setting)?;
     if setting == "embedded" {
         return Ok(std::sync::Arc::new(Embedded::open(embedded_path)?));
+    }
+    #[cfg(feature = "kubernetes")]
+    if let Some(Ok(namespace)) = kubernetes_namespace(setting) {
+        return Ok(std::sync::Arc::new(KubernetesStore::new(namespace)));
     }
     Ok(std::sync::Arc::new(RedisStore::new(setting)?))
 }
@@ -426,8 +461,18 @@ mod tests {
         let path = dir.path().join("t.db");
         assert_eq!(open("embedded", &path).unwrap().kind(), "embedded");
         assert_eq!(open("redis://127.0.0.1:1/0", &path).unwrap().kind(), "redis", "opening does not connect");
-        assert!(open("kubernetes", &path).err().unwrap().contains("not built yet"));
-        assert!(open("etcd://x", &path).err().unwrap().contains("is not 'embedded' or a redis://"));
+        if cfg!(feature = "kubernetes") {
+            assert_eq!(open("kubernetes", &path).unwrap().kind(), "kubernetes", "opening does not connect");
+            assert_eq!(open("kubernetes://ml-serving", &path).unwrap().kind(), "kubernetes");
+        } else {
+            let e = open("kubernetes", &path).err().unwrap();
+            assert!(e.contains("needs a modelship built with the cargo feature `kubernetes`"), "{e}");
+            assert!(check_setting("kubernetes://ml-serving").unwrap_err().contains("cargo feature `kubernetes`"));
+        }
+        let e = check_setting("kubernetes://ML_Serving").unwrap_err();
+        assert!(e.contains("does not name a Kubernetes namespace"), "{e}");
+        assert!(check_setting("kubernetes://").unwrap_err().contains("does not name a Kubernetes namespace"));
+        assert!(open("etcd://x", &path).err().unwrap().contains("is not 'embedded', a redis://HOST:PORT[/DB] URL or kubernetes[://NAMESPACE]"));
         assert_eq!(redact("redis://user:secret@host:6379/1"), "redis://***@host:6379/1");
     }
 
