@@ -100,12 +100,13 @@ pub fn object_name(what: &str, model: &str) -> String {
 }
 
 /// A model's name as DNS-1123 (lowercase letters, digits and `-`, as object names and label
-/// values need): lowercased, every other character (`.` and `_`) as `-`, at most 40 of them,
+/// values need): lowercased, every other character (`.` and `_`) as `-`, at most 34 of them,
 /// then 8 hex digits of the SHA-256 of the exact name, so `Fraud`, `fraud`, `fr.aud` and
-/// `fr_aud` never share an object. At most 49 characters, starting and ending alphanumeric.
+/// `fr_aud` never share an object. At most 43 characters, starting and ending alphanumeric, so
+/// every object name is at most 62, a DNS-1123 label.
 pub fn model_slug(model: &str) -> String {
     let readable: String =
-        model.chars().take(40).map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        model.chars().take(34).map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
     let hash = hex::encode(&Sha256::digest(model.as_bytes())[..4]);
     match readable.trim_start_matches('-') {
         "" => hash,
@@ -427,7 +428,8 @@ impl ControlStore for KubernetesStore {
             let (api, name) = (self.leases().await?, object_name("lease", model));
             let now = Timestamp::now();
             let read = api.get_opt(&name).await.map_err(failed)?;
-            let seconds = i32::try_from(ttl.as_secs().max(1) + u64::from(ttl.subsec_nanos() > 0)).unwrap_or(i32::MAX);
+            // The Lease counts whole seconds: a time to live rounds up.
+            let seconds = i32::try_from((ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).max(1)).unwrap_or(i32::MAX);
             let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
             let written = match read {
                 None => {

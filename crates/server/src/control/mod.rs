@@ -174,7 +174,7 @@ pub struct Lease {
 /// Everything the fleet shares. Every method is one request to the store (or one atomic
 /// script), with a bounded wait.
 pub trait ControlStore: Send + Sync {
-    /// `embedded` or `redis`: for logs, metrics and readiness.
+    /// `embedded`, `redis` or `kubernetes`: for logs, metrics and readiness.
     fn kind(&self) -> &'static str;
 
     /// Whether other processes share this store (so this replica must follow it).
