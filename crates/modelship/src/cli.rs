@@ -159,8 +159,9 @@ Meshes for canary and shadow (--mesh, kubernetes.mesh):
   gateway-api  HTTPRoute with weighted backendRefs in basis points (of 10000) and RequestMirror
   none         one Deployment whose pods hold both versions and split by basis points themselves
                (modelship traffic / rollout) through the control store; its Kubernetes backend
-               (MODELSHIP_CONTROL_STORE=kubernetes) is not built yet: set control_store to a
-               Redis URL meanwhile
+               (MODELSHIP_CONTROL_STORE=kubernetes) needs a modelship built with the cargo
+               feature `kubernetes` and has only run against a mocked API server: set
+               control_store to a Redis URL otherwise
 
 The description's kubernetes section (every key optional):
   kubernetes:
@@ -772,7 +773,8 @@ pub struct ServeArgs {
     pub state_dir: Option<PathBuf>,
 
     /// Where routing revisions are committed: `embedded` (this server's state directory, one
-    /// replica) or redis://HOST:PORT[/DB], shared by every replica of a fleet, which then route
+    /// replica), redis://HOST:PORT[/DB] or kubernetes[://NAMESPACE] (ConfigMaps and a Lease;
+    /// the cargo feature `kubernetes`), shared by every replica of a fleet, which then route
     /// from one revisioned table [env: MODELSHIP_CONTROL_STORE] [default: embedded]
     #[arg(long, value_name = "STORE")]
     pub control_store: Option<String>,

@@ -357,7 +357,7 @@ async fn the_leaders_rollout_write_carries_the_version_it_read() {
         let (_, to) = expect(&mut server, "GET", &format!("{MAPS}/{name}")).await;
         answer(to, 200, &stored);
         let (body, to) = expect(&mut server, "PUT", &format!("{MAPS}/{name}?&fieldManager=modelship")).await;
-        let wanted = configmap(&name, "70", json!({"record": json_of(&record(1, 1)), "decisions-1": json_of(&[decision.clone()])}));
+        let wanted = configmap(&name, "70", json!({"record": json_of(&record(1, 1)), "decisions-1": json_of(std::slice::from_ref(&decision))}));
         assert_eq!(body, wanted);
         answer(to, 200, &body);
     };
