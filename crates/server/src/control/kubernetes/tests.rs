@@ -65,7 +65,7 @@ fn revision(n: u64) -> Revision {
     }
 }
 
-fn json_of<T: Serialize>(value: &T) -> String {
+fn json_of<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).unwrap()
 }
 
