@@ -62,8 +62,9 @@ pub const REVISION_BYTES: usize = 512 * 1024;
 /// alone is larger, its oldest decisions.
 pub const DECISION_BYTES: usize = 640 * 1024;
 const ROLLOUTS_KEPT: usize = 50;
-/// The evidence log: at most this many entries and bytes (an entry is one replica's thinned
-/// window, often tens of KiB, so the bytes bound first: the leader reads every interval).
+/// The evidence log: at most this many entries and bytes. An entry is one replica's thinned
+/// window of one beat (up to ~70 KB), so the bytes bound first, and with several replicas and a
+/// long analysis interval entries are dropped before the leader reads them (ARCHITECTURE.md).
 const EVIDENCE_KEPT: usize = 1_000;
 const EVIDENCE_BYTES: usize = 640 * 1024;
 /// The labels log: batches of labels handed on.
