@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::embedded::check_write;
-use super::{ControlStore, Evidence, Lease, ReplicaReport, Revision, StoreError, StoredRollout, Write};
+use super::{ControlStore, Evidence, Lease, Page, ReplicaReport, Revision, StoreError, StoredRollout, Write};
 
 /// How long one store call (all its requests) may take before the store counts as unreachable.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -274,7 +274,7 @@ impl KubernetesStore {
 
     /// The entries of the log `name` after `cursor`, and the cursor to read on from; with no
     /// cursor, none, only the log's end.
-    async fn read_log(&self, name: &str, prefix: &str, cursor: Option<&str>) -> Result<(Vec<String>, Option<String>), StoreError> {
+    async fn read_log(&self, name: &str, prefix: &str, cursor: Option<&str>) -> Result<Page<String>, StoreError> {
         let api = self.maps().await?;
         let data = Self::read(&api, name).await?.and_then(|m| m.data).unwrap_or_default();
         let last = last_of(&data)?;
@@ -534,7 +534,7 @@ impl ControlStore for KubernetesStore {
         .boxed()
     }
 
-    fn evidence<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<(Vec<Evidence>, Option<String>), StoreError>> {
+    fn evidence<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<Evidence>, StoreError>> {
         self.bounded(async move {
             let (entries, cursor) = self.read_log(&object_name("evidence", model), "e-", cursor).await?;
             // An entry this version cannot read (written by a newer one) is skipped, not fatal.
@@ -554,7 +554,7 @@ impl ControlStore for KubernetesStore {
         .boxed()
     }
 
-    fn labels<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<(Vec<(String, bool)>, Option<String>), StoreError>> {
+    fn labels<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<(String, bool)>, StoreError>> {
         self.bounded(async move {
             let (entries, cursor) = self.read_log(&object_name("labels", model), "l-", cursor).await?;
             Ok((entries.iter().filter_map(|e| serde_json::from_str::<Vec<(String, bool)>>(e).ok()).flatten().collect(), cursor))
