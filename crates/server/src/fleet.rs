@@ -4,8 +4,9 @@
 //!   acknowledgement the rollout leader waits for before a step's window starts);
 //! - reads the model's rollout record: observations are recorded only while a rollout runs, and
 //!   the status snapshot and rollout metrics follow the record whichever replica wrote it;
-//! - sends what it observed since the last beat to the store's evidence log, stamped with the
-//!   revision in force over the whole period (so the leader drops what straddles a step change);
+//! - drains what it observed, and every half analysis interval sends it to the store's evidence
+//!   log as one entry, stamped with the revision in force over the whole period (so the leader
+//!   drops what straddles a step change);
 //! - joins the labels other replicas handed on for predictions it made.
 //!
 //! Evidence goes through the store rather than from the leader pulling from its peers because
@@ -36,6 +37,11 @@ const EVIDENCE_VALUES: usize = 500;
 struct Beat {
     /// The revision in force when the current observation period began.
     revision: Option<u64>,
+    /// Observations not sent yet, for (rollout, the revision stamped on them), and when the
+    /// first of them was drained: a replica sends one entry per half analysis interval (at
+    /// least every beat), so the log holds a few entries per replica per analysis whatever the
+    /// interval, and the leader reads them all.
+    pending: Option<(i64, u64, Window, std::time::Instant)>,
     /// The rollout, and its shadow comparisons counted at the last beat.
     agreement: Option<(i64, u64, u64)>,
     labels: Option<String>,
@@ -83,20 +89,31 @@ async fn one_beat(state: &AppState, traffic: &Traffic, rollouts: &Rollouts, admi
             _ => (0, 0),
         };
         beat.agreement = Some((r.id, agreement.compared, agreement.agreed));
-        let mut window = Window {
+        let window = Window {
             stable: state.observations.drain(model, &r.stable),
             candidate: state.observations.drain(model, to),
             compared,
             agreed,
             external: Default::default(),
         };
+        let stamp = since.min(revision);
+        // Observations under another revision (or rollout) are sent apart, first.
+        if beat.pending.as_ref().is_some_and(|(id, rev, _, _)| *id != r.id || *rev != stamp) {
+            flush(store, model, &rollouts.fleet.replica, beat.pending.take()).await?;
+        }
         if !window.is_empty() {
-            window.thin(EVIDENCE_VALUES, &mut fastrand::Rng::new());
-            let evidence = Evidence { rollout: r.id, revision: since.min(revision), replica: rollouts.fleet.replica.clone(), window };
-            store.push_evidence(model, &evidence).await?;
+            match &mut beat.pending {
+                Some((_, _, pending, _)) => pending.merge(&window, &mut fastrand::Rng::new()),
+                None => beat.pending = Some((r.id, stamp, window, std::time::Instant::now())),
+            }
+        }
+        let every = Duration::from_millis(r.rollout.plan.interval.0.as_millis() as u64 / 2);
+        if beat.pending.as_ref().is_some_and(|(_, _, _, since)| since.elapsed() + Duration::from_millis(20) >= every) {
+            flush(store, model, &rollouts.fleet.replica, beat.pending.take()).await?;
         }
     } else {
         beat.agreement = None;
+        beat.pending = None;
     }
     let (labels, cursor) = store.labels(model, beat.labels.as_deref()).await?;
     beat.labels = cursor;
@@ -105,4 +122,11 @@ async fn one_beat(state: &AppState, traffic: &Traffic, rollouts: &Rollouts, admi
         tracing::debug!(model, joined, "joined labels handed on by other replicas");
     }
     Ok(())
+}
+
+/// Sends pending observations to the evidence log (thinned to a bounded size).
+async fn flush(store: &dyn crate::control::ControlStore, model: &str, replica: &str, pending: Option<(i64, u64, Window, std::time::Instant)>) -> Result<(), StoreError> {
+    let Some((rollout, revision, mut window, _)) = pending else { return Ok(()) };
+    window.thin(EVIDENCE_VALUES, &mut fastrand::Rng::new());
+    store.push_evidence(model, &Evidence { rollout, revision, replica: replica.to_owned(), window }).await
 }
