@@ -63,8 +63,8 @@ pub const REVISION_BYTES: usize = 512 * 1024;
 pub const DECISION_BYTES: usize = 640 * 1024;
 const ROLLOUTS_KEPT: usize = 50;
 /// The evidence log: at most this many entries and bytes. An entry is one replica's thinned
-/// window of one beat (up to ~70 KB), so the bytes bound first, and with several replicas and a
-/// long analysis interval entries are dropped before the leader reads them (ARCHITECTURE.md).
+/// window of half an analysis interval (up to ~70 KB), so the bytes bound first: with more than
+/// about five busy replicas entries are dropped before the leader reads them (ARCHITECTURE.md).
 const EVIDENCE_KEPT: usize = 1_000;
 const EVIDENCE_BYTES: usize = 640 * 1024;
 /// The labels log: batches of labels handed on.
