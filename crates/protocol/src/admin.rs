@@ -340,7 +340,7 @@ mod tests {
         let none: RolloutStatus = round_trip(r#"{"model":"fraud","rollout":null}"#);
         assert_eq!(none, RolloutStatus { model: "fraud".into(), rollout: None });
         let paused: RolloutStatus = round_trip(
-            r#"{"model":"fraud","checks":[{"check":"error_rate","result":{"value":0.0,"verdict":"pass"}},{"check":"latency","result":{"value":1.0,"verdict":"pass"}}],"consecutive_failures":0,"current_step":{"weight":{"hold":"5m","weight":"25%"}},"phase":{"phase":"paused","reason":"by an operator"},"rollout":3,"stable":"1","started_ms":1000,"step":2,"step_started_ms":1000,"steps":4,"to":"2","total_failures":0}"#,
+            r#"{"model":"fraud","checks":[{"check":"error_rate","result":{"value":0.0,"verdict":"pass"}},{"check":"latency","result":{"value":1.0,"verdict":"pass"}}],"consecutive_failures":0,"interval_ms":30000,"leader":"replica-2","revision":7,"settled_ms":2000,"current_step":{"weight":{"hold":"5m","weight":"25%"}},"phase":{"phase":"paused","reason":"by an operator"},"rollout":3,"stable":"1","started_ms":1000,"step":2,"step_started_ms":1000,"steps":4,"to":"2","total_failures":0}"#,
         );
         let state = paused.rollout.unwrap();
         assert_eq!((state.id, state.step, state.steps), (3, 2, 4));
@@ -348,14 +348,14 @@ mod tests {
         assert!(matches!(state.current_step, Some(Step::Weight { .. })));
         assert_eq!(state.checks[1].result, Verdict::Pass { value: 1.0 });
         let shadow: RolloutStatus = round_trip(
-            r#"{"model":"fraud","checks":[{"check":"agreement","result":{"reason":"0 shadow comparisons, fewer than 20","verdict":"inconclusive"}},{"check":"quality","result":{"reason":"the candidate's answers to mirrored requests get no labels","verdict":"not_applicable"}}],"consecutive_failures":0,"current_step":{"shadow":{"hold":"10m","percent":"100%"}},"phase":{"phase":"progressing"},"rollout":3,"stable":"1","started_ms":1000,"step":1,"step_started_ms":1000,"steps":4,"to":"2","total_failures":0}"#,
+            r#"{"model":"fraud","checks":[{"check":"agreement","result":{"reason":"0 shadow comparisons, fewer than 20","verdict":"inconclusive"}},{"check":"quality","result":{"reason":"the candidate's answers to mirrored requests get no labels","verdict":"not_applicable"}}],"consecutive_failures":0,"interval_ms":30000,"leader":"replica-2","revision":7,"settled_ms":2000,"current_step":{"shadow":{"hold":"10m","percent":"100%"}},"phase":{"phase":"progressing"},"rollout":3,"stable":"1","started_ms":1000,"step":1,"step_started_ms":1000,"steps":4,"to":"2","total_failures":0}"#,
         );
         let checks = shadow.rollout.unwrap().checks;
         assert!(matches!(checks[0].result, Verdict::Inconclusive { .. }));
         assert!(matches!(checks[1].result, Verdict::NotApplicable { .. }));
         // Done: no current step, and the step number stays within the plan.
         let promoted: RolloutStatus = round_trip(
-            r#"{"model":"fraud","checks":[],"consecutive_failures":0,"current_step":null,"phase":{"phase":"promoted"},"rollout":3,"stable":"1","started_ms":1000,"step":2,"step_started_ms":3000,"steps":2,"to":"2","total_failures":0}"#,
+            r#"{"model":"fraud","checks":[],"consecutive_failures":0,"interval_ms":30000,"leader":"replica-2","revision":7,"settled_ms":2000,"current_step":null,"phase":{"phase":"promoted"},"rollout":3,"stable":"1","started_ms":1000,"step":2,"step_started_ms":3000,"steps":2,"to":"2","total_failures":0}"#,
         );
         assert_eq!(promoted.rollout.unwrap().current_step, None);
     }
@@ -373,7 +373,7 @@ mod tests {
             r#"[{"rollout":1,"at":1796156088740,"action":{"action":"route","weight":1000,"shadow":0,"header":true},"reason":"rollout started; step 1 of 2","evidence":[]},{"rollout":3,"at":4000,"action":{"action":"pause"},"reason":"paused: by an operator","evidence":[["error_rate",{"verdict":"pass","value":0.0}],["latency",{"verdict":"pass","value":1.0}]]}]"#,
         );
         assert_eq!(history[1].decision.evidence[0].0, "error_rate");
-        let feedback: FeedbackAnswer = round_trip(r#"{"joined":0,"unknown":["nope"]}"#);
+        let feedback: FeedbackAnswer = round_trip(r#"{"forwarded":0,"joined":0,"unknown":["nope"]}"#);
         assert_eq!(feedback.unknown, ["nope"]);
         let loaded: ModelLoaded = round_trip(r#"{"model":"iris","version":"3","state":"READY"}"#);
         assert_eq!(loaded.state, ModelState::Ready);

@@ -53,15 +53,20 @@ impl Redis {
     }
 
     /// Stops the server (SIGTERM: it finishes writing its file), for `down`, then starts it
-    /// again on the same port with the same data.
-    pub fn outage(&mut self, down: Duration) {
+    /// again on the same port with the same data. Returns when it had exited and when it was
+    /// started again (milliseconds since the epoch): the window in which it answered nothing.
+    pub fn outage(&mut self, down: Duration) -> (u64, u64) {
+        let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
         assert!(self.dir.is_some(), "an outage needs a persistent Redis");
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
+        let stopped = now();
         thread::sleep(down);
+        let started = now();
         let again = Redis::launch(self.port, self.dir.clone());
         // The old child is reaped; the new one takes its place (and its drop).
         *self = again;
+        (stopped, started)
     }
 
     pub fn cli(&self, args: &[&str]) -> String {

@@ -359,8 +359,7 @@ fn the_store_going_away_mid_rollout_fails_no_request_and_takes_no_step() {
     let loads: Vec<Load> = (0..3).map(|i| Load::start(&fleet.server(i).url("/v1/predict"), 2)).collect();
     fleet.rollout(1, &["start", "fraud", "--spec", &spec]);
     let before = fleet.wait_rollout(2, "at step 1, settled", |s| s["step"] == 1 && !s["settled_ms"].is_null());
-    let down_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let outage = thread::scope(|scope| {
+    let (stopped, restarted) = thread::scope(|scope| {
         let outage = scope.spawn(|| redis.outage(Duration::from_secs(10)));
         // While it is away: readiness says so (and stays 200), every replica still answers.
         thread::sleep(Duration::from_secs(4));
@@ -370,8 +369,7 @@ fn the_store_going_away_mid_rollout_fails_no_request_and_takes_no_step() {
             assert_eq!(ready.json()["checks"]["control_store_reachable"], false, "replica {i}: {}", ready.text);
             assert!(ready.text.contains("rollouts hold"), "{}", ready.text);
         }
-        outage.join().unwrap();
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+        outage.join().unwrap()
     });
     let done = fleet.wait_rollout(0, "promoted after the outage", |s| s["phase"]["phase"] == "promoted");
     for (i, load) in loads.into_iter().enumerate() {
@@ -379,11 +377,18 @@ fn the_store_going_away_mid_rollout_fails_no_request_and_takes_no_step() {
         assert!(failed.is_empty(), "replica {i}: {} of {} failed: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(3)]);
     }
     let history = fleet.rollout(0, &["history", "fraud"]);
-    let during: Vec<&Value> = history.as_array().unwrap().iter().filter(|d| (down_at..outage).contains(&d["at"].as_u64().unwrap())).collect();
+    let during: Vec<&Value> = history.as_array().unwrap().iter().filter(|d| (stopped..restarted).contains(&d["at"].as_u64().unwrap())).collect();
     assert!(during.is_empty(), "no decision while the store was away: {during:?}");
     assert_eq!(decisions(&history, 1).len(), 3, "start, step 2, promotion: {history}");
     assert_eq!(fleet.server(0).get("/health/ready").json()["checks"]["control_store_reachable"], true);
-    eprintln!("fleet: a 10 s Redis outage at step {} held the rollout; promoted at {:?}", before["step"], done["phase"]);
+    let at = |d: &Value| d["at"].as_i64().unwrap();
+    let offsets: Vec<String> = history.as_array().unwrap().iter().map(|d| format!("{:+} ms", at(d) - restarted as i64)).collect();
+    eprintln!(
+        "fleet: Redis away {} ms at step {}; decisions at {offsets:?} from its restart; {:?}",
+        restarted - stopped,
+        before["step"],
+        done["phase"]
+    );
 }
 
 /// Labels posted to replica 3 for predictions replica 1 made are handed on through the store,
