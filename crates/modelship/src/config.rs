@@ -801,4 +801,20 @@ logging:
         assert_eq!(c.log.static_fields.get("pod_name").map(String::as_str), Some("fraud-7d9"));
         assert_eq!(c.log.static_fields.get("pod_namespace").map(String::as_str), Some("ml"));
     }
+
+    #[test]
+    fn the_replica_is_named_by_flag_env_or_pod_and_the_lease_is_bounded() {
+        let m = [("MODEL_PATH", "m.onnx")];
+        let c = check("", &m, &[]).unwrap();
+        assert!(c.admin.replica.ends_with(&format!("-{}", std::process::id())), "{}", c.admin.replica);
+        assert_eq!(c.admin.lease_ttl, Duration::from_secs(10));
+        let c = check("", &[m[0], ("POD_NAME", "fraud-7d9")], &[]).unwrap();
+        assert_eq!(c.admin.replica, "fraud-7d9");
+        let c = check("", &[m[0], ("POD_NAME", "fraud-7d9"), ("MODELSHIP_REPLICA", "edge-1")], &[]).unwrap();
+        assert_eq!(c.admin.replica, "edge-1");
+        let c = check("server:\n  replica: from-file\n", &[m[0], ("POD_NAME", "pod")], &["--replica", "flag-1", "--lease-ttl", "3"]).unwrap();
+        assert_eq!((c.admin.replica.as_str(), c.admin.lease_ttl), ("flag-1", Duration::from_secs(3)));
+        let e = check("", &m, &["--replica", "a/b", "--lease-ttl", "0.2"]).unwrap_err();
+        assert!(e.contains("server.replica 'a/b' is not a usable replica name") && e.contains("lease_ttl_seconds must be between 1 and 300"), "{e}");
+    }
 }
