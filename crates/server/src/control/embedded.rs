@@ -12,7 +12,7 @@ use futures::{FutureExt, StreamExt};
 use modelship_rollout::engine::Decision;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{ControlStore, Evidence, Lease, Page, ReplicaReport, Revision, StoreError, StoredRollout, Write};
+use super::{ControlStore, Evidence, Lease, Page, ReplicaReport, Revision, StoreError, StoredRollout, Write, check_write};
 
 /// A row of `rollouts`: id, stable version, engine state, record (absent in older files).
 type RolloutRow = (i64, String, String, Option<String>);
@@ -181,15 +181,12 @@ impl ControlStore for Embedded {
             self.with(|c| {
                 let tx = c.transaction()?;
                 let current = Self::latest_rollout(&tx, &record.model)?;
-                let stored = current.map(|row| Self::parse_rollout(&record.model, row));
-                let stored = match stored {
-                    Some(Err(e)) => return Ok(Err(e)),
-                    Some(Ok(s)) => Some(s),
-                    None => None,
+                let stored = match current.map(|row| Self::parse_rollout(&record.model, row)).transpose() {
+                    Ok(stored) => stored,
+                    Err(e) => return Ok(Err(e)),
                 };
-                let refused = check_write(stored.as_ref(), record, write);
-                if refused.is_some() {
-                    return Ok(refused.map_or(Ok(()), Err));
+                if let Some(refused) = check_write(stored.as_ref(), record, write) {
+                    return Ok(Err(refused));
                 }
                 match write {
                     Write::Create => tx.execute(
@@ -281,23 +278,5 @@ impl ControlStore for Embedded {
 
     fn labels<'a>(&'a self, _: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<(String, bool)>, StoreError>> {
         async move { Ok((vec![], cursor.map(str::to_owned))) }.boxed()
-    }
-}
-
-/// Why `write` of `record` over `stored` is refused, if it is (the lease is checked by each
-/// store, where it lives). The same rule for every store.
-pub(super) fn check_write(stored: Option<&StoredRollout>, record: &StoredRollout, write: Write<'_>) -> Option<StoreError> {
-    match (write, stored) {
-        (Write::Create, Some(s)) if !s.is_done() => {
-            Some(StoreError::Stale(format!("model '{}' already has a rollout in progress (rollout {}); abort it first", s.model, s.id)))
-        }
-        (Write::Create, s) => {
-            let next = s.map_or(1, |s| s.id + 1);
-            (record.id != next || record.seq != 0).then(|| StoreError::Stale(format!("a new rollout must be rollout {next} at seq 0")))
-        }
-        (Write::Update { .. }, None) => Some(StoreError::Stale(format!("model '{}' has no rollout", record.model))),
-        (Write::Update { .. }, Some(s)) => (s.id != record.id || s.seq + 1 != record.seq).then(|| {
-            StoreError::Stale(format!("rollout {} is at seq {} (this write was for rollout {} at seq {})", s.id, s.seq, record.id, record.seq.saturating_sub(1)))
-        }),
     }
 }

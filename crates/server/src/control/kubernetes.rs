@@ -49,7 +49,7 @@ use modelship_rollout::engine::Decision;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::embedded::check_write;
+use super::check_write;
 use super::{ControlStore, Evidence, Lease, Page, ReplicaReport, Revision, StoreError, StoredRollout, Write};
 
 /// How long one store call (all its requests) may take before the store counts as unreachable.

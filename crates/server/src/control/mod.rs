@@ -238,6 +238,25 @@ pub trait ControlStore: Send + Sync {
     fn labels<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<(String, bool)>, StoreError>>;
 }
 
+/// Why `write` of `record` over `stored` is refused, if it is (the lease is checked by each
+/// store, where it lives). The same rule for every store; Redis runs it as a Lua script
+/// (`redis_store::SAVE_ROLLOUT_SCRIPT`).
+pub(crate) fn check_write(stored: Option<&StoredRollout>, record: &StoredRollout, write: Write<'_>) -> Option<StoreError> {
+    match (write, stored) {
+        (Write::Create, Some(s)) if !s.is_done() => {
+            Some(StoreError::Stale(format!("model '{}' already has a rollout in progress (rollout {}); abort it first", s.model, s.id)))
+        }
+        (Write::Create, s) => {
+            let next = s.map_or(1, |s| s.id + 1);
+            (record.id != next || record.seq != 0).then(|| StoreError::Stale(format!("a new rollout must be rollout {next} at seq 0")))
+        }
+        (Write::Update { .. }, None) => Some(StoreError::Stale(format!("model '{}' has no rollout", record.model))),
+        (Write::Update { .. }, Some(s)) => (s.id != record.id || s.seq + 1 != record.seq).then(|| {
+            StoreError::Stale(format!("rollout {} is at seq {} (this write was for rollout {} at seq {})", s.id, s.seq, record.id, record.seq.saturating_sub(1)))
+        }),
+    }
+}
+
 /// Checks a setting without opening anything.
 pub fn check_setting(setting: &str) -> Result<(), String> {
     if setting == "embedded" {
@@ -339,12 +358,12 @@ fn redact(url: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use modelship_router::TrafficTable;
 
     use super::*;
 
-    fn revision(model: &str, n: u64) -> Revision {
+    pub(crate) fn revision(model: &str, n: u64) -> Revision {
         Revision {
             model: model.to_owned(),
             revision: n,
@@ -369,7 +388,7 @@ mod tests {
         assert_eq!(store.latest("other").await.unwrap(), None, "models are apart");
     }
 
-    fn record(id: i64, seq: u64, done: bool) -> StoredRollout {
+    pub(crate) fn record(id: i64, seq: u64, done: bool) -> StoredRollout {
         let spec: modelship_rollout::spec::RolloutSpec =
             serde_json::from_value(serde_json::json!({"to": "2", "canary": {"weights": [10, 100], "every": "1m"}})).unwrap();
         let (mut rollout, _) = Rollout::start(spec.resolve().unwrap(), 0);

@@ -47,7 +47,7 @@ if latest == false then return -2 end
 return tonumber(latest)
 ";
 
-/// Writes a rollout record as [`Write`] allows (see [`super::embedded::check_write`], the
+/// Writes a rollout record as [`Write`] allows (see [`super::check_write`], the
 /// same rule) and appends its decisions, all or nothing. KEYS: record, decisions, lease.
 /// ARGV: mode (`create`/`update`), id, seq, done (0/1), record JSON, leader (`` for none),
 /// channel, then one decision JSON each. Returns `{ok}`, `{not_leader, HOLDER}`,
@@ -122,8 +122,9 @@ impl RedisStore {
         Ok(RedisStore { client, prefix: "modelship".to_owned(), conn: tokio::sync::Mutex::new(None) })
     }
 
+    /// The traffic keys of `model`: the latest number, the revisions hash, the channel.
     fn keys(&self, model: &str) -> (String, String, String) {
-        let base = format!("{}:traffic:{model}", self.prefix);
+        let base = self.key("traffic", model);
         (format!("{base}:latest"), format!("{base}:revisions"), base)
     }
 

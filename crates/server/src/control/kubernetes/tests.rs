@@ -4,11 +4,11 @@
 
 use http::{Request, Response};
 use kube::client::Body;
-use modelship_router::TrafficTable;
 use serde_json::{Value, json};
 use tower_test::mock;
 
 use super::*;
+use crate::control::tests::{record, revision};
 
 type Server = mock::Handle<Request<Body>, Response<Body>>;
 type Answer = mock::SendResponse<Response<Body>>;
@@ -53,27 +53,8 @@ fn configmap(name: &str, version: &str, data: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "fleet", "resourceVersion": version}, "data": data})
 }
 
-fn revision(n: u64) -> Revision {
-    Revision {
-        model: "fraud".to_owned(),
-        revision: n,
-        at_ms: n as i64,
-        actor: "test".to_owned(),
-        reason: format!("r{n}"),
-        change: None,
-        traffic: TrafficTable::new(n.to_string()),
-    }
-}
-
 fn json_of<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).unwrap()
-}
-
-fn record(id: i64, seq: u64) -> StoredRollout {
-    let spec: modelship_rollout::spec::RolloutSpec =
-        serde_json::from_value(json!({"to": "2", "canary": {"weights": [10, 100], "every": "1m"}})).unwrap();
-    let (rollout, _) = modelship_rollout::engine::Rollout::start(spec.resolve().unwrap(), 0);
-    StoredRollout { id, seq, model: "fraud".into(), stable: "1".into(), rollout, applied: None, evidence_cursor: None, leader: None }
 }
 
 fn lease_object(version: &str, holder: &str, renewed: &str, transitions: i32) -> Value {
@@ -130,7 +111,7 @@ async fn a_commit_creates_then_replaces_with_the_version_it_read() {
     let (store, mut server) = store();
     let name = object_name("traffic", "fraud");
     let slug = model_slug("fraud");
-    let first = revision(0);
+    let first = revision("fraud", 0);
     let server_side = async {
         let (_, to) = expect(&mut server, "GET", &format!("{MAPS}/{name}")).await;
         answer(to, 404, &status(404, "NotFound", "configmaps not found"));
@@ -147,7 +128,7 @@ async fn a_commit_creates_then_replaces_with_the_version_it_read() {
     committed.unwrap();
 
     // The next: a replace carrying resourceVersion 41, as read.
-    let second = revision(1);
+    let second = revision("fraud", 1);
     let server_side = async {
         let (_, to) = expect(&mut server, "GET", &format!("{MAPS}/{name}")).await;
         answer(to, 200, &configmap(&name, "41", json!({"latest": "0", "revision-0": json_of(&first)})));
@@ -165,7 +146,7 @@ async fn a_commit_creates_then_replaces_with_the_version_it_read() {
         answer(to, 200, &configmap(&name, "42", json!({"latest": "1", "revision-0": json_of(&first), "revision-1": json_of(&second)})));
         quiet(&mut server).await;
     };
-    let third = revision(3);
+    let third = revision("fraud", 3);
     let (committed, ()) = tokio::join!(store.commit(&third), server_side);
     assert_eq!(committed, Err(StoreError::Conflict { wanted: 3, latest: Some(1) }));
 
@@ -185,17 +166,17 @@ async fn a_commit_creates_then_replaces_with_the_version_it_read() {
 async fn a_409_on_replace_is_a_conflict_naming_the_winner() {
     let (store, mut server) = store();
     let name = object_name("traffic", "fraud");
-    let ours = revision(1);
+    let ours = revision("fraud", 1);
     let server_side = async {
         let (_, to) = expect(&mut server, "GET", &format!("{MAPS}/{name}")).await;
-        answer(to, 200, &configmap(&name, "41", json!({"latest": "0", "revision-0": json_of(&revision(0))})));
+        answer(to, 200, &configmap(&name, "41", json!({"latest": "0", "revision-0": json_of(&revision("fraud", 0))})));
         let (body, to) = expect(&mut server, "PUT", &format!("{MAPS}/{name}?&fieldManager=modelship")).await;
         assert_eq!(body["metadata"]["resourceVersion"], "41");
         answer(to, 409, &status(409, "Conflict", "Operation cannot be fulfilled on configmaps: the object has been modified"));
         // The store reads again only to say which revision won.
         let (_, to) = expect(&mut server, "GET", &format!("{MAPS}/{name}")).await;
-        let theirs = Revision { actor: "replica-2".into(), ..revision(1) };
-        answer(to, 200, &configmap(&name, "42", json!({"latest": "1", "revision-0": json_of(&revision(0)), "revision-1": json_of(&theirs)})));
+        let theirs = Revision { actor: "replica-2".into(), ..revision("fraud", 1) };
+        answer(to, 200, &configmap(&name, "42", json!({"latest": "1", "revision-0": json_of(&revision("fraud", 0)), "revision-1": json_of(&theirs)})));
         quiet(&mut server).await;
     };
     let (committed, ()) = tokio::join!(store.commit(&ours), server_side);
@@ -206,8 +187,8 @@ async fn a_409_on_replace_is_a_conflict_naming_the_winner() {
 async fn the_history_is_bounded_in_its_configmap() {
     let (store, mut server) = store();
     let name = object_name("traffic", "fraud");
-    let kept: serde_json::Map<String, Value> = (0..REVISIONS_KEPT as u64).map(|n| (format!("revision-{n}"), json!(json_of(&revision(n))))).collect();
-    let next = revision(REVISIONS_KEPT as u64);
+    let kept: serde_json::Map<String, Value> = (0..REVISIONS_KEPT as u64).map(|n| (format!("revision-{n}"), json!(json_of(&revision("fraud", n))))).collect();
+    let next = revision("fraud", REVISIONS_KEPT as u64);
     let server_side = async {
         let (_, to) = expect(&mut server, "GET", &format!("{MAPS}/{name}")).await;
         let mut data = kept.clone();
@@ -329,7 +310,7 @@ async fn a_lease_held_by_another_replica_is_not_mine_and_fences_my_writes() {
         answer(to, 200, &held);
         quiet(&mut server).await;
     };
-    let next = record(1, 1);
+    let next = record(1, 1, false);
     let (written, ()) = tokio::join!(store.save_rollout(&next, Write::Update { leader: Some("replica-a") }, &[]), server_side);
     assert_eq!(written, Err(StoreError::NotLeader { holder: "replica-b".into() }));
 
@@ -350,40 +331,40 @@ async fn the_leaders_rollout_write_carries_the_version_it_read() {
     let (store, mut server) = store();
     let (lease, name) = (object_name("lease", "fraud"), object_name("rollout", "fraud"));
     let decision = Decision { at: 5, action: modelship_rollout::engine::Action::Pause, reason: "hold".into(), evidence: vec![] };
-    let stored = configmap(&name, "70", json!({"record": json_of(&record(1, 0)), "decisions-1": "[]"}));
+    let stored = configmap(&name, "70", json!({"record": json_of(&record(1, 0, false)), "decisions-1": "[]"}));
     let server_side = async {
         let (_, to) = expect(&mut server, "GET", &format!("{LEASES}/{lease}")).await;
         answer(to, 200, &lease_object("55", "replica-a", &micro(Timestamp::now()), 0));
         let (_, to) = expect(&mut server, "GET", &format!("{MAPS}/{name}")).await;
         answer(to, 200, &stored);
         let (body, to) = expect(&mut server, "PUT", &format!("{MAPS}/{name}?&fieldManager=modelship")).await;
-        let wanted = configmap(&name, "70", json!({"record": json_of(&record(1, 1)), "decisions-1": json_of(std::slice::from_ref(&decision))}));
+        let wanted = configmap(&name, "70", json!({"record": json_of(&record(1, 1, false)), "decisions-1": json_of(std::slice::from_ref(&decision))}));
         assert_eq!(body, wanted);
         answer(to, 200, &body);
     };
-    let next = record(1, 1);
+    let next = record(1, 1, false);
     let (written, ()) = tokio::join!(store.save_rollout(&next, Write::Update { leader: Some("replica-a") }, std::slice::from_ref(&decision)), server_side);
     written.unwrap();
 
     // Another replica (an operator's command) replaced it between this read and this write.
     let server_side = async {
         let (_, to) = expect(&mut server, "GET", &format!("{MAPS}/{name}")).await;
-        answer(to, 200, &configmap(&name, "71", json!({"record": json_of(&record(1, 1))})));
+        answer(to, 200, &configmap(&name, "71", json!({"record": json_of(&record(1, 1, false))})));
         let (body, to) = expect(&mut server, "PUT", &format!("{MAPS}/{name}?&fieldManager=modelship")).await;
         assert_eq!(body["metadata"]["resourceVersion"], "71");
         answer(to, 409, &status(409, "Conflict", "the object has been modified"));
     };
-    let next = record(1, 2);
+    let next = record(1, 2, false);
     let (written, ()) = tokio::join!(store.save_rollout(&next, Write::Update { leader: None }, &[]), server_side);
     assert!(matches!(written, Err(StoreError::Stale(_))), "{written:?}");
 
     // The shared rule still holds: a second rollout while one is in progress is refused unwritten.
     let server_side = async {
         let (_, to) = expect(&mut server, "GET", &format!("{MAPS}/{name}")).await;
-        answer(to, 200, &configmap(&name, "72", json!({"record": json_of(&record(1, 2))})));
+        answer(to, 200, &configmap(&name, "72", json!({"record": json_of(&record(1, 2, false))})));
         quiet(&mut server).await;
     };
-    let second = record(2, 0);
+    let second = record(2, 0, false);
     let (written, ()) = tokio::join!(store.save_rollout(&second, Write::Create, &[]), server_side);
     assert!(written.unwrap_err().to_string().contains("already has a rollout in progress (rollout 1)"));
 }
