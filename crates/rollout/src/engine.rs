@@ -1,7 +1,9 @@
 //! The rollout state machine. Events (time passing with a window of observations, approvals,
 //! webhook answers, operator commands) go in; actions come out, each with its reason and the
 //! check verdicts that led to it. The state is plain data: persisted by the caller after every
-//! event, and recovered after a restart with [`Rollout::recover`].
+//! event. Whoever takes a persisted rollout over makes the routing [`Rollout::desired`] and goes
+//! on handing it events (the deadline is checked by `Tick` and `Wait`), as the server's control
+//! loop does; [`Rollout::recover`] does both at once for a caller that replays decisions instead.
 
 use std::collections::VecDeque;
 use std::time::Duration;
