@@ -5,6 +5,10 @@ Writes:
   examples/models/fraud.onnx            GradientBoostingClassifier, 100 trees of depth 3, input `input` FP32 [N, 30]
   testdata/models/*.onnx                the other fixture models (see MODELS below, plus dtypes.onnx and slow.onnx)
   testdata/reference/*.json             inputs and the outputs of onnxruntime in Python for each classifier
+  testdata/models/nepse_xgboost.onnx    the edge model: an XGBoost classifier of 4 daily stock features
+                                        (NEPSE-style), input `input` FP32 [N, 4]
+
+`make_fixtures.py nepse_xgboost` writes only the edge model and its reference.
 
 The committed files are what the tests use; run this only to change them:
   python3 -m venv .venv && .venv/bin/pip install -r scripts/requirements-fixtures.txt
@@ -163,7 +167,49 @@ def broken_model(path):
     path.write_bytes(model.SerializeToString())
 
 
+NEPSE_FEATURES = ["return_1d", "return_5d", "volume_ratio", "range_pct"]
+
+
+def nepse_data(days=3000, seed=7):
+    """A synthetic daily series shaped like the seed's NEPSE data: a random walk with momentum,
+    volume bursts and intraday ranges, turned into 4 features and "the close rises tomorrow"."""
+    rng = np.random.default_rng(seed)
+    drift = np.convolve(rng.normal(0, 0.004, days + 30), np.ones(10) / 10, mode="same")
+    close = 1800 * np.exp(np.cumsum(drift + rng.normal(0, 0.012, days + 30)))
+    volume = rng.lognormal(13, 0.4, days + 30) * (1 + 3 * (np.abs(np.diff(close, prepend=close[0])) / close > 0.02))
+    high = close * (1 + np.abs(rng.normal(0, 0.008, days + 30)))
+    low = close * (1 - np.abs(rng.normal(0, 0.008, days + 30)))
+    t = np.arange(20, days + 20)
+    x = np.stack([
+        close[t] / close[t - 1] - 1,
+        close[t] / close[t - 5] - 1,
+        volume[t] / np.array([volume[i - 20:i].mean() for i in t]),
+        (high[t] - low[t]) / close[t],
+    ], axis=1).astype(np.float32)
+    y = (close[t + 1] > close[t]).astype(np.int64)
+    return x, y
+
+
+def nepse_model():
+    import onnxmltools
+    import xgboost
+    from onnxmltools.convert.common.data_types import FloatTensorType as MlFloat
+
+    x, y = nepse_data()
+    model = xgboost.XGBClassifier(n_estimators=60, max_depth=3, learning_rate=0.1, random_state=0, n_jobs=1)
+    model.fit(x[:2500], y[:2500])
+    path = MODELS / "nepse_xgboost.onnx"
+    onx = onnxmltools.convert_xgboost(model, initial_types=[("input", MlFloat([None, len(NEPSE_FEATURES)]))], target_opset=15)
+    path.write_bytes(onx.SerializeToString())
+    reference("nepse_xgboost", path, x[2500:2516])
+    print(f"nepse_xgboost: {path.relative_to(ROOT)} ({path.stat().st_size} bytes), features {NEPSE_FEATURES}")
+
+
 def main():
+    import sys
+    if sys.argv[1:] == ["nepse_xgboost"]:
+        nepse_model()
+        return
     MODELS.mkdir(parents=True, exist_ok=True)
     REFERENCE.mkdir(parents=True, exist_ok=True)
     (ROOT / "examples" / "models").mkdir(parents=True, exist_ok=True)
@@ -190,6 +236,7 @@ def main():
         convert(model, path)
         reference(name, path, x_ref)
         print(f"{name}: {path.relative_to(ROOT)} ({path.stat().st_size} bytes)")
+    nepse_model()
     dtypes_model(MODELS / "dtypes.onnx")
     slow_model(MODELS / "slow.onnx")
     broken_model(MODELS / "broken.onnx")

@@ -8,6 +8,8 @@
 //! - `grpc` (feature `grpc`): the gRPC messages (Triton's numbering) and their conversion.
 //! - [`raw`]: tensors as raw little-endian bytes (the binary tensor extension, gRPC raw contents).
 //! - [`admin`]: the admin API's requests and answers, shared by the server and the CLI.
+//! - [`lambda`]: AWS Lambda events (API Gateway REST and HTTP APIs, function URLs, direct
+//!   invocations) as the HTTP requests they stand for, and the one answer shape they all read.
 //!
 //! Decoding happens once, here; the server only ever sees [`modelship_inference::InferRequest`].
 
@@ -16,6 +18,7 @@ mod error;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 pub mod json_tensor;
+pub mod lambda;
 pub mod model_config;
 pub mod raw;
 pub mod statistics;

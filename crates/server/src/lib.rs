@@ -9,6 +9,8 @@
 //! - [`routes`]: HTTP handlers (Open Inference Protocol V2, the seed's `/v1/predict`, probes, metrics).
 //! - [`error`]: the one table from every failure to its HTTP status and stable error code.
 //! - `grpc` (feature `grpc`): the same API over gRPC, as Triton's `GRPCInferenceService`.
+//! - [`lambda`]: the Lambda adapter: one event through the same decoding, pipeline and encoding
+//!   as the HTTP routes.
 //! - [`health`], [`metrics`]: probe state and Prometheus metrics.
 //! - [`follow`]: follows a registry alias, swapping versions in without failing a request.
 //! - [`shadow`]: mirrored requests, run off the client's path and compared with what it got.
@@ -27,6 +29,7 @@ pub mod follow;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 pub mod health;
+pub mod lambda;
 pub mod metrics;
 pub mod model;
 pub mod observe;

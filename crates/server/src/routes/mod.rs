@@ -4,7 +4,7 @@ pub(crate) mod feedback;
 mod openapi;
 pub(crate) mod ops;
 pub(crate) mod path;
-mod v1;
+pub(crate) mod v1;
 pub(crate) mod v2;
 
 use axum::Router;

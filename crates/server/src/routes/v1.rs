@@ -22,8 +22,20 @@ pub fn routes() -> Router<AppState> {
 
 async fn predict(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let received = Instant::now();
-    let decoded = body.map_err(|r| body_error(&state, r)).and_then(|body| decode(&body));
-    let answer = pipeline::run(&state, Endpoint::V1Predict, &headers, received, decoded).await;
+    predict_response(&state, Endpoint::V1Predict, &headers, received, body.map_err(|r| body_error(&state, r))).await
+}
+
+/// `/v1/predict` of one body, from decoding to the encoded response: the HTTP route's and the
+/// Lambda adapter's (which has no listener, so `endpoint` says where the request came in).
+pub(crate) async fn predict_response(
+    state: &AppState,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    received: Instant,
+    body: Result<Bytes, ApiError>,
+) -> Response {
+    let decoded = body.and_then(|body| decode(&body));
+    let answer = pipeline::run(state, endpoint, headers, received, decoded).await;
     respond(answer, |model, outcome| match outcome.outputs.first() {
         Some(output) => json_response(StatusCode::OK, v1::encode_predict_response(&model.version, output, outcome.feature_defaults)),
         None => ApiError::Internal("the model returned no output".to_owned()).into_response(),

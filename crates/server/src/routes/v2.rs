@@ -148,8 +148,22 @@ async fn infer_at(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let received = Instant::now();
+    infer_response(state, Endpoint::V2Infer, name, version, headers, received, body.map_err(|r| body_error(state, r))).await
+}
+
+/// V2 infer of one body, from decoding to the encoded response: the HTTP route's and the Lambda
+/// adapter's (which has no listener, so `endpoint` says where the request came in).
+pub(crate) async fn infer_response(
+    state: &AppState,
+    endpoint: Endpoint,
+    name: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    received: Instant,
+    body: Result<Bytes, ApiError>,
+) -> Response {
     let mut binary_outputs = v2::BinaryOutputs::default();
-    let decoded = body.map_err(|r| body_error(state, r)).and_then(|body| {
+    let decoded = body.and_then(|body| {
         let json_length = json_length(headers)?;
         let decoded = v2::decode_request(&body, json_length)?;
         binary_outputs = decoded.binary_outputs;
@@ -161,7 +175,7 @@ async fn infer_at(
             entities: decoded.entities,
         })
     });
-    let answer = pipeline::run(state, Endpoint::V2Infer, headers, received, decoded).await;
+    let answer = pipeline::run(state, endpoint, headers, received, decoded).await;
     respond(answer, |model, outcome| {
         let parameters = outcome.feature_defaults.map(|d| serde_json::json!({ "feature_defaults": d }));
         let (body, json_length) =

@@ -4,3 +4,4 @@
 mod app;
 mod control;
 mod errors;
+mod lambda;
