@@ -21,6 +21,7 @@
 //! drain: {delay: 5s, grace: 30s}
 //! prometheus: {}                    # a Prometheus scraping every replica
 //! kubernetes: {namespace: ml, strategy: canary, mesh: istio}   # see [`Kubernetes`]
+//! lambda: {architecture: arm64, memory: 1024, deployment: Linear10PercentEvery1Minute}   # see [`Lambda`]
 //! ```
 //!
 //! Host paths are relative to the description's directory; the CLI rewrites them relative to
@@ -35,8 +36,10 @@ use serde::{Deserialize, Serialize};
 use crate::Target;
 
 mod kubernetes;
+mod lambda;
 
 pub use kubernetes::*;
+pub use lambda::*;
 
 /// Every problem found in a description, one per line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +82,8 @@ pub struct Deployment {
     pub swarm: SwarmOptions,
     #[serde(default)]
     pub kubernetes: Kubernetes,
+    #[serde(default)]
+    pub lambda: Lambda,
     /// The serving config's text, which the CLI reads from `config` (the Kubernetes target puts
     /// it in a ConfigMap; the others mount the file).
     #[serde(skip)]
@@ -426,6 +431,9 @@ impl Deployment {
         self.problems(&mut problems);
         if target == Target::Kubernetes {
             self.kubernetes_problems(&mut problems);
+        }
+        if target == Target::Lambda {
+            self.lambda_problems(&mut problems);
         }
         if problems.is_empty() { Ok(()) } else { Err(DescriptionError(problems)) }
     }

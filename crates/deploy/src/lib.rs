@@ -18,12 +18,15 @@
 //! - [`kubernetes`]: one manifest per object and a `kustomization.yaml`: the seed's objects, the
 //!   rolling, blue-green, canary and shadow strategies (Istio, Gateway API, or no mesh), as
 //!   typed values ([`kubernetes::api`]) written by [`yaml`] too.
+//! - [`lambda`]: a SAM template (the binary as a custom runtime's `bootstrap`, alias, gradual
+//!   deployment with alarms and traffic hooks) and the Makefile that packages the bootstrap.
 
 pub mod compose;
 pub mod compose_file;
 pub mod description;
 pub mod docker;
 pub mod kubernetes;
+pub mod lambda;
 pub mod prometheus;
 pub mod swarm;
 pub mod yaml;
@@ -68,6 +71,7 @@ pub enum Target {
     Compose,
     Swarm,
     Kubernetes,
+    Lambda,
 }
 
 /// Renders the files of `target`.
@@ -77,5 +81,6 @@ pub fn render(target: Target, deployment: &Deployment, provenance: &Provenance) 
         Target::Compose => compose::render(deployment, provenance),
         Target::Swarm => swarm::render(deployment, provenance),
         Target::Kubernetes => kubernetes::render(deployment, provenance),
+        Target::Lambda => lambda::render(deployment, provenance),
     }
 }

@@ -79,3 +79,10 @@ fn kubernetes_every_strategy() {
         check(case, Target::Kubernetes);
     }
 }
+
+#[test]
+fn lambda_packaged_from_s3_and_behind_a_function_url() {
+    for case in ["lambda-seed", "lambda-s3", "lambda-url"] {
+        check(case, Target::Lambda);
+    }
+}

@@ -499,7 +499,7 @@ impl Deployment {
 }
 
 /// `sha256:` and 64 lowercase hex digits.
-fn check_digest(what: &str, digest: &str, p: &mut Vec<String>) {
+pub(super) fn check_digest(what: &str, digest: &str, p: &mut Vec<String>) {
     let ok = digest.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
     if !ok {
         p.push(format!("{what} '{digest}' is not sha256: followed by 64 lowercase hex digits"));
