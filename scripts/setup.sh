@@ -15,7 +15,15 @@
 #                             ./.cache/k8s-venv (the Kubernetes manifests' schema and CEL checks),
 #                             docker-compose and debootstrap (Debian), and, when a Docker engine
 #                             answers, the base images the container tests build on
-#                             (scripts/docker-test-images.sh: no image can be pulled here)
+#                             (scripts/docker-test-images.sh: no image can be pulled here);
+#                             for Lambda: aws-lambda-rie (the Runtime Interface Emulator, a static
+#                             binary inside the aws-sam-cli wheel) into ./.cache/lambda-rie,
+#                             cfn-lint 1.53.3 with aws-sam-translator into ./.cache/cfn-lint-sam-venv
+#                             and the newest cfn-lint into ./.cache/cfn-lint-venv; for the edge
+#                             build: gcc-aarch64-linux-gnu, libc6-dev-arm64-cross and qemu-user
+#                             (Debian), the Rust target aarch64-unknown-linux-gnu (rustup), and
+#                             ONNX Runtime's aarch64 library from the onnxruntime manylinux
+#                             aarch64 wheel into ./.cache/ort-aarch64
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +42,12 @@ KUBERNETES_VALIDATE_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
 JSONSCHEMA_VERSION="${JSONSCHEMA_VERSION:-4.26.0}"
 CEL_PYTHON_VERSION="${CEL_PYTHON_VERSION:-0.5.0}"
 K8S_VENV=.cache/k8s-venv
+# The Runtime Interface Emulator ships inside this SAM CLI wheel (samcli/local/rapid/).
+AWS_SAM_CLI_VERSION="${AWS_SAM_CLI_VERSION:-1.170.0}"
+# 1.53.3: the last cfn-lint with the SAM transform (1.54 dropped it); both are run.
+CFN_LINT_SAM_VERSION="${CFN_LINT_SAM_VERSION:-1.53.3}"
+AWS_SAM_TRANSLATOR_VERSION="${AWS_SAM_TRANSLATOR_VERSION:-1.115.0}"
+CFN_LINT_VERSION="${CFN_LINT_VERSION:-1.58.0}"
 VENV="${VENV:-.venv}"
 pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
 
@@ -94,14 +108,57 @@ if [ "${1:-}" = "--test" ]; then
   command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
   command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
   ldconfig -p | grep -q 'libb64.so.0d' || missing="$missing libb64-0d"
+  command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing="$missing gcc-aarch64-linux-gnu"
+  [ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] || missing="$missing libc6-dev-arm64-cross"
+  command -v qemu-aarch64 >/dev/null 2>&1 || missing="$missing qemu-user"
+  command -v make >/dev/null 2>&1 || missing="$missing make"
+  command -v unzip >/dev/null 2>&1 || missing="$missing unzip"
   if [ -n "$missing" ]; then
-    echo "setup: apt-get install$missing (Prometheus for the PromQL rollout checks, Redis for the feature store, libb64 for perf_analyzer, docker-compose and debootstrap for the container tests)" >&2
+    echo "setup: apt-get install$missing (Prometheus for the PromQL rollout checks, Redis for the feature store, libb64 for perf_analyzer, docker-compose and debootstrap for the container tests, the aarch64 cross toolchain and qemu for the edge build, make and unzip for the Lambda package)" >&2
     sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
     $sudo_ apt-get update -qq >/dev/null
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends $missing >/dev/null
   fi
+  if ! [ -x .cache/lambda-rie/aws-lambda-rie ] || ! grep -qxF "$AWS_SAM_CLI_VERSION" .cache/lambda-rie/VERSION 2>/dev/null; then
+    # No --help: it starts the emulator and waits.
+    echo "setup: extracting aws-lambda-rie from aws-sam-cli==$AWS_SAM_CLI_VERSION (the Lambda Runtime Interface Emulator) into .cache/lambda-rie" >&2
+    rie_tmp=$(mktemp -d)
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps "aws-sam-cli==$AWS_SAM_CLI_VERSION" -d "$rie_tmp"
+    mkdir -p .cache/lambda-rie
+    unzip -o -j -q "$rie_tmp"/aws_sam_cli-*.whl "samcli/local/rapid/aws-lambda-rie-$(uname -m | sed 's/aarch64/arm64/')" -d "$rie_tmp"
+    mv "$rie_tmp"/aws-lambda-rie-* .cache/lambda-rie/aws-lambda-rie
+    chmod +x .cache/lambda-rie/aws-lambda-rie
+    echo "$AWS_SAM_CLI_VERSION" > .cache/lambda-rie/VERSION
+    rm -rf "$rie_tmp"
+  fi
+  if ! .cache/cfn-lint-sam-venv/bin/cfn-lint --version 2>/dev/null | grep -qF "$CFN_LINT_SAM_VERSION"; then
+    echo "setup: installing cfn-lint==$CFN_LINT_SAM_VERSION aws-sam-translator==$AWS_SAM_TRANSLATOR_VERSION (lints the SAM templates through the transform) into .cache/cfn-lint-sam-venv" >&2
+    python3 -m venv .cache/cfn-lint-sam-venv
+    .cache/cfn-lint-sam-venv/bin/python -m pip install --quiet --disable-pip-version-check \
+      "cfn-lint==$CFN_LINT_SAM_VERSION" "aws-sam-translator==$AWS_SAM_TRANSLATOR_VERSION"
+  fi
+  if ! .cache/cfn-lint-venv/bin/cfn-lint --version 2>/dev/null | grep -qF "$CFN_LINT_VERSION"; then
+    echo "setup: installing cfn-lint==$CFN_LINT_VERSION (lints the SAM templates against the newest schemas) into .cache/cfn-lint-venv" >&2
+    python3 -m venv .cache/cfn-lint-venv
+    .cache/cfn-lint-venv/bin/python -m pip install --quiet --disable-pip-version-check "cfn-lint==$CFN_LINT_VERSION"
+  fi
+  if ! ls .cache/ort-aarch64/libonnxruntime.so."$ORT_VERSION" >/dev/null 2>&1; then
+    # The wheel's glibc tag is 2.28 (manylinux2014 stops at 1.16 for aarch64).
+    echo "setup: extracting ONNX Runtime's aarch64 library from the onnxruntime==$ORT_VERSION manylinux aarch64 wheel into .cache/ort-aarch64" >&2
+    ort_tmp=$(mktemp -d)
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+      --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 --python-version 3.11 "onnxruntime==$ORT_VERSION" -d "$ort_tmp"
+    mkdir -p .cache/ort-aarch64
+    unzip -o -j -q "$ort_tmp"/onnxruntime-*.whl 'onnxruntime/capi/libonnxruntime.so.*' -d .cache/ort-aarch64
+    rm -rf "$ort_tmp"
+  fi
+  if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+    # The edge test skips (saying so) only when this cannot be fetched.
+    echo "setup: rustup target add aarch64-unknown-linux-gnu (the edge build)" >&2
+    rustup target add aarch64-unknown-linux-gnu || echo "setup: the aarch64 Rust target could not be fetched; the edge test will skip" >&2
+  fi
   # The container tests' base images (Debian root filesystem, Redis, Prometheus), built locally.
   scripts/docker-test-images.sh
-  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $SCHEMATHESIS_VENV/bin/schemathesis, $HADOLINT_VENV/bin/hadolint, $K8S_VENV/bin/kubernetes-validate" >&2
+  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $SCHEMATHESIS_VENV/bin/schemathesis, $HADOLINT_VENV/bin/hadolint, $K8S_VENV/bin/kubernetes-validate, .cache/lambda-rie/aws-lambda-rie, .cache/cfn-lint-sam-venv/bin/cfn-lint, .cache/cfn-lint-venv/bin/cfn-lint, .cache/ort-aarch64" >&2
 fi

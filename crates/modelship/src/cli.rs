@@ -36,13 +36,42 @@ pub enum Command {
     /// Work with the feature store (Redis) that enriches requests by entity
     #[command(after_help = FEATURES_HELP)]
     Features(FeaturesArgs),
-    /// Generate a Dockerfile, a Compose file, a Swarm stack or Kubernetes manifests from one description
+    /// Generate a Dockerfile, a Compose file, a Swarm stack, Kubernetes manifests or a SAM template from one description
     #[command(after_help = DEPLOY_HELP)]
     Deploy(DeployArgs),
     /// Exit 0 when the server on this machine is ready, 1 when not (the image's HEALTHCHECK)
     #[command(after_help = HEALTHCHECK_HELP)]
     Healthcheck(HealthcheckArgs),
+    /// Run as an AWS Lambda function: the custom runtime's bootstrap (what a binary named
+    /// `bootstrap` does by itself)
+    #[command(after_help = LAMBDA_HELP)]
+    Lambda,
 }
+
+const LAMBDA_HELP: &str = "\
+Inside Lambda (provided.al2023) or its Runtime Interface Emulator: loads the model once at cold
+start, then answers each event through the same pipeline as `serve` answers HTTP. Events: API
+Gateway REST and HTTP API proxy events and function URLs (POST /predict, /v1/predict,
+/v2/models/{m}/infer), or a direct invocation whose payload is the body ({\"features\": [[...]]},
+{\"inputs\": [...]}, or the seed's {\"body\": \"...\"}). Every answer is a proxy response
+{\"statusCode\", \"headers\", \"body\"}; a bad event is a 4xx with {\"error\"}, never a crash.
+Needs the cargo feature `lambda` (`modelship deploy lambda` writes a Makefile that builds it).
+
+The model, from the environment (or the CONFIG_PATH file, as for `serve`):
+  MODEL_PATH                 a file [default: $LAMBDA_TASK_ROOT/model.onnx, packaged beside it]
+  MODELSHIP_ARTIFACTS, MODELSHIP_MODEL_DIGEST
+                             or s3://bucket/prefix and sha256:HEX: fetched at cold start from the
+                             registry's artifact store, the digest checked (AWS credentials from
+                             the function's role)
+  MODEL_NAME, MODEL_VERSION  what answers report [default: model, 1]
+
+A cold start that fails (no model, a corrupt artifact) is reported to Lambda as the init error.
+
+Examples:
+  cp target/release/modelship package/bootstrap     # Lambda runs it with no arguments
+  aws-lambda-rie ./package/bootstrap                # the emulator, then POST an event to
+      # http://localhost:8080/2015-03-31/functions/function/invocations
+  aws lambda invoke --function-name nepse:live --payload '{\"features\": [[0.1, 0.2, 1.1, 0.02]]}' out.json";
 
 const HEALTHCHECK_HELP: &str = "\
 Asks http://HOST:PORT/health/ready (every check: model loaded, startup complete, feature store
@@ -84,6 +113,9 @@ the command that made it. --apply then hands them to the real tool:
   k8s       one manifest per object and kustomization.yaml: rolling, blue-green, canary and
             shadow (Istio, Gateway API or no mesh); `modelship deploy k8s --help`. No --apply:
             review the files, then `kubectl apply -k DIR`
+  lambda    template.yaml (SAM: custom runtime, alias, gradual deployment, alarms, traffic
+            hooks) and a Makefile that packages the bootstrap; `modelship deploy lambda --help`.
+            No --apply: `make -f DIR/Makefile package`, then `sam deploy`
 
 The description:
   name: fraud                              # project, stack and service name
@@ -109,7 +141,8 @@ Examples:
   modelship deploy swarm --file deploy.yaml --replicas 3 --out deploy/swarm
   modelship deploy compose --name fraud --model fraud@production --registry-dir registry --redis
   modelship deploy docker --file deploy.yaml --output json
-  modelship deploy k8s --file deploy.yaml --strategy canary --mesh istio";
+  modelship deploy k8s --file deploy.yaml --strategy canary --mesh istio
+  modelship deploy lambda --model models/nepse.onnx --name nepse";
 
 #[derive(Debug, Clone, Args)]
 pub struct DeployArgs {
@@ -129,6 +162,90 @@ pub enum DeployTarget {
     /// (Istio, Gateway API or no mesh)
     #[command(name = "k8s", visible_alias = "kubernetes", after_help = K8S_HELP)]
     K8s(K8sOptions),
+    /// An AWS SAM template (the binary as a custom runtime, alias, gradual deployment with alarms
+    /// and traffic hooks) and the Makefile that packages the bootstrap
+    #[command(after_help = LAMBDA_DEPLOY_HELP)]
+    Lambda(LambdaOptions),
+}
+
+const LAMBDA_DEPLOY_HELP: &str = "\
+Writes into --out:
+  template.yaml  the SAM template: the function (runtime provided.al2023, bootstrap = modelship
+                 built with --features lambda, one architecture, memory, timeout), its API event
+                 (POST /predict, /v1/predict, /v2/models/{model}/infer on a REST API, an HTTP API,
+                 or a function URL), AutoPublishAlias with provisioned concurrency, a
+                 DeploymentPreference (a CodeDeploy preset) rolled back by alarms on the new
+                 version's Lambda errors, its 5xx answers and its p99 duration, and pre/post
+                 traffic hooks that send the check request and a bad one to the new version (then
+                 the alias) and tell CodeDeploy; with the model in S3, read access to its prefix only
+  Makefile       `make -f OUT/Makefile package` builds the bootstrap for the architecture, takes
+                 ONNX Runtime's library from the onnxruntime wheel and lays out OUT/package/
+Nothing here talks to AWS: then `sam deploy --template-file OUT/template.yaml --guided`.
+
+The description's lambda section (every key optional; the seed's values are the defaults):
+  lambda:
+    architecture: x86_64          # or arm64 (Graviton: cross-built with aarch64-linux-gnu-gcc)
+    memory: 1024                  # MB, 128-10240
+    timeout: 30s                  # at most 900s
+    api: rest                     # rest | http | url
+    provisioned_concurrency: 5    # 0: none
+    alias: live
+    deployment: Linear10PercentEvery1Minute   # Canary10Percent5Minutes, AllAtOnce, ...
+    alarms: {server_errors: 0, latency_p99_ms: 1000}
+    check: {features: [[0.01, -0.02, 1.3, 0.017]]}   # default: zeros, the model's input width
+    artifact: {store: s3://models/nepse, digest: sha256:HEX}   # else model.file is packaged
+
+Examples:
+  modelship deploy lambda --model models/nepse.onnx --name nepse --out deploy/lambda
+  modelship deploy lambda --file deploy.yaml --architecture arm64 --deployment Canary10Percent5Minutes
+  modelship deploy lambda --name nepse --artifacts s3://models/nepse --digest sha256:HEX --check '[[0, 0, 1, 0]]'
+  make -f deploy/lambda/Makefile package && sam deploy --template-file deploy/lambda/template.yaml --guided";
+
+#[derive(Debug, Clone, Args)]
+pub struct LambdaOptions {
+    #[command(flatten)]
+    pub common: DeployOptions,
+    /// The function's architecture [default: the description's, x86_64]
+    #[arg(long, value_enum)]
+    pub architecture: Option<ArchitectureArg>,
+    /// Memory in MB, 128-10240 [default: 1024]
+    #[arg(long, value_name = "MB")]
+    pub memory: Option<u32>,
+    /// Timeout, e.g. 30s [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// What fronts the function [default: rest]
+    #[arg(long, value_enum)]
+    pub api: Option<ApiArg>,
+    /// Provisioned concurrency on the alias; 0 for none [default: 5]
+    #[arg(long, value_name = "N")]
+    pub provisioned_concurrency: Option<u32>,
+    /// The CodeDeploy preset, e.g. Linear10PercentEvery1Minute, Canary10Percent5Minutes, AllAtOnce
+    #[arg(long, value_name = "PRESET")]
+    pub deployment: Option<String>,
+    /// The registry's artifact store holding the model, s3://bucket/prefix (with --digest)
+    #[arg(long, value_name = "URL", requires = "digest")]
+    pub artifacts: Option<String>,
+    /// The model's digest in the artifact store, sha256:HEX (`modelship models show REF --output json`)
+    #[arg(long, value_name = "DIGEST", requires = "artifacts")]
+    pub digest: Option<String>,
+    /// The rows the traffic hooks send (JSON), e.g. '[[0.1, 0.2, 1.1, 0.02]]'
+    #[arg(long, value_name = "JSON")]
+    pub check: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArchitectureArg {
+    #[value(name = "x86_64")]
+    X86_64,
+    Arm64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ApiArg {
+    Rest,
+    Http,
+    Url,
 }
 
 const K8S_HELP: &str = "\

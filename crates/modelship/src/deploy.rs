@@ -1,27 +1,31 @@
-//! `modelship deploy docker|compose|swarm|k8s`: reads the description (file, then flags), writes
-//! the files the pure generators of `modelship-deploy` render, and with `--apply` hands them to
-//! the real tool (`docker build`, `docker-compose up`, `docker stack deploy`). Kubernetes
-//! manifests are only written: nothing here talks to a cluster.
+//! `modelship deploy docker|compose|swarm|k8s|lambda`: reads the description (file, then flags),
+//! writes the files the pure generators of `modelship-deploy` render, and with `--apply` hands
+//! them to the real tool (`docker build`, `docker-compose up`, `docker stack deploy`). Kubernetes
+//! manifests and SAM templates are only written: nothing here talks to a cluster or to AWS.
 
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use modelship_deploy::description::{self, Build, Delivery, Deployment, FeatureStore, Prometheus};
+use modelship_deploy::description::{self, Artifact, Build, Check, Delivery, Deployment, FeatureStore, Prometheus};
 use modelship_deploy::{GeneratedFile, Provenance, Target, docker};
 use serde::Serialize;
 
-use crate::cli::{DeliveryArg, DeployArgs, DeployOptions, DeployTarget, K8sOptions, K8sStrategyArg, MeshArg, OutputFormat};
+use crate::cli::{
+    ApiArg, ArchitectureArg, DeliveryArg, DeployArgs, DeployOptions, DeployTarget, K8sOptions, K8sStrategyArg, LambdaOptions, MeshArg, OutputFormat,
+};
 
 pub fn main(args: DeployArgs) -> ExitCode {
-    let (target, options, k8s) = match args.target {
-        DeployTarget::Docker(o) => (Target::Docker, o, None),
-        DeployTarget::Compose(o) => (Target::Compose, o, None),
-        DeployTarget::Swarm(o) => (Target::Swarm, o, None),
-        DeployTarget::K8s(o) => (Target::Kubernetes, o.common.clone(), Some(o)),
+    let (target, options, k8s, lambda) = match args.target {
+        DeployTarget::Docker(o) => (Target::Docker, o, None, None),
+        DeployTarget::Compose(o) => (Target::Compose, o, None, None),
+        DeployTarget::Swarm(o) => (Target::Swarm, o, None, None),
+        DeployTarget::K8s(o) => (Target::Kubernetes, o.common.clone(), Some(o), None),
+        DeployTarget::Lambda(o) => (Target::Lambda, o.common.clone(), None, Some(o)),
     };
-    match run(target, &options, k8s.as_ref()) {
+    let flags = Flags { k8s: k8s.as_ref(), lambda: lambda.as_ref() };
+    match run(target, &options, flags) {
         Ok(summary) => {
             print(&summary, options.output);
             ExitCode::SUCCESS
@@ -63,12 +67,25 @@ struct Applied {
     started: Option<String>,
 }
 
-fn run(target: Target, o: &DeployOptions, k8s: Option<&K8sOptions>) -> anyhow::Result<Summary> {
+/// The flags only one target has.
+#[derive(Clone, Copy)]
+struct Flags<'a> {
+    k8s: Option<&'a K8sOptions>,
+    lambda: Option<&'a LambdaOptions>,
+}
+
+fn run(target: Target, o: &DeployOptions, flags: Flags<'_>) -> anyhow::Result<Summary> {
     if target == Target::Kubernetes && o.apply {
         bail!("deploy k8s writes manifests and applies nothing: review them, then `kubectl apply -k {}`", o.out.display());
     }
+    if target == Target::Lambda && o.apply {
+        bail!(
+            "deploy lambda writes a SAM template and applies nothing: `make -f {0}/Makefile package`, then `sam deploy --template-file {0}/template.yaml --guided`",
+            o.out.display()
+        );
+    }
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let (mut deployment, base) = load(o, k8s, &cwd)?;
+    let (mut deployment, base) = load(o, flags, &cwd)?;
     let out = normalize(&cwd.join(&o.out));
     // Host paths: absolute first (relative to the description), then, for Compose and Swarm,
     // relative to the output directory, where those files are read.
@@ -89,6 +106,12 @@ fn run(target: Target, o: &DeployOptions, k8s: Option<&K8sOptions>) -> anyhow::R
     {
         // The ConfigMap carries the file itself.
         deployment.config_contents = Some(std::fs::read_to_string(path).with_context(|| format!("cannot read the serving config {path} for its ConfigMap"))?);
+    }
+    if target == Target::Lambda
+        && deployment.lambda.check.is_none()
+        && let Some(path) = &model_file
+    {
+        deployment.lambda.check = zero_row(Path::new(path)).map(|features| Check { features });
     }
     deployment.validate_for(target)?;
     // A Kubernetes pod gets its model from the image or the artifact store, never this machine.
@@ -114,7 +137,7 @@ fn run(target: Target, o: &DeployOptions, k8s: Option<&K8sOptions>) -> anyhow::R
         applied.image_bytes = image_size(&deployment.image.reference());
     }
     match target {
-        Target::Docker | Target::Kubernetes => {}
+        Target::Docker | Target::Kubernetes | Target::Lambda => {}
         Target::Compose => {
             let file = out.join(modelship_deploy::compose::FILE);
             let mut cmd = compose_command()?;
@@ -134,9 +157,18 @@ fn run(target: Target, o: &DeployOptions, k8s: Option<&K8sOptions>) -> anyhow::R
     Ok(summary)
 }
 
+/// One row of zeros as wide as the model's `[N, F]` input: the traffic hooks' default request.
+fn zero_row(model: &Path) -> Option<serde_json::Value> {
+    let bytes = std::fs::read(model).ok()?;
+    let meta = modelship_registry::onnx_meta::read(&bytes).ok()?;
+    let [input] = meta.inputs.as_slice() else { return None };
+    let width = usize::try_from(*input.shape.get(1)?).ok().filter(|w| *w > 0)?;
+    Some(serde_json::json!([vec![0; width]]))
+}
+
 /// The description: the file (`--file`, else `./deploy.yaml` when present), then the flags.
 /// Returns it with the directory its host paths are relative to.
-fn load(o: &DeployOptions, k8s: Option<&K8sOptions>, cwd: &Path) -> anyhow::Result<(Deployment, PathBuf)> {
+fn load(o: &DeployOptions, flags: Flags<'_>, cwd: &Path) -> anyhow::Result<(Deployment, PathBuf)> {
     let file = o.file.clone().or_else(|| Some(PathBuf::from("deploy.yaml")).filter(|p| p.is_file()));
     let (mut value, base) = match &file {
         Some(path) => {
@@ -204,7 +236,7 @@ fn load(o: &DeployOptions, k8s: Option<&K8sOptions>, cwd: &Path) -> anyhow::Resu
     if let Some(url) = &o.control_store {
         set(&["control_store"], text(url))?;
     }
-    if let Some(k) = k8s {
+    if let Some(k) = flags.k8s {
         if let Some(strategy) = k.strategy {
             let name = match strategy {
                 K8sStrategyArg::Rolling => "rolling",
@@ -227,6 +259,26 @@ fn load(o: &DeployOptions, k8s: Option<&K8sOptions>, cwd: &Path) -> anyhow::Resu
             set(&["kubernetes", "traffic", "mirror"], text(mirror))?;
         }
     }
+    if let Some(l) = flags.lambda {
+        if let Some(arch) = l.architecture {
+            set(&["lambda", "architecture"], text(match arch { ArchitectureArg::X86_64 => "x86_64", ArchitectureArg::Arm64 => "arm64" }))?;
+        }
+        if let Some(memory) = l.memory {
+            set(&["lambda", "memory"], serde_yaml_ng::Value::Number(memory.into()))?;
+        }
+        if let Some(timeout) = &l.timeout {
+            set(&["lambda", "timeout"], text(timeout))?;
+        }
+        if let Some(api) = l.api {
+            set(&["lambda", "api"], text(match api { ApiArg::Rest => "rest", ApiArg::Http => "http", ApiArg::Url => "url" }))?;
+        }
+        if let Some(n) = l.provisioned_concurrency {
+            set(&["lambda", "provisioned_concurrency"], serde_yaml_ng::Value::Number(n.into()))?;
+        }
+        if let Some(preset) = &l.deployment {
+            set(&["lambda", "deployment"], text(preset))?;
+        }
+    }
     let mut deployment: Deployment = match serde_yaml_ng::from_value(value) {
         Ok(d) => d,
         Err(e) if e.to_string().contains("missing field `name`") => {
@@ -242,6 +294,15 @@ fn load(o: &DeployOptions, k8s: Option<&K8sOptions>, cwd: &Path) -> anyhow::Resu
     }
     if o.prometheus && deployment.prometheus.is_none() {
         deployment.prometheus = Some(Prometheus::default());
+    }
+    if let Some(l) = flags.lambda {
+        if let (Some(store), Some(digest)) = (&l.artifacts, &l.digest) {
+            deployment.lambda.artifact = Some(Artifact { store: store.clone(), digest: digest.clone() });
+        }
+        if let Some(rows) = &l.check {
+            let features = serde_json::from_str(rows).with_context(|| format!("--check '{rows}' is not JSON rows, e.g. '[[0.1, 0.2, 1.1, 0.02]]'"))?;
+            deployment.lambda.check = Some(Check { features });
+        }
     }
     Ok((deployment, base))
 }
@@ -396,6 +457,7 @@ fn print(summary: &Summary, format: OutputFormat) {
             Target::Compose => "add --apply to build the image and start it (docker-compose up -d)",
             Target::Swarm => "add --apply to build the image and deploy the stack (docker stack deploy)",
             Target::Kubernetes => "review the files, create the Secrets they name (AWS keys, TLS), then kubectl apply -k DIR",
+            Target::Lambda => "make -f DIR/Makefile package (builds the bootstrap with --features lambda), then sam deploy --template-file DIR/template.yaml --guided",
         };
         println!("next: {next}");
     }

@@ -6,6 +6,7 @@ mod config;
 mod deploy;
 mod features;
 mod healthcheck;
+mod lambda;
 mod logging;
 mod models;
 mod registry_config;
@@ -18,6 +19,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Lambda runs a custom runtime's `bootstrap` with no arguments.
+    if lambda::is_bootstrap() {
+        return lambda::main();
+    }
     let cli = cli::Cli::parse();
     match cli.command {
         cli::Command::Serve(args) => serve::main(*args),
@@ -27,6 +32,7 @@ fn main() -> ExitCode {
         cli::Command::Features(args) => features::main(args),
         cli::Command::Deploy(args) => deploy::main(args),
         cli::Command::Healthcheck(args) => healthcheck::main(&args),
+        cli::Command::Lambda => lambda::main(),
     }
 }
 

@@ -8,6 +8,9 @@ mod features;
 mod fleet;
 mod bad_input;
 mod docker;
+mod edge;
+#[cfg(feature = "lambda")]
+mod lambda;
 mod lifecycle;
 mod models;
 mod openapi;

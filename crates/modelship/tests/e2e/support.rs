@@ -77,6 +77,12 @@ impl Server {
             cmd.env(k, v);
         }
         let state = (!env.iter().any(|(k, _)| *k == "MODELSHIP_STATE_DIR")).then(|| tempfile::tempdir().unwrap());
+        Server::spawn(cmd, state)
+    }
+
+    /// Starts `cmd` (a `serve` command line of any modelship, e.g. one run under an emulator),
+    /// with `state` as its state directory, and waits for its ready line.
+    pub fn spawn(mut cmd: Command, state: Option<tempfile::TempDir>) -> Server {
         if let Some(dir) = &state {
             cmd.env("MODELSHIP_STATE_DIR", dir.path());
         }
