@@ -322,20 +322,25 @@ fn makefile(d: &Deployment) -> String {
          # ONNX Runtime's library from the onnxruntime wheel, and the model. From the modelship repository:\n\
          #   make -f {out}/Makefile package\n\
          #   sam deploy --template-file {out}/template.yaml --stack-name {name} --capabilities CAPABILITY_IAM --resolve-s3\n\
-         # BOOTSTRAP=path/to/modelship packages a binary built elsewhere (it must have the lambda feature).\n\
+         # BOOTSTRAP=path/to/modelship packages a binary built elsewhere (it must have the lambda feature);\n\
+         # without it, cargo builds one (incrementally) every time.\n\
          HERE := $(dir $(lastword $(MAKEFILE_LIST)))\n\
          TARGET := {target}\n\
          ORT_VERSION := {ort}\n\
          ORT_PLATFORM := {platform}\n\
-         BOOTSTRAP ?= target/$(TARGET)/release/modelship\n\
+         CARGO_TARGET_DIR ?= target\n\
+         ifndef BOOTSTRAP\n\
+         BOOTSTRAP := $(CARGO_TARGET_DIR)/$(TARGET)/release/modelship\n\
+         BUILD := bootstrap\n\
+         endif\n\
          ORT_DIR ?= $(HERE).ort-$(ORT_PLATFORM)\n\
          ORT_LIB ?= $(ORT_DIR)/libonnxruntime.so.$(ORT_VERSION)\n\
          STRIP ?= {strip}\n\
          {model}\
          PACKAGE := $(HERE){package}\n\
          \n\
-         .PHONY: package\n\
-         package: $(BOOTSTRAP) $(ORT_LIB)\n\
+         .PHONY: package bootstrap\n\
+         package: $(BUILD) $(ORT_LIB)\n\
          \trm -rf $(PACKAGE)\n\
          \tmkdir -p $(PACKAGE)\n\
          \tcp $(BOOTSTRAP) $(PACKAGE)/bootstrap\n\
@@ -343,8 +348,8 @@ fn makefile(d: &Deployment) -> String {
          \tcp $(ORT_LIB) $(PACKAGE)/libonnxruntime.so.$(ORT_VERSION)\n\
          {copy_model}\
          \n\
-         $(BOOTSTRAP):\n\
-         \tcargo build --release --locked -p modelship --no-default-features --features lambda --target $(TARGET)\n\
+         bootstrap:\n\
+         \tcargo build --release --locked -p modelship --no-default-features --features lambda --target $(TARGET) --target-dir $(CARGO_TARGET_DIR)\n\
          \n\
          $(ORT_LIB):\n\
          \tpython3 -m pip download --quiet --no-deps --only-binary=:all: --platform $(ORT_PLATFORM) --python-version 3.11 onnxruntime==$(ORT_VERSION) -d $(ORT_DIR)\n\

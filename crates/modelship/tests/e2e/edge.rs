@@ -5,6 +5,12 @@
 //! predictions as the x86_64 server. It prints the binary's size, the idle RSS and thread count,
 //! and the p50 latency under emulation.
 //!
+//! qemu-user 7.2 (Debian 12) hands the guest the host's x86 `/proc/cpuinfo`, and ONNX Runtime's
+//! cpuinfo library dereferences NULL when it finds no ARM core there; qemu 8.1 and later emulate
+//! the file for aarch64. So the emulated root (`-L`) is a directory whose `lib` is the aarch64
+//! glibc and whose `proc/cpuinfo` describes a Raspberry Pi 4's Cortex-A72 cores (qemu looks up
+//! absolute paths under `-L` first). A real board has its own.
+//!
 //! The cross build is a debug build of that lean feature set into its own target directory
 //! (`TARGET/edge`), incremental after the first run (ARCHITECTURE.md says why not a release
 //! build). The only skip: no aarch64 Rust target on this machine (`rustup target add` could not
@@ -21,6 +27,21 @@ use crate::support::{Server, model, root};
 
 const TARGET: &str = "aarch64-unknown-linux-gnu";
 const SYSROOT: &str = "/usr/aarch64-linux-gnu";
+
+/// The emulated root: the aarch64 glibc, and a Raspberry Pi 4's `/proc/cpuinfo` (one Cortex-A72,
+/// implementer 0x41 part 0xd08, per host CPU).
+fn emulated_root(dir: &Path) -> PathBuf {
+    let root = dir.join("qemu-root");
+    std::fs::create_dir_all(root.join("proc")).unwrap();
+    std::os::unix::fs::symlink(Path::new(SYSROOT).join("lib"), root.join("lib")).unwrap();
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let core = |i: usize| {
+        format!("processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n")
+    };
+    let cpuinfo: String = (0..cpus).map(core).collect::<String>() + "Hardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n";
+    std::fs::write(root.join("proc/cpuinfo"), cpuinfo).unwrap();
+    root
+}
 
 /// What the test needs; `Err` is why it cannot run.
 fn prerequisites() -> Result<PathBuf, String> {
@@ -91,11 +112,13 @@ fn the_aarch64_build_serves_the_nepse_model_under_qemu() {
     assert_eq!(elf_machine(&library), 183);
     let size = std::fs::metadata(&binary).unwrap().len();
 
+    let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new("qemu-aarch64");
-    cmd.args(["-L", SYSROOT])
+    cmd.arg("-L")
+        .arg(emulated_root(dir.path()))
         .arg(&binary)
         .args(["serve", &model("nepse_xgboost"), "--name", "nepse", "--model-version", "v1", "--workers", "1"])
-        .args(["--host", "127.0.0.1", "--port", "0", "--admin-port", "0"])
+        .args(["--host", "127.0.0.1", "--port", "0"])
         .arg("--ort-lib")
         .arg(&library)
         .current_dir(root())

@@ -140,6 +140,20 @@ fn modelship_library() -> PathBuf {
     found.unwrap_or_else(|| panic!("no libonnxruntime.so under {}: run scripts/setup.sh", lib.display()))
 }
 
+/// The resident memory of the bootstrap process the emulator started from `package`.
+fn bootstrap_rss(package: &Path) -> Option<String> {
+    let bootstrap = package.join("bootstrap");
+    std::fs::read_dir("/proc").ok()?.filter_map(Result::ok).find_map(|entry| {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let argv0 = cmdline.split(|b| *b == 0).next()?;
+        if Path::new(std::str::from_utf8(argv0).ok()?) != bootstrap {
+            return None;
+        }
+        let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).map(|v| v.trim().to_owned())
+    })
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -224,8 +238,9 @@ fn the_bootstrap_answers_every_event_like_serve_does() {
     let init = init.unwrap_or_else(|| panic!("no INIT REPORT in the emulator's log:\n{log}"));
     // The first REPORT includes the init; the warm ones follow it.
     let mut durations = durations.split_off(1.min(durations.len()));
+    let rss = bootstrap_rss(&package).unwrap_or_else(|| "unknown".to_owned());
     eprintln!(
-        "lambda (aws-lambda-rie, debug build): first invoke {cold_ms:.1} ms end to end, init duration {init:.1} ms; warm single-row invoke p50 {:.2} ms end to end, REPORT duration p50 {:.2} ms ({} invocations)",
+        "lambda (aws-lambda-rie, debug build): first invoke {cold_ms:.1} ms end to end, init duration {init:.1} ms; warm single-row invoke p50 {:.2} ms end to end, REPORT duration p50 {:.2} ms ({} invocations); bootstrap RSS {rss}",
         median(&mut warm),
         median(&mut durations),
         durations.len()
