@@ -150,7 +150,7 @@ fn direct(mut object: Map<String, Value>) -> Result<LambdaRequest, DecodeError> 
 fn strip_stage(path: String, stage: Option<&str>) -> String {
     match stage.filter(|s| !s.is_empty() && *s != "$default") {
         Some(stage) => match path.strip_prefix('/').and_then(|p| p.strip_prefix(stage)) {
-            Some(rest) if rest.is_empty() => "/".to_owned(),
+            Some("") => "/".to_owned(),
             Some(rest) if rest.starts_with('/') => rest.to_owned(),
             _ => path,
         },

@@ -194,7 +194,7 @@ impl Deployment {
             ));
         }
         match &l.check {
-            Some(check) if !check.features.as_array().is_some_and(|rows| !rows.is_empty()) => {
+            Some(check) if check.features.as_array().is_none_or(|rows| rows.is_empty()) => {
                 p.push("lambda.check.features must be rows of numbers, e.g. [[0.1, 0.2, 0.3, 0.4]]".to_owned());
             }
             Some(_) => {}
