@@ -10,6 +10,8 @@
 //! - [`error`]: the one table from every failure to its HTTP status and stable error code.
 //! - `grpc` (feature `grpc`): the same API over gRPC, as Triton's `GRPCInferenceService`.
 //! - [`health`], [`metrics`]: probe state and Prometheus metrics.
+//! - [`mesh`]: rollouts through an Istio VirtualService or a Gateway API HTTPRoute: the pure edit
+//!   of the route for a step, and (feature `kubernetes`) the controller that patches it.
 //! - [`follow`]: follows a registry alias, swapping versions in without failing a request.
 //! - [`shadow`]: mirrored requests, run off the client's path and compared with what it got.
 //! - [`rollouts`]: the rollout control loop: observations in, engine decisions applied, state persisted.
@@ -27,6 +29,7 @@ pub mod follow;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 pub mod health;
+pub mod mesh;
 pub mod metrics;
 pub mod model;
 pub mod observe;
