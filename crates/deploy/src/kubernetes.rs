@@ -118,7 +118,7 @@ impl Files {
 }
 
 /// Canary or shadow with no mesh: the pods split by themselves, through the control store.
-fn mesh_free(d: &Deployment) -> bool {
+pub(crate) fn mesh_free(d: &Deployment) -> bool {
     matches!(d.kubernetes.strategy, KubeStrategy::Canary | KubeStrategy::Shadow) && d.kubernetes.mesh == Mesh::None
 }
 

@@ -281,7 +281,27 @@ fn build_image(d: &Deployment, target: Target, out: &Path, base: &Path, model_fi
     Ok(started.elapsed().as_secs_f64())
 }
 
+/// The optional cargo features this binary was built with (see `modelship_deploy::description::FEATURES`).
+fn compiled_features() -> Vec<&'static str> {
+    [("kubernetes", cfg!(feature = "kubernetes")), ("s3", cfg!(feature = "s3"))].into_iter().filter(|(_, on)| *on).map(|(f, _)| f).collect()
+}
+
+/// A packaged binary must have what the description needs: an image cannot add a feature later.
+fn check_features(needed: &[&str], compiled: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = needed.iter().copied().filter(|f| !compiled.contains(f)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the image needs a modelship built with the cargo feature(s) {} (image.features, an S3 artifact, a mesh-free store), and this one has not: \
+         build it with `cargo build --release -p modelship --features {}` and run that binary, or set image.build: source",
+        missing.join(", "),
+        needed.join(",")
+    )
+}
+
 fn stage(out: &Path, d: &Deployment, model_file: Option<&str>) -> anyhow::Result<()> {
+    check_features(&d.features(), &compiled_features())?;
     let exe = std::env::current_exe().context("cannot find this binary to package it")?;
     let staged = out.join(docker::STAGED_BINARY);
     copy(&exe, &staged)?;
@@ -398,5 +418,18 @@ fn print(summary: &Summary, format: OutputFormat) {
             Target::Kubernetes => "review the files, create the Secrets they name (AWS keys, TLS), then kubectl apply -k DIR",
         };
         println!("next: {next}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_packaged_binary_must_have_the_features_the_description_needs() {
+        assert!(check_features(&[], &[]).is_ok());
+        assert!(check_features(&["s3"], &["kubernetes", "s3"]).is_ok());
+        let err = check_features(&["kubernetes", "s3"], &["s3"]).unwrap_err().to_string();
+        assert!(err.contains("feature(s) kubernetes") && err.contains("--features kubernetes,s3") && err.contains("image.build: source"), "{err}");
     }
 }
