@@ -83,6 +83,9 @@ pub struct Deployment {
     /// it in a ConfigMap; the others mount the file).
     #[serde(skip)]
     pub config_contents: Option<String>,
+    /// The rollout spec's text (`kubernetes.rollout.spec`), which the CLI reads for its ConfigMap.
+    #[serde(skip)]
+    pub rollout_contents: Option<String>,
     /// Extra environment for the server (never secrets: they belong in files or the
     /// orchestrator's secrets).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -423,13 +426,13 @@ impl Deployment {
     /// `image.features`, plus `s3` when a Kubernetes init container fetches the model's artifact
     /// from object storage, plus `kubernetes` when the pods
     /// keep the fleet's state in the Kubernetes API (a mesh-free canary or shadow with no other
-    /// control store).
+    /// control store) or a rollout Job runs `modelship controller`.
     pub fn features(&self) -> Vec<&str> {
         let mut features: Vec<&str> = self.image.features.iter().map(String::as_str).collect();
         if self.kubernetes.artifact.as_ref().is_some_and(|a| a.store.starts_with("s3://")) {
             features.push("s3");
         }
-        if crate::kubernetes::mesh_free(self) && self.control_store.is_none() {
+        if (crate::kubernetes::mesh_free(self) && self.control_store.is_none()) || self.kubernetes.rollout.is_some() {
             features.push("kubernetes");
         }
         features.sort_unstable();

@@ -61,6 +61,10 @@ pub struct ControllerArgs {
     /// Resume the model's rollout in progress instead of starting one
     #[arg(long, conflicts_with_all = ["spec", "stable"])]
     pub resume: bool,
+    /// Start even when the last rollout took the same candidate from the same stable version and
+    /// has ended (without it, that rollout's outcome is reported again and nothing starts)
+    #[arg(long, conflicts_with = "resume")]
+    pub again: bool,
     /// The stable version (what the checks' {{stable}} names)
     #[arg(long, value_name = "VERSION", required_unless_present = "resume")]
     pub stable: Option<String>,
@@ -167,7 +171,7 @@ async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         on_signal.cancel();
     });
     let printer = Printer { json: args.output == OutputFormat::Json };
-    let record = controller.run(start, &printer, stop).await?;
+    let record = controller.run(start, args.again, &printer, stop).await?;
     Ok(match record.rollout.phase {
         modelship_rollout::engine::Phase::Promoted => ExitCode::SUCCESS,
         modelship_rollout::engine::Phase::RolledBack { .. } => ExitCode::from(2),

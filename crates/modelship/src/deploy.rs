@@ -90,6 +90,13 @@ fn run(target: Target, o: &DeployOptions, k8s: Option<&K8sOptions>) -> anyhow::R
         // The ConfigMap carries the file itself.
         deployment.config_contents = Some(std::fs::read_to_string(path).with_context(|| format!("cannot read the serving config {path} for its ConfigMap"))?);
     }
+    if target == Target::Kubernetes
+        && let Some(rollout) = deployment.kubernetes.rollout.clone()
+    {
+        let path = absolute(&rollout.spec);
+        deployment.rollout_contents = Some(std::fs::read_to_string(&path).with_context(|| format!("cannot read the rollout spec {path} for its ConfigMap"))?);
+        check_rollout(&deployment, Path::new(&path))?;
+    }
     deployment.validate_for(target)?;
     // A Kubernetes pod gets its model from the image or the artifact store, never this machine.
     if target != Target::Kubernetes
@@ -279,6 +286,29 @@ fn build_image(d: &Deployment, target: Target, out: &Path, base: &Path, model_fi
     let started = Instant::now();
     run_tool(cmd, "docker build", "is the Docker engine running, and can it reach the base images? (--tools-image names a local one)")?;
     Ok(started.elapsed().as_secs_f64())
+}
+
+/// The rollout Job's spec must be one the controller runs: it rolls out the candidate, and every
+/// check is a PromQL query with weights the mesh can carry.
+fn check_rollout(d: &Deployment, path: &Path) -> anyhow::Result<()> {
+    let spec = crate::rollout::read_spec(path, None)?;
+    let mut problems = Vec::new();
+    if let Some(candidate) = &d.kubernetes.candidate
+        && spec.to != candidate.version
+    {
+        problems.push(format!("it rolls out '{}', but kubernetes.candidate.version is '{}'", spec.to, candidate.version));
+    }
+    match spec.resolve() {
+        Ok(plan) => {
+            let mesh = if d.kubernetes.mesh == description::Mesh::Istio { modelship_server::mesh::Mesh::Istio } else { modelship_server::mesh::Mesh::Gateway };
+            problems.extend(modelship_server::mesh::unsupported(&plan, mesh));
+        }
+        Err(resolve) => problems.extend(resolve),
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    bail!("the rollout spec {} cannot run in the rollout Job: {}", path.display(), problems.join("; "))
 }
 
 /// The optional cargo features this binary was built with (see `modelship_deploy::description::FEATURES`).

@@ -156,7 +156,7 @@ fn the_controller_patches_an_istio_canary_step_by_step_and_rolls_back_on_prometh
         let recorder = Recorder(Mutex::new(Vec::new()));
         let stop = tokio_util::sync::CancellationToken::new();
         let record = runtime
-            .block_on(async { tokio::time::timeout(Duration::from_secs(90), controller.run(Some((plan, "1".to_owned())), &recorder, stop)).await })
+            .block_on(async { tokio::time::timeout(Duration::from_secs(90), controller.run(Some((plan, "1".to_owned())), false, &recorder, stop)).await })
             .expect("the rollout ended within 90 s")
             .unwrap();
         (record, recorder.0.into_inner().unwrap())
@@ -198,6 +198,12 @@ fn the_controller_patches_an_istio_canary_step_by_step_and_rolls_back_on_prometh
         ("GET".to_owned(), None, 200),
     ];
     assert_eq!(requests, expected, "{events:#?}");
+
+    // The same rollout started again (a Job's pod retried after it ended) reports the outcome
+    // and touches nothing.
+    let (record, events) = run(spec(&prometheus.url, "2", "[50, 100]", "2s"));
+    assert_eq!((record.id, &record.rollout.phase), (2, &modelship_rollout::engine::Phase::Promoted));
+    assert!(events.is_empty() && log.lock().unwrap().requests.is_empty(), "{events:?}");
     let (ok, _, _) = load.finish();
     assert!(ok > 0);
 }

@@ -31,7 +31,7 @@ use modelship_rollout::spec::{Plan, Step};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{Backends, Mesh, MeshError, Split, route};
+use super::{Backends, Mesh, MeshError, Split, route, unsupported};
 use crate::control::{Applied, ControlStore, StoreError, StoredRollout, Write};
 
 /// Patches lost to a concurrent change in a row before the controller gives up for this interval.
@@ -80,37 +80,6 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The problems that keep `plan` from running in controller mode on `mesh` (empty: it can).
-pub fn unsupported(plan: &Plan, mesh: Mesh) -> Vec<String> {
-    let mut problems = Vec::new();
-    for check in &plan.checks {
-        if !matches!(check, Check::Prometheus { .. }) {
-            problems.push(format!(
-                "the {} check needs the replicas' own observations; in controller mode every check is a PromQL query over the pods' metrics, e.g. \
-                 `prometheus: {{url: http://prometheus:9090, query: 'sum(rate(modelship_requests_total{{model=\"{{{{model}}}}\",version=\"{{{{candidate}}}}\",code=~\"5..\"}}[1m])) / sum(rate(modelship_requests_total{{model=\"{{{{model}}}}\",version=\"{{{{candidate}}}}\"}}[1m]))', max: 0.01}}`",
-                check.name()
-            ));
-        }
-    }
-    if plan.checks.is_empty() {
-        problems.push("no checks: in controller mode give at least one prometheus check, or the rollout advances on time alone".to_owned());
-    }
-    for (i, step) in plan.steps.iter().enumerate() {
-        if matches!(step, Step::Approve {}) {
-            problems.push(format!("steps[{i}] is an approval gate, which needs a server's admin API; use a webhook gate in controller mode"));
-        }
-        if let (Mesh::Istio, Step::Weight { weight, .. }) = (mesh, step)
-            && weight.0.get() % 100 != 0
-        {
-            problems.push(format!(
-                "steps[{i}]: Istio's route weights are whole percents, so {}% cannot be sent as it is; use a whole percent, or a Gateway API HTTPRoute (exact to 0.01%)",
-                f64::from(weight.0.get()) / 100.0
-            ));
-        }
-    }
-    problems
-}
-
 impl Controller {
     pub fn new(client: kube::Client, target: RouteTarget, store: Arc<dyn ControlStore>, model: &str, holder: &str, lease_ttl: Duration) -> Self {
         let resource = match target.mesh {
@@ -150,11 +119,19 @@ impl Controller {
     /// Starts a rollout of `plan` from `stable` (or resumes the model's rollout in progress, when
     /// `plan` is `None` or the stored one is not done) and drives it until it ends or `stop`.
     /// Returns the record as it ended (or stood at `stop`).
-    pub async fn run(&self, start: Option<(Plan, String)>, progress: &dyn Progress, stop: CancellationToken) -> Result<StoredRollout, ControllerError> {
+    ///
+    /// Starting is idempotent: when the model's last rollout took the same candidate from the
+    /// same stable version and has ended, its record is returned and nothing starts (a Job's pod
+    /// retried after the rollout ended must not run it again); `again` starts anew regardless.
+    pub async fn run(&self, start: Option<(Plan, String)>, again: bool, progress: &dyn Progress, stop: CancellationToken) -> Result<StoredRollout, ControllerError> {
         let stored = self.store.rollout(&self.model).await?;
         match (&stored, start) {
             (Some(r), _) if !r.is_done() => {
                 tracing::info!(model = %self.model, rollout = r.id, step = r.rollout.step, "resuming the rollout in progress");
+            }
+            (Some(r), Some((plan, stable))) if !again && r.rollout.plan.to == plan.to && r.stable == stable => {
+                tracing::info!(model = %self.model, rollout = r.id, to = %plan.to, "this rollout has already ended; not starting it again");
+                return Ok(r.clone());
             }
             (_, Some((plan, stable))) => {
                 let problems = unsupported(&plan, self.target.mesh);
@@ -346,33 +323,6 @@ fn split_for(action: &Action, applied: Option<&Applied>) -> Split {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn plan(yaml: &str) -> Plan {
-        let spec: Value = serde_yaml_ng::from_str(yaml).unwrap();
-        serde_json::from_value::<modelship_rollout::spec::RolloutSpec>(spec).unwrap().resolve().unwrap()
-    }
-
-    const PROMQL: &str = "checks: [{prometheus: {url: 'http://p:9090', query: 'up', max: 1}}]\n";
-
-    #[test]
-    fn controller_mode_refuses_what_it_cannot_judge_or_send() {
-        // (spec, mesh, problems' beginnings); PROMQL is the one check controller mode judges.
-        let table: [(String, Mesh, &[&str]); 6] = [
-            ("to: '2'\ncanary: {weights: [5, 50, 100], every: 1m}\n".to_owned(), Mesh::Istio, &["no checks"]),
-            ("to: '2'\ncanary: {weights: [5, 100], every: 1m}\nchecks: [{error_rate: {}}]\n".to_owned(), Mesh::Istio, &["the error_rate check needs the replicas' own observations"]),
-            (format!("to: '2'\nsteps: [{{weight: {{weight: 10%, hold: 1m}}}}, {{approve: {{}}}}]\n{PROMQL}"), Mesh::Gateway, &["steps[1] is an approval gate"]),
-            (format!("to: '2'\ncanary: {{weights: [2.5, 100], every: 1m}}\n{PROMQL}"), Mesh::Istio, &["steps[0]: Istio's route weights are whole percents, so 2.5%"]),
-            (format!("to: '2'\ncanary: {{weights: [2.5, 100], every: 1m}}\n{PROMQL}"), Mesh::Gateway, &[]),
-            (format!("to: '2'\nsteps: [{{shadow: {{percent: 12.5%, hold: 1m}}}}, {{webhook: {{url: 'http://gate'}}}}, {{weight: {{weight: 100%, hold: 1m}}}}]\n{PROMQL}"), Mesh::Istio, &[]),
-        ];
-        for (spec, mesh, expected) in table {
-            let problems = unsupported(&plan(&spec), mesh);
-            assert_eq!(problems.len(), expected.len(), "{spec}: {problems:?}");
-            for (p, e) in problems.iter().zip(expected) {
-                assert!(p.starts_with(e), "{spec}: {p}");
-            }
-        }
-    }
 
     #[test]
     fn every_action_has_a_split() {

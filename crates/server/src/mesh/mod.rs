@@ -23,6 +23,8 @@
 #[cfg(feature = "kubernetes")]
 pub mod controller;
 
+use modelship_rollout::check::Check;
+use modelship_rollout::spec::{Plan, Step};
 use modelship_router::BasisPoints;
 use serde_json::{Value, json};
 
@@ -76,6 +78,37 @@ pub enum MeshError {
     NoRules { kind: &'static str, field: &'static str },
     #[error("no rule of the {kind} sends to '{stable}' or '{canary}'; name the backends with --stable-backend and --canary-backend")]
     NoBackends { kind: &'static str, stable: String, canary: String },
+}
+
+/// The problems that keep `plan` from running in controller mode on `mesh` (empty: it can).
+pub fn unsupported(plan: &Plan, mesh: Mesh) -> Vec<String> {
+    let mut problems = Vec::new();
+    for check in &plan.checks {
+        if !matches!(check, Check::Prometheus { .. }) {
+            problems.push(format!(
+                "the {} check needs the replicas' own observations; in controller mode every check is a PromQL query over the pods' metrics, e.g. \
+                 `prometheus: {{url: http://prometheus:9090, query: 'sum(rate(modelship_requests_total{{model=\"{{{{model}}}}\",version=\"{{{{candidate}}}}\",code=~\"5..\"}}[1m])) / sum(rate(modelship_requests_total{{model=\"{{{{model}}}}\",version=\"{{{{candidate}}}}\"}}[1m]))', max: 0.01}}`",
+                check.name()
+            ));
+        }
+    }
+    if plan.checks.is_empty() {
+        problems.push("no checks: in controller mode give at least one prometheus check, or the rollout advances on time alone".to_owned());
+    }
+    for (i, step) in plan.steps.iter().enumerate() {
+        if matches!(step, Step::Approve {}) {
+            problems.push(format!("steps[{i}] is an approval gate, which needs a server's admin API; use a webhook gate in controller mode"));
+        }
+        if let (Mesh::Istio, Step::Weight { weight, .. }) = (mesh, step)
+            && weight.0.get() % 100 != 0
+        {
+            problems.push(format!(
+                "steps[{i}]: Istio's route weights are whole percents, so {}% cannot be sent as it is; use a whole percent, or a Gateway API HTTPRoute (exact to 0.01%)",
+                f64::from(weight.0.get()) / 100.0
+            ));
+        }
+    }
+    problems
 }
 
 /// Istio's integer percent for `bp` basis points (see the module's note on precision).
@@ -191,6 +224,34 @@ fn gateway_rule(rule: &mut Value, backends: &Backends, split: Split) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plan(yaml: &str) -> Plan {
+        let spec: Value = serde_yaml_ng::from_str(yaml).unwrap();
+        serde_json::from_value::<modelship_rollout::spec::RolloutSpec>(spec).unwrap().resolve().unwrap()
+    }
+
+    const PROMQL: &str = "checks: [{prometheus: {url: 'http://p:9090', query: 'up', max: 1}}]\n";
+
+    #[test]
+    fn controller_mode_refuses_what_it_cannot_judge_or_send() {
+        // (spec, mesh, problems' beginnings); PROMQL is the one check controller mode judges.
+        let table: [(String, Mesh, &[&str]); 6] = [
+            ("to: '2'\ncanary: {weights: [5, 50, 100], every: 1m}\n".to_owned(), Mesh::Istio, &["no checks"]),
+            ("to: '2'\ncanary: {weights: [5, 100], every: 1m}\nchecks: [{error_rate: {}}]\n".to_owned(), Mesh::Istio, &["the error_rate check needs the replicas' own observations"]),
+            (format!("to: '2'\nsteps: [{{weight: {{weight: 10%, hold: 1m}}}}, {{approve: {{}}}}]\n{PROMQL}"), Mesh::Gateway, &["steps[1] is an approval gate"]),
+            (format!("to: '2'\ncanary: {{weights: [2.5, 100], every: 1m}}\n{PROMQL}"), Mesh::Istio, &["steps[0]: Istio's route weights are whole percents, so 2.5%"]),
+            (format!("to: '2'\ncanary: {{weights: [2.5, 100], every: 1m}}\n{PROMQL}"), Mesh::Gateway, &[]),
+            (format!("to: '2'\nsteps: [{{shadow: {{percent: 12.5%, hold: 1m}}}}, {{webhook: {{url: 'http://gate'}}}}, {{weight: {{weight: 100%, hold: 1m}}}}]\n{PROMQL}"), Mesh::Istio, &[]),
+        ];
+        for (spec, mesh, expected) in table {
+            let problems = unsupported(&plan(&spec), mesh);
+            assert_eq!(problems.len(), expected.len(), "{spec}: {problems:?}");
+            for (p, e) in problems.iter().zip(expected) {
+                assert!(p.starts_with(e), "{spec}: {p}");
+            }
+        }
+    }
+
 
     fn bp(n: u32) -> BasisPoints {
         BasisPoints::new(n).unwrap()
