@@ -46,6 +46,10 @@ pub enum Command {
     /// `bootstrap` does by itself)
     #[command(after_help = LAMBDA_HELP)]
     Lambda,
+    /// Drive a rollout through an Istio VirtualService or a Gateway API HTTPRoute on a cluster,
+    /// judged by Prometheus (build feature `kubernetes`)
+    #[command(after_help = crate::controller::CONTROLLER_HELP)]
+    Controller(Box<crate::controller::ControllerArgs>),
 }
 
 const LAMBDA_HELP: &str = "\
@@ -616,6 +620,9 @@ const MODELS_HELP: &str = "\
 The registry is a directory (--registry, MODELSHIP_REGISTRY, default ~/.local/share/modelship/registry):
 metadata in SQLite, artifacts addressed by their SHA-256 under artifacts/ or in S3-compatible storage
 (--artifacts s3://bucket/prefix when the registry is created; builds with the `s3` feature).
+Or it is a bucket alone (--registry s3://bucket/prefix): the catalog as one document per model,
+changed only by conditional writes, beside the artifacts, so servers on hosts that share no disk
+and CI jobs use one registry at once (credentials and endpoint from the AWS_* variables).
 
 Examples:
   modelship models push fraud model.onnx --version 1.3.0 --metric auc=0.931 --label team=risk
@@ -631,8 +638,9 @@ Examples:
 
 #[derive(Debug, Clone, Args)]
 pub struct ModelsArgs {
-    /// Registry directory [env: MODELSHIP_REGISTRY] [default: ~/.local/share/modelship/registry]
-    #[arg(long, global = true, value_name = "DIR")]
+    /// Registry directory, or s3://bucket/prefix for a registry wholly in a bucket
+    /// [env: MODELSHIP_REGISTRY] [default: ~/.local/share/modelship/registry]
+    #[arg(long, global = true, value_name = "DIR|URL")]
     pub registry: Option<PathBuf>,
 
     /// Where a new registry keeps artifacts: `local` or s3://bucket/prefix [env: MODELSHIP_ARTIFACTS]
@@ -864,8 +872,8 @@ pub struct ServeArgs {
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormatArg>,
 
-    /// Registry directory for NAME@ALIAS models [env: MODELSHIP_REGISTRY]
-    #[arg(long, value_name = "DIR")]
+    /// Registry for NAME@ALIAS models: a directory, or s3://bucket/prefix [env: MODELSHIP_REGISTRY]
+    #[arg(long, value_name = "DIR|URL")]
     pub registry: Option<PathBuf>,
 
     /// Seconds between checks of a followed alias [default: 2]
