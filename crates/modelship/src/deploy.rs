@@ -12,9 +12,8 @@ use modelship_deploy::description::{self, Artifact, Build, Check, Delivery, Depl
 use modelship_deploy::{GeneratedFile, Provenance, Target, docker};
 use serde::Serialize;
 
-use crate::cli::{
-    ApiArg, ArchitectureArg, DeliveryArg, DeployArgs, DeployOptions, DeployTarget, K8sOptions, K8sStrategyArg, LambdaOptions, MeshArg, OutputFormat,
-};
+use crate::cli::{DeliveryArg, DeployArgs, DeployOptions, DeployTarget, K8sOptions, K8sStrategyArg, MeshArg, OutputFormat};
+use crate::lambda::{ApiArg, ArchitectureArg, LambdaOptions};
 
 pub fn main(args: DeployArgs) -> ExitCode {
     let (target, options, k8s, lambda) = match args.target {
