@@ -10,7 +10,7 @@
 //!   name: fraud                     # served name and version (MODEL_NAME, MODEL_VERSION)
 //!   version: "1"
 //! config: serving.yaml              # optional serving config, mounted read-only (CONFIG_PATH)
-//! image: {name: modelship, tag: "0.1.0", build: binary, gpu: false}
+//! image: {name: modelship, tag: "0.1.0", build: binary, gpu: false, features: [s3]}
 //! replicas: 3
 //! resources: {cpus: 1.0, memory: 512M}
 //! ports: {http: 8000, grpc: 8081, admin: 8001, publish_admin: false}
@@ -88,6 +88,9 @@ pub struct Deployment {
     /// it in a ConfigMap; the others mount the file).
     #[serde(skip)]
     pub config_contents: Option<String>,
+    /// The rollout spec's text (`kubernetes.rollout.spec`), which the CLI reads for its ConfigMap.
+    #[serde(skip)]
+    pub rollout_contents: Option<String>,
     /// Extra environment for the server (never secrets: they belong in files or the
     /// orchestrator's secrets).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -155,7 +158,13 @@ pub struct Image {
     /// The `onnxruntime` wheel whose library goes into the image (source builds).
     pub ort_version: String,
     pub bases: Bases,
+    /// Cargo features of the image's binary beyond the default ones (`grpc`, `parquet`): `s3`,
+    /// `kubernetes`. What the description itself needs is added (see [`Deployment::features`]).
+    pub features: Vec<String>,
 }
+
+/// The cargo features an image's binary may be built with, beyond the defaults.
+pub const FEATURES: [&str; 2] = ["kubernetes", "s3"];
 
 impl Default for Image {
     fn default() -> Self {
@@ -166,6 +175,7 @@ impl Default for Image {
             gpu: false,
             ort_version: "1.31.1".to_owned(),
             bases: Bases::default(),
+            features: Vec::new(),
         }
     }
 }
@@ -417,6 +427,24 @@ pub fn seconds(value: &str) -> f64 {
 }
 
 impl Deployment {
+    /// The cargo features the image's binary needs beyond the default ones, sorted:
+    /// `image.features`, plus `s3` when a Kubernetes init container fetches the model's artifact
+    /// from object storage, plus `kubernetes` when the pods
+    /// keep the fleet's state in the Kubernetes API (a mesh-free canary or shadow with no other
+    /// control store) or a rollout Job runs `modelship controller`.
+    pub fn features(&self) -> Vec<&str> {
+        let mut features: Vec<&str> = self.image.features.iter().map(String::as_str).collect();
+        if self.kubernetes.artifact.as_ref().is_some_and(|a| a.store.starts_with("s3://")) {
+            features.push("s3");
+        }
+        if (crate::kubernetes::mesh_free(self) && self.control_store.is_none()) || self.kubernetes.rollout.is_some() {
+            features.push("kubernetes");
+        }
+        features.sort_unstable();
+        features.dedup();
+        features
+    }
+
     /// Checks everything and reports every problem at once.
     pub fn validate(&self) -> Result<(), DescriptionError> {
         let mut problems = Vec::new();
@@ -487,6 +515,11 @@ impl Deployment {
         }
         if !is_tag(&self.image.tag) {
             p.push(format!("image.tag '{}' is not valid: 1-128 letters, digits, '.', '_' or '-', not starting with '.' or '-'", self.image.tag));
+        }
+        for f in &self.image.features {
+            if !FEATURES.contains(&f.as_str()) {
+                p.push(format!("image.features '{f}' is not a feature the image can be built with: use {}", FEATURES.join(", ")));
+            }
         }
         if !is_plain_name(&self.image.ort_version) {
             p.push(format!("image.ort_version '{}' is not a version", self.image.ort_version));
@@ -704,6 +737,18 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(e) => e.0,
         }
+    }
+
+    #[test]
+    fn the_image_gets_the_features_its_description_needs() {
+        let features = |yaml: &str| parse(yaml).unwrap().features().into_iter().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(features("name: fraud\nmodel: {file: m.onnx}\n"), Vec::<String>::new());
+        assert_eq!(features("name: fraud\nmodel: {file: m.onnx}\nimage: {features: [s3, kubernetes, s3]}\n"), ["kubernetes", "s3"]);
+        let fetched = "name: fraud\nmodel: {registry: fraud@production}\nkubernetes: {artifact: {store: s3://models/fraud, digest: 'sha256:ab'}";
+        assert_eq!(features(&format!("{fetched}}}\n")), ["s3"]);
+        assert_eq!(features(&format!("{fetched}, strategy: canary, mesh: none}}\n")), ["kubernetes", "s3"], "the pods keep the fleet's state in the API");
+        assert_eq!(features(&format!("{fetched}, strategy: canary, mesh: none}}\ncontrol_store: redis://redis:6379\n")), ["s3"], "unless Redis keeps it");
+        assert_eq!(problems("name: fraud\nmodel: {file: m.onnx}\nimage: {features: [lambda-runtime]}\n"), ["image.features 'lambda-runtime' is not a feature the image can be built with: use kubernetes, s3"]);
     }
 
     #[test]

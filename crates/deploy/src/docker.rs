@@ -92,7 +92,12 @@ fn dockerfile(d: &Deployment, gpu: bool) -> String {
         push(&mut out, "FROM ${RUST_IMAGE} AS build");
         push(&mut out, "WORKDIR /src");
         push(&mut out, "COPY . .");
-        push(&mut out, "RUN cargo build --release --locked -p modelship \\");
+        let features = d.features();
+        if features.is_empty() {
+            push(&mut out, "RUN cargo build --release --locked -p modelship \\");
+        } else {
+            push(&mut out, &format!("RUN cargo build --release --locked -p modelship --features {} \\", features.join(",")));
+        }
         push(&mut out, "    && install -D target/release/modelship /out/modelship");
         out.push('\n');
     }

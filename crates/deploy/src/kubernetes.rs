@@ -34,6 +34,7 @@
 //! `POD_NAME` and `POD_NAMESPACE` for the log lines.
 
 pub mod api;
+mod controller;
 mod traffic;
 mod workload;
 
@@ -93,6 +94,7 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
         files.add("role.yaml", &role);
         files.add("rolebinding.yaml", &binding);
     }
+    controller::objects(d, &mut files);
     files.add("prometheus-adapter-rules.yaml", &workload::adapter_rules(d));
 
     let kustomization = Kustomization {
@@ -118,7 +120,7 @@ impl Files {
 }
 
 /// Canary or shadow with no mesh: the pods split by themselves, through the control store.
-fn mesh_free(d: &Deployment) -> bool {
+pub(crate) fn mesh_free(d: &Deployment) -> bool {
     matches!(d.kubernetes.strategy, KubeStrategy::Canary | KubeStrategy::Shadow) && d.kubernetes.mesh == Mesh::None
 }
 

@@ -21,6 +21,9 @@ fn check(case: &str, target: Target) {
         // The CLI reads the serving config for the ConfigMap; so does the test, beside the case.
         deployment.config_contents = Some(std::fs::read_to_string(dir.join(config)).unwrap());
     }
+    if let Some(rollout) = &deployment.kubernetes.rollout {
+        deployment.rollout_contents = Some(std::fs::read_to_string(dir.join(&rollout.spec)).unwrap());
+    }
     deployment.validate_for(target).unwrap();
     let target_name = serde_json::to_value(target).unwrap().as_str().unwrap().to_owned();
     let command = if target == Target::Kubernetes { "k8s" } else { target_name.as_str() };

@@ -222,18 +222,30 @@ fn check_structure(dir: &Path) -> Vec<String> {
         }
     }
 
-    // Deployments: the selector picks the template's pods; probes, volumes, accounts exist;
-    // quantities parse, requests within limits; no secret value in the environment.
+    // Deployments and Jobs: a Deployment's selector picks the template's pods; probes, volumes,
+    // accounts exist; quantities parse, requests within limits; no secret value in the
+    // environment; the rollout Job drives a route that is generated.
     let deployments = of("Deployment");
+    let jobs = of("Job");
     let pods: Vec<(&str, BTreeMap<String, String>)> = deployments.iter().map(|d| (d.name(), strings(&d.value["spec"]["template"]["metadata"]["labels"]))).collect();
-    for d in &deployments {
+    for d in deployments.iter().chain(&jobs) {
         let spec = &d.value["spec"];
-        let selector = strings(&spec["selector"]["matchLabels"]);
         let labels = strings(&spec["template"]["metadata"]["labels"]);
-        if !selects(&selector, &labels) {
-            p.push(format!("{}: the selector {selector:?} does not match the pod labels {labels:?}", d.file));
+        if d.kind() == "Deployment" {
+            let selector = strings(&spec["selector"]["matchLabels"]);
+            if !selects(&selector, &labels) {
+                p.push(format!("{}: the selector {selector:?} does not match the pod labels {labels:?}", d.file));
+            }
         }
         let pod = &spec["template"]["spec"];
+        for c in list(&pod["containers"]) {
+            let args: Vec<&str> = list(&c["args"]).iter().filter_map(Value::as_str).collect();
+            if let Some(route) = args.windows(2).find(|w| w[0] == "--route").map(|w| w[1])
+                && find("VirtualService", route).or_else(|| find("HTTPRoute", route)).is_none()
+            {
+                p.push(format!("{}: the controller drives the route {route}, which is not generated", d.file));
+            }
+        }
         let account = pod["serviceAccountName"].as_str().unwrap_or("");
         if find("ServiceAccount", account).is_none() {
             p.push(format!("{}: serviceAccountName {account} names no ServiceAccount here", d.file));
@@ -274,6 +286,35 @@ fn check_structure(dir: &Path) -> Vec<String> {
                 match (request, limit) {
                     (Some(req), Some(lim)) if req <= lim && req > 0.0 => {}
                     _ => p.push(format!("{}: {cname}'s {what} request {:?} / limit {:?} do not parse or the request is above the limit", d.file, r["requests"][what], r["limits"][what])),
+                }
+            }
+        }
+    }
+
+    // RBAC: bindings name a generated Role and ServiceAccounts; a rule for named objects names
+    // generated ones.
+    for b in of("RoleBinding") {
+        let role = b.value["roleRef"]["name"].as_str().unwrap_or("");
+        if find("Role", role).is_none() {
+            p.push(format!("{}: roleRef {role} names no Role here", b.file));
+        }
+        for subject in list(&b.value["subjects"]) {
+            let account = subject["name"].as_str().unwrap_or("");
+            if find("ServiceAccount", account).is_none() {
+                p.push(format!("{}: subject {account} names no ServiceAccount here", b.file));
+            }
+        }
+    }
+    for r in of("Role") {
+        for rule in list(&r.value["rules"]) {
+            let kinds: Vec<&str> = list(&rule["resources"]).iter().filter_map(Value::as_str).map(|res| match res {
+                "virtualservices" => "VirtualService",
+                "httproutes" => "HTTPRoute",
+                other => other,
+            }).collect();
+            for name in list(&rule["resourceNames"]).iter().filter_map(Value::as_str) {
+                if !kinds.iter().any(|k| find(k, name).is_some()) {
+                    p.push(format!("{}: the rule names {name}, which is no generated {kinds:?}", r.file));
                 }
             }
         }
@@ -410,6 +451,9 @@ fn the_structural_checks_catch_mismatches() {
             "service.yaml" => text = text.replace("targetPort: \"grpc\"", "targetPort: \"grpcs\""),
             "pdb.yaml" => text = text.replace("minAvailable: 2", "minAvailable: 4"),
             "virtualservice.yaml" => text = text.replace("weight: 95", "weight: 96"),
+            "job-rollout.yaml" => text = text.replace("- \"--route\"\n            - \"fraud\"", "- \"--route\"\n            - \"fraud-old\""),
+            "rolebinding-controller.yaml" => text = text.replace("name: \"fraud-controller\"\n    namespace", "name: \"fraud-ctl\"\n    namespace"),
+            "role-controller.yaml" => text = text.replace("- \"fraud\"", "- \"fraud-v2\""),
             _ => {}
         }
         std::fs::write(dir.join(&file), text).unwrap();
@@ -421,6 +465,9 @@ fn the_structural_checks_catch_mismatches() {
         "targetPort grpcs is no port of fraud's server container",
         "minAvailable 4 with at least 4 selected pods",
         "route \"weighted\"'s weights add up to 101",
+        "the controller drives the route fraud-old, which is not generated",
+        "subject fraud-ctl names no ServiceAccount here",
+        "the rule names fraud-v2, which is no generated [\"VirtualService\"]",
     ] {
         assert!(problems.contains(expect), "expected {expect:?} among:\n{problems}");
     }

@@ -44,34 +44,13 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
     /// Run as an AWS Lambda function: the custom runtime's bootstrap (what a binary named
     /// `bootstrap` does by itself)
-    #[command(after_help = LAMBDA_HELP)]
+    #[command(after_help = crate::lambda::HELP)]
     Lambda,
+    /// Drive a rollout through an Istio VirtualService or a Gateway API HTTPRoute on a cluster,
+    /// judged by Prometheus (build feature `kubernetes`)
+    #[command(after_help = crate::controller::CONTROLLER_HELP)]
+    Controller(Box<crate::controller::ControllerArgs>),
 }
-
-const LAMBDA_HELP: &str = "\
-Inside Lambda (provided.al2023) or its Runtime Interface Emulator: loads the model once at cold
-start, then answers each event through the same pipeline as `serve` answers HTTP. Events: API
-Gateway REST and HTTP API proxy events and function URLs (POST /predict, /v1/predict,
-/v2/models/{m}/infer), or a direct invocation whose payload is the body ({\"features\": [[...]]},
-{\"inputs\": [...]}, or the seed's {\"body\": \"...\"}). Every answer is a proxy response
-{\"statusCode\", \"headers\", \"body\"}; a bad event is a 4xx with {\"error\"}, never a crash.
-Needs the cargo feature `lambda` (`modelship deploy lambda` writes a Makefile that builds it).
-
-The model, from the environment (or the CONFIG_PATH file, as for `serve`):
-  MODEL_PATH                 a file [default: $LAMBDA_TASK_ROOT/model.onnx, packaged beside it]
-  MODELSHIP_ARTIFACTS, MODELSHIP_MODEL_DIGEST
-                             or s3://bucket/prefix and sha256:HEX: fetched at cold start from the
-                             registry's artifact store, the digest checked (AWS credentials from
-                             the function's role)
-  MODEL_NAME, MODEL_VERSION  what answers report [default: model, 1]
-
-A cold start that fails (no model, a corrupt artifact) is reported to Lambda as the init error.
-
-Examples:
-  cp target/release/modelship package/bootstrap     # Lambda runs it with no arguments
-  aws-lambda-rie ./package/bootstrap                # the emulator, then POST an event to
-      # http://localhost:8080/2015-03-31/functions/function/invocations
-  aws lambda invoke --function-name nepse:live --payload '{\"features\": [[0.1, 0.2, 1.1, 0.02]]}' out.json";
 
 const HEALTHCHECK_HELP: &str = "\
 Asks http://HOST:PORT/health/ready (every check: model loaded, startup complete, feature store
@@ -164,88 +143,8 @@ pub enum DeployTarget {
     K8s(K8sOptions),
     /// An AWS SAM template (the binary as a custom runtime, alias, gradual deployment with alarms
     /// and traffic hooks) and the Makefile that packages the bootstrap
-    #[command(after_help = LAMBDA_DEPLOY_HELP)]
-    Lambda(LambdaOptions),
-}
-
-const LAMBDA_DEPLOY_HELP: &str = "\
-Writes into --out:
-  template.yaml  the SAM template: the function (runtime provided.al2023, bootstrap = modelship
-                 built with --features lambda, one architecture, memory, timeout), its API event
-                 (POST /predict, /v1/predict, /v2/models/{model}/infer on a REST API, an HTTP API,
-                 or a function URL), AutoPublishAlias with provisioned concurrency, a
-                 DeploymentPreference (a CodeDeploy preset) rolled back by alarms on the new
-                 version's Lambda errors, its 5xx answers and its p99 duration, and pre/post
-                 traffic hooks that send the check request and a bad one to the new version (then
-                 the alias) and tell CodeDeploy; with the model in S3, read access to its prefix only
-  Makefile       `make -f OUT/Makefile package` builds the bootstrap for the architecture, takes
-                 ONNX Runtime's library from the onnxruntime wheel and lays out OUT/package/
-Nothing here talks to AWS: then `sam deploy --template-file OUT/template.yaml --guided`.
-
-The description's lambda section (every key optional; the seed's values are the defaults):
-  lambda:
-    architecture: x86_64          # or arm64 (Graviton: cross-built with aarch64-linux-gnu-gcc)
-    memory: 1024                  # MB, 128-10240
-    timeout: 30s                  # at most 900s
-    api: rest                     # rest | http | url
-    provisioned_concurrency: 5    # 0: none
-    alias: live
-    deployment: Linear10PercentEvery1Minute   # Canary10Percent5Minutes, AllAtOnce, ...
-    alarms: {server_errors: 0, latency_p99_ms: 1000}
-    check: {features: [[0.01, -0.02, 1.3, 0.017]]}   # default: zeros, the model's input width
-    artifact: {store: s3://models/nepse, digest: sha256:HEX}   # else model.file is packaged
-
-Examples:
-  modelship deploy lambda --model models/nepse.onnx --name nepse --out deploy/lambda
-  modelship deploy lambda --file deploy.yaml --architecture arm64 --deployment Canary10Percent5Minutes
-  modelship deploy lambda --name nepse --artifacts s3://models/nepse --digest sha256:HEX --check '[[0, 0, 1, 0]]'
-  make -f deploy/lambda/Makefile package && sam deploy --template-file deploy/lambda/template.yaml --guided";
-
-#[derive(Debug, Clone, Args)]
-pub struct LambdaOptions {
-    #[command(flatten)]
-    pub common: DeployOptions,
-    /// The function's architecture [default: the description's, x86_64]
-    #[arg(long, value_enum)]
-    pub architecture: Option<ArchitectureArg>,
-    /// Memory in MB, 128-10240 [default: 1024]
-    #[arg(long, value_name = "MB")]
-    pub memory: Option<u32>,
-    /// Timeout, e.g. 30s [default: 30s]
-    #[arg(long, value_name = "DURATION")]
-    pub timeout: Option<String>,
-    /// What fronts the function [default: rest]
-    #[arg(long, value_enum)]
-    pub api: Option<ApiArg>,
-    /// Provisioned concurrency on the alias; 0 for none [default: 5]
-    #[arg(long, value_name = "N")]
-    pub provisioned_concurrency: Option<u32>,
-    /// The CodeDeploy preset, e.g. Linear10PercentEvery1Minute, Canary10Percent5Minutes, AllAtOnce
-    #[arg(long, value_name = "PRESET")]
-    pub deployment: Option<String>,
-    /// The registry's artifact store holding the model, s3://bucket/prefix (with --digest)
-    #[arg(long, value_name = "URL", requires = "digest")]
-    pub artifacts: Option<String>,
-    /// The model's digest in the artifact store, sha256:HEX (`modelship models show REF --output json`)
-    #[arg(long, value_name = "DIGEST", requires = "artifacts")]
-    pub digest: Option<String>,
-    /// The rows the traffic hooks send (JSON), e.g. '[[0.1, 0.2, 1.1, 0.02]]'
-    #[arg(long, value_name = "JSON")]
-    pub check: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ArchitectureArg {
-    #[value(name = "x86_64")]
-    X86_64,
-    Arm64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ApiArg {
-    Rest,
-    Http,
-    Url,
+    #[command(after_help = crate::lambda::DEPLOY_HELP)]
+    Lambda(crate::lambda::LambdaOptions),
 }
 
 const K8S_HELP: &str = "\
@@ -616,6 +515,9 @@ const MODELS_HELP: &str = "\
 The registry is a directory (--registry, MODELSHIP_REGISTRY, default ~/.local/share/modelship/registry):
 metadata in SQLite, artifacts addressed by their SHA-256 under artifacts/ or in S3-compatible storage
 (--artifacts s3://bucket/prefix when the registry is created; builds with the `s3` feature).
+Or it is a bucket alone (--registry s3://bucket/prefix): the catalog as one document per model,
+changed only by conditional writes, beside the artifacts, so servers on hosts that share no disk
+and CI jobs use one registry at once (credentials and endpoint from the AWS_* variables).
 
 Examples:
   modelship models push fraud model.onnx --version 1.3.0 --metric auc=0.931 --label team=risk
@@ -631,8 +533,9 @@ Examples:
 
 #[derive(Debug, Clone, Args)]
 pub struct ModelsArgs {
-    /// Registry directory [env: MODELSHIP_REGISTRY] [default: ~/.local/share/modelship/registry]
-    #[arg(long, global = true, value_name = "DIR")]
+    /// Registry directory, or s3://bucket/prefix for a registry wholly in a bucket
+    /// [env: MODELSHIP_REGISTRY] [default: ~/.local/share/modelship/registry]
+    #[arg(long, global = true, value_name = "DIR|URL")]
     pub registry: Option<PathBuf>,
 
     /// Where a new registry keeps artifacts: `local` or s3://bucket/prefix [env: MODELSHIP_ARTIFACTS]
@@ -864,8 +767,8 @@ pub struct ServeArgs {
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormatArg>,
 
-    /// Registry directory for NAME@ALIAS models [env: MODELSHIP_REGISTRY]
-    #[arg(long, value_name = "DIR")]
+    /// Registry for NAME@ALIAS models: a directory, or s3://bucket/prefix [env: MODELSHIP_REGISTRY]
+    #[arg(long, value_name = "DIR|URL")]
     pub registry: Option<PathBuf>,
 
     /// Seconds between checks of a followed alias [default: 2]

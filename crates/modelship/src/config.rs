@@ -652,7 +652,7 @@ pub fn redact_url(url: &str) -> String {
 
 /// A replica's default name: the host's name and this process's id (unique on one host, and a
 /// restarted process is a new replica).
-fn default_replica() -> String {
+pub fn default_replica() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
     let host: String = host.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')).take(100).collect();
     format!("{}-{}", if host.is_empty() { "replica" } else { &host }, std::process::id())

@@ -12,9 +12,8 @@ use modelship_deploy::description::{self, Artifact, Build, Check, Delivery, Depl
 use modelship_deploy::{GeneratedFile, Provenance, Target, docker};
 use serde::Serialize;
 
-use crate::cli::{
-    ApiArg, ArchitectureArg, DeliveryArg, DeployArgs, DeployOptions, DeployTarget, K8sOptions, K8sStrategyArg, LambdaOptions, MeshArg, OutputFormat,
-};
+use crate::cli::{DeliveryArg, DeployArgs, DeployOptions, DeployTarget, K8sOptions, K8sStrategyArg, MeshArg, OutputFormat};
+use crate::lambda::{ApiArg, ArchitectureArg, LambdaOptions};
 
 pub fn main(args: DeployArgs) -> ExitCode {
     let (target, options, k8s, lambda) = match args.target {
@@ -112,6 +111,13 @@ fn run(target: Target, o: &DeployOptions, flags: Flags<'_>) -> anyhow::Result<Su
         && let Some(path) = &model_file
     {
         deployment.lambda.check = zero_row(Path::new(path)).map(|features| Check { features });
+    }
+    if target == Target::Kubernetes
+        && let Some(rollout) = deployment.kubernetes.rollout.clone()
+    {
+        let path = absolute(&rollout.spec);
+        deployment.rollout_contents = Some(std::fs::read_to_string(&path).with_context(|| format!("cannot read the rollout spec {path} for its ConfigMap"))?);
+        check_rollout(&deployment, Path::new(&path))?;
     }
     deployment.validate_for(target)?;
     // A Kubernetes pod gets its model from the image or the artifact store, never this machine.
@@ -342,7 +348,50 @@ fn build_image(d: &Deployment, target: Target, out: &Path, base: &Path, model_fi
     Ok(started.elapsed().as_secs_f64())
 }
 
+/// The rollout Job's spec must be one the controller runs: it rolls out the candidate, and every
+/// check is a PromQL query with weights the mesh can carry.
+fn check_rollout(d: &Deployment, path: &Path) -> anyhow::Result<()> {
+    let spec = crate::rollout::read_spec(path, None)?;
+    let mut problems = Vec::new();
+    if let Some(candidate) = &d.kubernetes.candidate
+        && spec.to != candidate.version
+    {
+        problems.push(format!("it rolls out '{}', but kubernetes.candidate.version is '{}'", spec.to, candidate.version));
+    }
+    match spec.resolve() {
+        Ok(plan) => {
+            let mesh = if d.kubernetes.mesh == description::Mesh::Istio { modelship_server::mesh::Mesh::Istio } else { modelship_server::mesh::Mesh::Gateway };
+            problems.extend(modelship_server::mesh::unsupported(&plan, mesh));
+        }
+        Err(resolve) => problems.extend(resolve),
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    bail!("the rollout spec {} cannot run in the rollout Job: {}", path.display(), problems.join("; "))
+}
+
+/// The optional cargo features this binary was built with (see `modelship_deploy::description::FEATURES`).
+fn compiled_features() -> Vec<&'static str> {
+    [("kubernetes", cfg!(feature = "kubernetes")), ("s3", cfg!(feature = "s3"))].into_iter().filter(|(_, on)| *on).map(|(f, _)| f).collect()
+}
+
+/// A packaged binary must have what the description needs: an image cannot add a feature later.
+fn check_features(needed: &[&str], compiled: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = needed.iter().copied().filter(|f| !compiled.contains(f)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the image needs a modelship built with the cargo feature(s) {} (image.features, an S3 artifact, a mesh-free store), and this one has not: \
+         build it with `cargo build --release -p modelship --features {}` and run that binary, or set image.build: source",
+        missing.join(", "),
+        needed.join(",")
+    )
+}
+
 fn stage(out: &Path, d: &Deployment, model_file: Option<&str>) -> anyhow::Result<()> {
+    check_features(&d.features(), &compiled_features())?;
     let exe = std::env::current_exe().context("cannot find this binary to package it")?;
     let staged = out.join(docker::STAGED_BINARY);
     copy(&exe, &staged)?;
@@ -460,5 +509,18 @@ fn print(summary: &Summary, format: OutputFormat) {
             Target::Lambda => "make -f DIR/Makefile package (builds the bootstrap with --features lambda), then sam deploy --template-file DIR/template.yaml --guided",
         };
         println!("next: {next}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_packaged_binary_must_have_the_features_the_description_needs() {
+        assert!(check_features(&[], &[]).is_ok());
+        assert!(check_features(&["s3"], &["kubernetes", "s3"]).is_ok());
+        let err = check_features(&["kubernetes", "s3"], &["s3"]).unwrap_err().to_string();
+        assert!(err.contains("feature(s) kubernetes") && err.contains("--features kubernetes,s3") && err.contains("image.build: source"), "{err}");
     }
 }

@@ -10,6 +10,117 @@
 //! answers and the latency, by function and version): what the SAM template's rollback alarm on
 //! server errors reads, since a 5xx answer is not a Lambda error.
 
+use clap::{Args, ValueEnum};
+
+use crate::cli::DeployOptions;
+
+/// `modelship lambda --help`.
+pub const HELP: &str = "\
+Inside Lambda (provided.al2023) or its Runtime Interface Emulator: loads the model once at cold
+start, then answers each event through the same pipeline as `serve` answers HTTP. Events: API
+Gateway REST and HTTP API proxy events and function URLs (POST /predict, /v1/predict,
+/v2/models/{m}/infer), or a direct invocation whose payload is the body ({\"features\": [[...]]},
+{\"inputs\": [...]}, or the seed's {\"body\": \"...\"}). Every answer is a proxy response
+{\"statusCode\", \"headers\", \"body\"}; a bad event is a 4xx with {\"error\"}, never a crash.
+Needs the cargo feature `lambda` (`modelship deploy lambda` writes a Makefile that builds it).
+
+The model, from the environment (or the CONFIG_PATH file, as for `serve`):
+  MODEL_PATH                 a file [default: $LAMBDA_TASK_ROOT/model.onnx, packaged beside it]
+  MODELSHIP_ARTIFACTS, MODELSHIP_MODEL_DIGEST
+                             or s3://bucket/prefix and sha256:HEX: fetched at cold start from the
+                             registry's artifact store, the digest checked (AWS credentials from
+                             the function's role)
+  MODEL_NAME, MODEL_VERSION  what answers report [default: model, 1]
+
+A cold start that fails (no model, a corrupt artifact) is reported to Lambda as the init error.
+
+Examples:
+  cp target/release/modelship package/bootstrap     # Lambda runs it with no arguments
+  aws-lambda-rie ./package/bootstrap                # the emulator, then POST an event to
+      # http://localhost:8080/2015-03-31/functions/function/invocations
+  aws lambda invoke --function-name nepse:live --payload '{\"features\": [[0.1, 0.2, 1.1, 0.02]]}' out.json";
+
+/// `modelship deploy lambda --help`.
+pub const DEPLOY_HELP: &str = "\
+Writes into --out:
+  template.yaml  the SAM template: the function (runtime provided.al2023, bootstrap = modelship
+                 built with --features lambda, one architecture, memory, timeout), its API event
+                 (POST /predict, /v1/predict, /v2/models/{model}/infer on a REST API, an HTTP API,
+                 or a function URL), AutoPublishAlias with provisioned concurrency, a
+                 DeploymentPreference (a CodeDeploy preset) rolled back by alarms on the new
+                 version's Lambda errors, its 5xx answers and its p99 duration, and pre/post
+                 traffic hooks that send the check request and a bad one to the new version (then
+                 the alias) and tell CodeDeploy; with the model in S3, read access to its prefix only
+  Makefile       `make -f OUT/Makefile package` builds the bootstrap for the architecture, takes
+                 ONNX Runtime's library from the onnxruntime wheel and lays out OUT/package/
+Nothing here talks to AWS: then `sam deploy --template-file OUT/template.yaml --guided`.
+
+The description's lambda section (every key optional; the seed's values are the defaults):
+  lambda:
+    architecture: x86_64          # or arm64 (Graviton: cross-built with aarch64-linux-gnu-gcc)
+    memory: 1024                  # MB, 128-10240
+    timeout: 30s                  # at most 900s
+    api: rest                     # rest | http | url
+    provisioned_concurrency: 5    # 0: none
+    alias: live
+    deployment: Linear10PercentEvery1Minute   # Canary10Percent5Minutes, AllAtOnce, ...
+    alarms: {server_errors: 0, latency_p99_ms: 1000}
+    check: {features: [[0.01, -0.02, 1.3, 0.017]]}   # default: zeros, the model's input width
+    artifact: {store: s3://models/nepse, digest: sha256:HEX}   # else model.file is packaged
+
+Examples:
+  modelship deploy lambda --model models/nepse.onnx --name nepse --out deploy/lambda
+  modelship deploy lambda --file deploy.yaml --architecture arm64 --deployment Canary10Percent5Minutes
+  modelship deploy lambda --name nepse --artifacts s3://models/nepse --digest sha256:HEX --check '[[0, 0, 1, 0]]'
+  make -f deploy/lambda/Makefile package && sam deploy --template-file deploy/lambda/template.yaml --guided";
+
+#[derive(Debug, Clone, Args)]
+pub struct LambdaOptions {
+    #[command(flatten)]
+    pub common: DeployOptions,
+    /// The function's architecture [default: the description's, x86_64]
+    #[arg(long, value_enum)]
+    pub architecture: Option<ArchitectureArg>,
+    /// Memory in MB, 128-10240 [default: 1024]
+    #[arg(long, value_name = "MB")]
+    pub memory: Option<u32>,
+    /// Timeout, e.g. 30s [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// What fronts the function [default: rest]
+    #[arg(long, value_enum)]
+    pub api: Option<ApiArg>,
+    /// Provisioned concurrency on the alias; 0 for none [default: 5]
+    #[arg(long, value_name = "N")]
+    pub provisioned_concurrency: Option<u32>,
+    /// The CodeDeploy preset, e.g. Linear10PercentEvery1Minute, Canary10Percent5Minutes, AllAtOnce
+    #[arg(long, value_name = "PRESET")]
+    pub deployment: Option<String>,
+    /// The registry's artifact store holding the model, s3://bucket/prefix (with --digest)
+    #[arg(long, value_name = "URL", requires = "digest")]
+    pub artifacts: Option<String>,
+    /// The model's digest in the artifact store, sha256:HEX (`modelship models show REF --output json`)
+    #[arg(long, value_name = "DIGEST", requires = "artifacts")]
+    pub digest: Option<String>,
+    /// The rows the traffic hooks send (JSON), e.g. '[[0.1, 0.2, 1.1, 0.02]]'
+    #[arg(long, value_name = "JSON")]
+    pub check: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArchitectureArg {
+    #[value(name = "x86_64")]
+    X86_64,
+    Arm64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ApiArg {
+    Rest,
+    Http,
+    Url,
+}
+
 #[cfg(not(feature = "lambda"))]
 pub fn main() -> std::process::ExitCode {
     eprintln!(

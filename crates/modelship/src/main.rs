@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod controller;
 mod deploy;
 mod features;
 mod healthcheck;
@@ -33,12 +34,18 @@ fn main() -> ExitCode {
         cli::Command::Deploy(args) => deploy::main(args),
         cli::Command::Healthcheck(args) => healthcheck::main(&args),
         cli::Command::Lambda => lambda::main(),
+        cli::Command::Controller(args) => controller::main(*args),
     }
 }
 
 /// Runs a command's async body on a small runtime; prints its error (with causes) and exits 1 on
 /// failure.
 pub fn run_command(body: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    run_command_with_code(async { body.await.map(|()| ExitCode::SUCCESS) })
+}
+
+/// [`run_command`] for a body that decides its own exit code (an outcome, not an error).
+pub fn run_command_with_code(body: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -47,7 +54,7 @@ pub fn run_command(body: impl std::future::Future<Output = anyhow::Result<()>>) 
         }
     };
     match runtime.block_on(body) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

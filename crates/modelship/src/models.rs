@@ -96,7 +96,7 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             report_push(outcome, json_out, "pushed");
         }
         ModelsCommand::Ls { name } => {
-            let records = registry.list(name.as_deref())?;
+            let records = registry.list(name.as_deref()).await?;
             if json_out {
                 print_json(&records);
             } else if records.is_empty() {
@@ -118,7 +118,7 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             }
         }
         ModelsCommand::Show { reference } => {
-            let record = registry.resolve(&ModelRef::parse(&reference)?)?;
+            let record = registry.resolve(&ModelRef::parse(&reference)?).await?;
             if json_out {
                 print_json(&record);
             } else {
@@ -126,7 +126,7 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             }
         }
         ModelsCommand::Pull { reference, out } => {
-            let record = registry.resolve(&ModelRef::parse(&reference)?)?;
+            let record = registry.resolve(&ModelRef::parse(&reference)?).await?;
             let bar = Bar::new();
             registry.pull(&record, &out, &bar).await?;
             bar.clear();
@@ -149,7 +149,7 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             }
         }
         ModelsCommand::Alias { name, alias, version } => {
-            let moved = registry.set_alias(&name, &alias, &version, &actor(&env))?;
+            let moved = registry.set_alias(&name, &alias, &version, &actor(&env)).await?;
             if json_out {
                 print_json(&json!({"alias": alias, "name": name, "version": version, "move": moved}));
             } else {
@@ -181,7 +181,7 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             report_push(outcome, json_out, &format!("imported MLflow {name} version {} as", imported.mlflow_version));
         }
         ModelsCommand::History { name } => {
-            let moves = registry.history(&name)?;
+            let moves = registry.history(&name).await?;
             if json_out {
                 print_json(&moves);
             } else if moves.is_empty() {

@@ -30,7 +30,7 @@ pub fn main(args: RolloutArgs) -> ExitCode {
 
 /// Reads a spec file (YAML or JSON; `-` is standard input), accepting the design's `rollout:`
 /// wrapper and its `model:` key.
-fn read_spec(path: &std::path::Path, to: Option<String>) -> anyhow::Result<RolloutSpec> {
+pub(crate) fn read_spec(path: &std::path::Path, to: Option<String>) -> anyhow::Result<RolloutSpec> {
     let text = if path == std::path::Path::new("-") {
         std::io::read_to_string(std::io::stdin()).context("cannot read the rollout spec from standard input")?
     } else {

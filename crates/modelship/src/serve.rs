@@ -293,16 +293,18 @@ fn feature_service(
 /// The registry the repository API loads from: the one the model came from, else the configured
 /// registry when it exists (a server of a file never creates one).
 fn repository_registry(source: &ModelSource, config: &ServeConfig) -> Option<Arc<Registry>> {
-    match source {
-        ModelSource::Registry { registry, .. } => Some(Arc::clone(registry)),
-        ModelSource::File(_) if config.registry_root.join("registry.db").exists() => {
-            Registry::open(&RegistryConfig { root: config.registry_root.clone(), artifacts: None })
-                .map_err(|e| tracing::warn!(error = %e, registry = %config.registry_root.display(), "cannot open the registry for the repository API"))
-                .ok()
-                .map(Arc::new)
-        }
-        ModelSource::File(_) => None,
+    let registry = match source {
+        ModelSource::Registry { registry, .. } => return Some(Arc::clone(registry)),
+        ModelSource::File(_) => RegistryConfig { root: config.registry_root.clone(), artifacts: None },
+    };
+    // A directory that holds no registry stays without one; a bucket is opened as it is.
+    if registry.bucket().is_none() && !registry.root.join("registry.db").exists() {
+        return None;
     }
+    Registry::open(&registry)
+        .map_err(|e| tracing::warn!(error = %e, registry = %config.registry_root.display(), "cannot open the registry for the repository API"))
+        .ok()
+        .map(Arc::new)
 }
 
 /// The admin token: `MODELSHIP_ADMIN_TOKEN`, else the token file, else a new random token
@@ -372,7 +374,7 @@ impl ModelSource {
                 Ok((bytes.into(), None))
             }
             ModelSource::Registry { registry, reference } => {
-                let record = registry.resolve(reference)?;
+                let record = registry.resolve(reference).await?;
                 let bytes = registry.artifact(&record, &NoProgress).await?;
                 Ok((bytes.to_vec().into(), Some(record.version)))
             }

@@ -33,6 +33,25 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// An S3-compatible bucket and key prefix from `s3://bucket[/prefix]`, with credentials and
+/// endpoint from the standard AWS environment variables. Conditional writes (`If-Match`,
+/// `If-None-Match`) are on: the bucket catalog relies on them.
+#[cfg(feature = "s3")]
+pub fn s3_bucket(url: &str) -> Result<(Arc<dyn ObjectStore>, StorePath), RegistryError> {
+    let rest = url.strip_prefix("s3://").ok_or_else(|| RegistryError::Config(format!("'{url}' is not an s3://bucket/prefix URL")))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(RegistryError::Config(format!("'{url}' names no bucket")));
+    }
+    let mut builder = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
+    if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+        builder = builder.with_endpoint(endpoint);
+    }
+    Ok((Arc::new(builder.build()?), StorePath::from(prefix.trim_matches('/'))))
+}
+
 impl ArtifactStore {
     /// Artifacts under a local directory (created if missing).
     pub fn local(dir: &Path) -> Result<Self, RegistryError> {
@@ -46,23 +65,14 @@ impl ArtifactStore {
     /// `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP=true` for a plain-HTTP endpoint).
     #[cfg(feature = "s3")]
     pub fn s3(url: &str) -> Result<Self, RegistryError> {
-        let rest = url
-            .strip_prefix("s3://")
-            .ok_or_else(|| RegistryError::Config(format!("'{url}' is not an s3://bucket/prefix URL")))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(RegistryError::Config(format!("'{url}' names no bucket")));
-        }
-        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-        if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
-            builder = builder.with_endpoint(endpoint);
-        }
-        let store = builder.build()?;
-        Ok(ArtifactStore {
-            store: Arc::new(store),
-            prefix: StorePath::from(prefix.trim_matches('/')),
-            location: url.trim_end_matches('/').to_owned(),
-        })
+        let (store, prefix) = s3_bucket(url)?;
+        Ok(ArtifactStore::in_bucket(store, prefix, url))
+    }
+
+    /// Artifacts under `prefix` of an object store the caller opened (a registry that keeps its
+    /// catalog in the same bucket shares one client).
+    pub fn in_bucket(store: Arc<dyn ObjectStore>, prefix: StorePath, url: &str) -> Self {
+        ArtifactStore { store, prefix, location: url.trim_end_matches('/').to_owned() }
     }
 
     /// Opens the store a registry recorded: `local` (under `default_dir`) or an `s3://` URL.

@@ -8,12 +8,17 @@
 //!   object storage with the `s3` feature), written atomically and verified on every read.
 //! - [`mlflow`]: importing a version from an MLflow model registry over its REST API.
 //! - [`catalog`]: versions, aliases and alias history in SQLite (one transaction per change).
+//! - [`bucket`]: the same catalog as one document per model in a bucket, changed by conditional
+//!   writes, for a registry that lives wholly in object storage (`s3://bucket/prefix`).
 //!
-//! The only crate that knows the registry's layout on disk: `<root>/registry.db` for metadata and
-//! `<root>/artifacts/sha256/<digest>` (or `s3://bucket/prefix/sha256/<digest>`) for artifacts.
+//! The only crate that knows the registry's layout: `<root>/registry.db` for metadata and
+//! `<root>/artifacts/sha256/<digest>` (or `s3://bucket/prefix/sha256/<digest>`) for artifacts; or,
+//! for a registry in a bucket, `s3://bucket/prefix/catalog/<name>.json` and
+//! `s3://bucket/prefix/sha256/<digest>`.
 //! A user-supplied name never becomes part of a path: artifacts are named by their digest.
 
 pub mod artifacts;
+pub mod bucket;
 pub mod catalog;
 mod error;
 pub mod mlflow;

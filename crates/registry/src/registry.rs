@@ -1,5 +1,10 @@
 //! The registry as a whole: the catalog and the artifact store, kept consistent.
 //!
+//! Two homes, one behaviour: a directory (the catalog in SQLite, artifacts beside it or in a
+//! bucket), or a bucket alone (`s3://bucket/prefix`: the catalog as documents written with
+//! conditional requests, see [`crate::bucket`]), which replicas on hosts that share no disk and
+//! CI jobs all use at once.
+//!
 //! Push order makes a crash at any moment safe: the artifact is written (atomically, under its
 //! digest) before the version row is committed, so a visible version always has its artifact; a
 //! crash in between leaves at most an unreferenced artifact, which a later push of the same bytes
@@ -10,7 +15,10 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+use std::sync::Arc;
+
 use crate::artifacts::{ArtifactStore, sha256_hex};
+use crate::bucket::BucketCatalog;
 use crate::catalog::{AliasMove, Catalog, Inserted, VersionRecord, now_ms};
 use crate::name::{ModelRef, check_alias, check_name, check_version};
 use crate::{RegistryError, onnx_meta};
@@ -32,11 +40,19 @@ impl Progress for NoProgress {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryConfig {
-    /// The registry directory: `registry.db`, and artifacts under `artifacts/` when local.
+    /// The registry directory (`registry.db`, and artifacts under `artifacts/` when local), or
+    /// `s3://bucket/prefix` for a registry wholly in a bucket, catalog and artifacts.
     pub root: PathBuf,
-    /// Where artifacts go when the registry is created: `local` (default) or `s3://bucket/prefix`.
-    /// An existing registry keeps the store it was created with.
+    /// Where a directory registry's artifacts go when it is created: `local` (default) or
+    /// `s3://bucket/prefix`. An existing registry keeps the store it was created with.
     pub artifacts: Option<String>,
+}
+
+impl RegistryConfig {
+    /// The `s3://` URL of a registry that lives in a bucket, `None` for a directory.
+    pub fn bucket(&self) -> Option<&str> {
+        self.root.to_str().filter(|r| r.starts_with("s3://"))
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -76,14 +92,127 @@ fn new_record(request: PushRequest, bytes: &[u8]) -> Result<VersionRecord, Regis
     })
 }
 
+/// Where versions, aliases and their history are kept.
+enum Index {
+    /// SQLite in the registry directory, called off the async threads.
+    Local(Arc<Catalog>),
+    Bucket(BucketCatalog),
+}
+
+impl Index {
+    /// Runs `f` on the SQLite catalog on a blocking thread (it may wait on the database lock).
+    async fn local<T: Send + 'static>(
+        catalog: &Arc<Catalog>,
+        f: impl FnOnce(&Catalog) -> Result<T, RegistryError> + Send + 'static,
+    ) -> Result<T, RegistryError> {
+        let catalog = Arc::clone(catalog);
+        tokio::task::spawn_blocking(move || f(&catalog))
+            .await
+            .unwrap_or_else(|e| Err(RegistryError::Store(format!("registry task failed: {e}"))))
+    }
+
+    async fn insert(&self, record: &VersionRecord) -> Result<Inserted, RegistryError> {
+        match self {
+            Index::Local(c) => {
+                let record = record.clone();
+                Index::local(c, move |c| c.insert(&record)).await
+            }
+            Index::Bucket(b) => b.insert(record).await,
+        }
+    }
+
+    async fn list(&self, name: Option<&str>) -> Result<Vec<VersionRecord>, RegistryError> {
+        match self {
+            Index::Local(c) => {
+                let name = name.map(str::to_owned);
+                Index::local(c, move |c| c.list(name.as_deref())).await
+            }
+            Index::Bucket(b) => b.list(name).await,
+        }
+    }
+
+    async fn get(&self, name: &str, version: &str) -> Result<Option<VersionRecord>, RegistryError> {
+        match self {
+            Index::Local(c) => {
+                let (name, version) = (name.to_owned(), version.to_owned());
+                Index::local(c, move |c| c.get(&name, &version)).await
+            }
+            Index::Bucket(b) => b.get(name, version).await,
+        }
+    }
+
+    async fn latest(&self, name: &str) -> Result<Option<VersionRecord>, RegistryError> {
+        match self {
+            Index::Local(c) => {
+                let name = name.to_owned();
+                Index::local(c, move |c| c.latest(&name)).await
+            }
+            Index::Bucket(b) => b.latest(name).await,
+        }
+    }
+
+    async fn has_model(&self, name: &str) -> Result<bool, RegistryError> {
+        match self {
+            Index::Local(c) => {
+                let name = name.to_owned();
+                Index::local(c, move |c| c.has_model(&name)).await
+            }
+            Index::Bucket(b) => b.has_model(name).await,
+        }
+    }
+
+    async fn alias_target(&self, name: &str, alias: &str) -> Result<Option<String>, RegistryError> {
+        match self {
+            Index::Local(c) => {
+                let (name, alias) = (name.to_owned(), alias.to_owned());
+                Index::local(c, move |c| c.alias_target(&name, &alias)).await
+            }
+            Index::Bucket(b) => b.alias_target(name, alias).await,
+        }
+    }
+
+    async fn set_alias(&self, name: &str, alias: &str, version: &str, actor: &str) -> Result<Option<AliasMove>, RegistryError> {
+        match self {
+            Index::Local(c) => {
+                let (name, alias, version, actor) = (name.to_owned(), alias.to_owned(), version.to_owned(), actor.to_owned());
+                Index::local(c, move |c| c.set_alias(&name, &alias, &version, &actor)).await
+            }
+            Index::Bucket(b) => b.set_alias(name, alias, version, actor).await,
+        }
+    }
+
+    async fn history(&self, name: &str) -> Result<Vec<AliasMove>, RegistryError> {
+        match self {
+            Index::Local(c) => {
+                let name = name.to_owned();
+                Index::local(c, move |c| c.history(&name)).await
+            }
+            Index::Bucket(b) => b.history(name).await,
+        }
+    }
+
+    async fn remove(&self, name: &str, version: &str, force: bool, actor: &str) -> Result<Option<String>, RegistryError> {
+        match self {
+            Index::Local(c) => {
+                let (name, version, actor) = (name.to_owned(), version.to_owned(), actor.to_owned());
+                Index::local(c, move |c| c.remove(&name, &version, force, &actor)).await
+            }
+            Index::Bucket(b) => b.remove(name, version, force, actor).await,
+        }
+    }
+}
+
 pub struct Registry {
-    catalog: Catalog,
+    catalog: Index,
     artifacts: ArtifactStore,
     root: PathBuf,
 }
 
 impl Registry {
     pub fn open(config: &RegistryConfig) -> Result<Self, RegistryError> {
+        if let Some(url) = config.bucket() {
+            return Registry::open_bucket(url, config);
+        }
         let root = &config.root;
         std::fs::create_dir_all(root).map_err(RegistryError::io(format!("cannot create registry directory {}", root.display())))?;
         let catalog = Catalog::open(&root.join("registry.db"))?;
@@ -96,7 +225,35 @@ impl Registry {
             )));
         }
         let artifacts = ArtifactStore::open(&location, &root.join("artifacts"))?;
-        Ok(Registry { catalog, artifacts, root: root.clone() })
+        Ok(Registry { catalog: Index::Local(Arc::new(catalog)), artifacts, root: root.clone() })
+    }
+
+    /// A registry wholly in a bucket: catalog documents under `<prefix>/catalog/`, artifacts under
+    /// `<prefix>/sha256/`, one client for both. Nothing is created until the first push.
+    fn open_bucket(url: &str, config: &RegistryConfig) -> Result<Self, RegistryError> {
+        if config.artifacts.as_deref().is_some_and(|a| a.trim_end_matches('/') != url.trim_end_matches('/')) {
+            return Err(RegistryError::Config(format!(
+                "the registry {url} keeps its artifacts in the same bucket and prefix; drop --artifacts (or MODELSHIP_ARTIFACTS)"
+            )));
+        }
+        #[cfg(feature = "s3")]
+        {
+            let (store, prefix) = crate::artifacts::s3_bucket(url)?;
+            let catalog = BucketCatalog::new(Arc::clone(&store), prefix.clone(), url);
+            Ok(Registry { catalog: Index::Bucket(catalog), artifacts: ArtifactStore::in_bucket(store, prefix, url), root: config.root.clone() })
+        }
+        #[cfg(not(feature = "s3"))]
+        Err(RegistryError::Config(format!("the registry {url} is in S3, but this build of modelship has no S3 support; rebuild with `--features s3`")))
+    }
+
+    /// A registry in an object store the caller opened (tests: `object_store`'s in-memory store).
+    pub fn in_store(store: Arc<dyn object_store::ObjectStore>, url: &str) -> Self {
+        let prefix = object_store::path::Path::default();
+        Registry {
+            catalog: Index::Bucket(BucketCatalog::new(Arc::clone(&store), prefix.clone(), url)),
+            artifacts: ArtifactStore::in_bucket(store, prefix, url),
+            root: PathBuf::from(url),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -118,7 +275,7 @@ impl Registry {
         drop(bytes);
         let digest = record.digest.clone();
         // Refuse a conflict before uploading anything.
-        if let Some(existing) = self.catalog.get(&record.name, &record.version)? {
+        if let Some(existing) = self.catalog.get(&record.name, &record.version).await? {
             return if existing.digest == digest {
                 Ok(PushOutcome::Unchanged(existing))
             } else {
@@ -126,8 +283,8 @@ impl Registry {
             };
         }
         self.artifacts.put_file(file, &digest, progress).await?;
-        match self.catalog.insert(&record)? {
-            Inserted::Created => Ok(PushOutcome::Created(self.catalog.get(&record.name, &record.version)?.unwrap_or(record))),
+        match self.catalog.insert(&record).await? {
+            Inserted::Created => Ok(PushOutcome::Created(self.catalog.get(&record.name, &record.version).await?.unwrap_or(record))),
             Inserted::Unchanged(existing) => Ok(PushOutcome::Unchanged(*existing)),
         }
     }
@@ -138,47 +295,48 @@ impl Registry {
         check_version(&request.version)?;
         let record = new_record(request, &bytes)?;
         self.artifacts.put_bytes(bytes).await?;
-        match self.catalog.insert(&record)? {
+        match self.catalog.insert(&record).await? {
             Inserted::Created => Ok(PushOutcome::Created(record)),
             Inserted::Unchanged(existing) => Ok(PushOutcome::Unchanged(*existing)),
         }
     }
 
-    pub fn list(&self, name: Option<&str>) -> Result<Vec<VersionRecord>, RegistryError> {
+    pub async fn list(&self, name: Option<&str>) -> Result<Vec<VersionRecord>, RegistryError> {
         if let Some(n) = name {
             check_name(n)?;
-            if !self.catalog.has_model(n)? {
+            if !self.catalog.has_model(n).await? {
                 return Err(RegistryError::UnknownModel(n.to_owned()));
             }
         }
-        self.catalog.list(name)
+        self.catalog.list(name).await
     }
 
     /// The version a reference names now.
-    pub fn resolve(&self, reference: &ModelRef) -> Result<VersionRecord, RegistryError> {
+    pub async fn resolve(&self, reference: &ModelRef) -> Result<VersionRecord, RegistryError> {
         let name = reference.name();
-        if !self.catalog.has_model(name)? {
+        if !self.catalog.has_model(name).await? {
             return Err(RegistryError::UnknownModel(name.to_owned()));
         }
         let found = match reference {
-            ModelRef::Latest(n) => self.catalog.latest(n)?,
+            ModelRef::Latest(n) => self.catalog.latest(n).await?,
             ModelRef::Version(n, v) => {
-                Some(self.catalog.get(n, v)?.ok_or_else(|| RegistryError::UnknownVersion { name: n.clone(), version: v.clone() })?)
+                Some(self.catalog.get(n, v).await?.ok_or_else(|| RegistryError::UnknownVersion { name: n.clone(), version: v.clone() })?)
             }
             ModelRef::Alias(n, a) => {
                 let v = self
                     .catalog
-                    .alias_target(n, a)?
+                    .alias_target(n, a)
+                    .await?
                     .ok_or_else(|| RegistryError::UnknownAlias { name: n.clone(), alias: a.clone() })?;
-                self.catalog.get(n, &v)?
+                self.catalog.get(n, &v).await?
             }
         };
         found.ok_or_else(|| RegistryError::UnknownModel(name.to_owned()))
     }
 
     /// The version an alias points at now, without reading the record (cheap enough to poll).
-    pub fn alias_target(&self, name: &str, alias: &str) -> Result<Option<String>, RegistryError> {
-        self.catalog.alias_target(name, alias)
+    pub async fn alias_target(&self, name: &str, alias: &str) -> Result<Option<String>, RegistryError> {
+        self.catalog.alias_target(name, alias).await
     }
 
     /// The artifact of a version, checked against its digest.
@@ -200,31 +358,32 @@ impl Registry {
     pub async fn remove(&self, name: &str, version: &str, force: bool, actor: &str) -> Result<(), RegistryError> {
         check_name(name)?;
         check_version(version)?;
-        if let Some(digest) = self.catalog.remove(name, version, force, actor)? {
+        if let Some(digest) = self.catalog.remove(name, version, force, actor).await? {
             self.artifacts.delete(&digest).await?;
         }
         Ok(())
     }
 
-    pub fn set_alias(&self, name: &str, alias: &str, version: &str, actor: &str) -> Result<Option<AliasMove>, RegistryError> {
+    pub async fn set_alias(&self, name: &str, alias: &str, version: &str, actor: &str) -> Result<Option<AliasMove>, RegistryError> {
         check_name(name)?;
         check_alias(alias)?;
         check_version(version)?;
-        if self.catalog.get(name, version)?.is_none() {
-            return Err(if self.catalog.has_model(name)? {
+        if self.catalog.get(name, version).await?.is_none() {
+            return Err(if self.catalog.has_model(name).await? {
                 RegistryError::UnknownVersion { name: name.to_owned(), version: version.to_owned() }
             } else {
                 RegistryError::UnknownModel(name.to_owned())
             });
         }
-        self.catalog.set_alias(name, alias, version, actor)
+        self.catalog.set_alias(name, alias, version, actor).await
     }
 
-    pub fn history(&self, name: &str) -> Result<Vec<AliasMove>, RegistryError> {
+    pub async fn history(&self, name: &str) -> Result<Vec<AliasMove>, RegistryError> {
         check_name(name)?;
-        if !self.catalog.has_model(name)? && self.catalog.history(name)?.is_empty() {
+        let history = self.catalog.history(name).await?;
+        if history.is_empty() && !self.catalog.has_model(name).await? {
             return Err(RegistryError::UnknownModel(name.to_owned()));
         }
-        self.catalog.history(name)
+        Ok(history)
     }
 }

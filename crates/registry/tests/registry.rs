@@ -41,7 +41,7 @@ async fn push_records_metadata_and_is_idempotent() {
     let err = registry.push(req, &fixture("xgboost"), &NoProgress).await.unwrap_err();
     assert!(matches!(err, RegistryError::VersionConflict { .. }), "{err}");
     assert!(err.to_string().contains("versions are immutable"), "{err}");
-    assert_eq!(registry.list(Some("fraud")).unwrap().len(), 1);
+    assert_eq!(registry.list(Some("fraud")).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -50,29 +50,29 @@ async fn aliases_move_atomically_with_history() {
     let registry = open(dir.path());
     registry.push(request("fraud", "1"), &fixture("fraud"), &NoProgress).await.unwrap();
     registry.push(request("fraud", "2"), &fixture("xgboost"), &NoProgress).await.unwrap();
-    registry.set_alias("fraud", "production", "1", "test").unwrap();
-    registry.set_alias("fraud", "production", "2", "test").unwrap();
-    assert!(registry.set_alias("fraud", "production", "2", "test").unwrap().is_none(), "no-op move is not recorded");
-    registry.set_alias("fraud", "staging", "1", "test").unwrap();
-    let history = registry.history("fraud").unwrap();
+    registry.set_alias("fraud", "production", "1", "test").await.unwrap();
+    registry.set_alias("fraud", "production", "2", "test").await.unwrap();
+    assert!(registry.set_alias("fraud", "production", "2", "test").await.unwrap().is_none(), "no-op move is not recorded");
+    registry.set_alias("fraud", "staging", "1", "test").await.unwrap();
+    let history = registry.history("fraud").await.unwrap();
     let moves: Vec<_> = history.iter().map(|m| (m.alias.as_str(), m.version.as_deref(), m.previous.as_deref())).collect();
     assert_eq!(moves, [("production", Some("1"), None), ("production", Some("2"), Some("1")), ("staging", Some("1"), None)]);
-    let prod = registry.resolve(&ModelRef::parse("fraud@production").unwrap()).unwrap();
+    let prod = registry.resolve(&ModelRef::parse("fraud@production").unwrap()).await.unwrap();
     assert_eq!(prod.version, "2");
     assert_eq!(prod.aliases, ["production"]);
-    assert_eq!(registry.resolve(&ModelRef::parse("fraud").unwrap()).unwrap().version, "2", "latest");
+    assert_eq!(registry.resolve(&ModelRef::parse("fraud").unwrap()).await.unwrap().version, "2", "latest");
 
     // Unknown targets are named.
-    assert!(matches!(registry.set_alias("fraud", "production", "9", "t"), Err(RegistryError::UnknownVersion { .. })));
-    assert!(matches!(registry.set_alias("nope", "production", "1", "t"), Err(RegistryError::UnknownModel(_))));
-    assert!(matches!(registry.resolve(&ModelRef::parse("fraud@canary").unwrap()), Err(RegistryError::UnknownAlias { .. })));
+    assert!(matches!(registry.set_alias("fraud", "production", "9", "t").await, Err(RegistryError::UnknownVersion { .. })));
+    assert!(matches!(registry.set_alias("nope", "production", "1", "t").await, Err(RegistryError::UnknownModel(_))));
+    assert!(matches!(registry.resolve(&ModelRef::parse("fraud@canary").unwrap()).await, Err(RegistryError::UnknownAlias { .. })));
 
     // rm is refused while an alias points at the version, unless forced.
     let err = registry.remove("fraud", "2", false, "t").await.unwrap_err();
     assert!(err.to_string().contains("alias(es) production"), "{err}");
     registry.remove("fraud", "2", true, "t").await.unwrap();
-    assert!(registry.resolve(&ModelRef::parse("fraud@production").unwrap()).is_err());
-    let last = registry.history("fraud").unwrap().pop().unwrap();
+    assert!(registry.resolve(&ModelRef::parse("fraud@production").unwrap()).await.is_err());
+    let last = registry.history("fraud").await.unwrap().pop().unwrap();
     assert_eq!((last.alias.as_str(), last.version, last.previous.as_deref()), ("production", None, Some("2")));
 }
 
@@ -104,7 +104,7 @@ async fn hostile_names_never_reach_the_store() {
         let err = registry.push(request("ok", name), &fixture("fraud"), &NoProgress).await.unwrap_err();
         assert!(matches!(err, RegistryError::InvalidName { .. }), "version {name}: {err}");
     }
-    assert!(registry.list(None).unwrap().is_empty());
+    assert!(registry.list(None).await.unwrap().is_empty());
     let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(entries.iter().all(|e| e.to_string_lossy().starts_with("registry.db") || e == "artifacts"), "{entries:?}");
 }
@@ -149,5 +149,5 @@ async fn concurrent_pushes_of_one_version_agree() {
     }
     assert_eq!(created, 1);
     assert_eq!(digests.len(), 1, "every success saw the same content");
-    assert_eq!(open(&root).list(Some("m")).unwrap().len(), 1);
+    assert_eq!(open(&root).list(Some("m")).await.unwrap().len(), 1);
 }

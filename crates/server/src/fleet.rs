@@ -50,13 +50,19 @@ struct Beat {
 /// The beat loop, until shutdown. `admin` is this replica's admin address, for the reports.
 pub async fn run(state: AppState, traffic: Arc<Traffic>, rollouts: Arc<Rollouts>, admin: Option<String>) {
     let mut beat = Beat::default();
+    // The first report goes out at once: a replica the leader has not heard from does not count
+    // among the live ones, so a step could settle without a replica that just started.
+    let mut first = true;
     loop {
         let period = match rollouts.snapshot().rollout.filter(|r| !r.phase.is_done()) {
             // Several reports per analysis, so the leader's windows are never a beat short.
             Some(r) => Duration::from_millis(r.interval_ms / 2).clamp(Duration::from_millis(100), Duration::from_secs(1)),
             None => Duration::from_secs(1),
         };
-        tokio::time::sleep(period).await;
+        if !first {
+            tokio::time::sleep(period).await;
+        }
+        first = false;
         if state.health.is_draining() {
             return;
         }

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use modelship_registry::Registry;
-use modelship_router::Change;
 use prometheus::IntCounterVec;
 
 use crate::model::LoadedModel;
@@ -42,15 +41,13 @@ pub async fn follow_alias(state: AppState, follow: Follow, mut current: String) 
         if state.health.is_draining() {
             return;
         }
-        let (registry, model, alias) = (Arc::clone(&follow.registry), follow.model.clone(), follow.alias.clone());
-        let target = match tokio::task::spawn_blocking(move || registry.alias_target(&model, &alias)).await {
-            Ok(Ok(Some(v))) => v,
-            Ok(Ok(None)) => continue,
-            Ok(Err(e)) => {
+        let target = match follow.registry.alias_target(&follow.model, &follow.alias).await {
+            Ok(Some(v)) => v,
+            Ok(None) => continue,
+            Err(e) => {
                 tracing::warn!(model = %follow.model, alias = %follow.alias, error = %e, "cannot read the alias; keeping the current version");
                 continue;
             }
-            Err(_) => continue,
         };
         if target == current || failed.as_deref() == Some(target.as_str()) {
             continue;
@@ -91,11 +88,9 @@ fn record(swaps: &IntCounterVec, model: &str, result: &str) {
 async fn swap_to(state: &AppState, follow: &Follow, version: &str) -> Result<f64, String> {
     let started = Instant::now();
     let reason = format!("{}@{} moved to {version}", follow.model, follow.alias);
-    follow
-        .traffic
-        .change(state, Change::Switch { version: version.to_owned() }, "registry", &reason)
-        .await
-        .map_err(|e| e.to_string())?;
+    if follow.traffic.switch_to(state, version, "registry", &reason).await.map_err(|e| e.to_string())?.is_none() {
+        tracing::debug!(model = %follow.model, alias = %follow.alias, version, "another replica committed the alias move; applied it");
+    }
     Ok(started.elapsed().as_secs_f64())
 }
 

@@ -12,6 +12,8 @@
 //! - [`lambda`]: the Lambda adapter: one event through the same decoding, pipeline and encoding
 //!   as the HTTP routes.
 //! - [`health`], [`metrics`]: probe state and Prometheus metrics.
+//! - [`mesh`]: rollouts through an Istio VirtualService or a Gateway API HTTPRoute: the pure edit
+//!   of the route for a step, and (feature `kubernetes`) the controller that patches it.
 //! - [`follow`]: follows a registry alias, swapping versions in without failing a request.
 //! - [`shadow`]: mirrored requests, run off the client's path and compared with what it got.
 //! - [`rollouts`]: the rollout control loop: observations in, engine decisions applied, state persisted.
@@ -30,6 +32,7 @@ pub mod follow;
 pub mod grpc;
 pub mod health;
 pub mod lambda;
+pub mod mesh;
 pub mod metrics;
 pub mod model;
 pub mod observe;

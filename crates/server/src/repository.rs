@@ -68,11 +68,7 @@ impl Repository {
     pub async fn index(&self, state: &AppState, ready_only: bool) -> Result<Vec<IndexEntry>, ApiError> {
         let mut entries: std::collections::BTreeMap<String, IndexEntry> = std::collections::BTreeMap::new();
         if let Some(registry) = &self.registry {
-            let registry = Arc::clone(registry);
-            let records = tokio::task::spawn_blocking(move || registry.list(None))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-                .map_err(|e| ApiError::Internal(format!("cannot read the registry: {e}")))?;
+            let records = registry.list(None).await.map_err(|e| ApiError::Internal(format!("cannot read the registry: {e}")))?;
             for r in records {
                 // The newest version is listed last; keep it as the one a plain load would take.
                 entries.insert(
@@ -106,17 +102,9 @@ impl Repository {
             None => ModelRef::parse(name),
         }
         ?;
-        let record = {
-            let (registry, reference) = (Arc::clone(&registry), reference.clone());
-            tokio::task::spawn_blocking(move || {
-                let name = reference.name().to_owned();
-                match (&reference, registry.alias_target(&name, DEFAULT_ALIAS)) {
-                    (ModelRef::Latest(_), Ok(Some(v))) => registry.resolve(&ModelRef::Version(name, v)),
-                    _ => registry.resolve(&reference),
-                }
-            })
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??
+        let record = match (&reference, registry.alias_target(reference.name(), DEFAULT_ALIAS).await) {
+            (ModelRef::Latest(n), Ok(Some(v))) => registry.resolve(&ModelRef::Version(n.clone(), v)).await?,
+            _ => registry.resolve(&reference).await?,
         };
         let bytes = registry.artifact(&record, &NoProgress).await?;
         let spec = ModelSpec { name: name.to_owned(), version: record.version.clone(), pool: self.pool.clone() };

@@ -429,7 +429,7 @@ fn describe(r: &Rollout) -> String {
 
 /// The value of an instant PromQL query: a scalar, or the first sample of a vector (`None` for an
 /// empty result, e.g. before the first scrape).
-fn prometheus_value(url: &str, query: &str) -> Result<Option<f64>, String> {
+pub(crate) fn prometheus_value(url: &str, query: &str) -> Result<Option<f64>, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build().into();
     let mut response = agent
         .get(format!("{}/api/v1/query", url.trim_end_matches('/')))
@@ -478,7 +478,7 @@ fn publish(state: &AppState, model: &str, r: &Rollout) {
 }
 
 /// POSTs the rollout to a gate: 2xx is go, anything else (or no answer in 30 s) is no.
-fn call_webhook(url: &str, body: &Value) -> (bool, String) {
+pub(crate) fn call_webhook(url: &str, body: &Value) -> (bool, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(30)))

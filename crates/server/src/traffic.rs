@@ -141,6 +141,28 @@ impl Traffic {
         self.install(state, &served, table, Some(change), actor, reason).await
     }
 
+    /// Makes `version` the stable one, as an alias move asks. Every replica that follows the
+    /// alias sees the move: the first to commit switches the fleet, the others find the switch
+    /// in force once they applied the latest revision, and commit nothing (`None`).
+    pub async fn switch_to(&self, state: &AppState, version: &str, actor: &str, reason: &str) -> Result<Option<Revision>, ApiError> {
+        let _one_at_a_time = self.lock.lock().await;
+        self.sync_locked(state).await?;
+        let served = state.models.served(&self.spec.name)?;
+        if served.table.stable == version {
+            return Ok(None);
+        }
+        let change = Change::Switch { version: version.to_owned() };
+        let table = served.table.apply(&change).map_err(|e| ApiError::Conflict(e.to_string()))?;
+        match self.install(state, &served, table, Some(change), actor, reason).await {
+            // Another replica committed first (install applied its revision): the same move?
+            Err(ApiError::Conflict(e)) => match state.models.served(&self.spec.name)? {
+                now if now.table.stable == version => Ok(None),
+                _ => Err(ApiError::Conflict(e)),
+            },
+            other => other.map(Some),
+        }
+    }
+
     /// Restores the table of revision `to` (default: the one before the current), as a new revision.
     pub async fn rollback(&self, state: &AppState, to: Option<u64>, actor: &str, reason: &str) -> Result<Revision, ApiError> {
         let _one_at_a_time = self.lock.lock().await;
@@ -382,12 +404,7 @@ impl Traffic {
             ))
         })?;
         let reference = ModelRef::Version(self.registry_model.clone(), version.to_owned());
-        let record = {
-            let registry = Arc::clone(registry);
-            tokio::task::spawn_blocking(move || registry.resolve(&reference))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))??
-        };
+        let record = registry.resolve(&reference).await?;
         let bytes = registry.artifact(&record, &NoProgress).await?;
         let mut spec = self.spec.clone();
         spec.version = version.to_owned();

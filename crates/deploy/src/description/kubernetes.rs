@@ -18,6 +18,7 @@
 //!   candidate: {version: "1.3.0", digest: sha256:..., tag: "0.2.0"}
 //!   blue_green: {active: blue}
 //!   gateway: {name: public, namespace: gateway-system}          # the HTTPRoute's parent
+//!   rollout: {spec: rollout.yaml}          # canary/shadow with a mesh: a Job runs `modelship controller`
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +52,18 @@ pub struct Kubernetes {
     pub candidate: Option<Candidate>,
     pub blue_green: BlueGreen,
     pub gateway: Gateway,
+    /// A rollout of the candidate driven through the mesh's route by a Job running
+    /// `modelship controller` (canary or shadow with `mesh: istio` or `gateway-api`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutJob>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutJob {
+    /// The rollout spec (a host file, relative to the description): its `to` is the candidate,
+    /// its checks PromQL queries. It goes into a ConfigMap the Job mounts.
+    pub spec: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,6 +322,17 @@ impl Deployment {
         }
         if self.model.registry_dir.is_some() {
             p.push("model.registry_dir is a host directory, which no pod can mount; give kubernetes.artifact instead".to_owned());
+        }
+        if let Some(rollout) = &k.rollout {
+            if !(matches!(k.strategy, KubeStrategy::Canary | KubeStrategy::Shadow) && k.mesh != Mesh::None) {
+                p.push("kubernetes.rollout drives a mesh's route: it needs strategy canary or shadow with mesh istio or gateway-api (without a mesh the pods run rollouts themselves: modelship rollout start)".to_owned());
+            }
+            super::check_host_path("kubernetes.rollout.spec", &rollout.spec, p);
+            match &self.rollout_contents {
+                None => p.push(format!("kubernetes.rollout.spec {}: its contents go into a ConfigMap and were not read", rollout.spec)),
+                Some(text) if text.len() > 1_000_000 => p.push("kubernetes.rollout.spec is over 1 MB, more than a ConfigMap holds".to_owned()),
+                Some(_) => {}
+            }
         }
         if let Some(secret) = &k.aws.secret
             && !is_dns_subdomain(secret)
@@ -651,6 +675,11 @@ mod tests {
             ]),
             ("", "{ARTIFACT, strategy: shadow, traffic: {mirror: 101%}, candidate: {version: '2', tag: '9'}}", &["kubernetes.traffic.mirror '101%' is not between 0% and 100%"]),
             ("", "{ARTIFACT, strategy: canary}", &["kubernetes.strategy canary runs a second version: give kubernetes.candidate {version, digest or tag}"]),
+            ("", "{ARTIFACT, strategy: canary, mesh: none, candidate: {version: '2', tag: '9'}, rollout: {spec: 'a:b.yaml'}}", &[
+                "kubernetes.rollout drives a mesh's route: it needs strategy canary or shadow with mesh istio or gateway-api (without a mesh the pods run rollouts themselves: modelship rollout start)",
+                "kubernetes.rollout.spec 'a:b.yaml' holds ':' ',' or a control character, which volume definitions cannot carry; rename the path",
+                "kubernetes.rollout.spec a:b.yaml: its contents go into a ConfigMap and were not read",
+            ]),
             ("", "{ARTIFACT, strategy: blue-green, candidate: {version: '2'}}", &["kubernetes.candidate runs what stable runs: give it another digest (model) or tag (image)"]),
             ("", "{ARTIFACT, disruption: {min_available: 3}}", &[
                 "kubernetes.disruption.min_available is 3; it must be at least 1 and below the 3 replicas there can be (at 3 or more no pod could ever be evicted and node drains would hang)",

@@ -516,6 +516,9 @@ pub struct Role {
 pub struct PolicyRule {
     pub api_groups: Vec<&'static str>,
     pub resources: Vec<&'static str>,
+    /// Only these objects (empty: every object of the resources).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resource_names: Vec<String>,
     pub verbs: Vec<&'static str>,
 }
 
@@ -735,4 +738,53 @@ pub struct Kustomization {
     pub api_version: &'static str,
     pub kind: &'static str,
     pub resources: Vec<&'static str>,
+}
+
+// --- batch/v1 Job ---
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSpec {
+    pub backoff_limit: u32,
+    pub pod_failure_policy: PodFailurePolicy,
+    pub template: JobTemplate,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PodFailurePolicy {
+    pub rules: Vec<PodFailureRule>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodFailureRule {
+    pub action: &'static str,
+    pub on_exit_codes: ExitCodes,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitCodes {
+    pub container_name: &'static str,
+    pub operator: &'static str,
+    pub values: Vec<i32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobTemplate {
+    pub metadata: Metadata,
+    pub spec: JobPodSpec,
+}
+
+/// A Job's pod: one container, no probes, never restarted in place (the Job retries).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobPodSpec {
+    pub service_account_name: String,
+    pub automount_service_account_token: bool,
+    pub enable_service_links: bool,
+    pub restart_policy: &'static str,
+    pub security_context: PodSecurityContext,
+    pub containers: Vec<Container>,
+    pub volumes: Vec<Volume>,
 }

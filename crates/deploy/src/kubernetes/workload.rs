@@ -68,7 +68,7 @@ pub fn tracks(d: &Deployment) -> Vec<Track> {
     }
 }
 
-fn image(d: &Deployment, tag: &str, digest: Option<&str>) -> String {
+pub(super) fn image(d: &Deployment, tag: &str, digest: Option<&str>) -> String {
     match digest {
         Some(digest) => format!("{}@{digest}", d.image.name),
         None => format!("{}:{tag}", d.image.name),
@@ -129,7 +129,7 @@ pub fn deployment(d: &Deployment, t: &Track) -> Object<Spec<DeploymentSpec>> {
     }
 }
 
-fn security() -> ContainerSecurityContext {
+pub(super) fn security() -> ContainerSecurityContext {
     ContainerSecurityContext { allow_privilege_escalation: false, read_only_root_filesystem: true, run_as_non_root: true, capabilities: Capabilities { drop: vec!["ALL"] } }
 }
 
@@ -307,7 +307,7 @@ pub fn pdb(d: &Deployment) -> Option<Object<Spec<PdbSpec>>> {
 /// What the control store on the Kubernetes API needs (the fleet issue: the routing table in a
 /// ConfigMap, the rollout's leader in a Lease), for the pods' ServiceAccount only.
 pub fn control_store_access(d: &Deployment) -> (Object<Role>, Object<RoleBinding>) {
-    let rule = |api_groups, resources| PolicyRule { api_groups, resources, verbs: vec!["get", "list", "watch", "create", "update", "patch"] };
+    let rule = |api_groups, resources| PolicyRule { api_groups, resources, resource_names: vec![], verbs: vec!["get", "list", "watch", "create", "update", "patch"] };
     let name = format!("{}-control-store", d.name);
     let role = Object {
         api_version: "rbac.authorization.k8s.io/v1",

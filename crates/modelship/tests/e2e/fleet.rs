@@ -1,6 +1,6 @@
-//! Replicas that share nothing but a real `redis-server` (the control store) and the
-//! registry's artifacts, each with its own state directory: one routing table, one revision
-//! sequence, one rollout.
+//! Replicas that share nothing but a real `redis-server` (the control store) and a real S3
+//! server (the registry, catalog and artifacts, in a bucket), each with its own home and state
+//! directory: one routing table, one revision sequence, one rollout.
 //!
 //! - A change made through any replica's admin API is in force on all three within 2 s; a sticky
 //!   key gets the same version on every replica; two replicas racing for one revision cannot
@@ -10,8 +10,8 @@
 //!   promoted, even when its leader is killed mid-rollout; labels posted to one replica join
 //!   predictions another made; Redis going away for 10 s fails no request and takes no step.
 //!
-//! Not here yet: artifacts without a shared disk (the replicas share the registry directory),
-//! the Kubernetes backend.
+//! Not here: the Kubernetes backend (no API server can run on these machines; its tests run
+//! against kube's mock service in the server crate).
 
 use std::process::Output;
 use std::thread;
@@ -21,49 +21,75 @@ use serde_json::Value;
 
 use crate::docker::Load;
 use crate::features::Redis;
+use crate::registry_s3::S3;
 use crate::support::{Server, command, fraud_body, free_port, model};
 
 const TOKEN: &str = "fleet-test-admin-token-0123456789";
+/// The fleet's registry: catalog and artifacts in the bucket, nothing on any replica's disk.
+const REGISTRY: &str = "s3://models/fleet";
 
 struct Replicas {
-    registry: tempfile::TempDir,
+    s3: S3,
+    /// What every replica serves: `fraud:1`, or an alias to follow.
+    serves: &'static str,
     servers: Vec<(Server, tempfile::TempDir)>,
 }
 
 impl Replicas {
     fn start(redis: &Redis, n: usize) -> Replicas {
-        let registry = tempfile::tempdir().unwrap();
-        for (file, version) in [("fraud", "1"), ("xgboost", "2")] {
-            let out = command().args(["models", "push", "fraud", &model(file), "--version", version, "--registry"]).arg(registry.path()).output().unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Replicas::serving(redis, n, "fraud:1", &[])
+    }
+
+    /// `n` replicas serving `model` after `prepare` ran against the fleet's registry.
+    fn serving(redis: &Redis, n: usize, serves: &'static str, prepare: &[&[&str]]) -> Replicas {
+        let mut replicas = Replicas { s3: S3::start(), serves, servers: Vec::new() };
+        replicas.push("fraud", "1");
+        replicas.push("xgboost", "2");
+        for args in prepare {
+            replicas.registry(args);
         }
-        let mut replicas = Replicas { registry, servers: Vec::new() };
         for _ in 0..n {
             replicas.add(redis);
         }
         replicas
     }
 
-    /// Pushes fixture `file` as version `version` of the model.
+    /// Pushes fixture `file` as version `version` of the model (as a CI job would: to the bucket).
     fn push(&self, file: &str, version: &str) {
-        let out = command().args(["models", "push", "fraud", &model(file), "--version", version, "--registry"]).arg(self.registry.path()).output().unwrap();
+        self.push_to(REGISTRY, file, version);
+    }
+
+    /// `modelship models ARGS` on the fleet's registry, from a host that is none of the replicas.
+    fn registry(&self, args: &[&str]) {
+        let out = self.s3.models(&[&["--registry", REGISTRY], args].concat());
+        assert!(out.status.success(), "models {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn push_to(&self, registry: &str, file: &str, version: &str) {
+        let out = self.s3.models(&["--registry", registry, "push", "fraud", &model(file), "--version", version]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
-    /// Starts one more replica with its own state directory, named `replica-N`, with a 2 s
-    /// rollout lease.
+    /// Starts one more replica with its own home and state directory, named `replica-N`, with a
+    /// 2 s rollout lease.
     fn add(&mut self, redis: &Redis) {
-        let registry = self.registry.path().to_owned();
-        self.add_with(redis, &registry);
+        self.add_with(redis, REGISTRY);
     }
 
     /// Starts one more replica, reading versions from `registry`.
-    fn add_with(&mut self, redis: &Redis, registry: &std::path::Path) {
+    fn add_with(&mut self, redis: &Redis, registry: &str) {
         let state = tempfile::tempdir().unwrap();
         let name = format!("replica-{}", self.servers.len() + 1);
+        let mut env = self.s3.env();
+        env.extend([
+            ("HOME", state.path().to_str().unwrap().to_owned()),
+            ("MODELSHIP_STATE_DIR", state.path().join("state").to_str().unwrap().to_owned()),
+            ("MODELSHIP_ADMIN_TOKEN", TOKEN.to_owned()),
+        ]);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let server = Server::start_with(
-            &["fraud:1", "--registry", registry.to_str().unwrap(), "--control-store", &redis.url(), "--workers", "1", "--replica", &name, "--lease-ttl", "2"],
-            &[("MODELSHIP_STATE_DIR", state.path().to_str().unwrap()), ("MODELSHIP_ADMIN_TOKEN", TOKEN)],
+            &[self.serves, "--registry", registry, "--poll-interval", "0.2", "--control-store", &redis.url(), "--workers", "1", "--replica", &name, "--lease-ttl", "2"],
+            &env,
         );
         self.servers.push((server, state));
     }
@@ -425,10 +451,8 @@ fn labels_posted_to_one_replica_join_the_predictions_of_another() {
 fn a_replica_that_cannot_load_the_candidate_fails_the_step_by_the_policy() {
     let redis = Redis::start(free_port());
     let mut fleet = Replicas::start(&redis, 2);
-    let partial = tempfile::tempdir().unwrap();
-    let out = command().args(["models", "push", "fraud", &model("fraud"), "--version", "1", "--registry"]).arg(partial.path()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    fleet.add_with(&redis, partial.path());
+    fleet.push_to("s3://models/partial", "fraud", "1");
+    fleet.add_with(&redis, "s3://models/partial");
     fleet.converge(0);
     let spec = fleet.spec("to: '2'\ncanary: {weights: [20, 100], every: 1m}\nchecks: [{error_rate: {}}]\ninterval: 500ms\n");
     let load = Load::start(&fleet.server(2).url("/v1/predict"), 2);
@@ -442,4 +466,39 @@ fn a_replica_that_cannot_load_the_candidate_fails_the_step_by_the_policy() {
     assert_eq!(versions.keys().collect::<Vec<_>>(), ["1"], "{versions:?}");
     fleet.converge(2);
     eprintln!("fleet: {reason}");
+}
+
+/// An alias moved from a CI job (a host that is none of the replicas, sharing only the bucket)
+/// reaches every replica following it, as one revision of the fleet's routing: the first replica
+/// to see the move commits the switch, the others apply it.
+#[test]
+fn an_alias_moved_by_a_ci_job_switches_the_whole_fleet_once() {
+    let redis = Redis::start(free_port());
+    let fleet = Replicas::serving(&redis, 3, "fraud@production", &[&["alias", "fraud", "production", "1"]]);
+    fleet.converge(0);
+    let load = Load::start(&fleet.server(1).url("/v1/predict"), 2);
+    let moved = Instant::now();
+    fleet.registry(&["alias", "fraud", "production", "2"]);
+    let revision = (0..3)
+        .map(|i| loop {
+            let status = fleet.status(i);
+            if status["traffic"]["stable"] == "2" {
+                break status["revision"].as_u64().unwrap();
+            }
+            assert!(moved.elapsed() < Duration::from_secs(20), "replica {i} never switched: {status}\n{}", fleet.logs());
+            thread::sleep(Duration::from_millis(50));
+        })
+        .max()
+        .unwrap();
+    eprintln!("fleet: an alias move from CI switched all 3 replicas after {:?}", moved.elapsed());
+    fleet.converge(revision);
+    let history: Value = serde_json::from_str(&fleet.ok(2, &["history", "fraud", "--output", "json"])).unwrap();
+    let switches: Vec<&Value> = history.as_array().unwrap().iter().filter(|r| r["actor"] == "registry").collect();
+    assert_eq!(switches.len(), 1, "one revision for one alias move: {history}");
+    assert_eq!(switches[0]["reason"], "fraud@production moved to 2", "{history}");
+    let (ok, failed, _) = load.finish();
+    assert!(failed.is_empty() && ok > 0, "{failed:?}");
+    for i in 0..3 {
+        assert_eq!(answer(fleet.server(i), &[]).0, "2");
+    }
 }

@@ -4,7 +4,11 @@
 mod support;
 
 mod api;
+#[cfg(feature = "kubernetes")]
+mod controller;
 mod features;
+// The fleet's replicas share their registry through the S3 server.
+#[cfg(feature = "s3")]
 mod fleet;
 mod bad_input;
 mod docker;

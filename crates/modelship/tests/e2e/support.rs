@@ -275,3 +275,36 @@ pub fn tool(relative: &str) -> PathBuf {
     assert!(path.exists(), "{} is missing: run scripts/setup.sh --test (the README's test command does)", path.display());
     path
 }
+
+/// A real Prometheus (Debian's package) scraping `targets` every second, on a free port.
+pub struct Prometheus {
+    _service: Service,
+    _dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl Prometheus {
+    pub fn scraping(targets: &[&str]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: modelship\n    static_configs: [{{targets: [{}]}}]\n",
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        let mut service = Service::start("prometheus", cmd, dir.path().join("prometheus.log"));
+        let probe = agent();
+        let url = format!("http://127.0.0.1:{port}");
+        service.wait_until(Duration::from_secs(60), || probe.get(format!("{url}/-/ready")).call().is_ok_and(|r| r.status() == 200));
+        Prometheus { _service: service, _dir: dir, url }
+    }
+}

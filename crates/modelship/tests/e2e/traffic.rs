@@ -450,29 +450,11 @@ fn quality_from_feedback_metrics_and_resume_after_restart() {
 
 #[test]
 fn a_promql_check_against_a_real_prometheus_rolls_back() {
-    use crate::support::{Service, free_port};
     let fleet = fleet();
     fleet.push("broken", "3");
     let server = fleet.serve(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: modelship\n    static_configs: [{{targets: ['{}']}}]\n",
-            server.addr
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let mut cmd = std::process::Command::new("prometheus");
-    cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
-    let mut prometheus = Service::start("prometheus", cmd, dir.path().join("prometheus.log"));
-    let probe = agent();
-    let url = format!("http://127.0.0.1:{port}");
-    prometheus.wait_until(Duration::from_secs(60), || probe.get(format!("{url}/-/ready")).call().is_ok_and(|r| r.status() == 200));
+    let prometheus = crate::support::Prometheus::scraping(&[&server.addr]);
+    let url = &prometheus.url;
 
     let spec = fleet.state.path().join("promql.yaml");
     std::fs::write(
