@@ -220,6 +220,26 @@ impl Registry {
         self.catalog.set_alias(name, alias, version, actor)
     }
 
+    /// Records results on a version (`modelship validate --record`): metrics and labels merged
+    /// into its record. Metric values must be finite.
+    pub fn annotate(
+        &self,
+        name: &str,
+        version: &str,
+        metrics: &BTreeMap<String, f64>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<VersionRecord, RegistryError> {
+        check_name(name)?;
+        check_version(version)?;
+        if let Some((key, value)) = metrics.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(RegistryError::Config(format!("metric {key}={value} is not a finite number")));
+        }
+        if !self.catalog.has_model(name)? {
+            return Err(RegistryError::UnknownModel(name.to_owned()));
+        }
+        self.catalog.annotate(name, version, metrics, labels)
+    }
+
     pub fn history(&self, name: &str) -> Result<Vec<AliasMove>, RegistryError> {
         check_name(name)?;
         if !self.catalog.has_model(name)? && self.catalog.history(name)?.is_empty() {
