@@ -36,6 +36,9 @@ pub enum Command {
     /// Work with the feature store (Redis) that enriches requests by entity
     #[command(after_help = FEATURES_HELP)]
     Features(FeaturesArgs),
+    /// Judge a model before deploying it: quality on data, API contract, latency, memory, drift
+    #[command(after_help = crate::validate::HELP)]
+    Validate(Box<crate::validate::ValidateArgs>),
     /// Generate a Dockerfile, a Compose file, a Swarm stack or Kubernetes manifests from one description
     #[command(after_help = DEPLOY_HELP)]
     Deploy(DeployArgs),

@@ -11,7 +11,9 @@ mod models;
 mod registry_config;
 mod rollout;
 mod serve;
+mod table_file;
 mod traffic;
+mod validate;
 
 use std::process::ExitCode;
 
@@ -25,6 +27,7 @@ fn main() -> ExitCode {
         cli::Command::Traffic(args) => traffic::main(args),
         cli::Command::Rollout(args) => rollout::main(args),
         cli::Command::Features(args) => features::main(args),
+        cli::Command::Validate(args) => validate::main(*args),
         cli::Command::Deploy(args) => deploy::main(args),
         cli::Command::Healthcheck(args) => healthcheck::main(&args),
     }

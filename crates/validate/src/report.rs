@@ -188,11 +188,17 @@ impl Report {
         Report { model, against, data, rows, passed, gates, skipped }
     }
 
-    /// The failed checks, as `gate check: detail`.
+    /// The failed checks: `gate check value (limit)`, or `gate check: detail` when nothing was
+    /// measured against a limit.
     pub fn failures(&self) -> Vec<String> {
         self.gates
             .iter()
-            .flat_map(|g| g.checks.iter().filter(|c| c.verdict == Verdict::Fail).map(move |c| format!("{} {}: {}", g.gate, c.id, c.detail)))
+            .flat_map(|g| {
+                g.checks.iter().filter(|c| c.verdict == Verdict::Fail).map(move |c| match (c.value, c.limit) {
+                    (Some(_), Some(_)) => format!("{} {} {} (limit {})", g.gate, c.id, c.value_text(), c.limit_text()),
+                    _ => format!("{} {}: {}", g.gate, c.id, c.detail),
+                })
+            })
             .collect()
     }
 
@@ -292,7 +298,7 @@ mod tests {
         let report = sample();
         assert!(!report.passed);
         assert_eq!((report.gates[0].verdict, report.gates[1].verdict), (Verdict::Fail, Verdict::Pass));
-        assert_eq!(report.failures(), ["quality auc: area under the ROC curve"]);
+        assert_eq!(report.failures(), ["quality auc 0.9081 (limit >= 0.9200)"]);
         assert_eq!(report.rows()[0], ["quality", "auc", "0.9081", ">= 0.9200", "fail", "area under the ROC curve"].map(String::from));
         assert_eq!(report.rows()[2][2..4], ["0.125 ms".to_owned(), "<= 20.000 ms".to_owned()]);
         assert_eq!(Check::unmeasured("auc", Unit::Number, Some(Limit { op: Op::AtLeast, value: 0.9 }), "one class").verdict, Verdict::Fail);
