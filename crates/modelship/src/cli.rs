@@ -132,6 +132,10 @@ pub enum DeployTarget {
     /// (Istio, Gateway API or no mesh)
     #[command(name = "k8s", visible_alias = "kubernetes", after_help = K8S_HELP)]
     K8s(K8sOptions),
+    /// The CI/CD pipeline: a GitHub Actions workflow of tests, validate, image, staging, and a
+    /// canary judged by `rollout --wait` before promotion
+    #[command(after_help = crate::deploy_ci::HELP)]
+    Ci(Box<crate::deploy_ci::CiOptions>),
 }
 
 const K8S_HELP: &str = "\
@@ -359,8 +363,15 @@ A spec (YAML):
   on_failure: rollback
   interval: 30s
 
+In CI, `rollout start ... --wait` (or `rollout wait MODEL`) replaces a sleep and a separate canary
+check: it follows the rollout until the server's own verdict and exits 0 when it promoted, 3 when
+it rolled back, 4 when --timeout passed first, 1 when the server cannot be reached; it prints a
+line per decision and per change of step or verdict (a live view on a terminal).
+
 Examples:
   modelship rollout start fraud --to 1.3.0 --spec canary.yaml
+  modelship rollout start fraud --to 1.3.0 --spec canary.yaml --wait --timeout 2h
+  modelship rollout wait fraud
   modelship rollout status fraud --watch
   modelship rollout approve fraud
   modelship rollout abort fraud --reason \"latency\"
@@ -386,6 +397,21 @@ pub enum RolloutCommand {
         /// The rollout spec (YAML or JSON); `-` reads it from standard input
         #[arg(long, value_name = "FILE")]
         spec: PathBuf,
+        /// Then wait until the rollout ends, as `rollout wait` does: exit 0 when it promotes, 3
+        /// when it rolls back
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: stop waiting after this long (exit 4), e.g. 45m [default: until it ends]
+        #[arg(long, value_name = "DURATION", requires = "wait")]
+        timeout: Option<String>,
+    },
+    /// Wait until the rollout ends: exit 0 when it promotes, 3 when it rolls back, 4 on
+    /// --timeout; progress lines for CI logs, a live view on a terminal
+    Wait {
+        model: String,
+        /// Stop waiting after this long (exit 4), e.g. 45m [default: until the rollout ends]
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
     },
     /// Phase, step, each check's latest verdict
     Status {

@@ -20,6 +20,7 @@ pub fn main(args: DeployArgs) -> ExitCode {
         DeployTarget::Compose(o) => (Target::Compose, o, None),
         DeployTarget::Swarm(o) => (Target::Swarm, o, None),
         DeployTarget::K8s(o) => (Target::Kubernetes, o.common.clone(), Some(o)),
+        DeployTarget::Ci(o) => return crate::deploy_ci::main(&o),
     };
     match run(target, &options, k8s.as_ref()) {
         Ok(summary) => {
@@ -348,7 +349,7 @@ fn run_tool(mut cmd: Command, what: &str, hint: &str) -> anyhow::Result<()> {
 }
 
 /// The command line as typed, quoted where a shell would need it, for the files' header.
-fn command_line() -> String {
+pub(crate) fn command_line() -> String {
     let mut args = std::env::args();
     let _ = args.next();
     std::iter::once("modelship".to_owned())

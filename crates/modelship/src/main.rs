@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod deploy;
+mod deploy_ci;
 mod features;
 mod healthcheck;
 mod logging;

@@ -21,3 +21,4 @@ mod swarm;
 mod traffic;
 #[cfg(feature = "grpc")]
 mod triton;
+mod validate;
