@@ -554,7 +554,7 @@ mod tests {
             major: 1,
             smoke_request: None,
             namespaces: ("fraud-staging".into(), "fraud".into()),
-            sam_template: "deploy/lambda/template.yaml".into(),
+            sam_template: "deploy/template.yaml".into(),
             stacks: ("fraud-staging".into(), "fraud".into()),
             smoke_event: None,
         }

@@ -46,7 +46,7 @@ Examples:
   modelship deploy ci --model models/fraud.onnx --data data/holdout.csv --label is_fraud \\
       --min auc=0.92 --min accuracy=0.9 --max log_loss=0.3 --max-drop auc=0.005 --max-p99 20ms
   modelship deploy ci --target compose --file deploy.yaml --spec canary.yaml --max-p99 5ms
-  modelship deploy ci --target lambda --model models/fraud.onnx --sam-template deploy/lambda/template.yaml";
+  modelship deploy ci --target lambda --model models/fraud.onnx --sam-template deploy/template.yaml";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CiTargetArg {
@@ -129,7 +129,7 @@ pub struct CiOptions {
     #[arg(long, value_name = "NAMESPACE")]
     pub production_namespace: Option<String>,
     /// Lambda: the SAM template in the repository (`modelship deploy lambda` writes one)
-    #[arg(long, value_name = "FILE", default_value = "deploy/lambda/template.yaml")]
+    #[arg(long, value_name = "FILE", default_value = "deploy/template.yaml")]
     pub sam_template: String,
     /// Lambda: the stacks of staging and production [default: NAME-staging, NAME]
     #[arg(long, value_name = "STACK")]
