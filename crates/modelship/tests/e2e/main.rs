@@ -15,6 +15,7 @@ mod registry;
 mod registry_mlflow;
 #[cfg(feature = "s3")]
 mod registry_s3;
+mod rollout_wait;
 mod security;
 mod startup;
 mod swarm;

@@ -155,4 +155,12 @@ fn results_are_recorded_on_the_registry_version() {
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!((shown["metrics"]["validate.auc"].as_f64().unwrap() - 0.952_442).abs() < 1e-4, "{shown}");
     assert_eq!((shown["labels"]["validate"].as_str(), shown["labels"]["validate.against"].as_str()), (Some("pass"), Some("fraud@production")));
+    // A file marked as a new major version over the registry's may break the contract.
+    assert!(command().args(["models", "push", "lr", &model("logistic_regression"), "--version", "1.0.0", "--registry", r]).status().unwrap().success());
+    let renamed = model("renamed_input");
+    let contract = |version: &str| report(&[&renamed, "--model-version", version, "--against", "lr:1.0.0", "--registry", r, "--gate", "contract"]);
+    assert_eq!(contract("1.1.0").1, 1);
+    let (json, code) = contract("2.0.0");
+    assert_eq!(code, 0, "{json}");
+    assert!(check(&json, "contract", "input.input")["detail"].as_str().unwrap().contains("allowed: 2.0.0 is a new major version over 1.0.0"), "{json}");
 }
