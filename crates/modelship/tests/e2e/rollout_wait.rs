@@ -70,7 +70,7 @@ fn start_wait_exits_0_when_the_rollout_promotes() {
     let log = text(&out);
     assert_eq!(out.status.code(), Some(0), "{log}");
     // A line per decision, and the verdict at the end.
-    assert!(log.contains("route 50%: rollout started") && log.contains("promote: "), "{log}");
+    assert!(log.lines().any(|l| l.contains(" route 50%") && l.ends_with("rollout started; step 1 of 1")) && log.contains(" promote: "), "{log}");
     assert!(log.trim_end().ends_with("rollout 1 of fraud promoted to 2 after 1 step"), "{log}");
     assert_eq!(s.server.post("/v2/models/fraud/infer", &fraud_body(1)).header("x-model-version"), Some("2"));
     // `rollout wait` on a rollout already done answers at once, by its outcome; JSON on stdout.
