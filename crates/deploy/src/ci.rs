@@ -331,7 +331,7 @@ fn apply_steps(p: &Pipeline, stage: &str, model: Option<&str>) -> Vec<Step> {
     let model = model.map(|m| format!(" --model \"{m}\"")).unwrap_or_default();
     match p.target {
         CiTarget::Kubernetes => vec![Step::run(
-            &format!("deploy to {stage}"),
+            format!("deploy to {stage}"),
             &[
                 &format!("modelship deploy k8s --file \"$DEPLOY_FILE\" --out build/{stage} --namespace \"$NAMESPACE\" --image \"$IMAGE\"{model}"),
                 &format!("kubectl apply -k build/{stage}"),
@@ -339,11 +339,11 @@ fn apply_steps(p: &Pipeline, stage: &str, model: Option<&str>) -> Vec<Step> {
             ],
         )],
         CiTarget::Compose => vec![Step::run(
-            &format!("deploy to {stage}"),
+            format!("deploy to {stage}"),
             &[&format!("modelship deploy compose --file \"$DEPLOY_FILE\" --out build/{stage} --image \"$IMAGE\"{model} --apply --no-build")],
         )],
         CiTarget::Swarm => vec![Step::run(
-            &format!("deploy to {stage}"),
+            format!("deploy to {stage}"),
             &[
                 &format!("modelship deploy swarm --file \"$DEPLOY_FILE\" --out build/{stage} --image \"$IMAGE\"{model} --apply --no-build"),
                 "for _ in $(seq 120); do",

@@ -305,7 +305,9 @@ mod tests {
     /// `accuracy_score(y, p >= 0.5)`) on float64 input, recorded as literals.
     #[test]
     fn classification_metrics_match_scikit_learn() {
-        let cases: [(&[f64], &[u8], f64, f64, f64); 4] = [
+        /// Scores, labels, then AUC, log loss and accuracy.
+        type Case = (&'static [f64], &'static [u8], f64, f64, f64);
+        let cases: [Case; 4] = [
             (&[0.1, 0.4, 0.35, 0.8], &[0, 0, 1, 1], 0.75, 0.472_287_953_809_176_15, 0.75),
             (&[0.9, 0.2, 0.6, 0.6, 0.3, 0.5, 0.05], &[1, 0, 1, 0, 0, 1, 0], 0.875, 0.408_105_120_214_058_6, 0.857_142_857_142_857_1),
             // Certain answers, right: the clipping keeps the loss finite and tiny.
@@ -326,7 +328,9 @@ mod tests {
     /// `r2_score`), recorded as literals.
     #[test]
     fn regression_metrics_match_scikit_learn() {
-        let cases: [(&[f64], &[f64], f64, f64, f64); 4] = [
+        /// Predictions, targets, then RMSE, MAE and R².
+        type Case = (&'static [f64], &'static [f64], f64, f64, f64);
+        let cases: [Case; 4] = [
             (&[2.5, 0.0, 2.0, 8.0], &[3.0, -0.5, 2.0, 7.0], 0.612_372_435_695_794_5, 0.5, 0.948_608_137_044_967_9),
             (&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0], 0.0, 0.0, 1.0),
             (&[10.0, -3.5, 4.25, 0.0, 7.5], &[9.0, -2.0, 5.0, 1.0, 6.0], 1.188_486_432_400_471_4, 1.15, 0.905_581_550_802_139_1),

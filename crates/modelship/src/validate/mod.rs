@@ -370,7 +370,7 @@ fn time_batches(session: &mut dyn Session, args: &ValidateArgs, limits: &Limits,
     let signature = session.info().signature.clone();
     let mut measured = Vec::new();
     for batch in batches {
-        if batch > 1 && feeds.is_some_and(|f| !f.batched) || batch > 1 && !signature.inputs.iter().all(|i| i.has_batch_dim()) {
+        if batch > 1 && (feeds.is_some_and(|f| !f.batched) || !signature.inputs.iter().all(|i| i.has_batch_dim())) {
             bail!("batch {batch}: the model's inputs have no batch dimension, so it runs one row at a time; time it at batch 1");
         }
         let requests = match (feeds, rows) {
