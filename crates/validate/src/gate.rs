@@ -131,7 +131,12 @@ pub fn resources(memory: &Memory, workers: usize, max: Option<u64>) -> Gate {
             sizing.request_bytes as f64,
             Unit::Bytes,
             max.map(|m| Limit { op: Op::AtMost, value: m as f64 }),
-            format!("for {workers_text}: resources.requests.memory {}, resources.limits.memory {}", mib(sizing.request_bytes), mib(sizing.limit_bytes)),
+            format!(
+                "for {workers_text}, with the server's own {} MiB: resources.requests.memory {}, resources.limits.memory {}",
+                crate::measure::SERVER_BYTES >> 20,
+                mib(sizing.request_bytes),
+                mib(sizing.limit_bytes)
+            ),
         ),
     ];
     Gate::new(GateName::Resources, checks)
@@ -229,8 +234,8 @@ mod tests {
         let memory = Memory { loaded_bytes: 40 << 20, per_worker_bytes: 5 << 20, working_bytes: 1 << 20 };
         let gate = resources(&memory, 2, None);
         assert_eq!(gate.verdict, Verdict::Measured);
-        assert_eq!(gate.checks[3].detail, "for 2 workers: resources.requests.memory 47Mi, resources.limits.memory 71Mi");
-        assert_eq!(resources(&memory, 2, Some(46 << 20)).verdict, Verdict::Fail);
+        assert_eq!(gate.checks[3].detail, "for 2 workers, with the server's own 16 MiB: resources.requests.memory 63Mi, resources.limits.memory 95Mi");
+        assert_eq!(resources(&memory, 2, Some(62 << 20)).verdict, Verdict::Fail);
         assert_eq!(resources(&memory, 1, Some(64 << 20)).verdict, Verdict::Pass);
     }
 

@@ -51,11 +51,17 @@ pub struct Memory {
     pub working_bytes: u64,
 }
 
+/// What a `modelship serve` process holds beyond ONNX Runtime and its sessions (its HTTP, gRPC and
+/// admin listeners, the control store, metrics, buffers): 10.0 MiB measured with the fraud model
+/// and the default features, 12.4 MiB with every feature (BENCHMARKS.md, "Validate's gates"),
+/// rounded up. `validate` runs no server, so it adds this.
+pub const SERVER_BYTES: u64 = 16 << 20;
+
 /// A Deployment's memory for `workers` inference workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sizing {
     pub workers: usize,
-    /// The model loaded `workers` times, each running at once.
+    /// The server, the model loaded `workers` times, each running at once.
     pub request_bytes: u64,
     /// The request and half again: the HTTP server's own buffers, bursts of large requests.
     pub limit_bytes: u64,
@@ -65,7 +71,7 @@ impl Memory {
     pub fn size(&self, workers: usize) -> Sizing {
         let workers = workers.max(1);
         let extra = workers as u64 - 1;
-        let request = self.loaded_bytes + extra * self.per_worker_bytes + workers as u64 * self.working_bytes;
+        let request = SERVER_BYTES + self.loaded_bytes + extra * self.per_worker_bytes + workers as u64 * self.working_bytes;
         Sizing { workers, request_bytes: request, limit_bytes: request + request.div_ceil(2) }
     }
 }
@@ -94,8 +100,8 @@ mod tests {
     #[test]
     fn memory_for_workers() {
         let m = Memory { loaded_bytes: 100 << 20, per_worker_bytes: 10 << 20, working_bytes: 1 << 20 };
-        assert_eq!(m.size(1), Sizing { workers: 1, request_bytes: 101 << 20, limit_bytes: (101 << 20) + (101 << 19) });
-        assert_eq!(m.size(4).request_bytes, (100 + 30 + 4) << 20);
+        assert_eq!(m.size(1), Sizing { workers: 1, request_bytes: (16 + 101) << 20, limit_bytes: ((16 + 101) << 20) + ((16 + 101) << 19) });
+        assert_eq!(m.size(4).request_bytes, (16 + 100 + 30 + 4) << 20);
         assert_eq!(m.size(0).workers, 1);
     }
 }
