@@ -87,6 +87,9 @@ the command that made it. --apply then hands them to the real tool:
   k8s       one manifest per object and kustomization.yaml: rolling, blue-green, canary and
             shadow (Istio, Gateway API or no mesh); `modelship deploy k8s --help`. No --apply:
             review the files, then `kubectl apply -k DIR`
+  ci        .github/workflows/deploy.yml: tests, validate, image, staging, and a canary judged
+            by `rollout start --wait` before promotion, for any of these targets or Lambda;
+            `modelship deploy ci --help`
 
 The description:
   name: fraud                              # project, stack and service name
@@ -112,7 +115,8 @@ Examples:
   modelship deploy swarm --file deploy.yaml --replicas 3 --out deploy/swarm
   modelship deploy compose --name fraud --model fraud@production --registry-dir registry --redis
   modelship deploy docker --file deploy.yaml --output json
-  modelship deploy k8s --file deploy.yaml --strategy canary --mesh istio";
+  modelship deploy k8s --file deploy.yaml --strategy canary --mesh istio
+  modelship deploy ci --model models/fraud.onnx --data data/holdout.csv --label is_fraud --min auc=0.92";
 
 #[derive(Debug, Clone, Args)]
 pub struct DeployArgs {
