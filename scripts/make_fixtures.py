@@ -9,13 +9,17 @@ Writes:
                                         (NEPSE-style), input `input` FP32 [N, 4]
 
 `make_fixtures.py nepse_xgboost` writes only the edge model and its reference.
+  testdata/validate/holdout.{csv,parquet}   500 held-out rows (f0..f29, is_fraud) for `modelship validate`
+  testdata/models/renamed_input.onnx    logistic_regression.onnx with its input renamed `features` (a contract break)
 
 The committed files are what the tests use; run this only to change them:
   python3 -m venv .venv && .venv/bin/pip install -r scripts/requirements-fixtures.txt
   .venv/bin/python scripts/make_fixtures.py
+  .venv/bin/python scripts/make_fixtures.py validate   # only the validation data and renamed_input.onnx
 """
 import json
 import pathlib
+import sys
 
 import numpy as np
 import onnx
@@ -31,6 +35,7 @@ from skl2onnx.common.data_types import FloatTensorType
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ROOT / "testdata" / "models"
 REFERENCE = ROOT / "testdata" / "reference"
+VALIDATE = ROOT / "testdata" / "validate"
 N_FEATURES = 30
 OPSET = {"": 17, "ai.onnx.ml": 3}
 
@@ -205,10 +210,51 @@ def nepse_model():
     print(f"nepse_xgboost: {path.relative_to(ROOT)} ({path.stat().st_size} bytes), features {NEPSE_FEATURES}")
 
 
+def validation_data(x, y):
+    """Rows 3000-3499, which no fixture model was trained on, rounded to 3 decimals (the file is the
+    data: its values are what every model sees), as CSV and as Parquet (FLOAT columns, INT64 label)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    VALIDATE.mkdir(parents=True, exist_ok=True)
+    rows = np.round(x[3000:3500].astype(np.float64), 3)
+    labels = y[3000:3500].astype(np.int64)
+    names = [f"f{i}" for i in range(N_FEATURES)]
+    lines = [",".join(names + ["is_fraud"])]
+    for row, label in zip(rows, labels):
+        lines.append(",".join(f"{v:.3f}" for v in row) + f",{label}")
+    (VALIDATE / "holdout.csv").write_text("\n".join(lines) + "\n")
+    columns = {n: pa.array(rows[:, i].astype(np.float32)) for i, n in enumerate(names)}
+    columns["is_fraud"] = pa.array(labels)
+    pq.write_table(pa.table(columns), VALIDATE / "holdout.parquet", compression="snappy", use_dictionary=False)
+
+
+def renamed_input_model(source, path):
+    """`source` with its graph input `input` renamed `features`: the same model, a broken contract."""
+    model = onnx.load(str(source))
+    for value in model.graph.input:
+        if value.name == "input":
+            value.name = "features"
+    for node in model.graph.node:
+        node.input[:] = ["features" if i == "input" else i for i in node.input]
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+
+
+def validate_fixtures():
+    x, y = data()
+    validation_data(x, y)
+    renamed_input_model(MODELS / "logistic_regression.onnx", MODELS / "renamed_input.onnx")
+    print("validate: testdata/validate/holdout.csv, holdout.parquet, testdata/models/renamed_input.onnx")
+
+
 def main():
     import sys
     if sys.argv[1:] == ["nepse_xgboost"]:
         nepse_model()
+        return
+    if sys.argv[1:] == ["validate"]:
+        validate_fixtures()
         return
     MODELS.mkdir(parents=True, exist_ok=True)
     REFERENCE.mkdir(parents=True, exist_ok=True)
@@ -241,6 +287,7 @@ def main():
     slow_model(MODELS / "slow.onnx")
     broken_model(MODELS / "broken.onnx")
     print("dtypes, slow, broken: done")
+    validate_fixtures()
 
 
 if __name__ == "__main__":

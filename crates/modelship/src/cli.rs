@@ -36,7 +36,10 @@ pub enum Command {
     /// Work with the feature store (Redis) that enriches requests by entity
     #[command(after_help = FEATURES_HELP)]
     Features(FeaturesArgs),
-    /// Generate a Dockerfile, a Compose file, a Swarm stack, Kubernetes manifests or a SAM template from one description
+    /// Judge a model before deploying it: quality on data, API contract, latency, memory, drift
+    #[command(after_help = crate::validate::HELP)]
+    Validate(Box<crate::validate::ValidateArgs>),
+    /// Generate a Dockerfile, a Compose file, a Swarm stack, Kubernetes manifests, a SAM template or a CI pipeline from one description
     #[command(after_help = DEPLOY_HELP)]
     Deploy(DeployArgs),
     /// Exit 0 when the server on this machine is ready, 1 when not (the image's HEALTHCHECK)
@@ -95,6 +98,9 @@ the command that made it. --apply then hands them to the real tool:
   lambda    template.yaml (SAM: custom runtime, alias, gradual deployment, alarms, traffic
             hooks) and a Makefile that packages the bootstrap; `modelship deploy lambda --help`.
             No --apply: `make -f DIR/Makefile package`, then `sam deploy`
+  ci        .github/workflows/deploy.yml: tests, validate, image, staging, and a canary judged
+            by `rollout start --wait` before promotion, for any of these targets or Lambda;
+            `modelship deploy ci --help`
 
 The description:
   name: fraud                              # project, stack and service name
@@ -121,7 +127,8 @@ Examples:
   modelship deploy compose --name fraud --model fraud@production --registry-dir registry --redis
   modelship deploy docker --file deploy.yaml --output json
   modelship deploy k8s --file deploy.yaml --strategy canary --mesh istio
-  modelship deploy lambda --model models/nepse.onnx --name nepse";
+  modelship deploy lambda --model models/nepse.onnx --name nepse
+  modelship deploy ci --model models/fraud.onnx --data data/holdout.csv --label is_fraud --min auc=0.92";
 
 #[derive(Debug, Clone, Args)]
 pub struct DeployArgs {
@@ -145,6 +152,10 @@ pub enum DeployTarget {
     /// and traffic hooks) and the Makefile that packages the bootstrap
     #[command(after_help = crate::lambda::DEPLOY_HELP)]
     Lambda(crate::lambda::LambdaOptions),
+    /// The CI/CD pipeline: a GitHub Actions workflow of tests, validate, image, staging, and a
+    /// canary judged by `rollout --wait` before promotion
+    #[command(after_help = crate::deploy_ci::HELP)]
+    Ci(Box<crate::deploy_ci::CiOptions>),
 }
 
 const K8S_HELP: &str = "\
@@ -372,8 +383,15 @@ A spec (YAML):
   on_failure: rollback
   interval: 30s
 
+In CI, `rollout start ... --wait` (or `rollout wait MODEL`) replaces a sleep and a separate canary
+check: it follows the rollout until the server's own verdict and exits 0 when it promoted, 3 when
+it rolled back, 4 when --timeout passed first, 1 when the server cannot be reached; it prints a
+line per decision and per change of step or verdict (a live view on a terminal).
+
 Examples:
   modelship rollout start fraud --to 1.3.0 --spec canary.yaml
+  modelship rollout start fraud --to 1.3.0 --spec canary.yaml --wait --timeout 2h
+  modelship rollout wait fraud
   modelship rollout status fraud --watch
   modelship rollout approve fraud
   modelship rollout abort fraud --reason \"latency\"
@@ -399,6 +417,21 @@ pub enum RolloutCommand {
         /// The rollout spec (YAML or JSON); `-` reads it from standard input
         #[arg(long, value_name = "FILE")]
         spec: PathBuf,
+        /// Then wait until the rollout ends, as `rollout wait` does: exit 0 when it promotes, 3
+        /// when it rolls back
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: stop waiting after this long (exit 4), e.g. 45m [default: until it ends]
+        #[arg(long, value_name = "DURATION", requires = "wait")]
+        timeout: Option<String>,
+    },
+    /// Wait until the rollout ends: exit 0 when it promotes, 3 when it rolls back, 4 on
+    /// --timeout; progress lines for CI logs, a live view on a terminal
+    Wait {
+        model: String,
+        /// Stop waiting after this long (exit 4), e.g. 45m [default: until the rollout ends]
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
     },
     /// Phase, step, each check's latest verdict
     Status {

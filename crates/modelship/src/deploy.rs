@@ -22,6 +22,7 @@ pub fn main(args: DeployArgs) -> ExitCode {
         DeployTarget::Swarm(o) => (Target::Swarm, o, None, None),
         DeployTarget::K8s(o) => (Target::Kubernetes, o.common.clone(), Some(o), None),
         DeployTarget::Lambda(o) => (Target::Lambda, o.common.clone(), None, Some(o)),
+        DeployTarget::Ci(o) => return crate::deploy_ci::main(&o),
     };
     let flags = Flags { k8s: k8s.as_ref(), lambda: lambda.as_ref() };
     match run(target, &options, flags) {
@@ -458,7 +459,7 @@ fn run_tool(mut cmd: Command, what: &str, hint: &str) -> anyhow::Result<()> {
 }
 
 /// The command line as typed, quoted where a shell would need it, for the files' header.
-fn command_line() -> String {
+pub(crate) fn command_line() -> String {
     let mut args = std::env::args();
     let _ = args.next();
     std::iter::once("modelship".to_owned())

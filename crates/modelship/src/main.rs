@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod controller;
 mod deploy;
+mod deploy_ci;
 mod features;
 mod healthcheck;
 mod lambda;
@@ -13,7 +14,9 @@ mod models;
 mod registry_config;
 mod rollout;
 mod serve;
+mod table_file;
 mod traffic;
+mod validate;
 
 use std::process::ExitCode;
 
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
         cli::Command::Traffic(args) => traffic::main(args),
         cli::Command::Rollout(args) => rollout::main(args),
         cli::Command::Features(args) => features::main(args),
+        cli::Command::Validate(args) => validate::main(*args),
         cli::Command::Deploy(args) => deploy::main(args),
         cli::Command::Healthcheck(args) => healthcheck::main(&args),
         cli::Command::Lambda => lambda::main(),

@@ -1,10 +1,10 @@
 //! `modelship rollout ...`: automatic rollouts on a running server, through its admin API.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use comfy_table::Table;
 use comfy_table::presets::NOTHING;
 use modelship_protocol::admin::{CommandRequest, RolloutCommand, RolloutDecision, RolloutState, RolloutStatus, StartRequest};
@@ -18,9 +18,14 @@ use crate::cli::{self, OutputFormat, RolloutArgs};
 use crate::config::ProcessEnv;
 use crate::traffic::{Admin, actor, print_json, time};
 
+/// `rollout wait`: the rollout rolled back.
+pub const EXIT_ROLLED_BACK: u8 = 3;
+/// `rollout wait --timeout`: the rollout was still running.
+pub const EXIT_TIMED_OUT: u8 = 4;
+
 pub fn main(args: RolloutArgs) -> ExitCode {
     match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -55,18 +60,28 @@ pub(crate) fn read_spec(path: &std::path::Path, to: Option<String>) -> anyhow::R
     serde_json::from_value(spec).with_context(|| format!("{} is not a rollout spec", path.display()))
 }
 
-fn run(args: RolloutArgs) -> anyhow::Result<()> {
+fn run(args: RolloutArgs) -> anyhow::Result<ExitCode> {
     let admin = Admin::connect(args.admin.admin.clone(), args.admin.token_file.clone(), &ProcessEnv)?;
     let json_out = args.admin.output == OutputFormat::Json;
     let path = |model: &str, rest: &str| format!("/models/{model}/rollout{rest}");
     let command = |model: &str, command: RolloutCommand| -> anyhow::Result<RolloutStatus> {
         admin.post(&path(model, &format!("/{command}")), &CommandRequest { reason: args.admin.reason.clone() })
     };
+    let timeout = |t: &Option<String>| -> anyhow::Result<Option<Duration>> {
+        t.as_deref().map(|t| humantime::parse_duration(t).with_context(|| format!("--timeout {t}: give a duration like 45m or 2h"))).transpose()
+    };
     let status = match &args.command {
-        cli::RolloutCommand::Start { model, to, spec } => {
+        cli::RolloutCommand::Start { model, to, spec, wait, timeout: limit } => {
+            let limit = timeout(limit)?;
             let spec = read_spec(spec, to.clone())?;
-            admin.post(&path(model, ""), &StartRequest { spec, actor: Some(actor()) })?
+            let started: RolloutStatus = admin.post(&path(model, ""), &StartRequest { spec, actor: Some(actor()) })?;
+            if !*wait {
+                show(&started, json_out)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            return follow(&admin, model, started.rollout.map(|r| r.id), limit, json_out);
         }
+        cli::RolloutCommand::Wait { model, timeout: limit } => return follow(&admin, model, None, timeout(limit)?, json_out),
         cli::RolloutCommand::Status { model, watch } => {
             let live = *watch && std::io::stdout().is_terminal() && !json_out;
             loop {
@@ -77,7 +92,7 @@ fn run(args: RolloutArgs) -> anyhow::Result<()> {
                 show(&status, json_out)?;
                 let done = status.rollout.as_ref().is_none_or(|r| r.phase.is_done());
                 if !watch || done {
-                    return Ok(());
+                    return Ok(ExitCode::SUCCESS);
                 }
                 std::thread::sleep(Duration::from_secs(2));
             }
@@ -93,10 +108,122 @@ fn run(args: RolloutArgs) -> anyhow::Result<()> {
             } else {
                 print!("{}", render_history(&history));
             }
-            return Ok(());
+            return Ok(ExitCode::SUCCESS);
         }
     };
-    show(&status, json_out)
+    show(&status, json_out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Polls whose failure (a server restarting, a port-forward reconnecting) is waited out.
+const UNREACHABLE_POLLS: u32 = 30;
+
+/// Follows rollout `id` of `model` (the current one when `None`) until it ends: 0 when it
+/// promoted, [`EXIT_ROLLED_BACK`], or [`EXIT_TIMED_OUT`] after `timeout`. On a terminal it
+/// redraws the status and the latest decisions; otherwise (CI) it prints a line per decision and
+/// per change of step, phase or verdicts, and one a minute while nothing changes. With
+/// `--output json` the lines go to standard error and the final status is the JSON on standard
+/// output.
+fn follow(admin: &Admin, model: &str, id: Option<i64>, timeout: Option<Duration>, json_out: bool) -> anyhow::Result<ExitCode> {
+    let live = std::io::stdout().is_terminal() && !json_out;
+    let mut lines: Box<dyn Write> = if json_out { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
+    let started = Instant::now();
+    let mut id = id;
+    let (mut printed, mut unreachable) = (0usize, 0u32);
+    let (mut last_state, mut last_line) = (String::new(), Instant::now());
+    loop {
+        let polled = admin.get::<RolloutStatus>(&format!("/models/{model}/rollout")).and_then(|s| Ok((s, admin.get::<Vec<RolloutDecision>>(&format!("/models/{model}/rollout/history"))?)));
+        let (status, history) = match polled {
+            Ok(answer) => {
+                unreachable = 0;
+                answer
+            }
+            // The first poll fails at once (a wrong address, an unknown model); later ones wait
+            // out a server restarting or a port-forward reconnecting.
+            Err(e) if id.is_some() && unreachable < UNREACHABLE_POLLS => {
+                unreachable += 1;
+                if unreachable == 1 {
+                    writeln!(lines, "{} cannot reach the server ({e:#}); retrying for {UNREACHABLE_POLLS} s", time(now_ms() as i64))?;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            Err(e) => return Err(e.context(format!("lost the server for {UNREACHABLE_POLLS} s while waiting on the rollout of {model}"))),
+        };
+        let Some(r) = &status.rollout else {
+            bail!("no rollout for model {model}: start one with `modelship rollout start {model} --spec FILE --wait`");
+        };
+        let id = *id.get_or_insert(r.id);
+        if r.id != id {
+            bail!("rollout {id} of {model} was replaced by rollout {} (started by someone else); follow it with `modelship rollout wait {model}`", r.id);
+        }
+        let mine: Vec<&RolloutDecision> = history.iter().filter(|d| d.rollout == id).collect();
+        if live {
+            print!("\x1b[2J\x1b[H{}", render_status(&status, now_ms()));
+            let recent: Vec<RolloutDecision> = mine[mine.len().saturating_sub(8)..].iter().map(|d| (*d).clone()).collect();
+            print!("{}", render_history(&recent));
+            std::io::stdout().flush()?;
+        } else {
+            for d in &mine[printed.min(mine.len())..] {
+                writeln!(lines, "{} {}: {}", time(i64::try_from(d.decision.at).unwrap_or(i64::MAX)), describe_action(&d.decision.action), d.decision.reason)?;
+            }
+            let (key, line) = progress(model, r);
+            if key != last_state || last_line.elapsed() >= Duration::from_secs(60) {
+                writeln!(lines, "{} {line}", time(now_ms() as i64))?;
+                (last_state, last_line) = (key, Instant::now());
+            }
+        }
+        printed = mine.len();
+        if r.phase.is_done() {
+            if json_out {
+                print_json(&status)?;
+            }
+            let promoted = r.phase == Phase::Promoted;
+            writeln!(lines, "rollout {id} of {model} {}", phase(model, r))?;
+            return Ok(if promoted { ExitCode::SUCCESS } else { ExitCode::from(EXIT_ROLLED_BACK) });
+        }
+        if let Some(limit) = timeout
+            && started.elapsed() >= limit
+        {
+            writeln!(lines, "stopped waiting after {}: rollout {id} of {model} is still {}", span(limit), phase(model, r))?;
+            if json_out {
+                print_json(&status)?;
+            }
+            return Ok(ExitCode::from(EXIT_TIMED_OUT));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// One line of where a rollout is, and what of it counts as a change (the step, the phase and
+/// each check's verdict, not values or reasons, which move every interval):
+/// `rollout 1 of fraud 1 -> 2: step 1/2 weight 50% for 2s, progressing; error_rate pass,
+/// latency inconclusive (12 latency samples, fewer than 20)`.
+fn progress(model: &str, r: &RolloutState) -> (String, String) {
+    let mut line = format!("rollout {} of {model} {} -> {}", r.id, r.stable, r.to);
+    if let Some(step) = &r.current_step {
+        line += &format!(": step {}/{} {}", r.step, r.steps, describe_step(step));
+        if r.revision.is_some() && r.settled_ms.is_none() {
+            line += " (waiting for every replica to apply it)";
+        }
+    }
+    line += &format!(", {}", phase(model, r));
+    let mut key = line.clone();
+    if !r.checks.is_empty() {
+        let checks: Vec<(String, String)> = r
+            .checks
+            .iter()
+            .map(|c| {
+                let (name, _, reason) = verdict(&c.result);
+                let short = format!("{} {name}", c.check);
+                let long = if reason.is_empty() { short.clone() } else { format!("{short} ({reason})") };
+                (short, long)
+            })
+            .collect();
+        key += &checks.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ");
+        line += &format!("; {}", checks.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join(", "));
+    }
+    (key, line)
 }
 
 fn show(status: &RolloutStatus, json_out: bool) -> anyhow::Result<()> {
@@ -326,6 +453,23 @@ mod tests {
         for (status, expected) in cases {
             assert_eq!(render_status(&status, 82_500), expected, "{status:?}");
         }
+    }
+
+    /// `rollout wait` prints a line when the step, the phase or a verdict changes, not when a
+    /// value or a sample count moves.
+    #[test]
+    fn progress_lines_change_with_verdicts_not_values() {
+        let at = |error_rate: Verdict, samples: u32| {
+            let latency = Verdict::Inconclusive { reason: format!("{samples} latency samples, fewer than 100") };
+            state(Phase::Progressing, 2, Some(r#"{"weight": {"weight": "25%", "hold": "5m"}}"#), vec![("error_rate", error_rate), ("latency", latency)])
+        };
+        let progress_of = |s: RolloutStatus| progress("fraud", s.rollout.as_ref().unwrap());
+        let (key, line) = progress_of(at(Verdict::Pass { value: 0.001 }, 12));
+        assert_eq!(line, "rollout 3 of fraud 1 -> 2: step 2/4 weight 25% for 5m, progressing; error_rate pass, latency inconclusive (12 latency samples, fewer than 100)");
+        assert_eq!(progress_of(at(Verdict::Pass { value: 0.002 }, 40)).0, key);
+        assert_ne!(progress_of(at(Verdict::Fail { value: 0.2, reason: reason("0.2 above stable") }, 40)).0, key);
+        let (_, done) = progress_of(state(Phase::RolledBack { reason: reason("error_rate failed 3 times in a row") }, 2, None, vec![]));
+        assert_eq!(done, "rollout 3 of fraud 1 -> 2, rolled back at step 2/4: error_rate failed 3 times in a row");
     }
 
     #[test]

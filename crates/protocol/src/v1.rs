@@ -69,7 +69,8 @@ pub fn decode_predict(body: &[u8]) -> Result<DecodedPredict, DecodeError> {
     Ok(DecodedPredict { predict, parameters })
 }
 
-const PROBABILITY_NAMES: [&str; 4] = ["probabilities", "probability", "output_probability", "predict_proba"];
+/// Output names that hold class probabilities: `/v1/predict` answers from the first such output.
+pub const PROBABILITY_NAMES: [&str; 4] = ["probabilities", "probability", "output_probability", "predict_proba"];
 
 /// The index of the output `/v1/predict` reports.
 pub fn prediction_output(signature: &Signature) -> Option<usize> {

@@ -242,6 +242,26 @@ impl BucketCatalog {
         .await
     }
 
+    /// Merges `metrics` and `labels` into a version's record (results recorded on it).
+    pub async fn annotate(
+        &self,
+        name: &str,
+        version: &str,
+        metrics: &BTreeMap<String, f64>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<VersionRecord, RegistryError> {
+        self.update(name, |doc| {
+            let Some(record) = doc.versions.iter_mut().find(|r| r.version == version) else {
+                return Err(RegistryError::UnknownVersion { name: name.to_owned(), version: version.to_owned() });
+            };
+            record.metrics.extend(metrics.iter().map(|(k, v)| (k.clone(), *v)));
+            record.labels.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let record = record.clone();
+            Ok(Edit::Changed(doc.with_aliases(&record)))
+        })
+        .await
+    }
+
     pub async fn history(&self, name: &str) -> Result<Vec<AliasMove>, RegistryError> {
         Ok(self.read(name).await?.map(|doc| doc.history).unwrap_or_default())
     }
@@ -327,6 +347,20 @@ mod tests {
         assert_eq!(history.len(), 3);
         assert_eq!((history[2].version.as_deref(), history[2].previous.as_deref()), (None, Some("2")));
         assert!(matches!(cat.remove("fraud", "9", false, "ci").await, Err(RegistryError::UnknownVersion { .. })));
+    }
+
+    #[tokio::test]
+    async fn results_recorded_on_a_version_are_merged_into_it() {
+        let store = Arc::new(InMemory::new());
+        let cat = catalog(&store);
+        cat.insert(&record("1", "aa")).await.unwrap();
+        cat.set_alias("fraud", "production", "1", "ci").await.unwrap();
+        let metrics = BTreeMap::from([("auc".to_owned(), 0.93)]);
+        let labels = BTreeMap::from([("validated".to_owned(), "true".to_owned())]);
+        let after = cat.annotate("fraud", "1", &metrics, &labels).await.unwrap();
+        assert_eq!((after.metrics, after.labels, after.aliases), (metrics.clone(), labels.clone(), vec!["production".to_owned()]));
+        assert_eq!(cat.get("fraud", "1").await.unwrap().unwrap().metrics["auc"], 0.93);
+        assert!(matches!(cat.annotate("fraud", "9", &metrics, &labels).await, Err(RegistryError::UnknownVersion { .. })));
     }
 
     #[tokio::test]

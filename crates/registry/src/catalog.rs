@@ -294,6 +294,46 @@ impl Catalog {
         })
     }
 
+    /// Adds `metrics` and `labels` to a version's record (a key already there takes the new
+    /// value; none is removed), in one transaction; returns the record as it now is. The artifact,
+    /// digest and signature never change: a version's results are added to it, not its contents.
+    pub fn annotate(
+        &self,
+        name: &str,
+        version: &str,
+        metrics: &BTreeMap<String, f64>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<VersionRecord, RegistryError> {
+        enum Outcome {
+            Missing,
+            Unreadable(String),
+            Updated(String),
+        }
+        let outcome = self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let json: Option<String> = tx
+                .query_row("SELECT record FROM versions WHERE name = ?1 AND version = ?2", params![name, version], |r| r.get(0))
+                .optional()?;
+            let Some(json) = json else {
+                return Ok(Outcome::Missing);
+            };
+            let Ok(mut record) = serde_json::from_str::<VersionRecord>(&json) else {
+                return Ok(Outcome::Unreadable(json));
+            };
+            record.metrics.extend(metrics.iter().map(|(k, v)| (k.clone(), *v)));
+            record.labels.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let updated = serde_json::to_string(&record).unwrap_or(json);
+            tx.execute("UPDATE versions SET record = ?3 WHERE name = ?1 AND version = ?2", params![name, version, updated])?;
+            tx.commit()?;
+            Ok(Outcome::Updated(updated))
+        })?;
+        let json = match outcome {
+            Outcome::Missing => return Err(RegistryError::UnknownVersion { name: name.to_owned(), version: version.to_owned() }),
+            Outcome::Unreadable(json) | Outcome::Updated(json) => json,
+        };
+        Ok(self.with_aliases(vec![self.decode(&json)?])?.remove(0))
+    }
+
     /// Removes a version. Refused while aliases point at it unless `force`, which removes those
     /// aliases too (recorded in the history). Returns the digest when no other version uses it,
     /// so the caller can delete the artifact.

@@ -191,6 +191,22 @@ impl Index {
         }
     }
 
+    async fn annotate(
+        &self,
+        name: &str,
+        version: &str,
+        metrics: &BTreeMap<String, f64>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<VersionRecord, RegistryError> {
+        match self {
+            Index::Local(c) => {
+                let (name, version, metrics, labels) = (name.to_owned(), version.to_owned(), metrics.clone(), labels.clone());
+                Index::local(c, move |c| c.annotate(&name, &version, &metrics, &labels)).await
+            }
+            Index::Bucket(b) => b.annotate(name, version, metrics, labels).await,
+        }
+    }
+
     async fn remove(&self, name: &str, version: &str, force: bool, actor: &str) -> Result<Option<String>, RegistryError> {
         match self {
             Index::Local(c) => {
@@ -376,6 +392,26 @@ impl Registry {
             });
         }
         self.catalog.set_alias(name, alias, version, actor).await
+    }
+
+    /// Records results on a version (`modelship validate --record`): metrics and labels merged
+    /// into its record. Metric values must be finite.
+    pub async fn annotate(
+        &self,
+        name: &str,
+        version: &str,
+        metrics: &BTreeMap<String, f64>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<VersionRecord, RegistryError> {
+        check_name(name)?;
+        check_version(version)?;
+        if let Some((key, value)) = metrics.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(RegistryError::Config(format!("metric {key}={value} is not a finite number")));
+        }
+        if !self.catalog.has_model(name).await? {
+            return Err(RegistryError::UnknownModel(name.to_owned()));
+        }
+        self.catalog.annotate(name, version, metrics, labels).await
     }
 
     pub async fn history(&self, name: &str) -> Result<Vec<AliasMove>, RegistryError> {

@@ -151,3 +151,24 @@ async fn concurrent_pushes_of_one_version_agree() {
     assert_eq!(digests.len(), 1, "every success saw the same content");
     assert_eq!(open(&root).list(Some("m")).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn results_are_added_to_a_version_without_changing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(dir.path());
+    let mut req = request("fraud", "1");
+    req.metrics.insert("auc".into(), 0.93);
+    registry.push(req, &fixture("fraud"), &NoProgress).await.unwrap();
+    registry.set_alias("fraud", "production", "1", "test").await.unwrap();
+    let before = registry.resolve(&ModelRef::parse("fraud:1").unwrap()).await.unwrap();
+    let metrics = [("validate.auc".to_owned(), 0.9457), ("auc".to_owned(), 0.94)].into();
+    let labels = [("validate".to_owned(), "pass".to_owned())].into();
+    let after = registry.annotate("fraud", "1", &metrics, &labels).await.unwrap();
+    assert_eq!((after.metrics["auc"], after.metrics["validate.auc"], after.labels["validate"].as_str()), (0.94, 0.9457, "pass"));
+    assert_eq!((after.digest, after.onnx, after.created_ms, after.aliases), (before.digest, before.onnx, before.created_ms, vec!["production".to_owned()]));
+    assert_eq!(registry.resolve(&ModelRef::parse("fraud@production").unwrap()).await.unwrap().metrics["validate.auc"], 0.9457);
+    let err = registry.annotate("fraud", "9", &metrics, &labels).await.unwrap_err();
+    assert!(matches!(err, RegistryError::UnknownVersion { .. }), "{err}");
+    let nan = [("validate.auc".to_owned(), f64::NAN)].into();
+    assert!(registry.annotate("fraud", "1", &nan, &labels).await.unwrap_err().to_string().contains("not a finite number"));
+}

@@ -228,7 +228,10 @@ impl Check {
                 }
                 let (s, c) = (s.values(), c.values());
                 let score = |l: &[(f64, bool)]| match metric {
-                    QualityMetric::Accuracy => l.iter().filter(|(p, y)| (*p >= 0.5) == *y).count() as f64 / l.len() as f64,
+                    QualityMetric::Accuracy => {
+                        let (scores, labels): (Vec<f64>, Vec<bool>) = l.iter().copied().unzip();
+                        stats::accuracy(&scores, &labels).unwrap_or(0.0)
+                    }
                     QualityMetric::Auc => {
                         let (scores, labels): (Vec<f64>, Vec<bool>) = l.iter().copied().unzip();
                         stats::auc(&scores, &labels).unwrap_or(0.5)

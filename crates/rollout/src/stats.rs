@@ -1,8 +1,11 @@
-//! Comparing two samples: does the candidate behave like stable?
+//! Comparing two samples: does the candidate behave like stable? And how good are predictions
+//! against ground truth?
 //!
 //! Every test here answers a one-sided question ("is the candidate worse?") with a p-value, or
 //! measures a distance between distributions, from raw samples. They are exact formulas or the
-//! standard large-sample approximations; callers decide how many samples are enough.
+//! standard large-sample approximations; callers decide how many samples are enough. The quality
+//! metrics (AUC, accuracy, log loss; RMSE, MAE, R²) are scikit-learn's definitions, and the tests
+//! hold them to values scikit-learn computed.
 
 /// The standard normal cumulative distribution function.
 pub fn normal_cdf(z: f64) -> f64 {
@@ -171,6 +174,59 @@ pub fn auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
     Some((rank_sum - p * (p + 1.0) / 2.0) / (p * negatives as f64))
 }
 
+/// The share of `scores` on the right side of 0.5 (`>= 0.5` is the positive class, as the rollout's
+/// quality check decides), for binary `labels`.
+pub fn accuracy(scores: &[f64], labels: &[bool]) -> Option<f64> {
+    if scores.is_empty() || scores.len() != labels.len() {
+        return None;
+    }
+    Some(scores.iter().zip(labels).filter(|(p, y)| (**p >= 0.5) == **y).count() as f64 / scores.len() as f64)
+}
+
+/// Mean binary cross-entropy of `probabilities` (of the positive class) for `labels`, each
+/// clipped to [ε, 1 − ε] with ε the f64 machine epsilon, as scikit-learn's `log_loss` does for
+/// float64 input (so a confident wrong answer costs ~36, not infinity).
+pub fn log_loss(probabilities: &[f64], labels: &[bool]) -> Option<f64> {
+    if probabilities.is_empty() || probabilities.len() != labels.len() {
+        return None;
+    }
+    let total: f64 = probabilities
+        .iter()
+        .zip(labels)
+        .map(|(&p, &y)| {
+            let p = p.clamp(f64::EPSILON, 1.0 - f64::EPSILON);
+            -(if y { p.ln() } else { (1.0 - p).ln() })
+        })
+        .sum();
+    Some(total / probabilities.len() as f64)
+}
+
+/// Root mean squared error of `predictions` against `targets`.
+pub fn rmse(predictions: &[f64], targets: &[f64]) -> Option<f64> {
+    mean_of(predictions, targets, |d| d * d).map(f64::sqrt)
+}
+
+/// Mean absolute error of `predictions` against `targets`.
+pub fn mae(predictions: &[f64], targets: &[f64]) -> Option<f64> {
+    mean_of(predictions, targets, f64::abs)
+}
+
+/// The coefficient of determination, 1 − SS_res / SS_tot. Constant targets have no variance to
+/// explain: 1 when every prediction is exact, else 0 (scikit-learn's `force_finite`).
+pub fn r2(predictions: &[f64], targets: &[f64]) -> Option<f64> {
+    let residual = mean_of(predictions, targets, |d| d * d)?;
+    let mean = targets.iter().sum::<f64>() / targets.len() as f64;
+    let total = targets.iter().map(|t| (t - mean) * (t - mean)).sum::<f64>() / targets.len() as f64;
+    Some(if total == 0.0 { if residual == 0.0 { 1.0 } else { 0.0 } } else { 1.0 - residual / total })
+}
+
+fn mean_of(predictions: &[f64], targets: &[f64], f: impl Fn(f64) -> f64) -> Option<f64> {
+    if predictions.is_empty() || predictions.len() != targets.len() {
+        return None;
+    }
+    Some(predictions.iter().zip(targets).map(|(p, t)| f(p - t)).sum::<f64>() / predictions.len() as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +295,71 @@ mod tests {
         assert_eq!(auc(&[0.9, 0.8, 0.2, 0.1], &labels), Some(0.0));
         assert_eq!(auc(&[0.5; 4], &labels), Some(0.5));
         assert_eq!(auc(&[0.1, 0.2], &[true, true]), None);
+    }
+
+    fn close(got: Option<f64>, want: f64) -> bool {
+        got.is_some_and(|g| (g - want).abs() < 1e-12 * want.abs().max(1.0))
+    }
+
+    /// Expected values from scikit-learn 1.9.1 (`roc_auc_score`, `log_loss(labels=[0, 1])`,
+    /// `accuracy_score(y, p >= 0.5)`) on float64 input, recorded as literals.
+    #[test]
+    fn classification_metrics_match_scikit_learn() {
+        /// Scores, labels, then AUC, log loss and accuracy.
+        type Case = (&'static [f64], &'static [u8], f64, f64, f64);
+        let cases: [Case; 4] = [
+            (&[0.1, 0.4, 0.35, 0.8], &[0, 0, 1, 1], 0.75, 0.472_287_953_809_176_15, 0.75),
+            (&[0.9, 0.2, 0.6, 0.6, 0.3, 0.5, 0.05], &[1, 0, 1, 0, 0, 1, 0], 0.875, 0.408_105_120_214_058_6, 0.857_142_857_142_857_1),
+            // Certain answers, right: the clipping keeps the loss finite and tiny.
+            (&[0.0, 1.0, 0.5, 0.25], &[0, 1, 1, 0], 1.0, 0.245_207_313_252_931_66, 1.0),
+            // Certain answers, wrong: each costs -ln(ε) ≈ 36.04.
+            (&[1.0, 0.0, 0.7], &[0, 1, 1], 0.0, 24.147_993_907_391_01, 0.333_333_333_333_333_3),
+        ];
+        for (scores, labels, want_auc, want_loss, want_accuracy) in cases {
+            let labels: Vec<bool> = labels.iter().map(|&l| l == 1).collect();
+            assert!(close(auc(scores, &labels), want_auc), "auc {scores:?}: {:?}", auc(scores, &labels));
+            assert!(close(log_loss(scores, &labels), want_loss), "log loss {scores:?}: {:?}", log_loss(scores, &labels));
+            assert!(close(accuracy(scores, &labels), want_accuracy), "accuracy {scores:?}: {:?}", accuracy(scores, &labels));
+        }
+        assert_eq!((accuracy(&[], &[]), log_loss(&[0.5], &[]), log_loss(&[], &[])), (None, None, None));
+    }
+
+    /// Expected values from scikit-learn 1.9.1 (`sqrt(mean_squared_error)`, `mean_absolute_error`,
+    /// `r2_score`), recorded as literals.
+    #[test]
+    fn regression_metrics_match_scikit_learn() {
+        /// Predictions, targets, then RMSE, MAE and R².
+        type Case = (&'static [f64], &'static [f64], f64, f64, f64);
+        let cases: [Case; 4] = [
+            (&[2.5, 0.0, 2.0, 8.0], &[3.0, -0.5, 2.0, 7.0], 0.612_372_435_695_794_5, 0.5, 0.948_608_137_044_967_9),
+            (&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0], 0.0, 0.0, 1.0),
+            (&[10.0, -3.5, 4.25, 0.0, 7.5], &[9.0, -2.0, 5.0, 1.0, 6.0], 1.188_486_432_400_471_4, 1.15, 0.905_581_550_802_139_1),
+            // Constant targets: nothing to explain, and these predictions are not exact.
+            (&[1.0, 2.0], &[4.0, 4.0], 2.549_509_756_796_392_2, 2.5, 0.0),
+        ];
+        for (predictions, targets, want_rmse, want_mae, want_r2) in cases {
+            assert!(close(rmse(predictions, targets), want_rmse), "rmse {predictions:?}: {:?}", rmse(predictions, targets));
+            assert!(close(mae(predictions, targets), want_mae), "mae {predictions:?}: {:?}", mae(predictions, targets));
+            assert!(close(r2(predictions, targets), want_r2), "r2 {predictions:?}: {:?}", r2(predictions, targets));
+        }
+        assert_eq!(r2(&[4.0, 4.0], &[4.0, 4.0]), Some(1.0));
+        assert_eq!((rmse(&[], &[]), mae(&[1.0], &[1.0, 2.0]), r2(&[], &[])), (None, None, None));
+    }
+
+    /// Expected values from an independent NumPy implementation (edges at the sorted expected
+    /// values' `i·n/bins` positions, `searchsorted(side="right")`, a 1e-4 floor per bin).
+    #[test]
+    fn psi_matches_an_independent_implementation() {
+        let expected: Vec<f64> = (0..20).map(|i| 0.05 * f64::from(i)).collect();
+        let shifted: Vec<f64> = expected.iter().map(|x| x + 0.2).collect();
+        let cases: [(&[f64], &[f64], usize, f64); 4] = [
+            (&expected, &expected, 4, 0.0),
+            (&expected, &shifted, 4, 0.439_444_915_467_243_9),
+            (&expected, &[0.9; 10], 4, 6.905_408_065_178_880_5),
+            (&[0.1, 0.2, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], &[0.2, 0.2, 0.2, 0.6, 0.65, 0.7, 0.9, 0.95, 0.99], 3, 1.126_041_324_185_58),
+        ];
+        for (e, a, bins, want) in cases {
+            assert!(close(psi(e, a, bins), want), "psi {a:?}: {:?}", psi(e, a, bins));
+        }
     }
 }

@@ -22,9 +22,11 @@ mod registry;
 mod registry_mlflow;
 #[cfg(feature = "s3")]
 mod registry_s3;
+mod rollout_wait;
 mod security;
 mod startup;
 mod swarm;
 mod traffic;
 #[cfg(feature = "grpc")]
 mod triton;
+mod validate;
