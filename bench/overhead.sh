@@ -5,13 +5,18 @@
 #              server CPU µs per request under wrk at c=32)
 #   modelship: server CPU µs per request for single-row V2 JSON at c=32.
 # CPU time is the server process's utime+stime over the run (/proc/PID/stat), divided by the
-# requests wrk completed. The server is pinned to CPU 1, wrk to CPU 0. Prints one JSON line with
-# the ratio modelship / floor (target: at most 1.35) and each side's req/s and p99.
+# requests wrk completed. The server is pinned to CPU 1, wrk to CPU 0. The loopback and modelship
+# alternate for ROUNDS rounds (this machine's speed drifts by ±20 % within minutes), each round
+# giving its own ratio; prints one JSON line per round and a last one with the median ratio
+# (target: at most 1.35). EXTRA_ARGS are passed to `modelship serve` (for instance
+# --no-opportunistic-batching to measure the server with every request run on its own).
 #
-# Usage: bench/overhead.sh   (DURATION=15, MODEL=examples/models/fraud.onnx, BIN_DIR=target/release)
+# Usage: bench/overhead.sh   (DURATION=15, ROUNDS=3, MODEL=examples/models/fraud.onnx, BIN_DIR=target/release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${DURATION:-15}"
+rounds="${ROUNDS:-3}"
+extra_args="${EXTRA_ARGS:-}"
 model="${MODEL:-examples/models/fraud.onnx}"
 bin="${BIN_DIR:-target/release}"
 command -v wrk >/dev/null || { echo "overhead: wrk is missing: apt-get install wrk" >&2; exit 1; }
@@ -32,25 +37,37 @@ measure() {
 
 floor_us=$(taskset -c 1 "$bin/examples/floor" "$model" 50000 | python3 -c "import json, sys; print(json.load(sys.stdin)['mean_us'])")
 
-taskset -c 1 "$bin/examples/loopback" 18300 > /dev/null &
-loop_pid=$!
-sleep 0.5
-read -r loop_cpu loop_rps loop_p99 < <(measure "$loop_pid" http://127.0.0.1:18300/)
-kill "$loop_pid"; wait "$loop_pid" 2>/dev/null || true
+ratios=()
+for round in $(seq "$rounds"); do
+  taskset -c 1 "$bin/examples/loopback" 18300 > /dev/null &
+  loop_pid=$!
+  sleep 0.5
+  read -r loop_cpu loop_rps loop_p99 < <(measure "$loop_pid" http://127.0.0.1:18300/)
+  kill "$loop_pid"; wait "$loop_pid" 2>/dev/null || true
 
-state="$(mktemp -d)"
-MODELSHIP_STATE_DIR="$state" taskset -c 1 "$bin/modelship" serve "$model" --name fraud --port 18301 --admin-port 18302 --grpc-port 18303 \
-  --workers 1 --log-level warn > "$state/ready" 2> "$state/stderr" &
-ms_pid=$!
-for _ in $(seq 100); do [ -s "$state/ready" ] && break; sleep 0.1; done
-read -r ms_cpu ms_rps ms_p99 < <(measure "$ms_pid" http://127.0.0.1:18301/v2/models/fraud/infer)
-kill "$ms_pid"; wait "$ms_pid" 2>/dev/null || true
-rm -rf "$state" "$body"
+  state="$(mktemp -d)"
+  # shellcheck disable=SC2086
+  MODELSHIP_STATE_DIR="$state" taskset -c 1 "$bin/modelship" serve "$model" --name fraud --port 18301 --admin-port 18302 --grpc-port 18303 \
+    --workers 1 --log-level warn $extra_args > "$state/ready" 2> "$state/stderr" &
+  ms_pid=$!
+  for _ in $(seq 100); do [ -s "$state/ready" ] && break; sleep 0.1; done
+  read -r ms_cpu ms_rps ms_p99 < <(measure "$ms_pid" http://127.0.0.1:18301/v2/models/fraud/infer)
+  kill "$ms_pid"; wait "$ms_pid" 2>/dev/null || true
+  rm -rf "$state"
 
-python3 -c "
+  line=$(python3 -c "
 import json, sys
 floor_us, loop_cpu, ms_cpu = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[5])
-print(json.dumps({'floor_inference_us': round(floor_us, 2), 'loopback_cpu_us': round(loop_cpu, 2), 'loopback_rps': round(float(sys.argv[3])), 'loopback_p99_us': int(sys.argv[4]),
+print(json.dumps({'round': int(sys.argv[8]), 'floor_inference_us': round(floor_us, 2), 'loopback_cpu_us': round(loop_cpu, 2), 'loopback_rps': round(float(sys.argv[3])), 'loopback_p99_us': int(sys.argv[4]),
   'modelship_cpu_us': round(ms_cpu, 2), 'modelship_rps': round(float(sys.argv[6])), 'modelship_p99_us': int(sys.argv[7]),
   'ratio': round(ms_cpu / (loop_cpu + floor_us), 3), 'target_ratio': 1.35}))
-" "$floor_us" "$loop_cpu" "$loop_rps" "$loop_p99" "$ms_cpu" "$ms_rps" "$ms_p99"
+" "$floor_us" "$loop_cpu" "$loop_rps" "$loop_p99" "$ms_cpu" "$ms_rps" "$ms_p99" "$round")
+  echo "$line"
+  ratios+=("$(python3 -c "import json, sys; print(json.loads(sys.argv[1])['ratio'])" "$line")")
+done
+rm -f "$body"
+python3 -c "
+import json, statistics, sys
+ratios = [float(r) for r in sys.argv[1:]]
+print(json.dumps({'rounds': len(ratios), 'ratios': ratios, 'median_ratio': statistics.median(ratios), 'target_ratio': 1.35, 'met': statistics.median(ratios) <= 1.35}))
+" "${ratios[@]}"

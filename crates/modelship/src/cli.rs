@@ -761,6 +761,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MICROSECONDS")]
     pub max_queue_delay_us: Option<u64>,
 
+    /// Run each request on its own. By default a worker joins the concurrent requests already
+    /// waiting into one runtime call (never waiting for more), for a model whose rows passed the
+    /// independence probe at load (config: model.opportunistic_batching)
+    #[arg(long)]
+    pub no_opportunistic_batching: bool,
+
     /// Largest accepted request body in bytes [default: 16777216]
     #[arg(long, value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,

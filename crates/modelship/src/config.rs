@@ -56,6 +56,9 @@ pub struct RawModel {
     /// Serve a changed model file's new contents without a restart (default true).
     pub watch: Option<bool>,
     pub dynamic_batching: Option<RawBatching>,
+    /// Join concurrent requests already waiting into one run, for a model that passes the
+    /// row-independence probe at load (default true).
+    pub opportunistic_batching: Option<bool>,
 }
 
 /// `model.dynamic_batching`, with Triton's field names.
@@ -133,6 +136,8 @@ pub struct ServeConfig {
     pub watch_file: bool,
     /// Dynamic batching; `None` runs each request on its own.
     pub batching: Option<modelship_server::pool::Batching>,
+    /// See [`modelship_server::pool::Opportunistic`].
+    pub opportunistic: modelship_server::pool::Opportunistic,
     pub host: String,
     pub port: u16,
     pub grpc_port: u16,
@@ -320,6 +325,9 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         let b = raw.model.dynamic_batching.get_or_insert_with(RawBatching::default);
         overlay(&mut b.max_batch_size, a.max_batch_size);
         overlay(&mut b.max_queue_delay_microseconds, a.max_queue_delay_us);
+    }
+    if a.no_opportunistic_batching {
+        raw.model.opportunistic_batching = Some(false);
     }
     overlay(&mut raw.server.workers, a.workers);
     overlay(&mut raw.server.max_body_bytes, a.max_body_bytes);
@@ -530,6 +538,11 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         inline_below: Duration::from_micros(inline_below_us),
         watch_file: raw.model.watch.unwrap_or(true),
         batching,
+        opportunistic: if raw.model.opportunistic_batching.unwrap_or(true) {
+            modelship_server::pool::Opportunistic::Auto
+        } else {
+            modelship_server::pool::Opportunistic::Off
+        },
         host,
         port,
         grpc_port,

@@ -260,6 +260,8 @@ mod runtime {
                 load: LoadOptions { intra_op_threads: config.intra_op_threads },
                 batching: None,
                 inline_below: config.inline_below,
+                // One event at a time: there is never a request waiting to join.
+                opportunistic: modelship_server::pool::Opportunistic::Off,
             },
         };
         let metrics = Arc::clone(&state.metrics);

@@ -121,6 +121,7 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
             load: LoadOptions { intra_op_threads: config.intra_op_threads },
             batching: config.batching.clone(),
             inline_below: config.inline_below,
+            opportunistic: config.opportunistic,
         },
     };
     let drain = Drain { delay: config.shutdown_delay, grace: config.shutdown_grace };

@@ -19,7 +19,7 @@ pub struct BatchingFacts {
     pub instances: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DynamicBatching {
     pub preferred_batch_size: Vec<usize>,
     pub max_queue_delay_microseconds: u64,

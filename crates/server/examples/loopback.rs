@@ -9,6 +9,10 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::routing::post;
 
+// The modelship binary's allocator, so the floor and the server allocate alike.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ANSWER: &str = r#"{"model_name":"fraud","model_version":"1","outputs":[{"name":"label","datatype":"INT64","shape":[1],"data":[0]},{"name":"probabilities","datatype":"FP32","shape":[1,2],"data":[0.9,0.1]}]}"#;
 
 #[tokio::main]

@@ -223,10 +223,13 @@ impl LoadedModel {
                 None if batches_rows(&self.info) => crate::pool::DEFAULT_MAX_BATCH_SIZE,
                 None => 0,
             },
-            dynamic: batching.map(|b| DynamicBatching {
-                preferred_batch_size: b.preferred_batch_sizes.clone(),
-                max_queue_delay_microseconds: b.max_queue_delay.as_micros() as u64,
-            }),
+            // Joining only the requests already waiting is Triton's dynamic batching with no delay.
+            dynamic: batching
+                .map(|b| DynamicBatching {
+                    preferred_batch_size: b.preferred_batch_sizes.clone(),
+                    max_queue_delay_microseconds: b.max_queue_delay.as_micros() as u64,
+                })
+                .or_else(|| self.pool.joins_waiting().then(DynamicBatching::default)),
             instances: self.workers(),
         }
     }

@@ -10,6 +10,15 @@
 //! unbounded backlog. Dropping the pool closes the queue: workers finish what is queued, then
 //! exit and drop their sessions.
 //!
+//! **Requests already waiting are joined.** A model whose every input and output has a dynamic
+//! first dimension is probed once at load ([`rows_are_independent`]): two different rows are run
+//! apart and together, and when each row's outputs come out the same both ways, a worker that
+//! takes a request also takes the compatible ones already queued behind it and runs them as one
+//! call. It never waits for more ([`Batching`] does, when configured), so a lone request is not
+//! delayed; under concurrent load one runtime call and one thread hand-off serve a run of
+//! requests. A model that fails the probe (its rows interact, as a list-wise ranking does) is
+//! never joined. [`Opportunistic::Off`] turns it off.
+//!
 //! **Tiny models run inline.** Handing a request to a worker and back costs two thread wake-ups,
 //! which for a model that runs in a few microseconds is more than the inference itself. The pool
 //! keeps a running estimate of the time per row; when a request's estimate is under
@@ -27,7 +36,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use modelship_inference::{Backend, InferError, LoadOptions, ModelInfo, PreparedRequest, Session, Tensor};
+use modelship_inference::{Backend, DataType, InferError, LoadOptions, ModelInfo, PreparedRequest, Session, Tensor, TensorData};
 use tokio::sync::oneshot;
 
 /// How one pool runs.
@@ -43,7 +52,21 @@ pub struct PoolConfig {
     /// A request whose estimated run time is under this may run on the caller's thread (see the
     /// module's documentation); zero sends every request to a worker.
     pub inline_below: Duration,
+    /// Whether workers join the requests already waiting (without `batching`).
+    pub opportunistic: Opportunistic,
 }
+
+/// Joining requests that are already waiting into one run (see the module's documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Opportunistic {
+    /// On when the model has a batch dimension everywhere and passes the row-independence probe.
+    #[default]
+    Auto,
+    Off,
+}
+
+/// The most rows a worker joins from the queue without dynamic batching configured.
+pub const OPPORTUNISTIC_MAX_ROWS: usize = DEFAULT_MAX_BATCH_SIZE;
 
 /// The default [`PoolConfig::inline_below`]: well under the ~100 µs an async task should run
 /// between yields, and well over the few microseconds of a small tabular model.
@@ -52,7 +75,14 @@ pub const DEFAULT_INLINE_BELOW: Duration = Duration::from_micros(50);
 impl PoolConfig {
     /// `workers` sessions, a queue of `max_queue`, no batching, the default inline threshold.
     pub fn new(workers: usize, max_queue: usize) -> Self {
-        PoolConfig { workers, max_queue, load: LoadOptions::default(), batching: None, inline_below: DEFAULT_INLINE_BELOW }
+        PoolConfig {
+            workers,
+            max_queue,
+            load: LoadOptions::default(),
+            batching: None,
+            inline_below: DEFAULT_INLINE_BELOW,
+            opportunistic: Opportunistic::Auto,
+        }
     }
 }
 
@@ -118,7 +148,10 @@ pub struct WorkerPool {
     /// Requests that asked to run inline, ever: how a caller sees others arrive meanwhile.
     arrivals: AtomicU64,
     inline_below: Duration,
+    /// Dynamic batching is configured: workers wait for requests to join, nothing runs inline.
     batching: bool,
+    /// Workers join the compatible requests already queued (the model passed the probe).
+    joins_waiting: bool,
 }
 
 /// A running estimate of the time one row takes: an exponentially weighted mean of measured
@@ -161,8 +194,20 @@ impl WorkerPool {
                 .collect()
         });
         drop(model);
-        let sessions: Vec<Box<dyn Session>> = loaded.into_iter().collect::<Result<_, _>>()?;
+        let mut sessions: Vec<Box<dyn Session>> = loaded.into_iter().collect::<Result<_, _>>()?;
         let info = sessions[0].info().clone();
+        let joins_waiting = config.batching.is_none()
+            && config.opportunistic == Opportunistic::Auto
+            && match rows_are_independent(sessions[0].as_mut()) {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::info!(model = thread_name, reason = %why, "concurrent requests are not joined into one run");
+                    false
+                }
+            };
+        let worker_batching = config.batching.clone().or_else(|| {
+            joins_waiting.then(|| Batching { max_batch_size: OPPORTUNISTIC_MAX_ROWS, max_queue_delay: Duration::ZERO, preferred_batch_sizes: vec![] })
+        });
         let sessions: Arc<[Mutex<Box<dyn Session>>]> = sessions.into_iter().map(Mutex::new).collect();
         let (queue, jobs) = crossbeam_channel::bounded::<Job>(config.max_queue.max(1));
         let background = Arc::new(AtomicBool::new(false));
@@ -175,7 +220,7 @@ impl WorkerPool {
                 background: Arc::clone(&background),
                 ns_per_row: Arc::clone(&ns_per_row),
             };
-            let batching = config.batching.clone();
+            let batching = worker_batching.clone();
             let spawned = thread::Builder::new().name(format!("{thread_name}-{i}")).spawn(move || match batching {
                 None => worker.work(),
                 Some(batching) => worker.work_batched(&batching),
@@ -192,6 +237,7 @@ impl WorkerPool {
             arrivals: AtomicU64::new(0),
             inline_below: config.inline_below,
             batching: config.batching.is_some(),
+            joins_waiting,
         };
         Ok((pool, info))
     }
@@ -273,6 +319,11 @@ impl WorkerPool {
 
     pub fn workers(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Whether workers join the compatible requests already waiting into one run.
+    pub fn joins_waiting(&self) -> bool {
+        self.joins_waiting
     }
 
     /// Runs the workers at background CPU priority (or back at normal): a version that only
@@ -364,9 +415,18 @@ impl Worker {
                 rows += job.request.rows();
                 batch.push(job);
             }
-            // A batching pool never runs inline, so its session is always free here.
+            // With dynamic batching nothing runs inline, so the session is free here; when only
+            // waiting requests are joined, an inline caller may hold it for a few microseconds.
             let mut session = self.sessions[self.index].lock().unwrap_or_else(|p| p.into_inner());
+            let single = (batch.len() == 1).then(|| batch[0].request.rows());
+            let started = Instant::now();
             run_batch(session.as_mut(), batch, rows);
+            drop(session);
+            // Only lone runs measure the model for the inline decision: a joined run's time per
+            // row is not what one request costs alone.
+            if let Some(rows) = single {
+                self.ns_per_row.observe(rows, started.elapsed());
+            }
         }
     }
 }
@@ -412,7 +472,8 @@ fn run_batch(session: &mut dyn Session, batch: Vec<Job>, rows: usize) {
         None => Err(InferError::Runtime("requests in one batch did not line up".to_owned())),
         Some(request) => run_guarded(session, &request),
     };
-    // Each output split by rows; per request, its piece of every output.
+    // Each output split by rows; per request, its piece of every output. When the joined run
+    // fails, each request runs on its own, so one bad request cannot fail the others.
     let pieces: Vec<Result<Vec<Tensor>, InferError>> =
         match result.and_then(|outputs| outputs.into_iter().map(|o| o.split_rows(&rows_of)).collect::<Result<Vec<_>, _>>()) {
             Ok(per_output) => {
@@ -424,12 +485,93 @@ fn run_batch(session: &mut dyn Session, batch: Vec<Job>, rows: usize) {
                 }
                 per_request.into_iter().map(Ok).collect()
             }
-            Err(e) => rows_of.iter().map(|_| Err(e.clone())).collect(),
+            Err(_) => batch.iter().map(|job| run_guarded(session, &job.request)).collect(),
         };
     let inference = started.elapsed();
     for (i, (job, result)) in batch.into_iter().zip(pieces).enumerate() {
         let queued = started.duration_since(job.enqueued);
         let _ = job.reply.send(JobOutput { result, queued, inference, formed: (i == 0).then_some(formed) });
+    }
+}
+
+/// The probe behind joining waiting requests: two different rows, run apart and then together,
+/// must give each row the same outputs (floating-point values within a relative 1e-4, since a
+/// runtime may take another kernel for more rows). `Err` says why the model is not joined: no
+/// batch dimension, a run that failed on the probe's values, or rows that changed each other.
+/// A probe, not a proof: a model whose rows interact only for some values can pass it; such a
+/// model is served with `Opportunistic::Off`.
+pub fn rows_are_independent(session: &mut dyn Session) -> Result<(), String> {
+    let signature = session.info().signature.clone();
+    if signature.inputs.is_empty() || !signature.inputs.iter().chain(&signature.outputs).all(|t| t.has_batch_dim()) {
+        return Err("the model has no dynamic first dimension on every input and output".to_owned());
+    }
+    let row = |which: usize| -> Result<PreparedRequest, String> {
+        let inputs = signature
+            .inputs
+            .iter()
+            .map(|spec| {
+                let shape: Vec<usize> = std::iter::once(1).chain(spec.shape[1..].iter().map(|&d| usize::try_from(d).unwrap_or(1).max(1))).collect();
+                let n = shape.iter().product();
+                Tensor::new(spec.name.clone(), shape, probe_values(spec.datatype, n, which)).map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PreparedRequest { inputs, outputs: (0..signature.outputs.len()).collect() })
+    };
+    let (a, b) = (row(0)?, row(1)?);
+    let run = |session: &mut dyn Session, request: &PreparedRequest| {
+        run_guarded(session, request).map_err(|e| format!("the probe's run failed: {e}"))
+    };
+    let apart_a = run(session, &a)?;
+    let apart_b = run(session, &b)?;
+    let joined_inputs = a
+        .inputs
+        .iter()
+        .zip(&b.inputs)
+        .map(|(x, y)| modelship_inference::concat_rows(&[x, y]).ok_or_else(|| "the probe's rows do not line up".to_owned()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let together = run(session, &PreparedRequest { inputs: joined_inputs, outputs: a.outputs.clone() })?;
+    for ((joined, x), y) in together.into_iter().zip(&apart_a).zip(&apart_b) {
+        let name = joined.name().to_owned();
+        let pieces = joined.split_rows(&[1, 1]).map_err(|e| e.to_string())?;
+        if !same_values(&pieces[0], x) || !same_values(&pieces[1], y) {
+            return Err(format!("output '{name}' of a row changes when another row runs beside it"));
+        }
+    }
+    Ok(())
+}
+
+/// Distinct, unremarkable values for probe row `which` (0 or 1): small numbers, not all equal.
+fn probe_values(datatype: DataType, n: usize, which: usize) -> TensorData {
+    let f = |j: usize| if which == 0 { ((j % 7) as f64 - 3.0) * 0.35 + 0.1 } else { ((j % 5) as f64 - 2.0) * 1.3 - 0.45 };
+    let k = |j: usize| if which == 0 { (j % 3) as u8 } else { (j % 2) as u8 + 1 };
+    match datatype {
+        DataType::Bool => TensorData::Bool((0..n).map(|j| if which == 0 { j % 2 == 0 } else { j % 3 == 0 }).collect()),
+        DataType::Uint8 => TensorData::Uint8((0..n).map(k).collect()),
+        DataType::Uint16 => TensorData::Uint16((0..n).map(|j| k(j).into()).collect()),
+        DataType::Uint32 => TensorData::Uint32((0..n).map(|j| k(j).into()).collect()),
+        DataType::Uint64 => TensorData::Uint64((0..n).map(|j| k(j).into()).collect()),
+        DataType::Int8 => TensorData::Int8((0..n).map(|j| k(j) as i8).collect()),
+        DataType::Int16 => TensorData::Int16((0..n).map(|j| k(j).into()).collect()),
+        DataType::Int32 => TensorData::Int32((0..n).map(|j| k(j).into()).collect()),
+        DataType::Int64 => TensorData::Int64((0..n).map(|j| k(j).into()).collect()),
+        DataType::Fp16 => TensorData::Fp16((0..n).map(|j| half::f16::from_f64(f(j))).collect()),
+        DataType::Fp32 => TensorData::Fp32((0..n).map(|j| f(j) as f32).collect()),
+        DataType::Fp64 => TensorData::Fp64((0..n).map(f).collect()),
+        DataType::Bytes => TensorData::Bytes((0..n).map(|j| if which == 0 { b"a".to_vec() } else { format!("b{}", j % 2).into_bytes() }).collect()),
+    }
+}
+
+/// The same shape and datatype, equal strings and integers, floats within a relative 1e-4.
+fn same_values(a: &Tensor, b: &Tensor) -> bool {
+    if a.shape() != b.shape() || a.datatype() != b.datatype() {
+        return false;
+    }
+    match (a.data(), b.data()) {
+        (TensorData::Bytes(x), TensorData::Bytes(y)) => x == y,
+        (x, y) => (0..x.len()).all(|i| match (x.get_f64(i), y.get_f64(i)) {
+            (Some(p), Some(q)) => p == q || (p.is_nan() && q.is_nan()) || (p - q).abs() <= 1e-4 * p.abs().max(q.abs()).max(1.0),
+            _ => false,
+        }),
     }
 }
 
@@ -505,7 +647,126 @@ mod tests {
         let threads = Arc::new(StdMutex::new(Vec::new()));
         let backend = Arc::new(RecordingBackend { run, threads: Arc::clone(&threads) });
         let (pool, _) = WorkerPool::start(backend, Arc::from(&b""[..]), &config, "test").expect("the pool starts");
+        // The row-independence probe ran at start, on this thread.
+        threads.lock().unwrap().clear();
         (pool, threads)
+    }
+
+    /// A model that answers each row with its value (or, `mixes_rows`, its value less the batch's
+    /// mean, so rows change each other) and fails any run holding a NaN.
+    struct Rowwise {
+        info: ModelInfo,
+        mixes_rows: bool,
+        runs: Arc<StdMutex<Vec<usize>>>,
+        hold: Duration,
+    }
+
+    impl Session for Rowwise {
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+
+        fn run(&mut self, request: &PreparedRequest) -> Result<Vec<Tensor>, InferError> {
+            self.runs.lock().unwrap().push(request.rows());
+            thread::sleep(self.hold);
+            let TensorData::Fp32(values) = request.inputs[0].data() else { unreachable!("the signature is FP32") };
+            if values.iter().any(|v| v.is_nan()) {
+                return Err(InferError::Runtime("NaN in the input".to_owned()));
+            }
+            let mean = values.iter().sum::<f32>() / values.len() as f32;
+            let out = values.iter().map(|v| if self.mixes_rows { v - mean } else { *v }).collect();
+            Ok(vec![Tensor::new("y", request.inputs[0].shape().to_vec(), TensorData::Fp32(out))?])
+        }
+    }
+
+    struct RowwiseBackend {
+        mixes_rows: bool,
+        batch_dim: bool,
+        runs: Arc<StdMutex<Vec<usize>>>,
+        hold: Duration,
+    }
+
+    impl Backend for RowwiseBackend {
+        fn name(&self) -> &'static str {
+            "rowwise"
+        }
+
+        fn load(&self, _: &[u8], _: &LoadOptions) -> Result<Box<dyn Session>, InferError> {
+            let first = if self.batch_dim { -1 } else { 1 };
+            let info = ModelInfo {
+                signature: Signature {
+                    inputs: vec![TensorSpec::new("x", DataType::Fp32, vec![first, 1])],
+                    outputs: vec![TensorSpec::new("y", DataType::Fp32, vec![first, 1])],
+                },
+                platform: "rowwise".to_owned(),
+                producer: None,
+                opset: None,
+                skipped_outputs: vec![],
+            };
+            Ok(Box::new(Rowwise { info, mixes_rows: self.mixes_rows, runs: Arc::clone(&self.runs), hold: self.hold }))
+        }
+    }
+
+    fn rowwise(mixes_rows: bool, batch_dim: bool, hold: Duration, config: PoolConfig) -> (WorkerPool, Arc<StdMutex<Vec<usize>>>) {
+        let runs = Arc::new(StdMutex::new(Vec::new()));
+        let backend = Arc::new(RowwiseBackend { mixes_rows, batch_dim, runs: Arc::clone(&runs), hold });
+        let (pool, _) = WorkerPool::start(backend, Arc::from(&b""[..]), &config, "test").expect("the pool starts");
+        runs.lock().unwrap().clear();
+        (pool, runs)
+    }
+
+    fn value(v: f32) -> PreparedRequest {
+        PreparedRequest { inputs: vec![Tensor::new("x", vec![1, 1], TensorData::Fp32(vec![v])).unwrap()], outputs: vec![0] }
+    }
+
+    #[test]
+    fn waiting_requests_are_joined_only_for_a_model_whose_rows_pass_the_probe() {
+        let table = [
+            // (rows mix, batch dimension, opportunistic, joined)
+            (false, true, Opportunistic::Auto, true),
+            (false, true, Opportunistic::Off, false),
+            (true, true, Opportunistic::Auto, false),
+            (false, false, Opportunistic::Auto, false),
+        ];
+        for (mixes_rows, batch_dim, opportunistic, joined) in table {
+            let config = PoolConfig { opportunistic, ..PoolConfig::new(1, 8) };
+            let (pool, _) = rowwise(mixes_rows, batch_dim, Duration::ZERO, config);
+            assert_eq!(pool.joins_waiting(), joined, "rows mix: {mixes_rows}, batch dimension: {batch_dim}, {opportunistic:?}");
+        }
+        let batching = Batching { max_batch_size: 8, max_queue_delay: Duration::from_millis(1), preferred_batch_sizes: vec![] };
+        let (configured, _) = rowwise(false, true, Duration::ZERO, PoolConfig { batching: Some(batching), ..PoolConfig::new(1, 8) });
+        assert!(!configured.joins_waiting(), "configured dynamic batching replaces joining what waits");
+    }
+
+    #[test]
+    fn requests_waiting_behind_a_run_are_joined_and_each_gets_its_own_rows() {
+        let (pool, runs) = rowwise(false, true, Duration::from_millis(30), PoolConfig::new(1, 8));
+        let busy = pool.submit(value(0.0)).expect("queued");
+        // The worker is inside the first run (30 ms) while these three queue up behind it.
+        thread::sleep(Duration::from_millis(10));
+        let waiting: Vec<_> = [1.0, 2.0, 3.0].map(|v| pool.submit(value(v)).expect("queued")).into_iter().collect();
+        assert!(busy.blocking_recv().expect("answered").result.is_ok());
+        for (expected, reply) in [1.0f32, 2.0, 3.0].into_iter().zip(waiting) {
+            let output = reply.blocking_recv().expect("answered");
+            let tensors = output.result.expect("answered with outputs");
+            assert_eq!(tensors[0].data(), &TensorData::Fp32(vec![expected]), "each request gets its own row back");
+        }
+        assert_eq!(*runs.lock().unwrap(), vec![1, 3], "one run for the first, one joined run for the three waiting");
+    }
+
+    #[test]
+    fn a_joined_run_that_fails_runs_each_request_alone() {
+        let (pool, runs) = rowwise(false, true, Duration::from_millis(30), PoolConfig::new(1, 8));
+        let busy = pool.submit(value(0.0)).expect("queued");
+        thread::sleep(Duration::from_millis(10));
+        let good = pool.submit(value(1.0)).expect("queued");
+        let bad = pool.submit(value(f32::NAN)).expect("queued");
+        let also_good = pool.submit(value(2.0)).expect("queued");
+        busy.blocking_recv().expect("answered");
+        assert!(good.blocking_recv().expect("answered").result.is_ok());
+        assert!(bad.blocking_recv().expect("answered").result.is_err(), "the bad request fails");
+        assert!(also_good.blocking_recv().expect("answered").result.is_ok(), "and only the bad one");
+        assert_eq!(*runs.lock().unwrap(), vec![1, 3, 1, 1, 1], "the joined run failed, then each ran alone");
     }
 
     fn request(rows: usize) -> PreparedRequest {

@@ -74,7 +74,11 @@ fn tritonclient_over_http_and_grpc_matches_v2_json() {
         assert_eq!(config["max_batch_size"], 64, "{config}");
         assert_eq!(config["input"][0]["name"], "input", "{config}");
         assert_eq!(config["input"][0]["data_type"], "TYPE_FP32", "{config}");
-        assert!(config["dynamic_batching"].is_null(), "batching is off by default: {config}");
+        // The fraud model passes the row-independence probe, so requests already waiting are
+        // joined: Triton's dynamic batching with no queue delay (gRPC's JSON omits the zero).
+        assert!(config["dynamic_batching"].is_object(), "waiting requests are joined by default: {config}");
+        let delay = &config["dynamic_batching"]["max_queue_delay_microseconds"];
+        assert!(delay.is_null() || delay.as_u64() == Some(0) || delay == "0", "never waits for more: {config}");
     }
     for path in ["http_json", "http_binary", "grpc_raw", "grpc_typed", "grpc_stream"] {
         assert_close(path, &got[path], &fraud);

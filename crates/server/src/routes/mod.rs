@@ -9,6 +9,7 @@ pub(crate) mod v2;
 
 use axum::Router;
 use axum::extract::rejection::BytesRejection;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -30,8 +31,7 @@ pub fn app(state: AppState) -> Router {
     let inference = Router::new()
         .merge(v2::routes())
         .merge(v1::routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key))
-        .route_layer(middleware::from_fn(require_json_body));
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard_inference));
     Router::new()
         .merge(inference)
         .merge(ops::routes())
@@ -40,12 +40,24 @@ pub fn app(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(state.limits.max_header_bytes, limit_headers))
-        .layer(middleware::map_response(json_errors))
+        .layer(middleware::from_fn_with_state(state.limits.max_header_bytes, guard_all))
         .with_state(state)
 }
 
-async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Every request: the head-size limit on the way in, JSON errors on the way out. One layer, not
+/// two: each `from_fn` layer boxes a future and clones the inner service on every request.
+async fn guard_all(State(limit): State<usize>, request: Request, next: Next) -> Response {
+    match limit_headers(limit, &request) {
+        Err(refused) => refused,
+        Ok(()) => json_errors(next.run(request).await).await,
+    }
+}
+
+/// The inference routes: a JSON (or binary-extension) body, then the API key when keys are set.
+async fn guard_inference(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Err(refused) = require_json_body(&request) {
+        return refused;
+    }
     if state.credentials.allows_inference(request.headers()) { next.run(request).await } else { ApiError::NoApiKey.into_response() }
 }
 
@@ -53,7 +65,7 @@ async fn require_api_key(State(state): State<AppState>, request: Request, next: 
 /// A body declared as something else is refused before it is read. `curl -d` sends
 /// `application/x-www-form-urlencoded` unless told otherwise, so that is let through: the body
 /// is still decoded as JSON and refused with a clear message when it is not.
-async fn require_json_body(request: Request, next: Next) -> Response {
+fn require_json_body(request: &Request) -> Result<(), Response> {
     if request.method() == http::Method::POST
         && let Some(value) = request.headers().get(http::header::CONTENT_TYPE)
     {
@@ -64,25 +76,25 @@ async fn require_json_body(request: Request, next: Next) -> Response {
             || essence == "application/octet-stream"
             || essence == "application/x-www-form-urlencoded";
         if !accepted {
-            return ApiError::UnsupportedMediaType {
+            return Err(ApiError::UnsupportedMediaType {
                 got: text.chars().filter(|c| !c.is_control()).take(100).collect(),
                 expected: "application/json (or application/octet-stream with the inference-header-content-length header)",
             }
-            .into_response();
+            .into_response());
         }
     }
-    next.run(request).await
+    Ok(())
 }
 
 /// Refuses a request whose line and headers together exceed `limit` bytes, in JSON (hyper's own,
 /// larger cap answers without a body).
-async fn limit_headers(State(limit): State<usize>, request: Request, next: Next) -> Response {
+fn limit_headers(limit: usize, request: &Request) -> Result<(), Response> {
     // Measured without building the URI as a string: this runs on every request.
     let uri = request.uri();
     let uri_len = uri.scheme_str().map_or(0, |s| s.len() + 3)
         + uri.authority().map_or(0, |a| a.as_str().len()) + uri.path_and_query().map_or(0, |p| p.as_str().len());
     let size = uri_len + request.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
-    if size > limit { ApiError::HeadersTooLarge { limit }.into_response() } else { next.run(request).await }
+    if size > limit { Err(ApiError::HeadersTooLarge { limit }.into_response()) } else { Ok(()) }
 }
 
 /// Makes every error response `{"error": ...}`: the framework's own rejections (a path that is
@@ -118,7 +130,21 @@ async fn method_not_allowed(request: Request) -> Response {
         .into_response()
 }
 
-/// Turns a body that could not be read into the matching error.
+/// Reads a request's body up to the body limit. Handlers take the whole [`Request`] and read its
+/// body with this, so its headers are borrowed, not copied as the `HeaderMap` extractor does.
+pub(crate) async fn read_body(state: &AppState, body: axum::body::Body) -> Result<Bytes, ApiError> {
+    let limit = state.limits.max_body_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let inner = e.into_inner();
+        if inner.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            ApiError::BodyTooLarge { limit }
+        } else {
+            ApiError::Body(format!("cannot read the request body: {inner}"))
+        }
+    })
+}
+
+/// Turns a body that the `Bytes` extractor could not read into the matching error.
 fn body_error(state: &AppState, rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::BodyTooLarge { limit: state.limits.max_body_bytes }

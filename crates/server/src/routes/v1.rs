@@ -4,14 +4,13 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http::{HeaderMap, StatusCode};
 use modelship_protocol::v1;
 
-use super::{body_error, respond};
+use super::{read_body, respond};
 use crate::error::{ApiError, json_response};
 use crate::pipeline::{self, Endpoint, Inputs};
 use crate::state::AppState;
@@ -20,9 +19,12 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/predict", post(predict))
 }
 
-async fn predict(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+// The whole request, not the `HeaderMap` extractor, which would copy every header.
+async fn predict(State(state): State<AppState>, request: Request) -> Response {
     let received = Instant::now();
-    predict_response(&state, Endpoint::V1Predict, &headers, received, body.map_err(|r| body_error(&state, r))).await
+    let (parts, body) = request.into_parts();
+    let body = read_body(&state, body).await;
+    predict_response(&state, Endpoint::V1Predict, &parts.headers, received, body).await
 }
 
 /// `/v1/predict` of one body, from decoding to the encoded response: the HTTP route's and the

@@ -4,8 +4,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode};
@@ -14,7 +13,7 @@ use modelship_protocol::statistics::StatisticsResponse;
 use modelship_protocol::v2::{self, ModelMetadata, ModelReady, ServerMetadata};
 
 use super::path::Path;
-use super::{body_error, respond};
+use super::{read_body, respond};
 use crate::error::{ApiError, json, json_response};
 use crate::pipeline::{self, Endpoint, Inputs};
 use crate::state::AppState;
@@ -122,33 +121,20 @@ async fn model_ready_version(
     ready(&state, &name, Some(&version))
 }
 
-async fn infer(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    infer_at(&state, &name, None, &headers, body).await
+// The handlers take the whole request: the `HeaderMap` extractor would copy every header.
+async fn infer(State(state): State<AppState>, Path(name): Path<String>, request: Request) -> Response {
+    infer_at(&state, &name, None, request).await
 }
 
-async fn infer_version(
-    State(state): State<AppState>,
-    Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    infer_at(&state, &name, Some(&version), &headers, body).await
+async fn infer_version(State(state): State<AppState>, Path((name, version)): Path<(String, String)>, request: Request) -> Response {
+    infer_at(&state, &name, Some(&version), request).await
 }
 
-async fn infer_at(
-    state: &AppState,
-    name: &str,
-    version: Option<&str>,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn infer_at(state: &AppState, name: &str, version: Option<&str>, request: Request) -> Response {
     let received = Instant::now();
-    infer_response(state, Endpoint::V2Infer, name, version, headers, received, body.map_err(|r| body_error(state, r))).await
+    let (parts, body) = request.into_parts();
+    let body = read_body(state, body).await;
+    infer_response(state, Endpoint::V2Infer, name, version, &parts.headers, received, body).await
 }
 
 /// V2 infer of one body, from decoding to the encoded response: the HTTP route's and the Lambda
