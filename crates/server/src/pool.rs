@@ -501,10 +501,10 @@ fn run_batch(session: &mut dyn Session, batch: Vec<Job>, rows: usize) {
 /// A probe, not a proof: a model whose rows interact only for some values can pass it; such a
 /// model is served with `Opportunistic::Off`.
 pub fn rows_are_independent(session: &mut dyn Session) -> Result<(), String> {
-    let signature = session.info().signature.clone();
-    if signature.inputs.is_empty() || !signature.inputs.iter().chain(&signature.outputs).all(|t| t.has_batch_dim()) {
+    if !modelship_protocol::model_config::batches_rows(session.info()) {
         return Err("the model has no dynamic first dimension on every input and output".to_owned());
     }
+    let signature = session.info().signature.clone();
     let row = |which: usize| -> Result<PreparedRequest, String> {
         let inputs = signature
             .inputs
