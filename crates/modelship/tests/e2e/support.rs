@@ -199,9 +199,32 @@ pub fn slow_body(iterations: i64) -> String {
     serde_json::json!({"inputs": [{"name": "iterations", "shape": [], "datatype": "INT64", "data": [iterations]}]}).to_string()
 }
 
-/// A free loopback port (bound, read, released: another process could take it, which a retry
-/// of the test would survive).
+/// A free loopback port for a program that must be told its port (S3, Redis, the Lambda
+/// emulator...). Not one the kernel picks with port 0: those come from the ephemeral range,
+/// which every outgoing connection of every test running beside this one also draws from, so
+/// such a port can be taken between here and the program's bind (CI saw `aws-lambda-rie`
+/// fail so: "bind: address already in use"). Ports below the ephemeral range are handed out
+/// in turn from a start that depends on the process id, each checked free by binding it.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    const LOW: u32 = 20000;
+    if ephemeral_low > LOW + 1000 {
+        let span = ephemeral_low - LOW;
+        let start = std::process::id() * 97 % span;
+        for _ in 0..span {
+            let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+            let port = u16::try_from(port).expect("ports are below 65536");
+            // The wildcard address: the bind fails if anything listens on this port at all.
+            if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
