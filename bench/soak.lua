@@ -28,7 +28,7 @@ function done(summary, latency, requests)
   end
   local parts = {}
   for k, v in pairs(total) do table.insert(parts, string.format("%d=%d", k, v)) end
-  io.write(string.format("SOAK requests=%d errors_connect=%d errors_read=%d errors_timeout=%d p50_us=%d p99_us=%d statuses=%s\n",
+  io.write(string.format("SOAK requests=%d errors_connect=%d errors_read=%d errors_timeout=%d p50_us=%d p99_us=%d p999_us=%d max_us=%d statuses=%s\n",
     summary.requests, summary.errors.connect, summary.errors.read, summary.errors.timeout,
-    latency:percentile(50), latency:percentile(99), table.concat(parts, ",")))
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max, table.concat(parts, ",")))
 end
