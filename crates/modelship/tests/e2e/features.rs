@@ -277,6 +277,10 @@ fn missing_entities_bad_stored_data_and_the_cache_ttl() {
     let cfg = config(dir.path(), &redis, "  cache_ttl: 1\n");
     load(&cfg, &csv(dir.path()));
     let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    // The store connects in the background after the ready line; until then a request needing
+    // it fails fast with 503 (the readiness probe says so). A fresh-clone run of the suite once
+    // sent its first request before the connection.
+    wait_ready(&server, 200);
 
     let (status, body) = predict(&server, json!({"entities": [entity(7)]}));
     assert_eq!(status, 404, "{body}");
@@ -328,6 +332,8 @@ fn the_store_going_down_fails_fast_or_falls_back_and_readiness_follows() {
     load(&strict_cfg, &csv(dir.path()));
     let strict = Server::start(&["--config", strict_cfg.to_str().unwrap()]);
     let lenient = Server::start(&["--config", lenient_cfg.to_str().unwrap()]);
+    wait_ready(&strict, 200);
+    wait_ready(&lenient, 200);
     let healthy = prediction(&strict, json!({"entities": [entity(1)]}))[0];
     assert_eq!(prediction(&lenient, json!({"entities": [entity(1)]}))[0], healthy);
 
