@@ -56,6 +56,19 @@ pub enum Role {
 }
 
 impl Role {
+    /// How many roles there are: [`Role::index`] is below it.
+    pub const COUNT: usize = 4;
+
+    /// A dense index, for tables by role.
+    pub fn index(self) -> usize {
+        match self {
+            Role::Stable => 0,
+            Role::Candidate => 1,
+            Role::Pinned => 2,
+            Role::Shadow => 3,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Stable => "stable",

@@ -52,8 +52,9 @@ impl Credentials {
         if self.api_keys.is_empty() {
             return true;
         }
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let given = header("x-api-key").or_else(|| header(http::header::AUTHORIZATION.as_str()).and_then(|v| v.strip_prefix("Bearer ")));
+        const API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+        let header = |name: &http::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+        let given = header(&API_KEY).or_else(|| header(&http::header::AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer ")));
         let Some(given) = given else { return false };
         let given = digest(given.trim());
         self.api_keys.iter().fold(subtle::Choice::from(0), |any, key| any | given.ct_eq(key)).into()

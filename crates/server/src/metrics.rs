@@ -27,6 +27,8 @@ pub struct Metrics {
     /// Requests joined into one runtime call.
     pub batch_requests: HistogramVec,
     pub in_flight: IntGaugeVec,
+    /// `in_flight` by endpoint, each looked up once (see [`Metrics::in_flight_at`]).
+    in_flight_at: [std::sync::OnceLock<prometheus::IntGauge>; crate::pipeline::Endpoint::COUNT],
     pub queue_length: IntGaugeVec,
     pub model_load_seconds: GaugeVec,
     pub model_info: IntGaugeVec,
@@ -129,6 +131,7 @@ impl Metrics {
                 m
             },
             in_flight: gauge(&registry, "modelship_requests_in_flight", "Requests being handled", &["endpoint"]),
+            in_flight_at: Default::default(),
             queue_length: gauge(
                 &registry,
                 "modelship_queue_length",
@@ -209,6 +212,11 @@ impl Metrics {
             self.traffic_weight.with_label_values(&[model, &s.version, "shadow"]).set(i64::from(s.percent.get()));
         }
         self.traffic_revision.with_label_values(&[model]).set(served.revision as i64);
+    }
+
+    /// The in-flight gauge of `endpoint`: `with_label_values` hashes and locks on every call.
+    pub fn in_flight_at(&self, endpoint: crate::pipeline::Endpoint) -> &prometheus::IntGauge {
+        self.in_flight_at[endpoint.index()].get_or_init(|| self.in_flight.with_label_values(&[endpoint.label()]))
     }
 
     /// Drops the per-version gauges of a version no longer served.

@@ -2,16 +2,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use modelship_inference::{Backend, DataType, InferError, InferRequest, ModelInfo, Tensor, TensorData};
 use modelship_router::{Role, RouteInput, TrafficTable};
-use prometheus::Histogram;
+use prometheus::{Histogram, IntCounter};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::pipeline::Endpoint;
 use crate::pool::{PoolConfig, Refused, WorkerPool};
 
 /// What to load: a model's name and version, and how to run it.
@@ -36,6 +37,9 @@ pub struct LoadedModel {
     batch_requests: Histogram,
     /// Triton-style counters for the statistics extension.
     pub stats: Statistics,
+    /// This version's success counter and latency histogram by role and endpoint, looked up
+    /// once each: `with_label_values` hashes its labels and takes a lock on every call.
+    answered: [[OnceLock<(IntCounter, Histogram)>; Endpoint::COUNT]; Role::COUNT],
 }
 
 /// Cumulative counts and nanoseconds, as Triton's statistics extension reports them.
@@ -104,6 +108,7 @@ impl LoadedModel {
             batch_size: metrics.batch_size.with_label_values(&labels),
             batch_requests: metrics.batch_requests.with_label_values(&labels),
             stats: Statistics::default(),
+            answered: Default::default(),
         })
     }
 
@@ -161,6 +166,18 @@ impl LoadedModel {
             Err(_) => stats.fail.add(started.elapsed()),
         }
         Ok(output.result?)
+    }
+
+    /// The counter and histogram of this version's successful requests routed as `role` on
+    /// `endpoint` (`modelship_requests_total{status="200"}`, `modelship_request_duration_seconds`).
+    pub fn answered_metrics(&self, metrics: &Metrics, role: Role, endpoint: Endpoint) -> &(IntCounter, Histogram) {
+        self.answered[role.index()][endpoint.index()].get_or_init(|| {
+            let (name, version, role, endpoint) = (self.name.as_str(), self.version.as_str(), role.as_str(), endpoint.label());
+            (
+                metrics.requests.with_label_values(&[name, version, role, endpoint, "200"]),
+                metrics.request_duration.with_label_values(&[name, version, role, endpoint]),
+            )
+        })
     }
 
     /// This version's counters, as the statistics extension reports them. Input and output

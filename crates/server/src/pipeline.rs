@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 use modelship_inference::{InferRequest, Tensor};
 use modelship_router::{Role, RouteInput, StickyKey};
 use prometheus::IntGauge;
@@ -28,6 +28,12 @@ pub const PIN_HEADER: &str = "x-model-version";
 /// Names the routing revision a response was routed under.
 pub const REVISION_HEADER: &str = "x-modelship-revision";
 
+// The same names as `HeaderName`s: looked up and set on every request, and a `&str` name is
+// parsed and checked each time it is used.
+pub(crate) const CANARY: HeaderName = HeaderName::from_static(CANARY_HEADER);
+pub(crate) const PIN: HeaderName = HeaderName::from_static(PIN_HEADER);
+pub(crate) const REVISION: HeaderName = HeaderName::from_static(REVISION_HEADER);
+
 /// Where a request came in: the `endpoint` label of metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -39,6 +45,19 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// How many endpoints there are: [`Endpoint::index`] is below it.
+    pub const COUNT: usize = 4;
+
+    /// A dense index, for tables by endpoint.
+    pub fn index(self) -> usize {
+        match self {
+            Endpoint::V1Predict => 0,
+            Endpoint::V2Infer => 1,
+            Endpoint::GrpcInfer => 2,
+            Endpoint::Direct => 3,
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Endpoint::V1Predict => "v1_predict",
@@ -127,8 +146,8 @@ fn route(state: &AppState, request: &Request, headers: &HeaderMap) -> Result<(Ro
     if let Some(version) = &request.version {
         return Ok((Routed { model: served.version(&name, version)?, role: Role::Pinned, shadow: None }, served.revision));
     }
-    let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
-    let canary = header(CANARY_HEADER).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    let header = |h: &HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+    let canary = header(&CANARY).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
     let sticky: Option<std::borrow::Cow<'_, [u8]>> = match &served.table.sticky {
         Some(StickyKey::Header(h)) => headers.get(h.as_str()).map(|v| v.as_bytes().into()),
         Some(StickyKey::Field(f)) => request.parameters.get(f.as_str()).map(|v| match v {
@@ -139,7 +158,7 @@ fn route(state: &AppState, request: &Request, headers: &HeaderMap) -> Result<(Ro
     };
     let input = RouteInput {
         canary,
-        pin: header(PIN_HEADER),
+        pin: header(&PIN),
         sticky: sticky.as_deref(),
         nonce: state.nonces.fetch_add(1, Ordering::Relaxed),
     };
@@ -225,7 +244,7 @@ impl Drop for InFlight {
 
 impl<'a> Call<'a> {
     fn start(state: &'a AppState, endpoint: Endpoint, headers: &HeaderMap, received: Instant) -> Self {
-        let gauge = state.metrics.in_flight.with_label_values(&[endpoint.label()]);
+        let gauge = state.metrics.in_flight_at(endpoint).clone();
         gauge.inc();
         Call { state, endpoint, request_id: state.ids.for_request(headers), started: received, _in_flight: InFlight(gauge), score: None }
     }
@@ -253,9 +272,19 @@ impl<'a> Call<'a> {
         {
             self.state.observations.record(&self.request_id, &m.name, &m.version, status.is_server_error(), elapsed.as_secs_f64(), self.score);
         }
+        match (model, role) {
+            (Some(m), Some(role)) if status == StatusCode::OK => {
+                let (requests, duration) = m.answered_metrics(metrics, role, self.endpoint);
+                requests.inc();
+                duration.observe(elapsed.as_secs_f64());
+            }
+            _ => {
+                let role = role.map_or("", Role::as_str);
+                metrics.requests.with_label_values(&[name, version, role, endpoint, status.as_str()]).inc();
+                metrics.request_duration.with_label_values(&[name, version, role, endpoint]).observe(elapsed.as_secs_f64());
+            }
+        }
         let role = role.map_or("", Role::as_str);
-        metrics.requests.with_label_values(&[name, version, role, endpoint, status.as_str()]).inc();
-        metrics.request_duration.with_label_values(&[name, version, role, endpoint]).observe(elapsed.as_secs_f64());
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         let request_id = self.request_id.as_str();
         match (error, code) {

@@ -6,6 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 
 pub const HEADER: &str = "x-request-id";
+/// [`HEADER`] as a `HeaderName` (a `&str` name is parsed on every use).
+pub(crate) const NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
 
 /// Generates ids unique within and, with overwhelming likelihood, across processes: a per-process
 /// random-ish prefix and a counter.
@@ -25,7 +27,7 @@ impl RequestIds {
     /// The caller's id if it is 1-128 visible ASCII characters, else a new one. Ids end up in
     /// logs and headers, so nothing else is echoed.
     pub fn for_request(&self, headers: &HeaderMap) -> String {
-        if let Some(id) = headers.get(HEADER).and_then(|v| v.to_str().ok())
+        if let Some(id) = headers.get(&NAME).and_then(|v| v.to_str().ok())
             && !id.is_empty()
             && id.len() <= 128
             && id.bytes().all(|b| b.is_ascii_graphic())

@@ -1,6 +1,7 @@
 //! HTTP routes. Each module exposes `routes()`; [`app`] composes them with the fallbacks.
 
 pub(crate) mod feedback;
+mod guard;
 mod openapi;
 pub(crate) mod ops;
 pub(crate) mod path;
@@ -10,8 +11,7 @@ pub(crate) mod v2;
 use axum::Router;
 use axum::extract::rejection::BytesRejection;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 
@@ -31,7 +31,7 @@ pub fn app(state: AppState) -> Router {
     let inference = Router::new()
         .merge(v2::routes())
         .merge(v1::routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), guard_inference));
+        .route_layer(guard::GuardInference { state: state.clone() });
     Router::new()
         .merge(inference)
         .merge(ops::routes())
@@ -40,25 +40,8 @@ pub fn app(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(state.limits.max_header_bytes, guard_all))
+        .layer(guard::GuardAll { max_header_bytes: state.limits.max_header_bytes })
         .with_state(state)
-}
-
-/// Every request: the head-size limit on the way in, JSON errors on the way out. One layer, not
-/// two: each `from_fn` layer boxes a future and clones the inner service on every request.
-async fn guard_all(State(limit): State<usize>, request: Request, next: Next) -> Response {
-    match limit_headers(limit, &request) {
-        Err(refused) => refused,
-        Ok(()) => json_errors(next.run(request).await).await,
-    }
-}
-
-/// The inference routes: a JSON (or binary-extension) body, then the API key when keys are set.
-async fn guard_inference(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Err(refused) = require_json_body(&request) {
-        return refused;
-    }
-    if state.credentials.allows_inference(request.headers()) { next.run(request).await } else { ApiError::NoApiKey.into_response() }
 }
 
 /// Request bodies are JSON (or, with the binary tensor extension, JSON followed by raw bytes).
@@ -97,18 +80,24 @@ fn limit_headers(limit: usize, request: &Request) -> Result<(), Response> {
     if size > limit { Err(ApiError::HeadersTooLarge { limit }.into_response()) } else { Ok(()) }
 }
 
-/// Makes every error response `{"error": ...}`: the framework's own rejections (a path that is
-/// not UTF-8, a failed extractor) come as plain text, and clients must not need two parsers.
-pub(crate) async fn json_errors(response: Response) -> Response {
+/// Whether `response` is an error that is not JSON yet (what [`json_errors`] rewrites).
+fn needs_json_error(response: &Response) -> bool {
     let status = response.status();
     let is_json = response
         .headers()
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+    (status.is_client_error() || status.is_server_error()) && !is_json
+}
+
+/// Makes every error response `{"error": ...}`: the framework's own rejections (a path that is
+/// not UTF-8, a failed extractor) come as plain text, and clients must not need two parsers.
+pub(crate) async fn json_errors(response: Response) -> Response {
+    if !needs_json_error(&response) {
         return response;
     }
+    let status = response.status();
     let (parts, body) = response.into_parts();
     let text = axum::body::to_bytes(body, 4096).await.ok().map(|b| String::from_utf8_lossy(&b).trim().to_owned()).filter(|t| !t.is_empty());
     let message = text.unwrap_or_else(|| status.canonical_reason().unwrap_or("request refused").to_owned());
@@ -164,15 +153,15 @@ pub(crate) fn respond(answer: Answer, ok: impl FnOnce(&LoadedModel, Outcome) -> 
     };
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        headers.insert(request_id::HEADER, v);
+        headers.insert(request_id::NAME, v);
     }
     if let Some(m) = &model
         && let Ok(v) = HeaderValue::from_str(&m.version)
     {
-        headers.insert(pipeline::PIN_HEADER, v);
+        headers.insert(pipeline::PIN, v);
     }
     if let Some(r) = revision {
-        headers.insert(pipeline::REVISION_HEADER, HeaderValue::from(r));
+        headers.insert(pipeline::REVISION, HeaderValue::from(r));
     }
     response
 }

@@ -172,16 +172,18 @@ pub(crate) async fn infer_response(
                 let mut response = Response::new(axum::body::Body::from(body));
                 let h = response.headers_mut();
                 h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
-                h.insert(v2::HEADER_CONTENT_LENGTH, http::HeaderValue::from(n));
+                h.insert(JSON_LENGTH, http::HeaderValue::from(n));
                 response
             }
         }
     })
 }
 
+const JSON_LENGTH: http::HeaderName = http::HeaderName::from_static(v2::HEADER_CONTENT_LENGTH);
+
 /// The binary tensor extension's JSON length, when the header is there.
 fn json_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
-    match headers.get(v2::HEADER_CONTENT_LENGTH) {
+    match headers.get(&JSON_LENGTH) {
         None => Ok(None),
         Some(v) => v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).map(Some).ok_or_else(|| {
             ApiError::Invalid(format!("the {} header must be the byte length of the JSON part of the body", v2::HEADER_CONTENT_LENGTH))
