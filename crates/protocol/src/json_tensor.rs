@@ -23,31 +23,36 @@ pub struct Decoded {
 }
 
 /// Decodes a JSON value (a scalar, a flat array, or nested arrays) as elements of `datatype`.
-/// `field` names the value in error messages, e.g. `input 'x' data`.
-pub fn decode(raw: &RawValue, datatype: DataType, field: &str) -> Result<Decoded, DecodeError> {
-    fn run<T: Element>(raw: &RawValue, field: &str, wrap: fn(Vec<T>) -> TensorData) -> Result<Decoded, DecodeError> {
-        let mut state = FlatState::<T> { out: Vec::new(), dims: Vec::new(), leaf_depth: None, datatype: T::DATATYPE };
+/// `field` names the value in error messages, e.g. `input 'x' data` (formatted only for an
+/// error). `expected` is how many elements the value is declared to hold (0 when unknown): the
+/// output is allocated for them once, within what the JSON text can hold, instead of growing.
+pub fn decode(raw: &RawValue, datatype: DataType, field: &dyn fmt::Display, expected: usize) -> Result<Decoded, DecodeError> {
+    fn run<T: Element>(raw: &RawValue, field: &dyn fmt::Display, expected: usize, wrap: fn(Vec<T>) -> TensorData) -> Result<Decoded, DecodeError> {
+        // Every element takes at least one character and a separator, so a false declaration
+        // cannot make this allocate more than the body's size.
+        let capacity = expected.min(raw.get().len() / 2 + 1);
+        let mut state = FlatState::<T> { out: Vec::with_capacity(capacity), dims: Vec::new(), leaf_depth: None, datatype: T::DATATYPE };
         let mut de = serde_json::Deserializer::from_str(raw.get());
         Level { state: &mut state, depth: 0 }
             .deserialize(&mut de)
-            .map_err(|e| DecodeError::in_field(field, &e))?;
+            .map_err(|e| DecodeError::in_field(&field.to_string(), &e))?;
         let nesting = state.dims.iter().map(|d| d.unwrap_or(0)).collect();
         Ok(Decoded { data: wrap(state.out), nesting })
     }
     match datatype {
-        DataType::Bool => run(raw, field, TensorData::Bool),
-        DataType::Uint8 => run(raw, field, TensorData::Uint8),
-        DataType::Uint16 => run(raw, field, TensorData::Uint16),
-        DataType::Uint32 => run(raw, field, TensorData::Uint32),
-        DataType::Uint64 => run(raw, field, TensorData::Uint64),
-        DataType::Int8 => run(raw, field, TensorData::Int8),
-        DataType::Int16 => run(raw, field, TensorData::Int16),
-        DataType::Int32 => run(raw, field, TensorData::Int32),
-        DataType::Int64 => run(raw, field, TensorData::Int64),
-        DataType::Fp16 => run(raw, field, TensorData::Fp16),
-        DataType::Fp32 => run(raw, field, TensorData::Fp32),
-        DataType::Fp64 => run(raw, field, TensorData::Fp64),
-        DataType::Bytes => run(raw, field, TensorData::Bytes),
+        DataType::Bool => run(raw, field, expected, TensorData::Bool),
+        DataType::Uint8 => run(raw, field, expected, TensorData::Uint8),
+        DataType::Uint16 => run(raw, field, expected, TensorData::Uint16),
+        DataType::Uint32 => run(raw, field, expected, TensorData::Uint32),
+        DataType::Uint64 => run(raw, field, expected, TensorData::Uint64),
+        DataType::Int8 => run(raw, field, expected, TensorData::Int8),
+        DataType::Int16 => run(raw, field, expected, TensorData::Int16),
+        DataType::Int32 => run(raw, field, expected, TensorData::Int32),
+        DataType::Int64 => run(raw, field, expected, TensorData::Int64),
+        DataType::Fp16 => run(raw, field, expected, TensorData::Fp16),
+        DataType::Fp32 => run(raw, field, expected, TensorData::Fp32),
+        DataType::Fp64 => run(raw, field, expected, TensorData::Fp64),
+        DataType::Bytes => run(raw, field, expected, TensorData::Bytes),
     }
 }
 
@@ -276,10 +281,24 @@ mod tests {
 
     fn check(json: &str, datatype: DataType) -> String {
         let raw: Box<RawValue> = serde_json::from_str(json).unwrap();
-        match decode(&raw, datatype, "input 'x' data") {
+        let answer = |expected| match decode(&raw, datatype, &"input 'x' data", expected) {
             Ok(d) => format!("{:?} nesting={:?}", d.data, d.nesting),
             Err(e) => format!("error: {e}"),
+        };
+        let unknown = answer(0);
+        // The declared count only sizes the allocation: too few, right or absurd, same answer.
+        for expected in [1, 3, 4, usize::MAX] {
+            assert_eq!(answer(expected), unknown, "{json} declared as {expected} elements");
         }
+        unknown
+    }
+
+    #[test]
+    fn a_declared_count_never_allocates_past_what_the_text_can_hold() {
+        let raw: Box<RawValue> = serde_json::from_str("[1, 2, 3]").unwrap();
+        let decoded = decode(&raw, DataType::Fp32, &"x", usize::MAX).unwrap();
+        let TensorData::Fp32(values) = decoded.data else { unreachable!("asked for FP32") };
+        assert!(values.capacity() <= "[1, 2, 3]".len(), "capacity {}", values.capacity());
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub fn rows_request(features: &RawValue, signature: &Signature) -> Result<InferR
             input.name, input.shape
         )));
     }
-    let decoded = json_tensor::decode(features, input.datatype, "features")?;
+    let decoded = json_tensor::decode(features, input.datatype, &"features", 0)?;
     let shape = match decoded.nesting.as_slice() {
         [rows, cols] => vec![*rows, *cols],
         [cols] => vec![1, *cols],

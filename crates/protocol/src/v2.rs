@@ -187,7 +187,8 @@ fn decode_input(input: InputJson, raw: Option<&[u8]>) -> Result<Tensor, DecodeEr
         ))),
         (None, None) => Err(DecodeError(format!("input '{name}' has no 'data' (and no binary_data_size)"))),
         (None, Some(data)) => {
-            let decoded = json_tensor::decode(&data, datatype, &format!("input '{name}' data"))?;
+            let expected = shape.iter().try_fold(1usize, |n, d| n.checked_mul(*d)).unwrap_or(0);
+            let decoded = json_tensor::decode(&data, datatype, &format_args!("input '{name}' data"), expected)?;
             Tensor::new(name, shape, decoded.data).map_err(|e| DecodeError(e.to_string()))
         }
     }

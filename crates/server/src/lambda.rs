@@ -75,7 +75,7 @@ async fn answer(state: &AppState, request: LambdaRequest, request_id: Option<&st
     };
     match route {
         Route::Predict => v1::predict_response(state, Endpoint::Direct, &headers, received, body).await,
-        Route::Infer { name, version } => v2::infer_response(state, Endpoint::Direct, &name, version.as_deref(), &headers, received, body).await,
+        Route::Infer { name, version } => v2::infer_response(state, Endpoint::Direct, name, version, &headers, received, body).await,
     }
 }
 

@@ -123,14 +123,14 @@ async fn model_ready_version(
 
 // The handlers take the whole request: the `HeaderMap` extractor would copy every header.
 async fn infer(State(state): State<AppState>, Path(name): Path<String>, request: Request) -> Response {
-    infer_at(&state, &name, None, request).await
+    infer_at(&state, name, None, request).await
 }
 
 async fn infer_version(State(state): State<AppState>, Path((name, version)): Path<(String, String)>, request: Request) -> Response {
-    infer_at(&state, &name, Some(&version), request).await
+    infer_at(&state, name, Some(version), request).await
 }
 
-async fn infer_at(state: &AppState, name: &str, version: Option<&str>, request: Request) -> Response {
+async fn infer_at(state: &AppState, name: String, version: Option<String>, request: Request) -> Response {
     let received = Instant::now();
     let (parts, body) = request.into_parts();
     let body = read_body(state, body).await;
@@ -142,8 +142,8 @@ async fn infer_at(state: &AppState, name: &str, version: Option<&str>, request: 
 pub(crate) async fn infer_response(
     state: &AppState,
     endpoint: Endpoint,
-    name: &str,
-    version: Option<&str>,
+    name: String,
+    version: Option<String>,
     headers: &HeaderMap,
     received: Instant,
     body: Result<Bytes, ApiError>,
@@ -154,8 +154,8 @@ pub(crate) async fn infer_response(
         let decoded = v2::decode_request(&body, json_length)?;
         binary_outputs = decoded.binary_outputs;
         Ok(pipeline::Request {
-            model: Some(name.to_owned()),
-            version: version.map(str::to_owned),
+            model: Some(name),
+            version,
             parameters: decoded.parameters,
             inputs: Inputs::Tensors(decoded.request),
             entities: decoded.entities,
