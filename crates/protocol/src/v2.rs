@@ -9,28 +9,30 @@ use crate::json_tensor::{self, DataJson};
 use crate::raw;
 use crate::DecodeError;
 
-/// `POST /v2/models/{m}/infer` body.
+/// `POST /v2/models/{m}/infer` body, borrowing each input's `data` text from the body (it is
+/// decoded from there into typed elements, once its datatype is known).
 #[derive(Debug, Deserialize)]
-pub struct InferRequestJson {
+pub struct InferRequestJson<'a> {
     #[serde(default)]
     pub id: Option<String>,
     #[serde(default)]
     pub parameters: Option<Map<String, Value>>,
-    pub inputs: Vec<InputJson>,
+    #[serde(borrow)]
+    pub inputs: Vec<InputJson<'a>>,
     #[serde(default)]
     pub outputs: Option<Vec<RequestedOutputJson>>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct InputJson {
+pub struct InputJson<'a> {
     pub name: String,
     pub shape: Vec<i64>,
     pub datatype: String,
     #[serde(default)]
     pub parameters: Option<Map<String, Value>>,
     /// Absent when the tensor travels in the binary part (`parameters.binary_data_size`).
-    #[serde(default)]
-    pub data: Option<Box<RawValue>>,
+    #[serde(default, borrow)]
+    pub data: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,7 +179,7 @@ fn bool_parameter(parameters: Option<&Map<String, Value>>, key: &str, what: &str
     }
 }
 
-fn decode_input(input: InputJson, raw: Option<&[u8]>) -> Result<Tensor, DecodeError> {
+fn decode_input(input: InputJson<'_>, raw: Option<&[u8]>) -> Result<Tensor, DecodeError> {
     let name = input.name;
     let (datatype, shape) = input_type(&name, &input.datatype, &input.shape)?;
     match (raw, input.data) {
@@ -188,7 +190,7 @@ fn decode_input(input: InputJson, raw: Option<&[u8]>) -> Result<Tensor, DecodeEr
         (None, None) => Err(DecodeError(format!("input '{name}' has no 'data' (and no binary_data_size)"))),
         (None, Some(data)) => {
             let expected = shape.iter().try_fold(1usize, |n, d| n.checked_mul(*d)).unwrap_or(0);
-            let decoded = json_tensor::decode(&data, datatype, &format_args!("input '{name}' data"), expected)?;
+            let decoded = json_tensor::decode(data, datatype, &format_args!("input '{name}' data"), expected)?;
             Tensor::new(name, shape, decoded.data).map_err(|e| DecodeError(e.to_string()))
         }
     }

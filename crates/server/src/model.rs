@@ -40,6 +40,9 @@ pub struct LoadedModel {
     /// This version's success counter and latency histogram by role and endpoint, looked up
     /// once each: `with_label_values` hashes its labels and takes a lock on every call.
     answered: [[OnceLock<(IntCounter, Histogram)>; Endpoint::COUNT]; Role::COUNT],
+    /// `version` as the response header every answer carries (built once, not per response);
+    /// `None` for a version name that is not a valid header value.
+    pub version_header: Option<http::HeaderValue>,
 }
 
 /// Cumulative counts and nanoseconds, as Triton's statistics extension reports them.
@@ -109,6 +112,7 @@ impl LoadedModel {
             batch_requests: metrics.batch_requests.with_label_values(&labels),
             stats: Statistics::default(),
             answered: Default::default(),
+            version_header: http::HeaderValue::from_str(&spec.version).ok(),
         })
     }
 

@@ -180,6 +180,14 @@ impl RunEstimate {
         self.0.store(new, Ordering::Relaxed);
     }
 
+    /// Takes a joined run's whole time as an upper bound of one row's: a single row runs no
+    /// slower than a run that holds it. Under load nearly every run is joined, so without this
+    /// an estimate set too high (by the slow first run after a load) would never be measured
+    /// again and would keep a tiny model off the inline path for good.
+    fn bound(&self, joined_run: Duration) {
+        self.0.fetch_min(joined_run.as_nanos() as u64, Ordering::Relaxed);
+    }
+
     /// The estimated run time of `rows` rows, `None` before any run was measured.
     fn estimate(&self, rows: usize) -> Option<Duration> {
         let per_row = self.0.load(Ordering::Relaxed);
@@ -532,8 +540,9 @@ fn fits_with(a: &PreparedRequest, b: &PreparedRequest) -> bool {
 
 /// Runs one batch on the session in `slot` and answers each of its requests. The session is
 /// released before the first answer is sent (as `Worker::run` does), so a caller woken by its answer
-/// finds it free to run its next request inline. Only a lone request's run feeds `estimate`, also
-/// before its answer: a joined run's time per row is not what one request costs alone.
+/// finds it free to run its next request inline. Only a lone request's run feeds `estimate`'s mean,
+/// also before its answer: a joined run's time per row is not what one request costs alone (it
+/// shares the call's fixed cost). A joined run's whole time only bounds it from above.
 fn run_batch(mut guard: MutexGuard<'_, Box<dyn Session>>, batch: Vec<Job>, rows: usize, estimate: &RunEstimate) {
     let session = guard.as_mut();
     let started = Instant::now();
@@ -575,6 +584,7 @@ fn run_batch(mut guard: MutexGuard<'_, Box<dyn Session>>, batch: Vec<Job>, rows:
         };
     drop(guard);
     let inference = started.elapsed();
+    estimate.bound(inference);
     for (i, (job, result)) in batch.into_iter().zip(pieces).enumerate() {
         let queued = started.duration_since(job.enqueued);
         let _ = job.reply.send(Ok(JobOutput { result, queued, inference, formed: (i == 0).then_some(formed) }));
@@ -945,16 +955,23 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn a_joined_inline_run_stays_within_the_inline_budget() {
+    async fn a_gathered_run_stays_within_the_inline_budget() {
         let config = PoolConfig { inline_below: Duration::from_micros(25), ..generous() };
         let (pool, runs, _) = rowwise(false, true, config);
         measured(&pool, &runs).await;
-        // 10 µs a row: two rows fit under 25 µs, three do not.
+        // 10 µs a row: two rows fit under 25 µs, three do not. (Set directly: a run of the
+        // zero-time fake would bound the estimate down to nothing.)
         pool.ns_per_row.0.store(10_000, Ordering::Relaxed);
-        let outputs = futures::future::join_all((1..=5).map(|v| pool.run(value(v as f32)))).await;
-        let values: Vec<f32> = outputs.into_iter().map(value_of).collect();
-        assert_eq!(values, [1.0, 2.0, 3.0, 4.0, 5.0]);
-        assert_eq!(*runs.lock().unwrap(), vec![2, 2, 1], "runs of at most two rows, oldest first");
+        let waiting: Vec<_> = (1..=5)
+            .map(|v| {
+                let (reply, answer) = oneshot::channel();
+                lock(&pool.gathering).push(Job { request: value(v as f32), enqueued: Instant::now(), reply });
+                answer
+            })
+            .collect();
+        let runs: Vec<usize> = std::iter::from_fn(|| Some(pool.take_gathered().len()).filter(|n| *n > 0)).collect();
+        assert_eq!(runs, [2, 2, 1], "runs of at most two rows, oldest first");
+        drop(waiting);
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -1002,6 +1019,14 @@ mod tests {
         }
         let after = estimate.estimate(1).unwrap();
         assert!(after > Duration::from_micros(95) && after <= Duration::from_micros(100), "converges on the new cost: {after:?}");
+        // A joined run bounds one row's time from above, whatever the mean says.
+        let bound = RunEstimate(AtomicU64::new(RunEstimate::UNKNOWN));
+        bound.bound(Duration::from_micros(30));
+        assert_eq!(bound.estimate(1), Some(Duration::from_micros(30)), "an unmeasured pool takes the bound");
+        bound.bound(Duration::from_micros(40));
+        assert_eq!(bound.estimate(1), Some(Duration::from_micros(30)), "a looser bound changes nothing");
+        bound.bound(Duration::from_micros(12));
+        assert_eq!(bound.estimate(1), Some(Duration::from_micros(12)), "a tighter one lowers it");
         // One run that took far longer (a preempted thread) moves it by at most an eighth.
         estimate.observe(1, Duration::from_millis(50));
         let bumped = estimate.estimate(1).unwrap();

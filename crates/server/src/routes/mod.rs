@@ -155,9 +155,7 @@ pub(crate) fn respond(answer: Answer, ok: impl FnOnce(&LoadedModel, Outcome) -> 
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert(request_id::NAME, v);
     }
-    if let Some(m) = &model
-        && let Ok(v) = HeaderValue::from_str(&m.version)
-    {
+    if let Some(v) = model.as_ref().and_then(|m| m.version_header.clone()) {
         headers.insert(pipeline::PIN, v);
     }
     if let Some(r) = revision {
