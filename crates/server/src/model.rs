@@ -194,7 +194,11 @@ impl LoadedModel {
             let (count, ns) = d.get();
             StatisticDuration { count, ns }
         };
-        let untimed = StatisticDuration { count: s.compute_infer.get().0, ns: 0 };
+        // compute_infer is read once: input and output carry its count, and clients (Triton's
+        // perf_analyzer) refuse statistics whose three counts differ, which two reads racing a
+        // request would give.
+        let compute_infer = d(&s.compute_infer);
+        let untimed = StatisticDuration { count: compute_infer.count, ns: 0 };
         let batches = s.batches.lock().unwrap_or_else(|p| p.into_inner()).clone();
         ModelStatistics {
             name: self.name.clone(),
@@ -207,7 +211,7 @@ impl LoadedModel {
                 fail: d(&s.fail),
                 queue: d(&s.queue),
                 compute_input: untimed,
-                compute_infer: d(&s.compute_infer),
+                compute_infer,
                 compute_output: untimed,
                 ..Default::default()
             },
