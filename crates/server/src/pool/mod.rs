@@ -336,15 +336,20 @@ impl WorkerPool {
         gathering.drain(..take).collect()
     }
 
+    /// A session no worker or inline caller holds right now, locked; never waits.
+    fn idle_session(&self) -> Option<MutexGuard<'_, Box<dyn Session>>> {
+        self.sessions.iter().find_map(|slot| match slot.try_lock() {
+            Ok(session) => Some(session),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        })
+    }
+
     /// Runs `run` on this thread on an idle session, else hands its requests to the workers.
     fn run_or_queue(&self, run: Vec<Job>) {
         let rows = run.iter().map(|job| job.request.rows()).sum();
-        for slot in self.sessions.iter() {
-            match slot.try_lock() {
-                Ok(guard) => return run_batch(guard, run, rows, &self.ns_per_row),
-                Err(TryLockError::Poisoned(p)) => return run_batch(p.into_inner(), run, rows, &self.ns_per_row),
-                Err(TryLockError::WouldBlock) => {}
-            }
+        if let Some(session) = self.idle_session() {
+            return run_batch(session, run, rows, &self.ns_per_row);
         }
         for job in run {
             if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = self.queue.try_send(job) {
@@ -368,12 +373,7 @@ impl WorkerPool {
         if !self.runs_inline(request.rows()) {
             return Err(request);
         }
-        for slot in self.sessions.iter() {
-            let mut session = match slot.try_lock() {
-                Ok(session) => session,
-                Err(TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(TryLockError::WouldBlock) => continue,
-            };
+        if let Some(mut session) = self.idle_session() {
             let started = Instant::now();
             let result = run_guarded(session.as_mut(), &request);
             drop(session);
@@ -440,7 +440,7 @@ impl Worker {
     /// Runs `request` on this worker's session; waits (briefly: only a tiny model runs inline)
     /// while an inline caller has it.
     fn run(&self, request: &PreparedRequest) -> (Result<Vec<Tensor>, InferError>, Duration) {
-        let mut session = self.sessions[self.index].lock().unwrap_or_else(|p| p.into_inner());
+        let mut session = lock(&self.sessions[self.index]);
         let started = Instant::now();
         let result = run_guarded(session.as_mut(), request);
         drop(session);
@@ -506,7 +506,7 @@ impl Worker {
             }
             // With dynamic batching nothing runs inline, so the session is free here; when only
             // waiting requests are joined, an inline caller may hold it for a few microseconds.
-            let guard = self.sessions[self.index].lock().unwrap_or_else(|p| p.into_inner());
+            let guard = lock(&self.sessions[self.index]);
             run_batch(guard, batch, rows, &self.ns_per_row);
         }
     }
