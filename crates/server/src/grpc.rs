@@ -62,17 +62,12 @@ pub fn status(e: &ApiError) -> Status {
 /// `grpc.health.v1`, which never does and reports SERVING while the server is ready.
 pub fn router(grpc: Grpc) -> axum::Router {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let app = grpc.app.clone();
-    app.tasks.clone().spawn("grpc-health", move |_| async move {
-        let mut last = None;
+    let health = FreshHealth { inner: health, status: HealthStatus { app: grpc.app.clone(), reporter, last: Arc::default() } };
+    // `Watch` streams hear of changes that no call asked about: poll for them.
+    let polled = health.status.clone();
+    grpc.app.tasks.clone().spawn("grpc-health", move |_| async move {
         loop {
-            let ready = crate::routes::ops::readiness(&app).0;
-            if last != Some(ready) {
-                let status = if ready { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
-                reporter.set_service_status("", status).await;
-                reporter.set_service_status("inference.GRPCInferenceService", status).await;
-                last = Some(ready);
-            }
+            polled.refresh().await;
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     });
@@ -84,6 +79,66 @@ pub fn router(grpc: Grpc) -> axum::Router {
         if credentials.allows_inference(&headers) { Ok(request) } else { Err(status(&ApiError::NoApiKey)) }
     });
     tonic::service::Routes::new(health).add_service(service).prepare().into_axum_router()
+}
+
+/// What `grpc.health.v1` reports: the readiness probe's answer, pushed to tonic-health's
+/// reporter only when it changes (each push wakes every `Watch` stream).
+#[derive(Clone)]
+struct HealthStatus {
+    app: AppState,
+    reporter: tonic_health::server::HealthReporter,
+    /// The last status pushed: 0 none yet, 1 serving, 2 not serving.
+    last: Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl HealthStatus {
+    async fn refresh(&self) {
+        use std::sync::atomic::Ordering;
+        use tonic_health::ServingStatus;
+        let ready = crate::routes::ops::readiness(&self.app).0;
+        let (code, status) = if ready { (1, ServingStatus::Serving) } else { (2, ServingStatus::NotServing) };
+        if self.last.swap(code, Ordering::SeqCst) != code {
+            self.reporter.set_service_status("", status).await;
+            self.reporter.set_service_status("inference.GRPCInferenceService", status).await;
+        }
+    }
+}
+
+/// tonic-health's service, brought up to date before each call: a `Check` right after the
+/// server announced readiness answers SERVING, not what the last poll saw.
+#[derive(Clone)]
+struct FreshHealth<S> {
+    inner: S,
+    status: HealthStatus,
+}
+
+impl<S> tonic::server::NamedService for FreshHealth<S> {
+    const NAME: &'static str = "grpc.health.v1.Health";
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for FreshHealth<S>
+where
+    S: tower::Service<http::Request<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        // The clone is not ready yet: call the one that was polled, keep the clone for next time.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let status = self.status.clone();
+        Box::pin(async move {
+            status.refresh().await;
+            inner.call(request).await
+        })
+    }
 }
 
 /// The version asked for: empty means "routed".

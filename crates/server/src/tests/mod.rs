@@ -4,4 +4,6 @@
 mod app;
 mod control;
 mod errors;
+#[cfg(feature = "grpc")]
+mod grpc;
 mod lambda;
