@@ -172,6 +172,37 @@ def broken_model(path):
     path.write_bytes(model.SerializeToString())
 
 
+def faulty_model(path):
+    """Takes the fraud models' input (`input` FP32 [N, 30]) and answers a probability per row,
+    but fails at run time (a Reshape to rows of 31) whenever a feature is above 1.5: small
+    warm-up values pass, real traffic fails. A candidate that loads and warms up, then fails in
+    production, for the rollback tests."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMax", ["input"], ["max"], keepdims=0),
+            helper.make_node("Constant", [], ["threshold"], value=helper.make_tensor("t", TensorProto.FLOAT, [], [1.5])),
+            helper.make_node("Greater", ["max", "threshold"], ["too_big"]),
+            helper.make_node("Cast", ["too_big"], ["extra"], to=TensorProto.INT64),
+            helper.make_node("Constant", [], ["zero_axis"], value=helper.make_tensor("z", TensorProto.INT64, [1], [0])),
+            helper.make_node("Unsqueeze", ["extra", "zero_axis"], ["extra_1"]),
+            helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("z0", TensorProto.INT64, [1], [0])),
+            helper.make_node("Concat", ["zero", "extra_1"], ["offset"], axis=0),
+            helper.make_node("Constant", [], ["base"], value=helper.make_tensor("b", TensorProto.INT64, [2], [-1, 30])),
+            helper.make_node("Add", ["base", "offset"], ["shape"]),
+            helper.make_node("Reshape", ["input", "shape"], ["rows"]),
+            helper.make_node("Constant", [], ["axes"], value=helper.make_tensor("a", TensorProto.INT64, [1], [1])),
+            helper.make_node("ReduceMean", ["rows", "axes"], ["mean"], keepdims=0),
+            helper.make_node("Sigmoid", ["mean"], ["probabilities"]),
+        ],
+        "faulty",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 30])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="modelship-fixtures", ir_version=8)
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+
+
 NEPSE_FEATURES = ["return_1d", "return_5d", "volume_ratio", "range_pct"]
 
 
@@ -253,6 +284,9 @@ def main():
     if sys.argv[1:] == ["nepse_xgboost"]:
         nepse_model()
         return
+    if sys.argv[1:] == ["faulty"]:
+        faulty_model(MODELS / "faulty.onnx")
+        return
     if sys.argv[1:] == ["validate"]:
         validate_fixtures()
         return
@@ -286,7 +320,8 @@ def main():
     dtypes_model(MODELS / "dtypes.onnx")
     slow_model(MODELS / "slow.onnx")
     broken_model(MODELS / "broken.onnx")
-    print("dtypes, slow, broken: done")
+    faulty_model(MODELS / "faulty.onnx")
+    print("dtypes, slow, broken, faulty: done")
     validate_fixtures()
 
 

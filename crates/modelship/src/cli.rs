@@ -794,6 +794,28 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS")]
     pub header_read_timeout: Option<f64>,
 
+    /// Seconds a request body may pause between bytes; a body must also average
+    /// server.min_body_bytes_per_second (default 16384) after the first pause allowed. A slower
+    /// one gets 408 and its connection is closed [default: 10]
+    #[arg(long, value_name = "SECONDS")]
+    pub body_read_timeout: Option<f64>,
+
+    /// Open connections per listener; at the cap the oldest connection still waiting for its
+    /// client (headers or body) is closed to admit the new one [default: the file limit less 64]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Requests a model version must answer before it serves; one that fails refuses the
+    /// version (at startup: the server exits 1) [default: 2: zeros, then rows drawn to the
+    /// model's signature]
+    #[arg(long, value_name = "N")]
+    pub warmup_requests: Option<usize>,
+
+    /// A V2 inference request (JSON, as POSTed to /v2/models/M/infer) with the model's own
+    /// inputs: the first warm-up request (config: model.warmup_sample)
+    #[arg(long, value_name = "FILE")]
+    pub warmup_sample: Option<PathBuf>,
+
     /// Seconds to keep accepting after SIGTERM while readiness reports 503 [default: 0]
     #[arg(long, value_name = "SECONDS")]
     pub shutdown_delay: Option<f64>,

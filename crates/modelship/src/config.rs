@@ -59,6 +59,10 @@ pub struct RawModel {
     /// Join concurrent requests already waiting into one run, for a model that passes the
     /// row-independence probe at load (default true).
     pub opportunistic_batching: Option<bool>,
+    /// Requests a version must answer before it serves (default 2: zeros, then drawn rows).
+    pub warmup_requests: Option<usize>,
+    /// A V2 inference request (JSON) holding the model's own inputs, sent first at warm-up.
+    pub warmup_sample: Option<PathBuf>,
 }
 
 /// `model.dynamic_batching`, with Triton's field names.
@@ -83,6 +87,12 @@ pub struct RawServer {
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
     pub header_read_timeout_seconds: Option<f64>,
+    /// The longest wait for the next bytes of a request body.
+    pub body_read_timeout_seconds: Option<f64>,
+    /// The slowest a request body may arrive on average, once its first timeout has passed.
+    pub min_body_bytes_per_second: Option<u64>,
+    /// Open connections per listener; past it, the oldest one still waiting for its client is closed.
+    pub max_connections: Option<usize>,
     pub max_header_bytes: Option<usize>,
     pub max_tensor_elements: Option<usize>,
     pub max_rows: Option<usize>,
@@ -151,6 +161,13 @@ pub struct ServeConfig {
     pub max_tensor_elements: usize,
     pub max_rows: usize,
     pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub min_body_bytes_per_second: u64,
+    /// `None`: derived from the process's file limit.
+    pub max_connections: Option<usize>,
+    /// See [`modelship_server::model::WarmUp`].
+    pub warmup_requests: usize,
+    pub warmup_sample: Option<PathBuf>,
     pub log: LogConfig,
     pub ort_lib: Option<PathBuf>,
     pub features: Option<FeaturesConfig>,
@@ -337,6 +354,10 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     overlay(&mut raw.server.tls_cert_file, a.tls_cert);
     overlay(&mut raw.server.tls_key_file, a.tls_key);
     overlay(&mut raw.server.header_read_timeout_seconds, a.header_read_timeout);
+    overlay(&mut raw.server.body_read_timeout_seconds, a.body_read_timeout);
+    overlay(&mut raw.server.max_connections, a.max_connections);
+    overlay(&mut raw.model.warmup_requests, a.warmup_requests);
+    overlay(&mut raw.model.warmup_sample, a.warmup_sample.clone());
     overlay(&mut raw.server.control_store, a.control_store.clone());
     overlay(&mut raw.server.replica, a.replica.clone());
     overlay(&mut raw.server.lease_ttl_seconds, a.lease_ttl);
@@ -430,6 +451,18 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     if header_read_timeout < Duration::from_millis(100) {
         problems.push("server.header_read_timeout_seconds must be at least 0.1".to_owned());
     }
+    let body_read_timeout =
+        seconds("server.body_read_timeout_seconds", raw.server.body_read_timeout_seconds.unwrap_or(10.0), &mut problems);
+    if body_read_timeout < Duration::from_millis(100) || body_read_timeout > Duration::from_secs(3600) {
+        problems.push("server.body_read_timeout_seconds must be between 0.1 and 3600".to_owned());
+    }
+    let min_body_bytes_per_second = raw.server.min_body_bytes_per_second.unwrap_or(modelship_server::routes::DEFAULT_MIN_BODY_RATE);
+    check_range("server.min_body_bytes_per_second", usize::try_from(min_body_bytes_per_second).unwrap_or(usize::MAX), 1, 1 << 30, &mut problems);
+    if let Some(n) = raw.server.max_connections {
+        check_range("server.max_connections", n, 16, 1_000_000, &mut problems);
+    }
+    let warmup_requests = raw.model.warmup_requests.unwrap_or(modelship_server::model::DEFAULT_WARM_UP_REQUESTS);
+    check_range("model.warmup_requests", warmup_requests, 1, 1000, &mut problems);
     let tls = match (raw.server.tls_cert_file.clone(), raw.server.tls_key_file.clone()) {
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
@@ -555,6 +588,11 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         max_tensor_elements,
         max_rows,
         header_read_timeout,
+        body_read_timeout,
+        min_body_bytes_per_second,
+        max_connections: raw.server.max_connections,
+        warmup_requests,
+        warmup_sample: raw.model.warmup_sample.clone(),
         log: LogConfig { level, json, static_fields },
         ort_lib,
         features,

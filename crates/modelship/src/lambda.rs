@@ -248,6 +248,8 @@ mod runtime {
             max_body_bytes: config.max_body_bytes,
             max_tensor_elements: config.max_tensor_elements,
             max_rows: config.max_rows,
+            body_read_timeout: config.body_read_timeout,
+            min_body_bytes_per_second: config.min_body_bytes_per_second,
             ..Limits::default()
         };
         let state = AppState::with_credentials(limits, Credentials::new(None, &api_keys));
@@ -263,13 +265,18 @@ mod runtime {
                 // One event at a time: there is never a request waiting to join.
                 opportunistic: modelship_server::pool::Opportunistic::Off,
             },
+            warm_up: crate::serve::warm_up(config)?,
         };
         let metrics = Arc::clone(&state.metrics);
+        let spec_warm_up = spec.warm_up.clone();
         let loaded = tokio::task::spawn_blocking(move || LoadedModel::load(backend, bytes, &spec, &metrics))
             .await
             .context("model loading stopped unexpectedly")?
             .with_context(|| format!("cannot load model {source}"))?;
         tracing::info!(model = %loaded.name, version = %loaded.version, load_seconds = loaded.load_seconds, inputs = ?loaded.info.signature.input_names(), "model loaded");
+        // A cold start whose model cannot answer is an init error, never a function answering 500.
+        loaded.warm_up(&spec_warm_up).await.map_err(|e| anyhow::anyhow!("model {source} loads but cannot answer, so it is not served: {e}"))?;
+        state.models.set_primary(&config.model_name);
         state.models.set(&config.model_name, ModelSlot::Ready(Arc::new(Served::single(Arc::new(loaded)))));
         state.health.mark_started();
         Ok((state, source))

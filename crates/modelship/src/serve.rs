@@ -14,7 +14,7 @@ use modelship_server::follow::{Follow, FollowFile, follow_alias, follow_file};
 use modelship_server::rollouts::{FleetConfig, Rollouts};
 use modelship_server::repository::Repository;
 use modelship_server::traffic::Traffic;
-use modelship_server::model::{LoadedModel, ModelSlot, ModelSpec, Served};
+use modelship_server::model::{LoadedModel, ModelSlot, ModelSpec, Served, WarmUp, WarmUpSample};
 use modelship_server::pool::PoolConfig;
 use modelship_server::auth::Credentials;
 use modelship_server::{AppState, ConnectionLimits, Drain, DrainOutcome, Limits, Server, Tls};
@@ -109,9 +109,12 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         max_header_bytes: config.max_header_bytes,
         max_tensor_elements: config.max_tensor_elements,
         max_rows: config.max_rows,
+        body_read_timeout: config.body_read_timeout,
+        min_body_bytes_per_second: config.min_body_bytes_per_second,
         ..Limits::default()
     };
     let state = AppState::with_credentials(limits, Credentials::new(Some(&admin_token), &api_keys));
+    state.models.set_primary(&config.model_name);
     let spec = ModelSpec {
         name: config.model_name.clone(),
         version: registry_version.unwrap_or_else(|| config.model_version.clone()),
@@ -123,9 +126,16 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
             inline_below: config.inline_below,
             opportunistic: config.opportunistic,
         },
+        warm_up: warm_up(&config)?,
     };
     let drain = Drain { delay: config.shutdown_delay, grace: config.shutdown_grace };
-    let connections = ConnectionLimits { header_read_timeout: config.header_read_timeout, ..ConnectionLimits::default() };
+    let connections = ConnectionLimits {
+        header_read_timeout: config.header_read_timeout,
+        max_connections: config.max_connections.unwrap_or_else(modelship_server::default_max_connections),
+        // Hyper's own cap, past which it refuses without a body: twice the limit that answers
+        // in JSON (REST) or with RESOURCE_EXHAUSTED (gRPC).
+        max_head_bytes: (config.max_header_bytes * 2).max(16 * 1024),
+    };
     let mut server = Server::new(Arc::clone(&state.health), state.tasks.clone(), drain, connections);
     state.models.set(&spec.name, ModelSlot::Loading { version: spec.version.clone() });
     // The listener serves probes while the model loads: /health/startup says "starting" until then.
@@ -162,6 +172,22 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         inputs = ?model.info.signature.input_names(), outputs = ?model.info.signature.output_names(),
         skipped_outputs = ?model.info.skipped_outputs, "model loaded"
     );
+    // A model that loads but cannot answer is a failed start, never a server answering 500.
+    let warming = tokio::select! {
+        warmed = model.warm_up(&spec.warm_up) => warmed,
+        () = shutdown.cancelled() => {
+            tracing::info!("shutdown requested while the model was warming up");
+            server.run_until(std::future::ready(())).await;
+            return Ok(());
+        }
+    };
+    if let Err(e) = warming {
+        let e = anyhow::anyhow!("model {source} loads but cannot answer, so it is not served: {e}");
+        state.models.set(&spec.name, ModelSlot::Failed { version: spec.version.clone(), error: e.to_string() });
+        server.run_until(std::future::ready(())).await;
+        return Err(e);
+    }
+    tracing::info!(model = %model.name, version = %model.version, requests = spec.warm_up.requests, "warm-up answered");
     if let Some(features) = &config.features {
         let service = feature_service(features, &model.info.signature, &state)?;
         let store = Arc::clone(&service.store);
@@ -196,7 +222,7 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         state.tasks.spawn("fleet-beat", move |_| modelship_server::fleet::run(app, traffic, member, Some(admin)));
     }
     let repository =
-        Arc::new(Repository::new(repository_registry(&source, &config), Arc::clone(&backend), spec.pool.clone(), spec.name.clone()));
+        Arc::new(Repository::new(repository_registry(&source, &config), Arc::clone(&backend), spec.pool.clone(), spec.warm_up.clone(), spec.name.clone()));
     #[cfg(feature = "grpc")]
     {
         let grpc = modelship_server::grpc::Grpc::new(state.clone(), Some(Arc::clone(&repository)));
@@ -240,6 +266,26 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// What each version must answer before it serves: `model.warmup_requests`, and the sample file.
+pub(crate) fn warm_up(config: &ServeConfig) -> anyhow::Result<WarmUp> {
+    let sample = match &config.warmup_sample {
+        None => None,
+        Some(path) => {
+            let meta = std::fs::metadata(path).with_context(|| format!("cannot read the warm-up sample {} (model.warmup_sample)", path.display()))?;
+            if !meta.is_file() || meta.len() > config.max_body_bytes as u64 {
+                bail!(
+                    "the warm-up sample {} must be a regular file of at most server.max_body_bytes ({} bytes)",
+                    path.display(),
+                    config.max_body_bytes
+                );
+            }
+            let body = std::fs::read(path).with_context(|| format!("cannot read the warm-up sample {}", path.display()))?;
+            Some(Arc::new(WarmUpSample::from_v2_json(&path.display().to_string(), &body).map_err(|e| anyhow::anyhow!(e))?))
+        }
+    };
+    Ok(WarmUp { requests: config.warmup_requests, sample })
 }
 
 /// Inference API keys: the key file's and `MODELSHIP_API_KEYS`'s. None means inference is open.

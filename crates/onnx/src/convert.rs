@@ -57,6 +57,14 @@ pub fn input_value(tensor: &Tensor) -> Result<SessionInputValue<'_>, InferError>
                 .iter()
                 .enumerate()
                 .map(|(i, b)| {
+                    // The runtime takes strings as C strings: a NUL would end one early (and
+                    // fails inside the runtime), so it is the client's error, said here.
+                    if let Some(at) = b.iter().position(|&c| c == 0) {
+                        return Err(InferError::InvalidInput {
+                            input: tensor.name().to_owned(),
+                            reason: format!("element {i} holds a NUL byte (at {at}), which ONNX Runtime's string tensors cannot carry"),
+                        });
+                    }
                     String::from_utf8(b.clone()).map_err(|_| InferError::InvalidInput {
                         input: tensor.name().to_owned(),
                         reason: format!("element {i} is not valid UTF-8, which ONNX string tensors require"),

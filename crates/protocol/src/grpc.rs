@@ -38,8 +38,8 @@ pub fn decode(r: pb::ModelInferRequest) -> Result<DecodedRequest, DecodeError> {
     let entities = match parameters.remove("entities") {
         None => None,
         Some(Value::String(text)) => Some(
-            serde_json::from_str::<Vec<Map<String, Value>>>(&text)
-                .map_err(|e| invalid(format!("parameter 'entities' must be a JSON array of objects: {e}")))?,
+            crate::bounded::parse::<Vec<Map<String, Value>>>("entities", &text, crate::bounded::MAX_PARAMETERS_BYTES)
+                .map_err(|e| invalid(format!("parameter {e}")))?,
         ),
         Some(_) => return Err(invalid("parameter 'entities' must be a string holding a JSON array of objects".to_owned())),
     };

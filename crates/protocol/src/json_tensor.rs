@@ -87,8 +87,11 @@ macro_rules! integer_element {
                 <$t>::try_from(v).map_err(|_| format!("{v}, out of range"))
             }
             fn from_f64(v: f64) -> Result<Self, String> {
-                // 3.0 is an acceptable integer; 3.5 is not.
-                if v.fract() == 0.0 && v >= <$t>::MIN as f64 && v <= <$t>::MAX as f64 {
+                // 3.0 is an acceptable integer; 3.5 is not. The bounds are strict against one
+                // past each end: an integer literal reaches here only when it does not fit 64
+                // bits, and u64::MAX, i64::MAX and one below i64::MIN round to the power of two
+                // at the end as f64, so `<= MAX` would let 2^64 through, saturated.
+                if v.fract() == 0.0 && v > <$t>::MIN as f64 - 1.0 && v < <$t>::MAX as f64 + 1.0 {
                     Ok(v as $t)
                 } else {
                     Err(format!("{v}, not an integer in range"))
@@ -311,6 +314,16 @@ mod tests {
         assert_eq!(check(r#"["ab", "ç"]"#, DataType::Bytes), "Bytes([[97, 98], [195, 167]]) nesting=[2]");
         assert_eq!(check("[1.5]", DataType::Fp16), "Fp16([1.5]) nesting=[1]");
         assert_eq!(check("[18446744073709551615]", DataType::Uint64), "Uint64([18446744073709551615]) nesting=[1]");
+        // One past the largest, as serde reads it (a float): refused, never saturated.
+        for (text, datatype) in [
+            ("[18446744073709551616]", DataType::Uint64),
+            ("[9223372036854775808]", DataType::Int64),
+            ("[-9223372036854775809]", DataType::Int64),
+            ("[4294967296]", DataType::Uint32),
+            ("[1.8446744073709552e19]", DataType::Uint64),
+        ] {
+            assert!(check(text, datatype).contains("out of range") || check(text, datatype).contains("not an integer in range"), "{text}: {}", check(text, datatype));
+        }
         assert_eq!(check("[3.0]", DataType::Int8), "Int8([3]) nesting=[1]");
     }
 

@@ -14,6 +14,7 @@
 //! Decoding happens once, here; the server only ever sees [`modelship_inference::InferRequest`].
 
 pub mod admin;
+pub mod bounded;
 mod error;
 #[cfg(feature = "grpc")]
 pub mod grpc;

@@ -20,10 +20,10 @@ pub struct PredictRequestJson {
     #[serde(default)]
     pub features: Option<Box<RawValue>>,
     /// Entities whose features the server assembles from its feature store.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::bounded::entities")]
     pub entities: Option<Vec<serde_json::Map<String, Value>>>,
     /// Request parameters (e.g. the field a sticky routing key is read from), as in V2.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::bounded::request_parameters")]
     pub parameters: Option<serde_json::Map<String, Value>>,
 }
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::bounded;
 use crate::json_tensor::{self, DataJson};
 use crate::raw;
 use crate::DecodeError;
@@ -15,20 +16,21 @@ use crate::DecodeError;
 pub struct InferRequestJson<'a> {
     #[serde(default)]
     pub id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::request_parameters")]
     pub parameters: Option<Map<String, Value>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "bounded::tensors")]
     pub inputs: Vec<InputJson<'a>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::optional_tensors")]
     pub outputs: Option<Vec<RequestedOutputJson>>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct InputJson<'a> {
     pub name: String,
+    #[serde(deserialize_with = "bounded::shape")]
     pub shape: Vec<i64>,
     pub datatype: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::tensor_parameters")]
     pub parameters: Option<Map<String, Value>>,
     /// Absent when the tensor travels in the binary part (`parameters.binary_data_size`).
     #[serde(default, borrow)]
@@ -38,7 +40,7 @@ pub struct InputJson<'a> {
 #[derive(Debug, Deserialize)]
 pub struct RequestedOutputJson {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::tensor_parameters")]
     pub parameters: Option<Map<String, Value>>,
 }
 
@@ -199,6 +201,10 @@ fn decode_input(input: InputJson<'_>, raw: Option<&[u8]>) -> Result<Tensor, Deco
 /// An input's declared datatype and shape, checked (REST and gRPC declare them alike).
 pub fn input_type(name: &str, datatype: &str, shape: &[i64]) -> Result<(DataType, Vec<usize>), DecodeError> {
     let datatype: DataType = datatype.parse().map_err(|e| DecodeError(format!("input '{name}': {e}")))?;
+    // gRPC's shapes come here without the JSON decoder's bound.
+    if shape.len() > crate::bounded::MAX_SHAPE_DIMS {
+        return Err(DecodeError(format!("input '{name}': a shape has at most {} dimensions, not {}", crate::bounded::MAX_SHAPE_DIMS, shape.len())));
+    }
     let shape = shape
         .iter()
         .map(|&d| usize::try_from(d))

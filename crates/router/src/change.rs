@@ -33,6 +33,37 @@ pub enum ChangeError {
     NoCandidate,
     #[error("version {0} is already the stable version")]
     AlreadyStable(String),
+    #[error("{0}")]
+    BadStickyKey(String),
+}
+
+/// The longest sticky key name (a header's or a field's).
+pub const MAX_STICKY_KEY: usize = 128;
+
+/// A sticky key that can be read from requests: a header name of HTTP token characters, a field
+/// name of visible characters; both 1 to [`MAX_STICKY_KEY`] long.
+fn check_sticky(key: &StickyKey) -> Result<(), ChangeError> {
+    let (what, name) = match key {
+        StickyKey::Header(h) => ("header", h),
+        StickyKey::Field(f) => ("field", f),
+    };
+    let shown: String = name.chars().take(40).flat_map(char::escape_debug).collect();
+    if name.is_empty() || name.len() > MAX_STICKY_KEY {
+        return Err(ChangeError::BadStickyKey(format!("a sticky {what} name is 1 to {MAX_STICKY_KEY} characters long, not {}", name.len())));
+    }
+    // RFC 9110's token characters, the only ones a header name may hold.
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    let ok = match key {
+        StickyKey::Header(h) => h.chars().all(token),
+        StickyKey::Field(f) => f.chars().all(|c| !c.is_control()),
+    };
+    if ok {
+        Ok(())
+    } else if what == "header" {
+        Err(ChangeError::BadStickyKey(format!("'{shown}' is not a header name: use letters, digits and !#$%&'*+-.^_`|~ only, e.g. x-user-id")))
+    } else {
+        Err(ChangeError::BadStickyKey(format!("the sticky field name '{shown}' holds control characters")))
+    }
 }
 
 impl TrafficTable {
@@ -69,7 +100,12 @@ impl TrafficTable {
                 next.shadow = Some(Shadow { version: version.clone(), percent: *percent });
             }
             Change::StopShadow => next.shadow = None,
-            Change::Sticky { key } => next.sticky = key.clone(),
+            Change::Sticky { key } => {
+                if let Some(key) = key {
+                    check_sticky(key)?;
+                }
+                next.sticky = key.clone();
+            }
         }
         Ok(next)
     }
@@ -100,6 +136,31 @@ mod tests {
         assert_eq!((t.stable.as_str(), t.previous.as_deref(), t.candidate.is_none()), ("green", Some("blue"), true));
         let t = t.apply(&Change::Switch { version: "blue".into() }).unwrap();
         assert_eq!((t.stable.as_str(), t.previous.as_deref()), ("blue", Some("green")));
+    }
+
+    #[test]
+    fn sticky_keys_that_no_request_can_carry_are_refused() {
+        let t = TrafficTable::new("1");
+        let header = |h: &str| Change::Sticky { key: Some(StickyKey::Header(h.into())) };
+        let field = |f: &str| Change::Sticky { key: Some(StickyKey::Field(f.into())) };
+        // (change, refused with this fragment, or accepted)
+        let cases = [
+            (header("x-user-id"), None),
+            (header("X-Tenant_1"), None),
+            (field("user id"), None),
+            (header("x-user\r\nx-evil: 1"), Some("is not a header name")),
+            (header("x user"), Some("is not a header name")),
+            (header(""), Some("1 to 128 characters")),
+            (header(&"a".repeat(129)), Some("1 to 128 characters")),
+            (field("a\u{0}b"), Some("control characters")),
+        ];
+        for (change, refused) in cases {
+            match (t.apply(&change), refused) {
+                (Ok(_), None) => {}
+                (Err(ChangeError::BadStickyKey(e)), Some(fragment)) => assert!(e.contains(fragment), "{change:?}: {e}"),
+                (got, want) => panic!("{change:?}: got {got:?}, wanted {want:?}"),
+            }
+        }
     }
 
     #[test]

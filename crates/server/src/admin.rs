@@ -43,6 +43,7 @@ impl AdminState {
 
 /// The admin API, with bearer-token authentication on every route.
 pub fn app(state: AdminState) -> Router {
+    let bounds = crate::routes::body_bounds(&state.app.limits, ADMIN_BODY_LIMIT);
     Router::new()
         .route("/admin/v1/models/{name}/traffic", get(status).post(change))
         .route("/admin/v1/models/{name}/traffic/rollback", post(rollback))
@@ -62,6 +63,12 @@ pub fn app(state: AdminState) -> Router {
         })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(axum::extract::DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
+        .layer(middleware::from_fn(move |request: Request, next: Next| async move {
+            match crate::routes::body::bound(request, bounds) {
+                Ok(request) => next.run(request).await,
+                Err(refused) => refused,
+            }
+        }))
         .layer(middleware::map_response(crate::routes::json_errors))
         .with_state(state)
 }

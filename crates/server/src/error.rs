@@ -38,6 +38,9 @@ pub enum ApiError {
     BodyTooLarge { limit: usize },
     #[error("cannot read request body: {0}")]
     Body(String),
+    /// The body stopped coming, or came too slowly ([`crate::routes::body`]).
+    #[error("{0}; send the whole body without pausing")]
+    BodyTimeout(String),
     #[error("no route for {method} {path}; see GET /v2 and the README for the API")]
     NoRoute { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
@@ -122,6 +125,7 @@ impl ApiError {
             ApiError::Overloaded { .. } => (Class::Overloaded, "overloaded"),
             ApiError::BodyTooLarge { .. } => (Class::TooLarge, "body_too_large"),
             ApiError::Body(_) => (Class::BadRequest, "invalid_body"),
+            ApiError::BodyTimeout(_) => (Class::Timeout, "body_timeout"),
             ApiError::NoRoute { .. } => (Class::NotFound, "no_route"),
             ApiError::MethodNotAllowed { .. } => (Class::MethodNotAllowed, "method_not_allowed"),
             ApiError::ShuttingDown => (Class::Unavailable, "shutting_down"),
@@ -151,6 +155,7 @@ pub enum Class {
     HeadersTooLarge,
     UnsupportedMediaType,
     Unprocessable,
+    Timeout,
     Overloaded,
     Unavailable,
     BadGateway,
@@ -158,7 +163,7 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 13] = [
+    pub const ALL: [Class; 14] = [
         Class::BadRequest,
         Class::Unauthenticated,
         Class::NotFound,
@@ -168,6 +173,7 @@ impl Class {
         Class::HeadersTooLarge,
         Class::UnsupportedMediaType,
         Class::Unprocessable,
+        Class::Timeout,
         Class::Overloaded,
         Class::Unavailable,
         Class::BadGateway,
@@ -185,6 +191,7 @@ impl Class {
             Class::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Class::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Class::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+            Class::Timeout => StatusCode::REQUEST_TIMEOUT,
             Class::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             Class::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Class::BadGateway => StatusCode::BAD_GATEWAY,
@@ -200,6 +207,7 @@ impl Class {
             Class::MethodNotAllowed => GrpcCode::Unimplemented,
             Class::Conflict => GrpcCode::FailedPrecondition,
             Class::TooLarge | Class::HeadersTooLarge => GrpcCode::ResourceExhausted,
+            Class::Timeout => GrpcCode::DeadlineExceeded,
             Class::Overloaded | Class::Unavailable | Class::BadGateway => GrpcCode::Unavailable,
             Class::Internal => GrpcCode::Internal,
         }
@@ -215,6 +223,7 @@ pub enum GrpcCode {
     Unimplemented,
     FailedPrecondition,
     ResourceExhausted,
+    DeadlineExceeded,
     Unavailable,
     Internal,
 }
@@ -228,6 +237,7 @@ impl GrpcCode {
             GrpcCode::Unimplemented => "UNIMPLEMENTED",
             GrpcCode::FailedPrecondition => "FAILED_PRECONDITION",
             GrpcCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            GrpcCode::DeadlineExceeded => "DEADLINE_EXCEEDED",
             GrpcCode::Unavailable => "UNAVAILABLE",
             GrpcCode::Internal => "INTERNAL",
         }
@@ -248,13 +258,58 @@ pub fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     json_response(status, serde_json::to_vec(body).unwrap_or_default())
 }
 
+/// The longest error message a client is sent: past it, the message is cut with a note of how
+/// much was left out (a message may quote what the client sent).
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// The longest error message a log line carries.
+pub const MAX_LOGGED_BYTES: usize = 4096;
+
+/// `text` cut to at most `max` bytes (at a character boundary), with the length left out noted.
+pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} more bytes not shown)", &text[..end], text.len() - end))
+}
+
+impl ApiError {
+    /// What a client is told: the message, clipped to [`MAX_MESSAGE_BYTES`]; for a failure inside
+    /// the server (500) no internals (a runtime's source paths, a database's file), only its
+    /// code and where the detail is: the server's log, under the response's `x-request-id`.
+    pub fn public_message(&self) -> String {
+        let (class, code) = self.class_and_code();
+        if class != Class::Internal {
+            return clip(&self.to_string(), MAX_MESSAGE_BYTES).into_owned();
+        }
+        let what = match self {
+            ApiError::Infer(InferError::Runtime(_)) => "the model failed to run this request",
+            ApiError::Infer(InferError::Load(_)) => "the model could not be loaded",
+            ApiError::Registry(_) => "the model registry failed",
+            _ => "internal error",
+        };
+        format!("{what} ({code}); the detail is in the server's log under this response's x-request-id")
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, _) = self.status_and_code();
-        let body = serde_json::to_vec(&ErrorBody { error: self.to_string() }).unwrap_or_default();
+        let (status, code) = self.status_and_code();
+        if status == StatusCode::INTERNAL_SERVER_ERROR && !matches!(self, ApiError::Infer(_)) {
+            // The pipeline logs inference failures with their request id; these are the others.
+            tracing::error!(error = code, message = %clip(&self.to_string(), MAX_LOGGED_BYTES), "request failed inside the server");
+        }
+        let body = serde_json::to_vec(&ErrorBody { error: self.public_message() }).unwrap_or_default();
         let mut response = json_response(status, body);
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, ApiError::BodyTimeout(_) | ApiError::BodyTooLarge { .. }) {
+            // The rest of the body is never read: the connection cannot carry another request.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

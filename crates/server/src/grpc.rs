@@ -50,10 +50,11 @@ pub fn status(e: &ApiError) -> Status {
         GrpcCode::Unimplemented => tonic::Code::Unimplemented,
         GrpcCode::FailedPrecondition => tonic::Code::FailedPrecondition,
         GrpcCode::ResourceExhausted => tonic::Code::ResourceExhausted,
+        GrpcCode::DeadlineExceeded => tonic::Code::DeadlineExceeded,
         GrpcCode::Unavailable => tonic::Code::Unavailable,
         GrpcCode::Internal => tonic::Code::Internal,
     };
-    Status::new(code, e.to_string())
+    Status::new(code, e.public_message())
 }
 
 /// The gRPC API as a router the [`crate::Server`] serves like any other listener (HTTP/2 over
@@ -73,9 +74,15 @@ pub fn router(grpc: Grpc) -> axum::Router {
     });
     let limit = grpc.app.limits.max_body_bytes;
     let credentials = Arc::clone(&grpc.app.credentials);
+    let max_header_bytes = grpc.app.limits.max_header_bytes;
     let service = GrpcInferenceServiceServer::new(grpc).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX);
     let service = tonic::service::interceptor::InterceptedService::new(service, move |request: Request<()>| {
         let headers = request.metadata().clone().into_headers();
+        // The same bound on metadata as REST's on headers (server.max_header_bytes).
+        let size = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
+        if size > max_header_bytes {
+            return Err(status(&ApiError::HeadersTooLarge { limit: max_header_bytes }));
+        }
         if credentials.allows_inference(&headers) { Ok(request) } else { Err(status(&ApiError::NoApiKey)) }
     });
     tonic::service::Routes::new(health).add_service(service).prepare().into_axum_router()

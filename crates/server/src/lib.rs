@@ -51,5 +51,5 @@ mod testing;
 mod tests;
 mod state;
 
-pub use serve::{ConnectionLimits, Drain, DrainOutcome, Server, Tasks, Tls};
+pub use serve::{ConnectionLimits, Drain, DrainOutcome, Server, Tasks, Tls, default_max_connections};
 pub use state::{AppState, Limits};

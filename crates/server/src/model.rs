@@ -21,6 +21,57 @@ pub struct ModelSpec {
     pub name: String,
     pub version: String,
     pub pool: PoolConfig,
+    /// The requests a version must answer before it serves (Triton's `model_warmup`).
+    pub warm_up: WarmUp,
+}
+
+/// How a version proves it can answer before any client is routed to it. Every request must
+/// succeed; one that fails refuses the version, whatever installs it (startup, a traffic change,
+/// a rollout step, alias or file following, a repository load, a fleet revision, a cold start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmUp {
+    /// Requests sent, at least 1: the sample first when there is one, then zeros (dynamic
+    /// dimensions as 1), then rows drawn to the signature (2 rows where the first dimension is
+    /// dynamic: values in [-1, 1], integers 0 or 1, random booleans, short text).
+    pub requests: usize,
+    /// The model's own inputs (`model.warmup_sample`, a V2 inference request), sent first.
+    pub sample: Option<Arc<WarmUpSample>>,
+}
+
+/// Sample inputs for the warm-up, and where they came from (for errors and equality).
+#[derive(Debug)]
+pub struct WarmUpSample {
+    pub source: String,
+    pub inputs: Vec<Tensor>,
+}
+
+impl WarmUpSample {
+    /// The inputs of a V2 inference request body (`{"inputs": [...]}`), as clients send it.
+    pub fn from_v2_json(source: &str, body: &[u8]) -> Result<Self, String> {
+        let decoded = modelship_protocol::v2::decode_request(body, None)
+            .map_err(|e| format!("{source} is not a V2 inference request (`{{\"inputs\": [...]}}`): {e}"))?;
+        if decoded.request.inputs.is_empty() {
+            return Err(format!("{source} holds no inputs"));
+        }
+        Ok(WarmUpSample { source: source.to_owned(), inputs: decoded.request.inputs })
+    }
+}
+
+impl PartialEq for WarmUpSample {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for WarmUpSample {}
+
+/// The default [`WarmUp::requests`]: zeros, then drawn rows.
+pub const DEFAULT_WARM_UP_REQUESTS: usize = 2;
+
+impl Default for WarmUp {
+    fn default() -> Self {
+        WarmUp { requests: DEFAULT_WARM_UP_REQUESTS, sample: None }
+    }
 }
 
 /// One model version, loaded and ready to answer.
@@ -116,8 +167,10 @@ impl LoadedModel {
         })
     }
 
-    /// Loads `model` off the reactor and sends it one warm-up request (a failed warm-up is logged,
-    /// not fatal). A model that cannot be loaded is a conflict: "`what` cannot be loaded: ...".
+    /// Loads `model` off the reactor and runs its warm-up ([`LoadedModel::warm_up`]): a version
+    /// serves only once it has answered. A model that cannot be loaded, or loads but cannot
+    /// answer, is a conflict ("`what` cannot be loaded: ...", "`what` cannot answer: ..."), and
+    /// the caller keeps what it serves.
     pub async fn load_warm(
         backend: Arc<dyn Backend>,
         model: Arc<[u8]>,
@@ -125,12 +178,14 @@ impl LoadedModel {
         metrics: Arc<Metrics>,
         what: &str,
     ) -> Result<Arc<LoadedModel>, ApiError> {
+        let warm_up = spec.warm_up.clone();
         let loaded = tokio::task::spawn_blocking(move || LoadedModel::load(backend, model, &spec, &metrics))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .map_err(|e| ApiError::Conflict(format!("{what} cannot be loaded: {e}")))?;
-        if let Err(e) = loaded.warm_up().await {
-            tracing::warn!(model = %loaded.name, version = %loaded.version, error = %e, "warm-up request failed");
+        if let Err(e) = loaded.warm_up(&warm_up).await {
+            tracing::warn!(model = %loaded.name, version = %loaded.version, error = %e, "warm-up failed; the version is refused");
+            return Err(ApiError::Conflict(format!("{what} cannot answer, so it is not served: {e}")));
         }
         Ok(Arc::new(loaded))
     }
@@ -277,21 +332,67 @@ impl LoadedModel {
         self.pool.set_background(background);
     }
 
-    /// Runs one request of zeros (dynamic dimensions as 1) through a worker, so the first real
-    /// request does not pay for lazy initialisation in the runtime.
-    pub async fn warm_up(&self) -> Result<(), ApiError> {
-        let inputs = self
-            .info
+    /// Sends the warm-up requests `plan` asks for ([`WarmUp`]), one after another; the first
+    /// failure is the answer ("warm-up request 2 of 3 (rows drawn to the signature): ..."). Also
+    /// spares the first real request the runtime's lazy initialisation.
+    pub async fn warm_up(&self, plan: &WarmUp) -> Result<(), String> {
+        let requests = plan.requests.max(1);
+        let mut rng = fastrand::Rng::with_seed(0x5eed);
+        for i in 0..requests {
+            let (what, inputs) = match (i, &plan.sample) {
+                (0, Some(sample)) => (format!("the sample from {}", sample.source), Ok(sample.inputs.clone())),
+                (0, None) | (1, Some(_)) => ("zeros".to_owned(), self.drawn_inputs(|datatype, n| zeros(datatype, n), false)),
+                _ => ("rows drawn to the signature".to_owned(), self.drawn_inputs(|datatype, n| drawn(datatype, n, &mut rng), true)),
+            };
+            let inputs = inputs.map_err(|e| format!("warm-up request {} of {requests} ({what}) cannot be built: {e}", i + 1))?;
+            if let Err(e) = self.infer(InferRequest { id: None, inputs, outputs: None }).await {
+                return Err(format!("warm-up request {} of {requests} ({what}) failed: {e}", i + 1));
+            }
+        }
+        Ok(())
+    }
+
+    /// One tensor per input, filled by `fill`: dynamic dimensions 1, or 2 for a dynamic first
+    /// dimension when `two_rows`.
+    fn drawn_inputs(&self, mut fill: impl FnMut(DataType, usize) -> TensorData, two_rows: bool) -> Result<Vec<Tensor>, InferError> {
+        self.info
             .signature
             .inputs
             .iter()
             .map(|spec| {
-                let shape: Vec<usize> = spec.shape.iter().map(|&d| usize::try_from(d).unwrap_or(1).max(1)).collect();
+                let shape: Vec<usize> = spec
+                    .shape
+                    .iter()
+                    .enumerate()
+                    .map(|(axis, &d)| usize::try_from(d).unwrap_or(if axis == 0 && two_rows { 2 } else { 1 }).max(1))
+                    .collect();
                 let n: usize = shape.iter().product();
-                Tensor::new(spec.name.clone(), shape, zeros(spec.datatype, n))
+                Tensor::new(spec.name.clone(), shape, fill(spec.datatype, n))
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        self.infer(InferRequest { id: None, inputs, outputs: None }).await.map(|_| ())
+            .collect()
+    }
+}
+
+/// `n` values of `datatype` such as real inputs hold: floats in [-1, 1], integers 0 or 1
+/// (valid as indices and flags), booleans, short lowercase words.
+fn drawn(datatype: DataType, n: usize, rng: &mut fastrand::Rng) -> TensorData {
+    let float = |rng: &mut fastrand::Rng| rng.f64() * 2.0 - 1.0;
+    match datatype {
+        DataType::Bool => TensorData::Bool((0..n).map(|_| rng.bool()).collect()),
+        DataType::Uint8 => TensorData::Uint8((0..n).map(|_| rng.u8(0..=1)).collect()),
+        DataType::Uint16 => TensorData::Uint16((0..n).map(|_| rng.u16(0..=1)).collect()),
+        DataType::Uint32 => TensorData::Uint32((0..n).map(|_| rng.u32(0..=1)).collect()),
+        DataType::Uint64 => TensorData::Uint64((0..n).map(|_| rng.u64(0..=1)).collect()),
+        DataType::Int8 => TensorData::Int8((0..n).map(|_| rng.i8(0..=1)).collect()),
+        DataType::Int16 => TensorData::Int16((0..n).map(|_| rng.i16(0..=1)).collect()),
+        DataType::Int32 => TensorData::Int32((0..n).map(|_| rng.i32(0..=1)).collect()),
+        DataType::Int64 => TensorData::Int64((0..n).map(|_| rng.i64(0..=1)).collect()),
+        DataType::Fp16 => TensorData::Fp16((0..n).map(|_| half::f16::from_f64(float(rng))).collect()),
+        DataType::Fp32 => TensorData::Fp32((0..n).map(|_| float(rng) as f32).collect()),
+        DataType::Fp64 => TensorData::Fp64((0..n).map(|_| float(rng)).collect()),
+        DataType::Bytes => {
+            TensorData::Bytes((0..n).map(|_| (0..rng.usize(1..=8)).map(|_| rng.lowercase() as u8).collect()).collect())
+        }
     }
 }
 
@@ -373,9 +474,17 @@ pub struct ModelTable {
     slots: ArcSwap<BTreeMap<String, ModelSlot>>,
     /// The last failed attempt to replace a serving model, by name, until a later one succeeds.
     reload_errors: std::sync::Mutex<BTreeMap<String, String>>,
+    /// The model the server was started with: what `/v1/predict` answers with when others are
+    /// served beside it (loaded through the repository API).
+    primary: OnceLock<String>,
 }
 
 impl ModelTable {
+    /// Names the server's own model (once; later calls change nothing).
+    pub fn set_primary(&self, name: &str) {
+        let _ = self.primary.set(name.to_owned());
+    }
+
     pub fn set_reload_error(&self, name: &str, error: Option<String>) {
         let mut errors = self.reload_errors.lock().unwrap_or_else(|p| p.into_inner());
         match error {
@@ -481,13 +590,16 @@ impl ModelTable {
         }
     }
 
-    /// The only model, when the server has exactly one (what `/v1/predict` answers with).
+    /// The model `/v1/predict` answers with: the server's own model, else the only one.
     pub fn single_name(&self) -> Result<String, ApiError> {
+        if let Some(primary) = self.primary.get() {
+            return Ok(primary.clone());
+        }
         let names = self.names();
         match names.as_slice() {
             [only] => Ok(only.clone()),
             _ => Err(ApiError::Invalid(format!(
-                "/v1/predict needs a server with exactly one model; this one serves {}: use /v2/models/{{model}}/infer",
+                "/v1/predict answers for a server's own model, and this one has none among {}: use /v2/models/{{model}}/infer",
                 names.join(", ")
             ))),
         }

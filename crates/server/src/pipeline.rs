@@ -287,12 +287,14 @@ impl<'a> Call<'a> {
         let role = role.map_or("", Role::as_str);
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         let request_id = self.request_id.as_str();
+        let message = error.map(|e| crate::error::clip(&e.to_string(), crate::error::MAX_LOGGED_BYTES).into_owned());
+        let message = message.as_deref().unwrap_or_default();
         match (error, code) {
-            (Some(e), Some(code)) if status.is_server_error() => tracing::error!(
-                request_id, model = name, version, endpoint, status = status.as_u16(), latency_ms, error = code, message = %e, "inference failed"
+            (Some(_), Some(code)) if status.is_server_error() => tracing::error!(
+                request_id, model = name, version, endpoint, status = status.as_u16(), latency_ms, error = code, message, "inference failed"
             ),
-            (Some(e), Some(code)) => tracing::info!(
-                request_id, model = name, version, endpoint, status = status.as_u16(), latency_ms, error = code, message = %e, "inference rejected"
+            (Some(_), Some(code)) => tracing::info!(
+                request_id, model = name, version, endpoint, status = status.as_u16(), latency_ms, error = code, message, "inference rejected"
             ),
             _ => tracing::info!(request_id, model = name, version, role, endpoint, status = status.as_u16(), latency_ms, "inference"),
         }

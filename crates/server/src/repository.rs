@@ -12,7 +12,7 @@ use modelship_registry::{ModelRef, NoProgress, Registry};
 use serde::Serialize;
 
 use crate::error::ApiError;
-use crate::model::{LoadedModel, ModelSlot, ModelSpec, Served};
+use crate::model::{LoadedModel, ModelSlot, ModelSpec, Served, WarmUp};
 use crate::pool::PoolConfig;
 use crate::state::AppState;
 
@@ -33,6 +33,8 @@ pub struct Repository {
     backend: Arc<dyn Backend>,
     /// How models loaded through the repository run.
     pool: PoolConfig,
+    /// What each must answer before it serves (no sample: the server's sample is its own model's).
+    warm_up: WarmUp,
     /// The model the server was started with: served by the traffic machinery, never unloaded here.
     primary: String,
     /// One load or unload at a time.
@@ -53,8 +55,9 @@ pub fn refuse_overrides<'a>(mut parameters: impl Iterator<Item = &'a str>) -> Re
 pub const DEFAULT_ALIAS: &str = "production";
 
 impl Repository {
-    pub fn new(registry: Option<Arc<Registry>>, backend: Arc<dyn Backend>, pool: PoolConfig, primary: String) -> Self {
-        Repository { registry, backend, pool, primary, lock: tokio::sync::Mutex::new(()) }
+    pub fn new(registry: Option<Arc<Registry>>, backend: Arc<dyn Backend>, pool: PoolConfig, warm_up: WarmUp, primary: String) -> Self {
+        let warm_up = WarmUp { sample: None, ..warm_up };
+        Repository { registry, backend, pool, warm_up, primary, lock: tokio::sync::Mutex::new(()) }
     }
 
     fn registry(&self) -> Result<&Arc<Registry>, ApiError> {
@@ -67,13 +70,19 @@ impl Repository {
     /// keeps the served ones.
     pub async fn index(&self, state: &AppState, ready_only: bool) -> Result<Vec<IndexEntry>, ApiError> {
         let mut entries: std::collections::BTreeMap<String, IndexEntry> = std::collections::BTreeMap::new();
+        let refused = state.models.reload_errors();
         if let Some(registry) = &self.registry {
             let records = registry.list(None).await.map_err(|e| ApiError::Internal(format!("cannot read the registry: {e}")))?;
             for r in records {
                 // The newest version is listed last; keep it as the one a plain load would take.
                 entries.insert(
                     r.name.clone(),
-                    IndexEntry { name: r.name, version: r.version, state: "UNAVAILABLE".to_owned(), reason: "not loaded".to_owned() },
+                    IndexEntry {
+                        reason: refused.get(&r.name).cloned().unwrap_or_else(|| "not loaded".to_owned()),
+                        name: r.name,
+                        version: r.version,
+                        state: "UNAVAILABLE".to_owned(),
+                    },
                 );
             }
         }
@@ -94,7 +103,14 @@ impl Repository {
     pub async fn load(&self, state: &AppState, name: &str, version: Option<&str>) -> Result<String, ApiError> {
         let _one_at_a_time = self.lock.lock().await;
         if name == self.primary {
-            return state.models.served(name).map(|s| s.table.stable.clone());
+            // Its versions change through the traffic writer (switch, rollout), never here.
+            let stable = state.models.served(name)?.table.stable.clone();
+            return match version {
+                Some(v) if v != stable => Err(ApiError::Conflict(format!(
+                    "'{name}' is this server's own model, served at version {stable}; a repository load cannot change its version: use `modelship traffic switch {name} {v}` (or a rollout)"
+                ))),
+                _ => Ok(stable),
+            };
         }
         let registry = Arc::clone(self.registry()?);
         let reference = match version {
@@ -107,7 +123,8 @@ impl Repository {
             _ => registry.resolve(&reference).await?,
         };
         let bytes = registry.artifact(&record, &NoProgress).await?;
-        let spec = ModelSpec { name: name.to_owned(), version: record.version.clone(), pool: self.pool.clone() };
+        let spec =
+            ModelSpec { name: name.to_owned(), version: record.version.clone(), pool: self.pool.clone(), warm_up: self.warm_up.clone() };
         let replaced = state.models.served(name).ok();
         if replaced.is_none() {
             state.models.set(name, ModelSlot::Loading { version: record.version.clone() });
@@ -116,12 +133,16 @@ impl Repository {
         let model = match LoadedModel::load_warm(Arc::clone(&self.backend), bytes.to_vec().into(), spec, Arc::clone(&state.metrics), &what).await {
             Ok(model) => model,
             Err(e) => {
+                // The refusal is reported (readiness `errors`, the index's reason), but never
+                // takes the server out of readiness: its other models serve on.
                 if replaced.is_none() {
-                    state.models.set(name, ModelSlot::Failed { version: record.version.clone(), error: e.to_string() });
+                    state.models.remove(name);
                 }
+                state.models.set_reload_error(name, Some(format!("version {} refused: {e}", record.version)));
                 return Err(e);
             }
         };
+        state.models.set_reload_error(name, None);
         let served = Served::single(model);
         state.metrics.publish_traffic(name, &served);
         state.models.set(name, ModelSlot::Ready(Arc::new(served)));

@@ -54,12 +54,33 @@ pub struct ConnectionLimits {
     /// Hyper's own cap on a request head (HTTP/1 read buffer, HTTP/2 header list); the
     /// handler-level limit (`Limits::max_header_bytes`) answers in JSON below it.
     pub max_head_bytes: usize,
+    /// Open connections per listener. At the cap a new connection is still accepted (a probe
+    /// must get through a flood), and the open one that has waited longest on its client is
+    /// closed: first one with no request in a handler (idle, or still sending its head), else
+    /// the one whose last bytes are oldest (a stalled upload).
+    pub max_connections: usize,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        ConnectionLimits { header_read_timeout: Duration::from_secs(10), max_head_bytes: 1 << 20 }
+        ConnectionLimits { header_read_timeout: Duration::from_secs(10), max_head_bytes: 1 << 20, max_connections: 10_000 }
     }
+}
+
+/// The default [`ConnectionLimits::max_connections`]: the process's file limit less 64 for
+/// everything else the server opens (model files, the registry, stores, listeners), shared by
+/// the listeners in proportion to what they serve; 10 000 at most.
+pub fn default_max_connections() -> usize {
+    let soft = open_files_limit().unwrap_or(1024);
+    // Three listeners (HTTP, gRPC, admin) draw on one table; the HTTP one gets half.
+    (soft.saturating_sub(64) / 2).clamp(16, 10_000)
+}
+
+/// The process's soft limit on open files, as `/proc/self/limits` shows it (`None` elsewhere,
+/// or when it is unlimited).
+pub fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    limits.lines().find(|l| l.starts_with("Max open files"))?.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// TLS for a listener: certificate chain and private key, both PEM files.
@@ -198,6 +219,172 @@ impl Server {
     }
 }
 
+/// One open connection, as the cap sees it.
+struct Open {
+    /// Milliseconds (since the listener started) at which bytes last arrived.
+    last_read: std::sync::atomic::AtomicU64,
+    /// Requests now in a handler.
+    handling: std::sync::atomic::AtomicUsize,
+    /// Cancelled to close the connection at once.
+    evict: CancellationToken,
+}
+
+/// The open connections of one listener.
+struct OpenConnections {
+    epoch: std::time::Instant,
+    next: std::sync::atomic::AtomicU64,
+    open: std::sync::Mutex<std::collections::HashMap<u64, Arc<Open>>>,
+    /// Connections closed by the cap since the last log line, and when that was.
+    evicted: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
+}
+
+impl OpenConnections {
+    fn new() -> Arc<Self> {
+        Arc::new(OpenConnections {
+            epoch: std::time::Instant::now(),
+            next: Default::default(),
+            open: Default::default(),
+            evicted: Default::default(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Registers a new connection, closing the one that waited longest on its client when the
+    /// listener is at `cap`; the guard removes it again.
+    fn admit(self: &Arc<Self>, name: &'static str, cap: usize) -> (Arc<Open>, Registered) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let id = self.next.fetch_add(1, Relaxed);
+        let conn = Arc::new(Open { last_read: self.now_ms().into(), handling: Default::default(), evict: CancellationToken::new() });
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.len() >= cap {
+            let victim = open
+                .iter()
+                .min_by_key(|(_, c)| (c.handling.load(Relaxed) > 0, c.last_read.load(Relaxed)))
+                .map(|(id, c)| (*id, Arc::clone(c)));
+            if let Some((victim_id, victim)) = victim {
+                open.remove(&victim_id);
+                victim.evict.cancel();
+                let mut evicted = self.evicted.lock().unwrap_or_else(|p| p.into_inner());
+                evicted.0 += 1;
+                if evicted.1.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(
+                        listener = name, max_connections = cap, closed = evicted.0,
+                        "connection limit reached: closed the connections that waited longest on their clients to admit new ones (server.max_connections)"
+                    );
+                    *evicted = (0, Some(std::time::Instant::now()));
+                }
+            }
+        }
+        open.insert(id, Arc::clone(&conn));
+        (conn, Registered { table: Arc::clone(self), id })
+    }
+}
+
+/// Removes its connection from the table when the connection's task ends.
+struct Registered {
+    table: Arc<OpenConnections>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.table.open.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's IO, noting when bytes arrive.
+    struct Tracked<I> {
+        #[pin]
+        io: I,
+        conn: Arc<Open>,
+        table: Arc<OpenConnections>,
+    }
+}
+
+impl<I: tokio::io::AsyncRead> tokio::io::AsyncRead for Tracked<I> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.io.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.conn.last_read.store(this.table.now_ms(), std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<I: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Tracked<I> {
+    fn poll_write(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// The router's service, counting the requests of one connection that are in a handler.
+#[derive(Clone)]
+struct Counted {
+    inner: TowerToHyperService<Router>,
+    conn: Arc<Open>,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Counted {
+    type Response = <TowerToHyperService<Router> as hyper::service::Service<http::Request<hyper::body::Incoming>>>::Response;
+    type Error = <TowerToHyperService<Router> as hyper::service::Service<http::Request<hyper::body::Incoming>>>::Error;
+    type Future = CountedFuture<<TowerToHyperService<Router> as hyper::service::Service<http::Request<hyper::body::Incoming>>>::Future>;
+
+    fn call(&self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        self.conn.handling.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CountedFuture { future: self.inner.call(request), done: Handling(Arc::clone(&self.conn)) }
+    }
+}
+
+/// Counts one request out of its handler when dropped (answered, or abandoned).
+struct Handling(Arc<Open>);
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.handling.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct CountedFuture<F> {
+        #[pin]
+        future: F,
+        done: Handling,
+    }
+}
+
+impl<F: Future> Future for CountedFuture<F> {
+    type Output = F::Output;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        self.project().future.poll(cx)
+    }
+}
+
 /// Accepts connections on `listener` until `closing`, then waits (at most `grace`) for the open
 /// ones to finish their requests. Idle keep-alive connections are closed at once; HTTP/2
 /// clients get a GOAWAY.
@@ -218,6 +405,7 @@ async fn serve_connections(
         .max_buf_size(limits.max_head_bytes.max(8192));
     builder.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX));
     let graceful = GracefulShutdown::new();
+    let table = OpenConnections::new();
     loop {
         let (stream, peer) = tokio::select! {
             () = closing.cancelled() => break,
@@ -233,23 +421,38 @@ async fn serve_connections(
         };
         // No Nagle: small answers must not wait for the client's delayed ACK (a 40 ms stall).
         let _ = stream.set_nodelay(true);
-        let (builder, service, tls) = (builder.clone(), TowerToHyperService::new(app.clone()), tls.clone());
+        let (conn, registered) = table.admit(name, limits.max_connections);
+        let service = Counted { inner: TowerToHyperService::new(app.clone()), conn: Arc::clone(&conn) };
+        let (builder, tls, table) = (builder.clone(), tls.clone(), Arc::clone(&table));
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _registered = registered;
             let timeout = limits.header_read_timeout;
-            match tls {
-                None => {
-                    // The first byte must come within the header timeout too (HTTP/2 has none).
-                    let mut first = [0u8; 1];
-                    if matches!(tokio::time::timeout(timeout, stream.peek(&mut first)).await, Ok(Ok(n)) if n > 0) {
-                        serve_one(name, peer, &builder, TokioIo::new(stream), service, watcher).await;
+            let evict = conn.evict.clone();
+            let serve = async move {
+                match tls {
+                    None => {
+                        // The first byte must come within the header timeout too (HTTP/2 has none).
+                        let mut first = [0u8; 1];
+                        if matches!(tokio::time::timeout(timeout, stream.peek(&mut first)).await, Ok(Ok(n)) if n > 0) {
+                            let io = Tracked { io: stream, conn, table };
+                            serve_one(name, peer, &builder, TokioIo::new(io), service, watcher).await;
+                        }
                     }
+                    Some(tls) => match tokio::time::timeout(timeout, tls.acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let io = Tracked { io: stream, conn, table };
+                            serve_one(name, peer, &builder, TokioIo::new(io), service, watcher).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(listener = name, %peer, "TLS handshake timed out"),
+                    },
                 }
-                Some(tls) => match tokio::time::timeout(timeout, tls.acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_one(name, peer, &builder, TokioIo::new(stream), service, watcher).await,
-                    Ok(Err(e)) => tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(listener = name, %peer, "TLS handshake timed out"),
-                },
+            };
+            // Evicted by the cap: the connection (and its socket) is dropped at once.
+            tokio::select! {
+                () = serve => {}
+                () = evict.cancelled() => tracing::debug!(listener = name, %peer, "connection closed to admit a new one (server.max_connections)"),
             }
         });
     }
@@ -266,7 +469,7 @@ async fn serve_one<I>(
     peer: std::net::SocketAddr,
     builder: &auto::Builder<TokioExecutor>,
     io: TokioIo<I>,
-    service: TowerToHyperService<Router>,
+    service: Counted,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

@@ -22,6 +22,10 @@ pub struct Limits {
     pub max_rows: usize,
     /// Mirrored requests that may run at once; past this, copies are dropped (and counted).
     pub max_shadow_in_flight: usize,
+    /// The longest a request body may pause between bytes.
+    pub body_read_timeout: std::time::Duration,
+    /// The slowest average a body may arrive at once `body_read_timeout` has passed.
+    pub min_body_bytes_per_second: u64,
 }
 
 impl Default for Limits {
@@ -32,6 +36,8 @@ impl Default for Limits {
             max_tensor_elements: 16 * 1024 * 1024,
             max_rows: 65_536,
             max_shadow_in_flight: 64,
+            body_read_timeout: std::time::Duration::from_secs(10),
+            min_body_bytes_per_second: crate::routes::DEFAULT_MIN_BODY_RATE,
         }
     }
 }

@@ -114,6 +114,8 @@ pub fn spec(name: &str, version: &str, workers: usize, max_queue: usize) -> Mode
         // Off: tests count the fake's runtime calls, and the probe at load would add three (the
         // pool's own tests cover joining waiting requests).
         pool: PoolConfig { opportunistic: Opportunistic::Off, ..PoolConfig::new(workers, max_queue) },
+        // One request: tests count the fake's runtime calls.
+        warm_up: crate::model::WarmUp { requests: 1, sample: None },
     }
 }
 

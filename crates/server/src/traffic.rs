@@ -74,6 +74,15 @@ fn without_unrouted(served: &Served) -> Option<Served> {
     Some(Served { table, revision: served.revision, versions })
 }
 
+/// A change the table refuses: a key no request can carry is the client's mistake (400); the
+/// others do not fit the routing in force (409).
+fn change_error(e: modelship_router::ChangeError) -> ApiError {
+    match e {
+        modelship_router::ChangeError::BadStickyKey(_) => ApiError::Invalid(e.to_string()),
+        _ => ApiError::Conflict(e.to_string()),
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -127,7 +136,7 @@ impl Traffic {
                 }
                 table.candidate = Some(modelship_router::Candidate { version: version.to_owned(), weight: modelship_router::BasisPoints::ALL });
                 table.shadow = None;
-                table = table.apply(&Change::Promote).map_err(|e| ApiError::Conflict(e.to_string()))?;
+                table = table.apply(&Change::Promote).map_err(change_error)?;
             }
         }
         Ok(self.install(state, &served, table, None, actor, reason).await?.revision)
@@ -137,7 +146,7 @@ impl Traffic {
     pub async fn change(&self, state: &AppState, change: Change, actor: &str, reason: &str) -> Result<Revision, ApiError> {
         let _one_at_a_time = self.lock.lock().await;
         let served = state.models.served(&self.spec.name)?;
-        let table = served.table.apply(&change).map_err(|e| ApiError::Conflict(e.to_string()))?;
+        let table = served.table.apply(&change).map_err(change_error)?;
         self.install(state, &served, table, Some(change), actor, reason).await
     }
 
@@ -152,7 +161,7 @@ impl Traffic {
             return Ok(None);
         }
         let change = Change::Switch { version: version.to_owned() };
-        let table = served.table.apply(&change).map_err(|e| ApiError::Conflict(e.to_string()))?;
+        let table = served.table.apply(&change).map_err(change_error)?;
         match self.install(state, &served, table, Some(change), actor, reason).await {
             // Another replica committed first (install applied its revision): the same move?
             Err(ApiError::Conflict(e)) => match state.models.served(&self.spec.name)? {
@@ -203,14 +212,20 @@ impl Traffic {
             latest.revision <= served.revision
         };
         if in_force {
-            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            if self.failure.lock().unwrap_or_else(|p| p.into_inner()).take().is_some() {
+                state.models.set_reload_error(&self.spec.name, None);
+            }
             return Ok(None);
         }
         if let Err(e) = self.apply(state, &served, latest.traffic, latest.revision).await {
             *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some((latest.revision, e.to_string()));
+            // Readiness lists it too; the routing in force keeps serving.
+            state.models.set_reload_error(&self.spec.name, Some(format!("revision {} cannot be applied: {e}", latest.revision)));
             return Err(e);
         }
-        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if self.failure.lock().unwrap_or_else(|p| p.into_inner()).take().is_some() {
+            state.models.set_reload_error(&self.spec.name, None);
+        }
         tracing::info!(model = %self.spec.name, revision = latest.revision, actor = %latest.actor, reason = %latest.reason, "applied a revision from the control store");
         Ok(Some(latest.revision))
     }
@@ -231,7 +246,7 @@ impl Traffic {
         let _one_at_a_time = self.lock.lock().await;
         let served = state.models.served(&self.spec.name)?;
         let change = Change::Switch { version: model.version.clone() };
-        let table = served.table.apply(&change).map_err(|e| ApiError::Conflict(e.to_string()))?;
+        let table = served.table.apply(&change).map_err(change_error)?;
         self.install_with(state, &served, table, Some(change), actor, reason, Some(model)).await
     }
 

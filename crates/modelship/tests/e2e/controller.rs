@@ -119,7 +119,7 @@ fn the_controller_patches_an_istio_canary_step_by_step_and_rolls_back_on_prometh
     // The pods: one real server holding stable (1), a healthy candidate (2) and a broken one (3).
     let registry = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    for (file, version) in [("fraud", "1"), ("xgboost", "2"), ("broken", "3")] {
+    for (file, version) in [("fraud", "1"), ("xgboost", "2"), ("faulty", "3")] {
         let out = command().args(["models", "push", "fraud", &model(file), "--version", version, "--registry"]).arg(registry.path()).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }

@@ -297,7 +297,7 @@ fn decisions(history: &Value, id: i64) -> Vec<String> {
 fn a_bad_candidate_seen_by_one_replica_is_rolled_back_by_the_leader() {
     let redis = Redis::start(free_port());
     let fleet = Replicas::start(&redis, 3);
-    fleet.push("broken", "3");
+    fleet.push("faulty", "3");
     fleet.converge(0);
     let spec = fleet.spec("to: '3'\ncanary: {weights: [30, 100], every: 1m}\nchecks: [{error_rate: {}}]\nfailure: {consecutive: 2, min_samples: 20}\ninterval: 500ms\n");
     let load = Load::start(&fleet.server(1).url("/v1/predict"), 3);

@@ -7,6 +7,7 @@ mod api;
 #[cfg(feature = "kubernetes")]
 mod controller;
 mod features;
+mod hostile;
 // The fleet's replicas share their registry through the S3 server.
 #[cfg(feature = "s3")]
 mod fleet;

@@ -21,7 +21,7 @@ struct Setup {
 fn setup() -> Setup {
     let registry = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    for (file, version) in [("fraud", "1"), ("xgboost", "2"), ("broken", "3")] {
+    for (file, version) in [("fraud", "1"), ("xgboost", "2"), ("faulty", "3")] {
         let out = command().args(["models", "push", "fraud", &model(file), "--version", version, "--registry"]).arg(registry.path()).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }

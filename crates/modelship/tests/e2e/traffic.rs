@@ -351,7 +351,7 @@ fn a_rollout_promotes_a_healthy_version_under_load() {
 #[test]
 fn a_failing_candidate_is_rolled_back_by_itself() {
     let fleet = fleet();
-    fleet.push("broken", "3");
+    fleet.push("faulty", "3");
     let server = fleet.serve(&[]);
     let spec = fleet.state.path().join("canary.yaml");
     std::fs::write(
@@ -451,7 +451,7 @@ fn quality_from_feedback_metrics_and_resume_after_restart() {
 #[test]
 fn a_promql_check_against_a_real_prometheus_rolls_back() {
     let fleet = fleet();
-    fleet.push("broken", "3");
+    fleet.push("faulty", "3");
     let server = fleet.serve(&[]);
     let prometheus = crate::support::Prometheus::scraping(&[&server.addr]);
     let url = &prometheus.url;

@@ -8,9 +8,7 @@
 //! rollout.
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::response::Response;
 use axum::routing::post;
 use http::StatusCode;
@@ -46,12 +44,12 @@ enum Body {
     One(Label),
 }
 
-async fn feedback(State(state): State<AppState>, headers: http::HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn feedback(State(state): State<AppState>, headers: http::HeaderMap, body: axum::body::Body) -> Result<Response, ApiError> {
     let authorization = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     if !state.credentials.is_control(authorization) {
         return Err(ApiError::Unauthorized);
     }
-    let body = body.map_err(|r| super::body_error(&state, r))?;
+    let body = super::read_body(&state, body).await?;
     join_labels(&state, &body).await
 }
 

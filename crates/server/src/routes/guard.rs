@@ -2,8 +2,9 @@
 //! plain enums: an `axum::middleware::from_fn` layer clones and boxes the inner service and boxes
 //! its future on every request, which on the inference path cost more than the checks themselves.
 //!
-//! - [`GuardAll`] wraps the whole API: the head-size limit on the way in, `{"error": ...}` for
-//!   every error response on the way out.
+//! - [`GuardAll`] wraps the whole API: the head-size limit and the body's bounds (a declared
+//!   length over the limit refused, the body read under a clock) on the way in, `{"error": ...}`
+//!   for every error response on the way out.
 //! - [`GuardInference`] wraps the inference routes: a JSON (or binary-extension) body, then the
 //!   API key when keys are configured.
 
@@ -26,13 +27,15 @@ use crate::state::AppState;
 #[derive(Clone, Copy)]
 pub struct GuardAll {
     pub max_header_bytes: usize,
+    /// The body's size and clock ([`super::body`]).
+    pub body: super::BodyBounds,
 }
 
 impl<S> Layer<S> for GuardAll {
     type Service = GuardAllService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        GuardAllService { inner, max_header_bytes: self.max_header_bytes }
+        GuardAllService { inner, max_header_bytes: self.max_header_bytes, body: self.body }
     }
 }
 
@@ -40,6 +43,7 @@ impl<S> Layer<S> for GuardAll {
 pub struct GuardAllService<S> {
     inner: S,
     max_header_bytes: usize,
+    body: super::BodyBounds,
 }
 
 impl<S> Service<Request> for GuardAllService<S>
@@ -55,9 +59,12 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        match super::limit_headers(self.max_header_bytes, &request) {
+        if let Err(refused) = super::limit_headers(self.max_header_bytes, &request) {
+            return GuardAllFuture::Answered { response: Some(refused) };
+        }
+        match super::body::bound(request, self.body) {
             Err(refused) => GuardAllFuture::Answered { response: Some(refused) },
-            Ok(()) => GuardAllFuture::Inner { future: self.inner.call(request) },
+            Ok(request) => GuardAllFuture::Inner { future: self.inner.call(request) },
         }
     }
 }

@@ -1,5 +1,6 @@
 //! HTTP routes. Each module exposes `routes()`; [`app`] composes them with the fallbacks.
 
+pub(crate) mod body;
 pub(crate) mod feedback;
 mod guard;
 mod openapi;
@@ -8,12 +9,13 @@ pub(crate) mod path;
 pub(crate) mod v1;
 pub(crate) mod v2;
 
+pub use body::{BodyBounds, DEFAULT_MIN_BODY_RATE};
+
 use axum::Router;
-use axum::extract::rejection::BytesRejection;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode};
+use http::HeaderValue;
 
 use crate::error::ApiError;
 use crate::model::LoadedModel;
@@ -40,8 +42,13 @@ pub fn app(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(guard::GuardAll { max_header_bytes: state.limits.max_header_bytes })
+        .layer(guard::GuardAll { max_header_bytes: state.limits.max_header_bytes, body: body_bounds(&state.limits, limit) })
         .with_state(state)
+}
+
+/// The bounds every request body of an API is read under.
+pub(crate) fn body_bounds(limits: &crate::state::Limits, max_bytes: usize) -> BodyBounds {
+    BodyBounds { max_bytes, timeout: limits.body_read_timeout, min_rate: limits.min_body_bytes_per_second }
 }
 
 /// Request bodies are JSON (or, with the binary tensor extension, JSON followed by raw bytes).
@@ -129,19 +136,12 @@ pub(crate) async fn read_body(state: &AppState, body: axum::body::Body) -> Resul
         let inner = e.into_inner();
         if inner.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
             ApiError::BodyTooLarge { limit }
+        } else if let Some(timeout) = body::timeout_in(inner.as_ref()) {
+            ApiError::BodyTimeout(timeout.to_string())
         } else {
             ApiError::Body(format!("cannot read the request body: {inner}"))
         }
     })
-}
-
-/// Turns a body that the `Bytes` extractor could not read into the matching error.
-fn body_error(state: &AppState, rejection: BytesRejection) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::BodyTooLarge { limit: state.limits.max_body_bytes }
-    } else {
-        ApiError::Body(rejection.body_text())
-    }
 }
 
 /// The HTTP response for a pipeline answer: `ok` encodes a success; every answer carries the

@@ -53,6 +53,7 @@ fn examples() -> Vec<ApiError> {
         ApiError::Overloaded { model: s(), queued: 0 },
         ApiError::BodyTooLarge { limit: 0 },
         ApiError::Body(s()),
+        ApiError::BodyTimeout(s()),
         ApiError::NoRoute { method: s(), path: s() },
         ApiError::MethodNotAllowed { method: s(), path: s() },
         ApiError::ShuttingDown,

@@ -37,3 +37,67 @@ async fn health_answers_what_readiness_says_now_not_at_the_last_poll() {
     state.health.begin_drain();
     assert_eq!(check(&app).await, 2, "NOT_SERVING as soon as the drain begins");
 }
+
+/// One `ModelInfer` call: the gRPC status code and message it ends with.
+async fn infer(app: &axum::Router, message: modelship_protocol::grpc::pb::ModelInferRequest, metadata: &[(&str, String)]) -> (u32, String) {
+    use http_body_util::BodyExt;
+    use tonic_prost::prost::Message;
+    let encoded = message.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(encoded.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    let mut request = Request::post("/inference.GRPCInferenceService/ModelInfer").header("content-type", "application/grpc").header("te", "trailers");
+    for (k, v) in metadata {
+        request = request.header(*k, v.as_str());
+    }
+    let response = app.clone().oneshot(request.body(Body::from(frame)).unwrap()).await.unwrap();
+    let headers = response.headers().clone();
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let field = |name: &str| headers.get(name).or_else(|| trailers.get(name)).map(|v| v.to_str().unwrap().to_owned());
+    let code = field("grpc-status").expect("a grpc-status").parse().unwrap();
+    let message = field("grpc-message").map(|m| percent_decode(&m)).unwrap_or_default();
+    (code, message)
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// gRPC gets the bounds REST has: metadata as large as REST's headers, shapes of at most 64
+/// dimensions, and short messages that never carry what the client sent whole.
+#[tokio::test]
+async fn grpc_is_bounded_like_rest() {
+    use modelship_protocol::grpc::pb::{ModelInferRequest, model_infer_request::InferInputTensor};
+    let (state, _backend) = app_with(AppState::new(Limits::default()), "scale=1");
+    let app = router(Grpc::new(state.clone(), None));
+    let input = |shape: Vec<i64>, name: String| InferInputTensor { name, datatype: "FP32".to_owned(), shape, ..Default::default() };
+    let request = |inputs| ModelInferRequest { model_name: "fraud".to_owned(), inputs, ..Default::default() };
+    // (what, request, metadata, gRPC code, message fragment)
+    let cases: Vec<(&str, ModelInferRequest, Vec<(&str, String)>, u32, &str)> = vec![
+        ("metadata over the header limit", request(vec![input(vec![1, 3], "x".to_owned())]), vec![("x-big", "a".repeat(70_000))], 8, "headers are larger than the limit"),
+        ("a shape of 5000 dimensions", request(vec![input(vec![1; 5000], "x".to_owned())]), vec![], 3, "at most 64 dimensions"),
+        ("an input name of 100 000 bytes", request(vec![input(vec![1, 3], "n".repeat(100_000))]), vec![], 3, "more bytes not shown"),
+    ];
+    for (what, message, metadata, code, fragment) in cases {
+        let (got, text) = infer(&app, message, &metadata).await;
+        assert_eq!(got, code, "{what}: {text}");
+        assert!(text.contains(fragment), "{what}: {text:.300}");
+        assert!(text.len() <= crate::error::MAX_MESSAGE_BYTES + 64, "{what}: a message of {} bytes", text.len());
+    }
+}

@@ -4,6 +4,7 @@
 mod app;
 mod control;
 mod errors;
+mod hostile;
 #[cfg(feature = "grpc")]
 mod grpc;
 mod lambda;
