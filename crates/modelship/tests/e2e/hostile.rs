@@ -270,7 +270,9 @@ fn a_flood_of_stalled_connections_never_locks_out_the_probes() {
     let per_kind = ((file_limit().saturating_sub(200)) / 2).min(2_000) as usize;
     let state = tempfile::tempdir().unwrap();
     let mut cmd = Command::new("bash");
-    cmd.args(["-c", "ulimit -n 1024 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_modelship")])
+    cmd.current_dir(crate::support::root())
+        .stdin(Stdio::null())
+        .args(["-c", "ulimit -n 1024 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_modelship")])
         .args(["serve", &model("fraud"), "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0", "--admin-port", "0"])
         .args(["--body-read-timeout", "2", "--header-read-timeout", "2", "--shutdown-grace", "10"]);
     let mut server = Server::spawn(cmd, Some(state));
