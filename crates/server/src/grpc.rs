@@ -83,7 +83,14 @@ pub fn router(grpc: Grpc) -> axum::Router {
         if size > max_header_bytes {
             return Err(status(&ApiError::HeadersTooLarge { limit: max_header_bytes }));
         }
-        if credentials.allows_inference(&headers) { Ok(request) } else { Err(status(&ApiError::NoApiKey)) }
+        // An API key for inference; the admin token passes too (repository RPCs need it, and
+        // check it themselves), so an operator never needs both credentials on one call.
+        let admin = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if credentials.allows_inference(&headers) || credentials.is_control(admin) {
+            Ok(request)
+        } else {
+            Err(status(&ApiError::NoApiKey))
+        }
     });
     tonic::service::Routes::new(health).add_service(service).prepare().into_axum_router()
 }

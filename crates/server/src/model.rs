@@ -193,6 +193,12 @@ impl LoadedModel {
     /// Validates `request` against the model, runs it ([`WorkerPool::run`]: inline when the model
     /// is tiny and the request alone, else on a worker) and returns the outputs.
     pub async fn infer(&self, request: InferRequest) -> Result<Vec<Tensor>, ApiError> {
+        self.run(request, true).await
+    }
+
+    /// [`LoadedModel::infer`]; `record` false leaves metrics and statistics alone (a warm-up is
+    /// not a client's request).
+    async fn run(&self, request: InferRequest, record: bool) -> Result<Vec<Tensor>, ApiError> {
         let started = Instant::now();
         let prepared = self.info.signature.prepare(request)?;
         let rows = prepared.rows() as u64;
@@ -200,6 +206,9 @@ impl LoadedModel {
             Refused::QueueFull(full) => ApiError::Overloaded { model: self.name.clone(), queued: full.queued },
             Refused::WorkerGone => ApiError::Internal("the inference worker stopped before answering".to_owned()),
         })?;
+        if !record {
+            return Ok(output.result?);
+        }
         self.queue_time.observe(output.queued.as_secs_f64());
         self.inference_time.observe(output.inference.as_secs_f64());
         let stats = &self.stats;
@@ -345,7 +354,7 @@ impl LoadedModel {
                 _ => ("rows drawn to the signature".to_owned(), self.drawn_inputs(|datatype, n| drawn(datatype, n, &mut rng), true)),
             };
             let inputs = inputs.map_err(|e| format!("warm-up request {} of {requests} ({what}) cannot be built: {e}", i + 1))?;
-            if let Err(e) = self.infer(InferRequest { id: None, inputs, outputs: None }).await {
+            if let Err(e) = self.run(InferRequest { id: None, inputs, outputs: None }, false).await {
                 return Err(format!("warm-up request {} of {requests} ({what}) failed: {e}", i + 1));
             }
         }

@@ -219,6 +219,9 @@ impl Server {
     }
 }
 
+/// The streams one HTTP/2 connection may have open at once (what gRPC clients multiplex).
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+
 /// One open connection, as the cap sees it.
 struct Open {
     /// Milliseconds (since the listener started) at which bytes last arrived.
@@ -403,7 +406,12 @@ async fn serve_connections(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_head_bytes.max(8192));
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX))
+        // Streams one HTTP/2 (gRPC) connection may have open at once: each holds a request.
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     let graceful = GracefulShutdown::new();
     let table = OpenConnections::new();
     loop {

@@ -350,3 +350,69 @@ fn a_flood_of_stalled_connections_never_locks_out_the_probes() {
     eprintln!("SIGTERM with 50 uploads stalled: exit 0 after {:.1} s (grace 10 s, body timeout 2 s)", signalled.elapsed().as_secs_f64());
     drop(stalled);
 }
+
+#[test]
+fn bad_values_of_every_datatype_are_the_clients_400_never_the_models_500() {
+    let server = Server::start(&[&model("dtypes")]);
+    let good: Vec<(&str, Value)> = vec![
+        ("BOOL", serde_json::json!([true])),
+        ("UINT8", serde_json::json!([1])),
+        ("UINT16", serde_json::json!([1])),
+        ("UINT32", serde_json::json!([1])),
+        ("UINT64", serde_json::json!([1])),
+        ("INT8", serde_json::json!([1])),
+        ("INT16", serde_json::json!([1])),
+        ("INT32", serde_json::json!([1])),
+        ("INT64", serde_json::json!([1])),
+        ("FP16", serde_json::json!([1.5])),
+        ("FP32", serde_json::json!([1.5])),
+        ("FP64", serde_json::json!([1.5])),
+        ("BYTES", serde_json::json!(["ab"])),
+    ];
+    // Every input, with `datatype`'s data replaced by `data` (raw JSON text).
+    let body = |datatype: &str, data: &str| {
+        let inputs: Vec<String> = good
+            .iter()
+            .map(|(t, d)| {
+                let data = if *t == datatype { data.to_owned() } else { d.to_string() };
+                format!(r#"{{"name":"in_{}","shape":[1],"datatype":"{t}","data":{data}}}"#, t.to_lowercase())
+            })
+            .collect();
+        format!(r#"{{"inputs":[{}]}}"#, inputs.join(","))
+    };
+    let ok = server.post("/v2/models/dtypes/infer", &body("", ""));
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    // (datatype, data, error fragment)
+    let cases = [
+        ("BOOL", "[2]", "not a valid BOOL value"),
+        ("BOOL", r#"["true"]"#, "not a valid BOOL value"),
+        ("UINT8", "[256]", "not a valid UINT8 value"),
+        ("UINT8", "[-1]", "not a valid UINT8 value"),
+        ("UINT8", "[1.5]", "not a valid UINT8 value"),
+        ("UINT16", "[65536]", "not a valid UINT16 value"),
+        ("UINT32", "[4294967296]", "not a valid UINT32 value"),
+        ("UINT64", "[18446744073709551616]", "not a valid UINT64 value"),
+        ("UINT64", "[-1]", "not a valid UINT64 value"),
+        ("INT8", "[128]", "not a valid INT8 value"),
+        ("INT16", "[-32769]", "not a valid INT16 value"),
+        ("INT32", "[2147483648]", "not a valid INT32 value"),
+        ("INT64", "[9223372036854775808]", "not a valid INT64 value"),
+        ("INT64", "[-9223372036854775809]", "not a valid INT64 value"),
+        ("FP16", "[1e10]", "not a valid FP16 value"),
+        ("FP32", "[1e300]", "not a valid FP32 value"),
+        ("FP64", r#"["1.5"]"#, "not a valid FP64 value"),
+        ("BYTES", r#"["a\u0000b"]"#, "NUL byte"),
+        ("BYTES", "[1]", "not a valid BYTES value"),
+    ];
+    for (datatype, data, fragment) in cases {
+        let r = server.post("/v2/models/dtypes/infer", &body(datatype, data));
+        assert_eq!(r.status, 400, "{datatype} {data}: {}", r.text);
+        let error = r.json()["error"].as_str().unwrap().to_owned();
+        assert!(error.contains(fragment), "{datatype} {data}: {error}");
+    }
+    let metrics = server.get("/metrics").text;
+    let server_errors: Vec<&str> = metrics.lines().filter(|l| l.starts_with("modelship_requests_total") && l.contains(r#"code="500""#)).collect();
+    assert!(server_errors.is_empty(), "a client's bad value counted as the model's failure: {server_errors:?}");
+    let failed = server.metric("modelship_request_errors_total", &["model=\"dtypes\"", "error=\"inference_failed\""]).unwrap_or(0.0);
+    assert_eq!(failed, 0.0, "inference_failed counted for a client's bad value");
+}

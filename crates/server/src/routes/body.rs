@@ -1,6 +1,6 @@
-//! Bounds on a request body, before any handler reads it: a declared length over the limit is
-//! refused at once (so `Expect: 100-continue` is never answered "continue" for it), and the body
-//! is read under a clock: a pause longer than the body timeout, or an average slower than the
+//! Bounds on a request body: a declared length over the limit is refused before the body is read
+//! (so `Expect: 100-continue` is never answered "continue" for it), and the body is read under
+//! a clock: a pause longer than the body timeout, or an average slower than the
 //! minimum rate once that timeout has passed, ends the request with 408 and the connection with
 //! it. A stalled upload therefore holds neither a connection nor the drain for long.
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, header};
+use http::header;
 use http_body::Frame;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -30,27 +30,30 @@ pub struct BodyBounds {
     pub min_rate: u64,
 }
 
-/// Refuses a request whose declared length is over the limit (413, the connection closed), and
-/// puts the clock on the body of any other that has one.
-#[allow(clippy::result_large_err, reason = "the refusal is the rare path")]
-pub(crate) fn bound(request: Request, bounds: BodyBounds) -> Result<Request, Response> {
-    let headers = request.headers();
+/// The refusal of a request whose declared `Content-Length` is over `max_bytes`: checked before
+/// a byte of the body is read, so `Expect: 100-continue` is never answered "continue" for it
+/// (hyper sends that only once the body is polled). The response closes the connection.
+pub(crate) fn declared_too_large(headers: &http::HeaderMap, max_bytes: usize) -> Option<ApiError> {
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > bounds.max_bytes as u64) {
-        return Err(closing(ApiError::BodyTooLarge { limit: bounds.max_bytes }.into_response()));
-    }
-    // No clock where there is no body (a GET; an HTTP/2 stream ended with its headers).
-    if http_body::Body::is_end_stream(request.body()) {
-        return Ok(request);
-    }
-    Ok(request.map(|body| Body::new(TimedBody::new(body, bounds.timeout, bounds.min_rate))))
+    declared.is_some_and(|n| n > max_bytes as u64).then_some(ApiError::BodyTooLarge { limit: max_bytes })
 }
 
-/// `response`, telling an HTTP/1 client the connection closes after it (the rest of its body is
-/// never read). Hyper drops the header over HTTP/2, where it means nothing.
-pub(crate) fn closing(mut response: Response) -> Response {
-    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
+/// Puts the clock on the request's body, when it has one.
+pub(crate) fn clock(request: Request, bounds: BodyBounds) -> Request {
+    // No clock where there is no body (a GET; an HTTP/2 stream ended with its headers).
+    if http_body::Body::is_end_stream(request.body()) {
+        return request;
+    }
+    request.map(|body| Body::new(TimedBody::new(body, bounds.timeout, bounds.min_rate)))
+}
+
+/// [`declared_too_large`], then [`clock`]: for routes that read bodies without [`super::read_body`].
+#[allow(clippy::result_large_err, reason = "the refusal is the rare path")]
+pub(crate) fn bound(request: Request, bounds: BodyBounds) -> Result<Request, Response> {
+    match declared_too_large(request.headers(), bounds.max_bytes) {
+        Some(refused) => Err(refused.into_response()),
+        None => Ok(clock(request, bounds)),
+    }
 }
 
 /// A body that stopped coming, or came too slowly.

@@ -49,7 +49,7 @@ async fn feedback(State(state): State<AppState>, headers: http::HeaderMap, body:
     if !state.credentials.is_control(authorization) {
         return Err(ApiError::Unauthorized);
     }
-    let body = super::read_body(&state, body).await?;
+    let body = super::read_body(&state, &headers, body).await?;
     join_labels(&state, &body).await
 }
 

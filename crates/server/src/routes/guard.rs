@@ -2,9 +2,8 @@
 //! plain enums: an `axum::middleware::from_fn` layer clones and boxes the inner service and boxes
 //! its future on every request, which on the inference path cost more than the checks themselves.
 //!
-//! - [`GuardAll`] wraps the whole API: the head-size limit and the body's bounds (a declared
-//!   length over the limit refused, the body read under a clock) on the way in, `{"error": ...}`
-//!   for every error response on the way out.
+//! - [`GuardAll`] wraps the whole API: the head-size limit and the body's clock on the way in,
+//!   `{"error": ...}` for every error response on the way out.
 //! - [`GuardInference`] wraps the inference routes: a JSON (or binary-extension) body, then the
 //!   API key when keys are configured.
 
@@ -62,10 +61,7 @@ where
         if let Err(refused) = super::limit_headers(self.max_header_bytes, &request) {
             return GuardAllFuture::Answered { response: Some(refused) };
         }
-        match super::body::bound(request, self.body) {
-            Err(refused) => GuardAllFuture::Answered { response: Some(refused) },
-            Ok(request) => GuardAllFuture::Inner { future: self.inner.call(request) },
-        }
+        GuardAllFuture::Inner { future: self.inner.call(super::body::clock(request, self.body)) }
     }
 }
 

@@ -130,8 +130,11 @@ async fn method_not_allowed(request: Request) -> Response {
 
 /// Reads a request's body up to the body limit. Handlers take the whole [`Request`] and read its
 /// body with this, so its headers are borrowed, not copied as the `HeaderMap` extractor does.
-pub(crate) async fn read_body(state: &AppState, body: axum::body::Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(state: &AppState, headers: &http::HeaderMap, body: axum::body::Body) -> Result<Bytes, ApiError> {
     let limit = state.limits.max_body_bytes;
+    if let Some(refused) = body::declared_too_large(headers, limit) {
+        return Err(refused);
+    }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let inner = e.into_inner();
         if inner.downcast_ref::<http_body_util::LengthLimitError>().is_some() {

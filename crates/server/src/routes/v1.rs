@@ -23,7 +23,7 @@ pub fn routes() -> Router<AppState> {
 async fn predict(State(state): State<AppState>, request: Request) -> Response {
     let received = Instant::now();
     let (parts, body) = request.into_parts();
-    let body = read_body(&state, body).await;
+    let body = read_body(&state, &parts.headers, body).await;
     predict_response(&state, Endpoint::V1Predict, &parts.headers, received, body).await
 }
 

@@ -133,7 +133,7 @@ async fn infer_version(State(state): State<AppState>, Path((name, version)): Pat
 async fn infer_at(state: &AppState, name: String, version: Option<String>, request: Request) -> Response {
     let received = Instant::now();
     let (parts, body) = request.into_parts();
-    let body = read_body(state, body).await;
+    let body = read_body(state, &parts.headers, body).await;
     infer_response(state, Endpoint::V2Infer, name, version, &parts.headers, received, body).await
 }
 

@@ -15,7 +15,7 @@ use crate::traffic::Traffic;
 
 /// A server with versions 1 (stable) and 2 (candidate at 0 %, reachable by header) loaded, and
 /// its traffic writer with `keep_warm`.
-fn two_versions(dir: &std::path::Path, keep_warm: Duration) -> (AppState, Arc<Traffic>) {
+pub(super) fn two_versions(dir: &std::path::Path, keep_warm: Duration) -> (AppState, Arc<Traffic>) {
     let state = AppState::new(Limits::default());
     let backend = Arc::new(FakeBackend::default());
     let one = load(&backend, "scale=1", &spec("fraud", "1", 1, 64), &state.metrics);

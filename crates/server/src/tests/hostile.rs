@@ -136,3 +136,52 @@ async fn v1_predict_keeps_the_primary_model_beside_others() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(headers["x-model-version"], "1");
 }
+
+/// The admin API against bad control requests: each a 4xx naming the problem, nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_control_requests_are_refused_and_change_nothing() {
+    const TOKEN: &str = "hostile-admin-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let (served, traffic) = super::control::two_versions(dir.path(), Duration::from_secs(60));
+    let state = AppState::with_credentials(Limits::default(), crate::auth::Credentials::new(Some(TOKEN), &[]));
+    state.models.set("fraud", crate::model::ModelSlot::Ready(served.models.served("fraud").unwrap()));
+    state.health.mark_started();
+    traffic.resume(&state).await.unwrap();
+    let rollouts = Arc::new(crate::rollouts::Rollouts::new(Arc::clone(&traffic), crate::rollouts::FleetConfig::single("test")));
+    let backend: Arc<dyn modelship_inference::Backend> = Arc::new(FakeBackend::default());
+    let repository = Arc::new(crate::repository::Repository::new(None, backend, crate::pool::PoolConfig::new(1, 4), Default::default(), "fraud".to_owned()));
+    let admin = crate::admin::app(crate::admin::AdminState::new(state.clone(), traffic, rollouts, repository));
+    let traffic_url = "/admin/v1/models/fraud/traffic";
+    let request = |body: &str, token: Option<&str>, length: Option<&str>| {
+        let mut r = Request::post(traffic_url).header("content-type", "application/json");
+        if let Some(t) = token {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(n) = length {
+            r = r.header("content-length", n);
+        }
+        r.body(Body::from(body.to_owned())).unwrap()
+    };
+    let change = |json: &str| format!(r#"{{"change": {json}}}"#);
+    // (what, request, status, error fragment)
+    let cases: Vec<(&str, Request<Body>, StatusCode, &str)> = vec![
+        ("no token", request(&change(r#"{"op": "abort"}"#), None, None), StatusCode::UNAUTHORIZED, "admin token"),
+        ("a wrong token", request(&change(r#"{"op": "abort"}"#), Some("not-the-token-0123456789"), None), StatusCode::UNAUTHORIZED, "admin token"),
+        ("a sticky header with CR LF", request(&change(r#"{"op": "sticky", "key": {"header": "x-user\r\nx-evil: 1"}}"#), Some(TOKEN), None), StatusCode::BAD_REQUEST, "is not a header name"),
+        ("not JSON", request("{", Some(TOKEN), None), StatusCode::BAD_REQUEST, ""),
+        ("an unknown operation", request(&change(r#"{"op": "explode"}"#), Some(TOKEN), None), StatusCode::BAD_REQUEST, "explode"),
+        ("a version that is not loaded", request(&change(r#"{"op": "switch", "version": "9"}"#), Some(TOKEN), None), StatusCode::CONFLICT, "version 9 is not loaded"),
+        ("a declared length of 100 GB", request("", Some(TOKEN), Some("100000000000")), StatusCode::PAYLOAD_TOO_LARGE, "larger than the limit"),
+    ];
+    for (what, request, status, fragment) in cases {
+        let response = tokio::time::timeout(Duration::from_secs(10), admin.clone().oneshot(request)).await.expect(what).unwrap();
+        let got = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(got, status, "{what}: {text}");
+        let error: Value = serde_json::from_slice(&body).unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
+        assert!(error["error"].as_str().is_some_and(|e| e.contains(fragment)), "{what}: {text}");
+    }
+    let now = state.models.served("fraud").unwrap();
+    assert_eq!((now.revision, now.table.stable.as_str(), now.table.sticky.clone()), (0, "1", None), "a refused change changed the routing");
+}
