@@ -112,3 +112,25 @@ fn a_bad_key_file_stops_the_server_with_a_clear_message() {
     assert!(!out.status.success());
     assert!(stderr.contains("line 1: an API key must be at least 16") && !stderr.contains("short\n"), "{stderr}");
 }
+
+/// Text logs to a file or a pipe carry no colour codes (they are for terminals only).
+#[test]
+fn text_logs_to_a_pipe_have_no_colour_codes() {
+    let server = Server::start(&[&model("fraud"), "--log-format", "text"]);
+    wait_for_log(&server, "admin API listening");
+    let logs = server.stderr();
+    assert!(!logs.contains("\x1b["), "ANSI escape codes in piped logs: {logs:?}");
+    assert!(logs.contains(" INFO "), "{logs}");
+}
+
+/// The line of the server's log that contains `needle`, once it has arrived.
+fn wait_for_log(server: &Server, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(line) = server.stderr().lines().find(|l| l.contains(needle)) {
+            return line.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no log line with '{needle}': {}", server.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
