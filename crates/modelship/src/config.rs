@@ -172,6 +172,10 @@ pub struct SecurityConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
 }
 
+/// The shortest admin token accepted from any source (like an API key): a shorter one could be
+/// guessed.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
 /// The admin (control) API: its own listener, always behind a bearer token.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
@@ -442,6 +446,11 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
             None
         }
     };
+    if admin.token.as_ref().is_some_and(|t| t.len() < MIN_ADMIN_TOKEN) {
+        problems.push(format!(
+            "MODELSHIP_ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN} characters; set a longer token (it is not shown), or unset it to use the token file"
+        ));
+    }
     let api_keys_env: Vec<String> =
         env.get("MODELSHIP_API_KEYS").map(|v| v.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect()).unwrap_or_default();
     if api_keys_env.iter().any(|k| k.len() < 16) {
@@ -829,5 +838,21 @@ logging:
         assert_eq!((c.admin.replica.as_str(), c.admin.lease_ttl), ("flag-1", Duration::from_secs(3)));
         let e = check("", &m, &["--replica", "a/b", "--lease-ttl", "0.2"]).unwrap_err();
         assert!(e.contains("server.replica 'a/b' is not a usable replica name") && e.contains("lease_ttl_seconds must be between 1 and 300"), "{e}");
+    }
+
+    #[test]
+    fn a_short_admin_token_from_the_environment_is_refused() {
+        let m = ("MODEL_PATH", "m.onnx");
+        for (token, refused) in [("a", true), ("fifteen-chars15", true), ("sixteen-chars-16", false), ("a-much-longer-admin-token", false)] {
+            let result = check("", &[m, ("MODELSHIP_ADMIN_TOKEN", token)], &[]);
+            match (result, refused) {
+                (Err(e), true) => {
+                    assert!(e.contains("MODELSHIP_ADMIN_TOKEN is shorter than 16 characters"), "{token}: {e}");
+                    assert!(token.len() == 1 || !e.contains(token), "the token is never shown: {e}");
+                }
+                (Ok(c), false) => assert_eq!(c.admin.token.as_deref(), Some(token)),
+                (result, _) => panic!("{token}: {result:?}"),
+            }
+        }
     }
 }
