@@ -648,11 +648,18 @@ fn check_range(what: &str, value: usize, min: usize, max: usize, problems: &mut 
     }
 }
 
+/// The longest duration any setting takes: longer is a typo (a timeout in milliseconds written
+/// as seconds), and far enough beyond it a deadline computed from it overflows.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
 fn seconds(what: &str, value: f64, problems: &mut Vec<String>) -> Duration {
-    Duration::try_from_secs_f64(value).unwrap_or_else(|_| {
-        problems.push(format!("{what} is {value}; it must be a number of seconds, 0 or more"));
-        Duration::ZERO
-    })
+    match Duration::try_from_secs_f64(value) {
+        Ok(d) if value <= MAX_SECONDS => d,
+        _ => {
+            problems.push(format!("{what} is {value}; it must be a number of seconds from 0 to {MAX_SECONDS} (a year)"));
+            Duration::ZERO
+        }
+    }
 }
 
 /// Accepts the seed's Python-style names too (`INFO`, `WARNING`).
@@ -777,7 +784,7 @@ logging:
              - no model given: pass MODEL.onnx (`modelship serve model.onnx`), set model.path in the config file, or set MODEL_PATH\n  \
              - model name '../etc' is not valid: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit\n  \
              - server.workers is 0; it must be between 1 and 256\n  \
-             - server.shutdown_grace_seconds is -1; it must be a number of seconds, 0 or more\n  \
+             - server.shutdown_grace_seconds is -1; it must be a number of seconds from 0 to 31536000 (a year)\n  \
              - logging.level 'LOUD' is not one of error, warn, info, debug, trace\n  \
              - logging.format 'xml' is not json or text\n  \
              - features.store_url 'http://***@host' must start with redis:// or rediss://"
@@ -852,6 +859,18 @@ logging:
                 }
                 (Ok(c), false) => assert_eq!(c.admin.token.as_deref(), Some(token)),
                 (result, _) => panic!("{token}: {result:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn durations_beyond_a_year_are_refused() {
+        let m = [("MODEL_PATH", "m.onnx")];
+        for (flag, ok) in [("--shutdown-grace=31536000", true), ("--shutdown-grace=31536001", false), ("--shutdown-grace=1e19", false), ("--shutdown-grace=inf", false)] {
+            let result = check("", &m, &[flag]);
+            assert_eq!(result.is_ok(), ok, "{flag}: {result:?}");
+            if let Err(e) = result {
+                assert!(e.contains("from 0 to 31536000 (a year)"), "{flag}: {e}");
             }
         }
     }
