@@ -127,7 +127,14 @@ fn a_short_admin_token_is_refused_from_every_source() {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.output().unwrap()
+        // A server that accepted the token would run until stopped: give it 30 s to refuse.
+        let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
     };
     let unused = dir.path().join("unused-token");
     for (env, file, names) in [
