@@ -301,17 +301,11 @@ fn human(bytes: u64) -> String {
 
 /// The refusal of an artifact over the limit.
 fn too_large(what: &str, size: u64, limit: u64) -> RegistryError {
-    RegistryError::Io {
-        context: format!("cannot push {what}"),
-        source: std::io::Error::new(
-            std::io::ErrorKind::FileTooLarge,
-            format!(
-                "it is {} ({size} bytes), over the limit of {} ({limit} bytes) for one artifact; pass --max-size with a larger size (e.g. --max-size 8Gi) if it really is a model",
-                human(size),
-                human(limit)
-            ),
-        ),
-    }
+    RegistryError::Config(format!(
+        "cannot push {what}: it is {} ({size} bytes), over the limit of {} ({limit} bytes) for one artifact; pass --max-size with a larger size (e.g. --max-size 8Gi) if it really is a model",
+        human(size),
+        human(limit)
+    ))
 }
 
 /// Reads the model file a push names: a regular file of at most `limit` bytes, read once, with
@@ -322,10 +316,7 @@ async fn read_model(file: &Path, limit: u64) -> Result<Vec<u8>, RegistryError> {
     // Checked before opening: opening a named pipe would wait for a writer.
     let meta = tokio::fs::metadata(file).await.map_err(cannot_read())?;
     if !meta.is_file() {
-        return Err(RegistryError::Io {
-            context: format!("cannot push {what}"),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("it is {}, not a regular file; push an ONNX file", kind_of(&meta))),
-        });
+        return Err(RegistryError::Config(format!("cannot push {what}: it is {}, not a regular file; push an ONNX file", kind_of(&meta))));
     }
     if meta.len() > limit {
         return Err(too_large(&what, meta.len(), limit));
