@@ -59,9 +59,9 @@ pub enum Inserted {
 pub struct Catalog {
     conn: Mutex<Connection>,
     path: PathBuf,
-    /// Opened read-only (the registry is on a read-only mount, or not ours to write): reads work,
-    /// every change is refused up front with what to do.
-    read_only: bool,
+    /// Why it was opened read-only (the registry is on a read-only mount, or not ours to
+    /// write): reads work, every change is refused up front with this and what to do.
+    read_only: Option<String>,
 }
 
 /// `path` as the path part of an SQLite `file:` URI: `%`, `?` and `#` would end or change it.
@@ -133,7 +133,7 @@ impl Catalog {
                 Err(e) => return Err(db_err(e)),
             }
         }
-        Ok(Catalog { conn: Mutex::new(conn), path: path.to_path_buf(), read_only: false })
+        Ok(Catalog { conn: Mutex::new(conn), path: path.to_path_buf(), read_only: None })
     }
 
     /// Opens an existing catalog for reading only: no file is created or changed, no schema or
@@ -156,21 +156,33 @@ impl Catalog {
             .and_then(readable)
             .or_else(|_| Connection::open_with_flags(format!("{uri}&immutable=1"), flags).and_then(readable))
             .map_err(db_err)?;
-        Ok(Catalog { conn: Mutex::new(conn), path: path.to_path_buf(), read_only: true })
+        Ok(Catalog {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+            read_only: Some("a read-only mount, or a directory this user cannot write".to_owned()),
+        })
+    }
+
+    /// Says why a read-only catalog is one (the error that opening it for writing met).
+    pub fn because(mut self, why: String) -> Self {
+        if self.read_only.is_some() {
+            self.read_only = Some(why);
+        }
+        self
     }
 
     pub fn is_read_only(&self) -> bool {
-        self.read_only
+        self.read_only.is_some()
     }
 
     /// Refuses a change to a catalog opened read-only, saying why and what to do.
     pub fn writable(&self) -> Result<(), RegistryError> {
-        if self.read_only {
+        if let Some(why) = &self.read_only {
             return Err(RegistryError::Database {
                 path: self.path.display().to_string(),
-                reason: "the registry is read-only here (a read-only mount, or a directory this user cannot write); \
-                         ls, show, pull, history and serve work, but a change (push, alias, rm, import, gc) needs a writable registry directory"
-                    .to_owned(),
+                reason: format!(
+                    "the registry is read-only here ({why}); ls, show, pull, history and serve work, but a change (push, alias, rm, import, gc) needs a writable registry directory"
+                ),
             });
         }
         Ok(())

@@ -348,7 +348,13 @@ impl Registry {
         let (location, catalog) = match writable {
             Ok(opened) => opened,
             Err(write_error) => match Catalog::open_read_only(&db) {
-                Ok(catalog) => (catalog.setting("artifacts")?.unwrap_or_else(|| "local".to_owned()), catalog),
+                Ok(catalog) => (
+                    catalog.setting("artifacts")?.unwrap_or_else(|| "local".to_owned()),
+                    catalog.because(match &write_error {
+                        RegistryError::Database { reason, .. } => format!("opening it for writing failed: {reason}"),
+                        other => format!("opening it for writing failed: {other}"),
+                    }),
+                ),
                 Err(_) => return Err(write_error),
             },
         };
