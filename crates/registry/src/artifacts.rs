@@ -209,13 +209,19 @@ impl ArtifactStore {
         remove_files(partial.into_iter().filter(|f| f.age >= age).collect())
     }
 
-    /// Marks a local artifact as just used (its modification time), so a `gc --unreferenced`
-    /// running now does not take it from a push that found it already stored.
-    fn touch(&self, digest: &str) {
-        if let Some(dir) = &self.dir {
-            let path = dir.join("sha256").join(digest);
-            if let Err(e) = std::fs::File::options().append(true).open(&path).and_then(|f| f.set_modified(SystemTime::now())) {
+    /// Whether an artifact the store has is still there once marked as just used (its
+    /// modification time), so a `gc --unreferenced` running now leaves it to the push that found
+    /// it; `false` when gc removed it first (the push then writes it again). Always `true` for a
+    /// bucket, where gc does not remove unreferenced artifacts.
+    fn keep(&self, digest: &str) -> bool {
+        let Some(dir) = &self.dir else { return true };
+        let path = dir.join("sha256").join(digest);
+        match std::fs::File::options().append(true).open(&path).and_then(|f| f.set_modified(SystemTime::now())) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
                 tracing::debug!(path = %path.display(), error = %e, "cannot mark a reused artifact as used");
+                true
             }
         }
     }
@@ -236,8 +242,7 @@ impl ArtifactStore {
     /// already has it. Reads at most `size + 1` bytes: a file that grew, shrank or changed since
     /// it was hashed is refused, never stored under the wrong name.
     pub async fn put_file(&self, file: &Path, digest: &str, size: u64, progress: &dyn Progress) -> Result<(), RegistryError> {
-        if self.contains(digest).await? {
-            self.touch(digest);
+        if self.contains(digest).await? && self.keep(digest) {
             return Ok(());
         }
         let reader = tokio::fs::File::open(file).await.map_err(RegistryError::io(format!("cannot read {}", file.display())))?;
@@ -281,9 +286,7 @@ impl ArtifactStore {
     /// Stores `bytes` under their digest (small artifacts, tests).
     pub async fn put_bytes(&self, bytes: Bytes) -> Result<String, RegistryError> {
         let digest = sha256_hex(&bytes);
-        if self.contains(&digest).await? {
-            self.touch(&digest);
-        } else {
+        if !(self.contains(&digest).await? && self.keep(&digest)) {
             self.store.put(&self.key(&digest), PutPayload::from_bytes(bytes)).await?;
         }
         Ok(digest)

@@ -270,6 +270,13 @@ pub struct Registry {
     max_artifact_bytes: u64,
 }
 
+/// `file` with its size and age as they are now.
+fn restat(file: StoredFile) -> std::io::Result<StoredFile> {
+    let meta = std::fs::metadata(&file.path)?;
+    let age = meta.modified().ok().and_then(|m| std::time::SystemTime::now().duration_since(m).ok()).unwrap_or_default();
+    Ok(StoredFile { bytes: meta.len(), age, ..file })
+}
+
 /// Describes a file type that is not a regular file, for the refusal.
 fn kind_of(meta: &std::fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
@@ -503,6 +510,9 @@ impl Registry {
                 report.kept_unreferenced = unreferenced.len();
                 return Ok(report);
             }
+            // Their ages again, now that no version can be committed: a push that reused one
+            // since it was listed marked it as just used.
+            let unreferenced: Vec<StoredFile> = unreferenced.into_iter().filter_map(|f| restat(f).ok()).collect();
             report.kept_young += unreferenced.iter().filter(|f| !old_enough(f)).count();
             report.unreferenced = unreferenced.into_iter().filter(old_enough).collect();
             if !options.dry_run {

@@ -306,3 +306,28 @@ async fn a_read_only_catalog_reads_and_refuses_changes() {
     let missing = Catalog::open_read_only(&dir.path().join("nowhere.db")).err().unwrap().to_string();
     assert!(missing.contains("no registry database here"), "{missing}");
 }
+
+/// A push that finds its artifact already stored (left by a push killed after its upload) marks
+/// it as just used: a `gc --unreferenced` racing it removes only files older than its
+/// --older-than, so it leaves the artifact to the version about to be committed.
+#[tokio::test]
+async fn a_reused_artifact_is_marked_as_just_used() {
+    use modelship_registry::GcOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(dir.path());
+    registry.push(request("other", "1"), &fixture("xgboost"), &NoProgress).await.unwrap();
+    let bytes = std::fs::read(fixture("fraud")).unwrap();
+    let artifact = dir.path().join("artifacts/sha256").join(modelship_registry::artifacts::sha256_hex(&bytes));
+    std::fs::write(&artifact, &bytes).unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::options().append(true).open(&artifact).unwrap().set_modified(two_hours_ago).unwrap();
+    let sweep = GcOptions { older_than: std::time::Duration::from_secs(3600), unreferenced: true, dry_run: true };
+    assert_eq!(registry.gc(sweep).await.unwrap().unreferenced.len(), 1, "an old artifact no version uses");
+
+    registry.push(request("fraud", "1"), &fixture("fraud"), &NoProgress).await.unwrap();
+    let age = std::fs::metadata(&artifact).unwrap().modified().unwrap().elapsed().unwrap();
+    assert!(age < std::time::Duration::from_secs(60), "reused, so marked as just used: {age:?}");
+    assert_eq!(registry.gc(GcOptions { dry_run: false, ..sweep }).await.unwrap().unreferenced.len(), 0);
+    let record = registry.resolve(&ModelRef::parse("fraud:1").unwrap()).await.unwrap();
+    registry.artifact(&record, &NoProgress).await.unwrap();
+}
