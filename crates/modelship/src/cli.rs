@@ -561,6 +561,8 @@ Examples:
   modelship models pull fraud:1.3.0 -o model.onnx
   modelship models fetch --artifacts s3://models/fraud sha256:608b7f20... -o /models/model.onnx
   modelship models rm fraud:1.2.0
+  modelship models gc --dry-run               # partial files of interrupted pushes, over 1h old
+  modelship models gc --unreferenced --older-than 0s
   modelship models import mlflow --tracking-uri http://mlflow:5000 fraud @champion
   modelship serve fraud@production          # follows the alias as it moves";
 
@@ -609,6 +611,10 @@ pub enum ModelsCommand {
         /// Free text shown by `models show`
         #[arg(long, short = 'd')]
         description: Option<String>,
+        /// The largest file it takes, e.g. 8Gi or 500Mi (a larger one is refused before it is
+        /// read: a mistaken path such as /dev/zero or a data file stops at once)
+        #[arg(long, value_name = "SIZE", default_value = "4Gi")]
+        max_size: String,
     },
     /// List models and versions
     Ls {
@@ -647,6 +653,21 @@ pub enum ModelsCommand {
     Alias { name: String, alias: String, version: String },
     /// Every alias move of a model, oldest first
     History { name: String },
+    /// Remove what interrupted pushes left behind: partial artifact files, and with
+    /// --unreferenced complete artifacts no version uses. Never an artifact any version of any
+    /// model references, never a file younger than --older-than (a push may be writing it)
+    Gc {
+        /// Only files last written at least this long ago, e.g. 1h, 30m, 0s
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        older_than: String,
+        /// Also remove complete artifacts that no version of any model references (left by a
+        /// push killed after its upload); best run when no push is running
+        #[arg(long)]
+        unreferenced: bool,
+        /// Report what would be removed; remove nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Copy a model version from another registry
     #[command(subcommand)]
     Import(ImportSource),
@@ -667,6 +688,9 @@ pub enum ImportSource {
         /// Register it under this name here [default: the MLflow name]
         #[arg(long = "as", value_name = "NAME")]
         as_name: Option<String>,
+        /// The largest ONNX file it downloads, e.g. 8Gi
+        #[arg(long, value_name = "SIZE", default_value = "4Gi")]
+        max_size: String,
     },
 }
 

@@ -189,6 +189,10 @@ pub struct SecurityConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
 }
 
+/// The shortest admin token accepted from any source (like an API key): a shorter one could be
+/// guessed.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
 /// The admin (control) API: its own listener, always behind a bearer token.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
@@ -475,6 +479,11 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
             None
         }
     };
+    if admin.token.as_ref().is_some_and(|t| t.len() < MIN_ADMIN_TOKEN) {
+        problems.push(format!(
+            "MODELSHIP_ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN} characters; set a longer token (it is not shown), or unset it to use the token file"
+        ));
+    }
     let api_keys_env: Vec<String> =
         env.get("MODELSHIP_API_KEYS").map(|v| v.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect()).unwrap_or_default();
     if api_keys_env.iter().any(|k| k.len() < 16) {
@@ -677,11 +686,18 @@ fn check_range(what: &str, value: usize, min: usize, max: usize, problems: &mut 
     }
 }
 
+/// The longest duration any setting takes: longer is a typo (a timeout in milliseconds written
+/// as seconds), and far enough beyond it a deadline computed from it overflows.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
 fn seconds(what: &str, value: f64, problems: &mut Vec<String>) -> Duration {
-    Duration::try_from_secs_f64(value).unwrap_or_else(|_| {
-        problems.push(format!("{what} is {value}; it must be a number of seconds, 0 or more"));
-        Duration::ZERO
-    })
+    match Duration::try_from_secs_f64(value) {
+        Ok(d) if value <= MAX_SECONDS => d,
+        _ => {
+            problems.push(format!("{what} is {value}; it must be a number of seconds from 0 to {MAX_SECONDS} (a year)"));
+            Duration::ZERO
+        }
+    }
 }
 
 /// Accepts the seed's Python-style names too (`INFO`, `WARNING`).
@@ -806,7 +822,7 @@ logging:
              - no model given: pass MODEL.onnx (`modelship serve model.onnx`), set model.path in the config file, or set MODEL_PATH\n  \
              - model name '../etc' is not valid: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit\n  \
              - server.workers is 0; it must be between 1 and 256\n  \
-             - server.shutdown_grace_seconds is -1; it must be a number of seconds, 0 or more\n  \
+             - server.shutdown_grace_seconds is -1; it must be a number of seconds from 0 to 31536000 (a year)\n  \
              - logging.level 'LOUD' is not one of error, warn, info, debug, trace\n  \
              - logging.format 'xml' is not json or text\n  \
              - features.store_url 'http://***@host' must start with redis:// or rediss://"
@@ -867,5 +883,33 @@ logging:
         assert_eq!((c.admin.replica.as_str(), c.admin.lease_ttl), ("flag-1", Duration::from_secs(3)));
         let e = check("", &m, &["--replica", "a/b", "--lease-ttl", "0.2"]).unwrap_err();
         assert!(e.contains("server.replica 'a/b' is not a usable replica name") && e.contains("lease_ttl_seconds must be between 1 and 300"), "{e}");
+    }
+
+    #[test]
+    fn a_short_admin_token_from_the_environment_is_refused() {
+        let m = ("MODEL_PATH", "m.onnx");
+        for (token, refused) in [("a", true), ("fifteen-chars15", true), ("sixteen-chars-16", false), ("a-much-longer-admin-token", false)] {
+            let result = check("", &[m, ("MODELSHIP_ADMIN_TOKEN", token)], &[]);
+            match (result, refused) {
+                (Err(e), true) => {
+                    assert!(e.contains("MODELSHIP_ADMIN_TOKEN is shorter than 16 characters"), "{token}: {e}");
+                    assert!(token.len() == 1 || !e.contains(token), "the token is never shown: {e}");
+                }
+                (Ok(c), false) => assert_eq!(c.admin.token.as_deref(), Some(token)),
+                (result, _) => panic!("{token}: {result:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn durations_beyond_a_year_are_refused() {
+        let m = [("MODEL_PATH", "m.onnx")];
+        for (flag, ok) in [("--shutdown-grace=31536000", true), ("--shutdown-grace=31536001", false), ("--shutdown-grace=1e19", false), ("--shutdown-grace=inf", false)] {
+            let result = check("", &m, &[flag]);
+            assert_eq!(result.is_ok(), ok, "{flag}: {result:?}");
+            if let Err(e) = result {
+                assert!(e.contains("from 0 to 31536000 (a year)"), "{flag}: {e}");
+            }
+        }
     }
 }

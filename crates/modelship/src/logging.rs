@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::IsTerminal;
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -27,7 +28,10 @@ pub fn init(config: &LogConfig) {
     // what an operator needs, unless they asked for debug output.
     let runtime = if level >= LevelFilter::DEBUG { level } else { level.min(LevelFilter::WARN) };
     let filter = Targets::new().with_default(level).with_target("ort", runtime);
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    ));
     let result = if config.json {
         let layer = layer.event_format(JsonLines { static_fields: config.static_fields.clone() });
         tracing_subscriber::registry().with(layer.with_filter(filter)).try_init()
@@ -36,6 +40,13 @@ pub fn init(config: &LogConfig) {
     };
     // A second init (tests calling in twice) keeps the first subscriber.
     let _ = result;
+}
+
+/// Colour codes only for a person at a terminal: in a file or a pipe they are noise that log
+/// pipelines must strip. `NO_COLOR` (any non-empty value, <https://no-color.org>) turns them off
+/// on a terminal too.
+fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 struct JsonLines {
@@ -83,5 +94,23 @@ impl Visit for JsonVisitor<'_> {
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.0.insert(field.name().to_owned(), Value::String(format!("{value:?}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        for (terminal, no_color, expected) in [
+            (true, None, true),
+            (true, Some(""), true),
+            (true, Some("1"), false),
+            (false, None, false),
+            (false, Some("1"), false),
+        ] {
+            assert_eq!(super::colour(terminal, no_color.map(OsStr::new)), expected, "terminal {terminal}, NO_COLOR {no_color:?}");
+        }
     }
 }

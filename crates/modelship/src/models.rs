@@ -9,7 +9,9 @@ use comfy_table::presets::NOTHING;
 use comfy_table::{ContentArrangement, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 use modelship_registry::mlflow::{MlflowClient, MlflowVersion};
-use modelship_registry::{AliasMove, ModelRef, Progress, PushOutcome, PushRequest, Registry, RegistryConfig, VersionRecord};
+use modelship_registry::{
+    AliasMove, GcOptions, GcReport, ModelRef, Progress, PushOutcome, PushRequest, Registry, RegistryConfig, VersionRecord,
+};
 use serde_json::json;
 
 use crate::cli::{ImportSource, ModelsArgs, ModelsCommand, OutputFormat};
@@ -72,7 +74,8 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
     }
     let registry = open_registry(args.registry, args.artifacts, &env)?;
     match args.command {
-        ModelsCommand::Push { name, file, version, metrics, labels, description } => {
+        ModelsCommand::Push { name, file, version, metrics, labels, description, max_size } => {
+            let registry = registry.with_max_artifact_bytes(parse_bytes("--max-size", &max_size)?);
             let request = PushRequest {
                 name,
                 version,
@@ -162,12 +165,14 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        ModelsCommand::Import(ImportSource::Mlflow { tracking_uri, name, version, as_name }) => {
+        ModelsCommand::Import(ImportSource::Mlflow { tracking_uri, name, version, as_name, max_size }) => {
+            let max_size = parse_bytes("--max-size", &max_size)?;
+            let registry = registry.with_max_artifact_bytes(max_size);
             let uri = tracking_uri
                 .or_else(|| env.get("MLFLOW_TRACKING_URI"))
                 .context("no MLflow server given: pass --tracking-uri URL or set MLFLOW_TRACKING_URI")?;
             let basic = env.get("MLFLOW_TRACKING_USERNAME").zip(env.get("MLFLOW_TRACKING_PASSWORD"));
-            let client = MlflowClient::new(&uri, env.get("MLFLOW_TRACKING_TOKEN"), basic)?;
+            let client = MlflowClient::new(&uri, env.get("MLFLOW_TRACKING_TOKEN"), basic)?.with_max_bytes(max_size);
             let bar = Bar::new();
             let wanted = MlflowVersion::parse(&version);
             let imported = tokio::task::block_in_place(|| client.fetch(&name, &wanted, &bar))
@@ -179,6 +184,19 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             }
             let outcome = registry.push_bytes(request, imported.bytes).await?;
             report_push(outcome, json_out, &format!("imported MLflow {name} version {} as", imported.mlflow_version));
+        }
+        ModelsCommand::Gc { older_than, unreferenced, dry_run } => {
+            let older_than = humantime::parse_duration(&older_than)
+                .with_context(|| format!("--older-than {older_than}: give a duration like 1h, 30m or 0s"))?;
+            let report = registry.gc(GcOptions { older_than, unreferenced, dry_run }).await?;
+            if json_out {
+                let mut value = serde_json::to_value(&report)?;
+                value["files"] = json!(report.partial.len() + report.unreferenced.len());
+                value["bytes"] = json!(report.bytes());
+                print_json(&value);
+            } else {
+                print_gc(&report, registry.artifact_location());
+            }
         }
         ModelsCommand::History { name } => {
             let moves = registry.history(&name).await?;
@@ -203,6 +221,34 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `models gc` for people: each file, then the totals and what was left and why.
+fn print_gc(report: &GcReport, location: &str) {
+    let files = report.partial.len() + report.unreferenced.len();
+    let verb = if report.dry_run { "would remove" } else { "removed" };
+    for (kind, list) in [("partial", &report.partial), ("unreferenced", &report.unreferenced)] {
+        for f in list {
+            println!("{verb} {kind} {} ({})", f.path.display(), size(f.bytes));
+        }
+    }
+    if files == 0 {
+        println!("nothing to remove in {location}");
+    } else {
+        let plural = if files == 1 { "" } else { "s" };
+        println!("{verb} {files} file{plural}, {} ({} partial, {} unreferenced)", size(report.bytes()), report.partial.len(), report.unreferenced.len());
+    }
+    if report.kept_young > 0 {
+        println!("kept {} file(s) younger than --older-than (a push may still be writing them)", report.kept_young);
+    }
+    if report.kept_unreferenced > 0 {
+        println!("kept {} complete artifact(s) no version references; remove them with --unreferenced", report.kept_unreferenced);
+    }
+}
+
+/// A size flag (`4Gi`, `500Mi`, bytes), or what is wrong with it.
+fn parse_bytes(flag: &'static str, given: &str) -> anyhow::Result<u64> {
+    Ok(modelship_validate::limit::parse_bytes(flag, given)?)
 }
 
 /// Prints what a push or an import did: `{what} NAME:VERSION (sha256:..., size)` for a new version.

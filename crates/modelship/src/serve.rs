@@ -95,7 +95,7 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
     let grpc_address = Some(grpc_listener.local_addr().context("cannot read the bound gRPC address")?);
     #[cfg(not(feature = "grpc"))]
     let grpc_address: Option<std::net::SocketAddr> = None;
-    let admin_token = admin_token(&config.admin)?;
+    let (admin_token, token_source) = admin_token(&config.admin)?;
     let api_keys = api_keys(&config.security)?;
     let tls = match &config.security.tls {
         Some((cert, key)) => Some(Tls::from_pem_files(cert, key).map_err(|e| anyhow::anyhow!(e))?),
@@ -231,7 +231,7 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
     }
     let admin = AdminState::new(state.clone(), Arc::clone(&traffic), rollouts, repository);
     server.serve("admin", admin_listener, modelship_server::admin::app(admin), tls.clone());
-    tracing::info!(%admin_address, token_file = %config.admin.token_file.display(), "admin API listening");
+    tracing::info!(%admin_address, %token_source, "admin API listening");
     let startup_seconds = state.health.mark_started().max(started.elapsed().as_secs_f64());
     announce_ready(address, admin_address, grpc_address, &spec, startup_seconds);
     if let ModelSource::Registry { registry, reference: ModelRef::Alias(name, alias) } = &source {
@@ -354,20 +354,26 @@ fn repository_registry(source: &ModelSource, config: &ServeConfig) -> Option<Arc
         .map(Arc::new)
 }
 
-/// The admin token: `MODELSHIP_ADMIN_TOKEN`, else the token file, else a new random token
-/// written to the token file (mode 0600). The token itself is never logged.
-fn admin_token(admin: &AdminConfig) -> anyhow::Result<String> {
+/// The admin token and where it came from (for the log): `MODELSHIP_ADMIN_TOKEN` (its length
+/// checked by `config::resolve`), else the token file, else a new random token written to the
+/// token file (mode 0600). The token itself is never logged.
+fn admin_token(admin: &AdminConfig) -> anyhow::Result<(String, String)> {
     if let Some(token) = &admin.token {
-        return Ok(token.clone());
+        return Ok((token.clone(), "MODELSHIP_ADMIN_TOKEN".to_owned()));
     }
     let path = &admin.token_file;
+    let source = path.display().to_string();
     if path.exists() {
         let token = std::fs::read_to_string(path).with_context(|| format!("cannot read the admin token file {}", path.display()))?;
         let token = token.trim().to_owned();
-        if token.len() < 16 {
-            bail!("the admin token in {} is shorter than 16 characters; use a longer one or delete the file to get a new one", path.display());
+        if token.len() < config::MIN_ADMIN_TOKEN {
+            bail!(
+                "the admin token in {} is shorter than {} characters; use a longer one or delete the file to get a new one",
+                path.display(),
+                config::MIN_ADMIN_TOKEN
+            );
         }
-        return Ok(token);
+        return Ok((token, source));
     }
     let mut random = [0u8; 32];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random).context("cannot read /dev/urandom")?;
@@ -384,7 +390,7 @@ fn admin_token(admin: &AdminConfig) -> anyhow::Result<String> {
         .with_context(|| format!("cannot write the admin token file {}", path.display()))?;
     std::io::Write::write_all(&mut file, token.as_bytes())?;
     tracing::info!(token_file = %path.display(), "generated an admin token");
-    Ok(token)
+    Ok((token, source))
 }
 
 /// Where the served model comes from: a file, or a registry reference.

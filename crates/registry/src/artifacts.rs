@@ -4,9 +4,14 @@
 //! Writes are atomic in both backends (a local file is staged and renamed; an S3 multipart upload
 //! becomes visible only when completed), so a crash never leaves a partial artifact under its
 //! final name. Every read is hashed and checked against the digest it was asked for.
+//!
+//! A crash does leave the staging file behind in a local store: `sha256/<digest>#<n>`, which
+//! `object_store` never lists or reuses. [`ArtifactStore::partials`] finds them for
+//! `models gc`, and every push removes the ones older than [`STALE_PARTIAL`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -21,11 +26,64 @@ use crate::RegistryError;
 /// Upload and download granularity.
 const CHUNK: usize = 8 * 1024 * 1024;
 
+/// A staging file this old belongs to a push that died: no push takes an hour between writing
+/// its first byte and renaming the file (a 4 GiB artifact on a slow disk takes minutes), so
+/// removing it never hurts a push in progress.
+pub const STALE_PARTIAL: Duration = Duration::from_secs(3600);
+
 pub struct ArtifactStore {
     store: Arc<dyn ObjectStore>,
     prefix: StorePath,
     /// Where artifacts live, for messages: a directory or an `s3://` URL.
     location: String,
+    /// The directory of a local store (its files are named `sha256/<digest>` under it).
+    dir: Option<PathBuf>,
+}
+
+/// A file in a local artifact store, as `models gc` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoredFile {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// How long ago it was last written.
+    #[serde(skip)]
+    pub age: Duration,
+}
+
+/// Whether `name` is `object_store`'s staging name for an artifact: `<64 hex>#<n>`.
+fn is_partial(name: &str) -> bool {
+    name.split_once('#').is_some_and(|(digest, n)| is_digest(digest) && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+pub(crate) fn is_digest(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Removes `files` (one already gone is not an error: another gc or push took it); returns the
+/// ones removed.
+pub(crate) fn remove_files(files: Vec<StoredFile>) -> Result<Vec<StoredFile>, RegistryError> {
+    let mut removed = Vec::with_capacity(files.len());
+    for file in files {
+        match std::fs::remove_file(&file.path) {
+            Ok(()) => removed.push(file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(RegistryError::io(format!("cannot remove {}", file.path.display()))(e)),
+        }
+    }
+    Ok(removed)
+}
+
+/// Test-only crash points: with `MODELSHIP_CRASH_AT=<point>` in the environment the process
+/// aborts at that point of a push, as a kill would stop it there (no unwinding, no cleanup), so
+/// the crash tests reach every step of a push deterministically. Nothing else sets it.
+pub(crate) fn crash_armed(point: &str) -> bool {
+    std::env::var_os("MODELSHIP_CRASH_AT").is_some_and(|p| p == point)
+}
+
+pub(crate) fn crash_point(point: &str) {
+    if crash_armed(point) {
+        std::process::abort();
+    }
 }
 
 /// The lowercase hex SHA-256 of `bytes`.
@@ -56,8 +114,15 @@ impl ArtifactStore {
     /// Artifacts under a local directory (created if missing).
     pub fn local(dir: &Path) -> Result<Self, RegistryError> {
         std::fs::create_dir_all(dir).map_err(RegistryError::io(format!("cannot create {}", dir.display())))?;
-        let store = object_store::local::LocalFileSystem::new_with_prefix(dir)?;
-        Ok(ArtifactStore { store: Arc::new(store), prefix: StorePath::default(), location: dir.display().to_string() })
+        // Synced before the rename and the version's commit (itself `synchronous=FULL`): a power
+        // loss never leaves a committed version whose artifact's bytes were still in the cache.
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir)?.with_fsync(true);
+        Ok(ArtifactStore {
+            store: Arc::new(store),
+            prefix: StorePath::default(),
+            location: dir.display().to_string(),
+            dir: Some(dir.to_path_buf()),
+        })
     }
 
     /// Artifacts in an S3-compatible bucket: `s3://bucket[/prefix]`. Credentials and endpoint come
@@ -72,7 +137,7 @@ impl ArtifactStore {
     /// Artifacts under `prefix` of an object store the caller opened (a registry that keeps its
     /// catalog in the same bucket shares one client).
     pub fn in_bucket(store: Arc<dyn ObjectStore>, prefix: StorePath, url: &str) -> Self {
-        ArtifactStore { store, prefix, location: url.trim_end_matches('/').to_owned() }
+        ArtifactStore { store, prefix, location: url.trim_end_matches('/').to_owned(), dir: None }
     }
 
     /// Opens the store a registry recorded: `local` (under `default_dir`) or an `s3://` URL.
@@ -95,6 +160,72 @@ impl ArtifactStore {
         &self.location
     }
 
+    /// The directory of a local store; `None` for a bucket.
+    pub fn local_dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// The files of a local store, split into staging files left by interrupted pushes
+    /// (`<digest>#<n>`) and complete artifacts (`<digest>`); other names are not the store's and
+    /// are left out. A bucket has neither: an interrupted multipart upload is invisible and is
+    /// the bucket's lifecycle rules' to expire.
+    pub fn files(&self) -> Result<(Vec<StoredFile>, Vec<StoredFile>), RegistryError> {
+        let (mut partial, mut complete) = (Vec::new(), Vec::new());
+        let Some(dir) = &self.dir else { return Ok((partial, complete)) };
+        let dir = dir.join("sha256");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((partial, complete)),
+            Err(e) => return Err(RegistryError::io(format!("cannot list {}", dir.display()))(e)),
+        };
+        let now = SystemTime::now();
+        for entry in entries {
+            let entry = entry.map_err(RegistryError::io(format!("cannot list {}", dir.display())))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let list = if is_partial(&name) {
+                &mut partial
+            } else if is_digest(&name) {
+                &mut complete
+            } else {
+                continue;
+            };
+            // Gone since it was listed: a push renamed it, or another gc removed it.
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
+            list.push(StoredFile { path: entry.path(), bytes: meta.len(), age });
+        }
+        partial.sort_by(|a, b| a.path.cmp(&b.path));
+        complete.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok((partial, complete))
+    }
+
+    /// Removes the staging files older than `age` (best effort: a file another process removed
+    /// first is not an error); returns what was removed.
+    pub fn remove_partials(&self, age: Duration) -> Result<Vec<StoredFile>, RegistryError> {
+        let (partial, _) = self.files()?;
+        remove_files(partial.into_iter().filter(|f| f.age >= age).collect())
+    }
+
+    /// Whether an artifact the store has is still there once marked as just used (its
+    /// modification time), so a `gc --unreferenced` running now leaves it to the push that found
+    /// it; `false` when gc removed it first (the push then writes it again). Always `true` for a
+    /// bucket, where gc does not remove unreferenced artifacts.
+    fn keep(&self, digest: &str) -> bool {
+        let Some(dir) = &self.dir else { return true };
+        let path = dir.join("sha256").join(digest);
+        match std::fs::File::options().append(true).open(&path).and_then(|f| f.set_modified(SystemTime::now())) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "cannot mark a reused artifact as used");
+                true
+            }
+        }
+    }
+
     fn key(&self, digest: &str) -> StorePath {
         self.prefix.clone().join("sha256").join(digest)
     }
@@ -107,18 +238,21 @@ impl ArtifactStore {
         }
     }
 
-    /// Uploads `file`, whose content hashes to `digest`, unless the store already has it.
-    pub async fn put_file(&self, file: &Path, digest: &str, progress: &dyn Progress) -> Result<(), RegistryError> {
-        if self.contains(digest).await? {
+    /// Uploads `file`, whose content is `size` bytes hashing to `digest`, unless the store
+    /// already has it. Reads at most `size + 1` bytes: a file that grew, shrank or changed since
+    /// it was hashed is refused, never stored under the wrong name.
+    pub async fn put_file(&self, file: &Path, digest: &str, size: u64, progress: &dyn Progress) -> Result<(), RegistryError> {
+        if self.contains(digest).await? && self.keep(digest) {
             return Ok(());
         }
-        let mut reader = tokio::fs::File::open(file).await.map_err(RegistryError::io(format!("cannot read {}", file.display())))?;
-        let size = reader.metadata().await.map(|m| m.len()).unwrap_or(0);
+        let reader = tokio::fs::File::open(file).await.map_err(RegistryError::io(format!("cannot read {}", file.display())))?;
+        let mut reader = reader.take(size.saturating_add(1));
         progress.start("upload", size);
         let upload = self.store.put_multipart(&self.key(digest)).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK);
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1024 * 1024];
+        let mut written = 0u64;
         loop {
             let n = reader.read(&mut buf).await.map_err(RegistryError::io(format!("cannot read {}", file.display())))?;
             if n == 0 {
@@ -127,11 +261,17 @@ impl ArtifactStore {
             hasher.update(&buf[..n]);
             writer.wait_for_capacity(4).await?;
             writer.write(&buf[..n]);
+            written += n as u64;
             progress.advance(n as u64);
+            if written >= CHUNK as u64 && crash_armed("push:artifact-partial") {
+                // The first part is in the staging file, the rest is not.
+                writer.wait_for_capacity(0).await?;
+                crash_point("push:artifact-partial");
+            }
         }
         // The file changed between hashing and upload: do not store it under the wrong name.
         let actual = hex::encode(hasher.finalize());
-        if actual != digest {
+        if actual != digest || written != size {
             writer.abort().await?;
             return Err(RegistryError::Io {
                 context: format!("{} changed while it was being pushed", file.display()),
@@ -146,7 +286,7 @@ impl ArtifactStore {
     /// Stores `bytes` under their digest (small artifacts, tests).
     pub async fn put_bytes(&self, bytes: Bytes) -> Result<String, RegistryError> {
         let digest = sha256_hex(&bytes);
-        if !self.contains(&digest).await? {
+        if !(self.contains(&digest).await? && self.keep(&digest)) {
             self.store.put(&self.key(&digest), PutPayload::from_bytes(bytes)).await?;
         }
         Ok(digest)
@@ -180,6 +320,27 @@ impl ArtifactStore {
         match self.store.delete(&self.key(digest)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn staging_names_are_told_from_artifacts_and_strangers() {
+        let digest = "a".repeat(64);
+        for (name, partial, artifact) in [
+            (format!("{digest}#1"), true, false),
+            (format!("{digest}#123"), true, false),
+            (digest.clone(), false, true),
+            (format!("{digest}#"), false, false),
+            (format!("{digest}#x"), false, false),
+            (format!("{}#1", "A".repeat(64)), false, false),
+            (format!("{}#1", "a".repeat(63)), false, false),
+            ("registry.db".to_owned(), false, false),
+            ("notes#1".to_owned(), false, false),
+        ] {
+            assert_eq!((super::is_partial(&name), super::is_digest(&name)), (partial, artifact), "{name}");
         }
     }
 }

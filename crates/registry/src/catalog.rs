@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use crate::RegistryError;
@@ -59,6 +59,23 @@ pub enum Inserted {
 pub struct Catalog {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// Why it was opened read-only (the registry is on a read-only mount, or not ours to
+    /// write): reads work, every change is refused up front with this and what to do.
+    read_only: Option<String>,
+}
+
+/// `path` as the path part of an SQLite `file:` URI: `%`, `?` and `#` would end or change it.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3f"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 pub fn now_ms() -> i64 {
@@ -116,7 +133,59 @@ impl Catalog {
                 Err(e) => return Err(db_err(e)),
             }
         }
-        Ok(Catalog { conn: Mutex::new(conn), path: path.to_path_buf() })
+        Ok(Catalog { conn: Mutex::new(conn), path: path.to_path_buf(), read_only: None })
+    }
+
+    /// Opens an existing catalog for reading only: no file is created or changed, no schema or
+    /// journal mode is set. A WAL database needs its `-shm` index, which a reader creates when it
+    /// is missing; where it cannot (a read-only mount of a registry no writer has open), the file
+    /// is read as immutable, which is what it is there.
+    pub fn open_read_only(path: &Path) -> Result<Self, RegistryError> {
+        let db_err = |e: rusqlite::Error| RegistryError::Database { path: path.display().to_string(), reason: e.to_string() };
+        if !path.is_file() {
+            return Err(RegistryError::Database { path: path.display().to_string(), reason: "no registry database here".to_owned() });
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let uri = format!("file:{}?mode=ro", uri_path(path));
+        let readable = |conn: Connection| -> rusqlite::Result<Connection> {
+            conn.busy_timeout(Duration::from_secs(30))?;
+            conn.query_row("SELECT COUNT(*) FROM versions", [], |r| r.get::<_, i64>(0))?;
+            Ok(conn)
+        };
+        let conn = Connection::open_with_flags(&uri, flags)
+            .and_then(readable)
+            .or_else(|_| Connection::open_with_flags(format!("{uri}&immutable=1"), flags).and_then(readable))
+            .map_err(db_err)?;
+        Ok(Catalog {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+            read_only: Some("a read-only mount, or a directory this user cannot write".to_owned()),
+        })
+    }
+
+    /// Says why a read-only catalog is one (the error that opening it for writing met).
+    pub fn because(mut self, why: String) -> Self {
+        if self.read_only.is_some() {
+            self.read_only = Some(why);
+        }
+        self
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.is_some()
+    }
+
+    /// Refuses a change to a catalog opened read-only, saying why and what to do.
+    pub fn writable(&self) -> Result<(), RegistryError> {
+        if let Some(why) = &self.read_only {
+            return Err(RegistryError::Database {
+                path: self.path.display().to_string(),
+                reason: format!(
+                    "the registry is read-only here ({why}); ls, show, pull, history and serve work, but a change (push, alias, rm, import, gc) needs a writable registry directory"
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn prepare(conn: &Connection) -> rusqlite::Result<()> {
@@ -141,6 +210,7 @@ impl Catalog {
 
     /// Records `value` for `key` unless one is already there; returns the value in force.
     pub fn setting_or_insert(&self, key: &str, value: &str) -> Result<String, RegistryError> {
+        self.writable()?;
         self.with(|c| {
             c.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?1, ?2)", params![key, value])?;
             c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
@@ -149,6 +219,7 @@ impl Catalog {
 
     /// Adds a version, or finds the identical one already there, or refuses a conflicting one.
     pub fn insert(&self, record: &VersionRecord) -> Result<Inserted, RegistryError> {
+        self.writable()?;
         let json = serde_json::to_string(record).map_err(|e| RegistryError::Store(e.to_string()))?;
         let existing = self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -241,6 +312,7 @@ impl Catalog {
     /// Points `alias` at `version` and records the move. Moving an alias to where it already points
     /// records nothing and returns `None`.
     pub fn set_alias(&self, name: &str, alias: &str, version: &str, actor: &str) -> Result<Option<AliasMove>, RegistryError> {
+        self.writable()?;
         let at_ms = now_ms();
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -304,6 +376,7 @@ impl Catalog {
         metrics: &BTreeMap<String, f64>,
         labels: &BTreeMap<String, String>,
     ) -> Result<VersionRecord, RegistryError> {
+        self.writable()?;
         enum Outcome {
             Missing,
             Unreadable(String),
@@ -334,10 +407,32 @@ impl Catalog {
         Ok(self.with_aliases(vec![self.decode(&json)?])?.remove(0))
     }
 
+    /// Runs `sweep` with the digests every version references, while holding the database's
+    /// write lock: no version can be committed meanwhile, so an artifact `sweep` finds
+    /// unreferenced stays so until it returns (`models gc --unreferenced`).
+    pub fn with_referenced<T>(
+        &self,
+        sweep: impl FnOnce(&std::collections::HashSet<String>) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        self.writable()?;
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| self.err(e))?;
+        let referenced = {
+            let mut stmt = tx.prepare("SELECT DISTINCT digest FROM versions").map_err(|e| self.err(e))?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.err(e))?;
+            rows.collect::<rusqlite::Result<std::collections::HashSet<_>>>().map_err(|e| self.err(e))?
+        };
+        let result = sweep(&referenced);
+        // Nothing was written: ending the transaction only releases the lock.
+        tx.rollback().map_err(|e| self.err(e))?;
+        result
+    }
+
     /// Removes a version. Refused while aliases point at it unless `force`, which removes those
     /// aliases too (recorded in the history). Returns the digest when no other version uses it,
     /// so the caller can delete the artifact.
     pub fn remove(&self, name: &str, version: &str, force: bool, actor: &str) -> Result<Option<String>, RegistryError> {
+        self.writable()?;
         let at_ms = now_ms();
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;

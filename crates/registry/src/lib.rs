@@ -29,4 +29,4 @@ mod registry;
 pub use catalog::{AliasMove, VersionRecord};
 pub use error::RegistryError;
 pub use name::ModelRef;
-pub use registry::{NoProgress, Progress, PushOutcome, PushRequest, Registry, RegistryConfig};
+pub use registry::{DEFAULT_MAX_ARTIFACT_BYTES, GcOptions, GcReport, NoProgress, Progress, PushOutcome, PushRequest, Registry, RegistryConfig};

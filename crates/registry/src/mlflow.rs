@@ -46,6 +46,8 @@ pub struct MlflowClient {
     base: String,
     agent: ureq::Agent,
     auth: Option<String>,
+    /// The largest ONNX file it downloads (a push's own limit).
+    max_bytes: u64,
 }
 
 fn err(context: &str, e: impl std::fmt::Display) -> RegistryError {
@@ -70,7 +72,17 @@ impl MlflowClient {
             .timeout_global(Some(Duration::from_secs(600)))
             .build()
             .into();
-        Ok(MlflowClient { base: tracking_uri.trim_end_matches('/').to_owned(), agent, auth })
+        Ok(MlflowClient { base: tracking_uri.trim_end_matches('/').to_owned(), agent, auth, max_bytes: crate::registry::DEFAULT_MAX_ARTIFACT_BYTES })
+    }
+
+    /// The largest ONNX file it downloads (default [`crate::registry::DEFAULT_MAX_ARTIFACT_BYTES`]).
+    pub fn with_max_bytes(mut self, limit: u64) -> Self {
+        self.max_bytes = limit;
+        self
+    }
+
+    fn too_large(&self, what: &str, size: u64) -> RegistryError {
+        err(what, format!("the model is over the limit of {} bytes for one artifact; pass --max-size with a larger size if it really is a model (it is {size} bytes or more)", self.max_bytes))
     }
 
     fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
@@ -160,7 +172,20 @@ impl MlflowClient {
                 .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
                 .min()
                 .ok_or_else(|| err(artifact_uri, "no .onnx file in the model's artifacts"))?;
-            return std::fs::read(&file).map(Bytes::from).map_err(|e| err(&file.display().to_string(), e));
+            let what = file.display().to_string();
+            let meta = std::fs::metadata(&file).map_err(|e| err(&what, e))?;
+            if !meta.is_file() {
+                return Err(err(&what, "not a regular file"));
+            }
+            if meta.len() > self.max_bytes {
+                return Err(self.too_large(&what, meta.len()));
+            }
+            let mut bytes = Vec::with_capacity(meta.len() as usize);
+            std::fs::File::open(&file).and_then(|f| f.take(self.max_bytes + 1).read_to_end(&mut bytes)).map_err(|e| err(&what, e))?;
+            if bytes.len() as u64 > self.max_bytes {
+                return Err(self.too_large(&what, bytes.len() as u64));
+            }
+            return Ok(Bytes::from(bytes));
         }
         let path = artifact_uri
             .strip_prefix("mlflow-artifacts:")
@@ -189,7 +214,10 @@ impl MlflowClient {
         if !response.status().is_success() {
             return Err(err(&url_path, format!("HTTP {}", response.status())));
         }
-        let total = response.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+        let total: u64 = response.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+        if total > self.max_bytes {
+            return Err(self.too_large(&url_path, total));
+        }
         progress.start("download", total);
         let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
         let mut bytes = Vec::with_capacity(total as usize);
@@ -200,6 +228,9 @@ impl MlflowClient {
                 break;
             }
             bytes.extend_from_slice(&buf[..n]);
+            if bytes.len() as u64 > self.max_bytes {
+                return Err(self.too_large(&url_path, bytes.len() as u64));
+            }
             progress.advance(n as u64);
         }
         progress.finish();

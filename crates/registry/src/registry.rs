@@ -12,12 +12,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::io::AsyncReadExt;
 
-use std::sync::Arc;
-
-use crate::artifacts::{ArtifactStore, sha256_hex};
+use crate::artifacts::{ArtifactStore, STALE_PARTIAL, StoredFile, crash_point, remove_files, sha256_hex};
 use crate::bucket::BucketCatalog;
 use crate::catalog::{AliasMove, Catalog, Inserted, VersionRecord, now_ms};
 use crate::name::{ModelRef, check_alias, check_name, check_version};
@@ -100,6 +101,14 @@ enum Index {
 }
 
 impl Index {
+    /// Refuses a change to a registry opened read-only (a bucket is written through conditions).
+    fn writable(&self) -> Result<(), RegistryError> {
+        match self {
+            Index::Local(c) => c.writable(),
+            Index::Bucket(_) => Ok(()),
+        }
+    }
+
     /// Runs `f` on the SQLite catalog on a blocking thread (it may wait on the database lock).
     async fn local<T: Send + 'static>(
         catalog: &Arc<Catalog>,
@@ -218,10 +227,114 @@ impl Index {
     }
 }
 
+/// The largest artifact a push or an import takes unless told otherwise
+/// (`models push --max-size`): well above any single-file ONNX model (protobuf caps one at
+/// 2 GiB), and small enough that a mistaken push (`/dev/zero`, a data file) stops early.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 4 << 30;
+
+/// What `models gc` may remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcOptions {
+    /// Only files at least this old: a younger one may belong to a push in progress.
+    pub older_than: Duration,
+    /// Also complete artifacts that no version of any model references.
+    pub unreferenced: bool,
+    /// Report what would be removed, remove nothing.
+    pub dry_run: bool,
+}
+
+/// What `models gc` removed (or would remove, in a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    /// Staging files of interrupted pushes.
+    pub partial: Vec<StoredFile>,
+    /// Complete artifacts no version references (only when asked for).
+    pub unreferenced: Vec<StoredFile>,
+    /// Files left because they are younger than `older_than`.
+    pub kept_young: usize,
+    /// Complete artifacts left because no version references them but none was asked for.
+    pub kept_unreferenced: usize,
+    pub dry_run: bool,
+}
+
+impl GcReport {
+    pub fn bytes(&self) -> u64 {
+        self.partial.iter().chain(&self.unreferenced).map(|f| f.bytes).sum()
+    }
+}
+
 pub struct Registry {
     catalog: Index,
     artifacts: ArtifactStore,
     root: PathBuf,
+    max_artifact_bytes: u64,
+}
+
+/// `file` with its size and age as they are now.
+fn restat(file: StoredFile) -> std::io::Result<StoredFile> {
+    let meta = std::fs::metadata(&file.path)?;
+    let age = meta.modified().ok().and_then(|m| std::time::SystemTime::now().duration_since(m).ok()).unwrap_or_default();
+    Ok(StoredFile { bytes: meta.len(), age, ..file })
+}
+
+/// Describes a file type that is not a regular file, for the refusal.
+fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a named pipe"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// `bytes` for people: `4.0 GiB`, `12.5 MiB`, `900 B`.
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// The refusal of an artifact over the limit.
+fn too_large(what: &str, size: u64, limit: u64) -> RegistryError {
+    RegistryError::Config(format!(
+        "cannot push {what}: it is {} ({size} bytes), over the limit of {} ({limit} bytes) for one artifact; pass --max-size with a larger size (e.g. --max-size 8Gi) if it really is a model",
+        human(size),
+        human(limit)
+    ))
+}
+
+/// Reads the model file a push names: a regular file of at most `limit` bytes, read once, with
+/// no more than `limit + 1` bytes taken even if it grows meanwhile.
+async fn read_model(file: &Path, limit: u64) -> Result<Vec<u8>, RegistryError> {
+    let what = file.display().to_string();
+    let cannot_read = || RegistryError::io(format!("cannot read {what}"));
+    // Checked before opening: opening a named pipe would wait for a writer.
+    let meta = tokio::fs::metadata(file).await.map_err(cannot_read())?;
+    if !meta.is_file() {
+        return Err(RegistryError::Config(format!("cannot push {what}: it is {}, not a regular file; push an ONNX file", kind_of(&meta))));
+    }
+    if meta.len() > limit {
+        return Err(too_large(&what, meta.len(), limit));
+    }
+    let reader = tokio::fs::File::open(file).await.map_err(cannot_read())?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    reader.take(limit.saturating_add(1)).read_to_end(&mut bytes).await.map_err(cannot_read())?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(&what, bytes.len() as u64, limit));
+    }
+    Ok(bytes)
 }
 
 impl Registry {
@@ -230,10 +343,28 @@ impl Registry {
             return Registry::open_bucket(url, config);
         }
         let root = &config.root;
-        std::fs::create_dir_all(root).map_err(RegistryError::io(format!("cannot create registry directory {}", root.display())))?;
-        let catalog = Catalog::open(&root.join("registry.db"))?;
         let wanted = config.artifacts.clone().unwrap_or_else(|| "local".to_owned());
-        let location = catalog.setting_or_insert("artifacts", &wanted)?;
+        let db = root.join("registry.db");
+        let writable = std::fs::create_dir_all(root)
+            .map_err(RegistryError::io(format!("cannot create registry directory {}", root.display())))
+            .and_then(|()| Catalog::open(&db))
+            .and_then(|catalog| Ok((catalog.setting_or_insert("artifacts", &wanted)?, catalog)));
+        // A registry this process cannot write (a read-only mount, another user's directory)
+        // is still read: ls, show, pull and serve need nothing more, and a change is refused
+        // with a message that says so.
+        let (location, catalog) = match writable {
+            Ok(opened) => opened,
+            Err(write_error) => match Catalog::open_read_only(&db) {
+                Ok(catalog) => (
+                    catalog.setting("artifacts")?.unwrap_or_else(|| "local".to_owned()),
+                    catalog.because(match &write_error {
+                        RegistryError::Database { reason, .. } => format!("opening it for writing failed: {reason}"),
+                        other => format!("opening it for writing failed: {other}"),
+                    }),
+                ),
+                Err(_) => return Err(write_error),
+            },
+        };
         if config.artifacts.as_deref().is_some_and(|w| w != location) {
             return Err(RegistryError::Config(format!(
                 "registry {} keeps its artifacts in {location}, not {wanted}; use another --registry directory for another store",
@@ -241,7 +372,7 @@ impl Registry {
             )));
         }
         let artifacts = ArtifactStore::open(&location, &root.join("artifacts"))?;
-        Ok(Registry { catalog: Index::Local(Arc::new(catalog)), artifacts, root: root.clone() })
+        Ok(Registry { catalog: Index::Local(Arc::new(catalog)), artifacts, root: root.clone(), max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES })
     }
 
     /// A registry wholly in a bucket: catalog documents under `<prefix>/catalog/`, artifacts under
@@ -256,7 +387,12 @@ impl Registry {
         {
             let (store, prefix) = crate::artifacts::s3_bucket(url)?;
             let catalog = BucketCatalog::new(Arc::clone(&store), prefix.clone(), url);
-            Ok(Registry { catalog: Index::Bucket(catalog), artifacts: ArtifactStore::in_bucket(store, prefix, url), root: config.root.clone() })
+            Ok(Registry {
+                catalog: Index::Bucket(catalog),
+                artifacts: ArtifactStore::in_bucket(store, prefix, url),
+                root: config.root.clone(),
+                max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+            })
         }
         #[cfg(not(feature = "s3"))]
         Err(RegistryError::Config(format!("the registry {url} is in S3, but this build of modelship has no S3 support; rebuild with `--features s3`")))
@@ -269,7 +405,19 @@ impl Registry {
             catalog: Index::Bucket(BucketCatalog::new(Arc::clone(&store), prefix.clone(), url)),
             artifacts: ArtifactStore::in_bucket(store, prefix, url),
             root: PathBuf::from(url),
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
         }
+    }
+
+    /// The largest artifact a push or an import takes (default [`DEFAULT_MAX_ARTIFACT_BYTES`]).
+    pub fn with_max_artifact_bytes(mut self, limit: u64) -> Self {
+        self.max_artifact_bytes = limit;
+        self
+    }
+
+    /// Whether this registry was opened read-only (it could not be written).
+    pub fn is_read_only(&self) -> bool {
+        self.catalog.writable().is_err()
     }
 
     pub fn root(&self) -> &Path {
@@ -284,11 +432,14 @@ impl Registry {
     pub async fn push(&self, request: PushRequest, file: &Path, progress: &dyn Progress) -> Result<PushOutcome, RegistryError> {
         check_name(&request.name)?;
         check_version(&request.version)?;
-        let bytes = tokio::fs::read(file).await.map_err(RegistryError::io(format!("cannot read {}", file.display())))?;
+        self.catalog.writable()?;
+        let bytes = read_model(file, self.max_artifact_bytes).await?;
         let mut request = request;
         request.source = request.source.or_else(|| Some(file.display().to_string()));
         let record = new_record(request, &bytes)?;
         drop(bytes);
+        crash_point("push:hashed");
+        self.remove_stale_partials();
         let digest = record.digest.clone();
         // Refuse a conflict before uploading anything.
         if let Some(existing) = self.catalog.get(&record.name, &record.version).await? {
@@ -298,10 +449,86 @@ impl Registry {
                 Err(RegistryError::VersionConflict { name: record.name, version: record.version, existing: existing.digest, pushed: digest })
             };
         }
-        self.artifacts.put_file(file, &digest, progress).await?;
-        match self.catalog.insert(&record).await? {
+        self.artifacts.put_file(file, &digest, record.size, progress).await?;
+        crash_point("push:artifact-written");
+        let inserted = self.catalog.insert(&record).await?;
+        crash_point("push:committed");
+        match inserted {
             Inserted::Created => Ok(PushOutcome::Created(self.catalog.get(&record.name, &record.version).await?.unwrap_or(record))),
             Inserted::Unchanged(existing) => Ok(PushOutcome::Unchanged(*existing)),
+        }
+    }
+
+    /// Removes what pushes that died long ago left: staging files older than [`STALE_PARTIAL`].
+    /// Best effort: a push never fails for it.
+    fn remove_stale_partials(&self) {
+        match self.artifacts.remove_partials(STALE_PARTIAL) {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(files = removed.len(), bytes = removed.iter().map(|f| f.bytes).sum::<u64>(), "removed the partial artifacts of interrupted pushes");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot remove the partial artifacts of interrupted pushes"),
+        }
+    }
+
+    /// Removes the staging files of interrupted pushes and, when asked, the complete artifacts
+    /// no version references; never a referenced artifact, never a file younger than
+    /// `options.older_than`. Works on a registry whose artifacts are in a local directory
+    /// (a bucket keeps no staging files: set its lifecycle rule for incomplete multipart uploads).
+    pub async fn gc(&self, options: GcOptions) -> Result<GcReport, RegistryError> {
+        if !options.dry_run {
+            self.catalog.writable()?;
+        }
+        let mut report = GcReport { dry_run: options.dry_run, ..GcReport::default() };
+        if self.artifacts.local_dir().is_none() {
+            if options.unreferenced {
+                return Err(RegistryError::Config(format!(
+                    "--unreferenced needs a registry whose artifacts are in a local directory; {} is a bucket (expire what no version references with the bucket's own tools)",
+                    self.artifacts.location()
+                )));
+            }
+            return Ok(report);
+        }
+        let (partial, complete) = self.artifacts.files()?;
+        let older_than = options.older_than;
+        let old_enough = move |f: &StoredFile| f.age >= older_than;
+        report.kept_young += partial.iter().filter(|f| !old_enough(f)).count();
+        report.partial = partial.into_iter().filter(old_enough).collect();
+        if !options.dry_run {
+            report.partial = remove_files(report.partial)?;
+        }
+        let Index::Local(catalog) = &self.catalog else {
+            return Ok(report);
+        };
+        let catalog = Arc::clone(catalog);
+        let sweep = move |referenced: &std::collections::HashSet<String>| -> Result<GcReport, RegistryError> {
+            let unreferenced: Vec<StoredFile> = complete
+                .into_iter()
+                .filter(|f| f.path.file_name().is_some_and(|n| !referenced.contains(n.to_string_lossy().as_ref())))
+                .collect();
+            if !options.unreferenced {
+                report.kept_unreferenced = unreferenced.len();
+                return Ok(report);
+            }
+            // Their ages again, now that no version can be committed: a push that reused one
+            // since it was listed marked it as just used.
+            let unreferenced: Vec<StoredFile> = unreferenced.into_iter().filter_map(|f| restat(f).ok()).collect();
+            report.kept_young += unreferenced.iter().filter(|f| !old_enough(f)).count();
+            report.unreferenced = unreferenced.into_iter().filter(old_enough).collect();
+            if !options.dry_run {
+                report.unreferenced = remove_files(report.unreferenced)?;
+            }
+            Ok(report)
+        };
+        if options.unreferenced && !options.dry_run {
+            // Under the catalog's write lock: no version can be committed between the check and
+            // the removal.
+            tokio::task::spawn_blocking(move || catalog.with_referenced(sweep))
+                .await
+                .unwrap_or_else(|e| Err(RegistryError::Store(format!("registry task failed: {e}"))))
+        } else {
+            let referenced = self.catalog.list(None).await?.into_iter().map(|r| r.digest).collect();
+            sweep(&referenced)
         }
     }
 
@@ -309,7 +536,12 @@ impl Registry {
     pub async fn push_bytes(&self, request: PushRequest, bytes: Bytes) -> Result<PushOutcome, RegistryError> {
         check_name(&request.name)?;
         check_version(&request.version)?;
+        self.catalog.writable()?;
+        if bytes.len() as u64 > self.max_artifact_bytes {
+            return Err(too_large(request.source.as_deref().unwrap_or("the artifact"), bytes.len() as u64, self.max_artifact_bytes));
+        }
         let record = new_record(request, &bytes)?;
+        self.remove_stale_partials();
         self.artifacts.put_bytes(bytes).await?;
         match self.catalog.insert(&record).await? {
             Inserted::Created => Ok(PushOutcome::Created(record)),
@@ -374,6 +606,7 @@ impl Registry {
     pub async fn remove(&self, name: &str, version: &str, force: bool, actor: &str) -> Result<(), RegistryError> {
         check_name(name)?;
         check_version(version)?;
+        self.catalog.writable()?;
         if let Some(digest) = self.catalog.remove(name, version, force, actor).await? {
             self.artifacts.delete(&digest).await?;
         }
@@ -384,6 +617,7 @@ impl Registry {
         check_name(name)?;
         check_alias(alias)?;
         check_version(version)?;
+        self.catalog.writable()?;
         if self.catalog.get(name, version).await?.is_none() {
             return Err(if self.catalog.has_model(name).await? {
                 RegistryError::UnknownVersion { name: name.to_owned(), version: version.to_owned() }

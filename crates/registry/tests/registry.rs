@@ -172,3 +172,162 @@ async fn results_are_added_to_a_version_without_changing_it() {
     let nan = [("validate.auc".to_owned(), f64::NAN)].into();
     assert!(registry.annotate("fraud", "1", &nan, &labels).await.unwrap_err().to_string().contains("not a finite number"));
 }
+
+/// A push reads only a regular file, and never more than its limit: a device, a directory or a
+/// named pipe is refused by what it is (before it is opened: a pipe would wait for a writer),
+/// a file over the limit by its size, naming the limit and how to raise it.
+#[tokio::test]
+async fn a_push_reads_only_a_regular_file_within_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.onnx");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let fraud = fixture("fraud");
+    let size = std::fs::metadata(&fraud).unwrap().len();
+    for (file, limit, says) in [
+        (PathBuf::from("/dev/zero"), None, "it is a character device, not a regular file; push an ONNX file"),
+        (dir.path().to_path_buf(), None, "it is a directory, not a regular file"),
+        (fifo.clone(), None, "it is a named pipe, not a regular file"),
+        (fraud.clone(), Some(size - 1), "over the limit of"),
+        (fraud.clone(), Some(1024), "pass --max-size with a larger size"),
+    ] {
+        let mut registry = open(&dir.path().join("registry"));
+        if let Some(limit) = limit {
+            registry = registry.with_max_artifact_bytes(limit);
+        }
+        let pushed = tokio::time::timeout(std::time::Duration::from_secs(10), registry.push(request("m", "1"), &file, &NoProgress)).await;
+        let err = pushed.expect("refused at once, never read without end").unwrap_err().to_string();
+        assert!(err.contains(&format!("cannot push {}", file.display())) && err.contains(says), "{}: {err}", file.display());
+    }
+    // At the limit exactly, it is taken.
+    let registry = open(&dir.path().join("registry")).with_max_artifact_bytes(size);
+    assert!(matches!(registry.push(request("m", "1"), &fraud, &NoProgress).await.unwrap(), PushOutcome::Created(_)));
+    // An import is held to the same limit.
+    let registry = registry.with_max_artifact_bytes(size - 1);
+    let err = registry.push_bytes(request("m", "2"), std::fs::read(&fraud).unwrap().into()).await.unwrap_err().to_string();
+    assert!(err.contains("over the limit of"), "{err}");
+}
+
+/// Staging files of pushes that died long ago go at the next push; a young one (a push that
+/// may be writing it now) stays.
+#[tokio::test]
+async fn a_push_removes_stale_partial_artifacts_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(dir.path());
+    registry.push(request("fraud", "1"), &fixture("fraud"), &NoProgress).await.unwrap();
+    let sha = dir.path().join("artifacts/sha256");
+    let stale = sha.join(format!("{}#1", "a".repeat(64)));
+    let young = sha.join(format!("{}#1", "b".repeat(64)));
+    let stranger = sha.join("notes#1");
+    for f in [&stale, &young, &stranger] {
+        std::fs::write(f, vec![0u8; 4096]).unwrap();
+    }
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    for f in [&stale, &stranger] {
+        std::fs::File::options().append(true).open(f).unwrap().set_modified(two_hours_ago).unwrap();
+    }
+    registry.push(request("fraud", "2"), &fixture("xgboost"), &NoProgress).await.unwrap();
+    assert!(!stale.exists(), "an hour-old staging file is a dead push's");
+    assert!(young.exists(), "a young one may be a push in progress");
+    assert!(stranger.exists(), "a file that is not the store's is left alone");
+}
+
+/// `gc` removes staging files, and complete artifacts no version references only when asked;
+/// never an artifact a version of any model references, never a file younger than asked.
+#[tokio::test]
+async fn gc_never_removes_what_a_version_uses() {
+    use modelship_registry::GcOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(dir.path());
+    registry.push(request("fraud", "1"), &fixture("fraud"), &NoProgress).await.unwrap();
+    registry.push(request("other", "1"), &fixture("fraud"), &NoProgress).await.unwrap();
+    registry.push(request("fraud", "2"), &fixture("xgboost"), &NoProgress).await.unwrap();
+    let sha = dir.path().join("artifacts/sha256");
+    let partial = sha.join(format!("{}#3", "c".repeat(64)));
+    let orphan = sha.join("d".repeat(64));
+    std::fs::write(&partial, vec![0u8; 1000]).unwrap();
+    std::fs::write(&orphan, vec![0u8; 2000]).unwrap();
+    let files = || {
+        let mut names: Vec<String> = std::fs::read_dir(&sha).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    };
+    let before = files();
+    let gc = |older_than: u64, unreferenced: bool, dry_run: bool| {
+        registry.gc(GcOptions { older_than: std::time::Duration::from_secs(older_than), unreferenced, dry_run })
+    };
+    let names = |list: &[modelship_registry::artifacts::StoredFile]| list.iter().map(|f| f.path.clone()).collect::<Vec<_>>();
+
+    let young = gc(3600, true, false).await.unwrap();
+    assert_eq!((young.partial.len(), young.unreferenced.len(), young.kept_young), (0, 0, 2), "{young:?}");
+    let dry = gc(0, true, true).await.unwrap();
+    assert_eq!((names(&dry.partial), names(&dry.unreferenced), dry.bytes()), (vec![partial.clone()], vec![orphan.clone()], 3000));
+    assert_eq!(files(), before, "a dry run removes nothing");
+    let kept = gc(0, false, false).await.unwrap();
+    assert_eq!((names(&kept.partial), kept.unreferenced.len(), kept.kept_unreferenced), (vec![partial.clone()], 0, 1));
+    assert!(!partial.exists() && orphan.exists());
+    let swept = gc(0, true, false).await.unwrap();
+    assert_eq!((swept.partial.len(), names(&swept.unreferenced)), (0, vec![orphan.clone()]));
+    assert!(!orphan.exists());
+    for reference in ["fraud:1", "fraud:2", "other:1"] {
+        let record = registry.resolve(&ModelRef::parse(reference).unwrap()).await.unwrap();
+        registry.artifact(&record, &NoProgress).await.unwrap_or_else(|e| panic!("{reference}: {e}"));
+    }
+    assert_eq!(files().len(), 2, "the two artifacts the three versions use: {:?}", files());
+}
+
+/// A catalog opened read-only reads as before and refuses every change up front, saying what
+/// works and what a change needs. (A real read-only mount is exercised through the binary in
+/// the e2e suite; root ignores file modes, so a chmod cannot stand in for it here.)
+#[tokio::test]
+async fn a_read_only_catalog_reads_and_refuses_changes() {
+    use modelship_registry::catalog::Catalog;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(dir.path());
+    let PushOutcome::Created(record) = registry.push(request("fraud", "1"), &fixture("fraud"), &NoProgress).await.unwrap() else { panic!() };
+    registry.set_alias("fraud", "production", "1", "test").await.unwrap();
+    drop(registry);
+    let catalog = Catalog::open_read_only(&dir.path().join("registry.db")).unwrap();
+    assert!(catalog.is_read_only());
+    assert_eq!(catalog.list(None).unwrap().len(), 1);
+    assert_eq!(catalog.alias_target("fraud", "production").unwrap().as_deref(), Some("1"));
+    assert_eq!(catalog.setting("artifacts").unwrap().as_deref(), Some("local"));
+    let refusals = [
+        catalog.insert(&record).map(|_| ()),
+        catalog.set_alias("fraud", "staging", "1", "test").map(|_| ()),
+        catalog.remove("fraud", "1", true, "test").map(|_| ()),
+        catalog.annotate("fraud", "1", &Default::default(), &Default::default()).map(|_| ()),
+        catalog.setting_or_insert("artifacts", "local").map(|_| ()),
+    ];
+    for refused in refusals {
+        let e = refused.unwrap_err().to_string();
+        assert!(e.contains("the registry is read-only here") && e.contains("needs a writable registry directory"), "{e}");
+    }
+    assert_eq!(catalog.list(None).unwrap().len(), 1, "nothing changed");
+    let missing = Catalog::open_read_only(&dir.path().join("nowhere.db")).err().unwrap().to_string();
+    assert!(missing.contains("no registry database here"), "{missing}");
+}
+
+/// A push that finds its artifact already stored (left by a push killed after its upload) marks
+/// it as just used: a `gc --unreferenced` racing it removes only files older than its
+/// --older-than, so it leaves the artifact to the version about to be committed.
+#[tokio::test]
+async fn a_reused_artifact_is_marked_as_just_used() {
+    use modelship_registry::GcOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(dir.path());
+    registry.push(request("other", "1"), &fixture("xgboost"), &NoProgress).await.unwrap();
+    let bytes = std::fs::read(fixture("fraud")).unwrap();
+    let artifact = dir.path().join("artifacts/sha256").join(modelship_registry::artifacts::sha256_hex(&bytes));
+    std::fs::write(&artifact, &bytes).unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::options().append(true).open(&artifact).unwrap().set_modified(two_hours_ago).unwrap();
+    let sweep = GcOptions { older_than: std::time::Duration::from_secs(3600), unreferenced: true, dry_run: true };
+    assert_eq!(registry.gc(sweep).await.unwrap().unreferenced.len(), 1, "an old artifact no version uses");
+
+    registry.push(request("fraud", "1"), &fixture("fraud"), &NoProgress).await.unwrap();
+    let age = std::fs::metadata(&artifact).unwrap().modified().unwrap().elapsed().unwrap();
+    assert!(age < std::time::Duration::from_secs(60), "reused, so marked as just used: {age:?}");
+    assert_eq!(registry.gc(GcOptions { dry_run: false, ..sweep }).await.unwrap().unreferenced.len(), 0);
+    let record = registry.resolve(&ModelRef::parse("fraud:1").unwrap()).await.unwrap();
+    registry.artifact(&record, &NoProgress).await.unwrap();
+}

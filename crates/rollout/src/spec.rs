@@ -17,12 +17,26 @@ fn ser_span<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error>
     s.serialize_str(&humantime::format_duration(*d).to_string())
 }
 
+/// The longest span a spec may give. The engine counts time in `u64` milliseconds, where a
+/// duration near 2^64 ms wraps around to almost nothing (a hold of "584942417y" would end at
+/// once); and no rollout holds a step, analyses or runs for more than a year.
+pub const MAX_SPAN: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl std::str::FromStr for Span {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let d = humantime::parse_duration(text.trim()).map_err(|e| format!("'{text}' is not a duration like 30s, 5m or 1h ({e})"))?;
+        if d > MAX_SPAN {
+            return Err(format!("'{text}' is longer than a year; give a duration of at most 365d"));
+        }
+        Ok(Span(d))
+    }
+}
+
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(text.trim())
-            .map(Span)
-            .map_err(|e| serde::de::Error::custom(format!("'{text}' is not a duration like 30s, 5m or 1h ({e})")))
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -273,6 +287,54 @@ impl RolloutSpec {
             Ok(Plan { to: self.to, steps, checks: self.checks, failure: self.failure, on_failure: self.on_failure, interval: self.interval })
         } else {
             Err(problems)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{MAX_SPAN, RolloutSpec, Span};
+
+    #[test]
+    fn spans_are_parsed_or_refused_with_the_reason() {
+        let year = MAX_SPAN;
+        for (text, expected) in [
+            ("30s", Ok(Duration::from_secs(30))),
+            (" 1h30m ", Ok(Duration::from_secs(5400))),
+            ("250ms", Ok(Duration::from_millis(250))),
+            ("365d", Ok(year)),
+            ("1y", Err("longer than a year")),
+            ("365d 1ms", Err("longer than a year")),
+            // Exactly 2^64 ms: as u64 milliseconds it would be 0, a hold that ends at once.
+            ("18446744073709551s 616ms", Err("longer than a year")),
+            ("18446744073709551616s", Err("is not a duration")),
+            ("99999999999999999999999h", Err("is not a duration")),
+            ("5 minutes and a bit", Err("is not a duration")),
+            ("", Err("is not a duration")),
+            ("-5m", Err("is not a duration")),
+        ] {
+            match (text.parse::<Span>(), expected) {
+                (Ok(Span(d)), Ok(want)) => assert_eq!(d, want, "{text}"),
+                (Err(e), Err(want)) => assert!(e.contains(want) && e.contains(text), "{text}: {e}"),
+                (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_absurd_span_anywhere_in_a_spec_is_refused_at_parse() {
+        for spec in [
+            r#"{"to": "2", "canary": {"weights": [5, 100], "every": "18446744073709551s 616ms"}}"#,
+            r#"{"to": "2", "linear": {"step": "10%", "every": "400d"}}"#,
+            r#"{"to": "2", "blue_green": {"preview": "2y"}}"#,
+            r#"{"to": "2", "steps": [{"weight": {"weight": "5%", "hold": "1000y"}}]}"#,
+            r#"{"to": "2", "steps": [{"approve": {}}], "interval": "500d"}"#,
+            r#"{"to": "2", "steps": [{"approve": {}}], "failure": {"deadline": "584942417y"}}"#,
+        ] {
+            let e = serde_json::from_str::<RolloutSpec>(spec).unwrap_err().to_string();
+            assert!(e.contains("longer than a year"), "{spec}: {e}");
         }
     }
 }

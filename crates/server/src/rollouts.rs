@@ -31,11 +31,13 @@ use std::time::Duration;
 use modelship_protocol::admin::{CheckResult, RolloutCommand, RolloutDecision, RolloutState, RolloutStatus};
 use modelship_rollout::check::Window;
 use modelship_rollout::engine::{Action, Decision, Event, Phase, Rollout};
+use modelship_registry::ModelRef;
 use modelship_rollout::spec::RolloutSpec;
 use serde_json::{Value, json};
 
 use crate::control::{Applied, ControlStore, StoredRollout, Write};
 use crate::error::ApiError;
+use crate::model::Served;
 use crate::state::AppState;
 use crate::traffic::{Split, Target, Traffic};
 
@@ -106,6 +108,9 @@ impl Rollouts {
         if plan.to == served.table.stable {
             return Err(ApiError::Conflict(format!("version {} is already the stable version", plan.to)));
         }
+        // Refused before anything is written: a record of a rollout that cannot run would hold
+        // the model's one rollout until someone aborted it.
+        self.check_routable(&served, &plan.to).await?;
         let (rollout, decisions) = Rollout::start(plan, now_ms());
         // Evidence already in the log belongs to earlier rollouts: read on from its end.
         let (_, evidence_cursor) = self.store().evidence(self.model(), None).await?;
@@ -124,12 +129,46 @@ impl Rollouts {
         tracing::info!(model = %self.model(), rollout = record.id, to = %record.rollout.plan.to, actor, "rollout started");
         self.wake.notify_one();
         log_decisions(self.model(), record.id, &decisions);
-        let record = self.reconcile(state, record, None).await?;
+        let record = match self.reconcile(state, record.clone(), None).await {
+            Ok(record) => record,
+            Err(e) => return Err(self.end_unstarted(state, record, e).await),
+        };
         if self.is_leading() {
             // Elsewhere the leader asks at its next analysis.
             self.ask_gate(state, &record);
         }
         Ok(self.observe(state, Some(&record)))
+    }
+
+    /// Refuses a version this replica cannot route to: neither loaded nor in the registry (404),
+    /// or not loaded while the server serves a file (409).
+    async fn check_routable(&self, served: &Served, version: &str) -> Result<(), ApiError> {
+        if served.versions.contains_key(version) {
+            return Ok(());
+        }
+        let Some(registry) = &self.traffic.registry else {
+            return Err(ApiError::Conflict(format!(
+                "version {version} is not loaded, and this server serves a file; serve the model from a registry (NAME@ALIAS or NAME:VERSION) to roll out another version"
+            )));
+        };
+        registry.resolve(&ModelRef::Version(self.traffic.registry_model.clone(), version.to_owned())).await?;
+        Ok(())
+    }
+
+    /// A rollout whose first step could not be applied (the version is in the registry but does
+    /// not load) ends at once, rolled back, so it does not hold the model's rollout; the start
+    /// answers with why.
+    async fn end_unstarted(&self, state: &AppState, mut record: StoredRollout, error: ApiError) -> ApiError {
+        let decisions = record.rollout.handle(Event::Abort { now: now_ms(), reason: format!("its first step could not be applied: {error}") });
+        record.seq += 1;
+        match self.store().save_rollout(&record, Write::Update { leader: None }, &decisions).await {
+            Ok(()) => {
+                log_decisions(self.model(), record.id, &decisions);
+                self.observe(state, Some(&record));
+            }
+            Err(e) => tracing::warn!(model = %self.model(), rollout = record.id, error = %e, "cannot end a rollout that failed to start; abort it"),
+        }
+        error
     }
 
     /// An operator's command to the rollout in progress, from any replica.

@@ -1,6 +1,7 @@
 //! The registry through the real binary: every `models` command, crash safety of push, concurrent
 //! pushes, and serving `NAME@ALIAS` while the alias moves under load.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Server, agent, command, fraud_body, model, reply};
+use crate::support::{Server, agent, command, fraud_body, model, reply, root};
 
 fn models(registry: &Path, args: &[&str]) -> Output {
     command().arg("models").arg("--registry").arg(registry).args(args).output().unwrap()
@@ -228,11 +229,181 @@ fn a_push_killed_at_any_moment_leaves_all_or_nothing() {
         let again = json(&models(&reg, &["push", "big", big.to_str().unwrap(), "--version", &version, "--output", "json"]));
         assert_eq!(again["status"], if present { "unchanged" } else { "created" }, "trial {trial}");
     }
+    // How many kills landed mid-way depends on how busy the machine is, so it is reported, not
+    // asserted: the property above holds for every one of them, and each step of a push is
+    // killed on purpose in `a_push_killed_at_each_step_leaves_all_or_nothing`.
     eprintln!(
         "crash sweep: push window {window:?}; {killed_mid_way} of {TRIALS} pushes killed, {survived_kill} of those already committed, none partial"
     );
-    assert!(killed_mid_way >= TRIALS / 2, "only {killed_mid_way} of {TRIALS} pushes were interrupted (window {window:?})");
     assert_eq!(json(&models(&reg, &["ls", "big", "--output", "json"])).as_array().unwrap().len(), TRIALS as usize);
+}
+
+/// `models push NAME FILE --version VERSION`, aborted by the test-only hook at `step` (as a kill
+/// there would stop it: no unwinding, no cleanup), with core dumps off.
+fn push_killed_at(registry: &Path, name: &str, file: &Path, version: &str, step: &str) -> std::process::ExitStatus {
+    Command::new("sh")
+        .current_dir(root())
+        .args(["-c", "ulimit -c 0; exec \"$@\"", "sh", env!("CARGO_BIN_EXE_modelship"), "models", "push", name])
+        .arg(file)
+        .args(["--version", version, "--registry"])
+        .arg(registry)
+        .env("MODELSHIP_CRASH_AT", step)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+}
+
+/// The names in the registry's artifact directory.
+fn artifact_files(registry: &Path) -> Vec<(String, u64)> {
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(registry.join("artifacts/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every version the registry lists pulls whole (its digest checked by `pull`).
+fn every_version_pulls(registry: &Path, scratch: &Path) -> usize {
+    let listed = json(&models(registry, &["ls", "--output", "json"]));
+    for v in listed.as_array().unwrap() {
+        let reference = format!("{}:{}", v["name"].as_str().unwrap(), v["version"].as_str().unwrap());
+        let out = scratch.join("pulled.onnx");
+        ok(&models(registry, &["pull", &reference, "-o", out.to_str().unwrap()]));
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), v["size"].as_u64().unwrap(), "{reference}");
+    }
+    listed.as_array().unwrap().len()
+}
+
+/// A push killed at each of its steps, on purpose: before anything is written, with the first
+/// part of the artifact in its staging file, with the artifact whole but no version row, and
+/// with the row committed. Each time the version is whole or absent, every version pulls, and
+/// the same push completes afterwards; then `models gc` removes what the kills left (the staging
+/// file, and with --unreferenced an artifact no version uses) and every version still pulls.
+#[test]
+fn a_push_killed_at_each_step_leaves_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path().join("registry");
+    ok(&models(&reg, &["push", "fraud", &model("fraud"), "--version", "1"]));
+    let steps = [("push:hashed", false), ("push:artifact-partial", false), ("push:artifact-written", false), ("push:committed", true)];
+    for (i, (step, committed)) in steps.into_iter().enumerate() {
+        // Different bytes each time, so every push writes its artifact (24 MiB and more: three
+        // upload parts, so a kill after the first leaves a partial file).
+        let file = dir.path().join(format!("big{i}.onnx"));
+        big_onnx(&file, 24 + i);
+        let version = i.to_string();
+        let before = artifact_files(&reg);
+        let status = push_killed_at(&reg, "big", &file, &version, step);
+        assert_eq!(status.signal(), Some(6), "{step}: the push reached the step and died there ({status})");
+        let listed = json(&models(&reg, &["ls", "big", "--output", "json"]).clone_if_ok_or_empty());
+        let present = listed.as_array().unwrap().iter().any(|v| v["version"] == version.as_str());
+        assert_eq!(present, committed, "{step}: the version is whole or absent");
+        let new: Vec<(String, u64)> = artifact_files(&reg).into_iter().filter(|f| !before.contains(f)).collect();
+        let size = std::fs::metadata(&file).unwrap().len();
+        match step {
+            "push:hashed" => assert!(new.is_empty(), "{step}: nothing written: {new:?}"),
+            "push:artifact-partial" => assert!(
+                new.len() == 1 && new[0].0.contains('#') && new[0].1 >= 8 << 20 && new[0].1 < size,
+                "{step}: a staging file with the first part, never the artifact's name: {new:?}"
+            ),
+            _ => assert!(new.len() == 1 && !new[0].0.contains('#') && new[0].1 == size, "{step}: the whole artifact under its digest: {new:?}"),
+        }
+        every_version_pulls(&reg, dir.path());
+        let again = json(&models(&reg, &["push", "big", file.to_str().unwrap(), "--version", &version, "--output", "json"]));
+        assert_eq!(again["status"], if committed { "unchanged" } else { "created" }, "{step}");
+    }
+    assert_eq!(every_version_pulls(&reg, dir.path()), 5);
+
+    // What the kills left: one staging file. It is young, so a plain gc keeps it (a push may be
+    // writing it); a dry run names it; --older-than 0s removes it.
+    let partials = || artifact_files(&reg).into_iter().filter(|(n, _)| n.contains('#')).count();
+    assert_eq!(partials(), 1);
+    assert!(ok(&models(&reg, &["gc"])).contains("kept 1 file(s) younger than --older-than"));
+    let dry = json(&models(&reg, &["gc", "--older-than", "0s", "--dry-run", "--output", "json"]));
+    assert_eq!((dry["dry_run"].as_bool(), dry["files"].as_u64(), dry["partial"].as_array().unwrap().len()), (Some(true), Some(1), 1), "{dry}");
+    assert_eq!(partials(), 1, "a dry run removes nothing");
+    let summary = ok(&models(&reg, &["gc", "--older-than", "0s"]));
+    assert!(summary.contains("removed 1 file, ") && summary.contains("(1 partial, 0 unreferenced)"), "{summary}");
+    assert_eq!(partials(), 0);
+
+    // A push killed after its upload leaves a whole artifact no version uses: kept unless asked.
+    let file = dir.path().join("big-orphan.onnx");
+    big_onnx(&file, 9);
+    assert_eq!(push_killed_at(&reg, "big", &file, "orphan", "push:artifact-written").signal(), Some(6));
+    let kept = ok(&models(&reg, &["gc", "--older-than", "0s"]));
+    assert!(kept.contains("nothing to remove") && kept.contains("kept 1 complete artifact(s) no version references"), "{kept}");
+    let swept = json(&models(&reg, &["gc", "--older-than", "0s", "--unreferenced", "--output", "json"]));
+    assert_eq!((swept["files"].as_u64(), swept["bytes"].as_u64()), (Some(1), Some(std::fs::metadata(&file).unwrap().len())), "{swept}");
+    assert_eq!(every_version_pulls(&reg, dir.path()), 5, "gc never takes an artifact a version uses");
+    assert_eq!(artifact_files(&reg).len(), 5, "one artifact per version, nothing else");
+}
+
+/// A push takes a regular file within its size limit, and says what is wrong otherwise: it never
+/// reads /dev/zero until memory runs out.
+#[test]
+fn a_push_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path();
+    let started = Instant::now();
+    let e = err(&models(reg, &["push", "zero", "/dev/zero", "--version", "1"]));
+    assert!(e.contains("cannot push /dev/zero: it is a character device, not a regular file"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(10), "refused at once");
+    let e = err(&models(reg, &["push", "fraud", &model("fraud"), "--version", "1", "--max-size", "1Ki"]));
+    assert!(e.contains("over the limit of 1.0 KiB (1024 bytes)") && e.contains("--max-size"), "{e}");
+    assert!(err(&models(reg, &["push", "fraud", &model("fraud"), "--version", "1", "--max-size", "lots"])).contains("--max-size 'lots'"));
+    ok(&models(reg, &["push", "fraud", &model("fraud"), "--version", "1", "--max-size", "1Mi"]));
+}
+
+/// A registry on a read-only file system (a read-only bind mount in a private mount namespace,
+/// as a Kubernetes `readOnly` volume is) is read by ls, show, pull, history and serve; a change
+/// is refused, saying the registry is read-only and what a change needs.
+#[test]
+fn a_read_only_registry_is_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path().join("registry");
+    ok(&models(&reg, &["push", "fraud", &model("fraud"), "--version", "1"]));
+    ok(&models(&reg, &["alias", "fraud", "production", "1"]));
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    // The mount lives only as long as the shell, in its own namespace: nothing outside sees it.
+    let read_only = |args: &str| {
+        let script = format!(
+            "mount --bind -o ro '{reg}' '{reg}' || exit 98; if touch '{reg}/probe' 2>/dev/null; then echo 'still writable' >&2; exit 99; fi; exec \"$0\" {args}",
+            reg = reg.display()
+        );
+        Command::new("unshare").args(["-rm", "sh", "-c", &script, env!("CARGO_BIN_EXE_modelship")]).current_dir(root()).output().unwrap()
+    };
+    let probe = read_only("models --help");
+    if !probe.status.success() {
+        eprintln!(
+            "skipped: no read-only mount here (unshare -rm and mount --bind -o ro: {}); the read-only catalog is tested in the registry crate",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        );
+        return;
+    }
+    let r = reg.display();
+    let listed: Value = serde_json::from_str(&ok(&read_only(&format!("models --registry '{r}' ls --output json")))).unwrap();
+    assert_eq!(listed[0]["aliases"][0], "production");
+    assert!(ok(&read_only(&format!("models --registry '{r}' show fraud@production"))).contains("sha256:"));
+    assert!(ok(&read_only(&format!("models --registry '{r}' history fraud"))).contains("production"));
+    let pulled = out.join("model.onnx");
+    ok(&read_only(&format!("models --registry '{r}' pull fraud@production -o '{}'", pulled.display())));
+    assert_eq!(std::fs::read(&pulled).unwrap(), std::fs::read(model("fraud")).unwrap());
+    for change in [format!("push fraud '{}' --version 2", model("fraud")), "alias fraud staging 1".to_owned(), "rm fraud:1 --force".to_owned(), "gc".to_owned()] {
+        let e = err(&read_only(&format!("models --registry '{r}' {change}")));
+        assert!(e.contains("the registry is read-only here") && e.contains("needs a writable registry directory"), "{change}: {e}");
+    }
+    // serve, on the read-only registry: it answers.
+    let mut serve = Command::new("unshare");
+    let script = format!("mount --bind -o ro '{r}' '{r}' || exit 98; exec \"$0\" serve fraud@production --registry '{r}' --host 127.0.0.1 --port 0");
+    serve.args(["-rm", "sh", "-c", &script, env!("CARGO_BIN_EXE_modelship")]).current_dir(root()).stdin(Stdio::null());
+    let server = Server::spawn(serve, Some(tempfile::tempdir().unwrap()));
+    assert_eq!(server.post("/v2/models/fraud/infer", &fraud_body(1)).status, 200);
+    let listed = json(&models(&reg, &["ls", "--output", "json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1, "nothing was written");
 }
 
 trait OrEmpty {

@@ -112,3 +112,69 @@ fn a_bad_key_file_stops_the_server_with_a_clear_message() {
     assert!(!out.status.success());
     assert!(stderr.contains("line 1: an API key must be at least 16") && !stderr.contains("short\n"), "{stderr}");
 }
+
+/// An admin token shorter than 16 characters is refused from the environment and from the token
+/// file, each naming its source; a good one is logged by where it came from, never shown.
+#[test]
+fn a_short_admin_token_is_refused_from_every_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let short_file = dir.path().join("admin-token");
+    std::fs::write(&short_file, "shortfile\n").unwrap();
+    let serve = |env: &[(&str, &str)], token_file: &std::path::Path| {
+        let mut cmd = crate::support::command();
+        cmd.args(["serve", &model("fraud"), "--host", "127.0.0.1", "--port", "0", "--admin-token-file"]).arg(token_file);
+        cmd.env("MODELSHIP_STATE_DIR", dir.path()).env_remove("MODELSHIP_ADMIN_TOKEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        // A server that accepted the token would run until stopped: give it 30 s to refuse.
+        let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    };
+    let unused = dir.path().join("unused-token");
+    for (env, file, names) in [
+        (&[("MODELSHIP_ADMIN_TOKEN", "a")][..], unused.as_path(), "MODELSHIP_ADMIN_TOKEN is shorter than 16 characters"),
+        (&[][..], short_file.as_path(), "is shorter than 16 characters"),
+    ] {
+        let out = serve(env, file);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(names), "{stderr}");
+        assert!(!stderr.contains("shortfile"), "the token is never shown: {stderr}");
+        assert!(out.stdout.is_empty(), "no ready line");
+    }
+    assert!(String::from_utf8_lossy(&serve(&[], &short_file).stderr).contains(&short_file.display().to_string()), "the file is named");
+
+    let token = "env-admin-token-0123456789";
+    let server = Server::start_with(&[&model("fraud"), "--log-format", "text"], &[("MODELSHIP_ADMIN_TOKEN", token)]);
+    let listening = wait_for_log(&server, "admin API listening");
+    assert!(listening.contains("token_source=MODELSHIP_ADMIN_TOKEN"), "{listening}");
+    assert!(!server.stderr().contains(token), "the token is never logged");
+}
+
+/// Text logs to a file or a pipe carry no colour codes (they are for terminals only).
+#[test]
+fn text_logs_to_a_pipe_have_no_colour_codes() {
+    let server = Server::start(&[&model("fraud"), "--log-format", "text"]);
+    wait_for_log(&server, "admin API listening");
+    let logs = server.stderr();
+    assert!(!logs.contains("\x1b["), "ANSI escape codes in piped logs: {logs:?}");
+    assert!(logs.contains(" INFO "), "{logs}");
+}
+
+/// The line of the server's log that contains `needle`, once it has arrived.
+fn wait_for_log(server: &Server, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(line) = server.stderr().lines().find(|l| l.contains(needle)) {
+            return line.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no log line with '{needle}': {}", server.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -181,3 +181,39 @@ async fn the_admin_api_answers_in_its_shared_types() {
 }
 
 const TOKEN: &str = "control-token-0123456789";
+
+/// A start refused because its version cannot be routed to leaves no rollout behind: nothing in
+/// the store, routing unchanged, and the next start goes ahead with no abort in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_start_leaves_no_rollout_behind() {
+    let spec = |to: &str| -> modelship_rollout::spec::RolloutSpec {
+        serde_json::from_value(serde_json::json!({"to": to, "steps": [{"weight": {"weight": "10%", "hold": "1m"}}, {"approve": {}}]})).unwrap()
+    };
+    for (registry, status, says) in [
+        (false, http::StatusCode::CONFLICT, "this server serves a file"),
+        (true, http::StatusCode::NOT_FOUND, "no model named 'fraud'"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, traffic) = two_versions(dir.path(), Duration::from_secs(60));
+        let traffic = if registry {
+            let config = modelship_registry::RegistryConfig { root: dir.path().join("registry"), artifacts: None };
+            let registry = Arc::new(modelship_registry::Registry::open(&config).unwrap());
+            Arc::new(Traffic::new(Some(registry), "fraud".to_owned(), Arc::clone(&traffic.backend), traffic.spec.clone(), Arc::clone(&traffic.store), traffic.keep_warm))
+        } else {
+            traffic
+        };
+        traffic.resume(&state).await.unwrap();
+        let revision = state.models.served("fraud").unwrap().revision;
+        let rollouts = Arc::new(Rollouts::new(Arc::clone(&traffic), FleetConfig::single("test")));
+
+        let refused = rollouts.start(&state, spec("9"), "test").await.unwrap_err();
+        assert_eq!(refused.status_and_code().0, status, "registry {registry}: {refused}");
+        assert!(refused.to_string().contains(says), "registry {registry}: {refused}");
+        assert_eq!(traffic.store.rollout("fraud").await.unwrap(), None, "registry {registry}: no record");
+        assert_eq!(rollouts.status(&state).await.rollout, None);
+        assert_eq!(state.models.served("fraud").unwrap().revision, revision, "routing unchanged");
+
+        let started = rollouts.start(&state, spec("2"), "test").await.unwrap().rollout.unwrap();
+        assert_eq!((started.id, started.phase), (1, Phase::Progressing), "registry {registry}");
+    }
+}
