@@ -350,7 +350,7 @@ impl LoadedModel {
         for i in 0..requests {
             let (what, inputs) = match (i, &plan.sample) {
                 (0, Some(sample)) => (format!("the sample from {}", sample.source), Ok(sample.inputs.clone())),
-                (0, None) | (1, Some(_)) => ("zeros".to_owned(), self.drawn_inputs(|datatype, n| zeros(datatype, n), false)),
+                (0, None) | (1, Some(_)) => ("zeros".to_owned(), self.drawn_inputs(zeros, false)),
                 _ => ("rows drawn to the signature".to_owned(), self.drawn_inputs(|datatype, n| drawn(datatype, n, &mut rng), true)),
             };
             let inputs = inputs.map_err(|e| format!("warm-up request {} of {requests} ({what}) cannot be built: {e}", i + 1))?;

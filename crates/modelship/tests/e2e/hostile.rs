@@ -29,8 +29,11 @@ fn modelship(args: &[&str], registry: &std::path::Path, state: &std::path::Path)
         .unwrap()
 }
 
-/// A load of V2 requests on `server` until stopped: (stop, sent, failures with their answers).
-fn load(server: &Server) -> (Arc<AtomicBool>, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>, thread::JoinHandle<()>) {
+/// A load's stop flag, count of requests sent, failures with their answers, and its thread.
+type Load = (Arc<AtomicBool>, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>, thread::JoinHandle<()>);
+
+/// A load of V2 requests on `server` until stopped.
+fn load(server: &Server) -> Load {
     let (stop, sent, failed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
     let (url, s, n, f) = (server.url("/v2/models/fraud/infer"), Arc::clone(&stop), Arc::clone(&sent), Arc::clone(&failed));
     let handle = thread::spawn(move || {

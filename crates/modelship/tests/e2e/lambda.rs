@@ -348,6 +348,19 @@ fn a_missing_model_is_the_init_error_lambda_expects() {
 }
 
 #[test]
+fn a_model_that_cannot_answer_is_the_init_error_not_a_function_answering_500() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let package = package(dir.path(), &["--model", &model(NEPSE)]);
+    std::fs::copy(model("broken"), package.join("model.onnx")).unwrap();
+    let function = Function::start(&package, &[]);
+    let (status, text, _) = function.invoke_status(&json!({"features": [[0, 0, 1, 0]]}).to_string());
+    let answer: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    assert_eq!((status, answer["errorType"].as_str()), (502, Some("Runtime.InitError")), "{text}\n{}", function.log());
+    let message = answer["errorMessage"].as_str().unwrap();
+    assert!(message.contains("loads but cannot answer") && message.contains("warm-up request 1 of 2"), "{message}");
+}
+
+#[test]
 fn deploy_lambda_refuses_hostile_options_before_writing() {
     let dir = tempfile::tempdir().unwrap();
     let cases: [(&[&str], &str); 5] = [

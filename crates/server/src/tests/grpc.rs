@@ -89,7 +89,8 @@ async fn grpc_is_bounded_like_rest() {
     let input = |shape: Vec<i64>, name: String| InferInputTensor { name, datatype: "FP32".to_owned(), shape, ..Default::default() };
     let request = |inputs| ModelInferRequest { model_name: "fraud".to_owned(), inputs, ..Default::default() };
     // (what, request, metadata, gRPC code, message fragment)
-    let cases: Vec<(&str, ModelInferRequest, Vec<(&str, String)>, u32, &str)> = vec![
+    type Case = (&'static str, ModelInferRequest, Vec<(&'static str, String)>, u32, &'static str);
+    let cases: Vec<Case> = vec![
         ("metadata over the header limit", request(vec![input(vec![1, 3], "x".to_owned())]), vec![("x-big", "a".repeat(70_000))], 8, "headers are larger than the limit"),
         ("a shape of 5000 dimensions", request(vec![input(vec![1; 5000], "x".to_owned())]), vec![], 3, "at most 64 dimensions"),
         ("an input name of 100 000 bytes", request(vec![input(vec![1, 3], "n".repeat(100_000))]), vec![], 3, "more bytes not shown"),
