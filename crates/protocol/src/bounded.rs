@@ -19,6 +19,23 @@ pub const MAX_PARAMETERS_DEPTH: usize = 8;
 pub const MAX_SHAPE_DIMS: usize = 64;
 /// The most inputs, or requested outputs, one request may list.
 pub const MAX_TENSORS: usize = 4096;
+/// The longest input or output name (ONNX names are a few dozen bytes).
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// An input's or output's name, at most [`MAX_NAME_BYTES`] (never echoed whole in errors).
+pub fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    check_name(&name).map_err(D::Error::custom)?;
+    Ok(name)
+}
+
+/// Refuses a tensor name over [`MAX_NAME_BYTES`], without quoting it.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!("an input or output name is at most {MAX_NAME_BYTES} bytes, not {}", name.len()));
+    }
+    Ok(())
+}
 
 /// A request's `inputs` or `outputs`: at most [`MAX_TENSORS`], refused as soon as there is one
 /// more (each costs a few allocations beyond its text).

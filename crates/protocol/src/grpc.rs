@@ -69,6 +69,7 @@ pub fn decode(r: pb::ModelInferRequest) -> Result<DecodedRequest, DecodeError> {
     }
     let mut outputs = Vec::with_capacity(r.outputs.len());
     for o in r.outputs {
+        crate::bounded::check_name(&o.name).map_err(invalid)?;
         if o.parameters.contains_key("classification") {
             return Err(invalid(format!("output '{}': the classification extension is not supported; request the output itself", o.name)));
         }

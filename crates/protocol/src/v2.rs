@@ -26,6 +26,7 @@ pub struct InferRequestJson<'a> {
 
 #[derive(Debug, Deserialize)]
 pub struct InputJson<'a> {
+    #[serde(deserialize_with = "bounded::name")]
     pub name: String,
     #[serde(deserialize_with = "bounded::shape")]
     pub shape: Vec<i64>,
@@ -39,6 +40,7 @@ pub struct InputJson<'a> {
 
 #[derive(Debug, Deserialize)]
 pub struct RequestedOutputJson {
+    #[serde(deserialize_with = "bounded::name")]
     pub name: String,
     #[serde(default, deserialize_with = "bounded::tensor_parameters")]
     pub parameters: Option<Map<String, Value>>,
@@ -200,8 +202,9 @@ fn decode_input(input: InputJson<'_>, raw: Option<&[u8]>) -> Result<Tensor, Deco
 
 /// An input's declared datatype and shape, checked (REST and gRPC declare them alike).
 pub fn input_type(name: &str, datatype: &str, shape: &[i64]) -> Result<(DataType, Vec<usize>), DecodeError> {
+    // gRPC's names and shapes come here without the JSON decoder's bounds.
+    crate::bounded::check_name(name).map_err(DecodeError)?;
     let datatype: DataType = datatype.parse().map_err(|e| DecodeError(format!("input '{name}': {e}")))?;
-    // gRPC's shapes come here without the JSON decoder's bound.
     if shape.len() > crate::bounded::MAX_SHAPE_DIMS {
         return Err(DecodeError(format!("input '{name}': a shape has at most {} dimensions, not {}", crate::bounded::MAX_SHAPE_DIMS, shape.len())));
     }

@@ -314,3 +314,22 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::clip;
+
+    #[test]
+    fn clip_cuts_at_a_character_boundary_and_says_how_much_is_left_out() {
+        // (text, limit, expected)
+        let cases = [
+            ("short", 10, "short"),
+            ("exactly10!", 10, "exactly10!"),
+            ("0123456789abc", 10, "0123456789… (3 more bytes not shown)"),
+            ("ééééé", 3, "é… (8 more bytes not shown)"),
+        ];
+        for (text, limit, expected) in cases {
+            assert_eq!(clip(text, limit), expected, "{text} at {limit}");
+        }
+    }
+}

@@ -48,7 +48,7 @@ async fn hostile_requests_get_short_client_errors() {
         ("parameters 20 levels deep", v2_with(ROW, &deep), StatusCode::BAD_REQUEST, "nest 21 levels deep; the limit is 8"),
         ("1 MB of nested empty arrays in parameters", v2_with(ROW, &nested_empties), StatusCode::BAD_REQUEST, "the limit is 1048576"),
         ("input parameters over 4 KiB", format!(r#"{{"inputs":[{{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3],"parameters":{{"p":"{}"}}}}]}}"#, "a".repeat(5000)), StatusCode::BAD_REQUEST, "the limit is 4096"),
-        ("an input name of 200 000 bytes", format!(r#"{{"inputs":[{{"name":"{long_name}","shape":[1,3],"datatype":"FP32","data":[1,2,3]}}]}}"#), StatusCode::BAD_REQUEST, "more bytes not shown"),
+        ("an input name of 200 000 bytes", format!(r#"{{"inputs":[{{"name":"{long_name}","shape":[1,3],"datatype":"FP32","data":[1,2,3]}}]}}"#), StatusCode::BAD_REQUEST, "name is at most 1024 bytes"),
         ("UINT64 one past the largest", r#"{"inputs":[{"name":"x","shape":[1],"datatype":"UINT64","data":[18446744073709551616]}]}"#.to_owned(), StatusCode::BAD_REQUEST, "not a valid UINT64 value"),
         ("INT64 one past the largest", r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT64","data":[9223372036854775808]}]}"#.to_owned(), StatusCode::BAD_REQUEST, "not a valid INT64 value"),
         ("INT64 one below the smallest", r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT64","data":[-9223372036854775809]}]}"#.to_owned(), StatusCode::BAD_REQUEST, "not a valid INT64 value"),
@@ -60,6 +60,12 @@ async fn hostile_requests_get_short_client_errors() {
         assert!(error.contains(fragment), "{what}: {error:.300}");
         assert!(error.len() <= MAX_MESSAGE_BYTES + 64, "{what}: an error of {} bytes", error.len());
     }
+    // A name the client put in the path is quoted back, clipped.
+    let (status, _, answer) = call(&state, post(&format!("/v2/models/{}/infer", "m".repeat(50_000)), format!(r#"{{"inputs":[{ROW}]}}"#))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer:.300}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.contains("unknown model 'mmm") && error.contains("more bytes not shown"), "{error:.2000}");
+    assert!(error.len() <= MAX_MESSAGE_BYTES + 64, "an error of {} bytes", error.len());
     // None of these counted as a failure of the model: no 5xx code in the metrics.
     let metrics = call(&state, Request::get("/metrics").body(Body::empty()).unwrap()).await.2;
     assert!(!metrics.as_str().unwrap().contains(r#"code="500""#), "a client's mistake counted as a server error");
