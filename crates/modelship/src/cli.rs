@@ -615,6 +615,11 @@ pub enum ModelsCommand {
         /// read: a mistaken path such as /dev/zero or a data file stops at once)
         #[arg(long, value_name = "SIZE", default_value = "4Gi")]
         max_size: String,
+        /// A V2 inference request (JSON, as POSTed to /v2/models/M/infer) with a few of the
+        /// model's own rows: stored with the version, and every server sends it to the version
+        /// before serving it (a version that fails it is refused)
+        #[arg(long, value_name = "FILE")]
+        warmup_sample: Option<PathBuf>,
     },
     /// List models and versions
     Ls {

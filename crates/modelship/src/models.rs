@@ -74,8 +74,14 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
     }
     let registry = open_registry(args.registry, args.artifacts, &env)?;
     match args.command {
-        ModelsCommand::Push { name, file, version, metrics, labels, description, max_size } => {
+        ModelsCommand::Push { name, file, version, metrics, labels, description, max_size, warmup_sample } => {
             let registry = registry.with_max_artifact_bytes(parse_bytes("--max-size", &max_size)?);
+            let mut labels = parse_pairs(&labels, "--label")?;
+            if let Some(path) = &warmup_sample {
+                // Stored first: a version never names a sample that is not there.
+                let bytes = read_warmup_sample(path)?;
+                labels.insert(modelship_registry::WARMUP_SAMPLE_LABEL.to_owned(), registry.put_warmup_sample(bytes.into()).await?);
+            }
             let request = PushRequest {
                 name,
                 version,
@@ -89,7 +95,7 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                             .with_context(|| format!("--metric {k}={v}: the value must be a finite number"))
                     })
                     .collect::<anyhow::Result<_>>()?,
-                labels: parse_pairs(&labels, "--label")?,
+                labels,
                 description,
                 source: None,
             };
@@ -379,4 +385,20 @@ impl Progress for Bar {
         // Show the completed bar once before it is cleared.
         self.0.tick();
     }
+}
+
+/// A warm-up sample file, checked: a regular file of at most 16 MiB holding a V2 inference
+/// request with at least one input (whether its inputs fit the model, the server's warm-up tells).
+fn read_warmup_sample(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read the warm-up sample {}", path.display()))?;
+    if !meta.is_file() || meta.len() > modelship_registry::MAX_WARMUP_SAMPLE_BYTES {
+        anyhow::bail!(
+            "the warm-up sample {} must be a regular file of at most {} bytes (a few rows are enough)",
+            path.display(),
+            modelship_registry::MAX_WARMUP_SAMPLE_BYTES
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read the warm-up sample {}", path.display()))?;
+    modelship_server::model::WarmUpSample::from_v2_json(&path.display().to_string(), &bytes).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(bytes)
 }

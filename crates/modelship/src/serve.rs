@@ -71,7 +71,8 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         }
     });
     let source = ModelSource::of(&config)?;
-    let (model, registry_version) = source.read().await?;
+    let (model, registry_record) = source.read().await?;
+    let registry_version = registry_record.as_ref().map(|r| r.version.clone());
     // A served file is followed by its contents' digest (the volume-mount workflow).
     let file_digest = matches!(source, ModelSource::File(_)).then(|| modelship_server::follow::digest(&model));
     let onnx = OnnxBackend::new(config.ort_lib.as_deref())?;
@@ -126,7 +127,13 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
             inline_below: config.inline_below,
             opportunistic: config.opportunistic,
         },
-        warm_up: warm_up(&config)?,
+        warm_up: match (&source, &registry_record) {
+            // A registry version's own sample, when it carries one.
+            (ModelSource::Registry { registry, .. }, Some(record)) => {
+                modelship_server::traffic::warm_up_for(registry, record, &warm_up(&config)?).await.map_err(|e| anyhow::anyhow!(e))?
+            }
+            _ => warm_up(&config)?,
+        },
     };
     let drain = Drain { delay: config.shutdown_delay, grace: config.shutdown_grace };
     let connections = ConnectionLimits {
@@ -417,7 +424,7 @@ impl ModelSource {
 
     /// The model bytes, and the registry version when there is one. File contents are refused
     /// when clearly not a model; registry artifacts are checked against their digest.
-    async fn read(&self) -> anyhow::Result<(Arc<[u8]>, Option<String>)> {
+    async fn read(&self) -> anyhow::Result<(Arc<[u8]>, Option<modelship_registry::VersionRecord>)> {
         match self {
             ModelSource::File(path) => {
                 let bytes = std::fs::read(path).with_context(|| format!("cannot read model file {}", path.display()))?;
@@ -429,7 +436,7 @@ impl ModelSource {
             ModelSource::Registry { registry, reference } => {
                 let record = registry.resolve(reference).await?;
                 let bytes = registry.artifact(&record, &NoProgress).await?;
-                Ok((bytes.to_vec().into(), Some(record.version)))
+                Ok((bytes.to_vec().into(), Some(record)))
             }
         }
     }

@@ -36,6 +36,25 @@ pub struct VersionRecord {
     pub aliases: Vec<String>,
 }
 
+/// The label that names a version's warm-up sample: `sha256:<hex>` of a V2 inference request
+/// stored beside the artifacts (`modelship models push --warmup-sample FILE`), which a server
+/// sends the version before it serves it.
+pub const WARMUP_SAMPLE_LABEL: &str = "warmup_sample";
+
+impl VersionRecord {
+    /// The digest (hex) of this version's warm-up sample, when its label names one.
+    pub fn warmup_sample_digest(&self) -> Option<&str> {
+        let value = self.labels.get(WARMUP_SAMPLE_LABEL)?;
+        let hex = value.strip_prefix("sha256:")?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(hex)
+    }
+
+    /// Every stored file this version needs: its artifact, and its warm-up sample if any.
+    pub fn referenced_digests(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.digest.as_str()).chain(self.warmup_sample_digest())
+    }
+}
+
 /// One recorded move of an alias. `version` is `None` when the alias was removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AliasMove {
@@ -418,9 +437,18 @@ impl Catalog {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| self.err(e))?;
         let referenced = {
-            let mut stmt = tx.prepare("SELECT DISTINCT digest FROM versions").map_err(|e| self.err(e))?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.err(e))?;
-            rows.collect::<rusqlite::Result<std::collections::HashSet<_>>>().map_err(|e| self.err(e))?
+            // The artifacts and the warm-up samples the versions' labels name.
+            let mut stmt = tx.prepare("SELECT digest, record FROM versions").map_err(|e| self.err(e))?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(|e| self.err(e))?;
+            let mut referenced = std::collections::HashSet::new();
+            for row in rows {
+                let (digest, record) = row.map_err(|e| self.err(e))?;
+                if let Ok(record) = serde_json::from_str::<VersionRecord>(&record) {
+                    referenced.extend(record.warmup_sample_digest().map(str::to_owned));
+                }
+                referenced.insert(digest);
+            }
+            referenced
         };
         let result = sweep(&referenced);
         // Nothing was written: ending the transaction only releases the lock.

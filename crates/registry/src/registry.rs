@@ -56,6 +56,9 @@ impl RegistryConfig {
     }
 }
 
+/// The largest warm-up sample a version may carry.
+pub const MAX_WARMUP_SAMPLE_BYTES: u64 = 16 << 20;
+
 #[derive(Debug, Clone, Default)]
 pub struct PushRequest {
     pub name: String,
@@ -527,8 +530,34 @@ impl Registry {
                 .await
                 .unwrap_or_else(|e| Err(RegistryError::Store(format!("registry task failed: {e}"))))
         } else {
-            let referenced = self.catalog.list(None).await?.into_iter().map(|r| r.digest).collect();
+            let records = self.catalog.list(None).await?;
+            let referenced = records.iter().flat_map(|r| r.referenced_digests().map(str::to_owned)).collect();
             sweep(&referenced)
+        }
+    }
+
+    /// Stores a warm-up sample (a V2 inference request a version must answer before it
+    /// serves) beside the artifacts, content-addressed; returns the value of its label
+    /// ([`crate::catalog::WARMUP_SAMPLE_LABEL`]), `sha256:<hex>`. Store it before the version
+    /// that names it is committed, so a version never names a sample that is not there.
+    pub async fn put_warmup_sample(&self, bytes: Bytes) -> Result<String, RegistryError> {
+        self.catalog.writable()?;
+        if bytes.len() as u64 > MAX_WARMUP_SAMPLE_BYTES {
+            return Err(RegistryError::Config(format!(
+                "the warm-up sample is {} bytes, over the limit of {} bytes: a few rows of the model's inputs are enough",
+                bytes.len(),
+                MAX_WARMUP_SAMPLE_BYTES
+            )));
+        }
+        Ok(format!("sha256:{}", self.artifacts.put_bytes(bytes).await?))
+    }
+
+    /// The warm-up sample a version's label names, checked against its digest; `None` when it
+    /// names none.
+    pub async fn warmup_sample(&self, record: &VersionRecord) -> Result<Option<Bytes>, RegistryError> {
+        match record.warmup_sample_digest() {
+            None => Ok(None),
+            Some(digest) => self.artifacts.get(digest, &NoProgress).await.map(Some),
         }
     }
 

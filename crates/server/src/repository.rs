@@ -123,8 +123,8 @@ impl Repository {
             _ => registry.resolve(&reference).await?,
         };
         let bytes = registry.artifact(&record, &NoProgress).await?;
-        let spec =
-            ModelSpec { name: name.to_owned(), version: record.version.clone(), pool: self.pool.clone(), warm_up: self.warm_up.clone() };
+        let warm_up = crate::traffic::warm_up_for(&registry, &record, &self.warm_up).await?;
+        let spec = ModelSpec { name: name.to_owned(), version: record.version.clone(), pool: self.pool.clone(), warm_up };
         let replaced = state.models.served(name).ok();
         if replaced.is_none() {
             state.models.set(name, ModelSlot::Loading { version: record.version.clone() });

@@ -14,7 +14,7 @@ use modelship_router::{Change, TrafficTable};
 
 use crate::control::{ControlStore, StoreError};
 use crate::error::ApiError;
-use crate::model::{LoadedModel, ModelSlot, ModelSpec, Served};
+use crate::model::{LoadedModel, ModelSlot, ModelSpec, Served, WarmUp, WarmUpSample};
 use crate::state::AppState;
 
 /// One recorded routing change: the admin API's answer to a change, and a row of its history.
@@ -72,6 +72,19 @@ fn without_unrouted(served: &Served) -> Option<Served> {
     let mut table = served.table.clone();
     table.previous = None;
     Some(Served { table, revision: served.revision, versions })
+}
+
+/// What the registry version `record` must answer before it serves: `base`, with the version's
+/// own warm-up sample first when the registry holds one (`models push --warmup-sample`).
+pub async fn warm_up_for(registry: &Registry, record: &modelship_registry::VersionRecord, base: &WarmUp) -> Result<WarmUp, ApiError> {
+    match registry.warmup_sample(record).await? {
+        None => Ok(base.clone()),
+        Some(bytes) => {
+            let source = format!("the warm-up sample of {}:{}", record.name, record.version);
+            let sample = WarmUpSample::from_v2_json(&source, &bytes).map_err(ApiError::Conflict)?;
+            Ok(WarmUp { sample: Some(Arc::new(sample)), ..base.clone() })
+        }
+    }
 }
 
 /// A change the table refuses: a key no request can carry is the client's mistake (400); the
@@ -423,6 +436,7 @@ impl Traffic {
         let bytes = registry.artifact(&record, &NoProgress).await?;
         let mut spec = self.spec.clone();
         spec.version = version.to_owned();
+        spec.warm_up = warm_up_for(registry, &record, &self.spec.warm_up).await?;
         LoadedModel::load_warm(Arc::clone(&self.backend), bytes.to_vec().into(), spec, Arc::clone(&state.metrics), &format!("version {version}"))
             .await
     }

@@ -419,3 +419,46 @@ fn bad_values_of_every_datatype_are_the_clients_400_never_the_models_500() {
     let failed = server.metric("modelship_request_errors_total", &["model=\"dtypes\"", "error=\"inference_failed\""]).unwrap_or(0.0);
     assert_eq!(failed, 0.0, "inference_failed counted for a client's bad value");
 }
+
+#[test]
+fn a_versions_own_warmup_sample_catches_what_zeros_do_not() {
+    let (registry, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (reg, st) = (registry.path(), state.path());
+    // Real rows: the faulty model fails on them (a feature above 1.5), not on zeros or small values.
+    let sample = st.join("sample.json");
+    std::fs::write(&sample, fraud_body(2)).unwrap();
+    let not_a_request = st.join("notes.txt");
+    std::fs::write(&not_a_request, "a few rows").unwrap();
+    let push = |file: &str, version: &str, extra: &[&str]| {
+        let mut args = vec!["models", "push", "fraud", file, "--version", version];
+        args.extend_from_slice(extra);
+        modelship(&args, reg, st)
+    };
+    let refused = push(&model("faulty"), "9", &["--warmup-sample", not_a_request.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not a V2 inference request"), "{}", String::from_utf8_lossy(&refused.stderr));
+    for (file, version, extra) in [("fraud", "1", vec![]), ("faulty", "2", vec![]), ("faulty", "3", vec!["--warmup-sample", sample.to_str().unwrap()])] {
+        let out = push(&model(file), version, &extra);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let shown: Value = serde_json::from_slice(&modelship(&["models", "show", "fraud:3", "--output", "json"], reg, st).stdout).unwrap();
+    assert!(shown["labels"]["warmup_sample"].as_str().is_some_and(|l| l.starts_with("sha256:")), "{shown}");
+    // gc keeps the sample: a version names it.
+    let gc = modelship(&["models", "gc", "--unreferenced", "--older-than", "0s"], reg, st);
+    assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
+
+    let server = Server::start_with(
+        &["fraud:1", "--registry", reg.to_str().unwrap()],
+        &[("MODELSHIP_STATE_DIR", st.to_str().unwrap()), ("MODELSHIP_ADMIN_TOKEN", TOKEN)],
+    );
+    let admin = format!("http://{}", server.ready["admin"].as_str().unwrap());
+    let set = |version: &str| modelship(&["traffic", "set", "fraud", "--candidate", version, "--weight", "0%", "--admin", &admin], reg, st);
+    // Without a sample, zeros and drawn rows pass: the version loads (and would fail real traffic).
+    let two = set("2");
+    assert!(two.status.success(), "{}", String::from_utf8_lossy(&two.stderr));
+    // With its own rows, the same model is refused before any client reaches it.
+    let three = set("3");
+    let stderr = String::from_utf8_lossy(&three.stderr);
+    assert!(!three.status.success(), "version 3 was installed");
+    assert!(stderr.contains("version 3 cannot answer") && stderr.contains("the warm-up sample of fraud:3"), "{stderr}");
+}
