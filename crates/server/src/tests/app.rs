@@ -9,7 +9,7 @@ use crate::auth::Credentials;
 use crate::state::{AppState, Limits};
 use crate::testing::app_with;
 
-async fn call(state: &AppState, request: Request<Body>) -> (StatusCode, http::HeaderMap, Value) {
+pub(super) async fn call(state: &AppState, request: Request<Body>) -> (StatusCode, http::HeaderMap, Value) {
     let response = crate::routes::app(state.clone()).oneshot(request).await.unwrap();
     let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();

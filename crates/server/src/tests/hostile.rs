@@ -12,15 +12,8 @@ use tower::ServiceExt;
 
 use crate::error::MAX_MESSAGE_BYTES;
 use crate::state::{AppState, Limits};
+use super::app::call;
 use crate::testing::{FakeBackend, app_with, spec};
-
-async fn call(state: &AppState, request: Request<Body>) -> (StatusCode, http::HeaderMap, Value) {
-    let response = crate::routes::app(state.clone()).oneshot(request).await.unwrap();
-    let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, 64 << 20).await.unwrap();
-    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (parts.status, parts.headers, value)
-}
 
 fn post(path: &str, body: String) -> Request<Body> {
     Request::post(path).header("content-type", "application/json").body(Body::from(body)).unwrap()
