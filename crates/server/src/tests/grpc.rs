@@ -40,13 +40,17 @@ async fn health_answers_what_readiness_says_now_not_at_the_last_poll() {
 
 /// One `ModelInfer` call: the gRPC status code and message it ends with.
 async fn infer(app: &axum::Router, message: modelship_protocol::grpc::pb::ModelInferRequest, metadata: &[(&str, String)]) -> (u32, String) {
+    call(app, "ModelInfer", message, metadata).await
+}
+
+/// One unary call of `GRPCInferenceService`: the gRPC status code and message it ends with.
+async fn call(app: &axum::Router, method: &str, message: impl tonic_prost::prost::Message, metadata: &[(&str, String)]) -> (u32, String) {
     use http_body_util::BodyExt;
-    use tonic_prost::prost::Message;
     let encoded = message.encode_to_vec();
     let mut frame = vec![0u8];
     frame.extend_from_slice(&u32::try_from(encoded.len()).unwrap().to_be_bytes());
     frame.extend_from_slice(&encoded);
-    let mut request = Request::post("/inference.GRPCInferenceService/ModelInfer").header("content-type", "application/grpc").header("te", "trailers");
+    let mut request = Request::post(format!("/inference.GRPCInferenceService/{method}")).header("content-type", "application/grpc").header("te", "trailers");
     for (k, v) in metadata {
         request = request.header(*k, v.as_str());
     }
@@ -100,5 +104,32 @@ async fn grpc_is_bounded_like_rest() {
         assert_eq!(got, code, "{what}: {text}");
         assert!(text.contains(fragment), "{what}: {text:.300}");
         assert!(text.len() <= crate::error::MAX_MESSAGE_BYTES + 64, "{what}: a message of {} bytes", text.len());
+    }
+}
+
+/// With API keys on, an operator's admin token alone reaches the repository RPCs (it passes the
+/// API-key check too), and a call with neither credential is told which one is missing.
+#[tokio::test]
+async fn the_admin_token_alone_reaches_the_repository_rpcs() {
+    use modelship_protocol::grpc::pb::RepositoryIndexRequest;
+    const TOKEN: &str = "grpc-admin-token-0123456789";
+    const KEY: &str = "grpc-api-key-0123456789";
+    let state = AppState::with_credentials(Limits::default(), crate::auth::Credentials::new(Some(TOKEN), &[KEY.to_owned()]));
+    let (state, backend) = app_with(state, "scale=1");
+    let backend: std::sync::Arc<dyn modelship_inference::Backend> = backend;
+    let repository = std::sync::Arc::new(crate::repository::Repository::new(None, backend, crate::pool::PoolConfig::new(1, 4), Default::default(), "fraud".to_owned()));
+    let app = router(Grpc::new(state, Some(repository)));
+    let bearer = |t: &str| vec![("authorization", format!("Bearer {t}"))];
+    // (what, metadata, gRPC code, message fragment)
+    let cases: Vec<(&str, Vec<(&str, String)>, u32, &str)> = vec![
+        ("the admin token", bearer(TOKEN), 0, ""),
+        ("nothing", vec![], 16, "missing or wrong API key"),
+        ("an API key alone", vec![("x-api-key", KEY.to_owned())], 16, "missing or wrong admin token"),
+        ("a wrong token", bearer("not-the-admin-token-0123"), 16, "missing or wrong API key"),
+    ];
+    for (what, metadata, code, fragment) in cases {
+        let (got, text) = call(&app, "RepositoryIndex", RepositoryIndexRequest::default(), &metadata).await;
+        assert_eq!(got, code, "{what}: {text}");
+        assert!(text.contains(fragment), "{what}: {text}");
     }
 }
