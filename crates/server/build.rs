@@ -15,6 +15,8 @@ fn main() {
         tonic_prost_build::configure()
             .build_client(false)
             .extern_path(".inference", "::modelship_protocol::grpc::pb")
+            // tonic's prost codec behind a check of what a message would cost to decode.
+            .codec_path("crate::grpc::BoundedCodec")
             .compile_protos(&[proto_dir.join("inference.proto")], &[proto_dir])
             .expect("inference.proto compiles");
     }

@@ -127,13 +127,15 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
             inline_below: config.inline_below,
             opportunistic: config.opportunistic,
         },
-        warm_up: match (&source, &registry_record) {
-            // A registry version's own sample, when it carries one.
-            (ModelSource::Registry { registry, .. }, Some(record)) => {
-                modelship_server::traffic::warm_up_for(registry, record, &warm_up(&config)?).await.map_err(|e| anyhow::anyhow!(e))?
-            }
-            _ => warm_up(&config)?,
-        },
+        // The server's own: every registry version adds its own sample to it when it loads.
+        warm_up: warm_up(&config)?,
+    };
+    // The version served first: its own sample, when the registry holds one.
+    let startup_warm_up = match (&source, &registry_record) {
+        (ModelSource::Registry { registry, .. }, Some(record)) => {
+            modelship_server::traffic::warm_up_for(registry, record, &spec.warm_up).await.map_err(|e| anyhow::anyhow!(e))?
+        }
+        _ => spec.warm_up.clone(),
     };
     let drain = Drain { delay: config.shutdown_delay, grace: config.shutdown_grace };
     let connections = ConnectionLimits {
@@ -181,7 +183,7 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
     );
     // A model that loads but cannot answer is a failed start, never a server answering 500.
     let warming = tokio::select! {
-        warmed = model.warm_up(&spec.warm_up) => warmed,
+        warmed = model.warm_up(&startup_warm_up) => warmed,
         () = shutdown.cancelled() => {
             tracing::info!("shutdown requested while the model was warming up");
             server.run_until(std::future::ready(())).await;
@@ -194,7 +196,7 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         server.run_until(std::future::ready(())).await;
         return Err(e);
     }
-    tracing::info!(model = %model.name, version = %model.version, requests = spec.warm_up.requests, "warm-up answered");
+    tracing::info!(model = %model.name, version = %model.version, requests = startup_warm_up.requests, "warm-up answered");
     if let Some(features) = &config.features {
         let service = feature_service(features, &model.info.signature, &state)?;
         let store = Arc::clone(&service.store);

@@ -18,6 +18,8 @@ pub mod bounded;
 mod error;
 #[cfg(feature = "grpc")]
 pub mod grpc;
+#[cfg(feature = "grpc")]
+pub mod grpc_cost;
 pub mod json_tensor;
 pub mod lambda;
 pub mod model_config;

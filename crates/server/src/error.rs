@@ -58,6 +58,9 @@ pub enum ApiError {
     HeadersTooLarge { limit: usize },
     #[error("{what} of {got} is over the limit of {limit} ({setting})")]
     TooLarge { what: &'static str, got: usize, limit: usize, setting: &'static str },
+    /// A message that would cost far more to decode than its size (gRPC's packed repeats).
+    #[error("{0}")]
+    TooLargeToDecode(String),
     #[error("unsupported content type '{got}'; send {expected}")]
     UnsupportedMediaType { got: String, expected: &'static str },
     /// Something a control request names (a registry model or version) does not exist.
@@ -134,6 +137,7 @@ impl ApiError {
             ApiError::NoApiKey => (Class::Unauthenticated, "unauthorized"),
             ApiError::HeadersTooLarge { .. } => (Class::HeadersTooLarge, "headers_too_large"),
             ApiError::TooLarge { .. } => (Class::TooLarge, "too_large"),
+            ApiError::TooLargeToDecode(_) => (Class::TooLarge, "too_large"),
             ApiError::UnsupportedMediaType { .. } => (Class::UnsupportedMediaType, "unsupported_media_type"),
             ApiError::NotFound(_) => (Class::NotFound, "not_found"),
             ApiError::ControlStoreUnavailable(_) => (Class::Unavailable, "control_store_unavailable"),

@@ -26,6 +26,59 @@ mod service {
 
 use service::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 
+/// The service's codec (`build.rs` names it): tonic's prost codec, with a look at what a
+/// `ModelInferRequest` would cost to decode before prost decodes it
+/// (`modelship_protocol::grpc_cost`): protobuf packs empty tensors and strings into 2 bytes that
+/// decode to hundreds, so an unchecked 16 MiB message could take gigabytes.
+pub struct BoundedCodec<T, U>(tonic_prost::ProstCodec<T, U>);
+
+impl<T, U> Default for BoundedCodec<T, U> {
+    fn default() -> Self {
+        BoundedCodec(tonic_prost::ProstCodec::default())
+    }
+}
+
+impl<T, U> tonic::codec::Codec for BoundedCodec<T, U>
+where
+    T: tonic_prost::prost::Message + Send + 'static,
+    U: tonic_prost::prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Decoder = BoundedDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        self.0.encoder()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        BoundedDecoder(self.0.decoder())
+    }
+}
+
+/// See [`BoundedCodec`].
+pub struct BoundedDecoder<U>(tonic_prost::ProstDecoder<U>);
+
+impl<U: tonic_prost::prost::Message + Default + 'static> tonic::codec::Decoder for BoundedDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        use tonic_prost::prost::bytes::Buf;
+        // The one message whose size decides memory; the others are small and fixed.
+        if std::any::TypeId::of::<U>() == std::any::TypeId::of::<pb::ModelInferRequest>() {
+            // The decode buffer is one contiguous message.
+            modelship_protocol::grpc_cost::check_infer_request(buf.chunk()).map_err(|e| status(&ApiError::TooLargeToDecode(e)))?;
+        }
+        self.0.decode(buf)
+    }
+
+    fn buffer_settings(&self) -> tonic::codec::BufferSettings {
+        self.0.buffer_settings()
+    }
+}
+
 /// The gRPC service's state: the app, and (for the repository RPCs) the repository.
 #[derive(Clone)]
 pub struct Grpc {
@@ -73,6 +126,7 @@ pub fn router(grpc: Grpc) -> axum::Router {
         }
     });
     let limit = grpc.app.limits.max_body_bytes;
+    let grpc_limits = grpc.app.limits.clone();
     let credentials = Arc::clone(&grpc.app.credentials);
     let max_header_bytes = grpc.app.limits.max_header_bytes;
     let service = GrpcInferenceServiceServer::new(grpc).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX);
@@ -92,7 +146,13 @@ pub fn router(grpc: Grpc) -> axum::Router {
             Err(status(&ApiError::NoApiKey))
         }
     });
-    tonic::service::Routes::new(health).add_service(service).prepare().into_axum_router()
+    // Every message is read under the same clock as REST bodies (a stalled stream is cut off).
+    let bounds = crate::routes::body_bounds(&grpc_limits, limit);
+    tonic::service::Routes::new(health)
+        .add_service(service)
+        .prepare()
+        .into_axum_router()
+        .layer(tower::util::MapRequestLayer::new(move |request| crate::routes::body::clock(request, bounds)))
 }
 
 /// What `grpc.health.v1` reports: the readiness probe's answer, pushed to tonic-health's

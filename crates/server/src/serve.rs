@@ -54,7 +54,8 @@ pub struct ConnectionLimits {
     /// Hyper's own cap on a request head (HTTP/1 read buffer, HTTP/2 header list); the
     /// handler-level limit (`Limits::max_header_bytes`) answers in JSON below it.
     pub max_head_bytes: usize,
-    /// Open connections per listener. At the cap a new connection is still accepted (a probe
+    /// Open connections on the HTTP listener (gRPC and admin: half as many each). At the cap a
+    /// new connection is still accepted (a probe
     /// must get through a flood), and the open one that has waited longest on its client is
     /// closed: first one with no request in a handler (idle, or still sending its head), else
     /// the one whose last bytes are oldest (a stalled upload).
@@ -67,12 +68,12 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// The default [`ConnectionLimits::max_connections`]: the process's file limit less 64 for
-/// everything else the server opens (model files, the registry, stores, listeners), shared by
-/// the listeners in proportion to what they serve; 10 000 at most.
+/// The default [`ConnectionLimits::max_connections`]: half of the process's file limit less 64
+/// (kept for everything else the server opens: model files, the registry, stores, listeners);
+/// 10 000 at most. The HTTP listener takes that cap and gRPC and admin half of it each, so the
+/// three together never run the process out of descriptors.
 pub fn default_max_connections() -> usize {
     let soft = open_files_limit().unwrap_or(1024);
-    // Three listeners (HTTP, gRPC, admin) draw on one table; the HTTP one gets half.
     (soft.saturating_sub(64) / 2).clamp(16, 10_000)
 }
 
@@ -414,6 +415,9 @@ async fn serve_connections(
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     let graceful = GracefulShutdown::new();
     let table = OpenConnections::new();
+    // The HTTP listener takes the whole cap; gRPC and admin half of it each, so together they
+    // stay within twice the cap (the default cap is half the file budget).
+    let cap = if name == "http" { limits.max_connections } else { (limits.max_connections / 2).max(16) };
     loop {
         let (stream, peer) = tokio::select! {
             () = closing.cancelled() => break,
@@ -429,7 +433,7 @@ async fn serve_connections(
         };
         // No Nagle: small answers must not wait for the client's delayed ACK (a 40 ms stall).
         let _ = stream.set_nodelay(true);
-        let (conn, registered) = table.admit(name, limits.max_connections);
+        let (conn, registered) = table.admit(name, cap);
         let service = Counted { inner: TowerToHyperService::new(app.clone()), conn: Arc::clone(&conn) };
         let (builder, tls, table) = (builder.clone(), tls.clone(), Arc::clone(&table));
         let watcher = graceful.watcher();

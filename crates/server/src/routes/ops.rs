@@ -67,6 +67,8 @@ async fn ready(State(state): State<AppState>) -> Response {
         })
         .collect();
     failures.extend(state.models.reload_errors().into_iter().map(|(name, e)| format!("{name}: {e}")));
+    // Probes are open to anyone: each reason clipped (the log has it whole).
+    let mut failures: Vec<String> = failures.iter().map(|f| crate::error::clip(f, crate::error::MAX_MESSAGE_BYTES).into_owned()).collect();
     if let Some((kind, Some(problem))) = state.health.control_store() {
         failures.push(format!("control store ({kind}): {problem}; serving the last routing applied, rollouts hold until it answers"));
     }

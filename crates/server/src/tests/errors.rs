@@ -62,6 +62,7 @@ fn examples() -> Vec<ApiError> {
         ApiError::NoApiKey,
         ApiError::HeadersTooLarge { limit: 0 },
         ApiError::TooLarge { what: "rows", got: 0, limit: 0, setting: "s" },
+        ApiError::TooLargeToDecode(s()),
         ApiError::UnsupportedMediaType { got: s(), expected: "e" },
         ApiError::NotFound(s()),
         ApiError::ControlStoreUnavailable(s()),

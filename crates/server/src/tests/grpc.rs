@@ -98,6 +98,7 @@ async fn grpc_is_bounded_like_rest() {
         ("metadata over the header limit", request(vec![input(vec![1, 3], "x".to_owned())]), vec![("x-big", "a".repeat(70_000))], 8, "headers are larger than the limit"),
         ("a shape of 5000 dimensions", request(vec![input(vec![1; 5000], "x".to_owned())]), vec![], 3, "at most 64 dimensions"),
         ("an input name of 100 000 bytes", request(vec![input(vec![1, 3], "n".repeat(100_000))]), vec![], 3, "name is at most 1024 bytes"),
+        ("200 000 empty inputs (2 bytes each on the wire)", request(vec![Default::default(); 200_000]), vec![], 8, "at most 4096 inputs"),
     ];
     for (what, message, metadata, code, fragment) in cases {
         let (got, text) = infer(&app, message, &metadata).await;
@@ -132,4 +133,31 @@ async fn the_admin_token_alone_reaches_the_repository_rpcs() {
         assert_eq!(got, code, "{what}: {text}");
         assert!(text.contains(fragment), "{what}: {text}");
     }
+}
+
+/// A gRPC message that stops arriving is cut off by the body clock, as a REST body is: the call
+/// ends with an error instead of holding its stream (and the drain) for ever.
+#[tokio::test]
+async fn a_stalled_grpc_message_is_cut_off() {
+    use http_body_util::BodyExt;
+    let limits = Limits { body_read_timeout: std::time::Duration::from_millis(200), ..Limits::default() };
+    let (state, _backend) = app_with(AppState::new(limits), "scale=1");
+    let app = router(Grpc::new(state, None));
+    // A frame header announcing 1000 bytes, three of them, then nothing.
+    let start = futures::stream::once(async { Ok::<_, std::io::Error>(axum::body::Bytes::from_static(&[0, 0, 0, 3, 232, 10, 5, 102])) });
+    let stalled = Body::from_stream(futures::StreamExt::chain(start, futures::stream::pending()));
+    let request = Request::post("/inference.GRPCInferenceService/ModelInfer")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(stalled)
+        .unwrap();
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let response = app.clone().oneshot(request).await.unwrap();
+        let headers = response.headers().clone();
+        let trailers = response.into_body().collect().await.map(|c| c.trailers().cloned().unwrap_or_default()).unwrap_or_default();
+        headers.get("grpc-status").or_else(|| trailers.get("grpc-status")).map(|v| v.to_str().unwrap().to_owned())
+    })
+    .await
+    .expect("the call ended within the body timeout");
+    assert!(answered.as_deref().is_some_and(|code| code != "0"), "a stalled message answered {answered:?}");
 }
