@@ -437,7 +437,9 @@ fn a_versions_own_warmup_sample_catches_what_zeros_do_not() {
     let refused = push(&model("faulty"), "9", &["--warmup-sample", not_a_request.to_str().unwrap()]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("is not a V2 inference request"), "{}", String::from_utf8_lossy(&refused.stderr));
-    for (file, version, extra) in [("fraud", "1", vec![]), ("faulty", "2", vec![]), ("faulty", "3", vec!["--warmup-sample", sample.to_str().unwrap()])] {
+    let with_sample = vec!["--warmup-sample", sample.to_str().unwrap()];
+    // 4 renames its input: the sample of 1 (served first) is 1's alone, never 4's.
+    for (file, version, extra) in [("fraud", "1", with_sample.clone()), ("faulty", "2", vec![]), ("faulty", "3", with_sample.clone()), ("renamed_input", "4", vec![])] {
         let out = push(&model(file), version, &extra);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
@@ -456,6 +458,9 @@ fn a_versions_own_warmup_sample_catches_what_zeros_do_not() {
     // Without a sample, zeros and drawn rows pass: the version loads (and would fail real traffic).
     let two = set("2");
     assert!(two.status.success(), "{}", String::from_utf8_lossy(&two.stderr));
+    // A version without a sample is warmed by the server's own requests, not the first version's sample.
+    let four = set("4");
+    assert!(four.status.success(), "{}", String::from_utf8_lossy(&four.stderr));
     // With its own rows, the same model is refused before any client reaches it.
     let three = set("3");
     let stderr = String::from_utf8_lossy(&three.stderr);
