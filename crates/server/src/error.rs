@@ -295,7 +295,7 @@ impl ApiError {
             ApiError::Registry(_) => "the model registry failed",
             _ => "internal error",
         };
-        format!("{what} ({code}); the detail is in the server's log under this response's x-request-id")
+        format!("{what} ({code}); the detail is in the server's log, under this request's id (the x-request-id header) where the response carries one")
     }
 }
 
