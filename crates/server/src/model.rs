@@ -202,7 +202,9 @@ impl LoadedModel {
         let started = Instant::now();
         let prepared = self.info.signature.prepare(request)?;
         let rows = prepared.rows() as u64;
-        let output = self.pool.run(prepared).await.map_err(|refused| match refused {
+        // A warm-up runs on a worker and leaves the time estimate to clients' requests.
+        let output = if record { self.pool.run(prepared).await } else { self.pool.run_unmeasured(prepared).await };
+        let output = output.map_err(|refused| match refused {
             Refused::QueueFull(full) => ApiError::Overloaded { model: self.name.clone(), queued: full.queued },
             Refused::WorkerGone => ApiError::Internal("the inference worker stopped before answering".to_owned()),
         })?;
@@ -325,6 +327,12 @@ impl LoadedModel {
 
     pub fn queued(&self) -> usize {
         self.pool.queued()
+    }
+
+    /// Whether a request of `rows` rows would run on the calling thread now (tests).
+    #[cfg(test)]
+    pub(crate) fn runs_inline(&self, rows: usize) -> bool {
+        self.pool.runs_inline(rows)
     }
 
     pub fn workers(&self) -> usize {

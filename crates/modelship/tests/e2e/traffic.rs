@@ -280,8 +280,11 @@ fn load(server: &Server, clients: usize) -> (Arc<AtomicBool>, Arc<AtomicBool>, A
                 let agent = agent();
                 let body = fraud_body(1);
                 while !stop.load(Ordering::Relaxed) {
+                    // Counted by when it was sent: a request sent before the counting starts (say,
+                    // to a candidate just rolled back) is not one of those counted after.
+                    let counted = counting.load(Ordering::Relaxed);
                     let ok = agent.post(&url).header("content-type", "application/json").send(&body).map(reply).is_ok_and(|r| r.status == 200);
-                    if counting.load(Ordering::Relaxed) {
+                    if counted {
                         sent.fetch_add(1, Ordering::Relaxed);
                         failed.fetch_add(usize::from(!ok), Ordering::Relaxed);
                     }

@@ -125,6 +125,10 @@ struct Job {
     request: PreparedRequest,
     enqueued: Instant,
     reply: oneshot::Sender<Result<JobOutput, Refused>>,
+    /// Whether its run feeds the time estimate: a warm-up's made-up inputs (zeros) may cost
+    /// nothing like a client's, and would put a model whose cost depends on its inputs on the
+    /// calling thread.
+    measured: bool,
 }
 
 /// Why [`WorkerPool::run`] gave no output.
@@ -295,7 +299,7 @@ impl WorkerPool {
     /// idle, the run goes to the workers' queue instead.
     async fn run_gathered(&self, request: PreparedRequest) -> Result<JobOutput, Refused> {
         let (reply, output) = oneshot::channel();
-        lock(&self.gathering).push(Job { request, enqueued: Instant::now(), reply });
+        lock(&self.gathering).push(Job { request, enqueued: Instant::now(), reply, measured: true });
         let mut waiting = Waiting { output, gathering: &self.gathering, listed: true };
         let answer = loop {
             tokio::task::yield_now().await;
@@ -390,8 +394,18 @@ impl WorkerPool {
 
     /// Queues a request; the receiver yields its output. Never blocks.
     pub fn submit(&self, request: PreparedRequest) -> Result<oneshot::Receiver<Result<JobOutput, Refused>>, QueueFull> {
+        self.submit_job(request, true)
+    }
+
+    /// Runs `request` on a worker without feeding the time estimate (a warm-up: its inputs are
+    /// made up, and may cost nothing like a client's).
+    pub async fn run_unmeasured(&self, request: PreparedRequest) -> Result<JobOutput, Refused> {
+        self.submit_job(request, false).map_err(Refused::QueueFull)?.await.unwrap_or(Err(Refused::WorkerGone))
+    }
+
+    fn submit_job(&self, request: PreparedRequest, measured: bool) -> Result<oneshot::Receiver<Result<JobOutput, Refused>>, QueueFull> {
         let (reply, output) = oneshot::channel();
-        match self.queue.try_send(Job { request, enqueued: Instant::now(), reply }) {
+        match self.queue.try_send(Job { request, enqueued: Instant::now(), reply, measured }) {
             Ok(()) => Ok(output),
             Err(TrySendError::Full(_)) => Err(QueueFull { queued: self.queue.len() }),
             // Workers only exit once the pool is dropped, so a live pool is never disconnected;
@@ -443,13 +457,15 @@ struct Worker {
 impl Worker {
     /// Runs `request` on this worker's session; waits (briefly: only a tiny model runs inline)
     /// while an inline caller has it.
-    fn run(&self, request: &PreparedRequest) -> (Result<Vec<Tensor>, InferError>, Duration) {
+    fn run(&self, request: &PreparedRequest, measured: bool) -> (Result<Vec<Tensor>, InferError>, Duration) {
         let mut session = lock(&self.sessions[self.index]);
         let started = Instant::now();
         let result = run_guarded(session.as_mut(), request);
         drop(session);
         let took = started.elapsed();
-        self.ns_per_row.observe(request.rows(), took);
+        if measured {
+            self.ns_per_row.observe(request.rows(), took);
+        }
         (result, took)
     }
 
@@ -462,7 +478,7 @@ impl Worker {
                 // The client went away while the request waited: skip the work.
                 continue;
             }
-            let (result, inference) = self.run(&job.request);
+            let (result, inference) = self.run(&job.request, job.measured);
             let _ = job.reply.send(Ok(JobOutput { result, queued, inference, formed: Some(Formed { requests: 1, rows: job.request.rows() }) }));
         }
     }
@@ -576,7 +592,9 @@ fn run_batch(mut guard: MutexGuard<'_, Box<dyn Session>>, batch: Vec<Job>, rows:
         let result = run_guarded(session, &job.request);
         drop(guard);
         let inference = started.elapsed();
-        estimate.observe(rows, inference);
+        if job.measured {
+            estimate.observe(rows, inference);
+        }
         let queued = started.duration_since(job.enqueued);
         let _ = job.reply.send(Ok(JobOutput { result, queued, inference, formed: Some(formed) }));
         return;

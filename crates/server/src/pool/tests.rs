@@ -357,7 +357,7 @@ async fn a_gathered_run_stays_within_the_inline_budget() {
     let waiting: Vec<_> = (1..=5)
         .map(|v| {
             let (reply, answer) = oneshot::channel();
-            lock(&pool.gathering).push(Job { request: value(v as f32), enqueued: Instant::now(), reply });
+            lock(&pool.gathering).push(Job { request: value(v as f32), enqueued: Instant::now(), reply, measured: true });
             answer
         })
         .collect();
