@@ -367,7 +367,13 @@ fn a_failing_candidate_is_rolled_back_by_itself() {
     rollout(&fleet, &server, &["start", "fraud", "--spec", spec.to_str().unwrap()]);
     let done = wait_phase(&fleet, &server, "rolled_back");
     assert!(done["phase"]["reason"].as_str().unwrap().contains("error_rate"), "{done}");
-    // From the rollback on, every request succeeds on stable.
+    // From the rollback's routing on (the decision is recorded, then applied), every request
+    // succeeds on stable.
+    let applied = Instant::now();
+    while !fleet.status(&server)["traffic"]["candidate"].is_null() {
+        assert!(applied.elapsed() < Duration::from_secs(30), "the rollback's routing was never applied");
+        thread::sleep(Duration::from_millis(50));
+    }
     counting.store(true, Ordering::Relaxed);
     thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
