@@ -126,7 +126,7 @@ pub fn router(grpc: Grpc) -> axum::Router {
         }
     });
     let limit = grpc.app.limits.max_body_bytes;
-    let grpc_limits = grpc.app.limits.clone();
+    let grpc_limits = grpc.app.limits;
     let credentials = Arc::clone(&grpc.app.credentials);
     let max_header_bytes = grpc.app.limits.max_header_bytes;
     let service = GrpcInferenceServiceServer::new(grpc).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX);

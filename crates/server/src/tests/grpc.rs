@@ -122,7 +122,8 @@ async fn the_admin_token_alone_reaches_the_repository_rpcs() {
     let app = router(Grpc::new(state, Some(repository)));
     let bearer = |t: &str| vec![("authorization", format!("Bearer {t}"))];
     // (what, metadata, gRPC code, message fragment)
-    let cases: Vec<(&str, Vec<(&str, String)>, u32, &str)> = vec![
+    type Case = (&'static str, Vec<(&'static str, String)>, u32, &'static str);
+    let cases: Vec<Case> = vec![
         ("the admin token", bearer(TOKEN), 0, ""),
         ("nothing", vec![], 16, "missing or wrong API key"),
         ("an API key alone", vec![("x-api-key", KEY.to_owned())], 16, "missing or wrong admin token"),
