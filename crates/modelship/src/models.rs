@@ -10,6 +10,7 @@ use comfy_table::{ContentArrangement, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 use modelship_registry::mlflow::{MlflowClient, MlflowVersion};
 use modelship_registry::{
+    human_size,
     AliasMove, GcOptions, GcReport, ModelRef, Progress, PushOutcome, PushRequest, Registry, RegistryConfig, VersionRecord,
 };
 use serde_json::json;
@@ -56,7 +57,7 @@ async fn fetch(store: Option<String>, digest: &str, out: &std::path::Path, json_
     if json_out {
         print_json(&json!({"digest": format!("sha256:{hex}"), "bytes": bytes.len(), "file": out}));
     } else {
-        println!("wrote sha256:{} ({}) to {} (digest verified)", short(hex), size(bytes.len() as u64), out.display());
+        println!("wrote sha256:{} ({}) to {} (digest verified)", short(hex), human_size(bytes.len() as u64), out.display());
     }
     Ok(())
 }
@@ -117,7 +118,7 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                         r.name.clone(),
                         r.version.clone(),
                         r.aliases.join(", "),
-                        size(r.size),
+                        human_size(r.size),
                         time(r.created_ms),
                         metrics(&r.metrics),
                         short(&r.digest).to_owned(),
@@ -235,14 +236,14 @@ fn print_gc(report: &GcReport, location: &str) {
     let verb = if report.dry_run { "would remove" } else { "removed" };
     for (kind, list) in [("partial", &report.partial), ("unreferenced", &report.unreferenced)] {
         for f in list {
-            println!("{verb} {kind} {} ({})", f.path.display(), size(f.bytes));
+            println!("{verb} {kind} {} ({})", f.path.display(), human_size(f.bytes));
         }
     }
     if files == 0 {
         println!("nothing to remove in {location}");
     } else {
         let plural = if files == 1 { "" } else { "s" };
-        println!("{verb} {files} file{plural}, {} ({} partial, {} unreferenced)", size(report.bytes()), report.partial.len(), report.unreferenced.len());
+        println!("{verb} {files} file{plural}, {} ({} partial, {} unreferenced)", human_size(report.bytes()), report.partial.len(), report.unreferenced.len());
     }
     if report.kept_young > 0 {
         println!("kept {} file(s) younger than --older-than (a push may still be writing them)", report.kept_young);
@@ -266,7 +267,7 @@ fn report_push(outcome: PushOutcome, json_out: bool, what: &str) {
     if json_out {
         print_json(&json!({"status": status, "version": record}));
     } else if status == "created" {
-        println!("{what} {}:{} (sha256:{}, {})", record.name, record.version, short(&record.digest), size(record.size));
+        println!("{what} {}:{} (sha256:{}, {})", record.name, record.version, short(&record.digest), human_size(record.size));
     } else {
         println!("{}:{} is already registered with identical content; nothing changed", record.name, record.version);
     }
@@ -299,15 +300,6 @@ fn short(digest: &str) -> &str {
     &digest[..digest.len().min(12)]
 }
 
-fn size(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{b} B"),
-    }
-}
-
 fn time(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
@@ -324,7 +316,7 @@ fn show(r: &VersionRecord, location: &str) {
         ("version", r.version.clone()),
         ("aliases", r.aliases.join(", ")),
         ("digest", format!("sha256:{}", r.digest)),
-        ("size", size(r.size)),
+        ("size", human_size(r.size)),
         ("created", time(r.created_ms)),
         ("description", r.description.clone().unwrap_or_default()),
         ("source", r.source.clone().unwrap_or_default()),

@@ -40,24 +40,35 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// A request's `inputs` or `outputs`: at most [`MAX_TENSORS`], refused as soon as there is one
 /// more (each costs a few allocations beyond its text).
 pub fn tensors<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    struct Tensors<T>(std::marker::PhantomData<T>);
-    impl<'de, T: Deserialize<'de>> Visitor<'de> for Tensors<T> {
+    at_most(d, MAX_TENSORS, "tensors", "a request lists at most {max} inputs or outputs")
+}
+
+/// A JSON array of at most `max` elements, refused as soon as it has one more (never collected
+/// whole first); `what` names the elements, `refusal` says the rule (`{max}` is replaced).
+fn at_most<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D, max: usize, what: &'static str, refusal: &'static str) -> Result<Vec<T>, D::Error> {
+    struct AtMost<T> {
+        max: usize,
+        what: &'static str,
+        refusal: &'static str,
+        element: std::marker::PhantomData<T>,
+    }
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for AtMost<T> {
         type Value = Vec<T>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            write!(f, "an array of at most {MAX_TENSORS} tensors")
+            write!(f, "an array of at most {} {}", self.max, self.what)
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
             let mut all = Vec::new();
-            while let Some(t) = seq.next_element::<T>()? {
-                if all.len() == MAX_TENSORS {
-                    return Err(A::Error::custom(format!("a request lists at most {MAX_TENSORS} inputs or outputs")));
+            while let Some(element) = seq.next_element::<T>()? {
+                if all.len() == self.max {
+                    return Err(A::Error::custom(self.refusal.replace("{max}", &self.max.to_string())));
                 }
-                all.push(t);
+                all.push(element);
             }
             Ok(all)
         }
     }
-    d.deserialize_seq(Tensors(std::marker::PhantomData))
+    d.deserialize_seq(AtMost { max, what, refusal, element: std::marker::PhantomData })
 }
 
 /// [`tensors`], for an optional list (`null` is none).
@@ -135,24 +146,7 @@ fn too_deep(json: &str) -> Option<usize> {
 /// A shape of at most [`MAX_SHAPE_DIMS`] dimensions, refused as soon as it has one more (never
 /// collected whole first).
 pub fn shape<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
-    struct Dims;
-    impl<'de> Visitor<'de> for Dims {
-        type Value = Vec<i64>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            write!(f, "an array of at most {MAX_SHAPE_DIMS} integers")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<i64>, A::Error> {
-            let mut dims = Vec::new();
-            while let Some(d) = seq.next_element::<i64>()? {
-                if dims.len() == MAX_SHAPE_DIMS {
-                    return Err(A::Error::custom(format!("a shape has at most {MAX_SHAPE_DIMS} dimensions")));
-                }
-                dims.push(d);
-            }
-            Ok(dims)
-        }
-    }
-    d.deserialize_seq(Dims)
+    at_most(d, MAX_SHAPE_DIMS, "integers", "a shape has at most {max} dimensions")
 }
 
 #[cfg(test)]

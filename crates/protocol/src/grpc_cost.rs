@@ -28,9 +28,8 @@ const VEC: usize = 24;
 /// inputs, outputs or raw contents. Says which.
 pub fn check_infer_request(message: &[u8]) -> Result<(), String> {
     let (mut inputs, mut outputs, mut raw) = (0usize, 0usize, 0usize);
-    let mut cost = 0usize;
-    walk(message, |tag, field| {
-        cost += match (tag, field) {
+    let cost = sum(message, |tag, field| {
+        Ok(match (tag, field) {
             (4, Field::Bytes(b)) => PARAMETER + b.len(),
             (5, Field::Bytes(b)) => {
                 inputs += 1;
@@ -45,8 +44,7 @@ pub fn check_infer_request(message: &[u8]) -> Result<(), String> {
                 VEC + b.len()
             }
             (_, field) => field.len(),
-        };
-        Ok(())
+        })
     })?;
     for (what, n) in [("inputs", inputs), ("outputs", outputs), ("raw_input_contents", raw)] {
         if n > MAX_TENSORS {
@@ -65,37 +63,30 @@ pub fn check_infer_request(message: &[u8]) -> Result<(), String> {
 }
 
 fn input_cost(bytes: &[u8]) -> Result<usize, String> {
-    let mut cost = 0;
-    walk(bytes, |tag, field| {
-        cost += match (tag, field) {
+    sum(bytes, |tag, field| {
+        Ok(match (tag, field) {
             // shape: packed int64, at most one element a byte.
             (3, Field::Bytes(b)) => 8 * b.len(),
             (3, _) => 8,
             (4, Field::Bytes(b)) => PARAMETER + b.len(),
             (5, Field::Bytes(b)) => contents_cost(b)?,
             (_, field) => field.len(),
-        };
-        Ok(())
-    })?;
-    Ok(cost)
+        })
+    })
 }
 
 fn output_cost(bytes: &[u8]) -> Result<usize, String> {
-    let mut cost = 0;
-    walk(bytes, |tag, field| {
-        cost += match (tag, field) {
+    sum(bytes, |tag, field| {
+        Ok(match (tag, field) {
             (2, Field::Bytes(b)) => PARAMETER + b.len(),
             (_, field) => field.len(),
-        };
-        Ok(())
-    })?;
-    Ok(cost)
+        })
+    })
 }
 
 /// `InferTensorContents`: each repeated field packed (a run of values) or not (one value).
 fn contents_cost(bytes: &[u8]) -> Result<usize, String> {
-    let mut cost = 0;
-    walk(bytes, |tag, field| {
+    sum(bytes, |tag, field| {
         // Bytes per element once decoded: bool, int32, int64, uint32, uint64, fp32, fp64.
         let element = match tag {
             1 => 1,
@@ -103,16 +94,14 @@ fn contents_cost(bytes: &[u8]) -> Result<usize, String> {
             3 | 5 | 7 => 8,
             _ => 0,
         };
-        cost += match (tag, field) {
+        Ok(match (tag, field) {
             (8, Field::Bytes(b)) => VEC + b.len(),
             // Packed: at most one element a byte (fixed-width ones take 4 or 8 bytes each).
             (1..=7, Field::Bytes(b)) => element * b.len(),
             (1..=7, _) => element,
             (_, field) => field.len(),
-        };
-        Ok(())
-    })?;
-    Ok(cost)
+        })
+    })
 }
 
 /// One field's value as the wire carries it.
@@ -133,8 +122,9 @@ impl Field<'_> {
     }
 }
 
-/// Calls `each` with every field of the message in `bytes` (tag, value), without decoding.
-fn walk<'a>(mut bytes: &'a [u8], mut each: impl FnMut(u32, Field<'a>) -> Result<(), String>) -> Result<(), String> {
+/// The sum of `cost` over every field of the message in `bytes` (tag, value), without decoding.
+fn sum<'a>(mut bytes: &'a [u8], mut cost: impl FnMut(u32, Field<'a>) -> Result<usize, String>) -> Result<usize, String> {
+    let mut total = 0usize;
     let malformed = |e: prost::DecodeError| format!("the message is not valid protobuf: {e}");
     while bytes.has_remaining() {
         let (tag, wire) = decode_key(&mut bytes).map_err(malformed)?;
@@ -162,9 +152,9 @@ fn walk<'a>(mut bytes: &'a [u8], mut each: impl FnMut(u32, Field<'a>) -> Result<
             }
             WireType::StartGroup | WireType::EndGroup => return Err("the message is not valid protobuf: groups are not used by inference.proto".to_owned()),
         };
-        each(tag, field)?;
+        total = total.saturating_add(cost(tag, field)?);
     }
-    Ok(())
+    Ok(total)
 }
 
 #[cfg(test)]

@@ -299,8 +299,8 @@ fn kind_of(meta: &std::fs::Metadata) -> &'static str {
     }
 }
 
-/// `bytes` for people: `4.0 GiB`, `12.5 MiB`, `900 B`.
-fn human(bytes: u64) -> String {
+/// `bytes` for people: `4.0 GiB`, `12.5 MiB`, `900 B` (the CLI's tables use it too).
+pub fn human_size(bytes: u64) -> String {
     match bytes {
         b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
@@ -313,8 +313,8 @@ fn human(bytes: u64) -> String {
 fn too_large(what: &str, size: u64, limit: u64) -> RegistryError {
     RegistryError::Config(format!(
         "cannot push {what}: it is {} ({size} bytes), over the limit of {} ({limit} bytes) for one artifact; pass --max-size with a larger size (e.g. --max-size 8Gi) if it really is a model",
-        human(size),
-        human(limit)
+        human_size(size),
+        human_size(limit)
     ))
 }
 

@@ -51,5 +51,5 @@ mod testing;
 mod tests;
 mod state;
 
-pub use serve::{ConnectionLimits, Drain, DrainOutcome, Server, Tasks, Tls, default_max_connections};
+pub use serve::{ConnectionLimits, Drain, DrainOutcome, Server, Tasks, Tls, default_max_connections, open_files_limit};
 pub use state::{AppState, Limits};

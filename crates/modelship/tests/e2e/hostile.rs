@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::docker::wait_for;
 use crate::support::{Server, agent, command, fraud_body, model, reply};
 
 const TOKEN: &str = "hostile-test-admin-token-0123456789";
@@ -56,14 +57,6 @@ fn admin_post(server: &Server, path: &str, body: &str) -> (u16, Value) {
     let url = format!("http://{}{path}", server.ready["admin"].as_str().unwrap());
     let r = agent().post(&url).header("authorization", format!("Bearer {TOKEN}")).send(body).map(reply).unwrap();
     (r.status, serde_json::from_str(&r.text).unwrap_or(Value::Null))
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "{what}: not after {limit:?}");
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -258,19 +251,12 @@ fn memory_per_request_is_bounded_by_its_body() {
     assert_eq!(server.post("/v2/models/fraud/infer", &fraud_body(1)).status, 200);
 }
 
-/// This process's own limit on open files (`/proc/self/limits`).
-fn file_limit() -> u64 {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
-    line.split_whitespace().nth(3).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
-}
-
 #[test]
 fn a_flood_of_stalled_connections_never_locks_out_the_probes() {
     // 2 000 uploads that stall and 2 000 heads that never end, against a server whose file
     // limit is 1 024 (this test needs about 4 100 descriptors of its own: fewer where its own
     // limit is lower, said in the figures it prints).
-    let per_kind = ((file_limit().saturating_sub(200)) / 2).min(2_000) as usize;
+    let per_kind = (modelship_server::open_files_limit().unwrap_or(usize::MAX).saturating_sub(200) / 2).min(2_000);
     let state = tempfile::tempdir().unwrap();
     let mut cmd = Command::new("bash");
     cmd.current_dir(crate::support::root())

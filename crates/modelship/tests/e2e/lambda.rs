@@ -65,6 +65,14 @@ impl Function {
         (answer.status, answer.text, started.elapsed())
     }
 
+    /// Invokes once, expecting the init to have failed (502, `Runtime.InitError`); its message.
+    fn init_error(&self) -> String {
+        let (status, text, _) = self.invoke_status(&json!({"features": [[0, 0, 1, 0]]}).to_string());
+        let answer: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+        assert_eq!((status, answer["errorType"].as_str()), (502, Some("Runtime.InitError")), "{text}\n{}", self.log());
+        answer["errorMessage"].as_str().unwrap().to_owned()
+    }
+
     /// Invokes with an event; the proxy response's status and parsed body.
     fn invoke(&self, event: &Value) -> (u16, Value) {
         let (text, _) = self.invoke_raw(&event.to_string());
@@ -338,10 +346,7 @@ fn a_missing_model_is_the_init_error_lambda_expects() {
     let package = package(dir.path(), &["--model", &model(NEPSE)]);
     std::fs::remove_file(package.join("model.onnx")).unwrap();
     let function = Function::start(&package, &[]);
-    let (status, text, _) = function.invoke_status(&json!({"features": [[0, 0, 1, 0]]}).to_string());
-    let answer: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
-    assert_eq!((status, answer["errorType"].as_str()), (502, Some("Runtime.InitError")), "{text}\n{}", function.log());
-    let message = answer["errorMessage"].as_str().unwrap();
+    let message = function.init_error();
     assert!(message.contains("cannot read the model") && message.contains("package/model.onnx"), "{message}");
     // Lambda tries the init again on the next invocation; it fails the same way, nothing hangs.
     assert_eq!(function.invoke_status("{}").0, 502);
@@ -353,10 +358,7 @@ fn a_model_that_cannot_answer_is_the_init_error_not_a_function_answering_500() {
     let package = package(dir.path(), &["--model", &model(NEPSE)]);
     std::fs::copy(model("broken"), package.join("model.onnx")).unwrap();
     let function = Function::start(&package, &[]);
-    let (status, text, _) = function.invoke_status(&json!({"features": [[0, 0, 1, 0]]}).to_string());
-    let answer: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
-    assert_eq!((status, answer["errorType"].as_str()), (502, Some("Runtime.InitError")), "{text}\n{}", function.log());
-    let message = answer["errorMessage"].as_str().unwrap();
+    let message = function.init_error();
     assert!(message.contains("loads but cannot answer") && message.contains("warm-up request 1 of 2"), "{message}");
 }
 
