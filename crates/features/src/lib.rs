@@ -42,7 +42,18 @@ impl FeatureService {
         let plan = spec.plan(entities)?;
         let keys = plan.keys_to_fetch();
         let fetched = if keys.is_empty() { Ok(Default::default()) } else { self.store.fetch(&keys, spec.storage).await };
-        let (tensor, defaulted) = spec.assemble(&plan, fetched)?;
+        let assembled = match spec.assemble(&plan, fetched.clone()) {
+            // The cached entity may predate the field (`features load` ran since): read the key
+            // again from the store, past the cache, before answering that it lacks it.
+            Err(FeatureError::MissingFeature { key, .. }) => {
+                let mut fetched = fetched.unwrap_or_default();
+                let fresh = self.store.fetch_fresh(std::slice::from_ref(&key), spec.storage).await.map_err(FeatureError::StoreUnavailable)?;
+                fetched.extend(fresh);
+                spec.assemble(&plan, Ok(fetched))
+            }
+            other => other,
+        };
+        let (tensor, defaulted) = assembled?;
         self.store.metrics.count_defaults(&defaulted);
         Ok(Enriched { tensor, defaulted })
     }

@@ -219,7 +219,7 @@ pub enum FeatureError {
     #[error("no features are stored under key '{key}' (entity {entity}); load them (`modelship features load`) or check the entity id")]
     EntityNotFound { entity: usize, key: String },
     /// The entity exists but lacks a feature that has no default (404).
-    #[error("key '{key}' has no field '{field}' (feature '{feature}') and the feature has no default")]
+    #[error("key '{key}' has no field '{field}' (feature '{feature}'; read from the store itself, past the cache) and the feature has no default; load it (`modelship features load`) or give the feature a default")]
     MissingFeature { key: String, feature: String, field: String },
     /// The store cannot be reached in time (503).
     #[error("the feature store is unavailable: {0}")]

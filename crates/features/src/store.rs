@@ -177,6 +177,14 @@ impl Store {
         }
     }
 
+    /// What each key holds now in the store, past the cache (which is refreshed with it).
+    pub async fn fetch_fresh(&self, keys: &[String], storage: Storage) -> Fetched {
+        for key in keys {
+            self.cache.invalidate(key);
+        }
+        self.fetch(keys, storage).await
+    }
+
     /// What each key holds: from the cache, and the misses in one round trip.
     pub async fn fetch(&self, keys: &[String], storage: Storage) -> Fetched {
         let mut found: HashMap<String, Option<Arc<Stored>>> = HashMap::with_capacity(keys.len());

@@ -19,6 +19,73 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Parses the process's arguments. A mistake clap reports gets a hint instead of clap's own tip
+/// where a common one is known (see [`hint`]); exit code 2, as clap's.
+pub fn parse() -> Cli {
+    let argv: Vec<String> = std::env::args().collect();
+    match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(e) => match hint(&e, &argv) {
+            Some(hint) => {
+                eprint!("{}", with_hint(&e.render().to_string(), &hint));
+                std::process::exit(e.exit_code());
+            }
+            None => e.exit(),
+        },
+    }
+}
+
+/// Clap's rendered error with its tips replaced by `hint`.
+fn with_hint(rendered: &str, hint: &str) -> String {
+    let mut out = String::new();
+    let mut hinted = false;
+    for line in rendered.lines() {
+        if line.trim_start().starts_with("tip:") {
+            if !hinted {
+                out.push_str(&format!("  tip: {hint}\n"));
+                hinted = true;
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if !hinted && line.starts_with("error:") {
+            out.push_str(&format!("\n  tip: {hint}\n"));
+            hinted = true;
+        }
+    }
+    out
+}
+
+/// Flags people reach for that modelship spells otherwise: (command, flag given, what to write).
+const SPELLED_OTHERWISE: &[(&str, &str, &str)] = &[
+    ("serve", "--version", "the version a model is served as is --model-version VERSION (`modelship --version` is the program's own)"),
+    ("serve", "--model", "the model is the first argument: `modelship serve FILE` or `modelship serve NAME@ALIAS`"),
+    ("serve", "--model-path", "the model is the first argument: `modelship serve FILE` or `modelship serve NAME@ALIAS`"),
+    ("serve", "--registry-dir", "the registry directory is --registry DIR"),
+];
+
+/// Flags whose value is KEY=VALUE in one argument.
+const KEY_VALUE_FLAGS: &[&str] = &["--min", "--max", "--metric", "-m", "--label", "-l"];
+
+/// A hint for clap's error `e` on `argv`, where a common mistake is recognised.
+pub fn hint(e: &clap::Error, argv: &[String]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(given)) = e.get(ContextKind::InvalidArg) else { return None };
+    let given = given.split('=').next().unwrap_or(given);
+    // `--min auc 0.9`: the value taken as KEY, and the number left over.
+    for w in argv.windows(3) {
+        if KEY_VALUE_FLAGS.contains(&w[0].as_str()) && !w[1].contains('=') && w[2] == given {
+            return Some(format!("{} takes METRIC=VALUE as one argument: write {} {}={}", w[0], w[0], w[1], w[2]));
+        }
+    }
+    let command = argv.iter().skip(1).find(|a| !a.starts_with('-'))?;
+    SPELLED_OTHERWISE.iter().find(|(c, flag, _)| c == command && *flag == given).map(|(_, _, hint)| (*hint).to_owned())
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve a model over HTTP (Open Inference Protocol V2 and /v1/predict)
@@ -424,6 +491,10 @@ pub enum RolloutCommand {
         /// With --wait: stop waiting after this long (exit 4), e.g. 45m [default: until it ends]
         #[arg(long, value_name = "DURATION", requires = "wait")]
         timeout: Option<String>,
+        /// Roll out a version that failed validation (labelled validate=fail by
+        /// `modelship validate --record`)
+        #[arg(long)]
+        force: bool,
     },
     /// Wait until the rollout ends: exit 0 when it promotes, 3 when it rolls back, 4 on
     /// --timeout; progress lines for CI logs, a live view on a terminal
@@ -655,7 +726,17 @@ pub enum ModelsCommand {
         force: bool,
     },
     /// Point ALIAS of model NAME at VERSION (recorded in the history)
-    Alias { name: String, alias: String, version: String },
+    Alias {
+        /// The model
+        name: String,
+        /// The alias, e.g. production or staging
+        alias: String,
+        /// The version it names from now on
+        version: String,
+        /// Point the alias at a version that failed validation (validate=fail)
+        #[arg(long)]
+        force: bool,
+    },
     /// Every alias move of a model, oldest first
     History { name: String },
     /// Remove what interrupted pushes left behind: partial artifact files, and with
@@ -912,4 +993,87 @@ pub struct ServeArgs {
 pub enum LogFormatArg {
     Json,
     Text,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        std::iter::once("modelship").chain(line.split_whitespace()).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn common_mistakes_get_a_hint_naming_what_to_write() {
+        // (command line, a fragment of the hint; None: clap's own message)
+        let cases = [
+            ("serve fraud.onnx --version 2", Some("--model-version VERSION")),
+            ("serve --model fraud.onnx", Some("the model is the first argument")),
+            ("validate fraud.onnx --data d.csv --label y --min auc 0.9", Some("write --min auc=0.9")),
+            ("models push fraud f.onnx --version 1 --metric auc 0.9", Some("write --metric auc=0.9")),
+            ("serve fraud.onnx --frobnicate", None),
+        ];
+        for (line, want) in cases {
+            let argv = args(line);
+            let e = Cli::try_parse_from(&argv).expect_err(line);
+            let got = hint(&e, &argv);
+            match (&got, want) {
+                (Some(h), Some(fragment)) => {
+                    assert!(h.contains(fragment), "{line}: {h}");
+                    let shown = with_hint(&e.render().to_string(), h);
+                    assert!(shown.contains(&format!("tip: {h}")) && !shown.contains("use '--"), "{line}: {shown}");
+                }
+                (None, None) => {}
+                _ => panic!("{line}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    /// Every command, subcommand first.
+    fn every_command(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        out.push((path.clone(), cmd.clone()));
+        for sub in cmd.get_subcommands() {
+            every_command(sub, format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_of_every_command_says_what_it_is() {
+        let mut commands = Vec::new();
+        every_command(&Cli::command(), "modelship".to_owned(), &mut commands);
+        let mut silent = Vec::new();
+        for (path, cmd) in &commands {
+            if cmd.get_about().is_none() && path != "modelship" {
+                silent.push(format!("{path} (the command)"));
+            }
+            for arg in cmd.get_arguments() {
+                if arg.is_hide_set() || ["help", "version"].contains(&arg.get_id().as_str()) {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    silent.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+        }
+        assert!(silent.is_empty(), "arguments with no description in --help:\n  {}", silent.join("\n  "));
+    }
+
+    #[test]
+    fn examples_in_help_are_never_wrapped_on_an_80_column_terminal() {
+        let mut commands = Vec::new();
+        every_command(&Cli::command(), "modelship".to_owned(), &mut commands);
+        let mut broken = Vec::new();
+        for (path, cmd) in commands {
+            let Some(after) = cmd.get_after_help().map(|h| h.to_string()) else { continue };
+            let rendered = cmd.clone().term_width(80).render_help().to_string();
+            for line in after.lines().filter(|l| !l.trim().is_empty()) {
+                if !rendered.lines().any(|r| r == line) {
+                    broken.push(format!("{path}: {line} ({} columns)", line.chars().count()));
+                }
+            }
+        }
+        assert!(broken.is_empty(), "help lines wrapped at 80 columns (keep them under 80):\n  {}", broken.join("\n  "));
+    }
 }

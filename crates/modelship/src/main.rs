@@ -25,14 +25,12 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // Lambda runs a custom runtime's `bootstrap` with no arguments.
     if lambda::is_bootstrap() {
         return lambda::main();
     }
-    let cli = cli::Cli::parse();
+    let cli = cli::parse();
     match cli.command {
         cli::Command::Serve(args) => serve::main(*args),
         cli::Command::Models(args) => models::main(args),

@@ -158,7 +158,15 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 println!("removed {name}:{version}");
             }
         }
-        ModelsCommand::Alias { name, alias, version } => {
+        ModelsCommand::Alias { name, alias, version, force } => {
+            if !force {
+                let record = registry.resolve(&ModelRef::Version(name.clone(), version.clone())).await?;
+                if record.labels.get("validate").map(String::as_str) == Some("fail") {
+                    bail!(
+                        "{name}:{version} failed validation (validate=fail, recorded by `modelship validate --record`; `modelship models show {name}:{version}` shows why); point {alias} at it anyway with --force"
+                    );
+                }
+            }
             let moved = registry.set_alias(&name, &alias, &version, &actor(&env)).await?;
             if json_out {
                 print_json(&json!({"alias": alias, "name": name, "version": version, "move": moved}));
@@ -290,6 +298,11 @@ fn print_json<T: serde::Serialize>(value: &T) {
 fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table.load_style(NOTHING).set_content_arrangement(ContentArrangement::Dynamic);
+    // Not a terminal (a pipe, a CI log): wrapped at 100 columns, never padded to the widest
+    // value (`--output json` is the machine's form).
+    if table.width().is_none() {
+        table.set_width(100);
+    }
     if header.iter().any(|h| !h.is_empty()) {
         table.set_header(header.to_vec());
     }
@@ -320,8 +333,9 @@ fn show(r: &VersionRecord, location: &str) {
         ("created", time(r.created_ms)),
         ("description", r.description.clone().unwrap_or_default()),
         ("source", r.source.clone().unwrap_or_default()),
-        ("metrics", metrics(&r.metrics)),
-        ("labels", r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")),
+        // One a line: `validate --record` adds many.
+        ("metrics", r.metrics.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n")),
+        ("labels", r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n")),
         ("producer", r.onnx.producer.clone().unwrap_or_default()),
         ("opsets", r.onnx.opsets.iter().map(|o| format!("{} {}", o.domain, o.version)).collect::<Vec<_>>().join(", ")),
         ("ir version", r.onnx.ir_version.to_string()),

@@ -71,10 +71,10 @@ fn run(args: RolloutArgs) -> anyhow::Result<ExitCode> {
         t.as_deref().map(|t| humantime::parse_duration(t).with_context(|| format!("--timeout {t}: give a duration like 45m or 2h"))).transpose()
     };
     let status = match &args.command {
-        cli::RolloutCommand::Start { model, to, spec, wait, timeout: limit } => {
+        cli::RolloutCommand::Start { model, to, spec, wait, timeout: limit, force } => {
             let limit = timeout(limit)?;
             let spec = read_spec(spec, to.clone())?;
-            let started: RolloutStatus = admin.post(&path(model, ""), &StartRequest { spec, actor: Some(actor()) })?;
+            let started: RolloutStatus = admin.post(&path(model, ""), &StartRequest { spec, actor: Some(actor()), force: *force })?;
             if !*wait {
                 show(&started, json_out)?;
                 return Ok(ExitCode::SUCCESS);
@@ -510,7 +510,7 @@ mod tests {
         )
         .unwrap();
         let spec = read_spec(&file, None).unwrap();
-        let sent = serde_json::to_string(&StartRequest { spec: spec.clone(), actor: Some("cli".to_owned()) }).unwrap();
+        let sent = serde_json::to_string(&StartRequest { spec: spec.clone(), actor: Some("cli".to_owned()), force: false }).unwrap();
         let read: StartRequest = serde_json::from_str(&sent).unwrap();
         assert_eq!(read.spec, spec);
         assert_eq!(read.spec.resolve().unwrap().steps.len(), 3);

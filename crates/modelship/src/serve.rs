@@ -13,7 +13,7 @@ use modelship_server::admin::AdminState;
 use modelship_server::follow::{Follow, FollowFile, follow_alias, follow_file};
 use modelship_server::rollouts::{FleetConfig, Rollouts};
 use modelship_server::repository::Repository;
-use modelship_server::traffic::Traffic;
+use modelship_server::traffic::{Source as TrafficSource, Traffic};
 use modelship_server::model::{LoadedModel, ModelSlot, ModelSpec, Served, WarmUp, WarmUpSample};
 use modelship_server::pool::PoolConfig;
 use modelship_server::auth::Credentials;
@@ -211,7 +211,13 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         ModelSource::File(_) => (None, spec.name.clone()),
     };
     let store_kind = store.kind();
-    let traffic = Arc::new(Traffic::new(registry, registry_model, Arc::clone(&backend), spec.clone(), store, config.admin.keep_warm));
+    let traffic_source = match &source {
+        ModelSource::Registry { reference, .. } => TrafficSource::registry(reference),
+        ModelSource::File(path) => TrafficSource::file(path),
+    };
+    let traffic = Arc::new(
+        Traffic::new(registry, registry_model, Arc::clone(&backend), spec.clone(), store, config.admin.keep_warm).with_source(traffic_source),
+    );
     if let Err(e) = traffic.resume(&state).await {
         tracing::warn!(model = %spec.name, error = %e, "cannot restore the recorded routing; serving the stable version only");
     }
@@ -252,10 +258,8 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
             poll: config.registry_poll,
         };
         tracing::info!(model = %name, alias = %alias, poll_s = config.registry_poll.as_secs_f64(), "following the alias");
-        // After a restart the recorded routing may serve another version than the alias names now.
-        let current = state.models.served(&spec.name).map(|s| s.table.stable.clone()).unwrap_or_else(|_| spec.version.clone());
         let app = state.clone();
-        state.tasks.spawn("alias-follow", move |_| follow_alias(app, follow, current));
+        state.tasks.spawn("alias-follow", move |_| follow_alias(app, follow));
     }
     if let (ModelSource::File(path), Some(digest)) = (&source, file_digest)
         && config.watch_file

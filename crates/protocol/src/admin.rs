@@ -51,6 +51,11 @@ pub struct Revision {
     /// What was asked (`null` for a rollback, which restores `traffic` of an earlier revision).
     pub change: Option<Change>,
     pub traffic: TrafficTable,
+    /// What the servers committing it serve the model from (`fraud@production`,
+    /// `file:/models/fraud.onnx`): routing recorded for another source is never applied.
+    /// Absent on revisions written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// `GET /admin/v1/models/{m}/traffic`: the routing in force and what it has done.
@@ -154,6 +159,9 @@ pub struct StartRequest {
     pub spec: RolloutSpec,
     #[serde(default)]
     pub actor: Option<String>,
+    /// Roll out a version that failed validation (`validate=fail`, from `validate --record`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// `POST /admin/v1/models/{m}/rollout/{command}`; the body may be empty.

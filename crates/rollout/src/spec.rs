@@ -36,7 +36,18 @@ impl std::str::FromStr for Span {
 
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+            Raw::Number(n) => Err(serde::de::Error::custom(format!(
+                "{n} has no unit: write a duration like {n}s, {n}m or {n}h (or 250ms)"
+            ))),
+        }
     }
 }
 
@@ -335,6 +346,14 @@ mod tests {
         ] {
             let e = serde_json::from_str::<RolloutSpec>(spec).unwrap_err().to_string();
             assert!(e.contains("longer than a year"), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_span_without_a_unit_says_which_units_to_write() {
+        for (spec, number) in [("to: '2'\ncanary: {weights: [5, 100], every: 5}\n", "5"), ("to: '2'\nsteps: [{approve: {}}]\ninterval: 0.5\n", "0.5")] {
+            let e = serde_yaml_ng::from_str::<RolloutSpec>(spec).unwrap_err().to_string();
+            assert!(e.contains(&format!("{number} has no unit: write a duration like {number}s")), "{spec}: {e}");
         }
     }
 }

@@ -33,6 +33,8 @@ pub enum ChangeError {
     NoCandidate,
     #[error("version {0} is already the stable version")]
     AlreadyStable(String),
+    #[error("version {0} is the stable version; a shadow mirrors requests to another version")]
+    ShadowOfStable(String),
     #[error("{0}")]
     BadStickyKey(String),
 }
@@ -97,6 +99,9 @@ impl TrafficTable {
                 }
             }
             Change::Shadow { version, percent } => {
+                if *version == self.stable {
+                    return Err(ChangeError::ShadowOfStable(version.clone()));
+                }
                 next.shadow = Some(Shadow { version: version.clone(), percent: *percent });
             }
             Change::StopShadow => next.shadow = None,
@@ -107,7 +112,20 @@ impl TrafficTable {
                 next.sticky = key.clone();
             }
         }
-        Ok(next)
+        Ok(next.without_self_comparison())
+    }
+
+    /// This table without a candidate or a shadow naming the stable version: after a promotion
+    /// or a switch to the version that was shadowed, mirroring stable to itself would compare a
+    /// version with itself (and double its work), so the shadow ends there.
+    pub fn without_self_comparison(mut self) -> TrafficTable {
+        if self.shadow.as_ref().is_some_and(|s| s.version == self.stable) {
+            self.shadow = None;
+        }
+        if self.candidate.as_ref().is_some_and(|c| c.version == self.stable) {
+            self.candidate = None;
+        }
+        self
     }
 }
 
@@ -170,6 +188,31 @@ mod tests {
         assert_eq!(t.apply(&Change::Weight { weight: bp("1%") }), Err(ChangeError::NoCandidate));
         assert_eq!(t.apply(&Change::Switch { version: "1".into() }), Err(ChangeError::AlreadyStable("1".into())));
         assert_eq!(t.apply(&Change::Canary { version: "1".into(), weight: bp("1%") }), Err(ChangeError::AlreadyStable("1".into())));
+    }
+
+    #[test]
+    fn a_table_never_compares_stable_with_itself() {
+        let shadowed = |stable: &str, shadow: &str| {
+            TrafficTable::new(stable).apply(&Change::Shadow { version: shadow.into(), percent: bp("100%") }).unwrap()
+        };
+        let with_candidate = |t: TrafficTable, v: &str| t.apply(&Change::Canary { version: v.into(), weight: bp("10%") }).unwrap();
+        // (table before, change, stable after, shadow after)
+        let cases = [
+            (shadowed("1", "2"), Change::Switch { version: "2".into() }, "2", None),
+            (shadowed("1", "3"), Change::Switch { version: "2".into() }, "2", Some("3")),
+            (with_candidate(shadowed("1", "2"), "2"), Change::Promote, "2", None),
+            (with_candidate(shadowed("1", "3"), "2"), Change::Promote, "2", Some("3")),
+            (with_candidate(shadowed("1", "2"), "2"), Change::Abort, "1", Some("2")),
+        ];
+        for (before, change, stable, shadow) in cases {
+            let after = before.apply(&change).unwrap();
+            assert_eq!((after.stable.as_str(), after.shadow.as_ref().map(|s| s.version.as_str())), (stable, shadow), "{change:?} on {before:?}");
+            assert!(after.candidate.as_ref().is_none_or(|c| c.version != after.stable), "{after:?}");
+        }
+        assert_eq!(
+            TrafficTable::new("1").apply(&Change::Shadow { version: "1".into(), percent: bp("5%") }),
+            Err(ChangeError::ShadowOfStable("1".into()))
+        );
     }
 
     #[test]

@@ -162,7 +162,7 @@ async fn rollout_start(State(state): State<AdminState>, Path(name): Path<String>
     check_model(&state, &name)?;
     let request: StartRequest = parse(&body)?;
     let actor = actor(request.actor, &headers);
-    Ok(json(StatusCode::OK, &state.rollouts.start(&state.app, request.spec, &actor).await?))
+    Ok(json(StatusCode::OK, &state.rollouts.start(&state.app, request.spec, &actor, request.force).await?))
 }
 
 async fn rollout_status(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {

@@ -30,9 +30,13 @@ pub struct Follow {
     pub poll: Duration,
 }
 
-/// Polls the alias until the process ends. `current` is the version being served.
-pub async fn follow_alias(state: AppState, follow: Follow, mut current: String) {
+/// Polls the alias until the process ends, and serves what it names: whenever the alias names
+/// another version than the stable one in force (moved by `models alias`, by another tool, or by
+/// a replica that committed the move but not yet its revision), that version becomes stable.
+/// Moves this server made itself (a promotion moves the alias first) find it stable already.
+pub async fn follow_alias(state: AppState, follow: Follow) {
     let swaps = state.metrics.model_swaps.clone();
+    let name = follow.traffic.spec.name.clone();
     let mut failed: Option<String> = None;
     let mut ticker = tokio::time::interval(follow.poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -49,28 +53,35 @@ pub async fn follow_alias(state: AppState, follow: Follow, mut current: String) 
                 continue;
             }
         };
-        if target == current || failed.as_deref() == Some(target.as_str()) {
+        let Ok(served) = state.models.served(&name) else { continue };
+        let current = served.table.stable.clone();
+        if target == current {
+            if failed.take().is_some() {
+                state.models.set_reload_error(&name, None);
+            }
+            continue;
+        }
+        if failed.as_deref() == Some(target.as_str()) {
             continue;
         }
         match swap_to(&state, &follow, &target).await {
             Ok(seconds) => {
                 tracing::info!(
-                    model = %follow.traffic.spec.name, alias = %follow.alias, from = %current, to = %target, load_seconds = seconds,
+                    model = %name, alias = %follow.alias, from = %current, to = %target, load_seconds = seconds,
                     "alias moved; now serving the new version"
                 );
-                record(&swaps, &follow.traffic.spec.name, "success");
-                state.models.set_reload_error(&follow.traffic.spec.name, None);
-                current = target;
+                record(&swaps, &name, "success");
+                state.models.set_reload_error(&name, None);
                 failed = None;
             }
             Err(e) => {
                 tracing::error!(
-                    model = %follow.traffic.spec.name, alias = %follow.alias, version = %target, error = %e,
+                    model = %name, alias = %follow.alias, version = %target, error = %e,
                     "alias moved but the new version cannot be served; keeping the current one"
                 );
-                record(&swaps, &follow.traffic.spec.name, "failure");
+                record(&swaps, &name, "failure");
                 state.models.set_reload_error(
-                    &follow.traffic.spec.name,
+                    &name,
                     Some(format!("{}@{} moved to {target}, which failed to load ({e}); still serving {current}", follow.model, follow.alias)),
                 );
                 failed = Some(target);
@@ -87,13 +98,23 @@ fn record(swaps: &IntCounterVec, model: &str, result: &str) {
 /// rollback); returns the time it took in seconds.
 async fn swap_to(state: &AppState, follow: &Follow, version: &str) -> Result<f64, String> {
     let started = Instant::now();
-    let reason = format!("{}@{} moved to {version}", follow.model, follow.alias);
+    // Who moved it, from the registry's alias history, so the revision says so too.
+    let by = match follow.registry.history(&follow.model).await {
+        Ok(moves) => moves
+            .iter()
+            .rev()
+            .find(|m| m.alias == follow.alias)
+            .filter(|m| m.version.as_deref() == Some(version))
+            .map(|m| format!(" (by {})", m.actor))
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let reason = format!("{}@{} moved to {version}{by}", follow.model, follow.alias);
     if follow.traffic.switch_to(state, version, "registry", &reason).await.map_err(|e| e.to_string())?.is_none() {
         tracing::debug!(model = %follow.model, alias = %follow.alias, version, "another replica committed the alias move; applied it");
     }
     Ok(started.elapsed().as_secs_f64())
 }
-
 
 /// A served file to follow.
 pub struct FollowFile {

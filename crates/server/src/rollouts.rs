@@ -97,7 +97,7 @@ impl Rollouts {
     }
 
     /// Starts a rollout of `spec.to` against the current stable version, from any replica.
-    pub async fn start(self: &Arc<Self>, state: &AppState, spec: RolloutSpec, actor: &str) -> Result<RolloutStatus, ApiError> {
+    pub async fn start(self: &Arc<Self>, state: &AppState, spec: RolloutSpec, actor: &str, force: bool) -> Result<RolloutStatus, ApiError> {
         let plan = spec.resolve().map_err(|problems| ApiError::InvalidSpec(format!("invalid rollout spec: {}", problems.join("; "))))?;
         let _one_at_a_time = self.writing.lock().await;
         let current = self.store().rollout(self.model()).await?;
@@ -111,6 +111,9 @@ impl Rollouts {
         // Refused before anything is written: a record of a rollout that cannot run would hold
         // the model's one rollout until someone aborted it.
         self.check_routable(&served, &plan.to).await?;
+        if !force {
+            self.check_validated(&plan.to).await?;
+        }
         let (rollout, decisions) = Rollout::start(plan, now_ms());
         // Evidence already in the log belongs to earlier rollouts: read on from its end.
         let (_, evidence_cursor) = self.store().evidence(self.model(), None).await?;
@@ -152,6 +155,23 @@ impl Rollouts {
             )));
         };
         registry.resolve(&ModelRef::Version(self.traffic.registry_model.clone(), version.to_owned())).await?;
+        Ok(())
+    }
+
+    /// A version `modelship validate --record` judged failed (`validate=fail`) is not rolled
+    /// out unless asked with `force`.
+    async fn check_validated(&self, version: &str) -> Result<(), ApiError> {
+        let Some(registry) = &self.traffic.registry else { return Ok(()) };
+        let name = &self.traffic.registry_model;
+        let record = match registry.resolve(&ModelRef::Version(name.clone(), version.to_owned())).await {
+            Ok(record) => record,
+            Err(_) => return Ok(()),
+        };
+        if record.labels.get("validate").map(String::as_str) == Some("fail") {
+            return Err(ApiError::Conflict(format!(
+                "{name}:{version} failed validation (validate=fail, recorded by `modelship validate --record`; `modelship models show {name}:{version}` shows why); roll it out anyway with --force"
+            )));
+        }
         Ok(())
     }
 

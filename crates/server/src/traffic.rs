@@ -30,6 +30,35 @@ pub struct Split {
     pub header: bool,
 }
 
+/// What a server serves its model from. Every revision it commits records the label, and
+/// routing recorded for another source is never applied: serving `fraud.onnx`, then
+/// `fraud@production`, starts the second from its own routing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Source {
+    /// `fraud@production`, `fraud:1.2.0`, `fraud` or `file:/models/fraud.onnx`; `None` records
+    /// nothing and applies whatever is stored.
+    pub label: Option<String>,
+    /// The registry alias the server follows (of `Traffic::registry_model`). The alias is the one
+    /// source of truth for the stable version: every change of the stable version made through
+    /// this server moves it first, and a restart serves what it names.
+    pub alias: Option<String>,
+}
+
+impl Source {
+    pub fn file(path: &std::path::Path) -> Self {
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        Source { label: Some(format!("file:{}", path.display())), alias: None }
+    }
+
+    pub fn registry(reference: &ModelRef) -> Self {
+        let alias = match reference {
+            ModelRef::Alias(_, alias) => Some(alias.clone()),
+            _ => None,
+        };
+        Source { label: Some(reference.to_string()), alias }
+    }
+}
+
 /// Everything a traffic change needs besides the app state.
 pub struct Traffic {
     pub registry: Option<Arc<Registry>>,
@@ -41,6 +70,7 @@ pub struct Traffic {
     pub store: Arc<dyn ControlStore>,
     /// How long the version replaced by a switch or promotion stays loaded for rollback.
     pub keep_warm: Duration,
+    pub source: Source,
     /// One change at a time, per server: every write of this model's table (changes, rollbacks,
     /// alias moves, keep-warm expiry) holds it.
     lock: Arc<tokio::sync::Mutex<()>>,
@@ -100,6 +130,44 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// What a starting server does with the latest recorded revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Resume {
+    /// Resume it as recorded.
+    Apply,
+    /// Commit `table` over it, for `reason`.
+    Restart { table: TrafficTable, reason: String },
+}
+
+/// The rule a starting server applies to the latest revision `latest`: the server serves from
+/// `source` and loaded `started_on` (for a server following an alias, `follows_alias`, the
+/// version the alias names now).
+pub(crate) fn resume_decision(latest: &Revision, source: Option<&str>, follows_alias: bool, started_on: &str) -> Resume {
+    match (latest.source.as_deref(), source) {
+        (Some(recorded), Some(now)) if recorded != now => {
+            return Resume::Restart {
+                table: TrafficTable::new(started_on),
+                reason: format!("now served from {now}, not {recorded}: the routing recorded for {recorded} is not carried over"),
+            };
+        }
+        _ => {}
+    }
+    if !follows_alias || latest.traffic.stable == started_on {
+        return Resume::Apply;
+    }
+    let alias = source.unwrap_or("the alias");
+    let mut table = latest.traffic.clone();
+    table.previous = None;
+    table.stable = started_on.to_owned();
+    Resume::Restart {
+        table: table.without_self_comparison(),
+        reason: format!(
+            "{alias} names {started_on}, but the recorded routing served {}: the alias decides what a server following it serves",
+            latest.traffic.stable
+        ),
+    }
+}
+
 impl Traffic {
     pub fn new(
         registry: Option<Arc<Registry>>,
@@ -109,7 +177,28 @@ impl Traffic {
         store: Arc<dyn ControlStore>,
         keep_warm: Duration,
     ) -> Self {
-        Traffic { registry, registry_model, backend, spec, store, keep_warm, lock: Arc::default(), failure: std::sync::Mutex::default() }
+        Traffic {
+            registry,
+            registry_model,
+            backend,
+            spec,
+            store,
+            keep_warm,
+            source: Source::default(),
+            lock: Arc::default(),
+            failure: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The same, recording `source` on its revisions (and following its alias, if any).
+    pub fn with_source(mut self, source: Source) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// `NAME@ALIAS` when the server follows an alias.
+    pub fn followed_alias(&self) -> Option<String> {
+        self.source.alias.as_ref().map(|a| format!("{}@{a}", self.registry_model))
     }
 
     /// The newest revision in the store this replica could not apply, and why.
@@ -263,13 +352,20 @@ impl Traffic {
         self.install_with(state, &served, table, Some(change), actor, reason, Some(model)).await
     }
 
-    /// At startup: applies the latest revision in the store (loading its versions), or commits
-    /// the current routing as revision 0 when the model has none yet. In a fleet the first
-    /// replica to start commits revision 0; the others apply it.
+    /// At startup: resumes the routing recorded for this model and source, or records the
+    /// current routing as the first revision when there is none. In a fleet the first replica
+    /// to start commits it; the others apply what it committed.
+    ///
+    /// Recorded routing is never half-applied:
+    /// - recorded for another source (the model was served from a file, now from the registry):
+    ///   not carried over; one revision records the new source and its stable version;
+    /// - on a server following `NAME@ALIAS`, whose stable version is not what the alias names
+    ///   (it was moved while the server was stopped): the alias decides, and one revision
+    ///   records that, with the recorded candidate and shadow kept where they still apply.
     pub async fn resume(&self, state: &AppState) -> Result<(), ApiError> {
         let _one_at_a_time = self.lock.lock().await;
         let served = state.models.served(&self.spec.name)?;
-        if self.store.latest(&self.spec.name).await?.is_none() {
+        let Some(latest) = self.store.latest(&self.spec.name).await? else {
             let initial = Revision {
                 model: self.spec.name.clone(),
                 revision: 0,
@@ -278,14 +374,36 @@ impl Traffic {
                 reason: "initial routing".to_owned(),
                 change: None,
                 traffic: served.table.clone(),
+                source: self.source.label.clone(),
             };
-            match self.store.commit(&initial).await {
-                Ok(()) => return Ok(()),
+            return match self.store.commit(&initial).await {
+                Ok(()) => Ok(()),
                 // Another replica committed first: apply what it wrote.
-                Err(StoreError::Conflict { .. }) => {}
-                Err(e) => return Err(e.into()),
+                Err(StoreError::Conflict { .. }) => self.resume_recorded(state).await,
+                Err(e) => Err(e.into()),
+            };
+        };
+        let started_on = &served.table.stable;
+        let restart = match resume_decision(&latest, self.source.label.as_deref(), self.source.alias.is_some(), started_on) {
+            Resume::Apply => return self.resume_recorded(state).await,
+            Resume::Restart { table, reason } => (table, reason),
+        };
+        // Committed over the latest revision, with what this server loaded at startup.
+        let base = Served { table: latest.traffic.clone(), revision: latest.revision, versions: served.versions.clone() };
+        let (table, reason) = restart;
+        match self.install_with(state, &base, table, None, "server", &reason, None).await {
+            Ok(revision) => {
+                tracing::warn!(model = %self.spec.name, revision = revision.revision, reason = %reason, "the recorded routing was not resumed as it was");
+                Ok(())
             }
+            // Another replica reconciled first: install applied its revision.
+            Err(ApiError::Conflict(_)) => self.resume_recorded(state).await,
+            Err(e) => Err(e),
         }
+    }
+
+    /// Applies the latest recorded revision (see [`Traffic::sync`]).
+    async fn resume_recorded(&self, state: &AppState) -> Result<(), ApiError> {
         if let Some(revision) = self.sync_locked(state).await? {
             tracing::info!(model = %self.spec.name, revision, "resumed the recorded routing");
         }
@@ -305,19 +423,24 @@ impl Traffic {
         self.install_with(state, served, table, change, actor, reason, None).await
     }
 
-    /// [`Traffic::install`], with one version already loaded by the caller.
+    /// [`Traffic::install`], with one version already loaded by the caller. A new stable version
+    /// on a server that follows an alias moves the alias first (see [`Traffic::move_alias`]).
     #[allow(clippy::too_many_arguments)]
     async fn install_with(
         &self,
         state: &AppState,
         served: &Served,
-        mut table: TrafficTable,
+        table: TrafficTable,
         change: Option<Change>,
         actor: &str,
         reason: &str,
         loaded: Option<Arc<LoadedModel>>,
     ) -> Result<Revision, ApiError> {
+        let mut table = table.without_self_comparison();
         let versions = self.versions_for(state, served, &mut table, loaded.as_ref()).await?;
+        if table.stable != served.table.stable {
+            self.move_alias(&table.stable, actor, reason).await?;
+        }
         let revision = Revision {
             model: self.spec.name.clone(),
             revision: served.revision + 1,
@@ -326,6 +449,7 @@ impl Traffic {
             reason: reason.to_owned(),
             change,
             traffic: table.clone(),
+            source: self.source.label.clone(),
         };
         if let Err(e) = self.store.commit(&revision).await {
             if matches!(e, StoreError::Conflict { .. })
@@ -342,6 +466,31 @@ impl Traffic {
             traffic = %serde_json::to_string(&revision.traffic).unwrap_or_default(), "traffic changed"
         );
         Ok(revision)
+    }
+
+    /// On a server that follows `NAME@ALIAS`, points the alias at `version` (recorded in the
+    /// registry's alias history with `actor`) before the revision making it stable is committed:
+    /// the alias stays the one source of truth, so a restart serves what was promoted. Nothing
+    /// to do when the alias names it already (the change came from the alias). A registry that
+    /// refuses the move refuses the change: the routing stays as it is.
+    async fn move_alias(&self, version: &str, actor: &str, reason: &str) -> Result<(), ApiError> {
+        let (Some(alias), Some(registry)) = (&self.source.alias, &self.registry) else { return Ok(()) };
+        let name = &self.registry_model;
+        if registry.alias_target(name, alias).await?.as_deref() == Some(version) {
+            return Ok(());
+        }
+        let recorded = if reason.is_empty() { actor.to_owned() } else { format!("{actor}: {reason}") };
+        let recorded: String = recorded.chars().take(256).collect();
+        match registry.set_alias(name, alias, version, &recorded).await {
+            Ok(_) => {
+                tracing::info!(model = %name, alias = %alias, version, actor, "moved the alias this server follows");
+                Ok(())
+            }
+            Err(e) => Err(ApiError::Conflict(format!(
+                "this server follows {name}@{alias}, and making {version} stable moves that alias, but the registry refused ({e}); \
+                 the routing is unchanged. Make the registry writable, or move the alias where it is (`modelship models alias {name} {alias} {version}`): the server follows it"
+            ))),
+        }
     }
 
     /// Swaps `next` in for `served`: background priority for shadow-only versions, shadow

@@ -80,6 +80,20 @@ impl Replicas {
     fn add_with(&mut self, redis: &Redis, registry: &str) {
         let state = tempfile::tempdir().unwrap();
         let name = format!("replica-{}", self.servers.len() + 1);
+        let server = self.start_replica(redis, registry, &name, &state);
+        self.servers.push((server, state));
+    }
+
+    /// Stops replica `i` (SIGTERM, drained) and starts it again on the same state directory.
+    fn restart(&mut self, redis: &Redis, i: usize) {
+        let (mut server, state) = self.servers.remove(i);
+        server.signal("TERM");
+        assert!(server.wait(Duration::from_secs(30)).success(), "{}", server.stderr());
+        let server = self.start_replica(redis, REGISTRY, &format!("replica-{}", i + 1), &state);
+        self.servers.insert(i, (server, state));
+    }
+
+    fn start_replica(&self, redis: &Redis, registry: &str, name: &str, state: &tempfile::TempDir) -> Server {
         let mut env = self.s3.env();
         env.extend([
             ("HOME", state.path().to_str().unwrap().to_owned()),
@@ -87,11 +101,10 @@ impl Replicas {
             ("MODELSHIP_ADMIN_TOKEN", TOKEN.to_owned()),
         ]);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let server = Server::start_with(
-            &[self.serves, "--registry", registry, "--poll-interval", "0.2", "--control-store", &redis.url(), "--workers", "1", "--replica", &name, "--lease-ttl", "2"],
+        Server::start_with(
+            &[self.serves, "--registry", registry, "--poll-interval", "0.2", "--control-store", &redis.url(), "--workers", "1", "--replica", name, "--lease-ttl", "2"],
             &env,
-        );
-        self.servers.push((server, state));
+        )
     }
 
     /// `modelship rollout ARGS --output json` through replica `i`.
@@ -495,10 +508,46 @@ fn an_alias_moved_by_a_ci_job_switches_the_whole_fleet_once() {
     let history: Value = serde_json::from_str(&fleet.ok(2, &["history", "fraud", "--output", "json"])).unwrap();
     let switches: Vec<&Value> = history.as_array().unwrap().iter().filter(|r| r["actor"] == "registry").collect();
     assert_eq!(switches.len(), 1, "one revision for one alias move: {history}");
-    assert_eq!(switches[0]["reason"], "fraud@production moved to 2", "{history}");
+    let reason = switches[0]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("fraud@production moved to 2 (by "), "{history}");
     let (ok, failed, _) = load.finish();
     assert!(failed.is_empty() && ok > 0, "{failed:?}");
     for i in 0..3 {
         assert_eq!(answer(fleet.server(i), &[]).0, "2");
     }
+}
+
+/// A fleet following `fraud@production`: the rollout's promotion moves the alias once, with the
+/// rollout as its actor, and restarting every replica serves the promoted version with nothing
+/// added to the fleet's history (no replica "moves" the alias back).
+#[test]
+fn a_promotion_moves_the_alias_the_fleet_follows_and_survives_restarting_every_replica() {
+    let redis = Redis::start(free_port());
+    let mut fleet = Replicas::serving(&redis, 3, "fraud@production", &[&["alias", "fraud", "production", "1"]]);
+    fleet.converge(0);
+    let spec = fleet.spec("to: '2'\nsteps:\n  - weight: {weight: 50%, hold: 1s}\ninterval: 200ms\n");
+    fleet.rollout(0, &["start", "fraud", "--spec", &spec]);
+    let done = fleet.wait_rollout(1, "promoted", |s| s["phase"]["phase"] == "promoted");
+    assert_eq!(done["to"], "2", "{done}");
+    let out = fleet.s3.models(&["--registry", REGISTRY, "history", "fraud", "--output", "json"]);
+    let moves: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let moves: Vec<&Value> = moves.as_array().unwrap().iter().filter(|m| m["alias"] == "production").collect();
+    assert_eq!(moves.len(), 2, "set by the test, then moved by the promotion, once: {moves:?}");
+    assert!(moves[1]["version"] == "2" && moves[1]["actor"].as_str().unwrap().starts_with("rollout"), "{moves:?}");
+    let history: Value = serde_json::from_str(&fleet.ok(0, &["history", "fraud", "--output", "json"])).unwrap();
+    let revision = history.as_array().unwrap().last().unwrap()["revision"].as_u64().unwrap();
+    fleet.converge(revision);
+    for i in 0..3 {
+        fleet.restart(&redis, i);
+    }
+    fleet.converge(revision);
+    thread::sleep(Duration::from_millis(600));
+    for i in 0..3 {
+        assert_eq!(answer(fleet.server(i), &[]).0, "2", "replica {i}");
+        assert_eq!(fleet.server(i).ready["version"], "2");
+    }
+    let after: Value = serde_json::from_str(&fleet.ok(2, &["history", "fraud", "--output", "json"])).unwrap();
+    assert_eq!(after, history, "restarts record nothing when nothing changed");
+    let moves: Value = serde_json::from_slice(&fleet.s3.models(&["--registry", REGISTRY, "history", "fraud", "--output", "json"]).stdout).unwrap();
+    assert_eq!(moves.as_array().unwrap().iter().filter(|m| m["alias"] == "production").count(), 2, "{moves}");
 }

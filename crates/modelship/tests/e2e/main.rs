@@ -25,6 +25,7 @@ mod registry_mlflow;
 mod registry_s3;
 mod rollout_wait;
 mod security;
+mod source_of_truth;
 mod startup;
 mod swarm;
 mod traffic;

@@ -63,6 +63,16 @@ impl Embedded {
             conn.execute_batch("ALTER TABLE rollouts ADD COLUMN record TEXT")
                 .map_err(|e| format!("cannot upgrade {}: {e}", path.display()))?;
         }
+        // Files written before revisions recorded their model source: the column is added, and a
+        // row without one is read as of an unknown source.
+        let has_source: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('revisions') WHERE name = 'source'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if !has_source {
+            conn.execute_batch("ALTER TABLE revisions ADD COLUMN source TEXT")
+                .map_err(|e| format!("cannot upgrade {}: {e}", path.display()))?;
+        }
         Ok(Embedded { conn: Mutex::new(conn), memory: Mutex::default() })
     }
 
@@ -95,9 +105,9 @@ impl Embedded {
 
     fn read(&self, model: &str, latest_only: bool) -> Result<Vec<Revision>, StoreError> {
         let sql = if latest_only {
-            "SELECT model, revision, at_ms, actor, reason, change, traffic FROM revisions WHERE model = ?1 ORDER BY revision DESC LIMIT 1"
+            "SELECT model, revision, at_ms, actor, reason, change, traffic, source FROM revisions WHERE model = ?1 ORDER BY revision DESC LIMIT 1"
         } else {
-            "SELECT model, revision, at_ms, actor, reason, change, traffic FROM revisions WHERE model = ?1 ORDER BY revision"
+            "SELECT model, revision, at_ms, actor, reason, change, traffic, source FROM revisions WHERE model = ?1 ORDER BY revision"
         };
         let rows = self.with(|c| {
             let mut stmt = c.prepare(sql)?;
@@ -110,15 +120,16 @@ impl Embedded {
                     row.get::<_, String>(4)?,
                     row.get::<_, Option<String>>(5)?,
                     row.get::<_, String>(6)?,
+                    row.get::<_, Option<String>>(7)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()
         })?;
         rows.into_iter()
-            .map(|(model, revision, at_ms, actor, reason, change, traffic)| {
+            .map(|(model, revision, at_ms, actor, reason, change, traffic, source)| {
                 let change = change.map(|c| serde_json::from_str(&c)).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let traffic = serde_json::from_str(&traffic).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                Ok(Revision { model, revision: revision as u64, at_ms, actor, reason, change, traffic })
+                Ok(Revision { model, revision: revision as u64, at_ms, actor, reason, change, traffic, source })
             })
             .collect()
     }
@@ -150,8 +161,8 @@ impl ControlStore for Embedded {
                     return Ok(Some(latest.map(|l| l as u64)));
                 }
                 tx.execute(
-                    "INSERT INTO revisions (model, revision, at_ms, actor, reason, change, traffic) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![r.model, r.revision as i64, r.at_ms, r.actor, r.reason, change, traffic],
+                    "INSERT INTO revisions (model, revision, at_ms, actor, reason, change, traffic, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![r.model, r.revision as i64, r.at_ms, r.actor, r.reason, change, traffic, r.source],
                 )?;
                 tx.commit()?;
                 Ok(None)

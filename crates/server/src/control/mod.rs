@@ -372,6 +372,7 @@ pub(crate) mod tests {
             reason: format!("r{n}"),
             change: None,
             traffic: TrafficTable::new(n.to_string()),
+            source: None,
         }
     }
 

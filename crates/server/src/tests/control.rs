@@ -100,7 +100,7 @@ async fn status_answers_while_a_webhook_hangs() {
         serde_yaml_ng::from_str(&format!("to: '2'\nsteps:\n  - webhook: {{url: '{url}'}}\n  - weight: {{weight: 100%, hold: 0s}}\ninterval: 100ms\n")).unwrap();
     let spec: modelship_rollout::spec::RolloutSpec = serde_json::from_value(yaml).unwrap();
     let phase = |status: &RolloutStatus| status.rollout.as_ref().map(|r| r.phase.clone());
-    let started = rollouts.start(&state, spec, "test").await.unwrap();
+    let started = rollouts.start(&state, spec, "test", false).await.unwrap();
     assert_eq!(phase(&started), Some(Phase::AwaitingWebhook), "{started:?}");
     tokio::task::spawn_blocking(move || asked.recv_timeout(Duration::from_secs(10))).await.unwrap().expect("the leader asks the webhook");
 
@@ -206,14 +206,14 @@ async fn a_refused_start_leaves_no_rollout_behind() {
         let revision = state.models.served("fraud").unwrap().revision;
         let rollouts = Arc::new(Rollouts::new(Arc::clone(&traffic), FleetConfig::single("test")));
 
-        let refused = rollouts.start(&state, spec("9"), "test").await.unwrap_err();
+        let refused = rollouts.start(&state, spec("9"), "test", false).await.unwrap_err();
         assert_eq!(refused.status_and_code().0, status, "registry {registry}: {refused}");
         assert!(refused.to_string().contains(says), "registry {registry}: {refused}");
         assert_eq!(traffic.store.rollout("fraud").await.unwrap(), None, "registry {registry}: no record");
         assert_eq!(rollouts.status(&state).await.rollout, None);
         assert_eq!(state.models.served("fraud").unwrap().revision, revision, "routing unchanged");
 
-        let started = rollouts.start(&state, spec("2"), "test").await.unwrap().rollout.unwrap();
+        let started = rollouts.start(&state, spec("2"), "test", false).await.unwrap().rollout.unwrap();
         assert_eq!((started.id, started.phase), (1, Phase::Progressing), "registry {registry}");
     }
 }
