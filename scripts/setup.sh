@@ -5,6 +5,7 @@
 #                             wheel on PyPI, into ./.venv (modelship finds it there by itself)
 #   scripts/setup.sh --test   also the real servers the tests start on loopback:
 #                             s3s-fs (an S3 server, crates.io) into ./.cache/tools/bin,
+#                             mdbook (crates.io, builds the docs book) into ./.cache/tools/bin,
 #                             MLflow (PyPI) into ./.venv, Prometheus (Debian package),
 #                             Triton's clients (tritonclient with perf_analyzer, PyPI) into
 #                             ./.cache/triton-venv, with libcudart (PyPI) and libb64 (Debian)
@@ -33,6 +34,8 @@ ORT_VERSION="${ORT_VERSION:-1.31.1}"
 MLFLOW_VERSION="${MLFLOW_VERSION:-3.17.2}"
 ONNX_VERSION="${ONNX_VERSION:-1.23.2}"
 S3S_FS_VERSION="${S3S_FS_VERSION:-0.14.1}"
+# The docs book (docs/): built and link-checked by the e2e suite's docs test.
+MDBOOK_VERSION="${MDBOOK_VERSION:-0.5.4}"
 # 2.41.1: the last tritonclient wheel that ships the perf_analyzer binary.
 TRITONCLIENT_VERSION="${TRITONCLIENT_VERSION:-2.41.1}"
 TRITON_VENV=.cache/triton-venv
@@ -72,6 +75,11 @@ if [ "${1:-}" = "--test" ]; then
   if [ ! -x .cache/tools/bin/s3s-fs ]; then
     echo "setup: cargo install s3s-fs $S3S_FS_VERSION (an S3-compatible server for the tests; a few minutes)" >&2
     cargo install --quiet --locked s3s-fs --version "$S3S_FS_VERSION" --features binary --root .cache/tools
+  fi
+  if ! .cache/tools/bin/mdbook --version 2>/dev/null | grep -qF "v$MDBOOK_VERSION"; then
+    # Without the dev server and file watcher: the tests only run `mdbook build`.
+    echo "setup: cargo install mdbook $MDBOOK_VERSION (builds the docs book; a few minutes)" >&2
+    cargo install --quiet --locked mdbook --version "$MDBOOK_VERSION" --no-default-features --features search --root .cache/tools
   fi
   if [ ! -x "$VENV/bin/mlflow" ]; then
     echo "setup: installing mlflow==$MLFLOW_VERSION into $VENV (a real MLflow server for the tests)" >&2
@@ -172,5 +180,5 @@ if [ "${1:-}" = "--test" ]; then
   fi
   # The container tests' base images (Debian root filesystem, Redis, Prometheus), built locally.
   scripts/docker-test-images.sh
-  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $SCHEMATHESIS_VENV/bin/schemathesis, $HADOLINT_VENV/bin/hadolint, $K8S_VENV/bin/kubernetes-validate, .cache/lambda-rie/aws-lambda-rie, .cache/cfn-lint-sam-venv/bin/cfn-lint, .cache/cfn-lint-venv/bin/cfn-lint, .cache/ort-aarch64, $ACTIONLINT_VENV/bin/actionlint, $(command -v shellcheck)" >&2
+  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, .cache/tools/bin/mdbook, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $SCHEMATHESIS_VENV/bin/schemathesis, $HADOLINT_VENV/bin/hadolint, $K8S_VENV/bin/kubernetes-validate, .cache/lambda-rie/aws-lambda-rie, .cache/cfn-lint-sam-venv/bin/cfn-lint, .cache/cfn-lint-venv/bin/cfn-lint, .cache/ort-aarch64, $ACTIONLINT_VENV/bin/actionlint, $(command -v shellcheck)" >&2
 fi

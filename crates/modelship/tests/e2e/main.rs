@@ -13,6 +13,7 @@ mod hostile;
 mod fleet;
 mod bad_input;
 mod docker;
+mod docs;
 mod edge;
 #[cfg(feature = "lambda")]
 mod lambda;
