@@ -785,24 +785,28 @@ Configuration comes from, lowest precedence first: built-in defaults, the config
 (--config or CONFIG_PATH), environment variables (MODEL_PATH, MODEL_NAME, MODEL_VERSION, \
 LOG_LEVEL, LOG_FORMAT, ORT_DYLIB_PATH, MODELSHIP_API_KEYS, MODELSHIP_ADMIN_TOKEN), then these flags.
 
-The config file is the seed's serving.yaml:
-  model:    {name: fraud-detection, version: v1.2.0, path: /models/model.onnx, max_queue: 128,
-             inline_below_microseconds: 50,
-             dynamic_batching: {max_batch_size: 32, max_queue_delay_microseconds: 500}}
-  server:   {host: 0.0.0.0, port: 8000, grpc_port: 8081, workers: 4,
-             tls_cert_file: cert.pem, tls_key_file: key.pem, api_keys_file: keys.txt,
-             max_body_bytes: 16777216, max_header_bytes: 65536, max_tensor_elements: 16777216,
-             max_rows: 65536, header_read_timeout_seconds: 10}
-  features: {store_url: redis://redis:6379, cache_ttl: 300, key: 'features:customer:{customer_id}',
-             features: [{name: amount, source: request}, {name: avg_30d, source: store}]}
-  logging:  {level: INFO, format: json}
+The config file is the seed's serving.yaml; examples/serving.yaml runs as it is
+(`modelship serve --config examples/serving.yaml`):
+  model:
+    path: examples/models/fraud.onnx
+    name: fraud
+    version: '1'
+    max_queue: 128
+    dynamic_batching: {max_batch_size: 32, max_queue_delay_microseconds: 500}
+  server:
+    port: 8000
+    workers: 2
+    # tls_cert_file: cert.pem       # with tls_key_file: TLS on every listener
+    # api_keys_file: keys.txt       # one key a line: inference needs a key
+  logging: {level: INFO, format: json}
+Every key: docs/src/reference/config.md in the repository.
 
 The model answers Open Inference Protocol V2 over REST (with Triton's binary tensor, model
 configuration and statistics extensions) and over gRPC (Triton's GRPCInferenceService, so
 tritonclient and perf_analyzer work), plus /v1/predict.
 
 Once the model is loaded and the ports bound, one JSON line goes to standard output:
-  {\"event\":\"ready\",\"http\":\"127.0.0.1:8000\",\"grpc\":\"127.0.0.1:8081\",...}
+  {\"event\":\"ready\",\"http\":\"0.0.0.0:8000\",\"grpc\":\"0.0.0.0:8081\",...}
 Logs go to standard error. SIGTERM or SIGINT drains in-flight requests and exits 0.
 
 Examples:

@@ -590,3 +590,65 @@ impl Traffic {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use modelship_router::{BasisPoints, Candidate, Shadow};
+
+    use super::*;
+
+    fn recorded(source: Option<&str>, stable: &str, candidate: Option<&str>, shadow: Option<&str>) -> Revision {
+        let mut traffic = TrafficTable::new(stable);
+        traffic.candidate = candidate.map(|v| Candidate { version: v.to_owned(), weight: BasisPoints::new(1000).unwrap() });
+        traffic.shadow = shadow.map(|v| Shadow { version: v.to_owned(), percent: BasisPoints::ALL });
+        traffic.previous = Some("0".to_owned());
+        Revision { model: "fraud".into(), revision: 7, at_ms: 0, actor: "t".into(), reason: String::new(), change: None, traffic, source: source.map(str::to_owned) }
+    }
+
+    #[test]
+    fn a_starting_server_resumes_only_routing_of_its_source_that_its_alias_agrees_with() {
+        let alias = Some("fraud@production");
+        // (latest revision, this server's source, follows an alias, version started on)
+        // -> None: resumed; Some((stable, candidate, shadow, reason fragment)): restarted
+        type Want = Option<(&'static str, Option<&'static str>, Option<&'static str>, &'static str)>;
+        let cases: Vec<(Revision, Option<&str>, bool, &str, Want)> = vec![
+            // The promotion moved the alias: what was promoted is resumed.
+            (recorded(alias, "2", None, None), alias, true, "2", None),
+            (recorded(alias, "1", Some("2"), None), alias, true, "1", None),
+            // Revisions written before sources were recorded: resumed as before.
+            (recorded(None, "1", None, None), alias, true, "1", None),
+            // A file's server, and a pinned version: their revisions are the truth.
+            (recorded(Some("file:/m/fraud.onnx"), "1-abc", None, None), Some("file:/m/fraud.onnx"), false, "1", None),
+            (recorded(Some("fraud:1"), "2", None, None), Some("fraud:1"), false, "1", None),
+            // The alias moved while the server was stopped: it decides, the canary stays.
+            (recorded(alias, "1", Some("3"), None), alias, true, "2", Some(("2", Some("3"), None, "names 2, but the recorded routing served 1"))),
+            // ... and a candidate or shadow that is now stable ends.
+            (recorded(alias, "1", Some("2"), Some("2")), alias, true, "2", Some(("2", None, None, "the alias decides"))),
+            // Another source's routing is never carried over.
+            (
+                recorded(Some("file:/m/fraud.onnx"), "1", Some("2"), None),
+                alias,
+                true,
+                "1",
+                Some(("1", None, None, "now served from fraud@production, not file:/m/fraud.onnx")),
+            ),
+            (recorded(alias, "2", None, Some("3")), Some("file:/m/fraud.onnx"), false, "1", Some(("1", None, None, "is not carried over"))),
+        ];
+        for (latest, source, follows, started_on, want) in cases {
+            let got = resume_decision(&latest, source, follows, started_on);
+            match (&got, want) {
+                (Resume::Apply, None) => {}
+                (Resume::Restart { table, reason }, Some((stable, candidate, shadow, fragment))) => {
+                    assert_eq!(
+                        (table.stable.as_str(), table.candidate.as_ref().map(|c| c.version.as_str()), table.shadow.as_ref().map(|s| s.version.as_str())),
+                        (stable, candidate, shadow),
+                        "{latest:?}"
+                    );
+                    assert!(table.previous.is_none(), "{table:?}");
+                    assert!(reason.contains(fragment), "{reason}");
+                }
+                _ => panic!("{latest:?} from {source:?} on {started_on}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+}

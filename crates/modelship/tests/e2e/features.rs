@@ -270,6 +270,25 @@ fn entities_are_enriched_in_the_signature_order_single_and_batched() {
     assert_eq!(status, 400, "{body}");
 }
 
+/// An entity cached before one of its fields was loaded: the field is found at once, not after
+/// `cache_ttl` (300 s here), because a missing field is read again past the cache.
+#[test]
+fn a_field_loaded_after_its_entity_was_cached_is_found_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(free_port());
+    let cfg = config(dir.path(), &redis, "  cache_ttl: 300\n");
+    load(&cfg, &csv(dir.path()));
+    redis.cli(&["HDEL", "features:customer:c4", "f10"]);
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    wait_ready(&server, 200);
+    let (status, body) = predict(&server, json!({"entities": [entity(4)]}));
+    assert_eq!(status, 404, "{body}");
+    redis.cli(&["HSET", "features:customer:c4", "f10", &value(4, 10).to_string()]);
+    let got = prediction(&server, json!({"entities": [entity(4)]}))[0];
+    let want = prediction(&server, json!({"features": [row(4)]}))[0];
+    assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+}
+
 #[test]
 fn missing_entities_bad_stored_data_and_the_cache_ttl() {
     let dir = tempfile::tempdir().unwrap();
@@ -295,7 +314,13 @@ fn missing_entities_bad_stored_data_and_the_cache_ttl() {
     redis.cli(&["HDEL", "features:customer:c2", "f10"]);
     thread::sleep(Duration::from_millis(1100));
     let (status, body) = predict(&server, json!({"entities": [entity(2)]}));
-    assert_eq!((status, body["error"].as_str().unwrap()), (404, "key 'features:customer:c2' has no field 'f10' (feature 'f10') and the feature has no default"));
+    assert_eq!(
+        (status, body["error"].as_str().unwrap()),
+        (
+            404,
+            "key 'features:customer:c2' has no field 'f10' (feature 'f10'; read from the store itself, past the cache) and the feature has no default; load it (`modelship features load`) or give the feature a default"
+        )
+    );
 
     // A stored value of the wrong type is the store's fault: 502, naming key, feature and value.
     redis.cli(&["HSET", "features:customer:c3", "f05", "lots"]);

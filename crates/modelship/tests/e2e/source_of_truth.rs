@@ -155,7 +155,7 @@ fn traffic_promote_and_switch_move_the_alias_too() {
     ok(&s.admin(&server, "traffic", &["set", "fraud", "--candidate", "2", "--weight", "10%"]), "traffic set");
     ok(&s.admin(&server, "traffic", &["promote", "fraud"]), "traffic promote");
     assert_eq!(s.alias_target(), "2");
-    ok(&s.admin(&server, "traffic", &["switch", "fraud", "--version", "1"]), "traffic switch");
+    ok(&s.admin(&server, "traffic", &["switch", "fraud", "1"]), "traffic switch");
     assert_eq!(s.alias_target(), "1");
     let moves = s.alias_moves();
     assert_eq!(moves.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(), ["1", "2", "1"], "{moves:?}");
