@@ -602,7 +602,10 @@ mod tests {
         assert_eq!(t.data(), &TensorData::Fp64(vec![2.0, 0.0, 1.0]));
         assert_eq!(d, vec![Defaulted { entity: 0, features: vec!["txn_count".to_owned()], reason: "some fields are not stored".to_owned() }]);
         let err = spec.assemble(&plan, Ok(HashMap::from([("features:customer:c1".to_owned(), hash(&[("txn_count", "2")]))]))).unwrap_err();
-        assert_eq!(err.to_string(), "key 'features:customer:c1' has no field 'avg_30d' (feature 'avg_30d') and the feature has no default");
+        assert_eq!(
+            err.to_string(),
+            "key 'features:customer:c1' has no field 'avg_30d' (feature 'avg_30d'; read from the store itself, past the cache) and the feature has no default; load it (`modelship features load`) or give the feature a default"
+        );
 
         let mut lenient = config();
         lenient.on_store_error = Fallback::Defaults;

@@ -123,12 +123,13 @@ pub enum Command {
 }
 
 const HEALTHCHECK_HELP: &str = "\
-Asks http://HOST:PORT/health/ready (every check: model loaded, startup complete, feature store
-connected where configured) and exits 0 on 200, 1 otherwise with the reason on standard error.
+Asks http://HOST:PORT/health/ready (every check: model loaded, startup complete, feature store \
+connected where configured) and exits 0 on 200, 1 otherwise with the reason on standard error. \
 It is the binary's own probe, so an image needs no curl or shell for its HEALTHCHECK.
 
 Examples:
-  modelship healthcheck                      # http://127.0.0.1:8000/health/ready
+  # http://127.0.0.1:8000/health/ready
+  modelship healthcheck
   modelship healthcheck --port 9000 --timeout 1
   HEALTHCHECK CMD [\"/usr/local/bin/modelship\", \"healthcheck\", \"--port\", \"8000\"]";
 
@@ -379,8 +380,8 @@ pub enum DeliveryArg {
 }
 
 const FEATURES_HELP: &str = "\
-A server with a feature store answers requests that name entities instead of carrying every
-feature: /v1/predict {\"entities\": [{\"customer_id\": \"c1\", \"amount\": 12.5}]}, or V2 infer with
+A server with a feature store answers requests that name entities instead of carrying every \
+feature: /v1/predict {\"entities\": [{\"customer_id\": \"c1\", \"amount\": 12.5}]}, or V2 infer with \
 parameters.entities. `features load` fills the store from a file of entities, one row each.
 
 Examples:
@@ -436,28 +437,34 @@ pub enum StorageArg {
 }
 
 const ROLLOUT_HELP: &str = "\
-A rollout moves traffic to a new version step by step (shadow, header, weights, approval and webhook
-gates) while checks compare it with the stable version over the same window (error rate, latency
-by Mann-Whitney, shadow agreement, prediction drift, quality on delayed labels). Too few samples
-hold the rollout; failures past the policy roll it back (or pause it). Uses the same admin API
+A rollout moves traffic to a new version step by step (shadow, header, weights, approval and webhook \
+gates) while checks compare it with the stable version over the same window (error rate, latency \
+by Mann-Whitney, shadow agreement, prediction drift, quality on delayed labels). Too few samples \
+hold the rollout; failures past the policy roll it back (or pause it). Uses the same admin API \
 and token as `modelship traffic`.
 
 A spec (YAML):
   to: 1.3.0
-  canary: {weights: [5, 25, 50, 100], every: 5m}      # or linear: {step: 10%, every: 1m}, blue_green: {preview: 10m}, or steps:
-  checks: [{error_rate: {}}, {latency: {max_ratio: 1.2}}, {drift: {max_psi: 0.1}}]
-  failure: {consecutive: 3, total: 5, min_samples: 100, on_no_data: hold, deadline: 2h}
+  # or linear: {step: 10%, every: 1m}, blue_green: {preview: 10m}, or steps:
+  canary: {weights: [5, 25, 50, 100], every: 5m}
+  checks:
+    - error_rate: {}
+    - latency: {max_ratio: 1.2}
+    - drift: {max_psi: 0.1}
+  failure: {consecutive: 3, total: 5, min_samples: 100, on_no_data: hold,
+            deadline: 2h}
   on_failure: rollback
   interval: 30s
 
-In CI, `rollout start ... --wait` (or `rollout wait MODEL`) replaces a sleep and a separate canary
-check: it follows the rollout until the server's own verdict and exits 0 when it promoted, 3 when
-it rolled back, 4 when --timeout passed first, 1 when the server cannot be reached; it prints a
+In CI, `rollout start ... --wait` (or `rollout wait MODEL`) replaces a sleep and a separate canary \
+check: it follows the rollout until the server's own verdict and exits 0 when it promoted, 3 when \
+it rolled back, 4 when --timeout passed first, 1 when the server cannot be reached; it prints a \
 line per decision and per change of step or verdict (a live view on a terminal).
 
 Examples:
   modelship rollout start fraud --to 1.3.0 --spec canary.yaml
-  modelship rollout start fraud --to 1.3.0 --spec canary.yaml --wait --timeout 2h
+  modelship rollout start fraud --to 1.3.0 --spec canary.yaml --wait \\
+      --timeout 2h
   modelship rollout wait fraud
   modelship rollout status fraud --watch
   modelship rollout approve fraud
@@ -477,6 +484,7 @@ pub struct RolloutArgs {
 pub enum RolloutCommand {
     /// Start a rollout from a spec file
     Start {
+        /// The model, by the name the server serves it under (as in /v2/models/NAME)
         model: String,
         /// The version to roll out (overrides the spec's `to`)
         #[arg(long, value_name = "VERSION")]
@@ -499,6 +507,7 @@ pub enum RolloutCommand {
     /// Wait until the rollout ends: exit 0 when it promotes, 3 when it rolls back, 4 on
     /// --timeout; progress lines for CI logs, a live view on a terminal
     Wait {
+        /// The model, by the name the server serves it under (as in /v2/models/NAME)
         model: String,
         /// Stop waiting after this long (exit 4), e.g. 45m [default: until the rollout ends]
         #[arg(long, value_name = "DURATION")]
@@ -506,25 +515,43 @@ pub enum RolloutCommand {
     },
     /// Phase, step, each check's latest verdict
     Status {
+        /// The model, by the name the server serves it under (as in /v2/models/NAME)
         model: String,
         /// Refresh every 2 s until the rollout ends
         #[arg(long)]
         watch: bool,
     },
     /// Pass an approval gate
-    Approve { model: String },
-    Pause { model: String },
-    Resume { model: String },
+    Approve {
+        /// The model, by the name the server serves it under (as in /v2/models/NAME)
+        model: String,
+    },
+    /// Hold the rollout at its step: no step is taken and no check fails it until resumed
+    Pause {
+        /// The model, by the name the server serves it under (as in /v2/models/NAME)
+        model: String,
+    },
+    /// Go on from where it was paused
+    Resume {
+        /// The model, by the name the server serves it under (as in /v2/models/NAME)
+        model: String,
+    },
     /// Roll back now
-    Abort { model: String },
+    Abort {
+        /// The model, by the name the server serves it under (as in /v2/models/NAME)
+        model: String,
+    },
     /// Every decision, with its reason and evidence
-    History { model: String },
+    History {
+        /// The model, by the name the server serves it under (as in /v2/models/NAME)
+        model: String,
+    },
 }
 
 const TRAFFIC_HELP: &str = "\
-Talks to a running server's admin API (--admin, MODELSHIP_ADMIN_URL, default http://127.0.0.1:8001)
-with its token (MODELSHIP_ADMIN_TOKEN, else --token-file, default ~/.local/state/modelship/admin-token,
-which the server writes when no token is configured). Versions are loaded from the server's registry
+Talks to a running server's admin API (--admin, MODELSHIP_ADMIN_URL, default http://127.0.0.1:8001) \
+with its token (MODELSHIP_ADMIN_TOKEN, else --token-file, default ~/.local/state/modelship/admin-token, \
+which the server writes when no token is configured). Versions are loaded from the server's registry \
 on demand. Every change is a numbered revision with time, actor and reason.
 
 Examples:
@@ -534,8 +561,10 @@ Examples:
   modelship traffic set fraud --sticky-header x-user-id
   modelship traffic promote fraud
   modelship traffic shadow fraud --version 1.4.0 --percent 100
-  modelship traffic switch fraud 1.3.0          # blue-green: preview first with x-model-version: 1.3.0
-  modelship traffic rollback fraud              # back to the routing before the last change
+  # blue-green: preview first with x-model-version: 1.3.0
+  modelship traffic switch fraud 1.3.0
+  # back to the routing before the last change
+  modelship traffic rollback fraud
   modelship traffic history fraud";
 
 /// How to reach a server's admin API, shared by `traffic` and `rollout`.
@@ -570,9 +599,13 @@ pub struct TrafficArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum TrafficCommand {
     /// Versions, weights, shadow agreement and the revision in force
-    Status { model: String },
+    Status {
+        /// The model, by the name the server serves it under (as in /v2/models/NAME)
+        model: String,
+    },
     /// Start or adjust a canary, or set sticky assignment
     Set {
+        /// The model, by the name the server serves it under (as in /v2/models/NAME)
         model: String,
         /// The version under test (loaded from the registry if needed)
         #[arg(long, value_name = "VERSION")]
@@ -588,12 +621,20 @@ pub enum TrafficCommand {
         sticky_field: Option<String>,
     },
     /// The candidate becomes stable; the old stable stays warm for rollback
-    Promote { model: String },
+    Promote {
+        /// The model, by the name the server serves it under (as in /v2/models/NAME)
+        model: String,
+    },
     /// Remove the candidate: all traffic to stable
-    Abort { model: String },
+    Abort {
+        /// The model, by the name the server serves it under (as in /v2/models/NAME)
+        model: String,
+    },
     /// Mirror a share of requests to a version whose answers are compared, never returned
     Shadow {
+        /// The model, by the name the server serves it under (as in /v2/models/NAME)
         model: String,
+        /// The version that gets the copies (loaded from the registry if needed)
         #[arg(long, value_name = "VERSION", required_unless_present = "off")]
         version: Option<String>,
         /// Share of requests mirrored: 100%, 10%...
@@ -604,37 +645,51 @@ pub enum TrafficCommand {
         off: bool,
     },
     /// Blue-green: make VERSION stable at once (the old one stays warm; switching back is the same)
-    Switch { model: String, version: String },
+    Switch {
+        /// The model, by the name the server serves it under (as in /v2/models/NAME)
+        model: String,
+        /// The version that becomes stable (loaded from the registry if needed)
+        version: String,
+    },
     /// Restore the routing of the previous revision (or --to-revision N)
     Rollback {
+        /// The model, by the name the server serves it under (as in /v2/models/NAME)
         model: String,
+        /// The revision whose routing to restore (`traffic history` lists them)
         #[arg(long, value_name = "N")]
         to_revision: Option<u64>,
     },
     /// Every routing revision
-    History { model: String },
+    History {
+        /// The model, by the name the server serves it under (as in /v2/models/NAME)
+        model: String,
+    },
 }
 
 const MODELS_HELP: &str = "\
 The registry is a directory (--registry, MODELSHIP_REGISTRY, default ~/.local/share/modelship/registry):
-metadata in SQLite, artifacts addressed by their SHA-256 under artifacts/ or in S3-compatible storage
-(--artifacts s3://bucket/prefix when the registry is created; builds with the `s3` feature).
-Or it is a bucket alone (--registry s3://bucket/prefix): the catalog as one document per model,
-changed only by conditional writes, beside the artifacts, so servers on hosts that share no disk
+metadata in SQLite, artifacts addressed by their SHA-256 under artifacts/ or in S3-compatible storage \
+(--artifacts s3://bucket/prefix when the registry is created; builds with the `s3` feature). \
+Or it is a bucket alone (--registry s3://bucket/prefix): the catalog as one document per model, \
+changed only by conditional writes, beside the artifacts, so servers on hosts that share no disk \
 and CI jobs use one registry at once (credentials and endpoint from the AWS_* variables).
 
 Examples:
-  modelship models push fraud model.onnx --version 1.3.0 --metric auc=0.931 --label team=risk
+  modelship models push fraud model.onnx --version 1.3.0 --metric auc=0.931 \\
+      --label team=risk
   modelship models ls
   modelship models show fraud@production
   modelship models alias fraud production 1.3.0
   modelship models history fraud
   modelship models pull fraud:1.3.0 -o model.onnx
-  modelship models fetch --artifacts s3://models/fraud sha256:608b7f20... -o /models/model.onnx
+  modelship models fetch --artifacts s3://models/fraud sha256:608b7f20... \\
+      -o /models/model.onnx
   modelship models rm fraud:1.2.0
-  modelship models gc --dry-run               # partial files of interrupted pushes, over 1h old
+  # partial files of interrupted pushes, over 1h old
+  modelship models gc --dry-run
   modelship models gc --unreferenced --older-than 0s
-  modelship models import mlflow --tracking-uri http://mlflow:5000 fraud @champion
+  modelship models import mlflow \\
+      --tracking-uri http://mlflow:5000 fraud @champion
   modelship serve fraud@production          # follows the alias as it moves";
 
 #[derive(Debug, Clone, Args)]
@@ -698,7 +753,10 @@ pub enum ModelsCommand {
         name: Option<String>,
     },
     /// Show one version: NAME (latest), NAME:VERSION or NAME@ALIAS
-    Show { reference: String },
+    Show {
+        /// NAME (the newest version), NAME:VERSION or NAME@ALIAS
+        reference: String,
+    },
     /// Write a version's ONNX file, checked against its digest
     Pull {
         /// NAME:VERSION, NAME@ALIAS or NAME (latest)
@@ -738,7 +796,10 @@ pub enum ModelsCommand {
         force: bool,
     },
     /// Every alias move of a model, oldest first
-    History { name: String },
+    History {
+        /// The model
+        name: String,
+    },
     /// Remove what interrupted pushes left behind: partial artifact files, and with
     /// --unreferenced complete artifacts no version uses. Never an artifact any version of any
     /// model references, never a file younger than --older-than (a push may be writing it)
@@ -785,7 +846,7 @@ Configuration comes from, lowest precedence first: built-in defaults, the config
 (--config or CONFIG_PATH), environment variables (MODEL_PATH, MODEL_NAME, MODEL_VERSION, \
 LOG_LEVEL, LOG_FORMAT, ORT_DYLIB_PATH, MODELSHIP_API_KEYS, MODELSHIP_ADMIN_TOKEN), then these flags.
 
-The config file is the seed's serving.yaml; examples/serving.yaml runs as it is
+The config file is the seed's serving.yaml; examples/serving.yaml runs as it is \
 (`modelship serve --config examples/serving.yaml`):
   model:
     path: examples/models/fraud.onnx
@@ -801,8 +862,8 @@ The config file is the seed's serving.yaml; examples/serving.yaml runs as it is
   logging: {level: INFO, format: json}
 Every key: docs/src/reference/config.md in the repository.
 
-The model answers Open Inference Protocol V2 over REST (with Triton's binary tensor, model
-configuration and statistics extensions) and over gRPC (Triton's GRPCInferenceService, so
+The model answers Open Inference Protocol V2 over REST (with Triton's binary tensor, model \
+configuration and statistics extensions) and over gRPC (Triton's GRPCInferenceService, so \
 tritonclient and perf_analyzer work), plus /v1/predict.
 
 Once the model is loaded and the ports bound, one JSON line goes to standard output:
@@ -810,15 +871,20 @@ Once the model is loaded and the ports bound, one JSON line goes to standard out
 Logs go to standard error. SIGTERM or SIGINT drains in-flight requests and exits 0.
 
 Examples:
-  modelship serve model.onnx                       # port 8000, name from the file
-  modelship serve model.onnx --port 0              # any free port; read it from the ready line
+  # port 8000, name from the file
+  modelship serve model.onnx
+  # any free port; read it from the ready line
+  modelship serve model.onnx --port 0
   modelship serve --config serving.yaml --workers 2
   MODEL_PATH=/models/model.onnx modelship serve
-  modelship serve fraud@production                 # from the registry; follows the alias
-  modelship serve mlp.onnx --max-batch-size 32     # dynamic batching of concurrent requests
-  modelship serve model.onnx --tls-cert cert.pem --tls-key key.pem --api-keys-file keys.txt
+  # from the registry; follows the alias
+  modelship serve fraud@production
+  # dynamic batching of concurrent requests
+  modelship serve mlp.onnx --max-batch-size 32
+  modelship serve model.onnx --tls-cert cert.pem --tls-key key.pem \\
+      --api-keys-file keys.txt
 
-Security: the admin API (traffic, rollouts, repository loads, labels) always needs the admin
+Security: the admin API (traffic, rollouts, repository loads, labels) always needs the admin \
 token; POST /v1/feedback on the inference port needs it too, since labels decide rollouts.";
 
 #[derive(Debug, Clone, Args, Default)]
@@ -1072,12 +1138,14 @@ mod tests {
         for (path, cmd) in commands {
             let Some(after) = cmd.get_after_help().map(|h| h.to_string()) else { continue };
             let rendered = cmd.clone().term_width(80).render_help().to_string();
-            for line in after.lines().filter(|l| !l.trim().is_empty()) {
+            // Indented lines (examples, YAML, tables) must stay whole; a prose paragraph is one
+            // logical line that clap wraps to the terminal.
+            for line in after.lines().filter(|l| l.starts_with(' ') && !l.trim().is_empty()) {
                 if !rendered.lines().any(|r| r == line) {
                     broken.push(format!("{path}: {line} ({} columns)", line.chars().count()));
                 }
             }
         }
-        assert!(broken.is_empty(), "help lines wrapped at 80 columns (keep them under 80):\n  {}", broken.join("\n  "));
+        assert!(broken.is_empty(), "indented help lines wrapped at 80 columns (keep them under 80):\n  {}", broken.join("\n  "));
     }
 }

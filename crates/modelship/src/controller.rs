@@ -11,26 +11,30 @@ use clap::{Args, ValueEnum};
 use crate::cli::OutputFormat;
 
 pub const CONTROLLER_HELP: &str = "\
-Runs one rollout on a cluster whose mesh splits the traffic: every interval it asks Prometheus the
-spec's checks (PromQL over the pods' metrics, e.g. modelship_requests_total by version and code),
-hands the values to the same rollout engine as `modelship rollout`, and patches the route when the
-step changes: the weighted rule's weights, the x-canary rule's target, the mirror. A rollback sets
-the candidate's weight to 0; a promotion sends everything to the candidate's Service or subset
-(then make that version the stable Deployment's and route back). Every decision is recorded in
-the control store with a lease, so a restarted controller resumes at its step and two never both
+Runs one rollout on a cluster whose mesh splits the traffic: every interval it asks Prometheus the \
+spec's checks (PromQL over the pods' metrics, e.g. modelship_requests_total by version and code), \
+hands the values to the same rollout engine as `modelship rollout`, and patches the route when the \
+step changes: the weighted rule's weights, the x-canary rule's target, the mirror. A rollback sets \
+the candidate's weight to 0; a promotion sends everything to the candidate's Service or subset \
+(then make that version the stable Deployment's and route back). Every decision is recorded in \
+the control store with a lease, so a restarted controller resumes at its step and two never both \
 act. It exits 0 when the rollout promotes, 2 when it rolls back, 1 on an error.
 
-Precision: Istio route weights are whole percents, so a spec with a step of 2.5 % is refused for
+Precision: Istio route weights are whole percents, so a spec with a step of 2.5 % is refused for \
 Istio; Gateway API weights are written out of 10,000, exact to the basis point.
 
-The route object comes from `modelship deploy k8s` (kubernetes.mesh: istio or gateway); backends
+The route object comes from `modelship deploy k8s` (kubernetes.mesh: istio or gateway); backends \
 default to its names: subsets stable/canary, or Services NAME and NAME-canary.
 
 Examples:
-  modelship controller fraud --spec rollout.yaml --stable v1.2.0 --mesh istio --route fraud \\
+  modelship controller fraud --spec rollout.yaml --stable v1.2.0 --mesh istio \\
+      --route fraud \\
       --namespace ml-serving --control-store kubernetes://ml-serving
-  modelship controller fraud --spec - --stable v1.2.0 --mesh gateway --route fraud --namespace ml-serving < rollout.yaml
-  modelship controller fraud --resume --mesh istio --route fraud --namespace ml-serving    # after a restart
+  modelship controller fraud --spec - --stable v1.2.0 --mesh gateway \\
+      --route fraud --namespace ml-serving < rollout.yaml
+  # after a restart
+  modelship controller fraud --resume --mesh istio --route fraud \\
+      --namespace ml-serving
 
 A spec for controller mode (every check a prometheus query):
   to: v1.3.0

@@ -16,29 +16,34 @@ use crate::cli::DeployOptions;
 
 /// `modelship lambda --help`.
 pub const HELP: &str = "\
-Inside Lambda (provided.al2023) or its Runtime Interface Emulator: loads the model once at cold
-start, then answers each event through the same pipeline as `serve` answers HTTP. Events: API
-Gateway REST and HTTP API proxy events and function URLs (POST /predict, /v1/predict,
-/v2/models/{m}/infer), or a direct invocation whose payload is the body ({\"features\": [[...]]},
-{\"inputs\": [...]}, or the seed's {\"body\": \"...\"}). Every answer is a proxy response
-{\"statusCode\", \"headers\", \"body\"}; a bad event is a 4xx with {\"error\"}, never a crash.
+Inside Lambda (provided.al2023) or its Runtime Interface Emulator: loads the model once at cold \
+start, then answers each event through the same pipeline as `serve` answers HTTP. Events: API \
+Gateway REST and HTTP API proxy events and function URLs (POST /predict, /v1/predict, \
+/v2/models/{m}/infer), or a direct invocation whose payload is the body ({\"features\": [[...]]}, \
+{\"inputs\": [...]}, or the seed's {\"body\": \"...\"}). Every answer is a proxy response \
+{\"statusCode\", \"headers\", \"body\"}; a bad event is a 4xx with {\"error\"}, never a crash. \
 Needs the cargo feature `lambda` (`modelship deploy lambda` writes a Makefile that builds it).
 
 The model, from the environment (or the CONFIG_PATH file, as for `serve`):
-  MODEL_PATH                 a file [default: $LAMBDA_TASK_ROOT/model.onnx, packaged beside it]
+  MODEL_PATH                 a file [default: $LAMBDA_TASK_ROOT/model.onnx,
+                             packaged beside it]
   MODELSHIP_ARTIFACTS, MODELSHIP_MODEL_DIGEST
-                             or s3://bucket/prefix and sha256:HEX: fetched at cold start from the
-                             registry's artifact store, the digest checked (AWS credentials from
-                             the function's role)
+                             or s3://bucket/prefix and sha256:HEX: fetched at
+                             cold start from the registry's artifact store,
+                             the digest checked (AWS credentials from the
+                             function's role)
   MODEL_NAME, MODEL_VERSION  what answers report [default: model, 1]
 
 A cold start that fails (no model, a corrupt artifact) is reported to Lambda as the init error.
 
 Examples:
-  cp target/release/modelship package/bootstrap     # Lambda runs it with no arguments
-  aws-lambda-rie ./package/bootstrap                # the emulator, then POST an event to
-      # http://localhost:8080/2015-03-31/functions/function/invocations
-  aws lambda invoke --function-name nepse:live --payload '{\"features\": [[0.1, 0.2, 1.1, 0.02]]}' out.json";
+  # Lambda runs it with no arguments
+  cp target/release/modelship package/bootstrap
+  # the emulator; then POST an event to
+  # http://localhost:8080/2015-03-31/functions/function/invocations
+  aws-lambda-rie ./package/bootstrap
+  aws lambda invoke --function-name nepse:live \\
+      --payload '{\"features\": [[0.1, 0.2, 1.1, 0.02]]}' out.json";
 
 /// `modelship deploy lambda --help`.
 pub const DEPLOY_HELP: &str = "\

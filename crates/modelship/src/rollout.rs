@@ -244,7 +244,7 @@ fn now_ms() -> u64 {
 /// ```text
 /// rollout 3 of fraud: 1 -> 2
 /// phase     progressing
-/// step      2/4: weight 25% for 5m (1m 20s in)
+/// step      2/4: weight 25% for 5m (1m 20s held)
 /// failures  0 in a row, 1 in all
 /// CHECK       VERDICT              VALUE  REASON
 /// error_rate  pass                0.0000
@@ -257,7 +257,11 @@ fn render_status(status: &RolloutStatus, now: u64) -> String {
     out += &format!("phase     {}\n", phase(&status.model, r));
     if let Some(step) = &r.current_step {
         let running = match r.phase {
-            Phase::Progressing => format!(" ({} in)", span(Duration::from_secs(now.saturating_sub(r.step_started_ms) / 1000))),
+            // The hold counts from when every replica routes by the step (its clock restarts
+            // then): before that no clock is shown, so it never runs backwards.
+            Phase::Progressing if r.settled_ms.is_some() => {
+                format!(" ({} held)", span(Duration::from_secs(now.saturating_sub(r.step_started_ms) / 1000)))
+            }
             _ => String::new(),
         };
         out += &format!("step      {}/{}: {}{running}\n", r.step, r.steps, describe_step(step));
@@ -379,7 +383,7 @@ mod tests {
                 checks: checks.into_iter().map(|(check, result)| CheckResult { check: check.to_owned(), result }).collect(),
                 interval_ms: 1000,
                 revision: None,
-                settled_ms: None,
+                settled_ms: Some(1_000),
                 leader: None,
             }),
         }
@@ -387,6 +391,20 @@ mod tests {
 
     fn reason(r: &str) -> String {
         r.to_owned()
+    }
+
+    /// A step whose routing is not yet applied everywhere shows no clock: the hold starts when it
+    /// is, so a clock shown before would jump back.
+    #[test]
+    fn a_step_shows_its_clock_only_once_its_routing_is_applied() {
+        let mut status = state(Phase::Progressing, 2, Some(r#"{"weight": {"weight": "25%", "hold": "5m"}}"#), vec![]);
+        let r = status.rollout.as_mut().unwrap();
+        (r.settled_ms, r.revision) = (None, Some(4));
+        let text = render_status(&status, 10_000);
+        assert!(text.contains("step      2/4: weight 25% for 5m\nrouting   revision 4, waiting"), "{text}");
+        let r = status.rollout.as_mut().unwrap();
+        (r.settled_ms, r.step_started_ms) = (Some(9_000), 9_000);
+        assert!(render_status(&status, 10_000).contains("for 5m (1s held)"));
     }
 
     /// Each status as people read it, 81 s after its step started.
@@ -409,7 +427,7 @@ mod tests {
                 ),
                 "rollout 3 of fraud: 1 -> 2\n\
                  phase     progressing\n\
-                 step      2/4: weight 25% for 5m (1m 21s in)\n\
+                 step      2/4: weight 25% for 5m (1m 21s held)\n\
                  failures  0 in a row, 1 in all\n\
                  CHECK       VERDICT              VALUE  REASON\n\
                  error_rate  pass                0.0012\n\
@@ -419,11 +437,11 @@ mod tests {
             ),
             (
                 state(Phase::Progressing, 1, Some(r#"{"shadow": {"percent": "100%", "hold": "10m"}}"#), vec![]),
-                "rollout 3 of fraud: 1 -> 2\nphase     progressing\nstep      1/4: shadow 100% for 10m (1m 21s in)\nfailures  0 in a row, 1 in all\n",
+                "rollout 3 of fraud: 1 -> 2\nphase     progressing\nstep      1/4: shadow 100% for 10m (1m 21s held)\nfailures  0 in a row, 1 in all\n",
             ),
             (
                 state(Phase::Progressing, 1, Some(r#"{"header": {"hold": "2m"}}"#), vec![]),
-                "rollout 3 of fraud: 1 -> 2\nphase     progressing\nstep      1/4: header (x-canary) for 2m (1m 21s in)\nfailures  0 in a row, 1 in all\n",
+                "rollout 3 of fraud: 1 -> 2\nphase     progressing\nstep      1/4: header (x-canary) for 2m (1m 21s held)\nfailures  0 in a row, 1 in all\n",
             ),
             (
                 state(Phase::AwaitingApproval, 3, Some(r#"{"approve": {}}"#), vec![]),

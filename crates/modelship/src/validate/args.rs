@@ -6,42 +6,49 @@ use clap::{Args, ValueEnum};
 
 pub const HELP: &str = "\
 Judges a model before it is deployed, each gate pass or fail with the value it measured:
-  quality       metrics on labelled rows (--data FILE --label COLUMN) against --min/--max, and with
-                --against, the regression against the reference model on the same rows (--max-drop)
-  contract      inputs and outputs (name, datatype, shape) and /v1/predict's output against the
-                reference (--against): a removed or renamed input, a changed datatype or shape is
-                breaking and fails, unless the model is a new major version (2.0.0 over 1.4.0,
-                or --major); a new output is not breaking
-  latency       p50 and p99 of timed runs at batch 1 (and --batch N) on this machine, one thread,
-                against --max-p99 [BATCH=]DURATION
-  resources     resident memory after loading, per further worker and while running, and the
-                Deployment's requests and limits for --workers N (against --max-memory)
-  distribution  PSI of the predictions against the reference's on the same rows (--max-psi,
-                default 0.1, as the rollout's drift check)
-Every gate whose inputs are given runs; --gate picks some. Models are .onnx files or registry
+  quality       metrics on labelled rows (--data FILE --label COLUMN) against
+                --min/--max, and with --against, the regression against the
+                reference model on the same rows (--max-drop)
+  contract      inputs and outputs (name, datatype, shape) and /v1/predict's
+                output against the reference (--against): a removed or renamed
+                input, a changed datatype or shape is breaking and fails,
+                unless the model is a new major version (2.0.0 over 1.4.0, or
+                --major); a new output is not breaking
+  latency       p50 and p99 of timed runs at batch 1 (and --batch N) on this
+                machine, one thread, against --max-p99 [BATCH=]DURATION
+  resources     resident memory after loading, per further worker and while
+                running, and the Deployment's requests and limits for --workers
+                N (against --max-memory)
+  distribution  PSI of the predictions against the reference's on the same rows
+                (--max-psi, default 0.1, as the rollout's drift check)
+Every gate whose inputs are given runs; --gate picks some. Models are .onnx files or registry \
 references (NAME:VERSION, NAME@ALIAS, NAME; --registry, MODELSHIP_REGISTRY).
 
-Data: a CSV or Parquet file with a header. The label column and --ignore columns are not fed to
-the model; an input named like a column takes that column, and the one input left of shape
-[N, F] takes the remaining F columns in file order. Predictions are what /v1/predict answers: a
-binary classifier's probability of class 1 (--task classification: auc, accuracy, log_loss), else
+Data: a CSV or Parquet file with a header. The label column and --ignore columns are not fed to \
+the model; an input named like a column takes that column, and the one input left of shape \
+[N, F] takes the remaining F columns in file order. Predictions are what /v1/predict answers: a \
+binary classifier's probability of class 1 (--task classification: auc, accuracy, log_loss), else \
 the output's value (--task regression: rmse, mae, r2).
 
-Exit status: 0 every gate passed; 1 a gate failed (the report says which); 2 the command could
-not judge: bad flags, unreadable files, data that does not fit the model, a reference not found,
+Exit status: 0 every gate passed; 1 a gate failed (the report says which); 2 the command could \
+not judge: bad flags, unreadable files, data that does not fit the model, a reference not found, \
 ONNX Runtime missing (the message says what to fix).
 
---record writes the results on the registry version (metrics validate.auc, validate.p99_batch_1_ms,
-validate.memory_request_mib, validate.psi...; labels validate=pass|fail, validate.data,
+--record writes the results on the registry version (metrics validate.auc, validate.p99_batch_1_ms, \
+validate.memory_request_mib, validate.psi...; labels validate=pass|fail, validate.data, \
 validate.against): `modelship models show` lists them.
 
 Examples:
-  modelship validate fraud.onnx --data holdout.csv --label is_fraud --min auc=0.92 --min accuracy=0.9 --max log_loss=0.3
-  modelship validate fraud:1.3.0 --against fraud@production --data holdout.parquet --label is_fraud \\
+  modelship validate fraud.onnx --data holdout.csv --label is_fraud \\
+      --min auc=0.92 --min accuracy=0.9 --max log_loss=0.3
+  modelship validate fraud:1.3.0 --against fraud@production \\
+      --data holdout.parquet --label is_fraud \\
       --max-drop auc=0.005 --max-psi 0.1 --record
-  modelship validate fraud.onnx --max-p99 5ms --batch 32 --max-p99 32=20ms --workers 4 --max-memory 512Mi
+  modelship validate fraud.onnx --max-p99 5ms --batch 32 --max-p99 32=20ms \\
+      --workers 4 --max-memory 512Mi
   modelship validate fraud:2.0.0 --against fraud@production --gate contract
-  modelship validate fraud.onnx --data holdout.csv --label is_fraud --min auc=0.92 --output markdown > comment.md";
+  modelship validate fraud.onnx --data holdout.csv --label is_fraud \\
+      --min auc=0.92 --output markdown > comment.md";
 
 #[derive(Debug, Clone, Args)]
 pub struct ValidateArgs {

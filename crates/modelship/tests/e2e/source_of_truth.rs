@@ -222,3 +222,25 @@ fn a_shadow_of_the_version_that_becomes_stable_ends_there() {
     let last = history.last().unwrap();
     assert_eq!((last["actor"].as_str(), last["reason"].as_str().map(|r| r.starts_with("fraud@production moved to 2 (by "))), (Some("registry"), Some(true)), "{last}");
 }
+
+/// A version `validate --record` judged failed is neither aliased nor rolled out unless forced.
+#[test]
+fn a_version_that_failed_validation_is_not_aliased_or_rolled_out_unless_forced() {
+    let s = Setup::new();
+    s.models(&["push", "fraud", &model("xgboost"), "--version", "3", "--label", "validate=fail"]);
+    let server = s.serve("fraud@production");
+    let out = command().args(["models", "alias", "fraud", "production", "3", "--registry"]).arg(s.registry()).output().unwrap();
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && message.contains("fraud:3 failed validation") && message.contains("--force"), "{message}");
+    assert_eq!(s.alias_target(), "1");
+    let out = s.admin(&server, "rollout", &["start", "fraud", "--to", "3", "--spec", &s.spec()]);
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && message.contains("fraud:3 failed validation") && message.contains("(HTTP 409)"), "{message}");
+    let out = s.admin(&server, "rollout", &["status", "fraud", "--output", "json"]);
+    let status: Value = serde_json::from_str(&ok(&out, "rollout status")).unwrap();
+    assert!(status["rollout"].is_null(), "a refused start leaves no record: {status}");
+    s.models(&["alias", "fraud", "staging", "3", "--force"]);
+    let out = s.admin(&server, "rollout", &["start", "fraud", "--to", "3", "--spec", &s.spec(), "--force", "--wait", "--timeout", "60s"]);
+    assert!(ok(&out, "rollout start --force").contains("promoted to 3"));
+    assert_eq!(s.alias_target(), "3");
+}
