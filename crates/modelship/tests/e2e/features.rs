@@ -278,14 +278,14 @@ fn a_field_loaded_after_its_entity_was_cached_is_found_at_once() {
     let redis = Redis::start(free_port());
     let cfg = config(dir.path(), &redis, "  cache_ttl: 300\n");
     load(&cfg, &csv(dir.path()));
-    redis.cli(&["HDEL", "features:customer:c4", "f10"]);
+    redis.cli(&["HDEL", "features:customer:c1", "f10"]);
     let server = Server::start(&["--config", cfg.to_str().unwrap()]);
     wait_ready(&server, 200);
-    let (status, body) = predict(&server, json!({"entities": [entity(4)]}));
+    let (status, body) = predict(&server, json!({"entities": [entity(1)]}));
     assert_eq!(status, 404, "{body}");
-    redis.cli(&["HSET", "features:customer:c4", "f10", &value(4, 10).to_string()]);
-    let got = prediction(&server, json!({"entities": [entity(4)]}))[0];
-    let want = prediction(&server, json!({"features": [row(4)]}))[0];
+    redis.cli(&["HSET", "features:customer:c1", "f10", &value(1, 10).to_string()]);
+    let got = prediction(&server, json!({"entities": [entity(1)]}))[0];
+    let want = prediction(&server, json!({"features": [row(1)]}))[0];
     assert!((got - want).abs() < 1e-6, "{got} vs {want}");
 }
 

@@ -529,10 +529,16 @@ fn a_promotion_moves_the_alias_the_fleet_follows_and_survives_restarting_every_r
     fleet.rollout(0, &["start", "fraud", "--spec", &spec]);
     let done = fleet.wait_rollout(1, "promoted", |s| s["phase"]["phase"] == "promoted");
     assert_eq!(done["to"], "2", "{done}");
+    // The decision is recorded first; the routing that carries it out follows.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fleet.status(0)["traffic"]["stable"] != "2" {
+        assert!(Instant::now() < deadline, "the promotion was never applied:\n{}", fleet.logs());
+        thread::sleep(Duration::from_millis(50));
+    }
     let out = fleet.s3.models(&["--registry", REGISTRY, "history", "fraud", "--output", "json"]);
     let moves: Value = serde_json::from_slice(&out.stdout).unwrap();
     let moves: Vec<&Value> = moves.as_array().unwrap().iter().filter(|m| m["alias"] == "production").collect();
-    assert_eq!(moves.len(), 2, "set by the test, then moved by the promotion, once: {moves:?}");
+    assert_eq!(moves.len(), 2, "set by the test, then moved by the promotion, once: {moves:?}\n{}", fleet.logs());
     assert!(moves[1]["version"] == "2" && moves[1]["actor"].as_str().unwrap().starts_with("rollout"), "{moves:?}");
     let history: Value = serde_json::from_str(&fleet.ok(0, &["history", "fraud", "--output", "json"])).unwrap();
     let revision = history.as_array().unwrap().last().unwrap()["revision"].as_u64().unwrap();
