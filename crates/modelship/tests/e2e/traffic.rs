@@ -225,11 +225,13 @@ fn shadow_compares_answers_and_never_returns_them() {
     assert!(text.contains("shadow 2:") && text.contains("agreement"), "{text}");
     let metrics = server.get("/metrics").text;
     assert!(metrics.contains("modelship_shadow_comparisons_total{"), "{metrics}");
-    // Shadow against itself agrees fully.
+    // The stable version never shadows itself: refused, and nothing changes.
+    let out = fleet.traffic(&server, &["shadow", "fraud", "--version", "1", "--percent", "100"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is the stable version"));
+    // The same model under another version agrees fully.
     fleet.ok(&server, &["shadow", "fraud", "--off"]);
-    fleet.ok(&server, &["set", "fraud", "--candidate", "2", "--weight", "0%"]);
-    fleet.ok(&server, &["switch", "fraud", "2"]);
-    fleet.ok(&server, &["shadow", "fraud", "--version", "2", "--percent", "100"]);
+    fleet.push("fraud", "3");
+    fleet.ok(&server, &["shadow", "fraud", "--version", "3", "--percent", "100"]);
     for _ in 0..50 {
         assert_eq!(server.post("/v2/models/fraud/infer", &fraud_body(1)).status, 200);
     }
