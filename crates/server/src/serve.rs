@@ -58,8 +58,8 @@ pub struct ConnectionLimits {
     /// new connection is still accepted (a probe
     /// must get through a flood), and the open one that has waited longest on its client is
     /// closed: first one with no request in a handler (idle, or still sending its head), else
-    /// the one whose last bytes are oldest (a stalled upload); a connection the server has not
-    /// read from yet goes last, since it waits on the server, not on its client.
+    /// the one whose last bytes are oldest (a stalled upload); a connection nothing was read
+    /// from yet goes after those, since its request may be waiting on the server.
     pub max_connections: usize,
 }
 
@@ -230,10 +230,10 @@ struct Open {
     last_read: std::sync::atomic::AtomicU64,
     /// Requests now in a handler.
     handling: std::sync::atomic::AtomicUsize,
-    /// Whether the server has read from it yet. A connection it has not yet turned to (a busy
-    /// machine, a burst of connections) cannot be said to wait on its client: it is closed only
-    /// after every connection that was read and stalled.
-    polled: std::sync::atomic::AtomicBool,
+    /// Whether any bytes were read from it yet. A new connection whose request the server has
+    /// not read yet (a busy machine, a burst of connections) cannot be said to have stalled: it
+    /// is closed only after every connection that sent part of a request and went quiet.
+    read_any: std::sync::atomic::AtomicBool,
     /// Cancelled to close the connection at once.
     evict: CancellationToken,
 }
@@ -269,14 +269,14 @@ impl OpenConnections {
         let conn = Arc::new(Open {
             last_read: self.now_ms().into(),
             handling: Default::default(),
-            polled: Default::default(),
+            read_any: Default::default(),
             evict: CancellationToken::new(),
         });
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.len() >= cap {
             let victim = open
                 .iter()
-                .min_by_key(|(id, c)| (c.handling.load(Relaxed) > 0, !c.polled.load(Relaxed), c.last_read.load(Relaxed), **id))
+                .min_by_key(|(id, c)| (c.handling.load(Relaxed) > 0, !c.read_any.load(Relaxed), c.last_read.load(Relaxed), **id))
                 .map(|(id, c)| (*id, Arc::clone(c)));
             if let Some((victim_id, victim)) = victim {
                 open.remove(&victim_id);
@@ -326,13 +326,13 @@ impl<I: tokio::io::AsyncRead> tokio::io::AsyncRead for Tracked<I> {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         let this = self.project();
-        if !this.conn.polled.load(std::sync::atomic::Ordering::Relaxed) {
-            this.conn.polled.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
         let before = buf.filled().len();
         let polled = this.io.poll_read(cx, buf);
         if buf.filled().len() > before {
             this.conn.last_read.store(this.table.now_ms(), std::sync::atomic::Ordering::Relaxed);
+            if !this.conn.read_any.load(std::sync::atomic::Ordering::Relaxed) {
+                this.conn.read_any.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         polled
     }
@@ -511,15 +511,15 @@ mod tests {
     use super::*;
 
     /// At the cap, the connection closed is the one that waited longest on its client: never one
-    /// in a handler, never one the server has not read yet while a stalled one is open.
+    /// in a handler, never one nothing was read from while a stalled one is open.
     #[test]
     fn the_cap_closes_the_connection_that_waited_longest_on_its_client() {
         let table = OpenConnections::new();
         let (stalled, _a) = table.admit("test", 3);
-        stalled.polled.store(true, Relaxed);
+        stalled.read_any.store(true, Relaxed);
         let (unread, _b) = table.admit("test", 3);
         let (busy, _c) = table.admit("test", 3);
-        (busy.polled.store(true, Relaxed), busy.handling.store(1, Relaxed));
+        (busy.read_any.store(true, Relaxed), busy.handling.store(1, Relaxed));
         // Read later than `stalled`, and not in a handler: still the oldest read is closed first.
         let (_new, _d) = table.admit("test", 3);
         assert!(stalled.evict.is_cancelled(), "the stalled connection, read and then silent, goes first");
