@@ -84,7 +84,12 @@ pub struct HealthcheckArgs {
 const DEPLOY_HELP: &str = "\
 One description (a YAML file, `--file`, default ./deploy.yaml when present; flags override it)
 says what runs; each target writes its files into --out (default ./deploy), every file headed by
-the command that made it. --apply then hands them to the real tool:
+the command that made it, and lists them in DIR/.modelship-generated: the next run removes those it
+no longer writes (never a file it did not write, or one changed since). A key the target does not
+read (replicas for compose) is named in a warning. --apply checks first (the images, a mounted
+registry writable by uid 10001, free host ports), then hands the files to the real tool; --down
+(compose, swarm) removes what --apply started. The image's tag is the description's plus the
+digest of what goes into it (0.1.0-0123456789ab), unless --image NAME:TAG names one:
   docker    Dockerfile (+ Dockerfile.gpu with --gpu) and .dockerignore; --apply stages this very
             binary and its ONNX Runtime library beside them and runs `docker build`
   compose   docker-compose.yml (server, Redis, Prometheus); --apply builds the image and runs
@@ -118,17 +123,21 @@ The description:
   restart: {condition: on-failure, delay: 5s, max_attempts: 3}
   drain: {delay: 5s, grace: 30s}           # SIGTERM: keep accepting, then drain
   prometheus: {}                           # scrapes every replica
-  kubernetes: {namespace: ml, strategy: canary, mesh: istio}   # `modelship deploy k8s --help`
+  kubernetes: {namespace: ml, strategy: canary, mesh: istio,   # `modelship deploy k8s --help`
+               candidate: {version: \"2\", tag: 0.2.0}}   # canary, shadow, blue-green need it
 
 Examples:
   modelship deploy docker --model models/fraud.onnx --delivery bake --apply
   modelship deploy compose --file deploy.yaml --apply
+  modelship deploy compose --file deploy.yaml --down
   modelship deploy swarm --file deploy.yaml --replicas 3 --out deploy/swarm
   modelship deploy compose --name fraud --model fraud@production --registry-dir registry --redis
   modelship deploy docker --file deploy.yaml --output json
-  modelship deploy k8s --file deploy.yaml --strategy canary --mesh istio
+  # canary, shadow and blue-green need kubernetes.candidate in the description:
+  modelship deploy k8s --file deploy.yaml --strategy canary --mesh istio --out deploy/k8s
   modelship deploy lambda --model models/nepse.onnx --name nepse
-  modelship deploy ci --model models/fraud.onnx --data data/holdout.csv --label is_fraud --min auc=0.92";
+  modelship deploy ci --model models/fraud.onnx --data data/holdout.csv --label is_fraud \\
+      --min auc=0.92";
 
 #[derive(Debug, Clone, Args)]
 pub struct DeployArgs {
@@ -181,6 +190,8 @@ Strategies (--strategy, kubernetes.strategy):
   canary       the candidate gets kubernetes.traffic.weight (5%) and every request with the
                header (x-canary: true)
   shadow       the candidate gets a copy of kubernetes.traffic.mirror (100%) of the requests
+blue-green, canary and shadow run a second version: the description's kubernetes.candidate
+{version, tag (another image) or digest (another model artifact)} names it.
 Meshes for canary and shadow (--mesh, kubernetes.mesh):
   istio        VirtualService + DestinationRule; weights are whole percents
   gateway-api  HTTPRoute with weighted backendRefs in basis points (of 10000) and RequestMirror
@@ -208,8 +219,11 @@ The description's kubernetes section (every key optional):
 
 Examples:
   modelship deploy k8s --file deploy.yaml --out deploy/k8s
-  modelship deploy k8s --file deploy.yaml --strategy canary --mesh istio --weight 5%
-  modelship deploy k8s --file deploy.yaml --strategy shadow --mesh gateway-api --mirror 12.5%
+  # canary and shadow need kubernetes.candidate in the description:
+  modelship deploy k8s --file deploy.yaml --strategy canary --mesh istio --weight 5% \\
+      --out deploy/k8s
+  modelship deploy k8s --file deploy.yaml --strategy shadow --mesh gateway-api --mirror 12.5% \\
+      --out deploy/k8s
   modelship deploy k8s --file deploy.yaml --namespace ml-serving --output json";
 
 #[derive(Debug, Clone, Args)]
@@ -262,6 +276,10 @@ pub struct DeployOptions {
     /// With --apply for compose or swarm: use the image as it is, do not build it first
     #[arg(long, requires = "apply")]
     pub no_build: bool,
+    /// Compose or swarm: take down what --apply started (containers, networks, the deployment's
+    /// own volumes; never a file of yours)
+    #[arg(long, conflicts_with = "apply")]
+    pub down: bool,
     /// Deployment name: project, stack and service
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -277,7 +295,8 @@ pub struct DeployOptions {
     /// Serving config to mount (the seed's serving.yaml)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Image: NAME[:TAG]
+    /// Image: NAME[:TAG]. A tag given here is used as given; otherwise the description's tag
+    /// gets the digest of what goes into the image (TAG-0123456789ab)
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
     /// Replicas (Swarm)
@@ -912,4 +931,63 @@ pub struct ServeArgs {
 pub enum LogFormatArg {
     Json,
     Text,
+}
+
+#[cfg(test)]
+/// The `modelship ...` command lines under a help text's `Examples:`, continuation lines joined,
+/// comments dropped, split as a shell would (single quotes only: the examples use no others).
+pub fn help_examples(help: &str) -> Vec<Vec<String>> {
+    let Some((_, examples)) = help.split_once("Examples:") else { return Vec::new() };
+    let joined = examples.replace("\\\n", " ");
+    joined
+        .lines()
+        .map(|line| line.split("  #").next().unwrap_or(line).trim())
+        .filter(|line| line.starts_with("modelship ") && !line.contains("&&"))
+        .map(|line| {
+            let (mut words, mut word, mut quoted, mut any) = (Vec::new(), String::new(), false, false);
+            for c in line.chars() {
+                match c {
+                    '\'' => (quoted, any) = (!quoted, true),
+                    c if c.is_whitespace() && !quoted => {
+                        if any || !word.is_empty() {
+                            words.push(std::mem::take(&mut word));
+                        }
+                        any = false;
+                    }
+                    c => word.push(c),
+                }
+            }
+            if any || !word.is_empty() {
+                words.push(word);
+            }
+            words
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn every_deploy_help_example_parses_as_written() {
+        let helps = [("deploy", DEPLOY_HELP), ("deploy k8s", K8S_HELP), ("deploy lambda", crate::lambda::DEPLOY_HELP), ("deploy ci", crate::deploy_ci::HELP)];
+        for (what, help) in helps {
+            let examples = help_examples(help);
+            assert!(!examples.is_empty(), "`modelship {what} --help` has no example");
+            for argv in examples {
+                if let Err(e) = Cli::try_parse_from(&argv) {
+                    panic!("`modelship {what} --help`'s example `{}` does not parse:\n{e}", argv.join(" "));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn examples_are_split_as_a_shell_would() {
+        let help = "Examples:\n  modelship deploy k8s --out deploy/k8s   # rolling\n  modelship deploy ci --a \\\n      --b 'x y'\n  make -f M && sam deploy\n";
+        assert_eq!(help_examples(help), [vec!["modelship", "deploy", "k8s", "--out", "deploy/k8s"], vec!["modelship", "deploy", "ci", "--a", "--b", "x y"]]);
+    }
 }

@@ -70,9 +70,13 @@ The description's lambda section (every key optional; the seed's values are the 
 
 Examples:
   modelship deploy lambda --model models/nepse.onnx --name nepse --out deploy/lambda
-  modelship deploy lambda --file deploy.yaml --architecture arm64 --deployment Canary10Percent5Minutes
-  modelship deploy lambda --name nepse --artifacts s3://models/nepse --digest sha256:HEX --check '[[0, 0, 1, 0]]'
-  make -f deploy/lambda/Makefile package && sam deploy --template-file deploy/lambda/template.yaml --guided";
+  modelship deploy lambda --file deploy.yaml --architecture arm64 \\
+      --deployment Canary10Percent5Minutes
+  modelship deploy lambda --name nepse --artifacts s3://models/nepse \\
+      --digest sha256:608b7f20c1d1e3f0a5b6c7d8e9f00112233445566778899aabbccddeeff00112 \\
+      --check '[[0, 0, 1, 0]]'
+  make -f deploy/lambda/Makefile package && \\
+      sam deploy --template-file deploy/lambda/template.yaml --guided";
 
 #[derive(Debug, Clone, Args)]
 pub struct LambdaOptions {
