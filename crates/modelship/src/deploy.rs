@@ -339,11 +339,10 @@ fn needed_images(d: &Deployment, target: Target, o: &DeployOptions) -> Vec<Neede
         images.push(NeededImage {
             reference: d.image.reference(),
             key: "--no-build",
-            remedy: format!(
-                "--no-build runs the image as it is: build it with `modelship deploy docker --apply` and the same description \
-                 (the tag carries the digest of the description's image and of this binary), or drop --no-build, \
-                 or name an image this engine has with --image NAME:TAG"
-            ),
+            remedy: "--no-build runs the image as it is: build it with `modelship deploy docker --apply` and the same description \
+                     (the tag carries the digest of the description's image and of this binary), or drop --no-build, \
+                     or name an image this engine has with --image NAME:TAG"
+                .to_owned(),
         });
     }
     if matches!(target, Target::Compose | Target::Swarm) {
