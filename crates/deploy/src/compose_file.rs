@@ -198,6 +198,7 @@ pub fn dur(value: &str) -> String {
 pub fn environment(d: &Deployment) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("MODEL_PATH".to_owned(), d.model_path());
+    env.insert("MODELSHIP_ADMIN_URL".to_owned(), d.admin_url());
     if let Some(name) = &d.model.name {
         env.insert("MODEL_NAME".to_owned(), name.clone());
     }

@@ -614,6 +614,12 @@ impl Deployment {
         }
     }
 
+    /// The admin API as seen from inside the server's container (`MODELSHIP_ADMIN_URL`): it
+    /// listens on the container's loopback at least, published or not.
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.admin)
+    }
+
     /// The file name of the model in the container (`fraud.onnx`), for a file model.
     pub fn model_file_name(&self) -> Option<&str> {
         self.model.file.as_deref().map(|f| f.rsplit('/').next().unwrap_or(f))

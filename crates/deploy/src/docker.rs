@@ -27,6 +27,24 @@ pub const STAGED_MODEL_DIR: &str = "model";
 /// ONNX Runtime's library in the image (beside the binary's `../lib`, where the server looks).
 const LIBRARY: &str = "/usr/local/lib/libonnxruntime.so";
 
+/// The tag an image is built and run under: the description's tag and the first 12 hex digits of
+/// a digest over what goes into the image (`0.1.0-3f2a9c01d4e7`), so an image built from an
+/// older description or binary is never taken for this one. `inputs` are (name, digest) pairs
+/// of the build context (the Dockerfile, the staged binary, library and model), in any order.
+pub fn content_tag(tag: &str, inputs: &[(&str, String)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<&(&str, String)> = inputs.iter().collect();
+    sorted.sort();
+    let mut hasher = Sha256::new();
+    for (name, digest) in sorted {
+        hasher.update(format!("{name}\0{digest}\n"));
+    }
+    let short = &hex::encode(hasher.finalize())[..12];
+    // A tag is at most 128 characters.
+    let keep = tag.len().min(128 - short.len() - 1);
+    format!("{}-{short}", &tag[..keep])
+}
+
 pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
     let header = provenance.header();
     let mut files = vec![
@@ -170,6 +188,8 @@ fn dockerfile(d: &Deployment, gpu: bool) -> String {
         format!("MODELSHIP_STATE_DIR={STATE_DIR}"),
         format!("HOME={STATE_DIR}"),
         format!("ORT_DYLIB_PATH={LIBRARY}"),
+        // `docker exec CONTAINER modelship traffic status` finds the admin API it runs beside.
+        format!("MODELSHIP_ADMIN_URL={}", d.admin_url()),
     ];
     if d.config.is_some() {
         env.insert(1, format!("CONFIG_PATH={}", crate::description::CONFIG_PATH));
@@ -215,5 +235,21 @@ fn env_assignment(assignment: &str) -> String {
         format!("{key}={value}")
     } else {
         format!("{key}={}", serde_json::to_string(value).expect("string"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_content_tag_changes_with_any_input_and_only_then() {
+        let inputs = [("Dockerfile", "sha256:aa".to_owned()), ("modelship", "sha256:bb".to_owned())];
+        let tag = content_tag("0.1.0", &inputs);
+        assert!(tag.starts_with("0.1.0-") && tag.len() == "0.1.0-".len() + 12, "{tag}");
+        assert_eq!(content_tag("0.1.0", &[inputs[1].clone(), inputs[0].clone()]), tag, "the order of the inputs does not matter");
+        assert_ne!(content_tag("0.1.0", &[inputs[0].clone(), ("modelship", "sha256:bc".to_owned())]), tag, "a new binary");
+        assert_ne!(content_tag("0.1.0", &[inputs[0].clone()]), tag, "an input less");
+        assert_eq!(content_tag(&"x".repeat(128), &inputs).len(), 128, "still a valid tag");
     }
 }

@@ -22,6 +22,10 @@
 //! - [`kubernetes`]: one manifest per object and a `kustomization.yaml`: the seed's objects, the
 //!   rolling, blue-green, canary and shadow strategies (Istio, Gateway API, or no mesh), as
 //!   typed values ([`kubernetes::api`]) written by [`yaml`] too.
+//! - [`ignored`]: the description's keys a target does not read, for the CLI's warnings.
+//! - [`manifest`]: `.modelship-generated`, what each target wrote into a directory, so that a
+//!   regeneration removes its own stale files and never a user's.
+//!
 //! - [`lambda`]: a SAM template (the binary as a custom runtime's `bootstrap`, alias, gradual
 //!   deployment with alarms and traffic hooks) and the Makefile that packages the bootstrap.
 
@@ -31,8 +35,10 @@ pub mod compose_file;
 pub mod description;
 pub mod docker;
 pub mod github;
+pub mod ignored;
 pub mod kubernetes;
 pub mod lambda;
+pub mod manifest;
 pub mod prometheus;
 pub mod swarm;
 pub mod yaml;
@@ -78,6 +84,19 @@ pub enum Target {
     Swarm,
     Kubernetes,
     Lambda,
+}
+
+impl Target {
+    /// The target's name on the command line (`modelship deploy k8s`).
+    pub fn cli_name(self) -> &'static str {
+        match self {
+            Target::Docker => "docker",
+            Target::Compose => "compose",
+            Target::Swarm => "swarm",
+            Target::Kubernetes => "k8s",
+            Target::Lambda => "lambda",
+        }
+    }
 }
 
 /// Renders the files of `target`.

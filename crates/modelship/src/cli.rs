@@ -150,53 +150,80 @@ pub struct HealthcheckArgs {
 }
 
 const DEPLOY_HELP: &str = "\
-One description (a YAML file, `--file`, default ./deploy.yaml when present; flags override it)
-says what runs; each target writes its files into --out (default ./deploy), every file headed by
-the command that made it. --apply then hands them to the real tool:
-  docker    Dockerfile (+ Dockerfile.gpu with --gpu) and .dockerignore; --apply stages this very
-            binary and its ONNX Runtime library beside them and runs `docker build`
-  compose   docker-compose.yml (server, Redis, Prometheus); --apply builds the image and runs
-            `docker-compose up -d`
-  swarm     stack.yml (replicas, rolling update start-first with rollback, restart policy,
-            health check, Redis, fleet store); --apply builds the image and runs
-            `docker stack deploy` (after `docker swarm init`)
-  k8s       one manifest per object and kustomization.yaml: rolling, blue-green, canary and
-            shadow (Istio, Gateway API or no mesh); `modelship deploy k8s --help`. No --apply:
-            review the files, then `kubectl apply -k DIR`
-  lambda    template.yaml (SAM: custom runtime, alias, gradual deployment, alarms, traffic
-            hooks) and a Makefile that packages the bootstrap; `modelship deploy lambda --help`.
-            No --apply: `make -f DIR/Makefile package`, then `sam deploy`
-  ci        .github/workflows/deploy.yml: tests, validate, image, staging, and a canary judged
-            by `rollout start --wait` before promotion, for any of these targets or Lambda;
-            `modelship deploy ci --help`
+One description (a YAML file, `--file`, default ./deploy.yaml when present; flags override it) \
+says what runs; each target writes its files into --out (default ./deploy), every file headed by \
+the command that made it, and lists them in DIR/.modelship-generated: the next run removes those it \
+no longer writes (never a file it did not write, or one changed since). A key the target does not \
+read (replicas for compose) is named in a warning. --apply checks first (the images, a mounted \
+registry writable by uid 10001, free host ports), then hands the files to the real tool; --down \
+(compose, swarm) removes what --apply started. The image's tag is the description's plus the \
+digest of what goes into it (0.1.0-0123456789ab), unless --image NAME:TAG names one:
+  docker    Dockerfile (+ Dockerfile.gpu with --gpu) and .dockerignore; --apply
+            stages this very binary and its ONNX Runtime library beside them
+            and runs `docker build`
+  compose   docker-compose.yml (server, Redis, Prometheus); --apply builds the
+            image and runs `docker-compose up -d`
+  swarm     stack.yml (replicas, rolling update start-first with rollback,
+            restart policy, health check, Redis, fleet store); --apply builds
+            the image and runs `docker stack deploy` (after `docker swarm
+            init`)
+  k8s       one manifest per object and kustomization.yaml: rolling,
+            blue-green, canary and shadow (Istio, Gateway API or no mesh);
+            `modelship deploy k8s --help`. No --apply: review the files, then
+            `kubectl apply -k DIR`
+  lambda    template.yaml (SAM: custom runtime, alias, gradual deployment,
+            alarms, traffic hooks) and a Makefile that packages the bootstrap;
+            `modelship deploy lambda --help`. No --apply: `make -f DIR/Makefile
+            package`, then `sam deploy`
+  ci        .github/workflows/deploy.yml: tests, validate, image, staging, and
+            a canary judged by `rollout start --wait` before promotion, for any
+            of these targets or Lambda; `modelship deploy ci --help`
 
 The description:
   name: fraud                              # project, stack and service name
-  model: {file: models/fraud.onnx, delivery: mount}   # mount (replace the file to update) or bake
-  # model: {registry: fraud@production, registry_dir: registry}   # follow a registry alias
-  config: serving.yaml                     # mounted read-only at /etc/modelship/serving.yaml
+  # mount (replace the file to update) or bake
+  model: {file: models/fraud.onnx, delivery: mount}
+  # or follow a registry alias:
+  # model: {registry: fraud@production, registry_dir: registry}
+  # mounted read-only at /etc/modelship/serving.yaml
+  config: serving.yaml
   image: {name: modelship, tag: 0.1.0, build: binary, gpu: false,
-          bases: {tools: debian:bookworm-slim}}        # every base image is a build argument
+          # every base image is a build argument
+          bases: {tools: debian:bookworm-slim}}
   replicas: 3
   resources: {cpus: 1.0, memory: 512M}
-  ports: {http: 8000, grpc: 8081, admin: 8001, publish_admin: false}   # admin: loopback only
-  feature_store: {service: true, image: redis:7.4-bookworm}            # REDIS_HOST=redis
-  control_store: redis://redis:6379/1      # the fleet store; emitted only when set
-  strategy: {parallelism: 1, delay: 10s, order: start-first, failure_action: rollback, monitor: 30s}
+  # admin: loopback only
+  ports: {http: 8000, grpc: 8081, admin: 8001, publish_admin: false}
+  # REDIS_HOST=redis
+  feature_store: {service: true, image: redis:7.4-bookworm}
+  # the fleet store; emitted only when set
+  control_store: redis://redis:6379/1
+  strategy: {parallelism: 1, delay: 10s, order: start-first,
+             failure_action: rollback, monitor: 30s}
   restart: {condition: on-failure, delay: 5s, max_attempts: 3}
-  drain: {delay: 5s, grace: 30s}           # SIGTERM: keep accepting, then drain
+  # SIGTERM: keep accepting, then drain
+  drain: {delay: 5s, grace: 30s}
   prometheus: {}                           # scrapes every replica
-  kubernetes: {namespace: ml, strategy: canary, mesh: istio}   # `modelship deploy k8s --help`
+  # `modelship deploy k8s --help`
+  kubernetes: {namespace: ml, strategy: canary, mesh: istio,
+               # canary, shadow, blue-green need it
+               candidate: {version: \"2\", tag: 0.2.0}}
 
 Examples:
   modelship deploy docker --model models/fraud.onnx --delivery bake --apply
   modelship deploy compose --file deploy.yaml --apply
+  modelship deploy compose --file deploy.yaml --down
   modelship deploy swarm --file deploy.yaml --replicas 3 --out deploy/swarm
-  modelship deploy compose --name fraud --model fraud@production --registry-dir registry --redis
+  modelship deploy compose --name fraud --model fraud@production \\
+      --registry-dir registry --redis
   modelship deploy docker --file deploy.yaml --output json
-  modelship deploy k8s --file deploy.yaml --strategy canary --mesh istio
+  # canary, shadow and blue-green need kubernetes.candidate in the description:
+  modelship deploy k8s --file deploy.yaml --strategy canary --mesh istio \\
+      --out deploy/k8s
   modelship deploy lambda --model models/nepse.onnx --name nepse
-  modelship deploy ci --model models/fraud.onnx --data data/holdout.csv --label is_fraud --min auc=0.92";
+  modelship deploy ci --model models/fraud.onnx --data data/holdout.csv \\
+      --label is_fraud \\
+      --min auc=0.92";
 
 #[derive(Debug, Clone, Args)]
 pub struct DeployArgs {
@@ -228,35 +255,42 @@ pub enum DeployTarget {
 
 const K8S_HELP: &str = "\
 Writes one file per object into --out, and kustomization.yaml listing them (kubectl apply -k DIR):
-the Namespace, a ServiceAccount, the serving config as a ConfigMap, the Deployment(s) (rolling
-update maxSurge 1 / maxUnavailable 0, probes on /health/startup, /health/ready, /health/live, a
-preStop sleep of drain.delay, non-root and read-only, anti-affinity and a zone spread, Prometheus
-annotations, POD_NAME/POD_NAMESPACE), a ClusterIP Service, an HPA on CPU and the pods metric
-http_requests_per_second, a PodDisruptionBudget, an nginx Ingress with TLS, and the Prometheus
-Adapter rule that makes modelship_requests_total that metric. Kubernetes 1.30 or newer (the
+the Namespace, a ServiceAccount, the serving config as a ConfigMap, the Deployment(s) (rolling \
+update maxSurge 1 / maxUnavailable 0, probes on /health/startup, /health/ready, /health/live, a \
+preStop sleep of drain.delay, non-root and read-only, anti-affinity and a zone spread, Prometheus \
+annotations, POD_NAME/POD_NAMESPACE), a ClusterIP Service, an HPA on CPU and the pods metric \
+http_requests_per_second, a PodDisruptionBudget, an nginx Ingress with TLS, and the Prometheus \
+Adapter rule that makes modelship_requests_total that metric. Kubernetes 1.30 or newer (the \
 preStop sleep action). Nothing here talks to a cluster: review the files, then kubectl apply -k.
 
-The model reaches a pod baked into the image (model.delivery: bake) or from the registry's S3
-store by digest: an init container runs this image's `modelship models fetch` (build the image
+The model reaches a pod baked into the image (model.delivery: bake) or from the registry's S3 \
+store by digest: an init container runs this image's `modelship models fetch` (build the image \
 with --features s3) with AWS keys from a Secret you create; no key is ever written:
   kubectl -n NAMESPACE create secret generic NAME-aws \\
-      --from-literal=AWS_ACCESS_KEY_ID=... --from-literal=AWS_SECRET_ACCESS_KEY=...
+      --from-literal=AWS_ACCESS_KEY_ID=... \\
+      --from-literal=AWS_SECRET_ACCESS_KEY=...
 
 Strategies (--strategy, kubernetes.strategy):
   rolling      one Deployment replaced pod by pod (the default)
-  blue-green   NAME-blue runs the model, NAME-green the candidate; the Service selects
-               kubernetes.blue_green.active, NAME-preview the other: switch by changing it
-  canary       the candidate gets kubernetes.traffic.weight (5%) and every request with the
-               header (x-canary: true)
-  shadow       the candidate gets a copy of kubernetes.traffic.mirror (100%) of the requests
+  blue-green   NAME-blue runs the model, NAME-green the candidate; the Service
+               selects kubernetes.blue_green.active, NAME-preview the other:
+               switch by changing it
+  canary       the candidate gets kubernetes.traffic.weight (5%) and every
+               request with the header (x-canary: true)
+  shadow       the candidate gets a copy of kubernetes.traffic.mirror (100%) of
+               the requests
+blue-green, canary and shadow run a second version: the description's kubernetes.candidate \
+{version, tag (another image) or digest (another model artifact)} names it. \
 Meshes for canary and shadow (--mesh, kubernetes.mesh):
   istio        VirtualService + DestinationRule; weights are whole percents
-  gateway-api  HTTPRoute with weighted backendRefs in basis points (of 10000) and RequestMirror
-  none         one Deployment whose pods hold both versions and split by basis points themselves
-               (modelship traffic / rollout) through the control store; its Kubernetes backend
-               (MODELSHIP_CONTROL_STORE=kubernetes) needs a modelship built with the cargo
-               feature `kubernetes` and has only run against a mocked API server: set
-               control_store to a Redis URL otherwise
+  gateway-api  HTTPRoute with weighted backendRefs in basis points (of 10000)
+               and RequestMirror
+  none         one Deployment whose pods hold both versions and split by basis
+               points themselves (modelship traffic / rollout) through the
+               control store; its Kubernetes backend
+               (MODELSHIP_CONTROL_STORE=kubernetes) needs a modelship built
+               with the cargo feature `kubernetes` and has only run against a
+               mocked API server: set control_store to a Redis URL otherwise
 
 The description's kubernetes section (every key optional):
   kubernetes:
@@ -264,20 +298,28 @@ The description's kubernetes section (every key optional):
     artifact: {store: s3://models/fraud, digest: sha256:HEX}
     aws: {secret: fraud-aws, region: eu-west-1, endpoint: http://minio:9000}
     image_digest: sha256:HEX               # run IMAGE@sha256:HEX
-    resources: {requests: {cpu: 500m, memory: 512Mi}, limits: {cpu: \"1\", memory: 1Gi}}
-    autoscaling: {min_replicas: 3, max_replicas: 20, cpu_percent: 70, requests_per_second: \"100\"}
+    resources: {requests: {cpu: 500m, memory: 512Mi},
+                limits: {cpu: \"1\", memory: 1Gi}}
+    autoscaling: {min_replicas: 3, max_replicas: 20, cpu_percent: 70,
+                  requests_per_second: \"100\"}
     disruption: {min_available: 2}
     ingress: {host: fraud.example.com, tls_secret: fraud-tls, class: nginx}
     strategy: canary
     mesh: gateway-api
-    traffic: {weight: 2.5%, header: {name: x-canary, value: \"true\"}, mirror: 100%, replicas: 1}
+    traffic: {weight: 2.5%, header: {name: x-canary, value: \"true\"},
+              mirror: 100%, replicas: 1}
     candidate: {version: 1.3.0, digest: sha256:HEX, tag: 0.2.0}
     gateway: {name: public, namespace: gateway-system, section_name: https}
 
 Examples:
   modelship deploy k8s --file deploy.yaml --out deploy/k8s
-  modelship deploy k8s --file deploy.yaml --strategy canary --mesh istio --weight 5%
-  modelship deploy k8s --file deploy.yaml --strategy shadow --mesh gateway-api --mirror 12.5%
+  # canary and shadow need kubernetes.candidate in the description:
+  modelship deploy k8s --file deploy.yaml --strategy canary --mesh istio \\
+      --weight 5% \\
+      --out deploy/k8s
+  modelship deploy k8s --file deploy.yaml --strategy shadow \\
+      --mesh gateway-api --mirror 12.5% \\
+      --out deploy/k8s
   modelship deploy k8s --file deploy.yaml --namespace ml-serving --output json";
 
 #[derive(Debug, Clone, Args)]
@@ -330,6 +372,10 @@ pub struct DeployOptions {
     /// With --apply for compose or swarm: use the image as it is, do not build it first
     #[arg(long, requires = "apply")]
     pub no_build: bool,
+    /// Compose or swarm: take down what --apply started (containers, networks, the deployment's
+    /// own volumes; never a file of yours)
+    #[arg(long, conflicts_with = "apply")]
+    pub down: bool,
     /// Deployment name: project, stack and service
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -345,7 +391,8 @@ pub struct DeployOptions {
     /// Serving config to mount (the seed's serving.yaml)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Image: NAME[:TAG]
+    /// Image: NAME[:TAG]. A tag given here is used as given; otherwise the description's tag
+    /// gets the digest of what goes into the image (TAG-0123456789ab)
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
     /// Replicas (Swarm)
@@ -1065,9 +1112,40 @@ pub enum LogFormatArg {
     Text,
 }
 
+/// The `modelship ...` command lines under a help text's `Examples:`, continuation lines joined,
+/// comments dropped, split as a shell would (single quotes only: the examples use no others).
+pub fn help_examples(help: &str) -> Vec<Vec<String>> {
+    let Some((_, examples)) = help.split_once("Examples:") else { return Vec::new() };
+    let joined = examples.replace("\\\n", " ");
+    joined
+        .lines()
+        .map(|line| line.split("  #").next().unwrap_or(line).trim())
+        .filter(|line| line.starts_with("modelship ") && !line.contains("&&"))
+        .map(|line| {
+            let (mut words, mut word, mut quoted, mut any) = (Vec::new(), String::new(), false, false);
+            for c in line.chars() {
+                match c {
+                    '\'' => (quoted, any) = (!quoted, true),
+                    c if c.is_whitespace() && !quoted => {
+                        if any || !word.is_empty() {
+                            words.push(std::mem::take(&mut word));
+                        }
+                        any = false;
+                    }
+                    c => word.push(c),
+                }
+            }
+            if any || !word.is_empty() {
+                words.push(word);
+            }
+            words
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
     use super::*;
 
@@ -1140,12 +1218,34 @@ mod tests {
             let rendered = cmd.clone().term_width(80).render_help().to_string();
             // Indented lines (examples, YAML, tables) must stay whole; a prose paragraph is one
             // logical line that clap wraps to the terminal.
-            for line in after.lines().filter(|l| l.starts_with(' ') && !l.trim().is_empty()) {
+            // A word longer than a line (a sha256 digest) cannot help it.
+            let unbreakable = |l: &str| l.split_whitespace().any(|w| w.chars().count() > 60);
+            for line in after.lines().filter(|l| l.starts_with(' ') && !l.trim().is_empty() && !unbreakable(l)) {
                 if !rendered.lines().any(|r| r == line) {
                     broken.push(format!("{path}: {line} ({} columns)", line.chars().count()));
                 }
             }
         }
         assert!(broken.is_empty(), "indented help lines wrapped at 80 columns (keep them under 80):\n  {}", broken.join("\n  "));
+    }
+
+    #[test]
+    fn every_deploy_help_example_parses_as_written() {
+        let helps = [("deploy", DEPLOY_HELP), ("deploy k8s", K8S_HELP), ("deploy lambda", crate::lambda::DEPLOY_HELP), ("deploy ci", crate::deploy_ci::HELP)];
+        for (what, help) in helps {
+            let examples = help_examples(help);
+            assert!(!examples.is_empty(), "`modelship {what} --help` has no example");
+            for argv in examples {
+                if let Err(e) = Cli::try_parse_from(&argv) {
+                    panic!("`modelship {what} --help`'s example `{}` does not parse:\n{e}", argv.join(" "));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn examples_are_split_as_a_shell_would() {
+        let help = "Examples:\n  modelship deploy k8s --out deploy/k8s   # rolling\n  modelship deploy ci --a \\\n      --b 'x y'\n  make -f M && sam deploy\n";
+        assert_eq!(help_examples(help), [vec!["modelship", "deploy", "k8s", "--out", "deploy/k8s"], vec!["modelship", "deploy", "ci", "--a", "--b", "x y"]]);
     }
 }

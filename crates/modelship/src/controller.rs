@@ -42,8 +42,10 @@ A spec for controller mode (every check a prometheus query):
   checks:
     - prometheus:
         url: http://prometheus.monitoring:9090
-        query: 'sum(rate(modelship_requests_total{model=\"{{model}}\",version=\"{{candidate}}\",code=~\"5..\"}[2m]))
-                / sum(rate(modelship_requests_total{model=\"{{model}}\",version=\"{{candidate}}\"}[2m]))'
+        query: 'sum(rate(modelship_requests_total{model=\"{{model}}\",
+                  version=\"{{candidate}}\", code=~\"5..\"}[2m]))
+                / sum(rate(modelship_requests_total{model=\"{{model}}\",
+                  version=\"{{candidate}}\"}[2m]))'
         max: 0.01
   interval: 30s";
 

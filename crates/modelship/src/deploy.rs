@@ -9,9 +9,11 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use modelship_deploy::description::{self, Artifact, Build, Check, Delivery, Deployment, FeatureStore, Prometheus};
+use modelship_deploy::manifest::{self, Stale};
 use modelship_deploy::{GeneratedFile, Provenance, Target, docker};
 use serde::Serialize;
 
+use crate::deploy_preflight::{self as preflight, NeededImage, Published};
 use crate::cli::{DeliveryArg, DeployArgs, DeployOptions, DeployTarget, K8sOptions, K8sStrategyArg, MeshArg, OutputFormat};
 use crate::lambda::{ApiArg, ArchitectureArg, LambdaOptions};
 
@@ -25,6 +27,15 @@ pub fn main(args: DeployArgs) -> ExitCode {
         DeployTarget::Ci(o) => return crate::deploy_ci::main(&o),
     };
     let flags = Flags { k8s: k8s.as_ref(), lambda: lambda.as_ref() };
+    if options.down {
+        return match down(target, &options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(target, &options, flags) {
         Ok(summary) => {
             print(&summary, options.output);
@@ -91,6 +102,7 @@ fn run(target: Target, o: &DeployOptions, flags: Flags<'_>) -> anyhow::Result<Su
     // relative to the output directory, where those files are read.
     let absolute = |p: &str| normalize(&base.join(p)).to_string_lossy().into_owned();
     let model_file = deployment.model.file.as_deref().map(absolute);
+    let registry_dir = deployment.model.registry_dir.as_deref().map(absolute);
     let config_file = deployment.config.as_deref().map(absolute);
     let relative = |p: &str| description::relative_path(&out.to_string_lossy(), &absolute(p));
     if target != Target::Docker {
@@ -129,17 +141,34 @@ fn run(target: Target, o: &DeployOptions, flags: Flags<'_>) -> anyhow::Result<Su
         bail!("the model file {file} does not exist; give an existing .onnx file (model.file, or --model)");
     }
 
+    for ignored in modelship_deploy::ignored::ignored(target, &deployment) {
+        eprintln!("warning: {}", ignored.message(target));
+    }
+    // A tag typed on the command line (--image NAME:TAG) is the caller's; the description's gets
+    // the digest of what goes into the image, so no image of an older description or binary
+    // is ever taken for this one.
+    let typed_tag = o.image.as_deref().is_some_and(|i| i.rsplit_once(':').is_some_and(|(_, t)| !t.contains('/')));
+    if matches!(target, Target::Docker | Target::Compose | Target::Swarm) && !typed_tag {
+        deployment.image.tag = content_tag(&deployment, model_file.as_deref())?;
+    }
+
     let provenance = Provenance::new(command_line());
-    let files = modelship_deploy::render(target, &deployment, &provenance);
+    let mut files = modelship_deploy::render(target, &deployment, &provenance);
+    let builds = o.apply && (target == Target::Docker || !o.no_build);
+    if builds && target != Target::Docker {
+        // Compose and Swarm need the Dockerfile too; it is written beside their files.
+        files.extend(docker::render(&deployment, &provenance));
+    }
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create the output directory {}", out.display()))?;
-    let written = write(&out, &files)?;
+    let written = write_generation(&out, target, &files)?;
     let mut summary = Summary { target, out: out.clone(), files: written, image: deployment.image.reference(), applied: None };
     if !o.apply {
         return Ok(summary);
     }
+    preflight_checks(&deployment, target, o, registry_dir.as_deref().map(Path::new))?;
     let mut applied = Applied::default();
-    if target == Target::Docker || !o.no_build {
-        let built = build_image(&deployment, target, &out, &base, model_file.as_deref())?;
+    if builds {
+        let built = build_image(&deployment, &out, &base, model_file.as_deref())?;
         applied.build_seconds = Some(built);
         applied.image_bytes = image_size(&deployment.image.reference());
     }
@@ -149,7 +178,7 @@ fn run(target: Target, o: &DeployOptions, flags: Flags<'_>) -> anyhow::Result<Su
             let file = out.join(modelship_deploy::compose::FILE);
             let mut cmd = compose_command()?;
             cmd.args(["-p", &deployment.name, "-f"]).arg(&file).args(["up", "-d", "--remove-orphans"]);
-            run_tool(cmd, "docker-compose up", "is the Docker engine running, and the image built (drop --no-build)?")?;
+            run_tool(cmd, "docker-compose up", "is the Docker engine running? (its output is below)")?;
             applied.started = Some(format!("docker-compose -p {} -f {} up -d", deployment.name, file.display()));
         }
         Target::Swarm => {
@@ -162,6 +191,285 @@ fn run(target: Target, o: &DeployOptions, flags: Flags<'_>) -> anyhow::Result<Su
     }
     summary.applied = Some(applied);
     Ok(summary)
+}
+
+/// The description's tag with the digest of the build's inputs: the Dockerfile (rendered without
+/// its header, which names the command line), this binary, the ONNX Runtime library it packages
+/// and a baked model. A source build's binary is compiled from the repository, which is not
+/// hashed: this binary's digest stands for its version there.
+fn content_tag(d: &Deployment, model_file: Option<&str>) -> anyhow::Result<String> {
+    let mut inputs: Vec<(&str, String)> =
+        docker::render(d, &Provenance::new("modelship deploy")).into_iter().map(|f| (f.path, manifest::digest(f.contents.as_bytes()))).collect();
+    let exe = std::env::current_exe().context("cannot find this binary to digest it")?;
+    inputs.push((docker::STAGED_BINARY, file_digest(&exe)?));
+    if d.image.build == Build::Binary
+        && let Ok(library) = modelship_onnx::library::locate(std::env::var_os("ORT_DYLIB_PATH").as_deref().map(Path::new))
+    {
+        inputs.push((docker::STAGED_LIBRARY, file_digest(&library)?));
+    }
+    if d.model.delivery == Delivery::Bake
+        && let Some(file) = model_file
+    {
+        inputs.push((docker::STAGED_MODEL_DIR, file_digest(Path::new(file))?));
+    }
+    Ok(docker::content_tag(&d.image.tag, &inputs))
+}
+
+/// `sha256:HEX` of a file, read in pieces (a debug binary is hundreds of megabytes).
+fn file_digest(path: &Path) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {} to digest it", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("cannot read {} to digest it", path.display()))?;
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
+/// Writes this generation's files and `.modelship-generated`, removing the files the previous
+/// generation of this target wrote and this one does not, unless they changed since.
+fn write_generation(out: &Path, target: Target, files: &[GeneratedFile]) -> anyhow::Result<Vec<WrittenFile>> {
+    let manifest_path = out.join(manifest::FILE);
+    let previous = std::fs::read_to_string(&manifest_path).map(|t| manifest::parse(&t)).unwrap_or_default();
+    let written = write(out, files)?;
+    let digests: Vec<(&str, String)> = files.iter().map(|f| (f.path, manifest::digest(f.contents.as_bytes()))).collect();
+    let (next, stale) = manifest::reconcile(&previous, target, &digests, |p| std::fs::read(out.join(p)).ok().map(|b| manifest::digest(&b)));
+    for file in stale {
+        match file {
+            Stale::Remove(path) => {
+                let path = out.join(path);
+                std::fs::remove_file(&path).with_context(|| format!("cannot remove {}, which this generation no longer writes", path.display()))?;
+                eprintln!("removed {}: the previous generation wrote it, this one does not", path.display());
+            }
+            Stale::KeepEdited(path) => eprintln!(
+                "warning: kept {}: the previous generation wrote it and this one does not, but it changed since; remove it if it is not yours",
+                out.join(path).display()
+            ),
+        }
+    }
+    let tmp = out.join(format!("{}.tmp", manifest::FILE));
+    std::fs::write(&tmp, manifest::render(&next)).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &manifest_path).with_context(|| format!("cannot write {}", manifest_path.display()))?;
+    Ok(written)
+}
+
+/// What `--apply` checks before it builds or starts anything, every problem at once.
+fn preflight_checks(d: &Deployment, target: Target, o: &DeployOptions, registry_dir: Option<&Path>) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    if matches!(target, Target::Compose | Target::Swarm) {
+        if let Some(dir) = registry_dir {
+            problems.extend(registry_check(dir));
+        }
+        problems.extend(ports_check(d, target));
+    }
+    for image in needed_images(d, target, o) {
+        if let Err(pull) = have_image(&image.reference) {
+            problems.push(preflight::image_problem(&image, &pull));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    bail!("nothing was started; --apply checked first and found:\n  - {}", problems.join("\n  - "))
+}
+
+fn registry_check(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Some(format!(
+            "the registry directory {} does not exist: push a model into it first (`modelship models push NAME FILE.onnx --registry {0}`), or fix model.registry_dir",
+            dir.display()
+        ));
+    };
+    let access = |path: &Path, meta: &std::fs::Metadata| {
+        // Without getfacl (package acl) a file is judged by its mode bits alone.
+        let acl = Command::new("getfacl").args(["-cn", "--"]).arg(path).output().ok().filter(|o| o.status.success());
+        let acl = acl.map(|o| preflight::parse_acl(&String::from_utf8_lossy(&o.stdout))).unwrap_or_default();
+        preflight::Access { uid: meta.uid(), gid: meta.gid(), mode: meta.mode(), acl }
+    };
+    let mut files = vec![(dir.display().to_string(), access(dir, &meta), true)];
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with("registry.db")
+            && let Ok(meta) = entry.metadata()
+        {
+            files.push((path.display().to_string(), access(&path, &meta), false));
+        }
+    }
+    preflight::registry_problem(dir, &files)
+}
+
+fn ports_check(d: &Deployment, target: Target) -> Vec<String> {
+    let mut wanted = Vec::new();
+    if d.ports.publish {
+        wanted.push(Published { port: d.ports.http, key: "ports.http", loopback: false });
+        wanted.push(Published { port: d.ports.grpc, key: "ports.grpc", loopback: false });
+    }
+    if target == Target::Compose {
+        if d.ports.publish_admin {
+            wanted.push(Published { port: d.ports.admin, key: "ports.admin", loopback: true });
+        }
+        if let Some(prom) = &d.prometheus {
+            wanted.push(Published { port: prom.port, key: "prometheus.port", loopback: true });
+        }
+    }
+    let listing = match target {
+        Target::Swarm => docker_lines(&["service", "ls", "--filter", &format!("label=com.docker.stack.namespace={}", d.name), "--format", "{{.Ports}}"]),
+        _ => docker_lines(&["ps", "--filter", &format!("label=com.docker.compose.project={}", d.name), "--format", "{{.Ports}}"]),
+    };
+    let own = preflight::published_ports(&listing.join("\n"));
+    let in_use = |p: &Published| {
+        let host = if p.loopback { "127.0.0.1" } else { "0.0.0.0" };
+        std::net::TcpListener::bind((host, p.port)).is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+    };
+    preflight::port_problems(&wanted, in_use, &own)
+}
+
+/// The images `--apply` runs or builds from, each with the key that names it and its remedy.
+fn needed_images(d: &Deployment, target: Target, o: &DeployOptions) -> Vec<NeededImage> {
+    let mut images = Vec::new();
+    let builds = target == Target::Docker || !o.no_build;
+    if builds {
+        let bases = &d.image.bases;
+        let mut base = |reference: &str, key: &'static str, remedy: &str| images.push(NeededImage { reference: reference.to_owned(), key, remedy: remedy.to_owned() });
+        base(&bases.tools, "image.bases.tools", "pass --tools-image with a Debian-like image this engine has (bash, ldd, cp; in modelship's repository, scripts/docker-test-images.sh builds modelship-test/bookworm:12)");
+        if d.image.build == Build::Source {
+            base(&bases.rust, "image.bases.rust", "set image.bases.rust to a Rust image this engine has, or use image.build: binary");
+            base(&bases.python, "image.bases.python", "set image.bases.python to a Python image this engine has, or use image.build: binary");
+        }
+    } else {
+        images.push(NeededImage {
+            reference: d.image.reference(),
+            key: "--no-build",
+            remedy: "--no-build runs the image as it is: build it with `modelship deploy docker --apply` and the same description \
+                     (the tag carries the digest of the description's image and of this binary), or drop --no-build, \
+                     or name an image this engine has with --image NAME:TAG"
+                .to_owned(),
+        });
+    }
+    if matches!(target, Target::Compose | Target::Swarm) {
+        if let Some(store) = d.feature_store.as_ref().filter(|s| s.service) {
+            images.push(NeededImage { reference: store.image.clone(), key: "feature_store.image", remedy: preflight::auxiliary_remedy("feature_store.image", "modelship-test/redis:7") });
+        }
+        if let Some(prom) = &d.prometheus {
+            images.push(NeededImage { reference: prom.image.clone(), key: "prometheus.image", remedy: preflight::auxiliary_remedy("prometheus.image", "modelship-test/prometheus:2") });
+        }
+    }
+    images
+}
+
+/// Ok when the engine has the image or pulls it; else the pull's last line.
+fn have_image(reference: &str) -> Result<(), String> {
+    if Command::new("docker").args(["image", "inspect", reference]).output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    match Command::new("docker").args(["pull", "-q", reference]).stdin(std::process::Stdio::null()).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("docker pull failed").to_owned()),
+        Err(e) => Err(format!("cannot run docker: {e}")),
+    }
+}
+
+/// A docker listing's non-empty lines (none when docker fails: the checks then find nothing).
+fn docker_lines(args: &[&str]) -> Vec<String> {
+    let Ok(out) = Command::new("docker").args(args).output() else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect()
+}
+
+/// `--down`: removes what `--apply` started, found by the label Compose or Swarm puts on it:
+/// containers, networks and the project's or stack's own volumes. Bind-mounted host
+/// directories are not volumes, so no file of the user's is touched.
+fn down(target: Target, o: &DeployOptions) -> anyhow::Result<()> {
+    let (kind, label) = match target {
+        Target::Compose => ("Compose project", "com.docker.compose.project"),
+        Target::Swarm => ("Swarm stack", "com.docker.stack.namespace"),
+        other => bail!("--down takes down what `deploy compose --apply` or `deploy swarm --apply` started; deploy {} starts nothing", other.cli_name()),
+    };
+    let name = down_name(o)?;
+    let filter = format!("label={label}={name}");
+    let list = |what: &[&str]| -> anyhow::Result<Vec<String>> {
+        let out = Command::new("docker").args(what).args(["--filter", &filter]).output().context("cannot run docker (is it installed?)")?;
+        if !out.status.success() {
+            bail!("docker {} failed: {} (is the Docker engine running?)", what.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect())
+    };
+    let services = if target == Target::Swarm { list(&["service", "ls", "-q"])? } else { Vec::new() };
+    let containers = list(&["ps", "-aq"])?;
+    let networks = list(&["network", "ls", "-q"])?;
+    let volumes = own_volumes(target, &name, list(&["volume", "ls", "-q"])?);
+    if services.is_empty() && containers.is_empty() && networks.is_empty() && volumes.is_empty() {
+        println!("nothing to take down: no container, network or volume of the {kind} {name} (`modelship deploy {} --apply` makes them)", target.cli_name());
+        return Ok(());
+    }
+    if target == Target::Swarm {
+        if !services.is_empty() {
+            let mut cmd = Command::new("docker");
+            cmd.args(["stack", "rm", &name]);
+            run_tool(cmd, "docker stack rm", "is this engine the swarm's manager?")?;
+        }
+        // The stack's tasks stop after `stack rm` returns; their volumes are in use until then.
+        let deadline = Instant::now() + std::time::Duration::from_secs(120);
+        while !list(&["ps", "-aq"])?.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+    let remove = |args: &[&str], ids: Vec<String>, what: &str| -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = Command::new("docker");
+        cmd.args(args).args(&ids);
+        run_tool(cmd, what, "is the Docker engine running?")
+    };
+    remove(&["rm", "-f", "-v"], list(&["ps", "-aq"])?, "docker rm")?;
+    // Networks go once their containers are gone (`stack rm` removes its own, in the background).
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    let mut left = list(&["network", "ls", "-q"])?;
+    while !left.is_empty() && target == Target::Swarm && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        left = list(&["network", "ls", "-q"])?;
+    }
+    remove(&["network", "rm"], left, "docker network rm")?;
+    remove(&["volume", "rm"], own_volumes(target, &name, list(&["volume", "ls", "-q"])?), "docker volume rm")?;
+    let summary = serde_json::json!({"target": target, "down": name, "services": services.len(), "containers": containers.len(), "networks": networks.len(), "volumes": volumes.len()});
+    if o.output == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&summary).expect("summary serializes"));
+    } else {
+        let services = if target == Target::Swarm { format!("{} service(s), ", services.len()) } else { String::new() };
+        println!("took down the {kind} {name}: {services}{} container(s), {} network(s), {} volume(s) removed", containers.len(), networks.len(), volumes.len());
+    }
+    Ok(())
+}
+
+/// The labelled volumes plus, for a stack, its replica slots' state volumes by the names the
+/// stack file gives them (`NAME-3-state`), which the engine creates on each node.
+fn own_volumes(target: Target, name: &str, mut labelled: Vec<String>) -> Vec<String> {
+    if target == Target::Swarm {
+        for volume in docker_lines(&["volume", "ls", "-q", "--filter", &format!("name={name}-")]) {
+            if is_slot_volume(name, &volume) && !labelled.contains(&volume) {
+                labelled.push(volume);
+            }
+        }
+    }
+    labelled
+}
+
+fn is_slot_volume(name: &str, volume: &str) -> bool {
+    volume.strip_prefix(name).and_then(|r| r.strip_prefix('-')).and_then(|r| r.strip_suffix("-state")).is_some_and(|slot| !slot.is_empty() && slot.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// The deployment's name for `--down`: `--name`, else the description's `name:`.
+fn down_name(o: &DeployOptions) -> anyhow::Result<String> {
+    if let Some(name) = &o.name {
+        return Ok(name.clone());
+    }
+    let file = o.file.clone().or_else(|| Some(PathBuf::from("deploy.yaml")).filter(|p| p.is_file()));
+    let Some(file) = file else { bail!("--down needs the deployment's name: --name NAME, or --file DESCRIPTION with `name:` in it") };
+    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read the deployment description {}", file.display()))?;
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).with_context(|| format!("{} is not YAML", file.display()))?;
+    match value.get("name").and_then(|n| n.as_str()) {
+        Some(name) => Ok(name.to_owned()),
+        None => bail!("{} has no `name:`; --down needs the deployment's name (--name NAME)", file.display()),
+    }
 }
 
 /// One row of zeros as wide as the model's `[N, F]` input: the traffic hooks' default request.
@@ -189,6 +497,17 @@ fn load(o: &DeployOptions, flags: Flags<'_>, cwd: &Path) -> anyhow::Result<(Depl
     };
     if value.is_null() {
         value = serde_yaml_ng::Value::Mapping(Default::default());
+    }
+    // --model replaces the description's model source: a registry reference drops its file (and
+    // a bake, which needs one), a file drops its registry.
+    if let Some(model) = &o.model
+        && let Some(section) = value.get_mut("model").and_then(serde_yaml_ng::Value::as_mapping_mut)
+    {
+        let reference = modelship_registry::ModelRef::looks_like_reference(model) && !Path::new(model).exists();
+        let drop: &[&str] = if reference { &["file", "delivery"] } else { &["registry", "registry_dir"] };
+        for key in drop {
+            section.remove(*key);
+        }
     }
     let mut set = |path: &[&str], v: serde_yaml_ng::Value| -> anyhow::Result<()> {
         let mut node = &mut value;
@@ -329,7 +648,7 @@ fn write(out: &Path, files: &[GeneratedFile]) -> anyhow::Result<Vec<WrittenFile>
 
 /// Builds the image; returns the seconds `docker build` took. With `image.build: binary`, this
 /// very binary, the ONNX Runtime library it finds and a baked model are staged in `out` first.
-fn build_image(d: &Deployment, target: Target, out: &Path, base: &Path, model_file: Option<&str>) -> anyhow::Result<f64> {
+fn build_image(d: &Deployment, out: &Path, base: &Path, model_file: Option<&str>) -> anyhow::Result<f64> {
     let context = match d.image.build {
         Build::Binary => {
             stage(out, d, model_file)?;
@@ -337,11 +656,6 @@ fn build_image(d: &Deployment, target: Target, out: &Path, base: &Path, model_fi
         }
         Build::Source => base.to_path_buf(),
     };
-    if target != Target::Docker {
-        // Compose and Swarm need the Dockerfile too; write it beside their files.
-        let files = docker::render(d, &Provenance::new(command_line()));
-        write(out, &files)?;
-    }
     let mut cmd = Command::new("docker");
     cmd.args(["build", "-t", &d.image.reference(), "-f"]).arg(out.join(docker::DOCKERFILE)).arg(&context);
     let started = Instant::now();
@@ -498,10 +812,16 @@ fn print(summary: &Summary, format: OutputFormat) {
             let size = applied.image_bytes.map(|b| format!(", {:.1} MB", b as f64 / 1e6)).unwrap_or_default();
             println!("built {} in {seconds:.1} s{size}", summary.image);
         }
+        if applied.build_seconds.is_none() {
+            println!("image {} (--no-build: used as it is)", summary.image);
+        }
         if let Some(started) = &applied.started {
             println!("started: {started}");
         }
     } else {
+        if matches!(summary.target, Target::Docker | Target::Compose | Target::Swarm) {
+            println!("image {}", summary.image);
+        }
         let next = match summary.target {
             Target::Docker => "add --apply to build the image",
             Target::Compose => "add --apply to build the image and start it (docker-compose up -d)",
@@ -516,6 +836,13 @@ fn print(summary: &Summary, format: OutputFormat) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stacks_slot_volumes_are_its_own_and_nothing_else() {
+        for (volume, own) in [("fraud-1-state", true), ("fraud-12-state", true), ("fraud-state", false), ("fraud-x-state", false), ("fraud-1-state2", false), ("fraudx-1-state", false)] {
+            assert_eq!(is_slot_volume("fraud", volume), own, "{volume}");
+        }
+    }
 
     #[test]
     fn a_packaged_binary_must_have_the_features_the_description_needs() {

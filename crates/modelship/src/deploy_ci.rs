@@ -15,38 +15,45 @@ use serde_json::json;
 use crate::cli::OutputFormat;
 
 pub const HELP: &str = "\
-Writes .github/workflows/deploy.yml (under --out, default the current directory: run it at the
+Writes .github/workflows/deploy.yml (under --out, default the current directory: run it at the \
 repository's root): the seed's pipeline with each step a modelship command and an exit code.
   test        --test-command (default: make test)
-  validate    modelship validate MODEL with the thresholds given (--min, --max, --max-p99,
-              --max-memory), then against production (--against, default NAME@production): the
-              contract, --max-drop and --max-psi on the same rows; reports in the job summary and,
-              on a pull request, a comment
-  build       the image of `modelship deploy docker --apply`, pushed (ghcr.io/OWNER/REPO/NAME by
-              default, --image); pushes to --branch only, never pull requests
-  staging     the target's files applied with the new image, the version pushed to the registry
-              under the alias staging, a smoke test (readiness, metadata, and with --smoke-request,
-              that the new version answers /v1/predict)
-  production  behind the environment `production` (give it required reviewers: the approval),
-              the image rolled out, the canary as `modelship rollout start --wait`, run inside a
-              server's container (exit 0 promoted, 3 rolled back, 4 timed out), then the alias
-              production moves
-Targets: kubernetes (kubectl with the environment's KUBECONFIG secret), compose and swarm (a Docker
-host over SSH: DOCKER_HOST variable, SSH_PRIVATE_KEY and SSH_KNOWN_HOSTS secrets), lambda (sam
-build and sam deploy of --sam-template, the canary being its DeploymentPreference; AWS through
-OpenID Connect: AWS_ROLE_ARN and AWS_REGION variables). The servers load versions from the
+  validate    modelship validate MODEL with the thresholds given (--min, --max,
+              --max-p99, --max-memory), then against production (--against,
+              default NAME@production): the contract, --max-drop and --max-psi
+              on the same rows; reports in the job summary and, on a pull
+              request, a comment
+  build       the image of `modelship deploy docker --apply`, pushed
+              (ghcr.io/OWNER/REPO/NAME by default, --image); pushes to --branch
+              only, never pull requests
+  staging     the target's files applied with the new image, the version pushed
+              to the registry under the alias staging, a smoke test (readiness,
+              metadata, and with --smoke-request, that the new version answers
+              /v1/predict)
+  production  behind the environment `production` (give it required reviewers:
+              the approval), the image rolled out, the canary as `modelship
+              rollout start --wait`, run inside a server's container (exit 0
+              promoted, 3 rolled back, 4 timed out), then the alias production
+              moves
+Targets: kubernetes (kubectl with the environment's KUBECONFIG secret), compose and swarm (a Docker \
+host over SSH: DOCKER_HOST variable, SSH_PRIVATE_KEY and SSH_KNOWN_HOSTS secrets), lambda (sam \
+build and sam deploy of --sam-template, the canary being its DeploymentPreference; AWS through \
+OpenID Connect: AWS_ROLE_ARN and AWS_REGION variables). The servers load versions from the \
 registry the workflow pushes to (MODELSHIP_REGISTRY, MODELSHIP_ARTIFACTS repository variables).
 
-Actions are pinned to their current major versions, every job asks only for the permissions it
-uses, secrets reach only the step that needs them and are never printed, and no value is pasted
-into a script: scripts read it from env. The test suite checks every target's workflow with
+Actions are pinned to their current major versions, every job asks only for the permissions it \
+uses, secrets reach only the step that needs them and are never printed, and no value is pasted \
+into a script: scripts read it from env. The test suite checks every target's workflow with \
 actionlint and shellcheck.
 
 Examples:
-  modelship deploy ci --model models/fraud.onnx --data data/holdout.csv --label is_fraud \\
-      --min auc=0.92 --min accuracy=0.9 --max log_loss=0.3 --max-drop auc=0.005 --max-p99 20ms
-  modelship deploy ci --target compose --file deploy.yaml --spec canary.yaml --max-p99 5ms
-  modelship deploy ci --target lambda --model models/fraud.onnx --sam-template deploy/template.yaml";
+  modelship deploy ci --model models/fraud.onnx --data data/holdout.csv \\
+      --label is_fraud --min auc=0.92 --min accuracy=0.9 --max log_loss=0.3 \\
+      --max-drop auc=0.005 --max-p99 20ms
+  modelship deploy ci --target compose --file deploy.yaml --spec canary.yaml \\
+      --max-p99 5ms
+  modelship deploy ci --target lambda --model models/fraud.onnx \\
+      --sam-template deploy/template.yaml";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CiTargetArg {
@@ -131,9 +138,10 @@ pub struct CiOptions {
     /// Lambda: the SAM template in the repository (`modelship deploy lambda` writes one)
     #[arg(long, value_name = "FILE", default_value = "deploy/template.yaml")]
     pub sam_template: String,
-    /// Lambda: the stacks of staging and production [default: NAME-staging, NAME]
+    /// Lambda: staging's stack [default: NAME-staging]
     #[arg(long, value_name = "STACK")]
     pub staging_stack: Option<String>,
+    /// Lambda: production's stack [default: NAME]
     #[arg(long, value_name = "STACK")]
     pub production_stack: Option<String>,
     /// Lambda: an event in the repository for the smoke test (sam remote invoke)

@@ -48,36 +48,49 @@ Examples:
 /// `modelship deploy lambda --help`.
 pub const DEPLOY_HELP: &str = "\
 Writes into --out:
-  template.yaml  the SAM template: the function (runtime provided.al2023, bootstrap = modelship
-                 built with --features lambda, one architecture, memory, timeout), its API event
-                 (POST /predict, /v1/predict, /v2/models/{model}/infer on a REST API, an HTTP API,
-                 or a function URL), AutoPublishAlias with provisioned concurrency, a
-                 DeploymentPreference (a CodeDeploy preset) rolled back by alarms on the new
-                 version's Lambda errors, its 5xx answers and its p99 duration, and pre/post
-                 traffic hooks that send the check request and a bad one to the new version (then
-                 the alias) and tell CodeDeploy; with the model in S3, read access to its prefix only
-  Makefile       `make -f OUT/Makefile package` builds the bootstrap for the architecture, takes
-                 ONNX Runtime's library from the onnxruntime wheel and lays out OUT/package/
+  template.yaml  the SAM template: the function (runtime provided.al2023,
+                 bootstrap = modelship built with --features lambda, one
+                 architecture, memory, timeout), its API event (POST /predict,
+                 /v1/predict, /v2/models/{model}/infer on a REST API, an HTTP
+                 API, or a function URL), AutoPublishAlias with provisioned
+                 concurrency, a DeploymentPreference (a CodeDeploy preset)
+                 rolled back by alarms on the new version's Lambda errors, its
+                 5xx answers and its p99 duration, and pre/post traffic hooks
+                 that send the check request and a bad one to the new version
+                 (then the alias) and tell CodeDeploy; with the model in S3,
+                 read access to its prefix only
+  Makefile       `make -f OUT/Makefile package` builds the bootstrap for the
+                 architecture, takes ONNX Runtime's library from the
+                 onnxruntime wheel and lays out OUT/package/
 Nothing here talks to AWS: then `sam deploy --template-file OUT/template.yaml --guided`.
 
 The description's lambda section (every key optional; the seed's values are the defaults):
   lambda:
-    architecture: x86_64          # or arm64 (Graviton: cross-built with aarch64-linux-gnu-gcc)
+    # or arm64 (Graviton: cross-built with aarch64-linux-gnu-gcc)
+    architecture: x86_64
     memory: 1024                  # MB, 128-10240
     timeout: 30s                  # at most 900s
     api: rest                     # rest | http | url
     provisioned_concurrency: 5    # 0: none
     alias: live
-    deployment: Linear10PercentEvery1Minute   # Canary10Percent5Minutes, AllAtOnce, ...
+    # Canary10Percent5Minutes, AllAtOnce, ...
+    deployment: Linear10PercentEvery1Minute
     alarms: {server_errors: 0, latency_p99_ms: 1000}
-    check: {features: [[0.01, -0.02, 1.3, 0.017]]}   # default: zeros, the model's input width
-    artifact: {store: s3://models/nepse, digest: sha256:HEX}   # else model.file is packaged
+    # default: zeros, the model's input width
+    check: {features: [[0.01, -0.02, 1.3, 0.017]]}
+    # else model.file is packaged
+    artifact: {store: s3://models/nepse, digest: sha256:HEX}
 
 Examples:
-  modelship deploy lambda --model models/nepse.onnx --name nepse --out deploy/lambda
-  modelship deploy lambda --file deploy.yaml --architecture arm64 --deployment Canary10Percent5Minutes
-  modelship deploy lambda --name nepse --artifacts s3://models/nepse --digest sha256:HEX --check '[[0, 0, 1, 0]]'
-  make -f deploy/lambda/Makefile package && sam deploy --template-file deploy/lambda/template.yaml --guided";
+  modelship deploy lambda --model models/nepse.onnx --name nepse \\
+      --out deploy/lambda
+  modelship deploy lambda --file deploy.yaml --architecture arm64 \\
+      --deployment Canary10Percent5Minutes
+  modelship deploy lambda --name nepse --artifacts s3://models/nepse \\
+      --digest sha256:608b7f20c1d1e3f0a5b6c7d8e9f00112233445566778899aabbccddeeff00112 \\
+      --check '[[0, 0, 1, 0]]'
+  make -f deploy/lambda/Makefile package && \\
+      sam deploy --template-file deploy/lambda/template.yaml --guided";
 
 #[derive(Debug, Clone, Args)]
 pub struct LambdaOptions {

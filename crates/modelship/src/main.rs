@@ -6,6 +6,7 @@ mod config;
 mod controller;
 mod deploy;
 mod deploy_ci;
+mod deploy_preflight;
 mod features;
 mod healthcheck;
 mod lambda;

@@ -257,6 +257,22 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_api_is_the_flag_else_modelship_admin_url_else_the_default() {
+        use std::collections::BTreeMap;
+        let base = |flag: Option<&str>, url: Option<&str>| {
+            let mut env = BTreeMap::from([("MODELSHIP_ADMIN_TOKEN", "t")]);
+            if let Some(url) = url {
+                env.insert("MODELSHIP_ADMIN_URL", url);
+            }
+            Admin::connect(flag.map(str::to_owned), None, &env).unwrap().base
+        };
+        assert_eq!(base(None, None), "http://127.0.0.1:8001");
+        // What the generated containers set, so `docker exec ... modelship traffic` finds the server.
+        assert_eq!(base(None, Some("http://127.0.0.1:18001/")), "http://127.0.0.1:18001");
+        assert_eq!(base(Some("http://10.0.0.5:9001"), Some("http://127.0.0.1:18001")), "http://10.0.0.5:9001");
+    }
+
+    #[test]
     fn status_reads_as_a_table_of_versions() {
         let status: TrafficStatus = serde_json::from_str(STATUS).unwrap();
         assert_eq!(

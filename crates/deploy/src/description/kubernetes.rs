@@ -442,7 +442,7 @@ impl Deployment {
         let needs_candidate = k.strategy == KubeStrategy::BlueGreen || meshed;
         match &k.candidate {
             None if needs_candidate => p.push(format!(
-                "kubernetes.strategy {} runs a second version: give kubernetes.candidate {{version, digest or tag}}",
+                "kubernetes.strategy {} runs a second version: give kubernetes.candidate {{version, digest or tag}} in the description, e.g. `kubernetes: {{candidate: {{version: \"2\", tag: 0.2.0}}}}` (a new image tag) or `{{version: \"2\", digest: sha256:...}}` (a new model artifact)",
                 serde_json::to_value(k.strategy).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
             )),
             None => {}
@@ -674,7 +674,7 @@ mod tests {
                 "kubernetes.traffic.weight is 100%: that is a promotion, not a canary; use strategy: rolling or blue-green",
             ]),
             ("", "{ARTIFACT, strategy: shadow, traffic: {mirror: 101%}, candidate: {version: '2', tag: '9'}}", &["kubernetes.traffic.mirror '101%' is not between 0% and 100%"]),
-            ("", "{ARTIFACT, strategy: canary}", &["kubernetes.strategy canary runs a second version: give kubernetes.candidate {version, digest or tag}"]),
+            ("", "{ARTIFACT, strategy: canary}", &["kubernetes.strategy canary runs a second version: give kubernetes.candidate {version, digest or tag} in the description, e.g. `kubernetes: {candidate: {version: \"2\", tag: 0.2.0}}` (a new image tag) or `{version: \"2\", digest: sha256:...}` (a new model artifact)"]),
             ("", "{ARTIFACT, strategy: canary, mesh: none, candidate: {version: '2', tag: '9'}, rollout: {spec: 'a:b.yaml'}}", &[
                 "kubernetes.rollout drives a mesh's route: it needs strategy canary or shadow with mesh istio or gateway-api (without a mesh the pods run rollouts themselves: modelship rollout start)",
                 "kubernetes.rollout.spec 'a:b.yaml' holds ':' ',' or a control character, which volume definitions cannot carry; rename the path",

@@ -269,6 +269,28 @@ fn runnable_pages(docs: &Path, readme: &Path) -> Vec<(String, String, PathBuf)> 
     pages
 }
 
+/// The images a description names by default, which these machines cannot pull, and the
+/// stand-ins `scripts/docker-test-images.sh` builds from Debian's packages. Each missing one is
+/// tagged with the default's name, so the pages' `--apply` commands run as written.
+const STAND_INS: &[(&str, &str)] = &[
+    ("debian:bookworm-slim", "modelship-test/bookworm:12"),
+    ("redis:7.4-bookworm", "modelship-test/redis:7"),
+    ("prom/prometheus:v2.53.4", "modelship-test/prometheus:2"),
+];
+
+fn stand_in_images() {
+    let has = |image: &str| Command::new("docker").args(["image", "inspect", image]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    for (default, stand_in) in STAND_INS {
+        if has(default) {
+            continue;
+        }
+        assert!(has(stand_in), "neither {default} nor its stand-in {stand_in} is on the Docker engine: run scripts/setup.sh --test (it runs scripts/docker-test-images.sh)");
+        let tagged = Command::new("docker").args(["tag", stand_in, default]).status().unwrap();
+        assert!(tagged.success(), "docker tag {stand_in} {default}");
+        eprintln!("docs: {default} is the stand-in {stand_in} (no image can be pulled here)");
+    }
+}
+
 /// Runs the pages (those whose name contains `only`, when given); returns every outcome.
 fn run_docs(docs: &Path, readme: &Path, only: Option<&str>) -> Vec<Outcome> {
     let scratch = tempfile::tempdir().unwrap();
@@ -313,6 +335,10 @@ fn docs_root() -> PathBuf {
 #[test]
 fn docs_command_blocks_run_as_written() {
     let only = std::env::var("MODELSHIP_DOCS_PAGE").ok();
+    // The deploy pages build and run containers, on the ports the Docker tests use too.
+    let engine = crate::docker::engine("docs_command_blocks_run_as_written");
+    assert!(engine.is_some(), "the docs' deploy pages need a Docker engine");
+    stand_in_images();
     let outcomes = run_docs(&docs_root(), &root().join("README.md"), only.as_deref());
     assert!(!outcomes.is_empty(), "no page ran");
     let failures: Vec<String> = outcomes.iter().filter_map(|o| o.error.clone()).collect();

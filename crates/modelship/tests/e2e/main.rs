@@ -12,6 +12,7 @@ mod hostile;
 #[cfg(feature = "s3")]
 mod fleet;
 mod bad_input;
+mod deploy_checks;
 mod docker;
 mod docs;
 mod edge;

@@ -96,7 +96,7 @@ fn swarm_rolls_an_image_update_under_load_replaces_a_killed_replica_and_splits_t
     )
     .unwrap();
     let started = Instant::now();
-    sh(command().current_dir(dir.path()).args(["deploy", "swarm", "--file", "deploy.yaml", "--out", "out", "--apply", "--no-build"]));
+    sh(command().current_dir(dir.path()).args(["deploy", "swarm", "--file", "deploy.yaml", "--out", "out", "--apply", "--no-build", "--image", IMAGE]));
     wait_for("3 healthy replicas", Duration::from_secs(120), || healthy().len() == 3);
     eprintln!("swarm: 3 replicas healthy {:.1} s after `deploy swarm --apply` began", started.elapsed().as_secs_f64());
 
@@ -175,6 +175,17 @@ fn swarm_rolls_an_image_update_under_load_replaces_a_killed_replica_and_splits_t
     assert!(failed.is_empty(), "after promotion: {failed:?}");
     assert_eq!(after.keys().collect::<Vec<_>>(), ["2"], "every replica serves the promoted version ({ok} requests)");
     eprintln!("swarm: a canary set once through the fleet store {versions:?}; a rollout promoted: {after:?}");
+
+    // `--down` removes the stack's services, containers, network and per-slot volumes.
+    let down = sh(command().current_dir(dir.path()).args(["deploy", "swarm", "--file", "deploy.yaml", "--down"]));
+    assert!(down.starts_with(&format!("took down the Swarm stack {STACK}: 2 service(s)")), "{down}");
+    let filter = format!("label=com.docker.stack.namespace={STACK}");
+    for listing in [&["ps", "-aq"][..], &["network", "ls", "-q"], &["volume", "ls", "-q"], &["service", "ls", "-q"]] {
+        assert_eq!(docker(&[listing, &["--filter", &filter][..]].concat()), "", "--down left docker {listing:?}");
+    }
+    assert_eq!(docker(&["volume", "ls", "-q", "--filter", &format!("name={STACK}-")]), "", "the replica slots' state volumes");
+    let again = sh(command().current_dir(dir.path()).args(["deploy", "swarm", "--file", "deploy.yaml", "--down"]));
+    assert!(again.starts_with(&format!("nothing to take down: no container, network or volume of the Swarm stack {STACK}")), "{again}");
     let owned = swarm.owned;
     drop(swarm);
     if owned {
