@@ -41,11 +41,13 @@ impl FeatureService {
         })?;
         let plan = spec.plan(entities)?;
         let keys = plan.keys_to_fetch();
-        let fetched = if keys.is_empty() { Ok(Default::default()) } else { self.store.fetch(&keys, spec.storage).await };
+        let mut hits = Vec::new();
+        let fetched = if keys.is_empty() { Ok(Default::default()) } else { self.store.fetch_noting_hits(&keys, spec.storage, &mut hits).await };
         let assembled = match spec.assemble(&plan, fetched.clone()) {
-            // The cached entity may predate the field (`features load` ran since): read the key
-            // again from the store, past the cache, before answering that it lacks it.
-            Err(FeatureError::MissingFeature { key, .. }) => {
+            // An entity the cache answered may predate the field (`features load` ran since):
+            // read the key again from the store, past the cache, before answering that it lacks
+            // it. One the store itself answered just now is not asked twice.
+            Err(FeatureError::MissingFeature { key, .. }) if hits.contains(&key) => {
                 let mut fetched = fetched.unwrap_or_default();
                 let fresh = self.store.fetch_fresh(std::slice::from_ref(&key), spec.storage).await.map_err(FeatureError::StoreUnavailable)?;
                 fetched.extend(fresh);

@@ -187,12 +187,19 @@ impl Store {
 
     /// What each key holds: from the cache, and the misses in one round trip.
     pub async fn fetch(&self, keys: &[String], storage: Storage) -> Fetched {
+        self.fetch_noting_hits(keys, storage, &mut Vec::new()).await
+    }
+
+    /// [`Store::fetch`], adding to `hits` the keys the cache answered (what it holds may be
+    /// older than the store's).
+    pub async fn fetch_noting_hits(&self, keys: &[String], storage: Storage, hits: &mut Vec<String>) -> Fetched {
         let mut found: HashMap<String, Option<Arc<Stored>>> = HashMap::with_capacity(keys.len());
         let mut misses = Vec::new();
         for key in keys {
             match self.cache.get(key) {
                 Some(stored) => {
                     self.metrics.cache_hits.inc();
+                    hits.push(key.clone());
                     found.insert(key.clone(), Some(stored));
                 }
                 None => {

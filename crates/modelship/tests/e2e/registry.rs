@@ -645,3 +645,23 @@ impl Load {
         (self.sent.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
     }
 }
+
+/// `models show` of a version with many results recorded (as `validate --record` leaves it)
+/// stays readable in a pipe: one metric or label a line, no row padded past 100 columns.
+#[test]
+fn models_show_stays_within_100_columns_with_many_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path();
+    let mut args: Vec<String> = ["push", "fraud", &model("fraud"), "--version", "1"].map(str::to_owned).to_vec();
+    for (i, name) in ["auc", "accuracy", "log_loss", "p99_batch_1_ms", "p99_batch_32_ms", "memory_request_mib", "psi"].iter().enumerate() {
+        args.extend(["--metric".to_owned(), format!("validate.{name}={}", 0.5 + i as f64 / 100.0)]);
+    }
+    args.extend(["--label", "validate=pass", "--label", "validate.data=/home/someone/projects/fraud/data/holdout-2026-12-01.parquet"].map(str::to_owned));
+    args.extend(["--label", "validate.against=fraud@production", "--description", &"a long description of what changed ".repeat(6)].map(str::to_owned));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&models(reg, &args));
+    let shown = ok(&models(reg, &["show", "fraud:1"]));
+    let widest = shown.lines().map(|l| l.chars().count()).max().unwrap();
+    assert!(widest <= 100, "a line of {widest} columns:\n{shown}");
+    assert!(shown.lines().any(|l| l.trim() == "validate.psi=0.56") && shown.contains("validate.auc=0.5"), "one metric a line:\n{shown}");
+}
