@@ -1112,37 +1112,6 @@ pub enum LogFormatArg {
     Text,
 }
 
-/// The `modelship ...` command lines under a help text's `Examples:`, continuation lines joined,
-/// comments dropped, split as a shell would (single quotes only: the examples use no others).
-pub fn help_examples(help: &str) -> Vec<Vec<String>> {
-    let Some((_, examples)) = help.split_once("Examples:") else { return Vec::new() };
-    let joined = examples.replace("\\\n", " ");
-    joined
-        .lines()
-        .map(|line| line.split("  #").next().unwrap_or(line).trim())
-        .filter(|line| line.starts_with("modelship ") && !line.contains("&&"))
-        .map(|line| {
-            let (mut words, mut word, mut quoted, mut any) = (Vec::new(), String::new(), false, false);
-            for c in line.chars() {
-                match c {
-                    '\'' => (quoted, any) = (!quoted, true),
-                    c if c.is_whitespace() && !quoted => {
-                        if any || !word.is_empty() {
-                            words.push(std::mem::take(&mut word));
-                        }
-                        any = false;
-                    }
-                    c => word.push(c),
-                }
-            }
-            if any || !word.is_empty() {
-                words.push(word);
-            }
-            words
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use clap::{CommandFactory, Parser};
@@ -1227,6 +1196,19 @@ mod tests {
             }
         }
         assert!(broken.is_empty(), "indented help lines wrapped at 80 columns (keep them under 80):\n  {}", broken.join("\n  "));
+    }
+
+    /// The `modelship ...` command lines under a help text's `Examples:`, continuation lines
+    /// joined, comments dropped, split as a shell would.
+    fn help_examples(help: &str) -> Vec<Vec<String>> {
+        let Some((_, examples)) = help.split_once("Examples:") else { return Vec::new() };
+        examples
+            .replace("\\\n", " ")
+            .lines()
+            .map(|line| line.split("  #").next().unwrap_or(line).trim())
+            .filter(|line| line.starts_with("modelship ") && !line.contains("&&"))
+            .map(|line| shlex::split(line).unwrap_or_else(|| panic!("an example a shell cannot split: {line}")))
+            .collect()
     }
 
     #[test]

@@ -351,7 +351,7 @@ mod tests {
 
     #[test]
     fn a_span_without_a_unit_says_which_units_to_write() {
-        for (spec, number) in [("to: '2'\ncanary: {weights: [5, 100], every: 5}\n", "5"), ("to: '2'\nsteps: [{approve: {}}]\ninterval: 0.5\n", "0.5")] {
+        for (spec, number) in [("to: '2'\ncanary: {weights: [5, 100], every: 5}\n", "5"), ("to: '2'\ncanary: {weights: [5, 100], every: 1m}\ninterval: 0.5\n", "0.5")] {
             let e = serde_yaml_ng::from_str::<RolloutSpec>(spec).unwrap_err().to_string();
             assert!(e.contains(&format!("{number} has no unit: write a duration like {number}s")), "{spec}: {e}");
         }

@@ -208,25 +208,6 @@ fn examples(help: &str) -> Vec<Vec<String>> {
         .lines()
         .map(|line| line.split("  #").next().unwrap_or(line).trim())
         .filter(|line| line.starts_with("modelship ") && !line.contains("&&"))
-        .map(|line| {
-            let mut words = Vec::new();
-            let (mut word, mut quoted, mut any) = (String::new(), false, false);
-            for c in line.chars() {
-                match c {
-                    '\'' => (quoted, any) = (!quoted, true),
-                    c if c.is_whitespace() && !quoted => {
-                        if any || !word.is_empty() {
-                            words.push(std::mem::take(&mut word));
-                        }
-                        any = false;
-                    }
-                    c => word.push(c),
-                }
-            }
-            if any || !word.is_empty() {
-                words.push(word);
-            }
-            words
-        })
+        .map(|line| shlex::split(line).unwrap_or_else(|| panic!("an example a shell cannot split: {line}")))
         .collect()
 }
