@@ -519,7 +519,8 @@ mod tests {
         stalled.read_any.store(true, Relaxed);
         let (unread, _b) = table.admit("test", 3);
         let (busy, _c) = table.admit("test", 3);
-        (busy.read_any.store(true, Relaxed), busy.handling.store(1, Relaxed));
+        busy.read_any.store(true, Relaxed);
+        busy.handling.store(1, Relaxed);
         // Read later than `stalled`, and not in a handler: still the oldest read is closed first.
         let (_new, _d) = table.admit("test", 3);
         assert!(stalled.evict.is_cancelled(), "the stalled connection, read and then silent, goes first");

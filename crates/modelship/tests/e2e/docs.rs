@@ -359,7 +359,7 @@ fn docs_check_fails_on_a_misspelt_flag_naming_page_block_and_line() {
     let (flag, wrong) = ("--metric", "--metirc");
     let at = text.find(flag).unwrap_or_else(|| panic!("{page} no longer uses {flag}: pick another flag"));
     let line = text[..at].matches('\n').count() + 1;
-    let block = blocks(&text).iter().filter(|b| b.line <= line).last().unwrap().index;
+    let block = blocks(&text).iter().rfind(|b| b.line <= line).unwrap().index;
     std::fs::write(&file, text.replacen(flag, wrong, 1)).unwrap();
     let outcomes = run_docs(&docs, &root().join("README.md"), Some(page));
     let error = outcomes.iter().find_map(|o| o.error.clone()).expect("the misspelt flag went unnoticed");
