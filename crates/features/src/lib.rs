@@ -47,11 +47,17 @@ impl FeatureService {
             // An entity the cache answered may predate the field (`features load` ran since):
             // read the key again from the store, past the cache, before answering that it lacks
             // it. One the store itself answered just now is not asked twice.
+            // Every entity the cache answered is read again at once, in one round trip.
             Err(FeatureError::MissingFeature { key, .. }) if hits.contains(&key) => {
                 let mut fetched = fetched.unwrap_or_default();
-                let fresh = self.store.fetch_fresh(std::slice::from_ref(&key), spec.storage).await.map_err(FeatureError::StoreUnavailable)?;
-                fetched.extend(fresh);
-                spec.assemble(&plan, Ok(fetched))
+                match self.store.fetch_fresh(&hits, spec.storage).await {
+                    Ok(fresh) => {
+                        fetched.extend(fresh);
+                        spec.assemble(&plan, Ok(fetched))
+                    }
+                    // The store's trouble, judged by the spec's store-error policy.
+                    Err(e) => spec.assemble(&plan, Err(e)),
+                }
             }
             other => other,
         };

@@ -218,6 +218,11 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
     let traffic = Arc::new(
         Traffic::new(registry, registry_model, Arc::clone(&backend), spec.clone(), store, config.admin.keep_warm).with_source(traffic_source),
     );
+    if let Err(e) = traffic.check_source().await {
+        state.models.set(&spec.name, ModelSlot::Failed { version: spec.version.clone(), error: e.clone() });
+        server.run_until(std::future::ready(())).await;
+        bail!("{e}");
+    }
     if let Err(e) = traffic.resume(&state).await {
         tracing::warn!(model = %spec.name, error = %e, "cannot restore the recorded routing; serving the stable version only");
     }

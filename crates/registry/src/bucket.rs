@@ -224,7 +224,14 @@ impl BucketCatalog {
 
     /// Points `alias` at `version` (which must exist, checked in the same write) and records the
     /// move; a move to where the alias already points records nothing and returns `None`.
-    pub async fn set_alias(&self, name: &str, alias: &str, version: &str, actor: &str) -> Result<Option<AliasMove>, RegistryError> {
+    pub async fn set_alias(
+        &self,
+        name: &str,
+        alias: &str,
+        version: &str,
+        expected: Option<&str>,
+        actor: &str,
+    ) -> Result<Option<AliasMove>, RegistryError> {
         self.update(name, |doc| {
             if doc.version(version).is_none() {
                 return Err(if doc.versions.is_empty() {
@@ -232,6 +239,13 @@ impl BucketCatalog {
                 } else {
                     RegistryError::UnknownVersion { name: name.to_owned(), version: version.to_owned() }
                 });
+            }
+            let now = doc.aliases.get(alias).cloned();
+            if let Some(expected) = expected
+                && now.as_deref() != Some(expected)
+                && now.as_deref() != Some(version)
+            {
+                return Err(RegistryError::AliasMoved { name: name.to_owned(), alias: alias.to_owned(), expected: expected.to_owned(), now });
             }
             let previous = doc.aliases.insert(alias.to_owned(), version.to_owned());
             if previous.as_deref() == Some(version) {
@@ -330,12 +344,15 @@ mod tests {
         assert!(cat.has_model("fraud").await.unwrap());
         assert!(!cat.has_model("other").await.unwrap());
 
-        assert!(matches!(cat.set_alias("fraud", "production", "3", "ci").await, Err(RegistryError::UnknownVersion { .. })));
-        assert!(matches!(cat.set_alias("other", "production", "1", "ci").await, Err(RegistryError::UnknownModel(_))));
-        let moved = cat.set_alias("fraud", "production", "1", "ci").await.unwrap().unwrap();
+        assert!(matches!(cat.set_alias("fraud", "production", "3", None, "ci").await, Err(RegistryError::UnknownVersion { .. })));
+        assert!(matches!(cat.set_alias("other", "production", "1", None, "ci").await, Err(RegistryError::UnknownModel(_))));
+        let moved = cat.set_alias("fraud", "production", "1", None, "ci").await.unwrap().unwrap();
         assert_eq!((moved.id, moved.previous), (1, None));
-        assert!(cat.set_alias("fraud", "production", "1", "ci").await.unwrap().is_none(), "a no-op move is not recorded");
-        let moved = cat.set_alias("fraud", "production", "2", "ci").await.unwrap().unwrap();
+        assert!(cat.set_alias("fraud", "production", "1", None, "ci").await.unwrap().is_none(), "a no-op move is not recorded");
+        // A compare and set that finds the alias elsewhere changes nothing.
+        let refused = cat.set_alias("fraud", "production", "2", Some("9"), "server").await;
+        assert!(matches!(&refused, Err(RegistryError::AliasMoved { now: Some(v), .. }) if v == "1"), "{refused:?}");
+        let moved = cat.set_alias("fraud", "production", "2", Some("1"), "ci").await.unwrap().unwrap();
         assert_eq!((moved.id, moved.previous.as_deref()), (2, Some("1")));
         assert_eq!(cat.alias_target("fraud", "production").await.unwrap().as_deref(), Some("2"));
         assert_eq!(cat.get("fraud", "2").await.unwrap().unwrap().aliases, vec!["production".to_owned()]);
@@ -354,7 +371,7 @@ mod tests {
         let store = Arc::new(InMemory::new());
         let cat = catalog(&store);
         cat.insert(&record("1", "aa")).await.unwrap();
-        cat.set_alias("fraud", "production", "1", "ci").await.unwrap();
+        cat.set_alias("fraud", "production", "1", None, "ci").await.unwrap();
         let metrics = BTreeMap::from([("auc".to_owned(), 0.93)]);
         let labels = BTreeMap::from([("validated".to_owned(), "true".to_owned())]);
         let after = cat.annotate("fraud", "1", &metrics, &labels).await.unwrap();
@@ -387,8 +404,8 @@ mod tests {
                 for i in 0..5 {
                     let version = format!("{w}.{i}");
                     cat.insert(&record(&version, &format!("d{w}{i}"))).await.unwrap();
-                    cat.set_alias("fraud", &format!("writer-{w}"), &version, "ci").await.unwrap();
-                    cat.set_alias("fraud", "production", &version, "ci").await.unwrap();
+                    cat.set_alias("fraud", &format!("writer-{w}"), &version, None, "ci").await.unwrap();
+                    cat.set_alias("fraud", "production", &version, None, "ci").await.unwrap();
                 }
             })
         });

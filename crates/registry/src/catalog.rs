@@ -330,17 +330,29 @@ impl Catalog {
 
     /// Points `alias` at `version` and records the move. Moving an alias to where it already points
     /// records nothing and returns `None`.
-    pub fn set_alias(&self, name: &str, alias: &str, version: &str, actor: &str) -> Result<Option<AliasMove>, RegistryError> {
+    /// Points `alias` at `version`; with `expected`, only if it names that version now (or
+    /// `version` already), atomically.
+    pub fn set_alias(&self, name: &str, alias: &str, version: &str, expected: Option<&str>, actor: &str) -> Result<Option<AliasMove>, RegistryError> {
         self.writable()?;
         let at_ms = now_ms();
-        self.with(|c| {
+        let outcome = self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let previous: Option<String> = tx
                 .query_row("SELECT version FROM aliases WHERE name = ?1 AND alias = ?2", params![name, alias], |r| r.get(0))
                 .optional()?;
             if previous.as_deref() == Some(version) {
                 tx.commit()?;
-                return Ok(None);
+                return Ok(Ok(None));
+            }
+            if let Some(expected) = expected
+                && previous.as_deref() != Some(expected)
+            {
+                return Ok(Err(RegistryError::AliasMoved {
+                    name: name.to_owned(),
+                    alias: alias.to_owned(),
+                    expected: expected.to_owned(),
+                    now: previous,
+                }));
             }
             tx.execute(
                 "INSERT INTO aliases (name, alias, version) VALUES (?1, ?2, ?3)
@@ -353,7 +365,7 @@ impl Catalog {
             )?;
             let id = tx.last_insert_rowid();
             tx.commit()?;
-            Ok(Some(AliasMove {
+            Ok(Ok(Some(AliasMove {
                 id,
                 name: name.to_owned(),
                 alias: alias.to_owned(),
@@ -361,8 +373,9 @@ impl Catalog {
                 previous,
                 at_ms,
                 actor: actor.to_owned(),
-            }))
-        })
+            })))
+        })?;
+        outcome
     }
 
     pub fn history(&self, name: &str) -> Result<Vec<AliasMove>, RegistryError> {

@@ -13,6 +13,9 @@ pub enum RegistryError {
     UnknownVersion { name: String, version: String },
     #[error("model '{name}' has no alias '{alias}' (see `modelship models show {name}`)")]
     UnknownAlias { name: String, alias: String },
+    /// A compare-and-set move found the alias elsewhere than expected (moved meanwhile).
+    #[error("{name}@{alias} names {}, not {expected}: it was moved meanwhile", .now.as_deref().unwrap_or("no version"))]
+    AliasMoved { name: String, alias: String, expected: String, now: Option<String> },
     #[error(
         "{name}:{version} already exists with different content (sha256 {existing}, this file is {pushed}); versions are immutable: push it as a new version"
     )]

@@ -183,13 +183,14 @@ impl Index {
         }
     }
 
-    async fn set_alias(&self, name: &str, alias: &str, version: &str, actor: &str) -> Result<Option<AliasMove>, RegistryError> {
+    async fn set_alias(&self, name: &str, alias: &str, version: &str, expected: Option<&str>, actor: &str) -> Result<Option<AliasMove>, RegistryError> {
         match self {
             Index::Local(c) => {
                 let (name, alias, version, actor) = (name.to_owned(), alias.to_owned(), version.to_owned(), actor.to_owned());
-                Index::local(c, move |c| c.set_alias(&name, &alias, &version, &actor)).await
+                let expected = expected.map(str::to_owned);
+                Index::local(c, move |c| c.set_alias(&name, &alias, &version, expected.as_deref(), &actor)).await
             }
-            Index::Bucket(b) => b.set_alias(name, alias, version, actor).await,
+            Index::Bucket(b) => b.set_alias(name, alias, version, expected, actor).await,
         }
     }
 
@@ -654,7 +655,25 @@ impl Registry {
                 RegistryError::UnknownModel(name.to_owned())
             });
         }
-        self.catalog.set_alias(name, alias, version, actor).await
+        self.catalog.set_alias(name, alias, version, None, actor).await
+    }
+
+    /// [`Registry::set_alias`], only if the alias names `expected` now (or `version` already):
+    /// a compare and set, so a move made meanwhile is never undone
+    /// ([`RegistryError::AliasMoved`]).
+    pub async fn set_alias_if(&self, name: &str, alias: &str, expected: &str, version: &str, actor: &str) -> Result<Option<AliasMove>, RegistryError> {
+        check_name(name)?;
+        check_alias(alias)?;
+        check_version(version)?;
+        self.catalog.writable()?;
+        if self.catalog.get(name, version).await?.is_none() {
+            return Err(if self.catalog.has_model(name).await? {
+                RegistryError::UnknownVersion { name: name.to_owned(), version: version.to_owned() }
+            } else {
+                RegistryError::UnknownModel(name.to_owned())
+            });
+        }
+        self.catalog.set_alias(name, alias, version, Some(expected), actor).await
     }
 
     /// Records results on a version (`modelship validate --record`): metrics and labels merged

@@ -93,7 +93,9 @@ impl ApiError {
                 RegistryError::UnknownModel(_) | RegistryError::UnknownVersion { .. } | RegistryError::UnknownAlias { .. } => {
                     (Class::NotFound, "not_found")
                 }
-                RegistryError::VersionConflict { .. } | RegistryError::AliasedVersion { .. } => (Class::Conflict, "conflict"),
+                RegistryError::VersionConflict { .. } | RegistryError::AliasedVersion { .. } | RegistryError::AliasMoved { .. } => {
+                    (Class::Conflict, "conflict")
+                }
                 RegistryError::DigestMismatch { .. } | RegistryError::MissingArtifact { .. } => {
                     (Class::Internal, "artifact_corrupt")
                 }

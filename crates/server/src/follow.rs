@@ -80,11 +80,20 @@ pub async fn follow_alias(state: AppState, follow: Follow) {
                     "alias moved but the new version cannot be served; keeping the current one"
                 );
                 record(&swaps, &name, "failure");
+                // A version that cannot be served is not tried again until the alias moves; a
+                // control store that did not answer is tried again at the next poll.
+                let retried = matches!(e, crate::error::ApiError::ControlStoreUnavailable(_));
                 state.models.set_reload_error(
                     &name,
-                    Some(format!("{}@{} moved to {target}, which failed to load ({e}); still serving {current}", follow.model, follow.alias)),
+                    Some(if retried {
+                        format!("{}@{} moved to {target}, which cannot be recorded yet ({e}); still serving {current}", follow.model, follow.alias)
+                    } else {
+                        format!("{}@{} moved to {target}, which failed to load ({e}); still serving {current}", follow.model, follow.alias)
+                    }),
                 );
-                failed = Some(target);
+                if !retried {
+                    failed = Some(target);
+                }
             }
         }
     }
@@ -96,7 +105,7 @@ fn record(swaps: &IntCounterVec, model: &str, result: &str) {
 
 /// Switches to `version` (loaded and warmed by the traffic writer, the old one kept warm for a
 /// rollback); returns the time it took in seconds.
-async fn swap_to(state: &AppState, follow: &Follow, version: &str) -> Result<f64, String> {
+async fn swap_to(state: &AppState, follow: &Follow, version: &str) -> Result<f64, crate::error::ApiError> {
     let started = Instant::now();
     // Who moved it, from the registry's alias history, so the revision says so too.
     let by = match follow.registry.history(&follow.model).await {
@@ -110,7 +119,7 @@ async fn swap_to(state: &AppState, follow: &Follow, version: &str) -> Result<f64
         Err(_) => String::new(),
     };
     let reason = format!("{}@{} moved to {version}{by}", follow.model, follow.alias);
-    if follow.traffic.switch_to(state, version, "registry", &reason).await.map_err(|e| e.to_string())?.is_none() {
+    if follow.traffic.switch_to(state, version, "registry", &reason).await?.is_none() {
         tracing::debug!(model = %follow.model, alias = %follow.alias, version, "another replica committed the alias move; applied it");
     }
     Ok(started.elapsed().as_secs_f64())

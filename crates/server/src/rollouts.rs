@@ -163,9 +163,12 @@ impl Rollouts {
     async fn check_validated(&self, version: &str) -> Result<(), ApiError> {
         let Some(registry) = &self.traffic.registry else { return Ok(()) };
         let name = &self.traffic.registry_model;
+        // A registry that does not answer refuses the start: it cannot say the version passed. A
+        // version it does not hold (loaded from elsewhere) carries no verdict.
         let record = match registry.resolve(&ModelRef::Version(name.clone(), version.to_owned())).await {
             Ok(record) => record,
-            Err(_) => return Ok(()),
+            Err(modelship_registry::RegistryError::UnknownModel(_) | modelship_registry::RegistryError::UnknownVersion { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
         };
         if record.labels.get("validate").map(String::as_str) == Some("fail") {
             return Err(ApiError::Conflict(format!(

@@ -231,12 +231,16 @@ struct Open {
     /// Requests now in a handler.
     handling: std::sync::atomic::AtomicUsize,
     /// Whether any bytes were read from it yet. A new connection whose request the server has
-    /// not read yet (a busy machine, a burst of connections) cannot be said to have stalled: it
-    /// is closed only after every connection that sent part of a request and went quiet.
+    /// not read yet (a busy machine, a burst of connections) cannot be said to have stalled: for
+    /// its first [`UNREAD_GRACE_MS`] it is closed only after every connection that sent part of
+    /// a request and went quiet; after that, a connection that sent nothing is stalled too.
     read_any: std::sync::atomic::AtomicBool,
     /// Cancelled to close the connection at once.
     evict: CancellationToken,
 }
+
+/// How long a new connection nothing was read from yet is protected from the cap.
+const UNREAD_GRACE_MS: u64 = 1_000;
 
 /// The open connections of one listener.
 struct OpenConnections {
@@ -274,9 +278,12 @@ impl OpenConnections {
         });
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.len() >= cap {
+            let now = self.now_ms();
+            // A connection nothing was read from keeps its arrival as `last_read`.
+            let new_and_unread = |c: &Open| !c.read_any.load(Relaxed) && now.saturating_sub(c.last_read.load(Relaxed)) < UNREAD_GRACE_MS;
             let victim = open
                 .iter()
-                .min_by_key(|(id, c)| (c.handling.load(Relaxed) > 0, !c.read_any.load(Relaxed), c.last_read.load(Relaxed), **id))
+                .min_by_key(|(id, c)| (c.handling.load(Relaxed) > 0, new_and_unread(c), c.last_read.load(Relaxed), **id))
                 .map(|(id, c)| (*id, Arc::clone(c)));
             if let Some((victim_id, victim)) = victim {
                 open.remove(&victim_id);

@@ -130,6 +130,15 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Whether a change of the stable version moves the alias the server follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AliasStep {
+    /// A change made through the server: the alias follows it.
+    Move,
+    /// A change that comes from the alias (its move, or what it names at startup).
+    Follow,
+}
+
 /// What a starting server does with the latest recorded revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Resume {
@@ -264,7 +273,7 @@ impl Traffic {
         }
         let change = Change::Switch { version: version.to_owned() };
         let table = served.table.apply(&change).map_err(change_error)?;
-        match self.install(state, &served, table, Some(change), actor, reason).await {
+        match self.install_with(state, &served, table, Some(change), actor, reason, None, AliasStep::Follow).await {
             // Another replica committed first (install applied its revision): the same move?
             Err(ApiError::Conflict(e)) => match state.models.served(&self.spec.name)? {
                 now if now.table.stable == version => Ok(None),
@@ -349,7 +358,26 @@ impl Traffic {
         let served = state.models.served(&self.spec.name)?;
         let change = Change::Switch { version: model.version.clone() };
         let table = served.table.apply(&change).map_err(change_error)?;
-        self.install_with(state, &served, table, Some(change), actor, reason, Some(model)).await
+        self.install_with(state, &served, table, Some(change), actor, reason, Some(model), AliasStep::Move).await
+    }
+
+    /// Before [`Traffic::resume`], on a control store the fleet shares: a routing recorded for
+    /// another model source is the fleet's, and restarting it from this server's source would
+    /// reset every replica's. Refused, saying what to do.
+    pub async fn check_source(&self) -> Result<(), String> {
+        if self.store.kind() == "embedded" {
+            return Ok(());
+        }
+        let latest = self.store.latest(&self.spec.name).await.map_err(|e| e.to_string())?;
+        match (latest.as_ref().and_then(|l| l.source.as_deref()), self.source.label.as_deref()) {
+            (Some(recorded), Some(now)) if recorded != now => Err(format!(
+                "the {} control store holds the routing of model '{}' recorded for {recorded}, and this server serves {now}: starting would reset every replica's routing. \
+                 Serve {recorded} as the fleet does, serve this model under another name (--name), or use another control store",
+                self.store.kind(),
+                self.spec.name
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// At startup: resumes the routing recorded for this model and source, or records the
@@ -391,7 +419,7 @@ impl Traffic {
         // Committed over the latest revision, with what this server loaded at startup.
         let base = Served { table: latest.traffic.clone(), revision: latest.revision, versions: served.versions.clone() };
         let (table, reason) = restart;
-        match self.install_with(state, &base, table, None, "server", &reason, None).await {
+        match self.install_with(state, &base, table, None, "server", &reason, None, AliasStep::Follow).await {
             Ok(revision) => {
                 tracing::warn!(model = %self.spec.name, revision = revision.revision, reason = %reason, "the recorded routing was not resumed as it was");
                 Ok(())
@@ -420,11 +448,13 @@ impl Traffic {
         actor: &str,
         reason: &str,
     ) -> Result<Revision, ApiError> {
-        self.install_with(state, served, table, change, actor, reason, None).await
+        self.install_with(state, served, table, change, actor, reason, None, AliasStep::Move).await
     }
 
     /// [`Traffic::install`], with one version already loaded by the caller. A new stable version
-    /// on a server that follows an alias moves the alias first (see [`Traffic::move_alias`]).
+    /// on a server that follows an alias moves the alias first (see [`Traffic::move_alias`]),
+    /// unless the change comes from the alias (`AliasStep::Follow`); if the commit then fails,
+    /// the alias is moved back.
     #[allow(clippy::too_many_arguments)]
     async fn install_with(
         &self,
@@ -435,12 +465,15 @@ impl Traffic {
         actor: &str,
         reason: &str,
         loaded: Option<Arc<LoadedModel>>,
+        alias: AliasStep,
     ) -> Result<Revision, ApiError> {
         let mut table = table.without_self_comparison();
         let versions = self.versions_for(state, served, &mut table, loaded.as_ref()).await?;
-        if table.stable != served.table.stable {
-            self.move_alias(&table.stable, actor, reason).await?;
-        }
+        let moved = if alias == AliasStep::Move && table.stable != served.table.stable {
+            self.move_alias(&served.table.stable, &table.stable, actor, reason).await?
+        } else {
+            false
+        };
         let revision = Revision {
             model: self.spec.name.clone(),
             revision: served.revision + 1,
@@ -452,6 +485,9 @@ impl Traffic {
             source: self.source.label.clone(),
         };
         if let Err(e) = self.store.commit(&revision).await {
+            if moved {
+                self.move_alias_back(&table.stable, &served.table.stable).await;
+            }
             if matches!(e, StoreError::Conflict { .. })
                 && let Err(sync) = self.sync_locked(state).await
             {
@@ -468,28 +504,49 @@ impl Traffic {
         Ok(revision)
     }
 
-    /// On a server that follows `NAME@ALIAS`, points the alias at `version` (recorded in the
+    /// On a server that follows `NAME@ALIAS`, points the alias at `to` (recorded in the
     /// registry's alias history with `actor`) before the revision making it stable is committed:
-    /// the alias stays the one source of truth, so a restart serves what was promoted. Nothing
-    /// to do when the alias names it already (the change came from the alias). A registry that
-    /// refuses the move refuses the change: the routing stays as it is.
-    async fn move_alias(&self, version: &str, actor: &str, reason: &str) -> Result<(), ApiError> {
-        let (Some(alias), Some(registry)) = (&self.source.alias, &self.registry) else { return Ok(()) };
+    /// the alias stays the one source of truth, so a restart serves what was promoted. The move
+    /// is a compare and set from `from`, the stable version in force: an alias moved meanwhile by
+    /// someone else is never undone, and the change is refused (the server follows the alias).
+    /// A registry that refuses the move refuses the change: the routing stays as it is. Returns
+    /// whether the alias was moved.
+    async fn move_alias(&self, from: &str, to: &str, actor: &str, reason: &str) -> Result<bool, ApiError> {
+        let (Some(alias), Some(registry)) = (&self.source.alias, &self.registry) else { return Ok(false) };
         let name = &self.registry_model;
-        if registry.alias_target(name, alias).await?.as_deref() == Some(version) {
-            return Ok(());
-        }
         let recorded = if reason.is_empty() { actor.to_owned() } else { format!("{actor}: {reason}") };
         let recorded: String = recorded.chars().take(256).collect();
-        match registry.set_alias(name, alias, version, &recorded).await {
-            Ok(_) => {
-                tracing::info!(model = %name, alias = %alias, version, actor, "moved the alias this server follows");
-                Ok(())
+        if registry.is_read_only() {
+            return Err(ApiError::Conflict(format!(
+                "this server follows {name}@{alias}, and making {to} stable moves that alias, but the registry is read-only here; \
+                 the routing is unchanged. Make the registry writable, or move the alias where it is (`modelship models alias {name} {alias} {to}`): the server follows it"
+            )));
+        }
+        match registry.set_alias_if(name, alias, from, to, &recorded).await {
+            Ok(moved) => {
+                if moved.is_some() {
+                    tracing::info!(model = %name, alias = %alias, from, to, actor, "moved the alias this server follows");
+                }
+                Ok(moved.is_some())
             }
-            Err(e) => Err(ApiError::Conflict(format!(
-                "this server follows {name}@{alias}, and making {version} stable moves that alias, but the registry refused ({e}); \
-                 the routing is unchanged. Make the registry writable, or move the alias where it is (`modelship models alias {name} {alias} {version}`): the server follows it"
+            Err(e @ modelship_registry::RegistryError::AliasMoved { .. }) => Err(ApiError::Conflict(format!(
+                "{e}; the routing is unchanged, and this server follows the alias: look at the traffic again"
             ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Undoes [`Traffic::move_alias`] after the change it was made for could not be committed,
+    /// unless the alias was moved again meanwhile.
+    async fn move_alias_back(&self, to: &str, from: &str) {
+        let (Some(alias), Some(registry)) = (&self.source.alias, &self.registry) else { return };
+        let name = &self.registry_model;
+        match registry.set_alias_if(name, alias, to, from, "server: the change that moved it was not committed").await {
+            Ok(_) => tracing::warn!(model = %name, alias = %alias, version = from, "moved the alias back: the change that moved it was not committed"),
+            Err(e) => tracing::error!(
+                model = %name, alias = %alias, error = %e,
+                "cannot move the alias back after a change that was not committed; the server follows the alias"
+            ),
         }
     }
 

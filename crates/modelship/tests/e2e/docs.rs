@@ -186,6 +186,8 @@ fn run_page(page: &str, markdown: &str, work: &Path, home: &Path, logs: &Path) -
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_modelship"));
     let path = format!("{}:{}", bin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
     let mut cmd = Command::new("bash");
+    // Its own process group: a page that runs past its time is killed with every child.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.arg(&file).current_dir(work).stdin(Stdio::null());
     for (key, _) in std::env::vars() {
         if key.starts_with("MODELSHIP_") || key.starts_with("MODEL_") || key.starts_with("XDG_") || key.starts_with("AWS_") || key == "CONFIG_PATH" || key == "VIRTUAL_ENV" {
@@ -201,7 +203,7 @@ fn run_page(page: &str, markdown: &str, work: &Path, home: &Path, logs: &Path) -
             break Some(status);
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).stderr(Stdio::null()).status();
             let _ = child.wait();
             break None;
         }
@@ -340,6 +342,8 @@ fn docs_command_blocks_run_as_written() {
     assert!(engine.is_some(), "the docs' deploy pages need a Docker engine");
     stand_in_images();
     let outcomes = run_docs(&docs_root(), &root().join("README.md"), only.as_deref());
+    // A deploy page that failed half-way leaves no container on the documented ports behind.
+    let _ = Command::new(env!("CARGO_BIN_EXE_modelship")).args(["deploy", "compose", "--down", "--name", "fraud"]).output();
     assert!(!outcomes.is_empty(), "no page ran");
     let failures: Vec<String> = outcomes.iter().filter_map(|o| o.error.clone()).collect();
     let summary: Vec<String> = outcomes.iter().map(|o| format!("{} ({:.1} s)", o.page, o.seconds)).collect();

@@ -557,3 +557,27 @@ fn a_promotion_moves_the_alias_the_fleet_follows_and_survives_restarting_every_r
     let moves: Value = serde_json::from_slice(&fleet.s3.models(&["--registry", REGISTRY, "history", "fraud", "--output", "json"]).stdout).unwrap();
     assert_eq!(moves.as_array().unwrap().iter().filter(|m| m["alias"] == "production").count(), 2, "{moves}");
 }
+
+/// A server of another model source pointed at the fleet's control store (`fraud:1` beside a
+/// fleet of `fraud@production`) would restart the fleet's routing from its own: it refuses to
+/// start, saying what to do, and the fleet's routing stays as it was.
+#[test]
+fn a_server_of_another_source_cannot_reset_the_fleets_routing() {
+    let redis = Redis::start(free_port());
+    let fleet = Replicas::serving(&redis, 1, "fraud@production", &[&["alias", "fraud", "production", "1"]]);
+    fleet.converge(0);
+    let state = tempfile::tempdir().unwrap();
+    let mut env = fleet.s3.env();
+    env.extend([("MODELSHIP_STATE_DIR", state.path().to_str().unwrap().to_owned()), ("MODELSHIP_ADMIN_TOKEN", TOKEN.to_owned())]);
+    let out = command()
+        .args(["serve", "fraud:1", "--registry", REGISTRY, "--control-store", &redis.url(), "--workers", "1"])
+        .args(["--host", "127.0.0.1", "--port", "0", "--grpc-port", "0", "--admin-port", "0"])
+        .envs(env)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("recorded for fraud@production, and this server serves fraud:1") && stderr.contains("--name"), "{stderr}");
+    let history: Value = serde_json::from_str(&fleet.ok(0, &["history", "fraud", "--output", "json"])).unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 1, "nothing committed: {history}");
+}

@@ -217,3 +217,41 @@ async fn a_refused_start_leaves_no_rollout_behind() {
         assert_eq!((started.id, started.phase), (1, Phase::Progressing), "registry {registry}");
     }
 }
+
+/// A server following `fraud@production` moves the alias with each promotion it makes, as a
+/// compare and set from the stable version in force: an alias someone else moved meanwhile is
+/// never undone, and the promotion is refused with the routing unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_moves_the_alias_only_from_where_the_server_left_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, traffic) = two_versions(dir.path(), Duration::from_secs(60));
+    let config = modelship_registry::RegistryConfig { root: dir.path().join("registry"), artifacts: None };
+    let registry = Arc::new(modelship_registry::Registry::open(&config).unwrap());
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/models");
+    for (file, version) in [("logistic_regression", "1"), ("mlp", "2"), ("random_forest", "3")] {
+        let request = modelship_registry::PushRequest { name: "fraud".into(), version: version.into(), ..Default::default() };
+        registry.push(request, &models.join(format!("{file}.onnx")), &modelship_registry::NoProgress).await.unwrap();
+    }
+    registry.set_alias("fraud", "production", "1", "test").await.unwrap();
+    let traffic = Arc::new(
+        Traffic::new(Some(Arc::clone(&registry)), "fraud".into(), Arc::clone(&traffic.backend), traffic.spec.clone(), Arc::clone(&traffic.store), traffic.keep_warm)
+            .with_source(crate::traffic::Source::registry(&modelship_registry::ModelRef::Alias("fraud".into(), "production".into()))),
+    );
+    traffic.resume(&state).await.unwrap();
+
+    // Someone moves the alias to 3 before this server noticed: its promotion of 2 is refused.
+    registry.set_alias("fraud", "production", "3", "ci").await.unwrap();
+    let refused = traffic.change(&state, Change::Promote, "admin", "looks good").await.unwrap_err();
+    assert!(refused.to_string().contains("fraud@production names 3, not 1: it was moved meanwhile"), "{refused}");
+    assert_eq!(refused.status_and_code().0, http::StatusCode::CONFLICT);
+    assert_eq!(registry.alias_target("fraud", "production").await.unwrap().as_deref(), Some("3"), "never undone");
+    let served = state.models.served("fraud").unwrap();
+    assert_eq!((served.table.stable.as_str(), served.revision), ("1", 0), "the routing is unchanged");
+
+    // From where the server left it, the promotion moves the alias, recorded with its actor.
+    registry.set_alias("fraud", "production", "1", "ci").await.unwrap();
+    traffic.change(&state, Change::Promote, "admin", "looks good").await.unwrap();
+    assert_eq!(registry.alias_target("fraud", "production").await.unwrap().as_deref(), Some("2"));
+    let last = registry.history("fraud").await.unwrap().pop().unwrap();
+    assert_eq!((last.version.as_deref(), last.previous.as_deref(), last.actor.as_str()), (Some("2"), Some("1"), "admin: looks good"));
+}

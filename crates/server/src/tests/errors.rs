@@ -34,6 +34,7 @@ fn examples() -> Vec<ApiError> {
         ApiError::Registry(RegistryError::UnknownAlias { name: s(), alias: s() }),
         ApiError::Registry(RegistryError::VersionConflict { name: s(), version: s(), existing: s(), pushed: s() }),
         ApiError::Registry(RegistryError::AliasedVersion { name: s(), version: s(), aliases: vec![] }),
+        ApiError::Registry(RegistryError::AliasMoved { name: s(), alias: s(), expected: s(), now: None }),
         ApiError::Registry(RegistryError::DigestMismatch { digest: s(), actual: s() }),
         ApiError::Registry(RegistryError::MissingArtifact { digest: s() }),
         ApiError::Registry(RegistryError::Store(s())),
