@@ -64,7 +64,17 @@ pub fn render(entries: &[Entry]) -> String {
 /// `on_disk(path)` the digest of the file as it is now, `None` when it is gone.
 pub fn reconcile(previous: &[Entry], target: Target, written: &[(&str, String)], on_disk: impl Fn(&str) -> Option<String>) -> (Vec<Entry>, Vec<Stale>) {
     let name = target.cli_name();
-    let mut next: Vec<Entry> = previous.iter().filter(|e| e.target != name && !written.iter().any(|(p, _)| *p == e.path)).cloned().collect();
+    // Other targets keep their files, a file this generation rewrote with its new digest: a
+    // file two targets write (the Dockerfile of `docker` and of `compose --apply`) stays as long
+    // as either still writes it.
+    let mut next: Vec<Entry> = previous
+        .iter()
+        .filter(|e| e.target != name)
+        .map(|e| match written.iter().find(|(p, _)| *p == e.path) {
+            Some((_, digest)) => Entry { digest: digest.clone(), ..e.clone() },
+            None => e.clone(),
+        })
+        .collect();
     let others: Vec<&str> = next.iter().map(|e| e.path.as_str()).collect();
     let mut stale = Vec::new();
     for old in previous.iter().filter(|e| e.target == name) {
@@ -141,12 +151,19 @@ mod tests {
     }
 
     #[test]
-    fn a_file_another_target_now_writes_is_that_targets() {
+    fn a_file_two_targets_write_stays_while_either_writes_it() {
         let previous = vec![entry("docker", "f1", "Dockerfile"), entry("docker", "i1", ".dockerignore")];
         let written = [("Dockerfile", "sha256:f2".to_owned()), ("docker-compose.yml", "sha256:c1".to_owned())];
         let (next, stale) = reconcile(&previous, Target::Compose, &written, |_| Some("sha256:f1".to_owned()));
         assert!(stale.is_empty(), "{stale:?}");
-        assert_eq!(next, [entry("docker", "i1", ".dockerignore"), entry("compose", "f2", "Dockerfile"), entry("compose", "c1", "docker-compose.yml")]);
+        assert_eq!(
+            next,
+            [entry("docker", "f2", "Dockerfile"), entry("docker", "i1", ".dockerignore"), entry("compose", "f2", "Dockerfile"), entry("compose", "c1", "docker-compose.yml")]
+        );
+        // Compose without --apply writes no Dockerfile: the docker target's stays.
+        let (after, stale) = reconcile(&next, Target::Compose, &[("docker-compose.yml", "sha256:c1".to_owned())], |_| Some("sha256:f2".to_owned()));
+        assert!(stale.is_empty(), "{stale:?}");
+        assert!(after.contains(&entry("docker", "f2", "Dockerfile")), "{after:?}");
     }
 
     #[test]
