@@ -293,7 +293,7 @@ async fn a_read_only_catalog_reads_and_refuses_changes() {
     assert_eq!(catalog.setting("artifacts").unwrap().as_deref(), Some("local"));
     let refusals = [
         catalog.insert(&record).map(|_| ()),
-        catalog.set_alias("fraud", "staging", "1", "test").map(|_| ()),
+        catalog.set_alias("fraud", "staging", "1", None, "test").map(|_| ()),
         catalog.remove("fraud", "1", true, "test").map(|_| ()),
         catalog.annotate("fraud", "1", &Default::default(), &Default::default()).map(|_| ()),
         catalog.setting_or_insert("artifacts", "local").map(|_| ()),
