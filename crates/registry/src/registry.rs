@@ -644,24 +644,17 @@ impl Registry {
     }
 
     pub async fn set_alias(&self, name: &str, alias: &str, version: &str, actor: &str) -> Result<Option<AliasMove>, RegistryError> {
-        check_name(name)?;
-        check_alias(alias)?;
-        check_version(version)?;
-        self.catalog.writable()?;
-        if self.catalog.get(name, version).await?.is_none() {
-            return Err(if self.catalog.has_model(name).await? {
-                RegistryError::UnknownVersion { name: name.to_owned(), version: version.to_owned() }
-            } else {
-                RegistryError::UnknownModel(name.to_owned())
-            });
-        }
-        self.catalog.set_alias(name, alias, version, None, actor).await
+        self.move_alias(name, alias, version, None, actor).await
     }
 
     /// [`Registry::set_alias`], only if the alias names `expected` now (or `version` already):
     /// a compare and set, so a move made meanwhile is never undone
     /// ([`RegistryError::AliasMoved`]).
     pub async fn set_alias_if(&self, name: &str, alias: &str, expected: &str, version: &str, actor: &str) -> Result<Option<AliasMove>, RegistryError> {
+        self.move_alias(name, alias, version, Some(expected), actor).await
+    }
+
+    async fn move_alias(&self, name: &str, alias: &str, version: &str, expected: Option<&str>, actor: &str) -> Result<Option<AliasMove>, RegistryError> {
         check_name(name)?;
         check_alias(alias)?;
         check_version(version)?;
@@ -673,7 +666,7 @@ impl Registry {
                 RegistryError::UnknownModel(name.to_owned())
             });
         }
-        self.catalog.set_alias(name, alias, version, Some(expected), actor).await
+        self.catalog.set_alias(name, alias, version, expected, actor).await
     }
 
     /// Records results on a version (`modelship validate --record`): metrics and labels merged
