@@ -133,8 +133,11 @@ fn now_ms() -> i64 {
 /// Whether a change of the stable version moves the alias the server follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AliasStep {
-    /// A change made through the server: the alias follows it.
+    /// A change made through the server: the alias follows it, unless the version failed
+    /// validation (`validate=fail`).
     Move,
+    /// A rollout's step: the alias follows it (the rollout's start judged the version).
+    MoveJudged,
     /// A change that comes from the alias (its move, or what it names at startup).
     Follow,
 }
@@ -250,7 +253,9 @@ impl Traffic {
                 table = table.apply(&Change::Promote).map_err(change_error)?;
             }
         }
-        Ok(self.install(state, &served, table, None, actor, reason).await?.revision)
+        // The rollout judged the version when it started (`rollout start --force` for one that
+        // failed validation): its promotion moves the alias without asking again.
+        Ok(self.install_with(state, &served, table, None, actor, reason, None, AliasStep::MoveJudged).await?.revision)
     }
 
     /// Applies `change` to the model's table; returns the new revision.
@@ -469,7 +474,10 @@ impl Traffic {
     ) -> Result<Revision, ApiError> {
         let mut table = table.without_self_comparison();
         let versions = self.versions_for(state, served, &mut table, loaded.as_ref()).await?;
-        let moved = if alias == AliasStep::Move && table.stable != served.table.stable {
+        let moved = if alias != AliasStep::Follow && table.stable != served.table.stable {
+            if alias == AliasStep::Move {
+                self.refuse_failed_validation(&table.stable).await?;
+            }
             self.move_alias(&served.table.stable, &table.stable, actor, reason).await?
         } else {
             false
@@ -534,6 +542,22 @@ impl Traffic {
             ))),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// On a server that follows an alias, a version `validate --record` judged failed becomes
+    /// stable only through `rollout start --force` or `models alias --force` (which the server
+    /// follows), never through a plain `traffic promote` or `switch`.
+    async fn refuse_failed_validation(&self, version: &str) -> Result<(), ApiError> {
+        let (Some(alias), Some(registry)) = (&self.source.alias, &self.registry) else { return Ok(()) };
+        let name = &self.registry_model;
+        let record = registry.resolve(&ModelRef::Version(name.clone(), version.to_owned())).await?;
+        if record.labels.get("validate").map(String::as_str) == Some("fail") {
+            return Err(ApiError::Conflict(format!(
+                "{name}:{version} failed validation (validate=fail, recorded by `modelship validate --record`), and making it stable moves {name}@{alias}; \
+                 the routing is unchanged. To serve it anyway: `modelship models alias {name} {alias} {version} --force` (the server follows), or `modelship rollout start --force`"
+            )));
+        }
+        Ok(())
     }
 
     /// Undoes [`Traffic::move_alias`] after the change it was made for could not be committed,

@@ -244,3 +244,19 @@ fn a_version_that_failed_validation_is_not_aliased_or_rolled_out_unless_forced()
     assert!(ok(&out, "rollout start --force").contains("promoted to 3"));
     assert_eq!(s.alias_target(), "3");
 }
+
+/// On a server following the alias, a failed version does not become stable by a plain
+/// promotion either: the routing and the alias stay as they are.
+#[test]
+fn a_failed_version_is_not_promoted_by_hand_on_a_server_following_the_alias() {
+    let s = Setup::new();
+    s.models(&["push", "fraud", &model("xgboost"), "--version", "3", "--label", "validate=fail"]);
+    let server = s.serve("fraud@production");
+    ok(&s.admin(&server, "traffic", &["set", "fraud", "--candidate", "3", "--weight", "10%"]), "traffic set");
+    let out = s.admin(&server, "traffic", &["promote", "fraud"]);
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && message.contains("fraud:3 failed validation") && message.contains("--force"), "{message}");
+    assert_eq!(s.alias_target(), "1");
+    let status: Value = serde_json::from_str(&ok(&s.admin(&server, "traffic", &["status", "fraud", "--output", "json"]), "status")).unwrap();
+    assert_eq!(status["traffic"]["stable"], "1", "{status}");
+}
