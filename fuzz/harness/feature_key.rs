@@ -69,7 +69,7 @@ fn spec(pattern: &str, case: Case) {
             (k, value)
         }).collect::<HashMap<_, _>>()),
     };
-    if let Ok((tensor, _)) = spec.assemble(&plan, fetched) {
+    if let Ok((tensor, _)) = spec.assemble(&plan, &fetched) {
         assert_eq!(tensor.shape(), [case.entities.len(), spec.features.len()], "one row per entity, one column per feature");
     }
 }

@@ -43,20 +43,19 @@ impl FeatureService {
         let keys = plan.keys_to_fetch();
         let mut hits = Vec::new();
         let fetched = if keys.is_empty() { Ok(Default::default()) } else { self.store.fetch_noting_hits(&keys, spec.storage, &mut hits).await };
-        let assembled = match spec.assemble(&plan, fetched.clone()) {
+        let assembled = match spec.assemble(&plan, &fetched) {
             // An entity the cache answered may predate the field (`features load` ran since):
-            // read the key again from the store, past the cache, before answering that it lacks
-            // it. One the store itself answered just now is not asked twice.
-            // Every entity the cache answered is read again at once, in one round trip.
+            // every key the cache answered is read again from the store, in one round trip,
+            // before answering that it lacks it. One the store answered just now is not asked twice.
             Err(FeatureError::MissingFeature { key, .. }) if hits.contains(&key) => {
                 let mut fetched = fetched.unwrap_or_default();
                 match self.store.fetch_fresh(&hits, spec.storage).await {
                     Ok(fresh) => {
                         fetched.extend(fresh);
-                        spec.assemble(&plan, Ok(fetched))
+                        spec.assemble(&plan, &Ok(fetched))
                     }
                     // The store's trouble, judged by the spec's store-error policy.
-                    Err(e) => spec.assemble(&plan, Err(e)),
+                    Err(e) => spec.assemble(&plan, &Err(e)),
                 }
             }
             other => other,

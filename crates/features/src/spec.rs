@@ -401,13 +401,13 @@ impl FeatureSpec {
 
     /// Fills each row from what was fetched (or the defaults, as the fallbacks allow) and builds
     /// the input tensor.
-    pub fn assemble(&self, plan: &Plan, fetched: Fetched) -> Result<(Tensor, Vec<Defaulted>), FeatureError> {
+    pub fn assemble(&self, plan: &Plan, fetched: &Fetched) -> Result<(Tensor, Vec<Defaulted>), FeatureError> {
         let mut defaulted = Vec::new();
         let mut data: Vec<f64> = Vec::with_capacity(plan.rows.len() * self.features.len());
         for (index, row) in plan.rows.iter().enumerate() {
             let mut used: Vec<String> = Vec::new();
             let mut reason = String::new();
-            let stored: Option<&Stored> = match (&row.key, &fetched) {
+            let stored: Option<&Stored> = match (&row.key, fetched) {
                 (None, _) => None,
                 (Some(_), Err(e)) => {
                     if self.on_store_error == Fallback::Fail {
@@ -582,7 +582,7 @@ mod tests {
             ("features:customer:c1".to_owned(), hash(&[("avg_30d", "40.25"), ("txn_count", "3")])),
             ("features:customer:7".to_owned(), hash(&[("txn_count", "9"), ("avg_30d", "999")])),
         ]);
-        let (tensor, defaulted) = spec.assemble(&plan, Ok(fetched)).unwrap();
+        let (tensor, defaulted) = spec.assemble(&plan, &Ok(fetched)).unwrap();
         assert_eq!(tensor.shape(), &[2, 3]);
         // avg_30d, txn_count, amount; entity 1 carries its own avg_30d, which wins.
         assert_eq!(tensor.data(), &TensorData::Fp32(vec![40.25, 3.0, 12.5, 3.0, 9.0, 1.0]));
@@ -593,15 +593,15 @@ mod tests {
     fn falls_back_or_fails_as_configured() {
         let spec = FeatureSpec::new(&config(), &signature(3, DataType::Fp64)).unwrap();
         let plan = spec.plan(&[entity(json!({"customer_id": "c1", "amount": 1.0}))]).unwrap();
-        let err = spec.assemble(&plan, Err("timed out after 50 ms".to_owned())).unwrap_err();
+        let err = spec.assemble(&plan, &Err("timed out after 50 ms".to_owned())).unwrap_err();
         assert_eq!(err.to_string(), "the feature store is unavailable: timed out after 50 ms");
-        let err = spec.assemble(&plan, Ok(HashMap::from([("features:customer:c1".to_owned(), None)]))).unwrap_err();
+        let err = spec.assemble(&plan, &Ok(HashMap::from([("features:customer:c1".to_owned(), None)]))).unwrap_err();
         assert!(matches!(err, FeatureError::EntityNotFound { entity: 0, .. }), "{err}");
         // A field that is not stored takes its default; one without a default is an error.
-        let (t, d) = spec.assemble(&plan, Ok(HashMap::from([("features:customer:c1".to_owned(), hash(&[("avg_30d", "2")]))]))).unwrap();
+        let (t, d) = spec.assemble(&plan, &Ok(HashMap::from([("features:customer:c1".to_owned(), hash(&[("avg_30d", "2")]))]))).unwrap();
         assert_eq!(t.data(), &TensorData::Fp64(vec![2.0, 0.0, 1.0]));
         assert_eq!(d, vec![Defaulted { entity: 0, features: vec!["txn_count".to_owned()], reason: "some fields are not stored".to_owned() }]);
-        let err = spec.assemble(&plan, Ok(HashMap::from([("features:customer:c1".to_owned(), hash(&[("txn_count", "2")]))]))).unwrap_err();
+        let err = spec.assemble(&plan, &Ok(HashMap::from([("features:customer:c1".to_owned(), hash(&[("txn_count", "2")]))]))).unwrap_err();
         assert_eq!(
             err.to_string(),
             "key 'features:customer:c1' has no field 'avg_30d' (feature 'avg_30d'; read from the store itself, past the cache) and the feature has no default; load it (`modelship features load`) or give the feature a default"
@@ -612,11 +612,11 @@ mod tests {
         lenient.on_missing_entity = Fallback::Defaults;
         lenient.features[1].default = Some(-1.0);
         let spec = FeatureSpec::new(&lenient, &signature(3, DataType::Fp64)).unwrap();
-        let (t, d) = spec.assemble(&plan, Err("connection refused".to_owned())).unwrap();
+        let (t, d) = spec.assemble(&plan, &Err("connection refused".to_owned())).unwrap();
         assert_eq!(t.data(), &TensorData::Fp64(vec![-1.0, 0.0, 1.0]));
         assert_eq!(d[0].features, vec!["avg_30d", "txn_count"]);
         assert_eq!(d[0].reason, "feature store unavailable: connection refused");
-        let (_, d) = spec.assemble(&plan, Ok(HashMap::from([("features:customer:c1".to_owned(), None)]))).unwrap();
+        let (_, d) = spec.assemble(&plan, &Ok(HashMap::from([("features:customer:c1".to_owned(), None)]))).unwrap();
         assert_eq!(d[0].reason, "no features stored under key 'features:customer:c1'");
     }
 
@@ -632,7 +632,7 @@ mod tests {
         assert_eq!(spec.plan(&[]).unwrap_err().to_string(), "'entities' is empty; give at least one entity");
 
         let plan = spec.plan(&[entity(json!({"customer_id": "c1", "amount": 1}))]).unwrap();
-        let bad = |stored: Stored| spec.assemble(&plan, Ok(HashMap::from([("features:customer:c1".to_owned(), Some(Arc::new(stored)))]))).unwrap_err().to_string();
+        let bad = |stored: Stored| spec.assemble(&plan, &Ok(HashMap::from([("features:customer:c1".to_owned(), Some(Arc::new(stored)))]))).unwrap_err().to_string();
         assert_eq!(
             bad(Stored::Hash(HashMap::from([("avg_30d".to_owned(), "lots".to_owned())]))),
             "key 'features:customer:c1': feature 'avg_30d' is stored as 'lots', which is not a number; fix the stored data"
