@@ -55,24 +55,10 @@ impl Embedded {
         .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
         // Files written before rollouts were shared records: the record column is added, and a
         // row without one is read from its engine state.
-        let has_record: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('rollouts') WHERE name = 'record'")
-            .and_then(|mut s| s.exists([]))
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        if !has_record {
-            conn.execute_batch("ALTER TABLE rollouts ADD COLUMN record TEXT")
-                .map_err(|e| format!("cannot upgrade {}: {e}", path.display()))?;
-        }
+        add_column_if_missing(&conn, path, "rollouts", "record")?;
         // Files written before revisions recorded their model source: the column is added, and a
         // row without one is read as of an unknown source.
-        let has_source: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('revisions') WHERE name = 'source'")
-            .and_then(|mut s| s.exists([]))
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        if !has_source {
-            conn.execute_batch("ALTER TABLE revisions ADD COLUMN source TEXT")
-                .map_err(|e| format!("cannot upgrade {}: {e}", path.display()))?;
-        }
+        add_column_if_missing(&conn, path, "revisions", "source")?;
         Ok(Embedded { conn: Mutex::new(conn), memory: Mutex::default() })
     }
 
@@ -133,6 +119,20 @@ impl Embedded {
             })
             .collect()
     }
+}
+
+/// Upgrades a file written by an older version: adds `table.column` (TEXT, NULL in old rows) when
+/// the table has none. `table` and `column` are this module's own names, never a user's.
+fn add_column_if_missing(conn: &Connection, path: &Path, table: &str, column: &str) -> Result<(), String> {
+    let exists = conn
+        .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"))
+        .and_then(|mut s| s.exists([]))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !exists {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))
+            .map_err(|e| format!("cannot upgrade {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 impl ControlStore for Embedded {
