@@ -161,7 +161,7 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
         ModelsCommand::Alias { name, alias, version, force } => {
             if !force {
                 let record = registry.resolve(&ModelRef::Version(name.clone(), version.clone())).await?;
-                if record.labels.get("validate").map(String::as_str) == Some("fail") {
+                if record.failed_validation() {
                     bail!(
                         "{name}:{version} failed validation (validate=fail, recorded by `modelship validate --record`; `modelship models show {name}:{version}` shows why); point {alias} at it anyway with --force"
                     );

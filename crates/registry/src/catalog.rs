@@ -41,7 +41,16 @@ pub struct VersionRecord {
 /// sends the version before it serves it.
 pub const WARMUP_SAMPLE_LABEL: &str = "warmup_sample";
 
+/// The label `modelship validate --record` leaves on a version: `pass` or `fail`.
+pub const VALIDATE_LABEL: &str = "validate";
+
 impl VersionRecord {
+    /// Whether `modelship validate --record` judged this version failed (`validate=fail`): it is
+    /// then aliased, rolled out or made stable only when asked with `--force`.
+    pub fn failed_validation(&self) -> bool {
+        self.labels.get(VALIDATE_LABEL).is_some_and(|v| v == "fail")
+    }
+
     /// The digest (hex) of this version's warm-up sample, when its label names one.
     pub fn warmup_sample_digest(&self) -> Option<&str> {
         let value = self.labels.get(WARMUP_SAMPLE_LABEL)?;
@@ -335,7 +344,8 @@ impl Catalog {
     pub fn set_alias(&self, name: &str, alias: &str, version: &str, expected: Option<&str>, actor: &str) -> Result<Option<AliasMove>, RegistryError> {
         self.writable()?;
         let at_ms = now_ms();
-        let outcome = self.with(|c| {
+        // The outer error is the database's; the inner one the refusal of a stale expectation.
+        self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let previous: Option<String> = tx
                 .query_row("SELECT version FROM aliases WHERE name = ?1 AND alias = ?2", params![name, alias], |r| r.get(0))
@@ -374,8 +384,7 @@ impl Catalog {
                 at_ms,
                 actor: actor.to_owned(),
             })))
-        })?;
-        outcome
+        })?
     }
 
     pub fn history(&self, name: &str) -> Result<Vec<AliasMove>, RegistryError> {

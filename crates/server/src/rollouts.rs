@@ -170,7 +170,7 @@ impl Rollouts {
             Err(modelship_registry::RegistryError::UnknownModel(_) | modelship_registry::RegistryError::UnknownVersion { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        if record.labels.get("validate").map(String::as_str) == Some("fail") {
+        if record.failed_validation() {
             return Err(ApiError::Conflict(format!(
                 "{name}:{version} failed validation (validate=fail, recorded by `modelship validate --record`; `modelship models show {name}:{version}` shows why); roll it out anyway with --force"
             )));

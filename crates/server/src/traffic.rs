@@ -551,7 +551,7 @@ impl Traffic {
         let (Some(alias), Some(registry)) = (&self.source.alias, &self.registry) else { return Ok(()) };
         let name = &self.registry_model;
         let record = registry.resolve(&ModelRef::Version(name.clone(), version.to_owned())).await?;
-        if record.labels.get("validate").map(String::as_str) == Some("fail") {
+        if record.failed_validation() {
             return Err(ApiError::Conflict(format!(
                 "{name}:{version} failed validation (validate=fail, recorded by `modelship validate --record`), and making it stable moves {name}@{alias}; \
                  the routing is unchanged. To serve it anyway: `modelship models alias {name} {alias} {version} --force` (the server follows), or `modelship rollout start --force`"

@@ -407,7 +407,7 @@ fn record(args: &ValidateArgs, report: &Report, name: &str, version: &str) -> an
             metrics.insert(key, value);
         }
     }
-    let mut labels = BTreeMap::from([("validate".to_owned(), if report.passed { "pass" } else { "fail" }.to_owned())]);
+    let mut labels = BTreeMap::from([(modelship_registry::VALIDATE_LABEL.to_owned(), if report.passed { "pass" } else { "fail" }.to_owned())]);
     if let Some(data) = &report.data {
         labels.insert("validate.data".to_owned(), data.clone());
     }
@@ -420,7 +420,7 @@ fn record(args: &ValidateArgs, report: &Report, name: &str, version: &str) -> an
     runtime
         .block_on(registry.annotate(name, version, &metrics, &labels))
         .with_context(|| format!("cannot record the results on {name}:{version}"))?;
-    eprintln!("recorded {} metrics on {name}:{version} (validate={})", metrics.len(), labels["validate"]);
+    eprintln!("recorded {} metrics on {name}:{version} (validate={})", metrics.len(), labels[modelship_registry::VALIDATE_LABEL]);
     Ok(())
 }
 
