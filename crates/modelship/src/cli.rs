@@ -1116,6 +1116,8 @@ pub enum LogFormatArg {
 mod tests {
     use clap::{CommandFactory, Parser};
 
+    use crate::help_examples::help_examples;
+
     use super::*;
 
     fn args(line: &str) -> Vec<String> {
@@ -1196,19 +1198,6 @@ mod tests {
             }
         }
         assert!(broken.is_empty(), "indented help lines wrapped at 80 columns (keep them under 80):\n  {}", broken.join("\n  "));
-    }
-
-    /// The `modelship ...` command lines under a help text's `Examples:`, continuation lines
-    /// joined, comments dropped, split as a shell would.
-    fn help_examples(help: &str) -> Vec<Vec<String>> {
-        let Some((_, examples)) = help.split_once("Examples:") else { return Vec::new() };
-        examples
-            .replace("\\\n", " ")
-            .lines()
-            .map(|line| line.split("  #").next().unwrap_or(line).trim())
-            .filter(|line| line.starts_with("modelship ") && !line.contains("&&"))
-            .map(|line| shlex::split(line).unwrap_or_else(|| panic!("an example a shell cannot split: {line}")))
-            .collect()
     }
 
     #[test]

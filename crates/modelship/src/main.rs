@@ -9,6 +9,8 @@ mod deploy_ci;
 mod deploy_preflight;
 mod features;
 mod healthcheck;
+#[cfg(test)]
+mod help_examples;
 mod lambda;
 mod logging;
 mod models;

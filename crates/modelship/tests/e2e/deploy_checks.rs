@@ -186,7 +186,7 @@ fn every_deploy_help_example_generates_as_written() {
     let mut ran = 0;
     for target in [&["deploy"][..], &["deploy", "k8s"], &["deploy", "lambda"], &["deploy", "ci"]] {
         let help = sh(command().args(target).arg("--help"));
-        for argv in examples(&help) {
+        for argv in crate::help_examples::help_examples(&help) {
             // --apply and --down need an engine: the generation is what is checked here.
             let args: Vec<&str> = argv[1..].iter().map(String::as_str).filter(|a| *a != "--apply" && *a != "--down").collect();
             if argv.iter().any(|a| a == "--down") {
@@ -198,16 +198,4 @@ fn every_deploy_help_example_generates_as_written() {
         }
     }
     assert!(ran >= 15, "only {ran} examples ran");
-}
-
-/// The `modelship ...` lines under `Examples:` (the same reading as the CLI's own parse test).
-fn examples(help: &str) -> Vec<Vec<String>> {
-    let Some((_, examples)) = help.split_once("Examples:") else { return Vec::new() };
-    examples
-        .replace("\\\n", " ")
-        .lines()
-        .map(|line| line.split("  #").next().unwrap_or(line).trim())
-        .filter(|line| line.starts_with("modelship ") && !line.contains("&&"))
-        .map(|line| shlex::split(line).unwrap_or_else(|| panic!("an example a shell cannot split: {line}")))
-        .collect()
 }
