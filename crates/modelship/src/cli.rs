@@ -120,6 +120,89 @@ pub enum Command {
     /// judged by Prometheus (build feature `kubernetes`)
     #[command(after_help = crate::controller::CONTROLLER_HELP)]
     Controller(Box<crate::controller::ControllerArgs>),
+    /// Convert a scikit-learn, XGBoost or LightGBM model to ONNX in a sandbox, proven equal on
+    /// sample rows (what serve, models push and validate do by themselves)
+    #[command(after_help = crate::convert::HELP)]
+    Convert(ConvertArgs),
+}
+
+/// How a model file in another format than ONNX is converted (every command that takes one).
+#[derive(Debug, Clone, Args, Default, PartialEq)]
+#[command(next_help_heading = "Converting pickles, XGBoost and LightGBM models")]
+pub struct ConvertFlags {
+    /// Rows to prove the conversion on: CSV or Parquet with the model's feature columns
+    /// [default: 1000 rows drawn from the ranges and split thresholds the model records]
+    #[arg(long, value_name = "FILE")]
+    pub sample: Option<PathBuf>,
+    /// Largest difference allowed between the original's and ONNX Runtime's outputs: absolute
+    /// on probabilities, absolute plus relative on predictions [default: 1e-5]
+    #[arg(long, value_name = "X")]
+    pub tolerance: Option<f64>,
+    /// Rows drawn for the proof when no --sample is given [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub rows: Option<usize>,
+    /// Tree thresholds: exact (each float64 threshold written as the float32 that sends every
+    /// float32 input the same way) or as-converted (rounded to nearest, as the converters do)
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub thresholds: Option<ThresholdsArg>,
+    /// Load a pickle without the sandbox, when bubblewrap cannot run here: its code then runs
+    /// with your rights (logged, and recorded on the conversion)
+    #[arg(long)]
+    pub trust_pickle: bool,
+    /// A Python with scikit-learn, skl2onnx and onnxmltools to convert with, instead of
+    /// modelship's own environments [env: MODELSHIP_CONVERT_PYTHON]
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// Refuse, naming the command, when the environment a model needs is not there, instead of
+    /// creating it from PyPI
+    #[arg(long)]
+    pub no_install: bool,
+    /// The scikit-learn version the model's metadata declares (MLflow's MLmodel), for a pickle
+    /// that records none.
+    #[arg(skip)]
+    pub declared_sklearn: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ThresholdsArg {
+    Exact,
+    AsConverted,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ConvertArgs {
+    #[command(subcommand)]
+    pub command: Option<ConvertCommand>,
+    /// The model: a pickle or joblib file, an XGBoost .json/.ubj, a LightGBM text model
+    #[arg(value_name = "MODEL")]
+    pub model: Option<PathBuf>,
+    /// Write the ONNX model here
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// ONNX Runtime's library, for the proof [env: ORT_DYLIB_PATH; default: found by itself]
+    #[arg(long, value_name = "FILE")]
+    pub ort_lib: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table, global = true)]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub flags: ConvertFlags,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ConvertCommand {
+    /// Create a conversion environment from PyPI: the default one, or one with the
+    /// scikit-learn version a pickle was written by
+    Setup {
+        /// The scikit-learn version, e.g. 1.5.2 [default: the default environment's]
+        #[arg(long, value_name = "VERSION")]
+        scikit_learn: Option<String>,
+        /// The Python to create it with [default: python3; env: MODELSHIP_CONVERT_BASE_PYTHON]
+        #[arg(long, value_name = "PYTHON")]
+        base_python: Option<PathBuf>,
+    },
+    /// List the conversion environments and what they hold
+    Envs,
 }
 
 const HEALTHCHECK_HELP: &str = "\
@@ -770,7 +853,8 @@ pub enum ModelsCommand {
     Push {
         /// Model name: letters, digits, '.', '_', '-'
         name: String,
-        /// The ONNX file
+        /// The model file: ONNX, or a pickle, joblib, XGBoost or LightGBM model (converted to
+        /// ONNX and proven equal first; the original is kept beside it)
         file: PathBuf,
         /// Version string, e.g. 1.3.0
         #[arg(long = "version", short = 'v', value_name = "VERSION")]
@@ -793,6 +877,8 @@ pub enum ModelsCommand {
         /// before serving it (a version that fails it is refused)
         #[arg(long, value_name = "FILE")]
         warmup_sample: Option<PathBuf>,
+        #[command(flatten)]
+        convert: ConvertFlags,
     },
     /// List models and versions
     Ls {
@@ -869,7 +955,8 @@ pub enum ModelsCommand {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum ImportSource {
-    /// From an MLflow model registry, over its REST API: the ONNX artifact, the run's metrics and
+    /// From an MLflow model registry, over its REST API: the model (an ONNX artifact, or the
+    /// sklearn, xgboost or lightgbm flavour, converted), the run's metrics and
     /// the version's tags (credentials: MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD)
     Mlflow {
         /// The MLflow tracking server [env: MLFLOW_TRACKING_URI]
@@ -882,9 +969,11 @@ pub enum ImportSource {
         /// Register it under this name here [default: the MLflow name]
         #[arg(long = "as", value_name = "NAME")]
         as_name: Option<String>,
-        /// The largest ONNX file it downloads, e.g. 8Gi
+        /// The largest model file it downloads, e.g. 8Gi
         #[arg(long, value_name = "SIZE", default_value = "4Gi")]
         max_size: String,
+        #[command(flatten)]
+        convert: ConvertFlags,
     },
 }
 
@@ -936,8 +1025,9 @@ token; POST /v1/feedback on the inference port needs it too, since labels decide
 
 #[derive(Debug, Clone, Args, Default)]
 pub struct ServeArgs {
-    /// The ONNX file, or a registry model: NAME@ALIAS (followed as it moves), NAME:VERSION or NAME
-    /// (overrides model.path and MODEL_PATH)
+    /// The model file (ONNX, or a pickle, joblib, XGBoost or LightGBM model, converted first), or
+    /// a registry model: NAME@ALIAS (followed as it moves), NAME:VERSION or NAME (overrides
+    /// model.path and MODEL_PATH)
     #[arg(value_name = "MODEL")]
     pub model: Option<PathBuf>,
 
@@ -1104,6 +1194,9 @@ pub struct ServeArgs {
     /// Path to ONNX Runtime's libonnxruntime.so (overrides ORT_DYLIB_PATH)
     #[arg(long, value_name = "PATH")]
     pub ort_lib: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub convert: ConvertFlags,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

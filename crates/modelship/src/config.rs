@@ -176,6 +176,8 @@ pub struct ServeConfig {
     /// How often a followed alias is checked.
     pub registry_poll: Duration,
     pub admin: AdminConfig,
+    /// How a model file in another format than ONNX is converted (flags only).
+    pub convert: crate::cli::ConvertFlags,
 }
 
 /// Inference API keys and TLS. The key file is read when the server starts (`resolve` reads
@@ -572,6 +574,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         return Err(ConfigErrors(problems));
     }
     Ok(ServeConfig {
+        convert: args.convert.clone(),
         model_name,
         model_version,
         model_path,

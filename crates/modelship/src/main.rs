@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod controller;
+mod convert;
 mod deploy;
 mod deploy_ci;
 mod deploy_preflight;
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
         cli::Command::Healthcheck(args) => healthcheck::main(&args),
         cli::Command::Lambda => lambda::main(),
         cli::Command::Controller(args) => controller::main(*args),
+        cli::Command::Convert(args) => convert::main(args),
     }
 }
 

@@ -1,6 +1,8 @@
 //! `modelship models ...`: the registry from the command line.
 
 use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -62,6 +64,34 @@ async fn fetch(store: Option<String>, digest: &str, out: &std::path::Path, json_
     Ok(())
 }
 
+/// Whether a model file is in a format that is converted (a pickle, joblib, XGBoost or LightGBM
+/// model) rather than pushed as it is; one that is clearly no model is refused here, with the
+/// way to export it.
+fn convertible(file: &Path) -> anyhow::Result<bool> {
+    use modelship_convert::format::{HEAD, Head, classify_head};
+    let mut head = Vec::with_capacity(HEAD);
+    let f = std::fs::File::open(file).with_context(|| format!("cannot read model file {}", file.display()))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    std::io::Read::take(f, HEAD as u64).read_to_end(&mut head).with_context(|| format!("cannot read model file {}", file.display()))?;
+    match classify_head(&head, len) {
+        Head::Convertible(_) => Ok(true),
+        Head::MaybeOnnx => Ok(false),
+        Head::Refused(e) => bail!("{} is {e}", file.display()),
+    }
+}
+
+/// Pushes a converted model: the original file first, beside the artifacts by its digest, then
+/// the ONNX version with the conversion's labels (where it came from, how it was proven).
+async fn push_converted(registry: &Registry, mut request: PushRequest, original: bytes::Bytes, prepared: &modelship_convert::Prepared) -> anyhow::Result<PushOutcome> {
+    let Some(conversion) = prepared.conversion() else {
+        return Ok(registry.push_bytes(request, prepared.onnx().clone()).await?);
+    };
+    let stored = registry.put_original(original).await?;
+    request.labels.extend(conversion.labels());
+    request.labels.insert(modelship_registry::SOURCE_DIGEST_LABEL.to_owned(), stored);
+    Ok(registry.push_bytes(request, prepared.onnx().clone()).await?)
+}
+
 /// Who made a change, for the alias history.
 fn actor(env: &dyn Env) -> String {
     env.get("USER").map_or_else(|| "cli".to_owned(), |u| format!("cli:{u}"))
@@ -75,7 +105,7 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
     }
     let registry = open_registry(args.registry, args.artifacts, &env)?;
     match args.command {
-        ModelsCommand::Push { name, file, version, metrics, labels, description, max_size, warmup_sample } => {
+        ModelsCommand::Push { name, file, version, metrics, labels, description, max_size, warmup_sample, convert } => {
             let registry = registry.with_max_artifact_bytes(parse_bytes("--max-size", &max_size)?);
             let mut labels = parse_pairs(&labels, "--label")?;
             if let Some(path) = &warmup_sample {
@@ -100,9 +130,23 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 description,
                 source: None,
             };
-            let bar = Bar::new();
-            let outcome = registry.push(request, &file, &bar).await?;
-            bar.clear();
+            let outcome = match convertible(&file)? {
+                // Another format: converted and proven equal first, the original kept beside it.
+                true => {
+                    let original = crate::convert::read_model_file(&file)?;
+                    let backend = crate::convert::backend(None)?;
+                    let prepared = crate::convert::prepare_bytes(&file, original.clone(), &convert, backend.as_ref(), &env, &crate::convert::say).await?;
+                    let mut request = request;
+                    request.source = Some(file.display().to_string());
+                    push_converted(&registry, request, original, &prepared).await?
+                }
+                false => {
+                    let bar = Bar::new();
+                    let outcome = registry.push(request, &file, &bar).await?;
+                    bar.clear();
+                    outcome
+                }
+            };
             report_push(outcome, json_out, "pushed");
         }
         ModelsCommand::Ls { name } => {
@@ -180,7 +224,7 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        ModelsCommand::Import(ImportSource::Mlflow { tracking_uri, name, version, as_name, max_size }) => {
+        ModelsCommand::Import(ImportSource::Mlflow { tracking_uri, name, version, as_name, max_size, convert }) => {
             let max_size = parse_bytes("--max-size", &max_size)?;
             let registry = registry.with_max_artifact_bytes(max_size);
             let uri = tracking_uri
@@ -197,7 +241,19 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             if let Some(local) = as_name {
                 request.name = local;
             }
-            let outcome = registry.push_bytes(request, imported.bytes).await?;
+            let path = PathBuf::from(format!("mlflow:{name}/{}/{}", imported.mlflow_version, imported.file));
+            let head = &imported.bytes[..imported.bytes.len().min(modelship_convert::format::HEAD)];
+            let outcome = match modelship_convert::format::classify_head(head, imported.bytes.len() as u64) {
+                modelship_convert::format::Head::MaybeOnnx => registry.push_bytes(request, imported.bytes).await?,
+                _ => {
+                    let backend = crate::convert::backend(None)?;
+                    let mut convert = convert;
+                    let declared = imported.declared_sklearn.clone();
+                    convert.declared_sklearn = declared;
+                    let prepared = crate::convert::prepare_bytes(&path, imported.bytes.clone(), &convert, backend.as_ref(), &env, &crate::convert::say).await?;
+                    push_converted(&registry, request, imported.bytes, &prepared).await?
+                }
+            };
             report_push(outcome, json_out, &format!("imported MLflow {name} version {} as", imported.mlflow_version));
         }
         ModelsCommand::Gc { older_than, unreferenced, dry_run } => {

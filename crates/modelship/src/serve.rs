@@ -70,14 +70,14 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
-    let source = ModelSource::of(&config)?;
-    let (model, registry_record) = source.read().await?;
-    let registry_version = registry_record.as_ref().map(|r| r.version.clone());
-    // A served file is followed by its contents' digest (the volume-mount workflow).
-    let file_digest = matches!(source, ModelSource::File(_)).then(|| modelship_server::follow::digest(&model));
     let onnx = OnnxBackend::new(config.ort_lib.as_deref())?;
     tracing::info!(library = %onnx.library().display(), "ONNX Runtime loaded");
     let backend: Arc<dyn Backend> = Arc::new(onnx);
+    let source = ModelSource::of(&config)?;
+    // A served file is followed by its contents' digest (the volume-mount workflow): the file's
+    // own bytes, before any conversion.
+    let (model, registry_record, file_digest) = source.read(&config, backend.as_ref()).await?;
+    let registry_version = registry_record.as_ref().map(|r| r.version.clone());
     let listener = TcpListener::bind((config.host.as_str(), config.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
@@ -269,8 +269,25 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
     if let (ModelSource::File(path), Some(digest)) = (&source, file_digest)
         && config.watch_file
     {
-        let follow =
-            FollowFile { traffic: Arc::clone(&traffic), path: path.clone(), base_version: spec.version.clone(), poll: config.registry_poll };
+        // New contents in another format are converted as at startup (a sandboxed child process).
+        let prepare: modelship_server::follow::Prepare = {
+            let (path, flags, backend) = (path.clone(), config.convert.clone(), Arc::clone(&backend));
+            Arc::new(move |bytes: Vec<u8>| {
+                let converter = crate::convert::converter(&flags, &ProcessEnv);
+                let options = crate::convert::options(&flags, &path.display().to_string()).map_err(|e| format!("{e:#}"))?;
+                converter
+                    .prepare(&path, bytes.into(), &options, backend.as_ref(), &|line| tracing::info!("{line}"))
+                    .map(|p| p.onnx().to_vec())
+                    .map_err(|e| e.to_string())
+            })
+        };
+        let follow = FollowFile {
+            prepare: Some(prepare),
+            traffic: Arc::clone(&traffic),
+            path: path.clone(),
+            base_version: spec.version.clone(),
+            poll: config.registry_poll,
+        };
         tracing::info!(path = %path.display(), poll_s = config.registry_poll.as_secs_f64(), "following the model file");
         let app = state.clone();
         state.tasks.spawn("file-follow", move |_| follow_file(app, follow, digest));
@@ -433,21 +450,22 @@ impl ModelSource {
         Ok(ModelSource::File(path.clone()))
     }
 
-    /// The model bytes, and the registry version when there is one. File contents are refused
-    /// when clearly not a model; registry artifacts are checked against their digest.
-    async fn read(&self) -> anyhow::Result<(Arc<[u8]>, Option<modelship_registry::VersionRecord>)> {
+    /// The ONNX model's bytes, the registry version when there is one, and a file's digest.
+    /// A file in another format is converted first (in a sandboxed child process, proven equal,
+    /// cached by its digest); one that is no model is refused. Registry artifacts are checked
+    /// against their digest.
+    async fn read(&self, config: &ServeConfig, backend: &dyn Backend) -> anyhow::Result<(Arc<[u8]>, Option<modelship_registry::VersionRecord>, Option<String>)> {
         match self {
             ModelSource::File(path) => {
-                let bytes = std::fs::read(path).with_context(|| format!("cannot read model file {}", path.display()))?;
-                if bytes.is_empty() {
-                    bail!("model file {} is empty", path.display());
-                }
-                Ok((bytes.into(), None))
+                let bytes = crate::convert::read_model_file(path)?;
+                let digest = modelship_server::follow::digest(&bytes);
+                let prepared = crate::convert::prepare_bytes(path, bytes, &config.convert, backend, &ProcessEnv, &|line| tracing::info!("{line}")).await?;
+                Ok((prepared.onnx().to_vec().into(), None, Some(digest)))
             }
             ModelSource::Registry { registry, reference } => {
                 let record = registry.resolve(reference).await?;
                 let bytes = registry.artifact(&record, &NoProgress).await?;
-                Ok((bytes.to_vec().into(), Some(record)))
+                Ok((bytes.to_vec().into(), Some(record), None))
             }
         }
     }

@@ -41,6 +41,11 @@ pub struct VersionRecord {
 /// sends the version before it serves it.
 pub const WARMUP_SAMPLE_LABEL: &str = "warmup_sample";
 
+/// The label that names the file a version was converted from (a pickle, an XGBoost or LightGBM
+/// model): `sha256:<hex>` of the original, kept beside the artifacts so the version can be traced
+/// back and converted again.
+pub const SOURCE_DIGEST_LABEL: &str = "source_digest";
+
 /// The label `modelship validate --record` leaves on a version: `pass` or `fail`.
 pub const VALIDATE_LABEL: &str = "validate";
 
@@ -53,14 +58,23 @@ impl VersionRecord {
 
     /// The digest (hex) of this version's warm-up sample, when its label names one.
     pub fn warmup_sample_digest(&self) -> Option<&str> {
-        let value = self.labels.get(WARMUP_SAMPLE_LABEL)?;
+        self.digest_label(WARMUP_SAMPLE_LABEL)
+    }
+
+    /// The digest (hex) of the file this version was converted from, when its label names one.
+    pub fn source_digest(&self) -> Option<&str> {
+        self.digest_label(SOURCE_DIGEST_LABEL)
+    }
+
+    fn digest_label(&self, label: &str) -> Option<&str> {
+        let value = self.labels.get(label)?;
         let hex = value.strip_prefix("sha256:")?;
         (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(hex)
     }
 
     /// Every stored file this version needs: its artifact, and its warm-up sample if any.
     pub fn referenced_digests(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.digest.as_str()).chain(self.warmup_sample_digest())
+        std::iter::once(self.digest.as_str()).chain(self.warmup_sample_digest()).chain(self.source_digest())
     }
 }
 
@@ -467,6 +481,7 @@ impl Catalog {
                 let (digest, record) = row.map_err(|e| self.err(e))?;
                 if let Ok(record) = serde_json::from_str::<VersionRecord>(&record) {
                     referenced.extend(record.warmup_sample_digest().map(str::to_owned));
+                    referenced.extend(record.source_digest().map(str::to_owned));
                 }
                 referenced.insert(digest);
             }

@@ -26,7 +26,7 @@ pub mod name;
 pub mod onnx_meta;
 mod registry;
 
-pub use catalog::{AliasMove, VALIDATE_LABEL, VersionRecord, WARMUP_SAMPLE_LABEL};
+pub use catalog::{AliasMove, SOURCE_DIGEST_LABEL, VALIDATE_LABEL, VersionRecord, WARMUP_SAMPLE_LABEL};
 pub use error::RegistryError;
 pub use name::ModelRef;
 pub use registry::{DEFAULT_MAX_ARTIFACT_BYTES, GcOptions, MAX_WARMUP_SAMPLE_BYTES, GcReport, NoProgress, Progress, PushOutcome, PushRequest, Registry, RegistryConfig, human_size};

@@ -1,7 +1,8 @@
 //! Importing a model version from an MLflow model registry over MLflow's REST API.
 //!
 //! The version is found by number or alias (`registered-models/alias`), its artifact location by
-//! `model-versions/get-download-uri`, and the ONNX file inside it through the tracking server's
+//! `model-versions/get-download-uri`, and the model file inside it (the ONNX file, else the file
+//! the `MLmodel` names for the sklearn, xgboost or lightgbm flavor) through the tracking server's
 //! artifact proxy (`mlflow-artifacts`, on by default since MLflow 2) or, for a server on this
 //! machine without the proxy, a local `file:` location. The run's metrics and the version's tags
 //! come along as metrics and labels.
@@ -37,9 +38,14 @@ impl MlflowVersion {
 /// A model version fetched from MLflow, ready to push.
 pub struct Imported {
     pub request: PushRequest,
+    /// The model file: ONNX, or a pickle, XGBoost or LightGBM model to convert.
     pub bytes: Bytes,
     /// MLflow's version number.
     pub mlflow_version: String,
+    /// The file's name among the artifacts (`model.onnx`, `model.pkl`...).
+    pub file: String,
+    /// The scikit-learn version the MLmodel declares (sklearn flavor).
+    pub declared_sklearn: Option<String>,
 }
 
 pub struct MlflowClient {
@@ -122,7 +128,7 @@ impl MlflowClient {
         let number = mv.get("version").and_then(Value::as_str).ok_or_else(|| err("model version", "no version number"))?.to_owned();
         let uri = self.get_json("/api/2.0/mlflow/model-versions/get-download-uri", &[("name", name), ("version", &number)])?;
         let artifact_uri = uri.get("artifact_uri").and_then(Value::as_str).ok_or_else(|| err("download uri", "missing artifact_uri"))?;
-        let bytes = self.download_onnx(artifact_uri, progress)?;
+        let (file, bytes, declared_sklearn) = self.download_model(artifact_uri, progress)?;
 
         let mut metrics = BTreeMap::new();
         if let Some(run_id) = mv.get("run_id").and_then(Value::as_str).filter(|r| !r.is_empty())
@@ -158,34 +164,36 @@ impl MlflowClient {
             },
             bytes,
             mlflow_version: number,
+            file,
+            declared_sklearn,
         })
     }
 
-    /// The `.onnx` file of a model artifact directory (MLflow's onnx flavor writes `model.onnx`).
-    fn download_onnx(&self, artifact_uri: &str, progress: &dyn Progress) -> Result<Bytes, RegistryError> {
+    /// The model file of a model artifact directory: its `.onnx` file (MLflow's onnx flavor
+    /// writes `model.onnx`), else the file the `MLmodel` names for the sklearn, xgboost or
+    /// lightgbm flavor (converted by the caller), with the scikit-learn version it declares.
+    fn download_model(&self, artifact_uri: &str, progress: &dyn Progress) -> Result<(String, Bytes, Option<String>), RegistryError> {
+        let location = self.location(artifact_uri)?;
+        let files = self.list(&location)?;
+        if let Some(onnx) = files.iter().filter(|f| f.ends_with(".onnx")).min_by_key(|p| (*p != "model.onnx", p.to_string())) {
+            let bytes = self.read_file(&location, onnx, progress)?;
+            return Ok((onnx.clone(), bytes, None));
+        }
+        if !files.iter().any(|f| f == "MLmodel") {
+            return Err(err(artifact_uri, "no .onnx file and no MLmodel in the model's artifacts; is it an MLflow model?"));
+        }
+        let mlmodel = self.read_file(&location, "MLmodel", &crate::registry::NoProgress)?;
+        let flavor = model_flavor(&mlmodel).map_err(|why| err(&format!("{artifact_uri}/MLmodel"), why))?;
+        if !files.contains(&flavor.file) {
+            return Err(err(artifact_uri, format!("the MLmodel names {}, which is not among the artifacts", flavor.file)));
+        }
+        let bytes = self.read_file(&location, &flavor.file, progress)?;
+        Ok((flavor.file, bytes, flavor.sklearn_version))
+    }
+
+    fn location(&self, artifact_uri: &str) -> Result<Location, RegistryError> {
         if let Some(local) = artifact_uri.strip_prefix("file://").or_else(|| artifact_uri.starts_with('/').then_some(artifact_uri)) {
-            let dir = std::path::Path::new(local);
-            let file = std::fs::read_dir(dir)
-                .map_err(|e| err(&format!("artifact directory {local}"), e))?
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
-                .min()
-                .ok_or_else(|| err(artifact_uri, "no .onnx file in the model's artifacts"))?;
-            let what = file.display().to_string();
-            let meta = std::fs::metadata(&file).map_err(|e| err(&what, e))?;
-            if !meta.is_file() {
-                return Err(err(&what, "not a regular file"));
-            }
-            if meta.len() > self.max_bytes {
-                return Err(self.too_large(&what, meta.len()));
-            }
-            let mut bytes = Vec::with_capacity(meta.len() as usize);
-            std::fs::File::open(&file).and_then(|f| f.take(self.max_bytes + 1).read_to_end(&mut bytes)).map_err(|e| err(&what, e))?;
-            if bytes.len() as u64 > self.max_bytes {
-                return Err(self.too_large(&what, bytes.len() as u64));
-            }
-            return Ok(Bytes::from(bytes));
+            return Ok(Location::Local(std::path::PathBuf::from(local)));
         }
         let path = artifact_uri
             .strip_prefix("mlflow-artifacts:")
@@ -197,43 +205,156 @@ impl MlflowClient {
                 )
             })?
             .to_owned();
-        let listing = self.get_json("/api/2.0/mlflow-artifacts/artifacts", &[("path", &path)])?;
-        let file = listing
-            .get("files")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter(|f| !f.get("is_dir").and_then(Value::as_bool).unwrap_or(false))
-            .filter_map(|f| f.get("path").and_then(Value::as_str))
-            .filter(|p| p.ends_with(".onnx"))
-            .min_by_key(|p| (*p != "model.onnx", p.to_string()))
-            .ok_or_else(|| err(artifact_uri, "no .onnx file in the model's artifacts; is it an ONNX model?"))?
-            .to_owned();
-        let url_path = format!("/api/2.0/mlflow-artifacts/artifacts/{path}/{file}");
-        let mut response = self.get(&url_path, &[])?;
-        if !response.status().is_success() {
-            return Err(err(&url_path, format!("HTTP {}", response.status())));
-        }
-        let total: u64 = response.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
-        if total > self.max_bytes {
-            return Err(self.too_large(&url_path, total));
-        }
-        progress.start("download", total);
-        let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
-        let mut bytes = Vec::with_capacity(total as usize);
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = reader.read(&mut buf).map_err(|e| err(&url_path, e))?;
-            if n == 0 {
-                break;
+        Ok(Location::Proxied(path))
+    }
+
+    /// The file names directly inside the artifact directory.
+    fn list(&self, location: &Location) -> Result<Vec<String>, RegistryError> {
+        match location {
+            Location::Local(dir) => Ok(std::fs::read_dir(dir)
+                .map_err(|e| err(&format!("artifact directory {}", dir.display()), e))?
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .collect()),
+            Location::Proxied(path) => {
+                let listing = self.get_json("/api/2.0/mlflow-artifacts/artifacts", &[("path", path)])?;
+                Ok(listing
+                    .get("files")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|f| !f.get("is_dir").and_then(Value::as_bool).unwrap_or(false))
+                    .filter_map(|f| f.get("path").and_then(Value::as_str))
+                    .map(|p| p.rsplit('/').next().unwrap_or(p).to_owned())
+                    .collect())
             }
-            bytes.extend_from_slice(&buf[..n]);
-            if bytes.len() as u64 > self.max_bytes {
-                return Err(self.too_large(&url_path, bytes.len() as u64));
-            }
-            progress.advance(n as u64);
         }
-        progress.finish();
-        Ok(Bytes::from(bytes))
+    }
+
+    /// One file of the artifact directory, bounded by the size limit. `name` is a plain file
+    /// name from the listing (never a path).
+    fn read_file(&self, location: &Location, name: &str, progress: &dyn Progress) -> Result<Bytes, RegistryError> {
+        if name.is_empty() || name.contains('/') || name.contains('\\') || name == "." || name == ".." {
+            return Err(err(name, "not a plain file name"));
+        }
+        match location {
+            Location::Local(dir) => {
+                let file = dir.join(name);
+                let what = file.display().to_string();
+                let meta = std::fs::metadata(&file).map_err(|e| err(&what, e))?;
+                if !meta.is_file() {
+                    return Err(err(&what, "not a regular file"));
+                }
+                if meta.len() > self.max_bytes {
+                    return Err(self.too_large(&what, meta.len()));
+                }
+                let mut bytes = Vec::with_capacity(meta.len() as usize);
+                std::fs::File::open(&file).and_then(|f| f.take(self.max_bytes + 1).read_to_end(&mut bytes)).map_err(|e| err(&what, e))?;
+                if bytes.len() as u64 > self.max_bytes {
+                    return Err(self.too_large(&what, bytes.len() as u64));
+                }
+                Ok(Bytes::from(bytes))
+            }
+            Location::Proxied(path) => {
+                let url_path = format!("/api/2.0/mlflow-artifacts/artifacts/{path}/{name}");
+                let mut response = self.get(&url_path, &[])?;
+                if !response.status().is_success() {
+                    return Err(err(&url_path, format!("HTTP {}", response.status())));
+                }
+                let total: u64 = response.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+                if total > self.max_bytes {
+                    return Err(self.too_large(&url_path, total));
+                }
+                progress.start("download", total);
+                let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
+                let mut bytes = Vec::with_capacity(total as usize);
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let n = reader.read(&mut buf).map_err(|e| err(&url_path, e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    bytes.extend_from_slice(&buf[..n]);
+                    if bytes.len() as u64 > self.max_bytes {
+                        return Err(self.too_large(&url_path, bytes.len() as u64));
+                    }
+                    progress.advance(n as u64);
+                }
+                progress.finish();
+                Ok(Bytes::from(bytes))
+            }
+        }
+    }
+}
+
+/// Where a version's artifacts are.
+enum Location {
+    /// A directory on this machine (`file:` locations).
+    Local(std::path::PathBuf),
+    /// Behind the tracking server's artifact proxy.
+    Proxied(String),
+}
+
+/// The model file an `MLmodel` names, for the flavors modelship converts.
+#[derive(Debug, PartialEq, Eq)]
+struct Flavor {
+    file: String,
+    sklearn_version: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct MlModel {
+    #[serde(default)]
+    flavors: BTreeMap<String, serde_yaml_ng::Value>,
+}
+
+/// Reads an `MLmodel` (YAML): the sklearn flavor's `pickled_model`, or the xgboost or lightgbm
+/// flavor's `data`.
+fn model_flavor(mlmodel: &[u8]) -> Result<Flavor, String> {
+    let doc: MlModel = serde_yaml_ng::from_slice(mlmodel).map_err(|e| format!("not a readable MLmodel: {e}"))?;
+    let text = |v: &serde_yaml_ng::Value, key: &str| v.get(key).and_then(|x| x.as_str()).map(str::to_owned);
+    let plain = |f: String| -> Result<String, String> {
+        if f.is_empty() || f.contains('/') || f.contains('\\') || f == ".." || f == "." {
+            Err(format!("the model file {f:?} is not a plain file name"))
+        } else {
+            Ok(f)
+        }
+    };
+    if let Some(sk) = doc.flavors.get("sklearn")
+        && let Some(file) = text(sk, "pickled_model")
+    {
+        return Ok(Flavor { file: plain(file)?, sklearn_version: text(sk, "sklearn_version") });
+    }
+    for flavor in ["xgboost", "lightgbm"] {
+        if let Some(f) = doc.flavors.get(flavor)
+            && let Some(file) = text(f, "data")
+        {
+            return Ok(Flavor { file: plain(file)?, sklearn_version: None });
+        }
+    }
+    let names: Vec<&str> = doc.flavors.keys().map(String::as_str).collect();
+    Err(format!(
+        "no flavor modelship takes (onnx, sklearn, xgboost, lightgbm); it has {}: log the model with mlflow.onnx, or export it to ONNX yourself",
+        if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+    ))
+}
+
+#[cfg(test)]
+mod flavor_tests {
+    use super::*;
+
+    #[test]
+    fn the_model_file_of_each_flavor() {
+        let sk = b"flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n  sklearn:\n    pickled_model: model.pkl\n    serialization_format: cloudpickle\n    sklearn_version: 1.9.1\n";
+        assert_eq!(model_flavor(sk).unwrap(), Flavor { file: "model.pkl".into(), sklearn_version: Some("1.9.1".into()) });
+        let xgb = b"flavors:\n  xgboost:\n    data: model.xgb\n    model_class: xgboost.sklearn.XGBClassifier\n";
+        assert_eq!(model_flavor(xgb).unwrap(), Flavor { file: "model.xgb".into(), sklearn_version: None });
+        let lgb = b"flavors:\n  lightgbm:\n    data: model.lgb\n";
+        assert_eq!(model_flavor(lgb).unwrap().file, "model.lgb");
+        let torch = b"flavors:\n  pytorch:\n    model_data: data\n";
+        assert!(model_flavor(torch).unwrap_err().contains("it has pytorch"));
+        let escape = b"flavors:\n  sklearn:\n    pickled_model: ../../etc/passwd\n";
+        assert!(model_flavor(escape).unwrap_err().contains("not a plain file name"));
     }
 }

@@ -553,6 +553,17 @@ impl Registry {
         Ok(format!("sha256:{}", self.artifacts.put_bytes(bytes).await?))
     }
 
+    /// Stores the file a version was converted from beside the artifacts, content-addressed;
+    /// returns the value of its label ([`crate::catalog::SOURCE_DIGEST_LABEL`]), `sha256:<hex>`.
+    /// Stored before the version that names it is committed.
+    pub async fn put_original(&self, bytes: Bytes) -> Result<String, RegistryError> {
+        self.catalog.writable()?;
+        if bytes.len() as u64 > self.max_artifact_bytes {
+            return Err(too_large("the original model file", bytes.len() as u64, self.max_artifact_bytes));
+        }
+        Ok(format!("sha256:{}", self.artifacts.put_bytes(bytes).await?))
+    }
+
     /// The warm-up sample a version's label names, checked against its digest; `None` when it
     /// names none.
     pub async fn warmup_sample(&self, record: &VersionRecord) -> Result<Option<Bytes>, RegistryError> {

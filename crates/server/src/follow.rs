@@ -125,8 +125,15 @@ async fn swap_to(state: &AppState, follow: &Follow, version: &str) -> Result<f64
     Ok(started.elapsed().as_secs_f64())
 }
 
+/// Turns a followed file's new contents into an ONNX model, on a blocking thread: the binary
+/// converts other formats (pickles, XGBoost, LightGBM) there, in a sandboxed child process, never
+/// in this one.
+pub type Prepare = Arc<dyn Fn(Vec<u8>) -> Result<Vec<u8>, String> + Send + Sync>;
+
 /// A served file to follow.
 pub struct FollowFile {
+    /// For a file that is not ONNX: how its contents become ONNX.
+    pub prepare: Option<Prepare>,
     /// The new contents become a version through the traffic writer, like an alias move.
     pub traffic: Arc<Traffic>,
     pub path: PathBuf,
@@ -195,7 +202,18 @@ pub async fn follow_file(state: AppState, follow: FollowFile, mut current: Strin
         }
         let version = file_version(&follow.base_version, &digest);
         let started = Instant::now();
-        match swap_file(&state, &follow, bytes, &version).await {
+        let prepared = match &follow.prepare {
+            None => Ok(bytes),
+            Some(prepare) => {
+                let prepare = Arc::clone(prepare);
+                tokio::task::spawn_blocking(move || prepare(bytes)).await.unwrap_or_else(|e| Err(e.to_string()))
+            }
+        };
+        let swapped = match prepared {
+            Ok(bytes) => swap_file(&state, &follow, bytes, &version).await,
+            Err(e) => Err(e),
+        };
+        match swapped {
             Ok(()) => {
                 tracing::info!(
                     model = %name, path = %follow.path.display(), version = %version, load_seconds = started.elapsed().as_secs_f64(),
