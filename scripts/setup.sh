@@ -123,6 +123,9 @@ if [ "${1:-}" = "--test" ]; then
   fi
   missing=""
   command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
+  # The sandbox pickles are converted in (modelship convert), and prlimit (util-linux) that bounds it.
+  command -v bwrap >/dev/null 2>&1 || missing="$missing bubblewrap"
+  command -v prlimit >/dev/null 2>&1 || missing="$missing util-linux"
   command -v docker-compose >/dev/null 2>&1 || missing="$missing docker-compose"
   command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
   command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
@@ -134,7 +137,7 @@ if [ "${1:-}" = "--test" ]; then
   command -v make >/dev/null 2>&1 || missing="$missing make"
   command -v unzip >/dev/null 2>&1 || missing="$missing unzip"
   if [ -n "$missing" ]; then
-    echo "setup: apt-get install$missing (Prometheus for the PromQL rollout checks, Redis for the feature store, libb64 for perf_analyzer, docker-compose and debootstrap for the container tests, the aarch64 cross toolchain and qemu for the edge build, make and unzip for the Lambda package, shellcheck for the workflows' scripts)" >&2
+    echo "setup: apt-get install$missing (bubblewrap for the conversion sandbox, Prometheus for the PromQL rollout checks, Redis for the feature store, libb64 for perf_analyzer, docker-compose and debootstrap for the container tests, the aarch64 cross toolchain and qemu for the edge build, make and unzip for the Lambda package, shellcheck for the workflows' scripts)" >&2
     sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
     $sudo_ apt-get update -qq >/dev/null
     # shellcheck disable=SC2086

@@ -182,25 +182,25 @@ impl Envs {
         &self.dir
     }
 
-    fn python_of(&self, name: &str) -> PathBuf {
-        self.dir.join(name).join("bin").join("python")
-    }
-
     /// The environment, when it was created completely (its `modelship-env.json` is written last).
     pub fn find(&self, spec: &Spec) -> Option<Env> {
-        let record = std::fs::read(self.dir.join(&spec.name).join("modelship-env.json")).ok()?;
-        let env: Env = serde_json::from_slice(&record).ok()?;
+        let env = self.read(&self.dir.join(&spec.name))?;
         (env.python.exists() && env.requirements == spec.requirements).then_some(env)
+    }
+
+    /// An environment's record, with its interpreter where the directory really is (`envs` may
+    /// be a link, and the sandbox binds real paths).
+    fn read(&self, dir: &Path) -> Option<Env> {
+        let record = std::fs::read(dir.join("modelship-env.json")).ok()?;
+        let mut env: Env = serde_json::from_slice(&record).ok()?;
+        env.python = std::fs::canonicalize(dir).ok()?.join("bin").join("python");
+        Some(env)
     }
 
     /// Every complete environment.
     pub fn list(&self) -> Vec<Env> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
-        let mut envs: Vec<Env> = entries
-            .flatten()
-            .filter_map(|e| std::fs::read(e.path().join("modelship-env.json")).ok())
-            .filter_map(|b| serde_json::from_slice(&b).ok())
-            .collect();
+        let mut envs: Vec<Env> = entries.flatten().filter_map(|e| self.read(&e.path())).collect();
         envs.sort_by(|a: &Env, b: &Env| a.name.cmp(&b.name));
         envs
     }
@@ -219,7 +219,7 @@ impl Envs {
         let _ = std::fs::remove_dir_all(&dir);
         say(&format!("creating the conversion environment {} with {} (python -m venv)", dir.display(), base_python.display()));
         run_step(Command::new(base_python).args(["-m", "venv"]).arg(&dir), "python -m venv")?;
-        let python = self.python_of(&spec.name);
+        let python = std::fs::canonicalize(&dir).map_err(|e| ConvertError::Environment(format!("{}: {e}", dir.display())))?.join("bin").join("python");
         say(&format!("installing {} from PyPI (once; a minute or two)", spec.requirements.join(" ")));
         run_step(
             Command::new(&python)

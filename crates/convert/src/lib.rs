@@ -48,7 +48,7 @@ pub enum ConvertError {
     /// The converter refused the model (not a model, unsupported estimator, bad sample...).
     #[error("{0}")]
     Refused(String),
-    #[error("the converted model does not answer as the original: {} of {} rows differ by more than {} (largest difference {:.3e}); worst rows:\n{}", .0.rows_outside, .0.rows, describe_tolerance(&.0.tolerance), .0.max_abs_diff, .0.worst_rows_table())]
+    #[error("the converted model does not answer as the original: {} of {} rows differ beyond the tolerance ({}); largest difference {:.3e}. Worst rows:\n{}", .0.rows_outside, .0.rows, describe_tolerance(&.0.tolerance), .0.max_abs_diff, .0.worst_rows_table())]
     NotEqual(Box<Verdict>),
     #[error("no sandbox for the conversion: {0}")]
     NoSandbox(String),
@@ -65,7 +65,11 @@ pub enum ConvertError {
 }
 
 fn describe_tolerance(t: &Tolerance) -> String {
-    if t.relative > 0.0 { format!("{:e} + {:e} x |original|", t.absolute, t.relative) } else { format!("{:e}", t.absolute) }
+    if t.relative > 0.0 {
+        format!("{:e} on probabilities, {:e} + {:e} x |value| on predictions; another label counts", t.absolute, t.absolute, t.relative)
+    } else {
+        format!("{:e}; another label counts", t.absolute)
+    }
 }
 
 /// What the equality proof runs on.
@@ -300,9 +304,11 @@ impl Converter {
         })
     }
 
-    fn isolation(&self) -> Result<Isolation, ConvertError> {
+    fn isolation(&self, say: &dyn Fn(&str)) -> Result<Isolation, ConvertError> {
         if self.trust {
-            tracing::warn!("converting without a sandbox (--trust-pickle): the model file's code runs with this user's rights");
+            let warning = "converting without a sandbox (--trust-pickle): the model file's code runs with this user's rights";
+            tracing::warn!("{warning}");
+            say(&format!("warning: {warning}"));
             return Ok(Isolation::Trusted);
         }
         sandbox::probe(self.bwrap.as_deref())
@@ -338,12 +344,13 @@ impl Converter {
             tracing::info!(source = %source.display(), digest = %source_digest, "conversion taken from the cache");
             return Ok(Prepared::Converted(Box::new(hit)));
         }
-        let isolation = match self.isolation() {
+        let isolation = match self.isolation(say) {
             Ok(i) => i,
             // Data formats (not pickles) run no code of the file's: without a sandbox they are
             // converted anyway, with a warning.
             Err(ConvertError::NoSandbox(why)) if !format.runs_code() => {
                 tracing::warn!(reason = %why, "no sandbox; converting a model format that runs no code without one");
+                say(&format!("warning: {why}; {} runs no code of its own, so it is converted without one", format.describe()));
                 Isolation::Trusted
             }
             Err(e) => return Err(e),
@@ -494,7 +501,7 @@ impl Run<'_> {
         let mut full: Vec<OsString> = vec!["-I".into(), "-B".into(), self.inside(self.script, INSIDE_SCRIPT).join("convert.py").into_os_string()];
         full.extend(args);
         let ran = sandbox::run(self.isolation, &self.view(env), &env.python, &full, self.limits)?;
-        tracing::debug!(pid = ran.pid, code = ?ran.code, "converter process ended");
+        tracing::info!(pid = ran.pid, code = ?ran.code, isolation = %self.isolation.describe(), "the converter process ended");
         if ran.timed_out {
             return Err(ConvertError::TimedOut(self.limits.wall.as_secs()));
         }

@@ -206,10 +206,16 @@ pub fn read_sample(path: &Path) -> anyhow::Result<Sample> {
     Ok(Sample { columns })
 }
 
-/// Prints progress lines on standard error (and logs them).
+/// Prints progress lines on standard error (a command's).
 pub fn say(line: &str) {
-    tracing::info!("{line}");
     eprintln!("{line}");
+}
+
+/// Logs progress lines (the server's; its warnings are logged as warnings where they arise).
+pub fn log_line(line: &str) {
+    if !line.starts_with("warning:") {
+        tracing::info!("{line}");
+    }
 }
 
 /// Reads a model file (bounded: 4 GiB) and makes it ONNX.
@@ -236,11 +242,17 @@ pub fn read_model_file(path: &Path) -> anyhow::Result<Bytes> {
     Ok(bytes.into())
 }
 
-/// `bytes` (from `path`, or named by it) as ONNX, converting on a blocking thread.
+/// `bytes` (from `path`, or named by it) as ONNX, converting on a blocking thread (of a
+/// multi-threaded runtime).
 pub async fn prepare_bytes(path: &Path, bytes: Bytes, flags: &ConvertFlags, backend: &dyn Backend, env: &dyn Env, say: &(dyn Fn(&str) + Sync)) -> anyhow::Result<Prepared> {
-    let converter = converter(flags, env);
     let options = options(flags, &path.display().to_string())?;
-    let prepared = tokio::task::block_in_place(|| converter.prepare(path, bytes, &options, backend, say))?;
+    tokio::task::block_in_place(|| prepare_with(path, bytes, flags, options, backend, env, say))
+}
+
+/// [`prepare_bytes`] on this thread, with the options given.
+pub fn prepare_with(path: &Path, bytes: Bytes, flags: &ConvertFlags, options: Options, backend: &dyn Backend, env: &dyn Env, say: &dyn Fn(&str)) -> anyhow::Result<Prepared> {
+    let converter = converter(flags, env);
+    let prepared = converter.prepare(path, bytes, &options, backend, say)?;
     if let Prepared::Converted(c) = &prepared {
         if c.cached {
             tracing::info!(model = %path.display(), "converted before: the cached ONNX model is used");

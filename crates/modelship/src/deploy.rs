@@ -101,7 +101,15 @@ fn run(target: Target, o: &DeployOptions, flags: Flags<'_>) -> anyhow::Result<Su
     // Host paths: absolute first (relative to the description), then, for Compose and Swarm,
     // relative to the output directory, where those files are read.
     let absolute = |p: &str| normalize(&base.join(p)).to_string_lossy().into_owned();
-    let model_file = deployment.model.file.as_deref().map(absolute);
+    let mut model_file = deployment.model.file.as_deref().map(absolute);
+    // A pickle, XGBoost or LightGBM model is converted here, once (cached), and the containers
+    // get the ONNX file: nothing in them converts or unpickles.
+    if let Some(file) = &model_file
+        && let Some(onnx) = converted_model(Path::new(file), &out)?
+    {
+        deployment.model.file = Some(onnx.to_string_lossy().into_owned());
+        model_file = Some(onnx.to_string_lossy().into_owned());
+    }
     let registry_dir = deployment.model.registry_dir.as_deref().map(absolute);
     let config_file = deployment.config.as_deref().map(absolute);
     let relative = |p: &str| description::relative_path(&out.to_string_lossy(), &absolute(p));
@@ -703,6 +711,33 @@ fn check_features(needed: &[&str], compiled: &[&str]) -> anyhow::Result<()> {
         missing.join(", "),
         needed.join(",")
     )
+}
+
+/// For a model file in a format that is converted: the ONNX model, written to
+/// `OUT/model/STEM.onnx` (proven equal, from the conversion cache when converted before).
+fn converted_model(file: &Path, out: &Path) -> anyhow::Result<Option<PathBuf>> {
+    use modelship_convert::format::{HEAD, Head, classify_head};
+    let Ok(mut f) = std::fs::File::open(file) else { return Ok(None) };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut head = Vec::with_capacity(HEAD);
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, HEAD as u64), &mut head).with_context(|| format!("cannot read {}", file.display()))?;
+    match classify_head(&head, len) {
+        Head::MaybeOnnx => return Ok(None),
+        Head::Refused(e) => bail!("the model {} is {e}", file.display()),
+        Head::Convertible(_) => {}
+    }
+    let bytes = crate::convert::read_model_file(file)?;
+    let flags = crate::cli::ConvertFlags::default();
+    let backend = crate::convert::backend(None)?;
+    let options = crate::convert::options(&flags, &file.display().to_string())?;
+    let prepared = crate::convert::prepare_with(file, bytes, &flags, options, backend.as_ref(), &crate::config::ProcessEnv, &crate::convert::say)?;
+    let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".to_owned());
+    let dir = out.join("model");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let onnx = dir.join(format!("{stem}.onnx"));
+    std::fs::write(&onnx, prepared.onnx()).with_context(|| format!("cannot write {}", onnx.display()))?;
+    eprintln!("{} is served as {} (converted to ONNX, proven equal)", file.display(), onnx.display());
+    Ok(Some(onnx))
 }
 
 fn stage(out: &Path, d: &Deployment, model_file: Option<&str>) -> anyhow::Result<()> {

@@ -75,6 +75,12 @@ fn convertible(file: &Path) -> anyhow::Result<bool> {
     std::io::Read::take(f, HEAD as u64).read_to_end(&mut head).with_context(|| format!("cannot read model file {}", file.display()))?;
     match classify_head(&head, len) {
         Head::Convertible(_) => Ok(true),
+        // Not ONNX after all: said as for any other format, with what is taken. (A large file
+        // is left to the registry's own check, which reads it once.)
+        Head::MaybeOnnx if len <= 256 << 20 => match modelship_convert::format::sniff(&crate::convert::read_model_file(file)?) {
+            Ok(_) => Ok(false),
+            Err(e) => bail!("{} is {e}", file.display()),
+        },
         Head::MaybeOnnx => Ok(false),
         Head::Refused(e) => bail!("{} is {e}", file.display()),
     }

@@ -276,7 +276,7 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
                 let converter = crate::convert::converter(&flags, &ProcessEnv);
                 let options = crate::convert::options(&flags, &path.display().to_string()).map_err(|e| format!("{e:#}"))?;
                 converter
-                    .prepare(&path, bytes.into(), &options, backend.as_ref(), &|line| tracing::info!("{line}"))
+                    .prepare(&path, bytes.into(), &options, backend.as_ref(), &crate::convert::log_line)
                     .map(|p| p.onnx().to_vec())
                     .map_err(|e| e.to_string())
             })
@@ -459,7 +459,7 @@ impl ModelSource {
             ModelSource::File(path) => {
                 let bytes = crate::convert::read_model_file(path)?;
                 let digest = modelship_server::follow::digest(&bytes);
-                let prepared = crate::convert::prepare_bytes(path, bytes, &config.convert, backend, &ProcessEnv, &|line| tracing::info!("{line}")).await?;
+                let prepared = crate::convert::prepare_bytes(path, bytes, &config.convert, backend, &ProcessEnv, &crate::convert::log_line).await?;
                 Ok((prepared.onnx().to_vec().into(), None, Some(digest)))
             }
             ModelSource::Registry { registry, reference } => {

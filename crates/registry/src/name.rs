@@ -69,7 +69,7 @@ impl ModelRef {
 
     /// Whether `s` looks like a registry reference rather than a file path.
     pub fn looks_like_reference(s: &str) -> bool {
-        ModelRef::parse(s).is_ok() && !s.ends_with(".onnx")
+        ModelRef::parse(s).is_ok() && !MODEL_FILE_EXTENSIONS.iter().any(|ext| s.ends_with(ext))
     }
 
     pub fn name(&self) -> &str {
@@ -78,6 +78,10 @@ impl ModelRef {
         }
     }
 }
+
+/// Endings of model files (ONNX, and the formats converted to it): a name ending so is a file,
+/// not a registry reference.
+pub const MODEL_FILE_EXTENSIONS: [&str; 10] = [".onnx", ".pkl", ".pickle", ".joblib", ".json", ".ubj", ".xgb", ".lgb", ".txt", ".model"];
 
 impl fmt::Display for ModelRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -134,5 +138,7 @@ mod tests {
         assert!(ModelRef::looks_like_reference("fraud@production"));
         assert!(!ModelRef::looks_like_reference("model.onnx"));
         assert!(!ModelRef::looks_like_reference("models/fraud.onnx"));
+        assert!(!ModelRef::looks_like_reference("nepse_model.pkl"));
+        assert!(!ModelRef::looks_like_reference("xgb.json"));
     }
 }

@@ -52,7 +52,9 @@ Examples:
 
 #[derive(Debug, Clone, Args)]
 pub struct ValidateArgs {
-    /// The model: an .onnx file, or a registry reference NAME:VERSION, NAME@ALIAS, NAME (latest)
+    /// The model: a file (ONNX, or a pickle, joblib, XGBoost or LightGBM model, converted
+    /// first and proven equal on --data's rows), or a registry reference NAME:VERSION,
+    /// NAME@ALIAS, NAME (latest)
     #[arg(value_name = "MODEL")]
     pub model: String,
 
@@ -146,6 +148,9 @@ pub struct ValidateArgs {
     /// Path to ONNX Runtime's libonnxruntime.so (overrides ORT_DYLIB_PATH)
     #[arg(long, value_name = "PATH")]
     pub ort_lib: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub convert: crate::cli::ConvertFlags,
 
     /// The report: a table for people, JSON for scripts, Markdown for a pull request comment
     #[arg(long, value_enum, default_value_t = ReportFormat::Table)]

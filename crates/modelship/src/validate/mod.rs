@@ -144,10 +144,28 @@ struct Source {
     version_of: Option<(String, String)>,
 }
 
-fn load_source(reference: &str, args: &ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Source> {
+fn load_source(reference: &str, args: &ValidateArgs, runtime: &tokio::runtime::Runtime, backend: &dyn Backend) -> anyhow::Result<Source> {
     let path = Path::new(reference);
     if path.is_file() {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {reference}"))?;
+        let bytes = crate::convert::read_model_file(path)?;
+        let head = &bytes[..bytes.len().min(modelship_convert::format::HEAD)];
+        let bytes = match modelship_convert::format::classify_head(head, bytes.len() as u64) {
+            modelship_convert::format::Head::MaybeOnnx => bytes.to_vec(),
+            // A pickle, XGBoost or LightGBM model: converted first, proven equal on the data's
+            // feature columns (unless --sample names other rows).
+            _ => {
+                let mut options = crate::convert::options(&args.convert, reference)?;
+                if options.sample.is_none()
+                    && let Some(data) = &args.data
+                {
+                    let mut sample = crate::convert::read_sample(data)?;
+                    sample.columns.retain(|(name, _)| Some(name.as_str()) != args.label.as_deref() && !args.ignore.contains(name));
+                    options.sample = Some(sample);
+                }
+                let prepared = crate::convert::prepare_with(path, bytes, &args.convert, options, backend, &ProcessEnv, &crate::convert::say)?;
+                prepared.onnx().to_vec()
+            }
+        };
         return Ok(Source { subject: Subject { reference: reference.to_owned(), version: None }, bytes, version_of: None });
     }
     if !ModelRef::looks_like_reference(reference) {
@@ -215,7 +233,10 @@ fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
     let limits = Limits::parse(args)?;
     let plan = Plan::decide(args, &limits)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
-    let mut candidate = load_source(&args.model, args, &runtime)?;
+    // One ONNX Runtime per process: it also proves conversions equal.
+    let backend = modelship_onnx::OnnxBackend::new(args.ort_lib.as_deref().or(std::env::var_os("ORT_DYLIB_PATH").as_deref().map(Path::new)))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut candidate = load_source(&args.model, args, &runtime, &backend)?;
     match (&args.model_version, &candidate.version_of) {
         (Some(v), None) => candidate.subject.version = Some(v.clone()),
         (Some(v), Some((name, version))) if v != version => bail!("--model-version {v}: {} is {name}:{version} in the registry; --model-version names the version of a file", args.model),
@@ -224,8 +245,6 @@ fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
     if args.record && candidate.version_of.is_none() {
         bail!("--record writes on a registry version, and {} is a file: push it first (modelship models push NAME {} --version V) and validate NAME:V", args.model, args.model);
     }
-    let backend = modelship_onnx::OnnxBackend::new(args.ort_lib.as_deref().or(std::env::var_os("ORT_DYLIB_PATH").as_deref().map(Path::new)))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let options = LoadOptions { intra_op_threads: args.intra_op_threads };
     let load = |source: &Source| backend.load(&source.bytes, &options).with_context(|| format!("cannot load {} into ONNX Runtime", source.subject.reference));
     let mut session = load(&candidate)?;
@@ -259,7 +278,7 @@ fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
 
     let reference = match &args.against {
         Some(r) => {
-            let source = load_source(r, args, &runtime)?;
+            let source = load_source(r, args, &runtime, &backend)?;
             let session = load(&source)?;
             Some((source, session))
         }

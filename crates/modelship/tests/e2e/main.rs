@@ -15,6 +15,7 @@ mod hostile;
 #[cfg(feature = "s3")]
 mod fleet;
 mod bad_input;
+mod convert;
 mod deploy_checks;
 mod docker;
 mod docs;
