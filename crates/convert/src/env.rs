@@ -20,7 +20,7 @@ pub const DEFAULT_SKLEARN: &str = "1.9.1";
 
 /// The converters and the libraries that read the models, pinned: a conversion is repeatable
 /// only with the same versions. `xgboost-cpu` is XGBoost without the CUDA libraries (230 MB less).
-const CONVERTERS: [&str; 8] = [
+const CONVERTERS: [&str; 9] = [
     "skl2onnx==1.20.0",
     "onnxmltools==1.16.0",
     "onnx==1.23.2",
@@ -30,6 +30,8 @@ const CONVERTERS: [&str; 8] = [
     // onnxmltools imports it without declaring it; MLflow's sklearn flavour pickles with it.
     "packaging==26.4",
     "cloudpickle==3.1.3",
+    // MLflow's sklearn flavour saves with skops by default.
+    "skops==0.16.0",
 ];
 
 /// The default environment's scientific stack, pinned too.

@@ -19,6 +19,9 @@ pub enum Format {
     XgboostUbj,
     /// LightGBM's text model (`Booster.save_model("m.txt")`).
     LightgbmText,
+    /// A scikit-learn model saved by skops (`skops.io.dump`; MLflow's sklearn flavour writes
+    /// `model.skops` by default): a zip of `schema.json` and NumPy arrays.
+    Skops,
 }
 
 /// How a pickle is compressed (joblib's `compress=`).
@@ -41,6 +44,7 @@ impl Format {
             Format::XgboostJson => "xgboost-json",
             Format::XgboostUbj => "xgboost-ubj",
             Format::LightgbmText => "lightgbm-text",
+            Format::Skops => "skops",
         }
     }
 
@@ -53,12 +57,14 @@ impl Format {
             Format::XgboostJson => "XGBoost JSON model".to_owned(),
             Format::XgboostUbj => "XGBoost UBJSON model".to_owned(),
             Format::LightgbmText => "LightGBM text model".to_owned(),
+            Format::Skops => "scikit-learn skops file".to_owned(),
         }
     }
 
-    /// Whether loading it runs code from the file.
+    /// Whether loading it may run code or build objects the file chooses (a pickle; a skops
+    /// file loaded with the types it names trusted).
     pub fn runs_code(self) -> bool {
-        matches!(self, Format::Pickle(_))
+        matches!(self, Format::Pickle(_) | Format::Skops)
     }
 }
 
@@ -76,7 +82,7 @@ impl Compression {
 }
 
 /// The formats modelship takes, for messages.
-pub const ACCEPTED: &str = "ONNX; scikit-learn estimators and pipelines pickled with pickle or joblib (.pkl, .joblib); \
+pub const ACCEPTED: &str = "ONNX; scikit-learn estimators and pipelines pickled with pickle or joblib (.pkl, .joblib) or saved by skops; \
 XGBoost models (.json, .ubj, or a pickled XGBClassifier/XGBRegressor); LightGBM models (text, or a pickled \
 LGBMClassifier/LGBMRegressor)";
 
@@ -145,6 +151,9 @@ pub fn classify_head(head: &[u8], len: u64) -> Head {
     if head.len() >= 5 && head[0] == 0x5d && (head[1..5] == [0, 0, 0x80, 0] || head[1..5] == [0, 0, 0, 1]) {
         return pickle(Compression::Lzma);
     }
+    if head.starts_with(b"PK\x03\x04") && is_skops(head) {
+        return Head::Convertible(Format::Skops);
+    }
     if head.starts_with(b"PK\x03\x04") {
         return refuse(
             "a zip archive (a PyTorch checkpoint or TorchScript file, a Keras .keras file, or an MLflow model zipped)",
@@ -171,6 +180,14 @@ an MLflow model: unzip it or import it with `modelship models import mlflow`.",
         return refuse("a safetensors file (weights without the model's code)", "Export the model that uses these weights with torch.onnx.export.");
     }
     Head::MaybeOnnx
+}
+
+/// A zip whose first entry is skops': `schema.json`, or one of the arrays it names by number
+/// (`140547360929776.npy`).
+fn is_skops(head: &[u8]) -> bool {
+    let Some(len) = head.get(26..28).map(|b| usize::from(u16::from_le_bytes([b[0], b[1]]))) else { return false };
+    let Some(name) = head.get(30..30 + len) else { return false };
+    name == b"schema.json" || name.strip_suffix(b".npy").is_some_and(|stem| !stem.is_empty() && stem.iter().all(u8::is_ascii_digit))
 }
 
 /// XGBoost's JSON (`{"learner": ...`) or UBJSON (`{` then a typed key `learner` or `version`).
@@ -247,6 +264,7 @@ mod tests {
             (b"{L\x00\x00\x00\x00\x00\x00\x00\x07learner{", "XGBoost UBJSON model"),
             (b"{i\x07learner{", "XGBoost UBJSON model"),
             (b"tree\nversion=v4\nnum_class=1\n", "LightGBM text model"),
+            (b"PK\x03\x04\x14\x00\x00\x00\x00\x00\xe5\x03\x87]\xb8\x1dLo\x88\x00\x00\x00\x88\x00\x00\x00\x13\x00\x00\x00140547360929776.npy\x93NUMPY", "scikit-learn skops file"),
             (b"PK\x03\x04archive", "refused: a zip archive (a PyTorch checkpoint or TorchScript file, a Keras .keras file, or an MLflow model zipped)"),
             (b"\x89HDF\r\n\x1a\n", "refused: an HDF5 file (a Keras .h5 model)"),
             (b"binf\x00\x00", "refused: an XGBoost model in the deprecated binary format"),

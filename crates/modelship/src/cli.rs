@@ -183,6 +183,7 @@ pub struct ConvertArgs {
     /// ONNX Runtime's library, for the proof [env: ORT_DYLIB_PATH; default: found by itself]
     #[arg(long, value_name = "FILE")]
     pub ort_lib: Option<PathBuf>,
+    /// How to print the result: a summary for people, or the whole conversion record as JSON
     #[arg(long, value_enum, default_value_t = OutputFormat::Table, global = true)]
     pub output: OutputFormat,
     #[command(flatten)]

@@ -58,7 +58,7 @@ fn trained() -> &'static Path {
     .path()
 }
 
-fn file(name: &str) -> String {
+pub fn file(name: &str) -> String {
     trained().join(name).to_string_lossy().into_owned()
 }
 
@@ -72,13 +72,13 @@ fn stderr(out: &Output) -> String {
 }
 
 /// The held-out rows and the original's answers the training script wrote for `name`.
-fn expected(name: &str) -> Value {
+pub fn expected(name: &str) -> Value {
     serde_json::from_slice(&std::fs::read(trained().join(format!("{name}.expected.json"))).unwrap()).unwrap()
 }
 
 /// A V2 request with every held-out row: one `[N, 4]` FP32 input, or one `[N, 1]` input per
 /// column (FP32, or BYTES for text) for a model fitted on a DataFrame.
-fn v2_body(expected: &Value) -> String {
+pub fn v2_body(expected: &Value) -> String {
     let inputs = expected["inputs"].as_object().unwrap();
     let tensors: Vec<Value> = inputs
         .iter()
@@ -107,7 +107,7 @@ fn label_text(v: &Value) -> String {
 
 /// The server's answer to every held-out row against the original's: probabilities within
 /// 1e-5, the same labels; predictions within 1e-5 + 1e-5 x |value|. Returns the largest difference.
-fn assert_answers_equal(what: &str, reply: &Value, expected: &Value) -> f64 {
+pub fn assert_answers_equal(what: &str, reply: &Value, expected: &Value) -> f64 {
     let answer = &expected["answer"];
     let output = |name: &str| -> &Value {
         reply["outputs"].as_array().unwrap().iter().find(|o| o["name"] == name).unwrap_or_else(|| panic!("{what}: no output {name} in {reply}"))
