@@ -714,7 +714,7 @@ fn check_features(needed: &[&str], compiled: &[&str]) -> anyhow::Result<()> {
 }
 
 /// For a model file in a format that is converted: the ONNX model, written to
-/// `OUT/model/STEM.onnx` (proven equal, from the conversion cache when converted before).
+/// `OUT/converted/STEM.onnx` (proven equal, from the conversion cache when converted before).
 fn converted_model(file: &Path, out: &Path) -> anyhow::Result<Option<PathBuf>> {
     use modelship_convert::format::{HEAD, Head, classify_head};
     let Ok(mut f) = std::fs::File::open(file) else { return Ok(None) };
@@ -732,7 +732,8 @@ fn converted_model(file: &Path, out: &Path) -> anyhow::Result<Option<PathBuf>> {
     let options = crate::convert::options(&flags, &file.display().to_string())?;
     let prepared = crate::convert::prepare_with(file, bytes, &flags, options, backend.as_ref(), &crate::config::ProcessEnv, &crate::convert::say)?;
     let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".to_owned());
-    let dir = out.join("model");
+    // Not the image's staging directory (`model/`): staging copies the model there.
+    let dir = out.join("converted");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let onnx = dir.join(format!("{stem}.onnx"));
     std::fs::write(&onnx, prepared.onnx()).with_context(|| format!("cannot write {}", onnx.display()))?;
@@ -754,7 +755,11 @@ fn stage(out: &Path, d: &Deployment, model_file: Option<&str>) -> anyhow::Result
         && let (Some(file), Some(name)) = (model_file, d.model_file_name())
     {
         std::fs::create_dir_all(out.join(docker::STAGED_MODEL_DIR))?;
-        copy(Path::new(file), &out.join(docker::STAGED_MODEL_DIR).join(name))?;
+        let staged = out.join(docker::STAGED_MODEL_DIR).join(name);
+        // A model already where it is staged is not copied onto itself (which would empty it).
+        if std::fs::canonicalize(file).ok() != std::fs::canonicalize(&staged).ok() {
+            copy(Path::new(file), &staged)?;
+        }
     }
     Ok(())
 }

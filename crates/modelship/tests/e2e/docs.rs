@@ -1,4 +1,5 @@
-//! The book (docs/) as a test: every `bash` block of the README, the tutorial and the guides runs
+//! The book (docs/) as a test: every `bash` block of the README, the NEPSE example's README
+//! (examples/nepse/), the tutorial and the guides runs
 //! as written, on this machine's real components, and `mdbook build` passes with every internal
 //! link and anchor resolving. The convention is the book's contributing page
 //! (docs/src/contributing.md):
@@ -260,7 +261,11 @@ fn summary_pages(src: &Path) -> Vec<String> {
 /// The pages whose blocks run, in order, each with its chapter (its working directory): the
 /// README, then the book's tutorial and guides as SUMMARY.md orders them.
 fn runnable_pages(docs: &Path, readme: &Path) -> Vec<(String, String, PathBuf)> {
-    let mut pages = vec![("README.md".to_owned(), "readme".to_owned(), readme.to_path_buf())];
+    let mut pages = vec![
+        ("README.md".to_owned(), "readme".to_owned(), readme.to_path_buf()),
+        // The guides' own path, a pickled XGBoost model from training to Compose.
+        ("examples/nepse/README.md".to_owned(), "nepse".to_owned(), root().join("examples/nepse/README.md")),
+    ];
     for page in summary_pages(&docs.join("src")) {
         if let Some((chapter, _)) = page.split_once('/')
             && (chapter == "tutorial" || chapter == "guides")
@@ -298,6 +303,12 @@ fn run_docs(docs: &Path, readme: &Path, only: Option<&str>) -> Vec<Outcome> {
     let scratch = tempfile::tempdir().unwrap();
     let home = scratch.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
+    // The conversion environments are the ones every test shares (created from PyPI once per
+    // machine): `modelship convert setup` on a page then finds its environment ready.
+    let convert = home.join(".cache/modelship/convert");
+    std::fs::create_dir_all(&convert).unwrap();
+    std::fs::create_dir_all(crate::convert::shared_envs()).unwrap();
+    std::os::unix::fs::symlink(crate::convert::shared_envs(), convert.join("envs")).unwrap();
     let mut outcomes = Vec::new();
     for (n, (page, chapter, file)) in runnable_pages(docs, readme).into_iter().enumerate() {
         if only.is_some_and(|o| !page.contains(o)) {
