@@ -103,7 +103,7 @@ impl Verdict {
 /// Compares every output the original answered. `inputs_of(row)` renders a row's inputs.
 /// Outputs of different lengths, or missing, are an error, not a difference.
 pub fn judge(pairs: &[Pair<'_>], rows: usize, tolerance: Tolerance, inputs_of: &dyn Fn(usize) -> String) -> Result<Verdict, String> {
-    let mut row_worst: Vec<Option<RowDiff>> = vec![None; rows];
+    let mut row_worst: Vec<Option<(bool, RowDiff)>> = vec![None; rows];
     let mut max_abs_diff = 0.0_f64;
     let mut outside = vec![false; rows];
     let probabilities = pairs.iter().find(|p| p.name == "probabilities").and_then(|p| match p.original {
@@ -141,17 +141,18 @@ pub fn judge(pairs: &[Pair<'_>], rows: usize, tolerance: Tolerance, inputs_of: &
                 }
             };
             outside[row] |= bad;
+            // A row shows its output outside the tolerance first, then its largest difference.
             let replace = match &row_worst[row] {
                 None => true,
-                Some(w) => (bad && w.diff < diff) || diff > w.diff,
+                Some((was_bad, w)) => (bad, diff) > (*was_bad, w.diff),
             };
             if replace {
-                row_worst[row] = Some(RowDiff { row, output: pair.name.to_owned(), diff, original, onnx, inputs: String::new() });
+                row_worst[row] = Some((bad, RowDiff { row, output: pair.name.to_owned(), diff, original, onnx, inputs: String::new() }));
             }
         }
     }
     let rows_outside = outside.iter().filter(|b| **b).count();
-    let mut ranked: Vec<(bool, RowDiff)> = row_worst.into_iter().flatten().map(|w| (outside[w.row], w)).collect();
+    let mut ranked: Vec<(bool, RowDiff)> = row_worst.into_iter().flatten().map(|(_, w)| (outside[w.row], w)).collect();
     // Rows outside the tolerance first, then by difference; ties by row number.
     ranked.sort_by(|(a_out, a), (b_out, b)| b_out.cmp(a_out).then(b.diff.total_cmp(&a.diff)).then(a.row.cmp(&b.row)));
     let worst = ranked

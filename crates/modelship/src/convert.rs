@@ -268,3 +268,26 @@ pub fn prepare_with(path: &Path, bytes: Bytes, flags: &ConvertFlags, options: Op
     }
     Ok(prepared)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_registry_and_the_converter_name_the_original_alike() {
+        // The registry counts the original as referenced by this label (gc keeps it); the
+        // converter writes it.
+        assert_eq!(modelship_registry::SOURCE_DIGEST_LABEL, modelship_convert::record::SOURCE_LABEL);
+    }
+
+    #[test]
+    fn a_sample_file_becomes_columns_typed_by_their_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rows.csv");
+        std::fs::write(&file, "amount,city\n1.5,kathmandu\n2,pokhara\n").unwrap();
+        let sample = super::read_sample(&file).unwrap();
+        assert_eq!(sample.columns[0], ("amount".to_owned(), modelship_convert::SampleColumn::Numbers(vec![1.5, 2.0])));
+        assert_eq!(sample.columns[1], ("city".to_owned(), modelship_convert::SampleColumn::Text(vec!["kathmandu".into(), "pokhara".into()])));
+        let empty = dir.path().join("empty.csv");
+        std::fs::write(&empty, "a,b\n").unwrap();
+        assert!(super::read_sample(&empty).unwrap_err().to_string().contains("no rows"));
+    }
+}
