@@ -811,6 +811,9 @@ def main(argv):
     except Refused as e:
         report_error(argv, str(e))
         return 2
+    except MemoryError:
+        report_error(argv, "out of memory within the converter's limit (raise MODELSHIP_CONVERT_MEMORY)")
+        return 2
     except Exception as e:  # the model's own code failed: a short message, not a traceback
         report_error(argv, f"{type(e).__name__}: {e}")
         return 2

@@ -31,7 +31,7 @@ Without bubblewrap (sudo apt-get install bubblewrap) a pickle is refused unless 
 
 The Python environments (pinned converters, from PyPI) live under MODELSHIP_CONVERT_HOME \
 (default ~/.cache/modelship/convert/envs), with conversions cached by the file's digest beside \
-them. A pickle is loaded by the scikit-learn that wrote it: one that records another version than \
+them. The converter may take 8 GiB and 900 s (MODELSHIP_CONVERT_MEMORY, MODELSHIP_CONVERT_TIMEOUT). A pickle is loaded by the scikit-learn that wrote it: one that records another version than \
 the default environment's gets its own environment, created on first use.
 
 Examples:
@@ -146,6 +146,29 @@ pub fn backend(ort_lib: Option<&Path>) -> anyhow::Result<Arc<dyn Backend>> {
     Ok(Arc::new(modelship_onnx::OnnxBackend::new(ort_lib.or(env_lib.as_deref()))?))
 }
 
+/// The converter's limits: the defaults, or `MODELSHIP_CONVERT_TIMEOUT` (seconds of wall and
+/// CPU time) and `MODELSHIP_CONVERT_MEMORY` (bytes, or `4Gi`, `512Mi`); a value that does not
+/// read keeps the default, with a warning.
+fn limits(env: &dyn Env) -> modelship_convert::Limits {
+    let mut limits = modelship_convert::Limits::default();
+    if let Some(t) = env.get("MODELSHIP_CONVERT_TIMEOUT") {
+        match t.trim().parse::<u64>() {
+            Ok(seconds) if seconds > 0 => {
+                limits.wall = std::time::Duration::from_secs(seconds);
+                limits.cpu_seconds = seconds;
+            }
+            _ => eprintln!("warning: MODELSHIP_CONVERT_TIMEOUT={t} is not a number of seconds; the converter gets {} s", limits.wall.as_secs()),
+        }
+    }
+    if let Some(m) = env.get("MODELSHIP_CONVERT_MEMORY") {
+        match modelship_validate::limit::parse_bytes("MODELSHIP_CONVERT_MEMORY", &m) {
+            Ok(bytes) if bytes >= 256 << 20 => limits.memory_bytes = bytes,
+            _ => eprintln!("warning: MODELSHIP_CONVERT_MEMORY={m} is not a size of 256Mi or more; the converter gets {} bytes", limits.memory_bytes),
+        }
+    }
+    limits
+}
+
 /// The converter as the flags and environment configure it.
 pub fn converter(flags: &ConvertFlags, env: &dyn Env) -> Converter {
     let get = |k: &str| env.get(k);
@@ -156,7 +179,7 @@ pub fn converter(flags: &ConvertFlags, env: &dyn Env) -> Converter {
         install: !flags.no_install,
         trust: flags.trust_pickle,
         bwrap: env.get("MODELSHIP_BWRAP").map(PathBuf::from),
-        limits: modelship_convert::Limits::default(),
+        limits: limits(env),
     }
 }
 
