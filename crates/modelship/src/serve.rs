@@ -273,7 +273,7 @@ async fn run(config: ServeConfig, started: Instant) -> anyhow::Result<()> {
         let prepare: modelship_server::follow::Prepare = {
             let (path, flags, backend) = (path.clone(), config.convert.clone(), Arc::clone(&backend));
             Arc::new(move |bytes: Vec<u8>| {
-                let converter = crate::convert::converter(&flags, &ProcessEnv);
+                let converter = crate::convert::converter(&flags, &ProcessEnv).map_err(|e| format!("{e:#}"))?;
                 let options = crate::convert::options(&flags, &path.display().to_string()).map_err(|e| format!("{e:#}"))?;
                 converter
                     .prepare(&path, bytes.into(), &options, backend.as_ref(), &crate::convert::log_line)

@@ -257,13 +257,24 @@ fn a_hostile_pickle_reaches_nothing_outside_the_sandbox() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let target = dir.path().join("written-by-the-pickle");
+    // Where it writes: the test's directory (not shown in the sandbox), the repository (not shown
+    // either), the conversion environment (shown read-only); what it reads: a secret in the
+    // repository's target directory.
+    let pid = std::process::id();
+    let targets = [
+        dir.path().join("written-by-the-pickle"),
+        root().join(format!("target/written-by-the-pickle-{pid}")),
+        shared_envs().join(format!("default/written-by-the-pickle-{pid}")),
+    ];
+    let secret = root().join(format!("target/convert-test-secret-{pid}"));
+    std::fs::write(&secret, "the user's secret").unwrap();
     let out = Command::new(default_python())
         .arg(root().join("testdata/convert/train.py"))
         .arg(dir.path())
         .args(["--only", "evil"])
-        .env("EVIL_FILE", &target)
+        .env("EVIL_FILES", targets.iter().map(|t| t.to_string_lossy().into_owned()).collect::<Vec<_>>().join(","))
         .env("EVIL_PORT", port.to_string())
+        .env("EVIL_SECRET", &secret)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -277,7 +288,11 @@ fn a_hostile_pickle_reaches_nothing_outside_the_sandbox() {
     assert!(err.contains("not a scikit-learn, XGBoost or LightGBM model"), "{err}");
     // The payload ran, in another process, and changed nothing here.
     assert!(err.contains("the converter process ended") && err.contains("bubblewrap"), "{err}");
-    assert!(!target.exists(), "the pickle wrote {} outside the sandbox", target.display());
+    for target in &targets {
+        assert!(!target.exists(), "the pickle wrote {} outside the sandbox", target.display());
+    }
+    assert!(!err.contains("the user's secret"), "the pickle read the secret: {err}");
+    let _ = std::fs::remove_file(&secret);
     match listener.accept() {
         Ok((_, from)) => panic!("the pickle connected to the listener from {from}"),
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
@@ -286,7 +301,7 @@ fn a_hostile_pickle_reaches_nothing_outside_the_sandbox() {
     let plain = run(home.path(), &["convert", dir.path().join("evil_plain.pkl").to_str().unwrap()]);
     let err = stderr(&plain);
     assert!(!plain.status.success() && err.contains("a pickle of none of scikit-learn, XGBoost or LightGBM (it names the modules builtins)"), "{err}");
-    assert!(!target.exists());
+    assert!(targets.iter().all(|t| !t.exists()));
 }
 
 #[test]
@@ -297,8 +312,10 @@ fn without_a_working_sandbox_a_pickle_is_refused_unless_trusted() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("apt-get install bubblewrap") && err.contains("--trust-pickle"), "{err}");
     // A data format runs no code of its own: converted, with a warning.
-    let json = command().args(["convert", &file("xgb_booster.json")]).env("MODELSHIP_CONVERT_HOME", home.path()).env("MODELSHIP_BWRAP", "/nonexistent/bwrap").output().unwrap();
+    let json = command().args(["convert", &file("xgb_booster.json"), "--output", "json"]).env("MODELSHIP_CONVERT_HOME", home.path()).env("MODELSHIP_BWRAP", "/nonexistent/bwrap").output().unwrap();
     assert!(json.status.success() && stderr(&json).contains("warning:"), "{}", stderr(&json));
+    let record: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(record["isolation"], "none (bubblewrap unavailable; a data format)");
     // Trusted by the user, in so many words: converted, said so, and recorded.
     let trusted = command()
         .args(["convert", &file("lr.pkl"), "--trust-pickle", "--output", "json"])
@@ -310,6 +327,11 @@ fn without_a_working_sandbox_a_pickle_is_refused_unless_trusted() {
     assert!(stderr(&trusted).contains("warning: converting without a sandbox (--trust-pickle)"), "{}", stderr(&trusted));
     let record: Value = serde_json::from_slice(&trusted.stdout).unwrap();
     assert_eq!(record["isolation"], "none (--trust-pickle)");
+    // Where the sandbox works, --trust-pickle changes nothing: the sandbox is used.
+    let sandboxed = run(convert_home().path(), &["convert", &file("lr.pkl"), "--trust-pickle", "--output", "json"]);
+    assert!(sandboxed.status.success(), "{}", stderr(&sandboxed));
+    let record: Value = serde_json::from_slice(&sandboxed.stdout).unwrap();
+    assert!(record["isolation"].as_str().unwrap().starts_with("bubblewrap"), "{record}");
 }
 
 /// A scikit-learn older than the default environment's, with pip's own wheels.

@@ -106,7 +106,9 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+        // Generous: a pickle is converted before the server is ready (on a loaded machine, a
+        // Python that imports scikit-learn, XGBoost and LightGBM takes a while).
+        let line = match rx.recv_timeout(Duration::from_secs(240)) {
             Ok(line) => line,
             Err(_) => {
                 let _ = child.kill();
