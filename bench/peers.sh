@@ -3,7 +3,9 @@
 # peer harness (../shared/bench, or $SHARED_BENCH; its setup.sh installs the peers once):
 #   fraud (gradient-boosted trees), single rows, concurrency 1, 8, 32:
 #     modelship over REST JSON (wrk), REST binary tensors (perf_analyzer -i http), gRPC (h2load,
-#     perf_analyzer -i grpc), beside every peer the harness runs;
+#     perf_analyzer -i grpc), beside every peer the harness runs; and modelship serving the
+#     harness's fraud.joblib itself (target `modelship-joblib`: converted, then cached), the
+#     file MLServer's scikit-learn runtime loads;
 #   mlp (3 x 256 dense layers), single rows, concurrency 32: modelship with dynamic batching off
 #     (target `modelship`) and on (target `modelship-batched`), beside the peers.
 # Every server is pinned to CPU 1 and every load generator to CPU 0 (the harness's defaults).
@@ -37,6 +39,19 @@ export MODELSHIP_ARGS="--grpc-port \\\$GRPC_PORT --max-batch-size ${BATCH:-32} -
 exec "\$(dirname "\$0")/modelship.sh" "\$@"
 PEER
 chmod +x "$harness/peers/modelship-batched.sh"
+# And modelship serving the harness's joblib file itself (converted once, in the sandbox, then
+# from the cache), the file MLServer's scikit-learn runtime loads.
+cat > "$harness/peers/modelship-joblib.sh" <<'PEER'
+#!/usr/bin/env bash
+# modelship serving $MODEL.joblib, converted to ONNX (bench/peers.sh writes this file).
+set -euo pipefail
+case "${1:-}" in
+info) printf 'ready_path=/v2/health/ready\ninfer_path=/v2/models/%s/infer\nbody=payload-v2.json\ngrpc=no\n' "$MODEL" ;;
+serve) exec "$MODELSHIP_BIN" serve "$MODEL_DIR/$MODEL.joblib" --host 127.0.0.1 --port "$PORT" --admin-port $((PORT + 2)) --grpc-port "$GRPC_PORT" --log-level warn ;;
+*) echo "usage: $0 info|serve" >&2; exit 2 ;;
+esac
+PEER
+chmod +x "$harness/peers/modelship-joblib.sh"
 export MODELSHIP_BIN="$root/target/release/modelship" MODELSHIP_GRPC=yes MODELSHIP_ARGS='--grpc-port $GRPC_PORT'
 
 port=18000
@@ -57,6 +72,7 @@ done
 
 export CONCURRENCY="1 8 32"
 run modelship fraud wrk h2load-grpc pa-http pa-grpc
+run modelship-joblib fraud wrk
 for peer in $peers; do
   # shellcheck disable=SC2046
   run "$peer" fraud wrk $(grpc_tools "$peer")
