@@ -436,18 +436,13 @@ def original_outputs(model, kind, task, X, layout, feature_names):
     a classifier; predictions for a regressor."""
     import numpy as np
 
-    if kind == "xgboost-booster":
-        import xgboost
+    if kind in ("xgboost-booster", "lightgbm-booster"):
+        if kind == "xgboost-booster":
+            import xgboost
 
-        raw = model.predict(xgboost.DMatrix(X))
-        if task == "regressor":
-            return {"prediction": raw.reshape(len(X), -1)}
-        probs = raw.reshape(len(X), -1)
-        if probs.shape[1] == 1:
-            probs = np.hstack([1 - probs, probs])
-        return {"probabilities": probs, "label": probs.argmax(axis=1)}
-    if kind == "lightgbm-booster":
-        raw = model.predict(X)
+            raw = model.predict(xgboost.DMatrix(X))
+        else:
+            raw = model.predict(X)
         if task == "regressor":
             return {"prediction": raw.reshape(len(X), -1)}
         probs = raw.reshape(len(X), -1)

@@ -81,34 +81,31 @@ fn imports_a_version_by_number_and_by_alias() {
     // The sklearn flavour (model.pkl and its MLmodel): converted on import, in the sandbox, by
     // the scikit-learn the MLmodel and the pickle name, and proven equal before it is pushed.
     use crate::convert::{assert_answers_equal, convert_home, expected, file, v2_body};
-    assert_eq!(register("credit", &file("lr.pkl"), None), "1");
     let home = convert_home();
-    let out = command()
-        .args(["models", "--registry", reg, "import", "mlflow", "--tracking-uri", &uri, "credit", "1", "--output", "json"])
-        .env("MODELSHIP_CONVERT_HOME", home.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let imported: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let import = |version: &str| -> serde_json::Value {
+        let out = command()
+            .args(["models", "--registry", reg, "import", "mlflow", "--tracking-uri", &uri, "credit", version, "--output", "json"])
+            .env("MODELSHIP_CONVERT_HOME", home.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let serves_as_the_original = |version: &str| {
+        let server = Server::start(&[&format!("credit:{version}"), "--registry", reg]);
+        let reply = server.post("/v2/models/credit/infer", &v2_body(&expected("lr")));
+        assert_answers_equal(&format!("MLflow's sklearn flavour, version {version}"), &reply.json(), &expected("lr"));
+    };
+    assert_eq!(register("credit", &file("lr.pkl"), None), "1");
+    let imported = import("1");
     let labels = &imported["version"]["labels"];
     assert_eq!(labels["source_format"], "pickle", "{imported}");
     assert_eq!(labels["mlflow.version"], "1", "{imported}");
-    assert!(labels["source_model"].as_str().unwrap().starts_with("Pipeline (scikit-learn "), "{imported}");
-    let server = Server::start(&["credit:1", "--registry", reg]);
-    let reply = server.post("/v2/models/credit/infer", &v2_body(&expected("lr")));
-    assert_answers_equal("MLflow's sklearn flavour", &reply.json(), &expected("lr"));
+    assert!(labels["source_model"].as_str().unwrap().starts_with("Pipeline (loaded with scikit-learn "), "{imported}");
+    serves_as_the_original("1");
     // MLflow's default for the flavour is skops (model.skops): converted the same way.
     assert_eq!(register("credit", &format!("skops:{}", file("lr.pkl")), None), "2");
-    let out = command()
-        .args(["models", "--registry", reg, "import", "mlflow", "--tracking-uri", &uri, "credit", "2", "--output", "json"])
-        .env("MODELSHIP_CONVERT_HOME", home.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let imported: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let imported = import("2");
     assert_eq!(imported["version"]["labels"]["source_format"], "skops", "{imported}");
-    drop(server);
-    let server = Server::start(&["credit:2", "--registry", reg]);
-    let reply = server.post("/v2/models/credit/infer", &v2_body(&expected("lr")));
-    assert_answers_equal("MLflow's sklearn flavour, skops", &reply.json(), &expected("lr"));
+    serves_as_the_original("2");
 }
