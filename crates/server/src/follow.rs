@@ -154,6 +154,9 @@ pub fn file_version(base: &str, digest: &str) -> String {
     format!("{base}-{}", &digest[..12.min(digest.len())])
 }
 
+/// The largest followed file read (as `serve` reads a model file at startup).
+const MAX_FILE_BYTES: u64 = 4 << 30;
+
 /// A file's size and modification time: an unchanged stamp is not read again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
@@ -187,7 +190,17 @@ pub async fn follow_file(state: AppState, follow: FollowFile, mut current: Strin
             continue;
         }
         let path = follow.path.clone();
-        let bytes = match tokio::task::spawn_blocking(move || std::fs::read(&path)).await {
+        // Bounded like any model file: a file grown past it is not read.
+        let read = move || -> std::io::Result<Vec<u8>> {
+            use std::io::Read as _;
+            let mut bytes = Vec::new();
+            std::fs::File::open(&path)?.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+            if bytes.len() as u64 > MAX_FILE_BYTES {
+                return Err(std::io::Error::other(format!("over {MAX_FILE_BYTES} bytes")));
+            }
+            Ok(bytes)
+        };
+        let bytes = match tokio::task::spawn_blocking(read).await {
             Ok(Ok(bytes)) => bytes,
             Ok(Err(e)) => {
                 tracing::warn!(model = %name, path = %follow.path.display(), error = %e, "cannot read the model file; keeping the current version");
