@@ -115,11 +115,11 @@ pub fn sniff(bytes: &Bytes) -> Result<Format, Unrecognized> {
         Head::Refused(e) => Err(e),
         Head::MaybeOnnx if is_onnx(bytes) => Ok(Format::Onnx),
         Head::MaybeOnnx if bytes.first().is_some_and(|b| *b == 0x08 || *b == 0x0a) => Err(Unrecognized {
-            looks_like: "a protobuf file that is not an ONNX model (a TensorFlow graph?)".to_owned(),
-            hint: "Export TensorFlow models with tf2onnx: python -m tf2onnx.convert --saved-model DIR --output model.onnx.".to_owned(),
+            looks_like: "not a valid ONNX model: a protobuf message that does not decode as one (a truncated file, or a TensorFlow graph?)".to_owned(),
+            hint: "Check that the file was copied whole; export TensorFlow models with tf2onnx: python -m tf2onnx.convert --saved-model DIR --output model.onnx.".to_owned(),
         }),
         Head::MaybeOnnx => Err(Unrecognized {
-            looks_like: "an unknown format".to_owned(),
+            looks_like: "not a valid ONNX model, nor any format modelship converts".to_owned(),
             hint: "Export models from other frameworks to ONNX (PyTorch: torch.onnx.export; TensorFlow/Keras: tf2onnx).".to_owned(),
         }),
     }
@@ -268,10 +268,10 @@ mod tests {
             (b"PK\x03\x04archive", "refused: a zip archive (a PyTorch checkpoint or TorchScript file, a Keras .keras file, or an MLflow model zipped)"),
             (b"\x89HDF\r\n\x1a\n", "refused: an HDF5 file (a Keras .h5 model)"),
             (b"binf\x00\x00", "refused: an XGBoost model in the deprecated binary format"),
-            (b"{\"name\": \"not a model\"}", "refused: an unknown format"),
-            (b"hello", "refused: an unknown format"),
+            (b"{\"name\": \"not a model\"}", "refused: not a valid ONNX model, nor any format modelship converts"),
+            (b"hello", "refused: not a valid ONNX model, nor any format modelship converts"),
             (b"", "refused: the file is empty"),
-            (b"\x08\x96\x01garbage", "refused: a protobuf file that is not an ONNX model (a TensorFlow graph?)"),
+            (b"\x08\x96\x01garbage", "refused: not a valid ONNX model: a protobuf message that does not decode as one (a truncated file, or a TensorFlow graph?)"),
         ];
         for (bytes, want) in cases {
             assert_eq!(sniffed(bytes), *want, "{bytes:?}");

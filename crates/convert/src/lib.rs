@@ -43,7 +43,7 @@ pub const DEFAULT_ROWS: usize = 1000;
 /// Why a model could not be made ONNX.
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
-    #[error("{0}")]
+    #[error(transparent)]
     Unrecognized(#[from] Unrecognized),
     /// The converter refused the model (not a model, unsupported estimator, bad sample...).
     #[error("{0}")]

@@ -70,9 +70,14 @@ async fn fetch(store: Option<String>, digest: &str, out: &std::path::Path, json_
 fn convertible(file: &Path) -> anyhow::Result<bool> {
     use modelship_convert::format::{HEAD, Head, classify_head};
     let mut head = Vec::with_capacity(HEAD);
-    let f = std::fs::File::open(file).with_context(|| format!("cannot read model file {}", file.display()))?;
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    std::io::Read::take(f, HEAD as u64).read_to_end(&mut head).with_context(|| format!("cannot read model file {}", file.display()))?;
+    let f = std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let meta = f.metadata().with_context(|| format!("cannot read {}", file.display()))?;
+    if !meta.is_file() {
+        // Not read here: the registry's push names what it is.
+        return Ok(false);
+    }
+    let len = meta.len();
+    std::io::Read::take(f, HEAD as u64).read_to_end(&mut head).with_context(|| format!("cannot read {}", file.display()))?;
     match classify_head(&head, len) {
         Head::Convertible(_) => Ok(true),
         // Not ONNX after all: said as for any other format, with what is taken. (A large file
