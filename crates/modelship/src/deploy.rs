@@ -105,7 +105,7 @@ fn run(target: Target, o: &DeployOptions, flags: Flags<'_>) -> anyhow::Result<Su
     // A pickle, XGBoost or LightGBM model is converted here, once (cached), and the containers
     // get the ONNX file: nothing in them converts or unpickles.
     if let Some(file) = &model_file
-        && let Some(onnx) = converted_model(Path::new(file), &out)?
+        && let Some(onnx) = converted_model(Path::new(file), &out, &o.convert)?
     {
         deployment.model.file = Some(onnx.to_string_lossy().into_owned());
         model_file = Some(onnx.to_string_lossy().into_owned());
@@ -715,7 +715,7 @@ fn check_features(needed: &[&str], compiled: &[&str]) -> anyhow::Result<()> {
 
 /// For a model file in a format that is converted: the ONNX model, written to
 /// `OUT/converted/STEM.onnx` (proven equal, from the conversion cache when converted before).
-fn converted_model(file: &Path, out: &Path) -> anyhow::Result<Option<PathBuf>> {
+fn converted_model(file: &Path, out: &Path, flags: &crate::cli::ConvertFlags) -> anyhow::Result<Option<PathBuf>> {
     use modelship_convert::format::{HEAD, Head, classify_head};
     let Ok(mut f) = std::fs::File::open(file) else { return Ok(None) };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -727,10 +727,9 @@ fn converted_model(file: &Path, out: &Path) -> anyhow::Result<Option<PathBuf>> {
         Head::Convertible(_) => {}
     }
     let bytes = crate::convert::read_model_file(file)?;
-    let flags = crate::cli::ConvertFlags::default();
     let backend = crate::convert::backend(None)?;
-    let options = crate::convert::options(&flags, &file.display().to_string())?;
-    let prepared = crate::convert::prepare_with(file, bytes, &flags, options, backend.as_ref(), &crate::config::ProcessEnv, &crate::convert::say)?;
+    let options = crate::convert::options(flags, &file.display().to_string())?;
+    let prepared = crate::convert::prepare_with(file, bytes, flags, options, backend.as_ref(), &crate::config::ProcessEnv, &crate::convert::say)?;
     let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".to_owned());
     // Not the image's staging directory (`model/`): staging copies the model there.
     let dir = out.join("converted");
