@@ -2,7 +2,8 @@
 
 Run by `modelship` (crates/convert), never by the server, inside a sandbox (bubblewrap): no
 network, a read-only view of the interpreter and its environment, one writable scratch
-directory, limits on memory, CPU time and file size. Two commands:
+directory, limits on memory, CPU time and file size. Two commands (and `describe`, which
+modelship runs outside the sandbox to learn what an interpreter it trusts has):
 
   convert.py inspect SOURCE
       Standard library only, loads nothing: the pickle's compression, the modules its globals
@@ -807,9 +808,19 @@ def drawn_columns(model, layout, count, seed):
     return out
 
 
+def describe():
+    """The interpreter and what it has (run by modelship outside the sandbox, on an interpreter
+    it trusts: one of its environments, or the user's --python)."""
+    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix] + [p for p in sys.path if p]
+    return {"python_version": sys.version.split()[0], "executable": sys.executable, "paths": paths, "libraries": library_versions()}
+
+
 def main(argv):
+    if argv[1:] == ["describe"]:
+        print(json.dumps(describe()))
+        return 0
     if len(argv) != 3 or argv[1] not in ("inspect", "convert"):
-        print("usage: convert.py inspect SOURCE | convert REQUEST.json", file=sys.stderr)
+        print("usage: convert.py describe | inspect SOURCE | convert REQUEST.json", file=sys.stderr)
         return 64
     try:
         if argv[1] == "inspect":

@@ -130,20 +130,6 @@ impl Env {
     }
 }
 
-const DESCRIBE: &str = r#"
-import json, sys, importlib.metadata as md
-libs = {}
-for d in ("scikit-learn", "xgboost", "xgboost-cpu", "lightgbm", "skl2onnx", "onnxmltools", "onnx", "numpy", "scipy", "pandas", "joblib"):
-    try:
-        libs[d] = md.version(d)
-    except md.PackageNotFoundError:
-        pass
-if "xgboost-cpu" in libs:
-    libs["xgboost"] = libs.pop("xgboost-cpu")
-paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix] + [p for p in sys.path if p]
-print(json.dumps({"python_version": sys.version.split()[0], "executable": sys.executable, "paths": paths, "libraries": libs}))
-"#;
-
 #[derive(Deserialize)]
 struct Described {
     executable: PathBuf,
@@ -155,10 +141,19 @@ struct Described {
 /// Asks an interpreter (a trusted one: an environment modelship made, or the user's own)
 /// what it is.
 pub fn describe(name: &str, python: &Path) -> Result<Env, ConvertError> {
-    let output = Command::new(python)
-        .args(["-I", "-c", DESCRIBE])
-        .output()
-        .map_err(|e| ConvertError::Environment(format!("cannot run {}: {e}", python.display())))?;
+    // The converter's own `describe`, the script read from standard input.
+    let output = (|| {
+        use std::io::Write as _;
+        let mut child = Command::new(python)
+            .args(["-I", "-", "describe"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child.stdin.take().map(|mut stdin| stdin.write_all(crate::SCRIPT.as_bytes())).transpose()?;
+        child.wait_with_output()
+    })()
+    .map_err(|e| ConvertError::Environment(format!("cannot run {}: {e}", python.display())))?;
     if !output.status.success() {
         return Err(ConvertError::Environment(format!("{} failed: {}", python.display(), tail(&output.stderr))));
     }

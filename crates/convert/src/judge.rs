@@ -178,8 +178,13 @@ fn labels(v: &Values, span: std::ops::Range<usize>) -> Vec<String> {
     match v {
         Values::Labels(l) => l[span].to_vec(),
         // Integer labels from ONNX Runtime (INT64) against the original's.
-        Values::Numbers(n) => n[span].iter().map(|x| if x.fract() == 0.0 { format!("{}", *x as i64) } else { x.to_string() }).collect(),
+        Values::Numbers(n) => n[span].iter().map(|x| number_label(*x)).collect(),
     }
+}
+
+/// A numeric label as text: `1`, not `1.0`, so integer classes compare with their text form.
+pub fn number_label(x: f64) -> String {
+    if x.fract() == 0.0 { (x as i64).to_string() } else { x.to_string() }
 }
 
 fn top_two_within(probabilities: &[f64], rows: usize, row: usize, tolerance: f64) -> bool {

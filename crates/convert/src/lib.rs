@@ -705,7 +705,7 @@ fn label_text(v: &serde_json::Value) -> String {
         serde_json::Value::Bool(b) => u8::from(*b).to_string(),
         serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
             (Some(i), _) => i.to_string(),
-            (None, Some(f)) if f.fract() == 0.0 => (f as i64).to_string(),
+            (None, Some(f)) => judge::number_label(f),
             _ => n.to_string(),
         },
         other => other.to_string(),
@@ -714,7 +714,7 @@ fn label_text(v: &serde_json::Value) -> String {
 
 fn as_labels(v: judge::Values) -> judge::Values {
     match v {
-        judge::Values::Numbers(n) => judge::Values::Labels(n.into_iter().map(|x| if x.fract() == 0.0 { (x as i64).to_string() } else { x.to_string() }).collect()),
+        judge::Values::Numbers(n) => judge::Values::Labels(n.into_iter().map(judge::number_label).collect()),
         labels => labels,
     }
 }

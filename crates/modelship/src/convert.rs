@@ -250,6 +250,21 @@ pub async fn prepare_file(path: &Path, flags: &ConvertFlags, backend: &dyn Backe
     prepare_bytes(path, bytes, flags, backend, env, &say).await
 }
 
+/// What a model file's first bytes say it is, and its length; `None` when it is no regular file
+/// (missing, a directory, a device: the caller's own check names it).
+pub fn file_head(path: &Path) -> anyhow::Result<Option<(modelship_convert::format::Head, u64)>> {
+    use std::io::Read as _;
+    // Checked before opening: opening a named pipe would wait for a writer.
+    let Ok(meta) = std::fs::metadata(path) else { return Ok(None) };
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut head = Vec::with_capacity(modelship_convert::format::HEAD);
+    file.take(modelship_convert::format::HEAD as u64).read_to_end(&mut head).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Some((modelship_convert::format::classify_head(&head, meta.len()), meta.len())))
+}
+
 /// The most a model file may be.
 const MAX_MODEL_BYTES: u64 = 4 << 30;
 

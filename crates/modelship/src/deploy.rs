@@ -716,15 +716,11 @@ fn check_features(needed: &[&str], compiled: &[&str]) -> anyhow::Result<()> {
 /// For a model file in a format that is converted: the ONNX model, written to
 /// `OUT/converted/STEM.onnx` (proven equal, from the conversion cache when converted before).
 fn converted_model(file: &Path, out: &Path, flags: &crate::cli::ConvertFlags) -> anyhow::Result<Option<PathBuf>> {
-    use modelship_convert::format::{HEAD, Head, classify_head};
-    let Ok(mut f) = std::fs::File::open(file) else { return Ok(None) };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut head = Vec::with_capacity(HEAD);
-    std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, HEAD as u64), &mut head).with_context(|| format!("cannot read {}", file.display()))?;
-    match classify_head(&head, len) {
-        Head::MaybeOnnx => return Ok(None),
-        Head::Refused(e) => bail!("the model {} is {e}", file.display()),
-        Head::Convertible(_) => {}
+    use modelship_convert::format::Head;
+    match crate::convert::file_head(file)? {
+        None | Some((Head::MaybeOnnx, _)) => return Ok(None),
+        Some((Head::Refused(e), _)) => bail!("the model {} is {e}", file.display()),
+        Some((Head::Convertible(_), _)) => {}
     }
     let bytes = crate::convert::read_model_file(file)?;
     let backend = crate::convert::backend(None)?;

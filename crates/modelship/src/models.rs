@@ -1,7 +1,6 @@
 //! `modelship models ...`: the registry from the command line.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
@@ -68,26 +67,19 @@ async fn fetch(store: Option<String>, digest: &str, out: &std::path::Path, json_
 /// model) rather than pushed as it is; one that is clearly no model is refused here, with the
 /// way to export it.
 fn convertible(file: &Path) -> anyhow::Result<bool> {
-    use modelship_convert::format::{HEAD, Head, classify_head};
-    let mut head = Vec::with_capacity(HEAD);
-    let f = std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let meta = f.metadata().with_context(|| format!("cannot read {}", file.display()))?;
-    if !meta.is_file() {
+    use modelship_convert::format::Head;
+    match crate::convert::file_head(file)? {
         // Not read here: the registry's push names what it is.
-        return Ok(false);
-    }
-    let len = meta.len();
-    std::io::Read::take(f, HEAD as u64).read_to_end(&mut head).with_context(|| format!("cannot read {}", file.display()))?;
-    match classify_head(&head, len) {
-        Head::Convertible(_) => Ok(true),
+        None => Ok(false),
+        Some((Head::Convertible(_), _)) => Ok(true),
         // Not ONNX after all: said as for any other format, with what is taken. (A large file
         // is left to the registry's own check, which reads it once.)
-        Head::MaybeOnnx if len <= 256 << 20 => match modelship_convert::format::sniff(&crate::convert::read_model_file(file)?) {
+        Some((Head::MaybeOnnx, len)) if len <= 256 << 20 => match modelship_convert::format::sniff(&crate::convert::read_model_file(file)?) {
             Ok(_) => Ok(false),
             Err(e) => bail!("{} is {e}", file.display()),
         },
-        Head::MaybeOnnx => Ok(false),
-        Head::Refused(e) => bail!("{} is {e}", file.display()),
+        Some((Head::MaybeOnnx, _)) => Ok(false),
+        Some((Head::Refused(e), _)) => bail!("{} is {e}", file.display()),
     }
 }
 
