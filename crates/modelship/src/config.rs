@@ -140,14 +140,14 @@ pub struct ServeConfig {
     pub model_path: PathBuf,
     pub intra_op_threads: usize,
     pub max_queue: usize,
-    /// See [`modelship_server::pool::PoolConfig::inline_below`].
+    /// See [`modelship_server::Settings::inline_below`].
     pub inline_below: Duration,
     /// Follow a served file's contents (`model.watch`), polled every `registry_poll`.
     pub watch_file: bool,
     /// Dynamic batching; `None` runs each request on its own.
-    pub batching: Option<modelship_server::pool::Batching>,
-    /// See [`modelship_server::pool::Opportunistic`].
-    pub opportunistic: modelship_server::pool::Opportunistic,
+    pub batching: Option<modelship_server::Batching>,
+    /// See [`modelship_server::Opportunistic`].
+    pub opportunistic: modelship_server::Opportunistic,
     pub host: String,
     pub port: u16,
     pub grpc_port: u16,
@@ -165,7 +165,7 @@ pub struct ServeConfig {
     pub min_body_bytes_per_second: u64,
     /// `None`: derived from the process's file limit.
     pub max_connections: Option<usize>,
-    /// See [`modelship_server::model::WarmUp`].
+    /// See [`modelship_server::WarmUp`].
     pub warmup_requests: usize,
     pub warmup_sample: Option<PathBuf>,
     pub log: LogConfig,
@@ -436,7 +436,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     let inline_below_us = raw
         .model
         .inline_below_microseconds
-        .unwrap_or(modelship_server::pool::DEFAULT_INLINE_BELOW.as_micros() as u64);
+        .unwrap_or(modelship_server::DEFAULT_INLINE_BELOW.as_micros() as u64);
     if inline_below_us > 1_000 {
         problems.push(format!(
             "model.inline_below_microseconds is {inline_below_us}; it must be at most 1000 (longer runs on the calling thread would stall other requests)"
@@ -462,12 +462,12 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     if body_read_timeout < Duration::from_millis(100) || body_read_timeout > Duration::from_secs(3600) {
         problems.push("server.body_read_timeout_seconds must be between 0.1 and 3600".to_owned());
     }
-    let min_body_bytes_per_second = raw.server.min_body_bytes_per_second.unwrap_or(modelship_server::routes::DEFAULT_MIN_BODY_RATE);
+    let min_body_bytes_per_second = raw.server.min_body_bytes_per_second.unwrap_or(modelship_server::DEFAULT_MIN_BODY_RATE);
     check_range("server.min_body_bytes_per_second", usize::try_from(min_body_bytes_per_second).unwrap_or(usize::MAX), 1, 1 << 30, &mut problems);
     if let Some(n) = raw.server.max_connections {
         check_range("server.max_connections", n, 16, 1_000_000, &mut problems);
     }
-    let warmup_requests = raw.model.warmup_requests.unwrap_or(modelship_server::model::DEFAULT_WARM_UP_REQUESTS);
+    let warmup_requests = raw.model.warmup_requests.unwrap_or(modelship_server::DEFAULT_WARM_UP_REQUESTS);
     check_range("model.warmup_requests", warmup_requests, 1, 1000, &mut problems);
     let tls = match (raw.server.tls_cert_file.clone(), raw.server.tls_key_file.clone()) {
         (Some(cert), Some(key)) => Some((cert, key)),
@@ -517,7 +517,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
                 problems.push(format!("model.dynamic_batching.preferred_batch_size {p} must be between 1 and max_batch_size ({max_batch_size})"));
             }
         }
-        modelship_server::pool::Batching {
+        modelship_server::Batching {
             max_batch_size,
             max_queue_delay: Duration::from_micros(delay),
             preferred_batch_sizes: preferred,
@@ -584,9 +584,9 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         watch_file: raw.model.watch.unwrap_or(true),
         batching,
         opportunistic: if raw.model.opportunistic_batching.unwrap_or(true) {
-            modelship_server::pool::Opportunistic::Auto
+            modelship_server::Opportunistic::Auto
         } else {
-            modelship_server::pool::Opportunistic::Off
+            modelship_server::Opportunistic::Off
         },
         host,
         port,

@@ -168,13 +168,10 @@ mod runtime {
 
     use anyhow::{Context, bail};
     use lambda_runtime::{LambdaEvent, service_fn};
-    use modelship_inference::{Backend, LoadOptions};
+    use modelship_inference::Backend;
     use modelship_onnx::OnnxBackend;
     use modelship_protocol::lambda::LambdaResponse;
-    use modelship_server::auth::Credentials;
-    use modelship_server::model::{LoadedModel, ModelSlot, ModelSpec, Served};
-    use modelship_server::pool::PoolConfig;
-    use modelship_server::{AppState, Limits};
+    use modelship_server::{AppState, Credentials, Model};
     use serde_json::{Value, json};
 
     use crate::cli::ServeArgs;
@@ -261,42 +258,16 @@ mod runtime {
         let onnx = OnnxBackend::new(config.ort_lib.as_deref())?;
         tracing::info!(library = %onnx.library().display(), "ONNX Runtime loaded");
         let backend: Arc<dyn Backend> = Arc::new(onnx);
-        let api_keys = config.security.api_keys_env.clone();
-        let limits = Limits {
-            max_body_bytes: config.max_body_bytes,
-            max_tensor_elements: config.max_tensor_elements,
-            max_rows: config.max_rows,
-            body_read_timeout: config.body_read_timeout,
-            min_body_bytes_per_second: config.min_body_bytes_per_second,
-            ..Limits::default()
-        };
-        let state = AppState::with_credentials(limits, Credentials::new(None, &api_keys));
-        let spec = ModelSpec {
+        let model = Model {
             name: config.model_name.clone(),
             version: config.model_version.clone(),
-            pool: PoolConfig {
-                workers: 1,
-                max_queue: config.max_queue,
-                load: LoadOptions { intra_op_threads: config.intra_op_threads },
-                batching: None,
-                inline_below: config.inline_below,
-                // One event at a time: there is never a request waiting to join.
-                opportunistic: modelship_server::pool::Opportunistic::Off,
-            },
-            warm_up: crate::serve::warm_up(config)?,
+            bytes,
+            warm_up: crate::startup::warm_up(config)?,
+            described_as: source.clone(),
         };
-        let metrics = Arc::clone(&state.metrics);
-        let spec_warm_up = spec.warm_up.clone();
-        let loaded = tokio::task::spawn_blocking(move || LoadedModel::load(backend, bytes, &spec, &metrics))
-            .await
-            .context("model loading stopped unexpectedly")?
-            .with_context(|| format!("cannot load model {source}"))?;
-        tracing::info!(model = %loaded.name, version = %loaded.version, load_seconds = loaded.load_seconds, inputs = ?loaded.info.signature.input_names(), "model loaded");
-        // A cold start whose model cannot answer is an init error, never a function answering 500.
-        loaded.warm_up(&spec_warm_up).await.map_err(|e| anyhow::anyhow!("model {source} loads but cannot answer, so it is not served: {e}"))?;
-        state.models.set_primary(&config.model_name);
-        state.models.set(&config.model_name, ModelSlot::Ready(Arc::new(Served::single(Arc::new(loaded)))));
-        state.health.mark_started();
+        // Inference API keys only: a function has no admin API.
+        let credentials = Credentials::new(None, &config.security.api_keys_env);
+        let state = modelship_server::build_direct(&crate::startup::settings(config), credentials, model, backend).await?;
         Ok((state, source))
     }
 

@@ -18,6 +18,7 @@ mod models;
 mod registry_config;
 mod rollout;
 mod serve;
+mod startup;
 mod table_file;
 mod traffic;
 mod validate;

@@ -464,6 +464,6 @@ fn read_warmup_sample(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
         );
     }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read the warm-up sample {}", path.display()))?;
-    modelship_server::model::WarmUpSample::from_v2_json(&path.display().to_string(), &bytes).map_err(|e| anyhow::anyhow!(e))?;
+    modelship_server::WarmUpSample::from_v2_json(&path.display().to_string(), &bytes).map_err(|e| anyhow::anyhow!(e))?;
     Ok(bytes)
 }

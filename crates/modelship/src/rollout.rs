@@ -11,7 +11,7 @@ use modelship_protocol::admin::{CommandRequest, RolloutCommand, RolloutDecision,
 use modelship_rollout::check::Verdict;
 use modelship_rollout::engine::{Action, Phase};
 use modelship_rollout::spec::{RolloutSpec, Span, Step};
-use modelship_server::pipeline::CANARY_HEADER;
+use modelship_server::CANARY_HEADER;
 use serde_json::Value;
 
 use crate::cli::{self, OutputFormat, RolloutArgs};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use crate::routes::path::Path;
+use crate::api::path::Path;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -43,7 +43,7 @@ impl AdminState {
 
 /// The admin API, with bearer-token authentication on every route.
 pub fn app(state: AdminState) -> Router {
-    let bounds = crate::routes::body_bounds(&state.app.limits, ADMIN_BODY_LIMIT);
+    let bounds = crate::api::body_bounds(&state.app.limits, ADMIN_BODY_LIMIT);
     Router::new()
         .route("/admin/v1/models/{name}/traffic", get(status).post(change))
         .route("/admin/v1/models/{name}/traffic/rollback", post(rollback))
@@ -64,12 +64,12 @@ pub fn app(state: AdminState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(axum::extract::DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
         .layer(middleware::from_fn(move |request: Request, next: Next| async move {
-            match crate::routes::body::bound(request, bounds) {
+            match crate::api::body::bound(request, bounds) {
                 Ok(request) => next.run(request).await,
                 Err(refused) => refused,
             }
         }))
-        .layer(middleware::map_response(crate::routes::json_errors))
+        .layer(middleware::map_response(crate::api::json_errors))
         .with_state(state)
 }
 
@@ -85,7 +85,7 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
 /// with the admin token on the inference port).
 async fn feedback(State(state): State<AdminState>, Path(name): Path<String>, body: Bytes) -> Result<Response, ApiError> {
     check_model(&state, &name)?;
-    crate::routes::feedback::join_labels(&state.app, &body).await
+    crate::api::feedback::join_labels(&state.app, &body).await
 }
 
 fn check_model(state: &AdminState, name: &str) -> Result<(), ApiError> {

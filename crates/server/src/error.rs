@@ -38,7 +38,7 @@ pub enum ApiError {
     BodyTooLarge { limit: usize },
     #[error("cannot read request body: {0}")]
     Body(String),
-    /// The body stopped coming, or came too slowly ([`crate::routes::body`]).
+    /// The body stopped coming, or came too slowly ([`crate::api::body`]).
     #[error("{0}; send the whole body without pausing")]
     BodyTimeout(String),
     #[error("no route for {method} {path}; see GET /v2 and the README for the API")]

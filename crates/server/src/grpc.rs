@@ -147,12 +147,12 @@ pub fn router(grpc: Grpc) -> axum::Router {
         }
     });
     // Every message is read under the same clock as REST bodies (a stalled stream is cut off).
-    let bounds = crate::routes::body_bounds(&grpc_limits, limit);
+    let bounds = crate::api::body_bounds(&grpc_limits, limit);
     tonic::service::Routes::new(health)
         .add_service(service)
         .prepare()
         .into_axum_router()
-        .layer(tower::util::MapRequestLayer::new(move |request| crate::routes::body::clock(request, bounds)))
+        .layer(tower::util::MapRequestLayer::new(move |request| crate::api::body::clock(request, bounds)))
 }
 
 /// What `grpc.health.v1` reports: the readiness probe's answer, pushed to tonic-health's
@@ -169,7 +169,7 @@ impl HealthStatus {
     async fn refresh(&self) {
         use std::sync::atomic::Ordering;
         use tonic_health::ServingStatus;
-        let ready = crate::routes::ops::readiness(&self.app).0;
+        let ready = crate::api::ops::readiness(&self.app).0;
         let (code, status) = if ready { (1, ServingStatus::Serving) } else { (2, ServingStatus::NotServing) };
         if self.last.swap(code, Ordering::SeqCst) != code {
             self.reporter.set_service_status("", status).await;
@@ -229,7 +229,7 @@ impl GrpcInferenceService for Grpc {
     }
 
     async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> Result<Response<pb::ServerReadyResponse>, Status> {
-        Ok(Response::new(pb::ServerReadyResponse { ready: crate::routes::ops::readiness(&self.app).0 }))
+        Ok(Response::new(pb::ServerReadyResponse { ready: crate::api::ops::readiness(&self.app).0 }))
     }
 
     async fn model_ready(&self, request: Request<pb::ModelReadyRequest>) -> Result<Response<pb::ModelReadyResponse>, Status> {
@@ -242,13 +242,13 @@ impl GrpcInferenceService for Grpc {
         Ok(Response::new(pb::ServerMetadataResponse {
             name: "modelship".to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            extensions: crate::routes::v2::EXTENSIONS.iter().map(|e| (*e).to_owned()).collect(),
+            extensions: crate::api::v2::EXTENSIONS.iter().map(|e| (*e).to_owned()).collect(),
         }))
     }
 
     async fn model_metadata(&self, request: Request<pb::ModelMetadataRequest>) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        let m = crate::routes::v2::metadata_of(&self.app, &r.name, version_of(&r.version)).map_err(|e| status(&e))?;
+        let m = crate::api::v2::metadata_of(&self.app, &r.name, version_of(&r.version)).map_err(|e| status(&e))?;
         Ok(Response::new(wire::metadata_message(m)))
     }
 

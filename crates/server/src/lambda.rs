@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! event (protocol::lambda) → method + path + headers + body
-//!   POST /predict | /v1/predict | direct {"features"}  → routes::v1::predict_response ─┐
-//!   POST /v2/models/{m}[/versions/{v}]/infer | direct {"inputs"} → routes::v2::infer_response ─┤
+//!   POST /predict | /v1/predict | direct {"features"}  → api::v1::predict_response ────┐
+//!   POST /v2/models/{m}[/versions/{v}]/infer | direct {"inputs"} → api::v2::infer_response ────┤
 //!                                   pipeline::run (Endpoint::Direct) ◀──────────────────────┘
 //! HTTP response → status, headers, body → protocol::lambda::LambdaResponse
 //! ```
@@ -22,9 +22,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use modelship_protocol::lambda::{self, DirectTarget, LambdaRequest, LambdaResponse};
 use serde_json::Value;
 
+use crate::api::{v1, v2};
 use crate::error::ApiError;
 use crate::pipeline::Endpoint;
-use crate::routes::{v1, v2};
 use crate::state::AppState;
 
 /// Answers one event. `request_id` (the Lambda request id) becomes the request's id unless the

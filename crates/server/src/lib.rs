@@ -6,7 +6,10 @@
 //! - [`admin`]: the admin API (own listener, bearer token): traffic status, changes, rollback, history.
 //! - [`pipeline`]: the one inference pipeline every entry point goes through (route, enrich,
 //!   infer, score, mirror, record).
-//! - [`routes`]: HTTP handlers (Open Inference Protocol V2, the seed's `/v1/predict`, probes, metrics).
+//! - [`routes`]: the REST adapter's HTTP handlers (Open Inference Protocol V2, the seed's
+//!   `/v1/predict`, probes, metrics).
+//! - [`api`]: what the adapters share (bodies, the V1/V2 encodings of an answer, readiness,
+//!   labels); the adapters (`routes`, `grpc`, `admin`, `lambda`) never depend on each other.
 //! - [`error`]: the one table from every failure to its HTTP status and stable error code.
 //! - `grpc` (feature `grpc`): the same API over gRPC, as Triton's `GRPCInferenceService`.
 //! - [`lambda`]: the Lambda adapter: one event through the same decoding, pipeline and encoding
@@ -19,10 +22,14 @@
 //! - [`rollouts`]: the rollout control loop: observations in, engine decisions applied, state persisted.
 //! - [`traffic`]: the single writer of routing tables, with numbered, persisted revisions.
 //! - [`auth`]: the control token and inference API keys, compared in constant time.
+//! - [`app`]: the composition root: [`Config::build`] starts every part, [`App::run_until`]
+//!   serves until shutdown.
 //! - `serve`: the [`Server`]: listeners (HTTP, gRPC, admin; TLS, connection limits), background
 //!   tasks, and the one shutdown sequence.
 
 pub mod admin;
+pub mod app;
+pub mod api;
 pub mod auth;
 pub mod control;
 pub mod error;
@@ -51,5 +58,11 @@ mod testing;
 mod tests;
 mod state;
 
+pub use app::{Addresses, App, BuildError, Config, Features, Model, Settings, Source, build_direct};
+pub use auth::{Credentials, read_api_keys};
+pub use follow::{Prepare, digest as file_digest};
+pub use model::{DEFAULT_WARM_UP_REQUESTS, WarmUp, WarmUpSample};
+pub use pipeline::CANARY_HEADER;
+pub use pool::{Batching, DEFAULT_INLINE_BELOW, Opportunistic};
 pub use serve::{ConnectionLimits, Drain, DrainOutcome, Server, Tasks, Tls, default_max_connections, open_files_limit};
-pub use state::{AppState, Limits};
+pub use state::{AppState, DEFAULT_MIN_BODY_RATE, Limits};

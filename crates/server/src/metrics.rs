@@ -28,7 +28,7 @@ pub struct Metrics {
     pub batch_requests: HistogramVec,
     pub in_flight: IntGaugeVec,
     /// `in_flight` by endpoint, each looked up once (see [`Metrics::in_flight_at`]).
-    in_flight_at: [std::sync::OnceLock<prometheus::IntGauge>; crate::pipeline::Endpoint::COUNT],
+    in_flight_at: [std::sync::OnceLock<prometheus::IntGauge>; Endpoint::COUNT],
     pub queue_length: IntGaugeVec,
     pub model_load_seconds: GaugeVec,
     pub model_info: IntGaugeVec,
@@ -198,33 +198,34 @@ impl Metrics {
         }
     }
 
-    /// Publishes the weights and revision of a routing table.
-    pub fn publish_traffic(&self, model: &str, served: &crate::model::Served) {
-        for v in served.versions.keys() {
+    /// Publishes the weights and revision of `model`'s routing table, over `versions`, the
+    /// versions it holds loaded.
+    pub fn publish_traffic<'a>(&self, model: &str, table: &modelship_router::TrafficTable, revision: u64, versions: impl Iterator<Item = &'a str>) {
+        for v in versions {
             for role in ["stable", "candidate", "shadow"] {
                 let _ = self.traffic_weight.remove_label_values(&[model, v, role]);
             }
         }
-        for (version, role, bp) in served.table.weights() {
+        for (version, role, bp) in table.weights() {
             self.traffic_weight.with_label_values(&[model, version, role.as_str()]).set(i64::from(bp.get()));
         }
-        if let Some(s) = &served.table.shadow {
+        if let Some(s) = &table.shadow {
             self.traffic_weight.with_label_values(&[model, &s.version, "shadow"]).set(i64::from(s.percent.get()));
         }
-        self.traffic_revision.with_label_values(&[model]).set(served.revision as i64);
+        self.traffic_revision.with_label_values(&[model]).set(revision as i64);
     }
 
     /// The in-flight gauge of `endpoint`: `with_label_values` hashes and locks on every call.
-    pub fn in_flight_at(&self, endpoint: crate::pipeline::Endpoint) -> &prometheus::IntGauge {
+    pub fn in_flight_at(&self, endpoint: Endpoint) -> &prometheus::IntGauge {
         self.in_flight_at[endpoint.index()].get_or_init(|| self.in_flight.with_label_values(&[endpoint.label()]))
     }
 
     /// Drops the per-version gauges of a version no longer served.
-    pub fn forget_version(&self, model: &crate::model::LoadedModel) {
-        let workers = model.workers().to_string();
-        let _ = self.model_info.remove_label_values(&[&model.name, &model.version, &model.info.platform, &workers]);
-        let _ = self.model_load_seconds.remove_label_values(&[&model.name, &model.version]);
-        let _ = self.queue_length.remove_label_values(&[&model.name, &model.version]);
+    pub fn forget_version(&self, model: &str, version: &str, platform: &str, workers: usize) {
+        let workers = workers.to_string();
+        let _ = self.model_info.remove_label_values(&[model, version, platform, &workers]);
+        let _ = self.model_load_seconds.remove_label_values(&[model, version]);
+        let _ = self.queue_length.remove_label_values(&[model, version]);
     }
 
     /// The registry, for metrics other crates declare (the feature store's).
@@ -238,5 +239,39 @@ impl Metrics {
         // Encoding gathered families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+/// Where a request came in: the `endpoint` label of metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    V1Predict,
+    V2Infer,
+    GrpcInfer,
+    /// An invocation without a listener (the Lambda adapter, tests).
+    Direct,
+}
+
+impl Endpoint {
+    /// How many endpoints there are: [`Endpoint::index`] is below it.
+    pub const COUNT: usize = 4;
+
+    /// A dense index, for tables by endpoint.
+    pub fn index(self) -> usize {
+        match self {
+            Endpoint::V1Predict => 0,
+            Endpoint::V2Infer => 1,
+            Endpoint::GrpcInfer => 2,
+            Endpoint::Direct => 3,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::V1Predict => "v1_predict",
+            Endpoint::V2Infer => "v2_infer",
+            Endpoint::GrpcInfer => "grpc_infer",
+            Endpoint::Direct => "direct",
+        }
     }
 }

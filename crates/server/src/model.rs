@@ -11,8 +11,7 @@ use modelship_router::{Role, RouteInput, TrafficTable};
 use prometheus::{Histogram, IntCounter};
 
 use crate::error::ApiError;
-use crate::metrics::Metrics;
-use crate::pipeline::Endpoint;
+use crate::metrics::{Endpoint, Metrics};
 use crate::pool::{PoolConfig, Refused, WorkerPool};
 
 /// What to load: a model's name and version, and how to run it.
@@ -486,9 +485,19 @@ pub enum ModelSlot {
 }
 
 /// Models by name. Read on every request, written rarely: readers take a snapshot without locks.
-#[derive(Default)]
+///
+/// The one writer of the table: every change (a model loading, failing, a new routing table or
+/// version set published, a model unloaded) goes through [`ModelTable::loading`],
+/// [`ModelTable::failed`], [`ModelTable::publish`], [`ModelTable::publish_if`] or
+/// [`ModelTable::unload`], whoever asks (traffic changes, the repository API, file and alias
+/// following, fleet revisions, Lambda's cold start). Each write is serialized and publishes what
+/// follows from it: the routing metrics of the new table, and the per-version metrics of the
+/// versions it no longer holds dropped.
 pub struct ModelTable {
     slots: ArcSwap<BTreeMap<String, ModelSlot>>,
+    metrics: Arc<Metrics>,
+    /// Serializes writes, so the table and its metrics change together.
+    writing: Mutex<()>,
     /// The last failed attempt to replace a serving model, by name, until a later one succeeds.
     reload_errors: std::sync::Mutex<BTreeMap<String, String>>,
     /// The model the server was started with: what `/v1/predict` answers with when others are
@@ -497,6 +506,10 @@ pub struct ModelTable {
 }
 
 impl ModelTable {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        ModelTable { slots: ArcSwap::default(), metrics, writing: Mutex::new(()), reload_errors: Default::default(), primary: OnceLock::new() }
+    }
+
     /// Names the server's own model (once; later calls change nothing).
     pub fn set_primary(&self, name: &str) {
         let _ = self.primary.set(name.to_owned());
@@ -514,38 +527,82 @@ impl ModelTable {
         self.reload_errors.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn set(&self, name: &str, slot: ModelSlot) {
-        self.slots.rcu(|current| {
-            let mut next = BTreeMap::clone(current);
-            next.insert(name.to_owned(), slot.clone());
-            next
-        });
+    /// `name` is being loaded at `version` (readiness waits for it).
+    pub fn loading(&self, name: &str, version: &str) {
+        let _one_writer = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        self.set(name, ModelSlot::Loading { version: version.to_owned() });
     }
 
-    /// Replaces `name`'s slot with `next` only while it still holds `expected` (compare and
-    /// swap); false when another write came first, which then stands.
-    pub fn replace_if(&self, name: &str, expected: &Arc<Served>, next: ModelSlot) -> bool {
-        let mut replaced = false;
-        self.slots.rcu(|current| {
-            let mut table = BTreeMap::clone(current);
-            replaced = matches!(current.get(name), Some(ModelSlot::Ready(s)) if Arc::ptr_eq(s, expected));
-            if replaced {
-                table.insert(name.to_owned(), next.clone());
-            }
-            table
-        });
-        replaced
+    /// `name` could not be loaded at `version`; the versions it served, if any, are dropped.
+    pub fn failed(&self, name: &str, version: &str, error: String) {
+        let _one_writer = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = self.set(name, ModelSlot::Failed { version: version.to_owned(), error });
+        self.after_write(name, previous.as_ref(), None);
     }
 
-    /// Removes model `name`; returns its slot.
-    pub fn remove(&self, name: &str) -> Option<ModelSlot> {
+    /// Serves `next` for `name` from now on: its routing is published to the metrics, and the
+    /// versions the previous table held that `next` does not are forgotten there.
+    pub fn publish(&self, name: &str, next: impl Into<Arc<Served>>) -> Arc<Served> {
+        let _one_writer = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let next: Arc<Served> = next.into();
+        let previous = self.set(name, ModelSlot::Ready(Arc::clone(&next)));
+        self.after_write(name, previous.as_ref(), Some(&next));
+        next
+    }
+
+    /// [`ModelTable::publish`], only while `name` still serves `expected` (compare and swap);
+    /// false when another write came first, which then stands.
+    pub fn publish_if(&self, name: &str, expected: &Arc<Served>, next: impl Into<Arc<Served>>) -> bool {
+        let _one_writer = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.slots.load();
+        if !matches!(current.get(name), Some(ModelSlot::Ready(s)) if Arc::ptr_eq(s, expected)) {
+            return false;
+        }
+        let next: Arc<Served> = next.into();
+        let previous = self.set(name, ModelSlot::Ready(Arc::clone(&next)));
+        self.after_write(name, previous.as_ref(), Some(&next));
+        true
+    }
+
+    /// Stops serving `name`; returns what it was. In-flight requests finish on the version they hold.
+    pub fn unload(&self, name: &str) -> Option<ModelSlot> {
+        let _one_writer = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let mut removed = None;
         self.slots.rcu(|current| {
             let mut next = BTreeMap::clone(current);
             removed = next.remove(name);
             next
         });
+        self.after_write(name, removed.as_ref(), None);
         removed
+    }
+
+    /// Replaces `name`'s slot; returns the one it replaced. Only under `writing`.
+    fn set(&self, name: &str, slot: ModelSlot) -> Option<ModelSlot> {
+        let mut previous = None;
+        self.slots.rcu(|current| {
+            let mut next = BTreeMap::clone(current);
+            previous = next.insert(name.to_owned(), slot.clone());
+            next
+        });
+        previous
+    }
+
+    /// Publishes `next`'s routing to the metrics (none left for a version `previous` routed to)
+    /// and drops the per-version metrics of the versions `previous` served that `next` does not.
+    fn after_write(&self, name: &str, previous: Option<&ModelSlot>, next: Option<&Served>) {
+        let previous = match previous {
+            Some(ModelSlot::Ready(previous)) => Some(previous),
+            _ => None,
+        };
+        if let Some(next) = next {
+            let versions = next.versions.keys().chain(previous.into_iter().flat_map(|p| p.versions.keys()));
+            self.metrics.publish_traffic(name, &next.table, next.revision, versions.map(String::as_str));
+        }
+        let Some(previous) = previous else { return };
+        for gone in previous.versions.values().filter(|m| next.is_none_or(|n| !n.versions.contains_key(&m.version))) {
+            self.metrics.forget_version(name, &gone.version, &gone.info.platform, gone.workers());
+        }
     }
 
     /// The statistics extension's answer, the same over REST and gRPC: every loaded version of

@@ -34,39 +34,7 @@ pub(crate) const CANARY: HeaderName = HeaderName::from_static(CANARY_HEADER);
 pub(crate) const PIN: HeaderName = HeaderName::from_static(PIN_HEADER);
 pub(crate) const REVISION: HeaderName = HeaderName::from_static(REVISION_HEADER);
 
-/// Where a request came in: the `endpoint` label of metrics and logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    V1Predict,
-    V2Infer,
-    GrpcInfer,
-    /// An invocation without a listener (the Lambda adapter, tests).
-    Direct,
-}
-
-impl Endpoint {
-    /// How many endpoints there are: [`Endpoint::index`] is below it.
-    pub const COUNT: usize = 4;
-
-    /// A dense index, for tables by endpoint.
-    pub fn index(self) -> usize {
-        match self {
-            Endpoint::V1Predict => 0,
-            Endpoint::V2Infer => 1,
-            Endpoint::GrpcInfer => 2,
-            Endpoint::Direct => 3,
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Endpoint::V1Predict => "v1_predict",
-            Endpoint::V2Infer => "v2_infer",
-            Endpoint::GrpcInfer => "grpc_infer",
-            Endpoint::Direct => "direct",
-        }
-    }
-}
+pub use crate::metrics::Endpoint;
 
 /// A decoded request, whatever protocol it came by.
 #[derive(Debug)]

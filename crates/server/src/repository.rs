@@ -127,7 +127,7 @@ impl Repository {
         let spec = ModelSpec { name: name.to_owned(), version: record.version.clone(), pool: self.pool.clone(), warm_up };
         let replaced = state.models.served(name).ok();
         if replaced.is_none() {
-            state.models.set(name, ModelSlot::Loading { version: record.version.clone() });
+            state.models.loading(name, &record.version);
         }
         let what = format!("version {} of '{name}'", record.version);
         let model = match LoadedModel::load_warm(Arc::clone(&self.backend), bytes.to_vec().into(), spec, Arc::clone(&state.metrics), &what).await {
@@ -136,21 +136,14 @@ impl Repository {
                 // The refusal is reported (readiness `errors`, the index's reason), but never
                 // takes the server out of readiness: its other models serve on.
                 if replaced.is_none() {
-                    state.models.remove(name);
+                    state.models.unload(name);
                 }
                 state.models.set_reload_error(name, Some(format!("version {} refused: {e}", record.version)));
                 return Err(e);
             }
         };
         state.models.set_reload_error(name, None);
-        let served = Served::single(model);
-        state.metrics.publish_traffic(name, &served);
-        state.models.set(name, ModelSlot::Ready(Arc::new(served)));
-        if let Some(old) = replaced {
-            for m in old.versions.values().filter(|m| m.version != record.version) {
-                state.metrics.forget_version(m);
-            }
-        }
+        state.models.publish(name, Served::single(model));
         tracing::info!(model = %name, version = %record.version, "model loaded through the repository API");
         Ok(record.version)
     }
@@ -163,14 +156,9 @@ impl Repository {
                 "'{name}' is the model this server was started with; stop the server to stop serving it, or change its traffic with `modelship traffic`"
             )));
         }
-        match state.models.remove(name) {
+        match state.models.unload(name) {
             None => Err(ApiError::UnknownModel { name: name.to_owned(), available: state.models.names() }),
-            Some(slot) => {
-                if let ModelSlot::Ready(served) = slot {
-                    for m in served.versions.values() {
-                        state.metrics.forget_version(m);
-                    }
-                }
+            Some(_) => {
                 tracing::info!(model = %name, "model unloaded through the repository API");
                 Ok(())
             }

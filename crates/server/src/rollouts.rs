@@ -35,7 +35,7 @@ use modelship_registry::ModelRef;
 use modelship_rollout::spec::RolloutSpec;
 use serde_json::{Value, json};
 
-use crate::control::{Applied, ControlStore, StoredRollout, Write};
+use crate::control::{Applied, ControlStore, StoreError, StoredRollout, Write};
 use crate::error::ApiError;
 use crate::model::Served;
 use crate::state::AppState;
@@ -270,10 +270,18 @@ impl Rollouts {
         };
         let reason = format!("rollout {}: {}", record.id, describe(&record.rollout));
         let revision = self.traffic.ensure(state, &record.rollout.plan.to, target, "rollout", &reason).await?;
-        record.applied = Some(Applied { action: desired, revision, settled_ms: None });
+        record.applied = Some(Applied { action: desired.clone(), revision, settled_ms: None });
         record.seq += 1;
-        self.store().save_rollout(&record, Write::Update { leader }, &[]).await?;
-        Ok(record)
+        match self.store().save_rollout(&record, Write::Update { leader }, &[]).await {
+            Ok(()) => Ok(record),
+            // Another replica (the leader, when a rollout is started elsewhere) applied the same
+            // state first: its record stands.
+            Err(StoreError::Stale(what)) => match self.store().rollout(self.model()).await? {
+                Some(stored) if stored.id == record.id && stored.applied.as_ref().is_some_and(|a| a.action == desired) => Ok(stored),
+                _ => Err(StoreError::Stale(what).into()),
+            },
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The control loop: keeps (or tries to take) the lease, and while this replica leads, one

@@ -10,6 +10,10 @@ use crate::request_id::RequestIds;
 use crate::serve::Tasks;
 use crate::shadow::Shadows;
 
+/// The default slowest average a body may arrive at once its first timeout has passed: 16 KiB/s,
+/// so the default 16 MiB body limit allows about 17 minutes, and an idle trickle far less.
+pub const DEFAULT_MIN_BODY_RATE: u64 = 16 * 1024;
+
 /// Bounds applied to every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -37,7 +41,7 @@ impl Default for Limits {
             max_rows: 65_536,
             max_shadow_in_flight: 64,
             body_read_timeout: std::time::Duration::from_secs(10),
-            min_body_bytes_per_second: crate::routes::DEFAULT_MIN_BODY_RATE,
+            min_body_bytes_per_second: DEFAULT_MIN_BODY_RATE,
         }
     }
 }
@@ -85,10 +89,11 @@ impl AppState {
 
     pub fn with_credentials(limits: Limits, credentials: Credentials) -> Self {
         let observations = Arc::new(Observations::default());
+        let metrics = Arc::new(Metrics::default());
         AppState(Arc::new(Shared {
-            models: Arc::default(),
+            models: Arc::new(ModelTable::new(Arc::clone(&metrics))),
             health: Arc::default(),
-            metrics: Arc::default(),
+            metrics,
             limits,
             shadows: Arc::new(Shadows::new(limits.max_shadow_in_flight, Arc::clone(&observations))),
             observations,

@@ -8,13 +8,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use modelship_inference::Backend;
 use modelship_registry::{ModelRef, NoProgress, Registry};
 use modelship_router::{Change, TrafficTable};
 
 use crate::control::{ControlStore, StoreError};
 use crate::error::ApiError;
-use crate::model::{LoadedModel, ModelSlot, ModelSpec, Served, WarmUp, WarmUpSample};
+use crate::model::{LoadedModel, ModelSpec, Served, WarmUp, WarmUpSample};
 use crate::state::AppState;
 
 /// One recorded routing change: the admin API's answer to a change, and a row of its history.
@@ -227,6 +229,20 @@ impl Traffic {
         if let Err(e) = self.sync_locked(state).await {
             tracing::warn!(model = %self.spec.name, error = %e, "cannot apply the latest routing before a rollout's change");
         }
+        // Another replica may commit between the read and the commit (a leader applying the
+        // step this replica's `rollout start` applies too): the conflict applied the winner's
+        // table, so deciding again either finds the target in force or commits on top of it.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.ensure_locked(state, version, target, actor, reason).await {
+                Err(ApiError::Conflict(_)) if attempts < 3 => continue,
+                result => return result,
+            }
+        }
+    }
+
+    async fn ensure_locked(&self, state: &AppState, version: &str, target: Target, actor: &str, reason: &str) -> Result<u64, ApiError> {
         let served = state.models.served(&self.spec.name)?;
         let mut table = served.table.clone();
         match target {
@@ -256,6 +272,47 @@ impl Traffic {
         // The rollout judged the version when it started (`rollout start --force` for one that
         // failed validation): its promotion moves the alias without asking again.
         Ok(self.install_with(state, &served, table, None, actor, reason, None, AliasStep::MoveJudged).await?.revision)
+    }
+
+    /// Follows the control store for this model until shutdown: applies every newer revision, on a
+    /// published change at once, else within `every` (a publish is lost while disconnected).
+    pub async fn follow_store(self: Arc<Self>, state: AppState, every: Duration) {
+        let traffic = self;
+        let model = traffic.spec.name.clone();
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut changes: Option<BoxStream<'static, u64>> = None;
+        loop {
+            if changes.is_none() {
+                changes = match traffic.store.changes(&model).await {
+                    Ok(stream) => Some(stream),
+                    Err(e) => {
+                        tracing::debug!(model = %model, error = %e, "cannot subscribe to routing changes; re-reading periodically");
+                        None
+                    }
+                };
+            }
+            let pushed = async {
+                match changes.as_mut() {
+                    Some(stream) => stream.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                next = pushed => {
+                    if next.is_none() {
+                        changes = None;
+                    }
+                }
+                _ = ticker.tick() => {}
+            }
+            if state.health.is_draining() {
+                return;
+            }
+            if let Err(e) = traffic.sync(&state).await {
+                tracing::warn!(model = %model, error = %e, "cannot apply the latest routing from the control store; serving the current one");
+            }
+        }
     }
 
     /// Applies `change` to the model's table; returns the new revision.
@@ -586,11 +643,7 @@ impl Traffic {
             // Agreement is between one shadow and one stable version: a new pair starts from zero.
             state.shadows.reset(&self.spec.name);
         }
-        state.metrics.publish_traffic(&self.spec.name, &next);
-        for gone in served.versions.values().filter(|m| !next.versions.contains_key(&m.version)) {
-            state.metrics.forget_version(gone);
-        }
-        state.models.set(&self.spec.name, ModelSlot::Ready(Arc::new(next)));
+        state.models.publish(&self.spec.name, next);
         self.schedule_cool_down(state);
     }
 
@@ -604,12 +657,10 @@ impl Traffic {
             let _one_at_a_time = lock.lock().await;
             let Ok(served) = app.models.served(&name) else { return };
             let Some(next) = without_unrouted(&served) else { return };
-            let gone: Vec<Arc<LoadedModel>> =
-                served.versions.values().filter(|m| !next.versions.contains_key(&m.version)).cloned().collect();
-            if app.models.replace_if(&name, &served, ModelSlot::Ready(Arc::new(next))) {
-                for m in gone {
-                    app.metrics.forget_version(&m);
-                    tracing::info!(model = %name, version = %m.version, "unloaded a version nothing routes to any more");
+            let gone: Vec<String> = served.versions.keys().filter(|v| !next.versions.contains_key(*v)).cloned().collect();
+            if app.models.publish_if(&name, &served, next) {
+                for version in gone {
+                    tracing::info!(model = %name, version = %version, "unloaded a version nothing routes to any more");
                 }
             }
         });

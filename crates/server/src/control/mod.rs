@@ -33,7 +33,6 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::StreamExt;
 use modelship_rollout::check::Window;
 use modelship_rollout::engine::{Action, Decision, Rollout};
 use serde::{Deserialize, Serialize};
@@ -309,46 +308,6 @@ pub fn open(setting: &str, embedded_path: &Path) -> Result<std::sync::Arc<dyn Co
     Ok(std::sync::Arc::new(RedisStore::new(setting)?))
 }
 
-/// Follows the store for `traffic`'s model until shutdown: applies every newer revision, on a
-/// published change at once, else within `every` (a publish is lost while disconnected).
-pub async fn follow(state: crate::AppState, traffic: std::sync::Arc<crate::traffic::Traffic>, every: Duration) {
-    let model = traffic.spec.name.clone();
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut changes: Option<BoxStream<'static, u64>> = None;
-    loop {
-        if changes.is_none() {
-            changes = match traffic.store.changes(&model).await {
-                Ok(stream) => Some(stream),
-                Err(e) => {
-                    tracing::debug!(model = %model, error = %e, "cannot subscribe to routing changes; re-reading periodically");
-                    None
-                }
-            };
-        }
-        let pushed = async {
-            match changes.as_mut() {
-                Some(stream) => stream.next().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            next = pushed => {
-                if next.is_none() {
-                    changes = None;
-                }
-            }
-            _ = ticker.tick() => {}
-        }
-        if state.health.is_draining() {
-            return;
-        }
-        if let Err(e) = traffic.sync(&state).await {
-            tracing::warn!(model = %model, error = %e, "cannot apply the latest routing from the control store; serving the current one");
-        }
-    }
-}
-
 /// A URL without its password, for messages.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -359,6 +318,7 @@ fn redact(url: &str) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use futures::StreamExt;
     use modelship_router::TrafficTable;
 
     use super::*;
@@ -498,7 +458,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn an_unreachable_redis_is_unavailable_not_a_hang() {
-        let store = RedisStore::new(&format!("redis://127.0.0.1:{}/0", crate::testing::closed_port())).unwrap();
+        let store = RedisStore::new(&format!("redis://127.0.0.1:{}/0", crate::testing::net::closed_port())).unwrap();
         let started = std::time::Instant::now();
         assert!(matches!(store.latest("fraud").await, Err(StoreError::Unavailable { store: "redis", .. })));
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -508,7 +468,7 @@ pub(crate) mod tests {
     /// port for this test.
     #[tokio::test]
     async fn the_redis_store_commits_only_the_next_revision_and_publishes_it() {
-        let redis = crate::testing::RedisServer::start();
+        let redis = crate::testing::net::RedisServer::start();
         let store = RedisStore::new(&redis.url()).unwrap();
         behaves_as_a_store(&store, "fraud").await;
         let mut changes = store.changes("fraud").await.unwrap();
@@ -529,7 +489,7 @@ pub(crate) mod tests {
     /// One leader at a time; its writes carry the lease, and a replica that lost it cannot write.
     #[tokio::test]
     async fn the_redis_lease_has_one_holder_and_fences_its_writes() {
-        let redis = crate::testing::RedisServer::start();
+        let redis = crate::testing::net::RedisServer::start();
         let (a, b) = (RedisStore::new(&redis.url()).unwrap(), RedisStore::new(&redis.url()).unwrap());
         let ttl = Duration::from_millis(400);
         assert!(a.lease("fraud", "a", ttl).await.unwrap().mine);

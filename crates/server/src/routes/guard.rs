@@ -26,8 +26,8 @@ use crate::state::AppState;
 #[derive(Clone, Copy)]
 pub struct GuardAll {
     pub max_header_bytes: usize,
-    /// The body's size and clock ([`super::body`]).
-    pub body: super::BodyBounds,
+    /// The body's size and clock ([`crate::api::body`]).
+    pub body: crate::api::BodyBounds,
 }
 
 impl<S> Layer<S> for GuardAll {
@@ -42,7 +42,7 @@ impl<S> Layer<S> for GuardAll {
 pub struct GuardAllService<S> {
     inner: S,
     max_header_bytes: usize,
-    body: super::BodyBounds,
+    body: crate::api::BodyBounds,
 }
 
 impl<S> Service<Request> for GuardAllService<S>
@@ -61,7 +61,7 @@ where
         if let Err(refused) = super::limit_headers(self.max_header_bytes, &request) {
             return GuardAllFuture::Answered { response: Some(refused) };
         }
-        GuardAllFuture::Inner { future: self.inner.call(super::body::clock(request, self.body)) }
+        GuardAllFuture::Inner { future: self.inner.call(crate::api::body::clock(request, self.body)) }
     }
 }
 
@@ -89,10 +89,10 @@ where
                 }
                 GuardAllProjection::Inner { future } => {
                     let Ok(response) = ready!(future.poll(cx));
-                    if !super::needs_json_error(&response) {
+                    if !crate::api::needs_json_error(&response) {
                         return Poll::Ready(Ok(response));
                     }
-                    self.set(GuardAllFuture::Rewriting { future: Box::pin(super::json_errors(response)) });
+                    self.set(GuardAllFuture::Rewriting { future: Box::pin(crate::api::json_errors(response)) });
                 }
                 GuardAllProjection::Rewriting { future } => return future.as_mut().poll(cx).map(Ok),
             }

@@ -7,6 +7,7 @@ use axum::routing::get;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::json;
 
+use crate::api::ops::readiness;
 use crate::error::json;
 use crate::model::ModelSlot;
 use crate::state::AppState;
@@ -23,32 +24,6 @@ pub fn routes() -> Router<AppState> {
 
 async fn live() -> Response {
     json(StatusCode::OK, &json!({"status": "alive"}))
-}
-
-/// Each readiness check by name, and whether all pass.
-pub(crate) fn readiness(state: &AppState) -> (bool, serde_json::Value) {
-    let model_loaded = state.models.all_ready();
-    let startup_complete = state.health.startup_seconds().is_some();
-    let draining = state.health.is_draining();
-    let mut ready = model_loaded && startup_complete && !draining;
-    let mut checks = json!({"model_loaded": model_loaded, "startup_complete": startup_complete});
-    if let Some(features) = state.features.get() {
-        // As the seed's probe: not ready while the feature store is unreachable. (Before the
-        // model loads there is no store yet, and no readiness either.)
-        let connected = features.store.is_connected();
-        checks["feature_store_connected"] = json!(connected);
-        ready &= connected;
-    }
-    if let Some((_, problem)) = state.health.control_store() {
-        // Reported, not required: a replica that cannot reach the fleet's store keeps serving
-        // the last routing it applied (and rollouts hold until the store is back), so taking it
-        // out of the load balancer would only turn a store outage into a serving outage.
-        checks["control_store_reachable"] = json!(problem.is_none());
-    }
-    if draining {
-        checks["shutting_down"] = json!(true);
-    }
-    (ready, checks)
 }
 
 async fn ready(State(state): State<AppState>) -> Response {

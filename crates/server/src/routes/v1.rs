@@ -3,16 +3,13 @@
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
-use http::{HeaderMap, StatusCode};
-use modelship_protocol::v1;
 
-use super::{read_body, respond};
-use crate::error::{ApiError, json_response};
-use crate::pipeline::{self, Endpoint, Inputs};
+use crate::api::read_body;
+use crate::api::v1::predict_response;
+use crate::pipeline::Endpoint;
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -25,30 +22,4 @@ async fn predict(State(state): State<AppState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let body = read_body(&state, &parts.headers, body).await;
     predict_response(&state, Endpoint::V1Predict, &parts.headers, received, body).await
-}
-
-/// `/v1/predict` of one body, from decoding to the encoded response: the HTTP route's and the
-/// Lambda adapter's (which has no listener, so `endpoint` says where the request came in).
-pub(crate) async fn predict_response(
-    state: &AppState,
-    endpoint: Endpoint,
-    headers: &HeaderMap,
-    received: Instant,
-    body: Result<Bytes, ApiError>,
-) -> Response {
-    let decoded = body.and_then(|body| decode(&body));
-    let answer = pipeline::run(state, endpoint, headers, received, decoded).await;
-    respond(answer, |model, outcome| match outcome.outputs.first() {
-        Some(output) => json_response(StatusCode::OK, v1::encode_predict_response(&model.version, output, outcome.feature_defaults)),
-        None => ApiError::Internal("the model returned no output".to_owned()).into_response(),
-    })
-}
-
-fn decode(body: &[u8]) -> Result<pipeline::Request, ApiError> {
-    let v1::DecodedPredict { predict, parameters } = v1::decode_predict(body)?;
-    let (inputs, entities) = match predict {
-        v1::Predict::Rows(rows) => (Inputs::Rows(rows), None),
-        v1::Predict::Entities(entities) => (Inputs::Prediction, Some(entities)),
-    };
-    Ok(pipeline::Request { model: None, version: None, parameters, inputs, entities })
 }

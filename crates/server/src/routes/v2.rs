@@ -3,19 +3,19 @@
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::{get, post};
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 use modelship_protocol::model_config::ModelConfig;
 use modelship_protocol::statistics::StatisticsResponse;
-use modelship_protocol::v2::{self, ModelMetadata, ModelReady, ServerMetadata};
+use modelship_protocol::v2::{ModelReady, ServerMetadata};
 
-use super::path::Path;
-use super::{read_body, respond};
-use crate::error::{ApiError, json, json_response};
-use crate::pipeline::{self, Endpoint, Inputs};
+use crate::api::path::Path;
+use crate::api::read_body;
+use crate::api::v2::{EXTENSIONS, infer_response, metadata_of};
+use crate::error::{ApiError, json};
+use crate::pipeline::Endpoint;
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -44,10 +44,6 @@ async fn server_metadata() -> Response {
         },
     )
 }
-
-/// The protocol extensions this server implements (Triton's names). The repository extension is
-/// served on the admin listener only.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "statistics", "model_repository"];
 
 async fn model_config(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let model = state.models.get(&name, None)?;
@@ -79,19 +75,6 @@ async fn all_stats(State(state): State<AppState>) -> Result<Response, ApiError> 
 
 fn metadata(state: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
     Ok(json(StatusCode::OK, &metadata_of(state, name, version)?))
-}
-
-/// Model metadata: the stable version's signature and the loaded versions (stable first).
-pub(crate) fn metadata_of(state: &AppState, name: &str, version: Option<&str>) -> Result<ModelMetadata, ApiError> {
-    let served = state.models.served(name)?;
-    let model = served.version(name, version.unwrap_or(&served.table.stable))?;
-    let versions = match version {
-        Some(v) => vec![v.to_owned()],
-        None => std::iter::once(served.table.stable.clone())
-            .chain(served.versions.keys().filter(|v| **v != served.table.stable).cloned())
-            .collect(),
-    };
-    Ok(ModelMetadata::new(&model.name, versions, &model.info))
 }
 
 async fn model_metadata(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
@@ -135,58 +118,4 @@ async fn infer_at(state: &AppState, name: String, version: Option<String>, reque
     let (parts, body) = request.into_parts();
     let body = read_body(state, &parts.headers, body).await;
     infer_response(state, Endpoint::V2Infer, name, version, &parts.headers, received, body).await
-}
-
-/// V2 infer of one body, from decoding to the encoded response: the HTTP route's and the Lambda
-/// adapter's (which has no listener, so `endpoint` says where the request came in).
-pub(crate) async fn infer_response(
-    state: &AppState,
-    endpoint: Endpoint,
-    name: String,
-    version: Option<String>,
-    headers: &HeaderMap,
-    received: Instant,
-    body: Result<Bytes, ApiError>,
-) -> Response {
-    let mut binary_outputs = v2::BinaryOutputs::default();
-    let decoded = body.and_then(|body| {
-        let json_length = json_length(headers)?;
-        let decoded = v2::decode_request(&body, json_length)?;
-        binary_outputs = decoded.binary_outputs;
-        Ok(pipeline::Request {
-            model: Some(name),
-            version,
-            parameters: decoded.parameters,
-            inputs: Inputs::Tensors(decoded.request),
-            entities: decoded.entities,
-        })
-    });
-    let answer = pipeline::run(state, endpoint, headers, received, decoded).await;
-    respond(answer, |model, outcome| {
-        let parameters = outcome.feature_defaults.map(|d| serde_json::json!({ "feature_defaults": d }));
-        let (body, json_length) =
-            v2::encode_response(&model.name, &model.version, outcome.id.as_deref(), &outcome.outputs, &binary_outputs, parameters.as_ref());
-        match json_length {
-            None => json_response(StatusCode::OK, body),
-            Some(n) => {
-                let mut response = Response::new(axum::body::Body::from(body));
-                let h = response.headers_mut();
-                h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
-                h.insert(JSON_LENGTH, http::HeaderValue::from(n));
-                response
-            }
-        }
-    })
-}
-
-const JSON_LENGTH: http::HeaderName = http::HeaderName::from_static(v2::HEADER_CONTENT_LENGTH);
-
-/// The binary tensor extension's JSON length, when the header is there.
-fn json_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
-    match headers.get(&JSON_LENGTH) {
-        None => Ok(None),
-        Some(v) => v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).map(Some).ok_or_else(|| {
-            ApiError::Invalid(format!("the {} header must be the byte length of the JSON part of the body", v2::HEADER_CONTENT_LENGTH))
-        }),
-    }
 }

@@ -123,7 +123,7 @@ async fn a_full_queue_is_429_not_a_backlog() {
     let state = AppState::new(Limits::default());
     let backend = std::sync::Arc::new(crate::testing::FakeBackend::default());
     let model = crate::testing::load(&backend, "run_ms=300", &crate::testing::spec("fraud", "1", 1, 1), &state.metrics);
-    state.models.set("fraud", crate::model::ModelSlot::Ready(std::sync::Arc::new(crate::model::Served::single(model))));
+    state.models.publish("fraud", crate::model::Served::single(model));
     state.health.mark_started();
     let requests = (0..6).map(|_| call(&state, post(V2, v2_body())));
     let statuses: Vec<StatusCode> = futures::future::join_all(requests).await.into_iter().map(|r| r.0).collect();

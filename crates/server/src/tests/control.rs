@@ -7,7 +7,7 @@ use modelship_protocol::admin::{RolloutCommand, RolloutStatus};
 use modelship_rollout::engine::Phase;
 use modelship_router::{BasisPoints, Candidate, Change, TrafficTable};
 
-use crate::model::{ModelSlot, Served};
+use crate::model::Served;
 use crate::rollouts::{FleetConfig, Rollouts};
 use crate::state::{AppState, Limits};
 use crate::testing::{FakeBackend, load, spec};
@@ -23,7 +23,7 @@ pub(super) fn two_versions(dir: &std::path::Path, keep_warm: Duration) -> (AppSt
     let mut table = TrafficTable::new("1".to_owned());
     table.candidate = Some(Candidate { version: "2".to_owned(), weight: BasisPoints::ZERO });
     let served = Served { table, revision: 0, versions: [("1".to_owned(), one), ("2".to_owned(), two)].into() };
-    state.models.set("fraud", ModelSlot::Ready(Arc::new(served)));
+    state.models.publish("fraud", served);
     state.health.mark_started();
     let store = Arc::new(crate::control::Embedded::open(&dir.join("traffic.db")).unwrap());
     let backend: Arc<dyn modelship_inference::Backend> = backend;
@@ -67,9 +67,9 @@ fn a_stale_table_write_loses() {
     let (state, _) = two_versions(dir.path(), Duration::ZERO);
     let stale = state.models.served("fraud").unwrap();
     let newer = Served { table: stale.table.clone(), revision: 7, versions: stale.versions.clone() };
-    state.models.set("fraud", ModelSlot::Ready(Arc::new(newer)));
+    state.models.publish("fraud", newer);
     let stale_write = Served { table: TrafficTable::new("1".to_owned()), revision: stale.revision, versions: stale.versions.clone() };
-    assert!(!state.models.replace_if("fraud", &stale, ModelSlot::Ready(Arc::new(stale_write))));
+    assert!(!state.models.publish_if("fraud", &stale, stale_write));
     assert_eq!(state.models.served("fraud").unwrap().revision, 7);
 }
 
@@ -125,7 +125,7 @@ async fn the_admin_api_answers_in_its_shared_types() {
     let dir = tempfile::tempdir().unwrap();
     let (served, traffic) = two_versions(dir.path(), Duration::from_secs(60));
     let state = AppState::with_credentials(Limits::default(), crate::auth::Credentials::new(Some(TOKEN), &[]));
-    state.models.set("fraud", ModelSlot::Ready(served.models.served("fraud").unwrap()));
+    state.models.publish("fraud", served.models.served("fraud").unwrap());
     state.health.mark_started();
     traffic.resume(&state).await.unwrap();
     let rollouts = Arc::new(Rollouts::new(Arc::clone(&traffic), FleetConfig::single("test")));

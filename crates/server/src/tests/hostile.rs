@@ -130,7 +130,7 @@ async fn a_version_that_cannot_answer_is_refused_at_load() {
 async fn v1_predict_keeps_the_primary_model_beside_others() {
     let (state, backend) = app_with(AppState::new(Limits::default()), "scale=1");
     let other = crate::testing::load(&backend, "scale=1", &spec("other", "1", 1, 4), &state.metrics);
-    state.models.set("other", crate::model::ModelSlot::Ready(Arc::new(crate::model::Served::single(other))));
+    state.models.publish("other", crate::model::Served::single(other));
     let (status, _, body) = call(&state, post("/v1/predict", json!({"features": [[1, 0, 0]]}).to_string())).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "without a primary model there is no telling: {body}");
     state.models.set_primary("fraud");
@@ -146,7 +146,7 @@ async fn bad_control_requests_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (served, traffic) = super::control::two_versions(dir.path(), Duration::from_secs(60));
     let state = AppState::with_credentials(Limits::default(), crate::auth::Credentials::new(Some(TOKEN), &[]));
-    state.models.set("fraud", crate::model::ModelSlot::Ready(served.models.served("fraud").unwrap()));
+    state.models.publish("fraud", served.models.served("fraud").unwrap());
     state.health.mark_started();
     traffic.resume(&state).await.unwrap();
     let rollouts = Arc::new(crate::rollouts::Rollouts::new(Arc::clone(&traffic), crate::rollouts::FleetConfig::single("test")));

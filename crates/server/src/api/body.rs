@@ -18,9 +18,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
 
-/// The default slowest average a body may arrive at once its first timeout has passed: 16 KiB/s,
-/// so the default 16 MiB body limit allows about 17 minutes, and an idle trickle far less.
-pub const DEFAULT_MIN_BODY_RATE: u64 = 16 * 1024;
+pub use crate::state::DEFAULT_MIN_BODY_RATE;
 
 /// What a body must keep to.
 #[derive(Debug, Clone, Copy)]

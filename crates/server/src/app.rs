@@ -1,0 +1,432 @@
+//! The composition root. A server is a [`Config`], made of the components' own configurations
+//! and the model to serve; [`Config::build`] binds the listeners, loads and warms the model up and
+//! starts every component (traffic, rollouts, the fleet's beat, followers, the repository, the
+//! REST, gRPC and admin listeners) in one order; [`App::run_until`] serves until shutdown, then
+//! drains. [`build_direct`] is the listener-less build of Lambda's cold start.
+//!
+//! The binary only parses arguments, resolves configuration into a [`Config`] and calls these:
+//! nothing else composes the server's parts.
+//!
+//! ```text
+//! Settings ──► Limits, PoolConfig, ConnectionLimits, Drain, FleetConfig   (one mapping)
+//! Config ──build──► listeners bound ─► http serves probes ─► model loaded, warmed up
+//!                 ─► features ─► table published ─► traffic resumed ─► fleet follow, rollouts, beat
+//!                 ─► repository ─► gRPC, admin ─► started ─► alias / file followers ─► App
+//! App ──run_until(shutdown)──► drained
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use modelship_inference::{Backend, LoadOptions};
+use modelship_registry::{ModelRef, Registry, VersionRecord};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::AdminState;
+use crate::auth::Credentials;
+use crate::follow::{Follow, FollowFile, Prepare, follow_alias, follow_file};
+use crate::model::{LoadedModel, ModelSpec, Served, WarmUp};
+use crate::pool::{Batching, Opportunistic, PoolConfig};
+use crate::repository::Repository;
+use crate::rollouts::{FleetConfig, Rollouts};
+use crate::serve::{ConnectionLimits, Drain, DrainOutcome, Server, Tls};
+use crate::state::{AppState, Limits};
+use crate::traffic::{Source as TrafficSource, Traffic};
+
+/// The server's settings as the operator gave them (flags, file, environment), resolved: the
+/// one place they become the components' configurations.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    pub grpc_port: u16,
+    pub admin_host: String,
+    pub admin_port: u16,
+    pub max_body_bytes: usize,
+    /// The request line and headers together.
+    pub max_header_bytes: usize,
+    pub max_tensor_elements: usize,
+    pub max_rows: usize,
+    pub body_read_timeout: Duration,
+    pub min_body_bytes_per_second: u64,
+    pub header_read_timeout: Duration,
+    /// `None`: derived from the process's file limit.
+    pub max_connections: Option<usize>,
+    pub shutdown_delay: Duration,
+    pub shutdown_grace: Duration,
+    pub workers: usize,
+    pub max_queue: usize,
+    pub intra_op_threads: usize,
+    pub batching: Option<Batching>,
+    pub inline_below: Duration,
+    pub opportunistic: Opportunistic,
+    /// How long a replaced version stays loaded for an instant rollback.
+    pub keep_warm: Duration,
+    /// `embedded` (STATE_DIR/traffic.db), `redis://...` or `kubernetes[://NAMESPACE]`.
+    pub control_store: String,
+    pub state_dir: PathBuf,
+    /// This replica's name in the fleet.
+    pub replica: String,
+    pub lease_ttl: Duration,
+    /// How often a followed alias or file is checked.
+    pub poll: Duration,
+}
+
+impl Settings {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_header_bytes: self.max_header_bytes,
+            max_tensor_elements: self.max_tensor_elements,
+            max_rows: self.max_rows,
+            body_read_timeout: self.body_read_timeout,
+            min_body_bytes_per_second: self.min_body_bytes_per_second,
+            ..Limits::default()
+        }
+    }
+
+    pub fn pool(&self) -> PoolConfig {
+        PoolConfig {
+            workers: self.workers,
+            max_queue: self.max_queue,
+            load: LoadOptions { intra_op_threads: self.intra_op_threads },
+            batching: self.batching.clone(),
+            inline_below: self.inline_below,
+            opportunistic: self.opportunistic,
+        }
+    }
+
+    /// Lambda's pool: an instance gets one event at a time, so one worker, no batching, and
+    /// never a request waiting to join another.
+    pub fn direct_pool(&self) -> PoolConfig {
+        PoolConfig { workers: 1, batching: None, opportunistic: Opportunistic::Off, ..self.pool() }
+    }
+
+    fn connections(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections.unwrap_or_else(crate::serve::default_max_connections),
+            // Hyper's own cap, past which it refuses without a body: twice the limit that
+            // answers in JSON (REST) or with RESOURCE_EXHAUSTED (gRPC).
+            max_head_bytes: (self.max_header_bytes * 2).max(16 * 1024),
+        }
+    }
+
+    fn drain(&self) -> Drain {
+        Drain { delay: self.shutdown_delay, grace: self.shutdown_grace }
+    }
+
+    fn fleet(&self) -> FleetConfig {
+        FleetConfig { replica: self.replica.clone(), lease_ttl: self.lease_ttl, live: Duration::from_secs(3) }
+    }
+}
+
+/// The model the server starts with.
+pub struct Model {
+    pub name: String,
+    pub version: String,
+    /// The ONNX model (a file in another format is converted before it gets here).
+    pub bytes: Arc<[u8]>,
+    /// What every version answers before it serves (a registry version adds its own sample).
+    pub warm_up: WarmUp,
+    /// Where it came from, for messages.
+    pub described_as: String,
+}
+
+/// Where the model came from, which decides what is followed and where versions come from.
+pub enum Source {
+    /// A file, followed (when `follow`) by its contents' digest; `prepare` converts new contents
+    /// that are not ONNX.
+    File { path: PathBuf, digest: String, follow: bool, prepare: Option<Prepare> },
+    /// A registry reference; an alias is followed. `record` is the version served first.
+    Registry { registry: Arc<Registry>, reference: ModelRef, record: VersionRecord },
+}
+
+/// The feature store, and the feature spec checked against the model once it loads.
+pub struct Features {
+    pub store: modelship_features::StoreConfig,
+    pub spec: modelship_features::spec::SpecConfig,
+}
+
+/// Everything a server is built from.
+pub struct Config {
+    pub settings: Settings,
+    pub credentials: Credentials,
+    /// Where the admin token came from, for the log (never the token).
+    pub token_source: String,
+    pub tls: Option<Tls>,
+    pub model: Model,
+    pub source: Source,
+    pub features: Option<Features>,
+    /// Where the repository API loads other models from.
+    pub repository: Option<Arc<Registry>>,
+    /// When the process started: the startup time reported counts from it.
+    pub started: Instant,
+}
+
+/// Why a build did not give a server.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Shutdown was asked for while the model loaded or warmed up; the listener has drained.
+    #[error("shutdown requested while the model was starting")]
+    Stopped,
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn failed(message: impl std::fmt::Display) -> BuildError {
+    BuildError::Failed(message.to_string())
+}
+
+/// Where a running server listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    pub http: SocketAddr,
+    pub grpc: Option<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+/// A running server.
+pub struct App {
+    server: Server,
+    pub state: AppState,
+    pub addresses: Addresses,
+    pub model: String,
+    pub version: String,
+    pub startup_seconds: f64,
+    grace: Duration,
+}
+
+impl App {
+    /// The one machine-readable line a started server prints: where it listens.
+    pub fn ready_line(&self) -> serde_json::Value {
+        serde_json::json!({
+            "event": "ready",
+            "http": self.addresses.http.to_string(),
+            "grpc": self.addresses.grpc.map(|a| a.to_string()),
+            "admin": self.addresses.admin.to_string(),
+            "model": self.model,
+            "version": self.version,
+            "startup_seconds": self.startup_seconds,
+        })
+    }
+
+    /// Serves until `shutdown`, then drains (the drain delay, then in-flight requests within the
+    /// grace period) and stops every background task.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> DrainOutcome {
+        let outcome = self.server.run_until(shutdown).await;
+        match outcome {
+            DrainOutcome::Complete => tracing::info!("drained; exiting"),
+            DrainOutcome::GraceExpired => {
+                tracing::warn!(grace_s = self.grace.as_secs_f64(), "the shutdown grace period ran out; requests still in flight were cut off")
+            }
+        }
+        outcome
+    }
+}
+
+async fn bind(host: &str, port: u16, what: &str) -> Result<(TcpListener, SocketAddr), BuildError> {
+    let listener = TcpListener::bind((host, port)).await.map_err(|e| failed(format!("cannot listen on {host}:{port}{what}: {e}")))?;
+    let address = listener.local_addr().map_err(|e| failed(format!("cannot read the bound address: {e}")))?;
+    Ok((listener, address))
+}
+
+impl Config {
+    /// Starts the server: the HTTP listener answers probes from the first moment ("starting"
+    /// until the model answered its warm-up); the model is loaded and warmed up; then every
+    /// component starts. A model that does not load or answer is a failed build, never a
+    /// server answering 500. `shutdown` during the start drains what was started.
+    pub async fn build(self, backend: Arc<dyn Backend>, shutdown: &CancellationToken) -> Result<App, BuildError> {
+        let Config { settings, credentials, token_source, tls, model, source, features, repository, started } = self;
+        let (listener, http) = bind(&settings.host, settings.port, "").await?;
+        let (admin_listener, admin_address) = bind(&settings.admin_host, settings.admin_port, " for the admin API (--admin-port)").await?;
+        // Bound now so the port is ours; served once the model is loaded (connections wait in
+        // the backlog until then).
+        #[cfg(feature = "grpc")]
+        let (grpc_listener, grpc_address) = {
+            let (l, a) = bind(&settings.host, settings.grpc_port, " for gRPC (--grpc-port)").await?;
+            (l, Some(a))
+        };
+        #[cfg(not(feature = "grpc"))]
+        let grpc_address: Option<SocketAddr> = None;
+        let store = crate::control::open(&settings.control_store, &settings.state_dir.join("traffic.db")).map_err(failed)?;
+
+        let state = AppState::with_credentials(settings.limits(), credentials);
+        state.models.set_primary(&model.name);
+        let spec = ModelSpec { name: model.name.clone(), version: model.version.clone(), pool: settings.pool(), warm_up: model.warm_up };
+        // The version served first: its own sample, when the registry holds one.
+        let first_warm_up = match &source {
+            Source::Registry { registry, record, .. } => crate::traffic::warm_up_for(registry, record, &spec.warm_up).await.map_err(failed)?,
+            Source::File { .. } => spec.warm_up.clone(),
+        };
+        let mut server = Server::new(Arc::clone(&state.health), state.tasks.clone(), settings.drain(), settings.connections());
+        state.models.loading(&spec.name, &spec.version);
+        // The listener serves probes while the model loads: /health/startup says "starting".
+        server.serve("http", listener, crate::routes::app(state.clone()), tls.clone());
+        let described = &model.described_as;
+        tracing::info!(address = %http, tls = tls.is_some(), model = %spec.name, version = %spec.version, source = %described, "loading model");
+
+        // A failure from here on takes the model out (readiness says why) and drains.
+        let loading = {
+            let (backend, metrics, spec, bytes) = (Arc::clone(&backend), Arc::clone(&state.metrics), spec.clone(), model.bytes);
+            tokio::task::spawn_blocking(move || LoadedModel::load(backend, bytes, &spec, &metrics))
+        };
+        let loaded = tokio::select! {
+            loaded = loading => loaded,
+            () = shutdown.cancelled() => {
+                tracing::info!("shutdown requested while the model was loading");
+                server.run_until(std::future::ready(())).await;
+                return Err(BuildError::Stopped);
+            }
+        };
+        let loaded = match loaded {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(e)) => return Err(stop_failed(&state, &spec, server, format!("cannot load model {described}: {e}")).await),
+            Err(e) => return Err(stop_failed(&state, &spec, server, format!("model loading stopped unexpectedly: {e}")).await),
+        };
+        tracing::info!(
+            model = %loaded.name, version = %loaded.version, load_seconds = loaded.load_seconds,
+            inputs = ?loaded.info.signature.input_names(), outputs = ?loaded.info.signature.output_names(),
+            skipped_outputs = ?loaded.info.skipped_outputs, "model loaded"
+        );
+        let warming = tokio::select! {
+            warmed = loaded.warm_up(&first_warm_up) => warmed,
+            () = shutdown.cancelled() => {
+                tracing::info!("shutdown requested while the model was warming up");
+                server.run_until(std::future::ready(())).await;
+                return Err(BuildError::Stopped);
+            }
+        };
+        if let Err(e) = warming {
+            return Err(stop_failed(&state, &spec, server, format!("model {described} loads but cannot answer, so it is not served: {e}")).await);
+        }
+        tracing::info!(model = %loaded.name, version = %loaded.version, requests = first_warm_up.requests, "warm-up answered");
+        if let Some(features) = &features {
+            let service = match feature_service(features, &loaded.info.signature, &state) {
+                Ok(service) => service,
+                Err(e) => return Err(stop_failed(&state, &spec, server, e).await),
+            };
+            let store = Arc::clone(&service.store);
+            state.tasks.spawn("feature-store-monitor", move |_| store.monitor());
+            let _ = state.features.set(service);
+        }
+        state.models.publish(&spec.name, Served::single(Arc::new(loaded)));
+
+        let (registry, registry_model, traffic_source) = match &source {
+            Source::Registry { registry, reference, .. } => (Some(Arc::clone(registry)), reference.name().to_owned(), TrafficSource::registry(reference)),
+            Source::File { path, .. } => (None, spec.name.clone(), TrafficSource::file(path)),
+        };
+        let store_kind = store.kind();
+        let traffic = Arc::new(
+            Traffic::new(registry, registry_model, Arc::clone(&backend), spec.clone(), store, settings.keep_warm).with_source(traffic_source),
+        );
+        if let Err(e) = traffic.check_source().await {
+            return Err(stop_failed(&state, &spec, server, e).await);
+        }
+        if let Err(e) = traffic.resume(&state).await {
+            tracing::warn!(model = %spec.name, error = %e, "cannot restore the recorded routing; serving the stable version only");
+        }
+        if store_kind != "embedded" {
+            // Other replicas commit revisions too: apply each one (pushed, and re-read every second).
+            let _ = state.fleet.set((Arc::clone(&traffic.store), spec.name.clone()));
+            let (app, traffic) = (state.clone(), Arc::clone(&traffic));
+            tracing::info!(model = %spec.name, store = store_kind, replica = %settings.replica, "following the fleet's routing in the control store");
+            state.tasks.spawn("control-store-follow", move |_| traffic.follow_store(app, Duration::from_secs(1)));
+        }
+        let rollouts = Arc::new(Rollouts::new(Arc::clone(&traffic), settings.fleet()));
+        {
+            let (leader, app) = (Arc::clone(&rollouts), state.clone());
+            state.tasks.spawn_cooperative("rollout-loop", move |stop| leader.run(app, stop));
+            let (member, app, traffic, admin) = (Arc::clone(&rollouts), state.clone(), Arc::clone(&traffic), admin_address.to_string());
+            state.tasks.spawn("fleet-beat", move |_| crate::fleet::run(app, traffic, member, Some(admin)));
+        }
+        let repository = Arc::new(Repository::new(repository, Arc::clone(&backend), spec.pool.clone(), spec.warm_up.clone(), spec.name.clone()));
+        #[cfg(feature = "grpc")]
+        {
+            let grpc = crate::grpc::Grpc::new(state.clone(), Some(Arc::clone(&repository)));
+            server.serve("grpc", grpc_listener, crate::grpc::router(grpc), tls.clone());
+            tracing::info!(grpc_address = %grpc_address.map(|a| a.to_string()).unwrap_or_default(), "gRPC listening");
+        }
+        let admin = AdminState::new(state.clone(), Arc::clone(&traffic), rollouts, repository);
+        server.serve("admin", admin_listener, crate::admin::app(admin), tls.clone());
+        tracing::info!(%admin_address, %token_source, "admin API listening");
+        let startup_seconds = state.health.mark_started().max(started.elapsed().as_secs_f64());
+
+        match source {
+            Source::Registry { registry, reference: ModelRef::Alias(name, alias), .. } => {
+                tracing::info!(model = %name, alias = %alias, poll_s = settings.poll.as_secs_f64(), "following the alias");
+                let follow = Follow { registry, traffic: Arc::clone(&traffic), model: name, alias, poll: settings.poll };
+                let app = state.clone();
+                state.tasks.spawn("alias-follow", move |_| follow_alias(app, follow));
+            }
+            Source::File { path, digest, follow: true, prepare } => {
+                tracing::info!(path = %path.display(), poll_s = settings.poll.as_secs_f64(), "following the model file");
+                let follow = FollowFile { prepare, traffic: Arc::clone(&traffic), path, base_version: spec.version.clone(), poll: settings.poll };
+                let app = state.clone();
+                state.tasks.spawn("file-follow", move |_| follow_file(app, follow, digest));
+            }
+            _ => {}
+        }
+        let addresses = Addresses { http, grpc: grpc_address, admin: admin_address };
+        Ok(App { server, state, addresses, model: spec.name, version: spec.version, startup_seconds, grace: settings.shutdown_grace })
+    }
+}
+
+/// The state one invocation at a time is answered from, without listeners (Lambda's cold
+/// start): the model loaded with [`Settings::direct_pool`] and warmed up, no admin token
+/// (inference API keys only), no traffic writer, no background work.
+pub async fn build_direct(settings: &Settings, credentials: Credentials, model: Model, backend: Arc<dyn Backend>) -> Result<AppState, BuildError> {
+    let state = AppState::with_credentials(settings.limits(), credentials);
+    let spec = ModelSpec { name: model.name.clone(), version: model.version.clone(), pool: settings.direct_pool(), warm_up: model.warm_up };
+    let described = model.described_as;
+    let loaded = {
+        let (metrics, spec, bytes) = (Arc::clone(&state.metrics), spec.clone(), model.bytes);
+        tokio::task::spawn_blocking(move || LoadedModel::load(backend, bytes, &spec, &metrics))
+            .await
+            .map_err(|e| failed(format!("model loading stopped unexpectedly: {e}")))?
+            .map_err(|e| failed(format!("cannot load model {described}: {e}")))?
+    };
+    tracing::info!(model = %loaded.name, version = %loaded.version, load_seconds = loaded.load_seconds, inputs = ?loaded.info.signature.input_names(), "model loaded");
+    // A cold start whose model cannot answer is an init error, never a function answering 500.
+    loaded.warm_up(&spec.warm_up).await.map_err(|e| failed(format!("model {described} loads but cannot answer, so it is not served: {e}")))?;
+    state.models.set_primary(&spec.name);
+    state.models.publish(&spec.name, Served::single(Arc::new(loaded)));
+    state.health.mark_started();
+    Ok(state)
+}
+
+/// A start that failed after the HTTP listener began: the model is marked failed (readiness
+/// says why), the listener drains, and the build fails with `error`.
+async fn stop_failed(state: &AppState, spec: &ModelSpec, server: Server, error: String) -> BuildError {
+    state.models.failed(&spec.name, &spec.version, error.clone());
+    server.run_until(std::future::ready(())).await;
+    BuildError::Failed(error)
+}
+
+/// The feature store and the feature spec checked against the served model's signature.
+fn feature_service(
+    features: &Features,
+    signature: &modelship_inference::Signature,
+    state: &AppState,
+) -> Result<Arc<modelship_features::FeatureService>, String> {
+    let metrics = modelship_features::FeatureMetrics::register(state.metrics.registry()).map_err(|e| format!("cannot register the feature metrics: {e}"))?;
+    let store = modelship_features::Store::new(&features.store, metrics)?;
+    let url = modelship_features::store::redact(&features.store.url);
+    let spec = if features.spec.features.is_empty() && features.spec.key.is_none() {
+        tracing::info!(store_url = %url, "feature store connected for readiness only: no features.features are configured, so requests must carry their features");
+        None
+    } else {
+        Some(
+            modelship_features::FeatureSpec::new(&features.spec, signature)
+                .map_err(|problems| format!("the feature spec does not fit the model:\n  - {}", problems.join("\n  - ")))?,
+        )
+    };
+    tracing::info!(
+        store_url = %url, timeout_ms = features.store.timeout.as_millis() as u64,
+        cache_ttl_s = features.store.cache_ttl.as_secs(), features = spec.as_ref().map_or(0, |s| s.features.len()), "feature store configured"
+    );
+    Ok(Arc::new(modelship_features::FeatureService { spec, store }))
+}
