@@ -2,6 +2,8 @@
 //! One test binary for all of them, so the binary and the harness build once.
 
 mod support;
+mod inproc;
+mod inproc_traffic;
 // The same reading of help examples as the CLI's own unit test.
 #[path = "../../src/help_examples.rs"]
 mod help_examples;

@@ -1,4 +1,5 @@
-//! Running the real `modelship` binary on 127.0.0.1:0 and talking HTTP to it.
+//! Running the real `modelship` binary on 127.0.0.1:0 and talking HTTP to it (a server in the
+//! test's own process is [`crate::inproc`]).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -34,10 +35,58 @@ pub struct Server {
     /// A private state directory (traffic history, admin token) unless the test gave one.
     _state: Option<tempfile::TempDir>,
     child: Child,
-    pub addr: String,
     pub ready: Value,
     stderr: Arc<Mutex<String>>,
+    client: Client,
+}
+
+/// HTTP to one server's inference port, whether it runs as a process ([`Server`]) or in the
+/// test's own process ([`crate::inproc::App`]).
+pub struct Client {
+    pub addr: String,
     agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(addr: String) -> Client {
+        Client { addr, agent: agent() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        reply(self.agent.get(&self.url(path)).call().expect("GET"))
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Reply {
+        self.post_with(path, body, &[])
+    }
+
+    pub fn post_with(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = self.agent.post(&self.url(path)).header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        reply(req.send(body).expect("POST"))
+    }
+
+    /// The value of one sample in the /metrics text, e.g. `modelship_requests_total{...}`.
+    pub fn metric(&self, prefix: &str, labels: &[&str]) -> Option<f64> {
+        let text = self.get("/metrics").text;
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && labels.iter().all(|lab| l.contains(lab)))
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+}
+
+impl std::ops::Deref for Server {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 pub struct Reply {
@@ -119,27 +168,7 @@ impl Server {
         let ready: Value = serde_json::from_str(&line).expect("ready line is JSON");
         assert_eq!(ready["event"], "ready", "{line}");
         let addr = ready["http"].as_str().unwrap().to_owned();
-        Server { _state: state, child, addr, ready, stderr, agent: agent() }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    pub fn get(&self, path: &str) -> Reply {
-        reply(self.agent.get(&self.url(path)).call().expect("GET"))
-    }
-
-    pub fn post(&self, path: &str, body: &str) -> Reply {
-        self.post_with(path, body, &[])
-    }
-
-    pub fn post_with(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut req = self.agent.post(&self.url(path)).header("content-type", "application/json");
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        reply(req.send(body).expect("POST"))
+        Server { _state: state, child, ready, stderr, client: Client::new(addr) }
     }
 
     pub fn stderr(&self) -> String {
@@ -167,13 +196,6 @@ impl Server {
         }
     }
 
-    /// The value of one sample in the /metrics text, e.g. `modelship_requests_total{...}`.
-    pub fn metric(&self, prefix: &str, labels: &[&str]) -> Option<f64> {
-        let text = self.get("/metrics").text;
-        text.lines()
-            .filter(|l| l.starts_with(prefix) && labels.iter().all(|lab| l.contains(lab)))
-            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-    }
 }
 
 pub fn reply(mut response: ureq::http::Response<ureq::Body>) -> Reply {

@@ -1,6 +1,7 @@
 //! Several versions at once through the real binary: canary weights, sticky users, pinned and
-//! canary headers, shadow, blue-green switches and rollbacks under load, the admin API's
-//! protection, and the history across a restart.
+//! canary headers, shadow, the admin API's protection, and the history across a restart. Tests
+//! that need no process of their own (changes under load, rollbacks by the rollout itself, gates
+//! that hang, keep-warm expiry) run on an in-process server: [`crate::inproc_traffic`].
 
 use std::collections::HashMap;
 use std::process::Output;
@@ -140,63 +141,6 @@ fn canary_weights_headers_and_sticky_users() {
 }
 
 #[test]
-fn switches_and_rollbacks_under_load_fail_no_request() {
-    let fleet = fleet();
-    let server = fleet.serve(&["--workers", "1"]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let seen = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (url, stop, sent, failed, seen) = (server.url("/v2/models/fraud/infer"), stop.clone(), sent.clone(), failed.clone(), seen.clone());
-            thread::spawn(move || {
-                let agent = agent();
-                let body = fraud_body(1);
-                while !stop.load(Ordering::Relaxed) {
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    match agent.post(&url).header("content-type", "application/json").send(&body).map(reply) {
-                        Ok(r) if r.status == 200 => *seen.lock().unwrap().entry(r.header("x-model-version").unwrap().to_owned()).or_default() += 1,
-                        _ => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    let started = Instant::now();
-    for round in 0..10 {
-        fleet.ok(&server, &["set", "fraud", "--candidate", "2", "--weight", "10%", "--reason", "canary"]);
-        fleet.ok(&server, &["set", "fraud", "--weight", "60%"]);
-        fleet.ok(&server, &["promote", "fraud"]);
-        // Rollback takes effect for the very next request.
-        fleet.ok(&server, &["rollback", "fraud"]);
-        fleet.ok(&server, &["abort", "fraud"]);
-        assert_eq!(version_of(&server, &[]), "1", "round {round}");
-        // Blue-green: preview by pin header, switch, and roll back: each visible on the next request.
-        fleet.ok(&server, &["set", "fraud", "--candidate", "2", "--weight", "0%"]);
-        assert_eq!(version_of(&server, &[("x-model-version", "2")]), "2");
-        assert_eq!(version_of(&server, &[]), "1");
-        fleet.ok(&server, &["switch", "fraud", "2"]);
-        assert_eq!(version_of(&server, &[]), "2");
-        fleet.ok(&server, &["rollback", "fraud", "--reason", "bad latency"]);
-        assert_eq!(version_of(&server, &[]), "1");
-        fleet.ok(&server, &["abort", "fraud"]);
-    }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
-    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    eprintln!("traffic changes under load: {sent} requests over {:?}, {failed} failed, by version {:?}", started.elapsed(), seen.lock().unwrap());
-    assert_eq!(failed, 0, "of {sent}");
-    assert!(seen.lock().unwrap().len() == 2, "both versions answered");
-    let history: Value = serde_json::from_str(&fleet.ok(&server, &["history", "fraud", "--output", "json"])).unwrap();
-    assert_eq!(history.as_array().unwrap().len(), 1 + 10 * 9);
-    assert!(history.as_array().unwrap().iter().any(|r| r["reason"].as_str().unwrap().contains("bad latency")));
-}
-
-#[test]
 fn shadow_compares_answers_and_never_returns_them() {
     let fleet = fleet();
     let server = fleet.serve(&[]);
@@ -271,7 +215,7 @@ fn the_routing_and_its_history_survive_a_restart() {
 
 /// Runs `clients` threads posting single rows until the returned flag is set; counts failures
 /// (status other than 200) that happen while `counting` is set.
-fn load(server: &Server, clients: usize) -> (Arc<AtomicBool>, Arc<AtomicBool>, Arc<AtomicUsize>, Arc<AtomicUsize>, Vec<thread::JoinHandle<()>>) {
+pub(crate) fn load(server: &crate::support::Client, clients: usize) -> (Arc<AtomicBool>, Arc<AtomicBool>, Arc<AtomicUsize>, Arc<AtomicUsize>, Vec<thread::JoinHandle<()>>) {
     let stop = Arc::new(AtomicBool::new(false));
     let counting = Arc::new(AtomicBool::new(true));
     let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -354,36 +298,10 @@ fn a_rollout_promotes_a_healthy_version_under_load() {
 }
 
 #[test]
-fn a_failing_candidate_is_rolled_back_by_itself() {
+fn an_invalid_spec_is_refused_with_every_problem_before_anything_changes() {
     let fleet = fleet();
-    fleet.push("faulty", "3");
     let server = fleet.serve(&[]);
     let spec = fleet.state.path().join("canary.yaml");
-    std::fs::write(
-        &spec,
-        "to: 3\ncanary: {weights: [20, 100], every: 1m}\nchecks: [{error_rate: {}}]\nfailure: {consecutive: 2, min_samples: 20}\ninterval: 500ms\n",
-    )
-    .unwrap();
-    let (stop, counting, sent, failed, clients) = load(&server, 3);
-    counting.store(false, Ordering::Relaxed);
-    rollout(&fleet, &server, &["start", "fraud", "--spec", spec.to_str().unwrap()]);
-    let done = wait_phase(&fleet, &server, "rolled_back");
-    assert!(done["phase"]["reason"].as_str().unwrap().contains("error_rate"), "{done}");
-    // From the rollback's routing on (the decision is recorded, then applied), every request
-    // succeeds on stable.
-    let applied = Instant::now();
-    while !fleet.status(&server)["traffic"]["candidate"].is_null() {
-        assert!(applied.elapsed() < Duration::from_secs(30), "the rollback's routing was never applied");
-        thread::sleep(Duration::from_millis(50));
-    }
-    counting.store(true, Ordering::Relaxed);
-    thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    clients.into_iter().for_each(|c| c.join().unwrap());
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "of {} requests after the rollback", sent.load(Ordering::Relaxed));
-    let status = fleet.status(&server);
-    assert_eq!((status["traffic"]["stable"].as_str(), status["traffic"]["candidate"].is_null()), (Some("1"), true), "{status}");
-    // Invalid specs are refused with every problem, before anything changes.
     std::fs::write(&spec, "to: 2\ncanary: {weights: [50, 10], every: 1m}\nfailure: {consecutive: 0}\n").unwrap();
     let out = command()
         .args(["rollout", "start", "fraud", "--spec", spec.to_str().unwrap(), "--admin", &format!("http://{}", server.ready["admin"].as_str().unwrap())])
@@ -391,7 +309,8 @@ fn a_failing_candidate_is_rolled_back_by_itself() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("canary.weights must increase") && err.contains("failure.consecutive"), "{err}");
+    assert!(!out.status.success() && err.contains("canary.weights must increase") && err.contains("failure.consecutive"), "{err}");
+    assert_eq!(fleet.status(&server)["revision"], 0, "nothing changed");
 }
 
 #[test]
@@ -531,57 +450,6 @@ fn approval_and_webhook_gates() {
     assert_eq!(r.status, 404, "{}", r.text);
     assert!(r.json()["error"].as_str().unwrap().contains("use approve, pause, resume or abort"), "{}", r.text);
     assert_eq!(fleet.status(&server)["traffic"]["stable"], "2");
-}
-
-/// A webhook gate that accepts the call and never answers holds the rollout, not the admin API:
-/// `rollout status` answers within 1 s, and an abort goes through.
-#[test]
-fn status_answers_while_a_webhook_gate_hangs() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let hook = format!("http://{}/gate", listener.local_addr().unwrap());
-    let held = thread::spawn(move || {
-        let conn = listener.incoming().next();
-        thread::sleep(Duration::from_secs(8));
-        drop(conn);
-    });
-    let fleet = fleet();
-    let server = fleet.serve(&[]);
-    let spec = fleet.state.path().join("hang.yaml");
-    std::fs::write(&spec, format!("to: '2'\nsteps:\n  - webhook: {{url: '{hook}'}}\n  - weight: {{weight: 100%, hold: 0s}}\ninterval: 200ms\n")).unwrap();
-    rollout(&fleet, &server, &["start", "fraud", "--spec", spec.to_str().unwrap()]);
-    wait_phase(&fleet, &server, "awaiting_webhook");
-    for _ in 0..3 {
-        let asked = Instant::now();
-        let status = rollout(&fleet, &server, &["status", "fraud"]);
-        assert!(asked.elapsed() < Duration::from_secs(1), "status took {:?}", asked.elapsed());
-        assert_eq!(status["phase"]["phase"], "awaiting_webhook");
-    }
-    let asked = Instant::now();
-    let aborted = rollout(&fleet, &server, &["abort", "fraud"]);
-    assert!(asked.elapsed() < Duration::from_secs(1), "abort took {:?}", asked.elapsed());
-    assert_eq!(aborted["phase"]["phase"], "rolled_back", "{aborted}");
-    held.join().unwrap();
-}
-
-/// A version kept warm after a switch expires while a newer change routes to it again: the newer
-/// revision stays in force, with that version loaded.
-#[test]
-fn keep_warm_expiry_leaves_a_newer_revision_in_force() {
-    let fleet = fleet();
-    let server = Server::start_with(
-        &["fraud:1", "--registry", fleet.registry.path().to_str().unwrap(), "--keep-warm", "1"],
-        &[("MODELSHIP_STATE_DIR", fleet.state.path().to_str().unwrap())],
-    );
-    fleet.ok(&server, &["switch", "fraud", "2"]);
-    // Within the second 1 is kept warm: back as a 10 % candidate (no load needed).
-    fleet.ok(&server, &["set", "fraud", "--candidate", "1", "--weight", "10%"]);
-    let newer = fleet.status(&server);
-    thread::sleep(Duration::from_millis(2500));
-    let now = fleet.status(&server);
-    assert_eq!(now["revision"], newer["revision"], "{now}");
-    assert_eq!(now["traffic"]["candidate"]["version"], "1", "{now}");
-    assert!(now["loaded_versions"].as_array().unwrap().iter().any(|v| v == "1"), "{now}");
-    assert_eq!(version_of(&server, &[("x-canary", "true")]), "1");
 }
 
 /// The body of request `r` of a fixed set of 300 distinct rows (spread over [-3, 3)), so that the

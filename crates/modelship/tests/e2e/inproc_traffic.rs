@@ -1,0 +1,186 @@
+//! Routing and rollouts on an in-process server ([`crate::inproc`]): blue-green switches,
+//! canaries and rollbacks under load, a failing candidate rolled back by its rollout, a webhook
+//! gate that hangs, and keep-warm expiry. The same composition as `modelship serve`; changes go
+//! through the admin API over HTTP, as the CLI sends them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::inproc::{App, Fixtures};
+use crate::support::{agent, fraud_body, reply};
+use crate::traffic::load;
+
+fn version_of(app: &App, headers: &[(&str, &str)]) -> String {
+    let r = app.post_with("/v2/models/fraud/infer", &fraud_body(1), headers);
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.header("x-model-version").unwrap().to_owned()
+}
+
+/// Starts a rollout of `spec` (the rollout spec, as JSON).
+fn start(app: &App, spec: Value) -> Value {
+    let r = app.admin("POST", "rollout", Some(json!({ "spec": spec })));
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json()
+}
+
+fn rollout_status(app: &App) -> Value {
+    let r = app.admin("GET", "rollout", None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json()
+}
+
+fn wait_phase(app: &App, phase: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = rollout_status(app);
+        if status["phase"]["phase"] == phase {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "never reached {phase}: {status}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn switches_and_rollbacks_under_load_fail_no_request() {
+    let fixtures = Fixtures::new();
+    let app = fixtures.serve("1", fixtures.settings());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seen = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop, sent, failed, seen) = (app.url("/v2/models/fraud/infer"), stop.clone(), sent.clone(), failed.clone(), seen.clone());
+            thread::spawn(move || {
+                let agent = agent();
+                let body = fraud_body(1);
+                while !stop.load(Ordering::Relaxed) {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match agent.post(&url).header("content-type", "application/json").send(&body).map(reply) {
+                        Ok(r) if r.status == 200 => *seen.lock().unwrap().entry(r.header("x-model-version").unwrap().to_owned()).or_default() += 1,
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    for round in 0..10 {
+        app.change(json!({"op": "canary", "version": "2", "weight": 1000}));
+        app.change(json!({"op": "weight", "weight": 6000}));
+        app.change(json!({"op": "promote"}));
+        // Rollback takes effect for the very next request.
+        app.rollback("");
+        app.change(json!({"op": "abort"}));
+        assert_eq!(version_of(&app, &[]), "1", "round {round}");
+        // Blue-green: preview by pin header, switch, and roll back: each visible on the next request.
+        app.change(json!({"op": "canary", "version": "2", "weight": 0}));
+        assert_eq!(version_of(&app, &[("x-model-version", "2")]), "2");
+        assert_eq!(version_of(&app, &[]), "1");
+        app.change(json!({"op": "switch", "version": "2"}));
+        assert_eq!(version_of(&app, &[]), "2");
+        app.rollback("bad latency");
+        assert_eq!(version_of(&app, &[]), "1");
+        app.change(json!({"op": "abort"}));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("traffic changes under load: {sent} requests over {:?}, {failed} failed, by version {:?}", started.elapsed(), seen.lock().unwrap());
+    assert_eq!(failed, 0, "of {sent}");
+    assert!(seen.lock().unwrap().len() == 2, "both versions answered");
+    let history = app.admin("GET", "traffic/history", None).json();
+    assert_eq!(history.as_array().unwrap().len(), 1 + 10 * 9, "{history}");
+    assert!(history.as_array().unwrap().iter().any(|r| r["reason"].as_str().unwrap().contains("bad latency")));
+}
+
+#[test]
+fn a_failing_candidate_is_rolled_back_by_itself() {
+    let fixtures = Fixtures::new();
+    fixtures.push("faulty", "3");
+    let app = fixtures.serve("1", fixtures.settings());
+    let (stop, counting, sent, failed, clients) = load(&app, 3);
+    counting.store(false, Ordering::Relaxed);
+    start(
+        &app,
+        json!({"to": "3", "canary": {"weights": [20, 100], "every": "1m"}, "checks": [{"error_rate": {}}], "failure": {"consecutive": 2, "min_samples": 20}, "interval": "500ms"}),
+    );
+    let done = wait_phase(&app, "rolled_back");
+    assert!(done["phase"]["reason"].as_str().unwrap().contains("error_rate"), "{done}");
+    // From the rollback's routing on (the decision is recorded, then applied), every request
+    // succeeds on stable.
+    let applied = Instant::now();
+    while !app.status()["traffic"]["candidate"].is_null() {
+        assert!(applied.elapsed() < Duration::from_secs(30), "the rollback's routing was never applied");
+        thread::sleep(Duration::from_millis(50));
+    }
+    counting.store(true, Ordering::Relaxed);
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    clients.into_iter().for_each(|c| c.join().unwrap());
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "of {} requests after the rollback", sent.load(Ordering::Relaxed));
+    let status = app.status();
+    assert_eq!((status["traffic"]["stable"].as_str(), status["traffic"]["candidate"].is_null()), (Some("1"), true), "{status}");
+    // An invalid spec is refused by the server too, with every problem, before anything changes.
+    let refused = app.admin("POST", "rollout", Some(json!({"spec": {"to": "2", "canary": {"weights": [50, 10], "every": "1m"}, "failure": {"consecutive": 0}}})));
+    assert_eq!(refused.status, 422, "{}", refused.text);
+    assert!(refused.text.contains("canary.weights must increase") && refused.text.contains("failure.consecutive"), "{}", refused.text);
+    assert_eq!(app.status()["revision"], status["revision"]);
+}
+
+/// A webhook gate that never answers holds the rollout, not the admin API: status answers and an
+/// abort goes through while the hook still holds its connection (it lets go only after).
+#[test]
+fn status_answers_while_a_webhook_gate_hangs() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/gate", listener.local_addr().unwrap());
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let held = thread::spawn(move || {
+        let conn = listener.incoming().next();
+        // Held until the test has its answers (bounded, so a failing test still ends).
+        let _ = released.recv_timeout(Duration::from_secs(120));
+        drop(conn);
+    });
+    let fixtures = Fixtures::new();
+    let app = fixtures.serve("1", fixtures.settings());
+    start(&app, json!({"to": "2", "steps": [{"webhook": {"url": hook}}, {"weight": {"weight": "100%", "hold": "0s"}}], "interval": "200ms"}));
+    wait_phase(&app, "awaiting_webhook");
+    for _ in 0..3 {
+        assert_eq!(rollout_status(&app)["phase"]["phase"], "awaiting_webhook");
+    }
+    let aborted = app.admin("POST", "rollout/abort", None);
+    assert_eq!(aborted.status, 200, "{}", aborted.text);
+    assert_eq!(aborted.json()["phase"]["phase"], "rolled_back", "{}", aborted.text);
+    assert!(!held.is_finished(), "the hook still holds its connection");
+    release.send(()).unwrap();
+    held.join().unwrap();
+}
+
+/// A version kept warm after a switch expires while a newer change routes to it again: the newer
+/// revision stays in force, with that version loaded.
+#[test]
+fn keep_warm_expiry_leaves_a_newer_revision_in_force() {
+    let fixtures = Fixtures::new();
+    let mut settings = fixtures.settings();
+    settings.keep_warm = Duration::from_secs(1);
+    let app = fixtures.serve("1", settings);
+    app.change(json!({"op": "switch", "version": "2"}));
+    // Within the second 1 is kept warm: back as a 10 % candidate (no load needed).
+    app.change(json!({"op": "canary", "version": "1", "weight": 1000}));
+    let newer = app.status();
+    thread::sleep(Duration::from_millis(2500));
+    let now = app.status();
+    assert_eq!(now["revision"], newer["revision"], "{now}");
+    assert_eq!(now["traffic"]["candidate"]["version"], "1", "{now}");
+    assert!(now["loaded_versions"].as_array().unwrap().iter().any(|v| v == "1"), "{now}");
+    assert_eq!(version_of(&app, &[("x-canary", "true")]), "1");
+}
