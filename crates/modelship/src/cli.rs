@@ -1034,6 +1034,13 @@ pub struct ServeArgs {
     #[arg(value_name = "MODEL")]
     pub model: Option<PathBuf>,
 
+    /// More models to serve beside the first, each a file or a registry model like MODEL, named
+    /// after its file (or registry name), each with its own routing, rollouts and metrics;
+    /// /v1/models/NAME/predict and /v2/models/NAME/infer name them (/v1/predict stays the
+    /// first's). Adds to the config file's models list
+    #[arg(value_name = "MORE")]
+    pub more: Vec<PathBuf>,
+
     /// Config file in the seed's serving.yaml shape (default: CONFIG_PATH when set)
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -17,6 +17,9 @@ use crate::cli::{LogFormatArg, ServeArgs};
 pub struct RawConfig {
     #[serde(default)]
     pub model: RawModel,
+    /// More models served beside `model`, each with its own routing and rollouts.
+    #[serde(default)]
+    pub models: Vec<RawMoreModel>,
     #[serde(default)]
     pub server: RawServer,
     #[serde(default)]
@@ -63,6 +66,15 @@ pub struct RawModel {
     pub warmup_requests: Option<usize>,
     /// A V2 inference request (JSON) holding the model's own inputs, sent first at warm-up.
     pub warmup_sample: Option<PathBuf>,
+}
+
+/// One entry of `models`: a file or registry model, and its name (default: the file's stem or
+/// the registry name) and version (default: `model.version`, a registry version's own).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RawMoreModel {
+    pub name: Option<String>,
+    pub path: PathBuf,
+    pub version: Option<String>,
 }
 
 /// `model.dynamic_batching`, with Triton's field names.
@@ -138,6 +150,8 @@ pub struct ServeConfig {
     pub model_name: String,
     pub model_version: String,
     pub model_path: PathBuf,
+    /// Models served beside the first (`models` in the file, then MORE arguments).
+    pub more_models: Vec<MoreModel>,
     pub intra_op_threads: usize,
     pub max_queue: usize,
     /// See [`modelship_server::Settings::inline_below`].
@@ -178,6 +192,14 @@ pub struct ServeConfig {
     pub admin: AdminConfig,
     /// How a model file in another format than ONNX is converted (flags only).
     pub convert: crate::cli::ConvertFlags,
+}
+
+/// A model served beside the first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoreModel {
+    pub name: String,
+    pub version: String,
+    pub path: PathBuf,
 }
 
 /// Inference API keys and TLS. The key file is read when the server starts (`resolve` reads
@@ -426,6 +448,22 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     check_name("model name", &model_name, &mut problems);
     let model_version = raw.model.version.clone().unwrap_or_else(|| "1".to_owned());
     check_name("model version", &model_version, &mut problems);
+    let mut more_models = Vec::new();
+    let mut names = std::collections::BTreeSet::from([model_name.clone()]);
+    let given = raw.models.iter().cloned().chain(args.more.iter().map(|path| RawMoreModel { path: path.clone(), ..RawMoreModel::default() }));
+    for (i, more) in given.enumerate() {
+        let name = more.name.clone().unwrap_or_else(|| default_name(&more.path));
+        check_name(&format!("models[{i}].name"), &name, &mut problems);
+        let version = more.version.clone().unwrap_or_else(|| model_version.clone());
+        check_name(&format!("models[{i}].version"), &version, &mut problems);
+        if !names.insert(name.clone()) {
+            problems.push(format!(
+                "two models are named '{name}' ({}); name one with models[].name in the config file (or --name for the first)",
+                more.path.display()
+            ));
+        }
+        more_models.push(MoreModel { name, version, path: more.path });
+    }
 
     let workers = raw.server.workers.unwrap_or_else(default_workers);
     check_range("server.workers", workers, 1, 256, &mut problems);
@@ -578,6 +616,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         model_name,
         model_version,
         model_path,
+        more_models,
         intra_op_threads,
         max_queue,
         inline_below: Duration::from_micros(inline_below_us),

@@ -51,30 +51,22 @@ pub fn settings(config: &ServeConfig) -> Settings {
 /// Everything `serve` builds the server from. A file in another format than ONNX is converted
 /// here (in a sandboxed child process, proven equal, cached by its digest).
 pub async fn server_config(config: &ServeConfig, backend: &Arc<dyn Backend>, started: Instant) -> anyhow::Result<Config> {
-    let source = ModelSource::of(config)?;
-    let (bytes, record, digest) = source.read(config, backend.as_ref()).await?;
     let (admin_token, token_source) = admin_token(&config.admin)?;
     let api_keys = api_keys(&config.security)?;
     let tls = match &config.security.tls {
         Some((cert, key)) => Some(Tls::from_pem_files(cert, key).map_err(|e| anyhow::anyhow!(e))?),
         None => None,
     };
-    let model = Model {
-        name: config.model_name.clone(),
-        version: record.as_ref().map_or_else(|| config.model_version.clone(), |r| r.version.clone()),
-        bytes,
-        warm_up: warm_up(config)?,
-        described_as: source.to_string(),
-    };
-    let repository = repository_registry(&source, config);
-    let source = match (source, record, digest) {
-        (ModelSource::Registry { registry, reference }, Some(record), _) => Source::Registry { registry, reference, record },
-        (ModelSource::File(path), _, Some(digest)) => {
-            let prepare = config.watch_file.then(|| prepare_followed(config, &path, backend));
-            Source::File { path, digest, follow: config.watch_file, prepare }
-        }
-        _ => unreachable!("a file has a digest, a registry version a record"),
-    };
+    let warm_up = warm_up(config)?;
+    let first = ModelSource::of(&config.model_path, config)?;
+    let repository = repository_registry(&first, config);
+    let mut models = vec![model(config, &config.model_name, &config.model_version, first, warm_up.clone(), backend).await?];
+    for more in &config.more_models {
+        let source = ModelSource::of(&more.path, config)?;
+        // The sample is the first model's inputs: the others warm up on drawn rows.
+        let warm_up = WarmUp { sample: None, ..warm_up.clone() };
+        models.push(model(config, &more.name, &more.version, source, warm_up, backend).await?);
+    }
     let features = config.features.as_ref().map(|f| Features {
         store: modelship_features::StoreConfig {
             url: f.store_url.clone(),
@@ -89,12 +81,33 @@ pub async fn server_config(config: &ServeConfig, backend: &Arc<dyn Backend>, sta
         credentials: Credentials::new(Some(&admin_token), &api_keys),
         token_source,
         tls,
-        model,
-        source,
+        models,
         features,
         repository,
         started,
     })
+}
+
+/// One model to serve: read (and converted, for a file in another format), named `name`, at
+/// `version` unless the registry names its own.
+async fn model(config: &ServeConfig, name: &str, version: &str, source: ModelSource, warm_up: WarmUp, backend: &Arc<dyn Backend>) -> anyhow::Result<(Model, Source)> {
+    let (bytes, record, digest) = source.read(config, backend.as_ref()).await?;
+    let model = Model {
+        name: name.to_owned(),
+        version: record.as_ref().map_or_else(|| version.to_owned(), |r| r.version.clone()),
+        bytes,
+        warm_up,
+        described_as: source.to_string(),
+    };
+    let source = match (source, record, digest) {
+        (ModelSource::Registry { registry, reference }, Some(record), _) => Source::Registry { registry, reference, record },
+        (ModelSource::File(path), _, Some(digest)) => {
+            let prepare = config.watch_file.then(|| prepare_followed(config, &path, backend));
+            Source::File { path, digest, follow: config.watch_file, prepare }
+        }
+        _ => unreachable!("a file has a digest, a registry version a record"),
+    };
+    Ok((model, source))
 }
 
 /// How new contents of a followed file in another format become ONNX: converted as at startup
@@ -212,8 +225,7 @@ enum ModelSource {
 impl ModelSource {
     /// A path that exists is a file; otherwise `NAME@ALIAS`, `NAME:VERSION` or `NAME` is a
     /// registry reference.
-    fn of(config: &ServeConfig) -> anyhow::Result<Self> {
-        let path = &config.model_path;
+    fn of(path: &std::path::Path, config: &ServeConfig) -> anyhow::Result<Self> {
         if !path.exists()
             && let Some(text) = path.to_str().filter(|t| ModelRef::looks_like_reference(t))
         {
@@ -222,7 +234,7 @@ impl ModelSource {
                 .with_context(|| format!("cannot open the registry at {}", config.registry_root.display()))?;
             return Ok(ModelSource::Registry { registry: Arc::new(registry), reference });
         }
-        Ok(ModelSource::File(path.clone()))
+        Ok(ModelSource::File(path.to_path_buf()))
     }
 
     /// The ONNX model's bytes, the registry version when there is one, and a file's digest.

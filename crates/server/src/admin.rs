@@ -30,14 +30,32 @@ use crate::traffic::Traffic;
 #[derive(Clone)]
 pub struct AdminState {
     pub app: AppState,
-    pub traffic: Arc<Traffic>,
-    pub rollouts: Arc<Rollouts>,
+    /// Each model the server was started with: its traffic writer and its rollouts.
+    models: Arc<std::collections::BTreeMap<String, Controls>>,
     pub repository: Arc<Repository>,
 }
 
+/// What changes one model's routing: its traffic writer and its rollouts.
+pub struct Controls {
+    pub traffic: Arc<Traffic>,
+    pub rollouts: Arc<Rollouts>,
+}
+
 impl AdminState {
+    /// The admin API of a server of one model.
     pub fn new(app: AppState, traffic: Arc<Traffic>, rollouts: Arc<Rollouts>, repository: Arc<Repository>) -> Self {
-        AdminState { app, traffic, rollouts, repository }
+        AdminState::serving(app, vec![Controls { traffic, rollouts }], repository)
+    }
+
+    /// The admin API of a server of several models, each changed on its own.
+    pub fn serving(app: AppState, models: Vec<Controls>, repository: Arc<Repository>) -> Self {
+        let models = models.into_iter().map(|c| (c.traffic.spec.name.clone(), c)).collect();
+        AdminState { app, models: Arc::new(models), repository }
+    }
+
+    /// Model `name`'s controls; an unknown name is 404 naming the models there are.
+    fn model(&self, name: &str) -> Result<&Controls, ApiError> {
+        self.models.get(name).ok_or_else(|| ApiError::UnknownModel { name: name.to_owned(), available: self.models.keys().cloned().collect() })
     }
 }
 
@@ -84,20 +102,12 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
 /// Labels for the rollout's quality check, on the admin listener (the same as `/v1/feedback`
 /// with the admin token on the inference port).
 async fn feedback(State(state): State<AdminState>, Path(name): Path<String>, body: Bytes) -> Result<Response, ApiError> {
-    check_model(&state, &name)?;
+    state.model(&name)?;
     crate::api::feedback::join_labels(&state.app, &body).await
 }
 
-fn check_model(state: &AdminState, name: &str) -> Result<(), ApiError> {
-    if name == state.traffic.spec.name {
-        Ok(())
-    } else {
-        Err(ApiError::UnknownModel { name: name.to_owned(), available: vec![state.traffic.spec.name.clone()] })
-    }
-}
-
 async fn status(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    check_model(&state, &name)?;
+    state.model(&name)?;
     let served = state.app.models.served(&name)?;
     let weights = served.table.weights().into_iter().map(|(version, role, bp)| Weight::new(version, role, bp)).collect();
     let shadow = served.table.shadow.as_ref().map(|s| {
@@ -138,41 +148,41 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 async fn change(State(state): State<AdminState>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    check_model(&state, &name)?;
+    let controls = state.model(&name)?;
     let request: ChangeRequest = parse(&body)?;
     let actor = actor(request.actor, &headers);
-    let revision = state.traffic.change(&state.app, request.change, &actor, &request.reason).await?;
+    let revision = controls.traffic.change(&state.app, request.change, &actor, &request.reason).await?;
     Ok(json(StatusCode::OK, &revision))
 }
 
 async fn rollback(State(state): State<AdminState>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    check_model(&state, &name)?;
+    let controls = state.model(&name)?;
     let request: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) { RollbackRequest::default() } else { parse(&body)? };
     let actor = actor(request.actor, &headers);
-    let revision = state.traffic.rollback(&state.app, request.to_revision, &actor, &request.reason).await?;
+    let revision = controls.traffic.rollback(&state.app, request.to_revision, &actor, &request.reason).await?;
     Ok(json(StatusCode::OK, &revision))
 }
 
 async fn history(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    check_model(&state, &name)?;
-    Ok(json(StatusCode::OK, &state.traffic.history().await?))
+    let controls = state.model(&name)?;
+    Ok(json(StatusCode::OK, &controls.traffic.history().await?))
 }
 
 async fn rollout_start(State(state): State<AdminState>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    check_model(&state, &name)?;
+    let controls = state.model(&name)?;
     let request: StartRequest = parse(&body)?;
     let actor = actor(request.actor, &headers);
-    Ok(json(StatusCode::OK, &state.rollouts.start(&state.app, request.spec, &actor, request.force).await?))
+    Ok(json(StatusCode::OK, &controls.rollouts.start(&state.app, request.spec, &actor, request.force).await?))
 }
 
 async fn rollout_status(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    check_model(&state, &name)?;
-    Ok(json(StatusCode::OK, &state.rollouts.status(&state.app).await))
+    let controls = state.model(&name)?;
+    Ok(json(StatusCode::OK, &controls.rollouts.status(&state.app).await))
 }
 
 async fn rollout_history(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    check_model(&state, &name)?;
-    Ok(json(StatusCode::OK, &state.rollouts.history().await?))
+    let controls = state.model(&name)?;
+    Ok(json(StatusCode::OK, &controls.rollouts.history().await?))
 }
 
 /// `approve`, `pause`, `resume` or `abort`; any other segment is a route that does not exist.
@@ -181,10 +191,10 @@ async fn rollout_command(
     Path((name, command)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    check_model(&state, &name)?;
+    let controls = state.model(&name)?;
     let command: RolloutCommand = command.parse().map_err(|e: UnknownCommand| ApiError::NotFound(e.to_string()))?;
     let request: CommandRequest = if body.iter().all(u8::is_ascii_whitespace) { CommandRequest::default() } else { parse(&body)? };
-    Ok(json(StatusCode::OK, &state.rollouts.command(&state.app, command, &request.reason).await?))
+    Ok(json(StatusCode::OK, &controls.rollouts.command(&state.app, command, &request.reason).await?))
 }
 
 /// `POST /v2/repository/index` body: `{"ready": true}` lists only the models being served.

@@ -158,8 +158,9 @@ pub struct Config {
     /// Where the admin token came from, for the log (never the token).
     pub token_source: String,
     pub tls: Option<Tls>,
-    pub model: Model,
-    pub source: Source,
+    /// The models to serve, each with where it came from; the first is the server's own model
+    /// (what `/v1/predict` answers, what `features` enrich).
+    pub models: Vec<(Model, Source)>,
     pub features: Option<Features>,
     /// Where the repository API loads other models from.
     pub repository: Option<Arc<Registry>>,
@@ -194,8 +195,8 @@ pub struct App {
     server: Server,
     pub state: AppState,
     pub addresses: Addresses,
-    pub model: String,
-    pub version: String,
+    /// Each model served and the version it started at, the server's own first.
+    pub models: Vec<(String, String)>,
     pub startup_seconds: f64,
     grace: Duration,
 }
@@ -208,8 +209,9 @@ impl App {
             "http": self.addresses.http.to_string(),
             "grpc": self.addresses.grpc.map(|a| a.to_string()),
             "admin": self.addresses.admin.to_string(),
-            "model": self.model,
-            "version": self.version,
+            "model": self.models[0].0,
+            "version": self.models[0].1,
+            "models": self.models.iter().map(|(name, version)| serde_json::json!({"name": name, "version": version})).collect::<Vec<_>>(),
             "startup_seconds": self.startup_seconds,
         })
     }
@@ -236,14 +238,16 @@ async fn bind(host: &str, port: u16, what: &str) -> Result<(TcpListener, SocketA
 
 impl Config {
     /// Starts the server: the HTTP listener answers probes from the first moment ("starting"
-    /// until the model answered its warm-up); the model is loaded and warmed up; then every
-    /// component starts. A model that does not load or answer is a failed build, never a
-    /// server answering 500. `shutdown` during the start drains what was started.
+    /// until every model answered its warm-up); each model is loaded and warmed up in turn; then
+    /// every component starts, one traffic writer, rollout loop and fleet beat per model. A model
+    /// that does not load or answer is a failed build, never a server answering 500. `shutdown`
+    /// during the start drains what was started.
     pub async fn build(self, backend: Arc<dyn Backend>, shutdown: &CancellationToken) -> Result<App, BuildError> {
-        let Config { settings, credentials, token_source, tls, model, source, features, repository, started } = self;
+        let Config { settings, credentials, token_source, tls, models, features, repository, started } = self;
+        check_names(&models)?;
         let (listener, http) = bind(&settings.host, settings.port, "").await?;
         let (admin_listener, admin_address) = bind(&settings.admin_host, settings.admin_port, " for the admin API (--admin-port)").await?;
-        // Bound now so the port is ours; served once the model is loaded (connections wait in
+        // Bound now so the port is ours; served once the models are loaded (connections wait in
         // the backlog until then).
         #[cfg(feature = "grpc")]
         let (grpc_listener, grpc_address) = {
@@ -255,124 +259,189 @@ impl Config {
         let store = crate::control::open(&settings.control_store, &settings.state_dir.join("traffic.db")).map_err(failed)?;
 
         let state = AppState::with_credentials(settings.limits(), credentials);
-        state.models.set_primary(&model.name);
-        let spec = ModelSpec { name: model.name.clone(), version: model.version.clone(), pool: settings.pool(), warm_up: model.warm_up };
-        // The version served first: its own sample, when the registry holds one.
-        let first_warm_up = match &source {
-            Source::Registry { registry, record, .. } => crate::traffic::warm_up_for(registry, record, &spec.warm_up).await.map_err(failed)?,
-            Source::File { .. } => spec.warm_up.clone(),
-        };
+        let primary = models[0].0.name.clone();
+        state.models.set_primary(&primary);
         let mut server = Server::new(Arc::clone(&state.health), state.tasks.clone(), settings.drain(), settings.connections());
-        state.models.loading(&spec.name, &spec.version);
-        // The listener serves probes while the model loads: /health/startup says "starting".
+        for (model, _) in &models {
+            state.models.loading(&model.name, &model.version);
+        }
+        // The listener serves probes while the models load: /health/startup says "starting".
         server.serve("http", listener, crate::routes::app(state.clone()), tls.clone());
-        let described = &model.described_as;
-        tracing::info!(address = %http, tls = tls.is_some(), model = %spec.name, version = %spec.version, source = %described, "loading model");
 
-        // A failure from here on takes the model out (readiness says why) and drains.
-        let loading = {
-            let (backend, metrics, spec, bytes) = (Arc::clone(&backend), Arc::clone(&state.metrics), spec.clone(), model.bytes);
-            tokio::task::spawn_blocking(move || LoadedModel::load(backend, bytes, &spec, &metrics))
-        };
-        let loaded = tokio::select! {
-            loaded = loading => loaded,
-            () = shutdown.cancelled() => {
-                tracing::info!("shutdown requested while the model was loading");
-                server.run_until(std::future::ready(())).await;
-                return Err(BuildError::Stopped);
-            }
-        };
-        let loaded = match loaded {
-            Ok(Ok(loaded)) => loaded,
-            Ok(Err(e)) => return Err(stop_failed(&state, &spec, server, format!("cannot load model {described}: {e}")).await),
-            Err(e) => return Err(stop_failed(&state, &spec, server, format!("model loading stopped unexpectedly: {e}")).await),
-        };
-        tracing::info!(
-            model = %loaded.name, version = %loaded.version, load_seconds = loaded.load_seconds,
-            inputs = ?loaded.info.signature.input_names(), outputs = ?loaded.info.signature.output_names(),
-            skipped_outputs = ?loaded.info.skipped_outputs, "model loaded"
-        );
-        let warming = tokio::select! {
-            warmed = loaded.warm_up(&first_warm_up) => warmed,
-            () = shutdown.cancelled() => {
-                tracing::info!("shutdown requested while the model was warming up");
-                server.run_until(std::future::ready(())).await;
-                return Err(BuildError::Stopped);
-            }
-        };
-        if let Err(e) = warming {
-            return Err(stop_failed(&state, &spec, server, format!("model {described} loads but cannot answer, so it is not served: {e}")).await);
-        }
-        tracing::info!(model = %loaded.name, version = %loaded.version, requests = first_warm_up.requests, "warm-up answered");
-        if let Some(features) = &features {
-            let service = match feature_service(features, &loaded.info.signature, &state) {
-                Ok(service) => service,
-                Err(e) => return Err(stop_failed(&state, &spec, server, e).await),
+        // Repository loads answer the server's warm-up requests (its sample is its own model's).
+        let repository_warm_up = WarmUp { sample: None, ..models[0].0.warm_up.clone() };
+        let mut loaded_models = Vec::with_capacity(models.len());
+        for (model, source) in models {
+            let (spec, loaded) = match start_model(&state, &backend, &settings, model, &source, shutdown, &http, tls.is_some()).await {
+                Ok(started) => started,
+                Err((spec, error)) => {
+                    if let Some(spec) = spec {
+                        state.models.failed(&spec.name, &spec.version, error.clone().unwrap_or_default());
+                    }
+                    server.run_until(std::future::ready(())).await;
+                    return Err(error.map_or(BuildError::Stopped, BuildError::Failed));
+                }
             };
-            let store = Arc::clone(&service.store);
-            state.tasks.spawn("feature-store-monitor", move |_| store.monitor());
-            let _ = state.features.set(service);
+            if spec.name == primary
+                && let Some(features) = &features
+            {
+                let service = match feature_service(features, &loaded.info.signature, &state) {
+                    Ok(service) => service,
+                    Err(e) => return Err(stop_failed(&state, &spec, server, e).await),
+                };
+                let store = Arc::clone(&service.store);
+                state.tasks.spawn("feature-store-monitor", move |_| store.monitor());
+                let _ = state.features.set(service);
+            }
+            state.models.publish(&spec.name, Served::single(Arc::new(loaded)));
+            loaded_models.push((spec, source));
         }
-        state.models.publish(&spec.name, Served::single(Arc::new(loaded)));
 
-        let (registry, registry_model, traffic_source) = match &source {
-            Source::Registry { registry, reference, .. } => (Some(Arc::clone(registry)), reference.name().to_owned(), TrafficSource::registry(reference)),
-            Source::File { path, .. } => (None, spec.name.clone(), TrafficSource::file(path)),
-        };
-        let store_kind = store.kind();
-        let traffic = Arc::new(
-            Traffic::new(registry, registry_model, Arc::clone(&backend), spec.clone(), store, settings.keep_warm).with_source(traffic_source),
-        );
-        if let Err(e) = traffic.check_source().await {
-            return Err(stop_failed(&state, &spec, server, e).await);
-        }
-        if let Err(e) = traffic.resume(&state).await {
-            tracing::warn!(model = %spec.name, error = %e, "cannot restore the recorded routing; serving the stable version only");
-        }
-        if store_kind != "embedded" {
-            // Other replicas commit revisions too: apply each one (pushed, and re-read every second).
-            let _ = state.fleet.set((Arc::clone(&traffic.store), spec.name.clone()));
-            let (app, traffic) = (state.clone(), Arc::clone(&traffic));
-            tracing::info!(model = %spec.name, store = store_kind, replica = %settings.replica, "following the fleet's routing in the control store");
-            state.tasks.spawn("control-store-follow", move |_| traffic.follow_store(app, Duration::from_secs(1)));
-        }
-        let rollouts = Arc::new(Rollouts::new(Arc::clone(&traffic), settings.fleet()));
-        {
+        let mut controls = Vec::with_capacity(loaded_models.len());
+        let mut followers = Vec::new();
+        for (spec, source) in loaded_models {
+            let (registry, registry_model, traffic_source) = match &source {
+                Source::Registry { registry, reference, .. } => (Some(Arc::clone(registry)), reference.name().to_owned(), TrafficSource::registry(reference)),
+                Source::File { path, .. } => (None, spec.name.clone(), TrafficSource::file(path)),
+            };
+            let traffic = Arc::new(
+                Traffic::new(registry, registry_model, Arc::clone(&backend), spec.clone(), Arc::clone(&store), settings.keep_warm)
+                    .with_source(traffic_source),
+            );
+            if let Err(e) = traffic.check_source().await {
+                return Err(stop_failed(&state, &spec, server, e).await);
+            }
+            if let Err(e) = traffic.resume(&state).await {
+                tracing::warn!(model = %spec.name, error = %e, "cannot restore the recorded routing; serving the stable version only");
+            }
+            if store.kind() != "embedded" {
+                // Other replicas commit revisions too: apply each one (pushed, and re-read every second).
+                if spec.name == primary {
+                    let _ = state.fleet.set((Arc::clone(&store), spec.name.clone()));
+                }
+                let (app, traffic) = (state.clone(), Arc::clone(&traffic));
+                tracing::info!(model = %spec.name, store = store.kind(), replica = %settings.replica, "following the fleet's routing in the control store");
+                state.tasks.spawn("control-store-follow", move |_| traffic.follow_store(app, Duration::from_secs(1)));
+            }
+            // One rollout lease per model: each model's rollout is led by whichever replica holds
+            // its lease, so the models' rollouts run and fail independently.
+            let rollouts = Arc::new(Rollouts::new(Arc::clone(&traffic), settings.fleet()));
             let (leader, app) = (Arc::clone(&rollouts), state.clone());
             state.tasks.spawn_cooperative("rollout-loop", move |stop| leader.run(app, stop));
-            let (member, app, traffic, admin) = (Arc::clone(&rollouts), state.clone(), Arc::clone(&traffic), admin_address.to_string());
-            state.tasks.spawn("fleet-beat", move |_| crate::fleet::run(app, traffic, member, Some(admin)));
+            let (member, app, beat, admin) = (Arc::clone(&rollouts), state.clone(), Arc::clone(&traffic), admin_address.to_string());
+            state.tasks.spawn("fleet-beat", move |_| crate::fleet::run(app, beat, member, Some(admin)));
+            followers.push((Arc::clone(&traffic), source, spec.version.clone()));
+            controls.push(crate::admin::Controls { traffic, rollouts });
         }
-        let repository = Arc::new(Repository::new(repository, Arc::clone(&backend), spec.pool.clone(), spec.warm_up.clone(), spec.name.clone()));
+        let configured: Vec<String> = controls.iter().map(|c| c.traffic.spec.name.clone()).collect();
+        let served: Vec<(String, String)> = controls.iter().map(|c| (c.traffic.spec.name.clone(), c.traffic.spec.version.clone())).collect();
+        let repository = Arc::new(Repository::new(repository, Arc::clone(&backend), settings.pool(), repository_warm_up, configured));
         #[cfg(feature = "grpc")]
         {
             let grpc = crate::grpc::Grpc::new(state.clone(), Some(Arc::clone(&repository)));
             server.serve("grpc", grpc_listener, crate::grpc::router(grpc), tls.clone());
             tracing::info!(grpc_address = %grpc_address.map(|a| a.to_string()).unwrap_or_default(), "gRPC listening");
         }
-        let admin = AdminState::new(state.clone(), Arc::clone(&traffic), rollouts, repository);
+        let admin = AdminState::serving(state.clone(), controls, repository);
         server.serve("admin", admin_listener, crate::admin::app(admin), tls.clone());
         tracing::info!(%admin_address, %token_source, "admin API listening");
         let startup_seconds = state.health.mark_started().max(started.elapsed().as_secs_f64());
 
-        match source {
-            Source::Registry { registry, reference: ModelRef::Alias(name, alias), .. } => {
-                tracing::info!(model = %name, alias = %alias, poll_s = settings.poll.as_secs_f64(), "following the alias");
-                let follow = Follow { registry, traffic: Arc::clone(&traffic), model: name, alias, poll: settings.poll };
-                let app = state.clone();
-                state.tasks.spawn("alias-follow", move |_| follow_alias(app, follow));
+        for (traffic, source, version) in followers {
+            match source {
+                Source::Registry { registry, reference: ModelRef::Alias(name, alias), .. } => {
+                    tracing::info!(model = %name, alias = %alias, poll_s = settings.poll.as_secs_f64(), "following the alias");
+                    let follow = Follow { registry, traffic, model: name, alias, poll: settings.poll };
+                    let app = state.clone();
+                    state.tasks.spawn("alias-follow", move |_| follow_alias(app, follow));
+                }
+                Source::File { path, digest, follow: true, prepare } => {
+                    tracing::info!(path = %path.display(), poll_s = settings.poll.as_secs_f64(), "following the model file");
+                    let follow = FollowFile { prepare, traffic, path, base_version: version, poll: settings.poll };
+                    let app = state.clone();
+                    state.tasks.spawn("file-follow", move |_| follow_file(app, follow, digest));
+                }
+                _ => {}
             }
-            Source::File { path, digest, follow: true, prepare } => {
-                tracing::info!(path = %path.display(), poll_s = settings.poll.as_secs_f64(), "following the model file");
-                let follow = FollowFile { prepare, traffic: Arc::clone(&traffic), path, base_version: spec.version.clone(), poll: settings.poll };
-                let app = state.clone();
-                state.tasks.spawn("file-follow", move |_| follow_file(app, follow, digest));
-            }
-            _ => {}
         }
         let addresses = Addresses { http, grpc: grpc_address, admin: admin_address };
-        Ok(App { server, state, addresses, model: spec.name, version: spec.version, startup_seconds, grace: settings.shutdown_grace })
+        Ok(App { server, state, addresses, models: served, startup_seconds, grace: settings.shutdown_grace })
     }
+}
+
+/// Two models of one name would share a table entry: refused before anything starts.
+fn check_names(models: &[(Model, Source)]) -> Result<(), BuildError> {
+    if models.is_empty() {
+        return Err(failed("no model to serve"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (model, _) in models {
+        if !seen.insert(model.name.as_str()) {
+            return Err(failed(format!(
+                "two models are named '{}'; give each a name of its own (models[].name in the configuration file, or --name for the first)",
+                model.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Loads one model and warms it up. Returns its spec and the model, ready to publish; on
+/// failure, the spec (when known) and why (`None`: shutdown was asked for).
+#[allow(clippy::too_many_arguments, reason = "the build's own parts, passed down once")]
+async fn start_model(
+    state: &AppState,
+    backend: &Arc<dyn Backend>,
+    settings: &Settings,
+    model: Model,
+    source: &Source,
+    shutdown: &CancellationToken,
+    http: &SocketAddr,
+    tls: bool,
+) -> Result<(ModelSpec, LoadedModel), (Option<ModelSpec>, Option<String>)> {
+    let Model { name, version, bytes, warm_up, described_as: described } = model;
+    let spec = ModelSpec { name, version, pool: settings.pool(), warm_up };
+    // The version served first: its own sample, when the registry holds one.
+    let first_warm_up = match source {
+        Source::Registry { registry, record, .. } => {
+            crate::traffic::warm_up_for(registry, record, &spec.warm_up).await.map_err(|e| (Some(spec.clone()), Some(e.to_string())))?
+        }
+        Source::File { .. } => spec.warm_up.clone(),
+    };
+    tracing::info!(address = %http, tls, model = %spec.name, version = %spec.version, source = %described, "loading model");
+    let loading = {
+        let (backend, metrics, spec) = (Arc::clone(backend), Arc::clone(&state.metrics), spec.clone());
+        tokio::task::spawn_blocking(move || LoadedModel::load(backend, bytes, &spec, &metrics))
+    };
+    let loaded = tokio::select! {
+        loaded = loading => loaded,
+        () = shutdown.cancelled() => {
+            tracing::info!("shutdown requested while the model was loading");
+            return Err((None, None));
+        }
+    };
+    let loaded = match loaded {
+        Ok(Ok(loaded)) => loaded,
+        Ok(Err(e)) => return Err((Some(spec), Some(format!("cannot load model {described}: {e}")))),
+        Err(e) => return Err((Some(spec), Some(format!("model loading stopped unexpectedly: {e}")))),
+    };
+    tracing::info!(
+        model = %loaded.name, version = %loaded.version, load_seconds = loaded.load_seconds,
+        inputs = ?loaded.info.signature.input_names(), outputs = ?loaded.info.signature.output_names(),
+        skipped_outputs = ?loaded.info.skipped_outputs, "model loaded"
+    );
+    let warming = tokio::select! {
+        warmed = loaded.warm_up(&first_warm_up) => warmed,
+        () = shutdown.cancelled() => {
+            tracing::info!("shutdown requested while the model was warming up");
+            return Err((None, None));
+        }
+    };
+    if let Err(e) = warming {
+        return Err((Some(spec), Some(format!("model {described} loads but cannot answer, so it is not served: {e}"))));
+    }
+    tracing::info!(model = %loaded.name, version = %loaded.version, requests = first_warm_up.requests, "warm-up answered");
+    Ok((spec, loaded))
 }
 
 /// The state one invocation at a time is answered from, without listeners (Lambda's cold

@@ -24,7 +24,7 @@ pub enum ApiError {
     InvalidSpec(String),
     #[error("{0}")]
     Features(#[from] modelship_features::FeatureError),
-    #[error("this server has no feature store to look entities up in; send the features themselves, or configure features.store_url and features.features")]
+    #[error("this model has no feature store to look entities up in; send the features themselves, or configure features.store_url and features.features (for the server's first model)")]
     NoFeatureStore,
     #[error("unknown model '{name}'; this server serves: {}", .available.join(", "))]
     UnknownModel { name: String, available: Vec<String> },

@@ -36,7 +36,7 @@ pub async fn invoke(state: &AppState, event: Value, request_id: Option<&str>) ->
         Err(e) => {
             // Recorded like any request that failed to decode.
             let headers = id_headers(request_id);
-            v1::predict_response(state, Endpoint::Direct, &headers, received, Err(ApiError::Decode(e))).await
+            v1::predict_response(state, Endpoint::Direct, None, &headers, received, Err(ApiError::Decode(e))).await
         }
     };
     encode(response).await
@@ -74,7 +74,7 @@ async fn answer(state: &AppState, request: LambdaRequest, request_id: Option<&st
         (None, None) => return ApiError::Internal("an event with neither a path nor a direct body".to_owned()).into_response(),
     };
     match route {
-        Route::Predict => v1::predict_response(state, Endpoint::Direct, &headers, received, body).await,
+        Route::Predict => v1::predict_response(state, Endpoint::Direct, None, &headers, received, body).await,
         Route::Infer { name, version } => v2::infer_response(state, Endpoint::Direct, name, version, &headers, received, body).await,
     }
 }

@@ -510,6 +510,11 @@ impl ModelTable {
         ModelTable { slots: ArcSwap::default(), metrics, writing: Mutex::new(()), reload_errors: Default::default(), primary: OnceLock::new() }
     }
 
+    /// Whether `name` is the server's own model (the first it was started with).
+    pub fn is_primary(&self, name: &str) -> bool {
+        self.primary.get().is_some_and(|p| p == name)
+    }
+
     /// Names the server's own model (once; later calls change nothing).
     pub fn set_primary(&self, name: &str) {
         let _ = self.primary.set(name.to_owned());

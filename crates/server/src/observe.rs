@@ -20,7 +20,11 @@ const REMEMBERED: usize = 100_000;
 
 #[derive(Default)]
 pub struct Observations {
-    on: AtomicBool,
+    /// Whether any model records (read on every request: the common answer, no, costs one load).
+    any: AtomicBool,
+    /// The models whose rollout is running: only their requests are recorded. Read without a
+    /// lock on every request while any rollout runs; written when one starts or ends.
+    recording: arc_swap::ArcSwap<std::collections::HashSet<String>>,
     samples: Mutex<Samples>,
     /// request id -> (model, version, score), for delayed ground truth, and the ids by age.
     predictions: Mutex<(HashMap<String, Prediction>, VecDeque<String>)>,
@@ -38,21 +42,32 @@ struct Samples {
 type Prediction = (String, String, f64);
 
 impl Observations {
-    pub fn set_recording(&self, on: bool) {
-        self.on.store(on, Ordering::Relaxed);
+    /// Starts or stops recording `model`'s requests (while its rollout runs); stopping drops
+    /// what was kept for it.
+    pub fn set_recording(&self, model: &str, on: bool) {
+        self.recording.rcu(|current| {
+            let mut next = std::collections::HashSet::clone(current);
+            if on {
+                next.insert(model.to_owned());
+            } else {
+                next.remove(model);
+            }
+            next
+        });
         if !on {
-            self.samples.lock().unwrap_or_else(|p| p.into_inner()).by_version.clear();
+            self.samples.lock().unwrap_or_else(|p| p.into_inner()).by_version.retain(|(m, _), _| m != model);
         }
+        self.any.store(!self.recording.load().is_empty(), Ordering::Relaxed);
     }
 
-    pub fn is_recording(&self) -> bool {
-        self.on.load(Ordering::Relaxed)
+    pub fn is_recording(&self, model: &str) -> bool {
+        self.any.load(Ordering::Relaxed) && self.recording.load().contains(model)
     }
 
     /// One answered request: `failed` for a server-side failure, its latency, and the model's
     /// score for it when it has one (remembered for the label that may come later).
     pub fn record(&self, request_id: &str, model: &str, version: &str, failed: bool, latency: f64, score: Option<f64>) {
-        if !self.is_recording() {
+        if !self.is_recording(model) {
             return;
         }
         if let Some(score) = score.filter(|s| s.is_finite()) {
@@ -74,7 +89,7 @@ impl Observations {
     /// live answer, except that it is never joined with a label, since the label of a request
     /// is the label of the answer its client got.
     pub fn record_shadow(&self, model: &str, version: &str, failed: bool, latency: f64, score: Option<f64>) {
-        if self.is_recording() {
+        if self.is_recording(model) {
             self.add(model, version, failed, latency, score);
         }
     }
@@ -135,7 +150,7 @@ mod tests {
         // see the whole window, not its first minutes.
         const N: u32 = 200_000;
         let o = Observations::default();
-        o.set_recording(true);
+        o.set_recording("m", true);
         for i in 0..N {
             let x = f64::from(i) / f64::from(N);
             o.record(&i.to_string(), "m", "1", false, x, Some(x));
@@ -156,7 +171,7 @@ mod tests {
         let o = Observations::default();
         o.record_shadow("m", "2", false, 0.01, Some(0.3));
         assert_eq!(o.drain("m", "2"), Sample::default(), "nothing is recorded while no rollout runs");
-        o.set_recording(true);
+        o.set_recording("m", true);
         o.record("req-1", "m", "1", false, 0.01, Some(0.9));
         o.record_shadow("m", "2", false, 0.02, Some(0.3));
         o.record_shadow("m", "2", true, 0.03, None);

@@ -144,14 +144,14 @@ async fn infer(state: &AppState, routed: &Routed, request: Request, call: &mut C
         Inputs::Prediction => modelship_protocol::v1::entity_request(signature),
     };
     let feature_defaults = match &request.entities {
-        Some(entities) => enrich(state, &mut infer_request, entities).await?,
+        Some(entities) => enrich(state, &model.name, &mut infer_request, entities).await?,
         None => None,
     };
     check_size(state, &infer_request)?;
     let id = infer_request.id.take();
     let mirror = routed.shadow.as_ref().filter(|s| state.shadows.admit(&state.metrics, s)).map(|_| infer_request.clone());
     let outputs = model.infer(infer_request).await?;
-    if state.observations.is_recording() {
+    if state.observations.is_recording(&model.name) {
         call.score = crate::observe::score_of(model, &outputs);
     }
     if let (Some(shadow), Some(copy)) = (&routed.shadow, mirror) {
@@ -177,8 +177,9 @@ fn check_size(state: &AppState, request: &InferRequest) -> Result<(), ApiError> 
 
 /// Adds to `request` the model input the feature store builds from `entities`; returns the
 /// entities that got defaults (as a response value), when any did.
-async fn enrich(state: &AppState, request: &mut InferRequest, entities: &[Map<String, Value>]) -> Result<Option<Value>, ApiError> {
-    let service = state.features.get().ok_or(ApiError::NoFeatureStore)?;
+async fn enrich(state: &AppState, model: &str, request: &mut InferRequest, entities: &[Map<String, Value>]) -> Result<Option<Value>, ApiError> {
+    // The feature spec was checked against the server's own model's signature: no other.
+    let service = state.features.get().filter(|_| state.models.is_primary(model)).ok_or(ApiError::NoFeatureStore)?;
     let enriched = service.enrich(entities).await?;
     if request.inputs.iter().any(|t| t.name() == enriched.tensor.name()) {
         return Err(ApiError::Invalid(format!(

@@ -1,6 +1,6 @@
 //! The model repository extension (Triton's `RepositoryIndex`, `RepositoryModelLoad`,
 //! `RepositoryModelUnload`) over the registry: the repository is the registry, loading a model
-//! serves it under its registry name beside the server's own model, unloading stops serving it.
+//! serves it under its registry name beside the models the server was started with, unloading stops serving it.
 //!
 //! These operations change what the server serves, so they are control operations: REST serves
 //! them on the admin listener only, gRPC only with the admin bearer token.
@@ -35,8 +35,9 @@ pub struct Repository {
     pool: PoolConfig,
     /// What each must answer before it serves (no sample: the server's sample is its own model's).
     warm_up: WarmUp,
-    /// The model the server was started with: served by the traffic machinery, never unloaded here.
-    primary: String,
+    /// The models the server was started with: their versions change through the traffic
+    /// writer (switch, rollout), never through a repository load or unload.
+    configured: Vec<String>,
     /// One load or unload at a time.
     lock: tokio::sync::Mutex<()>,
 }
@@ -55,9 +56,9 @@ pub fn refuse_overrides<'a>(mut parameters: impl Iterator<Item = &'a str>) -> Re
 pub const DEFAULT_ALIAS: &str = "production";
 
 impl Repository {
-    pub fn new(registry: Option<Arc<Registry>>, backend: Arc<dyn Backend>, pool: PoolConfig, warm_up: WarmUp, primary: String) -> Self {
+    pub fn new(registry: Option<Arc<Registry>>, backend: Arc<dyn Backend>, pool: PoolConfig, warm_up: WarmUp, configured: Vec<String>) -> Self {
         let warm_up = WarmUp { sample: None, ..warm_up };
-        Repository { registry, backend, pool, warm_up, primary, lock: tokio::sync::Mutex::new(()) }
+        Repository { registry, backend, pool, warm_up, configured, lock: tokio::sync::Mutex::new(()) }
     }
 
     fn registry(&self) -> Result<&Arc<Registry>, ApiError> {
@@ -99,15 +100,15 @@ impl Repository {
 
     /// Serves registry model `name`: `version` when given, else its `production` alias when it
     /// has one, else its newest version. Loading a model already served replaces it (the new
-    /// version is loaded and warmed before the swap). The server's own model is already served.
+    /// version is loaded and warmed before the swap). The models the server was started with are served already.
     pub async fn load(&self, state: &AppState, name: &str, version: Option<&str>) -> Result<String, ApiError> {
         let _one_at_a_time = self.lock.lock().await;
-        if name == self.primary {
+        if self.configured.iter().any(|c| c == name) {
             // Its versions change through the traffic writer (switch, rollout), never here.
             let stable = state.models.served(name)?.table.stable.clone();
             return match version {
                 Some(v) if v != stable => Err(ApiError::Conflict(format!(
-                    "'{name}' is this server's own model, served at version {stable}; a repository load cannot change its version: use `modelship traffic switch {name} {v}` (or a rollout)"
+                    "'{name}' is a model this server was started with, served at version {stable}; a repository load cannot change its version: use `modelship traffic switch {name} {v}` (or a rollout)"
                 ))),
                 _ => Ok(stable),
             };
@@ -151,9 +152,9 @@ impl Repository {
     /// Stops serving `name`. In-flight requests finish on the version they hold.
     pub async fn unload(&self, state: &AppState, name: &str) -> Result<(), ApiError> {
         let _one_at_a_time = self.lock.lock().await;
-        if name == self.primary {
+        if self.configured.iter().any(|c| c == name) {
             return Err(ApiError::Conflict(format!(
-                "'{name}' is the model this server was started with; stop the server to stop serving it, or change its traffic with `modelship traffic`"
+                "'{name}' is a model this server was started with; stop the server to stop serving it, or change its traffic with `modelship traffic`"
             )));
         }
         match state.models.unload(name) {

@@ -128,7 +128,7 @@ impl Rollouts {
             leader: None,
         };
         self.store().save_rollout(&record, Write::Create, &decisions).await?;
-        state.observations.set_recording(true);
+        state.observations.set_recording(self.model(), true);
         tracing::info!(model = %self.model(), rollout = record.id, to = %record.rollout.plan.to, actor, "rollout started");
         self.wake.notify_one();
         log_decisions(self.model(), record.id, &decisions);
@@ -249,8 +249,8 @@ impl Rollouts {
             publish(state, self.model(), &r.rollout);
         }
         let active = record.is_some_and(|r| !r.is_done());
-        if active != state.observations.is_recording() {
-            state.observations.set_recording(active);
+        if active != state.observations.is_recording(self.model()) {
+            state.observations.set_recording(self.model(), active);
         }
         *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = status.clone();
         status

@@ -107,7 +107,7 @@ impl Shadows {
                         a.agreed += u64::from(agree);
                         a.abs_diff_sum += diff;
                     });
-                    if evidence.is_recording() {
+                    if evidence.is_recording(&labels[0]) {
                         evidence.record_shadow(&labels[0], &labels[1], false, latency, observe::score_of(&shadow, &outputs));
                     }
                 }

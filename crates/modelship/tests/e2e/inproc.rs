@@ -59,8 +59,13 @@ impl Fixtures {
 
     /// Pushes fixture `file` as version `version` of model fraud.
     pub fn push(&self, file: &str, version: &str) {
+        self.push_as("fraud", file, version);
+    }
+
+    /// Pushes fixture `file` as version `version` of model `name`.
+    pub fn push_as(&self, name: &str, file: &str, version: &str) {
         let request = PushRequest {
-            name: "fraud".to_owned(),
+            name: name.to_owned(),
             version: version.to_owned(),
             metrics: Default::default(),
             labels: Default::default(),
@@ -106,26 +111,37 @@ impl Fixtures {
 
     /// Builds and starts a server of `fraud:VERSION` from the registry with `settings`.
     pub fn serve(&self, version: &str, settings: Settings) -> App {
+        self.serve_models(&[("fraud", version)], settings)
+    }
+
+    /// Builds and starts a server of registry models `NAME:VERSION`, the first its own.
+    pub fn serve_models(&self, models: &[(&str, &str)], settings: Settings) -> App {
         let started = Instant::now();
-        let reference = ModelRef::Version("fraud".to_owned(), version.to_owned());
-        let (record, bytes) = self.runtime.block_on(async {
-            let record = self.registry.resolve(&reference).await.unwrap();
-            let bytes = self.registry.artifact(&record, &NoProgress).await.unwrap();
-            (record, bytes)
-        });
+        let models = models
+            .iter()
+            .map(|(name, version)| {
+                let reference = ModelRef::Version((*name).to_owned(), (*version).to_owned());
+                let (record, bytes) = self.runtime.block_on(async {
+                    let record = self.registry.resolve(&reference).await.unwrap();
+                    let bytes = self.registry.artifact(&record, &NoProgress).await.unwrap();
+                    (record, bytes)
+                });
+                let model = Model {
+                    name: (*name).to_owned(),
+                    version: record.version.clone(),
+                    bytes: bytes.to_vec().into(),
+                    warm_up: WarmUp { requests: 1, sample: None },
+                    described_as: format!("{name}:{version} (registry {})", self.dir.path().display()),
+                };
+                (model, Source::Registry { registry: Arc::clone(&self.registry), reference, record })
+            })
+            .collect();
         let config = Config {
             settings,
             credentials: Credentials::new(Some(TOKEN), &[]),
             token_source: "the test".to_owned(),
             tls: None,
-            model: Model {
-                name: "fraud".to_owned(),
-                version: record.version.clone(),
-                bytes: bytes.to_vec().into(),
-                warm_up: WarmUp { requests: 1, sample: None },
-                described_as: format!("fraud:{version} (registry {})", self.dir.path().display()),
-            },
-            source: Source::Registry { registry: Arc::clone(&self.registry), reference, record },
+            models,
             features: None,
             repository: Some(Arc::clone(&self.registry)),
             started,
@@ -161,7 +177,12 @@ impl std::ops::Deref for App {
 impl App {
     /// `METHOD /admin/v1/models/fraud/PATH` on the admin listener with the admin token.
     pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
-        let url = format!("{}/admin/v1/models/fraud/{path}", self.admin);
+        self.admin_of("fraud", method, path, body)
+    }
+
+    /// `METHOD /admin/v1/models/MODEL/PATH` on the admin listener with the admin token.
+    pub fn admin_of(&self, model: &str, method: &str, path: &str, body: Option<Value>) -> Reply {
+        let url = format!("{}/admin/v1/models/{model}/{path}", self.admin);
         let agent = agent();
         let auth = format!("Bearer {TOKEN}");
         let response = match (method, body) {

@@ -184,3 +184,105 @@ fn keep_warm_expiry_leaves_a_newer_revision_in_force() {
     assert!(now["loaded_versions"].as_array().unwrap().iter().any(|v| v == "1"), "{now}");
     assert_eq!(version_of(&app, &[("x-canary", "true")]), "1");
 }
+
+/// Per model: requests sent, the failures (with the version that failed), and every distinct
+/// answer body with how many times it came.
+#[derive(Default)]
+struct Seen {
+    sent: usize,
+    failed: Vec<String>,
+    bodies: HashMap<String, usize>,
+}
+
+/// Three models on one server, each with its own routing, revisions, rollout and metrics: one
+/// rolled back on a candidate that fails every request while another is promoted, and the third's
+/// answers byte-identical throughout.
+#[test]
+fn three_models_roll_out_independently_on_one_server() {
+    let fixtures = Fixtures::new();
+    fixtures.push("faulty", "3");
+    fixtures.push_as("churn", "fraud", "1");
+    fixtures.push_as("churn", "xgboost", "2");
+    fixtures.push_as("steady", "fraud", "1");
+    let app = fixtures.serve_models(&[("fraud", "1"), ("churn", "1"), ("steady", "1")], fixtures.settings());
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Arc<Mutex<HashMap<&'static str, Seen>>> = Arc::default();
+    let clients: Vec<_> = ["fraud", "churn", "steady"]
+        .into_iter()
+        .flat_map(|m| [m, m])
+        .map(|model| {
+            let (url, stop, seen) = (app.url(&format!("/v2/models/{model}/infer")), stop.clone(), seen.clone());
+            thread::spawn(move || {
+                let agent = agent();
+                let body = fraud_body(1);
+                while !stop.load(Ordering::Relaxed) {
+                    let r = agent.post(&url).header("content-type", "application/json").send(&body).map(reply).unwrap();
+                    let mut seen = seen.lock().unwrap();
+                    let s = seen.entry(model).or_default();
+                    s.sent += 1;
+                    if r.status == 200 {
+                        *s.bodies.entry(r.text).or_default() += 1;
+                    } else {
+                        s.failed.push(r.header("x-model-version").unwrap_or("?").to_owned());
+                    }
+                }
+            })
+        })
+        .collect();
+    // The third model's answer before anything moves: what it must answer throughout.
+    let steady_answer = app.post("/v2/models/steady/infer", &fraud_body(1)).text;
+    let start_of = |model: &str, spec: Value| {
+        let r = app.admin_of(model, "POST", "rollout", Some(json!({ "spec": spec })));
+        assert_eq!(r.status, 200, "{model}: {}", r.text);
+    };
+    start_of(
+        "fraud",
+        json!({"to": "3", "canary": {"weights": [20, 100], "every": "1m"}, "checks": [{"error_rate": {}}], "failure": {"consecutive": 2, "min_samples": 20}, "interval": "500ms"}),
+    );
+    start_of(
+        "churn",
+        json!({"to": "2", "steps": [{"weight": {"weight": "30%", "hold": "1s"}}, {"weight": {"weight": "70%", "hold": "1s"}}], "checks": [{"error_rate": {}}], "failure": {"min_samples": 10, "deadline": "2m"}, "interval": "300ms"}),
+    );
+    let phase_of = |model: &str| app.admin_of(model, "GET", "rollout", None).json()["phase"]["phase"].as_str().unwrap_or_default().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while phase_of("fraud") != "rolled_back" || phase_of("churn") != "promoted" {
+        assert!(Instant::now() < deadline, "fraud {}, churn {}", phase_of("fraud"), phase_of("churn"));
+        thread::sleep(Duration::from_millis(100));
+    }
+    // The rollback's routing applied (the decision is recorded, then applied): fraud back on 1.
+    while !app.admin_of("fraud", "GET", "traffic", None).json()["traffic"]["candidate"].is_null() {
+        assert!(Instant::now() < deadline, "the rollback's routing was never applied");
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    clients.into_iter().for_each(|c| c.join().unwrap());
+    let seen = seen.lock().unwrap();
+    let (fraud, churn, steady) = (&seen["fraud"], &seen["churn"], &seen["steady"]);
+    eprintln!(
+        "three models: fraud {} requests ({} failed, all on the candidate), churn {} ({} answers), steady {} ({} distinct answers)",
+        fraud.sent, fraud.failed.len(), churn.sent, churn.bodies.len(), steady.sent, steady.bodies.len()
+    );
+    assert!(fraud.failed.iter().all(|v| v == "3"), "only the failing candidate failed: {:?}", fraud.failed);
+    assert!(churn.failed.is_empty() && steady.failed.is_empty(), "churn {:?}, steady {:?}", churn.failed, steady.failed);
+    assert_eq!(steady.bodies.keys().collect::<Vec<_>>(), [&steady_answer], "the third model answered the same bytes throughout");
+    assert!(churn.bodies.len() == 2 && steady.sent > 0, "churn answered from both of its versions");
+    // Revisions and metrics, per model.
+    let revision = |model: &str| app.admin_of(model, "GET", "traffic", None).json();
+    let (fraud_now, churn_now, steady_now) = (revision("fraud"), revision("churn"), revision("steady"));
+    assert_eq!((fraud_now["traffic"]["stable"].as_str(), fraud_now["traffic"]["candidate"].is_null()), (Some("1"), true), "{fraud_now}");
+    assert_eq!(churn_now["traffic"]["stable"], "2", "{churn_now}");
+    assert_eq!(steady_now["revision"], 0, "the third model's routing never moved: {steady_now}");
+    for (model, status) in [("fraud", &fraud_now), ("churn", &churn_now), ("steady", &steady_now)] {
+        assert_eq!(app.metric("modelship_traffic_revision", &[&format!(r#"model="{model}""#)]), status["revision"].as_f64(), "{model}");
+    }
+    assert!(app.metric("modelship_requests_total", &[r#"model="fraud""#, r#"version="3""#, r#"code="500""#]).unwrap_or(0.0) > 0.0);
+    assert_eq!(app.metric("modelship_requests_total", &[r#"model="steady""#, r#"version="2""#]), None, "the third model never had a version 2");
+    // /v1/predict stays the server's own model; /v1/models/NAME/predict names another.
+    let rows = json!({"features": [vec![0.5; 30]]}).to_string();
+    assert_eq!(app.post("/v1/predict", &rows).header("x-model-version"), Some("1"));
+    let other = app.post("/v1/models/churn/predict", &rows);
+    assert_eq!((other.status, other.header("x-model-version")), (200, Some("2")), "{}", other.text);
+    let unknown = app.post("/v1/models/nope/predict", &rows);
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
+}

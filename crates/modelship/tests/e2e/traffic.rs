@@ -547,3 +547,37 @@ fn a_shadow_step_with_drift_rolls_back_a_shifted_candidate() {
     assert_eq!(seen.keys().collect::<Vec<_>>(), ["1"], "{seen:?}");
     assert!(status["traffic"]["candidate"].is_null() && status["traffic"]["shadow"].is_null(), "{status}");
 }
+
+/// `serve` of three registry models: each answers under its own name, has its own routing (a
+/// switch of one leaves the others as they were) and metrics; `/v1/predict` is the first's.
+#[test]
+fn serve_takes_several_models_each_with_its_own_routing() {
+    let fleet = fleet();
+    for (name, file, version) in [("churn", "fraud", "1"), ("churn", "xgboost", "2"), ("steady", "fraud", "1")] {
+        let out = command()
+            .args(["models", "push", name, &model(file), "--version", version, "--registry"])
+            .arg(fleet.registry.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let server = fleet.serve(&["churn:1", "steady:1"]);
+    assert_eq!(server.ready["models"].as_array().map(Vec::len), Some(3), "{}", server.ready);
+    let steady = server.post("/v2/models/steady/infer", &fraud_body(1)).text;
+    fleet.ok(&server, &["switch", "churn", "2"]);
+    let churn = server.post("/v2/models/churn/infer", &fraud_body(1));
+    assert_eq!((churn.status, churn.header("x-model-version")), (200, Some("2")), "{}", churn.text);
+    assert_eq!(version_of(&server, &[]), "1", "fraud did not move");
+    assert_eq!(server.post("/v2/models/steady/infer", &fraud_body(1)).text, steady, "steady answers the same bytes");
+    let rows = serde_json::json!({"features": [vec![0.5; 30]]}).to_string();
+    assert_eq!(server.post("/v1/models/churn/predict", &rows).header("x-model-version"), Some("2"));
+    assert_eq!(server.post("/v1/predict", &rows).header("x-model-version"), Some("1"));
+    for (model, revision) in [("fraud", 0.0), ("churn", 1.0), ("steady", 0.0)] {
+        assert_eq!(server.metric("modelship_traffic_revision", &[&format!(r#"model="{model}""#)]), Some(revision), "{model}");
+    }
+    // Two models of one name are refused before anything starts, naming the fix.
+    let out = command().args(["serve", "fraud:1", "fraud:2", "--registry"]).arg(fleet.registry.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("two models are named 'fraud'") && err.contains("models[].name"), "{err}");
+}

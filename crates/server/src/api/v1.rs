@@ -12,16 +12,18 @@ use crate::error::{ApiError, json_response};
 use crate::pipeline::{self, Endpoint, Inputs};
 use crate::state::AppState;
 
-/// `/v1/predict` of one body, from decoding to the encoded response: the HTTP route's and the
+/// `/v1/predict` of one body, from decoding to the encoded response: the HTTP routes' and the
 /// Lambda adapter's (which has no listener, so `endpoint` says where the request came in).
+/// `model` is the one a route names (`/v1/models/{model}/predict`); `None` is the server's own.
 pub(crate) async fn predict_response(
     state: &AppState,
     endpoint: Endpoint,
+    model: Option<String>,
     headers: &HeaderMap,
     received: Instant,
     body: Result<Bytes, ApiError>,
 ) -> Response {
-    let decoded = body.and_then(|body| decode(&body));
+    let decoded = body.and_then(|body| decode(&body, model));
     let answer = pipeline::run(state, endpoint, headers, received, decoded).await;
     respond(answer, |model, outcome| match outcome.outputs.first() {
         Some(output) => json_response(StatusCode::OK, v1::encode_predict_response(&model.version, output, outcome.feature_defaults)),
@@ -29,11 +31,11 @@ pub(crate) async fn predict_response(
     })
 }
 
-fn decode(body: &[u8]) -> Result<pipeline::Request, ApiError> {
+fn decode(body: &[u8], model: Option<String>) -> Result<pipeline::Request, ApiError> {
     let v1::DecodedPredict { predict, parameters } = v1::decode_predict(body)?;
     let (inputs, entities) = match predict {
         v1::Predict::Rows(rows) => (Inputs::Rows(rows), None),
         v1::Predict::Entities(entities) => (Inputs::Prediction, Some(entities)),
     };
-    Ok(pipeline::Request { model: None, version: None, parameters, inputs, entities })
+    Ok(pipeline::Request { model, version: None, parameters, inputs, entities })
 }

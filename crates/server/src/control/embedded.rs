@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{ControlStore, Evidence, Lease, Page, ReplicaReport, Revision, StoreError, StoredRollout, Write, check_write};
 
-/// A row of `rollouts`: id, stable version, engine state, record (absent in older files).
+/// A row of `model_rollouts`: id, stable version, engine state, record (absent in older files).
 type RolloutRow = (i64, String, String, Option<String>);
 
 /// Evidence kept for the leader to read (it reads every interval, so a few are enough).
@@ -48,14 +48,14 @@ impl Embedded {
                  model TEXT NOT NULL, revision INTEGER NOT NULL, at_ms INTEGER NOT NULL,
                  actor TEXT NOT NULL, reason TEXT NOT NULL, change TEXT, traffic TEXT NOT NULL,
                  PRIMARY KEY (model, revision));
-             CREATE TABLE IF NOT EXISTS rollouts (id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL,
-                 stable TEXT NOT NULL, state TEXT NOT NULL, done INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS rollout_decisions (rollout INTEGER NOT NULL, decision TEXT NOT NULL);",
+             CREATE TABLE IF NOT EXISTS model_rollouts (model TEXT NOT NULL, id INTEGER NOT NULL,
+                 stable TEXT NOT NULL, state TEXT NOT NULL, done INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+                 record TEXT, PRIMARY KEY (model, id));
+             CREATE TABLE IF NOT EXISTS model_rollout_decisions (model TEXT NOT NULL, rollout INTEGER NOT NULL,
+                 decision TEXT NOT NULL);",
         )
         .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
-        // Files written before rollouts were shared records: the record column is added, and a
-        // row without one is read from its engine state.
-        add_column_if_missing(&conn, path, "rollouts", "record")?;
+        upgrade_rollouts(&conn, path)?;
         // Files written before revisions recorded their model source: the column is added, and a
         // row without one is read as of an unknown source.
         add_column_if_missing(&conn, path, "revisions", "source")?;
@@ -74,7 +74,7 @@ impl Embedded {
     /// The latest rollout row of `model`.
     fn latest_rollout(c: &Connection, model: &str) -> rusqlite::Result<Option<RolloutRow>> {
         c.query_row(
-            "SELECT id, stable, state, record FROM rollouts WHERE model = ?1 ORDER BY id DESC LIMIT 1",
+            "SELECT id, stable, state, record FROM model_rollouts WHERE model = ?1 ORDER BY id DESC LIMIT 1",
             [model],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
@@ -123,6 +123,33 @@ impl Embedded {
 
 /// Upgrades a file written by an older version: adds `table.column` (TEXT, NULL in old rows) when
 /// the table has none. `table` and `column` are this module's own names, never a user's.
+/// Files written before a server served several models numbered rollouts across all models
+/// (`rollouts`, `rollout_decisions`); each model numbers its own now, as the shared stores do.
+/// The old rows move to the per-model tables once, in one transaction, and the old tables go.
+fn upgrade_rollouts(conn: &Connection, path: &Path) -> Result<(), String> {
+    let legacy = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rollouts'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !legacy {
+        return Ok(());
+    }
+    // Files written before rollouts were shared records have no record column: a row without
+    // one is read from its engine state.
+    add_column_if_missing(conn, path, "rollouts", "record")?;
+    conn.execute_batch(
+        "BEGIN;
+         INSERT OR IGNORE INTO model_rollouts (model, id, stable, state, done, updated_ms, record)
+             SELECT model, id, stable, state, done, updated_ms, record FROM rollouts;
+         INSERT INTO model_rollout_decisions (model, rollout, decision)
+             SELECT r.model, d.rollout, d.decision FROM rollout_decisions d JOIN rollouts r ON r.id = d.rollout ORDER BY d.rowid;
+         DROP TABLE rollout_decisions;
+         DROP TABLE rollouts;
+         COMMIT;",
+    )
+    .map_err(|e| format!("cannot upgrade {}: {e}", path.display()))
+}
+
 fn add_column_if_missing(conn: &Connection, path: &Path, table: &str, column: &str) -> Result<(), String> {
     let exists = conn
         .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"))
@@ -201,16 +228,16 @@ impl ControlStore for Embedded {
                 }
                 match write {
                     Write::Create => tx.execute(
-                        "INSERT INTO rollouts (id, model, stable, state, done, updated_ms, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        "INSERT INTO model_rollouts (id, model, stable, state, done, updated_ms, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                         params![record.id, record.model, record.stable, state, record.is_done(), now, json],
                     )?,
                     Write::Update { .. } => tx.execute(
-                        "UPDATE rollouts SET state = ?1, done = ?2, updated_ms = ?3, record = ?4 WHERE id = ?5",
-                        params![state, record.is_done(), now, json, record.id],
+                        "UPDATE model_rollouts SET state = ?1, done = ?2, updated_ms = ?3, record = ?4 WHERE model = ?5 AND id = ?6",
+                        params![state, record.is_done(), now, json, record.model, record.id],
                     )?,
                 };
                 for d in &decisions {
-                    tx.execute("INSERT INTO rollout_decisions (rollout, decision) VALUES (?1, ?2)", params![record.id, d])?;
+                    tx.execute("INSERT INTO model_rollout_decisions (model, rollout, decision) VALUES (?1, ?2, ?3)", params![record.model, record.id, d])?;
                 }
                 tx.commit()?;
                 Ok(Ok(()))
@@ -223,7 +250,7 @@ impl ControlStore for Embedded {
         async move {
             let rows: Vec<(i64, String)> = self.with(|c| {
                 let mut stmt = c.prepare(
-                    "SELECT d.rollout, d.decision FROM rollout_decisions d JOIN rollouts r ON r.id = d.rollout WHERE r.model = ?1 ORDER BY d.rowid",
+                    "SELECT rollout, decision FROM model_rollout_decisions WHERE model = ?1 ORDER BY rowid",
                 )?;
                 let rows = stmt.query_map([model], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 rows.collect()

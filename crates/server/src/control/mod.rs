@@ -429,10 +429,36 @@ pub(crate) mod tests {
         .unwrap();
         let state = serde_json::to_string(&record(1, 0, false).rollout).unwrap();
         old.execute("INSERT INTO rollouts (model, stable, state, done, updated_ms) VALUES ('fraud', '1', ?1, 0, 0)", [state]).unwrap();
+        let paused = serde_json::to_string(&decision("paused by hand")).unwrap();
+        old.execute("INSERT INTO rollout_decisions (rollout, decision) VALUES (1, ?1)", [paused]).unwrap();
         drop(old);
         let store = Embedded::open(&path).unwrap();
         assert_eq!(store.rollout("fraud").await.unwrap(), Some(record(1, 0, false)));
-        store.save_rollout(&record(1, 1, false), Write::Update { leader: None }, &[]).await.unwrap();
+        store.save_rollout(&record(1, 1, false), Write::Update { leader: None }, &[decision("resumed")]).await.unwrap();
+        let reasons: Vec<String> = store.rollout_history("fraud").await.unwrap().into_iter().map(|(_, d)| d.reason).collect();
+        assert_eq!(reasons, ["paused by hand", "resumed"]);
+        // Opened again, the file is upgraded already.
+        drop(store);
+        assert_eq!(Embedded::open(&path).unwrap().rollout("fraud").await.unwrap(), Some(record(1, 1, false)));
+    }
+
+    /// Each model numbers its own rollouts, in every store: two models' first rollouts are both 1.
+    #[tokio::test]
+    async fn each_model_numbers_its_own_rollouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Embedded::open(&dir.path().join("traffic.db")).unwrap();
+        let churn = StoredRollout { model: "churn".into(), ..record(1, 0, false) };
+        store.save_rollout(&record(1, 0, false), Write::Create, &[decision("fraud's")]).await.unwrap();
+        store.save_rollout(&churn, Write::Create, &[decision("churn's")]).await.unwrap();
+        store.save_rollout(&StoredRollout { seq: 1, ..churn.clone() }, Write::Update { leader: None }, &[]).await.unwrap();
+        assert_eq!(store.rollout("fraud").await.unwrap(), Some(record(1, 0, false)));
+        assert_eq!(store.rollout("churn").await.unwrap().map(|r| r.seq), Some(1));
+        let history = |model: &'static str| {
+            let store = &store;
+            async move { store.rollout_history(model).await.unwrap().into_iter().map(|(id, d)| (id, d.reason)).collect::<Vec<_>>() }
+        };
+        assert_eq!(history("fraud").await, [(1, "fraud's".to_owned())]);
+        assert_eq!(history("churn").await, [(1, "churn's".to_owned())]);
     }
 
     #[test]

@@ -100,7 +100,7 @@ async fn api_keys_guard_inference_but_not_probes() {
 async fn labels_need_the_control_token() {
     let credentials = Credentials::new(Some("control-token-0123456789"), &[]);
     let (state, _) = app_with(AppState::with_credentials(Limits::default(), credentials), "");
-    state.observations.set_recording(true);
+    state.observations.set_recording("fraud", true);
     let (status, headers, _) = call(&state, post(V2, v2_body())).await;
     assert_eq!(status, StatusCode::OK);
     let id = headers["x-request-id"].to_str().unwrap().to_owned();

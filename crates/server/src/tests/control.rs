@@ -131,7 +131,7 @@ async fn the_admin_api_answers_in_its_shared_types() {
     let rollouts = Arc::new(Rollouts::new(Arc::clone(&traffic), FleetConfig::single("test")));
     let backend: Arc<dyn modelship_inference::Backend> = Arc::new(FakeBackend::default());
     let pool = crate::pool::PoolConfig::new(1, 4);
-    let repository = Arc::new(crate::repository::Repository::new(None, backend, pool, Default::default(), "fraud".to_owned()));
+    let repository = Arc::new(crate::repository::Repository::new(None, backend, pool, Default::default(), vec!["fraud".to_owned()]));
     let admin = crate::admin::AdminState::new(state.clone(), traffic, rollouts, repository);
     let call = |method: &'static str, path: &str, body: &str| {
         let request = http::Request::builder()

@@ -118,7 +118,7 @@ async fn the_admin_token_alone_reaches_the_repository_rpcs() {
     let state = AppState::with_credentials(Limits::default(), crate::auth::Credentials::new(Some(TOKEN), &[KEY.to_owned()]));
     let (state, backend) = app_with(state, "scale=1");
     let backend: std::sync::Arc<dyn modelship_inference::Backend> = backend;
-    let repository = std::sync::Arc::new(crate::repository::Repository::new(None, backend, crate::pool::PoolConfig::new(1, 4), Default::default(), "fraud".to_owned()));
+    let repository = std::sync::Arc::new(crate::repository::Repository::new(None, backend, crate::pool::PoolConfig::new(1, 4), Default::default(), vec!["fraud".to_owned()]));
     let app = router(Grpc::new(state, Some(repository)));
     let bearer = |t: &str| vec![("authorization", format!("Bearer {t}"))];
     // (what, metadata, gRPC code, message fragment)

@@ -151,7 +151,7 @@ async fn bad_control_requests_are_refused_and_change_nothing() {
     traffic.resume(&state).await.unwrap();
     let rollouts = Arc::new(crate::rollouts::Rollouts::new(Arc::clone(&traffic), crate::rollouts::FleetConfig::single("test")));
     let backend: Arc<dyn modelship_inference::Backend> = Arc::new(FakeBackend::default());
-    let repository = Arc::new(crate::repository::Repository::new(None, backend, crate::pool::PoolConfig::new(1, 4), Default::default(), "fraud".to_owned()));
+    let repository = Arc::new(crate::repository::Repository::new(None, backend, crate::pool::PoolConfig::new(1, 4), Default::default(), vec!["fraud".to_owned()]));
     let admin = crate::admin::app(crate::admin::AdminState::new(state.clone(), traffic, rollouts, repository));
     let traffic_url = "/admin/v1/models/fraud/traffic";
     let request = |body: &str, token: Option<&str>, length: Option<&str>| {
