@@ -32,6 +32,8 @@ struct Replicas {
     s3: S3,
     /// What every replica serves: `fraud:1`, or an alias to follow.
     serves: &'static str,
+    /// More models every replica serves beside it.
+    more: Vec<String>,
     servers: Vec<(Server, tempfile::TempDir)>,
 }
 
@@ -42,7 +44,13 @@ impl Replicas {
 
     /// `n` replicas serving `model` after `prepare` ran against the fleet's registry.
     fn serving(redis: &Redis, n: usize, serves: &'static str, prepare: &[&[&str]]) -> Replicas {
-        let mut replicas = Replicas { s3: S3::start(), serves, servers: Vec::new() };
+        Replicas::serving_more(redis, n, serves, &[], prepare)
+    }
+
+    /// `n` replicas serving `model` and `more` after `prepare` ran against the fleet's registry.
+    fn serving_more(redis: &Redis, n: usize, serves: &'static str, more: &[&str], prepare: &[&[&str]]) -> Replicas {
+        let more = more.iter().map(|m| (*m).to_owned()).collect();
+        let mut replicas = Replicas { s3: S3::start(), serves, more, servers: Vec::new() };
         replicas.push("fraud", "1");
         replicas.push("xgboost", "2");
         for args in prepare {
@@ -101,10 +109,10 @@ impl Replicas {
             ("MODELSHIP_ADMIN_TOKEN", TOKEN.to_owned()),
         ]);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        Server::start_with(
-            &[self.serves, "--registry", registry, "--poll-interval", "0.2", "--control-store", &redis.url(), "--workers", "1", "--replica", name, "--lease-ttl", "2"],
-            &env,
-        )
+        let url = redis.url();
+        let mut args = vec![self.serves, "--registry", registry, "--poll-interval", "0.2", "--control-store", &url, "--workers", "1", "--replica", name, "--lease-ttl", "2"];
+        args.extend(self.more.iter().map(String::as_str));
+        Server::start_with(&args, &env)
     }
 
     /// `modelship rollout ARGS --output json` through replica `i`.
@@ -580,4 +588,62 @@ fn a_server_of_another_source_cannot_reset_the_fleets_routing() {
     assert!(stderr.contains("recorded for fraud@production, and this server serves fraud:1") && stderr.contains("--name"), "{stderr}");
     let history: Value = serde_json::from_str(&fleet.ok(0, &["history", "fraud", "--output", "json"])).unwrap();
     assert_eq!(history.as_array().unwrap().len(), 1, "nothing committed: {history}");
+}
+
+/// Two models on every replica of a fleet on Redis, two rollouts at once: `fraud`'s candidate
+/// fails every request and is rolled back, `churn`'s is promoted; each model's rollout is led on
+/// its own lease, and every replica ends with both outcomes.
+#[test]
+fn two_models_on_a_fleet_roll_out_independently() {
+    let redis = Redis::start(free_port());
+    let (fraud, xgboost) = (model("fraud"), model("xgboost"));
+    let fleet = Replicas::serving_more(
+        &redis,
+        3,
+        "fraud:1",
+        &["churn:1"],
+        &[&["push", "churn", &fraud, "--version", "1"], &["push", "churn", &xgboost, "--version", "2"]],
+    );
+    fleet.push("faulty", "3");
+    fleet.converge(0);
+    let failing = fleet.spec("to: '3'\ncanary: {weights: [30, 100], every: 1m}\nchecks: [{error_rate: {}}]\nfailure: {consecutive: 2, min_samples: 20}\ninterval: 500ms\n");
+    let healthy = fleet.servers[0].1.path().join("churn.yaml");
+    std::fs::write(&healthy, "to: '2'\nsteps:\n  - weight: {weight: 50%, hold: 2s}\nchecks: [{error_rate: {}}]\nfailure: {min_samples: 10, deadline: 2m}\ninterval: 500ms\n").unwrap();
+    let loads: Vec<Load> = (0..3)
+        .flat_map(|i| [fleet.server(i).url("/v1/predict"), fleet.server(i).url("/v1/models/churn/predict")])
+        .map(|url| Load::start(&url, 1))
+        .collect();
+    fleet.rollout(1, &["start", "fraud", "--spec", &failing]);
+    fleet.rollout(2, &["start", "churn", "--spec", healthy.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let phase = |model: &str| fleet.rollout(0, &["status", model])["phase"]["phase"].as_str().unwrap_or_default().to_owned();
+    while phase("fraud") != "rolled_back" || phase("churn") != "promoted" {
+        assert!(Instant::now() < deadline, "fraud {}, churn {}\n{}", phase("fraud"), phase("churn"), fleet.logs());
+        thread::sleep(Duration::from_millis(200));
+    }
+    let leaders: Vec<Value> = ["fraud", "churn"].iter().map(|m| fleet.rollout(0, &["status", m])["leader"].clone()).collect();
+    eprintln!("fleet of two models: fraud rolled back (led by {}), churn promoted (led by {})", leaders[0], leaders[1]);
+    let state = |i: usize, model: &str| -> Value { serde_json::from_str(&fleet.ok(i, &["status", model, "--output", "json"])).unwrap() };
+    let settled = Instant::now() + Duration::from_secs(30);
+    for i in 0..3 {
+        loop {
+            let (f, c) = (state(i, "fraud"), state(i, "churn"));
+            let done = f["traffic"]["stable"] == "1" && f["traffic"]["candidate"].is_null() && c["traffic"]["stable"] == "2" && c["traffic"]["candidate"].is_null();
+            if done {
+                break;
+            }
+            assert!(Instant::now() < settled, "replica {i}: fraud {f}, churn {c}");
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    for (i, load) in loads.into_iter().enumerate() {
+        let (ok, failed, versions) = load.finish();
+        let failed_on_candidate = failed.iter().all(|f| f.starts_with("500"));
+        if i % 2 == 1 {
+            assert!(failed.is_empty(), "churn never failed on replica {}: {failed:?}", i / 2 + 1);
+        } else {
+            assert!(failed_on_candidate, "fraud failed only on its candidate: {failed:?}");
+        }
+        assert!(ok > 0, "{versions:?}");
+    }
 }
