@@ -1041,6 +1041,11 @@ pub struct ServeArgs {
     #[arg(value_name = "MORE")]
     pub more: Vec<PathBuf>,
 
+    /// The models to serve, comma-separated (the first is the server's own unless MODEL is
+    /// given): `--models fraud@production,churn@production --registry s3://...`
+    #[arg(long, value_delimiter = ',', value_name = "M1,M2,...")]
+    pub models: Vec<PathBuf>,
+
     /// Config file in the seed's serving.yaml shape (default: CONFIG_PATH when set)
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,

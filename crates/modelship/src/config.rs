@@ -358,7 +358,10 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
 
     // Flags over environment.
     let a = args.clone();
-    overlay(&mut raw.model.path, a.model);
+    // `--models A,B,...`: the first is the server's own unless a MODEL argument names one.
+    let mut listed = a.models.clone().into_iter();
+    let first = a.model.clone().or_else(|| listed.next());
+    overlay(&mut raw.model.path, first);
     overlay(&mut raw.model.name, a.name);
     overlay(&mut raw.model.version, a.model_version);
     overlay(&mut raw.model.intra_op_threads, a.intra_op_threads);
@@ -450,7 +453,11 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     check_name("model version", &model_version, &mut problems);
     let mut more_models = Vec::new();
     let mut names = std::collections::BTreeSet::from([model_name.clone()]);
-    let given = raw.models.iter().cloned().chain(args.more.iter().map(|path| RawMoreModel { path: path.clone(), ..RawMoreModel::default() }));
+    let given = raw
+        .models
+        .iter()
+        .cloned()
+        .chain(args.more.iter().chain(listed.as_slice()).map(|path| RawMoreModel { path: path.clone(), ..RawMoreModel::default() }));
     for (i, more) in given.enumerate() {
         let name = more.name.clone().unwrap_or_else(|| default_name(&more.path));
         check_name(&format!("models[{i}].name"), &name, &mut problems);
@@ -837,6 +844,32 @@ logging:
             (c.model_path.to_str().unwrap(), c.model_version.as_str(), c.port, c.log.level, c.log.json),
             ("/flag.onnx", "v10", 0, tracing::Level::WARN, false)
         );
+    }
+
+    /// Several models: the file's `models` list, then MORE arguments, then `--models`; each named
+    /// after its file or registry name unless the file names it; one name per model.
+    #[test]
+    fn several_models_from_the_file_the_arguments_and_models() {
+        let names = |c: &ServeConfig| {
+            std::iter::once((c.model_name.clone(), c.model_version.clone(), c.model_path.display().to_string()))
+                .chain(c.more_models.iter().map(|m| (m.name.clone(), m.version.clone(), m.path.display().to_string())))
+                .collect::<Vec<_>>()
+        };
+        let file = "model: {path: /m/fraud.onnx, version: v2}\nmodels:\n  - {path: /m/churn.onnx}\n  - {path: /m/x.onnx, name: risk, version: v7}\n";
+        let c = check(file, &[], &[]).unwrap();
+        let expected = [("fraud", "v2", "/m/fraud.onnx"), ("churn", "v2", "/m/churn.onnx"), ("risk", "v7", "/m/x.onnx")];
+        assert_eq!(names(&c), expected.map(|(n, v, p)| (n.to_owned(), v.to_owned(), p.to_owned())));
+        // MODEL replaces model.path, as on a server of one model; MORE adds to the list.
+        let c = check(file, &[], &["/m/first.onnx", "/m/extra.onnx"]).unwrap();
+        assert_eq!(names(&c).iter().map(|(n, _, _)| n.as_str()).collect::<Vec<_>>(), ["first", "churn", "risk", "extra"]);
+        let c = check("", &[], &["--models", "fraud@production,churn:3"]).unwrap();
+        assert_eq!(names(&c).iter().map(|(n, _, p)| (n.as_str(), p.as_str())).collect::<Vec<_>>(), [("fraud", "fraud@production"), ("churn", "churn:3")]);
+        let c = check("", &[], &["/m/a.onnx", "--models", "b.onnx"]).unwrap();
+        assert_eq!(names(&c).iter().map(|(n, _, _)| n.as_str()).collect::<Vec<_>>(), ["a", "b"], "MODEL first, --models after");
+        let e = check("", &[], &["/m/fraud.onnx", "/n/fraud.onnx"]).unwrap_err();
+        assert!(e.contains("two models are named 'fraud' (/n/fraud.onnx)") && e.contains("models[].name"), "{e}");
+        let e = check("models: [{path: /m/a.onnx, name: 'no/slash'}]\nmodel: {path: /m/b.onnx}\n", &[], &[]).unwrap_err();
+        assert!(e.contains("models[0].name 'no/slash' is not valid"), "{e}");
     }
 
     #[test]
