@@ -883,10 +883,17 @@ pub enum ModelsCommand {
         #[command(flatten)]
         convert: ConvertFlags,
     },
-    /// List models and versions
+    /// List models and versions: the registry's, or with --admin what a running server holds
+    /// loaded (versions, the memory each took, routing revision, rollout)
     Ls {
         /// Only this model
         name: Option<String>,
+        /// A running server's admin API (http://HOST:PORT): list what it serves instead
+        #[arg(long, value_name = "URL")]
+        admin: Option<String>,
+        /// The admin token's file [env: MODELSHIP_ADMIN_TOKEN; default: STATE_DIR/admin-token]
+        #[arg(long, value_name = "FILE", requires = "admin")]
+        token_file: Option<PathBuf>,
     },
     /// Show one version: NAME (latest), NAME:VERSION or NAME@ALIAS
     Show {

@@ -106,6 +106,9 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
     if let ModelsCommand::Fetch { digest, out } = &args.command {
         return fetch(args.artifacts.or_else(|| env.get("MODELSHIP_ARTIFACTS")), digest, out, json_out).await;
     }
+    if let ModelsCommand::Ls { name, admin: Some(admin), token_file } = &args.command {
+        return served(admin, token_file.clone(), name.as_deref(), json_out, &env);
+    }
     let registry = open_registry(args.registry, args.artifacts, &env)?;
     match args.command {
         ModelsCommand::Push { name, file, version, metrics, labels, description, max_size, warmup_sample, convert } => {
@@ -152,7 +155,7 @@ async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             };
             report_push(outcome, json_out, "pushed");
         }
-        ModelsCommand::Ls { name } => {
+        ModelsCommand::Ls { name, .. } => {
             let records = registry.list(name.as_deref()).await?;
             if json_out {
                 print_json(&records);
@@ -352,6 +355,37 @@ fn parse_pairs(pairs: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, 
 
 fn print_json<T: serde::Serialize>(value: &T) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+/// `models ls --admin URL`: what a running server serves, one row a model.
+fn served(admin: &str, token_file: Option<PathBuf>, only: Option<&str>, json_out: bool, env: &dyn Env) -> anyhow::Result<()> {
+    let admin = crate::traffic::Admin::connect(Some(admin.to_owned()), token_file, env)?;
+    let mut served: modelship_protocol::admin::ServedModels = admin.get("/models")?;
+    if let Some(only) = only {
+        served.models.retain(|m| m.name == only);
+        if served.models.is_empty() {
+            bail!("the server does not serve '{only}'; `modelship models ls --admin URL` lists what it serves");
+        }
+    }
+    if json_out {
+        print_json(&served);
+        return Ok(());
+    }
+    let mut rows = table(&["NAME", "STATE", "STABLE", "LOADED", "MEMORY", "REVISION", "ROLLOUT"]);
+    for m in &served.models {
+        let memory: Option<u64> = m.versions.iter().map(|v| v.memory_bytes).sum();
+        rows.add_row(vec![
+            if m.configured { m.name.clone() } else { format!("{} (repository)", m.name) },
+            m.error.as_ref().map_or_else(|| m.state.clone(), |e| format!("{}: {e}", m.state)),
+            m.stable.clone().unwrap_or_else(|| "-".to_owned()),
+            m.versions.iter().map(|v| v.version.as_str()).collect::<Vec<_>>().join(", "),
+            memory.map_or_else(|| "-".to_owned(), human_size),
+            m.revision.map_or_else(|| "-".to_owned(), |r| r.to_string()),
+            m.rollout.clone().unwrap_or_else(|| "-".to_owned()),
+        ]);
+    }
+    println!("{rows}");
+    Ok(())
 }
 
 fn table(header: &[&str]) -> Table {

@@ -424,3 +424,42 @@ mod tests {
         assert_eq!(unknown.to_string(), "unknown rollout command 'promote': use approve, pause, resume or abort");
     }
 }
+
+/// `GET /admin/v1/models`: every model a server serves, what it holds loaded and its rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServedModels {
+    pub models: Vec<ServedModel>,
+}
+
+/// One model of a server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServedModel {
+    pub name: String,
+    /// `READY`, `LOADING` or `UNAVAILABLE` (as the repository index says).
+    pub state: String,
+    /// The version requests go to when none is asked for; `None` until the model is ready.
+    pub stable: Option<String>,
+    /// The routing revision in force.
+    pub revision: Option<u64>,
+    /// Every version loaded (the stable one, a candidate, a shadow, one kept warm).
+    pub versions: Vec<LoadedVersion>,
+    /// True for a model the server was started with (it has a traffic writer and rollouts);
+    /// false for one loaded through the repository API.
+    pub configured: bool,
+    /// The phase of its latest rollout (`progressing`, `promoted`, `rolled_back`...), if any.
+    pub rollout: Option<String>,
+    /// Why it is not ready, or why the last attempt to replace it failed.
+    pub error: Option<String>,
+}
+
+/// One loaded version of a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadedVersion {
+    pub version: String,
+    /// The ONNX model's size.
+    pub model_bytes: u64,
+    /// How much the process's resident memory grew while the version loaded (its sessions,
+    /// weights and arenas); approximate when other work ran meanwhile; `None` where it cannot be read.
+    pub memory_bytes: Option<u64>,
+    pub load_seconds: f64,
+}

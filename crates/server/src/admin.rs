@@ -63,6 +63,7 @@ impl AdminState {
 pub fn app(state: AdminState) -> Router {
     let bounds = crate::api::body_bounds(&state.app.limits, ADMIN_BODY_LIMIT);
     Router::new()
+        .route("/admin/v1/models", get(served_models))
         .route("/admin/v1/models/{name}/traffic", get(status).post(change))
         .route("/admin/v1/models/{name}/traffic/rollback", post(rollback))
         .route("/admin/v1/models/{name}/traffic/history", get(history))
@@ -104,6 +105,54 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
 async fn feedback(State(state): State<AdminState>, Path(name): Path<String>, body: Bytes) -> Result<Response, ApiError> {
     state.model(&name)?;
     crate::api::feedback::join_labels(&state.app, &body).await
+}
+
+/// Every model served: what it holds loaded (with the memory each version took), its routing
+/// revision and its rollout's phase.
+async fn served_models(State(state): State<AdminState>) -> Response {
+    use modelship_protocol::admin::{LoadedVersion, ServedModel, ServedModels};
+    let errors = state.app.models.reload_errors();
+    let models = state
+        .app
+        .models
+        .snapshot()
+        .iter()
+        .map(|(name, slot)| {
+            let controls = state.models.get(name);
+            let rollout = controls.and_then(|c| c.rollouts.snapshot().rollout).and_then(|r| {
+                serde_json::to_value(&r.phase).ok().and_then(|p| p.get("phase").and_then(|p| p.as_str()).map(str::to_owned))
+            });
+            let mut model = ServedModel {
+                name: name.clone(),
+                state: String::new(),
+                stable: None,
+                revision: None,
+                versions: Vec::new(),
+                configured: controls.is_some(),
+                rollout,
+                error: errors.get(name).cloned(),
+            };
+            match slot {
+                crate::model::ModelSlot::Ready(served) => {
+                    model.state = "READY".to_owned();
+                    model.stable = Some(served.table.stable.clone());
+                    model.revision = Some(served.revision);
+                    model.versions = served
+                        .versions
+                        .values()
+                        .map(|m| LoadedVersion { version: m.version.clone(), model_bytes: m.model_bytes, memory_bytes: m.memory_bytes, load_seconds: m.load_seconds })
+                        .collect();
+                }
+                crate::model::ModelSlot::Loading { .. } => model.state = "LOADING".to_owned(),
+                crate::model::ModelSlot::Failed { error, .. } => {
+                    model.state = "UNAVAILABLE".to_owned();
+                    model.error = Some(error.clone());
+                }
+            }
+            model
+        })
+        .collect();
+    json(StatusCode::OK, &ServedModels { models })
 }
 
 async fn status(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {

@@ -31,6 +31,8 @@ pub struct Metrics {
     in_flight_at: [std::sync::OnceLock<prometheus::IntGauge>; Endpoint::COUNT],
     pub queue_length: IntGaugeVec,
     pub model_load_seconds: GaugeVec,
+    /// How much resident memory grew while a version loaded (approximate when loads overlap).
+    pub model_memory_bytes: IntGaugeVec,
     pub model_info: IntGaugeVec,
     /// Replacements of a served model by a new version (alias moves), by result.
     pub model_swaps: IntCounterVec,
@@ -85,6 +87,12 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(model_load_seconds.clone())).expect("unique metric");
+        let model_memory_bytes = IntGaugeVec::new(
+            Opts::new("modelship_model_memory_bytes", "How much the server's resident memory grew while the model version loaded (approximate when loads overlap)"),
+            &["model", "version"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(model_memory_bytes.clone())).expect("unique metric");
         Metrics {
             requests: counter(
                 &registry,
@@ -139,6 +147,7 @@ impl Metrics {
                 &["model", "version"],
             ),
             model_load_seconds,
+            model_memory_bytes,
             model_info: gauge(
                 &registry,
                 "modelship_model_info",
@@ -225,6 +234,7 @@ impl Metrics {
         let workers = workers.to_string();
         let _ = self.model_info.remove_label_values(&[model, version, platform, &workers]);
         let _ = self.model_load_seconds.remove_label_values(&[model, version]);
+        let _ = self.model_memory_bytes.remove_label_values(&[model, version]);
         let _ = self.queue_length.remove_label_values(&[model, version]);
     }
 

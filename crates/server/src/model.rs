@@ -79,6 +79,10 @@ pub struct LoadedModel {
     pub version: String,
     pub info: ModelInfo,
     pub load_seconds: f64,
+    /// The ONNX model's size.
+    pub model_bytes: u64,
+    /// How much resident memory grew while it loaded (approximate when loads overlap).
+    pub memory_bytes: Option<u64>,
     pub pool_config: PoolConfig,
     pool: WorkerPool,
     inference_time: Histogram,
@@ -134,7 +138,9 @@ impl LoadedModel {
     /// Loads `model` (blocking: call it off the reactor) and registers its metrics.
     pub fn load(backend: Arc<dyn Backend>, model: Arc<[u8]>, spec: &ModelSpec, metrics: &Metrics) -> Result<Self, InferError> {
         let started = Instant::now();
+        let (resident_before, model_bytes) = (resident_bytes(), model.len() as u64);
         let (pool, info) = WorkerPool::start(backend, model, &spec.pool, &format!("infer-{}", spec.name))?;
+        let memory_bytes = resident_before.zip(resident_bytes()).map(|(before, after)| after.saturating_sub(before));
         if spec.pool.batching.is_some() && !modelship_protocol::model_config::batches_rows(&info) {
             return Err(InferError::Load(format!(
                 "dynamic batching needs a dynamic first dimension on every input and output, and model '{}' has none on at least one ({}); turn dynamic batching off for it",
@@ -145,6 +151,9 @@ impl LoadedModel {
         let load_seconds = started.elapsed().as_secs_f64();
         let labels = [spec.name.as_str(), spec.version.as_str()];
         metrics.model_load_seconds.with_label_values(&labels).set(load_seconds);
+        if let Some(bytes) = memory_bytes {
+            metrics.model_memory_bytes.with_label_values(&labels).set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         metrics
             .model_info
             .with_label_values(&[&spec.name, &spec.version, &info.platform, &pool.workers().to_string()])
@@ -154,6 +163,8 @@ impl LoadedModel {
             version: spec.version.clone(),
             info,
             load_seconds,
+            model_bytes,
+            memory_bytes,
             pool_config: spec.pool.clone(),
             pool,
             inference_time: metrics.inference_duration.with_label_values(&labels),
@@ -482,6 +493,13 @@ pub enum ModelSlot {
     Loading { version: String },
     Ready(Arc<Served>),
     Failed { version: String, error: String },
+}
+
+/// This process's resident memory (`VmRSS` of `/proc/self/status`), where it can be read.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Models by name. Read on every request, written rarely: readers take a snapshot without locks.

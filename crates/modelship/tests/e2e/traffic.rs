@@ -575,6 +575,32 @@ fn serve_takes_several_models_each_with_its_own_routing() {
     for (model, revision) in [("fraud", 0.0), ("churn", 1.0), ("steady", 0.0)] {
         assert_eq!(server.metric("modelship_traffic_revision", &[&format!(r#"model="{model}""#)]), Some(revision), "{model}");
     }
+    // What the server holds: each model, its versions, the memory each took, its revision.
+    let admin = format!("http://{}", server.ready["admin"].as_str().unwrap());
+    let ls = |args: &[&str]| command().args(["models", "ls", "--admin", &admin]).args(args).env("MODELSHIP_STATE_DIR", fleet.state.path()).output().unwrap();
+    let out = ls(&["--output", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let served: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary: Vec<(String, String, Vec<String>, u64)> = served["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let versions = m["versions"].as_array().unwrap();
+            (
+                m["name"].as_str().unwrap().to_owned(),
+                m["stable"].as_str().unwrap().to_owned(),
+                versions.iter().map(|v| v["version"].as_str().unwrap().to_owned()).collect(),
+                versions.iter().map(|v| v["model_bytes"].as_u64().unwrap()).sum(),
+            )
+        })
+        .collect();
+    assert_eq!(summary.iter().map(|(n, s, _, _)| (n.as_str(), s.as_str())).collect::<Vec<_>>(), [("churn", "2"), ("fraud", "1"), ("steady", "1")], "{served}");
+    assert!(summary.iter().all(|(_, _, versions, bytes)| !versions.is_empty() && *bytes > 0), "{served}");
+    let table = String::from_utf8_lossy(&ls(&[]).stdout).into_owned();
+    assert!(table.contains("NAME") && table.contains("MEMORY") && table.lines().any(|l| l.trim_start().starts_with("steady")), "{table}");
+    let one = ls(&["churn", "--output", "json"]);
+    assert_eq!(serde_json::from_slice::<Value>(&one.stdout).unwrap()["models"].as_array().map(Vec::len), Some(1));
     // Two models of one name are refused before anything starts, naming the fix.
     let out = command().args(["serve", "fraud:1", "fraud:2", "--registry"]).arg(fleet.registry.path()).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

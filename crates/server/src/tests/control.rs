@@ -178,6 +178,19 @@ async fn the_admin_api_answers_in_its_shared_types() {
     assert_eq!((r.phase, r.current_step), (Phase::RolledBack { reason: "aborted: enough".to_owned() }, None));
     let history: Vec<RolloutDecision> = serde_json::from_slice(&read(call("GET", "/rollout/history", "").await)).unwrap();
     assert_eq!(history.iter().map(|d| d.decision.reason.as_str()).collect::<Vec<_>>(), ["rollout started; step 1 of 2", "aborted: enough"]);
+
+    // Every model served, what it holds loaded and its rollout.
+    let request = http::Request::builder().uri("/admin/v1/models").header("authorization", format!("Bearer {TOKEN}")).body(axum::body::Body::empty()).unwrap();
+    let response = crate::admin::app(admin.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    let served: modelship_protocol::admin::ServedModels = serde_json::from_slice(&read((status, body))).unwrap();
+    let [fraud] = served.models.as_slice() else { panic!("one model: {served:?}") };
+    assert_eq!(
+        (fraud.name.as_str(), fraud.state.as_str(), fraud.stable.as_deref(), fraud.configured, fraud.rollout.as_deref()),
+        ("fraud", "READY", Some("1"), true, Some("rolled_back"))
+    );
+    assert_eq!(fraud.versions.iter().map(|v| (v.version.as_str(), v.model_bytes)).collect::<Vec<_>>(), [("1", 7)], "scale=1 is 7 bytes; 2 went with the rollback");
 }
 
 const TOKEN: &str = "control-token-0123456789";
