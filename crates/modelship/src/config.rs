@@ -75,6 +75,12 @@ pub struct RawMoreModel {
     pub name: Option<String>,
     pub path: PathBuf,
     pub version: Option<String>,
+    /// This model's own workers, queue, threads per inference and batching (default: the
+    /// server's `server.workers`, `model.max_queue`, `model.intra_op_threads`, `model.dynamic_batching`).
+    pub workers: Option<usize>,
+    pub max_queue: Option<usize>,
+    pub intra_op_threads: Option<usize>,
+    pub dynamic_batching: Option<RawBatching>,
 }
 
 /// `model.dynamic_batching`, with Triton's field names.
@@ -200,6 +206,8 @@ pub struct MoreModel {
     pub name: String,
     pub version: String,
     pub path: PathBuf,
+    /// Where its limits are its own.
+    pub limits: modelship_server::ModelLimits,
 }
 
 /// Inference API keys and TLS. The key file is read when the server starts (`resolve` reads
@@ -469,7 +477,19 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
                 more.path.display()
             ));
         }
-        more_models.push(MoreModel { name, version, path: more.path });
+        let key = |field: &str| format!("models[{i}].{field}");
+        if let Some(w) = more.workers {
+            check_range(&key("workers"), w, 1, 256, &mut problems);
+        }
+        if let Some(q) = more.max_queue {
+            check_range(&key("max_queue"), q, 1, 1_000_000, &mut problems);
+        }
+        if let Some(t) = more.intra_op_threads {
+            check_range(&key("intra_op_threads"), t, 1, 256, &mut problems);
+        }
+        let batching = more.dynamic_batching.as_ref().map(|b| resolve_batching(b, &key("dynamic_batching"), &mut problems));
+        let limits = modelship_server::ModelLimits { workers: more.workers, max_queue: more.max_queue, intra_op_threads: more.intra_op_threads, batching };
+        more_models.push(MoreModel { name, version, path: more.path, limits });
     }
 
     let workers = raw.server.workers.unwrap_or_else(default_workers);
@@ -547,27 +567,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     if grpc_port != 0 && grpc_port == port {
         problems.push(format!("server.grpc_port {grpc_port} is the HTTP port too; give gRPC its own port"));
     }
-    let batching = raw.model.dynamic_batching.as_ref().map(|b| {
-        let max_batch_size = b.max_batch_size.unwrap_or(32);
-        check_range("model.dynamic_batching.max_batch_size", max_batch_size, 1, 65_536, &mut problems);
-        let delay = b.max_queue_delay_microseconds.unwrap_or(500);
-        if delay > 10_000_000 {
-            problems.push(format!("model.dynamic_batching.max_queue_delay_microseconds is {delay}; it must be at most 10000000 (10 s)"));
-        }
-        let mut preferred = b.preferred_batch_size.clone();
-        preferred.sort_unstable();
-        preferred.dedup();
-        for &p in &preferred {
-            if p == 0 || p > max_batch_size {
-                problems.push(format!("model.dynamic_batching.preferred_batch_size {p} must be between 1 and max_batch_size ({max_batch_size})"));
-            }
-        }
-        modelship_server::Batching {
-            max_batch_size,
-            max_queue_delay: Duration::from_micros(delay),
-            preferred_batch_sizes: preferred,
-        }
-    });
+    let batching = raw.model.dynamic_batching.as_ref().map(|b| resolve_batching(b, "model.dynamic_batching", &mut problems));
 
     let level = raw.logging.level.as_deref().unwrap_or("info");
     let level = parse_level(level).unwrap_or_else(|| {
@@ -701,6 +701,26 @@ fn default_workers() -> usize {
 
 /// The registry model's name for a reference (`fraud@production`), else the file name without
 /// `.onnx`, made into a valid name.
+/// `dynamic_batching` (the server's, `model.dynamic_batching`, or one model's) checked; `key`
+/// names it in problems.
+fn resolve_batching(b: &RawBatching, key: &str, problems: &mut Vec<String>) -> modelship_server::Batching {
+    let max_batch_size = b.max_batch_size.unwrap_or(32);
+    check_range(&format!("{key}.max_batch_size"), max_batch_size, 1, 65_536, problems);
+    let delay = b.max_queue_delay_microseconds.unwrap_or(500);
+    if delay > 10_000_000 {
+        problems.push(format!("{key}.max_queue_delay_microseconds is {delay}; it must be at most 10000000 (10 s)"));
+    }
+    let mut preferred = b.preferred_batch_size.clone();
+    preferred.sort_unstable();
+    preferred.dedup();
+    for &p in &preferred {
+        if p == 0 || p > max_batch_size {
+            problems.push(format!("{key}.preferred_batch_size {p} must be between 1 and max_batch_size ({max_batch_size})"));
+        }
+    }
+    modelship_server::Batching { max_batch_size, max_queue_delay: Duration::from_micros(delay), preferred_batch_sizes: preferred }
+}
+
 fn default_name(path: &Path) -> String {
     if let Some(reference) = path.to_str().filter(|s| modelship_registry::ModelRef::looks_like_reference(s))
         && let Ok(r) = modelship_registry::ModelRef::parse(reference)
@@ -870,6 +890,20 @@ logging:
         assert!(e.contains("two models are named 'fraud' (/n/fraud.onnx)") && e.contains("models[].name"), "{e}");
         let e = check("models: [{path: /m/a.onnx, name: 'no/slash'}]\nmodel: {path: /m/b.onnx}\n", &[], &[]).unwrap_err();
         assert!(e.contains("models[0].name 'no/slash' is not valid"), "{e}");
+    }
+
+    /// A model of the list may have its own workers, queue, threads and batching; what it leaves
+    /// out is the server's. Each bad value is named with its entry.
+    #[test]
+    fn a_listed_model_has_limits_of_its_own() {
+        let file = "model: {path: /m/fraud.onnx}\nmodels:\n  - {path: /m/churn.onnx, workers: 2, max_queue: 16, dynamic_batching: {max_batch_size: 8, max_queue_delay_microseconds: 200}}\n  - {path: /m/plain.onnx}\n";
+        let c = check(file, &[], &[]).unwrap();
+        let churn = &c.more_models[0].limits;
+        assert_eq!((churn.workers, churn.max_queue, churn.intra_op_threads), (Some(2), Some(16), None));
+        assert_eq!(churn.batching.as_ref().map(|b| (b.max_batch_size, b.max_queue_delay)), Some((8, Duration::from_micros(200))));
+        assert_eq!(c.more_models[1].limits, modelship_server::ModelLimits::default());
+        let e = check("model: {path: /m/a.onnx}\nmodels: [{path: /m/b.onnx, workers: 0, dynamic_batching: {max_batch_size: 0}}]\n", &[], &[]).unwrap_err();
+        assert!(e.contains("models[0].workers") && e.contains("models[0].dynamic_batching.max_batch_size"), "{e}");
     }
 
     #[test]

@@ -264,6 +264,7 @@ mod runtime {
             bytes,
             warm_up: crate::startup::warm_up(config)?,
             described_as: source.clone(),
+            limits: Default::default(),
         };
         // Inference API keys only: a function has no admin API.
         let credentials = Credentials::new(None, &config.security.api_keys_env);

@@ -99,6 +99,18 @@ impl Settings {
         }
     }
 
+    /// The pool of a model with limits of its own; what it leaves out is the server's.
+    pub fn pool_for(&self, limits: &ModelLimits) -> PoolConfig {
+        let pool = self.pool();
+        PoolConfig {
+            workers: limits.workers.unwrap_or(pool.workers),
+            max_queue: limits.max_queue.unwrap_or(pool.max_queue),
+            load: LoadOptions { intra_op_threads: limits.intra_op_threads.unwrap_or(self.intra_op_threads) },
+            batching: limits.batching.clone().or(pool.batching.clone()),
+            ..pool
+        }
+    }
+
     /// Lambda's pool: an instance gets one event at a time, so one worker, no batching, and
     /// never a request waiting to join another.
     pub fn direct_pool(&self) -> PoolConfig {
@@ -124,7 +136,16 @@ impl Settings {
     }
 }
 
-/// The model the server starts with.
+/// One model's own limits, where they differ from the server's (`models[]` in the file).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelLimits {
+    pub workers: Option<usize>,
+    pub max_queue: Option<usize>,
+    pub intra_op_threads: Option<usize>,
+    pub batching: Option<Batching>,
+}
+
+/// A model the server starts with.
 pub struct Model {
     pub name: String,
     pub version: String,
@@ -134,6 +155,8 @@ pub struct Model {
     pub warm_up: WarmUp,
     /// Where it came from, for messages.
     pub described_as: String,
+    /// Its queue, workers and batching, where they are not the server's.
+    pub limits: ModelLimits,
 }
 
 /// Where the model came from, which decides what is followed and where versions come from.
@@ -399,8 +422,8 @@ async fn start_model(
     http: &SocketAddr,
     tls: bool,
 ) -> Result<(ModelSpec, LoadedModel), (Option<ModelSpec>, Option<String>)> {
-    let Model { name, version, bytes, warm_up, described_as: described } = model;
-    let spec = ModelSpec { name, version, pool: settings.pool(), warm_up };
+    let Model { name, version, bytes, warm_up, described_as: described, limits } = model;
+    let spec = ModelSpec { name, version, pool: settings.pool_for(&limits), warm_up };
     // The version served first: its own sample, when the registry holds one.
     let first_warm_up = match source {
         Source::Registry { registry, record, .. } => {

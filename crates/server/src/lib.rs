@@ -58,7 +58,7 @@ mod testing;
 mod tests;
 mod state;
 
-pub use app::{Addresses, App, BuildError, Config, Features, Model, Settings, Source, build_direct};
+pub use app::{Addresses, App, BuildError, Config, Features, Model, ModelLimits, Settings, Source, build_direct};
 pub use auth::{Credentials, read_api_keys};
 pub use follow::{Prepare, digest as file_digest};
 pub use model::{DEFAULT_WARM_UP_REQUESTS, WarmUp, WarmUpSample};

@@ -132,6 +132,7 @@ impl Fixtures {
                     bytes: bytes.to_vec().into(),
                     warm_up: WarmUp { requests: 1, sample: None },
                     described_as: format!("{name}:{version} (registry {})", self.dir.path().display()),
+                    limits: Default::default(),
                 };
                 (model, Source::Registry { registry: Arc::clone(&self.registry), reference, record })
             })

@@ -607,3 +607,23 @@ fn serve_takes_several_models_each_with_its_own_routing() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("two models are named 'fraud'") && err.contains("models[].name"), "{err}");
 }
+
+/// A model of the config file's `models` list with workers and batching of its own: its
+/// configuration says so, and the server's own model keeps the server's.
+#[test]
+fn a_listed_model_runs_with_its_own_workers_and_batching() {
+    let fleet = fleet();
+    let out = command().args(["models", "push", "churn", &model("fraud"), "--version", "1", "--registry"]).arg(fleet.registry.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = fleet.state.path().join("serving.yaml");
+    std::fs::write(&config, "models:\n  - {path: 'churn:1', workers: 2, dynamic_batching: {max_batch_size: 8}}\n").unwrap();
+    let server = fleet.serve(&["--config", config.to_str().unwrap(), "--workers", "1"]);
+    let shape = |name: &str| {
+        let c = server.get(&format!("/v2/models/{name}/config")).json();
+        (c["max_batch_size"].as_u64(), c["instance_group"][0]["count"].as_u64(), c["dynamic_batching"]["max_queue_delay_microseconds"].as_u64())
+    };
+    assert_eq!(shape("churn"), (Some(8), Some(2), Some(500)), "churn's own");
+    assert_ne!(shape("fraud").1, Some(2), "fraud keeps the server's one worker");
+    let r = server.post("/v2/models/churn/infer", &fraud_body(3));
+    assert_eq!(r.status, 200, "{}", r.text);
+}
