@@ -75,8 +75,9 @@ pub struct RawMoreModel {
     pub name: Option<String>,
     pub path: PathBuf,
     pub version: Option<String>,
-    /// This model's own workers, queue, threads per inference and batching (default: the
-    /// server's `server.workers`, `model.max_queue`, `model.intra_op_threads`, `model.dynamic_batching`).
+    /// This model's own workers, queue and threads per inference (default: the server's
+    /// `server.workers`, `model.max_queue`, `model.intra_op_threads`), and its batching (default:
+    /// none, since batching depends on the model's shapes).
     pub workers: Option<usize>,
     pub max_queue: Option<usize>,
     pub intra_op_threads: Option<usize>,
@@ -447,6 +448,20 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         problems.push("registry.poll_seconds must be at least 0.05".to_owned());
     }
 
+    // A file that lists its models under `models:` alone: the first is the server's own.
+    let promoted = usize::from(raw.model.path.is_none() && !raw.models.is_empty());
+    if promoted == 1 {
+        let first = raw.models.remove(0);
+        if first.workers.is_some() || first.max_queue.is_some() || first.intra_op_threads.is_some() || first.dynamic_batching.is_some() {
+            problems.push(
+                "models[0] is the server's own model (the file has no model.path): set its workers, queue and batching as server.workers and model.*, not in its entry".to_owned(),
+            );
+        }
+        raw.model.path = Some(first.path);
+        raw.model.name = raw.model.name.take().or(first.name);
+        raw.model.version = raw.model.version.take().or(first.version);
+    }
+
     // Checks.
     let model_path = raw.model.path.clone().unwrap_or_else(|| {
         problems.push(
@@ -466,18 +481,21 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         .iter()
         .cloned()
         .chain(args.more.iter().chain(listed.as_slice()).map(|path| RawMoreModel { path: path.clone(), ..RawMoreModel::default() }));
+    let in_file = raw.models.len();
     for (i, more) in given.enumerate() {
+        // Entries of the file are named by their index; the others (MORE, --models) by their path.
+        let path = more.path.display().to_string();
+        let key = move |field: &str| if i < in_file { format!("models[{}].{field}", i + promoted) } else { format!("the {field} of model {path}") };
         let name = more.name.clone().unwrap_or_else(|| default_name(&more.path));
-        check_name(&format!("models[{i}].name"), &name, &mut problems);
+        check_name(&key("name"), &name, &mut problems);
         let version = more.version.clone().unwrap_or_else(|| model_version.clone());
-        check_name(&format!("models[{i}].version"), &version, &mut problems);
+        check_name(&key("version"), &version, &mut problems);
         if !names.insert(name.clone()) {
             problems.push(format!(
                 "two models are named '{name}' ({}); name one with models[].name in the config file (or --name for the first)",
                 more.path.display()
             ));
         }
-        let key = |field: &str| format!("models[{i}].{field}");
         if let Some(w) = more.workers {
             check_range(&key("workers"), w, 1, 256, &mut problems);
         }
@@ -487,7 +505,8 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         if let Some(t) = more.intra_op_threads {
             check_range(&key("intra_op_threads"), t, 1, 256, &mut problems);
         }
-        let batching = more.dynamic_batching.as_ref().map(|b| resolve_batching(b, &key("dynamic_batching"), &mut problems));
+        // Batching depends on a model's shapes: a listed model batches only when its entry says so.
+        let batching = Some(more.dynamic_batching.as_ref().map(|b| resolve_batching(b, &key("dynamic_batching"), &mut problems)));
         let limits = modelship_server::ModelLimits { workers: more.workers, max_queue: more.max_queue, intra_op_threads: more.intra_op_threads, batching };
         more_models.push(MoreModel { name, version, path: more.path, limits });
     }
@@ -699,8 +718,6 @@ fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// The registry model's name for a reference (`fraud@production`), else the file name without
-/// `.onnx`, made into a valid name.
 /// `dynamic_batching` (the server's, `model.dynamic_batching`, or one model's) checked; `key`
 /// names it in problems.
 fn resolve_batching(b: &RawBatching, key: &str, problems: &mut Vec<String>) -> modelship_server::Batching {
@@ -721,6 +738,8 @@ fn resolve_batching(b: &RawBatching, key: &str, problems: &mut Vec<String>) -> m
     modelship_server::Batching { max_batch_size, max_queue_delay: Duration::from_micros(delay), preferred_batch_sizes: preferred }
 }
 
+/// The registry model's name for a reference (`fraud@production`), else the file name without
+/// `.onnx`, made into a valid name.
 fn default_name(path: &Path) -> String {
     if let Some(reference) = path.to_str().filter(|s| modelship_registry::ModelRef::looks_like_reference(s))
         && let Ok(r) = modelship_registry::ModelRef::parse(reference)
@@ -890,6 +909,17 @@ logging:
         assert!(e.contains("two models are named 'fraud' (/n/fraud.onnx)") && e.contains("models[].name"), "{e}");
         let e = check("models: [{path: /m/a.onnx, name: 'no/slash'}]\nmodel: {path: /m/b.onnx}\n", &[], &[]).unwrap_err();
         assert!(e.contains("models[0].name 'no/slash' is not valid"), "{e}");
+        let e = check("", &[], &["/m/a.onnx", "/m/b c.onnx", "--model-version", "v1"]).map(|c| c.more_models[0].name.clone());
+        assert_eq!(e.as_deref(), Ok("b-c"), "a file name becomes a valid name");
+        let e = check("", &[], &["/m/a.onnx", "/m/b.onnx", "--model-version", "bad/v"]).unwrap_err();
+        assert!(e.contains("the version of model /m/b.onnx 'bad/v' is not valid"), "an argument is named by its path: {e}");
+        // A file with a models list alone: the first is the server's own; indices stay the file's.
+        let c = check("models:\n  - {path: /m/a.onnx, version: v3}\n  - {path: /m/b.onnx}\n", &[], &[]).unwrap();
+        assert_eq!((c.model_name.as_str(), c.model_version.as_str(), c.more_models.len()), ("a", "v3", 1));
+        let e = check("models:\n  - {path: /m/a.onnx}\n  - {path: /m/b.onnx, workers: 0}\n", &[], &[]).unwrap_err();
+        assert!(e.contains("models[1].workers"), "{e}");
+        let e = check("models: [{path: /m/a.onnx, workers: 2}]\n", &[], &[]).unwrap_err();
+        assert!(e.contains("models[0] is the server's own model"), "{e}");
     }
 
     /// A model of the list may have its own workers, queue, threads and batching; what it leaves
@@ -900,8 +930,8 @@ logging:
         let c = check(file, &[], &[]).unwrap();
         let churn = &c.more_models[0].limits;
         assert_eq!((churn.workers, churn.max_queue, churn.intra_op_threads), (Some(2), Some(16), None));
-        assert_eq!(churn.batching.as_ref().map(|b| (b.max_batch_size, b.max_queue_delay)), Some((8, Duration::from_micros(200))));
-        assert_eq!(c.more_models[1].limits, modelship_server::ModelLimits::default());
+        assert_eq!(churn.batching.clone().flatten().map(|b| (b.max_batch_size, b.max_queue_delay)), Some((8, Duration::from_micros(200))));
+        assert_eq!(c.more_models[1].limits, modelship_server::ModelLimits { batching: Some(None), ..Default::default() }, "no batching of its own: none");
         let e = check("model: {path: /m/a.onnx}\nmodels: [{path: /m/b.onnx, workers: 0, dynamic_batching: {max_batch_size: 0}}]\n", &[], &[]).unwrap_err();
         assert!(e.contains("models[0].workers") && e.contains("models[0].dynamic_batching.max_batch_size"), "{e}");
     }

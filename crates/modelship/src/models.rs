@@ -373,7 +373,8 @@ fn served(admin: &str, token_file: Option<PathBuf>, only: Option<&str>, json_out
     }
     let mut rows = table(&["NAME", "STATE", "STABLE", "LOADED", "MEMORY", "REVISION", "ROLLOUT"]);
     for m in &served.models {
-        let memory: Option<u64> = m.versions.iter().map(|v| v.memory_bytes).sum();
+        // Nothing loaded (loading, failed): no figure, rather than 0 B.
+        let memory: Option<u64> = if m.versions.is_empty() { None } else { m.versions.iter().map(|v| v.memory_bytes).sum() };
         rows.add_row(vec![
             if m.configured { m.name.clone() } else { format!("{} (repository)", m.name) },
             m.error.as_ref().map_or_else(|| m.state.clone(), |e| format!("{}: {e}", m.state)),

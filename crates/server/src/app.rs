@@ -106,7 +106,7 @@ impl Settings {
             workers: limits.workers.unwrap_or(pool.workers),
             max_queue: limits.max_queue.unwrap_or(pool.max_queue),
             load: LoadOptions { intra_op_threads: limits.intra_op_threads.unwrap_or(self.intra_op_threads) },
-            batching: limits.batching.clone().or(pool.batching.clone()),
+            batching: limits.batching.clone().unwrap_or(pool.batching.clone()),
             ..pool
         }
     }
@@ -142,7 +142,9 @@ pub struct ModelLimits {
     pub workers: Option<usize>,
     pub max_queue: Option<usize>,
     pub intra_op_threads: Option<usize>,
-    pub batching: Option<Batching>,
+    /// `None`: the server's batching; `Some(None)`: none for this model; `Some(Some(b))`: `b`.
+    /// Batching depends on a model's shapes, so a listed model has its own or none.
+    pub batching: Option<Option<Batching>>,
 }
 
 /// A model the server starts with.
@@ -320,8 +322,9 @@ impl Config {
             loaded_models.push((spec, source));
         }
 
-        let mut controls = Vec::with_capacity(loaded_models.len());
-        let mut followers = Vec::new();
+        // Every model's source is checked before any background work starts: a start that fails
+        // on the second model has run no rollout loop of the first.
+        let mut traffics = Vec::with_capacity(loaded_models.len());
         for (spec, source) in loaded_models {
             let (registry, registry_model, traffic_source) = match &source {
                 Source::Registry { registry, reference, .. } => (Some(Arc::clone(registry)), reference.name().to_owned(), TrafficSource::registry(reference)),
@@ -334,6 +337,11 @@ impl Config {
             if let Err(e) = traffic.check_source().await {
                 return Err(stop_failed(&state, &spec, server, e).await);
             }
+            traffics.push((traffic, spec, source));
+        }
+        let mut controls = Vec::with_capacity(traffics.len());
+        let mut followers = Vec::new();
+        for (traffic, spec, source) in traffics {
             if let Err(e) = traffic.resume(&state).await {
                 tracing::warn!(model = %spec.name, error = %e, "cannot restore the recorded routing; serving the stable version only");
             }

@@ -224,6 +224,16 @@ impl Metrics {
         self.traffic_revision.with_label_values(&[model]).set(revision as i64);
     }
 
+    /// Drops `model`'s routing gauges (weights of `versions`, the revision): it is not served any more.
+    pub fn forget_traffic<'a>(&self, model: &str, versions: impl Iterator<Item = &'a str>) {
+        for v in versions {
+            for role in ["stable", "candidate", "shadow"] {
+                let _ = self.traffic_weight.remove_label_values(&[model, v, role]);
+            }
+        }
+        let _ = self.traffic_revision.remove_label_values(&[model]);
+    }
+
     /// The in-flight gauge of `endpoint`: `with_label_values` hashes and locks on every call.
     pub fn in_flight_at(&self, endpoint: Endpoint) -> &prometheus::IntGauge {
         self.in_flight_at[endpoint.index()].get_or_init(|| self.in_flight.with_label_values(&[endpoint.label()]))

@@ -618,9 +618,14 @@ impl ModelTable {
             Some(ModelSlot::Ready(previous)) => Some(previous),
             _ => None,
         };
-        if let Some(next) = next {
-            let versions = next.versions.keys().chain(previous.into_iter().flat_map(|p| p.versions.keys()));
-            self.metrics.publish_traffic(name, &next.table, next.revision, versions.map(String::as_str));
+        match (next, previous) {
+            (Some(next), _) => {
+                let versions = next.versions.keys().chain(previous.into_iter().flat_map(|p| p.versions.keys()));
+                self.metrics.publish_traffic(name, &next.table, next.revision, versions.map(String::as_str));
+            }
+            // Unloaded or failed: no routing of it is left to report.
+            (None, Some(previous)) => self.metrics.forget_traffic(name, previous.versions.keys().map(String::as_str)),
+            (None, None) => {}
         }
         let Some(previous) = previous else { return };
         for gone in previous.versions.values().filter(|m| next.is_none_or(|n| !n.versions.contains_key(&m.version))) {

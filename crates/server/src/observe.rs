@@ -8,7 +8,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use modelship_inference::Tensor;
 use modelship_rollout::check::Sample;
@@ -20,8 +19,6 @@ const REMEMBERED: usize = 100_000;
 
 #[derive(Default)]
 pub struct Observations {
-    /// Whether any model records (read on every request: the common answer, no, costs one load).
-    any: AtomicBool,
     /// The models whose rollout is running: only their requests are recorded. Read without a
     /// lock on every request while any rollout runs; written when one starts or ends.
     recording: arc_swap::ArcSwap<std::collections::HashSet<String>>,
@@ -57,11 +54,12 @@ impl Observations {
         if !on {
             self.samples.lock().unwrap_or_else(|p| p.into_inner()).by_version.retain(|(m, _), _| m != model);
         }
-        self.any.store(!self.recording.load().is_empty(), Ordering::Relaxed);
     }
 
     pub fn is_recording(&self, model: &str) -> bool {
-        self.any.load(Ordering::Relaxed) && self.recording.load().contains(model)
+        // No rollout running, the common case: one lock-free load and a length check.
+        let recording = self.recording.load();
+        !recording.is_empty() && recording.contains(model)
     }
 
     /// One answered request: `failed` for a server-side failure, its latency, and the model's

@@ -230,13 +230,15 @@ impl Traffic {
             tracing::warn!(model = %self.spec.name, error = %e, "cannot apply the latest routing before a rollout's change");
         }
         // Another replica may commit between the read and the commit (a leader applying the
-        // step this replica's `rollout start` applies too): the conflict applied the winner's
+        // step this replica's `rollout start` applies too): the lost commit applied the winner's
         // table, so deciding again either finds the target in force or commits on top of it.
+        // Only a lost commit is retried: a version that does not load is refused once.
         let mut attempts = 0;
         loop {
             attempts += 1;
+            let before = state.models.served(&self.spec.name)?.revision;
             match self.ensure_locked(state, version, target, actor, reason).await {
-                Err(ApiError::Conflict(_)) if attempts < 3 => continue,
+                Err(ApiError::Conflict(_)) if attempts < 3 && state.models.served(&self.spec.name).is_ok_and(|s| s.revision != before) => continue,
                 result => return result,
             }
         }

@@ -142,11 +142,22 @@ fn a_failing_candidate_is_rolled_back_by_itself() {
 #[test]
 fn status_answers_while_a_webhook_gate_hangs() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
     let hook = format!("http://{}/gate", listener.local_addr().unwrap());
     let (release, released) = std::sync::mpsc::channel::<()>();
+    let (accepted, gate_asked) = std::sync::mpsc::channel::<()>();
     let held = thread::spawn(move || {
-        let conn = listener.incoming().next();
-        // Held until the test has its answers (bounded, so a failing test still ends).
+        // Every wait bounded, so a failing test still ends.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let conn = loop {
+            match listener.accept() {
+                Ok((conn, _)) => break Some(conn),
+                Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                Err(_) => break None,
+            }
+        };
+        let _ = accepted.send(());
+        // Held, unanswered, until the test has its answers.
         let _ = released.recv_timeout(Duration::from_secs(120));
         drop(conn);
     });
@@ -154,6 +165,7 @@ fn status_answers_while_a_webhook_gate_hangs() {
     let app = fixtures.serve("1", fixtures.settings());
     start(&app, json!({"to": "2", "steps": [{"webhook": {"url": hook}}, {"weight": {"weight": "100%", "hold": "0s"}}], "interval": "200ms"}));
     wait_phase(&app, "awaiting_webhook");
+    gate_asked.recv_timeout(Duration::from_secs(120)).expect("the rollout called its webhook");
     for _ in 0..3 {
         assert_eq!(rollout_status(&app)["phase"]["phase"], "awaiting_webhook");
     }
@@ -249,9 +261,14 @@ fn three_models_roll_out_independently_on_one_server() {
         assert!(Instant::now() < deadline, "fraud {}, churn {}", phase_of("fraud"), phase_of("churn"));
         thread::sleep(Duration::from_millis(100));
     }
-    // The rollback's routing applied (the decision is recorded, then applied): fraud back on 1.
-    while !app.admin_of("fraud", "GET", "traffic", None).json()["traffic"]["candidate"].is_null() {
-        assert!(Instant::now() < deadline, "the rollback's routing was never applied");
+    // Each decision's routing applied (a decision is recorded, then applied): fraud back on 1,
+    // churn on 2 alone.
+    let settled = |model: &str, stable: &str| {
+        let t = app.admin_of(model, "GET", "traffic", None).json();
+        t["traffic"]["stable"] == stable && t["traffic"]["candidate"].is_null()
+    };
+    while !settled("fraud", "1") || !settled("churn", "2") {
+        assert!(Instant::now() < deadline, "the rollouts' routing was never applied");
         thread::sleep(Duration::from_millis(50));
     }
     thread::sleep(Duration::from_millis(300));

@@ -121,11 +121,11 @@ impl Embedded {
     }
 }
 
-/// Upgrades a file written by an older version: adds `table.column` (TEXT, NULL in old rows) when
-/// the table has none. `table` and `column` are this module's own names, never a user's.
 /// Files written before a server served several models numbered rollouts across all models
 /// (`rollouts`, `rollout_decisions`); each model numbers its own now, as the shared stores do.
-/// The old rows move to the per-model tables once, in one transaction, and the old tables go.
+/// The old rows move to the per-model tables once, in one transaction, and the old tables go. A
+/// row that would collide with one already moved (an older binary that ran on the file after an
+/// upgrade) fails the upgrade, naming the file, rather than being dropped.
 fn upgrade_rollouts(conn: &Connection, path: &Path) -> Result<(), String> {
     let legacy = conn
         .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rollouts'")
@@ -139,7 +139,7 @@ fn upgrade_rollouts(conn: &Connection, path: &Path) -> Result<(), String> {
     add_column_if_missing(conn, path, "rollouts", "record")?;
     conn.execute_batch(
         "BEGIN;
-         INSERT OR IGNORE INTO model_rollouts (model, id, stable, state, done, updated_ms, record)
+         INSERT INTO model_rollouts (model, id, stable, state, done, updated_ms, record)
              SELECT model, id, stable, state, done, updated_ms, record FROM rollouts;
          INSERT INTO model_rollout_decisions (model, rollout, decision)
              SELECT r.model, d.rollout, d.decision FROM rollout_decisions d JOIN rollouts r ON r.id = d.rollout ORDER BY d.rowid;
@@ -150,6 +150,8 @@ fn upgrade_rollouts(conn: &Connection, path: &Path) -> Result<(), String> {
     .map_err(|e| format!("cannot upgrade {}: {e}", path.display()))
 }
 
+/// Upgrades a file written by an older version: adds `table.column` (TEXT, NULL in old rows) when
+/// the table has none. `table` and `column` are this module's own names, never a user's.
 fn add_column_if_missing(conn: &Connection, path: &Path, table: &str, column: &str) -> Result<(), String> {
     let exists = conn
         .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"))
