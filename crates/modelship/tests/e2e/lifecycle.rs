@@ -95,8 +95,9 @@ fn grace_period_bounds_the_drain() {
 fn past_the_queue_bound_requests_get_429_before_the_work_ends() {
     let server = Server::start(&[&model("slow"), "--workers", "1", "--max-queue", "1"]);
     let url = server.url("/v2/models/slow/infer");
-    // One request runs, one waits in the queue, the rest are refused.
-    let first = post_in_background(url.clone(), slow_body(ONE_SECOND));
+    // One request runs, one waits in the queue, the rest are refused. The first runs about 5 s on
+    // an idle core: room for the others to arrive on a machine busy with other work.
+    let first = post_in_background(url.clone(), slow_body(5 * ONE_SECOND));
     wait_in_flight(&server, 1.0);
     let second = post_in_background(url.clone(), slow_body(ONE_SECOND / 10));
     wait_in_flight(&server, 2.0);
@@ -122,7 +123,8 @@ fn past_the_queue_bound_requests_get_429_before_the_work_ends() {
 #[test]
 fn probes_and_metadata_answer_while_every_worker_is_busy() {
     let server = Server::start(&[&model("slow"), "--workers", "1"]);
-    let busy = post_in_background(server.url("/v2/models/slow/infer"), slow_body(ONE_SECOND));
+    // About 5 s on an idle core: room for the probes on a machine busy with other work.
+    let busy = post_in_background(server.url("/v2/models/slow/infer"), slow_body(5 * ONE_SECOND));
     wait_in_flight(&server, 1.0);
     for path in ["/health/live", "/health/ready", "/v2/models/slow", "/metrics"] {
         assert_eq!(server.get(path).status, 200, "{path}");
