@@ -77,9 +77,10 @@ fn the_admin_api_needs_its_token_and_the_inference_port_has_none() {
     let server = fleet.serve(&[]);
     let admin = format!("http://{}/admin/v1/models/fraud/traffic", server.ready["admin"].as_str().unwrap());
     let change = r#"{"change": {"op": "canary", "version": "2", "weight": 5000}}"#;
-    let a = agent();
     for auth in [None, Some("Bearer wrong-token-000000000000"), Some("Basic abc")] {
-        let mut req = a.post(&admin).header("content-type", "application/json");
+        // A client of its own per refusal: the server may close a connection whose body it
+        // refused unread, and a pooled one would then fail the next request before it is sent.
+        let mut req = agent().post(&admin).header("content-type", "application/json");
         if let Some(v) = auth {
             req = req.header("authorization", v);
         }
