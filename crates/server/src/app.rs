@@ -293,18 +293,17 @@ impl Config {
         // The listener serves probes while the models load: /health/startup says "starting".
         server.serve("http", listener, crate::routes::app(state.clone()), tls.clone());
 
-        // Repository loads answer the server's warm-up requests (its sample is its own model's).
-        let repository_warm_up = WarmUp { sample: None, ..models[0].0.warm_up.clone() };
+        // Repository loads answer the server's warm-up requests (`Repository::new` drops the
+        // sample: it is the first model's own).
+        let repository_warm_up = models[0].0.warm_up.clone();
         let mut loaded_models = Vec::with_capacity(models.len());
         for (model, source) in models {
             let (spec, loaded) = match start_model(&state, &backend, &settings, model, &source, shutdown, &http, tls.is_some()).await {
                 Ok(started) => started,
-                Err((spec, error)) => {
-                    if let Some(spec) = spec {
-                        state.models.failed(&spec.name, &spec.version, error.clone().unwrap_or_default());
-                    }
+                Err(Some((spec, error))) => return Err(stop_failed(&state, &spec, server, error).await),
+                Err(None) => {
                     server.run_until(std::future::ready(())).await;
-                    return Err(error.map_or(BuildError::Stopped, BuildError::Failed));
+                    return Err(BuildError::Stopped);
                 }
             };
             if spec.name == primary
@@ -418,7 +417,7 @@ fn check_names(models: &[(Model, Source)]) -> Result<(), BuildError> {
 }
 
 /// Loads one model and warms it up. Returns its spec and the model, ready to publish; on
-/// failure, the spec (when known) and why (`None`: shutdown was asked for).
+/// failure, the spec and why (`None`: shutdown was asked for).
 #[allow(clippy::too_many_arguments, reason = "the build's own parts, passed down once")]
 async fn start_model(
     state: &AppState,
@@ -429,13 +428,13 @@ async fn start_model(
     shutdown: &CancellationToken,
     http: &SocketAddr,
     tls: bool,
-) -> Result<(ModelSpec, LoadedModel), (Option<ModelSpec>, Option<String>)> {
+) -> Result<(ModelSpec, LoadedModel), Option<(ModelSpec, String)>> {
     let Model { name, version, bytes, warm_up, described_as: described, limits } = model;
     let spec = ModelSpec { name, version, pool: settings.pool_for(&limits), warm_up };
     // The version served first: its own sample, when the registry holds one.
     let first_warm_up = match source {
         Source::Registry { registry, record, .. } => {
-            crate::traffic::warm_up_for(registry, record, &spec.warm_up).await.map_err(|e| (Some(spec.clone()), Some(e.to_string())))?
+            crate::traffic::warm_up_for(registry, record, &spec.warm_up).await.map_err(|e| Some((spec.clone(), e.to_string())))?
         }
         Source::File { .. } => spec.warm_up.clone(),
     };
@@ -448,13 +447,13 @@ async fn start_model(
         loaded = loading => loaded,
         () = shutdown.cancelled() => {
             tracing::info!("shutdown requested while the model was loading");
-            return Err((None, None));
+            return Err(None);
         }
     };
     let loaded = match loaded {
         Ok(Ok(loaded)) => loaded,
-        Ok(Err(e)) => return Err((Some(spec), Some(format!("cannot load model {described}: {e}")))),
-        Err(e) => return Err((Some(spec), Some(format!("model loading stopped unexpectedly: {e}")))),
+        Ok(Err(e)) => return Err(Some((spec, format!("cannot load model {described}: {e}")))),
+        Err(e) => return Err(Some((spec, format!("model loading stopped unexpectedly: {e}")))),
     };
     tracing::info!(
         model = %loaded.name, version = %loaded.version, load_seconds = loaded.load_seconds,
@@ -465,11 +464,11 @@ async fn start_model(
         warmed = loaded.warm_up(&first_warm_up) => warmed,
         () = shutdown.cancelled() => {
             tracing::info!("shutdown requested while the model was warming up");
-            return Err((None, None));
+            return Err(None);
         }
     };
     if let Err(e) = warming {
-        return Err((Some(spec), Some(format!("model {described} loads but cannot answer, so it is not served: {e}"))));
+        return Err(Some((spec, format!("model {described} loads but cannot answer, so it is not served: {e}"))));
     }
     tracing::info!(model = %loaded.name, version = %loaded.version, requests = first_warm_up.requests, "warm-up answered");
     Ok((spec, loaded))

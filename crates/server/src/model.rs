@@ -567,10 +567,7 @@ impl ModelTable {
     /// versions the previous table held that `next` does not are forgotten there.
     pub fn publish(&self, name: &str, next: impl Into<Arc<Served>>) -> Arc<Served> {
         let _one_writer = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        let next: Arc<Served> = next.into();
-        let previous = self.set(name, ModelSlot::Ready(Arc::clone(&next)));
-        self.after_write(name, previous.as_ref(), Some(&next));
-        next
+        self.publish_locked(name, next.into())
     }
 
     /// [`ModelTable::publish`], only while `name` still serves `expected` (compare and swap);
@@ -581,10 +578,15 @@ impl ModelTable {
         if !matches!(current.get(name), Some(ModelSlot::Ready(s)) if Arc::ptr_eq(s, expected)) {
             return false;
         }
-        let next: Arc<Served> = next.into();
+        self.publish_locked(name, next.into());
+        true
+    }
+
+    /// The body of both publishes. Only under `writing`.
+    fn publish_locked(&self, name: &str, next: Arc<Served>) -> Arc<Served> {
         let previous = self.set(name, ModelSlot::Ready(Arc::clone(&next)));
         self.after_write(name, previous.as_ref(), Some(&next));
-        true
+        next
     }
 
     /// Stops serving `name`; returns what it was. In-flight requests finish on the version they hold.

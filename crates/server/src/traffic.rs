@@ -279,14 +279,13 @@ impl Traffic {
     /// Follows the control store for this model until shutdown: applies every newer revision, on a
     /// published change at once, else within `every` (a publish is lost while disconnected).
     pub async fn follow_store(self: Arc<Self>, state: AppState, every: Duration) {
-        let traffic = self;
-        let model = traffic.spec.name.clone();
+        let model = self.spec.name.clone();
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut changes: Option<BoxStream<'static, u64>> = None;
         loop {
             if changes.is_none() {
-                changes = match traffic.store.changes(&model).await {
+                changes = match self.store.changes(&model).await {
                     Ok(stream) => Some(stream),
                     Err(e) => {
                         tracing::debug!(model = %model, error = %e, "cannot subscribe to routing changes; re-reading periodically");
@@ -311,7 +310,7 @@ impl Traffic {
             if state.health.is_draining() {
                 return;
             }
-            if let Err(e) = traffic.sync(&state).await {
+            if let Err(e) = self.sync(&state).await {
                 tracing::warn!(model = %model, error = %e, "cannot apply the latest routing from the control store; serving the current one");
             }
         }
