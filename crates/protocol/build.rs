@@ -1,8 +1,22 @@
 //! With the `grpc` feature: generates the messages of `proto/inference.proto` (the server crate
 //! generates the service over these same types), with the `protoc` binary vendored by
-//! `protoc-bin-vendored` (no system install needed).
+//! `protoc-bin-vendored` (no system install needed). With `model-repository`: the descriptor set
+//! of `proto/model_config.proto`, which `config.pbtxt` files are read against.
 
 fn main() {
+    #[cfg(feature = "model-repository")]
+    {
+        println!("cargo:rerun-if-changed=proto/model_config.proto");
+        let protoc = protoc_bin_vendored::protoc_bin_path().expect("protoc-bin-vendored has a protoc for this platform");
+        let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("model_config.bin");
+        let status = std::process::Command::new(protoc)
+            .arg("--include_imports")
+            .arg(format!("--descriptor_set_out={}", out.display()))
+            .args(["--proto_path=proto", "proto/model_config.proto"])
+            .status()
+            .expect("protoc runs");
+        assert!(status.success(), "proto/model_config.proto compiles");
+    }
     #[cfg(feature = "grpc")]
     {
         println!("cargo:rerun-if-changed=proto/inference.proto");

@@ -1053,6 +1053,13 @@ pub struct ServeArgs {
     #[arg(long, value_delimiter = ',', value_name = "M1,M2,...")]
     pub models: Vec<PathBuf>,
 
+    /// A Triton model repository, served as it is: DIR/NAME/config.pbtxt (optional) and
+    /// DIR/NAME/VERSION/model.onnx, each model named by its directory, at the version its
+    /// version_policy picks (default: the newest), with its instance_group count as workers and
+    /// its dynamic_batching; declared inputs and outputs are checked against the model
+    #[arg(long, value_name = "DIR")]
+    pub model_repository: Option<PathBuf>,
+
     /// Config file in the seed's serving.yaml shape (default: CONFIG_PATH when set)
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -1143,6 +1150,19 @@ pub struct ServeArgs {
     /// client (headers or body) is closed to admit the new one [default: the file limit less 64]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+
+    /// Models kept in memory at once. Past it, the least recently used model that routes all
+    /// its traffic to one version is unloaded (never one under rollout); its routing stays, and
+    /// the next request for it loads it again, waiting up to server.load_wait_seconds (default
+    /// 10) before it is told to retry (503, Retry-After) [default: no bound]
+    #[arg(long, value_name = "N")]
+    pub max_loaded_models: Option<usize>,
+
+    /// The loaded models' size together, in bytes (each counted at its file size or the resident
+    /// memory its load took, whichever is larger); unloads as --max-loaded-models does
+    /// [default: no bound]
+    #[arg(long, value_name = "BYTES")]
+    pub max_loaded_bytes: Option<u64>,
 
     /// Requests a model version must answer before it serves; one that fails refuses the
     /// version (at startup: the server exits 1) [default: 2: zeros, then rows drawn to the

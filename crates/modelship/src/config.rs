@@ -30,6 +30,8 @@ pub struct RawConfig {
     pub registry: RawRegistry,
     #[serde(default)]
     pub admin: RawAdmin,
+    /// A Triton model repository whose models are served beside (or as) the others.
+    pub model_repository: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -82,6 +84,9 @@ pub struct RawMoreModel {
     pub max_queue: Option<usize>,
     pub intra_op_threads: Option<usize>,
     pub dynamic_batching: Option<RawBatching>,
+    /// The tensors a Triton repository's `config.pbtxt` declares (never in the file itself).
+    #[serde(skip)]
+    pub declared: Option<modelship_server::Declared>,
 }
 
 /// `model.dynamic_batching`, with Triton's field names.
@@ -121,6 +126,12 @@ pub struct RawServer {
     pub replica: Option<String>,
     /// Seconds the rollout leader's lease lives unless renewed.
     pub lease_ttl_seconds: Option<f64>,
+    /// Models with a version in memory at once; past it the least recently used one is unloaded.
+    pub max_loaded_models: Option<usize>,
+    /// The loaded models' size together (each counted at its file size or resident growth).
+    pub max_loaded_bytes: Option<u64>,
+    /// The longest a request waits for an unloaded model to load again.
+    pub load_wait_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -157,6 +168,10 @@ pub struct ServeConfig {
     pub model_name: String,
     pub model_version: String,
     pub model_path: PathBuf,
+    /// The first model's own limits and declared tensors (a Triton repository's model served
+    /// as the server's own); none for a model given as MODEL or model.path.
+    pub model_limits: modelship_server::ModelLimits,
+    pub model_declared: Option<modelship_server::Declared>,
     /// Models served beside the first (`models` in the file, then MORE arguments).
     pub more_models: Vec<MoreModel>,
     pub intra_op_threads: usize,
@@ -186,6 +201,9 @@ pub struct ServeConfig {
     pub min_body_bytes_per_second: u64,
     /// `None`: derived from the process's file limit.
     pub max_connections: Option<usize>,
+    /// The bound on loaded models (`server.max_loaded_models`, `server.max_loaded_bytes`,
+    /// `server.load_wait_seconds`).
+    pub residency: modelship_server::residency::ResidencyLimits,
     /// See [`modelship_server::WarmUp`].
     pub warmup_requests: usize,
     pub warmup_sample: Option<PathBuf>,
@@ -209,6 +227,8 @@ pub struct MoreModel {
     pub path: PathBuf,
     /// Where its limits are its own.
     pub limits: modelship_server::ModelLimits,
+    /// The tensors its Triton configuration declares.
+    pub declared: Option<modelship_server::Declared>,
 }
 
 /// Inference API keys and TLS. The key file is read when the server starts (`resolve` reads
@@ -396,6 +416,8 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     overlay(&mut raw.server.header_read_timeout_seconds, a.header_read_timeout);
     overlay(&mut raw.server.body_read_timeout_seconds, a.body_read_timeout);
     overlay(&mut raw.server.max_connections, a.max_connections);
+    overlay(&mut raw.server.max_loaded_models, a.max_loaded_models);
+    overlay(&mut raw.server.max_loaded_bytes, a.max_loaded_bytes);
     overlay(&mut raw.model.warmup_requests, a.warmup_requests);
     overlay(&mut raw.model.warmup_sample, a.warmup_sample.clone());
     overlay(&mut raw.server.control_store, a.control_store.clone());
@@ -448,9 +470,19 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         problems.push("registry.poll_seconds must be at least 0.05".to_owned());
     }
 
-    // A file that lists its models under `models:` alone: the first is the server's own.
+    // A file that lists its models under `models:` alone (or a Triton repository served alone):
+    // the first is the server's own. A repository's model keeps what its config.pbtxt says.
     let promoted = usize::from(raw.model.path.is_none() && !raw.models.is_empty());
-    if promoted == 1 {
+    let (mut model_limits, mut model_declared) = (modelship_server::ModelLimits::default(), None);
+    if promoted == 1 && raw.models[0].declared.is_some() {
+        let first = raw.models.remove(0);
+        let key = |field: &str| format!("the {field} of model {}", first.path.display());
+        model_limits = entry_limits(&first, &key, &mut problems);
+        model_declared = first.declared;
+        raw.model.path = Some(first.path);
+        raw.model.name = raw.model.name.take().or(first.name);
+        raw.model.version = raw.model.version.take().or(first.version);
+    } else if promoted == 1 {
         let first = raw.models.remove(0);
         if first.workers.is_some() || first.max_queue.is_some() || first.intra_op_threads.is_some() || first.dynamic_batching.is_some() {
             problems.push(
@@ -485,7 +517,8 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     for (i, more) in given.enumerate() {
         // Entries of the file are named by their index; the others (MORE, --models) by their path.
         let path = more.path.display().to_string();
-        let key = move |field: &str| if i < in_file { format!("models[{}].{field}", i + promoted) } else { format!("the {field} of model {path}") };
+        let from_file = i < in_file && more.declared.is_none();
+        let key = move |field: &str| if from_file { format!("models[{}].{field}", i + promoted) } else { format!("the {field} of model {path}") };
         let name = more.name.clone().unwrap_or_else(|| default_name(&more.path));
         check_name(&key("name"), &name, &mut problems);
         let version = more.version.clone().unwrap_or_else(|| model_version.clone());
@@ -496,19 +529,8 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
                 more.path.display()
             ));
         }
-        if let Some(w) = more.workers {
-            check_range(&key("workers"), w, 1, 256, &mut problems);
-        }
-        if let Some(q) = more.max_queue {
-            check_range(&key("max_queue"), q, 1, 1_000_000, &mut problems);
-        }
-        if let Some(t) = more.intra_op_threads {
-            check_range(&key("intra_op_threads"), t, 1, 256, &mut problems);
-        }
-        // Batching depends on a model's shapes: a listed model batches only when its entry says so.
-        let batching = Some(more.dynamic_batching.as_ref().map(|b| resolve_batching(b, &key("dynamic_batching"), &mut problems)));
-        let limits = modelship_server::ModelLimits { workers: more.workers, max_queue: more.max_queue, intra_op_threads: more.intra_op_threads, batching };
-        more_models.push(MoreModel { name, version, path: more.path, limits });
+        let limits = entry_limits(&more, &key, &mut problems);
+        more_models.push(MoreModel { name, version, path: more.path, limits, declared: more.declared });
     }
 
     let workers = raw.server.workers.unwrap_or_else(default_workers);
@@ -551,6 +573,21 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     if let Some(n) = raw.server.max_connections {
         check_range("server.max_connections", n, 16, 1_000_000, &mut problems);
     }
+    if let Some(n) = raw.server.max_loaded_models {
+        check_range("server.max_loaded_models", n, 1, 1_000_000, &mut problems);
+    }
+    if raw.server.max_loaded_bytes == Some(0) {
+        problems.push("server.max_loaded_bytes is 0; it must be a number of bytes above 0 (leave it out for no bound)".to_owned());
+    }
+    let residency = modelship_server::residency::ResidencyLimits {
+        max_models: raw.server.max_loaded_models,
+        max_bytes: raw.server.max_loaded_bytes,
+        load_wait: seconds(
+            "server.load_wait_seconds",
+            raw.server.load_wait_seconds.unwrap_or(modelship_server::residency::DEFAULT_LOAD_WAIT.as_secs_f64()),
+            &mut problems,
+        ),
+    };
     let warmup_requests = raw.model.warmup_requests.unwrap_or(modelship_server::DEFAULT_WARM_UP_REQUESTS);
     check_range("model.warmup_requests", warmup_requests, 1, 1000, &mut problems);
     let tls = match (raw.server.tls_cert_file.clone(), raw.server.tls_key_file.clone()) {
@@ -642,6 +679,8 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         model_name,
         model_version,
         model_path,
+        model_limits,
+        model_declared,
         more_models,
         intra_op_threads,
         max_queue,
@@ -668,6 +707,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         body_read_timeout,
         min_body_bytes_per_second,
         max_connections: raw.server.max_connections,
+        residency,
         warmup_requests,
         warmup_sample: raw.model.warmup_sample.clone(),
         log: LogConfig { level, json, static_fields },
@@ -720,6 +760,22 @@ fn default_workers() -> usize {
 
 /// `dynamic_batching` (the server's, `model.dynamic_batching`, or one model's) checked; `key`
 /// names it in problems.
+/// The limits of one `models` entry (`key` names its fields in problems).
+fn entry_limits(more: &RawMoreModel, key: &dyn Fn(&str) -> String, problems: &mut Vec<String>) -> modelship_server::ModelLimits {
+    if let Some(w) = more.workers {
+        check_range(&key("workers"), w, 1, 256, problems);
+    }
+    if let Some(q) = more.max_queue {
+        check_range(&key("max_queue"), q, 1, 1_000_000, problems);
+    }
+    if let Some(t) = more.intra_op_threads {
+        check_range(&key("intra_op_threads"), t, 1, 256, problems);
+    }
+    // Batching depends on a model's shapes: a listed model batches only when its entry says so.
+    let batching = Some(more.dynamic_batching.as_ref().map(|b| resolve_batching(b, &key("dynamic_batching"), problems)));
+    modelship_server::ModelLimits { workers: more.workers, max_queue: more.max_queue, intra_op_threads: more.intra_op_threads, batching }
+}
+
 fn resolve_batching(b: &RawBatching, key: &str, problems: &mut Vec<String>) -> modelship_server::Batching {
     let max_batch_size = b.max_batch_size.unwrap_or(32);
     check_range(&format!("{key}.max_batch_size"), max_batch_size, 1, 65_536, problems);

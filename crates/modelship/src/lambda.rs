@@ -265,6 +265,7 @@ mod runtime {
             warm_up: crate::startup::warm_up(config)?,
             described_as: source.clone(),
             limits: Default::default(),
+            declared: None,
         };
         // Inference API keys only: a function has no admin API.
         let credentials = Credentials::new(None, &config.security.api_keys_env);

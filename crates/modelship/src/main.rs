@@ -14,6 +14,7 @@ mod healthcheck;
 mod help_examples;
 mod lambda;
 mod logging;
+mod model_repository;
 mod models;
 mod registry_config;
 mod rollout;

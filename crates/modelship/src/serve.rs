@@ -16,13 +16,20 @@ use crate::config::{self, ProcessEnv, ServeConfig};
 pub fn main(args: ServeArgs) -> ExitCode {
     let started = Instant::now();
     let env = ProcessEnv;
-    let file = match config::config_path(&args, &env) {
+    let mut file = match config::config_path(&args, &env) {
         Some(path) => match config::load_file(&path) {
             Ok(raw) => raw,
             Err(e) => return usage_error(&e.to_string()),
         },
         None => config::RawConfig::default(),
     };
+    // A Triton model repository's models join the list (read here: `resolve` reads no files).
+    if let Some(dir) = args.model_repository.clone().or_else(|| file.model_repository.clone()) {
+        match crate::model_repository::read(&dir) {
+            Ok(models) => file.models.extend(models),
+            Err(e) => return usage_error(&format!("{e:#}")),
+        }
+    }
     let config = match config::resolve(file, &env, &args) {
         Ok(c) => c,
         Err(e) => return usage_error(&e.to_string()),

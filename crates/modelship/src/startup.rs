@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use modelship_inference::Backend;
 use modelship_registry::{ModelRef, NoProgress, Registry, RegistryConfig};
-use modelship_server::{Config, Credentials, Features, Model, ModelLimits, Settings, Source, Tls, WarmUp, WarmUpSample};
+use modelship_server::{Config, Credentials, Declared, Features, Model, ModelLimits, Settings, Source, Tls, WarmUp, WarmUpSample};
 
 use crate::config::{self, AdminConfig, ProcessEnv, ServeConfig};
 
@@ -45,6 +45,7 @@ pub fn settings(config: &ServeConfig) -> Settings {
         replica: config.admin.replica.clone(),
         lease_ttl: config.admin.lease_ttl,
         poll: config.registry_poll,
+        residency: config.residency,
     }
 }
 
@@ -60,12 +61,14 @@ pub async fn server_config(config: &ServeConfig, backend: &Arc<dyn Backend>, sta
     let warm_up = warm_up(config)?;
     let first = ModelSource::of(&config.model_path, config)?;
     let repository = repository_registry(&first, config);
-    let mut models = vec![model(config, &config.model_name, &config.model_version, first, warm_up.clone(), ModelLimits::default(), backend).await?];
+    let first = model(config, &config.model_name, &config.model_version, first, warm_up.clone(), backend).await?;
+    let mut models = vec![with(first, config.model_limits.clone(), config.model_declared.clone())];
     for more in &config.more_models {
         let source = ModelSource::of(&more.path, config)?;
         // The sample is the first model's inputs: the others warm up on drawn rows.
         let warm_up = WarmUp { sample: None, ..warm_up.clone() };
-        models.push(model(config, &more.name, &more.version, source, warm_up, more.limits.clone(), backend).await?);
+        let read = model(config, &more.name, &more.version, source, warm_up, backend).await?;
+        models.push(with(read, more.limits.clone(), more.declared.clone()));
     }
     let features = config.features.as_ref().map(|f| Features {
         store: modelship_features::StoreConfig {
@@ -88,6 +91,11 @@ pub async fn server_config(config: &ServeConfig, backend: &Arc<dyn Backend>, sta
     })
 }
 
+/// `model` with its own limits and declared tensors.
+fn with((model, source): (Model, Source), limits: ModelLimits, declared: Option<Declared>) -> (Model, Source) {
+    (Model { limits, declared, ..model }, source)
+}
+
 /// One model to serve: read (and converted, for a file in another format), named `name`, at
 /// `version` unless the registry names its own.
 async fn model(
@@ -96,7 +104,6 @@ async fn model(
     version: &str,
     source: ModelSource,
     warm_up: WarmUp,
-    limits: ModelLimits,
     backend: &Arc<dyn Backend>,
 ) -> anyhow::Result<(Model, Source)> {
     let (bytes, record, digest) = source.read(config, backend.as_ref()).await?;
@@ -106,7 +113,8 @@ async fn model(
         bytes,
         warm_up,
         described_as: source.to_string(),
-        limits,
+        limits: ModelLimits::default(),
+        declared: None,
     };
     let source = match (source, record, digest) {
         (ModelSource::Registry { registry, reference }, Some(record), _) => Source::Registry { registry, reference, record },

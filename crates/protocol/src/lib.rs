@@ -25,6 +25,8 @@ pub mod lambda;
 pub mod model_config;
 pub mod raw;
 pub mod statistics;
+#[cfg(feature = "model-repository")]
+pub mod triton_config;
 pub mod v1;
 pub mod v2;
 

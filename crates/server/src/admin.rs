@@ -143,6 +143,12 @@ async fn served_models(State(state): State<AdminState>) -> Response {
                         .map(|m| LoadedVersion { version: m.version.clone(), model_bytes: m.model_bytes, memory_bytes: m.memory_bytes, load_seconds: m.load_seconds })
                         .collect();
                 }
+                crate::model::ModelSlot::Resting(r) => {
+                    // Unloaded to save memory: loads again on its next request.
+                    model.state = "RESTING".to_owned();
+                    model.stable = Some(r.table.stable.clone());
+                    model.revision = Some(r.revision);
+                }
                 crate::model::ModelSlot::Loading { .. } => model.state = "LOADING".to_owned(),
                 crate::model::ModelSlot::Failed { error, .. } => {
                     model.state = "UNAVAILABLE".to_owned();
@@ -157,9 +163,11 @@ async fn served_models(State(state): State<AdminState>) -> Response {
 
 async fn status(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     state.model(&name)?;
-    let served = state.app.models.served(&name)?;
-    let weights = served.table.weights().into_iter().map(|(version, role, bp)| Weight::new(version, role, bp)).collect();
-    let shadow = served.table.shadow.as_ref().map(|s| {
+    // A resting model's routing is in force with nothing loaded.
+    let (table, revision) = state.app.models.routing(&name)?;
+    let loaded_versions = state.app.models.served(&name).map(|s| s.versions.keys().cloned().collect()).unwrap_or_default();
+    let weights = table.weights().into_iter().map(|(version, role, bp)| Weight::new(version, role, bp)).collect();
+    let shadow = table.shadow.as_ref().map(|s| {
         let a = state.app.shadows.agreement(&name, &s.version);
         ShadowStatus {
             version: s.version.clone(),
@@ -175,11 +183,11 @@ async fn status(State(state): State<AdminState>, Path(name): Path<String>) -> Re
     });
     let status = TrafficStatus {
         model: name,
-        revision: served.revision,
-        traffic: served.table.clone(),
+        revision,
+        traffic: table.clone(),
         weights,
         shadow,
-        loaded_versions: served.versions.keys().cloned().collect(),
+        loaded_versions,
         roles: vec![Role::Stable, Role::Candidate, Role::Shadow],
     };
     Ok(json(StatusCode::OK, &status))

@@ -31,6 +31,7 @@ use crate::follow::{Follow, FollowFile, Prepare, follow_alias, follow_file};
 use crate::model::{LoadedModel, ModelSpec, Served, WarmUp};
 use crate::pool::{Batching, Opportunistic, PoolConfig};
 use crate::repository::Repository;
+use crate::residency::{Origin, ResidencyLimits};
 use crate::rollouts::{FleetConfig, Rollouts};
 use crate::serve::{ConnectionLimits, Drain, DrainOutcome, Server, Tls};
 use crate::state::{AppState, Limits};
@@ -73,6 +74,8 @@ pub struct Settings {
     pub lease_ttl: Duration,
     /// How often a followed alias or file is checked.
     pub poll: Duration,
+    /// The bound on loaded models and how long a request waits for one to load again.
+    pub residency: ResidencyLimits,
 }
 
 impl Settings {
@@ -159,6 +162,46 @@ pub struct Model {
     pub described_as: String,
     /// Its queue, workers and batching, where they are not the server's.
     pub limits: ModelLimits,
+    /// The tensors its configuration declares (a Triton `config.pbtxt`), checked against the
+    /// model's own signature once it loads: a model that does not match is not served.
+    pub declared: Option<Declared>,
+}
+
+/// Tensors a model's configuration declares, as V2 names them: datatype `FP32`, shape with a
+/// first dimension of -1 where the model batches; -1 matches any size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    /// Where they are declared (`DIR/fraud/config.pbtxt`), for messages.
+    pub source: String,
+    pub inputs: Vec<modelship_inference::TensorSpec>,
+    pub outputs: Vec<modelship_inference::TensorSpec>,
+}
+
+impl Declared {
+    /// Every problem of `signature` against the declaration, one line each.
+    pub fn problems(&self, signature: &modelship_inference::Signature) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (kind, declared, actual) in [("input", &self.inputs, &signature.inputs), ("output", &self.outputs, &signature.outputs)] {
+            for d in declared {
+                let Some(a) = actual.iter().find(|a| a.name == d.name) else {
+                    let names: Vec<&str> = actual.iter().map(|a| a.name.as_str()).collect();
+                    problems.push(format!("{} declares {kind} '{}', and the model has no such {kind} (its {kind}s: {})", self.source, d.name, names.join(", ")));
+                    continue;
+                };
+                if a.datatype != d.datatype {
+                    problems.push(format!("{} declares {kind} '{}' as {}, and the model's is {}", self.source, d.name, d.datatype.as_str(), a.datatype.as_str()));
+                }
+                let fits = a.shape.len() == d.shape.len() && a.shape.iter().zip(&d.shape).all(|(a, d)| *a < 0 || *d < 0 || a == d);
+                if !fits {
+                    problems.push(format!(
+                        "{} declares {kind} '{}' with shape {:?} (with the batch dimension, -1 for any size), and the model's is {:?}",
+                        self.source, d.name, d.shape, a.shape
+                    ));
+                }
+            }
+        }
+        problems
+    }
 }
 
 /// Where the model came from, which decides what is followed and where versions come from.
@@ -283,7 +326,7 @@ impl Config {
         let grpc_address: Option<SocketAddr> = None;
         let store = crate::control::open(&settings.control_store, &settings.state_dir.join("traffic.db")).map_err(failed)?;
 
-        let state = AppState::with_credentials(settings.limits(), credentials);
+        let state = AppState::with_residency(settings.limits(), credentials, settings.residency);
         let primary = models[0].0.name.clone();
         state.models.set_primary(&primary);
         let mut server = Server::new(Arc::clone(&state.health), state.tasks.clone(), settings.drain(), settings.connections());
@@ -298,6 +341,13 @@ impl Config {
         let repository_warm_up = models[0].0.warm_up.clone();
         let mut loaded_models = Vec::with_capacity(models.len());
         for (model, source) in models {
+            // Each may rest to stay within the bound on loaded models, and load again from its source.
+            let origin = match &source {
+                Source::Registry { registry, reference, .. } => Origin::Registry { registry: Arc::clone(registry), model: reference.name().to_owned() },
+                Source::File { path, digest, prepare, .. } => {
+                    Origin::File { path: path.clone(), digest: digest.clone(), base: model.version.clone(), prepare: prepare.clone() }
+                }
+            };
             let (spec, loaded) = match start_model(&state, &backend, &settings, model, &source, shutdown, &http, tls.is_some()).await {
                 Ok(started) => started,
                 Err(Some((spec, error))) => return Err(stop_failed(&state, &spec, server, error).await),
@@ -317,7 +367,10 @@ impl Config {
                 state.tasks.spawn("feature-store-monitor", move |_| store.monitor());
                 let _ = state.features.set(service);
             }
+            state.residency.register(&spec.name, spec.clone(), origin, Arc::clone(&backend));
             state.models.publish(&spec.name, Served::single(Arc::new(loaded)));
+            // Every model answered once; past the bound, the least recently used rests.
+            state.residency.settle(&spec.name);
             loaded_models.push((spec, source));
         }
 
@@ -429,12 +482,12 @@ async fn start_model(
     http: &SocketAddr,
     tls: bool,
 ) -> Result<(ModelSpec, LoadedModel), Option<(ModelSpec, String)>> {
-    let Model { name, version, bytes, warm_up, described_as: described, limits } = model;
+    let Model { name, version, bytes, warm_up, described_as: described, limits, declared } = model;
     let spec = ModelSpec { name, version, pool: settings.pool_for(&limits), warm_up };
     // The version served first: its own sample, when the registry holds one.
     let first_warm_up = match source {
         Source::Registry { registry, record, .. } => {
-            crate::traffic::warm_up_for(registry, record, &spec.warm_up).await.map_err(|e| Some((spec.clone(), e.to_string())))?
+            crate::residency::warm_up_for(registry, record, &spec.warm_up).await.map_err(|e| Some((spec.clone(), e.to_string())))?
         }
         Source::File { .. } => spec.warm_up.clone(),
     };
@@ -455,6 +508,12 @@ async fn start_model(
         Ok(Err(e)) => return Err(Some((spec, format!("cannot load model {described}: {e}")))),
         Err(e) => return Err(Some((spec, format!("model loading stopped unexpectedly: {e}")))),
     };
+    if let Some(declared) = &declared {
+        let problems = declared.problems(&loaded.info.signature);
+        if !problems.is_empty() {
+            return Err(Some((spec, format!("model {described} does not match its configuration:\n  - {}", problems.join("\n  - ")))));
+        }
+    }
     tracing::info!(
         model = %loaded.name, version = %loaded.version, load_seconds = loaded.load_seconds,
         inputs = ?loaded.info.signature.input_names(), outputs = ?loaded.info.signature.output_names(),

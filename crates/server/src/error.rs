@@ -32,6 +32,12 @@ pub enum ApiError {
     UnknownVersion { name: String, version: String, available: Vec<String> },
     #[error("model '{0}' is not loaded yet; retry when /v2/models/{0}/ready answers 200")]
     NotReady(String),
+    /// Unloaded to save memory, and not loaded again within the wait a request is allowed.
+    #[error("model '{0}' is not in memory and is loading now; retry in a moment")]
+    Unloaded(String),
+    /// Loading a model would pass the bound on loaded models, and no loaded model may be unloaded.
+    #[error("{0}")]
+    NoRoom(String),
     #[error("model '{model}' is overloaded: {queued} requests are already waiting; retry later or raise model.max_queue")]
     Overloaded { model: String, queued: usize },
     #[error("request body is larger than the limit of {limit} bytes (server.max_body_bytes)")]
@@ -127,6 +133,8 @@ impl ApiError {
             ApiError::UnknownModel { .. } => (Class::NotFound, "unknown_model"),
             ApiError::UnknownVersion { .. } => (Class::NotFound, "unknown_version"),
             ApiError::NotReady(_) => (Class::Unavailable, "model_not_ready"),
+            ApiError::Unloaded(_) => (Class::Unavailable, "model_loading"),
+            ApiError::NoRoom(_) => (Class::Unavailable, "no_room"),
             ApiError::Overloaded { .. } => (Class::Overloaded, "overloaded"),
             ApiError::BodyTooLarge { .. } => (Class::TooLarge, "body_too_large"),
             ApiError::Body(_) => (Class::BadRequest, "invalid_body"),

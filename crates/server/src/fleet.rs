@@ -78,8 +78,7 @@ pub async fn run(state: AppState, traffic: Arc<Traffic>, rollouts: Arc<Rollouts>
 
 async fn one_beat(state: &AppState, traffic: &Traffic, rollouts: &Rollouts, admin: Option<&str>, beat: &mut Beat) -> Result<(), StoreError> {
     let (store, model) = (traffic.store.as_ref(), traffic.spec.name.as_str());
-    let served = state.models.served(model).ok();
-    let revision = served.as_ref().map_or(0, |s| s.revision);
+    let revision = state.models.routing(model).map_or(0, |(_, revision)| revision);
     let report = ReplicaReport { replica: rollouts.fleet.replica.clone(), revision, failed: traffic.failure(), admin: admin.map(str::to_owned) };
     store.report(model, &report).await?;
     let record = store.rollout(model).await?;

@@ -53,8 +53,8 @@ pub async fn follow_alias(state: AppState, follow: Follow) {
                 continue;
             }
         };
-        let Ok(served) = state.models.served(&name) else { continue };
-        let current = served.table.stable.clone();
+        let Ok((table, _)) = state.models.routing(&name) else { continue };
+        let current = table.stable;
         if target == current {
             if failed.take().is_some() {
                 state.models.set_reload_error(&name, None);

@@ -234,7 +234,7 @@ impl GrpcInferenceService for Grpc {
 
     async fn model_ready(&self, request: Request<pb::ModelReadyRequest>) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let r = request.into_inner();
-        let ready = self.app.models.get(&r.name, version_of(&r.version)).is_ok();
+        let ready = crate::api::v2::ready_of(&self.app, &r.name, version_of(&r.version)).is_ok();
         Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 
@@ -288,7 +288,9 @@ impl GrpcInferenceService for Grpc {
 
     async fn model_config(&self, request: Request<pb::ModelConfigRequest>) -> Result<Response<pb::ModelConfigResponse>, Status> {
         let r = request.into_inner();
-        let model = self.app.models.get(&r.name, version_of(&r.version)).map_err(|e| status(&e))?;
+        // The batching facts are the loaded version's: a resting model is loaded again.
+        let served = self.app.residency.resident(&r.name).await.map_err(|e| status(&e))?;
+        let model = served.version(&r.name, version_of(&r.version).unwrap_or(&served.table.stable)).map_err(|e| status(&e))?;
         let config = ModelConfig::new(&model.name, &model.info, &model.batching_facts());
         Ok(Response::new(pb::ModelConfigResponse { config: Some(wire::config_message(config)) }))
     }

@@ -17,6 +17,8 @@
 //! - [`health`], [`metrics`]: probe state and Prometheus metrics.
 //! - [`mesh`]: rollouts through an Istio VirtualService or a Gateway API HTTPRoute: the pure edit
 //!   of the route for a step, and (feature `kubernetes`) the controller that patches it.
+//! - [`residency`]: which models are in memory: least-recently-used unloading past a bound on
+//!   loaded models, and loading a resting model again when a request needs it.
 //! - [`follow`]: follows a registry alias, swapping versions in without failing a request.
 //! - [`shadow`]: mirrored requests, run off the client's path and compared with what it got.
 //! - [`rollouts`]: the rollout control loop: observations in, engine decisions applied, state persisted.
@@ -46,6 +48,7 @@ pub mod observe;
 pub mod pipeline;
 pub mod pool;
 pub mod repository;
+pub mod residency;
 mod request_id;
 pub mod routes;
 mod serve;
@@ -58,7 +61,7 @@ mod testing;
 mod tests;
 mod state;
 
-pub use app::{Addresses, App, BuildError, Config, Features, Model, ModelLimits, Settings, Source, build_direct};
+pub use app::{Addresses, App, BuildError, Config, Declared, Features, Model, ModelLimits, Settings, Source, build_direct};
 pub use auth::{Credentials, read_api_keys};
 pub use follow::{Prepare, digest as file_digest};
 pub use model::{DEFAULT_WARM_UP_REQUESTS, WarmUp, WarmUpSample};

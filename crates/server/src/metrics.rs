@@ -54,6 +54,16 @@ pub struct Metrics {
     pub rollout_check_value: GaugeVec,
     /// Each rollout check's latest verdict: 1 pass, 0 inconclusive, -1 fail.
     pub rollout_check_verdict: IntGaugeVec,
+    /// Models unloaded to stay within the bound on loaded models, by model.
+    pub model_evictions: IntCounterVec,
+    /// Loads of an unloaded model asked for by a request, by model and result.
+    pub model_lazy_loads: IntCounterVec,
+    /// How long a load asked for by a request took (fetch, load, warm-up), by model.
+    pub model_lazy_load_seconds: HistogramVec,
+    /// Models with at least one version in memory.
+    pub models_loaded: prometheus::IntGauge,
+    /// What the loaded models are counted as against `server.max_loaded_bytes`.
+    pub models_loaded_bytes: prometheus::IntGauge,
 }
 
 impl Default for Metrics {
@@ -93,6 +103,26 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(model_memory_bytes.clone())).expect("unique metric");
+        let plain_gauge = |name: &str, help: &str| {
+            let g = prometheus::IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let models_loaded = plain_gauge("modelship_models_loaded", "Models with at least one version in memory");
+        let models_loaded_bytes = plain_gauge(
+            "modelship_models_loaded_bytes",
+            "The loaded models' size as counted against server.max_loaded_bytes (each version's file size or resident growth at load, whichever is larger)",
+        );
+        let lazy_load_seconds = {
+            let opts = HistogramOpts::new(
+                "modelship_model_lazy_load_seconds",
+                "Seconds a load asked for by a request took: fetch, load and warm-up",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]);
+            let m = HistogramVec::new(opts, &["model"]).expect("valid metric");
+            registry.register(Box::new(m.clone())).expect("unique metric");
+            m
+        };
         Metrics {
             requests: counter(
                 &registry,
@@ -203,6 +233,21 @@ impl Metrics {
                 "Each rollout check's latest verdict: 1 pass, 0 inconclusive, -1 fail",
                 &["model", "check"],
             ),
+            model_evictions: counter(
+                &registry,
+                "modelship_model_evictions_total",
+                "Models unloaded to stay within server.max_loaded_models or server.max_loaded_bytes",
+                &["model"],
+            ),
+            model_lazy_loads: counter(
+                &registry,
+                "modelship_model_lazy_loads_total",
+                "Loads of an unloaded model asked for by a request, by result (loaded, failed, no_room)",
+                &["model", "result"],
+            ),
+            model_lazy_load_seconds: lazy_load_seconds,
+            models_loaded,
+            models_loaded_bytes,
             registry,
         }
     }

@@ -97,6 +97,8 @@ pub struct LoadedModel {
     /// `version` as the response header every answer carries (built once, not per response);
     /// `None` for a version name that is not a valid header value.
     pub version_header: Option<http::HeaderValue>,
+    /// Milliseconds since the epoch when it finished loading.
+    loaded_at_ms: u64,
 }
 
 /// Cumulative counts and nanoseconds, as Triton's statistics extension reports them.
@@ -174,6 +176,7 @@ impl LoadedModel {
             stats: Statistics::default(),
             answered: Default::default(),
             version_header: http::HeaderValue::from_str(&spec.version).ok(),
+            loaded_at_ms: now_ms(),
         })
     }
 
@@ -236,8 +239,7 @@ impl LoadedModel {
             entry.0 += 1;
             entry.1 += output.inference.as_nanos() as u64;
         }
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        stats.last_inference_ms.store(now_ms, Ordering::Relaxed);
+        stats.last_inference_ms.store(now_ms(), Ordering::Relaxed);
         match &output.result {
             Ok(_) => {
                 stats.success.add(started.elapsed());
@@ -337,6 +339,18 @@ impl LoadedModel {
 
     pub fn queued(&self) -> usize {
         self.pool.queued()
+    }
+
+    /// When a client's request last ran on it, else when it loaded (milliseconds since the epoch):
+    /// what least-recently-used eviction orders by.
+    pub fn last_used_ms(&self) -> u64 {
+        self.stats.last_inference_ms.load(Ordering::Relaxed).max(self.loaded_at_ms)
+    }
+
+    /// What it counts as against a bound on loaded bytes: the resident growth its load caused or
+    /// the model's size, whichever is larger (a load that reuses freed memory shows little growth).
+    pub fn cost_bytes(&self) -> u64 {
+        self.memory_bytes.unwrap_or(0).max(self.model_bytes)
     }
 
     /// Whether a request of `rows` rows would run on the calling thread now (tests).
@@ -493,6 +507,41 @@ pub enum ModelSlot {
     Loading { version: String },
     Ready(Arc<Served>),
     Failed { version: String, error: String },
+    /// Unloaded to stay within the bound on loaded models ([`crate::residency`]): its routing
+    /// stays in force, and its stable version loads again on the next request that needs it.
+    Resting(Arc<Resting>),
+}
+
+/// What is kept of a model unloaded to save memory: enough to answer its metadata and readiness
+/// and to load it again as it was.
+pub struct Resting {
+    pub table: TrafficTable,
+    pub revision: u64,
+    /// The stable version's signature.
+    pub info: ModelInfo,
+    /// What it counted as against the bound on loaded bytes ([`LoadedModel::cost_bytes`]).
+    pub cost_bytes: u64,
+}
+
+impl Served {
+    /// Whether it may be unloaded to save memory: one version loaded, routed all traffic (no
+    /// candidate or shadow: nothing under rollout, nothing a fleet revision splits).
+    pub fn may_rest(&self) -> bool {
+        self.table.candidate.is_none() && self.table.shadow.is_none() && self.versions.len() == 1
+    }
+
+    /// The most recent use of any of its versions ([`LoadedModel::last_used_ms`]).
+    pub fn last_used_ms(&self) -> u64 {
+        self.versions.values().map(|m| m.last_used_ms()).max().unwrap_or(0)
+    }
+
+    pub fn cost_bytes(&self) -> u64 {
+        self.versions.values().map(|m| m.cost_bytes()).sum()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// This process's resident memory (`VmRSS` of `/proc/self/status`), where it can be read.
@@ -602,6 +651,42 @@ impl ModelTable {
         removed
     }
 
+    /// Unloads `name`'s one loaded version to save memory, while it still serves `expected`
+    /// (compare and swap): its routing stays in force ([`ModelSlot::Resting`]). In-flight
+    /// requests finish on the version they hold; the memory is freed when the last one ends.
+    pub fn rest(&self, name: &str, expected: &Arc<Served>) -> bool {
+        let _one_writer = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.slots.load();
+        if !matches!(current.get(name), Some(ModelSlot::Ready(s)) if Arc::ptr_eq(s, expected)) {
+            return false;
+        }
+        let Some(stable) = expected.stable() else { return false };
+        let resting = Resting {
+            table: expected.table.clone(),
+            revision: expected.revision,
+            info: stable.info.clone(),
+            cost_bytes: expected.cost_bytes(),
+        };
+        self.set(name, ModelSlot::Resting(Arc::new(resting)));
+        // The routing is unchanged (its gauges stay); only the versions' own metrics go.
+        for gone in expected.versions.values() {
+            self.metrics.forget_version(name, &gone.version, &gone.info.platform, gone.workers());
+        }
+        true
+    }
+
+    /// Serves `next` for `name`, loaded again, while it still rests as `expected` (compare and
+    /// swap); false when another write came first, which then stands.
+    pub fn wake(&self, name: &str, expected: &Arc<Resting>, next: Served) -> bool {
+        let _one_writer = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.slots.load();
+        if !matches!(current.get(name), Some(ModelSlot::Resting(r)) if Arc::ptr_eq(r, expected)) {
+            return false;
+        }
+        self.publish_locked(name, Arc::new(next));
+        true
+    }
+
     /// Replaces `name`'s slot; returns the one it replaced. Only under `writing`.
     fn set(&self, name: &str, slot: ModelSlot) -> Option<ModelSlot> {
         let mut previous = None;
@@ -648,6 +733,8 @@ impl ModelTable {
                     _ => None,
                 })
                 .collect(),
+            // A resting model has no version loaded, so nothing counted.
+            Some(name) if matches!(self.slot(name), Some(ModelSlot::Resting(_))) => Vec::new(),
             Some(name) => vec![self.served(name)?],
         };
         let mut stats = Vec::new();
@@ -661,6 +748,19 @@ impl ModelTable {
         Ok(stats)
     }
 
+    /// The slot of `name`, whatever its state.
+    pub fn slot(&self, name: &str) -> Option<ModelSlot> {
+        self.slots.load().get(name).cloned()
+    }
+
+    /// The routing in force for `name` and its revision, whether it is loaded or resting.
+    pub fn routing(&self, name: &str) -> Result<(TrafficTable, u64), ApiError> {
+        match self.slot(name) {
+            Some(ModelSlot::Resting(r)) => Ok((r.table.clone(), r.revision)),
+            _ => self.served(name).map(|s| (s.table.clone(), s.revision)),
+        }
+    }
+
     pub fn snapshot(&self) -> Arc<BTreeMap<String, ModelSlot>> {
         self.slots.load_full()
     }
@@ -669,10 +769,11 @@ impl ModelTable {
         self.slots.load().keys().cloned().collect()
     }
 
-    /// True when at least one model is declared and every declared model is loaded.
+    /// True when at least one model is declared and every declared model is loaded (or resting:
+    /// it answered before, and loads again on demand).
     pub fn all_ready(&self) -> bool {
         let slots = self.slots.load();
-        !slots.is_empty() && slots.values().all(|s| matches!(s, ModelSlot::Ready(_)))
+        !slots.is_empty() && slots.values().all(|s| matches!(s, ModelSlot::Ready(_) | ModelSlot::Resting(_)))
     }
 
     /// The served state of model `name`.
@@ -681,6 +782,7 @@ impl ModelTable {
         match slots.get(name) {
             None => Err(ApiError::UnknownModel { name: name.to_owned(), available: slots.keys().cloned().collect() }),
             Some(ModelSlot::Ready(served)) => Ok(Arc::clone(served)),
+            Some(ModelSlot::Resting(_)) => Err(ApiError::Unloaded(name.to_owned())),
             Some(ModelSlot::Loading { .. } | ModelSlot::Failed { .. }) => Err(ApiError::NotReady(name.to_owned())),
         }
     }

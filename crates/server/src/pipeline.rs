@@ -90,7 +90,15 @@ pub async fn run(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, rece
         Ok(request) => request,
         Err(e) => return call.fail(e),
     };
-    let (routed, revision) = match route(state, &request, headers) {
+    let routed = match route(state, &request, headers) {
+        // Unloaded to save memory: loaded again (the wait bounded), then routed.
+        Err(ApiError::Unloaded(name)) => match state.residency.resident(&name).await {
+            Ok(_) => route(state, &request, headers),
+            Err(e) => Err(e),
+        },
+        routed => routed,
+    };
+    let (routed, revision) = match routed {
         Ok(routed) => routed,
         Err(e) => return call.fail(e),
     };

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::error::ApiError;
 use crate::model::{LoadedModel, ModelSlot, ModelSpec, Served, WarmUp};
 use crate::pool::PoolConfig;
+use crate::residency::Origin;
 use crate::state::AppState;
 
 /// One row of the repository index.
@@ -90,6 +91,8 @@ impl Repository {
         for (name, slot) in state.models.snapshot().iter() {
             let (version, st, reason) = match slot {
                 ModelSlot::Ready(served) => (served.table.stable.clone(), "READY", String::new()),
+                // Triton's index has no state for it: it answers (loading again on demand).
+                ModelSlot::Resting(r) => (r.table.stable.clone(), "READY", "unloaded to save memory; loads again on its next request".to_owned()),
                 ModelSlot::Loading { version } => (version.clone(), "LOADING", String::new()),
                 ModelSlot::Failed { version, error } => (version.clone(), "UNAVAILABLE", error.clone()),
             };
@@ -105,7 +108,7 @@ impl Repository {
         let _one_at_a_time = self.lock.lock().await;
         if self.configured.iter().any(|c| c == name) {
             // Its versions change through the traffic writer (switch, rollout), never here.
-            let stable = state.models.served(name)?.table.stable.clone();
+            let stable = state.models.routing(name)?.0.stable;
             return match version {
                 Some(v) if v != stable => Err(ApiError::Conflict(format!(
                     "'{name}' is a model this server was started with, served at version {stable}; a repository load cannot change its version: use `modelship traffic switch {name} {v}` (or a rollout)"
@@ -124,8 +127,9 @@ impl Repository {
             _ => registry.resolve(&reference).await?,
         };
         let bytes = registry.artifact(&record, &NoProgress).await?;
-        let warm_up = crate::traffic::warm_up_for(&registry, &record, &self.warm_up).await?;
+        let warm_up = crate::residency::warm_up_for(&registry, &record, &self.warm_up).await?;
         let spec = ModelSpec { name: name.to_owned(), version: record.version.clone(), pool: self.pool.clone(), warm_up };
+        let registered = ModelSpec { warm_up: self.warm_up.clone(), ..spec.clone() };
         let replaced = state.models.served(name).ok();
         if replaced.is_none() {
             state.models.loading(name, &record.version);
@@ -144,7 +148,10 @@ impl Repository {
             }
         };
         state.models.set_reload_error(name, None);
+        let origin = Origin::Registry { registry: Arc::clone(&registry), model: name.to_owned() };
+        state.residency.register(name, registered, origin, Arc::clone(&self.backend));
         state.models.publish(name, Served::single(model));
+        state.residency.settle(name);
         tracing::info!(model = %name, version = %record.version, "model loaded through the repository API");
         Ok(record.version)
     }
@@ -160,6 +167,8 @@ impl Repository {
         match state.models.unload(name) {
             None => Err(ApiError::UnknownModel { name: name.to_owned(), available: state.models.names() }),
             Some(_) => {
+                state.residency.forget(name);
+                state.residency.settle(name);
                 tracing::info!(model = %name, "model unloaded through the repository API");
                 Ok(())
             }

@@ -104,7 +104,7 @@ impl Rollouts {
         if let Some(c) = current.as_ref().filter(|c| !c.is_done()) {
             return Err(ApiError::Conflict(format!("model '{}' already has a rollout in progress (rollout {}); abort it first", self.model(), c.id)));
         }
-        let served = state.models.served(self.model())?;
+        let served = state.residency.resident(self.model()).await?;
         if plan.to == served.table.stable {
             return Err(ApiError::Conflict(format!("version {} is already the stable version", plan.to)));
         }

@@ -6,6 +6,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::ModelTable;
 use crate::observe::Observations;
+use crate::residency::{Residency, ResidencyLimits};
 use crate::request_id::RequestIds;
 use crate::serve::Tasks;
 use crate::shadow::Shadows;
@@ -62,6 +63,9 @@ impl std::ops::Deref for AppState {
 /// What [`AppState`] shares.
 pub struct Shared {
     pub models: Arc<ModelTable>,
+    /// Which models are in memory: unloads the least recently used past a bound, and loads a
+    /// resting one again when a request needs it.
+    pub residency: Arc<Residency>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
@@ -88,17 +92,25 @@ impl AppState {
     }
 
     pub fn with_credentials(limits: Limits, credentials: Credentials) -> Self {
+        AppState::with_residency(limits, credentials, ResidencyLimits::default())
+    }
+
+    /// The state of a server whose loaded models are bounded by `residency`.
+    pub fn with_residency(limits: Limits, credentials: Credentials, residency: ResidencyLimits) -> Self {
         let observations = Arc::new(Observations::default());
         let metrics = Arc::new(Metrics::default());
+        let models = Arc::new(ModelTable::new(Arc::clone(&metrics)));
+        let tasks = Tasks::default();
         AppState(Arc::new(Shared {
-            models: Arc::new(ModelTable::new(Arc::clone(&metrics))),
+            residency: Arc::new(Residency::new(residency, Arc::clone(&models), Arc::clone(&metrics), tasks.clone())),
+            models,
             health: Arc::default(),
             metrics,
             limits,
             shadows: Arc::new(Shadows::new(limits.max_shadow_in_flight, Arc::clone(&observations))),
             observations,
             credentials: Arc::new(credentials),
-            tasks: Tasks::default(),
+            tasks,
             ids: Arc::default(),
             nonces: Arc::default(),
             features: Arc::default(),

@@ -11,12 +11,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use modelship_inference::Backend;
-use modelship_registry::{ModelRef, NoProgress, Registry};
+use modelship_registry::{ModelRef, Registry};
 use modelship_router::{Change, TrafficTable};
 
 use crate::control::{ControlStore, StoreError};
 use crate::error::ApiError;
-use crate::model::{LoadedModel, ModelSpec, Served, WarmUp, WarmUpSample};
+use crate::model::{LoadedModel, ModelSlot, ModelSpec, Served};
+use crate::residency::Origin;
 use crate::state::AppState;
 
 /// One recorded routing change: the admin API's answer to a change, and a row of its history.
@@ -104,19 +105,6 @@ fn without_unrouted(served: &Served) -> Option<Served> {
     let mut table = served.table.clone();
     table.previous = None;
     Some(Served { table, revision: served.revision, versions })
-}
-
-/// What the registry version `record` must answer before it serves: `base`, with the version's
-/// own warm-up sample first when the registry holds one (`models push --warmup-sample`).
-pub async fn warm_up_for(registry: &Registry, record: &modelship_registry::VersionRecord, base: &WarmUp) -> Result<WarmUp, ApiError> {
-    match registry.warmup_sample(record).await? {
-        None => Ok(base.clone()),
-        Some(bytes) => {
-            let source = format!("the warm-up sample of {}:{}", record.name, record.version);
-            let sample = WarmUpSample::from_v2_json(&source, &bytes).map_err(ApiError::Conflict)?;
-            Ok(WarmUp { sample: Some(Arc::new(sample)), ..base.clone() })
-        }
-    }
 }
 
 /// A change the table refuses: a key no request can carry is the client's mistake (400); the
@@ -236,16 +224,23 @@ impl Traffic {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let before = state.models.served(&self.spec.name)?.revision;
+            let (_, before) = state.models.routing(&self.spec.name)?;
             match self.ensure_locked(state, version, target, actor, reason).await {
-                Err(ApiError::Conflict(_)) if attempts < 3 && state.models.served(&self.spec.name).is_ok_and(|s| s.revision != before) => continue,
+                Err(ApiError::Conflict(_)) if attempts < 3 && state.models.routing(&self.spec.name).is_ok_and(|(_, r)| r != before) => continue,
                 result => return result,
             }
         }
     }
 
     async fn ensure_locked(&self, state: &AppState, version: &str, target: Target, actor: &str, reason: &str) -> Result<u64, ApiError> {
-        let served = state.models.served(&self.spec.name)?;
+        // A resting model routes all traffic to its stable version: in force for these targets
+        // without loading it again.
+        if let Some(ModelSlot::Resting(r)) = state.models.slot(&self.spec.name)
+            && (target == Target::Stable || (target == Target::Promoted && r.table.stable == version))
+        {
+            return Ok(r.revision);
+        }
+        let served = self.served(state).await?;
         let mut table = served.table.clone();
         match target {
             Target::Split(Split { weight, shadow, header }) => {
@@ -319,7 +314,7 @@ impl Traffic {
     /// Applies `change` to the model's table; returns the new revision.
     pub async fn change(&self, state: &AppState, change: Change, actor: &str, reason: &str) -> Result<Revision, ApiError> {
         let _one_at_a_time = self.lock.lock().await;
-        let served = state.models.served(&self.spec.name)?;
+        let served = self.served(state).await?;
         let table = served.table.apply(&change).map_err(change_error)?;
         self.install(state, &served, table, Some(change), actor, reason).await
     }
@@ -330,16 +325,16 @@ impl Traffic {
     pub async fn switch_to(&self, state: &AppState, version: &str, actor: &str, reason: &str) -> Result<Option<Revision>, ApiError> {
         let _one_at_a_time = self.lock.lock().await;
         self.sync_locked(state).await?;
-        let served = state.models.served(&self.spec.name)?;
-        if served.table.stable == version {
+        if state.models.routing(&self.spec.name)?.0.stable == version {
             return Ok(None);
         }
+        let served = self.served(state).await?;
         let change = Change::Switch { version: version.to_owned() };
         let table = served.table.apply(&change).map_err(change_error)?;
         match self.install_with(state, &served, table, Some(change), actor, reason, None, AliasStep::Follow).await {
             // Another replica committed first (install applied its revision): the same move?
-            Err(ApiError::Conflict(e)) => match state.models.served(&self.spec.name)? {
-                now if now.table.stable == version => Ok(None),
+            Err(ApiError::Conflict(e)) => match state.models.routing(&self.spec.name)? {
+                (now, _) if now.stable == version => Ok(None),
                 _ => Err(ApiError::Conflict(e)),
             },
             other => other.map(Some),
@@ -349,7 +344,7 @@ impl Traffic {
     /// Restores the table of revision `to` (default: the one before the current), as a new revision.
     pub async fn rollback(&self, state: &AppState, to: Option<u64>, actor: &str, reason: &str) -> Result<Revision, ApiError> {
         let _one_at_a_time = self.lock.lock().await;
-        let served = state.models.served(&self.spec.name)?;
+        let served = self.served(state).await?;
         let history = self.store.history(&self.spec.name).await?;
         let Some(target) = to.or_else(|| served.revision.checked_sub(1)) else {
             return Err(ApiError::Conflict("there is no earlier revision to roll back to".to_owned()));
@@ -376,22 +371,23 @@ impl Traffic {
     }
 
     async fn sync_locked(&self, state: &AppState) -> Result<Option<u64>, ApiError> {
-        let served = state.models.served(&self.spec.name)?;
+        let (table, revision) = state.models.routing(&self.spec.name)?;
         let Some(latest) = self.store.latest(&self.spec.name).await? else { return Ok(None) };
         // Revision 0 is also what a freshly started server holds before it read the store, so
         // there the table decides; after that, the number does.
-        let in_force = if served.revision == 0 {
-            latest.revision == 0 && latest.traffic == served.table
-        } else {
-            latest.revision <= served.revision
-        };
+        let in_force = if revision == 0 { latest.revision == 0 && latest.traffic == table } else { latest.revision <= revision };
         if in_force {
             if self.failure.lock().unwrap_or_else(|p| p.into_inner()).take().is_some() {
                 state.models.set_reload_error(&self.spec.name, None);
             }
             return Ok(None);
         }
-        if let Err(e) = self.apply(state, &served, latest.traffic, latest.revision).await {
+        // A resting model loads again only for a routing that is not already in force.
+        let applied = match self.served(state).await {
+            Ok(served) => self.apply(state, &served, latest.traffic, latest.revision).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = applied {
             *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some((latest.revision, e.to_string()));
             // Readiness lists it too; the routing in force keeps serving.
             state.models.set_reload_error(&self.spec.name, Some(format!("revision {} cannot be applied: {e}", latest.revision)));
@@ -418,7 +414,12 @@ impl Traffic {
     /// for a rollback, as with any switch.
     pub async fn adopt(&self, state: &AppState, model: Arc<LoadedModel>, actor: &str, reason: &str) -> Result<Revision, ApiError> {
         let _one_at_a_time = self.lock.lock().await;
-        let served = state.models.served(&self.spec.name)?;
+        // A resting model is not loaded again for a version that replaces it (a followed file's
+        // new contents): the version it rests at may be gone from the file.
+        let served = match state.models.slot(&self.spec.name) {
+            Some(ModelSlot::Resting(r)) => Arc::new(Served { table: r.table.clone(), revision: r.revision, versions: BTreeMap::new() }),
+            _ => self.served(state).await?,
+        };
         let change = Change::Switch { version: model.version.clone() };
         let table = served.table.apply(&change).map_err(change_error)?;
         self.install_with(state, &served, table, Some(change), actor, reason, Some(model), AliasStep::Move).await
@@ -455,7 +456,7 @@ impl Traffic {
     ///   records that, with the recorded candidate and shadow kept where they still apply.
     pub async fn resume(&self, state: &AppState) -> Result<(), ApiError> {
         let _one_at_a_time = self.lock.lock().await;
-        let served = state.models.served(&self.spec.name)?;
+        let (table, _) = state.models.routing(&self.spec.name)?;
         let Some(latest) = self.store.latest(&self.spec.name).await? else {
             let initial = Revision {
                 model: self.spec.name.clone(),
@@ -464,7 +465,7 @@ impl Traffic {
                 actor: "server".to_owned(),
                 reason: "initial routing".to_owned(),
                 change: None,
-                traffic: served.table.clone(),
+                traffic: table,
                 source: self.source.label.clone(),
             };
             return match self.store.commit(&initial).await {
@@ -474,12 +475,13 @@ impl Traffic {
                 Err(e) => Err(e.into()),
             };
         };
-        let started_on = &served.table.stable;
+        let started_on = &table.stable;
         let restart = match resume_decision(&latest, self.source.label.as_deref(), self.source.alias.is_some(), started_on) {
             Resume::Apply => return self.resume_recorded(state).await,
             Resume::Restart { table, reason } => (table, reason),
         };
         // Committed over the latest revision, with what this server loaded at startup.
+        let served = self.served(state).await?;
         let base = Served { table: latest.traffic.clone(), revision: latest.revision, versions: served.versions.clone() };
         let (table, reason) = restart;
         match self.install_with(state, &base, table, None, "server", &reason, None, AliasStep::Follow).await {
@@ -632,6 +634,11 @@ impl Traffic {
         }
     }
 
+    /// The model's served state, loaded again first when it rests to save memory.
+    async fn served(&self, state: &AppState) -> Result<Arc<Served>, ApiError> {
+        state.residency.resident(&self.spec.name).await
+    }
+
     /// Swaps `next` in for `served`: background priority for shadow-only versions, shadow
     /// agreement reset for a new pair, metrics, then the table.
     fn publish(&self, state: &AppState, served: &Served, next: Served) {
@@ -645,6 +652,8 @@ impl Traffic {
             state.shadows.reset(&self.spec.name);
         }
         state.models.publish(&self.spec.name, next);
+        // New versions may take the server past its bound on loaded models.
+        state.residency.settle(&self.spec.name);
         self.schedule_cool_down(state);
     }
 
@@ -713,14 +722,10 @@ impl Traffic {
                 "version {version} is not loaded, and this server serves a file; serve the model from a registry (NAME@ALIAS or NAME:VERSION) to route between versions"
             ))
         })?;
-        let reference = ModelRef::Version(self.registry_model.clone(), version.to_owned());
-        let record = registry.resolve(&reference).await?;
-        let bytes = registry.artifact(&record, &NoProgress).await?;
-        let mut spec = self.spec.clone();
-        spec.version = version.to_owned();
-        spec.warm_up = warm_up_for(registry, &record, &self.spec.warm_up).await?;
-        LoadedModel::load_warm(Arc::clone(&self.backend), bytes.to_vec().into(), spec, Arc::clone(&state.metrics), &format!("version {version}"))
-            .await
+        let origin = Origin::Registry { registry: Arc::clone(registry), model: self.registry_model.clone() };
+        let (bytes, warm_up) = crate::residency::fetch(&origin, version, &self.spec.warm_up).await?;
+        let spec = ModelSpec { version: version.to_owned(), warm_up, ..self.spec.clone() };
+        LoadedModel::load_warm(Arc::clone(&self.backend), bytes, spec, Arc::clone(&state.metrics), &format!("version {version}")).await
     }
 }
 

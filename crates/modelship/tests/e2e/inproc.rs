@@ -106,6 +106,7 @@ impl Fixtures {
             replica: "in-process".to_owned(),
             lease_ttl: Duration::from_secs(10),
             poll: Duration::from_secs(1),
+            residency: modelship_server::residency::ResidencyLimits::default(),
         }
     }
 
@@ -133,6 +134,7 @@ impl Fixtures {
                     warm_up: WarmUp { requests: 1, sample: None },
                     described_as: format!("{name}:{version} (registry {})", self.dir.path().display()),
                     limits: Default::default(),
+                    declared: None,
                 };
                 (model, Source::Registry { registry: Arc::clone(&self.registry), reference, record })
             })
@@ -176,6 +178,11 @@ impl std::ops::Deref for App {
 }
 
 impl App {
+    /// The admin listener's base URL.
+    pub fn admin_url(&self) -> &str {
+        &self.admin
+    }
+
     /// `METHOD /admin/v1/models/fraud/PATH` on the admin listener with the admin token.
     pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
         self.admin_of("fraud", method, path, body)

@@ -4,6 +4,7 @@
 mod support;
 mod inproc;
 mod inproc_traffic;
+mod inproc_residency;
 // The same reading of help examples as the CLI's own unit test.
 #[path = "../../src/help_examples.rs"]
 mod help_examples;
@@ -31,6 +32,7 @@ mod registry;
 mod registry_mlflow;
 #[cfg(feature = "s3")]
 mod registry_s3;
+mod residency;
 mod rollout_wait;
 mod security;
 mod source_of_truth;

@@ -193,3 +193,91 @@ fn dynamic_batching_refuses_a_model_without_a_batch_dimension() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("dynamic batching needs a dynamic first dimension"), "{stderr}");
 }
+
+/// A Triton model repository served as it is: one model with a `config.pbtxt` (batching, two
+/// instances, declared tensors, fields modelship does not act on), one without (two version
+/// directories: the newest is served); Triton's clients list both and infer on both, over HTTP
+/// and gRPC. A configuration that does not match its model stops the start, naming the tensor.
+#[test]
+fn a_triton_model_repository_is_served_as_it_is() {
+    let repository = tempfile::tempdir().unwrap();
+    let place = |name: &str, version: &str, file: &str| {
+        let dir = repository.path().join(name).join(version);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(model(file), dir.join("model.onnx")).unwrap();
+    };
+    place("fraud", "1", "fraud");
+    place("lr", "1", "xgboost");
+    place("lr", "2", "logistic_regression");
+    let config = r#"
+        name: "fraud"
+        platform: "onnxruntime_onnx"
+        max_batch_size: 16
+        input [ { name: "input" data_type: TYPE_FP32 dims: [ 30 ] } ]
+        output [ { name: "probabilities" data_type: TYPE_FP32 dims: [ 2 ] } ]
+        dynamic_batching { max_queue_delay_microseconds: 100 }
+        instance_group [ { count: 2 kind: KIND_CPU } ]
+        optimization { graph { level: 1 } }
+    "#;
+    std::fs::write(repository.path().join("fraud/config.pbtxt"), config).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let server = Server::start_with(&["--model-repository", repository.path().to_str().unwrap()], &[("MODELSHIP_STATE_DIR", state.path().to_str().unwrap())]);
+    let models: Vec<&str> = server.ready["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(models, ["fraud", "lr"], "{}", server.ready);
+    let rows = rows(3);
+    let (fraud, lr) = (v2_scores(&server, "fraud", &rows), v2_scores(&server, "lr", &rows));
+    assert_eq!(server.get("/v2/models/lr").json()["versions"], json!(["2"]), "the newest version directory");
+    let config = server.get("/v2/models/fraud/config").json();
+    assert_eq!((config["max_batch_size"].as_u64(), config["instance_group"][0]["count"].as_u64()), (Some(16), Some(2)), "{config}");
+
+    let script = r#"
+import json, sys
+import numpy as np
+import tritonclient.grpc as tg
+import tritonclient.http as th
+http_addr, grpc_addr, admin_addr, token_file, rows = sys.argv[1:6]
+auth = {"authorization": "Bearer " + open(token_file).read().strip()}
+rows = np.asarray(json.loads(rows), dtype=np.float32)
+out = {"index": sorted((m["name"], m["version"], m["state"]) for m in th.InferenceServerClient(admin_addr).get_model_repository_index(headers=auth))}
+for kind, module, client in (("http", th, th.InferenceServerClient(http_addr)), ("grpc", tg, tg.InferenceServerClient(grpc_addr))):
+    for name in ("fraud", "lr"):
+        i = module.InferInput("input", list(rows.shape), "FP32")
+        i.set_data_from_numpy(rows)
+        result = client.infer(name, [i], outputs=[module.InferRequestedOutput("probabilities")])
+        out[kind + "_" + name] = [client.is_model_ready(name), result.as_numpy("probabilities")[:, 1].tolist()]
+print(json.dumps(out))
+"#;
+    let out = Command::new(tool(".cache/triton-venv/bin/python"))
+        .args(["-c", script])
+        .args([server.ready["http"].as_str().unwrap(), server.ready["grpc"].as_str().unwrap(), server.ready["admin"].as_str().unwrap()])
+        .arg(state.path().join("admin-token"))
+        .arg(serde_json::to_string(&rows).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tritonclient failed:\n{}\nserver:\n{}", String::from_utf8_lossy(&out.stderr), server.stderr());
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["index"], json!([["fraud", "1", "READY"], ["lr", "2", "READY"]]));
+    for kind in ["http", "grpc"] {
+        assert_eq!(got[format!("{kind}_fraud")][0], json!(true));
+        assert_close(&format!("{kind} fraud"), &got[format!("{kind}_fraud")][1], &fraud);
+        assert_close(&format!("{kind} lr"), &got[format!("{kind}_lr")][1], &lr);
+    }
+
+    // A declared input the model does not have: the start fails, naming it and the fix's place.
+    std::fs::write(repository.path().join("fraud/config.pbtxt"), config_with_input("features")).unwrap();
+    let out = command().args(["serve", "--model-repository", repository.path().to_str().unwrap(), "--port", "0"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("fraud/config.pbtxt declares input 'features'") && err.contains("its inputs: input"), "{err}");
+    // Another platform than ONNX: refused before anything loads, saying what to do.
+    std::fs::write(repository.path().join("fraud/config.pbtxt"), "platform: \"pytorch_libtorch\"").unwrap();
+    let out = command().args(["serve", "--model-repository", repository.path().to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("export it to ONNX"), "{err}");
+}
+
+fn config_with_input(name: &str) -> String {
+    format!("platform: \"onnxruntime_onnx\"\nmax_batch_size: 4\ninput [ {{ name: \"{name}\" data_type: TYPE_FP32 dims: [ 30 ] }} ]\n")
+}
+

@@ -18,7 +18,29 @@ use crate::state::AppState;
 pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "statistics", "model_repository"];
 
 /// Model metadata: the stable version's signature and the loaded versions (stable first).
+
+/// Whether `name` (at `version`, else its stable version) can answer now: loaded, or resting
+/// and loaded again by the request that needs it. The model's own name and version.
+pub(crate) fn ready_of(state: &AppState, name: &str, version: Option<&str>) -> Result<(String, String), ApiError> {
+    if let Some(crate::model::ModelSlot::Resting(r)) = state.models.slot(name) {
+        let stable = &r.table.stable;
+        return match version {
+            Some(v) if v != stable => Err(ApiError::UnknownVersion { name: name.to_owned(), version: v.to_owned(), available: vec![stable.clone()] }),
+            _ => Ok((name.to_owned(), stable.clone())),
+        };
+    }
+    let model = state.models.get(name, version)?;
+    Ok((model.name.clone(), model.version.clone()))
+}
 pub(crate) fn metadata_of(state: &AppState, name: &str, version: Option<&str>) -> Result<ModelMetadata, ApiError> {
+    // A model resting to save memory answers from what it kept, without loading again.
+    if let Some(crate::model::ModelSlot::Resting(r)) = state.models.slot(name) {
+        let stable = &r.table.stable;
+        if let Some(v) = version.filter(|v| v != stable) {
+            return Err(ApiError::UnknownVersion { name: name.to_owned(), version: v.to_owned(), available: vec![stable.clone()] });
+        }
+        return Ok(ModelMetadata::new(name, vec![stable.clone()], &r.info));
+    }
     let served = state.models.served(name)?;
     let model = served.version(name, version.unwrap_or(&served.table.stable))?;
     let versions = match version {

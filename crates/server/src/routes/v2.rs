@@ -46,7 +46,8 @@ async fn server_metadata() -> Response {
 }
 
 async fn model_config(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    let model = state.models.get(&name, None)?;
+    // The batching facts are the loaded version's: a resting model is loaded again.
+    let model = state.residency.resident(&name).await?.version(&name, &state.models.routing(&name)?.0.stable)?;
     Ok(json(StatusCode::OK, &ModelConfig::new(&model.name, &model.info, &model.batching_facts())))
 }
 
@@ -54,7 +55,7 @@ async fn model_config_version(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let model = state.models.get(&name, Some(&version))?;
+    let model = state.residency.resident(&name).await?.version(&name, &version)?;
     Ok(json(StatusCode::OK, &ModelConfig::new(&model.name, &model.info, &model.batching_facts())))
 }
 
@@ -89,8 +90,8 @@ async fn model_metadata_version(
 }
 
 fn ready(state: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
-    let model = state.models.get(name, version)?;
-    Ok(json(StatusCode::OK, &ModelReady { name: model.name.clone(), version: model.version.clone(), ready: true }))
+    let (name, version) = crate::api::v2::ready_of(state, name, version)?;
+    Ok(json(StatusCode::OK, &ModelReady { name, version, ready: true }))
 }
 
 async fn model_ready(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {

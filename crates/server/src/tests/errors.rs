@@ -51,6 +51,8 @@ fn examples() -> Vec<ApiError> {
         ApiError::UnknownModel { name: s(), available: vec![] },
         ApiError::UnknownVersion { name: s(), version: s(), available: vec![] },
         ApiError::NotReady(s()),
+        ApiError::Unloaded(s()),
+        ApiError::NoRoom(s()),
         ApiError::Overloaded { model: s(), queued: 0 },
         ApiError::BodyTooLarge { limit: 0 },
         ApiError::Body(s()),
