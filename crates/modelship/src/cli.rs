@@ -1027,6 +1027,10 @@ Examples:
   modelship serve fraud@production
   # dynamic batching of concurrent requests
   modelship serve mlp.onnx --max-batch-size 32
+  # a Triton model repository, as it is (DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx)
+  modelship serve --model-repository /models/triton
+  # fifty models, at most ten in memory; the others load on their next request
+  modelship serve --model-repository /models/triton --max-loaded-models 10
   modelship serve model.onnx --tls-cert cert.pem --tls-key key.pem \\
       --api-keys-file keys.txt
 
