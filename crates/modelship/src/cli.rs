@@ -1027,7 +1027,7 @@ Examples:
   modelship serve fraud@production
   # dynamic batching of concurrent requests
   modelship serve mlp.onnx --max-batch-size 32
-  # a Triton model repository, as it is (DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx)
+  # a Triton model repository, as it is (NAME/config.pbtxt, NAME/1/model.onnx)
   modelship serve --model-repository /models/triton
   # fifty models, at most ten in memory; the others load on their next request
   modelship serve --model-repository /models/triton --max-loaded-models 10

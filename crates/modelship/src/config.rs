@@ -479,9 +479,19 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         let key = |field: &str| format!("the {field} of model {}", first.path.display());
         model_limits = entry_limits(&first, &key, &mut problems);
         model_declared = first.declared;
+        // A repository's model is named by its directory and versioned by its version directory.
+        for (what, given, own) in [("name (--name, MODEL_NAME)", &raw.model.name, &first.name), ("version (--model-version, MODEL_VERSION)", &raw.model.version, &first.version)] {
+            if let (Some(given), Some(own)) = (given, own)
+                && given != own
+            {
+                problems.push(format!(
+                    "the model {what} is '{given}', and the model repository's first model, served as the server's own, is '{own}' by its directories; drop the setting or rename the directory"
+                ));
+            }
+        }
         raw.model.path = Some(first.path);
-        raw.model.name = raw.model.name.take().or(first.name);
-        raw.model.version = raw.model.version.take().or(first.version);
+        raw.model.name = first.name;
+        raw.model.version = first.version;
     } else if promoted == 1 {
         let first = raw.models.remove(0);
         if first.workers.is_some() || first.max_queue.is_some() || first.intra_op_threads.is_some() || first.dynamic_batching.is_some() {
@@ -758,8 +768,6 @@ fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// `dynamic_batching` (the server's, `model.dynamic_batching`, or one model's) checked; `key`
-/// names it in problems.
 /// The limits of one `models` entry (`key` names its fields in problems).
 fn entry_limits(more: &RawMoreModel, key: &dyn Fn(&str) -> String, problems: &mut Vec<String>) -> modelship_server::ModelLimits {
     if let Some(w) = more.workers {
@@ -776,6 +784,8 @@ fn entry_limits(more: &RawMoreModel, key: &dyn Fn(&str) -> String, problems: &mu
     modelship_server::ModelLimits { workers: more.workers, max_queue: more.max_queue, intra_op_threads: more.intra_op_threads, batching }
 }
 
+/// `dynamic_batching` (the server's, `model.dynamic_batching`, or one model's) checked; `key`
+/// names it in problems.
 fn resolve_batching(b: &RawBatching, key: &str, problems: &mut Vec<String>) -> modelship_server::Batching {
     let max_batch_size = b.max_batch_size.unwrap_or(32);
     check_range(&format!("{key}.max_batch_size"), max_batch_size, 1, 65_536, problems);

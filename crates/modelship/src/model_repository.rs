@@ -28,7 +28,8 @@ pub fn read(dir: &Path) -> anyhow::Result<Vec<RawMoreModel>> {
         let entry = entry.with_context(|| format!("cannot read the model repository {}", dir.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         // Hidden entries (.git, editors' files) are not models; files beside the models neither.
-        if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+        // A link to a directory is one (volumes mount them so).
+        if name.starts_with('.') || !std::fs::metadata(entry.path()).is_ok_and(|m| m.is_dir()) {
             continue;
         }
         names.push((name, entry.path()));
@@ -56,15 +57,27 @@ fn model(name: &str, dir: &Path) -> anyhow::Result<RawMoreModel> {
     let config_path = dir.join("config.pbtxt");
     let source = config_path.display().to_string();
     let config = match std::fs::metadata(&config_path) {
-        Err(_) => TritonConfig::default(),
+        // No configuration: Triton completes one from the model; so does modelship.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => TritonConfig::default(),
+        Err(e) => bail!("cannot read {source}: {e}"),
         Ok(meta) if !meta.is_file() || meta.len() > MAX_CONFIG_BYTES => {
             bail!("{source} must be a file of at most {MAX_CONFIG_BYTES} bytes")
         }
         Ok(_) => {
-            let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {source}"))?;
+            use std::io::Read as _;
+            let mut text = String::new();
+            std::fs::File::open(&config_path)
+                .and_then(|f| f.take(MAX_CONFIG_BYTES).read_to_string(&mut text))
+                .with_context(|| format!("cannot read {source}"))?;
             triton_config::parse(&source, &text).map_err(anyhow::Error::msg)?
         }
     };
+    if let Some(tensor) = config.inputs.iter().chain(&config.outputs).find(|t| t.reshape) {
+        bail!(
+            "{source}: tensor '{}' has a reshape, which modelship does not apply to requests; declare the model's own dims instead",
+            tensor.name
+        );
+    }
     if !config.name.is_empty() && config.name != name {
         bail!("{source} names the model '{}', and its directory is '{name}': Triton requires them to agree", config.name);
     }
@@ -127,11 +140,12 @@ fn version(name: &str, dir: &Path, config: &TritonConfig) -> anyhow::Result<(Str
     if filename.contains('/') || filename.starts_with('.') {
         bail!("{}: default_model_filename '{filename}' must be a file name in the version directory", dir.join("config.pbtxt").display());
     }
+    // Version directories are named by a number as Triton writes it (`1`, not `01` or `+1`).
     let mut versions: Vec<u64> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()))
+        .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.is_dir()))
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok().filter(|v| v.to_string() == n)))
         .filter(|v| *v > 0)
         .collect();
     versions.sort_unstable();

@@ -53,6 +53,8 @@ pub struct TensorConfig {
     /// The V2 name of `data_type` (`TYPE_FP32` is `FP32`, `TYPE_STRING` is `BYTES`).
     pub datatype: String,
     pub dims: Vec<i64>,
+    /// Whether it has a `reshape` (the model's shape differs from the one clients send).
+    pub reshape: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -117,7 +119,7 @@ pub fn parse(source: &str, text: &str) -> Result<TritonConfig, String> {
                     other => other.to_owned(),
                 };
                 let dims = t.get_field_by_name("dims").and_then(|v| v.as_list().map(|l| l.iter().filter_map(Value::as_i64).collect())).unwrap_or_default();
-                TensorConfig { name: string(t, "name"), datatype, dims }
+                TensorConfig { name: string(t, "name"), datatype, dims, reshape: t.has_field_by_name("reshape") }
             })
             .collect()
     };
@@ -176,6 +178,8 @@ pub fn parse(source: &str, text: &str) -> Result<TritonConfig, String> {
 fn colon_before_lists(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 16);
     let (mut quote, mut escaped, mut comment) = (None::<char>, false, false);
+    // Where the last token outside comments ends in `out`, and whether it is a name.
+    let (mut token_end, mut after_name) = (0, false);
     for c in text.chars() {
         match (quote, comment) {
             (Some(q), _) => {
@@ -191,17 +195,15 @@ fn colon_before_lists(text: &str) -> String {
             (None, false) => match c {
                 '"' | '\'' => quote = Some(c),
                 '#' => comment = true,
-                '[' => {
-                    let before = out.trim_end();
-                    if before.ends_with(|p: char| p.is_ascii_alphanumeric() || p == '_') {
-                        let at = before.len();
-                        out.insert(at, ':');
-                    }
-                }
+                '[' if after_name => out.insert(token_end, ':'),
                 _ => {}
             },
         }
         out.push(c);
+        if quote.is_none() && !comment && !c.is_whitespace() && c != '#' {
+            token_end = out.len();
+            after_name = c.is_ascii_alphanumeric() || c == '_';
+        }
     }
     out
 }
@@ -230,8 +232,8 @@ mod tests {
         "#;
         let c = parse("fraud/config.pbtxt", text).unwrap();
         assert_eq!((c.name.as_str(), c.platform.as_str(), c.max_batch_size), ("fraud", "onnxruntime_onnx", 8));
-        assert_eq!(c.inputs, [TensorConfig { name: "features".into(), datatype: "FP32".into(), dims: vec![30] }]);
-        assert_eq!(c.outputs[1], TensorConfig { name: "note".into(), datatype: "BYTES".into(), dims: vec![-1] });
+        assert_eq!(c.inputs, [TensorConfig { name: "features".into(), datatype: "FP32".into(), dims: vec![30], reshape: false }]);
+        assert_eq!(c.outputs[1], TensorConfig { name: "note".into(), datatype: "BYTES".into(), dims: vec![-1], reshape: false });
         assert_eq!(c.versions, VersionPolicy::Latest(2));
         assert_eq!(c.dynamic_batching, Some(DynamicBatching { preferred_batch_sizes: vec![4, 8], max_queue_delay_microseconds: 100 }));
         assert_eq!((c.instances, c.instance_kinds.as_slice()), (Some(3), ["KIND_CPU".to_owned(), "KIND_CPU".to_owned()].as_slice()));
@@ -246,6 +248,8 @@ mod tests {
             ("input: [ {} ]", "input: [ {} ]"),
             ("dims:[1]", "dims:[1]"),
             ("name: \"a [b\" # c [d\noutput\n[{}]", "name: \"a [b\" # c [d\noutput:\n[{}]"),
+            ("input # the features\n[ {} ]", "input: # the features\n[ {} ]"),
+            ("x: 1 y: \"q\\\" [\" z [{}]", "x: 1 y: \"q\\\" [\" z: [{}]"),
         ];
         for (text, expected) in cases {
             assert_eq!(colon_before_lists(text), expected, "{text}");

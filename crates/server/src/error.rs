@@ -35,6 +35,9 @@ pub enum ApiError {
     /// Unloaded to save memory, and not loaded again within the wait a request is allowed.
     #[error("model '{0}' is not in memory and is loading now; retry in a moment")]
     Unloaded(String),
+    /// A model unloaded to save memory could not be loaded again (the log says why).
+    #[error("model '{0}' is not in memory and could not be loaded again (the server's log says why); retry later")]
+    LoadFailed(String),
     /// Loading a model would pass the bound on loaded models, and no loaded model may be unloaded.
     #[error("{0}")]
     NoRoom(String),
@@ -135,6 +138,7 @@ impl ApiError {
             ApiError::NotReady(_) => (Class::Unavailable, "model_not_ready"),
             ApiError::Unloaded(_) => (Class::Unavailable, "model_loading"),
             ApiError::NoRoom(_) => (Class::Unavailable, "no_room"),
+            ApiError::LoadFailed(_) => (Class::Unavailable, "load_failed"),
             ApiError::Overloaded { .. } => (Class::Overloaded, "overloaded"),
             ApiError::BodyTooLarge { .. } => (Class::TooLarge, "body_too_large"),
             ApiError::Body(_) => (Class::BadRequest, "invalid_body"),

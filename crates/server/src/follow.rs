@@ -19,6 +19,8 @@ use crate::model::LoadedModel;
 use crate::state::AppState;
 use crate::traffic::Traffic;
 
+pub use crate::residency::{Prepare, digest, file_version};
+
 /// What to follow and how.
 pub struct Follow {
     pub registry: Arc<Registry>,
@@ -125,10 +127,6 @@ async fn swap_to(state: &AppState, follow: &Follow, version: &str) -> Result<f64
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// Turns a followed file's new contents into an ONNX model, on a blocking thread: the binary
-/// converts other formats (pickles, XGBoost, LightGBM) there, in a sandboxed child process, never
-/// in this one.
-pub type Prepare = Arc<dyn Fn(Vec<u8>) -> Result<Vec<u8>, String> + Send + Sync>;
 
 /// A served file to follow.
 pub struct FollowFile {
@@ -141,17 +139,6 @@ pub struct FollowFile {
     /// digits of their SHA-256), so responses and metrics tell the contents apart.
     pub base_version: String,
     pub poll: Duration,
-}
-
-/// The hex SHA-256 of a model's bytes.
-pub fn digest(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// The version name of contents with `digest`, served from a file configured as `base`.
-pub fn file_version(base: &str, digest: &str) -> String {
-    format!("{base}-{}", &digest[..12.min(digest.len())])
 }
 
 /// The largest followed file read (as `serve` reads a model file at startup).

@@ -63,7 +63,7 @@ mod state;
 
 pub use app::{Addresses, App, BuildError, Config, Declared, Features, Model, ModelLimits, Settings, Source, build_direct};
 pub use auth::{Credentials, read_api_keys};
-pub use follow::{Prepare, digest as file_digest};
+pub use residency::{Prepare, digest as file_digest};
 pub use model::{DEFAULT_WARM_UP_REQUESTS, WarmUp, WarmUpSample};
 pub use pipeline::CANARY_HEADER;
 pub use pool::{Batching, DEFAULT_INLINE_BELOW, Opportunistic};

@@ -676,15 +676,14 @@ impl ModelTable {
     }
 
     /// Serves `next` for `name`, loaded again, while it still rests as `expected` (compare and
-    /// swap); false when another write came first, which then stands.
-    pub fn wake(&self, name: &str, expected: &Arc<Resting>, next: Served) -> bool {
+    /// swap); `None` when another write came first, which then stands.
+    pub fn wake(&self, name: &str, expected: &Arc<Resting>, next: Served) -> Option<Arc<Served>> {
         let _one_writer = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.slots.load();
         if !matches!(current.get(name), Some(ModelSlot::Resting(r)) if Arc::ptr_eq(r, expected)) {
-            return false;
+            return None;
         }
-        self.publish_locked(name, Arc::new(next));
-        true
+        Some(self.publish_locked(name, Arc::new(next)))
     }
 
     /// Replaces `name`'s slot; returns the one it replaced. Only under `writing`.

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
-use crate::model::{LoadedModel, Routed};
+use crate::model::{LoadedModel, Routed, Served};
 use crate::state::AppState;
 
 /// Sends the request to the candidate (`true` or `1`), when there is one.
@@ -90,10 +90,10 @@ pub async fn run(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, rece
         Ok(request) => request,
         Err(e) => return call.fail(e),
     };
-    let routed = match route(state, &request, headers) {
-        // Unloaded to save memory: loaded again (the wait bounded), then routed.
+    let routed = match route(state, &request, headers, None) {
+        // Unloaded to save memory: loaded again (the wait bounded), then routed on what loaded.
         Err(ApiError::Unloaded(name)) => match state.residency.resident(&name).await {
-            Ok(_) => route(state, &request, headers),
+            Ok(served) => route(state, &request, headers, Some(served)),
             Err(e) => Err(e),
         },
         routed => routed,
@@ -112,13 +112,17 @@ pub async fn run(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, rece
 }
 
 /// Where the request goes: the version it names, else the routing table (pin header, canary
-/// header, sticky key from a header or a parameter, weights), and perhaps a shadow copy.
-fn route(state: &AppState, request: &Request, headers: &HeaderMap) -> Result<(Routed, u64), ApiError> {
+/// header, sticky key from a header or a parameter, weights), and perhaps a shadow copy. On
+/// `served` when given (the model as a load on demand left it), else on the table's.
+fn route(state: &AppState, request: &Request, headers: &HeaderMap, served: Option<Arc<Served>>) -> Result<(Routed, u64), ApiError> {
     let name = match &request.model {
         Some(name) => std::borrow::Cow::Borrowed(name.as_str()),
         None => std::borrow::Cow::Owned(state.models.single_name()?),
     };
-    let served = state.models.served(&name)?;
+    let served = match served {
+        Some(served) => served,
+        None => state.models.served(&name)?,
+    };
     if let Some(version) = &request.version {
         return Ok((Routed { model: served.version(&name, version)?, role: Role::Pinned, shadow: None }, served.revision));
     }

@@ -130,8 +130,9 @@ impl Repository {
         let warm_up = crate::residency::warm_up_for(&registry, &record, &self.warm_up).await?;
         let spec = ModelSpec { name: name.to_owned(), version: record.version.clone(), pool: self.pool.clone(), warm_up };
         let registered = ModelSpec { warm_up: self.warm_up.clone(), ..spec.clone() };
-        let replaced = state.models.served(name).ok();
-        if replaced.is_none() {
+        // A model resting to save memory is replaced like a loaded one (it stays served meanwhile).
+        let replaced = matches!(state.models.slot(name), Some(ModelSlot::Ready(_) | ModelSlot::Resting(_)));
+        if !replaced {
             state.models.loading(name, &record.version);
         }
         let what = format!("version {} of '{name}'", record.version);
@@ -140,7 +141,7 @@ impl Repository {
             Err(e) => {
                 // The refusal is reported (readiness `errors`, the index's reason), but never
                 // takes the server out of readiness: its other models serve on.
-                if replaced.is_none() {
+                if !replaced {
                     state.models.unload(name);
                 }
                 state.models.set_reload_error(name, Some(format!("version {} refused: {e}", record.version)));

@@ -104,7 +104,7 @@ impl Rollouts {
         if let Some(c) = current.as_ref().filter(|c| !c.is_done()) {
             return Err(ApiError::Conflict(format!("model '{}' already has a rollout in progress (rollout {}); abort it first", self.model(), c.id)));
         }
-        let served = state.residency.resident(self.model()).await?;
+        let served = state.residency.load(self.model()).await?;
         if plan.to == served.table.stable {
             return Err(ApiError::Conflict(format!("version {} is already the stable version", plan.to)));
         }
@@ -129,6 +129,8 @@ impl Rollouts {
         };
         self.store().save_rollout(&record, Write::Create, &decisions).await?;
         state.observations.set_recording(self.model(), true);
+        // Kept loaded from now on (each beat says so again, on every replica).
+        state.residency.set_rollout(self.model(), true);
         tracing::info!(model = %self.model(), rollout = record.id, to = %record.rollout.plan.to, actor, "rollout started");
         self.wake.notify_one();
         log_decisions(self.model(), record.id, &decisions);
@@ -249,6 +251,9 @@ impl Rollouts {
             publish(state, self.model(), &r.rollout);
         }
         let active = record.is_some_and(|r| !r.is_done());
+        // A model under rollout stays loaded, whatever its step routes (an approval gate routes
+        // nothing to the candidate yet).
+        state.residency.set_rollout(self.model(), active);
         if active != state.observations.is_recording(self.model()) {
             state.observations.set_recording(self.model(), active);
         }

@@ -213,6 +213,7 @@ impl Traffic {
     /// rollout applies its state without knowing what was applied before.
     pub async fn ensure(&self, state: &AppState, version: &str, target: Target, actor: &str, reason: &str) -> Result<u64, ApiError> {
         let _one_at_a_time = self.lock.lock().await;
+        let _loaded = state.residency.pin(&self.spec.name);
         // A change committed elsewhere first: decide on the latest routing.
         if let Err(e) = self.sync_locked(state).await {
             tracing::warn!(model = %self.spec.name, error = %e, "cannot apply the latest routing before a rollout's change");
@@ -314,6 +315,7 @@ impl Traffic {
     /// Applies `change` to the model's table; returns the new revision.
     pub async fn change(&self, state: &AppState, change: Change, actor: &str, reason: &str) -> Result<Revision, ApiError> {
         let _one_at_a_time = self.lock.lock().await;
+        let _loaded = state.residency.pin(&self.spec.name);
         let served = self.served(state).await?;
         let table = served.table.apply(&change).map_err(change_error)?;
         self.install(state, &served, table, Some(change), actor, reason).await
@@ -324,6 +326,7 @@ impl Traffic {
     /// in force once they applied the latest revision, and commit nothing (`None`).
     pub async fn switch_to(&self, state: &AppState, version: &str, actor: &str, reason: &str) -> Result<Option<Revision>, ApiError> {
         let _one_at_a_time = self.lock.lock().await;
+        let _loaded = state.residency.pin(&self.spec.name);
         self.sync_locked(state).await?;
         if state.models.routing(&self.spec.name)?.0.stable == version {
             return Ok(None);
@@ -344,6 +347,7 @@ impl Traffic {
     /// Restores the table of revision `to` (default: the one before the current), as a new revision.
     pub async fn rollback(&self, state: &AppState, to: Option<u64>, actor: &str, reason: &str) -> Result<Revision, ApiError> {
         let _one_at_a_time = self.lock.lock().await;
+        let _loaded = state.residency.pin(&self.spec.name);
         let served = self.served(state).await?;
         let history = self.store.history(&self.spec.name).await?;
         let Some(target) = to.or_else(|| served.revision.checked_sub(1)) else {
@@ -367,6 +371,7 @@ impl Traffic {
     /// revision applied, if any. A version that cannot be loaded leaves the current table serving.
     pub async fn sync(&self, state: &AppState) -> Result<Option<u64>, ApiError> {
         let _one_at_a_time = self.lock.lock().await;
+        let _loaded = state.residency.pin(&self.spec.name);
         self.sync_locked(state).await
     }
 
@@ -414,6 +419,7 @@ impl Traffic {
     /// for a rollback, as with any switch.
     pub async fn adopt(&self, state: &AppState, model: Arc<LoadedModel>, actor: &str, reason: &str) -> Result<Revision, ApiError> {
         let _one_at_a_time = self.lock.lock().await;
+        let _loaded = state.residency.pin(&self.spec.name);
         // A resting model is not loaded again for a version that replaces it (a followed file's
         // new contents): the version it rests at may be gone from the file.
         let served = match state.models.slot(&self.spec.name) {
@@ -456,6 +462,7 @@ impl Traffic {
     ///   records that, with the recorded candidate and shadow kept where they still apply.
     pub async fn resume(&self, state: &AppState) -> Result<(), ApiError> {
         let _one_at_a_time = self.lock.lock().await;
+        let _loaded = state.residency.pin(&self.spec.name);
         let (table, _) = state.models.routing(&self.spec.name)?;
         let Some(latest) = self.store.latest(&self.spec.name).await? else {
             let initial = Revision {
@@ -634,9 +641,17 @@ impl Traffic {
         }
     }
 
-    /// The model's served state, loaded again first when it rests to save memory.
+    /// The model's served state to change. A model resting to save memory, served from a
+    /// registry, is changed as it is: what the new table routes to is loaded from the registry
+    /// as for any change (so an alias move never loads the version it moves away from). One
+    /// served from a file is loaded again first (no registry holds its versions).
     async fn served(&self, state: &AppState) -> Result<Arc<Served>, ApiError> {
-        state.residency.resident(&self.spec.name).await
+        match state.models.slot(&self.spec.name) {
+            Some(ModelSlot::Resting(r)) if self.registry.is_some() => {
+                Ok(Arc::new(Served { table: r.table.clone(), revision: r.revision, versions: BTreeMap::new() }))
+            }
+            _ => state.residency.load(&self.spec.name).await,
+        }
     }
 
     /// Swaps `next` in for `served`: background priority for shadow-only versions, shadow
@@ -669,6 +684,7 @@ impl Traffic {
             let Some(next) = without_unrouted(&served) else { return };
             let gone: Vec<String> = served.versions.keys().filter(|v| !next.versions.contains_key(*v)).cloned().collect();
             if app.models.publish_if(&name, &served, next) {
+                app.residency.settle(&name);
                 for version in gone {
                     tracing::info!(model = %name, version = %version, "unloaded a version nothing routes to any more");
                 }

@@ -109,3 +109,31 @@ fn a_request_waits_a_bounded_time_for_its_model_to_load() {
     assert_eq!(metric(&app, "modelship_model_lazy_loads_total", &[r#"model="fraud""#, r#"result="loaded""#]), 1.0, "one load, however many asked");
     app.stop();
 }
+
+/// A model whose rollout waits at an approval gate routes nothing to the candidate yet, and still
+/// never rests: the other models take turns in the memory left.
+#[test]
+fn a_model_under_rollout_stays_loaded_even_at_a_gate() {
+    let fixtures = Fixtures::new();
+    fixtures.push_as("churn", "fraud", "1");
+    fixtures.push_as("steady", "fraud", "1");
+    let app = fixtures.serve_models(&[("fraud", "1"), ("churn", "1"), ("steady", "1")], bounded(&fixtures, 2, Duration::from_secs(60)));
+    // Loaded in order: fraud, the least recently used, rests.
+    let state_of = |model: &str| states(&app).into_iter().find(|(n, _)| n == model).map(|(_, s)| s).unwrap();
+    assert_eq!(state_of("fraud"), "RESTING");
+    // Starting its rollout loads it (churn rests); the first step only waits for an approval.
+    let spec = json!({"to": "2", "steps": [{"approve": {}}, {"weight": {"weight": "100%", "hold": "0s"}}], "interval": "200ms"});
+    let r = app.admin_of("fraud", "POST", "rollout", Some(json!({ "spec": spec, "force": true })));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!((state_of("fraud"), state_of("churn")), ("READY".to_owned(), "RESTING".to_owned()));
+    for _ in 0..3 {
+        for model in ["churn", "steady"] {
+            let r = app.post(&format!("/v2/models/{model}/infer"), &fraud_body(1));
+            assert_eq!(r.status, 200, "{model}: {}", r.text);
+            assert_eq!(state_of("fraud"), "READY", "a model under rollout rested");
+        }
+    }
+    assert_eq!(metric(&app, "modelship_model_evictions_total", &[r#"model="fraud""#]), 1.0, "only before its rollout");
+    assert!(metric(&app, "modelship_model_evictions_total", &[r#"model="steady""#]) >= 2.0, "the others took turns");
+    app.stop();
+}

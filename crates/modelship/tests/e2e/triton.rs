@@ -264,14 +264,19 @@ print(json.dumps(out))
     }
 
     // A declared input the model does not have: the start fails, naming it and the fix's place.
+    let state = tempfile::tempdir().unwrap();
     std::fs::write(repository.path().join("fraud/config.pbtxt"), config_with_input("features")).unwrap();
-    let out = command().args(["serve", "--model-repository", repository.path().to_str().unwrap(), "--port", "0"]).output().unwrap();
+    let out = command()
+        .args(["serve", "--model-repository", repository.path().to_str().unwrap(), "--port", "0"])
+        .env("MODELSHIP_STATE_DIR", state.path())
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("fraud/config.pbtxt declares input 'features'") && err.contains("its inputs: input"), "{err}");
     // Another platform than ONNX: refused before anything loads, saying what to do.
     std::fs::write(repository.path().join("fraud/config.pbtxt"), "platform: \"pytorch_libtorch\"").unwrap();
-    let out = command().args(["serve", "--model-repository", repository.path().to_str().unwrap()]).output().unwrap();
+    let out = command().args(["serve", "--model-repository", repository.path().to_str().unwrap()]).env("MODELSHIP_STATE_DIR", state.path()).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("export it to ONNX"), "{err}");

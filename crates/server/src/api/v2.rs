@@ -17,8 +17,6 @@ use crate::state::AppState;
 /// served on the admin listener only.
 pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "statistics", "model_repository"];
 
-/// Model metadata: the stable version's signature and the loaded versions (stable first).
-
 /// Whether `name` (at `version`, else its stable version) can answer now: loaded, or resting
 /// and loaded again by the request that needs it. The model's own name and version.
 pub(crate) fn ready_of(state: &AppState, name: &str, version: Option<&str>) -> Result<(String, String), ApiError> {
@@ -32,6 +30,7 @@ pub(crate) fn ready_of(state: &AppState, name: &str, version: Option<&str>) -> R
     let model = state.models.get(name, version)?;
     Ok((model.name.clone(), model.version.clone()))
 }
+/// Model metadata: the stable version's signature and the loaded versions (stable first).
 pub(crate) fn metadata_of(state: &AppState, name: &str, version: Option<&str>) -> Result<ModelMetadata, ApiError> {
     // A model resting to save memory answers from what it kept, without loading again.
     if let Some(crate::model::ModelSlot::Resting(r)) = state.models.slot(name) {

@@ -53,6 +53,7 @@ fn examples() -> Vec<ApiError> {
         ApiError::NotReady(s()),
         ApiError::Unloaded(s()),
         ApiError::NoRoom(s()),
+        ApiError::LoadFailed(s()),
         ApiError::Overloaded { model: s(), queued: 0 },
         ApiError::BodyTooLarge { limit: 0 },
         ApiError::Body(s()),
