@@ -84,9 +84,27 @@ pub struct RawMoreModel {
     pub max_queue: Option<usize>,
     pub intra_op_threads: Option<usize>,
     pub dynamic_batching: Option<RawBatching>,
+    /// Its own feature spec, looked up in the server's feature store (`features.store_url`).
+    pub features: Option<RawModelFeatures>,
     /// The tensors a Triton repository's `config.pbtxt` declares (never in the file itself).
     #[serde(skip)]
     pub declared: Option<modelship_server::Declared>,
+}
+
+/// A listed model's feature spec: the keys of the `features` section that describe a model's
+/// features (the store and its cache are the server's).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RawModelFeatures {
+    pub key: Option<String>,
+    #[serde(default)]
+    pub storage: modelship_features::spec::Storage,
+    pub input: Option<String>,
+    #[serde(default)]
+    pub on_store_error: modelship_features::spec::Fallback,
+    #[serde(default)]
+    pub on_missing_entity: modelship_features::spec::Fallback,
+    #[serde(default)]
+    pub features: Vec<modelship_features::spec::FeatureDef>,
 }
 
 /// `model.dynamic_batching`, with Triton's field names.
@@ -229,6 +247,8 @@ pub struct MoreModel {
     pub limits: modelship_server::ModelLimits,
     /// The tensors its Triton configuration declares.
     pub declared: Option<modelship_server::Declared>,
+    /// Its own feature spec (in the server's feature store).
+    pub features: Option<modelship_features::spec::SpecConfig>,
 }
 
 /// Inference API keys and TLS. The key file is read when the server starts (`resolve` reads
@@ -540,7 +560,20 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
             ));
         }
         let limits = entry_limits(&more, &key, &mut problems);
-        more_models.push(MoreModel { name, version, path: more.path, limits, declared: more.declared });
+        let features = more.features.map(|f| {
+            if raw.features.as_ref().and_then(|s| s.store_url.as_ref()).is_none() {
+                problems.push(format!("{} is set, and there is no feature store to look its features up in: set features.store_url", key("features")));
+            }
+            modelship_features::spec::SpecConfig {
+                input: f.input,
+                key: f.key,
+                storage: f.storage,
+                features: f.features,
+                on_store_error: f.on_store_error,
+                on_missing_entity: f.on_missing_entity,
+            }
+        });
+        more_models.push(MoreModel { name, version, path: more.path, limits, declared: more.declared, features });
     }
 
     let workers = raw.server.workers.unwrap_or_else(default_workers);

@@ -130,6 +130,7 @@ fn model(name: &str, dir: &Path) -> anyhow::Result<RawMoreModel> {
         intra_op_threads: None,
         dynamic_batching,
         declared: Some(declared),
+        features: None,
     })
 }
 

@@ -77,7 +77,10 @@ pub async fn server_config(config: &ServeConfig, backend: &Arc<dyn Backend>, sta
             cache_ttl: f.cache_ttl,
             cache_max_entries: f.cache_max_entries,
         },
-        spec: f.spec.clone(),
+        // The first model's spec is the `features` section's; each listed model may have its own.
+        specs: std::iter::once((config.model_name.clone(), f.spec.clone()))
+            .chain(config.more_models.iter().filter_map(|m| m.features.clone().map(|spec| (m.name.clone(), spec))))
+            .collect(),
     });
     Ok(Config {
         settings: settings(config),

@@ -213,10 +213,12 @@ pub enum Source {
     Registry { registry: Arc<Registry>, reference: ModelRef, record: VersionRecord },
 }
 
-/// The feature store, and the feature spec checked against the model once it loads.
+/// The feature store the server's models share, and each model's feature spec by model name,
+/// checked against that model once it loads. A model without a spec takes its features in the
+/// request; a spec with no features keeps the store connected for readiness only.
 pub struct Features {
     pub store: modelship_features::StoreConfig,
-    pub spec: modelship_features::spec::SpecConfig,
+    pub specs: std::collections::BTreeMap<String, modelship_features::spec::SpecConfig>,
 }
 
 /// Everything a server is built from.
@@ -313,6 +315,9 @@ impl Config {
     pub async fn build(self, backend: Arc<dyn Backend>, shutdown: &CancellationToken) -> Result<App, BuildError> {
         let Config { settings, credentials, token_source, tls, models, features, repository, started } = self;
         check_names(&models)?;
+        if let Some(unknown) = features.iter().flat_map(|f| f.specs.keys()).find(|name| !models.iter().any(|(m, _)| &m.name == *name)) {
+            return Err(failed(format!("a feature spec names model '{unknown}', which this server does not serve")));
+        }
         let (listener, http) = bind(&settings.host, settings.port, "").await?;
         let (admin_listener, admin_address) = bind(&settings.admin_host, settings.admin_port, " for the admin API (--admin-port)").await?;
         // Bound now so the port is ours; served once the models are loaded (connections wait in
@@ -327,6 +332,11 @@ impl Config {
         let store = crate::control::open(&settings.control_store, &settings.state_dir.join("traffic.db")).map_err(failed)?;
 
         let state = AppState::with_residency(settings.limits(), credentials, settings.residency);
+        // One feature store for every model that has a feature spec (each checked once its model loads).
+        let mut feature_services = match &features {
+            None => None,
+            Some(features) => Some((feature_store(features, &state).map_err(failed)?, std::collections::BTreeMap::new())),
+        };
         let primary = models[0].0.name.clone();
         state.models.set_primary(&primary);
         let mut server = Server::new(Arc::clone(&state.health), state.tasks.clone(), settings.drain(), settings.connections());
@@ -356,22 +366,28 @@ impl Config {
                     return Err(BuildError::Stopped);
                 }
             };
-            if spec.name == primary
-                && let Some(features) = &features
+            if let Some((store, services)) = &mut feature_services
+                && let Some(config) = features.as_ref().and_then(|f| f.specs.get(&spec.name))
             {
-                let service = match feature_service(features, &loaded.info.signature, &state) {
-                    Ok(service) => service,
+                match feature_service(config, &loaded.info.signature, store, &spec.name) {
+                    Ok(Some(service)) => {
+                        services.insert(spec.name.clone(), service);
+                    }
+                    Ok(None) => {}
                     Err(e) => return Err(stop_failed(&state, &spec, server, e).await),
-                };
-                let store = Arc::clone(&service.store);
-                state.tasks.spawn("feature-store-monitor", move |_| store.monitor());
-                let _ = state.features.set(service);
+                }
             }
             state.residency.register(&spec.name, spec.clone(), origin, Arc::clone(&backend));
             state.models.publish(&spec.name, Served::single(Arc::new(loaded)));
             // Every model answered once; past the bound, the least recently used rests.
             state.residency.settle(&spec.name);
             loaded_models.push((spec, source));
+        }
+
+        if let Some((store, models)) = feature_services {
+            let monitored = Arc::clone(&store);
+            state.tasks.spawn("feature-store-monitor", move |_| monitored.monitor());
+            let _ = state.features.set(crate::state::FeatureServices { store, models });
         }
 
         // Every model's source is checked before any background work starts: a start that fails
@@ -564,27 +580,31 @@ async fn stop_failed(state: &AppState, spec: &ModelSpec, server: Server, error: 
     BuildError::Failed(error)
 }
 
-/// The feature store and the feature spec checked against the served model's signature.
-fn feature_service(
-    features: &Features,
-    signature: &modelship_inference::Signature,
-    state: &AppState,
-) -> Result<Arc<modelship_features::FeatureService>, String> {
+/// The feature store the models share (its metrics registered once).
+fn feature_store(features: &Features, state: &AppState) -> Result<Arc<modelship_features::Store>, String> {
     let metrics = modelship_features::FeatureMetrics::register(state.metrics.registry()).map_err(|e| format!("cannot register the feature metrics: {e}"))?;
     let store = modelship_features::Store::new(&features.store, metrics)?;
-    let url = modelship_features::store::redact(&features.store.url);
-    let spec = if features.spec.features.is_empty() && features.spec.key.is_none() {
-        tracing::info!(store_url = %url, "feature store connected for readiness only: no features.features are configured, so requests must carry their features");
-        None
-    } else {
-        Some(
-            modelship_features::FeatureSpec::new(&features.spec, signature)
-                .map_err(|problems| format!("the feature spec does not fit the model:\n  - {}", problems.join("\n  - ")))?,
-        )
-    };
     tracing::info!(
-        store_url = %url, timeout_ms = features.store.timeout.as_millis() as u64,
-        cache_ttl_s = features.store.cache_ttl.as_secs(), features = spec.as_ref().map_or(0, |s| s.features.len()), "feature store configured"
+        store_url = %modelship_features::store::redact(&features.store.url), timeout_ms = features.store.timeout.as_millis() as u64,
+        cache_ttl_s = features.store.cache_ttl.as_secs(), models = ?features.specs.keys().collect::<Vec<_>>(), "feature store configured"
     );
-    Ok(Arc::new(modelship_features::FeatureService { spec, store }))
+    Ok(store)
+}
+
+/// Model `name`'s feature spec checked against its signature; `None` for a spec with no
+/// features (the store is then connected for readiness only, and requests carry their features).
+fn feature_service(
+    config: &modelship_features::spec::SpecConfig,
+    signature: &modelship_inference::Signature,
+    store: &Arc<modelship_features::Store>,
+    name: &str,
+) -> Result<Option<Arc<modelship_features::FeatureService>>, String> {
+    if config.features.is_empty() && config.key.is_none() {
+        tracing::info!(model = %name, "no features are configured for this model, so its requests must carry their features");
+        return Ok(None);
+    }
+    let spec = modelship_features::FeatureSpec::new(config, signature)
+        .map_err(|problems| format!("the feature spec of model '{name}' does not fit it:\n  - {}", problems.join("\n  - ")))?;
+    tracing::info!(model = %name, features = spec.features.len(), "feature spec checked against the model");
+    Ok(Some(Arc::new(modelship_features::FeatureService { spec: Some(spec), store: Arc::clone(store) })))
 }

@@ -24,7 +24,7 @@ pub enum ApiError {
     InvalidSpec(String),
     #[error("{0}")]
     Features(#[from] modelship_features::FeatureError),
-    #[error("this model has no feature store to look entities up in; send the features themselves, or configure features.store_url and features.features (for the server's first model)")]
+    #[error("this model has no feature spec to look entities up with; send the features themselves, or configure features.store_url with features.features (the server's first model) or models[].features")]
     NoFeatureStore,
     #[error("unknown model '{name}'; this server serves: {}", .available.join(", "))]
     UnknownModel { name: String, available: Vec<String> },

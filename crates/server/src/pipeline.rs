@@ -190,8 +190,8 @@ fn check_size(state: &AppState, request: &InferRequest) -> Result<(), ApiError> 
 /// Adds to `request` the model input the feature store builds from `entities`; returns the
 /// entities that got defaults (as a response value), when any did.
 async fn enrich(state: &AppState, model: &str, request: &mut InferRequest, entities: &[Map<String, Value>]) -> Result<Option<Value>, ApiError> {
-    // The feature spec was checked against the server's own model's signature: no other.
-    let service = state.features.get().filter(|_| state.models.is_primary(model)).ok_or(ApiError::NoFeatureStore)?;
+    // Each spec was checked against its own model's signature.
+    let service = state.features.get().and_then(|f| f.models.get(model)).ok_or(ApiError::NoFeatureStore)?;
     let enriched = service.enrich(entities).await?;
     if request.inputs.iter().any(|t| t.name() == enriched.tensor.name()) {
         return Err(ApiError::Invalid(format!(

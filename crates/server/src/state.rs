@@ -47,6 +47,12 @@ impl Default for Limits {
     }
 }
 
+/// The feature store the models share, and the feature service of each model that has a spec.
+pub struct FeatureServices {
+    pub store: Arc<modelship_features::Store>,
+    pub models: std::collections::BTreeMap<String, Arc<modelship_features::FeatureService>>,
+}
+
 /// Everything a handler needs. One `Arc`: the framework clones the state for every middleware
 /// and handler a request passes through, so a clone is one reference count, not one per field.
 #[derive(Clone)]
@@ -78,9 +84,9 @@ pub struct Shared {
     pub(crate) ids: Arc<RequestIds>,
     /// Per-request numbers for weighted routing and shadow sampling.
     pub(crate) nonces: Arc<AtomicU64>,
-    /// The feature store, once configured (after the model loads: the spec is checked against
-    /// its signature); readiness follows it from then on.
-    pub features: Arc<std::sync::OnceLock<Arc<modelship_features::FeatureService>>>,
+    /// The feature store and each model's feature service, once the models loaded (each spec is
+    /// checked against its model's signature); readiness follows the store from then on.
+    pub features: Arc<std::sync::OnceLock<FeatureServices>>,
     /// The fleet's control store and the model it serves, when this replica is one of several:
     /// labels it cannot join are handed on through it.
     pub fleet: Arc<std::sync::OnceLock<(Arc<dyn crate::control::ControlStore>, String)>>,

@@ -426,3 +426,41 @@ fn a_spec_that_does_not_fit_the_model_stops_the_server_with_every_problem() {
         assert!(stderr.contains(want), "{want}: {stderr}");
     }
 }
+
+/// Each model of a server has its own feature spec in the one store: a listed model with a spec
+/// of its own is enriched as the first model is; a model with none takes its features in the
+/// request and refuses entities, saying how to give it a spec.
+#[test]
+fn each_model_has_its_own_feature_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(free_port());
+    let first = config(dir.path(), &redis, "");
+    load(&first, &csv(dir.path()));
+    // The same spec as the first model's, under models[].features, and a model without one.
+    let text = std::fs::read_to_string(&first).unwrap();
+    let spec: String = text.lines().skip_while(|l| !l.starts_with("  features:")).skip(1).map(|l| format!("  {l}\n")).collect();
+    let listed = format!(
+        "{text}models:\n  - {{path: {}, name: plain}}\n  - path: {}\n    name: churn\n    features:\n      key: 'features:customer:{{customer_id}}'\n      features:\n{spec}",
+        model("fraud"),
+        model("logistic_regression"),
+    );
+    let cfg = dir.path().join("listed.yaml");
+    std::fs::write(&cfg, listed).unwrap();
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    wait_ready(&server, 200);
+    let body = json!({"entities": [entity(1), entity(3)]}).to_string();
+    let own = server.post("/v1/predict", &body);
+    let listed = server.post("/v1/models/churn/predict", &body);
+    assert_eq!((own.status, listed.status), (200, 200), "{} / {}", own.text, listed.text);
+    assert_eq!(own.json()["prediction"], listed.json()["prediction"], "the same model and spec: the same answers");
+    let plain = server.post("/v1/models/plain/predict", &body);
+    assert_eq!(plain.status, 400, "{}", plain.text);
+    assert!(plain.json()["error"].as_str().unwrap().contains("models[].features"), "{}", plain.text);
+    // A model's spec without a store to look in is refused before anything starts.
+    let bad = dir.path().join("no-store.yaml");
+    std::fs::write(&bad, format!("model: {{path: {}}}\nmodels:\n  - {{path: {}, name: churn, features: {{key: 'k:{{id}}'}}}}\n", model("fraud"), model("logistic_regression"))).unwrap();
+    let out = command().args(["serve", "--config", bad.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("models[0].features is set") && err.contains("features.store_url"), "{err}");
+}
