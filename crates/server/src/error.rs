@@ -325,8 +325,10 @@ impl IntoResponse for ApiError {
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if matches!(self, ApiError::BodyTimeout(_) | ApiError::BodyTooLarge { .. }) {
-            // The rest of the body is never read: the connection cannot carry another request.
+        if matches!(self, ApiError::BodyTimeout(_) | ApiError::BodyTooLarge { .. } | ApiError::Unauthorized | ApiError::NoApiKey) {
+            // The rest of the body is never read (a refused credential is answered before its
+            // body): the connection cannot carry another request, and a client that reused it
+            // would see its next request fail unsent. Said, so that it opens another.
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response

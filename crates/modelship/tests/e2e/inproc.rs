@@ -255,3 +255,20 @@ fn a_whole_server_runs_in_process_answers_changes_and_drains() {
     assert_eq!(app.status()["revision"], 1);
     assert_eq!(app.stop(), DrainOutcome::Complete);
 }
+
+/// A refused credential is answered before the request's body is read, so the connection cannot
+/// carry another request: the refusal says `Connection: close`, and one pooled client sends
+/// refused requests with bodies one after another, each answered 401.
+#[test]
+fn refused_requests_close_their_connection_and_a_pooled_client_goes_on() {
+    let fixtures = Fixtures::new();
+    let app = fixtures.serve("1", fixtures.settings());
+    let agent = agent();
+    let url = format!("{}/admin/v1/models/fraud/traffic", app.admin);
+    let body = json!({"change": {"op": "weight", "weight": 5000}, "reason": "no"}).to_string();
+    for _ in 0..3 {
+        let r = reply(agent.post(&url).header("authorization", "Bearer wrong-token-0123456789abcdef").header("content-type", "application/json").send(&body).unwrap());
+        assert_eq!((r.status, r.header("connection")), (401, Some("close")), "{}", r.text);
+    }
+    app.stop();
+}
