@@ -39,7 +39,7 @@ fn each_bad_request_is_named_and_the_server_survives() {
         ("unknown version", "/v2/models/fraud/versions/2/infer", fraud_body(1), 404, "model 'fraud' has no version '2'; available: 1"),
         ("body too large", "/v2/models/fraud/infer", huge, 413, "larger than the limit of 65536 bytes"),
         ("v1 missing features", "/v1/predict", "{}".to_owned(), 400, "give 'features'"),
-        ("v1 entities without a store", "/v1/predict", r#"{"entities": [{"customer_id": "c1"}]}"#.to_owned(), 400, "this model has no feature store"),
+        ("v1 entities without a store", "/v1/predict", r#"{"entities": [{"customer_id": "c1"}]}"#.to_owned(), 400, "this model has no feature spec"),
         ("v2 entities not a list", "/v2/models/fraud/infer", r#"{"inputs": [], "parameters": {"entities": 3}}"#.to_owned(), 400, "parameters.entities must be an array of objects"),
         ("v1 unknown field", "/v1/predict", r#"{"feature": [[1]]}"#.to_owned(), 400, "unknown field `feature`"),
         ("v1 wrong width", "/v1/predict", json!({"features": [[1, 2, 3]]}).to_string(), 400, "has shape [1, 3] but the model expects [-1, 30]"),
