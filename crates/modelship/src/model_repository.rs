@@ -176,7 +176,10 @@ fn version(name: &str, dir: &Path, config: &TritonConfig) -> anyhow::Result<(Str
 mod tests {
     use super::*;
 
-    fn repository(models: &[(&str, Option<&str>, &[&str])]) -> tempfile::TempDir {
+    /// Models by name: their `config.pbtxt`, if any, and their version directories.
+    type Models<'a> = &'a [(&'a str, Option<&'a str>, &'a [&'a str])];
+
+    fn repository(models: Models<'_>) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for (name, config, versions) in models {
             let model = dir.path().join(name);
@@ -211,7 +214,7 @@ mod tests {
     #[test]
     fn every_problem_is_named() {
         // (models, what the error must say)
-        let cases: &[(&[(&str, Option<&str>, &[&str])], &str)] = &[
+        let cases: &[(Models<'_>, &str)] = &[
             (&[("a", Some("platform: \"tensorrt_plan\""), &["1"])], "export it to ONNX"),
             (&[("a", Some("name: \"b\""), &["1"])], "names the model 'b'"),
             (&[("a", None, &[])], "no version directory"),

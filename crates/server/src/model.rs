@@ -523,6 +523,14 @@ pub struct Resting {
     pub cost_bytes: u64,
 }
 
+impl Resting {
+    /// Its routing in force, with nothing loaded: what a traffic write that loads what it routes
+    /// to starts from.
+    pub fn unloaded(&self) -> Served {
+        Served { table: self.table.clone(), revision: self.revision, versions: BTreeMap::new() }
+    }
+}
+
 impl Served {
     /// Whether it may be unloaded to save memory: one version loaded, routed all traffic (no
     /// candidate or shadow: nothing under rollout, nothing a fleet revision splits).
@@ -575,11 +583,6 @@ pub struct ModelTable {
 impl ModelTable {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         ModelTable { slots: ArcSwap::default(), metrics, writing: Mutex::new(()), reload_errors: Default::default(), primary: OnceLock::new() }
-    }
-
-    /// Whether `name` is the server's own model (the first it was started with).
-    pub fn is_primary(&self, name: &str) -> bool {
-        self.primary.get().is_some_and(|p| p == name)
     }
 
     /// Names the server's own model (once; later calls change nothing).

@@ -132,10 +132,6 @@ impl Residency {
         Residency { inner: Arc::new(inner), tasks, waking: Mutex::default() }
     }
 
-    pub fn limits(&self) -> ResidencyLimits {
-        self.inner.limits
-    }
-
     fn is_bounded(&self) -> bool {
         self.inner.limits.max_models.is_some() || self.inner.limits.max_bytes.is_some()
     }

@@ -423,7 +423,7 @@ impl Traffic {
         // A resting model is not loaded again for a version that replaces it (a followed file's
         // new contents): the version it rests at may be gone from the file.
         let served = match state.models.slot(&self.spec.name) {
-            Some(ModelSlot::Resting(r)) => Arc::new(Served { table: r.table.clone(), revision: r.revision, versions: BTreeMap::new() }),
+            Some(ModelSlot::Resting(r)) => Arc::new(r.unloaded()),
             _ => self.served(state).await?,
         };
         let change = Change::Switch { version: model.version.clone() };
@@ -648,7 +648,7 @@ impl Traffic {
     async fn served(&self, state: &AppState) -> Result<Arc<Served>, ApiError> {
         match state.models.slot(&self.spec.name) {
             Some(ModelSlot::Resting(r)) if self.registry.is_some() => {
-                Ok(Arc::new(Served { table: r.table.clone(), revision: r.revision, versions: BTreeMap::new() }))
+                Ok(Arc::new(r.unloaded()))
             }
             _ => state.residency.load(&self.spec.name).await,
         }
