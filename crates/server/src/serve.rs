@@ -230,6 +230,9 @@ struct Open {
     last_read: std::sync::atomic::AtomicU64,
     /// Requests now in a handler.
     handling: std::sync::atomic::AtomicUsize,
+    /// Of those, the ones whose body is still arriving: the server waits on its client for them,
+    /// so they do not make the connection busy (a stalled upload is closed like a stalled head).
+    receiving: std::sync::atomic::AtomicUsize,
     /// Whether any bytes were read from it yet. A new connection whose request the server has
     /// not read yet (a busy machine, a burst of connections) cannot be said to have stalled: for
     /// its first [`UNREAD_GRACE_MS`] it is closed only after every connection that sent part of
@@ -237,6 +240,14 @@ struct Open {
     read_any: std::sync::atomic::AtomicBool,
     /// Cancelled to close the connection at once.
     evict: CancellationToken,
+}
+
+impl Open {
+    /// Whether the server is working on one of its requests: in a handler, its body all read.
+    fn busy(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.handling.load(Relaxed) > self.receiving.load(Relaxed)
+    }
 }
 
 /// How long a new connection nothing was read from yet is protected from the cap.
@@ -273,6 +284,7 @@ impl OpenConnections {
         let conn = Arc::new(Open {
             last_read: self.now_ms().into(),
             handling: Default::default(),
+            receiving: Default::default(),
             read_any: Default::default(),
             evict: CancellationToken::new(),
         });
@@ -283,7 +295,7 @@ impl OpenConnections {
             let new_and_unread = |c: &Open| !c.read_any.load(Relaxed) && now.saturating_sub(c.last_read.load(Relaxed)) < UNREAD_GRACE_MS;
             let victim = open
                 .iter()
-                .min_by_key(|(id, c)| (c.handling.load(Relaxed) > 0, new_and_unread(c), c.last_read.load(Relaxed), **id))
+                .min_by_key(|(id, c)| (c.busy(), new_and_unread(c), c.last_read.load(Relaxed), **id))
                 .map(|(id, c)| (*id, Arc::clone(c)));
             if let Some((victim_id, victim)) = victim {
                 open.remove(&victim_id);
@@ -374,14 +386,69 @@ struct Counted {
     conn: Arc<Open>,
 }
 
+type RouterService = TowerToHyperService<Router>;
+type RouterCall = http::Request<Arriving>;
+
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Counted {
-    type Response = <TowerToHyperService<Router> as hyper::service::Service<http::Request<hyper::body::Incoming>>>::Response;
-    type Error = <TowerToHyperService<Router> as hyper::service::Service<http::Request<hyper::body::Incoming>>>::Error;
-    type Future = CountedFuture<<TowerToHyperService<Router> as hyper::service::Service<http::Request<hyper::body::Incoming>>>::Future>;
+    type Response = <RouterService as hyper::service::Service<RouterCall>>::Response;
+    type Error = <RouterService as hyper::service::Service<RouterCall>>::Error;
+    type Future = CountedFuture<<RouterService as hyper::service::Service<RouterCall>>::Future>;
 
     fn call(&self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
         self.conn.handling.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let request = request.map(|body| {
+            use hyper::body::Body as _;
+            let receiving = (!body.is_end_stream()).then(|| {
+                self.conn.receiving.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Receiving(Arc::clone(&self.conn))
+            });
+            Arriving { body, receiving }
+        });
         CountedFuture { future: self.inner.call(request), done: Handling(Arc::clone(&self.conn)) }
+    }
+}
+
+/// Counts one request body out of the ones still arriving when dropped (all read, failed, or
+/// abandoned by its handler).
+struct Receiving(Arc<Open>);
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.0.receiving.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body, counted as arriving until its end.
+    struct Arriving {
+        #[pin]
+        body: hyper::body::Incoming,
+        receiving: Option<Receiving>,
+    }
+}
+
+impl hyper::body::Body for Arriving {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let polled = this.body.as_mut().poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) || this.body.is_end_stream() {
+            this.receiving.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -527,7 +594,8 @@ mod tests {
         let (unread, _b) = table.admit("test", 3);
         let (busy, _c) = table.admit("test", 3);
         busy.read_any.store(true, Relaxed);
-        busy.handling.store(1, Relaxed);
+        busy.handling.store(2, Relaxed);
+        busy.receiving.store(1, Relaxed);
         // Read later than `stalled`, and not in a handler: still the oldest read is closed first.
         let (_new, _d) = table.admit("test", 3);
         assert!(stalled.evict.is_cancelled(), "the stalled connection, read and then silent, goes first");
@@ -537,5 +605,24 @@ mod tests {
         let (_newest, _f) = table.admit("test", 3);
         assert!(unread.evict.is_cancelled());
         assert!(!busy.evict.is_cancelled(), "a request in a handler is never closed while another can be");
+    }
+
+    /// A request in a handler whose body has not all arrived waits on its client: a stalled
+    /// upload is closed before a new connection, a stalled head or a request being worked on.
+    #[test]
+    fn a_stalled_upload_is_closed_like_any_connection_waiting_on_its_client() {
+        let table = OpenConnections::new();
+        let (upload, _a) = table.admit("test", 3);
+        upload.read_any.store(true, Relaxed);
+        upload.handling.store(1, Relaxed);
+        upload.receiving.store(1, Relaxed);
+        let (_unread, _b) = table.admit("test", 3);
+        let (working, _c) = table.admit("test", 3);
+        working.read_any.store(true, Relaxed);
+        working.handling.store(1, Relaxed);
+        assert!(!upload.busy() && working.busy());
+        let (_new, _d) = table.admit("test", 3);
+        assert!(upload.evict.is_cancelled(), "the upload waiting on its body goes first");
+        assert!(!working.evict.is_cancelled());
     }
 }
