@@ -68,7 +68,7 @@ fn window(plan: &Plan, errors: u64, slower: f64, external: f64) -> Window {
     let latencies = |scale: f64| -> Vec<f64> { (0..25).map(|i| scale * 0.010 * (1.0 + f64::from(i % 10) / 100.0)).collect() };
     let scores: Vec<f64> = (0..25).map(|i| f64::from(i) / 25.0).collect();
     let labelled: Vec<(f64, bool)> = scores.iter().map(|&s| (s, s >= 0.5)).collect();
-    let sample = |errors, scale| Sample { requests: 100, errors, latencies: latencies(scale).into(), scores: scores.clone().into(), labelled: labelled.clone().into() };
+    let sample = |errors, scale| Sample { requests: 100, errors, latencies: latencies(scale).into(), scores: scores.clone().into(), labelled: labelled.clone().into(), ..Default::default() }.with_sums();
     let external = plan
         .checks
         .iter()

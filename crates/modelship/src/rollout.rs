@@ -294,6 +294,7 @@ const VERDICT_WIDTH: usize = 14;
 fn verdict(v: &Verdict) -> (&'static str, Option<f64>, &str) {
     match v {
         Verdict::Pass { value } => ("pass", Some(*value), ""),
+        Verdict::Proven { value, reason } => ("proven", Some(*value), reason),
         Verdict::Fail { value, reason } => ("fail", Some(*value), reason),
         Verdict::Inconclusive { reason } => ("inconclusive", None, reason),
         Verdict::NotApplicable { reason } => ("not_applicable", None, reason),
@@ -320,6 +321,10 @@ fn describe_step(step: &Step) -> String {
         Step::Shadow { percent, hold: h } => format!("shadow {}{}", percent.0, hold(h)),
         Step::Header { hold: h } => format!("header ({CANARY_HEADER}){}", hold(h)),
         Step::Weight { weight, hold: h } => format!("weight {}{}", weight.0, hold(h)),
+        Step::Experiment { weight, hold: h, no_winner } => {
+            let otherwise = serde_json::to_value(no_winner).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            format!("experiment {}{}, no winner: {otherwise}", weight.0, hold(h))
+        }
         Step::Approve {} => "approval".to_owned(),
         Step::Webhook { url } => format!("webhook {url}"),
     }

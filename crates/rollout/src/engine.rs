@@ -11,8 +11,8 @@ use std::time::Duration;
 use modelship_router::BasisPoints;
 use serde::{Deserialize, Serialize};
 
-use crate::check::{Check, Verdict, Window};
-use crate::spec::{OnFailure, OnNoData, Plan, Step};
+use crate::check::{Check, Evidence, Verdict, Window};
+use crate::spec::{NoWinner, OnFailure, OnNoData, Plan, Step};
 
 /// Milliseconds on the caller's clock.
 pub type Millis = u64;
@@ -121,6 +121,10 @@ pub struct Rollout {
     /// time, and old evidence ages out.
     #[serde(default)]
     pub observed: VecDeque<Window>,
+    /// Everything observed since the current step began, as sufficient statistics: what the
+    /// always-valid checks judge.
+    #[serde(default)]
+    pub evidence: Evidence,
 }
 
 impl Rollout {
@@ -136,6 +140,7 @@ impl Rollout {
             total_failures: 0,
             verdicts: vec![],
             observed: VecDeque::new(),
+            evidence: Evidence::default(),
         };
         let decisions = rollout.enter(0, now, "rollout started");
         (rollout, decisions)
@@ -190,6 +195,7 @@ impl Rollout {
             Event::Settled { now } => {
                 self.step_started = now;
                 self.observed.clear();
+                self.evidence = Evidence::default();
                 vec![]
             }
             Event::Wait { now } if self.past_deadline(now) => {
@@ -228,33 +234,48 @@ impl Rollout {
         while self.observed.len() > policy.window.max(1) {
             self.observed.pop_front();
         }
+        self.evidence.add(window);
         // Seeded by the tick's time, so the same events always give the same decisions.
         let mut rng = fastrand::Rng::with_seed(now);
         let observed = self.observed.iter().fold(Window::default(), |mut all, w| {
             all.merge(w, &mut rng);
             all
         });
-        self.verdicts = self
+        let judged: Vec<(&Check, Verdict)> = self
             .plan
             .checks
             .iter()
             .map(|c| {
                 let verdict = match not_applicable(c, &step) {
                     Some(why) => Verdict::NotApplicable { reason: why.to_owned() },
-                    None => c.judge(&observed, policy.min_samples),
+                    None => c.judge(&observed, &self.evidence, policy.min_samples),
                 };
-                (c.name().to_owned(), verdict)
+                (c, verdict)
             })
             .collect();
-        let failed: Vec<String> = self
-            .verdicts
-            .iter()
-            .filter_map(|(name, v)| match v {
-                Verdict::Fail { reason, .. } => Some(format!("{name}: {reason}")),
-                _ => None,
-            })
-            .collect();
-        let inconclusive = self.verdicts.iter().any(|(_, v)| matches!(v, Verdict::Inconclusive { .. }));
+        let failed = |sequential: bool| -> Vec<String> {
+            judged
+                .iter()
+                .filter(|(c, _)| c.is_sequential() == sequential)
+                .filter_map(|(c, v)| match v {
+                    Verdict::Fail { reason, .. } => Some(format!("{}: {reason}", c.name())),
+                    _ => None,
+                })
+                .collect()
+        };
+        let (concluded, failed) = (failed(true), failed(false));
+        let inconclusive = judged.iter().any(|(_, v)| matches!(v, Verdict::Inconclusive { .. }));
+        let rewards: Vec<&Verdict> = judged.iter().filter(|(c, v)| matches!(c, Check::Reward { .. }) && !matches!(v, Verdict::NotApplicable { .. })).map(|(_, v)| v).collect();
+        let proven = judged.iter().filter(|(_, v)| !matches!(v, Verdict::NotApplicable { .. })).all(|(_, v)| matches!(v, Verdict::Proven { .. }));
+        let any_judged = judged.iter().any(|(_, v)| !matches!(v, Verdict::NotApplicable { .. }));
+        self.verdicts = judged.iter().map(|(c, v)| (c.name().to_owned(), v.clone())).collect();
+        // An always-valid conclusion is final: its false-alarm rate already holds at α over every
+        // look, so no "N failures in a row" is needed (or allowed: it would only delay).
+        if !concluded.is_empty() {
+            let lost = matches!(step, Step::Experiment { .. }) && rewards.iter().any(|v| matches!(v, Verdict::Fail { .. }));
+            let why = concluded.join("; ");
+            return self.fail(now, if lost { format!("the experiment's winner is stable: {why}") } else { why });
+        }
         if !failed.is_empty() || (inconclusive && policy.on_no_data == OnNoData::Fail) {
             self.consecutive_failures += 1;
             self.total_failures += 1;
@@ -271,20 +292,42 @@ impl Rollout {
             return vec![];
         }
         self.consecutive_failures = 0;
+        let hold = match step {
+            Step::Shadow { hold, .. } | Step::Header { hold } | Step::Weight { hold, .. } | Step::Experiment { hold, .. } => hold.0,
+            Step::Approve {} | Step::Webhook { .. } => Duration::ZERO,
+        };
+        let held_out = now.saturating_sub(self.step_started) >= hold.as_millis() as u64;
+        if let Step::Experiment { no_winner, .. } = step {
+            if !rewards.is_empty() && rewards.iter().all(|v| matches!(v, Verdict::Proven { .. })) {
+                let why = rewards.iter().filter_map(|v| if let Verdict::Proven { reason, .. } = v { Some(reason.as_str()) } else { None }).collect::<Vec<_>>().join("; ");
+                return self.enter(self.step + 1, now, &format!("the candidate won the experiment: {why}"));
+            }
+            if !held_out {
+                return vec![];
+            }
+            let report = format!("no winner after {} of experiment", humantime::format_duration(hold));
+            return match no_winner {
+                NoWinner::Keep => self.end_rolled_back(now, format!("{report}: stable kept (no_winner: keep)")),
+                NoWinner::Promote => self.enter(self.step + 1, now, &format!("{report}: going on (no_winner: promote)")),
+                NoWinner::Report => {
+                    let reason = format!("{report}: waiting for a person (no_winner: report)");
+                    self.phase = Phase::Paused { reason: reason.clone() };
+                    vec![self.decide(now, Action::Pause, &reason)]
+                }
+            };
+        }
         if inconclusive {
             // Never pass by default: wait for enough samples (the deadline still applies).
             return vec![];
         }
-        let hold = match step {
-            Step::Shadow { hold, .. } | Step::Header { hold } | Step::Weight { hold, .. } => hold.0,
-            Step::Approve {} | Step::Webhook { .. } => Duration::ZERO,
-        };
-        if now.saturating_sub(self.step_started) < hold.as_millis() as u64 {
+        if self.plan.advance_on_evidence && any_judged && proven && !held_out {
+            return self.enter(self.step + 1, now, &format!("step {} shown safe before its hold: every check that judges it proved the candidate no worse", self.step + 1));
+        }
+        if !held_out {
             return vec![];
         }
-        let judged = self.verdicts.iter().any(|(_, v)| !matches!(v, Verdict::NotApplicable { .. }));
         let held = format!("step {} held {}", self.step + 1, humantime::format_duration(hold));
-        let why = if judged { format!("{held} with every applicable check passing") } else { format!("{held}; no check applies to it") };
+        let why = if any_judged { format!("{held} with every applicable check passing") } else { format!("{held}; no check applies to it") };
         self.enter(self.step + 1, now, &why)
     }
 
@@ -298,6 +341,7 @@ impl Rollout {
         self.step_started = now;
         self.consecutive_failures = 0;
         self.observed.clear();
+        self.evidence = Evidence::default();
         let Some(step) = self.plan.steps.get(index).cloned() else {
             self.phase = Phase::Promoted;
             return vec![self.decide(now, Action::Promote, &format!("{why}; every step done"))];
@@ -326,7 +370,7 @@ impl Rollout {
             match step {
                 Step::Shadow { percent, .. } => (shadow, weight, header) = (percent.0, BasisPoints::ZERO, false),
                 Step::Header { .. } => (shadow, weight, header) = (BasisPoints::ZERO, BasisPoints::ZERO, true),
-                Step::Weight { weight: w, .. } => (shadow, weight, header) = (BasisPoints::ZERO, w.0, true),
+                Step::Weight { weight: w, .. } | Step::Experiment { weight: w, .. } => (shadow, weight, header) = (BasisPoints::ZERO, w.0, true),
                 Step::Approve {} | Step::Webhook { .. } => {}
             }
         }
@@ -378,16 +422,16 @@ fn not_applicable(check: &Check, step: &Step) -> Option<&'static str> {
         (Step::Shadow { .. }, Check::Latency { .. }) => {
             Some("not applicable in a shadow step: mirrored copies run at background priority, so their latency is not what clients would see")
         }
-        (Step::Shadow { .. }, Check::Quality { .. }) => {
-            Some("not applicable in a shadow step: labels join the answers clients got, which came from stable")
+        (Step::Shadow { .. }, Check::Quality { .. } | Check::Reward { .. }) => {
+            Some("not applicable in a shadow step: labels and rewards join the answers clients got, which came from stable")
         }
         (Step::Shadow { .. }, _) => None,
         (Step::Weight { weight, .. }, _) if weight.0 == BasisPoints::ALL => {
             Some("not applicable at 100%: no live request reaches stable to compare with")
         }
-        (Step::Header { .. } | Step::Weight { .. }, Check::Agreement { .. }) => {
+        (Step::Header { .. } | Step::Weight { .. } | Step::Experiment { .. }, Check::Agreement { .. }) => {
             Some("not applicable outside a shadow step: no request is mirrored to compare answers")
         }
-        (Step::Header { .. } | Step::Weight { .. }, _) => None,
+        (Step::Header { .. } | Step::Weight { .. } | Step::Experiment { .. }, _) => None,
     }
 }

@@ -14,5 +14,6 @@
 pub mod check;
 pub mod engine;
 pub mod sample;
+pub mod sequential;
 pub mod spec;
 pub mod stats;

@@ -11,6 +11,8 @@
 use fastrand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::sequential::Sums;
+
 /// Values kept per kind and version: enough for the rank and distribution tests, bounded so a
 /// long step does not grow the state without limit.
 pub const MAX_SAMPLES: usize = 5_000;
@@ -176,9 +178,57 @@ pub struct Sample {
     pub scores: Reservoir<f64>,
     /// Scores of requests whose ground-truth label has arrived, with the label.
     pub labelled: Reservoir<(f64, bool)>,
+    /// Every value, as sufficient statistics for the always-valid checks (the reservoirs above
+    /// keep a sample of them for the fixed-horizon ones).
+    #[serde(default)]
+    pub sums: Sums,
 }
 
 impl Sample {
+    /// One answer: a server-side failure or not, its latency in seconds, and the model's score
+    /// when it has one. `rng` picks which values the reservoirs keep.
+    pub fn observe(&mut self, failed: bool, latency: f64, score: Option<f64>, rng: &mut Rng) {
+        self.requests += 1;
+        self.errors += u64::from(failed);
+        self.latencies.offer(latency, rng);
+        if latency > 0.0 {
+            self.sums.log_latency.push(latency.ln());
+        }
+        if let Some(score) = score.filter(|s| s.is_finite()) {
+            self.scores.offer(score, rng);
+            self.sums.score.push(score);
+        }
+    }
+
+    /// A ground-truth label arrived for an answer that scored `score` (`>= 0.5` is the positive
+    /// class, as the quality check reads it).
+    pub fn label(&mut self, score: f64, label: bool, rng: &mut Rng) {
+        self.labelled.offer((score, label), rng);
+        self.sums.correct.push(f64::from(u8::from((score >= 0.5) == label)));
+    }
+
+    /// A business reward (a conversion, revenue) arrived for one of the version's answers.
+    pub fn reward(&mut self, value: f64) {
+        self.sums.reward.push(value);
+    }
+
+    /// The sample with its sums recomputed from the values its reservoirs hold: for a sample
+    /// built from lists of every value (tests, simulations), where the lists are the stream.
+    pub fn with_sums(mut self) -> Sample {
+        let mut sums = Sums { reward: self.sums.reward, ..Sums::default() };
+        for &latency in self.latencies.values().iter().filter(|l| **l > 0.0) {
+            sums.log_latency.push(latency.ln());
+        }
+        for &score in self.scores.values() {
+            sums.score.push(score);
+        }
+        for &(score, label) in self.labelled.values() {
+            sums.correct.push(f64::from(u8::from((score >= 0.5) == label)));
+        }
+        self.sums = sums;
+        self
+    }
+
     /// Adds `other` to this sample: counts add up, and each reservoir becomes a uniform sample of
     /// both windows together.
     pub fn merge(&mut self, other: &Sample, rng: &mut Rng) {
@@ -187,6 +237,7 @@ impl Sample {
         self.latencies.merge(&other.latencies, rng);
         self.scores.merge(&other.scores, rng);
         self.labelled.merge(&other.labelled, rng);
+        self.sums.merge(&other.sums);
     }
 
     /// Each reservoir thinned to at most `n` values ([`Reservoir::thin`]).
@@ -197,7 +248,7 @@ impl Sample {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.requests == 0 && self.labelled.seen() == 0
+        self.requests == 0 && self.labelled.seen() == 0 && self.sums.reward.n == 0
     }
 }
 

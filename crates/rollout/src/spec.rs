@@ -90,6 +90,29 @@ pub enum Step {
     Approve {},
     /// Wait for a POST to `url` to answer 2xx (go) or anything else (no go).
     Webhook { url: String },
+    /// An A/B experiment: `weight` of live traffic to the candidate (sticky by the routing's key)
+    /// until the spec's `reward` checks declare a winner: the candidate (the rollout goes on),
+    /// or stable (the failure action: roll back, keeping stable). With no winner when `hold`
+    /// ends, `no_winner` says what happens.
+    Experiment {
+        weight: Share,
+        hold: Span,
+        #[serde(default)]
+        no_winner: NoWinner,
+    },
+}
+
+/// What an experiment with no winner by its end does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NoWinner {
+    /// Roll back: stable stays.
+    #[default]
+    Keep,
+    /// Go on with the rollout as if the candidate had won.
+    Promote,
+    /// Pause where it is, with the experiment's report, for a person to decide.
+    Report,
 }
 
 /// `canary: {weights: [5, 25, 50, 100], every: 5m}`
@@ -201,6 +224,10 @@ pub struct RolloutSpec {
     /// How often the checks run.
     #[serde(default = "interval")]
     pub interval: Span,
+    /// End a step before its hold once every check that judges it has shown, always validly,
+    /// that the candidate is no worse than its margin.
+    #[serde(default)]
+    pub advance_on_evidence: bool,
 }
 
 fn interval() -> Span {
@@ -216,6 +243,8 @@ pub struct Plan {
     pub failure: FailurePolicy,
     pub on_failure: OnFailure,
     pub interval: Span,
+    #[serde(default)]
+    pub advance_on_evidence: bool,
 }
 
 impl RolloutSpec {
@@ -281,11 +310,50 @@ impl RolloutSpec {
         if self.failure.deadline.0 <= self.interval.0 {
             problems.push("failure.deadline must be longer than the interval".to_owned());
         }
-        for check in &self.checks {
+        let checks: Vec<Check> = self.checks.iter().cloned().map(Check::with_default_test).collect();
+        for (i, step) in steps.iter().enumerate() {
+            if let Step::Experiment { weight, .. } = step {
+                if weight.0.get() == 0 || weight.0 == BasisPoints::ALL {
+                    problems.push(format!("steps[{i}].experiment.weight must be between 0% and 100%: both versions need traffic"));
+                }
+                if !checks.iter().any(|c| matches!(c, Check::Reward { .. })) {
+                    problems.push(format!("steps[{i}] is an experiment but no check is a reward: add `reward: {{effect: ...}}` to checks"));
+                }
+            }
+        }
+        for check in &checks {
+            if let Some(problem) = check.test_problem() {
+                problems.push(problem);
+            }
+            let alpha = match check {
+                Check::ErrorRate { alpha, .. }
+                | Check::Latency { alpha, .. }
+                | Check::Agreement { alpha, .. }
+                | Check::Drift { alpha, .. }
+                | Check::Quality { alpha, .. }
+                | Check::Reward { alpha, .. } => Some(*alpha),
+                Check::Prometheus { .. } => None,
+            };
+            if let Some(alpha) = alpha.filter(|a| !(*a > 0.0 && *a <= 0.25)) {
+                problems.push(format!("{}.alpha {alpha} is not a false-alarm rate between 0 and 0.25", check.name()));
+            }
             match check {
-                Check::Agreement { min } if !(0.0..=1.0).contains(min) => problems.push(format!("agreement.min {min} is not between 0 and 1")),
+                Check::ErrorRate { effect: Some(e), .. } | Check::Quality { effect: Some(e), .. } | Check::Agreement { effect: Some(e), .. } if !(*e > 0.0 && *e < 1.0) => {
+                    problems.push(format!("{}.effect {e} is not a difference of rates between 0 and 1 (0.005 is half a point)", check.name()))
+                }
+                Check::Latency { effect: Some(e), .. } if !(*e > 1.0 && e.is_finite()) => {
+                    problems.push(format!("latency.effect {e} is not a ratio above 1 (1.2 is 20 % slower)"))
+                }
+                Check::Drift { max_shift: Some(m), .. } if !(*m > 0.0 && m.is_finite()) => problems.push(format!("drift.max_shift {m} must be above 0")),
+                Check::Drift { max_psi: Some(m), .. } if *m <= 0.0 => problems.push(format!("drift.max_psi {m} must be above 0")),
+                Check::Reward { effect, .. } if !(*effect > 0.0 && effect.is_finite()) => problems.push(format!(
+                    "reward.effect {effect} must be above 0: the smallest difference of mean reward worth finding, in the reward's units (0.01 for a point of conversion)"
+                )),
+                _ => {}
+            }
+            match check {
+                Check::Agreement { min, .. } if !(0.0..=1.0).contains(min) => problems.push(format!("agreement.min {min} is not between 0 and 1")),
                 Check::Latency { max_ratio, .. } if *max_ratio < 1.0 => problems.push(format!("latency.max_ratio {max_ratio} is below 1")),
-                Check::Drift { max_psi } if *max_psi <= 0.0 => problems.push(format!("drift.max_psi {max_psi} must be above 0")),
                 Check::Prometheus { url, .. } if !(url.starts_with("http://") || url.starts_with("https://")) => {
                     problems.push(format!("prometheus.url '{url}' is not an http(s) URL"))
                 }
@@ -295,7 +363,15 @@ impl RolloutSpec {
             }
         }
         if problems.is_empty() {
-            Ok(Plan { to: self.to, steps, checks: self.checks, failure: self.failure, on_failure: self.on_failure, interval: self.interval })
+            Ok(Plan {
+                to: self.to,
+                steps,
+                checks,
+                failure: self.failure,
+                on_failure: self.on_failure,
+                interval: self.interval,
+                advance_on_evidence: self.advance_on_evidence,
+            })
         } else {
             Err(problems)
         }

@@ -63,7 +63,7 @@ fn ticks(from: Millis, to: Millis, every: Millis, window: fn() -> Window) -> Vec
 }
 
 fn checks() -> serde_json::Value {
-    serde_json::json!([{"error_rate": {}}, {"latency": {"max_ratio": 1.2}}, {"agreement": {"min": 0.98}}])
+    serde_json::json!([{"error_rate": {"test": "z_test"}}, {"latency": {"test": "mann_whitney", "max_ratio": 1.2}}, {"agreement": {"test": "threshold", "min": 0.98}}])
 }
 
 #[test]
@@ -169,8 +169,8 @@ fn shadow_shifted() -> Window {
 /// verdict, as `name: verdict (reason)`.
 fn verdicts_in(step: serde_json::Value, window: Window) -> Vec<String> {
     let checks = serde_json::json!([
-        {"error_rate": {}}, {"latency": {"max_ratio": 1.2}}, {"agreement": {"min": 0.98}}, {"drift": {}},
-        {"quality": {"metric": "accuracy", "min_delta": -0.01}},
+        {"error_rate": {"test": "z_test"}}, {"latency": {"test": "mann_whitney", "max_ratio": 1.2}}, {"agreement": {"test": "threshold", "min": 0.98}}, {"drift": {"test": "psi"}},
+        {"quality": {"test": "difference", "metric": "accuracy", "min_delta": -0.01}},
         {"prometheus": {"url": "http://prometheus.local", "query": "up", "max": 1}}
     ]);
     let spec = serde_json::json!({"to": "2", "steps": [step, {"approve": {}}], "checks": checks});
@@ -181,6 +181,7 @@ fn verdicts_in(step: serde_json::Value, window: Window) -> Vec<String> {
         .iter()
         .map(|(name, v)| match v {
             Verdict::Pass { .. } => format!("{name}: pass"),
+            Verdict::Proven { reason, .. } => format!("{name}: proven ({reason})"),
             Verdict::Fail { reason, .. } => format!("{name}: fail ({reason})"),
             Verdict::Inconclusive { reason } => format!("{name}: inconclusive ({reason})"),
             Verdict::NotApplicable { reason } => format!("{name}: not applicable ({reason})"),
@@ -192,7 +193,7 @@ fn verdicts_in(step: serde_json::Value, window: Window) -> Vec<String> {
 fn which_checks_judge_which_steps() {
     let na = |name: &str, why: &str| format!("{name}: not applicable ({why})");
     let background = "not applicable in a shadow step: mirrored copies run at background priority, so their latency is not what clients would see";
-    let unlabelled = "not applicable in a shadow step: labels join the answers clients got, which came from stable";
+    let unlabelled = "not applicable in a shadow step: labels and rewards join the answers clients got, which came from stable";
     let outside = "not applicable outside a shadow step: no request is mirrored to compare answers";
     let all = "not applicable at 100%: no live request reaches stable to compare with";
     let pass = |name: &str| format!("{name}: pass");
@@ -221,8 +222,8 @@ fn which_checks_judge_which_steps() {
 fn shadow_steps_judge_the_candidates_shadow_answers() {
     // Latency and quality have nothing to judge in the shadow step and do not hold it; drift,
     // error rate and agreement judge the shadow answers.
-    let checks = serde_json::json!([{"error_rate": {}}, {"latency": {"max_ratio": 1.2}}, {"agreement": {"min": 0.98}}, {"drift": {}},
-        {"quality": {"metric": "accuracy", "min_delta": -0.01}}]);
+    let checks = serde_json::json!([{"error_rate": {"test": "z_test"}}, {"latency": {"test": "mann_whitney", "max_ratio": 1.2}}, {"agreement": {"test": "threshold", "min": 0.98}}, {"drift": {"test": "psi"}},
+        {"quality": {"test": "difference", "metric": "accuracy", "min_delta": -0.01}}]);
     let spec = serde_json::json!({"to": "2", "steps": [{"shadow": {"percent": 100, "hold": "3m"}}, {"weight": {"weight": "50%", "hold": "1m"}}], "checks": checks});
     let mut events = ticks(0, 3 * M, M, shadow_identical);
     events.extend(ticks(3 * M, 10 * M, M, evidence));
@@ -259,7 +260,7 @@ fn shadow_steps_judge_the_candidates_shadow_answers() {
     fn no_scores() -> Window {
         Window { candidate: Sample { scores: Default::default(), ..shadow_identical().candidate }, ..shadow_identical() }
     }
-    let strict = serde_json::json!({"to": "2", "steps": [{"shadow": {"percent": 100, "hold": "3m"}}], "checks": [{"drift": {}}], "failure": {"deadline": "10m"}});
+    let strict = serde_json::json!({"to": "2", "steps": [{"shadow": {"percent": 100, "hold": "3m"}}], "checks": [{"drift": {"test": "psi"}}], "failure": {"deadline": "10m"}});
     let (t, rollout) = run(strict, ticks(0, 12 * M, M, no_scores));
     assert_eq!(t, ["t=0 route 0% shadow 100%", "t=10 rollback"]);
     assert!(matches!(rollout.phase, Phase::RolledBack { reason } if reason.contains("deadline")));
@@ -270,7 +271,7 @@ fn shadow_steps_judge_the_candidates_shadow_answers() {
 fn a_step_no_check_applies_to_is_a_plain_hold() {
     // Even with on_no_data: fail, a check that does not apply is no missing data.
     let spec = serde_json::json!({"to": "2", "steps": [{"shadow": {"percent": 10, "hold": "2m"}}, {"weight": {"weight": "100%", "hold": "1m"}}],
-        "checks": [{"latency": {}}, {"quality": {"metric": "auc"}}], "failure": {"on_no_data": "fail", "consecutive": 1}});
+        "checks": [{"latency": {"test": "mann_whitney"}}, {"quality": {"test": "difference", "metric": "auc"}}], "failure": {"on_no_data": "fail", "consecutive": 1}});
     let (mut rollout, _) = Rollout::start(plan(spec), 0);
     let mut reasons = Vec::new();
     for minute in 1..=4 {
@@ -353,7 +354,7 @@ fn invalid_specs_list_every_problem() {
     let spec: RolloutSpec = serde_json::from_value(serde_json::json!({
         "to": "", "canary": {"weights": [50, 10], "every": "1m"}, "steps": [{"approve": {}}],
         "failure": {"consecutive": 0}, "interval": "10ms",
-        "checks": [{"agreement": {"min": 1.5}}, {"latency": {"max_ratio": 0.5}}]
+        "checks": [{"agreement": {"test": "threshold", "min": 1.5}}, {"latency": {"test": "mann_whitney", "max_ratio": 0.5}}]
     }))
     .unwrap();
     let problems = spec.resolve().unwrap_err();
@@ -370,7 +371,7 @@ fn invalid_specs_list_every_problem() {
     );
     let spec: RolloutSpec = serde_json::from_value(serde_json::json!({
         "to": "2", "canary": {"weights": [5], "every": "1m"}, "failure": {"min_samples": 0},
-        "checks": [{"quality": {"metric": "auc", "min_labels": 0}}]
+        "checks": [{"quality": {"test": "difference", "metric": "auc", "min_labels": 0}}]
     }))
     .unwrap();
     assert_eq!(
@@ -428,4 +429,130 @@ fn the_desired_routing_follows_the_state() {
     assert_eq!((rollout.phase.clone(), describe(&rollout.desired())), (Phase::Promoted, "promote".to_owned()));
     rollout.handle(Event::Abort { now: 6 * M, reason: "late".into() });
     assert_eq!(describe(&rollout.desired()), "promote", "a finished rollout stays finished");
+}
+
+/// A window of `n` requests per side built as the server builds them, one answer at a time:
+/// `errors` errors in every 100 on the candidate (1 on stable), latencies around 10 ms times
+/// `slower`, and, when `rewards` is given, a reward of 1 for that share of each side's answers.
+fn observed(n: u64, errors: u64, slower: f64, rewards: Option<(f64, f64)>) -> Window {
+    let mut rng = fastrand::Rng::with_seed(n + errors);
+    let mut w = Window::default();
+    for i in 0..n {
+        let jitter = 1.0 + (i % 10) as f64 / 100.0;
+        w.stable.observe(i % 100 == 0, 0.010 * jitter, Some((i % 7) as f64 / 7.0), &mut rng);
+        w.candidate.observe(i % 100 < errors, 0.010 * slower * jitter, Some((i % 7) as f64 / 7.0), &mut rng);
+        if let Some((stable, candidate)) = rewards {
+            let share = |p: f64| f64::from(u8::from(((i * 37) % 100) as f64 / 100.0 < p));
+            w.stable.reward(share(stable));
+            w.candidate.reward(share(candidate));
+        }
+    }
+    w
+}
+
+fn sequential_checks() -> serde_json::Value {
+    serde_json::json!([{"error_rate": {"effect": 0.02}}, {"latency": {"max_ratio": 1.2}}])
+}
+
+#[test]
+fn an_always_valid_conclusion_ends_the_step_at_once() {
+    // The same evidence that took 3 failed analyses in a row with the z test: the confidence
+    // sequence's first conclusion is final.
+    let spec = serde_json::json!({"to": "2", "canary": {"weights": [10, 100], "every": "5m"}, "checks": [{"error_rate": {"effect": 0.02}}], "failure": {"consecutive": 3}});
+    let (t, rollout) = run(spec, ticks(0, 10 * M, M, || observed(1000, 6, 1.0, None)));
+    assert_eq!(t, ["t=0 route 10% +header", "t=1 rollback"]);
+    let Phase::RolledBack { reason } = rollout.phase else { panic!() };
+    assert!(reason.starts_with("error_rate: error rate 0.0600 vs stable 0.0100: difference +5.00 points (between +") && reason.contains("always valid, α = 0.01"), "{reason}");
+    assert!(!reason.contains("in a row"), "{reason}");
+    // Slower by 40 %, against a tolerance of 20 %.
+    let spec = serde_json::json!({"to": "2", "canary": {"weights": [10, 100], "every": "5m"}, "checks": sequential_checks()});
+    let (t, rollout) = run(spec, ticks(0, 10 * M, M, || observed(1000, 1, 1.4, None)));
+    assert_eq!(t, ["t=0 route 10% +header", "t=1 rollback"]);
+    assert!(matches!(rollout.phase, Phase::RolledBack { reason } if reason.starts_with("latency: typical latency 1.400x stable's")));
+}
+
+#[test]
+fn evidence_adds_up_over_the_step_and_survives_a_restart() {
+    let spec = serde_json::json!({"to": "2", "canary": {"weights": [10, 100], "every": "1h"}, "checks": [{"error_rate": {"effect": 0.02}}]});
+    // 40 requests a minute, 3 % errors against 1 %: no single minute says anything, the step does.
+    let window = || observed(40, 3, 1.0, None);
+    let (mut rollout, _) = Rollout::start(plan(spec), 0);
+    let mut minute = 0;
+    while !rollout.phase.is_done() && minute < 60 {
+        minute += 1;
+        rollout.handle(Event::Tick { now: minute * M, window: window() });
+        // Stored and read back (a restart, a new leader) at every minute: nothing is lost.
+        rollout = serde_json::from_str(&serde_json::to_string(&rollout).unwrap()).unwrap();
+    }
+    assert!(matches!(rollout.phase, Phase::RolledBack { .. }), "{:?}", rollout.phase);
+    assert!((3..60).contains(&minute), "concluded after {minute} minutes");
+    assert_eq!(rollout.evidence.candidate.requests, 40 * minute);
+    // A rollout stored before the evidence existed reads with none.
+    let mut stored = serde_json::to_value(&rollout).unwrap();
+    stored.as_object_mut().unwrap().remove("evidence");
+    assert_eq!(serde_json::from_value::<Rollout>(stored).unwrap().evidence, Default::default());
+}
+
+#[test]
+fn a_step_may_end_early_on_evidence_but_never_for_lack_of_it() {
+    let spec = |early: bool| serde_json::json!({"to": "2", "canary": {"weights": [10, 100], "every": "1h"}, "checks": sequential_checks(), "advance_on_evidence": early});
+    let (t, _) = run(spec(true), ticks(0, 10 * M, M, || observed(5000, 1, 1.0, None)));
+    assert_eq!(t[..2], ["t=0 route 10% +header", "t=1 route 100% +header"]);
+    // Without the option, the hold is kept.
+    let (t, _) = run(spec(false), ticks(0, 10 * M, M, || observed(5000, 1, 1.0, None)));
+    assert_eq!(t, ["t=0 route 10% +header"]);
+    // Too little evidence proves nothing: the step holds, whatever the option.
+    let (t, _) = run(spec(true), ticks(0, 10 * M, M, quiet));
+    assert_eq!(t, ["t=0 route 10% +header"]);
+}
+
+#[test]
+fn an_experiment_ends_when_a_winner_is_declared() {
+    let spec = |no_winner: &str| {
+        serde_json::json!({"to": "2", "steps": [{"experiment": {"weight": "50%", "hold": "30m", "no_winner": no_winner}}, {"weight": {"weight": "100%", "hold": "1m"}}],
+            "checks": [{"reward": {"effect": 0.02}}], "interval": "1m"})
+    };
+    // The candidate converts at 12 %, stable at 10 %.
+    let (t, rollout) = run(spec("keep"), ticks(0, 40 * M, M, || observed(2000, 1, 1.0, Some((0.10, 0.12)))));
+    assert_eq!(t[0], "t=0 route 50% +header");
+    assert!(t[1].ends_with("route 100% +header") && t[2].ends_with("promote"), "{t:?}");
+    assert_eq!(rollout.phase, Phase::Promoted);
+    // Stable converts better: the experiment keeps it.
+    let (_, rollout) = run(spec("keep"), ticks(0, 40 * M, M, || observed(2000, 1, 1.0, Some((0.12, 0.10)))));
+    assert!(matches!(&rollout.phase, Phase::RolledBack { reason } if reason.starts_with("the experiment's winner is stable: reward: mean reward")), "{:?}", rollout.phase);
+    // No difference: no winner by the end, and `no_winner` decides.
+    let same = || observed(2000, 1, 1.0, Some((0.10, 0.10)));
+    let (t, rollout) = run(spec("keep"), ticks(0, 40 * M, M, same));
+    assert_eq!(t, ["t=0 route 50% +header", "t=30 rollback"]);
+    assert!(matches!(&rollout.phase, Phase::RolledBack { reason } if reason == "no winner after 30m of experiment: stable kept (no_winner: keep)"));
+    let (t, _) = run(spec("promote"), ticks(0, 40 * M, M, same));
+    assert_eq!(t, ["t=0 route 50% +header", "t=30 route 100% +header", "t=31 promote"]);
+    let (t, rollout) = run(spec("report"), ticks(0, 40 * M, M, same));
+    assert_eq!(t, ["t=0 route 50% +header", "t=30 pause"]);
+    assert!(matches!(rollout.phase, Phase::Paused { .. }));
+}
+
+#[test]
+fn sequential_specs_are_checked() {
+    let problems = |spec: serde_json::Value| serde_json::from_value::<RolloutSpec>(spec).unwrap().resolve().unwrap_err();
+    let found = problems(serde_json::json!({"to": "2", "steps": [{"experiment": {"weight": "100%", "hold": "1m"}}],
+        "checks": [{"error_rate": {"test": "mann_whitney"}}, {"latency": {"effect": 0.9}}, {"reward": {"effect": 0}}, {"quality": {"metric": "auc", "test": "sequential"}}, {"drift": {"alpha": 0.5}}]}));
+    assert_eq!(
+        found,
+        [
+            "steps[0].experiment.weight must be between 0% and 100%: both versions need traffic",
+            "error_rate.test 'mann_whitney' is not one of its tests: sequential, z_test",
+            "latency.effect 0.9 is not a ratio above 1 (1.2 is 20 % slower)",
+            "reward.effect 0 must be above 0: the smallest difference of mean reward worth finding, in the reward's units (0.01 for a point of conversion)",
+            "quality.test 'sequential' is not one of its tests: difference",
+            "drift.alpha 0.5 is not a false-alarm rate between 0 and 0.25",
+        ]
+    );
+    let found = problems(serde_json::json!({"to": "2", "steps": [{"experiment": {"weight": "50%", "hold": "1m"}}], "checks": [{"error_rate": {}}]}));
+    assert_eq!(found, ["steps[0] is an experiment but no check is a reward: add `reward: {effect: ...}` to checks"]);
+    // New specs get the sequential test; a drift check that gives only max_psi keeps PSI.
+    let plan = plan(serde_json::json!({"to": "2", "canary": {"weights": [10, 100], "every": "1m"}, "checks": [{"error_rate": {}}, {"drift": {"max_psi": 0.2}}, {"drift": {}}]}));
+    let tests: Vec<_> = plan.checks.iter().map(|c| c.test()).collect();
+    use modelship_rollout::check::Test;
+    assert_eq!(tests, [Some(Test::Sequential), Some(Test::Psi), Some(Test::Sequential)]);
 }

@@ -77,6 +77,7 @@ pub fn app(state: AdminState) -> Router {
             ApiError::NoRoute { method: request.method().to_string(), path: request.uri().path().to_owned() }
         })
         .route("/admin/v1/models/{name}/feedback", post(feedback))
+        .route("/admin/v1/models/{name}/rewards", post(rewards))
         .method_not_allowed_fallback(|request: Request| async move {
             ApiError::MethodNotAllowed { method: request.method().to_string(), path: request.uri().path().to_owned() }
         })
@@ -105,6 +106,13 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
 async fn feedback(State(state): State<AdminState>, Path(name): Path<String>, body: Bytes) -> Result<Response, ApiError> {
     state.model(&name)?;
     crate::api::feedback::join_labels(&state.app, &body).await
+}
+
+/// Business rewards for an experiment, on the admin listener (the same as `/v1/rewards` with the
+/// admin token on the inference port).
+async fn rewards(State(state): State<AdminState>, Path(name): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    state.model(&name)?;
+    crate::api::feedback::join_rewards(&state.app, &body).await
 }
 
 /// Every model served: what it holds loaded (with the memory each version took), its routing

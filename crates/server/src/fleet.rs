@@ -122,7 +122,13 @@ async fn one_beat(state: &AppState, traffic: &Traffic, rollouts: &Rollouts, admi
     }
     let (labels, cursor) = store.labels(model, beat.labels.as_deref()).await?;
     beat.labels = cursor;
-    let joined = labels.iter().filter(|(id, label)| state.observations.label(id, *label)).count();
+    let joined = labels
+        .iter()
+        .filter(|(id, feedback)| match *feedback {
+            crate::control::Feedback::Label(label) => state.observations.label(id, label),
+            crate::control::Feedback::Reward(value) => state.observations.reward(id, value),
+        })
+        .count();
     if joined > 0 {
         tracing::debug!(model, joined, "joined labels handed on by other replicas");
     }

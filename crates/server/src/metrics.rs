@@ -230,7 +230,7 @@ impl Metrics {
             rollout_check_verdict: gauge(
                 &registry,
                 "modelship_rollout_check_verdict",
-                "Each rollout check's latest verdict: 1 pass, 0 inconclusive, -1 fail",
+                "Each rollout check's latest verdict: 2 proven (always valid, in the candidate's favour), 1 pass, 0 inconclusive, -1 fail",
                 &["model", "check"],
             ),
             model_evictions: counter(

@@ -35,8 +35,15 @@ struct Samples {
     rng: fastrand::Rng,
 }
 
-/// Which model and version answered a request, and with what score.
-type Prediction = (String, String, f64);
+/// Which model and version answered a request, with what score, and whether a label and a
+/// reward were joined to it already (each joins once: a retried post counts once).
+struct Prediction {
+    model: String,
+    version: String,
+    score: Option<f64>,
+    labelled: bool,
+    rewarded: bool,
+}
 
 impl Observations {
     /// Starts or stops recording `model`'s requests (while its rollout runs); stopping drops
@@ -63,15 +70,16 @@ impl Observations {
     }
 
     /// One answered request: `failed` for a server-side failure, its latency, and the model's
-    /// score for it when it has one (remembered for the label that may come later).
+    /// score for it when it has one (remembered for the label or reward that may come later).
     pub fn record(&self, request_id: &str, model: &str, version: &str, failed: bool, latency: f64, score: Option<f64>) {
         if !self.is_recording(model) {
             return;
         }
-        if let Some(score) = score.filter(|s| s.is_finite()) {
+        if !failed {
             let mut guard = self.predictions.lock().unwrap_or_else(|p| p.into_inner());
             let (by_id, order) = &mut *guard;
-            if by_id.insert(request_id.to_owned(), (model.to_owned(), version.to_owned(), score)).is_none() {
+            let prediction = Prediction { model: model.to_owned(), version: version.to_owned(), score: score.filter(|s| s.is_finite()), labelled: false, rewarded: false };
+            if by_id.insert(request_id.to_owned(), prediction).is_none() {
                 order.push_back(request_id.to_owned());
             }
             while order.len() > REMEMBERED {
@@ -95,23 +103,48 @@ impl Observations {
     fn add(&self, model: &str, version: &str, failed: bool, latency: f64, score: Option<f64>) {
         let mut guard = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         let Samples { by_version, rng } = &mut *guard;
-        let s = by_version.entry((model.to_owned(), version.to_owned())).or_default();
-        s.requests += 1;
-        s.errors += u64::from(failed);
-        s.latencies.offer(latency, rng);
-        if let Some(score) = score.filter(|s| s.is_finite()) {
-            s.scores.offer(score, rng);
-        }
+        by_version.entry((model.to_owned(), version.to_owned())).or_default().observe(failed, latency, score, rng);
     }
 
     /// Joins a ground-truth label to the prediction made for `request_id`; false when that
-    /// prediction is unknown (too old, made while no rollout was running, or never made).
+    /// prediction is unknown (too old, made while no rollout was running, never made, or with no
+    /// score to judge).
     pub fn label(&self, request_id: &str, label: bool) -> bool {
-        let found = self.predictions.lock().unwrap_or_else(|p| p.into_inner()).0.remove(request_id);
+        let found = {
+            let mut guard = self.predictions.lock().unwrap_or_else(|p| p.into_inner());
+            match guard.0.get_mut(request_id) {
+                Some(p) if !p.labelled && p.score.is_some() => {
+                    p.labelled = true;
+                    Some((p.model.clone(), p.version.clone(), p.score.unwrap_or_default()))
+                }
+                Some(p) if p.labelled => return true,
+                _ => None,
+            }
+        };
         let Some((model, version, score)) = found else { return false };
         let mut guard = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         let Samples { by_version, rng } = &mut *guard;
-        by_version.entry((model, version)).or_default().labelled.offer((score, label), rng);
+        by_version.entry((model, version)).or_default().label(score, label, rng);
+        true
+    }
+
+    /// Joins a business reward (a conversion as 0 or 1, revenue) to the answer given to
+    /// `request_id`; false when that answer is unknown (as for [`Observations::label`]). A second
+    /// reward for the same answer is taken as already joined and counts once.
+    pub fn reward(&self, request_id: &str, value: f64) -> bool {
+        let found = {
+            let mut guard = self.predictions.lock().unwrap_or_else(|p| p.into_inner());
+            match guard.0.get_mut(request_id) {
+                Some(p) if !p.rewarded => {
+                    p.rewarded = true;
+                    Some((p.model.clone(), p.version.clone()))
+                }
+                Some(_) => return true,
+                None => None,
+            }
+        };
+        let Some(key) = found else { return false };
+        self.samples.lock().unwrap_or_else(|p| p.into_inner()).by_version.entry(key).or_default().reward(value);
         true
     }
 
@@ -179,5 +212,21 @@ mod tests {
         assert_eq!((stable.requests, stable.labelled.values()), (1, &[(0.9, true)][..]));
         assert_eq!((shadow.requests, shadow.errors, shadow.scores.values(), shadow.labelled.seen()), (2, 1, &[0.3][..], 0));
         assert_eq!(shadow.latencies.values(), [0.02, 0.03]);
+    }
+
+    #[test]
+    fn a_reward_joins_the_answer_once_and_a_label_needs_a_score() {
+        let o = Observations::default();
+        o.set_recording("m", true);
+        o.record("a", "m", "1", false, 0.01, Some(0.9));
+        o.record("b", "m", "2", false, 0.01, None);
+        o.record("c", "m", "2", true, 0.01, None);
+        assert!(o.reward("a", 1.0) && o.reward("b", 0.0) && o.reward("b", 1.0), "a second reward counts as joined");
+        assert!(!o.reward("c", 1.0), "a failed request got no answer to reward");
+        assert!(!o.label("b", true), "no score to judge");
+        assert!(o.label("a", true) && o.label("a", false));
+        let (one, two) = (o.drain("m", "1"), o.drain("m", "2"));
+        assert_eq!((one.sums.reward.n, one.sums.reward.sum, one.labelled.seen(), one.sums.correct.n), (1, 1.0, 1, 1));
+        assert_eq!((two.sums.reward.n, two.sums.reward.sum), (1, 0.0));
     }
 }

@@ -535,6 +535,7 @@ fn publish(state: &AppState, model: &str, r: &Rollout) {
     m.rollout_step.with_label_values(&[model]).set((r.step + 1).min(r.plan.steps.len()) as i64);
     for (check, verdict) in &r.verdicts {
         let (value, code) = match verdict {
+            modelship_rollout::check::Verdict::Proven { value, .. } => (Some(*value), 2),
             modelship_rollout::check::Verdict::Pass { value } => (Some(*value), 1),
             modelship_rollout::check::Verdict::Fail { value, .. } => (Some(*value), -1),
             modelship_rollout::check::Verdict::Inconclusive { .. } => (None, 0),

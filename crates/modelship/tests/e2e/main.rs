@@ -5,6 +5,7 @@ mod support;
 mod inproc;
 mod inproc_traffic;
 mod inproc_residency;
+mod inproc_experiments;
 // The same reading of help examples as the CLI's own unit test.
 #[path = "../../src/help_examples.rs"]
 mod help_examples;

@@ -1,11 +1,13 @@
 //! Labels joined to the predictions they are for (`POST /v1/feedback` on the REST API, and the
-//! admin API's route): every label of a batch checked before any is joined.
+//! admin API's route), and business rewards to the answers they are for (`POST /v1/rewards`,
+//! and the admin API's route): every entry of a batch checked before any is joined.
 
 use axum::response::Response;
 use http::StatusCode;
 use modelship_protocol::admin::FeedbackAnswer;
 use serde::Deserialize;
 
+use crate::control::Feedback;
 use crate::error::{ApiError, json};
 use crate::state::AppState;
 
@@ -58,9 +60,53 @@ pub(crate) async fn join_labels(state: &AppState, body: &[u8]) -> Result<Respons
         if state.observations.label(&request_id, label) {
             joined += 1;
         } else {
-            elsewhere.push((request_id, label));
+            elsewhere.push((request_id, Feedback::Label(label)));
         }
     }
+    hand_on(state, joined, elsewhere).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Reward {
+    request_id: String,
+    /// A conversion as 0 or 1, revenue, any finite number: the experiment compares means.
+    value: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Rewards {
+    Many { rewards: Vec<Reward> },
+    One(Reward),
+}
+
+/// Joins a batch of rewards, every one checked first (see [`join_labels`]).
+pub(crate) async fn join_rewards(state: &AppState, body: &[u8]) -> Result<Response, ApiError> {
+    let parsed: Rewards = serde_json::from_slice(body).map_err(|e| {
+        ApiError::Invalid(format!("rewards must be {{\"request_id\": \"...\", \"value\": <number>}} or {{\"rewards\": [...]}}: {e}"))
+    })?;
+    let rewards = match parsed {
+        Rewards::Many { rewards } => rewards,
+        Rewards::One(reward) => vec![reward],
+    };
+    if let Some(bad) = rewards.iter().find(|r| !r.value.is_finite() || r.value.abs() > 1e12) {
+        return Err(ApiError::Invalid(format!("reward {} for {} is not a finite number within ±1e12", bad.value, bad.request_id)));
+    }
+    let mut joined = 0usize;
+    let mut elsewhere = Vec::new();
+    for Reward { request_id, value } in rewards {
+        if state.observations.reward(&request_id, value) {
+            joined += 1;
+        } else {
+            elsewhere.push((request_id, Feedback::Reward(value)));
+        }
+    }
+    hand_on(state, joined, elsewhere).await
+}
+
+/// Hands what this replica could not join on to the others (in a fleet), and answers.
+async fn hand_on(state: &AppState, joined: usize, elsewhere: Vec<(String, Feedback)>) -> Result<Response, ApiError> {
     let mut forwarded = 0;
     if let Some((store, model)) = state.fleet.get().filter(|_| !elsewhere.is_empty()) {
         store.push_labels(model, &elsewhere).await?;

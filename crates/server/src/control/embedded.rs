@@ -311,12 +311,12 @@ impl ControlStore for Embedded {
         .boxed()
     }
 
-    fn push_labels<'a>(&'a self, _: &'a str, _: &'a [(String, bool)]) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn push_labels<'a>(&'a self, _: &'a str, _: &'a [(String, super::Feedback)]) -> BoxFuture<'a, Result<(), StoreError>> {
         // One replica: a label it could not join has no other replica to go to.
         async { Ok(()) }.boxed()
     }
 
-    fn labels<'a>(&'a self, _: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<(String, bool)>, StoreError>> {
+    fn labels<'a>(&'a self, _: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<(String, super::Feedback)>, StoreError>> {
         async move { Ok((vec![], cursor.map(str::to_owned))) }.boxed()
     }
 }

@@ -543,7 +543,7 @@ impl ControlStore for KubernetesStore {
         .boxed()
     }
 
-    fn push_labels<'a>(&'a self, model: &'a str, labels: &'a [(String, bool)]) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn push_labels<'a>(&'a self, model: &'a str, labels: &'a [(String, super::Feedback)]) -> BoxFuture<'a, Result<(), StoreError>> {
         self.bounded(async move {
             if labels.is_empty() {
                 return Ok(());
@@ -554,10 +554,10 @@ impl ControlStore for KubernetesStore {
         .boxed()
     }
 
-    fn labels<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<(String, bool)>, StoreError>> {
+    fn labels<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<(String, super::Feedback)>, StoreError>> {
         self.bounded(async move {
             let (entries, cursor) = self.read_log(&object_name("labels", model), "l-", cursor).await?;
-            Ok((entries.iter().filter_map(|e| serde_json::from_str::<Vec<(String, bool)>>(e).ok()).flatten().collect(), cursor))
+            Ok((entries.iter().filter_map(|e| serde_json::from_str::<Vec<(String, super::Feedback)>>(e).ok()).flatten().collect(), cursor))
         })
         .boxed()
     }

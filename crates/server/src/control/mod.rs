@@ -228,13 +228,24 @@ pub trait ControlStore: Send + Sync {
     /// the cursor of the log's end (a new rollout reads on from where it started).
     fn evidence<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<Evidence>, StoreError>>;
 
-    /// Appends labels (request id, label) that this replica could not join itself, for the
-    /// replica that made the prediction.
-    fn push_labels<'a>(&'a self, model: &'a str, labels: &'a [(String, bool)]) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Appends feedback (request id, a label or a reward) that this replica could not join
+    /// itself, for the replica that made the prediction.
+    fn push_labels<'a>(&'a self, model: &'a str, labels: &'a [(String, Feedback)]) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// Labels appended after `cursor`; with `None`, none, only the cursor of the log's end (a
-    /// replica reads on from where it started: labels older than its predictions join nothing).
-    fn labels<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<(String, bool)>, StoreError>>;
+    /// Feedback appended after `cursor`; with `None`, none, only the cursor of the log's end (a
+    /// replica reads on from where it started: feedback older than its predictions joins
+    /// nothing). An entry this version cannot read is skipped.
+    fn labels<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<(String, Feedback)>, StoreError>>;
+}
+
+/// Feedback on one prediction, handed on through the control store: a ground-truth label, or a
+/// business reward. Written as `true`/`false` or a number, so a log written before rewards
+/// reads the same, and a replica of that time skips the entries with rewards it cannot read.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Feedback {
+    Label(bool),
+    Reward(f64),
 }
 
 /// Why `write` of `record` over `stored` is refused, if it is (the lease is checked by each
@@ -538,9 +549,10 @@ pub(crate) mod tests {
         // Labels handed on: a reader starts at the end of the log and reads on from there.
         let (old, mut cursor) = b.labels("fraud", None).await.unwrap();
         assert!(old.is_empty());
-        a.push_labels("fraud", &[("r1".into(), true), ("r2".into(), false)]).await.unwrap();
+        a.push_labels("fraud", &[("r1".into(), Feedback::Label(true)), ("r2".into(), Feedback::Label(false))]).await.unwrap();
+        a.push_labels("fraud", &[("r3".into(), Feedback::Reward(12.5))]).await.unwrap();
         let (got, next) = b.labels("fraud", cursor.as_deref()).await.unwrap();
-        assert_eq!(got, [("r1".to_owned(), true), ("r2".to_owned(), false)]);
+        assert_eq!(got, [("r1".to_owned(), Feedback::Label(true)), ("r2".to_owned(), Feedback::Label(false)), ("r3".to_owned(), Feedback::Reward(12.5))]);
         cursor = next;
         assert_eq!(b.labels("fraud", cursor.as_deref()).await.unwrap().0, []);
     }

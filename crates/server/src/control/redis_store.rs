@@ -411,7 +411,7 @@ impl ControlStore for RedisStore {
         .boxed()
     }
 
-    fn push_labels<'a>(&'a self, model: &'a str, labels: &'a [(String, bool)]) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn push_labels<'a>(&'a self, model: &'a str, labels: &'a [(String, super::Feedback)]) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
             if labels.is_empty() {
                 return Ok(());
@@ -422,13 +422,13 @@ impl ControlStore for RedisStore {
         .boxed()
     }
 
-    fn labels<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<(String, bool)>, StoreError>> {
+    fn labels<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<(String, super::Feedback)>, StoreError>> {
         async move {
             let key = self.key("labels", model);
             let Some(cursor) = cursor else { return Ok((vec![], Some(self.end_of(key).await?))) };
             let entries = self.read_stream(key, Some(cursor.to_owned()), 1_000).await?;
             let next = entries.last().map_or(cursor.to_owned(), |(id, _)| id.clone());
-            let labels = entries.iter().filter_map(|(_, e)| serde_json::from_str::<Vec<(String, bool)>>(e).ok()).flatten().collect();
+            let labels = entries.iter().filter_map(|(_, e)| serde_json::from_str::<Vec<(String, super::Feedback)>>(e).ok()).flatten().collect();
             Ok((labels, Some(next)))
         }
         .boxed()

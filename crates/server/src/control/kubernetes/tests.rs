@@ -501,7 +501,7 @@ async fn evidence_is_appended_and_read_on_from_a_cursor() {
 async fn labels_are_handed_on_in_batches() {
     let (store, mut server) = store();
     let name = object_name("labels", "fraud");
-    let batch = vec![("r1".to_owned(), true), ("r2".to_owned(), false)];
+    let batch = vec![("r1".to_owned(), crate::control::Feedback::Label(true)), ("r2".to_owned(), crate::control::Feedback::Reward(0.5))];
     let server_side = async {
         let (_, to) = expect(&mut server, "GET", &format!("{MAPS}/{name}")).await;
         answer(to, 404, &status(404, "NotFound", "configmaps not found"));
