@@ -136,7 +136,7 @@ fn simulate(candidate: Behaviour, stats: Stats, interval: u64, replicas: usize, 
         apply(&mut table, &d.action);
     }
     // Labels arrive two minutes after the request: (due time, version is candidate, score, truth).
-    let mut pending: Vec<(u64, bool, f64, bool)> = Vec::new();
+    let mut pending: std::collections::VecDeque<(u64, bool, f64, bool)> = Default::default();
     let mut requests = 0u64;
     let mut nonce = 0u64;
     for tick in 1..=(2 * 3600 / interval) {
@@ -154,7 +154,7 @@ fn simulate(candidate: Behaviour, stats: Stats, interval: u64, replicas: usize, 
             let served = answer(if on_candidate { candidate } else { STABLE }, x, truth, &mut rng);
             let sample = if on_candidate { &mut window.candidate } else { &mut window.stable };
             sample.observe(served.error, served.latency, Some(served.score), &mut keep);
-            pending.push((now + 120, on_candidate, served.score, truth));
+            pending.push_back((now + 120, on_candidate, served.score, truth));
             if d.shadow.is_some() && !served.error {
                 // As in the server: only an answered request is mirrored, and the copy's answer is
                 // the candidate's evidence, counted, timed and scored but never labelled (labels
@@ -169,14 +169,12 @@ fn simulate(candidate: Behaviour, stats: Stats, interval: u64, replicas: usize, 
         for other in &windows {
             window.merge(other, &mut keep);
         }
-        pending.retain(|&(due, on_candidate, score, truth)| {
-            if due > now {
-                return true;
-            }
+        // Labels come due in the order their requests were made.
+        while pending.front().is_some_and(|&(due, ..)| due <= now) {
+            let Some((_, on_candidate, score, truth)) = pending.pop_front() else { break };
             let sample: &mut Sample = if on_candidate { &mut window.candidate } else { &mut window.stable };
             sample.label(score, truth, &mut keep);
-            false
-        });
+        }
         for d in rollout.handle(Event::Tick { now: now * 1000, window }) {
             apply(&mut table, &d.action);
         }

@@ -235,12 +235,18 @@ impl Rollout {
             self.observed.pop_front();
         }
         self.evidence.add(window);
-        // Seeded by the tick's time, so the same events always give the same decisions.
-        let mut rng = fastrand::Rng::with_seed(now);
-        let observed = self.observed.iter().fold(Window::default(), |mut all, w| {
-            all.merge(w, &mut rng);
-            all
-        });
+        // The latest windows merged, for the fixed-horizon checks only (the always-valid ones read
+        // the step's evidence). Seeded by the tick's time, so the same events always give the
+        // same decisions.
+        let observed = if self.plan.checks.iter().any(|c| !c.is_sequential()) {
+            let mut rng = fastrand::Rng::with_seed(now);
+            self.observed.iter().fold(Window::default(), |mut all, w| {
+                all.merge(w, &mut rng);
+                all
+            })
+        } else {
+            Window::default()
+        };
         let judged: Vec<(&Check, Verdict)> = self
             .plan
             .checks

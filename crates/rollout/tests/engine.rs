@@ -556,3 +556,33 @@ fn sequential_specs_are_checked() {
     use modelship_rollout::check::Test;
     assert_eq!(tests, [Some(Test::Sequential), Some(Test::Psi), Some(Test::Sequential)]);
 }
+
+/// Every rollout spec the docs show (heredocs of `.yaml` files and ```yaml blocks) reads and
+/// resolves: a documented spec that the engine refuses is a bug.
+#[test]
+fn every_documented_spec_resolves() {
+    let pages = [
+        ("tutorial/rollouts.md", include_str!("../../../docs/src/tutorial/rollouts.md")),
+        ("guides/rollouts.md", include_str!("../../../docs/src/guides/rollouts.md")),
+    ];
+    let mut found = 0;
+    for (page, text) in pages {
+        let mut specs = Vec::new();
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            if line.contains(".yaml <<'YAML'") || line.trim() == "```yaml" {
+                let end = if line.trim() == "```yaml" { "```" } else { "YAML" };
+                specs.push(lines.by_ref().take_while(|l| l.trim() != end).collect::<Vec<_>>().join("\n"));
+            }
+        }
+        for spec in specs {
+            // As `rollout start` reads it: through JSON, `to` given by `--to` when absent.
+            let mut value: serde_json::Value = serde_yaml_ng::from_str(&spec).unwrap_or_else(|e| panic!("{page}: {e}\n{spec}"));
+            value.as_object_mut().unwrap().entry("to").or_insert("2".into());
+            let parsed: RolloutSpec = serde_json::from_value(value).unwrap_or_else(|e| panic!("{page}: {e}\n{spec}"));
+            parsed.resolve().unwrap_or_else(|e| panic!("{page}: {e:?}\n{spec}"));
+            found += 1;
+        }
+    }
+    assert!(found >= 4, "only {found} specs found in the docs");
+}
