@@ -89,7 +89,7 @@ fn spec(stats: Stats, interval: u64) -> RolloutSpec {
         ]),
         Stats::Sequential => serde_json::json!([
             {"error_rate": {"alpha": 0.002, "effect": 0.02}},
-            {"latency": {"max_ratio": 1.1, "alpha": 0.002, "effect": 1.3}},
+            {"latency": {"max_ratio": 1.1, "alpha": 0.002}},
             {"agreement": {"min": 0.60, "alpha": 0.002}},
             {"drift": {"max_shift": 0.05, "alpha": 0.002}},
             {"quality": {"metric": "accuracy", "min_delta": -0.08, "min_labels": 150, "alpha": 0.002}}

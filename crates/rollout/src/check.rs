@@ -56,15 +56,27 @@ pub struct Tally {
     pub sums: Sums,
 }
 
+/// Random pairs of one candidate latency and one stable latency, and how many of them had the
+/// candidate slower than a tolerance times stable. If the candidate is no slower than that in
+/// stochastic order, each pair is slower with probability at most 1/2.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pairs {
+    pub pairs: u64,
+    pub slower: u64,
+}
+
 /// The evidence of a step so far: every window since it began, added up. It is stored with the
 /// rollout, so it survives restarts and a new leader; windows from a fleet's replicas add up the
 /// same way.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {
     pub stable: Tally,
     pub candidate: Tally,
     pub compared: u64,
     pub agreed: u64,
+    /// Latency pairs by the latency check's tolerance (`max_ratio`, as written).
+    #[serde(default)]
+    pub latency: std::collections::BTreeMap<String, Pairs>,
 }
 
 impl Evidence {
@@ -77,6 +89,36 @@ impl Evidence {
         self.compared += w.compared;
         self.agreed += w.agreed;
     }
+
+    /// Pairs the window's latencies for a latency check of tolerance `ratio`: each pair one
+    /// candidate value and one stable value, every value used once, drawn at random from the
+    /// window's uniform samples (so from distinct requests).
+    pub fn pair_latencies(&mut self, w: &Window, ratio: f64, rng: &mut Rng) {
+        let (s, c) = (w.stable.latencies.values(), w.candidate.latencies.values());
+        let n = s.len().min(c.len());
+        if n == 0 {
+            return;
+        }
+        let order = |len: usize, rng: &mut Rng| {
+            let mut idx: Vec<usize> = (0..len).collect();
+            for i in 0..n {
+                let j = rng.usize(i..len);
+                idx.swap(i, j);
+            }
+            idx.truncate(n);
+            idx
+        };
+        let (si, ci) = (order(s.len(), rng), order(c.len(), rng));
+        let slower = si.iter().zip(&ci).filter(|&(&a, &b)| c[b] > ratio * s[a]).count();
+        let entry = self.latency.entry(ratio_key(ratio)).or_default();
+        entry.pairs += n as u64;
+        entry.slower += slower as u64;
+    }
+}
+
+/// How a latency tolerance names its pairs in [`Evidence::latency`].
+fn ratio_key(ratio: f64) -> String {
+    format!("{ratio}")
 }
 
 /// The statistics a check uses. The always-valid one is the default in new specs; today's
@@ -128,10 +170,11 @@ pub enum Check {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         test: Option<Test>,
     },
-    /// Fails when the candidate is slower than `max_ratio` times stable. Sequential: the ratio
-    /// of typical (geometric-mean) latencies; `mann_whitney`: a significant Mann-Whitney test and
-    /// a median above the ratio. `effect` is the ratio the sequential test is tuned to catch
-    /// (default `max_ratio`, at least 1.1).
+    /// Fails when the candidate is slower than `max_ratio` times stable. Sequential: a test of
+    /// stochastic order, on random pairs of one candidate and one stable request: it fails when
+    /// the candidate is slower than `max_ratio` times stable in surely more than half of them;
+    /// `effect` is the share of pairs it is tuned to catch (default 0.6). `mann_whitney`: a
+    /// significant Mann-Whitney test and a median above the ratio.
     Latency {
         #[serde(default = "default_ratio")]
         max_ratio: f64,
@@ -361,21 +404,27 @@ impl Check {
                 }
             }
             Check::Latency { max_ratio, alpha, effect, .. } => {
-                let (ls, lc) = (&s.sums.log_latency, &c.sums.log_latency);
-                if lc.n < min_samples || ls.n < min_samples {
-                    return few("latencies", lc.n.min(ls.n));
+                let pairs = e.latency.get(&ratio_key(max_ratio)).copied().unwrap_or_default();
+                if pairs.pairs < min_samples {
+                    return few("latency pairs", pairs.pairs);
                 }
-                let effect = effect.unwrap_or(max_ratio.max(1.1));
-                let Some(i) = sequential::mean_difference(ls, lc, effect.ln(), alpha, 1e-6) else { return no_interval("latencies") };
-                let ratio = i.estimate.exp();
-                let margin = max_ratio.max(effect);
-                let shown = format!("typical latency {ratio:.3}x stable's, between {:.3}x and {:.3}x (always valid, α = {alpha})", i.low.exp(), i.high.exp());
-                if i.low > max_ratio.ln() {
-                    Verdict::Fail { value: ratio, reason: format!("{shown}, above {max_ratio}x") }
-                } else if i.high < margin.ln() {
-                    Verdict::Proven { value: ratio, reason: format!("{shown}: no slower than {margin}x") }
+                // The effect is a share of pairs (0.6: slower in 60 % of them); the boundary is 1/2.
+                let tau = effect.map_or(0.1, |share| share - 0.5);
+                let Some(i) = sequential::proportion(pairs.slower, pairs.pairs, tau, alpha) else { return no_interval("latency pairs") };
+                let typical = match (s.sums.log_latency.mean(), c.sums.log_latency.mean()) {
+                    (Some(ls), Some(lc)) => format!("; typical latency {:.3}x stable's", (lc - ls).exp()),
+                    _ => String::new(),
+                };
+                let shown = format!(
+                    "slower than {max_ratio}x stable's in {:.1} % of {} random pairs, between {:.1} % and {:.1} % (always valid, α = {alpha}){typical}",
+                    i.estimate * 100.0, pairs.pairs, i.low * 100.0, i.high * 100.0
+                );
+                if i.low > 0.5 {
+                    Verdict::Fail { value: i.estimate, reason: format!("{shown}: slower in most pairs") }
+                } else if i.high < 0.5 {
+                    Verdict::Proven { value: i.estimate, reason: format!("{shown}: no slower than {max_ratio}x") }
                 } else {
-                    Verdict::Pass { value: ratio }
+                    Verdict::Pass { value: i.estimate }
                 }
             }
             Check::Agreement { min, alpha, effect, .. } => {

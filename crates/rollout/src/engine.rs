@@ -235,6 +235,15 @@ impl Rollout {
             self.observed.pop_front();
         }
         self.evidence.add(window);
+        {
+            // Latency pairs are drawn from this window alone, seeded by the tick's time.
+            let mut rng = fastrand::Rng::with_seed(now ^ 0x5eed);
+            for check in self.plan.checks.iter().filter(|c| c.is_sequential() && not_applicable(c, &step).is_none()) {
+                if let Check::Latency { max_ratio, .. } = check {
+                    self.evidence.pair_latencies(window, *max_ratio, &mut rng);
+                }
+            }
+        }
         // The latest windows merged, for the fixed-horizon checks only (the always-valid ones read
         // the step's evidence). Seeded by the tick's time, so the same events always give the
         // same decisions.

@@ -341,8 +341,8 @@ impl RolloutSpec {
                 Check::ErrorRate { effect: Some(e), .. } | Check::Quality { effect: Some(e), .. } | Check::Agreement { effect: Some(e), .. } if !(*e > 0.0 && *e < 1.0) => {
                     problems.push(format!("{}.effect {e} is not a difference of rates between 0 and 1 (0.005 is half a point)", check.name()))
                 }
-                Check::Latency { effect: Some(e), .. } if !(*e > 1.0 && e.is_finite()) => {
-                    problems.push(format!("latency.effect {e} is not a ratio above 1 (1.2 is 20 % slower)"))
+                Check::Latency { effect: Some(e), .. } if !(*e > 0.5 && *e < 1.0) => {
+                    problems.push(format!("latency.effect {e} is not a share of pairs between 0.5 and 1 (0.6: the candidate slower in 60 % of them)"))
                 }
                 Check::Drift { max_shift: Some(m), .. } if !(*m > 0.0 && m.is_finite()) => problems.push(format!("drift.max_shift {m} must be above 0")),
                 Check::Drift { max_psi: Some(m), .. } if *m <= 0.0 => problems.push(format!("drift.max_psi {m} must be above 0")),

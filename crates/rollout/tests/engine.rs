@@ -468,7 +468,8 @@ fn an_always_valid_conclusion_ends_the_step_at_once() {
     let spec = serde_json::json!({"to": "2", "canary": {"weights": [10, 100], "every": "5m"}, "checks": sequential_checks()});
     let (t, rollout) = run(spec, ticks(0, 10 * M, M, || observed(1000, 1, 1.4, None)));
     assert_eq!(t, ["t=0 route 10% +header", "t=1 rollback"]);
-    assert!(matches!(rollout.phase, Phase::RolledBack { reason } if reason.starts_with("latency: typical latency 1.400x stable's")));
+    let Phase::RolledBack { reason } = rollout.phase else { panic!() };
+    assert!(reason.starts_with("latency: slower than 1.2x stable's in ") && reason.ends_with("typical latency 1.400x stable's: slower in most pairs"), "{reason}");
 }
 
 #[test]
@@ -536,13 +537,13 @@ fn an_experiment_ends_when_a_winner_is_declared() {
 fn sequential_specs_are_checked() {
     let problems = |spec: serde_json::Value| serde_json::from_value::<RolloutSpec>(spec).unwrap().resolve().unwrap_err();
     let found = problems(serde_json::json!({"to": "2", "steps": [{"experiment": {"weight": "100%", "hold": "1m"}}],
-        "checks": [{"error_rate": {"test": "mann_whitney"}}, {"latency": {"effect": 0.9}}, {"reward": {"effect": 0}}, {"quality": {"metric": "auc", "test": "sequential"}}, {"drift": {"alpha": 0.5}}]}));
+        "checks": [{"error_rate": {"test": "mann_whitney"}}, {"latency": {"effect": 1.3}}, {"reward": {"effect": 0}}, {"quality": {"metric": "auc", "test": "sequential"}}, {"drift": {"alpha": 0.5}}]}));
     assert_eq!(
         found,
         [
             "steps[0].experiment.weight must be between 0% and 100%: both versions need traffic",
             "error_rate.test 'mann_whitney' is not one of its tests: sequential, z_test",
-            "latency.effect 0.9 is not a ratio above 1 (1.2 is 20 % slower)",
+            "latency.effect 1.3 is not a share of pairs between 0.5 and 1 (0.6: the candidate slower in 60 % of them)",
             "reward.effect 0 must be above 0: the smallest difference of mean reward worth finding, in the reward's units (0.01 for a point of conversion)",
             "quality.test 'sequential' is not one of its tests: difference",
             "drift.alpha 0.5 is not a false-alarm rate between 0 and 0.25",
