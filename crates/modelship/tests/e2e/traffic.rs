@@ -230,10 +230,17 @@ pub(crate) fn load(server: &crate::support::Client, clients: usize) -> (Arc<Atom
                     // Counted by when it was sent: a request sent before the counting starts (say,
                     // to a candidate just rolled back) is not one of those counted after.
                     let counted = counting.load(Ordering::Relaxed);
-                    let ok = agent.post(&url).header("content-type", "application/json").send(&body).map(reply).is_ok_and(|r| r.status == 200);
+                    let answer = agent.post(&url).header("content-type", "application/json").send(&body).map(reply);
+                    let ok = answer.as_ref().is_ok_and(|r| r.status == 200);
                     if counted {
                         sent.fetch_add(1, Ordering::Relaxed);
-                        failed.fetch_add(usize::from(!ok), Ordering::Relaxed);
+                        // The first few failures say why, for the test that finds them.
+                        if !ok && failed.fetch_add(1, Ordering::Relaxed) < 5 {
+                            match &answer {
+                                Ok(r) => eprintln!("load: a request failed: {} {}", r.status, r.text),
+                                Err(e) => eprintln!("load: a request failed: {e}"),
+                            }
+                        }
                     }
                 }
             })
