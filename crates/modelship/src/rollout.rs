@@ -216,7 +216,10 @@ fn progress(model: &str, r: &RolloutState) -> (String, String) {
             .map(|c| {
                 let (name, _, reason) = verdict(&c.result);
                 let short = format!("{} {name}", c.check);
-                let long = if reason.is_empty() { short.clone() } else { format!("{short} ({reason})") };
+                // What holds or ends a step says why; a passing or proven check's interval, which
+                // moves every interval, is for `rollout status`.
+                let quiet = reason.is_empty() || matches!(c.result, Verdict::Pass { .. } | Verdict::Proven { .. });
+                let long = if quiet { short.clone() } else { format!("{short} ({reason})") };
                 (short, long)
             })
             .collect();
@@ -293,7 +296,7 @@ const VERDICT_WIDTH: usize = 14;
 /// A verdict's name, value and reason.
 fn verdict(v: &Verdict) -> (&'static str, Option<f64>, &str) {
     match v {
-        Verdict::Pass { value } => ("pass", Some(*value), ""),
+        Verdict::Pass { value, reason } => ("pass", Some(*value), reason.as_deref().unwrap_or_default()),
         Verdict::Proven { value, reason } => ("proven", Some(*value), reason),
         Verdict::Fail { value, reason } => ("fail", Some(*value), reason),
         Verdict::Inconclusive { reason } => ("inconclusive", None, reason),
@@ -424,7 +427,7 @@ mod tests {
                     2,
                     Some(r#"{"weight": {"weight": "25%", "hold": "5m"}}"#),
                     vec![
-                        ("error_rate", Verdict::Pass { value: 0.0012 }),
+                        ("error_rate", Verdict::Pass { value: 0.0012, reason: None }),
                         ("latency", Verdict::Inconclusive { reason: reason("12 latency samples, fewer than 100") }),
                         ("prometheus", Verdict::Fail { value: 3.0, reason: reason("3 is above 0") }),
                         ("agreement", Verdict::NotApplicable { reason: reason("only shadow steps compare answers") }),
@@ -465,7 +468,7 @@ mod tests {
                 "rollout 3 of fraud: 1 -> 2\nphase     promoted to 2 after 4 steps\nfailures  0 in a row, 1 in all\n",
             ),
             (
-                state(Phase::RolledBack { reason: reason("aborted: enough") }, 2, None, vec![("error_rate", Verdict::Pass { value: 0.0 })]),
+                state(Phase::RolledBack { reason: reason("aborted: enough") }, 2, None, vec![("error_rate", Verdict::Pass { value: 0.0, reason: None })]),
                 "rollout 3 of fraud: 1 -> 2\n\
                  phase     rolled back at step 2/4: aborted: enough\n\
                  failures  0 in a row, 1 in all\n\
@@ -487,9 +490,9 @@ mod tests {
             state(Phase::Progressing, 2, Some(r#"{"weight": {"weight": "25%", "hold": "5m"}}"#), vec![("error_rate", error_rate), ("latency", latency)])
         };
         let progress_of = |s: RolloutStatus| progress("fraud", s.rollout.as_ref().unwrap());
-        let (key, line) = progress_of(at(Verdict::Pass { value: 0.001 }, 12));
+        let (key, line) = progress_of(at(Verdict::Pass { value: 0.001, reason: None }, 12));
         assert_eq!(line, "rollout 3 of fraud 1 -> 2: step 2/4 weight 25% for 5m, progressing; error_rate pass, latency inconclusive (12 latency samples, fewer than 100)");
-        assert_eq!(progress_of(at(Verdict::Pass { value: 0.002 }, 40)).0, key);
+        assert_eq!(progress_of(at(Verdict::Pass { value: 0.002, reason: None }, 40)).0, key);
         assert_ne!(progress_of(at(Verdict::Fail { value: 0.2, reason: reason("0.2 above stable") }, 40)).0, key);
         let (_, done) = progress_of(state(Phase::RolledBack { reason: reason("error_rate failed 3 times in a row") }, 2, None, vec![]));
         assert_eq!(done, "rollout 3 of fraud 1 -> 2, rolled back at step 2/4: error_rate failed 3 times in a row");

@@ -354,7 +354,7 @@ mod tests {
         assert_eq!((state.id, state.step, state.steps), (3, 2, 4));
         assert_eq!(state.phase, Phase::Paused { reason: "by an operator".into() });
         assert!(matches!(state.current_step, Some(Step::Weight { .. })));
-        assert_eq!(state.checks[1].result, Verdict::Pass { value: 1.0 });
+        assert_eq!(state.checks[1].result, Verdict::Pass { value: 1.0, reason: None });
         let shadow: RolloutStatus = round_trip(
             r#"{"model":"fraud","checks":[{"check":"agreement","result":{"reason":"0 shadow comparisons, fewer than 20","verdict":"inconclusive"}},{"check":"quality","result":{"reason":"the candidate's answers to mirrored requests get no labels","verdict":"not_applicable"}}],"consecutive_failures":0,"interval_ms":30000,"leader":"replica-2","revision":7,"settled_ms":2000,"current_step":{"shadow":{"hold":"10m","percent":"100%"}},"phase":{"phase":"progressing"},"rollout":3,"stable":"1","started_ms":1000,"step":1,"step_started_ms":1000,"steps":4,"to":"2","total_failures":0}"#,
         );

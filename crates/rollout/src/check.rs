@@ -275,8 +275,13 @@ const DEFAULT_SHIFT: f64 = 0.05;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Verdict {
-    /// Enough evidence, and nothing wrong found in it.
-    Pass { value: f64 },
+    /// Enough evidence, and nothing wrong found in it; an always-valid check says where its
+    /// interval stands.
+    Pass {
+        value: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// An always-valid conclusion in the candidate's favour: shown no worse than the check's
     /// margin (a guard), or better than stable (a reward). It may end a step early.
     Proven { value: f64, reason: String },
@@ -400,7 +405,7 @@ impl Check {
                 } else if i.high < margin {
                     Verdict::Proven { value: rc, reason: format!("{shown}: no worse than +{}", pct(margin)) }
                 } else {
-                    Verdict::Pass { value: rc }
+                    Verdict::Pass { value: rc, reason: Some(shown) }
                 }
             }
             Check::Latency { max_ratio, alpha, effect, .. } => {
@@ -424,7 +429,7 @@ impl Check {
                 } else if i.high < 0.5 {
                     Verdict::Proven { value: i.estimate, reason: format!("{shown}: no slower than {max_ratio}x") }
                 } else {
-                    Verdict::Pass { value: i.estimate }
+                    Verdict::Pass { value: i.estimate, reason: Some(shown) }
                 }
             }
             Check::Agreement { min, alpha, effect, .. } => {
@@ -440,7 +445,7 @@ impl Check {
                 } else if i.low >= min {
                     Verdict::Proven { value: i.estimate, reason: format!("{shown}: at least {min}") }
                 } else {
-                    Verdict::Pass { value: i.estimate }
+                    Verdict::Pass { value: i.estimate, reason: Some(shown) }
                 }
             }
             Check::Drift { max_shift, alpha, .. } => {
@@ -456,7 +461,7 @@ impl Check {
                 } else if i.low > -max_shift && i.high < max_shift {
                     Verdict::Proven { value: i.estimate, reason: format!("{shown}: within ±{max_shift}") }
                 } else {
-                    Verdict::Pass { value: i.estimate }
+                    Verdict::Pass { value: i.estimate, reason: Some(shown) }
                 }
             }
             Check::Quality { min_delta, min_labels, alpha, effect, .. } => {
@@ -475,7 +480,7 @@ impl Check {
                 } else if i.low > margin {
                     Verdict::Proven { value: i.estimate, reason: format!("{shown}: no worse than {margin:+}") }
                 } else {
-                    Verdict::Pass { value: i.estimate }
+                    Verdict::Pass { value: i.estimate, reason: Some(shown) }
                 }
             }
             Check::Reward { effect, alpha, higher_is_better } => {
@@ -495,7 +500,7 @@ impl Check {
                 } else if better {
                     Verdict::Proven { value: i.estimate, reason: format!("{shown}: the candidate is better") }
                 } else {
-                    Verdict::Pass { value: i.estimate }
+                    Verdict::Pass { value: i.estimate, reason: Some(shown) }
                 }
             }
             Check::Prometheus { .. } => self.judge_fixed(&Window::default(), min_samples),
@@ -518,7 +523,7 @@ impl Check {
                 if rc > rs + max_increase && p < alpha {
                     Verdict::Fail { value: rc, reason: format!("error rate {:.4} vs stable {:.4} (p = {p:.2e})", rc, rs) }
                 } else {
-                    Verdict::Pass { value: rc }
+                    Verdict::Pass { value: rc, reason: None }
                 }
             }
             Check::Latency { max_ratio, alpha, .. } => {
@@ -532,7 +537,7 @@ impl Check {
                 if test < alpha && ratio > max_ratio {
                     Verdict::Fail { value: ratio, reason: format!("median latency {ratio:.2}x stable's (Mann-Whitney p = {test:.2e})") }
                 } else {
-                    Verdict::Pass { value: ratio }
+                    Verdict::Pass { value: ratio, reason: None }
                 }
             }
             Check::Agreement { min, .. } => {
@@ -543,7 +548,7 @@ impl Check {
                 if rate < min {
                     Verdict::Fail { value: rate, reason: format!("agreement {rate:.4} below {min}") }
                 } else {
-                    Verdict::Pass { value: rate }
+                    Verdict::Pass { value: rate, reason: None }
                 }
             }
             Check::Drift { max_psi, .. } => {
@@ -556,7 +561,7 @@ impl Check {
                 if psi > max_psi {
                     Verdict::Fail { value: psi, reason: format!("prediction drift PSI {psi:.3} above {max_psi}") }
                 } else {
-                    Verdict::Pass { value: psi }
+                    Verdict::Pass { value: psi, reason: None }
                 }
             }
             Check::Reward { .. } => Verdict::Inconclusive { reason: "a reward check is judged on the step's evidence".to_owned() },
@@ -568,7 +573,7 @@ impl Check {
                 Some(&v) if min.is_some_and(|m| v < m) => {
                     Verdict::Fail { value: v, reason: format!("{query} = {v} below {}", min.unwrap_or_default()) }
                 }
-                Some(&v) => Verdict::Pass { value: v },
+                Some(&v) => Verdict::Pass { value: v, reason: None },
             },
             Check::Quality { metric, min_delta, min_labels, .. } => {
                 let min_labels = min_labels.max(1);
@@ -593,7 +598,7 @@ impl Check {
                 if delta < min_delta {
                     Verdict::Fail { value: delta, reason: format!("{metric:?} {delta:+.4} against stable, below {min_delta:+}") }
                 } else {
-                    Verdict::Pass { value: delta }
+                    Verdict::Pass { value: delta, reason: None }
                 }
             }
         }

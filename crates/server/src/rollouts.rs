@@ -536,7 +536,7 @@ fn publish(state: &AppState, model: &str, r: &Rollout) {
     for (check, verdict) in &r.verdicts {
         let (value, code) = match verdict {
             modelship_rollout::check::Verdict::Proven { value, .. } => (Some(*value), 2),
-            modelship_rollout::check::Verdict::Pass { value } => (Some(*value), 1),
+            modelship_rollout::check::Verdict::Pass { value, .. } => (Some(*value), 1),
             modelship_rollout::check::Verdict::Fail { value, .. } => (Some(*value), -1),
             modelship_rollout::check::Verdict::Inconclusive { .. } => (None, 0),
             modelship_rollout::check::Verdict::NotApplicable { .. } => {
