@@ -47,6 +47,9 @@ pub async fn follow_alias(state: AppState, follow: Follow) {
         if state.health.is_draining() {
             return;
         }
+        // The routing first, then the alias: a server moves the alias before it commits the
+        // revision, so an alias read after the routing is never older than that routing.
+        let Ok((table, seen)) = state.models.routing(&name) else { continue };
         let target = match follow.registry.alias_target(&follow.model, &follow.alias).await {
             Ok(Some(v)) => v,
             Ok(None) => continue,
@@ -55,7 +58,6 @@ pub async fn follow_alias(state: AppState, follow: Follow) {
                 continue;
             }
         };
-        let Ok((table, _)) = state.models.routing(&name) else { continue };
         let current = table.stable;
         if target == current {
             if failed.take().is_some() {
@@ -66,8 +68,11 @@ pub async fn follow_alias(state: AppState, follow: Follow) {
         if failed.as_deref() == Some(target.as_str()) {
             continue;
         }
-        match swap_to(&state, &follow, &target).await {
-            Ok(seconds) => {
+        match swap_to(&state, &follow, &target, seen).await {
+            // Nothing committed: another replica did, or the routing changed since it was read
+            // (the next poll decides again).
+            Ok(None) => {}
+            Ok(Some(seconds)) => {
                 tracing::info!(
                     model = %name, alias = %follow.alias, from = %current, to = %target, load_seconds = seconds,
                     "alias moved; now serving the new version"
@@ -106,8 +111,9 @@ fn record(swaps: &IntCounterVec, model: &str, result: &str) {
 }
 
 /// Switches to `version` (loaded and warmed by the traffic writer, the old one kept warm for a
-/// rollback); returns the time it took in seconds.
-async fn swap_to(state: &AppState, follow: &Follow, version: &str) -> Result<f64, crate::error::ApiError> {
+/// rollback) unless the routing changed since revision `seen`; returns the time it took in
+/// seconds, or `None` when this replica committed nothing.
+async fn swap_to(state: &AppState, follow: &Follow, version: &str, seen: u64) -> Result<Option<f64>, crate::error::ApiError> {
     let started = Instant::now();
     // Who moved it, from the registry's alias history, so the revision says so too.
     let by = match follow.registry.history(&follow.model).await {
@@ -121,10 +127,11 @@ async fn swap_to(state: &AppState, follow: &Follow, version: &str) -> Result<f64
         Err(_) => String::new(),
     };
     let reason = format!("{}@{} moved to {version}{by}", follow.model, follow.alias);
-    if follow.traffic.switch_to(state, version, "registry", &reason).await?.is_none() {
-        tracing::debug!(model = %follow.model, alias = %follow.alias, version, "another replica committed the alias move; applied it");
+    if follow.traffic.switch_to(state, version, seen, "registry", &reason).await?.is_none() {
+        tracing::debug!(model = %follow.model, alias = %follow.alias, version, "nothing committed: another replica committed the move, or the routing changed since the alias was read");
+        return Ok(None);
     }
-    Ok(started.elapsed().as_secs_f64())
+    Ok(Some(started.elapsed().as_secs_f64()))
 }
 
 

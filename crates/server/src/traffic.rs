@@ -324,11 +324,18 @@ impl Traffic {
     /// Makes `version` the stable one, as an alias move asks. Every replica that follows the
     /// alias sees the move: the first to commit switches the fleet, the others find the switch
     /// in force once they applied the latest revision, and commit nothing (`None`).
-    pub async fn switch_to(&self, state: &AppState, version: &str, actor: &str, reason: &str) -> Result<Option<Revision>, ApiError> {
+    ///
+    /// `seen` is the revision that was in force before the alias was read. When the latest
+    /// revision is another, the routing changed meanwhile and the alias read may be older than
+    /// that change (a promotion moves the alias, then commits): nothing is committed, and the
+    /// follower decides again from fresh reads. Without this, a follower that read the alias
+    /// just before a promotion moved it switched the fleet back to the old version.
+    pub async fn switch_to(&self, state: &AppState, version: &str, seen: u64, actor: &str, reason: &str) -> Result<Option<Revision>, ApiError> {
         let _one_at_a_time = self.lock.lock().await;
         let _loaded = state.residency.pin(&self.spec.name);
         self.sync_locked(state).await?;
-        if state.models.routing(&self.spec.name)?.0.stable == version {
+        let (table, revision) = state.models.routing(&self.spec.name)?;
+        if table.stable == version || revision != seen {
             return Ok(None);
         }
         let served = self.served(state).await?;
@@ -560,13 +567,16 @@ impl Traffic {
             source: self.source.label.clone(),
         };
         if let Err(e) = self.store.commit(&revision).await {
-            if moved {
-                self.move_alias_back(&table.stable, &served.table.stable).await;
-            }
-            if matches!(e, StoreError::Conflict { .. })
-                && let Err(sync) = self.sync_locked(state).await
-            {
+            let conflict = matches!(e, StoreError::Conflict { .. });
+            if conflict && let Err(sync) = self.sync_locked(state).await {
                 tracing::warn!(model = %self.spec.name, error = %sync, "cannot apply the routing another replica committed");
+            }
+            // Another replica's commit that made the same version stable (a follower of the
+            // alias this change moved) agrees with the alias: moving it back would send the
+            // fleet back to the old version at the next poll.
+            let agreed = conflict && state.models.routing(&self.spec.name).is_ok_and(|(now, _)| now.stable == table.stable);
+            if moved && !agreed {
+                self.move_alias_back(&table.stable, &served.table.stable).await;
             }
             return Err(e.into());
         }

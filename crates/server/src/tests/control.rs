@@ -60,6 +60,28 @@ async fn keep_warm_expiry_never_undoes_a_newer_revision() {
     assert!(!served.versions.contains_key("1") && served.versions.contains_key("2"), "{:?}", served.versions.keys().collect::<Vec<_>>());
 }
 
+/// An alias follower that read the alias before a promotion moved it (it still names the old
+/// version) must not switch the fleet back: the routing changed since its read, so it commits
+/// nothing and decides again at its next poll. Only a read taken at the revision in force
+/// switches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_alias_read_never_switches_the_routing_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, traffic) = two_versions(dir.path(), Duration::from_secs(60));
+    traffic.resume(&state).await.unwrap();
+    // The follower's read: revision in force, then the alias (naming 1, as stable is).
+    let (_, seen) = state.models.routing("fraud").unwrap();
+    // Meanwhile a promotion makes 2 stable.
+    let promoted = traffic.change(&state, Change::Switch { version: "2".to_owned() }, "rollout", "promoted").await.unwrap();
+    // The follower acts on its stale read: nothing is committed.
+    assert_eq!(traffic.switch_to(&state, "1", seen, "registry", "fraud@production moved to 1").await.unwrap(), None);
+    let (table, revision) = state.models.routing("fraud").unwrap();
+    assert_eq!((table.stable.as_str(), revision), ("2", promoted.revision), "the promotion stays in force");
+    // A read taken at the revision in force (a real move of the alias) switches.
+    let moved = traffic.switch_to(&state, "1", promoted.revision, "registry", "fraud@production moved to 1").await.unwrap();
+    assert_eq!(moved.map(|r| (r.revision, r.traffic.stable)), Some((promoted.revision + 1, "1".to_owned())));
+}
+
 /// The model table's compare and swap: a writer holding a stale snapshot loses.
 #[test]
 fn a_stale_table_write_loses() {
