@@ -503,7 +503,8 @@ impl Check {
                     Verdict::Pass { value: i.estimate, reason: Some(shown) }
                 }
             }
-            Check::Prometheus { .. } => self.judge_fixed(&Window::default(), min_samples),
+            // Never sequential ([`Check::test`]): judged on the latest windows' external values.
+            Check::Prometheus { .. } => Verdict::Inconclusive { reason: "a prometheus check is judged on the latest windows".to_owned() },
         }
     }
 

@@ -122,13 +122,7 @@ async fn one_beat(state: &AppState, traffic: &Traffic, rollouts: &Rollouts, admi
     }
     let (labels, cursor) = store.labels(model, beat.labels.as_deref()).await?;
     beat.labels = cursor;
-    let joined = labels
-        .iter()
-        .filter(|(id, feedback)| match *feedback {
-            crate::control::Feedback::Label(label) => state.observations.label(id, label),
-            crate::control::Feedback::Reward(value) => state.observations.reward(id, value),
-        })
-        .count();
+    let joined = labels.iter().filter(|(id, feedback)| state.observations.join(id, *feedback)).count();
     if joined > 0 {
         tracing::debug!(model, joined, "joined labels handed on by other replicas");
     }

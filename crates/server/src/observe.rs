@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use modelship_inference::Tensor;
 use modelship_rollout::check::Sample;
 
+use crate::control::Feedback;
 use crate::model::LoadedModel;
 
 /// Predictions kept for joining with labels that arrive later (the oldest are forgotten first).
@@ -126,6 +127,16 @@ impl Observations {
         let Samples { by_version, rng } = &mut *guard;
         by_version.entry((model, version)).or_default().label(score, label, rng);
         true
+    }
+
+    /// Joins one piece of feedback, a label ([`Observations::label`]) or a reward
+    /// ([`Observations::reward`]), to the answer given to `request_id`; false when that answer is
+    /// unknown here.
+    pub fn join(&self, request_id: &str, feedback: Feedback) -> bool {
+        match feedback {
+            Feedback::Label(label) => self.label(request_id, label),
+            Feedback::Reward(value) => self.reward(request_id, value),
+        }
     }
 
     /// Joins a business reward (a conversion as 0 or 1, revenue) to the answer given to

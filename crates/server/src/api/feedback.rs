@@ -48,22 +48,13 @@ pub(crate) async fn join_labels(state: &AppState, body: &[u8]) -> Result<Respons
     let checked = labels
         .into_iter()
         .map(|l| match l.label {
-            LabelValue::Bool(b) => Ok((l.request_id, b)),
-            LabelValue::Number(0) => Ok((l.request_id, false)),
-            LabelValue::Number(1) => Ok((l.request_id, true)),
+            LabelValue::Bool(b) => Ok((l.request_id, Feedback::Label(b))),
+            LabelValue::Number(0) => Ok((l.request_id, Feedback::Label(false))),
+            LabelValue::Number(1) => Ok((l.request_id, Feedback::Label(true))),
             LabelValue::Number(n) => Err(ApiError::Invalid(format!("label {n} for {} is not 0 or 1", l.request_id))),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut joined = 0usize;
-    let mut elsewhere = Vec::new();
-    for (request_id, label) in checked {
-        if state.observations.label(&request_id, label) {
-            joined += 1;
-        } else {
-            elsewhere.push((request_id, Feedback::Label(label)));
-        }
-    }
-    hand_on(state, joined, elsewhere).await
+    join_all(state, checked).await
 }
 
 #[derive(Deserialize)]
@@ -93,20 +84,21 @@ pub(crate) async fn join_rewards(state: &AppState, body: &[u8]) -> Result<Respon
     if let Some(bad) = rewards.iter().find(|r| !r.value.is_finite() || r.value.abs() > 1e12) {
         return Err(ApiError::Invalid(format!("reward {} for {} is not a finite number within ±1e12", bad.value, bad.request_id)));
     }
-    let mut joined = 0usize;
-    let mut elsewhere = Vec::new();
-    for Reward { request_id, value } in rewards {
-        if state.observations.reward(&request_id, value) {
-            joined += 1;
-        } else {
-            elsewhere.push((request_id, Feedback::Reward(value)));
-        }
-    }
-    hand_on(state, joined, elsewhere).await
+    join_all(state, rewards.into_iter().map(|r| (r.request_id, Feedback::Reward(r.value))).collect()).await
 }
 
-/// Hands what this replica could not join on to the others (in a fleet), and answers.
-async fn hand_on(state: &AppState, joined: usize, elsewhere: Vec<(String, Feedback)>) -> Result<Response, ApiError> {
+/// Joins a checked batch; what this replica cannot join is handed on to the others (in a
+/// fleet), and the answer says how much of each.
+async fn join_all(state: &AppState, batch: Vec<(String, Feedback)>) -> Result<Response, ApiError> {
+    let mut joined = 0usize;
+    let mut elsewhere = Vec::new();
+    for (request_id, feedback) in batch {
+        if state.observations.join(&request_id, feedback) {
+            joined += 1;
+        } else {
+            elsewhere.push((request_id, feedback));
+        }
+    }
     let mut forwarded = 0;
     if let Some((store, model)) = state.fleet.get().filter(|_| !elsewhere.is_empty()) {
         store.push_labels(model, &elsewhere).await?;
