@@ -52,7 +52,7 @@ pub struct Metrics {
     pub rollout_step: IntGaugeVec,
     /// Each rollout check's latest value.
     pub rollout_check_value: GaugeVec,
-    /// Each rollout check's latest verdict: 1 pass, 0 inconclusive, -1 fail.
+    /// Each rollout check's latest verdict: 2 proven, 1 pass, 0 inconclusive, -1 fail.
     pub rollout_check_verdict: IntGaugeVec,
     /// Models unloaded to stay within the bound on loaded models, by model.
     pub model_evictions: IntCounterVec,
@@ -64,6 +64,8 @@ pub struct Metrics {
     pub models_loaded: prometheus::IntGauge,
     /// What the loaded models are counted as against `server.max_loaded_bytes`.
     pub models_loaded_bytes: prometheus::IntGauge,
+    /// Runtime sessions this process holds, read from the pools at each scrape.
+    sessions_in_memory: prometheus::IntGauge,
 }
 
 impl Default for Metrics {
@@ -112,6 +114,10 @@ impl Metrics {
         let models_loaded_bytes = plain_gauge(
             "modelship_models_loaded_bytes",
             "The loaded models' size as counted against server.max_loaded_bytes (each version's file size or resident growth at load, whichever is larger)",
+        );
+        let sessions_in_memory = plain_gauge(
+            "modelship_sessions_in_memory",
+            "Runtime sessions this process holds, every model and worker together (one per worker of each loaded version)",
         );
         let lazy_load_seconds = {
             let opts = HistogramOpts::new(
@@ -248,6 +254,7 @@ impl Metrics {
             model_lazy_load_seconds: lazy_load_seconds,
             models_loaded,
             models_loaded_bytes,
+            sessions_in_memory,
             registry,
         }
     }
@@ -300,6 +307,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        self.sessions_in_memory.set(i64::try_from(crate::pool::sessions_in_memory()).unwrap_or(i64::MAX));
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding gathered families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -23,8 +23,11 @@ fn fifty(dir: &Path) -> Vec<String> {
 }
 
 /// Fifty models, a bound of ten: every request, to every model in random order, is answered;
-/// never more than ten are loaded; evictions and loads on demand are counted; and the server
-/// holds less memory than one that keeps all fifty.
+/// never more than ten are loaded; evictions and loads on demand are counted; and an unloaded
+/// model's runtime sessions are let go, not only its slot: the server holds ten sessions, one
+/// that keeps all fifty holds fifty. Resident memory is printed, not asserted: how much of what
+/// is freed glibc gives back to the system depends on fragmentation, not on the server
+/// (BENCHMARKS.md, "Many models, few in memory").
 #[test]
 fn fifty_models_with_ten_loaded_all_answer_in_random_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -56,6 +59,13 @@ fn fifty_models_with_ten_loaded_all_answer_in_random_order() {
     let (evictions, lazy) = (sum(&bounded, "modelship_model_evictions_total", ""), sum(&bounded, "modelship_model_lazy_loads_total", r#"result="loaded""#));
     assert!(lazy >= 40.0 && evictions >= lazy, "evictions {evictions}, loads on demand {lazy}");
     assert_eq!(sum(&bounded, "modelship_model_lazy_loads_total", r#"result="failed""#), 0.0);
+    // Sessions go when the last worker of an unloaded pool exits, just after the unload.
+    let sessions = |s: &Server| s.metric("modelship_sessions_in_memory ", &[]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while sessions(&bounded) > 10.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(sessions(&bounded), 10.0, "one session (one worker) for each of the ten loaded models, none kept for the unloaded ones");
     let bounded_rss = rss(bounded.pid());
 
     // The same fifty, all kept loaded.
@@ -63,11 +73,11 @@ fn fifty_models_with_ten_loaded_all_answer_in_random_order() {
     args.extend(["--workers", "1"]);
     let unbounded = Server::start(&args);
     assert_eq!(loaded(&unbounded), 50.0);
+    assert_eq!(sessions(&unbounded), 50.0);
     let unbounded_rss = rss(unbounded.pid());
     eprintln!(
         "resident memory: {:.1} MiB with ten of fifty loaded after {lazy} loads on demand, {:.1} MiB with all fifty",
         bounded_rss as f64 / 1048576.0,
         unbounded_rss as f64 / 1048576.0
     );
-    assert!(bounded_rss < unbounded_rss, "the bound saved no memory: {bounded_rss} vs {unbounded_rss} bytes");
 }

@@ -32,7 +32,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -164,6 +164,35 @@ pub struct WorkerPool {
     batching: bool,
     /// Workers join the compatible requests already queued (the model passed the probe).
     joins_waiting: bool,
+    /// Counts this pool's sessions as in memory until the pool and every worker let them go.
+    _counted: Arc<Counted>,
+}
+
+/// Runtime sessions in memory in this process, every pool together.
+static SESSIONS_IN_MEMORY: AtomicUsize = AtomicUsize::new(0);
+
+/// How many runtime sessions this process holds now: counted when a pool's sessions load,
+/// uncounted when the last of their holders (the pool and its worker threads) lets them go. An
+/// unloaded model whose sessions something still held would stay counted.
+pub fn sessions_in_memory() -> usize {
+    SESSIONS_IN_MEMORY.load(Ordering::Relaxed)
+}
+
+/// A pool's share of [`SESSIONS_IN_MEMORY`], given back when the last holder drops it. Held next
+/// to the sessions by exactly those that hold them.
+struct Counted(usize);
+
+impl Counted {
+    fn new(sessions: usize) -> Arc<Counted> {
+        SESSIONS_IN_MEMORY.fetch_add(sessions, Ordering::Relaxed);
+        Arc::new(Counted(sessions))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        SESSIONS_IN_MEMORY.fetch_sub(self.0, Ordering::Relaxed);
+    }
 }
 
 /// A running estimate of the time one row takes: an exponentially weighted mean of measured
@@ -231,6 +260,7 @@ impl WorkerPool {
         let worker_batching = config.batching.clone().or_else(|| {
             joins_waiting.then(|| Batching { max_batch_size: OPPORTUNISTIC_MAX_ROWS, max_queue_delay: Duration::ZERO, preferred_batch_sizes: vec![] })
         });
+        let counted = Counted::new(sessions.len());
         let sessions: Arc<[Mutex<Box<dyn Session>>]> = sessions.into_iter().map(Mutex::new).collect();
         let (queue, jobs) = crossbeam_channel::bounded::<Job>(config.max_queue.max(1));
         let background = Arc::new(AtomicBool::new(false));
@@ -242,6 +272,7 @@ impl WorkerPool {
                 jobs: jobs.clone(),
                 background: Arc::clone(&background),
                 ns_per_row: Arc::clone(&ns_per_row),
+                _counted: Arc::clone(&counted),
             };
             let batching = worker_batching.clone();
             let spawned = thread::Builder::new().name(format!("{thread_name}-{i}")).spawn(move || match batching {
@@ -262,6 +293,7 @@ impl WorkerPool {
             inline_below: config.inline_below,
             batching: config.batching.is_some(),
             joins_waiting,
+            _counted: counted,
         };
         Ok((pool, info))
     }
@@ -452,6 +484,7 @@ struct Worker {
     jobs: Receiver<Job>,
     background: Arc<AtomicBool>,
     ns_per_row: Arc<RunEstimate>,
+    _counted: Arc<Counted>,
 }
 
 impl Worker {
