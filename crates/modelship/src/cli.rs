@@ -124,6 +124,104 @@ pub enum Command {
     /// sample rows (what serve, models push and validate do by themselves)
     #[command(after_help = crate::convert::HELP)]
     Convert(ConvertArgs),
+    /// Read what a server's prediction log kept (--prediction-log): list, export, rollback
+    /// marks, shadow disagreements; purge what rolled-back versions said (audited)
+    #[command(after_help = crate::predictions::HELP)]
+    Predictions(PredictionsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PredictionsArgs {
+    /// The log: the directory or s3://BUCKET/PREFIX the server was given (--prediction-log)
+    /// [default: $MODELSHIP_PREDICTION_LOG]
+    #[arg(long, global = true, value_name = "DIR|s3://BUCKET/PREFIX")]
+    pub log: Option<String>,
+
+    /// Output format
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table, global = true)]
+    pub output: OutputFormat,
+
+    #[command(subcommand)]
+    pub command: PredictionsCommand,
+}
+
+/// Which stored predictions a command reads.
+#[derive(Debug, Clone, Args, Default)]
+pub struct PredictionFilter {
+    /// Only this model's
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
+    /// Only this version's
+    #[arg(long, value_name = "VERSION")]
+    pub version: Option<String>,
+    /// Only answers in this role: stable, candidate, pinned or shadow
+    #[arg(long, value_name = "ROLE", value_parser = ["stable", "candidate", "pinned", "shadow"])]
+    pub role: Option<String>,
+    /// Only predictions made by a version that a rollback later stopped
+    #[arg(long)]
+    pub rolled_back: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Parquet,
+    Csv,
+    Jsonl,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum PredictionsCommand {
+    /// List stored predictions, newest last, with whether a rollback marked each
+    Ls {
+        #[command(flatten)]
+        filter: PredictionFilter,
+        /// Show at most this many (the newest)
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        limit: usize,
+    },
+    /// Write stored predictions to a file, with rolled_back, label and reward joined
+    Export {
+        #[command(flatten)]
+        filter: PredictionFilter,
+        /// The file to write
+        #[arg(long, value_name = "FILE")]
+        to: std::path::PathBuf,
+        /// parquet, csv or jsonl [default: from the file's extension]
+        #[arg(long, value_enum)]
+        format: Option<ExportFormat>,
+    },
+    /// The marks rollbacks left: version, routing revisions, when, by whom, why
+    Rollbacks {
+        /// Only this model's
+        #[arg(long, value_name = "NAME")]
+        model: Option<String>,
+    },
+    /// Shadow answers that disagreed with the answer the client got, side by side
+    Diff {
+        /// The model whose shadow answers to compare
+        #[arg(long, value_name = "NAME")]
+        model: String,
+        /// Show at most this many
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        limit: usize,
+    },
+    /// Remove the predictions of rolled-back versions from the store; recorded in the audit table
+    Purge {
+        /// Only this model's
+        #[arg(long, value_name = "NAME")]
+        model: Option<String>,
+        /// What to remove: the predictions a rollback marked (required: nothing else is purged)
+        #[arg(long)]
+        rolled_back: bool,
+        /// Remove them (without it, says how many would go)
+        #[arg(long)]
+        yes: bool,
+        /// Who purges, for the audit table [default: $USER]
+        #[arg(long, value_name = "NAME")]
+        actor: Option<String>,
+    },
+    /// What was purged, when and by whom
+    Audit,
 }
 
 /// How a model file in another format than ONNX is converted (every command that takes one).
@@ -1168,6 +1266,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     pub max_loaded_bytes: Option<u64>,
 
+    /// Keep predictions as data: each answer (inputs, outputs, version, routing revision, role,
+    /// latency) as Parquet files in DIR or s3://BUCKET/PREFIX, with the labels and rewards posted
+    /// for them and a mark on what a rollback stopped. Never in a request's way: a full queue
+    /// drops and counts. Read it with `modelship predictions` or DuckDB (config: prediction_log)
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+    pub prediction_log: Option<String>,
+
+    /// The share of each role's predictions the log keeps, e.g. stable=0.01,candidate=1,shadow=1;
+    /// roles left out keep everything [default: 1 for every role]
+    #[arg(long, value_name = "ROLE=RATE,...", value_parser = parse_sampling)]
+    pub prediction_log_sample: Option<Vec<(String, f64)>>,
+
     /// Requests a model version must answer before it serves; one that fails refuses the
     /// version (at startup: the server exits 1) [default: 2: zeros, then rows drawn to the
     /// model's signature]
@@ -1358,4 +1468,22 @@ mod tests {
         let help = "Examples:\n  modelship deploy k8s --out deploy/k8s   # rolling\n  modelship deploy ci --a \\\n      --b 'x y'\n  make -f M && sam deploy\n";
         assert_eq!(help_examples(help), [vec!["modelship", "deploy", "k8s", "--out", "deploy/k8s"], vec!["modelship", "deploy", "ci", "--a", "--b", "x y"]]);
     }
+}
+
+/// `stable=0.01,candidate=1,shadow=1`: roles and the share of their predictions kept.
+fn parse_sampling(text: &str) -> Result<Vec<(String, f64)>, String> {
+    text.split(',')
+        .map(|part| {
+            let (role, rate) = part.split_once('=').ok_or_else(|| format!("'{part}' is not ROLE=RATE (e.g. stable=0.01)"))?;
+            let role = role.trim();
+            if !matches!(role, "stable" | "candidate" | "shadow") {
+                return Err(format!("'{role}' is not a role: use stable, candidate or shadow"));
+            }
+            let rate: f64 = rate.trim().parse().map_err(|_| format!("'{rate}' is not a number between 0 and 1"))?;
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("{role}={rate}: a rate is between 0 and 1 (0.01 keeps 1 %)"));
+            }
+            Ok((role.to_owned(), rate))
+        })
+        .collect()
 }

@@ -32,6 +32,31 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     /// A Triton model repository whose models are served beside (or as) the others.
     pub model_repository: Option<PathBuf>,
+    /// Where predictions are kept as data.
+    #[serde(default)]
+    pub prediction_log: Option<RawPredictionLog>,
+}
+
+/// `prediction_log`: the store and how the writer samples and batches.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RawPredictionLog {
+    /// A directory, `file:///DIR` or `s3://BUCKET/PREFIX`.
+    pub url: Option<String>,
+    #[serde(default)]
+    pub sample: RawSampling,
+    /// Records waiting to be written before new ones are dropped.
+    pub queue: Option<usize>,
+    pub roll_rows: Option<usize>,
+    pub roll_bytes: Option<usize>,
+    pub roll_seconds: Option<f64>,
+}
+
+/// `prediction_log.sample`: the share of each role's predictions kept, 0 to 1.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RawSampling {
+    pub stable: Option<f64>,
+    pub candidate: Option<f64>,
+    pub shadow: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -180,6 +205,41 @@ pub struct RawLogging {
     pub format: Option<String>,
 }
 
+/// The checked prediction log, or `None` with the problems said (or when it names no store).
+fn resolve_prediction_log(raw: &RawPredictionLog, problems: &mut Vec<String>) -> Option<modelship_server::PredictionLogSettings> {
+    let Some(url) = raw.url.clone().filter(|u| !u.trim().is_empty()) else {
+        problems.push("prediction_log is set without a url; give a directory or s3://BUCKET/PREFIX (--prediction-log)".to_owned());
+        return None;
+    };
+    let defaults = modelship_predictions::LogSettings::default();
+    let mut rate = |role: &str, value: Option<f64>| {
+        let v = value.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&v) {
+            problems.push(format!("prediction_log.sample.{role} is {v}; it must be between 0 and 1 (0.01 keeps 1 %)"));
+        }
+        v
+    };
+    let sampling = modelship_predictions::Sampling {
+        stable: rate("stable", raw.sample.stable),
+        candidate: rate("candidate", raw.sample.candidate),
+        shadow: rate("shadow", raw.sample.shadow),
+    };
+    let queue = raw.queue.unwrap_or(defaults.queue);
+    check_range("prediction_log.queue", queue, 1, 10_000_000, problems);
+    let roll_rows = raw.roll_rows.unwrap_or(defaults.roll_rows);
+    check_range("prediction_log.roll_rows", roll_rows, 1, 100_000_000, problems);
+    let roll_bytes = raw.roll_bytes.unwrap_or(defaults.roll_bytes);
+    check_range("prediction_log.roll_bytes", roll_bytes, 1024, 1 << 32, problems);
+    let roll_interval = seconds("prediction_log.roll_seconds", raw.roll_seconds.unwrap_or(defaults.roll_interval.as_secs_f64()), problems);
+    if roll_interval < Duration::from_millis(100) {
+        problems.push("prediction_log.roll_seconds must be at least 0.1".to_owned());
+    }
+    Some(modelship_server::PredictionLogSettings {
+        url,
+        log: modelship_predictions::LogSettings { sampling, queue, roll_rows, roll_bytes, roll_interval, replica: None },
+    })
+}
+
 /// A fully checked serving configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServeConfig {
@@ -235,6 +295,8 @@ pub struct ServeConfig {
     pub admin: AdminConfig,
     /// How a model file in another format than ONNX is converted (flags only).
     pub convert: crate::cli::ConvertFlags,
+    /// Where predictions are kept (`prediction_log`, `--prediction-log`).
+    pub prediction_log: Option<modelship_server::PredictionLogSettings>,
 }
 
 /// A model served beside the first.
@@ -437,6 +499,19 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     overlay(&mut raw.server.body_read_timeout_seconds, a.body_read_timeout);
     overlay(&mut raw.server.max_connections, a.max_connections);
     overlay(&mut raw.server.max_loaded_models, a.max_loaded_models);
+    if a.prediction_log.is_some() || a.prediction_log_sample.is_some() {
+        let log = raw.prediction_log.get_or_insert_with(RawPredictionLog::default);
+        overlay(&mut log.url, a.prediction_log.clone());
+        if let Some(sample) = &a.prediction_log_sample {
+            for (role, rate) in sample {
+                match role.as_str() {
+                    "stable" => log.sample.stable = Some(*rate),
+                    "candidate" => log.sample.candidate = Some(*rate),
+                    _ => log.sample.shadow = Some(*rate),
+                }
+            }
+        }
+    }
     overlay(&mut raw.server.max_loaded_bytes, a.max_loaded_bytes);
     overlay(&mut raw.model.warmup_requests, a.warmup_requests);
     overlay(&mut raw.model.warmup_sample, a.warmup_sample.clone());
@@ -668,6 +743,8 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     }
     let batching = raw.model.dynamic_batching.as_ref().map(|b| resolve_batching(b, "model.dynamic_batching", &mut problems));
 
+    let prediction_log = raw.prediction_log.as_ref().and_then(|p| resolve_prediction_log(p, &mut problems));
+
     let level = raw.logging.level.as_deref().unwrap_or("info");
     let level = parse_level(level).unwrap_or_else(|| {
         problems.push(format!("logging.level '{level}' is not one of error, warn, info, debug, trace"));
@@ -719,6 +796,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     }
     Ok(ServeConfig {
         convert: args.convert.clone(),
+        prediction_log,
         model_name,
         model_version,
         model_path,

@@ -16,6 +16,7 @@ mod lambda;
 mod logging;
 mod model_repository;
 mod models;
+mod predictions;
 mod registry_config;
 mod rollout;
 mod serve;
@@ -49,6 +50,7 @@ fn main() -> ExitCode {
         cli::Command::Lambda => lambda::main(),
         cli::Command::Controller(args) => controller::main(*args),
         cli::Command::Convert(args) => convert::main(args),
+        cli::Command::Predictions(args) => predictions::main(args),
     }
 }
 

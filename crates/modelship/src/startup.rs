@@ -46,6 +46,7 @@ pub fn settings(config: &ServeConfig) -> Settings {
         lease_ttl: config.admin.lease_ttl,
         poll: config.registry_poll,
         residency: config.residency,
+        prediction_log: config.prediction_log.clone(),
     }
 }
 

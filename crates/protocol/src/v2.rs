@@ -285,6 +285,17 @@ pub fn encode_response(
     (out, Some(json_length))
 }
 
+/// `tensors` as a V2 JSON array of `{name, datatype, shape, data}`: what a request's `inputs` or a
+/// response's `outputs` holds, so a logged request can be sent again as it was.
+pub fn tensors_json(tensors: &[Tensor]) -> String {
+    let json: Vec<OutputJson<'_>> = tensors
+        .iter()
+        .map(|t| OutputJson { name: t.name(), datatype: t.datatype().as_str(), shape: t.shape(), parameters: None, data: Some(DataJson(t.data())) })
+        .collect();
+    // Serializing owned, finite structures cannot fail; a non-finite float is written as null.
+    serde_json::to_string(&json).unwrap_or_default()
+}
+
 /// `GET /v2` body.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ServerMetadata {

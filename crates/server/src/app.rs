@@ -76,7 +76,20 @@ pub struct Settings {
     pub poll: Duration,
     /// The bound on loaded models and how long a request waits for one to load again.
     pub residency: ResidencyLimits,
+    /// Where predictions are kept (`--prediction-log`), and how; `None`: nowhere.
+    pub prediction_log: Option<PredictionLogSettings>,
 }
+
+/// The prediction log: its store's URL (a directory or `s3://BUCKET/PREFIX`) and the writer's
+/// sampling and batching.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictionLogSettings {
+    pub url: String,
+    pub log: modelship_predictions::LogSettings,
+}
+
+/// How long a draining server waits for the prediction log to write what it holds.
+const PREDICTION_LOG_CLOSE: Duration = Duration::from_secs(10);
 
 impl Settings {
     pub fn limits(&self) -> Limits {
@@ -290,6 +303,9 @@ impl App {
     /// grace period) and stops every background task.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> DrainOutcome {
         let outcome = self.server.run_until(shutdown).await;
+        if let Some(log) = self.state.predictions.get() {
+            log.close(PREDICTION_LOG_CLOSE).await;
+        }
         match outcome {
             DrainOutcome::Complete => tracing::info!("drained; exiting"),
             DrainOutcome::GraceExpired => {
@@ -332,6 +348,13 @@ impl Config {
         let store = crate::control::open(&settings.control_store, &settings.state_dir.join("traffic.db")).map_err(failed)?;
 
         let state = AppState::with_residency(settings.limits(), credentials, settings.residency);
+        if let Some(log) = &settings.prediction_log {
+            let store = modelship_predictions::LogStore::open(&log.url).map_err(failed)?;
+            let metrics = modelship_predictions::LogMetrics::new(state.metrics.registry()).map_err(failed)?;
+            let writer = modelship_predictions::LogSettings { replica: Some(settings.replica.clone()), ..log.log.clone() };
+            let _ = state.predictions.set(modelship_predictions::PredictionLog::start(store, writer, metrics));
+            tracing::info!(store = %log.url, "keeping predictions in the prediction log");
+        }
         // One feature store for every model that has a feature spec (each checked once its model loads).
         let mut feature_services = match &features {
             None => None,

@@ -102,12 +102,13 @@ pub async fn run(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, rece
         Ok(routed) => routed,
         Err(e) => return call.fail(e),
     };
-    let result = infer(state, &routed, request, &mut call).await;
+    let result = infer(state, &routed, revision, request, &mut call).await;
     let status = match &result {
         Ok(_) => StatusCode::OK,
         Err(e) => e.status_and_code().0,
     };
     call.record(Some(&routed.model), Some(routed.role), status, result.as_ref().err());
+    call.keep(&routed, revision, status, &result);
     Answer { request_id: call.request_id, model: Some(routed.model), revision: Some(revision), result }
 }
 
@@ -147,7 +148,7 @@ fn route(state: &AppState, request: &Request, headers: &HeaderMap, served: Optio
 
 /// The middle of the pipeline, once routed: tensors for the model, enrichment, inference, the
 /// score for rollout analysis, the shadow copy.
-async fn infer(state: &AppState, routed: &Routed, request: Request, call: &mut Call<'_>) -> Result<Outcome, ApiError> {
+async fn infer(state: &AppState, routed: &Routed, revision: u64, request: Request, call: &mut Call<'_>) -> Result<Outcome, ApiError> {
     let model = &routed.model;
     let signature = &model.info.signature;
     let mut infer_request = match request.inputs {
@@ -161,13 +162,28 @@ async fn infer(state: &AppState, routed: &Routed, request: Request, call: &mut C
     };
     check_size(state, &infer_request)?;
     let id = infer_request.id.take();
+    // Kept as data: the inputs as the model gets them (features added), before they are moved.
+    if let Some(log) = state.predictions.get().filter(|log| log.keeps(routed.role.as_str(), &call.request_id)) {
+        let entities = request.entities.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default());
+        call.kept = Some(Kept { log: Arc::clone(log), inputs: modelship_protocol::v2::tensors_json(&infer_request.inputs), entities, outputs: None });
+    }
     let mirror = routed.shadow.as_ref().filter(|s| state.shadows.admit(&state.metrics, s)).map(|_| infer_request.clone());
     let outputs = model.infer(infer_request).await?;
-    if state.observations.is_recording(&model.name) {
+    let keeping = call.kept.is_some();
+    if keeping || state.observations.is_recording(&model.name) {
         call.score = crate::observe::score_of(model, &outputs);
     }
+    if let Some(kept) = &mut call.kept {
+        kept.outputs = Some(modelship_protocol::v2::tensors_json(&outputs));
+    }
     if let (Some(shadow), Some(copy)) = (&routed.shadow, mirror) {
-        state.shadows.mirror(&state.metrics, Arc::clone(shadow), copy, outputs.clone());
+        let log = state.predictions.get().filter(|log| log.keeps(Role::Shadow.as_str(), &call.request_id)).map(|log| crate::shadow::ShadowLog {
+            log: Arc::clone(log),
+            request_id: call.request_id.clone(),
+            revision,
+            served_version: model.version.clone(),
+        });
+        state.shadows.mirror(&state.metrics, Arc::clone(shadow), copy, outputs.clone(), log);
     }
     Ok(Outcome { id, outputs, feature_defaults })
 }
@@ -211,8 +227,19 @@ struct Call<'a> {
     request_id: String,
     started: Instant,
     _in_flight: InFlight,
-    /// The model's score for this request (first row), for rollout analysis.
+    /// The model's score for this request (first row), for rollout analysis and the log.
     score: Option<f64>,
+    /// What the prediction log keeps of this request, when it keeps it.
+    kept: Option<Kept>,
+}
+
+/// A request the prediction log keeps: its inputs and entities as the model got them, and its
+/// outputs once answered (V2 JSON).
+struct Kept {
+    log: Arc<modelship_predictions::PredictionLog>,
+    inputs: String,
+    entities: Option<String>,
+    outputs: Option<String>,
 }
 
 struct InFlight(IntGauge);
@@ -227,13 +254,37 @@ impl<'a> Call<'a> {
     fn start(state: &'a AppState, endpoint: Endpoint, headers: &HeaderMap, received: Instant) -> Self {
         let gauge = state.metrics.in_flight_at(endpoint).clone();
         gauge.inc();
-        Call { state, endpoint, request_id: state.ids.for_request(headers), started: received, _in_flight: InFlight(gauge), score: None }
+        Call { state, endpoint, request_id: state.ids.for_request(headers), started: received, _in_flight: InFlight(gauge), score: None, kept: None }
     }
 
     /// A request that failed before it was routed (decoding, unknown model, no route).
     fn fail(self, e: ApiError) -> Answer {
         self.record(None, None, e.status_and_code().0, Some(&e));
         Answer { request_id: self.request_id, model: None, revision: None, result: Err(e) }
+    }
+
+    /// Hands the answer to the prediction log, when it keeps this request.
+    fn keep(&mut self, routed: &Routed, revision: u64, status: StatusCode, result: &Result<Outcome, ApiError>) {
+        let Some(kept) = self.kept.take() else { return };
+        let model = &routed.model;
+        kept.log.record(modelship_predictions::Prediction {
+            request_id: self.request_id.clone(),
+            time: modelship_predictions::now_ms(),
+            model: model.name.clone(),
+            version: model.version.clone(),
+            revision: i64::try_from(revision).ok(),
+            role: routed.role.as_str().to_owned(),
+            status: i64::from(status.as_u16()),
+            latency_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            inputs: Some(kept.inputs),
+            entities: kept.entities,
+            outputs: kept.outputs,
+            score: self.score,
+            error: result.as_ref().err().map(|e| crate::error::clip(&e.to_string(), crate::error::MAX_LOGGED_BYTES).into_owned()),
+            served_version: None,
+            agreed: None,
+            replica: kept.log.replica().map(str::to_owned),
+        });
     }
 
     /// Counts, times and logs the call: `status` is the HTTP status it answers with (over gRPC,

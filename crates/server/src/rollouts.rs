@@ -275,6 +275,16 @@ impl Rollouts {
         };
         let reason = format!("rollout {}: {}", record.id, describe(&record.rollout));
         let revision = self.traffic.ensure(state, &record.rollout.plan.to, target, "rollout", &reason).await?;
+        if desired == Action::Rollback && state.predictions.get().is_some() {
+            match self.traffic.history().await {
+                Ok(history) => {
+                    if let Some(rollback) = history.iter().find(|r| r.revision == revision) {
+                        self.traffic.mark_rolled_back(state, &history, rollback);
+                    }
+                }
+                Err(e) => tracing::warn!(model = %self.model(), error = %e, "cannot read the routing history to mark the rolled-back version's predictions"),
+            }
+        }
         record.applied = Some(Applied { action: desired.clone(), revision, settled_ms: None });
         record.seq += 1;
         match self.store().save_rollout(&record, Write::Update { leader }, &[]).await {

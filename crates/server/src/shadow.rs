@@ -81,8 +81,9 @@ impl Shadows {
         false
     }
 
-    /// Runs `request` on `shadow` in the background and compares its outputs with `served`.
-    pub fn mirror(self: &Arc<Self>, metrics: &Arc<Metrics>, shadow: Arc<LoadedModel>, request: InferRequest, served: Vec<Tensor>) {
+    /// Runs `request` on `shadow` in the background and compares its outputs with `served`;
+    /// hands its answer to the prediction log when `log` says it keeps it.
+    pub fn mirror(self: &Arc<Self>, metrics: &Arc<Metrics>, shadow: Arc<LoadedModel>, request: InferRequest, served: Vec<Tensor>, log: Option<ShadowLog>) {
         let labels = [shadow.name.clone(), shadow.version.clone()];
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             metrics.shadow_dropped.with_label_values(&labels).inc();
@@ -92,10 +93,16 @@ impl Shadows {
         let (shadows, metrics) = (Arc::clone(self), Arc::clone(metrics));
         tokio::spawn(async move {
             let _permit = permit;
+            let inputs = log.as_ref().map(|_| modelship_protocol::v2::tensors_json(&request.inputs));
             let started = Instant::now();
             let result = shadow.infer(request).await;
             let latency = started.elapsed().as_secs_f64();
             let evidence = &shadows.observations;
+            if let (Some(log), Some(inputs)) = (log, inputs)
+                && !matches!(result, Err(crate::error::ApiError::Overloaded { .. }))
+            {
+                log.keep(&shadow, inputs, &served, &result, latency);
+            }
             match result {
                 Ok(outputs) => {
                     let (agree, diff) = compare(&served, &outputs);
@@ -125,6 +132,42 @@ impl Shadows {
                     evidence.record_shadow(&labels[0], &labels[1], true, latency, None);
                 }
             }
+        });
+    }
+}
+
+/// The request a shadow copy mirrors, for the prediction log: kept beside the answer its client
+/// got (same request id, the served version named).
+pub struct ShadowLog {
+    pub log: Arc<modelship_predictions::PredictionLog>,
+    pub request_id: String,
+    pub revision: u64,
+    pub served_version: String,
+}
+
+impl ShadowLog {
+    fn keep(self, shadow: &LoadedModel, inputs: String, served: &[Tensor], result: &Result<Vec<Tensor>, crate::error::ApiError>, latency: f64) {
+        let (status, outputs, error, agreed, score) = match result {
+            Ok(outputs) => (200, Some(modelship_protocol::v2::tensors_json(outputs)), None, Some(compare(served, outputs).0), observe::score_of(shadow, outputs)),
+            Err(e) => (i64::from(e.status_and_code().0.as_u16()), None, Some(crate::error::clip(&e.to_string(), crate::error::MAX_LOGGED_BYTES).into_owned()), None, None),
+        };
+        self.log.record(modelship_predictions::Prediction {
+            request_id: self.request_id,
+            time: modelship_predictions::now_ms(),
+            model: shadow.name.clone(),
+            version: shadow.version.clone(),
+            revision: i64::try_from(self.revision).ok(),
+            role: "shadow".to_owned(),
+            status,
+            latency_ms: latency * 1000.0,
+            inputs: Some(inputs),
+            entities: None,
+            outputs,
+            score,
+            error,
+            served_version: Some(self.served_version),
+            agreed,
+            replica: self.log.replica().map(str::to_owned),
         });
     }
 }

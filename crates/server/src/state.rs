@@ -90,6 +90,8 @@ pub struct Shared {
     /// The fleet's control store and the model it serves, when this replica is one of several:
     /// labels it cannot join are handed on through it.
     pub fleet: Arc<std::sync::OnceLock<(Arc<dyn crate::control::ControlStore>, String)>>,
+    /// The prediction log, when one is configured: what each version answered, kept as data.
+    pub predictions: Arc<std::sync::OnceLock<Arc<modelship_predictions::PredictionLog>>>,
 }
 
 impl AppState {
@@ -121,6 +123,7 @@ impl AppState {
             nonces: Arc::default(),
             features: Arc::default(),
             fleet: Arc::default(),
+            predictions: Arc::default(),
         }))
     }
 }

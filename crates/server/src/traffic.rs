@@ -366,7 +366,37 @@ impl Traffic {
             .map(|r| r.traffic.clone())
             .ok_or_else(|| ApiError::Conflict(format!("there is no revision {target} of model '{}'", self.spec.name)))?;
         let reason = if reason.is_empty() { format!("rollback to revision {target}") } else { format!("rollback to revision {target}: {reason}") };
-        self.install(state, &served, table, None, actor, &reason).await
+        let revision = self.install(state, &served, table, None, actor, &reason).await?;
+        let mut history = history;
+        history.push(revision.clone());
+        self.mark_rolled_back(state, &history, &revision);
+        Ok(revision)
+    }
+
+    /// Marks, in the prediction log (when there is one), the predictions of each version that
+    /// `rollback` stopped routing: over the unbroken run of revisions that routed it. Written in
+    /// the background (retried until the store takes it); writing a mark twice changes nothing.
+    pub fn mark_rolled_back(&self, state: &AppState, history: &[Revision], rollback: &Revision) {
+        let Some(log) = state.predictions.get() else { return };
+        let routed: Vec<modelship_predictions::Routed> = history
+            .iter()
+            .map(|r| modelship_predictions::Routed {
+                revision: i64::try_from(r.revision).unwrap_or(i64::MAX),
+                at_ms: r.at_ms,
+                versions: std::iter::once(r.traffic.stable.clone())
+                    .chain(r.traffic.candidate.as_ref().map(|c| c.version.clone()))
+                    .chain(r.traffic.shadow.as_ref().map(|s| s.version.clone()))
+                    .collect(),
+            })
+            .collect();
+        let revision = i64::try_from(rollback.revision).unwrap_or(i64::MAX);
+        let marks = modelship_predictions::marks_for_rollback(&routed, revision, &rollback.actor, &rollback.reason, log.replica());
+        for mut mark in marks {
+            mark.model = self.spec.name.clone();
+            tracing::info!(model = %mark.model, version = %mark.version, from_revision = mark.from_revision, to_revision = mark.to_revision, "marking the rolled-back version's predictions");
+            let log = Arc::clone(log);
+            tokio::spawn(async move { log.mark(mark).await });
+        }
     }
 
     pub async fn history(&self) -> Result<Vec<Revision>, ApiError> {

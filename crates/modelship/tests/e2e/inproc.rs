@@ -107,6 +107,7 @@ impl Fixtures {
             lease_ttl: Duration::from_secs(10),
             poll: Duration::from_secs(1),
             residency: modelship_server::residency::ResidencyLimits::default(),
+            prediction_log: None,
         }
     }
 

@@ -6,6 +6,7 @@ mod inproc;
 mod inproc_traffic;
 mod inproc_residency;
 mod inproc_experiments;
+mod inproc_predictions;
 // The same reading of help examples as the CLI's own unit test.
 #[path = "../../src/help_examples.rs"]
 mod help_examples;

@@ -90,6 +90,18 @@ pub(crate) async fn join_rewards(state: &AppState, body: &[u8]) -> Result<Respon
 /// Joins a checked batch; what this replica cannot join is handed on to the others (in a
 /// fleet), and the answer says how much of each.
 async fn join_all(state: &AppState, batch: Vec<(String, Feedback)>) -> Result<Response, ApiError> {
+    // Kept as data by the replica it was posted to (once, wherever it is joined): the log joins
+    // it to its prediction by request id, across restarts and replicas.
+    if let Some(log) = state.predictions.get() {
+        let time = modelship_predictions::now_ms();
+        for (request_id, feedback) in &batch {
+            let (label, reward) = match *feedback {
+                Feedback::Label(l) => (Some(l), None),
+                Feedback::Reward(r) => (None, Some(r)),
+            };
+            log.feedback(modelship_predictions::Feedback { request_id: request_id.clone(), time, label, reward, replica: log.replica().map(str::to_owned) });
+        }
+    }
     let mut joined = 0usize;
     let mut elsewhere = Vec::new();
     for (request_id, feedback) in batch {

@@ -1,0 +1,233 @@
+//! The prediction log on an in-process server ([`crate::inproc`]): every answer kept once per
+//! role and read back by pyarrow and DuckDB as data people read it; a rollout rolled back on
+//! errors marks exactly what its candidate said, and `modelship predictions` lists, exports and
+//! purges exactly those (audited).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use modelship_predictions::{LogSettings, LogStore, Prediction};
+use serde_json::{Value, json};
+
+use crate::inproc::{App, Fixtures};
+use crate::support::{agent, command, fraud_body, reply, root};
+use crate::traffic::load;
+
+fn logging(fixtures: &Fixtures, dir: &Path) -> modelship_server::Settings {
+    let log = LogSettings { roll_rows: 500, roll_interval: Duration::from_secs(1), ..LogSettings::default() };
+    modelship_server::Settings {
+        prediction_log: Some(modelship_server::PredictionLogSettings { url: dir.display().to_string(), log }),
+        ..fixtures.settings()
+    }
+}
+
+/// Every prediction in the log at `dir`, read by the crate the server wrote it with.
+fn stored(dir: &Path) -> Vec<Prediction> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = LogStore::open(dir.to_str().unwrap()).unwrap();
+    runtime.block_on(store.predictions(None)).unwrap().into_iter().flat_map(|f| f.rows).collect()
+}
+
+/// Runs `script` with the project's Python (pyarrow, DuckDB), `dir` as its argument; its JSON.
+fn python(script: &str, dir: &Path) -> Value {
+    let out = std::process::Command::new(root().join(".venv/bin/python")).arg("-c").arg(script).arg(dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `modelship predictions ARGS --log DIR`: exit success and stdout.
+fn predictions(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = command().arg("predictions").args(args).arg("--log").arg(dir).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// How pyarrow and DuckDB read the log: one dataset per table, hive partitions as columns.
+const READ_BACK: &str = r#"
+import json, sys
+import duckdb, pyarrow.dataset as ds
+root = sys.argv[1]
+t = ds.dataset(root + "/predictions", format="parquet", partitioning="hive").to_table()
+pairs = list(zip(t.column("request_id").to_pylist(), t.column("role").to_pylist()))
+by_role = {}
+for _, role in pairs:
+    by_role[role] = by_role.get(role, 0) + 1
+con = duckdb.connect()
+rows, distinct = con.execute(
+    "SELECT count(*), count(DISTINCT (request_id, role)) FROM read_parquet(?, hive_partitioning = true)",
+    [root + "/predictions/**/*.parquet"]).fetchone()
+print(json.dumps({"pyarrow_rows": t.num_rows, "pyarrow_distinct": len(set(pairs)), "by_role": by_role,
+                  "duckdb_rows": rows, "duckdb_distinct": distinct, "columns": t.column_names}))
+"#;
+
+/// 2,000 requests from 8 clients with a 20 % canary and a 100 % shadow: each request id is kept
+/// exactly once as the answer its client got and at most once as a shadow answer, every shadow
+/// answer the server compared is kept, and pyarrow and DuckDB read the same rows.
+#[test]
+fn every_answer_is_kept_once_per_role_and_read_back_by_pyarrow_and_duckdb() {
+    let fixtures = Fixtures::new();
+    fixtures.push("fraud", "3");
+    let log = tempfile::tempdir().unwrap();
+    let app = fixtures.serve("1", logging(&fixtures, log.path()));
+    app.change(json!({"op": "canary", "version": "2", "weight": 2000}));
+    app.change(json!({"op": "shadow", "version": "3", "percent": 10000}));
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let url = app.url("/v2/models/fraud/infer");
+            thread::spawn(move || {
+                let agent = agent();
+                let mut answered = BTreeMap::new();
+                for n in 0..250 {
+                    let id = format!("req-{c}-{n}");
+                    let r = reply(agent.post(&url).header("content-type", "application/json").header("x-request-id", &id).send(fraud_body(1)).unwrap());
+                    assert_eq!(r.status, 200, "{}", r.text);
+                    answered.insert(id, r.header("x-model-version").unwrap().to_owned());
+                }
+                answered
+            })
+        })
+        .collect();
+    let answered: BTreeMap<String, String> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    assert_eq!(answered.len(), 2000);
+    // Every copy mirrored was compared (or failed, or dropped) before the server stops.
+    let shadow_count = |app: &App, result: &str| app.metric("modelship_shadow_comparisons_total", &[&format!("result=\"{result}\"")]).unwrap_or(0.0);
+    let dropped = |app: &App| app.metric("modelship_shadow_dropped_total", &[]).unwrap_or(0.0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shadow_count(&app, "agree") + shadow_count(&app, "disagree") + shadow_count(&app, "error") + dropped(&app) < 2000.0 {
+        assert!(Instant::now() < deadline, "the shadow copies never all finished");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let compared = shadow_count(&app, "agree") + shadow_count(&app, "disagree") + shadow_count(&app, "error");
+    let log_dropped = app.metric("modelship_prediction_log_dropped_total", &[]).unwrap_or(0.0);
+    app.stop();
+
+    let rows = stored(log.path());
+    let served: Vec<&Prediction> = rows.iter().filter(|p| p.role != "shadow").collect();
+    let shadows: Vec<&Prediction> = rows.iter().filter(|p| p.role == "shadow").collect();
+    assert_eq!(log_dropped, 0.0, "nothing dropped at this rate");
+    // Each request exactly once as its client's answer, by the version that answered it.
+    let served_ids: BTreeMap<&str, &Prediction> = served.iter().map(|p| (p.request_id.as_str(), *p)).collect();
+    assert_eq!(served.len(), 2000, "one answer per request");
+    assert_eq!(served_ids.len(), 2000, "no request kept twice");
+    for (id, version) in &answered {
+        let p = served_ids.get(id.as_str()).unwrap_or_else(|| panic!("{id} not kept"));
+        assert_eq!(&p.version, version, "{id}");
+        assert_eq!(p.role, if version == "2" { "candidate" } else { "stable" }, "{id}");
+        assert!(p.inputs.as_deref().is_some_and(|i| i.contains("\"shape\":[1,")), "{id}: inputs as V2 JSON");
+        assert!(p.outputs.is_some() && p.score.is_some() && p.revision == Some(2) && p.status == 200, "{p:?}");
+    }
+    let on_candidate = served.iter().filter(|p| p.role == "candidate").count();
+    assert!((250..=550).contains(&on_candidate), "{on_candidate} of 2000 on a 20 % canary");
+    // Each compared shadow copy once, beside the answer its client got.
+    let shadow_ids: BTreeSet<&str> = shadows.iter().map(|p| p.request_id.as_str()).collect();
+    assert_eq!(shadow_ids.len(), shadows.len(), "a shadow answer kept twice");
+    assert_eq!(shadows.len() as f64, compared, "every shadow answer compared is kept");
+    for s in &shadows {
+        let client_got = served_ids[s.request_id.as_str()];
+        assert_eq!(s.served_version.as_deref(), Some(client_got.version.as_str()), "{s:?}");
+        assert_eq!(s.version, "3");
+        // fraud:3 is fraud:1's file: it agrees with version 1's answers.
+        if client_got.version == "1" {
+            assert_eq!(s.agreed, Some(true), "{s:?}");
+        }
+    }
+    // The same rows, as pyarrow and DuckDB read them.
+    let read = python(READ_BACK, log.path());
+    eprintln!("kept {} answers: {on_candidate} from the candidate, {} shadow answers of {compared} compared; read back: {read}", served.len(), shadows.len());
+    let total = rows.len() as u64;
+    assert_eq!((read["pyarrow_rows"].as_u64(), read["pyarrow_distinct"].as_u64()), (Some(total), Some(total)), "{read}");
+    assert_eq!((read["duckdb_rows"].as_u64(), read["duckdb_distinct"].as_u64()), (Some(total), Some(total)), "{read}");
+    assert_eq!(read["by_role"]["shadow"].as_u64(), Some(shadows.len() as u64), "{read}");
+    // The shadow disagreements, side by side: xgboost (2) against fraud (3) when 2 answered.
+    let (ok, out, err) = predictions(log.path(), &["diff", "--model", "fraud", "--output", "json"]);
+    assert!(ok, "{err}");
+    let diff: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(diff["shadow_answers"].as_u64(), Some(shadows.len() as u64));
+    assert_eq!(diff["disagreed"].as_u64(), Some(shadows.iter().filter(|s| s.agreed == Some(false)).count() as u64));
+}
+
+/// A rollout of a version that fails is rolled back on its errors: a mark covers exactly the
+/// candidate's predictions in its window; `predictions ls --rolled-back`, the export and the
+/// documented DuckDB query find exactly those; a purge removes exactly those and is audited.
+#[test]
+fn a_rollback_marks_exactly_what_the_candidate_said_and_a_purge_removes_exactly_that() {
+    let fixtures = Fixtures::new();
+    fixtures.push("faulty", "3");
+    let log = tempfile::tempdir().unwrap();
+    let app = fixtures.serve("1", logging(&fixtures, log.path()));
+    let (stop, _counting, _sent, _failed, clients) = load(&app, 3);
+    let r = app.admin(
+        "POST",
+        "rollout",
+        Some(json!({"spec": {"to": "3", "canary": {"weights": [20, 100], "every": "1m"}, "checks": [{"error_rate": {}}], "failure": {"consecutive": 2, "min_samples": 20}, "interval": "500ms"}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while app.admin("GET", "rollout", None).json()["phase"]["phase"] != "rolled_back" || !app.status()["traffic"]["candidate"].is_null() {
+        assert!(Instant::now() < deadline, "never rolled back");
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Stable answers after the rollback too: never marked.
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    clients.into_iter().for_each(|c| c.join().unwrap());
+    app.stop();
+
+    let rows = stored(log.path());
+    let from_candidate: BTreeSet<&str> = rows.iter().filter(|p| p.version == "3").map(|p| p.request_id.as_str()).collect();
+    assert!(!from_candidate.is_empty() && rows.iter().any(|p| p.version == "1"), "both versions answered");
+    assert!(rows.iter().filter(|p| p.version == "3").any(|p| p.status >= 500), "the candidate's failures are kept too");
+    let (ok, out, err) = predictions(log.path(), &["rollbacks", "--output", "json"]);
+    assert!(ok, "{err}");
+    let marks: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(marks.as_array().unwrap().len(), 1, "{marks}");
+    assert_eq!((marks[0]["model"].as_str(), marks[0]["version"].as_str(), marks[0]["actor"].as_str()), (Some("fraud"), Some("3"), Some("rollout")), "{marks}");
+    // Exactly the candidate's predictions are rolled back: by the command, the export and SQL.
+    let (ok, out, err) = predictions(log.path(), &["ls", "--rolled-back", "--limit", "100000", "--output", "json"]);
+    assert!(ok, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let marked: BTreeSet<&str> = listed["predictions"].as_array().unwrap().iter().map(|p| p["request_id"].as_str().unwrap()).collect();
+    assert_eq!(marked, from_candidate, "what the rollback marked");
+    let export = log.path().join("..").join(format!("export-{}.csv", std::process::id()));
+    let (ok, _, err) = predictions(log.path(), &["export", "--to", export.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let mut csv = csv::Reader::from_path(&export).unwrap();
+    let headers = csv.headers().unwrap().clone();
+    let (id_at, flag_at) = (headers.iter().position(|h| h == "request_id").unwrap(), headers.iter().position(|h| h == "rolled_back").unwrap());
+    let exported: BTreeSet<String> = csv.records().map(Result::unwrap).filter(|r| &r[flag_at] == "true").map(|r| r[id_at].to_owned()).collect();
+    std::fs::remove_file(&export).unwrap();
+    assert_eq!(exported.iter().map(String::as_str).collect::<BTreeSet<_>>(), from_candidate);
+    let sql = python(ROLLED_BACK_QUERY, log.path());
+    eprintln!("{} predictions kept, {} from the rolled-back candidate; marks: {marks}; DuckDB: {sql}", rows.len(), from_candidate.len());
+    assert_eq!(sql["rolled_back"].as_u64(), Some(from_candidate.len() as u64), "{sql}");
+    // A purge needs --yes, then removes exactly those, and says so in the audit table.
+    let (ok, _, err) = predictions(log.path(), &["purge", "--rolled-back"]);
+    assert!(!ok && err.contains(&format!("{} predictions of rolled-back versions would be removed", from_candidate.len())), "{err}");
+    let (ok, out, err) = predictions(log.path(), &["purge", "--rolled-back", "--yes", "--actor", "ops", "--output", "json"]);
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["removed"].as_u64(), Some(from_candidate.len() as u64), "{out}");
+    let after = stored(log.path());
+    assert!(after.iter().all(|p| p.version != "3"));
+    assert_eq!(after.len(), rows.len() - from_candidate.len(), "nothing else removed");
+    let (ok, out, err) = predictions(log.path(), &["audit", "--output", "json"]);
+    assert!(ok, "{err}");
+    let audit: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((audit[0]["actor"].as_str(), audit[0]["rows"].as_u64()), (Some("ops"), Some(from_candidate.len() as u64)), "{audit}");
+}
+
+/// The query docs/src/guides/predictions.md gives for "which of my stored predictions came from a
+/// version later rolled back?".
+const ROLLED_BACK_QUERY: &str = r#"
+import json, sys, duckdb
+root = sys.argv[1]
+n = duckdb.connect().execute("""
+SELECT count(*)
+FROM read_parquet(? || '/predictions/**/*.parquet') p
+JOIN read_parquet(? || '/rollbacks/**/*.parquet') r
+  ON p.model = r.model AND p.version = r.version
+ AND p.revision >= r.from_revision AND p.revision < r.to_revision
+""", [root, root]).fetchone()[0]
+print(json.dumps({"rolled_back": n}))
+"#;

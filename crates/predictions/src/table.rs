@@ -1,0 +1,270 @@
+//! Flat tables as Parquet files: a schema of named, typed, nullable columns, rows written in one
+//! row group per file (snappy), read back row by row. Enough for the log's tables, which are
+//! flat; the parquet crate's column writers do the encoding.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parquet::basic::{Compression, LogicalType, Repetition, TimeUnit, Type as Physical};
+use parquet::column::writer::ColumnWriter;
+use parquet::data_type::ByteArray;
+use parquet::file::properties::WriterProperties;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::writer::SerializedFileWriter;
+use parquet::record::Field;
+use parquet::schema::types::Type;
+
+/// A column's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// UTF-8 text.
+    Text,
+    Int,
+    Float,
+    Bool,
+    /// Milliseconds since the epoch, a Parquet `TIMESTAMP(MILLIS, UTC)`.
+    Millis,
+}
+
+/// One column of a schema.
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub required: bool,
+}
+
+/// A cell.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Value {
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Value::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn int(&self) -> Option<i64> {
+        match self {
+            Value::Int(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    pub fn float(&self) -> Option<f64> {
+        match self {
+            Value::Float(v) => Some(*v),
+            Value::Int(v) => Some(*v as f64),
+            _ => None,
+        }
+    }
+
+    pub fn bool(&self) -> Option<bool> {
+        match self {
+            Value::Bool(v) => Some(*v),
+            _ => None,
+        }
+    }
+}
+
+impl From<Option<String>> for Value {
+    fn from(v: Option<String>) -> Self {
+        v.map_or(Value::Null, Value::Text)
+    }
+}
+
+impl From<Option<f64>> for Value {
+    fn from(v: Option<f64>) -> Self {
+        v.map_or(Value::Null, Value::Float)
+    }
+}
+
+impl From<Option<i64>> for Value {
+    fn from(v: Option<i64>) -> Self {
+        v.map_or(Value::Null, Value::Int)
+    }
+}
+
+impl From<Option<bool>> for Value {
+    fn from(v: Option<bool>) -> Self {
+        v.map_or(Value::Null, Value::Bool)
+    }
+}
+
+/// Why a table could not be written or read.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TableError(pub String);
+
+impl From<parquet::errors::ParquetError> for TableError {
+    fn from(e: parquet::errors::ParquetError) -> Self {
+        TableError(e.to_string())
+    }
+}
+
+fn schema(name: &str, columns: &[Column]) -> Result<Type, TableError> {
+    let fields = columns
+        .iter()
+        .map(|c| {
+            let (physical, logical) = match c.kind {
+                Kind::Text => (Physical::BYTE_ARRAY, Some(LogicalType::String)),
+                Kind::Int => (Physical::INT64, None),
+                Kind::Float => (Physical::DOUBLE, None),
+                Kind::Bool => (Physical::BOOLEAN, None),
+                Kind::Millis => (Physical::INT64, Some(LogicalType::timestamp(true, TimeUnit::MILLIS))),
+            };
+            let repetition = if c.required { Repetition::REQUIRED } else { Repetition::OPTIONAL };
+            Type::primitive_type_builder(c.name, physical).with_repetition(repetition).with_logical_type(logical).build().map(Arc::new)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Type::group_type_builder(name).with_fields(fields).build()?)
+}
+
+/// Writes `rows` (each in `columns`' order) as one Parquet file with one row group.
+pub fn encode(name: &str, columns: &[Column], rows: &[Vec<Value>]) -> Result<Bytes, TableError> {
+    if let Some(bad) = rows.iter().find(|r| r.len() != columns.len()) {
+        return Err(TableError(format!("a row of {} cells for {} columns", bad.len(), columns.len())));
+    }
+    let props = Arc::new(WriterProperties::builder().set_compression(Compression::SNAPPY).set_created_by("modelship".to_owned()).build());
+    let mut writer = SerializedFileWriter::new(Vec::new(), Arc::new(schema(name, columns)?), props)?;
+    let mut group = writer.next_row_group()?;
+    for (index, column) in columns.iter().enumerate() {
+        let Some(mut out) = group.next_column()? else {
+            return Err(TableError(format!("the schema has no column {}", column.name)));
+        };
+        let cells = rows.iter().map(|r| &r[index]);
+        let defs: Vec<i16> = rows.iter().map(|r| i16::from(r[index] != Value::Null)).collect();
+        if column.required && defs.contains(&0) {
+            return Err(TableError(format!("column {} is required and a row has no value", column.name)));
+        }
+        let defs = (!column.required).then_some(defs.as_slice());
+        let mismatch = || TableError(format!("column {} holds a value of another type", column.name));
+        match (out.untyped(), column.kind) {
+            (ColumnWriter::ByteArrayColumnWriter(w), Kind::Text) => {
+                let values = cells
+                    .filter_map(|v| match v {
+                        Value::Text(s) => Some(Ok(ByteArray::from(s.as_str()))),
+                        Value::Null => None,
+                        _ => Some(Err(mismatch())),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                w.write_batch(&values, defs, None)?;
+            }
+            (ColumnWriter::Int64ColumnWriter(w), Kind::Int | Kind::Millis) => {
+                let values = cells
+                    .filter_map(|v| match v {
+                        Value::Int(i) => Some(Ok(*i)),
+                        Value::Null => None,
+                        _ => Some(Err(mismatch())),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                w.write_batch(&values, defs, None)?;
+            }
+            (ColumnWriter::DoubleColumnWriter(w), Kind::Float) => {
+                let values = cells
+                    .filter_map(|v| match v {
+                        Value::Float(f) => Some(Ok(*f)),
+                        Value::Null => None,
+                        _ => Some(Err(mismatch())),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                w.write_batch(&values, defs, None)?;
+            }
+            (ColumnWriter::BoolColumnWriter(w), Kind::Bool) => {
+                let values = cells
+                    .filter_map(|v| match v {
+                        Value::Bool(b) => Some(Ok(*b)),
+                        Value::Null => None,
+                        _ => Some(Err(mismatch())),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                w.write_batch(&values, defs, None)?;
+            }
+            _ => return Err(TableError(format!("column {} has an unexpected physical type", column.name))),
+        }
+        out.close()?;
+    }
+    group.close()?;
+    Ok(Bytes::from(writer.into_inner()?))
+}
+
+/// Reads a Parquet file's rows as cells in `columns`' order, by column name: a column the file
+/// lacks reads as nulls (files written before it was added), so a required one is an error.
+pub fn decode(bytes: Bytes, columns: &[Column]) -> Result<Vec<Vec<Value>>, TableError> {
+    let reader = SerializedFileReader::new(bytes)?;
+    let names: Vec<String> = reader.metadata().file_metadata().schema_descr().columns().iter().map(|c| c.name().to_owned()).collect();
+    let positions: Vec<Option<usize>> = columns.iter().map(|c| names.iter().position(|n| n == c.name)).collect();
+    if let Some(missing) = columns.iter().zip(&positions).find(|(c, p)| c.required && p.is_none()) {
+        return Err(TableError(format!("the file has no column {}", missing.0.name)));
+    }
+    let mut rows = Vec::new();
+    for row in reader.get_row_iter(None)? {
+        let row = row?;
+        let fields: Vec<&Field> = row.get_column_iter().map(|(_, f)| f).collect();
+        rows.push(
+            positions
+                .iter()
+                .map(|p| match p.and_then(|i| fields.get(i)) {
+                    None | Some(Field::Null) => Value::Null,
+                    Some(Field::Str(s)) => Value::Text(s.clone()),
+                    Some(Field::Long(v) | Field::TimestampMillis(v)) => Value::Int(*v),
+                    Some(Field::Int(v)) => Value::Int(i64::from(*v)),
+                    Some(Field::Double(v)) => Value::Float(*v),
+                    Some(Field::Float(v)) => Value::Float(f64::from(*v)),
+                    Some(Field::Bool(v)) => Value::Bool(*v),
+                    Some(other) => Value::Text(other.to_string()),
+                })
+                .collect(),
+        );
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COLUMNS: [Column; 5] = [
+        Column { name: "id", kind: Kind::Text, required: true },
+        Column { name: "at", kind: Kind::Millis, required: true },
+        Column { name: "score", kind: Kind::Float, required: false },
+        Column { name: "n", kind: Kind::Int, required: false },
+        Column { name: "ok", kind: Kind::Bool, required: false },
+    ];
+
+    #[test]
+    fn rows_come_back_as_written_nulls_included() {
+        let rows = vec![
+            vec![Value::Text("a".into()), Value::Int(1_700_000_000_000), Value::Float(0.25), Value::Int(3), Value::Bool(true)],
+            vec![Value::Text("b".into()), Value::Int(1_700_000_000_001), Value::Null, Value::Null, Value::Null],
+        ];
+        let bytes = encode("t", &COLUMNS, &rows).unwrap();
+        assert_eq!(&bytes[..4], b"PAR1");
+        assert_eq!(decode(bytes, &COLUMNS).unwrap(), rows);
+    }
+
+    #[test]
+    fn a_column_added_later_reads_as_null_in_older_files() {
+        let rows = vec![vec![Value::Text("a".into()), Value::Int(5)]];
+        let bytes = encode("t", &COLUMNS[..2], &rows).unwrap();
+        let back = decode(bytes, &COLUMNS).unwrap();
+        assert_eq!(back, vec![vec![Value::Text("a".into()), Value::Int(5), Value::Null, Value::Null, Value::Null]]);
+    }
+
+    #[test]
+    fn a_missing_required_value_or_a_wrong_type_is_refused() {
+        let null_id = vec![vec![Value::Null, Value::Int(1), Value::Null, Value::Null, Value::Null]];
+        assert!(encode("t", &COLUMNS, &null_id).unwrap_err().0.contains("id is required"));
+        let text_score = vec![vec![Value::Text("a".into()), Value::Int(1), Value::Text("x".into()), Value::Null, Value::Null]];
+        assert!(encode("t", &COLUMNS, &text_score).unwrap_err().0.contains("score"));
+        assert!(decode(Bytes::from_static(b"not parquet"), &COLUMNS).is_err());
+    }
+}
