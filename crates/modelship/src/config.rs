@@ -231,8 +231,8 @@ fn resolve_prediction_log(raw: &RawPredictionLog, problems: &mut Vec<String>) ->
     let roll_bytes = raw.roll_bytes.unwrap_or(defaults.roll_bytes);
     check_range("prediction_log.roll_bytes", roll_bytes, 1024, 1 << 32, problems);
     let roll_interval = seconds("prediction_log.roll_seconds", raw.roll_seconds.unwrap_or(defaults.roll_interval.as_secs_f64()), problems);
-    if roll_interval < Duration::from_millis(100) {
-        problems.push("prediction_log.roll_seconds must be at least 0.1".to_owned());
+    if roll_interval < Duration::from_millis(100) || roll_interval > Duration::from_secs(3600) {
+        problems.push("prediction_log.roll_seconds must be between 0.1 and 3600".to_owned());
     }
     Some(modelship_server::PredictionLogSettings {
         url,

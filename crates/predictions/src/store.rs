@@ -176,6 +176,27 @@ impl LogStore {
         Ok(out)
     }
 
+    /// `model`'s predictions made at `since` (ms) or later, oldest first. Files are skipped by
+    /// their name (the time of their first row) when they began more than an hour earlier: no
+    /// file stays open longer (`prediction_log.roll_seconds` is at most 3600).
+    pub async fn predictions_since(&self, model: &str, since: i64) -> Result<Vec<Prediction>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.files(Table::Predictions, Some(model)).await?.into_iter().filter(|k| began(k) >= since - MAX_ROLL_MS) {
+            out.extend(self.rows(&key, Table::Predictions).await?.iter().map(|r| Prediction::from_row(r)).filter(|p| p.time >= since));
+        }
+        out.sort_by_key(|p| p.time);
+        Ok(out)
+    }
+
+    /// Feedback posted at `since` (ms) or later.
+    pub async fn feedback_since(&self, since: i64) -> Result<Vec<Feedback>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.files(Table::Feedback, None).await?.into_iter().filter(|k| began(k) >= since - MAX_ROLL_MS) {
+            out.extend(self.rows(&key, Table::Feedback).await?.iter().map(|r| Feedback::from_row(r)).filter(|f| f.time >= since));
+        }
+        Ok(out)
+    }
+
     pub async fn feedback(&self) -> Result<Vec<Feedback>, StoreError> {
         let mut out = Vec::new();
         for key in self.files(Table::Feedback, None).await? {
@@ -213,6 +234,14 @@ impl LogStore {
         self.store.delete(&old).await?;
         Ok(())
     }
+}
+
+/// The longest a file stays open: its rows are at most this much younger than its name says.
+pub const MAX_ROLL_MS: i64 = 3_600_000;
+
+/// The time of a file's first row, from its name (`<millis>-...parquet`); 0 when unreadable.
+fn began(key: &StorePath) -> i64 {
+    key.filename().and_then(|n| n.split('-').next()).and_then(|t| t.parse().ok()).unwrap_or(0)
 }
 
 /// `name` as one path segment: itself when plain, else `x-` and its hex.

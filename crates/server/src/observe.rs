@@ -16,7 +16,7 @@ use crate::control::Feedback;
 use crate::model::LoadedModel;
 
 /// Predictions kept for joining with labels that arrive later (the oldest are forgotten first).
-const REMEMBERED: usize = 100_000;
+pub const REMEMBERED: usize = 100_000;
 
 #[derive(Default)]
 pub struct Observations {
@@ -90,6 +90,25 @@ impl Observations {
             }
         }
         self.add(model, version, failed, latency, score);
+    }
+
+    /// Remembers an answer kept in the prediction log before this process started, so that a
+    /// label or a reward posted for it now still joins (`labelled` / `rewarded`: the log holds
+    /// one for it already). An answer known here already is left as it is.
+    pub fn remember(&self, request_id: &str, model: &str, version: &str, score: Option<f64>, labelled: bool, rewarded: bool) {
+        let mut guard = self.predictions.lock().unwrap_or_else(|p| p.into_inner());
+        let (by_id, order) = &mut *guard;
+        if by_id.contains_key(request_id) {
+            return;
+        }
+        let prediction = Prediction { model: model.to_owned(), version: version.to_owned(), score: score.filter(|s| s.is_finite()), labelled, rewarded };
+        by_id.insert(request_id.to_owned(), prediction);
+        order.push_back(request_id.to_owned());
+        while order.len() > REMEMBERED {
+            if let Some(old) = order.pop_front() {
+                by_id.remove(&old);
+            }
+        }
     }
 
     /// One mirrored copy answered (or failed) by `version`: evidence for that version like a

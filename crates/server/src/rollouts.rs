@@ -256,6 +256,11 @@ impl Rollouts {
         state.residency.set_rollout(self.model(), active);
         if active != state.observations.is_recording(self.model()) {
             state.observations.set_recording(self.model(), active);
+            if let (true, Some(log), Some(r)) = (active, state.predictions.get(), record) {
+                let (log, state, model) = (Arc::clone(log), state.clone(), self.model().to_owned());
+                let since = i64::try_from(r.rollout.started).unwrap_or(i64::MAX);
+                tokio::spawn(async move { remember_logged(&state, &log, &model, since).await });
+            }
         }
         *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = status.clone();
         status
@@ -600,4 +605,37 @@ fn state_of(record: &StoredRollout) -> RolloutState {
         settled_ms: record.applied.as_ref().and_then(|a| a.settled_ms),
         leader: record.leader.clone(),
     }
+}
+
+/// Reads back from the prediction log what `model` answered since its rollout started `since`
+/// (ms), and the feedback already posted, so that labels and rewards posted after a restart (or
+/// to a replica that did not answer) still join: delayed ground truth outlives the process.
+async fn remember_logged(state: &AppState, log: &modelship_predictions::PredictionLog, model: &str, since: i64) {
+    let store = log.store();
+    let read = async {
+        let predictions = store.predictions_since(model, since).await?;
+        let feedback = store.feedback_since(since).await?;
+        Ok::<_, modelship_predictions::StoreError>((predictions, feedback))
+    };
+    let (predictions, feedback) = match read.await {
+        Ok(read) => read,
+        Err(e) => {
+            tracing::warn!(model, store = %store.location, error = %e, "cannot read the prediction log back: labels for answers given before this process started will not join");
+            return;
+        }
+    };
+    let mut given: std::collections::HashMap<&str, (bool, bool)> = std::collections::HashMap::new();
+    for f in &feedback {
+        let entry = given.entry(f.request_id.as_str()).or_default();
+        entry.0 |= f.label.is_some();
+        entry.1 |= f.reward.is_some();
+    }
+    let answers: Vec<&modelship_predictions::Prediction> =
+        predictions.iter().filter(|p| matches!(p.role.as_str(), "stable" | "candidate") && p.status == 200).collect();
+    let newest = &answers[answers.len().saturating_sub(crate::observe::REMEMBERED)..];
+    for p in newest {
+        let (labelled, rewarded) = given.get(p.request_id.as_str()).copied().unwrap_or_default();
+        state.observations.remember(&p.request_id, &p.model, &p.version, p.score, labelled, rewarded);
+    }
+    tracing::info!(model, answers = newest.len(), "remembered the answers the prediction log kept since the rollout started, for labels that come later");
 }

@@ -231,3 +231,67 @@ JOIN read_parquet(? || '/rollbacks/**/*.parquet') r
 """, [root, root]).fetchone()[0]
 print(json.dumps({"rolled_back": n}))
 "#;
+
+/// Delayed labels outlive the process: predictions made under a rollout, the server restarted,
+/// then their labels posted: every one joins (read back from the log), and the quality check,
+/// which had none before the restart, judges on them.
+#[test]
+fn labels_posted_after_a_restart_still_count_in_the_quality_check() {
+    let fixtures = Fixtures::new();
+    let log = tempfile::tempdir().unwrap();
+    let app = fixtures.serve("1", logging(&fixtures, log.path()));
+    let spec = json!({
+        "to": "2",
+        "steps": [{"weight": {"weight": "50%", "hold": "1h"}}],
+        "checks": [{"quality": {"metric": "accuracy", "min_delta": -1.0, "min_labels": 20}}],
+        "failure": {"min_samples": 5, "deadline": "3h"},
+        "interval": "300ms"
+    });
+    let r = app.admin("POST", "rollout", Some(json!({ "spec": spec })));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.admin("GET", "rollout", None).json()["settled_ms"].is_null() {
+        assert!(Instant::now() < deadline, "the step never settled");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let mut labels = Vec::new();
+    for i in 0..120 {
+        let r = app.post("/v2/models/fraud/infer", &fraud_body(1 + i % 2));
+        assert_eq!(r.status, 200);
+        labels.push(json!({"request_id": r.header("x-request-id").unwrap(), "label": i % 3 == 0}));
+    }
+    let verdict = |app: &App| app.admin("GET", "rollout", None).json()["checks"][0]["result"]["verdict"].as_str().unwrap_or_default().to_owned();
+    assert!(!matches!(verdict(&app).as_str(), "pass" | "proven"), "judged without a label");
+    app.stop();
+
+    let app = fixtures.serve("1", logging(&fixtures, log.path()));
+    let batch = json!({ "labels": labels });
+    // The answers are read back from the log as the rollout resumes: all of them join.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut posts = 0;
+    loop {
+        let r = app.admin("POST", "feedback", Some(batch.clone()));
+        posts += 1;
+        assert_eq!(r.status, 200, "{}", r.text);
+        if r.json()["joined"] == 120 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "labels posted after the restart never joined: {}", r.text);
+        thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(verdict(&app).as_str(), "pass" | "proven") {
+        assert!(Instant::now() < deadline, "quality never judged on the labels: {}", app.admin("GET", "rollout", None).text);
+        thread::sleep(Duration::from_millis(200));
+    }
+    // Posted again, they count once.
+    let again = app.admin("POST", "feedback", Some(batch)).json();
+    assert_eq!(again["joined"], 120, "{again}");
+    app.stop();
+    // And the log holds every post of them for whoever reads it.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = LogStore::open(log.path().to_str().unwrap()).unwrap();
+    let kept = runtime.block_on(store.feedback()).unwrap();
+    assert_eq!(kept.len(), 120 * (posts + 1));
+    assert_eq!(kept.iter().map(|f| f.request_id.as_str()).collect::<BTreeSet<_>>().len(), 120);
+}
