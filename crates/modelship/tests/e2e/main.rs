@@ -34,6 +34,8 @@ mod registry;
 mod registry_mlflow;
 #[cfg(feature = "s3")]
 mod registry_s3;
+#[cfg(feature = "s3")]
+mod prediction_log;
 mod residency;
 mod rollout_wait;
 mod security;

@@ -21,7 +21,7 @@ fn s3_env(port: u16) -> Vec<(&'static str, String)> {
 
 /// A real S3 server on loopback (s3s-fs over a temporary directory) with one bucket, `models`.
 pub struct S3 {
-    _service: Service,
+    service: Option<Service>,
     port: u16,
     dir: tempfile::TempDir,
 }
@@ -29,14 +29,29 @@ pub struct S3 {
 impl S3 {
     pub fn start() -> S3 {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("s3");
-        std::fs::create_dir_all(data.join("models")).unwrap(); // the bucket
-        let port = free_port();
+        std::fs::create_dir_all(dir.path().join("s3/models")).unwrap(); // the bucket
+        let mut s3 = S3 { service: None, port: free_port(), dir };
+        s3.run();
+        s3
+    }
+
+    fn run(&mut self) {
+        let port = self.port;
         let mut cmd = Command::new(tool(".cache/tools/bin/s3s-fs"));
-        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", KEY, "--secret-key", SECRET]).arg(&data);
-        let mut service = Service::start("s3s-fs", cmd, dir.path().join("s3s.log"));
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", KEY, "--secret-key", SECRET]).arg(self.dir.path().join("s3"));
+        let mut service = Service::start("s3s-fs", cmd, self.dir.path().join("s3s.log"));
         service.wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-        S3 { _service: service, port, dir }
+        self.service = Some(service);
+    }
+
+    /// Kills the server (its data stays): requests to it are refused until [`S3::restart`].
+    pub fn kill(&mut self) {
+        self.service = None;
+    }
+
+    /// Starts the server again, on the same port and data.
+    pub fn restart(&mut self) {
+        self.run();
     }
 
     /// The AWS_* variables that reach this server.
