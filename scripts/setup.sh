@@ -136,6 +136,8 @@ if [ "${1:-}" = "--test" ]; then
   command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
   command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
   command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+  # PostgreSQL for the prediction log's tests (each starts its own cluster; none runs as a service).
+  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$missing postgresql"
   ldconfig -p | grep -q 'libb64.so.0d' || missing="$missing libb64-0d"
   command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing="$missing gcc-aarch64-linux-gnu"
   [ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] || missing="$missing libc6-dev-arm64-cross"
@@ -143,7 +145,7 @@ if [ "${1:-}" = "--test" ]; then
   command -v make >/dev/null 2>&1 || missing="$missing make"
   command -v unzip >/dev/null 2>&1 || missing="$missing unzip"
   if [ -n "$missing" ]; then
-    echo "setup: apt-get install$missing (bubblewrap for the conversion sandbox, Prometheus for the PromQL rollout checks, Redis for the feature store, libb64 for perf_analyzer, docker-compose and debootstrap for the container tests, the aarch64 cross toolchain and qemu for the edge build, make and unzip for the Lambda package, shellcheck for the workflows' scripts)" >&2
+    echo "setup: apt-get install$missing (bubblewrap for the conversion sandbox, Prometheus for the PromQL rollout checks, Redis for the feature store, PostgreSQL for the prediction log, libb64 for perf_analyzer, docker-compose and debootstrap for the container tests, the aarch64 cross toolchain and qemu for the edge build, make and unzip for the Lambda package, shellcheck for the workflows' scripts)" >&2
     sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
     $sudo_ apt-get update -qq >/dev/null
     # shellcheck disable=SC2086
@@ -189,5 +191,5 @@ if [ "${1:-}" = "--test" ]; then
   fi
   # The container tests' base images (Debian root filesystem, Redis, Prometheus), built locally.
   scripts/docker-test-images.sh
-  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, .cache/tools/bin/mdbook, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $SCHEMATHESIS_VENV/bin/schemathesis, $HADOLINT_VENV/bin/hadolint, $K8S_VENV/bin/kubernetes-validate, .cache/lambda-rie/aws-lambda-rie, .cache/cfn-lint-sam-venv/bin/cfn-lint, .cache/cfn-lint-venv/bin/cfn-lint, .cache/ort-aarch64, $ACTIONLINT_VENV/bin/actionlint, $(command -v shellcheck)" >&2
+  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, .cache/tools/bin/mdbook, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $(ls /usr/lib/postgresql/*/bin/postgres 2>/dev/null | tail -n 1), $SCHEMATHESIS_VENV/bin/schemathesis, $HADOLINT_VENV/bin/hadolint, $K8S_VENV/bin/kubernetes-validate, .cache/lambda-rie/aws-lambda-rie, .cache/cfn-lint-sam-venv/bin/cfn-lint, .cache/cfn-lint-venv/bin/cfn-lint, .cache/ort-aarch64, $ACTIONLINT_VENV/bin/actionlint, $(command -v shellcheck)" >&2
 fi

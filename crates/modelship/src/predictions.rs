@@ -66,7 +66,7 @@ struct Row {
 
 /// The predictions `filter` selects, oldest first, each with its mark, label and reward.
 async fn select(store: &LogStore, filter: &PredictionFilter) -> anyhow::Result<Vec<Row>> {
-    let files = store.predictions(filter.model.as_deref()).await.map_err(|e| anyhow::anyhow!(e))?;
+    let predictions = store.predictions(filter.model.as_deref()).await.map_err(|e| anyhow::anyhow!(e))?;
     let marks = store.marks(filter.model.as_deref()).await.map_err(|e| anyhow::anyhow!(e))?;
     let mut feedback: HashMap<String, (Option<bool>, Option<f64>)> = HashMap::new();
     for f in store.feedback().await.map_err(|e| anyhow::anyhow!(e))? {
@@ -75,9 +75,8 @@ async fn select(store: &LogStore, filter: &PredictionFilter) -> anyhow::Result<V
         entry.0 = entry.0.or(label);
         entry.1 = entry.1.or(reward);
     }
-    let mut rows: Vec<Row> = files
+    let mut rows: Vec<Row> = predictions
         .into_iter()
-        .flat_map(|f| f.rows)
         .filter(|p| filter.version.as_ref().is_none_or(|v| &p.version == v))
         .filter(|p| filter.role.as_ref().is_none_or(|r| &p.role == r))
         .map(|prediction| {
@@ -228,7 +227,7 @@ async fn rollbacks(store: &LogStore, model: Option<&str>, output: OutputFormat) 
         return Ok(());
     }
     if marks.is_empty() {
-        println!("no rollback has marked predictions in {}", store.location);
+        println!("no rollback has marked predictions in {}", store.location());
         return Ok(());
     }
     let mut t = table(&["ROLLED BACK AT", "MODEL", "VERSION", "REVISIONS", "SINCE", "BY", "REASON"]);
@@ -248,8 +247,7 @@ async fn rollbacks(store: &LogStore, model: Option<&str>, output: OutputFormat) 
 }
 
 async fn diff(store: &LogStore, model: &str, limit: usize, output: OutputFormat) -> anyhow::Result<()> {
-    let files = store.predictions(Some(model)).await.map_err(|e| anyhow::anyhow!(e))?;
-    let all: Vec<Prediction> = files.into_iter().flat_map(|f| f.rows).collect();
+    let all: Vec<Prediction> = store.predictions(Some(model)).await.map_err(|e| anyhow::anyhow!(e))?;
     let served: HashMap<&str, &Prediction> = all.iter().filter(|p| p.role != "shadow").map(|p| (p.request_id.as_str(), p)).collect();
     let shadows: Vec<&Prediction> = all.iter().filter(|p| p.role == "shadow").collect();
     let disagreements: Vec<(&Prediction, Option<&&Prediction>)> =
@@ -292,19 +290,12 @@ async fn purge(store: &LogStore, model: Option<&str>, rolled_back_only: bool, ye
         bail!("purge removes the predictions of rolled-back versions: pass --rolled-back (nothing else can be purged)");
     }
     let marks = store.marks(model).await.map_err(|e| anyhow::anyhow!(e))?;
-    let files = store.predictions(model).await.map_err(|e| anyhow::anyhow!(e))?;
-    let marked: usize = files.iter().flat_map(|f| &f.rows).filter(|p| rolled_back(p, &marks).is_some()).count();
+    let predictions = store.predictions(model).await.map_err(|e| anyhow::anyhow!(e))?;
+    let marked = predictions.iter().filter(|p| rolled_back(p, &marks).is_some()).count();
     if !yes {
-        bail!("{marked} predictions of rolled-back versions would be removed from {}; run again with --yes to remove them", store.location);
+        bail!("{marked} predictions of rolled-back versions would be removed from {}; run again with --yes to remove them", store.location());
     }
-    let mut removed = 0usize;
-    for file in &files {
-        let keep: Vec<Prediction> = file.rows.iter().filter(|p| rolled_back(p, &marks).is_none()).cloned().collect();
-        if keep.len() < file.rows.len() {
-            removed += file.rows.len() - keep.len();
-            store.rewrite(&file.key, &keep).await.map_err(|e| anyhow::anyhow!(e))?;
-        }
-    }
+    let removed = store.purge_rolled_back(model).await.map_err(|e| anyhow::anyhow!(e))?;
     let actor = actor.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".to_owned());
     let detail = marks.iter().map(|m| format!("{} {} revisions {}..{}", m.model, m.version, m.from_revision, m.to_revision - 1)).collect::<Vec<_>>().join("; ");
     let audit = Audit { time: modelship_predictions::now_ms(), actor, action: "purge-rolled-back".into(), model: model.map(str::to_owned), rows: removed as i64, detail };
@@ -312,7 +303,7 @@ async fn purge(store: &LogStore, model: Option<&str>, rolled_back_only: bool, ye
     if output == OutputFormat::Json {
         println!("{}", json!({"removed": removed, "audit": audit}));
     } else {
-        println!("removed {removed} predictions of rolled-back versions from {}; recorded in the audit table", store.location);
+        println!("removed {removed} predictions of rolled-back versions from {}; recorded in the audit table", store.location());
     }
     Ok(())
 }
@@ -324,7 +315,7 @@ async fn audit(store: &LogStore, output: OutputFormat) -> anyhow::Result<()> {
         return Ok(());
     }
     if entries.is_empty() {
-        println!("nothing was ever purged from {}", store.location);
+        println!("nothing was ever purged from {}", store.location());
         return Ok(());
     }
     let mut t = table(&["TIME", "BY", "ACTION", "MODEL", "ROWS", "WHAT"]);

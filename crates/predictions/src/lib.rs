@@ -11,13 +11,15 @@
 //! back" when a mark covers it. Only a purge rewrites files, and it is audited.
 
 pub mod log;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod record;
 pub mod store;
 pub mod table;
 
 pub use log::{LogMetrics, LogSettings, PredictionLog, Sampling, now_ms};
 pub use record::{Audit, Feedback, Mark, Prediction, Routed, Table, marks_for_rollback};
-pub use store::{LogStore, StoreError};
+pub use store::{FileStore, LogStore, StoreError};
 
 /// The mark that covers `prediction`, if a rollback marked it.
 pub fn rolled_back<'a>(prediction: &Prediction, marks: &'a [Mark]) -> Option<&'a Mark> {

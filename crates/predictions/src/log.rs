@@ -193,7 +193,7 @@ impl PredictionLog {
                 let now = now_ms();
                 let last = self.warned_ms.load(Ordering::Relaxed);
                 if now - last >= 10_000 && self.warned_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-                    tracing::warn!(reason, store = %self.store.location, "the prediction log is dropping records (modelship_prediction_log_dropped_total counts them)");
+                    tracing::warn!(reason, store = %self.store.location(), "the prediction log is dropping records (modelship_prediction_log_dropped_total counts them)");
                 }
             }
         }
@@ -217,7 +217,7 @@ impl PredictionLog {
         }
         if tokio::time::timeout(within, flushed).await.is_err() {
             self.abandon.store(true, Ordering::Relaxed);
-            tracing::warn!(store = %self.store.location, "the prediction log could not write everything before the server stopped");
+            tracing::warn!(store = %self.store.location(), "the prediction log could not write everything before the server stopped");
         }
     }
 
@@ -323,7 +323,7 @@ impl Writer {
                         self.metrics.dropped.with_label_values(&["shutdown"]).inc_by(buffer.rows.len() as u64);
                         return;
                     }
-                    tracing::warn!(store = %self.store.location, table = table.dir(), model, rows = buffer.rows.len(), error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot write to the prediction log; retrying");
+                    tracing::warn!(store = %self.store.location(), table = table.dir(), model, rows = buffer.rows.len(), error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot write to the prediction log; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -336,10 +336,10 @@ impl Writer {
         while let Err(e) = self.store.put_mark(mark).await {
             self.metrics.write_errors.inc();
             if self.abandon.load(Ordering::Relaxed) {
-                tracing::error!(store = %self.store.location, model = %mark.model, version = %mark.version, error = %e, "a rollback's mark could not be written before the server stopped");
+                tracing::error!(store = %self.store.location(), model = %mark.model, version = %mark.version, error = %e, "a rollback's mark could not be written before the server stopped");
                 return;
             }
-            tracing::warn!(store = %self.store.location, model = %mark.model, error = %e, "cannot write a rollback's mark to the prediction log; retrying");
+            tracing::warn!(store = %self.store.location(), model = %mark.model, error = %e, "cannot write a rollback's mark to the prediction log; retrying");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
@@ -401,7 +401,8 @@ mod tests {
         }
         log.record(prediction(0, "b"));
         log.close(Duration::from_secs(30)).await;
-        let files = store.predictions(None).await.unwrap();
+        let LogStore::Files(files) = &store else { unreachable!("a directory") };
+        let files = files.predictions(None).await.unwrap();
         let sizes: Vec<usize> = files.iter().map(|f| f.rows.len()).collect();
         assert_eq!(sizes, [100, 100, 50, 1]);
         let ids: std::collections::BTreeSet<String> = files.iter().flat_map(|f| f.rows.iter().map(|p| p.request_id.clone())).collect();
@@ -422,7 +423,7 @@ mod tests {
         }
         assert_eq!(metrics.dropped.with_label_values(&["queue_full"]).get(), 15);
         log.close(Duration::from_secs(30)).await;
-        assert_eq!(store.predictions(None).await.unwrap().iter().map(|f| f.rows.len()).sum::<usize>(), 10);
+        assert_eq!(store.predictions(None).await.unwrap().len(), 10);
         assert_eq!(metrics.rows.with_label_values(&["predictions"]).get(), 10);
     }
 

@@ -45,9 +45,120 @@ impl From<table::TableError> for StoreError {
     }
 }
 
+/// Where the log is: files (a directory or a bucket) or a PostgreSQL database, by URL.
+#[derive(Clone)]
+pub enum LogStore {
+    Files(FileStore),
+    #[cfg(feature = "postgres")]
+    Postgres(Arc<crate::postgres::PgStore>),
+}
+
+impl LogStore {
+    /// Opens `url`: `postgres://` (with the `postgres` feature), `s3://BUCKET[/PREFIX]`,
+    /// `file:///DIR` or a directory.
+    pub fn open(url: &str) -> Result<LogStore, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            #[cfg(feature = "postgres")]
+            return Ok(LogStore::Postgres(Arc::new(crate::postgres::PgStore::new(url)?)));
+            #[cfg(not(feature = "postgres"))]
+            return Err(StoreError::Config("prediction log: this build has no PostgreSQL support (build with --features postgres)".to_owned()));
+        }
+        FileStore::open(url).map(LogStore::Files)
+    }
+
+    /// Where it is, for messages (never a password).
+    pub fn location(&self) -> &str {
+        match self {
+            LogStore::Files(f) => &f.location,
+            #[cfg(feature = "postgres")]
+            LogStore::Postgres(p) => &p.location,
+        }
+    }
+
+    /// Writes `rows` of `table` (predictions of `model`, or feedback) as one batch.
+    pub async fn append(&self, table: Table, model: Option<&str>, time: i64, rows: &[Vec<Value>], replica: Option<&str>) -> Result<(), StoreError> {
+        match self {
+            LogStore::Files(f) => f.append(table, model, time, rows, replica).await.map(drop),
+            #[cfg(feature = "postgres")]
+            LogStore::Postgres(p) => p.append(table, rows).await,
+        }
+    }
+
+    pub async fn put_mark(&self, mark: &Mark) -> Result<(), StoreError> {
+        match self {
+            LogStore::Files(f) => f.put_mark(mark).await,
+            #[cfg(feature = "postgres")]
+            LogStore::Postgres(p) => p.put_mark(mark).await,
+        }
+    }
+
+    pub async fn put_audit(&self, audit: &Audit) -> Result<(), StoreError> {
+        match self {
+            LogStore::Files(f) => f.put_audit(audit).await,
+            #[cfg(feature = "postgres")]
+            LogStore::Postgres(p) => p.put_audit(audit).await,
+        }
+    }
+
+    /// Every stored prediction (of `model`, when given), oldest first within each batch.
+    pub async fn predictions(&self, model: Option<&str>) -> Result<Vec<Prediction>, StoreError> {
+        match self {
+            LogStore::Files(f) => Ok(f.predictions(model).await?.into_iter().flat_map(|f| f.rows).collect()),
+            #[cfg(feature = "postgres")]
+            LogStore::Postgres(p) => p.predictions(model, 0).await,
+        }
+    }
+
+    /// `model`'s predictions made at `since` (ms) or later, oldest first.
+    pub async fn predictions_since(&self, model: &str, since: i64) -> Result<Vec<Prediction>, StoreError> {
+        match self {
+            LogStore::Files(f) => f.predictions_since(model, since).await,
+            #[cfg(feature = "postgres")]
+            LogStore::Postgres(p) => p.predictions(Some(model), since).await,
+        }
+    }
+
+    pub async fn feedback(&self) -> Result<Vec<Feedback>, StoreError> {
+        self.feedback_since(i64::MIN / 2).await
+    }
+
+    pub async fn feedback_since(&self, since: i64) -> Result<Vec<Feedback>, StoreError> {
+        match self {
+            LogStore::Files(f) => f.feedback_since(since).await,
+            #[cfg(feature = "postgres")]
+            LogStore::Postgres(p) => p.feedback(since.max(0)).await,
+        }
+    }
+
+    pub async fn marks(&self, model: Option<&str>) -> Result<Vec<Mark>, StoreError> {
+        match self {
+            LogStore::Files(f) => f.marks(model).await,
+            #[cfg(feature = "postgres")]
+            LogStore::Postgres(p) => p.marks(model).await,
+        }
+    }
+
+    pub async fn audit(&self) -> Result<Vec<Audit>, StoreError> {
+        match self {
+            LogStore::Files(f) => f.audit().await,
+            #[cfg(feature = "postgres")]
+            LogStore::Postgres(p) => p.audit().await,
+        }
+    }
+
+    /// Removes the predictions a rollback marked (of `model`, when given); returns how many.
+    pub async fn purge_rolled_back(&self, model: Option<&str>) -> Result<u64, StoreError> {
+        match self {
+            LogStore::Files(f) => f.purge_rolled_back(model).await,
+            #[cfg(feature = "postgres")]
+            LogStore::Postgres(p) => p.purge_rolled_back(model).await,
+        }
+    }
+}
+
 /// The log's files, in a directory or a bucket.
 #[derive(Clone)]
-pub struct LogStore {
+pub struct FileStore {
     store: Arc<dyn ObjectStore>,
     prefix: StorePath,
     /// Where it is, as the user gave it, for messages.
@@ -64,19 +175,17 @@ pub struct FileRows<T> {
     pub rows: Vec<T>,
 }
 
-impl LogStore {
+impl FileStore {
     /// Opens `url`: `s3://bucket[/prefix]` (with the `s3` feature; credentials and endpoint from
     /// the standard AWS environment variables), `file:///dir` or a directory path (created).
-    pub fn open(url: &str) -> Result<LogStore, StoreError> {
+    pub fn open(url: &str) -> Result<FileStore, StoreError> {
         if url.starts_with("s3://") {
             return Self::s3(url);
         }
         if let Some((scheme, _)) = url.split_once("://")
             && scheme != "file"
         {
-            return Err(StoreError::Config(format!(
-                "prediction log '{url}': use a directory, file:///DIR or s3://BUCKET/PREFIX (postgres:// is not supported by this build)"
-            )));
+            return Err(StoreError::Config(format!("prediction log '{url}': use a directory, file:///DIR, s3://BUCKET/PREFIX or postgres://")));
         }
         let dir = Path::new(url.strip_prefix("file://").unwrap_or(url));
         if dir.as_os_str().is_empty() {
@@ -88,20 +197,20 @@ impl LogStore {
     }
 
     #[cfg(feature = "s3")]
-    fn s3(url: &str) -> Result<LogStore, StoreError> {
+    fn s3(url: &str) -> Result<FileStore, StoreError> {
         let (store, prefix) = modelship_registry::artifacts::s3_bucket(url).map_err(|e| StoreError::Config(e.to_string()))?;
         Ok(Self::new(store, prefix, url.to_owned()))
     }
 
     #[cfg(not(feature = "s3"))]
-    fn s3(url: &str) -> Result<LogStore, StoreError> {
+    fn s3(url: &str) -> Result<FileStore, StoreError> {
         Err(StoreError::Config(format!("prediction log '{url}': this build has no S3 support (build with --features s3); give a directory")))
     }
 
     /// A log in `store` under `prefix`.
-    pub fn new(store: Arc<dyn ObjectStore>, prefix: StorePath, location: String) -> LogStore {
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: StorePath, location: String) -> FileStore {
         let nonce = format!("{:08x}", fastrand::u32(..));
-        LogStore { store, prefix, location, written: Arc::default(), nonce }
+        FileStore { store, prefix, location, written: Arc::default(), nonce }
     }
 
     fn key(&self, parts: &[&str]) -> StorePath {
@@ -197,14 +306,6 @@ impl LogStore {
         Ok(out)
     }
 
-    pub async fn feedback(&self) -> Result<Vec<Feedback>, StoreError> {
-        let mut out = Vec::new();
-        for key in self.files(Table::Feedback, None).await? {
-            out.extend(self.rows(&key, Table::Feedback).await?.iter().map(|r| Feedback::from_row(r)));
-        }
-        Ok(out)
-    }
-
     pub async fn marks(&self, model: Option<&str>) -> Result<Vec<Mark>, StoreError> {
         let mut out = Vec::new();
         for key in self.files(Table::Rollbacks, model).await? {
@@ -220,6 +321,21 @@ impl LogStore {
         }
         out.sort_by_key(|a| a.time);
         Ok(out)
+    }
+
+    /// Removes the predictions a rollback marked (of `model`, when given), file by file; returns
+    /// how many went.
+    pub async fn purge_rolled_back(&self, model: Option<&str>) -> Result<u64, StoreError> {
+        let marks = self.marks(model).await?;
+        let mut removed = 0u64;
+        for file in self.predictions(model).await? {
+            let keep: Vec<Prediction> = file.rows.iter().filter(|p| !marks.iter().any(|m| m.covers(p))).cloned().collect();
+            if keep.len() < file.rows.len() {
+                removed += (file.rows.len() - keep.len()) as u64;
+                self.rewrite(&file.key, &keep).await?;
+            }
+        }
+        Ok(removed)
     }
 
     /// Replaces the file at `key` with `keep` (its rows less those removed), or deletes it when
@@ -292,7 +408,7 @@ mod tests {
     #[tokio::test]
     async fn files_are_written_partitioned_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LogStore::open(dir.path().to_str().unwrap()).unwrap();
+        let store = FileStore::open(dir.path().to_str().unwrap()).unwrap();
         let p = |id: &str, model: &str| Prediction {
             request_id: id.into(),
             time: 1_796_601_600_000,
@@ -323,6 +439,6 @@ mod tests {
         store.rewrite(&fraud[0].key, &fraud[0].rows[1..]).await.unwrap();
         let fraud = store.predictions(Some("fraud")).await.unwrap();
         assert_eq!(fraud.iter().flat_map(|f| f.rows.iter().map(|r| r.request_id.clone())).collect::<Vec<_>>(), ["b"]);
-        assert!(LogStore::open("postgres://db/x").is_err());
+        assert!(FileStore::open("redis://db/x").is_err());
     }
 }

@@ -620,7 +620,7 @@ async fn remember_logged(state: &AppState, log: &modelship_predictions::Predicti
     let (predictions, feedback) = match read.await {
         Ok(read) => read,
         Err(e) => {
-            tracing::warn!(model, store = %store.location, error = %e, "cannot read the prediction log back: labels for answers given before this process started will not join");
+            tracing::warn!(model, store = %store.location(), error = %e, "cannot read the prediction log back: labels for answers given before this process started will not join");
             return;
         }
     };

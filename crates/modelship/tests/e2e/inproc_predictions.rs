@@ -28,7 +28,7 @@ fn logging(fixtures: &Fixtures, dir: &Path) -> modelship_server::Settings {
 fn stored(dir: &Path) -> Vec<Prediction> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let store = LogStore::open(dir.to_str().unwrap()).unwrap();
-    runtime.block_on(store.predictions(None)).unwrap().into_iter().flat_map(|f| f.rows).collect()
+    runtime.block_on(store.predictions(None)).unwrap()
 }
 
 /// Runs `script` with the project's Python (pyarrow, DuckDB), `dir` as its argument; its JSON.
@@ -294,4 +294,92 @@ fn labels_posted_after_a_restart_still_count_in_the_quality_check() {
     let kept = runtime.block_on(store.feedback()).unwrap();
     assert_eq!(kept.len(), 120 * (posts + 1));
     assert_eq!(kept.iter().map(|f| f.request_id.as_str()).collect::<BTreeSet<_>>().len(), 120);
+}
+
+/// The log in PostgreSQL: 2,000 requests with a 20 % canary and a 100 % shadow are each kept
+/// once per role (read with `psql`); an operator's rollback marks exactly the candidate's rows
+/// (one query on the `modelship_predictions_marked` view); the database is killed for 10 s under
+/// load: no request fails, every answer is kept or counted as dropped, and writing resumes.
+#[test]
+fn postgres_keeps_every_answer_once_marks_rollbacks_and_outlives_a_database_restart() {
+    let mut pg = crate::support::Postgres::start();
+    let fixtures = Fixtures::new();
+    fixtures.push("fraud", "3");
+    let log = LogSettings { roll_rows: 500, roll_interval: Duration::from_millis(500), queue: 500, ..LogSettings::default() };
+    let settings = modelship_server::Settings {
+        prediction_log: Some(modelship_server::PredictionLogSettings { url: pg.url(), log }),
+        ..fixtures.settings()
+    };
+    let app = fixtures.serve("1", settings);
+    app.change(json!({"op": "canary", "version": "2", "weight": 2000}));
+    app.change(json!({"op": "shadow", "version": "3", "percent": 10000}));
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let url = app.url("/v2/models/fraud/infer");
+            thread::spawn(move || {
+                let agent = agent();
+                for n in 0..250 {
+                    let r = reply(agent.post(&url).header("content-type", "application/json").header("x-request-id", &format!("pg-{c}-{n}")).send(fraud_body(1)).unwrap());
+                    assert_eq!(r.status, 200, "{}", r.text);
+                }
+            })
+        })
+        .collect();
+    clients.into_iter().for_each(|c| c.join().unwrap());
+    let shadow_done = |app: &App| {
+        ["agree", "disagree", "error"].iter().map(|r| app.metric("modelship_shadow_comparisons_total", &[&format!("result=\"{r}\"")]).unwrap_or(0.0)).sum::<f64>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shadow_done(&app) + app.metric("modelship_shadow_dropped_total", &[]).unwrap_or(0.0) < 2000.0 {
+        assert!(Instant::now() < deadline, "the shadow copies never all finished");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let compared = shadow_done(&app) as u64;
+    let expected = 2000 + compared;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.psql("SELECT count(*) FROM modelship_predictions").parse::<u64>().unwrap() < expected {
+        assert!(Instant::now() < deadline, "never written: {}", pg.psql("SELECT count(*) FROM modelship_predictions"));
+        thread::sleep(Duration::from_millis(100));
+    }
+    let counts = pg.psql("SELECT count(*) || ' ' || count(DISTINCT (request_id, role)) || ' ' || count(*) FILTER (WHERE role = 'shadow') || ' ' || count(DISTINCT request_id) FILTER (WHERE role <> 'shadow') FROM modelship_predictions");
+    assert_eq!(counts, format!("{expected} {expected} {compared} 2000"), "rows, distinct (request, role), shadow rows, requests answered");
+    assert_eq!(pg.psql("SELECT count(*) FROM modelship_predictions WHERE role <> 'shadow' AND (outputs->0->>'name') IS NULL"), "0", "outputs as JSON");
+
+    // The operator rolls the canary back (after the shadow was stopped: not a rollback).
+    app.change(json!({"op": "stop_shadow"}));
+    let r = app.admin("POST", "traffic/rollback", Some(json!({"to_revision": 0, "reason": "bad canary"})));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let candidate = pg.psql("SELECT count(*) FROM modelship_predictions WHERE version = '2'");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.psql("SELECT count(*) FROM modelship_rollbacks") != "1" {
+        assert!(Instant::now() < deadline, "the rollback was never marked");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(pg.psql("SELECT count(*) FROM modelship_predictions_marked WHERE rolled_back"), candidate, "exactly the candidate's answers");
+    assert_eq!(pg.psql("SELECT count(*) FROM modelship_predictions_marked WHERE rolled_back AND version <> '2'"), "0");
+
+    // The database goes away for 10 s under load.
+    let (stop, _counting, sent, failed, load_clients) = load(&app, 3);
+    thread::sleep(Duration::from_secs(1));
+    pg.kill();
+    thread::sleep(Duration::from_secs(10));
+    pg.restart();
+    let written = |app: &App| app.metric("modelship_prediction_log_rows_total", &["predictions"]).unwrap_or(0.0);
+    let before = written(&app);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while written(&app) <= before {
+        assert!(Instant::now() < deadline, "writing never resumed");
+        thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    load_clients.into_iter().for_each(|c| c.join().unwrap());
+    let dropped = app.metric("modelship_prediction_log_dropped_total", &["queue_full"]).unwrap_or(0.0) as u64;
+    app.stop();
+    let (sent, failed) = (sent.load(Ordering::Relaxed) as u64, failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "of {sent} requests while the database was away");
+    assert!(dropped > 0, "the queue of 500 filled while the database was away");
+    let total: u64 = pg.psql("SELECT count(*) FROM modelship_predictions").parse().unwrap();
+    eprintln!("PostgreSQL: {expected} rows before the outage, {sent} requests around it, {dropped} dropped, {total} rows in all");
+    assert_eq!(total + dropped, expected + sent, "every answer kept or counted as dropped");
+    assert_eq!(pg.psql("SELECT max(version) FROM modelship_schema_migrations"), "1");
 }

@@ -355,3 +355,83 @@ impl Prometheus {
         Prometheus { _service: service, _dir: dir, url }
     }
 }
+
+/// A real PostgreSQL (Debian's `postgresql` package) in a temporary directory, on a free port,
+/// trusting local connections as user `modelship`. PostgreSQL refuses to run as root: as root,
+/// its files belong to the `postgres` user the package made and it runs as that user.
+pub struct Postgres {
+    service: Option<Service>,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|versions| versions.filter_map(Result::ok).map(|v| v.path().join("bin")).filter(|b| b.join("postgres").exists()).max())
+            .expect("PostgreSQL is missing: run scripts/setup.sh --test (the README's test command does)");
+        let dir = tempfile::tempdir().unwrap();
+        let root_user = rustix_is_root();
+        if root_user {
+            let out = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let data = dir.path().join("data");
+        let mut initdb = as_postgres(root_user, &bin.join("initdb"));
+        initdb.arg("-D").arg(&data).args(["-U", "modelship", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+        let out = initdb.output().unwrap();
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let mut pg = Postgres { service: None, dir, bin, port: free_port() };
+        pg.run();
+        pg
+    }
+
+    fn run(&mut self) {
+        let root_user = rustix_is_root();
+        let mut cmd = as_postgres(root_user, &self.bin.join("postgres"));
+        cmd.arg("-D").arg(self.dir.path().join("data")).args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]);
+        cmd.arg("-k").arg(self.dir.path());
+        let mut service = Service::start("postgres", cmd, std::env::temp_dir().join(format!("modelship-postgres-{}.log", self.port)));
+        let url = self.url();
+        let psql = self.bin.join("psql");
+        service.wait_until(Duration::from_secs(60), || Command::new(&psql).args([url.as_str(), "-Atc", "SELECT 1"]).output().is_ok_and(|o| o.status.success()));
+        self.service = Some(service);
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://modelship@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (its data stays): connections are refused until [`Postgres::restart`].
+    pub fn kill(&mut self) {
+        self.service = None;
+    }
+
+    pub fn restart(&mut self) {
+        self.run();
+    }
+
+    /// What `psql -At -c SQL` prints, trimmed; panics on an error.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql")).args([self.url().as_str(), "-v", "ON_ERROR_STOP=1", "-Atc", sql]).output().unwrap();
+        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+fn rustix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+}
+
+/// `program` run as the `postgres` user when this process is root, else as it is.
+fn as_postgres(root_user: bool, program: &Path) -> Command {
+    if root_user {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
