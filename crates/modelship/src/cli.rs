@@ -124,10 +124,66 @@ pub enum Command {
     /// sample rows (what serve, models push and validate do by themselves)
     #[command(after_help = crate::convert::HELP)]
     Convert(ConvertArgs),
+    /// Score a file of rows (CSV or Parquet) with a model through the server's pipeline, in
+    /// chunks side by side, with a progress bar; resumable after a kill
+    #[command(after_help = crate::predict::HELP)]
+    Predict(Box<PredictArgs>),
     /// Read what a server's prediction log kept (--prediction-log): list, export, rollback
     /// marks, shadow disagreements; purge what rolled-back versions said (audited)
     #[command(after_help = crate::predictions::HELP)]
     Predictions(PredictionsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PredictArgs {
+    /// The model: a file (ONNX, or a pickle, XGBoost or LightGBM model, converted first), or a
+    /// registry model NAME@ALIAS, NAME:VERSION or NAME
+    #[arg(value_name = "MODEL")]
+    pub model: PathBuf,
+
+    /// The rows: .csv (with a header row) or .parquet
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+
+    /// The predictions: .parquet, .csv or .jsonl
+    #[arg(long, value_name = "FILE")]
+    pub output: PathBuf,
+
+    /// A column naming each row, copied to the output (not a feature)
+    #[arg(long, value_name = "COLUMN")]
+    pub id_column: Option<String>,
+
+    /// The feature columns, in the model's order [default: every column but --id-column, in
+    /// file order]
+    #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
+    pub columns: Vec<String>,
+
+    /// Rows per request through the pipeline
+    #[arg(long, default_value_t = 8192, value_name = "N")]
+    pub chunk_rows: usize,
+
+    /// Chunks scored at once, each by its own worker [default: the CPUs]
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Registry for NAME@ALIAS models: a directory, or s3://bucket/prefix [env: MODELSHIP_REGISTRY]
+    #[arg(long, value_name = "DIR|URL")]
+    pub registry: Option<PathBuf>,
+
+    /// Discard the parts an interrupted run left and score every row again
+    #[arg(long)]
+    pub restart: bool,
+
+    /// Print the summary as JSON
+    #[arg(long)]
+    pub json: bool,
+
+    /// Path to ONNX Runtime's libonnxruntime.so (overrides ORT_DYLIB_PATH)
+    #[arg(long, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub convert: ConvertFlags,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -16,6 +16,7 @@ mod lambda;
 mod logging;
 mod model_repository;
 mod models;
+mod predict;
 mod predictions;
 mod registry_config;
 mod rollout;
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
         cli::Command::Controller(args) => controller::main(*args),
         cli::Command::Convert(args) => convert::main(args),
         cli::Command::Predictions(args) => predictions::main(args),
+        cli::Command::Predict(args) => predict::main(*args),
     }
 }
 

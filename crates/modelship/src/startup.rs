@@ -95,6 +95,14 @@ pub async fn server_config(config: &ServeConfig, backend: &Arc<dyn Backend>, sta
     })
 }
 
+/// The first model of `config`, read as `serve` reads it (a file converted when it is not ONNX, a
+/// registry version checked against its digest): what `modelship predict` scores with.
+pub async fn first_model(config: &ServeConfig, backend: &Arc<dyn Backend>) -> anyhow::Result<Model> {
+    let source = ModelSource::of(&config.model_path, config)?;
+    let (model, _) = model(config, &config.model_name, &config.model_version, source, warm_up(config)?, backend).await?;
+    Ok(model)
+}
+
 /// `model` with its own limits and declared tensors.
 fn with((model, source): (Model, Source), limits: ModelLimits, declared: Option<Declared>) -> (Model, Source) {
     (Model { limits, declared, ..model }, source)

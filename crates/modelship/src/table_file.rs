@@ -31,7 +31,6 @@ fn read_csv(file: &Path) -> anyhow::Result<Table> {
     Ok(Table { columns, rows })
 }
 
-#[cfg(feature = "parquet")]
 fn read_parquet(file: &Path) -> anyhow::Result<Table> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::Field;
@@ -64,9 +63,4 @@ fn read_parquet(file: &Path) -> anyhow::Result<Table> {
         );
     }
     Ok(Table { columns, rows })
-}
-
-#[cfg(not(feature = "parquet"))]
-fn read_parquet(file: &Path) -> anyhow::Result<Table> {
-    bail!("{}: this build has no Parquet support (build with --features parquet), convert it to CSV", file.display())
 }

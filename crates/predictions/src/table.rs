@@ -130,70 +130,115 @@ fn schema(name: &str, columns: &[Column]) -> Result<Type, TableError> {
 
 /// Writes `rows` (each in `columns`' order) as one Parquet file with one row group.
 pub fn encode(name: &str, columns: &[Column], rows: &[Vec<Value>]) -> Result<Bytes, TableError> {
-    if let Some(bad) = rows.iter().find(|r| r.len() != columns.len()) {
-        return Err(TableError(format!("a row of {} cells for {} columns", bad.len(), columns.len())));
+    let mut writer = TableWriter::new(Vec::new(), name, columns, &[])?;
+    writer.write(rows)?;
+    Ok(Bytes::from(writer.finish()?))
+}
+
+/// A Parquet file written a row group at a time, with key-value metadata in its footer.
+pub struct TableWriter<W: std::io::Write + Send> {
+    writer: SerializedFileWriter<W>,
+    columns: Vec<Column>,
+}
+
+impl<W: std::io::Write + Send> TableWriter<W> {
+    pub fn new(out: W, name: &str, columns: &[Column], metadata: &[(String, String)]) -> Result<Self, TableError> {
+        let metadata = metadata.iter().map(|(k, v)| parquet::file::metadata::KeyValue::new(k.clone(), v.clone())).collect::<Vec<_>>();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_created_by("modelship".to_owned())
+            .set_key_value_metadata((!metadata.is_empty()).then_some(metadata))
+            .build();
+        let writer = SerializedFileWriter::new(out, Arc::new(schema(name, columns)?), Arc::new(props))?;
+        Ok(TableWriter { writer, columns: columns.to_vec() })
     }
-    let props = Arc::new(WriterProperties::builder().set_compression(Compression::SNAPPY).set_created_by("modelship".to_owned()).build());
-    let mut writer = SerializedFileWriter::new(Vec::new(), Arc::new(schema(name, columns)?), props)?;
-    let mut group = writer.next_row_group()?;
-    for (index, column) in columns.iter().enumerate() {
-        let Some(mut out) = group.next_column()? else {
-            return Err(TableError(format!("the schema has no column {}", column.name)));
-        };
-        let cells = rows.iter().map(|r| &r[index]);
-        let defs: Vec<i16> = rows.iter().map(|r| i16::from(r[index] != Value::Null)).collect();
-        if column.required && defs.contains(&0) {
-            return Err(TableError(format!("column {} is required and a row has no value", column.name)));
+
+    /// Writes `rows` as one row group.
+    pub fn write(&mut self, rows: &[Vec<Value>]) -> Result<(), TableError> {
+        let columns = &self.columns;
+        if let Some(bad) = rows.iter().find(|r| r.len() != columns.len()) {
+            return Err(TableError(format!("a row of {} cells for {} columns", bad.len(), columns.len())));
         }
-        let defs = (!column.required).then_some(defs.as_slice());
-        let mismatch = || TableError(format!("column {} holds a value of another type", column.name));
-        match (out.untyped(), column.kind) {
-            (ColumnWriter::ByteArrayColumnWriter(w), Kind::Text) => {
-                let values = cells
-                    .filter_map(|v| match v {
-                        Value::Text(s) => Some(Ok(ByteArray::from(s.as_str()))),
-                        Value::Null => None,
-                        _ => Some(Err(mismatch())),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                w.write_batch(&values, defs, None)?;
-            }
-            (ColumnWriter::Int64ColumnWriter(w), Kind::Int | Kind::Millis) => {
-                let values = cells
-                    .filter_map(|v| match v {
-                        Value::Int(i) => Some(Ok(*i)),
-                        Value::Null => None,
-                        _ => Some(Err(mismatch())),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                w.write_batch(&values, defs, None)?;
-            }
-            (ColumnWriter::DoubleColumnWriter(w), Kind::Float) => {
-                let values = cells
-                    .filter_map(|v| match v {
-                        Value::Float(f) => Some(Ok(*f)),
-                        Value::Null => None,
-                        _ => Some(Err(mismatch())),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                w.write_batch(&values, defs, None)?;
-            }
-            (ColumnWriter::BoolColumnWriter(w), Kind::Bool) => {
-                let values = cells
-                    .filter_map(|v| match v {
-                        Value::Bool(b) => Some(Ok(*b)),
-                        Value::Null => None,
-                        _ => Some(Err(mismatch())),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                w.write_batch(&values, defs, None)?;
-            }
-            _ => return Err(TableError(format!("column {} has an unexpected physical type", column.name))),
+        let mut group = self.writer.next_row_group()?;
+        for (index, column) in columns.iter().enumerate() {
+            let Some(mut out) = group.next_column()? else {
+                return Err(TableError(format!("the schema has no column {}", column.name)));
+            };
+            write_column(&mut out, column, index, rows)?;
+            out.close()?;
         }
-        out.close()?;
+        group.close()?;
+        Ok(())
     }
-    group.close()?;
-    Ok(Bytes::from(writer.into_inner()?))
+
+    pub fn finish(self) -> Result<W, TableError> {
+        Ok(self.writer.into_inner()?)
+    }
+}
+
+fn write_column(out: &mut parquet::file::writer::SerializedColumnWriter<'_>, column: &Column, index: usize, rows: &[Vec<Value>]) -> Result<(), TableError> {
+    let cells = rows.iter().map(|r| &r[index]);
+    let defs: Vec<i16> = rows.iter().map(|r| i16::from(r[index] != Value::Null)).collect();
+    if column.required && defs.contains(&0) {
+        return Err(TableError(format!("column {} is required and a row has no value", column.name)));
+    }
+    let defs = (!column.required).then_some(defs.as_slice());
+    let mismatch = || TableError(format!("column {} holds a value of another type", column.name));
+    match (out.untyped(), column.kind) {
+        (ColumnWriter::ByteArrayColumnWriter(w), Kind::Text) => {
+            let values = cells
+                .filter_map(|v| match v {
+                    Value::Text(s) => Some(Ok(ByteArray::from(s.as_str()))),
+                    Value::Null => None,
+                    _ => Some(Err(mismatch())),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            w.write_batch(&values, defs, None)?;
+        }
+        (ColumnWriter::Int64ColumnWriter(w), Kind::Int | Kind::Millis) => {
+            let values = cells
+                .filter_map(|v| match v {
+                    Value::Int(i) => Some(Ok(*i)),
+                    Value::Null => None,
+                    _ => Some(Err(mismatch())),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            w.write_batch(&values, defs, None)?;
+        }
+        (ColumnWriter::DoubleColumnWriter(w), Kind::Float) => {
+            let values = cells
+                .filter_map(|v| match v {
+                    Value::Float(f) => Some(Ok(*f)),
+                    Value::Null => None,
+                    _ => Some(Err(mismatch())),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            w.write_batch(&values, defs, None)?;
+        }
+        (ColumnWriter::BoolColumnWriter(w), Kind::Bool) => {
+            let values = cells
+                .filter_map(|v| match v {
+                    Value::Bool(b) => Some(Ok(*b)),
+                    Value::Null => None,
+                    _ => Some(Err(mismatch())),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            w.write_batch(&values, defs, None)?;
+        }
+        _ => return Err(TableError(format!("column {} has an unexpected physical type", column.name))),
+    }
+    Ok(())
+}
+
+/// The key-value metadata in a Parquet file's footer.
+pub fn metadata(bytes: Bytes) -> Result<Vec<(String, String)>, TableError> {
+    let reader = SerializedFileReader::new(bytes)?;
+    Ok(reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kv| kv.iter().map(|k| (k.key.clone(), k.value.clone().unwrap_or_default())).collect())
+        .unwrap_or_default())
 }
 
 /// Reads a Parquet file's rows as cells in `columns`' order, by column name: a column the file

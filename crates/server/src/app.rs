@@ -576,8 +576,19 @@ async fn start_model(
 /// start): the model loaded with [`Settings::direct_pool`] and warmed up, no admin token
 /// (inference API keys only), no traffic writer, no background work.
 pub async fn build_direct(settings: &Settings, credentials: Credentials, model: Model, backend: Arc<dyn Backend>) -> Result<AppState, BuildError> {
+    build_listenerless(settings, settings.direct_pool(), credentials, model, backend).await
+}
+
+/// The listener-less build of `modelship predict`: the model with the server's pool (its
+/// workers run chunks side by side), loaded and warmed up as a served version is.
+pub async fn build_batch(settings: &Settings, model: Model, backend: Arc<dyn Backend>) -> Result<AppState, BuildError> {
+    let pool = settings.pool_for(&model.limits);
+    build_listenerless(settings, pool, Credentials::default(), model, backend).await
+}
+
+async fn build_listenerless(settings: &Settings, pool: PoolConfig, credentials: Credentials, model: Model, backend: Arc<dyn Backend>) -> Result<AppState, BuildError> {
     let state = AppState::with_credentials(settings.limits(), credentials);
-    let spec = ModelSpec { name: model.name.clone(), version: model.version.clone(), pool: settings.direct_pool(), warm_up: model.warm_up };
+    let spec = ModelSpec { name: model.name.clone(), version: model.version.clone(), pool, warm_up: model.warm_up };
     let described = model.described_as;
     let loaded = {
         let (metrics, spec, bytes) = (Arc::clone(&state.metrics), spec.clone(), model.bytes);

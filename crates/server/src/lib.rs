@@ -33,6 +33,7 @@ pub mod admin;
 pub mod app;
 pub mod api;
 pub mod auth;
+pub mod batch;
 pub mod control;
 pub mod error;
 pub mod fleet;
@@ -61,7 +62,7 @@ mod testing;
 mod tests;
 mod state;
 
-pub use app::{Addresses, App, BuildError, Config, Declared, Features, Model, ModelLimits, PredictionLogSettings, Settings, Source, build_direct};
+pub use app::{Addresses, App, BuildError, Config, Declared, Features, Model, ModelLimits, PredictionLogSettings, Settings, Source, build_batch, build_direct};
 pub use auth::{Credentials, read_api_keys};
 pub use residency::{Prepare, digest as file_digest};
 pub use model::{DEFAULT_WARM_UP_REQUESTS, WarmUp, WarmUpSample};

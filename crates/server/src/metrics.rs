@@ -323,11 +323,13 @@ pub enum Endpoint {
     GrpcInfer,
     /// An invocation without a listener (the Lambda adapter, tests).
     Direct,
+    /// A chunk of rows scored by `modelship predict`.
+    Batch,
 }
 
 impl Endpoint {
     /// How many endpoints there are: [`Endpoint::index`] is below it.
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 5;
 
     /// A dense index, for tables by endpoint.
     pub fn index(self) -> usize {
@@ -336,6 +338,7 @@ impl Endpoint {
             Endpoint::V2Infer => 1,
             Endpoint::GrpcInfer => 2,
             Endpoint::Direct => 3,
+            Endpoint::Batch => 4,
         }
     }
 
@@ -345,6 +348,7 @@ impl Endpoint {
             Endpoint::V2Infer => "v2_infer",
             Endpoint::GrpcInfer => "grpc_infer",
             Endpoint::Direct => "direct",
+            Endpoint::Batch => "batch",
         }
     }
 }

@@ -30,6 +30,7 @@ mod lambda;
 mod lifecycle;
 mod models;
 mod openapi;
+mod predict;
 mod registry;
 mod registry_mlflow;
 #[cfg(feature = "s3")]
