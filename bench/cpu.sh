@@ -27,7 +27,12 @@ else
 fi
 pid=$!
 trap 'kill $pid 2>/dev/null; rm -rf "$state" "$body"' EXIT
-for _ in $(seq 100); do [ -s "$state/ready" ] && break; sleep 0.1; done
+for _ in $(seq 300); do [ -s "$state/ready" ] && break; sleep 0.1; done
+if ! [ -s "$state/ready" ]; then
+  echo "cpu: the server did not start within 30 s:" >&2
+  cat "$state/stderr" >&2 2>/dev/null || true
+  exit 1
+fi
 BODY_FILE="$body" taskset -c 0 wrk -t1 -c32 -d3s -s bench/post.lua "$url" > /dev/null   # warm-up
 read -r utime_before stime_before < <(awk '{print $14, $15}' "/proc/$pid/stat")
 counts="$state/counts"

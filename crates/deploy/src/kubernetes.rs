@@ -23,6 +23,9 @@
 //! weights are relative integers, written as basis points summing to 10000, and its mirror is a
 //! whole `percent` or a `fraction` over 10000.
 //!
+//! Batch scoring (`kubernetes.batch`): a Job runs `modelship predict` over a file of a
+//! PersistentVolumeClaim; a retried pod resumes from the parts the killed one left on the claim.
+//!
 //! A pod: the model reaches it baked into the image, or by an init container that runs the
 //! modelship image itself (`modelship models fetch`, which checks the artifact's SHA-256) with
 //! AWS keys from a Secret the cluster holds (named, never written); probes on the server's
@@ -34,6 +37,7 @@
 //! `POD_NAME` and `POD_NAMESPACE` for the log lines.
 
 pub mod api;
+mod batch;
 mod controller;
 mod traffic;
 mod workload;
@@ -95,6 +99,7 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
         files.add("rolebinding.yaml", &binding);
     }
     controller::objects(d, &mut files);
+    batch::objects(d, &mut files);
     files.add("prometheus-adapter-rules.yaml", &workload::adapter_rules(d));
 
     let kustomization = Kustomization {

@@ -1332,7 +1332,7 @@ pub struct ServeArgs {
     /// The share of each role's predictions the log keeps, e.g. stable=0.01,candidate=1,shadow=1;
     /// roles left out keep everything [default: 1 for every role]
     #[arg(long, value_name = "ROLE=RATE,...", value_parser = parse_sampling)]
-    pub prediction_log_sample: Option<Vec<(String, f64)>>,
+    pub prediction_log_sample: Option<SampleRates>,
 
     /// Requests a model version must answer before it serves; one that fails refuses the
     /// version (at startup: the server exits 1) [default: 2: zeros, then rows drawn to the
@@ -1526,8 +1526,12 @@ mod tests {
     }
 }
 
+/// Roles and the share of their predictions the log keeps (`--prediction-log-sample`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SampleRates(pub Vec<(String, f64)>);
+
 /// `stable=0.01,candidate=1,shadow=1`: roles and the share of their predictions kept.
-fn parse_sampling(text: &str) -> Result<Vec<(String, f64)>, String> {
+fn parse_sampling(text: &str) -> Result<SampleRates, String> {
     text.split(',')
         .map(|part| {
             let (role, rate) = part.split_once('=').ok_or_else(|| format!("'{part}' is not ROLE=RATE (e.g. stable=0.01)"))?;
@@ -1541,5 +1545,6 @@ fn parse_sampling(text: &str) -> Result<Vec<(String, f64)>, String> {
             }
             Ok((role.to_owned(), rate))
         })
-        .collect()
+        .collect::<Result<Vec<_>, String>>()
+        .map(SampleRates)
 }

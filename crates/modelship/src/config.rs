@@ -503,7 +503,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         let log = raw.prediction_log.get_or_insert_with(RawPredictionLog::default);
         overlay(&mut log.url, a.prediction_log.clone());
         if let Some(sample) = &a.prediction_log_sample {
-            for (role, rate) in sample {
+            for (role, rate) in &sample.0 {
                 match role.as_str() {
                     "stable" => log.sample.stable = Some(*rate),
                     "candidate" => log.sample.candidate = Some(*rate),
@@ -1111,6 +1111,39 @@ logging:
         assert_eq!(c.more_models[1].limits, modelship_server::ModelLimits { batching: Some(None), ..Default::default() }, "no batching of its own: none");
         let e = check("model: {path: /m/a.onnx}\nmodels: [{path: /m/b.onnx, workers: 0, dynamic_batching: {max_batch_size: 0}}]\n", &[], &[]).unwrap_err();
         assert!(e.contains("models[0].workers") && e.contains("models[0].dynamic_batching.max_batch_size"), "{e}");
+    }
+
+    /// (file, flags) -> the prediction log resolved, or the problem named.
+    #[test]
+    fn the_prediction_log_from_the_file_and_the_flags() {
+        let ok: Vec<(&str, Vec<&str>, &str, (f64, f64, f64), u64)> = vec![
+            ("", vec!["--prediction-log", "preds"], "preds", (1.0, 1.0, 1.0), 60),
+            ("prediction_log: {url: s3://b/p, sample: {stable: 0.01}, roll_seconds: 5}\n", vec![], "s3://b/p", (0.01, 1.0, 1.0), 5),
+            ("prediction_log: {url: a, sample: {shadow: 0.5}}\n", vec!["--prediction-log", "b", "--prediction-log-sample", "stable=0.1,candidate=0"], "b", (0.1, 0.0, 0.5), 60),
+        ];
+        for (file, args, url, (stable, candidate, shadow), roll) in ok {
+            let mut argv = vec!["/m.onnx"];
+            argv.extend(args);
+            let log = check(file, &[], &argv).unwrap().prediction_log.unwrap_or_else(|| panic!("{file} {argv:?}"));
+            assert_eq!(log.url, url);
+            let s = log.log.sampling;
+            assert_eq!((s.stable, s.candidate, s.shadow, log.log.roll_interval.as_secs()), (stable, candidate, shadow, roll), "{file}");
+        }
+        assert!(check("", &[], &["/m.onnx"]).unwrap().prediction_log.is_none(), "off unless asked");
+        let bad: Vec<(&str, Vec<&str>, &str)> = vec![
+            ("prediction_log: {sample: {stable: 0.5}}\n", vec![], "prediction_log is set without a url"),
+            ("prediction_log: {url: p, sample: {stable: 2}}\n", vec![], "prediction_log.sample.stable is 2"),
+            ("prediction_log: {url: p, roll_seconds: 7200}\n", vec![], "roll_seconds must be between 0.1 and 3600"),
+            ("prediction_log: {url: p, queue: 0}\n", vec![], "prediction_log.queue"),
+            ("", vec!["--prediction-log", "p", "--prediction-log-sample", "canary=1"], "'canary' is not a role"),
+            ("", vec!["--prediction-log", "p", "--prediction-log-sample", "stable=1.5"], "a rate is between 0 and 1"),
+        ];
+        for (file, args, message) in bad {
+            let mut argv = vec!["/m.onnx"];
+            argv.extend(args);
+            let err = check(file, &[], &argv).unwrap_err();
+            assert!(err.contains(message), "{file} {argv:?}: {err}");
+        }
     }
 
     #[test]

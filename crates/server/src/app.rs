@@ -350,10 +350,12 @@ impl Config {
         let state = AppState::with_residency(settings.limits(), credentials, settings.residency);
         if let Some(log) = &settings.prediction_log {
             let store = modelship_predictions::LogStore::open(&log.url).map_err(failed)?;
+            // The location, never the URL: a PostgreSQL URL may hold a password.
+            let location = store.location().to_owned();
             let metrics = modelship_predictions::LogMetrics::new(state.metrics.registry()).map_err(failed)?;
             let writer = modelship_predictions::LogSettings { replica: Some(settings.replica.clone()), ..log.log.clone() };
             let _ = state.predictions.set(modelship_predictions::PredictionLog::start(store, writer, metrics));
-            tracing::info!(store = %log.url, "keeping predictions in the prediction log");
+            tracing::info!(store = %location, "keeping predictions in the prediction log");
         }
         // One feature store for every model that has a feature spec (each checked once its model loads).
         let mut feature_services = match &features {

@@ -19,6 +19,8 @@
 //!   blue_green: {active: blue}
 //!   gateway: {name: public, namespace: gateway-system}          # the HTTPRoute's parent
 //!   rollout: {spec: rollout.yaml}          # canary/shadow with a mesh: a Job runs `modelship controller`
+//!   batch: {claim: scoring, input: in/rows.parquet, output: out/preds.parquet, id_column: id}
+//!                                          # a Job runs `modelship predict` over a PersistentVolumeClaim
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -56,6 +58,24 @@ pub struct Kubernetes {
     /// `modelship controller` (canary or shadow with `mesh: istio` or `gateway-api`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutJob>,
+    /// Batch scoring: a Job running `modelship predict` on a file of a PersistentVolumeClaim.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchJob>,
+}
+
+/// `kubernetes.batch`: the claim holding the rows, and the paths in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchJob {
+    /// The PersistentVolumeClaim (in the namespace) the Job reads the rows from and writes to.
+    pub claim: String,
+    /// The rows, a path in the claim: `.csv` or `.parquet`.
+    pub input: String,
+    /// The predictions, a path in the claim: `.parquet`, `.csv` or `.jsonl`.
+    pub output: String,
+    /// A column naming each row, copied to the output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_column: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -334,6 +354,9 @@ impl Deployment {
                 Some(_) => {}
             }
         }
+        if let Some(batch) = &k.batch {
+            check_batch(batch, p);
+        }
         if let Some(secret) = &k.aws.secret
             && !is_dns_subdomain(secret)
         {
@@ -555,6 +578,36 @@ pub fn bp(value: &str) -> u32 {
 }
 
 /// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
+/// A path inside the claim: relative, plain characters, no `..`, with `extensions`.
+fn check_claim_path(what: &str, path: &str, extensions: &[&str], p: &mut Vec<String>) {
+    let plain = !path.is_empty()
+        && path.len() <= 512
+        && !path.starts_with('/')
+        && path.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
+        && path.chars().all(|c| c.is_ascii_alphanumeric() || "-._/".contains(c));
+    if !plain {
+        p.push(format!("{what} '{path}' must be a relative path in the claim (letters, digits, '-', '_', '.', '/'; no '..')"));
+    } else if !extensions.iter().any(|e| path.to_ascii_lowercase().ends_with(e)) {
+        p.push(format!("{what} '{path}' must end in {}", extensions.join(", ")));
+    }
+}
+
+fn check_batch(batch: &BatchJob, p: &mut Vec<String>) {
+    if !is_dns_subdomain(&batch.claim) {
+        p.push(format!("kubernetes.batch.claim '{}' is not a PersistentVolumeClaim name (a DNS-1123 subdomain)", batch.claim));
+    }
+    check_claim_path("kubernetes.batch.input", &batch.input, &[".csv", ".parquet"], p);
+    check_claim_path("kubernetes.batch.output", &batch.output, &[".parquet", ".csv", ".jsonl"], p);
+    if batch.input == batch.output {
+        p.push("kubernetes.batch.input and output are the same file".to_owned());
+    }
+    if let Some(id) = &batch.id_column
+        && (id.is_empty() || id.len() > 256 || id.chars().any(char::is_control))
+    {
+        p.push(format!("kubernetes.batch.id_column '{id}' is not a column name"));
+    }
+}
+
 pub fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253
         && !s.is_empty()
@@ -681,6 +734,16 @@ mod tests {
                 "kubernetes.rollout.spec a:b.yaml: its contents go into a ConfigMap and were not read",
             ]),
             ("", "{ARTIFACT, strategy: blue-green, candidate: {version: '2'}}", &["kubernetes.candidate runs what stable runs: give it another digest (model) or tag (image)"]),
+            ("", "{ARTIFACT, batch: {claim: Scoring_Data, input: ../etc/passwd, output: /abs/out.parquet}}", &[
+                "kubernetes.batch.claim 'Scoring_Data' is not a PersistentVolumeClaim name (a DNS-1123 subdomain)",
+                "kubernetes.batch.input '../etc/passwd' must be a relative path in the claim (letters, digits, '-', '_', '.', '/'; no '..')",
+                "kubernetes.batch.output '/abs/out.parquet' must be a relative path in the claim (letters, digits, '-', '_', '.', '/'; no '..')",
+            ]),
+            ("", "{ARTIFACT, batch: {claim: data, input: rows.txt, output: rows.txt}}", &[
+                "kubernetes.batch.input 'rows.txt' must end in .csv, .parquet",
+                "kubernetes.batch.output 'rows.txt' must end in .parquet, .csv, .jsonl",
+                "kubernetes.batch.input and output are the same file",
+            ]),
             ("", "{ARTIFACT, disruption: {min_available: 3}}", &[
                 "kubernetes.disruption.min_available is 3; it must be at least 1 and below the 3 replicas there can be (at 3 or more no pod could ever be evicted and node drains would hang)",
             ]),

@@ -286,6 +286,14 @@ pub struct Volume {
     pub config_map: Option<ConfigMapVolume>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub empty_dir: Option<EmptyDir>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<ClaimVolume>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimVolume {
+    pub claim_name: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -785,6 +793,8 @@ pub struct JobPodSpec {
     pub enable_service_links: bool,
     pub restart_policy: &'static str,
     pub security_context: PodSecurityContext,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub init_containers: Vec<Container>,
     pub containers: Vec<Container>,
     pub volumes: Vec<Volume>,
 }

@@ -134,7 +134,7 @@ pub(super) fn security() -> ContainerSecurityContext {
 }
 
 /// The model's path in the container.
-fn model_path(d: &Deployment, t: &Track) -> String {
+pub(super) fn model_path(d: &Deployment, t: &Track) -> String {
     match (&t.digest, d.model_file_name()) {
         (Some(_), _) | (None, None) => format!("{MODEL_DIR}/{FETCHED_MODEL}"),
         (None, Some(file)) => format!("{MODEL_DIR}/{file}"),
@@ -143,7 +143,7 @@ fn model_path(d: &Deployment, t: &Track) -> String {
 
 /// `modelship models fetch`: the artifact from the registry's object storage, its SHA-256
 /// checked, into the pod's model volume. Only this container sees the AWS keys.
-fn fetch_container(d: &Deployment, t: &Track, digest: &str) -> Container {
+pub(super) fn fetch_container(d: &Deployment, t: &Track, digest: &str) -> Container {
     let k = &d.kubernetes;
     let store = k.artifact.as_ref().map(|a| a.store.clone()).unwrap_or_default();
     let secret = k.aws.secret.clone().unwrap_or_else(|| format!("{}-aws", d.name));
@@ -170,7 +170,7 @@ fn fetch_container(d: &Deployment, t: &Track, digest: &str) -> Container {
     }
 }
 
-fn resources(d: &Deployment) -> Resources {
+pub(super) fn resources(d: &Deployment) -> Resources {
     Resources {
         requests: BTreeMap::from([("cpu".to_owned(), d.cpu_request()), ("memory".to_owned(), d.memory_request())]),
         limits: BTreeMap::from([("cpu".to_owned(), d.cpu_limit()), ("memory".to_owned(), d.memory_limit())]),
@@ -240,7 +240,7 @@ fn server(d: &Deployment, t: &Track, delay: u64) -> Container {
 }
 
 fn volumes(d: &Deployment, t: &Track) -> Vec<Volume> {
-    let empty = |name| Volume { name, config_map: None, empty_dir: Some(EmptyDir { size_limit: None }) };
+    let empty = |name| Volume { name, config_map: None, empty_dir: Some(EmptyDir { size_limit: None }), persistent_volume_claim: None };
     let mut volumes = Vec::new();
     if t.digest.is_some() {
         volumes.push(empty("model"));
@@ -248,9 +248,9 @@ fn volumes(d: &Deployment, t: &Track) -> Vec<Volume> {
     // The state directory (traffic history, admin token) lives as long as the pod: the fleet
     // store is what outlives it.
     volumes.push(empty("state"));
-    volumes.push(Volume { name: "tmp", config_map: None, empty_dir: Some(EmptyDir { size_limit: Some("64Mi".to_owned()) }) });
+    volumes.push(Volume { name: "tmp", config_map: None, empty_dir: Some(EmptyDir { size_limit: Some("64Mi".to_owned()) }), persistent_volume_claim: None });
     if d.config.is_some() {
-        volumes.push(Volume { name: "config", config_map: Some(ConfigMapVolume { name: config_map_name(d) }), empty_dir: None });
+        volumes.push(Volume { name: "config", config_map: Some(ConfigMapVolume { name: config_map_name(d) }), empty_dir: None, persistent_volume_claim: None });
     }
     volumes
 }
