@@ -50,7 +50,7 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 point() {  # point NAME [serve args...]: appends "cpu_us rps p99_us"
   local name=$1
   shift
-  DURATION="$duration" bench/cpu.sh "$bin" "$@" | python3 -c 'import json,sys; l=json.load(sys.stdin); print(l["cpu_us"], l["rps"], l["p99_us"])' >> "$work/$name"
+  DURATION="$duration" bench/cpu.sh "$bin" "$@" | python3 -c 'import json,sys; l=json.load(sys.stdin); print(l["cpu_us"], l["rps"], l["p99_us"])' >> "$work/point-$name"
 }
 for round in $(seq "$rounds"); do
   point off
@@ -58,13 +58,13 @@ for round in $(seq "$rounds"); do
   point all --prediction-log "$work/log-all-$round"
   point pg --prediction-log "$pg_url"
 done
-off=$(awk '{print $1}' "$work/off" | median)
+off=$(awk '{print $1}' "$work/point-off" | median)
 echo "| prediction log | server CPU µs/request | vs off | req/s | p99 µs |"
 echo "|---|---:|---:|---:|---:|"
 for kind in off one all pg; do
-  cpu=$(awk '{print $1}' "$work/$kind" | median)
-  rps=$(awk '{print $2}' "$work/$kind" | median)
-  p99=$(awk '{print $3}' "$work/$kind" | median)
+  cpu=$(awk '{print $1}' "$work/point-$kind" | median)
+  rps=$(awk '{print $2}' "$work/point-$kind" | median)
+  p99=$(awk '{print $3}' "$work/point-$kind" | median)
   label=$(case $kind in off) echo "off";; one) echo "1 % to Parquet";; all) echo "100 % to Parquet";; pg) echo "100 % to PostgreSQL";; esac)
   echo "| $label | $cpu | $(python3 -c "print(f'{$cpu / $off:.3f}x')") | $rps | $p99 |"
 done

@@ -138,8 +138,17 @@ pub enum Command {
 pub struct PredictArgs {
     /// The model: a file (ONNX, or a pickle, XGBoost or LightGBM model, converted first), or a
     /// registry model NAME@ALIAS, NAME:VERSION or NAME
-    #[arg(value_name = "MODEL")]
-    pub model: PathBuf,
+    #[arg(value_name = "MODEL", required_unless_present = "server", conflicts_with = "server")]
+    pub model: Option<PathBuf>,
+
+    /// Score on a running endpoint instead of in this process: chunks are POSTed to URL/v1/predict
+    /// (a modelship server, or a Lambda function's URL or API); the answering version is kept per row
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+
+    /// The endpoint's API key, sent as x-api-key with --server [default: $MODELSHIP_API_KEY]
+    #[arg(long, value_name = "KEY", requires = "server")]
+    pub api_key: Option<String>,
 
     /// The rows: .csv (with a header row) or .parquet
     #[arg(long, value_name = "FILE")]

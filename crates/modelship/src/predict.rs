@@ -28,9 +28,13 @@ Each row of the input is a model's feature row: every column but --id-column, in
 (or the --columns given), all numbers. The rows go through the same pipeline as a request to \
 /v1/predict (validation, batching, the answers a server gives), in chunks of --chunk-rows, \
 several at once. The output holds one row per input row, in input order: row (its index), \
-the id column when given, and prediction (a number, or prediction_json for a model whose \
-prediction is not one number). The model's name, version and SHA-256 are in the output's \
-Parquet metadata and in the summary.
+the id column when given, prediction (a number, or prediction_json for a model whose \
+prediction is not one number) and version (the version that answered). The model's name, \
+version and SHA-256 are in the output's Parquet metadata and in the summary.
+
+With --server URL the chunks go to a running endpoint's /v1/predict instead (a modelship \
+server, or a Lambda function's URL or API, with --api-key): the version that answered each \
+row is in its version column.
 
 A killed run leaves OUTPUT.parts/ (a part per finished chunk and a manifest); run the same \
 command again and it resumes there. Parts from another input or another model are refused: \
@@ -42,7 +46,9 @@ Examples:
   modelship predict fraud@production --registry registry --input rows.parquet \\
       --output preds.parquet --id-column transaction_id
   modelship predict fraud:3 --registry registry --input rows.csv \\
-      --output preds.csv --json";
+      --output preds.csv --json
+  modelship predict --server https://fraud.example.com --api-key \"$KEY\" \\
+      --input rows.csv --output preds.parquet";
 
 /// What a run's parts were made from: a resumed run must match it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,17 +62,68 @@ struct Manifest {
     id_column: Option<String>,
 }
 
-const PART_COLUMNS: [Column; 4] = [
+const PART_COLUMNS: [Column; 5] = [
     Column { name: "row", kind: Kind::Int, required: true },
     Column { name: "id", kind: Kind::Text, required: false },
     Column { name: "prediction", kind: Kind::Float, required: false },
     Column { name: "prediction_json", kind: Kind::Text, required: false },
+    Column { name: "version", kind: Kind::Text, required: true },
 ];
+
+/// Where the chunks are scored: in this process through the server's pipeline, or by a running
+/// endpoint's `/v1/predict`.
+#[derive(Clone)]
+enum Scorer {
+    Local(modelship_server::AppState),
+    Remote { agent: ureq::Agent, url: String, api_key: Option<String> },
+}
+
+impl Scorer {
+    /// The version that answered and one prediction per row.
+    async fn score(&self, rows: Box<serde_json::value::RawValue>, request_id: &str) -> anyhow::Result<(String, Vec<serde_json::Value>)> {
+        match self {
+            Scorer::Local(state) => {
+                let scored = modelship_server::batch::score_rows(state, rows, request_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok((scored.version, scored.predictions))
+            }
+            Scorer::Remote { agent, url, api_key } => {
+                let (agent, url, api_key, id) = (agent.clone(), url.clone(), api_key.clone(), request_id.to_owned());
+                tokio::task::spawn_blocking(move || remote(&agent, &url, api_key.as_deref(), &rows, &id)).await?
+            }
+        }
+    }
+}
+
+/// One chunk through `URL/v1/predict`: `{"features": rows}`, answered `{"prediction": [...],
+/// "model_version": ...}`; a refusal is the endpoint's own error message.
+fn remote(agent: &ureq::Agent, url: &str, api_key: Option<&str>, rows: &serde_json::value::RawValue, id: &str) -> anyhow::Result<(String, Vec<serde_json::Value>)> {
+    let body = format!(r#"{{"features":{}}}"#, rows.get());
+    let mut request = agent.post(url).header("content-type", "application/json").header("x-request-id", id);
+    if let Some(key) = api_key {
+        request = request.header("x-api-key", key);
+    }
+    let mut response = request.send(body.as_bytes()).with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let text = response.body_mut().read_to_string().with_context(|| format!("{url}: the answer could not be read"))?;
+    let answer: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{url} answered {status} with something that is not JSON"))?;
+    if !status.is_success() {
+        bail!("{url} refused the rows ({}): {}", status.as_u16(), answer["error"].as_str().unwrap_or(&text));
+    }
+    let version = answer["model_version"].as_str().unwrap_or_default().to_owned();
+    match answer.get("prediction") {
+        Some(serde_json::Value::Array(values)) => Ok((version, values.clone())),
+        _ => bail!("{url} answered without a prediction list: is it a /v1/predict endpoint?"),
+    }
+}
 
 pub fn main(args: PredictArgs) -> ExitCode {
     let env = ProcessEnv;
+    if let Some(server) = args.server.clone() {
+        crate::logging::init(&config::LogConfig { level: tracing::Level::WARN, json: false, static_fields: Default::default() });
+        return crate::run_command(remote_run(args, server));
+    }
     let serve = ServeArgs {
-        model: Some(args.model.clone()),
+        model: args.model.clone(),
         registry: args.registry.clone(),
         workers: Some(args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))),
         ort_lib: args.ort_lib.clone(),
@@ -88,19 +145,46 @@ pub fn main(args: PredictArgs) -> ExitCode {
     crate::run_command(run(args, config))
 }
 
+/// Scores on a running endpoint: the model is whatever answers there.
+async fn remote_run(args: PredictArgs, server: String) -> anyhow::Result<()> {
+    let base = server.trim_end_matches('/');
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        bail!("--server {base}: give an http:// or https:// URL");
+    }
+    let url = if base.ends_with("/v1/predict") || base.ends_with("/predict") { base.to_owned() } else { format!("{base}/v1/predict") };
+    let api_key = args.api_key.clone().or_else(|| std::env::var("MODELSHIP_API_KEY").ok());
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(std::time::Duration::from_secs(300))).build().into();
+    let workers = args.workers.unwrap_or(4).max(1);
+    // The endpoint is the model: its URL names it (never a key), the versions answering say which.
+    let model = Model { name: url.clone(), version: String::new(), sha256: "remote".to_owned() };
+    score_file(args, Scorer::Remote { agent, url, api_key }, model, workers).await
+}
+
+/// The model chunks are scored with, as the manifest and the output record it.
+struct Model {
+    name: String,
+    /// Empty for an endpoint (each row records the version that answered it).
+    version: String,
+    sha256: String,
+}
+
 async fn run(args: PredictArgs, config: config::ServeConfig) -> anyhow::Result<()> {
+    let onnx = modelship_onnx::OnnxBackend::new(config.ort_lib.as_deref())?;
+    let backend: Arc<dyn Backend> = Arc::new(onnx);
+    let model = crate::startup::first_model(&config, &backend).await?;
+    let described = Model { name: model.name.clone(), version: model.version.clone(), sha256: modelship_registry::artifacts::sha256_hex(&model.bytes) };
+    let state = modelship_server::build_batch(&crate::startup::settings(&config), model, backend).await.map_err(|e| anyhow::anyhow!(e))?;
+    score_file(args, Scorer::Local(state), described, config.workers.max(1)).await
+}
+
+async fn score_file(args: PredictArgs, scorer: Scorer, model: Model, workers: usize) -> anyhow::Result<()> {
     if args.chunk_rows == 0 || args.chunk_rows > 1 << 20 {
         bail!("--chunk-rows {} must be between 1 and 1048576", args.chunk_rows);
     }
     let format = OutputFormat::of(&args.output)?;
     let started = Instant::now();
     let input_sha256 = sha256_file(&args.input)?;
-    let onnx = modelship_onnx::OnnxBackend::new(config.ort_lib.as_deref())?;
-    let backend: Arc<dyn Backend> = Arc::new(onnx);
-    let model = crate::startup::first_model(&config, &backend).await?;
-    let model_sha256 = modelship_registry::artifacts::sha256_hex(&model.bytes);
-    let (name, version) = (model.name.clone(), model.version.clone());
-    let state = modelship_server::build_batch(&crate::startup::settings(&config), model, backend).await.map_err(|e| anyhow::anyhow!(e))?;
+    let Model { name, version, sha256: model_sha256 } = model;
 
     let mut reader = Rows::open(&args.input, &args.columns, args.id_column.as_deref())?;
     let manifest = Manifest {
@@ -122,7 +206,6 @@ async fn run(args: PredictArgs, config: config::ServeConfig) -> anyhow::Result<(
     } else {
         ProgressBar::hidden()
     };
-    let workers = config.workers.max(1);
     let permits = Arc::new(tokio::sync::Semaphore::new(workers * 2));
     let mut running = tokio::task::JoinSet::new();
     let mut chunks = 0usize;
@@ -141,15 +224,14 @@ async fn run(args: PredictArgs, config: config::ServeConfig) -> anyhow::Result<(
             continue;
         }
         let permit = Arc::clone(&permits).acquire_owned().await?;
-        let (state, bar, id) = (state.clone(), bar.clone(), format!("batch-{}-{index}", &input_sha256[..12]));
+        let (scorer, bar, id) = (scorer.clone(), bar.clone(), format!("batch-{}-{index}", &input_sha256[..12]));
         running.spawn(async move {
             let _permit = permit;
-            let scored = modelship_server::batch::score_rows(&state, chunk.json, &id).await.map_err(|e| anyhow::anyhow!("rows {first}..{}: {e}", first + chunk.rows as u64))?;
-            if scored.predictions.len() != chunk.rows {
-                bail!("rows {first}..: the model answered {} predictions for {} rows", scored.predictions.len(), chunk.rows);
+            let (answered_by, predictions) = scorer.score(chunk.json, &id).await.map_err(|e| anyhow::anyhow!("rows {first}..{}: {e:#}", first + chunk.rows as u64))?;
+            if predictions.len() != chunk.rows {
+                bail!("rows {first}..: the model answered {} predictions for {} rows", predictions.len(), chunk.rows);
             }
-            let cells: Vec<Vec<Value>> = scored
-                .predictions
+            let cells: Vec<Vec<Value>> = predictions
                 .into_iter()
                 .zip(chunk.ids)
                 .enumerate()
@@ -158,7 +240,7 @@ async fn run(args: PredictArgs, config: config::ServeConfig) -> anyhow::Result<(
                         Some(v) => (Value::Float(v), Value::Null),
                         None => (Value::Null, Value::Text(p.to_string())),
                     };
-                    vec![Value::Int(i64::try_from(first).unwrap_or(i64::MAX) + i as i64), id.map_or(Value::Null, Value::Text), number, other]
+                    vec![Value::Int(i64::try_from(first).unwrap_or(i64::MAX) + i as i64), id.map_or(Value::Null, Value::Text), number, other, Value::Text(answered_by.clone())]
                 })
                 .collect();
             write_atomically(&part, |file| {
@@ -180,30 +262,33 @@ async fn run(args: PredictArgs, config: config::ServeConfig) -> anyhow::Result<(
     }
     bar.finish_and_clear();
     let scored_here = chunks - skipped;
-    let metadata = vec![
+    let mut metadata = vec![
         ("modelship.model".to_owned(), name.clone()),
-        ("modelship.version".to_owned(), version.clone()),
-        ("modelship.model_sha256".to_owned(), model_sha256.clone()),
         ("modelship.input_sha256".to_owned(), input_sha256.clone()),
         ("modelship.command".to_owned(), "modelship predict".to_owned()),
     ];
-    let written = join_parts(&parts, chunks, args.chunk_rows, rows_total, &args.output, format, &metadata)?;
+    if !version.is_empty() {
+        metadata.push(("modelship.version".to_owned(), version.clone()));
+        metadata.push(("modelship.model_sha256".to_owned(), model_sha256.clone()));
+    }
+    let (written, versions) = join_parts(&parts, chunks, args.chunk_rows, rows_total, &args.output, format, &metadata)?;
     std::fs::remove_dir_all(&parts).with_context(|| format!("cannot remove {}", parts.display()))?;
     let seconds = started.elapsed().as_secs_f64();
     let summary = json!({
-        "rows": written, "output": args.output.display().to_string(), "model": name, "version": version, "model_sha256": model_sha256,
+        "rows": written, "output": args.output.display().to_string(), "model": name, "versions": versions,
+        "version": (!version.is_empty()).then_some(&version), "model_sha256": (!version.is_empty()).then_some(&model_sha256),
         "chunks": chunks, "resumed_chunks": skipped, "seconds": seconds, "rows_per_second": written as f64 / seconds.max(1e-9),
     });
     if args.json {
         println!("{summary}");
     } else {
         let resumed_note = if resumed && skipped > 0 { format!(" ({skipped} of {chunks} chunks were already done)") } else { String::new() };
-        println!(
-            "scored {written} rows with {name} version {version} (sha256:{}) in {seconds:.1} s ({:.0} rows/s, {scored_here} chunks here){resumed_note}: {}",
-            &model_sha256[..12],
-            written as f64 / seconds.max(1e-9),
-            args.output.display()
-        );
+        let by = if version.is_empty() {
+            format!("{name} (versions {})", versions.join(", "))
+        } else {
+            format!("{name} version {version} (sha256:{})", &model_sha256[..12.min(model_sha256.len())])
+        };
+        println!("scored {written} rows with {by} in {seconds:.1} s ({:.0} rows/s, {scored_here} chunks here){resumed_note}: {}", written as f64 / seconds.max(1e-9), args.output.display());
     }
     Ok(())
 }
@@ -279,8 +364,11 @@ fn write_atomically(path: &Path, write: impl FnOnce(&mut std::fs::File) -> anyho
 }
 
 /// Joins the parts, in order, into `output`; checks that they hold rows 0..total once each.
-fn join_parts(parts: &Path, chunks: usize, chunk_rows: usize, total: u64, output: &Path, format: OutputFormat, metadata: &[(String, String)]) -> anyhow::Result<u64> {
+/// Returns the rows written and the versions that answered them.
+fn join_parts(parts: &Path, chunks: usize, chunk_rows: usize, total: u64, output: &Path, format: OutputFormat, metadata: &[(String, String)]) -> anyhow::Result<(u64, Vec<String>)> {
     let mut next_row = 0i64;
+    // Filled as parts are read, read when the Parquet footer is written: shared by both.
+    let versions = std::cell::RefCell::new(std::collections::BTreeSet::new());
     let mut each = |index: usize, f: &mut dyn FnMut(&[Vec<Value>]) -> anyhow::Result<()>| -> anyhow::Result<()> {
         let part = part_path(parts, index);
         let bytes = std::fs::read(&part).with_context(|| format!("cannot read {}", part.display()))?;
@@ -290,6 +378,7 @@ fn join_parts(parts: &Path, chunks: usize, chunk_rows: usize, total: u64, output
             bail!("{} does not hold rows {next_row}..{}; pass --restart to score again", part.display(), next_row + expected as i64);
         }
         next_row += rows.len() as i64;
+        versions.borrow_mut().extend(rows.iter().filter_map(|r| r[4].text().map(str::to_owned)));
         f(&rows)
     };
     write_atomically(output, |file| {
@@ -300,6 +389,8 @@ fn join_parts(parts: &Path, chunks: usize, chunk_rows: usize, total: u64, output
                 for index in 0..chunks {
                     each(index, &mut |rows| Ok(writer.write(rows)?))?;
                 }
+                let answered: Vec<String> = versions.borrow().iter().cloned().collect();
+                writer.append_metadata("modelship.versions", &answered.join(","));
                 writer.finish()?;
             }
             OutputFormat::Csv => {
@@ -320,7 +411,7 @@ fn join_parts(parts: &Path, chunks: usize, chunk_rows: usize, total: u64, output
                 for index in 0..chunks {
                     each(index, &mut |rows| {
                         for r in rows {
-                            let line = json!({"row": r[0].int(), "id": r[1].text(), "prediction": r[2].float(), "prediction_json": r[3].text()});
+                            let line = json!({"row": r[0].int(), "id": r[1].text(), "prediction": r[2].float(), "prediction_json": r[3].text(), "version": r[4].text()});
                             writeln!(out, "{line}")?;
                         }
                         Ok(())
@@ -331,7 +422,7 @@ fn join_parts(parts: &Path, chunks: usize, chunk_rows: usize, total: u64, output
         std::io::Write::flush(&mut out)?;
         Ok(())
     })?;
-    Ok(u64::try_from(next_row).unwrap_or(0))
+    Ok((u64::try_from(next_row).unwrap_or(0), versions.into_inner().into_iter().collect()))
 }
 
 fn cell(v: &Value) -> String {

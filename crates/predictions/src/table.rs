@@ -171,6 +171,11 @@ impl<W: std::io::Write + Send> TableWriter<W> {
         Ok(())
     }
 
+    /// Adds a key-value pair to the footer's metadata (known only once the rows are written).
+    pub fn append_metadata(&mut self, key: &str, value: &str) {
+        self.writer.append_key_value_metadata(parquet::file::metadata::KeyValue::new(key.to_owned(), value.to_owned()));
+    }
+
     pub fn finish(self) -> Result<W, TableError> {
         Ok(self.writer.into_inner()?)
     }

@@ -111,6 +111,23 @@ fn a_killed_batch_resumes_and_its_output_equals_the_servers_answers() {
     }
     assert!(differ.is_empty(), "{} rows differ from the server's answers, e.g. {:?}", differ.len(), differ.iter().next());
 
+    // The same file scored by that server (--server): the same predictions, each row's version.
+    let remote = dir.path().join("remote.jsonl");
+    let out = command()
+        .args(["predict", "--server", &format!("http://{}", server.ready["http"].as_str().unwrap()), "--input", input.to_str().unwrap()])
+        .args(["--output", remote.to_str().unwrap(), "--id-column", "transaction_id", "--chunk-rows", "10000", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((summary["rows"].as_u64(), summary["versions"].clone()), (Some(200_000), json!(["1"])), "{summary}");
+    let lines = std::fs::read_to_string(&remote).unwrap();
+    let scored: Vec<Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(scored.len(), 200_000);
+    for (i, row) in scored.iter().enumerate() {
+        assert_eq!((row["row"].as_u64(), row["version"].as_str(), row["prediction"].as_f64()), (Some(i as u64), Some("1"), Some(predictions[i])), "row {i}");
+    }
+
     // Parts of another input are refused; --restart discards them.
     std::fs::create_dir_all(&parts).unwrap();
     std::fs::write(parts.join("manifest.json"), r#"{"input_sha256": "0", "model": "fraud", "version": "1", "model_sha256": "0", "chunk_rows": 5000, "columns": [], "id_column": null}"#).unwrap();
