@@ -67,7 +67,7 @@ const PART_COLUMNS: [Column; 5] = [
     Column { name: "id", kind: Kind::Text, required: false },
     Column { name: "prediction", kind: Kind::Float, required: false },
     Column { name: "prediction_json", kind: Kind::Text, required: false },
-    Column { name: "version", kind: Kind::Text, required: true },
+    Column { name: "version", kind: Kind::Label, required: true },
 ];
 
 /// Where the chunks are scored: in this process through the server's pipeline, or by a running

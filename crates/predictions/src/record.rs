@@ -44,10 +44,10 @@ const fn col(name: &'static str, kind: Kind, required: bool) -> Column {
 const PREDICTION_COLUMNS: [Column; 16] = [
     col("request_id", Kind::Text, true),
     col("time", Kind::Millis, true),
-    col("model", Kind::Text, true),
-    col("version", Kind::Text, true),
+    col("model", Kind::Label, true),
+    col("version", Kind::Label, true),
     col("revision", Kind::Int, false),
-    col("role", Kind::Text, true),
+    col("role", Kind::Label, true),
     col("status", Kind::Int, true),
     col("latency_ms", Kind::Float, true),
     col("inputs", Kind::Text, false),
@@ -55,9 +55,9 @@ const PREDICTION_COLUMNS: [Column; 16] = [
     col("outputs", Kind::Text, false),
     col("score", Kind::Float, false),
     col("error", Kind::Text, false),
-    col("served_version", Kind::Text, false),
+    col("served_version", Kind::Label, false),
     col("agreed", Kind::Bool, false),
-    col("replica", Kind::Text, false),
+    col("replica", Kind::Label, false),
 ];
 
 /// One answer a version gave: to a client (`stable`, `canary`, `pinned`) or to a mirrored copy
@@ -114,6 +114,28 @@ impl Prediction {
         ]
     }
 
+    /// [`Prediction::row`] without copying its strings.
+    pub fn into_row(self) -> Vec<Value> {
+        vec![
+            Value::Text(self.request_id),
+            Value::Int(self.time),
+            Value::Text(self.model),
+            Value::Text(self.version),
+            self.revision.into(),
+            Value::Text(self.role),
+            Value::Int(self.status),
+            Value::Float(self.latency_ms),
+            self.inputs.into(),
+            self.entities.into(),
+            self.outputs.into(),
+            self.score.into(),
+            self.error.into(),
+            self.served_version.into(),
+            self.agreed.into(),
+            self.replica.into(),
+        ]
+    }
+
     pub fn from_row(row: &[Value]) -> Self {
         let text = |i: usize| row[i].text().map(str::to_owned);
         Prediction {
@@ -154,7 +176,7 @@ const FEEDBACK_COLUMNS: [Column; 5] = [
     col("time", Kind::Millis, true),
     col("label", Kind::Bool, false),
     col("reward", Kind::Float, false),
-    col("replica", Kind::Text, false),
+    col("replica", Kind::Label, false),
 ];
 
 /// A label or a reward posted for an answered request, joined to its prediction by request id
@@ -186,15 +208,15 @@ impl Feedback {
 }
 
 const MARK_COLUMNS: [Column; 9] = [
-    col("model", Kind::Text, true),
-    col("version", Kind::Text, true),
+    col("model", Kind::Label, true),
+    col("version", Kind::Label, true),
     col("from_revision", Kind::Int, true),
     col("to_revision", Kind::Int, true),
     col("from_time", Kind::Millis, true),
     col("time", Kind::Millis, true),
-    col("actor", Kind::Text, true),
+    col("actor", Kind::Label, true),
     col("reason", Kind::Text, true),
-    col("replica", Kind::Text, false),
+    col("replica", Kind::Label, false),
 ];
 
 /// What a rollback marks: `version` of `model` answered under revisions `from_revision` up to
@@ -254,9 +276,9 @@ impl Mark {
 
 const AUDIT_COLUMNS: [Column; 6] = [
     col("time", Kind::Millis, true),
-    col("actor", Kind::Text, true),
-    col("action", Kind::Text, true),
-    col("model", Kind::Text, false),
+    col("actor", Kind::Label, true),
+    col("action", Kind::Label, true),
+    col("model", Kind::Label, false),
     col("rows", Kind::Int, true),
     col("detail", Kind::Text, true),
 ];

@@ -17,8 +17,11 @@ use parquet::schema::types::Type;
 /// A column's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// UTF-8 text.
+    /// UTF-8 text with many values (ids, JSON): written plain, without statistics, since a
+    /// dictionary or min/max of such values costs CPU for nothing.
     Text,
+    /// UTF-8 text with few values (a model, a version, a role): dictionary-encoded.
+    Label,
     Int,
     Float,
     Bool,
@@ -115,7 +118,7 @@ fn schema(name: &str, columns: &[Column]) -> Result<Type, TableError> {
         .iter()
         .map(|c| {
             let (physical, logical) = match c.kind {
-                Kind::Text => (Physical::BYTE_ARRAY, Some(LogicalType::String)),
+                Kind::Text | Kind::Label => (Physical::BYTE_ARRAY, Some(LogicalType::String)),
                 Kind::Int => (Physical::INT64, None),
                 Kind::Float => (Physical::DOUBLE, None),
                 Kind::Bool => (Physical::BOOLEAN, None),
@@ -144,11 +147,17 @@ pub struct TableWriter<W: std::io::Write + Send> {
 impl<W: std::io::Write + Send> TableWriter<W> {
     pub fn new(out: W, name: &str, columns: &[Column], metadata: &[(String, String)]) -> Result<Self, TableError> {
         let metadata = metadata.iter().map(|(k, v)| parquet::file::metadata::KeyValue::new(k.clone(), v.clone())).collect::<Vec<_>>();
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_created_by("modelship".to_owned())
-            .set_key_value_metadata((!metadata.is_empty()).then_some(metadata))
-            .build();
+            .set_key_value_metadata((!metadata.is_empty()).then_some(metadata));
+        for column in columns.iter().filter(|c| c.kind == Kind::Text) {
+            let path = parquet::schema::types::ColumnPath::from(column.name);
+            props = props
+                .set_column_dictionary_enabled(path.clone(), false)
+                .set_column_statistics_enabled(path, parquet::file::properties::EnabledStatistics::None);
+        }
+        let props = props.build();
         let writer = SerializedFileWriter::new(out, Arc::new(schema(name, columns)?), Arc::new(props))?;
         Ok(TableWriter { writer, columns: columns.to_vec() })
     }
@@ -190,7 +199,7 @@ fn write_column(out: &mut parquet::file::writer::SerializedColumnWriter<'_>, col
     let defs = (!column.required).then_some(defs.as_slice());
     let mismatch = || TableError(format!("column {} holds a value of another type", column.name));
     match (out.untyped(), column.kind) {
-        (ColumnWriter::ByteArrayColumnWriter(w), Kind::Text) => {
+        (ColumnWriter::ByteArrayColumnWriter(w), Kind::Text | Kind::Label) => {
             let values = cells
                 .filter_map(|v| match v {
                     Value::Text(s) => Some(Ok(ByteArray::from(s.as_str()))),
