@@ -1,5 +1,6 @@
-//! The writer: requests hand their predictions to a bounded queue and go on; one task batches
-//! them into files, rolled by rows, size and age, one buffer per table and model. Writing never
+//! The writer: requests hand their predictions to a bounded queue and go on; a thread of its own
+//! takes what is queued every 20 ms (so a request never wakes it: no system call per record) and
+//! batches them into files, rolled by rows, size and age, one buffer per table and model. Writing never
 //! blocks or fails a request: a full queue drops the record, and the drop is counted
 //! (`modelship_prediction_log_dropped_total{reason}`) and logged. A store that fails is retried
 //! with backoff while the queue fills; once it answers again, writing resumes where it stopped.
@@ -131,12 +132,16 @@ impl LogMetrics {
 enum Entry {
     Prediction(Box<Prediction>),
     Feedback(Feedback),
-    Flush(oneshot::Sender<()>),
 }
+
+/// How often the writer takes what the requests queued.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 /// The prediction log of one server.
 pub struct PredictionLog {
-    tx: mpsc::Sender<Entry>,
+    tx: crossbeam_channel::Sender<Entry>,
+    /// Flush requests: the writer answers once everything queued before is written.
+    flushes: mpsc::UnboundedSender<oneshot::Sender<()>>,
     marks: mpsc::UnboundedSender<(Mark, Option<oneshot::Sender<()>>)>,
     settings: LogSettings,
     metrics: LogMetrics,
@@ -151,20 +156,21 @@ impl PredictionLog {
     /// Starts the writer on a thread of its own, with a runtime of its own: encoding a file is
     /// CPU work that must never hold a thread of the server's reactor (requests would wait).
     pub fn start(store: LogStore, settings: LogSettings, metrics: LogMetrics) -> Arc<PredictionLog> {
-        let (tx, rx) = mpsc::channel(settings.queue.max(1));
+        let (tx, rx) = crossbeam_channel::bounded(settings.queue.max(1));
+        let (flushes, flushes_rx) = mpsc::unbounded_channel();
         let (marks, marks_rx) = mpsc::unbounded_channel();
         let abandon = Arc::new(AtomicBool::new(false));
         let writer = Writer { store: store.clone(), settings: settings.clone(), metrics: metrics.clone(), abandon: Arc::clone(&abandon), buffers: BTreeMap::new() };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
         let spawned = match runtime {
-            Ok(runtime) => std::thread::Builder::new().name("prediction-log".to_owned()).spawn(move || runtime.block_on(writer.run(rx, marks_rx))).map(drop),
+            Ok(runtime) => std::thread::Builder::new().name("prediction-log".to_owned()).spawn(move || runtime.block_on(writer.run(rx, flushes_rx, marks_rx))).map(drop),
             Err(e) => Err(e),
         };
         if let Err(e) = spawned {
             // Without a writer the queue fills and every record is dropped and counted.
             tracing::error!(error = %e, "cannot start the prediction log's writer thread; predictions will be dropped");
         }
-        Arc::new(PredictionLog { tx, marks, settings, metrics, store, abandon, warned_ms: AtomicI64::new(0) })
+        Arc::new(PredictionLog { tx, flushes, marks, settings, metrics, store, abandon, warned_ms: AtomicI64::new(0) })
     }
 
     pub fn store(&self) -> &LogStore {
@@ -195,8 +201,8 @@ impl PredictionLog {
             Ok(()) => self.metrics.queued.inc(),
             Err(e) => {
                 let reason = match e {
-                    mpsc::error::TrySendError::Full(_) => "queue_full",
-                    mpsc::error::TrySendError::Closed(_) => "shutdown",
+                    crossbeam_channel::TrySendError::Full(_) => "queue_full",
+                    crossbeam_channel::TrySendError::Disconnected(_) => "shutdown",
                 };
                 self.metrics.drop_one(reason);
                 let now = now_ms();
@@ -221,7 +227,7 @@ impl PredictionLog {
     /// by then is dropped and counted (`shutdown`).
     pub async fn close(&self, within: Duration) {
         let (done, flushed) = oneshot::channel();
-        if self.tx.send(Entry::Flush(done)).await.is_err() {
+        if self.flushes.send(done).is_err() {
             return;
         }
         if tokio::time::timeout(within, flushed).await.is_err() {
@@ -233,7 +239,7 @@ impl PredictionLog {
     /// Writes everything queued and buffered so far (for tests and `flush` requests).
     pub async fn flush(&self) {
         let (done, flushed) = oneshot::channel();
-        if self.tx.send(Entry::Flush(done)).await.is_ok() {
+        if self.flushes.send(done).is_ok() {
             let _ = flushed.await;
         }
     }
@@ -257,38 +263,50 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Entry>, mut marks: mpsc::UnboundedReceiver<(Mark, Option<oneshot::Sender<()>>)>) {
-        let mut tick = tokio::time::interval((self.settings.roll_interval / 4).max(Duration::from_millis(50)));
+    async fn run(
+        mut self,
+        rx: crossbeam_channel::Receiver<Entry>,
+        mut flushes: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+        mut marks: mpsc::UnboundedReceiver<(Mark, Option<oneshot::Sender<()>>)>,
+    ) {
+        let mut tick = tokio::time::interval(DRAIN_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                entry = rx.recv() => match entry {
-                    Some(Entry::Prediction(p)) => {
-                        self.metrics.queued.dec();
-                        let (model, time, size) = (p.model.clone(), p.time, p.size());
-                        self.add(Table::Predictions, model, time, p.into_row(), size).await;
-                    }
-                    Some(Entry::Feedback(f)) => {
-                        self.metrics.queued.dec();
-                        self.add(Table::Feedback, String::new(), f.time, f.row(), 64 + f.request_id.len()).await;
-                    }
-                    Some(Entry::Flush(done)) => {
-                        while let Ok((mark, done)) = marks.try_recv() {
-                            self.write_mark(&mark, done).await;
-                        }
-                        self.write_all(|_| true).await;
-                        let _ = done.send(());
-                    }
-                    None => {
-                        self.write_all(|_| true).await;
-                        return;
-                    }
-                },
-                Some((mark, done)) = marks.recv() => self.write_mark(&mark, done).await,
                 _ = tick.tick() => {
+                    self.take(&rx).await;
                     let roll = self.settings.roll_interval;
                     self.write_all(|b| b.since.elapsed() >= roll).await;
                 }
+                flush = flushes.recv() => {
+                    self.take(&rx).await;
+                    while let Ok((mark, done)) = marks.try_recv() {
+                        self.write_mark(&mark, done).await;
+                    }
+                    self.write_all(|_| true).await;
+                    match flush {
+                        Some(done) => {
+                            let _ = done.send(());
+                        }
+                        // The log is gone: what it held is written; the thread ends.
+                        None => return,
+                    }
+                }
+                Some((mark, done)) = marks.recv() => self.write_mark(&mark, done).await,
+            }
+        }
+    }
+
+    /// Takes everything queued into the buffers (writing those that fill).
+    async fn take(&mut self, rx: &crossbeam_channel::Receiver<Entry>) {
+        while let Ok(entry) = rx.try_recv() {
+            self.metrics.queued.dec();
+            match entry {
+                Entry::Prediction(p) => {
+                    let (model, time, size) = (p.model.clone(), p.time, p.size());
+                    self.add(Table::Predictions, model, time, p.into_row(), size).await;
+                }
+                Entry::Feedback(f) => self.add(Table::Feedback, String::new(), f.time, f.row(), 64 + f.request_id.len()).await,
             }
         }
     }
