@@ -137,8 +137,8 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct PredictArgs {
     /// The model: a file (ONNX, or a pickle, XGBoost or LightGBM model, converted first), or a
-    /// registry model NAME@ALIAS, NAME:VERSION or NAME
-    #[arg(value_name = "MODEL", required_unless_present = "server", conflicts_with = "server")]
+    /// registry model NAME@ALIAS, NAME:VERSION or NAME [default: --config's model.path]
+    #[arg(value_name = "MODEL", required_unless_present_any = ["server", "config"], conflicts_with = "server")]
     pub model: Option<PathBuf>,
 
     /// Score on a running endpoint instead of in this process: chunks are POSTed to URL/v1/predict
@@ -178,6 +178,15 @@ pub struct PredictArgs {
     /// Registry for NAME@ALIAS models: a directory, or s3://bucket/prefix [env: MODELSHIP_REGISTRY]
     #[arg(long, value_name = "DIR|URL")]
     pub registry: Option<PathBuf>,
+
+    /// Rows are entities: each row's columns are the entity's fields, and the model's features
+    /// come from the feature store of --config's features section (as /v1/predict by entities)
+    #[arg(long)]
+    pub entities: bool,
+
+    /// A serving config (serving.yaml) whose features section gives the feature store
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// Discard the parts an interrupted run left and score every row again
     #[arg(long)]

@@ -44,6 +44,10 @@ pub struct RawPredictionLog {
     pub url: Option<String>,
     #[serde(default)]
     pub sample: RawSampling,
+    /// Rates of their own for some models, by name: `{fraud: {stable: 0.01}}` (roles left out
+    /// take `sample`'s).
+    #[serde(default)]
+    pub models: BTreeMap<String, RawSampling>,
     /// Records waiting to be written before new ones are dropped.
     pub queue: Option<usize>,
     pub roll_rows: Option<usize>,
@@ -212,18 +216,22 @@ fn resolve_prediction_log(raw: &RawPredictionLog, problems: &mut Vec<String>) ->
         return None;
     };
     let defaults = modelship_predictions::LogSettings::default();
-    let mut rate = |role: &str, value: Option<f64>| {
-        let v = value.unwrap_or(1.0);
-        if !(0.0..=1.0).contains(&v) {
-            problems.push(format!("prediction_log.sample.{role} is {v}; it must be between 0 and 1 (0.01 keeps 1 %)"));
+    let mut rates = |key: &str, raw: &RawSampling, base: modelship_predictions::Sampling| {
+        let mut rate = |role: &str, value: Option<f64>, default: f64| {
+            let v = value.unwrap_or(default);
+            if !(0.0..=1.0).contains(&v) {
+                problems.push(format!("{key}.{role} is {v}; it must be between 0 and 1 (0.01 keeps 1 %)"));
+            }
+            v
+        };
+        modelship_predictions::Sampling {
+            stable: rate("stable", raw.stable, base.stable),
+            candidate: rate("candidate", raw.candidate, base.candidate),
+            shadow: rate("shadow", raw.shadow, base.shadow),
         }
-        v
     };
-    let sampling = modelship_predictions::Sampling {
-        stable: rate("stable", raw.sample.stable),
-        candidate: rate("candidate", raw.sample.candidate),
-        shadow: rate("shadow", raw.sample.shadow),
-    };
+    let sampling = rates("prediction_log.sample", &raw.sample, modelship_predictions::Sampling::default());
+    let models = raw.models.iter().map(|(name, own)| (name.clone(), rates(&format!("prediction_log.models.{name}"), own, sampling))).collect();
     let queue = raw.queue.unwrap_or(defaults.queue);
     check_range("prediction_log.queue", queue, 1, 10_000_000, problems);
     let roll_rows = raw.roll_rows.unwrap_or(defaults.roll_rows);
@@ -236,7 +244,7 @@ fn resolve_prediction_log(raw: &RawPredictionLog, problems: &mut Vec<String>) ->
     }
     Some(modelship_server::PredictionLogSettings {
         url,
-        log: modelship_predictions::LogSettings { sampling, queue, roll_rows, roll_bytes, roll_interval, replica: None },
+        log: modelship_predictions::LogSettings { sampling, models, queue, roll_rows, roll_bytes, roll_interval, replica: None },
     })
 }
 
@@ -1130,11 +1138,16 @@ logging:
             assert_eq!((s.stable, s.candidate, s.shadow, log.log.roll_interval.as_secs()), (stable, candidate, shadow, roll), "{file}");
         }
         assert!(check("", &[], &["/m.onnx"]).unwrap().prediction_log.is_none(), "off unless asked");
+        // A model's own rates: the roles it leaves out take the log's.
+        let log = check("prediction_log: {url: p, sample: {stable: 0.1}, models: {fraud: {stable: 1, shadow: 0}}}\n", &[], &["/m.onnx"]).unwrap().prediction_log.unwrap();
+        let fraud = log.log.models["fraud"];
+        assert_eq!((fraud.stable, fraud.candidate, fraud.shadow, log.log.sampling.stable), (1.0, 1.0, 0.0, 0.1));
         let bad: Vec<(&str, Vec<&str>, &str)> = vec![
             ("prediction_log: {sample: {stable: 0.5}}\n", vec![], "prediction_log is set without a url"),
             ("prediction_log: {url: p, sample: {stable: 2}}\n", vec![], "prediction_log.sample.stable is 2"),
             ("prediction_log: {url: p, roll_seconds: 7200}\n", vec![], "roll_seconds must be between 0.1 and 3600"),
             ("prediction_log: {url: p, queue: 0}\n", vec![], "prediction_log.queue"),
+            ("prediction_log: {url: p, models: {fraud: {candidate: -1}}}\n", vec![], "prediction_log.models.fraud.candidate is -1"),
             ("", vec!["--prediction-log", "p", "--prediction-log-sample", "canary=1"], "'canary' is not a role"),
             ("", vec!["--prediction-log", "p", "--prediction-log-sample", "stable=1.5"], "a rate is between 0 and 1"),
         ];

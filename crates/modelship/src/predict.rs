@@ -36,6 +36,10 @@ With --server URL the chunks go to a running endpoint's /v1/predict instead (a m
 server, or a Lambda function's URL or API, with --api-key): the version that answered each \
 row is in its version column.
 
+With --entities, each row is an entity (its columns are the entity's fields) and the model's \
+features come from the feature store of --config's features section, as /v1/predict by \
+entities gets them.
+
 A killed run leaves OUTPUT.parts/ (a part per finished chunk and a manifest); run the same \
 command again and it resumes there. Parts from another input or another model are refused: \
 pass --restart to start over.
@@ -60,6 +64,8 @@ struct Manifest {
     chunk_rows: usize,
     columns: Vec<String>,
     id_column: Option<String>,
+    #[serde(default)]
+    entities: bool,
 }
 
 const PART_COLUMNS: [Column; 5] = [
@@ -80,24 +86,31 @@ enum Scorer {
 
 impl Scorer {
     /// The version that answered and one prediction per row.
-    async fn score(&self, rows: Box<serde_json::value::RawValue>, request_id: &str) -> anyhow::Result<(String, Vec<serde_json::Value>)> {
+    async fn score(&self, payload: Payload, request_id: &str) -> anyhow::Result<(String, Vec<serde_json::Value>)> {
         match self {
             Scorer::Local(state) => {
-                let scored = modelship_server::batch::score_rows(state, rows, request_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let scored = match payload {
+                    Payload::Rows(rows) => modelship_server::batch::score_rows(state, rows, request_id).await,
+                    Payload::Entities(entities) => modelship_server::batch::score_entities(state, entities, request_id).await,
+                };
+                let scored = scored.map_err(|e| anyhow::anyhow!("{e}"))?;
                 Ok((scored.version, scored.predictions))
             }
             Scorer::Remote { agent, url, api_key } => {
+                let body = match payload {
+                    Payload::Rows(rows) => format!(r#"{{"features":{}}}"#, rows.get()),
+                    Payload::Entities(entities) => serde_json::to_string(&json!({ "entities": entities }))?,
+                };
                 let (agent, url, api_key, id) = (agent.clone(), url.clone(), api_key.clone(), request_id.to_owned());
-                tokio::task::spawn_blocking(move || remote(&agent, &url, api_key.as_deref(), &rows, &id)).await?
+                tokio::task::spawn_blocking(move || remote(&agent, &url, api_key.as_deref(), &body, &id)).await?
             }
         }
     }
 }
 
-/// One chunk through `URL/v1/predict`: `{"features": rows}`, answered `{"prediction": [...],
-/// "model_version": ...}`; a refusal is the endpoint's own error message.
-fn remote(agent: &ureq::Agent, url: &str, api_key: Option<&str>, rows: &serde_json::value::RawValue, id: &str) -> anyhow::Result<(String, Vec<serde_json::Value>)> {
-    let body = format!(r#"{{"features":{}}}"#, rows.get());
+/// One chunk through `URL/v1/predict`: `{"features": rows}` or `{"entities": [...]}`, answered
+/// `{"prediction": [...], "model_version": ...}`; a refusal is the endpoint's own error message.
+fn remote(agent: &ureq::Agent, url: &str, api_key: Option<&str>, body: &str, id: &str) -> anyhow::Result<(String, Vec<serde_json::Value>)> {
     let mut request = agent.post(url).header("content-type", "application/json").header("x-request-id", id);
     if let Some(key) = api_key {
         request = request.header("x-api-key", key);
@@ -124,6 +137,7 @@ pub fn main(args: PredictArgs) -> ExitCode {
     }
     let serve = ServeArgs {
         model: args.model.clone(),
+        config: args.config.clone(),
         registry: args.registry.clone(),
         workers: Some(args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))),
         ort_lib: args.ort_lib.clone(),
@@ -132,7 +146,21 @@ pub fn main(args: PredictArgs) -> ExitCode {
         log_format: Some(crate::cli::LogFormatArg::Text),
         ..ServeArgs::default()
     };
-    let mut config = match config::resolve(config::RawConfig::default(), &env, &serve) {
+    let file = match &args.config {
+        Some(path) => match config::load_file(path) {
+            Ok(raw) => raw,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => config::RawConfig::default(),
+    };
+    if args.entities && file.features.is_none() {
+        eprintln!("error: --entities looks rows up in the feature store: pass --config with a features section (store_url, key, features)");
+        return ExitCode::from(2);
+    }
+    let mut config = match config::resolve(file, &env, &serve) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -173,7 +201,8 @@ async fn run(args: PredictArgs, config: config::ServeConfig) -> anyhow::Result<(
     let backend: Arc<dyn Backend> = Arc::new(onnx);
     let model = crate::startup::first_model(&config, &backend).await?;
     let described = Model { name: model.name.clone(), version: model.version.clone(), sha256: modelship_registry::artifacts::sha256_hex(&model.bytes) };
-    let state = modelship_server::build_batch(&crate::startup::settings(&config), model, backend).await.map_err(|e| anyhow::anyhow!(e))?;
+    let features = crate::startup::features(&config);
+    let state = modelship_server::build_batch(&crate::startup::settings(&config), model, backend, features.as_ref()).await.map_err(|e| anyhow::anyhow!(e))?;
     score_file(args, Scorer::Local(state), described, config.workers.max(1)).await
 }
 
@@ -186,7 +215,7 @@ async fn score_file(args: PredictArgs, scorer: Scorer, model: Model, workers: us
     let input_sha256 = sha256_file(&args.input)?;
     let Model { name, version, sha256: model_sha256 } = model;
 
-    let mut reader = Rows::open(&args.input, &args.columns, args.id_column.as_deref())?;
+    let mut reader = Rows::open(&args.input, &args.columns, args.id_column.as_deref(), args.entities)?;
     let manifest = Manifest {
         input_sha256: input_sha256.clone(),
         model: name.clone(),
@@ -195,6 +224,7 @@ async fn score_file(args: PredictArgs, scorer: Scorer, model: Model, workers: us
         chunk_rows: args.chunk_rows,
         columns: reader.features.clone(),
         id_column: args.id_column.clone(),
+        entities: args.entities,
     };
     let parts = parts_dir(&args.output);
     let resumed = prepare_parts(&parts, &manifest, args.restart)?;
@@ -227,7 +257,7 @@ async fn score_file(args: PredictArgs, scorer: Scorer, model: Model, workers: us
         let (scorer, bar, id) = (scorer.clone(), bar.clone(), format!("batch-{}-{index}", &input_sha256[..12]));
         running.spawn(async move {
             let _permit = permit;
-            let (answered_by, predictions) = scorer.score(chunk.json, &id).await.map_err(|e| anyhow::anyhow!("rows {first}..{}: {e:#}", first + chunk.rows as u64))?;
+            let (answered_by, predictions) = scorer.score(chunk.payload, &id).await.map_err(|e| anyhow::anyhow!("rows {first}..{}: {e:#}", first + chunk.rows as u64))?;
             if predictions.len() != chunk.rows {
                 bail!("rows {first}..: the model answered {} predictions for {} rows", predictions.len(), chunk.rows);
             }
@@ -449,11 +479,17 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// One chunk: its rows as a JSON array of feature rows, and their ids.
+/// One chunk: its rows, and their ids.
 struct Chunk {
-    json: Box<serde_json::value::RawValue>,
+    payload: Payload,
     ids: Vec<Option<String>>,
     rows: usize,
+}
+
+/// What a chunk sends: feature rows (a JSON array of arrays), or entities.
+enum Payload {
+    Rows(Box<serde_json::value::RawValue>),
+    Entities(Vec<serde_json::Map<String, serde_json::Value>>),
 }
 
 /// The input file, read a chunk at a time.
@@ -464,6 +500,9 @@ struct Rows {
     /// Where each feature and the id are in a record.
     positions: Vec<usize>,
     id: Option<usize>,
+    /// Every column's name, for rows read as entities.
+    names: Vec<String>,
+    entities: bool,
     /// Rows in the file, when known up front (Parquet, or counted for CSV).
     total: Option<u64>,
     next_row: u64,
@@ -475,7 +514,7 @@ enum Source {
 }
 
 impl Rows {
-    fn open(path: &Path, columns: &[String], id_column: Option<&str>) -> anyhow::Result<Rows> {
+    fn open(path: &Path, columns: &[String], id_column: Option<&str>, entities: bool) -> anyhow::Result<Rows> {
         let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
         let (source, names, total) = match ext.as_deref() {
             Some("csv") => {
@@ -506,13 +545,14 @@ impl Rows {
         if features.is_empty() {
             bail!("{} has no feature column", path.display());
         }
-        Ok(Rows { source, features, positions, id, total, next_row: 0 })
+        Ok(Rows { source, features, positions, id, names, entities, total, next_row: 0 })
     }
 
     /// The next chunk of at most `n` rows; `None` at the end.
     fn next_chunk(&mut self, n: usize) -> anyhow::Result<Option<Chunk>> {
-        let mut json = String::with_capacity(n * self.positions.len() * 12);
+        let mut json = String::with_capacity(if self.entities { 0 } else { n * self.positions.len() * 12 });
         json.push('[');
+        let mut entities = Vec::new();
         let mut ids = Vec::with_capacity(n);
         while ids.len() < n {
             let row = self.next_row;
@@ -526,7 +566,26 @@ impl Rows {
                     Some(r) => r.with_context(|| format!("row {row}: cannot be read"))?.get_column_iter().map(|(_, f)| parquet_cell(f)).collect(),
                 },
             };
-            if ids.len() > 0 {
+            if self.entities {
+                // Every column is a field of the entity: numbers as numbers, the rest as text.
+                let entity = self
+                    .names
+                    .iter()
+                    .zip(&cells)
+                    .map(|(name, text)| {
+                        let value = match text.parse::<i64>() {
+                            Ok(i) => serde_json::Value::from(i),
+                            Err(_) => text.parse::<f64>().ok().filter(|v| v.is_finite()).map_or_else(|| serde_json::Value::from(text.clone()), serde_json::Value::from),
+                        };
+                        (name.clone(), value)
+                    })
+                    .collect();
+                entities.push(entity);
+                ids.push(self.id.and_then(|i| cells.get(i).cloned()));
+                self.next_row += 1;
+                continue;
+            }
+            if !ids.is_empty() {
                 json.push(',');
             }
             json.push('[');
@@ -545,9 +604,12 @@ impl Rows {
         if ids.is_empty() {
             return Ok(None);
         }
-        json.push(']');
         let rows = ids.len();
-        Ok(Some(Chunk { json: serde_json::value::RawValue::from_string(json)?, ids, rows }))
+        if self.entities {
+            return Ok(Some(Chunk { payload: Payload::Entities(entities), ids, rows }));
+        }
+        json.push(']');
+        Ok(Some(Chunk { payload: Payload::Rows(serde_json::value::RawValue::from_string(json)?), ids, rows }))
     }
 }
 

@@ -71,7 +71,22 @@ pub async fn server_config(config: &ServeConfig, backend: &Arc<dyn Backend>, sta
         let read = model(config, &more.name, &more.version, source, warm_up, backend).await?;
         models.push(with(read, more.limits.clone(), more.declared.clone()));
     }
-    let features = config.features.as_ref().map(|f| Features {
+    let features = features(config);
+    Ok(Config {
+        settings: settings(config),
+        credentials: Credentials::new(Some(&admin_token), &api_keys),
+        token_source,
+        tls,
+        models,
+        features,
+        repository,
+        started,
+    })
+}
+
+/// The feature store and the specs of the models that have one.
+pub fn features(config: &ServeConfig) -> Option<Features> {
+    config.features.as_ref().map(|f| Features {
         store: modelship_features::StoreConfig {
             url: f.store_url.clone(),
             timeout: f.timeout,
@@ -82,16 +97,6 @@ pub async fn server_config(config: &ServeConfig, backend: &Arc<dyn Backend>, sta
         specs: std::iter::once((config.model_name.clone(), f.spec.clone()))
             .chain(config.more_models.iter().filter_map(|m| m.features.clone().map(|spec| (m.name.clone(), spec))))
             .collect(),
-    });
-    Ok(Config {
-        settings: settings(config),
-        credentials: Credentials::new(Some(&admin_token), &api_keys),
-        token_source,
-        tls,
-        models,
-        features,
-        repository,
-        started,
     })
 }
 

@@ -70,6 +70,9 @@ impl Sampling {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogSettings {
     pub sampling: Sampling,
+    /// Rates of their own for some models (`prediction_log.models.NAME`); the others take
+    /// `sampling`.
+    pub models: BTreeMap<String, Sampling>,
     /// Records waiting to be written; past it, new ones are dropped (and counted).
     pub queue: usize,
     /// A file is written once its buffer holds this many rows…
@@ -86,6 +89,7 @@ impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
             sampling: Sampling::default(),
+            models: BTreeMap::new(),
             queue: 65_536,
             roll_rows: 100_000,
             roll_bytes: 64 * 1024 * 1024,
@@ -181,9 +185,10 @@ impl PredictionLog {
         self.settings.replica.as_deref()
     }
 
-    /// Whether `request_id`'s prediction as `role` is to be kept (decide before building it).
-    pub fn keeps(&self, role: &str, request_id: &str) -> bool {
-        self.settings.sampling.keeps(role, request_id)
+    /// Whether `model`'s answer to `request_id` as `role` is to be kept (decide before building
+    /// it): the model's own rates when it has them, else the log's.
+    pub fn keeps(&self, model: &str, role: &str, request_id: &str) -> bool {
+        self.settings.models.get(model).unwrap_or(&self.settings.sampling).keeps(role, request_id)
     }
 
     /// Queues a prediction; drops it (counted) when the queue is full or the log closed.
@@ -387,24 +392,7 @@ mod tests {
     use super::*;
 
     fn prediction(id: usize, model: &str) -> Prediction {
-        Prediction {
-            request_id: format!("req-{id}"),
-            time: now_ms(),
-            model: model.into(),
-            version: "1".into(),
-            revision: Some(1),
-            role: "stable".into(),
-            status: 200,
-            latency_ms: 1.0,
-            inputs: Some("[]".into()),
-            entities: None,
-            outputs: Some("[]".into()),
-            score: Some(0.5),
-            error: None,
-            served_version: None,
-            agreed: None,
-            replica: None,
-        }
+        Prediction { inputs: Some("[]".into()), outputs: Some("[]".into()), score: Some(0.5), ..crate::record::sample(&format!("req-{id}"), model, now_ms()) }
     }
 
     #[test]

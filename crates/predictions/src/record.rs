@@ -349,6 +349,29 @@ pub fn marks_for_rollback(history: &[Routed], rollback: i64, actor: &str, reason
     marks
 }
 
+/// A prediction of version 1 of `model` for the tests: `id`, at `time`, with nothing optional.
+#[cfg(test)]
+pub(crate) fn sample(id: &str, model: &str, time: i64) -> Prediction {
+    Prediction {
+        request_id: id.into(),
+        time,
+        model: model.into(),
+        version: "1".into(),
+        revision: Some(1),
+        role: "stable".into(),
+        status: 200,
+        latency_ms: 1.0,
+        inputs: None,
+        entities: None,
+        outputs: None,
+        score: None,
+        error: None,
+        served_version: None,
+        agreed: None,
+        replica: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,24 +430,7 @@ mod tests {
             reason: "r".into(),
             replica: None,
         };
-        let p = |version: &str, revision: Option<i64>| Prediction {
-            request_id: "x".into(),
-            time: 0,
-            model: "m".into(),
-            version: version.into(),
-            revision,
-            role: "canary".into(),
-            status: 200,
-            latency_ms: 1.0,
-            inputs: None,
-            entities: None,
-            outputs: None,
-            score: None,
-            error: None,
-            served_version: None,
-            agreed: None,
-            replica: None,
-        };
+        let p = |version: &str, revision: Option<i64>| Prediction { version: version.into(), revision, role: "candidate".into(), ..sample("x", "m", 0) };
         assert!(mark.covers(&p("2", Some(2))) && mark.covers(&p("2", Some(3))));
         assert!(!mark.covers(&p("2", Some(4))) && !mark.covers(&p("2", Some(1))) && !mark.covers(&p("1", Some(3))) && !mark.covers(&p("2", None)));
     }

@@ -409,24 +409,7 @@ mod tests {
     async fn files_are_written_partitioned_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path().to_str().unwrap()).unwrap();
-        let p = |id: &str, model: &str| Prediction {
-            request_id: id.into(),
-            time: 1_796_601_600_000,
-            model: model.into(),
-            version: "1".into(),
-            revision: Some(1),
-            role: "stable".into(),
-            status: 200,
-            latency_ms: 1.0,
-            inputs: None,
-            entities: None,
-            outputs: None,
-            score: None,
-            error: None,
-            served_version: None,
-            agreed: None,
-            replica: None,
-        };
+        let p = |id: &str, model: &str| crate::record::sample(id, model, 1_796_601_600_000);
         let key = store.append(Table::Predictions, Some("fraud"), 1_796_601_600_000, &[p("a", "fraud").row(), p("b", "fraud").row()], Some("r0")).await.unwrap();
         assert!(key.starts_with("predictions/model=fraud/date=2026-12-07/1796601600000-r0-"), "{key}");
         store.append(Table::Predictions, Some("../x"), 1_796_601_600_000, &[p("c", "../x").row()], None).await.unwrap();

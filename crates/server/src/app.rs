@@ -583,9 +583,35 @@ pub async fn build_direct(settings: &Settings, credentials: Credentials, model: 
 
 /// The listener-less build of `modelship predict`: the model with the server's pool (its
 /// workers run chunks side by side), loaded and warmed up as a served version is.
-pub async fn build_batch(settings: &Settings, model: Model, backend: Arc<dyn Backend>) -> Result<AppState, BuildError> {
+pub async fn build_batch(settings: &Settings, model: Model, backend: Arc<dyn Backend>, features: Option<&Features>) -> Result<AppState, BuildError> {
     let pool = settings.pool_for(&model.limits);
-    build_listenerless(settings, pool, Credentials::default(), model, backend).await
+    let name = model.name.clone();
+    let state = build_listenerless(settings, pool, Credentials::default(), model, backend).await?;
+    // Rows by entity: the model's features from the store, as a server adds them.
+    if let Some(features) = features
+        && let Some(config) = features.specs.get(&name)
+    {
+        let store = feature_store(features, &state).map_err(failed)?;
+        let served = state.models.served(&name).map_err(|e| failed(e.to_string()))?;
+        let loaded = served.version(&name, &served.table.stable).map_err(|e| failed(e.to_string()))?;
+        let mut models = std::collections::BTreeMap::new();
+        if let Some(service) = feature_service(config, &loaded.info.signature, &store, &name).map_err(failed)? {
+            models.insert(name.clone(), service);
+        }
+        // Connected before the first chunk (a server connects in the background and reports
+        // readiness; a batch has nothing to do until then).
+        let monitored = Arc::clone(&store);
+        state.tasks.spawn("feature-store-monitor", move |_| monitored.monitor());
+        let deadline = std::time::Instant::now() + features.store.timeout.max(Duration::from_secs(10));
+        while !store.is_connected() {
+            if std::time::Instant::now() > deadline {
+                return Err(failed(format!("cannot connect to the feature store at {}", modelship_features::store::redact(&features.store.url))));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = state.features.set(crate::state::FeatureServices { store, models });
+    }
+    Ok(state)
 }
 
 async fn build_listenerless(settings: &Settings, pool: PoolConfig, credentials: Credentials, model: Model, backend: Arc<dyn Backend>) -> Result<AppState, BuildError> {

@@ -21,11 +21,21 @@ pub struct Scored {
 
 /// Scores `rows`, a JSON array of feature rows, as one request with id `request_id`.
 pub async fn score_rows(state: &AppState, rows: Box<RawValue>, request_id: &str) -> Result<Scored, ApiError> {
+    score(state, Inputs::Rows(rows), None, request_id).await
+}
+
+/// Scores `entities` (one object of key fields per row) with the features the feature store
+/// holds for them, as `/v1/predict` by entities does.
+pub async fn score_entities(state: &AppState, entities: Vec<serde_json::Map<String, Value>>, request_id: &str) -> Result<Scored, ApiError> {
+    score(state, Inputs::Prediction, Some(entities), request_id).await
+}
+
+async fn score(state: &AppState, inputs: Inputs, entities: Option<Vec<serde_json::Map<String, Value>>>, request_id: &str) -> Result<Scored, ApiError> {
     let mut headers = HeaderMap::new();
     if let Ok(id) = HeaderValue::from_str(request_id) {
         headers.insert(crate::request_id::HEADER, id);
     }
-    let request = pipeline::Request { model: None, version: None, parameters: serde_json::Map::new(), inputs: Inputs::Rows(rows), entities: None };
+    let request = pipeline::Request { model: None, version: None, parameters: serde_json::Map::new(), inputs, entities };
     let answer = pipeline::run(state, Endpoint::Batch, &headers, Instant::now(), Ok(request)).await;
     let outcome = answer.result?;
     let version = answer.model.map(|m| m.version.clone()).unwrap_or_default();

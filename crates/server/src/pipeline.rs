@@ -163,7 +163,7 @@ async fn infer(state: &AppState, routed: &Routed, revision: u64, request: Reques
     check_size(state, &infer_request)?;
     let id = infer_request.id.take();
     // Kept as data: the inputs as the model gets them (features added), before they are moved.
-    if let Some(log) = state.predictions.get().filter(|log| log.keeps(routed.role.as_str(), &call.request_id)) {
+    if let Some(log) = state.predictions.get().filter(|log| log.keeps(&model.name, routed.role.as_str(), &call.request_id)) {
         let entities = request.entities.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default());
         call.kept = Some(Kept { log: Arc::clone(log), inputs: modelship_protocol::v2::tensors_json(&infer_request.inputs), entities, outputs: None });
     }
@@ -177,7 +177,7 @@ async fn infer(state: &AppState, routed: &Routed, revision: u64, request: Reques
         kept.outputs = Some(modelship_protocol::v2::tensors_json(&outputs));
     }
     if let (Some(shadow), Some(copy)) = (&routed.shadow, mirror) {
-        let log = state.predictions.get().filter(|log| log.keeps(Role::Shadow.as_str(), &call.request_id)).map(|log| crate::shadow::ShadowLog {
+        let log = state.predictions.get().filter(|log| log.keeps(&model.name, Role::Shadow.as_str(), &call.request_id)).map(|log| crate::shadow::ShadowLog {
             log: Arc::clone(log),
             request_id: call.request_id.clone(),
             revision,

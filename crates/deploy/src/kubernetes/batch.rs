@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 
 use super::api::*;
-use super::workload::{fetch_container, model_path, resources, security, tracks};
+use super::workload::{fetch_container, model_path, pod_security, resources, security, tracks};
 use super::{Files, labels, meta};
-use crate::description::{Deployment, UID};
+use crate::description::Deployment;
 
 /// Where the claim is mounted in the Job's container.
 pub const DATA_DIR: &str = "/data";
@@ -70,13 +70,7 @@ pub fn objects(d: &Deployment, files: &mut Files) {
                         automount_service_account_token: false,
                         enable_service_links: false,
                         restart_policy: "Never",
-                        security_context: PodSecurityContext {
-                            run_as_non_root: true,
-                            run_as_user: UID,
-                            run_as_group: UID,
-                            fs_group: UID,
-                            seccomp_profile: SeccompProfile { kind: "RuntimeDefault" },
-                        },
+                        security_context: pod_security(),
                         init_containers: track.digest.as_ref().map(|digest| fetch_container(d, &track, digest)).into_iter().collect(),
                         containers: vec![container],
                         volumes,

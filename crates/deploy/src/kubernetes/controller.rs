@@ -11,9 +11,9 @@
 use std::collections::BTreeMap;
 
 use super::api::*;
-use super::workload::{image, security};
+use super::workload::{image, pod_security, security};
 use super::{Files, labels, meta};
-use crate::description::{Deployment, Mesh, UID};
+use crate::description::{Deployment, Mesh};
 
 /// Where the Job's container reads the spec.
 pub const SPEC_DIR: &str = "/etc/modelship/rollout";
@@ -116,13 +116,7 @@ pub fn objects(d: &Deployment, files: &mut Files) {
                         automount_service_account_token: true,
                         enable_service_links: false,
                         restart_policy: "Never",
-                        security_context: PodSecurityContext {
-                            run_as_non_root: true,
-                            run_as_user: UID,
-                            run_as_group: UID,
-                            fs_group: UID,
-                            seccomp_profile: SeccompProfile { kind: "RuntimeDefault" },
-                        },
+                        security_context: pod_security(),
                         init_containers: vec![],
                         containers: vec![container],
                         volumes: vec![Volume { name: "rollout", config_map: Some(ConfigMapVolume { name: spec_map }), empty_dir: None, persistent_volume_claim: None }],

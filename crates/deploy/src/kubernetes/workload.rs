@@ -92,7 +92,7 @@ pub fn deployment(d: &Deployment, t: &Track) -> Object<Spec<DeploymentSpec>> {
         // Only the control store needs the API server.
         automount_service_account_token: mesh_free(d),
         enable_service_links: false,
-        security_context: PodSecurityContext { run_as_non_root: true, run_as_user: UID, run_as_group: UID, fs_group: UID, seccomp_profile: SeccompProfile { kind: "RuntimeDefault" } },
+        security_context: pod_security(),
         // The preStop sleep, the drain, and 5 s for the process to exit.
         termination_grace_period_seconds: delay + grace + 5,
         init_containers: t.digest.as_ref().map(|digest| fetch_container(d, t, digest)).into_iter().collect(),
@@ -127,6 +127,11 @@ pub fn deployment(d: &Deployment, t: &Track) -> Object<Spec<DeploymentSpec>> {
             },
         },
     }
+}
+
+/// Every pod's: uid and gid 10001, never root, the runtime's default seccomp profile.
+pub(super) fn pod_security() -> PodSecurityContext {
+    PodSecurityContext { run_as_non_root: true, run_as_user: UID, run_as_group: UID, fs_group: UID, seccomp_profile: SeccompProfile { kind: "RuntimeDefault" } }
 }
 
 pub(super) fn security() -> ContainerSecurityContext {

@@ -464,3 +464,42 @@ fn each_model_has_its_own_feature_spec() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("models[0].features is set") && err.contains("features.store_url"), "{err}");
 }
+
+/// `modelship predict --entities`: a file of entity keys (and the request's own fields) scored
+/// with the features the store holds for them, as `/v1/predict` by entities answers them, row for
+/// row.
+#[test]
+fn a_file_of_entities_is_scored_with_the_store_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(free_port());
+    let cfg = config(dir.path(), &redis, "  cache_ttl: 300\n");
+    assert_eq!(load(&cfg, &csv(dir.path()))["loaded"], CUSTOMERS);
+    let input = dir.path().join("entities.csv");
+    let mut text = String::from("customer_id,f00,f01\n");
+    for r in 0..1000 {
+        let c = r % CUSTOMERS;
+        text.push_str(&format!("c{c},{},{}\n", c as f64, -(c as f64)));
+    }
+    std::fs::write(&input, text).unwrap();
+    let output = dir.path().join("scored.jsonl");
+    let out = command()
+        .args(["predict", "--config", cfg.to_str().unwrap(), "--entities", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()])
+        .args(["--id-column", "customer_id", "--chunk-rows", "128", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    wait_ready(&server, 200);
+    let want = prediction(&server, json!({"features": (0..CUSTOMERS).map(row).collect::<Vec<_>>()}));
+    let scored: Vec<Value> = std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(scored.len(), 1000);
+    for (r, line) in scored.iter().enumerate() {
+        let c = r % CUSTOMERS;
+        assert_eq!((line["row"].as_u64(), line["id"].as_str()), (Some(r as u64), Some(format!("c{c}").as_str())));
+        assert!((line["prediction"].as_f64().unwrap() - want[c]).abs() < 1e-6, "row {r}: {line} vs {}", want[c]);
+    }
+    // Without the store's features there is nothing to look entities up in: a usage error.
+    let out = command().args(["predict", &model("logistic_regression"), "--entities", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --config with a features section"));
+}

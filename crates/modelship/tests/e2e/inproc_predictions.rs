@@ -44,6 +44,28 @@ fn predictions(dir: &Path, args: &[&str]) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// 10,000 requests from 32 clients at once (c=32), ids `PREFIX-CLIENT-N`, each answered 200:
+/// id -> the version that answered.
+fn ten_thousand(app: &App, prefix: &str) -> BTreeMap<String, String> {
+    let clients: Vec<_> = (0..32)
+        .map(|c| {
+            let (url, prefix) = (app.url("/v2/models/fraud/infer"), prefix.to_owned());
+            thread::spawn(move || {
+                let agent = agent();
+                let mut answered = BTreeMap::new();
+                for n in 0..(312 + usize::from(c < 16)) {
+                    let id = format!("{prefix}-{c}-{n}");
+                    let r = reply(agent.post(&url).header("content-type", "application/json").header("x-request-id", &id).send(fraud_body(1)).unwrap());
+                    assert_eq!(r.status, 200, "{}", r.text);
+                    answered.insert(id, r.header("x-model-version").unwrap().to_owned());
+                }
+                answered
+            })
+        })
+        .collect();
+    clients.into_iter().flat_map(|c| c.join().unwrap()).collect()
+}
+
 /// How pyarrow and DuckDB read the log: one dataset per table, hive partitions as columns.
 const READ_BACK: &str = r#"
 import json, sys
@@ -62,7 +84,7 @@ print(json.dumps({"pyarrow_rows": t.num_rows, "pyarrow_distinct": len(set(pairs)
                   "duckdb_rows": rows, "duckdb_distinct": distinct, "columns": t.column_names}))
 "#;
 
-/// 2,000 requests from 8 clients with a 20 % canary and a 100 % shadow: each request id is kept
+/// 10,000 requests at c=32 with a 20 % canary and a 100 % shadow: each request id is kept
 /// exactly once as the answer its client got and at most once as a shadow answer, every shadow
 /// answer the server compared is kept, and pyarrow and DuckDB read the same rows.
 #[test]
@@ -73,29 +95,13 @@ fn every_answer_is_kept_once_per_role_and_read_back_by_pyarrow_and_duckdb() {
     let app = fixtures.serve("1", logging(&fixtures, log.path()));
     app.change(json!({"op": "canary", "version": "2", "weight": 2000}));
     app.change(json!({"op": "shadow", "version": "3", "percent": 10000}));
-    let clients: Vec<_> = (0..8)
-        .map(|c| {
-            let url = app.url("/v2/models/fraud/infer");
-            thread::spawn(move || {
-                let agent = agent();
-                let mut answered = BTreeMap::new();
-                for n in 0..250 {
-                    let id = format!("req-{c}-{n}");
-                    let r = reply(agent.post(&url).header("content-type", "application/json").header("x-request-id", &id).send(fraud_body(1)).unwrap());
-                    assert_eq!(r.status, 200, "{}", r.text);
-                    answered.insert(id, r.header("x-model-version").unwrap().to_owned());
-                }
-                answered
-            })
-        })
-        .collect();
-    let answered: BTreeMap<String, String> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
-    assert_eq!(answered.len(), 2000);
+    let answered = ten_thousand(&app, "req");
+    assert_eq!(answered.len(), 10_000);
     // Every copy mirrored was compared (or failed, or dropped) before the server stops.
     let shadow_count = |app: &App, result: &str| app.metric("modelship_shadow_comparisons_total", &[&format!("result=\"{result}\"")]).unwrap_or(0.0);
     let dropped = |app: &App| app.metric("modelship_shadow_dropped_total", &[]).unwrap_or(0.0);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while shadow_count(&app, "agree") + shadow_count(&app, "disagree") + shadow_count(&app, "error") + dropped(&app) < 2000.0 {
+    while shadow_count(&app, "agree") + shadow_count(&app, "disagree") + shadow_count(&app, "error") + dropped(&app) < 10_000.0 {
         assert!(Instant::now() < deadline, "the shadow copies never all finished");
         thread::sleep(Duration::from_millis(50));
     }
@@ -109,8 +115,8 @@ fn every_answer_is_kept_once_per_role_and_read_back_by_pyarrow_and_duckdb() {
     assert_eq!(log_dropped, 0.0, "nothing dropped at this rate");
     // Each request exactly once as its client's answer, by the version that answered it.
     let served_ids: BTreeMap<&str, &Prediction> = served.iter().map(|p| (p.request_id.as_str(), *p)).collect();
-    assert_eq!(served.len(), 2000, "one answer per request");
-    assert_eq!(served_ids.len(), 2000, "no request kept twice");
+    assert_eq!(served.len(), 10_000, "one answer per request");
+    assert_eq!(served_ids.len(), 10_000, "no request kept twice");
     for (id, version) in &answered {
         let p = served_ids.get(id.as_str()).unwrap_or_else(|| panic!("{id} not kept"));
         assert_eq!(&p.version, version, "{id}");
@@ -119,7 +125,7 @@ fn every_answer_is_kept_once_per_role_and_read_back_by_pyarrow_and_duckdb() {
         assert!(p.outputs.is_some() && p.score.is_some() && p.revision == Some(2) && p.status == 200, "{p:?}");
     }
     let on_candidate = served.iter().filter(|p| p.role == "candidate").count();
-    assert!((250..=550).contains(&on_candidate), "{on_candidate} of 2000 on a 20 % canary");
+    assert!((1_600..=2_400).contains(&on_candidate), "{on_candidate} of 10000 on a 20 % canary");
     // Each compared shadow copy once, beside the answer its client got.
     let shadow_ids: BTreeSet<&str> = shadows.iter().map(|p| p.request_id.as_str()).collect();
     assert_eq!(shadow_ids.len(), shadows.len(), "a shadow answer kept twice");
@@ -296,7 +302,7 @@ fn labels_posted_after_a_restart_still_count_in_the_quality_check() {
     assert_eq!(kept.iter().map(|f| f.request_id.as_str()).collect::<BTreeSet<_>>().len(), 120);
 }
 
-/// The log in PostgreSQL: 2,000 requests with a 20 % canary and a 100 % shadow are each kept
+/// The log in PostgreSQL: 10,000 requests at c=32 with a 20 % canary and a 100 % shadow are each kept
 /// once per role (read with `psql`); an operator's rollback marks exactly the candidate's rows
 /// (one query on the `modelship_predictions_marked` view); the database is killed for 10 s under
 /// load: no request fails, every answer is kept or counted as dropped, and writing resumes.
@@ -313,29 +319,17 @@ fn postgres_keeps_every_answer_once_marks_rollbacks_and_outlives_a_database_rest
     let app = fixtures.serve("1", settings);
     app.change(json!({"op": "canary", "version": "2", "weight": 2000}));
     app.change(json!({"op": "shadow", "version": "3", "percent": 10000}));
-    let clients: Vec<_> = (0..8)
-        .map(|c| {
-            let url = app.url("/v2/models/fraud/infer");
-            thread::spawn(move || {
-                let agent = agent();
-                for n in 0..250 {
-                    let r = reply(agent.post(&url).header("content-type", "application/json").header("x-request-id", &format!("pg-{c}-{n}")).send(fraud_body(1)).unwrap());
-                    assert_eq!(r.status, 200, "{}", r.text);
-                }
-            })
-        })
-        .collect();
-    clients.into_iter().for_each(|c| c.join().unwrap());
+    ten_thousand(&app, "pg");
     let shadow_done = |app: &App| {
         ["agree", "disagree", "error"].iter().map(|r| app.metric("modelship_shadow_comparisons_total", &[&format!("result=\"{r}\"")]).unwrap_or(0.0)).sum::<f64>()
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while shadow_done(&app) + app.metric("modelship_shadow_dropped_total", &[]).unwrap_or(0.0) < 2000.0 {
+    while shadow_done(&app) + app.metric("modelship_shadow_dropped_total", &[]).unwrap_or(0.0) < 10_000.0 {
         assert!(Instant::now() < deadline, "the shadow copies never all finished");
         thread::sleep(Duration::from_millis(50));
     }
     let compared = shadow_done(&app) as u64;
-    let expected = 2000 + compared;
+    let expected = 10_000 + compared;
     // Kept or counted as dropped, each: a queue of 500 may overflow while the first connection
     // and the migration are made, or not, as the machine goes.
     let dropped = |app: &App| app.metric("modelship_prediction_log_dropped_total", &["queue_full"]).unwrap_or(0.0) as u64;
