@@ -10,6 +10,7 @@
 //! table naming a model, a version and a range of routing revisions); a prediction is "rolled
 //! back" when a mark covers it. Only a purge rewrites files, and it is audited.
 
+mod error;
 pub mod log;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -15,7 +15,7 @@ use tokio_postgres::types::{Json, ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
 
 use crate::record::{Audit, Feedback, Mark, Prediction, Table};
-use crate::store::StoreError;
+use crate::error::StoreError;
 use crate::table::Value;
 
 /// The schema, one migration per step; never edited once released, only added to.

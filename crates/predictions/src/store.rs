@@ -24,26 +24,7 @@ use object_store::path::Path as StorePath;
 use crate::record::{Audit, Feedback, Mark, Prediction, Table};
 use crate::table::{self, Value};
 
-/// Why the log's store could not be opened, written or read.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{0}")]
-    Config(String),
-    #[error("{0}")]
-    Io(String),
-}
-
-impl From<object_store::Error> for StoreError {
-    fn from(e: object_store::Error) -> Self {
-        StoreError::Io(e.to_string())
-    }
-}
-
-impl From<table::TableError> for StoreError {
-    fn from(e: table::TableError) -> Self {
-        StoreError::Io(e.0)
-    }
-}
+pub use crate::error::StoreError;
 
 /// Where the log is: files (a directory or a bucket) or a PostgreSQL database, by URL.
 #[derive(Clone)]
