@@ -7,8 +7,13 @@ use crate::table;
 pub enum StoreError {
     #[error("{0}")]
     Config(String),
+    /// Worth retrying: the store is away, slow, or refused for now.
     #[error("{0}")]
     Io(String),
+    /// Never worth retrying: the store refused these rows themselves (a value its column
+    /// cannot hold, a constraint). The batch is dropped and counted.
+    #[error("{0}")]
+    Rejected(String),
 }
 
 impl From<object_store::Error> for StoreError {

@@ -115,7 +115,7 @@ impl LogMetrics {
         let rows = IntCounterVec::new(Opts::new("modelship_prediction_log_rows_total", "Rows written to the prediction log, by table"), &["table"])?;
         let files = IntCounterVec::new(Opts::new("modelship_prediction_log_files_total", "Files written to the prediction log, by table"), &["table"])?;
         let dropped = IntCounterVec::new(
-            Opts::new("modelship_prediction_log_dropped_total", "Records the prediction log did not keep, by reason (queue_full, shutdown)"),
+            Opts::new("modelship_prediction_log_dropped_total", "Records the prediction log did not keep, by reason (queue_full, shutdown, rejected)"),
             &["reason"],
         )?;
         let write_errors = IntCounter::new("modelship_prediction_log_write_errors_total", "Writes to the prediction log's store that failed (each retried)")?;
@@ -152,6 +152,9 @@ pub struct PredictionLog {
     store: LogStore,
     /// Set when [`PredictionLog::close`] gave up waiting: the writer stops retrying.
     abandon: Arc<AtomicBool>,
+    /// Set when [`PredictionLog::close`] began: what is sent after it is counted as dropped
+    /// (`shutdown`), never queued and lost.
+    closed: AtomicBool,
     /// Milliseconds since the epoch of the last warning about drops (one per 10 s at most).
     warned_ms: AtomicI64,
 }
@@ -174,7 +177,7 @@ impl PredictionLog {
             // Without a writer the queue fills and every record is dropped and counted.
             tracing::error!(error = %e, "cannot start the prediction log's writer thread; predictions will be dropped");
         }
-        Arc::new(PredictionLog { tx, flushes, marks, settings, metrics, store, abandon, warned_ms: AtomicI64::new(0) })
+        Arc::new(PredictionLog { tx, flushes, marks, settings, metrics, store, abandon, closed: AtomicBool::new(false), warned_ms: AtomicI64::new(0) })
     }
 
     pub fn store(&self) -> &LogStore {
@@ -202,6 +205,10 @@ impl PredictionLog {
     }
 
     fn send(&self, entry: Entry) {
+        if self.closed.load(Ordering::Relaxed) {
+            self.metrics.drop_one("shutdown");
+            return;
+        }
         match self.tx.try_send(entry) {
             Ok(()) => self.metrics.queued.inc(),
             Err(e) => {
@@ -219,18 +226,18 @@ impl PredictionLog {
         }
     }
 
-    /// Writes a rollback's mark (never dropped: retried until the store takes it); resolves once
-    /// it is written.
-    pub async fn mark(&self, mark: Mark) {
+    /// Queues a rollback's mark at once (never dropped: retried until the store takes it, and
+    /// written by a close that follows); the receiver resolves once it is written.
+    pub fn mark(&self, mark: Mark) -> oneshot::Receiver<()> {
         let (done, written) = oneshot::channel();
-        if self.marks.send((mark, Some(done))).is_ok() {
-            let _ = written.await;
-        }
+        let _ = self.marks.send((mark, Some(done)));
+        written
     }
 
     /// Writes everything queued and buffered; waits at most `within`. What could not be written
     /// by then is dropped and counted (`shutdown`).
     pub async fn close(&self, within: Duration) {
+        self.closed.store(true, Ordering::Relaxed);
         let (done, flushed) = oneshot::channel();
         if self.flushes.send(done).is_err() {
             return;
@@ -302,9 +309,11 @@ impl Writer {
         }
     }
 
-    /// Takes everything queued into the buffers (writing those that fill).
+    /// Takes what is queued now into the buffers (writing those that fill): at most what was
+    /// there when it began, so that traffic as fast as the writer never keeps it here.
     async fn take(&mut self, rx: &crossbeam_channel::Receiver<Entry>) {
-        while let Ok(entry) = rx.try_recv() {
+        for _ in 0..rx.len() {
+            let Ok(entry) = rx.try_recv() else { break };
             self.metrics.queued.dec();
             match entry {
                 Entry::Prediction(p) => {
@@ -318,6 +327,15 @@ impl Writer {
 
     async fn add(&mut self, table: Table, model: String, time: i64, row: Vec<Value>, size: usize) {
         let key = (table, model);
+        // A file holds one UTC day (its partition) and rows at most `roll_interval` younger than
+        // its name says (readers skip files by it): a row past either starts a new file.
+        let span = i64::try_from(self.settings.roll_interval.as_millis()).unwrap_or(i64::MAX);
+        if let Some(open) = self.buffers.get(&key)
+            && (open.time.div_euclid(86_400_000) != time.div_euclid(86_400_000) || time - open.time > span)
+            && let Some(open) = self.buffers.remove(&key)
+        {
+            self.write(key.0, &key.1, open).await;
+        }
         let buffer = self.buffers.entry(key.clone()).or_insert_with(|| Buffer { rows: Vec::new(), bytes: 0, time, since: Instant::now() });
         buffer.rows.push(row);
         buffer.bytes += size;
@@ -351,6 +369,11 @@ impl Writer {
                 }
                 Err(e) => {
                     self.metrics.write_errors.inc();
+                    if matches!(e, crate::StoreError::Rejected(_)) {
+                        self.metrics.dropped.with_label_values(&["rejected"]).inc_by(buffer.rows.len() as u64);
+                        tracing::error!(store = %self.store.location(), table = table.dir(), model, rows = buffer.rows.len(), error = %e, "the prediction log's store refused these rows; they are dropped");
+                        return;
+                    }
                     if self.abandon.load(Ordering::Relaxed) {
                         self.metrics.dropped.with_label_values(&["shutdown"]).inc_by(buffer.rows.len() as u64);
                         return;
@@ -367,6 +390,10 @@ impl Writer {
         let mut backoff = Duration::from_millis(100);
         while let Err(e) = self.store.put_mark(mark).await {
             self.metrics.write_errors.inc();
+            if matches!(e, crate::StoreError::Rejected(_)) {
+                tracing::error!(store = %self.store.location(), model = %mark.model, version = %mark.version, error = %e, "the prediction log's store refused a rollback's mark");
+                return;
+            }
             if self.abandon.load(Ordering::Relaxed) {
                 tracing::error!(store = %self.store.location(), model = %mark.model, version = %mark.version, error = %e, "a rollback's mark could not be written before the server stopped");
                 return;
@@ -390,6 +417,12 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Prediction {
+        fn with_id(self, id: &str) -> Prediction {
+            Prediction { request_id: id.to_owned(), ..self }
+        }
+    }
 
     fn prediction(id: usize, model: &str) -> Prediction {
         Prediction { inputs: Some("[]".into()), outputs: Some("[]".into()), score: Some(0.5), ..crate::record::sample(&format!("req-{id}"), model, now_ms()) }
@@ -445,6 +478,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_file_holds_one_utc_day_and_what_comes_after_close_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path().to_str().unwrap()).unwrap();
+        let registry = Registry::new();
+        let metrics = LogMetrics::new(&registry).unwrap();
+        let log = PredictionLog::start(store.clone(), LogSettings { roll_interval: Duration::from_secs(3600), ..LogSettings::default() }, metrics.clone());
+        let midnight = 1_796_601_600_000;
+        for (id, time) in [("before", midnight - 1), ("after", midnight), ("later", midnight + 5)] {
+            log.record(Prediction { time, ..prediction(0, "a") }.with_id(id));
+        }
+        log.close(Duration::from_secs(30)).await;
+        log.record(prediction(9, "a"));
+        assert_eq!(metrics.dropped.with_label_values(&["shutdown"]).get(), 1, "sent after close: counted, not queued");
+        let LogStore::Files(files) = &store else { unreachable!("a directory") };
+        let days: Vec<(String, Vec<String>)> = files
+            .predictions(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.key.split('/').nth(2).unwrap().to_owned(), f.rows.into_iter().map(|p| p.request_id).collect()))
+            .collect();
+        assert_eq!(days, [("date=2026-12-06".to_owned(), vec!["before".to_owned()]), ("date=2026-12-07".to_owned(), vec!["after".to_owned(), "later".to_owned()])]);
+    }
+
+    #[tokio::test]
     async fn a_mark_is_written_once_however_often_it_is_sent() {
         let dir = tempfile::tempdir().unwrap();
         let store = LogStore::open(dir.path().to_str().unwrap()).unwrap();
@@ -460,8 +518,8 @@ mod tests {
             reason: "errors".into(),
             replica: None,
         };
-        log.mark(mark.clone()).await;
-        log.mark(mark.clone()).await;
+        log.mark(mark.clone()).await.unwrap();
+        log.mark(mark.clone()).await.unwrap();
         assert_eq!(store.marks(Some("m")).await.unwrap(), vec![mark]);
     }
 }

@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i32, &str)] = &[(
     );
     CREATE INDEX modelship_feedback_request ON modelship_feedback (request_id);
     CREATE INDEX modelship_feedback_time ON modelship_feedback (time);
+    ALTER TABLE modelship_feedback ADD COLUMN joined boolean;
     CREATE TABLE modelship_rollbacks (
         model text NOT NULL,
         version text NOT NULL,
@@ -92,7 +93,11 @@ pub struct PgStore {
 }
 
 fn db(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Io(format!("PostgreSQL: {e}"))
+    // SQLSTATE classes 22 (data exception), 23 (integrity) and 42 (syntax or access rule): the
+    // rows or the statement are wrong, and sending them again changes nothing.
+    let permanent = e.code().is_some_and(|c| matches!(&c.code()[..2], "22" | "23" | "42"));
+    let message = format!("PostgreSQL: {e}");
+    if permanent { StoreError::Rejected(message) } else { StoreError::Io(message) }
 }
 
 fn millis(t: SystemTime) -> i64 {
@@ -106,7 +111,9 @@ fn at(ms: i64) -> SystemTime {
 /// `text` as a JSON document for a `jsonb` column (checked, not parsed into values); `None` when
 /// it is not JSON (written as NULL).
 fn json(text: &Option<String>) -> Option<Json<&serde_json::value::RawValue>> {
-    text.as_deref().and_then(|t| serde_json::from_str::<&serde_json::value::RawValue>(t).ok()).map(Json)
+    // `jsonb` cannot hold U+0000, which JSON can: such a document is written as NULL rather than
+    // make its whole batch refused.
+    text.as_deref().filter(|t| !t.contains("\\u0000")).and_then(|t| serde_json::from_str::<&serde_json::value::RawValue>(t).ok()).map(Json)
 }
 
 impl PgStore {
@@ -213,13 +220,33 @@ impl PgStore {
         Ok(rows.iter().map(prediction).collect())
     }
 
+    /// The newest `limit` of `model`'s predictions made at `since` or later, oldest first;
+    /// their inputs and outputs are not read (what remembering them needs is the rest).
+    pub async fn newest(&self, model: &str, since: i64, limit: usize) -> Result<Vec<Prediction>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .with(async |c| {
+                c.query(
+                    "SELECT request_id, time, model, version, revision, role, status, latency_ms, NULL::text, NULL::text,
+                            NULL::text, score, error, served_version, agreed, replica
+                     FROM modelship_predictions WHERE model = $1 AND time >= $2 ORDER BY time DESC LIMIT $3",
+                    &[&model, &at(since), &limit],
+                )
+                .await
+            })
+            .await?;
+        let mut out: Vec<Prediction> = rows.iter().map(prediction).collect();
+        out.reverse();
+        Ok(out)
+    }
+
     pub async fn feedback(&self, since: i64) -> Result<Vec<Feedback>, StoreError> {
         let rows = self
-            .with(async |c| c.query("SELECT request_id, time, label, reward, replica FROM modelship_feedback WHERE time >= $1 ORDER BY time", &[&at(since)]).await)
+            .with(async |c| c.query("SELECT request_id, time, label, reward, replica, joined FROM modelship_feedback WHERE time >= $1 ORDER BY time", &[&at(since)]).await)
             .await?;
         Ok(rows
             .iter()
-            .map(|r| Feedback { request_id: r.get(0), time: millis(r.get(1)), label: r.get(2), reward: r.get(3), replica: r.get(4) })
+            .map(|r| Feedback { request_id: r.get(0), time: millis(r.get(1)), label: r.get(2), reward: r.get(3), replica: r.get(4), joined: r.get(5) })
             .collect())
     }
 
@@ -297,10 +324,15 @@ fn prediction(r: &Row) -> Prediction {
 /// Applies the migrations this database has not had, in order, each in its own transaction,
 /// under an advisory lock.
 async fn migrate(client: &Client) -> Result<(), StoreError> {
-    client
+    // Replicas starting together: one creates the bookkeeping table, the others wait (two
+    // concurrent CREATE TABLE IF NOT EXISTS can collide in pg_type).
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(db)?;
+    let created = client
         .batch_execute("CREATE TABLE IF NOT EXISTS modelship_schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
         .await
-        .map_err(db)?;
+        .map_err(db);
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    created?;
     for (version, sql) in MIGRATIONS {
         client.batch_execute("BEGIN").await.map_err(db)?;
         let step = async {
@@ -378,11 +410,11 @@ async fn copy_predictions(client: &Client, predictions: &[Prediction]) -> Result
 }
 
 async fn copy_feedback(client: &Client, feedback: &[Feedback]) -> Result<(), tokio_postgres::Error> {
-    let sink = client.copy_in("COPY modelship_feedback (request_id, time, label, reward, replica) FROM STDIN BINARY").await?;
-    let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TIMESTAMPTZ, Type::BOOL, Type::FLOAT8, Type::TEXT]);
+    let sink = client.copy_in("COPY modelship_feedback (request_id, time, label, reward, replica, joined) FROM STDIN BINARY").await?;
+    let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TIMESTAMPTZ, Type::BOOL, Type::FLOAT8, Type::TEXT, Type::BOOL]);
     let mut writer = std::pin::pin!(writer);
     for f in feedback {
-        writer.as_mut().write(&[&f.request_id, &at(f.time), &f.label, &f.reward, &f.replica]).await?;
+        writer.as_mut().write(&[&f.request_id, &at(f.time), &f.label, &f.reward, &f.replica, &f.joined]).await?;
     }
     writer.finish().await.map(drop)
 }

@@ -171,12 +171,13 @@ impl Prediction {
     }
 }
 
-const FEEDBACK_COLUMNS: [Column; 5] = [
+const FEEDBACK_COLUMNS: [Column; 6] = [
     col("request_id", Kind::Text, true),
     col("time", Kind::Millis, true),
     col("label", Kind::Bool, false),
     col("reward", Kind::Float, false),
     col("replica", Kind::Label, false),
+    col("joined", Kind::Bool, false),
 ];
 
 /// A label or a reward posted for an answered request, joined to its prediction by request id
@@ -189,11 +190,14 @@ pub struct Feedback {
     pub reward: Option<f64>,
     /// The replica it was posted to.
     pub replica: Option<String>,
+    /// Whether it was joined to its answer when posted (or handed to the fleet to join); `false`:
+    /// no answer was known for it then.
+    pub joined: Option<bool>,
 }
 
 impl Feedback {
     pub fn row(&self) -> Vec<Value> {
-        vec![Value::Text(self.request_id.clone()), Value::Int(self.time), self.label.into(), self.reward.into(), self.replica.clone().into()]
+        vec![Value::Text(self.request_id.clone()), Value::Int(self.time), self.label.into(), self.reward.into(), self.replica.clone().into(), self.joined.into()]
     }
 
     pub fn from_row(row: &[Value]) -> Self {
@@ -203,6 +207,7 @@ impl Feedback {
             label: row[2].bool(),
             reward: row[3].float(),
             replica: row[4].text().map(str::to_owned),
+            joined: row[5].bool(),
         }
     }
 }
@@ -458,7 +463,7 @@ mod tests {
         let bytes = crate::table::encode("predictions", Table::Predictions.columns(), &[prediction.row()]).unwrap();
         let rows = crate::table::decode(bytes, Table::Predictions.columns()).unwrap();
         assert_eq!(Prediction::from_row(&rows[0]), prediction);
-        let feedback = Feedback { request_id: "r1".into(), time: 5, label: None, reward: Some(1.5), replica: Some("r0".into()) };
+        let feedback = Feedback { request_id: "r1".into(), time: 5, label: None, reward: Some(1.5), replica: Some("r0".into()), joined: Some(true) };
         let bytes = crate::table::encode("feedback", Table::Feedback.columns(), &[feedback.row()]).unwrap();
         assert_eq!(Feedback::from_row(&crate::table::decode(bytes, Table::Feedback.columns()).unwrap()[0]), feedback);
         let audit = Audit { time: 1, actor: "ops".into(), action: "purge".into(), model: Some("fraud".into()), rows: 7, detail: "d".into() };

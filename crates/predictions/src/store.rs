@@ -90,12 +90,12 @@ impl LogStore {
         }
     }
 
-    /// `model`'s predictions made at `since` (ms) or later, oldest first.
-    pub async fn predictions_since(&self, model: &str, since: i64) -> Result<Vec<Prediction>, StoreError> {
+    /// The newest `limit` of `model`'s predictions made at `since` (ms) or later, oldest first.
+    pub async fn predictions_since(&self, model: &str, since: i64, limit: usize) -> Result<Vec<Prediction>, StoreError> {
         match self {
-            LogStore::Files(f) => f.predictions_since(model, since).await,
+            LogStore::Files(f) => f.predictions_since(model, since, limit).await,
             #[cfg(feature = "postgres")]
-            LogStore::Postgres(p) => p.predictions(Some(model), since).await,
+            LogStore::Postgres(p) => p.newest(model, since, limit).await,
         }
     }
 
@@ -166,7 +166,8 @@ impl FileStore {
         if let Some((scheme, _)) = url.split_once("://")
             && scheme != "file"
         {
-            return Err(StoreError::Config(format!("prediction log '{url}': use a directory, file:///DIR, s3://BUCKET/PREFIX or postgres://")));
+            // The scheme only: a mistyped database URL may hold a password.
+            return Err(StoreError::Config(format!("prediction log: '{scheme}://' is not a store; use a directory, file:///DIR, s3://BUCKET/PREFIX or postgres://USER@HOST/DB")));
         }
         let dir = Path::new(url.strip_prefix("file://").unwrap_or(url));
         if dir.as_os_str().is_empty() {
@@ -269,12 +270,18 @@ impl FileStore {
     /// `model`'s predictions made at `since` (ms) or later, oldest first. Files are skipped by
     /// their name (the time of their first row) when they began more than an hour earlier: no
     /// file stays open longer (`prediction_log.roll_seconds` is at most 3600).
-    pub async fn predictions_since(&self, model: &str, since: i64) -> Result<Vec<Prediction>, StoreError> {
+    /// Read newest file first, until `limit` are found.
+    pub async fn predictions_since(&self, model: &str, since: i64, limit: usize) -> Result<Vec<Prediction>, StoreError> {
         let mut out = Vec::new();
-        for key in self.files(Table::Predictions, Some(model)).await?.into_iter().filter(|k| began(k) >= since - MAX_ROLL_MS) {
+        for key in self.files(Table::Predictions, Some(model)).await?.into_iter().rev().filter(|k| began(k) >= since - MAX_ROLL_MS) {
+            if out.len() >= limit {
+                break;
+            }
             out.extend(self.rows(&key, Table::Predictions).await?.iter().map(|r| Prediction::from_row(r)).filter(|p| p.time >= since));
         }
         out.sort_by_key(|p| p.time);
+        let extra = out.len().saturating_sub(limit);
+        out.drain(..extra);
         Ok(out)
     }
 

@@ -1,6 +1,7 @@
 //! Batch scoring (`modelship predict`): a file's rows, chunk by chunk, through the one pipeline
 //! as `/v1/predict` rows ([`pipeline::run`] with [`Endpoint::Batch`]): the same validation,
-//! feature enrichment, batching, metrics and prediction log as a request over HTTP.
+//! feature enrichment and batching as a request over HTTP (no prediction log: the output file is
+//! the record).
 
 use std::time::Instant;
 

@@ -282,8 +282,10 @@ impl Rollouts {
         let revision = self.traffic.ensure(state, &record.rollout.plan.to, target, "rollout", &reason).await?;
         if desired == Action::Rollback && state.predictions.get().is_some() {
             match self.traffic.history().await {
+                // Only a revision this rollback committed: `ensure` answers with the revision in
+                // force when the routing already was what it asks (say, an older promotion).
                 Ok(history) => {
-                    if let Some(rollback) = history.iter().find(|r| r.revision == revision) {
+                    if let Some(rollback) = history.iter().find(|r| r.revision == revision && r.actor == "rollout" && r.reason == reason) {
                         self.traffic.mark_rolled_back(state, &history, rollback);
                     }
                 }
@@ -613,7 +615,7 @@ fn state_of(record: &StoredRollout) -> RolloutState {
 async fn remember_logged(state: &AppState, log: &modelship_predictions::PredictionLog, model: &str, since: i64) {
     let store = log.store();
     let read = async {
-        let predictions = store.predictions_since(model, since).await?;
+        let predictions = store.predictions_since(model, since, crate::observe::REMEMBERED).await?;
         let feedback = store.feedback_since(since).await?;
         Ok::<_, modelship_predictions::StoreError>((predictions, feedback))
     };
@@ -625,17 +627,20 @@ async fn remember_logged(state: &AppState, log: &modelship_predictions::Predicti
         }
     };
     let mut given: std::collections::HashMap<&str, (bool, bool)> = std::collections::HashMap::new();
-    for f in &feedback {
+    // Only what was joined then: a label posted before its answer was known here (say, while
+    // this server was reading the log back) has not counted, and joins when posted again.
+    for f in feedback.iter().filter(|f| f.joined != Some(false)) {
         let entry = given.entry(f.request_id.as_str()).or_default();
         entry.0 |= f.label.is_some();
         entry.1 |= f.reward.is_some();
     }
     let answers: Vec<&modelship_predictions::Prediction> =
         predictions.iter().filter(|p| matches!(p.role.as_str(), "stable" | "candidate") && p.status == 200).collect();
-    let newest = &answers[answers.len().saturating_sub(crate::observe::REMEMBERED)..];
+    let newest = &answers[..];
     for p in newest {
         let (labelled, rewarded) = given.get(p.request_id.as_str()).copied().unwrap_or_default();
         state.observations.remember(&p.request_id, &p.model, &p.version, p.score, labelled, rewarded);
     }
-    tracing::info!(model, answers = newest.len(), "remembered the answers the prediction log kept since the rollout started, for labels that come later");
+    let labelled = newest.iter().filter(|p| given.get(p.request_id.as_str()).is_some_and(|g| g.0)).count();
+    tracing::info!(model, answers = newest.len(), labelled, scored = newest.iter().filter(|p| p.score.is_some()).count(), "remembered the answers the prediction log kept since the rollout started, for labels that come later");
 }

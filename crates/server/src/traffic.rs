@@ -394,8 +394,8 @@ impl Traffic {
         for mut mark in marks {
             mark.model = self.spec.name.clone();
             tracing::info!(model = %mark.model, version = %mark.version, from_revision = mark.from_revision, to_revision = mark.to_revision, "marking the rolled-back version's predictions");
-            let log = Arc::clone(log);
-            tokio::spawn(async move { log.mark(mark).await });
+            // Queued now (a close that follows writes it); written in the background.
+            drop(log.mark(mark));
         }
     }
 

@@ -99,7 +99,7 @@ async fn join_all(state: &AppState, batch: Vec<(String, Feedback)>) -> Result<Re
                 Feedback::Label(l) => (Some(l), None),
                 Feedback::Reward(r) => (None, Some(r)),
             };
-            log.feedback(modelship_predictions::Feedback { request_id: request_id.clone(), time, label, reward, replica: log.replica().map(str::to_owned) });
+            log.feedback(modelship_predictions::Feedback { request_id: request_id.clone(), time, label, reward, joined: None, replica: log.replica().map(str::to_owned) });
         }
     }
     let mut joined = 0usize;

@@ -27,12 +27,21 @@ pub struct Embedded {
 }
 
 /// What needs no file: one process, one replica.
-#[derive(Default)]
 struct Memory {
     reports: std::collections::BTreeMap<(String, String), ReplicaReport>,
     /// (model, sequence number, evidence), oldest first.
     evidence: VecDeque<(String, u64, Evidence)>,
     next_evidence: u64,
+    /// This process's evidence sequence: a cursor (`EPOCH:N`) stored in a rollout record by a
+    /// process before a restart names another epoch, and reads everything this one holds (its
+    /// numbers restart at 0; reading only past the old N skipped the new evidence).
+    epoch: u64,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory { reports: Default::default(), evidence: VecDeque::new(), next_evidence: 0, epoch: fastrand::u64(1..) }
+    }
 }
 
 impl Embedded {
@@ -302,11 +311,17 @@ impl ControlStore for Embedded {
     fn evidence<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<Evidence>, StoreError>> {
         async move {
             let memory = self.memory();
-            let Some(after) = cursor.map(|c| c.parse::<u64>().unwrap_or(0)) else {
-                return Ok((vec![], Some(memory.next_evidence.to_string())));
+            let epoch = memory.epoch;
+            let Some(cursor) = cursor else {
+                return Ok((vec![], Some(format!("{epoch}:{}", memory.next_evidence))));
+            };
+            // Past a cursor of this process; everything held when the cursor is another's.
+            let after = match cursor.split_once(':') {
+                Some((e, n)) if e.parse::<u64>() == Ok(epoch) => n.parse::<u64>().unwrap_or(0),
+                _ => 0,
             };
             let found: Vec<Evidence> = memory.evidence.iter().filter(|(m, n, _)| m == model && *n > after).map(|(_, _, e)| e.clone()).collect();
-            Ok((found, Some(memory.next_evidence.max(after).to_string())))
+            Ok((found, Some(format!("{epoch}:{}", memory.next_evidence.max(after)))))
         }
         .boxed()
     }
