@@ -94,24 +94,7 @@ pub struct Prediction {
 
 impl Prediction {
     pub fn row(&self) -> Vec<Value> {
-        vec![
-            Value::Text(self.request_id.clone()),
-            Value::Int(self.time),
-            Value::Text(self.model.clone()),
-            Value::Text(self.version.clone()),
-            self.revision.into(),
-            Value::Text(self.role.clone()),
-            Value::Int(self.status),
-            Value::Float(self.latency_ms),
-            self.inputs.clone().into(),
-            self.entities.clone().into(),
-            self.outputs.clone().into(),
-            self.score.into(),
-            self.error.clone().into(),
-            self.served_version.clone().into(),
-            self.agreed.into(),
-            self.replica.clone().into(),
-        ]
+        self.clone().into_row()
     }
 
     /// [`Prediction::row`] without copying its strings.

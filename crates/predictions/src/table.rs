@@ -197,62 +197,39 @@ fn write_column(out: &mut parquet::file::writer::SerializedColumnWriter<'_>, col
         return Err(TableError(format!("column {} is required and a row has no value", column.name)));
     }
     let defs = (!column.required).then_some(defs.as_slice());
-    let mismatch = || TableError(format!("column {} holds a value of another type", column.name));
     match (out.untyped(), column.kind) {
         (ColumnWriter::ByteArrayColumnWriter(w), Kind::Text | Kind::Label) => {
-            let values = cells
-                .filter_map(|v| match v {
-                    Value::Text(s) => Some(Ok(ByteArray::from(s.as_str()))),
-                    Value::Null => None,
-                    _ => Some(Err(mismatch())),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let values = present(column, cells, |v| match v {
+                Value::Text(s) => Some(ByteArray::from(s.as_str())),
+                _ => None,
+            })?;
             w.write_batch(&values, defs, None)?;
         }
         (ColumnWriter::Int64ColumnWriter(w), Kind::Int | Kind::Millis) => {
-            let values = cells
-                .filter_map(|v| match v {
-                    Value::Int(i) => Some(Ok(*i)),
-                    Value::Null => None,
-                    _ => Some(Err(mismatch())),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            w.write_batch(&values, defs, None)?;
+            w.write_batch(&present(column, cells, Value::int)?, defs, None)?;
         }
         (ColumnWriter::DoubleColumnWriter(w), Kind::Float) => {
-            let values = cells
-                .filter_map(|v| match v {
-                    Value::Float(f) => Some(Ok(*f)),
-                    Value::Null => None,
-                    _ => Some(Err(mismatch())),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let values = present(column, cells, |v| match v {
+                Value::Float(f) => Some(*f),
+                _ => None,
+            })?;
             w.write_batch(&values, defs, None)?;
         }
         (ColumnWriter::BoolColumnWriter(w), Kind::Bool) => {
-            let values = cells
-                .filter_map(|v| match v {
-                    Value::Bool(b) => Some(Ok(*b)),
-                    Value::Null => None,
-                    _ => Some(Err(mismatch())),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            w.write_batch(&values, defs, None)?;
+            w.write_batch(&present(column, cells, Value::bool)?, defs, None)?;
         }
         _ => return Err(TableError(format!("column {} has an unexpected physical type", column.name))),
     }
     Ok(())
 }
 
-/// The key-value metadata in a Parquet file's footer.
-pub fn metadata(bytes: Bytes) -> Result<Vec<(String, String)>, TableError> {
-    let reader = SerializedFileReader::new(bytes)?;
-    Ok(reader
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .map(|kv| kv.iter().map(|k| (k.key.clone(), k.value.clone().unwrap_or_default())).collect())
-        .unwrap_or_default())
+/// The non-null cells of a column, each as `pick` reads it; a cell `pick` cannot read is a value
+/// of another type.
+fn present<'a, T>(column: &Column, cells: impl Iterator<Item = &'a Value>, pick: impl Fn(&Value) -> Option<T>) -> Result<Vec<T>, TableError> {
+    cells
+        .filter(|v| **v != Value::Null)
+        .map(|v| pick(v).ok_or_else(|| TableError(format!("column {} holds a value of another type", column.name))))
+        .collect()
 }
 
 /// Reads a Parquet file's rows as cells in `columns`' order, by column name: a column the file
