@@ -57,6 +57,10 @@ CFN_LINT_VERSION="${CFN_LINT_VERSION:-1.58.0}"
 ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-1.17.0}"
 ACTIONLINT_VENV=.cache/actionlint-venv
 DUCKDB_VERSION="${DUCKDB_VERSION:-1.4.2}"
+# The tracing test's client (opentelemetry-sdk) and OTLP receiver (opentelemetry-proto, grpcio).
+OTEL_PY_VERSION="${OTEL_PY_VERSION:-1.45.2}"
+GRPCIO_VERSION="${GRPCIO_VERSION:-1.85.4}"
+OTEL_VENV=.cache/otel-venv
 VENV="${VENV:-.venv}"
 pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
 
@@ -90,6 +94,13 @@ if [ "${1:-}" = "--test" ]; then
     # The prediction log's tests read its Parquet files back as data people do.
     echo "setup: installing duckdb==$DUCKDB_VERSION and pyarrow into $VENV (reading the prediction log back)" >&2
     pip_install "duckdb==$DUCKDB_VERSION" pyarrow
+  fi
+  if ! "$OTEL_VENV/bin/python" -c "import opentelemetry.sdk, opentelemetry.proto, grpc" 2>/dev/null; then
+    # Its own venv: opentelemetry-proto pins its own protobuf.
+    echo "setup: installing opentelemetry-sdk and opentelemetry-proto==$OTEL_PY_VERSION, grpcio==$GRPCIO_VERSION (the tracing test's client and OTLP receiver) into $OTEL_VENV" >&2
+    python3 -m venv "$OTEL_VENV"
+    "$OTEL_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+      "opentelemetry-sdk==$OTEL_PY_VERSION" "opentelemetry-proto==$OTEL_PY_VERSION" "grpcio==$GRPCIO_VERSION"
   fi
   if [ ! -x "$TRITON_VENV/bin/perf_analyzer" ]; then
     # Its own venv: tritonclient's gRPC client pins protobuf < 5, which MLflow's onnx cannot use.
@@ -135,6 +146,9 @@ if [ "${1:-}" = "--test" ]; then
   command -v docker-compose >/dev/null 2>&1 || missing="$missing docker-compose"
   command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
   command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
+  # The generated alerting rules are checked by promtool (in the prometheus package) and routed
+  # by a real Alertmanager in the tests.
+  command -v prometheus-alertmanager >/dev/null 2>&1 || missing="$missing prometheus-alertmanager"
   command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
   # PostgreSQL for the prediction log's tests (each starts its own cluster; none runs as a service).
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$missing postgresql"
@@ -191,5 +205,5 @@ if [ "${1:-}" = "--test" ]; then
   fi
   # The container tests' base images (Debian root filesystem, Redis, Prometheus), built locally.
   scripts/docker-test-images.sh
-  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, .cache/tools/bin/mdbook, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $(ls /usr/lib/postgresql/*/bin/postgres 2>/dev/null | tail -n 1), $SCHEMATHESIS_VENV/bin/schemathesis, $HADOLINT_VENV/bin/hadolint, $K8S_VENV/bin/kubernetes-validate, .cache/lambda-rie/aws-lambda-rie, .cache/cfn-lint-sam-venv/bin/cfn-lint, .cache/cfn-lint-venv/bin/cfn-lint, .cache/ort-aarch64, $ACTIONLINT_VENV/bin/actionlint, $(command -v shellcheck)" >&2
+  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, .cache/tools/bin/mdbook, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $(ls /usr/lib/postgresql/*/bin/postgres 2>/dev/null | tail -n 1), $SCHEMATHESIS_VENV/bin/schemathesis, $HADOLINT_VENV/bin/hadolint, $K8S_VENV/bin/kubernetes-validate, .cache/lambda-rie/aws-lambda-rie, .cache/cfn-lint-sam-venv/bin/cfn-lint, .cache/cfn-lint-venv/bin/cfn-lint, .cache/ort-aarch64, $ACTIONLINT_VENV/bin/actionlint, $(command -v shellcheck), $(command -v promtool), $(command -v prometheus-alertmanager), $OTEL_VENV/bin/python" >&2
 fi

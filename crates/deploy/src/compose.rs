@@ -50,7 +50,10 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
             Service {
                 image: prom.image.clone(),
                 ports: vec![compose_file::Port::Short(format!("127.0.0.1:{0}:9090", prom.port))],
-                volumes: vec![Mount::Short(format!("./{PROMETHEUS_FILE}:/etc/prometheus/prometheus.yml:ro"))],
+                volumes: vec![
+                    Mount::Short(format!("./{PROMETHEUS_FILE}:/etc/prometheus/prometheus.yml:ro")),
+                    Mount::Short(format!("./{}:{}:ro", crate::alerts::FILE, prometheus::RULES_PATH)),
+                ],
                 depends_on: Some(DependsOn::List(vec![d.name.clone()])),
                 restart: Some("unless-stopped".to_owned()),
                 ..Service::default()
@@ -59,6 +62,7 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
         if let Some(text) = prometheus::render(d, Discovery::Service, &header) {
             files.push(GeneratedFile { path: PROMETHEUS_FILE, contents: text });
         }
+        files.push(GeneratedFile { path: crate::alerts::FILE, contents: crate::alerts::render(d, &header) });
     }
     services.insert(d.name.clone(), server);
     let compose = ComposeFile {

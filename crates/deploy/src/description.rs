@@ -78,6 +78,10 @@ pub struct Deployment {
     pub healthcheck: Healthcheck,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<Prometheus>,
+    /// The alerting rules' thresholds (the rules are written for Compose and Swarm with a
+    /// `prometheus:`, by `deploy alerts`, and as a `PrometheusRule` by `deploy k8s` when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Alerts>,
     #[serde(default)]
     pub swarm: SwarmOptions,
     #[serde(default)]
@@ -401,6 +405,139 @@ impl Default for Prometheus {
     }
 }
 
+/// The alerting rules' thresholds and how long each condition must last (`for:`). Durations are
+/// PromQL's (`30s`, `5m`, `1h`, `1d`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Alerts {
+    /// Each rule's `runbook_url` is this plus `#` and the alert's name in lower case.
+    pub runbook_url: String,
+    /// The Prometheus job that scrapes the servers (`up{job=...}`); default: the deployment's name.
+    pub job: Option<String>,
+    /// The window rates are taken over.
+    pub rate_window: String,
+    /// The share of a version's requests that may fail with a server error.
+    pub error_rate: f64,
+    pub error_rate_for: String,
+    pub latency_p99_seconds: f64,
+    pub latency_for: String,
+    pub no_traffic_for: String,
+    pub not_ready_for: String,
+    /// How full a version's queue may be (0 to 1).
+    pub queue_saturation: f64,
+    pub queue_for: String,
+    pub store_down_for: String,
+    /// A rollout that has not changed step or phase for this long is stuck.
+    pub rollout_stuck_after: String,
+    /// How long a rolled-back rollout keeps its alert firing.
+    pub rolled_back_window: String,
+    /// How far the mean score of `drift_window` may move from that of the `drift_baseline`
+    /// before it.
+    pub drift_mean_shift: f64,
+    pub drift_window: String,
+    pub drift_baseline: String,
+    pub drift_for: String,
+    /// Labels every rule carries beside `severity` (`team: ml`).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Alerts {
+            runbook_url: "https://github.com/modelship/modelship/blob/main/docs/src/guides/observability.md".to_owned(),
+            job: None,
+            rate_window: "5m".to_owned(),
+            error_rate: 0.05,
+            error_rate_for: "5m".to_owned(),
+            latency_p99_seconds: 0.5,
+            latency_for: "10m".to_owned(),
+            no_traffic_for: "15m".to_owned(),
+            not_ready_for: "5m".to_owned(),
+            queue_saturation: 0.8,
+            queue_for: "5m".to_owned(),
+            store_down_for: "1m".to_owned(),
+            rollout_stuck_after: "2h".to_owned(),
+            rolled_back_window: "30m".to_owned(),
+            drift_mean_shift: 0.1,
+            drift_window: "1h".to_owned(),
+            drift_baseline: "1d".to_owned(),
+            drift_for: "30m".to_owned(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+impl Alerts {
+    fn check(&self, p: &mut Vec<String>) {
+        for (key, value) in [
+            ("rate_window", &self.rate_window),
+            ("error_rate_for", &self.error_rate_for),
+            ("latency_for", &self.latency_for),
+            ("no_traffic_for", &self.no_traffic_for),
+            ("not_ready_for", &self.not_ready_for),
+            ("queue_for", &self.queue_for),
+            ("store_down_for", &self.store_down_for),
+            ("rollout_stuck_after", &self.rollout_stuck_after),
+            ("rolled_back_window", &self.rolled_back_window),
+            ("drift_window", &self.drift_window),
+            ("drift_baseline", &self.drift_baseline),
+            ("drift_for", &self.drift_for),
+        ] {
+            if !is_promql_duration(value) {
+                p.push(format!("alerts.{key} '{value}' is not a Prometheus duration; write e.g. 30s, 5m, 1h or 1d"));
+            }
+        }
+        for (key, value, low, high) in [
+            ("error_rate", self.error_rate, 0.0, 1.0),
+            ("queue_saturation", self.queue_saturation, 0.0, 1.0),
+            ("latency_p99_seconds", self.latency_p99_seconds, 0.0, 3600.0),
+            ("drift_mean_shift", self.drift_mean_shift, 0.0, f64::MAX),
+        ] {
+            if !(value > low && value <= high) {
+                p.push(format!("alerts.{key} is {value}; it must be above {low} and at most {high}"));
+            }
+        }
+        if !(self.runbook_url.starts_with("https://") || self.runbook_url.starts_with("http://")) {
+            p.push(format!("alerts.runbook_url '{}' must be an http(s) URL", self.runbook_url));
+        }
+        let name = |s: &str| s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        for (key, value) in &self.labels {
+            if !name(key) || key == "severity" || key.starts_with("__") {
+                p.push(format!("alerts.labels: '{key}' is not a label name this can set ([a-zA-Z_][a-zA-Z0-9_]*, not severity)"));
+            }
+            if value.contains(['\n', '\r']) {
+                p.push(format!("alerts.labels.{key} holds a line break"));
+            }
+        }
+        if let Some(job) = &self.job
+            && (job.is_empty() || job.contains(['"', '\\', '\n']))
+        {
+            p.push(format!("alerts.job '{job}' is not a job name"));
+        }
+    }
+}
+
+/// A PromQL duration: one or more NUMBER UNIT, units ms, s, m, h, d, w, y.
+pub fn is_promql_duration(s: &str) -> bool {
+    let mut rest = s;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return false;
+        }
+        rest = &rest[digits..];
+        let unit = ["ms", "s", "m", "h", "d", "w", "y"].into_iter().find(|u| rest.starts_with(u));
+        match unit {
+            Some(u) => rest = &rest[u.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
 /// Reads a description. Unknown keys are errors naming the key and the keys allowed there.
 pub fn parse(text: &str) -> Result<Deployment, DescriptionError> {
     serde_yaml_ng::from_str(text).map_err(|e| DescriptionError(vec![e.to_string()]))
@@ -598,6 +735,9 @@ impl Deployment {
                 p.push(format!("prometheus.image '{}' is not an image reference", prom.image));
             }
             duration("prometheus.scrape_interval", &prom.scrape_interval, p);
+        }
+        if let Some(alerts) = &self.alerts {
+            alerts.check(p);
         }
         for (key, value) in &self.env {
             if !(key.chars().next().is_some_and(|c| c.is_ascii_uppercase() || c == '_')

@@ -34,7 +34,7 @@ impl Ignored {
 
 /// Every key the description sets (differs from its default) that `target` does not read.
 pub fn ignored(target: Target, d: &Deployment) -> Vec<Ignored> {
-    if target == Target::Docker {
+    if matches!(target, Target::Docker | Target::Alerts) {
         return Vec::new();
     }
     let candidates: [(&'static str, bool, Option<String>, &'static [Target]); 7] = [

@@ -48,7 +48,7 @@ use serde::Serialize;
 
 use crate::description::{Deployment, KubeStrategy, Mesh};
 use crate::{GeneratedFile, Provenance};
-use api::{Data, Empty, Kustomization, Labels, Metadata, Object, ServiceAccount};
+use api::{Data, Empty, Kustomization, Labels, Metadata, Object, ServiceAccount, Spec};
 
 pub const KUSTOMIZATION: &str = "kustomization.yaml";
 /// The label that tells the tracks (stable, canary, blue, green) of one deployment apart.
@@ -101,6 +101,16 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
     controller::objects(d, &mut files);
     batch::objects(d, &mut files);
     files.add("prometheus-adapter-rules.yaml", &workload::adapter_rules(d));
+    if d.alerts.is_some() {
+        // The Prometheus Operator's rule object (its CRD must be installed), and the dashboard
+        // as the ConfigMap Grafana's dashboard sidecar picks up by its label.
+        let rules = crate::alerts::rules(d);
+        files.add("prometheusrule.yaml", &Object { api_version: "monitoring.coreos.com/v1", kind: "PrometheusRule", metadata: meta(d, &format!("{}-alerts", d.name)), body: Spec { spec: rules } });
+        let mut metadata = meta(d, &format!("{}-dashboard", d.name));
+        metadata.labels.insert("grafana_dashboard".to_owned(), "1".to_owned());
+        let dashboard = crate::dashboard::render(d, &provenance.command);
+        files.add("configmap-grafana-dashboard.yaml", &Object { api_version: "v1", kind: "ConfigMap", metadata, body: Data { data: BTreeMap::from([(format!("{}.json", d.name), dashboard)]) } });
+    }
 
     let kustomization = Kustomization {
         api_version: "kustomize.config.k8s.io/v1beta1",

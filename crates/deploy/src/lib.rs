@@ -29,9 +29,11 @@
 //! - [`lambda`]: a SAM template (the binary as a custom runtime's `bootstrap`, alias, gradual
 //!   deployment with alarms and traffic hooks) and the Makefile that packages the bootstrap.
 
+pub mod alerts;
 pub mod ci;
 pub mod compose;
 pub mod compose_file;
+pub mod dashboard;
 pub mod description;
 pub mod docker;
 pub mod github;
@@ -84,6 +86,8 @@ pub enum Target {
     Swarm,
     Kubernetes,
     Lambda,
+    /// Prometheus alerting rules and a Grafana dashboard, for a monitoring stack of the user's.
+    Alerts,
 }
 
 impl Target {
@@ -95,6 +99,7 @@ impl Target {
             Target::Swarm => "swarm",
             Target::Kubernetes => "k8s",
             Target::Lambda => "lambda",
+            Target::Alerts => "alerts",
         }
     }
 }
@@ -107,5 +112,9 @@ pub fn render(target: Target, deployment: &Deployment, provenance: &Provenance) 
         Target::Swarm => swarm::render(deployment, provenance),
         Target::Kubernetes => kubernetes::render(deployment, provenance),
         Target::Lambda => lambda::render(deployment, provenance),
+        Target::Alerts => vec![
+            GeneratedFile { path: alerts::FILE, contents: alerts::render(deployment, &provenance.header()) },
+            GeneratedFile { path: dashboard::FILE, contents: dashboard::render(deployment, &provenance.command) },
+        ],
     }
 }

@@ -8,12 +8,18 @@ use crate::description::Deployment;
 #[derive(Serialize)]
 struct Config {
     global: Global,
+    /// The alerting rules, beside this file in the container.
+    rule_files: Vec<String>,
     scrape_configs: Vec<Scrape>,
 }
+
+/// Where the rules file is in the Prometheus container.
+pub const RULES_PATH: &str = "/etc/prometheus/modelship-alerts.yml";
 
 #[derive(Serialize)]
 struct Global {
     scrape_interval: String,
+    evaluation_interval: String,
 }
 
 #[derive(Serialize)]
@@ -61,6 +67,7 @@ pub fn render(d: &Deployment, discovery: Discovery, header: &str) -> Option<Stri
             dns_sd_configs: vec![Dns { names: vec![format!("tasks.{service}")], kind: "A", port: d.ports.http }],
         },
     };
-    let config = Config { global: Global { scrape_interval: dur(&prom.scrape_interval) }, scrape_configs: vec![scrape] };
+    let interval = dur(&prom.scrape_interval);
+    let config = Config { global: Global { scrape_interval: interval.clone(), evaluation_interval: interval }, rule_files: vec![RULES_PATH.to_owned()], scrape_configs: vec![scrape] };
     Some(format!("{header}{}", crate::yaml::to_string(&config)))
 }

@@ -96,11 +96,15 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
     let mut files = Vec::new();
     if let Some(prom) = &d.prometheus {
         configs.insert("prometheus".to_owned(), ConfigFile { file: format!("./{PROMETHEUS_FILE}") });
+        configs.insert("prometheus-rules".to_owned(), ConfigFile { file: format!("./{}", crate::alerts::FILE) });
         services.insert(
             "prometheus".to_owned(),
             Service {
                 image: prom.image.clone(),
-                configs: vec![ConfigRef { source: "prometheus".to_owned(), target: "/etc/prometheus/prometheus.yml".to_owned() }],
+                configs: vec![
+                    ConfigRef { source: "prometheus".to_owned(), target: "/etc/prometheus/prometheus.yml".to_owned() },
+                    ConfigRef { source: "prometheus-rules".to_owned(), target: prometheus::RULES_PATH.to_owned() },
+                ],
                 deploy: Some(Deploy { replicas: Some(1), restart_policy: Some(restart), ..Deploy::default() }),
                 ..Service::default()
             },
@@ -108,6 +112,7 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
         if let Some(text) = prometheus::render(d, Discovery::SwarmTasks, &header) {
             files.push(GeneratedFile { path: PROMETHEUS_FILE, contents: text });
         }
+        files.push(GeneratedFile { path: crate::alerts::FILE, contents: crate::alerts::render(d, &header) });
     }
     services.insert(d.name.clone(), server);
     let stack = ComposeFile {

@@ -503,11 +503,29 @@ pub enum DeployTarget {
     /// and traffic hooks) and the Makefile that packages the bootstrap
     #[command(after_help = crate::lambda::DEPLOY_HELP)]
     Lambda(crate::lambda::LambdaOptions),
+    /// Prometheus alerting rules (errors, latency, no traffic, not ready, rollouts stuck or
+    /// rolled back, prediction drift, stores unreachable, queues full) and a Grafana dashboard
+    #[command(after_help = ALERTS_HELP)]
+    Alerts(DeployOptions),
     /// The CI/CD pipeline: a GitHub Actions workflow of tests, validate, image, staging, and a
     /// canary judged by `rollout --wait` before promotion
     #[command(after_help = crate::deploy_ci::HELP)]
     Ci(Box<crate::deploy_ci::CiOptions>),
 }
+
+const ALERTS_HELP: &str = "\
+Writes modelship-alerts.yml (Prometheus alerting rules: every rule with a for:, a severity label \
+and a runbook_url annotation into the alerts guide) and grafana-dashboard.json (one model's \
+versions: traffic split, error rate, latency quantiles, score distribution, rollout steps as \
+annotations). Thresholds come from the description's alerts: section (see the alerts guide); \
+the model file is not needed. Load the rules with rule_files: in prometheus.yml (deploy compose \
+and deploy swarm do it for their own Prometheus; deploy k8s writes a PrometheusRule when the \
+description has alerts:), check them with `promtool check rules modelship-alerts.yml`, and import \
+the dashboard in Grafana (Dashboards > New > Import).
+
+Examples:
+  modelship deploy alerts --file deploy.yaml --out monitoring
+  promtool check rules monitoring/modelship-alerts.yml";
 
 const K8S_HELP: &str = "\
 Writes one file per object into --out, and kustomization.yaml listing them (kubectl apply -k DIR):

@@ -35,6 +35,61 @@ pub struct RawConfig {
     /// Where predictions are kept as data.
     #[serde(default)]
     pub prediction_log: Option<RawPredictionLog>,
+    /// Who is told of rollout events, and how.
+    #[serde(default)]
+    pub notifications: Option<RawNotifications>,
+    /// OpenTelemetry traces of requests.
+    #[serde(default)]
+    pub tracing: RawTracing,
+}
+
+/// `tracing`: off unless `enabled` (or `OTEL_TRACES_EXPORTER=otlp`). Where spans go, and their
+/// batching, come from the standard `OTEL_EXPORTER_OTLP_*` and `OTEL_BSP_*` variables.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RawTracing {
+    pub enabled: Option<bool>,
+    /// The share of new traces recorded (a sampled caller's trace is always continued).
+    pub sample_ratio: Option<f64>,
+    /// `grpc` (default) or `http/protobuf`.
+    pub protocol: Option<String>,
+    /// `service.name` when OTEL_SERVICE_NAME does not give one (default `modelship`).
+    pub service_name: Option<String>,
+}
+
+/// `notifications`: the sinks rollout events go to, and how hard each is tried.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RawNotifications {
+    #[serde(default)]
+    pub sinks: Vec<RawSink>,
+    /// The bound on one attempt (default 5).
+    pub timeout_seconds: Option<f64>,
+    /// Attempts after the first (default 5).
+    pub retries: Option<u32>,
+    /// The first wait between attempts, doubled each time (default 0.5).
+    pub backoff_seconds: Option<f64>,
+}
+
+/// One sink: exactly one of `webhook`, `slack_env`/`slack_file` or `alertmanager`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RawSink {
+    pub name: Option<String>,
+    /// A URL that gets every event as JSON, signed when a secret is given.
+    pub webhook: Option<String>,
+    /// The HMAC-SHA256 key of a webhook, from an environment variable or a file.
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    /// A Slack-compatible incoming webhook URL: a credential, so only from the environment or
+    /// a file (`slack:` with the URL itself is refused).
+    pub slack: Option<String>,
+    pub slack_env: Option<String>,
+    pub slack_file: Option<PathBuf>,
+    /// Alertmanager's base URL (`http://alertmanager:9093`).
+    pub alertmanager: Option<String>,
+    /// The events it wants (default: all).
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// `info` (default), `warning` or `critical`.
+    pub min_severity: Option<String>,
 }
 
 /// `prediction_log`: the store and how the writer samples and batches.
@@ -209,6 +264,152 @@ pub struct RawLogging {
     pub format: Option<String>,
 }
 
+/// Tracing, from the file's `tracing:` and the standard OpenTelemetry variables (which win):
+/// `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turn it off, `OTEL_TRACES_EXPORTER=otlp`
+/// on; `OTEL_TRACES_SAMPLER_ARG` is the ratio of a (parent-based) ratio sampler;
+/// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or `OTEL_EXPORTER_OTLP_PROTOCOL` the protocol.
+fn resolve_tracing(raw: &RawTracing, env: &dyn Env, problems: &mut Vec<String>) -> Option<modelship_server::trace::TraceSettings> {
+    use modelship_server::trace::{Protocol, TraceSettings};
+    let mut enabled = raw.enabled.unwrap_or(false);
+    match env.get("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
+        Some("otlp") => enabled = true,
+        Some("none") => enabled = false,
+        Some("") | None => {}
+        Some(other) => problems.push(format!("OTEL_TRACES_EXPORTER '{other}' is not supported; modelship exports otlp (or none)")),
+    }
+    if env.get("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        enabled = false;
+    }
+    let mut ratio = raw.sample_ratio.unwrap_or(1.0);
+    match env.get("OTEL_TRACES_SAMPLER").as_deref() {
+        None | Some("parentbased_traceidratio" | "traceidratio") => {
+            if let Some(arg) = env.get("OTEL_TRACES_SAMPLER_ARG") {
+                match arg.trim().parse::<f64>() {
+                    Ok(r) => ratio = r,
+                    Err(_) => problems.push(format!("OTEL_TRACES_SAMPLER_ARG '{arg}' is not a number between 0 and 1")),
+                }
+            }
+        }
+        Some("parentbased_always_on" | "always_on") => ratio = 1.0,
+        Some("parentbased_always_off" | "always_off") => ratio = 0.0,
+        Some(other) => problems.push(format!("OTEL_TRACES_SAMPLER '{other}' is not supported; use parentbased_traceidratio (with OTEL_TRACES_SAMPLER_ARG), parentbased_always_on or parentbased_always_off")),
+    }
+    if !(0.0..=1.0).contains(&ratio) {
+        problems.push(format!("the trace sample ratio is {ratio}; it must be between 0 and 1 (tracing.sample_ratio, OTEL_TRACES_SAMPLER_ARG)"));
+    }
+    let protocol_name = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| env.get("OTEL_EXPORTER_OTLP_PROTOCOL")).or_else(|| raw.protocol.clone());
+    let protocol = match protocol_name.as_deref().map(str::trim) {
+        None | Some("") => Protocol::Grpc,
+        Some(p) => Protocol::parse(p).unwrap_or_else(|| {
+            problems.push(format!("the OTLP protocol '{p}' is not grpc or http/protobuf (tracing.protocol, OTEL_EXPORTER_OTLP_PROTOCOL)"));
+            Protocol::Grpc
+        }),
+    };
+    enabled.then(|| TraceSettings { protocol, ratio, service: raw.service_name.clone().unwrap_or_else(|| "modelship".to_owned()) })
+}
+
+/// The checked notification sinks (the problems said). Secrets are read here, from the
+/// environment or a file, and never written anywhere.
+fn resolve_notifications(raw: &RawNotifications, env: &dyn Env, problems: &mut Vec<String>) -> Vec<modelship_server::notify::SinkSettings> {
+    use modelship_server::notify::{EventKind, Secret, Severity, SinkKind, SinkSettings};
+    let timeout = seconds("notifications.timeout_seconds", raw.timeout_seconds.unwrap_or(5.0), problems);
+    if timeout < Duration::from_millis(100) || timeout > Duration::from_secs(120) {
+        problems.push("notifications.timeout_seconds must be between 0.1 and 120".to_owned());
+    }
+    let retries = raw.retries.unwrap_or(5);
+    if retries > 20 {
+        problems.push(format!("notifications.retries is {retries}; at most 20"));
+    }
+    let backoff = seconds("notifications.backoff_seconds", raw.backoff_seconds.unwrap_or(0.5), problems);
+    let mut names = std::collections::BTreeSet::new();
+    let mut sinks = Vec::new();
+    for (i, sink) in raw.sinks.iter().enumerate() {
+        let at = format!("notifications.sinks[{i}]");
+        let secret = |var: &Option<String>, file: &Option<PathBuf>, what: &str, problems: &mut Vec<String>| -> Option<Secret> {
+            match (var, file) {
+                (Some(var), None) => match env.get(var).filter(|v| !v.trim().is_empty()) {
+                    Some(v) => Some(Secret(v.trim().to_owned())),
+                    None => {
+                        problems.push(format!("{at}: the environment variable {var} ({what}) is not set"));
+                        None
+                    }
+                },
+                (None, Some(path)) => match std::fs::read_to_string(path) {
+                    Ok(v) if !v.trim().is_empty() => Some(Secret(v.trim().to_owned())),
+                    Ok(_) => {
+                        problems.push(format!("{at}: {} ({what}) is empty", path.display()));
+                        None
+                    }
+                    Err(e) => {
+                        problems.push(format!("{at}: cannot read {} ({what}): {e}", path.display()));
+                        None
+                    }
+                },
+                (Some(_), Some(_)) => {
+                    problems.push(format!("{at}: give {what} from the environment or a file, not both"));
+                    None
+                }
+                (None, None) => None,
+            }
+        };
+        let url_ok = |key: &str, url: &str, problems: &mut Vec<String>| {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                problems.push(format!("{at}.{key} must be an http:// or https:// URL"));
+            }
+        };
+        let slack = secret(&sink.slack_env, &sink.slack_file, "the Slack webhook URL", problems);
+        let kind = match (&sink.webhook, sink.slack.is_some() || sink.slack_env.is_some() || sink.slack_file.is_some(), &sink.alertmanager) {
+            (Some(url), false, None) => {
+                url_ok("webhook", url, problems);
+                Some(SinkKind::Webhook { url: url.clone(), secret: secret(&sink.secret_env, &sink.secret_file, "the webhook's signing secret", problems) })
+            }
+            (None, true, None) if sink.slack.is_some() => {
+                problems.push(format!("{at}.slack: a Slack webhook URL is a credential; give it as slack_env (an environment variable) or slack_file, not in the configuration"));
+                None
+            }
+            (None, true, None) => slack.map(|url| {
+                url_ok("slack", &url.0, problems);
+                SinkKind::Slack { url }
+            }),
+            (None, false, Some(url)) => {
+                url_ok("alertmanager", url, problems);
+                Some(SinkKind::Alertmanager { url: url.clone() })
+            }
+            _ => {
+                problems.push(format!("{at} must name exactly one of webhook, slack_env (or slack_file) and alertmanager"));
+                None
+            }
+        };
+        if kind.as_ref().is_some_and(|k| !matches!(k, SinkKind::Webhook { .. })) && (sink.secret_env.is_some() || sink.secret_file.is_some()) {
+            problems.push(format!("{at}: secret_env and secret_file sign webhook bodies; a Slack or Alertmanager sink takes none"));
+        }
+        let mut events = Vec::new();
+        for e in &sink.events {
+            match EventKind::parse(e) {
+                Some(k) => events.push(k),
+                None => problems.push(format!(
+                    "{at}.events: '{e}' is not an event; use {}",
+                    EventKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                )),
+            }
+        }
+        let min_severity = match sink.min_severity.as_deref() {
+            None => Severity::Info,
+            Some(s) => Severity::parse(s).unwrap_or_else(|| {
+                problems.push(format!("{at}.min_severity '{s}' is not info, warning or critical"));
+                Severity::Info
+            }),
+        };
+        let Some(kind) = kind else { continue };
+        let name = sink.name.clone().unwrap_or_else(|| format!("{}-{}", kind.as_str(), i + 1));
+        if !names.insert(name.clone()) {
+            problems.push(format!("{at}: the sink name '{name}' is used twice; names must be unique"));
+        }
+        sinks.push(SinkSettings { name, kind, events, min_severity, timeout, retries, backoff });
+    }
+    sinks
+}
+
 /// The checked prediction log, or `None` with the problems said (or when it names no store).
 fn resolve_prediction_log(raw: &RawPredictionLog, problems: &mut Vec<String>) -> Option<modelship_server::PredictionLogSettings> {
     let Some(url) = raw.url.clone().filter(|u| !u.trim().is_empty()) else {
@@ -305,6 +506,10 @@ pub struct ServeConfig {
     pub convert: crate::cli::ConvertFlags,
     /// Where predictions are kept (`prediction_log`, `--prediction-log`).
     pub prediction_log: Option<modelship_server::PredictionLogSettings>,
+    /// Where rollout events are told (`notifications.sinks`).
+    pub notifications: Vec<modelship_server::notify::SinkSettings>,
+    /// OpenTelemetry traces, when on.
+    pub tracing: Option<modelship_server::trace::TraceSettings>,
 }
 
 /// A model served beside the first.
@@ -752,6 +957,8 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     let batching = raw.model.dynamic_batching.as_ref().map(|b| resolve_batching(b, "model.dynamic_batching", &mut problems));
 
     let prediction_log = raw.prediction_log.as_ref().and_then(|p| resolve_prediction_log(p, &mut problems));
+    let notifications = raw.notifications.as_ref().map(|n| resolve_notifications(n, env, &mut problems)).unwrap_or_default();
+    let tracing = resolve_tracing(&raw.tracing, env, &mut problems);
 
     let level = raw.logging.level.as_deref().unwrap_or("info");
     let level = parse_level(level).unwrap_or_else(|| {
@@ -805,6 +1012,8 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     Ok(ServeConfig {
         convert: args.convert.clone(),
         prediction_log,
+        notifications,
+        tracing,
         model_name,
         model_version,
         model_path,

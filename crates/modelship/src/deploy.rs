@@ -24,6 +24,7 @@ pub fn main(args: DeployArgs) -> ExitCode {
         DeployTarget::Swarm(o) => (Target::Swarm, o, None, None),
         DeployTarget::K8s(o) => (Target::Kubernetes, o.common.clone(), Some(o), None),
         DeployTarget::Lambda(o) => (Target::Lambda, o.common.clone(), None, Some(o)),
+        DeployTarget::Alerts(o) => (Target::Alerts, o, None, None),
         DeployTarget::Ci(o) => return crate::deploy_ci::main(&o),
     };
     let flags = Flags { k8s: k8s.as_ref(), lambda: lambda.as_ref() };
@@ -89,6 +90,9 @@ fn run(target: Target, o: &DeployOptions, flags: Flags<'_>) -> anyhow::Result<Su
     if target == Target::Kubernetes && o.apply {
         bail!("deploy k8s writes manifests and applies nothing: review them, then `kubectl apply -k {}`", o.out.display());
     }
+    if target == Target::Alerts && o.apply {
+        bail!("deploy alerts writes rules and a dashboard and applies nothing: add {0}/modelship-alerts.yml to rule_files in prometheus.yml, and import {0}/grafana-dashboard.json in Grafana", o.out.display());
+    }
     if target == Target::Lambda && o.apply {
         bail!(
             "deploy lambda writes a SAM template and applies nothing: `make -f {0}/Makefile package`, then `sam deploy --template-file {0}/template.yaml --guided`",
@@ -142,7 +146,7 @@ fn run(target: Target, o: &DeployOptions, flags: Flags<'_>) -> anyhow::Result<Su
     }
     deployment.validate_for(target)?;
     // A Kubernetes pod gets its model from the image or the artifact store, never this machine.
-    if target != Target::Kubernetes
+    if !matches!(target, Target::Kubernetes | Target::Alerts)
         && let Some(file) = &model_file
         && !Path::new(file).is_file()
     {
@@ -181,7 +185,7 @@ fn run(target: Target, o: &DeployOptions, flags: Flags<'_>) -> anyhow::Result<Su
         applied.image_bytes = image_size(&deployment.image.reference());
     }
     match target {
-        Target::Docker | Target::Kubernetes | Target::Lambda => {}
+        Target::Docker | Target::Kubernetes | Target::Lambda | Target::Alerts => {}
         Target::Compose => {
             let file = out.join(modelship_deploy::compose::FILE);
             let mut cmd = compose_command()?;
@@ -863,6 +867,7 @@ fn print(summary: &Summary, format: OutputFormat) {
             Target::Swarm => "add --apply to build the image and deploy the stack (docker stack deploy)",
             Target::Kubernetes => "review the files, create the Secrets they name (AWS keys, TLS), then kubectl apply -k DIR",
             Target::Lambda => "make -f DIR/Makefile package (builds the bootstrap with --features lambda), then sam deploy --template-file DIR/template.yaml --guided",
+            Target::Alerts => "promtool check rules DIR/modelship-alerts.yml, add it to rule_files in prometheus.yml, and import DIR/grafana-dashboard.json in Grafana",
         };
         println!("next: {next}");
     }

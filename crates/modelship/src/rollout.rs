@@ -287,6 +287,15 @@ fn render_status(status: &RolloutStatus, now: u64) -> String {
             out.push('\n');
         }
     }
+    if !r.notifications.is_empty() {
+        let mut rows = Table::new();
+        rows.load_style(NOTHING).set_header(vec!["NOTIFIED", "EVENT", "SINK", "RESULT", "ATTEMPTS", "DETAIL", "BY"]);
+        for n in &r.notifications {
+            let at = time(i64::try_from(n.at_ms).unwrap_or(i64::MAX));
+            rows.add_row(vec![at, n.kind.clone(), n.sink.clone(), n.result.clone(), n.attempts.to_string(), n.detail.clone(), n.replica.clone()]);
+        }
+        out += &format!("notifications (latest first)\n{rows}\n");
+    }
     out
 }
 
@@ -393,6 +402,7 @@ mod tests {
                 revision: None,
                 settled_ms: Some(1_000),
                 leader: None,
+                notifications: Vec::new(),
             }),
         }
     }

@@ -47,6 +47,8 @@ pub fn settings(config: &ServeConfig) -> Settings {
         poll: config.registry_poll,
         residency: config.residency,
         prediction_log: config.prediction_log.clone(),
+        notifications: config.notifications.clone(),
+        tracing: config.tracing.clone(),
     }
 }
 

@@ -220,6 +220,35 @@ pub struct RolloutState {
     /// The replica whose control loop last wrote the rollout (the leader, in a fleet).
     #[serde(default)]
     pub leader: Option<String>,
+    /// The latest notifications of the model's rollout events, newest first, from every live
+    /// replica (each sends those of the decisions it committed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationRecord>,
+}
+
+/// One rollout event's delivery to one notification sink, as the replica that sent it saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotificationRecord {
+    /// The event's delivery id (`MODEL:ROLLOUT:SEQ:KIND`), the same for every sink.
+    pub id: String,
+    /// `started`, `step`, `paused`, `resumed`, `promoted`, `rolled_back`, `inconclusive_held`,
+    /// `gate_refused` or `leader_changed`.
+    pub kind: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    /// The sink's name in the configuration (never its URL: a Slack URL is a secret).
+    pub sink: String,
+    /// `sent`, `failed` (every attempt failed), `dropped` (its queue was full) or `pending`.
+    pub result: String,
+    pub attempts: u32,
+    /// When the event happened (ms since the epoch).
+    pub at_ms: u64,
+    /// The last attempt's outcome: `HTTP 200`, `HTTP 500`, `timed out`...
+    #[serde(default)]
+    pub detail: String,
+    /// The replica that sent it.
+    #[serde(default)]
+    pub replica: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

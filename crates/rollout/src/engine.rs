@@ -346,6 +346,31 @@ impl Rollout {
         self.enter(self.step + 1, now, &why)
     }
 
+    /// The reason the rollout stays at its step past the step's hold, when it does because a
+    /// check that judges the step is still inconclusive (it waits for samples; the deadline
+    /// still applies): what a person should hear about once.
+    pub fn held_inconclusive(&self, now: Millis) -> Option<String> {
+        if self.phase != Phase::Progressing {
+            return None;
+        }
+        let hold = match self.plan.steps.get(self.step)? {
+            Step::Shadow { hold, .. } | Step::Header { hold } | Step::Weight { hold, .. } => hold.0,
+            Step::Experiment { .. } | Step::Approve {} | Step::Webhook { .. } => return None,
+        };
+        if now.saturating_sub(self.step_started) < hold.as_millis() as u64 {
+            return None;
+        }
+        let waiting: Vec<String> = self
+            .verdicts
+            .iter()
+            .filter_map(|(check, v)| match v {
+                Verdict::Inconclusive { reason } => Some(format!("{check}: {reason}")),
+                _ => None,
+            })
+            .collect();
+        (!waiting.is_empty()).then(|| format!("step {} held {} and still inconclusive: {}", self.step + 1, humantime::format_duration(hold), waiting.join("; ")))
+    }
+
     fn past_deadline(&self, now: Millis) -> bool {
         now.saturating_sub(self.started) >= self.plan.failure.deadline.0.as_millis() as u64
     }

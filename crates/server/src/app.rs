@@ -78,6 +78,10 @@ pub struct Settings {
     pub residency: ResidencyLimits,
     /// Where predictions are kept (`--prediction-log`), and how; `None`: nowhere.
     pub prediction_log: Option<PredictionLogSettings>,
+    /// Where rollout events are told (none: nowhere).
+    pub notifications: Vec<crate::notify::SinkSettings>,
+    /// OpenTelemetry traces, when on.
+    pub tracing: Option<crate::trace::TraceSettings>,
 }
 
 /// The prediction log: its store's URL (a directory or `s3://BUCKET/PREFIX`) and the writer's
@@ -306,6 +310,11 @@ impl App {
         if let Some(log) = self.state.predictions.get() {
             log.close(PREDICTION_LOG_CLOSE).await;
         }
+        if let Some(tracing) = self.state.tracing.get() {
+            // The last spans: flushed off the reactor (the gRPC exporter's channel runs on it).
+            let tracing = Arc::clone(tracing);
+            let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+        }
         match outcome {
             DrainOutcome::Complete => tracing::info!("drained; exiting"),
             DrainOutcome::GraceExpired => {
@@ -356,6 +365,18 @@ impl Config {
             let writer = modelship_predictions::LogSettings { replica: Some(settings.replica.clone()), ..log.log.clone() };
             let _ = state.predictions.set(modelship_predictions::PredictionLog::start(store, writer, metrics));
             tracing::info!(store = %location, "keeping predictions in the prediction log");
+        }
+        if let Some(trace) = &settings.tracing {
+            let tracing = crate::trace::Tracing::start(trace).map_err(failed)?;
+            tracing::info!(protocol = ?trace.protocol, sample_ratio = trace.ratio, "tracing requests with OpenTelemetry (OTLP)");
+            let _ = state.tracing.set(Arc::new(tracing));
+        }
+        if !settings.notifications.is_empty() {
+            let notifier = crate::notify::Notifier::start(settings.notifications.clone(), &settings.replica, state.metrics.registry(), &state.tasks).map_err(failed)?;
+            // Names and kinds only: a sink's URL may be a credential.
+            let sinks: Vec<String> = settings.notifications.iter().map(|s| format!("{} ({})", s.name, s.kind.as_str())).collect();
+            tracing::info!(sinks = %sinks.join(", "), "telling rollout events to the notification sinks");
+            let _ = state.notifier.set(notifier);
         }
         // One feature store for every model that has a feature spec (each checked once its model loads).
         let mut feature_services = match &features {

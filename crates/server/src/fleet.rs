@@ -71,6 +71,7 @@ pub async fn run(state: AppState, traffic: Arc<Traffic>, rollouts: Arc<Rollouts>
             tracing::debug!(model = %traffic.spec.name, error = %e, "fleet beat failed");
         }
         if traffic.store.is_shared() {
+            state.metrics.control_store_up.with_label_values(&[traffic.store.kind()]).set(i64::from(outcome.is_ok()));
             state.health.set_control_store(traffic.store.kind(), outcome.err().map(|e| e.to_string()));
         }
     }
@@ -79,7 +80,8 @@ pub async fn run(state: AppState, traffic: Arc<Traffic>, rollouts: Arc<Rollouts>
 async fn one_beat(state: &AppState, traffic: &Traffic, rollouts: &Rollouts, admin: Option<&str>, beat: &mut Beat) -> Result<(), StoreError> {
     let (store, model) = (traffic.store.as_ref(), traffic.spec.name.as_str());
     let revision = state.models.routing(model).map_or(0, |(_, revision)| revision);
-    let report = ReplicaReport { replica: rollouts.fleet.replica.clone(), revision, failed: traffic.failure(), admin: admin.map(str::to_owned) };
+    let notifications = state.notifier.get().map(|n| n.recent(model)).unwrap_or_default();
+    let report = ReplicaReport { replica: rollouts.fleet.replica.clone(), revision, failed: traffic.failure(), admin: admin.map(str::to_owned), notifications };
     store.report(model, &report).await?;
     let record = store.rollout(model).await?;
     rollouts.observe(state, record.as_ref());

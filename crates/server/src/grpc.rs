@@ -366,9 +366,15 @@ impl Grpc {
             entities: d.entities,
         });
         let answer = pipeline::run(&self.app, Endpoint::GrpcInfer, headers, received, decoded).await;
+        let trace = answer.trace;
         match (answer.result, answer.model) {
             (Ok(outcome), Some(model)) => {
-                Ok(wire::encode(&model.name, &model.version, outcome.id.unwrap_or_default(), &outcome.outputs, outcome.feature_defaults.as_ref()))
+                let encoding = std::time::Instant::now();
+                let response = wire::encode(&model.name, &model.version, outcome.id.unwrap_or_default(), &outcome.outputs, outcome.feature_defaults.as_ref());
+                if let Some(trace) = &trace {
+                    trace.encoded(encoding);
+                }
+                Ok(response)
             }
             (Ok(_), None) => Err(status(&ApiError::Internal("an answer without a model".to_owned()))),
             (Err(e), _) => Err(status(&e)),

@@ -45,6 +45,7 @@ pub mod lambda;
 pub mod mesh;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod observe;
 pub mod pipeline;
 pub mod pool;
@@ -55,6 +56,7 @@ pub mod routes;
 mod serve;
 pub mod rollouts;
 pub mod shadow;
+pub mod trace;
 pub mod traffic;
 #[cfg(test)]
 mod testing;

@@ -30,6 +30,16 @@ pub struct Metrics {
     /// `in_flight` by endpoint, each looked up once (see [`Metrics::in_flight_at`]).
     in_flight_at: [std::sync::OnceLock<prometheus::IntGauge>; Endpoint::COUNT],
     pub queue_length: IntGaugeVec,
+    /// The queue's bound per version (`modelship_queue_length` over it is how full it is).
+    pub queue_capacity: IntGaugeVec,
+    /// 1 while the server answers /health/ready with 200, read at each scrape.
+    pub ready: prometheus::IntGauge,
+    /// 1 while the shared control store answers this replica's beats (absent with the embedded one).
+    pub control_store_up: IntGaugeVec,
+    /// The model's score per answered request (its first output's first value), by version.
+    pub prediction_score: HistogramVec,
+    /// Rollouts this replica saw end, by outcome (promoted, rolled_back).
+    pub rollouts_finished: IntCounterVec,
     pub model_load_seconds: GaugeVec,
     /// How much resident memory grew while a version loaded (approximate when loads overlap).
     pub model_memory_bytes: IntGaugeVec,
@@ -182,6 +192,17 @@ impl Metrics {
                 "Requests waiting for an inference worker",
                 &["model", "version"],
             ),
+            queue_capacity: gauge(&registry, "modelship_queue_capacity", "Requests a version's queue holds before it answers 429 (model.max_queue)", &["model", "version"]),
+            ready: plain_gauge("modelship_ready", "1 while the server is ready (/health/ready answers 200), 0 otherwise"),
+            control_store_up: gauge(&registry, "modelship_control_store_up", "1 while the shared control store answers this replica's beats", &["store"]),
+            prediction_score: {
+                let opts = HistogramOpts::new("modelship_prediction_score", "The model's score per answered request: its first output's first value (a probability for a classifier)")
+                    .buckets(vec![0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]);
+                let m = HistogramVec::new(opts, &["model", "version"]).expect("valid metric");
+                registry.register(Box::new(m.clone())).expect("unique metric");
+                m
+            },
+            rollouts_finished: counter(&registry, "modelship_rollouts_finished_total", "Rollouts this replica saw end since it started, by outcome (promoted, rolled_back)", &["model", "outcome"]),
             model_load_seconds,
             model_memory_bytes,
             model_info: gauge(
@@ -298,6 +319,8 @@ impl Metrics {
         let _ = self.model_load_seconds.remove_label_values(&[model, version]);
         let _ = self.model_memory_bytes.remove_label_values(&[model, version]);
         let _ = self.queue_length.remove_label_values(&[model, version]);
+        let _ = self.queue_capacity.remove_label_values(&[model, version]);
+        let _ = self.prediction_score.remove_label_values(&[model, version]);
     }
 
     /// The registry, for metrics other crates declare (the feature store's).

@@ -74,6 +74,15 @@ impl Default for WarmUp {
 }
 
 /// One model version, loaded and ready to answer.
+/// Where one inference's time went: when it was handed to the pool (after validation), how long
+/// it waited for a worker and how long the model ran.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    pub submitted: Option<Instant>,
+    pub queued: std::time::Duration,
+    pub inference: std::time::Duration,
+}
+
 pub struct LoadedModel {
     pub name: String,
     pub version: String,
@@ -94,6 +103,7 @@ pub struct LoadedModel {
     /// This version's success counter and latency histogram by role and endpoint, looked up
     /// once each: `with_label_values` hashes its labels and takes a lock on every call.
     answered: [[OnceLock<(IntCounter, Histogram)>; Endpoint::COUNT]; Role::COUNT],
+    score_histogram: OnceLock<Histogram>,
     /// `version` as the response header every answer carries (built once, not per response);
     /// `None` for a version name that is not a valid header value.
     pub version_header: Option<http::HeaderValue>,
@@ -175,6 +185,7 @@ impl LoadedModel {
             batch_requests: metrics.batch_requests.with_label_values(&labels),
             stats: Statistics::default(),
             answered: Default::default(),
+            score_histogram: OnceLock::new(),
             version_header: http::HeaderValue::from_str(&spec.version).ok(),
             loaded_at_ms: now_ms(),
         })
@@ -206,14 +217,20 @@ impl LoadedModel {
     /// Validates `request` against the model, runs it ([`WorkerPool::run`]: inline when the model
     /// is tiny and the request alone, else on a worker) and returns the outputs.
     pub async fn infer(&self, request: InferRequest) -> Result<Vec<Tensor>, ApiError> {
-        self.run(request, true).await
+        self.run(request, true, None).await
+    }
+
+    /// [`LoadedModel::infer`], saying where the time went (for the request's trace).
+    pub async fn infer_timed(&self, request: InferRequest, timing: &mut Timing) -> Result<Vec<Tensor>, ApiError> {
+        self.run(request, true, Some(timing)).await
     }
 
     /// [`LoadedModel::infer`]; `record` false leaves metrics and statistics alone (a warm-up is
     /// not a client's request).
-    async fn run(&self, request: InferRequest, record: bool) -> Result<Vec<Tensor>, ApiError> {
+    async fn run(&self, request: InferRequest, record: bool, timing: Option<&mut Timing>) -> Result<Vec<Tensor>, ApiError> {
         let started = Instant::now();
         let prepared = self.info.signature.prepare(request)?;
+        let submitted = Instant::now();
         let rows = prepared.rows() as u64;
         // A warm-up runs on a worker and leaves the time estimate to clients' requests.
         let output = if record { self.pool.run(prepared).await } else { self.pool.run_unmeasured(prepared).await };
@@ -221,6 +238,9 @@ impl LoadedModel {
             Refused::QueueFull(full) => ApiError::Overloaded { model: self.name.clone(), queued: full.queued },
             Refused::WorkerGone => ApiError::Internal("the inference worker stopped before answering".to_owned()),
         })?;
+        if let Some(timing) = timing {
+            *timing = Timing { submitted: Some(submitted), queued: output.queued, inference: output.inference };
+        }
         if !record {
             return Ok(output.result?);
         }
@@ -252,6 +272,11 @@ impl LoadedModel {
 
     /// The counter and histogram of this version's successful requests routed as `role` on
     /// `endpoint` (`modelship_requests_total{status="200"}`, `modelship_request_duration_seconds`).
+    /// This version's score histogram (`modelship_prediction_score`).
+    pub fn score_metric(&self, metrics: &Metrics) -> &Histogram {
+        self.score_histogram.get_or_init(|| metrics.prediction_score.with_label_values(&[self.name.as_str(), self.version.as_str()]))
+    }
+
     pub fn answered_metrics(&self, metrics: &Metrics, role: Role, endpoint: Endpoint) -> &(IntCounter, Histogram) {
         self.answered[role.index()][endpoint.index()].get_or_init(|| {
             let (name, version, role, endpoint) = (self.name.as_str(), self.version.as_str(), role.as_str(), endpoint.label());
@@ -341,6 +366,11 @@ impl LoadedModel {
         self.pool.queued()
     }
 
+    /// The queue's bound (`model.max_queue`).
+    pub fn queue_capacity(&self) -> usize {
+        self.pool.capacity()
+    }
+
     /// When a client's request last ran on it, else when it loaded (milliseconds since the epoch):
     /// what least-recently-used eviction orders by.
     pub fn last_used_ms(&self) -> u64 {
@@ -386,7 +416,7 @@ impl LoadedModel {
                 _ => ("rows drawn to the signature".to_owned(), self.drawn_inputs(|datatype, n| drawn(datatype, n, &mut rng), true)),
             };
             let inputs = inputs.map_err(|e| format!("warm-up request {} of {requests} ({what}) cannot be built: {e}", i + 1))?;
-            if let Err(e) = self.run(InferRequest { id: None, inputs, outputs: None }, false).await {
+            if let Err(e) = self.run(InferRequest { id: None, inputs, outputs: None }, false, None).await {
                 return Err(format!("warm-up request {} of {requests} ({what}) failed: {e}", i + 1));
             }
         }

@@ -191,13 +191,19 @@ pub(crate) fn score_of(model: &LoadedModel, outputs: &[Tensor]) -> Option<f64> {
     let index = modelship_protocol::v1::prediction_output(&model.info.signature)?;
     let name = &model.info.signature.outputs[index].name;
     let tensor = outputs.iter().find(|t| t.name() == name)?;
-    match modelship_protocol::v1::prediction_value(tensor) {
-        serde_json::Value::Array(rows) => match rows.first()? {
-            serde_json::Value::Array(row) => row.last()?.as_f64(),
-            v => v.as_f64(),
-        },
-        _ => None,
+    // The first row's value as `/v1/predict` answers it (the last column of a [N, K] output:
+    // a classifier's positive class), read in place: this runs on every answered request.
+    let i = match tensor.shape() {
+        [_, k] if *k != 1 => k.checked_sub(1)?,
+        _ => 0,
+    };
+    match tensor.data() {
+        // f32's shortest representation, as V2 prints it, not the widened digits.
+        modelship_inference::TensorData::Fp32(v) => v.get(i).and_then(|x| x.to_string().parse::<f64>().ok()),
+        modelship_inference::TensorData::Bytes(_) | modelship_inference::TensorData::Bool(_) => None,
+        other => other.get_f64(i),
     }
+    .filter(|v| v.is_finite())
 }
 
 #[cfg(test)]

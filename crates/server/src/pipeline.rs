@@ -13,6 +13,7 @@ use std::time::Instant;
 use http::{HeaderMap, HeaderName, StatusCode};
 use modelship_inference::{InferRequest, Tensor};
 use modelship_router::{Role, RouteInput, StickyKey};
+use opentelemetry::KeyValue;
 use prometheus::IntGauge;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -62,6 +63,8 @@ pub enum Inputs {
 
 /// What the pipeline did with one request.
 pub struct Answer {
+    /// The request's trace, when tracing is on: the adapter adds its encoding and ends it.
+    pub trace: Option<Traced>,
     /// The caller's `x-request-id` when sane, else a new one.
     pub request_id: String,
     /// The version that answered (or was about to), once routed.
@@ -86,6 +89,8 @@ pub struct Outcome {
 /// counts in the latency.
 pub async fn run(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, received: Instant, decoded: Result<Request, ApiError>) -> Answer {
     let mut call = Call::start(state, endpoint, headers, received);
+    let routing = Instant::now();
+    call.span("decode", received, routing, Vec::new());
     let request = match decoded {
         Ok(request) => request,
         Err(e) => return call.fail(e),
@@ -102,6 +107,17 @@ pub async fn run(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, rece
         Ok(routed) => routed,
         Err(e) => return call.fail(e),
     };
+    if let Some(t) = &call.trace {
+        let m = &routed.model;
+        let attributes = vec![
+            KeyValue::new("modelship.model", m.name.clone()),
+            KeyValue::new("modelship.version", m.version.clone()),
+            KeyValue::new("modelship.role", routed.role.as_str()),
+            KeyValue::new("modelship.revision", i64::try_from(revision).unwrap_or(i64::MAX)),
+        ];
+        t.trace.set(attributes.clone());
+        t.trace.child(&t.tracing, "route", routing, Instant::now(), attributes);
+    }
     let result = infer(state, &routed, revision, request, &mut call).await;
     let status = match &result {
         Ok(_) => StatusCode::OK,
@@ -109,7 +125,7 @@ pub async fn run(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, rece
     };
     call.record(Some(&routed.model), Some(routed.role), status, result.as_ref().err());
     call.keep(&routed, revision, status, &result);
-    Answer { request_id: call.request_id, model: Some(routed.model), revision: Some(revision), result }
+    Answer { trace: call.trace.take(), request_id: call.request_id, model: Some(routed.model), revision: Some(revision), result }
 }
 
 /// Where the request goes: the version it names, else the routing table (pin header, canary
@@ -157,7 +173,12 @@ async fn infer(state: &AppState, routed: &Routed, revision: u64, request: Reques
         Inputs::Prediction => modelship_protocol::v1::entity_request(signature),
     };
     let feature_defaults = match &request.entities {
-        Some(entities) => enrich(state, &model.name, &mut infer_request, entities).await?,
+        Some(entities) => {
+            let started = Instant::now();
+            let enriched = enrich(state, &model.name, &mut infer_request, entities).await;
+            call.span("enrich", started, Instant::now(), vec![KeyValue::new("modelship.entities", i64::try_from(entities.len()).unwrap_or(i64::MAX)), KeyValue::new("modelship.feature_store", "redis")]);
+            enriched?
+        }
         None => None,
     };
     check_size(state, &infer_request)?;
@@ -168,22 +189,33 @@ async fn infer(state: &AppState, routed: &Routed, revision: u64, request: Reques
         call.kept = Some(Kept { log: Arc::clone(log), inputs: modelship_protocol::v2::tensors_json(&infer_request.inputs), entities, outputs: None });
     }
     let mirror = routed.shadow.as_ref().filter(|s| state.shadows.admit(&state.metrics, s)).map(|_| infer_request.clone());
-    let outputs = model.infer(infer_request).await?;
-    let keeping = call.kept.is_some();
-    if keeping || state.observations.is_recording(&model.name) {
-        call.score = crate::observe::score_of(model, &outputs);
-    }
+    let outputs = match &call.trace {
+        Some(t) if t.trace.is_sampled() => {
+            let mut timing = crate::model::Timing::default();
+            let outputs = model.infer_timed(infer_request, &mut timing).await;
+            if let Some(submitted) = timing.submitted {
+                let ran = submitted + timing.queued;
+                t.trace.child(&t.tracing, "queue", submitted, ran, Vec::new());
+                t.trace.child(&t.tracing, "infer", ran, ran + timing.inference, vec![KeyValue::new("modelship.version", model.version.clone())]);
+            }
+            outputs?
+        }
+        _ => model.infer(infer_request).await?,
+    };
+    // Every answer's score: the score histogram (drift), observations, the prediction log.
+    call.score = crate::observe::score_of(model, &outputs);
     if let Some(kept) = &mut call.kept {
         kept.outputs = Some(modelship_protocol::v2::tensors_json(&outputs));
     }
     if let (Some(shadow), Some(copy)) = (&routed.shadow, mirror) {
+        let link = call.trace.as_ref().filter(|t| t.trace.is_sampled()).map(|t| (Arc::clone(&t.tracing), t.trace.span_context(), call.request_id.clone()));
         let log = state.predictions.get().filter(|log| log.keeps(&model.name, Role::Shadow.as_str(), &call.request_id)).map(|log| crate::shadow::ShadowLog {
             log: Arc::clone(log),
             request_id: call.request_id.clone(),
             revision,
             served_version: model.version.clone(),
         });
-        state.shadows.mirror(&state.metrics, Arc::clone(shadow), copy, outputs.clone(), log);
+        state.shadows.mirror(&state.metrics, Arc::clone(shadow), copy, outputs.clone(), log, link);
     }
     Ok(Outcome { id, outputs, feature_defaults })
 }
@@ -231,6 +263,31 @@ struct Call<'a> {
     score: Option<f64>,
     /// What the prediction log keeps of this request, when it keeps it.
     kept: Option<Kept>,
+    /// The request's trace, when tracing is on.
+    trace: Option<Traced>,
+}
+
+/// A request's trace and the tracer it belongs to. Dropping it ends the request's span.
+pub struct Traced {
+    tracing: Arc<crate::trace::Tracing>,
+    trace: crate::trace::RequestTrace,
+}
+
+impl Traced {
+    /// The encoding of the answer, from `started` to now (the adapters call it).
+    pub fn encoded(&self, started: Instant) {
+        self.trace.child(&self.tracing, "encode", started, Instant::now(), Vec::new());
+    }
+
+    pub fn trace_id(&self) -> &str {
+        self.trace.trace_id()
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        self.trace.end();
+    }
 }
 
 /// A request the prediction log keeps: its inputs and entities as the model got them, and its
@@ -254,13 +311,28 @@ impl<'a> Call<'a> {
     fn start(state: &'a AppState, endpoint: Endpoint, headers: &HeaderMap, received: Instant) -> Self {
         let gauge = state.metrics.in_flight_at(endpoint).clone();
         gauge.inc();
-        Call { state, endpoint, request_id: state.ids.for_request(headers), started: received, _in_flight: InFlight(gauge), score: None, kept: None }
+        let trace = state.tracing.get().map(|tracing| {
+            let trace = tracing.request(endpoint.label(), headers, received);
+            Traced { tracing: Arc::clone(tracing), trace }
+        });
+        let request_id = state.ids.for_request(headers);
+        if let Some(t) = &trace {
+            t.trace.set(vec![KeyValue::new("modelship.request_id", request_id.clone()), KeyValue::new("modelship.endpoint", endpoint.label())]);
+        }
+        Call { state, endpoint, request_id, started: received, _in_flight: InFlight(gauge), score: None, kept: None, trace }
+    }
+
+    /// A child span of the request's, when it is traced and sampled.
+    fn span(&self, name: &'static str, start: Instant, end: Instant, attributes: Vec<KeyValue>) {
+        if let Some(t) = &self.trace {
+            t.trace.child(&t.tracing, name, start, end, attributes);
+        }
     }
 
     /// A request that failed before it was routed (decoding, unknown model, no route).
-    fn fail(self, e: ApiError) -> Answer {
+    fn fail(mut self, e: ApiError) -> Answer {
         self.record(None, None, e.status_and_code().0, Some(&e));
-        Answer { request_id: self.request_id, model: None, revision: None, result: Err(e) }
+        Answer { trace: self.trace.take(), request_id: self.request_id, model: None, revision: None, result: Err(e) }
     }
 
     /// Hands the answer to the prediction log, when it keeps this request.
@@ -299,6 +371,13 @@ impl<'a> Call<'a> {
         if let Some(code) = code {
             metrics.errors.with_label_values(&[name, version, endpoint, code]).inc();
         }
+        if let Some(t) = &self.trace {
+            t.trace.set(vec![KeyValue::new("http.response.status_code", i64::from(status.as_u16()))]);
+            if let (Some(code), Some(e)) = (code, error) {
+                t.trace.fail(code, &crate::error::clip(&e.to_string(), crate::error::MAX_LOGGED_BYTES));
+            }
+        }
+        let trace_id = self.trace.as_ref().map(Traced::trace_id);
         if let (Some(m), Some(routed_as)) = (model, role)
             && routed_as != Role::Pinned
         {
@@ -309,6 +388,9 @@ impl<'a> Call<'a> {
                 let (requests, duration) = m.answered_metrics(metrics, role, self.endpoint);
                 requests.inc();
                 duration.observe(elapsed.as_secs_f64());
+                if let Some(score) = self.score {
+                    m.score_metric(metrics).observe(score);
+                }
             }
             _ => {
                 let role = role.map_or("", Role::as_str);
@@ -323,12 +405,12 @@ impl<'a> Call<'a> {
         let message = message.as_deref().unwrap_or_default();
         match (error, code) {
             (Some(_), Some(code)) if status.is_server_error() => tracing::error!(
-                request_id, model = name, version, endpoint, status = status.as_u16(), latency_ms, error = code, message, "inference failed"
+                request_id, trace_id, model = name, version, endpoint, status = status.as_u16(), latency_ms, error = code, message, "inference failed"
             ),
             (Some(_), Some(code)) => tracing::info!(
-                request_id, model = name, version, endpoint, status = status.as_u16(), latency_ms, error = code, message, "inference rejected"
+                request_id, trace_id, model = name, version, endpoint, status = status.as_u16(), latency_ms, error = code, message, "inference rejected"
             ),
-            _ => tracing::info!(request_id, model = name, version, role, endpoint, status = status.as_u16(), latency_ms, "inference"),
+            _ => tracing::info!(request_id, trace_id, model = name, version, role, endpoint, status = status.as_u16(), latency_ms, "inference"),
         }
     }
 }

@@ -38,6 +38,7 @@ use serde_json::{Value, json};
 use crate::control::{Applied, ControlStore, StoreError, StoredRollout, Write};
 use crate::error::ApiError;
 use crate::model::Served;
+use crate::notify::{self, EventKind, Notice};
 use crate::state::AppState;
 use crate::traffic::{Split, Target, Traffic};
 
@@ -75,12 +76,25 @@ pub struct Rollouts {
     asked: Mutex<HashSet<(i64, usize)>>,
     /// Wakes the control loop when a rollout starts here (it sleeps longer while none runs).
     wake: tokio::sync::Notify,
+    /// Steps this replica told were held on inconclusive evidence: (rollout, step).
+    held: Mutex<HashSet<(i64, usize)>>,
+    /// The last rollout this replica saw ended (`None` before its first look): each end is
+    /// counted once, and one that ended before this process started is not counted.
+    ended: Mutex<Option<i64>>,
+}
+
+/// What led to decisions, for what their notifications call them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    Start,
+    Resume,
+    Other,
 }
 
 impl Rollouts {
     pub fn new(traffic: Arc<Traffic>, fleet: FleetConfig) -> Self {
         let snapshot = Mutex::new(RolloutStatus { model: traffic.spec.name.clone(), rollout: None });
-        Rollouts { traffic, fleet, writing: tokio::sync::Mutex::new(()), snapshot, leading: AtomicBool::new(false), asked: Mutex::default(), wake: tokio::sync::Notify::new() }
+        Rollouts { traffic, fleet, writing: tokio::sync::Mutex::new(()), snapshot, leading: AtomicBool::new(false), asked: Mutex::default(), wake: tokio::sync::Notify::new(), held: Mutex::default(), ended: Mutex::default() }
     }
 
     fn store(&self) -> &dyn ControlStore {
@@ -111,8 +125,9 @@ impl Rollouts {
         // Refused before anything is written: a record of a rollout that cannot run would hold
         // the model's one rollout until someone aborted it.
         self.check_routable(&served, &plan.to).await?;
-        if !force {
-            self.check_validated(&plan.to).await?;
+        if !force && let Err(e) = self.check_validated(&plan.to).await {
+            self.tell(state, None, EventKind::GateRefused, 0, &e.to_string(), None, Some(&plan.to));
+            return Err(e);
         }
         let (rollout, decisions) = Rollout::start(plan, now_ms());
         // Evidence already in the log belongs to earlier rollouts: read on from its end.
@@ -133,7 +148,7 @@ impl Rollouts {
         state.residency.set_rollout(self.model(), true);
         tracing::info!(model = %self.model(), rollout = record.id, to = %record.rollout.plan.to, actor, "rollout started");
         self.wake.notify_one();
-        log_decisions(self.model(), record.id, &decisions);
+        self.decided(state, &record, &decisions, Cause::Start);
         let record = match self.reconcile(state, record.clone(), None).await {
             Ok(record) => record,
             Err(e) => return Err(self.end_unstarted(state, record, e).await),
@@ -188,7 +203,7 @@ impl Rollouts {
         record.seq += 1;
         match self.store().save_rollout(&record, Write::Update { leader: None }, &decisions).await {
             Ok(()) => {
-                log_decisions(self.model(), record.id, &decisions);
+                self.decided(state, &record, &decisions, Cause::Other);
                 self.observe(state, Some(&record));
             }
             Err(e) => tracing::warn!(model = %self.model(), rollout = record.id, error = %e, "cannot end a rollout that failed to start; abort it"),
@@ -216,7 +231,7 @@ impl Rollouts {
         let decisions = record.rollout.handle(event);
         record.seq += 1;
         self.store().save_rollout(&record, Write::Update { leader: None }, &decisions).await?;
-        log_decisions(self.model(), record.id, &decisions);
+        self.decided(state, &record, &decisions, if command == RolloutCommand::Resume { Cause::Resume } else { Cause::Other });
         let record = self.reconcile(state, record, None).await?;
         if self.is_leading() {
             // Elsewhere the leader asks at its next analysis.
@@ -227,10 +242,19 @@ impl Rollouts {
 
     /// The rollout's status: read from the store, or as last seen when it cannot be reached.
     pub async fn status(&self, state: &AppState) -> RolloutStatus {
-        match tokio::time::timeout(Duration::from_secs(2), self.store().rollout(self.model())).await {
+        let mut status = match tokio::time::timeout(Duration::from_secs(2), self.store().rollout(self.model())).await {
             Ok(Ok(record)) => self.observe(state, record.as_ref()),
             _ => self.snapshot(),
+        };
+        // What the other replicas sent, from their reports (each sends the decisions it committed).
+        if let Some(rollout) = status.rollout.as_mut()
+            && self.store().is_shared()
+            && let Ok(Ok(replicas)) = tokio::time::timeout(Duration::from_secs(2), self.store().replicas(self.model(), self.fleet.live)).await
+        {
+            let others = replicas.into_iter().filter(|r| r.replica != self.fleet.replica).flat_map(|r| r.notifications);
+            rollout.notifications = merge_notifications(std::mem::take(&mut rollout.notifications).into_iter().chain(others));
         }
+        status
     }
 
     /// The status as last seen; never waits.
@@ -246,9 +270,31 @@ impl Rollouts {
     /// Takes in a record read from the store: the status snapshot, the rollout metrics, and
     /// whether this replica records observations. Returns the status.
     pub fn observe(&self, state: &AppState, record: Option<&StoredRollout>) -> RolloutStatus {
-        let status = RolloutStatus { model: self.model().to_owned(), rollout: record.map(state_of) };
+        let mut status = RolloutStatus { model: self.model().to_owned(), rollout: record.map(state_of) };
+        if let (Some(rollout), Some(notifier)) = (status.rollout.as_mut(), state.notifier.get()) {
+            rollout.notifications = notifier.recent(self.model());
+        }
         if let Some(r) = record {
             publish(state, self.model(), &r.rollout);
+        }
+        {
+            let done = record.filter(|r| r.is_done());
+            let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+            match (*ended, done) {
+                (None, d) => {
+                    // Both outcomes from 0, so the first end is an increase Prometheus sees.
+                    for outcome in ["promoted", "rolled_back"] {
+                        let _ = state.metrics.rollouts_finished.with_label_values(&[self.model(), outcome]);
+                    }
+                    *ended = Some(d.map_or(0, |r| r.id));
+                }
+                (Some(last), Some(r)) if r.id > last => {
+                    let outcome = if r.rollout.phase == Phase::Promoted { "promoted" } else { "rolled_back" };
+                    state.metrics.rollouts_finished.with_label_values(&[self.model(), outcome]).inc();
+                    *ended = Some(r.id);
+                }
+                _ => {}
+            }
         }
         let active = record.is_some_and(|r| !r.is_done());
         // A model under rollout stays loaded, whatever its step routes (an approval gate routes
@@ -334,12 +380,16 @@ impl Rollouts {
             let lease = self.store().lease(self.model(), &self.fleet.replica, self.fleet.lease_ttl).await;
             let leading = matches!(&lease, Ok(l) if l.mine);
             if leading != self.leading.swap(leading, Ordering::Relaxed) {
+                if leading {
+                    self.took_over(&state).await;
+                }
                 match &lease {
                     Ok(_) if leading => tracing::info!(model = %self.model(), replica = %self.fleet.replica, "this replica now leads the model's rollouts"),
                     Ok(l) => tracing::info!(model = %self.model(), leader = %l.holder, "another replica leads the model's rollouts"),
                     Err(e) => tracing::warn!(model = %self.model(), error = %e, "cannot renew the rollout lease; not leading until the control store answers"),
                 }
                 self.asked.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                self.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
             }
             if !leading {
                 continue;
@@ -422,11 +472,75 @@ impl Rollouts {
         record.seq += 1;
         record.leader = Some(leader.clone());
         self.store().save_rollout(&record, Write::Update { leader: Some(&leader) }, &decisions).await?;
-        log_decisions(self.model(), record.id, &decisions);
+        self.decided(state, &record, &decisions, Cause::Other);
+        if decisions.is_empty()
+            && let Some(reason) = record.rollout.held_inconclusive(now)
+            && self.held.lock().unwrap_or_else(|p| p.into_inner()).insert((record.id, record.rollout.step))
+        {
+            self.tell(state, Some(&record), EventKind::InconclusiveHeld, 0, &reason, None, None);
+        }
         let record = self.reconcile(state, record, Some(&leader)).await?;
         self.ask_gate(state, &record);
         self.observe(state, Some(&record));
         Ok(())
+    }
+
+    /// Logs the decisions a write of this replica committed, and tells the notification sinks:
+    /// the replica whose write committed a decision is the one that sends it, so each is sent
+    /// once in the fleet.
+    fn decided(&self, state: &AppState, record: &StoredRollout, decisions: &[Decision], cause: Cause) {
+        log_decisions(self.model(), record.id, decisions);
+        for (i, d) in decisions.iter().enumerate() {
+            let kind = notify::kind_of(d, cause == Cause::Start && i == 0, cause == Cause::Resume);
+            self.tell(state, Some(record), kind, i, &d.reason, Some(d), None);
+        }
+    }
+
+    /// Hands one event to the notification sinks, when any is configured. `to` names the
+    /// version when there is no record (a start refused by a gate).
+    #[allow(clippy::too_many_arguments)]
+    fn tell(&self, state: &AppState, record: Option<&StoredRollout>, kind: EventKind, index: usize, reason: &str, decision: Option<&Decision>, to: Option<&str>) {
+        let Some(notifier) = state.notifier.get().filter(|n| !n.is_empty()) else { return };
+        let at_ms = decision.map_or_else(now_ms, |d| d.at);
+        let model = self.model();
+        let id = match record {
+            Some(r) if index > 0 => format!("{model}:{}:{}.{index}:{}", r.id, r.seq, kind.as_str()),
+            Some(r) => format!("{model}:{}:{}:{}", r.id, r.seq, kind.as_str()),
+            None => format!("{model}:-:{at_ms}:{}", kind.as_str()),
+        };
+        // Two takeovers of one record are two events.
+        let id = if kind == EventKind::LeaderChanged { format!("{id}:{}", self.fleet.replica) } else { id };
+        let steps = record.map(|r| r.rollout.plan.steps.len());
+        notifier.notify(Notice {
+            id,
+            kind,
+            severity: kind.severity(),
+            model: model.to_owned(),
+            rollout: record.map(|r| r.id),
+            to: record.map(|r| r.rollout.plan.to.clone()).or_else(|| to.map(str::to_owned)),
+            stable: record.map(|r| r.stable.clone()),
+            step: record.map(|r| (r.rollout.step + 1).min(r.rollout.plan.steps.len())),
+            steps,
+            action: decision.map(|d| d.action.clone()),
+            reason: reason.to_owned(),
+            evidence: decision.map(|d| d.evidence.iter().map(|(check, verdict)| json!({"check": check, "verdict": verdict})).collect()).unwrap_or_default(),
+            replica: self.fleet.replica.clone(),
+            at_ms,
+        });
+    }
+
+    /// This replica just took the lease: when a rollout is in progress that another replica
+    /// drove, the takeover is told (by this replica, once per takeover).
+    async fn took_over(&self, state: &AppState) {
+        if state.notifier.get().is_none_or(|n| n.is_empty()) {
+            return;
+        }
+        let Ok(Some(record)) = self.store().rollout(self.model()).await else { return };
+        let me = self.fleet.replica.as_str();
+        if let Some(previous) = record.leader.as_deref().filter(|l| *l != me && !record.is_done()) {
+            let reason = format!("replica {me} leads the rollout now (replica {previous} led it before)");
+            self.tell(state, Some(&record), EventKind::LeaderChanged, 0, &reason, None, None);
+        }
     }
 
     /// The rollout's Prometheus checks, queried now, for the step it is at.
@@ -483,11 +597,15 @@ impl Rollouts {
         }) else {
             return Ok(());
         };
+        let refusal = (!go).then(|| format!("the webhook gate said no: {detail}"));
         let decisions = record.rollout.handle(Event::WebhookAnswered { now: now_ms(), go, detail });
         record.seq += 1;
         let leader = self.fleet.replica.clone();
         self.store().save_rollout(&record, Write::Update { leader: Some(&leader) }, &decisions).await?;
-        log_decisions(self.model(), record.id, &decisions);
+        if let Some(reason) = refusal {
+            self.tell(state, Some(&record), EventKind::GateRefused, 0, &reason, None, None);
+        }
+        self.decided(state, &record, &decisions, Cause::Other);
         let record = self.reconcile(state, record, Some(&leader)).await?;
         self.observe(state, Some(&record));
         Ok(())
@@ -584,6 +702,15 @@ pub(crate) fn call_webhook(url: &str, body: &Value) -> (bool, String) {
     }
 }
 
+/// Deliveries from several replicas, newest first, at most 20.
+fn merge_notifications(all: impl Iterator<Item = modelship_protocol::admin::NotificationRecord>) -> Vec<modelship_protocol::admin::NotificationRecord> {
+    let mut all: Vec<_> = all.collect();
+    all.sort_by(|a, b| b.at_ms.cmp(&a.at_ms).then_with(|| a.id.cmp(&b.id)).then_with(|| a.sink.cmp(&b.sink)));
+    all.dedup_by(|a, b| a.id == b.id && a.sink == b.sink);
+    all.truncate(20);
+    all
+}
+
 /// Where the rollout is. Once it is done there is no current step, and after a promotion the
 /// step reached is the last one (the engine's index has moved past it).
 fn state_of(record: &StoredRollout) -> RolloutState {
@@ -606,6 +733,7 @@ fn state_of(record: &StoredRollout) -> RolloutState {
         revision: record.applied.as_ref().map(|a| a.revision),
         settled_ms: record.applied.as_ref().and_then(|a| a.settled_ms),
         leader: record.leader.clone(),
+        notifications: Vec::new(),
     }
 }
 

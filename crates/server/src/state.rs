@@ -92,6 +92,10 @@ pub struct Shared {
     pub fleet: Arc<std::sync::OnceLock<(Arc<dyn crate::control::ControlStore>, String)>>,
     /// The prediction log, when one is configured: what each version answered, kept as data.
     pub predictions: Arc<std::sync::OnceLock<Arc<modelship_predictions::PredictionLog>>>,
+    /// Where rollout events are told, when sinks are configured.
+    pub notifier: Arc<std::sync::OnceLock<Arc<crate::notify::Notifier>>>,
+    /// The OpenTelemetry tracer, when tracing is on.
+    pub tracing: Arc<std::sync::OnceLock<Arc<crate::trace::Tracing>>>,
 }
 
 impl AppState {
@@ -124,6 +128,8 @@ impl AppState {
             features: Arc::default(),
             fleet: Arc::default(),
             predictions: Arc::default(),
+            notifier: Arc::default(),
+            tracing: Arc::default(),
         }))
     }
 }

@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::docker::Load;
 use crate::features::Redis;
 use crate::registry_s3::S3;
-use crate::support::{Server, command, fraud_body, free_port, model};
+use crate::support::{Receiver, Server, command, fraud_body, free_port, model};
 
 const TOKEN: &str = "fleet-test-admin-token-0123456789";
 /// The fleet's registry: catalog and artifacts in the bucket, nothing on any replica's disk.
@@ -35,6 +35,10 @@ struct Replicas {
     /// More models every replica serves beside it.
     more: Vec<String>,
     servers: Vec<(Server, tempfile::TempDir)>,
+    /// Arguments every replica gets beside the fleet's own (a configuration file).
+    args: Vec<String>,
+    /// Environment every replica gets (secrets a configuration names).
+    env: Vec<(&'static str, String)>,
 }
 
 impl Replicas {
@@ -50,7 +54,7 @@ impl Replicas {
     /// `n` replicas serving `model` and `more` after `prepare` ran against the fleet's registry.
     fn serving_more(redis: &Redis, n: usize, serves: &'static str, more: &[&str], prepare: &[&[&str]]) -> Replicas {
         let more = more.iter().map(|m| (*m).to_owned()).collect();
-        let mut replicas = Replicas { s3: S3::start(), serves, more, servers: Vec::new() };
+        let mut replicas = Replicas { s3: S3::start(), serves, more, servers: Vec::new(), args: Vec::new(), env: Vec::new() };
         replicas.push("fraud", "1");
         replicas.push("xgboost", "2");
         for args in prepare {
@@ -108,10 +112,12 @@ impl Replicas {
             ("MODELSHIP_STATE_DIR", state.path().join("state").to_str().unwrap().to_owned()),
             ("MODELSHIP_ADMIN_TOKEN", TOKEN.to_owned()),
         ]);
+        env.extend(self.env.iter().cloned());
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let url = redis.url();
         let mut args = vec![self.serves, "--registry", registry, "--poll-interval", "0.2", "--control-store", &url, "--workers", "1", "--replica", name, "--lease-ttl", "2"];
         args.extend(self.more.iter().map(String::as_str));
+        args.extend(self.args.iter().map(String::as_str));
         Server::start_with(&args, &env)
     }
 
@@ -646,4 +652,118 @@ fn two_models_on_a_fleet_roll_out_independently() {
         }
         assert!(ok > 0, "{versions:?}");
     }
+}
+
+/// Rollout events told to three sinks by a fleet of three: a webhook signed with HMAC-SHA256 that
+/// answers 500 three times before it answers 200, a Slack-compatible one, and a webhook that
+/// never answers. A broken candidate is started through replica 3 and rolled back by the leader:
+/// each decision reaches each answering sink exactly once (by the replica that committed it),
+/// signed; the silent sink delays neither the rollout nor the other sinks; the status shows what
+/// was sent.
+#[test]
+fn rollout_events_are_told_once_per_sink_by_the_replica_that_decided() {
+    const SECRET: &str = "notify-secret-for-the-fleet-test";
+    let flaky = Receiver::start(|n| Some(if n <= 3 { 500 } else { 200 }));
+    let slack = Receiver::start(|_| Some(200));
+    let silent = Receiver::start(|_| None);
+    let redis = Redis::start(free_port());
+    let config = tempfile::tempdir().unwrap();
+    let file = config.path().join("modelship.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "notifications:\n  timeout_seconds: 2\n  retries: 5\n  backoff_seconds: 0.2\n  sinks:\n    - {{name: ops, webhook: '{}/hook', secret_env: NOTIFY_SECRET}}\n    - {{name: team, slack_env: SLACK_URL}}\n    - {{name: silent, webhook: '{}/never'}}\n",
+            flaky.url, silent.url
+        ),
+    )
+    .unwrap();
+    let mut fleet = Replicas { s3: S3::start(), serves: "fraud:1", more: Vec::new(), servers: Vec::new(), args: vec!["--config".into(), file.to_str().unwrap().into()], env: vec![("NOTIFY_SECRET", SECRET.into()), ("SLACK_URL", format!("{}/services/T0/B0/x", slack.url))] };
+    fleet.push("fraud", "1");
+    fleet.push("faulty", "3");
+    for _ in 0..3 {
+        fleet.add(&redis);
+    }
+    fleet.converge(0);
+    let spec = fleet.spec("to: '3'\ncanary: {weights: [30, 100], every: 1m}\nchecks: [{error_rate: {}}]\nfailure: {consecutive: 2, min_samples: 20}\ninterval: 500ms\n");
+    let load = Load::start(&fleet.server(1).url("/v1/predict"), 3);
+    let started = fleet.rollout(2, &["start", "fraud", "--spec", &spec]);
+    assert_eq!(started["phase"]["phase"], "progressing", "{started}");
+    let done = fleet.wait_rollout(0, "rolled back", |s| s["phase"]["phase"] == "rolled_back");
+    let leader = done["leader"].as_str().expect("the leader is named").to_owned();
+    drop(load);
+    let decisions = decisions(&fleet.rollout(1, &["history", "fraud"]), 1);
+    assert_eq!(decisions.len(), 2, "started, rolled back: {decisions:?}");
+
+    // The signed webhook: every event once with a 2xx, after the three 500s were retried.
+    let hook = flaky.wait_for(Duration::from_secs(60), "told the rollback to the webhook", |got| {
+        got.iter().any(|r| r.answered == Some(200) && r.json()["kind"] == "rolled_back")
+    });
+    // Late duplicates would come within a few beats: give them the time.
+    thread::sleep(Duration::from_secs(3));
+    let hook = if flaky.received().len() > hook.len() { flaky.received() } else { hook };
+    assert_eq!(hook.iter().filter(|r| r.answered == Some(500)).count(), 3);
+    let mut delivered: Vec<(String, String, String)> = Vec::new();
+    for r in &hook {
+        let id = r.header("x-modelship-delivery").expect("a delivery id").to_owned();
+        let timestamp = r.header("x-modelship-timestamp").expect("a timestamp");
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+        let signed = format!("{timestamp}.{}", String::from_utf8_lossy(&r.body));
+        let expected = format!("sha256={}", hex(ring::hmac::sign(&key, signed.as_bytes()).as_ref()));
+        assert_eq!(r.header("x-modelship-signature"), Some(expected.as_str()), "a valid signature on {id}");
+        let body = r.json();
+        assert_eq!(body["id"], id.as_str());
+        if r.answered == Some(200) {
+            delivered.push((body["kind"].as_str().unwrap().to_owned(), id, body["replica"].as_str().unwrap().to_owned()));
+        }
+    }
+    delivered.sort();
+    let kinds: Vec<&str> = delivered.iter().map(|(k, _, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["rolled_back", "started"], "each decision once: {delivered:?}");
+    let by = |kind: &str| delivered.iter().find(|(k, _, _)| k == kind).map(|(_, _, r)| r.clone()).unwrap();
+    assert_eq!(by("started"), "replica-3", "the replica that took the start command told it");
+    assert_eq!(by("rolled_back"), leader, "the leader that rolled back told it");
+    let rollback = hook.iter().find(|r| r.json()["kind"] == "rolled_back").unwrap().json();
+    assert_eq!((rollback["severity"].as_str(), rollback["model"].as_str(), rollback["to"].as_str()), (Some("critical"), Some("fraud"), Some("3")), "{rollback}");
+    assert!(rollback["reason"].as_str().unwrap().contains("error_rate"), "{rollback}");
+
+    // The Slack-compatible sink: one message per decision, for people.
+    let messages = slack.wait_for(Duration::from_secs(30), "told Slack", |got| got.len() >= 2);
+    let texts: Vec<String> = messages.iter().map(|r| r.json()["text"].as_str().unwrap_or_default().to_owned()).collect();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(texts.iter().any(|t| t.starts_with("fraud: rollout 1 of version 3 started")), "{texts:?}");
+    assert!(texts.iter().any(|t| t.starts_with("fraud: rollout 1 of version 3 rolled back: error_rate")), "{texts:?}");
+    assert!(messages.iter().all(|r| r.path == "/services/T0/B0/x"));
+
+    // The silent sink held its first attempt open all along; the others were told meanwhile,
+    // and the rollout did not wait for it.
+    let first_silent = silent.received().first().map(|r| r.at).expect("the silent sink was tried");
+    let rolled_back_told = hook.iter().find(|r| r.answered == Some(200) && r.json()["kind"] == "rolled_back").unwrap().at;
+    eprintln!("notifications: the rollback reached the webhook {:?} after the silent sink's first attempt began", rolled_back_told.duration_since(first_silent));
+    let status = fleet.rollout(0, &["status", "fraud"]);
+    let notifications = status["notifications"].as_array().expect("notifications in the status");
+    let result = |sink: &str, kind: &str| {
+        notifications.iter().find(|n| n["sink"] == sink && n["kind"] == kind).map(|n| (n["result"].as_str().unwrap().to_owned(), n["attempts"].as_u64().unwrap()))
+    };
+    assert_eq!(result("ops", "rolled_back").map(|r| r.0), Some("sent".to_owned()), "{status}");
+    assert_eq!(result("ops", "started"), Some(("sent".to_owned(), 4)), "three 500s, then 200: {status}");
+    assert_eq!(result("team", "rolled_back").map(|r| r.0), Some("sent".to_owned()), "{status}");
+    let silent_state = result("silent", "started").map(|r| r.0);
+    assert!(matches!(silent_state.as_deref(), Some("pending" | "failed")), "{status}");
+    let text = String::from_utf8_lossy(
+        &command()
+            .args(["rollout", "status", "fraud", "--admin", &format!("http://{}", fleet.server(1).ready["admin"].as_str().unwrap())])
+            .env("MODELSHIP_ADMIN_TOKEN", TOKEN)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(text.contains("notifications (latest first)") && text.contains("rolled_back") && text.contains("ops"), "{text}");
+    // Neither the secret nor the Slack URL reaches a log.
+    let logs = fleet.logs();
+    assert!(!logs.contains(SECRET) && !logs.contains("/services/T0/B0/x"), "a secret in the logs");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -108,6 +108,8 @@ impl Fixtures {
             poll: Duration::from_secs(1),
             residency: modelship_server::residency::ResidencyLimits::default(),
             prediction_log: None,
+            notifications: Vec::new(),
+            tracing: None,
         }
     }
 

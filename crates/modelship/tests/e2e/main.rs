@@ -29,6 +29,7 @@ mod edge;
 mod lambda;
 mod lifecycle;
 mod models;
+mod observability;
 mod openapi;
 mod predict;
 mod registry;

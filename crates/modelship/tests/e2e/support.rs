@@ -332,13 +332,26 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn scraping(targets: &[&str]) -> Prometheus {
+        Prometheus::configured(targets, "")
+    }
+
+    /// Scraping `targets`, evaluating the rules file `rules` every second and sending alerts to
+    /// the Alertmanager at `alertmanager` (HOST:PORT).
+    pub fn with_rules(targets: &[&str], rules: &Path, alertmanager: &str) -> Prometheus {
+        Prometheus::configured(
+            targets,
+            &format!("rule_files: ['{}']\nalerting:\n  alertmanagers:\n    - static_configs: [{{targets: ['{alertmanager}']}}]\n", rules.display()),
+        )
+    }
+
+    fn configured(targets: &[&str], extra: &str) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
         let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         std::fs::write(
             &config,
             format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: modelship\n    static_configs: [{{targets: [{}]}}]\n",
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n{extra}scrape_configs:\n  - job_name: modelship\n    static_configs: [{{targets: [{}]}}]\n",
                 targets.join(", ")
             ),
         )
@@ -433,5 +446,95 @@ fn as_postgres(root_user: bool, program: &Path) -> Command {
         cmd
     } else {
         Command::new(program)
+    }
+}
+
+/// An HTTP receiver on a free loopback port that records every request and answers as `answer`
+/// says for the n-th request (from 1): a status, or no answer at all (the connection held open
+/// until the test ends). Stands in for a webhook, a Slack endpoint or an alert receiver.
+pub struct Receiver {
+    pub url: String,
+    pub requests: Arc<Mutex<Vec<Received>>>,
+}
+
+/// One request a [`Receiver`] got, and the status it answered (`None`: it never answered).
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub answered: Option<u16>,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+impl Receiver {
+    pub fn start(answer: impl Fn(usize) -> Option<u16> + Send + 'static) -> Receiver {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let seen = Arc::clone(&requests);
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                use std::io::Write;
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or_default().to_owned();
+                let mut headers = Vec::new();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some((n, v)) = h.trim_end().split_once(':') {
+                        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                    }
+                }
+                let length = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(0);
+                let mut body = vec![0u8; length];
+                let _ = reader.read_exact(&mut body);
+                let n = seen.lock().unwrap().len() + 1;
+                let status = answer(n);
+                seen.lock().unwrap().push(Received { path, headers, body, answered: status, at: Instant::now() });
+                let mut stream = reader.into_inner();
+                match status {
+                    Some(code) => {
+                        let _ = stream.write_all(format!("HTTP/1.1 {code} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}").as_bytes());
+                    }
+                    None => held.push(stream),
+                }
+            }
+        });
+        Receiver { url, requests }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Waits (at most `limit`) until the requests received satisfy `done`.
+    pub fn wait_for(&self, limit: Duration, what: &str, mut done: impl FnMut(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let got = self.received();
+            if done(&got) {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "never {what}; received: {:?}", got.iter().map(|r| (&r.path, r.answered, String::from_utf8_lossy(&r.body))).collect::<Vec<_>>());
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 }

@@ -14,13 +14,13 @@ use serde_json::Value;
 
 use crate::support::{Server, agent, command, fraud_body, model, reply};
 
-struct Fleet {
-    registry: tempfile::TempDir,
-    state: tempfile::TempDir,
+pub(crate) struct Fleet {
+    pub(crate) registry: tempfile::TempDir,
+    pub(crate) state: tempfile::TempDir,
 }
 
 /// A registry with fraud:1 (gradient boosting) and fraud:2 (xgboost).
-fn fleet() -> Fleet {
+pub(crate) fn fleet() -> Fleet {
     let fleet = Fleet { registry: tempfile::tempdir().unwrap(), state: tempfile::tempdir().unwrap() };
     fleet.push("fraud", "1");
     fleet.push("xgboost", "2");
@@ -29,7 +29,7 @@ fn fleet() -> Fleet {
 
 impl Fleet {
     /// Pushes fixture `file` as version `version` of model fraud.
-    fn push(&self, file: &str, version: &str) {
+    pub(crate) fn push(&self, file: &str, version: &str) {
         let out = command()
             .args(["models", "push", "fraud", &model(file), "--version", version, "--registry"])
             .arg(self.registry.path())
@@ -38,7 +38,7 @@ impl Fleet {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
-    fn serve(&self, extra: &[&str]) -> Server {
+    pub(crate) fn serve(&self, extra: &[&str]) -> Server {
         let mut args = vec!["fraud:1", "--registry", self.registry.path().to_str().unwrap(), "--keep-warm", "60"];
         args.extend_from_slice(extra);
         Server::start_with(&args, &[("MODELSHIP_STATE_DIR", self.state.path().to_str().unwrap())])
@@ -54,7 +54,7 @@ impl Fleet {
             .unwrap()
     }
 
-    fn ok(&self, server: &Server, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, server: &Server, args: &[&str]) -> String {
         let out = self.traffic(server, args);
         assert!(out.status.success(), "traffic {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -249,7 +249,7 @@ pub(crate) fn load(server: &crate::support::Client, clients: usize) -> (Arc<Atom
     (stop, counting, sent, failed, handles)
 }
 
-fn rollout(fleet: &Fleet, server: &Server, args: &[&str]) -> Value {
+pub(crate) fn rollout(fleet: &Fleet, server: &Server, args: &[&str]) -> Value {
     serde_json::from_str(&rollout_text(fleet, server, &[args, &["--output", "json"]].concat())).unwrap()
 }
 
@@ -266,7 +266,7 @@ fn rollout_text(fleet: &Fleet, server: &Server, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn wait_phase(fleet: &Fleet, server: &Server, phase: &str) -> Value {
+pub(crate) fn wait_phase(fleet: &Fleet, server: &Server, phase: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let status = rollout(fleet, server, &["status", "fraud"]);

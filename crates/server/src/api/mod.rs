@@ -80,12 +80,16 @@ pub(crate) async fn read_body(state: &AppState, headers: &http::HeaderMap, body:
 /// The HTTP response for a pipeline answer: `ok` encodes a success; every answer carries the
 /// request id, and once routed the version and the routing revision.
 pub(crate) fn respond(answer: Answer, ok: impl FnOnce(&LoadedModel, Outcome) -> Response) -> Response {
-    let Answer { request_id, model, revision, result } = answer;
+    let Answer { trace, request_id, model, revision, result } = answer;
+    let encoding = std::time::Instant::now();
     let mut response = match (result, &model) {
         (Ok(outcome), Some(m)) => ok(m, outcome),
         (Ok(_), None) => ApiError::Internal("an answer without a model".to_owned()).into_response(),
         (Err(e), _) => e.into_response(),
     };
+    if let Some(trace) = &trace {
+        trace.encoded(encoding);
+    }
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert(request_id::NAME, v);

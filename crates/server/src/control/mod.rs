@@ -147,6 +147,9 @@ pub struct ReplicaReport {
     /// Its admin address, for people reading the fleet's state.
     #[serde(default)]
     pub admin: Option<String>,
+    /// The latest notifications it sent of the model's rollout events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<modelship_protocol::admin::NotificationRecord>,
 }
 
 /// What one replica observed for a rollout since its last report.
@@ -397,7 +400,7 @@ pub(crate) mod tests {
 
     /// Reports, evidence and labels as the fleet exchanges them.
     async fn carries_the_fleet(store: &dyn ControlStore) {
-        let report = |replica: &str, revision| ReplicaReport { replica: replica.into(), revision, failed: None, admin: None };
+        let report = |replica: &str, revision| ReplicaReport { replica: replica.into(), revision, failed: None, admin: None, notifications: Vec::new() };
         store.report("fraud", &report("a", 1)).await.unwrap();
         store.report("fraud", &report("a", 2)).await.unwrap();
         let live = store.replicas("fraud", Duration::from_secs(3)).await.unwrap();

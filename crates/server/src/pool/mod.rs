@@ -456,6 +456,11 @@ impl WorkerPool {
         self.queue.len()
     }
 
+    /// How many requests the queue holds before it refuses (429).
+    pub fn capacity(&self) -> usize {
+        self.queue.capacity().unwrap_or(usize::MAX)
+    }
+
     pub fn workers(&self) -> usize {
         self.sessions.len()
     }

@@ -76,9 +76,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
             for model in served.versions.values() {
                 let queued = i64::try_from(model.queued()).unwrap_or(i64::MAX);
                 state.metrics.queue_length.with_label_values(&[&model.name, &model.version]).set(queued);
+                let capacity = i64::try_from(model.queue_capacity()).unwrap_or(i64::MAX);
+                state.metrics.queue_capacity.with_label_values(&[&model.name, &model.version]).set(capacity);
             }
         }
     }
+    state.metrics.ready.set(i64::from(crate::api::ops::readiness(&state).0));
     let mut response = state.metrics.render().into_response();
     response
         .headers_mut()

@@ -525,7 +525,7 @@ async fn labels_are_handed_on_in_batches() {
 async fn replicas_are_the_ones_heard_from_lately() {
     let (store, mut server) = store();
     let name = object_name("replicas", "fraud");
-    let report = |replica: &str, revision| ReplicaReport { replica: replica.into(), revision, failed: None, admin: None };
+    let report = |replica: &str, revision| ReplicaReport { replica: replica.into(), revision, failed: None, admin: None, notifications: Vec::new() };
     let heard = |report: ReplicaReport, ago_ms: u64| json_of(&Heard { at_ms: now_ms() - ago_ms, report });
     let key_a = format!("r-{}", hex::encode(&Sha256::digest(b"a")[..8]));
     let server_side = async {

@@ -1,0 +1,247 @@
+//! OpenTelemetry traces of inference requests, off unless asked for.
+//!
+//! Each request gets a server span that continues the caller's W3C trace context
+//! (`traceparent`, `tracestate`, read from REST headers and gRPC metadata alike), with child
+//! spans for where its time went: `decode`, `route`, `enrich` (the feature store's round trip),
+//! `queue` (waiting for a worker), `infer` (the model) and `encode`. They carry the model,
+//! version, role, routing revision and request id. A shadow copy runs after the answer, as its
+//! own span linked to the request's. Spans are made with the times the pipeline already took, so
+//! nothing on the request path waits for them; the SDK's batch processor exports them from a
+//! thread of its own, over OTLP (gRPC or HTTP/protobuf), configured by the standard `OTEL_*`
+//! environment variables; sampling is parent-based with a ratio for new traces.
+//!
+//! With tracing off, [`Tracing`] is absent and a request costs one branch. With it on, an
+//! unsampled request still gets a trace id (for its log line) and no span is recorded.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use http::HeaderMap;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{Link, Span as _, SpanBuilder, SpanContext, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider};
+
+/// How traces are exported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceSettings {
+    /// `grpc` or `http/protobuf` (`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`; default gRPC).
+    pub protocol: Protocol,
+    /// The share of new traces (no sampled parent) recorded, 0 to 1.
+    pub ratio: f64,
+    /// `service.name` when `OTEL_SERVICE_NAME` does not give one.
+    pub service: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl Protocol {
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s {
+            "grpc" => Some(Protocol::Grpc),
+            "http/protobuf" => Some(Protocol::HttpProtobuf),
+            _ => None,
+        }
+    }
+}
+
+/// The tracer, while tracing is on.
+pub struct Tracing {
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+    propagator: TraceContextPropagator,
+}
+
+impl Tracing {
+    /// Starts the exporter (inside a Tokio runtime: the gRPC channel runs on it) and the batch
+    /// processor's thread. The endpoint, headers, timeout and batching come from `OTEL_*`.
+    pub fn start(settings: &TraceSettings) -> Result<Tracing, String> {
+        use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
+        let exporter = match settings.protocol {
+            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().build(),
+            Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_http_client(UreqClient::new(Duration::from_secs(10)))
+                .build(),
+        }
+        .map_err(|e| format!("cannot set up the OTLP trace exporter: {e}"))?;
+        let mut resource = opentelemetry_sdk::Resource::builder();
+        // OTEL_SERVICE_NAME (and OTEL_RESOURCE_ATTRIBUTES) win when set.
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none() && !std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name=")) {
+            resource = resource.with_service_name(settings.service.clone());
+        }
+        let resource = resource.with_attributes([KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))]).build();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(BatchSpanProcessor::builder(exporter).build())
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.ratio))))
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("modelship");
+        Ok(Tracing { provider, tracer, propagator: TraceContextPropagator::new() })
+    }
+
+    /// The server span of a request that arrived at `received`, continuing the caller's trace.
+    pub fn request(&self, name: &'static str, headers: &HeaderMap, received: Instant) -> RequestTrace {
+        let parent = self.propagator.extract(&opentelemetry_http::HeaderExtractor(headers));
+        let clock = Clock::new();
+        let span = SpanBuilder::from_name(name).with_kind(SpanKind::Server).with_start_time(clock.at(received)).start_with_context(&self.tracer, &parent);
+        let context = parent.with_span(span);
+        let trace_id = context.span().span_context().trace_id().to_string();
+        RequestTrace { context, clock, trace_id }
+    }
+
+    /// Flushes what is batched and stops the exporter (blocking: call off the reactor).
+    pub fn shutdown(&self) {
+        if let Err(e) = self.provider.force_flush() {
+            tracing::warn!(error = %e, "cannot flush the last spans");
+        }
+        let _ = self.provider.shutdown_with_timeout(Duration::from_secs(5));
+    }
+
+    fn tracer(&self) -> &SdkTracer {
+        &self.tracer
+    }
+}
+
+/// SystemTime for the Instants the pipeline takes.
+#[derive(Clone, Copy)]
+struct Clock {
+    system: SystemTime,
+    instant: Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock { system: SystemTime::now(), instant: Instant::now() }
+    }
+
+    fn at(&self, t: Instant) -> SystemTime {
+        match t.checked_duration_since(self.instant) {
+            Some(after) => self.system + after,
+            None => self.system - self.instant.duration_since(t),
+        }
+    }
+}
+
+/// One request's span and its children.
+pub struct RequestTrace {
+    context: Context,
+    clock: Clock,
+    trace_id: String,
+}
+
+impl RequestTrace {
+    /// The trace id (32 hex digits), whether sampled or not: the log line carries it.
+    pub fn trace_id(&self) -> &str {
+        &self.trace_id
+    }
+
+    pub fn is_sampled(&self) -> bool {
+        self.context.span().span_context().is_sampled()
+    }
+
+    /// The request span's context: a shadow copy links to it.
+    pub fn span_context(&self) -> SpanContext {
+        self.context.span().span_context().clone()
+    }
+
+    /// A child span from `start` to `end`, with `attributes`.
+    pub fn child(&self, tracing: &Tracing, name: &'static str, start: Instant, end: Instant, attributes: Vec<KeyValue>) {
+        if !self.is_sampled() {
+            return;
+        }
+        let mut span = SpanBuilder::from_name(name)
+            .with_kind(SpanKind::Internal)
+            .with_start_time(self.clock.at(start))
+            .with_attributes(attributes)
+            .start_with_context(tracing.tracer(), &self.context);
+        span.end_with_timestamp(self.clock.at(end));
+    }
+
+    /// Sets attributes on the request span.
+    pub fn set(&self, attributes: Vec<KeyValue>) {
+        if self.is_sampled() {
+            self.context.span().set_attributes(attributes);
+        }
+    }
+
+    /// Marks the request span failed, with the error's stable code.
+    pub fn fail(&self, code: &'static str, message: &str) {
+        if self.is_sampled() {
+            let span = self.context.span();
+            span.set_attribute(KeyValue::new("error.type", code));
+            span.set_status(opentelemetry::trace::Status::error(message.to_owned()));
+        }
+    }
+
+    /// Ends the request span now.
+    pub fn end(&self) {
+        self.context.span().end_with_timestamp(self.clock.at(Instant::now()));
+    }
+}
+
+/// A shadow copy's span: its own trace, linked to the request it copies.
+pub fn shadow_span(tracing: &Tracing, request: &SpanContext, start: Instant, end: Instant, attributes: Vec<KeyValue>) {
+    if !request.is_sampled() {
+        return;
+    }
+    let clock = Clock::new();
+    let mut span = SpanBuilder::from_name("shadow")
+        .with_kind(SpanKind::Internal)
+        .with_start_time(clock.at(start))
+        .with_links(vec![Link::with_context(request.clone())])
+        .with_attributes(attributes)
+        .start_with_context(tracing.tracer(), &Context::new());
+    span.end_with_timestamp(clock.at(end));
+}
+
+/// OTLP over HTTP through the blocking client the server already has (the batch processor
+/// exports from its own thread, where no async runtime runs).
+#[derive(Debug)]
+struct UreqClient(ureq::Agent);
+
+impl UreqClient {
+    fn new(timeout: Duration) -> Self {
+        let config = ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build();
+        UreqClient(ureq::Agent::new_with_config(config))
+    }
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for UreqClient {
+    async fn send_bytes(&self, request: http::Request<bytes::Bytes>) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        let (parts, body) = request.into_parts();
+        let mut response = self.0.run(http::Request::from_parts(parts, body.to_vec()))?;
+        let bytes = response.body_mut().with_config().limit(4 << 20).read_to_vec()?;
+        let (parts, _) = response.into_parts();
+        Ok(http::Response::from_parts(parts, bytes::Bytes::from(bytes)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols_by_their_otel_names() {
+        assert_eq!(Protocol::parse("grpc"), Some(Protocol::Grpc));
+        assert_eq!(Protocol::parse("http/protobuf"), Some(Protocol::HttpProtobuf));
+        assert_eq!(Protocol::parse("http/json"), None);
+    }
+
+    #[test]
+    fn instants_map_to_wall_clock_times_both_ways() {
+        let clock = Clock::new();
+        let later = clock.instant + Duration::from_millis(250);
+        assert_eq!(clock.at(later).duration_since(clock.system).unwrap(), Duration::from_millis(250));
+        if let Some(earlier) = clock.instant.checked_sub(Duration::from_millis(40)) {
+            assert_eq!(clock.system.duration_since(clock.at(earlier)).unwrap(), Duration::from_millis(40));
+        }
+    }
+}
