@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderMap;
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{Link, Span as _, SpanBuilder, SpanContext, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{Link, Span as _, SpanBuilder, SpanContext, SpanKind, TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider};
