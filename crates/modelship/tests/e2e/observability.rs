@@ -213,11 +213,10 @@ fn generated_alerts_fire_through_prometheus_and_alertmanager() {
     let server = fleet.serve(&["--config", config.to_str().unwrap()]);
     let prometheus = crate::support::Prometheus::with_rules(&[&server.addr], &rules, &format!("127.0.0.1:{am_port}"));
 
+    // The failing version takes half the traffic (set by hand, so it stays until the alert).
     let load = Load::start(&server.url("/v1/predict"), 2);
-    let spec = fleet.state.path().join("bad.yaml");
-    std::fs::write(&spec, "to: '3'\ncanary: {weights: [50, 100], every: 5m}\nchecks: [{error_rate: {}}]\nfailure: {consecutive: 3, min_samples: 30}\ninterval: 2s\n").unwrap();
     let started = Instant::now();
-    crate::traffic::rollout(&fleet, &server, &["start", "fraud", "--spec", spec.to_str().unwrap()]);
+    fleet.ok(&server, &["set", "fraud", "--candidate", "3", "--weight", "50%"]);
     let alerts = |got: &[crate::support::Received]| -> Vec<Value> {
         got.iter().flat_map(|r| r.json()["alerts"].as_array().cloned().unwrap_or_default()).collect()
     };
@@ -228,7 +227,12 @@ fn generated_alerts_fire_through_prometheus_and_alertmanager() {
     let error = all.iter().find(|a| a["labels"]["alertname"] == "ModelshipHighErrorRate").unwrap();
     assert_eq!((error["labels"]["model"].as_str(), error["labels"]["version"].as_str(), error["labels"]["severity"].as_str()), (Some("fraud"), Some("3"), Some("critical")), "{error}");
     assert!(error["annotations"]["runbook_url"].as_str().unwrap().ends_with("#modelshiphigherrorrate"), "{error}");
-    eprintln!("alerts: ModelshipHighErrorRate reached the webhook {fired:?} after the rollout started (for: 5s, scrape and evaluation every 1s, rate over 10s)");
+    eprintln!("alerts: ModelshipHighErrorRate reached the webhook {fired:?} after the failing version took traffic (for: 5s, scrape and evaluation every 1s, rate over 10s)");
+    // Then a rollout of it, which its error_rate check rolls back.
+    fleet.ok(&server, &["rollback", "fraud"]);
+    let spec = fleet.state.path().join("bad.yaml");
+    std::fs::write(&spec, "to: '3'\ncanary: {weights: [50, 100], every: 5m}\nchecks: [{error_rate: {}}]\nfailure: {consecutive: 3, min_samples: 30}\ninterval: 2s\n").unwrap();
+    crate::traffic::rollout(&fleet, &server, &["start", "fraud", "--spec", spec.to_str().unwrap()]);
     crate::traffic::wait_phase(&fleet, &server, "rolled_back");
     drop(load);
     let got = hook.wait_for(Duration::from_secs(120), "the rollback's alerts", |got| {
