@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use modelship_inference::Tensor;
 pub use spec::{Defaulted, Entity, FeatureError, FeatureSpec};
-pub use store::{FeatureMetrics, Store, StoreConfig};
+pub use store::{FeatureMetrics, RoundTrip, Store, StoreConfig};
 
 /// What the server holds: the spec and the store.
 pub struct FeatureService {
@@ -30,6 +30,10 @@ pub struct FeatureService {
 pub struct Enriched {
     pub tensor: Tensor,
     pub defaulted: Vec<Defaulted>,
+    /// Entities the cache answered.
+    pub cached: usize,
+    /// The round trips to the store (none when the cache answered everything).
+    pub round_trips: Vec<RoundTrip>,
 }
 
 impl FeatureService {
@@ -41,15 +45,16 @@ impl FeatureService {
         })?;
         let plan = spec.plan(entities)?;
         let keys = plan.keys_to_fetch();
-        let mut hits = Vec::new();
-        let fetched = if keys.is_empty() { Ok(Default::default()) } else { self.store.fetch_noting_hits(&keys, spec.storage, &mut hits).await };
+        let (mut hits, mut round_trips) = (Vec::new(), Vec::new());
+        let fetched = if keys.is_empty() { Ok(Default::default()) } else { self.store.fetch_noting_hits(&keys, spec.storage, &mut hits, &mut round_trips).await };
+        let cached = hits.len();
         let assembled = match spec.assemble(&plan, &fetched) {
             // An entity the cache answered may predate the field (`features load` ran since):
             // every key the cache answered is read again from the store, in one round trip,
             // before answering that it lacks it. One the store answered just now is not asked twice.
             Err(FeatureError::MissingFeature { key, .. }) if hits.contains(&key) => {
                 let mut fetched = fetched.unwrap_or_default();
-                match self.store.fetch_fresh(&hits, spec.storage).await {
+                match self.store.fetch_fresh(&hits, spec.storage, &mut round_trips).await {
                     Ok(fresh) => {
                         fetched.extend(fresh);
                         spec.assemble(&plan, &Ok(fetched))
@@ -62,6 +67,6 @@ impl FeatureService {
         };
         let (tensor, defaulted) = assembled?;
         self.store.metrics.count_defaults(&defaulted);
-        Ok(Enriched { tensor, defaulted })
+        Ok(Enriched { tensor, defaulted, cached, round_trips })
     }
 }

@@ -14,6 +14,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// One round trip to the store for a request's entities: when, how many keys, and how it ended
+/// (`ok`, `error`, `timeout`), for the request's trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundTrip {
+    pub started: Instant,
+    pub ended: Instant,
+    pub keys: usize,
+    pub outcome: &'static str,
+}
+
 use arc_swap::ArcSwapOption;
 use moka::notification::RemovalCause;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
@@ -178,21 +188,21 @@ impl Store {
     }
 
     /// What each key holds now in the store, past the cache (which is refreshed with it).
-    pub async fn fetch_fresh(&self, keys: &[String], storage: Storage) -> Fetched {
+    pub async fn fetch_fresh(&self, keys: &[String], storage: Storage, trips: &mut Vec<RoundTrip>) -> Fetched {
         for key in keys {
             self.cache.invalidate(key);
         }
-        self.fetch(keys, storage).await
+        self.fetch_noting_hits(keys, storage, &mut Vec::new(), trips).await
     }
 
     /// What each key holds: from the cache, and the misses in one round trip.
     pub async fn fetch(&self, keys: &[String], storage: Storage) -> Fetched {
-        self.fetch_noting_hits(keys, storage, &mut Vec::new()).await
+        self.fetch_noting_hits(keys, storage, &mut Vec::new(), &mut Vec::new()).await
     }
 
     /// [`Store::fetch`], adding to `hits` the keys the cache answered (what it holds may be
-    /// older than the store's).
-    pub async fn fetch_noting_hits(&self, keys: &[String], storage: Storage, hits: &mut Vec<String>) -> Fetched {
+    /// older than the store's) and to `trips` the round trip to the store, when one was made.
+    pub async fn fetch_noting_hits(&self, keys: &[String], storage: Storage, hits: &mut Vec<String>, trips: &mut Vec<RoundTrip>) -> Fetched {
         let mut found: HashMap<String, Option<Arc<Stored>>> = HashMap::with_capacity(keys.len());
         let mut misses = Vec::new();
         for key in keys {
@@ -243,6 +253,12 @@ impl Store {
         })
         .await;
         self.metrics.store_duration.observe(started.elapsed().as_secs_f64());
+        let outcome = match &answer {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(_)) => "error",
+            Err(_) => "timeout",
+        };
+        trips.push(RoundTrip { started, ended: Instant::now(), keys: misses.len(), outcome });
         let values = match answer {
             Ok(Ok(values)) => values,
             Ok(Err(e)) => {

@@ -175,9 +175,18 @@ async fn infer(state: &AppState, routed: &Routed, revision: u64, request: Reques
     let feature_defaults = match &request.entities {
         Some(entities) => {
             let started = Instant::now();
-            let enriched = enrich(state, &model.name, &mut infer_request, entities).await;
-            call.span("enrich", started, Instant::now(), vec![KeyValue::new("modelship.entities", i64::try_from(entities.len()).unwrap_or(i64::MAX)), KeyValue::new("modelship.feature_store", "redis")]);
-            enriched?
+            let (defaults, cached, trips) = enrich(state, &model.name, &mut infer_request, entities).await?;
+            if let Some(t) = &call.trace {
+                let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+                // The feature store's round trips, as client spans of the enrichment.
+                let children = trips
+                    .iter()
+                    .map(|r| ("feature_store", r.started, r.ended, vec![KeyValue::new("db.system", "redis"), KeyValue::new("modelship.keys", count(r.keys)), KeyValue::new("modelship.outcome", r.outcome)]))
+                    .collect();
+                let attributes = vec![KeyValue::new("modelship.entities", count(entities.len())), KeyValue::new("modelship.cached", count(cached))];
+                t.trace.child_with(&t.tracing, "enrich", started, Instant::now(), attributes, children);
+            }
+            defaults
         }
         None => None,
     };
@@ -236,8 +245,14 @@ fn check_size(state: &AppState, request: &InferRequest) -> Result<(), ApiError> 
 }
 
 /// Adds to `request` the model input the feature store builds from `entities`; returns the
-/// entities that got defaults (as a response value), when any did.
-async fn enrich(state: &AppState, model: &str, request: &mut InferRequest, entities: &[Map<String, Value>]) -> Result<Option<Value>, ApiError> {
+/// entities that got defaults (as a response value), when any did, how many entities the cache
+/// answered, and the round trips to the store (for the trace).
+async fn enrich(
+    state: &AppState,
+    model: &str,
+    request: &mut InferRequest,
+    entities: &[Map<String, Value>],
+) -> Result<(Option<Value>, usize, Vec<modelship_features::RoundTrip>), ApiError> {
     // Each spec was checked against its own model's signature.
     let service = state.features.get().and_then(|f| f.models.get(model)).ok_or(ApiError::NoFeatureStore)?;
     let enriched = service.enrich(entities).await?;
@@ -248,7 +263,8 @@ async fn enrich(state: &AppState, model: &str, request: &mut InferRequest, entit
         )));
     }
     request.inputs.push(enriched.tensor);
-    Ok((!enriched.defaulted.is_empty()).then(|| serde_json::json!(enriched.defaulted)))
+    let defaults = (!enriched.defaulted.is_empty()).then(|| serde_json::json!(enriched.defaulted));
+    Ok((defaults, enriched.cached, enriched.round_trips))
 }
 
 /// One request from arrival to answer: request id, in-flight gauge, metrics, observations and

@@ -164,6 +164,28 @@ impl RequestTrace {
         span.end_with_timestamp(self.clock.at(end));
     }
 
+    /// A child span with children of its own: `(name, start, end, attributes)` each.
+    pub fn child_with(&self, tracing: &Tracing, name: &'static str, start: Instant, end: Instant, attributes: Vec<KeyValue>, children: Vec<(&'static str, Instant, Instant, Vec<KeyValue>)>) {
+        if !self.is_sampled() {
+            return;
+        }
+        let span = SpanBuilder::from_name(name)
+            .with_kind(SpanKind::Internal)
+            .with_start_time(self.clock.at(start))
+            .with_attributes(attributes)
+            .start_with_context(tracing.tracer(), &self.context);
+        let parent = self.context.with_span(span);
+        for (child, from, to, attributes) in children {
+            let mut span = SpanBuilder::from_name(child)
+                .with_kind(SpanKind::Client)
+                .with_start_time(self.clock.at(from))
+                .with_attributes(attributes)
+                .start_with_context(tracing.tracer(), &parent);
+            span.end_with_timestamp(self.clock.at(to));
+        }
+        parent.span().end_with_timestamp(self.clock.at(end));
+    }
+
     /// Sets attributes on the request span.
     pub fn set(&self, attributes: Vec<KeyValue>) {
         if self.is_sampled() {

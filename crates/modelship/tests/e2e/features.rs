@@ -94,7 +94,7 @@ fn value(c: usize, i: usize) -> f64 {
 const CUSTOMERS: usize = 4;
 
 /// A CSV of customers c0..c3 with store features f02..f29.
-fn csv(dir: &Path) -> PathBuf {
+pub(crate) fn csv(dir: &Path) -> PathBuf {
     let path = dir.join("customers.csv");
     let mut text = String::from("customer_id");
     for i in 2..30 {
@@ -114,7 +114,7 @@ fn csv(dir: &Path) -> PathBuf {
 
 /// A serving config: f00 and f01 from the request, f02..f29 from the store, listed in reverse
 /// with explicit positions (the model's order is the positions', not the list's).
-fn config(dir: &Path, redis: &Redis, extra: &str) -> PathBuf {
+pub(crate) fn config(dir: &Path, redis: &Redis, extra: &str) -> PathBuf {
     let mut features = String::new();
     for i in (0..30).rev() {
         let source = if i < 2 { "request" } else { "store" };
@@ -134,13 +134,13 @@ fn config(dir: &Path, redis: &Redis, extra: &str) -> PathBuf {
     path
 }
 
-fn load(config: &Path, file: &Path) -> Value {
+pub(crate) fn load(config: &Path, file: &Path) -> Value {
     let out = command().args(["features", "load"]).arg(file).arg("--config").arg(config).args(["--output", "json"]).output().unwrap();
     assert!(out.status.success(), "features load: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn entity(c: usize) -> Value {
+pub(crate) fn entity(c: usize) -> Value {
     json!({"customer_id": format!("c{c}"), "f00": c as f64, "f01": -(c as f64)})
 }
 
@@ -165,7 +165,7 @@ fn ready(server: &Server) -> (u16, Value) {
     (r.status, r.json())
 }
 
-fn wait_ready(server: &Server, want: u16) -> Value {
+pub(crate) fn wait_ready(server: &Server, want: u16) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (status, body) = ready(server);

@@ -164,6 +164,55 @@ fn traces_continue_the_callers_trace_through_every_stage() {
     let logged = server.stderr().lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|l| l["message"] == "inference" && l["request_id"] == id.as_str()).unwrap();
     let unsampled = logged["trace_id"].as_str().expect("a trace id even unsampled").to_owned();
     assert!(otlp.spans().iter().all(|s| s["trace_id"] != unsampled.as_str()), "an unsampled trace was exported");
+
+    // gRPC: Triton's own client sends the context as metadata.
+    let (trace, parent) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let script = "import sys, numpy as np, tritonclient.grpc as g\n\
+c = g.InferenceServerClient(sys.argv[1])\n\
+x = g.InferInput('input', [1, 30], 'FP32'); x.set_data_from_numpy(np.full((1, 30), 0.1, dtype=np.float32))\n\
+c.infer('fraud', [x], headers={'traceparent': sys.argv[2], 'tracestate': 'vendor=grpc'})\n";
+    let out = Command::new(root().join(".cache/triton-venv/bin/python"))
+        .args(["-c", script, server.ready["grpc"].as_str().unwrap(), &format!("00-{trace}-{parent}-01")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let spans = otlp.wait("got the gRPC request's spans", |spans| spans.iter().filter(|s| s["trace_id"] == trace).count() >= 6);
+    let grpc = spans.iter().find(|s| s["trace_id"] == trace && s["kind"] == 2).unwrap();
+    assert_eq!((grpc["name"].as_str(), grpc["parent_span_id"].as_str(), grpc["trace_state"].as_str()), (Some("grpc_infer"), Some(parent), Some("vendor=grpc")), "{grpc}");
+}
+
+/// A request that names entities: the feature store's round trip is a client span under
+/// `enrich`, which says how many entities the cache answered.
+#[test]
+fn a_feature_store_round_trip_is_a_span_of_its_own() {
+    let otlp = Otlp::start();
+    let dir = tempfile::tempdir().unwrap();
+    let redis = crate::features::Redis::start(free_port());
+    let cfg = crate::features::config(dir.path(), &redis, "  cache_ttl: 300\n");
+    crate::features::load(&cfg, &crate::features::csv(dir.path()));
+    let server = Server::start_with(
+        &["--config", cfg.to_str().unwrap()],
+        &[("OTEL_TRACES_EXPORTER", "otlp"), ("OTEL_BSP_SCHEDULE_DELAY", "200"), ("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://127.0.0.1:{}", otlp.grpc))],
+    );
+    crate::features::wait_ready(&server, 200);
+    let traceparent = |i: usize| format!("00-{:032x}-{:016x}-01", 0xabc0 + i, 0xdef0 + i);
+    for i in 0..2 {
+        let body = serde_json::json!({"entities": [crate::features::entity(1), crate::features::entity(2)]}).to_string();
+        let r = server.post_with("/v1/predict", &body, &[("traceparent", &traceparent(i))]);
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let trace = |i: usize| format!("{:032x}", 0xabc0 + i);
+    let spans = otlp.wait("got both requests' enrichment", |spans| (0..2).all(|i| spans.iter().any(|s| s["trace_id"] == trace(i).as_str() && s["name"] == "enrich")));
+    // The first request went to Redis; the second found both entities cached.
+    let enrich = |i: usize| spans.iter().find(|s| s["trace_id"] == trace(i).as_str() && s["name"] == "enrich").unwrap();
+    let first = enrich(0);
+    let store = spans.iter().find(|s| s["name"] == "feature_store" && s["parent_span_id"] == first["span_id"]).expect("a feature_store span under enrich");
+    assert_eq!((store["kind"].as_u64(), store["attributes"]["db.system"].as_str(), store["attributes"]["modelship.outcome"].as_str()), (Some(3), Some("redis"), Some("ok")), "{store}");
+    assert_eq!(store["attributes"]["modelship.keys"].as_i64().or_else(|| store["attributes"]["modelship.keys"].as_str().and_then(|k| k.parse().ok())), Some(2), "{store}");
+    let second = enrich(1);
+    assert!(spans.iter().all(|s| !(s["name"] == "feature_store" && s["parent_span_id"] == second["span_id"])), "the cache answered the second");
+    let server_span = spans.iter().find(|s| s["trace_id"] == trace(0).as_str() && s["kind"] == 2).unwrap();
+    assert_eq!(first["parent_span_id"], server_span["span_id"]);
 }
 
 /// The rules `deploy alerts` writes, loaded by a real Prometheus scraping a server whose
