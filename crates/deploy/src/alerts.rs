@@ -111,8 +111,8 @@ pub fn rules(d: &Deployment) -> RuleFile {
             "ModelshipRequestsShed",
             "warning",
             &a.queue_for,
-            format!(r#"sum by (model, version) (rate(modelship_request_errors_total{{error="queue_full"}}[{}])) > 0"#, a.rate_window),
-            "{{ $labels.model }} version {{ $labels.version }} turns requests away (429, queue full)",
+            format!(r#"sum by (model, version) (rate(modelship_request_errors_total{{error="overloaded"}}[{}])) > 0"#, a.rate_window),
+            "{{ $labels.model }} version {{ $labels.version }} turns requests away (429, overloaded)",
             "The version's queue was full: clients got 429 with Retry-After.",
         ),
     ];
@@ -130,8 +130,8 @@ pub fn rules(d: &Deployment) -> RuleFile {
             "warning",
             "0s",
             format!(
-                r#"max by (model) (modelship_rollout_phase{{phase=~"progressing|paused|awaiting_approval|awaiting_webhook"}}) == 1 unless max by (model) (changes(modelship_rollout_step[{0}])) > 0 unless max by (model) (changes(modelship_rollout_phase[{0}])) > 0"#,
-                a.rollout_stuck_after
+                r#"(time() - max by (model) (modelship_rollout_step_started_timestamp_seconds)) > {} and on (model) (max by (model) (modelship_rollout_phase{{phase=~"progressing|paused|awaiting_approval|awaiting_webhook"}}) == 1)"#,
+                crate::description::promql_seconds(&a.rollout_stuck_after).unwrap_or(7200)
             ),
             "{{ $labels.model }}'s rollout has not moved",
             &format!("The rollout has stayed at one step for {}: paused, waiting for an approval or a webhook gate, or its checks inconclusive for want of traffic. `modelship rollout status MODEL` says which.", a.rollout_stuck_after),

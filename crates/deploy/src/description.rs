@@ -517,25 +517,38 @@ impl Alerts {
     }
 }
 
-/// A PromQL duration: one or more NUMBER UNIT, units ms, s, m, h, d, w, y.
+/// A PromQL duration as Prometheus reads one: NUMBER UNIT parts, units largest first (`1h30m`),
+/// among y, w, d, h, m, s, ms, not zero.
 pub fn is_promql_duration(s: &str) -> bool {
-    let mut rest = s;
+    promql_seconds(s).is_some()
+}
+
+/// How long a PromQL duration is, in whole seconds (rounded up); `None` when it is not one.
+pub fn promql_seconds(s: &str) -> Option<u64> {
+    const UNITS: [(&str, u64); 7] = [("y", 365 * 86_400_000), ("w", 7 * 86_400_000), ("d", 86_400_000), ("h", 3_600_000), ("ms", 1), ("m", 60_000), ("s", 1000)];
+    // Largest first; `ms` is checked before `m` when reading, but ranks last.
+    let rank = |u: &str| ["y", "w", "d", "h", "m", "s", "ms"].iter().position(|x| *x == u);
+    let (mut rest, mut ms, mut last) = (s, 0u64, None::<usize>);
     if rest.is_empty() {
-        return false;
+        return None;
     }
     while !rest.is_empty() {
         let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
         if digits == 0 {
-            return false;
+            return None;
         }
+        let n: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit = ["ms", "s", "m", "h", "d", "w", "y"].into_iter().find(|u| rest.starts_with(u));
-        match unit {
-            Some(u) => rest = &rest[u.len()..],
-            None => return false,
+        let (unit, size) = UNITS.into_iter().find(|(u, _)| rest.starts_with(u))?;
+        let r = rank(unit)?;
+        if last.is_some_and(|l| l >= r) {
+            return None;
         }
+        last = Some(r);
+        ms = ms.checked_add(n.checked_mul(size)?)?;
+        rest = &rest[unit.len()..];
     }
-    true
+    (ms > 0).then(|| ms.div_ceil(1000))
 }
 
 /// Reads a description. Unknown keys are errors naming the key and the keys allowed there.
@@ -877,6 +890,16 @@ pub fn relative_path(from: &str, to: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn promql_durations_as_prometheus_reads_them() {
+        for (text, seconds) in [("30s", Some(30)), ("5m", Some(300)), ("1h30m", Some(5400)), ("1d", Some(86_400)), ("500ms", Some(1)), ("1w", Some(604_800))] {
+            assert_eq!(promql_seconds(text), seconds, "{text}");
+        }
+        for bad in ["", "0s", "5", "5 minutes", "5m1h", "1m1m", "-5m", "1.5h"] {
+            assert_eq!(promql_seconds(bad), None, "{bad}");
+        }
+    }
 
     fn problems(yaml: &str) -> Vec<String> {
         match parse(yaml).and_then(|d| d.validate().map(|()| d)) {

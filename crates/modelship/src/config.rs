@@ -282,7 +282,7 @@ fn resolve_tracing(raw: &RawTracing, env: &dyn Env, problems: &mut Vec<String>) 
     }
     let mut ratio = raw.sample_ratio.unwrap_or(1.0);
     match env.get("OTEL_TRACES_SAMPLER").as_deref() {
-        None | Some("parentbased_traceidratio" | "traceidratio") => {
+        None | Some("parentbased_traceidratio") => {
             if let Some(arg) = env.get("OTEL_TRACES_SAMPLER_ARG") {
                 match arg.trim().parse::<f64>() {
                     Ok(r) => ratio = r,
@@ -290,9 +290,11 @@ fn resolve_tracing(raw: &RawTracing, env: &dyn Env, problems: &mut Vec<String>) 
                 }
             }
         }
-        Some("parentbased_always_on" | "always_on") => ratio = 1.0,
-        Some("parentbased_always_off" | "always_off") => ratio = 0.0,
-        Some(other) => problems.push(format!("OTEL_TRACES_SAMPLER '{other}' is not supported; use parentbased_traceidratio (with OTEL_TRACES_SAMPLER_ARG), parentbased_always_on or parentbased_always_off")),
+        Some("parentbased_always_on") => ratio = 1.0,
+        Some("parentbased_always_off") => ratio = 0.0,
+        Some(other) => problems.push(format!(
+            "OTEL_TRACES_SAMPLER '{other}' is not supported: modelship always continues a sampled caller's trace; use parentbased_traceidratio (with OTEL_TRACES_SAMPLER_ARG), parentbased_always_on or parentbased_always_off"
+        )),
     }
     if !(0.0..=1.0).contains(&ratio) {
         problems.push(format!("the trace sample ratio is {ratio}; it must be between 0 and 1 (tracing.sample_ratio, OTEL_TRACES_SAMPLER_ARG)"));
@@ -321,6 +323,9 @@ fn resolve_notifications(raw: &RawNotifications, env: &dyn Env, problems: &mut V
         problems.push(format!("notifications.retries is {retries}; at most 20"));
     }
     let backoff = seconds("notifications.backoff_seconds", raw.backoff_seconds.unwrap_or(0.5), problems);
+    if backoff < Duration::from_millis(10) || backoff > Duration::from_secs(30) {
+        problems.push("notifications.backoff_seconds must be between 0.01 and 30 (the wait doubles from it, up to 30 s)".to_owned());
+    }
     let mut names = std::collections::BTreeSet::new();
     let mut sinks = Vec::new();
     for (i, sink) in raw.sinks.iter().enumerate() {
@@ -400,6 +405,9 @@ fn resolve_notifications(raw: &RawNotifications, env: &dyn Env, problems: &mut V
                 Severity::Info
             }),
         };
+        if !events.is_empty() && events.iter().all(|e| e.severity() < min_severity) {
+            problems.push(format!("{at}: every event it names is below its min_severity ({}), so it would be told nothing", min_severity.as_str()));
+        }
         let Some(kind) = kind else { continue };
         let name = sink.name.clone().unwrap_or_else(|| format!("{}-{}", kind.as_str(), i + 1));
         if !names.insert(name.clone()) {
@@ -1238,6 +1246,55 @@ logging:
         let cli = crate::cli::Cli::try_parse_from(["modelship", "serve"].iter().chain(args)).map_err(|e| e.to_string())?;
         let crate::cli::Command::Serve(serve) = cli.command else { unreachable!("parsed a serve command") };
         resolve(raw, &env(env_pairs), &serve).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn notification_sinks_take_their_secrets_from_the_environment_only() {
+        use modelship_server::notify::{EventKind, Secret, Severity, SinkKind};
+        let file = "model: {path: /m.onnx}\nnotifications:\n  retries: 2\n  sinks:\n    - {name: ops, webhook: 'https://hooks.example.com/x', secret_env: HOOK_SECRET, events: [rolled_back, paused]}\n    - {slack_env: SLACK_URL, min_severity: warning}\n    - {name: am, alertmanager: 'http://am:9093'}\n";
+        let c = check(file, &[("HOOK_SECRET", "s3cret"), ("SLACK_URL", "https://hooks.slack.com/services/T/B/X")], &[]).unwrap();
+        assert_eq!(c.notifications.len(), 3);
+        assert_eq!(c.notifications[0].kind, SinkKind::Webhook { url: "https://hooks.example.com/x".into(), secret: Some(Secret("s3cret".into())) });
+        assert_eq!((c.notifications[0].events.clone(), c.notifications[0].retries), (vec![EventKind::RolledBack, EventKind::Paused], 2));
+        assert_eq!((c.notifications[1].name.as_str(), c.notifications[1].min_severity), ("slack-2", Severity::Warning));
+        for (bad, says) in [
+            ("- {slack: 'https://hooks.slack.com/services/T/B/X'}", "a Slack webhook URL is a credential"),
+            ("- {webhook: 'https://x', secret_env: NOPE}", "the environment variable NOPE"),
+            ("- {webhook: 'ftp://x'}", "must be an http:// or https:// URL"),
+            ("- {webhook: 'https://x', alertmanager: 'http://am'}", "exactly one of webhook"),
+            ("- {webhook: 'https://x', events: [launched]}", "'launched' is not an event"),
+            ("- {webhook: 'https://x', events: [promoted], min_severity: warning}", "would be told nothing"),
+            ("- {alertmanager: 'http://am', secret_env: HOOK_SECRET}", "a Slack or Alertmanager sink takes none"),
+            ("- {name: a, webhook: 'https://x'}\n    - {name: a, webhook: 'https://y'}", "used twice"),
+        ] {
+            let file = format!("model: {{path: /m.onnx}}\nnotifications:\n  sinks:\n    {bad}\n");
+            let err = check(&file, &[("HOOK_SECRET", "s3cret")], &[]).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+            assert!(!err.contains("hooks.slack.com"), "the Slack URL in an error: {err}");
+        }
+    }
+
+    #[test]
+    fn tracing_is_off_unless_asked_and_the_otel_variables_win() {
+        use modelship_server::trace::Protocol;
+        let off = check("model: {path: /m.onnx}\n", &[], &[]).unwrap();
+        assert_eq!(off.tracing, None);
+        let file = "model: {path: /m.onnx}\ntracing: {enabled: true, sample_ratio: 0.5, protocol: http/protobuf}\n";
+        let on = check(file, &[], &[]).unwrap().tracing.unwrap();
+        assert_eq!((on.ratio, on.protocol, on.service.as_str()), (0.5, Protocol::HttpProtobuf, "modelship"));
+        let env = check("model: {path: /m.onnx}\n", &[("OTEL_TRACES_EXPORTER", "otlp"), ("OTEL_TRACES_SAMPLER_ARG", "0.01")], &[]).unwrap().tracing.unwrap();
+        assert_eq!((env.ratio, env.protocol), (0.01, Protocol::Grpc));
+        assert_eq!(check(file, &[("OTEL_SDK_DISABLED", "true")], &[]).unwrap().tracing, None);
+        assert_eq!(check(file, &[("OTEL_TRACES_EXPORTER", "none")], &[]).unwrap().tracing, None);
+        for (pairs, says) in [
+            (vec![("OTEL_TRACES_SAMPLER_ARG", "2")], "between 0 and 1"),
+            (vec![("OTEL_TRACES_SAMPLER", "traceidratio")], "always continues a sampled caller's trace"),
+            (vec![("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")], "not grpc or http/protobuf"),
+            (vec![("OTEL_TRACES_EXPORTER", "zipkin")], "OTEL_TRACES_EXPORTER 'zipkin'"),
+        ] {
+            let err = check(file, &pairs, &[]).unwrap_err();
+            assert!(err.contains(says), "{pairs:?}: {err}");
+        }
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub rollout_phase: IntGaugeVec,
     /// The rollout's current step (1-based).
     pub rollout_step: IntGaugeVec,
+    /// When the rollout's current step (or hold, after a resume or the fleet's settling) began.
+    pub rollout_step_started: GaugeVec,
     /// Each rollout check's latest value.
     pub rollout_check_value: GaugeVec,
     /// Each rollout check's latest verdict: 2 proven, 1 pass, 0 inconclusive, -1 fail.
@@ -248,6 +250,15 @@ impl Metrics {
             traffic_revision: gauge(&registry, "modelship_traffic_revision", "The routing revision in force", &["model"]),
             rollout_phase: gauge(&registry, "modelship_rollout_phase", "1 for the phase the model's rollout is in", &["model", "phase"]),
             rollout_step: gauge(&registry, "modelship_rollout_step", "The rollout's current step, from 1", &["model"]),
+            rollout_step_started: {
+                let m = GaugeVec::new(
+                    Opts::new("modelship_rollout_step_started_timestamp_seconds", "When the rollout's current step began (Unix seconds; a resume or the fleet's settling starts it again)"),
+                    &["model"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(m.clone())).expect("unique metric");
+                m
+            },
             rollout_check_value: {
                 let m = GaugeVec::new(Opts::new("modelship_rollout_check_value", "Each rollout check's latest value"), &["model", "check"])
                     .expect("valid metric");

@@ -396,8 +396,10 @@ impl Notifier {
                 continue;
             }
             let record = record_of(&notice, sink, &self.replica);
+            // Pending before it is queued: the sink's task may record its outcome at once.
+            remember(&self.recent, &notice.model, NotificationRecord { result: "pending".to_owned(), ..record.clone() });
             match queue.try_send(notice.clone()) {
-                Ok(()) => remember(&self.recent, &notice.model, NotificationRecord { result: "pending".to_owned(), ..record }),
+                Ok(()) => {}
                 Err(_) => {
                     self.sent.with_label_values(&[&sink.name, notice.kind.as_str(), "dropped"]).inc();
                     tracing::warn!(sink = %sink.name, model = %notice.model, event = notice.kind.as_str(), "notification dropped: the sink's queue is full (it is not answering)");
@@ -460,7 +462,7 @@ impl Worker {
     async fn deliver(&self, notice: &Notice, stop: &tokio_util::sync::CancellationToken) {
         let kind = notice.kind.as_str();
         let mut record = record_of(notice, &self.sink, &self.replica);
-        let mut wait = self.sink.backoff;
+        let mut wait = self.sink.backoff.min(MAX_BACKOFF);
         for attempt in 1..=self.sink.retries.saturating_add(1) {
             // Signed afresh at each attempt: the timestamp is when it was sent.
             let request = request_for(&self.sink.kind, notice, now_ms() / 1000);

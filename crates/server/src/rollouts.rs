@@ -125,9 +125,9 @@ impl Rollouts {
         // Refused before anything is written: a record of a rollout that cannot run would hold
         // the model's one rollout until someone aborted it.
         self.check_routable(&served, &plan.to).await?;
-        if !force && let Err(e) = self.check_validated(&plan.to).await {
-            self.tell(state, None, EventKind::GateRefused, 0, &e.to_string(), None, Some(&plan.to));
-            return Err(e);
+        if !force && let Some(refused) = self.check_validated(&plan.to).await? {
+            self.tell(state, None, EventKind::GateRefused, 0, &refused.to_string(), None, Some(&plan.to));
+            return Err(refused);
         }
         let (rollout, decisions) = Rollout::start(plan, now_ms());
         // Evidence already in the log belongs to earlier rollouts: read on from its end.
@@ -176,23 +176,24 @@ impl Rollouts {
     }
 
     /// A version `modelship validate --record` judged failed (`validate=fail`) is not rolled
-    /// out unless asked with `force`.
-    async fn check_validated(&self, version: &str) -> Result<(), ApiError> {
-        let Some(registry) = &self.traffic.registry else { return Ok(()) };
+    /// out unless asked with `force`: the refusal, when it is (the gate's), or why the registry
+    /// could not say.
+    async fn check_validated(&self, version: &str) -> Result<Option<ApiError>, ApiError> {
+        let Some(registry) = &self.traffic.registry else { return Ok(None) };
         let name = &self.traffic.registry_model;
         // A registry that does not answer refuses the start: it cannot say the version passed. A
         // version it does not hold (loaded from elsewhere) carries no verdict.
         let record = match registry.resolve(&ModelRef::Version(name.clone(), version.to_owned())).await {
             Ok(record) => record,
-            Err(modelship_registry::RegistryError::UnknownModel(_) | modelship_registry::RegistryError::UnknownVersion { .. }) => return Ok(()),
+            Err(modelship_registry::RegistryError::UnknownModel(_) | modelship_registry::RegistryError::UnknownVersion { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         if record.failed_validation() {
-            return Err(ApiError::Conflict(format!(
+            return Ok(Some(ApiError::Conflict(format!(
                 "{name}:{version} failed validation (validate=fail, recorded by `modelship validate --record`; `modelship models show {name}:{version}` shows why); roll it out anyway with --force"
-            )));
+            ))));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// A rollout whose first step could not be applied (the version is in the registry but does
@@ -473,8 +474,11 @@ impl Rollouts {
         record.leader = Some(leader.clone());
         self.store().save_rollout(&record, Write::Update { leader: Some(&leader) }, &decisions).await?;
         self.decided(state, &record, &decisions, Cause::Other);
+        // Told at the first analysis after the hold ran out (a new leader does not tell it again).
+        let interval = record.rollout.plan.interval.0.as_millis() as u64;
         if decisions.is_empty()
             && let Some(reason) = record.rollout.held_inconclusive(now)
+            && record.rollout.held_inconclusive(now.saturating_sub(interval)).is_none()
             && self.held.lock().unwrap_or_else(|p| p.into_inner()).insert((record.id, record.rollout.step))
         {
             self.tell(state, Some(&record), EventKind::InconclusiveHeld, 0, &reason, None, None);
@@ -491,6 +495,10 @@ impl Rollouts {
     fn decided(&self, state: &AppState, record: &StoredRollout, decisions: &[Decision], cause: Cause) {
         log_decisions(self.model(), record.id, decisions);
         for (i, d) in decisions.iter().enumerate() {
+            // Entering a webhook gate routes, then calls the hook: one event.
+            if i > 0 && matches!(d.action, Action::CallWebhook { .. }) && matches!(decisions[i - 1].action, Action::Route { .. }) {
+                continue;
+            }
             let kind = notify::kind_of(d, cause == Cause::Start && i == 0, cause == Cause::Resume);
             self.tell(state, Some(record), kind, i, &d.reason, Some(d), None);
         }
@@ -668,6 +676,7 @@ fn publish(state: &AppState, model: &str, r: &Rollout) {
     let phase = serde_json::to_value(&r.phase).ok().and_then(|v| v.get("phase").and_then(Value::as_str).map(str::to_owned)).unwrap_or_default();
     m.rollout_phase.with_label_values(&[model, &phase]).set(1);
     m.rollout_step.with_label_values(&[model]).set((r.step + 1).min(r.plan.steps.len()) as i64);
+    m.rollout_step_started.with_label_values(&[model]).set(r.step_started as f64 / 1000.0);
     for (check, verdict) in &r.verdicts {
         let (value, code) = match verdict {
             modelship_rollout::check::Verdict::Proven { value, .. } => (Some(*value), 2),

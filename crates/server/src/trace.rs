@@ -4,8 +4,8 @@
 //! (`traceparent`, `tracestate`, read from REST headers and gRPC metadata alike), with child
 //! spans for where its time went: `decode`, `route`, `enrich` (the feature store's round trip),
 //! `queue` (waiting for a worker), `infer` (the model) and `encode`. They carry the model,
-//! version, role, routing revision and request id. A shadow copy runs after the answer, as its
-//! own span linked to the request's. Spans are made with the times the pipeline already took, so
+//! version, role, routing revision and request id. A shadow copy runs after the answer: its span
+//! is in the request's trace and linked to the request's span. Spans are made with the times the pipeline already took, so
 //! nothing on the request path waits for them; the SDK's batch processor exports them from a
 //! thread of its own, over OTLP (gRPC or HTTP/protobuf), configured by the standard `OTEL_*`
 //! environment variables; sampling is parent-based with a ratio for new traces.
@@ -208,7 +208,8 @@ impl RequestTrace {
     }
 }
 
-/// A shadow copy's span: its own trace, linked to the request it copies.
+/// A shadow copy's span: in the request's trace (so the parent-based sampler keeps it whenever
+/// it kept the request), started after the answer, and linked to the request's span.
 pub fn shadow_span(tracing: &Tracing, request: &SpanContext, start: Instant, end: Instant, attributes: Vec<KeyValue>) {
     if !request.is_sampled() {
         return;
@@ -219,7 +220,7 @@ pub fn shadow_span(tracing: &Tracing, request: &SpanContext, start: Instant, end
         .with_start_time(clock.at(start))
         .with_links(vec![Link::with_context(request.clone())])
         .with_attributes(attributes)
-        .start_with_context(tracing.tracer(), &Context::new());
+        .start_with_context(tracing.tracer(), &Context::new().with_remote_span_context(request.clone()));
     span.end_with_timestamp(clock.at(end));
 }
 

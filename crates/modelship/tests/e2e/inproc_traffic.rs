@@ -303,3 +303,45 @@ fn three_models_roll_out_independently_on_one_server() {
     let unknown = app.post("/v1/models/nope/predict", &rows);
     assert_eq!(unknown.status, 404, "{}", unknown.text);
 }
+
+/// Every kind of rollout event reaches a notification sink, in order: a step held past its time
+/// on inconclusive evidence (told once), an operator's pause and resume, an abort; then a webhook
+/// gate that says no (the refusal, then the rollback it causes).
+#[test]
+fn every_rollout_event_is_told_to_the_sinks() {
+    use modelship_server::notify::{SinkKind, SinkSettings};
+    let sink = crate::support::Receiver::start(|_| Some(200));
+    let gate = crate::support::Receiver::start(|_| Some(403));
+    let fixtures = Fixtures::new();
+    let mut settings = fixtures.settings();
+    settings.notifications = vec![SinkSettings::new("hook", SinkKind::Webhook { url: format!("{}/events", sink.url), secret: None })];
+    let app = fixtures.serve("1", settings);
+    let kinds = |n: usize| {
+        let got = sink.wait_for(Duration::from_secs(60), &format!("{n} events"), |got| got.len() >= n);
+        got.iter().map(|r| r.json()["kind"].as_str().unwrap_or_default().to_owned()).collect::<Vec<_>>()
+    };
+    // No traffic: the error-rate check stays inconclusive past the step's 1 s hold.
+    start(&app, json!({"to": "2", "steps": [{"weight": {"weight": "10%", "hold": "1s"}}], "checks": [{"error_rate": {}}], "failure": {"min_samples": 100000}, "interval": "200ms"}));
+    assert_eq!(kinds(2), ["started", "inconclusive_held"]);
+    let held = sink.received()[1].json();
+    assert!(held["reason"].as_str().unwrap().contains("still inconclusive"), "{held}");
+    assert_eq!(held["severity"], "warning");
+    for command in ["pause", "resume", "abort"] {
+        let r = app.admin("POST", &format!("rollout/{command}"), None);
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    assert_eq!(kinds(5), ["started", "inconclusive_held", "paused", "resumed", "rolled_back"]);
+    // A gate that refuses.
+    start(&app, json!({"to": "2", "steps": [{"webhook": {"url": format!("{}/gate", gate.url)}}, {"weight": {"weight": "100%", "hold": "0s"}}], "interval": "200ms"}));
+    wait_phase(&app, "rolled_back");
+    let all = kinds(8);
+    assert_eq!(all[5..], ["started", "gate_refused", "rolled_back"], "{all:?}");
+    let refused = sink.received()[6].json();
+    assert!(refused["reason"].as_str().unwrap().contains("HTTP 403"), "{refused}");
+    // Each once: no event was told twice.
+    thread::sleep(Duration::from_secs(2));
+    let ids: Vec<String> = sink.received().iter().map(|r| r.header("x-modelship-delivery").unwrap().to_owned()).collect();
+    let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "{ids:?}");
+    assert_eq!(ids.len(), 8, "{ids:?}");
+}
