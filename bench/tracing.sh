@@ -4,7 +4,10 @@
 # trace sampled, exported over OTLP/gRPC to the test's Python receiver (otel.py). Rounds alternate
 # so drift hits every setting alike. Prints one JSON line per run, then the medians.
 #
-# Usage: bench/tracing.sh [BINARY]   (ROUNDS=3, DURATION=8; needs scripts/setup.sh --test and wrk)
+# BASELINE=OTHER_BINARY adds a fourth setting: that binary (say, a build from before tracing
+# existed), to show what tracing off costs against not having it.
+#
+# Usage: bench/tracing.sh [BINARY]   (ROUNDS=3, DURATION=8, BASELINE=; needs scripts/setup.sh --test and wrk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${1:-target/release/modelship}"
@@ -17,8 +20,10 @@ trap 'kill $receiver 2>/dev/null; rm -f "$spans"' EXIT
 sleep 2
 out="$(mktemp)"
 for _ in $(seq "$rounds"); do
-  for setting in off 0.01 1; do
-    if [ "$setting" = off ]; then
+  for setting in ${BASELINE:+baseline} off 0.01 1; do
+    if [ "$setting" = baseline ]; then
+      line=$(bench/cpu.sh "$BASELINE")
+    elif [ "$setting" = off ]; then
       line=$(bench/cpu.sh "$bin")
     else
       line=$(OTEL_TRACES_EXPORTER=otlp OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$port" OTEL_TRACES_SAMPLER_ARG="$setting" bench/cpu.sh "$bin")
@@ -30,9 +35,10 @@ python3 - "$out" <<'PY'
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
 median = {}
-for setting in ("off", "0.01", "1"):
+for setting in ("baseline", "off", "0.01", "1"):
     us = [r["run"]["cpu_us"] for r in runs if r["tracing"] == setting]
-    median[setting] = statistics.median(us)
+    if us:
+        median[setting] = statistics.median(us)
 for setting, us in median.items():
     print(json.dumps({"tracing": setting, "cpu_us": round(us, 2), "vs_off": round(us / median["off"], 3)}))
 PY

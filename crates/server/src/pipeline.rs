@@ -107,7 +107,7 @@ pub async fn run(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, rece
         Ok(routed) => routed,
         Err(e) => return call.fail(e),
     };
-    if let Some(t) = &call.trace {
+    if let Some(t) = call.trace.as_ref().filter(|t| t.trace.is_sampled()) {
         let m = &routed.model;
         let attributes = vec![
             KeyValue::new("modelship.model", m.name.clone()),
@@ -176,7 +176,7 @@ async fn infer(state: &AppState, routed: &Routed, revision: u64, request: Reques
         Some(entities) => {
             let started = Instant::now();
             let (defaults, cached, trips) = enrich(state, &model.name, &mut infer_request, entities).await?;
-            if let Some(t) = &call.trace {
+            if let Some(t) = call.trace.as_ref().filter(|t| t.trace.is_sampled()) {
                 let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
                 // The feature store's round trips, as client spans of the enrichment.
                 let children = trips
@@ -295,7 +295,7 @@ impl Traced {
         self.trace.child(&self.tracing, "encode", started, Instant::now(), Vec::new());
     }
 
-    pub fn trace_id(&self) -> &str {
+    pub fn trace_id(&self) -> opentelemetry::trace::TraceId {
         self.trace.trace_id()
     }
 }
@@ -332,7 +332,8 @@ impl<'a> Call<'a> {
             Traced { tracing: Arc::clone(tracing), trace }
         });
         let request_id = state.ids.for_request(headers);
-        if let Some(t) = &trace {
+        // Attributes only on a recorded span: an unsampled request allocates nothing for them.
+        if let Some(t) = trace.as_ref().filter(|t| t.trace.is_sampled()) {
             t.trace.set(vec![KeyValue::new("modelship.request_id", request_id.clone()), KeyValue::new("modelship.endpoint", endpoint.label())]);
         }
         Call { state, endpoint, request_id, started: received, _in_flight: InFlight(gauge), score: None, kept: None, trace }
@@ -387,13 +388,14 @@ impl<'a> Call<'a> {
         if let Some(code) = code {
             metrics.errors.with_label_values(&[name, version, endpoint, code]).inc();
         }
-        if let Some(t) = &self.trace {
+        if let Some(t) = self.trace.as_ref().filter(|t| t.trace.is_sampled()) {
             t.trace.set(vec![KeyValue::new("http.response.status_code", i64::from(status.as_u16()))]);
             if let (Some(code), Some(e)) = (code, error) {
                 t.trace.fail(code, &crate::error::clip(&e.to_string(), crate::error::MAX_LOGGED_BYTES));
             }
         }
-        let trace_id = self.trace.as_ref().map(Traced::trace_id);
+        // Formatted only when the line is written.
+        let trace_id = self.trace.as_ref().map(|t| tracing::field::display(t.trace_id()));
         if let (Some(m), Some(routed_as)) = (model, role)
             && routed_as != Role::Pinned
         {

@@ -92,8 +92,8 @@ impl Tracing {
         let clock = Clock::new();
         let span = SpanBuilder::from_name(name).with_kind(SpanKind::Server).with_start_time(clock.at(received)).start_with_context(&self.tracer, &parent);
         let context = parent.with_span(span);
-        let trace_id = context.span().span_context().trace_id().to_string();
-        RequestTrace { context, clock, trace_id }
+        let span_context = context.span().span_context().clone();
+        RequestTrace { context, clock, trace_id: span_context.trace_id(), sampled: span_context.is_sampled() }
     }
 
     /// Flushes what is batched and stops the exporter (blocking: call off the reactor).
@@ -133,17 +133,19 @@ impl Clock {
 pub struct RequestTrace {
     context: Context,
     clock: Clock,
-    trace_id: String,
+    trace_id: opentelemetry::trace::TraceId,
+    /// Whether the span records: read once, as every stage asks.
+    sampled: bool,
 }
 
 impl RequestTrace {
-    /// The trace id (32 hex digits), whether sampled or not: the log line carries it.
-    pub fn trace_id(&self) -> &str {
-        &self.trace_id
+    /// The trace id (shown as 32 hex digits), whether sampled or not: the log line carries it.
+    pub fn trace_id(&self) -> opentelemetry::trace::TraceId {
+        self.trace_id
     }
 
     pub fn is_sampled(&self) -> bool {
-        self.context.span().span_context().is_sampled()
+        self.sampled
     }
 
     /// The request span's context: a shadow copy links to it.
@@ -202,9 +204,11 @@ impl RequestTrace {
         }
     }
 
-    /// Ends the request span now.
+    /// Ends the request span now (an unsampled one records nothing: there is nothing to end).
     pub fn end(&self) {
-        self.context.span().end_with_timestamp(self.clock.at(Instant::now()));
+        if self.sampled {
+            self.context.span().end_with_timestamp(self.clock.at(Instant::now()));
+        }
     }
 }
 

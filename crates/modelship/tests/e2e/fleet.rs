@@ -66,6 +66,18 @@ impl Replicas {
         replicas
     }
 
+    /// `n` replicas serving `fraud:1`, each with `--config FILE` and `env` (a configuration that
+    /// names notification sinks, and the secrets it reads).
+    fn configured(redis: &Redis, n: usize, file: &std::path::Path, env: Vec<(&'static str, String)>) -> Replicas {
+        let mut replicas = Replicas { s3: S3::start(), serves: "fraud:1", more: Vec::new(), servers: Vec::new(), args: vec!["--config".into(), file.to_str().unwrap().into()], env };
+        replicas.push("fraud", "1");
+        replicas.push("xgboost", "2");
+        for _ in 0..n {
+            replicas.add(redis);
+        }
+        replicas
+    }
+
     /// Pushes fixture `file` as version `version` of the model (as a CI job would: to the bucket).
     fn push(&self, file: &str, version: &str) {
         self.push_to(REGISTRY, file, version);
@@ -357,7 +369,12 @@ fn a_bad_candidate_seen_by_one_replica_is_rolled_back_by_the_leader() {
 #[test]
 fn the_leader_killed_mid_rollout_is_replaced_and_the_rollout_finishes_from_its_step() {
     let redis = Redis::start(free_port());
-    let fleet = Replicas::start(&redis, 3);
+    // Every replica tells a webhook of the rollout's events.
+    let sink = Receiver::start(|_| Some(200));
+    let config = tempfile::tempdir().unwrap();
+    let file = config.path().join("modelship.yaml");
+    std::fs::write(&file, format!("notifications:\n  sinks:\n    - {{name: hook, webhook: '{}/events'}}\n", sink.url)).unwrap();
+    let fleet = Replicas::configured(&redis, 3, &file, Vec::new());
     fleet.push("fraud", "4");
     fleet.converge(0);
     let spec = fleet.spec(
@@ -396,6 +413,19 @@ fn the_leader_killed_mid_rollout_is_replaced_and_the_rollout_finishes_from_its_s
     assert_eq!(entered, ["step 1 of 3", "step 2 of 3", "step 3 of 3"], "{reasons:?}");
     assert_eq!(reasons.len(), 4, "{reasons:?}");
     assert!(reasons.last().unwrap().ends_with("every step done"), "{reasons:?}");
+    // Each decision told once, by the replica that took it, and the takeover once, by the new
+    // leader.
+    let told = sink.wait_for(Duration::from_secs(30), "told the promotion", |got| got.iter().any(|r| r.json()["kind"] == "promoted"));
+    thread::sleep(Duration::from_secs(2));
+    let told = if sink.received().len() > told.len() { sink.received() } else { told };
+    let kinds: Vec<String> = told.iter().map(|r| r.json()["kind"].as_str().unwrap().to_owned()).collect();
+    let count = |k: &str| kinds.iter().filter(|x| *x == k).count();
+    assert_eq!((count("started"), count("step"), count("promoted"), count("leader_changed")), (1, 2, 1, 1), "{kinds:?}");
+    let takeover = told.iter().map(|r| r.json()).find(|n| n["kind"] == "leader_changed").unwrap();
+    assert_eq!(takeover["replica"], took_over["leader"], "{takeover}");
+    assert!(takeover["reason"].as_str().unwrap().contains(&leader), "{takeover}");
+    let promoted = told.iter().map(|r| r.json()).find(|n| n["kind"] == "promoted").unwrap();
+    assert_eq!(promoted["replica"], took_over["leader"]);
 }
 
 /// Redis stops for 10 s in the middle of a rollout: every replica keeps serving with no failed
@@ -677,12 +707,8 @@ fn rollout_events_are_told_once_per_sink_by_the_replica_that_decided() {
         ),
     )
     .unwrap();
-    let mut fleet = Replicas { s3: S3::start(), serves: "fraud:1", more: Vec::new(), servers: Vec::new(), args: vec!["--config".into(), file.to_str().unwrap().into()], env: vec![("NOTIFY_SECRET", SECRET.into()), ("SLACK_URL", format!("{}/services/T0/B0/x", slack.url))] };
-    fleet.push("fraud", "1");
+    let fleet = Replicas::configured(&redis, 3, &file, vec![("NOTIFY_SECRET", SECRET.into()), ("SLACK_URL", format!("{}/services/T0/B0/x", slack.url))]);
     fleet.push("faulty", "3");
-    for _ in 0..3 {
-        fleet.add(&redis);
-    }
     fleet.converge(0);
     let spec = fleet.spec("to: '3'\ncanary: {weights: [30, 100], every: 1m}\nchecks: [{error_rate: {}}]\nfailure: {consecutive: 2, min_samples: 20}\ninterval: 500ms\n");
     let load = Load::start(&fleet.server(1).url("/v1/predict"), 3);
