@@ -264,8 +264,11 @@ fn generated_alerts_fire_through_prometheus_and_alertmanager() {
 
     // The failing version takes half the traffic (set by hand, so it stays until the alert).
     let load = Load::start(&server.url("/v1/predict"), 2);
-    let started = Instant::now();
     fleet.ok(&server, &["set", "fraud", "--candidate", "3", "--weight", "50%"]);
+    // From when the failing version is in force (the change returns once it is loaded and routed).
+    let started = Instant::now();
+    let wall = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let changed_at = wall(std::time::SystemTime::now());
     let alerts = |got: &[crate::support::Received]| -> Vec<Value> {
         got.iter().flat_map(|r| r.json()["alerts"].as_array().cloned().unwrap_or_default()).collect()
     };
@@ -276,7 +279,11 @@ fn generated_alerts_fire_through_prometheus_and_alertmanager() {
     let error = all.iter().find(|a| a["labels"]["alertname"] == "ModelshipHighErrorRate").unwrap();
     assert_eq!((error["labels"]["model"].as_str(), error["labels"]["version"].as_str(), error["labels"]["severity"].as_str()), (Some("fraud"), Some("3"), Some("critical")), "{error}");
     assert!(error["annotations"]["runbook_url"].as_str().unwrap().ends_with("#modelshiphigherrorrate"), "{error}");
-    eprintln!("alerts: ModelshipHighErrorRate reached the webhook {fired:?} after the failing version took traffic (for: 5s, scrape and evaluation every 1s, rate over 10s)");
+    eprintln!(
+        "alerts: ModelshipHighErrorRate reached the webhook {fired:?} after the failing version took traffic (for: 5s, scrape and evaluation every 1s, rate over 10s); traffic changed at {changed_at:.3} (Unix s), the alert's startsAt (Prometheus) {}, received at {:.3}",
+        error["startsAt"],
+        wall(std::time::SystemTime::now())
+    );
     // Then a rollout of it, which its error_rate check rolls back.
     fleet.ok(&server, &["rollback", "fraud"]);
     let spec = fleet.state.path().join("bad.yaml");
