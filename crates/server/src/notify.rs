@@ -348,12 +348,6 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// A notifier that sends nothing (no sink configured).
-    pub fn none() -> Arc<Notifier> {
-        let sent = prometheus::IntCounterVec::new(prometheus::Opts::new("unused", "unused"), &["sink", "kind", "result"]).expect("valid metric");
-        Arc::new(Notifier { replica: String::new(), sinks: Vec::new(), recent: Arc::default(), sent })
-    }
-
     /// Starts one delivery task per sink under `tasks`; the metrics go to `registry`.
     pub fn start(sinks: Vec<SinkSettings>, replica: &str, registry: &prometheus::Registry, tasks: &crate::serve::Tasks) -> Result<Arc<Notifier>, String> {
         let sent = prometheus::IntCounterVec::new(
@@ -412,11 +406,6 @@ impl Notifier {
     /// The latest deliveries for `model`, newest first.
     pub fn recent(&self, model: &str) -> Vec<NotificationRecord> {
         self.recent.lock().unwrap_or_else(|p| p.into_inner()).get(model).map(|r| r.iter().cloned().collect()).unwrap_or_default()
-    }
-
-    /// This replica's name, which notices carry.
-    pub fn replica(&self) -> &str {
-        &self.replica
     }
 }
 
