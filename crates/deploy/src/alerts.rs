@@ -54,7 +54,10 @@ pub fn rules(d: &Deployment) -> RuleFile {
         ]);
         Rule { alert: alert.to_owned(), expr, for_: for_.to_owned(), labels, annotations }
     };
-    let requests = |window: &str, filter: &str| format!("sum by (model, version) (rate(modelship_requests_total{{{filter}}}[{window}]))");
+    let requests = |window: &str, filter: &str| {
+        let selector = if filter.is_empty() { String::new() } else { format!("{{{filter}}}") };
+        format!("sum by (model, version) (rate(modelship_requests_total{selector}[{window}]))")
+    };
     let serving = vec![
         rule(
             "ModelshipHighErrorRate",
