@@ -107,7 +107,7 @@ pub async fn run(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, rece
         Ok(routed) => routed,
         Err(e) => return call.fail(e),
     };
-    if let Some(t) = call.trace.as_ref().filter(|t| t.trace.is_sampled()) {
+    if let Some(t) = call.sampled() {
         let m = &routed.model;
         let attributes = vec![
             KeyValue::new("modelship.model", m.name.clone()),
@@ -176,7 +176,7 @@ async fn infer(state: &AppState, routed: &Routed, revision: u64, request: Reques
         Some(entities) => {
             let started = Instant::now();
             let (defaults, cached, trips) = enrich(state, &model.name, &mut infer_request, entities).await?;
-            if let Some(t) = call.trace.as_ref().filter(|t| t.trace.is_sampled()) {
+            if let Some(t) = call.sampled() {
                 let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
                 // The feature store's round trips, as client spans of the enrichment.
                 let children = trips
@@ -198,8 +198,8 @@ async fn infer(state: &AppState, routed: &Routed, revision: u64, request: Reques
         call.kept = Some(Kept { log: Arc::clone(log), inputs: modelship_protocol::v2::tensors_json(&infer_request.inputs), entities, outputs: None });
     }
     let mirror = routed.shadow.as_ref().filter(|s| state.shadows.admit(&state.metrics, s)).map(|_| infer_request.clone());
-    let outputs = match &call.trace {
-        Some(t) if t.trace.is_sampled() => {
+    let outputs = match call.sampled() {
+        Some(t) => {
             let mut timing = crate::model::Timing::default();
             let outputs = model.infer_timed(infer_request, &mut timing).await;
             if let Some(submitted) = timing.submitted {
@@ -209,7 +209,7 @@ async fn infer(state: &AppState, routed: &Routed, revision: u64, request: Reques
             }
             outputs?
         }
-        _ => model.infer(infer_request).await?,
+        None => model.infer(infer_request).await?,
     };
     // Every answer's score: the score histogram (drift), observations, the prediction log.
     call.score = crate::observe::score_of(model, &outputs);
@@ -217,7 +217,7 @@ async fn infer(state: &AppState, routed: &Routed, revision: u64, request: Reques
         kept.outputs = Some(modelship_protocol::v2::tensors_json(&outputs));
     }
     if let (Some(shadow), Some(copy)) = (&routed.shadow, mirror) {
-        let link = call.trace.as_ref().filter(|t| t.trace.is_sampled()).map(|t| (Arc::clone(&t.tracing), t.trace.span_context(), call.request_id.clone()));
+        let link = call.sampled().map(|t| (Arc::clone(&t.tracing), t.trace.span_context(), call.request_id.clone()));
         let log = state.predictions.get().filter(|log| log.keeps(&model.name, Role::Shadow.as_str(), &call.request_id)).map(|log| crate::shadow::ShadowLog {
             log: Arc::clone(log),
             request_id: call.request_id.clone(),
@@ -339,6 +339,12 @@ impl<'a> Call<'a> {
         Call { state, endpoint, request_id, started: received, _in_flight: InFlight(gauge), score: None, kept: None, trace }
     }
 
+    /// The request's trace when its spans are recorded (tracing on and the request sampled):
+    /// only then are attributes and stage spans built.
+    fn sampled(&self) -> Option<&Traced> {
+        self.trace.as_ref().filter(|t| t.trace.is_sampled())
+    }
+
     /// A child span of the request's, when it is traced and sampled.
     fn span(&self, name: &'static str, start: Instant, end: Instant, attributes: Vec<KeyValue>) {
         if let Some(t) = &self.trace {
@@ -388,7 +394,7 @@ impl<'a> Call<'a> {
         if let Some(code) = code {
             metrics.errors.with_label_values(&[name, version, endpoint, code]).inc();
         }
-        if let Some(t) = self.trace.as_ref().filter(|t| t.trace.is_sampled()) {
+        if let Some(t) = self.sampled() {
             t.trace.set(vec![KeyValue::new("http.response.status_code", i64::from(status.as_u16()))]);
             if let (Some(code), Some(e)) = (code, error) {
                 t.trace.fail(code, &crate::error::clip(&e.to_string(), crate::error::MAX_LOGGED_BYTES));
