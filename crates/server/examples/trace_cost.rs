@@ -15,7 +15,7 @@ use http::HeaderMap;
 use modelship_server::trace::{Protocol, TraceSettings, Tracing};
 use opentelemetry::KeyValue;
 
-fn per_request(tracing: &Tracing, headers: &HeaderMap, n: u32) -> Duration {
+fn per_request(tracing: &std::sync::Arc<Tracing>, headers: &HeaderMap, n: u32) -> Duration {
     let started = Instant::now();
     for i in 0..n {
         let received = Instant::now();
@@ -26,10 +26,9 @@ fn per_request(tracing: &Tracing, headers: &HeaderMap, n: u32) -> Duration {
         }
         let now = Instant::now();
         for stage in ["decode", "route", "queue", "infer", "encode"] {
-            trace.child(tracing, stage, received, now, Vec::new());
+            trace.child(stage, received, now, Vec::new());
         }
         std::hint::black_box(trace.trace_id());
-        trace.end();
     }
     started.elapsed() / n
 }
@@ -38,8 +37,8 @@ fn main() {
     let n: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200_000);
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let _inside = runtime.enter();
-    let unsampled = Tracing::start(&TraceSettings { protocol: Protocol::Grpc, ratio: 0.01, service: "trace-cost".into() }).expect("a tracer");
-    let sampled = Tracing::start(&TraceSettings { protocol: Protocol::Grpc, ratio: 1.0, service: "trace-cost".into() }).expect("a tracer");
+    let unsampled = std::sync::Arc::new(Tracing::start(&TraceSettings { protocol: Protocol::Grpc, ratio: 0.01, service: "trace-cost".into() }).expect("a tracer"));
+    let sampled = std::sync::Arc::new(Tracing::start(&TraceSettings { protocol: Protocol::Grpc, ratio: 1.0, service: "trace-cost".into() }).expect("a tracer"));
     let none = HeaderMap::new();
     let mut caller = HeaderMap::new();
     caller.insert("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".parse().unwrap());

@@ -64,7 +64,7 @@ pub enum Inputs {
 /// What the pipeline did with one request.
 pub struct Answer {
     /// The request's trace, when tracing is on: the adapter adds its encoding and ends it.
-    pub trace: Option<Traced>,
+    pub trace: Option<crate::trace::RequestTrace>,
     /// The caller's `x-request-id` when sane, else a new one.
     pub request_id: String,
     /// The version that answered (or was about to), once routed.
@@ -115,8 +115,8 @@ pub async fn run(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, rece
             KeyValue::new("modelship.role", routed.role.as_str()),
             KeyValue::new("modelship.revision", i64::try_from(revision).unwrap_or(i64::MAX)),
         ];
-        t.trace.set(attributes.clone());
-        t.trace.child(&t.tracing, "route", routing, Instant::now(), attributes);
+        t.set(attributes.clone());
+        t.child("route", routing, Instant::now(), attributes);
     }
     let result = infer(state, &routed, revision, request, &mut call).await;
     let status = match &result {
@@ -184,7 +184,7 @@ async fn infer(state: &AppState, routed: &Routed, revision: u64, request: Reques
                     .map(|r| ("feature_store", r.started, r.ended, vec![KeyValue::new("db.system", "redis"), KeyValue::new("modelship.keys", count(r.keys)), KeyValue::new("modelship.outcome", r.outcome)]))
                     .collect();
                 let attributes = vec![KeyValue::new("modelship.entities", count(entities.len())), KeyValue::new("modelship.cached", count(cached))];
-                t.trace.child_with(&t.tracing, "enrich", started, Instant::now(), attributes, children);
+                t.child_with("enrich", started, Instant::now(), attributes, children);
             }
             defaults
         }
@@ -204,8 +204,8 @@ async fn infer(state: &AppState, routed: &Routed, revision: u64, request: Reques
             let outputs = model.infer_timed(infer_request, &mut timing).await;
             if let Some(submitted) = timing.submitted {
                 let ran = submitted + timing.queued;
-                t.trace.child(&t.tracing, "queue", submitted, ran, Vec::new());
-                t.trace.child(&t.tracing, "infer", ran, ran + timing.inference, vec![KeyValue::new("modelship.version", model.version.clone())]);
+                t.child("queue", submitted, ran, Vec::new());
+                t.child("infer", ran, ran + timing.inference, vec![KeyValue::new("modelship.version", model.version.clone())]);
             }
             outputs?
         }
@@ -217,7 +217,7 @@ async fn infer(state: &AppState, routed: &Routed, revision: u64, request: Reques
         kept.outputs = Some(modelship_protocol::v2::tensors_json(&outputs));
     }
     if let (Some(shadow), Some(copy)) = (&routed.shadow, mirror) {
-        let link = call.sampled().map(|t| (Arc::clone(&t.tracing), t.trace.span_context(), call.request_id.clone()));
+        let link = call.trace.as_ref().and_then(crate::trace::RequestTrace::shadow).map(|t| (t, call.request_id.clone()));
         let log = state.predictions.get().filter(|log| log.keeps(&model.name, Role::Shadow.as_str(), &call.request_id)).map(|log| crate::shadow::ShadowLog {
             log: Arc::clone(log),
             request_id: call.request_id.clone(),
@@ -279,31 +279,8 @@ struct Call<'a> {
     score: Option<f64>,
     /// What the prediction log keeps of this request, when it keeps it.
     kept: Option<Kept>,
-    /// The request's trace, when tracing is on.
-    trace: Option<Traced>,
-}
-
-/// A request's trace and the tracer it belongs to. Dropping it ends the request's span.
-pub struct Traced {
-    tracing: Arc<crate::trace::Tracing>,
-    trace: crate::trace::RequestTrace,
-}
-
-impl Traced {
-    /// The encoding of the answer, from `started` to now (the adapters call it).
-    pub fn encoded(&self, started: Instant) {
-        self.trace.child(&self.tracing, "encode", started, Instant::now(), Vec::new());
-    }
-
-    pub fn trace_id(&self) -> opentelemetry::trace::TraceId {
-        self.trace.trace_id()
-    }
-}
-
-impl Drop for Traced {
-    fn drop(&mut self) {
-        self.trace.end();
-    }
+    /// The request's trace, when tracing is on (dropping it ends the request's span).
+    trace: Option<crate::trace::RequestTrace>,
 }
 
 /// A request the prediction log keeps: its inputs and entities as the model got them, and its
@@ -327,28 +304,25 @@ impl<'a> Call<'a> {
     fn start(state: &'a AppState, endpoint: Endpoint, headers: &HeaderMap, received: Instant) -> Self {
         let gauge = state.metrics.in_flight_at(endpoint).clone();
         gauge.inc();
-        let trace = state.tracing.get().map(|tracing| {
-            let trace = tracing.request(endpoint.label(), headers, received);
-            Traced { tracing: Arc::clone(tracing), trace }
-        });
+        let trace = state.tracing.get().map(|tracing| tracing.request(endpoint.label(), headers, received));
         let request_id = state.ids.for_request(headers);
         // Attributes only on a recorded span: an unsampled request allocates nothing for them.
-        if let Some(t) = trace.as_ref().filter(|t| t.trace.is_sampled()) {
-            t.trace.set(vec![KeyValue::new("modelship.request_id", request_id.clone()), KeyValue::new("modelship.endpoint", endpoint.label())]);
+        if let Some(t) = trace.as_ref().filter(|t| t.is_sampled()) {
+            t.set(vec![KeyValue::new("modelship.request_id", request_id.clone()), KeyValue::new("modelship.endpoint", endpoint.label())]);
         }
         Call { state, endpoint, request_id, started: received, _in_flight: InFlight(gauge), score: None, kept: None, trace }
     }
 
     /// The request's trace when its spans are recorded (tracing on and the request sampled):
     /// only then are attributes and stage spans built.
-    fn sampled(&self) -> Option<&Traced> {
-        self.trace.as_ref().filter(|t| t.trace.is_sampled())
+    fn sampled(&self) -> Option<&crate::trace::RequestTrace> {
+        self.trace.as_ref().filter(|t| t.is_sampled())
     }
 
     /// A child span of the request's, when it is traced and sampled.
     fn span(&self, name: &'static str, start: Instant, end: Instant, attributes: Vec<KeyValue>) {
         if let Some(t) = &self.trace {
-            t.trace.child(&t.tracing, name, start, end, attributes);
+            t.child(name, start, end, attributes);
         }
     }
 
@@ -395,9 +369,9 @@ impl<'a> Call<'a> {
             metrics.errors.with_label_values(&[name, version, endpoint, code]).inc();
         }
         if let Some(t) = self.sampled() {
-            t.trace.set(vec![KeyValue::new("http.response.status_code", i64::from(status.as_u16()))]);
+            t.set(vec![KeyValue::new("http.response.status_code", i64::from(status.as_u16()))]);
             if let (Some(code), Some(e)) = (code, error) {
-                t.trace.fail(code, &crate::error::clip(&e.to_string(), crate::error::MAX_LOGGED_BYTES));
+                t.fail(code, &crate::error::clip(&e.to_string(), crate::error::MAX_LOGGED_BYTES));
             }
         }
         // Formatted only when the line is written.

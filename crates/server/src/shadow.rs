@@ -83,8 +83,8 @@ impl Shadows {
 
     /// Runs `request` on `shadow` in the background and compares its outputs with `served`;
     /// hands its answer to the prediction log when `log` says it keeps it.
-    /// `link`: the tracer, the request's span and its id, when the request is traced: the copy
-    /// gets a span of its own, linked to the request's.
+    /// `link`: the request's trace and id, when the request is sampled: the copy gets a span of
+    /// its own, linked to the request's.
     pub fn mirror(
         self: &Arc<Self>,
         metrics: &Arc<Metrics>,
@@ -92,7 +92,7 @@ impl Shadows {
         request: InferRequest,
         served: Vec<Tensor>,
         log: Option<ShadowLog>,
-        link: Option<(Arc<crate::trace::Tracing>, opentelemetry::trace::SpanContext, String)>,
+        link: Option<(crate::trace::ShadowTrace, String)>,
     ) {
         let labels = [shadow.name.clone(), shadow.version.clone()];
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
@@ -107,7 +107,7 @@ impl Shadows {
             let started = Instant::now();
             let result = shadow.infer(request).await;
             let latency = started.elapsed().as_secs_f64();
-            if let Some((tracing, request, request_id)) = link {
+            if let Some((trace, request_id)) = link {
                 use opentelemetry::KeyValue;
                 let attributes = vec![
                     KeyValue::new("modelship.model", shadow.name.clone()),
@@ -116,7 +116,7 @@ impl Shadows {
                     KeyValue::new("modelship.request_id", request_id),
                     KeyValue::new("modelship.outcome", if result.is_ok() { "answered" } else { "failed" }),
                 ];
-                crate::trace::shadow_span(&tracing, &request, started, Instant::now(), attributes);
+                trace.record(started, Instant::now(), attributes);
             }
             let evidence = &shadows.observations;
             if let (Some(log), Some(inputs)) = (log, inputs)

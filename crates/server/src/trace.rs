@@ -13,6 +13,7 @@
 //! With tracing off, [`Tracing`] is absent and a request costs one branch. With it on, an
 //! unsampled request still gets a trace id (for its log line) and no span is recorded.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderMap;
@@ -87,13 +88,14 @@ impl Tracing {
     }
 
     /// The server span of a request that arrived at `received`, continuing the caller's trace.
-    pub fn request(&self, name: &'static str, headers: &HeaderMap, received: Instant) -> RequestTrace {
+    /// Dropping the [`RequestTrace`] ends it.
+    pub fn request(self: &Arc<Self>, name: &'static str, headers: &HeaderMap, received: Instant) -> RequestTrace {
         let parent = self.propagator.extract(&opentelemetry_http::HeaderExtractor(headers));
         let clock = Clock::new();
-        let span = SpanBuilder::from_name(name).with_kind(SpanKind::Server).with_start_time(clock.at(received)).start_with_context(&self.tracer, &parent);
+        let span = self.span(name, SpanKind::Server, clock.at(received), Vec::new(), Vec::new(), &parent);
         let context = parent.with_span(span);
         let span_context = context.span().span_context().clone();
-        RequestTrace { context, clock, trace_id: span_context.trace_id(), sampled: span_context.is_sampled() }
+        RequestTrace { tracing: Arc::clone(self), context, clock, trace_id: span_context.trace_id(), sampled: span_context.is_sampled() }
     }
 
     /// Flushes what is batched and stops the exporter (blocking: call off the reactor).
@@ -104,8 +106,9 @@ impl Tracing {
         let _ = self.provider.shutdown_with_timeout(Duration::from_secs(5));
     }
 
-    fn tracer(&self) -> &SdkTracer {
-        &self.tracer
+    /// A span of `kind` under `parent`, started at `start`.
+    fn span(&self, name: &'static str, kind: SpanKind, start: SystemTime, attributes: Vec<KeyValue>, links: Vec<Link>, parent: &Context) -> opentelemetry_sdk::trace::Span {
+        SpanBuilder::from_name(name).with_kind(kind).with_start_time(start).with_attributes(attributes).with_links(links).start_with_context(&self.tracer, parent)
     }
 }
 
@@ -131,6 +134,7 @@ impl Clock {
 
 /// One request's span and its children.
 pub struct RequestTrace {
+    tracing: Arc<Tracing>,
     context: Context,
     clock: Clock,
     trace_id: opentelemetry::trace::TraceId,
@@ -148,44 +152,36 @@ impl RequestTrace {
         self.sampled
     }
 
-    /// The request span's context: a shadow copy links to it.
-    pub fn span_context(&self) -> SpanContext {
-        self.context.span().span_context().clone()
+    /// What a shadow copy of this request needs for its span, when the request is sampled.
+    pub fn shadow(&self) -> Option<ShadowTrace> {
+        self.sampled.then(|| ShadowTrace { tracing: Arc::clone(&self.tracing), request: self.context.span().span_context().clone() })
     }
 
     /// A child span from `start` to `end`, with `attributes`.
-    pub fn child(&self, tracing: &Tracing, name: &'static str, start: Instant, end: Instant, attributes: Vec<KeyValue>) {
-        if !self.is_sampled() {
-            return;
+    pub fn child(&self, name: &'static str, start: Instant, end: Instant, attributes: Vec<KeyValue>) {
+        if self.sampled {
+            let mut span = self.tracing.span(name, SpanKind::Internal, self.clock.at(start), attributes, Vec::new(), &self.context);
+            span.end_with_timestamp(self.clock.at(end));
         }
-        let mut span = SpanBuilder::from_name(name)
-            .with_kind(SpanKind::Internal)
-            .with_start_time(self.clock.at(start))
-            .with_attributes(attributes)
-            .start_with_context(tracing.tracer(), &self.context);
-        span.end_with_timestamp(self.clock.at(end));
     }
 
-    /// A child span with children of its own: `(name, start, end, attributes)` each.
-    pub fn child_with(&self, tracing: &Tracing, name: &'static str, start: Instant, end: Instant, attributes: Vec<KeyValue>, children: Vec<(&'static str, Instant, Instant, Vec<KeyValue>)>) {
-        if !self.is_sampled() {
+    /// A child span with client spans of its own under it: `(name, start, end, attributes)` each.
+    pub fn child_with(&self, name: &'static str, start: Instant, end: Instant, attributes: Vec<KeyValue>, children: Vec<(&'static str, Instant, Instant, Vec<KeyValue>)>) {
+        if !self.sampled {
             return;
         }
-        let span = SpanBuilder::from_name(name)
-            .with_kind(SpanKind::Internal)
-            .with_start_time(self.clock.at(start))
-            .with_attributes(attributes)
-            .start_with_context(tracing.tracer(), &self.context);
+        let span = self.tracing.span(name, SpanKind::Internal, self.clock.at(start), attributes, Vec::new(), &self.context);
         let parent = self.context.with_span(span);
         for (child, from, to, attributes) in children {
-            let mut span = SpanBuilder::from_name(child)
-                .with_kind(SpanKind::Client)
-                .with_start_time(self.clock.at(from))
-                .with_attributes(attributes)
-                .start_with_context(tracing.tracer(), &parent);
+            let mut span = self.tracing.span(child, SpanKind::Client, self.clock.at(from), attributes, Vec::new(), &parent);
             span.end_with_timestamp(self.clock.at(to));
         }
         parent.span().end_with_timestamp(self.clock.at(end));
+    }
+
+    /// The encoding of the answer, from `started` to now (the adapters call it).
+    pub fn encoded(&self, started: Instant) {
+        self.child("encode", started, Instant::now(), Vec::new());
     }
 
     /// Sets attributes on the request span.
@@ -205,6 +201,7 @@ impl RequestTrace {
     }
 
     /// Ends the request span now (an unsampled one records nothing: there is nothing to end).
+    /// Dropping the trace does it too.
     pub fn end(&self) {
         if self.sampled {
             self.context.span().end_with_timestamp(self.clock.at(Instant::now()));
@@ -212,20 +209,28 @@ impl RequestTrace {
     }
 }
 
-/// A shadow copy's span: in the request's trace (so the parent-based sampler keeps it whenever
-/// it kept the request), started after the answer, and linked to the request's span.
-pub fn shadow_span(tracing: &Tracing, request: &SpanContext, start: Instant, end: Instant, attributes: Vec<KeyValue>) {
-    if !request.is_sampled() {
-        return;
+impl Drop for RequestTrace {
+    fn drop(&mut self) {
+        self.end();
     }
-    let clock = Clock::new();
-    let mut span = SpanBuilder::from_name("shadow")
-        .with_kind(SpanKind::Internal)
-        .with_start_time(clock.at(start))
-        .with_links(vec![Link::with_context(request.clone())])
-        .with_attributes(attributes)
-        .start_with_context(tracing.tracer(), &Context::new().with_remote_span_context(request.clone()));
-    span.end_with_timestamp(clock.at(end));
+}
+
+/// A sampled request's tracer and span, for its shadow copy's span.
+pub struct ShadowTrace {
+    tracing: Arc<Tracing>,
+    request: SpanContext,
+}
+
+impl ShadowTrace {
+    /// The shadow copy's span, from `start` to `end`: in the request's trace (so the parent-based
+    /// sampler keeps it whenever it kept the request), started after the answer, linked to the
+    /// request's span.
+    pub fn record(&self, start: Instant, end: Instant, attributes: Vec<KeyValue>) {
+        let clock = Clock::new();
+        let parent = Context::new().with_remote_span_context(self.request.clone());
+        let mut span = self.tracing.span("shadow", SpanKind::Internal, clock.at(start), attributes, vec![Link::with_context(self.request.clone())], &parent);
+        span.end_with_timestamp(clock.at(end));
+    }
 }
 
 /// OTLP over HTTP through the blocking client the server already has (the batch processor
