@@ -26,7 +26,10 @@
 #                             build: gcc-aarch64-linux-gnu, libc6-dev-arm64-cross and qemu-user
 #                             (Debian), the Rust target aarch64-unknown-linux-gnu (rustup), and
 #                             ONNX Runtime's aarch64 library from the onnxruntime manylinux
-#                             aarch64 wheel into ./.cache/ort-aarch64
+#                             aarch64 wheel into ./.cache/ort-aarch64; for the GPU path without a
+#                             GPU: the CUDA build of the library and its CUDA and TensorRT providers
+#                             from the onnxruntime-gpu wheel into ./.cache/ort-gpu (no CUDA runtime:
+#                             registering the provider must fail cleanly, as on a node without one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -198,6 +201,15 @@ if [ "${1:-}" = "--test" ]; then
     unzip -o -j -q "$ort_tmp"/onnxruntime-*.whl 'onnxruntime/capi/libonnxruntime.so.*' -d .cache/ort-aarch64
     rm -rf "$ort_tmp"
   fi
+  if ! ls .cache/ort-gpu/libonnxruntime_providers_cuda.so >/dev/null 2>&1; then
+    echo "setup: extracting ONNX Runtime's CUDA build from the onnxruntime-gpu==$ORT_VERSION wheel into .cache/ort-gpu (about 250 MB)" >&2
+    ort_tmp=$(mktemp -d)
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+      --platform manylinux_2_28_x86_64 --python-version 3.11 "onnxruntime-gpu==$ORT_VERSION" -d "$ort_tmp"
+    mkdir -p .cache/ort-gpu
+    unzip -o -j -q "$ort_tmp"/onnxruntime_gpu-*.whl 'onnxruntime/capi/libonnxruntime*.so*' -d .cache/ort-gpu
+    rm -rf "$ort_tmp"
+  fi
   if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
     # The edge test skips (saying so) only when this cannot be fetched.
     echo "setup: rustup target add aarch64-unknown-linux-gnu (the edge build)" >&2
@@ -205,5 +217,5 @@ if [ "${1:-}" = "--test" ]; then
   fi
   # The container tests' base images (Debian root filesystem, Redis, Prometheus), built locally.
   scripts/docker-test-images.sh
-  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, .cache/tools/bin/mdbook, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $(ls /usr/lib/postgresql/*/bin/postgres 2>/dev/null | tail -n 1), $SCHEMATHESIS_VENV/bin/schemathesis, $HADOLINT_VENV/bin/hadolint, $K8S_VENV/bin/kubernetes-validate, .cache/lambda-rie/aws-lambda-rie, .cache/cfn-lint-sam-venv/bin/cfn-lint, .cache/cfn-lint-venv/bin/cfn-lint, .cache/ort-aarch64, $ACTIONLINT_VENV/bin/actionlint, $(command -v shellcheck), $(command -v promtool), $(command -v prometheus-alertmanager), $OTEL_VENV/bin/python" >&2
+  echo "setup: test servers and clients: .cache/tools/bin/s3s-fs, .cache/tools/bin/mdbook, $VENV/bin/mlflow, $(command -v prometheus), $TRITON_VENV/bin/perf_analyzer, $(command -v redis-server), $(ls /usr/lib/postgresql/*/bin/postgres 2>/dev/null | tail -n 1), $SCHEMATHESIS_VENV/bin/schemathesis, $HADOLINT_VENV/bin/hadolint, $K8S_VENV/bin/kubernetes-validate, .cache/lambda-rie/aws-lambda-rie, .cache/cfn-lint-sam-venv/bin/cfn-lint, .cache/cfn-lint-venv/bin/cfn-lint, .cache/ort-aarch64, .cache/ort-gpu, $ACTIONLINT_VENV/bin/actionlint, $(command -v shellcheck), $(command -v promtool), $(command -v prometheus-alertmanager), $OTEL_VENV/bin/python" >&2
 fi

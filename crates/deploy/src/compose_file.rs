@@ -282,7 +282,7 @@ pub fn ports(d: &Deployment) -> Vec<String> {
 /// directory, as the CLI writes them).
 pub fn volumes(d: &Deployment) -> Vec<String> {
     let mut volumes = Vec::new();
-    if let (Some(dir), description::Delivery::Mount) = (d.model_host_dir(), d.model.delivery) {
+    if let (Some(dir), description::Delivery::Mount) = (d.model_host_dir(), d.model.delivery()) {
         volumes.push(format!("{dir}:{}:ro", description::MODEL_DIR));
     }
     if let Some(dir) = &d.model.registry_dir {

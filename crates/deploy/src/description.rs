@@ -56,8 +56,9 @@ pub struct Deployment {
     pub config: Option<String>,
     #[serde(default)]
     pub image: Image,
-    #[serde(default = "one")]
-    pub replicas: u32,
+    /// [default: 3 on Kubernetes (the guide's Deployment), 1 elsewhere; see [`Deployment::settle`]]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
     #[serde(default)]
     pub resources: Resources,
     #[serde(default)]
@@ -101,9 +102,8 @@ pub struct Deployment {
     pub env: BTreeMap<String, String>,
 }
 
-fn one() -> u32 {
-    1
-}
+/// The replicas of a Kubernetes deployment that does not say (the guide's: 3, HPA 3-20, PDB 2).
+pub const KUBERNETES_REPLICAS: u32 = 3;
 
 /// Where the serving config is mounted in the container.
 pub const CONFIG_PATH: &str = "/etc/modelship/serving.yaml";
@@ -126,8 +126,10 @@ pub struct Model {
     /// A host ONNX file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
-    #[serde(default)]
-    pub delivery: Delivery,
+    /// [default: `bake` on Kubernetes for a file with no `kubernetes.artifact` (no pod can mount a
+    /// file of this machine), `mount` elsewhere; see [`Deployment::settle`]]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
     /// A registry reference (`NAME@ALIAS`, `NAME:VERSION`, `NAME`) instead of a file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<String>,
@@ -138,6 +140,13 @@ pub struct Model {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+}
+
+impl Model {
+    /// How the file reaches the container: the description's choice or `mount`.
+    pub fn delivery(&self) -> Delivery {
+        self.delivery.unwrap_or_default()
+    }
 }
 
 /// How a model file reaches the container.
@@ -595,6 +604,24 @@ impl Deployment {
         features
     }
 
+    /// The replicas: the description's, or 1 where no target default was settled.
+    pub fn replicas(&self) -> u32 {
+        self.replicas.unwrap_or(1)
+    }
+
+    /// Fills in what the description leaves to the target: on Kubernetes, the guide's 3 replicas
+    /// (so HPA 3-20 and a PodDisruptionBudget of 2) and, for a file of this machine with no
+    /// artifact store, `delivery: bake` (the only way such a file reaches a pod). Every CLI
+    /// path calls this before validating and rendering.
+    pub fn settle(&mut self, target: Target) {
+        if target == Target::Kubernetes {
+            self.replicas.get_or_insert(KUBERNETES_REPLICAS);
+            if self.model.file.is_some() && self.kubernetes.artifact.is_none() {
+                self.model.delivery.get_or_insert(Delivery::Bake);
+            }
+        }
+    }
+
     /// Checks everything and reports every problem at once.
     pub fn validate(&self) -> Result<(), DescriptionError> {
         let mut problems = Vec::new();
@@ -645,7 +672,7 @@ impl Deployment {
                 if let Some(dir) = &self.model.registry_dir {
                     check_host_path("model.registry_dir", dir, p);
                 }
-                if self.model.delivery == Delivery::Bake {
+                if self.model.delivery() == Delivery::Bake {
                     p.push("model.delivery: bake needs model.file (a registry model is fetched at start)".to_owned());
                 }
             }
@@ -680,8 +707,10 @@ impl Deployment {
                 p.push(format!("{what} '{value}' is not an image reference (REPOSITORY[:TAG])"));
             }
         }
-        if self.replicas == 0 || self.replicas > 1000 {
-            p.push(format!("replicas is {}; it must be between 1 and 1000", self.replicas));
+        if let Some(replicas) = self.replicas
+            && (replicas == 0 || replicas > 1000)
+        {
+            p.push(format!("replicas is {replicas}; it must be between 1 and 1000"));
         }
         if let Some(cpus) = self.resources.cpus
             && !(cpus > 0.0 && cpus <= 1024.0)
@@ -924,7 +953,7 @@ mod tests {
     fn a_minimal_description_is_valid_and_takes_the_defaults() {
         let d = parse("name: fraud\nmodel: {file: models/fraud.onnx}\n").unwrap();
         d.validate().unwrap();
-        assert_eq!((d.replicas, d.ports.http, d.model.delivery, d.image.build), (1, 8000, Delivery::Mount, Build::Binary));
+        assert_eq!((d.replicas(), d.ports.http, d.model.delivery(), d.image.build), (1, 8000, Delivery::Mount, Build::Binary));
         assert_eq!((d.model_path().as_str(), d.model_host_dir(), d.served_name().as_str()), ("/models/fraud.onnx", Some("models"), "fraud"));
     }
 

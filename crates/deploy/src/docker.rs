@@ -83,7 +83,7 @@ fn dockerfile(d: &Deployment, gpu: bool) -> String {
         out.push_str(s);
         out.push('\n');
     };
-    let bake = d.model.delivery == Delivery::Bake && d.model.file.is_some();
+    let bake = d.model.delivery() == Delivery::Bake && d.model.file.is_some();
     let model_file = d.model_file_name().unwrap_or("model.onnx");
     let wheel = if gpu { "onnxruntime-gpu" } else { "onnxruntime" };
 

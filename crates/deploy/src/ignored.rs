@@ -7,7 +7,7 @@
 //! target and is never warned about.
 
 use crate::Target;
-use crate::description::{Deployment, Kubernetes, Lambda, Restart, Strategy, SwarmOptions};
+use crate::description::{Deployment, Healthcheck, Kubernetes, Lambda, Restart, Strategy, SwarmOptions};
 
 /// A key set in the description that `target` ignores, and the targets that read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,10 +37,12 @@ pub fn ignored(target: Target, d: &Deployment) -> Vec<Ignored> {
     if matches!(target, Target::Docker | Target::Alerts) {
         return Vec::new();
     }
-    let candidates: [(&'static str, bool, Option<String>, &'static [Target]); 7] = [
-        ("replicas", d.replicas != 1, Some(d.replicas.to_string()), &[Target::Swarm, Target::Kubernetes]),
+    let candidates: [(&'static str, bool, Option<String>, &'static [Target]); 8] = [
+        ("replicas", d.replicas() != 1, Some(d.replicas().to_string()), &[Target::Swarm, Target::Kubernetes]),
         ("strategy", d.strategy != Strategy::default(), None, &[Target::Swarm]),
         ("restart", d.restart != Restart::default(), None, &[Target::Swarm]),
+        // Kubernetes has its own per probe (kubernetes.probes).
+        ("healthcheck", d.healthcheck != Healthcheck::default(), None, &[Target::Compose, Target::Swarm]),
         ("swarm", d.swarm != SwarmOptions::default(), None, &[Target::Swarm]),
         ("prometheus", d.prometheus.is_some(), None, &[Target::Compose, Target::Swarm]),
         ("kubernetes", d.kubernetes != Kubernetes::default(), None, &[Target::Kubernetes]),

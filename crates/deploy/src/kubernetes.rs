@@ -54,6 +54,12 @@ pub const KUSTOMIZATION: &str = "kustomization.yaml";
 /// The label that tells the tracks (stable, canary, blue, green) of one deployment apart.
 pub const TRACK: &str = "modelship.dev/track";
 pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+/// What a pod of the deployment is: [`SERVER`] for the serving pods (what the PDB and the
+/// NetworkPolicy select), `rollout` and `batch` for the Jobs' pods.
+pub const COMPONENT: &str = "app.kubernetes.io/component";
+pub const SERVER: &str = "server";
+/// The label of the pods allowed to reach the admin port (when `ports.publish_admin` opens it).
+pub const OPERATOR: &str = "modelship.dev/operator";
 /// The pods metric the HPA scales on, as the Prometheus Adapter rule names it.
 pub const RATE_METRIC: &str = "http_requests_per_second";
 /// The server's request counter the rate is computed from.
@@ -88,6 +94,9 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
     }
     if let Some(pdb) = workload::pdb(d) {
         files.add("pdb.yaml", &pdb);
+    }
+    if let Some(policy) = workload::network_policy(d) {
+        files.add("networkpolicy.yaml", &policy);
     }
     if let Some(ingress) = traffic::ingress(d) {
         files.add("ingress.yaml", &ingress);
@@ -142,6 +151,13 @@ pub(crate) fn mesh_free(d: &Deployment) -> bool {
 /// The labels every object carries.
 fn labels(d: &Deployment) -> Labels {
     BTreeMap::from([(NAME_LABEL.to_owned(), d.name.clone()), ("app.kubernetes.io/managed-by".to_owned(), "modelship".to_owned())])
+}
+
+/// A pod's labels: every object's and what it is ([`COMPONENT`]).
+fn component_labels(d: &Deployment, component: &str) -> Labels {
+    let mut l = labels(d);
+    l.insert(COMPONENT.to_owned(), component.to_owned());
+    l
 }
 
 /// A namespaced object's metadata.

@@ -77,7 +77,7 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
         stop_grace_period: Some(compose_file::stop_grace_period(d)),
         deploy: Some(Deploy {
             mode: Some("replicated"),
-            replicas: Some(d.replicas),
+            replicas: Some(d.replicas()),
             endpoint_mode: Some(endpoint_mode),
             update_config: Some(update),
             rollback_config: Some(rollback),

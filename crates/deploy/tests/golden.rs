@@ -15,6 +15,7 @@ fn check(case: &str, target: Target) {
     let dir = golden_dir().join(case);
     let text = std::fs::read_to_string(dir.join("deploy.yaml")).unwrap();
     let mut deployment = description::parse(&text).unwrap();
+    deployment.settle(target);
     if target == Target::Kubernetes
         && let Some(config) = &deployment.config
     {
@@ -78,7 +79,7 @@ fn swarm_without_a_routing_mesh() {
 
 #[test]
 fn kubernetes_every_strategy() {
-    for case in ["k8s-rolling", "k8s-blue-green", "k8s-canary-istio", "k8s-shadow-istio", "k8s-canary-gateway", "k8s-shadow-gateway", "k8s-mesh-free"] {
+    for case in ["k8s-defaults", "k8s-rolling", "k8s-blue-green", "k8s-canary-istio", "k8s-shadow-istio", "k8s-canary-gateway", "k8s-shadow-gateway", "k8s-mesh-free"] {
         check(case, Target::Kubernetes);
     }
 }

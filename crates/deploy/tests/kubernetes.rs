@@ -108,7 +108,7 @@ fn kubernetes_validate_refuses_what_the_cluster_would() {
     let deployment = std::fs::read_to_string(manifest_dir().join("tests/golden/k8s-rolling/kubernetes/deployment.yaml")).unwrap();
     let bad = [
         ("unknown-field.yaml", deployment.replace("revisionHistoryLimit: 5", "revisionHistoryLimit: 5\n  maxSurge: 1")),
-        ("wrong-type.yaml", deployment.replace("periodSeconds: 2", "periodSeconds: \"2s\"")),
+        ("wrong-type.yaml", deployment.replace("periodSeconds: 5", "periodSeconds: \"5s\"")),
     ];
     for (file, text) in bad {
         std::fs::write(dir.join(file), text).unwrap();
@@ -379,6 +379,33 @@ fn check_structure(dir: &Path) -> Vec<String> {
         }
     }
 
+    // The PDB and the NetworkPolicy select the serving pods and no Job's (a running rollout Job
+    // would count as an available pod and let one serving pod more be evicted); the policy's
+    // ports are ports the selected servers listen on.
+    for o in of("PodDisruptionBudget").into_iter().chain(of("NetworkPolicy")) {
+        let key = if o.kind() == "NetworkPolicy" { "podSelector" } else { "selector" };
+        let selector = strings(&o.value["spec"][key]["matchLabels"]);
+        let selected: Vec<&&Object> = deployments.iter().filter(|d| selects(&selector, &strings(&d.value["spec"]["template"]["metadata"]["labels"]))).collect();
+        if selected.len() != deployments.len() {
+            p.push(format!("{}: the selector {selector:?} selects {} of the {} Deployments' pods", o.file, selected.len(), deployments.len()));
+        }
+        for j in &jobs {
+            if selects(&selector, &strings(&j.value["spec"]["template"]["metadata"]["labels"])) {
+                p.push(format!("{}: the selector {selector:?} selects the pods of the Job {}", o.file, j.name()));
+            }
+        }
+        for rule in list(&o.value["spec"]["ingress"]) {
+            for port in list(&rule["ports"]) {
+                let number = port["port"].as_u64().unwrap_or(0);
+                for d in &selected {
+                    if !container_ports(&d.value).values().any(|n| *n == number) {
+                        p.push(format!("{}: port {number} is no port of {}'s server container", o.file, d.name()));
+                    }
+                }
+            }
+        }
+    }
+
     // Routes name Services and ports that exist, and their weights add up.
     for i in of("Ingress") {
         for rule in list(&i.value["spec"]["rules"]) {
@@ -429,6 +456,29 @@ fn check_structure(dir: &Path) -> Vec<String> {
         }
     }
     p.into_iter().map(|problem| format!("{case}/{problem}")).collect()
+}
+
+/// `deploy k8s --name nepse --model model.onnx` with nothing else is the guide's Deployment.
+#[test]
+fn the_defaults_are_the_guides() {
+    let objects = objects(&manifest_dir().join("tests/golden/k8s-defaults/kubernetes"));
+    let of = |kind: &str| &objects.iter().find(|o| o.kind() == kind).unwrap_or_else(|| panic!("no {kind}")).value;
+    let hpa = &of("HorizontalPodAutoscaler")["spec"];
+    assert_eq!((hpa["minReplicas"].as_u64(), hpa["maxReplicas"].as_u64()), (Some(3), Some(20)));
+    assert_eq!(of("PodDisruptionBudget")["spec"]["minAvailable"].as_u64(), Some(2));
+    let server = &of("Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let timing = |probe: &str| {
+        let p = &server[probe];
+        ["initialDelaySeconds", "periodSeconds", "timeoutSeconds", "failureThreshold"].map(|k| p[k].as_u64().unwrap_or(u64::MAX))
+    };
+    assert_eq!(timing("livenessProbe"), [15, 10, 5, 3]);
+    assert_eq!(timing("readinessProbe"), [10, 5, 3, 2]);
+    assert_eq!(timing("startupProbe"), [5, 5, 5, 30]);
+    // Baked: the image's /models, no init container, no model volume.
+    assert!(server["env"].as_sequence().unwrap().iter().any(|e| e["name"] == "MODEL_PATH" && e["value"] == "/models/model.onnx"), "{server:?}");
+    let policy = &of("NetworkPolicy")["spec"];
+    let ports: Vec<u64> = list(&policy["ingress"]).iter().flat_map(|r| list(&r["ports"]).iter().filter_map(|p| p["port"].as_u64())).collect();
+    assert_eq!(ports, [8000, 8081], "only the inference ports; the admin port stays on the pod's loopback");
 }
 
 #[test]

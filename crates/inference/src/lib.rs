@@ -12,7 +12,7 @@ mod request;
 mod signature;
 mod tensor;
 
-pub use backend::{Backend, LoadOptions, Session};
+pub use backend::{Backend, Device, Gpu, LoadOptions, Placement, Session};
 pub use datatype::DataType;
 pub use error::InferError;
 pub use request::{InferRequest, InferResponse, PreparedRequest};

@@ -65,4 +65,6 @@ pub struct ModelInfo {
     pub opset: Option<i64>,
     /// Outputs the model has but that cannot be served as tensors (e.g. a ZipMap sequence of maps).
     pub skipped_outputs: Vec<String>,
+    /// Where the session runs.
+    pub placement: crate::Placement,
 }

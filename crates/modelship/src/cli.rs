@@ -615,6 +615,9 @@ pub struct K8sOptions {
     /// Shadow: the share of requests copied to the candidate, e.g. 100%
     #[arg(long, value_name = "PERCENT")]
     pub mirror: Option<String>,
+    /// Run the image by digest (IMAGE@sha256:HEX, as `docker push` printed it) instead of its tag
+    #[arg(long, value_name = "sha256:HEX")]
+    pub image_digest: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -1281,6 +1284,12 @@ pub struct ServeArgs {
     /// Threads one inference may use; raise it for large networks [default: 1]
     #[arg(long, value_name = "N")]
     pub intra_op_threads: Option<usize>,
+
+    /// Where the model runs: cpu, auto (the GPU when one works, else the CPU, logged) or cuda[:N]
+    /// (ONNX Runtime's CUDA provider; needs the onnxruntime-gpu library; a start fails without a
+    /// usable GPU). On a GPU, workers default to 1 [default: cpu; env: MODELSHIP_DEVICE]
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
 
     /// Requests that may wait for a worker before new ones get 429 [default: 128]
     #[arg(long, value_name = "N")]

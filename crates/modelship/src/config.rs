@@ -152,6 +152,24 @@ pub struct RawModel {
     pub warmup_requests: Option<usize>,
     /// A V2 inference request (JSON) holding the model's own inputs, sent first at warm-up.
     pub warmup_sample: Option<PathBuf>,
+    /// `cpu` (default), `auto` (the GPU when one works) or `cuda[:N]`.
+    pub device: Option<String>,
+    /// How a session uses the GPU.
+    pub gpu: Option<RawGpu>,
+}
+
+/// `model.gpu`: the GPU's settings for every session on it.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawGpu {
+    /// The session's device memory arena's ceiling, in bytes.
+    pub memory_limit_bytes: Option<u64>,
+    /// `next_power_of_two` (default) or `same_as_requested`.
+    pub arena_extend: Option<String>,
+    pub tensorrt: Option<bool>,
+    pub cuda_graph: Option<bool>,
+    pub separate_copy_stream: Option<bool>,
+    pub fallback_to_cpu: Option<bool>,
 }
 
 /// One entry of `models`: a file or registry model, and its name (default: the file's stem or
@@ -168,6 +186,8 @@ pub struct RawMoreModel {
     pub max_queue: Option<usize>,
     pub intra_op_threads: Option<usize>,
     pub dynamic_batching: Option<RawBatching>,
+    /// Its own device (default: `model.device`), with `model.gpu`'s settings.
+    pub device: Option<String>,
     /// Its own feature spec, looked up in the server's feature store (`features.store_url`).
     pub features: Option<RawModelFeatures>,
     /// The tensors a Triton repository's `config.pbtxt` declares (never in the file itself).
@@ -470,6 +490,8 @@ pub struct ServeConfig {
     /// Models served beside the first (`models` in the file, then MORE arguments).
     pub more_models: Vec<MoreModel>,
     pub intra_op_threads: usize,
+    /// Where sessions run.
+    pub device: modelship_inference::Device,
     pub max_queue: usize,
     /// See [`modelship_server::Settings::inline_below`].
     pub inline_below: Duration,
@@ -664,6 +686,9 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     if let Some(v) = env.get("LOG_FORMAT") {
         raw.logging.format = Some(v);
     }
+    if let Some(v) = env.get("MODELSHIP_DEVICE") {
+        raw.model.device = Some(v);
+    }
     if let Some(v) = env.get("MODELSHIP_CONTROL_STORE") {
         raw.server.control_store = Some(v);
     }
@@ -697,6 +722,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     overlay(&mut raw.model.name, a.name);
     overlay(&mut raw.model.version, a.model_version);
     overlay(&mut raw.model.intra_op_threads, a.intra_op_threads);
+    overlay(&mut raw.model.device, a.device.clone());
     overlay(&mut raw.model.max_queue, a.max_queue);
     overlay(&mut raw.server.host, a.host);
     overlay(&mut raw.server.port, a.port);
@@ -786,6 +812,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         problems.push("registry.poll_seconds must be at least 0.05".to_owned());
     }
 
+    let gpu = resolve_gpu(raw.model.gpu.as_ref(), &mut problems);
     // A file that lists its models under `models:` alone (or a Triton repository served alone):
     // the first is the server's own. A repository's model keeps what its config.pbtxt says.
     let promoted = usize::from(raw.model.path.is_none() && !raw.models.is_empty());
@@ -793,7 +820,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     if promoted == 1 && raw.models[0].declared.is_some() {
         let first = raw.models.remove(0);
         let key = |field: &str| format!("the {field} of model {}", first.path.display());
-        model_limits = entry_limits(&first, &key, &mut problems);
+        model_limits = entry_limits(&first, &key, &gpu, &mut problems);
         model_declared = first.declared;
         // A repository's model is named by its directory and versioned by its version directory.
         for (what, given, own) in [("name (--name, MODEL_NAME)", &raw.model.name, &first.name), ("version (--model-version, MODEL_VERSION)", &raw.model.version, &first.version)] {
@@ -855,7 +882,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
                 more.path.display()
             ));
         }
-        let limits = entry_limits(&more, &key, &mut problems);
+        let limits = entry_limits(&more, &key, &gpu, &mut problems);
         let features = more.features.map(|f| {
             if raw.features.as_ref().and_then(|s| s.store_url.as_ref()).is_none() {
                 problems.push(format!("{} is set, and there is no feature store to look its features up in: set features.store_url", key("features")));
@@ -872,7 +899,11 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         more_models.push(MoreModel { name, version, path: more.path, limits, declared: more.declared, features });
     }
 
-    let workers = raw.server.workers.unwrap_or_else(default_workers);
+    let device = device(raw.model.device.as_deref(), "model.device", &gpu, &mut problems);
+    // One session per worker, and on a GPU each holds the weights and an arena of its own: one
+    // worker, whose session takes the queued requests together (opportunistic joining) and
+    // keeps the card busy, unless server.workers says otherwise.
+    let workers = raw.server.workers.unwrap_or_else(|| if device == modelship_inference::Device::Cpu { default_workers() } else { 1 });
     check_range("server.workers", workers, 1, 256, &mut problems);
     let intra_op_threads = raw.model.intra_op_threads.unwrap_or(1);
     check_range("model.intra_op_threads", intra_op_threads, 1, 256, &mut problems);
@@ -1029,6 +1060,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         model_declared,
         more_models,
         intra_op_threads,
+        device,
         max_queue,
         inline_below: Duration::from_micros(inline_below_us),
         watch_file: raw.model.watch.unwrap_or(true),
@@ -1094,6 +1126,43 @@ fn redis_address(url: Option<&str>, host: &str, port: Option<&str>) -> Result<St
     Ok(text)
 }
 
+/// `model.gpu` checked.
+fn resolve_gpu(raw: Option<&RawGpu>, problems: &mut Vec<String>) -> modelship_inference::Gpu {
+    let Some(g) = raw else { return modelship_inference::Gpu::default() };
+    let arena_same_as_requested = match g.arena_extend.as_deref() {
+        None | Some("next_power_of_two") => false,
+        Some("same_as_requested") => true,
+        Some(other) => {
+            problems.push(format!("model.gpu.arena_extend '{other}' is not next_power_of_two or same_as_requested"));
+            false
+        }
+    };
+    if g.memory_limit_bytes == Some(0) {
+        problems.push("model.gpu.memory_limit_bytes is 0; leave it out for no limit".to_owned());
+    }
+    modelship_inference::Gpu {
+        id: 0,
+        memory_limit: g.memory_limit_bytes,
+        arena_same_as_requested,
+        tensorrt: g.tensorrt.unwrap_or(false),
+        cuda_graph: g.cuda_graph.unwrap_or(false),
+        separate_copy_stream: g.separate_copy_stream.unwrap_or(false),
+        fallback_to_cpu: g.fallback_to_cpu.unwrap_or(false),
+    }
+}
+
+/// A device setting checked (`cpu` when unset).
+fn device(text: Option<&str>, key: &str, gpu: &modelship_inference::Gpu, problems: &mut Vec<String>) -> modelship_inference::Device {
+    match text.map(|t| modelship_inference::Device::parse(t, gpu.clone())) {
+        None => modelship_inference::Device::Cpu,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            problems.push(format!("{key}: {e}"));
+            modelship_inference::Device::Cpu
+        }
+    }
+}
+
 fn overlay<T>(slot: &mut Option<T>, value: Option<T>) {
     if value.is_some() {
         *slot = value;
@@ -1105,7 +1174,7 @@ fn default_workers() -> usize {
 }
 
 /// The limits of one `models` entry (`key` names its fields in problems).
-fn entry_limits(more: &RawMoreModel, key: &dyn Fn(&str) -> String, problems: &mut Vec<String>) -> modelship_server::ModelLimits {
+fn entry_limits(more: &RawMoreModel, key: &dyn Fn(&str) -> String, gpu: &modelship_inference::Gpu, problems: &mut Vec<String>) -> modelship_server::ModelLimits {
     if let Some(w) = more.workers {
         check_range(&key("workers"), w, 1, 256, problems);
     }
@@ -1117,7 +1186,10 @@ fn entry_limits(more: &RawMoreModel, key: &dyn Fn(&str) -> String, problems: &mu
     }
     // Batching depends on a model's shapes: a listed model batches only when its entry says so.
     let batching = Some(more.dynamic_batching.as_ref().map(|b| resolve_batching(b, &key("dynamic_batching"), problems)));
-    modelship_server::ModelLimits { workers: more.workers, max_queue: more.max_queue, intra_op_threads: more.intra_op_threads, batching }
+    let device = more.device.as_deref().map(|d| device(Some(d), &key("device"), gpu, problems));
+    // On a GPU one session (see `workers` in `resolve`) unless the entry says otherwise.
+    let workers = more.workers.or_else(|| device.as_ref().filter(|d| **d != modelship_inference::Device::Cpu).map(|_| 1));
+    modelship_server::ModelLimits { workers, max_queue: more.max_queue, intra_op_threads: more.intra_op_threads, device, batching }
 }
 
 /// `dynamic_batching` (the server's, `model.dynamic_batching`, or one model's) checked; `key`
@@ -1371,6 +1443,28 @@ logging:
         assert!(e.contains("models[1].workers"), "{e}");
         let e = check("models: [{path: /m/a.onnx, workers: 2}]\n", &[], &[]).unwrap_err();
         assert!(e.contains("models[0] is the server's own model"), "{e}");
+    }
+
+    /// `model.device` (flag, environment, file) and `model.gpu`; on a GPU one worker unless told.
+    #[test]
+    fn the_device_and_its_settings() {
+        use modelship_inference::{Device, Gpu};
+        let c = check("model: {path: /m.onnx}\n", &[], &[]).unwrap();
+        assert_eq!(c.device, Device::Cpu);
+        let file = "model: {path: /m.onnx, device: auto, gpu: {memory_limit_bytes: 4294967296, arena_extend: same_as_requested, tensorrt: true}}\nmodels: [{path: /m/b.onnx, device: cpu}, {path: /m/c.onnx, device: 'cuda:1'}]\n";
+        let gpu = Gpu { memory_limit: Some(4 << 30), arena_same_as_requested: true, tensorrt: true, ..Gpu::default() };
+        let c = check(file, &[], &[]).unwrap();
+        assert_eq!((c.device.clone(), c.workers), (Device::Auto(gpu.clone()), 1));
+        assert_eq!((c.more_models[0].limits.device.clone(), c.more_models[0].limits.workers), (Some(Device::Cpu), None));
+        assert_eq!((c.more_models[1].limits.device.clone(), c.more_models[1].limits.workers), (Some(Device::Cuda(Gpu { id: 1, ..gpu.clone() })), Some(1)));
+        // Flag over environment over file; server.workers wins over the GPU's default.
+        let c = check("model: {path: /m.onnx, device: auto}\nserver: {workers: 3}\n", &[("MODELSHIP_DEVICE", "cuda")], &["--device", "cuda:2"]).unwrap();
+        assert_eq!((c.device, c.workers), (Device::Cuda(Gpu { id: 2, ..Gpu::default() }), 3));
+        let e = check("model: {path: /m.onnx, device: 'cuda:x', gpu: {arena_extend: huge, memory_limit_bytes: 0}}\n", &[], &[]).unwrap_err();
+        for needle in ["model.device: device 'cuda:x' is not one of", "model.gpu.arena_extend 'huge'", "model.gpu.memory_limit_bytes is 0"] {
+            assert!(e.contains(needle), "{needle:?} not in {e}");
+        }
+        assert!(check("model: {path: /m.onnx, gpu: {streams: 2}}\n", &[], &[]).unwrap_err().contains("streams"));
     }
 
     /// A model of the list may have its own workers, queue, threads and batching; what it leaves

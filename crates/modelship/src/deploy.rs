@@ -100,7 +100,7 @@ fn run(target: Target, o: &DeployOptions, flags: Flags<'_>) -> anyhow::Result<Su
         );
     }
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let (mut deployment, base) = load(o, flags, &cwd)?;
+    let (mut deployment, base) = load(target, o, flags, &cwd)?;
     let out = normalize(&cwd.join(&o.out));
     // Host paths: absolute first (relative to the description), then, for Compose and Swarm,
     // relative to the output directory, where those files are read.
@@ -219,7 +219,7 @@ fn content_tag(d: &Deployment, model_file: Option<&str>) -> anyhow::Result<Strin
     {
         inputs.push((docker::STAGED_LIBRARY, file_digest(&library)?));
     }
-    if d.model.delivery == Delivery::Bake
+    if d.model.delivery() == Delivery::Bake
         && let Some(file) = model_file
     {
         inputs.push((docker::STAGED_MODEL_DIR, file_digest(Path::new(file))?));
@@ -495,7 +495,7 @@ fn zero_row(model: &Path) -> Option<serde_json::Value> {
 
 /// The description: the file (`--file`, else `./deploy.yaml` when present), then the flags.
 /// Returns it with the directory its host paths are relative to.
-fn load(o: &DeployOptions, flags: Flags<'_>, cwd: &Path) -> anyhow::Result<(Deployment, PathBuf)> {
+fn load(target: Target, o: &DeployOptions, flags: Flags<'_>, cwd: &Path) -> anyhow::Result<(Deployment, PathBuf)> {
     let file = o.file.clone().or_else(|| Some(PathBuf::from("deploy.yaml")).filter(|p| p.is_file()));
     let (mut value, base) = match &file {
         Some(path) => {
@@ -596,6 +596,9 @@ fn load(o: &DeployOptions, flags: Flags<'_>, cwd: &Path) -> anyhow::Result<(Depl
         if let Some(mirror) = &k.mirror {
             set(&["kubernetes", "traffic", "mirror"], text(mirror))?;
         }
+        if let Some(digest) = &k.image_digest {
+            set(&["kubernetes", "image_digest"], text(digest))?;
+        }
     }
     if let Some(l) = flags.lambda {
         if let Some(arch) = l.architecture {
@@ -627,6 +630,7 @@ fn load(o: &DeployOptions, flags: Flags<'_>, cwd: &Path) -> anyhow::Result<(Depl
         }
         Err(e) => bail!("invalid deployment description{}: {e}", file.map(|f| format!(" {}", f.display())).unwrap_or_default()),
     };
+    deployment.settle(target);
     if o.redis && deployment.feature_store.is_none() {
         deployment.feature_store = Some(FeatureStore::default());
     }
@@ -750,7 +754,7 @@ fn stage(out: &Path, d: &Deployment, model_file: Option<&str>) -> anyhow::Result
         .map_err(|e| anyhow::anyhow!("the image needs ONNX Runtime's library: {e}"))?;
     std::fs::create_dir_all(out.join("lib"))?;
     copy(&library, &out.join(docker::STAGED_LIBRARY))?;
-    if d.model.delivery == Delivery::Bake
+    if d.model.delivery() == Delivery::Bake
         && let (Some(file), Some(name)) = (model_file, d.model_file_name())
     {
         std::fs::create_dir_all(out.join(docker::STAGED_MODEL_DIR))?;

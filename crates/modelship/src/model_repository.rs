@@ -89,9 +89,9 @@ fn model(name: &str, dir: &Path) -> anyhow::Result<RawMoreModel> {
     if let Some(scheduling) = &config.scheduling {
         bail!("model '{name}' uses {scheduling} ({source}), which modelship does not serve; serve its ONNX models one by one");
     }
-    if config.instance_kinds.iter().any(|k| k == "KIND_GPU") {
-        tracing::warn!(model = %name, "config.pbtxt asks for GPU instances; this modelship runs models on the CPU");
-    }
+    // KIND_GPU: the model runs on the first GPU its groups name (Triton's default: every GPU;
+    // modelship runs one model on one card), through ONNX Runtime's CUDA provider.
+    let device = config.instance_kinds.iter().any(|k| k == "KIND_GPU").then(|| format!("cuda:{}", config.instance_gpus.first().copied().unwrap_or(0)));
     if !config.ignored.is_empty() {
         tracing::info!(model = %name, fields = ?config.ignored, "config.pbtxt fields modelship does not act on");
     }
@@ -129,6 +129,7 @@ fn model(name: &str, dir: &Path) -> anyhow::Result<RawMoreModel> {
         max_queue: None,
         intra_op_threads: None,
         dynamic_batching,
+        device,
         declared: Some(declared),
         features: None,
     })

@@ -36,6 +36,7 @@ pub fn settings(config: &ServeConfig) -> Settings {
         workers: config.workers,
         max_queue: config.max_queue,
         intra_op_threads: config.intra_op_threads,
+        device: config.device.clone(),
         batching: config.batching.clone(),
         inline_below: config.inline_below,
         opportunistic: config.opportunistic,

@@ -1,7 +1,8 @@
 //! One ONNX Runtime session, owned by one inference worker.
 
-use modelship_inference::{InferError, LoadOptions, ModelInfo, PreparedRequest, Session, Signature, Tensor, TensorSpec};
-use ort::session::builder::GraphOptimizationLevel;
+use modelship_inference::{Device, Gpu, InferError, LoadOptions, ModelInfo, Placement, PreparedRequest, Session, Signature, Tensor, TensorSpec};
+use ort::ep::{self, ArbitrarilyConfigurableExecutionProvider, ExecutionProvider};
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, SessionInputValue};
 use ort::value::{Outlet, ValueType};
 
@@ -21,20 +22,31 @@ fn load_error(e: impl std::fmt::Display) -> InferError {
 
 impl OnnxSession {
     pub fn load(environment: &ort::environment::Environment, model: &[u8], options: &LoadOptions) -> Result<Self, InferError> {
-        let threads = options.intra_op_threads.max(1);
-        let session = ort::session::Session::builder(environment)
-            .map_err(load_error)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(load_error)?
-            .with_intra_threads(threads)
-            .map_err(load_error)?
-            .with_inter_threads(1)
-            .map_err(load_error)?
-            // With one intra-op thread there is no pool to keep spinning between runs.
-            .with_intra_op_spinning(threads > 1)
-            .map_err(load_error)?
-            .commit_from_memory(model)
-            .map_err(|e| InferError::Load(format!("not a valid ONNX model, or one ONNX Runtime cannot run: {e}")))?;
+        let (session, placement) = match &options.device {
+            Device::Cpu => (commit(cpu(environment, options)?, model)?, Placement::Cpu),
+            Device::Cuda(gpu) => match on_gpu(environment, model, options, gpu) {
+                Ok(loaded) => loaded,
+                Err(GpuError::Unusable(why)) if gpu.fallback_to_cpu => {
+                    tracing::warn!(device = %format!("cuda:{}", gpu.id), reason = %why, "the GPU cannot be used; running on the CPU as model.gpu.fallback_to_cpu asks");
+                    (commit(cpu(environment, options)?, model)?, Placement::Cpu)
+                }
+                Err(GpuError::Unusable(why)) => {
+                    return Err(InferError::Load(format!(
+                        "device cuda:{} cannot be used: {why}. Run on the CPU with --device cpu, let modelship choose with --device auto, or set model.gpu.fallback_to_cpu",
+                        gpu.id
+                    )));
+                }
+                Err(GpuError::Model(e)) => return Err(e),
+            },
+            Device::Auto(gpu) => match on_gpu(environment, model, options, gpu) {
+                Ok(loaded) => loaded,
+                Err(GpuError::Unusable(why)) => {
+                    tracing::info!(reason = %why, "device auto: no usable GPU, running on the CPU");
+                    (commit(cpu(environment, options)?, model)?, Placement::Cpu)
+                }
+                Err(GpuError::Model(e)) => return Err(e),
+            },
+        };
 
         let mut inputs = Vec::new();
         for outlet in session.inputs() {
@@ -70,9 +82,97 @@ impl OnnxSession {
             producer,
             opset: None,
             skipped_outputs,
+            placement,
         };
         let has_skipped_outputs = !info.skipped_outputs.is_empty();
         Ok(OnnxSession { session, info, has_skipped_outputs })
+    }
+}
+
+/// A session builder with the CPU settings every session shares.
+fn cpu(environment: &ort::environment::Environment, options: &LoadOptions) -> Result<SessionBuilder, InferError> {
+    let threads = options.intra_op_threads.max(1);
+    ort::session::Session::builder(environment)
+        .map_err(load_error)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(load_error)?
+        .with_intra_threads(threads)
+        .map_err(load_error)?
+        .with_inter_threads(1)
+        .map_err(load_error)?
+        // With one intra-op thread there is no pool to keep spinning between runs.
+        .with_intra_op_spinning(threads > 1)
+        .map_err(load_error)
+}
+
+fn commit(mut builder: SessionBuilder, model: &[u8]) -> Result<ort::session::Session, InferError> {
+    builder.commit_from_memory(model).map_err(|e| InferError::Load(format!("not a valid ONNX model, or one ONNX Runtime cannot run: {e}")))
+}
+
+/// Why a GPU session was not made: the GPU (or the library's GPU support) is not usable, or the
+/// model itself is the problem (which the CPU would refuse too).
+enum GpuError {
+    Unusable(String),
+    Model(InferError),
+}
+
+/// The providers this library was built with (`CUDAExecutionProvider`, `TensorrtExecutionProvider`...).
+fn has_provider<E: ExecutionProvider>() -> bool {
+    E::is_available().unwrap_or(false)
+}
+
+/// A session on the GPU: TensorRT first when asked and present, then CUDA; ONNX Runtime puts on
+/// the CPU only the nodes neither provider has a kernel for.
+fn on_gpu(environment: &ort::environment::Environment, model: &[u8], options: &LoadOptions, gpu: &Gpu) -> Result<(ort::session::Session, Placement), GpuError> {
+    if !has_provider::<ep::CUDA>() {
+        return Err(GpuError::Unusable(
+            "this ONNX Runtime library has no CUDA execution provider (it is the CPU build: install the `onnxruntime-gpu` wheel, or point --ort-lib at its libonnxruntime.so)".to_owned(),
+        ));
+    }
+    let id = i32::try_from(gpu.id).map_err(|_| GpuError::Unusable(format!("GPU ordinal {} is out of range", gpu.id)))?;
+    let mut cuda = ep::CUDA::default()
+        .with_device_id(id)
+        .with_arena_extend_strategy(if gpu.arena_same_as_requested { ep::ArenaExtendStrategy::SameAsRequested } else { ep::ArenaExtendStrategy::NextPowerOfTwo })
+        .with_cuda_graph(gpu.cuda_graph)
+        .with_arbitrary_config("do_copy_in_default_stream", if gpu.separate_copy_stream { "0" } else { "1" });
+    if let Some(limit) = gpu.memory_limit {
+        cuda = cuda.with_memory_limit(usize::try_from(limit).unwrap_or(usize::MAX));
+    }
+    let mut providers = Vec::new();
+    let tensorrt = gpu.tensorrt && has_provider::<ep::TensorRT>();
+    if gpu.tensorrt && !tensorrt {
+        tracing::warn!("model.gpu.tensorrt is set but this ONNX Runtime library has no TensorRT provider; using CUDA alone");
+    }
+    if tensorrt {
+        // Engines take minutes to build: cached where the process may write (a pod's /tmp).
+        let cache = std::env::temp_dir().join("modelship-tensorrt");
+        let cache = cache.to_string_lossy();
+        let mut trt = ep::TensorRT::default()
+            .with_device_id(id)
+            .with_engine_cache(true)
+            .with_engine_cache_path(&cache)
+            .with_timing_cache(true)
+            .with_timing_cache_path(&cache);
+        if let Some(limit) = gpu.memory_limit {
+            trt = trt.with_max_workspace_size(usize::try_from(limit).unwrap_or(usize::MAX));
+        }
+        providers.push(trt.build().error_on_failure());
+    }
+    providers.push(cuda.build().error_on_failure());
+    let mut builder = cpu(environment, options)
+        .map_err(GpuError::Model)?
+        .with_execution_providers(providers)
+        .map_err(|e| GpuError::Unusable(format!("registering the CUDA execution provider failed: {e}")))?;
+    match builder.commit_from_memory(model) {
+        Ok(session) => Ok((session, if tensorrt { Placement::TensorRt(gpu.id) } else { Placement::Cuda(gpu.id) })),
+        Err(e) => {
+            // The model may be the problem rather than the GPU: a CPU session says which.
+            let message = e.to_string();
+            match commit(cpu(environment, options).map_err(GpuError::Model)?, model) {
+                Ok(_) => Err(GpuError::Unusable(format!("ONNX Runtime could not start the model on it: {message}"))),
+                Err(model_error) => Err(GpuError::Model(model_error)),
+            }
+        }
     }
 }
 

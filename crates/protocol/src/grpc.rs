@@ -183,7 +183,12 @@ pub fn config_message(c: ModelConfig) -> pb::ModelConfig {
         instance_group: c
             .instance_group
             .into_iter()
-            .map(|g| pb::ModelInstanceGroup { name: g.name, count: g.count as i32, kind: pb::model_instance_group::Kind::Cpu as i32 })
+            .map(|g| pb::ModelInstanceGroup {
+                name: g.name,
+                count: g.count as i32,
+                kind: if g.kind == "KIND_GPU" { pb::model_instance_group::Kind::Gpu } else { pb::model_instance_group::Kind::Cpu } as i32,
+                gpus: g.gpus.iter().map(|&id| id as i32).collect(),
+            })
             .collect(),
         scheduling_choice: c.dynamic_batching.map(|d| {
             pb::model_config::SchedulingChoice::DynamicBatching(pb::ModelDynamicBatching {

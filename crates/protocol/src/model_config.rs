@@ -60,8 +60,12 @@ pub struct Reshape {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InstanceGroup {
     pub name: String,
+    /// `KIND_CPU` or `KIND_GPU`, where the sessions run.
     pub kind: &'static str,
     pub count: usize,
+    /// The GPU's ordinal, for `KIND_GPU`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<u32>,
 }
 
 /// Triton's name for a datatype (`TYPE_FP32`), and its number in `model_config.proto`.
@@ -105,7 +109,12 @@ impl ModelConfig {
             input: info.signature.inputs.iter().map(tensor).collect(),
             output: info.signature.outputs.iter().map(tensor).collect(),
             dynamic_batching: batching.dynamic.clone(),
-            instance_group: vec![InstanceGroup { name: name.to_owned(), kind: "KIND_CPU", count: batching.instances }],
+            instance_group: vec![InstanceGroup {
+                name: name.to_owned(),
+                kind: info.placement.triton_kind(),
+                count: batching.instances,
+                gpus: info.placement.gpu().into_iter().collect(),
+            }],
         }
     }
 }

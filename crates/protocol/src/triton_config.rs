@@ -25,6 +25,8 @@ pub struct TritonConfig {
     pub instances: Option<usize>,
     /// The instance groups' kinds (`KIND_CPU`, `KIND_GPU`, ...).
     pub instance_kinds: Vec<String>,
+    /// The GPUs the instance groups name (`gpus: [0]`), in order.
+    pub instance_gpus: Vec<u32>,
     /// `default_model_filename`; empty: `model.onnx`.
     pub default_model_filename: String,
     /// The other fields set, which modelship does not act on (named in its log).
@@ -157,6 +159,11 @@ pub fn parse(source: &str, text: &str) -> Result<TritonConfig, String> {
     if !groups.is_empty() {
         config.instances = Some(groups.iter().map(|g| g.get_field_by_name("count").and_then(|v| v.as_i32()).filter(|n| *n > 0).unwrap_or(1) as usize).sum());
         config.instance_kinds = groups.iter().map(|g| enum_name(g, "kind")).collect();
+        config.instance_gpus = groups
+            .iter()
+            .filter_map(|g| g.get_field_by_name("gpus").and_then(|v| v.as_list().map(|l| l.iter().filter_map(Value::as_i32).filter_map(|n| u32::try_from(n).ok()).collect::<Vec<_>>())))
+            .flatten()
+            .collect();
     }
     for scheduling in ["sequence_batching", "ensemble_scheduling"] {
         if message.has_field_by_name(scheduling) {

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use modelship_inference::{Backend, LoadOptions};
+use modelship_inference::{Backend, Device, LoadOptions};
 use modelship_registry::{ModelRef, Registry, VersionRecord};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +61,8 @@ pub struct Settings {
     pub workers: usize,
     pub max_queue: usize,
     pub intra_op_threads: usize,
+    /// Where sessions run (`--device`, `model.device`).
+    pub device: Device,
     pub batching: Option<Batching>,
     pub inline_below: Duration,
     pub opportunistic: Opportunistic,
@@ -112,7 +114,7 @@ impl Settings {
         PoolConfig {
             workers: self.workers,
             max_queue: self.max_queue,
-            load: LoadOptions { intra_op_threads: self.intra_op_threads },
+            load: LoadOptions { intra_op_threads: self.intra_op_threads, device: self.device.clone() },
             batching: self.batching.clone(),
             inline_below: self.inline_below,
             opportunistic: self.opportunistic,
@@ -125,7 +127,10 @@ impl Settings {
         PoolConfig {
             workers: limits.workers.unwrap_or(pool.workers),
             max_queue: limits.max_queue.unwrap_or(pool.max_queue),
-            load: LoadOptions { intra_op_threads: limits.intra_op_threads.unwrap_or(self.intra_op_threads) },
+            load: LoadOptions {
+                intra_op_threads: limits.intra_op_threads.unwrap_or(self.intra_op_threads),
+                device: limits.device.clone().unwrap_or_else(|| self.device.clone()),
+            },
             batching: limits.batching.clone().unwrap_or(pool.batching.clone()),
             ..pool
         }
@@ -162,6 +167,8 @@ pub struct ModelLimits {
     pub workers: Option<usize>,
     pub max_queue: Option<usize>,
     pub intra_op_threads: Option<usize>,
+    /// `None`: the server's device.
+    pub device: Option<Device>,
     /// `None`: the server's batching; `Some(None)`: none for this model; `Some(Some(b))`: `b`.
     /// Batching depends on a model's shapes, so a listed model has its own or none.
     pub batching: Option<Option<Batching>>,

@@ -38,6 +38,7 @@ pub mod control;
 pub mod error;
 pub mod fleet;
 pub mod follow;
+pub mod gpu;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 pub mod health;

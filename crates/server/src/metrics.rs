@@ -12,6 +12,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 pub struct Metrics {
     registry: Registry,
+    /// The GPUs' utilisation and memory, read at each scrape where NVML is present.
+    gpus: crate::gpu::GpuMetrics,
     /// Requests by model, version, endpoint and HTTP status code.
     pub requests: IntCounterVec,
     /// Failed requests by model, version, endpoint and stable error code.
@@ -210,8 +212,8 @@ impl Metrics {
             model_info: gauge(
                 &registry,
                 "modelship_model_info",
-                "1 for each model version being served, with its details as labels",
-                &["model", "version", "platform", "workers"],
+                "1 for each model version being served, with its details as labels (device: cpu, cuda:N, tensorrt:N)",
+                &["model", "version", "platform", "device", "workers"],
             ),
             model_swaps: counter(
                 &registry,
@@ -287,6 +289,7 @@ impl Metrics {
             models_loaded,
             models_loaded_bytes,
             sessions_in_memory,
+            gpus: crate::gpu::GpuMetrics::new(&registry),
             registry,
         }
     }
@@ -324,9 +327,9 @@ impl Metrics {
     }
 
     /// Drops the per-version gauges of a version no longer served.
-    pub fn forget_version(&self, model: &str, version: &str, platform: &str, workers: usize) {
+    pub fn forget_version(&self, model: &str, version: &str, info: &modelship_inference::ModelInfo, workers: usize) {
         let workers = workers.to_string();
-        let _ = self.model_info.remove_label_values(&[model, version, platform, &workers]);
+        let _ = self.model_info.remove_label_values(&[model, version, &info.platform, &info.placement.to_string(), &workers]);
         let _ = self.model_load_seconds.remove_label_values(&[model, version]);
         let _ = self.model_memory_bytes.remove_label_values(&[model, version]);
         let _ = self.queue_length.remove_label_values(&[model, version]);
@@ -342,6 +345,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         self.sessions_in_memory.set(i64::try_from(crate::pool::sessions_in_memory()).unwrap_or(i64::MAX));
+        self.gpus.refresh();
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding gathered families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -168,7 +168,7 @@ impl LoadedModel {
         }
         metrics
             .model_info
-            .with_label_values(&[&spec.name, &spec.version, &info.platform, &pool.workers().to_string()])
+            .with_label_values(&[&spec.name, &spec.version, &info.platform, &info.placement.to_string(), &pool.workers().to_string()])
             .set(1);
         Ok(LoadedModel {
             name: spec.name.clone(),
@@ -704,7 +704,7 @@ impl ModelTable {
         self.set(name, ModelSlot::Resting(Arc::new(resting)));
         // The routing is unchanged (its gauges stay); only the versions' own metrics go.
         for gone in expected.versions.values() {
-            self.metrics.forget_version(name, &gone.version, &gone.info.platform, gone.workers());
+            self.metrics.forget_version(name, &gone.version, &gone.info, gone.workers());
         }
         true
     }
@@ -749,7 +749,7 @@ impl ModelTable {
         }
         let Some(previous) = previous else { return };
         for gone in previous.versions.values().filter(|m| next.is_none_or(|n| !n.versions.contains_key(&m.version))) {
-            self.metrics.forget_version(name, &gone.version, &gone.info.platform, gone.workers());
+            self.metrics.forget_version(name, &gone.version, &gone.info, gone.workers());
         }
     }
 

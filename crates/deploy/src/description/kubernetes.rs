@@ -11,6 +11,11 @@
 //!   resources: {requests: {cpu: 500m, memory: 512Mi}, limits: {cpu: "1", memory: 1Gi}}
 //!   autoscaling: {min_replicas: 3, max_replicas: 20, cpu_percent: 70, requests_per_second: "100"}
 //!   disruption: {min_available: 2}      # the PodDisruptionBudget
+//!   probes:                                # seconds; each probe and field on its own
+//!     startup: {initial_delay: 5, period: 5, timeout: 5, failures: 30}
+//!     readiness: {initial_delay: 10, period: 5, timeout: 3, failures: 2}
+//!     liveness: {initial_delay: 15, period: 10, timeout: 5, failures: 3}
+//!   network_policy: true                   # clients reach only the HTTP and gRPC ports
 //!   ingress: {host: fraud.example.com, tls_secret: fraud-tls, class: nginx}
 //!   strategy: rolling                      # rolling | blue-green | canary | shadow
 //!   mesh: istio                            # canary and shadow: istio | gateway-api | none
@@ -27,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Deployment, is_dns_label};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Kubernetes {
     /// Every object's namespace [default: the deployment's name].
@@ -44,6 +49,11 @@ pub struct Kubernetes {
     pub resources: KubeResources,
     pub autoscaling: Autoscaling,
     pub disruption: Disruption,
+    pub probes: Probes,
+    /// Write a NetworkPolicy: anyone may reach the HTTP and gRPC ports, the admin port (when
+    /// `ports.publish_admin` opens it) only the namespace's pods labelled
+    /// `modelship.dev/operator: "true"` [default: true].
+    pub network_policy: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ingress: Option<Ingress>,
     pub strategy: KubeStrategy,
@@ -61,6 +71,94 @@ pub struct Kubernetes {
     /// Batch scoring: a Job running `modelship predict` on a file of a PersistentVolumeClaim.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchJob>,
+}
+
+impl Default for Kubernetes {
+    fn default() -> Self {
+        Kubernetes {
+            namespace: None,
+            artifact: None,
+            aws: Aws::default(),
+            image_digest: None,
+            resources: KubeResources::default(),
+            autoscaling: Autoscaling::default(),
+            disruption: Disruption::default(),
+            probes: Probes::default(),
+            network_policy: true,
+            ingress: None,
+            strategy: KubeStrategy::default(),
+            mesh: Mesh::default(),
+            traffic: Traffic::default(),
+            candidate: None,
+            blue_green: BlueGreen::default(),
+            gateway: Gateway::default(),
+            rollout: None,
+            batch: None,
+        }
+    }
+}
+
+/// The server container's probes. Unset fields take the guide's values: startup 5/5/5/30,
+/// readiness 10/5/3/2, liveness 15/10/5/3 (initial delay, period, timeout in seconds, failures).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Probes {
+    pub startup: ProbeTiming,
+    pub readiness: ProbeTiming,
+    pub liveness: ProbeTiming,
+}
+
+/// One probe's timing; what is unset comes from [`Probes::resolved`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeTiming {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_delay: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u32>,
+}
+
+/// A probe's timing with every field known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub initial_delay: u32,
+    pub period: u32,
+    pub timeout: u32,
+    pub failures: u32,
+}
+
+impl Probes {
+    /// The guide's Deployment: `(initial delay, period, timeout, failures)`.
+    pub const STARTUP: Timing = Timing { initial_delay: 5, period: 5, timeout: 5, failures: 30 };
+    pub const READINESS: Timing = Timing { initial_delay: 10, period: 5, timeout: 3, failures: 2 };
+    pub const LIVENESS: Timing = Timing { initial_delay: 15, period: 10, timeout: 5, failures: 3 };
+
+    /// `(startup, readiness, liveness)`, each field the description's or the guide's.
+    pub fn resolved(&self) -> [Timing; 3] {
+        let fill = |t: &ProbeTiming, d: Timing| Timing {
+            initial_delay: t.initial_delay.unwrap_or(d.initial_delay),
+            period: t.period.unwrap_or(d.period),
+            timeout: t.timeout.unwrap_or(d.timeout),
+            failures: t.failures.unwrap_or(d.failures),
+        };
+        [fill(&self.startup, Self::STARTUP), fill(&self.readiness, Self::READINESS), fill(&self.liveness, Self::LIVENESS)]
+    }
+
+    fn check(&self, p: &mut Vec<String>) {
+        for (name, t) in ["startup", "readiness", "liveness"].into_iter().zip(self.resolved()) {
+            for (field, value, low, high) in
+                [("initial_delay", t.initial_delay, 0, 3600), ("period", t.period, 1, 3600), ("timeout", t.timeout, 1, 3600), ("failures", t.failures, 1, 1000)]
+            {
+                if value < low || value > high {
+                    p.push(format!("kubernetes.probes.{name}.{field} is {value}; it must be between {low} and {high}"));
+                }
+            }
+        }
+    }
 }
 
 /// `kubernetes.batch`: the claim holding the rows, and the paths in it.
@@ -317,13 +415,14 @@ impl Deployment {
         {
             p.push(format!("kubernetes.namespace '{ns}' is not a DNS-1123 label: 1-63 lowercase letters, digits and '-', starting with a letter"));
         }
-        match (&k.artifact, &self.model.file, self.model.delivery) {
+        k.probes.check(p);
+        match (&k.artifact, &self.model.file, self.model.delivery()) {
             (Some(a), file, _) => {
                 if !a.store.strip_prefix("s3://").is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/') && rest.chars().all(|c| c.is_ascii_alphanumeric() || "-._/".contains(c))) {
                     p.push(format!("kubernetes.artifact.store '{}' is not an s3://bucket/prefix URL", a.store));
                 }
                 check_digest("kubernetes.artifact.digest", &a.digest, p);
-                if file.is_some() && self.model.delivery == super::Delivery::Bake {
+                if file.is_some() && self.model.delivery() == super::Delivery::Bake {
                     p.push("kubernetes.artifact and model.delivery: bake both give the model; keep one".to_owned());
                 }
             }
@@ -415,7 +514,7 @@ impl Deployment {
             p.push(format!("kubernetes.autoscaling.requests_per_second '{}' is not a positive quantity (e.g. 100, 2500m)", a.requests_per_second));
         }
         // A PDB that allows no eviction blocks every node drain for good.
-        let floor = min.min(self.replicas);
+        let floor = min.min(self.replicas());
         if let Some(n) = k.disruption.min_available
             && (n >= floor || n == 0)
         {
@@ -511,7 +610,7 @@ impl Deployment {
 
     /// The PDB's minAvailable, or `None` for no budget (one replica).
     pub fn min_available(&self) -> Option<u32> {
-        let floor = self.min_replicas().min(self.replicas);
+        let floor = self.min_replicas().min(self.replicas());
         match self.kubernetes.disruption.min_available {
             Some(n) => Some(n),
             None => (floor > 1).then(|| 2.min(floor - 1)),
@@ -519,7 +618,7 @@ impl Deployment {
     }
 
     pub fn min_replicas(&self) -> u32 {
-        self.kubernetes.autoscaling.min_replicas.unwrap_or(self.replicas)
+        self.kubernetes.autoscaling.min_replicas.unwrap_or(self.replicas())
     }
 
     pub fn cpu_limit(&self) -> String {

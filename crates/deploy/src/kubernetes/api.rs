@@ -234,6 +234,7 @@ pub struct VolumeMount {
 #[serde(rename_all = "camelCase")]
 pub struct Probe {
     pub http_get: HttpGet,
+    pub initial_delay_seconds: u32,
     pub period_seconds: u64,
     pub timeout_seconds: u64,
     pub failure_threshold: u32,
@@ -458,6 +459,38 @@ pub struct ScalingPolicy {
 pub struct PdbSpec {
     pub min_available: u32,
     pub selector: LabelSelector,
+}
+
+// --- networking.k8s.io/v1 NetworkPolicy ---
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    pub pod_selector: LabelSelector,
+    pub policy_types: Vec<&'static str>,
+    pub ingress: Vec<NetworkPolicyRule>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicyRule {
+    /// Absent: from anywhere.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<NetworkPolicyPeer>,
+    pub ports: Vec<NetworkPolicyPort>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicyPeer {
+    pub pod_selector: LabelSelector,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicyPort {
+    pub protocol: &'static str,
+    pub port: u16,
 }
 
 // --- networking.k8s.io/v1 Ingress ---

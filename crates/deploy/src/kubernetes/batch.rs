@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use super::api::*;
 use super::workload::{fetch_container, model_path, pod_security, resources, security, tracks};
-use super::{Files, labels, meta};
+use super::{Files, meta};
 use crate::description::Deployment;
 
 /// Where the claim is mounted in the Job's container.
@@ -49,7 +49,7 @@ pub fn objects(d: &Deployment, files: &mut Files) {
         security_context: security(),
         ..Container::default()
     };
-    let mut pod_labels = labels(d);
+    let mut pod_labels = super::component_labels(d, "batch");
     pod_labels.insert(super::TRACK.to_owned(), "batch".to_owned());
     files.add("job-batch.yaml", &Object {
         api_version: "batch/v1",

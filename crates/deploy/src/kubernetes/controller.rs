@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use super::api::*;
 use super::workload::{image, pod_security, security};
-use super::{Files, labels, meta};
+use super::{Files, component_labels, meta};
 use crate::description::{Deployment, Mesh};
 
 /// Where the Job's container reads the spec.
@@ -110,7 +110,7 @@ pub fn objects(d: &Deployment, files: &mut Files) {
                     rules: vec![PodFailureRule { action: "FailJob", on_exit_codes: ExitCodes { container_name: "controller", operator: "In", values: vec![2] } }],
                 },
                 template: JobTemplate {
-                    metadata: Metadata { labels: labels(d), ..Metadata::default() },
+                    metadata: Metadata { labels: component_labels(d, "rollout"), ..Metadata::default() },
                     spec: JobPodSpec {
                         service_account_name: name,
                         automount_service_account_token: true,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::api::*;
-use super::{RATE_METRIC, REQUEST_COUNTER, app_selector, config_map_name, meta, mesh_free, track_selector};
+use super::{RATE_METRIC, REQUEST_COUNTER, api::Labels, app_selector, config_map_name, meta, mesh_free, track_selector};
 use crate::description::{self, Deployment, KubeStrategy, MODEL_DIR, Mesh, STATE_DIR, UID};
 
 /// One Deployment of the deployment: what it runs and how many.
@@ -78,6 +78,7 @@ pub(super) fn image(d: &Deployment, tag: &str, digest: Option<&str>) -> String {
 pub fn deployment(d: &Deployment, t: &Track) -> Object<Spec<DeploymentSpec>> {
     let selector = track_selector(d, t.track);
     let mut pod_labels = super::labels(d);
+    pod_labels.insert(super::COMPONENT.to_owned(), super::SERVER.to_owned());
     pod_labels.extend(selector.clone());
     let port = d.ports.http.to_string();
     let annotations = BTreeMap::from([
@@ -209,10 +210,15 @@ fn server(d: &Deployment, t: &Track, delay: u64) -> Container {
     if p.publish_admin {
         ports.push(ContainerPort { name: "admin", container_port: p.admin, protocol: "TCP" });
     }
-    let h = &d.healthcheck;
-    let timeout = description::seconds(&h.timeout).ceil().max(1.0) as u64;
-    let probe = |path, period, failure_threshold| Probe { http_get: HttpGet { path, port: "http" }, period_seconds: period, timeout_seconds: timeout, failure_threshold, success_threshold: 1 };
-    let start = description::seconds(&h.start_period);
+    let [startup, readiness, liveness] = d.kubernetes.probes.resolved();
+    let probe = |path, t: description::Timing| Probe {
+        http_get: HttpGet { path, port: "http" },
+        initial_delay_seconds: t.initial_delay,
+        period_seconds: u64::from(t.period),
+        timeout_seconds: u64::from(t.timeout),
+        failure_threshold: t.failures,
+        success_threshold: 1,
+    };
     let mut mounts = vec![
         VolumeMount { name: "model", mount_path: MODEL_DIR.to_owned(), read_only: Some(true), sub_path: None },
         VolumeMount { name: "state", mount_path: STATE_DIR.to_owned(), read_only: None, sub_path: None },
@@ -234,11 +240,11 @@ fn server(d: &Deployment, t: &Track, delay: u64) -> Container {
         env,
         resources: resources(d),
         volume_mounts: mounts,
-        // Startup: every 2 s for `start_period` (the model's load); then readiness decides the
-        // endpoints and liveness restarts a wedged process.
-        startup_probe: Some(probe("/health/startup", 2, ((start / 2.0).ceil() as u32).max(1))),
-        readiness_probe: Some(probe("/health/ready", 5, 2)),
-        liveness_probe: Some(probe("/health/live", description::seconds(&h.interval).ceil().max(1.0) as u64, h.retries.max(1))),
+        // Startup holds the others off while the model loads (the guide's 5 + 5 x 30 s); then
+        // readiness decides the endpoints and liveness restarts a wedged process.
+        startup_probe: Some(probe("/health/startup", startup)),
+        readiness_probe: Some(probe("/health/ready", readiness)),
+        liveness_probe: Some(probe("/health/live", liveness)),
         lifecycle: Some(Lifecycle { pre_stop: PreStop { sleep: Sleep { seconds: delay.max(1) } } }),
         security_context: security(),
     }
@@ -305,8 +311,38 @@ pub fn pdb(d: &Deployment) -> Option<Object<Spec<PdbSpec>>> {
         api_version: "policy/v1",
         kind: "PodDisruptionBudget",
         metadata: meta(d, &d.name),
-        body: Spec { spec: PdbSpec { min_available, selector: LabelSelector { match_labels: app_selector(d) } } },
+        body: Spec { spec: PdbSpec { min_available, selector: LabelSelector { match_labels: server_selector(d) } } },
     })
+}
+
+/// The serving pods' NetworkPolicy: the HTTP and gRPC ports from anywhere (clients, the
+/// ingress controller, the mesh, Prometheus on the HTTP port's `/metrics`); the admin port, when
+/// the pods open it (`ports.publish_admin`), only from this namespace's pods labelled
+/// `modelship.dev/operator: "true"`; nothing else. Egress is left alone (the pods reach the
+/// registry's store, Redis and the API server).
+pub fn network_policy(d: &Deployment) -> Option<Object<Spec<NetworkPolicySpec>>> {
+    if !d.kubernetes.network_policy {
+        return None;
+    }
+    let port = |port| NetworkPolicyPort { protocol: "TCP", port };
+    let mut ingress = vec![NetworkPolicyRule { from: vec![], ports: vec![port(d.ports.http), port(d.ports.grpc)] }];
+    if d.ports.publish_admin {
+        let operators = LabelSelector { match_labels: BTreeMap::from([(super::OPERATOR.to_owned(), "true".to_owned())]) };
+        ingress.push(NetworkPolicyRule { from: vec![NetworkPolicyPeer { pod_selector: operators }], ports: vec![port(d.ports.admin)] });
+    }
+    Some(Object {
+        api_version: "networking.k8s.io/v1",
+        kind: "NetworkPolicy",
+        metadata: meta(d, &d.name),
+        body: Spec { spec: NetworkPolicySpec { pod_selector: LabelSelector { match_labels: server_selector(d) }, policy_types: vec!["Ingress"], ingress } },
+    })
+}
+
+/// The serving pods of every track, not the Jobs' (rollout, batch), which share the app label.
+fn server_selector(d: &Deployment) -> Labels {
+    let mut s = app_selector(d);
+    s.insert(super::COMPONENT.to_owned(), super::SERVER.to_owned());
+    s
 }
 
 /// What the control store on the Kubernetes API needs (the fleet issue: the routing table in a

@@ -245,7 +245,7 @@ fn run(args: &ValidateArgs) -> anyhow::Result<Report> {
     if args.record && candidate.version_of.is_none() {
         bail!("--record writes on a registry version, and {} is a file: push it first (modelship models push NAME {} --version V) and validate NAME:V", args.model, args.model);
     }
-    let options = LoadOptions { intra_op_threads: args.intra_op_threads };
+    let options = LoadOptions { intra_op_threads: args.intra_op_threads, ..LoadOptions::default() };
     let load = |source: &Source| backend.load(&source.bytes, &options).with_context(|| format!("cannot load {} into ONNX Runtime", source.subject.reference));
     let mut session = load(&candidate)?;
     let loaded_bytes = memory::resident();

@@ -97,6 +97,7 @@ impl Fixtures {
             workers: 1,
             max_queue: 256,
             intra_op_threads: 1,
+            device: Default::default(),
             batching: None,
             inline_below: modelship_server::DEFAULT_INLINE_BELOW,
             opportunistic: modelship_server::Opportunistic::Auto,

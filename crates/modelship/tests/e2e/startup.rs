@@ -86,3 +86,19 @@ fn help_teaches() {
         assert!(help.contains(needle), "help lacks {needle}:\n{help}");
     }
 }
+
+/// `--device`: a GPU this ONNX Runtime cannot use is a failed start that says what to do; a
+/// device that is no device is a config error.
+#[test]
+fn a_gpu_that_cannot_be_used_is_a_failed_start() {
+    let out = serve(&[&model("fraud"), "--device", "cuda:0"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = stderr(&out);
+    for needle in ["device cuda:0 cannot be used", "onnxruntime-gpu", "--device auto"] {
+        assert!(e.contains(needle), "{needle:?} not in: {e}");
+    }
+    assert!(out.stdout.is_empty(), "no ready line");
+    let out = serve(&[&model("fraud")], &[("MODELSHIP_DEVICE", "tpu")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("model.device: device 'tpu' is not one of cpu, auto, cuda, cuda:N"), "{}", stderr(&out));
+}

@@ -46,6 +46,7 @@ impl Backend for RecordingBackend {
             producer: None,
             opset: None,
             skipped_outputs: vec![],
+            placement: Default::default(),
         };
         Ok(Box::new(Recording { info, run: self.run, threads: Arc::clone(&self.threads) }))
     }
@@ -152,6 +153,7 @@ impl Backend for RowwiseBackend {
             producer: None,
             opset: None,
             skipped_outputs: vec![],
+            placement: Default::default(),
         };
         Ok(Box::new(Rowwise { info, mixes_rows: self.mixes_rows, runs: Arc::clone(&self.runs), gate: Arc::clone(&self.gate) }))
     }

@@ -61,6 +61,7 @@ pub fn info() -> ModelInfo {
         producer: None,
         opset: None,
         skipped_outputs: vec![],
+        placement: Default::default(),
     }
 }
 
