@@ -21,7 +21,7 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
     let mut volumes: Vec<Mount> = compose_file::volumes(d).into_iter().map(Mount::Short).collect();
     volumes.push(Mount::Short(format!("{state}:{STATE_DIR}")));
     let mut server = Service {
-        image: d.image.reference(),
+        image: d.image.served_reference(),
         command: compose_file::command(d),
         environment: compose_file::environment(d),
         ports: compose_file::ports(d).into_iter().map(compose_file::Port::Short).collect(),
@@ -33,7 +33,7 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
         healthcheck: Some(compose_file::healthcheck(d)),
         stop_grace_period: Some(compose_file::stop_grace_period(d)),
         restart: Some("unless-stopped".to_owned()),
-        deploy: compose_file::limits(d).map(|resources| Deploy { resources: Some(resources), ..Deploy::default() }),
+        deploy: compose_file::limits(d, false).map(|resources| Deploy { resources: Some(resources), ..Deploy::default() }),
         ..Service::default()
     };
     let mut services = BTreeMap::new();

@@ -134,7 +134,38 @@ pub struct RestartPolicy {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Resources {
-    pub limits: Limits,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reservations: Option<Reservations>,
+}
+
+/// What a container is given for itself: GPUs, as Compose (devices) or Swarm (generic
+/// resources, advertised by each node's engine) asks for them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Reservations {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceRequest>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub generic_resources: Vec<GenericResource>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceRequest {
+    pub driver: &'static str,
+    pub count: u32,
+    pub capabilities: Vec<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GenericResource {
+    pub discrete_resource_spec: DiscreteResource,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DiscreteResource {
+    pub kind: &'static str,
+    pub value: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -218,6 +249,10 @@ pub fn environment(d: &Deployment) -> BTreeMap<String, String> {
     if let Some(url) = &d.control_store {
         env.insert("MODELSHIP_CONTROL_STORE".to_owned(), url.clone());
     }
+    // Given a GPU, the server must use it: a start without one fails rather than serving slowly.
+    if d.gpus() > 0 {
+        env.insert("MODELSHIP_DEVICE".to_owned(), "cuda".to_owned());
+    }
     for (k, v) in &d.env {
         env.insert(k.clone(), v.clone());
     }
@@ -295,11 +330,19 @@ pub fn volumes(d: &Deployment) -> Vec<String> {
     volumes
 }
 
-pub fn limits(d: &Deployment) -> Option<Resources> {
+pub fn limits(d: &Deployment, swarm: bool) -> Option<Resources> {
     let r = &d.resources;
-    (r.cpus.is_some() || r.memory.is_some()).then(|| Resources {
-        limits: Limits { cpus: r.cpus.map(trim_float), memory: r.memory.clone() },
-    })
+    let limits = (r.cpus.is_some() || r.memory.is_some()).then(|| Limits { cpus: r.cpus.map(trim_float), memory: r.memory.clone() });
+    // Compose asks the engine for NVIDIA devices; Swarm has no device requests, so a task
+    // reserves the nodes' advertised `NVIDIA-GPU` generic resources instead.
+    let reservations = (d.gpus() > 0).then(|| {
+        if swarm {
+            Reservations { generic_resources: vec![GenericResource { discrete_resource_spec: DiscreteResource { kind: "NVIDIA-GPU", value: d.gpus() } }], ..Reservations::default() }
+        } else {
+            Reservations { devices: vec![DeviceRequest { driver: "nvidia", count: d.gpus(), capabilities: vec!["gpu"] }], ..Reservations::default() }
+        }
+    });
+    (limits.is_some() || reservations.is_some()).then_some(Resources { limits, reservations })
 }
 
 /// A Redis service for the feature store, in memory only.

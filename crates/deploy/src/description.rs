@@ -197,6 +197,20 @@ impl Image {
     pub fn reference(&self) -> String {
         format!("{}:{}", self.name, self.tag)
     }
+
+    /// The GPU variant's reference (`Dockerfile.gpu`): the tag with `-gpu`.
+    pub fn gpu_reference(&self) -> String {
+        format!("{}:{}", self.name, self.gpu_tag())
+    }
+
+    pub fn gpu_tag(&self) -> String {
+        format!("{}-gpu", self.tag)
+    }
+
+    /// What the containers run: the GPU variant with `gpu`, else the CPU image.
+    pub fn served_reference(&self) -> String {
+        if self.gpu { self.gpu_reference() } else { self.reference() }
+    }
 }
 
 /// How the image gets its binary.
@@ -219,7 +233,7 @@ pub struct Bases {
     pub tools: String,
     pub rust: String,
     pub python: String,
-    /// The GPU variant's final stage (CUDA 12 and cuDNN 9, as onnxruntime-gpu needs).
+    /// The GPU variant's final stage (CUDA 13 and cuDNN 9, as onnxruntime-gpu 1.31 needs).
     pub cuda: String,
 }
 
@@ -229,7 +243,8 @@ impl Default for Bases {
             tools: "debian:bookworm-slim".to_owned(),
             rust: "rust:1.92-slim-bookworm".to_owned(),
             python: "python:3.11-slim-bookworm".to_owned(),
-            cuda: "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04".to_owned(),
+            // onnxruntime-gpu 1.31 links CUDA 13 (libcublasLt.so.13) and cuDNN 9.
+            cuda: "nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04".to_owned(),
         }
     }
 }
@@ -243,6 +258,9 @@ pub struct Resources {
     /// Memory limit per replica: a number with b, k, m or g (`512M`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
+    /// GPUs per replica, with `image.gpu` [default: 1 with `image.gpu`, else none].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -604,6 +622,11 @@ impl Deployment {
         features
     }
 
+    /// GPUs per replica: `resources.gpus`, 1 with `image.gpu`, else 0.
+    pub fn gpus(&self) -> u32 {
+        self.resources.gpus.unwrap_or(u32::from(self.image.gpu))
+    }
+
     /// The replicas: the description's, or 1 where no target default was settled.
     pub fn replicas(&self) -> u32 {
         self.replicas.unwrap_or(1)
@@ -716,6 +739,14 @@ impl Deployment {
             && !(cpus > 0.0 && cpus <= 1024.0)
         {
             p.push(format!("resources.cpus is {cpus}; it must be more than 0"));
+        }
+        if let Some(gpus) = self.resources.gpus {
+            if !self.image.gpu {
+                p.push("resources.gpus needs image.gpu: true (the CUDA image, Dockerfile.gpu); the CPU image cannot use a GPU".to_owned());
+            }
+            if gpus == 0 || gpus > 16 {
+                p.push(format!("resources.gpus is {gpus}; give 1 to 16 (a model runs on one card; more let several listed models each have one)"));
+            }
         }
         if let Some(memory) = &self.resources.memory
             && !is_memory(memory)

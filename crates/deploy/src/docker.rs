@@ -89,8 +89,11 @@ fn dockerfile(d: &Deployment, gpu: bool) -> String {
 
     push(&mut out, &format!("# Image for the `{}` deployment{}: build with", d.name, if gpu { " (GPU: ONNX Runtime's CUDA build)" } else { "" }));
     match img.build {
-        Build::Binary => push(&mut out, &format!("#   modelship deploy docker --apply   (stages {STAGED_BINARY}, {STAGED_LIBRARY}{} here)", if bake { ", model/" } else { "" })),
-        Build::Source => push(&mut out, &format!("#   docker build -f {}{} -t {} .   (from the repository root)", "DIR/", if gpu { GPU_DOCKERFILE } else { DOCKERFILE }, img.reference())),
+        Build::Binary => push(
+            &mut out,
+            &format!("#   modelship deploy docker --apply   (stages {STAGED_BINARY}, {STAGED_LIBRARY}{} here; tags {})", if bake { ", model/" } else { "" }, if gpu { img.gpu_reference() } else { img.reference() }),
+        ),
+        Build::Source => push(&mut out, &format!("#   docker build -f {}{} -t {} .   (from the repository root)", "DIR/", if gpu { GPU_DOCKERFILE } else { DOCKERFILE }, if gpu { img.gpu_reference() } else { img.reference() })),
     }
     push(&mut out, "# Every base image is a build argument: --build-arg TOOLS_IMAGE=... where the defaults cannot be pulled.");
     push(&mut out, &format!("ARG TOOLS_IMAGE={}", img.bases.tools));
@@ -195,6 +198,9 @@ fn dockerfile(d: &Deployment, gpu: bool) -> String {
         env.insert(1, format!("CONFIG_PATH={}", crate::description::CONFIG_PATH));
     }
     if gpu {
+        // The GPU when the container is given one (`docker run --gpus all`), else the CPU, logged;
+        // the orchestrated deployments that reserve a GPU set MODELSHIP_DEVICE=cuda.
+        env.push("MODELSHIP_DEVICE=auto".to_owned());
         env.push("NVIDIA_VISIBLE_DEVICES=all".to_owned());
         env.push("NVIDIA_DRIVER_CAPABILITIES=compute,utility".to_owned());
     }

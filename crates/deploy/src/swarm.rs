@@ -65,7 +65,7 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
         }
     };
     let server = Service {
-        image: d.image.reference(),
+        image: d.image.served_reference(),
         command: compose_file::command(d),
         environment: compose_file::environment(d),
         ports,
@@ -82,7 +82,7 @@ pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
             update_config: Some(update),
             rollback_config: Some(rollback),
             restart_policy: Some(restart.clone()),
-            resources: compose_file::limits(d),
+            resources: compose_file::limits(d, true),
         }),
         ..Service::default()
     };

@@ -73,6 +73,13 @@ fn registry_model_with_a_fleet_store() {
 }
 
 #[test]
+fn a_gpu_deployment_on_every_orchestrator() {
+    for target in [Target::Docker, Target::Compose, Target::Swarm, Target::Kubernetes] {
+        check("gpu", target);
+    }
+}
+
+#[test]
 fn swarm_without_a_routing_mesh() {
     check("swarm-dnsrr", Target::Swarm);
 }

@@ -481,6 +481,29 @@ fn the_defaults_are_the_guides() {
     assert_eq!(ports, [8000, 8081], "only the inference ports; the admin port stays on the pod's loopback");
 }
 
+/// With `image.gpu`: the GPU image, one `nvidia.com/gpu` per pod, the GPU nodes' selector and
+/// toleration, and the server told to use the card (a pod without it fails to start).
+#[test]
+fn gpu_pods_ask_for_their_gpu_and_go_to_gpu_nodes() {
+    let objects = objects(&manifest_dir().join("tests/golden/gpu/kubernetes"));
+    let deployment = &objects.iter().find(|o| o.kind() == "Deployment").unwrap().value;
+    let pod = &deployment["spec"]["template"]["spec"];
+    let server = &pod["containers"][0];
+    assert_eq!(server["image"], "registry.example.com/ml/modelship:0.1.0-gpu");
+    assert_eq!(server["resources"]["limits"]["nvidia.com/gpu"], "1");
+    assert!(list(&server["env"]).iter().any(|e| e["name"] == "MODELSHIP_DEVICE" && e["value"] == "cuda"));
+    assert_eq!(pod["nodeSelector"]["cloud.google.com/gke-accelerator"], "nvidia-l4");
+    assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
+    // A CPU deployment has none of it.
+    let cpu = objects_of("k8s-rolling");
+    let pod = &cpu.iter().find(|o| o.kind() == "Deployment").unwrap().value["spec"]["template"]["spec"];
+    assert!(pod["nodeSelector"].is_null() && pod["tolerations"].is_null() && pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"].is_null());
+}
+
+fn objects_of(case: &str) -> Vec<Object> {
+    objects(&manifest_dir().join("tests/golden").join(case).join("kubernetes"))
+}
+
 #[test]
 fn objects_fit_together() {
     let problems: Vec<String> = cases().iter().flat_map(|d| check_structure(d)).collect();

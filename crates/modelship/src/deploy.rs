@@ -345,11 +345,16 @@ fn needed_images(d: &Deployment, target: Target, o: &DeployOptions) -> Vec<Neede
         base(&bases.tools, "image.bases.tools", "pass --tools-image with a Debian-like image this engine has (bash, ldd, cp; in modelship's repository, scripts/docker-test-images.sh builds modelship-test/bookworm:12)");
         if d.image.build == Build::Source {
             base(&bases.rust, "image.bases.rust", "set image.bases.rust to a Rust image this engine has, or use image.build: binary");
-            base(&bases.python, "image.bases.python", "set image.bases.python to a Python image this engine has, or use image.build: binary");
+        }
+        if d.image.build == Build::Source || d.image.gpu {
+            base(&bases.python, "image.bases.python", "set image.bases.python to a Python image this engine has (it downloads the onnxruntime wheel)");
+        }
+        if d.image.gpu {
+            base(&bases.cuda, "image.bases.cuda", "set image.bases.cuda to a CUDA 13 + cuDNN 9 runtime image this engine has, or drop image.gpu");
         }
     } else {
         images.push(NeededImage {
-            reference: d.image.reference(),
+            reference: d.image.served_reference(),
             key: "--no-build",
             remedy: "--no-build runs the image as it is: build it with `modelship deploy docker --apply` and the same description \
                      (the tag carries the digest of the description's image and of this binary), or drop --no-build, \
@@ -672,10 +677,16 @@ fn build_image(d: &Deployment, out: &Path, base: &Path, model_file: Option<&str>
         }
         Build::Source => base.to_path_buf(),
     };
+    let started = Instant::now();
     let mut cmd = Command::new("docker");
     cmd.args(["build", "-t", &d.image.reference(), "-f"]).arg(out.join(docker::DOCKERFILE)).arg(&context);
-    let started = Instant::now();
     run_tool(cmd, "docker build", "is the Docker engine running, and can it reach the base images? (--tools-image names a local one)")?;
+    if d.image.gpu {
+        // The variant the GPU deployments run: the CUDA base and the onnxruntime-gpu wheel.
+        let mut cmd = Command::new("docker");
+        cmd.args(["build", "-t", &d.image.gpu_reference(), "-f"]).arg(out.join(docker::GPU_DOCKERFILE)).arg(&context);
+        run_tool(cmd, "docker build (the GPU image)", "can the engine reach image.bases.cuda and image.bases.python? (set them to images it has)")?;
+    }
     Ok(started.elapsed().as_secs_f64())
 }
 

@@ -50,6 +50,8 @@ pub struct Kubernetes {
     pub autoscaling: Autoscaling,
     pub disruption: Disruption,
     pub probes: Probes,
+    /// Where GPU pods may run (with `image.gpu`).
+    pub gpu: GpuScheduling,
     /// Write a NetworkPolicy: anyone may reach the HTTP and gRPC ports, the admin port (when
     /// `ports.publish_admin` opens it) only the namespace's pods labelled
     /// `modelship.dev/operator: "true"` [default: true].
@@ -84,6 +86,7 @@ impl Default for Kubernetes {
             autoscaling: Autoscaling::default(),
             disruption: Disruption::default(),
             probes: Probes::default(),
+            gpu: GpuScheduling::default(),
             network_policy: true,
             ingress: None,
             strategy: KubeStrategy::default(),
@@ -94,6 +97,70 @@ impl Default for Kubernetes {
             gateway: Gateway::default(),
             rollout: None,
             batch: None,
+        }
+    }
+}
+
+/// With `image.gpu`: the pods ask for `resources.gpus` of `nvidia.com/gpu` (the NVIDIA device
+/// plugin's resource) and go to the GPU nodes: a node selector (the GPU operator's feature
+/// discovery label by default) and tolerations for the taint GPU node pools carry (GKE and AKS
+/// taint them `nvidia.com/gpu`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuScheduling {
+    pub node_selector: std::collections::BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+}
+
+impl Default for GpuScheduling {
+    fn default() -> Self {
+        GpuScheduling {
+            node_selector: std::collections::BTreeMap::from([("nvidia.com/gpu.present".to_owned(), "true".to_owned())]),
+            tolerations: vec![Toleration { key: "nvidia.com/gpu".to_owned(), operator: "Exists".to_owned(), value: None, effect: Some("NoSchedule".to_owned()) }],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Toleration {
+    pub key: String,
+    /// `Exists` or `Equal`.
+    #[serde(default = "exists")]
+    pub operator: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`; none: every effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<String>,
+}
+
+fn exists() -> String {
+    "Exists".to_owned()
+}
+
+impl GpuScheduling {
+    fn check(&self, p: &mut Vec<String>) {
+        for (k, v) in &self.node_selector {
+            if k.is_empty() || k.len() > 253 || !k.chars().all(|c| c.is_ascii_alphanumeric() || "-._/".contains(c)) || v.len() > 63 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
+                p.push(format!("kubernetes.gpu.node_selector '{k}: {v}' is not a label key and value"));
+            }
+        }
+        for t in &self.tolerations {
+            if !matches!(t.operator.as_str(), "Exists" | "Equal") {
+                p.push(format!("kubernetes.gpu.tolerations: operator '{}' is not Exists or Equal", t.operator));
+            }
+            if t.operator == "Exists" && t.value.is_some() {
+                p.push(format!("kubernetes.gpu.tolerations: '{}' has operator Exists and a value; Exists takes none", t.key));
+            }
+            if let Some(effect) = &t.effect
+                && !matches!(effect.as_str(), "NoSchedule" | "PreferNoSchedule" | "NoExecute")
+            {
+                p.push(format!("kubernetes.gpu.tolerations: effect '{effect}' is not NoSchedule, PreferNoSchedule or NoExecute"));
+            }
+            if t.key.is_empty() || !t.key.chars().all(|c| c.is_ascii_alphanumeric() || "-._/".contains(c)) {
+                p.push(format!("kubernetes.gpu.tolerations: key '{}' is not a taint key", t.key));
+            }
         }
     }
 }
@@ -416,6 +483,7 @@ impl Deployment {
             p.push(format!("kubernetes.namespace '{ns}' is not a DNS-1123 label: 1-63 lowercase letters, digits and '-', starting with a letter"));
         }
         k.probes.check(p);
+        k.gpu.check(p);
         match (&k.artifact, &self.model.file, self.model.delivery()) {
             (Some(a), file, _) => {
                 if !a.store.strip_prefix("s3://").is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/') && rest.chars().all(|c| c.is_ascii_alphanumeric() || "-._/".contains(c))) {
@@ -847,6 +915,18 @@ mod tests {
                 "kubernetes.disruption.min_available is 3; it must be at least 1 and below the 3 replicas there can be (at 3 or more no pod could ever be evicted and node drains would hang)",
             ]),
             ("", "{ARTIFACT, autoscaling: {min_replicas: 2, max_replicas: 1}}", &["kubernetes.autoscaling.max_replicas is 1; it must be between min_replicas (2) and 1000"]),
+            ("", "{ARTIFACT, probes: {liveness: {period: 0, failures: 5000}, startup: {initial_delay: 7200}}}", &[
+                "kubernetes.probes.startup.initial_delay is 7200; it must be between 0 and 3600",
+                "kubernetes.probes.liveness.period is 0; it must be between 1 and 3600",
+                "kubernetes.probes.liveness.failures is 5000; it must be between 1 and 1000",
+            ]),
+            ("resources: {gpus: 2}\n", "{ARTIFACT}", &["resources.gpus needs image.gpu: true (the CUDA image, Dockerfile.gpu); the CPU image cannot use a GPU"]),
+            ("image: {gpu: true}\nresources: {gpus: 0}\n", "{ARTIFACT, gpu: {node_selector: {'a b': x}, tolerations: [{key: nvidia.com/gpu, operator: Exists, value: x, effect: Sometimes}]}}", &[
+                "resources.gpus is 0; give 1 to 16 (a model runs on one card; more let several listed models each have one)",
+                "kubernetes.gpu.node_selector 'a b: x' is not a label key and value",
+                "kubernetes.gpu.tolerations: 'nvidia.com/gpu' has operator Exists and a value; Exists takes none",
+                "kubernetes.gpu.tolerations: effect 'Sometimes' is not NoSchedule, PreferNoSchedule or NoExecute",
+            ]),
             ("", "{ARTIFACT, autoscaling: {cpu_percent: 0, requests_per_second: fast}}", &[
                 "kubernetes.autoscaling.cpu_percent is 0; it must be between 1 and 100",
                 "kubernetes.autoscaling.requests_per_second 'fast' is not a positive quantity (e.g. 100, 2500m)",

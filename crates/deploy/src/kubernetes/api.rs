@@ -108,6 +108,10 @@ pub struct PodSpec {
     pub volumes: Vec<Volume>,
     pub affinity: Affinity,
     pub topology_spread_constraints: Vec<TopologySpread>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: Labels,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<crate::description::Toleration>,
 }
 
 #[derive(Debug, Clone, Serialize)]

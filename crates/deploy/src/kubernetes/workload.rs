@@ -68,9 +68,11 @@ pub fn tracks(d: &Deployment) -> Vec<Track> {
     }
 }
 
+/// The image of a tag (the GPU variant's, `TAG-gpu`, with `image.gpu`), or pinned by digest.
 pub(super) fn image(d: &Deployment, tag: &str, digest: Option<&str>) -> String {
     match digest {
         Some(digest) => format!("{}@{digest}", d.image.name),
+        None if d.image.gpu => format!("{}:{tag}-gpu", d.image.name),
         None => format!("{}:{tag}", d.image.name),
     }
 }
@@ -113,6 +115,8 @@ pub fn deployment(d: &Deployment, t: &Track) -> Object<Spec<DeploymentSpec>> {
             when_unsatisfiable: "ScheduleAnyway",
             label_selector: LabelSelector { match_labels: selector.clone() },
         }],
+        node_selector: if d.gpus() > 0 { d.kubernetes.gpu.node_selector.clone() } else { Labels::new() },
+        tolerations: if d.gpus() > 0 { d.kubernetes.gpu.tolerations.clone() } else { Vec::new() },
     };
     Object {
         api_version: "apps/v1",
@@ -183,6 +187,16 @@ pub(super) fn resources(d: &Deployment) -> Resources {
     }
 }
 
+/// The server's: [`resources`] and, with `image.gpu`, its GPUs (a limit is the request for an
+/// extended resource).
+fn server_resources(d: &Deployment) -> Resources {
+    let mut r = resources(d);
+    if d.gpus() > 0 {
+        r.limits.insert("nvidia.com/gpu".to_owned(), d.gpus().to_string());
+    }
+    r
+}
+
 fn server(d: &Deployment, t: &Track, delay: u64) -> Container {
     // The kubelet's preStop sleep already holds SIGTERM while the pod leaves every endpoint
     // list, so the server's own delay would only wait again.
@@ -238,7 +252,7 @@ fn server(d: &Deployment, t: &Track, delay: u64) -> Container {
         args,
         ports,
         env,
-        resources: resources(d),
+        resources: server_resources(d),
         volume_mounts: mounts,
         // Startup holds the others off while the model loads (the guide's 5 + 5 x 30 s); then
         // readiness decides the endpoints and liveness restarts a wedged process.
