@@ -35,9 +35,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::Target;
 
+mod cloudrun;
 mod kubernetes;
 mod lambda;
 
+pub use cloudrun::*;
 pub use kubernetes::*;
 pub use lambda::*;
 
@@ -89,6 +91,8 @@ pub struct Deployment {
     pub kubernetes: Kubernetes,
     #[serde(default)]
     pub lambda: Lambda,
+    #[serde(default)]
+    pub cloudrun: CloudRun,
     /// The serving config's text, which the CLI reads from `config` (the Kubernetes target puts
     /// it in a ConfigMap; the others mount the file).
     #[serde(skip)]
@@ -634,7 +638,8 @@ impl Deployment {
 
     /// Fills in what the description leaves to the target: on Kubernetes, the guide's 3 replicas
     /// (so HPA 3-20 and a PodDisruptionBudget of 2) and, for a file of this machine with no
-    /// artifact store, `delivery: bake` (the only way such a file reaches a pod). Every CLI
+    /// artifact store, `delivery: bake` (the only way such a file reaches a pod); on Cloud Run,
+    /// `bake` for a file too. Every CLI
     /// path calls this before validating and rendering.
     pub fn settle(&mut self, target: Target) {
         if target == Target::Kubernetes {
@@ -642,6 +647,10 @@ impl Deployment {
             if self.model.file.is_some() && self.kubernetes.artifact.is_none() {
                 self.model.delivery.get_or_insert(Delivery::Bake);
             }
+        }
+        // Cloud Run mounts nothing of this machine either.
+        if target == Target::CloudRun && self.model.file.is_some() {
+            self.model.delivery.get_or_insert(Delivery::Bake);
         }
     }
 
@@ -662,6 +671,9 @@ impl Deployment {
         }
         if target == Target::Lambda {
             self.lambda_problems(&mut problems);
+        }
+        if target == Target::CloudRun {
+            self.cloudrun_problems(&mut problems);
         }
         if problems.is_empty() { Ok(()) } else { Err(DescriptionError(problems)) }
     }

@@ -7,7 +7,7 @@
 //! target and is never warned about.
 
 use crate::Target;
-use crate::description::{Deployment, Healthcheck, Kubernetes, Lambda, Restart, Strategy, SwarmOptions};
+use crate::description::{CloudRun, Deployment, Healthcheck, Kubernetes, Lambda, Restart, Strategy, SwarmOptions};
 
 /// A key set in the description that `target` ignores, and the targets that read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub fn ignored(target: Target, d: &Deployment) -> Vec<Ignored> {
     if matches!(target, Target::Docker | Target::Alerts) {
         return Vec::new();
     }
-    let candidates: [(&'static str, bool, Option<String>, &'static [Target]); 8] = [
+    let candidates: [(&'static str, bool, Option<String>, &'static [Target]); 9] = [
         ("replicas", d.replicas() != 1, Some(d.replicas().to_string()), &[Target::Swarm, Target::Kubernetes]),
         ("strategy", d.strategy != Strategy::default(), None, &[Target::Swarm]),
         ("restart", d.restart != Restart::default(), None, &[Target::Swarm]),
@@ -47,6 +47,7 @@ pub fn ignored(target: Target, d: &Deployment) -> Vec<Ignored> {
         ("prometheus", d.prometheus.is_some(), None, &[Target::Compose, Target::Swarm]),
         ("kubernetes", d.kubernetes != Kubernetes::default(), None, &[Target::Kubernetes]),
         ("lambda", d.lambda != Lambda::default(), None, &[Target::Lambda]),
+        ("cloudrun", d.cloudrun != CloudRun::default(), None, &[Target::CloudRun]),
     ];
     candidates
         .into_iter()

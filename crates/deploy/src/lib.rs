@@ -26,11 +26,14 @@
 //! - [`manifest`]: `.modelship-generated`, what each target wrote into a directory, so that a
 //!   regeneration removes its own stale files and never a user's.
 //!
+//! - [`cloudrun`]: a Knative Service as `gcloud run services replace` takes it (probes, scaling,
+//!   concurrency, a canary between revisions with traffic tags) and the gcloud commands.
 //! - [`lambda`]: a SAM template (the binary as a custom runtime's `bootstrap`, alias, gradual
 //!   deployment with alarms and traffic hooks) and the Makefile that packages the bootstrap.
 
 pub mod alerts;
 pub mod ci;
+pub mod cloudrun;
 pub mod compose;
 pub mod compose_file;
 pub mod dashboard;
@@ -86,6 +89,8 @@ pub enum Target {
     Swarm,
     Kubernetes,
     Lambda,
+    /// A Knative `serving.knative.dev/v1` Service for Google Cloud Run.
+    CloudRun,
     /// Prometheus alerting rules and a Grafana dashboard, for a monitoring stack of the user's.
     Alerts,
 }
@@ -99,6 +104,7 @@ impl Target {
             Target::Swarm => "swarm",
             Target::Kubernetes => "k8s",
             Target::Lambda => "lambda",
+            Target::CloudRun => "cloudrun",
             Target::Alerts => "alerts",
         }
     }
@@ -112,6 +118,7 @@ pub fn render(target: Target, deployment: &Deployment, provenance: &Provenance) 
         Target::Swarm => swarm::render(deployment, provenance),
         Target::Kubernetes => kubernetes::render(deployment, provenance),
         Target::Lambda => lambda::render(deployment, provenance),
+        Target::CloudRun => cloudrun::render(deployment, provenance),
         Target::Alerts => vec![
             GeneratedFile { path: alerts::FILE, contents: alerts::render(deployment, &provenance.header()) },
             GeneratedFile { path: dashboard::FILE, contents: dashboard::render(deployment, &provenance.command) },

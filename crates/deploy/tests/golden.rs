@@ -27,7 +27,7 @@ fn check(case: &str, target: Target) {
     }
     deployment.validate_for(target).unwrap();
     let target_name = serde_json::to_value(target).unwrap().as_str().unwrap().to_owned();
-    let command = if target == Target::Kubernetes { "k8s" } else { target_name.as_str() };
+    let command = target.cli_name();
     let files = render(target, &deployment, &Provenance::new(format!("modelship deploy {command} --file deploy.yaml --out .")));
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut stale = Vec::new();
@@ -88,6 +88,13 @@ fn swarm_without_a_routing_mesh() {
 fn kubernetes_every_strategy() {
     for case in ["k8s-defaults", "k8s-rolling", "k8s-blue-green", "k8s-canary-istio", "k8s-shadow-istio", "k8s-canary-gateway", "k8s-shadow-gateway", "k8s-mesh-free"] {
         check(case, Target::Kubernetes);
+    }
+}
+
+#[test]
+fn cloud_run_baked_and_a_canary_from_a_bucket() {
+    for case in ["cloudrun-baked", "cloudrun-canary"] {
+        check(case, Target::CloudRun);
     }
 }
 

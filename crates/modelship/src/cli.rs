@@ -503,6 +503,10 @@ pub enum DeployTarget {
     /// and traffic hooks) and the Makefile that packages the bootstrap
     #[command(after_help = crate::lambda::DEPLOY_HELP)]
     Lambda(crate::lambda::LambdaOptions),
+    /// Google Cloud Run: a Knative Service (gcloud run services replace) and the gcloud commands;
+    /// probes, concurrency, instances, a canary between revisions with traffic tags
+    #[command(name = "cloudrun", visible_alias = "cloud-run", after_help = CLOUDRUN_HELP)]
+    Cloudrun(DeployOptions),
     /// Prometheus alerting rules (errors, latency, no traffic, not ready, rollouts stuck or
     /// rolled back, prediction drift, stores unreachable, queues full) and a Grafana dashboard
     #[command(after_help = ALERTS_HELP)]
@@ -512,6 +516,20 @@ pub enum DeployTarget {
     #[command(after_help = crate::deploy_ci::HELP)]
     Ci(Box<crate::deploy_ci::CiOptions>),
 }
+
+const CLOUDRUN_HELP: &str = "\
+Writes service.yaml (a serving.knative.dev/v1 Service, as `gcloud run services replace` takes it) \
+and cloudrun.sh (the gcloud commands). The server listens on the PORT Cloud Run gives the container \
+(ports.http). A model file is baked into the image (build and push it with `modelship deploy docker \
+--apply --image REGION-docker.pkg.dev/PROJECT/REPO/modelship:TAG`, then `docker push`); a registry \
+model (NAME@ALIAS) is followed from the registry's bucket (cloudrun.bucket: Cloud Storage through its \
+S3-compatible API, HMAC keys from Secret Manager). The service requires IAM authentication unless you \
+open it. Settings come from the description's cloudrun: section (region, concurrency, min_instances, \
+max_instances, timeout, cpu, memory, ingress, service_account, probes, canary).
+
+Examples:
+  modelship deploy cloudrun --name nepse --model model.onnx --out deploy/cloudrun
+  modelship deploy cloudrun --file deploy.yaml --out deploy/cloudrun && bash deploy/cloudrun/cloudrun.sh";
 
 const ALERTS_HELP: &str = "\
 Writes modelship-alerts.yml (Prometheus alerting rules: every rule with a for:, a severity label \

@@ -686,6 +686,17 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     if let Some(v) = env.get("LOG_FORMAT") {
         raw.logging.format = Some(v);
     }
+    // The port a platform gives the container: Azure Functions' custom handler contract, then
+    // Cloud Run's (and Knative's, Heroku's) `PORT`. A flag or `--port` still wins.
+    for key in ["FUNCTIONS_CUSTOMHANDLER_PORT", "PORT"] {
+        if let Some(v) = env.get(key) {
+            match v.trim().parse::<u16>() {
+                Ok(port) => raw.server.port = Some(port),
+                Err(_) => problems.push(format!("{key} '{v}' is not a port number (0-65535)")),
+            }
+            break;
+        }
+    }
     if let Some(v) = env.get("MODELSHIP_DEVICE") {
         raw.model.device = Some(v);
     }
@@ -1443,6 +1454,18 @@ logging:
         assert!(e.contains("models[1].workers"), "{e}");
         let e = check("models: [{path: /m/a.onnx, workers: 2}]\n", &[], &[]).unwrap_err();
         assert!(e.contains("models[0] is the server's own model"), "{e}");
+    }
+
+    /// The port a platform gives: Azure's custom handler port over `PORT` (Cloud Run) over the
+    /// file; `--port` over all.
+    #[test]
+    fn the_platforms_port() {
+        let port = |file: &str, env: &[(&'static str, &'static str)], args: &[&str]| check(file, env, args).map(|c| c.port);
+        assert_eq!(port("model: {path: /m.onnx}\n", &[], &[]), Ok(8000));
+        assert_eq!(port("model: {path: /m.onnx}\nserver: {port: 9000}\n", &[("PORT", "8080")], &[]), Ok(8080));
+        assert_eq!(port("model: {path: /m.onnx}\n", &[("PORT", "8080"), ("FUNCTIONS_CUSTOMHANDLER_PORT", "41234")], &[]), Ok(41234));
+        assert_eq!(port("model: {path: /m.onnx}\n", &[("PORT", "8080")], &["--port", "7000"]), Ok(7000));
+        assert!(port("model: {path: /m.onnx}\n", &[("PORT", "http")], &[]).unwrap_err().contains("PORT 'http' is not a port number"));
     }
 
     /// `model.device` (flag, environment, file) and `model.gpu`; on a GPU one worker unless told.

@@ -215,13 +215,13 @@ impl Probes {
         [fill(&self.startup, Self::STARTUP), fill(&self.readiness, Self::READINESS), fill(&self.liveness, Self::LIVENESS)]
     }
 
-    fn check(&self, p: &mut Vec<String>) {
+    pub(super) fn check(&self, key: &str, p: &mut Vec<String>) {
         for (name, t) in ["startup", "readiness", "liveness"].into_iter().zip(self.resolved()) {
             for (field, value, low, high) in
                 [("initial_delay", t.initial_delay, 0, 3600), ("period", t.period, 1, 3600), ("timeout", t.timeout, 1, 3600), ("failures", t.failures, 1, 1000)]
             {
                 if value < low || value > high {
-                    p.push(format!("kubernetes.probes.{name}.{field} is {value}; it must be between {low} and {high}"));
+                    p.push(format!("{key}.{name}.{field} is {value}; it must be between {low} and {high}"));
                 }
             }
         }
@@ -482,7 +482,7 @@ impl Deployment {
         {
             p.push(format!("kubernetes.namespace '{ns}' is not a DNS-1123 label: 1-63 lowercase letters, digits and '-', starting with a letter"));
         }
-        k.probes.check(p);
+        k.probes.check("kubernetes.probes", p);
         k.gpu.check(p);
         match (&k.artifact, &self.model.file, self.model.delivery()) {
             (Some(a), file, _) => {
@@ -839,7 +839,7 @@ fn cpu_quantity(cpus: f64) -> String {
 }
 
 /// A Compose size (`512M`, `1g`, `100k`, `123b`) as the binary quantity it means (`512Mi`).
-fn binary_quantity(size: &str) -> String {
+pub(crate) fn binary_quantity(size: &str) -> String {
     let digits = size.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     match size[digits.len()..].to_ascii_lowercase().as_str() {
         "k" => format!("{digits}Ki"),

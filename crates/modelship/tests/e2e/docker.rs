@@ -218,6 +218,33 @@ fn the_image_serves_as_a_non_root_user_turns_healthy_and_drains_on_stop() {
     eprintln!("image size {:.1} MB, build {:.1} s", built.bytes as f64 / 1e6, built.build_seconds);
 }
 
+/// Cloud Run's container contract, on the real engine: the container `deploy cloudrun` describes
+/// (its args and environment, read back from service.yaml), started the way Cloud Run starts it,
+/// with `PORT=8080` and no port flag, answers on 8080 and nowhere else.
+#[test]
+fn the_cloud_run_container_listens_on_port() {
+    let Some(_engine) = engine("the_cloud_run_container_listens_on_port") else { return };
+    image();
+    let dir = tempfile::tempdir().unwrap();
+    sh(command().args(["deploy", "cloudrun", "--name", "fraud", "--model", &model("fraud"), "--image", IMAGE, "--out"]).arg(dir.path()));
+    let service: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(dir.path().join("service.yaml")).unwrap()).unwrap();
+    let container = &service["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"].as_str(), Some(IMAGE));
+    let mut run: Vec<String> = ["-p", "127.0.0.1::8080", "-p", "127.0.0.1::8000", "-e", "PORT=8080", "-e", "K_SERVICE=fraud", "-e", "K_REVISION=fraud-00001-abc"].map(str::to_owned).to_vec();
+    for env in container["env"].as_sequence().unwrap() {
+        run.extend(["-e".to_owned(), format!("{}={}", env["name"].as_str().unwrap(), env["value"].as_str().unwrap())]);
+    }
+    run.push(IMAGE.to_owned());
+    run.extend(container["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()));
+    let server = Container::run(&run.iter().map(String::as_str).collect::<Vec<_>>());
+    let base = format!("http://{}", server.published(8080));
+    wait_ready(&format!("{base}/health/ready"), Duration::from_secs(60), || server.logs());
+    let r = reply(agent().post(&format!("{base}/v2/models/fraud/infer")).header("content-type", "application/json").send(reference_request("gradient_boosting").to_string()).unwrap());
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_matches_reference("gradient_boosting", &r.json());
+    assert!(agent().get(&format!("http://{}/health/live", server.published(8000))).call().is_err(), "nothing listens on the image's default port: {}", server.logs());
+}
+
 /// A Compose project removed (containers, networks, volumes) when dropped.
 struct Project {
     name: String,
