@@ -35,10 +35,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::Target;
 
+mod azure;
 mod cloudrun;
 mod kubernetes;
 mod lambda;
 
+pub use azure::*;
 pub use cloudrun::*;
 pub use kubernetes::*;
 pub use lambda::*;
@@ -93,6 +95,8 @@ pub struct Deployment {
     pub lambda: Lambda,
     #[serde(default)]
     pub cloudrun: CloudRun,
+    #[serde(default)]
+    pub azure_functions: AzureFunctions,
     /// The serving config's text, which the CLI reads from `config` (the Kubernetes target puts
     /// it in a ConfigMap; the others mount the file).
     #[serde(skip)]
@@ -649,7 +653,7 @@ impl Deployment {
             }
         }
         // Cloud Run mounts nothing of this machine either.
-        if target == Target::CloudRun && self.model.file.is_some() {
+        if matches!(target, Target::CloudRun | Target::AzureFunctions) && self.model.file.is_some() {
             self.model.delivery.get_or_insert(Delivery::Bake);
         }
     }
@@ -674,6 +678,9 @@ impl Deployment {
         }
         if target == Target::CloudRun {
             self.cloudrun_problems(&mut problems);
+        }
+        if target == Target::AzureFunctions {
+            self.azure_problems(&mut problems);
         }
         if problems.is_empty() { Ok(()) } else { Err(DescriptionError(problems)) }
     }

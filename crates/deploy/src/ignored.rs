@@ -7,7 +7,7 @@
 //! target and is never warned about.
 
 use crate::Target;
-use crate::description::{CloudRun, Deployment, Healthcheck, Kubernetes, Lambda, Restart, Strategy, SwarmOptions};
+use crate::description::{AzureFunctions, CloudRun, Deployment, Healthcheck, Kubernetes, Lambda, Restart, Strategy, SwarmOptions};
 
 /// A key set in the description that `target` ignores, and the targets that read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub fn ignored(target: Target, d: &Deployment) -> Vec<Ignored> {
     if matches!(target, Target::Docker | Target::Alerts) {
         return Vec::new();
     }
-    let candidates: [(&'static str, bool, Option<String>, &'static [Target]); 9] = [
+    let candidates: [(&'static str, bool, Option<String>, &'static [Target]); 10] = [
         ("replicas", d.replicas() != 1, Some(d.replicas().to_string()), &[Target::Swarm, Target::Kubernetes]),
         ("strategy", d.strategy != Strategy::default(), None, &[Target::Swarm]),
         ("restart", d.restart != Restart::default(), None, &[Target::Swarm]),
@@ -48,6 +48,7 @@ pub fn ignored(target: Target, d: &Deployment) -> Vec<Ignored> {
         ("kubernetes", d.kubernetes != Kubernetes::default(), None, &[Target::Kubernetes]),
         ("lambda", d.lambda != Lambda::default(), None, &[Target::Lambda]),
         ("cloudrun", d.cloudrun != CloudRun::default(), None, &[Target::CloudRun]),
+        ("azure_functions", d.azure_functions != AzureFunctions::default(), None, &[Target::AzureFunctions]),
     ];
     candidates
         .into_iter()

@@ -28,10 +28,13 @@
 //!
 //! - [`cloudrun`]: a Knative Service as `gcloud run services replace` takes it (probes, scaling,
 //!   concurrency, a canary between revisions with traffic tags) and the gcloud commands.
+//! - [`azure`]: an Azure Functions app whose custom handler is the binary (`host.json`, the
+//!   function, the Makefile that zips the package).
 //! - [`lambda`]: a SAM template (the binary as a custom runtime's `bootstrap`, alias, gradual
 //!   deployment with alarms and traffic hooks) and the Makefile that packages the bootstrap.
 
 pub mod alerts;
+pub mod azure;
 pub mod ci;
 pub mod cloudrun;
 pub mod compose;
@@ -91,6 +94,9 @@ pub enum Target {
     Lambda,
     /// A Knative `serving.knative.dev/v1` Service for Google Cloud Run.
     CloudRun,
+    /// An Azure Functions app with the binary as its custom handler.
+    #[serde(rename = "azure-functions")]
+    AzureFunctions,
     /// Prometheus alerting rules and a Grafana dashboard, for a monitoring stack of the user's.
     Alerts,
 }
@@ -105,6 +111,7 @@ impl Target {
             Target::Kubernetes => "k8s",
             Target::Lambda => "lambda",
             Target::CloudRun => "cloudrun",
+            Target::AzureFunctions => "azure-functions",
             Target::Alerts => "alerts",
         }
     }
@@ -119,6 +126,7 @@ pub fn render(target: Target, deployment: &Deployment, provenance: &Provenance) 
         Target::Kubernetes => kubernetes::render(deployment, provenance),
         Target::Lambda => lambda::render(deployment, provenance),
         Target::CloudRun => cloudrun::render(deployment, provenance),
+        Target::AzureFunctions => azure::render(deployment, provenance),
         Target::Alerts => vec![
             GeneratedFile { path: alerts::FILE, contents: alerts::render(deployment, &provenance.header()) },
             GeneratedFile { path: dashboard::FILE, contents: dashboard::render(deployment, &provenance.command) },

@@ -99,6 +99,11 @@ fn cloud_run_baked_and_a_canary_from_a_bucket() {
 }
 
 #[test]
+fn azure_functions_custom_handler() {
+    check("azure-functions", Target::AzureFunctions);
+}
+
+#[test]
 fn lambda_packaged_from_s3_and_behind_a_function_url() {
     for case in ["lambda-seed", "lambda-s3", "lambda-url"] {
         check(case, Target::Lambda);

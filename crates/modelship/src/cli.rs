@@ -507,6 +507,10 @@ pub enum DeployTarget {
     /// probes, concurrency, instances, a canary between revisions with traffic tags
     #[command(name = "cloudrun", visible_alias = "cloud-run", after_help = CLOUDRUN_HELP)]
     Cloudrun(DeployOptions),
+    /// Azure Functions: the binary as a custom handler (host.json, the function, the Makefile
+    /// that zips the package)
+    #[command(name = "azure-functions", visible_alias = "azure", after_help = AZURE_HELP)]
+    AzureFunctions(DeployOptions),
     /// Prometheus alerting rules (errors, latency, no traffic, not ready, rollouts stuck or
     /// rolled back, prediction drift, stores unreachable, queues full) and a Grafana dashboard
     #[command(after_help = ALERTS_HELP)]
@@ -516,6 +520,20 @@ pub enum DeployTarget {
     #[command(after_help = crate::deploy_ci::HELP)]
     Ci(Box<crate::deploy_ci::CiOptions>),
 }
+
+const AZURE_HELP: &str = "\
+Writes host.json (the binary as the app's custom handler, every HTTP request forwarded to it as it \
+came: enableForwardingHttpRequest, the /api route prefix, which the server strips), function.json \
+(one HTTP trigger for every path, behind a function key unless azure_functions.auth_level says \
+otherwise) and a Makefile that lays out and zips the package (binary, ONNX Runtime's library, the \
+model). The server listens on FUNCTIONS_CUSTOMHANDLER_PORT, which the Functions host sets. Settings \
+come from the description's azure_functions: section (auth_level, timeout, route_prefix, \
+max_concurrent_requests).
+
+Examples:
+  modelship deploy azure-functions --name nepse --model model.onnx --out deploy/azure
+  make -f deploy/azure/Makefile package
+  az functionapp deployment source config-zip -g ml -n nepse-app --src deploy/azure/app.zip";
 
 const CLOUDRUN_HELP: &str = "\
 Writes service.yaml (a serving.knative.dev/v1 Service, as `gcloud run services replace` takes it) \
@@ -1286,6 +1304,11 @@ pub struct ServeArgs {
     /// Model version reported in responses [default: 1]
     #[arg(long = "model-version", value_name = "VERSION")]
     pub model_version: Option<String>,
+
+    /// Serve the REST API under this path too, e.g. /api (Azure Functions forwards
+    /// /api/v1/predict to a custom handler as it came) [default: none]
+    #[arg(long, value_name = "PATH")]
+    pub path_prefix: Option<String>,
 
     /// Address to listen on [default: 0.0.0.0]
     #[arg(long, value_name = "HOST")]

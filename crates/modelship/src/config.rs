@@ -223,6 +223,8 @@ pub struct RawBatching {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct RawServer {
     pub host: Option<String>,
+    /// The REST API also under this path (`/api`: Azure Functions' custom handlers).
+    pub path_prefix: Option<String>,
     pub port: Option<u16>,
     pub grpc_port: Option<u16>,
     pub workers: Option<usize>,
@@ -502,6 +504,7 @@ pub struct ServeConfig {
     /// See [`modelship_server::Opportunistic`].
     pub opportunistic: modelship_server::Opportunistic,
     pub host: String,
+    pub path_prefix: Option<String>,
     pub port: u16,
     pub grpc_port: u16,
     pub workers: usize,
@@ -736,6 +739,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     overlay(&mut raw.model.device, a.device.clone());
     overlay(&mut raw.model.max_queue, a.max_queue);
     overlay(&mut raw.server.host, a.host);
+    overlay(&mut raw.server.path_prefix, a.path_prefix);
     overlay(&mut raw.server.port, a.port);
     overlay(&mut raw.server.grpc_port, a.grpc_port);
     if a.max_batch_size.is_some() || a.max_queue_delay_us.is_some() {
@@ -996,6 +1000,17 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     let security = SecurityConfig { api_keys_file: raw.server.api_keys_file.clone(), api_keys_env, tls };
 
     let host = raw.server.host.clone().unwrap_or_else(|| "0.0.0.0".to_owned());
+    let path_prefix = raw.server.path_prefix.clone();
+    if let Some(prefix) = &path_prefix
+        && !(prefix.len() > 1
+            && prefix.len() <= 64
+            && prefix.starts_with('/')
+            && !prefix.ends_with('/')
+            && !prefix.contains("//")
+            && prefix.chars().all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c)))
+    {
+        problems.push(format!("server.path_prefix '{prefix}' is not a path prefix: write /api (a leading /, no trailing /, letters, digits, '-', '_', '.')"));
+    }
     if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
         problems.push(format!("server.host '{host}' is not an address or host name"));
     }
@@ -1082,6 +1097,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
             modelship_server::Opportunistic::Off
         },
         host,
+        path_prefix,
         port,
         grpc_port,
         workers,

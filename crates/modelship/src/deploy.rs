@@ -25,6 +25,7 @@ pub fn main(args: DeployArgs) -> ExitCode {
         DeployTarget::K8s(o) => (Target::Kubernetes, o.common.clone(), Some(o), None),
         DeployTarget::Lambda(o) => (Target::Lambda, o.common.clone(), None, Some(o)),
         DeployTarget::Cloudrun(o) => (Target::CloudRun, o, None, None),
+        DeployTarget::AzureFunctions(o) => (Target::AzureFunctions, o, None, None),
         DeployTarget::Alerts(o) => (Target::Alerts, o, None, None),
         DeployTarget::Ci(o) => return crate::deploy_ci::main(&o),
     };
@@ -90,6 +91,9 @@ struct Flags<'a> {
 fn run(target: Target, o: &DeployOptions, flags: Flags<'_>) -> anyhow::Result<Summary> {
     if target == Target::Kubernetes && o.apply {
         bail!("deploy k8s writes manifests and applies nothing: review them, then `kubectl apply -k {}`", o.out.display());
+    }
+    if target == Target::AzureFunctions && o.apply {
+        bail!("deploy azure-functions writes the app's files and applies nothing: `make -f {0}/Makefile package`, then `az functionapp deployment source config-zip --src {0}/app.zip`", o.out.display());
     }
     if target == Target::CloudRun && o.apply {
         bail!("deploy cloudrun writes a Knative Service and applies nothing: push the image, then `bash {}/cloudrun.sh` (gcloud run services replace)", o.out.display());
@@ -189,7 +193,7 @@ fn run(target: Target, o: &DeployOptions, flags: Flags<'_>) -> anyhow::Result<Su
         applied.image_bytes = image_size(&deployment.image.reference());
     }
     match target {
-        Target::Docker | Target::Kubernetes | Target::Lambda | Target::CloudRun | Target::Alerts => {}
+        Target::Docker | Target::Kubernetes | Target::Lambda | Target::CloudRun | Target::AzureFunctions | Target::Alerts => {}
         Target::Compose => {
             let file = out.join(modelship_deploy::compose::FILE);
             let mut cmd = compose_command()?;
@@ -886,6 +890,7 @@ fn print(summary: &Summary, format: OutputFormat) {
             Target::Swarm => "add --apply to build the image and deploy the stack (docker stack deploy)",
             Target::Kubernetes => "review the files, create the Secrets they name (AWS keys, TLS), then kubectl apply -k DIR",
             Target::Lambda => "make -f DIR/Makefile package (builds the bootstrap with --features lambda), then sam deploy --template-file DIR/template.yaml --guided",
+            Target::AzureFunctions => "make -f DIR/Makefile package, then az functionapp deployment source config-zip -g GROUP -n APP --src DIR/app.zip",
             Target::CloudRun => "push the image to Artifact Registry, then bash DIR/cloudrun.sh (gcloud run services replace DIR/service.yaml)",
             Target::Alerts => "promtool check rules DIR/modelship-alerts.yml, add it to rule_files in prometheus.yml, and import DIR/grafana-dashboard.json in Grafana",
         };

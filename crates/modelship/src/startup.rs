@@ -37,6 +37,7 @@ pub fn settings(config: &ServeConfig) -> Settings {
         max_queue: config.max_queue,
         intra_op_threads: config.intra_op_threads,
         device: config.device.clone(),
+        path_prefix: config.path_prefix.clone(),
         batching: config.batching.clone(),
         inline_below: config.inline_below,
         opportunistic: config.opportunistic,

@@ -63,6 +63,8 @@ pub struct Settings {
     pub intra_op_threads: usize,
     /// Where sessions run (`--device`, `model.device`).
     pub device: Device,
+    /// The REST API is served under this path too (`/api` for Azure Functions' forwarding).
+    pub path_prefix: Option<String>,
     pub batching: Option<Batching>,
     pub inline_below: Duration,
     pub opportunistic: Opportunistic,
@@ -397,7 +399,11 @@ impl Config {
             state.models.loading(&model.name, &model.version);
         }
         // The listener serves probes while the models load: /health/startup says "starting".
-        server.serve("http", listener, crate::routes::app(state.clone()), tls.clone());
+        let rest = match &settings.path_prefix {
+            Some(prefix) => crate::routes::under_prefix(crate::routes::app(state.clone()), prefix),
+            None => crate::routes::app(state.clone()),
+        };
+        server.serve("http", listener, rest, tls.clone());
 
         // Repository loads answer the server's warm-up requests (`Repository::new` drops the
         // sample: it is the first model's own).

@@ -98,6 +98,7 @@ impl Fixtures {
             max_queue: 256,
             intra_op_threads: 1,
             device: Default::default(),
+            path_prefix: None,
             batching: None,
             inline_below: modelship_server::DEFAULT_INLINE_BELOW,
             opportunistic: modelship_server::Opportunistic::Auto,

@@ -139,7 +139,7 @@ fn package(dir: &Path, args: &[&str]) -> PathBuf {
 }
 
 /// ONNX Runtime's library from ./.venv (scripts/setup.sh).
-fn modelship_library() -> PathBuf {
+pub fn modelship_library() -> PathBuf {
     let lib = root().join(".venv/lib");
     let found = std::fs::read_dir(&lib).ok().into_iter().flatten().filter_map(Result::ok).find_map(|python| {
         let capi = python.path().join("site-packages/onnxruntime/capi");

@@ -12,6 +12,7 @@ mod inproc_predictions;
 mod help_examples;
 
 mod api;
+mod azure;
 #[cfg(feature = "kubernetes")]
 mod controller;
 mod features;

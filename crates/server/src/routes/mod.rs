@@ -42,6 +42,12 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The API also under `prefix` (`/api`: Azure Functions forwards `/api/v1/predict` to a custom
+/// handler as it came); without the prefix every path still answers as before.
+pub fn under_prefix(app: Router, prefix: &str) -> Router {
+    Router::new().nest(prefix, app.clone()).fallback_service(app)
+}
+
 /// Request bodies are JSON (or, with the binary tensor extension, JSON followed by raw bytes).
 /// A body declared as something else is refused before it is read. `curl -d` sends
 /// `application/x-www-form-urlencoded` unless told otherwise, so that is let through: the body
