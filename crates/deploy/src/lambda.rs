@@ -77,6 +77,13 @@ fn template(d: &Deployment) -> Value {
     let l = &d.lambda;
     let mut resources = Mapping::new();
     resources.insert(s("Function"), function(d));
+    if l.dead_letter_queue {
+        // Asynchronous invocations that failed every retry, kept 14 days, encrypted at rest.
+        resources.insert(
+            s("DeadLetters"),
+            map([("Type", s("AWS::SQS::Queue")), ("Properties", map([("MessageRetentionPeriod", n(1_209_600u32)), ("SqsManagedSseEnabled", Value::Bool(true))]))]),
+        );
+    }
     for (name, alarm) in alarms(d) {
         resources.insert(s(name), alarm);
     }
@@ -90,18 +97,18 @@ fn template(d: &Deployment) -> Value {
         ApiKind::Http => sub("https://${ServerlessHttpApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/predict"),
         ApiKind::Url => get_att("FunctionUrl", "FunctionUrl"),
     };
+    let mut outputs = Mapping::new();
+    outputs.insert(s("Endpoint"), map([("Description", s("POST the seed's {\"features\": [[...]]} here")), ("Value", endpoint)]));
+    outputs.insert(s("Alias"), map([("Description", s("The alias traffic goes to; CodeDeploy moves it")), ("Value", reference("Function.Alias"))]));
+    if l.dead_letter_queue {
+        outputs.insert(s("DeadLetterQueue"), map([("Description", s("Failed asynchronous invocations")), ("Value", reference("DeadLetters"))]));
+    }
     map([
         ("AWSTemplateFormatVersion", s("2010-09-09")),
         ("Transform", s("AWS::Serverless-2016-10-31")),
         ("Description", s(format!("modelship serving {} on AWS Lambda (custom runtime, {})", d.served_name(), l.architecture.as_str()))),
         ("Resources", Value::Mapping(resources)),
-        (
-            "Outputs",
-            map([
-                ("Endpoint", map([("Description", s("POST the seed's {\"features\": [[...]]} here")), ("Value", endpoint)])),
-                ("Alias", map([("Description", s("The alias traffic goes to; CodeDeploy moves it")), ("Value", reference("Function.Alias"))])),
-            ]),
-        ),
+        ("Outputs", Value::Mapping(outputs)),
     ])
 }
 
@@ -150,6 +157,13 @@ fn function(d: &Deployment) -> Value {
     set("AutoPublishAlias", s(l.alias.clone()));
     if l.provisioned_concurrency > 0 {
         set("ProvisionedConcurrencyConfig", map([("ProvisionedConcurrentExecutions", n(l.provisioned_concurrency))]));
+    }
+    if l.reserved_concurrency > 0 {
+        set("ReservedConcurrentExecutions", n(l.reserved_concurrency));
+    }
+    if l.dead_letter_queue {
+        // SAM grants the function sqs:SendMessage on it.
+        set("DeadLetterQueue", map([("Type", s("SQS")), ("TargetArn", get_att("DeadLetters", "Arn"))]));
     }
     set(
         "DeploymentPreference",

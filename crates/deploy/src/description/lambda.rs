@@ -9,6 +9,8 @@
 //!   timeout: 30s                        # at most 900 s
 //!   api: rest                           # rest (API Gateway REST API) | http (HTTP API) | url (function URL, IAM auth)
 //!   provisioned_concurrency: 5          # 0: none
+//!   reserved_concurrency: 100           # the most instances at once (0: no reservation)
+//!   dead_letter_queue: true             # failed asynchronous invocations kept in SQS (14 days)
 //!   alias: live
 //!   deployment: Linear10PercentEvery1Minute   # or Canary10Percent5Minutes, AllAtOnce... (PRESETS)
 //!   alarms: {server_errors: 0, latency_p99_ms: 500}   # roll back past these, per minute
@@ -30,6 +32,11 @@ pub struct Lambda {
     pub timeout: String,
     pub api: ApiKind,
     pub provisioned_concurrency: u32,
+    /// The most concurrent executions (`ReservedConcurrentExecutions`): a flood cannot take the
+    /// account's whole concurrency, nor run up an unbounded bill; 0 sets none.
+    pub reserved_concurrency: u32,
+    /// An SQS queue for asynchronous invocations that failed every retry.
+    pub dead_letter_queue: bool,
     pub alias: String,
     /// A CodeDeploy preset ([`PRESETS`]).
     pub deployment: String,
@@ -52,6 +59,8 @@ impl Default for Lambda {
             timeout: "30s".to_owned(),
             api: ApiKind::Rest,
             provisioned_concurrency: 5,
+            reserved_concurrency: 100,
+            dead_letter_queue: true,
             alias: "live".to_owned(),
             deployment: "Linear10PercentEvery1Minute".to_owned(),
             alarms: Alarms::default(),
@@ -175,6 +184,15 @@ impl Deployment {
         if l.provisioned_concurrency > 1000 {
             p.push(format!("lambda.provisioned_concurrency is {}; more than 1000 needs a quota increase and is refused here", l.provisioned_concurrency));
         }
+        if l.reserved_concurrency > 1000 {
+            p.push(format!("lambda.reserved_concurrency is {}; more than 1000 needs a quota increase and is refused here", l.reserved_concurrency));
+        }
+        if l.reserved_concurrency > 0 && l.provisioned_concurrency > l.reserved_concurrency {
+            p.push(format!(
+                "lambda.provisioned_concurrency ({}) is above lambda.reserved_concurrency ({}); Lambda refuses more provisioned than reserved instances",
+                l.provisioned_concurrency, l.reserved_concurrency
+            ));
+        }
         if !(is_alias(&l.alias)) {
             p.push(format!("lambda.alias '{}' is not an alias name: 1-128 letters, digits, '-' or '_', not only digits", l.alias));
         }
@@ -260,13 +278,14 @@ mod tests {
 
     #[test]
     fn hostile_options_are_refused_before_anything_is_written() {
-        let cases: [(&str, &[&str]); 8] = [
+        let cases: [(&str, &[&str]); 9] = [
+            ("{provisioned_concurrency: 20, reserved_concurrency: 10}", &["lambda.provisioned_concurrency (20) is above lambda.reserved_concurrency (10); Lambda refuses more provisioned than reserved instances"]),
             ("{memory: 64}", &["lambda.memory is 64 MB; Lambda allows 128 to 10240"]),
             ("{memory: 20000, timeout: 16m}", &["lambda.memory is 20000 MB; Lambda allows 128 to 10240", "lambda.timeout '16m' must be whole seconds between 1s and 900s (15 minutes)"]),
             ("{timeout: 1500ms}", &["lambda.timeout '1500ms' must be whole seconds between 1s and 900s (15 minutes)"]),
             ("{timeout: soon}", &["lambda.timeout 'soon' is not a duration (expected number at 0); write e.g. 30s"]),
             ("{deployment: Linear50PercentEvery1Second}", &["lambda.deployment 'Linear50PercentEvery1Second' is not a CodeDeploy preset; use one of: Canary10Percent5Minutes, Canary10Percent10Minutes, Canary10Percent15Minutes, Canary10Percent30Minutes, Linear10PercentEvery1Minute, Linear10PercentEvery2Minutes, Linear10PercentEvery3Minutes, Linear10PercentEvery10Minutes, AllAtOnce, AllAtOncePhased, CanaryPhased10Percent5Minutes, CanaryPhased10Percent10Minutes, CanaryPhased10Percent15Minutes, CanaryPhased10Percent30Minutes, LinearPhased10PercentEvery1Minute, LinearPhased10PercentEvery2Minutes, LinearPhased10PercentEvery10Minutes"]),
-            ("{alias: '42', alarms: {latency_p99_ms: 0}, provisioned_concurrency: 5000}", &[
+            ("{alias: '42', alarms: {latency_p99_ms: 0}, provisioned_concurrency: 5000, reserved_concurrency: 0}", &[
                 "lambda.provisioned_concurrency is 5000; more than 1000 needs a quota increase and is refused here",
                 "lambda.alias '42' is not an alias name: 1-128 letters, digits, '-' or '_', not only digits",
                 "lambda.alarms.latency_p99_ms is 0; every invocation would roll the deployment back",
