@@ -19,11 +19,15 @@
 
 use serde_yaml_ng::{Mapping, Value};
 
-use crate::description::{ApiKind, Architecture, Deployment, HOOK_PREFIX};
+use crate::description::{ApiKind, Architecture, Deployment, HOOK_PREFIX, PackageKind};
 use crate::{GeneratedFile, Provenance, yaml};
 
 pub const TEMPLATE: &str = "template.yaml";
 pub const MAKEFILE: &str = "Makefile";
+/// The container image's Dockerfile (`lambda.package: image`), built in the package directory.
+pub const DOCKERFILE: &str = "Dockerfile";
+/// Where Lambda keeps a function's code, and the image's bootstrap, library and model.
+pub const TASK_ROOT: &str = "/var/task";
 /// The package directory, beside the template (its `CodeUri`).
 pub const PACKAGE_DIR: &str = "package";
 /// The hooks' code, run by Lambda's Python runtime (boto3 included).
@@ -34,10 +38,14 @@ pub const METRICS_NAMESPACE: &str = "modelship";
 
 pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
     let header = provenance.header();
-    vec![
+    let mut files = vec![
         GeneratedFile { path: TEMPLATE, contents: format!("{header}{}", yaml::to_string(&template(d))) },
         GeneratedFile { path: MAKEFILE, contents: format!("{header}{}", makefile(d)) },
-    ]
+    ];
+    if d.lambda.package == PackageKind::Image {
+        files.push(GeneratedFile { path: DOCKERFILE, contents: dockerfile(d, &header) });
+    }
+    files
 }
 
 /// A mapping in the order given.
@@ -132,9 +140,13 @@ fn function(d: &Deployment) -> Value {
         properties.insert(s(k), v);
     };
     set("Description", s(format!("modelship: {} behind the one request pipeline", d.served_name())));
-    set("CodeUri", s(format!("{PACKAGE_DIR}/")));
-    set("Handler", s("bootstrap"));
-    set("Runtime", s("provided.al2023"));
+    if l.package == PackageKind::Image {
+        set("PackageType", s("Image"));
+    } else {
+        set("CodeUri", s(format!("{PACKAGE_DIR}/")));
+        set("Handler", s("bootstrap"));
+        set("Runtime", s("provided.al2023"));
+    }
     set("Architectures", list([s(l.architecture.as_str())]));
     set("MemorySize", n(l.memory));
     set("Timeout", n(d.lambda_timeout_seconds()));
@@ -184,7 +196,41 @@ fn function(d: &Deployment) -> Value {
         }
         ApiKind::Url => set("FunctionUrlConfig", map([("AuthType", s("AWS_IAM"))])),
     }
+    if l.package == PackageKind::Image {
+        // `sam build` builds the image from the package directory and fills ImageUri.
+        let metadata = map([("Dockerfile", s(DOCKERFILE)), ("DockerContext", s(format!("./{PACKAGE_DIR}"))), ("DockerTag", s(d.image.tag.clone()))]);
+        return map([("Type", s("AWS::Serverless::Function")), ("Metadata", metadata), ("Properties", Value::Mapping(properties))]);
+    }
     map([("Type", s("AWS::Serverless::Function")), ("Properties", Value::Mapping(properties))])
+}
+
+/// The container image: the package's bootstrap, library and model in `/var/task`, with only
+/// the system libraries they link (what `ldd` lists), FROM scratch; the bootstrap is the
+/// entrypoint and talks to the Runtime API as the zip's does.
+fn dockerfile(d: &Deployment, header: &str) -> String {
+    let lib = format!("libonnxruntime.so.{}", d.image.ort_version);
+    let model = if d.model.file.is_some() { format!("COPY model.onnx /rootfs{TASK_ROOT}/model.onnx\n") } else { String::new() };
+    format!(
+        "{header}# The function's container image (lambda.package: image), built in the package directory:\n\
+         #   make -f DIR/Makefile image   (or sam build, which reads this file from the template's Metadata)\n\
+         ARG TOOLS_IMAGE={tools}\n\n\
+         FROM ${{TOOLS_IMAGE}} AS rootfs\n\
+         SHELL [\"/bin/bash\", \"-o\", \"pipefail\", \"-c\"]\n\
+         COPY bootstrap {lib} /rootfs{TASK_ROOT}/\n\
+         {model}\
+         RUN set -eux; \\\n\
+         \x20   mkdir -p /rootfs/tmp; \\\n\
+         \x20   ldd /rootfs{TASK_ROOT}/bootstrap /rootfs{TASK_ROOT}/{lib} \\\n\
+         \x20     | awk '$2 == \"=>\" && $3 ~ /^\\// {{print $3}} $1 ~ /^\\// && $1 !~ /:$/ {{print $1}}' \\\n\
+         \x20     | sort -u | xargs -r -I{{}} cp --parents -L {{}} /rootfs; \\\n\
+         \x20   chmod 1777 /rootfs/tmp\n\n\
+         FROM scratch\n\
+         COPY --from=rootfs /rootfs/ /\n\
+         ENV LAMBDA_TASK_ROOT={TASK_ROOT}\n\
+         WORKDIR {TASK_ROOT}\n\
+         ENTRYPOINT [\"{TASK_ROOT}/bootstrap\"]\n",
+        tools = d.image.bases.tools,
+    )
 }
 
 /// The alarms CodeDeploy watches while it shifts traffic: any of them in ALARM rolls back.
@@ -318,6 +364,7 @@ fn hook(d: &Deployment, stage: &str, target: Value) -> Value {
 
 fn makefile(d: &Deployment) -> String {
     let arch = d.lambda.architecture;
+    let image = d.lambda.package == PackageKind::Image;
     let strip = match arch {
         Architecture::X86_64 => "strip",
         Architecture::Arm64 => "aarch64-linux-gnu-strip",
@@ -353,7 +400,7 @@ fn makefile(d: &Deployment) -> String {
          {model}\
          PACKAGE := $(HERE){package}\n\
          \n\
-         .PHONY: package bootstrap\n\
+         .PHONY: package bootstrap{image_phony}\n\
          package: $(BUILD) $(ORT_LIB)\n\
          \trm -rf $(PACKAGE)\n\
          \tmkdir -p $(PACKAGE)\n\
@@ -361,6 +408,7 @@ fn makefile(d: &Deployment) -> String {
          \t$(STRIP) --strip-debug $(PACKAGE)/bootstrap\n\
          \tcp $(ORT_LIB) $(PACKAGE)/libonnxruntime.so.$(ORT_VERSION)\n\
          {copy_model}\
+         {image_target}\
          \n\
          bootstrap:\n\
          \tcargo build --release --locked -p modelship --no-default-features --features lambda --target $(TARGET) --target-dir $(CARGO_TARGET_DIR)\n\
@@ -375,5 +423,20 @@ fn makefile(d: &Deployment) -> String {
         ort = d.image.ort_version,
         platform = arch.wheel_platform(),
         package = PACKAGE_DIR,
+        image_phony = if image { " image" } else { "" },
+        image_target = if image {
+            format!(
+                "\tcp $(HERE){DOCKERFILE} $(PACKAGE)/{DOCKERFILE}\n\n\
+                 # The container image, tagged IMAGE (default {name}:{tag}); TOOLS_IMAGE=... names a\n\
+                 # Debian-like base with bash and ldd when debian:bookworm-slim cannot be pulled.\n\
+                 IMAGE ?= {name}:{tag}\n\
+                 image: package\n\
+                 \tdocker build -t $(IMAGE) $(if $(TOOLS_IMAGE),--build-arg TOOLS_IMAGE=$(TOOLS_IMAGE)) $(PACKAGE)\n",
+                name = d.name,
+                tag = d.image.tag,
+            )
+        } else {
+            String::new()
+        },
     )
 }

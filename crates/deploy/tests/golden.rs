@@ -105,7 +105,7 @@ fn azure_functions_custom_handler() {
 
 #[test]
 fn lambda_packaged_from_s3_and_behind_a_function_url() {
-    for case in ["lambda-seed", "lambda-s3", "lambda-url"] {
+    for case in ["lambda-seed", "lambda-s3", "lambda-url", "lambda-image"] {
         check(case, Target::Lambda);
     }
 }

@@ -106,6 +106,22 @@ fn the_makefile_packages_what_the_template_names() {
         let plan = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
         assert!(plan.contains("cp /bin/true ") && plan.contains("package/bootstrap") && plan.contains("--strip-debug"), "{plan}");
-        assert!(std::fs::read_to_string(&template).unwrap().contains("CodeUri: \"package/\""));
+        let text = std::fs::read_to_string(&template).unwrap();
+        if text.contains("PackageType: \"Image\"") {
+            // The image is built from the package directory the template's Metadata names, with
+            // the Dockerfile beside what it copies.
+            assert!(text.contains("DockerContext: \"./package\"") && text.contains("Dockerfile: \"Dockerfile\"") && !text.contains("CodeUri"), "{text}");
+            assert!(plan.contains("package/Dockerfile"), "{plan}");
+            let out = Command::new("make").args(["-n", "-f"]).arg(dir.join("Makefile")).args(["image", "BOOTSTRAP=/bin/true", "ORT_LIB=/bin/true", "TOOLS_IMAGE=base:1"]).output().unwrap();
+            let plan = String::from_utf8_lossy(&out.stdout);
+            assert!(plan.contains("docker build -t nepse:0.1.0 --build-arg TOOLS_IMAGE=base:1 ") && plan.trim_end().ends_with("package"), "{plan}");
+            let hadolint = manifest_dir().join("../../.cache/hadolint-venv/bin/hadolint");
+            if hadolint.exists() || std::env::var_os("MODELSHIP_REQUIRE_TOOLS").is_some() {
+                let out = Command::new(&hadolint).arg(dir.join("Dockerfile")).output().unwrap();
+                assert!(out.status.success(), "hadolint: {}", String::from_utf8_lossy(&out.stdout));
+            }
+        } else {
+            assert!(text.contains("CodeUri: \"package/\""), "{text}");
+        }
     }
 }

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::deploy_preflight::{self as preflight, NeededImage, Published};
 use crate::cli::{DeliveryArg, DeployArgs, DeployOptions, DeployTarget, K8sOptions, K8sStrategyArg, MeshArg, OutputFormat};
-use crate::lambda::{ApiArg, ArchitectureArg, LambdaOptions};
+use crate::lambda::{ApiArg, ArchitectureArg, LambdaOptions, PackageArg};
 
 pub fn main(args: DeployArgs) -> ExitCode {
     let (target, options, k8s, lambda) = match args.target {
@@ -622,6 +622,9 @@ fn load(target: Target, o: &DeployOptions, flags: Flags<'_>, cwd: &Path) -> anyh
         }
         if let Some(timeout) = &l.timeout {
             set(&["lambda", "timeout"], text(timeout))?;
+        }
+        if let Some(package) = l.package {
+            set(&["lambda", "package"], text(match package { PackageArg::Zip => "zip", PackageArg::Image => "image" }))?;
         }
         if let Some(api) = l.api {
             set(&["lambda", "api"], text(match api { ApiArg::Rest => "rest", ApiArg::Http => "http", ApiArg::Url => "url" }))?;

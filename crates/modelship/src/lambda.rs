@@ -58,10 +58,14 @@ Writes into --out:
                  5xx answers and its p99 duration, and pre/post traffic hooks
                  that send the check request and a bad one to the new version
                  (then the alias) and tell CodeDeploy; with the model in S3,
-                 read access to its prefix only
+                 read access to its prefix only; reserved concurrency and an
+                 SQS dead-letter queue for failed asynchronous invocations
   Makefile       `make -f OUT/Makefile package` builds the bootstrap for the
                  architecture, takes ONNX Runtime's library from the
                  onnxruntime wheel and lays out OUT/package/
+  Dockerfile     with --package image: the container image FROM scratch
+                 (`make -f OUT/Makefile image`, or sam build), the bootstrap
+                 as its entrypoint; PackageType: Image in the template
 Nothing here talks to AWS: then `sam deploy --template-file OUT/template.yaml --guided`.
 
 The description's lambda section (every key optional; the seed's values are the defaults):
@@ -71,7 +75,10 @@ The description's lambda section (every key optional; the seed's values are the 
     memory: 1024                  # MB, 128-10240
     timeout: 30s                  # at most 900s
     api: rest                     # rest | http | url
+    package: zip                  # zip | image (a container image, up to 10 GB)
     provisioned_concurrency: 5    # 0: none
+    reserved_concurrency: 100     # the most instances at once; 0: no reservation
+    dead_letter_queue: true       # failed asynchronous invocations kept in SQS
     alias: live
     # Canary10Percent5Minutes, AllAtOnce, ...
     deployment: Linear10PercentEvery1Minute
@@ -108,6 +115,10 @@ pub struct LambdaOptions {
     /// What fronts the function [default: rest]
     #[arg(long, value_enum)]
     pub api: Option<ApiArg>,
+    /// zip (the bootstrap as a custom runtime) or image (a container image FROM scratch, up to
+    /// 10 GB: large models) [default: zip]
+    #[arg(long, value_enum)]
+    pub package: Option<PackageArg>,
     /// Provisioned concurrency on the alias; 0 for none [default: 5]
     #[arg(long, value_name = "N")]
     pub provisioned_concurrency: Option<u32>,
@@ -130,6 +141,12 @@ pub enum ArchitectureArg {
     #[value(name = "x86_64")]
     X86_64,
     Arm64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PackageArg {
+    Zip,
+    Image,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

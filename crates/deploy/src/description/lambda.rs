@@ -5,6 +5,7 @@
 //! ```yaml
 //! lambda:
 //!   architecture: arm64                 # x86_64 | arm64
+//!   package: zip                        # zip (the bootstrap as a custom runtime) | image (a container image, up to 10 GB)
 //!   memory: 1024                        # MB, 128-10240
 //!   timeout: 30s                        # at most 900 s
 //!   api: rest                           # rest (API Gateway REST API) | http (HTTP API) | url (function URL, IAM auth)
@@ -27,6 +28,9 @@ use super::{Artifact, Deployment, check_digest};
 #[serde(deny_unknown_fields, default)]
 pub struct Lambda {
     pub architecture: Architecture,
+    /// How the function is packaged: a zip with the bootstrap (custom runtime), or a container
+    /// image FROM scratch whose entrypoint is the bootstrap (large models: images take 10 GB).
+    pub package: PackageKind,
     /// Megabytes of memory (CPU grows with it: one vCPU at 1,769 MB).
     pub memory: u32,
     pub timeout: String,
@@ -55,6 +59,7 @@ impl Default for Lambda {
     fn default() -> Self {
         Lambda {
             architecture: Architecture::X86_64,
+            package: PackageKind::Zip,
             memory: 1024,
             timeout: "30s".to_owned(),
             api: ApiKind::Rest,
@@ -68,6 +73,14 @@ impl Default for Lambda {
             artifact: None,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageKind {
+    #[default]
+    Zip,
+    Image,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

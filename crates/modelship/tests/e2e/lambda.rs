@@ -387,3 +387,99 @@ fn deploy_lambda_refuses_hostile_options_before_writing() {
         assert!(template.contains(want), "{want} missing:\n{template}");
     }
 }
+
+/// `--package image`: the container image (FROM scratch, the bootstrap as entrypoint) built by
+/// the Makefile's Dockerfile on the real engine, run under the Runtime Interface Emulator inside
+/// the container (as AWS documents for images): cold and warm invocations answer what `serve`
+/// answers, bad events are 4xx, a non-JSON payload is the runtime's error and the next event is
+/// served.
+#[test]
+fn the_container_image_answers_under_the_emulator_like_the_zip() {
+    let Some(_engine) = crate::docker::engine("the_container_image_answers_under_the_emulator_like_the_zip") else { return };
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let package = package(dir.path(), &["--model", &model(NEPSE), "--package", "image"]);
+    assert!(package.join("Dockerfile").exists(), "make package copies the Dockerfile into the context");
+    const IMAGE: &str = "modelship-e2e-lambda:test";
+    let started = Instant::now();
+    crate::docker::sh(Command::new("docker").args(["build", "-q", "-t", IMAGE, "--build-arg", &format!("TOOLS_IMAGE={}", crate::docker::TOOLS_IMAGE)]).arg(&package));
+    let build = started.elapsed();
+    let bytes: u64 = crate::docker::docker(&["image", "inspect", "--format", "{{.Size}}", IMAGE]).parse().unwrap();
+    let entrypoint = crate::docker::docker(&["image", "inspect", "--format", "{{json .Config.Entrypoint}}", IMAGE]);
+    assert_eq!(entrypoint, r#"["/var/task/bootstrap"]"#);
+
+    let rie = tool(".cache/lambda-rie/aws-lambda-rie");
+    let run_started = Instant::now();
+    let container = crate::docker::Container::run(&[
+        "-p",
+        "127.0.0.1::8080",
+        "-v",
+        &format!("{}:/aws-lambda-rie:ro", rie.display()),
+        "--entrypoint",
+        "/aws-lambda-rie",
+        "-e",
+        "AWS_LAMBDA_FUNCTION_NAME=nepse",
+        "-e",
+        "AWS_LAMBDA_FUNCTION_VERSION=7",
+        "-e",
+        "MODEL_NAME=nepse",
+        "-e",
+        "MODEL_VERSION=v1",
+        IMAGE,
+        "/var/task/bootstrap",
+    ]);
+    let url = format!("http://{}/2015-03-31/functions/function/invocations", container.published(8080));
+    let agent = agent();
+    let invoke = |payload: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match agent.post(&url).send(payload) {
+                Ok(r) => return reply(r),
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("invoke: {e}\n{}", container.logs()),
+            }
+        }
+    };
+    let server = Server::start(&[&model(NEPSE), "--name", "nepse", "--model-version", "v1"]);
+    let (rows, _) = reference();
+    let seed_body = json!({"features": rows}).to_string();
+    let served = server.post("/v1/predict", &seed_body).json();
+    let proxy = |r: crate::support::Reply| -> (u64, Value) {
+        assert_eq!(r.status, 200, "{}\n{}", r.text, container.logs());
+        let answer: Value = serde_json::from_str(&r.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text));
+        (answer["statusCode"].as_u64().unwrap_or(0), serde_json::from_str(answer["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null))
+    };
+    let cold = Instant::now();
+    let (status, body) = proxy(invoke(&rest_event("/predict", &seed_body).to_string()));
+    let cold = cold.elapsed();
+    let since_run = run_started.elapsed();
+    assert_eq!((status, &body), (200, &served), "{}", container.logs());
+    for event in [http_api_event("/v1/predict", &seed_body, "xyz.lambda-url.eu-west-1.on.aws"), json!({"features": rows})] {
+        assert_eq!(proxy(invoke(&event.to_string())), (200, served.clone()), "{event}");
+    }
+    let (status, body) = proxy(invoke(&rest_event("/predict", r#"{"features": [[1, 2]]}"#).to_string()));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("shape")), "{body}");
+    let raw = invoke("not json");
+    assert!(raw.text.contains("errorMessage") || raw.text.contains("errorType"), "{}", raw.text);
+    let single = rest_event("/predict", &json!({"features": [rows[0]]}).to_string()).to_string();
+    let mut warm: Vec<f64> = (0..100)
+        .map(|_| {
+            let t = Instant::now();
+            assert_eq!(proxy(invoke(&single)).0, 200);
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    eprintln!(
+        "lambda image (debug bootstrap, aws-lambda-rie in the container): image {:.1} MB, built in {:.1} s; first invoke {:.0} ms ({:.2} s after docker run); warm single-row invoke p50 {:.2} ms",
+        bytes as f64 / 1e6,
+        build.as_secs_f64(),
+        cold.as_secs_f64() * 1000.0,
+        since_run.as_secs_f64(),
+        median(&mut warm)
+    );
+    drop(container);
+    let _ = Command::new("docker").args(["image", "rm", "-f", IMAGE]).output();
+}
