@@ -123,12 +123,17 @@ struct Traffic {
 /// Cloud Run's SIGTERM comes 10 s before SIGKILL: the drain takes 8 of them.
 const DRAIN_GRACE_SECONDS: u32 = 8;
 
-/// The new revision's name when a canary needs to name it: the service and the image's tag (a
-/// new image is a new revision), as a DNS label.
+/// The new revision's name when a canary needs to name it: the service, the image's tag and a
+/// digest of the revision's own spec, so that any change (a new image, env, probes, a moved
+/// model) names a new revision and `services replace` never finds the name taken.
 pub fn revision_name(d: &Deployment) -> String {
+    use sha2::Digest as _;
+    let spec = serde_json::to_vec(&revision(d)).expect("the spec serializes");
+    let digest = hex::encode(&sha2::Sha256::digest(&spec)[..3]);
     let slug: String = d.image.tag.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-    let name = format!("{}-{}", d.name, slug.trim_matches('-'));
-    name.chars().take(63).collect::<String>().trim_end_matches('-').to_owned()
+    let head = format!("{}-{}", d.name, slug.trim_matches('-'));
+    let head: String = head.chars().take(63 - 7).collect::<String>().trim_end_matches('-').to_owned();
+    format!("{head}-{digest}")
 }
 
 /// The CPU count Cloud Run takes: `cloudrun.cpu`, else `resources.cpus` rounded up to one it
@@ -145,7 +150,8 @@ fn memory(d: &Deployment) -> String {
     d.cloudrun.memory.clone().or_else(|| d.resources.memory.as_deref().map(binary_quantity)).unwrap_or_else(|| "1Gi".to_owned())
 }
 
-fn service(d: &Deployment) -> Service {
+/// The revision's annotations (scaling and CPU) and spec: what a change of makes a new revision.
+fn revision(d: &Deployment) -> (Labels, RevisionSpec) {
     let c = &d.cloudrun;
     let mut env: Vec<EnvVar> = Vec::new();
     let mut values = crate::compose_file::environment(d);
@@ -185,14 +191,35 @@ fn service(d: &Deployment) -> Service {
         failure_threshold: t.failures,
     };
     let timeout = humantime::parse_duration(&c.timeout).map_or(60, |t| t.as_secs());
-    let mut template_annotations = BTreeMap::from([
+    let annotations = BTreeMap::from([
         ("autoscaling.knative.dev/minScale".to_owned(), c.min_instances.to_string()),
         ("autoscaling.knative.dev/maxScale".to_owned(), c.max_instances.to_string()),
         ("run.googleapis.com/cpu-throttling".to_owned(), "false".to_owned()),
         ("run.googleapis.com/startup-cpu-boost".to_owned(), "true".to_owned()),
         ("run.googleapis.com/execution-environment".to_owned(), "gen2".to_owned()),
+        ("modelship.dev/model".to_owned(), d.served_name()),
     ]);
-    template_annotations.insert("modelship.dev/model".to_owned(), d.served_name());
+    let spec = RevisionSpec {
+        container_concurrency: c.concurrency,
+        timeout_seconds: timeout,
+        service_account_name: c.service_account.clone(),
+        containers: vec![Container {
+            name: "server",
+            image: d.image.reference(),
+            args,
+            ports: vec![Port { name: "http1", container_port: p.http }],
+            env,
+            resources: Resources { limits: BTreeMap::from([("cpu".to_owned(), cpu(d)), ("memory".to_owned(), memory(d))]) },
+            startup_probe: probe("/health/startup", startup),
+            liveness_probe: probe("/health/live", liveness),
+        }],
+    };
+    (annotations, spec)
+}
+
+fn service(d: &Deployment) -> Service {
+    let c = &d.cloudrun;
+    let (annotations, spec) = revision(d);
     let traffic = match &c.canary {
         Some(canary) => vec![
             Traffic { latest_revision: None, revision_name: Some(canary.stable.clone()), percent: 100 - canary.percent, tag: Some("stable") },
@@ -209,24 +236,7 @@ fn service(d: &Deployment) -> Service {
             annotations: BTreeMap::from([("run.googleapis.com/ingress".to_owned(), c.ingress.clone())]),
         },
         spec: ServiceSpec {
-            template: Template {
-                metadata: Meta { name: c.canary.as_ref().map(|_| revision_name(d)), labels: Labels::new(), annotations: template_annotations },
-                spec: RevisionSpec {
-                    container_concurrency: c.concurrency,
-                    timeout_seconds: timeout,
-                    service_account_name: c.service_account.clone(),
-                    containers: vec![Container {
-                        name: "server",
-                        image: d.image.reference(),
-                        args,
-                        ports: vec![Port { name: "http1", container_port: p.http }],
-                        env,
-                        resources: Resources { limits: BTreeMap::from([("cpu".to_owned(), cpu(d)), ("memory".to_owned(), memory(d))]) },
-                        startup_probe: probe("/health/startup", startup),
-                        liveness_probe: probe("/health/live", liveness),
-                    }],
-                },
-            },
+            template: Template { metadata: Meta { name: c.canary.as_ref().map(|_| revision_name(d)), labels: Labels::new(), annotations }, spec },
             traffic,
         },
     }
@@ -241,7 +251,8 @@ fn script(d: &Deployment, header: &str) -> String {
     out.push_str(&format!(
         "# Cloud Run: apply {SERVICE}, then watch the revision become ready. The image must be in a\n\
          # registry Cloud Run reads (Artifact Registry): build it with `modelship deploy docker --apply\n\
-         # --image REGION-docker.pkg.dev/PROJECT/REPO/{image}` and `docker push` it first.\n\
+         # --delivery bake --image REGION-docker.pkg.dev/PROJECT/REPO/{image}` (bake: with a model file)\n\
+         # and `docker push` it first.\n\
          set -euo pipefail\n\
          cd \"$(dirname \"$0\")\"\n\n\
          gcloud run services replace {SERVICE} --region {region}{project}\n\

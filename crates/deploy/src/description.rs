@@ -134,8 +134,7 @@ pub struct Model {
     /// A host ONNX file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
-    /// [default: `bake` on Kubernetes for a file with no `kubernetes.artifact` (no pod can mount a
-    /// file of this machine), `mount` elsewhere; see [`Deployment::settle`]]
+    /// [default: `mount`; `bake` on Azure Functions; see [`Deployment::settle`]]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
     /// A registry reference (`NAME@ALIAS`, `NAME:VERSION`, `NAME`) instead of a file.
@@ -614,12 +613,12 @@ pub fn seconds(value: &str) -> f64 {
 impl Deployment {
     /// The cargo features the image's binary needs beyond the default ones, sorted:
     /// `image.features`, plus `s3` when a Kubernetes init container fetches the model's artifact
-    /// from object storage, plus `kubernetes` when the pods
+    /// from object storage or Cloud Run follows a registry in a bucket, plus `kubernetes` when the pods
     /// keep the fleet's state in the Kubernetes API (a mesh-free canary or shadow with no other
     /// control store) or a rollout Job runs `modelship controller`.
     pub fn features(&self) -> Vec<&str> {
         let mut features: Vec<&str> = self.image.features.iter().map(String::as_str).collect();
-        if self.kubernetes.artifact.as_ref().is_some_and(|a| a.store.starts_with("s3://")) {
+        if self.kubernetes.artifact.as_ref().is_some_and(|a| a.store.starts_with("s3://")) || self.cloudrun.bucket.is_some() {
             features.push("s3");
         }
         if (crate::kubernetes::mesh_free(self) && self.control_store.is_none()) || self.kubernetes.rollout.is_some() {
@@ -641,19 +640,15 @@ impl Deployment {
     }
 
     /// Fills in what the description leaves to the target: on Kubernetes, the guide's 3 replicas
-    /// (so HPA 3-20 and a PodDisruptionBudget of 2) and, for a file of this machine with no
-    /// artifact store, `delivery: bake` (the only way such a file reaches a pod); on Cloud Run,
-    /// `bake` for a file too. Every CLI
-    /// path calls this before validating and rendering.
+    /// (so HPA 3-20 and a PodDisruptionBudget of 2); on Azure Functions, `delivery: bake` for a
+    /// file (the app's package carries it; no image is built). Kubernetes and Cloud Run run an
+    /// image that `deploy docker` builds, which bakes a file only when told: there `bake` is
+    /// never assumed. Every CLI path calls this before validating and rendering.
     pub fn settle(&mut self, target: Target) {
         if target == Target::Kubernetes {
             self.replicas.get_or_insert(KUBERNETES_REPLICAS);
-            if self.model.file.is_some() && self.kubernetes.artifact.is_none() {
-                self.model.delivery.get_or_insert(Delivery::Bake);
-            }
         }
-        // Cloud Run mounts nothing of this machine either.
-        if matches!(target, Target::CloudRun | Target::AzureFunctions) && self.model.file.is_some() {
+        if target == Target::AzureFunctions && self.model.file.is_some() {
             self.model.delivery.get_or_insert(Delivery::Bake);
         }
     }

@@ -429,11 +429,17 @@ fn makefile(d: &Deployment) -> String {
                 "\tcp $(HERE){DOCKERFILE} $(PACKAGE)/{DOCKERFILE}\n\n\
                  # The container image, tagged IMAGE (default {name}:{tag}); TOOLS_IMAGE=... names a\n\
                  # Debian-like base with bash and ldd when debian:bookworm-slim cannot be pulled.\n\
+                 # Then: sam build --template-file DIR/template.yaml, and sam deploy --resolve-image-repos\n\
+                 # (or --image-repository) --capabilities CAPABILITY_IAM.\n\
                  IMAGE ?= {name}:{tag}\n\
                  image: package\n\
-                 \tdocker build -t $(IMAGE) $(if $(TOOLS_IMAGE),--build-arg TOOLS_IMAGE=$(TOOLS_IMAGE)) $(PACKAGE)\n",
+                 \tdocker build --platform {platform} -t $(IMAGE) $(if $(TOOLS_IMAGE),--build-arg TOOLS_IMAGE=$(TOOLS_IMAGE)) $(PACKAGE)\n",
                 name = d.name,
                 tag = d.image.tag,
+                platform = match arch {
+                    Architecture::X86_64 => "linux/amd64",
+                    Architecture::Arm64 => "linux/arm64",
+                },
             )
         } else {
             String::new()

@@ -397,6 +397,10 @@ fn check_structure(dir: &Path) -> Vec<String> {
         for rule in list(&o.value["spec"]["ingress"]) {
             for port in list(&rule["ports"]) {
                 let number = port["port"].as_u64().unwrap_or(0);
+                // Istio's sidecar (merged metrics, Envoy's stats) listens beside the server.
+                if [15020, 15090].contains(&number) {
+                    continue;
+                }
                 for d in &selected {
                     if !container_ports(&d.value).values().any(|n| *n == number) {
                         p.push(format!("{}: port {number} is no port of {}'s server container", o.file, d.name()));
@@ -478,7 +482,7 @@ fn the_defaults_are_the_guides() {
     assert!(server["env"].as_sequence().unwrap().iter().any(|e| e["name"] == "MODEL_PATH" && e["value"] == "/models/model.onnx"), "{server:?}");
     let policy = &of("NetworkPolicy")["spec"];
     let ports: Vec<u64> = list(&policy["ingress"]).iter().flat_map(|r| list(&r["ports"]).iter().filter_map(|p| p["port"].as_u64())).collect();
-    assert_eq!(ports, [8000, 8081], "only the inference ports; the admin port stays on the pod's loopback");
+    assert_eq!(ports, [8000, 8081, 15020, 15090], "the inference ports and Istio's metrics ports (mesh: istio, the default); the admin port stays on the pod's loopback");
 }
 
 /// With `image.gpu`: the GPU image, one `nvidia.com/gpu` per pod, the GPU nodes' selector and

@@ -114,7 +114,7 @@ fn the_makefile_packages_what_the_template_names() {
             assert!(plan.contains("package/Dockerfile"), "{plan}");
             let out = Command::new("make").args(["-n", "-f"]).arg(dir.join("Makefile")).args(["image", "BOOTSTRAP=/bin/true", "ORT_LIB=/bin/true", "TOOLS_IMAGE=base:1"]).output().unwrap();
             let plan = String::from_utf8_lossy(&out.stdout);
-            assert!(plan.contains("docker build -t nepse:0.1.0 --build-arg TOOLS_IMAGE=base:1 ") && plan.trim_end().ends_with("package"), "{plan}");
+            assert!(plan.contains("docker build --platform linux/amd64 -t nepse:0.1.0 --build-arg TOOLS_IMAGE=base:1 ") && plan.trim_end().ends_with("package"), "{plan}");
             let hadolint = manifest_dir().join("../../.cache/hadolint-venv/bin/hadolint");
             if hadolint.exists() || std::env::var_os("MODELSHIP_REQUIRE_TOOLS").is_some() {
                 let out = Command::new(&hadolint).arg(dir.join("Dockerfile")).output().unwrap();

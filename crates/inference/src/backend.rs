@@ -49,16 +49,20 @@ pub struct Gpu {
 }
 
 impl Device {
-    /// `cpu`, `auto`, `cuda` or `cuda:N`, with `gpu`'s settings for the GPU kinds.
+    /// `cpu`, `auto`, `auto:N`, `cuda` or `cuda:N`, with `gpu`'s settings for the GPU kinds.
     pub fn parse(text: &str, gpu: Gpu) -> Result<Device, String> {
         let with_id = |id: u32| Gpu { id, ..gpu.clone() };
         match text {
             "cpu" => Ok(Device::Cpu),
             "auto" => Ok(Device::Auto(gpu.clone())),
+            _ if text.starts_with("auto:") => match text["auto:".len()..].parse::<u32>() {
+                Ok(id) => Ok(Device::Auto(with_id(id))),
+                Err(_) => Err(format!("device '{text}' is not one of cpu, auto, auto:N, cuda, cuda:N (N the GPU's ordinal, e.g. cuda:0)")),
+            },
             "cuda" | "gpu" => Ok(Device::Cuda(gpu.clone())),
             _ => match text.strip_prefix("cuda:").map(str::parse::<u32>) {
                 Some(Ok(id)) => Ok(Device::Cuda(with_id(id))),
-                _ => Err(format!("device '{text}' is not one of cpu, auto, cuda, cuda:N (N the GPU's ordinal, e.g. cuda:0)")),
+                _ => Err(format!("device '{text}' is not one of cpu, auto, auto:N, cuda, cuda:N (N the GPU's ordinal, e.g. cuda:0)")),
             },
         }
     }
@@ -138,12 +142,13 @@ mod tests {
     #[test]
     fn devices_parse_as_the_flag_documents() {
         let gpu = Gpu { memory_limit: Some(1 << 30), ..Gpu::default() };
-        let cases: [(&str, Result<Device, &str>); 7] = [
+        let cases: [(&str, Result<Device, &str>); 8] = [
+            ("auto:1", Ok(Device::Auto(Gpu { id: 1, ..gpu.clone() }))),
             ("cpu", Ok(Device::Cpu)),
             ("auto", Ok(Device::Auto(gpu.clone()))),
             ("cuda", Ok(Device::Cuda(gpu.clone()))),
             ("cuda:2", Ok(Device::Cuda(Gpu { id: 2, ..gpu.clone() }))),
-            ("cuda:-1", Err("device 'cuda:-1' is not one of cpu, auto, cuda, cuda:N")),
+            ("cuda:-1", Err("device 'cuda:-1' is not one of cpu, auto, auto:N, cuda, cuda:N")),
             ("tpu", Err("device 'tpu' is not one of")),
             ("CUDA", Err("device 'CUDA' is not one of")),
         ];

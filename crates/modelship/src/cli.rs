@@ -538,15 +538,15 @@ Examples:
 const CLOUDRUN_HELP: &str = "\
 Writes service.yaml (a serving.knative.dev/v1 Service, as `gcloud run services replace` takes it) \
 and cloudrun.sh (the gcloud commands). The server listens on the PORT Cloud Run gives the container \
-(ports.http). A model file is baked into the image (build and push it with `modelship deploy docker \
---apply --image REGION-docker.pkg.dev/PROJECT/REPO/modelship:TAG`, then `docker push`); a registry \
+(ports.http). A model file must be baked into the image (--delivery bake here and when building it: `modelship \
+deploy docker --delivery bake --apply --image REGION-docker.pkg.dev/PROJECT/REPO/modelship:TAG`, then `docker push`); a registry \
 model (NAME@ALIAS) is followed from the registry's bucket (cloudrun.bucket: Cloud Storage through its \
 S3-compatible API, HMAC keys from Secret Manager). The service requires IAM authentication unless you \
 open it. Settings come from the description's cloudrun: section (region, concurrency, min_instances, \
 max_instances, timeout, cpu, memory, ingress, service_account, probes, canary).
 
 Examples:
-  modelship deploy cloudrun --name nepse --model model.onnx --out deploy/cloudrun
+  modelship deploy cloudrun --name nepse --model model.onnx --delivery bake --out deploy/cloudrun
   modelship deploy cloudrun --file deploy.yaml --out deploy/cloudrun && bash deploy/cloudrun/cloudrun.sh";
 
 const ALERTS_HELP: &str = "\

@@ -692,6 +692,9 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     // The port a platform gives the container: Azure Functions' custom handler contract, then
     // Cloud Run's (and Knative's, Heroku's) `PORT`. A flag or `--port` still wins.
     for key in ["FUNCTIONS_CUSTOMHANDLER_PORT", "PORT"] {
+        if args.port.is_some() {
+            break;
+        }
         if let Some(v) = env.get(key) {
             match v.trim().parse::<u16>() {
                 Ok(port) => raw.server.port = Some(port),
@@ -828,6 +831,13 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     }
 
     let gpu = resolve_gpu(raw.model.gpu.as_ref(), &mut problems);
+    // A Triton repository's KIND_GPU is a default: a device the operator gave (--device,
+    // MODELSHIP_DEVICE, model.device) decides for its models too.
+    if raw.model.device.is_some() {
+        for more in raw.models.iter_mut().filter(|m| m.declared.is_some()) {
+            more.device = None;
+        }
+    }
     // A file that lists its models under `models:` alone (or a Triton repository served alone):
     // the first is the server's own. A repository's model keeps what its config.pbtxt says.
     let promoted = usize::from(raw.model.path.is_none() && !raw.models.is_empty());
@@ -917,8 +927,9 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     let device = device(raw.model.device.as_deref(), "model.device", &gpu, &mut problems);
     // One session per worker, and on a GPU each holds the weights and an arena of its own: one
     // worker, whose session takes the queued requests together (opportunistic joining) and
-    // keeps the card busy, unless server.workers says otherwise.
-    let workers = raw.server.workers.unwrap_or_else(|| if device == modelship_inference::Device::Cpu { default_workers() } else { 1 });
+    // keeps the card busy, unless server.workers says otherwise. `auto` may land on the CPU, so
+    // it keeps the CPU's default.
+    let workers = raw.server.workers.unwrap_or_else(|| if matches!(device, modelship_inference::Device::Cuda(_)) { 1 } else { default_workers() });
     check_range("server.workers", workers, 1, 256, &mut problems);
     let intra_op_threads = raw.model.intra_op_threads.unwrap_or(1);
     check_range("model.intra_op_threads", intra_op_threads, 1, 256, &mut problems);
@@ -1010,6 +1021,12 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
             && prefix.chars().all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c)))
     {
         problems.push(format!("server.path_prefix '{prefix}' is not a path prefix: write /api (a leading /, no trailing /, letters, digits, '-', '_', '.')"));
+    }
+    if let Some(prefix) = &path_prefix
+        && let Some(first) = prefix.trim_start_matches('/').split('/').next()
+        && ["v1", "v2", "health", "metrics", "openapi.json", "predict", "feedback"].contains(&first)
+    {
+        problems.push(format!("server.path_prefix '{prefix}' starts with /{first}, a path of the API itself, which it would hide; use another, e.g. /api"));
     }
     if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
         problems.push(format!("server.host '{host}' is not an address or host name"));
@@ -1215,7 +1232,7 @@ fn entry_limits(more: &RawMoreModel, key: &dyn Fn(&str) -> String, gpu: &modelsh
     let batching = Some(more.dynamic_batching.as_ref().map(|b| resolve_batching(b, &key("dynamic_batching"), problems)));
     let device = more.device.as_deref().map(|d| device(Some(d), &key("device"), gpu, problems));
     // On a GPU one session (see `workers` in `resolve`) unless the entry says otherwise.
-    let workers = more.workers.or_else(|| device.as_ref().filter(|d| **d != modelship_inference::Device::Cpu).map(|_| 1));
+    let workers = more.workers.or_else(|| device.as_ref().filter(|d| matches!(d, modelship_inference::Device::Cuda(_))).map(|_| 1));
     modelship_server::ModelLimits { workers, max_queue: more.max_queue, intra_op_threads: more.intra_op_threads, device, batching }
 }
 
@@ -1482,6 +1499,17 @@ logging:
         assert_eq!(port("model: {path: /m.onnx}\n", &[("PORT", "8080"), ("FUNCTIONS_CUSTOMHANDLER_PORT", "41234")], &[]), Ok(41234));
         assert_eq!(port("model: {path: /m.onnx}\n", &[("PORT", "8080")], &["--port", "7000"]), Ok(7000));
         assert!(port("model: {path: /m.onnx}\n", &[("PORT", "http")], &[]).unwrap_err().contains("PORT 'http' is not a port number"));
+        assert_eq!(port("model: {path: /m.onnx}\n", &[("PORT", "http")], &["--port", "0"]), Ok(0), "a flag wins, whatever the variable holds");
+    }
+
+    /// The REST API under a prefix: a plain path, never one of the API's own.
+    #[test]
+    fn the_path_prefix() {
+        assert_eq!(check("model: {path: /m.onnx}\n", &[], &["--path-prefix", "/api"]).map(|c| c.path_prefix), Ok(Some("/api".to_owned())));
+        for (bad, why) in [("api", "is not a path prefix"), ("/api/", "is not a path prefix"), ("/", "is not a path prefix"), ("/a b", "is not a path prefix"), ("/health", "starts with /health"), ("/v2/x", "starts with /v2")] {
+            let e = check("model: {path: /m.onnx}\n", &[], &["--path-prefix", bad]).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     /// `model.device` (flag, environment, file) and `model.gpu`; on a GPU one worker unless told.
@@ -1493,7 +1521,7 @@ logging:
         let file = "model: {path: /m.onnx, device: auto, gpu: {memory_limit_bytes: 4294967296, arena_extend: same_as_requested, tensorrt: true}}\nmodels: [{path: /m/b.onnx, device: cpu}, {path: /m/c.onnx, device: 'cuda:1'}]\n";
         let gpu = Gpu { memory_limit: Some(4 << 30), arena_same_as_requested: true, tensorrt: true, ..Gpu::default() };
         let c = check(file, &[], &[]).unwrap();
-        assert_eq!((c.device.clone(), c.workers), (Device::Auto(gpu.clone()), 1));
+        assert_eq!((c.device.clone(), c.workers), (Device::Auto(gpu.clone()), super::default_workers()), "auto may land on the CPU: the CPU's default");
         assert_eq!((c.more_models[0].limits.device.clone(), c.more_models[0].limits.workers), (Some(Device::Cpu), None));
         assert_eq!((c.more_models[1].limits.device.clone(), c.more_models[1].limits.workers), (Some(Device::Cuda(Gpu { id: 1, ..gpu.clone() })), Some(1)));
         // Flag over environment over file; server.workers wins over the GPU's default.

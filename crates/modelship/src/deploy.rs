@@ -892,6 +892,9 @@ fn print(summary: &Summary, format: OutputFormat) {
             Target::Compose => "add --apply to build the image and start it (docker-compose up -d)",
             Target::Swarm => "add --apply to build the image and deploy the stack (docker stack deploy)",
             Target::Kubernetes => "review the files, create the Secrets they name (AWS keys, TLS), then kubectl apply -k DIR",
+            Target::Lambda if summary.files.iter().any(|f| f.path.ends_with(modelship_deploy::lambda::DOCKERFILE)) => {
+                "make -f DIR/Makefile package (builds the bootstrap with --features lambda), then sam build --template-file DIR/template.yaml and sam deploy --guided --resolve-image-repos (the container image)"
+            }
             Target::Lambda => "make -f DIR/Makefile package (builds the bootstrap with --features lambda), then sam deploy --template-file DIR/template.yaml --guided",
             Target::AzureFunctions => "make -f DIR/Makefile package, then az functionapp deployment source config-zip -g GROUP -n APP --src DIR/app.zip",
             Target::CloudRun => "push the image to Artifact Registry, then bash DIR/cloudrun.sh (gcloud run services replace DIR/service.yaml)",

@@ -90,8 +90,10 @@ fn model(name: &str, dir: &Path) -> anyhow::Result<RawMoreModel> {
         bail!("model '{name}' uses {scheduling} ({source}), which modelship does not serve; serve its ONNX models one by one");
     }
     // KIND_GPU: the model runs on the first GPU its groups name (Triton's default: every GPU;
-    // modelship runs one model on one card), through ONNX Runtime's CUDA provider.
-    let device = config.instance_kinds.iter().any(|k| k == "KIND_GPU").then(|| format!("cuda:{}", config.instance_gpus.first().copied().unwrap_or(0)));
+    // modelship runs one model on one card), through ONNX Runtime's CUDA provider, when that GPU
+    // works: `auto`, so that a repository written for GPUs still serves on a CPU machine (said
+    // in the log). An explicit --device (or model.device) decides for every model instead.
+    let device = config.instance_kinds.iter().any(|k| k == "KIND_GPU").then(|| format!("auto:{}", config.instance_gpus.first().copied().unwrap_or(0)));
     if !config.ignored.is_empty() {
         tracing::info!(model = %name, fields = ?config.ignored, "config.pbtxt fields modelship does not act on");
     }

@@ -138,38 +138,60 @@ fn on_gpu(environment: &ort::environment::Environment, model: &[u8], options: &L
     if let Some(limit) = gpu.memory_limit {
         cuda = cuda.with_memory_limit(usize::try_from(limit).unwrap_or(usize::MAX));
     }
-    let mut providers = Vec::new();
     let tensorrt = gpu.tensorrt && has_provider::<ep::TensorRT>();
     if gpu.tensorrt && !tensorrt {
         tracing::warn!("model.gpu.tensorrt is set but this ONNX Runtime library has no TensorRT provider; using CUDA alone");
     }
     if tensorrt {
-        // Engines take minutes to build: cached where the process may write (a pod's /tmp).
-        let cache = std::env::temp_dir().join("modelship-tensorrt");
-        let cache = cache.to_string_lossy();
-        let mut trt = ep::TensorRT::default()
-            .with_device_id(id)
-            .with_engine_cache(true)
-            .with_engine_cache_path(&cache)
-            .with_timing_cache(true)
-            .with_timing_cache_path(&cache);
-        if let Some(limit) = gpu.memory_limit {
-            trt = trt.with_max_workspace_size(usize::try_from(limit).unwrap_or(usize::MAX));
+        match commit_on(environment, model, options, vec![tensorrt_provider(model, gpu, id).build().error_on_failure(), cuda.clone().build().error_on_failure()]) {
+            Ok(session) => return Ok((session, Placement::TensorRt(gpu.id))),
+            Err(GpuError::Model(e)) => return Err(GpuError::Model(e)),
+            // TensorRT's own libraries (libnvinfer) are often absent (the CUDA images have none):
+            // CUDA alone then, said so.
+            Err(GpuError::Unusable(why)) => tracing::warn!(reason = %why, "TensorRT cannot be used; running on CUDA alone"),
         }
-        providers.push(trt.build().error_on_failure());
     }
-    providers.push(cuda.build().error_on_failure());
+    commit_on(environment, model, options, vec![cuda.build().error_on_failure()]).map(|session| (session, Placement::Cuda(gpu.id)))
+}
+
+/// TensorRT's provider. Engines take minutes to build, so they are cached: under the state
+/// directory when there is one (a pod's /tmp is small), else the temporary one, each model's
+/// under a prefix of its own bytes' digest, so that a retrained version with the same graph
+/// never picks up the engine of the weights before it.
+fn tensorrt_provider(model: &[u8], gpu: &Gpu, id: i32) -> ep::TensorRT {
+    use sha2::Digest as _;
+    let base = std::env::var_os("MODELSHIP_STATE_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let cache = base.join("tensorrt-cache");
+    let cache = cache.to_string_lossy();
+    let digest = hex::encode(&sha2::Sha256::digest(model)[..8]);
+    let mut trt = ep::TensorRT::default()
+        .with_device_id(id)
+        .with_engine_cache(true)
+        .with_engine_cache_path(&cache)
+        .with_engine_cache_prefix(format!("model-{digest}"))
+        .with_timing_cache(true)
+        .with_timing_cache_path(&cache);
+    if let Some(limit) = gpu.memory_limit {
+        trt = trt.with_max_workspace_size(usize::try_from(limit).unwrap_or(usize::MAX));
+    }
+    trt
+}
+
+/// A session with `providers` registered (each must register), or why not: a CPU session is
+/// tried on failure, to tell a model ONNX Runtime cannot run from a GPU it cannot use.
+fn commit_on(environment: &ort::environment::Environment, model: &[u8], options: &LoadOptions, providers: Vec<ep::ExecutionProviderDispatch>) -> Result<ort::session::Session, GpuError> {
+    let names: Vec<&str> = providers.iter().map(|p| p.name()).collect();
+    let names = names.join(" and ");
     let mut builder = cpu(environment, options)
         .map_err(GpuError::Model)?
         .with_execution_providers(providers)
-        .map_err(|e| GpuError::Unusable(format!("registering the CUDA execution provider failed: {e}")))?;
+        .map_err(|e| GpuError::Unusable(format!("registering {names} failed: {e}")))?;
     match builder.commit_from_memory(model) {
-        Ok(session) => Ok((session, if tensorrt { Placement::TensorRt(gpu.id) } else { Placement::Cuda(gpu.id) })),
+        Ok(session) => Ok(session),
         Err(e) => {
-            // The model may be the problem rather than the GPU: a CPU session says which.
             let message = e.to_string();
             match commit(cpu(environment, options).map_err(GpuError::Model)?, model) {
-                Ok(_) => Err(GpuError::Unusable(format!("ONNX Runtime could not start the model on it: {message}"))),
+                Ok(_) => Err(GpuError::Unusable(format!("ONNX Runtime could not start the model on {names}: {message}"))),
                 Err(model_error) => Err(GpuError::Model(model_error)),
             }
         }

@@ -44,6 +44,9 @@ impl Deployment {
         if !(1..=10_000).contains(&a.max_concurrent_requests) {
             p.push(format!("azure_functions.max_concurrent_requests is {}; give 1 to 10000", a.max_concurrent_requests));
         }
+        if self.image.gpu {
+            p.push("image.gpu: Azure Functions runs the handler on the CPU; leave image.gpu off for deploy azure-functions".to_owned());
+        }
         if self.model.file.is_none() {
             p.push("model: Azure Functions packages model.file with the app (a registry model is not fetched here)".to_owned());
         }

@@ -1,6 +1,6 @@
 //! The description's `cloudrun:` section: what only Google Cloud Run needs. Every key has a
-//! default, so `deploy cloudrun --name N --model M.onnx` renders a service (the model baked into
-//! the image).
+//! default, so `deploy cloudrun --name N --model M.onnx --delivery bake` renders a service (the
+//! model baked into the image `deploy docker --delivery bake` builds).
 //!
 //! ```yaml
 //! cloudrun:
@@ -146,7 +146,7 @@ impl Deployment {
         }
         match (&self.model.file, &self.model.registry, &c.bucket) {
             (Some(_), _, _) if self.model.delivery() != super::Delivery::Bake => {
-                p.push("model.file with delivery: mount names a file on this machine, which Cloud Run cannot mount: bake it (model.delivery: bake, the default here) or serve model.registry from cloudrun.bucket".to_owned());
+                p.push("model.file with delivery: mount names a file on this machine, which Cloud Run cannot mount: bake it (--delivery bake, model.delivery: bake, and build the image with the same) or serve model.registry from cloudrun.bucket".to_owned());
             }
             (Some(_), _, Some(_)) => p.push("cloudrun.bucket goes with model.registry (a model read from the registry's bucket), not model.file".to_owned()),
             (None, Some(_), None) => {
@@ -174,6 +174,26 @@ impl Deployment {
             }
         }
         c.probes.check("cloudrun.probes", p);
+        // Cloud Run's own bounds for a service's probes: each delay and period at most 240 s,
+        // and the startup probe's whole window (period x failures) too.
+        let [startup, _, liveness] = c.probes.resolved();
+        for (name, t) in [("startup", startup), ("liveness", liveness)] {
+            if t.initial_delay > 240 || t.period > 240 {
+                p.push(format!("cloudrun.probes.{name}: initial_delay ({} s) and period ({} s) must each be at most 240 s on Cloud Run", t.initial_delay, t.period));
+            }
+        }
+        if startup.period * startup.failures > 240 {
+            p.push(format!(
+                "cloudrun.probes.startup: period x failures is {} s; Cloud Run allows a startup window of at most 240 s",
+                startup.period * startup.failures
+            ));
+        }
+        if c.probes.readiness != super::ProbeTiming::default() {
+            p.push("cloudrun.probes.readiness: Cloud Run's services take startup and liveness probes here; leave readiness out".to_owned());
+        }
+        if self.image.gpu {
+            p.push("image.gpu: Cloud Run's GPUs are not generated here; leave image.gpu off for deploy cloudrun (the service runs the CPU image)".to_owned());
+        }
         for key in self.env.keys() {
             if RESERVED_ENV.contains(&key.as_str()) {
                 p.push(format!("env.{key} is set by Cloud Run itself; leave it out"));
@@ -198,8 +218,9 @@ mod tests {
 
     #[test]
     fn hostile_options_are_refused_before_anything_is_written() {
-        assert_eq!(problems("name: nepse\nmodel: {file: m.onnx}\n"), Vec::<String>::new(), "a file is baked by default");
-        let cases: [(&str, &[&str]); 6] = [
+        assert_eq!(problems("name: nepse\nmodel: {file: m.onnx, delivery: bake}\n"), Vec::<String>::new());
+        assert!(problems("name: nepse\nmodel: {file: m.onnx}\n")[0].starts_with("model.file with delivery: mount"), "never assumed: the image must be built baked");
+        let cases: [(&str, &[&str]); 7] = [
             ("model: {file: m.onnx, delivery: mount}\n", &["model.file with delivery: mount names a file on this machine, which Cloud Run cannot mount"]),
             ("model: {registry: fraud@production}\n", &["model.registry needs cloudrun.bucket"]),
             (
@@ -207,7 +228,7 @@ mod tests {
                 &["cloudrun.bucket.store 'gs://x' is not s3://BUCKET[/PREFIX]", "cloudrun.bucket.endpoint 'http://user:pw@h' must be an https:// URL without credentials", "cloudrun.bucket.secret 'Keys!' is not a Secret Manager secret name"],
             ),
             (
-                "model: {file: m.onnx}\ncloudrun: {region: 'eu west', project: X, concurrency: 0, min_instances: 5, max_instances: 2, timeout: 2h, ingress: public, cpu: '3', memory: 64Gi, service_account: root}\n",
+                "model: {file: m.onnx, delivery: bake}\ncloudrun: {region: 'eu west', project: X, concurrency: 0, min_instances: 5, max_instances: 2, timeout: 2h, ingress: public, cpu: '3', memory: 64Gi, service_account: root}\n",
                 &[
                     "cloudrun.region 'eu west' is not a region",
                     "cloudrun.project 'X' is not a project id",
@@ -220,8 +241,16 @@ mod tests {
                     "cloudrun.service_account 'root' is not a service account email",
                 ],
             ),
-            ("model: {file: m.onnx}\ncloudrun: {canary: {stable: other-00001, percent: 100}}\n", &["cloudrun.canary.percent is 100; give a whole percent from 1 to 99", "cloudrun.canary.stable 'other-00001' is not a revision of service nepse"]),
-            ("model: {file: m.onnx}\nenv: {PORT: '9000'}\ncloudrun: {probes: {liveness: {timeout: 0}}}\n", &["env.PORT is set by Cloud Run itself; leave it out", "cloudrun.probes.liveness.timeout is 0"]),
+            ("model: {file: m.onnx, delivery: bake}\ncloudrun: {canary: {stable: other-00001, percent: 100}}\n", &["cloudrun.canary.percent is 100; give a whole percent from 1 to 99", "cloudrun.canary.stable 'other-00001' is not a revision of service nepse"]),
+            ("model: {file: m.onnx, delivery: bake}\nenv: {PORT: '9000'}\ncloudrun: {probes: {liveness: {timeout: 0}}}\n", &["env.PORT is set by Cloud Run itself; leave it out", "cloudrun.probes.liveness.timeout is 0"]),
+            (
+                "model: {file: m.onnx, delivery: bake}\ncloudrun: {probes: {startup: {failures: 60}, liveness: {period: 300}, readiness: {period: 5}}}\n",
+                &[
+                    "cloudrun.probes.liveness: initial_delay (15 s) and period (300 s) must each be at most 240 s on Cloud Run",
+                    "cloudrun.probes.startup: period x failures is 300 s; Cloud Run allows a startup window of at most 240 s",
+                    "cloudrun.probes.readiness: Cloud Run's services take startup and liveness probes here",
+                ],
+            ),
         ];
         for (extra, want) in cases {
             let got = problems(&format!("name: nepse\n{extra}"));
@@ -230,6 +259,6 @@ mod tests {
             }
             assert_eq!(got.len(), want.len(), "{extra}: {got:#?}");
         }
-        assert!(problems(&format!("name: {}\nmodel: {{file: m.onnx}}\n", "a".repeat(50)))[0].contains("too long for Cloud Run"));
+        assert!(problems(&format!("name: {}\nmodel: {{file: m.onnx, delivery: bake}}\n", "a".repeat(50)))[0].contains("too long for Cloud Run"));
     }
 }

@@ -10,7 +10,7 @@
 //!   timeout: 30s                        # at most 900 s
 //!   api: rest                           # rest (API Gateway REST API) | http (HTTP API) | url (function URL, IAM auth)
 //!   provisioned_concurrency: 5          # 0: none
-//!   reserved_concurrency: 100           # the most instances at once (0: no reservation)
+//!   reserved_concurrency: 0             # the most instances at once (0: no reservation)
 //!   dead_letter_queue: true             # failed asynchronous invocations kept in SQS (14 days)
 //!   alias: live
 //!   deployment: Linear10PercentEvery1Minute   # or Canary10Percent5Minutes, AllAtOnce... (PRESETS)
@@ -37,7 +37,9 @@ pub struct Lambda {
     pub api: ApiKind,
     pub provisioned_concurrency: u32,
     /// The most concurrent executions (`ReservedConcurrentExecutions`): a flood cannot take the
-    /// account's whole concurrency, nor run up an unbounded bill; 0 sets none.
+    /// account's whole concurrency, nor run up an unbounded bill; 0 (the default) sets none, as
+    /// Lambda refuses a reservation that leaves the account under its unreserved minimum (a new
+    /// account's quota can be 10).
     pub reserved_concurrency: u32,
     /// An SQS queue for asynchronous invocations that failed every retry.
     pub dead_letter_queue: bool,
@@ -64,7 +66,7 @@ impl Default for Lambda {
             timeout: "30s".to_owned(),
             api: ApiKind::Rest,
             provisioned_concurrency: 5,
-            reserved_concurrency: 100,
+            reserved_concurrency: 0,
             dead_letter_queue: true,
             alias: "live".to_owned(),
             deployment: "Linear10PercentEvery1Minute".to_owned(),
@@ -298,7 +300,7 @@ mod tests {
             ("{timeout: 1500ms}", &["lambda.timeout '1500ms' must be whole seconds between 1s and 900s (15 minutes)"]),
             ("{timeout: soon}", &["lambda.timeout 'soon' is not a duration (expected number at 0); write e.g. 30s"]),
             ("{deployment: Linear50PercentEvery1Second}", &["lambda.deployment 'Linear50PercentEvery1Second' is not a CodeDeploy preset; use one of: Canary10Percent5Minutes, Canary10Percent10Minutes, Canary10Percent15Minutes, Canary10Percent30Minutes, Linear10PercentEvery1Minute, Linear10PercentEvery2Minutes, Linear10PercentEvery3Minutes, Linear10PercentEvery10Minutes, AllAtOnce, AllAtOncePhased, CanaryPhased10Percent5Minutes, CanaryPhased10Percent10Minutes, CanaryPhased10Percent15Minutes, CanaryPhased10Percent30Minutes, LinearPhased10PercentEvery1Minute, LinearPhased10PercentEvery2Minutes, LinearPhased10PercentEvery10Minutes"]),
-            ("{alias: '42', alarms: {latency_p99_ms: 0}, provisioned_concurrency: 5000, reserved_concurrency: 0}", &[
+            ("{alias: '42', alarms: {latency_p99_ms: 0}, provisioned_concurrency: 5000}", &[
                 "lambda.provisioned_concurrency is 5000; more than 1000 needs a quota increase and is refused here",
                 "lambda.alias '42' is not an alias name: 1-128 letters, digits, '-' or '_', not only digits",
                 "lambda.alarms.latency_p99_ms is 0; every invocation would roll the deployment back",

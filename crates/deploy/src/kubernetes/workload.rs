@@ -33,7 +33,7 @@ pub fn tracks(d: &Deployment) -> Vec<Track> {
         deployment_file,
         hpa_file: Some(hpa_file),
         replicas: None,
-        image: image(d, &d.image.tag, k.image_digest.as_deref()),
+        image: server_image(d, &d.image.tag, k.image_digest.as_deref()),
         version: d.model.version.clone(),
         digest: k.artifact.as_ref().map(|a| a.digest.clone()),
     };
@@ -48,7 +48,7 @@ pub fn tracks(d: &Deployment) -> Vec<Track> {
             deployment_file,
             hpa_file,
             replicas,
-            image: image(d, &tag, image_digest.as_deref()),
+            image: server_image(d, &tag, image_digest.as_deref()),
             version: Some(c.version.clone()),
             digest: c.digest.clone().or_else(|| k.artifact.as_ref().map(|a| a.digest.clone())),
         }
@@ -68,12 +68,20 @@ pub fn tracks(d: &Deployment) -> Vec<Track> {
     }
 }
 
-/// The image of a tag (the GPU variant's, `TAG-gpu`, with `image.gpu`), or pinned by digest.
+/// The image of a tag, or pinned by digest (the Jobs' and the init container's: the CPU image).
 pub(super) fn image(d: &Deployment, tag: &str, digest: Option<&str>) -> String {
     match digest {
         Some(digest) => format!("{}@{digest}", d.image.name),
-        None if d.image.gpu => format!("{}:{tag}-gpu", d.image.name),
         None => format!("{}:{tag}", d.image.name),
+    }
+}
+
+/// The serving pods' image: the GPU variant's (`TAG-gpu`) with `image.gpu`. A digest pins what
+/// it names (with `image.gpu`, give the GPU image's digest).
+fn server_image(d: &Deployment, tag: &str, digest: Option<&str>) -> String {
+    match digest {
+        None if d.image.gpu => format!("{}:{tag}-gpu", d.image.name),
+        _ => image(d, tag, digest),
     }
 }
 
@@ -329,17 +337,27 @@ pub fn pdb(d: &Deployment) -> Option<Object<Spec<PdbSpec>>> {
     })
 }
 
+/// Istio's sidecar ports Prometheus scrapes: the merged application and agent metrics, Envoy's.
+pub const ISTIO_METRICS_MERGED: u16 = 15020;
+pub const ISTIO_ENVOY_STATS: u16 = 15090;
+
 /// The serving pods' NetworkPolicy: the HTTP and gRPC ports from anywhere (clients, the
 /// ingress controller, the mesh, Prometheus on the HTTP port's `/metrics`); the admin port, when
 /// the pods open it (`ports.publish_admin`), only from this namespace's pods labelled
-/// `modelship.dev/operator: "true"`; nothing else. Egress is left alone (the pods reach the
+/// `modelship.dev/operator: "true"`; with Istio, its sidecar's metrics ports; nothing else. Egress is left alone (the pods reach the
 /// registry's store, Redis and the API server).
 pub fn network_policy(d: &Deployment) -> Option<Object<Spec<NetworkPolicySpec>>> {
     if !d.kubernetes.network_policy {
         return None;
     }
     let port = |port| NetworkPolicyPort { protocol: "TCP", port };
-    let mut ingress = vec![NetworkPolicyRule { from: vec![], ports: vec![port(d.ports.http), port(d.ports.grpc)] }];
+    let mut open = vec![port(d.ports.http), port(d.ports.grpc)];
+    if d.kubernetes.mesh == Mesh::Istio {
+        // An Istio sidecar serves the merged Prometheus metrics on 15020 (its scrape annotation
+        // is rewritten to it) and Envoy's own on 15090.
+        open.extend([port(ISTIO_METRICS_MERGED), port(ISTIO_ENVOY_STATS)]);
+    }
+    let mut ingress = vec![NetworkPolicyRule { from: vec![], ports: open }];
     if d.ports.publish_admin {
         let operators = LabelSelector { match_labels: BTreeMap::from([(super::OPERATOR.to_owned(), "true".to_owned())]) };
         ingress.push(NetworkPolicyRule { from: vec![NetworkPolicyPeer { pod_selector: operators }], ports: vec![port(d.ports.admin)] });

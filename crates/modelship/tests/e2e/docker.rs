@@ -226,7 +226,7 @@ fn the_cloud_run_container_listens_on_port() {
     let Some(_engine) = engine("the_cloud_run_container_listens_on_port") else { return };
     image();
     let dir = tempfile::tempdir().unwrap();
-    sh(command().args(["deploy", "cloudrun", "--name", "fraud", "--model", &model("fraud"), "--image", IMAGE, "--out"]).arg(dir.path()));
+    sh(command().args(["deploy", "cloudrun", "--name", "fraud", "--model", &model("fraud"), "--delivery", "bake", "--image", IMAGE, "--out"]).arg(dir.path()));
     let service: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(dir.path().join("service.yaml")).unwrap()).unwrap();
     let container = &service["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["image"].as_str(), Some(IMAGE));

@@ -100,5 +100,5 @@ fn a_gpu_that_cannot_be_used_is_a_failed_start() {
     assert!(out.stdout.is_empty(), "no ready line");
     let out = serve(&[&model("fraud")], &[("MODELSHIP_DEVICE", "tpu")]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("model.device: device 'tpu' is not one of cpu, auto, cuda, cuda:N"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("model.device: device 'tpu' is not one of cpu, auto, auto:N, cuda, cuda:N"), "{}", stderr(&out));
 }

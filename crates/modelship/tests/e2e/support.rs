@@ -25,7 +25,7 @@ pub fn command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_modelship"));
     cmd.current_dir(root()).stdin(Stdio::null());
     // The tests choose these themselves.
-    for var in ["MODEL_PATH", "CONFIG_PATH", "MODEL_VERSION", "MODEL_NAME", "LOG_LEVEL", "LOG_FORMAT", "POD_NAME", "POD_NAMESPACE"] {
+    for var in ["MODEL_PATH", "CONFIG_PATH", "MODEL_VERSION", "MODEL_NAME", "LOG_LEVEL", "LOG_FORMAT", "POD_NAME", "POD_NAMESPACE", "PORT", "FUNCTIONS_CUSTOMHANDLER_PORT", "MODELSHIP_DEVICE"] {
         cmd.env_remove(var);
     }
     cmd

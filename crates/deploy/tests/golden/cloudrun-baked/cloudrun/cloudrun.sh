@@ -3,7 +3,8 @@
 # Change the deployment description (or the flags) and run it again rather than editing this file.
 # Cloud Run: apply service.yaml, then watch the revision become ready. The image must be in a
 # registry Cloud Run reads (Artifact Registry): build it with `modelship deploy docker --apply
-# --image REGION-docker.pkg.dev/PROJECT/REPO/modelship` and `docker push` it first.
+# --delivery bake --image REGION-docker.pkg.dev/PROJECT/REPO/modelship` (bake: with a model file)
+# and `docker push` it first.
 set -euo pipefail
 cd "$(dirname "$0")"
 

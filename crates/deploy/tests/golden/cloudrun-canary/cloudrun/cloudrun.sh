@@ -3,7 +3,8 @@
 # Change the deployment description (or the flags) and run it again rather than editing this file.
 # Cloud Run: apply service.yaml, then watch the revision become ready. The image must be in a
 # registry Cloud Run reads (Artifact Registry): build it with `modelship deploy docker --apply
-# --image REGION-docker.pkg.dev/PROJECT/REPO/modelship` and `docker push` it first.
+# --delivery bake --image REGION-docker.pkg.dev/PROJECT/REPO/modelship` (bake: with a model file)
+# and `docker push` it first.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -13,6 +14,6 @@ gcloud run services describe fraud --region europe-west1 --project ml-prod-4821 
 # The service requires IAM authentication (roles/run.invoker). To open it to everyone:
 #   gcloud run services add-iam-policy-binding fraud --region europe-west1 --project ml-prod-4821 --member allUsers --role roles/run.invoker
 
-# The canary: 10% to fraud-0-2-0 (its own URL: the `candidate` tag), the rest to fraud-0-1-0.
+# The canary: 10% to fraud-0-2-0-6b1e40 (its own URL: the `candidate` tag), the rest to fraud-0-1-0.
 # Promote:   gcloud run services update-traffic fraud --region europe-west1 --project ml-prod-4821 --to-latest
 # Roll back: gcloud run services update-traffic fraud --region europe-west1 --project ml-prod-4821 --to-revisions fraud-0-1-0=100
