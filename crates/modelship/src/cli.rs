@@ -1326,9 +1326,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub intra_op_threads: Option<usize>,
 
-    /// Where the model runs: cpu, auto (the GPU when one works, else the CPU, logged) or cuda[:N]
-    /// (ONNX Runtime's CUDA provider; needs the onnxruntime-gpu library; a start fails without a
-    /// usable GPU). On a GPU, workers default to 1 [default: cpu; env: MODELSHIP_DEVICE]
+    /// Where the model runs: cpu, auto[:N] (the GPU when one works, else the CPU, logged) or
+    /// cuda[:N] (ONNX Runtime's CUDA provider; needs the onnxruntime-gpu library; a start fails
+    /// without a usable GPU). With cuda, workers default to 1 [default: cpu; env: MODELSHIP_DEVICE]
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<String>,
 
