@@ -531,9 +531,11 @@ come from the description's azure_functions: section (auth_level, timeout, route
 max_concurrent_requests).
 
 Examples:
-  modelship deploy azure-functions --name nepse --model model.onnx --out deploy/azure
+  modelship deploy azure-functions --name nepse --model model.onnx \\
+      --out deploy/azure
   make -f deploy/azure/Makefile package
-  az functionapp deployment source config-zip -g ml -n nepse-app --src deploy/azure/app.zip";
+  az functionapp deployment source config-zip -g ml -n nepse-app \\
+      --src deploy/azure/app.zip";
 
 const CLOUDRUN_HELP: &str = "\
 Writes service.yaml (a serving.knative.dev/v1 Service, as `gcloud run services replace` takes it) \
@@ -546,8 +548,10 @@ open it. Settings come from the description's cloudrun: section (region, concurr
 max_instances, timeout, cpu, memory, ingress, service_account, probes, canary).
 
 Examples:
-  modelship deploy cloudrun --name nepse --model model.onnx --delivery bake --out deploy/cloudrun
-  modelship deploy cloudrun --file deploy.yaml --out deploy/cloudrun && bash deploy/cloudrun/cloudrun.sh";
+  modelship deploy cloudrun --name nepse --model model.onnx --delivery bake \\
+      --out deploy/cloudrun
+  modelship deploy cloudrun --file deploy.yaml --out deploy/cloudrun
+  bash deploy/cloudrun/cloudrun.sh";
 
 const ALERTS_HELP: &str = "\
 Writes modelship-alerts.yml (Prometheus alerting rules: every rule with a for:, a severity label \

@@ -58,8 +58,9 @@ Writes into --out:
                  5xx answers and its p99 duration, and pre/post traffic hooks
                  that send the check request and a bad one to the new version
                  (then the alias) and tell CodeDeploy; with the model in S3,
-                 read access to its prefix only; reserved concurrency when set
-                 and an SQS dead-letter queue for failed asynchronous invocations
+                 read access to its prefix only; reserved concurrency when
+                 set and an SQS dead-letter queue for failed asynchronous
+                 invocations
   Makefile       `make -f OUT/Makefile package` builds the bootstrap for the
                  architecture, takes ONNX Runtime's library from the
                  onnxruntime wheel and lays out OUT/package/
@@ -77,7 +78,7 @@ The description's lambda section (every key optional; the seed's values are the 
     api: rest                     # rest | http | url
     package: zip                  # zip | image (a container image, up to 10 GB)
     provisioned_concurrency: 5    # 0: none
-    reserved_concurrency: 0       # the most instances at once; 0: no reservation
+    reserved_concurrency: 0       # the most instances at once; 0: none
     dead_letter_queue: true       # failed asynchronous invocations kept in SQS
     alias: live
     # Canary10Percent5Minutes, AllAtOnce, ...
