@@ -37,7 +37,7 @@ pub fn ignored(target: Target, d: &Deployment) -> Vec<Ignored> {
     if matches!(target, Target::Docker | Target::Alerts) {
         return Vec::new();
     }
-    let candidates: [(&'static str, bool, Option<String>, &'static [Target]); 10] = [
+    let candidates: [(&'static str, bool, Option<String>, &'static [Target]); 12] = [
         ("replicas", d.replicas() != 1, Some(d.replicas().to_string()), &[Target::Swarm, Target::Kubernetes]),
         ("strategy", d.strategy != Strategy::default(), None, &[Target::Swarm]),
         ("restart", d.restart != Restart::default(), None, &[Target::Swarm]),
@@ -49,6 +49,9 @@ pub fn ignored(target: Target, d: &Deployment) -> Vec<Ignored> {
         ("lambda", d.lambda != Lambda::default(), None, &[Target::Lambda]),
         ("cloudrun", d.cloudrun != CloudRun::default(), None, &[Target::CloudRun]),
         ("azure_functions", d.azure_functions != AzureFunctions::default(), None, &[Target::AzureFunctions]),
+        // A function app's settings are its own (az functionapp config appsettings set).
+        ("env", !d.env.is_empty(), None, &[Target::Docker, Target::Compose, Target::Swarm, Target::Kubernetes, Target::Lambda, Target::CloudRun]),
+        ("config", d.config.is_some(), None, &[Target::Docker, Target::Compose, Target::Swarm, Target::Kubernetes]),
     ];
     candidates
         .into_iter()
@@ -118,6 +121,14 @@ mod tests {
             ),
             // The image is part of every target: nothing is ignored by it.
             (Target::Docker, everything, &[]),
+            (
+                Target::AzureFunctions,
+                "env: {LOG_LEVEL: INFO}\nconfig: serving.yaml\n",
+                &[
+                    "the description's env is ignored by azure-functions: docker, compose, swarm, k8s, lambda and cloudrun use it",
+                    "the description's config is ignored by azure-functions: docker, compose, swarm and k8s use it",
+                ],
+            ),
         ];
         for (target, yaml, expected) in table {
             check(*target, yaml, expected);
