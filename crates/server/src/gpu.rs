@@ -21,7 +21,8 @@ fn nvml() -> Option<&'static Nvml> {
     .as_ref()
 }
 
-/// The per-card gauges (`gpu` is the CUDA ordinal, `name` the card's).
+/// The per-card gauges (`gpu` is NVML's index, which is the CUDA ordinal when
+/// `CUDA_DEVICE_ORDER=PCI_BUS_ID` and no `CUDA_VISIBLE_DEVICES` reorders the cards; `name` the card's).
 pub struct GpuMetrics {
     utilization: IntGaugeVec,
     memory_utilization: IntGaugeVec,
