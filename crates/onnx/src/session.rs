@@ -22,15 +22,23 @@ fn load_error(e: impl std::fmt::Display) -> InferError {
 
 impl OnnxSession {
     pub fn load(environment: &ort::environment::Environment, model: &[u8], options: &LoadOptions) -> Result<Self, InferError> {
+        // A GPU that cannot be used may leave a CPU session behind (built to tell its failure from
+        // the model's): the fall-backs take it rather than load the model once more.
+        let on_cpu = |built: Option<ort::session::Session>| -> Result<_, InferError> {
+            Ok((match built {
+                Some(session) => session,
+                None => commit(cpu(environment, options)?, model)?,
+            }, Placement::Cpu))
+        };
         let (session, placement) = match &options.device {
-            Device::Cpu => (commit(cpu(environment, options)?, model)?, Placement::Cpu),
+            Device::Cpu => on_cpu(None)?,
             Device::Cuda(gpu) => match on_gpu(environment, model, options, gpu) {
                 Ok(loaded) => loaded,
-                Err(GpuError::Unusable(why)) if gpu.fallback_to_cpu => {
+                Err(GpuError::Unusable { why, cpu }) if gpu.fallback_to_cpu => {
                     tracing::warn!(device = %format!("cuda:{}", gpu.id), reason = %why, "the GPU cannot be used; running on the CPU as model.gpu.fallback_to_cpu asks");
-                    (commit(cpu(environment, options)?, model)?, Placement::Cpu)
+                    on_cpu(cpu)?
                 }
-                Err(GpuError::Unusable(why)) => {
+                Err(GpuError::Unusable { why, .. }) => {
                     return Err(InferError::Load(format!(
                         "device cuda:{} cannot be used: {why}. Run on the CPU with --device cpu, let modelship choose with --device auto, or set model.gpu.fallback_to_cpu",
                         gpu.id
@@ -40,9 +48,9 @@ impl OnnxSession {
             },
             Device::Auto(gpu) => match on_gpu(environment, model, options, gpu) {
                 Ok(loaded) => loaded,
-                Err(GpuError::Unusable(why)) => {
+                Err(GpuError::Unusable { why, cpu }) => {
                     tracing::info!(reason = %why, "device auto: no usable GPU, running on the CPU");
-                    (commit(cpu(environment, options)?, model)?, Placement::Cpu)
+                    on_cpu(cpu)?
                 }
                 Err(GpuError::Model(e)) => return Err(e),
             },
@@ -112,8 +120,15 @@ fn commit(mut builder: SessionBuilder, model: &[u8]) -> Result<ort::session::Ses
 /// Why a GPU session was not made: the GPU (or the library's GPU support) is not usable, or the
 /// model itself is the problem (which the CPU would refuse too).
 enum GpuError {
-    Unusable(String),
+    /// `cpu`: the CPU session built to tell the two apart, when one was.
+    Unusable { why: String, cpu: Option<ort::session::Session> },
     Model(InferError),
+}
+
+impl GpuError {
+    fn unusable(why: String) -> GpuError {
+        GpuError::Unusable { why, cpu: None }
+    }
 }
 
 /// The providers this library was built with (`CUDAExecutionProvider`, `TensorrtExecutionProvider`...).
@@ -125,11 +140,11 @@ fn has_provider<E: ExecutionProvider>() -> bool {
 /// the CPU only the nodes neither provider has a kernel for.
 fn on_gpu(environment: &ort::environment::Environment, model: &[u8], options: &LoadOptions, gpu: &Gpu) -> Result<(ort::session::Session, Placement), GpuError> {
     if !has_provider::<ep::CUDA>() {
-        return Err(GpuError::Unusable(
+        return Err(GpuError::unusable(
             "this ONNX Runtime library has no CUDA execution provider (it is the CPU build: install the `onnxruntime-gpu` wheel, or point --ort-lib at its libonnxruntime.so)".to_owned(),
         ));
     }
-    let id = i32::try_from(gpu.id).map_err(|_| GpuError::Unusable(format!("GPU ordinal {} is out of range", gpu.id)))?;
+    let id = i32::try_from(gpu.id).map_err(|_| GpuError::unusable(format!("GPU ordinal {} is out of range", gpu.id)))?;
     let mut cuda = ep::CUDA::default()
         .with_device_id(id)
         .with_arena_extend_strategy(if gpu.arena_same_as_requested { ep::ArenaExtendStrategy::SameAsRequested } else { ep::ArenaExtendStrategy::NextPowerOfTwo })
@@ -148,20 +163,19 @@ fn on_gpu(environment: &ort::environment::Environment, model: &[u8], options: &L
             Err(GpuError::Model(e)) => return Err(GpuError::Model(e)),
             // TensorRT's own libraries (libnvinfer) are often absent (the CUDA images have none):
             // CUDA alone then, said so.
-            Err(GpuError::Unusable(why)) => tracing::warn!(reason = %why, "TensorRT cannot be used; running on CUDA alone"),
+            Err(GpuError::Unusable { why, .. }) => tracing::warn!(reason = %why, "TensorRT cannot be used; running on CUDA alone"),
         }
     }
     commit_on(environment, model, options, vec![cuda.build().error_on_failure()]).map(|session| (session, Placement::Cuda(gpu.id)))
 }
 
-/// TensorRT's provider. Engines take minutes to build, so they are cached: under the state
-/// directory when there is one (a pod's /tmp is small), else the temporary one, each model's
-/// under a prefix of its own bytes' digest, so that a retrained version with the same graph
-/// never picks up the engine of the weights before it.
+/// TensorRT's provider. Engines take minutes to build, so they are cached: in `gpu.engine_cache`
+/// (the server's state directory: a pod's /tmp is small), else the temporary directory, each
+/// model's under a prefix of its own bytes' digest, so that a retrained version with the same
+/// graph never picks up the engine of the weights before it.
 fn tensorrt_provider(model: &[u8], gpu: &Gpu, id: i32) -> ep::TensorRT {
     use sha2::Digest as _;
-    let base = std::env::var_os("MODELSHIP_STATE_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    let cache = base.join("tensorrt-cache");
+    let cache = gpu.engine_cache.clone().unwrap_or_else(|| std::env::temp_dir().join("modelship-tensorrt"));
     let cache = cache.to_string_lossy();
     let digest = hex::encode(&sha2::Sha256::digest(model)[..8]);
     let mut trt = ep::TensorRT::default()
@@ -185,13 +199,13 @@ fn commit_on(environment: &ort::environment::Environment, model: &[u8], options:
     let mut builder = cpu(environment, options)
         .map_err(GpuError::Model)?
         .with_execution_providers(providers)
-        .map_err(|e| GpuError::Unusable(format!("registering {names} failed: {e}")))?;
+        .map_err(|e| GpuError::unusable(format!("registering {names} failed: {e}")))?;
     match builder.commit_from_memory(model) {
         Ok(session) => Ok(session),
         Err(e) => {
             let message = e.to_string();
             match commit(cpu(environment, options).map_err(GpuError::Model)?, model) {
-                Ok(_) => Err(GpuError::Unusable(format!("ONNX Runtime could not start the model on {names}: {message}"))),
+                Ok(cpu) => Err(GpuError::Unusable { why: format!("ONNX Runtime could not start the model on {names}: {message}"), cpu: Some(cpu) }),
                 Err(model_error) => Err(GpuError::Model(model_error)),
             }
         }
