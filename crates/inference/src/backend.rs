@@ -39,6 +39,9 @@ pub struct Gpu {
     pub arena_same_as_requested: bool,
     /// TensorRT first, CUDA for what it leaves (only where the library has TensorRT).
     pub tensorrt: bool,
+    /// Where TensorRT keeps the engines it builds (the server's state directory); none: the
+    /// temporary directory.
+    pub engine_cache: Option<std::path::PathBuf>,
     /// Capture the graph once and replay it (fixed input shapes only).
     pub cuda_graph: bool,
     /// Copy inputs and outputs on a stream of their own instead of the compute stream.

@@ -691,16 +691,11 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     }
     // The port a platform gives the container: Azure Functions' custom handler contract, then
     // Cloud Run's (and Knative's, Heroku's) `PORT`. A flag or `--port` still wins.
-    for key in ["FUNCTIONS_CUSTOMHANDLER_PORT", "PORT"] {
-        if args.port.is_some() {
-            break;
-        }
-        if let Some(v) = env.get(key) {
-            match v.trim().parse::<u16>() {
-                Ok(port) => raw.server.port = Some(port),
-                Err(_) => problems.push(format!("{key} '{v}' is not a port number (0-65535)")),
-            }
-            break;
+    let platform_port = ["FUNCTIONS_CUSTOMHANDLER_PORT", "PORT"].into_iter().find_map(|key| env.get(key).map(|v| (key, v)));
+    if let (None, Some((key, v))) = (args.port, platform_port) {
+        match v.trim().parse::<u16>() {
+            Ok(port) => raw.server.port = Some(port),
+            Err(_) => problems.push(format!("{key} '{v}' is not a port number (0-65535)")),
         }
     }
     if let Some(v) = env.get("MODELSHIP_DEVICE") {
@@ -830,7 +825,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         problems.push("registry.poll_seconds must be at least 0.05".to_owned());
     }
 
-    let gpu = resolve_gpu(raw.model.gpu.as_ref(), &mut problems);
+    let gpu = resolve_gpu(raw.model.gpu.as_ref(), &admin.state_dir, &mut problems);
     // A Triton repository's KIND_GPU is a default: a device the operator gave (--device,
     // MODELSHIP_DEVICE, model.device) decides for its models too.
     if raw.model.device.is_some() {
@@ -1171,8 +1166,9 @@ fn redis_address(url: Option<&str>, host: &str, port: Option<&str>) -> Result<St
 }
 
 /// `model.gpu` checked.
-fn resolve_gpu(raw: Option<&RawGpu>, problems: &mut Vec<String>) -> modelship_inference::Gpu {
-    let Some(g) = raw else { return modelship_inference::Gpu::default() };
+fn resolve_gpu(raw: Option<&RawGpu>, state_dir: &Path, problems: &mut Vec<String>) -> modelship_inference::Gpu {
+    let engine_cache = Some(state_dir.join("tensorrt-cache"));
+    let Some(g) = raw else { return modelship_inference::Gpu { engine_cache, ..modelship_inference::Gpu::default() } };
     let arena_same_as_requested = match g.arena_extend.as_deref() {
         None | Some("next_power_of_two") => false,
         Some("same_as_requested") => true,
@@ -1189,6 +1185,7 @@ fn resolve_gpu(raw: Option<&RawGpu>, problems: &mut Vec<String>) -> modelship_in
         memory_limit: g.memory_limit_bytes,
         arena_same_as_requested,
         tensorrt: g.tensorrt.unwrap_or(false),
+        engine_cache,
         cuda_graph: g.cuda_graph.unwrap_or(false),
         separate_copy_stream: g.separate_copy_stream.unwrap_or(false),
         fallback_to_cpu: g.fallback_to_cpu.unwrap_or(false),
@@ -1519,14 +1516,16 @@ logging:
         let c = check("model: {path: /m.onnx}\n", &[], &[]).unwrap();
         assert_eq!(c.device, Device::Cpu);
         let file = "model: {path: /m.onnx, device: auto, gpu: {memory_limit_bytes: 4294967296, arena_extend: same_as_requested, tensorrt: true}}\nmodels: [{path: /m/b.onnx, device: cpu}, {path: /m/c.onnx, device: 'cuda:1'}]\n";
-        let gpu = Gpu { memory_limit: Some(4 << 30), arena_same_as_requested: true, tensorrt: true, ..Gpu::default() };
         let c = check(file, &[], &[]).unwrap();
+        // TensorRT's engines are kept in the server's state directory.
+        let engine_cache = Some(c.admin.state_dir.join("tensorrt-cache"));
+        let gpu = Gpu { memory_limit: Some(4 << 30), arena_same_as_requested: true, tensorrt: true, engine_cache: engine_cache.clone(), ..Gpu::default() };
         assert_eq!((c.device.clone(), c.workers), (Device::Auto(gpu.clone()), super::default_workers()), "auto may land on the CPU: the CPU's default");
         assert_eq!((c.more_models[0].limits.device.clone(), c.more_models[0].limits.workers), (Some(Device::Cpu), None));
         assert_eq!((c.more_models[1].limits.device.clone(), c.more_models[1].limits.workers), (Some(Device::Cuda(Gpu { id: 1, ..gpu.clone() })), Some(1)));
         // Flag over environment over file; server.workers wins over the GPU's default.
         let c = check("model: {path: /m.onnx, device: auto}\nserver: {workers: 3}\n", &[("MODELSHIP_DEVICE", "cuda")], &["--device", "cuda:2"]).unwrap();
-        assert_eq!((c.device, c.workers), (Device::Cuda(Gpu { id: 2, ..Gpu::default() }), 3));
+        assert_eq!((c.device, c.workers), (Device::Cuda(Gpu { id: 2, engine_cache, ..Gpu::default() }), 3));
         let e = check("model: {path: /m.onnx, device: 'cuda:x', gpu: {arena_extend: huge, memory_limit_bytes: 0}}\n", &[], &[]).unwrap_err();
         for needle in ["model.device: device 'cuda:x' is not one of", "model.gpu.arena_extend 'huge'", "model.gpu.memory_limit_bytes is 0"] {
             assert!(e.contains(needle), "{needle:?} not in {e}");
