@@ -124,11 +124,11 @@ struct Traffic {
 const DRAIN_GRACE_SECONDS: u32 = 8;
 
 /// The new revision's name when a canary needs to name it: the service, the image's tag and a
-/// digest of the revision's own spec, so that any change (a new image, env, probes, a moved
-/// model) names a new revision and `services replace` never finds the name taken.
-pub fn revision_name(d: &Deployment) -> String {
+/// digest of the revision's own spec (`revision`'s), so that any change (a new image, env,
+/// probes, a moved model) names a new revision and `services replace` never finds the name taken.
+fn revision_name(d: &Deployment, revision: &(Labels, RevisionSpec)) -> String {
     use sha2::Digest as _;
-    let spec = serde_json::to_vec(&revision(d)).expect("the spec serializes");
+    let spec = serde_json::to_vec(revision).expect("the spec serializes");
     let digest = hex::encode(&sha2::Sha256::digest(&spec)[..3]);
     let slug: String = d.image.tag.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     let head = format!("{}-{}", d.name, slug.trim_matches('-'));
@@ -217,15 +217,15 @@ fn revision(d: &Deployment) -> (Labels, RevisionSpec) {
     (annotations, spec)
 }
 
-fn service(d: &Deployment) -> Service {
+/// The Service; `new` is the new revision's name, when a canary names it.
+fn service(d: &Deployment, (annotations, spec): (Labels, RevisionSpec), new: Option<&str>) -> Service {
     let c = &d.cloudrun;
-    let (annotations, spec) = revision(d);
-    let traffic = match &c.canary {
-        Some(canary) => vec![
+    let traffic = match (&c.canary, new) {
+        (Some(canary), Some(new)) => vec![
             Traffic { latest_revision: None, revision_name: Some(canary.stable.clone()), percent: 100 - canary.percent, tag: Some("stable") },
-            Traffic { latest_revision: None, revision_name: Some(revision_name(d)), percent: canary.percent, tag: Some("candidate") },
+            Traffic { latest_revision: None, revision_name: Some(new.to_owned()), percent: canary.percent, tag: Some("candidate") },
         ],
-        None => vec![Traffic { latest_revision: Some(true), revision_name: None, percent: 100, tag: None }],
+        _ => vec![Traffic { latest_revision: Some(true), revision_name: None, percent: 100, tag: None }],
     };
     Service {
         api_version: "serving.knative.dev/v1",
@@ -236,13 +236,13 @@ fn service(d: &Deployment) -> Service {
             annotations: BTreeMap::from([("run.googleapis.com/ingress".to_owned(), c.ingress.clone())]),
         },
         spec: ServiceSpec {
-            template: Template { metadata: Meta { name: c.canary.as_ref().map(|_| revision_name(d)), labels: Labels::new(), annotations }, spec },
+            template: Template { metadata: Meta { name: new.map(str::to_owned), labels: Labels::new(), annotations }, spec },
             traffic,
         },
     }
 }
 
-fn script(d: &Deployment, header: &str) -> String {
+fn script(d: &Deployment, header: &str, new: Option<&str>) -> String {
     let c = &d.cloudrun;
     let project = c.project.as_ref().map(|p| format!(" --project {p}")).unwrap_or_default();
     let name = &d.name;
@@ -261,13 +261,12 @@ fn script(d: &Deployment, header: &str) -> String {
          #   gcloud run services add-iam-policy-binding {name} --region {region}{project} --member allUsers --role roles/run.invoker\n",
         image = d.image.name.rsplit('/').next().unwrap_or(&d.image.name),
     ));
-    if let Some(canary) = &c.canary {
+    if let (Some(canary), Some(new)) = (&c.canary, new) {
         out.push_str(&format!(
             "\n# The canary: {percent}% to {new} (its own URL: the `candidate` tag), the rest to {stable}.\n\
              # Promote:   gcloud run services update-traffic {name} --region {region}{project} --to-latest\n\
              # Roll back: gcloud run services update-traffic {name} --region {region}{project} --to-revisions {stable}=100\n",
             percent = canary.percent,
-            new = revision_name(d),
             stable = canary.stable,
         ));
     }
@@ -276,8 +275,11 @@ fn script(d: &Deployment, header: &str) -> String {
 
 pub fn render(d: &Deployment, provenance: &Provenance) -> Vec<GeneratedFile> {
     let header = provenance.header();
+    let revision = revision(d);
+    let new = d.cloudrun.canary.as_ref().map(|_| revision_name(d, &revision));
+    let service = service(d, revision, new.as_deref());
     vec![
-        GeneratedFile { path: SERVICE, contents: format!("{header}{}", crate::yaml::to_string(&service(d))) },
-        GeneratedFile { path: SCRIPT, contents: script(d, &header) },
+        GeneratedFile { path: SERVICE, contents: format!("{header}{}", crate::yaml::to_string(&service)) },
+        GeneratedFile { path: SCRIPT, contents: script(d, &header, new.as_deref()) },
     ]
 }
