@@ -5,15 +5,15 @@
 //! alternatives match an HTTP binding too, so `oneOf` refuses every HTTP trigger); and what the
 //! custom handler contract needs, here. The forwarding itself runs in the e2e suite (`azure.rs`).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{k8s_python, manifest_dir};
 use serde_json::Value;
 
-fn manifest_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
-}
 
 fn golden(file: &str) -> PathBuf {
     manifest_dir().join("tests/golden/azure-functions/azure-functions").join(file)
@@ -23,19 +23,9 @@ fn schema(name: &str) -> PathBuf {
     manifest_dir().join("tests/schemas").join(name)
 }
 
-fn python() -> Option<PathBuf> {
-    let path = manifest_dir().join("../../.cache/k8s-venv/bin/python");
-    if path.exists() {
-        return Some(path);
-    }
-    let why = format!("{} is missing: run scripts/setup.sh --test", path.display());
-    assert!(std::env::var_os("MODELSHIP_REQUIRE_TOOLS").is_none(), "{why}");
-    eprintln!("SKIPPED: {why}");
-    None
-}
 
 fn validate(files: &[&Path]) -> (bool, String) {
-    let out = Command::new(python().unwrap())
+    let out = Command::new(k8s_python().unwrap())
         .arg(manifest_dir().join("tests/json_schema_validate.py"))
         .arg(schema("azure-functions-host.schema.json"))
         .args(files)
@@ -46,7 +36,7 @@ fn validate(files: &[&Path]) -> (bool, String) {
 
 #[test]
 fn host_json_passes_the_schema_with_unknown_keys_refused() {
-    if python().is_none() {
+    if k8s_python().is_none() {
         return;
     }
     let (ok, text) = validate(&[&golden("host.json")]);

@@ -6,25 +6,14 @@
 //!
 //! The Python tools live in `.cache/k8s-venv` (`scripts/setup.sh --test`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Command;
 
+use common::{crd_validate, k8s_python, manifest_dir};
 use serde_yaml_ng::Value;
 
-fn manifest_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
-}
-
-fn python() -> Option<PathBuf> {
-    let path = manifest_dir().join("../../.cache/k8s-venv/bin/python");
-    if path.exists() {
-        return Some(path);
-    }
-    let why = format!("{} is missing: run scripts/setup.sh --test", path.display());
-    assert!(std::env::var_os("MODELSHIP_REQUIRE_TOOLS").is_none(), "{why}");
-    eprintln!("SKIPPED: {why}");
-    None
-}
 
 /// `tests/golden/CASE/cloudrun/FILE` of every case.
 fn golden(file: &str) -> Vec<PathBuf> {
@@ -38,15 +27,9 @@ fn golden(file: &str) -> Vec<PathBuf> {
     found
 }
 
-fn crd_validate(files: &[PathBuf]) -> (bool, String) {
-    let python = python().expect("checked by the caller");
-    let out = Command::new(python).arg(manifest_dir().join("tests/crd_validate.py")).arg(manifest_dir().join("tests/schemas")).args(files).output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
 #[test]
 fn services_pass_knatives_crd_with_unknown_fields_refused() {
-    if python().is_none() {
+    if k8s_python().is_none() {
         return;
     }
     let files = golden("service.yaml");

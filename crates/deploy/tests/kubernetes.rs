@@ -13,10 +13,13 @@
 //! The Python tools live in `.cache/k8s-venv` (`scripts/setup.sh --test`). Without them these
 //! tests say so and pass, unless `MODELSHIP_REQUIRE_TOOLS` is set, as `scripts/test.sh` (CI) does.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{crd_validate, manifest_dir};
 use modelship_deploy::description::{self, quantity};
 use serde_yaml_ng::Value;
 
@@ -24,9 +27,6 @@ use serde_yaml_ng::Value;
 /// sleep action (the image has no shell for an exec sleep) and the newest the validator bundles.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
 
-fn manifest_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
-}
 
 /// The generated directories: `tests/golden/CASE/kubernetes`.
 fn cases() -> Vec<PathBuf> {
@@ -40,17 +40,9 @@ fn cases() -> Vec<PathBuf> {
     dirs
 }
 
-/// The venv's tool, or `None` (with the reason on standard error) when it is not installed and
-/// nothing requires it.
+/// The venv's tool (`.cache/k8s-venv`).
 fn tool(name: &str) -> Option<PathBuf> {
-    let path = manifest_dir().join("../../.cache/k8s-venv/bin").join(name);
-    if path.exists() {
-        return Some(path);
-    }
-    let why = format!("{} is missing: run scripts/setup.sh --test (it installs kubernetes-validate, jsonschema and cel-python)", path.display());
-    assert!(std::env::var_os("MODELSHIP_REQUIRE_TOOLS").is_none(), "{why}");
-    eprintln!("SKIPPED: {why}");
-    None
+    common::tool("k8s-venv", name, "kubernetes-validate, jsonschema and cel-python")
 }
 
 struct Object {
@@ -119,12 +111,6 @@ fn kubernetes_validate_refuses_what_the_cluster_would() {
     // feature gate, off by default (the API server would drop it), so 1.30 is the oldest claimed.
     let out = Command::new(&validate).args(["--strict", "-k", "1.28.0"]).arg(manifest_dir().join("tests/golden/k8s-rolling/kubernetes/deployment.yaml")).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stdout).contains("'sleep' was unexpected"));
-}
-
-fn crd_validate(files: &[PathBuf]) -> (bool, String) {
-    let python = tool("python").expect("checked by the caller");
-    let out = Command::new(python).arg(manifest_dir().join("tests/crd_validate.py")).arg(manifest_dir().join("tests/schemas")).args(files).output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 #[test]

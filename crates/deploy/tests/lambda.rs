@@ -9,26 +9,18 @@
 //! Without them these tests say so and pass, unless `MODELSHIP_REQUIRE_TOOLS` is set, as
 //! `scripts/test.sh` (CI) does.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::manifest_dir;
 use std::process::Command;
 
 const LINTERS: [&str; 2] = ["cfn-lint-sam-venv", "cfn-lint-venv"];
 
-fn manifest_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
-}
-
-/// The venv's program, or `None` (with the reason on standard error) when it is not installed
-/// and nothing requires it.
+/// The venv's program (`.cache/VENV`).
 fn tool(venv: &str, name: &str) -> Option<PathBuf> {
-    let path = manifest_dir().join("../../.cache").join(venv).join("bin").join(name);
-    if path.exists() {
-        return Some(path);
-    }
-    let why = format!("{} is missing: run scripts/setup.sh --test (it installs cfn-lint with and without the SAM translator)", path.display());
-    assert!(std::env::var_os("MODELSHIP_REQUIRE_TOOLS").is_none(), "{why}");
-    eprintln!("SKIPPED: {why}");
-    None
+    common::tool(venv, name, "cfn-lint with and without the SAM translator")
 }
 
 /// Every generated template: `tests/golden/lambda-*/lambda/template.yaml`.
