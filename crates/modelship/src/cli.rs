@@ -1258,6 +1258,9 @@ Examples:
   MODEL_PATH=/models/model.onnx modelship serve
   # from the registry; follows the alias
   modelship serve fraud@production
+  # an edge board: follows the alias in a bucket, keeps serving
+  # (and restarts on its kept copy) when the network goes
+  modelship serve fraud@production --registry s3://models/reg
   # dynamic batching of concurrent requests
   modelship serve mlp.onnx --max-batch-size 32
   # a Triton model repository, as it is (NAME/config.pbtxt, NAME/1/model.onnx)

@@ -269,7 +269,10 @@ impl ModelSource {
         {
             let reference = ModelRef::parse(text)?;
             let registry = Registry::open(&RegistryConfig { root: config.registry_root.clone(), artifacts: None })
-                .with_context(|| format!("cannot open the registry at {}", config.registry_root.display()))?;
+                .with_context(|| format!("cannot open the registry at {}", config.registry_root.display()))?
+                // A remote registry's versions are kept on this host as they are served: a start
+                // without the network serves the last one (`modelship_registry::kept`).
+                .with_kept_copies(&config.admin.state_dir.join("registry-copies"));
             return Ok(ModelSource::Registry { registry: Arc::new(registry), reference });
         }
         Ok(ModelSource::File(path.to_path_buf()))
@@ -288,7 +291,10 @@ impl ModelSource {
                 Ok((prepared.onnx().to_vec().into(), None, Some(digest)))
             }
             ModelSource::Registry { registry, reference } => {
-                let record = registry.resolve(reference).await?;
+                let (record, kept) = registry.resolve_or_kept(reference).await?;
+                if let Some(why) = kept {
+                    tracing::warn!(model = %reference, version = %record.version, "{why}");
+                }
                 let bytes = registry.artifact(&record, &NoProgress).await?;
                 Ok((bytes.to_vec().into(), Some(record), None))
             }

@@ -103,7 +103,19 @@ pub fn s3_bucket(url: &str) -> Result<(Arc<dyn ObjectStore>, StorePath), Registr
     }
     let mut builder = object_store::aws::AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
-        .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
+        .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+        // A store that does not answer is said so within seconds (a start without the network
+        // then serves the kept copy), not after object_store's default of 10 tries over 3 min.
+        .with_retry(object_store::RetryConfig { max_retries: 3, retry_timeout: std::time::Duration::from_secs(15), ..Default::default() });
+    // A whole request may take as long as a large artifact needs (the default, 30 s, fails a
+    // 1 GB download on a 20 MB/s link); a read that stalls for 30 s ends it. `AWS_TIMEOUT` and
+    // `AWS_READ_TIMEOUT` (read by `from_env`) still win.
+    use object_store::{ClientConfigKey, aws::AmazonS3ConfigKey};
+    for (variable, key, value) in [("AWS_TIMEOUT", ClientConfigKey::Timeout, "1h"), ("AWS_READ_TIMEOUT", ClientConfigKey::ReadTimeout, "30s")] {
+        if std::env::var_os(variable).is_none() {
+            builder = builder.with_config(AmazonS3ConfigKey::Client(key), value);
+        }
+    }
     if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
         builder = builder.with_endpoint(endpoint);
     }
@@ -111,6 +123,11 @@ pub fn s3_bucket(url: &str) -> Result<(Arc<dyn ObjectStore>, StorePath), Registr
 }
 
 impl ArtifactStore {
+    /// Whether the artifacts are somewhere else than a local directory (a bucket).
+    pub fn is_remote(&self) -> bool {
+        self.dir.is_none()
+    }
+
     /// Artifacts under a local directory (created if missing).
     pub fn local(dir: &Path) -> Result<Self, RegistryError> {
         std::fs::create_dir_all(dir).map_err(RegistryError::io(format!("cannot create {}", dir.display())))?;

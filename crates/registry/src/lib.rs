@@ -10,6 +10,8 @@
 //! - [`catalog`]: versions, aliases and alias history in SQLite (one transaction per change).
 //! - [`bucket`]: the same catalog as one document per model in a bucket, changed by conditional
 //!   writes, for a registry that lives wholly in object storage (`s3://bucket/prefix`).
+//! - [`kept`]: a host's own copies of what it served from a remote registry, for a start with no
+//!   network and for versions it already holds.
 //!
 //! The only crate that knows the registry's layout: `<root>/registry.db` for metadata and
 //! `<root>/artifacts/sha256/<digest>` (or `s3://bucket/prefix/sha256/<digest>`) for artifacts; or,
@@ -21,6 +23,7 @@ pub mod artifacts;
 pub mod bucket;
 pub mod catalog;
 mod error;
+pub mod kept;
 pub mod mlflow;
 pub mod name;
 pub mod onnx_meta;

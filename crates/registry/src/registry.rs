@@ -21,6 +21,7 @@ use tokio::io::AsyncReadExt;
 use crate::artifacts::{ArtifactStore, STALE_PARTIAL, StoredFile, crash_point, remove_files, sha256_hex};
 use crate::bucket::BucketCatalog;
 use crate::catalog::{AliasMove, Catalog, Inserted, VersionRecord, now_ms};
+use crate::kept::KeptCopies;
 use crate::name::{ModelRef, check_alias, check_name, check_version};
 use crate::{RegistryError, onnx_meta};
 
@@ -272,6 +273,8 @@ pub struct Registry {
     artifacts: ArtifactStore,
     root: PathBuf,
     max_artifact_bytes: u64,
+    /// This host's copies of what it read from a remote store ([`Registry::with_kept_copies`]).
+    kept: Option<Arc<KeptCopies>>,
 }
 
 /// `file` with its size and age as they are now.
@@ -376,7 +379,7 @@ impl Registry {
             )));
         }
         let artifacts = ArtifactStore::open(&location, &root.join("artifacts"))?;
-        Ok(Registry { catalog: Index::Local(Arc::new(catalog)), artifacts, root: root.clone(), max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES })
+        Ok(Registry { catalog: Index::Local(Arc::new(catalog)), artifacts, root: root.clone(), max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES, kept: None })
     }
 
     /// A registry wholly in a bucket: catalog documents under `<prefix>/catalog/`, artifacts under
@@ -396,6 +399,7 @@ impl Registry {
                 artifacts: ArtifactStore::in_bucket(store, prefix, url),
                 root: config.root.clone(),
                 max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+                kept: None,
             })
         }
         #[cfg(not(feature = "s3"))]
@@ -410,6 +414,7 @@ impl Registry {
             artifacts: ArtifactStore::in_bucket(store, prefix, url),
             root: PathBuf::from(url),
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+            kept: None,
         }
     }
 
@@ -420,6 +425,22 @@ impl Registry {
     }
 
     /// Whether this registry was opened read-only (it could not be written).
+    /// Keeps copies of what is read from a remote store under `dir` (see [`crate::kept`]):
+    /// artifacts are read there first, and [`Registry::resolve_or_kept`] falls back on the
+    /// version last served when the registry cannot be reached. A registry whose artifacts are
+    /// in a local directory keeps nothing: it is its own copy.
+    pub fn with_kept_copies(mut self, dir: &Path) -> Self {
+        if self.artifacts.is_remote() {
+            self.kept = Some(Arc::new(KeptCopies::new(dir)));
+        }
+        self
+    }
+
+    /// Whether this registry keeps copies of what it reads.
+    pub fn keeps_copies(&self) -> bool {
+        self.kept.is_some()
+    }
+
     pub fn is_read_only(&self) -> bool {
         self.catalog.writable().is_err()
     }
@@ -569,8 +590,22 @@ impl Registry {
     pub async fn warmup_sample(&self, record: &VersionRecord) -> Result<Option<Bytes>, RegistryError> {
         match record.warmup_sample_digest() {
             None => Ok(None),
-            Some(digest) => self.artifacts.get(digest, &NoProgress).await.map(Some),
+            Some(digest) => self.verified(digest, &NoProgress).await.map(Some),
         }
+    }
+
+    /// The bytes of `digest`, checked against it: the kept copy when there is a sound one, else
+    /// read from the store (and kept).
+    async fn verified(&self, digest: &str, progress: &dyn Progress) -> Result<Bytes, RegistryError> {
+        let Some(kept) = &self.kept else { return self.artifacts.get(digest, progress).await };
+        if let Some(bytes) = kept.artifact(digest).await {
+            return Ok(bytes);
+        }
+        let bytes = self.artifacts.get(digest, progress).await?;
+        if let Err(e) = kept.keep(digest, bytes.clone()).await {
+            tracing::warn!(digest, error = %e, "cannot keep a copy of the artifact; serving it from memory");
+        }
+        Ok(bytes)
     }
 
     /// Registers in-memory bytes (imports from other registries).
@@ -623,6 +658,39 @@ impl Registry {
         found.ok_or_else(|| RegistryError::UnknownModel(name.to_owned()))
     }
 
+    /// The version `reference` names now; or, when the registry cannot be reached (its store
+    /// failed to answer: a network cut, a server down, refused credentials; not an answer such
+    /// as an unknown alias) and this host kept the version it last served under `reference`,
+    /// that version, with why it was chosen.
+    pub async fn resolve_or_kept(&self, reference: &ModelRef) -> Result<(VersionRecord, Option<String>), RegistryError> {
+        match self.resolve(reference).await {
+            Ok(record) => Ok((record, None)),
+            Err(RegistryError::Store(why)) => {
+                let Some(kept) = self.kept.as_ref().and_then(|k| k.served(&reference.to_string())) else {
+                    return Err(RegistryError::Store(why));
+                };
+                let when = kept.served_ms;
+                Ok((kept.record, Some(format!("the registry cannot be reached ({why}); serving the kept copy of the version last served under {reference} (recorded at {when} ms since the epoch)"))))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records `version` of `reference`'s model as served under `reference` (its artifact and
+    /// warm-up sample kept, fetched first when missing), for [`Registry::resolve_or_kept`].
+    /// Returns whether anything is kept (false for a registry that keeps no copies).
+    pub async fn record_served(&self, reference: &ModelRef, version: &str) -> Result<bool, RegistryError> {
+        let Some(kept) = &self.kept else { return Ok(false) };
+        let record = self.resolve(&ModelRef::Version(reference.name().to_owned(), version.to_owned())).await?;
+        self.verified(&record.digest, &NoProgress).await?;
+        self.warmup_sample(&record).await?;
+        let (kept, reference) = (Arc::clone(kept), reference.to_string());
+        tokio::task::spawn_blocking(move || kept.record_served(&reference, &record))
+            .await
+            .map_err(|e| RegistryError::Store(format!("recording the served version failed: {e}")))??;
+        Ok(true)
+    }
+
     /// The version an alias points at now, without reading the record (cheap enough to poll).
     pub async fn alias_target(&self, name: &str, alias: &str) -> Result<Option<String>, RegistryError> {
         self.catalog.alias_target(name, alias).await
@@ -630,7 +698,7 @@ impl Registry {
 
     /// The artifact of a version, checked against its digest.
     pub async fn artifact(&self, record: &VersionRecord, progress: &dyn Progress) -> Result<Bytes, RegistryError> {
-        self.artifacts.get(&record.digest, progress).await
+        self.verified(&record.digest, progress).await
     }
 
     /// Writes a version's artifact to `dest`, atomically (a temporary file renamed into place).

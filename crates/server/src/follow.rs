@@ -6,7 +6,9 @@
 //! what was queued for them and stop when the last request holding the old model ends, so no
 //! request fails because of a swap. A version that fails to load leaves the current one serving;
 //! the failure is logged, counted and shown in readiness, and that version is not retried until
-//! the alias moves again.
+//! the alias moves again. A registry that cannot be reached leaves the current version serving
+//! (readiness says so, the server stays ready); a version served under the alias is recorded in
+//! the registry's kept copies, when it keeps them, for a start without the registry.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +42,11 @@ pub async fn follow_alias(state: AppState, follow: Follow) {
     let swaps = state.metrics.model_swaps.clone();
     let name = follow.traffic.spec.name.clone();
     let mut failed: Option<String> = None;
+    // Cut off from the registry: the version served goes on serving, readiness says why.
+    let mut unreachable = false;
+    // The version this host recorded as served (kept for a start without the registry).
+    let mut recorded: Option<String> = None;
+    let reference = modelship_registry::ModelRef::Alias(follow.model.clone(), follow.alias.clone());
     let mut ticker = tokio::time::interval(follow.poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -51,10 +58,27 @@ pub async fn follow_alias(state: AppState, follow: Follow) {
         // revision, so an alias read after the routing is never older than that routing.
         let Ok((table, seen)) = state.models.routing(&name) else { continue };
         let target = match follow.registry.alias_target(&follow.model, &follow.alias).await {
-            Ok(Some(v)) => v,
-            Ok(None) => continue,
+            Ok(target) => {
+                if std::mem::take(&mut unreachable) {
+                    tracing::info!(model = %follow.model, alias = %follow.alias, "the registry answers again");
+                    if failed.is_none() {
+                        state.models.set_reload_error(&name, None);
+                    }
+                }
+                match target {
+                    Some(v) => v,
+                    None => continue,
+                }
+            }
             Err(e) => {
-                tracing::warn!(model = %follow.model, alias = %follow.alias, error = %e, "cannot read the alias; keeping the current version");
+                // Said once per outage, not at every poll.
+                if !std::mem::replace(&mut unreachable, true) {
+                    tracing::warn!(model = %follow.model, alias = %follow.alias, error = %e, "cannot read the alias; keeping the current version until the registry answers");
+                    state.models.set_reload_error(
+                        &name,
+                        Some(format!("cannot reach the registry to read {reference} ({e}); serving {}, the version it last named", table.stable)),
+                    );
+                }
                 continue;
             }
         };
@@ -62,6 +86,13 @@ pub async fn follow_alias(state: AppState, follow: Follow) {
         if target == current {
             if failed.take().is_some() {
                 state.models.set_reload_error(&name, None);
+            }
+            // Served and answering: the copy a start without the registry falls back on.
+            if recorded.as_deref() != Some(current.as_str()) {
+                match follow.registry.record_served(&reference, &current).await {
+                    Ok(_) => recorded = Some(current),
+                    Err(e) => tracing::warn!(model = %follow.model, version = %current, error = %e, "cannot keep a copy of the served version; a start without the registry will not find it"),
+                }
             }
             continue;
         }
