@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The edge build's figures: a release cross build for aarch64 (--no-default-features), run under
+# The edge build's figures: a release cross build for aarch64 (--no-default-features --features s3), run under
 # qemu-aarch64 serving the NEPSE-style 4-feature XGBoost model: binary size (as built and with
 # its debug information stripped), time to ready, idle RSS and threads, single-row /v1/predict
 # latency (p50, p99) under emulation, and the same on the native x86_64 server for scale.
@@ -16,7 +16,7 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 started=$(date +%s)
-cargo build --release --locked -p modelship --no-default-features --target aarch64-unknown-linux-gnu --target-dir "$TARGET_DIR" >&2
+cargo build --release --locked -p modelship --no-default-features --features s3 --target aarch64-unknown-linux-gnu --target-dir "$TARGET_DIR" >&2
 echo "release cross build: $(( $(date +%s) - started )) s (incremental when nothing changed)" >&2
 binary="$TARGET_DIR/aarch64-unknown-linux-gnu/release/modelship"
 aarch64-linux-gnu-strip --strip-debug -o "$work/modelship" "$binary"

@@ -17,7 +17,7 @@ name: bench
 model: {file: $PWD/examples/models/fraud.onnx, delivery: bake}
 image: {name: modelship-bench, tag: release, bases: {tools: "modelship-test/bookworm:12"}}
 YAML
-docker rmi -f modelship-bench:release >/dev/null 2>&1 || true
+docker images -q modelship-bench | xargs -r docker rmi -f >/dev/null 2>&1 || true
 "$TARGET/release/modelship" deploy docker --file "$out/deploy.yaml" --out "$out/image" --apply --output json > "$out/summary.json"
 python3 - "$out/summary.json" "$TARGET/release/modelship" <<'PY'
 import json, os, sys
@@ -27,9 +27,11 @@ lib = os.path.getsize(os.path.join(os.path.dirname(sys.argv[1]), "image/lib/libo
 print(f"build_seconds {s['build_seconds']:.1f} (uncached: a fresh tag, the tools base present)")
 print(f"image_bytes {s['image_bytes']} ({s['image_bytes']/1e6:.1f} MB): binary {binary/1e6:.1f} MB, libonnxruntime {lib/1e6:.1f} MB, the rest system libraries and the model")
 PY
+# `deploy docker` tags the image with the build's content digest: release-<digest>.
+image=$(docker images --format '{{.Repository}}:{{.Tag}}' modelship-bench | head -1)
 for i in $(seq "$RUNS"); do
   start=$(date +%s.%N)
-  docker run -d --name ms-bench-image -p 127.0.0.1:18000:8000 modelship-bench:release >/dev/null
+  docker run -d --name ms-bench-image -p 127.0.0.1:18000:8000 "$image" >/dev/null
   until curl -fs -o /dev/null http://127.0.0.1:18000/health/ready; do sleep 0.01; done
   end=$(date +%s.%N)
   echo "cold_start_seconds $(python3 -c "print(f'{$end - $start:.3f}')") (docker run to /health/ready 200, run $i)"

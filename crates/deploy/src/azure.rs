@@ -111,7 +111,7 @@ fn makefile(d: &Deployment, header: &str) -> String {
          \trm -rf $(PACKAGE) $(HERE)app.zip\n\
          \tmkdir -p $(PACKAGE)/{LIBRARY_DIR} $(PACKAGE)/{models} $(PACKAGE)/{FUNCTION_DIR}\n\
          \tcp $(BINARY) $(PACKAGE)/{EXECUTABLE}\n\
-         \t$(STRIP) --strip-debug $(PACKAGE)/{EXECUTABLE}\n\
+         \t$(STRIP) --strip-all $(PACKAGE)/{EXECUTABLE}\n\
          \tcp $(ORT_LIB) $(PACKAGE)/{library}\n\
          \tcp $(MODEL) $(PACKAGE)/{model_path}\n\
          \tcp $(HERE){HOST} $(PACKAGE)/{HOST}\n\

@@ -119,7 +119,7 @@ fn dockerfile(d: &Deployment, gpu: bool) -> String {
         } else {
             push(&mut out, &format!("RUN cargo build --release --locked -p modelship --features {} \\", features.join(",")));
         }
-        push(&mut out, "    && install -D target/release/modelship /out/modelship");
+        push(&mut out, "    && install -D --strip target/release/modelship /out/modelship");
         out.push('\n');
     }
     if img.build == Build::Source || gpu {

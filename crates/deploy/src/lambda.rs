@@ -405,7 +405,7 @@ fn makefile(d: &Deployment) -> String {
          \trm -rf $(PACKAGE)\n\
          \tmkdir -p $(PACKAGE)\n\
          \tcp $(BOOTSTRAP) $(PACKAGE)/bootstrap\n\
-         \t$(STRIP) --strip-debug $(PACKAGE)/bootstrap\n\
+         \t$(STRIP) --strip-all $(PACKAGE)/bootstrap\n\
          \tcp $(ORT_LIB) $(PACKAGE)/libonnxruntime.so.$(ORT_VERSION)\n\
          {copy_model}\
          {image_target}\

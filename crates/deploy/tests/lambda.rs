@@ -97,7 +97,7 @@ fn the_makefile_packages_what_the_template_names() {
         let out = Command::new("make").args(["-n", "-f"]).arg(dir.join("Makefile")).args(["package", "BOOTSTRAP=/bin/true", "ORT_LIB=/bin/true"]).output().unwrap();
         let plan = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
-        assert!(plan.contains("cp /bin/true ") && plan.contains("package/bootstrap") && plan.contains("--strip-debug"), "{plan}");
+        assert!(plan.contains("cp /bin/true ") && plan.contains("package/bootstrap") && plan.contains("--strip-all"), "{plan}");
         let text = std::fs::read_to_string(&template).unwrap();
         if text.contains("PackageType: \"Image\"") {
             // The image is built from the package directory the template's Metadata names, with
