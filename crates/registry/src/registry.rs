@@ -669,8 +669,8 @@ impl Registry {
                 let Some(kept) = self.kept.as_ref().and_then(|k| k.served(&reference.to_string())) else {
                     return Err(RegistryError::Store(why));
                 };
-                let when = kept.served_ms;
-                Ok((kept.record, Some(format!("the registry cannot be reached ({why}); serving the kept copy of the version last served under {reference} (recorded at {when} ms since the epoch)"))))
+                let age_s = (now_ms() - kept.served_ms).max(0) / 1000;
+                Ok((kept.record, Some(format!("the registry cannot be reached ({why}); serving the kept copy of the version last served under {reference} (recorded {age_s} s ago)"))))
             }
             Err(e) => Err(e),
         }
