@@ -7,17 +7,23 @@
 //!   against its digest when written and again when read; a copy that no longer hashes to its
 //!   name is deleted and fetched again. Reads go here first, so a version the host already holds
 //!   is never downloaded twice.
-//! - `served/<key>.json`: per reference (`fraud@production`), the version last served under it
-//!   and the one before it. `<key>` is a hash of the reference: a user's name never becomes part
-//!   of a path. Only those versions' files are kept; the rest are removed when a new version is
-//!   recorded, so the directory holds at most two versions per followed reference.
+//! - `served/<key>.json`: per registry and reference (`fraud@production` of `s3://models/reg`),
+//!   the version last served under it and the one before it. `<key>` is a hash of both: a user's
+//!   name never becomes part of a path, and a host moved to another registry never starts on the
+//!   first one's copy. Only those versions' files are kept; the rest are removed when a new
+//!   version is recorded (those written in the last ten minutes stay: another model of the same
+//!   server may be about to record them), so the directory holds about two versions per followed
+//!   reference.
 //!
 //! Every file is written to a temporary name, synced and renamed into place: a power cut leaves
-//! the previous file or the new one, never half of one.
+//! the previous file or the new one, never half of one (and the temporary file, removed by the
+//! next prune).
 
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -29,6 +35,8 @@ use crate::catalog::{VersionRecord, now_ms};
 /// What `served/<key>.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Served {
+    /// The registry it came from (`s3://models/reg`).
+    pub registry: String,
     /// The reference it was served under, as written (`fraud@production`).
     pub reference: String,
     /// The version served last, and when it was recorded (milliseconds since the Unix epoch).
@@ -42,11 +50,17 @@ pub struct Served {
 #[derive(Debug)]
 pub struct KeptCopies {
     dir: PathBuf,
+    /// The registry's location, part of every record's key.
+    registry: String,
 }
 
+/// Files younger than this are never pruned: a copy just kept for a version another follower is
+/// about to record, or a temporary file being written.
+const PRUNE_AFTER: Duration = Duration::from_secs(600);
+
 impl KeptCopies {
-    pub fn new(dir: &Path) -> Self {
-        KeptCopies { dir: dir.to_path_buf() }
+    pub fn new(dir: &Path, registry: &str) -> Self {
+        KeptCopies { dir: dir.to_path_buf(), registry: registry.to_owned() }
     }
 
     pub fn dir(&self) -> &Path {
@@ -58,7 +72,8 @@ impl KeptCopies {
     }
 
     fn served_path(&self, reference: &str) -> PathBuf {
-        self.dir.join("served").join(format!("{}.json", &sha256_hex(reference.as_bytes())[..32]))
+        let key = format!("{}\n{reference}", self.registry);
+        self.dir.join("served").join(format!("{}.json", &sha256_hex(key.as_bytes())[..32]))
     }
 
     /// The kept copy of `digest` when there is one that still hashes to it. A damaged copy is
@@ -92,13 +107,15 @@ impl KeptCopies {
         self.artifact_path(digest).is_some_and(|p| p.is_file())
     }
 
-    /// What was last served under `reference`, when its artifact is kept too.
+    /// What was last served under `reference` from this registry, when its artifact (and warm-up
+    /// sample) are kept too.
     pub fn served(&self, reference: &str) -> Option<Served> {
         let text = std::fs::read(self.served_path(reference)).ok()?;
         let served: Served = serde_json::from_slice(&text)
             .map_err(|e| tracing::warn!(reference, error = %e, "the record of the kept version is unreadable; ignored"))
             .ok()?;
-        (served.reference == reference && self.holds(&served.record.digest)).then_some(served)
+        let complete = self.holds(&served.record.digest) && served.record.warmup_sample_digest().is_none_or(|d| self.holds(d));
+        (served.registry == self.registry && served.reference == reference && complete).then_some(served)
     }
 
     /// Records `record` as the version served under `reference` (its artifact and warm-up sample
@@ -109,6 +126,7 @@ impl KeptCopies {
             return Ok(());
         }
         let served = Served {
+            registry: self.registry.clone(),
             reference: reference.to_owned(),
             record: record.clone(),
             served_ms: now_ms(),
@@ -132,10 +150,18 @@ impl KeptCopies {
                 wanted.extend(record.warmup_sample_digest().map(str::to_owned));
             }
         }
-        for entry in std::fs::read_dir(self.dir.join("sha256")).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if is_digest(&name) && !wanted.contains(&name) {
-                let _ = std::fs::remove_file(entry.path());
+        let recent = |entry: &std::fs::DirEntry| {
+            let modified = entry.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+            SystemTime::now().duration_since(modified).unwrap_or_default() < PRUNE_AFTER
+        };
+        for dir in ["sha256", "served"] {
+            for entry in std::fs::read_dir(self.dir.join(dir)).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // Kept copies no record names, and temporary files a crash left behind.
+                let unwanted = if name.starts_with('.') { true } else { dir == "sha256" && is_digest(&name) && !wanted.contains(&name) };
+                if unwanted && !recent(&entry) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
         }
     }
@@ -144,7 +170,10 @@ impl KeptCopies {
 /// Writes `bytes` to `path` under `dir` through a synced temporary file and a rename.
 fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
     std::fs::create_dir_all(dir).map_err(RegistryError::io(format!("cannot create {}", dir.display())))?;
-    let temporary = dir.join(format!(".{}.{}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));
+    // Unique per write: two writers of the same file never share a temporary name.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let unique = format!("{}.{}", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed));
+    let temporary = dir.join(format!(".{}.{unique}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
     let written = (|| {
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(bytes)?;
@@ -171,25 +200,43 @@ mod tests {
         .unwrap()
     }
 
+    /// Makes every file under `dir` an hour old, past [`PRUNE_AFTER`].
+    fn age(dir: &Path) {
+        for sub in ["sha256", "served"] {
+            for entry in std::fs::read_dir(dir.join(sub)).into_iter().flatten().flatten() {
+                let file = std::fs::File::options().append(true).open(entry.path()).unwrap();
+                file.set_modified(SystemTime::now() - Duration::from_secs(3600)).unwrap();
+            }
+        }
+    }
+
     #[tokio::test]
     async fn keeps_the_served_version_and_the_one_before_and_drops_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let kept = KeptCopies::new(dir.path());
+        let kept = KeptCopies::new(dir.path(), "s3://models/reg");
         let (one, two, three) = (record("1", b"one"), record("2", b"two"), record("3", b"three"));
         for (r, bytes) in [(&one, &b"one"[..]), (&two, b"two"), (&three, b"three")] {
             kept.keep(&r.digest, Bytes::copy_from_slice(bytes)).await.unwrap();
         }
         assert!(kept.served("fraud@production").is_none(), "nothing recorded yet");
+        // A crash's leftover temporary file.
+        std::fs::write(dir.path().join("sha256").join(format!(".{}.1.0", three.digest)), b"thr").unwrap();
         kept.record_served("fraud@production", &one).unwrap();
+        assert!(kept.holds(&two.digest), "a copy written in the last ten minutes stays (another follower may record it)");
+        age(dir.path());
+        kept.record_served("fraud@staging", &one).unwrap();
         assert_eq!(kept.served("fraud@production").unwrap().record.version, "1");
-        assert!(!kept.holds(&two.digest) && !kept.holds(&three.digest), "copies no record names are removed");
+        assert!(!kept.holds(&two.digest) && !kept.holds(&three.digest), "older copies no record names are removed");
+        assert_eq!(std::fs::read_dir(dir.path().join("sha256")).unwrap().count(), 1, "and so are stale temporary files");
+        // Another registry's host never starts on this one's copy.
+        assert!(KeptCopies::new(dir.path(), "s3://other/reg").served("fraud@production").is_none());
 
         kept.keep(&two.digest, Bytes::from_static(b"two")).await.unwrap();
         kept.record_served("fraud@production", &two).unwrap();
         let served = kept.served("fraud@production").unwrap();
         assert_eq!((served.record.version.as_str(), served.previous.map(|p| p.version)), ("2", Some("1".to_owned())));
         assert_eq!(kept.artifact(&one.digest).await.as_deref(), Some(&b"one"[..]), "the one before is kept for a rollback");
-        assert!(kept.served("fraud@staging").is_none(), "another reference has its own record");
+        assert!(kept.served("fraud@canary").is_none(), "another reference has its own record");
 
         // A copy damaged on disk is refused and removed; its record then names nothing kept.
         std::fs::write(dir.path().join("sha256").join(&two.digest), b"tw0").unwrap();
@@ -201,7 +248,7 @@ mod tests {
     #[tokio::test]
     async fn names_never_become_paths() {
         let dir = tempfile::tempdir().unwrap();
-        let kept = KeptCopies::new(dir.path());
+        let kept = KeptCopies::new(dir.path(), "s3://models/reg");
         kept.keep("../../etc/passwd", Bytes::from_static(b"x")).await.unwrap();
         assert!(kept.artifact("../../etc/passwd").await.is_none());
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing written for a name that is no digest");

@@ -424,14 +424,13 @@ impl Registry {
         self
     }
 
-    /// Whether this registry was opened read-only (it could not be written).
     /// Keeps copies of what is read from a remote store under `dir` (see [`crate::kept`]):
     /// artifacts are read there first, and [`Registry::resolve_or_kept`] falls back on the
     /// version last served when the registry cannot be reached. A registry whose artifacts are
     /// in a local directory keeps nothing: it is its own copy.
     pub fn with_kept_copies(mut self, dir: &Path) -> Self {
         if self.artifacts.is_remote() {
-            self.kept = Some(Arc::new(KeptCopies::new(dir)));
+            self.kept = Some(Arc::new(KeptCopies::new(dir, self.artifacts.location())));
         }
         self
     }
@@ -441,6 +440,7 @@ impl Registry {
         self.kept.is_some()
     }
 
+    /// Whether this registry was opened read-only (it could not be written).
     pub fn is_read_only(&self) -> bool {
         self.catalog.writable().is_err()
     }

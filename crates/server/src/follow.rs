@@ -41,11 +41,14 @@ pub struct Follow {
 pub async fn follow_alias(state: AppState, follow: Follow) {
     let swaps = state.metrics.model_swaps.clone();
     let name = follow.traffic.spec.name.clone();
-    let mut failed: Option<String> = None;
+    // The version that failed to load, and what readiness says of it.
+    let mut failed: Option<(String, String)> = None;
     // Cut off from the registry: the version served goes on serving, readiness says why.
     let mut unreachable = false;
-    // The version this host recorded as served (kept for a start without the registry).
+    // The version this host recorded as served (kept for a start without the registry), and when
+    // a failed recording is tried again (backing off: each try may download the artifact).
     let mut recorded: Option<String> = None;
+    let (mut record_at, mut record_backoff) = (Instant::now(), follow.poll);
     let reference = modelship_registry::ModelRef::Alias(follow.model.clone(), follow.alias.clone());
     let mut ticker = tokio::time::interval(follow.poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -61,9 +64,8 @@ pub async fn follow_alias(state: AppState, follow: Follow) {
             Ok(target) => {
                 if std::mem::take(&mut unreachable) {
                     tracing::info!(model = %follow.model, alias = %follow.alias, "the registry answers again");
-                    if failed.is_none() {
-                        state.models.set_reload_error(&name, None);
-                    }
+                    // What readiness said before the outage, if anything.
+                    state.models.set_reload_error(&name, failed.as_ref().map(|(_, note)| note.clone()));
                 }
                 match target {
                     Some(v) => v,
@@ -71,14 +73,15 @@ pub async fn follow_alias(state: AppState, follow: Follow) {
                 }
             }
             Err(e) => {
-                // Said once per outage, not at every poll.
+                // Logged once per outage; readiness says it at every poll (another writer of the
+                // note, such as a traffic change, may have cleared it meanwhile).
                 if !std::mem::replace(&mut unreachable, true) {
                     tracing::warn!(model = %follow.model, alias = %follow.alias, error = %e, "cannot read the alias; keeping the current version until the registry answers");
-                    state.models.set_reload_error(
-                        &name,
-                        Some(format!("cannot reach the registry to read {reference} ({e}); serving {}, the version it last named", table.stable)),
-                    );
                 }
+                state.models.set_reload_error(
+                    &name,
+                    Some(format!("cannot reach the registry to read {reference} ({e}); serving {}, the version it last named", table.stable)),
+                );
                 continue;
             }
         };
@@ -88,15 +91,22 @@ pub async fn follow_alias(state: AppState, follow: Follow) {
                 state.models.set_reload_error(&name, None);
             }
             // Served and answering: the copy a start without the registry falls back on.
-            if recorded.as_deref() != Some(current.as_str()) {
+            if recorded.as_deref() != Some(current.as_str()) && Instant::now() >= record_at {
                 match follow.registry.record_served(&reference, &current).await {
-                    Ok(_) => recorded = Some(current),
-                    Err(e) => tracing::warn!(model = %follow.model, version = %current, error = %e, "cannot keep a copy of the served version; a start without the registry will not find it"),
+                    Ok(_) => {
+                        recorded = Some(current);
+                        record_backoff = follow.poll;
+                    }
+                    Err(e) => {
+                        tracing::warn!(model = %follow.model, version = %current, error = %e, retry_s = record_backoff.as_secs_f64(), "cannot keep a copy of the served version; a start without the registry will not find it");
+                        record_at = Instant::now() + record_backoff;
+                        record_backoff = (record_backoff * 2).min(Duration::from_secs(600));
+                    }
                 }
             }
             continue;
         }
-        if failed.as_deref() == Some(target.as_str()) {
+        if failed.as_ref().is_some_and(|(version, _)| *version == target) {
             continue;
         }
         match swap_to(&state, &follow, &target, seen).await {
@@ -119,18 +129,18 @@ pub async fn follow_alias(state: AppState, follow: Follow) {
                 );
                 record(&swaps, &name, "failure");
                 // A version that cannot be served is not tried again until the alias moves; a
-                // control store that did not answer is tried again at the next poll.
-                let retried = matches!(e, crate::error::ApiError::ControlStoreUnavailable(_));
-                state.models.set_reload_error(
-                    &name,
-                    Some(if retried {
-                        format!("{}@{} moved to {target}, which cannot be recorded yet ({e}); still serving {current}", follow.model, follow.alias)
-                    } else {
-                        format!("{}@{} moved to {target}, which failed to load ({e}); still serving {current}", follow.model, follow.alias)
-                    }),
-                );
+                // control store or a registry store that did not answer (a download cut off) is
+                // tried again at the next poll.
+                use crate::error::ApiError;
+                let retried = matches!(e, ApiError::ControlStoreUnavailable(_) | ApiError::Registry(modelship_registry::RegistryError::Store(_)));
+                let note = if retried {
+                    format!("{}@{} moved to {target}, which cannot be fetched or recorded yet ({e}); still serving {current}", follow.model, follow.alias)
+                } else {
+                    format!("{}@{} moved to {target}, which failed to load ({e}); still serving {current}", follow.model, follow.alias)
+                };
+                state.models.set_reload_error(&name, Some(note.clone()));
                 if !retried {
-                    failed = Some(target);
+                    failed = Some((target, note));
                 }
             }
         }
