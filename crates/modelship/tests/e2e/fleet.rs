@@ -362,6 +362,60 @@ fn a_bad_candidate_seen_by_one_replica_is_rolled_back_by_the_leader() {
     assert_eq!(reasons.len(), 2, "started, rolled back: {reasons:?}");
 }
 
+/// Scale-up during a rollout (issue 32's first defect): 3 replicas start the canary step of a
+/// broken candidate, then 17 more join (before the step settles, or after), and the load lands
+/// on all 20. The joiners' evidence must count: the leader rolls the candidate back on
+/// `error_rate`, never judging "0 requests" once evidence has arrived.
+#[test]
+fn replicas_that_join_before_the_step_settles_are_counted() {
+    scale_up_mid_step(false);
+}
+
+#[test]
+fn replicas_that_join_after_the_step_settled_are_counted() {
+    scale_up_mid_step(true);
+}
+
+fn scale_up_mid_step(after_settling: bool) {
+    let redis = Redis::start(free_port());
+    let mut fleet = Replicas::start(&redis, 3);
+    fleet.push("faulty", "3");
+    fleet.converge(0);
+    let spec = fleet.spec("to: '3'\ncanary: {weights: [30, 100], every: 1m}\nchecks: [{error_rate: {}}]\nfailure: {consecutive: 2, min_samples: 20, deadline: 10m}\ninterval: 500ms\n");
+    let started = fleet.rollout(2, &["start", "fraud", "--spec", &spec]);
+    assert_eq!(started["phase"]["phase"], "progressing", "{started}");
+    if after_settling {
+        fleet.wait_rollout(0, "settled on step 1", |s| s["settled_ms"].is_u64());
+    }
+    let joining = Instant::now();
+    for _ in 0..17 {
+        fleet.add(&redis);
+    }
+    eprintln!("fleet: 17 replicas joined step 1 ({}) in {:.1} s", if after_settling { "after it settled" } else { "before it settled" }, joining.elapsed().as_secs_f64());
+    let revision = fleet.wait_rollout(0, "settled on step 1", |s| s["settled_ms"].is_u64())["revision"].as_u64().unwrap();
+    fleet.converge(revision);
+    let loads: Vec<Load> = (0..fleet.servers.len()).map(|i| Load::start(&fleet.server(i).url("/v1/predict"), 1)).collect();
+    let loaded = Instant::now();
+    let mut verdicts = Vec::new();
+    let done = fleet.wait_rollout(0, "rolled back with 20 replicas", |s| {
+        if let Some(check) = s["checks"].as_array().and_then(|c| c.iter().find(|c| c["check"] == "error_rate")) {
+            verdicts.push(check["result"].to_string());
+        }
+        s["phase"]["phase"] == "rolled_back"
+    });
+    let reason = done["phase"]["reason"].as_str().unwrap();
+    assert!(reason.contains("error_rate"), "{done}");
+    eprintln!("fleet: 20 replicas, rolled back {:.1} s after the load began: {reason}", loaded.elapsed().as_secs_f64());
+    // Once evidence arrived, the leader never judged from nothing again.
+    let after_evidence = verdicts.iter().skip_while(|v| v.contains("0 requests")).filter(|v| v.contains("0 requests")).count();
+    assert_eq!(after_evidence, 0, "the leader judged from nothing after evidence had arrived: {verdicts:?}");
+    for load in loads {
+        load.finish();
+    }
+    let history = fleet.rollout(1, &["history", "fraud"]);
+    assert_eq!(decisions(&history, 1).len(), 2, "started, rolled back: one decision each");
+}
+
 /// An identical candidate walks every step and is promoted, with load on every replica. Its
 /// leader is killed (SIGKILL) in the middle: another replica takes the lease over within its
 /// time to live plus one interval and finishes the rollout from the step it was at, entering
