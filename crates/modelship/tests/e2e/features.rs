@@ -23,16 +23,26 @@ pub struct Redis {
 
 impl Redis {
     pub fn start(port: u16) -> Redis {
-        Redis::launch(port, None)
+        Redis::launch(port, None, None)
+    }
+
+    /// Listening on `address` too (a net's gateway, for hosts in namespaces).
+    pub fn start_on(port: u16, address: &str) -> Redis {
+        Redis::launch(port, None, Some(address))
     }
 
     pub fn persistent(port: u16, dir: &std::path::Path) -> Redis {
-        Redis::launch(port, Some(dir.to_owned()))
+        Redis::launch(port, Some(dir.to_owned()), None)
     }
 
-    fn launch(port: u16, dir: Option<std::path::PathBuf>) -> Redis {
+    fn launch(port: u16, dir: Option<std::path::PathBuf>, also: Option<&str>) -> Redis {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]);
+        if let Some(address) = also {
+            // Clients on other hosts, with no password: Redis' protected mode would refuse them.
+            cmd.args([address, "--protected-mode", "no"]);
+        }
+        cmd.args(["--save", ""]);
         match &dir {
             Some(d) => cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"]).arg(d),
             None => cmd.args(["--appendonly", "no"]),
@@ -63,7 +73,7 @@ impl Redis {
         let stopped = now();
         thread::sleep(down);
         let started = now();
-        let again = Redis::launch(self.port, self.dir.clone());
+        let again = Redis::launch(self.port, self.dir.clone(), None);
         // The old child is reaped; the new one takes its place (and its drop).
         *self = again;
         (stopped, started)
@@ -76,6 +86,11 @@ impl Redis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL from another host, reaching it at `address` (see [`Redis::start_on`]).
+    pub fn url_at(&self, address: &str) -> String {
+        format!("redis://{address}:{}", self.port)
     }
 }
 

@@ -9,6 +9,12 @@
 //!   candidate whose traffic reaches only one replica is rolled back; an identical one is
 //!   promoted, even when its leader is killed mid-rollout; labels posted to one replica join
 //!   predictions another made; Redis going away for 10 s fails no request and takes no step.
+//! - Scale-up mid-step: 17 replicas join 3 during a rollout's step (on loopback, and each on its
+//!   own host) and their evidence counts.
+//! - Hosts with their own addresses (`netns`: a network namespace per replica, Redis and S3 on
+//!   the bridge's address): the leader cut off the net mid-rollout is replaced and, healed,
+//!   takes no decision; a replica that does not lead, cut off, does not hold the rollout; both
+//!   catch up on the latest revision when healed.
 //!
 //! Not here: the Kubernetes backend (no API server can run on these machines; its tests run
 //! against kube's mock service in the server crate).
@@ -21,6 +27,7 @@ use serde_json::Value;
 
 use crate::docker::Load;
 use crate::features::Redis;
+use crate::netns::{Host, Net};
 use crate::registry_s3::S3;
 use crate::support::{Receiver, Server, command, fraud_body, free_port, model};
 
@@ -39,6 +46,10 @@ struct Replicas {
     args: Vec<String>,
     /// Environment every replica gets (secrets a configuration names).
     env: Vec<(&'static str, String)>,
+    /// Each replica's host when they run in network namespaces (in the order of `servers`), and
+    /// the net they share; dropped after the servers.
+    hosts: Vec<Host>,
+    net: Option<Net>,
 }
 
 impl Replicas {
@@ -54,7 +65,7 @@ impl Replicas {
     /// `n` replicas serving `model` and `more` after `prepare` ran against the fleet's registry.
     fn serving_more(redis: &Redis, n: usize, serves: &'static str, more: &[&str], prepare: &[&[&str]]) -> Replicas {
         let more = more.iter().map(|m| (*m).to_owned()).collect();
-        let mut replicas = Replicas { s3: S3::start(), serves, more, servers: Vec::new(), args: Vec::new(), env: Vec::new() };
+        let mut replicas = Replicas { s3: S3::start(), serves, more, servers: Vec::new(), args: Vec::new(), env: Vec::new(), hosts: Vec::new(), net: None };
         replicas.push("fraud", "1");
         replicas.push("xgboost", "2");
         for args in prepare {
@@ -69,7 +80,37 @@ impl Replicas {
     /// `n` replicas serving `fraud:1`, each with `--config FILE` and `env` (a configuration that
     /// names notification sinks, and the secrets it reads).
     fn configured(redis: &Redis, n: usize, file: &std::path::Path, env: Vec<(&'static str, String)>) -> Replicas {
-        let mut replicas = Replicas { s3: S3::start(), serves: "fraud:1", more: Vec::new(), servers: Vec::new(), args: vec!["--config".into(), file.to_str().unwrap().into()], env };
+        let mut replicas = Replicas {
+            s3: S3::start(),
+            serves: "fraud:1",
+            more: Vec::new(),
+            servers: Vec::new(),
+            args: vec!["--config".into(), file.to_str().unwrap().into()],
+            env,
+            hosts: Vec::new(),
+            net: None,
+        };
+        replicas.push("fraud", "1");
+        replicas.push("xgboost", "2");
+        for _ in 0..n {
+            replicas.add(redis);
+        }
+        replicas
+    }
+
+    /// `n` replicas serving `fraud:1`, each on its own host (a network namespace on `net`, whose
+    /// gateway Redis and S3 listen on).
+    fn in_namespaces(redis: &Redis, n: usize, net: Net) -> Replicas {
+        let mut replicas = Replicas {
+            s3: S3::start_on("0.0.0.0"),
+            serves: "fraud:1",
+            more: Vec::new(),
+            servers: Vec::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            hosts: Vec::new(),
+            net: Some(net),
+        };
         replicas.push("fraud", "1");
         replicas.push("xgboost", "2");
         for _ in 0..n {
@@ -104,7 +145,10 @@ impl Replicas {
     fn add_with(&mut self, redis: &Redis, registry: &str) {
         let state = tempfile::tempdir().unwrap();
         let name = format!("replica-{}", self.servers.len() + 1);
-        let server = self.start_replica(redis, registry, &name, &state);
+        if let Some(host) = self.net.as_mut().map(Net::host) {
+            self.hosts.push(host);
+        }
+        let server = self.start_replica(redis, registry, &name, &state, self.hosts.get(self.servers.len()));
         self.servers.push((server, state));
     }
 
@@ -113,12 +157,18 @@ impl Replicas {
         let (mut server, state) = self.servers.remove(i);
         server.signal("TERM");
         assert!(server.wait(Duration::from_secs(30)).success(), "{}", server.stderr());
-        let server = self.start_replica(redis, REGISTRY, &format!("replica-{}", i + 1), &state);
+        let server = self.start_replica(redis, REGISTRY, &format!("replica-{}", i + 1), &state, self.hosts.get(i));
         self.servers.insert(i, (server, state));
     }
 
-    fn start_replica(&self, redis: &Redis, registry: &str, name: &str, state: &tempfile::TempDir) -> Server {
-        let mut env = self.s3.env();
+    /// Starts a replica, on `host` when the fleet runs in namespaces (listening on the host's
+    /// address, admin API included, and reaching Redis and S3 at the net's gateway).
+    fn start_replica(&self, redis: &Redis, registry: &str, name: &str, state: &tempfile::TempDir, host: Option<&Host>) -> Server {
+        let gateway = self.net.as_ref().map(Net::gateway);
+        let mut env = match &gateway {
+            Some(gateway) => self.s3.env_at(gateway),
+            None => self.s3.env(),
+        };
         env.extend([
             ("HOME", state.path().to_str().unwrap().to_owned()),
             ("MODELSHIP_STATE_DIR", state.path().join("state").to_str().unwrap().to_owned()),
@@ -126,11 +176,22 @@ impl Replicas {
         ]);
         env.extend(self.env.iter().cloned());
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let url = redis.url();
+        let url = gateway.as_deref().map_or_else(|| redis.url(), |g| redis.url_at(g));
         let mut args = vec![self.serves, "--registry", registry, "--poll-interval", "0.2", "--control-store", &url, "--workers", "1", "--replica", name, "--lease-ttl", "2"];
         args.extend(self.more.iter().map(String::as_str));
         args.extend(self.args.iter().map(String::as_str));
-        Server::start_with(&args, &env)
+        match host {
+            None => Server::start_with(&args, &env),
+            Some(host) => {
+                let mut cmd = host.command(env!("CARGO_BIN_EXE_modelship"));
+                cmd.current_dir(crate::support::root()).stdin(std::process::Stdio::null());
+                cmd.arg("serve").args(&args).args(["--host", &host.address, "--port", "0", "--admin-host", &host.address]);
+                for (k, v) in env {
+                    cmd.env(k, v);
+                }
+                Server::spawn(cmd, None)
+            }
+        }
     }
 
     /// `modelship rollout ARGS --output json` through replica `i`.
@@ -368,17 +429,26 @@ fn a_bad_candidate_seen_by_one_replica_is_rolled_back_by_the_leader() {
 /// `error_rate`, never judging "0 requests" once evidence has arrived.
 #[test]
 fn replicas_that_join_before_the_step_settles_are_counted() {
-    scale_up_mid_step(false);
+    let redis = Redis::start(free_port());
+    scale_up_mid_step(&redis, Replicas::start(&redis, 3), false);
 }
 
 #[test]
 fn replicas_that_join_after_the_step_settled_are_counted() {
-    scale_up_mid_step(true);
+    let redis = Redis::start(free_port());
+    scale_up_mid_step(&redis, Replicas::start(&redis, 3), true);
 }
 
-fn scale_up_mid_step(after_settling: bool) {
-    let redis = Redis::start(free_port());
-    let mut fleet = Replicas::start(&redis, 3);
+/// The same with every replica on its own host (a network namespace), Redis and S3 on another,
+/// as the issue that found the defect ran it.
+#[test]
+fn replicas_on_their_own_hosts_that_join_mid_step_are_counted() {
+    let Some(net) = crate::netns::net_or_skip() else { return };
+    let redis = Redis::start_on(free_port(), &net.gateway());
+    scale_up_mid_step(&redis, Replicas::in_namespaces(&redis, 3, net), true);
+}
+
+fn scale_up_mid_step(redis: &Redis, mut fleet: Replicas, after_settling: bool) {
     fleet.push("faulty", "3");
     fleet.converge(0);
     let spec = fleet.spec("to: '3'\ncanary: {weights: [30, 100], every: 1m}\nchecks: [{error_rate: {}}]\nfailure: {consecutive: 2, min_samples: 20, deadline: 10m}\ninterval: 500ms\n");
@@ -389,7 +459,7 @@ fn scale_up_mid_step(after_settling: bool) {
     }
     let joining = Instant::now();
     for _ in 0..17 {
-        fleet.add(&redis);
+        fleet.add(redis);
     }
     eprintln!("fleet: 17 replicas joined step 1 ({}) in {:.1} s", if after_settling { "after it settled" } else { "before it settled" }, joining.elapsed().as_secs_f64());
     let revision = fleet.wait_rollout(0, "settled on step 1", |s| s["settled_ms"].is_u64())["revision"].as_u64().unwrap();
@@ -480,6 +550,78 @@ fn the_leader_killed_mid_rollout_is_replaced_and_the_rollout_finishes_from_its_s
     assert!(takeover["reason"].as_str().unwrap().contains(&leader), "{takeover}");
     let promoted = told.iter().map(|r| r.json()).find(|n| n["kind"] == "promoted").unwrap();
     assert_eq!(promoted["replica"], took_over["leader"]);
+}
+
+/// The leader's host is cut off the net in the middle of a rollout (every replica on its own
+/// host): another replica takes the lease over and finishes the rollout from the step it was at;
+/// the cut leader, which can reach neither Redis nor anyone, takes no decision; healed, it
+/// applies the fleet's latest revision. The survivors' clients see no failed request.
+#[test]
+fn the_leader_cut_off_the_net_mid_rollout_is_replaced_and_rejoins_without_a_decision() {
+    cut_off_mid_rollout(true);
+}
+
+/// A replica that does not lead is cut off the net mid-step: the rollout does not wait for it
+/// (it is no longer live) and is promoted; healed, the replica applies the latest revision.
+#[test]
+fn a_replica_cut_off_the_net_mid_rollout_does_not_hold_it_and_catches_up() {
+    cut_off_mid_rollout(false);
+}
+
+fn cut_off_mid_rollout(the_leader: bool) {
+    let Some(net) = crate::netns::net_or_skip() else { return };
+    let redis = Redis::start_on(free_port(), &net.gateway());
+    let fleet = Replicas::in_namespaces(&redis, 3, net);
+    fleet.push("fraud", "4");
+    fleet.converge(0);
+    let spec = fleet.spec("to: '4'\nsteps:\n  - weight: {weight: 20%, hold: 3s}\n  - weight: {weight: 50%, hold: 3s}\n  - weight: {weight: 80%, hold: 3s}\nchecks: [{error_rate: {}}]\nfailure: {min_samples: 10, deadline: 5m}\ninterval: 500ms\n");
+    let loads: Vec<Load> = (0..3).map(|i| Load::start(&fleet.server(i).url("/v1/predict"), 2)).collect();
+    fleet.rollout(0, &["start", "fraud", "--spec", &spec]);
+    let at = fleet.wait_rollout(1, "reached step 2 settled", |s| s["step"] == 2 && !s["settled_ms"].is_null());
+    let leader = at["leader"].as_str().unwrap().to_owned();
+    let victim = if the_leader { fleet.index_of(&leader) } else { (fleet.index_of(&leader) + 1) % 3 };
+    let mut loads: Vec<Option<Load>> = loads.into_iter().map(Some).collect();
+    // The victim's clients are cut off with it: they stop first.
+    let (_, victim_failed, _) = loads[victim].take().unwrap().finish();
+    assert!(victim_failed.is_empty(), "{victim_failed:?}");
+    let cut = Instant::now();
+    fleet.hosts[victim].cut();
+    let survivor = (0..3).find(|&i| i != victim && (the_leader || fleet.index_of(&leader) == i)).unwrap();
+    if the_leader {
+        let took_over = fleet.wait_rollout(survivor, "taken over", |s| s["leader"].as_str().is_some_and(|l| l != leader));
+        eprintln!("fleet on hosts: the leader {leader} cut off at step {}; {} took over after {:?}", at["step"], took_over["leader"], cut.elapsed());
+    }
+    let done = fleet.wait_rollout(survivor, "promoted", |s| s["phase"]["phase"] == "promoted");
+    eprintln!("fleet on hosts: replica-{} cut off at step {}; promoted {:?} later", victim + 1, at["step"], cut.elapsed());
+    assert_eq!(done["to"].as_str(), Some("4"), "{done}");
+    if !the_leader {
+        assert_eq!(done["leader"].as_str(), Some(leader.as_str()), "the lease stayed where it was: {done}");
+    }
+    let final_revision = fleet.status(survivor)["revision"].as_u64().unwrap();
+    // Healed: the replica catches up on the fleet's revision and takes no decision of its own.
+    let healed = Instant::now();
+    fleet.hosts[victim].heal();
+    let server = fleet.server(victim);
+    // A new connection each time: the ones open before the cut were closed by then.
+    let fresh = || crate::support::Client::new(server.ready["http"].as_str().unwrap().to_owned());
+    while fresh().metric("modelship_traffic_revision", &[r#"model="fraud""#]) != Some(final_revision as f64) {
+        assert!(healed.elapsed() < Duration::from_secs(30), "the healed replica never applied revision {final_revision}:\n{}", server.stderr());
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("fleet on hosts: the healed replica-{} applied revision {final_revision} after {:?}", victim + 1, healed.elapsed());
+    thread::sleep(Duration::from_secs(2));
+    for (i, load) in loads.into_iter().enumerate() {
+        if let Some(load) = load {
+            let (ok, failed, _) = load.finish();
+            assert!(failed.is_empty(), "replica {i}: {} of {} failed: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(3)]);
+        }
+    }
+    let reasons = decisions(&fleet.rollout(victim, &["history", "fraud"]), 1);
+    let entered: Vec<String> = reasons.iter().filter_map(|r| r.rsplit("; ").next().filter(|s| s.ends_with(" of 3")).map(str::to_owned)).collect();
+    assert_eq!(entered, ["step 1 of 3", "step 2 of 3", "step 3 of 3"], "each step entered once: {reasons:?}");
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    let status = fleet.rollout(victim, &["status", "fraud"]);
+    assert_eq!(status["phase"]["phase"], "promoted", "the healed replica sees the promotion: {status}");
 }
 
 /// Redis stops for 10 s in the middle of a rollout: every replica keeps serving with no failed

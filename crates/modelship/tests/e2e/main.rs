@@ -20,6 +20,8 @@ mod hostile;
 // The fleet's replicas share their registry through the S3 server.
 #[cfg(feature = "s3")]
 mod fleet;
+#[cfg(feature = "s3")]
+mod netns;
 mod bad_input;
 mod convert;
 mod deploy_checks;

@@ -24,13 +24,21 @@ pub struct S3 {
     service: Option<Service>,
     port: u16,
     dir: tempfile::TempDir,
+    /// The address it listens on.
+    bind: String,
 }
 
 impl S3 {
     pub fn start() -> S3 {
+        S3::start_on("127.0.0.1")
+    }
+
+    /// Listening on `bind` (`0.0.0.0`: loopback and a net's gateway too, for hosts in
+    /// namespaces; they reach it with [`S3::env_at`]).
+    pub fn start_on(bind: &str) -> S3 {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("s3/models")).unwrap(); // the bucket
-        let mut s3 = S3 { service: None, port: free_port(), dir };
+        let mut s3 = S3 { service: None, port: free_port(), dir, bind: bind.to_owned() };
         s3.run();
         s3
     }
@@ -38,7 +46,7 @@ impl S3 {
     fn run(&mut self) {
         let port = self.port;
         let mut cmd = Command::new(tool(".cache/tools/bin/s3s-fs"));
-        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", KEY, "--secret-key", SECRET]).arg(self.dir.path().join("s3"));
+        cmd.args(["--host", &self.bind, "--port", &port.to_string(), "--access-key", KEY, "--secret-key", SECRET]).arg(self.dir.path().join("s3"));
         let mut service = Service::start("s3s-fs", cmd, self.dir.path().join("s3s.log"));
         service.wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
         self.service = Some(service);
@@ -57,6 +65,14 @@ impl S3 {
     /// The AWS_* variables that reach this server.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         s3_env(self.port)
+    }
+
+    /// The AWS_* variables that reach this server at `address` (from another host).
+    pub fn env_at(&self, address: &str) -> Vec<(&'static str, String)> {
+        let mut env = s3_env(self.port);
+        env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
+        env.push(("AWS_ENDPOINT_URL", format!("http://{address}:{}", self.port)));
+        env
     }
 
     /// Where the server keeps `key` of bucket `models`, to look at or damage.

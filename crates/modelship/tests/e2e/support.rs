@@ -60,6 +60,14 @@ impl Client {
         reply(self.agent.get(&self.url(path)).call().expect("GET"))
     }
 
+    /// The value of one sample in the /metrics text, e.g. `modelship_requests_total{...}`.
+    pub fn metric(&self, prefix: &str, labels: &[&str]) -> Option<f64> {
+        let text = self.get("/metrics").text;
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && labels.iter().all(|lab| l.contains(lab)))
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
     pub fn post(&self, path: &str, body: &str) -> Reply {
         self.post_with(path, body, &[])
     }
@@ -72,13 +80,6 @@ impl Client {
         reply(req.send(body).expect("POST"))
     }
 
-    /// The value of one sample in the /metrics text, e.g. `modelship_requests_total{...}`.
-    pub fn metric(&self, prefix: &str, labels: &[&str]) -> Option<f64> {
-        let text = self.get("/metrics").text;
-        text.lines()
-            .filter(|l| l.starts_with(prefix) && labels.iter().all(|lab| l.contains(lab)))
-            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-    }
 }
 
 impl std::ops::Deref for Server {

@@ -1,0 +1,133 @@
+//! Hosts with their own addresses on this machine: one network namespace per host, each joined to
+//! a bridge in the test's namespace by a veth pair (iproute2's `ip netns` and `ip link`; Debian's
+//! `iproute2`). The bridge's address is the "services" host (Redis, S3 listen there); every
+//! replica gets its own address and its own loopback, and the test reaches each by its address.
+//! A host can be cut off and healed (its veth's bridge end taken down and up): nothing crosses,
+//! in either direction, as when a cable is pulled or a switch port dies.
+//!
+//! Needs the capability to create namespaces (root in the sandbox, as on CI). Where it is
+//! missing, a test that needs hosts skips, saying so, or fails under `MODELSHIP_REQUIRE_TOOLS`.
+//!
+//! Not here: delay and loss (`tc netem`): this machine's kernel has no `sch_netem`
+//! ("Specified qdisc kind is unknown").
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A bridge and the namespaces on it; all removed on drop.
+pub struct Net {
+    bridge: String,
+    /// The subnet's first three octets (`10.X.Y`).
+    prefix: String,
+    /// A short id that names this net's interfaces and namespaces.
+    id: String,
+    hosts: u32,
+}
+
+/// One host: a namespace with an address on the net.
+pub struct Host {
+    pub namespace: String,
+    pub address: String,
+    /// The bridge end of its cable.
+    port: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).stdin(Stdio::null()).output().map_err(|e| format!("cannot run ip (apt-get install iproute2): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+impl Net {
+    /// A new bridge with its own /24, or why there cannot be one here.
+    pub fn create() -> Result<Net, String> {
+        static NETS: AtomicU32 = AtomicU32::new(0);
+        let n = NETS.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        // Interface names are at most 15 bytes: `msb` + 5 hex digits of the pid + the net's number.
+        let id = format!("{:05x}{n:x}", pid & 0xfffff);
+        let prefix = format!("10.{}.{}", 100 + (pid % 100), (pid / 100 % 200) + n);
+        let net = Net { bridge: format!("msb{id}"), prefix, id, hosts: 0 };
+        ip(&["link", "add", &net.bridge, "type", "bridge"])?;
+        ip(&["addr", "add", &format!("{}/24", net.gateway()), "dev", &net.bridge])?;
+        ip(&["link", "set", &net.bridge, "up"])?;
+        Ok(net)
+    }
+
+    /// The test's own address on the net, where its services listen.
+    pub fn gateway(&self) -> String {
+        format!("{}.1", self.prefix)
+    }
+
+    /// A new host on the net.
+    pub fn host(&mut self) -> Host {
+        self.hosts += 1;
+        let i = self.hosts;
+        let namespace = format!("ms{}h{i}", self.id);
+        let port = format!("msv{}{i}", self.id);
+        let address = format!("{}.{}", self.prefix, 10 + i);
+        let steps: [&[&str]; 7] = [
+            &["netns", "add", &namespace],
+            &["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &namespace],
+            &["link", "set", &port, "master", &self.bridge, "up"],
+            &["netns", "exec", &namespace, "ip", "addr", "add", &format!("{address}/24"), "dev", "eth0"],
+            &["netns", "exec", &namespace, "ip", "link", "set", "eth0", "up"],
+            &["netns", "exec", &namespace, "ip", "link", "set", "lo", "up"],
+            &["netns", "exec", &namespace, "ip", "route", "add", "default", "via", &self.gateway()],
+        ];
+        for step in steps {
+            ip(step).unwrap_or_else(|e| panic!("creating host {namespace}: {e}"));
+        }
+        Host { namespace, address, port }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for i in 1..=self.hosts {
+            let namespace = format!("ms{}h{i}", self.id);
+            // Whatever still runs in it first (a server the test did not stop).
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &namespace]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = ip(&["netns", "del", &namespace]);
+        }
+        let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
+
+impl Host {
+    /// `program` run inside this host.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.namespace, program]);
+        cmd
+    }
+
+    /// Cuts the host off the net: nothing crosses its cable either way until [`Host::heal`].
+    pub fn cut(&self) {
+        ip(&["link", "set", &self.port, "down"]).unwrap();
+    }
+
+    pub fn heal(&self) {
+        ip(&["link", "set", &self.port, "up"]).unwrap();
+    }
+}
+
+/// A net for a test, or `None` (said so) where namespaces cannot be made and tools are not
+/// required.
+pub fn net_or_skip() -> Option<Net> {
+    match Net::create() {
+        Ok(net) => Some(net),
+        Err(why) => {
+            assert!(std::env::var_os("MODELSHIP_REQUIRE_TOOLS").is_none(), "network namespaces are needed: {why}");
+            eprintln!("SKIPPED: no network namespaces here: {why}");
+            None
+        }
+    }
+}
