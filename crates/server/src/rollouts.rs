@@ -129,7 +129,7 @@ impl Rollouts {
             self.tell(state, None, EventKind::GateRefused, 0, &refused.to_string(), None, Some(&plan.to));
             return Err(refused);
         }
-        let (rollout, decisions) = Rollout::start(plan, now_ms());
+        let (rollout, decisions) = Rollout::start(plan, self.store().now_ms().await?);
         // Evidence already in the log belongs to earlier rollouts: read on from its end.
         let (_, evidence_cursor) = self.store().evidence(self.model(), None).await?;
         let record = StoredRollout {
@@ -200,7 +200,8 @@ impl Rollouts {
     /// not load) ends at once, rolled back, so it does not hold the model's rollout; the start
     /// answers with why.
     async fn end_unstarted(&self, state: &AppState, mut record: StoredRollout, error: ApiError) -> ApiError {
-        let decisions = record.rollout.handle(Event::Abort { now: now_ms(), reason: format!("its first step could not be applied: {error}") });
+        let now = self.store().now_ms().await.unwrap_or_else(|_| now_ms());
+        let decisions = record.rollout.handle(Event::Abort { now, reason: format!("its first step could not be applied: {error}") });
         record.seq += 1;
         match self.store().save_rollout(&record, Write::Update { leader: None }, &decisions).await {
             Ok(()) => {
@@ -221,7 +222,7 @@ impl Rollouts {
             .await?
             .filter(|r| !r.is_done())
             .ok_or_else(|| ApiError::Conflict(format!("model '{}' has no rollout in progress", self.model())))?;
-        let now = now_ms();
+        let now = self.store().now_ms().await?;
         let reason = if reason.is_empty() { "by an operator".to_owned() } else { reason.to_owned() };
         let event = match command {
             RolloutCommand::Approve => Event::Approve { now },
@@ -437,7 +438,9 @@ impl Rollouts {
         if record.is_done() {
             return Ok(());
         }
-        let now = now_ms();
+        // The store's clock, not this process's: a hold begun under one leader and judged by
+        // another is measured on one clock.
+        let now = self.store().now_ms().await?;
         let (evidence, cursor) = self.store().evidence(self.model(), record.evidence_cursor.as_deref()).await?;
         record.evidence_cursor = cursor;
         let decisions = match applied.settled_ms {
@@ -606,7 +609,7 @@ impl Rollouts {
             return Ok(());
         };
         let refusal = (!go).then(|| format!("the webhook gate said no: {detail}"));
-        let decisions = record.rollout.handle(Event::WebhookAnswered { now: now_ms(), go, detail });
+        let decisions = record.rollout.handle(Event::WebhookAnswered { now: self.store().now_ms().await?, go, detail });
         record.seq += 1;
         let leader = self.fleet.replica.clone();
         self.store().save_rollout(&record, Write::Update { leader: Some(&leader) }, &decisions).await?;

@@ -135,6 +135,14 @@ impl Replicas {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Starts one more replica with `extra` in its environment only (a skewed clock).
+    fn add_with_env(&mut self, redis: &Redis, extra: &[(&'static str, String)]) {
+        let fleet_env = self.env.clone();
+        self.env.extend(extra.iter().cloned());
+        self.add(redis);
+        self.env = fleet_env;
+    }
+
     /// Starts one more replica with its own home and state directory, named `replica-N`, with a
     /// 2 s rollout lease.
     fn add(&mut self, redis: &Redis) {
@@ -622,6 +630,101 @@ fn cut_off_mid_rollout(the_leader: bool) {
     assert_eq!(reasons.len(), 4, "{reasons:?}");
     let status = fleet.rollout(victim, &["status", "fraud"]);
     assert_eq!(status["phase"]["phase"], "promoted", "the healed replica sees the promotion: {status}");
+}
+
+/// Replicas whose clocks are 3 s ahead (libfaketime, Debian's `faketime`) in a fleet whose
+/// leader is killed mid-rollout, so the lease goes from a replica on the machine's clock to one
+/// 3 s ahead: leases and liveness are judged by Redis' clock, and so are the rollout's times
+/// (`ControlStore::now_ms`), so the history stays whole (each step entered once, promoted, no
+/// failed request) and every hold lasts its length. Before the rollout's times came from the
+/// store, the step that changed leaders ended after 2.5 s of its 4 s hold.
+#[test]
+fn replicas_with_their_clocks_ahead_keep_the_rollout_history_whole() {
+    let Some(faketime) = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        assert!(std::env::var_os("MODELSHIP_REQUIRE_TOOLS").is_none(), "libfaketime is needed (apt-get install faketime; scripts/setup.sh --test does)");
+        eprintln!("SKIPPED: no libfaketime (apt-get install faketime)");
+        return;
+    };
+    let redis = Redis::start(free_port());
+    let mut fleet = Replicas::start(&redis, 1);
+    // replica-2's and replica-3's clocks are 3 s ahead (wall clock only: their monotonic clocks
+    // are the machine's), so a takeover from replica-1 goes to a clock 3 s ahead of the one the
+    // step began on.
+    let ahead = [("LD_PRELOAD", faketime.to_owned()), ("FAKETIME", "+3s".to_owned()), ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned())];
+    fleet.add_with_env(&redis, &ahead);
+    fleet.add_with_env(&redis, &ahead);
+    fleet.push("fraud", "4");
+    fleet.converge(0);
+    let spec = fleet.spec("to: '4'\nsteps:\n  - weight: {weight: 20%, hold: 4s}\n  - weight: {weight: 50%, hold: 4s}\n  - weight: {weight: 80%, hold: 4s}\nchecks: [{error_rate: {}}]\nfailure: {min_samples: 10, deadline: 5m}\ninterval: 500ms\n");
+    let loads: Vec<Load> = (0..3).map(|i| Load::start(&fleet.server(i).url("/v1/predict"), 2)).collect();
+    fleet.rollout(0, &["start", "fraud", "--spec", &spec]);
+    // Redis' clock, read by the test around each look at the rollout.
+    let redis_ms = || {
+        let time = redis.cli(&["TIME"]);
+        let mut parts = time.split_whitespace().map(|p| p.parse::<u64>().unwrap());
+        parts.next().unwrap() * 1000 + parts.next().unwrap() / 1000
+    };
+    // Redis' time when the test first saw each step.
+    let mut windows: Vec<(u64, u64)> = Vec::new();
+    // Step lengths on the test's clock, and the leader through the rollout.
+    let mut entered: Vec<(u64, Instant)> = Vec::new();
+    let mut leaders: Vec<String> = Vec::new();
+    let mut killed = None;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let survivor = loop {
+        let alive = (0..3).find(|i| Some(*i) != killed).unwrap();
+        let status = fleet.rollout(alive, &["status", "fraud"]);
+        let after = redis_ms();
+        let step = status["step"].as_u64().unwrap_or(0);
+        if entered.last().is_none_or(|(s, _)| *s != step) {
+            entered.push((step, Instant::now()));
+            windows.push((step, after));
+        }
+        if let Some(leader) = status["leader"].as_str().filter(|l| leaders.last().is_none_or(|last| last != l)) {
+            leaders.push(leader.to_owned());
+        }
+        if status["phase"]["phase"] == "promoted" {
+            break alive;
+        }
+        assert_ne!(status["phase"]["phase"], "rolled_back", "{status}");
+        // Mid-rollout, the leader dies (its clients first): the lease moves.
+        if killed.is_none() && step == 2 && !status["settled_ms"].is_null() {
+            let victim = fleet.index_of(status["leader"].as_str().unwrap());
+            fleet.servers[victim].0.signal("KILL");
+            killed = Some(victim);
+        }
+        assert!(Instant::now() < deadline, "never promoted: {status}\n{}", fleet.logs());
+        thread::sleep(Duration::from_millis(100));
+    };
+    let lengths: Vec<String> = entered.windows(2).map(|w| format!("step {}: {:.1} s", w[0].0, w[1].1.duration_since(w[0].1).as_secs_f64())).collect();
+    eprintln!("fleet with replica-2's and replica-3's clocks +3 s: leaders {leaders:?}; step lengths seen by the test (holds 4 s) {lengths:?}");
+    for (i, load) in loads.into_iter().enumerate() {
+        let (ok, failed, _) = load.finish();
+        if Some(i) != killed {
+            assert!(failed.is_empty(), "replica {i}: {} of {} failed: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(3)]);
+        }
+    }
+    let history = fleet.rollout(survivor, &["history", "fraud"]);
+    let reasons = decisions(&history, 1);
+    let steps: Vec<String> = reasons.iter().filter_map(|r| r.rsplit("; ").next().filter(|s| s.ends_with(" of 3")).map(str::to_owned)).collect();
+    assert_eq!(steps, ["step 1 of 3", "step 2 of 3", "step 3 of 3"], "each step entered once: {reasons:?}");
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    // Every hold kept on one clock (the store's): each decision is stamped with Redis' time, so
+    // no stamp is later than Redis' time when the test first saw the step (a leader 3 s ahead
+    // stamping its own time would be); and each comes at least a hold after the one before.
+    // (Only the upper bound is certain: a decision is stamped when its analysis begins, which
+    // may be before the test's previous look, and a replica's status lags by up to a beat.)
+    let at: Vec<u64> = history.as_array().unwrap().iter().filter(|d| d["rollout"] == 1).map(|d| d["at"].as_u64().unwrap()).collect();
+    for (step, latest) in windows.iter().filter(|(step, _)| *step >= 2) {
+        let stamped = at[*step as usize - 1];
+        assert!(stamped <= *latest, "step {step} was entered at {stamped} by its decision, after Redis' time when the test saw it ({latest}): {history}");
+    }
+    for (i, pair) in at.windows(2).enumerate() {
+        assert!(pair[1] >= pair[0] + 4000, "step {} lasted {} ms of its 4 s hold: {history}", i + 1, pair[1] as i64 - pair[0] as i64);
+    }
 }
 
 /// Redis stops for 10 s in the middle of a rollout: every replica keeps serving with no failed

@@ -217,6 +217,14 @@ pub trait ControlStore: Send + Sync {
     /// Gives the lease up, if `holder` holds it (a replica shutting down).
     fn release<'a>(&'a self, model: &'a str, holder: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// The time by the store's clock, in milliseconds since the Unix epoch: what a rollout's
+    /// times (a step's start, its hold, its decisions) are measured on, so that leaders whose
+    /// clocks disagree judge one hold alike. A store without a clock of its own answers this
+    /// process's.
+    fn now_ms<'a>(&'a self) -> BoxFuture<'a, Result<u64, StoreError>> {
+        futures::FutureExt::boxed(async move { Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)) })
+    }
+
     /// Records this replica's report (its heartbeat).
     fn report<'a>(&'a self, model: &'a str, report: &'a ReplicaReport) -> BoxFuture<'a, Result<(), StoreError>>;
 

@@ -358,6 +358,16 @@ impl ControlStore for RedisStore {
         .boxed()
     }
 
+    fn now_ms<'a>(&'a self) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            // Redis' own clock (`TIME`: seconds and microseconds), the one its leases and
+            // liveness already run on.
+            let (seconds, micros): (u64, u64) = self.run(|c| async move { redis::cmd("TIME").query_async(c).await }.boxed()).await?;
+            Ok(seconds * 1000 + micros / 1000)
+        }
+        .boxed()
+    }
+
     fn release<'a>(&'a self, model: &'a str, holder: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
             let _: i64 = self.eval(RELEASE_SCRIPT, vec![self.key("lease", model)], vec![holder.to_owned()]).await?;
