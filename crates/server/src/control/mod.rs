@@ -519,6 +519,15 @@ pub(crate) mod tests {
         let redis = crate::testing::net::RedisServer::start();
         let store = RedisStore::new(&redis.url()).unwrap();
         behaves_as_a_store(&store, "fraud").await;
+        // Rollout times are Redis' clock: between two reads of `TIME` around it, in ms.
+        let time = || async {
+            let mut c = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+            let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+            s * 1000 + us / 1000
+        };
+        let before = time().await;
+        let now = store.now_ms().await.unwrap();
+        assert!((before..=time().await).contains(&now), "{before} <= {now}");
         let mut changes = store.changes("fraud").await.unwrap();
         let other = RedisStore::new(&redis.url()).unwrap();
         other.commit(&revision("fraud", 2)).await.unwrap();
