@@ -163,10 +163,11 @@ if [ "${1:-}" = "--test" ]; then
   command -v unzip >/dev/null 2>&1 || missing="$missing unzip"
   # `ip netns` and veth pairs: the fleet tests' hosts with their own addresses.
   command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+  command -v iptables >/dev/null 2>&1 || missing="$missing iptables"
   # libfaketime: a fleet test's replicas with clocks ahead of the machine's.
   ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || missing="$missing faketime"
   if [ -n "$missing" ]; then
-    echo "setup: apt-get install$missing (bubblewrap for the conversion sandbox, Prometheus for the PromQL rollout checks, Redis for the feature store, PostgreSQL for the prediction log, libb64 for perf_analyzer, docker-compose and debootstrap for the container tests, the aarch64 cross toolchain and qemu for the edge build, make and unzip for the Lambda package, shellcheck for the workflows' scripts, iproute2 and faketime for the fleet tests' network namespaces and skewed clocks)" >&2
+    echo "setup: apt-get install$missing (bubblewrap for the conversion sandbox, Prometheus for the PromQL rollout checks, Redis for the feature store, PostgreSQL for the prediction log, libb64 for perf_analyzer, docker-compose and debootstrap for the container tests, the aarch64 cross toolchain and qemu for the edge build, make and unzip for the Lambda package, shellcheck for the workflows' scripts, iproute2, iptables and faketime for the fleet tests' network namespaces, partitions and skewed clocks)" >&2
     sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
     $sudo_ apt-get update -qq >/dev/null
     # shellcheck disable=SC2086

@@ -88,6 +88,10 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The URL from another host, reaching it at `address` (see [`Redis::start_on`]).
     pub fn url_at(&self, address: &str) -> String {
         format!("redis://{address}:{}", self.port)

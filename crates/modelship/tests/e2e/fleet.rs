@@ -566,17 +566,35 @@ fn the_leader_killed_mid_rollout_is_replaced_and_the_rollout_finishes_from_its_s
 /// applies the fleet's latest revision. The survivors' clients see no failed request.
 #[test]
 fn the_leader_cut_off_the_net_mid_rollout_is_replaced_and_rejoins_without_a_decision() {
-    cut_off_mid_rollout(true);
+    cut_off_mid_rollout(true, Cut::Host);
+}
+
+/// The leader loses Redis alone mid-rollout (its clients still reach it): it keeps answering
+/// them, with no failed request, on the routing it had; another replica takes the lease over
+/// and finishes the rollout; the cut leader takes no decision and, when Redis is back in its
+/// reach, applies the latest revision.
+#[test]
+fn the_leader_cut_off_from_redis_keeps_serving_its_clients_and_is_replaced() {
+    cut_off_mid_rollout(true, Cut::Store);
 }
 
 /// A replica that does not lead is cut off the net mid-step: the rollout does not wait for it
 /// (it is no longer live) and is promoted; healed, the replica applies the latest revision.
 #[test]
 fn a_replica_cut_off_the_net_mid_rollout_does_not_hold_it_and_catches_up() {
-    cut_off_mid_rollout(false);
+    cut_off_mid_rollout(false, Cut::Host);
 }
 
-fn cut_off_mid_rollout(the_leader: bool) {
+/// What a partition takes from a replica's host.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Cut {
+    /// Everything: the store, S3, its clients.
+    Host,
+    /// Redis alone.
+    Store,
+}
+
+fn cut_off_mid_rollout(the_leader: bool, cut_off: Cut) {
     let Some(net) = crate::netns::net_or_skip() else { return };
     let redis = Redis::start_on(free_port(), &net.gateway());
     let fleet = Replicas::in_namespaces(&redis, 3, net);
@@ -589,15 +607,21 @@ fn cut_off_mid_rollout(the_leader: bool) {
     let leader = at["leader"].as_str().unwrap().to_owned();
     let victim = if the_leader { fleet.index_of(&leader) } else { (fleet.index_of(&leader) + 1) % 3 };
     let mut loads: Vec<Option<Load>> = loads.into_iter().map(Some).collect();
-    // The victim's clients are cut off with it: they stop first.
-    let (_, victim_failed, _) = loads[victim].take().unwrap().finish();
-    assert!(victim_failed.is_empty(), "{victim_failed:?}");
+    if cut_off == Cut::Host {
+        // The victim's clients are cut off with it: they stop first.
+        let (_, victim_failed, _) = loads[victim].take().unwrap().finish();
+        assert!(victim_failed.is_empty(), "{victim_failed:?}");
+    }
+    let gateway = fleet.net.as_ref().unwrap().gateway();
     let cut = Instant::now();
-    fleet.hosts[victim].cut();
+    match cut_off {
+        Cut::Host => fleet.hosts[victim].cut(),
+        Cut::Store => fleet.hosts[victim].drop_to(&gateway, redis.port()),
+    }
     let survivor = (0..3).find(|&i| i != victim && (the_leader || fleet.index_of(&leader) == i)).unwrap();
     if the_leader {
         let took_over = fleet.wait_rollout(survivor, "taken over", |s| s["leader"].as_str().is_some_and(|l| l != leader));
-        eprintln!("fleet on hosts: the leader {leader} cut off at step {}; {} took over after {:?}", at["step"], took_over["leader"], cut.elapsed());
+        eprintln!("fleet on hosts: the leader {leader} cut off ({cut_off:?}) at step {}; {} took over after {:?}", at["step"], took_over["leader"], cut.elapsed());
     }
     let done = fleet.wait_rollout(survivor, "promoted", |s| s["phase"]["phase"] == "promoted");
     eprintln!("fleet on hosts: replica-{} cut off at step {}; promoted {:?} later", victim + 1, at["step"], cut.elapsed());
@@ -608,7 +632,10 @@ fn cut_off_mid_rollout(the_leader: bool) {
     let final_revision = fleet.status(survivor)["revision"].as_u64().unwrap();
     // Healed: the replica catches up on the fleet's revision and takes no decision of its own.
     let healed = Instant::now();
-    fleet.hosts[victim].heal();
+    match cut_off {
+        Cut::Host => fleet.hosts[victim].heal(),
+        Cut::Store => fleet.hosts[victim].reach(&gateway, redis.port()),
+    }
     let server = fleet.server(victim);
     // A new connection each time: the ones open before the cut were closed by then.
     let fresh = || crate::support::Client::new(server.ready["http"].as_str().unwrap().to_owned());

@@ -3,7 +3,9 @@
 //! `iproute2`). The bridge's address is the "services" host (Redis, S3 listen there); every
 //! replica gets its own address and its own loopback, and the test reaches each by its address.
 //! A host can be cut off and healed (its veth's bridge end taken down and up): nothing crosses,
-//! in either direction, as when a cable is pulled or a switch port dies.
+//! in either direction, as when a cable is pulled or a switch port dies. Or one service alone
+//! can be put out of its reach (a DROP rule in the host's own firewall), as when a route or a
+//! security group fails between it and the store while its clients still reach it.
 //!
 //! Needs the capability to create namespaces (root in the sandbox, as on CI). Where it is
 //! missing, a test that needs hosts skips, saying so, or fails under `MODELSHIP_REQUIRE_TOOLS`.
@@ -116,6 +118,26 @@ impl Host {
 
     pub fn heal(&self) {
         ip(&["link", "set", &self.port, "up"]).unwrap();
+    }
+
+    /// Drops every packet this host sends to `address:port` (a rule in its own firewall,
+    /// iptables from Debian's `iptables`), so that service alone is out of its reach, until
+    /// [`Host::reach`]; everything else still crosses.
+    pub fn drop_to(&self, address: &str, port: u16) {
+        self.firewall("-A", address, port);
+    }
+
+    pub fn reach(&self, address: &str, port: u16) {
+        self.firewall("-D", address, port);
+    }
+
+    fn firewall(&self, action: &str, address: &str, port: u16) {
+        let out = self
+            .command("iptables")
+            .args([action, "OUTPUT", "-d", address, "-p", "tcp", "--dport", &port.to_string(), "-j", "DROP"])
+            .output()
+            .expect("iptables (apt-get install iptables)");
+        assert!(out.status.success(), "iptables {action} in {}: {}", self.namespace, String::from_utf8_lossy(&out.stderr));
     }
 }
 
