@@ -360,6 +360,10 @@ impl Rollouts {
     pub async fn run(self: Arc<Self>, state: AppState, stop: tokio_util::sync::CancellationToken) {
         let renew = self.fleet.lease_ttl / 3;
         let mut last_analysis = std::time::Instant::now();
+        // Until when the lease is surely still this replica's, by this process's monotonic
+        // clock: the time to live counted from before the last renewal that succeeded was sent
+        // (the store set it later), so it ends no later than the store's.
+        let mut surely_mine_until: Option<std::time::Instant> = None;
         // The lease is tried at once, then every beat.
         let mut first = true;
         loop {
@@ -379,8 +383,20 @@ impl Rollouts {
             if state.health.is_draining() {
                 break;
             }
+            let asked = std::time::Instant::now();
             let lease = self.store().lease(self.model(), &self.fleet.replica, self.fleet.lease_ttl).await;
-            let leading = matches!(&lease, Ok(l) if l.mine);
+            // A renewal that got no answer (a slow or lossy link) does not end the leadership
+            // while the lease it renewed last is surely still its own: giving it up and taking it
+            // back a poll later would restart the step's window. It cannot act meanwhile without
+            // the store, and what it writes carries the lease, so the store refuses it once the
+            // lease has gone elsewhere.
+            let leading = match &lease {
+                Ok(l) => {
+                    surely_mine_until = l.mine.then(|| asked + self.fleet.lease_ttl);
+                    l.mine
+                }
+                Err(_) => self.leading.load(Ordering::Relaxed) && surely_mine_until.is_some_and(|until| std::time::Instant::now() < until),
+            };
             if leading != self.leading.swap(leading, Ordering::Relaxed) {
                 if leading {
                     self.took_over(&state).await;

@@ -50,6 +50,8 @@ struct Replicas {
     /// the net they share; dropped after the servers.
     hosts: Vec<Host>,
     net: Option<Net>,
+    /// The control store's URL as the replicas reach it, when not Redis itself (a proxy).
+    store: Option<String>,
 }
 
 impl Replicas {
@@ -65,7 +67,7 @@ impl Replicas {
     /// `n` replicas serving `model` and `more` after `prepare` ran against the fleet's registry.
     fn serving_more(redis: &Redis, n: usize, serves: &'static str, more: &[&str], prepare: &[&[&str]]) -> Replicas {
         let more = more.iter().map(|m| (*m).to_owned()).collect();
-        let mut replicas = Replicas { s3: S3::start(), serves, more, servers: Vec::new(), args: Vec::new(), env: Vec::new(), hosts: Vec::new(), net: None };
+        let mut replicas = Replicas { s3: S3::start(), serves, more, servers: Vec::new(), args: Vec::new(), env: Vec::new(), hosts: Vec::new(), net: None, store: None };
         replicas.push("fraud", "1");
         replicas.push("xgboost", "2");
         for args in prepare {
@@ -89,6 +91,7 @@ impl Replicas {
             env,
             hosts: Vec::new(),
             net: None,
+            store: None,
         };
         replicas.push("fraud", "1");
         replicas.push("xgboost", "2");
@@ -101,6 +104,11 @@ impl Replicas {
     /// `n` replicas serving `fraud:1`, each on its own host (a network namespace on `net`, whose
     /// gateway Redis and S3 listen on).
     fn in_namespaces(redis: &Redis, n: usize, net: Net) -> Replicas {
+        Replicas::in_namespaces_via(redis, n, net, None)
+    }
+
+    /// The same, the replicas reaching the control store at `store` (a proxy in front of it).
+    fn in_namespaces_via(redis: &Redis, n: usize, net: Net, store: Option<String>) -> Replicas {
         let mut replicas = Replicas {
             s3: S3::start_on("0.0.0.0"),
             serves: "fraud:1",
@@ -110,6 +118,7 @@ impl Replicas {
             env: Vec::new(),
             hosts: Vec::new(),
             net: Some(net),
+            store,
         };
         replicas.push("fraud", "1");
         replicas.push("xgboost", "2");
@@ -184,8 +193,12 @@ impl Replicas {
         ]);
         env.extend(self.env.iter().cloned());
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let url = gateway.as_deref().map_or_else(|| redis.url(), |g| redis.url_at(g));
-        let mut args = vec![self.serves, "--registry", registry, "--poll-interval", "0.2", "--control-store", &url, "--workers", "1", "--replica", name, "--lease-ttl", "2"];
+        let url = self.store.clone().unwrap_or_else(|| gateway.as_deref().map_or_else(|| redis.url(), |g| redis.url_at(g)));
+        // A 2 s lease (takeovers within a test's patience), unless the fleet's arguments name
+        // another (a slow link needs the default's 10 s: one analysis there takes seconds).
+        let lease_ttl = if self.args.iter().any(|a| a == "--lease-ttl") { None } else { Some("2") };
+        let mut args = vec![self.serves, "--registry", registry, "--poll-interval", "0.2", "--control-store", &url, "--workers", "1", "--replica", name];
+        args.extend(lease_ttl.iter().flat_map(|ttl| ["--lease-ttl", *ttl]));
         args.extend(self.more.iter().map(String::as_str));
         args.extend(self.args.iter().map(String::as_str));
         match host {
@@ -752,6 +765,56 @@ fn replicas_with_their_clocks_ahead_keep_the_rollout_history_whole() {
     for (i, pair) in at.windows(2).enumerate() {
         assert!(pair[1] >= pair[0] + 4000, "step {} lasted {} ms of its 4 s hold: {history}", i + 1, pair[1] as i64 - pair[0] as i64);
     }
+}
+
+/// Every replica on its own host reaches Redis over a poor link: 200 ms ± 100 ms of delay each
+/// way (a proxy: this kernel has no `tc netem`) and 5 % of its packets to the store dropped (its
+/// firewall; TCP sends them again). A rollout of an identical candidate is promoted with each
+/// step entered once, every replica ends on the final revision, and no client request fails.
+#[test]
+fn a_slow_and_lossy_link_to_the_store_takes_no_step_twice_and_fails_no_request() {
+    let Some(net) = crate::netns::net_or_skip() else { return };
+    let gateway = net.gateway();
+    let redis = Redis::start(free_port());
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], redis.port()));
+    let delay = crate::netns::Delay::start(&gateway, to, Duration::from_millis(200), Duration::from_millis(100));
+    let mut fleet = Replicas::in_namespaces_via(&redis, 0, net, Some(format!("redis://{gateway}:{}", delay.port)));
+    // The default lease (10 s): an analysis over this link is several round trips of 0.4-0.6 s,
+    // and a 2 s lease lapses between renewals (leadership then moved a dozen times in 90 s and
+    // no step was ever held to its end).
+    fleet.args = vec!["--lease-ttl".into(), "10".into()];
+    for _ in 0..3 {
+        fleet.add(&redis);
+    }
+    for host in &fleet.hosts {
+        host.lose_to(&gateway, delay.port, 0.05);
+    }
+    fleet.push("fraud", "4");
+    fleet.converge(0);
+    let spec = fleet.spec("to: '4'\nsteps:\n  - weight: {weight: 20%, hold: 3s}\n  - weight: {weight: 50%, hold: 3s}\n  - weight: {weight: 80%, hold: 3s}\nchecks: [{error_rate: {}}]\nfailure: {min_samples: 10, deadline: 5m}\ninterval: 500ms\n");
+    let loads: Vec<Load> = (0..3).map(|i| Load::start(&fleet.server(i).url("/v1/predict"), 2)).collect();
+    let started = Instant::now();
+    fleet.rollout(0, &["start", "fraud", "--spec", &spec]);
+    let done = fleet.wait_rollout(1, "promoted over the poor link", |s| s["phase"]["phase"] == "promoted" || s["phase"]["phase"] == "rolled_back");
+    assert_eq!(done["phase"]["phase"], "promoted", "{done}");
+    eprintln!("fleet over a 200 ± 100 ms, 5 % loss link to Redis: promoted {:.1} s after the start (holds 3 × 3 s)", started.elapsed().as_secs_f64());
+    let final_revision = fleet.status(1)["revision"].as_u64().unwrap();
+    let converged = Instant::now();
+    for (i, (server, _)) in fleet.servers.iter().enumerate() {
+        while server.metric("modelship_traffic_revision", &[r#"model="fraud""#]) != Some(final_revision as f64) {
+            assert!(converged.elapsed() < Duration::from_secs(60), "replica {i} never applied revision {final_revision}:\n{}", server.stderr());
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    eprintln!("fleet over the poor link: every replica on revision {final_revision} {:?} after the promotion was seen", converged.elapsed());
+    for (i, load) in loads.into_iter().enumerate() {
+        let (ok, failed, _) = load.finish();
+        assert!(failed.is_empty(), "replica {i}: {} of {} failed: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(3)]);
+    }
+    let reasons = decisions(&fleet.rollout(2, &["history", "fraud"]), 1);
+    let entered: Vec<String> = reasons.iter().filter_map(|r| r.rsplit("; ").next().filter(|s| s.ends_with(" of 3")).map(str::to_owned)).collect();
+    assert_eq!(entered, ["step 1 of 3", "step 2 of 3", "step 3 of 3"], "each step entered once: {reasons:?}");
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
 }
 
 /// Redis stops for 10 s in the middle of a rollout: every replica keeps serving with no failed

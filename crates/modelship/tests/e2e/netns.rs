@@ -10,8 +10,9 @@
 //! Needs the capability to create namespaces (root in the sandbox, as on CI). Where it is
 //! missing, a test that needs hosts skips, saying so, or fails under `MODELSHIP_REQUIRE_TOOLS`.
 //!
-//! Not here: delay and loss (`tc netem`): this machine's kernel has no `sch_netem`
-//! ("Specified qdisc kind is unknown").
+//! Delay and loss: `tc netem` cannot run here (this machine's kernel has no `sch_netem`:
+//! "Specified qdisc kind is unknown"), so loss is the host's firewall dropping a share of its
+//! packets (`iptables -m statistic`) and delay a proxy in the test's process ([`Delay`]).
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -124,17 +125,25 @@ impl Host {
     /// iptables from Debian's `iptables`), so that service alone is out of its reach, until
     /// [`Host::reach`]; everything else still crosses.
     pub fn drop_to(&self, address: &str, port: u16) {
-        self.firewall("-A", address, port);
+        self.firewall("-A", address, port, &[]);
     }
 
     pub fn reach(&self, address: &str, port: u16) {
-        self.firewall("-D", address, port);
+        self.firewall("-D", address, port, &[]);
     }
 
-    fn firewall(&self, action: &str, address: &str, port: u16) {
+    /// Drops each packet this host sends to `address:port` with probability `share` (TCP
+    /// resends what is lost, as on a lossy link).
+    pub fn lose_to(&self, address: &str, port: u16, share: f64) {
+        self.firewall("-A", address, port, &["-m", "statistic", "--mode", "random", "--probability", &share.to_string()]);
+    }
+
+    fn firewall(&self, action: &str, address: &str, port: u16, matching: &[&str]) {
         let out = self
             .command("iptables")
-            .args([action, "OUTPUT", "-d", address, "-p", "tcp", "--dport", &port.to_string(), "-j", "DROP"])
+            .args([action, "OUTPUT", "-d", address, "-p", "tcp", "--dport", &port.to_string()])
+            .args(matching)
+            .args(["-j", "DROP"])
             .output()
             .expect("iptables (apt-get install iptables)");
         assert!(out.status.success(), "iptables {action} in {}: {}", self.namespace, String::from_utf8_lossy(&out.stderr));
@@ -152,4 +161,96 @@ pub fn net_or_skip() -> Option<Net> {
             None
         }
     }
+}
+
+/// A TCP proxy that delays everything it forwards, each way: every chunk read leaves
+/// `delay ± jitter` later (uniformly drawn), in order. `tc netem` does this in the kernel; this
+/// machine's kernel has none, so the test's own process does it. Loss is the firewall's
+/// (`iptables -m statistic`, [`Host::lose_to`]).
+pub struct Delay {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Delay {
+    /// Listens on `listen:0` and forwards each connection to `to`.
+    pub fn start(listen: &str, to: std::net::SocketAddr, delay: std::time::Duration, jitter: std::time::Duration) -> Delay {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        let listener = std::net::TcpListener::bind((listen, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut seed = u64::from(port) | 1;
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let Ok(server) = std::net::TcpStream::connect(to) else { continue };
+                        let _ = client.set_nonblocking(false);
+                        for (from, into) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                            pipe(from, into, delay, jitter, seed, Arc::clone(&stopped));
+                        }
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            }
+        });
+        Delay { port, stop }
+    }
+}
+
+impl Drop for Delay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One direction: a reader stamps each chunk with when it may leave, a writer sends it then.
+fn pipe(
+    mut from: std::net::TcpStream,
+    mut into: std::net::TcpStream,
+    delay: std::time::Duration,
+    jitter: std::time::Duration,
+    mut seed: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16384];
+        let mut last = Instant::now();
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let spread = jitter.as_micros() as u64;
+            let offset = if spread == 0 { 0 } else { seed % (2 * spread + 1) };
+            let wait = (delay + std::time::Duration::from_micros(offset)).saturating_sub(jitter);
+            // In order: never before the chunk ahead of it.
+            last = last.max(Instant::now() + wait);
+            if tx.send((last, buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for (at, bytes) in rx {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            if into.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+        let _ = into.shutdown(std::net::Shutdown::Write);
+    });
 }

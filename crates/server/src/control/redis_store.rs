@@ -27,8 +27,11 @@ use super::{ControlStore, Evidence, Lease, Page, ReplicaReport, Revision, StoreE
 pub struct RedisStore {
     client: redis::Client,
     prefix: String,
-    /// One multiplexed connection, made on first use and again after a failure.
-    conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// One multiplexed connection, made on first use and again after a failure, with a number
+    /// that tells it from the ones before it. Requests run on clones of it, concurrently: the
+    /// lock is held only to take it (or make it), never across a request.
+    conn: tokio::sync::Mutex<Option<(u64, redis::aio::MultiplexedConnection)>>,
+    connections: std::sync::atomic::AtomicU64,
 }
 
 /// Commits revision ARGV[1] (JSON ARGV[2]) if it is the next one; publishes it on ARGV[3].
@@ -113,13 +116,16 @@ if #live == 0 then return {} end
 return redis.call('HMGET', KEYS[1], unpack(live))
 ";
 
-/// How long one store request may take before the store counts as unreachable.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one store request may take before the store counts as unreachable: long enough for
+/// TCP to resend a lost packet on a slow link (200 ms ± 100 ms each way and 5 % loss in
+/// `fleet.rs`: 2 s failed a rollout's start there), short enough that a store that is gone is
+/// said so within seconds (one that refuses connections is said so at once).
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl RedisStore {
     pub fn new(url: &str) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| format!("control store URL '{}': {e}", redact(url)))?;
-        Ok(RedisStore { client, prefix: "modelship".to_owned(), conn: tokio::sync::Mutex::new(None) })
+        Ok(RedisStore { client, prefix: "modelship".to_owned(), conn: tokio::sync::Mutex::new(None), connections: std::sync::atomic::AtomicU64::new(0) })
     }
 
     /// The traffic keys of `model`: the latest number, the revisions hash, the channel.
@@ -133,31 +139,42 @@ impl RedisStore {
     }
 
     /// Runs `f` on the shared connection (made if needed); a failed request drops it, so the
-    /// next one reconnects.
+    /// next one reconnects. Requests do not wait for each other: on a link with a half-second
+    /// round trip, a replica's beat, evidence and lease renewal queued behind one another let
+    /// the lease lapse (`fleet.rs`, the slow and lossy link).
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         F: for<'c> FnOnce(&'c mut redis::aio::MultiplexedConnection) -> BoxFuture<'c, redis::RedisResult<T>>,
     {
+        let (number, mut conn) = self.connection().await?;
+        let failed = match tokio::time::timeout(REDIS_TIMEOUT, f(&mut conn)).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => Self::unavailable(e),
+            Err(_) => Self::unavailable("no answer within 5 s"),
+        };
+        // Dropped unless a newer one replaced it meanwhile.
+        let mut guard = self.conn.lock().await;
+        if guard.as_ref().is_some_and(|(n, _)| *n == number) {
+            *guard = None;
+        }
+        Err(failed)
+    }
+
+    /// The shared connection (a clone: multiplexed), made when there is none.
+    async fn connection(&self) -> Result<(u64, redis::aio::MultiplexedConnection), StoreError> {
         let mut guard = self.conn.lock().await;
         if guard.is_none() {
-            let conn = tokio::time::timeout(REDIS_TIMEOUT, self.client.get_multiplexed_async_connection())
+            // The redis crate's own bounds (a 1 s connect, a 500 ms answer) would decide first,
+            // and fail every request on a link with a half-second round trip: ours is the bound.
+            let config = redis::AsyncConnectionConfig::new().set_connection_timeout(Some(REDIS_TIMEOUT)).set_response_timeout(Some(REDIS_TIMEOUT));
+            let conn = tokio::time::timeout(REDIS_TIMEOUT, self.client.get_multiplexed_async_connection_with_config(&config))
                 .await
-                .map_err(|_| Self::unavailable("no answer within 2 s"))?
+                .map_err(|_| Self::unavailable("no answer within 5 s"))?
                 .map_err(Self::unavailable)?;
-            *guard = Some(conn);
+            *guard = Some((self.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed), conn));
         }
-        let conn = guard.as_mut().expect("connected above");
-        match tokio::time::timeout(REDIS_TIMEOUT, f(conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                *guard = None;
-                Err(Self::unavailable(e))
-            }
-            Err(_) => {
-                *guard = None;
-                Err(Self::unavailable("no answer within 2 s"))
-            }
-        }
+        let (number, conn) = guard.as_ref().expect("connected above");
+        Ok((*number, conn.clone()))
     }
 
     fn parse(json: &str) -> Result<Revision, StoreError> {
@@ -279,7 +296,7 @@ impl ControlStore for RedisStore {
             let (_, _, channel) = self.keys(model);
             let mut pubsub = tokio::time::timeout(REDIS_TIMEOUT, self.client.get_async_pubsub())
                 .await
-                .map_err(|_| Self::unavailable("no answer within 2 s"))?
+                .map_err(|_| Self::unavailable("no answer within 5 s"))?
                 .map_err(Self::unavailable)?;
             pubsub.subscribe(&channel).await.map_err(Self::unavailable)?;
             let stream = pubsub.into_on_message().filter_map(|msg| async move { msg.get_payload::<u64>().ok() });
