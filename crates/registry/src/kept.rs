@@ -63,10 +63,6 @@ impl KeptCopies {
         KeptCopies { dir: dir.to_path_buf(), registry: registry.to_owned() }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn artifact_path(&self, digest: &str) -> Option<PathBuf> {
         is_digest(digest).then(|| self.dir.join("sha256").join(digest))
     }

@@ -435,11 +435,6 @@ impl Registry {
         self
     }
 
-    /// Whether this registry keeps copies of what it reads.
-    pub fn keeps_copies(&self) -> bool {
-        self.kept.is_some()
-    }
-
     /// Whether this registry was opened read-only (it could not be written).
     pub fn is_read_only(&self) -> bool {
         self.catalog.writable().is_err()

@@ -407,6 +407,11 @@ fn a_change_refused_by_the_store_changes_nothing_and_says_what_to_do() {
     }
 }
 
+/// The steps a rollout of 3 steps entered, in the order its decisions say so (`step N of 3`).
+fn steps_entered(reasons: &[String]) -> Vec<String> {
+    reasons.iter().filter_map(|r| r.rsplit("; ").next().filter(|s| s.ends_with(" of 3")).map(str::to_owned)).collect()
+}
+
 /// The reasons of rollout `id`'s decisions, oldest first.
 fn decisions(history: &Value, id: i64) -> Vec<String> {
     history.as_array().unwrap().iter().filter(|d| d["rollout"] == id).map(|d| d["reason"].as_str().unwrap().to_owned()).collect()
@@ -554,7 +559,7 @@ fn the_leader_killed_mid_rollout_is_replaced_and_the_rollout_finishes_from_its_s
     assert!(victim_ok > 0);
     let reasons = decisions(&fleet.rollout(survivor, &["history", "fraud"]), 1);
     // Each step entered once, in order, then the promotion: nothing repeated, nothing skipped.
-    let entered: Vec<String> = reasons.iter().filter_map(|r| r.rsplit("; ").next().filter(|s| s.ends_with(" of 3")).map(str::to_owned)).collect();
+    let entered = steps_entered(&reasons);
     assert_eq!(entered, ["step 1 of 3", "step 2 of 3", "step 3 of 3"], "{reasons:?}");
     assert_eq!(reasons.len(), 4, "{reasons:?}");
     assert!(reasons.last().unwrap().ends_with("every step done"), "{reasons:?}");
@@ -665,7 +670,7 @@ fn cut_off_mid_rollout(the_leader: bool, cut_off: Cut) {
         }
     }
     let reasons = decisions(&fleet.rollout(victim, &["history", "fraud"]), 1);
-    let entered: Vec<String> = reasons.iter().filter_map(|r| r.rsplit("; ").next().filter(|s| s.ends_with(" of 3")).map(str::to_owned)).collect();
+    let entered = steps_entered(&reasons);
     assert_eq!(entered, ["step 1 of 3", "step 2 of 3", "step 3 of 3"], "each step entered once: {reasons:?}");
     assert_eq!(reasons.len(), 4, "{reasons:?}");
     let status = fleet.rollout(victim, &["status", "fraud"]);
@@ -749,7 +754,7 @@ fn replicas_with_their_clocks_ahead_keep_the_rollout_history_whole() {
     }
     let history = fleet.rollout(survivor, &["history", "fraud"]);
     let reasons = decisions(&history, 1);
-    let steps: Vec<String> = reasons.iter().filter_map(|r| r.rsplit("; ").next().filter(|s| s.ends_with(" of 3")).map(str::to_owned)).collect();
+    let steps = steps_entered(&reasons);
     assert_eq!(steps, ["step 1 of 3", "step 2 of 3", "step 3 of 3"], "each step entered once: {reasons:?}");
     assert_eq!(reasons.len(), 4, "{reasons:?}");
     // Every hold kept on one clock (the store's): each decision is stamped with Redis' time, so
@@ -812,7 +817,7 @@ fn a_slow_and_lossy_link_to_the_store_takes_no_step_twice_and_fails_no_request()
         assert!(failed.is_empty(), "replica {i}: {} of {} failed: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(3)]);
     }
     let reasons = decisions(&fleet.rollout(2, &["history", "fraud"]), 1);
-    let entered: Vec<String> = reasons.iter().filter_map(|r| r.rsplit("; ").next().filter(|s| s.ends_with(" of 3")).map(str::to_owned)).collect();
+    let entered = steps_entered(&reasons);
     assert_eq!(entered, ["step 1 of 3", "step 2 of 3", "step 3 of 3"], "each step entered once: {reasons:?}");
     assert_eq!(reasons.len(), 4, "{reasons:?}");
 }
