@@ -71,6 +71,17 @@ pub struct TrafficStatus {
     pub loaded_versions: Vec<String>,
     /// The roles a version can have in `weights` and `shadow`.
     pub roles: Vec<Role>,
+    /// When this server began routing by each revision, by its clock, oldest first (the last
+    /// 100 since it started): what a fleet's history checker compares with the revisions' order.
+    #[serde(default)]
+    pub applied: Vec<AppliedRevision>,
+}
+
+/// A revision this server began routing by, and when (milliseconds since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedRevision {
+    pub revision: u64,
+    pub at_ms: u64,
 }
 
 /// A version's share of live traffic, as basis points and as text (`75%`).

@@ -189,6 +189,7 @@ async fn status(State(state): State<AdminState>, Path(name): Path<String>) -> Re
             mean_abs_diff: a.mean_abs_diff(),
         }
     });
+    let applied = state.app.models.applied(&name);
     let status = TrafficStatus {
         model: name,
         revision,
@@ -197,6 +198,7 @@ async fn status(State(state): State<AdminState>, Path(name): Path<String>) -> Re
         shadow,
         loaded_versions,
         roles: vec![Role::Stable, Role::Candidate, Role::Shadow],
+        applied,
     };
     Ok(json(StatusCode::OK, &status))
 }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use modelship_protocol::admin::AppliedRevision;
 use modelship_inference::{Backend, DataType, InferError, InferRequest, ModelInfo, Tensor, TensorData};
 use modelship_router::{Role, RouteInput, TrafficTable};
 use prometheus::{Histogram, IntCounter};
@@ -609,11 +610,22 @@ pub struct ModelTable {
     /// The model the server was started with: what `/v1/predict` answers with when others are
     /// served beside it (loaded through the repository API).
     primary: OnceLock<String>,
+    /// Each model's revisions as this server began routing by them (the last
+    /// [`APPLIED_KEPT`]), written under `writing`.
+    applied: std::sync::Mutex<BTreeMap<String, std::collections::VecDeque<AppliedRevision>>>,
 }
+
+/// Revisions kept per model in [`ModelTable::applied`].
+const APPLIED_KEPT: usize = 100;
 
 impl ModelTable {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        ModelTable { slots: ArcSwap::default(), metrics, writing: Mutex::new(()), reload_errors: Default::default(), primary: OnceLock::new() }
+        ModelTable { slots: ArcSwap::default(), metrics, writing: Mutex::new(()), reload_errors: Default::default(), primary: OnceLock::new(), applied: Default::default() }
+    }
+
+    /// The revisions of `name` this server began routing by, oldest first, and when.
+    pub fn applied(&self, name: &str) -> Vec<AppliedRevision> {
+        self.applied.lock().unwrap_or_else(|p| p.into_inner()).get(name).map(|a| a.iter().copied().collect()).unwrap_or_default()
     }
 
     /// Names the server's own model (once; later calls change nothing).
@@ -668,6 +680,15 @@ impl ModelTable {
     /// The body of both publishes. Only under `writing`.
     fn publish_locked(&self, name: &str, next: Arc<Served>) -> Arc<Served> {
         let previous = self.set(name, ModelSlot::Ready(Arc::clone(&next)));
+        if !matches!(&previous, Some(ModelSlot::Ready(p)) if p.revision == next.revision) {
+            let at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+            let log = applied.entry(name.to_owned()).or_default();
+            if log.len() == APPLIED_KEPT {
+                log.pop_front();
+            }
+            log.push_back(AppliedRevision { revision: next.revision, at_ms });
+        }
         self.after_write(name, previous.as_ref(), Some(&next));
         next
     }

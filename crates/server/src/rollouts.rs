@@ -327,7 +327,7 @@ impl Rollouts {
             _ => Target::Stable,
         };
         let reason = format!("rollout {}: {}", record.id, describe(&record.rollout));
-        let revision = self.traffic.ensure(state, &record.rollout.plan.to, target, "rollout", &reason).await?;
+        let revision = self.traffic.ensure(state, &record.rollout.plan.to, target, "rollout", &reason, leader).await?;
         if desired == Action::Rollback && state.predictions.get().is_some() {
             match self.traffic.history().await {
                 // Only a revision this rollback committed: `ensure` answers with the revision in

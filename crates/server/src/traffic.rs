@@ -211,7 +211,9 @@ impl Traffic {
     /// Makes the routing what `target` asks for `version`, committing a revision only when it is
     /// not so already; returns the revision in force after. Idempotent: a replica taking over a
     /// rollout applies its state without knowing what was applied before.
-    pub async fn ensure(&self, state: &AppState, version: &str, target: Target, actor: &str, reason: &str) -> Result<u64, ApiError> {
+    /// With `leader`, the commit is fenced by the model's lease ([`ControlStore::commit`]): a
+    /// rollout's control loop that lost the lease mid-analysis commits nothing.
+    pub async fn ensure(&self, state: &AppState, version: &str, target: Target, actor: &str, reason: &str, leader: Option<&str>) -> Result<u64, ApiError> {
         let _one_at_a_time = self.lock.lock().await;
         let _loaded = state.residency.pin(&self.spec.name);
         // A change committed elsewhere first: decide on the latest routing.
@@ -226,14 +228,14 @@ impl Traffic {
         loop {
             attempts += 1;
             let (_, before) = state.models.routing(&self.spec.name)?;
-            match self.ensure_locked(state, version, target, actor, reason).await {
+            match self.ensure_locked(state, version, target, actor, reason, leader).await {
                 Err(ApiError::Conflict(_)) if attempts < 3 && state.models.routing(&self.spec.name).is_ok_and(|(_, r)| r != before) => continue,
                 result => return result,
             }
         }
     }
 
-    async fn ensure_locked(&self, state: &AppState, version: &str, target: Target, actor: &str, reason: &str) -> Result<u64, ApiError> {
+    async fn ensure_locked(&self, state: &AppState, version: &str, target: Target, actor: &str, reason: &str, leader: Option<&str>) -> Result<u64, ApiError> {
         // A resting model routes all traffic to its stable version: in force for these targets
         // without loading it again.
         if let Some(ModelSlot::Resting(r)) = state.models.slot(&self.spec.name)
@@ -269,7 +271,7 @@ impl Traffic {
         }
         // The rollout judged the version when it started (`rollout start --force` for one that
         // failed validation): its promotion moves the alias without asking again.
-        Ok(self.install_with(state, &served, table, None, actor, reason, None, AliasStep::MoveJudged).await?.revision)
+        Ok(self.install_with(state, &served, table, None, actor, reason, None, AliasStep::MoveJudged, leader).await?.revision)
     }
 
     /// Follows the control store for this model until shutdown: applies every newer revision, on a
@@ -341,7 +343,7 @@ impl Traffic {
         let served = self.served(state).await?;
         let change = Change::Switch { version: version.to_owned() };
         let table = served.table.apply(&change).map_err(change_error)?;
-        match self.install_with(state, &served, table, Some(change), actor, reason, None, AliasStep::Follow).await {
+        match self.install_with(state, &served, table, Some(change), actor, reason, None, AliasStep::Follow, None).await {
             // Another replica committed first (install applied its revision): the same move?
             Err(ApiError::Conflict(e)) => match state.models.routing(&self.spec.name)? {
                 (now, _) if now.stable == version => Ok(None),
@@ -416,8 +418,24 @@ impl Traffic {
         let (table, revision) = state.models.routing(&self.spec.name)?;
         let Some(latest) = self.store.latest(&self.spec.name).await? else { return Ok(None) };
         // Revision 0 is also what a freshly started server holds before it read the store, so
-        // there the table decides; after that, the number does.
-        let in_force = if revision == 0 { latest.revision == 0 && latest.traffic == table } else { latest.revision <= revision };
+        // there the table decides; after that, the number does, and the routing where the
+        // numbers are equal. A store whose latest is older than the revision in force lost
+        // writes (a Redis failover before they reached the new primary): its routing is the
+        // fleet's now, and the next commit reuses the lost number with other routing, which
+        // this replica must not take for the one it serves.
+        let in_force = if revision == 0 {
+            latest.revision == 0 && latest.traffic == table
+        } else if latest.revision == revision {
+            routes_alike(&latest.traffic, &table)
+        } else {
+            false
+        };
+        if !in_force && latest.revision <= revision && revision != 0 {
+            tracing::warn!(
+                model = %self.spec.name, in_force = revision, store = latest.revision,
+                "the control store's latest revision is not the one this replica serves (it lost writes: a failover?); applying the store's"
+            );
+        }
         if in_force {
             if self.failure.lock().unwrap_or_else(|p| p.into_inner()).take().is_some() {
                 state.models.set_reload_error(&self.spec.name, None);
@@ -441,7 +459,15 @@ impl Traffic {
         tracing::info!(model = %self.spec.name, revision = latest.revision, actor = %latest.actor, reason = %latest.reason, "applied a revision from the control store");
         Ok(Some(latest.revision))
     }
+}
 
+/// Whether two tables route alike: `previous` (the version kept warm for a rollback) is left
+/// out, since a replica drops it when it does not hold that version.
+fn routes_alike(a: &TrafficTable, b: &TrafficTable) -> bool {
+    TrafficTable { previous: None, ..a.clone() } == TrafficTable { previous: None, ..b.clone() }
+}
+
+impl Traffic {
     /// Serves `table` as `revision` (already committed): loads what it routes to, keeps the
     /// previous version warm when the table names one and it is loaded.
     async fn apply(&self, state: &AppState, served: &Served, mut table: TrafficTable, revision: u64) -> Result<(), ApiError> {
@@ -465,7 +491,7 @@ impl Traffic {
         };
         let change = Change::Switch { version: model.version.clone() };
         let table = served.table.apply(&change).map_err(change_error)?;
-        self.install_with(state, &served, table, Some(change), actor, reason, Some(model), AliasStep::Move).await
+        self.install_with(state, &served, table, Some(change), actor, reason, Some(model), AliasStep::Move, None).await
     }
 
     /// Before [`Traffic::resume`], on a control store the fleet shares: a routing recorded for
@@ -512,7 +538,7 @@ impl Traffic {
                 traffic: table,
                 source: self.source.label.clone(),
             };
-            return match self.store.commit(&initial).await {
+            return match self.store.commit(&initial, None).await {
                 Ok(()) => Ok(()),
                 // Another replica committed first: apply what it wrote.
                 Err(StoreError::Conflict { .. }) => self.resume_recorded(state).await,
@@ -528,7 +554,7 @@ impl Traffic {
         let served = self.served(state).await?;
         let base = Served { table: latest.traffic.clone(), revision: latest.revision, versions: served.versions.clone() };
         let (table, reason) = restart;
-        match self.install_with(state, &base, table, None, "server", &reason, None, AliasStep::Follow).await {
+        match self.install_with(state, &base, table, None, "server", &reason, None, AliasStep::Follow, None).await {
             Ok(revision) => {
                 tracing::warn!(model = %self.spec.name, revision = revision.revision, reason = %reason, "the recorded routing was not resumed as it was");
                 Ok(())
@@ -557,7 +583,7 @@ impl Traffic {
         actor: &str,
         reason: &str,
     ) -> Result<Revision, ApiError> {
-        self.install_with(state, served, table, change, actor, reason, None, AliasStep::Move).await
+        self.install_with(state, served, table, change, actor, reason, None, AliasStep::Move, None).await
     }
 
     /// [`Traffic::install`], with one version already loaded by the caller. A new stable version
@@ -575,6 +601,7 @@ impl Traffic {
         reason: &str,
         loaded: Option<Arc<LoadedModel>>,
         alias: AliasStep,
+        leader: Option<&str>,
     ) -> Result<Revision, ApiError> {
         let mut table = table.without_self_comparison();
         let versions = self.versions_for(state, served, &mut table, loaded.as_ref()).await?;
@@ -596,7 +623,7 @@ impl Traffic {
             traffic: table.clone(),
             source: self.source.label.clone(),
         };
-        if let Err(e) = self.store.commit(&revision).await {
+        if let Err(e) = self.store.commit(&revision, leader).await {
             let conflict = matches!(e, StoreError::Conflict { .. });
             if conflict && let Err(sync) = self.sync_locked(state).await {
                 tracing::warn!(model = %self.spec.name, error = %sync, "cannot apply the routing another replica committed");

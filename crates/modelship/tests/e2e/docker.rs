@@ -270,6 +270,9 @@ pub struct Load {
     pub ok: Arc<AtomicUsize>,
     pub failed: Arc<Mutex<Vec<String>>>,
     pub versions: Arc<Mutex<std::collections::BTreeMap<String, usize>>>,
+    /// Answers by (the routing revision that answered, the version): what the fleet's history
+    /// checker compares with the revisions in force (`x-modelship-revision`; 0 when absent).
+    pub served: Arc<Mutex<std::collections::BTreeMap<(u64, String), usize>>>,
 }
 
 impl Load {
@@ -278,11 +281,12 @@ impl Load {
         let ok = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(Mutex::new(Vec::new()));
         let versions = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+        let served = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
         let body = json!({"features": [[0.1, 1.2, -0.3, 0.4, 2.5, -1.6, 0.7, 0.8, -0.9, 1.0, 0.1, 0.2, 0.3, -0.4, 0.5, 0.6, -0.7, 0.8, 0.9, 1.0, -1.1, 0.2, 0.3, 0.4, 0.5, -0.6, 0.7, 0.8, 0.9, 1.0]]}).to_string();
         let threads = (0..clients)
             .map(|_| {
-                let (stop, ok, failed, versions, url, body) =
-                    (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&versions), url.to_owned(), body.clone());
+                let (stop, ok, failed, versions, served, url, body) =
+                    (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&versions), Arc::clone(&served), url.to_owned(), body.clone());
                 thread::spawn(move || {
                     let agent = agent();
                     let deadline = Instant::now() + Duration::from_secs(300);
@@ -291,6 +295,8 @@ impl Load {
                             Ok(response) if response.status() == 200 => {
                                 let r = reply(response);
                                 let v = r.header("x-model-version").unwrap_or("?").to_owned();
+                                let revision = r.header("x-modelship-revision").and_then(|n| n.parse().ok()).unwrap_or(0);
+                                *served.lock().unwrap().entry((revision, v.clone())).or_default() += 1;
                                 *versions.lock().unwrap().entry(v).or_default() += 1;
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
@@ -305,7 +311,7 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, threads, ok, failed, versions }
+        Load { stop, threads, ok, failed, versions, served }
     }
 
     pub fn seen(&self, version: &str) -> bool {

@@ -19,11 +19,56 @@ pub struct Redis {
     port: u16,
     child: Child,
     dir: Option<std::path::PathBuf>,
+    /// The working directory of one that keeps nothing: a replica's full sync writes
+    /// `dump.rdb` there, which a server started later in the same directory would load.
+    _scratch: Option<tempfile::TempDir>,
 }
 
 impl Redis {
     pub fn start(port: u16) -> Redis {
         Redis::launch(port, None, None)
+    }
+
+    /// A replica of the Redis on `primary` (`--replicaof`), ready once it answers.
+    pub fn replica_of(port: u16, primary: u16) -> Redis {
+        Redis::launch_with(port, None, None, &["--replicaof", "127.0.0.1", &primary.to_string()])
+    }
+
+    /// A Redis Sentinel (`redis-server CONFIG --sentinel`: the program Debian's `redis-sentinel`
+    /// runs) on `port`, watching the primary on `primary` as service `modelship`: it counts as
+    /// down after 1 s, and `quorum` Sentinels agreeing fail it over. Its configuration (which
+    /// Sentinel rewrites) lives in `dir`.
+    pub fn sentinel(port: u16, primary: u16, quorum: usize, dir: &Path) -> Redis {
+        let config = dir.join(format!("sentinel-{port}.conf"));
+        std::fs::write(
+            &config,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor modelship 127.0.0.1 {primary} {quorum}\nsentinel down-after-milliseconds modelship 1000\nsentinel failover-timeout modelship 10000\nsentinel parallel-syncs modelship 1\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&config)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server; scripts/setup.sh --test does)");
+        let sentinel = Redis { port, child, dir: None, _scratch: None };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sentinel.cli(&["PING"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "redis sentinel did not start on port {port}");
+            thread::sleep(Duration::from_millis(50));
+        }
+        sentinel
+    }
+
+    /// Kills it (SIGKILL): a primary that fails with no warning.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Listening on `address` too (a net's gateway, for hosts in namespaces).
@@ -36,16 +81,22 @@ impl Redis {
     }
 
     fn launch(port: u16, dir: Option<std::path::PathBuf>, also: Option<&str>) -> Redis {
+        Redis::launch_with(port, dir, also, &[])
+    }
+
+    fn launch_with(port: u16, dir: Option<std::path::PathBuf>, also: Option<&str>, extra: &[&str]) -> Redis {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]);
         if let Some(address) = also {
             // Clients on other hosts, with no password: Redis' protected mode would refuse them.
             cmd.args([address, "--protected-mode", "no"]);
         }
-        cmd.args(["--save", ""]);
-        match &dir {
-            Some(d) => cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"]).arg(d),
-            None => cmd.args(["--appendonly", "no"]),
+        cmd.args(["--save", ""]).args(extra);
+        let scratch = dir.is_none().then(|| tempfile::tempdir().unwrap());
+        match (&dir, &scratch) {
+            (Some(d), _) => cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"]).arg(d),
+            (None, Some(s)) => cmd.args(["--appendonly", "no", "--dir"]).arg(s.path()),
+            (None, None) => unreachable!("a scratch directory when none is given"),
         };
         let child = cmd
             .stdin(Stdio::null())
@@ -53,7 +104,7 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (apt-get install redis-server; scripts/setup.sh --test does)");
-        let redis = Redis { port, child, dir };
+        let redis = Redis { port, child, dir, _scratch: scratch };
         let deadline = Instant::now() + Duration::from_secs(10);
         while redis.cli(&["PING"]).trim() != "PONG" {
             assert!(Instant::now() < deadline, "redis-server did not start on port {port}");

@@ -27,6 +27,7 @@ use serde_json::Value;
 
 use crate::docker::Load;
 use crate::features::Redis;
+use crate::history::History;
 use crate::netns::{Host, Net};
 use crate::registry_s3::S3;
 use crate::support::{Receiver, Server, command, fraud_body, free_port, model};
@@ -281,6 +282,26 @@ impl Replicas {
         serde_json::from_str(&self.ok(i, &["status", "fraud", "--output", "json"])).unwrap()
     }
 
+    /// Rollout 1's history as the store and the live replicas recorded it, with the answers
+    /// the clients got (`Load::served`, kept before the loads finish), for the history
+    /// checker; read through replica `via`. `ahead_ms` gives a replica's clock lead over the
+    /// machine's (libfaketime), by index.
+    /// `live` are the replicas live throughout; `rejoined`, ones cut off for a while (checked
+    /// for order only).
+    fn history(&self, via: usize, live: &[usize], rejoined: &[usize], answers: &[Answers], ahead_ms: &[(usize, u64)]) -> History {
+        let decisions = self.rollout(via, &["history", "fraud"]);
+        let revisions: Value = serde_json::from_str(&self.ok(via, &["history", "fraud", "--output", "json"])).unwrap();
+        let mut history = History::new(1, &decisions, &revisions);
+        for (&i, throughout) in live.iter().map(|i| (i, true)).chain(rejoined.iter().map(|i| (i, false))) {
+            let ahead = ahead_ms.iter().find(|(r, _)| *r == i).map_or(0, |(_, ms)| *ms);
+            history.replica(&format!("replica-{}", i + 1), &self.status(i), ahead, throughout);
+        }
+        for served in answers {
+            history.answers(&served.lock().unwrap());
+        }
+        history
+    }
+
     /// Waits until every replica serves `revision`; returns how long it took.
     fn converge(&self, revision: u64) -> Duration {
         let started = Instant::now();
@@ -292,6 +313,13 @@ impl Replicas {
         }
         started.elapsed()
     }
+}
+
+/// A load's answers by (revision, version), kept to be checked after it finished.
+type Answers = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<(u64, String), usize>>>;
+
+fn answers(loads: &[Load]) -> Vec<Answers> {
+    loads.iter().map(|l| std::sync::Arc::clone(&l.served)).collect()
 }
 
 fn answer(server: &Server, headers: &[(&str, &str)]) -> (String, u64) {
@@ -491,6 +519,7 @@ fn scale_up_mid_step(redis: &Redis, mut fleet: Replicas, after_settling: bool) {
     let revision = fleet.wait_rollout(0, "settled on step 1", |s| s["settled_ms"].is_u64())["revision"].as_u64().unwrap();
     fleet.converge(revision);
     let loads: Vec<Load> = (0..fleet.servers.len()).map(|i| Load::start(&fleet.server(i).url("/v1/predict"), 1)).collect();
+    let answered = answers(&loads);
     let loaded = Instant::now();
     let mut verdicts = Vec::new();
     let done = fleet.wait_rollout(0, "rolled back with 20 replicas", |s| {
@@ -508,6 +537,9 @@ fn scale_up_mid_step(redis: &Redis, mut fleet: Replicas, after_settling: bool) {
     for load in loads {
         load.finish();
     }
+    let all: Vec<usize> = (0..fleet.servers.len()).collect();
+    let report = fleet.history(1, &all, &[], &answered, &[]).check(2, "error_rate");
+    eprintln!("fleet history checker (17 joined mid-step): {report}");
     let history = fleet.rollout(1, &["history", "fraud"]);
     assert_eq!(decisions(&history, 1).len(), 2, "started, rolled back: one decision each");
 }
@@ -531,6 +563,7 @@ fn the_leader_killed_mid_rollout_is_replaced_and_the_rollout_finishes_from_its_s
         "to: '4'\nsteps:\n  - weight: {weight: 20%, hold: 3s}\n  - weight: {weight: 50%, hold: 3s}\n  - weight: {weight: 80%, hold: 3s}\nchecks: [{error_rate: {}}]\nfailure: {min_samples: 10, deadline: 5m}\ninterval: 500ms\n",
     );
     let loads: Vec<Load> = (0..3).map(|i| Load::start(&fleet.server(i).url("/v1/predict"), 2)).collect();
+    let answered = answers(&loads);
     fleet.rollout(0, &["start", "fraud", "--spec", &spec]);
     // Mid-rollout: step 2 under way, its routing applied by every replica.
     let at = fleet.wait_rollout(1, "reached step 2 settled", |s| s["step"] == 2 && !s["settled_ms"].is_null());
@@ -557,6 +590,9 @@ fn the_leader_killed_mid_rollout_is_replaced_and_the_rollout_finishes_from_its_s
         }
     }
     assert!(victim_ok > 0);
+    let live: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    let report = fleet.history(survivor, &live, &[], &answered, &[]).check(3, "every step done");
+    eprintln!("fleet history checker (the leader killed): {report}");
     let reasons = decisions(&fleet.rollout(survivor, &["history", "fraud"]), 1);
     // Each step entered once, in order, then the promotion: nothing repeated, nothing skipped.
     let entered = steps_entered(&reasons);
@@ -620,6 +656,7 @@ fn cut_off_mid_rollout(the_leader: bool, cut_off: Cut) {
     fleet.converge(0);
     let spec = fleet.spec("to: '4'\nsteps:\n  - weight: {weight: 20%, hold: 3s}\n  - weight: {weight: 50%, hold: 3s}\n  - weight: {weight: 80%, hold: 3s}\nchecks: [{error_rate: {}}]\nfailure: {min_samples: 10, deadline: 5m}\ninterval: 500ms\n");
     let loads: Vec<Load> = (0..3).map(|i| Load::start(&fleet.server(i).url("/v1/predict"), 2)).collect();
+    let answered = answers(&loads);
     fleet.rollout(0, &["start", "fraud", "--spec", &spec]);
     let at = fleet.wait_rollout(1, "reached step 2 settled", |s| s["step"] == 2 && !s["settled_ms"].is_null());
     let leader = at["leader"].as_str().unwrap().to_owned();
@@ -669,6 +706,9 @@ fn cut_off_mid_rollout(the_leader: bool, cut_off: Cut) {
             assert!(failed.is_empty(), "replica {i}: {} of {} failed: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(3)]);
         }
     }
+    let live: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    let report = fleet.history(victim, &live, &[victim], &answered, &[]).check(3, "every step done");
+    eprintln!("fleet history checker (replica-{} cut off, {cut_off:?}): {report}", victim + 1);
     let reasons = decisions(&fleet.rollout(victim, &["history", "fraud"]), 1);
     let entered = steps_entered(&reasons);
     assert_eq!(entered, ["step 1 of 3", "step 2 of 3", "step 3 of 3"], "each step entered once: {reasons:?}");
@@ -705,6 +745,7 @@ fn replicas_with_their_clocks_ahead_keep_the_rollout_history_whole() {
     fleet.converge(0);
     let spec = fleet.spec("to: '4'\nsteps:\n  - weight: {weight: 20%, hold: 4s}\n  - weight: {weight: 50%, hold: 4s}\n  - weight: {weight: 80%, hold: 4s}\nchecks: [{error_rate: {}}]\nfailure: {min_samples: 10, deadline: 5m}\ninterval: 500ms\n");
     let loads: Vec<Load> = (0..3).map(|i| Load::start(&fleet.server(i).url("/v1/predict"), 2)).collect();
+    let answered = answers(&loads);
     fleet.rollout(0, &["start", "fraud", "--spec", &spec]);
     // Redis' clock, read by the test around each look at the rollout.
     let redis_ms = || {
@@ -752,6 +793,9 @@ fn replicas_with_their_clocks_ahead_keep_the_rollout_history_whole() {
             assert!(failed.is_empty(), "replica {i}: {} of {} failed: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(3)]);
         }
     }
+    let live: Vec<usize> = (0..3).filter(|i| Some(*i) != killed).collect();
+    let report = fleet.history(survivor, &live, &[], &answered, &[(1, 3000), (2, 3000)]).check(3, "every step done");
+    eprintln!("fleet history checker (clocks +3 s): {report}");
     let history = fleet.rollout(survivor, &["history", "fraud"]);
     let reasons = decisions(&history, 1);
     let steps = steps_entered(&reasons);
@@ -798,6 +842,7 @@ fn a_slow_and_lossy_link_to_the_store_takes_no_step_twice_and_fails_no_request()
     fleet.converge(0);
     let spec = fleet.spec("to: '4'\nsteps:\n  - weight: {weight: 20%, hold: 3s}\n  - weight: {weight: 50%, hold: 3s}\n  - weight: {weight: 80%, hold: 3s}\nchecks: [{error_rate: {}}]\nfailure: {min_samples: 10, deadline: 5m}\ninterval: 500ms\n");
     let loads: Vec<Load> = (0..3).map(|i| Load::start(&fleet.server(i).url("/v1/predict"), 2)).collect();
+    let answered = answers(&loads);
     let started = Instant::now();
     fleet.rollout(0, &["start", "fraud", "--spec", &spec]);
     let done = fleet.wait_rollout(1, "promoted over the poor link", |s| s["phase"]["phase"] == "promoted" || s["phase"]["phase"] == "rolled_back");
@@ -816,10 +861,63 @@ fn a_slow_and_lossy_link_to_the_store_takes_no_step_twice_and_fails_no_request()
         let (ok, failed, _) = load.finish();
         assert!(failed.is_empty(), "replica {i}: {} of {} failed: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(3)]);
     }
+    let report = fleet.history(2, &[0, 1, 2], &[], &answered, &[]).check(3, "every step done");
+    eprintln!("fleet history checker (slow, lossy link): {report}");
     let reasons = decisions(&fleet.rollout(2, &["history", "fraud"]), 1);
     let entered = steps_entered(&reasons);
     assert_eq!(entered, ["step 1 of 3", "step 2 of 3", "step 3 of 3"], "each step entered once: {reasons:?}");
     assert_eq!(reasons.len(), 4, "{reasons:?}");
+}
+
+/// The control store is a Redis primary with two replicas behind three Sentinels
+/// (`redis+sentinel://`, every write that matters acknowledged by a replica). In the middle of a
+/// rollout of an identical candidate, with load on every replica, the primary is killed: the
+/// Sentinels promote a replica, the fleet follows them to it, and the rollout goes on from its
+/// step. The history checker passes: each step entered once, revisions applied in order, no
+/// answer from a version its revision did not route to, and no failed request.
+#[test]
+fn the_store_failed_over_by_sentinel_mid_rollout_takes_no_step_twice() {
+    let mut primary = Redis::start(free_port());
+    let replicas = [Redis::replica_of(free_port(), primary.port()), Redis::replica_of(free_port(), primary.port())];
+    let dir = tempfile::tempdir().unwrap();
+    let sentinels: Vec<Redis> = (0..3).map(|_| Redis::sentinel(free_port(), primary.port(), 2, dir.path())).collect();
+    // Both replicas in sync, and each Sentinel aware of them (from the primary's INFO, every
+    // 10 s) and of the other two (hello messages), before the fleet starts: a failover needs them.
+    let entries = |s: &Redis, what: &str| s.cli(&["SENTINEL", what, "modelship"]).lines().filter(|l| l.trim() == "name").count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !primary.cli(&["INFO", "replication"]).contains("connected_slaves:2") || !sentinels.iter().all(|s| entries(s, "REPLICAS") == 2 && entries(s, "SENTINELS") == 2) {
+        assert!(Instant::now() < deadline, "the replicas never synced: {}", primary.cli(&["INFO", "replication"]));
+        thread::sleep(Duration::from_millis(100));
+    }
+    let url = format!("redis+sentinel://{}/modelship", sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port())).collect::<Vec<_>>().join(","));
+    let mut fleet = Replicas::serving(&primary, 0, "fraud:1", &[]);
+    fleet.store = Some(url);
+    for _ in 0..3 {
+        fleet.add(&primary);
+    }
+    fleet.push("fraud", "4");
+    fleet.converge(0);
+    let spec = fleet.spec("to: '4'\nsteps:\n  - weight: {weight: 20%, hold: 3s}\n  - weight: {weight: 50%, hold: 3s}\n  - weight: {weight: 80%, hold: 3s}\nchecks: [{error_rate: {}}]\nfailure: {min_samples: 10, deadline: 5m}\ninterval: 500ms\n");
+    let loads: Vec<Load> = (0..3).map(|i| Load::start(&fleet.server(i).url("/v1/predict"), 2)).collect();
+    let answered = answers(&loads);
+    fleet.rollout(0, &["start", "fraud", "--spec", &spec]);
+    let at = fleet.wait_rollout(1, "reached step 2 settled", |s| s["step"] == 2 && !s["settled_ms"].is_null());
+    let killed = Instant::now();
+    primary.kill();
+    let done = fleet.wait_rollout(1, "promoted after the failover", |s| s["phase"]["phase"] == "promoted" || s["phase"]["phase"] == "rolled_back");
+    assert_eq!(done["phase"]["phase"], "promoted", "{done}");
+    let promoted = sentinels[0].cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "modelship"]);
+    assert!(!promoted.contains(&primary.port().to_string()), "the Sentinels moved the primary: {promoted}");
+    eprintln!("fleet on Sentinel: the primary killed at step {}; promoted {:.1} s later, the primary now {}", at["step"], killed.elapsed().as_secs_f64(), promoted.split_whitespace().collect::<Vec<_>>().join(":"));
+    let final_revision = fleet.status(1)["revision"].as_u64().unwrap();
+    fleet.converge(final_revision);
+    for (i, load) in loads.into_iter().enumerate() {
+        let (ok, failed, _) = load.finish();
+        assert!(failed.is_empty(), "replica {i}: {} of {} failed: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(3)]);
+    }
+    let report = fleet.history(2, &[0, 1, 2], &[], &answered, &[]).check(3, "every step done");
+    eprintln!("fleet history checker (Sentinel failover): {report}");
+    drop(replicas);
 }
 
 /// Redis stops for 10 s in the middle of a rollout: every replica keeps serving with no failed

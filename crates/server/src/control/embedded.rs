@@ -186,7 +186,8 @@ impl ControlStore for Embedded {
         async move { self.read(model, false) }.boxed()
     }
 
-    fn commit<'a>(&'a self, r: &'a Revision) -> BoxFuture<'a, Result<(), StoreError>> {
+    // One process: it always holds the lease, so a leader's commit is never fenced off.
+    fn commit<'a>(&'a self, r: &'a Revision, _leader: Option<&'a str>) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
             let change = r.change.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default());
             let traffic = serde_json::to_string(&r.traffic).unwrap_or_default();

@@ -206,6 +206,17 @@ impl KubernetesStore {
         Ok(Api::namespaced(client.clone(), namespace))
     }
 
+    /// Refuses a leader's write unless `leader` holds the model's live lease. Checked before the
+    /// write, not with it (see the module's documentation).
+    async fn check_leader(&self, model: &str, leader: &str) -> Result<(), StoreError> {
+        let lease = self.leases().await?.get_opt(&object_name("lease", model)).await.map_err(failed)?;
+        let holder = lease.as_ref().and_then(|l| live_holder(l.spec.as_ref()?, Timestamp::now()));
+        if holder != Some(leader) {
+            return Err(StoreError::NotLeader { holder: holder.unwrap_or("nobody").to_owned() });
+        }
+        Ok(())
+    }
+
     async fn leases(&self) -> Result<Api<LeaseObject>, StoreError> {
         let client = self.client().await?;
         let namespace = self.namespace.as_deref().unwrap_or(client.default_namespace());
@@ -329,8 +340,11 @@ impl ControlStore for KubernetesStore {
         .boxed()
     }
 
-    fn commit<'a>(&'a self, r: &'a Revision) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn commit<'a>(&'a self, r: &'a Revision, leader: Option<&'a str>) -> BoxFuture<'a, Result<(), StoreError>> {
         self.bounded(async move {
+            if let Some(leader) = leader {
+                self.check_leader(&r.model, leader).await?;
+            }
             let (api, name) = (self.maps().await?, object_name("traffic", &r.model));
             let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let read = Self::read(&api, &name).await?;
@@ -374,12 +388,7 @@ impl ControlStore for KubernetesStore {
         self.bounded(async move {
             let model = record.model.as_str();
             if let Write::Update { leader: Some(leader) } = write {
-                // Checked before the write, not with it (see the module's documentation).
-                let lease = self.leases().await?.get_opt(&object_name("lease", model)).await.map_err(failed)?;
-                let holder = lease.as_ref().and_then(|l| live_holder(l.spec.as_ref()?, Timestamp::now()));
-                if holder != Some(leader) {
-                    return Err(StoreError::NotLeader { holder: holder.unwrap_or("nobody").to_owned() });
-                }
+                self.check_leader(model, leader).await?;
             }
             let (api, name) = (self.maps().await?, object_name("rollout", model));
             let read = Self::read(&api, &name).await?;

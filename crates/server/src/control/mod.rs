@@ -3,7 +3,10 @@
 //! `MODELSHIP_CONTROL_STORE`):
 //!
 //! - `embedded` (the default): this process's SQLite file (`STATE_DIR/traffic.db`); one replica.
-//! - `redis://HOST:PORT[/DB]`: a Redis server the fleet shares.
+//! - `redis://HOST:PORT[/DB]`: a Redis server the fleet shares;
+//!   `redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]`: the primary a set of Redis
+//!   Sentinels names, followed through failovers, every write that matters acknowledged by a
+//!   replica (`WAIT`) before it counts.
 //! - `kubernetes` or `kubernetes://NAMESPACE` (the cargo feature `kubernetes`): ConfigMaps and a
 //!   `Lease` in the cluster's API server, in the pod's own namespace unless one is named.
 //!
@@ -192,7 +195,11 @@ pub trait ControlStore: Send + Sync {
 
     /// Commits `revision` if it is the next one: revision 0 into an empty history, else exactly
     /// one after the latest. Otherwise [`StoreError::Conflict`], and nothing is written.
-    fn commit<'a>(&'a self, revision: &'a Revision) -> BoxFuture<'a, Result<(), StoreError>>;
+    ///
+    /// With `leader` (a rollout's control loop applying its step), only while that replica holds
+    /// the model's lease, else [`StoreError::NotLeader`]: a leader cut off mid-analysis cannot
+    /// route by a step the new leader has moved past (the fencing of its in-flight writes).
+    fn commit<'a>(&'a self, revision: &'a Revision, leader: Option<&'a str>) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Revision numbers of `model` as others commit them, while the connection lasts (the stream
     /// ends when it drops). Best effort: a subscriber also re-reads [`ControlStore::latest`].
@@ -283,6 +290,9 @@ pub fn check_setting(setting: &str) -> Result<(), String> {
     if setting == "embedded" {
         return Ok(());
     }
+    if setting.starts_with("redis+sentinel://") {
+        return redis_store::SentinelUrl::parse(setting).map(|_| ()).map_err(|e| format!("'{}' is not a usable Sentinel URL: {e}", redact(setting)));
+    }
     if setting.starts_with("redis://") || setting.starts_with("rediss://") {
         return redis::Client::open(setting).map(|_| ()).map_err(|e| format!("'{}' is not a usable Redis URL: {e}", redact(setting)));
     }
@@ -293,7 +303,7 @@ pub fn check_setting(setting: &str) -> Result<(), String> {
         }
         return Err("control store 'kubernetes' needs a modelship built with the cargo feature `kubernetes` (cargo build -p modelship --features kubernetes); use 'embedded' (one replica) or redis://HOST:PORT (a fleet)".to_owned());
     }
-    Err(format!("control store '{}' is not 'embedded', a redis://HOST:PORT[/DB] URL or kubernetes[://NAMESPACE]", redact(setting)))
+    Err(format!("control store '{}' is not 'embedded', a redis://HOST:PORT[/DB] URL, a redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE URL or kubernetes[://NAMESPACE]", redact(setting)))
 }
 
 /// The namespace a `kubernetes` setting names: `None` for the client's own (the pod's service
@@ -361,11 +371,11 @@ pub(crate) mod tests {
     /// What every store must do, whatever it is.
     async fn behaves_as_a_store(store: &dyn ControlStore, model: &str) {
         assert_eq!(store.latest(model).await.unwrap(), None);
-        assert_eq!(store.commit(&revision(model, 1)).await, Err(StoreError::Conflict { wanted: 1, latest: None }), "the first is 0");
-        store.commit(&revision(model, 0)).await.unwrap();
-        store.commit(&revision(model, 1)).await.unwrap();
-        assert_eq!(store.commit(&revision(model, 1)).await, Err(StoreError::Conflict { wanted: 1, latest: Some(1) }), "lost the race");
-        assert_eq!(store.commit(&revision(model, 3)).await, Err(StoreError::Conflict { wanted: 3, latest: Some(1) }), "no gaps");
+        assert_eq!(store.commit(&revision(model, 1), None).await, Err(StoreError::Conflict { wanted: 1, latest: None }), "the first is 0");
+        store.commit(&revision(model, 0), None).await.unwrap();
+        store.commit(&revision(model, 1), None).await.unwrap();
+        assert_eq!(store.commit(&revision(model, 1), None).await, Err(StoreError::Conflict { wanted: 1, latest: Some(1) }), "lost the race");
+        assert_eq!(store.commit(&revision(model, 3), None).await, Err(StoreError::Conflict { wanted: 3, latest: Some(1) }), "no gaps");
         assert_eq!(store.latest(model).await.unwrap(), Some(revision(model, 1)));
         assert_eq!(store.history(model).await.unwrap(), vec![revision(model, 0), revision(model, 1)]);
         assert_eq!(store.latest("other").await.unwrap(), None, "models are apart");
@@ -500,8 +510,122 @@ pub(crate) mod tests {
         let e = check_setting("kubernetes://ML_Serving").unwrap_err();
         assert!(e.contains("does not name a Kubernetes namespace"), "{e}");
         assert!(check_setting("kubernetes://").unwrap_err().contains("does not name a Kubernetes namespace"));
-        assert!(open("etcd://x", &path).err().unwrap().contains("is not 'embedded', a redis://HOST:PORT[/DB] URL or kubernetes[://NAMESPACE]"));
+        assert!(open("etcd://x", &path).err().unwrap().contains("is not 'embedded', a redis://HOST:PORT[/DB] URL, a redis+sentinel://"));
+        assert_eq!(open("redis+sentinel://10.0.0.1:26379,10.0.0.2/modelship", &path).unwrap().kind(), "redis", "opening does not connect");
+        for (bad, says) in [
+            ("redis+sentinel://10.0.0.1:26379", "names no service"),
+            ("redis+sentinel://10.0.0.1:x/modelship", "is not HOST:PORT"),
+            ("redis+sentinel://[::1]:26379/modelship", "IPv6"),
+            ("redis+sentinel://h:26379/mod ship", "not a Sentinel service name"),
+            ("redis+sentinel://h:26379/modelship/db", "not a database number"),
+            ("redis+sentinel://h:26379/modelship?wait=99", "wait=99"),
+            ("redis+sentinel://h:26379/modelship?timeout=1", "not a known parameter"),
+        ] {
+            let e = check_setting(bad).unwrap_err();
+            assert!(e.contains(says) && e.contains("not a usable Sentinel URL"), "{bad}: {e}");
+        }
+        let e = check_setting("redis+sentinel://:s3cret@h:26379/modelship/db").unwrap_err();
+        assert!(!e.contains("s3cret"), "no password in messages: {e}");
         assert_eq!(redact("redis://user:secret@host:6379/1"), "redis://***@host:6379/1");
+    }
+
+    /// A real primary, its replica and three Sentinels: a write counts only once a replica
+    /// holds it (`WAIT`), and when the primary dies the store follows the Sentinels to the
+    /// replica they promote, with every acknowledged write there.
+    #[tokio::test]
+    async fn the_sentinel_store_waits_for_a_replica_and_follows_a_failover() {
+        use crate::testing::net::{RedisServer, Sentinel};
+        let mut primary = RedisServer::start();
+        let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(primary.port(), 2)).collect();
+        let url = format!("redis+sentinel://{}/modelship", sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port())).collect::<Vec<_>>().join(","));
+        let store = RedisStore::new(&url).unwrap();
+        // No replica yet: the commit reaches the primary, but is reported as not done.
+        let e = store.commit(&revision("fraud", 0), None).await.unwrap_err();
+        assert!(matches!(&e, StoreError::Unavailable { reason, .. } if reason.contains("0 of 1 replicas acknowledged")), "{e}");
+        let mut replicas: Vec<RedisServer> = (0..2).map(|_| RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()])).collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        // Once the replicas have synced, writes are acknowledged.
+        let mut next = 1;
+        loop {
+            match store.commit(&revision("fraud", next), None).await {
+                Ok(()) => break,
+                Err(StoreError::Unavailable { .. }) => next += 1,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(std::time::Instant::now() < deadline, "no replica ever acknowledged a write");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The Sentinels learn of the replicas (from the primary's INFO, every 10 s) and of each
+        // other (hello messages) before a failover can be agreed on.
+        for sentinel in &sentinels {
+            let mut c = redis::Client::open(format!("redis://127.0.0.1:{}", sentinel.port())).unwrap().get_multiplexed_async_connection().await.unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let known: Vec<redis::Value> = redis::cmd("SENTINEL").arg("REPLICAS").arg("modelship").query_async(&mut c).await.unwrap();
+                let peers: Vec<redis::Value> = redis::cmd("SENTINEL").arg("SENTINELS").arg("modelship").query_async(&mut c).await.unwrap();
+                if known.len() == 2 && peers.len() == 2 {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "a Sentinel knows {} replicas and {} peers", known.len(), peers.len());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        assert!(store.lease("fraud", "a", Duration::from_secs(60)).await.unwrap().mine);
+        store.save_rollout(&record(1, 0, false), Write::Create, &[decision("start")]).await.unwrap();
+        // The primary dies: the Sentinels promote a replica, and the store writes there once the
+        // other replica follows it.
+        primary.kill();
+        let failed_over = std::time::Instant::now();
+        let deadline = failed_over + Duration::from_secs(60);
+        let mut last: StoreError;
+        loop {
+            match store.save_rollout(&record(1, 1, false), Write::Update { leader: Some("a") }, &[decision("after the failover")]).await {
+                Ok(()) => break,
+                // Refused by a primary on which the first attempt landed without a replica's
+                // acknowledgement: the record is there already.
+                Err(StoreError::Stale(_)) if store.rollout("fraud").await.unwrap().is_some_and(|r| r.seq == 1) => break,
+                Err(e @ StoreError::Unavailable { .. }) => last = e,
+                Err(e) => panic!("after the failover: {e}"),
+            }
+            assert!(std::time::Instant::now() < deadline, "the store never wrote to a new primary: {last}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!("sentinel store: writing to the promoted replica {:?} after the primary died", failed_over.elapsed());
+        let mut roles = Vec::new();
+        for replica in &replicas {
+            let mut direct = redis::Client::open(replica.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut direct).await.unwrap();
+            roles.push(role.first() == Some(&redis::Value::BulkString(b"master".to_vec())));
+        }
+        assert_eq!(roles.iter().filter(|r| **r).count(), 1, "one replica was promoted: {roles:?}");
+        // Everything acknowledged before the failover is there: the revision, the lease, the
+        // record and its decisions.
+        assert_eq!(store.latest("fraud").await.unwrap().map(|r| r.revision), Some(next));
+        assert_eq!(store.lease("fraud", "b", Duration::from_secs(60)).await.unwrap().holder, "a");
+        let reasons: Vec<String> = store.rollout_history("fraud").await.unwrap().into_iter().map(|(_, d)| d.reason).collect();
+        assert_eq!(reasons, ["start", "after the failover"]);
+        // With no replica left, writes are reported not done again, never silently single.
+        let follower = roles.iter().position(|r| !r).unwrap();
+        replicas[follower].kill();
+        let e = store.commit(&revision("fraud", next + 1), None).await.unwrap_err();
+        assert!(matches!(&e, StoreError::Unavailable { reason, .. } if reason.contains("acknowledged")), "{e}");
+    }
+
+    #[test]
+    fn a_sentinel_url_names_the_sentinels_the_service_and_the_replicas_to_wait_for() {
+        let url = redis_store::SentinelUrl::parse("redis+sentinel://:p%40ss@10.0.0.1:26380,sentinel-b/modelship/2?wait=2").unwrap();
+        let expected = redis_store::SentinelUrl {
+            sentinels: vec![("10.0.0.1".into(), 26380), ("sentinel-b".into(), 26379)],
+            service: "modelship".into(),
+            db: 2,
+            username: None,
+            password: Some("p@ss".into()),
+            wait: 2,
+        };
+        assert_eq!(url, expected);
+        let plain = redis_store::SentinelUrl::parse("redis+sentinel://h:1/svc").unwrap();
+        assert_eq!((plain.db, plain.wait, plain.password), (0, 1, None), "one replica acknowledges by default");
+        assert_eq!(redis_store::SentinelUrl::parse("redis+sentinel://h:1/svc?wait=0").unwrap().wait, 0);
     }
 
     #[tokio::test]
@@ -530,14 +654,14 @@ pub(crate) mod tests {
         assert!((before..=time().await).contains(&now), "{before} <= {now}");
         let mut changes = store.changes("fraud").await.unwrap();
         let other = RedisStore::new(&redis.url()).unwrap();
-        other.commit(&revision("fraud", 2)).await.unwrap();
+        other.commit(&revision("fraud", 2), None).await.unwrap();
         let published = tokio::time::timeout(Duration::from_secs(5), changes.next()).await.expect("published within 5 s");
         assert_eq!(published, Some(2));
         assert_eq!(store.latest("fraud").await.unwrap().map(|r| r.revision), Some(2), "a second client sees the first's commit");
         // Many writers racing for one revision: exactly one wins.
         let stores: Vec<RedisStore> = (0..8).map(|_| RedisStore::new(&redis.url()).unwrap()).collect();
         let third = revision("fraud", 3);
-        let results = futures::future::join_all(stores.iter().map(|s| s.commit(&third))).await;
+        let results = futures::future::join_all(stores.iter().map(|s| s.commit(&third, None))).await;
         assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
         keeps_rollouts(&store).await;
         carries_the_fleet(&store).await;
@@ -563,6 +687,12 @@ pub(crate) mod tests {
         assert_eq!(e, StoreError::NotLeader { holder: "b".into() });
         b.release("fraud", "a").await.unwrap();
         assert!(!a.lease("fraud", "a", ttl).await.unwrap().mine, "only the holder gives the lease up");
+        // A routing commit by a control loop carries the lease too: a's, sent after b took
+        // over, is refused; b's lands.
+        let e = a.commit(&revision("fraud", 0), Some("a")).await.unwrap_err();
+        assert_eq!(e, StoreError::NotLeader { holder: "b".into() });
+        assert_eq!(b.latest("fraud").await.unwrap(), None, "nothing written");
+        b.commit(&revision("fraud", 0), Some("b")).await.unwrap();
         b.release("fraud", "b").await.unwrap();
         assert!(a.lease("fraud", "a", ttl).await.unwrap().mine, "given up: free at once");
 

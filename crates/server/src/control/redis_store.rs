@@ -11,6 +11,18 @@
 //!   entries.
 //!
 //! Every write that must not race is one Lua script, which Redis runs atomically.
+//!
+//! **Sentinel.** `redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB][?wait=N]`
+//! asks the Sentinels for the primary of `SERVICE` (checking with `ROLE` that it is one) at
+//! each connection, so after a failover the next request reconnects to the new primary (the
+//! old one refuses writes, `READONLY`, or is gone, and either drops the connection). Redis
+//! replicates asynchronously: a write the primary acknowledged can be lost if it fails before a
+//! replica received it. So every write that matters (a revision, a rollout record with its
+//! decisions, a lease taken) is followed by `WAIT N` (default 1): one that no replica
+//! acknowledged within [`WAIT_FOR`] is reported as a failed write, and the writer finds out
+//! at its next read whether it survived (the rollout loop re-reads its record; a replica
+//! whose revision the store no longer holds applies the store's, see `Traffic::sync`). What
+//! can still be lost, and why no step is taken twice, is in `docs/fleet.md`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -25,7 +37,9 @@ use super::{ControlStore, Evidence, Lease, Page, ReplicaReport, Revision, StoreE
 /// The store in Redis (see the module's documentation for its keys). Model names are checked
 /// names (letters, digits, `.`, `_`, `-`), so they cannot escape their keys.
 pub struct RedisStore {
-    client: redis::Client,
+    source: Source,
+    /// Replicas that must acknowledge a write that matters (`WAIT`): 0 for a lone Redis.
+    wait: usize,
     prefix: String,
     /// One multiplexed connection, made on first use and again after a failure, with a number
     /// that tells it from the ones before it. Requests run on clones of it, concurrently: the
@@ -34,20 +48,141 @@ pub struct RedisStore {
     connections: std::sync::atomic::AtomicU64,
 }
 
-/// Commits revision ARGV[1] (JSON ARGV[2]) if it is the next one; publishes it on ARGV[3].
-/// Returns -1 when committed, -2 when the store is empty and the revision is not 0, else the
-/// latest revision stored. Redis runs a script atomically: this is the compare and swap.
+/// Where the store's primary is: one Redis, or the one the Sentinels name now.
+enum Source {
+    Direct(redis::Client),
+    /// The Sentinel client caches its connections to the Sentinels; it is asked again for the
+    /// primary's address at every new connection.
+    Sentinel { client: tokio::sync::Mutex<redis::sentinel::SentinelClient>, service: String },
+}
+
+/// How long a write that matters waits for its replicas' acknowledgement (`WAIT`).
+const WAIT_FOR: Duration = Duration::from_secs(2);
+
+/// A `redis+sentinel://` URL, read: the Sentinels' addresses, the service, the primary's
+/// database and password, and how many replicas acknowledge a write.
+#[derive(Debug, PartialEq)]
+pub(crate) struct SentinelUrl {
+    pub sentinels: Vec<(String, u16)>,
+    pub service: String,
+    pub db: i64,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub wait: usize,
+}
+
+impl SentinelUrl {
+    pub(crate) fn parse(url: &str) -> Result<SentinelUrl, String> {
+        const FORM: &str = "redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB][?wait=N]";
+        let rest = url.strip_prefix("redis+sentinel://").ok_or_else(|| format!("not a {FORM} URL"))?;
+        let (rest, query) = rest.split_once('?').map_or((rest, None), |(r, q)| (r, Some(q)));
+        let (userinfo, rest) = rest.rsplit_once('@').map_or((None, rest), |(u, r)| (Some(u), r));
+        let (hosts, path) = rest.split_once('/').ok_or_else(|| format!("it names no service: {FORM}"))?;
+        let mut sentinels = Vec::new();
+        for host in hosts.split(',') {
+            let (name, port) = host.rsplit_once(':').map_or((host, Some("26379")), |(h, p)| (h, Some(p)));
+            let port: u16 = port.and_then(|p| p.parse().ok()).filter(|p| *p != 0).ok_or_else(|| format!("'{host}' is not HOST:PORT: {FORM}"))?;
+            if name.is_empty() || name.contains(['[', ']', '/']) {
+                return Err(format!("'{host}' is not HOST:PORT (IPv6 addresses are not supported here; use a name): {FORM}"));
+            }
+            sentinels.push((name.to_owned(), port));
+        }
+        let (service, db) = path.split_once('/').map_or((path, None), |(s, d)| (s, Some(d)));
+        if service.is_empty() || !service.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            return Err(format!("'{service}' is not a Sentinel service name (letters, digits, '.', '_', '-'): {FORM}"));
+        }
+        let db = match db {
+            None | Some("") => 0,
+            Some(d) => d.parse::<i64>().ok().filter(|d| *d >= 0).ok_or_else(|| format!("'{d}' is not a database number: {FORM}"))?,
+        };
+        let mut wait = 1;
+        for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("wait", n)) => wait = n.parse().ok().filter(|n| *n <= 16).ok_or_else(|| format!("wait={n}: a number of replicas, 0 to 16"))?,
+                _ => return Err(format!("'{pair}' is not a known parameter (only wait=N): {FORM}")),
+            }
+        }
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(u) => {
+                let (user, password) = u.split_once(':').map_or((u, None), |(u, p)| (u, Some(p)));
+                let decode = |s: &str| percent_decode(s).ok_or_else(|| "the password is not valid percent-encoding".to_owned());
+                (Some(decode(user)?).filter(|u| !u.is_empty()), password.map(decode).transpose()?)
+            }
+        };
+        Ok(SentinelUrl { sentinels, service: service.to_owned(), db, username, password, wait })
+    }
+
+    fn client(&self) -> redis::RedisResult<redis::sentinel::SentinelClient> {
+        use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+        let addresses = self.sentinels.iter().map(|(host, port)| redis::ConnectionAddr::Tcp(host.clone(), *port));
+        let mut builder = SentinelClientBuilder::new(addresses, &self.service, SentinelServerType::Master)?.set_client_to_redis_db(self.db);
+        if let Some(user) = &self.username {
+            builder = builder.set_client_to_redis_username(user);
+        }
+        if let Some(password) = &self.password {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        builder.build()
+    }
+}
+
+/// Waits until `wait` replicas hold this connection's writes (`WAIT`); a write that none
+/// acknowledged within [`WAIT_FOR`] is reported failed, since a failover now would lose it.
+/// Nothing to wait for on a lone Redis (`wait` 0).
+async fn replicated(conn: &mut redis::aio::MultiplexedConnection, wait: usize) -> redis::RedisResult<()> {
+    if wait == 0 {
+        return Ok(());
+    }
+    let acknowledged: usize = redis::cmd("WAIT").arg(wait).arg(WAIT_FOR.as_millis() as u64).query_async(conn).await?;
+    if acknowledged < wait {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "write not replicated",
+            format!("{acknowledged} of {wait} replicas acknowledged it within {} s; a failover now could lose it", WAIT_FOR.as_secs()),
+        )));
+    }
+    Ok(())
+}
+
+/// `%XX` sequences decoded (a password in a URL); `None` when one is malformed.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Commits revision ARGV[1] (JSON ARGV[2]) if it is the next one, and, when ARGV[4] names a
+/// leader, only while it holds the lease KEYS[3]; publishes it on ARGV[3]. Returns `{ok}`,
+/// `{not_leader, HOLDER}`, `{conflict}` (the store is empty and the revision is not 0) or
+/// `{conflict, LATEST}`. Redis runs a script atomically: this is the compare and swap, and the
+/// lease check is part of it.
 const COMMIT_SCRIPT: &str = r"
+if ARGV[4] ~= '' then
+  local holder = redis.call('GET', KEYS[3])
+  if holder ~= ARGV[4] then return {'not_leader', holder or 'nobody'} end
+end
 local latest = redis.call('GET', KEYS[1])
 local wanted = tonumber(ARGV[1])
 if (latest == false and wanted == 0) or (latest ~= false and tonumber(latest) == wanted - 1) then
   redis.call('SET', KEYS[1], wanted)
   redis.call('HSET', KEYS[2], wanted, ARGV[2])
   redis.call('PUBLISH', ARGV[3], wanted)
-  return -1
+  return {'ok'}
 end
-if latest == false then return -2 end
-return tonumber(latest)
+if latest == false then return {'conflict'} end
+return {'conflict', latest}
 ";
 
 /// Writes a rollout record as [`Write`] allows (see [`super::check_write`], the
@@ -123,9 +258,32 @@ return redis.call('HMGET', KEYS[1], unpack(live))
 const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl RedisStore {
+    /// A store at `url`: `redis://` / `rediss://` (one Redis) or `redis+sentinel://` (the
+    /// primary the Sentinels name). Nothing is connected yet.
     pub fn new(url: &str) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("control store URL '{}': {e}", redact(url)))?;
-        Ok(RedisStore { client, prefix: "modelship".to_owned(), conn: tokio::sync::Mutex::new(None), connections: std::sync::atomic::AtomicU64::new(0) })
+        let (source, wait) = if url.starts_with("redis+sentinel://") {
+            let parsed = SentinelUrl::parse(url).map_err(|e| format!("control store URL '{}': {e}", redact(url)))?;
+            let client = parsed.client().map_err(|e| format!("control store URL '{}': {e}", redact(url)))?;
+            (Source::Sentinel { client: tokio::sync::Mutex::new(client), service: parsed.service }, parsed.wait)
+        } else {
+            (Source::Direct(redis::Client::open(url).map_err(|e| format!("control store URL '{}': {e}", redact(url)))?), 0)
+        };
+        Ok(RedisStore { source, wait, prefix: "modelship".to_owned(), conn: tokio::sync::Mutex::new(None), connections: std::sync::atomic::AtomicU64::new(0) })
+    }
+
+    /// A client for the primary: the one Redis, or the one the Sentinels name now (checked
+    /// with `ROLE`).
+    async fn client(&self) -> Result<redis::Client, StoreError> {
+        match &self.source {
+            Source::Direct(client) => Ok(client.clone()),
+            Source::Sentinel { client, service } => {
+                let mut sentinels = client.lock().await;
+                tokio::time::timeout(REDIS_TIMEOUT, sentinels.async_get_client())
+                    .await
+                    .map_err(|_| Self::unavailable(format!("no Sentinel named the primary of '{service}' within 5 s")))?
+                    .map_err(|e| Self::unavailable(format!("the Sentinels name no primary of '{service}': {e}")))
+            }
+        }
     }
 
     /// The traffic keys of `model`: the latest number, the revisions hash, the channel.
@@ -167,7 +325,8 @@ impl RedisStore {
             // The redis crate's own bounds (a 1 s connect, a 500 ms answer) would decide first,
             // and fail every request on a link with a half-second round trip: ours is the bound.
             let config = redis::AsyncConnectionConfig::new().set_connection_timeout(Some(REDIS_TIMEOUT)).set_response_timeout(Some(REDIS_TIMEOUT));
-            let conn = tokio::time::timeout(REDIS_TIMEOUT, self.client.get_multiplexed_async_connection_with_config(&config))
+            let client = self.client().await?;
+            let conn = tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection_with_config(&config))
                 .await
                 .map_err(|_| Self::unavailable("no answer within 5 s"))?
                 .map_err(Self::unavailable)?;
@@ -187,6 +346,19 @@ impl RedisStore {
 
     /// Runs a Lua script with its keys and arguments.
     async fn eval<T: redis::FromRedisValue + Send + 'static>(&self, script: &'static str, keys: Vec<String>, args: Vec<String>) -> Result<T, StoreError> {
+        self.eval_then(script, keys, args, |_, _| false).await
+    }
+
+    /// Runs a Lua script; when `wrote` says its answer means it wrote, waits for the replicas
+    /// to hold the write (`WAIT`, on the same connection) before answering.
+    async fn eval_then<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        script: &'static str,
+        keys: Vec<String>,
+        args: Vec<String>,
+        wrote: fn(&T, &[String]) -> bool,
+    ) -> Result<T, StoreError> {
+        let wait = self.wait;
         self.run(move |c| {
             async move {
                 let mut cmd = redis::cmd("EVAL");
@@ -197,7 +369,11 @@ impl RedisStore {
                 for a in &args {
                     cmd.arg(a);
                 }
-                cmd.query_async(c).await
+                let answer: T = cmd.query_async(c).await?;
+                if wrote(&answer, &args) {
+                    replicated(c, wait).await?;
+                }
+                Ok(answer)
             }
             .boxed()
         })
@@ -269,23 +445,23 @@ impl ControlStore for RedisStore {
         .boxed()
     }
 
-    fn commit<'a>(&'a self, r: &'a Revision) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn commit<'a>(&'a self, r: &'a Revision, leader: Option<&'a str>) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
             let (latest, revisions, channel) = self.keys(&r.model);
             let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let wanted = r.revision;
-            let answer: i64 = self
-                .run(move |c| {
-                    async move {
-                        redis::cmd("EVAL").arg(COMMIT_SCRIPT).arg(2).arg(&latest).arg(&revisions).arg(wanted).arg(&json).arg(&channel).query_async(c).await
-                    }
-                    .boxed()
-                })
-                .await?;
-            match answer {
-                -1 => Ok(()),
-                -2 => Err(StoreError::Conflict { wanted, latest: None }),
-                n => Err(StoreError::Conflict { wanted, latest: Some(n as u64) }),
+            let keys = vec![latest, revisions, self.key("lease", &r.model)];
+            let args = vec![wanted.to_string(), json, channel, leader.unwrap_or("").to_owned()];
+            let answer: Vec<String> = self.eval_then(COMMIT_SCRIPT, keys, args, |a: &Vec<String>, _| a.len() == 1 && a[0] == "ok").await?;
+            match answer.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+                ["ok"] => Ok(()),
+                ["not_leader", holder] => Err(StoreError::NotLeader { holder: (*holder).to_owned() }),
+                ["conflict"] => Err(StoreError::Conflict { wanted, latest: None }),
+                ["conflict", n] => {
+                    let latest = n.parse().map_err(|_| StoreError::Corrupt(format!("the latest revision of model '{}' is '{n}'", r.model)))?;
+                    Err(StoreError::Conflict { wanted, latest: Some(latest) })
+                }
+                other => Err(StoreError::Corrupt(format!("unexpected answer from the commit script: {other:?}"))),
             }
         }
         .boxed()
@@ -294,7 +470,8 @@ impl ControlStore for RedisStore {
     fn changes<'a>(&'a self, model: &'a str) -> BoxFuture<'a, Result<BoxStream<'static, u64>, StoreError>> {
         async move {
             let (_, _, channel) = self.keys(model);
-            let mut pubsub = tokio::time::timeout(REDIS_TIMEOUT, self.client.get_async_pubsub())
+            let client = self.client().await?;
+            let mut pubsub = tokio::time::timeout(REDIS_TIMEOUT, client.get_async_pubsub())
                 .await
                 .map_err(|_| Self::unavailable("no answer within 5 s"))?
                 .map_err(Self::unavailable)?;
@@ -333,7 +510,7 @@ impl ControlStore for RedisStore {
                 self.key("traffic", model),
             ];
             args.extend(decisions.iter().map(|d| serde_json::json!({"rollout": record.id, "decision": d}).to_string()));
-            let answer: Vec<String> = self.eval(SAVE_ROLLOUT_SCRIPT, keys, args).await?;
+            let answer: Vec<String> = self.eval_then(SAVE_ROLLOUT_SCRIPT, keys, args, |a: &Vec<String>, _| a.len() == 1 && a[0] == "ok").await?;
             match answer.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
                 ["ok"] => Ok(()),
                 ["not_leader", holder] => Err(StoreError::NotLeader { holder: (*holder).to_owned() }),
@@ -369,7 +546,9 @@ impl ControlStore for RedisStore {
     fn lease<'a>(&'a self, model: &'a str, holder: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Lease, StoreError>> {
         async move {
             let ttl_ms = ttl.as_millis().max(1).to_string();
-            let now: String = self.eval(LEASE_SCRIPT, vec![self.key("lease", model)], vec![holder.to_owned(), ttl_ms]).await?;
+            // Taken or renewed: replicated before it counts, so a failover does not hand a lease
+            // this replica acts on to another.
+            let now: String = self.eval_then(LEASE_SCRIPT, vec![self.key("lease", model)], vec![holder.to_owned(), ttl_ms], |now: &String, args| *now == args[0]).await?;
             Ok(Lease { mine: now == holder, holder: now })
         }
         .boxed()

@@ -124,7 +124,7 @@ async fn a_commit_creates_then_replaces_with_the_version_it_read() {
         assert_eq!(body, wanted);
         answer(to, 201, &configmap(&name, "41", body["data"].clone()));
     };
-    let (committed, ()) = tokio::join!(store.commit(&first), server_side);
+    let (committed, ()) = tokio::join!(store.commit(&first, None), server_side);
     committed.unwrap();
 
     // The next: a replace carrying resourceVersion 41, as read.
@@ -137,7 +137,7 @@ async fn a_commit_creates_then_replaces_with_the_version_it_read() {
         assert_eq!(body, wanted);
         answer(to, 200, &configmap(&name, "42", body["data"].clone()));
     };
-    let (committed, ()) = tokio::join!(store.commit(&second), server_side);
+    let (committed, ()) = tokio::join!(store.commit(&second, None), server_side);
     committed.unwrap();
 
     // Not the next number: refused from the read, nothing written.
@@ -147,7 +147,7 @@ async fn a_commit_creates_then_replaces_with_the_version_it_read() {
         quiet(&mut server).await;
     };
     let third = revision("fraud", 3);
-    let (committed, ()) = tokio::join!(store.commit(&third), server_side);
+    let (committed, ()) = tokio::join!(store.commit(&third, None), server_side);
     assert_eq!(committed, Err(StoreError::Conflict { wanted: 3, latest: Some(1) }));
 
     // Reads: the latest, the history oldest first.
@@ -179,7 +179,7 @@ async fn a_409_on_replace_is_a_conflict_naming_the_winner() {
         answer(to, 200, &configmap(&name, "42", json!({"latest": "1", "revision-0": json_of(&revision("fraud", 0)), "revision-1": json_of(&theirs)})));
         quiet(&mut server).await;
     };
-    let (committed, ()) = tokio::join!(store.commit(&ours), server_side);
+    let (committed, ()) = tokio::join!(store.commit(&ours, None), server_side);
     assert_eq!(committed, Err(StoreError::Conflict { wanted: 1, latest: Some(1) }));
 }
 
@@ -201,7 +201,7 @@ async fn the_history_is_bounded_in_its_configmap() {
         assert_eq!(data[&format!("revision-{REVISIONS_KEPT}")], json!(json_of(&next)));
         answer(to, 200, &body);
     };
-    let (committed, ()) = tokio::join!(store.commit(&next), server_side);
+    let (committed, ()) = tokio::join!(store.commit(&next, None), server_side);
     committed.unwrap();
 }
 
