@@ -409,6 +409,31 @@ fn replicas_sharing_a_redis_control_store_route_from_one_revisioned_table() {
     assert_eq!(redis.cli(&["HLEN", "modelship:traffic:fraud:revisions"]).trim(), "25");
 }
 
+/// The store loses its latest revision (what a Redis failover does to a write no replica had
+/// received): the replicas, which route by it, go back to the revision the store holds, and a
+/// new revision committed under the lost one's number, with other routing, is applied
+/// everywhere, not taken for the one they served.
+#[test]
+fn replicas_follow_a_store_that_lost_its_latest_revision() {
+    let redis = Redis::start(free_port());
+    let fleet = Replicas::start(&redis, 2);
+    fleet.converge(0);
+    fleet.ok(0, &["set", "fraud", "--candidate", "2", "--weight", "10%", "--reason", "lost at the failover"]);
+    fleet.converge(1);
+    redis.cli(&["SET", "modelship:traffic:fraud:latest", "0"]);
+    redis.cli(&["HDEL", "modelship:traffic:fraud:revisions", "1"]);
+    fleet.converge(0);
+    for i in 0..2 {
+        assert!(fleet.status(i)["traffic"]["candidate"].is_null(), "replica {i} went back to the store's revision 0: {}", fleet.status(i));
+    }
+    fleet.ok(1, &["set", "fraud", "--candidate", "2", "--weight", "50%", "--reason", "after the failover"]);
+    fleet.converge(1);
+    for i in 0..2 {
+        assert_eq!(fleet.status(i)["traffic"]["candidate"]["weight"], 5000, "replica {i} serves the new revision 1: {}", fleet.status(i));
+    }
+    assert!(fleet.logs().contains("it lost writes"), "the replicas said why they went back");
+}
+
 #[test]
 fn a_change_refused_by_the_store_changes_nothing_and_says_what_to_do() {
     let redis = Redis::start(free_port());
