@@ -9,8 +9,14 @@
 //!   `leaseDurationSeconds`, `renewTime`, `acquireTime`, `leaseTransitions`), as client-go's
 //!   leader election keeps it; it has expired when `renewTime + leaseDurationSeconds` is past;
 //! - `modelship-replicas-M`: data `r-HASH` per replica, its report and when it was written;
-//! - `modelship-evidence-M`, `modelship-labels-M`: bounded logs, data `last` (the sequence number
-//!   of the newest entry, the cursor) and `e-N` / `l-N` entries, oldest dropped first.
+//! - `modelship-evidence-HASH`, one per replica and model ([`evidence_object`]), labelled
+//!   `modelship.io/model=M` and `modelship.io/log=evidence`: that replica's evidence log, which
+//!   it alone writes, so a fleet of any size never drops a replica's windows for another's; the
+//!   leader lists them in one request and reads each from its own cursor;
+//! - `modelship-labels-M`: a bounded log shared by every replica.
+//!
+//! A log is data `last` (the sequence number of the newest entry, its cursor) and `e-N` / `l-N`
+//! entries, oldest dropped first.
 //!
 //! Every write is a replace carrying the `resourceVersion` it read (or a create, which fails when
 //! the object exists): the API server refuses it with 409 when the object changed meanwhile, so
@@ -62,11 +68,14 @@ pub const REVISION_BYTES: usize = 512 * 1024;
 /// alone is larger, its oldest decisions.
 pub const DECISION_BYTES: usize = 640 * 1024;
 const ROLLOUTS_KEPT: usize = 50;
-/// The evidence log: at most this many entries and bytes. An entry is one replica's thinned
-/// window of half an analysis interval (up to ~70 KB), so the bytes bound first: with more than
-/// about five busy replicas entries are dropped before the leader reads them (ARCHITECTURE.md).
-const EVIDENCE_KEPT: usize = 1_000;
-const EVIDENCE_BYTES: usize = 640 * 1024;
+/// Each replica's evidence log: at most this many entries and bytes. An entry is one replica's
+/// thinned window of half an analysis interval (up to ~70 KB), so the bytes bound first: a busy
+/// replica's log holds about three intervals, which the leader reads every interval. The
+/// leader's read lists every replica's log, so the bound is also what one replica adds to it.
+const EVIDENCE_KEPT: usize = 200;
+const EVIDENCE_BYTES: usize = 256 * 1024;
+/// The label that tells an evidence log from the model's other objects.
+const LOG_LABEL: &str = "modelship.io/log";
 /// The labels log: batches of labels handed on.
 const LABELS_KEPT: usize = 1_000;
 const LABEL_BYTES: usize = 512 * 1024;
@@ -98,6 +107,12 @@ struct Heard {
 /// The Kubernetes name of `what`'s object for `model`: `modelship-WHAT-SLUG` (see [`model_slug`]).
 pub fn object_name(what: &str, model: &str) -> String {
     format!("modelship-{what}-{}", model_slug(model))
+}
+
+/// The ConfigMap holding `replica`'s evidence log for `model`: `modelship-evidence-` and 16 hex
+/// digits of the SHA-256 of both names (the names themselves are in its labels and data).
+pub fn evidence_object(model: &str, replica: &str) -> String {
+    format!("modelship-evidence-{}", hex::encode(&Sha256::digest(format!("{model}\n{replica}").as_bytes())[..8]))
 }
 
 /// A model's name as DNS-1123 (lowercase letters, digits and `-`, as object names and label
@@ -236,9 +251,27 @@ impl KubernetesStore {
     /// when there was nothing. `false`: the object changed (or appeared) meanwhile, nothing was
     /// written.
     async fn write(api: &Api<ConfigMap>, name: &str, model: &str, read: Option<&ConfigMap>, data: BTreeMap<String, String>) -> Result<bool, StoreError> {
+        Self::write_labelled(api, name, model, read, data, None).await
+    }
+
+    /// [`KubernetesStore::write`], with one more label when the object is created.
+    async fn write_labelled(
+        api: &Api<ConfigMap>,
+        name: &str,
+        model: &str,
+        read: Option<&ConfigMap>,
+        data: BTreeMap<String, String>,
+        label: Option<(&str, &str)>,
+    ) -> Result<bool, StoreError> {
         let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
         let written = match read {
-            None => api.create(&params, &ConfigMap { metadata: meta(name, model), data: Some(data), ..ConfigMap::default() }).await,
+            None => {
+                let mut metadata = meta(name, model);
+                if let (Some((key, value)), Some(labels)) = (label, metadata.labels.as_mut()) {
+                    labels.insert(key.to_owned(), value.to_owned());
+                }
+                api.create(&params, &ConfigMap { metadata, data: Some(data), ..ConfigMap::default() }).await
+            }
             Some(read) => {
                 let mut next = read.clone();
                 next.metadata.managed_fields = None;
@@ -255,13 +288,24 @@ impl KubernetesStore {
 
     /// Reads `name`, changes its data with `change` and writes it, again from a fresh read while
     /// another replica's write lands in between: an append, which conflicts with nobody.
-    async fn append(&self, name: &str, model: &str, mut change: impl FnMut(&mut BTreeMap<String, String>) -> Result<(), StoreError>) -> Result<(), StoreError> {
+    async fn append(&self, name: &str, model: &str, change: impl FnMut(&mut BTreeMap<String, String>) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        self.append_labelled(name, model, None, change).await
+    }
+
+    /// [`KubernetesStore::append`], with one more label when the object is created.
+    async fn append_labelled(
+        &self,
+        name: &str,
+        model: &str,
+        label: Option<(&str, &str)>,
+        mut change: impl FnMut(&mut BTreeMap<String, String>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let api = self.maps().await?;
         for _ in 0..APPEND_TRIES {
             let read = Self::read(&api, name).await?;
             let mut data = read.as_ref().and_then(|m| m.data.clone()).unwrap_or_default();
             change(&mut data)?;
-            if Self::write(&api, name, model, read.as_ref(), data).await? {
+            if Self::write_labelled(&api, name, model, read.as_ref(), data, label).await? {
                 return Ok(());
             }
         }
@@ -538,16 +582,70 @@ impl ControlStore for KubernetesStore {
     fn push_evidence<'a>(&'a self, model: &'a str, evidence: &'a Evidence) -> BoxFuture<'a, Result<(), StoreError>> {
         self.bounded(async move {
             let json = serde_json::to_string(evidence).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            self.push_log(&object_name("evidence", model), model, "e-", json, (EVIDENCE_KEPT, EVIDENCE_BYTES)).await
+            if json.len() > EVIDENCE_BYTES {
+                return Err(StoreError::Corrupt(format!("an evidence window of {} bytes does not fit a replica's log (at most {EVIDENCE_BYTES})", json.len())));
+            }
+            let name = evidence_object(model, &evidence.replica);
+            // Only this replica writes its log: a conflict is its own earlier write, read again.
+            self.append_labelled(&name, model, Some((LOG_LABEL, "evidence")), |data| {
+                let next = last_of(data)? + 1;
+                data.insert(format!("e-{next}"), json.clone());
+                data.insert("last".to_owned(), next.to_string());
+                data.insert("replica".to_owned(), evidence.replica.clone());
+                data.insert("written_ms".to_owned(), now_ms().to_string());
+                trim(data, "e-", EVIDENCE_KEPT, EVIDENCE_BYTES);
+                Ok(())
+            })
+            .await
         })
         .boxed()
     }
 
     fn evidence<'a>(&'a self, model: &'a str, cursor: Option<&'a str>) -> BoxFuture<'a, Result<Page<Evidence>, StoreError>> {
         self.bounded(async move {
-            let (entries, cursor) = self.read_log(&object_name("evidence", model), "e-", cursor).await?;
-            // An entry this version cannot read (written by a newer one) is skipped, not fatal.
-            Ok((entries.iter().filter_map(|e| serde_json::from_str(e).ok()).collect(), cursor))
+            let api = self.maps().await?;
+            // Every replica's log in one request.
+            let selector = format!("modelship.io/model={},{LOG_LABEL}=evidence", model_slug(model));
+            let logs = api.list(&ListParams::default().labels(&selector)).await.map_err(failed)?;
+            // The cursor: each log's last entry read, by object name. A log not in it is a
+            // replica's that started after the cursor was taken: all of it is new.
+            let mut read: BTreeMap<String, u64> = match cursor {
+                None => BTreeMap::new(),
+                Some(c) => serde_json::from_str(c).unwrap_or_default(),
+            };
+            let mut found = Vec::new();
+            let now = now_ms();
+            for log in &logs.items {
+                let (Some(name), Some(data)) = (log.metadata.name.as_deref(), log.data.as_ref()) else { continue };
+                let last = last_of(data)?;
+                // A replica silent for an hour is gone (pods are renamed on every restart): its
+                // log is deleted, if it has not been written meanwhile.
+                if data.get("written_ms").and_then(|w| w.parse::<u64>().ok()).is_some_and(|w| now.saturating_sub(w) > REPLICA_FORGOTTEN_MS) {
+                    let params = kube::api::DeleteParams { preconditions: log.metadata.resource_version.clone().map(|v| kube::api::Preconditions { resource_version: Some(v), uid: None }), ..Default::default() };
+                    if let Err(e) = api.delete(name, &params).await {
+                        tracing::debug!(log = name, error = %e, "cannot delete a silent replica's evidence log");
+                    }
+                    read.remove(name);
+                    continue;
+                }
+                if cursor.is_some() {
+                    let after = read.get(name).copied().unwrap_or(0);
+                    let entries = numbered(data, "e-");
+                    if let Some((oldest, _)) = entries.first()
+                        && *oldest > after + 1
+                        && after < last
+                    {
+                        tracing::warn!(log = name, replica = data.get("replica").map_or("?", String::as_str), cursor = after, oldest, "a replica's evidence was dropped from its log before it was read");
+                    }
+                    // An entry this version cannot read (written by a newer one) is skipped.
+                    found.extend(entries.into_iter().filter(|(n, _)| *n > after).filter_map(|(_, k)| serde_json::from_str::<Evidence>(&data[k]).ok()));
+                }
+                let at = read.entry(name.to_owned()).or_default();
+                *at = (*at).max(last);
+            }
+            // Logs no longer listed (deleted) leave the cursor.
+            read.retain(|name, _| logs.items.iter().any(|l| l.metadata.name.as_deref() == Some(name)));
+            Ok((found, Some(serde_json::to_string(&read).map_err(|e| StoreError::Corrupt(e.to_string()))?)))
         })
         .boxed()
     }

@@ -322,6 +322,16 @@ async fn a_lease_held_by_another_replica_is_not_mine_and_fences_my_writes() {
     };
     let (written, ()) = tokio::join!(store.save_rollout(&next, Write::Update { leader: Some("replica-b") }, &[]), server_side);
     assert_eq!(written, Err(StoreError::NotLeader { holder: "nobody".into() }));
+
+    // The loop's routing commit is fenced the same way: the traffic ConfigMap is not read.
+    let server_side = async {
+        let (_, to) = expect(&mut server, "GET", &format!("{LEASES}/{lease}")).await;
+        answer(to, 200, &held);
+        quiet(&mut server).await;
+    };
+    let step = revision("fraud", 4);
+    let (committed, ()) = tokio::join!(store.commit(&step, Some("replica-a")), server_side);
+    assert_eq!(committed, Err(StoreError::NotLeader { holder: "replica-b".into() }));
 }
 
 /// The holder's write: the lease checked, then the rollout ConfigMap replaced with the version
@@ -458,43 +468,173 @@ async fn a_first_lease_is_created_and_released_by_its_holder_only() {
     released.unwrap();
 }
 
-/// Evidence: a log read from a cursor; an append that races another replica's reads again.
-#[tokio::test]
-async fn evidence_is_appended_and_read_on_from_a_cursor() {
-    let (store, mut server) = store();
-    let name = object_name("evidence", "fraud");
-    let evidence = |n: u64| Evidence { rollout: 1, revision: n, replica: "a".into(), window: Default::default() };
-    let server_side = async {
-        let (_, to) = expect(&mut server, "GET", &format!("{MAPS}/{name}")).await;
-        answer(to, 200, &configmap(&name, "3", json!({"last": "2", "e-1": json_of(&evidence(1)), "e-2": json_of(&evidence(2))})));
-    };
-    let (start, ()) = tokio::join!(store.evidence("fraud", None), server_side);
-    assert_eq!(start.unwrap(), (vec![], Some("2".to_owned())), "none, only the end");
+/// A ConfigMap API in memory for tests whose requests are too many to answer one by one (20
+/// replicas' logs): GET, create, replace (refused with 409 unless it carries the version
+/// stored), DELETE and LIST by label selector, answering as the API server does. Serves until
+/// `requests` have been answered.
+async fn serve_configmaps(server: &mut Server, maps: &mut BTreeMap<String, Value>, requests: usize) {
+    let mut version = 100;
+    for _ in 0..requests {
+        let (request, to) = tokio::time::timeout(Duration::from_secs(5), server.next_request()).await.expect("a request within 5 s").expect("the client is gone");
+        let (method, uri) = (request.method().as_str().to_owned(), request.uri().clone());
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        let path = uri.path().to_owned();
+        let name = path.strip_prefix(&format!("{MAPS}/")).map(str::to_owned);
+        version += 1;
+        match (method.as_str(), name) {
+            ("GET", Some(name)) => match maps.get(&name) {
+                Some(map) => answer(to, 200, map),
+                None => answer(to, 404, &status(404, "NotFound", "configmaps not found")),
+            },
+            ("GET", None) => {
+                let selector = uri.query().and_then(|q| q.split('&').find_map(|p| p.strip_prefix("labelSelector="))).expect("a LIST by label");
+                let selector = selector.replace("%3D", "=").replace("%2C", ",").replace("%2F", "/");
+                let wanted: Vec<(&str, &str)> = selector.split(',').map(|p| p.split_once('=').unwrap()).collect();
+                let items: Vec<&Value> = maps.values().filter(|m| wanted.iter().all(|(k, v)| m["metadata"]["labels"][*k] == *v)).collect();
+                answer(to, 200, &json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {"resourceVersion": version.to_string()}, "items": items}));
+            }
+            ("POST", None) => {
+                let mut map = body;
+                let name = map["metadata"]["name"].as_str().unwrap().to_owned();
+                if maps.contains_key(&name) {
+                    answer(to, 409, &status(409, "AlreadyExists", "configmaps already exists"));
+                    continue;
+                }
+                map["metadata"]["resourceVersion"] = json!(version.to_string());
+                answer(to, 201, &map);
+                maps.insert(name, map);
+            }
+            ("PUT", Some(name)) => {
+                let mut map = body;
+                if maps.get(&name).map(|m| &m["metadata"]["resourceVersion"]) != Some(&map["metadata"]["resourceVersion"]) {
+                    answer(to, 409, &status(409, "Conflict", "the object has been modified"));
+                    continue;
+                }
+                map["metadata"]["resourceVersion"] = json!(version.to_string());
+                answer(to, 200, &map);
+                maps.insert(name, map);
+            }
+            ("DELETE", Some(name)) => {
+                let wanted = &body["preconditions"]["resourceVersion"];
+                match maps.get(&name) {
+                    Some(m) if wanted.is_null() || &m["metadata"]["resourceVersion"] == wanted => {
+                        answer(to, 200, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}));
+                        maps.remove(&name);
+                    }
+                    Some(_) => answer(to, 409, &status(409, "Conflict", "precondition failed")),
+                    None => answer(to, 404, &status(404, "NotFound", "configmaps not found")),
+                }
+            }
+            (method, _) => panic!("unexpected request {method} {uri}"),
+        }
+    }
+}
 
+/// Evidence: each replica appends to its own log (created with the labels the leader lists
+/// by), and the leader reads every log on from its own cursor.
+#[tokio::test]
+async fn each_replica_appends_evidence_to_its_own_log() {
+    let (store, mut server) = store();
+    let evidence = |replica: &str, n: u64| Evidence { rollout: 1, revision: n, replica: replica.into(), window: Default::default() };
+    let name = evidence_object("fraud", "a");
+    assert_ne!(name, evidence_object("fraud", "b"));
+    assert_ne!(name, evidence_object("churn", "a"));
+    assert!(name.len() <= 63 && name.starts_with("modelship-evidence-"), "{name}");
     let server_side = async {
         let (_, to) = expect(&mut server, "GET", &format!("{MAPS}/{name}")).await;
-        answer(to, 200, &configmap(&name, "3", json!({"last": "2", "e-1": json_of(&evidence(1)), "e-2": json_of(&evidence(2))})));
-        let (body, to) = expect(&mut server, "PUT", &format!("{MAPS}/{name}?&fieldManager=modelship")).await;
-        assert_eq!((&body["metadata"]["resourceVersion"], &body["data"]["last"], &body["data"]["e-3"]), (&json!("3"), &json!("3"), &json!(json_of(&evidence(3)))));
-        answer(to, 409, &status(409, "Conflict", "the object has been modified"));
-        // Another replica appended e-3: this one reads again and appends e-4.
-        let (_, to) = expect(&mut server, "GET", &format!("{MAPS}/{name}")).await;
-        answer(to, 200, &configmap(&name, "4", json!({"last": "3", "e-1": json_of(&evidence(1)), "e-2": json_of(&evidence(2)), "e-3": json_of(&evidence(30))})));
-        let (body, to) = expect(&mut server, "PUT", &format!("{MAPS}/{name}?&fieldManager=modelship")).await;
-        assert_eq!((&body["metadata"]["resourceVersion"], &body["data"]["last"], &body["data"]["e-4"]), (&json!("4"), &json!("4"), &json!(json_of(&evidence(3)))));
-        assert_eq!(body["data"]["e-3"], json!(json_of(&evidence(30))), "the other's entry stays");
-        answer(to, 200, &body);
+        answer(to, 404, &status(404, "NotFound", "configmaps not found"));
+        let (body, to) = expect(&mut server, "POST", &format!("{MAPS}?&fieldManager=modelship")).await;
+        assert_eq!(body["metadata"]["labels"]["modelship.io/log"], "evidence");
+        assert_eq!(body["metadata"]["labels"]["modelship.io/model"], model_slug("fraud"));
+        assert_eq!((&body["data"]["last"], &body["data"]["e-1"], &body["data"]["replica"]), (&json!("1"), &json!(json_of(&evidence("a", 1))), &json!("a")));
+        answer(to, 201, &body);
     };
-    let third = evidence(3);
-    let (pushed, ()) = tokio::join!(store.push_evidence("fraud", &third), server_side);
+    let first = evidence("a", 1);
+    let (pushed, ()) = tokio::join!(store.push_evidence("fraud", &first), server_side);
     pushed.unwrap();
 
-    let server_side = async {
-        let (_, to) = expect(&mut server, "GET", &format!("{MAPS}/{name}")).await;
-        answer(to, 200, &configmap(&name, "5", json!({"last": "4", "e-2": json_of(&evidence(2)), "e-3": json_of(&evidence(30)), "e-4": json_of(&evidence(3))})));
+    // The leader: no cursor reads nothing and takes each log's end; then only what came after.
+    let list = format!("{MAPS}?&labelSelector=modelship.io%2Fmodel%3D{}%2Cmodelship.io%2Flog%3Devidence", model_slug("fraud"));
+    let log = |name: &str, replica: &str, entries: &[u64]| {
+        let mut data = json!({"last": entries.last().unwrap().to_string(), "replica": replica, "written_ms": now_ms().to_string()});
+        for n in entries {
+            data[format!("e-{n}")] = json!(json_of(&evidence(replica, *n)));
+        }
+        let mut map = configmap(name, "7", data);
+        map["metadata"]["labels"] = json!({"modelship.io/model": model_slug("fraud"), "modelship.io/log": "evidence"});
+        map
     };
-    let (read, ()) = tokio::join!(store.evidence("fraud", Some("2")), server_side);
-    assert_eq!(read.unwrap(), (vec![evidence(30), evidence(3)], Some("4".to_owned())), "after the cursor, in order");
+    let (a, b) = (evidence_object("fraud", "a"), evidence_object("fraud", "b"));
+    let server_side = async {
+        let (_, to) = expect(&mut server, "GET", &list).await;
+        answer(to, 200, &json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {}, "items": [log(&a, "a", &[1, 2])]}));
+    };
+    let (start, ()) = tokio::join!(store.evidence("fraud", None), server_side);
+    let (none, cursor) = start.unwrap();
+    assert!(none.is_empty());
+    assert_eq!(serde_json::from_str::<Value>(cursor.as_deref().unwrap()).unwrap(), json!({a.clone(): 2}));
+    // a appended 3 and 4 (1 and 2 were dropped from its log); b started since: all of b's is new.
+    let server_side = async {
+        let (_, to) = expect(&mut server, "GET", &list).await;
+        answer(to, 200, &json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {}, "items": [log(&a, "a", &[3, 4]), log(&b, "b", &[1])]}));
+    };
+    let (read, ()) = tokio::join!(store.evidence("fraud", cursor.as_deref()), server_side);
+    let (found, cursor) = read.unwrap();
+    let mut found: Vec<(String, u64)> = found.into_iter().map(|e| (e.replica, e.revision)).collect();
+    found.sort();
+    assert_eq!(found, [("a".to_owned(), 3), ("a".to_owned(), 4), ("b".to_owned(), 1)]);
+    assert_eq!(serde_json::from_str::<Value>(cursor.as_deref().unwrap()).unwrap(), json!({a: 4, b: 1}));
+}
+
+/// The guides' 20 replicas, each pushing windows of ~60 KB (the size of a busy replica's
+/// thinned window) three times between two of the leader's reads: every window reaches the
+/// leader, none dropped, in one LIST; the log of a replica silent for an hour is deleted.
+#[tokio::test]
+async fn twenty_replicas_evidence_reaches_the_leader_whole() {
+    let (store, mut server) = store();
+    let mut maps = BTreeMap::new();
+    // A window as large as a busy replica's: its external values padded to ~60 KB.
+    let window = |n: u64| {
+        let mut w = modelship_rollout::check::Window { compared: n, agreed: n, ..Default::default() };
+        w.external = (0..2_000).map(|i| (format!("padding-{i:05}"), i as f64 + 0.123_456_789)).collect();
+        w
+    };
+    let evidence = |replica: usize, n: u64| Evidence { rollout: 1, revision: 3, replica: format!("replica-{replica}"), window: window(n) };
+    assert!(json_of(&evidence(1, 1)).len() > 55_000);
+    // A replica gone an hour ago left its log.
+    let gone = evidence_object("fraud", "replica-gone");
+    let mut old = configmap(&gone, "5", json!({"last": "1", "replica": "replica-gone", "written_ms": (now_ms() - 7_200_000).to_string(), "e-1": json_of(&evidence(99, 1))}));
+    old["metadata"]["labels"] = json!({"modelship.io/model": model_slug("fraud"), "modelship.io/log": "evidence"});
+    maps.insert(gone.clone(), old);
+
+    let leader = async {
+        let (_, cursor) = store.evidence("fraud", None).await.unwrap();
+        for round in 1..=3 {
+            for replica in 1..=20 {
+                store.push_evidence("fraud", &evidence(replica, round)).await.unwrap();
+            }
+        }
+        let read = store.evidence("fraud", cursor.as_deref()).await.unwrap();
+        let after = store.evidence("fraud", read.1.as_deref()).await.unwrap();
+        (read, after)
+    };
+    // The first LIST deletes the silent log; 20 × 3 pushes of a GET and a write each; two LISTs.
+    let ((read, after), ()) = tokio::join!(leader, serve_configmaps(&mut server, &mut maps, 1 + 1 + 20 * 3 * 2 + 2));
+    let (found, cursor) = read;
+    assert_eq!(found.len(), 60, "every window of every replica");
+    let compared: u64 = found.iter().map(|e| e.window.compared).sum();
+    assert_eq!(compared, 20 * (1 + 2 + 3));
+    let replicas: std::collections::BTreeSet<&str> = found.iter().map(|e| e.replica.as_str()).collect();
+    assert_eq!(replicas.len(), 20);
+    assert!(!maps.contains_key(&gone), "the silent replica's log is deleted");
+    assert_eq!(maps.len(), 20, "one log per replica");
+    for map in maps.values() {
+        let size: usize = map["data"].as_object().unwrap().iter().map(|(k, v)| k.len() + v.as_str().unwrap().len()).sum();
+        assert!(size <= EVIDENCE_BYTES + 200, "a replica's log stays within its bound: {size}");
+    }
+    assert_eq!(serde_json::from_str::<BTreeMap<String, u64>>(cursor.as_deref().unwrap()).unwrap().values().copied().collect::<Vec<_>>(), vec![3; 20]);
+    assert!(after.0.is_empty(), "nothing is read twice");
 }
 
 #[tokio::test]
