@@ -26,6 +26,8 @@ use serde_json::Value;
 /// A rollout's recorded history (see the module's documentation).
 #[derive(Default)]
 pub struct History {
+    /// The rollout checked.
+    pub id: i64,
     /// Rollout `id`'s decisions: (when, by the store's clock, why, and whether it ended the
     /// rollout: a promotion or a rollback).
     pub decisions: Vec<(u64, String, bool)>,
@@ -105,7 +107,7 @@ impl History {
                 (r["revision"].as_u64().unwrap(), (allowed, r["reason"].as_str().unwrap_or_default().to_owned()))
             })
             .collect();
-        History { decisions, revisions, ..History::default() }
+        History { id, decisions, revisions, ..History::default() }
     }
 
     /// Adds a replica's `traffic status --output json` (its applied revisions), its clock
@@ -156,8 +158,10 @@ impl History {
         // decision ending step k is the one entering step k + 1, or the end.
 
         for step in 1..=entered.len() {
-            let Some((&revision, _)) = self.revisions.iter().find(|(_, (_, reason))| step_of(reason, steps) == Some(step)) else {
-                panic!("no revision routes step {step}: {:#?}", self.revisions)
+            let mine = format!("rollout {}: ", self.id);
+            // A step that routes as the one before (an approval gate) commits no revision.
+            let Some((&revision, _)) = self.revisions.iter().find(|(_, (_, reason))| reason.starts_with(&mine) && step_of(reason, steps) == Some(step)) else {
+                continue;
             };
             let ended = self.decisions.iter().find(|(_, r, end)| step_of(r, steps) == Some(step + 1) || *end).map(|(at, _, _)| *at);
             let Some(ended) = ended else { continue };

@@ -21,6 +21,8 @@ mod hostile;
 #[cfg(feature = "s3")]
 mod fleet;
 #[cfg(feature = "s3")]
+mod fleet_faults;
+#[cfg(feature = "s3")]
 mod history;
 #[cfg(feature = "s3")]
 mod netns;
