@@ -1476,9 +1476,11 @@ pub struct ServeArgs {
     pub state_dir: Option<PathBuf>,
 
     /// Where routing revisions are committed: `embedded` (this server's state directory, one
-    /// replica), redis://HOST:PORT[/DB] or kubernetes[://NAMESPACE] (ConfigMaps and a Lease;
-    /// the cargo feature `kubernetes`), shared by every replica of a fleet, which then route
-    /// from one revisioned table [env: MODELSHIP_CONTROL_STORE] [default: embedded]
+    /// replica), redis://HOST:PORT[/DB], redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE
+    /// (the primary Redis Sentinels name, followed through failovers; each write waits for a
+    /// replica) or kubernetes[://NAMESPACE] (ConfigMaps and a Lease; the cargo feature
+    /// `kubernetes`), shared by every replica of a fleet, which then route from one revisioned
+    /// table [env: MODELSHIP_CONTROL_STORE] [default: embedded]
     #[arg(long, value_name = "STORE")]
     pub control_store: Option<String>,
 

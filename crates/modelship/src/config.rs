@@ -244,7 +244,8 @@ pub struct RawServer {
     pub max_header_bytes: Option<usize>,
     pub max_tensor_elements: Option<usize>,
     pub max_rows: Option<usize>,
-    /// Where routing revisions are committed: `embedded` or `redis://HOST:PORT[/DB]`.
+    /// Where routing revisions are committed: `embedded`, `redis://HOST:PORT[/DB]`,
+    /// `redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]` or `kubernetes[://NAMESPACE]`.
     pub control_store: Option<String>,
     /// This replica's name in the fleet.
     pub replica: Option<String>,

@@ -380,13 +380,20 @@ fn server_selector(d: &Deployment) -> Labels {
 /// What the control store on the Kubernetes API needs (the fleet issue: the routing table in a
 /// ConfigMap, the rollout's leader in a Lease), for the pods' ServiceAccount only.
 pub fn control_store_access(d: &Deployment) -> (Object<Role>, Object<RoleBinding>) {
-    let rule = |api_groups, resources| PolicyRule { api_groups, resources, resource_names: vec![], verbs: vec!["get", "list", "watch", "create", "update", "patch"] };
+    let rule = |api_groups, resources, delete: bool| {
+        let mut verbs = vec!["get", "list", "watch", "create", "update", "patch"];
+        if delete {
+            verbs.push("delete");
+        }
+        PolicyRule { api_groups, resources, resource_names: vec![], verbs }
+    };
     let name = format!("{}-control-store", d.name);
     let role = Object {
         api_version: "rbac.authorization.k8s.io/v1",
         kind: "Role",
         metadata: meta(d, &name),
-        body: Role { rules: vec![rule(vec![""], vec!["configmaps"]), rule(vec!["coordination.k8s.io"], vec!["leases"])] },
+        // ConfigMaps are deleted too: the evidence log of a replica gone for an hour.
+        body: Role { rules: vec![rule(vec![""], vec!["configmaps"], true), rule(vec!["coordination.k8s.io"], vec!["leases"], false)] },
     };
     let binding = Object {
         api_version: "rbac.authorization.k8s.io/v1",

@@ -303,6 +303,14 @@ impl Replicas {
         history
     }
 
+    /// The latest revision the store holds (read through replica `via`): what every replica
+    /// must come to serve. Not `status(via)["revision"]`, which is what `via` serves, and may lag
+    /// on a slow link.
+    pub(crate) fn latest_revision(&self, via: usize) -> u64 {
+        let revisions: Value = serde_json::from_str(&self.ok(via, &["history", "fraud", "--output", "json"])).unwrap();
+        revisions.as_array().unwrap().iter().filter_map(|r| r["revision"].as_u64()).max().expect("a revision")
+    }
+
     /// Waits until every replica serves `revision`; returns how long it took.
     pub(crate) fn converge(&self, revision: u64) -> Duration {
         let started = Instant::now();
@@ -464,7 +472,7 @@ fn a_bad_candidate_seen_by_one_replica_is_rolled_back_by_the_leader() {
     let leader = done["leader"].as_str().expect("the leader is named").to_owned();
     eprintln!("fleet: {leader} rolled back a candidate only replica-2 served: {reason}");
     // From the rollback on, replica 2 answers every request on stable.
-    fleet.converge(fleet.status(0)["revision"].as_u64().unwrap());
+    fleet.converge(fleet.latest_revision(0));
     let before = load.failed.lock().unwrap().len();
     thread::sleep(Duration::from_millis(500));
     let (ok, failed, _) = load.finish();
