@@ -53,6 +53,8 @@ pub struct Report {
     /// (the one that committed it) until the last, in ms: among the replicas live throughout
     /// that were running before it.
     pub reach_ms: Vec<u64>,
+    /// The replica that took longest to route by a rollout revision: (name, revision, ms).
+    pub slowest: Option<(String, u64, u64)>,
 }
 
 impl Report {
@@ -69,13 +71,14 @@ impl std::fmt::Display for Report {
         let (median, max) = self.median_and_max_reach();
         write!(
             f,
-            "history checked: {} decisions, {} steps, {} revisions, {} replicas, {} answers; each rollout revision reached every live replica in {median} ms (median), {max} ms (max) of {}",
+            "history checked: {} decisions, {} steps, {} revisions, {} replicas, {} answers; each rollout revision reached every live replica in {median} ms (median), {max} ms (max) of {}{}",
             self.decisions,
             self.steps,
             self.revisions,
             self.replicas,
             self.answers,
-            self.reach_ms.len()
+            self.reach_ms.len(),
+            self.slowest.as_ref().map_or(String::new(), |(name, revision, ms)| format!(" (the slowest: {name}, revision {revision}, {ms} ms)"))
         )
     }
 }
@@ -182,13 +185,25 @@ impl History {
 
         // How long each rollout revision took to reach every live replica.
         let mut reach_ms = Vec::new();
+        let mut slowest: Option<(String, u64, u64)> = None;
         for revision in self.revisions.iter().filter(|(_, (_, reason))| reason.starts_with("rollout ")).map(|(r, _)| *r) {
-            // Replicas running before it was committed (one that started later applied it as its
-            // first routing, on starting).
-            let live: Vec<_> = self.replicas.iter().filter(|r| r.3 && r.1.first().is_some_and(|(first, _)| *first < revision)).collect();
-            let times: Vec<u64> = live.iter().filter_map(|(_, applied, ahead, _)| applied.iter().find(|(r, _)| *r == revision).map(|(_, at)| at.saturating_sub(*ahead))).collect();
+            // Replicas running before it was committed, by the first replica's routing by it
+            // (one that started later applied it on starting: its delay is its start's).
+            let Some(committed) = self.replicas.iter().filter_map(|(_, applied, ahead, _)| applied.iter().find(|(r, _)| *r == revision).map(|(_, at)| at.saturating_sub(*ahead))).min() else {
+                continue;
+            };
+            let live: Vec<_> = self.replicas.iter().filter(|r| r.3 && r.1.first().is_some_and(|(_, started)| started.saturating_sub(r.2) < committed)).collect();
+            let times: Vec<(&str, u64)> = live
+                .iter()
+                .filter_map(|(name, applied, ahead, _)| applied.iter().find(|(r, _)| *r == revision).map(|(_, at)| (name.as_str(), at.saturating_sub(*ahead))))
+                .collect();
             if !times.is_empty() && times.len() == live.len() {
-                reach_ms.push(times.iter().max().unwrap() - times.iter().min().unwrap());
+                let first = times.iter().map(|(_, at)| *at).min().unwrap();
+                let (name, last) = times.iter().max_by_key(|(_, at)| *at).unwrap();
+                reach_ms.push(last - first);
+                if slowest.as_ref().is_none_or(|(_, _, ms)| last - first > *ms) {
+                    slowest = Some(((*name).to_owned(), revision, last - first));
+                }
             }
         }
         Report {
@@ -198,6 +213,7 @@ impl History {
             replicas: self.replicas.len(),
             answers: self.served.values().sum(),
             reach_ms,
+            slowest,
         }
     }
 }
