@@ -1494,6 +1494,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS")]
     pub lease_ttl: Option<f64>,
 
+    /// Report this replica not ready once the fleet's control store has not answered for this
+    /// many seconds (a load balancer then stops sending it requests until it reaches the store
+    /// again); unset, it keeps serving its last routing however long the store is away
+    #[arg(long, value_name = "SECONDS")]
+    pub unready_without_store: Option<f64>,
+
     /// Seconds a version replaced by a switch or promotion stays loaded for instant rollback [default: 1800]
     #[arg(long, value_name = "SECONDS")]
     pub keep_warm: Option<f64>,

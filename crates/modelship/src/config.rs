@@ -251,6 +251,9 @@ pub struct RawServer {
     pub replica: Option<String>,
     /// Seconds the rollout leader's lease lives unless renewed.
     pub lease_ttl_seconds: Option<f64>,
+    /// Seconds without an answer from the fleet's control store after which this replica reports
+    /// itself not ready (unset: ready whatever the store does).
+    pub unready_without_store_seconds: Option<f64>,
     /// Models with a version in memory at once; past it the least recently used one is unloaded.
     pub max_loaded_models: Option<usize>,
     /// The loaded models' size together (each counted at its file size or resident growth).
@@ -592,6 +595,8 @@ pub struct AdminConfig {
     pub replica: String,
     /// How long a dead rollout leader holds its rollout up at most.
     pub lease_ttl: Duration,
+    /// Not ready once the control store has not answered this long (`None`: ready regardless).
+    pub unready_without_store: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -779,6 +784,7 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
     overlay(&mut raw.server.control_store, a.control_store.clone());
     overlay(&mut raw.server.replica, a.replica.clone());
     overlay(&mut raw.server.lease_ttl_seconds, a.lease_ttl);
+    overlay(&mut raw.server.unready_without_store_seconds, a.unready_without_store);
     overlay(&mut raw.logging.level, a.log_level);
     overlay(
         &mut raw.logging.format,
@@ -808,7 +814,11 @@ pub fn resolve(file: RawConfig, env: &dyn Env, args: &ServeArgs) -> Result<Serve
         control_store: raw.server.control_store.clone().unwrap_or_else(|| "embedded".to_owned()),
         replica: raw.server.replica.clone().unwrap_or_else(default_replica),
         lease_ttl: seconds("server.lease_ttl_seconds", raw.server.lease_ttl_seconds.unwrap_or(10.0), &mut problems),
+        unready_without_store: raw.server.unready_without_store_seconds.map(|s| seconds("server.unready_without_store_seconds", s, &mut problems)),
     };
+    if admin.unready_without_store.is_some_and(|d| d < Duration::from_secs(1) || d > Duration::from_secs(86_400)) {
+        problems.push("server.unready_without_store_seconds must be between 1 and 86400".to_owned());
+    }
     if modelship_registry::name::check_name(&admin.replica).is_err() {
         problems.push(format!(
             "server.replica '{}' is not a usable replica name: use 1-128 letters, digits, '.', '_' or '-', starting and ending with a letter or digit",
@@ -1672,6 +1682,13 @@ logging:
         assert_eq!((c.admin.replica.as_str(), c.admin.lease_ttl), ("flag-1", Duration::from_secs(3)));
         let e = check("", &m, &["--replica", "a/b", "--lease-ttl", "0.2"]).unwrap_err();
         assert!(e.contains("server.replica 'a/b' is not a usable replica name") && e.contains("lease_ttl_seconds must be between 1 and 300"), "{e}");
+        // The readiness policy without the store: unset by default, from the file or the flag.
+        assert_eq!(c.admin.unready_without_store, None);
+        let c = check("server:\n  unready_without_store_seconds: 30\n", &m, &[]).unwrap();
+        assert_eq!(c.admin.unready_without_store, Some(Duration::from_secs(30)));
+        assert_eq!(check("", &m, &["--unready-without-store", "5"]).unwrap().admin.unready_without_store, Some(Duration::from_secs(5)));
+        let e = check("", &m, &["--unready-without-store", "0.1"]).unwrap_err();
+        assert!(e.contains("unready_without_store_seconds must be between 1 and 86400"), "{e}");
     }
 
     #[test]

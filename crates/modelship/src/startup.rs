@@ -46,6 +46,7 @@ pub fn settings(config: &ServeConfig) -> Settings {
         state_dir: config.admin.state_dir.clone(),
         replica: config.admin.replica.clone(),
         lease_ttl: config.admin.lease_ttl,
+        unready_without_store: config.admin.unready_without_store,
         poll: config.registry_poll,
         residency: config.residency,
         prediction_log: config.prediction_log.clone(),

@@ -76,6 +76,9 @@ pub struct Settings {
     /// This replica's name in the fleet.
     pub replica: String,
     pub lease_ttl: Duration,
+    /// Not ready once the fleet's control store has not answered this long (`None`: ready
+    /// whatever it does).
+    pub unready_without_store: Option<Duration>,
     /// How often a followed alias or file is checked.
     pub poll: Duration,
     /// The bound on loaded models and how long a request waits for one to load again.
@@ -479,6 +482,7 @@ impl Config {
                 }
                 let (app, traffic) = (state.clone(), Arc::clone(&traffic));
                 tracing::info!(model = %spec.name, store = store.kind(), replica = %settings.replica, "following the fleet's routing in the control store");
+                state.health.set_unready_without_store(settings.unready_without_store);
                 state.tasks.spawn("control-store-follow", move |_| traffic.follow_store(app, Duration::from_secs(1)));
             }
             // One rollout lease per model: each model's rollout is led by whichever replica holds

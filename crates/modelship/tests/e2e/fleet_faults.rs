@@ -732,3 +732,49 @@ fn twenty_replicas_roll_back_a_bad_candidate_and_promote_an_identical_one() {
         eprintln!("fleet history checker (20 replicas, promoted): {report}");
     });
 }
+
+/// A replica cut off from the store stays ready and serves its last routing, unless a policy
+/// says otherwise: with `--unready-without-store 1`, Redis away for 5 s makes every replica
+/// report itself not ready (503, naming why) while it still answers requests it gets, and ready
+/// again once Redis is back.
+#[test]
+fn a_replica_without_the_store_turns_unready_only_by_its_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::persistent(free_port(), dir.path());
+    let mut fleet = Replicas::start(&redis, 0);
+    fleet.args = vec!["--unready-without-store".into(), "1".into()];
+    fleet.add(&redis);
+    fleet.add(&redis);
+    fleet.converge(0);
+    for i in 0..2 {
+        assert_eq!(fleet.server(i).get("/health/ready").status, 200);
+    }
+    thread::scope(|scope| {
+        let outage = scope.spawn(|| redis.outage(Duration::from_secs(5)));
+        for i in 0..2 {
+            let server = fleet.server(i);
+            let deadline = Instant::now() + Duration::from_secs(4);
+            let ready = loop {
+                let ready = server.get("/health/ready");
+                if ready.status == 503 || Instant::now() > deadline {
+                    break ready;
+                }
+                thread::sleep(Duration::from_millis(100));
+            };
+            assert_eq!(ready.status, 503, "replica {i}: not ready by its policy: {}", ready.text);
+            assert_eq!(ready.json()["checks"]["control_store_policy"], "unready", "{}", ready.text);
+            assert!(ready.text.contains("unready_without_store_seconds"), "{}", ready.text);
+            let answer = server.post("/v2/models/fraud/infer", &crate::support::fraud_body(1));
+            assert_eq!(answer.status, 200, "still answers what reaches it: {}", answer.text);
+        }
+        outage.join().unwrap();
+    });
+    for i in 0..2 {
+        let server = fleet.server(i);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while server.get("/health/ready").status != 200 {
+            assert!(Instant::now() < deadline, "replica {i} never ready again: {}", server.get("/health/ready").text);
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -107,6 +107,7 @@ impl Fixtures {
             state_dir: self.state.path().to_path_buf(),
             replica: "in-process".to_owned(),
             lease_ttl: Duration::from_secs(10),
+            unready_without_store: None,
             poll: Duration::from_secs(1),
             residency: modelship_server::residency::ResidencyLimits::default(),
             prediction_log: None,

@@ -19,10 +19,16 @@ pub(crate) fn readiness(state: &AppState) -> (bool, serde_json::Value) {
         ready &= connected;
     }
     if let Some((_, problem)) = state.health.control_store() {
-        // Reported, not required: a replica that cannot reach the fleet's store keeps serving
-        // the last routing it applied (and rollouts hold until the store is back), so taking it
-        // out of the load balancer would only turn a store outage into a serving outage.
+        // Reported, not required unless a policy says so: a replica that cannot reach the
+        // fleet's store keeps serving the last routing it applied (and rollouts hold until the
+        // store is back), so taking it out of the load balancer would by default only turn a
+        // store outage into a serving outage. A fleet that would rather not serve stale routing
+        // for long sets `server.unready_without_store_seconds`.
         checks["control_store_reachable"] = json!(problem.is_none());
+        if state.health.unready_by_store_policy().is_some() {
+            checks["control_store_policy"] = json!("unready");
+            ready = false;
+        }
     }
     if draining {
         checks["shutting_down"] = json!(true);

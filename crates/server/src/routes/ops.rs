@@ -45,7 +45,10 @@ async fn ready(State(state): State<AppState>) -> Response {
     // Probes are open to anyone: each reason clipped (the log has it whole).
     let mut failures: Vec<String> = failures.iter().map(|f| crate::error::clip(f, crate::error::MAX_MESSAGE_BYTES).into_owned()).collect();
     if let Some((kind, Some(problem))) = state.health.control_store() {
-        failures.push(format!("control store ({kind}): {problem}; serving the last routing applied, rollouts hold until it answers"));
+        match state.health.unready_by_store_policy() {
+            Some(why) => failures.push(format!("control store ({kind}): {problem}; not ready: {why}")),
+            None => failures.push(format!("control store ({kind}): {problem}; serving the last routing applied, rollouts hold until it answers")),
+        }
     }
     if !failures.is_empty() {
         body["errors"] = json!(failures);
