@@ -10,11 +10,15 @@ pub struct Health {
     draining: AtomicBool,
     /// The shared control store, once this replica follows one: its kind, why it could not be
     /// reached at the last try (`None`: it answered), and since when it has not answered.
-    control_store: Mutex<Option<(&'static str, Option<String>, Option<Instant>)>>,
+    control_store: Mutex<Option<StoreSeen>>,
     /// The policy: not ready once the control store has not answered for this long (`None`:
     /// ready whatever the store does, the default).
     unready_without_store: OnceLock<Option<Duration>>,
 }
+
+/// The control store as this replica last saw it: its kind, why it could not be reached
+/// (`None`: it answered), and since when it has not answered.
+type StoreSeen = (&'static str, Option<String>, Option<Instant>);
 
 impl Default for Health {
     fn default() -> Self {
