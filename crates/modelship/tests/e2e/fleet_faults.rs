@@ -67,6 +67,20 @@ impl Jitter {
     }
 }
 
+/// Pushes an identical candidate (`fraud:4`), starts its [`THREE_STEPS`] rollout with two
+/// clients on each of the first three replicas, and returns once step 2 has settled (every
+/// replica routes by it): the loads, their answers, and the rollout's status then.
+fn at_step_2(fleet: &Replicas) -> (Vec<Load>, Vec<crate::fleet::Answers>, Value) {
+    fleet.push("fraud", "4");
+    fleet.converge(0);
+    let spec = fleet.spec(THREE_STEPS);
+    let loads: Vec<Load> = (0..3).map(|i| Load::start(&fleet.server(i).url("/v1/predict"), 2)).collect();
+    let answered = answers(&loads);
+    fleet.rollout(0, &["start", "fraud", "--spec", &spec]);
+    let at = fleet.wait_rollout(1, "reached step 2 settled", |s| s["step"] == 2 && !s["settled_ms"].is_null());
+    (loads, answered, at)
+}
+
 /// Runs `scenario` [`runs`] times, each with its own [`Jitter`].
 fn each_run(name: &str, mut scenario: impl FnMut(&mut Jitter)) {
     for run in 1..=runs() {
@@ -187,14 +201,8 @@ fn the_leader_killed_mid_rollout_is_replaced_and_the_rollout_finishes_from_its_s
         let file = config.path().join("modelship.yaml");
         std::fs::write(&file, format!("notifications:\n  sinks:\n    - {{name: hook, webhook: '{}/events'}}\n", sink.url)).unwrap();
         let fleet = Replicas::configured(&redis, 3, &file, Vec::new());
-        fleet.push("fraud", "4");
-        fleet.converge(0);
-        let spec = fleet.spec(THREE_STEPS);
-        let loads: Vec<Load> = (0..3).map(|i| Load::start(&fleet.server(i).url("/v1/predict"), 2)).collect();
-        let answered = answers(&loads);
-        fleet.rollout(0, &["start", "fraud", "--spec", &spec]);
         // Mid-rollout: step 2 under way, its routing applied by every replica.
-        let at = fleet.wait_rollout(1, "reached step 2 settled", |s| s["step"] == 2 && !s["settled_ms"].is_null());
+        let (loads, answered, at) = at_step_2(&fleet);
         let leader = at["leader"].as_str().unwrap().to_owned();
         let victim = fleet.index_of(&leader);
         let mut loads: Vec<Option<Load>> = loads.into_iter().map(Some).collect();
@@ -288,13 +296,7 @@ fn cut_off_mid_rollout(the_leader: bool, cut_off: Cut, jitter: &mut Jitter) {
     let Some(net) = crate::netns::net_or_skip() else { return };
     let redis = Redis::start_on(free_port(), &net.gateway());
     let fleet = Replicas::in_namespaces(&redis, 3, net);
-    fleet.push("fraud", "4");
-    fleet.converge(0);
-    let spec = fleet.spec(THREE_STEPS);
-    let loads: Vec<Load> = (0..3).map(|i| Load::start(&fleet.server(i).url("/v1/predict"), 2)).collect();
-    let answered = answers(&loads);
-    fleet.rollout(0, &["start", "fraud", "--spec", &spec]);
-    let at = fleet.wait_rollout(1, "reached step 2 settled", |s| s["step"] == 2 && !s["settled_ms"].is_null());
+    let (loads, answered, at) = at_step_2(&fleet);
     let leader = at["leader"].as_str().unwrap().to_owned();
     let victim = if the_leader { fleet.index_of(&leader) } else { (fleet.index_of(&leader) + 1) % 3 };
     let mut loads: Vec<Option<Load>> = loads.into_iter().map(Some).collect();
@@ -539,13 +541,7 @@ fn the_store_failed_over_by_sentinel_mid_rollout_takes_no_step_twice() {
         for _ in 0..3 {
             fleet.add(&primary);
         }
-        fleet.push("fraud", "4");
-        fleet.converge(0);
-        let spec = fleet.spec(THREE_STEPS);
-        let loads: Vec<Load> = (0..3).map(|i| Load::start(&fleet.server(i).url("/v1/predict"), 2)).collect();
-        let answered = answers(&loads);
-        fleet.rollout(0, &["start", "fraud", "--spec", &spec]);
-        let at = fleet.wait_rollout(1, "reached step 2 settled", |s| s["step"] == 2 && !s["settled_ms"].is_null());
+        let (loads, answered, at) = at_step_2(&fleet);
         jitter.pause(Duration::from_millis(2500));
         let killed = Instant::now();
         primary.kill();
