@@ -368,15 +368,19 @@ mod tests {
     #[test]
     fn traffic_answers_round_trip() {
         let status: TrafficStatus = round_trip(
-            r#"{"loaded_versions":["1","2"],"model":"fraud","revision":3,"roles":["stable","candidate","shadow"],"shadow":{"agreed":0,"agreement":null,"compared":0,"dropped":0,"failed":0,"mean_abs_diff":null,"percent":"100%","percent_bp":10000,"version":"2"},"traffic":{"candidate":{"version":"2","weight":2500},"shadow":{"percent":10000,"version":"2"},"stable":"1","sticky":{"header":"x-user-id"}},"weights":[{"role":"stable","version":"1","weight":"75%","weight_bp":7500},{"role":"candidate","version":"2","weight":"25%","weight_bp":2500}]}"#,
+            r#"{"applied":[{"at_ms":1796690000000,"revision":2},{"at_ms":1796690001250,"revision":3}],"loaded_versions":["1","2"],"model":"fraud","revision":3,"roles":["stable","candidate","shadow"],"shadow":{"agreed":0,"agreement":null,"compared":0,"dropped":0,"failed":0,"mean_abs_diff":null,"percent":"100%","percent_bp":10000,"version":"2"},"traffic":{"candidate":{"version":"2","weight":2500},"shadow":{"percent":10000,"version":"2"},"stable":"1","sticky":{"header":"x-user-id"}},"weights":[{"role":"stable","version":"1","weight":"75%","weight_bp":7500},{"role":"candidate","version":"2","weight":"25%","weight_bp":2500}]}"#,
         );
         assert_eq!(status.weights[1], Weight::new("2", Role::Candidate, BasisPoints::new(2500).unwrap()));
         let shadow = status.shadow.unwrap();
         assert_eq!((shadow.percent_bp, shadow.agreement), (BasisPoints::ALL, None));
         let plain: TrafficStatus = round_trip(
-            r#"{"loaded_versions":["1","2"],"model":"fraud","revision":0,"roles":["stable","candidate","shadow"],"shadow":null,"traffic":{"candidate":{"version":"2","weight":0},"stable":"1"},"weights":[{"role":"stable","version":"1","weight":"100%","weight_bp":10000},{"role":"candidate","version":"2","weight":"0%","weight_bp":0}]}"#,
+            r#"{"applied":[],"loaded_versions":["1","2"],"model":"fraud","revision":0,"roles":["stable","candidate","shadow"],"shadow":null,"traffic":{"candidate":{"version":"2","weight":0},"stable":"1"},"weights":[{"role":"stable","version":"1","weight":"100%","weight_bp":10000},{"role":"candidate","version":"2","weight":"0%","weight_bp":0}]}"#,
         );
         assert!(plain.shadow.is_none());
+        assert_eq!(status.applied.last(), Some(&AppliedRevision { revision: 3, at_ms: 1_796_690_001_250 }));
+        // A server from before `applied` answered without it: read as none.
+        let older: TrafficStatus = serde_json::from_str(r#"{"loaded_versions":[],"model":"fraud","revision":0,"roles":[],"shadow":null,"traffic":{"stable":"1"},"weights":[]}"#).unwrap();
+        assert!(older.applied.is_empty());
         let history: Vec<Revision> = round_trip(
             r#"[{"model":"fraud","revision":0,"at_ms":1796156088675,"actor":"server","reason":"initial routing","change":null,"traffic":{"stable":"1","candidate":{"version":"2","weight":0}}},{"model":"fraud","revision":3,"at_ms":1796156088729,"actor":"admin-api","reason":"","change":{"op":"sticky","key":{"header":"x-user-id"}},"traffic":{"stable":"1","candidate":{"version":"2","weight":2500},"shadow":{"version":"2","percent":10000},"sticky":{"header":"x-user-id"}}}]"#,
         );
