@@ -369,6 +369,7 @@ impl Config {
         let store = crate::control::open(&settings.control_store, &settings.state_dir.join("traffic.db")).map_err(failed)?;
 
         let state = AppState::with_residency(settings.limits(), credentials, settings.residency);
+        state.health.set_unready_without_store(settings.unready_without_store);
         if let Some(log) = &settings.prediction_log {
             let store = modelship_predictions::LogStore::open(&log.url).map_err(failed)?;
             // The location, never the URL: a PostgreSQL URL may hold a password.
@@ -482,7 +483,6 @@ impl Config {
                 }
                 let (app, traffic) = (state.clone(), Arc::clone(&traffic));
                 tracing::info!(model = %spec.name, store = store.kind(), replica = %settings.replica, "following the fleet's routing in the control store");
-                state.health.set_unready_without_store(settings.unready_without_store);
                 state.tasks.spawn("control-store-follow", move |_| traffic.follow_store(app, Duration::from_secs(1)));
             }
             // One rollout lease per model: each model's rollout is led by whichever replica holds

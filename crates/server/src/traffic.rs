@@ -109,6 +109,12 @@ fn without_unrouted(served: &Served) -> Option<Served> {
 
 /// A change the table refuses: a key no request can carry is the client's mistake (400); the
 /// others do not fit the routing in force (409).
+/// Whether two tables route alike: `previous` (the version kept warm for a rollback) is left
+/// out, since a replica drops it when it does not hold that version.
+fn routes_alike(a: &TrafficTable, b: &TrafficTable) -> bool {
+    TrafficTable { previous: None, ..a.clone() } == TrafficTable { previous: None, ..b.clone() }
+}
+
 fn change_error(e: modelship_router::ChangeError) -> ApiError {
     match e {
         modelship_router::ChangeError::BadStickyKey(_) => ApiError::Invalid(e.to_string()),
@@ -423,12 +429,9 @@ impl Traffic {
         // writes (a Redis failover before they reached the new primary): its routing is the
         // fleet's now, and the next commit reuses the lost number with other routing, which
         // this replica must not take for the one it serves.
-        let in_force = if revision == 0 {
-            latest.revision == 0 && latest.traffic == table
-        } else if latest.revision == revision {
-            routes_alike(&latest.traffic, &table)
-        } else {
-            false
+        let in_force = match revision {
+            0 => latest.revision == 0 && latest.traffic == table,
+            _ => latest.revision == revision && routes_alike(&latest.traffic, &table),
         };
         if !in_force && latest.revision <= revision && revision != 0 {
             tracing::warn!(
@@ -459,15 +462,7 @@ impl Traffic {
         tracing::info!(model = %self.spec.name, revision = latest.revision, actor = %latest.actor, reason = %latest.reason, "applied a revision from the control store");
         Ok(Some(latest.revision))
     }
-}
 
-/// Whether two tables route alike: `previous` (the version kept warm for a rollback) is left
-/// out, since a replica drops it when it does not hold that version.
-fn routes_alike(a: &TrafficTable, b: &TrafficTable) -> bool {
-    TrafficTable { previous: None, ..a.clone() } == TrafficTable { previous: None, ..b.clone() }
-}
-
-impl Traffic {
     /// Serves `table` as `revision` (already committed): loads what it routes to, keeps the
     /// previous version warm when the table names one and it is loaded.
     async fn apply(&self, state: &AppState, served: &Served, mut table: TrafficTable, revision: u64) -> Result<(), ApiError> {

@@ -312,15 +312,27 @@ impl KubernetesStore {
         Err(unavailable(format!("ConfigMap {name} changed under each of {APPEND_TRIES} writes")))
     }
 
-    /// Appends `json` to the log `name` as entry `PREFIX<last + 1>`, dropping the oldest.
-    async fn push_log(&self, name: &str, model: &str, prefix: &str, json: String, (count, bytes): (usize, usize)) -> Result<(), StoreError> {
+    /// Appends `json` to the log `name` as entry `PREFIX<last + 1>`, dropping the oldest; sets
+    /// `fields` beside it, and `label` on the object when it is created.
+    #[allow(clippy::too_many_arguments)]
+    async fn push_log(
+        &self,
+        name: &str,
+        model: &str,
+        prefix: &str,
+        json: String,
+        (count, bytes): (usize, usize),
+        label: Option<(&str, &str)>,
+        fields: &[(&str, String)],
+    ) -> Result<(), StoreError> {
         if json.len() > bytes {
             return Err(StoreError::Corrupt(format!("an entry of {} bytes does not fit the log {name} (at most {bytes})", json.len())));
         }
-        self.append(name, model, |data| {
+        self.append_labelled(name, model, label, |data| {
             let next = last_of(data)? + 1;
             data.insert(format!("{prefix}{next}"), json.clone());
             data.insert("last".to_owned(), next.to_string());
+            data.extend(fields.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
             trim(data, prefix, count, bytes);
             Ok(())
         })
@@ -336,16 +348,22 @@ impl KubernetesStore {
         let Some(after) = cursor.map(|c| c.parse::<u64>().unwrap_or(0)) else {
             return Ok((vec![], Some(last.to_string())));
         };
-        let entries = numbered(&data, prefix);
-        if let Some((oldest, _)) = entries.first()
-            && *oldest > after + 1
-            && after < last
-        {
-            tracing::warn!(log = name, cursor = after, oldest, "entries were dropped from the log before they were read");
-        }
-        let found = entries.into_iter().filter(|(n, _)| *n > after).map(|(_, k)| data[k].clone()).collect();
+        let found = entries_after(name, &data, prefix, after).into_iter().cloned().collect();
         Ok((found, Some(last.max(after).to_string())))
     }
+}
+
+/// The entries of the log `name` (its `data`) numbered after `after`, oldest first; says so
+/// when entries were dropped before they were read.
+fn entries_after<'a>(name: &str, data: &'a BTreeMap<String, String>, prefix: &str, after: u64) -> Vec<&'a String> {
+    let entries = numbered(data, prefix);
+    if let Some((oldest, _)) = entries.first()
+        && *oldest > after + 1
+        && after < last_of(data).unwrap_or(0)
+    {
+        tracing::warn!(log = name, replica = ?data.get("replica"), cursor = after, oldest, "entries were dropped from the log before they were read");
+    }
+    entries.into_iter().filter(|(n, _)| *n > after).map(|(_, k)| &data[k]).collect()
 }
 
 /// A new object's metadata: its name, who manages it, and the model's exact name.
@@ -582,21 +600,10 @@ impl ControlStore for KubernetesStore {
     fn push_evidence<'a>(&'a self, model: &'a str, evidence: &'a Evidence) -> BoxFuture<'a, Result<(), StoreError>> {
         self.bounded(async move {
             let json = serde_json::to_string(evidence).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            if json.len() > EVIDENCE_BYTES {
-                return Err(StoreError::Corrupt(format!("an evidence window of {} bytes does not fit a replica's log (at most {EVIDENCE_BYTES})", json.len())));
-            }
-            let name = evidence_object(model, &evidence.replica);
             // Only this replica writes its log: a conflict is its own earlier write, read again.
-            self.append_labelled(&name, model, Some((LOG_LABEL, "evidence")), |data| {
-                let next = last_of(data)? + 1;
-                data.insert(format!("e-{next}"), json.clone());
-                data.insert("last".to_owned(), next.to_string());
-                data.insert("replica".to_owned(), evidence.replica.clone());
-                data.insert("written_ms".to_owned(), now_ms().to_string());
-                trim(data, "e-", EVIDENCE_KEPT, EVIDENCE_BYTES);
-                Ok(())
-            })
-            .await
+            let fields = [("replica", evidence.replica.clone()), ("written_ms", now_ms().to_string())];
+            let name = evidence_object(model, &evidence.replica);
+            self.push_log(&name, model, "e-", json, (EVIDENCE_KEPT, EVIDENCE_BYTES), Some((LOG_LABEL, "evidence")), &fields).await
         })
         .boxed()
     }
@@ -630,15 +637,8 @@ impl ControlStore for KubernetesStore {
                 }
                 if cursor.is_some() {
                     let after = read.get(name).copied().unwrap_or(0);
-                    let entries = numbered(data, "e-");
-                    if let Some((oldest, _)) = entries.first()
-                        && *oldest > after + 1
-                        && after < last
-                    {
-                        tracing::warn!(log = name, replica = data.get("replica").map_or("?", String::as_str), cursor = after, oldest, "a replica's evidence was dropped from its log before it was read");
-                    }
                     // An entry this version cannot read (written by a newer one) is skipped.
-                    found.extend(entries.into_iter().filter(|(n, _)| *n > after).filter_map(|(_, k)| serde_json::from_str::<Evidence>(&data[k]).ok()));
+                    found.extend(entries_after(name, data, "e-", after).into_iter().filter_map(|e| serde_json::from_str::<Evidence>(e).ok()));
                 }
                 let at = read.entry(name.to_owned()).or_default();
                 *at = (*at).max(last);
@@ -656,7 +656,7 @@ impl ControlStore for KubernetesStore {
                 return Ok(());
             }
             let json = serde_json::to_string(labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            self.push_log(&object_name("labels", model), model, "l-", json, (LABELS_KEPT, LABEL_BYTES)).await
+            self.push_log(&object_name("labels", model), model, "l-", json, (LABELS_KEPT, LABEL_BYTES), None, &[]).await
         })
         .boxed()
     }

@@ -145,6 +145,12 @@ async fn replicated(conn: &mut redis::aio::MultiplexedConnection, wait: usize) -
     Ok(())
 }
 
+/// Whether a script answered `{ok}`: it wrote.
+#[allow(clippy::ptr_arg)] // the shape `eval_then` takes: `fn(&T, &[String])` with T = Vec<String>
+fn answered_ok(answer: &Vec<String>, _args: &[String]) -> bool {
+    answer.len() == 1 && answer[0] == "ok"
+}
+
 /// `%XX` sequences decoded (a password in a URL); `None` when one is malformed.
 fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
@@ -280,7 +286,7 @@ impl RedisStore {
                 let mut sentinels = client.lock().await;
                 tokio::time::timeout(REDIS_TIMEOUT, sentinels.async_get_client())
                     .await
-                    .map_err(|_| Self::unavailable(format!("no Sentinel named the primary of '{service}' within 5 s")))?
+                    .map_err(|_| Self::unavailable(format!("no Sentinel named the primary of '{service}' within {} s", REDIS_TIMEOUT.as_secs())))?
                     .map_err(|e| Self::unavailable(format!("the Sentinels name no primary of '{service}': {e}")))
             }
         }
@@ -296,6 +302,11 @@ impl RedisStore {
         StoreError::Unavailable { store: "redis", reason: e.to_string() }
     }
 
+    /// A request that got no answer within [`REDIS_TIMEOUT`].
+    fn no_answer() -> StoreError {
+        Self::unavailable(format!("no answer within {} s", REDIS_TIMEOUT.as_secs()))
+    }
+
     /// Runs `f` on the shared connection (made if needed); a failed request drops it, so the
     /// next one reconnects. Requests do not wait for each other: on a link with a half-second
     /// round trip, a replica's beat, evidence and lease renewal queued behind one another let
@@ -308,7 +319,7 @@ impl RedisStore {
         let failed = match tokio::time::timeout(REDIS_TIMEOUT, f(&mut conn)).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(e)) => Self::unavailable(e),
-            Err(_) => Self::unavailable("no answer within 5 s"),
+            Err(_) => Self::no_answer(),
         };
         // Dropped unless a newer one replaced it meanwhile.
         let mut guard = self.conn.lock().await;
@@ -328,7 +339,7 @@ impl RedisStore {
             let client = self.client().await?;
             let conn = tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection_with_config(&config))
                 .await
-                .map_err(|_| Self::unavailable("no answer within 5 s"))?
+                .map_err(|_| Self::no_answer())?
                 .map_err(Self::unavailable)?;
             *guard = Some((self.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed), conn));
         }
@@ -452,7 +463,7 @@ impl ControlStore for RedisStore {
             let wanted = r.revision;
             let keys = vec![latest, revisions, self.key("lease", &r.model)];
             let args = vec![wanted.to_string(), json, channel, leader.unwrap_or("").to_owned()];
-            let answer: Vec<String> = self.eval_then(COMMIT_SCRIPT, keys, args, |a: &Vec<String>, _| a.len() == 1 && a[0] == "ok").await?;
+            let answer: Vec<String> = self.eval_then(COMMIT_SCRIPT, keys, args, answered_ok).await?;
             match answer.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
                 ["ok"] => Ok(()),
                 ["not_leader", holder] => Err(StoreError::NotLeader { holder: (*holder).to_owned() }),
@@ -473,7 +484,7 @@ impl ControlStore for RedisStore {
             let client = self.client().await?;
             let mut pubsub = tokio::time::timeout(REDIS_TIMEOUT, client.get_async_pubsub())
                 .await
-                .map_err(|_| Self::unavailable("no answer within 5 s"))?
+                .map_err(|_| Self::no_answer())?
                 .map_err(Self::unavailable)?;
             pubsub.subscribe(&channel).await.map_err(Self::unavailable)?;
             let stream = pubsub.into_on_message().filter_map(|msg| async move { msg.get_payload::<u64>().ok() });
@@ -510,7 +521,7 @@ impl ControlStore for RedisStore {
                 self.key("traffic", model),
             ];
             args.extend(decisions.iter().map(|d| serde_json::json!({"rollout": record.id, "decision": d}).to_string()));
-            let answer: Vec<String> = self.eval_then(SAVE_ROLLOUT_SCRIPT, keys, args, |a: &Vec<String>, _| a.len() == 1 && a[0] == "ok").await?;
+            let answer: Vec<String> = self.eval_then(SAVE_ROLLOUT_SCRIPT, keys, args, answered_ok).await?;
             match answer.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
                 ["ok"] => Ok(()),
                 ["not_leader", holder] => Err(StoreError::NotLeader { holder: (*holder).to_owned() }),
