@@ -34,12 +34,40 @@ pub struct History {
     /// Committed revisions: number → (versions that may answer, the rollout's step it routes:
     /// its reason).
     pub revisions: BTreeMap<u64, (BTreeSet<String>, String)>,
-    /// Each replica's name, applied revisions (number, when by its clock), its clock's known
-    /// lead over the machine's in ms, and whether it was live throughout (one cut off for a
-    /// while is checked for order, not for acknowledging every step).
-    pub replicas: Vec<(String, Vec<(u64, u64)>, u64, bool)>,
+    /// What each replica applied.
+    pub replicas: Vec<ReplicaLog>,
     /// Answers: (revision, version) → count.
     pub served: BTreeMap<(u64, String), usize>,
+}
+
+/// One replica's applied revisions.
+pub struct ReplicaLog {
+    pub name: String,
+    /// (revision, when it began routing by it, by its clock), oldest first.
+    pub applied: Vec<(u64, u64)>,
+    /// Its clock's known lead over the machine's, in ms.
+    pub ahead_ms: u64,
+    /// Live throughout the rollout (one cut off for a while is checked for order, not for
+    /// acknowledging every step).
+    pub throughout: bool,
+}
+
+impl ReplicaLog {
+    /// When it began routing by the first revision at or after `revision`, which one, on the
+    /// machine's clock.
+    fn reached(&self, revision: u64) -> Option<(u64, u64)> {
+        self.applied.iter().find(|(r, _)| *r >= revision).map(|(r, at)| (*r, at.saturating_sub(self.ahead_ms)))
+    }
+
+    /// When it began routing by exactly `revision`, on the machine's clock.
+    fn applied_at(&self, revision: u64) -> Option<u64> {
+        self.reached(revision).filter(|(r, _)| *r == revision).map(|(_, at)| at)
+    }
+
+    /// Its first revision (on starting) and when, on the machine's clock.
+    fn first(&self) -> Option<(u64, u64)> {
+        self.applied.first().map(|(r, at)| (*r, at.saturating_sub(self.ahead_ms)))
+    }
 }
 
 /// What the checker found: a summary for the logs and `BENCHMARKS.md`.
@@ -117,7 +145,7 @@ impl History {
     /// `ahead_ms` of the machine's, and whether it was live `throughout` the rollout.
     pub fn replica(&mut self, name: &str, status: &Value, ahead_ms: u64, throughout: bool) {
         let applied = status["applied"].as_array().expect("applied revisions").iter().map(|a| (a["revision"].as_u64().unwrap(), a["at_ms"].as_u64().unwrap())).collect();
-        self.replicas.push((name.to_owned(), applied, ahead_ms, throughout));
+        self.replicas.push(ReplicaLog { name: name.to_owned(), applied, ahead_ms, throughout });
     }
 
     /// Adds a client's answers (`Load::served`).
@@ -141,7 +169,7 @@ impl History {
         assert!(reasons.last().unwrap().contains(outcome), "ended by {outcome}: {reasons:#?}");
 
         // 2. Revisions applied in order, each one the store holds.
-        for (name, applied, _, _) in &self.replicas {
+        for ReplicaLog { name, applied, .. } in &self.replicas {
             for pair in applied.windows(2) {
                 assert!(pair[0].0 < pair[1].0, "{name} applied revision {} after {}: {applied:?}", pair[1].0, pair[0].0);
             }
@@ -160,23 +188,23 @@ impl History {
         // A step's revision: the first committed for the step (its reason names it); the
         // decision ending step k is the one entering step k + 1, or the end.
 
+        let mine = format!("rollout {}: ", self.id);
         for step in 1..=entered.len() {
-            let mine = format!("rollout {}: ", self.id);
             // A step that routes as the one before (an approval gate) commits no revision.
             let Some((&revision, _)) = self.revisions.iter().find(|(_, (_, reason))| reason.starts_with(&mine) && step_of(reason, steps) == Some(step)) else {
                 continue;
             };
             let ended = self.decisions.iter().find(|(_, r, end)| step_of(r, steps) == Some(step + 1) || *end).map(|(at, _, _)| *at);
             let Some(ended) = ended else { continue };
-            for (name, applied, ahead, _) in self.replicas.iter().filter(|r| r.3) {
-                let Some((_, at)) = applied.iter().find(|(r, _)| *r >= revision) else {
+            for replica in self.replicas.iter().filter(|r| r.throughout) {
+                let (name, applied) = (&replica.name, &replica.applied);
+                let Some((_, at)) = replica.reached(revision) else {
                     // A replica that joined after the step never applied its revision.
-                    assert!(applied.first().is_some_and(|(r, _)| *r > revision), "{name} never applied step {step}'s revision {revision}: {applied:?}");
+                    assert!(replica.first().is_some_and(|(r, _)| r > revision), "{name} never applied step {step}'s revision {revision}: {applied:?}");
                     continue;
                 };
-                let at = at.saturating_sub(*ahead);
                 // A replica that started after the step ended is not one the step waited for.
-                if applied.first().is_some_and(|(first, _)| *first >= revision) && at > ended {
+                if replica.first().is_some_and(|(first, _)| first >= revision) && at > ended {
                     continue;
                 }
                 assert!(at <= ended, "{name} applied step {step}'s revision {revision} at {at}, after the decision ending the step at {ended}: {applied:?}");
@@ -189,14 +217,9 @@ impl History {
         for revision in self.revisions.iter().filter(|(_, (_, reason))| reason.starts_with("rollout ")).map(|(r, _)| *r) {
             // Replicas running before it was committed, by the first replica's routing by it
             // (one that started later applied it on starting: its delay is its start's).
-            let Some(committed) = self.replicas.iter().filter_map(|(_, applied, ahead, _)| applied.iter().find(|(r, _)| *r == revision).map(|(_, at)| at.saturating_sub(*ahead))).min() else {
-                continue;
-            };
-            let live: Vec<_> = self.replicas.iter().filter(|r| r.3 && r.1.first().is_some_and(|(_, started)| started.saturating_sub(r.2) < committed)).collect();
-            let times: Vec<(&str, u64)> = live
-                .iter()
-                .filter_map(|(name, applied, ahead, _)| applied.iter().find(|(r, _)| *r == revision).map(|(_, at)| (name.as_str(), at.saturating_sub(*ahead))))
-                .collect();
+            let Some(committed) = self.replicas.iter().filter_map(|r| r.applied_at(revision)).min() else { continue };
+            let live: Vec<&ReplicaLog> = self.replicas.iter().filter(|r| r.throughout && r.first().is_some_and(|(_, started)| started < committed)).collect();
+            let times: Vec<(&str, u64)> = live.iter().filter_map(|r| r.applied_at(revision).map(|at| (r.name.as_str(), at))).collect();
             if !times.is_empty() && times.len() == live.len() {
                 let first = times.iter().map(|(_, at)| *at).min().unwrap();
                 let (name, last) = times.iter().max_by_key(|(_, at)| *at).unwrap();
