@@ -290,25 +290,40 @@ impl Replicas {
 
     /// [`Replicas::history`] of rollout `id`.
     pub(crate) fn history_of(&self, id: i64, via: usize, live: &[usize], rejoined: &[usize], answers: &[Answers], ahead_ms: &[(usize, u64)]) -> History {
+        // What the replicas applied and answered first, the store after: every revision they
+        // name was committed before the store is read (the leader commits a rollout's last
+        // routing after its status says it ended).
+        let replicas: Vec<(usize, bool, Value)> = live.iter().map(|&i| (i, true)).chain(rejoined.iter().map(|&i| (i, false))).map(|(i, t)| (i, t, self.status(i))).collect();
+        let served: Vec<_> = answers.iter().map(|a| a.lock().unwrap().clone()).collect();
         let decisions = self.rollout(via, &["history", "fraud"]);
         let revisions: Value = serde_json::from_str(&self.ok(via, &["history", "fraud", "--output", "json"])).unwrap();
         let mut history = History::new(id, &decisions, &revisions);
-        for (&i, throughout) in live.iter().map(|i| (i, true)).chain(rejoined.iter().map(|i| (i, false))) {
-            let ahead = ahead_ms.iter().find(|(r, _)| *r == i).map_or(0, |(_, ms)| *ms);
-            history.replica(&format!("replica-{}", i + 1), &self.status(i), ahead, throughout);
+        for (i, throughout, status) in &replicas {
+            let ahead = ahead_ms.iter().find(|(r, _)| r == i).map_or(0, |(_, ms)| *ms);
+            history.replica(&format!("replica-{}", i + 1), status, ahead, *throughout);
         }
-        for served in answers {
-            history.answers(&served.lock().unwrap());
+        for served in &served {
+            history.answers(served);
         }
         history
     }
 
-    /// The latest revision the store holds (read through replica `via`): what every replica
-    /// must come to serve. Not `status(via)["revision"]`, which is what `via` serves, and may lag
-    /// on a slow link.
-    pub(crate) fn latest_revision(&self, via: usize) -> u64 {
-        let revisions: Value = serde_json::from_str(&self.ok(via, &["history", "fraud", "--output", "json"])).unwrap();
-        revisions.as_array().unwrap().iter().filter_map(|r| r["revision"].as_u64()).max().expect("a revision")
+    /// The revision that routes a rollout's end (its promotion or its rollback), once the store
+    /// holds it (read through replica `via`): what every replica must come to serve. The
+    /// rollout's status says it ended before the leader has committed that routing (a second
+    /// at least on a slow link), and one replica's `status` says what it serves, which may lag.
+    pub(crate) fn ended_revision(&self, via: usize) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let revisions: Value = serde_json::from_str(&self.ok(via, &["history", "fraud", "--output", "json"])).unwrap();
+            let latest = revisions.as_array().unwrap().iter().max_by_key(|r| r["revision"].as_u64()).expect("a revision");
+            let reason = latest["reason"].as_str().unwrap_or_default();
+            if reason.starts_with("rollout ") && (reason.ends_with(": promoted") || reason.contains(": rolled back")) {
+                return latest["revision"].as_u64().unwrap();
+            }
+            assert!(Instant::now() < deadline, "the rollout's end was never routed: {revisions}");
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits until every replica serves `revision`; returns how long it took.
@@ -472,7 +487,7 @@ fn a_bad_candidate_seen_by_one_replica_is_rolled_back_by_the_leader() {
     let leader = done["leader"].as_str().expect("the leader is named").to_owned();
     eprintln!("fleet: {leader} rolled back a candidate only replica-2 served: {reason}");
     // From the rollback on, replica 2 answers every request on stable.
-    fleet.converge(fleet.latest_revision(0));
+    fleet.converge(fleet.ended_revision(0));
     let before = load.failed.lock().unwrap().len();
     thread::sleep(Duration::from_millis(500));
     let (ok, failed, _) = load.finish();

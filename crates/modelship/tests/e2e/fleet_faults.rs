@@ -323,7 +323,7 @@ fn cut_off_mid_rollout(the_leader: bool, cut_off: Cut, jitter: &mut Jitter) {
     if !the_leader {
         assert_eq!(done["leader"].as_str(), Some(leader.as_str()), "the lease stayed where it was: {done}");
     }
-    let final_revision = fleet.latest_revision(survivor);
+    let final_revision = fleet.ended_revision(survivor);
     // Healed: the replica catches up on the fleet's revision and takes no decision of its own.
     let healed = Instant::now();
     match cut_off {
@@ -492,7 +492,7 @@ fn a_slow_and_lossy_link_to_the_store_takes_no_step_twice_and_fails_no_request()
         let done = fleet.wait_rollout(1, "promoted over the poor link", |s| s["phase"]["phase"] == "promoted" || s["phase"]["phase"] == "rolled_back");
         assert_eq!(done["phase"]["phase"], "promoted", "{done}");
         eprintln!("fleet over a 200 ± 100 ms, 5 % loss link to Redis: promoted {:.1} s after the start (holds 3 × 3 s)", started.elapsed().as_secs_f64());
-        let final_revision = fleet.latest_revision(1);
+        let final_revision = fleet.ended_revision(1);
         let converged = Instant::now();
         for (i, (server, _)) in fleet.servers.iter().enumerate() {
             while server.metric("modelship_traffic_revision", &[r#"model="fraud""#]) != Some(final_revision as f64) {
@@ -550,7 +550,7 @@ fn the_store_failed_over_by_sentinel_mid_rollout_takes_no_step_twice() {
         let promoted = sentinels[0].cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "modelship"]);
         assert!(!promoted.contains(&primary.port().to_string()), "the Sentinels moved the primary: {promoted}");
         eprintln!("fleet on Sentinel: the primary killed at step {}; promoted {:.1} s later, the primary now {}", at["step"], killed.elapsed().as_secs_f64(), promoted.split_whitespace().collect::<Vec<_>>().join(":"));
-        let final_revision = fleet.latest_revision(1);
+        let final_revision = fleet.ended_revision(1);
         fleet.converge(final_revision);
         for (i, load) in loads.into_iter().enumerate() {
             let (ok, failed, _) = load.finish();
